@@ -1,0 +1,123 @@
+"""Input checks shared by every public routine: each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backend import get_xp
+
+__all__ = [
+    "check_random_state",
+    "check_integer",
+    "check_dimension",
+    "check_array",
+    "check_points",
+    "check_on_sphere",
+    "sphere_tolerance",
+]
+
+
+def check_random_state(rng) -> np.random.Generator:
+    """A numpy Generator from ``rng`` (None, an int seed, or a Generator).
+
+    The same seed gives the same numbers everywhere: samplers draw on the host with this
+    generator and move the result to the device afterwards.
+    """
+    if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+        if isinstance(rng, bool):
+            raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {rng!r}")
+        return np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")
+
+
+def check_integer(value, name: str, minimum: int | None = 0, maximum: int | None = None) -> int:
+    """``value`` as a Python int, checking that it is an integer in [minimum, maximum].
+
+    Examples
+    --------
+    >>> check_integer(3, "k")
+    3
+    >>> check_integer(-1, "k")
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be an integer >= 0, got -1
+    """
+    bounds = ""
+    if minimum is not None:
+        bounds += f" >= {minimum}"
+    if maximum is not None:
+        bounds += (" and" if bounds else "") + f" <= {maximum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer{bounds}, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{bounds}, got {value}")
+    return value
+
+
+def check_dimension(d, name: str = "d") -> int:
+    """The ambient dimension d >= 2 of the sphere S^{d-1} (d = 2 is the circle)."""
+    return check_integer(d, name, minimum=2)
+
+
+def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, finite: bool = True,
+                real: bool = True):
+    """``x`` as a floating array of numpy or cupy (kept on its device), with shape and NaN checks.
+
+    Integer and boolean inputs are promoted to float64; float32 and float64 are kept.
+    """
+    xp = get_xp(x)
+    x = xp.asarray(x)
+    if real and xp.iscomplexobj(x):
+        raise ValueError(f"{name} must be real, got dtype {x.dtype}")
+    if not xp.issubdtype(x.dtype, xp.floating):
+        if not (xp.issubdtype(x.dtype, xp.integer) or x.dtype == bool):
+            raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        x = x.astype(xp.float64)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(k) for k in allowed)
+            raise ValueError(f"{name} must be a {want}-dimensional array, got shape {tuple(x.shape)}")
+    if finite and x.size and not bool(xp.isfinite(x).all()):
+        bad = int((~xp.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return x
+
+
+def check_points(X, name: str = "X", d: int | None = None):
+    """A finite (n, d) array of points, checking d when given."""
+    X = check_array(X, name, ndim=2)
+    if d is not None and X.shape[1] != d:
+        raise ValueError(f"{name} has shape {tuple(X.shape)} but d={d} coordinates were expected")
+    if X.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one coordinate, got shape {tuple(X.shape)}")
+    return X
+
+
+def sphere_tolerance(dtype) -> float:
+    """Tolerance on | |x| - 1 | for a point on the sphere: sqrt(eps) of its dtype.
+
+    That is 1.5e-8 in float64 and 3.5e-4 in float32: loose enough for points normalised in the
+    same precision, tight enough to catch unnormalised data.
+    """
+    return float(np.sqrt(np.finfo(dtype).eps))
+
+
+def check_on_sphere(X, name: str = "X", d: int | None = None, atol: float | None = None):
+    """A finite (n, d) array whose rows have unit norm within ``atol`` (default: sphere_tolerance)."""
+    X = check_points(X, name, d)
+    if X.shape[1] < 2:
+        raise ValueError(f"{name} must have d >= 2 coordinates to lie on S^(d-1), got shape {tuple(X.shape)}")
+    xp = get_xp(X)
+    tol = sphere_tolerance(X.dtype) if atol is None else atol
+    if X.shape[0]:
+        dev = float(xp.abs(xp.linalg.norm(X, axis=1) - 1).max())
+        if dev > tol:
+            raise ValueError(f"{name} must lie on the unit sphere: a row has | |x| - 1 | = {dev:.3g} > {tol:.3g} "
+                             "(normalise with X / |X|, or use shallow.sphere.lift for data in R^d)")
+    return X

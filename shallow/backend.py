@@ -1,0 +1,148 @@
+"""Array backends: numpy on the host, CuPy on a CUDA device.
+
+This is the only module of shallow that imports cupy. Every public numerical routine opens
+with ``xp = get_xp(*arrays)`` and then writes its mathematics once against ``xp``; the device
+is chosen at the edge (a study's ``--device`` flag, a test fixture) with :func:`to_device`.
+
+Dispatch is built on :func:`array_api_compat.array_namespace`, which recognises the array
+types (numpy, CuPy, and in principle torch) and refuses a mix; we then hand back the plain
+``numpy`` or ``cupy`` module, since the library is written in their common dialect
+(``einsum``, ``matmul(out=)``, in-place ufuncs) rather than in the stricter array-API subset.
+
+CuPy may be importable on a machine where no CUDA device answers: there
+``cupy.cuda.is_available()`` is False while any array operation raises. :func:`gpu_available`
+is False in that case, when cupy is missing, and when ``SHALLOW_DISABLE_CUPY=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+
+import numpy as np
+
+__all__ = [
+    "get_xp",
+    "to_numpy",
+    "to_device",
+    "gpu_available",
+    "available_devices",
+    "device_of",
+    "is_cupy",
+]
+
+DEVICES = ("cpu", "gpu")
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy() -> ModuleType | None:
+    """The cupy module when a CUDA device answers, else None (cached; never raises)."""
+    if os.environ.get("SHALLOW_DISABLE_CUPY", "") not in ("", "0"):
+        return None
+    try:
+        cupy = importlib.import_module("cupy")
+    except Exception:  # ImportError, or a broken CUDA install raising at import
+        return None
+    try:
+        if not cupy.cuda.is_available():
+            return None
+        # is_available() can be True while the runtime is unusable: try one real operation.
+        int(cupy.arange(2).sum())
+    except Exception:
+        return None
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy is installed, a CUDA device answers, and ``SHALLOW_DISABLE_CUPY`` is unset."""
+    return _cupy() is not None
+
+
+def available_devices() -> tuple[str, ...]:
+    """The devices usable here: ``("cpu",)`` or ``("cpu", "gpu")``."""
+    return DEVICES if gpu_available() else DEVICES[:1]
+
+
+def is_cupy(x) -> bool:
+    """True when ``x`` is a CuPy array (without importing cupy when it is not)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(*arrays) -> ModuleType:
+    """The array module (``numpy`` or ``cupy``) of the given arrays.
+
+    Parameters
+    ----------
+    *arrays : arrays, Python scalars or None
+        None and Python scalars are ignored; with no array at all the answer is numpy.
+
+    Returns
+    -------
+    module
+        ``numpy`` or ``cupy``.
+
+    Raises
+    ------
+    TypeError
+        When the arrays come from different libraries (say numpy and cupy), naming them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> get_xp(np.ones(3), None, 2.0) is np
+    True
+    """
+    candidates = [x for x in arrays if x is not None and not isinstance(x, (bool, int, float, complex))]
+    if not candidates:
+        return np
+    # Fast path for the common all-numpy case (array_namespace costs a few microseconds).
+    if all(isinstance(x, (np.ndarray, np.generic)) for x in candidates):
+        return np
+    from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace
+
+    try:
+        ns = array_namespace(*candidates)
+    except TypeError as err:
+        kinds = sorted({type(x).__module__.split(".")[0] + "." + type(x).__name__ for x in candidates})
+        raise TypeError(f"arrays from different libraries cannot be mixed: got {', '.join(kinds)}; "
+                        "move them to one device first with shallow.backend.to_device") from err
+    if is_numpy_namespace(ns):
+        return np
+    if is_cupy_namespace(ns):
+        return importlib.import_module("cupy")
+    raise TypeError(f"unsupported array library {ns.__name__!r}: shallow runs on numpy and cupy")
+
+
+def to_numpy(x):
+    """A numpy copy (or view) of ``x`` on the host; numpy arrays and scalars pass through."""
+    if is_cupy(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def device_of(x) -> str:
+    """``"gpu"`` for a CuPy array, ``"cpu"`` otherwise."""
+    return "gpu" if is_cupy(x) else "cpu"
+
+
+def to_device(x, device: str):
+    """Move an array to ``device`` ("cpu" or "gpu"), keeping its dtype.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device name.
+    RuntimeError
+        For ``device="gpu"`` where :func:`gpu_available` is False, saying why it might be.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return to_numpy(x)
+    cupy = _cupy()
+    if cupy is None:
+        raise RuntimeError("device='gpu' was asked for but no GPU is usable here "
+                           "(cupy missing, no CUDA device answering, or SHALLOW_DISABLE_CUPY=1)")
+    return cupy.asarray(x)
