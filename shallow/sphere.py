@@ -162,16 +162,35 @@ def gegenbauer_quadrature(q, d):
     q = check_integer(q, "q", minimum=1)
     d = check_dimension(d)
     a = 0.5 * (d - 3)
-    if d == 3:
-        nodes, weights = special.roots_legendre(q)
-    elif d == 2:
-        nodes, weights = special.roots_chebyt(q)
-    else:
-        nodes, weights = special.roots_jacobi(q, a, a)
-    weights = np.asarray(weights, dtype=np.float64)
-    if not np.isfinite(weights).all() or weights.sum() <= 0:
-        raise ValueError(f"Gauss-Jacobi weights under/overflow for q={q}, d={d}")  # pragma: no cover
-    return np.asarray(nodes, dtype=np.float64), weights / weights.sum()
+    with np.errstate(all="ignore"):
+        if d == 3:
+            nodes, weights = special.roots_legendre(q)
+        elif d == 2:
+            nodes, weights = special.roots_chebyt(q)
+        else:
+            nodes, weights = special.roots_jacobi(q, a, a)
+    nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    if not (np.isfinite(nodes).all() and np.isfinite(weights).all() and weights.sum() > 0):
+        # scipy's Newton-refined rule breaks down for large a (d ~ 10^4, q ~ 100): fall back on
+        # Golub-Welsch, the eigen-decomposition of the Jacobi matrix of the normalised measure.
+        nodes, weights = _golub_welsch_gegenbauer(q, d)
+    return nodes, weights / weights.sum()
+
+
+def _golub_welsch_gegenbauer(q, d):
+    """Gauss rule for w_d from the symmetric tridiagonal Jacobi matrix (Golub and Welsch, 1969).
+
+    For the weight (1 - t^2)^{lambda - 1/2}, lambda = (d - 2)/2, the monic orthogonal polynomials
+    satisfy p_{k+1} = t p_k - beta_k p_{k-1} with beta_k = k (k + 2 lambda - 1) / (4 (k + lambda)(k + lambda - 1)).
+    Nodes are the eigenvalues, weights the squared first components of the unit eigenvectors.
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    lam = 0.5 * (d - 2)
+    k = np.arange(1, q, dtype=np.float64)
+    beta = k * (k + 2 * lam - 1) / (4 * (k + lam) * (k + lam - 1))
+    nodes, vectors = eigh_tridiagonal(np.zeros(q), np.sqrt(beta))
+    return nodes, vectors[0] ** 2
 
 
 def lift(X):

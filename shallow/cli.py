@@ -1,0 +1,131 @@
+"""The ``shallow`` command: list and run the studies.
+
+    shallow list
+    shallow run STUDY [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR] [--FIELD VALUE ...]
+    shallow run --all [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR]
+
+Studies are the scripts of the ``studies/`` folder (one script, one figure, one claim), found in
+``$SHALLOW_STUDIES`` if set, else in ``./studies``, else beside the installed package (a source
+checkout). Figures go to ``OUT/figures`` with a JSON sidecar, results to ``OUT/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "find_studies", "load_study"]
+
+
+def studies_dir() -> Path:
+    """The folder holding the study scripts."""
+    env = os.environ.get("SHALLOW_STUDIES")
+    if env:
+        return Path(env)
+    for candidate in (Path.cwd() / "studies", Path(__file__).resolve().parents[1] / "studies"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no studies/ folder found: run from a source checkout of shallow, "
+                            "or point SHALLOW_STUDIES at one")
+
+
+def find_studies(folder: Path | None = None) -> dict[str, Path]:
+    """Study name -> script path, for every public script of the studies folder."""
+    folder = studies_dir() if folder is None else Path(folder)
+    return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
+
+
+def load_study(name: str, folder: Path | None = None):
+    """Import the study script ``name`` as a module (registered as ``shallow_studies.NAME``)."""
+    studies = find_studies(folder)
+    if name not in studies:
+        known = ", ".join(studies) or "none"
+        raise SystemExit(f"shallow: unknown study {name!r}; known studies: {known}")
+    module_name = f"shallow_studies.{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, studies[name])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _summary(module) -> str:
+    doc = (module.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _cmd_list(args) -> int:
+    for name in find_studies():
+        print(f"{name:28s} {_summary(load_study(name))}")
+    return 0
+
+
+def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float:
+    from . import study
+
+    module = load_study(name)
+    parser = study.build_parser(module, prog=f"shallow run {name}")
+    argv = list(extra)
+    for flag in ("seed", "device"):
+        value = getattr(common, flag)
+        if value is not None:
+            argv += [f"--{flag}", str(value)]
+    args = parser.parse_args(argv)
+    args.quick, args.force, args.out = common.quick, common.force, common.out
+    cfg = study.config_from_args(module, args)
+    result = study.run(module, cfg, quick=common.quick, force=common.force, out=common.out)
+    return float(result["_wall_time"])
+
+
+def _cmd_run(args, extra: list[str]) -> int:
+    if args.all == bool(args.study):
+        raise SystemExit("shallow run: give one STUDY or --all (see `shallow list`)")
+    if args.all and extra:
+        raise SystemExit(f"shallow run --all: study-specific flags {extra} need a single STUDY")
+    names = list(find_studies()) if args.all else [args.study]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(names, desc="studies", unit="study", disable=len(names) < 2)
+    for name in bar:
+        bar.set_postfix_str(name)
+        start = time.perf_counter()
+        compute_time = _run_one(name, args, extra)
+        stem = name + ("_quick" if args.quick else "")
+        tqdm.write(f"{name}: compute {compute_time:.1f} s, total {time.perf_counter() - start:.1f} s "
+                   f"-> {Path(args.out) / 'figures' / stem}.png")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``shallow`` console script."""
+    parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the studies with their claims")
+    run = sub.add_parser("run", help="run one study, or all of them, and write their figures")
+    run.add_argument("study", nargs="?", help="the study's name (see `shallow list`)")
+    run.add_argument("--all", action="store_true", help="run every study")
+    run.add_argument("--quick", action="store_true", help="quick configurations (well under a minute each on a CPU)")
+    run.add_argument("--device", choices=("cpu", "gpu"), default=None, help="where arrays live (default: cpu)")
+    run.add_argument("--seed", type=int, default=None, help="random seed (default: each study's own)")
+    run.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
+    run.add_argument("--out", default=".", help="folder under which figures/ and results/ go (default: .)")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "list":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return _cmd_list(args)
+    return _cmd_run(args, extra)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""What every study shares: command-line flags from its Config, cached results, figures with sidecars.
+
+A study is a script in ``studies/`` that states one claim and draws one figure. It defines
+
+* a module docstring: the claim, its reference, the runtime at default and with ``--quick``;
+* ``Config``, a frozen dataclass whose defaults reproduce the paper's figure; every Config has the
+  fields ``seed`` and ``device`` (``"cpu"`` or ``"gpu"``);
+* ``QUICK``, a dict of Config overrides for ``--quick`` (well under a minute on a CPU);
+* ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings;
+* ``plot(result, cfg) -> matplotlib.figure.Figure``;
+* ``main(argv=None)``, usually ``return study.main(__name__, argv)``.
+
+:func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
+config and the package version (written atomically: a temporary file, then a rename, so an
+interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
+sidecar ``figures/NAME.json`` (config, version, wall time, device, and the result's scalars). Quick
+runs write ``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
+
+matplotlib is imported only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from . import __version__
+from .backend import available_devices
+
+__all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
+           "atomic_write", "save_npz_atomic", "load_npz", "new_figure"]
+
+COMMON_FLAGS = ("seed", "device")
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path, write) -> Path:
+    """Write a file through ``write(tmp_path)`` then rename it to ``path`` (atomic on POSIX).
+
+    An exception (or Ctrl-C) inside ``write`` leaves ``path`` untouched and removes the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _to_storable(value):
+    if isinstance(value, (str, bool, int, float, np.generic)):
+        return np.asarray(value)
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise TypeError(f"result values must be numbers, strings or numeric arrays, got {type(value).__name__}")
+    return arr
+
+
+def save_npz_atomic(path, result: dict) -> Path:
+    """Save a dict of arrays and scalars to ``path`` (.npz) atomically."""
+    arrays = {key: _to_storable(value) for key, value in result.items()}
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_npz(path) -> dict:
+    """Load a dict saved by :func:`save_npz_atomic`; 0-d arrays come back as Python scalars."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+
+
+# ----------------------------------------------------------------------------- configs
+
+def config_hash(name: str, cfg) -> str:
+    """A short stable hash of a study's name, its config and the package version."""
+    payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def quick_config(module: ModuleType, **overrides):
+    """The study's Config with its QUICK overrides, then ``overrides``, applied."""
+    return dataclasses.replace(module.Config(), **{**getattr(module, "QUICK", {}), **overrides})
+
+
+def _field_parser(field: dataclasses.Field):
+    """An argparse ``type`` for a Config field, from its default value."""
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    if isinstance(default, bool):
+        return {"type": lambda s: s.lower() in ("1", "true", "yes", "on"), "metavar": "BOOL"}
+    if isinstance(default, tuple):
+        inner = type(default[0]) if default else float
+        return {"type": lambda s, t=inner: tuple(t(v) for v in s.split(",") if v), "metavar": "A,B,..."}
+    if isinstance(default, (int, float, str)):
+        return {"type": type(default)}
+    return None
+
+
+def build_parser(module: ModuleType, prog: str | None = None) -> argparse.ArgumentParser:
+    """Flags for a study: its Config fields (``--field-name``), plus --quick and --force."""
+    doc = (module.__doc__ or "").strip()
+    parser = argparse.ArgumentParser(prog=prog or module.__name__.rsplit(".", 1)[-1],
+                                     description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
+    parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
+    parser.add_argument("--out", default=".", help="folder under which results/ and figures/ are written")
+    for field in dataclasses.fields(module.Config):
+        spec = _field_parser(field)
+        if spec is None:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kwargs = dict(spec, dest=field.name, default=None, help=f"default {getattr(module.Config(), field.name)!r}")
+        if field.name == "device":
+            kwargs["choices"] = ("cpu", "gpu")
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def config_from_args(module: ModuleType, args: argparse.Namespace):
+    """The Config that the parsed flags describe: defaults, then QUICK if --quick, then the flags."""
+    names = [f.name for f in dataclasses.fields(module.Config)]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "quick", False):
+        return quick_config(module, **given)
+    return dataclasses.replace(module.Config(), **given)
+
+
+# ----------------------------------------------------------------------------- running
+
+def _check_study(module: ModuleType):
+    missing = [name for name in ("Config", "compute", "plot") if not hasattr(module, name)]
+    if missing:
+        raise TypeError(f"study {module.__name__} lacks {', '.join(missing)} (see shallow.study's docstring)")
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    if not set(COMMON_FLAGS) <= fields:
+        raise TypeError(f"study {module.__name__}'s Config must have the fields {COMMON_FLAGS}")
+
+
+def study_name(module: ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[-1]
+
+
+def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, out=".",
+        figure: bool = True) -> dict:
+    """Compute (or load from the cache) a study's result and write its figure and sidecar.
+
+    Parameters
+    ----------
+    module : module
+        The study.
+    cfg : its Config
+    quick : bool
+        Only names the figure (``NAME_quick.png``); the quick settings are in ``cfg`` already.
+    force : bool
+        Recompute even when ``results/NAME-HASH.npz`` exists.
+    out : path
+        Folder under which ``results/`` and ``figures/`` are written.
+    figure : bool
+        Draw and save the figure (needs matplotlib).
+
+    Returns
+    -------
+    dict
+        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) added.
+    """
+    _check_study(module)
+    if cfg.device not in available_devices():
+        raise RuntimeError(f"device={cfg.device!r} is not available here (available: {available_devices()})")
+    name = study_name(module)
+    out = Path(out)
+    cache = out / "results" / f"{name}-{config_hash(name, cfg)}.npz"
+    if cache.exists() and not force:
+        result = load_npz(cache)
+    else:
+        start = time.perf_counter()
+        result = dict(module.compute(cfg))
+        result["_wall_time"] = time.perf_counter() - start
+        save_npz_atomic(cache, result)
+    if figure:
+        fig = module.plot(result, cfg)
+        stem = name + ("_quick" if quick else "")
+        save_figure(fig, out / "figures" / f"{stem}.png", module, cfg, result)
+    return result
+
+
+def _scalars(result: dict) -> dict:
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+    return out
+
+
+def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
+    """Save ``fig`` to ``path`` (PNG) and a JSON sidecar next to it, both atomically."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    sidecar = {
+        "study": study_name(module),
+        "claim": (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "",
+        "config": dataclasses.asdict(cfg),
+        "shallow_version": __version__,
+        "wall_time_s": result.get("_wall_time"),
+        "device": cfg.device,
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
+    }
+    text = json.dumps(sidecar, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    return path
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, size=(5.0, 3.8), **kwargs):
+    """A matplotlib Figure and its axes, made without pyplot (no GUI backend, thread-safe)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def main(module, argv=None) -> int:
+    """Entry point of ``python studies/NAME.py``: parse flags, run, print where the figure went."""
+    if isinstance(module, str):
+        module = sys.modules[module] if module in sys.modules else importlib.import_module(module)
+    args = build_parser(module).parse_args(argv)
+    cfg = config_from_args(module, args)
+    result = run(module, cfg, quick=args.quick, force=args.force, out=args.out)
+    stem = study_name(module) + ("_quick" if args.quick else "")
+    print(f"{study_name(module)}: {result['_wall_time']:.1f} s -> {Path(args.out) / 'figures' / stem}.png")
+    return 0

@@ -1,0 +1,61 @@
+"""The backend: numpy always, cupy only where a CUDA device answers, never a silent mix."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shallow import backend
+
+
+def test_get_xp_numpy_for_numpy_arrays_scalars_and_none():
+    assert backend.get_xp(np.ones(2), 3.0, None, np.float32(1)) is np
+    assert backend.get_xp() is np
+
+
+def test_get_xp_refuses_a_mix_of_array_libraries():
+    array_api_strict = pytest.importorskip("array_api_strict")
+    with pytest.raises(TypeError, match="cannot be mixed"):
+        backend.get_xp(np.ones(2), array_api_strict.ones(2))
+
+
+def test_to_device_rejects_unknown_device():
+    with pytest.raises(ValueError, match="device must be one of"):
+        backend.to_device(np.ones(2), "tpu")
+
+
+def test_to_numpy_round_trip_keeps_values_and_dtype(xp):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    device = "gpu" if xp is not np else "cpu"
+    y = backend.to_device(x, device)
+    assert backend.get_xp(y) is xp
+    back = backend.to_numpy(y)
+    assert back.dtype == np.float32 and np.array_equal(back, x)
+
+
+def test_gpu_unavailable_when_disabled_by_environment():
+    code = "from shallow import backend; print(backend.gpu_available(), backend.available_devices())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "SHALLOW_DISABLE_CUPY": "1"}).stdout
+    assert out.strip() == "False ('cpu',)"
+
+
+def test_gpu_request_without_gpu_raises_clear_error(monkeypatch):
+    monkeypatch.setattr(backend, "_cupy", lambda: None)
+    with pytest.raises(RuntimeError, match="no GPU is usable"):
+        backend.to_device(np.ones(2), "gpu")
+
+
+def test_gpu_available_never_raises():
+    # Here cupy may import while every CUDA call fails: the answer must be a bool, not an exception.
+    assert backend.gpu_available() in (True, False)
+
+
+def test_import_shallow_imports_no_optional_dependency():
+    code = ("import sys, shallow, shallow.sphere, shallow.harmonics, shallow.backend; "
+            "shallow.backend.gpu_available() if False else None; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('cupy', 'matplotlib', 'dask', 'torch')]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

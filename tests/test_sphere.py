@@ -1,0 +1,131 @@
+"""S^{d-1}: sampling, area, the law of <x, e>, Gauss quadrature against w_d, and the lift."""
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from scipy.special import factorial2
+
+from shallow import sphere
+
+DIMS = [2, 3, 5, 11, 50]
+
+
+def even_moment(j, d):
+    """E[t^{2j}] for t = <x, e>, x ~ tau_d: (2j - 1)!! / (d (d + 2) ... (d + 2j - 2)) (closed form)."""
+    return factorial2(2 * j - 1, exact=True) / np.prod([d + 2 * i for i in range(j)]) if j else 1.0
+
+
+@pytest.mark.parametrize("d", DIMS)
+def test_sample_sphere_rows_have_unit_norm(d):
+    X = sphere.sample_sphere(100, d, rng=0)
+    assert X.shape == (100, d)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=4 * np.finfo(float).eps)
+
+
+@pytest.mark.parametrize("d", [2, 3, 7])
+def test_sample_sphere_second_moment_is_identity_over_d(d):
+    # E[x x^T] = I / d; each entry is a mean of N terms bounded by 1: 5 sigma <= 5 / sqrt(N).
+    N = 40_000
+    X = sphere.sample_sphere(N, d, rng=1)
+    np.testing.assert_allclose(X.T @ X / N, np.eye(d) / d, atol=5 / np.sqrt(N))
+
+
+def test_sample_sphere_same_seed_same_points_and_dtype():
+    a = sphere.sample_sphere(5, 4, rng=3, dtype=np.float32)
+    b = sphere.sample_sphere(5, 4, rng=np.random.default_rng(3), dtype=np.float32)
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("d, area", [(2, 2 * np.pi), (3, 4 * np.pi), (4, 2 * np.pi**2), (5, 8 * np.pi**2 / 3)])
+def test_sphere_area_closed_forms(d, area):
+    assert sphere.sphere_area(d) == pytest.approx(area, rel=1e-14)
+
+
+@pytest.mark.parametrize("d", DIMS + [1000])
+def test_inner_product_density_integrates_to_one(d):
+    value, _ = integrate.quad(lambda t: float(sphere.inner_product_density(np.array(t), d)), -1, 1, limit=200)
+    assert value == pytest.approx(1, rel=1e-8)
+
+
+@pytest.mark.parametrize("d", DIMS)
+def test_inner_product_density_second_moment_is_one_over_d(d):
+    value, _ = integrate.quad(lambda t: t * t * float(sphere.inner_product_density(np.array(t), d)), -1, 1, limit=200)
+    assert value == pytest.approx(1 / d, rel=1e-8)
+
+
+def test_inner_product_density_is_uniform_for_d3_archimedes():
+    t = np.linspace(-0.99, 0.99, 7)
+    np.testing.assert_allclose(sphere.inner_product_density(t, 3), 0.5, rtol=1e-14)
+
+
+def test_inner_product_density_is_arcsine_law_for_circle():
+    t = np.linspace(-0.99, 0.99, 7)
+    np.testing.assert_allclose(sphere.inner_product_density(t, 2), 1 / (np.pi * np.sqrt(1 - t**2)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("d", [2, 3, 10])
+def test_sample_inner_product_has_the_law_of_a_projected_uniform_point(d):
+    # Two-sample Kolmogorov-Smirnov against <x, e_1> of independent uniform points; fixed seeds.
+    t = sphere.sample_inner_product(4000, d, rng=5)
+    ref = sphere.sample_sphere(4000, d, rng=6)[:, 0]
+    assert stats.ks_2samp(t, ref).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 9, 100])
+@pytest.mark.parametrize("q", [1, 3, 8])
+def test_gegenbauer_quadrature_exact_up_to_degree_2q_minus_1(d, q):
+    t, w = sphere.gegenbauer_quadrature(q, d)
+    assert w.sum() == pytest.approx(1, rel=1e-14) and (w > 0).all() and np.all(np.diff(t) > 0)
+    for j in range(q):  # even degrees 2j <= 2q - 2; odd moments vanish by symmetry
+        assert w @ t ** (2 * j) == pytest.approx(even_moment(j, d), rel=1e-12)
+        assert abs(w @ t ** (2 * j + 1)) < 1e-14
+
+
+@pytest.mark.parametrize("d", [2, 3, 6])
+def test_gegenbauer_quadrature_not_exact_at_degree_2q(d):
+    # Gauss rules are exact to degree 2q - 1 and no further: the t^{2q} moment must be off.
+    q = 3
+    t, w = sphere.gegenbauer_quadrature(q, d)
+    assert abs(w @ t ** (2 * q) - even_moment(q, d)) > 1e-6
+
+
+def test_lift_maps_to_upper_hemisphere_of_next_sphere():
+    X = np.random.default_rng(0).normal(size=(20, 3)) * 5
+    Z = sphere.lift(X)
+    assert Z.shape == (20, 4)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1, rtol=1e-15, atol=1e-15)
+    assert (Z[:, -1] > 0).all()
+
+
+def test_lift_turns_a_biased_relu_into_a_homogeneous_one():
+    # relu(<w, x> + b) = |(x, 1)| relu(<(w, b), lift(x)>) (Bach 2017, Sec. 2).
+    rng = np.random.default_rng(1)
+    X, w, b = rng.normal(size=(30, 4)), rng.normal(size=4), rng.normal()
+    lhs = np.maximum(X @ w + b, 0)
+    rhs = np.sqrt(1 + (X**2).sum(1)) * np.maximum(sphere.lift(X) @ np.append(w, b), 0)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: sphere.sample_sphere(3, 1), "d must be an integer >= 2"),
+    (lambda: sphere.sample_sphere(-1, 3), "n must be an integer >= 0"),
+    (lambda: sphere.sample_sphere(2.5, 3), "n must be an integer"),
+    (lambda: sphere.gegenbauer_quadrature(0, 3), "q must be an integer >= 1"),
+    (lambda: sphere.inner_product_density(np.array([np.nan]), 3), "t contains NaN"),
+    (lambda: sphere.lift(np.ones(3)), "X must be a 2-dimensional array"),
+    (lambda: sphere.lift(np.array([[np.nan, 1.0]])), "X contains 1 NaN"),
+    (lambda: sphere.sample_sphere(3, 2, rng="seed"), "rng must be None, an int seed or a numpy Generator"),
+])
+def test_bad_input_names_the_argument(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize("d", [1000, 10_000])
+def test_gegenbauer_quadrature_exact_in_high_dimension(d):
+    # scipy's roots_jacobi breaks down at d = 10^4, q = 200: the rule must still integrate moments.
+    q = 200
+    t, w = sphere.gegenbauer_quadrature(q, d)
+    assert np.isfinite(t).all() and np.isfinite(w).all()
+    for j in (1, 2, 5):
+        assert w @ t ** (2 * j) == pytest.approx(even_moment(j, d), rel=1e-12)
