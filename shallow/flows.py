@@ -1,0 +1,632 @@
+r"""Particle gradient flows: training a two-layer network as a flow of its particles (a_j, w_j).
+
+A network f(x) = gamma sum_j a_j sigma(<w_j, x>) with gamma = 1/m is the integral of
+phi(theta, x) = a sigma(<w, x>) against the empirical measure of its m particles theta_j = (a_j, w_j).
+Gradient descent on the risk R with the step eta * m on each particle,
+
+    theta_j <- theta_j - eta * m * grad_{theta_j} R,
+
+is the forward-Euler discretisation, with time step eta, of the Wasserstein gradient flow of R over
+the particles' measure: each particle follows -grad of the first variation of R, an O(1) field. So
+flow time t = (number of steps) * eta does not depend on m, and the limit m -> infinity at fixed t is
+the mean-field limit (Chizat and Bach 2018, Mei, Montanari and Nguyen 2018). For other scalings
+gamma(m) the factor m is kept (``time_scale``), which the lazy-training studies vary.
+
+Risks, for the square loss R(f) = 1/2 E[(f(x) - y)^2]:
+
+* :class:`EmpiricalRisk`: the mean over n samples (x_i, y_i), in sample chunks so that no
+  (n, m) array larger than ``chunk_bytes`` is held, and never an (n, m, d) one.
+* :class:`PopulationRisk`: the exact expectation over x ~ N(0, I_d) (or x ~ tau_d) against a teacher
+  network, for relu and step, through the arc-cosine kernels
+  K(w, v) = E_x[sigma(<w, x>) sigma(<v, x>)]: a population flow needs no samples.
+
+References
+----------
+1. L. Chizat and F. Bach, "On the global convergence of gradient descent for over-parameterized models
+   using optimal transport", NeurIPS 2018, arXiv:1805.09545, Sec. 2 and Theorem 3.3.
+2. S. Mei, A. Montanari and P.-M. Nguyen, "A mean field view of the landscape of two-layer neural
+   networks", PNAS 2018, arXiv:1804.06561.
+3. Y. Cho and L. Saul, "Kernel methods for deep learning", NeurIPS 2009 (arc-cosine kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_array, check_integer, check_random_state
+from .backend import get_xp, to_numpy
+
+__all__ = [
+    "EmpiricalRisk",
+    "PopulationRisk",
+    "Trajectory",
+    "FlowDivergenceError",
+    "gradient_flow",
+]
+
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+class FlowDivergenceError(FloatingPointError):
+    """The risk became NaN, infinite, or exploded during a flow."""
+
+
+def _chunk_rows(n, m, itemsize, chunk_bytes):
+    """Rows per chunk so that a (rows, m) block takes about chunk_bytes."""
+    return max(1, min(n, int(chunk_bytes // max(1, m * itemsize))))
+
+
+# ----------------------------------------------------------------------------- empirical risk
+
+class EmpiricalRisk:
+    r"""Empirical square risk R = 1/(2n) sum_i (f(x_i) - y_i)^2 of a two-layer network.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Inputs (numpy or cupy; the network's arrays must live on the same device).
+    y : array of shape (n,)
+        Targets.
+    chunk_bytes : int
+        Memory for one (chunk, m) block of pre-activations; samples are processed in chunks of
+        that size, so the peak memory is O((n + m) d + chunk_bytes).
+
+    Notes
+    -----
+    One pass over a chunk X_c computes Z = X_c W^T (a GEMM), f = gamma sigma(Z) a, r = f - y, and
+    accumulates grad_a += gamma/n sigma(Z)^T r and grad_W += gamma/n diag(a) (sigma'(Z) * r)^T X_c
+    (a second GEMM): the value and both gradients from a single pre-activation block.
+    """
+
+    def __init__(self, X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        X = check_array(X, "X", ndim=2)
+        y = check_array(y, "y", ndim=1)
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows")
+        if X.shape[0] == 0:
+            raise ValueError("X must hold at least one sample, got n=0")
+        get_xp(X, y)
+        self.X, self.y = X, y
+        self.chunk_bytes = int(chunk_bytes)
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def _inputs(self, net):
+        X = self.X
+        if getattr(net, "bias", False):
+            xp = get_xp(X)
+            if not hasattr(self, "_X_bias"):
+                self._X_bias = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
+            X = self._X_bias
+        if X.shape[1] != net.W.shape[1]:
+            raise ValueError(f"the network has inputs of dimension {net.W.shape[1]} "
+                             f"but X has d={self.X.shape[1]} coordinates" + (" (+1 for the bias)" if net.bias else ""))
+        return X
+
+    def __call__(self, net) -> float:
+        """The risk of ``net``."""
+        return self.value_and_grad(net, a=net.a, W=net.W, need_grad=False)[0]
+
+    def value_and_grad(self, net, a=None, W=None, need_grad=True):
+        """Risk and its gradients (grad_a of shape (m,), grad_W of shape (m, d)) at (a, W).
+
+        ``a`` and ``W`` default to the network's; the network supplies gamma and sigma.
+        """
+        a = net.a if a is None else a
+        W = net.W if W is None else W
+        X = self._inputs(net)
+        xp = get_xp(X, a, W)
+        n, m = X.shape[0], W.shape[0]
+        gamma, sigma = net.gamma, net.activation
+        relu = getattr(sigma, "name", None) == "relu"
+        rows = _chunk_rows(n, m, X.dtype.itemsize, self.chunk_bytes)
+        risk = 0.0
+        grad_a = xp.zeros_like(a) if need_grad else None
+        grad_W = xp.zeros_like(W) if need_grad else None
+        Z = xp.empty((rows, m), dtype=W.dtype)  # (chunk, m) work array, reused
+        for start in range(0, n, rows):
+            Xc = X[start:start + rows]
+            Zc = Z[: Xc.shape[0]]
+            xp.matmul(Xc, W.T, out=Zc)
+            if relu:
+                mask = Zc > 0 if need_grad else None
+                xp.maximum(Zc, 0, out=Zc)
+                S = Zc
+            else:
+                S = sigma(Zc)
+                D = sigma.derivative(Zc) if need_grad else None
+            r = gamma * (S @ a) - self.y[start:start + Xc.shape[0]]  # (chunk,)
+            risk += float(r @ r)
+            if not need_grad:
+                continue
+            r = r * (gamma / n)
+            grad_a += S.T @ r
+            if relu:
+                xp.multiply(mask, r[:, None], out=Zc)
+                G = Zc
+            else:
+                G = D
+                G *= r[:, None]
+            grad_W += G.T @ Xc
+        if need_grad:
+            grad_W *= a[:, None]
+        return 0.5 * risk / n, grad_a, grad_W
+
+
+# ----------------------------------------------------------------------------- population risk
+
+def _arccos_kernel_and_grad(W, V, order, need_grad=True):
+    r"""K(w_j, v_k) = E_{x ~ N(0, I)}[sigma(<w_j, x>) sigma(<v_k, x>)] and the field grad_w K.
+
+    order 1 (relu): K = |w||v| (sin th + (pi - th) cos th) / (2 pi),
+        grad_w K = ((pi - th) v + |v| sin th w/|w|) / (2 pi).
+    order 0 (step): K = (pi - th) / (2 pi),
+        grad_w K = (v/|v| - cos th w/|w|) / (2 pi |w| sin th)  (zero where sin th = 0).
+
+    Returns K (m, m') and the function ``apply(C)`` giving sum_k C_jk grad_w K(w_j, v_k) (m, d).
+    """
+    xp = get_xp(W, V)
+    nw = xp.linalg.norm(W, axis=1)  # (m,)
+    nv = xp.linalg.norm(V, axis=1)  # (m',)
+    G = W @ V.T  # (m, m')
+    denom = nw[:, None] * nv[None, :]
+    safe = xp.where(denom > 0, denom, 1)
+    cos = xp.clip(G / safe, -1, 1)
+    # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
+    sin_abs = xp.sqrt(xp.maximum(denom**2 - G**2, 0)) / safe
+    if V is W:
+        # The Gram route leaves sin ~ sqrt(eps) on the diagonal: the angle of w with itself is 0.
+        idx = xp.arange(W.shape[0])
+        sin_abs[idx, idx] = 0
+        cos[idx, idx] = 1
+    theta = xp.arctan2(sin_abs, cos)
+    if order == 1:
+        K = (denom * sin_abs + (xp.pi - theta) * G) / (2 * xp.pi)
+    else:
+        K = (xp.pi - theta) / (2 * xp.pi)
+    if not need_grad:
+        return K, None
+    W_hat = W / xp.where(nw > 0, nw, 1)[:, None]
+    if order == 1:
+        A = (xp.pi - theta) / (2 * xp.pi)  # coefficient of v_k
+        B = nv[None, :] * sin_abs / (2 * xp.pi)  # coefficient of w_j / |w_j|
+
+        def apply(C):
+            return (A * C) @ V + (B * C).sum(axis=1)[:, None] * W_hat
+    else:
+        V_hat = V / xp.where(nv > 0, nv, 1)[:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = xp.where(sin_abs > 1e-12, 1 / (2 * xp.pi * nw[:, None] * sin_abs), 0)
+
+        def apply(C):
+            return (inv * C) @ V_hat - (inv * C * cos).sum(axis=1)[:, None] * W_hat
+    return K, apply
+
+
+class PopulationRisk:
+    r"""Exact population square risk R = 1/2 E_x[(f(x) - f^*(x))^2] against a teacher network.
+
+    Parameters
+    ----------
+    teacher : TwoLayer
+        The target f^*, with the same activation as the students (relu or step) and no bias.
+    input : {"gaussian", "sphere"}
+        x ~ N(0, I_d), or x ~ tau_d uniform on S^{d-1}.
+
+    Notes
+    -----
+    Expanding the square, with K(w, v) = E_x[sigma(<w, x>) sigma(<v, x>)],
+
+        R = 1/2 [gamma^2 a^T K(W, W) a - 2 gamma gamma^* a^T K(W, W^*) a^* + gamma^{*2} a^{*T} K(W^*, W^*) a^*],
+
+    and K is the arc-cosine kernel of order 1 (relu) or 0 (step) of Cho and Saul (2009). For
+    x ~ tau_d, write x = u / |u| with u ~ N(0, I_d) independent of |u|: the relu kernel is 2-homogeneous
+    in x and E|u|^2 = d, so it is divided by d; the step kernel is 0-homogeneous and unchanged.
+    The cost is O((m + m^*)^2 d) time, O(m (m + m^*)) memory.
+    """
+
+    _ORDERS = {"relu": 1, "step": 0}
+
+    def __init__(self, teacher, input: str = "gaussian"):
+        if input not in ("gaussian", "sphere"):
+            raise ValueError(f"input must be 'gaussian' or 'sphere', got {input!r}")
+        name = getattr(teacher.activation, "name", None)
+        if name not in self._ORDERS:
+            raise ValueError(f"PopulationRisk has closed forms for relu and step teachers, got {name!r}")
+        if getattr(teacher, "bias", False):
+            raise ValueError("PopulationRisk needs a teacher without bias (use EmpiricalRisk with biases)")
+        self.teacher = teacher
+        self.input = input
+        self.order = self._ORDERS[name]
+        self._scale = (1.0 / teacher.W.shape[1]) if (input == "sphere" and self.order == 1) else 1.0
+        Kss, _ = _arccos_kernel_and_grad(teacher.W, teacher.W, self.order, need_grad=False)
+        at = teacher.a * teacher.gamma
+        self._teacher_energy = 0.5 * self._scale * float(at @ (Kss @ at))
+
+    @property
+    def d(self) -> int:
+        return self.teacher.W.shape[1]
+
+    def _check(self, net, W):
+        if getattr(net.activation, "name", None) != self.teacher.activation.name:
+            raise ValueError(f"student activation {net.activation.name!r} differs from the teacher's "
+                             f"{self.teacher.activation.name!r}")
+        if W.shape[1] != self.d:
+            raise ValueError(f"the network has inputs of dimension {W.shape[1]} but the teacher has d={self.d}")
+
+    def __call__(self, net) -> float:
+        return self.value_and_grad(net, need_grad=False)[0]
+
+    def value_and_grad(self, net, a=None, W=None, need_grad=True):
+        """Risk and its gradients with respect to a (m,) and W (m, d)."""
+        a = net.a if a is None else a
+        W = net.W if W is None else W
+        self._check(net, W)
+        gamma, s = net.gamma, self._scale
+        at = self.teacher.a * self.teacher.gamma
+        Kww, apply_ww = _arccos_kernel_and_grad(W, W, self.order, need_grad)
+        Kws, apply_ws = _arccos_kernel_and_grad(W, self.teacher.W, self.order, need_grad)
+        u = s * (gamma * (Kww @ a) - Kws @ at)  # (m,): E_x[(f - f^*) sigma(<w_j, x>)] / 1
+        risk = 0.5 * gamma * float(a @ u) - 0.5 * s * gamma * float(a @ (Kws @ at)) + self._teacher_energy
+        if not need_grad:
+            return max(risk, 0.0), None, None
+        grad_a = gamma * u
+        # d/dw_j: gamma^2 a_j sum_k a_k grad_1 K(w_j, w_k) - gamma a_j sum_l a*_l grad_1 K(w_j, w*_l);
+        # the diagonal term K(w_j, w_j) depends on w_j twice, which the symmetric sum counts.
+        xp = get_xp(W)
+        ones = xp.ones((1,), dtype=W.dtype)
+        grad_W = s * gamma * a[:, None] * (apply_ww(gamma * ones[:, None] * a[None, :])
+                                          - apply_ws(ones[:, None] * at[None, :]))
+        return max(risk, 0.0), grad_a, grad_W
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+@dataclasses.dataclass
+class Trajectory:
+    """What a flow records: times, risks, particle snapshots, and the state to resume from.
+
+    Attributes
+    ----------
+    times, risks : numpy arrays of shape (records,)
+    snapshots_a : numpy array of shape (records, k)
+    snapshots_W : numpy array of shape (records, k, d)
+        The first k particles (``snapshot_particles``) at each record; empty when not asked for.
+    a, W : numpy arrays of shapes (m,) and (m, d)
+        The final particles.
+    step : int
+        Steps taken in all (resumed runs continue the count).
+    t : float
+        Flow time reached.
+    rng_state : dict
+        The noise generator's state, so that a resumed noisy flow draws the same numbers.
+    meta : dict
+        Method, step size, noise, time scale, wall time.
+    """
+
+    times: np.ndarray
+    risks: np.ndarray
+    snapshots_a: np.ndarray
+    snapshots_W: np.ndarray
+    a: np.ndarray
+    W: np.ndarray
+    step: int
+    t: float
+    rng_state: dict
+    meta: dict
+
+    def save(self, path) -> Path:
+        """Write to ``path`` (.npz) atomically: an interrupted save never leaves a broken file."""
+        import json
+
+        from .study import save_npz_atomic
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["rng_state"] = json.dumps(fields["rng_state"])
+        fields["meta"] = json.dumps(fields["meta"])
+        return save_npz_atomic(path, fields)
+
+    @classmethod
+    def load(cls, path) -> "Trajectory":
+        import json
+
+        from .study import load_npz
+
+        data = load_npz(path)
+        data["rng_state"] = json.loads(data["rng_state"])
+        data["meta"] = json.loads(data["meta"])
+        return cls(**data)
+
+    def network(self, like):
+        """A copy of the network ``like`` carrying this trajectory's final particles, on like's device."""
+        xp = get_xp(like.a)
+        net = like.copy()
+        net.a = xp.asarray(self.a, dtype=like.a.dtype)
+        net.W = xp.asarray(self.W, dtype=like.W.dtype)
+        return net
+
+
+# ----------------------------------------------------------------------------- integrators
+
+def _rk4_step(field, a, W, h):
+    """One classical Runge-Kutta step of (a, W)' = -field(a, W); returns R(a, W) and the update."""
+    r0, ga1, gW1 = field(a, W)
+    _, ga2, gW2 = field(a - 0.5 * h * ga1, W - 0.5 * h * gW1)
+    _, ga3, gW3 = field(a - 0.5 * h * ga2, W - 0.5 * h * gW2)
+    _, ga4, gW4 = field(a - h * ga3, W - h * gW3)
+    return (r0, a - h / 6 * (ga1 + 2 * ga2 + 2 * ga3 + ga4),
+            W - h / 6 * (gW1 + 2 * gW2 + 2 * gW3 + gW4))
+
+
+def _bogacki_shampine_step(field, a, W, h, k1):
+    """Embedded Runge-Kutta 3(2) step (Bogacki and Shampine, 1989), first-same-as-last.
+
+    ``k1`` = (risk, grad_a, grad_W) at (a, W). Returns the third-order update, the field there
+    (the next k1), and the difference with the second-order companion (the error estimate).
+    """
+    _, ga1, gW1 = k1
+    _, ga2, gW2 = field(a - 0.5 * h * ga1, W - 0.5 * h * gW1)
+    _, ga3, gW3 = field(a - 0.75 * h * ga2, W - 0.75 * h * gW2)
+    a3 = a - h * (2 * ga1 + 3 * ga2 + 4 * ga3) / 9
+    W3 = W - h * (2 * gW1 + 3 * gW2 + 4 * gW3) / 9
+    k4 = field(a3, W3)
+    _, ga4, gW4 = k4
+    # third-order weights (2/9, 1/3, 4/9, 0) minus second-order ones (7/24, 1/4, 1/3, 1/8)
+    ea = h * (-5 / 72 * ga1 + 1 / 12 * ga2 + 1 / 9 * ga3 - 1 / 8 * ga4)
+    eW = h * (-5 / 72 * gW1 + 1 / 12 * gW2 + 1 / 9 * gW3 - 1 / 8 * gW4)
+    return a3, W3, k4, ea, eW
+
+
+# ----------------------------------------------------------------------------- the flow
+
+class _Recorder:
+    """Times, risks and snapshots of a flow, plus the divergence guard."""
+
+    def __init__(self, k, step_size, divergence_factor, resume=None):
+        self.k, self.step_size, self.divergence_factor = k, step_size, divergence_factor
+        if resume is None:
+            self.steps, self.times, self.risks, self.snaps_a, self.snaps_W = [], [], [], [], []
+            self.initial = None
+        else:
+            self.steps = list(resume.meta["record_steps"])
+            self.times, self.risks = list(resume.times), list(resume.risks)
+            self.snaps_a, self.snaps_W = list(resume.snapshots_a), list(resume.snapshots_W)
+            self.initial = resume.meta["initial_risk"]
+
+    def check(self, step, t, risk):
+        if self.initial is None:
+            self.initial = risk
+        if not math.isfinite(risk) or risk > self.divergence_factor * max(self.initial, 1e-300):
+            raise FlowDivergenceError(
+                f"gradient flow diverged at step {step} (t={t:.4g}): risk {risk:.4g} from "
+                f"{self.initial:.4g} initially; try a smaller step_size than {self.step_size}")
+
+    def add(self, step, t, risk, a, W):
+        if self.steps and self.steps[-1] == step:
+            return
+        self.steps.append(step)
+        self.times.append(t)
+        self.risks.append(risk)
+        if self.k:
+            self.snaps_a.append(to_numpy(a[: self.k]))
+            self.snaps_W.append(to_numpy(W[: self.k]))
+
+    def drop_unaligned_tail(self, record_every):
+        """Forget a final record that an uninterrupted run would not have made."""
+        if len(self.steps) > 1 and self.steps[-1] % record_every:
+            for seq in (self.steps, self.times, self.risks):
+                seq.pop()
+            if self.k:
+                self.snaps_a.pop()
+                self.snaps_W.pop()
+
+    def trajectory(self, a, W, step, t, rng, meta):
+        d = W.shape[1]
+        return Trajectory(
+            times=np.asarray(self.times, dtype=float), risks=np.asarray(self.risks, dtype=float),
+            snapshots_a=np.asarray(self.snaps_a) if self.snaps_a else np.zeros((0, self.k)),
+            snapshots_W=np.asarray(self.snaps_W) if self.snaps_W else np.zeros((0, self.k, d)),
+            a=to_numpy(a), W=to_numpy(W), step=int(step), t=float(t), rng_state=rng.bit_generator.state,
+            meta={**meta, "initial_risk": self.initial, "record_steps": [int(s) for s in self.steps]})
+
+
+def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: float = 0.0,
+                  record_every: int = 1, snapshot_particles: int = 0, time_scale=None,
+                  train: str = "both", callback=None, rng=None, resume: Trajectory | None = None,
+                  checkpoint=None, checkpoint_every: int = 0, tol: float = 1e-6,
+                  divergence_factor: float = 1e8, progress: bool = False) -> Trajectory:
+    r"""Run the particle gradient flow of ``loss`` from ``net`` (which is left unchanged).
+
+    Parameters
+    ----------
+    net : TwoLayer
+        The initial network (its gamma and activation stay fixed along the flow).
+    loss : EmpiricalRisk or PopulationRisk
+        Anything with ``value_and_grad(net, a, W, need_grad=True) -> (risk, grad_a, grad_W)``.
+    steps : int
+        Number of steps to take (for ``"adaptive"``: the flow runs for a time steps * step_size).
+    step_size : float
+        eta > 0, the time step of the flow.
+    method : {"euler", "rk4", "adaptive"}
+        Forward Euler (plain gradient descent), classical Runge-Kutta 4, or the adaptive
+        Bogacki-Shampine 3(2) pair with relative tolerance ``tol`` (step_size is its first step).
+    noise : float
+        Temperature beta^{-1} >= 0 of the Langevin flow d theta = -s grad R dt + sqrt(2 noise) dB
+        (s the time scale), by Euler-Maruyama (``method="euler"`` only).
+    record_every : int
+        Record time and risk every so many steps, and at the last step.
+    snapshot_particles : int
+        Keep the first k particles at each record (0: none; -1: all of them).
+    time_scale : float, optional
+        The factor s multiplying the gradient on a particle; default m (the mean-field time scale).
+    train : {"both", "outer", "inner"}
+        Which layer moves.
+    callback : callable, optional
+        ``callback(step, t, risk, a, W)`` at each record; returning True stops the flow.
+    rng : None, int or Generator
+        Noise source (drawn on the host, moved to the device).
+    resume : Trajectory, optional
+        A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
+    checkpoint : path, optional
+        Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
+    tol : float
+        Relative tolerance of the adaptive method.
+    divergence_factor : float
+        Stop with :class:`FlowDivergenceError` once the risk exceeds this times its initial value.
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    Trajectory
+
+    Notes
+    -----
+    Each particle moves by -step_size * s * grad_{theta_j} R per step. With gamma = 1/m and s = m the
+    field is O(1) per particle and t = steps * step_size is the time of the Wasserstein gradient flow,
+    the same for every width m (Chizat and Bach 2018, Sec. 2.2).
+
+    Examples
+    --------
+    >>> from shallow.networks import TwoLayer
+    >>> teacher = TwoLayer.init(3, 5, rng=0)
+    >>> student = TwoLayer.init(20, 5, rng=1)
+    >>> traj = gradient_flow(student, PopulationRisk(teacher), steps=50, step_size=0.05)
+    >>> bool(traj.risks[-1] < traj.risks[0])
+    True
+    """
+    steps = check_integer(steps, "steps", minimum=0)
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
+            or not math.isfinite(step_size) or step_size <= 0:
+        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+    if method not in ("euler", "rk4", "adaptive"):
+        raise ValueError(f"method must be 'euler', 'rk4' or 'adaptive', got {method!r}")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite temperature >= 0, got {noise!r}")
+    if noise > 0 and method != "euler":
+        raise ValueError("noise > 0 (Langevin) is integrated by Euler-Maruyama: use method='euler'")
+    if train not in ("both", "outer", "inner"):
+        raise ValueError(f"train must be 'both', 'outer' or 'inner', got {train!r}")
+    record_every = check_integer(record_every, "record_every", minimum=1)
+    xp = get_xp(net.a, net.W)
+    m = net.W.shape[0]
+    s = float(m if time_scale is None else time_scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"time_scale must be positive and finite, got {time_scale!r}")
+    rng = check_random_state(rng)
+    k = m if snapshot_particles < 0 else min(int(snapshot_particles), m)
+    move_a = s if train in ("both", "outer") else 0.0
+    move_W = s if train in ("both", "inner") else 0.0
+    meta = dict(method=method, step_size=step_size, noise=noise, time_scale=s, train=train, m=m,
+                record_every=record_every)
+
+    def field(a_, W_):
+        risk, ga, gW = loss.value_and_grad(net, a_, W_)
+        return risk, ga * move_a, gW * move_W
+
+    rec = _Recorder(k, step_size, divergence_factor, resume)
+    if resume is not None:
+        a = xp.asarray(resume.a, dtype=net.a.dtype)
+        W = xp.asarray(resume.W, dtype=net.W.dtype)
+        if a.shape != net.a.shape or W.shape != net.W.shape:
+            raise ValueError(f"resume holds particles of shapes {a.shape}, {W.shape} "
+                             f"but net has {tuple(net.a.shape)}, {tuple(net.W.shape)}")
+        rng.bit_generator.state = resume.rng_state
+        step, t = int(resume.step), float(resume.t)
+        h = float(resume.meta.get("h", step_size))
+        rec.drop_unaligned_tail(record_every)
+    else:
+        a, W = net.a.copy(), net.W.copy()
+        step, t, h = 0, 0.0, float(step_size)
+    last = step + steps
+    t_end = t + steps * step_size
+    # Times as step * step_size whenever the saved time is on that grid (resumed runs included).
+    step0, t0 = (0, 0.0) if t == step * step_size else (step, t)
+    state = (step, t, a, W, rng.bit_generator.state)  # the last completed step, for Ctrl-C
+
+    def save(st):
+        rec.trajectory(st[2], st[3], st[0], st[1], _state_rng(st[4]), {**meta, "h": h}).save(checkpoint)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"flow ({method})", unit="step", leave=False)
+    started = time.perf_counter()
+    try:
+        if method == "adaptive":
+            k1 = field(a, W)
+            rec.check(step, t, k1[0])
+            rec.add(step, t, k1[0], a, W)
+            while t < t_end * (1 - 1e-12):
+                h = min(h, t_end - t)
+                a_new, W_new, k_new, ea, eW = _bogacki_shampine_step(field, a, W, h, k1)
+                size = 1 + math.sqrt(float((a * a).sum() + (W * W).sum()))
+                err = math.sqrt(float((ea * ea).sum() + (eW * eW).sum())) / (tol * size)
+                if err <= 1:
+                    a, W, k1, t, step = a_new, W_new, k_new, t + h, step + 1
+                    rec.check(step, t, k1[0])
+                    if step % record_every == 0:
+                        rec.add(step, t, k1[0], a, W)
+                    state = (step, t, a, W, rng.bit_generator.state)
+                    if bar is not None:
+                        bar.set_postfix(t=f"{t:.3g}", risk=f"{k1[0]:.3g}")
+                h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
+            rec.add(step, t, k1[0], a, W)
+        else:
+            pending = step if (resume is None or step % record_every == 0) else None
+            stop = False
+            while step < last and not stop:
+                if method == "euler":
+                    risk, ga, gW = field(a, W)
+                    a, W = a - step_size * ga, W - step_size * gW
+                    if noise > 0:
+                        std = math.sqrt(2 * noise * step_size)
+                        if move_a:
+                            a = a + std * xp.asarray(rng.standard_normal(a.shape), dtype=a.dtype)
+                        if move_W:
+                            W = W + std * xp.asarray(rng.standard_normal(W.shape), dtype=W.dtype)
+                else:
+                    risk, a, W = _rk4_step(field, a, W, step_size)
+                # risk is R at the previous step's particles: record it now if that step was due.
+                rec.check(step, t, risk)
+                if pending is not None:
+                    rec.add(step, t, risk, *state[2:4])
+                    if callback is not None and callback(step, t, risk, *state[2:4]):
+                        stop = True
+                step += 1
+                t = t0 + (step - step0) * step_size
+                state = (step, t, a, W, rng.bit_generator.state)
+                pending = step if step % record_every == 0 else None
+                if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                    save(state)
+                if bar is not None:
+                    bar.update(1)
+            risk = loss.value_and_grad(net, a, W, need_grad=False)[0]
+            rec.check(step, t, risk)
+            rec.add(step, t, risk, a, W)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            save(state)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    meta["wall_time"] = time.perf_counter() - started
+    traj = rec.trajectory(a, W, step, t, rng, {**meta, "h": h})
+    if checkpoint is not None:
+        traj.save(checkpoint)
+    return traj
+
+
+def _state_rng(state):
+    """A Generator carrying a saved bit-generator state (for checkpoints taken mid-flow)."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng

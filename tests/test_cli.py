@@ -1,0 +1,116 @@
+"""The study runner and the `shallow` command, on a toy study written to a temporary folder."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from shallow import cli, study
+
+TOY = '''
+"""Toy study: the mean of n standard normals is within 5/sqrt(n) of 0."""
+import dataclasses
+import numpy as np
+from shallow import study
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int = 1000
+    scales: tuple = (1.0, 2.0)
+    seed: int = 0
+    device: str = "cpu"
+
+QUICK = {"n": 10}
+CALLS = []
+
+def compute(cfg):
+    CALLS.append(cfg)
+    x = np.random.default_rng(cfg.seed).standard_normal(cfg.n)
+    return {"mean": float(x.mean()), "x": x, "label": "toy"}
+
+def plot(result, cfg):
+    fig, axes = study.new_figure()
+    axes[0, 0].hist(result["x"])
+    return fig
+
+def main(argv=None):
+    return study.main(__name__, argv)
+'''
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "toy.py").write_text(textwrap.dedent(TOY))
+    (folder / "_helper.py").write_text("")
+    monkeypatch.setenv("SHALLOW_STUDIES", str(folder))
+    monkeypatch.delitem(__import__("sys").modules, "shallow_studies.toy", raising=False)
+    return tmp_path
+
+
+def test_list_shows_public_studies_with_their_claims(toy, capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "toy" in out and "Toy study" in out and "_helper" not in out
+
+
+def test_run_quick_writes_figure_sidecar_and_cache(toy):
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    assert (out / "figures" / "toy_quick.png").stat().st_size > 0
+    sidecar = json.loads((out / "figures" / "toy_quick.json").read_text())
+    assert sidecar["config"]["n"] == 10 and sidecar["config"]["seed"] == 3
+    assert sidecar["summary"]["label"] == "toy" and sidecar["device"] == "cpu"
+    assert len(list((out / "results").glob("toy-*.npz"))) == 1
+
+
+def test_cached_result_is_reused_and_force_recomputes(toy):
+    out = str(toy / "out")
+    module = cli.load_study("toy")
+    cli.main(["run", "toy", "--quick", "--out", out])
+    cli.main(["run", "toy", "--quick", "--out", out])
+    assert len(module.CALLS) == 1
+    cli.main(["run", "toy", "--quick", "--out", out, "--force"])
+    assert len(module.CALLS) == 2
+
+
+def test_config_fields_become_flags(toy):
+    module = cli.load_study("toy")
+    args = study.build_parser(module).parse_args(["--n", "7", "--scales", "0.5,3"])
+    cfg = study.config_from_args(module, args)
+    assert cfg.n == 7 and cfg.scales == (0.5, 3.0)
+    quick = study.config_from_args(module, study.build_parser(module).parse_args(["--quick", "--n", "12"]))
+    assert quick.n == 12  # an explicit flag wins over QUICK
+
+
+def test_unknown_study_is_a_clear_error(toy):
+    with pytest.raises(SystemExit, match="unknown study 'nope'; known studies: toy"):
+        cli.main(["run", "nope"])
+
+
+def test_gpu_device_without_gpu_is_refused(toy, monkeypatch):
+    monkeypatch.setattr(study, "available_devices", lambda: ("cpu",))
+    with pytest.raises(RuntimeError, match="device='gpu' is not available"):
+        cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")])
+
+
+def test_interrupted_write_leaves_no_result_file(tmp_path):
+    target = tmp_path / "r.npz"
+
+    def crash(tmp):
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        study.atomic_write(target, crash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_result_round_trips(tmp_path):
+    result = {"a": np.arange(3.0), "s": 1.5, "name": "x", "k": 4}
+    study.save_npz_atomic(tmp_path / "r.npz", result)
+    back = study.load_npz(tmp_path / "r.npz")
+    assert back["s"] == 1.5 and back["name"] == "x" and back["k"] == 4
+    np.testing.assert_array_equal(back["a"], result["a"])

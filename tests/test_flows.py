@@ -1,0 +1,245 @@
+"""Particle gradient flows: exact population risk, gradients, integrators, resume, divergence."""
+
+import numpy as np
+import pytest
+
+from shallow.flows import EmpiricalRisk, FlowDivergenceError, PopulationRisk, Trajectory, gradient_flow
+from shallow.networks import TwoLayer
+
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+def teacher_student(d=5, m_teacher=3, m=8, activation="relu", seed=0):
+    teacher = TwoLayer.init(m_teacher, d, rng=seed, activation=activation, weights="sphere", a_init="sign")
+    teacher.gamma = 1.0
+    student = TwoLayer.init(m, d, rng=seed + 1, activation=activation)
+    return teacher, student
+
+
+def direct_forward(net, X):
+    """f(x) written out with numpy, independently of the library's chunked code."""
+    Z = X @ net.W.T
+    S = relu(Z) if net.activation.name == "relu" else (Z > 0).astype(float)
+    return net.gamma * S @ net.a
+
+
+# ----------------------------------------------------------------------------- population risk
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+@pytest.mark.parametrize("input", ["gaussian", "sphere"])
+def test_population_risk_matches_monte_carlo(activation, input):
+    # 1/2 E[(f - f*)^2] by Monte Carlo over N inputs; tolerance 4 sigma / sqrt(N), sigma estimated.
+    d, N = 6, 400_000
+    teacher, student = teacher_student(d, activation=activation)
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((N, d))
+    if input == "sphere":
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    samples = 0.5 * (direct_forward(student, X) - direct_forward(teacher, X)) ** 2
+    exact = PopulationRisk(teacher, input=input)(student)
+    assert abs(exact - samples.mean()) < 4 * samples.std() / np.sqrt(N)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_population_risk_of_the_teacher_itself_is_zero(activation):
+    teacher, _ = teacher_student(activation=activation)
+    assert PopulationRisk(teacher)(teacher) < 1e-14
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_population_risk_gradient_matches_central_differences(activation):
+    teacher, student = teacher_student(d=4, m=5, activation=activation, seed=3)
+    loss = PopulationRisk(teacher)
+    _, ga, gW = loss.value_and_grad(student)
+    rng = np.random.default_rng(0)
+    h = 1e-6
+    for _ in range(3):
+        va, vW = rng.standard_normal(student.a.shape), rng.standard_normal(student.W.shape)
+        plus = loss.value_and_grad(student, student.a + h * va, student.W + h * vW, need_grad=False)[0]
+        minus = loss.value_and_grad(student, student.a - h * va, student.W - h * vW, need_grad=False)[0]
+        # central differences: O(h^2) truncation plus O(eps / h) rounding, about 1e-9 relative here
+        assert (plus - minus) / (2 * h) == pytest.approx(ga @ va + (gW * vW).sum(), rel=1e-6, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- empirical risk
+
+def test_empirical_risk_is_half_mean_square_residual():
+    teacher, student = teacher_student()
+    X = np.random.default_rng(2).standard_normal((50, 5))
+    y = direct_forward(teacher, X)
+    expected = 0.5 * np.mean((direct_forward(student, X) - y) ** 2)
+    assert EmpiricalRisk(X, y)(student) == pytest.approx(expected, rel=1e-13)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_empirical_risk_gradient_taylor_remainder_is_second_order(activation, bias):
+    # R(theta + h v) - R(theta) - h <grad R, v> = O(h^2): the remainder drops 4x when h halves.
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((40, 3)), rng.standard_normal(40)
+    net = TwoLayer.init(7, 3, rng=5, activation=activation, bias=bias)
+    loss = EmpiricalRisk(X, y)
+    r0, ga, gW = loss.value_and_grad(net)
+    va, vW = rng.standard_normal(ga.shape), rng.standard_normal(gW.shape)
+    slope = ga @ va + (gW * vW).sum()
+    remainders = []
+    for h in (1e-3, 5e-4, 2.5e-4):  # small enough that no relu kink is crossed
+        r = loss.value_and_grad(net, net.a + h * va, net.W + h * vW, need_grad=False)[0]
+        remainders.append(abs(r - r0 - h * slope))
+    ratios = np.array(remainders[:-1]) / np.array(remainders[1:])
+    np.testing.assert_allclose(ratios, 4, rtol=0.15)
+
+
+def test_empirical_risk_chunked_equals_unchunked():
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((103, 4)), rng.standard_normal(103)
+    net = TwoLayer.init(9, 4, rng=1)
+    whole = EmpiricalRisk(X, y).value_and_grad(net)
+    chunked = EmpiricalRisk(X, y, chunk_bytes=9 * 8 * 10).value_and_grad(net)  # 10 rows a chunk
+    for u, v in zip(whole, chunked):
+        np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-15)
+
+
+def test_empirical_gradient_agrees_with_network_gradients():
+    # The loss's fused pass and TwoLayer.gradients(X, r) with r = f - y are two codes for one gradient.
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((30, 4)), rng.standard_normal(30)
+    net = TwoLayer.init(6, 4, rng=2)
+    _, ga, gW = EmpiricalRisk(X, y).value_and_grad(net)
+    ga2, gW2 = net.gradients(X, net(X) - y)
+    np.testing.assert_allclose(ga, ga2, rtol=1e-12)
+    np.testing.assert_allclose(gW, gW2, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- flows
+
+def test_euler_flow_decreases_the_risk_monotonically_for_small_steps():
+    teacher, student = teacher_student(d=5, m=20, seed=1)
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=200, step_size=0.01)
+    assert np.all(np.diff(traj.risks) <= 1e-15) and traj.risks[-1] < 0.9 * traj.risks[0]
+
+
+def test_rk4_matches_a_fine_euler_run():
+    # Euler is first order: with h/200 its distance to RK4 (error O(h^4)) is ~200x below Euler at h.
+    teacher, student = teacher_student(d=4, m=10, seed=2)
+    loss = PopulationRisk(teacher)
+    rk4 = gradient_flow(student, loss, steps=20, step_size=0.05, method="rk4")
+    fine = gradient_flow(student, loss, steps=4000, step_size=0.05 / 200, record_every=200)
+    coarse = gradient_flow(student, loss, steps=20, step_size=0.05)
+    err_fine = np.abs(fine.W - rk4.W).max()
+    err_coarse = np.abs(coarse.W - rk4.W).max()
+    assert err_fine < err_coarse / 100
+    np.testing.assert_allclose(fine.times, rk4.times, rtol=1e-12)
+
+
+def test_adaptive_flow_matches_rk4():
+    teacher, student = teacher_student(d=4, m=10, seed=3)
+    loss = PopulationRisk(teacher)
+    rk4 = gradient_flow(student, loss, steps=200, step_size=0.005, method="rk4")
+    adaptive = gradient_flow(student, loss, steps=200, step_size=0.005, method="adaptive", tol=1e-9)
+    assert adaptive.t == pytest.approx(1.0, rel=1e-12)
+    np.testing.assert_allclose(adaptive.W, rk4.W, atol=1e-6)
+
+
+def test_duplicating_every_particle_leaves_the_mean_field_flow_unchanged():
+    # The flow depends on the particles' empirical measure only: m -> 2m copies give the same curve.
+    teacher, student = teacher_student(d=5, m=6, seed=4)
+    double = TwoLayer(np.concatenate([student.a, student.a]), np.concatenate([student.W, student.W]))
+    loss = PopulationRisk(teacher)
+    one = gradient_flow(student, loss, steps=100, step_size=0.05)
+    two = gradient_flow(double, loss, steps=100, step_size=0.05)
+    np.testing.assert_allclose(one.risks, two.risks, rtol=1e-10)
+
+
+def test_particle_permutation_leaves_the_flow_unchanged():
+    teacher, student = teacher_student(d=5, m=8, seed=5)
+    perm = np.random.default_rng(0).permutation(8)
+    permuted = TwoLayer(student.a[perm], student.W[perm])
+    loss = PopulationRisk(teacher)
+    one = gradient_flow(student, loss, steps=50, step_size=0.05)
+    two = gradient_flow(permuted, loss, steps=50, step_size=0.05)
+    np.testing.assert_allclose(two.W, one.W[perm], rtol=1e-11, atol=1e-13)
+
+
+def test_width_100_student_learns_a_5_neuron_teacher_in_d20():
+    # Chizat & Bach 2018: over-parameterised relu flows reach the global minimum (risk 0 here).
+    d = 20
+    teacher = TwoLayer.init(5, d, rng=0, weights="sphere", a_init="sign")
+    teacher.gamma = 1.0
+    student = TwoLayer.init(100, d, rng=1, weights="sphere", a_init="balanced")
+    student.a *= 0.1
+    student.W *= 0.1
+    loss = PopulationRisk(teacher)
+    null_risk = loss(TwoLayer(0 * teacher.a, teacher.W, gamma=1.0))  # 1/2 E[f*^2]
+    traj = gradient_flow(student, loss, steps=4000, step_size=0.5, record_every=100)
+    assert traj.risks[-1] / null_risk < 1e-5
+
+
+def test_divergence_raises_with_step_and_advice():
+    teacher, student = teacher_student(d=5, m=10)
+    with pytest.raises(FlowDivergenceError, match=r"diverged at step \d+.*smaller step_size"):
+        gradient_flow(student, PopulationRisk(teacher), steps=200, step_size=50.0)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-3])
+def test_checkpoint_resume_gives_the_same_numbers(tmp_path, noise):
+    teacher, student = teacher_student(d=5, m=10, seed=6)
+    loss = PopulationRisk(teacher)
+    kw = dict(step_size=0.02, noise=noise, record_every=7, snapshot_particles=3)
+    whole = gradient_flow(student, loss, steps=60, rng=11, **kw)
+    first = gradient_flow(student, loss, steps=25, rng=11, checkpoint=tmp_path / "flow.npz", **kw)
+    resumed = gradient_flow(student, loss, steps=35, resume=Trajectory.load(tmp_path / "flow.npz"), **kw)
+    np.testing.assert_array_equal(resumed.W, whole.W)
+    np.testing.assert_array_equal(resumed.risks, whole.risks)
+    np.testing.assert_array_equal(resumed.times, whole.times)
+    np.testing.assert_array_equal(resumed.snapshots_W, whole.snapshots_W)
+    assert first.step == 25 and resumed.step == 60
+
+
+def test_interrupted_flow_leaves_a_resumable_checkpoint(tmp_path):
+    teacher, student = teacher_student(d=5, m=10, seed=7)
+    loss = PopulationRisk(teacher)
+    whole = gradient_flow(student, loss, steps=40, step_size=0.02)
+
+    def interrupt(step, t, risk, a, W):
+        if step == 17:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "flow.npz"
+    with pytest.raises(KeyboardInterrupt):
+        gradient_flow(student, loss, steps=40, step_size=0.02, callback=interrupt, checkpoint=path)
+    saved = Trajectory.load(path)
+    rest = gradient_flow(student, loss, steps=40 - saved.step, step_size=0.02, resume=saved)
+    np.testing.assert_array_equal(rest.W, whole.W)
+
+
+def test_outer_layer_only_keeps_inner_weights_fixed():
+    teacher, student = teacher_student(d=5, m=10)
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=20, step_size=0.05, train="outer")
+    np.testing.assert_array_equal(traj.W, student.W)
+    assert not np.array_equal(traj.a, student.a)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_names_the_argument():
+    teacher, student = teacher_student(d=5)
+    X = np.ones((4, 5))
+    with pytest.raises(ValueError, match="y has 3 entries but X has n=4"):
+        EmpiricalRisk(X, np.ones(3))
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        EmpiricalRisk(np.where(np.eye(4, 5) > 0, np.nan, 1.0)[:1], np.ones(1))
+    with pytest.raises(ValueError, match="y contains 1 NaN"):
+        EmpiricalRisk(X, np.array([1.0, np.nan, 0, 0]))
+    with pytest.raises(ValueError, match="inputs of dimension 5 but X has d=3"):
+        EmpiricalRisk(np.ones((4, 3)), np.ones(4))(student)
+    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+        gradient_flow(student, PopulationRisk(teacher), steps=1, step_size=0.0)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        gradient_flow(student, PopulationRisk(teacher), steps=-1, step_size=0.1)
+    with pytest.raises(ValueError, match="method must be"):
+        gradient_flow(student, PopulationRisk(teacher), steps=1, step_size=0.1, method="leapfrog")
+    with pytest.raises(ValueError, match="m must be an integer >= 1"):
+        TwoLayer.init(0, 5)
