@@ -159,7 +159,9 @@ def _check_study(module: ModuleType):
 
 
 def study_name(module: ModuleType) -> str:
-    return module.__name__.rsplit(".", 1)[-1]
+    """The study's name: its script's file name (also when run as ``python studies/NAME.py``)."""
+    path = getattr(module, "__file__", None)
+    return Path(path).stem if path else module.__name__.rsplit(".", 1)[-1]
 
 
 def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, out=".",
