@@ -49,7 +49,7 @@ __all__ = [
     "gradient_flow",
 ]
 
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 16 * 2**20  # 512 x 4096 float64: measured best on the 2-core machine
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -131,30 +131,33 @@ class EmpiricalRisk:
         grad_a = xp.zeros_like(a) if need_grad else None
         grad_W = xp.zeros_like(W) if need_grad else None
         Z = xp.empty((rows, m), dtype=W.dtype)  # (chunk, m) work array, reused
+        XR = xp.empty((rows, X.shape[1]), dtype=W.dtype) if need_grad else None  # (chunk, D)
         for start in range(0, n, rows):
             Xc = X[start:start + rows]
-            Zc = Z[: Xc.shape[0]]
+            c = Xc.shape[0]
+            Zc = Z[:c]
             xp.matmul(Xc, W.T, out=Zc)
             if relu:
-                mask = Zc > 0 if need_grad else None
-                xp.maximum(Zc, 0, out=Zc)
+                xp.maximum(Zc, 0, out=Zc)  # Zc is now sigma(Z), in place
                 S = Zc
             else:
                 S = sigma(Zc)
                 D = sigma.derivative(Zc) if need_grad else None
-            r = gamma * (S @ a) - self.y[start:start + Xc.shape[0]]  # (chunk,)
+            r = gamma * (S @ a) - self.y[start:start + c]  # (chunk,) residuals
             risk += float(r @ r)
             if not need_grad:
                 continue
-            r = r * (gamma / n)
-            grad_a += S.T @ r
+            r *= gamma / n
+            grad_a += r @ S
             if relu:
-                xp.multiply(mask, r[:, None], out=Zc)
-                G = Zc
+                # relu'(z) = 1{z > 0} = sign(relu(z)): overwrite the block rather than allocate a mask,
+                # and put r on the (chunk, D) side: grad_W += 1{Z > 0}^T (r * X_c).
+                xp.sign(Zc, out=Zc)
+                xp.multiply(Xc, r[:, None], out=XR[:c])
+                grad_W += Zc.T @ XR[:c]
             else:
-                G = D
-                G *= r[:, None]
-            grad_W += G.T @ Xc
+                D *= r[:, None]
+                grad_W += D.T @ Xc
         if need_grad:
             grad_W *= a[:, None]
         return 0.5 * risk / n, grad_a, grad_W

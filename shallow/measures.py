@@ -1,0 +1,683 @@
+r"""Signed measures on the sphere, networks as measures, and optimal-transport distances.
+
+A finite signed measure on S^{D-1} is a sum of Diracs mu = sum_j c_j delta_{theta_j} (weights c_j
+of any sign, atoms theta_j of unit norm). With a positively homogeneous activation of degree
+alpha, sigma(t s) = t^alpha sigma(s) for t > 0, a network is such a measure:
+
+    f(x) = gamma sum_j a_j sigma(<w_j, x>) = sum_j gamma a_j |w_j|^alpha sigma(<w_j/|w_j|, x>)
+         = int sigma(<x, theta>) dmu(theta),   mu = sum_j gamma a_j |w_j|^alpha delta_{w_j/|w_j|},
+
+(Bach 2017, Sec. 2). The variation norm (the F1 norm of Bach) of f is the least total variation
+|mu|(S^{D-1}) over the measures that represent f; :func:`variation_norm` computes the total
+variation of the atomic measure of a finite network after merging atoms at the same direction.
+
+Distances between measures are computed with POT (the Python Optimal Transport library); no OT
+solver is written here:
+
+* :func:`wasserstein` -- W_p between nonnegative measures of equal mass (exact, ``ot.emd2``);
+* :func:`sliced_wasserstein` -- its sliced version for large clouds (``ot.sliced``);
+* :func:`unbalanced_distance` -- signed measures or unequal masses: the debiased unbalanced
+  Sinkhorn divergence (``ot.unbalanced``) applied to the nonnegative measures
+  mu^+ + nu^- and nu^+ + mu^-.
+
+The particle clouds of a network are given explicitly: ``net.particles()`` (the lifted measure
+(1/m) sum_j delta_{(a_j, w_j)} of Chizat & Bach 2018, the object whose W2 gradient flow training
+is) or ``net.to_measure()`` (the measure on the sphere above, which depends only on f's
+representation, not on how mass is shared between a_j and |w_j|).
+
+When the inputs are cupy arrays they are passed to POT as cupy arrays (POT picks its cupy backend):
+cost matrices, Sinkhorn iterations and projections stay on the device; POT's exact ``emd`` solver
+runs on the host (POT copies the cost matrix there and the result back).
+
+References
+----------
+1. F. Bach, "Breaking the curse of dimensionality with convex neural networks", JMLR 18, 2017,
+   arXiv:1412.8690, Sec. 2.2-2.3 (F1 = variation norm, networks as measures).
+2. L. Chizat and F. Bach, "On the global convergence of gradient descent for over-parameterized
+   models using optimal transport", NeurIPS 2018, arXiv:1805.09545, Sec. 2 (lifted measures).
+3. T. Sejourne, J. Feydy, F.-X. Vialard, A. Trouve and G. Peyre, "Sinkhorn divergences for
+   unbalanced optimal transport", 2019, arXiv:1910.12958 (the unbalanced Sinkhorn
+   divergence with its mass term; its positivity and definiteness).
+4. B. Piccoli, F. Rossi and M. Tournus, "A Wasserstein norm for signed measures, with application
+   to non-local transport equation with source term", preprint hal-01665244, 2019 (signed
+   measures compared through mu^+ + nu^- and nu^+ + mu^-).
+5. N. Bonneel, J. Rabin, G. Peyre and H. Pfister, "Sliced and Radon Wasserstein barycenters of
+   measures", JMIV 51, 2015 (sliced Wasserstein).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+from ._validation import check_array, check_integer, check_on_sphere, check_random_state, sphere_tolerance
+from .backend import device_of, get_xp, to_device, to_numpy
+from .networks import TwoLayer, _resolve_activation
+
+__all__ = [
+    "Measure",
+    "network_to_measure",
+    "measure_to_network",
+    "variation_norm",
+    "wasserstein",
+    "sliced_wasserstein",
+    "unbalanced_distance",
+]
+
+
+def _merge_labels(points_host, atol: float):
+    """Group labels (k,) of the rows of points (host array) within distance atol, transitively closed.
+
+    Returns (labels of shape (m,), first index of each group of shape (groups,)). Groups are the
+    connected components of the graph joining atoms at Euclidean distance <= atol (a KD-tree finds
+    the pairs), numbered by their smallest atom index.
+    """
+    m = points_host.shape[0]
+    if m <= 1:
+        return np.zeros(m, dtype=np.intp), np.arange(m)
+    if atol == 0:
+        _, first, labels = np.unique(points_host, axis=0, return_index=True, return_inverse=True)
+        labels = labels.reshape(-1)
+    else:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(points_host).query_pairs(r=atol, output_type="ndarray")  # (pairs, 2)
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
+        _, labels = connected_components(graph, directed=False)
+        _, first = np.unique(labels, return_index=True)
+    # renumber groups by their first atom, so that the merged order follows the original order
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[labels], first[order]
+
+
+class Measure:
+    r"""A finite signed measure mu = sum_j c_j delta_{theta_j} on the sphere S^{D-1}.
+
+    Parameters
+    ----------
+    weights : array of shape (m,)
+        Signed masses c_j.
+    points : array of shape (m, D)
+        Atoms theta_j, rows of unit norm (within sqrt(eps) of their dtype), D >= 2.
+
+    Attributes
+    ----------
+    weights, points : arrays
+        Stored as given (no copy), on one device, in the dtype of ``points``.
+
+    Notes
+    -----
+    Atoms may repeat: the measure is the sum, and :meth:`merge` adds the weights of atoms at the
+    same point. The total variation |mu|(S^{D-1}) = sum over distinct points of |sum of their
+    weights|, and the Jordan decomposition mu = mu^+ - mu^- (:meth:`positive`, :meth:`negative`),
+    are computed after merging.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mu = Measure(np.array([2.0, -0.5, 1.0]), np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    >>> len(mu), mu.mass(), mu.total_variation()      # the first two atoms merge into 1.5
+    (3, 2.5, 2.5)
+    >>> mu.negative().mass()
+    0.0
+    """
+
+    def __init__(self, weights, points):
+        points = check_on_sphere(points, "points")
+        weights = check_array(weights, "weights", ndim=1)
+        get_xp(weights, points)
+        if weights.shape[0] != points.shape[0]:
+            raise ValueError(f"weights has shape {tuple(weights.shape)} but points has shape "
+                             f"{tuple(points.shape)}: one weight per atom")
+        self.weights = weights.astype(points.dtype, copy=False)  # (m,)
+        self.points = points  # (m, D)
+
+    @property
+    def xp(self):
+        return get_xp(self.weights, self.points)
+
+    @property
+    def D(self) -> int:
+        """Ambient dimension: the atoms lie on S^{D-1} in R^D."""
+        return int(self.points.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.weights.shape[0])
+
+    def mass(self) -> float:
+        """The signed total mass mu(S^{D-1}) = sum_j c_j."""
+        return float(self.weights.sum())
+
+    def merge(self, atol=None) -> Measure:
+        """The same measure with the atoms at one point merged (their weights added).
+
+        Parameters
+        ----------
+        atol : float, optional
+            Atoms whose Euclidean distance is <= atol are merged (transitively, as connected
+            components); default sqrt(eps) of the dtype (1.5e-8 in float64, 3.5e-4 in float32), the
+            precision to which w/|w| is a point of the sphere. ``atol=0`` merges only identical rows.
+
+        Returns
+        -------
+        Measure
+            One atom per group, at the group's first atom, in the order of first appearance. Atoms
+            whose weights cancel stay, with weight 0 (or a rounding residue).
+
+        Notes
+        -----
+        The grouping runs on the host (scipy's KD-tree and connected components); for cupy inputs
+        the points are copied there and the merged measure moved back.
+        """
+        xp = self.xp
+        atol = sphere_tolerance(self.points.dtype) if atol is None else float(atol)
+        if not np.isfinite(atol) or atol < 0:
+            raise ValueError(f"atol must be a non-negative finite distance, got {atol!r}")
+        labels, first = _merge_labels(to_numpy(self.points), atol)
+        k = len(first)
+        w = np.bincount(labels, weights=to_numpy(self.weights).astype(np.float64), minlength=k)
+        device = device_of(self.points)
+        weights = to_device(w.astype(self.points.dtype), device)
+        points = self.points[to_device(first, device)]
+        return Measure(weights, points)
+
+    def total_variation(self, atol=None) -> float:
+        """|mu|(S^{D-1}): the sum of |weight| over the distinct atoms (after :meth:`merge` with ``atol``)."""
+        return float(self.xp.abs(self.merge(atol).weights).sum())
+
+    def positive(self, atol=None) -> Measure:
+        """mu^+ of the Jordan decomposition mu = mu^+ - mu^- (merged atoms with positive weight)."""
+        merged = self.merge(atol)
+        keep = merged.weights > 0
+        return Measure(merged.weights[keep], merged.points[keep])
+
+    def negative(self, atol=None) -> Measure:
+        """mu^- of the Jordan decomposition mu = mu^+ - mu^- (a nonnegative measure)."""
+        merged = self.merge(atol)
+        keep = merged.weights < 0
+        return Measure(-merged.weights[keep], merged.points[keep])
+
+    def evaluate(self, X, activation="relu", bias=False):
+        """f(x) = int sigma(<x, theta>) dmu(theta) at each row of X, an array of shape (n,).
+
+        With ``bias=True`` the rows x of X (n, D - 1) are augmented as (x, 1).
+        """
+        return measure_to_network(self, activation=activation, gamma=1.0, bias=bias)(X)
+
+    def copy(self) -> Measure:
+        return Measure(self.weights.copy(), self.points.copy())
+
+    def __neg__(self) -> Measure:
+        return Measure(-self.weights, self.points)
+
+    def __add__(self, other) -> Measure:
+        """The sum of two measures (the concatenation of their atoms)."""
+        if not isinstance(other, Measure):
+            return NotImplemented
+        if other.D != self.D:
+            raise ValueError(f"cannot add measures on S^{self.D - 1} and S^{other.D - 1}")
+        xp = get_xp(self.points, other.points)
+        dtype = xp.result_type(self.points.dtype, other.points.dtype)
+        return Measure(xp.concatenate([self.weights.astype(dtype), other.weights.astype(dtype)]),
+                       xp.concatenate([self.points.astype(dtype), other.points.astype(dtype)]))
+
+    def __sub__(self, other) -> Measure:
+        if not isinstance(other, Measure):
+            return NotImplemented
+        return self + (-other)
+
+    def __mul__(self, c) -> Measure:
+        if isinstance(c, bool) or not isinstance(c, numbers.Real):
+            return NotImplemented
+        return Measure(self.weights * c, self.points)
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return (f"Measure(atoms={len(self)}, D={self.D}, mass={self.mass():.6g}, "
+                f"dtype={np.dtype(self.points.dtype).name}, device={device_of(self.points)!r})")
+
+
+def network_to_measure(net: TwoLayer) -> Measure:
+    r"""The signed measure on the sphere that represents a network with a homogeneous activation.
+
+    Parameters
+    ----------
+    net : TwoLayer
+        Its activation must be positively homogeneous of some degree alpha >= 0
+        (``net.activation.homogeneity`` not None): relu (alpha = 1), relu^alpha, the step (alpha = 0).
+
+    Returns
+    -------
+    Measure
+        mu = sum_j gamma a_j |w_j|^alpha delta_{w_j/|w_j|} on S^{D-1}, one atom per neuron with
+        w_j != 0, in the order of the neurons (atoms are not merged; see :meth:`Measure.merge`).
+
+    Notes
+    -----
+    sigma(<w, x>) = |w|^alpha sigma(<w/|w|, x>) for w != 0, hence
+    f(x) = int sigma(<x, theta>) dmu(theta). A neuron with w_j = 0 is dropped: it contributes
+    gamma a_j sigma(0), which is 0 for alpha > 0; where it is not 0 (alpha = 0 with sigma(0) != 0
+    and a_j != 0) no measure on the sphere represents the constant, and a ValueError is raised.
+    With ``net.bias`` the atoms lie on S^d in R^{d+1} and f(x) = int sigma(<(x, 1), theta>) dmu.
+
+    References
+    ----------
+    1. F. Bach, arXiv:1412.8690, Sec. 2.3, Eq. (2)-(3).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = TwoLayer(np.array([1.0, -2.0]), np.array([[3.0, 4.0], [0.0, -1.0]]), gamma=1.0)
+    >>> mu = network_to_measure(net)
+    >>> mu.weights, mu.points            # masses a_j |w_j| at w_j / |w_j|
+    (array([ 5., -2.]), array([[ 0.6,  0.8],
+           [ 0. , -1. ]]))
+    """
+    if not isinstance(net, TwoLayer):
+        raise ValueError(f"net must be a TwoLayer network, got {type(net).__name__}")
+    alpha = getattr(net.activation, "homogeneity", None)
+    name = getattr(net.activation, "name", repr(net.activation))
+    if alpha is None:
+        raise ValueError(f"activation {name!r} is not positively homogeneous: only a network with a "
+                         "homogeneous sigma (relu, relu^alpha, step) is a measure on the sphere")
+    if net.W.shape[1] < 2:
+        raise ValueError(f"W has shape {tuple(net.W.shape)}: atoms need D >= 2 coordinates to lie on "
+                         "S^(D-1) (use bias=True for inputs on the line)")
+    xp = net.xp
+    a, W = net.a, net.W
+    norms = xp.linalg.norm(W, axis=1)  # (m,)
+    keep = norms > 0
+    if not bool(keep.all()):
+        sigma0 = float(net.activation(xp.zeros(1, dtype=W.dtype))[0])
+        if sigma0 != 0 and bool((a[~keep] != 0).any()):
+            raise ValueError(f"W has {int((~keep).sum())} zero row(s) whose neurons add the constant "
+                             f"gamma a_j sigma(0) (sigma(0) = {sigma0:g}) that no measure on the sphere "
+                             "represents")
+    norms = norms[keep]
+    weights = net.gamma * a[keep] * norms ** alpha  # (k,)
+    points = W[keep] / norms[:, None]  # (k, D)
+    return Measure(weights, points)
+
+
+def measure_to_network(mu: Measure, activation="relu", gamma=None, bias=False) -> TwoLayer:
+    r"""The network f(x) = int sigma(<x, theta>) dmu(theta) with one neuron per atom.
+
+    Parameters
+    ----------
+    mu : Measure
+        With m >= 1 atoms on S^{D-1}.
+    activation : str or activation object, default "relu"
+    gamma : float, optional
+        Output scale of the network; default 1/m (mean-field). Then a_j = c_j / gamma and
+        w_j = theta_j, so f(x) = gamma sum_j a_j sigma(<theta_j, x>) = sum_j c_j sigma(<theta_j, x>).
+    bias : bool, default False
+        Read the last coordinate of the atoms as a bias (inputs x in R^{D-1} augmented as (x, 1)).
+
+    Returns
+    -------
+    TwoLayer
+
+    Notes
+    -----
+    For a homogeneous sigma, ``network_to_measure(measure_to_network(mu))`` is mu again; the other
+    way round gives the same function f with |w_j| = 1 (the parameters are normalised).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mu = Measure(np.array([5.0, -2.0]), np.array([[0.6, 0.8], [0.0, -1.0]]))
+    >>> net = measure_to_network(mu)
+    >>> net.a, net.gamma
+    (array([10., -4.]), 0.5)
+    """
+    if not isinstance(mu, Measure):
+        raise ValueError(f"mu must be a Measure, got {type(mu).__name__}")
+    if len(mu) == 0:
+        raise ValueError("mu has no atom: a network needs m >= 1 neurons")
+    gamma = 1.0 / len(mu) if gamma is None else gamma
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
+    return TwoLayer(mu.weights / gamma, mu.points, activation=_resolve_activation(activation), gamma=gamma,
+                    bias=bias)
+
+
+def variation_norm(obj, atol=None) -> float:
+    r"""The total variation of the atomic measure of a network (an upper bound on its F1 norm).
+
+    Parameters
+    ----------
+    obj : TwoLayer or Measure
+        A network with a positively homogeneous activation (converted by
+        :func:`network_to_measure`), or a measure.
+    atol : float, optional
+        Atoms within this distance count as the same direction (see :meth:`Measure.merge`).
+
+    Returns
+    -------
+    float
+        |mu|(S^{D-1}) = sum over distinct directions u of |sum_{j: w_j/|w_j| = u} gamma a_j |w_j|^alpha|.
+        For relu (alpha = 1) and pairwise distinct directions this is gamma sum_j |a_j| |w_j|.
+
+    Notes
+    -----
+    What is computed is the total variation of the one atomic measure read off the parameters,
+    after merging atoms at the same direction (so that a neuron and its negative cancel, and
+    neurons (a, w) and (a', c w), c > 0, count once with weight gamma (a |w| + a' c |w|)).
+
+    The F1 (variation) norm of f is the infimum of |mu| over ALL measures with
+    f = int sigma(<., theta>) dmu (Bach 2017, Sec. 2.3). The representation is not unique, so the
+    value here is an upper bound: for relu, relu(t) - relu(-t) = t, so the neurons at u and -u with
+    masses c and -c represent the linear function c <u, x>, which other measures (any symmetric
+    measure with the right first moment) also represent; and for d > 1 the linear functions and
+    the other degree-1 harmonics can be traded between directions. Solving the infimum is a convex
+    problem that this function does not attempt.
+
+    References
+    ----------
+    1. F. Bach, arXiv:1412.8690, Sec. 2.3 (variation norm gamma_1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    >>> net = TwoLayer(np.array([1.0, -0.5, 1.0]), W, gamma=1.0)
+    >>> variation_norm(net)            # the first two neurons cancel: only |1| |(0, 3)| remains
+    3.0
+    """
+    if isinstance(obj, TwoLayer):
+        obj = network_to_measure(obj)
+    if not isinstance(obj, Measure):
+        raise ValueError(f"variation_norm needs a TwoLayer network or a Measure, got {type(obj).__name__}")
+    return obj.total_variation(atol)
+
+
+# --------------------------------------------------------------------------- transport distances
+def _cloud(obj, weights, name, signed):
+    """(points (k, D), weights (k,)) of a measure given as a Measure or an array of particles."""
+    if isinstance(obj, TwoLayer):
+        raise ValueError(f"{name} is a TwoLayer network: pass {name}.particles() for its lifted particle "
+                         f"measure (1/m) sum_j delta_(a_j, w_j), or {name}.to_measure() for its measure on "
+                         "the sphere")
+    if isinstance(obj, Measure):
+        if weights is not None:
+            raise ValueError(f"{name} is a Measure, which carries its weights: {name}_weights must be None")
+        X, w = obj.points, obj.weights
+    else:
+        X = check_array(obj, name, ndim=(1, 2))
+        if X.ndim == 1:
+            X = X[:, None]
+        if weights is None:
+            xp = get_xp(X)
+            w = xp.full(X.shape[0], 1.0 / max(X.shape[0], 1), dtype=X.dtype)
+        else:
+            w = check_array(weights, f"{name}_weights", ndim=1)
+            if w.shape[0] != X.shape[0]:
+                raise ValueError(f"{name}_weights has shape {tuple(w.shape)} but {name} has {X.shape[0]} "
+                                 "particles: one weight per particle")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has no particle")
+    if not signed and bool((w < 0).any()):
+        raise ValueError(f"{name} has negative weights: W_p compares nonnegative measures of equal mass "
+                         "(use unbalanced_distance for signed measures)")
+    return X, w
+
+
+def _pair(mu, nu, mu_weights, nu_weights, signed=False):
+    X, a = _cloud(mu, mu_weights, "mu", signed)
+    Y, b = _cloud(nu, nu_weights, "nu", signed)
+    xp = get_xp(X, Y, a, b)
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(f"mu has particles in R^{X.shape[1]} but nu in R^{Y.shape[1]}")
+    dtype = xp.result_type(X.dtype, Y.dtype, a.dtype, b.dtype)
+    return xp, X.astype(dtype, copy=False), Y.astype(dtype, copy=False), a.astype(dtype), b.astype(dtype)
+
+
+def _normalised(a, b, rtol=1e-6):
+    """Probability weights a/|a|, b/|b| and the common mass, after checking that the masses agree."""
+    ma, mb = float(a.sum()), float(b.sum())
+    if ma <= 0 or mb <= 0:
+        raise ValueError(f"mu and nu must have positive mass, got {ma:g} and {mb:g}")
+    if abs(ma - mb) > rtol * max(ma, mb):
+        raise ValueError(f"mu has mass {ma:.9g} but nu has mass {mb:.9g}: W_p needs equal masses "
+                         "(normalise them, or use unbalanced_distance)")
+    return a / ma, b / mb, 0.5 * (ma + mb)
+
+
+def _check_p(p):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not np.isfinite(p) or p < 1:
+        raise ValueError(f"p must be a real number >= 1, got {p!r}")
+    return float(p)
+
+
+def _cost(X, Y, p):
+    """|x_i - y_j|^p (k, l) with POT's ot.dist (sqeuclidean for p = 2)."""
+    import ot
+
+    if p == 2:
+        return ot.dist(X, Y, metric="sqeuclidean")
+    return ot.dist(X, Y, metric="euclidean") ** p
+
+
+def wasserstein(mu, nu, p=2, mu_weights=None, nu_weights=None, numItermax=10_000_000):
+    r"""The Wasserstein distance W_p between two nonnegative measures of equal mass.
+
+    Parameters
+    ----------
+    mu, nu : Measure, or array of shape (k, D) (or (k,) for points on a line)
+        The measures: a :class:`Measure` (nonnegative weights), or particles with the weights
+        ``mu_weights`` / ``nu_weights`` (default uniform 1/k: the empirical measure). For a network
+        pass ``net.particles()`` or ``net.to_measure()``.
+    p : float, default 2
+        The order, p >= 1.
+    mu_weights, nu_weights : array of shape (k,), optional
+    numItermax : int
+        Iteration cap of POT's network simplex.
+
+    Returns
+    -------
+    float
+        W_p(mu, nu) = (min over couplings pi of sum_ij pi_ij |x_i - y_j|^p)^(1/p).
+
+    Notes
+    -----
+    The exact linear program is solved by ``ot.emd2`` on the cost ``ot.dist(X, Y, 'sqeuclidean')``
+    (p = 2) or ``ot.dist(X, Y, 'euclidean')**p``, and the p-th root is taken. Masses must agree to a
+    relative 1e-6; measures of mass M are compared as M times probability measures,
+    W_p(mu, nu) = M^(1/p) W_p(mu/M, nu/M). The simplex solver runs on the host (for cupy inputs POT
+    copies the cost there); its cost grows like k^3: for large clouds use :func:`sliced_wasserstein`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([0.0, 1.0, 3.0]); y = x + 0.5     # a translation by 0.5
+    >>> round(wasserstein(x, y), 12)
+    0.5
+    """
+    import ot
+
+    p = _check_p(p)
+    numItermax = check_integer(numItermax, "numItermax", minimum=1)
+    xp, X, Y, a, b = _pair(mu, nu, mu_weights, nu_weights)
+    a, b, mass = _normalised(a, b)
+    M = _cost(X, Y, p)  # (k, l)
+    cost = float(ot.emd2(a, b, M, numItermax=numItermax))
+    return float((mass * max(cost, 0.0)) ** (1.0 / p))
+
+
+def sliced_wasserstein(mu, nu, p=2, n_projections=200, rng=None, mu_weights=None, nu_weights=None):
+    r"""The sliced Wasserstein distance SW_p, a Monte Carlo average over random directions.
+
+    Parameters
+    ----------
+    mu, nu : Measure, or array of shape (k, D) (or (k,))
+        As in :func:`wasserstein`.
+    p : float, default 2
+    n_projections : int, default 200
+        Number L of directions u_l, drawn uniformly on S^{D-1}.
+    rng : None, int or numpy.random.Generator
+        The directions are drawn on the host with this generator (then moved to the device), so a
+        seed gives the same directions, hence the same value, on numpy and cupy.
+    mu_weights, nu_weights : array of shape (k,), optional
+
+    Returns
+    -------
+    float
+        SW_p = ((1/L) sum_l W_p^p(P_l # mu, P_l # nu))^(1/p), P_l(x) = <u_l, x>.
+
+    Notes
+    -----
+    Each projected problem is one-dimensional and solved in O(k log k) by sorting
+    (``ot.sliced.sliced_wasserstein_distance`` with the directions passed as ``projections``). Since
+    x -> <u, x> is 1-Lipschitz, every projected distance is at most W_p(mu, nu), hence
+    SW_p <= W_p for any set of directions. For a translation nu = mu + v, each projected distance
+    is |<u_l, v>| and E|<u, v>|^2 = |v|^2 / D, so SW_2^2 estimates |v|^2 / D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((50, 3))
+    >>> sliced_wasserstein(X, X, rng=0)
+    0.0
+    """
+    import ot
+
+    p = _check_p(p)
+    L = check_integer(n_projections, "n_projections", minimum=1)
+    xp, X, Y, a, b = _pair(mu, nu, mu_weights, nu_weights)
+    a, b, mass = _normalised(a, b)
+    D = X.shape[1]
+    G = check_random_state(rng).standard_normal((D, L))  # (D, L) on the host
+    norms = np.linalg.norm(G, axis=0, keepdims=True)
+    G = G / np.where(norms > 0, norms, 1.0)
+    P = xp.asarray(G.astype(X.dtype)) if xp is np else to_device(G.astype(X.dtype), device_of(X))
+    value = float(ot.sliced.sliced_wasserstein_distance(X, Y, a, b, projections=P, p=p))
+    return float(mass ** (1.0 / p) * value)
+
+
+def _generalised_kl(xp, p, q):
+    """KL(p | q) = sum p log(p / q) - p + q for nonnegative arrays (0 log 0 = 0)."""
+    positive = p > 0
+    safe_p = xp.where(positive, p, 1.0)
+    safe_q = xp.where(positive, q, 1.0)
+    return float((xp.where(positive, p * xp.log(safe_p / safe_q), 0.0) - p + q).sum())
+
+
+def _uot(xp, X, a, Y, b, p, reg, reg_m, numItermax, stopThr):
+    """OT_eps(alpha, beta): the primal value of entropic unbalanced OT at POT's optimal plan."""
+    import ot
+
+    M = _cost(X, Y, p)  # (k, l)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = ot.unbalanced.sinkhorn_unbalanced(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl",
+                                                 numItermax=numItermax, stopThr=stopThr)
+    if caught:
+        raise RuntimeError(f"POT's unbalanced Sinkhorn failed ({caught[0].message}) with reg={reg:g}, "
+                           f"reg_m={reg_m:g}, numItermax={numItermax}: increase reg or numItermax, or "
+                           "rescale the particles (the kernel exp(-|x - y|^p / reg) underflows when "
+                           "cost/reg exceeds ~700)")
+    value = float((plan * M).sum())
+    value += reg * _generalised_kl(xp, plan, a[:, None] * b[None, :])
+    value += reg_m * _generalised_kl(xp, plan.sum(axis=1), a)
+    value += reg_m * _generalised_kl(xp, plan.sum(axis=0), b)
+    return value
+
+
+def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_weights=None,
+                        numItermax=20_000, stopThr=1e-10):
+    r"""A transport distance between signed measures, or nonnegative ones of unequal mass.
+
+    Parameters
+    ----------
+    mu, nu : Measure, or array of shape (k, D) (or (k,))
+        Signed measures: a :class:`Measure`, or particles with signed weights ``mu_weights`` /
+        ``nu_weights`` (default uniform 1/k). For a network pass ``net.to_measure()`` (its measure
+        on the sphere) or ``net.particles()`` (its lifted particles).
+    reg : float, default 0.05
+        Entropic regularisation eps, in the units of the cost |x - y|^p. eps = 0.05 blurs the
+        transport over a length eps^(1/p) (0.22 for p = 2: 13 degrees on the unit sphere, where
+        squared chord distances lie in [0, 4]).
+    reg_m : float, default 1.0
+        Marginal relaxation rho: creating or destroying mass m costs about rho * m, so mass is
+        transported only over distances up to about rho^(1/p) (the "reach", 1 = 60 degrees on the
+        unit sphere) and created or destroyed beyond. rho -> infinity gives balanced OT.
+    p : float, default 2
+    mu_weights, nu_weights : array of shape (k,), optional
+    numItermax, stopThr
+        Passed to POT's unbalanced Sinkhorn; a RuntimeError is raised when it reports
+        non-convergence or numerical errors.
+
+    Returns
+    -------
+    float
+        sqrt(max(S_eps(alpha, beta), 0)) with alpha = mu^+ + nu^- and beta = nu^+ + mu^-, S_eps the
+        debiased unbalanced Sinkhorn divergence below: 0 when mu = nu, positive otherwise.
+
+    Notes
+    -----
+    For nonnegative measures alpha, beta,
+
+        OT_eps(alpha, beta) = min_pi <C, pi> + eps KL(pi | alpha x beta)
+                              + rho KL(pi 1 | alpha) + rho KL(pi^T 1 | beta),
+        S_eps(alpha, beta) = OT_eps(alpha, beta) - OT_eps(alpha, alpha)/2 - OT_eps(beta, beta)/2
+                             + eps (m(alpha) - m(beta))^2 / 2,
+
+        with KL(p | q) = sum p log(p/q) - p + q and C_ij = |x_i - y_j|^p. S_eps is nonnegative
+        and vanishes only for alpha = beta (Reference 3 of the module). The optimal plan comes from
+        ``ot.unbalanced.sinkhorn_unbalanced`` (generalised Sinkhorn-Knopp, in float64); the objective
+        is evaluated at it here. POT's log-stabilised variant is not used: on small examples its
+        absorption steps oscillate without converging (seen with POT 0.9.7).
+
+    A signed measure mu = mu^+ - mu^- is compared with nu through the nonnegative measures
+    mu^+ + nu^- and nu^+ + mu^-, which are equal exactly when mu = nu (Reference 4 of the module).
+    Atoms of a signed array are split by the sign of their weight; they need not be merged first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mu = Measure(np.array([1.0, -1.0]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> round(unbalanced_distance(mu, mu), 6)
+    0.0
+    """
+    p = _check_p(p)
+    for value, name in ((reg, "reg"), (reg_m, "reg_m")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    numItermax = check_integer(numItermax, "numItermax", minimum=1)
+    xp, X, Y, wx, wy = _pair(mu, nu, mu_weights, nu_weights, signed=True)
+    # float64 for the Sinkhorn iterations: exp(-C / eps) underflows early in float32
+    X, Y, wx, wy = (v.astype(xp.float64, copy=False) for v in (X, Y, wx, wy))
+    px, py = wx > 0, wy > 0
+    nx_, ny_ = wx < 0, wy < 0
+    A = xp.concatenate([X[px], Y[ny_]])  # atoms of alpha = mu^+ + nu^-
+    a = xp.concatenate([wx[px], -wy[ny_]])
+    B = xp.concatenate([Y[py], X[nx_]])  # atoms of beta = nu^+ + mu^-
+    b = xp.concatenate([wy[py], -wx[nx_]])
+    ma, mb = float(a.sum()), float(b.sum())
+    if A.shape[0] == 0 or B.shape[0] == 0:
+        # one side is the zero measure: the only plan is 0, so OT_eps(alpha, 0) = rho m(alpha)
+        return float(np.sqrt(max(0.5 * reg * (ma - mb) ** 2 + _zero_side(xp, A, a, B, b, p, reg, reg_m,
+                                                                         numItermax, stopThr), 0.0)))
+    args = (p, reg, reg_m, numItermax, stopThr)
+    S = (_uot(xp, A, a, B, b, *args) - 0.5 * _uot(xp, A, a, A, a, *args) - 0.5 * _uot(xp, B, b, B, b, *args)
+         + 0.5 * reg * (ma - mb) ** 2)
+    return float(np.sqrt(max(S, 0.0)))
+
+
+def _zero_side(xp, A, a, B, b, p, reg, reg_m, numItermax, stopThr):
+    """OT_eps(alpha, 0) - OT_eps(alpha, alpha)/2 - OT_eps(0, 0)/2 where one measure is zero.
+
+    With beta = 0 the only plan is pi = 0, so OT_eps(alpha, 0) = rho KL(0 | alpha) = rho m(alpha).
+    """
+    nonzero_X, nonzero_w = (A, a) if A.shape[0] else (B, b)
+    if nonzero_X.shape[0] == 0:
+        return 0.0
+    m = float(nonzero_w.sum())
+    return reg_m * m - 0.5 * _uot(xp, nonzero_X, nonzero_w, nonzero_X, nonzero_w, p, reg, reg_m, numItermax, stopThr)

@@ -1,0 +1,325 @@
+"""Measures on the sphere: network <-> measure, variation norm, and the POT-based distances."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from shallow.activations import get_activation
+from shallow.backend import to_numpy
+from shallow.measures import (Measure, measure_to_network, network_to_measure, sliced_wasserstein,
+                              unbalanced_distance, variation_norm, wasserstein)
+from shallow.networks import TwoLayer
+from shallow.sphere import sample_sphere
+
+EPS = np.finfo(np.float64).eps
+
+
+def integrate_against(mu, X, sigma, bias=False):
+    """int sigma(<x, theta>) dmu(theta) = sum_j c_j sigma(<x, theta_j>), by a loop over atoms."""
+    Xb = np.hstack([X, np.ones((len(X), 1))]) if bias else X
+    return sum(c * sigma(Xb @ theta) for c, theta in zip(mu.weights, mu.points))
+
+
+# --------------------------------------------------------------------------- network <-> measure
+def test_network_to_measure_puts_mass_gamma_a_norm_w_at_the_direction():
+    W = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]])
+    mu = network_to_measure(TwoLayer(np.array([1.0, -0.5]), W, gamma=0.1))
+    np.testing.assert_allclose(mu.weights, [0.1 * 1.0 * 5.0, 0.1 * -0.5 * 2.0], rtol=1e-15)
+    np.testing.assert_allclose(mu.points, [[0.6, 0.8, 0.0], [0.0, 0.0, -1.0]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("name, params, bias", [
+    ("relu", {}, False), ("relu", {}, True), ("relu_power", {"alpha": 2}, False),
+    ("relu_power", {"alpha": 0.5}, True), ("step", {}, False), ("abs", {}, False),
+])
+def test_network_and_its_measure_define_the_same_function(name, params, bias):
+    # f(x) = gamma sum_j a_j sigma(<w_j, x>) = int sigma(<x, theta>) dmu(theta) (Bach 2017, Sec. 2),
+    # the right side summed atom by atom; both ways back through measure_to_network too.
+    rng = np.random.default_rng(0)
+    sigma = get_activation(name, **params)
+    net = TwoLayer(rng.standard_normal(9), rng.standard_normal((9, 4 + bias)), activation=sigma, bias=bias)
+    X = rng.standard_normal((30, 4))
+    mu = net.to_measure()
+    assert len(mu) == 9 and mu.D == 4 + bias
+    np.testing.assert_allclose(mu.points, net.W / np.linalg.norm(net.W, axis=1, keepdims=True), rtol=1e-15)
+    # c_j = gamma a_j |w_j|^alpha reassociates products: a few eps relative to the sum of |terms|.
+    np.testing.assert_allclose(integrate_against(mu, X, sigma, bias), net(X), rtol=1e-12, atol=1e-13)
+    back = measure_to_network(mu, activation=sigma, bias=bias)
+    np.testing.assert_allclose(back(X), net(X), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(mu.evaluate(X, sigma, bias=bias), net(X), rtol=1e-12, atol=1e-13)
+
+
+def test_measure_to_network_to_measure_is_the_identity():
+    rng = np.random.default_rng(1)
+    mu = Measure(rng.standard_normal(6), sample_sphere(6, 3, rng=2))
+    for gamma in (None, 0.3):
+        nu = network_to_measure(measure_to_network(mu, gamma=gamma))
+        np.testing.assert_allclose(nu.weights, mu.weights, rtol=1e-14)
+        np.testing.assert_allclose(nu.points, mu.points, rtol=1e-14, atol=1e-15)
+
+
+def test_neurons_with_zero_inner_weight_are_dropped():
+    net = TwoLayer(np.array([1.0, 5.0, -2.0]), np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]]))
+    mu = net.to_measure()
+    assert len(mu) == 2
+    X = np.random.default_rng(0).standard_normal((7, 2))
+    np.testing.assert_allclose(integrate_against(mu, X, net.activation), net(X), rtol=1e-14, atol=1e-15)
+
+
+def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
+    # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
+    # with abs (alpha = 1) too. A constant would need sigma(0) != 0: checked with a stand-in sigma.
+    class Shifted:
+        name, homogeneity = "shifted", 0
+
+        def __call__(self, z):
+            return np.ones_like(z)
+
+        def derivative(self, z):
+            return np.zeros_like(z)
+
+    net = TwoLayer(np.array([1.0, 2.0]), np.array([[1.0, 0.0], [0.0, 0.0]]), activation=Shifted())
+    with pytest.raises(ValueError, match="zero row"):
+        network_to_measure(net)
+    assert len(TwoLayer(np.ones(2), np.array([[1.0, 0.0], [0.0, 0.0]]), activation="step").to_measure()) == 1
+
+
+def test_non_homogeneous_activation_has_no_measure():
+    with pytest.raises(ValueError, match="'tanh' is not positively homogeneous"):
+        TwoLayer.init(3, 2, activation="tanh", rng=0).to_measure()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log_c=st.lists(st.floats(-3, 3), min_size=4, max_size=4))
+def test_measure_is_invariant_under_homogeneous_rescaling(seed, log_c):
+    # (a_j, w_j) -> (a_j / c_j, c_j w_j) is the same relu network, hence the same measure.
+    rng = np.random.default_rng(seed)
+    c = np.exp(np.array(log_c))
+    a, W = rng.standard_normal(4), rng.standard_normal((4, 3))
+    mu, nu = TwoLayer(a, W).to_measure(), TwoLayer(a / c, c[:, None] * W).to_measure()
+    np.testing.assert_allclose(nu.weights, mu.weights, rtol=1e-13)
+    np.testing.assert_allclose(nu.points, mu.points, rtol=1e-13, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- variation norm
+def test_variation_norm_of_opposite_neurons_at_one_direction_cancels():
+    # (1, w) and (-1/2, 2 w) are the same direction with masses +|w| and -|w|: they cancel exactly;
+    # (1, w) and (-1, w) (exact copies) likewise. Only the third neuron remains.
+    w = np.array([0.3, -1.2, 0.5])
+    W = np.array([w, 2 * w, w, w, [0.0, 0.0, 4.0]])
+    net = TwoLayer(np.array([1.0, -0.5, 1.0, -1.0, 2.0]), W, gamma=0.25)
+    assert variation_norm(net) == pytest.approx(0.25 * 2.0 * 4.0, rel=1e-14)
+    # without merging, the naive sum gamma sum |a_j| |w_j| would count them: 4 |w| more.
+    naive = 0.25 * np.sum(np.abs(net.a) * np.linalg.norm(W, axis=1))
+    assert naive == pytest.approx(variation_norm(net) + 0.25 * 4 * np.linalg.norm(w), rel=1e-14)
+
+
+def test_variation_norm_of_distinct_directions_is_gamma_sum_abs_a_norm_w():
+    rng = np.random.default_rng(3)
+    a, W = rng.standard_normal(40), rng.standard_normal((40, 5))
+    net = TwoLayer(a, W)
+    expected = np.sum(np.abs(a) * np.linalg.norm(W, axis=1)) / 40
+    assert variation_norm(net) == pytest.approx(expected, rel=1e-13)
+
+
+def test_variation_norm_merges_float32_directions_within_sqrt_eps():
+    # w and 3 w normalised in float32 agree to a few float32 eps, far below sqrt(eps32) = 3.5e-4.
+    w = np.array([0.1, 0.7, -0.2], dtype=np.float32)
+    net = TwoLayer(np.array([3.0, -1.0], dtype=np.float32), np.stack([w, 3 * w]), gamma=1.0)
+    assert variation_norm(net) < 1e-5 * 3 * np.linalg.norm(w)
+
+
+def test_total_variation_is_the_mass_of_the_jordan_parts():
+    # |mu| = mu^+(S) + mu^-(S) and mu = mu^+ - mu^- (as functions: evaluate both ways).
+    rng = np.random.default_rng(4)
+    P = sample_sphere(5, 3, rng=5)
+    mu = Measure(rng.standard_normal(8), P[[0, 1, 2, 3, 4, 0, 1, 2]])
+    pos, neg = mu.positive(), mu.negative()
+    assert mu.total_variation() == pytest.approx(pos.mass() + neg.mass(), rel=1e-14)
+    X = rng.standard_normal((6, 3))
+    np.testing.assert_allclose((pos - neg).evaluate(X), mu.evaluate(X), rtol=1e-13, atol=1e-14)
+    # mu - mu merges into sums like c1 + c6 - c1 - c6: zero up to a few eps of |mu|.
+    assert (mu - mu).total_variation() <= 4 * EPS * np.abs(mu.weights).sum()
+    assert len(mu.merge()) == 5 and (2 * mu).mass() == pytest.approx(2 * mu.mass(), rel=1e-15)
+
+
+# --------------------------------------------------------------------------- Wasserstein
+def test_wasserstein_of_a_measure_to_itself_is_zero():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    assert wasserstein(X, X) == pytest.approx(0.0, abs=1e-12)
+    mu = Measure(np.abs(rng.standard_normal(10)), sample_sphere(10, 3, rng=1))
+    assert wasserstein(mu, mu) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_wasserstein_on_a_line_is_the_sorted_quantile_coupling(p):
+    # For uniform clouds of equal size on R, the monotone (sorted) coupling is optimal:
+    # W_p^p = mean |x_(i) - y_(i)|^p, computed here with numpy's sort.
+    rng = np.random.default_rng(p)
+    x, y = rng.standard_normal(80), 2 * rng.standard_normal(80) + 1
+    expected = np.mean(np.abs(np.sort(x) - np.sort(y)) ** p) ** (1 / p)
+    # POT's simplex is exact; the cost matrix is built in float64: 1e-10 relative.
+    assert wasserstein(x, y, p=p) == pytest.approx(expected, rel=1e-10)
+
+
+def test_weighted_w1_on_a_line_matches_scipy():
+    # An independent implementation: scipy.stats.wasserstein_distance (W1 through the CDFs).
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal(30), rng.standard_normal(45) + 0.5
+    u, v = rng.random(30), rng.random(45)
+    expected = stats.wasserstein_distance(x, y, u, v)
+    assert wasserstein(x, y, p=1, mu_weights=u / u.sum(), nu_weights=v / v.sum()) == pytest.approx(expected, rel=1e-10)
+
+
+def test_wasserstein_of_a_translation_is_the_length_of_the_shift():
+    # W2(mu, mu + v) = |v|: the shift is a coupling of cost |v|^2, and no coupling does better
+    # (Jensen: E|X - Y|^2 >= |E X - E Y|^2 = |v|^2).
+    rng = np.random.default_rng(6)
+    X, v = rng.standard_normal((40, 3)), np.array([0.3, -0.4, 1.2])
+    assert wasserstein(X, X + v) == pytest.approx(np.linalg.norm(v), rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sliced_wasserstein_is_at_most_wasserstein(seed):
+    # Every projection x -> <u, x> is 1-Lipschitz, so each projected W2 <= W2, hence SW2 <= W2
+    # for any set of directions; rounding of the two solvers only (1e-12 relative).
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((50, 4)), rng.standard_normal((50, 4)) * 1.5 + 0.3
+    assert sliced_wasserstein(X, Y, n_projections=50, rng=seed) <= wasserstein(X, Y) * (1 + 1e-12)
+
+
+def test_sliced_wasserstein_of_a_translation_estimates_shift_over_sqrt_d():
+    # For nu = mu + v each projected W2 is |<u, v>|, so SW2^2 = mean_l <u_l, v>^2, whose expectation
+    # over uniform u on S^{d-1} is |v|^2 / d, and whose variance is |v|^4 (3/(d(d+2)) - 1/d^2) / L
+    # (E t^4 = 3/(d(d+2)) for t = <u, e>). The test: within 4 standard deviations (fixed seed).
+    d, L = 5, 2000
+    rng = np.random.default_rng(7)
+    X, v = rng.standard_normal((60, d)), np.array([1.0, -2.0, 0.5, 0.0, 1.0])
+    sw2 = sliced_wasserstein(X, X + v, n_projections=L, rng=8) ** 2
+    v2 = v @ v
+    std = v2 * np.sqrt((3 / (d * (d + 2)) - 1 / d**2) / L)
+    assert abs(sw2 - v2 / d) < 4 * std
+    assert sliced_wasserstein(X, X + v, n_projections=L, rng=8) == sliced_wasserstein(X, X + v, n_projections=L, rng=8)
+
+
+# --------------------------------------------------------------------------- unbalanced
+def test_unbalanced_distance_is_zero_for_identical_signed_measures():
+    rng = np.random.default_rng(0)
+    mu = Measure(rng.standard_normal(12), sample_sphere(12, 3, rng=1))
+    # The debiased divergence cancels exactly in exact arithmetic; what is left is rounding of O(1)
+    # costs, ~1e-15, whose square root is ~3e-8.
+    assert unbalanced_distance(mu, mu) < 1e-6
+    assert unbalanced_distance(mu, mu.merge()) < 1e-6
+
+
+def test_unbalanced_distance_between_two_diracs_has_a_closed_form():
+    # For alpha = delta_x, beta = delta_y (mass 1) the plan is one number s, and
+    # OT_eps = min_s s delta^2 + (eps + 2 rho)(s log s - s + 1) = (eps + 2 rho)(1 - exp(-delta^2 / (eps + 2 rho)))
+    # while OT_eps(alpha, alpha) = 0 (s = 1): S_eps is that value (independent derivation).
+    x, y = np.array([[1.0, 0.0]]), np.array([[np.cos(0.7), np.sin(0.7)]])
+    delta2 = float(np.sum((x - y) ** 2))
+    for reg, reg_m in [(0.05, 1.0), (0.5, 0.2)]:
+        k = reg + 2 * reg_m
+        expected = k * (1 - np.exp(-delta2 / k))
+        # Sinkhorn stops at 1e-10 relative change: 1e-6 relative on S.
+        got = unbalanced_distance(Measure(np.ones(1), x), Measure(np.ones(1), y), reg=reg, reg_m=reg_m) ** 2
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_unbalanced_distance_is_positive_for_different_measures_and_grows_with_the_change():
+    rng = np.random.default_rng(2)
+    P = sample_sphere(10, 3, rng=3)
+    w = rng.standard_normal(10)
+    mu = Measure(w, P)
+    moved = []
+    for t in (0.05, 0.2, 0.8):
+        Q = P + t * rng.standard_normal(P.shape)
+        moved.append(unbalanced_distance(mu, Measure(w, Q / np.linalg.norm(Q, axis=1, keepdims=True))))
+    assert 0 < moved[0] < moved[2]
+    assert unbalanced_distance(mu, -mu) > 0.1  # a sign flip is far
+    assert unbalanced_distance(mu, 1.5 * mu) > 0  # unequal masses
+    # nonnegative particle clouds of different sizes (unequal masses by default: 1 each, compared fine)
+    assert unbalanced_distance(rng.standard_normal((5, 2)), rng.standard_normal((7, 2))) > 0
+
+
+# --------------------------------------------------------------------------- backends
+def test_distances_on_the_backend_match_numpy(xp):
+    rng = np.random.default_rng(9)
+    X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 3)) + 0.5
+    mu = Measure(rng.standard_normal(6), sample_sphere(6, 3, rng=1))
+    nu = Measure(rng.standard_normal(5), sample_sphere(5, 3, rng=2))
+    dmu = Measure(xp.asarray(mu.weights), xp.asarray(mu.points))
+    dnu = Measure(xp.asarray(nu.weights), xp.asarray(nu.points))
+    dX, dY = xp.asarray(X), xp.asarray(Y)
+    assert wasserstein(dX, dY) == pytest.approx(wasserstein(X, Y), rel=1e-10)
+    assert sliced_wasserstein(dX, dY, rng=0) == pytest.approx(sliced_wasserstein(X, Y, rng=0), rel=1e-10)
+    assert unbalanced_distance(dmu, dnu) == pytest.approx(unbalanced_distance(mu, nu), rel=1e-8)
+    assert variation_norm(dmu) == pytest.approx(variation_norm(mu), rel=1e-14)
+    merged = dmu.merge()
+    assert type(merged.points) is type(dmu.points)
+    np.testing.assert_allclose(to_numpy(merged.weights), mu.merge().weights, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_measures_raise_naming_the_argument():
+    with pytest.raises(ValueError, match="points must lie on the unit sphere"):
+        Measure(np.ones(2), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"weights has shape \(3,\) but points has shape \(2, 2\)"):
+        Measure(np.ones(3), np.eye(2))
+    with pytest.raises(ValueError, match="weights contains 1 NaN"):
+        Measure(np.array([1.0, np.nan]), np.eye(2))
+    with pytest.raises(ValueError, match="atol must be"):
+        Measure(np.ones(2), np.eye(2)).merge(atol=-1.0)
+    with pytest.raises(ValueError, match="mu has no atom"):
+        measure_to_network(Measure(np.ones(0), np.ones((0, 2))))
+    with pytest.raises(ValueError, match="variation_norm needs"):
+        variation_norm(np.ones(3))
+
+
+def test_bad_distance_arguments_raise_naming_the_argument():
+    X = np.random.default_rng(0).standard_normal((4, 2))
+    net = TwoLayer.init(4, 2, rng=0)
+    with pytest.raises(ValueError, match="p must be a real number >= 1"):
+        wasserstein(X, X, p=0.5)
+    with pytest.raises(ValueError, match="mu is a TwoLayer network: pass mu.particles()"):
+        wasserstein(net, X)
+    with pytest.raises(ValueError, match="nu has negative weights"):
+        wasserstein(X, X, nu_weights=np.array([0.5, 0.5, 0.5, -0.5]))
+    with pytest.raises(ValueError, match="W_p needs equal masses"):
+        wasserstein(X, X, nu_weights=np.full(4, 0.5))
+    with pytest.raises(ValueError, match=r"mu has particles in R\^2 but nu in R\^3"):
+        sliced_wasserstein(X, np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"mu_weights has shape \(3,\)"):
+        wasserstein(X, X, mu_weights=np.ones(3) / 3)
+    with pytest.raises(ValueError, match="n_projections must be an integer >= 1"):
+        sliced_wasserstein(X, X, n_projections=0)
+    with pytest.raises(ValueError, match="reg must be a positive"):
+        unbalanced_distance(X, X, reg=0.0)
+    with pytest.raises(ValueError, match="reg_m must be a positive"):
+        unbalanced_distance(X, X, reg_m=np.inf)
+    with pytest.raises(ValueError, match="nu contains"):
+        wasserstein(X, np.full((4, 2), np.nan))
+
+
+@pytest.mark.parametrize("m1, m2, reg, reg_m", [(1.0, 3.0, 0.05, 1.0), (0.1, 5.0, 1.0, 0.1), (2.0, 2.1, 2.0, 5.0)])
+def test_unbalanced_divergence_of_two_masses_at_one_point_matches_scalar_minimisation(m1, m2, reg, reg_m):
+    # alpha = m1 delta_x, beta = m2 delta_x: every OT_eps is a minimisation over one number s,
+    # OT_eps(m1, m2) = min_s eps KL(s | m1 m2) + rho KL(s | m1) + rho KL(s | m2), done here with
+    # scipy's bounded scalar minimiser (an independent solver); this checks the mass term too.
+    from scipy.optimize import minimize_scalar
+
+    def kl(p, q):
+        return p * np.log(p / q) - p + q
+
+    def ot_eps(a, b):
+        objective = lambda s: reg * kl(s, a * b) + reg_m * kl(s, a) + reg_m * kl(s, b)  # noqa: E731
+        return minimize_scalar(objective, bounds=(1e-12, 100), method="bounded", options={"xatol": 1e-12}).fun
+
+    expected = ot_eps(m1, m2) - ot_eps(m1, m1) / 2 - ot_eps(m2, m2) / 2 + reg * (m1 - m2) ** 2 / 2
+    x = np.array([[0.0, 1.0]])
+    got = unbalanced_distance(Measure(np.array([m1]), x), Measure(np.array([m2]), x), reg=reg, reg_m=reg_m) ** 2
+    # Both solvers converge to ~1e-10 relative; S is a difference of O(1) terms: 1e-7 relative.
+    assert got == pytest.approx(expected, rel=1e-7)

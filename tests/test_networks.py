@@ -1,0 +1,341 @@
+"""Two-layer networks: values, hand-written gradients, parametrisations, invariances, input checks."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shallow.activations import get_activation
+from shallow.backend import to_numpy
+from shallow.networks import TwoLayer
+from shallow.sphere import lift
+
+EPS = np.finfo(np.float64).eps
+
+# (activation, bias): the gradient cases of the issue -- relu (piecewise bilinear in (a, W)),
+# tanh (smooth, with a genuine third-order Taylor term), and relu with the bias column.
+GRAD_CASES = [("relu", False), ("tanh", False), ("relu", True), ("tanh", True)]
+
+
+def make_problem(activation, bias, n=23, m=7, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    net = TwoLayer(rng.standard_normal(m), rng.standard_normal((m, d + bias)), activation=activation,
+                   gamma=0.37, bias=bias)
+    X = rng.standard_normal((n, d))  # (n, d)
+    r = rng.standard_normal(n)  # (n,)
+    return net, X, r, rng
+
+
+def explicit_value(a, W, X, sigma, gamma, bias):
+    """f(x_i) by a loop over neurons, written independently of TwoLayer."""
+    Xb = np.hstack([X, np.ones((len(X), 1))]) if bias else X
+    return gamma * sum(a[j] * sigma(Xb @ W[j]) for j in range(len(a)))
+
+
+def objective(net, X, r, a, W):
+    """L(a, W) = (1/n) sum_i r_i f(x_i), evaluated independently of TwoLayer.gradients."""
+    return float(np.mean(r * explicit_value(a, W, X, net.activation, net.gamma, net.bias)))
+
+
+def kink_free_step(net, X, VW):
+    """Largest h such that no relu pre-activation changes sign on [W - h VW, W + h VW] (halved)."""
+    Xb = np.hstack([X, np.ones((len(X), 1))]) if net.bias else X
+    Z, V = Xb @ net.W.T, Xb @ VW.T
+    return 0.5 * float(np.min(np.abs(Z) / np.maximum(np.abs(V), 1e-300)))
+
+
+# --------------------------------------------------------------------------- values
+@pytest.mark.parametrize("activation, bias", GRAD_CASES)
+def test_value_is_gamma_sum_of_neurons(activation, bias):
+    net, X, _, _ = make_problem(activation, bias)
+    expected = explicit_value(net.a, net.W, X, net.activation, net.gamma, bias)
+    # A sum of m = 7 terms of size O(1): rounding a few eps.
+    np.testing.assert_allclose(net(X), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_default_gamma_is_mean_field_one_over_m():
+    net = TwoLayer(np.ones(8), np.ones((8, 3)))
+    assert net.gamma == 1 / 8 and net.m == 8 and net.d == 3
+
+
+def test_bias_network_is_lifted_network_times_norm_for_relu():
+    # Bach 2017, Sec. 2: relu(<w, (x, 1)>) = |(x, 1)| relu(<w, lift(x)>) (1-homogeneity).
+    net, X, _, _ = make_problem("relu", True)
+    unbiased = TwoLayer(net.a, net.W, activation="relu", gamma=net.gamma, bias=False)
+    norms = np.linalg.norm(np.hstack([X, np.ones((len(X), 1))]), axis=1)
+    np.testing.assert_allclose(net(X), norms * unbiased(lift(X)), rtol=1e-12, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("activation, bias", GRAD_CASES)
+def test_gradients_match_central_differences_along_random_directions(activation, bias):
+    net, X, r, rng = make_problem(activation, bias)
+    grad_a, grad_W = net.gradients(X, r)
+    for _ in range(5):
+        va, VW = rng.standard_normal(net.a.shape), rng.standard_normal(net.W.shape)
+        # h = 1e-5: truncation O(h^2 L''') ~ 1e-10, rounding eps |L| / h ~ 1e-11 (relu is exactly
+        # quadratic between kinks, and h is capped so that no kink is crossed).
+        h = min(1e-5, kink_free_step(net, X, VW)) if activation == "relu" else 1e-5
+        plus = objective(net, X, r, net.a + h * va, net.W + h * VW)
+        minus = objective(net, X, r, net.a - h * va, net.W - h * VW)
+        fd = (plus - minus) / (2 * h)
+        analytic = float(grad_a @ va + np.sum(grad_W * VW))
+        assert analytic == pytest.approx(fd, rel=1e-7, abs=1e-9)
+
+
+def test_gradients_match_central_differences_entrywise():
+    # Every entry of (grad_a, grad_W) of a tiny tanh network with bias, against its own difference.
+    net, X, r, _ = make_problem("tanh", True, n=9, m=3, d=2, seed=4)
+    grad_a, grad_W = net.gradients(X, r)
+    h = 1e-6
+    for j in range(net.m):
+        e = np.zeros(net.m)
+        e[j] = h
+        fd = (objective(net, X, r, net.a + e, net.W) - objective(net, X, r, net.a - e, net.W)) / (2 * h)
+        assert grad_a[j] == pytest.approx(fd, rel=1e-7, abs=1e-10)
+        for k in range(net.W.shape[1]):
+            E = np.zeros(net.W.shape)
+            E[j, k] = h
+            fd = (objective(net, X, r, net.a, net.W + E) - objective(net, X, r, net.a, net.W - E)) / (2 * h)
+            assert grad_W[j, k] == pytest.approx(fd, rel=1e-7, abs=1e-10)
+
+
+@pytest.mark.parametrize("activation, bias", GRAD_CASES)
+def test_taylor_remainder_is_second_order(activation, bias):
+    # R(h) = |L(theta + h v) - L(theta) - h <grad L, v>| = O(h^2): the fitted log-log slope over five
+    # halvings of h is 2 within 0.1 (DESIGN.md). For relu, h0 is capped so that no kink is crossed;
+    # there L is exactly quadratic along the line and every ratio R(h) / R(h/2) is 4.
+    net, X, r, rng = make_problem(activation, bias, seed=1)
+    grad_a, grad_W = net.gradients(X, r)
+    va, VW = rng.standard_normal(net.a.shape), rng.standard_normal(net.W.shape)
+    h0 = min(1e-2, kink_free_step(net, X, VW)) if activation == "relu" else 1e-2
+    slope = float(grad_a @ va + np.sum(grad_W * VW))
+    L0 = objective(net, X, r, net.a, net.W)
+    hs = h0 * 0.5 ** np.arange(6)
+    R = np.array([abs(objective(net, X, r, net.a + h * va, net.W + h * VW) - L0 - h * slope) for h in hs])
+    assert R.min() > 1e3 * EPS * abs(L0), "remainder too close to rounding to measure a rate"
+    fitted = np.polyfit(np.log(hs), np.log(R), 1)[0]
+    assert fitted == pytest.approx(2.0, abs=0.1)
+    np.testing.assert_allclose(R[:-1] / R[1:], 4.0, rtol=0.1)
+
+
+@pytest.mark.parametrize("activation, bias", GRAD_CASES)
+def test_chunked_gradients_equal_unchunked(activation, bias):
+    net, X, r, _ = make_problem(activation, bias, n=50)
+    ga, gW = net.gradients(X, r, chunk_size=10**6)
+    for chunk in (1, 3, 7, 49):
+        ca, cW = net.gradients(X, r, chunk_size=chunk)
+        # Same sums in a different order: a few eps relative to the sum of |terms|.
+        np.testing.assert_allclose(ca, ga, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(cW, gW, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(net(X, chunk_size=chunk), net(X, chunk_size=10**6), rtol=1e-13, atol=1e-14)
+
+
+def test_value_and_gradients_with_residual_function_matches_separate_calls():
+    # The fused pass with r = f - y (square loss) equals net(X) followed by gradients(X, f - y).
+    net, X, _, rng = make_problem("relu", True, n=40)
+    y = rng.standard_normal(40)
+    f, ga, gW = net.value_and_gradients(X, lambda fc, rows: fc - y[rows], chunk_size=6)
+    f_ref = net(X)
+    ga_ref, gW_ref = net.gradients(X, f_ref - y)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(ga, ga_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gW, gW_ref, rtol=1e-12, atol=1e-14)
+    f2, ga2, _ = net.value_and_gradients(X, f_ref - y)
+    np.testing.assert_allclose(ga2, ga_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_gradients_memory_is_linear_not_n_m_d():
+    # Peak extra memory O((n + m) d + chunk m): with n = 400, m = 300, d = 50 an (n, m, d) array
+    # would take 48 MB; the inputs take 0.3 MB and a (chunk=20, m) block 48 kB. Allow 2 MB.
+    rng = np.random.default_rng(0)
+    n, m, d = 400, 300, 50
+    net = TwoLayer(rng.standard_normal(m), rng.standard_normal((m, d)))
+    X, r = rng.standard_normal((n, d)), rng.standard_normal(n)
+    tracemalloc.start()
+    net.gradients(X, r, chunk_size=20)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2e6, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_default_chunk_keeps_the_block_near_64_mib():
+    from shallow.networks import BLOCK_BYTES, _chunk_rows
+
+    assert _chunk_rows(None, 4096, 8) * 4096 * 8 == BLOCK_BYTES
+    assert _chunk_rows(None, 10**9, 8) == 1  # never below one row
+
+
+# --------------------------------------------------------------------------- invariances
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 12), bias=st.booleans())
+def test_permutation_of_particles_leaves_f_unchanged_and_permutes_gradients(seed, m, bias):
+    rng = np.random.default_rng(seed)
+    d = 3
+    a, W = rng.standard_normal(m), rng.standard_normal((m, d + bias))
+    X, r = rng.standard_normal((10, d)), rng.standard_normal(10)
+    perm = rng.permutation(m)
+    net, pnet = TwoLayer(a, W, bias=bias), TwoLayer(a[perm], W[perm], bias=bias)
+    # Sums over j in another order: rounding only.
+    np.testing.assert_allclose(pnet(X), net(X), rtol=1e-12, atol=1e-13)
+    ga, gW = net.gradients(X, r)
+    pa, pW = pnet.gradients(X, r)
+    np.testing.assert_allclose(pa, ga[perm], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(pW, gW[perm], rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log_c=st.lists(st.floats(-3, 3), min_size=5, max_size=5))
+def test_relu_homogeneity_rescaling_leaves_f_unchanged(seed, log_c):
+    # relu(c t) = c relu(t) for c > 0, so (a_j, w_j) -> (a_j / c_j, c_j w_j) is the same function.
+    rng = np.random.default_rng(seed)
+    c = np.exp(np.array(log_c))  # (5,) in [e^-3, e^3]
+    a, W = rng.standard_normal(5), rng.standard_normal((5, 3))
+    X = rng.standard_normal((8, 3))
+    net, scaled = TwoLayer(a, W), TwoLayer(a / c, c[:, None] * W)
+    scale = np.abs(a)[None, :] * np.abs(X @ W.T)  # size of the terms summed
+    np.testing.assert_allclose(scaled(X), net(X), rtol=0, atol=20 * EPS * scale.sum(axis=1).max())
+
+
+# --------------------------------------------------------------------------- parametrisations
+@pytest.mark.parametrize("scale, gamma", [("mean-field", 1 / 64), ("ntk", 1 / 8), (3.0, 3 / 64), (64, 1.0)])
+def test_init_scale_gives_the_stated_gamma(scale, gamma):
+    assert TwoLayer.init(64, 3, scale=scale, rng=0).gamma == pytest.approx(gamma, rel=1e-15)
+
+
+@pytest.mark.parametrize("scale", ["mean-field", "ntk"])
+@pytest.mark.parametrize("weights", ["gaussian", "sphere"])
+def test_init_output_second_moment_matches_closed_form(scale, weights):
+    # E f(x)^2 = gamma^2 m E[a^2] E[relu(<w, x>)^2], with E[relu(<w, x>)^2] = |x|^2 / 2 for
+    # w ~ N(0, I_d) and |x|^2 / (2 d) for w uniform on S^{d-1} (half the second moment of <w, x>).
+    # Monte Carlo over N independent initialisations: 4 standard errors of the mean of f(x)^2.
+    N, m, d = 3000, 16, 5
+    x = np.array([[1.0, -2.0, 0.5, 0.0, 1.5]])
+    f2 = np.array([TwoLayer.init(m, d, scale=scale, rng=seed, weights=weights)(x)[0] ** 2 for seed in range(N)])
+    gamma = 1 / m if scale == "mean-field" else 1 / np.sqrt(m)
+    second = float(x[0] @ x[0]) / 2 / (d if weights == "sphere" else 1)
+    expected = gamma**2 * m * second
+    assert abs(f2.mean() - expected) < 4 * f2.std() / np.sqrt(N)
+
+
+def test_init_balanced_has_equal_layer_norms_and_sign_has_unit_a():
+    net = TwoLayer.init(50, 4, a_init="balanced", rng=2)
+    np.testing.assert_allclose(np.abs(net.a), np.linalg.norm(net.W, axis=1), rtol=1e-15)
+    assert set(np.unique(TwoLayer.init(50, 4, a_init="sign", rng=2).a)) == {-1.0, 1.0}
+    assert not TwoLayer.init(5, 4, a_init="zero", rng=2).a.any()
+
+
+def test_init_sphere_rows_have_unit_norm_with_bias_column():
+    net = TwoLayer.init(20, 3, weights="sphere", bias=True, rng=1)
+    assert net.W.shape == (20, 4) and net.d == 3
+    np.testing.assert_allclose(np.linalg.norm(net.W, axis=1), 1, atol=4 * EPS)
+
+
+def test_init_same_seed_same_numbers_and_float32_is_kept():
+    one = TwoLayer.init(10, 3, rng=5, dtype=np.float32)
+    two = TwoLayer.init(10, 3, rng=np.random.default_rng(5), dtype=np.float32)
+    assert np.array_equal(one.a, two.a) and np.array_equal(one.W, two.W)
+    X = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    assert one(X).dtype == np.float32
+    ga, gW = one.gradients(X, np.ones(6, dtype=np.float32))
+    assert ga.dtype == np.float32 and gW.dtype == np.float32
+
+
+def test_copy_is_independent_and_repr_names_the_parametrisation():
+    net = TwoLayer.init(4, 2, rng=0)
+    twin = net.copy()
+    twin.a[0] += 1
+    assert twin.a[0] != net.a[0]
+    assert repr(net) == "TwoLayer(m=4, d=2, activation='relu', gamma=0.25, bias=False, dtype=float64, device='cpu')"
+    np.testing.assert_array_equal(net.particles(), np.column_stack([net.a, net.W]))
+
+
+def test_activation_object_is_accepted():
+    sigma = get_activation("relu_power", alpha=2)
+    net = TwoLayer(np.ones(2), np.eye(2), activation=sigma, gamma=1.0)
+    np.testing.assert_allclose(net(np.array([[2.0, -1.0]])), [4.0])
+
+
+# --------------------------------------------------------------------------- backends
+def test_numpy_and_backend_paths_agree(xp):
+    # The same network on the backend under test gives the numpy numbers (cupy: GEMM rounding).
+    net, X, r, _ = make_problem("relu", True, n=30)
+    dnet = TwoLayer(xp.asarray(net.a), xp.asarray(net.W), gamma=net.gamma, bias=True)
+    f, ga, gW = dnet.value_and_gradients(xp.asarray(X), xp.asarray(r))
+    assert type(f) is type(xp.asarray(X))
+    np.testing.assert_allclose(to_numpy(f), net(X), rtol=1e-12, atol=1e-13)
+    ga_ref, gW_ref = net.gradients(X, r)
+    np.testing.assert_allclose(to_numpy(ga), ga_ref, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(to_numpy(gW), gW_ref, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.gpu
+def test_init_same_seed_same_numbers_on_gpu():
+    cpu = TwoLayer.init(10, 3, rng=5)
+    gpu = TwoLayer.init(10, 3, rng=5, device="gpu")
+    assert gpu.device == "gpu"
+    np.testing.assert_array_equal(to_numpy(gpu.W), cpu.W)
+    np.testing.assert_array_equal(to_numpy(gpu.a), cpu.a)
+
+
+# --------------------------------------------------------------------------- bad input
+def good():
+    return np.ones(3), np.ones((3, 2))
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    ((np.ones(0), np.ones((0, 2))), {}, "m must be >= 1"),
+    ((np.ones(3), np.ones((4, 2))), {}, "a has shape"),
+    ((np.ones((3, 1)), np.ones((3, 2))), {}, "a must be a 1-dimensional"),
+    ((np.ones(3), np.ones(3)), {}, "W must be a 2-dimensional"),
+    ((np.array([1.0, np.nan, 0.0]), np.ones((3, 2))), {}, "a contains"),
+    ((np.ones(3), np.full((3, 2), np.inf)), {}, "W contains"),
+    ((np.ones(3), np.ones((3, 1))), {"bias": True}, "W has shape"),
+    (good(), {"gamma": -1.0}, "gamma must be"),
+    (good(), {"activation": 3}, "activation must be"),
+])
+def test_bad_construction_raises_naming_the_argument(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TwoLayer(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"m": 0}, "m must be an integer >= 1"),
+    ({"d": 0}, "d must be an integer >= 1"),
+    ({"scale": "lazy"}, "scale must be one of"),
+    ({"scale": -2.0}, "scale must be one of"),
+    ({"weights": "uniform"}, "weights must be one of"),
+    ({"a_init": "ones"}, "a_init must be one of"),
+    ({"dtype": np.int64}, "dtype must be float32 or float64"),
+    ({"d": 1, "weights": "sphere"}, "weights='sphere' needs"),
+])
+def test_bad_init_raises_naming_the_argument(kwargs, match):
+    args = {"m": 4, "d": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TwoLayer.init(args.pop("m"), args.pop("d"), **args)
+
+
+def test_bad_data_raises_naming_the_argument():
+    net = TwoLayer(*good())
+    X = np.ones((5, 2))
+    with pytest.raises(ValueError, match=r"X has shape \(5, 3\) but the network takes d=2"):
+        net(np.ones((5, 3)))
+    with pytest.raises(ValueError, match="X must be a 2-dimensional"):
+        net(np.ones(2))
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        net(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="r contains 1 NaN"):
+        net.gradients(X, np.array([1.0, 2.0, np.nan, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"r has shape \(4,\) but X has n=5"):
+        net.gradients(X, np.ones(4))
+    with pytest.raises(ValueError, match="at least one sample"):
+        net.gradients(np.ones((0, 2)), np.ones(0))
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        net.gradients(X, np.ones(5), chunk_size=0)
+    with pytest.raises(ValueError, match="residual function returned shape"):
+        net.value_and_gradients(X, lambda f, rows: f[:1])
+    biased = TwoLayer(np.ones(3), np.ones((3, 3)), bias=True)
+    with pytest.raises(ValueError, match="the last column being the bias"):
+        biased(np.ones((5, 3)))
