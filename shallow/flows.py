@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_BYTES = 16 * 2**20  # 512 x 4096 float64: measured best on the 2-core machine
+MIN_ROWS = 256  # fewer rows per block make the GEMMs inefficient: split the particles instead
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -126,38 +127,61 @@ class EmpiricalRisk:
         n, m = X.shape[0], W.shape[0]
         gamma, sigma = net.gamma, net.activation
         relu = getattr(sigma, "name", None) == "relu"
-        rows = _chunk_rows(n, m, X.dtype.itemsize, self.chunk_bytes)
+        itemsize = W.dtype.itemsize
+        # Blocks of (rows, cols) pre-activations. One column block (cols = m) lets a single pass give
+        # the value and both gradients; for very wide networks (m ~ 10^6) the columns are split and
+        # each row chunk takes two passes (residuals first, then gradients), one GEMM more.
+        rows = _chunk_rows(n, m, itemsize, self.chunk_bytes)
+        if rows < min(n, MIN_ROWS):
+            rows = min(n, MIN_ROWS)
+        cols = max(1, min(m, self.chunk_bytes // (rows * itemsize)))
         risk = 0.0
         grad_a = xp.zeros_like(a) if need_grad else None
         grad_W = xp.zeros_like(W) if need_grad else None
-        Z = xp.empty((rows, m), dtype=W.dtype)  # (chunk, m) work array, reused
-        XR = xp.empty((rows, X.shape[1]), dtype=W.dtype) if need_grad else None  # (chunk, D)
+        Z = xp.empty((rows, cols), dtype=W.dtype)  # work block, reused
+        XR = xp.empty((rows, X.shape[1]), dtype=W.dtype) if need_grad else None  # (rows, D)
+
+        def activate(Xc, b, want_derivative):
+            """sigma(X_c W_b^T) (relu: in place in the work block) and sigma' when asked."""
+            Zc = Z[: Xc.shape[0], : b.stop - b.start]
+            xp.matmul(Xc, W[b].T, out=Zc)
+            if relu:
+                return xp.maximum(Zc, 0, out=Zc), None
+            return sigma(Zc), (sigma.derivative(Zc) if want_derivative else None)
+
+        def accumulate(Xc, b, S, D, r):
+            grad_a[b] += r @ S
+            if relu:
+                # relu'(z) = 1{z > 0} = sign(relu(z)): overwrite the block rather than allocate a
+                # mask, and put r on the (rows, D) side: grad_W += 1{Z > 0}^T (r * X_c).
+                xp.sign(S, out=S)
+                grad_W[b] += S.T @ XR[: Xc.shape[0]]
+            else:
+                D *= r[:, None]
+                grad_W[b] += D.T @ Xc
+
+        blocks = [slice(j, min(j + cols, m)) for j in range(0, m, cols)]
         for start in range(0, n, rows):
             Xc = X[start:start + rows]
-            c = Xc.shape[0]
-            Zc = Z[:c]
-            xp.matmul(Xc, W.T, out=Zc)
-            if relu:
-                xp.maximum(Zc, 0, out=Zc)  # Zc is now sigma(Z), in place
-                S = Zc
+            yc = self.y[start:start + rows]
+            if len(blocks) == 1:
+                S, D = activate(Xc, blocks[0], need_grad)
+                r = gamma * (S @ a) - yc  # (rows,) residuals
             else:
-                S = sigma(Zc)
-                D = sigma.derivative(Zc) if need_grad else None
-            r = gamma * (S @ a) - self.y[start:start + c]  # (chunk,) residuals
+                r = -yc
+                for b in blocks:
+                    r = r + gamma * (activate(Xc, b, False)[0] @ a[b])
             risk += float(r @ r)
             if not need_grad:
                 continue
-            r *= gamma / n
-            grad_a += r @ S
+            r = r * (gamma / n)
             if relu:
-                # relu'(z) = 1{z > 0} = sign(relu(z)): overwrite the block rather than allocate a mask,
-                # and put r on the (chunk, D) side: grad_W += 1{Z > 0}^T (r * X_c).
-                xp.sign(Zc, out=Zc)
-                xp.multiply(Xc, r[:, None], out=XR[:c])
-                grad_W += Zc.T @ XR[:c]
+                xp.multiply(Xc, r[:, None], out=XR[: Xc.shape[0]])
+            if len(blocks) == 1:
+                accumulate(Xc, blocks[0], S, D, r)
             else:
-                D *= r[:, None]
-                grad_W += D.T @ Xc
+                for b in blocks:
+                    accumulate(Xc, b, *activate(Xc, b, True), r)
         if need_grad:
             grad_W *= a[:, None]
         return 0.5 * risk / n, grad_a, grad_W
@@ -173,7 +197,8 @@ def _arccos_kernel_and_grad(W, V, order, need_grad=True):
     order 0 (step): K = (pi - th) / (2 pi),
         grad_w K = (v/|v| - cos th w/|w|) / (2 pi |w| sin th)  (zero where sin th = 0).
 
-    Returns K (m, m') and the function ``apply(C)`` giving sum_k C_jk grad_w K(w_j, v_k) (m, d).
+    Returns K (m, m') and the function ``apply(C)`` giving sum_k C_jk grad_w K(w_j, v_k) (m, d),
+    C broadcastable to (m, m').
     """
     xp = get_xp(W, V)
     nw = xp.linalg.norm(W, axis=1)  # (m,)
@@ -184,11 +209,15 @@ def _arccos_kernel_and_grad(W, V, order, need_grad=True):
     cos = xp.clip(G / safe, -1, 1)
     # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
     sin_abs = xp.sqrt(xp.maximum(denom**2 - G**2, 0)) / safe
-    if V is W:
-        # The Gram route leaves sin ~ sqrt(eps) on the diagonal: the angle of w with itself is 0.
-        idx = xp.arange(W.shape[0])
-        sin_abs[idx, idx] = 0
-        cos[idx, idx] = 1
+    # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
+    # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
+    # sin th = |w/|w| - cos th v/|v||, accurate to eps.
+    near = xp.nonzero(sin_abs < 1e-4)
+    if near[0].size:
+        i, j = near
+        Wh = W[i] / xp.where(nw[i] > 0, nw[i], 1)[:, None]
+        Vh = V[j] / xp.where(nv[j] > 0, nv[j], 1)[:, None]
+        sin_abs[i, j] = xp.linalg.norm(Wh - cos[i, j][:, None] * Vh, axis=1)
     theta = xp.arctan2(sin_abs, cos)
     if order == 1:
         K = (denom * sin_abs + (xp.pi - theta) * G) / (2 * xp.pi)
@@ -232,12 +261,14 @@ class PopulationRisk:
     and K is the arc-cosine kernel of order 1 (relu) or 0 (step) of Cho and Saul (2009). For
     x ~ tau_d, write x = u / |u| with u ~ N(0, I_d) independent of |u|: the relu kernel is 2-homogeneous
     in x and E|u|^2 = d, so it is divided by d; the step kernel is 0-homogeneous and unchanged.
-    The cost is O((m + m^*)^2 d) time, O(m (m + m^*)) memory.
+    The cost is O(m (m + m^*) d) time; particles are processed in row blocks, so that memory stays
+    O((m + m^*) d + chunk_bytes) and m = 10^6 particles fit (slowly) on a CPU.
     """
 
     _ORDERS = {"relu": 1, "step": 0}
 
-    def __init__(self, teacher, input: str = "gaussian"):
+    def __init__(self, teacher, input: str = "gaussian", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.chunk_bytes = int(chunk_bytes)
         if input not in ("gaussian", "sphere"):
             raise ValueError(f"input must be 'gaussian' or 'sphere', got {input!r}")
         name = getattr(teacher.activation, "name", None)
@@ -272,21 +303,29 @@ class PopulationRisk:
         a = net.a if a is None else a
         W = net.W if W is None else W
         self._check(net, W)
+        xp = get_xp(a, W)
         gamma, s = net.gamma, self._scale
-        at = self.teacher.a * self.teacher.gamma
-        Kww, apply_ww = _arccos_kernel_and_grad(W, W, self.order, need_grad)
-        Kws, apply_ws = _arccos_kernel_and_grad(W, self.teacher.W, self.order, need_grad)
-        u = s * (gamma * (Kww @ a) - Kws @ at)  # (m,): E_x[(f - f^*) sigma(<w_j, x>)] / 1
-        risk = 0.5 * gamma * float(a @ u) - 0.5 * s * gamma * float(a @ (Kws @ at)) + self._teacher_energy
-        if not need_grad:
-            return max(risk, 0.0), None, None
-        grad_a = gamma * u
-        # d/dw_j: gamma^2 a_j sum_k a_k grad_1 K(w_j, w_k) - gamma a_j sum_l a*_l grad_1 K(w_j, w*_l);
-        # the diagonal term K(w_j, w_j) depends on w_j twice, which the symmetric sum counts.
-        xp = get_xp(W)
-        ones = xp.ones((1,), dtype=W.dtype)
-        grad_W = s * gamma * a[:, None] * (apply_ww(gamma * ones[:, None] * a[None, :])
-                                          - apply_ws(ones[:, None] * at[None, :]))
+        Ws, at = self.teacher.W, self.teacher.a * self.teacher.gamma
+        m = W.shape[0]
+        # Row blocks of particles: about 8 live (rows, m + m*) temporaries within chunk_bytes.
+        rows = _chunk_rows(m, m + Ws.shape[0], 8 * W.dtype.itemsize, self.chunk_bytes)
+        grad_a = xp.empty_like(a) if need_grad else None
+        grad_W = xp.empty_like(W) if need_grad else None
+        self_term = cross_term = 0.0
+        for start in range(0, m, rows):
+            B = slice(start, start + rows)
+            Kbw, apply_bw = _arccos_kernel_and_grad(W[B], W, self.order, need_grad)
+            Kbs, apply_bs = _arccos_kernel_and_grad(W[B], Ws, self.order, need_grad)
+            student_b = Kbw @ a  # (rows,): sum_k a_k K(w_j, w_k)
+            teacher_b = Kbs @ at  # (rows,): sum_l a*_l K(w_j, w*_l)
+            self_term += float(a[B] @ student_b)
+            cross_term += float(a[B] @ teacher_b)
+            if need_grad:
+                # u_j = E_x[(f - f*)(x) sigma(<w_j, x>)]; the diagonal K(w_j, w_j) depends on w_j
+                # twice, which the symmetric double sum counts: d/dw_j = gamma a_j sum_k C_jk grad_1 K.
+                grad_a[B] = gamma * s * (gamma * student_b - teacher_b)
+                grad_W[B] = (s * gamma) * a[B, None] * (apply_bw(gamma * a[None, :]) - apply_bs(at[None, :]))
+        risk = 0.5 * s * gamma**2 * self_term - s * gamma * cross_term + self._teacher_energy
         return max(risk, 0.0), grad_a, grad_W
 
 

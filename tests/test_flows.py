@@ -94,10 +94,10 @@ def test_empirical_risk_gradient_taylor_remainder_is_second_order(activation, bi
 
 def test_empirical_risk_chunked_equals_unchunked():
     rng = np.random.default_rng(5)
-    X, y = rng.standard_normal((103, 4)), rng.standard_normal(103)
+    X, y = rng.standard_normal((603, 4)), rng.standard_normal(603)
     net = TwoLayer.init(9, 4, rng=1)
     whole = EmpiricalRisk(X, y).value_and_grad(net)
-    chunked = EmpiricalRisk(X, y, chunk_bytes=9 * 8 * 10).value_and_grad(net)  # 10 rows a chunk
+    chunked = EmpiricalRisk(X, y, chunk_bytes=9 * 8 * 256).value_and_grad(net)  # 256 rows a chunk
     for u, v in zip(whole, chunked):
         np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-15)
 
@@ -243,3 +243,23 @@ def test_bad_input_names_the_argument():
         gradient_flow(student, PopulationRisk(teacher), steps=1, step_size=0.1, method="leapfrog")
     with pytest.raises(ValueError, match="m must be an integer >= 1"):
         TwoLayer.init(0, 5)
+
+
+def test_empirical_risk_split_over_particles_equals_one_block():
+    # Very wide networks are split into column blocks with two passes: same numbers as one block.
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((300, 4)), rng.standard_normal(300)
+    for activation in ("relu", "tanh"):
+        net = TwoLayer.init(50, 4, rng=3, activation=activation)
+        whole = EmpiricalRisk(X, y).value_and_grad(net)
+        split = EmpiricalRisk(X, y, chunk_bytes=256 * 8 * 7).value_and_grad(net)  # 256 rows x 7 particles
+        for u, v in zip(whole, split):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
+
+
+def test_population_risk_in_particle_blocks_equals_one_block():
+    teacher, student = teacher_student(d=5, m=40, seed=9)
+    whole = PopulationRisk(teacher).value_and_grad(student)
+    blocked = PopulationRisk(teacher, chunk_bytes=8 * 8 * 43 * 6).value_and_grad(student)  # 6 rows a block
+    for u, v in zip(whole, blocked):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
