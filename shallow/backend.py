@@ -75,8 +75,9 @@ def get_xp(*arrays) -> ModuleType:
 
     Parameters
     ----------
-    *arrays : arrays, Python scalars or None
-        None and Python scalars are ignored; with no array at all the answer is numpy.
+    *arrays : arrays, Python scalars, lists or None
+        None, Python scalars and (nested) lists or tuples are ignored: they are host data that
+        either module converts. With no array at all the answer is numpy.
 
     Returns
     -------
@@ -94,7 +95,8 @@ def get_xp(*arrays) -> ModuleType:
     >>> get_xp(np.ones(3), None, 2.0) is np
     True
     """
-    candidates = [x for x in arrays if x is not None and not isinstance(x, (bool, int, float, complex))]
+    candidates = [x for x in arrays
+                  if x is not None and not isinstance(x, (bool, int, float, complex, list, tuple))]
     if not candidates:
         return np
     # Fast path for the common all-numpy case (array_namespace costs a few microseconds).

@@ -59,3 +59,11 @@ def test_import_shallow_imports_no_optional_dependency():
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_lists_are_host_data_for_get_xp_and_validation():
+    from shallow._validation import check_points
+
+    assert backend.get_xp([1.0, 2.0], (3.0,)) is np
+    X = check_points([[1, 2], [3, 4]], "X")
+    assert isinstance(X, np.ndarray) and X.dtype == np.float64

@@ -1,0 +1,931 @@
+r"""Kernels of two-layer networks: random features (NNGP), NTK, Mercer eigenvalues, RKHS (F2) norms.
+
+A two-layer network f(x) = m^{-1/2} sum_{j<=m} a_j sigma(<w_j, x>) with i.i.d. weights has, as
+m -> infinity, two kernels (inputs x, y in R^d):
+
+* the random-feature kernel (the NNGP kernel of the output layer)
+
+      K_sigma(x, y) = E_w[ sigma(<w, x>) sigma(<w, y>) ];
+
+* the neural tangent kernel of the network with both layers trained, a_j ~ N(0, 1),
+
+      Theta(x, y) = E_w[ sigma(<w, x>) sigma(<w, y>) ] + <x, y> E_w[ sigma'(<w, x>) sigma'(<w, y>) ]
+                  = K_sigma(x, y) + <x, y> K_sigma'(x, y)
+
+  (the first term from the gradient in a_j, the second from the gradient in w_j, which is
+  a_j sigma'(<w_j, x>) x; E[a_j^2] = 1).
+
+Two laws of the inner weights: ``weights="gaussian"``, w ~ N(0, I_d), and ``weights="sphere"``,
+w ~ tau_d, the uniform probability measure on S^{d-1} (the gradient in w is still the Euclidean
+one, taken at a point of the sphere). For a positively homogeneous feature f of degree h,
+E_{w ~ N(0, I)}[f(<w, x>) f(<w, y>)] = E|w|^{2h} E_{w ~ tau_d}[...] with
+
+    E|w|^{2h} = 2^h Gamma(d/2 + h) / Gamma(d/2)   (= d for relu, h = 1),
+
+since |w| and w/|w| are independent. In the NTK the two terms have their own degrees: h for sigma
+and h - 1 for sigma'; for relu with sphere weights, Theta = k_1 / d + <x, y> k_0.
+
+Closed forms for w ~ N(0, I_d), with theta the angle between x and y, computed as
+theta = atan2(|x||y| sin theta, <x, y>) from s = sqrt(max(|x|^2 |y|^2 - <x, y>^2, 0)) (never an
+arccos of a number just above 1):
+
+* arc-cosine kernels of integer order n (Cho and Saul 2009), sigma = max(0, z)^n:
+  E[...] = |x|^n |y|^n J_n(theta) / (2 pi), J_0 = pi - theta, J_1 = sin theta + (pi - theta) cos theta,
+  J_n = (-1)^n sin^{2n+1} theta (sin^{-1} theta d/dtheta)^n ((pi - theta)/sin theta), evaluated as
+  A_n(cos theta)(pi - theta) + B_n(cos theta) sin theta with polynomials from
+  A_{n+1} = (1 - r^2) A_n' + (2n + 1) r A_n, B_{n+1} = (1 - r^2) B_n' + A_n + 2n r B_n, A_0 = 1, B_0 = 0;
+* any real order a > -1/2 (a hypergeometric series, from Mehler's expansion of max(0, z)^a in
+  Hermite polynomials; rho = cos theta):
+  E[...] = |x|^a |y|^a [ 2^a Gamma((a+1)/2)^2 / (4 pi) 2F1(-a/2, -a/2; 1/2; rho^2)
+                         + 2^a Gamma(a/2 + 1)^2 / (2 pi) rho 2F1((1-a)/2, (1-a)/2; 3/2; rho^2) ];
+* abs: (2 s + (pi - 2 theta) <x, y>) / pi; sign: 1 - 2 theta / pi; quadratic: |x|^2 |y|^2 + 2 <x, y>^2;
+* erf (Williams 1997): (2/pi) arcsin(2 <x, y> / sqrt((1 + 2|x|^2)(1 + 2|y|^2))), and for
+  erf'(z) = (2/sqrt(pi)) e^{-z^2}: (4/pi) / sqrt((1 + 2|x|^2)(1 + 2|y|^2) - 4 <x, y>^2).
+
+Other activations have no closed form. With ``weights="sphere"`` and inputs on the unit sphere the
+Funk-Hecke series K(x, y) = sum_k mu_k(sigma)^2 N(d, k) P_{k,d}(<x, y>) is exact up to its
+truncation at degree ``kmax`` (its terms decay geometrically for the analytic sigmoid, tanh, erf,
+softplus and gelu); elsewhere a Monte Carlo average over ``n_features`` weights drawn with ``rng``
+is used when (and only when) ``n_features`` is given.
+
+Matrices are built from the Gram matrix <x_i, y_j> and the squared norms only: memory is
+O(n n') and no (n, n', d) array is formed; everything runs on numpy or cupy (the input's),
+except the hypergeometric function of non-integer arc-cosine orders, evaluated by scipy on the
+host (an explicit round trip on a GPU). Accuracy: from a Gram matrix the angle of two nearly
+parallel vectors is known to about sqrt(eps) (1e-8 in float64), whatever the formula. The
+kernels of order >= 1 do not feel it (their derivative in theta vanishes at theta = 0); the
+step (order 0) and sign kernels, and hence NTKs, carry an error of that size on such pairs. With
+Y = None the norms are read off the diagonal of the Gram matrix, so that theta(x, x) = 0 exactly.
+
+References
+----------
+1. Y. Cho and L. K. Saul, "Kernel methods for deep learning", NeurIPS 2009, Eq. (6)-(7)
+   (arc-cosine kernels; their k_n carries an extra factor 2).
+2. C. K. I. Williams, "Computing with infinite networks", NeurIPS 1997, Eq. (11) (erf kernel).
+3. A. Jacot, F. Gabriel and C. Hongler, "Neural tangent kernel", NeurIPS 2018, arXiv:1806.07572,
+   Theorem 1 (NTK of the infinite-width limit).
+4. F. Bach, "Breaking the curse of dimensionality with convex neural networks", JMLR 18 (2017),
+   arXiv:1412.8690, Sec. 2.3 and Appendix D (F2 = RKHS, Funk-Hecke coefficients).
+5. A. Bietti and J. Mairal, "On the inductive bias of neural tangent kernels", NeurIPS 2019,
+   arXiv:1905.12173, Theorem 4 (relu NTK eigenvalues decay like k^{-d} on S^{d-1}).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numpy.polynomial import polynomial as npoly
+from scipy import special
+
+from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state
+from .activations import Activation, _positive_part_power, _relu_power_funk_hecke, as_activation
+from .backend import get_xp, to_numpy
+from .harmonics import legendre_all, num_harmonics, project_zonal
+from .sphere import log_inner_product_constant
+
+__all__ = [
+    "WEIGHTS",
+    "KINDS",
+    "random_feature_kernel",
+    "ntk",
+    "DotProductKernel",
+    "dot_product_kernel",
+    "mercer_eigenvalues",
+    "gaussian_norm_moment",
+    "rkhs_norm",
+    "f2_norm_from_harmonics",
+]
+
+WEIGHTS = ("gaussian", "sphere")
+"""Laws of the inner weights: w ~ N(0, I_d), or w ~ tau_d uniform on S^{d-1}."""
+
+KINDS = ("nngp", "ntk")
+"""Kernels of a two-layer network: random features (NNGP) and neural tangent kernel."""
+
+_DEFAULT_KMAX = 64  # truncation of the Funk-Hecke series (sphere weights, activations without closed form)
+_CHUNK = 2048  # Monte Carlo features per block
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian expectations in closed form, from G = <x, y>, nx2 = |x|^2, ny2 = |y|^2 (broadcast).
+# --------------------------------------------------------------------------------------------
+
+def _angle(xp, G, N2):
+    """s = |x||y| sin theta and theta = atan2(s, <x, y>) in [0, pi], without arccos."""
+    s = xp.sqrt(xp.maximum(N2 - G * G, 0))
+    return s, xp.arctan2(s, G)
+
+
+@functools.lru_cache(maxsize=None)
+def _arccos_polynomials(n):
+    """Coefficients (lowest degree first) of A_n, B_n with J_n = A_n(r)(pi - theta) + B_n(r) sin theta."""
+    A, B = np.array([1.0]), np.array([0.0])
+    one_minus_r2, r = np.array([1.0, 0.0, -1.0]), np.array([0.0, 1.0])
+    for m in range(n):
+        A, B = (npoly.polyadd(npoly.polymul(one_minus_r2, npoly.polyder(A)), (2 * m + 1) * npoly.polymul(r, A)),
+                npoly.polyadd(npoly.polyadd(npoly.polymul(one_minus_r2, npoly.polyder(B)), A),
+                              2 * m * npoly.polymul(r, B)))
+    return tuple(float(c) for c in A), tuple(float(c) for c in B)
+
+
+def _homogeneous(coeffs, degree, G, N2):
+    """sum_j c_j G^j (N2)^{(degree - j)/2}: the polynomial N^degree p(G / N), N = sqrt(N2), without division."""
+    out = 0
+    for j, c in enumerate(coeffs):
+        if c == 0:
+            continue
+        if (degree - j) % 2:  # pragma: no cover - parity holds by construction
+            raise AssertionError("arc-cosine polynomial of the wrong parity")
+        term = c if j == 0 else c * (G if j == 1 else G ** j)
+        e = (degree - j) // 2
+        if e:
+            term = term * (N2 if e == 1 else N2 ** e)
+        out = out + term
+    return out
+
+
+def _arccos_gauss(order, G, nx2, ny2, xp):
+    """E[max(0, u)^a max(0, v)^a] for (u, v) = (<w, x>, <w, y>), w ~ N(0, I): the arc-cosine kernel of order a.
+
+    Zero where x = 0 or y = 0 (max(0, 0)^a := 0 for every a, our convention).
+    """
+    N2 = nx2 * ny2
+    if order == int(order):
+        n = int(order)
+        s, theta = _angle(xp, G, N2)
+        A, B = _arccos_polynomials(n)
+        J = _homogeneous(A, n, G, N2) * (math.pi - theta)
+        if n >= 1:
+            J = J + _homogeneous(B, n - 1, G, N2) * s
+        else:
+            J = xp.where(N2 > 0, J, 0)
+        return J / (2 * math.pi)
+    # Real order: hypergeometric form in rho = cos theta, on the host (scipy.special.hyp2f1).
+    a = float(order)
+    N = xp.sqrt(N2)
+    positive = N > 0
+    N_safe = xp.where(positive, N, 1)
+    rho = to_numpy(xp.clip(G / N_safe, -1, 1)).astype(np.float64)
+    r2 = rho * rho
+    f = (2.0 ** a / (4 * math.pi) * special.gamma(0.5 * (a + 1)) ** 2 * special.hyp2f1(-0.5 * a, -0.5 * a, 0.5, r2)
+         + 2.0 ** a / (2 * math.pi) * special.gamma(0.5 * a + 1) ** 2 * rho
+         * special.hyp2f1(0.5 * (1 - a), 0.5 * (1 - a), 1.5, r2))
+    f = xp.asarray(np.maximum(f, 0.0), dtype=G.dtype)  # >= 0; cancellation near rho = -1 leaves ~1e-16
+    return xp.where(positive, f * N_safe ** a, 0)
+
+
+def _abs_gauss(G, nx2, ny2, xp):
+    s, theta = _angle(xp, G, nx2 * ny2)
+    return (2 * s + (math.pi - 2 * theta) * G) / math.pi
+
+
+def _sign_gauss(G, nx2, ny2, xp):
+    N2 = nx2 * ny2
+    _, theta = _angle(xp, G, N2)
+    return xp.where(N2 > 0, 1 - (2 / math.pi) * theta, 0)
+
+
+def _quadratic_gauss(G, nx2, ny2, xp):
+    return nx2 * ny2 + 2 * G * G  # Isserlis: E[u^2 v^2] = E[u^2] E[v^2] + 2 E[uv]^2
+
+
+def _linear2_gauss(G, nx2, ny2, xp):
+    return 4 * G  # E[2u 2v] = 4 <x, y>
+
+
+def _zero_gauss(G, nx2, ny2, xp):
+    return xp.zeros_like(G)
+
+
+def _erf_gauss(G, nx2, ny2, xp):
+    r = 2 * G / xp.sqrt((1 + 2 * nx2) * (1 + 2 * ny2))
+    return (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1))
+
+
+def _erf_prime_gauss(G, nx2, ny2, xp):
+    # E[exp(-u^2 - v^2)] = det(I + 2 Sigma)^{-1/2} for (u, v) ~ N(0, Sigma), times (2/sqrt(pi))^2;
+    # det(I + 2 Sigma) = 1 + 2|x|^2 + 2|y|^2 + 4 (|x|^2 |y|^2 - <x,y>^2), written without cancellation.
+    det = 1 + 2 * (nx2 + ny2) + 4 * xp.maximum(nx2 * ny2 - G * G, 0)
+    return (4 / math.pi) / xp.sqrt(det)
+
+
+# --------------------------------------------------------------------------------------------
+# Features: sigma or sigma', with what is known about their kernels.
+# --------------------------------------------------------------------------------------------
+
+class _Feature:
+    """A function f of <w, x> with its Gaussian kernel (closed form or None), degree and mu_k."""
+
+    def __init__(self, label, fn, homogeneity, gauss, fh, breakpoints=(), is_zero=False):
+        self.label = label
+        self.fn = fn  # xp-generic elementwise callable
+        self.homogeneity = homogeneity
+        self.gauss = gauss  # (G, nx2, ny2, xp) -> E_{w ~ N(0, I)}[f(<w,x>) f(<w,y>)], or None
+        self.fh = fh  # (d, kmax) -> numpy mu_k(f)
+        self.breakpoints = breakpoints
+        self.is_zero = is_zero
+
+
+def _arccos_feature(label, order, scale):
+    """f(z) = scale max(0, z)^order, order > -1 (negative orders serve derivatives), 0 at z <= 0."""
+    def fn(z):
+        z = check_array(z, "z", finite=False)
+        return scale * _positive_part_power(get_xp(z), z, order)
+    return _Feature(
+        label,
+        fn,
+        order,
+        lambda G, nx2, ny2, xp: (scale * scale) * _arccos_gauss(order, G, nx2, ny2, xp),
+        lambda d, kmax: scale * _relu_power_funk_hecke(order, d, kmax),
+        (0.0,),
+    )
+
+
+def _feature(sigma: Activation, derivative: bool = False) -> _Feature:
+    """sigma (derivative=False) or sigma' (derivative=True) as a _Feature."""
+    name, p = sigma.name, sigma.params
+    if name in ("relu", "relu_power", "step"):
+        alpha = {"relu": 1.0, "step": 0.0}.get(name, p.get("alpha"))
+        if not derivative:
+            return _arccos_feature(f"{sigma!r}", alpha, 1.0)
+        if alpha == 0:
+            return _Feature(f"derivative of {sigma!r}", sigma.derivative, None,
+                            _zero_gauss, lambda d, kmax: np.zeros(kmax + 1), is_zero=True)
+        if alpha <= 0.5:
+            raise ValueError(f"the NTK of relu_power needs alpha = 0 or alpha > 1/2, got alpha={alpha}: "
+                             "E[sigma'(u)^2] = alpha^2 E[max(0, u)^(2 alpha - 2)] is infinite for 0 < alpha <= 1/2")
+        return _arccos_feature(f"derivative of {sigma!r}", alpha - 1, alpha)
+    if name == "abs":
+        if not derivative:
+            return _Feature(repr(sigma), sigma, 1, _abs_gauss, sigma.funk_hecke, (0.0,))
+        # sign(t) = step(t) - step(-t): mu_k = (1 - (-1)^k) mu_k(step).
+        return _Feature(f"derivative of {sigma!r}", sigma.derivative, 0, _sign_gauss,
+                        lambda d, kmax: np.where(np.arange(kmax + 1) % 2 == 1,
+                                                 2 * _relu_power_funk_hecke(0.0, d, kmax), 0.0), (0.0,))
+    if name == "quadratic":
+        if not derivative:
+            return _Feature(repr(sigma), sigma, 2, _quadratic_gauss, sigma.funk_hecke)
+
+        def fh_linear(d, kmax):  # 2t = 2 P_{1,d}(t), N(d, 1) = d: mu_1 = 2/d
+            mu = np.zeros(kmax + 1)
+            if kmax >= 1:
+                mu[1] = 2.0 / d
+            return mu
+        return _Feature(f"derivative of {sigma!r}", sigma.derivative, 1, _linear2_gauss, fh_linear)
+    fn = sigma.derivative if derivative else sigma
+    label = f"derivative of {sigma!r}" if derivative else repr(sigma)
+    gauss = None
+    if name == "erf":
+        gauss = _erf_prime_gauss if derivative else _erf_gauss
+    return _Feature(label, fn, None, gauss,
+                    lambda d, kmax: project_zonal(fn, d, kmax, breakpoints=sigma.breakpoints), sigma.breakpoints)
+
+
+def gaussian_norm_moment(h, d) -> float:
+    """E|w|^{2h} for w ~ N(0, I_d): 2^h Gamma(d/2 + h) / Gamma(d/2) (= d for h = 1), for h > -d/2.
+
+    The ratio between the kernels of a degree-h homogeneous feature under Gaussian and uniform
+    spherical weights.
+
+    Examples
+    --------
+    >>> gaussian_norm_moment(1, 7), gaussian_norm_moment(0, 7)
+    (7.0, 1.0)
+    """
+    d = check_dimension(d)
+    h = float(h)
+    if not h > -0.5 * d:
+        raise ValueError(f"h must be > -d/2 = {-0.5 * d} for E|w|^(2h) to be finite, got {h}")
+    value = 2.0 ** h * special.poch(0.5 * d, h)  # poch(a, h) = Gamma(a + h) / Gamma(a), accurate
+    if not np.isfinite(value) or value == 0:  # pragma: no cover - d or h beyond poch's range
+        value = np.exp(h * np.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d))
+    return float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Funk-Hecke series and Monte Carlo.
+# --------------------------------------------------------------------------------------------
+
+def _log_num_harmonics(d, k):
+    """log N(d, k) for an array of degrees k (float, no overflow)."""
+    k = np.asarray(k, dtype=np.float64)
+    kk = np.maximum(k, 1)
+    val = (np.log(2 * kk + d - 2) - np.log(kk) + special.gammaln(kk + d - 2) - special.gammaln(kk)
+           - special.gammaln(d - 1))
+    return np.where(k == 0, 0.0, val)
+
+
+def _series_coefficients(mu, d):
+    """c_k = mu_k^2 N(d, k), dropping mu_k under the quadrature noise floor (1e-14 max |mu|)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    floor = 1e-14 * float(np.abs(mu).max(initial=0.0))
+    keep = np.abs(mu) > floor
+    logc = 2 * np.log(np.where(keep, np.abs(mu), 1.0)) + _log_num_harmonics(d, np.arange(mu.size))
+    return np.where(keep, np.exp(logc), 0.0)
+
+
+def _zonal_series(c, d, t):
+    """sum_k c_k P_{k,d}(t) by the forward recurrence, in O(t.size) memory (numpy or cupy)."""
+    xp = get_xp(t)
+    out = xp.full(t.shape, float(c[0]), dtype=t.dtype)
+    if len(c) == 1:
+        return out
+    prev, cur = xp.ones_like(t), t.copy()
+    out += float(c[1]) * cur
+    for k in range(1, len(c) - 1):
+        prev, cur = cur, ((2 * k + d - 2) / (k + d - 2)) * t * cur - (k / (k + d - 2)) * prev
+        if c[k + 1]:
+            out += float(c[k + 1]) * cur
+    return out
+
+
+def _monte_carlo(features, X, Y, G, weights, n_features, rng):
+    """(1/F) sum_f f(<w_f, x>) f(<w_f, y>) for each feature, w_f drawn on the host in blocks."""
+    xp = get_xp(X)
+    n, d = X.shape
+    out = [xp.zeros((n, Y.shape[0]), dtype=X.dtype) for _ in features]
+    done = 0
+    while done < n_features:
+        b = min(_CHUNK, n_features - done)
+        W = rng.standard_normal((b, d))  # (b, d)
+        if weights == "sphere":
+            W /= np.linalg.norm(W, axis=1, keepdims=True)
+        W = xp.asarray(W, dtype=X.dtype)
+        ZX, ZY = X @ W.T, Y @ W.T  # (n, b), (n', b)
+        for acc, feat in zip(out, features):
+            if not feat.is_zero:
+                acc += feat.fn(ZX) @ feat.fn(ZY).T
+        done += b
+    return [acc / n_features for acc in out]
+
+
+# --------------------------------------------------------------------------------------------
+# Public kernels on R^d.
+# --------------------------------------------------------------------------------------------
+
+def _host_if_sequence(x):
+    """Lists and tuples become numpy arrays; arrays (numpy or cupy) pass untouched."""
+    return np.asarray(x) if isinstance(x, (list, tuple)) else x
+
+
+def _check_weights(weights):
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    return weights
+
+
+def _prepare(X, Y):
+    """Validated X, Y (Y = X when None), the Gram matrix and squared norms, shaped to broadcast."""
+    X = check_points(_host_if_sequence(X), "X")
+    same = Y is None
+    Y = X if same else check_points(_host_if_sequence(Y), "Y")
+    if Y.shape[1] != X.shape[1]:
+        raise ValueError(f"Y has d={Y.shape[1]} coordinates but X has d={X.shape[1]}")
+    xp = get_xp(X, Y)
+    if X.dtype != Y.dtype:
+        dtype = xp.result_type(X.dtype, Y.dtype)
+        X, Y = X.astype(dtype), Y.astype(dtype)
+    G = X @ Y.T  # (n, n')
+    if same:
+        # Norms from the diagonal of G itself: then |x|^2 |x|^2 - <x, x>^2 is exactly 0 and theta(x, x) = 0.
+        nx2 = xp.diagonal(G).copy()
+        ny2 = nx2
+    else:
+        nx2, ny2 = xp.sum(X * X, axis=1), xp.sum(Y * Y, axis=1)
+    return X, Y, G, nx2[:, None], ny2[None, :], xp
+
+
+def _on_sphere(nx2, ny2, xp, dtype):
+    tol = 2 * float(np.sqrt(np.finfo(dtype).eps))
+    if not (nx2.size and ny2.size):
+        return True
+    dev = max(float(xp.abs(nx2 - 1).max()), float(xp.abs(ny2 - 1).max()))
+    return dev <= tol
+
+
+def _exact(feature, G, nx2, ny2, xp, weights, d, kmax):
+    """E_w[f(<w,x>) f(<w,y>)] without sampling, or None when no exact route applies."""
+    if feature.is_zero:
+        return xp.zeros_like(G)
+    if feature.gauss is not None and (weights == "gaussian" or feature.homogeneity is not None):
+        K = feature.gauss(G, nx2, ny2, xp)
+        if weights == "sphere" and feature.homogeneity:
+            K = K / gaussian_norm_moment(feature.homogeneity, d)
+        return K
+    if weights == "sphere" and _on_sphere(nx2, ny2, xp, G.dtype):
+        return _zonal_series(_series_coefficients(feature.fh(d, kmax), d), d, xp.clip(G, -1, 1))
+    return None
+
+
+def _kernels(features, X, Y, weights, n_features, rng, kmax, caller):
+    weights = _check_weights(weights)
+    X, Y, G, nx2, ny2, xp = _prepare(X, Y)
+    d = X.shape[1]
+    kmax = _DEFAULT_KMAX if kmax is None else check_integer(kmax, "kmax", minimum=0)
+    if n_features is not None:
+        n_features = check_integer(n_features, "n_features", minimum=1)
+        return G, _monte_carlo(features, X, Y, G, weights, n_features, check_random_state(rng))
+    out = []
+    for feat in features:
+        K = _exact(feat, G, nx2, ny2, xp, weights, d, kmax)
+        if K is None:
+            where = ("with weights='gaussian'" if weights == "gaussian"
+                     else "with weights='sphere' for inputs off the unit sphere")
+            raise ValueError(f"{caller}: the {feat.label} has no closed-form kernel {where}; pass n_features "
+                             "(and rng) for a Monte Carlo estimate")
+        out.append(xp.asarray(K, dtype=G.dtype))
+    return G, out
+
+
+def random_feature_kernel(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None):
+    """Random-feature (NNGP) kernel K(x, y) = E_w[sigma(<w, x>) sigma(<w, y>)] of a two-layer network.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Inputs (numpy or cupy; float32 or float64, kept).
+    Y : array of shape (n', d), or None
+        Second inputs; None means Y = X (and then K(x, x) is computed with theta = 0 exactly).
+    sigma : str or Activation
+        The activation (a name from :data:`shallow.activations.ACTIVATIONS`, or an Activation).
+    weights : {"gaussian", "sphere"}
+        w ~ N(0, I_d) or w ~ tau_d (uniform on S^{d-1}).
+    n_features : int, optional
+        When given, return the Monte Carlo estimate (1/F) sum_f sigma(<w_f, x>) sigma(<w_f, y>)
+        over F = n_features weights drawn with ``rng`` (on the host, in blocks of 2048), whatever
+        sigma. Needed for activations without closed form under Gaussian weights, and under
+        sphere weights for inputs off the unit sphere.
+    rng : None, int or numpy.random.Generator
+        Randomness of the Monte Carlo estimate; unused otherwise.
+    kmax : int, optional
+        Truncation degree of the Funk-Hecke series (sphere weights, inputs on the sphere,
+        activations without closed form); default 64.
+
+    Returns
+    -------
+    K : array of shape (n, n')
+        On the device and in the dtype of X.
+
+    Notes
+    -----
+    The roles of inputs and weights are symmetric: ``random_feature_kernel(W, V, "relu")`` with
+    weight matrices W (m, d) and V (m', d) is E_{x ~ N(0, I_d)}[relu(<w, x>) relu(<v, x>)], the
+    matrix of the population risk of relu networks under Gaussian data.
+
+    Closed forms (module docstring): arc-cosine kernels for relu, step and relu_power (integer
+    orders as Cho and Saul's J_n, real orders by a hypergeometric series), abs, quadratic, and
+    erf (Williams). Under sphere weights a degree-h homogeneous sigma gives the Gaussian kernel
+    divided by E|w|^{2h} = 2^h Gamma(d/2 + h)/Gamma(d/2) (by d for relu), for all inputs in R^d.
+    Other activations under sphere weights, inputs on S^{d-1}: the series
+    sum_{k <= kmax} mu_k(sigma)^2 N(d, k) P_{k,d}(<x, y>), exact up to truncation.
+
+    References
+    ----------
+    1. Y. Cho and L. K. Saul, NeurIPS 2009, Eq. (6)-(7).
+    2. C. K. I. Williams, NeurIPS 1997, Eq. (11).
+
+    Examples
+    --------
+    >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> np.round(random_feature_kernel(X, None, "relu"), 6).tolist()   # |x|^2/2 on the diagonal
+    [[0.5, 0.31831], [0.31831, 2.0]]
+    """
+    sigma = as_activation(sigma)
+    _, (K,) = _kernels([_feature(sigma)], X, Y, weights, n_features, rng, kmax, "random_feature_kernel")
+    return K
+
+
+def ntk(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None):
+    """Neural tangent kernel of f(x) = m^{-1/2} sum_j a_j sigma(<w_j, x>), both layers trained.
+
+    Theta(x, y) = E_w[sigma(<w, x>) sigma(<w, y>)] + <x, y> E_w[sigma'(<w, x>) sigma'(<w, y>)],
+
+    with a_j ~ N(0, 1) and w_j ~ N(0, I_d) (``weights="gaussian"``) or tau_d (``"sphere"``).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+    Y : array of shape (n', d), or None (Y = X)
+    sigma : str or Activation
+    weights : {"gaussian", "sphere"}
+    n_features, rng, kmax
+        As in :func:`random_feature_kernel` (the Monte Carlo estimate uses the same weights for
+        both terms).
+
+    Returns
+    -------
+    Theta : array of shape (n, n')
+
+    Notes
+    -----
+    The first term is the gradient in the outer weights a_j, the second the gradient in w_j,
+    a_j sigma'(<w_j, x>) x (Jacot et al. 2018, Theorem 1, for one hidden layer). For relu,
+    Theta = k_1 + <x, y> k_0 with the arc-cosine kernels of orders 1 and 0; with sphere
+    weights each term is divided by its own moment E|w|^{2h}: h = 1 for relu, h = 0 for its
+    derivative, so Theta = k_1 / d + <x, y> k_0. Conventions for sigma' (module
+    :mod:`shallow.activations`): step' = 0, so the NTK of the step is its random-feature kernel;
+    relu_power needs alpha = 0 or alpha > 1/2 (else E[sigma'(u)^2] is infinite).
+
+    References
+    ----------
+    1. A. Jacot, F. Gabriel and C. Hongler, arXiv:1806.07572, Theorem 1.
+
+    Examples
+    --------
+    >>> x = np.array([[1.0, 0.0]])
+    >>> round(float(ntk(x, None, "relu")[0, 0]), 12)     # |x|^2/2 + |x|^2 * 1/2
+    1.0
+    """
+    sigma = as_activation(sigma)
+    features = [_feature(sigma), _feature(sigma, derivative=True)]
+    G, (K, Kp) = _kernels(features, X, Y, weights, n_features, rng, kmax, "ntk")
+    return K + G * Kp
+
+
+# --------------------------------------------------------------------------------------------
+# Dot-product kernels on the sphere and their Mercer eigenvalues.
+# --------------------------------------------------------------------------------------------
+
+def _gauss_hermite_pair(fn, t, q):
+    """E[f(Z1) f(t Z1 + sqrt(1 - t^2) Z2)] for independent standard Gaussians, Gauss-Hermite q x q."""
+    xp = get_xp(t)
+    z, w = special.roots_hermitenorm(q)
+    w = w / w.sum()
+    s = xp.sqrt(xp.maximum(1 - t * t, 0))
+    zd = xp.asarray(z, dtype=t.dtype)
+    wd = xp.asarray(w, dtype=t.dtype)
+    fz = to_numpy(fn(xp.asarray(z, dtype=t.dtype))).astype(np.float64)  # (q,)
+    out = xp.zeros(t.shape, dtype=t.dtype)
+    tt, ss = t[..., None], s[..., None]
+    for i in range(q):
+        if w[i] * abs(fz[i]) < 1e-300:
+            continue
+        out += (w[i] * fz[i]) * (fn(tt * float(z[i]) + ss * zd) @ wd)
+    return out
+
+
+class DotProductKernel:
+    """A two-layer kernel on the unit sphere as a function of t = <x, y>: K(x, y) = kappa(<x, y>).
+
+    Build with :func:`dot_product_kernel`; immutable, hashable, equal by (kind, sigma, weights, d).
+
+    Attributes
+    ----------
+    kind : {"nngp", "ntk"}
+    sigma : Activation
+    weights : {"gaussian", "sphere"}
+    d : int or None
+        The ambient dimension, required with sphere weights (kappa depends on it there).
+
+    Notes
+    -----
+    Calling the object evaluates kappa on an array t in [-1, 1] (numpy or cupy, dtype kept):
+    the closed forms of :func:`random_feature_kernel` at |x| = |y| = 1; under Gaussian weights
+    without closed form, a Gauss-Hermite rule with 200 x 200 nodes on
+    E[sigma(Z1) sigma(t Z1 + sqrt(1 - t^2) Z2)] (the activations here are analytic in a strip,
+    where it converges to about 1e-13); under sphere weights without closed form, the
+    Funk-Hecke series truncated at degree 64.
+    """
+
+    __slots__ = ("_kind", "_sigma", "_weights", "_d")
+
+    def __init__(self, kind, sigma, weights="gaussian", d=None):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        sigma = as_activation(sigma)
+        weights = _check_weights(weights)
+        if d is not None:
+            d = check_dimension(d)
+        elif weights == "sphere":
+            raise ValueError("d is required with weights='sphere': the kernel depends on the dimension "
+                             "(E|w|^(2h) = 2^h Gamma(d/2 + h) / Gamma(d/2))")
+        if kind == "ntk":
+            _feature(sigma, derivative=True)  # raises for relu_power with 0 < alpha <= 1/2 (infinite NTK)
+        for key, value in (("_kind", kind), ("_sigma", sigma), ("_weights", weights), ("_d", d)):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"DotProductKernel objects are immutable (cannot set {key!r})")
+
+    def __reduce__(self):
+        return (DotProductKernel, (self._kind, self._sigma, self._weights, self._d))
+
+    def __repr__(self):
+        d = "" if self._d is None else f", d={self._d}"
+        return f"DotProductKernel({self._kind!r}, {self._sigma!r}, weights={self._weights!r}{d})"
+
+    def __eq__(self, other):
+        if not isinstance(other, DotProductKernel):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(("DotProductKernel", *self._key()))
+
+    def _key(self):
+        return (self._kind, self._sigma, self._weights, self._d)
+
+    kind = property(lambda self: self._kind)
+    sigma = property(lambda self: self._sigma)
+    weights = property(lambda self: self._weights)
+    d = property(lambda self: self._d)
+
+    def _features(self):
+        out = [_feature(self._sigma)]
+        if self._kind == "ntk":
+            out.append(_feature(self._sigma, derivative=True))
+        return out
+
+    def _feature_kernel(self, feat, t, xp):
+        one = xp.ones((), dtype=t.dtype)
+        if feat.is_zero:
+            return xp.zeros_like(t)
+        if feat.gauss is not None and (self._weights == "gaussian" or feat.homogeneity is not None):
+            K = feat.gauss(t, one, one, xp)
+            if self._weights == "sphere" and feat.homogeneity:
+                K = K / gaussian_norm_moment(feat.homogeneity, self._d)
+            return K
+        if self._weights == "sphere":
+            return _zonal_series(_series_coefficients(feat.fh(self._d, _DEFAULT_KMAX), self._d), self._d, t)
+        return _gauss_hermite_pair(feat.fn, t, 200)
+
+    def __call__(self, t):
+        """kappa(t) for t in [-1, 1] (any shape; numpy or cupy)."""
+        t = check_array(_host_if_sequence(t), "t")
+        xp = get_xp(t)
+        if t.size and float(xp.abs(t).max()) > 1 + 1e-12:
+            raise ValueError(f"t must lie in [-1, 1], got a value of modulus {float(xp.abs(t).max()):.6g}")
+        t = xp.clip(t, -1, 1)
+        features = self._features()
+        out = self._feature_kernel(features[0], t, xp)
+        if self._kind == "ntk":
+            out = out + t * self._feature_kernel(features[1], t, xp)
+        return xp.asarray(out, dtype=t.dtype)
+
+    def _feature_eigenvalues(self, feat, d, kmax):
+        """Eigenvalues of the kernel of one feature, exactly (Funk-Hecke twice), or None."""
+        if feat.is_zero:
+            return np.zeros(kmax + 1)
+        if self._weights == "sphere":
+            return feat.fh(d, kmax) ** 2
+        if feat.homogeneity is not None and feat.gauss is not None:
+            return gaussian_norm_moment(feat.homogeneity, d) * feat.fh(d, kmax) ** 2
+        return None
+
+    def _exact_eigenvalues(self, d, kmax):
+        features = self._features()
+        lam = self._feature_eigenvalues(features[0], d, kmax)
+        if lam is None or self._kind == "nngp":
+            return lam
+        nu = self._feature_eigenvalues(features[1], d, kmax + 1)
+        return None if nu is None else lam + _times_t(nu, d)[: kmax + 1]
+
+
+def _times_t(nu, d):
+    """Eigenvalues of t kappa(t) from those nu_0..nu_K of kappa(t), degrees 0..K-1.
+
+    With kappa = sum_k nu_k N(d,k) P_{k,d} and t P_k = [(k + d - 2) P_{k+1} + k P_{k-1}] / (2k + d - 2),
+    lambda_j N(d,j) = nu_{j-1} N(d,j-1) (j + d - 3)/(2j + d - 4) + nu_{j+1} N(d,j+1) (j + 1)/(2j + d).
+    """
+    K = len(nu) - 1
+    out = np.zeros(K)
+    for j in range(K):
+        Nj = num_harmonics(d, j)
+        val = nu[j + 1] * (num_harmonics(d, j + 1) / Nj) * (j + 1) / (2 * j + d)
+        if j >= 1:
+            up = 1.0 if j == 1 else (j + d - 3) / (2 * j + d - 4)  # t P_0 = P_1 exactly (also for d = 2)
+            val += nu[j - 1] * (num_harmonics(d, j - 1) / Nj) * up
+        out[j] = val
+    return out
+
+
+def dot_product_kernel(kind, sigma, weights="gaussian", d=None) -> DotProductKernel:
+    """The NNGP or NTK kernel of a two-layer network on the unit sphere, as kappa(<x, y>).
+
+    Parameters
+    ----------
+    kind : {"nngp", "ntk"}
+        ``"nngp"``: the random-feature kernel E_w[sigma(<w,x>) sigma(<w,y>)];
+        ``"ntk"``: Theta = nngp + t E_w[sigma'(<w,x>) sigma'(<w,y>)] (see :func:`ntk`).
+    sigma : str or Activation
+    weights : {"gaussian", "sphere"}
+    d : int, optional
+        Ambient dimension; required for ``weights="sphere"``.
+
+    Returns
+    -------
+    DotProductKernel
+        A callable kappa(t), with K(x, y) = kappa(<x, y>) for |x| = |y| = 1, that
+        :func:`mercer_eigenvalues` diagonalises exactly when it can.
+
+    Examples
+    --------
+    >>> kappa = dot_product_kernel("nngp", "relu")
+    >>> round(float(kappa(np.array(1.0))), 12), round(float(kappa(np.array(0.0))), 12)  # 1/2, 1/(2 pi)
+    (0.5, 0.159154943092)
+    """
+    return DotProductKernel(kind, sigma, weights, d)
+
+
+def _theta_quadrature(kappa, d, kmax, q, breakpoints):
+    """mu_k = int kappa(t) P_{k,d}(t) w_d(t) dt through t = cos theta, Gauss-Legendre in theta.
+
+    w_d(t) dt = c_d sin^{d-2}(theta) d theta on [0, pi]; arc-cosine and smooth kernels are analytic
+    in theta, where Gauss-Jacobi rules in t lose their spectral accuracy at the (1 -+ t)^{3/2} ends.
+    """
+    cuts = sorted(math.acos(float(b)) for b in breakpoints)
+    edges = [0.0, *cuts, math.pi]
+    u, w = special.roots_legendre(q)
+    thetas, weights = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        half = 0.5 * (hi - lo)
+        theta = lo + half * (u + 1)
+        thetas.append(theta)
+        weights.append(np.log(w * half) + log_inner_product_constant(d) + (d - 2) * np.log(np.sin(theta)))
+    theta = np.concatenate(thetas)
+    W = np.exp(np.concatenate(weights))
+    t = np.cos(theta)
+    values = np.asarray(to_numpy(kappa(t)), dtype=np.float64)
+    if values.shape != t.shape:
+        raise ValueError(f"kernel must map an array of shape {t.shape} to the same shape, got {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("kernel returned NaN or infinite values on [-1, 1]")
+    return legendre_all(kmax, d, t) @ (W * values)
+
+
+def _parse_kernel_name(name):
+    sigma, _, kind = name.rpartition("_")
+    if kind not in KINDS or not sigma:
+        raise ValueError(f"kernel name must read '<activation>_<kind>' with kind in {KINDS} "
+                         f"(e.g. 'relu_nngp', 'relu_ntk'), got {name!r}")
+    return DotProductKernel(kind, sigma, "gaussian")
+
+
+def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
+    """Eigenvalues lambda_k, k = 0..kmax, of a dot-product kernel on S^{d-1} (Funk-Hecke).
+
+    The integral operator (T f)(x) = int kappa(<x, y>) f(y) dtau_d(y) on L2(tau_d) acts on the
+    degree-k spherical harmonics (a space of dimension N(d, k)) as multiplication by
+
+        lambda_k = int_{-1}^{1} kappa(t) P_{k,d}(t) w_d(t) dt,
+
+    so that kappa(<x, y>) = sum_k lambda_k N(d, k) P_{k,d}(<x, y>).
+
+    Parameters
+    ----------
+    kernel : callable, DotProductKernel or str
+        kappa as a vectorised callable of t in [-1, 1] (numpy in, numpy out); a
+        :class:`DotProductKernel` from :func:`dot_product_kernel`; or a name
+        ``"<activation>_<kind>"`` such as ``"relu_nngp"``, ``"relu_ntk"``, ``"erf_ntk"``
+        (Gaussian weights).
+    d : int
+        Ambient dimension, d >= 2.
+    kmax : int
+        Highest degree, kmax >= 0.
+    q : int, optional
+        Gauss-Legendre nodes in theta = arccos t per piece, for kernels integrated numerically;
+        default 2 (kmax + d) + 128.
+    breakpoints : sequence of float in (-1, 1)
+        For a callable: values of t where kappa is not smooth (the integral is split there).
+
+    Returns
+    -------
+    lambda : numpy array of shape (kmax + 1,)
+
+    Notes
+    -----
+    Exact routes (Funk-Hecke twice, Reference 1): for a random-feature kernel with sphere weights,
+    lambda_k = mu_k(sigma)^2; with Gaussian weights and a degree-h homogeneous sigma,
+    lambda_k = E|w|^{2h} mu_k(sigma)^2. For the NTK, the term t kappa'(t) has eigenvalues
+    lambda_j = [nu_{j-1} N(d,j-1) (j+d-3)/(2j+d-4) + nu_{j+1} N(d,j+1) (j+1)/(2j+d)] / N(d,j) from
+    those nu_k of kappa' (the three-term recurrence of P_{k,d}). Otherwise the integral is computed
+    by Gauss-Legendre quadrature in theta. For relu, lambda_k ~ k^{-(d+2)} (NNGP) and
+    lambda_k ~ k^{-d} (NTK) on the even degrees; the odd degrees k >= 3 vanish.
+
+    References
+    ----------
+    1. F. Bach, arXiv:1412.8690, Appendix D.
+    2. A. Bietti and J. Mairal, arXiv:1905.12173, Theorem 4 (NTK decay).
+
+    Examples
+    --------
+    >>> lam = mercer_eigenvalues("relu_nngp", 3, 3)      # d * mu_k(relu)^2 in d = 3
+    >>> np.round(lam / 3, 12).tolist() == np.round([1/16, 1/36, 1/256, 0], 12).tolist()
+    True
+    """
+    d = check_dimension(d)
+    kmax = check_integer(kmax, "kmax", minimum=0)
+    if q is not None:
+        q = check_integer(q, "q", minimum=1)
+    if isinstance(kernel, str):
+        kernel = _parse_kernel_name(kernel)
+    if isinstance(kernel, DotProductKernel):
+        if kernel.d is not None and kernel.d != d:
+            raise ValueError(f"kernel was built for d={kernel.d} but d={d} was given")
+        lam = kernel._exact_eigenvalues(d, kmax)
+        if lam is not None:
+            return lam
+    elif not callable(kernel):
+        raise TypeError(f"kernel must be a callable of t, a DotProductKernel or a name like 'relu_ntk', "
+                        f"got {type(kernel).__name__}")
+    cuts = sorted(float(b) for b in breakpoints)
+    if any(not -1 < c < 1 for c in cuts):
+        raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
+    q = 2 * (kmax + d) + 128 if q is None else q
+    return _theta_quadrature(kernel, d, kmax, q, cuts)
+
+
+# --------------------------------------------------------------------------------------------
+# RKHS (F2) norms.
+# --------------------------------------------------------------------------------------------
+
+def rkhs_norm(coef, gram) -> float:
+    """RKHS norm of f = sum_i c_i K(., x_i): sqrt(c^T K c) with K_ij = K(x_i, x_j).
+
+    Parameters
+    ----------
+    coef : array of shape (n,)
+        The coefficients c_i.
+    gram : array of shape (n, n)
+        The Gram matrix of the centres x_i (symmetric positive semidefinite).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For mismatched shapes, or when c^T K c is negative beyond rounding (gram not PSD).
+
+    Notes
+    -----
+    <K(., x), K(., y)>_H = K(x, y) (the reproducing property) gives |f|_H^2 = sum_ij c_i c_j K(x_i, x_j).
+
+    Examples
+    --------
+    >>> rkhs_norm(np.array([1.0]), np.array([[4.0]]))     # |K(., x)|_H = sqrt(K(x, x))
+    2.0
+    """
+    c = check_array(_host_if_sequence(coef), "coef", ndim=1)
+    K = check_array(_host_if_sequence(gram), "gram", ndim=2)
+    xp = get_xp(c, K)
+    n = c.shape[0]
+    if K.shape != (n, n):
+        raise ValueError(f"gram must have shape ({n}, {n}) to match coef of length {n}, got {tuple(K.shape)}")
+    value = float(c @ (K @ c))
+    scale = float(xp.abs(K).max()) * float(c @ c) if n else 0.0
+    tol = 64 * n * float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps) * scale
+    if value < -tol:
+        raise ValueError(f"c^T gram c = {value:.3g} < 0: gram is not positive semidefinite")
+    return math.sqrt(max(value, 0.0))
+
+
+def f2_norm_from_harmonics(energies, eigenvalues) -> float:
+    """F2 (RKHS) norm of a function on the sphere from its per-degree energies.
+
+    |f|_H^2 = sum_k |f_k|^2_{L2(tau_d)} / lambda_k,
+
+    with f_k the degree-k harmonic component of f and lambda_k the Mercer eigenvalue of the
+    kernel on degree k (:func:`mercer_eigenvalues`). Infinite when some lambda_k = 0 while
+    |f_k| > 0; degrees with zero energy contribute 0 whatever lambda_k.
+
+    Parameters
+    ----------
+    energies : array of shape (K,)
+        |f_k|^2 = sum_j <f, Y_kj>^2 (>= 0), degrees 0..K-1.
+    eigenvalues : array of shape (K,)
+        lambda_k (>= 0).
+
+    Returns
+    -------
+    float
+        The norm over the given degrees (a truncation of the full sum).
+
+    Notes
+    -----
+    For the random-feature kernel with sphere weights, lambda_k = mu_k(sigma)^2 and this is Bach's
+    F2 norm: f = int p(w) sigma(<w, .>) dtau_d(w) has f_k = mu_k p_k, and the smallest
+    |p|_{L2(tau_d)} is sqrt(sum_k |f_k|^2 / mu_k^2) (Bach 2017, Sec. 2.3 and Appendix D).
+
+    Examples
+    --------
+    >>> f2_norm_from_harmonics([1.0, 0.0, 4.0], [1.0, 0.0, 1.0])
+    2.23606797749979
+    >>> f2_norm_from_harmonics([1.0, 1e-3], [1.0, 0.0])
+    inf
+    """
+    e = to_numpy(check_array(_host_if_sequence(energies), "energies", ndim=1)).astype(np.float64)
+    lam = to_numpy(check_array(_host_if_sequence(eigenvalues), "eigenvalues", ndim=1)).astype(np.float64)
+    if e.shape != lam.shape:
+        raise ValueError(f"energies has shape {e.shape} but eigenvalues has shape {lam.shape}")
+    if (e < 0).any():
+        raise ValueError(f"energies must be >= 0, got a minimum of {e.min():.3g}")
+    if (lam < 0).any():
+        raise ValueError(f"eigenvalues must be >= 0, got a minimum of {lam.min():.3g}")
+    if ((lam == 0) & (e > 0)).any():
+        return math.inf
+    ratio = np.divide(e, lam, out=np.zeros_like(e), where=e > 0)
+    return math.sqrt(float(ratio.sum()))

@@ -1,0 +1,524 @@
+"""Tests for shallow.kernels: one test per mathematical statement.
+
+Expected values come from independent computations: Monte Carlo over the weights written here
+with numpy (tolerance 5 sigma / sqrt(N), sigma estimated from the samples, fixed seeds), the
+closed forms of Cho & Saul (2009) and Williams (1997) typed from the papers, scipy.integrate
+quadrature, and the empirical NTK of a wide random network built here from its gradients.
+"""
+
+import math
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from shallow.activations import funk_hecke, get_activation
+from shallow.kernels import (
+    DotProductKernel,
+    dot_product_kernel,
+    f2_norm_from_harmonics,
+    gaussian_norm_moment,
+    mercer_eigenvalues,
+    ntk,
+    random_feature_kernel,
+    rkhs_norm,
+)
+
+MC_SIGMAS = 5.0  # Monte Carlo tolerance: 5 standard errors per entry, at a fixed seed
+
+# sigma and sigma', typed from their definitions (independent of shallow.activations).
+FUNCTIONS = {
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0) * 1.0),
+    "step": (lambda z: (z > 0) * 1.0, lambda z: 0.0 * z),
+    "abs": (np.abs, np.sign),
+    "quadratic": (lambda z: z * z, lambda z: 2 * z),
+    "erf": (special.erf, lambda z: 2 / np.sqrt(np.pi) * np.exp(-z * z)),
+    "tanh": (np.tanh, lambda z: 1 / np.cosh(z) ** 2),
+    "sigmoid": (special.expit, lambda z: special.expit(z) * special.expit(-z)),
+    ("relu_power", 2.0): (lambda z: np.maximum(z, 0.0) ** 2, lambda z: 2 * np.maximum(z, 0.0)),
+    ("relu_power", 3.0): (lambda z: np.maximum(z, 0.0) ** 3, lambda z: 3 * np.maximum(z, 0.0) ** 2),
+    ("relu_power", 0.5): (lambda z: np.sqrt(np.maximum(z, 0.0)), None),
+    ("relu_power", 1.5): (lambda z: np.maximum(z, 0.0) ** 1.5, lambda z: 1.5 * np.sqrt(np.maximum(z, 0.0))),
+}
+
+
+def _sigma(key):
+    return get_activation(key[0], alpha=key[1]) if isinstance(key, tuple) else get_activation(key)
+
+
+def _inputs(d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((4, d)) * np.array([[0.5], [1.0], [1.7], [0.9]])  # (4, d), various norms
+    Y = rng.standard_normal((3, d))  # (3, d)
+    return X, Y
+
+
+def _unit(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _weights(N, d, law, seed):
+    W = np.random.default_rng(seed).standard_normal((N, d))  # (N, d)
+    return W / np.linalg.norm(W, axis=1, keepdims=True) if law == "sphere" else W
+
+
+def _mc(terms):
+    """Mean over the last axis and its standard error sigma / sqrt(N)."""
+    N = terms.shape[-1]
+    return terms.mean(-1), terms.std(-1, ddof=1) / math.sqrt(N)
+
+
+def _assert_within_mc(value, mean, se):
+    excess = np.abs(value - mean) - MC_SIGMAS * se
+    assert np.all(excess <= 1e-12), f"max deviation {np.max(np.abs(value - mean) / np.maximum(se, 1e-300)):.2f} sigma"
+
+
+def _k0(t):  # Cho & Saul order 0 on unit vectors: (pi - theta) / (2 pi)
+    return (np.pi - np.arccos(t)) / (2 * np.pi)
+
+
+def _k1(t):  # order 1: (sin theta + (pi - theta) cos theta) / (2 pi)
+    return (np.sqrt(1 - t * t) + (np.pi - np.arccos(t)) * t) / (2 * np.pi)
+
+
+def _legendre_oracle(k, d, t):
+    if d == 2:
+        return special.eval_chebyt(k, t)
+    lam = 0.5 * (d - 2)
+    return special.eval_gegenbauer(k, lam, t) / special.eval_gegenbauer(k, lam, 1.0)
+
+
+def _quad_eigenvalue(kappa, k, d):
+    """int kappa(t) P_{k,d}(t) w_d(t) dt by QUADPACK with the algebraic end weights (1 -+ t)^{(d-3)/2}."""
+    a = 0.5 * (d - 3)
+    c = math.gamma(d / 2) / (math.sqrt(math.pi) * math.gamma((d - 1) / 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", integrate.IntegrationWarning)
+        return c * integrate.quad(lambda t: kappa(t) * _legendre_oracle(k, d, t), -1, 1, weight="alg",
+                                  wvar=(a, a), epsabs=1e-15, epsrel=1e-13, limit=400)[0]
+
+
+def _num_harmonics(d, k):
+    return 1 if k == 0 else (2 * k + d - 2) * math.comb(k + d - 3, k - 1) // k
+
+
+# ---------------------------------------------------------------------------------------------
+# Random-feature kernels
+# ---------------------------------------------------------------------------------------------
+
+MC_CASES = [(key, law) for key in ["relu", "step", "abs", "quadratic", ("relu_power", 2.0),
+                                   ("relu_power", 3.0), ("relu_power", 0.5), ("relu_power", 1.5)]
+            for law in ("gaussian", "sphere")] + [("erf", "gaussian")]
+
+
+@pytest.mark.parametrize("key,law", MC_CASES)
+def test_random_feature_kernel_matches_monte_carlo(key, law):
+    """K(x, y) = E_w[sigma(<w,x>) sigma(<w,y>)] for w ~ N(0, I_d) or tau_d, any x, y in R^d."""
+    d = 4
+    X, Y = _inputs(d)
+    W = _weights(100_000, d, law, seed=11)
+    f = FUNCTIONS[key][0]
+    mean, se = _mc(f(X @ W.T)[:, None, :] * f(Y @ W.T)[None, :, :])
+    _assert_within_mc(random_feature_kernel(X, Y, _sigma(key), weights=law), mean, se)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "erf"])
+def test_sphere_weight_kernel_harmonic_series_matches_monte_carlo(name):
+    """For x, y on S^{d-1}: E_{w~tau_d}[sigma sigma] = sum_k mu_k^2 N(d,k) P_{k,d}(<x,y>)."""
+    d = 3
+    X, Y = (_unit(A) for A in _inputs(d, seed=2))
+    W = _weights(100_000, d, "sphere", seed=12)
+    f = FUNCTIONS[name][0]
+    mean, se = _mc(f(X @ W.T)[:, None, :] * f(Y @ W.T)[None, :, :])
+    _assert_within_mc(random_feature_kernel(X, Y, name, weights="sphere"), mean, se)
+
+
+def test_population_relu_matrix_with_weights_as_inputs():
+    """random_feature_kernel(W, V, "relu") = E_{x~N(0,I)}[relu(<w,x>) relu(<v,x>)] (roles of x and w swap)."""
+    d = 6
+    rng = np.random.default_rng(3)
+    W, V = rng.standard_normal((5, d)), 2 * rng.standard_normal((2, d))
+    x = rng.standard_normal((100_000, d))  # data samples
+    mean, se = _mc(np.maximum(W @ x.T, 0)[:, None, :] * np.maximum(V @ x.T, 0)[None, :, :])
+    _assert_within_mc(random_feature_kernel(W, V, "relu", weights="gaussian"), mean, se)
+
+
+def test_arc_cosine_closed_forms_of_cho_and_saul():
+    """Cho & Saul (2009): k_n = |x|^n |y|^n J_n(theta) / (2 pi), J_0 = pi - theta,
+    J_1 = sin + (pi - theta) cos, J_2 = 3 sin cos + (pi - theta)(1 + 2 cos^2)."""
+    X, Y = _inputs(5, seed=4)
+    nx, ny = np.linalg.norm(X, axis=1)[:, None], np.linalg.norm(Y, axis=1)[None, :]
+    th = np.arccos(np.clip(X @ Y.T / (nx * ny), -1, 1))  # well-separated pairs: arccos is accurate
+    J = {0: np.pi - th, 1: np.sin(th) + (np.pi - th) * np.cos(th),
+         2: 3 * np.sin(th) * np.cos(th) + (np.pi - th) * (1 + 2 * np.cos(th) ** 2)}
+    for n, sigma in [(0, "step"), (1, "relu"), (2, get_activation("relu_power", alpha=2))]:
+        expected = (nx * ny) ** n * J[n] / (2 * np.pi)
+        np.testing.assert_allclose(random_feature_kernel(X, Y, sigma), expected, rtol=1e-13, atol=1e-15)
+    # relu_power with alpha = 1 and 0 coincide with relu and step
+    np.testing.assert_allclose(random_feature_kernel(X, Y, get_activation("relu_power", alpha=1)),
+                               (nx * ny) * J[1] / (2 * np.pi), rtol=1e-13)
+
+
+def test_erf_kernel_of_williams():
+    """Williams (1997): E[erf(<w,x>) erf(<w,y>)] = (2/pi) arcsin(2<x,y> / sqrt((1 + 2|x|^2)(1 + 2|y|^2)))."""
+    X, Y = _inputs(3, seed=5)
+    nx2, ny2 = (X ** 2).sum(1)[:, None], (Y ** 2).sum(1)[None, :]
+    expected = 2 / np.pi * np.arcsin(2 * X @ Y.T / np.sqrt((1 + 2 * nx2) * (1 + 2 * ny2)))
+    np.testing.assert_allclose(random_feature_kernel(X, Y, "erf"), expected, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0, 0.5])
+@pytest.mark.parametrize("d", [3, 10])
+def test_sphere_weights_divide_homogeneous_kernel_by_gaussian_norm_moment(alpha, d):
+    """|w| and w/|w| are independent: K_gauss = E|w|^{2 alpha} K_sphere, E|w|^{2a} = E[chi2_d^a]."""
+    X, Y = _inputs(d, seed=6)
+    sigma = get_activation("relu_power", alpha=alpha)
+    moment = stats.chi2(d).expect(lambda r: r ** alpha)  # numerical integral against the chi2 density
+    np.testing.assert_allclose(gaussian_norm_moment(alpha, d), moment, rtol=1e-9)
+    np.testing.assert_allclose(random_feature_kernel(X, Y, sigma, "gaussian"),
+                               moment * random_feature_kernel(X, Y, sigma, "sphere"), rtol=1e-9)
+    if alpha == 1.0:
+        np.testing.assert_allclose(gaussian_norm_moment(1, d), d, rtol=1e-15)
+
+
+def test_angle_is_robust_for_parallel_and_antiparallel_inputs():
+    """theta = atan2(|x||y| sin, <x,y>): no NaN for (anti)parallel or huge inputs, exact diagonal."""
+    x = np.array([1.0, 2.0, -0.5])
+    X = np.stack([x, x * (1 + 1e-15), -3 * x, x + np.array([1e-9, 0, 0]), 1e8 * x])  # (5, 3)
+    n2 = (X ** 2).sum(1)
+    for sigma in ["relu", "step", "abs", "erf", "quadratic", get_activation("relu_power", alpha=2),
+                  get_activation("relu_power", alpha=1.5)]:
+        laws = ("gaussian",) if sigma == "erf" else ("gaussian", "sphere")  # erf, sphere: needs unit inputs
+        for law in laws:
+            for K in (random_feature_kernel(X, None, sigma, law), ntk(X, None, sigma, law), ntk(X, X, sigma, law)):
+                assert np.isfinite(K).all()
+    K = random_feature_kernel(X, None, "relu")
+    np.testing.assert_allclose(np.diag(K), n2 / 2, rtol=1e-15)  # theta = 0: |x|^2 pi / (2 pi)
+    assert K[0, 2] == 0.0  # theta = pi: relu(u) relu(-3u) = 0
+    np.testing.assert_allclose(K[0, 1], np.sqrt(n2[0] * n2[1]) / 2, rtol=1e-14)
+    Ks = random_feature_kernel(X, None, "step")
+    np.testing.assert_array_equal(np.diag(Ks), 0.5)
+    assert Ks[0, 2] == 0.0
+
+
+def test_kernels_vanish_at_the_zero_input():
+    """sigma(0) = 0 for the relu family (with 0^alpha := 0), abs and quadratic, so K(0, y) = 0."""
+    X = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
+    for sigma in ["relu", "step", "abs", "quadratic", get_activation("relu_power", alpha=0.5),
+                  get_activation("relu_power", alpha=3)]:
+        K = random_feature_kernel(X, None, sigma)
+        assert np.all(K[0] == 0) and np.all(K[:, 0] == 0)
+
+
+@pytest.mark.parametrize("sigma,law,unit", [
+    ("relu", "gaussian", False), ("relu", "sphere", False), ("step", "gaussian", False),
+    ("abs", "sphere", False), ("erf", "gaussian", False), ("quadratic", "gaussian", False),
+    (("relu_power", 0.75), "gaussian", False), (("relu_power", 3.0), "sphere", False),
+    ("tanh", "sphere", True), ("gelu", "sphere", True)])
+@pytest.mark.parametrize("kernel", [random_feature_kernel, ntk])
+def test_gram_matrices_are_positive_semidefinite(sigma, law, unit, kernel):
+    """A kernel E_w[phi(x) phi(y)] (+ <x,y> E_w[phi' phi']) is positive semidefinite."""
+    X = np.random.default_rng(7).standard_normal((40, 5))
+    if unit:
+        X = _unit(X)
+    K = kernel(X, None, _sigma(sigma), law)
+    np.testing.assert_allclose(K, K.T, rtol=1e-13, atol=1e-15)
+    eig = np.linalg.eigvalsh(K)
+    assert eig.min() >= -1e-12 * eig.max()  # rounding of a 40 x 40 eigensolver
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sigma,law", [("relu", "gaussian"), ("step", "sphere"), ("erf", "gaussian"),
+                                       (("relu_power", 1.5), "gaussian"), ("tanh", "sphere")])
+def test_kernels_keep_dtype_and_backend(xp, dtype, sigma, law):
+    # Distinct X and Y: for (nearly) parallel pairs the Gram route fixes theta only to ~sqrt(eps).
+    X_host = _unit(np.random.default_rng(8).standard_normal((6, 3)))
+    Y_host = _unit(np.random.default_rng(9).standard_normal((4, 3)))
+    X, Y = xp.asarray(X_host, dtype=dtype), xp.asarray(Y_host, dtype=dtype)
+    # the same points, back on the float64 sphere
+    X_host, Y_host = (_unit(A.astype(dtype).astype(np.float64)) for A in (X_host, Y_host))
+    for kernel in (random_feature_kernel, ntk):
+        K = kernel(X, Y, _sigma(sigma), law)
+        assert type(K) is type(X) and K.dtype == X.dtype and K.shape == (6, 4)
+        K_host = K.get() if hasattr(K, "get") else K
+        ref = kernel(X_host, Y_host, _sigma(sigma), law)
+        tol = 2e-5 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(K_host, ref, rtol=tol, atol=tol)
+
+
+def test_monte_carlo_option_is_reproducible_and_consistent():
+    """n_features gives (1/F) sum_f sigma(<w_f,x>) sigma(<w_f,y>): same seed, same matrix; close to exact."""
+    X, Y = _inputs(4, seed=9)
+    K1 = random_feature_kernel(X, Y, "tanh", n_features=5000, rng=0)
+    K2 = random_feature_kernel(X, Y, "tanh", n_features=5000, rng=0)
+    np.testing.assert_array_equal(K1, K2)
+    W = np.random.default_rng(0).standard_normal((5000, 4))  # the same draws, in one block
+    np.testing.assert_allclose(K1, np.tanh(X @ W.T) @ np.tanh(Y @ W.T).T / 5000, rtol=1e-12, atol=1e-14)
+    Krelu = random_feature_kernel(X, Y, "relu", n_features=5000, rng=1)
+    assert np.max(np.abs(Krelu - random_feature_kernel(X, Y, "relu"))) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Neural tangent kernels
+# ---------------------------------------------------------------------------------------------
+
+def test_ntk_of_relu_is_arc_cosine_one_plus_inner_product_times_arc_cosine_zero():
+    """Theta_relu(x, y) = k_1(x, y) + <x, y> k_0(x, y) (Gaussian weights), k_1/d + <x,y> k_0 (sphere)."""
+    d = 5
+    X, Y = _inputs(d, seed=10)
+    nx, ny = np.linalg.norm(X, axis=1)[:, None], np.linalg.norm(Y, axis=1)[None, :]
+    G = X @ Y.T
+    t = G / (nx * ny)
+    k1, k0 = nx * ny * _k1(t), _k0(t)
+    np.testing.assert_allclose(ntk(X, Y, "relu"), k1 + G * k0, rtol=1e-13)
+    np.testing.assert_allclose(ntk(X, Y, "relu", "sphere"), k1 / d + G * k0, rtol=1e-13)
+
+
+NTK_CASES = [("relu", "gaussian"), ("relu", "sphere"), ("erf", "gaussian"), (("relu_power", 2.0), "gaussian"),
+             (("relu_power", 1.5), "sphere"), ("abs", "gaussian"), ("quadratic", "sphere"), ("tanh", "sphere"),
+             ("sigmoid", "sphere")]
+
+
+@pytest.mark.parametrize("key,law", NTK_CASES)
+def test_ntk_matches_empirical_ntk_of_wide_network(key, law):
+    """Theta(x, y) = lim_m sum_params df(x)/dp df(y)/dp for f = m^{-1/2} sum_j a_j sigma(<w_j, x>), a_j ~ N(0,1)."""
+    d, m = 3, 100_000
+    X, Y = _inputs(d, seed=13)
+    if law == "sphere" and _sigma(key).homogeneity is None:
+        X, Y = _unit(X), _unit(Y)  # the Funk-Hecke series route needs inputs on the sphere
+    rng = np.random.default_rng(14)
+    W = _weights(m, d, law, seed=15)  # (m, d)
+    a = rng.standard_normal(m)  # (m,)
+    f, fprime = FUNCTIONS[key]
+    ZX, ZY = X @ W.T, Y @ W.T  # (n, m), (n', m)
+    # df/da_j = sigma(<w_j,x>) / sqrt(m); df/dw_j = a_j sigma'(<w_j,x>) x / sqrt(m): the sum over j of the
+    # products is the mean over neurons of the per-neuron terms below.
+    per_neuron = (f(ZX)[:, None, :] * f(ZY)[None, :, :]
+                  + (a ** 2) * fprime(ZX)[:, None, :] * fprime(ZY)[None, :, :] * (X @ Y.T)[:, :, None])
+    mean, se = _mc(per_neuron)
+    _assert_within_mc(ntk(X, Y, _sigma(key), law), mean, se)
+
+
+def test_ntk_of_step_is_its_random_feature_kernel():
+    """step' = 0 almost everywhere (convention): the second NTK term vanishes."""
+    X, Y = _inputs(4, seed=16)
+    for law in ("gaussian", "sphere"):
+        np.testing.assert_array_equal(ntk(X, Y, "step", law), random_feature_kernel(X, Y, "step", law))
+
+
+def test_ntk_rejects_relu_power_with_infinite_derivative_kernel():
+    """E[max(0,u)^(2 alpha - 2)] = infinity for 0 < alpha <= 1/2: no NTK."""
+    X, _ = _inputs(3)
+    with pytest.raises(ValueError, match="alpha"):
+        ntk(X, None, get_activation("relu_power", alpha=0.5))
+    with pytest.raises(ValueError, match="alpha"):
+        dot_product_kernel("ntk", get_activation("relu_power", alpha=0.25))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dot-product kernels and Mercer eigenvalues
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+@pytest.mark.parametrize("sigma,law", [("relu", "gaussian"), ("relu", "sphere"), ("erf", "gaussian"),
+                                       ("tanh", "sphere"), (("relu_power", 2.0), "sphere")])
+def test_dot_product_kernel_is_the_kernel_on_the_sphere(kind, sigma, law):
+    """K(x, y) = kappa(<x, y>) for |x| = |y| = 1."""
+    d = 4
+    X, Y = (_unit(A) for A in _inputs(d, seed=17))
+    kappa = dot_product_kernel(kind, _sigma(sigma), law, d=d)
+    kernel = random_feature_kernel if kind == "nngp" else ntk
+    np.testing.assert_allclose(kappa(np.clip(X @ Y.T, -1, 1)), kernel(X, Y, _sigma(sigma), law),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_dot_product_kernel_without_closed_form_matches_double_quadrature(name):
+    """kappa(t) = E[sigma(Z1) sigma(t Z1 + sqrt(1 - t^2) Z2)] (Gaussian weights, unit inputs)."""
+    kappa = dot_product_kernel("nngp", name)
+    f = {"tanh": math.tanh, "sigmoid": lambda z: 1 / (1 + math.exp(-z))}[name]  # scalar math: fast in quad
+
+    def phi(z):
+        return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    for t in (1.0, 0.3, -0.8):
+        s = math.sqrt(1 - t * t)
+        # Gaussian tails beyond |z| = 10 weigh < 1e-22; QUADPACK to 1e-12.
+        ref = integrate.dblquad(lambda z2, z1: phi(z1) * phi(z2) * f(z1) * f(t * z1 + s * z2),
+                                -10, 10, -10, 10, epsabs=1e-12, epsrel=1e-12)[0]
+        assert abs(float(kappa(np.array(t))) - ref) < 1e-11
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 10])
+def test_mercer_eigenvalues_of_sphere_random_features_are_squared_funk_hecke(d):
+    """Funk-Hecke twice: K(x,y) = E_{w~tau_d}[relu(<w,x>) relu(<w,y>)] has lambda_k = mu_k(relu)^2."""
+    kmax = 30
+
+    def kappa(t):  # the relu kernel with sphere weights, typed from Cho & Saul / d
+        return _k1(np.clip(t, -1, 1)) / d
+    lam = mercer_eigenvalues(kappa, d, kmax)  # numerical quadrature of a plain callable
+    mu = funk_hecke("relu", d, kmax)  # closed form of Bach (2017)
+    # kappa evaluated at t = cos(theta) loses ~eps / theta near the poles (sqrt(1 - t^2), arccos t):
+    # a few 1e-15 absolute, so 1e-13 relative to lambda_0.
+    np.testing.assert_allclose(lam, mu ** 2, rtol=0, atol=1e-13 * lam[0])
+    exact = mercer_eigenvalues(dot_product_kernel("nngp", "relu", "sphere", d=d), d, kmax)
+    np.testing.assert_allclose(exact, mu ** 2, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("d", [3, 5])
+def test_mercer_eigenvalues_of_relu_ntk_match_quadrature(d):
+    """lambda_k = int (k_1(t) + t k_0(t)) P_{k,d}(t) w_d(t) dt (the three-term recurrence route vs QUADPACK)."""
+    kmax = 12
+    lam = mercer_eigenvalues("relu_ntk", d, kmax)
+    ref = np.array([_quad_eigenvalue(lambda t: _k1(t) + t * _k0(t), k, d) for k in range(kmax + 1)])
+    np.testing.assert_allclose(lam, ref, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("kernel", [
+    dot_product_kernel("ntk", "relu"), dot_product_kernel("ntk", "relu", "sphere", d=6),
+    dot_product_kernel("ntk", get_activation("relu_power", alpha=2)), dot_product_kernel("ntk", "abs"),
+    dot_product_kernel("ntk", "quadratic", "sphere", d=6)])
+def test_mercer_exact_route_matches_quadrature_of_kappa(kernel):
+    """The exact eigenvalues (Funk-Hecke + three-term recurrence) agree with the quadrature of kappa(t)."""
+    d, kmax = 6, 40
+    exact = mercer_eigenvalues(kernel, d, kmax)
+    numeric = mercer_eigenvalues(lambda t: kernel(t), d, kmax)
+    np.testing.assert_allclose(exact, numeric, rtol=0, atol=1e-13 * exact.max())
+
+
+@pytest.mark.parametrize("kernel", ["relu_nngp", "relu_ntk", "erf_nngp", "erf_ntk", "tanh_ntk",
+                                    dot_product_kernel("ntk", "tanh", "sphere", d=5),
+                                    dot_product_kernel("nngp", "gelu", "sphere", d=5)])
+def test_mercer_eigenvalues_are_nonnegative(kernel):
+    """A positive semidefinite dot-product kernel has lambda_k >= 0 (Schoenberg); quadrature noise ~1e-15."""
+    lam = mercer_eigenvalues(kernel, 5, 30)
+    assert lam.min() >= -1e-14 * lam.max()
+    assert lam.max() > 0
+
+
+def test_mercer_eigenvalues_sum_to_the_diagonal():
+    """kappa(1) = sum_k lambda_k N(d, k) (Mercer at x = y, addition theorem); erf: (2/pi) arcsin(2/3)."""
+    d, kmax = 3, 60
+    lam = mercer_eigenvalues("erf_nngp", d, kmax)
+    total = sum(lam[k] * _num_harmonics(d, k) for k in range(kmax + 1))
+    assert abs(total - 2 / np.pi * np.arcsin(2 / 3)) < 1e-12
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 10])
+def test_relu_mercer_eigenvalues_decay_like_k_to_minus_d_plus_2_and_minus_d(d):
+    """On S^{d-1}: relu NNGP lambda_k ~ k^{-(d+2)}, relu NTK lambda_k ~ k^{-d} (Bietti & Mairal 2019) on even k;
+    odd k >= 3 vanish. Slopes fitted on even k in [500, 2000], within 0.1."""
+    kmax = 2000
+    k = np.arange(kmax + 1)
+    sel = (k >= 500) & (k % 2 == 0)
+    for name, rate in (("relu_nngp", d + 2), ("relu_ntk", d)):
+        lam = mercer_eigenvalues(name, d, kmax)
+        assert np.all(lam[3::2] == 0)
+        slope = np.polyfit(np.log(k[sel]), np.log(lam[sel]), 1)[0]
+        assert abs(slope + rate) < 0.1, (name, slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# RKHS (F2) norms
+# ---------------------------------------------------------------------------------------------
+
+def test_rkhs_norm_of_kernel_section_is_sqrt_of_diagonal():
+    """|K(., x)|_H^2 = <K(., x), K(., x)>_H = K(x, x) (reproducing property), for each centre."""
+    X = np.random.default_rng(18).standard_normal((6, 4))
+    K = random_feature_kernel(X, None, "relu")
+    for i in range(6):
+        e = np.zeros(6)
+        e[i] = 1.0
+        assert rkhs_norm(e, K) == pytest.approx(np.sqrt(np.dot(X[i], X[i]) / 2), rel=1e-14)
+
+
+def test_rkhs_norm_equals_harmonic_f2_norm_for_kernel_section():
+    """f = kappa(<x, .>) = sum_k lambda_k N_k P_k(<x, .>): |f_k|^2 = lambda_k^2 N_k, so
+    sum_k |f_k|^2 / lambda_k = sum_k lambda_k N_k = kappa(1) = |f|_H^2 (relu NNGP, d = 3)."""
+    d, kmax = 3, 4000
+    lam = mercer_eigenvalues("relu_nngp", d, kmax)
+    N = np.array([_num_harmonics(d, k) for k in range(kmax + 1)], dtype=float)
+    x = np.array([[0.6, 0.0, 0.8]])
+    expected = rkhs_norm(np.ones(1), random_feature_kernel(x, None, "relu"))  # sqrt(1/2)
+    # Truncation: the tail sum_{k > K} lambda_k N_k ~ K^{-3} (lambda_k ~ k^{-5}, N_k = 2k + 1).
+    assert f2_norm_from_harmonics(lam ** 2 * N, lam) == pytest.approx(expected, rel=1e-9)
+
+
+def test_single_neuron_has_divergent_f2_norm():
+    """Bach (2017): f = relu(<w, .>) has f_k = mu_k N_k P_k(<w,.>), |f_k|^2 = mu_k^2 N_k, so with lambda_k = mu_k^2
+    the truncated F2 norm is sqrt(sum_{mu_k != 0} N_k), which diverges as the truncation grows."""
+    d = 4
+    norms = []
+    for kmax in (10, 20, 40):
+        mu = funk_hecke("relu", d, kmax)
+        N = np.array([_num_harmonics(d, k) for k in range(kmax + 1)], dtype=float)
+        norm = f2_norm_from_harmonics(mu ** 2 * N, mu ** 2)
+        assert norm == pytest.approx(np.sqrt(N[mu != 0].sum()), rel=1e-14)
+        norms.append(norm)
+    assert norms[0] < norms[1] < norms[2]
+
+
+def test_f2_norm_is_infinite_on_a_vanishing_eigenvalue():
+    """A degree-3 component has infinite norm in the relu RKHS (lambda_3 = 0); zero energy costs nothing."""
+    lam = mercer_eigenvalues("relu_nngp", 3, 5)
+    energies = np.array([1.0, 0.5, 0.0, 0.0, 0.2, 0.0])
+    keep = [0, 1, 4]
+    assert f2_norm_from_harmonics(energies, lam) == pytest.approx(np.sqrt((energies[keep] / lam[keep]).sum()))
+    energies[3] = 1e-6
+    assert f2_norm_from_harmonics(energies, lam) == math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# Objects and bad input
+# ---------------------------------------------------------------------------------------------
+
+def test_dot_product_kernel_is_an_immutable_value():
+    k = dot_product_kernel("ntk", "relu", "sphere", d=5)
+    assert k == DotProductKernel("ntk", get_activation("relu"), "sphere", 5)
+    assert k != dot_product_kernel("ntk", "relu", "sphere", d=6)
+    assert hash(k) == hash(dot_product_kernel("ntk", "relu", "sphere", d=5))
+    assert pickle.loads(pickle.dumps(k)) == k
+    assert repr(k) == "DotProductKernel('ntk', Activation('relu'), weights='sphere', d=5)"
+    with pytest.raises(AttributeError, match="immutable"):
+        k.d = 3
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda X: random_feature_kernel(X, None, "relu", weights="uniform"), "weights"),
+    (lambda X: random_feature_kernel(X[0], None, "relu"), "X"),
+    (lambda X: random_feature_kernel(X, X[:, :2], "relu"), "Y has d=2"),
+    (lambda X: random_feature_kernel(X, None, "swish"), "unknown activation name"),
+    (lambda X: random_feature_kernel(X, None, "tanh"), "n_features"),
+    (lambda X: random_feature_kernel(X, None, "tanh", "sphere"), "n_features"),
+    (lambda X: random_feature_kernel(X, None, "relu", n_features=0), "n_features"),
+    (lambda X: random_feature_kernel(_unit(X), None, "tanh", "sphere", kmax=-1), "kmax"),
+    (lambda X: ntk(X, None, "relu", weights="normal"), "weights"),
+    (lambda X: dot_product_kernel("gp", "relu"), "kind"),
+    (lambda X: dot_product_kernel("nngp", "relu", "sphere"), "d is required"),
+    (lambda X: dot_product_kernel("nngp", "relu")(np.array([1.5])), "t must lie"),
+    (lambda X: mercer_eigenvalues("relu_nngp", 3, -1), "kmax"),
+    (lambda X: mercer_eigenvalues("relu_nngp", 3, 2.5), "kmax"),
+    (lambda X: mercer_eigenvalues("relu_nngp", 1, 3), "d must be"),
+    (lambda X: mercer_eigenvalues("relu_gp", 3, 3), "kernel name"),
+    (lambda X: mercer_eigenvalues(dot_product_kernel("nngp", "relu", "sphere", d=4), 3, 3), "built for d=4"),
+    (lambda X: mercer_eigenvalues(np.sin, 3, 3, breakpoints=(1.5,)), "breakpoints"),
+    (lambda X: rkhs_norm(np.ones(3), np.eye(2)), "gram"),
+    (lambda X: rkhs_norm(np.ones(2), -np.eye(2)), "positive semidefinite"),
+    (lambda X: f2_norm_from_harmonics([1.0, -1.0], [1.0, 1.0]), "energies"),
+    (lambda X: f2_norm_from_harmonics([1.0, 1.0], [1.0, -1.0]), "eigenvalues"),
+    (lambda X: f2_norm_from_harmonics([1.0], [1.0, 1.0]), "shape"),
+    (lambda X: gaussian_norm_moment(-3, 4), "h must be"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(call, match):
+    X = np.random.default_rng(19).standard_normal((3, 4))
+    with pytest.raises(ValueError, match=match):
+        call(X)
+
+
+def test_wrong_types_raise_type_error():
+    X = np.ones((2, 3))
+    with pytest.raises(TypeError, match="sigma"):
+        random_feature_kernel(X, None, 3)
+    with pytest.raises(TypeError, match="kernel"):
+        mercer_eigenvalues(3.0, 3, 3)
