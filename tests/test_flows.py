@@ -263,3 +263,37 @@ def test_population_risk_in_particle_blocks_equals_one_block():
     blocked = PopulationRisk(teacher, chunk_bytes=8 * 8 * 43 * 6).value_and_grad(student)  # 6 rows a block
     for u, v in zip(whole, blocked):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
+
+
+def test_empirical_risk_memory_is_linear_in_n_plus_m():
+    # Peak memory O((n + m) d + chunk): far below the (n, m) matrix (here 160 MB), let alone (n, m, d).
+    import tracemalloc
+
+    rng = np.random.default_rng(10)
+    n, m, d = 20_000, 1_000, 8
+    X, y = rng.standard_normal((n, d)), rng.standard_normal(n)
+    net = TwoLayer.init(m, d, rng=0)
+    loss = EmpiricalRisk(X, y, chunk_bytes=2**21)
+    tracemalloc.start()
+    loss.value_and_grad(net)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * 2**21 + 4 * (n + m) * d * 8  # a few work blocks plus O((n + m) d)
+
+
+def test_flow_on_the_backend_matches_numpy(xp):
+    from shallow.backend import to_device, to_numpy
+
+    teacher, student = teacher_student(d=5, m=10, seed=12)
+    device = "cpu" if xp is np else "gpu"
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 5))
+    y = direct_forward(teacher, X)
+    host = gradient_flow(student, EmpiricalRisk(X, y), steps=20, step_size=0.1)
+    dev = gradient_flow(student.to_device(device), EmpiricalRisk(to_device(X, device), to_device(y, device)),
+                        steps=20, step_size=0.1)
+    np.testing.assert_allclose(to_numpy(dev.W), host.W, rtol=1e-10, atol=1e-12)
+    pop_host = gradient_flow(student, PopulationRisk(teacher), steps=20, step_size=0.1)
+    pop_dev = gradient_flow(student.to_device(device), PopulationRisk(teacher.to_device(device)),
+                            steps=20, step_size=0.1)
+    np.testing.assert_allclose(pop_dev.risks, pop_host.risks, rtol=1e-10)
