@@ -382,9 +382,7 @@ class Activation:
         -------
         array of z's shape, dtype and device
         """
-        z = check_array(np.asarray(z) if isinstance(z, (list, tuple)) else z, "z", finite=False)
-        xp = get_xp(z)
-        return xp.asarray(_REGISTRY[self._name][0](xp, z, dict(self._params)), dtype=z.dtype)
+        return self._apply(0, z)
 
     def derivative(self, z):
         """sigma'(z), elementwise, with the conventions of the module at kinks (0 there).
@@ -398,9 +396,13 @@ class Activation:
         -------
         array of z's shape, dtype and device
         """
-        z = check_array(np.asarray(z) if isinstance(z, (list, tuple)) else z, "z", finite=False)
+        return self._apply(1, z)
+
+    def _apply(self, which, z):
+        """The registry's function ``which`` (0: sigma, 1: sigma') on z, keeping dtype and device."""
+        z = check_array(z, "z", finite=False)
         xp = get_xp(z)
-        return xp.asarray(_REGISTRY[self._name][1](xp, z, dict(self._params)), dtype=z.dtype)
+        return xp.asarray(_REGISTRY[self._name][which](xp, z, dict(self._params)), dtype=z.dtype)
 
     def funk_hecke(self, d, kmax, *, q=None):
         """Funk-Hecke coefficients mu_k(sigma) on S^{d-1}, k = 0, ..., kmax.

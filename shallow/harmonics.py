@@ -14,22 +14,31 @@ Conventions (DESIGN.md, REFERENCES.md):
   addition theorem reads sum_j Y_kj(x) Y_kj(y) = N(d, k) P_{k,d}(<x, y>).
 * Funk-Hecke: int g(<x, y>) Y_k(y) dtau_d(y) = mu_k Y_k(x), with
   mu_k = int_{-1}^{1} g(t) P_{k,d}(t) w_d(t) dt, and g(<x, y>) = sum_k mu_k N(d, k) P_{k,d}(<x, y>).
+* The real orthonormal basis Y_{k, kappa} of :func:`spherical_harmonics` is the product basis in
+  hyperspherical coordinates, labelled by a multi-index kappa = (k_1, ..., k_{d-1}) with
+  k = k_1 >= k_2 >= ... >= k_{d-2} >= |k_{d-1}| (for d = 2: kappa = (+-k,)). Its column order is
+  listed by :func:`harmonic_indices`; :func:`spherical_harmonic` evaluates one element by its
+  multi-index where N(d, k) is too large to enumerate.
 
 References
 ----------
 1. K. Atkinson and W. Han, "Spherical Harmonics and Approximations on the Unit Sphere", 2012,
    Sec. 2.1 (recurrence (2.89), addition theorem 2.9, Funk-Hecke 2.22).
-2. F. Dai and Y. Xu, "Approximation Theory and Harmonic Analysis on Spheres and Balls", 2013.
+2. F. Dai and Y. Xu, "Approximation Theory and Harmonic Analysis on Spheres and Balls", 2013,
+   Sec. 1.5 (an orthonormal basis of harmonics in spherical coordinates).
+3. G. Szego, "Orthogonal Polynomials", 4th ed., 1975, Sec. 4.7 (Gegenbauer polynomials: norms
+   and three-term recurrence, from which the orthonormal recurrence follows).
 """
 
 from __future__ import annotations
 
+import math
 from math import comb
 
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer
+from ._validation import check_array, check_dimension, check_integer, check_on_sphere
 from .backend import get_xp
 
 __all__ = [
@@ -37,7 +46,17 @@ __all__ = [
     "legendre_all",
     "num_harmonics",
     "project_zonal",
+    "harmonic_indices",
+    "spherical_harmonics",
+    "spherical_harmonic",
+    "harmonic_energy",
 ]
+
+# legendre_all works through t in chunks of this many entries on the host, so that the rows
+# P_{k-1}, P_k and t of a chunk stay in cache while P_{k+1} is written (about 4 x 256 KiB).
+_HOST_CHUNK = 32768
+# Refuse to enumerate more than this many basis functions (use spherical_harmonic instead).
+_MAX_COLUMNS = 10**8
 
 
 def _check_t(t):
@@ -46,6 +65,13 @@ def _check_t(t):
     if t.size and float(xp.abs(t).max()) > 1 + 1e-12:
         raise ValueError(f"t must lie in [-1, 1], got a value of modulus {float(xp.abs(t).max()):.6g}")
     return t
+
+
+def _recurrence_coefficients(kmax, d):
+    """(a_k, b_k), k = 1..kmax-1, with P_{k+1} = a_k t P_k - b_k P_{k-1} (index 0 unused)."""
+    a = [0.0] + [(2 * k + d - 2) / (k + d - 2) for k in range(1, kmax)]
+    b = [0.0] + [k / (k + d - 2) for k in range(1, kmax)]
+    return a, b
 
 
 def legendre_all(kmax, d, t):
@@ -67,9 +93,17 @@ def legendre_all(kmax, d, t):
 
     Notes
     -----
+    P_0 = 1, P_1 = t and P_{k+1} = [(2k + d - 2) t P_k - k P_{k-1}] / (k + d - 2).
     The normalised polynomials satisfy |P_{k,d}(t)| <= 1 on [-1, 1], so the forward recurrence
     neither overflows nor loses accuracy where scipy's unnormalised Gegenbauer polynomials
-    C_k^{(d-2)/2} (which grow like k^{d-3}) overflow, near d = 1000 and k = 350.
+    C_k^{(d-2)/2} (which grow like k^{d-3}) overflow, near d = 1000 and k = 350; its rounding
+    error grows about linearly in k (a few 1e-13 at k = 10^4).
+
+    On the host the recurrence runs over chunks of t (32768 entries) so that the rows it reads
+    stay in cache, and writes each output row in place: memory traffic is then that of writing
+    the output once, and the time about that of allocating and copying an array of the output's
+    size (``benchmarks/harmonics.py`` measures both ratios). On a device it runs over the whole
+    array at once.
 
     Examples
     --------
@@ -81,16 +115,25 @@ def legendre_all(kmax, d, t):
     t = _check_t(t)
     xp = get_xp(t)
     P = xp.empty((kmax + 1, *t.shape), dtype=t.dtype)
-    P[0] = 1
-    if kmax >= 1:
-        P[1] = t
-    for k in range(1, kmax):
-        # P_{k+1} = [(2k + d - 2) t P_k - k P_{k-1}] / (k + d - 2), written with two scalar factors.
-        a = (2 * k + d - 2) / (k + d - 2)
-        b = k / (k + d - 2)
-        xp.multiply(P[k], t, out=P[k + 1])
-        P[k + 1] *= a
-        P[k + 1] -= b * P[k - 1]
+    Pf = P.reshape(kmax + 1, -1)  # (kmax + 1, T), a view
+    tf = t.reshape(-1)  # (T,)
+    T = tf.shape[0]
+    a, b = _recurrence_coefficients(kmax, d)
+    chunk = _HOST_CHUNK if xp is np else max(T, 1)
+    buf = xp.empty(min(chunk, T), dtype=t.dtype)
+    for lo in range(0, T, chunk):
+        hi = min(T, lo + chunk)
+        tc, tmp = tf[lo:hi], buf[:hi - lo]
+        Pf[0, lo:hi] = 1
+        if kmax >= 1:
+            Pf[1, lo:hi] = tc
+        for k in range(1, kmax):
+            # P_{k+1} = a_k t P_k - b_k P_{k-1}, in place in the output row.
+            out = Pf[k + 1, lo:hi]
+            xp.multiply(Pf[k, lo:hi], tc, out=out)
+            out *= a[k]
+            xp.multiply(Pf[k - 1, lo:hi], b[k], out=tmp)
+            out -= tmp
     return P
 
 
@@ -111,9 +154,14 @@ def legendre(k, d, t):
     xp = get_xp(t)
     if k == 0:
         return xp.ones_like(t)
-    prev, cur = xp.ones_like(t), t.copy()
+    a, b = _recurrence_coefficients(k, d)
+    prev, cur, nxt = xp.ones_like(t), t.copy(), xp.empty_like(t)
     for j in range(1, k):
-        prev, cur = cur, ((2 * j + d - 2) / (j + d - 2)) * t * cur - (j / (j + d - 2)) * prev
+        xp.multiply(cur, t, out=nxt)
+        nxt *= a[j]
+        prev *= b[j]
+        nxt -= prev
+        prev, cur, nxt = cur, nxt, prev
     return cur
 
 
@@ -171,7 +219,7 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     Examples
     --------
     >>> mu = project_zonal(lambda t: t**2, 3, 2)      # t^2 = 1/3 P_0 + 2/3 P_2 in d = 3
-    >>> np.round(mu * [1, 3, 5], 12).tolist()           # mu_k N(3, k): the Legendre coefficients
+    >>> (np.round(mu * [1, 3, 5], 12) + 0.0).tolist()     # mu_k N(3, k): the Legendre coefficients
     [0.333333333333, 0.0, 0.666666666667]
     """
     if not callable(g):
@@ -208,3 +256,490 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     if not np.isfinite(values).all():
         raise ValueError("g returned NaN or infinite values on [-1, 1]")
     return legendre_all(kmax, d, t) @ (w * values)
+
+
+# ---------------------------------------------------------------------------------------------
+# A real orthonormal basis of degree-k harmonics in hyperspherical coordinates
+# ---------------------------------------------------------------------------------------------
+
+def _block_offsets(D, bmax):
+    """N(D, b - 1) for b = 0..bmax (0 for b = 0): where block b starts in a degree-a block.
+
+    In dimension D the degree-a harmonics are the blocks b = 0..a of size N(D - 1, b), so block b
+    starts at sum_{c < b} N(D - 1, c) = N(D, b - 1).
+    """
+    return np.array([0] + [num_harmonics(D, b - 1) for b in range(1, bmax + 1)], dtype=np.int64)
+
+
+def harmonic_indices(d, k):
+    """The multi-indices of the degree-k basis of :func:`spherical_harmonics`, in column order.
+
+    Parameters
+    ----------
+    d : int
+        Ambient dimension, d >= 2.
+    k : int
+        Degree, k >= 0.
+
+    Returns
+    -------
+    kappa : numpy int64 array of shape (N(d, k), d - 1)
+        Row j is the multi-index (k_1, ..., k_{d-1}) of column j, with
+        k = k_1 >= k_2 >= ... >= k_{d-2} >= |k_{d-1}| (for d = 2: the rows (k,) and (-k,), or (0,)).
+
+    Notes
+    -----
+    Columns are in lexicographic order of (k_2, ..., k_{d-2}, |k_{d-1}|), increasing, and for
+    each |k_{d-1}| = m >= 1 the cosine (k_{d-1} = m) comes before the sine (k_{d-1} = -m).
+    Equivalently, the degree-k harmonics on S^{d-1} are the blocks k_2 = 0, 1, ..., k of sizes
+    N(d - 1, k_2), each ordered in the same way on S^{d-2}, so that the multi-index kappa sits
+    in column
+
+        sum_{i=1}^{d-2} N(d - i + 1, |k_{i+1}| - 1) + [k_{d-1} < 0],   with N(D, -1) = 0.
+
+    For d = 3 the order is m = 0, 1, -1, 2, -2, ..., k, -k with m = k_2.
+
+    Raises
+    ------
+    ValueError
+        When N(d, k) (d - 1) exceeds 10^8 entries: evaluate single elements with
+        :func:`spherical_harmonic` instead.
+
+    Examples
+    --------
+    >>> harmonic_indices(3, 2).tolist()
+    [[2, 0], [2, 1], [2, -1], [2, 2], [2, -2]]
+    >>> harmonic_indices(4, 1).tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, -1]]
+    """
+    d = check_dimension(d)
+    k = check_integer(k, "k", minimum=0)
+    size = num_harmonics(d, k) * (d - 1)
+    if size > _MAX_COLUMNS:
+        raise ValueError(f"harmonic_indices(d={d}, k={k}) would hold N(d, k) (d - 1) = {size:.3g} entries; "
+                         "evaluate chosen elements with spherical_harmonic(X, index) instead")
+    # Bottom-up over the dimension D = 2..d: table[a] lists the multi-indices of degree a on S^{D-1}.
+    table = [np.array([[0]] if a == 0 else [[a], [-a]], dtype=np.int64) for a in range(k + 1)]
+    for D in range(3, d + 1):
+        degrees = [k] if D == d else range(k + 1)
+        new = {}
+        for a in degrees:
+            blocks = [np.concatenate([np.full((len(table[b]), 1), a, dtype=np.int64), table[b]], axis=1)
+                      for b in range(a + 1)]
+            new[a] = np.concatenate(blocks, axis=0)
+        table = new
+    return table[k]
+
+
+def _check_index(index, d):
+    """The multi-index as a tuple of d - 1 Python ints, checking k_1 >= ... >= k_{d-2} >= |k_{d-1}|."""
+    try:
+        kappa = tuple(index)
+    except TypeError:
+        raise ValueError(f"index must be a sequence of d - 1 = {d - 1} integers, got {index!r}") from None
+    if len(kappa) != d - 1:
+        raise ValueError(f"index must have d - 1 = {d - 1} entries for X with d = {d} coordinates, "
+                         f"got {len(kappa)}: {kappa!r}")
+    kappa = tuple(check_integer(v, "index entries", minimum=None) for v in kappa)
+    chain = [abs(kappa[0])] if d == 2 else [*kappa[:-1], abs(kappa[-1])]
+    if d > 2 and kappa[0] < 0:
+        raise ValueError(f"index must satisfy k_1 >= k_2 >= ... >= k_(d-2) >= |k_(d-1)|, got {kappa!r}")
+    if any(hi < lo for hi, lo in zip(chain[:-1], chain[1:])):
+        raise ValueError(f"index must satisfy k_1 >= k_2 >= ... >= k_(d-2) >= |k_(d-1)|, got {kappa!r}")
+    return kappa
+
+
+def _radii(X, xp):
+    """R[:, i] = (x_i^2 + ... + x_{d-1}^2)^{1/2}, the norm of the trailing coordinates. (n, d)."""
+    return xp.sqrt(xp.cumsum((X * X)[:, ::-1], axis=1)[:, ::-1])
+
+
+def _level_coordinates(X, R, i, xp):
+    """t_i = x_i / R_i and s_i = R_{i+1} / R_i = sqrt(1 - t_i^2), both 0 where R_i = 0.
+
+    Where R_i = 0 every harmonic reaching level i carries a factor s_{i-1}^{k_i} = 0, so any
+    finite value does; 0 keeps the recurrences finite.
+    """
+    Ri = R[:, i]
+    pos = Ri > 0
+    safe = xp.where(pos, Ri, 1)
+    t = xp.where(pos, X[:, i] / safe, 0)
+    s = xp.where(pos, R[:, i + 1] / safe, 0)
+    return t, s
+
+
+def _beta(m, alpha):
+    """beta_m(alpha) = sqrt(m (m + 2 alpha - 1) / (4 (m + alpha) (m + alpha - 1))), beta_0 = 0.
+
+    The recurrence coefficient of the orthonormal Gegenbauer polynomials p_m^{(alpha)} for the
+    probability density proportional to (1 - t^2)^{alpha - 1/2}:
+    t p_m = beta_{m+1} p_{m+1} + beta_m p_{m-1}. ``alpha`` may be a numpy array (alpha >= 1/2).
+    """
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if m == 0:
+        return np.zeros_like(alpha)
+    return np.sqrt(m * (m + 2 * alpha - 1) / (4 * (m + alpha) * (m + alpha - 1)))
+
+
+def _log_norm_constant(D, b):
+    """log c_b^{(D)}, (c_b^{(D)})^2 = 1 / E_{t ~ w_D}[(1 - t^2)^b] = prod_{j<=b} (lam + j)/(lam + j - 1/2)."""
+    lam = 0.5 * (D - 2)
+    return 0.5 * (math.lgamma(lam + 0.5) + math.lgamma(lam + b + 1) - math.lgamma(lam + 1)
+                  - math.lgamma(lam + b + 0.5))
+
+
+def _gegenbauer_table(t, s, D, degrees, xp):
+    """A^{(D)}_{a,b}(t, s) for a in ``degrees`` and 0 <= b <= a, as rows of a (P, n) array.
+
+    A^{(D)}_{a,b} = c_b s^b p_{a-b}^{(b + (D-2)/2)}(t) (see :func:`spherical_harmonics`).
+    Returns (F, slot) with F[slot[a, b]] = A_{a,b}; slot is a host array, -1 where not computed.
+    The recurrence runs in the degree m = a - b for all b at once; each row starts from
+    c_b s^b, so every intermediate is itself a normalised factor (no overflow).
+    """
+    degrees = np.asarray(sorted(set(int(a) for a in degrees)), dtype=np.int64)
+    amax = int(degrees[-1])
+    n = t.shape[0]
+    slot = np.full((amax + 1, amax + 1), -1, dtype=np.int64)
+    count = 0
+    for a in degrees:
+        slot[a, :a + 1] = np.arange(count, count + a + 1)
+        count += a + 1
+    F = xp.empty((count, n), dtype=t.dtype)  # (P, n)
+    lam = 0.5 * (D - 2)
+    bs = np.arange(amax + 1)
+    alpha = lam + bs  # (amax + 1,)
+    # S[b] = c_b s^b by a cumulative product of s sqrt((lam + j)/(lam + j - 1/2)), j = 1..b.
+    growth = np.sqrt((lam + bs[1:]) / (lam + bs[1:] - 0.5))
+    Q = xp.empty((amax + 1, n), dtype=t.dtype)  # (amax + 1, n): row b holds c_b s^b p_m(t)
+    Q[0] = 1
+    for b in range(1, amax + 1):
+        xp.multiply(Q[b - 1], s, out=Q[b])
+        Q[b] *= growth[b - 1]
+    Qprev = None
+    for m in range(amax + 1):
+        # Rows b = 0..amax - m of Q hold A_{b+m, b}; store those with b + m in degrees.
+        sel = degrees[degrees >= m]
+        if sel.size:
+            rows_b = sel - m
+            F[xp.asarray(slot[sel, rows_b])] = Q[xp.asarray(rows_b)]
+        if m == amax:
+            break
+        rows = amax - m  # b = 0..rows - 1 still needed at degree m + 1
+        inv_next = xp.asarray(1 / _beta(m + 1, alpha[:rows]), dtype=t.dtype)[:, None]
+        Qnext = Q[:rows] * t
+        if m > 0:
+            Qnext -= xp.asarray(_beta(m, alpha[:rows]), dtype=t.dtype)[:, None] * Qprev[:rows]
+        Qnext *= inv_next
+        Qprev, Q = Q, Qnext
+    return F, slot
+
+
+def _gegenbauer_factor(t, s, D, a, b, xp):
+    """A^{(D)}_{a,b}(t, s) = c_b s^b p_{a-b}^{(b + (D-2)/2)}(t) for one (a, b): O(n (a - b)) work."""
+    alpha = 0.5 * (D - 2) + b
+    cur = s ** b
+    cur *= math.exp(_log_norm_constant(D, b))
+    prev = xp.zeros_like(cur)
+    nxt = xp.empty_like(cur)
+    for m in range(a - b):
+        # p_{m+1} = (t p_m - beta_m p_{m-1}) / beta_{m+1}
+        xp.multiply(cur, t, out=nxt)
+        if m > 0:
+            prev *= float(_beta(m, alpha))
+            nxt -= prev
+        nxt *= float(1 / _beta(m + 1, alpha))
+        prev, cur, nxt = cur, nxt, prev
+    return cur
+
+
+def spherical_harmonics(X, k):
+    r"""A real orthonormal basis of the degree-k spherical harmonics on S^{d-1}, evaluated at X.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Points of S^{d-1}, d >= 2 (rows of unit norm, within sqrt(eps) of the dtype); numpy or
+        cupy, float64 or float32 (kept). The harmonics are evaluated at x / |x|.
+    k : int
+        Degree, k >= 0.
+
+    Returns
+    -------
+    Y : array of shape (n, N(d, k))
+        Y[i, j] = Y_{k, kappa_j}(x_i), kappa_j the j-th row of :func:`harmonic_indices`. The array
+        is column-major (``Y.T`` is C-contiguous): each column is one basis function.
+
+    Notes
+    -----
+    Orthonormal in L2(tau_d), tau_d the uniform probability measure:
+    int Y_{k,kappa} Y_{k,kappa'} dtau_d = [kappa = kappa'], hence the addition theorem
+    sum_j Y_{k,kappa_j}(x) Y_{k,kappa_j}(y) = N(d, k) P_{k,d}(<x, y>).
+
+    Coordinates: with r_i = (x_i^2 + ... + x_d^2)^{1/2} (computed as a norm of the trailing
+    coordinates, never by trigonometry, so that points near the poles are accurate),
+    t_i = x_i / r_i and s_i = r_{i+1} / r_i = (1 - t_i^2)^{1/2} for i = 1..d-2, and
+    phi = atan2(x_d, x_{d-1}). For kappa = (k_1, ..., k_{d-1}),
+    k = k_1 >= k_2 >= ... >= k_{d-2} >= |k_{d-1}|,
+
+        Y_{k,kappa}(x) = prod_{i=1}^{d-2} A^{(d-i+1)}_{k_i, |k_{i+1}|}(t_i, s_i) * Phi_{k_{d-1}}(phi),
+
+        A^{(D)}_{a,b}(t, s) = c^{(D)}_b s^b p^{(b + (D-2)/2)}_{a-b}(t),
+
+    Phi_0 = 1, Phi_m = sqrt(2) cos(m phi), Phi_{-m} = sqrt(2) sin(m phi) (m >= 1); for d = 2,
+    Y_{k,(+-k)} = Phi_{+-k}(phi). Here p^{(alpha)}_m is the orthonormal Gegenbauer polynomial for
+    the probability density proportional to (1 - t^2)^{alpha - 1/2}, computed by its
+    normalised three-term recurrence (ref. 3)
+
+        t p_m = beta_{m+1} p_{m+1} + beta_m p_{m-1},  beta_m^2 = m (m + 2 alpha - 1) / (4 (m + alpha)(m + alpha - 1)),
+
+    and c^{(D)}_b = (E_{t ~ w_D}[(1 - t^2)^b])^{-1/2} = prod_{j=1}^{b} ((lam + j)/(lam + j - 1/2))^{1/2},
+    lam = (D - 2)/2, so that each factor has unit norm in L2(w_D) and every intermediate
+    quantity is a normalised function (no factorials, no overflow: |Y| <= N(d, k)^{1/2}). For
+    x = (x_1, x') on S^{D-1} and any degree-b harmonic Y' on S^{D-2},
+    A^{(D)}_{a,b}(t_1, s_1) Y'(x' / |x'|) is a degree-a harmonic on S^{D-1} (ref. 1): the basis is
+    built by this branching from S^1 up to S^{d-1}.
+
+    Column order: see :func:`harmonic_indices`. Cost: O(n N(d, k)) for the products, sharing the
+    partial products of common prefixes (k_1, ..., k_i), plus O(n d k^2) for the factors.
+
+    Raises
+    ------
+    ValueError
+        When X is not an (n, d) array of unit rows with d >= 2, when k is not a non-negative
+        integer, or when N(d, k) > 10^8 (use :func:`spherical_harmonic`).
+
+    References
+    ----------
+    1. F. Dai and Y. Xu, "Approximation Theory and Harmonic Analysis on Spheres and Balls",
+       2013, Sec. 1.5.
+    2. K. Atkinson and W. Han, "Spherical Harmonics and Approximations on the Unit Sphere",
+       2012, Thm. 2.9 (addition theorem).
+    3. G. Szego, "Orthogonal Polynomials", 1975, Sec. 4.7.
+
+    Examples
+    --------
+    >>> from shallow.sphere import sample_sphere
+    >>> X = sample_sphere(5, 4, rng=0)
+    >>> Y = spherical_harmonics(X, 2)
+    >>> Y.shape
+    (5, 9)
+    >>> G = np.clip(X @ X.T, -1, 1)
+    >>> bool(np.allclose(Y @ Y.T, num_harmonics(4, 2) * legendre(2, 4, G)))   # addition theorem
+    True
+    """
+    X = check_on_sphere(X, "X")
+    k = check_integer(k, "k", minimum=0)
+    xp = get_xp(X)
+    n, d = X.shape
+    N = num_harmonics(d, k)
+    if N > _MAX_COLUMNS:
+        raise ValueError(f"degree k={k} in d={d} has N(d, k) = {N:.3g} harmonics, too many to enumerate; "
+                         "evaluate chosen elements with spherical_harmonic(X, index)")
+    out = xp.empty((N, n), dtype=X.dtype)  # (N, n): rows are the basis functions
+    R = _radii(X, xp)  # (n, d)
+    # Active prefixes (k_1, ..., k_i) with k_i > 0: their partial products V (M, n), last degree
+    # a (M,), and the column offset off (M,) of their first descendant.
+    V = xp.ones((1, n), dtype=X.dtype)
+    a = np.array([k], dtype=np.int64)
+    off = np.zeros(1, dtype=np.int64)
+    for i in range(d - 2):
+        if a.size == 0:
+            break
+        D = d - i  # level i works on S^{D-1}, coordinates x_i, ..., x_{d-1} (0-based)
+        t, s = _level_coordinates(X, R, i, xp)
+        F, slot = _gegenbauer_table(t, s, D, np.unique(a), xp)
+        counts = a + 1
+        parent = np.repeat(np.arange(a.size), counts)  # (C,)
+        b = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # (C,)
+        child_off = off[parent] + _block_offsets(D, int(a.max()))[b]
+        vals = V[xp.asarray(parent)] * F[xp.asarray(slot[a[parent], b])]  # (C, n)
+        done = b == 0  # k_{i+2} = ... = 0: the remaining factors are 1
+        if done.any():
+            out[xp.asarray(child_off[done])] = vals[xp.asarray(np.flatnonzero(done))]
+        keep = np.flatnonzero(~done)
+        V, a, off = vals[xp.asarray(keep)], b[keep], child_off[keep]
+    if a.size:
+        # Last level: the circle of (x_{d-2}, x_{d-1}), Phi_m = sqrt(2) cos(m phi), sqrt(2) sin(m phi).
+        phi = xp.arctan2(X[:, d - 1], X[:, d - 2])  # (n,)
+        zero = np.flatnonzero(a == 0)  # only when d = 2 and k = 0
+        if zero.size:
+            out[xp.asarray(off[zero])] = V[xp.asarray(zero)]
+        nz = np.flatnonzero(a > 0)
+        if nz.size:
+            degrees, pos = np.unique(a[nz], return_inverse=True)
+            angle = xp.asarray(degrees, dtype=X.dtype)[:, None] * phi[None, :]  # (L, n)
+            Vn = math.sqrt(2) * V[xp.asarray(nz)]
+            pos = xp.asarray(pos)
+            out[xp.asarray(off[nz])] = Vn * xp.cos(angle)[pos]
+            out[xp.asarray(off[nz] + 1)] = Vn * xp.sin(angle)[pos]
+    return out.T
+
+
+def spherical_harmonic(X, index):
+    r"""One element Y_{k,kappa} of the basis of :func:`spherical_harmonics`, chosen by its multi-index.
+
+    For dimensions and degrees where N(d, k) is too large to enumerate (d = 50, k = 150 has
+    N ~ 5e46), at cost O(n d k).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Points of S^{d-1}, d >= 2; numpy or cupy, dtype kept.
+    index : sequence of d - 1 ints
+        kappa = (k_1, ..., k_{d-1}) with k_1 >= k_2 >= ... >= k_{d-2} >= |k_{d-1}|; the degree is
+        k = |k_1| (for d = 2, index = (k,) is sqrt(2) cos(k phi) and (-k,) is sqrt(2) sin(k phi)).
+
+    Returns
+    -------
+    y : array of shape (n,)
+        Y_{k,kappa}(x_i); equal to the column of ``spherical_harmonics(X, k)`` whose row of
+        ``harmonic_indices(d, k)`` is kappa.
+
+    Notes
+    -----
+    The product formula of :func:`spherical_harmonics`, with each factor
+    A^{(D)}_{a,b} = c_b s^b p^{(b + (D-2)/2)}_{a-b}(t) computed by its own recurrence
+    (O(n (a - b)) work); levels after the first k_{i+1} = 0 contribute the factor 1.
+
+    Examples
+    --------
+    >>> x = np.array([[0.6, 0.0, 0.8]])
+    >>> y = spherical_harmonic(x, (1, 0))                  # sqrt(3) x_1
+    >>> bool(abs(y[0] - np.sqrt(3) * 0.6) < 1e-15)
+    True
+    """
+    X = check_on_sphere(X, "X")
+    xp = get_xp(X)
+    n, d = X.shape
+    kappa = _check_index(index, d)
+    y = xp.ones(n, dtype=X.dtype)
+    if d > 2 and kappa[0] > 0:
+        R = _radii(X, xp)
+        for i in range(d - 2):
+            a, b = abs(kappa[i]), abs(kappa[i + 1])
+            if a == 0:
+                break
+            t, s = _level_coordinates(X, R, i, xp)
+            y *= _gegenbauer_factor(t, s, d - i, a, b, xp)
+    m = kappa[-1]
+    if m != 0:
+        phi = xp.arctan2(X[:, d - 1], X[:, d - 2])
+        y *= math.sqrt(2) * (xp.cos(m * phi) if m > 0 else xp.sin(-m * phi))
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectra of sampled functions
+# ---------------------------------------------------------------------------------------------
+
+def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
+    r"""Per-degree energy E_k = ||proj_k f||^2_{L2(tau_d)}, k = 0..kmax, of f sampled at X.
+
+    Parameters
+    ----------
+    f_values : array of shape (n,)
+        f(x_i).
+    X : array of shape (n, d)
+        Points of S^{d-1}: iid from tau_d (default estimator), or the nodes of a quadrature rule
+        when ``weights`` is given.
+    kmax : int
+        Highest degree, kmax >= 0.
+    weights : array of shape (n,), optional
+        Quadrature weights for tau_d (summing to 1). Then E_k is the quadrature value
+        N(d, k) sum_{i,j} w_i w_j f_i f_j P_{k,d}(<x_i, x_j>), exact when the rule integrates
+        polynomials of degree deg(f) + k exactly.
+    block_size : int, optional
+        Rows of the Gram matrix <x_i, x_j> held at once (default: about 2^20 / n); memory is
+        O(n * block_size) whatever kmax.
+
+    Returns
+    -------
+    E : array of shape (kmax + 1,)
+        On X's device, in X's dtype.
+
+    Notes
+    -----
+    By the addition theorem, proj_k f(x) = N(d, k) E_y[f(y) P_{k,d}(<x, y>)], so
+
+        E_k = <f, proj_k f> = N(d, k) E_{x,y}[f(x) f(y) P_{k,d}(<x, y>)],   x, y iid tau_d.
+
+    Without weights this is estimated by the U-statistic over distinct pairs,
+
+        E_k^ = N(d, k) / (n (n - 1)) sum_{i != j} f(x_i) f(x_j) P_{k,d}(<x_i, x_j>),
+
+    a Monte Carlo estimator, unbiased for iid x_i ~ tau_d (it can be negative). By Hoeffding's
+    decomposition its variance is
+
+        Var E_k^ = 4 (n - 2) / (n (n - 1)) zeta_1 + 2 / (n (n - 1)) zeta_2,
+
+    zeta_1 = Var_x[f(x) proj_k f(x)] and zeta_2 = Var[h(x, y)] <= N(d, k) ||f||_inf^4 for
+    h(x, y) = N(d, k) f(x) f(y) P_{k,d}(<x, y>); so the error is about 2 (zeta_1 / n)^{1/2} on
+    degrees where f has energy and (2 N(d, k))^{1/2} ||f||_inf^2 / n elsewhere: high degrees
+    (N(d, k) comparable to n^2) cannot be resolved from n samples. Including the diagonal
+    (a V-statistic) would add the bias N(d, k) E[f^2] / n. The Gram matrix is computed in blocks
+    of rows, and P_{k,d} by the recurrence of :func:`legendre_all` on each block, at
+    O(n^2 (d + kmax)) work.
+
+    Examples
+    --------
+    >>> from shallow.sphere import sample_sphere
+    >>> X = sample_sphere(2000, 3, rng=0)
+    >>> E = harmonic_energy(X[:, 0], X, 2)   # f = x_1, a degree-1 harmonic of norm^2 1/3
+    >>> round(float(E[1]), 1), bool(abs(E[0]) < 0.01 and abs(E[2]) < 0.01)
+    (0.3, True)
+    """
+    X = check_on_sphere(X, "X")
+    xp = get_xp(X)
+    n, d = X.shape
+    f = check_array(f_values, "f_values", ndim=1)
+    if get_xp(f) is not xp:
+        raise ValueError("f_values and X must live on the same device (both numpy or both cupy)")
+    if f.shape[0] != n:
+        raise ValueError(f"f_values has {f.shape[0]} values but X has n={n} points")
+    kmax = check_integer(kmax, "kmax", minimum=0)
+    f = f.astype(X.dtype, copy=False)
+    if weights is not None:
+        w = check_array(weights, "weights", ndim=1)
+        if get_xp(w) is not xp:
+            raise ValueError("weights and X must live on the same device (both numpy or both cupy)")
+        if w.shape[0] != n:
+            raise ValueError(f"weights has {w.shape[0]} values but X has n={n} points")
+        if abs(float(w.sum()) - 1) > 1e-8:
+            raise ValueError(f"weights must sum to 1 (a quadrature rule for the probability measure tau_d), "
+                             f"got sum {float(w.sum()):.12g}")
+        g = f * w.astype(X.dtype, copy=False)  # (n,)
+    elif n < 2:
+        raise ValueError(f"X must hold n >= 2 points for the U-statistic, got n={n}")
+    else:
+        g = f
+    if block_size is None:
+        block_size = max(1, min(n, 2**20 // max(n, 1)))
+    else:
+        block_size = check_integer(block_size, "block_size", minimum=1)
+    a, b = _recurrence_coefficients(kmax, d)
+    sums = [0.0] * (kmax + 1)
+    total_g = g.sum()
+    for lo in range(0, n, block_size):
+        hi = min(n, lo + block_size)
+        G = X[lo:hi] @ X.T  # (B, n)
+        xp.clip(G, -1, 1, out=G)
+        rows = xp.arange(hi - lo)
+        G[rows, rows + lo] = 1  # <x_i, x_i> = 1 exactly (the U-statistic removes this diagonal below)
+        gb = g[lo:hi]  # (B,)
+        sums[0] = sums[0] + gb.sum() * total_g
+        if kmax == 0:
+            continue
+        sums[1] = sums[1] + gb @ (G @ g)
+        prev, cur, nxt = xp.ones_like(G), G.copy(), xp.empty_like(G)
+        for j in range(1, kmax):
+            xp.multiply(cur, G, out=nxt)
+            nxt *= a[j]
+            prev *= b[j]
+            nxt -= prev
+            prev, cur, nxt = cur, nxt, prev
+            sums[j + 1] = sums[j + 1] + gb @ (cur @ g)
+    E = xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
+    if weights is None:
+        E = (E - (f * f).sum()) / (n * (n - 1))
+    Nk = xp.asarray([float(num_harmonics(d, j)) for j in range(kmax + 1)], dtype=X.dtype)
+    return Nk * E
