@@ -1,0 +1,104 @@
+"""One step of the particle gradient flow against the GEMM roofline and against PyTorch autograd.
+
+A step on the empirical square risk with n samples, m particles in dimension d costs
+4 n m d + 4 n m flops (two GEMMs, X W^T and (sigma'(Z) r)^T X, plus two matrix-vector products).
+Printed, measured side by side in one run (medians over repeats):
+
+* roofline ratio = (step flops / GEMM flop rate) / step time, the GEMM being X W^T of the same
+  size (n x d times d x m) on the same device and dtype: 1.0 means the step runs as fast as its
+  flops would at the speed of a plain GEMM;
+* PyTorch ratio = time of the same step with torch autograd / time of ours (> 1: we are faster),
+  on the same device and dtype; skipped without torch.
+
+    python benchmarks/flow_step.py [--n 4096] [--m 4096] [--d 64] [--dtype float64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from shallow.backend import get_xp, to_device
+from shallow.flows import EmpiricalRisk
+from shallow.networks import TwoLayer
+
+
+def median_time(fn, repeats, sync=lambda: None):
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_step_time(X, y, a, W, gamma, repeats, device):
+    try:
+        import torch
+    except ImportError:
+        return None
+    dev = "cuda" if device == "gpu" else "cpu"
+    Xt = torch.as_tensor(np.asarray(X.get() if hasattr(X, "get") else X), device=dev)
+    yt = torch.as_tensor(np.asarray(y.get() if hasattr(y, "get") else y), device=dev)
+    at = torch.as_tensor(np.asarray(a.get() if hasattr(a, "get") else a), device=dev).requires_grad_()
+    Wt = torch.as_tensor(np.asarray(W.get() if hasattr(W, "get") else W), device=dev).requires_grad_()
+
+    def step():
+        at.grad = None
+        Wt.grad = None
+        f = gamma * (torch.relu(Xt @ Wt.T) @ at)
+        loss = 0.5 * ((f - yt) ** 2).mean()
+        loss.backward()
+
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    return median_time(step, repeats, sync)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--m", type=int, default=4096)
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    n, m, d = args.n, args.m, args.d
+    rng = np.random.default_rng(0)
+    X = to_device(rng.standard_normal((n, d)).astype(args.dtype), args.device)
+    y = to_device(rng.standard_normal(n).astype(args.dtype), args.device)
+    net = TwoLayer.init(m, d, rng=1, dtype=args.dtype, device=args.device)
+    xp = get_xp(X)
+    sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
+    loss = EmpiricalRisk(X, y)
+    Z = xp.empty((n, m), dtype=X.dtype)
+
+    t_gemm = median_time(lambda: xp.matmul(X, net.W.T, out=Z), args.repeats, sync)
+    t_step = median_time(lambda: loss.value_and_grad(net), args.repeats, sync)
+    flops = 4 * n * m * d + 4 * n * m
+    gemm_rate = 2 * n * m * d / t_gemm
+    roofline = flops / gemm_rate / t_step
+    print(f"machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores), "
+          f"numpy {np.__version__}, device {args.device}, {args.dtype}")
+    print(f"n={n} m={m} d={d}: GEMM X W^T {t_gemm * 1e3:.2f} ms ({gemm_rate / 1e9:.1f} GFLOP/s), "
+          f"step {t_step * 1e3:.2f} ms")
+    print(f"roofline ratio (step flops at GEMM speed / step time): {roofline:.2f}")
+    t_torch = torch_step_time(X, y, net.a, net.W, net.gamma, args.repeats, args.device)
+    if t_torch is None:
+        print("PyTorch: not installed, comparison skipped")
+    else:
+        import torch
+        print(f"PyTorch {torch.__version__} autograd step {t_torch * 1e3:.2f} ms: "
+              f"ours is {t_torch / t_step:.2f}x as fast")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,646 @@
+"""Spherical harmonics on S^{d-1}: Legendre polynomials P_{k,d}, N(d, k), the real orthonormal basis
+Y_{k,kappa}, Funk-Hecke coefficients, and per-degree energies.
+
+Every expected value comes from an independent computation: scipy's (unnormalised) Gegenbauer,
+Chebyshev and Legendre polynomials, mpmath at 50 digits, scipy.integrate.quad, binomial counts,
+closed forms from the literature (Bach 2017, App. D; sectoral and zonal harmonics), product
+quadrature rules on the sphere built here from Gauss rules in hyperspherical angles, finite
+differences and Monte Carlo with a stated number of standard deviations.
+"""
+
+import itertools
+import math
+
+import mpmath
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, special
+
+from shallow import harmonics
+from shallow.backend import to_numpy
+from shallow.sphere import gegenbauer_quadrature, sample_sphere
+
+EPS = np.finfo(np.float64).eps
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent references
+# ---------------------------------------------------------------------------------------------
+
+def scipy_legendre(k, d, t):
+    """P_{k,d}(t) from scipy: C_k^{lam}(t) / C_k^{lam}(1), lam = (d - 2)/2; Chebyshev T_k for d = 2."""
+    t = np.asarray(t, dtype=np.float64)
+    if d == 2:
+        return special.eval_chebyt(k, t)
+    lam = 0.5 * (d - 2)
+    return special.eval_gegenbauer(k, lam, t) / special.eval_gegenbauer(k, lam, 1.0)
+
+
+def mpmath_legendre(k, d, t):
+    """P_{k,d}(t) at 50 digits: mpmath's C_k^{lam}(t) / binomial(k + 2 lam - 1, k)."""
+    with mpmath.workdps(50):
+        lam = mpmath.mpf(d - 2) / 2
+        value = mpmath.gegenbauer(k, lam, mpmath.mpf(t), maxprec=100_000) / mpmath.binomial(k + 2 * lam - 1, k)
+        return float(value)
+
+
+def density_constant(d):
+    """c_d = Gamma(d/2) / (sqrt(pi) Gamma((d - 1)/2)), the constant of w_d (REFERENCES.md)."""
+    return math.exp(math.lgamma(d / 2) - 0.5 * math.log(math.pi) - math.lgamma((d - 1) / 2))
+
+
+def quad_against_w(func, d, lo=-1.0, hi=1.0):
+    """int_lo^hi func(t) w_d(t) dt by scipy.integrate.quad, with the algebraic endpoint weights of w_d."""
+    a = 0.5 * (d - 3)
+    c = density_constant(d)
+    # quad's weight='alg' integrates (t - lo)^p (hi - t)^q f(t): put (1 + t)^a at -1 and (1 - t)^a at 1.
+    p = a if lo == -1.0 else 0.0
+    q = a if hi == 1.0 else 0.0
+
+    def smooth(t):
+        value = c * func(t)
+        if lo != -1.0:
+            value *= (1 + t) ** a
+        if hi != 1.0:
+            value *= (1 - t) ** a
+        return value
+
+    value, _ = integrate.quad(smooth, lo, hi, weight="alg", wvar=(p, q), epsabs=1e-14, epsrel=1e-13, limit=200)
+    return value
+
+
+def sphere_product_rule(d, q):
+    """A quadrature rule for tau_d on S^{d-1}, exact for polynomials in x of degree <= 2q - 1.
+
+    Hyperspherical angles: x_1 = t_1, x_2 = s_1 t_2, ..., x_{d-1} = s_1 ... s_{d-2} cos(phi),
+    x_d = s_1 ... s_{d-2} sin(phi), with s_i = sqrt(1 - t_i^2). Under tau_d the t_i are independent
+    with densities w_d, w_{d-1}, ..., w_3 and phi is uniform: q-point Gauss rules for the t_i and
+    2q equispaced angles for phi. Odd powers of s_i come with functions odd under the antipodal map
+    of the inner sphere, which the symmetric inner rule integrates to zero exactly.
+    Returns (X of shape (M, d), weights of shape (M,)).
+    """
+    rules = [gegenbauer_quadrature(q, D) for D in range(d, 2, -1)]  # t_1 ~ w_d, ..., t_{d-2} ~ w_3
+    phi = 2 * np.pi * (np.arange(2 * q) + 0.5) / (2 * q)
+    grids = np.meshgrid(*[r[0] for r in rules], phi, indexing="ij")
+    wgrids = np.meshgrid(*[r[1] for r in rules], np.full(2 * q, 1 / (2 * q)), indexing="ij")
+    T = [g.ravel() for g in grids[:-1]]
+    phi = grids[-1].ravel()
+    W = np.prod([g.ravel() for g in wgrids], axis=0)
+    cols, scale = [], np.ones_like(phi)
+    for t in T:
+        cols.append(scale * t)
+        scale = scale * np.sqrt(1 - t * t)
+    cols += [scale * np.cos(phi), scale * np.sin(phi)]
+    return np.stack(cols, axis=1), W
+
+
+def random_rotation(d, rng):
+    """A Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix)."""
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    return Q * np.sign(np.diag(R))
+
+
+def gram(X):
+    """<x_i, x_j> for unit rows, with the diagonal exactly 1: the harmonics are evaluated at x / |x|,
+    and near t = 1 an error of one ulp in <x, x> moves P_{k,d} by P'(1) eps = k (k + d - 2) eps / (d - 1)."""
+    G = np.clip(X @ X.T, -1, 1)
+    np.fill_diagonal(G, 1.0)
+    return G
+
+
+# ---------------------------------------------------------------------------------------------
+# P_{k,d}: the Legendre (normalised Gegenbauer) polynomials
+# ---------------------------------------------------------------------------------------------
+
+T_GRID = np.linspace(-1, 1, 41)
+
+
+@pytest.mark.parametrize("d", [4, 5, 7, 10, 30])
+def test_legendre_is_gegenbauer_normalised_at_one(d, xp):
+    # P_{k,d} = C_k^{(d-2)/2} / C_k^{(d-2)/2}(1). scipy's values are exact to a few ulps of C_k(1)
+    # at these small k, so the normalised ratios agree to 1e-13 (a few hundred eps).
+    t = xp.asarray(T_GRID)
+    for k in range(13):
+        np.testing.assert_allclose(to_numpy(harmonics.legendre(k, d, t)), scipy_legendre(k, d, T_GRID),
+                                   rtol=0, atol=1e-13)
+
+
+def test_legendre_d2_is_chebyshev():
+    # P_{k,2}(t) = T_k(t) = cos(k arccos t): the recurrence (2k t P_k - k P_{k-1}) / k is Chebyshev's.
+    for k in range(30):
+        np.testing.assert_allclose(harmonics.legendre(k, 2, T_GRID), special.eval_chebyt(k, T_GRID),
+                                   rtol=0, atol=50 * EPS * (k + 1))
+
+
+def test_legendre_d3_is_legendre():
+    # P_{k,3} is the classical Legendre polynomial (Bonnet's recurrence); error ~ k eps.
+    for k in range(30):
+        np.testing.assert_allclose(harmonics.legendre(k, 3, T_GRID), special.eval_legendre(k, T_GRID),
+                                   rtol=0, atol=50 * EPS * (k + 1))
+
+
+@pytest.mark.parametrize("d", [2, 3, 6])
+def test_legendre_all_rows_are_the_normalised_gegenbauer_polynomials(d, xp):
+    # Shape (kmax + 1, *t.shape), and more entries than one host chunk (32768) to cover the blocking.
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-1, 1, size=(3, 20_000))
+    P = to_numpy(harmonics.legendre_all(12, d, xp.asarray(t)))
+    assert P.shape == (13, 3, 20_000)
+    for k in range(13):
+        np.testing.assert_allclose(P[k], scipy_legendre(k, d, t), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("k, d, ts", [
+    (350, 1000, [0.0, 0.3, -0.71, 0.999, -0.9999]),   # scipy's C_k^{499}(1) ~ 1e330 overflows here
+    (10_000, 10_000, [0.999, 0.9999, -0.9995]),       # t where P is not below the float64 range
+])
+def test_legendre_high_degree_and_dimension_matches_mpmath(k, d, ts):
+    # Forward recurrence on normalised values: rounding error grows ~ k eps, so within 1e-12
+    # relative (or 1e-14 absolute for values that are themselves ~1e-14 or smaller).
+    ours = harmonics.legendre(k, d, np.array(ts))
+    ref = np.array([mpmath_legendre(k, d, t) for t in ts])
+    assert np.all(np.abs(ours - ref) <= np.maximum(1e-12 * np.abs(ref), 1e-14))
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 50, 1000, 10_000])
+def test_legendre_at_one_is_one(d):
+    # P_{k,d}(1) = 1: the recurrence coefficients sum to one at t = 1; rounding ~ k eps.
+    P = harmonics.legendre_all(200, d, np.array([1.0]))[:, 0]
+    np.testing.assert_allclose(P, 1.0, rtol=0, atol=200 * EPS * 10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(0, 60), d=st.integers(2, 200), t=st.floats(-1, 1, allow_nan=False))
+def test_legendre_parity(k, d, t):
+    # P_k(-t) = (-1)^k P_k(t). Negating t negates every odd step exactly in floating point.
+    plus = float(harmonics.legendre(k, d, np.array(t)))
+    minus = float(harmonics.legendre(k, d, np.array(-t)))
+    assert minus == pytest.approx((-1) ** k * plus, abs=4 * EPS)
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 7, 20, 101])
+def test_legendre_orthogonality_under_w_d(d):
+    # int P_j P_k w_d dt = [j = k] / N(d, k). The 20-point Gauss rule for w_d is exact for degree
+    # <= 39 >= j + k, so the Gram matrix of the unit-norm sqrt(N(d, k)) P_k is the identity up to
+    # rounding (1e-12: ~20 products of size <= 1 each, with nodes accurate to a few eps).
+    kmax = 15
+    t, w = gegenbauer_quadrature(20, d)
+    P = np.stack([scipy_legendre(k, d, t) for k in range(kmax + 1)]) if d < 50 else None
+    ours = harmonics.legendre_all(kmax, d, t)
+    if P is not None:  # the quadrature nodes themselves: ours against scipy
+        np.testing.assert_allclose(ours, P, rtol=0, atol=1e-13)
+    root_N = np.sqrt([float(harmonics.num_harmonics(d, k)) for k in range(kmax + 1)])
+    G = (ours * w) @ ours.T * np.outer(root_N, root_N)
+    np.testing.assert_allclose(G, np.eye(kmax + 1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("j, k", [(3, 3), (4, 4), (2, 4), (3, 5)])
+def test_legendre_norm_by_adaptive_quadrature(j, k):
+    # One case by scipy.integrate.quad (independent of Gauss rules): d = 5, int P_j P_k w_5 = [j = k] / N(5, k).
+    d = 5
+    value = quad_against_w(lambda t: harmonics.legendre(j, d, np.array(t)) * harmonics.legendre(k, d, np.array(t)), d)
+    expected = 1 / harmonics.num_harmonics(d, k) if j == k else 0.0
+    assert value == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# N(d, k)
+# ---------------------------------------------------------------------------------------------
+
+def test_num_harmonics_is_dimension_of_homogeneous_polynomials_minus_laplacian_image():
+    # H_k = P_k minus |x|^2 P_{k-2}: N(d, k) = C(k + d - 1, d - 1) - C(k + d - 3, d - 1), exact ints.
+    for d in range(2, 14):
+        for k in range(25):
+            expected = math.comb(k + d - 1, d - 1) - (math.comb(k + d - 3, d - 1) if k >= 2 else 0)
+            assert harmonics.num_harmonics(d, k) == expected
+    for d, k in [(50, 150), (1000, 1000), (10_000, 3)]:
+        value = harmonics.num_harmonics(d, k)
+        assert isinstance(value, int)
+        assert value == math.comb(k + d - 1, d - 1) - math.comb(k + d - 3, d - 1)
+
+
+def test_num_harmonics_circle_and_sphere():
+    # d = 2: cos k theta and sin k theta; d = 3: 2k + 1.
+    assert harmonics.num_harmonics(2, 0) == 1 and harmonics.num_harmonics(3, 0) == 1
+    for k in range(1, 200):
+        assert harmonics.num_harmonics(2, k) == 2
+        assert harmonics.num_harmonics(3, k) == 2 * k + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The real orthonormal basis Y_{k,kappa}
+# ---------------------------------------------------------------------------------------------
+
+def brute_force_indices(d, k):
+    """All kappa with k = k_1 >= ... >= k_{d-2} >= |k_{d-1}|, sorted by the documented key."""
+    if d == 2:
+        return [(0,)] if k == 0 else [(k,), (-k,)]
+    rows = [(k, *rest) for rest in itertools.product(range(-k, k + 1), repeat=d - 2)
+            if all(a >= b for a, b in zip((k, *rest[:-1]), (*rest[:-1], abs(rest[-1]))))]
+    # key: (k_2, ..., k_{d-2}, |k_{d-1}|, cosine before sine)
+    return sorted(rows, key=lambda r: (*r[1:-1], abs(r[-1]), r[-1] < 0))
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 5, 6])
+def test_harmonic_indices_enumerate_the_branching_rule_in_documented_order(d):
+    for k in range(6 if d < 6 else 4):
+        kappa = harmonics.harmonic_indices(d, k)
+        assert kappa.shape == (harmonics.num_harmonics(d, k), d - 1)
+        assert [tuple(r) for r in kappa.tolist()] == brute_force_indices(d, k)
+
+
+@pytest.mark.parametrize("d, degrees", [(2, [0, 1, 5]), (3, list(range(7))), (5, list(range(5))), (11, [0, 1, 2])])
+def test_spherical_harmonics_orthonormal_by_product_quadrature(d, degrees, xp):
+    # int Y_{k,a} Y_{j,b} dtau_d = [k = j][a = b]: within and across degrees. The product rule is
+    # exact for polynomials of degree <= 2 max(k) (q = max(k) + 1), so the Gram matrix is the
+    # identity up to rounding in sums of ~1e5 products of size <= N(d, k): 1e-12.
+    X, w = sphere_product_rule(d, max(degrees) + 1)
+    Y = np.concatenate([to_numpy(harmonics.spherical_harmonics(xp.asarray(X), k)) for k in degrees], axis=1)
+    assert Y.shape[1] == sum(harmonics.num_harmonics(d, k) for k in degrees)
+    np.testing.assert_allclose(Y.T @ (w[:, None] * Y), np.eye(Y.shape[1]), rtol=0, atol=1e-12)
+
+
+def test_spherical_harmonics_orthonormal_by_monte_carlo():
+    # d = 11, k = 3 (275 functions): the empirical Gram matrix of n iid uniform points is I within
+    # 6 standard deviations of each entry, sd estimated from the same products (max over 38k entries).
+    d, k, n = 11, 3, 20_000
+    X = sample_sphere(n, d, rng=7)
+    Y = harmonics.spherical_harmonics(X, k)
+    G = Y.T @ Y / n
+    sd = np.sqrt(np.maximum((Y**2).T @ (Y**2) / n - G**2, 0) / n)
+    assert np.all(np.abs(G - np.eye(Y.shape[1])) <= 6 * sd + 1e-12)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 11])
+@pytest.mark.parametrize("k", [0, 1, 2, 4])
+def test_addition_theorem(d, k, xp):
+    # sum_j Y_kj(x) Y_kj(y) = N(d, k) P_{k,d}(<x, y>) with P_{k,d} from scipy; entries are at most
+    # N(d, k) in size, so 1e-13 N(d, k) is ~ a few hundred eps relative.
+    X = sample_sphere(30, d, rng=d * 10 + k)
+    Y = to_numpy(harmonics.spherical_harmonics(xp.asarray(X), k))
+    N = harmonics.num_harmonics(d, k)
+    assert Y.shape == (30, N)
+    np.testing.assert_allclose(Y @ Y.T, N * scipy_legendre(k, d, gram(X)), rtol=0, atol=1e-13 * N)
+
+
+@pytest.mark.parametrize("d, k", [(3, 150), (5, 40), (50, 3)])
+def test_addition_theorem_at_high_degree_and_dimension(d, k):
+    # No NaN or overflow, and the addition theorem on a few points (two near a pole, one at it).
+    # Normalised recurrences of length k: about k eps relative error per factor, hence 1e-11 N.
+    X = sample_sphere(12, d, rng=3)
+    pole = np.zeros(d)
+    pole[0] = 1.0
+    near = pole.copy()
+    near[-1] = 1e-9
+    near /= np.linalg.norm(near)
+    X = np.vstack([X, pole, near, -near])
+    Y = harmonics.spherical_harmonics(X, k)
+    N = harmonics.num_harmonics(d, k)
+    assert Y.shape == (15, N) and np.isfinite(Y).all()
+    np.testing.assert_allclose(Y @ Y.T, N * scipy_legendre(k, d, gram(X)), rtol=0, atol=1e-11 * N)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), d=st.integers(2, 7), k=st.integers(0, 6))
+def test_addition_theorem_is_rotation_invariant(seed, d, k):
+    # sum_j Y_kj(Qx) Y_kj(Qy) = sum_j Y_kj(x) Y_kj(y) for orthogonal Q (both equal N P_k(<x, y>)).
+    rng = np.random.default_rng(seed)
+    X = sample_sphere(6, d, rng=rng)
+    Q = random_rotation(d, rng)
+    XQ = X @ Q.T
+    XQ /= np.linalg.norm(XQ, axis=1, keepdims=True)
+    Y, YQ = harmonics.spherical_harmonics(X, k), harmonics.spherical_harmonics(XQ, k)
+    N = harmonics.num_harmonics(d, k)
+    np.testing.assert_allclose(YQ @ YQ.T, Y @ Y.T, rtol=0, atol=1e-12 * N)
+
+
+def homogeneous_extension(z, k):
+    """H(z) = |z|^k Y_k(z / |z|), all columns, for points z of shape (m, d) off the origin."""
+    r = np.linalg.norm(z, axis=1, keepdims=True)
+    return r**k * harmonics.spherical_harmonics(z / r, k)
+
+
+@pytest.mark.parametrize("d, k", [(2, 3), (3, 2), (3, 4), (4, 3), (5, 2), (6, 4)])
+def test_spherical_harmonics_are_harmonic(d, k):
+    # Laplacian of |x|^k Y(x / |x|) vanishes: fourth-order central differences, h = 1e-3, at points
+    # off the sphere. Truncation ~ h^4 |D^6 H| and rounding ~ 64 eps |H| / (12 h^2) ~ 1e-9 |H|;
+    # compared with sum_i |d^2 H / dx_i^2|, which is of order k^2 |H|: a relative 1e-6 is loose.
+    rng = np.random.default_rng(11)
+    x0 = sample_sphere(5, d, rng=rng) * rng.uniform(0.7, 1.3, size=(5, 1))
+    h = 1e-3
+    lap = np.zeros((5, harmonics.num_harmonics(d, k)))
+    scale = np.zeros_like(lap)
+    H0 = homogeneous_extension(x0, k)
+    for i in range(d):
+        e = np.zeros(d)
+        e[i] = h
+        second = (-homogeneous_extension(x0 + 2 * e, k) + 16 * homogeneous_extension(x0 + e, k) - 30 * H0
+                  + 16 * homogeneous_extension(x0 - e, k) - homogeneous_extension(x0 - 2 * e, k)) / (12 * h * h)
+        lap += second
+        scale += np.abs(second)
+    assert np.all(np.abs(lap) <= 1e-6 * (scale + np.abs(H0) + 1))
+
+
+@pytest.mark.parametrize("d, k", [(2, 5), (3, 3), (5, 4), (11, 2)])
+def test_spherical_harmonics_are_restrictions_of_homogeneous_polynomials_of_degree_k(d, k):
+    # On a line z(s) = z0 + s v missing the origin, |z|^k Y(z / |z|) is a polynomial of degree k in s:
+    # a least-squares fit of degree k at 2k + 6 Chebyshev nodes leaves a residual at rounding level,
+    # 1e-10 of the values' scale (a degree k - 1 fit, checked too, does not).
+    rng = np.random.default_rng(5)
+    z0, v = rng.standard_normal(d), rng.standard_normal(d)
+    z0 = 2 * z0 / np.linalg.norm(z0)
+    v = v / np.linalg.norm(v)
+    s = np.cos(np.pi * (np.arange(2 * k + 6) + 0.5) / (2 * k + 6))  # in (-1, 1): |z| >= 1
+    H = homogeneous_extension(z0[None, :] + s[:, None] * v[None, :], k)  # (2k + 6, N)
+    V = np.polynomial.chebyshev.chebvander(s, k)
+    residual = H - V @ np.linalg.lstsq(V, H, rcond=None)[0]
+    assert np.abs(residual).max() <= 1e-10 * np.abs(H).max()
+    if k >= 1:
+        V1 = np.polynomial.chebyshev.chebvander(s, k - 1)
+        assert np.abs(H - V1 @ np.linalg.lstsq(V1, H, rcond=None)[0]).max() > 1e-6 * np.abs(H).max()
+
+
+def test_spherical_harmonics_low_degree_closed_forms():
+    # Degree 0 is the constant 1; degree 1 is sqrt(d) x_i in the order of the multi-indices:
+    # for d = 3, (1, 0) -> x_1, (1, 1) -> x_2, (1, -1) -> x_3; for d = 2, sqrt(2) cos, sqrt(2) sin.
+    X = sample_sphere(7, 3, rng=2)
+    np.testing.assert_allclose(harmonics.spherical_harmonics(X, 0), 1.0, rtol=0, atol=0)
+    np.testing.assert_allclose(harmonics.spherical_harmonics(X, 1), np.sqrt(3) * X, rtol=0, atol=4 * EPS)
+    theta = np.linspace(0, 2 * np.pi, 9)
+    C = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    np.testing.assert_allclose(harmonics.spherical_harmonics(C, 5),
+                               np.sqrt(2) * np.stack([np.cos(5 * theta), np.sin(5 * theta)], axis=1),
+                               rtol=0, atol=1e-14)
+
+
+def test_spherical_harmonics_keep_float32():
+    # float32 in, float32 out; the addition theorem then holds to ~1e3 float32 eps relative to N.
+    X = sample_sphere(20, 5, rng=1, dtype=np.float32)
+    Y = harmonics.spherical_harmonics(X, 4)
+    assert Y.dtype == np.float32
+    N = harmonics.num_harmonics(5, 4)
+    np.testing.assert_allclose(Y.astype(np.float64) @ Y.T.astype(np.float64),
+                               N * scipy_legendre(4, 5, gram(X.astype(np.float64))), rtol=0, atol=1e-4 * N)
+
+
+@pytest.mark.parametrize("d, k", [(2, 0), (2, 4), (3, 5), (4, 3), (6, 3)])
+def test_spherical_harmonic_matches_the_column_of_spherical_harmonics(d, k, xp):
+    # The index-based evaluation (its own recurrences, c_b by lgamma) agrees with the column of
+    # the same multi-index, to rounding: 1e-13 sqrt(N(d, k)) (|Y| <= sqrt(N)).
+    X = xp.asarray(sample_sphere(25, d, rng=4))
+    Y = to_numpy(harmonics.spherical_harmonics(X, k))
+    for j, kappa in enumerate(harmonics.harmonic_indices(d, k).tolist()):
+        y = to_numpy(harmonics.spherical_harmonic(X, kappa))
+        np.testing.assert_allclose(y, Y[:, j], rtol=0, atol=1e-13 * np.sqrt(Y.shape[1]))
+
+
+def test_spherical_harmonic_zonal_and_sectoral_closed_forms_d50_k150():
+    # d = 50, k = 150 (N ~ 5e46, not enumerable). Zonal: Y_{(k, 0, ..., 0)}(x) = sqrt(N) P_{k,d}(x_1)
+    # (|| P_k(<., e>) ||^2 = 1/N), P from mpmath. Sectoral: Y_{(k, ..., k, +-k)} = sqrt(2) rho^k
+    # (cos, sin)(k phi) / sqrt(E[rho^{2k}]), rho^2 = x_{d-1}^2 + x_d^2 ~ Beta(1, (d - 2)/2) under tau_d,
+    # E[rho^{2k}] = k! Gamma(d/2) / Gamma(d/2 + k). Recurrences of length 150 over 48 levels: 1e-11 relative.
+    d, k = 50, 150
+    N = harmonics.num_harmonics(d, k)
+    rng = np.random.default_rng(8)
+    t1 = np.array([0.999, 0.995, 0.99, -0.995, -0.9999])
+    rest = rng.standard_normal((t1.size, d - 1))
+    rest /= np.linalg.norm(rest, axis=1, keepdims=True)
+    X = np.concatenate([t1[:, None], np.sqrt(1 - t1**2)[:, None] * rest], axis=1)
+    zonal = harmonics.spherical_harmonic(X, (k,) + (0,) * (d - 2))
+    ref = np.sqrt(float(N)) * np.array([mpmath_legendre(k, d, t) for t in t1])
+    np.testing.assert_allclose(zonal, ref, rtol=1e-11)
+
+    # Points near the circle of (x_{d-1}, x_d), where the sectoral harmonics are largest.
+    phi = rng.uniform(0, 2 * np.pi, size=6)
+    rho = np.array([1.0, 0.999, 0.99, 0.98, 0.995, 0.9])
+    inner = rng.standard_normal((6, d - 2))
+    inner /= np.linalg.norm(inner, axis=1, keepdims=True)
+    X = np.concatenate([np.sqrt(1 - rho**2)[:, None] * inner, (rho * np.cos(phi))[:, None],
+                        (rho * np.sin(phi))[:, None]], axis=1)
+    log_moment = math.lgamma(k + 1) + math.lgamma(d / 2) - math.lgamma(d / 2 + k)
+    amplitude = np.sqrt(2) * np.exp(k * np.log(rho) - 0.5 * log_moment)
+    cos_el = harmonics.spherical_harmonic(X, (k,) * (d - 1))
+    sin_el = harmonics.spherical_harmonic(X, (k,) * (d - 2) + (-k,))
+    np.testing.assert_allclose(cos_el, amplitude * np.cos(k * phi), rtol=1e-11, atol=1e-11 * amplitude.max())
+    np.testing.assert_allclose(sin_el, amplitude * np.sin(k * phi), rtol=1e-11, atol=1e-11 * amplitude.max())
+
+
+def test_spherical_harmonic_orthonormal_by_exact_quadrature_d50_k150():
+    # Elements (150, b, 0, ..., 0) depend on x only through t_1 = x_1 and t_2 = x_2 / |x_{2:}|, which
+    # are independent under tau_50 with densities w_50 and w_49. The tensor Gauss rule with 151
+    # nodes each (exact for degree <= 301 >= 2k) on points (t_1, s_1 t_2, s_1 s_2 e), e any unit
+    # vector of R^48, integrates their products exactly: the Gram matrix is I up to rounding.
+    d, k, q = 50, 150, 151
+    t1, w1 = gegenbauer_quadrature(q, d)
+    t2, w2 = gegenbauer_quadrature(q, d - 1)
+    T1, T2 = (g.ravel() for g in np.meshgrid(t1, t2, indexing="ij"))
+    W = np.outer(w1, w2).ravel()
+    e = np.random.default_rng(9).standard_normal(d - 2)
+    e /= np.linalg.norm(e)
+    S1, S2 = np.sqrt(1 - T1**2), np.sqrt(1 - T2**2)
+    X = np.concatenate([T1[:, None], (S1 * T2)[:, None], (S1 * S2)[:, None] * e[None, :]], axis=1)
+    Y = np.stack([harmonics.spherical_harmonic(X, (k, b) + (0,) * (d - 3)) for b in (0, 1, 2, 75, 149, 150)], axis=1)
+    assert np.isfinite(Y).all()
+    np.testing.assert_allclose(Y.T @ (W[:, None] * Y), np.eye(Y.shape[1]), rtol=0, atol=1e-10)
+
+
+def test_spherical_harmonic_random_index_is_finite_and_fast_d50_k150():
+    # Any admissible multi-index at d = 50, k = 150: finite values bounded by sqrt(N(d, k))
+    # (addition theorem: Y(x)^2 <= N P_k(1)), at O(n d k) cost.
+    d, k = 50, 150
+    X = sample_sphere(200, d, rng=10)
+    rng = np.random.default_rng(10)
+    bound = math.sqrt(float(harmonics.num_harmonics(d, k)))
+    for _ in range(5):
+        kappa = [k]
+        for _ in range(d - 3):
+            kappa.append(int(rng.integers(0, kappa[-1] + 1)))
+        kappa.append(int(rng.integers(-kappa[-1], kappa[-1] + 1)))
+        y = harmonics.spherical_harmonic(X, kappa)
+        assert y.shape == (200,) and np.isfinite(y).all() and np.abs(y).max() <= bound
+
+
+# ---------------------------------------------------------------------------------------------
+# Funk-Hecke coefficients
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("d", [2, 3, 5, 8])
+def test_project_zonal_smooth_function_matches_quad(d):
+    # mu_k = int g P_k w_d for g(t) = exp(t) + cos(3t): Gauss-Jacobi on an analytic g is exact to
+    # rounding; quad (with w_d's endpoint weights) to ~1e-13. Compare at 1e-12 absolute.
+    g = lambda t: np.exp(t) + np.cos(3 * t)  # noqa: E731
+    mu = harmonics.project_zonal(g, d, 8)
+    for k in range(9):
+        assert mu[k] == pytest.approx(quad_against_w(lambda t: g(t) * scipy_legendre(k, d, t), d), abs=1e-12)
+
+
+@pytest.mark.parametrize("d", [3, 4, 10])
+def test_project_zonal_relu_matches_quad(d):
+    # relu is analytic on each side of 0: split at the breakpoint, both by project_zonal and by quad.
+    relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
+    mu = harmonics.project_zonal(relu, d, 10, breakpoints=(0.0,))
+    for k in range(11):
+        ref = quad_against_w(lambda t: t * scipy_legendre(k, d, t), d, 0.0, 1.0)
+        assert mu[k] == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 2, 3])
+@pytest.mark.parametrize("d", [2, 3, 6, 20])
+def test_project_zonal_relu_alpha_closed_form_bach2017(alpha, d):
+    # Bach 2017 App. D in our d: mu_k = Gamma(alpha + 1) Gamma(d/2) /
+    # (2^{alpha+1} Gamma(1 + (alpha - k)/2) Gamma((alpha + k + d)/2)), zero when k > alpha and
+    # k - alpha is even (1/Gamma at a pole). Quadrature error at rounding: 1e-13 absolute.
+    sigma = (lambda t: (t > 0).astype(float)) if alpha == 0 else (lambda t: np.maximum(t, 0.0) ** alpha)
+    kmax = 12
+    mu = harmonics.project_zonal(sigma, d, kmax, breakpoints=(0.0,))
+    k = np.arange(kmax + 1)
+    log_abs = (special.gammaln(alpha + 1) + special.gammaln(d / 2) - (alpha + 1) * np.log(2)
+               - special.gammaln((alpha + k + d) / 2))
+    closed = np.exp(log_abs) * special.rgamma(1 + (alpha - k) / 2)
+    np.testing.assert_allclose(mu, closed, rtol=0, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-degree energies
+# ---------------------------------------------------------------------------------------------
+
+def test_harmonic_energy_of_zonal_legendre_monte_carlo(xp):
+    # f(x) = P_{k,d}(<x, e>) has E_k = 1/N(d, k) and E_j = 0 for j != k. U-statistic sd (Hoeffding):
+    # sqrt(4 zeta_1 / n + 2 N(d, j) / n^2), zeta_1 = Var(f proj_j f) = Var(f^2) at j = k (computed by
+    # an exact Gauss rule), 0 otherwise; zeta_2 <= N(d, j) ||f||_inf^4 = N(d, j). Within 5 sd.
+    d, k, n, kmax = 5, 2, 3000, 5
+    X = sample_sphere(n, d, rng=12)
+    e = np.zeros(d)
+    e[0] = 1.0
+    f = scipy_legendre(k, d, X @ e)
+    E = to_numpy(harmonics.harmonic_energy(xp.asarray(f), xp.asarray(X), kmax))
+    t, w = gegenbauer_quadrature(10, d)
+    Pk = scipy_legendre(k, d, t)
+    zeta1 = w @ Pk**4 - (w @ Pk**2) ** 2
+    for j in range(kmax + 1):
+        N = harmonics.num_harmonics(d, j)
+        expected = 1 / N if j == k else 0.0
+        sd = math.sqrt((4 * zeta1 / n if j == k else 0.0) + 2 * N / n**2)
+        assert abs(E[j] - expected) <= 5 * sd
+
+
+def test_harmonic_energy_u_statistic_is_unbiased():
+    # Mean over R = 2000 independent samples of size n = 30 is within 4 standard errors (sample sd
+    # over the replications / sqrt(R)) of the true energies; the diagonal (V-statistic) bias
+    # N(d, k) E[f^2] / n = 1/30 at k = 2 would exceed that bound.
+    d, k, n, R = 5, 2, 30, 2000
+    rng = np.random.default_rng(13)
+    est = np.empty((R, 4))
+    for r in range(R):
+        X = sample_sphere(n, d, rng=rng)
+        est[r] = harmonics.harmonic_energy(scipy_legendre(k, d, X[:, 0]), X, 3)
+    expected = np.array([0.0, 0.0, 1 / harmonics.num_harmonics(d, k), 0.0])
+    se = est.std(axis=0, ddof=1) / np.sqrt(R)
+    assert np.all(np.abs(est.mean(axis=0) - expected) <= 4 * se)
+    assert 1 / n > 4 * se[k]  # the test would see the V-statistic's bias
+
+
+@pytest.mark.parametrize("d", [3, 5])
+def test_harmonic_energy_of_known_harmonics_with_exact_quadrature_weights(d):
+    # f = Y_{3,a} + 0.5 Y_{1,b} - 2: energies (4, 0.25, 0, 1, 0, ...) exactly, since the product rule
+    # (q = 6) is exact for degree <= 11 >= deg f + kmax. Rounding: 1e-12.
+    X, w = sphere_product_rule(d, 6)
+    f = harmonics.spherical_harmonics(X, 3)[:, 1] + 0.5 * harmonics.spherical_harmonics(X, 1)[:, -1] - 2
+    E = harmonics.harmonic_energy(f, X, 6, weights=w)
+    np.testing.assert_allclose(E, [4.0, 0.25, 0.0, 1.0, 0.0, 0.0, 0.0], rtol=0, atol=1e-12)
+
+
+def test_harmonic_energy_does_not_depend_on_block_size():
+    # Blocks of rows only regroup the same sum: equal to rounding (1e-13 of the total energy).
+    X = sample_sphere(101, 4, rng=14)
+    f = np.sin(3 * X[:, 0]) + X[:, 1] * X[:, 2]
+    full = harmonics.harmonic_energy(f, X, 6, block_size=101)
+    for block in (1, 7, 50):
+        np.testing.assert_allclose(harmonics.harmonic_energy(f, X, 6, block_size=block), full,
+                                   rtol=0, atol=1e-13 * np.abs(full).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: ValueError naming the argument
+# ---------------------------------------------------------------------------------------------
+
+def test_bad_degree_raises():
+    t = np.array([0.1, 0.2])
+    X = sample_sphere(3, 3, rng=0)
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="^k must be"):
+            harmonics.legendre(bad, 3, t)
+        with pytest.raises(ValueError, match="^k must be"):
+            harmonics.num_harmonics(3, bad)
+        with pytest.raises(ValueError, match="^k must be"):
+            harmonics.spherical_harmonics(X, bad)
+        with pytest.raises(ValueError, match="^k must be"):
+            harmonics.harmonic_indices(3, bad)
+        with pytest.raises(ValueError, match="^kmax must be"):
+            harmonics.legendre_all(bad, 3, t)
+        with pytest.raises(ValueError, match="^kmax must be"):
+            harmonics.harmonic_energy(X[:, 0], X, bad)
+
+
+def test_bad_dimension_raises():
+    t = np.array([0.1])
+    for bad in (1, 0, 2.0):
+        with pytest.raises(ValueError, match="^d must be"):
+            harmonics.legendre(2, bad, t)
+        with pytest.raises(ValueError, match="^d must be"):
+            harmonics.num_harmonics(bad, 2)
+        with pytest.raises(ValueError, match="^d must be"):
+            harmonics.harmonic_indices(bad, 2)
+    with pytest.raises(ValueError, match="^X must have d >= 2"):
+        harmonics.spherical_harmonics(np.ones((3, 1)), 1)
+
+
+def test_bad_points_raise():
+    X = sample_sphere(4, 3, rng=0)
+    with pytest.raises(ValueError, match="^X must lie on the unit sphere"):
+        harmonics.spherical_harmonics(2 * X, 1)
+    with pytest.raises(ValueError, match="^X must lie on the unit sphere"):
+        harmonics.spherical_harmonic(2 * X, (1, 0))
+    with pytest.raises(ValueError, match="^X must be a 2-dimensional"):
+        harmonics.spherical_harmonics(X[0], 1)
+    nan = X.copy()
+    nan[1, 2] = np.nan
+    with pytest.raises(ValueError, match="^X contains 1 NaN"):
+        harmonics.spherical_harmonics(nan, 1)
+    with pytest.raises(ValueError, match="^X contains 1 NaN"):
+        harmonics.harmonic_energy(X[:, 0], nan, 1)
+    with pytest.raises(ValueError, match="^t must lie in"):
+        harmonics.legendre(2, 3, np.array([1.5]))
+    with pytest.raises(ValueError, match="^t contains 1 NaN"):
+        harmonics.legendre_all(2, 3, np.array([0.0, np.nan]))
+
+
+def test_bad_index_raises():
+    X = sample_sphere(4, 4, rng=0)
+    for bad in [(2, 1), (2, 1, 0, 0), (1, 2, 0), (2, 1, 2), (-2, 1, 0), (2, 0.5, 0), 3]:
+        with pytest.raises(ValueError, match="^index"):
+            harmonics.spherical_harmonic(X, bad)
+
+
+def test_bad_energy_arguments_raise():
+    X = sample_sphere(5, 3, rng=0)
+    with pytest.raises(ValueError, match="^f_values has 4 values"):
+        harmonics.harmonic_energy(X[:4, 0], X, 2)
+    with pytest.raises(ValueError, match="^f_values must be a 1-dimensional"):
+        harmonics.harmonic_energy(X, X, 2)
+    with pytest.raises(ValueError, match="^weights must sum to 1"):
+        harmonics.harmonic_energy(X[:, 0], X, 2, weights=np.ones(5))
+    with pytest.raises(ValueError, match="^weights has 4 values"):
+        harmonics.harmonic_energy(X[:, 0], X, 2, weights=np.ones(4) / 4)
+    with pytest.raises(ValueError, match="^X must hold n >= 2"):
+        harmonics.harmonic_energy(X[:1, 0], X[:1], 2)
+
+
+def test_too_many_harmonics_to_enumerate_raise():
+    X = sample_sphere(2, 50, rng=0)
+    with pytest.raises(ValueError, match="spherical_harmonic"):
+        harmonics.spherical_harmonics(X, 150)
+    with pytest.raises(ValueError, match="spherical_harmonic"):
+        harmonics.harmonic_indices(50, 150)
