@@ -40,6 +40,7 @@ from scipy import special
 
 from ._validation import check_array, check_dimension, check_integer, check_on_sphere
 from .backend import get_xp
+from .sphere import gauss_jacobi
 
 __all__ = [
     "legendre",
@@ -183,11 +184,7 @@ def num_harmonics(d, k) -> int:
     return (2 * k + d - 2) * comb(k + d - 3, k - 1) // k
 
 
-def _jacobi_rule(q, a, b):
-    """Gauss-Jacobi nodes and weights for (1 - u)^a (1 + u)^b on [-1, 1]."""
-    if a == 0 and b == 0:
-        return special.roots_legendre(q)
-    return special.roots_jacobi(q, a, b)
+_JACOBI_MAX_EXPONENT = 50  # beyond, (1 + t)^a on [0, 1] defeats the split Gauss-Jacobi rules
 
 
 def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
@@ -230,24 +227,37 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     cuts = sorted(float(c) for c in breakpoints)
     if any(not -1 < c < 1 for c in cuts):
         raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
-    edges = [-1.0, *cuts, 1.0]
     a = 0.5 * (d - 3)
     log_c = (special.gammaln(0.5 * d) - 0.5 * np.log(np.pi) - special.gammaln(0.5 * (d - 1)))
     nodes, weights = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        half = 0.5 * (hi - lo)
-        # Singular weight (1 - t)^a at hi = 1 and/or (1 + t)^a at lo = -1 goes into the rule;
-        # the rest of (1 - t^2)^a is smooth on [lo, hi] and multiplies the integrand.
-        a_right = a if hi == 1.0 else 0.0
-        a_left = a if lo == -1.0 else 0.0
-        u, w = _jacobi_rule(q, a_right, a_left)
-        t = lo + half * (u + 1)
-        # (1 - t) = half (1 - u) on a right-end piece, (1 + t) = half (1 + u) on a left-end piece.
-        log_w = np.log(w) + np.log(half) + log_c
-        log_w += a_right * np.log(half) if a_right else a * np.log1p(-t)
-        log_w += a_left * np.log(half) if a_left else a * np.log1p(t)
-        nodes.append(t)
-        weights.append(np.exp(log_w))
+    if a <= _JACOBI_MAX_EXPONENT:
+        edges = [-1.0, *cuts, 1.0]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            half = 0.5 * (hi - lo)
+            # Singular weight (1 - t)^a at hi = 1 and/or (1 + t)^a at lo = -1 goes into the rule;
+            # the rest of (1 - t^2)^a is smooth on [lo, hi] and multiplies the integrand.
+            a_right = a if hi == 1.0 else 0.0
+            a_left = a if lo == -1.0 else 0.0
+            u, log_w = gauss_jacobi(q, a_right, a_left)
+            t = lo + half * (u + 1)
+            # (1 - t) = half (1 - u) on a right-end piece, (1 + t) = half (1 + u) on a left-end piece.
+            log_w = log_w + np.log(half) + log_c
+            log_w += a_right * np.log(half) if a_right else a * np.log1p(-t)
+            log_w += a_left * np.log(half) if a_left else a * np.log1p(t)
+            nodes.append(t)
+            weights.append(np.exp(log_w))
+    else:
+        # High dimension: w_d ~ exp(-a t^2) is a narrow smooth bump, (1 -+ t)^a no longer singular but a
+        # factor of up to 2^a that no polynomial rule absorbs. Integrate over |t| <= T = 13 / sqrt(d),
+        # outside which w_d < 1e-35 w_d(0), by Gauss-Legendre on each piece with the whole weight.
+        T = min(1.0, 13.0 / np.sqrt(d))
+        edges = [-T, *[c for c in cuts if -T < c < T], T]
+        u, w_gl = special.roots_legendre(q + 64)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            half = 0.5 * (hi - lo)
+            t = lo + half * (u + 1)
+            nodes.append(t)
+            weights.append(np.exp(np.log(w_gl * half) + log_c + a * np.log1p(-t * t)))
     t = np.concatenate(nodes)
     w = np.concatenate(weights)
     values = np.asarray(g(t), dtype=np.float64)

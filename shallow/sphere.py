@@ -27,6 +27,7 @@ __all__ = [
     "log_inner_product_constant",
     "sample_inner_product",
     "gegenbauer_quadrature",
+    "gauss_jacobi",
     "lift",
 ]
 
@@ -162,35 +163,60 @@ def gegenbauer_quadrature(q, d):
     q = check_integer(q, "q", minimum=1)
     d = check_dimension(d)
     a = 0.5 * (d - 3)
-    with np.errstate(all="ignore"):
-        if d == 3:
-            nodes, weights = special.roots_legendre(q)
-        elif d == 2:
-            nodes, weights = special.roots_chebyt(q)
-        else:
-            nodes, weights = special.roots_jacobi(q, a, a)
-    nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)
-    if not (np.isfinite(nodes).all() and np.isfinite(weights).all() and weights.sum() > 0):
-        # scipy's Newton-refined rule breaks down for large a (d ~ 10^4, q ~ 100): fall back on
-        # Golub-Welsch, the eigen-decomposition of the Jacobi matrix of the normalised measure.
-        nodes, weights = _golub_welsch_gegenbauer(q, d)
+    nodes, log_weights = gauss_jacobi(q, a, a)
+    weights = np.exp(log_weights - log_weights.max())
     return nodes, weights / weights.sum()
 
 
-def _golub_welsch_gegenbauer(q, d):
-    """Gauss rule for w_d from the symmetric tridiagonal Jacobi matrix (Golub and Welsch, 1969).
+def gauss_jacobi(q, a, b):
+    """Gauss-Jacobi rule for the weight (1 - u)^a (1 + u)^b on [-1, 1], a, b > -1: nodes and LOG weights.
 
-    For the weight (1 - t^2)^{lambda - 1/2}, lambda = (d - 2)/2, the monic orthogonal polynomials
-    satisfy p_{k+1} = t p_k - beta_k p_{k-1} with beta_k = k (k + 2 lambda - 1) / (4 (k + lambda)(k + lambda - 1)).
-    Nodes are the eigenvalues, weights the squared first components of the unit eigenvectors.
+    Log weights, because the total mass 2^{a+b+1} B(a+1, b+1) under- or overflows for the large
+    exponents (a ~ d/2) of high dimensions. scipy's Newton-refined rules are used where they work;
+    where they break down (a ~ 10^3 or more) the Golub-Welsch method takes over: the nodes are the
+    eigenvalues of the symmetric tridiagonal Jacobi matrix of the monic Jacobi polynomials and the
+    weights mu_0 v_0^2, v_0 the first components of the unit eigenvectors (Golub and Welsch, 1969).
+
+    Returns
+    -------
+    nodes, log_weights : numpy arrays of shape (q,)
+    """
+    with np.errstate(all="ignore"):
+        if a == b == 0:
+            nodes, weights = special.roots_legendre(q)
+        elif a == b == -0.5:
+            nodes, weights = special.roots_chebyt(q)
+        else:
+            nodes, weights = special.roots_jacobi(q, a, b)
+    nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    if np.isfinite(nodes).all() and np.isfinite(weights).all() and (weights > 0).all():
+        return nodes, np.log(weights)
+    return _golub_welsch_jacobi(q, a, b)
+
+
+def _golub_welsch_jacobi(q, a, b):
+    """Nodes and log weights of the Gauss-Jacobi rule from the eigen-decomposition of its Jacobi matrix.
+
+    Monic Jacobi polynomials satisfy p_{n+1} = (u - alpha_n) p_n - beta_n p_{n-1} with s = a + b,
+    alpha_n = (b^2 - a^2) / ((2n + s)(2n + s + 2)) and
+    beta_n = 4 n (n + a)(n + b)(n + s) / ((2n + s)^2 (2n + s + 1)(2n + s - 1)).
     """
     from scipy.linalg import eigh_tridiagonal
 
-    lam = 0.5 * (d - 2)
+    s_ab = a + b
+    n = np.arange(q, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = (b * b - a * a) / ((2 * n + s_ab) * (2 * n + s_ab + 2))
+    alpha[0] = (b - a) / (s_ab + 2)  # the n = 0 term, also where 2n + s = 0
     k = np.arange(1, q, dtype=np.float64)
-    beta = k * (k + 2 * lam - 1) / (4 * (k + lam) * (k + lam - 1))
-    nodes, vectors = eigh_tridiagonal(np.zeros(q), np.sqrt(beta))
-    return nodes, vectors[0] ** 2
+    # (k + s) / (2k + s - 1) is 0/0 at k = 1 when s = -1 (Chebyshev): its limit there is 1.
+    ratio = np.where(np.abs(2 * k + s_ab - 1) > 0, (k + s_ab) / np.where(2 * k + s_ab - 1 == 0, 1, 2 * k + s_ab - 1), 1.0)
+    beta = 4 * k * (k + a) * (k + b) * ratio / ((2 * k + s_ab) ** 2 * (2 * k + s_ab + 1))
+    nodes, vectors = eigh_tridiagonal(alpha, np.sqrt(beta))
+    log_mu0 = ((s_ab + 1) * np.log(2.0) + special.gammaln(a + 1) + special.gammaln(b + 1)
+               - special.gammaln(s_ab + 2))
+    with np.errstate(divide="ignore"):
+        return nodes, log_mu0 + 2 * np.log(np.abs(vectors[0]))
 
 
 def lift(X):

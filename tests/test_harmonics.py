@@ -644,3 +644,19 @@ def test_too_many_harmonics_to_enumerate_raise():
         harmonics.spherical_harmonics(X, 150)
     with pytest.raises(ValueError, match="spherical_harmonic"):
         harmonics.harmonic_indices(50, 150)
+
+
+@pytest.mark.parametrize("d", [1000, 5000, 10_000])
+def test_project_zonal_relu_closed_form_in_high_dimension(d):
+    # Bach 2017, App. D closed form (written here independently with log-gamma) against quadrature
+    # in dimensions where (1 + t)^{(d-3)/2} is astronomically large on [0, 1].
+    from scipy.special import gammaln
+
+    kmax = 12
+    mu = harmonics.project_zonal(lambda t: np.maximum(t, 0), d, kmax, breakpoints=(0,))
+    for k in (0, 1, 2, 4, 10):  # the nonvanishing degrees: k = 0, 1 and even k
+        x = 1 + (1 - k) / 2
+        log_abs = gammaln(2) + gammaln(d / 2) - 2 * np.log(2) - gammaln(x) - gammaln((1 + k + d) / 2)
+        sign = 1.0 if x > 0 or int(np.floor(x)) % 2 == 0 else -1.0
+        assert mu[k] == pytest.approx(sign * np.exp(log_abs), rel=1e-10)
+    assert np.abs(mu[3::2]).max() < 1e-14 * abs(mu[0])  # odd k >= 3 vanish

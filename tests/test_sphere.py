@@ -129,3 +129,22 @@ def test_gegenbauer_quadrature_exact_in_high_dimension(d):
     assert np.isfinite(t).all() and np.isfinite(w).all()
     for j in (1, 2, 5):
         assert w @ t ** (2 * j) == pytest.approx(even_moment(j, d), rel=1e-12)
+
+
+@pytest.mark.parametrize("a, b", [(0.5, 0.0), (-0.5, -0.5), (3.5, 0.0), (0.0, 7.0), (1.5, 1.5)])
+def test_golub_welsch_jacobi_rule_matches_scipy(a, b):
+    from scipy import special
+
+    q = 20
+    t, log_w = sphere._golub_welsch_jacobi(q, a, b)
+    t_ref, w_ref = special.roots_jacobi(q, a, b)
+    np.testing.assert_allclose(t, t_ref, atol=1e-14)
+    np.testing.assert_allclose(np.exp(log_w), w_ref, rtol=1e-11, atol=1e-14 * w_ref.max())
+
+
+@pytest.mark.parametrize("a", [2498.5, 4998.5])
+def test_gauss_jacobi_total_mass_in_high_dimension(a):
+    # int (1 - u)^a du = 2^{a+1} / (a + 1): overflows as a number, not as a logarithm.
+    _, log_w = sphere.gauss_jacobi(72, a, 0.0)
+    log_mass = np.logaddexp.reduce(log_w)
+    assert log_mass == pytest.approx((a + 1) * np.log(2) - np.log(a + 1), rel=1e-13)
