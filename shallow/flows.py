@@ -40,6 +40,7 @@ import numpy as np
 
 from ._validation import check_array, check_integer, check_random_state
 from .backend import get_xp, to_numpy
+from .networks import BLOCK_BYTES, fused_pass
 
 __all__ = [
     "EmpiricalRisk",
@@ -49,8 +50,7 @@ __all__ = [
     "gradient_flow",
 ]
 
-DEFAULT_CHUNK_BYTES = 16 * 2**20  # 512 x 4096 float64: measured best on the 2-core machine
-MIN_ROWS = 256  # fewer rows per block make the GEMMs inefficient: split the particles instead
+DEFAULT_CHUNK_BYTES = BLOCK_BYTES
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -74,14 +74,12 @@ class EmpiricalRisk:
     y : array of shape (n,)
         Targets.
     chunk_bytes : int
-        Memory for one (chunk, m) block of pre-activations; samples are processed in chunks of
-        that size, so the peak memory is O((n + m) d + chunk_bytes).
+        Memory for one block of pre-activations: the peak memory is O((n + m) d + chunk_bytes).
 
     Notes
     -----
-    One pass over a chunk X_c computes Z = X_c W^T (a GEMM), f = gamma sigma(Z) a, r = f - y, and
-    accumulates grad_a += gamma/n sigma(Z)^T r and grad_W += gamma/n diag(a) (sigma'(Z) * r)^T X_c
-    (a second GEMM): the value and both gradients from a single pre-activation block.
+    The value and both gradients come from :func:`shallow.networks.fused_pass` with the residual
+    r = f - y computed block by block: one pass over the data per step, two GEMMs per block.
     """
 
     def __init__(self, X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
@@ -123,68 +121,21 @@ class EmpiricalRisk:
         a = net.a if a is None else a
         W = net.W if W is None else W
         X = self._inputs(net)
-        xp = get_xp(X, a, W)
-        n, m = X.shape[0], W.shape[0]
-        gamma, sigma = net.gamma, net.activation
-        relu = getattr(sigma, "name", None) == "relu"
-        itemsize = W.dtype.itemsize
-        # Blocks of (rows, cols) pre-activations. One column block (cols = m) lets a single pass give
-        # the value and both gradients; for very wide networks (m ~ 10^6) the columns are split and
-        # each row chunk takes two passes (residuals first, then gradients), one GEMM more.
-        rows = _chunk_rows(n, m, itemsize, self.chunk_bytes)
-        if rows < min(n, MIN_ROWS):
-            rows = min(n, MIN_ROWS)
-        cols = max(1, min(m, self.chunk_bytes // (rows * itemsize)))
-        risk = 0.0
-        grad_a = xp.zeros_like(a) if need_grad else None
-        grad_W = xp.zeros_like(W) if need_grad else None
-        Z = xp.empty((rows, cols), dtype=W.dtype)  # work block, reused
-        XR = xp.empty((rows, X.shape[1]), dtype=W.dtype) if need_grad else None  # (rows, D)
+        squares = []
 
-        def activate(Xc, b, want_derivative):
-            """sigma(X_c W_b^T) (relu: in place in the work block) and sigma' when asked."""
-            Zc = Z[: Xc.shape[0], : b.stop - b.start]
-            xp.matmul(Xc, W[b].T, out=Zc)
-            if relu:
-                return xp.maximum(Zc, 0, out=Zc), None
-            return sigma(Zc), (sigma.derivative(Zc) if want_derivative else None)
+        def residual(f_chunk, rows):
+            r = f_chunk - self.y[rows]
+            squares.append(float(r @ r))
+            return r
 
-        def accumulate(Xc, b, S, D, r):
-            grad_a[b] += r @ S
-            if relu:
-                # relu'(z) = 1{z > 0} = sign(relu(z)): overwrite the block rather than allocate a
-                # mask, and put r on the (rows, D) side: grad_W += 1{Z > 0}^T (r * X_c).
-                xp.sign(S, out=S)
-                grad_W[b] += S.T @ XR[: Xc.shape[0]]
-            else:
-                D *= r[:, None]
-                grad_W[b] += D.T @ Xc
-
-        blocks = [slice(j, min(j + cols, m)) for j in range(0, m, cols)]
-        for start in range(0, n, rows):
-            Xc = X[start:start + rows]
-            yc = self.y[start:start + rows]
-            if len(blocks) == 1:
-                S, D = activate(Xc, blocks[0], need_grad)
-                r = gamma * (S @ a) - yc  # (rows,) residuals
-            else:
-                r = -yc
-                for b in blocks:
-                    r = r + gamma * (activate(Xc, b, False)[0] @ a[b])
-            risk += float(r @ r)
-            if not need_grad:
-                continue
-            r = r * (gamma / n)
-            if relu:
-                xp.multiply(Xc, r[:, None], out=XR[: Xc.shape[0]])
-            if len(blocks) == 1:
-                accumulate(Xc, blocks[0], S, D, r)
-            else:
-                for b in blocks:
-                    accumulate(Xc, b, *activate(Xc, b, True), r)
         if need_grad:
-            grad_W *= a[:, None]
-        return 0.5 * risk / n, grad_a, grad_W
+            _, grad_a, grad_W = fused_pass(X, a, W, net.gamma, net.activation, residual,
+                                           block_bytes=self.chunk_bytes)
+        else:
+            f = fused_pass(X, a, W, net.gamma, net.activation, block_bytes=self.chunk_bytes)[0]
+            residual(f, slice(0, f.shape[0]))
+            grad_a = grad_W = None
+        return 0.5 * sum(squares) / X.shape[0], grad_a, grad_W
 
 
 # ----------------------------------------------------------------------------- population risk

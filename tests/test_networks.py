@@ -161,11 +161,26 @@ def test_gradients_memory_is_linear_not_n_m_d():
     assert peak < 2e6, f"peak {peak / 1e6:.1f} MB"
 
 
-def test_default_chunk_keeps_the_block_near_64_mib():
-    from shallow.networks import BLOCK_BYTES, _chunk_rows
+def test_default_block_takes_block_bytes_and_splits_wide_networks():
+    from shallow.networks import BLOCK_BYTES, MIN_ROWS, _block_shape
 
-    assert _chunk_rows(None, 4096, 8) * 4096 * 8 == BLOCK_BYTES
-    assert _chunk_rows(None, 10**9, 8) == 1  # never below one row
+    rows, cols = _block_shape(10**6, 4096, 8)
+    assert rows * cols * 8 == BLOCK_BYTES and cols == 4096
+    rows, cols = _block_shape(10**6, 10**6, 8)  # m = 10^6: MIN_ROWS rows, particles split in blocks
+    assert rows == MIN_ROWS and rows * cols * 8 <= BLOCK_BYTES
+
+
+def test_wide_network_split_over_particles_equals_one_block():
+    from shallow.networks import fused_pass
+
+    rng = np.random.default_rng(3)
+    X, r = rng.standard_normal((300, 4)), rng.standard_normal(300)
+    for activation in ("relu", "tanh"):
+        net = TwoLayer.init(50, 4, rng=3, activation=activation)
+        whole = fused_pass(X, net.a, net.W, net.gamma, net.activation, r)
+        split = fused_pass(X, net.a, net.W, net.gamma, net.activation, r, block_bytes=256 * 8 * 7)
+        for u, v in zip(whole, split):
+            np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
 
 
 # --------------------------------------------------------------------------- invariances
