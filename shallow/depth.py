@@ -1,0 +1,1321 @@
+r"""Depth separation: functions that deep relu networks express cheaply and shallow ones do not.
+
+Four constructions, each with the target, the input law, and an explicit deeper network:
+
+* Telgarsky (2016): the tent map t(x) = 2 relu(x) - 4 relu(x - 1/2) (= 2x on [0, 1/2],
+  2 - 2x on [1/2, 1]) composed k times is the sawtooth with 2^k linear pieces on [0, 1], a relu
+  network with k hidden layers of 2 neurons (:func:`sawtooth`). A one-hidden-layer relu network of
+  width m is affine on at most m + 1 pieces of a line, hence far from the sawtooth unless
+  m >~ 2^{k-1} (:func:`sawtooth_l1_lower_bound`). :func:`count_linear_pieces` counts pieces
+  exactly, by tracking the breakpoints layer by layer (no sampling).
+* Eldan & Shamir (2016): inputs with density phi^2, phi the Fourier transform of the indicator of
+  the ball of unit volume (:func:`eldan_shamir_density`, :func:`sample_eldan_shamir`), and a
+  radial target, a sum of +-1 on thin shells (:class:`EldanShamirFunction`), which a 3-layer
+  relu network computes (the first hidden layer builds |x|^2 from piecewise-linear squares of the
+  coordinates, the second a piecewise-linear function of |x|^2), while 2-layer networks need a
+  width exponential in d.
+* Safran & Shamir (2017): the indicator of the unit ball, computed by the same kind of 3-layer
+  network exactly away from a shell around the sphere (:func:`ball_indicator_network`).
+* Daniely (2017): sin(pi d^3 <x, y>) for x, y independent and uniform on S^{d-1}
+  (:func:`daniely_function`, :func:`sample_daniely`), a 3-layer network computing <x, y> from
+  squares ((x_i + y_i)^2 - (x_i - y_i)^2) / 4 and then the sine (:func:`daniely_network`).
+
+Deep networks are :class:`DeepReLU` objects: affine layers with relu between them, evaluable on
+numpy and CuPy arrays. Counting pieces and measuring exact L1 distances run on the host.
+
+References
+----------
+1. M. Telgarsky, "Benefits of depth in neural networks", COLT 2016, arXiv:1602.04485, Theorem 1.1
+   and Sec. 3 (the sawtooth, counting affine pieces).
+2. R. Eldan and O. Shamir, "The power of depth for feedforward neural networks", COLT 2016,
+   arXiv:1512.03965, Theorem 1 (the density phi^2 and the radial target of its proof).
+3. I. Safran and O. Shamir, "Depth-width tradeoffs in approximating natural functions with neural
+   networks", ICML 2017, arXiv:1610.09887 (the indicator of the unit ball).
+4. A. Daniely, "Depth separation for neural networks", COLT 2017, arXiv:1702.08489 (the function
+   sin(pi d^3 <x, y>) on the product of spheres).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from fractions import Fraction
+
+import numpy as np
+from scipy import special
+
+from ._validation import check_array, check_integer, check_points, check_random_state
+from .backend import device_of, get_xp, to_device, to_numpy
+from .networks import BLOCK_BYTES, TwoLayer
+
+__all__ = [
+    "DeepReLU",
+    "PiecewiseLinear",
+    "sawtooth",
+    "linear_pieces",
+    "count_linear_pieces",
+    "l1_distance",
+    "max_pieces_two_layer",
+    "sawtooth_l1_lower_bound",
+    "radial_network",
+    "unit_ball_radius",
+    "eldan_shamir_density",
+    "eldan_shamir_radial_density",
+    "eldan_shamir_radial_cdf",
+    "sample_eldan_shamir",
+    "EldanShamirFunction",
+    "ball_indicator",
+    "ball_indicator_network",
+    "daniely_function",
+    "sample_daniely",
+    "daniely_network",
+]
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------
+# Deep relu networks.
+# --------------------------------------------------------------------------------------------
+
+class DeepReLU:
+    r"""A deep relu network f(x) = W_L relu(... relu(W_1 x + b_1) ...) + b_L.
+
+    Parameters
+    ----------
+    weights : list of arrays
+        W_1 of shape (n_1, d), W_2 of shape (n_2, n_1), ..., W_L of shape (n_L, n_{L-1});
+        L >= 1 affine layers, relu after each but the last.
+    biases : list of arrays
+        b_l of shape (n_l,), one per layer.
+    meta : dict, optional
+        Free-form facts about a construction (its parameters, a proven uniform error bound ...).
+
+    Attributes
+    ----------
+    weights, biases : lists of arrays
+        On one device (numpy or cupy) and in one dtype (float32 or float64).
+
+    Notes
+    -----
+    L - 1 hidden layers: with the conventions of the depth-separation papers a "2-layer network"
+    has one hidden layer (L = 2, a :class:`shallow.networks.TwoLayer` with relu and a bias, see
+    :meth:`from_two_layer`) and a "3-layer network" two (L = 3). The output has n_L coordinates;
+    with n_L = 1 a call returns shape (n,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = DeepReLU([np.array([[1.0], [1.0]]), np.array([[2.0, -4.0]])], [np.array([0.0, -0.5]), np.zeros(1)])
+    >>> net(np.array([[0.25], [0.5], [0.75]]))       # the tent map
+    array([0.5, 1. , 0.5])
+    >>> net.widths, net.depth
+    ((2,), 2)
+    """
+
+    def __init__(self, weights, biases, meta=None):
+        if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)) or not weights:
+            raise ValueError("weights must be a non-empty list of 2-D arrays W_l of shape (n_l, n_{l-1})")
+        if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):
+            raise ValueError(f"biases must be a list of {len(weights)} arrays (one per layer), got "
+                             f"{len(biases) if isinstance(biases, (list, tuple)) else type(biases).__name__}")
+        Ws = [check_array(W, f"weights[{i}]", ndim=2) for i, W in enumerate(weights)]
+        bs = [check_array(b, f"biases[{i}]", ndim=1) for i, b in enumerate(biases)]
+        xp = get_xp(*Ws, *bs)
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            if b.shape[0] != W.shape[0]:
+                raise ValueError(f"biases[{i}] has shape {tuple(b.shape)} but weights[{i}] has shape "
+                                 f"{tuple(W.shape)}: one bias per neuron")
+            if i and W.shape[1] != Ws[i - 1].shape[0]:
+                raise ValueError(f"weights[{i}] has shape {tuple(W.shape)} but layer {i - 1} has "
+                                 f"{Ws[i - 1].shape[0]} neurons")
+        dtype = xp.result_type(*[W.dtype for W in Ws], *[b.dtype for b in bs])
+        self.weights = [W.astype(dtype, copy=False) for W in Ws]
+        self.biases = [b.astype(dtype, copy=False) for b in bs]
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_two_layer(cls, net: TwoLayer) -> DeepReLU:
+        """The same function as a relu :class:`TwoLayer` (one hidden layer), as a DeepReLU."""
+        if not isinstance(net, TwoLayer):
+            raise ValueError(f"net must be a TwoLayer network, got {type(net).__name__}")
+        if getattr(net.activation, "name", None) != "relu":
+            name = getattr(net.activation, "name", net.activation)
+            raise ValueError(f"net must have the relu activation, got {name!r}")
+        xp = net.xp
+        d = net.d
+        W1 = net.W[:, :d]  # (m, d)
+        b1 = net.W[:, d] if net.bias else xp.zeros(net.m, dtype=net.dtype)
+        W2 = (net.gamma * net.a)[None, :]  # (1, m)
+        return cls([W1, W2], [b1, xp.zeros(1, dtype=net.dtype)])
+
+    @property
+    def xp(self):
+        return get_xp(*self.weights)
+
+    @property
+    def depth(self) -> int:
+        """L, the number of affine layers (hidden layers + 1)."""
+        return len(self.weights)
+
+    @property
+    def d(self) -> int:
+        """Input dimension."""
+        return int(self.weights[0].shape[1])
+
+    @property
+    def widths(self) -> tuple:
+        """The widths n_1, ..., n_{L-1} of the hidden layers."""
+        return tuple(int(W.shape[0]) for W in self.weights[:-1])
+
+    @property
+    def n_neurons(self) -> int:
+        """The number of hidden neurons, sum of the widths."""
+        return int(sum(self.widths))
+
+    @property
+    def dtype(self):
+        return self.weights[0].dtype
+
+    @property
+    def device(self) -> str:
+        return device_of(self.weights[0])
+
+    def to_device(self, device: str) -> DeepReLU:
+        """The same network with its parameters on ``device`` ("cpu" or "gpu")."""
+        return DeepReLU([to_device(W, device) for W in self.weights], [to_device(b, device) for b in self.biases],
+                        self.meta)
+
+    def astype(self, dtype) -> DeepReLU:
+        dtype = _check_dtype(dtype)
+        return DeepReLU([W.astype(dtype) for W in self.weights], [b.astype(dtype) for b in self.biases], self.meta)
+
+    def __repr__(self):
+        return (f"DeepReLU(d={self.d}, widths={self.widths}, outputs={int(self.weights[-1].shape[0])}, "
+                f"dtype={np.dtype(self.dtype).name}, device={self.device!r})")
+
+    def __call__(self, X):
+        """f(x) for each row of X (n, d): shape (n,) for one output, (n, n_L) otherwise.
+
+        Samples are processed in chunks so that a (chunk, width) block takes about 64 MiB.
+        """
+        X = check_points(X, "X")
+        xp = self.xp
+        get_xp(X, self.weights[0])
+        if X.shape[1] != self.d:
+            raise ValueError(f"X has shape {tuple(X.shape)} but the network takes d={self.d} coordinates")
+        X = X.astype(self.dtype, copy=False)
+        n = X.shape[0]
+        k = int(self.weights[-1].shape[0])
+        width = max(max(self.widths, default=1), k, self.d)
+        step = max(1, BLOCK_BYTES // (width * np.dtype(self.dtype).itemsize))
+        out = xp.empty((n, k), dtype=self.dtype)  # (n, n_L)
+        for start in range(0, n, step):
+            H = X[start:start + step]
+            for W, b in zip(self.weights[:-1], self.biases[:-1]):
+                H = H @ W.T
+                H += b
+                xp.maximum(H, 0, out=H)
+            out[start:start + step] = H @ self.weights[-1].T + self.biases[-1]
+        return out[:, 0] if k == 1 else out
+
+
+def sawtooth(k, dtype=np.float64, device="cpu") -> DeepReLU:
+    r"""Telgarsky's sawtooth: the tent map composed k times, a relu network with k hidden layers of 2 neurons.
+
+    Parameters
+    ----------
+    k : int
+        Number of compositions, k >= 0 (k = 0 is the identity, an affine network).
+    dtype : float32 or float64
+    device : {"cpu", "gpu"}
+
+    Returns
+    -------
+    DeepReLU
+        Widths (2,) * k. On [0, 1], f = t o t o ... o t (k times) with the tent map
+        t(x) = 2 relu(x) - 4 relu(x - 1/2) = min(2x, 2 - 2x); f has 2^k affine pieces, with
+        f(j / 2^k) = j mod 2, slopes +-2^k.
+
+    Notes
+    -----
+    Hidden layer 1 computes (relu(x), relu(x - 1/2)); hidden layer l + 1 computes
+    (relu(y), relu(y - 1/2)) of y = 2 h_1 - 4 h_2 = t(previous input) (t maps [0, 1] onto [0, 1],
+    so the relu of y is y); the output is 2 h_1 - 4 h_2. In floating point the values are exact
+    for x in [0, 1]: every product and difference is a dyadic number representable in the dtype.
+
+    References
+    ----------
+    1. M. Telgarsky, arXiv:1602.04485, Sec. 3 and Theorem 1.1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = sawtooth(3)
+    >>> f.widths, f(np.array([[0.0], [0.125], [0.25], [0.3125]])).tolist()
+    ((2, 2, 2), [0.0, 1.0, 0.0, 0.5])
+    """
+    k = check_integer(k, "k", minimum=0)
+    dtype = _check_dtype(dtype)
+    if k == 0:
+        Ws, bs = [np.ones((1, 1))], [np.zeros(1)]
+    else:
+        first = np.array([[1.0], [1.0]])  # (2, 1)
+        inner = np.array([[2.0, -4.0], [2.0, -4.0]])  # (2, 2)
+        b = np.array([0.0, -0.5])
+        Ws = [first] + [inner] * (k - 1) + [np.array([[2.0, -4.0]])]
+        bs = [b] * k + [np.zeros(1)]
+    return DeepReLU([to_device(W.astype(dtype), device) for W in Ws],
+                    [to_device(v.astype(dtype), device) for v in bs],
+                    meta={"construction": "sawtooth", "k": k})
+
+
+# --------------------------------------------------------------------------------------------
+# Exact piece counting on a line.
+# --------------------------------------------------------------------------------------------
+
+class PiecewiseLinear:
+    """A continuous piecewise-affine function of t on [breakpoints[0], breakpoints[-1]].
+
+    Attributes
+    ----------
+    breakpoints : numpy array of shape (p + 1,)
+        Increasing; piece i is [breakpoints[i], breakpoints[i + 1]].
+    slopes, intercepts : numpy arrays of shape (p,) (or (p, k) for k outputs)
+        f(t) = slopes[i] t + intercepts[i] on piece i. Adjacent pieces have different slopes
+        (the pieces are maximal).
+    """
+
+    def __init__(self, breakpoints, slopes, intercepts):
+        self.breakpoints = np.asarray(breakpoints, dtype=np.float64)
+        self.slopes = np.asarray(slopes, dtype=np.float64)
+        self.intercepts = np.asarray(intercepts, dtype=np.float64)
+
+    def __len__(self):
+        return int(self.slopes.shape[0])
+
+    def __call__(self, t):
+        """f(t) for t of any shape in the interval (host numpy)."""
+        t = np.asarray(t, dtype=np.float64)
+        i = np.clip(np.searchsorted(self.breakpoints, t, side="right") - 1, 0, len(self) - 1)
+        if self.slopes.ndim == 1:
+            return self.slopes[i] * t + self.intercepts[i]
+        return self.slopes[i] * t[..., None] + self.intercepts[i]
+
+    def __repr__(self):
+        return f"PiecewiseLinear(pieces={len(self)}, interval=[{self.breakpoints[0]:g}, {self.breakpoints[-1]:g}])"
+
+
+def _check_interval(interval):
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"interval must be a pair (lo, hi), got {interval!r}") from None
+    for name, v in (("interval[0]", lo), ("interval[1]", hi)):
+        if isinstance(v, bool) or not isinstance(v, (numbers.Real, Fraction)) or not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be a finite real number, got {v!r}")
+    if not float(lo) < float(hi):
+        raise ValueError(f"interval must have lo < hi, got {interval!r}")
+    return lo, hi
+
+
+def _line_layers(f, origin, direction):
+    """Host float64 layers (W, b) of f restricted to the line x(t) = origin + t direction."""
+    if isinstance(f, TwoLayer):
+        f = DeepReLU.from_two_layer(f)
+    if not isinstance(f, DeepReLU):
+        raise ValueError(f"f must be a DeepReLU or a relu TwoLayer network, got {type(f).__name__}")
+    Ws = [to_numpy(W).astype(np.float64) for W in f.weights]
+    bs = [to_numpy(b).astype(np.float64) for b in f.biases]
+    d = Ws[0].shape[1]
+    if direction is None:
+        if d != 1:
+            raise ValueError(f"f takes d={d} coordinates: give the line's direction (and origin), shape ({d},)")
+        direction = np.ones(1)
+    direction = to_numpy(check_array(direction, "direction", ndim=1)).astype(np.float64)
+    origin = np.zeros(d) if origin is None else to_numpy(check_array(origin, "origin", ndim=1)).astype(np.float64)
+    for name, v in (("direction", direction), ("origin", origin)):
+        if v.shape[0] != d:
+            raise ValueError(f"{name} has shape {v.shape} but f takes d={d} coordinates")
+    if not direction.any():
+        raise ValueError("direction must be nonzero")
+    W1, b1 = Ws[0], bs[0]
+    Ws[0] = (W1 @ direction)[:, None]  # (n_1, 1)
+    bs[0] = W1 @ origin + b1
+    return Ws, bs
+
+
+def _to_fractions(a):
+    out = np.empty(a.shape, dtype=object)
+    out.flat = [Fraction(float(v)) for v in a.flat]
+    return out
+
+
+def _refine(P, S, C, exact, tol):
+    """Split the pieces P (p + 1,) at the zeros of the pre-activations S t + C (p, n).
+
+    Returns (new breakpoints, parent piece of each new piece, activity mask (new p, n)).
+    """
+    nz = S != 0
+    if exact:
+        R = np.full(S.shape, P[0], dtype=object)
+        R[nz] = -C[nz] / S[nz]
+    else:
+        R = np.full(S.shape, np.nan)
+        np.divide(-C, S, out=R, where=nz)
+    inside = nz & (R > P[:-1, None]) & (R < P[1:, None])
+    new = R[inside]
+    if new.size:
+        Q = np.unique(np.concatenate([P, new]))
+        if not exact and tol > 0:
+            # merge points closer than tol (hi - lo) to the previous one; keep both ends
+            keep = np.concatenate([[True], np.diff(Q) > tol * float(P[-1] - P[0])])
+            if not keep[-1]:
+                keep[-1] = True
+                keep[-2] = Q.shape[0] == 2
+            Q = Q[keep]
+    else:
+        Q = P
+    mid = (Q[:-1] + Q[1:]) / 2  # (q,)
+    parent = np.searchsorted(P, mid, side="right") - 1  # (q,)
+    return Q, parent, mid
+
+
+def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
+    """Exact affine pieces of a relu network of one input on [lo, hi]: (P, slopes, intercepts)."""
+    if exact:
+        Ws = [_to_fractions(W) for W in Ws]
+        bs = [_to_fractions(b) for b in bs]
+        P = np.array([Fraction(lo), Fraction(hi)], dtype=object)
+        A = np.array([[Fraction(1)]], dtype=object)
+        B = np.array([[Fraction(0)]], dtype=object)
+    else:
+        P = np.array([float(lo), float(hi)])
+        A, B = np.ones((1, 1)), np.zeros((1, 1))
+    L = len(Ws)
+    for layer in range(L - 1):
+        W, b = Ws[layer], bs[layer]
+        S = A @ W.T  # (p, n) slopes of the pre-activations
+        C = B @ W.T + b  # (p, n) intercepts
+        P_new, parent, mid = _refine(P, S, C, exact, tol)
+        last_hidden = layer == L - 2
+        q, n = len(mid), W.shape[0]
+        W_next, b_next = Ws[layer + 1], bs[layer + 1]
+        # Rows per block, so that the (rows, n) blocks stay near BLOCK_BYTES in float64.
+        step = max(1, BLOCK_BYTES // (8 * max(n, 1))) if not exact else q
+        outs_A, outs_B = [], []
+        for start in range(0, q, step):
+            sl = slice(start, min(start + step, q))
+            Sp, Cp = S[parent[sl]], C[parent[sl]]  # (rows, n)
+            active = (mid[sl, None] * Sp + Cp) > 0
+            An = np.where(active, Sp, 0)
+            Bn = np.where(active, Cp, 0)
+            if exact:
+                An, Bn = An.astype(object), Bn.astype(object)
+            if last_hidden:  # fold the output layer in, block by block
+                outs_A.append(An @ W_next.T)
+                outs_B.append(Bn @ W_next.T + b_next)
+            else:
+                outs_A.append(An)
+                outs_B.append(Bn)
+        A, B = np.concatenate(outs_A, axis=0), np.concatenate(outs_B, axis=0)
+        P = P_new
+    if L == 1:
+        A, B = A @ Ws[0].T, B @ Ws[0].T + bs[0]
+    return P, A, B  # A, B: (p, n_L) slopes and intercepts of the output
+
+
+def _merge_equal_slopes(P, A, B, exact, tol):
+    """Maximal pieces: drop the breakpoints where no output changes slope."""
+    if A.shape[0] <= 1:
+        return P, A, B
+    diff = A[1:] != A[:-1] if exact else None
+    if exact:
+        change = np.array([bool(row.any()) for row in diff], dtype=bool)
+    else:
+        scale = float(np.abs(A).max()) if A.size else 0.0
+        change = (np.abs(A[1:] - A[:-1]) > tol * max(scale, 1e-300)).any(axis=1)
+    keep_piece = np.concatenate([[True], change])  # first piece of each maximal run
+    starts = np.flatnonzero(keep_piece)
+    P_out = np.concatenate([P[starts], P[-1:]])
+    return P_out, A[starts], B[starts]
+
+
+def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=False, tol=None) -> PiecewiseLinear:
+    r"""The maximal affine pieces of a relu network on a segment, computed exactly layer by layer.
+
+    Parameters
+    ----------
+    f : DeepReLU or TwoLayer
+        A relu network (a TwoLayer must have the relu activation; its bias is used).
+    interval : pair of floats, default (0, 1)
+        [lo, hi], lo < hi: the range of the line parameter t.
+    origin, direction : arrays of shape (d,), optional
+        The line x(t) = origin + t direction (default origin 0; for d = 1, direction 1).
+    exact : bool, default False
+        Rational arithmetic (:class:`fractions.Fraction`; every float is a rational number, so
+        this is exact for the network as stored). Slower: use it for small networks.
+    tol : float, optional
+        In floating point (``exact=False``): breakpoints closer than ``tol (hi - lo)`` are merged
+        and slopes that differ by at most ``tol`` times the largest |slope| count as equal;
+        default 1e-12. Ignored with ``exact=True``.
+
+    Returns
+    -------
+    PiecewiseLinear
+        Breakpoints, slopes and intercepts (in t) of the maximal pieces (adjacent slopes differ).
+
+    Notes
+    -----
+    On each piece of the current partition of [lo, hi] every neuron of the previous layers is
+    affine in t, so the pre-activations of the next layer are affine, S t + C: each crosses zero
+    at most once, at t = -C / S. Splitting the pieces there and reading each neuron's activity at
+    the midpoints of the new pieces gives the affine maps of the next layer. After the output
+    layer, adjacent pieces with equal slopes (the function is continuous) are merged. The cost is
+    O(p n^2) per layer for p pieces of width n; no sampling is involved. For the sawtooth, whose
+    breakpoints and slopes are dyadic, floating point is exact as well.
+
+    References
+    ----------
+    1. M. Telgarsky, arXiv:1602.04485, Sec. 3 (affine pieces of compositions and sums).
+
+    Examples
+    --------
+    >>> pl = linear_pieces(sawtooth(2))
+    >>> pl.breakpoints.tolist(), pl.slopes.tolist()
+    ([0.0, 0.25, 0.5, 0.75, 1.0], [4.0, -4.0, 4.0, -4.0])
+    """
+    lo, hi = _check_interval(interval)
+    exact = bool(exact)
+    tol = 1e-12 if tol is None else float(tol)
+    if not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    Ws, bs = _line_layers(f, origin, direction)
+    P, A, B = _pieces_on_line(Ws, bs, lo, hi, exact, tol)
+    P, A, B = _merge_equal_slopes(P, A, B, exact, 0.0 if exact else tol)
+    to_float = (lambda a: np.array([float(v) for v in a.flat]).reshape(a.shape)) if exact else (lambda a: a)
+    A, B = to_float(A), to_float(B)
+    if A.shape[1] == 1:
+        A, B = A[:, 0], B[:, 0]
+    return PiecewiseLinear(to_float(P), A, B)
+
+
+def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=False, tol=None) -> int:
+    """The number of maximal affine pieces of a relu network on a segment (exact; no sampling).
+
+    See :func:`linear_pieces` for the parameters and the algorithm.
+
+    Examples
+    --------
+    >>> [count_linear_pieces(sawtooth(k)) for k in range(5)]
+    [1, 2, 4, 8, 16]
+    """
+    return len(linear_pieces(f, interval, origin=origin, direction=direction, exact=exact, tol=tol))
+
+
+def _as_pieces(f, interval, exact):
+    if isinstance(f, PiecewiseLinear):
+        if f.slopes.ndim != 1:
+            raise ValueError("l1_distance compares functions with one output")
+        return f
+    pl = linear_pieces(f, interval, exact=exact)
+    if pl.slopes.ndim != 1:
+        raise ValueError("l1_distance compares functions with one output")
+    return pl
+
+
+def l1_distance(f, g, interval=(0.0, 1.0), *, exact=False) -> float:
+    r"""int_lo^hi |f(t) - g(t)| dt, exactly, for piecewise-affine f and g of one variable.
+
+    Parameters
+    ----------
+    f, g : DeepReLU, TwoLayer (relu, d = 1) or PiecewiseLinear
+    interval : pair of floats, default (0, 1)
+    exact : bool, default False
+        Passed to :func:`linear_pieces`.
+
+    Notes
+    -----
+    On each piece of the common refinement, f - g = alpha t + beta; its absolute value integrates
+    in closed form (a trapezoid, or two triangles when it changes sign at t = -beta / alpha).
+
+    Examples
+    --------
+    >>> zero = DeepReLU([np.zeros((1, 1))], [np.zeros(1)])
+    >>> l1_distance(sawtooth(3), zero)           # the mean of the sawtooth
+    0.5
+    """
+    lo, hi = _check_interval(interval)
+    F, G = _as_pieces(f, interval, exact), _as_pieces(g, interval, exact)
+    for name, pl in (("f", F), ("g", G)):
+        if not (np.isclose(pl.breakpoints[0], float(lo)) and np.isclose(pl.breakpoints[-1], float(hi))):
+            raise ValueError(f"{name} is defined on [{pl.breakpoints[0]:g}, {pl.breakpoints[-1]:g}], "
+                             f"not on the interval {interval!r}")
+    P = np.unique(np.concatenate([F.breakpoints, G.breakpoints, [float(lo), float(hi)]]))
+    P = P[(P >= float(lo)) & (P <= float(hi))]
+    mid = (P[:-1] + P[1:]) / 2
+    i = np.clip(np.searchsorted(F.breakpoints, mid, side="right") - 1, 0, len(F) - 1)
+    j = np.clip(np.searchsorted(G.breakpoints, mid, side="right") - 1, 0, len(G) - 1)
+    alpha = F.slopes[i] - G.slopes[j]
+    beta = F.intercepts[i] - G.intercepts[j]
+    u, v = P[:-1], P[1:]
+    du, dv = alpha * u + beta, alpha * v + beta
+    same = du * dv >= 0
+    trapezoid = 0.5 * (np.abs(du) + np.abs(dv)) * (v - u)
+    # Two triangles meeting at the zero r = u + (v - u) |du| / (|du| + |dv|).
+    denom = np.where(same, 1.0, np.abs(du) + np.abs(dv))
+    triangles = 0.5 * (du * du + dv * dv) / denom * (v - u)
+    return float(np.where(same, trapezoid, triangles).sum())
+
+
+def max_pieces_two_layer(m) -> int:
+    """m + 1: the most affine pieces a one-hidden-layer relu network of width m has on a line.
+
+    Each neuron relu(a t + b) bends at one point t = -b/a at most, so m neurons cut the line into
+    at most m + 1 pieces (Telgarsky 2016, Sec. 3).
+
+    Examples
+    --------
+    >>> max_pieces_two_layer(7)
+    8
+    """
+    return check_integer(m, "m", minimum=0) + 1
+
+
+def sawtooth_l1_lower_bound(k, pieces) -> float:
+    r"""A lower bound on int_0^1 |f_k - g| for the 2^k-piece sawtooth f_k and any continuous g with s pieces.
+
+    Parameters
+    ----------
+    k : int
+        The sawtooth f_k = t^k (k >= 0).
+    pieces : int
+        s >= 1, the number of affine pieces of g on [0, 1] (at most m + 1 for a one-hidden-layer
+        relu network of width m, :func:`max_pieces_two_layer`).
+
+    Returns
+    -------
+    float
+        max(0, (2^k - 2 s - 2) / 2^{k+3}) = max(0, 1/8 - (s + 1) / 2^{k+2}).
+
+    Notes
+    -----
+    This is Telgarsky's counting argument, with its constants worked out here. f_k - 1/2 vanishes
+    at the 2^k points (j + 1/2) / 2^k; between consecutive ones lie 2^k - 1 triangles of base 2^{-k},
+    height 1/2 and area 2^{-k-2}, on alternate sides of 1/2. g - 1/2 changes sign at most s times
+    (once per affine piece), which cuts [0, 1] into at most s + 1 intervals where it has one sign
+    (or vanishes); at most s triangles contain a sign change. In an interval holding r whole
+    triangles, at least floor(r / 2) >= (r - 1)/2 lie on the other side of 1/2 than g, where
+    |f_k - g| >= |f_k - 1/2|. Summing, at least (2^k - 1 - s - (s + 1)) / 2 triangles contribute
+    their area each. The L2 error on [0, 1] is at least the L1 error.
+
+    References
+    ----------
+    1. M. Telgarsky, arXiv:1602.04485, Theorem 1.1 and Sec. 3 (the same argument, with other
+       constants).
+
+    Examples
+    --------
+    >>> sawtooth_l1_lower_bound(10, 1), sawtooth_l1_lower_bound(10, 512)
+    (0.12451171875, 0.0)
+    """
+    k = check_integer(k, "k", minimum=0)
+    s = check_integer(pieces, "pieces", minimum=1)
+    return max(0.0, (2.0**k - 2 * s - 2) / 2.0 ** (k + 3))
+
+
+# --------------------------------------------------------------------------------------------
+# 3-layer networks: univariate squares, then a piecewise-linear profile.
+# --------------------------------------------------------------------------------------------
+
+def _profile_increments(knots, values):
+    """relu expansion psi(q) = values[0] + sum_k beta_k relu(q - knots[k]) of the interpolant,
+    constant below knots[0] and above knots[-1]. Returns (knots, beta) without zero increments."""
+    slopes = np.diff(values) / np.diff(knots)  # (K - 1,)
+    beta = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # (K,)
+    keep = beta != 0
+    return knots[keep], beta[keep]
+
+
+def _squares_then_profile(A, c, B, K, knots, values, dtype, device, meta):
+    """The 3-layer relu network x -> psi(sum_p c_p s_p(<a_p, x>)).
+
+    s_p is the piecewise-linear interpolant of t^2 on [-B_p, B_p] at the nodes j B_p / K_p (extended
+    linearly), psi the interpolant of (knots, values), constant outside.
+    """
+    rows, bias, coef = [], [], []
+    for a, cp, Bp, Kp in zip(A, c, B, K):
+        h = Bp / Kp
+        t = h * np.arange(Kp)  # (K_p,) nodes 0, h, ..., (K_p - 1) h
+        w = np.full(Kp, 2 * h)
+        w[0] = h  # slopes of the interpolant of t^2 at uniform nodes jump by 2h, starting at h
+        for sign in (1.0, -1.0):
+            rows.append(sign * np.repeat(a[None, :], Kp, axis=0))
+            bias.append(-t)
+            coef.append(cp * w)
+    W1 = np.concatenate(rows, axis=0)  # (n_1, D)
+    b1 = np.concatenate(bias)  # (n_1,)
+    v = np.concatenate(coef)  # (n_1,) q_hat = v . h_1
+    kn, beta = _profile_increments(np.asarray(knots, float), np.asarray(values, float))
+    if kn.size == 0:  # a constant profile: keep one idle neuron so that the network has two hidden layers
+        kn, beta = np.zeros(1), np.zeros(1)
+    W2 = np.repeat(v[None, :], kn.size, axis=0)  # (n_2, n_1), rank one
+    b2 = -kn
+    W3 = beta[None, :]  # (1, n_2)
+    b3 = np.array([float(values[0])])
+    layers = [W1, W2, W3]
+    biases = [b1, b2, b3]
+    return DeepReLU([to_device(W.astype(dtype), device) for W in layers],
+                    [to_device(b.astype(dtype), device) for b in biases], meta)
+
+
+def _check_profile(knots, values):
+    knots = to_numpy(check_array(knots, "knots", ndim=1)).astype(np.float64)
+    values = to_numpy(check_array(values, "values", ndim=1)).astype(np.float64)
+    if knots.shape != values.shape or knots.shape[0] < 2:
+        raise ValueError(f"knots and values must have the same shape (K,), K >= 2, got {knots.shape} and "
+                         f"{values.shape}")
+    if not (np.diff(knots) > 0).all():
+        raise ValueError("knots must be strictly increasing")
+    return knots, values
+
+
+def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.float64, device="cpu") -> DeepReLU:
+    r"""A 3-layer relu network computing psi(|x|^2), psi piecewise linear, within ``tolerance``.
+
+    Parameters
+    ----------
+    knots, values : arrays of shape (K,)
+        psi interpolates (knots, values) in the variable s = |x|^2 and is constant outside
+        [knots[0], knots[-1]].
+    d : int
+        Input dimension.
+    radius_bound : float
+        B: each square x_i^2 is interpolated on [-B, B]. Take B >= the largest |x| where psi is
+        not constant (B^2 >= knots[-1]): then the error bound below holds on all of R^d.
+    tolerance : float, default 0.01
+        The uniform error sup_x |net(x) - psi(|x|^2)| to guarantee.
+
+    Returns
+    -------
+    DeepReLU
+        Widths (2 K_sq d, K'): K_sq pieces per square and K' <= K kinks of psi. ``meta`` holds
+        ``"error_bound"`` (<= tolerance) and ``"pieces_per_square"``.
+
+    Notes
+    -----
+    The first hidden layer holds relu(+-x_i - j h), j < K_sq, h = B / K_sq, from which
+    s_hat = sum_i ell(x_i) with ell the piecewise-linear interpolant of t^2 at the nodes j h:
+    0 <= ell(t) - t^2 <= h^2 / 4 for |t| <= B, so 0 <= s_hat - |x|^2 <= d h^2 / 4 when every
+    |x_i| <= B. The second hidden layer holds relu(s_hat - kappa_k) at the kinks kappa_k of psi,
+    and the output sums them with the slope increments of psi. Hence
+    |net(x) - psi(|x|^2)| <= Lip(psi) d h^2 / 4, and h is chosen to make this <= tolerance. If some
+    |x_i| > B then s_hat >= ell(B) = B^2 >= knots[-1]: psi(s_hat) = psi(|x|^2) = values[-1] exactly.
+    This is the construction behind the 3-layer upper bounds of Eldan & Shamir (2016) and
+    Safran & Shamir (2017).
+
+    References
+    ----------
+    1. R. Eldan and O. Shamir, arXiv:1512.03965 (3-layer approximation of radial functions).
+    2. I. Safran and O. Shamir, arXiv:1610.09887.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = radial_network([1.0, 4.0], [0.0, 3.0], d=2, radius_bound=2.0, tolerance=1e-3)
+    >>> x = np.array([[0.5, 0.0], [1.0, 1.0], [3.0, 0.0]])       # psi(s) = clip(s - 1, 0, 3)
+    >>> bool(np.allclose(net(x), [0.0, 1.0, 3.0], atol=1e-3))
+    True
+    """
+    knots, values = _check_profile(knots, values)
+    d = check_integer(d, "d", minimum=1)
+    B = _positive(radius_bound, "radius_bound")
+    tolerance = _positive(tolerance, "tolerance")
+    lip = float(np.abs(np.diff(values) / np.diff(knots)).max())
+    if lip == 0:
+        K = 1
+    else:
+        h = math.sqrt(4 * tolerance / (lip * d))
+        K = max(1, math.ceil(B / h))
+    h = B / K
+    bound = lip * d * h * h / 4
+    meta = {"construction": "radial", "pieces_per_square": K, "error_bound": bound, "radius_bound": B}
+    return _squares_then_profile(np.eye(d), np.ones(d), np.full(d, B), np.full(d, K), knots, values,
+                                 _check_dtype(dtype), device, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Eldan-Shamir: the input density and the radial target.
+# --------------------------------------------------------------------------------------------
+
+def unit_ball_radius(d) -> float:
+    """R_d, the radius of the ball of unit volume in R^d: pi^{d/2} R_d^d / Gamma(d/2 + 1) = 1.
+
+    Examples
+    --------
+    >>> round(unit_ball_radius(1), 15), round(unit_ball_radius(2), 15) == round(1 / math.sqrt(math.pi), 15)
+    (0.5, True)
+    """
+    d = check_integer(d, "d", minimum=1)
+    return float(math.exp((special.gammaln(0.5 * d + 1) - 0.5 * d * math.log(math.pi)) / d))
+
+
+def _normalized_bessel(z, nu):
+    """Lambda_nu(z) = Gamma(nu + 1) (2/z)^nu J_nu(z) for z >= 0 (host float64; Lambda_nu(0) = 1).
+
+    Power series where z^2 <= 20 (nu + 1) (at most ~e^{10} of cancellation relative to the largest
+    term, which stays below 1e-6 relative error), logarithms of scipy's J_nu beyond.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    small = z * z <= 20 * (nu + 1)
+    zs = z[small]
+    term = np.ones_like(zs)
+    total = np.ones_like(zs)
+    x = -0.25 * zs * zs
+    for j in range(1, 200):
+        term = term * x / (j * (nu + j))
+        total += term
+        if not np.any(np.abs(term) > 1e-17 * np.maximum(np.abs(total), 1e-300)):
+            break
+    out[small] = total
+    zl = z[~small]
+    if zl.size:
+        J = special.jv(nu, zl)
+        mag = np.abs(J)
+        with np.errstate(divide="ignore"):
+            log_mag = np.where(mag > 0, np.log(np.where(mag > 0, mag, 1.0)), -np.inf)
+        out[~small] = np.sign(J) * np.exp(special.gammaln(nu + 1) + nu * np.log(2.0 / zl) + log_mag)
+    return out
+
+
+def _check_radii(r, name="r"):
+    r = check_array(r, name)
+    xp = get_xp(r)
+    if r.size and bool((r < 0).any()):
+        raise ValueError(f"{name} must be >= 0 (a radius), got a minimum of {float(r.min()):.6g}")
+    return r, xp
+
+
+def eldan_shamir_density(X):
+    r"""The Eldan-Shamir input density phi(x)^2, phi the Fourier transform of the unit-volume ball.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Points of R^d (numpy or cupy; the Bessel function runs on the host, so cupy data makes an
+        explicit round trip for the radii).
+
+    Returns
+    -------
+    array of shape (n,)
+        phi(x)^2 with phi(x) = int_{|y| <= R_d} e^{-2 pi i <x, y>} dy = (R_d / |x|)^{d/2} J_{d/2}(2 pi R_d |x|)
+        = Lambda_{d/2}(2 pi R_d |x|), where Lambda_nu(z) = Gamma(nu + 1) (2/z)^nu J_nu(z) and R_d is
+        :func:`unit_ball_radius`. phi(0) = vol(ball) = 1.
+
+    Notes
+    -----
+    By Plancherel (this transform has 2 pi in the exponent and is unitary), int phi^2 = int 1_B^2 =
+    vol(B) = 1: phi^2 is a probability density. It is radial; the radius has the density
+    |S^{d-1}| r^{d-1} phi(r e)^2 (:func:`eldan_shamir_radial_density`), a heavy tail of order r^{-2}
+    (no mean). For d = 1 it is the squared sinc, sin(pi x)^2 / (pi x)^2; for d = 3,
+    (3 (sin a - a cos a) / a^3)^2 with a = 2 pi R_3 |x|.
+
+    References
+    ----------
+    1. R. Eldan and O. Shamir, arXiv:1512.03965, Theorem 1 and its proof (the density phi^2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> eldan_shamir_density(np.array([[0.0], [0.5], [1.0]])).round(12).tolist()   # sinc^2 in d = 1
+    [1.0, 0.405284734569, 0.0]
+    """
+    X = check_points(X, "X")
+    xp = get_xp(X)
+    d = X.shape[1]
+    r = to_numpy(xp.linalg.norm(X, axis=1)).astype(np.float64)
+    lam = _normalized_bessel(2 * math.pi * unit_ball_radius(d) * r, 0.5 * d)
+    return xp.asarray(lam * lam, dtype=X.dtype)
+
+
+def eldan_shamir_radial_density(r, d):
+    """The density of |x| for x ~ phi^2 in R^d: |S^{d-1}| r^{d-1} Lambda_{d/2}(2 pi R_d r)^2, r >= 0.
+
+    Parameters
+    ----------
+    r : array_like
+        Radii >= 0 (any shape; numpy or cupy, computed on the host).
+    d : int
+
+    Returns
+    -------
+    array of r's shape
+
+    Notes
+    -----
+    In z = 2 pi R_d r it is q(z) = 2 nu J_nu(z)^2 / z, nu = d/2 (the constants combine to 2 nu), whose
+    integral over (0, infinity) is 1 (Weber-Schafheitlin: int J_nu^2 / z = 1 / (2 nu)).
+    """
+    d = check_integer(d, "d", minimum=1)
+    r, xp = _check_radii(r)
+    rh = to_numpy(r).astype(np.float64)
+    lam = _normalized_bessel(2 * math.pi * unit_ball_radius(d) * rh, 0.5 * d)
+    log_area = math.log(2.0) + 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d)
+    with np.errstate(divide="ignore"):
+        power = np.where(rh > 0, np.exp((d - 1) * np.log(np.where(rh > 0, rh, 1.0))), 1.0 if d == 1 else 0.0)
+    return xp.asarray(math.exp(log_area) * power * lam * lam, dtype=r.dtype)
+
+
+def eldan_shamir_radial_cdf(r, d):
+    r"""P(|x| <= r) for x ~ phi^2 in R^d, from a Bessel series (exact up to rounding).
+
+    Notes
+    -----
+    With z = 2 pi R_d r and nu = d/2, the recurrences 2 nu J_nu / z = J_{nu-1} + J_{nu+1} and
+    2 J_nu' = J_{nu-1} - J_{nu+1} give d/dz [J_nu^2 + 2 sum_{j >= 1} J_{nu+j}^2] = 2 nu J_nu^2 / z (the
+    sum telescopes), so
+
+        F(z) = J_nu(z)^2 + 2 sum_{j >= 1} J_{nu+j}(z)^2,
+
+    a sum of positive terms that is negligible once nu + j exceeds z by a margin: O(z) Bessel
+    evaluations per radius (for integer nu, Neumann's identity 1 = J_0^2 + 2 sum_{k>=1} J_k^2 gives
+    F = 1 - J_0^2 - 2 sum_{k < nu} J_k^2 - J_nu^2 as well).
+
+    Examples
+    --------
+    >>> round(float(eldan_shamir_radial_cdf(np.array([1e3]), 2)[0]), 4)      # tail ~ 2 nu / (pi z)
+    0.9998
+    """
+    d = check_integer(d, "d", minimum=1)
+    r, xp = _check_radii(r)
+    z = 2 * math.pi * unit_ball_radius(d) * to_numpy(r).astype(np.float64).reshape(-1)
+    nu = 0.5 * d
+    F = special.jv(nu, z) ** 2
+    need = np.ceil(z + 30 + 10 * np.cbrt(z))  # terms J_{nu+j}(z)^2 with j beyond are below 1e-30
+    order = np.argsort(-need)  # the points needing the most terms first
+    need_sorted = need[order]
+    for start in range(1, int(need.max(initial=0)) + 1, 256):
+        active = order[: int(np.searchsorted(-need_sorted, -start, side="right"))]  # need >= start
+        j = np.arange(start, start + 256, dtype=np.float64)  # (256,)
+        F[active] += 2 * (special.jv(nu + j[:, None], z[None, active]) ** 2).sum(axis=0)
+    return xp.asarray(np.minimum(F, 1.0).reshape(r.shape), dtype=r.dtype)
+
+
+_ES_CELL = 0.1  # width of the z-cells of the sampling table
+_ES_GAUSS = np.polynomial.legendre.leggauss(8)
+
+
+def _es_q(z, nu):
+    """q(z) = 2 nu J_nu(z)^2 / z (q(0) = 2/pi for nu = 1/2, 0 beyond)."""
+    z = np.asarray(z, dtype=np.float64)
+    safe = np.where(z > 0, z, 1.0)
+    q = 2 * nu * special.jv(nu, safe) ** 2 / safe
+    return np.where(z > 0, q, 2 / math.pi if nu == 0.5 else 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _es_table(d):
+    """Cumulative table of the law of z = 2 pi R_d |x| on [0, z_max] (Gauss-Legendre per cell)."""
+    nu = 0.5 * d
+    z_max = 4 * nu + 200.0
+    n_cells = int(math.ceil(z_max / _ES_CELL))
+    edges = np.linspace(0.0, z_max, n_cells + 1)  # (n_cells + 1,)
+    u, w = _ES_GAUSS
+    half = 0.5 * (edges[1] - edges[0])
+    nodes = (edges[:-1, None] + half * (u[None, :] + 1))  # (n_cells, 8)
+    cell_mass = half * (_es_q(nodes, nu) * w).sum(axis=1)  # (n_cells,)
+    F = np.concatenate([[0.0], np.cumsum(cell_mass)])  # (n_cells + 1,)
+    q = _es_q(edges, nu)
+    # Tail z > z_max: density proportional to J_nu^2 / z; (pi z / 2)(J_nu^2 + Y_nu^2) decreases in z
+    # for nu >= 1/2 (Watson, Sec. 13.74), so it bounds (pi z / 2) J_nu^2 on the tail.
+    M = 0.5 * math.pi * z_max * (special.jv(nu, z_max) ** 2 + special.yv(nu, z_max) ** 2)
+    return edges, F, q, z_max, M
+
+
+def _sample_es_radius(n, d, rng):
+    """n draws of z = 2 pi R_d |x|: inverse CDF on the table (cubic Hermite in each cell) and exact
+    rejection sampling from a Pareto proposal in the tail."""
+    edges, F, q, z_max, M = _es_table(d)
+    nu = 0.5 * d
+    u = rng.random(n)  # (n,)
+    z = np.empty(n)
+    body = u < F[-1]
+    ub = u[body]
+    i = np.clip(np.searchsorted(F, ub, side="right") - 1, 0, len(F) - 2)
+    h = edges[1] - edges[0]
+    F0, F1, q0, q1 = F[i], F[i + 1], q[i] * h, q[i + 1] * h
+    lo, hi = np.zeros_like(ub), np.ones_like(ub)
+    for _ in range(50):  # bisection on the cubic Hermite interpolant of F in the cell
+        s = 0.5 * (lo + hi)
+        s2, s3 = s * s, s * s * s
+        H = (2 * s3 - 3 * s2 + 1) * F0 + (s3 - 2 * s2 + s) * q0 + (-2 * s3 + 3 * s2) * F1 + (s3 - s2) * q1
+        below = H < ub
+        lo = np.where(below, s, lo)
+        hi = np.where(below, hi, s)
+    z[body] = edges[i] + h * 0.5 * (lo + hi)
+    need = int((~body).sum())
+    tail = []
+    while need > 0:
+        m = max(2 * need, 16)
+        prop = z_max / (1.0 - rng.random(m))  # Pareto(1) on (z_max, infinity)
+        accept = rng.random(m) * M < 0.5 * math.pi * prop * special.jv(nu, prop) ** 2
+        got = prop[accept][:need]
+        tail.append(got)
+        need -= got.size
+    if tail:
+        z[~body] = np.concatenate(tail)
+    return z
+
+
+def sample_eldan_shamir(n, d, rng=None, dtype=np.float64, device="cpu"):
+    r"""n points of R^d drawn from the Eldan-Shamir density phi^2 (:func:`eldan_shamir_density`).
+
+    Parameters
+    ----------
+    n : int
+    d : int
+        d >= 1.
+    rng : None, int or numpy.random.Generator
+        Drawn on the host (the same points on every device).
+    dtype, device
+        Of the returned array.
+
+    Returns
+    -------
+    X : array of shape (n, d)
+
+    Notes
+    -----
+    phi^2 is radial: x = r u with u uniform on the sphere and r = z / (2 pi R_d), z with density
+    q(z) = 2 nu J_nu(z)^2 / z (nu = d/2). On [0, z_max] (z_max = 2d + 200) z is drawn by inverting
+    its CDF, tabulated by 8-point Gauss-Legendre on cells of width 0.1 and interpolated by cubic
+    Hermite polynomials with the exact derivative q (CDF error below about 1e-9); beyond z_max,
+    where the density is about 2 nu / (pi z^2), by exact rejection from the Pareto proposal
+    z_max / z^2, accepting with probability (pi z / 2) J_nu(z)^2 / M, M = (pi z_max / 2)
+    (J_nu^2 + Y_nu^2)(z_max) (a bound since z (J_nu^2 + Y_nu^2) decreases for nu >= 1/2).
+
+    References
+    ----------
+    1. R. Eldan and O. Shamir, arXiv:1512.03965, Theorem 1 and its proof.
+    2. G. N. Watson, "A Treatise on the Theory of Bessel Functions", 1944, Sec. 13.74 (monotonicity
+       of z (J_nu^2 + Y_nu^2)).
+
+    Examples
+    --------
+    >>> X = sample_eldan_shamir(1000, 5, rng=0)
+    >>> X.shape
+    (1000, 5)
+    """
+    n = check_integer(n, "n", minimum=0)
+    d = check_integer(d, "d", minimum=1)
+    rng = check_random_state(rng)
+    z = _sample_es_radius(n, d, rng)  # (n,)
+    r = z / (2 * math.pi * unit_ball_radius(d))
+    if d == 1:
+        U = rng.choice(np.array([-1.0, 1.0]), size=(n, 1))
+    else:
+        G = rng.standard_normal((n, d))
+        U = G / np.linalg.norm(G, axis=1, keepdims=True)
+    return to_device((U * r[:, None]).astype(_check_dtype(dtype), copy=False), device)
+
+
+class EldanShamirFunction:
+    r"""The radial target of Eldan & Shamir: +-1 on N thin shells.
+
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    n_shells : int, optional
+        N, default d (the paper takes N polynomial in d).
+    alpha : float, default 1
+        The shells cover alpha sqrt(d) <= |x| <= 2 alpha sqrt(d).
+    signs : array of shape (N,), optional
+        epsilon_i in {-1, +1}; default drawn with ``rng``.
+    rng : None, int or numpy.random.Generator
+    ramp : float, default 0
+        0: the indicator version g(x) = sum_i epsilon_i 1{|x| in Delta_i}. In (0, 1/2]: a continuous
+        version, epsilon_i on the middle of shell i and ramps to 0 over a fraction ``ramp`` of the
+        shell at each end, linear in s = |x|^2 (so that a 3-layer network computes it).
+
+    Attributes
+    ----------
+    edges : numpy array of shape (N + 1,)
+        Radii a_i = (1 + i/N) alpha sqrt(d); Delta_i = [a_{i-1}, a_i).
+    signs : numpy array of shape (N,)
+
+    Notes
+    -----
+    Eldan & Shamir prove that under x ~ phi^2 (:func:`sample_eldan_shamir`), for suitable N and
+    alpha, random signs make g hard for every 2-layer network of width subexponential in d, while a
+    3-layer network of width poly(d) approximates the Lipschitz version (:meth:`network`).
+
+    References
+    ----------
+    1. R. Eldan and O. Shamir, arXiv:1512.03965, Theorem 1 and the construction of its proof.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = EldanShamirFunction(4, n_shells=2, signs=[1, -1])
+    >>> g.edges.tolist(), g(np.array([[2.5, 0, 0, 0], [3.5, 0, 0, 0], [9.0, 0, 0, 0]])).tolist()
+    ([2.0, 3.0, 4.0], [1.0, -1.0, 0.0])
+    """
+
+    def __init__(self, d, n_shells=None, alpha=1.0, signs=None, rng=None, ramp=0.0):
+        self.d = check_integer(d, "d", minimum=1)
+        N = self.d if n_shells is None else check_integer(n_shells, "n_shells", minimum=1)
+        self.alpha = _positive(alpha, "alpha")
+        if isinstance(ramp, bool) or not isinstance(ramp, numbers.Real) or not 0 <= ramp <= 0.5:
+            raise ValueError(f"ramp must be a number in [0, 1/2], got {ramp!r}")
+        self.ramp = float(ramp)
+        if signs is None:
+            signs = check_random_state(rng).choice(np.array([-1.0, 1.0]), size=N)
+        signs = to_numpy(check_array(signs, "signs", ndim=1)).astype(np.float64)
+        if signs.shape[0] != N:
+            raise ValueError(f"signs has shape {signs.shape} but n_shells={N}")
+        if not np.isin(signs, (-1.0, 1.0)).all():
+            raise ValueError("signs must be -1 or +1")
+        self.signs = signs  # (N,)
+        self.edges = (1 + np.arange(N + 1) / N) * self.alpha * math.sqrt(self.d)  # (N + 1,)
+
+    @property
+    def n_shells(self) -> int:
+        return int(self.signs.shape[0])
+
+    def __repr__(self):
+        return (f"EldanShamirFunction(d={self.d}, n_shells={self.n_shells}, alpha={self.alpha:g}, "
+                f"ramp={self.ramp:g})")
+
+    def profile(self):
+        """(knots, values) of the continuous version as a function of s = |x|^2 (requires ramp > 0)."""
+        if self.ramp == 0:
+            raise ValueError("the indicator version (ramp=0) is not continuous: set ramp in (0, 1/2]")
+        s = self.edges**2
+        knots, values = [s[0]], [0.0]
+        for i, eps in enumerate(self.signs):
+            lo, hi = s[i], s[i + 1]
+            width = hi - lo
+            a, b = lo + self.ramp * width, hi - self.ramp * width
+            if b > a:
+                knots += [a, b, hi]
+                values += [eps, eps, 0.0]
+            else:
+                knots += [a, hi]
+                values += [eps, 0.0]
+        return np.array(knots), np.array(values)
+
+    def __call__(self, X):
+        """g(x) for each row of X (n, d): shape (n,), on X's device and in its dtype."""
+        X = check_points(X, "X", d=self.d)
+        xp = get_xp(X)
+        if self.ramp == 0:
+            r = xp.linalg.norm(X, axis=1)
+            edges = xp.asarray(self.edges, dtype=X.dtype)
+            i = xp.searchsorted(edges, r, side="right") - 1  # shell index
+            inside = (i >= 0) & (i < self.n_shells)
+            signs = xp.asarray(self.signs, dtype=X.dtype)
+            return xp.where(inside, signs[xp.clip(i, 0, self.n_shells - 1)], 0.0).astype(X.dtype)
+        knots, values = self.profile()
+        return xp.interp((X * X).sum(axis=1), xp.asarray(knots, dtype=X.dtype),
+                         xp.asarray(values, dtype=X.dtype)).astype(X.dtype)
+
+    def network(self, tolerance=1e-2, *, dtype=np.float64, device="cpu") -> DeepReLU:
+        """A 3-layer relu network within ``tolerance`` of the continuous version (ramp > 0), on all of R^d.
+
+        See :func:`radial_network`; ``meta["error_bound"]`` is the proven uniform error.
+        """
+        knots, values = self.profile()
+        net = radial_network(knots, values, self.d, self.edges[-1], tolerance, dtype=dtype, device=device)
+        net.meta["construction"] = "eldan_shamir"
+        return net
+
+
+# --------------------------------------------------------------------------------------------
+# Safran-Shamir: the indicator of the unit ball.
+# --------------------------------------------------------------------------------------------
+
+def ball_indicator(X, radius=1.0):
+    """1{|x| <= radius} for each row of X (n, d): shape (n,), in X's dtype and on its device.
+
+    Examples
+    --------
+    >>> ball_indicator(np.array([[0.6, 0.8], [0.6, 0.81]])).tolist()
+    [1.0, 0.0]
+    """
+    X = check_points(X, "X")
+    radius = _positive(radius, "radius")
+    xp = get_xp(X)
+    return ((X * X).sum(axis=1) <= radius * radius).astype(X.dtype)
+
+
+def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device="cpu") -> DeepReLU:
+    r"""A 3-layer relu network equal to 1{|x| <= radius} outside the shell (1 - delta) r < |x| < (1 + delta) r.
+
+    "Equal" up to rounding: the output sums a few relu terms, so it may differ from 0 or 1 by a few
+    units in the last place of the dtype.
+
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    delta : float in (0, 1), default 0.1
+        Relative half-width of the shell where the network ramps from 1 to 0.
+    radius : float, default 1
+        r.
+
+    Returns
+    -------
+    DeepReLU
+        Widths (2 K d, 2): K pieces per square, the second hidden layer relu(s_hat - r^2) and
+        relu(s_hat - (1 + delta)^2 r^2). ``meta["exact_outside"]`` holds the shell.
+
+    Notes
+    -----
+    psi(s) = 1 for s <= r^2, 0 for s >= (1 + delta)^2 r^2, linear between; the first layer builds
+    s_hat with 0 <= s_hat - |x|^2 <= d h^2 / 4 (see :func:`radial_network`), and h is chosen with
+    d h^2 / 4 < r^2 - (1 - delta)^2 r^2, so that psi(s_hat) = 1 exactly when |x| <= (1 - delta) r. When
+    |x| >= (1 + delta) r, s_hat >= |x|^2 (or s_hat >= B^2 with B = (1 + delta) r if a coordinate
+    leaves [-B, B]) and psi(s_hat) = 0 exactly. The width grows like d^{3/2} / sqrt(delta),
+    polynomially: this is the 3-layer side of Safran & Shamir's depth-width comparison for the ball
+    indicator (the 2-layer side, the error of trained 2-layer networks against their width, is
+    measured by a study, not proven here).
+
+    References
+    ----------
+    1. I. Safran and O. Shamir, arXiv:1610.09887 (the indicator of the unit ball).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> net = ball_indicator_network(3, delta=0.1)
+    >>> net(np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 1.2], [0.89, 0.0, 0.0]])).round(12).tolist()
+    [1.0, 0.0, 1.0]
+    """
+    d = check_integer(d, "d", minimum=1)
+    delta = _positive(delta, "delta")
+    if delta >= 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    r = _positive(radius, "radius")
+    B = (1 + delta) * r
+    h = 0.99 * math.sqrt(4 * r * r * (2 * delta - delta * delta) / d)  # a 1% margin against rounding
+    K = max(1, math.ceil(B / h))
+    knots = np.array([r * r, B * B])
+    values = np.array([1.0, 0.0])
+    meta = {"construction": "ball_indicator", "pieces_per_square": K,
+            "exact_outside": ((1 - delta) * r, (1 + delta) * r)}
+    return _squares_then_profile(np.eye(d), np.ones(d), np.full(d, B), np.full(d, K), knots, values,
+                                 _check_dtype(dtype), device, meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Daniely: sin(pi d^3 <x, y>) on the product of spheres.
+# --------------------------------------------------------------------------------------------
+
+def _split_pairs(Z, name="Z"):
+    Z = check_points(Z, name)
+    if Z.shape[1] % 2 or Z.shape[1] < 4:
+        raise ValueError(f"{name} must have 2d columns (x, y), d >= 2, got shape {tuple(Z.shape)}")
+    d = Z.shape[1] // 2
+    return Z, d
+
+
+def daniely_function(Z):
+    """sin(pi d^3 <x, y>) for each row (x, y) of Z (n, 2d), x and y the two halves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.array([[1.0, 0.0, 1 / 16, 0.0]])          # d = 2, <x, y> = 1/16: sin(pi / 2)
+    >>> daniely_function(z).tolist()
+    [1.0]
+    """
+    Z, d = _split_pairs(Z)
+    xp = get_xp(Z)
+    t = (Z[:, :d] * Z[:, d:]).sum(axis=1)
+    return xp.sin(math.pi * d**3 * t)
+
+
+def sample_daniely(n, d, rng=None, dtype=np.float64, device="cpu"):
+    """n pairs (x, y) with x, y independent and uniform on S^{d-1}, as the rows of Z (n, 2d).
+
+    The draw happens on the host (x first, then y), so a seed gives the same pairs on every device.
+    <x, y> then has the density w_d of :func:`shallow.sphere.inner_product_density`.
+    """
+    from .sphere import sample_sphere
+
+    n = check_integer(n, "n", minimum=0)
+    d = check_integer(d, "d", minimum=2)
+    rng = check_random_state(rng)
+    X = sample_sphere(n, d, rng=rng)
+    Y = sample_sphere(n, d, rng=rng)
+    return to_device(np.concatenate([X, Y], axis=1).astype(_check_dtype(dtype), copy=False), device)
+
+
+def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> DeepReLU:
+    r"""A 3-layer relu network within ``tolerance`` of sin(pi d^3 <x, y>) uniformly on S^{d-1} x S^{d-1}.
+
+    Parameters
+    ----------
+    d : int
+        d >= 2; the network takes (x, y) in R^{2d}.
+    tolerance : float, default 0.05
+        The proven uniform error (``meta["error_bound"]``).
+
+    Returns
+    -------
+    DeepReLU
+        First hidden layer: piecewise-linear squares of x_i + y_i and x_i - y_i on [-2, 2];
+        second: the kinks of the interpolant of sin(pi d^3 q) on [-1, 1].
+
+    Notes
+    -----
+    q_hat = sum_i (ell(x_i + y_i) - ell(x_i - y_i)) / 4 with ell the interpolant of t^2 at step h
+    errs by at most d h^2 / 16 (each ell overestimates by at most h^2/4). psi, the interpolant of
+    sin(pi d^3 q) at step Delta, errs by at most (pi d^3)^2 Delta^2 / 8 and is (pi d^3)-Lipschitz.
+    Each half of ``tolerance`` goes to one of the two errors: the widths grow like d^3 / sqrt(tol)
+    (second layer) and d^3 / sqrt(tol) (first layer, 4 d K neurons with K ~ d^2 / sqrt(tol)).
+
+    References
+    ----------
+    1. A. Daniely, arXiv:1702.08489 (the function, and its approximation by depth 3).
+
+    Examples
+    --------
+    >>> net = daniely_network(2, tolerance=0.1)
+    >>> Z = sample_daniely(200, 2, rng=0)
+    >>> bool(np.abs(net(Z) - daniely_function(Z)).max() <= net.meta["error_bound"])
+    True
+    """
+    d = check_integer(d, "d", minimum=2)
+    tolerance = _positive(tolerance, "tolerance")
+    freq = math.pi * d**3
+    n_int = max(1, math.ceil(2.0 / (2 * math.sqrt(tolerance) / freq)))  # (freq Delta)^2 / 8 <= tol / 2
+    knots = np.linspace(-1.0, 1.0, n_int + 1)
+    values = np.sin(freq * knots)
+    Delta = 2.0 / n_int
+    interp_err = freq * freq * Delta * Delta / 8
+    h = math.sqrt(8 * tolerance / (freq * d))  # freq d h^2 / 16 <= tol / 2
+    K = max(1, math.ceil(2.0 / h))
+    h = 2.0 / K
+    square_err = freq * d * h * h / 16
+    eye = np.eye(d)
+    A = np.concatenate([np.concatenate([eye, eye], axis=1), np.concatenate([eye, -eye], axis=1)])  # (2d, 2d)
+    c = np.concatenate([np.full(d, 0.25), np.full(d, -0.25)])
+    meta = {"construction": "daniely", "pieces_per_square": K, "knots": n_int + 1,
+            "error_bound": interp_err + square_err}
+    return _squares_then_profile(A, c, np.full(2 * d, 2.0), np.full(2 * d, K), knots, values,
+                                 _check_dtype(dtype), device, meta)

@@ -1,0 +1,353 @@
+"""Barron norms, representations by neurons, Maurey sampling, and F1 vs F2 norms of a single neuron."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from shallow.backend import to_numpy
+from shallow.barron import (COSINE, GaussianTarget, Representation, RidgeTarget, barron_bound, barron_norm,
+                            maurey_bound, maurey_sample, sample_ball, single_neuron_norms)
+from shallow.measures import Measure
+from shallow.networks import TwoLayer
+from shallow.sphere import sample_sphere
+
+
+def gaussian(X, scale=1.0, amplitude=1.0, center=0.0):
+    """A exp(-|x - c|^2 / (2 s^2)), written here independently of the library."""
+    return amplitude * np.exp(-((np.asarray(X) - center) ** 2).sum(axis=-1) / (2 * scale**2))
+
+
+def N_harmonics(d, k):
+    """dim of degree-k harmonics on S^{d-1}: C(k+d-1, k) - C(k+d-3, k-2) (homogeneous polynomials)."""
+    return special.comb(k + d - 1, k, exact=True) - (special.comb(k + d - 3, k - 2, exact=True) if k >= 2 else 0)
+
+
+# --------------------------------------------------------------------------- Fourier convention
+def test_gaussian_fourier_transform_follows_the_stated_convention():
+    # f_hat(omega) = (2 pi)^{-d} int e^{-i <omega, x>} f(x) dx, by quadrature of the test's own
+    # Gaussian (d = 1 and d = 2 as a product); and f(x) = int e^{i <omega, x>} f_hat(omega) d omega back.
+    s, A, c = 0.7, -1.3, 0.4
+    f = GaussianTarget(1, scale=s, amplitude=A, center=[c])
+    for w in (0.0, 0.9, 2.5):
+        re = integrate.quad(lambda x: np.cos(w * x) * gaussian([x], s, A, c), -30, 30, epsabs=1e-14)[0]
+        im = integrate.quad(lambda x: -np.sin(w * x) * gaussian([x], s, A, c), -30, 30, epsabs=1e-14)[0]
+        np.testing.assert_allclose(f.fourier_transform(np.array([[w]]))[0], (re + 1j * im) / (2 * np.pi),
+                                   rtol=0, atol=1e-12)
+    for x in (0.0, 0.3, -1.1):
+        re = integrate.quad(lambda w: (np.exp(1j * w * x) * f.fourier_transform(np.array([[w]]))[0]).real,
+                            -40, 40, epsabs=1e-14)[0]
+        np.testing.assert_allclose(re, gaussian([x], s, A, c), rtol=0, atol=1e-12)
+    f2 = GaussianTarget(2, scale=s, center=[c, -0.2])
+    w = np.array([[0.5, -1.2]])
+    one_d = [GaussianTarget(1, scale=s, center=[ci]).fourier_transform(np.array([[wi]]))[0]
+             for ci, wi in zip((c, -0.2), w[0])]
+    np.testing.assert_allclose(f2.fourier_transform(w)[0], one_d[0] * one_d[1], rtol=1e-13)
+
+
+# --------------------------------------------------------------------------- Barron norms
+@pytest.mark.parametrize("d", [1, 2, 5, 10])
+@pytest.mark.parametrize("scale, amplitude", [(1.0, 1.0), (0.5, -2.0)])
+def test_barron_norm_of_a_gaussian_matches_its_closed_form(d, scale, amplitude):
+    # f_hat = A times the N(0, I/s^2) density (times a phase): C_f = |A| E|omega|_p. Reference values
+    # from scipy.stats: the chi_d mean (p = 2), d times the half-normal mean (p = 1), the chi2_d mean
+    # for the second moment; and a radial quadrature of |omega| |f_hat| with the sphere area.
+    f = GaussianTarget(d, scale=scale, amplitude=amplitude, center=np.full(d, 0.3))
+    A = abs(amplitude)
+    np.testing.assert_allclose(barron_norm(f, norm=2), A * stats.chi(d).mean() / scale, rtol=1e-13)
+    np.testing.assert_allclose(barron_norm(f, norm=1), A * d * stats.halfnorm.mean() / scale, rtol=1e-13)
+    np.testing.assert_allclose(f.barron_norm(norm=2, order=2), A * stats.chi2(d).mean() / scale**2, rtol=1e-13)
+    np.testing.assert_allclose(f.barron_norm(order=0), A, rtol=1e-15)
+    area = 2 * np.pi ** (d / 2) / special.gamma(d / 2)
+    e = np.zeros((1, d))
+
+    def radial(rho):
+        e[0, 0] = rho
+        return area * rho**d * abs(f.fourier_transform(e)[0])
+
+    value = integrate.quad(radial, 0, 40 / scale, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+    np.testing.assert_allclose(barron_norm(f, norm=2), value, rtol=1e-10)
+
+
+@pytest.mark.parametrize("d, num", [(1, 256), (2, 128), (3, 48)])
+@pytest.mark.parametrize("norm", [1, 2])
+def test_grid_estimator_of_the_barron_norm_matches_the_closed_form(d, num, norm):
+    # Midpoint rule on [-L, L]^d with the kink corrections: O((L/num)^4) here; the stated tolerance
+    # 1e-4 (relative) holds with room at these grids (the plain rule errs by about 1e-2).
+    f = GaussianTarget(d, scale=0.8, amplitude=1.5, center=np.linspace(-0.5, 0.5, d))
+    estimate = barron_norm(f.fourier_transform, d=d, norm=norm, extent=8.0 / 0.8, num=num)
+    np.testing.assert_allclose(estimate, f.barron_norm(norm=norm), rtol=1e-4)
+
+
+@pytest.mark.parametrize("d, n, h", [(1, 512, 0.05), (2, 128, 0.15), (3, 48, 0.4)])
+@pytest.mark.parametrize("norm", [1, 2])
+def test_fft_estimator_of_the_barron_norm_matches_the_closed_form(d, n, h, norm):
+    # Samples on a grid centred away from the origin (the phase must not matter); relative 1e-4.
+    s, c = 0.9, 0.3
+    axis = c + h * (np.arange(n) - n // 2)
+    grids = np.meshgrid(*([axis] * d), indexing="ij")
+    X = np.stack(grids, axis=-1)
+    values = gaussian(X, s, 2.0, center=np.full(d, c))
+    expected = GaussianTarget(d, scale=s, amplitude=2.0).barron_norm(norm=norm)
+    np.testing.assert_allclose(barron_norm(values, norm=norm, spacing=h), expected, rtol=1e-4)
+
+
+def _abs_fourier_of_derivative_integral(g_prime, z_max):
+    """int |FT(g')(t)| dt with FT(g')(t) = (1/pi) int_0^inf cos(t z) g'(z) dz (g' even), by quad."""
+    def ft(t):
+        return integrate.quad(lambda z: np.cos(t * z) * g_prime(z), 0, z_max, limit=200, epsabs=1e-13)[0] / np.pi
+    return 2 * integrate.quad(lambda t: abs(ft(t)), 0, 40, limit=200, epsabs=1e-10)[0]
+
+
+@pytest.mark.parametrize("profile, g_prime, z_max", [
+    ("sigmoid", lambda z: 0.25 / np.cosh(z / 2) ** 2, 80.0),
+    ("tanh", lambda z: 1 / np.cosh(z) ** 2, 40.0),
+    ("erf", lambda z: 2 / np.sqrt(np.pi) * np.exp(-z * z), 8.0),
+])
+def test_ridge_barron_norm_matches_quadrature_of_the_profile_transform(profile, g_prime, z_max):
+    # C_f = |A| |w|_p int |t| |g_hat(t)| dt = |A| |w|_p int |FT(g')|, the transform by nested quad.
+    w = np.array([1.0, -2.0, 0.5])
+    f = RidgeTarget(w, profile, amplitude=-1.5)
+    kappa = _abs_fourier_of_derivative_integral(g_prime, z_max)
+    for p in (1, 2):
+        np.testing.assert_allclose(barron_norm(f, norm=p), 1.5 * np.linalg.norm(w, p) * kappa, rtol=1e-6)
+
+
+def test_ridge_barron_norm_of_gaussian_and_cosine_profiles():
+    # gaussian: g_hat = N(0, 1) density, int |t| g_hat = E|N(0,1)| (scipy's half-normal mean);
+    # cos: two atoms of mass 1/2 at t = +-1, int |t| dg_hat = 1.
+    w = np.array([3.0, 4.0])
+    np.testing.assert_allclose(RidgeTarget(w, "gaussian").barron_norm(2), 5 * stats.halfnorm.mean(), rtol=1e-14)
+    assert RidgeTarget(w, "cos").barron_norm(1) == 7.0
+    X = np.random.default_rng(0).standard_normal((5, 2))
+    np.testing.assert_allclose(RidgeTarget(w, "gaussian", 2.0)(X), 2 * np.exp(-(X @ w) ** 2 / 2), rtol=1e-14)
+    np.testing.assert_allclose(RidgeTarget(w, "sigmoid")(X), special.expit(X @ w), rtol=1e-14)
+    np.testing.assert_allclose(RidgeTarget(w, "erf")(X), special.erf(X @ w), rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- Maurey sampling
+@pytest.mark.parametrize("kind", ["cosine", "step", "relu"])
+def test_maurey_error_decays_like_one_over_sqrt_m(kind):
+    # Fitted log-log slope of the root-mean-square L2 error (over 8 seeds, on 400 points uniform in
+    # the unit ball of R^5) against m = 2^4 .. 2^11: within 0.1 of -1/2.
+    f = GaussianTarget(5, scale=1.0, center=np.full(5, 0.1))
+    rep = f.representation(kind, radius=1.0)
+    X = sample_ball(400, 5, rng=1)
+    y = f(X)
+    ms = 2 ** np.arange(4, 12)
+    rms = [math.sqrt(np.mean([np.mean((maurey_sample(rep, int(m), rng=seed)(X) - y) ** 2) for seed in range(8)]))
+           for m in ms]
+    slope = np.polyfit(np.log(ms), np.log(rms), 1)[0]
+    assert abs(slope + 0.5) <= 0.1
+
+
+def test_maurey_mean_squared_error_is_the_variance_over_m():
+    # Cosine features of the centred Gaussian: Var_omega cos(<omega, x>) = (1 - e^{-|x|^2/s^2})^2 / 2,
+    # so E ||f - f_m||^2 = mean_x (1 - e^{-|x|^2/s^2})^2 / (2 m). Monte Carlo over 300 seeds,
+    # tolerance 4 standard errors.
+    s, m = 1.2, 32
+    f = GaussianTarget(4, scale=s)
+    rep = f.representation("cosine")
+    X = sample_ball(200, 4, radius=2.0, rng=2)
+    y = f(X)
+    errors = np.array([np.mean((maurey_sample(rep, m, rng=seed)(X) - y) ** 2) for seed in range(300)])
+    expected = np.mean((1 - np.exp(-(X * X).sum(axis=1) / s**2)) ** 2) / (2 * m)
+    assert abs(errors.mean() - expected) <= 4 * errors.std(ddof=1) / math.sqrt(len(errors))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "step", "relu"])
+def test_representations_are_unbiased(kind):
+    # f(x) = c + <v, x> + M E[h sigma_theta(x)] on |x| <= r: with m = 2e5 draws the network is within
+    # 5 standard errors (estimated from the same draws) of f at 40 points, for a shifted Gaussian
+    # with a negative amplitude (the phase b = -<omega, c> and the sign of A both matter).
+    f = GaussianTarget(3, scale=0.8, amplitude=-1.5, center=[0.3, -0.2, 0.1])
+    rep = f.representation(kind, radius=1.0)
+    X = sample_ball(40, 3, radius=1.0, rng=3)
+    m = 200_000
+    h, W = rep.sample(m, rng=4)
+    terms = rep.mass * h[None, :] * np.asarray(rep.activation(np.hstack([X, np.ones((40, 1))]) @ W.T))
+    stderr = terms.std(axis=1) / math.sqrt(m)
+    net = maurey_sample(rep, m, rng=4)
+    assert np.all(np.abs(net(X) - gaussian(X, 0.8, -1.5, np.array([0.3, -0.2, 0.1]))) <= 5 * stderr)
+
+
+def test_step_maurey_networks_satisfy_barron_bound():
+    # Root mean square (over 10 seeds) of the L2 error on the ball of radius r, under two laws on it,
+    # below 2 r C_f / sqrt(m) (Barron 1993, Theorem 1).
+    r = 1.5
+    f = GaussianTarget(6, scale=1.0, center=np.full(6, 0.2))
+    rep = f.representation("step", radius=r)
+    C = f.barron_norm(norm=2)
+    assert rep.mass == pytest.approx(2 * r * C, rel=1e-15)
+    X_uniform = sample_ball(300, 6, radius=r, rng=5)
+    X_sphere = r * sample_sphere(300, 6, rng=6)
+    for m in (16, 256, 2048):
+        for X in (X_uniform, X_sphere):
+            mse = np.mean([np.mean((maurey_sample(rep, m, rng=s)(X) - f(X)) ** 2) for s in range(10)])
+            assert math.sqrt(mse) <= barron_bound(C, r, m) == pytest.approx(rep.bound(m))
+
+
+def test_maurey_sample_from_a_measure_draws_atoms_proportionally_to_their_mass():
+    # Atoms drawn with probabilities |c_j| / ||mu|| (chi-square test, p > 1e-3), weights ||mu|| sign(c_j),
+    # output scale 1/m; the network is within 5 standard errors of int relu(<x, theta>) dmu.
+    rng = np.random.default_rng(7)
+    c = np.array([3.0, -1.0, 0.5, -2.5])
+    mu = Measure(c, sample_sphere(4, 3, rng=8))
+    m = 40_000
+    net = maurey_sample(mu, m, rng=9)
+    assert net.m == m and net.gamma == 1 / m
+    np.testing.assert_array_equal(np.abs(net.a), np.full(m, 7.0))
+    idx = np.argmax(np.abs(net.W @ mu.points.T - 1) < 1e-12, axis=1)  # which atom each neuron is
+    np.testing.assert_array_equal(np.sign(net.a), np.sign(c[idx]))
+    counts = np.bincount(idx, minlength=4)
+    assert stats.chisquare(counts, m * np.abs(c) / 7.0).pvalue > 1e-3
+    X = rng.standard_normal((30, 3))
+    terms = 7.0 * np.sign(c[idx])[None, :] * np.maximum(X @ net.W.T, 0)
+    stderr = terms.std(axis=1) / math.sqrt(m)
+    assert np.all(np.abs(net(X) - mu.evaluate(X)) <= 5 * stderr)
+
+
+def test_maurey_sample_compresses_a_wide_network():
+    # A TwoLayer is sampled from its measure: unbiased, and the error of the m-neuron network
+    # decays: the RMS over seeds at m = 1000 is below 2/5 of the RMS at m = 100 (1/sqrt(10) ~ 0.32).
+    rng = np.random.default_rng(10)
+    wide = TwoLayer(rng.standard_normal(500), rng.standard_normal((500, 4)), bias=True)
+    X = rng.standard_normal((100, 3))
+    y = wide(X)
+    rms = [math.sqrt(np.mean([np.mean((maurey_sample(wide, m, rng=s)(X) - y) ** 2) for s in range(20)]))
+           for m in (100, 1000)]
+    assert rms[1] < 0.4 * rms[0]
+    small = maurey_sample(wide, 8, rng=0)
+    assert small.bias and small.m == 8 and small.activation == wide.activation
+
+
+def test_maurey_bounds_are_their_formulas():
+    assert maurey_bound(2.0, 16, sup=3.0) == 1.5
+    assert barron_bound(2.0, 0.5, 4) == 1.0
+
+
+def test_custom_representation_and_cosine_activation():
+    # A user-built representation: f(x) = 2 E_{w ~ U{-1, 1}}[cos(w x)] = 2 cos(x); the cosine
+    # activation's derivative against a central difference (step 1e-6, tolerance 1e-8).
+    rep = Representation(1, 2.0, COSINE, lambda m, rng: (np.ones(m), np.column_stack([rng.choice([-1.0, 1.0], m),
+                                                                                       np.zeros(m)])))
+    x = np.linspace(-2, 2, 9)[:, None]
+    np.testing.assert_allclose(maurey_sample(rep, 7, rng=0)(x), 2 * np.cos(x[:, 0]), rtol=1e-14, atol=1e-14)
+    z = np.linspace(-3, 3, 7)
+    np.testing.assert_allclose(COSINE.derivative(z), (COSINE(z + 1e-6) - COSINE(z - 1e-6)) / 2e-6, atol=1e-8)
+
+
+def test_sample_ball_is_uniform_in_the_ball():
+    # |x| / r to the power d is uniform on [0, 1] (KS, p > 1e-3), and directions are centred.
+    d, r = 4, 2.5
+    X = sample_ball(5000, d, radius=r, rng=11)
+    norms = np.linalg.norm(X, axis=1)
+    assert norms.max() <= r
+    assert stats.kstest((norms / r) ** d, "uniform").pvalue > 1e-3
+    assert np.abs((X / norms[:, None]).mean(axis=0)).max() < 5 / math.sqrt(5000)
+    np.testing.assert_array_equal(sample_ball(10, d, rng=1), sample_ball(10, d, rng=1))
+
+
+# --------------------------------------------------------------------------- F1 vs F2 (Bach 2017)
+@pytest.mark.parametrize("d", [3, 4, 6])
+def test_f2_norm_of_a_truncated_neuron_grows_without_bound_while_its_f1_norm_stays(d):
+    # For f = a relu(<w, x>) on S^{d-1}: |P_{<=K} f|_{F2}^2 = a^2 |w|^2 sum_{k <= K, mu_k != 0} N(d, k),
+    # mu_k(relu) != 0 exactly for k = 0, 1 and even k (Bach 2017, App. D.2), N from the dimension of
+    # homogeneous polynomials; the F1 norm is |a| |w| for every K. Tolerance 1e-12 relative (sums of
+    # ratios of float coefficients).
+    rng = np.random.default_rng(12)
+    a, w = -1.7, rng.standard_normal(d)
+    K = 24
+    f1, f2 = single_neuron_norms(a, w, K)
+    np.testing.assert_allclose(f1, abs(a) * np.linalg.norm(w), rtol=1e-14)
+    alive = [k for k in range(K + 1) if k <= 1 or k % 2 == 0]
+    expected = np.sqrt([a * a * (w @ w) * sum(N_harmonics(d, k) for k in alive if k <= Kc) for Kc in range(K + 1)])
+    np.testing.assert_allclose(f2, expected, rtol=1e-12)
+    assert np.all(np.diff(f2[::2]) > 0) and f2[-1] > 10 * f1   # F2 ~ K^{(d-1)/2} |a| |w|, F1 = |a| |w|
+    # through the library pieces named in Bach's statement, term by term: energy mu_k^2 N(d, k), eigenvalue mu_k^2
+    from shallow.activations import funk_hecke
+    from shallow.kernels import dot_product_kernel, f2_norm_from_harmonics, mercer_eigenvalues
+    mu = funk_hecke("relu", d, K)
+    lam = mercer_eigenvalues(dot_product_kernel("nngp", "relu", "sphere", d), d, K)
+    energies = mu**2 * np.array([N_harmonics(d, k) for k in range(K + 1)], dtype=float)
+    np.testing.assert_allclose(f2_norm_from_harmonics(energies, lam) ** 2, sum(N_harmonics(d, k) for k in alive),
+                               rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_targets_and_maurey_networks_on_each_backend(xp, dtype):
+    # Same numbers on numpy and cupy: 1e-12 in float64, 1e-5 in float32 (relative to values of order 1).
+    device = "cpu" if xp is np else "gpu"
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    f = GaussianTarget(3, scale=0.9, center=[0.1, 0.0, -0.2])
+    X = sample_ball(64, 3, rng=13)
+    Xd = sample_ball(64, 3, rng=13, dtype=dtype, device=device)
+    assert isinstance(Xd, xp.ndarray) and Xd.dtype == dtype
+    fd = f(Xd)
+    assert isinstance(fd, xp.ndarray) and fd.dtype == dtype
+    np.testing.assert_allclose(to_numpy(fd), f(X), rtol=tol, atol=tol)
+    for kind in ("cosine", "step", "relu"):
+        rep = f.representation(kind, radius=1.0)
+        host = maurey_sample(rep, 50, rng=14)
+        dev = maurey_sample(rep, 50, rng=14, dtype=dtype, device=device)
+        np.testing.assert_allclose(to_numpy(dev(Xd)), host(X), rtol=10 * tol, atol=10 * tol)
+    omega = xp.asarray(f.sample_frequencies(10, rng=15), dtype=dtype)
+    np.testing.assert_allclose(to_numpy(f.fourier_transform(omega)),
+                               f.fourier_transform(to_numpy(omega).astype(np.float64)), rtol=tol, atol=tol)
+    grid = xp.asarray(gaussian(0.2 * (np.arange(64) - 32)[:, None], 1.0), dtype=dtype)
+    np.testing.assert_allclose(barron_norm(grid, spacing=0.2), barron_norm(to_numpy(grid).astype(np.float64),
+                                                                          spacing=0.2), rtol=tol)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call, match", [
+    (lambda: barron_norm(GaussianTarget(2), norm=3), "norm must be 1"),
+    (lambda: barron_norm(GaussianTarget(2).fourier_transform, extent=3.0), "d is required"),
+    (lambda: barron_norm(GaussianTarget(2).fourier_transform, d=2), "extent is required"),
+    (lambda: barron_norm(GaussianTarget(2).fourier_transform, d=2, extent=-1.0), "extent must be a positive"),
+    (lambda: barron_norm(GaussianTarget(2).fourier_transform, d=2, extent=1.0, num=0), "num must be an integer"),
+    (lambda: barron_norm(lambda w: np.ones(3), d=1, extent=1.0, num=4), "f_hat must map"),
+    (lambda: barron_norm(lambda w: np.full(w.shape[0], np.nan), d=1, extent=1.0, num=4), "f_hat returned NaN"),
+    (lambda: barron_norm(np.ones(8)), "spacing is required"),
+    (lambda: barron_norm(np.array([1.0, np.nan]), spacing=0.1), "f contains 1 NaN"),
+    (lambda: barron_norm(np.ones((4, 4)), spacing=[0.1, 0.1, 0.1]), "spacing has 3 entries"),
+    (lambda: barron_norm(np.ones(4), spacing=-0.1), "spacing must be a positive"),
+    (lambda: barron_norm(None), "f must be a target"),
+    (lambda: GaussianTarget(0), "d must be an integer >= 1"),
+    (lambda: GaussianTarget(2, scale=0.0), "scale must be a positive"),
+    (lambda: GaussianTarget(2, amplitude=np.nan), "amplitude must be a finite"),
+    (lambda: GaussianTarget(2, amplitude=0.0), "amplitude must be nonzero"),
+    (lambda: GaussianTarget(2, center=[1.0, 2.0, 3.0]), "center has shape"),
+    (lambda: GaussianTarget(2, center=[1.0, np.nan]), "center contains 1 NaN"),
+    (lambda: GaussianTarget(2)(np.ones((3, 3))), "X has shape"),
+    (lambda: GaussianTarget(2).barron_norm(order=3), "order must be an integer"),
+    (lambda: GaussianTarget(2).representation("sigmoid"), "kind must be"),
+    (lambda: GaussianTarget(2).representation("step"), "radius is required"),
+    (lambda: GaussianTarget(2).representation("relu", radius=-1.0), "radius must be a positive"),
+    (lambda: RidgeTarget(np.zeros(3)), "w must be a nonzero"),
+    (lambda: RidgeTarget(np.ones(3), "relu"), "profile must be one of"),
+    (lambda: maurey_sample(GaussianTarget(2).representation(), 0), "m must be an integer >= 1"),
+    (lambda: maurey_sample(GaussianTarget(2).representation(), -3), "m must be an integer >= 1"),
+    (lambda: maurey_sample(GaussianTarget(2), 5), "measure must be a Representation"),
+    (lambda: maurey_sample(GaussianTarget(2).representation(), 5, dtype=np.int64), "dtype must be float32"),
+    (lambda: maurey_sample(Measure(np.zeros(2), np.eye(2)), 5), "zero total variation"),
+    (lambda: maurey_bound(-1.0, 4), "mass must be a positive"),
+    (lambda: barron_bound(1.0, 1.0, 0), "m must be an integer >= 1"),
+    (lambda: sample_ball(-1, 2), "n must be an integer >= 0"),
+    (lambda: sample_ball(3, 2, radius=np.inf), "radius must be a positive"),
+    (lambda: single_neuron_norms(1.0, np.ones(3), -1), "kmax must be an integer >= 0"),
+    (lambda: single_neuron_norms(1.0, np.ones(1), 3), "w must have d >= 2"),
+    (lambda: single_neuron_norms(1.0, np.zeros(3), 3), "w must be nonzero"),
+    (lambda: single_neuron_norms(1.0, np.ones(3), 3, activation="tanh"), "not positively homogeneous"),
+    (lambda: Representation(2, 1.0, "relu", lambda m, rng: (np.full(m, 2.0), np.zeros((m, 3)))).sample(3),
+     r"\|h\| up to 2"),
+    (lambda: Representation(2, 1.0, "relu", lambda m, rng: (np.ones(m), np.zeros((m, 2)))).sample(3),
+     "sampler returned h of shape"),
+    (lambda: Representation(2, 0.0, "relu", lambda m, rng: None), "mass must be a positive"),
+    (lambda: Representation(2, 1.0, "relu", None), "sampler must be a callable"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,455 @@
+"""Depth separation: Telgarsky's sawtooth and exact piece counts, Eldan-Shamir, Safran-Shamir, Daniely."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from shallow.backend import to_numpy
+from shallow.depth import (DeepReLU, EldanShamirFunction, PiecewiseLinear, ball_indicator, ball_indicator_network,
+                           count_linear_pieces, daniely_function, daniely_network, eldan_shamir_density,
+                           eldan_shamir_radial_cdf, eldan_shamir_radial_density, l1_distance, linear_pieces,
+                           max_pieces_two_layer, radial_network, sample_daniely, sample_eldan_shamir, sawtooth,
+                           sawtooth_l1_lower_bound, unit_ball_radius)
+from shallow.networks import TwoLayer
+
+EPS = np.finfo(np.float64).eps
+
+
+def tent_composition(x, k):
+    """The tent map t(x) = 2x (x <= 1/2), 2 - 2x (x > 1/2) applied k times, written directly."""
+    y = np.array(x, dtype=np.float64)
+    for _ in range(k):
+        y = np.where(y <= 0.5, 2 * y, 2 - 2 * y)
+    return y
+
+
+def grid_piece_count(values, x):
+    """Affine pieces seen on a grid: 1 + the number of slope changes between consecutive cells."""
+    slopes = np.diff(values) / np.diff(x)
+    scale = np.abs(slopes).max()
+    return 1 + int((np.abs(np.diff(slopes)) > 1e-9 * scale).sum())
+
+
+def random_deep_net(rng, d=1, widths=(6, 5, 4)):
+    sizes = (d, *widths, 1)
+    Ws = [rng.standard_normal((sizes[i + 1], sizes[i])) for i in range(len(sizes) - 1)]
+    bs = [rng.standard_normal(sizes[i + 1]) for i in range(len(sizes) - 1)]
+    return DeepReLU(Ws, bs)
+
+
+def unit_ball_radius_direct(d):
+    """R with pi^{d/2} R^d / Gamma(d/2 + 1) = 1, computed here without the library."""
+    return (special.gamma(d / 2 + 1) / np.pi ** (d / 2)) ** (1 / d)
+
+
+# --------------------------------------------------------------------------- Telgarsky
+@pytest.mark.parametrize("exact", [False, True])
+def test_sawtooth_has_2_to_the_k_linear_pieces(exact):
+    # Telgarsky 2016, Sec. 3: the k-fold tent map has 2^k affine pieces on [0, 1]; counted exactly.
+    for k in range(13):
+        assert count_linear_pieces(sawtooth(k), (0.0, 1.0), exact=exact) == 2**k
+
+
+@pytest.mark.parametrize("k", range(9))
+def test_sawtooth_piece_count_matches_a_dense_grid(k):
+    # Independent count: slopes between the points of a grid 32 times finer than the pieces, from
+    # the direct composition of the tent map and from the network (the kinks j / 2^k lie on the grid).
+    x = np.arange(2 ** (k + 5) + 1) / 2 ** (k + 5)
+    assert grid_piece_count(tent_composition(x, k), x) == 2**k
+    assert grid_piece_count(sawtooth(k)(x[:, None]), x) == 2**k
+    pl = linear_pieces(sawtooth(k))
+    np.testing.assert_array_equal(pl.breakpoints, np.arange(2**k + 1) / 2**k)
+    np.testing.assert_array_equal(np.abs(pl.slopes), np.full(2**k, 2.0**k))
+
+
+def test_sawtooth_is_the_k_fold_composition_of_the_tent_map():
+    # Every operation is exact on dyadic numbers in [0, 1], so the network equals the composition
+    # bit for bit (tolerance 0), on random points and on a dyadic grid.
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.random(20000), np.arange(2**12 + 1) / 2**12])
+    for k in range(13):
+        np.testing.assert_array_equal(sawtooth(k)(x[:, None]), tent_composition(x, k))
+
+
+def test_sawtooth_has_k_hidden_layers_of_two_neurons():
+    for k in range(1, 8):
+        net = sawtooth(k)
+        assert net.widths == (2,) * k and net.depth == k + 1 and net.n_neurons == 2 * k
+
+
+def test_linear_pieces_are_the_maximal_affine_pieces_of_a_random_network():
+    # Each reported piece is affine (the network agrees with slope t + intercept at interior points,
+    # up to rounding of the network's sums, 1e-12 relative) and adjacent slopes differ; exact and
+    # floating-point counts agree.
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        net = random_deep_net(rng)
+        pl = linear_pieces(net, (-3.0, 3.0))
+        assert isinstance(pl, PiecewiseLinear) and len(pl) == count_linear_pieces(net, (-3, 3), exact=True)
+        P = pl.breakpoints
+        assert P[0] == -3 and P[-1] == 3 and (np.diff(P) > 0).all()
+        u = rng.random((len(pl), 4))
+        t = P[:-1, None] + u * np.diff(P)[:, None]  # (p, 4) interior points
+        values = net(t.reshape(-1, 1)).reshape(t.shape)
+        scale = np.abs(values).max() + 1
+        np.testing.assert_allclose(values, pl.slopes[:, None] * t + pl.intercepts[:, None], rtol=0,
+                                   atol=1e-12 * scale)
+        assert (np.abs(np.diff(pl.slopes)) > 1e-9).all()
+
+
+def test_two_layer_relu_net_on_a_line_has_at_most_m_plus_1_pieces():
+    # A width-m relu network bends at t_j = -b_j / w_j only: pieces = 1 + #{distinct t_j inside},
+    # at most m + 1 (counted here directly from the parameters).
+    rng = np.random.default_rng(2)
+    for m in (1, 5, 40, 300):
+        W = np.column_stack([rng.standard_normal(m), rng.uniform(-1.5, 1.5, m)])  # (m, 2): w_j, b_j
+        a = rng.standard_normal(m)
+        net = TwoLayer(a, W, activation="relu", gamma=1.0, bias=True)
+        kinks = -W[:, 1] / W[:, 0]
+        inside = int(((kinks > -1) & (kinks < 1)).sum())
+        count = count_linear_pieces(net, (-1.0, 1.0))
+        assert count == 1 + inside <= max_pieces_two_layer(m)
+    # all kinks inside: exactly m + 1
+    m = 50
+    t = np.sort(rng.uniform(0.01, 0.99, m))
+    net = TwoLayer(rng.choice([-1.0, 1.0], m), np.column_stack([np.ones(m), -t]), gamma=1.0, bias=True)
+    assert count_linear_pieces(net) == count_linear_pieces(net, exact=True) == m + 1
+    # neurons repeated with a scaled row bend at the same point: one kink each. Scaling by 2 is exact
+    # in binary; by 3 the float kinks -3b/(3w) and -b/w may differ by an ulp, which the default
+    # tolerance (1e-12 of the interval) merges.
+    a = rng.choice([-1.0, 1.0], m)
+    W = np.column_stack([np.ones(m), -t])
+    for scale, modes in ((2.0, (False, True)), (3.0, (False,))):
+        twice = TwoLayer(np.concatenate([a, a]), np.concatenate([W, scale * W]), gamma=1.0, bias=True)
+        for exact in modes:
+            assert count_linear_pieces(twice, exact=exact) == m + 1
+
+
+def test_pieces_on_a_line_through_a_network_in_higher_dimension():
+    # Along x(t) = x0 + t v the neuron relu(<w, x> + b) bends at t = -(<w, x0> + b) / <w, v>.
+    rng = np.random.default_rng(3)
+    m, d = 30, 4
+    W = rng.standard_normal((m, d + 1))
+    net = TwoLayer(rng.standard_normal(m), W, gamma=1.0, bias=True)
+    x0, v = rng.standard_normal(d), rng.standard_normal(d)
+    kinks = -(W[:, :d] @ x0 + W[:, d]) / (W[:, :d] @ v)
+    expected = 1 + int(((kinks > -2) & (kinks < 2)).sum())
+    assert count_linear_pieces(net, (-2.0, 2.0), origin=x0, direction=v) == expected
+    deep = DeepReLU.from_two_layer(net)
+    assert count_linear_pieces(deep, (-2.0, 2.0), origin=x0, direction=v, exact=True) == expected
+
+
+def test_deep_relu_from_two_layer_is_the_same_function():
+    rng = np.random.default_rng(4)
+    net = TwoLayer(rng.standard_normal(7), rng.standard_normal((7, 4)), gamma=0.3, bias=True)
+    X = rng.standard_normal((20, 3))
+    np.testing.assert_allclose(DeepReLU.from_two_layer(net)(X), net(X), rtol=1e-13, atol=1e-14)
+
+
+def test_l1_distance_matches_quadrature():
+    # Exact piecewise integration against scipy's quad split at every kink of both functions.
+    rng = np.random.default_rng(5)
+    m = 12
+    net = TwoLayer(rng.standard_normal(m), np.column_stack([rng.standard_normal(m), rng.uniform(-1, 1, m)]),
+                   gamma=1.0, bias=True)
+    f = sawtooth(4)
+    kinks = np.concatenate([np.arange(17) / 16, linear_pieces(net).breakpoints])
+    kinks = np.unique(kinks[(kinks > 0) & (kinks < 1)])
+    value, err = integrate.quad(lambda t: abs(f(np.array([[t]]))[0] - net(np.array([[t]]))[0]), 0, 1,
+                                points=kinks, limit=500, epsabs=1e-13, epsrel=1e-12)
+    assert abs(l1_distance(f, net) - value) <= 1e-10 + 10 * err
+
+
+@pytest.mark.parametrize("k", [5, 7])
+def test_telgarsky_lower_bound_holds_for_shallow_networks(k):
+    # int_0^1 |f_k - g| >= (2^k - 2 s - 2) / 2^{k+3} for g with s pieces. Checked for least-squares
+    # fits (the best a width-m network with these kinks does, on a fine grid) and random networks,
+    # the L1 distance computed exactly.
+    rng = np.random.default_rng(6)
+    f = sawtooth(k)
+    x = (np.arange(4096) + 0.5) / 4096
+    y = tent_composition(x, k)
+    for m in (1, 3, 8, 2 ** (k - 2), 2 ** (k - 1) - 3):
+        knots = np.sort(rng.uniform(0, 1, m))
+        features = np.maximum(x[:, None] - knots[None, :], 0)  # (n, m)
+        design = np.column_stack([features, np.ones_like(x), x])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        # c + b x + sum_j a_j relu(x - k_j) as a width-(m + 2) relu network (x = relu(x) - relu(-x))
+        a = np.concatenate([coef[:m], [coef[m + 1], -coef[m + 1], coef[m]]])
+        W = np.concatenate([np.column_stack([np.ones(m), -knots]), [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]])
+        g = TwoLayer(a, W, gamma=1.0, bias=True)
+        s = count_linear_pieces(g)
+        assert s <= m + 1
+        assert l1_distance(f, g) >= sawtooth_l1_lower_bound(k, s)
+        h = TwoLayer(rng.standard_normal(m), np.column_stack([rng.standard_normal(m), rng.uniform(-1, 1, m)]),
+                     gamma=1.0, bias=True)
+        assert l1_distance(f, h) >= sawtooth_l1_lower_bound(k, count_linear_pieces(h))
+
+
+def test_sawtooth_lower_bound_is_its_formula():
+    assert sawtooth_l1_lower_bound(10, 1) == (2**10 - 4) / 2**13
+    assert sawtooth_l1_lower_bound(4, 7) == 0.0
+    assert max_pieces_two_layer(0) == 1
+
+
+# --------------------------------------------------------------------------- Eldan-Shamir
+@pytest.mark.parametrize("d", [1, 2, 3, 6])
+def test_eldan_shamir_density_integrates_to_one(d):
+    # int phi^2 = int_0^inf |S^{d-1}| r^{d-1} phi(r e_1)^2 dr, by quad on cells of half a period of
+    # the Bessel oscillation up to z = 2 pi R r = 2000, plus the tail 2 nu / (pi z) (the average of
+    # the asymptotic J^2 ~ (2 / (pi z)) cos^2; the neglected oscillating part is below 2 nu / (pi z^2)).
+    R = unit_ball_radius_direct(d)
+    area = 2 * np.pi ** (d / 2) / special.gamma(d / 2)
+    z_end = 2000.0
+    r_end = z_end / (2 * np.pi * R)
+
+    def radial(r):
+        return area * r ** (d - 1) * float(eldan_shamir_density(np.array([[r] + [0.0] * (d - 1)]))[0])
+
+    edges = np.linspace(0, r_end, int(z_end / (np.pi / 2)) + 1)
+    body = sum(integrate.quad(radial, lo, hi, epsabs=1e-14, epsrel=1e-12)[0] for lo, hi in zip(edges[:-1], edges[1:]))
+    tail = 2 * (d / 2) / (np.pi * z_end)
+    assert abs(body + tail - 1) <= 2 * (d / 2) / (np.pi * z_end**2) + 1e-9
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volume_ball(d):
+    # Closed forms of int_{|y| <= R} e^{-2 pi i <x, y>} dy: d = 1, sin(pi x) / (pi x) (R = 1/2);
+    # d = 2, R J_1(2 pi R |x|) / |x| (R = 1/sqrt(pi)); d = 3, 4 pi R^3 (sin a - a cos a) / a^3,
+    # a = 2 pi R |x|, R = (3 / (4 pi))^{1/3}.
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, d)) * rng.uniform(0.01, 3, (300, 1))
+    X[0] = 0.0
+    r = np.linalg.norm(X, axis=1)
+    R = unit_ball_radius_direct(d)
+    if d == 1:
+        phi = np.sinc(r)
+    elif d == 2:
+        phi = np.where(r > 0, R * special.j1(2 * np.pi * R * r) / np.where(r > 0, r, 1), np.pi * R**2)
+    else:
+        a = 2 * np.pi * R * r
+        phi = np.where(a > 0, 4 * np.pi * R**3 * (np.sin(a) - a * np.cos(a)) / np.where(a > 0, a, 1) ** 3,
+                       4 * np.pi * R**3 / 3)
+    # 1e-13 absolute: phi is of order 1 and the closed forms lose a few digits to cancellation near 0.
+    np.testing.assert_allclose(eldan_shamir_density(X), phi**2, rtol=1e-10, atol=1e-13)
+    assert abs(unit_ball_radius(d) - R) <= 4 * EPS
+
+
+@pytest.mark.parametrize("d", [2, 5, 20])
+def test_eldan_shamir_radial_cdf_matches_quadrature(d):
+    # The Bessel series against quad of q(z) = 2 nu J_nu(z)^2 / z (written here with scipy's jv),
+    # cell by cell in z, at a few radii.
+    nu = d / 2
+    R = unit_ball_radius_direct(d)
+    z_points = np.array([0.5 * nu, nu, nu + 5, 3 * nu + 20, 150.0])
+    edges = np.unique(np.concatenate([np.arange(0, 151, 1.0), z_points]))
+    cells = [integrate.quad(lambda z: 2 * nu * special.jv(nu, z) ** 2 / z if z > 0 else 0.0, lo, hi,
+                            epsabs=1e-15, epsrel=1e-13)[0] for lo, hi in zip(edges[:-1], edges[1:])]
+    F = np.concatenate([[0.0], np.cumsum(cells)])
+    expected = F[np.searchsorted(edges, z_points)]
+    got = eldan_shamir_radial_cdf(z_points / (2 * np.pi * R), d)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11)
+    # and the radial density is q in the variable r
+    r = z_points / (2 * np.pi * R)
+    q = 2 * nu * special.jv(nu, z_points) ** 2 / z_points
+    np.testing.assert_allclose(eldan_shamir_radial_density(r, d), q * 2 * np.pi * R, rtol=1e-10)
+
+
+@pytest.mark.parametrize("d", [2, 5, 20])
+def test_eldan_shamir_samples_follow_the_radial_law(d):
+    # KS test of |x| against the radial CDF (fixed seed; rejects at p < 1e-3), directions centred
+    # (|mean of x/|x|| within 5 / sqrt(n) per coordinate), and the mass beyond the table's z_max
+    # (drawn by rejection) within 5 binomial standard deviations.
+    n = 3000
+    X = sample_eldan_shamir(n, d, rng=8)
+    r = np.linalg.norm(X, axis=1)
+    assert stats.kstest(r, lambda t: eldan_shamir_radial_cdf(t, d)).pvalue > 1e-3
+    assert np.abs((X / r[:, None]).mean(axis=0)).max() < 5 / math.sqrt(n)
+    big = sample_eldan_shamir(20000, d, rng=9)
+    z_max = 2 * d + 200.0
+    r_max = z_max / (2 * np.pi * unit_ball_radius_direct(d))
+    p = 1 - float(eldan_shamir_radial_cdf(np.array([r_max]), d)[0])
+    count = int((np.linalg.norm(big, axis=1) > r_max).sum())
+    assert abs(count - 20000 * p) <= 5 * math.sqrt(20000 * p * (1 - p))
+
+
+def test_eldan_shamir_sampler_is_reproducible():
+    np.testing.assert_array_equal(sample_eldan_shamir(50, 3, rng=1), sample_eldan_shamir(50, 3, rng=1))
+    assert sample_eldan_shamir(10, 3, rng=1, dtype=np.float32).dtype == np.float32
+
+
+def test_eldan_shamir_target_is_plus_minus_one_on_its_shells():
+    g = EldanShamirFunction(6, n_shells=5, alpha=1.2, rng=0)
+    a = (1 + np.arange(6) / 5) * 1.2 * math.sqrt(6)
+    np.testing.assert_allclose(g.edges, a, rtol=1e-15)
+    rng = np.random.default_rng(10)
+    u = rng.standard_normal((400, 6))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    r = rng.uniform(0, 3 * math.sqrt(6), 400)
+    shell = np.searchsorted(a, r, side="right") - 1
+    expected = np.where((shell >= 0) & (shell < 5), g.signs[np.clip(shell, 0, 4)], 0.0)
+    np.testing.assert_array_equal(g(u * r[:, None]), expected)
+
+
+@pytest.mark.parametrize("d, N, ramp", [(3, 3, 0.25), (8, 6, 0.5)])
+def test_eldan_shamir_three_layer_network_is_within_its_error_bound(d, N, ramp):
+    # sup |net - g_ramp| <= Lip(psi) d h^2 / 4 <= tolerance (radial_network's bound), on points drawn
+    # from phi^2 and on points spread over the shells; and g_ramp = g on the flat middle of each shell.
+    g = EldanShamirFunction(d, n_shells=N, ramp=ramp, rng=11)
+    net = g.network(tolerance=0.02)
+    assert net.depth == 3 and net.meta["error_bound"] <= 0.02
+    rng = np.random.default_rng(12)
+    u = rng.standard_normal((3000, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    X = np.concatenate([u * rng.uniform(0, 1.1 * g.edges[-1], (3000, 1)), sample_eldan_shamir(3000, d, rng=13)])
+    assert np.abs(net(X) - g(X)).max() <= net.meta["error_bound"] + 1e-12
+    s = (X * X).sum(axis=1)
+    sq = g.edges**2
+    i = np.clip(np.searchsorted(sq, s, side="right") - 1, 0, N - 1)
+    w = sq[i + 1] - sq[i]
+    flat = (s >= sq[i] + ramp * w) & (s <= sq[i + 1] - ramp * w) & (s < sq[-1])
+    hard = EldanShamirFunction(d, n_shells=N, signs=g.signs)
+    np.testing.assert_array_equal(g(X[flat]), hard(X[flat]))
+
+
+def test_radial_network_overestimates_the_squared_norm_within_d_h2_over_4():
+    # psi(s) = s on [0, 9] is read off directly: 0 <= net - |x|^2 <= d h^2 / 4 where |x_i| <= B = 3.
+    d = 4
+    net = radial_network([0.0, 9.0], [0.0, 9.0], d, 3.0, tolerance=0.05)
+    K = net.meta["pieces_per_square"]
+    h = 3.0 / K
+    X = np.random.default_rng(14).uniform(-1.5, 1.5, (2000, d))
+    gap = net(X) - (X * X).sum(axis=1)
+    assert gap.min() >= -1e-12 and gap.max() <= d * h * h / 4 + 1e-12 <= 0.05 + 1e-12
+
+
+# --------------------------------------------------------------------------- Safran-Shamir
+@pytest.mark.parametrize("d, delta, radius", [(2, 0.05, 1.0), (5, 0.2, 1.0), (10, 0.1, 2.0)])
+def test_safran_shamir_network_is_the_ball_indicator_away_from_the_boundary(d, delta, radius):
+    # Exact outside the shell (1 - delta) r < |x| < (1 + delta) r, up to rounding (1e-12), including
+    # points far outside whose coordinates leave the range of the squares; in [0, 1] inside the shell.
+    net = ball_indicator_network(d, delta, radius)
+    assert net.depth == 3
+    rng = np.random.default_rng(15)
+    u = rng.standard_normal((4000, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    r = radius * np.concatenate([rng.uniform(0, 1 - delta, 2000), rng.uniform(1 + delta, 4, 2000)])
+    X = u * r[:, None]
+    np.testing.assert_allclose(net(X), ball_indicator(X, radius), rtol=0, atol=1e-12)
+    shell = u * (radius * rng.uniform(1 - delta, 1 + delta, 4000))[:, None]
+    values = net(shell)
+    assert values.min() >= -1e-12 and values.max() <= 1 + 1e-12
+
+
+def test_ball_indicator_is_one_inside():
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1e-6], [3.0, 4.0]])
+    np.testing.assert_array_equal(ball_indicator(X), [1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(ball_indicator(X, radius=5.0), [1.0, 1.0, 1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- Daniely
+@pytest.mark.parametrize("d", [2, 3])
+def test_daniely_network_is_within_its_error_bound(d):
+    # sup over S^{d-1} x S^{d-1} of |net - sin(pi d^3 <x, y>)| <= interpolation + squares error.
+    net = daniely_network(d, tolerance=0.05)
+    assert net.depth == 3 and net.meta["error_bound"] <= 0.05
+    Z = sample_daniely(4000, d, rng=16)
+    assert np.abs(net(Z) - daniely_function(Z)).max() <= net.meta["error_bound"]
+
+
+def test_daniely_function_is_sin_of_scaled_inner_product():
+    rng = np.random.default_rng(17)
+    Z = sample_daniely(100, 3, rng=rng)
+    x, y = Z[:, :3], Z[:, 3:]
+    np.testing.assert_allclose(daniely_function(Z), np.sin(np.pi * 27 * np.einsum("ij,ij->i", x, y)),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [3, 8])
+def test_daniely_pairs_are_uniform_on_the_product_of_spheres(d):
+    # Unit rows, and <x, y> = 2 B - 1 with B ~ Beta((d-1)/2, (d-1)/2) (KS, p > 1e-3).
+    Z = sample_daniely(4000, d, rng=18)
+    np.testing.assert_allclose(np.linalg.norm(Z[:, :d], axis=1), 1, rtol=4 * EPS)
+    np.testing.assert_allclose(np.linalg.norm(Z[:, d:], axis=1), 1, rtol=4 * EPS)
+    t = np.einsum("ij,ij->i", Z[:, :d], Z[:, d:])
+    assert stats.kstest((t + 1) / 2, stats.beta((d - 1) / 2, (d - 1) / 2).cdf).pvalue > 1e-3
+
+
+# --------------------------------------------------------------------------- backends
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_constructions_evaluate_on_each_backend(xp, dtype):
+    # Same values on numpy and cupy (1e-12 in float64; float32 within 1e-5 of float64 on the
+    # sawtooth at dyadic points, where it is exact, and on the indicator away from its shell).
+    device = "cpu" if xp is np else "gpu"
+    x = np.arange(257)[:, None] / 256
+    saw = sawtooth(8, dtype=dtype, device=device)
+    out = saw(xp.asarray(x, dtype=dtype))
+    assert isinstance(out, xp.ndarray) and out.dtype == dtype
+    np.testing.assert_array_equal(to_numpy(out), tent_composition(x[:, 0], 8))
+    rng = np.random.default_rng(19)
+    X = rng.standard_normal((300, 3)) * 2
+    r = np.linalg.norm(X, axis=1)
+    X = X[(r < 0.85) | (r > 1.15)]
+    ball = ball_indicator_network(3, 0.1, dtype=dtype, device=device)
+    np.testing.assert_allclose(to_numpy(ball(xp.asarray(X, dtype=dtype))), ball_indicator(X), atol=1e-5)
+    g = EldanShamirFunction(3, n_shells=3, ramp=0.3, rng=0)
+    Xg = xp.asarray(X * 2, dtype=dtype)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(to_numpy(g(Xg)), g(X * 2), atol=tol)
+    np.testing.assert_allclose(to_numpy(eldan_shamir_density(Xg)), eldan_shamir_density(X * 2), rtol=tol, atol=tol)
+    Z = sample_daniely(50, 3, rng=1, dtype=dtype, device=device)
+    np.testing.assert_allclose(to_numpy(daniely_function(Z)), daniely_function(to_numpy(Z).astype(np.float64)),
+                               atol=1e-12 if dtype == np.float64 else 1e-3)
+
+
+@pytest.mark.gpu
+def test_piece_count_of_a_gpu_network_is_computed_on_the_host():
+    assert count_linear_pieces(sawtooth(10, device="gpu")) == 2**10
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call, match", [
+    (lambda: sawtooth(-1), "k must be an integer >= 0"),
+    (lambda: sawtooth(2.5), "k must be an integer"),
+    (lambda: count_linear_pieces(sawtooth(2), (1.0, 0.0)), "interval must have lo < hi"),
+    (lambda: count_linear_pieces(sawtooth(2), (0.0, np.nan)), r"interval\[1\] must be a finite"),
+    (lambda: count_linear_pieces(np.ones(3)), "f must be a DeepReLU"),
+    (lambda: count_linear_pieces(TwoLayer(np.ones(2), np.ones((2, 3)))), "give the line's direction"),
+    (lambda: count_linear_pieces(TwoLayer(np.ones(2), np.ones((2, 3))), direction=np.ones(2)),
+     "direction has shape"),
+    (lambda: count_linear_pieces(sawtooth(2), tol=-1.0), "tol must be"),
+    (lambda: DeepReLU([np.ones((2, 1)), np.ones((1, 3))], [np.zeros(2), np.zeros(1)]), r"weights\[1\] has shape"),
+    (lambda: DeepReLU([np.ones((2, 1))], [np.zeros(3)]), r"biases\[0\] has shape"),
+    (lambda: DeepReLU([np.full((2, 1), np.nan)], [np.zeros(2)]), r"weights\[0\] contains 2 NaN"),
+    (lambda: DeepReLU([], []), "weights must be a non-empty list"),
+    (lambda: sawtooth(2)(np.ones((3, 2))), "X has shape"),
+    (lambda: sawtooth(2)(np.array([[np.nan]])), "X contains 1 NaN"),
+    (lambda: DeepReLU.from_two_layer(TwoLayer(np.ones(2), np.ones((2, 2)), activation="tanh")), "relu"),
+    (lambda: sawtooth_l1_lower_bound(3, 0), "pieces must be an integer >= 1"),
+    (lambda: max_pieces_two_layer(-2), "m must be an integer >= 0"),
+    (lambda: eldan_shamir_density(np.ones(3)), "X must be a 2-dimensional array"),
+    (lambda: eldan_shamir_radial_cdf(np.array([-1.0]), 2), "r must be >= 0"),
+    (lambda: eldan_shamir_radial_density(np.array([1.0]), 0), "d must be an integer >= 1"),
+    (lambda: sample_eldan_shamir(-1, 2), "n must be an integer >= 0"),
+    (lambda: EldanShamirFunction(3, ramp=0.7), "ramp must be a number in"),
+    (lambda: EldanShamirFunction(3, n_shells=2, signs=[1.0, 0.5]), "signs must be -1 or"),
+    (lambda: EldanShamirFunction(3, n_shells=2, signs=[1.0]), "signs has shape"),
+    (lambda: EldanShamirFunction(3, alpha=-1.0), "alpha must be a positive"),
+    (lambda: EldanShamirFunction(3).network(), "ramp=0"),
+    (lambda: EldanShamirFunction(3)(np.ones((2, 4))), "X has shape"),
+    (lambda: ball_indicator_network(3, delta=1.5), "delta must lie in"),
+    (lambda: ball_indicator_network(0), "d must be an integer >= 1"),
+    (lambda: ball_indicator(np.ones((2, 2)), radius=0.0), "radius must be a positive"),
+    (lambda: radial_network([1.0, 0.5], [0.0, 1.0], 2, 1.0), "knots must be strictly increasing"),
+    (lambda: radial_network([0.0, 1.0], [0.0], 2, 1.0), "knots and values must have the same shape"),
+    (lambda: radial_network([0.0, 1.0], [0.0, 1.0], 2, 1.0, tolerance=np.nan), "tolerance must be"),
+    (lambda: daniely_function(np.ones((2, 5))), "Z must have 2d columns"),
+    (lambda: daniely_network(1), "d must be an integer >= 2"),
+    (lambda: sample_daniely(3, 2, dtype=np.int32), "dtype must be float32 or float64"),
+    (lambda: l1_distance(linear_pieces(sawtooth(2)), sawtooth(3), (0.0, 2.0)), "f is defined on"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
