@@ -462,7 +462,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     train : {"both", "outer", "inner"}
         Which layer moves.
     callback : callable, optional
-        ``callback(step, t, risk, a, W)`` at each record; returning True stops the flow.
+        ``callback(step, t, risk, a, W)`` at each record; returning True stops the flow (after the
+        step in progress).
     rng : None, int or Generator
         Noise source (drawn on the host, moved to the device).
     resume : Trajectory, optional
@@ -550,7 +551,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc=f"flow ({method})", unit="step", leave=False)
+        # the adaptive method counts flow time, the others steps
+        total = round(t_end - t, 12) if method == "adaptive" else steps
+        bar = tqdm(total=total, desc=f"flow ({method})", unit="t" if method == "adaptive" else "step",
+                   leave=False)
     started = time.perf_counter()
     try:
         if method == "adaptive":
@@ -565,11 +569,14 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                 if err <= 1:
                     a, W, k1, t, step = a_new, W_new, k_new, t + h, step + 1
                     rec.check(step, t, k1[0])
-                    if step % record_every == 0:
-                        rec.add(step, t, k1[0], a, W)
                     state = (step, t, a, W, rng.bit_generator.state)
                     if bar is not None:
-                        bar.set_postfix(t=f"{t:.3g}", risk=f"{k1[0]:.3g}")
+                        bar.update(h)
+                        bar.set_postfix(risk=f"{k1[0]:.3g}")
+                    if step % record_every == 0:
+                        rec.add(step, t, k1[0], a, W)
+                        if callback is not None and callback(step, t, k1[0], a, W):
+                            break
                 h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
             rec.add(step, t, k1[0], a, W)
         else:

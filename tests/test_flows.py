@@ -297,3 +297,17 @@ def test_flow_on_the_backend_matches_numpy(xp):
     pop_dev = gradient_flow(student.to_device(device), PopulationRisk(teacher.to_device(device)),
                             steps=20, step_size=0.1)
     np.testing.assert_allclose(pop_dev.risks, pop_host.risks, rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["euler", "adaptive"])
+def test_callback_returning_true_stops_the_flow(method):
+    teacher, student = teacher_student(d=5, m=10, seed=13)
+    seen = []
+
+    def stop_at_five(step, t, risk, a, W):
+        seen.append(step)
+        return step >= 5
+
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=100, step_size=0.01, method=method,
+                         callback=stop_at_five)
+    assert max(seen) == 5 and traj.step <= 6
