@@ -10,6 +10,12 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
 * ``plot(result, cfg) -> matplotlib.figure.Figure``;
 * ``main(argv=None)``, usually ``return study.main(__name__, argv)``.
 
+A study whose ``compute`` runs a grid of independent points sends it through :func:`run_grid`
+(:mod:`shallow.sweep`): the points run in parallel with the run's ``--workers`` / ``--scheduler``,
+each cached under ``results/points/NAME/`` as it finishes, so that an interrupted study resumes
+where it stopped. These flags choose where the work runs, never what it computes: they are not
+Config fields and do not enter the result's hash.
+
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
 config and the package version (written atomically: a temporary file, then a rename, so an
 interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
@@ -22,6 +28,7 @@ matplotlib is imported only when a figure is drawn.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import hashlib
 import importlib
@@ -40,9 +47,37 @@ from . import __version__
 from .backend import available_devices
 
 __all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
-           "atomic_write", "save_npz_atomic", "load_npz", "new_figure"]
+           "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution"]
 
 COMMON_FLAGS = ("seed", "device")
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    """Where and how a study's grids run: set by :func:`run` while ``compute`` runs.
+
+    Attributes
+    ----------
+    workers : int or None
+        Local worker processes (None: one per CPU).
+    scheduler : str or None
+        ``"processes"``, ``"serial"``, or a dask scheduler address (see :func:`shallow.sweep.sweep`).
+    cache_dir : Path or None
+        Where each grid point's result is cached (None: not cached).
+    force : bool
+        Recompute the points even when cached.
+    progress : bool or None
+        Progress bars (None: on a terminal only).
+    """
+
+    workers: int | None = None
+    scheduler: str | None = None
+    cache_dir: Path | None = None
+    force: bool = False
+    progress: bool | None = None
+
+
+_EXECUTION: contextvars.ContextVar = contextvars.ContextVar("shallow_study_execution", default=Execution())
 
 
 # ----------------------------------------------------------------------------- files
@@ -119,13 +154,19 @@ def _field_parser(field: dataclasses.Field):
 
 
 def build_parser(module: ModuleType, prog: str | None = None) -> argparse.ArgumentParser:
-    """Flags for a study: its Config fields (``--field-name``), plus --quick and --force."""
+    """Flags for a study: its Config fields (``--field-name``), plus --quick, --force, --out,
+    --workers and --scheduler."""
     doc = (module.__doc__ or "").strip()
     parser = argparse.ArgumentParser(prog=prog or module.__name__.rsplit(".", 1)[-1],
                                      description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     parser.add_argument("--out", default=".", help="folder under which results/ and figures/ are written")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="local worker processes for the study's grid (default: one per CPU)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="'processes' (default), 'serial', or a dask.distributed scheduler address such as "
+                             "tcp://host:8786 (needs the dask extra)")
     for field in dataclasses.fields(module.Config):
         spec = _field_parser(field)
         if spec is None:
@@ -165,7 +206,8 @@ def study_name(module: ModuleType) -> str:
 
 
 def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, out=".",
-        figure: bool = True) -> dict:
+        figure: bool = True, workers: int | None = None, scheduler: str | None = None,
+        progress: bool | None = None) -> dict:
     """Compute (or load from the cache) a study's result and write its figure and sidecar.
 
     Parameters
@@ -181,6 +223,10 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         Folder under which ``results/`` and ``figures/`` are written.
     figure : bool
         Draw and save the figure (needs matplotlib).
+    workers, scheduler : optional
+        Where the study's grids run (:func:`run_grid`); they do not change the result.
+    progress : bool or None
+        Progress bars of the grids (None: on a terminal only).
 
     Returns
     -------
@@ -190,14 +236,26 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     _check_study(module)
     if cfg.device not in available_devices():
         raise RuntimeError(f"device={cfg.device!r} is not available here (available: {available_devices()})")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an integer >= 1 (local worker processes), got {workers!r}")
+    if scheduler is not None:
+        from .sweep import _parse_scheduler
+
+        _parse_scheduler(scheduler)  # an unknown scheduler fails now, not after the first grid
     name = study_name(module)
     out = Path(out)
     cache = out / "results" / f"{name}-{config_hash(name, cfg)}.npz"
     if cache.exists() and not force:
         result = load_npz(cache)
     else:
+        execution = Execution(workers=workers, scheduler=scheduler, cache_dir=out / "results" / "points" / name,
+                              force=force, progress=progress)
+        token = _EXECUTION.set(execution)
         start = time.perf_counter()
-        result = dict(module.compute(cfg))
+        try:
+            result = dict(module.compute(cfg))
+        finally:
+            _EXECUTION.reset(token)
         result["_wall_time"] = time.perf_counter() - start
         save_npz_atomic(cache, result)
     if figure:
@@ -205,6 +263,45 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         stem = name + ("_quick" if quick else "")
         save_figure(fig, out / "figures" / f"{stem}.png", module, cfg, result)
     return result
+
+
+def run_grid(fn, points, **options) -> list:
+    """Run a study's grid of points through :func:`shallow.sweep.sweep`, as the current run says.
+
+    Inside :func:`run` the points run with its ``--workers`` / ``--scheduler``, are cached under
+    ``OUT/results/points/NAME/`` (``--force`` recomputes them) and show a progress bar; called
+    outside a run (a test calling ``compute`` directly) they run on local processes, uncached.
+
+    Parameters
+    ----------
+    fn : callable
+        A module-level function ``fn(point) -> dict`` of the study script.
+    points : iterable of dicts
+        The grid (:func:`shallow.sweep.grid`); plain dicts travel to any worker.
+    **options
+        Overrides of :func:`shallow.sweep.sweep`'s arguments (``scheduler="serial"``, ``desc``, ...).
+
+    Returns
+    -------
+    list of dict
+        The points' results, in order.
+
+    Raises
+    ------
+    shallow.sweep.SweepError
+        When some points failed (the others are cached: a rerun computes only those).
+    """
+    from .sweep import sweep
+
+    execution = _EXECUTION.get()
+    kwargs = dict(workers=execution.workers, scheduler=execution.scheduler, cache_dir=execution.cache_dir,
+                  force=execution.force, progress=execution.progress)
+    kwargs.update(options)
+    if kwargs.get("executor") is not None:
+        for name in ("workers", "scheduler"):
+            if kwargs.get(name) is None:
+                kwargs.pop(name)
+    return sweep(fn, points, **kwargs).results
 
 
 def _scalars(result: dict) -> dict:
@@ -253,7 +350,8 @@ def main(module, argv=None) -> int:
         module = sys.modules[module] if module in sys.modules else importlib.import_module(module)
     args = build_parser(module).parse_args(argv)
     cfg = config_from_args(module, args)
-    result = run(module, cfg, quick=args.quick, force=args.force, out=args.out)
+    result = run(module, cfg, quick=args.quick, force=args.force, out=args.out, workers=args.workers,
+                 scheduler=args.scheduler)
     stem = study_name(module) + ("_quick" if args.quick else "")
     print(f"{study_name(module)}: {result['_wall_time']:.1f} s -> {Path(args.out) / 'figures' / stem}.png")
     return 0

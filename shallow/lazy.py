@@ -1,0 +1,1007 @@
+r"""Lazy training: the linearisation of a two-layer network at its initialisation, its tangent kernel,
+kernel gradient flow in closed form, and diagnostics of how lazy a training run was.
+
+A two-layer network f(x; theta) = gamma sum_{j<=m} a_j sigma(<w_j, x>), theta = (a, W), has the
+tangent (linearised) model at theta_0
+
+    f_lin(x; theta) = f(x; theta_0) + <grad_theta f(x; theta_0), theta - theta_0>
+                    = gamma sum_j [ a_j sigma(<w0_j, x>) + a0_j sigma'(<w0_j, x>) <w_j - w0_j, x> ]
+
+(the second line uses f(x; theta_0) = gamma sum_j a0_j sigma(<w0_j, x>)), a model linear in theta
+whose gradient flow on the square loss is a kernel gradient flow with the empirical neural tangent
+kernel K_0(x, y) = <grad_theta f(x; theta_0), grad_theta f(y; theta_0)>. Training is *lazy* when the
+network follows its linearisation all along the flow.
+
+When is training lazy? (Chizat, Oyallon and Bach 2019, Sec. 2)
+-----------------------------------------------------------------
+Write a model as alpha h(w) with a scale alpha > 0 and a target y*. The paper's criterion is
+
+    kappa_h(w_0) = alpha^{-1} |alpha h(w_0) - y*| Lip(Dh) / |Dh(w_0)|^2,
+
+the relative change of the differential Dh over the distance |Dh(w_0)|^{-1} |alpha h(w_0) - y*| / alpha
+that the parameters must travel to fit y* to first order; kappa -> 0 makes the training lazy (the
+parameters move by O(1/alpha) and alpha h follows its tangent model's flow). For the two-layer network,
+
+    f(x; theta) = gamma m h(theta)(x),  h(theta) = (1/m) sum_j phi(theta_j, .),  phi(theta_j, x) = a_j sigma(<w_j, x>),
+
+so alpha = gamma m, with theta_j = (a_j, w_j) i.i.d. of order 1 and norms in L2 of the inputs' law:
+
+* |Dh(theta_0)|^2 is the largest eigenvalue of the tangent kernel of h,
+  (1/m^2) sum_j <grad phi(theta_j, x), grad phi(theta_j, y)> ~ (1/m) E_theta[<grad phi(theta, x), grad phi(theta, y)>],
+  so |Dh(theta_0)|^2 ~ 1/m;
+* D^2 h is block diagonal, one block (1/m) D^2 phi(theta_j, .) per neuron, so
+  Lip(Dh) = sup |D^2 h| ~ (1/m) sup_j |D^2 phi(theta_j, .)| ~ 1/m (for relu, D^2 phi is a measure on
+  the hyperplane <w_j, x> = 0, and the bound holds for its action in L2: a neuron's pattern flips on a
+  set of inputs of measure proportional to the move of w_j);
+* with the centred initialisation (:func:`centered`) h(theta_0) = 0, so |alpha h(theta_0) - y*| = |y*| = O(1).
+
+Hence
+
+    kappa ~ (1/alpha) |y*| (1/m) / (1/m) = |y*| / (gamma m).
+
+Training is lazy as m -> infinity whenever gamma(m) m -> infinity: for gamma = m^{-1/2} (NTK)
+kappa ~ m^{-1/2}; for gamma = alpha/m, kappa ~ 1/alpha; for gamma = m^{-beta}, kappa ~ m^{beta - 1};
+only the mean-field scale gamma = 1/m (beta = 1) keeps kappa of order 1. The same count gives the
+relative weight change: fitting needs gamma m Dh(theta_0) dtheta ~ y*, so |dtheta| ~ |y*| / (gamma m |Dh|)
+~ |y*| / (gamma sqrt(m)), while |theta_0| ~ sqrt(m (1 + D)): |theta_T - theta_0| / |theta_0| ~ 1/(gamma m) ~ kappa.
+The criterion measures the length of the path, not its speed: with :func:`shallow.flows.gradient_flow`'s
+time scale s the function moves at rate df/dt = -(s/n) K_0 (f - y) with K_0 ~ gamma^2 m Theta
+(Theta the infinite-width NTK of :func:`shallow.kernels.ntk`), so a fixed function-space time needs
+a flow time proportional to 1/(s gamma^2 m) (for gamma = alpha/m and s = m: 1/alpha^2).
+
+Conventions
+-----------
+Parameters theta = (a, W) with a of shape (m,) and W of shape (m, D) (D = d, or d + 1 with a bias:
+inputs x are then augmented to (x, 1), written x~). Norms of parameters are Euclidean over all of
+(a, W); norms of kernel matrices are Frobenius norms.
+
+References
+----------
+1. L. Chizat, E. Oyallon and F. Bach, "On lazy training in differentiable programming", NeurIPS 2019,
+   arXiv:1812.07956, Sec. 2 (the scaled model alpha h, the criterion kappa, centred initialisation).
+2. A. Jacot, F. Gabriel and C. Hongler, "Neural tangent kernel", NeurIPS 2018, arXiv:1806.07572,
+   Theorems 1-2 (the tangent kernel and its infinite-width limit).
+3. A. Ali, J. Z. Kolter and R. J. Tibshirani, "A continuous-time view of early stopping for least
+   squares regression", AISTATS 2019, arXiv:1810.10082, Sec. 3 (kernel gradient flow against ridge).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ._validation import check_array, check_integer, check_points
+from .backend import device_of, get_xp, to_numpy
+from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
+
+__all__ = [
+    "linearize",
+    "Linearized",
+    "LinearizedRisk",
+    "empirical_ntk",
+    "kernel_flow",
+    "kernel_regression",
+    "KernelPrediction",
+    "centered",
+    "centered_init",
+    "scaled",
+    "relative_weight_change",
+    "relative_kernel_change",
+    "activation_flips",
+    "LazyDiagnostics",
+]
+
+_TRAIN = ("both", "outer", "inner")
+#: Default memory in bytes for the cached tangent features sigma(Z_0), sigma'(Z_0) of a training set.
+CACHE_BYTES = 256 * 2**20
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a positive finite number (the lazy-training output scale), got {alpha!r}")
+    return float(alpha)
+
+
+def _check_train(train) -> str:
+    if train not in _TRAIN:
+        raise ValueError(f"train must be one of {_TRAIN} (which layer's gradient enters the kernel), got {train!r}")
+    return train
+
+
+def _as_network(net, name="net") -> TwoLayer:
+    """The nonlinear network behind ``net`` (a TwoLayer, or the anchor of a Linearized model)."""
+    if isinstance(net, Linearized):
+        return net.base
+    if isinstance(net, TwoLayer):
+        return net
+    raise TypeError(f"{name} must be a shallow.networks.TwoLayer or a shallow.lazy.Linearized model, "
+                    f"got {type(net).__name__}")
+
+
+def _augment(net: TwoLayer, X):
+    """X~ = X, or [X, 1] with a bias column: the inputs that multiply the rows of W. Shape (n, D)."""
+    X = net._check_X(X)
+    if net.bias:
+        xp = get_xp(X)
+        X = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
+    return X
+
+
+def _chunk_rows(chunk_size, m: int, itemsize: int) -> int:
+    """Rows per block: ``chunk_size`` if given, else so that a (rows, m) block takes ~BLOCK_BYTES,
+    but at least MIN_ROWS (fewer rows make the GEMMs inefficient)."""
+    if chunk_size is None:
+        return max(MIN_ROWS, BLOCK_BYTES // max(1, m * itemsize))
+    return check_integer(chunk_size, "chunk_size", minimum=1)
+
+
+def _features(sigma, Z):
+    """sigma(Z) and sigma'(Z) in the dtype of Z (the derivative may come back as bool or another dtype)."""
+    S = sigma(Z)
+    P = sigma.derivative(Z)
+    if S.dtype != Z.dtype:
+        S = S.astype(Z.dtype)
+    if P.dtype != Z.dtype:
+        P = P.astype(Z.dtype)
+    return S, P
+
+
+def _sq_norm(xp, *arrays) -> float:
+    return float(sum(float(xp.sum(x * x)) for x in arrays))
+
+
+# ----------------------------------------------------------------------------- the tangent model
+
+class _TangentActivation:
+    """The ``activation`` of a :class:`Linearized` model: a guard that refuses to be evaluated.
+
+    :class:`shallow.flows.EmpiricalRisk` evaluates sigma(<w_j, x>) at the moving parameters, which
+    for a linearised model would silently train the nonlinear network; this object makes that an
+    error. The base activation is ``base`` (also ``Linearized.sigma``).
+    """
+
+    homogeneity = None
+    breakpoints = ()
+
+    def __init__(self, base):
+        self.base = base
+        self.name = f"tangent of {getattr(base, 'name', type(base).__name__)}"
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a linearised model (shallow.lazy.Linearized) is trained with "
+                        "shallow.lazy.LinearizedRisk(X, y): EmpiricalRisk and PopulationRisk evaluate the "
+                        "nonlinear network, not the tangent model")
+
+    __call__ = _refuse
+    derivative = _refuse
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+class Linearized:
+    r"""The tangent model f_lin(x; theta) = f(x; theta_0) + <grad_theta f(x; theta_0), theta - theta_0>.
+
+    Build with :func:`linearize`. It carries the same attributes as a :class:`~shallow.networks.TwoLayer`
+    that :func:`shallow.flows.gradient_flow` reads (``a``, ``W``, ``gamma``, ``bias``, ``activation``,
+    ``copy()``), so that ``gradient_flow(linearize(net), LinearizedRisk(X, y), ...)`` trains it with
+    the same integrators, time scale, checkpoints and callbacks as the network itself.
+
+    Parameters
+    ----------
+    base : TwoLayer
+        The network at theta_0 = (a0, W0) (kept as given: :func:`linearize` passes a copy).
+    a : array of shape (m,), optional
+        Current outer weights (default a copy of a0).
+    W : array of shape (m, D), optional
+        Current inner weights (default a copy of W0).
+
+    Attributes
+    ----------
+    base : TwoLayer
+        The anchor network; ``a0``, ``W0`` are its parameters (never modified).
+    a, W : arrays
+        The current parameters theta.
+    gamma, bias : as the base network's.
+    sigma : activation object
+        The base network's activation.
+    activation : object
+        A guard whose evaluation raises (see :class:`LinearizedRisk`): a flow must not evaluate the
+        nonlinear network at the linear model's parameters by mistake.
+
+    Notes
+    -----
+    With Z0 = X~ W0^T (n, m), S0 = sigma(Z0), P0 = sigma'(Z0) and U = X~ (W - W0)^T,
+
+        f_lin(X; a, W) = gamma [ S0 a + (P0 * U) a0 ],
+
+    computed in chunks of samples (no (n, m, D) array). Its gradients are those of the network at
+    theta_0, for any theta: grad_a = gamma S0^T r, grad_W = gamma diag(a0) (P0 * r[:, None])^T X~
+    (for the weights r of a linear functional sum_i r_i f_lin(x_i)).
+    """
+
+    def __init__(self, base: TwoLayer, a=None, W=None):
+        if not isinstance(base, TwoLayer):
+            raise TypeError(f"base must be a shallow.networks.TwoLayer, got {type(base).__name__}")
+        self.base = base
+        xp = base.xp
+        self.a = base.a.copy() if a is None else xp.asarray(a, dtype=base.dtype)  # (m,)
+        self.W = base.W.copy() if W is None else xp.asarray(W, dtype=base.dtype)  # (m, D)
+        if self.a.shape != base.a.shape or self.W.shape != base.W.shape:
+            raise ValueError(f"a and W must have the anchor's shapes {tuple(base.a.shape)} and {tuple(base.W.shape)}, "
+                             f"got {tuple(self.a.shape)} and {tuple(self.W.shape)}")
+        self.gamma = base.gamma
+        self.bias = base.bias
+        self.sigma = base.activation
+        self.activation = _TangentActivation(base.activation)
+
+    # descriptors, as TwoLayer's
+    a0 = property(lambda self: self.base.a, doc="Outer weights at the anchor theta_0, shape (m,).")
+    W0 = property(lambda self: self.base.W, doc="Inner weights at the anchor theta_0, shape (m, D).")
+    m = property(lambda self: self.base.m, doc="Number of neurons.")
+    d = property(lambda self: self.base.d, doc="Input dimension.")
+    dtype = property(lambda self: self.base.dtype)
+    device = property(lambda self: device_of(self.W))
+    xp = property(lambda self: get_xp(self.a, self.W))
+
+    @property
+    def parameters(self):
+        """The pair (a, W), of shapes (m,) and (m, D)."""
+        return self.a, self.W
+
+    def copy(self) -> Linearized:
+        """A tangent model at the same anchor (shared, never modified) with copies of a and W."""
+        return type(self)(self.base, self.a.copy(), self.W.copy())
+
+    def network(self) -> TwoLayer:
+        """The nonlinear network f(.; theta) at the current parameters (copies of a and W)."""
+        return TwoLayer(self.a.copy(), self.W.copy(), activation=self.sigma, gamma=self.gamma, bias=self.bias)
+
+    def __repr__(self) -> str:
+        return (f"Linearized(m={self.m}, d={self.d}, activation={getattr(self.sigma, 'name', self.sigma)!r}, "
+                f"gamma={self.gamma:.6g}, bias={self.bias}, dtype={np.dtype(self.dtype).name}, device={self.device!r})")
+
+    def __call__(self, X, chunk_size=None):
+        """f_lin(x_i; theta) for every row of X: an array of shape (n,)."""
+        return self._value(_augment(self.base, X), self.a, self.W, chunk_size)
+
+    def _value(self, Xt, a, W, chunk_size=None):
+        xp = get_xp(Xt, a, W)
+        base = self.base
+        n = Xt.shape[0]
+        out = xp.empty(n, dtype=base.dtype)  # (n,)
+        dW = W - base.W  # (m, D)
+        step = _chunk_rows(chunk_size, base.m, 2 * np.dtype(base.dtype).itemsize)
+        for start in range(0, n, step):
+            Xc = Xt[start:start + step]  # (chunk, D)
+            S, P = _features(self.sigma, Xc @ base.W.T)  # (chunk, m) each
+            P *= Xc @ dW.T
+            out[start:start + step] = S @ a + P @ base.a
+        out *= self.gamma
+        return out
+
+
+def linearize(net) -> Linearized:
+    r"""The tangent model of ``net`` at its current parameters theta_0 (a copy is kept as the anchor).
+
+    Parameters
+    ----------
+    net : TwoLayer
+        The network at theta_0 (left unchanged).
+
+    Returns
+    -------
+    Linearized
+        A model with f_lin(x; theta_0) = f(x; theta_0) and grad f_lin = grad f(.; theta_0) everywhere;
+        train it with ``gradient_flow(lin, LinearizedRisk(X, y), ...)``.
+
+    Notes
+    -----
+    f_lin(x; theta) = f(x; theta_0) + <grad_theta f(x; theta_0), theta - theta_0>: f - f_lin = O(|theta - theta_0|^2)
+    for a smooth sigma (and for relu away from the kinks).
+
+    References
+    ----------
+    1. L. Chizat, E. Oyallon and F. Bach, arXiv:1812.07956, Sec. 2 (the tangent model).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> net = TwoLayer.init(50, 3, scale="ntk", rng=0)
+    >>> lin = linearize(net)
+    >>> X = np.eye(3)
+    >>> bool(np.allclose(lin(X), net(X)))       # equal at theta_0
+    True
+    """
+    if isinstance(net, Linearized):
+        raise TypeError("net is already a linearised model; linearize the TwoLayer network (net.base)")
+    if not isinstance(net, TwoLayer):
+        raise TypeError(f"net must be a shallow.networks.TwoLayer, got {type(net).__name__}")
+    return Linearized(net.copy())
+
+
+class LinearizedRisk:
+    r"""Empirical square risk R = 1/(2n) sum_i (f_lin(x_i; theta) - y_i)^2 of a tangent model.
+
+    The loss of :func:`shallow.flows.gradient_flow` for a :class:`Linearized` model (the protocol:
+    ``value_and_grad(net, a, W, need_grad=True) -> (risk, grad_a, grad_W)``).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+    y : array of shape (n,)
+    chunk_bytes : int
+        Memory of one (chunk, m) block when the features are not cached.
+    cache_bytes : int
+        The features S0 = sigma(X~ W0^T) and P0 = sigma'(X~ W0^T), two (n, m) arrays, are computed once
+        and kept when they take at most this many bytes (default 256 MiB); otherwise they are
+        recomputed in chunks at every call.
+
+    Notes
+    -----
+    With r = f_lin(X; theta) - y and U = X~ (W - W0)^T,
+
+        f_lin = gamma [S0 a + (P0 * U) a0],   grad_a R = (gamma/n) S0^T r,
+        grad_W R = (gamma/n) diag(a0) (P0 * r[:, None])^T X~.
+
+    The gradients do not depend on theta except through r: the flow is linear, and on the
+    training points it is the kernel gradient flow of :func:`kernel_flow` with K = K_0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> from shallow.flows import gradient_flow
+    >>> net = TwoLayer.init(40, 3, scale="ntk", rng=0)
+    >>> X = np.random.default_rng(1).standard_normal((10, 3)); y = X[:, 0]
+    >>> traj = gradient_flow(linearize(net), LinearizedRisk(X, y), steps=20, step_size=0.01)
+    >>> bool(traj.risks[-1] < traj.risks[0])
+    True
+    """
+
+    def __init__(self, X, y, *, chunk_bytes: int = BLOCK_BYTES, cache_bytes: int = CACHE_BYTES):
+        X = check_points(X, "X")
+        y = check_array(y, "y", ndim=1)
+        get_xp(X, y)
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows")
+        if X.shape[0] == 0:
+            raise ValueError("X must hold at least one sample, got n=0")
+        self.X, self.y = X, y
+        self.chunk_bytes = check_integer(chunk_bytes, "chunk_bytes", minimum=1)
+        self.cache_bytes = check_integer(cache_bytes, "cache_bytes", minimum=0)
+        self._cache = None  # (base, Xt, S0, P0) for the last anchor seen
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def __call__(self, lin) -> float:
+        """The risk of the tangent model ``lin`` at its current parameters."""
+        return self.value_and_grad(lin, need_grad=False)[0]
+
+    def _prepared(self, lin):
+        base = lin.base
+        cache = self._cache
+        if cache is not None and cache[0] is base:
+            return cache
+        Xt = _augment(base, self.X)  # (n, D)
+        S0 = P0 = None
+        if 2 * Xt.shape[0] * base.m * np.dtype(base.dtype).itemsize <= self.cache_bytes:
+            S0, P0 = _features(lin.sigma, Xt @ base.W.T)  # (n, m) each
+        self._cache = (base, Xt, S0, P0)
+        return self._cache
+
+    def value_and_grad(self, lin, a=None, W=None, need_grad=True):
+        """Risk and its gradients (grad_a of shape (m,), grad_W of shape (m, D)) at theta = (a, W)."""
+        if not isinstance(lin, Linearized):
+            raise TypeError("LinearizedRisk trains a tangent model: pass shallow.lazy.linearize(net), "
+                            f"got {type(lin).__name__}")
+        a = lin.a if a is None else a
+        W = lin.W if W is None else W
+        base, Xt, S0, P0 = self._prepared(lin)
+        xp = get_xp(Xt, a, W)
+        y = self.y.astype(base.dtype, copy=False)
+        n, m = Xt.shape[0], base.m
+        gamma, a0, W0 = lin.gamma, base.a, base.W
+        dW = W - W0  # (m, D)
+        itemsize = np.dtype(base.dtype).itemsize
+        rows = n if S0 is not None else max(1, min(n, self.chunk_bytes // max(1, 3 * m * itemsize)))
+        risk = 0.0
+        grad_a = xp.zeros_like(a) if need_grad else None
+        grad_W = xp.zeros_like(W) if need_grad else None
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            Xc = Xt[sl]  # (chunk, D)
+            if S0 is not None:
+                S, P = S0, P0
+            else:
+                S, P = _features(lin.sigma, Xc @ W0.T)  # (chunk, m)
+            r = gamma * (S @ a + (P * (Xc @ dW.T)) @ a0) - y[sl]  # (chunk,) residuals
+            risk += float(r @ r)
+            if need_grad:
+                r *= gamma / n
+                grad_a += r @ S
+                grad_W += P.T @ (r[:, None] * Xc)
+        if need_grad:
+            grad_W *= a0[:, None]
+        return 0.5 * risk / n, grad_a, grad_W
+
+
+# ----------------------------------------------------------------------------- tangent kernel
+
+def empirical_ntk(net, X, Y=None, *, train: str = "both", chunk_size=None):
+    r"""The empirical neural tangent kernel K(x, y) = <grad_theta f(x; theta), grad_theta f(y; theta)>.
+
+    Parameters
+    ----------
+    net : TwoLayer or Linearized
+        The network (for a tangent model, its constant kernel: the network's at the anchor).
+    X : array of shape (n, d)
+    Y : array of shape (n', d), optional
+        Default X (the Gram matrix, then exactly symmetric).
+    train : {"both", "outer", "inner"}
+        Which layer's parameters enter theta, as in :func:`shallow.flows.gradient_flow`.
+    chunk_size : int, optional
+        Rows of X (and of Y) per block; by default a (chunk, m) block takes about
+        ``networks.BLOCK_BYTES``, with at least ``networks.MIN_ROWS`` rows.
+
+    Returns
+    -------
+    K : array of shape (n, n')
+
+    Notes
+    -----
+    grad_{a_j} f(x) = gamma sigma(<w_j, x~>) and grad_{w_j} f(x) = gamma a_j sigma'(<w_j, x~>) x~, with
+    x~ = x, or (x, 1) with a bias. Hence
+
+        K(x, y) = gamma^2 sum_j [sigma(<w_j, x~>) sigma(<w_j, y~>) + a_j^2 sigma'(<w_j, x~>) sigma'(<w_j, y~>) <x~, y~>]
+                = gamma^2 [ S_X S_Y^T + (X~ Y~^T) * (P_X diag(a^2) P_Y^T) ]
+
+    with S = sigma(X~ W^T) and P = sigma'(X~ W^T): two GEMMs over (chunk, m) blocks, memory
+    O(n n' + chunk m) and never an (n, m, D) array of per-sample gradients. For i.i.d. a_j ~ N(0, 1)
+    and w_j ~ N(0, I_d) (no bias), E[K] = gamma^2 m Theta with Theta = :func:`shallow.kernels.ntk`,
+    and K / (gamma^2 m) - Theta is an average of m i.i.d. centred terms: O(m^{-1/2}).
+
+    References
+    ----------
+    1. A. Jacot, F. Gabriel and C. Hongler, arXiv:1806.07572, Theorem 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> net = TwoLayer(np.array([2.0]), np.array([[1.0, 0.0]]), gamma=1.0)
+    >>> empirical_ntk(net, np.array([[3.0, 4.0]]))     # relu(3)^2 + 2^2 * 1 * |x|^2 = 9 + 100
+    array([[109.]])
+    """
+    train = _check_train(train)
+    net = _as_network(net)
+    Xt = _augment(net, X)  # (n, D)
+    Yt = Xt if Y is None else _augment(net, Y)  # (n', D)
+    xp = get_xp(Xt, Yt, net.W)
+    m = net.m
+    step = _chunk_rows(chunk_size, m, 2 * np.dtype(net.dtype).itemsize)
+    a2 = net.a * net.a  # (m,)
+    K = xp.empty((Xt.shape[0], Yt.shape[0]), dtype=net.dtype)  # (n, n')
+    for js in range(0, Yt.shape[0], step):
+        Yc = Yt[js:js + step]  # (chunk', D)
+        SY, PY = _features(net.activation, Yc @ net.W.T)  # (chunk', m)
+        PY *= a2
+        for i0 in range(0, Xt.shape[0], step):
+            Xc = Xt[i0:i0 + step]  # (chunk, D)
+            SX, PX = _features(net.activation, Xc @ net.W.T)  # (chunk, m)
+            block = K[i0:i0 + step, js:js + step]  # a view
+            if train == "inner":
+                block[...] = (PX @ PY.T) * (Xc @ Yc.T)
+            else:
+                block[...] = SX @ SY.T
+                if train == "both":
+                    block += (PX @ PY.T) * (Xc @ Yc.T)
+    K *= net.gamma ** 2
+    if Y is None:
+        K = 0.5 * (K + K.T)
+    return K
+
+
+# ----------------------------------------------------------------------------- kernel flow and ridge
+
+class KernelPrediction(NamedTuple):
+    """Predictions of a kernel method on the training points and, when asked, on test points.
+
+    Attributes
+    ----------
+    train : array of shape (n,), or (T, n) for T times
+    test : array of shape (n_test,), or (T, n_test); None without ``K_test``
+    """
+
+    train: object
+    test: object
+
+
+def _check_kernel_problem(K, y, f0, K_test, f0_test):
+    K = check_array(K, "K", ndim=2)
+    y = check_array(y, "y", ndim=1)
+    n = y.shape[0]
+    if K.shape != (n, n):
+        raise ValueError(f"K must be the (n, n) Gram matrix of the n={n} training points, got shape {tuple(K.shape)}")
+    if n == 0:
+        raise ValueError("y must hold at least one training target, got n=0")
+    xp = get_xp(K, y)
+    f0 = xp.zeros_like(y) if f0 is None else check_array(f0, "f0", ndim=1)
+    if f0.shape != y.shape:
+        raise ValueError(f"f0 has shape {tuple(f0.shape)} but y has shape {tuple(y.shape)}")
+    if K_test is not None:
+        K_test = check_array(K_test, "K_test", ndim=2)
+        if K_test.shape[1] != n:
+            raise ValueError(f"K_test must have shape (n_test, n) with n={n} training points, "
+                             f"got {tuple(K_test.shape)}")
+        f0_test = xp.zeros(K_test.shape[0], dtype=K_test.dtype) if f0_test is None \
+            else check_array(f0_test, "f0_test", ndim=1)
+        if f0_test.shape[0] != K_test.shape[0]:
+            raise ValueError(f"f0_test has shape {tuple(f0_test.shape)} but K_test has {K_test.shape[0]} rows")
+    elif f0_test is not None:
+        raise ValueError("f0_test was given without K_test")
+    get_xp(K, y, f0, K_test, f0_test)
+    # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
+    lam, U = xp.linalg.eigh(0.5 * (K + K.T))
+    coef = U.T @ (y - f0)  # (n,) the residual's coordinates in the eigenbasis
+    return xp, lam, U, coef, f0, K_test, f0_test
+
+
+def _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test):
+    """f = f0 + K U g(lam) U^T (y - f0) on the training points (and K_test ... on test points).
+
+    ``g`` has shape (n,) or (T, n); the training prediction uses lam * g directly.
+    """
+    train = f0 + (lam * g * coef) @ U.T
+    test = None
+    if K_test is not None:
+        test = f0_test + (g * coef) @ (K_test @ U).T
+    return KernelPrediction(train, test)
+
+
+def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: float = 1.0) -> KernelPrediction:
+    r"""Kernel gradient flow of the square loss, in closed form: the lazy (linearised) training dynamics.
+
+    Parameters
+    ----------
+    K : array of shape (n, n)
+        Kernel (Gram) matrix of the training points, symmetric positive semidefinite.
+    y : array of shape (n,)
+        Targets.
+    t : float or array of shape (T,)
+        Flow times, >= 0.
+    f0 : array of shape (n,), optional
+        Predictions at t = 0 on the training points (default 0, as for a centred network).
+    K_test : array of shape (n_test, n), optional
+        Kernel between test and training points.
+    f0_test : array of shape (n_test,), optional
+        Predictions at t = 0 on the test points (default 0).
+    time_scale : float
+        The factor s of :func:`shallow.flows.gradient_flow` (``time_scale``; its default there is m):
+        pass the same s to predict a flow run with it.
+
+    Returns
+    -------
+    KernelPrediction
+        ``train`` of shape (n,) (or (T, n)) and ``test`` of shape (n_test,) (or (T, n_test)), or None.
+
+    Notes
+    -----
+    gradient_flow moves the parameters by d theta/dt = -s grad R with R = 1/(2n) |f - y|^2; for the
+    tangent model, df/dt = J d theta/dt = -(s/n) K (f - y) with K = J J^T. Hence, with
+    K = U diag(lam) U^T and c = s t / n,
+
+        f(t) - y = -exp(-c K) (y - f0)                          (the residual decays as e^{-s t K / n}),
+        f_test(t) = f0_test + K_test U diag((1 - e^{-c lam}) / lam) U^T (y - f0),
+
+    the second from theta(t) - theta_0 = -(s/n) J^T int_0^t (f - y), with the filter equal to c where
+    lam = 0 (a direction that K_test does not see). As t -> infinity this is the minimum-norm kernel
+    interpolant, :func:`kernel_regression` with ridge 0. The eigendecomposition costs O(n^3) once,
+    then O(n (n + n_test)) per time.
+
+    References
+    ----------
+    1. A. Jacot, F. Gabriel and C. Hongler, arXiv:1806.07572, Sec. 5 (least-squares kernel flow).
+    2. L. Chizat, E. Oyallon and F. Bach, arXiv:1812.07956, Sec. 2 (the lazy limit of the flow).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> K = np.array([[2.0, 0.0], [0.0, 1.0]]); y = np.array([1.0, 1.0])
+    >>> kernel_flow(K, y, 1.0).train        # 1 - exp(-t lam / n) for K diagonal, n = 2
+    array([0.63212056, 0.39346934])
+    """
+    s = float(time_scale) if isinstance(time_scale, numbers.Real) and not isinstance(time_scale, bool) else None
+    if s is None or not math.isfinite(s) or s <= 0:
+        raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
+    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
+    t_host = np.asarray(to_numpy(t), dtype=np.float64)
+    if t_host.ndim > 1 or not np.all(np.isfinite(t_host)) or np.any(t_host < 0):
+        raise ValueError(f"t must be a time >= 0 or a 1-dimensional array of them, got {t!r}")
+    n = y.shape[0]
+    c = xp.asarray(s * t_host / n, dtype=lam.dtype)[..., None]  # () or (T, 1)
+    nonzero = lam != 0
+    safe = xp.where(nonzero, lam, 1)
+    g = xp.where(nonzero, -xp.expm1(-c * lam) / safe, c)  # (1 - e^{-c lam}) / lam, c at lam = 0
+    return _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test)
+
+
+def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test=None, rcond=None) -> KernelPrediction:
+    r"""Kernel ridge regression (ridge > 0) or the minimum-norm kernel interpolant (ridge = 0).
+
+    Parameters
+    ----------
+    K : array of shape (n, n)
+    y : array of shape (n,)
+    ridge : float
+        lambda >= 0 in the objective below.
+    f0, K_test, f0_test
+        As in :func:`kernel_flow` (f0: the fixed initial function, default 0).
+    rcond : float, optional
+        With ridge = 0, eigenvalues below rcond * max(lam) count as 0 (pseudo-inverse); default n eps.
+
+    Returns
+    -------
+    KernelPrediction
+
+    Notes
+    -----
+    The minimiser over h in the RKHS of 1/(2n) sum_i (f0(x_i) + h(x_i) - y_i)^2 + (lambda/2) |h|_H^2 is
+
+        f = f0 + K_. (K + n lambda I)^{-1} (y - f0),
+
+    the spectral filter 1/(lam + n lambda) in place of kernel_flow's (1 - e^{-s t lam/n}) / lam:
+    stopping the flow at time t acts like a ridge lambda ~ 1/(s t) (Ali, Kolter and Tibshirani 2019),
+    and lambda -> 0 is the limit t -> infinity, the interpolant of minimum RKHS norm.
+
+    References
+    ----------
+    1. A. Ali, J. Z. Kolter and R. J. Tibshirani, arXiv:1810.10082, Sec. 3.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> K = np.array([[2.0, 0.0], [0.0, 1.0]]); y = np.array([1.0, 1.0])
+    >>> kernel_regression(K, y, ridge=0.5).train      # lam / (lam + n ridge)
+    array([0.66666667, 0.5       ])
+    """
+    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
+    n = y.shape[0]
+    if ridge > 0:
+        g = 1.0 / (xp.maximum(lam, 0) + n * ridge)
+    else:
+        eps = float(np.finfo(np.dtype(lam.dtype)).eps)
+        cut = (n * eps if rcond is None else float(rcond)) * float(xp.abs(lam).max())
+        keep = lam > cut
+        g = xp.where(keep, 1.0 / xp.where(keep, lam, 1), 0)
+    return _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test)
+
+
+# ----------------------------------------------------------------------------- initialisation and scale
+
+def centered(net, gamma=None) -> TwoLayer:
+    r"""The centred version of ``net``: each neuron duplicated with the opposite outer weight, so f = 0.
+
+    Parameters
+    ----------
+    net : TwoLayer
+        m neurons (a, W).
+    gamma : float, optional
+        Output scale of the result; default ``net.gamma`` (then the tangent kernel at the start is
+        twice net's, each neuron counting twice).
+
+    Returns
+    -------
+    TwoLayer
+        2m neurons: a' = (a, -a), W' = (W, W); f(x; theta'_0) = 0 for every x (up to the rounding of
+        the sum, of order eps gamma sum_j |a_j sigma(<w_j, x>)|).
+
+    Notes
+    -----
+    The centred initialisation of Chizat, Oyallon and Bach (2019, Sec. 2 and their experiments):
+    f(x; theta_0) = 0 makes |alpha h(w_0) - y*| = |y*| independent of the scale alpha, so that a large
+    alpha does not blow up the initial output, while the tangent kernel keeps its random-feature law.
+    The two copies move apart once trained (their gradients in w differ by the sign of a).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> net = centered(TwoLayer.init(5, 3, rng=0))
+    >>> net.m, bool(np.abs(net(np.eye(3))).max() < 1e-15)       # 0 up to rounding
+    (10, True)
+    """
+    net = _as_network(net)
+    xp = net.xp
+    a = xp.concatenate([net.a, -net.a])  # (2m,)
+    W = xp.concatenate([net.W, net.W], axis=0)  # (2m, D)
+    g = net.gamma if gamma is None else _check_gamma(gamma)
+    return TwoLayer(a, W, activation=net.activation, gamma=g, bias=net.bias)
+
+
+def centered_init(m, d, scale="mean-field", rng=None, **kwargs) -> TwoLayer:
+    r"""A random centred network of width m: m/2 neurons drawn by TwoLayer.init, each duplicated with -a.
+
+    Parameters
+    ----------
+    m : int
+        Total number of neurons, even, >= 2.
+    d : int
+    scale : {"mean-field", "ntk"} or float
+        Output scale for width m: 1/m, 1/sqrt(m), or alpha/m for a float alpha > 0.
+    rng, **kwargs
+        Passed to :meth:`shallow.networks.TwoLayer.init` (activation, weights, a_init, bias, dtype, device).
+
+    Returns
+    -------
+    TwoLayer
+        f(x; theta_0) = 0 for every x.
+
+    Examples
+    --------
+    >>> net = centered_init(100, 5, scale=10.0, rng=0)
+    >>> net.m, net.gamma                     # alpha / m
+    (100, 0.1)
+    """
+    m = check_integer(m, "m", minimum=2)
+    if m % 2:
+        raise ValueError(f"m must be even for a centred network (m/2 pairs of neurons with opposite outer "
+                         f"weights), got m={m}")
+    if isinstance(scale, str):
+        if scale not in ("mean-field", "ntk"):
+            raise ValueError(f"scale must be 'mean-field', 'ntk' or a positive float alpha, got {scale!r}")
+        gamma = 1.0 / m if scale == "mean-field" else 1.0 / math.sqrt(m)
+    else:
+        gamma = _check_alpha(scale) / m
+    half = TwoLayer.init(m // 2, d, scale="mean-field", rng=rng, **kwargs)
+    return centered(half, gamma=gamma)
+
+
+def scaled(net, alpha) -> TwoLayer:
+    r"""The network alpha f: a copy of ``net`` with gamma multiplied by alpha > 0.
+
+    Parameters
+    ----------
+    net : TwoLayer
+    alpha : float
+        The lazy-training output scale of Chizat, Oyallon and Bach (2019), > 0.
+
+    Returns
+    -------
+    TwoLayer
+
+    Notes
+    -----
+    Scaling the output by alpha scales the tangent kernel by alpha^2 and the laziness criterion kappa
+    by 1/alpha (this module's docstring).
+
+    Examples
+    --------
+    >>> from shallow.networks import TwoLayer
+    >>> scaled(TwoLayer.init(10, 2, rng=0), 5.0).gamma
+    0.5
+    >>> scaled(TwoLayer.init(10, 2, rng=0), 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha must be a positive finite number (the lazy-training output scale), got 0.0
+    """
+    alpha = _check_alpha(alpha)
+    net = _as_network(net)
+    out = net.copy()
+    out.gamma = _check_gamma(net.gamma * alpha)
+    return out
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def relative_weight_change(net0, a, W) -> float:
+    r"""|theta - theta_0| / |theta_0| with theta = (a, W) and theta_0 the parameters of ``net0``.
+
+    Parameters
+    ----------
+    net0 : TwoLayer or Linearized
+        The network at theta_0 (for a tangent model, its anchor).
+    a : array of shape (m,)
+    W : array of shape (m, D)
+
+    Returns
+    -------
+    float
+        Euclidean norms over all the parameters.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> net = TwoLayer(np.array([3.0]), np.array([[4.0]]))
+    >>> relative_weight_change(net, np.array([3.0]), np.array([[4.5]]))    # 0.5 / 5
+    0.1
+    """
+    net0 = _as_network(net0, "net0")
+    xp = get_xp(net0.a, a, W)
+    norm0 = math.sqrt(_sq_norm(xp, net0.a, net0.W))
+    if norm0 == 0:
+        raise ValueError("theta_0 = 0: the relative weight change |theta - theta_0| / |theta_0| is undefined")
+    return math.sqrt(_sq_norm(xp, a - net0.a, W - net0.W)) / norm0
+
+
+def relative_kernel_change(K0, K) -> float:
+    r"""|K - K_0|_F / |K_0|_F for two kernel matrices of the same shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relative_kernel_change(np.array([[4.0]]), np.array([[5.0]]))
+    0.25
+    """
+    K0 = check_array(K0, "K0", ndim=2)
+    K = check_array(K, "K", ndim=2)
+    if K0.shape != K.shape:
+        raise ValueError(f"K0 has shape {tuple(K0.shape)} but K has shape {tuple(K.shape)}")
+    xp = get_xp(K0, K)
+    norm0 = math.sqrt(_sq_norm(xp, K0))
+    if norm0 == 0:
+        raise ValueError("K0 = 0: the relative kernel change is undefined")
+    return math.sqrt(_sq_norm(xp, K - K0)) / norm0
+
+
+def activation_flips(net0, W, X, *, chunk_size=None) -> float:
+    r"""Fraction of the pairs (sample i, neuron j) whose activation pattern 1{<w_j, x~_i> > 0} changed.
+
+    Parameters
+    ----------
+    net0 : TwoLayer or Linearized
+        The network at theta_0 (its W0 and bias are read).
+    W : array of shape (m, D)
+        Current inner weights.
+    X : array of shape (n, d)
+    chunk_size : int, optional
+
+    Returns
+    -------
+    float in [0, 1]
+        (1/(n m)) #{(i, j) : 1{<w_j, x~_i> > 0} != 1{<w0_j, x~_i> > 0}}: for relu, the fraction of the
+        network's linear pieces that changed; 0 for every lazy flow in the limit (Chizat et al. 2019).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> net = TwoLayer(np.array([1.0, 1.0]), np.array([[1.0], [1.0]]))
+    >>> activation_flips(net, np.array([[1.0], [-1.0]]), np.array([[2.0]]))    # neuron 2 flipped
+    0.5
+    """
+    net0 = _as_network(net0, "net0")
+    Xt = _augment(net0, X)
+    W = check_array(W, "W", ndim=2)
+    if W.shape != net0.W.shape:
+        raise ValueError(f"W has shape {tuple(W.shape)} but net0.W has shape {tuple(net0.W.shape)}")
+    xp = get_xp(Xt, W, net0.W)
+    n, m = Xt.shape[0], net0.m
+    if n == 0:
+        raise ValueError("X must hold at least one sample, got n=0")
+    W = W.astype(net0.dtype, copy=False)
+    step = _chunk_rows(chunk_size, m, 2 * np.dtype(net0.dtype).itemsize)
+    flips = 0
+    for start in range(0, n, step):
+        Xc = Xt[start:start + step]
+        flips += int(xp.count_nonzero((Xc @ net0.W.T > 0) != (Xc @ W.T > 0)))
+    return flips / (n * m)
+
+
+class LazyDiagnostics:
+    r"""A :func:`shallow.flows.gradient_flow` callback recording how lazy the flow is.
+
+    ``diag = LazyDiagnostics(net, X); gradient_flow(net, loss, ..., callback=diag)``; then
+    ``diag.finish(traj)`` adds the final state (gradient_flow calls its callback at every record
+    but the last) and ``diag.result()`` returns the records as arrays.
+
+    Parameters
+    ----------
+    net : TwoLayer or Linearized
+        The network at the start of the flow, theta_0 (a copy is kept; for a tangent model, the
+        diagnostics compare the nonlinear network at its parameters with it).
+    X : array of shape (n, d)
+        Points where functions and kernels are compared (a subset of the training set is typical;
+        the NTK change costs O(n^2 m) per record).
+    y : array of shape (n,), optional
+        When X and y are the training set of an EmpiricalRisk flow, also record the distance to the
+        closed-form kernel flow with the initial tangent kernel (:func:`kernel_flow`).
+    time_scale : float, optional
+        The flow's time scale (default m, as gradient_flow's), for the kernel-flow reference.
+    ntk : bool
+        Record the relative NTK change (the most expensive diagnostic).
+
+    Attributes
+    ----------
+    records : dict of lists
+        ``step``, ``t``, ``risk``, ``weight_change`` (|theta_t - theta_0| / |theta_0|),
+        ``ntk_change`` (|K_t - K_0|_F / |K_0|_F on X), ``linearization_gap`` (RMS over X of
+        f(x; theta_t) - f_lin(x; theta_t), the Taylor remainder along the path), ``flips``
+        (:func:`activation_flips`), and with ``y``: ``kernel_gap`` (RMS over X of f(x; theta_t) minus the
+        kernel-flow prediction at time t, which includes the integrator's discretisation error).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.networks import TwoLayer
+    >>> from shallow.flows import EmpiricalRisk, gradient_flow
+    >>> X = np.random.default_rng(0).standard_normal((20, 3)); y = np.sin(X[:, 0])
+    >>> net = centered_init(200, 3, scale="ntk", rng=1)
+    >>> diag = LazyDiagnostics(net, X, y=y)
+    >>> traj = gradient_flow(net, EmpiricalRisk(X, y), steps=50, step_size=1e-3, record_every=10, callback=diag)
+    >>> out = diag.finish(traj).result()
+    >>> out["step"].tolist(), bool(out["weight_change"][-1] < 0.1)
+    ([0, 10, 20, 30, 40, 50], True)
+    """
+
+    KEYS = ("step", "t", "risk", "weight_change", "ntk_change", "linearization_gap", "flips")
+
+    def __init__(self, net, X, *, y=None, time_scale=None, ntk: bool = True):
+        # theta_0: the network's parameters, or a tangent model's current ones (where its flow starts)
+        self.net0 = net.network() if isinstance(net, Linearized) else _as_network(net).copy()
+        self.lin = Linearized(self.net0)
+        self.X = self.net0._check_X(X)
+        if self.X.shape[0] == 0:
+            raise ValueError("X must hold at least one point, got n=0")
+        self.ntk = bool(ntk)
+        self.K0 = empirical_ntk(self.net0, self.X) if self.ntk else None
+        self._flow = None
+        keys = list(self.KEYS)
+        if y is not None:
+            y = check_array(y, "y", ndim=1)
+            if y.shape[0] != self.X.shape[0]:
+                raise ValueError(f"y has {y.shape[0]} entries but X has n={self.X.shape[0]} rows")
+            s = float(self.net0.m if time_scale is None else time_scale)
+            K0 = self.K0 if self.K0 is not None else empirical_ntk(self.net0, self.X)
+            f0 = self.net0(self.X)
+            self._flow = (K0, y.astype(self.net0.dtype, copy=False), f0, s)
+            keys.append("kernel_gap")
+        self.records = {key: [] for key in keys}
+
+    def __call__(self, step, t, risk, a, W):
+        """Record the diagnostics at (a, W); returns False (never stops the flow)."""
+        if self.records["step"] and self.records["step"][-1] == int(step):
+            return False
+        net0 = self.net0
+        net = TwoLayer(a, W, activation=net0.activation, gamma=net0.gamma, bias=net0.bias)
+        xp = net.xp
+        f = net(self.X)
+        f_lin = self.lin._value(_augment(net0, self.X), a, W)
+        rec = self.records
+        rec["step"].append(int(step))
+        rec["t"].append(float(t))
+        rec["risk"].append(float(risk))
+        rec["weight_change"].append(relative_weight_change(net0, a, W))
+        rec["ntk_change"].append(relative_kernel_change(self.K0, empirical_ntk(net, self.X)) if self.ntk else math.nan)
+        rec["linearization_gap"].append(math.sqrt(float(xp.mean((f - f_lin) ** 2))))
+        rec["flips"].append(activation_flips(net0, W, self.X))
+        if self._flow is not None:
+            K0, y, f0, s = self._flow
+            pred = kernel_flow(K0, y, float(t), f0=f0, time_scale=s).train
+            rec["kernel_gap"].append(math.sqrt(float(xp.mean((f - pred) ** 2))))
+        return False
+
+    def finish(self, traj) -> LazyDiagnostics:
+        """Record the final state of a :class:`shallow.flows.Trajectory` (if not recorded yet)."""
+        xp = self.net0.xp
+        a = xp.asarray(traj.a, dtype=self.net0.dtype)
+        W = xp.asarray(traj.W, dtype=self.net0.dtype)
+        risk = float(traj.risks[-1]) if len(traj.risks) else math.nan
+        self(traj.step, traj.t, risk, a, W)
+        return self
+
+    def result(self) -> dict:
+        """The records as a dict of numpy arrays of shape (records,)."""
+        return {key: np.asarray(values, dtype=np.int64 if key == "step" else np.float64)
+                for key, values in self.records.items()}

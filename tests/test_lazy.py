@@ -1,0 +1,385 @@
+"""Lazy training: the tangent model, the empirical NTK, kernel gradient flow, the lazy regime (Chizat,
+Oyallon and Bach 2019, arXiv:1812.07956), centred initialisation and diagnostics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from shallow import lazy
+from shallow.flows import EmpiricalRisk, gradient_flow
+from shallow.kernels import ntk
+from shallow.lazy import (LazyDiagnostics, LinearizedRisk, activation_flips, centered, centered_init, empirical_ntk,
+                          kernel_flow, kernel_regression, linearize, relative_weight_change, scaled)
+from shallow.networks import TwoLayer
+
+
+def _data(n, d, rng):
+    rng = np.random.default_rng(rng)
+    X = rng.standard_normal((n, d)) / math.sqrt(d)  # (n, d), |x| ~ 1
+    y = np.sin(2 * X[:, 0]) + X[:, 1] ** 2
+    return X, y
+
+
+def _slope(x, y):
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def _jacobian_fd(net, X, h=1e-6):
+    """Central-difference Jacobian of f(X) in theta = (a, W) flattened, shape (n, m (1 + D))."""
+    theta = np.concatenate([net.a, net.W.ravel()])
+    m = net.m
+
+    def f(th):
+        return TwoLayer(th[:m], th[m:].reshape(net.W.shape), net.activation, net.gamma, net.bias)(X)
+
+    J = np.empty((X.shape[0], theta.size))
+    for k in range(theta.size):
+        e = np.zeros_like(theta)
+        e[k] = h
+        J[:, k] = (f(theta + e) - f(theta - e)) / (2 * h)
+    return J
+
+
+# ----------------------------------------------------------------------------- the tangent model
+
+@pytest.mark.parametrize("activation,bias", [("tanh", True), ("relu", False)])
+def test_linearization_is_first_order_taylor_expansion(activation, bias):
+    """f(theta0 + h v) - f_lin(theta0 + h v) = O(h^2): the remainder drops 4x when h halves."""
+    rng = np.random.default_rng(0)
+    net = TwoLayer.init(30, 4, scale="ntk", rng=1, activation=activation, bias=bias)
+    X, _ = _data(12, 4, 2)
+    lin = linearize(net)
+    # At theta0 the two models agree (the same sum, computed by two implementations).
+    np.testing.assert_allclose(lin(X), net(X), rtol=1e-13, atol=1e-14)
+    va, vW = rng.standard_normal(net.m), rng.standard_normal(net.W.shape)
+    hs = 4e-3 * 2.0 ** -np.arange(5)  # small enough that no relu pattern flips
+    remainders = []
+    for h in hs:
+        moved = TwoLayer(net.a + h * va, net.W + h * vW, activation, net.gamma, bias)
+        lin_moved = lazy.Linearized(lin.base, net.a + h * va, net.W + h * vW)
+        remainders.append(np.abs(moved(X) - lin_moved(X)).max())
+    remainders = np.array(remainders)
+    # Second order: fitted slope 2 within 0.1 (for relu it is exactly quadratic once no pattern flips).
+    assert abs(_slope(hs, remainders) - 2) < 0.1
+    assert np.all(remainders[1:] / remainders[:-1] < 0.3)
+
+
+def test_linearized_risk_gradient_matches_central_differences():
+    """grad of 1/(2n)|f_lin - y|^2: central differences (exact up to rounding for a quadratic)."""
+    rng = np.random.default_rng(3)
+    net = TwoLayer.init(8, 3, scale="ntk", rng=4, activation="tanh", bias=True)
+    X, y = _data(10, 3, 5)
+    lin = linearize(net)
+    a = net.a + 0.3 * rng.standard_normal(net.m)
+    W = net.W + 0.3 * rng.standard_normal(net.W.shape)
+    for risk in (LinearizedRisk(X, y), LinearizedRisk(X, y, cache_bytes=0, chunk_bytes=200)):
+        R, ga, gW = risk.value_and_grad(lin, a, W)
+        for _ in range(3):
+            va, vW = rng.standard_normal(a.shape), rng.standard_normal(W.shape)
+            h = 1e-4
+            fd = (risk.value_and_grad(lin, a + h * va, W + h * vW, need_grad=False)[0]
+                  - risk.value_and_grad(lin, a - h * va, W - h * vW, need_grad=False)[0]) / (2 * h)
+            # float64 central difference of a quadratic: rounding only, ~ eps R / h
+            assert abs(fd - (ga @ va + np.sum(gW * vW))) < 1e-9 * (1 + abs(fd))
+        # The risk itself, from the tangent model's values.
+        f = lazy.Linearized(lin.base, a, W)(X)
+        assert R == pytest.approx(0.5 * np.mean((f - y) ** 2), rel=1e-12)
+
+
+def test_flows_refuse_to_train_a_linearized_model_with_a_nonlinear_risk():
+    net = TwoLayer.init(5, 3, rng=0)
+    X, y = _data(4, 3, 1)
+    with pytest.raises(TypeError, match="LinearizedRisk"):
+        gradient_flow(linearize(net), EmpiricalRisk(X, y), steps=1, step_size=0.1)
+    with pytest.raises(TypeError, match="linearize"):
+        LinearizedRisk(X, y).value_and_grad(net)
+    with pytest.raises(TypeError, match="already a linearised"):
+        linearize(linearize(net))
+
+
+def test_linearized_flow_is_kernel_flow_with_the_initial_ntk():
+    """gradient_flow on the tangent model (time scale s = m) = kernel_flow(K0, time_scale=m), train and test."""
+    net = TwoLayer.init(40, 3, scale="ntk", rng=0, bias=True)
+    X, y = _data(15, 3, 1)
+    Xt, _ = _data(7, 3, 2)
+    steps, h = 200, 2e-4
+    traj = gradient_flow(linearize(net), LinearizedRisk(X, y), steps=steps, step_size=h, method="rk4")
+    trained = traj.network(linearize(net))
+    K0, K0t = empirical_ntk(net, X), empirical_ntk(net, Xt, X)
+    pred = kernel_flow(K0, y, steps * h, f0=net(X), K_test=K0t, f0_test=net(Xt), time_scale=net.m)
+    # RK4 with |h s K/n| < 0.02: its error is far below 1e-9 of |y|.
+    np.testing.assert_allclose(trained(X), pred.train, atol=1e-9)
+    np.testing.assert_allclose(trained(Xt), pred.test, atol=1e-9)
+    assert np.abs(trained(X) - net(X)).max() > 0.05  # it did move
+
+
+# ----------------------------------------------------------------------------- the tangent kernel
+
+@pytest.mark.parametrize("activation,bias,train", [("tanh", True, "both"), ("relu", False, "both"),
+                                                   ("tanh", False, "outer"), ("tanh", True, "inner")])
+def test_empirical_ntk_is_the_gram_matrix_of_parameter_gradients(activation, bias, train):
+    """K(x, y) = <grad f(x), grad f(y)> with the Jacobian from central differences."""
+    net = TwoLayer.init(6, 3, scale=2.0, rng=0, activation=activation, bias=bias)
+    X, _ = _data(5, 3, 1)
+    Y, _ = _data(4, 3, 2)
+    J, JY = _jacobian_fd(net, X), _jacobian_fd(net, Y)
+    keep = {"both": slice(None), "outer": slice(0, net.m), "inner": slice(net.m, None)}[train]
+    expected = J[:, keep] @ JY[:, keep].T
+    scale = np.abs(expected).max()
+    # central differences: O(h^2) truncation and eps/h rounding, ~1e-9 relative
+    np.testing.assert_allclose(empirical_ntk(net, X, Y, train=train, chunk_size=2), expected, atol=1e-8 * scale)
+    K = empirical_ntk(net, X, train=train)
+    np.testing.assert_allclose(K, J[:, keep] @ J[:, keep].T, atol=1e-8 * scale)
+    assert np.array_equal(K, K.T)
+
+
+def test_empirical_ntk_keeps_dtype_and_never_forms_per_sample_gradients():
+    net = TwoLayer.init(64, 5, rng=0, dtype=np.float32)
+    X = np.random.default_rng(1).standard_normal((9, 5)).astype(np.float32)
+    K = empirical_ntk(net, X, chunk_size=4)
+    assert K.dtype == np.float32 and K.shape == (9, 9)
+    np.testing.assert_allclose(K, empirical_ntk(net.to_device("cpu"), X.astype(np.float64)), rtol=1e-4, atol=1e-7)
+
+
+def _per_neuron_terms(net, X):
+    """t_j(x, y) = m [sigma sigma + a_j^2 sigma' sigma' <x, y>], explicitly, shape (m, n, n)."""
+    Z = X @ net.W.T  # (n, m)
+    S, P = np.maximum(Z, 0), (Z > 0).astype(float)
+    G = X @ X.T
+    return np.einsum("ij,kj->jik", S, S) + (net.a ** 2)[:, None, None] * np.einsum("ij,kj->jik", P, P) * G
+
+
+def test_empirical_ntk_within_monte_carlo_bound_of_analytic_ntk():
+    """K/(gamma^2 m) averages m i.i.d. terms of mean Theta (kernels.ntk): each entry within 4 sd/sqrt(m)."""
+    m = 4096
+    net = TwoLayer.init(m, 4, scale="ntk", rng=7)
+    X, _ = _data(5, 4, 8)
+    K = empirical_ntk(net, X) / (net.gamma ** 2 * m)
+    Theta = ntk(X, None, "relu")
+    terms = _per_neuron_terms(net, X)  # (m, n, n), the sample of which K is the mean
+    np.testing.assert_allclose(K, terms.mean(axis=0), rtol=1e-12)
+    sd = terms.std(axis=0, ddof=1)
+    assert np.all(np.abs(K - Theta) <= 4 * sd / math.sqrt(m))
+
+
+def test_empirical_ntk_error_decays_like_m_to_the_minus_one_half():
+    """RMS over seeds of |K/(gamma^2 m) - Theta|_F / |Theta|_F against m: fitted slope -1/2 within 0.15."""
+    X, _ = _data(6, 4, 0)
+    Theta = ntk(X, None, "relu")
+    ms = np.array([64, 256, 1024, 4096, 16384])
+    errors = []
+    for m in ms:
+        sq = [np.linalg.norm(empirical_ntk(TwoLayer.init(int(m), 4, scale="ntk", rng=seed), X) - Theta) ** 2
+              for seed in range(24)]
+        errors.append(math.sqrt(np.mean(sq)) / np.linalg.norm(Theta))
+    assert abs(_slope(ms, errors) + 0.5) < 0.15
+
+
+# ----------------------------------------------------------------------------- kernel flow and ridge
+
+def _linear_problem(n=12, r=8, n_test=5, seed=0):
+    """A linear model f = f0 + F theta with r < n features (a rank-deficient kernel K = F F^T)."""
+    rng = np.random.default_rng(seed)
+    F, Ft = rng.standard_normal((n, r)), rng.standard_normal((n_test, r))
+    y, f0, f0t = rng.standard_normal(n), 0.3 * rng.standard_normal(n), 0.3 * rng.standard_normal(n_test)
+    return F, Ft, y, f0, f0t
+
+
+def _euler_linear_model(F, Ft, y, f0, f0t, t, s, steps):
+    """Forward Euler on theta' = -(s/n) F^T (f0 + F theta - y), theta(0) = 0."""
+    n = F.shape[0]
+    theta = np.zeros(F.shape[1])
+    h = t / steps
+    for _ in range(steps):
+        theta = theta - h * (s / n) * F.T @ (f0 + F @ theta - y)
+    return f0 + F @ theta, f0t + Ft @ theta
+
+
+def test_kernel_flow_matches_a_fine_euler_integration_of_the_linear_model():
+    """kernel_flow(F F^T, ...) against Euler on the parameters, with a Richardson error estimate."""
+    F, Ft, y, f0, f0t = _linear_problem()
+    t, s = 1.7, 3.0
+    K, Kt = F @ F.T, Ft @ F.T
+    pred = kernel_flow(K, y, t, f0=f0, K_test=Kt, f0_test=f0t, time_scale=s)
+    coarse = _euler_linear_model(F, Ft, y, f0, f0t, t, s, 4000)
+    fine = _euler_linear_model(F, Ft, y, f0, f0t, t, s, 8000)
+    for k, exact in enumerate((pred.train, pred.test)):
+        err_estimate = np.abs(coarse[k] - fine[k]).max()  # Euler is first order: error(fine) ~ this
+        assert 1e-6 < err_estimate < 1e-2
+        assert np.abs(exact - fine[k]).max() < 2 * err_estimate
+        richardson = 2 * fine[k] - coarse[k]  # second order: error ~ err_estimate^2
+        assert np.abs(exact - richardson).max() < 1e-3 * err_estimate
+
+
+def test_kernel_flow_at_several_times_and_its_limits():
+    F, Ft, y, f0, f0t = _linear_problem(n=6, r=6, seed=1)  # K invertible
+    K, Kt = F @ F.T, Ft @ F.T
+    ts = np.array([0.0, 0.5, 2.0])
+    pred = kernel_flow(K, y, ts, f0=f0, K_test=Kt, f0_test=f0t)
+    assert pred.train.shape == (3, 6) and pred.test.shape == (3, 5)
+    np.testing.assert_allclose(pred.train[0], f0, atol=1e-14)
+    for i, t in enumerate(ts):
+        one = kernel_flow(K, y, t, f0=f0, K_test=Kt, f0_test=f0t)
+        np.testing.assert_allclose(pred.train[i], one.train, rtol=1e-13, atol=1e-14)
+        # residual e^{-tK/n}(f0 - y), through scipy's matrix exponential
+        from scipy.linalg import expm
+        np.testing.assert_allclose(one.train - y, expm(-t * K / 6) @ (f0 - y), atol=1e-12)
+    # t -> infinity: the interpolant of kernel_regression with ridge 0
+    late = kernel_flow(K, y, 1e7, f0=f0, K_test=Kt, f0_test=f0t)
+    interp = kernel_regression(K, y, 0.0, f0=f0, K_test=Kt, f0_test=f0t)
+    np.testing.assert_allclose(late.train, y, atol=1e-8)
+    np.testing.assert_allclose(late.test, interp.test, atol=1e-8)
+
+
+def test_kernel_regression_solves_the_regularised_normal_equations():
+    """f = f0 + K (K + n lambda I)^{-1} (y - f0), by a direct solve; ridge 0 = min-norm least squares."""
+    F, Ft, y, f0, f0t = _linear_problem()
+    K, Kt = F @ F.T, Ft @ F.T
+    n, lam = len(y), 0.05
+    c = np.linalg.solve(K + n * lam * np.eye(n), y - f0)
+    pred = kernel_regression(K, y, lam, f0=f0, K_test=Kt, f0_test=f0t)
+    np.testing.assert_allclose(pred.train, f0 + K @ c, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pred.test, f0t + Kt @ c, rtol=1e-10, atol=1e-12)
+    # ridge 0 with rank(K) = 8 < n = 12: the minimum-norm least-squares fit in parameter space
+    theta = np.linalg.lstsq(F, y - f0, rcond=None)[0]
+    interp = kernel_regression(K, y, 0.0, f0=f0, K_test=Kt, f0_test=f0t)
+    np.testing.assert_allclose(interp.train, f0 + F @ theta, atol=1e-9)
+    np.testing.assert_allclose(interp.test, f0t + Ft @ theta, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- the lazy regime
+
+def test_large_alpha_training_is_lazy_weight_change_scales_like_one_over_alpha():
+    """Chizat et al. 2019, Sec. 2: with gamma = alpha/m, centred, |theta_T - theta_0|/|theta_0| ~ 1/alpha
+    (fitted slope -1 within 0.1), and the trained network follows kernel_flow's prediction."""
+    m, d = 100, 3
+    X, y = _data(20, d, 0)
+    Xt, _ = _data(10, d, 1)
+    # The same function-space time for every alpha: with s = m, df/dt = -(s/n) K r and K ~ gamma^2 m Theta,
+    # the rate is alpha^2, so the flow runs for a time 1/alpha^2 (RK4: no discretisation error to speak of).
+    alphas = np.array([10.0, 31.6, 100.0, 316.0, 1000.0])
+    changes, gaps = [], []
+    for alpha in alphas:
+        net = centered_init(m, d, scale=alpha, rng=2)
+        t = 1.0 / alpha ** 2
+        traj = gradient_flow(net, EmpiricalRisk(X, y), steps=100, step_size=t / 100, method="rk4")
+        trained = traj.network(net)
+        changes.append(relative_weight_change(net, trained.a, trained.W))
+        pred = kernel_flow(empirical_ntk(net, X), y, t, K_test=empirical_ntk(net, Xt, X), time_scale=m)
+        gaps.append(max(np.abs(trained(X) - pred.train).max(), np.abs(trained(Xt) - pred.test).max()))
+    assert abs(_slope(alphas, changes) + 1) < 0.1
+    # It learned: the residual's RMS fell by more than 10 % (a short, lazy run).
+    assert np.sqrt(np.mean((pred.train - y) ** 2)) < 0.9 * np.sqrt(np.mean(y ** 2))
+    # The gap to the kernel flow is O(1/alpha) in theory; here it is made of relu patterns that flip
+    # (a few pairs (i, j), hence irregular) until none does, and then the bilinear term
+    # gamma sum_j da_j relu'(z_j) <dw_j, x> cancels between the two copies of each centred neuron
+    # (da equal, dw opposite) at leading order. At alpha = 1000 it is far below 1e-3 |y|.
+    assert gaps[-1] < 1e-3 * np.abs(y).max() and gaps[-1] < gaps[0] / 10
+
+
+def test_centered_initialisation_gives_the_zero_function_and_twice_the_kernel():
+    net = TwoLayer.init(25, 4, scale="ntk", rng=0, bias=True)
+    X, _ = _data(30, 4, 1)
+    c = centered(net)
+    # f = gamma sum_j (a_j - a_j) sigma(...) = 0 up to the rounding of a sum of 2m terms
+    bound = 4 * c.m * np.finfo(float).eps * c.gamma * (np.abs(np.maximum(X @ net.W[:, :4].T + net.W[:, 4], 0))
+                                                       @ np.abs(net.a)).max()
+    assert c.m == 50 and np.abs(c(X)).max() <= bound
+    np.testing.assert_allclose(empirical_ntk(c, X), 2 * empirical_ntk(net, X), rtol=1e-12)
+    w = centered_init(40, 4, scale="ntk", rng=3, activation="tanh")
+    assert w.m == 40 and w.gamma == pytest.approx(40 ** -0.5) and np.abs(w(X)).max() < 1e-14
+    assert centered_init(40, 4, scale=5.0).gamma == pytest.approx(5.0 / 40)
+
+
+def test_lazy_diagnostics_along_a_flow():
+    """The recorded diagnostics equal direct computations; they are O(1) in the mean-field regime
+    (alpha = 1) and fall with alpha in the lazy one (Chizat et al. 2019, Sec. 2: all O(1/alpha))."""
+    m, d = 200, 3
+    X, y = _data(25, d, 0)
+    out = {}
+    for alpha in (1.0, 100.0, 1000.0):
+        net = centered_init(m, d, scale=alpha, rng=1)
+        diag = LazyDiagnostics(net, X, y=y)
+        # the same function-space time 80 for every alpha (rate alpha^2 with s = m)
+        traj = gradient_flow(net, EmpiricalRisk(X, y), steps=40, step_size=2.0 / alpha ** 2, method="rk4",
+                             record_every=10, callback=diag)
+        res = diag.finish(traj).result()
+        assert res["step"].tolist() == [0, 10, 20, 30, 40]
+        assert set(res) == set(LazyDiagnostics.KEYS) | {"kernel_gap"}
+        trained = traj.network(net)
+        # independent recomputation of the final record
+        theta0 = np.concatenate([net.a, net.W.ravel()])
+        theta = np.concatenate([trained.a, trained.W.ravel()])
+        assert res["weight_change"][-1] == pytest.approx(np.linalg.norm(theta - theta0) / np.linalg.norm(theta0))
+        flipped = np.mean((X @ net.W.T > 0) != (X @ trained.W.T > 0))
+        assert res["flips"][-1] == pytest.approx(flipped) == activation_flips(net, trained.W, X, chunk_size=7)
+        K0, K = empirical_ntk(net, X), empirical_ntk(trained, X)
+        assert res["ntk_change"][-1] == pytest.approx(np.linalg.norm(K - K0) / np.linalg.norm(K0))
+        gap = trained(X) - lazy.Linearized(linearize(net).base, trained.a, trained.W)(X)
+        assert res["linearization_gap"][-1] == pytest.approx(np.sqrt(np.mean(gap ** 2)))
+        pred = kernel_flow(K0, y, traj.t, time_scale=m).train
+        assert res["kernel_gap"][-1] == pytest.approx(np.sqrt(np.mean((trained(X) - pred) ** 2)))
+        assert res["weight_change"][0] == 0 and res["ntk_change"][0] == 0 and res["flips"][0] == 0
+        out[alpha] = {key: value[-1] for key, value in res.items()}
+    mean_field, lazy_100, lazy_1000 = out[1.0], out[100.0], out[1000.0]
+    assert mean_field["weight_change"] > 0.3 and mean_field["ntk_change"] > 0.3 and mean_field["flips"] > 0.05
+    for key in ("weight_change", "ntk_change", "linearization_gap", "flips", "kernel_gap"):
+        # measured ratios 6.5 to 12 for a tenfold alpha; 4 leaves room for the irregular flips
+        assert lazy_1000[key] < lazy_100[key] / 4 < mean_field[key] / 4, key
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_gives_clear_errors():
+    net = TwoLayer.init(4, 3, rng=0)
+    X, y = _data(5, 3, 0)
+    K = empirical_ntk(net, X)
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        scaled(net, 0.0)
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        scaled(net, -2)
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        centered_init(10, 3, scale=-1.0)
+    with pytest.raises(ValueError, match="m must be even"):
+        centered_init(7, 3)
+    with pytest.raises(ValueError, match="train must be one of"):
+        empirical_ntk(net, X, train="hidden")
+    with pytest.raises(ValueError, match="t must be a time >= 0"):
+        kernel_flow(K, y, -1.0)
+    with pytest.raises(ValueError, match="time_scale must be a positive"):
+        kernel_flow(K, y, 1.0, time_scale=0)
+    with pytest.raises(ValueError, match=r"K must be the \(n, n\) Gram matrix"):
+        kernel_flow(K[:4], y, 1.0)
+    with pytest.raises(ValueError, match="K_test must have shape"):
+        kernel_flow(K, y, 1.0, K_test=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0"):
+        kernel_regression(K, y, -0.1)
+    with pytest.raises(ValueError, match="X has shape"):
+        empirical_ntk(net, np.ones((2, 4)))
+    with pytest.raises(TypeError, match="TwoLayer"):
+        empirical_ntk(np.ones(3), X)
+    assert scaled(net, 3.0).gamma == pytest.approx(3 * net.gamma)
+
+
+# ----------------------------------------------------------------------------- devices
+
+@pytest.mark.gpu
+def test_lazy_routines_on_cupy_match_numpy():
+    import cupy
+
+    net = centered_init(64, 3, scale="ntk", rng=0)
+    X, y = _data(20, 3, 1)
+    gnet = net.to_device("gpu")
+    gX, gy = cupy.asarray(X), cupy.asarray(y)
+    K, gK = empirical_ntk(net, X), empirical_ntk(gnet, gX)
+    assert isinstance(gK, cupy.ndarray)
+    np.testing.assert_allclose(gK.get(), K, rtol=1e-10, atol=1e-12)
+    pred, gpred = kernel_flow(K, y, [0.5, 1.0], time_scale=64), kernel_flow(gK, gy, [0.5, 1.0], time_scale=64)
+    np.testing.assert_allclose(gpred.train.get(), pred.train, rtol=1e-9, atol=1e-11)
+    traj = gradient_flow(linearize(net), LinearizedRisk(X, y), steps=20, step_size=1e-3)
+    gtraj = gradient_flow(linearize(gnet), LinearizedRisk(gX, gy), steps=20, step_size=1e-3)
+    np.testing.assert_allclose(gtraj.risks, traj.risks, rtol=1e-9)
+    diag = LazyDiagnostics(gnet, gX, y=gy)
+    gradient_flow(gnet, EmpiricalRisk(gX, gy), steps=5, step_size=1e-3, callback=diag)
+    assert np.isfinite(diag.result()["kernel_gap"]).all()

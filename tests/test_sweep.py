@@ -1,0 +1,344 @@
+"""Sweeps: parallel grids with an atomic on-disk cache, resumable, failures isolated, dask optional."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shallow import cli, study
+from shallow.sweep import SweepError, grid, point_key, sweep
+
+
+# Point functions are module-level: worker processes import them from this file.
+
+def flow_point(config):
+    """A small gradient flow (numpy, deterministic): the kind of point a study sweeps."""
+    from shallow.flows import EmpiricalRisk, gradient_flow
+    from shallow.networks import TwoLayer
+
+    rng = np.random.default_rng(config["seed"])
+    X = rng.standard_normal((64, 5))
+    y = np.tanh(X[:, 0])
+    net = TwoLayer.init(config["m"], 5, scale=config["alpha"], rng=config["seed"] + 1)
+    traj = gradient_flow(net, EmpiricalRisk(X, y), steps=30, step_size=0.05)
+    return {"risk": traj.risks[-1], "a": traj.a, "label": f"m={config['m']}"}
+
+
+def counted_point(config):
+    """value = 2 x; leaves a marker file per call in config['calls'], and obeys config['fail']."""
+    Path(config["calls"], f"{config['x']}-{uuid.uuid4().hex}").touch()
+    if config.get("fail") and config["x"] % 2:
+        raise ValueError(f"odd x={config['x']} refused")
+    stop = Path(config["calls"]).parent / "stop"
+    if stop.exists() and config["x"] == int(stop.read_text()):
+        raise KeyboardInterrupt
+    return {"value": 2.0 * config["x"], "vector": np.arange(3) * config["x"],
+            "threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"), "pid": os.getpid()}
+
+
+def scaled_point(config, factor):
+    return {"value": factor * config["x"]}
+
+
+def dying_point(config):
+    if config["x"] == 1:
+        os._exit(3)  # a worker killed mid-point (out of memory, segfault)
+    return {"value": config["x"]}
+
+
+def not_a_dict(config):
+    return [1, 2]
+
+
+def calls(folder):
+    return sorted(int(p.name.split("-")[0]) for p in Path(folder).iterdir())
+
+
+@pytest.fixture
+def counted(tmp_path):
+    folder = tmp_path / "calls"
+    folder.mkdir()
+
+    def make(xs, **axes):
+        """The grid of x in xs (and further axes) counting its calls in ``folder``: (points, folder)."""
+        return grid({"calls": str(folder)}, x=list(xs), **axes), folder
+
+    return make
+
+
+def test_parallel_sweep_returns_each_points_result_in_grid_order(counted):
+    points, folder = counted([3, 1, 2, 1])  # a duplicate: computed once
+    out = sweep(counted_point, points, workers=2)
+    assert [r["value"] for r in out] == [6.0, 2.0, 4.0, 2.0]
+    np.testing.assert_array_equal(out[0]["vector"], [0, 3, 6])
+    assert calls(folder) == [1, 2, 3]
+    assert all(r["pid"] != os.getpid() for r in out)  # computed in worker processes
+    assert {r["threads"] for r in out} == {"1"}  # BLAS limited to one thread in each worker
+    assert out.ok and out.cached == [False] * 4
+
+
+def test_cache_hit_after_restart_recomputes_nothing(counted, tmp_path):
+    points, folder = counted(range(4))
+    first = sweep(counted_point, points, cache_dir=tmp_path / "cache", workers=2)
+    again = sweep(counted_point, points, cache_dir=tmp_path / "cache", workers=2)  # a new sweep: a restart
+    assert calls(folder) == [0, 1, 2, 3]  # no new call
+    assert again.cached == [True] * 4 and first.cached == [False] * 4
+    for a, b in zip(first, again):  # the same values and types, computed or loaded
+        assert a.keys() == b.keys() and a["value"] == b["value"] and type(a["value"]) is type(b["value"])
+        np.testing.assert_array_equal(a["vector"], b["vector"])
+    sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial", force=True)
+    assert calls(folder) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 4
+
+
+def test_interrupted_sweep_resumes_with_nothing_recomputed(counted, tmp_path):
+    points, folder = counted(range(5))
+    (tmp_path / "stop").write_text("3")  # Ctrl-C while point 3 runs
+    with pytest.raises(KeyboardInterrupt):
+        sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+    (tmp_path / "stop").unlink()
+    out = sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial")
+    assert calls(folder) == [0, 1, 2, 3, 3, 4]  # 0-2 once; 3 again (it never finished); 4 once
+    assert out.cached == [True, True, True, False, False]
+    assert [r["value"] for r in out] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_crash_mid_write_leaves_no_corrupt_file(counted, tmp_path, monkeypatch):
+    """Ctrl-C inside the third write: two complete files, no third, no temporary file; a rerun completes."""
+    points, folder = counted(range(4))
+    cache = tmp_path / "cache"
+    real_savez, writes = np.savez, []
+
+    def savez(fh, **arrays):
+        writes.append(1)
+        if len(writes) == 3:
+            fh.write(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt
+        real_savez(fh, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(counted_point, points, cache_dir=cache, workers=2)
+    monkeypatch.setattr(np, "savez", real_savez)
+    files = sorted(cache.iterdir())
+    assert len(files) == 2 and all(f.suffix == ".npz" and not f.name.startswith(".") for f in files)
+    for f in files:
+        np.load(f)["value"]  # complete and readable
+    out = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    assert sum(out.cached) == 2 and [r["value"] for r in out] == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_killed_process_mid_write_leaves_only_an_ignored_temporary_file(counted, tmp_path):
+    """A hard kill (no cleanup at all) during a write: the final file is never half-written."""
+    points, folder = counted(range(3))
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        import os, sys, numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_sweep import counted_point
+        from shallow.sweep import sweep
+        real, n = np.savez, []
+        def savez(fh, **arrays):
+            n.append(1)
+            if len(n) == 2:
+                fh.write(b"PK half"); fh.flush(); os._exit(9)
+            real(fh, **arrays)
+        np.savez = savez
+        sweep(counted_point, {points!r}, cache_dir={str(cache)!r}, scheduler="serial")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    finals = list(cache.glob("*.npz"))
+    temps = [p for p in cache.iterdir() if p.name.startswith(".")]
+    assert len(finals) == 1 and len(temps) == 1  # the point that finished, and the killed write's temp file
+    out = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    assert out.cached == [True, False, False] and [r["value"] for r in out] == [0.0, 2.0, 4.0]
+
+
+def test_failed_point_is_reported_with_its_config_and_the_others_are_kept(counted, tmp_path):
+    points, folder = counted(range(5), fail=[True])
+    cache = tmp_path / "cache"
+    with pytest.raises(SweepError) as info:
+        sweep(counted_point, points, cache_dir=cache, workers=2)
+    message = str(info.value)
+    assert "2 of 5 sweep points failed" in message
+    assert "'x': 1" in message and "'x': 3" in message and "ValueError: odd x=1 refused" in message
+    assert "Traceback" in message and "counted_point" in message  # the worker's traceback
+    assert [f.index for f in info.value.failures] == [1, 3]
+    assert len(list(cache.glob("*.npz"))) == 3  # the good points are cached
+    out = sweep(counted_point, points, cache_dir=cache, scheduler="serial", errors="collect")
+    assert out.cached == [True, False, True, False, True]  # only the failed points ran again
+    assert out[1] is None and [f.config["x"] for f in out.failures] == [1, 3]
+    assert calls(folder) == [0, 1, 1, 2, 3, 3, 4]
+
+
+def test_a_dying_worker_fails_its_points_without_hanging(tmp_path):
+    out = sweep(dying_point, grid(x=[0, 1, 2]), workers=1, errors="collect")
+    assert 1 in [f.index for f in out.failures]
+    assert all("BrokenProcessPool" in f.error for f in out.failures)
+
+
+def test_point_keys_are_canonical():
+    @dataclasses.dataclass(frozen=True)
+    class Point:
+        m: int
+        alpha: float
+
+    assert point_key({"m": 10, "alpha": 0.5}) == point_key({"alpha": 0.5, "m": 10})
+    assert point_key(Point(10, 0.5)) == point_key({"alpha": 0.5, "m": 10})
+    assert point_key({"m": np.int64(10), "alpha": np.float64(0.5)}) == point_key({"m": 10, "alpha": 0.5})
+    assert point_key({"m": 10}) != point_key({"m": 10.0}) != point_key({"m": True})
+    assert point_key({"m": 10}, "f") != point_key({"m": 10}, "g")
+    assert point_key({"w": np.arange(3.0)}) != point_key({"w": np.arange(3.0) + 1e-15})
+    assert point_key({"t": (1, 2)}) == point_key({"t": [1, 2]})
+
+
+def test_cache_namespace_tells_functions_apart(counted, tmp_path):
+    """Two functions, or one partial with different bound arguments, never share cache files."""
+    import functools
+
+    points, folder = counted([1])
+    cache = tmp_path / "cache"
+    a = sweep(functools.partial(scaled_point, factor=2.0), points, cache_dir=cache, scheduler="serial")
+    b = sweep(functools.partial(scaled_point, factor=3.0), points, cache_dir=cache, scheduler="serial")
+    c = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    assert (a[0]["value"], b[0]["value"], c[0]["value"]) == (2.0, 3.0, 2.0)
+    assert not (a.cached[0] or b.cached[0] or c.cached[0]) and len(list(cache.glob("*.npz"))) == 3
+    with pytest.raises(TypeError, match="give key="):
+        sweep(lambda config: {"v": 1}, points, cache_dir=cache, scheduler="serial")
+    assert sweep(lambda config: {"v": 1}, points, cache_dir=cache, scheduler="serial", key="one")[0] == {"v": 1}
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="the grid is empty"):
+        sweep(counted_point, grid(x=[]))
+    with pytest.raises(ValueError, match="the grid is empty"):
+        sweep(counted_point, [])
+    with pytest.raises(ValueError, match="scheduler must be one of .* or the address of a dask scheduler"):
+        sweep(counted_point, grid(x=[1]), scheduler="threads")
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        sweep(counted_point, grid(x=[1]), workers=0)
+    with pytest.raises(ValueError, match="errors must be one of"):
+        sweep(counted_point, grid(x=[1]), errors="ignore")
+    with pytest.raises(TypeError, match="module-level function"):
+        sweep(lambda c: {"v": 1}, grid(x=[1]))
+    with pytest.raises(TypeError, match=r"point 0\['x'\] is a object, which has no stable hash"):
+        sweep(counted_point, [{"x": object()}])
+    with pytest.raises(TypeError, match="axis 'x' must be a sequence"):
+        grid(x=3)
+    with pytest.raises(SweepError, match="must return a dict"):
+        sweep(not_a_dict, grid(x=[1]), scheduler="serial")
+    with pytest.raises(ValueError, match="not both"):
+        sweep(counted_point, grid(x=[1]), executor=object(), workers=2)
+
+
+TOY = '''
+"""Toy grid study: f(x) = x^2 on a grid, through study.run_grid."""
+import dataclasses
+import numpy as np
+from shallow import study
+from shallow.sweep import grid
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    xs: tuple = (1.0, 2.0, 3.0)
+    seed: int = 0
+    device: str = "cpu"
+
+QUICK = {"xs": (1.0, 2.0)}
+
+def square(point):
+    return {"y": point["x"] ** 2, "pid": __import__("os").getpid()}
+
+def compute(cfg):
+    results = study.run_grid(square, grid(x=list(cfg.xs)))
+    return {"y": np.array([r["y"] for r in results]), "pids": np.array([r["pid"] for r in results])}
+
+def plot(result, cfg):
+    fig, axes = study.new_figure()
+    axes[0, 0].plot(result["y"])
+    return fig
+'''
+
+
+@pytest.fixture
+def toy_study(tmp_path, monkeypatch):
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "toygrid.py").write_text(textwrap.dedent(TOY))
+    monkeypatch.setenv("SHALLOW_STUDIES", str(folder))
+    monkeypatch.delitem(sys.modules, "shallow_studies.toygrid", raising=False)
+    return cli.load_study("toygrid")
+
+
+def test_study_grid_runs_through_sweep_with_workers_and_point_cache(toy_study, tmp_path):
+    """--workers/--scheduler reach the grid; points are cached under results/points/NAME; the result
+    hash ignores them; a study loaded from its file (module shallow_studies.NAME) works in workers."""
+    out = tmp_path / "out"
+    assert study.main(toy_study, ["--quick", "--out", str(out), "--workers", "2"]) == 0
+    result = study.load_npz(next((out / "results").glob("toygrid-*.npz")))
+    np.testing.assert_array_equal(result["y"], [1.0, 4.0])
+    assert os.getpid() not in result["pids"]  # computed by worker processes
+    assert len(list((out / "results" / "points" / "toygrid").glob("*.npz"))) == 2
+    cfg = study.quick_config(toy_study)
+    again = study.run(toy_study, cfg, out=out, figure=False, force=True, scheduler="serial")
+    np.testing.assert_array_equal(again["y"], [1.0, 4.0])
+    assert set(again["pids"]) == {os.getpid()}  # --force recomputed the points, here in this process
+    assert len(list((out / "results").glob("toygrid-*.npz"))) == 1  # same result hash whatever the scheduler
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        study.run(toy_study, cfg, out=out, figure=False, scheduler="nowhere")
+    with pytest.raises(SystemExit):
+        study.build_parser(toy_study).parse_args(["--workers", "two"])
+    # outside a run, run_grid computes without a cache
+    assert [r["y"] for r in study.run_grid(toy_study.square, grid(x=[3.0]), scheduler="serial")] == [9.0]
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("distributed", reason="dask.distributed (the 'dask' extra) is not installed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        yield cluster
+
+
+def test_dask_local_cluster_gives_the_same_numbers_as_local_processes(dask_cluster, tmp_path):
+    from distributed import Client
+
+    points = grid({"alpha": 1.0}, m=[20, 40], seed=[0, 1])
+    local = sweep(flow_point, points, workers=2)
+    remote = sweep(flow_point, points, scheduler=dask_cluster.scheduler_address, cache_dir=tmp_path / "cache")
+    with Client(dask_cluster) as client:
+        again = sweep(flow_point, points, executor=client, force=True)
+    for a, b, c in zip(local, remote, again):
+        assert a["risk"] == b["risk"] == c["risk"] and a["label"] == b["label"]
+        np.testing.assert_array_equal(a["a"], b["a"])
+        np.testing.assert_array_equal(a["a"], c["a"])
+    # the cache written from dask results is the same cache: a local rerun loads it
+    assert sweep(flow_point, points, cache_dir=tmp_path / "cache", scheduler="serial").cached == [True] * 4
+
+
+def test_dask_scheduler_without_dask_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r"needs dask.distributed: pip install 'shallow\[dask\]'"):
+        sweep(counted_point, grid(x=[1]), scheduler="tcp://127.0.0.1:8786")
+
+
+def test_sweep_result_helpers(counted):
+    points, _ = counted([1, 2])
+    out = sweep(counted_point, points, scheduler="serial")
+    np.testing.assert_array_equal(out.stack("vector"), [[0, 1, 2], [0, 2, 4]])
+    assert len(out) == 2 and out.raise_for_failures() is out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # any concurrent.futures Executor
+        assert [r["value"] for r in sweep(counted_point, points, executor=pool)] == [2.0, 4.0]
+    assert json.loads(json.dumps(out.wall_times)) == out.wall_times
