@@ -3,6 +3,7 @@
     shallow list
     shallow run STUDY [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR] [--FIELD VALUE ...]
     shallow run --all [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR]
+                      [--workers N] [--scheduler ADDRESS]
 
 Studies are the scripts of the ``studies/`` folder (one script, one figure, one claim), found in
 ``$SHALLOW_STUDIES`` if set, else in ``./studies``, else beside the installed package (a source
@@ -16,6 +17,7 @@ import importlib.util
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 __all__ = ["main", "find_studies", "load_study"]
@@ -48,6 +50,12 @@ def load_study(name: str, folder: Path | None = None):
     module_name = f"shallow_studies.{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]
+    if "shallow_studies" not in sys.modules:
+        # A parent package, so that what a study defines (its Config, its functions) pickles by
+        # reference into worker processes.
+        parent = types.ModuleType("shallow_studies")
+        parent.__path__ = [str(studies[name].parent)]
+        sys.modules["shallow_studies"] = parent
     spec = importlib.util.spec_from_file_location(module_name, studies[name])
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -83,7 +91,8 @@ def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float:
     args = parser.parse_args(argv)
     args.quick, args.force, args.out = common.quick, common.force, common.out
     cfg = study.config_from_args(module, args)
-    result = study.run(module, cfg, quick=common.quick, force=common.force, out=common.out)
+    result = study.run(module, cfg, quick=common.quick, force=common.force, out=common.out,
+                       workers=common.workers, scheduler=common.scheduler)
     return float(result["_wall_time"])
 
 
@@ -119,6 +128,10 @@ def main(argv=None) -> int:
     run.add_argument("--seed", type=int, default=None, help="random seed (default: each study's own)")
     run.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     run.add_argument("--out", default=".", help="folder under which figures/ and results/ go (default: .)")
+    run.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="worker processes for the studies' grids (default: one per core)")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="'processes' (default), 'serial', or a dask.distributed scheduler address")
     args, extra = parser.parse_known_args(argv)
     if args.command == "list":
         if extra:

@@ -462,8 +462,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     train : {"both", "outer", "inner"}
         Which layer moves.
     callback : callable, optional
-        ``callback(step, t, risk, a, W)`` at each record; returning True stops the flow (after the
-        step in progress).
+        ``callback(step, t, risk, a, W)`` at each record, the last one included; returning True stops
+        the flow (after the step in progress).
     rng : None, int or Generator
         Noise source (drawn on the host, moved to the device).
     resume : Trajectory, optional
@@ -611,6 +611,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
             risk = loss.value_and_grad(net, a, W, need_grad=False)[0]
             rec.check(step, t, risk)
             rec.add(step, t, risk, a, W)
+            if callback is not None and not stop:
+                callback(step, t, risk, a, W)  # the last record too
     except KeyboardInterrupt:
         if checkpoint is not None:
             save(state)

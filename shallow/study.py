@@ -93,6 +93,8 @@ def atomic_write(path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as fh:  # on disk before the rename, so a crash never exposes a short file
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

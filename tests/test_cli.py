@@ -114,3 +114,24 @@ def test_saved_result_round_trips(tmp_path):
     back = study.load_npz(tmp_path / "r.npz")
     assert back["s"] == 1.5 and back["name"] == "x" and back["k"] == 4
     np.testing.assert_array_equal(back["a"], result["a"])
+
+
+def test_study_config_pickles_for_worker_processes(toy):
+    import pickle
+
+    module = cli.load_study("toy")
+    cfg = module.Config(n=3)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_workers_and_scheduler_reach_the_study_runner(toy, monkeypatch):
+    seen = {}
+    real_run = study.run
+
+    def spy(module, cfg, **kwargs):
+        seen.update(kwargs)
+        return real_run(module, cfg, **kwargs)
+
+    monkeypatch.setattr(study, "run", spy)
+    cli.main(["run", "toy", "--quick", "--out", str(toy / "out"), "--workers", "2", "--scheduler", "serial"])
+    assert seen["workers"] == 2 and seen["scheduler"] == "serial"
