@@ -20,7 +20,7 @@ __all__ = [
 
 
 def check_random_state(rng) -> np.random.Generator:
-    """A numpy Generator from ``rng`` (None, an int seed, or a Generator).
+    """A numpy Generator from ``rng`` (None, an int seed, a list of non-negative int seeds, or a Generator).
 
     The same seed gives the same numbers everywhere: samplers draw on the host with this
     generator and move the result to the device afterwards.
@@ -29,6 +29,9 @@ def check_random_state(rng) -> np.random.Generator:
         if isinstance(rng, bool):
             raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {rng!r}")
         return np.random.default_rng(rng)
+    if isinstance(rng, (list, tuple)) and rng and all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in rng):
+        return np.random.default_rng(list(rng))  # entropy from several seeds, e.g. [seed, point]
     if isinstance(rng, np.random.Generator):
         return rng
     raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")

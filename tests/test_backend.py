@@ -67,3 +67,13 @@ def test_lists_are_host_data_for_get_xp_and_validation():
     assert backend.get_xp([1.0, 2.0], (3.0,)) is np
     X = check_points([[1, 2], [3, 4]], "X")
     assert isinstance(X, np.ndarray) and X.dtype == np.float64
+
+
+def test_seed_lists_give_reproducible_independent_streams():
+    from shallow._validation import check_random_state
+
+    a = check_random_state([3, 1]).standard_normal(4)
+    assert np.array_equal(a, check_random_state([3, 1]).standard_normal(4))
+    assert not np.array_equal(a, check_random_state([3, 2]).standard_normal(4))
+    with pytest.raises(TypeError, match="rng must be"):
+        check_random_state([1.5])
