@@ -1,0 +1,46 @@
+"""A convolutional-network library on numpy/CuPy: every derivative written out and tested.
+
+The deep side of the comparisons of :mod:`shallow` (the seed lecture's part A): layers with their
+forward, backward and forward-mode (Jacobian-vector) maps side by side, losses, optimisers, small
+VGG and ResNet models with the output scale alpha and the centred initialisation of lazy training,
+the tangent model (:func:`linearize`), data (scikit-learn's digits, local MNIST-like files) and a
+training loop with exact checkpoints.
+
+Conventions: images are channels-last arrays of shape (N, H, W, C); weights are input-major
+(``Linear.W`` is (d_in, d_out), ``Conv2d.W`` is (KH, KW, C_in / groups, C_out)); float32 and
+float64; parameters and gradients are plain arrays of the backend.
+
+Speed: a 3x3 convolution is nine GEMMs on shifted row-slices of one padded channels-last buffer,
+accumulated in place by BLAS, in row blocks sized for OpenBLAS's small-matrix kernels
+(:mod:`shallow.cnn.conv`). On the host everything runs on one core (``benchmarks/cnn_step.py``
+compares a training step with PyTorch's).
+
+Modules: :mod:`~shallow.cnn.layers` (Layer, Sequential, Linear, Activation, Flatten, Dropout,
+Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:`~shallow.cnn.norm`
+(BatchNorm2d), :mod:`~shallow.cnn.losses`, :mod:`~shallow.cnn.optim`, :mod:`~shallow.cnn.models`,
+:mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`.
+"""
+
+from .conv import Conv2d, conv2d
+from .data import (Augment, ImageData, Standardizer, affine_warp, batches, load_digits, load_mnist, random_affine,
+                   random_shift, stratified_split)
+from .layers import Activation, Dropout, Flatten, Identity, Layer, Linear, Residual, Sequential
+from .linearize import Linearized, linearize
+from .losses import CrossEntropy, SquareLoss, accuracy, log_softmax
+from .models import Model, build_model, relative_change, resnet_small, snapshot, vgg_small
+from .norm import BatchNorm2d
+from .optim import SGD, Adam, Constant, Cosine, StepDecay
+from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .train import History, TrainingDivergedError, evaluate, fit, load_checkpoint, predict, save_checkpoint
+
+__all__ = [
+    "Layer", "Sequential", "Linear", "Activation", "Flatten", "Dropout", "Residual", "Identity",
+    "Conv2d", "conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm2d",
+    "CrossEntropy", "SquareLoss", "log_softmax", "accuracy",
+    "SGD", "Adam", "Constant", "StepDecay", "Cosine",
+    "Model", "vgg_small", "resnet_small", "build_model", "snapshot", "relative_change",
+    "Linearized", "linearize",
+    "ImageData", "load_digits", "load_mnist", "stratified_split", "Standardizer", "batches",
+    "random_shift", "random_affine", "affine_warp", "Augment",
+    "fit", "evaluate", "predict", "History", "TrainingDivergedError", "save_checkpoint", "load_checkpoint",
+]

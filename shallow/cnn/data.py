@@ -1,0 +1,524 @@
+r"""Image data for the CNN: scikit-learn's digits, local MNIST-like files, splits, batches, augmentation.
+
+Images are channels-last float arrays of shape (n, H, W, C), labels integer arrays of shape (n,).
+
+* :func:`load_digits`: the 1797 8x8 handwritten digits shipped with scikit-learn (the ``data``
+  extra; read offline, pixel values 0..16), split and standardised.
+* :func:`load_mnist`: 28x28 MNIST-like data from a local copy, given by path (never downloaded):
+  a Keras-style ``.npz`` (``x_train, y_train, x_test, y_test``) or a directory of the four IDX
+  files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+  ``t10k-labels-idx1-ubyte``, optionally gzipped); Fashion-MNIST and KMNIST come in the same
+  formats.
+* :func:`stratified_split`: a deterministic stratified train/test split: a fraction ``test_size``
+  of the samples, shared among the classes in proportion to their sizes and drawn with ``rng``,
+  goes to the test set.
+* :class:`Standardizer`: x <- (x - mean_c) / std_c per channel, with the statistics of the
+  training set only.
+* :func:`batches`: mini-batches in an order drawn with ``rng``.
+* :func:`random_shift`, :func:`random_affine`, :class:`Augment`: random integer translations,
+  small rotations, scalings and shears, with edge replication (the border pixel is repeated, which
+  for digits is the background) or a constant fill.
+
+Randomness is drawn on the host from numpy Generators and moved to the arrays' device, so the same
+seed gives the same batches and augmentations on numpy and CuPy.
+
+References
+----------
+1. E. Alpaydin and C. Kaynak, "Optical recognition of handwritten digits", UCI Machine Learning
+   Repository, 1998 (the 8x8 digits of ``sklearn.datasets.load_digits``).
+2. Y. LeCun, L. Bottou, Y. Bengio and P. Haffner, "Gradient-based learning applied to document
+   recognition", Proc. IEEE 86, 1998 (MNIST, the IDX format; distortions as augmentation).
+3. P. Simard, D. Steinkraus and J. Platt, "Best practices for convolutional neural networks
+   applied to visual document analysis", ICDAR 2003 (affine and elastic deformations).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._validation import check_integer, check_random_state
+from ..backend import get_xp
+from .layers import check_dtype
+from .models import check_images
+
+__all__ = [
+    "ImageData",
+    "load_digits",
+    "load_mnist",
+    "stratified_split",
+    "Standardizer",
+    "batches",
+    "random_shift",
+    "random_affine",
+    "affine_warp",
+    "Augment",
+]
+
+
+@dataclass
+class ImageData:
+    """A train/test pair of image sets.
+
+    Attributes
+    ----------
+    X_train : array of shape (n_train, H, W, C)
+    y_train : int array of shape (n_train,)
+    X_test : array of shape (n_test, H, W, C)
+    y_test : int array of shape (n_test,)
+    n_classes : int
+    name : str
+    standardizer : Standardizer or None
+        The statistics applied to both sets (fitted on the training set), if any.
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    name: str = ""
+    standardizer: "Standardizer | None" = None
+
+    @property
+    def in_shape(self) -> tuple:
+        """(H, W, C) of the images."""
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def background(self) -> float:
+        """The value a raw 0 pixel takes after standardisation (first channel): the fill for augmentations."""
+        if self.standardizer is None:
+            return 0.0
+        return float(-self.standardizer.mean[0] / self.standardizer.std[0])
+
+
+def _check_test_size(test_size):
+    if not isinstance(test_size, numbers.Real) or isinstance(test_size, bool) or not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    return float(test_size)
+
+
+def stratified_split(y, test_size=0.25, rng=0):
+    """Indices of a stratified train/test split, the same for the same ``rng``.
+
+    Parameters
+    ----------
+    y : int array of shape (n,)
+        Class labels.
+    test_size : float in (0, 1)
+        Fraction of the samples in the test set: ceil(test_size n) of them (as scikit-learn),
+        shared among the classes in proportion to their sizes (largest remainders first).
+    rng : None, int or Generator
+
+    Returns
+    -------
+    train, test : sorted int arrays
+        Disjoint, covering range(n).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> train, test = stratified_split(np.repeat([0, 1], 8), test_size=0.25, rng=0)
+    >>> len(train), len(test)
+    (12, 4)
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-dimensional array of labels, got shape {y.shape}")
+    test_size = _check_test_size(test_size)
+    rng = check_random_state(rng)
+    classes, counts = np.unique(y, return_counts=True)
+    n_test = int(math.ceil(test_size * len(y) - 1e-9))
+    quotas = n_test * counts / len(y)
+    k = np.floor(quotas).astype(np.int64)
+    order = np.argsort(-(quotas - k), kind="stable")
+    k[order[:n_test - int(k.sum())]] += 1
+    test = [rng.permutation(np.flatnonzero(y == c))[:kc] for c, kc in zip(classes, k)]
+    test = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
+    mask = np.ones(len(y), dtype=bool)
+    mask[test] = False
+    return np.flatnonzero(mask), test
+
+
+class Standardizer:
+    """Per-channel standardisation x <- (x - mean_c) / std_c, fitted on one set, applied to any.
+
+    Attributes
+    ----------
+    mean, std : arrays of shape (C,)
+        Statistics over (n, H, W) of the fitted set (std of a constant channel is taken as 1).
+    """
+
+    def __init__(self):
+        self.mean = None
+        self.std = None
+
+    def fit(self, X):
+        """Fit the statistics to images X of shape (n, H, W, C); returns self."""
+        X = check_images(X, "X")
+        xp = get_xp(X)
+        self.mean = X.mean(axis=(0, 1, 2))
+        std = X.std(axis=(0, 1, 2))
+        self.std = xp.where(std > 0, std, xp.ones_like(std))
+        return self
+
+    def transform(self, X):
+        """(X - mean) / std, channel by channel."""
+        if self.mean is None:
+            raise RuntimeError("Standardizer.transform was called before fit")
+        X = check_images(X, "X")
+        if X.shape[3] != self.mean.shape[0]:
+            raise ValueError(f"X has {X.shape[3]} channels but the standardizer was fitted on {self.mean.shape[0]}")
+        return ((X - self.mean) / self.std).astype(X.dtype, copy=False)
+
+    def inverse_transform(self, X):
+        """X * std + mean."""
+        return X * self.std + self.mean
+
+
+def _finish(X, y, X_test, y_test, n_classes, name, standardize, dtype):
+    dtype = check_dtype(dtype)
+    X = X.astype(dtype)
+    X_test = X_test.astype(dtype)
+    std = None
+    if standardize:
+        std = Standardizer().fit(X)
+        X, X_test = std.transform(X), std.transform(X_test)
+    return ImageData(X, y.astype(np.int64), X_test, y_test.astype(np.int64), n_classes, name, std)
+
+
+def load_digits(*, test_size=0.25, rng=0, standardize=True, dtype=np.float64) -> ImageData:
+    """scikit-learn's 8x8 digits (1797 images, 10 classes), stratified split and standardised.
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the images in the test set, stratified by class (25% by default: 450 test images).
+    rng : None, int or Generator
+        The split's randomness (0 by default: the same split everywhere).
+    standardize : bool
+        Standardise with the training set's mean and std (else raw pixel values 0..16).
+    dtype : float32 or float64
+
+    Returns
+    -------
+    ImageData with images of shape (8, 8, 1)
+    """
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError as err:  # pragma: no cover - the `data` extra
+        raise ImportError("load_digits needs scikit-learn: pip install 'shallow[data]'") from err
+    digits = _sk_load_digits()
+    X = digits.images[..., None].astype(np.float64)  # (1797, 8, 8, 1)
+    y = digits.target.astype(np.int64)
+    train, test = stratified_split(y, test_size, rng)
+    return _finish(X[train], y[train], X[test], y[test], 10, "digits", standardize, dtype)
+
+
+_IDX_NAMES = {
+    "X_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+    "X_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An array from an IDX file (LeCun's format: magic 0 0 type ndim, big-endian dimensions, data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    types = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in types:
+        raise ValueError(f"{path}: unknown IDX data type {raw[2]:#x}")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    data = np.frombuffer(raw, dtype=types[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: the header announces shape {shape} but the file holds {data.size} values")
+    return data.reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    raise FileNotFoundError(f"{folder} has no file {stem}[.gz]: an MNIST-like directory holds "
+                            f"{', '.join(_IDX_NAMES.values())} (gzipped or not)")
+
+
+def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=None, rng=0) -> ImageData:
+    """MNIST-like 28x28 data from a local copy; nothing is ever downloaded.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.npz`` file with ``x_train, y_train, x_test, y_test`` (Keras's ``mnist.npz``), or a
+        directory with the four IDX files (module notes).
+    standardize : bool
+        Standardise with the training set's statistics (after dividing by ``scale``).
+    dtype : float32 or float64
+    scale : float
+        Pixel values are divided by it (255 for 8-bit images).
+    limit : int, optional
+        Keep a stratified subset of at most ``limit`` training images (drawn with ``rng``), for
+        quick runs; the test set is kept whole.
+    rng : None, int or Generator
+
+    Returns
+    -------
+    ImageData with images of shape (H, W, 1) (or (H, W, C) for colour files)
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist (with a reminder that no download is attempted).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path {str(path)!r} does not exist: load_mnist reads a local copy only and "
+                                "never downloads (give a Keras-style mnist.npz or a directory of IDX files)")
+    if path.is_dir():
+        arrays = {key: _read_idx(_find_idx(path, stem)) for key, stem in _IDX_NAMES.items()}
+    else:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data.files]
+            if missing:
+                raise ValueError(f"path {str(path)!r} lacks the arrays {', '.join(missing)} "
+                                 "(expected x_train, y_train, x_test, y_test)")
+            arrays = {"X_train": data["x_train"], "y_train": data["y_train"],
+                      "X_test": data["x_test"], "y_test": data["y_test"]}
+    X, y = np.asarray(arrays["X_train"], dtype=np.float64), np.asarray(arrays["y_train"]).astype(np.int64)
+    Xt, yt = np.asarray(arrays["X_test"], dtype=np.float64), np.asarray(arrays["y_test"]).astype(np.int64)
+    if X.ndim == 3:
+        X, Xt = X[..., None], Xt[..., None]
+    if X.ndim != 4 or X.shape[0] != y.shape[0] or Xt.shape[0] != yt.shape[0]:
+        raise ValueError(f"path {str(path)!r} holds images of shape {X.shape} with {y.shape[0]} labels: expected "
+                         "(n, H, W) or (n, H, W, C) images and n labels")
+    n_classes = int(max(y.max(), yt.max())) + 1
+    if limit is not None:
+        limit = check_integer(limit, "limit", minimum=n_classes)
+        if limit < len(y):
+            keep, _ = stratified_split(y, test_size=1 - limit / len(y), rng=rng)
+            X, y = X[keep], y[keep]
+    return _finish(X / scale, y, Xt / scale, yt, n_classes, path.stem, standardize, dtype)
+
+
+def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
+    """Mini-batches (X[idx], y[idx]) covering the set once, in an order drawn with ``rng``.
+
+    Parameters
+    ----------
+    X : array of shape (n, ...)
+    y : array of shape (n,) or None
+    batch_size : int
+    rng : None, int or Generator
+        Used for the permutation when ``shuffle``.
+    shuffle : bool
+    drop_last : bool
+        Leave out the last, smaller batch.
+
+    Yields
+    ------
+    (xb, yb) : arrays of batch_size rows (yb None when y is None)
+    """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    n = X.shape[0]
+    if y is not None and y.shape[0] != n:
+        raise ValueError(f"y has {y.shape[0]} labels but X has {n} images")
+    order = check_random_state(rng).permutation(n) if shuffle else np.arange(n)
+    xp = get_xp(X)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        if shuffle:
+            idx_d = xp.asarray(idx)
+            yield X[idx_d], (None if y is None else y[idx_d])
+        else:
+            yield X[start:start + len(idx)], (None if y is None else y[start:start + len(idx)])
+
+
+def _check_fill(fill):
+    if fill is not None and (not isinstance(fill, numbers.Real) or isinstance(fill, bool)):
+        raise ValueError(f"fill must be None (edge replication) or a number, got {fill!r}")
+    return fill
+
+
+def random_shift(X, max_shift=1, rng=None, *, fill=None):
+    """Translate each image by an integer (dy, dx) drawn uniformly in [-max_shift, max_shift]^2.
+
+    Parameters
+    ----------
+    X : array of shape (n, H, W, C)
+    max_shift : int
+    rng : None, int or Generator
+    fill : None or float
+        None repeats the border pixels (edge mode); a number fills the uncovered band.
+
+    Returns
+    -------
+    array of X's shape: out[k, i, j] = X[k, i - dy_k, j - dx_k] (or the fill outside the image)
+    """
+    X = check_images(X, "X")
+    max_shift = check_integer(max_shift, "max_shift", minimum=0)
+    fill = _check_fill(fill)
+    rng = check_random_state(rng)
+    n, H, W, C = X.shape
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
+    if max_shift == 0:
+        return X.copy()
+    xp = get_xp(X)
+    rows = xp.asarray(np.arange(H)[None, :] - shifts[:, :1])  # (n, H)
+    cols = xp.asarray(np.arange(W)[None, :] - shifts[:, 1:])  # (n, W)
+    k = xp.arange(n)[:, None, None]
+    out = X[k, xp.clip(rows, 0, H - 1)[:, :, None], xp.clip(cols, 0, W - 1)[:, None, :]]
+    if fill is not None:
+        outside = ((rows < 0) | (rows >= H))[:, :, None] | ((cols < 0) | (cols >= W))[:, None, :]
+        out[outside] = fill
+    return out
+
+
+def random_affine(X, rng=None, *, max_angle=10.0, max_scale=0.0, max_shear=0.0, fill=None):
+    """Warp each image by a small random affine map about its centre, with bilinear interpolation.
+
+    Parameters
+    ----------
+    X : array of shape (n, H, W, C)
+    rng : None, int or Generator
+    max_angle : float
+        Rotation angles are uniform in [-max_angle, max_angle] degrees.
+    max_scale : float
+        Scale factors are exp(u), u uniform in [-max_scale, max_scale].
+    max_shear : float
+        Shear factors are uniform in [-max_shear, max_shear].
+    fill : None or float
+        None clamps source coordinates to the image (edge replication); a number fills the
+        points whose source falls outside.
+
+    Returns
+    -------
+    array of X's shape
+
+    Notes
+    -----
+    With c the image centre ((H - 1)/2, (W - 1)/2) and p = (row, col), the output at p is X
+    interpolated at A (p - c) + c, with A = R(theta) [[1, s], [0, 1]] / exp(u) and
+    R(theta) = [[cos, -sin], [sin, cos]]: an exact grid permutation for theta a multiple of 90
+    degrees on a square image (theta = 90 with a unit scale gives ``np.rot90(X, k=-1, axes=(1, 2))``,
+    a clockwise quarter turn of the displayed image).
+    """
+    X = check_images(X, "X")
+    fill = _check_fill(fill)
+    rng = check_random_state(rng)
+    n, H, W, C = X.shape
+    theta = np.deg2rad(rng.uniform(-max_angle, max_angle, size=n))
+    scale = np.exp(rng.uniform(-max_scale, max_scale, size=n))
+    shear = rng.uniform(-max_shear, max_shear, size=n)
+    cos, sin = np.cos(theta), np.sin(theta)
+    # A = R(theta) @ [[1, shear], [0, 1]] / scale, per image
+    A = np.stack([np.stack([cos, cos * shear - sin], -1), np.stack([sin, sin * shear + cos], -1)], -2)
+    A /= scale[:, None, None]
+    return affine_warp(X, A, fill=fill)
+
+
+def affine_warp(X, A, *, fill=None):
+    """Sample each image k at A_k (p - c) + c by bilinear interpolation (c the image centre).
+
+    Parameters
+    ----------
+    X : array of shape (n, H, W, C)
+    A : array_like of shape (n, 2, 2) or (2, 2)
+        Maps output (row, col) offsets from the centre to source offsets (host data).
+    fill : None or float
+        None clamps source coordinates to the image (edge replication); a number fills the
+        points whose source falls outside.
+
+    Returns
+    -------
+    array of X's shape and dtype
+
+    Notes
+    -----
+    Source points within 1e-9 of a grid point are snapped to it, so that A = [[0, -1], [1, 0]]
+    on a square image is the exact permutation ``np.rot90(X, k=-1, axes=(1, 2))``.
+    """
+    X = check_images(X, "X")
+    xp = get_xp(X)
+    A = np.asarray(A, dtype=np.float64)
+    if A.shape == (2, 2):
+        A = np.broadcast_to(A, (X.shape[0], 2, 2))
+    if A.shape != (X.shape[0], 2, 2):
+        raise ValueError(f"A must have shape (2, 2) or ({X.shape[0]}, 2, 2), got {A.shape}")
+    fill = _check_fill(fill)
+    n, H, W, C = X.shape
+    ci, cj = (H - 1) / 2.0, (W - 1) / 2.0
+    pi, pj = np.meshgrid(np.arange(H) - ci, np.arange(W) - cj, indexing="ij")  # (H, W)
+    si = A[:, 0, 0, None, None] * pi + A[:, 0, 1, None, None] * pj + ci  # (n, H, W)
+    sj = A[:, 1, 0, None, None] * pi + A[:, 1, 1, None, None] * pj + cj
+    # exact grid points stay exact (rot90): round away floating-point dust
+    si = np.where(np.abs(si - np.round(si)) < 1e-9, np.round(si), si)
+    sj = np.where(np.abs(sj - np.round(sj)) < 1e-9, np.round(sj), sj)
+    outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)
+    si, sj = np.clip(si, 0, H - 1), np.clip(sj, 0, W - 1)
+    i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
+    i1, j1 = np.minimum(i0 + 1, H - 1), np.minimum(j0 + 1, W - 1)
+    di, dj = (si - i0)[..., None], (sj - j0)[..., None]
+    k = np.arange(n)[:, None, None]
+    dev = lambda a: xp.asarray(a)  # noqa: E731 - host index arrays to the images' device
+    k, i0, i1, j0, j1 = dev(k), dev(i0), dev(i1), dev(j0), dev(j1)
+    di, dj = dev(di.astype(X.dtype)), dev(dj.astype(X.dtype))
+    out = ((1 - di) * ((1 - dj) * X[k, i0, j0] + dj * X[k, i0, j1])
+           + di * ((1 - dj) * X[k, i1, j0] + dj * X[k, i1, j1]))
+    if fill is not None:
+        out[dev(outside)] = fill
+    return out.astype(X.dtype, copy=False)
+
+
+class Augment:
+    """Random augmentation of a batch: a small affine warp, then an integer shift.
+
+    Parameters
+    ----------
+    shift : int
+        Maximal translation in pixels (:func:`random_shift`).
+    rotation : float
+        Maximal rotation in degrees (:func:`random_affine`; 0 skips the warp when scale and shear are 0).
+    scale, shear : float
+        Maximal log-scale and shear of the warp.
+    fill : None or float
+        Edge replication (None) or a constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> augment = Augment(shift=1)
+    >>> augment(np.zeros((2, 8, 8, 1)), np.random.default_rng(0)).shape
+    (2, 8, 8, 1)
+    """
+
+    def __init__(self, shift=1, rotation=0.0, scale=0.0, shear=0.0, fill=None):
+        self.shift = check_integer(shift, "shift", minimum=0)
+        for name, value in (("rotation", rotation), ("scale", scale), ("shear", shear)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        self.rotation, self.scale, self.shear = float(rotation), float(scale), float(shear)
+        self.fill = _check_fill(fill)
+
+    def __call__(self, X, rng):
+        """The augmented batch (a new array); ``rng`` is a numpy Generator (advanced)."""
+        if self.rotation or self.scale or self.shear:
+            X = random_affine(X, rng, max_angle=self.rotation, max_scale=self.scale, max_shear=self.shear,
+                              fill=self.fill)
+        if self.shift:
+            X = random_shift(X, self.shift, rng, fill=self.fill)
+        return X
+
+    def __repr__(self):
+        return (f"Augment(shift={self.shift}, rotation={self.rotation}, scale={self.scale}, shear={self.shear}, "
+                f"fill={self.fill})")

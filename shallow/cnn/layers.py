@@ -1,0 +1,602 @@
+r"""Layers of the CNN, each with its forward map, its backward map and its forward-mode derivative side by side.
+
+A :class:`Layer` is a map y = f(x; theta) on a batch. It implements three methods:
+
+* ``forward(x)`` returns y and keeps what the derivatives need (the layer's cache);
+* ``backward(dy)`` returns dx = (df/dx)^T dy and stores dtheta = (df/dtheta)^T dy in
+  ``layer.grads`` (overwritten, not accumulated), for the batch of the last ``forward``;
+* ``jvp(x, tx, tparams)`` returns (y, ty) with ty = (df/dx) tx + (df/dtheta) ttheta, the
+  Jacobian-vector product (forward-mode derivative), and caches like ``forward`` so that a
+  ``backward`` may follow. It is what :func:`shallow.cnn.linearize` is built on.
+
+Parameters, gradients and buffers (non-trained state such as batch-norm running statistics) are
+plain arrays of the backend (numpy or cupy) in the dicts ``params``, ``grads`` and ``buffers``;
+containers name them with dotted paths (``"3.W"``, ``"1.body.0.b"``). Optimisers update the
+parameter arrays in place, so a layer never rebinds ``params[name]`` except in :meth:`Layer.to`.
+
+Conventions
+-----------
+* Images are channels-last, **NHWC**: a batch is an array of shape (N, H, W, C). This is the layout
+  in which a 3x3 convolution is nine GEMMs on shifted views of one padded buffer
+  (:mod:`shallow.cnn.conv`); PyTorch's NCHW arrays are ``x.transpose(0, 2, 3, 1)`` of ours.
+* Weights are stored input-major: ``Linear.W`` has shape (d_in, d_out) and ``Conv2d.W`` shape
+  (KH, KW, C_in / groups, C_out), so that y = x @ W.
+* float32 and float64 are supported; a layer's parameters have one dtype, that of its inputs.
+* Initialisation (``init=``): ``"he"`` draws N(0, 2 / fan_in) (He et al. 2015, arXiv:1502.01852),
+  ``"lecun"`` N(0, 1 / fan_in), ``"normal"`` N(0, 1) (the NTK parametrisation multiplies by
+  1/sqrt(fan_in) outside), ``"zeros"``, or a float std. Draws are made on the host in float64
+  with the ``rng`` given (None, int or Generator), then cast: the same seed gives the same
+  network in float32 and float64 and on every device. Biases start at 0.
+
+References
+----------
+1. K. He, X. Zhang, S. Ren and J. Sun, "Delving deep into rectifiers", ICCV 2015, arXiv:1502.01852
+   (He initialisation, Eq. 10).
+2. N. Srivastava et al., "Dropout: a simple way to prevent neural networks from overfitting",
+   JMLR 15, 2014 (inverted dropout as used here: kept units are scaled by 1 / (1 - p)).
+3. K. He, X. Zhang, S. Ren and J. Sun, "Deep residual learning for image recognition", CVPR 2016,
+   arXiv:1512.03385 (residual blocks).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._validation import check_integer, check_random_state
+from ..activations import as_activation
+from ..backend import get_xp, to_device
+from ._gemm import gemm
+
+__all__ = [
+    "Layer",
+    "Sequential",
+    "Linear",
+    "Activation",
+    "Flatten",
+    "Dropout",
+    "Residual",
+    "Identity",
+    "init_weight",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """``dtype`` as a numpy dtype, float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}") from err
+    if dt not in _FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
+    """A weight array of ``shape`` drawn on the host in float64, then cast to ``dtype``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    fan_in : int
+        Number of inputs of one output unit (d_in, or KH * KW * C_in / groups).
+    init : {"he", "lecun", "normal", "zeros"} or float
+        N(0, 2 / fan_in), N(0, 1 / fan_in), N(0, 1), zeros, or N(0, init^2).
+    rng : None, int or numpy Generator
+    dtype : float32 or float64
+
+    Returns
+    -------
+    numpy array of ``shape`` and ``dtype``
+    """
+    dtype = check_dtype(dtype)
+    if isinstance(init, str):
+        stds = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "normal": 1.0, "zeros": 0.0}
+        if init not in stds:
+            raise ValueError(f"init must be one of {', '.join(stds)} or a float std, got {init!r}")
+        std = stds[init]
+    elif isinstance(init, numbers.Real) and not isinstance(init, bool) and init >= 0:
+        std = float(init)
+    else:
+        raise ValueError(f"init must be one of he, lecun, normal, zeros or a float std >= 0, got {init!r}")
+    rng = check_random_state(rng)
+    if std == 0.0:
+        return np.zeros(shape, dtype=dtype)
+    return (std * rng.standard_normal(shape)).astype(dtype)
+
+
+def _missing_cache(layer):
+    return RuntimeError(f"{type(layer).__name__}.backward was called before forward: "
+                        "run forward (or jvp) on the batch first")
+
+
+class Layer:
+    """Base class: a batched differentiable map with parameters, gradients and buffers.
+
+    Attributes
+    ----------
+    params : dict of str -> array
+        Trained parameters (updated in place by the optimisers).
+    grads : dict of str -> array
+        d(loss)/d(param) for the last backward pass, same shapes as ``params``.
+    buffers : dict of str -> array
+        State that is not trained but saved in checkpoints (batch-norm running statistics).
+    rngs : dict of str -> numpy Generator
+        Random generators of the layer (dropout masks), saved in checkpoints.
+    training : bool
+        Train mode (batch statistics, dropout on) or eval mode; see :meth:`train` and :meth:`eval`.
+    """
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.rngs = {}
+        self.training = True
+        self.frozen = False
+        self._cache = None
+
+    # ------------------------------------------------------------------ the three maps
+    def forward(self, x):
+        """y = f(x; theta) for a batch x; caches what :meth:`backward` needs."""
+        raise NotImplementedError
+
+    def backward(self, dy, need_input_grad: bool = True):
+        """dx = (df/dx)^T dy (None when ``need_input_grad`` is False); sets ``grads``."""
+        raise NotImplementedError
+
+    def jvp(self, x, tx=None, tparams=None):
+        """(y, ty): the value and the Jacobian-vector product (df/dx) tx + (df/dtheta) ttheta.
+
+        Parameters
+        ----------
+        x : array
+            The input batch.
+        tx : array of x's shape, or None
+            Tangent of the input (None: zero).
+        tparams : dict of str -> array, or None
+            Tangents of the parameters, by the names of :meth:`named_parameters` relative to
+            this layer; a missing name (or None) is a zero tangent.
+        """
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ------------------------------------------------------------------ the tree of layers
+    def children(self):
+        """The sub-layers as a list of (name, layer)."""
+        return []
+
+    def _walk(self, prefix="", frozen=False):
+        """(dotted prefix, layer, inside a frozen subtree) for every layer of the tree, this one first.
+
+        The layer it is called on counts as not frozen: a frozen layer lists its own parameters.
+        """
+        yield prefix, self, frozen
+        for name, child in self.children():
+            yield from child._walk(f"{prefix}{name}.", frozen or child.frozen)
+
+    def named_layers(self):
+        """All layers of the tree (this one first) as (dotted prefix, layer) pairs."""
+        for prefix, layer, _ in self._walk():
+            yield prefix, layer
+
+    def named_parameters(self) -> dict:
+        """The trained parameters of the tree by dotted name (the arrays themselves, not copies).
+
+        Sub-layers marked ``frozen`` (the reference copy of a centred model) are left out: their
+        parameters are listed with the buffers.
+        """
+        return {prefix + key: value for prefix, layer, frozen in self._walk() if not frozen
+                for key, value in layer.params.items()}
+
+    def named_gradients(self) -> dict:
+        """The gradients of :meth:`named_parameters` by dotted name (those of the last backward pass)."""
+        return {prefix + key: value for prefix, layer, frozen in self._walk() if not frozen
+                for key, value in layer.grads.items()}
+
+    def named_buffers(self) -> dict:
+        """All buffers of the tree, and the parameters of frozen sub-layers, by dotted name."""
+        out = {}
+        for prefix, layer, frozen in self._walk():
+            out.update({prefix + key: value for key, value in layer.buffers.items()})
+            if frozen:
+                out.update({prefix + key: value for key, value in layer.params.items()})
+        return out
+
+    def named_rngs(self) -> dict:
+        """All random generators of the tree by dotted name."""
+        return {prefix + key: value for prefix, layer, _ in self._walk() for key, value in layer.rngs.items()}
+
+    def num_parameters(self) -> int:
+        """The number of trained scalars."""
+        return int(sum(p.size for p in self.named_parameters().values()))
+
+    @property
+    def dtype(self):
+        """The dtype of the parameters (None for a layer without any)."""
+        for p in self.named_parameters().values():
+            return p.dtype
+        for b in self.named_buffers().values():
+            return b.dtype
+        return None
+
+    def train(self, mode: bool = True):
+        """Set train mode (True) or eval mode (False) on the whole tree; returns self."""
+        for _, layer in self.named_layers():
+            layer.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Set eval mode on the whole tree (batch-norm running statistics, no dropout); returns self."""
+        return self.train(False)
+
+    def to(self, device: str):
+        """Move parameters, gradients and buffers to ``device`` ("cpu" or "gpu"); returns self.
+
+        Optimisers hold references to the parameter arrays: build them after moving the model.
+        """
+        for _, layer in self.named_layers():
+            for attribute in ("params", "grads", "buffers"):
+                d = getattr(layer, attribute)
+                for key in d:
+                    d[key] = to_device(d[key], device)
+            layer._cache = None
+        return self
+
+    def zero_grad(self):
+        """Set every gradient to zero (in place)."""
+        for g in self.named_gradients().values():
+            g[...] = 0
+
+    def _store_grad(self, name, value):
+        """grads[name] <- value, reusing the array when it has the right shape and dtype."""
+        g = self.grads.get(name)
+        if g is None or g.shape != value.shape or g.dtype != value.dtype or get_xp(g) is not get_xp(value):
+            self.grads[name] = value
+        else:
+            g[...] = value
+
+    def _zero_grads(self):
+        """Zero gradients for every parameter (layers whose outputs do not depend on them)."""
+        for key, p in self.params.items():
+            self.grads[key] = get_xp(p).zeros_like(p)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def _sub(tparams, prefix):
+    """The entries of tparams under ``prefix`` (dotted), with the prefix removed."""
+    if not tparams:
+        return None
+    n = len(prefix)
+    sub = {key[n:]: value for key, value in tparams.items() if key.startswith(prefix)}
+    return sub or None
+
+
+def _get(tparams, name):
+    return None if not tparams else tparams.get(name)
+
+
+def _add(a, b):
+    """a + b where None stands for zero."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class Identity(Layer):
+    """y = x."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        return dy if need_input_grad else None
+
+    def jvp(self, x, tx=None, tparams=None):
+        return x, tx
+
+
+class Sequential(Layer):
+    """The composition y = f_L(... f_2(f_1(x))); layer i is named ``"i"``.
+
+    Parameters
+    ----------
+    *layers : Layer
+
+    Notes
+    -----
+    backward applies the chain rule in reverse order, dx = J_1^T (J_2^T ( ... J_L^T dy)), and
+    jvp in forward order, ty = J_L (... J_1 tx) plus each layer's parameter tangent term.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] must be a Layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dy = self.layers[i].backward(dy, need_input_grad=need_input_grad or i > 0)
+        return dy if need_input_grad else None
+
+    def jvp(self, x, tx=None, tparams=None):
+        for i, layer in enumerate(self.layers):
+            x, tx = layer.jvp(x, tx, _sub(tparams, f"{i}."))
+        return x, tx
+
+    def extra_repr(self):
+        return "\n" + "".join(f"  ({i}) {layer!r}\n" for i, layer in enumerate(self.layers))
+
+
+class Linear(Layer):
+    """Affine map y = x W + b on flat inputs.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        d_in and d_out.
+    bias : bool
+        Whether to add b.
+    init : str or float
+        See the module notes (default He).
+    rng : None, int or Generator
+    dtype : float32 or float64
+
+    Attributes
+    ----------
+    params["W"] : array of shape (d_in, d_out)
+    params["b"] : array of shape (d_out,)
+
+    Notes
+    -----
+    Forward y = x W + b with x of shape (N, d_in); backward dW = x^T dy, db = sum_n dy_n,
+    dx = dy W^T; forward mode ty = tx W + x tW + tb.
+    """
+
+    def __init__(self, in_features, out_features, *, bias=True, init="he", rng=None, dtype=np.float64):
+        super().__init__()
+        self.in_features = check_integer(in_features, "in_features", minimum=1)
+        self.out_features = check_integer(out_features, "out_features", minimum=1)
+        dtype = check_dtype(dtype)
+        self.params["W"] = init_weight((self.in_features, self.out_features), self.in_features, init, rng, dtype)
+        if bias:
+            self.params["b"] = np.zeros(self.out_features, dtype=dtype)
+
+    def _check(self, x, name="x"):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{name} must have shape (N, {self.in_features}) for Linear({self.in_features}, "
+                             f"{self.out_features}), got {tuple(x.shape)}")
+
+    def _affine(self, x, W, b):
+        y = get_xp(x).empty((x.shape[0], W.shape[1]), dtype=W.dtype)
+        gemm(x, W, y)
+        if b is not None:
+            y += b
+        return y
+
+    def forward(self, x):
+        self._check(x)
+        self._cache = x
+        return self._affine(x, self.params["W"], self.params.get("b"))
+
+    def backward(self, dy, need_input_grad=True):
+        x = self._cache
+        if x is None:
+            raise _missing_cache(self)
+        xp = get_xp(dy)
+        W = self.params["W"]
+        self._store_grad("W", gemm(x.T, dy, xp.empty_like(W)))
+        if "b" in self.params:
+            self._store_grad("b", dy.sum(axis=0))
+        if not need_input_grad:
+            return None
+        return gemm(dy, W.T, xp.empty_like(x))
+
+    def jvp(self, x, tx=None, tparams=None):
+        y = self.forward(x)
+        ty = None
+        if tx is not None:
+            self._check(tx, "tx")
+            ty = self._affine(tx, self.params["W"], None)
+        tW, tb = _get(tparams, "W"), _get(tparams, "b")
+        if tW is not None:
+            ty = _add(ty, self._affine(x, tW, None))
+        if tb is not None and "b" in self.params:
+            ty = _add(ty, get_xp(y).broadcast_to(tb, y.shape))
+        return y, ty
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={'b' in self.params}"
+
+
+class Activation(Layer):
+    """The pointwise nonlinearity y = sigma(x) of :mod:`shallow.activations`.
+
+    Parameters
+    ----------
+    sigma : str or shallow.activations.Activation
+        ``"relu"``, ``"tanh"``, ``get_activation("relu_power", alpha=2)``, ...
+
+    Notes
+    -----
+    backward dx = sigma'(x) dy, forward mode ty = sigma'(x) tx, with the conventions of
+    :mod:`shallow.activations` at kinks (relu'(0) = 0). relu takes a fast path (``maximum`` and
+    a mask) with the same values.
+    """
+
+    def __init__(self, sigma="relu"):
+        super().__init__()
+        self.sigma = as_activation(sigma, "sigma")
+        self._relu = self.sigma.name == "relu"
+
+    def forward(self, x):
+        if self._relu:
+            y = get_xp(x).maximum(x, 0)
+            self._cache = y  # relu'(x) = 1{x > 0} = 1{y > 0}
+            return y
+        self._cache = x
+        return self.sigma(x)
+
+    def _derivative(self):
+        if self._cache is None:
+            raise _missing_cache(self)
+        if self._relu:
+            return self._cache > 0
+        return self.sigma.derivative(self._cache)
+
+    def backward(self, dy, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        d = self._derivative()
+        return get_xp(dy).multiply(dy, d, dtype=dy.dtype)
+
+    def jvp(self, x, tx=None, tparams=None):
+        y = self.forward(x)
+        if tx is None:
+            return y, None
+        return y, get_xp(tx).multiply(tx, self._derivative(), dtype=tx.dtype)
+
+    def extra_repr(self):
+        return repr(self.sigma)
+
+
+class Flatten(Layer):
+    """(N, H, W, C) -> (N, H W C), in channels-last (C-contiguous) order."""
+
+    def forward(self, x):
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_input_grad=True):
+        if self._cache is None:
+            raise _missing_cache(self)
+        return dy.reshape(self._cache) if need_input_grad else None
+
+    def jvp(self, x, tx=None, tparams=None):
+        return self.forward(x), (None if tx is None else tx.reshape(tx.shape[0], -1))
+
+
+class Dropout(Layer):
+    """Inverted dropout: y = m * x / (1 - p) with m_i ~ Bernoulli(1 - p) in train mode, y = x in eval mode.
+
+    Parameters
+    ----------
+    p : float in [0, 1)
+        Probability of dropping a unit.
+    rng : None, int or Generator
+        The layer's own generator (``rngs["mask"]``), saved in checkpoints. Masks are drawn on the
+        host and moved to the device, so a seed gives the same masks everywhere.
+
+    Notes
+    -----
+    backward dx = m dy / (1 - p) and forward mode ty = m tx / (1 - p), with the mask of the
+    last forward pass.
+    """
+
+    def __init__(self, p=0.5, *, rng=None):
+        super().__init__()
+        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p < 1:
+            raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rngs["mask"] = check_random_state(rng)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._cache = None
+            return x
+        xp = get_xp(x)
+        keep = self.rngs["mask"].random(x.shape) >= self.p
+        mask = xp.asarray((keep / (1.0 - self.p)).astype(x.dtype))
+        self._cache = mask
+        return x * mask
+
+    def backward(self, dy, need_input_grad=True):
+        if not need_input_grad:
+            return None
+        return dy if self._cache is None else dy * self._cache
+
+    def jvp(self, x, tx=None, tparams=None):
+        y = self.forward(x)
+        if tx is None or self._cache is None:
+            return y, tx
+        return y, tx * self._cache
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Residual(Layer):
+    """A residual block y = body(x) + shortcut(x) (identity shortcut by default).
+
+    Parameters
+    ----------
+    body : Layer
+    shortcut : Layer or None
+        A projection (say a strided 1x1 convolution) when the body changes the shape.
+
+    Notes
+    -----
+    backward dx = J_body^T dy + J_shortcut^T dy; forward mode ty = J_body t + J_shortcut t.
+    The nonlinearity after the sum of He et al. (2016) is a separate layer in a Sequential.
+    """
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        if not isinstance(body, Layer):
+            raise TypeError(f"body must be a Layer, got {type(body).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Layer):
+            raise TypeError(f"shortcut must be a Layer or None, got {type(shortcut).__name__}")
+        self.body = body
+        self.shortcut = Identity() if shortcut is None else shortcut
+
+    def children(self):
+        return [("body", self.body), ("shortcut", self.shortcut)]
+
+    def forward(self, x):
+        y = self.body.forward(x)
+        s = self.shortcut.forward(x)
+        if y.shape != s.shape:
+            raise ValueError(f"the body of the residual block maps x of shape {tuple(x.shape)} to "
+                             f"{tuple(y.shape)} but the shortcut to {tuple(s.shape)}: give a shortcut "
+                             "projection with the body's output shape")
+        return y + s
+
+    def backward(self, dy, need_input_grad=True):
+        dx = self.body.backward(dy, need_input_grad)
+        ds = self.shortcut.backward(dy, need_input_grad)
+        return _add(dx, ds) if need_input_grad else None
+
+    def jvp(self, x, tx=None, tparams=None):
+        y, ty = self.body.jvp(x, tx, _sub(tparams, "body."))
+        s, ts = self.shortcut.jvp(x, tx, _sub(tparams, "shortcut."))
+        return y + s, _add(ty, ts)

@@ -1,0 +1,136 @@
+r"""The tangent (linearised) model of a CNN around its initialisation.
+
+For a model f(x; theta) and a reference point theta_0,
+
+    f_lin(x; theta) = f(x; theta_0) + J(x; theta_0) (theta - theta_0),    J = df/dtheta,
+
+is the first-order Taylor expansion in the parameters: the model that gradient descent trains in
+the lazy regime (alpha -> infinity, Chizat, Oyallon and Bach 2019, Sec. 2), and whose training
+is kernel regression with the tangent kernel K(x, x') = J(x) J(x')^T (Jacot, Gabriel and Hongler
+2018).
+
+How it is computed
+------------------
+Forward-mode differentiation, layer by layer: every layer implements ``jvp(x, tx, tparams)``, the
+pair (y, ty) of its value and its Jacobian-vector product (``shallow.cnn.layers``), and a
+``Sequential`` chains them, so that one pass computes f(x; theta_0) and J (theta - theta_0) at
+about twice the cost of a forward pass (a convolution is bilinear: ty = conv(tx, W) + conv(x, tW)).
+The gradient of a loss of f_lin with respect to theta is J^T dL/df: the ordinary backward pass
+of the model at theta_0, which the jvp pass has prepared (each layer caches its primal values).
+No second-order derivative (and no double-backward trick) is needed.
+
+The reference network is a frozen deep copy taken at :func:`linearize`: training the returned
+model, or the original one, does not move theta_0. Batch normalisation in train mode is
+linearised with its batch statistics (the statistics of the batch at theta_0, and their own
+tangents); in eval mode the running statistics of the copy are used.
+
+References
+----------
+1. L. Chizat, E. Oyallon and F. Bach, "On lazy training in differentiable programming",
+   NeurIPS 2019, arXiv:1812.07956, Sec. 2 (the linearised model, Eq. 4).
+2. A. Jacot, F. Gabriel and C. Hongler, "Neural tangent kernel", NeurIPS 2018, arXiv:1806.07572.
+3. J. Lee et al., "Wide neural networks of any depth evolve as linear models under gradient
+   descent", NeurIPS 2019, arXiv:1902.06720, Eq. 6 (training the linearised network).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .layers import Layer
+
+__all__ = ["Linearized", "linearize"]
+
+
+class Linearized(Layer):
+    """f_lin(x; theta) = f(x; theta_0) + J(x; theta_0) (theta - theta_0) (module notes).
+
+    Parameters
+    ----------
+    model : Layer
+        The model f; its current parameters are theta_0. It is deep-copied and frozen.
+
+    Attributes
+    ----------
+    base : Layer
+        The frozen copy of the model at theta_0 (its parameters are buffers of this layer).
+    params : dict of str -> array
+        theta, with the names of ``model.named_parameters()``; initially copies of theta_0.
+
+    Notes
+    -----
+    forward computes (f(x; theta_0), J (theta - theta_0)) in one jvp pass; backward is the
+    model's backward at theta_0, dtheta = J^T dy, dx = (df/dx)^T dy at theta_0 (the derivative of
+    f_lin in x would need second derivatives: ``jvp`` with an input tangent is refused).
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        if not isinstance(model, Layer):
+            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        self.base = copy.deepcopy(model)
+        self.base.frozen = True
+        for attribute in ("in_shape", "n_classes", "alpha", "centering"):
+            if hasattr(model, attribute):
+                setattr(self, attribute, getattr(model, attribute))
+        self.params = {name: p.copy() for name, p in self.base.named_parameters().items()}
+
+    def children(self):
+        return [("base", self.base)]
+
+    def delta(self) -> dict:
+        """theta - theta_0 by parameter name."""
+        ref = self.base.named_parameters()
+        return {name: p - ref[name] for name, p in self.params.items()}
+
+    def forward(self, x):
+        y, ty = self.base.jvp(x, None, self.delta())
+        return y if ty is None else y + ty
+
+    def backward(self, dy, need_input_grad=True):
+        dx = self.base.backward(dy, need_input_grad)
+        for name, g in self.base.named_gradients().items():
+            self._store_grad(name, g)
+        return dx
+
+    def jvp(self, x, tx=None, tparams=None):
+        """(f_lin(x; theta), J tparams): f_lin is linear in theta, so its tangent is J ttheta."""
+        if tx is not None:
+            raise NotImplementedError("the input derivative of a linearised model needs second derivatives "
+                                      "of the network: only parameter tangents are supported (tx=None)")
+        delta = self.delta()
+        y, ty = self.base.jvp(x, None, delta)
+        f = y if ty is None else y + ty
+        if not tparams:
+            return f, None
+        _, tf = self.base.jvp(x, None, tparams)
+        return f, tf
+
+    def extra_repr(self):
+        return f"base={self.base!r}"
+
+
+def linearize(model) -> Linearized:
+    """The tangent model of ``model`` at its current parameters theta_0 (:class:`Linearized`).
+
+    Parameters
+    ----------
+    model : Layer
+        Usually a :class:`~shallow.cnn.models.Model` (centred, with output scale alpha).
+
+    Returns
+    -------
+    Linearized
+        A layer with the same parameter names, trainable with the same optimisers and loop.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn.models import build_model
+    >>> model = build_model("vgg", (8, 8), 10, width=4, rng=0, centering="frozen")
+    >>> lin = linearize(model)
+    >>> x = np.random.default_rng(1).standard_normal((4, 8, 8, 1))
+    >>> bool(np.allclose(lin(x), model(x)))
+    True
+    """
+    return Linearized(model)

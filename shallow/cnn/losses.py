@@ -1,0 +1,192 @@
+r"""Losses of a batch of network outputs, with their gradients: cross-entropy and the square loss.
+
+Both are means over the batch, so that the gradient of a mini-batch estimates that of the risk:
+
+* cross-entropy of logits z (N, K) against labels y in {0, ..., K-1}:
+  L = (1/N) sum_n [logsumexp(z_n) - z_{n, y_n}], dL/dz = (softmax(z) - onehot(y)) / N;
+* square loss of outputs f (N, K) against targets Y (N, K):
+  L = (1/(2N)) sum_n |f_n - Y_n|^2, dL/df = (f - Y) / N; integer labels are one-hot encoded.
+
+Each loss takes a ``scale`` that multiplies its value and gradient. The lazy-training objective of
+Chizat, Oyallon and Bach (2019, Eq. 2), (1/alpha^2) L(alpha f), is the loss with
+``scale=1/alpha**2`` applied to a model whose output scale is alpha
+(:class:`shallow.cnn.models.Model`).
+
+logsumexp is evaluated as max + log sum exp(z - max): no overflow for logits as large as the
+dtype allows.
+
+References
+----------
+1. L. Chizat, E. Oyallon and F. Bach, "On lazy training in differentiable programming",
+   NeurIPS 2019, arXiv:1812.07956, Sec. 2 (the scaled objective).
+2. I. Goodfellow, Y. Bengio and A. Courville, "Deep Learning", MIT Press 2016, Sec. 6.2.2.3 and
+   4.1 (softmax cross-entropy and its stable evaluation).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from ..backend import get_xp
+
+__all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "accuracy", "check_labels"]
+
+
+def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
+    """``y`` as an integer array of labels in {0, ..., n_classes - 1}, of length n when given.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, for a non-integer array, a wrong length or a label out of range.
+    """
+    xp = get_xp(y)
+    y = xp.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-dimensional array of class labels, got shape {tuple(y.shape)}")
+    if not xp.issubdtype(y.dtype, xp.integer):
+        if y.size and xp.issubdtype(y.dtype, xp.floating) and bool(xp.all(y == xp.round(y))):
+            y = y.astype(xp.int64)
+        elif y.size:
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        else:
+            y = y.astype(xp.int64)
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} labels but there are {n} samples")
+    if y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= n_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds the label {bad}, out of range for {n_classes} classes "
+                             f"(labels must be in 0..{n_classes - 1})")
+    return y
+
+
+def log_softmax(z):
+    """log softmax(z) along the last axis, stably: z - max - log sum exp(z - max).
+
+    Parameters
+    ----------
+    z : array of shape (..., K)
+
+    Returns
+    -------
+    array of z's shape
+    """
+    xp = get_xp(z)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def accuracy(out, y) -> float:
+    """The fraction of rows of ``out`` (N, K) whose argmax is the label ``y`` (N,)."""
+    xp = get_xp(out)
+    return float((xp.argmax(out, axis=1) == xp.asarray(y)).mean())
+
+
+def _check_scale(scale):
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return float(scale)
+
+
+def _check_outputs(out, name="out"):
+    if out.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, K), one row of outputs per sample, got {tuple(out.shape)}")
+
+
+class CrossEntropy:
+    """Softmax cross-entropy, L = (scale / N) sum_n [logsumexp(z_n) - z_{n, y_n}].
+
+    Parameters
+    ----------
+    scale : float
+        Multiplies value and gradient (1 / alpha^2 for the lazy-training objective).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> value, grad = CrossEntropy().value_and_grad(np.zeros((2, 4)), np.array([0, 3]))
+    >>> round(value, 6) == round(float(np.log(4)), 6), grad.shape
+    (True, (2, 4))
+    """
+
+    def __init__(self, scale=1.0):
+        self.scale = _check_scale(scale)
+
+    def value_and_grad(self, z, y, *, check=True):
+        """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,)."""
+        _check_outputs(z, "z")
+        if check:
+            y = check_labels(y, z.shape[1], "y", n=z.shape[0])
+        xp = get_xp(z)
+        N = z.shape[0]
+        logp = log_softmax(z)
+        rows = xp.arange(N)
+        value = -float(logp[rows, y].sum()) * self.scale / N
+        grad = xp.exp(logp)
+        grad[rows, y] -= 1
+        grad *= self.scale / N
+        return value, grad
+
+    def __call__(self, z, y):
+        """L for logits z of shape (N, K) and labels y of shape (N,)."""
+        _check_outputs(z, "z")
+        y = check_labels(y, z.shape[1], "y", n=z.shape[0])
+        logp = log_softmax(z)
+        return -float(logp[get_xp(z).arange(z.shape[0]), y].sum()) * self.scale / z.shape[0]
+
+    def __repr__(self):
+        return f"CrossEntropy(scale={self.scale})"
+
+
+class SquareLoss:
+    """Square loss, L = (scale / (2N)) sum_n |f_n - Y_n|^2.
+
+    Parameters
+    ----------
+    scale : float
+        Multiplies value and gradient (1 / alpha^2 for the lazy-training objective).
+    target_value : float
+        For integer labels y, Y_n = target_value * onehot(y_n) (1 by default).
+
+    Notes
+    -----
+    Targets may be given as labels (N,) for outputs (N, K), or as real arrays of the outputs' shape.
+    """
+
+    def __init__(self, scale=1.0, target_value=1.0):
+        self.scale = _check_scale(scale)
+        self.target_value = float(target_value)
+
+    def _targets(self, f, y, check):
+        xp = get_xp(f)
+        y = xp.asarray(y)
+        if y.ndim == 1 and f.ndim == 2 and (xp.issubdtype(y.dtype, xp.integer) or f.shape[1] > 1):
+            if check:
+                y = check_labels(y, f.shape[1], "y", n=f.shape[0])
+            Y = xp.zeros(f.shape, dtype=f.dtype)
+            Y[xp.arange(f.shape[0]), y] = self.target_value
+            return Y
+        if y.ndim == 1 and f.shape == (y.shape[0], 1):
+            y = y[:, None]  # real targets of a network with one output
+        if y.shape != f.shape:
+            raise ValueError(f"y must be labels of shape ({f.shape[0]},) or targets of the outputs' shape "
+                             f"{tuple(f.shape)}, got shape {tuple(y.shape)}")
+        return y.astype(f.dtype, copy=False)
+
+    def value_and_grad(self, f, y, *, check=True):
+        """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K)."""
+        _check_outputs(f, "f")
+        r = f - self._targets(f, y, check)
+        N = f.shape[0]
+        xp = get_xp(f)
+        value = 0.5 * float(xp.vdot(r, r)) * self.scale / N
+        r *= self.scale / N
+        return value, r
+
+    def __call__(self, f, y):
+        return self.value_and_grad(f, y)[0]
+
+    def __repr__(self):
+        return f"SquareLoss(scale={self.scale}, target_value={self.target_value})"

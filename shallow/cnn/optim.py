@@ -1,0 +1,272 @@
+r"""Optimisers (SGD with momentum and weight decay, Adam) and learning-rate schedules.
+
+An optimiser holds references to the parameter arrays of a model (``model.named_parameters()``)
+and updates them in place with ``step(grads)``, ``grads`` being ``model.named_gradients()`` after a
+backward pass. Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
+learning rate is a constant schedule. The update rules are those of PyTorch (``torch.optim``), so
+that runs can be compared step for step:
+
+SGD, momentum mu, weight decay lambda, dampening 0:
+
+    g = grad + lambda theta,   v <- mu v + g  (v_0 = 0),   theta <- theta - eta_t d,
+
+with d = v, or d = g + mu v with ``nesterov=True`` (Sutskever et al. 2013).
+
+Adam (Kingma and Ba 2015, Algorithm 1), t >= 1 the number of the step:
+
+    g = grad + lambda theta   (or, ``decoupled=True`` (AdamW), theta <- theta (1 - eta_t lambda) first),
+    m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,
+    theta <- theta - eta_t (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps).
+
+References
+----------
+1. I. Sutskever, J. Martens, G. Dahl and G. Hinton, "On the importance of initialization and
+   momentum in deep learning", ICML 2013 (momentum, Nesterov's variant).
+2. D. P. Kingma and J. Ba, "Adam: a method for stochastic optimization", ICLR 2015,
+   arXiv:1412.6980, Algorithm 1.
+3. I. Loshchilov and F. Hutter, "Decoupled weight decay regularization", ICLR 2019,
+   arXiv:1711.05101 (AdamW); "SGDR: stochastic gradient descent with warm restarts", ICLR 2017,
+   arXiv:1608.03983, Eq. 5 (cosine schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._validation import check_integer
+from ..backend import get_xp, to_numpy
+
+__all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
+
+
+def _nonneg(value, name):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0 or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+class Constant:
+    """eta_t = lr."""
+
+    def __init__(self, lr):
+        self.lr = _nonneg(lr, "lr")
+
+    def __call__(self, t: int) -> float:
+        return self.lr
+
+    def __repr__(self):
+        return f"Constant({self.lr})"
+
+
+class StepDecay:
+    """eta_t = lr * gamma^(floor(t / step_size)): divided by 1/gamma every ``step_size`` steps."""
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        self.lr = _nonneg(lr, "lr")
+        self.step_size = check_integer(step_size, "step_size", minimum=1)
+        self.gamma = _nonneg(gamma, "gamma")
+
+    def __call__(self, t: int) -> float:
+        return self.lr * self.gamma ** (t // self.step_size)
+
+    def __repr__(self):
+        return f"StepDecay({self.lr}, step_size={self.step_size}, gamma={self.gamma})"
+
+
+class Cosine:
+    """Linear warm-up, then cosine annealing from lr to lr_min over ``total_steps`` (Loshchilov-Hutter).
+
+    eta_t = lr (t + 1) / warmup for t < warmup; then, with u = (t - warmup) / (total_steps - warmup)
+    clipped to [0, 1], eta_t = lr_min + (lr - lr_min) (1 + cos(pi u)) / 2.
+    """
+
+    def __init__(self, lr, total_steps, lr_min=0.0, warmup=0):
+        self.lr = _nonneg(lr, "lr")
+        self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
+        self.lr_min = _nonneg(lr_min, "lr_min")
+        self.warmup = check_integer(warmup, "warmup", minimum=0, maximum=self.total_steps - 1)
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return self.lr * (t + 1) / self.warmup
+        u = min(max((t - self.warmup) / (self.total_steps - self.warmup), 0.0), 1.0)
+        return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * u))
+
+    def __repr__(self):
+        return f"Cosine({self.lr}, total_steps={self.total_steps}, lr_min={self.lr_min}, warmup={self.warmup})"
+
+
+def as_schedule(lr):
+    """A float as :class:`Constant`; a schedule (any callable t -> eta_t) passes through."""
+    if callable(lr):
+        return lr
+    return Constant(lr)
+
+
+# ----------------------------------------------------------------------------- optimisers
+
+class Optimizer:
+    """Base class: parameters by name, a schedule, a step counter t and per-parameter state.
+
+    Parameters
+    ----------
+    params : dict of str -> array
+        Usually ``model.named_parameters()``: updated in place.
+    lr : float or callable
+        Learning rate or schedule t -> eta_t.
+    """
+
+    _slots: tuple = ()
+
+    def __init__(self, params, lr):
+        if not isinstance(params, dict) or not params:
+            raise ValueError("params must be a non-empty dict of name -> array (model.named_parameters())")
+        self.params = dict(params)
+        self.schedule = as_schedule(lr)
+        self.t = 0
+        self.state = {name: {slot: get_xp(p).zeros_like(p) for slot in self._slots}
+                      for name, p in self.params.items()}
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        return float(self.schedule(self.t))
+
+    def step(self, grads):
+        """One update of every parameter from ``grads`` (a dict with the same names); t += 1."""
+        missing = [name for name in self.params if name not in grads]
+        if missing:
+            raise ValueError(f"grads has no gradient for the parameters {', '.join(missing[:5])}: "
+                             "run backward before step")
+        lr = self.lr
+        for name, p in self.params.items():
+            g = grads[name]
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} but the parameter has {tuple(p.shape)}")
+            self._update(p, g, self.state[name], lr)
+        self.t += 1
+
+    def _update(self, p, g, state, lr):
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The step counter and the state arrays (on the host), by ``"name/slot"``."""
+        out = {"t": self.t}
+        for name, slots in self.state.items():
+            for slot, value in slots.items():
+                out[f"{name}/{slot}"] = to_numpy(value)
+        return out
+
+    def load_state_dict(self, state: dict):
+        """Restore what :meth:`state_dict` gave (in place, on the parameters' device)."""
+        self.t = int(state["t"])
+        for name, slots in self.state.items():
+            for slot, value in slots.items():
+                key = f"{name}/{slot}"
+                if key not in state:
+                    raise ValueError(f"the optimiser state has no entry {key!r}: was it saved for another model?")
+                saved = np.asarray(state[key])
+                if saved.shape != value.shape:
+                    raise ValueError(f"the optimiser state {key!r} has shape {saved.shape}, expected {value.shape}")
+                value[...] = get_xp(value).asarray(saved)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, Nesterov momentum and weight decay (module notes).
+
+    Parameters
+    ----------
+    params : dict of str -> array
+    lr : float or schedule
+    momentum : float in [0, 1)
+    weight_decay : float >= 0
+        lambda of the L2 penalty (lambda / 2) |theta|^2 added to the loss.
+    nesterov : bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> theta = np.array([1.0])
+    >>> opt = SGD({"theta": theta}, lr=0.1, momentum=0.9)
+    >>> opt.step({"theta": np.array([1.0])}); opt.step({"theta": np.array([1.0])})
+    >>> theta  # 1 - 0.1 * 1 - 0.1 * (0.9 + 1)
+    array([0.71])
+    """
+
+    _slots = ("momentum",)
+
+    def __init__(self, params, lr, *, momentum=0.0, weight_decay=0.0, nesterov=False):
+        self.momentum = _nonneg(momentum, "momentum")
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        if self.momentum == 0:
+            self._slots = ()
+        super().__init__(params, lr)
+
+    def _update(self, p, g, state, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = state["momentum"]
+            v *= self.momentum
+            v += g
+            d = g + self.momentum * v if self.nesterov else v
+        else:
+            d = g
+        p -= lr * d
+
+
+class Adam(Optimizer):
+    """Adam, with L2 weight decay or decoupled weight decay (AdamW) (module notes).
+
+    Parameters
+    ----------
+    params : dict of str -> array
+    lr : float or schedule
+    betas : (float, float)
+        beta1, beta2 in [0, 1).
+    eps : float
+    weight_decay : float >= 0
+    decoupled : bool
+        AdamW: decay theta by eta_t lambda theta directly instead of adding lambda theta to the gradient.
+    """
+
+    _slots = ("m", "v")
+
+    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(_nonneg(b, "betas") for b in betas)
+        if max(self.betas) >= 1:
+            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        self.eps = _nonneg(eps, "eps")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.decoupled = bool(decoupled)
+        super().__init__(params, lr)
+
+    def _update(self, p, g, state, lr):
+        b1, b2 = self.betas
+        k = self.t + 1
+        if self.weight_decay:
+            if self.decoupled:
+                p *= 1.0 - lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        xp = get_xp(p)
+        denom = xp.sqrt(v * (1.0 / (1.0 - b2 ** k)))
+        denom += self.eps
+        p -= (lr / (1.0 - b1 ** k)) * m / denom

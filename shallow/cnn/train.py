@@ -1,0 +1,428 @@
+r"""The training loop: mini-batch epochs, history, exact checkpoints, divergence guard.
+
+One step on a mini-batch (x_B, y_B) is
+
+    out = model.forward(x_B);  L, dL/dout = loss.value_and_grad(out, y_B);
+    model.backward(dL/dout);   optimizer.step(model.named_gradients()),
+
+and an epoch is one pass over a permutation of the training set drawn with the loop's ``rng``
+(augmentations draw from the same generator, in the same order). :func:`fit` records per epoch the
+mean training loss and accuracy over the epoch's batches (in train mode, on augmented batches),
+the test loss and accuracy (in eval mode) when a test set is given, the learning rate and the
+wall time.
+
+Checkpoints
+-----------
+A checkpoint (``.npz``, written atomically: a temporary file, then a rename) holds the parameters,
+the buffers (batch-norm running statistics, frozen reference copies), the optimiser state (step
+counter and per-parameter slots), the state of the loop's generator and of every layer generator
+(dropout), the number of completed epochs and the history. Resuming from it replays the
+remaining epochs with the same batches, augmentations and masks: the parameters after
+``fit(epochs=E)`` and after ``fit(epochs=k)`` then ``fit(epochs=E, resume=True)`` are bitwise
+equal (on the same machine, BLAS library and thread count).
+
+Divergence
+----------
+A NaN or infinite training loss stops the loop before the update that would use it. With
+``on_divergence="raise"`` (default) a :class:`TrainingDivergedError` says where (epoch, batch,
+step, learning rate) and what to try; with ``"stop"`` the history is returned with
+``diverged=True`` and the same message, for sweeps where divergence is a result. Floating-point
+warnings are silenced inside the loop: the guard reports divergence instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._validation import check_integer, check_random_state
+from ..backend import get_xp, to_numpy
+from ..study import load_npz, save_npz_atomic
+from .data import batches
+from .layers import Layer
+from .losses import CrossEntropy, accuracy, check_labels
+from .models import check_images
+from .optim import SGD, Optimizer
+
+__all__ = ["History", "TrainingDivergedError", "fit", "evaluate", "predict", "save_checkpoint",
+           "load_checkpoint", "train_step"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    """Per-epoch records of a training run (lists of equal length, one entry per epoch).
+
+    Attributes
+    ----------
+    epoch : list of int
+        1, 2, ...: the number of completed epochs.
+    loss, accuracy : list of float
+        Mean training loss and accuracy over the epoch's batches (train mode).
+    test_loss, test_accuracy : list of float
+        On the test set in eval mode (NaN when no test set is given).
+    lr : list of float
+        Learning rate of the epoch's last step.
+    time : list of float
+        Wall time of the epoch in seconds (not part of the reproducible numbers).
+    diverged : bool
+        The run stopped on a NaN or infinite loss (``on_divergence="stop"``).
+    message : str
+        Why it stopped, when it did.
+    """
+
+    epoch: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    test_loss: list = field(default_factory=list)
+    test_accuracy: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    time: list = field(default_factory=list)
+    diverged: bool = False
+    message: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "History":
+        return cls(**json.loads(text))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _rng_state_json(rng) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def _set_rng_state(rng, text):
+    rng.bit_generator.state = json.loads(text)
+
+
+def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None) -> Path:
+    """Write model, optimiser and generator states atomically to ``path`` (.npz).
+
+    Parameters
+    ----------
+    path : str or Path
+    model : Layer
+    optimizer : Optimizer, optional
+    rng : numpy Generator, optional
+        The training loop's generator.
+    epoch : int
+        Completed epochs.
+    history : History, optional
+
+    Returns
+    -------
+    Path
+    """
+    out = {"epoch": int(epoch)}
+    for name, p in model.named_parameters().items():
+        out[f"param/{name}"] = to_numpy(p)
+    for name, b in model.named_buffers().items():
+        out[f"buffer/{name}"] = to_numpy(b)
+    for name, g in model.named_rngs().items():
+        out[f"rng/layer/{name}"] = _rng_state_json(g)
+    if optimizer is not None:
+        for key, value in optimizer.state_dict().items():
+            out[f"optim/{key}"] = value
+    if rng is not None:
+        out["rng/loop"] = _rng_state_json(rng)
+    if history is not None:
+        out["history"] = history.to_json()
+    return save_npz_atomic(path, out)
+
+
+def _copy_into(target: dict, saved: dict, kind: str, path):
+    if set(target) != set(saved):
+        missing, extra = sorted(set(target) - set(saved)), sorted(set(saved) - set(target))
+        raise ValueError(f"checkpoint {str(path)!r} does not match the model: {kind} missing "
+                         f"{missing[:5]}, unexpected {extra[:5]}")
+    for name, arr in target.items():
+        value = np.asarray(saved[name])
+        if value.shape != arr.shape:
+            raise ValueError(f"checkpoint {str(path)!r}: {kind} {name!r} has shape {value.shape}, the model "
+                             f"has {tuple(arr.shape)}")
+        arr[...] = get_xp(arr).asarray(value.astype(arr.dtype, copy=False))
+
+
+def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
+    """Restore a checkpoint of :func:`save_checkpoint` in place; return its epoch and history.
+
+    Parameters
+    ----------
+    path : str or Path
+    model : Layer
+        Built as the one that was saved (same architecture and names).
+    optimizer : Optimizer, optional
+    rng : numpy Generator, optional
+        Receives the loop generator's state.
+
+    Returns
+    -------
+    dict with ``epoch`` (int) and ``history`` (History or None)
+
+    Raises
+    ------
+    ValueError
+        When names or shapes differ from the model's, naming them.
+    """
+    data = load_npz(path)
+
+    def group(prefix):
+        n = len(prefix)
+        return {key[n:]: value for key, value in data.items() if key.startswith(prefix)}
+
+    _copy_into(model.named_parameters(), group("param/"), "parameter", path)
+    _copy_into(model.named_buffers(), group("buffer/"), "buffer", path)
+    layer_rngs, saved_rngs = model.named_rngs(), group("rng/layer/")
+    if set(layer_rngs) != set(saved_rngs):
+        raise ValueError(f"checkpoint {str(path)!r} has generators {sorted(saved_rngs)}, the model {sorted(layer_rngs)}")
+    for name, g in layer_rngs.items():
+        _set_rng_state(g, saved_rngs[name])
+    if optimizer is not None:
+        state = group("optim/")
+        if not state:
+            raise ValueError(f"checkpoint {str(path)!r} holds no optimiser state")
+        optimizer.load_state_dict(state)
+    if rng is not None:
+        if "rng/loop" not in data:
+            raise ValueError(f"checkpoint {str(path)!r} holds no generator state for the loop")
+        _set_rng_state(rng, data["rng/loop"])
+    history = History.from_json(data["history"]) if "history" in data else None
+    return {"epoch": int(data["epoch"]), "history": history}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def predict(model, X, *, batch_size=512):
+    """Model outputs on X in eval mode, by batches; the model's mode is restored afterwards.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (n, H, W, C)
+    batch_size : int
+
+    Returns
+    -------
+    array of shape (n, K)
+    """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    X = check_images(X, "X", getattr(model, "in_shape", None), dtype=model.dtype)
+    xp = get_xp(X)
+    mode = model.training
+    model.eval()
+    try:
+        outs = [model.forward(X[k:k + batch_size]) for k in range(0, X.shape[0], batch_size)]
+    finally:
+        model.train(mode)
+    return xp.concatenate(outs) if outs else xp.zeros((0, getattr(model, "n_classes", 0)), dtype=model.dtype)
+
+
+def evaluate(model, X, y, loss=None, *, batch_size=512):
+    """(mean loss, accuracy) of the model on (X, y) in eval mode.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (n, H, W, C)
+    y : int array of shape (n,)
+    loss : CrossEntropy or SquareLoss, optional
+        Cross-entropy by default.
+    batch_size : int
+
+    Returns
+    -------
+    (float, float)
+    """
+    loss = CrossEntropy() if loss is None else loss
+    out = predict(model, X, batch_size=batch_size)
+    y = check_labels(y, out.shape[1], "y", n=out.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = loss.value_and_grad(out, y, check=False)[0]
+    return value, accuracy(out, y)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_step(model, loss, optimizer, x, y):
+    """One step: forward, loss, backward, update. Returns (loss value, outputs).
+
+    The update is skipped when the loss is not finite (the caller decides what to do).
+    """
+    out = model.forward(x)
+    value, dout = loss.value_and_grad(out, y, check=False)
+    if math.isfinite(value):
+        model.backward(dout, need_input_grad=False)
+        optimizer.step(model.named_gradients())
+    return value, out
+
+
+def _n_classes(model, X):
+    n_classes = getattr(model, "n_classes", None)
+    if n_classes is None:
+        mode = model.training
+        model.eval()
+        try:
+            n_classes = int(model.forward(X[:1]).shape[1])
+        finally:
+            model.train(mode)
+    return n_classes
+
+
+def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epochs=10, batch_size=64, rng=None,
+        augment=None, checkpoint=None, checkpoint_every=1, resume=False, on_divergence="raise",
+        progress=False, callback=None) -> History:
+    """Train ``model`` on (X, y) by mini-batch steps for ``epochs`` epochs.
+
+    Parameters
+    ----------
+    model : Layer
+        Usually a :class:`~shallow.cnn.models.Model` (or its :func:`~shallow.cnn.linearize`).
+    X : array of shape (n, H, W, C)
+        Training images (the model's in_shape when it has one), finite.
+    y : int array of shape (n,)
+        Labels in {0, ..., K - 1}.
+    X_test, y_test : arrays, optional
+        Evaluated after every epoch.
+    loss : CrossEntropy or SquareLoss, optional
+        Cross-entropy by default.
+    optimizer : Optimizer, optional
+        SGD(lr=0.05, momentum=0.9) on ``model.named_parameters()`` by default.
+    epochs : int
+        Total number of epochs (a resumed run continues up to it).
+    batch_size : int
+    rng : None, int or Generator
+        Batch order and augmentations.
+    augment : callable (X, rng) -> X, optional
+        Applied to every training batch (:class:`~shallow.cnn.data.Augment`).
+    checkpoint : str or Path, optional
+        Saved after every ``checkpoint_every`` epochs and at the end.
+    checkpoint_every : int
+    resume : bool
+        Start from ``checkpoint`` when that file exists.
+    on_divergence : {"raise", "stop"}
+    progress : bool
+        Show a tqdm bar over the steps.
+    callback : callable (history, model) -> bool or None, optional
+        Called after every epoch; returning True stops the run there (a convergence test, say
+        ``lambda h, m: h.loss[-1] < 1e-3``), with ``history.message`` saying so and a checkpoint
+        written.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    ValueError
+        For images of the wrong shape or channels, NaN images, labels out of range (naming the argument).
+    TrainingDivergedError
+        When the loss becomes NaN or infinite and ``on_divergence="raise"``.
+
+    Examples
+    --------
+    >>> from shallow.cnn import build_model, load_digits
+    >>> data = load_digits()
+    >>> model = build_model("vgg", data.in_shape, 10, width=4, rng=0)
+    >>> history = fit(model, data.X_train[:128], data.y_train[:128], epochs=1, rng=0)
+    >>> len(history.loss)
+    1
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    epochs = check_integer(epochs, "epochs", minimum=0)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
+    if on_divergence not in ("raise", "stop"):
+        raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+    in_shape = getattr(model, "in_shape", None)
+    X = check_images(X, "X", in_shape, dtype=model.dtype)
+    if X.shape[0] == 0:
+        raise ValueError("X holds no images: there is nothing to train on")
+    n_classes = _n_classes(model, X)
+    y = check_labels(y, n_classes, "y", n=X.shape[0])
+    if (X_test is None) != (y_test is None):
+        raise ValueError("give both X_test and y_test, or neither")
+    if X_test is not None:
+        X_test = check_images(X_test, "X_test", in_shape or tuple(X.shape[1:]), dtype=model.dtype)
+        y_test = check_labels(y_test, n_classes, "y_test", n=X_test.shape[0])
+    xp = get_xp(X)
+    y, y_test = xp.asarray(y), (None if y_test is None else xp.asarray(y_test))
+    loss = CrossEntropy() if loss is None else loss
+    if optimizer is None:
+        optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+    rng = check_random_state(rng)
+
+    history, start = History(), 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, model, optimizer, rng)
+        start = state["epoch"]
+        history = state["history"] or History()
+
+    n = X.shape[0]
+    steps_per_epoch = n // batch_size + (n % batch_size > 0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max(epochs - start, 0) * steps_per_epoch, desc="fit", unit="step", leave=False)
+    model.train()
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for epoch in range(start, epochs):
+                t0 = time.perf_counter()
+                total, correct, seen = 0.0, 0, 0
+                for b, (xb, yb) in enumerate(batches(X, y, batch_size, rng=rng)):
+                    if augment is not None:
+                        xb = augment(xb, rng)
+                    lr = optimizer.lr
+                    value, out = train_step(model, loss, optimizer, xb, yb)
+                    if not math.isfinite(value):
+                        message = (f"the training loss is {value} at epoch {epoch + 1}, batch {b + 1} of "
+                                   f"{steps_per_epoch} (optimiser step {optimizer.t}, learning rate {lr:.3g}): "
+                                   "the iteration diverged. Lower the learning rate (or the output scale "
+                                   "alpha), or check the data; the parameters are those before this batch.")
+                        if on_divergence == "raise":
+                            raise TrainingDivergedError(message)
+                        history.diverged, history.message = True, message
+                        return history
+                    m = xb.shape[0]
+                    total += value * m
+                    correct += int((xp.argmax(out, axis=1) == yb).sum())
+                    seen += m
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
+                test_loss = test_acc = float("nan")
+                if X_test is not None:
+                    test_loss, test_acc = evaluate(model, X_test, y_test, loss)
+                history.epoch.append(epoch + 1)
+                history.loss.append(total / max(seen, 1))
+                history.accuracy.append(correct / max(seen, 1))
+                history.test_loss.append(test_loss)
+                history.test_accuracy.append(test_acc)
+                history.lr.append(lr)
+                history.time.append(time.perf_counter() - t0)
+                stop = callback is not None and bool(callback(history, model))
+                if stop:
+                    history.message = f"stopped by the callback after epoch {epoch + 1}"
+                if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop):
+                    save_checkpoint(checkpoint, model, optimizer, rng, epoch + 1, history)
+                if stop:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return history

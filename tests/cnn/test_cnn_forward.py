@@ -1,0 +1,238 @@
+"""Forward maps against independent references: scipy.signal.correlate, nested loops, closed forms."""
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from shallow.backend import to_numpy
+from shallow.cnn import AvgPool2d, BatchNorm2d, Conv2d, GlobalAvgPool2d, MaxPool2d, conv2d
+
+METHODS = ["taps", "flat_im2col", "im2col"]
+
+
+def conv_loops(x, W, b, stride, pads, dilation, groups):
+    """The defining sum of a grouped, strided, dilated cross-correlation, by nested loops."""
+    N, H, Wd, C = x.shape
+    KH, KW, cg, Co = W.shape
+    pt, pb, pl, pr = pads
+    (sh, sw), (dh, dw) = stride, dilation
+    xpad = np.zeros((N, H + pt + pb, Wd + pl + pr, C))
+    xpad[:, pt:pt + H, pl:pl + Wd] = x
+    Ho = (H + pt + pb - dh * (KH - 1) - 1) // sh + 1
+    Wo = (Wd + pl + pr - dw * (KW - 1) - 1) // sw + 1
+    og = Co // groups
+    y = np.zeros((N, Ho, Wo, Co))
+    for n in range(N):
+        for p in range(Ho):
+            for q in range(Wo):
+                for o in range(Co):
+                    g = o // og
+                    acc = b[o]
+                    for i in range(KH):
+                        for j in range(KW):
+                            for c in range(cg):
+                                acc += W[i, j, c, o] * xpad[n, sh * p + dh * i, sw * q + dw * j, g * cg + c]
+                    y[n, p, q, o] = acc
+    return y
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_conv2d_forward_matches_scipy_correlate(method, padding):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 7, 3))
+    conv = Conv2d(3, 5, 3, padding=padding, rng=rng, method=method)
+    conv.params["b"][...] = rng.standard_normal(5)
+    W, b = conv.params["W"], conv.params["b"]
+    xpad = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    expected = np.stack([np.stack([sum(signal.correlate(xpad[n, :, :, c], W[:, :, c, o], mode="valid")
+                                       for c in range(3)) + b[o] for o in range(5)], axis=-1)
+                         for n in range(2)])
+    # sums of 27 products of O(1) numbers: rounding a few eps
+    np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-12, atol=1e-12)
+
+
+CASES = [
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0, 2, 1)),
+    dict(kernel_size=3, dilation=(2, 1), padding=2),
+    dict(kernel_size=3, padding=1, groups=3),
+    dict(kernel_size=2, padding="same", dilation=2),
+    dict(kernel_size=1, stride=3),
+    dict(kernel_size=3, padding=3),  # padding wider than the kernel: the flat buffer cannot serve
+]
+
+
+@pytest.mark.parametrize("method", ["auto"] + METHODS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_conv2d_forward_matches_nested_loops(case, method):
+    kw = CASES[case]
+    if method in ("taps", "flat_im2col") and kw.get("stride", 1) != 1:
+        pytest.skip("stride-1 formulation")
+    rng = np.random.default_rng(1)
+    conv = Conv2d(6, 9, rng=rng, method=method, **kw)
+    conv.params["b"][...] = rng.standard_normal(9)
+    x = rng.standard_normal((2, 8, 7, 6))
+    expected = conv_loops(x, conv.params["W"], conv.params["b"], conv.stride, conv.padding, conv.dilation,
+                          conv.groups)
+    np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_same_padding_keeps_the_size_and_puts_the_odd_pad_last():
+    conv = Conv2d(1, 1, (2, 4), padding="same")
+    assert conv.padding == (0, 1, 1, 2)
+    assert conv.forward(np.zeros((1, 5, 6, 1))).shape == (1, 5, 6, 1)
+
+
+def test_conv2d_float32_matches_float64():
+    rng = np.random.default_rng(2)
+    c64 = Conv2d(16, 8, 3, padding=1, rng=3)
+    c32 = Conv2d(16, 8, 3, padding=1, rng=3, dtype=np.float32)
+    x = rng.standard_normal((2, 6, 6, 16))
+    y32 = c32.forward(x.astype(np.float32))
+    assert y32.dtype == np.float32 and c32.params["W"].dtype == np.float32
+    # 144 products per output: float32 rounding ~ sqrt(144) * 6e-8 relative to the terms' size
+    np.testing.assert_allclose(y32, c64.forward(x), rtol=0, atol=2e-5 * np.abs(c64.forward(x)).max())
+
+
+def test_conv2d_functional_form_equals_the_layer():
+    rng = np.random.default_rng(4)
+    x, W, b = rng.standard_normal((2, 6, 6, 4)), rng.standard_normal((3, 3, 2, 4)), rng.standard_normal(4)
+    expected = conv_loops(x, W, b, (2, 2), (1, 1, 1, 1), (1, 1), 2)
+    np.testing.assert_allclose(conv2d(x, W, b, stride=2, padding=1, groups=2), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_rejects_wrong_channels_naming_x():
+    conv = Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="x has 1 channels"):
+        conv.forward(np.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match="x must be a batch of channels-last images"):
+        conv.forward(np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match="too small"):
+        conv.forward(np.zeros((1, 2, 2, 3)))
+
+
+def test_conv2d_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="multiples of groups"):
+        Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="needs stride 1"):
+        Conv2d(3, 4, 3, stride=2, method="taps")
+    with pytest.raises(ValueError, match="method must be one of"):
+        Conv2d(3, 4, 3, method="fft")
+
+
+# --------------------------------------------------------------------------- pooling
+def pool_loops(x, k, s, p, op):
+    N, H, W, C = x.shape
+    fill = -np.inf if op == "max" else 0.0
+    xpad = np.full((N, H + 2 * p, W + 2 * p, C), fill)
+    xpad[:, p:p + H, p:p + W] = x
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    y = np.zeros((N, Ho, Wo, C))
+    for a in range(Ho):
+        for b in range(Wo):
+            win = xpad[:, a * s:a * s + k, b * s:b * s + k, :]
+            y[:, a, b] = win.max(axis=(1, 2)) if op == "max" else win.sum(axis=(1, 2)) / k ** 2
+    return y
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])
+def test_pooling_forward_matches_nested_loops(k, s, p):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 7, 6, 3))
+    np.testing.assert_allclose(MaxPool2d(k, s, p).forward(x), pool_loops(x, k, s, p, "max"), rtol=0, atol=0)
+    np.testing.assert_allclose(AvgPool2d(k, s, p).forward(x), pool_loops(x, k, s, p, "avg"), rtol=1e-14, atol=1e-15)
+
+
+def test_global_average_pooling_is_the_spatial_mean():
+    x = np.random.default_rng(6).standard_normal((3, 5, 4, 2))
+    np.testing.assert_allclose(GlobalAvgPool2d().forward(x), x.reshape(3, 20, 2).sum(axis=1) / 20, rtol=1e-14)
+
+
+@pytest.mark.parametrize("k, s", [(2, 2), (3, 3)])
+def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s):
+    # Integer images with many ties. The convention (module notes): the first maximum in row-major
+    # order of the window receives the gradient and carries the tangent. Reference: np.argmax on
+    # the flattened window, which returns the first occurrence. Independent check: the one-sided
+    # difference along a direction that favours that entry among the tied ones.
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2, size=(2, 6, 6, 2)).astype(np.float64)
+    pool = MaxPool2d(k, s)
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = pool.backward(dy)
+    expected = np.zeros_like(x)
+    bonus = np.zeros_like(x)
+    for n in range(2):
+        for a in range(y.shape[1]):
+            for b in range(y.shape[2]):
+                for c in range(2):
+                    win = x[n, a * s:a * s + k, b * s:b * s + k, c]
+                    i, j = divmod(int(np.argmax(win)), k)
+                    expected[n, a * s + i, b * s + j, c] += dy[n, a, b, c]
+                    bonus[n, a * s + i, b * s + j, c] = 1.0
+    np.testing.assert_array_equal(dx, expected)
+    v = rng.uniform(0, 0.5, size=x.shape) + bonus  # the chosen entry grows fastest
+    _, ty = pool.jvp(x, v)
+    h = 1e-3
+    np.testing.assert_allclose(ty, (pool.forward(x + h * v) - pool.forward(x)) / h, rtol=1e-9, atol=1e-12)
+    # backward and jvp are adjoint at ties too
+    assert abs(np.vdot(dy, ty) - np.vdot(dx, v)) < 1e-12 * np.abs(dy).sum() * np.abs(v).max()
+
+
+# --------------------------------------------------------------------------- batch norm
+def test_batchnorm_train_mode_standardises_each_channel_and_updates_running_statistics():
+    rng = np.random.default_rng(8)
+    x = 3.0 + 2.0 * rng.standard_normal((4, 5, 5, 3))
+    bn = BatchNorm2d(3, momentum=0.25)
+    y = bn.forward(x)
+    flat = x.reshape(-1, 3)
+    M = flat.shape[0]
+    np.testing.assert_allclose(y.reshape(-1, 3).mean(axis=0), 0, atol=1e-14)
+    # biased variance in the normalisation: var(y) = v / (v + eps)
+    v = flat.var(axis=0)
+    np.testing.assert_allclose(y.reshape(-1, 3).var(axis=0), v / (v + 1e-5), rtol=1e-12)
+    np.testing.assert_allclose(bn.buffers["running_mean"], 0.25 * flat.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(bn.buffers["running_var"], 0.75 + 0.25 * flat.var(axis=0, ddof=1), rtol=1e-14)
+    assert M == 100
+
+
+def test_batchnorm_eval_mode_uses_running_statistics():
+    rng = np.random.default_rng(9)
+    bn = BatchNorm2d(2)
+    bn.buffers["running_mean"][...] = [1.0, -2.0]
+    bn.buffers["running_var"][...] = [4.0, 0.25]
+    bn.params["gamma"][...] = [2.0, 3.0]
+    bn.params["beta"][...] = [0.5, -0.5]
+    x = rng.standard_normal((3, 4, 4, 2))
+    expected = (x - np.array([1.0, -2.0])) / np.sqrt(np.array([4.0, 0.25]) + 1e-5) * [2.0, 3.0] + [0.5, -0.5]
+    np.testing.assert_allclose(bn.eval().forward(x), expected, rtol=1e-14)
+
+
+def test_layers_keep_float32(xp):
+    from shallow.backend import to_device
+    from shallow.cnn import build_model
+    device = "gpu" if xp is not np else "cpu"
+    model = build_model("resnet", (8, 8, 1), 4, width=4, rng=0, dtype=np.float32).to(device)
+    x = to_device(np.random.default_rng(10).standard_normal((3, 8, 8, 1)).astype(np.float32), device)
+    y = model.forward(x)
+    model.backward(xp.ones_like(y))
+    assert y.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.named_gradients().values())
+    ref = build_model("resnet", (8, 8, 1), 4, width=4, rng=0, dtype=np.float64)
+    np.testing.assert_allclose(to_numpy(y), ref.forward(to_numpy(x).astype(np.float64)), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_accumulates_like_matmul_for_every_layout(dtype):
+    from shallow.cnn._gemm import gemm
+    rng = np.random.default_rng(11)
+    A, B = rng.standard_normal((7, 5)).astype(dtype), rng.standard_normal((5, 3)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    for a in (A, np.asfortranarray(A), A.T.copy().T, np.repeat(A, 2, axis=1)[:, ::2]):  # C, F, F, strided
+        for b in (B, B.T.copy().T):
+            for beta in (0.0, 1.0, 0.5):
+                out = rng.standard_normal((7, 3)).astype(dtype)
+                expected = A.astype(np.float64) @ B + beta * out
+                assert gemm(a, b, out, beta=beta) is out
+                np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)

@@ -1,0 +1,225 @@
+"""Every hand-written backward pass against central differences, a Taylor test, and every jvp against differences.
+
+The layers are checked in float64 in the configurations the issue lists: convolutions with stride,
+padding, dilation and groups in each of the three formulations, pooling, batch normalisation in
+train and eval mode, dropout with a fixed mask, residual blocks, and the composed models.
+"""
+
+import numpy as np
+import pytest
+
+from gradcheck import check_central_differences, check_jvp, taylor_slope
+from shallow.cnn import (Activation, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
+                         MaxPool2d, Model, Residual, Sequential, linearize, resnet_small, vgg_small)
+
+CONV_CASES = {
+    "plain": dict(kernel_size=3, padding=1),
+    "valid": dict(kernel_size=3, padding=0),
+    "strided": dict(kernel_size=3, stride=2, padding=1),
+    "strided_rect": dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0)),
+    "padded_asymmetric": dict(kernel_size=3, padding=(2, 0, 1, 1)),
+    "dilated": dict(kernel_size=3, dilation=2, padding=2),
+    "grouped": dict(kernel_size=3, padding=1, groups=2),
+    "pointwise_strided": dict(kernel_size=1, stride=2),
+    "same_even": dict(kernel_size=(2, 2), padding="same"),
+}
+METHODS = ["taps", "flat_im2col", "im2col"]
+
+
+def conv_cases():
+    for name, kw in CONV_CASES.items():
+        stride = kw.get("stride", 1)
+        for method in METHODS:
+            if method != "im2col" and stride != 1:
+                continue
+            yield pytest.param(kw, method, id=f"{name}-{method}")
+
+
+def make_conv(kw, method, rng, C=4, Co=6, bias=True):
+    conv = Conv2d(C, Co, bias=bias, rng=rng, method=method, **kw)
+    if bias:
+        conv.params["b"][...] = rng.standard_normal(Co)
+    return conv
+
+
+# --------------------------------------------------------------------------- convolutions
+@pytest.mark.parametrize("kw, method", list(conv_cases()))
+def test_conv2d_backward_matches_central_differences(kw, method):
+    rng = np.random.default_rng(0)
+    conv = make_conv(kw, method, rng)
+    x = rng.standard_normal((2, 7, 6, 4))
+    check_central_differences(conv, x, rng)
+
+
+@pytest.mark.parametrize("kw, method", list(conv_cases()))
+def test_conv2d_jvp_matches_central_differences(kw, method):
+    rng = np.random.default_rng(1)
+    conv = make_conv(kw, method, rng)
+    check_jvp(conv, rng.standard_normal((2, 7, 6, 4)), rng)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_conv2d_taylor_remainder_is_second_order(method):
+    # The convolution is bilinear in (x, W): the remainder is exactly h^2 <r, conv(vx, vW)>.
+    rng = np.random.default_rng(2)
+    conv = make_conv(dict(kernel_size=3, padding=1, groups=2), method, rng)
+    slope, _ = taylor_slope(conv, rng.standard_normal((2, 6, 6, 4)), rng)
+    assert abs(slope - 2) < 0.1
+
+
+def test_conv2d_without_input_gradient_still_gives_weight_gradients():
+    rng = np.random.default_rng(3)
+    conv = make_conv(CONV_CASES["plain"], "flat_im2col", rng)
+    x = rng.standard_normal((2, 5, 5, 4))
+    y = conv.forward(x)
+    r = rng.standard_normal(y.shape)
+    conv.backward(r)
+    full = {k: g.copy() for k, g in conv.grads.items()}
+    assert conv.backward(r, need_input_grad=False) is None
+    for k in full:
+        np.testing.assert_array_equal(conv.grads[k], full[k])
+
+
+# --------------------------------------------------------------------------- other layers
+def layer_cases():
+    rng = np.random.default_rng(10)
+    img = (2, 6, 6, 3)
+    yield "linear", Linear(5, 4, rng=rng), (3, 5)
+    yield "tanh", Activation("tanh"), img
+    yield "relu", Activation("relu"), img
+    yield "softplus", Activation("softplus"), img
+    yield "maxpool", MaxPool2d(2), img
+    yield "maxpool_overlapping_padded", MaxPool2d(3, stride=2, padding=1), img
+    yield "avgpool", AvgPool2d(2), img
+    yield "avgpool_overlapping_padded", AvgPool2d(3, stride=2, padding=1), img
+    yield "global_avgpool", GlobalAvgPool2d(), img
+    yield "flatten", Flatten(), img
+    bn = BatchNorm2d(3)
+    bn.params["gamma"][...] = rng.uniform(0.5, 2, 3)
+    bn.params["beta"][...] = rng.standard_normal(3)
+    yield "batchnorm_train", bn, img
+    bn_eval = BatchNorm2d(3)
+    bn_eval.buffers["running_mean"][...] = rng.standard_normal(3)
+    bn_eval.buffers["running_var"][...] = rng.uniform(0.5, 2, 3)
+    yield "batchnorm_eval", bn_eval.eval(), img
+    yield "batchnorm_flat_features", BatchNorm2d(5), (7, 5)
+    yield "dropout_train", Dropout(0.3, rng=1), img
+    body = Sequential(Conv2d(3, 3, 3, padding=1, rng=rng), Activation("tanh"), Conv2d(3, 3, 3, padding=1, rng=rng))
+    yield "residual_identity", Residual(body), img
+    yield "residual_projection", Residual(Sequential(Conv2d(3, 5, 3, stride=2, padding=1, rng=rng),
+                                                     BatchNorm2d(5), Activation("tanh")),
+                                          Conv2d(3, 5, 1, stride=2, rng=rng)), img
+
+
+LAYERS = [name for name, _, _ in layer_cases()]
+
+
+def make_layer(name):
+    """A fresh layer (built with the same seeds every time) and its input shape."""
+    return {n: (layer, shape) for n, layer, shape in layer_cases()}[name]
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_backward_matches_central_differences(name):
+    layer, shape = make_layer(name)
+    rng = np.random.default_rng(20)
+    # relu and max pooling are piecewise linear: h = 1e-6 against gaps O(1e-2) between
+    # pre-activations or window entries of a Gaussian input crosses no kink.
+    check_central_differences(layer, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_layer_jvp_matches_central_differences(name):
+    layer, shape = make_layer(name)
+    rng = np.random.default_rng(21)
+    check_jvp(layer, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("name", ["linear", "tanh", "softplus", "batchnorm_train", "batchnorm_eval",
+                                  "batchnorm_flat_features", "residual_identity", "residual_projection"])
+def test_layer_taylor_remainder_is_second_order(name):
+    layer, shape = make_layer(name)
+    rng = np.random.default_rng(22)
+    slope, _ = taylor_slope(layer, rng.standard_normal(shape), rng)
+    assert abs(slope - 2) < 0.1
+
+
+@pytest.mark.parametrize("name", ["relu", "maxpool", "avgpool", "global_avgpool", "flatten"])
+def test_piecewise_linear_layer_has_no_taylor_remainder(name):
+    # relu and max pooling are linear between kinks; average pooling and flattening are linear:
+    # the first-order remainder is rounding only (h <= 1e-4 crosses no kink).
+    layer, shape = make_layer(name)
+    rng = np.random.default_rng(23)
+    _, remainders = taylor_slope(layer, rng.standard_normal(shape), rng, h0=1e-4)
+    assert max(remainders) < 1e-12
+
+
+def test_dropout_is_identity_in_eval_mode_and_scales_kept_units_in_train_mode():
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((4, 50, 50, 2))
+    drop = Dropout(0.25, rng=3)
+    y = drop.forward(x)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-15)
+    # fraction of kept units: 20000 Bernoulli(0.75) draws, sigma = 0.003; 5 sigma
+    assert abs(kept.mean() - 0.75) < 0.016
+    np.testing.assert_array_equal(drop.eval().forward(x), x)
+
+
+# --------------------------------------------------------------------------- models
+MODELS = {
+    # small models with smooth activations, so that the Taylor test applies to the whole network
+    "vgg": lambda: Model(vgg_small((8, 8, 1), 3, width=2, activation="tanh", rng=0), (8, 8, 1), 3),
+    "vgg_avg_dropout": lambda: Model(vgg_small((8, 8, 1), 3, width=2, activation="tanh", pool="avg", dropout=0.2,
+                                               rng=1), (8, 8, 1), 3),
+    "resnet": lambda: Model(resnet_small((8, 8, 2), 3, width=2, activation="tanh", rng=2), (8, 8, 2), 3),
+    "vgg_frozen_alpha": lambda: Model(vgg_small((8, 8, 1), 3, width=2, activation="tanh", rng=3), (8, 8, 1), 3,
+                                      alpha=3.0, centering="frozen"),
+    "resnet_antisymmetric": lambda: Model(resnet_small((8, 8, 1), 3, width=2, activation="tanh", rng=4),
+                                          (8, 8, 1), 3, alpha=0.5, centering="antisymmetric"),
+}
+
+
+def _perturbed(model, rng, scale=0.1):
+    """Move the parameters off theta_0, so that centred models are not at their symmetric point."""
+    for p in model.named_parameters().values():
+        p += scale * rng.standard_normal(p.shape)
+    return model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_backward_matches_central_differences(name):
+    rng = np.random.default_rng(30)
+    model = _perturbed(MODELS[name](), rng)
+    shape = (4,) + model.in_shape
+    check_central_differences(model, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_taylor_remainder_is_second_order(name):
+    rng = np.random.default_rng(31)
+    model = _perturbed(MODELS[name](), rng)
+    slope, _ = taylor_slope(model, rng.standard_normal((4,) + model.in_shape), rng, h0=1e-3)
+    assert abs(slope - 2) < 0.1
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_jvp_matches_central_differences(name):
+    rng = np.random.default_rng(32)
+    model = _perturbed(MODELS[name](), rng)
+    check_jvp(model, rng.standard_normal((4,) + model.in_shape), rng)
+
+
+def test_relu_model_backward_matches_central_differences():
+    # relu networks: the default models, kink-free at h = 1e-7 for Gaussian inputs
+    rng = np.random.default_rng(33)
+    model = Model(vgg_small((8, 8, 1), 4, width=3, rng=5), (8, 8, 1), 4)
+    check_central_differences(model, rng.standard_normal((3, 8, 8, 1)), rng, h=1e-7)
+
+
+def test_linearized_model_gradient_matches_central_differences():
+    # f_lin is linear in theta: its central difference is exact up to rounding
+    rng = np.random.default_rng(34)
+    lin = linearize(MODELS["vgg_frozen_alpha"]())
+    _perturbed(lin, rng)
+    check_central_differences(lin, rng.standard_normal((3, 8, 8, 1)), rng, h=1e-3, input_grad=False)

@@ -1,0 +1,155 @@
+"""Losses against scipy's logsumexp and finite differences; optimiser steps against hand-computed updates."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from shallow.cnn import SGD, Adam, Constant, Cosine, CrossEntropy, SquareLoss, StepDecay, log_softmax
+
+
+# --------------------------------------------------------------------------- losses
+def test_cross_entropy_is_mean_of_logsumexp_minus_true_logit():
+    rng = np.random.default_rng(0)
+    z, y = rng.standard_normal((7, 5)), rng.integers(0, 5, 7)
+    expected = np.mean(logsumexp(z, axis=1) - z[np.arange(7), y])
+    value, _ = CrossEntropy().value_and_grad(z, y)
+    assert value == pytest.approx(expected, rel=1e-14)
+    assert CrossEntropy(scale=0.25)(z, y) == pytest.approx(0.25 * expected, rel=1e-14)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    z = np.array([[1e4, 0.0, -1e4], [800.0, 800.0, 0.0]])
+    value, grad = CrossEntropy().value_and_grad(z, np.array([1, 0]))
+    # row 0: logsumexp = 1e4, loss 1e4; row 1: log 2
+    assert value == pytest.approx((1e4 + math.log(2)) / 2, rel=1e-14)
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(log_softmax(z), z - logsumexp(z, axis=1, keepdims=True), rtol=1e-15, atol=1e-12)
+
+
+def test_cross_entropy_gradient_matches_central_differences():
+    rng = np.random.default_rng(1)
+    z, y = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    loss = CrossEntropy(scale=2.0)
+    _, grad = loss.value_and_grad(z, y)
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-15)  # softmax - onehot sums to 0
+    for _ in range(3):
+        v = rng.standard_normal(z.shape)
+        h = 1e-6  # truncation h^2 ~ 1e-12, rounding eps / h ~ 1e-10
+        fd = (loss(z + h * v, y) - loss(z - h * v, y)) / (2 * h)
+        assert fd == pytest.approx(np.vdot(grad, v), rel=1e-7, abs=1e-10)
+
+
+def test_square_loss_is_half_mean_squared_distance_to_one_hot_targets():
+    rng = np.random.default_rng(2)
+    f, y = rng.standard_normal((5, 3)), np.array([0, 2, 1, 1, 0])
+    Y = np.eye(3)[y]
+    value, grad = SquareLoss(scale=0.5).value_and_grad(f, y)
+    assert value == pytest.approx(0.5 * 0.5 * np.sum((f - Y) ** 2) / 5, rel=1e-14)
+    np.testing.assert_allclose(grad, 0.5 * (f - Y) / 5, rtol=1e-15)
+    targets = rng.standard_normal((5, 3))
+    assert SquareLoss()(f, targets) == pytest.approx(0.5 * np.sum((f - targets) ** 2) / 5, rel=1e-14)
+
+
+def test_losses_reject_labels_out_of_range_naming_y():
+    z = np.zeros((3, 4))
+    for loss in (CrossEntropy(), SquareLoss()):
+        with pytest.raises(ValueError, match="y holds the label 4, out of range for 4 classes"):
+            loss.value_and_grad(z, np.array([0, 1, 4]))
+        with pytest.raises(ValueError, match="y holds the label -1"):
+            loss.value_and_grad(z, np.array([0, -1, 2]))
+    with pytest.raises(ValueError, match="y has 2 labels but there are 3 samples"):
+        CrossEntropy()(z, np.array([0, 1]))
+    with pytest.raises(ValueError, match="integer class labels"):
+        CrossEntropy()(z, np.array([0.5, 1.0, 2.0]))
+
+
+# --------------------------------------------------------------------------- optimisers
+def test_sgd_with_momentum_and_weight_decay_matches_hand_computed_steps():
+    theta = np.array([1.0, -2.0])
+    opt = SGD({"theta": theta}, lr=0.1, momentum=0.9, weight_decay=0.01)
+    grads = [np.array([0.5, 0.25]), np.array([-1.0, 2.0]), np.array([0.0, 1.0])]
+    # by hand, coordinate by coordinate: g = grad + wd theta, v = 0.9 v + g, theta -= 0.1 v
+    t, v = [1.0, -2.0], [0.0, 0.0]
+    for g in grads:
+        opt.step({"theta": g})
+        for i in range(2):
+            gi = g[i] + 0.01 * t[i]
+            v[i] = 0.9 * v[i] + gi
+            t[i] = t[i] - 0.1 * v[i]
+        np.testing.assert_allclose(theta, t, rtol=1e-15)
+    assert opt.t == 3
+
+
+def test_sgd_nesterov_matches_hand_computed_steps():
+    theta = np.array([2.0])
+    opt = SGD({"theta": theta}, lr=0.5, momentum=0.5, nesterov=True)
+    opt.step({"theta": np.array([1.0])})  # v = 1, d = 1 + 0.5 * 1 = 1.5, theta = 2 - 0.75
+    opt.step({"theta": np.array([2.0])})  # v = 0.5 + 2 = 2.5, d = 2 + 1.25 = 3.25, theta = 1.25 - 1.625
+    assert theta[0] == pytest.approx(1.25 - 1.625, rel=1e-15)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_matches_hand_computed_steps(decoupled):
+    theta = np.array([0.5, -1.5])
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-8, 0.1
+    opt = Adam({"theta": theta}, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=decoupled)
+    t, m, v = [0.5, -1.5], [0.0, 0.0], [0.0, 0.0]
+    for k, g in enumerate([np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-3.0, 0.1])], start=1):
+        opt.step({"theta": g})
+        for i in range(2):
+            gi = g[i]
+            if decoupled:
+                t[i] *= 1 - lr * wd
+            else:
+                gi += wd * t[i]
+            m[i] = b1 * m[i] + (1 - b1) * gi
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi
+            t[i] -= lr * (m[i] / (1 - b1 ** k)) / (math.sqrt(v[i] / (1 - b2 ** k)) + eps)
+        np.testing.assert_allclose(theta, t, rtol=1e-14)
+
+
+def test_optimizer_state_round_trip_continues_identically():
+    rng = np.random.default_rng(3)
+    grads = [{"w": rng.standard_normal(4)} for _ in range(6)]
+    a, b = np.ones(4), np.ones(4)
+    opt_a = Adam({"w": a}, lr=0.1)
+    for g in grads:
+        opt_a.step(g)
+    opt_b = Adam({"w": b}, lr=0.1)
+    for g in grads[:3]:
+        opt_b.step(g)
+    saved, theta = opt_b.state_dict(), b.copy()
+    c = theta.copy()
+    opt_c = Adam({"w": c}, lr=0.1)
+    opt_c.load_state_dict(saved)
+    for g in grads[3:]:
+        opt_c.step(g)
+    np.testing.assert_array_equal(c, a)
+
+
+def test_schedules_take_their_defining_values():
+    assert Constant(0.3)(1000) == 0.3
+    step = StepDecay(1.0, step_size=10, gamma=0.5)
+    assert [step(t) for t in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    cos = Cosine(1.0, total_steps=110, lr_min=0.1, warmup=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
+    theta = np.zeros(1)
+    opt = SGD({"theta": theta}, lr=step)
+    for _ in range(11):
+        opt.step({"theta": np.ones(1)})
+    assert theta[0] == pytest.approx(-(10 * 1.0 + 0.5)) and opt.lr == 0.5
+
+
+def test_optimizers_reject_bad_hyperparameters():
+    p = {"w": np.zeros(2)}
+    with pytest.raises(ValueError, match="momentum must be in"):
+        SGD(p, lr=0.1, momentum=1.0)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        SGD(p, lr=-1.0)
+    with pytest.raises(ValueError, match="betas must lie in"):
+        Adam(p, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="grads has no gradient for the parameters w"):
+        SGD(p, lr=0.1).step({})

@@ -1,0 +1,117 @@
+"""Models: centred initialisation, the output scale alpha, the tangent kernel, the linearised model, input checks."""
+
+import numpy as np
+import pytest
+
+from gradcheck import Probe
+from shallow.cnn import Model, build_model, linearize, resnet_small, vgg_small
+
+
+@pytest.mark.parametrize("centering", ["frozen", "antisymmetric"])
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_centred_model_vanishes_at_initialisation(arch, centering):
+    # Chizat, Oyallon & Bach 2019, Sec. 2: f(x; theta_0) = 0, in train mode (batch statistics,
+    # dropout masks) and in eval mode.
+    kwargs = {"dropout": 0.3} if arch == "vgg" else {}
+    model = build_model(arch, (8, 8, 1), 10, width=4, rng=0, alpha=100.0, centering=centering, **kwargs)
+    x = np.random.default_rng(1).standard_normal((6, 8, 8, 1))
+    np.testing.assert_array_equal(model.forward(x), 0.0)
+    np.testing.assert_array_equal(model.eval().forward(x), 0.0)
+
+
+def test_output_scale_alpha_multiplies_the_network():
+    net = vgg_small((8, 8), 5, width=3, rng=2)
+    x = np.random.default_rng(3).standard_normal((4, 8, 8, 1))
+    base = Model(net, (8, 8), 5).eval().forward(x)
+    np.testing.assert_allclose(Model(net, (8, 8), 5, alpha=7.5).eval().forward(x), 7.5 * base, rtol=1e-14)
+
+
+def _jacobian_rows(model, x):
+    """Gradients of every output f_k(x_n) with respect to all trained parameters, as rows."""
+    y = model.forward(x)
+    rows = []
+    for n in range(y.shape[0]):
+        for k in range(y.shape[1]):
+            e = np.zeros_like(y)
+            e[n, k] = 1.0
+            model.forward(x)
+            model.backward(e)
+            rows.append(np.concatenate([g.ravel() for g in model.named_gradients().values()]))
+    return np.array(rows)
+
+
+def test_antisymmetric_centring_keeps_the_tangent_kernel_of_the_network():
+    # f = (h(theta_1) - h(theta_2)) / sqrt(2) at theta_1 = theta_2: J = [J_h, -J_h] / sqrt(2),
+    # so J J^T = J_h J_h^T (eval mode: one sample's output depends on that sample only).
+    x = np.random.default_rng(4).standard_normal((3, 8, 8, 1))
+    plain = build_model("resnet", (8, 8), 3, width=3, rng=5).eval()
+    centred = build_model("resnet", (8, 8), 3, width=3, rng=5, centering="antisymmetric").eval()
+    Jh, Jf = _jacobian_rows(plain, x), _jacobian_rows(centred, x)
+    assert Jf.shape[1] == 2 * Jh.shape[1]
+    np.testing.assert_allclose(Jf @ Jf.T, Jh @ Jh.T, rtol=1e-12, atol=1e-12 * np.abs(Jh @ Jh.T).max())
+
+
+def test_linearized_model_equals_the_model_at_initialisation():
+    model = build_model("vgg", (8, 8), 4, width=4, rng=6, centering="frozen", alpha=3.0)
+    lin = linearize(model)
+    x = np.random.default_rng(7).standard_normal((5, 8, 8, 1))
+    np.testing.assert_array_equal(lin.forward(x), model.forward(x))
+    assert set(lin.named_parameters()) == set(model.named_parameters())
+
+
+def test_linearization_error_is_second_order_in_the_parameter_step():
+    # f(theta_0 + h v) - f_lin(theta_0 + h v) = (h^2 / 2) v^T f'' v + O(h^3): slope 2 in h
+    rng = np.random.default_rng(8)
+    model = build_model("resnet", (8, 8), 3, width=3, rng=9, activation="tanh")
+    lin = linearize(model)
+    x = rng.standard_normal((4, 8, 8, 1))
+    v = {k: rng.standard_normal(p.shape) for k, p in model.named_parameters().items()}
+    hs = 1e-2 / 2.0 ** np.arange(5)
+    errors = []
+    for h in hs:
+        f = Probe(model, x, rng).value(h, None, v)
+        for k, p in lin.named_parameters().items():
+            p[...] = model.named_parameters()[k] + h * v[k]
+        errors.append(np.abs(f - lin.forward(x)).max())
+    slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
+    assert abs(slope - 2) < 0.1
+
+
+def test_linearized_model_jvp_is_its_parameter_derivative():
+    # f_lin is linear in theta: J_lin v = f_lin(theta + v) - f_lin(theta) exactly (up to rounding)
+    rng = np.random.default_rng(10)
+    lin = linearize(build_model("vgg", (8, 8), 3, width=2, rng=11))
+    x = rng.standard_normal((3, 8, 8, 1))
+    v = {k: rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()}
+    f0, tf = lin.jvp(x, None, v)
+    for k, p in lin.named_parameters().items():
+        p += v[k]
+    np.testing.assert_allclose(lin.forward(x) - f0, tf, rtol=0, atol=1e-12 * np.abs(tf).max())
+
+
+def test_28x28_models_map_images_to_class_scores():
+    x = np.zeros((2, 28, 28, 1), dtype=np.float32)
+    for arch in ("vgg", "resnet"):
+        model = build_model(arch, (28, 28, 1), 10, width=4, rng=0, dtype=np.float32)
+        y = model.forward(x)
+        assert y.shape == (2, 10) and y.dtype == np.float32
+    assert sum(type(layer).__name__ == "MaxPool2d" for layer in vgg_small((28, 28), 10, width=2).layers) == 3
+    assert resnet_small((28, 28), 10, width=2, blocks=2).num_parameters() > 0
+
+
+def test_model_rejects_wrong_images_naming_x():
+    model = build_model("vgg", (8, 8, 1), 10, width=2, rng=0)
+    with pytest.raises(ValueError, match=r"x has images of shape \(9, 9, 1\) but the model expects"):
+        model.forward(np.zeros((2, 9, 9, 1)))
+    with pytest.raises(ValueError, match="x has 3 channels but the model expects C=1"):
+        model.forward(np.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match="NCHW"):
+        build_model("vgg", (8, 8, 3), 10, width=2).forward(np.zeros((2, 3, 8, 8)))
+    bad = np.zeros((2, 8, 8, 1))
+    bad[0, 1, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):
+        model.forward(bad)
+    with pytest.raises(ValueError, match="centering must be one of"):
+        Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, centering="mirror")
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+        Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, alpha=0.0)

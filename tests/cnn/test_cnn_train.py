@@ -1,0 +1,143 @@
+"""The training loop: accuracy on digits, exact resume from checkpoints, divergence guard, input checks."""
+
+import numpy as np
+import pytest
+
+from shallow.cnn import (SGD, Adam, Augment, Cosine, SquareLoss, TrainingDivergedError, build_model, evaluate,
+                         fit, linearize, load_checkpoint, load_digits, predict, save_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(dtype=np.float32)
+
+
+def test_small_cnn_reaches_98_percent_test_accuracy_on_digits(digits):
+    # The issue's acceptance test: a small VGG (widths 24, 48; batch norm; He initialisation),
+    # SGD with momentum and a cosine schedule, shifts of one pixel as augmentation; stratified 25%
+    # test split (450 images), fixed seeds. About 7 s on one core. Seeds 0-3 give 98.4-99.6%
+    # (seed 0: 98.9%, 5 errors).
+    model = build_model("vgg", digits.in_shape, 10, width=24, rng=0, dtype=np.float32)
+    epochs, batch = 30, 32
+    steps = epochs * -(-len(digits.y_train) // batch)
+    opt = SGD(model.named_parameters(), lr=Cosine(0.05, steps), momentum=0.9, weight_decay=1e-3)
+    history = fit(model, digits.X_train, digits.y_train, X_test=digits.X_test, y_test=digits.y_test,
+                  optimizer=opt, epochs=epochs, batch_size=batch, rng=0,
+                  augment=Augment(shift=1, fill=digits.background))
+    assert history.test_accuracy[-1] >= 0.98
+    assert history.loss[-1] < history.loss[0]
+    assert evaluate(model, digits.X_test, digits.y_test)[1] == history.test_accuracy[-1]
+
+
+def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz"):
+    """A small model with everything that carries state: batch norm, dropout, momentum, augmentation."""
+    model = build_model("vgg", digits.in_shape, 10, width=3, rng=1, dropout=0.2, centering="frozen", alpha=2.0)
+    opt = SGD(model.named_parameters(), lr=Cosine(0.05, 20), momentum=0.9, weight_decay=1e-4)
+    X, y = digits.X_train[:96].astype(np.float64), digits.y_train[:96]
+    history = fit(model, X, y, X_test=digits.X_test[:40].astype(np.float64), y_test=digits.y_test[:40],
+                  optimizer=opt, epochs=epochs, batch_size=16, rng=2, augment=Augment(shift=1, rotation=5.0),
+                  checkpoint=tmp_path / checkpoint, resume=resume)
+    return model, opt, history
+
+
+def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path):
+    straight, opt_s, hist_s = _tiny_run(digits, tmp_path, 3, False, "straight.npz")
+    _tiny_run(digits, tmp_path, 2, False)  # interrupted after two epochs ...
+    resumed, opt_r, hist_r = _tiny_run(digits, tmp_path, 3, True)  # ... and resumed in a new model
+    for name, p in straight.named_parameters().items():
+        np.testing.assert_array_equal(resumed.named_parameters()[name], p)
+    for name, b in straight.named_buffers().items():
+        np.testing.assert_array_equal(resumed.named_buffers()[name], b)
+    assert opt_r.t == opt_s.t
+    for field in ("epoch", "loss", "accuracy", "test_loss", "test_accuracy", "lr"):
+        assert getattr(hist_r, field) == getattr(hist_s, field)
+
+
+def test_checkpoint_rejects_another_architecture(digits, tmp_path):
+    model = build_model("vgg", (8, 8), 10, width=3, rng=0)
+    path = save_checkpoint(tmp_path / "a.npz", model, SGD(model.named_parameters(), lr=0.1), epoch=1)
+    other = build_model("vgg", (8, 8), 10, width=4, rng=0)
+    with pytest.raises(ValueError, match="has shape"):
+        load_checkpoint(path, other)
+    assert load_checkpoint(path, model)["epoch"] == 1
+
+
+def test_nan_loss_stops_training_with_a_clear_message(digits):
+    # lr = 1e30 in float32: the first step sends the weights to ~1e30, the next forward pass
+    # overflows to inf and the logits to NaN (the stable log-softmax keeps finite logits finite).
+    def run(**kwargs):
+        model = build_model("vgg", digits.in_shape, 10, width=3, rng=0, batch_norm=False, dtype=np.float32)
+        opt = SGD(model.named_parameters(), lr=1e30)
+        return model, fit(model, digits.X_train[:64], digits.y_train[:64], optimizer=opt, epochs=2, batch_size=16,
+                          rng=0, **kwargs)
+
+    with pytest.raises(TrainingDivergedError, match=r"training loss is (nan|inf) at epoch 1, batch 2 .* diverged"):
+        run()
+    model, history = run(on_divergence="stop")
+    assert history.diverged and "Lower the learning rate" in history.message and history.epoch == []
+    assert all(np.isfinite(p).all() for p in model.named_parameters().values())
+
+
+def test_fit_rejects_bad_inputs_naming_the_argument(digits):
+    model = build_model("vgg", digits.in_shape, 10, width=2, rng=0)
+    X, y = digits.X_train[:8], digits.y_train[:8]
+    with pytest.raises(ValueError, match=r"X has images of shape \(28, 28, 1\)"):
+        fit(model, np.zeros((8, 28, 28, 1)), y, epochs=1)
+    with pytest.raises(ValueError, match="X has 3 channels"):
+        fit(model, np.zeros((8, 8, 8, 3)), y, epochs=1)
+    bad = X.copy()
+    bad[2, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        fit(model, bad, y, epochs=1)
+    with pytest.raises(ValueError, match="y holds the label 10, out of range for 10 classes"):
+        fit(model, X, np.full(8, 10), epochs=1)
+    with pytest.raises(ValueError, match="y has 7 labels but there are 8 samples"):
+        fit(model, X, y[:7], epochs=1)
+    with pytest.raises(ValueError, match="X_test has 2 channels"):
+        fit(model, X, y, X_test=np.zeros((3, 8, 8, 2)), y_test=np.zeros(3, dtype=int), epochs=1)
+    with pytest.raises(ValueError, match="y_test holds the label -1"):
+        fit(model, X, y, X_test=X, y_test=np.full(8, -1), epochs=1)
+
+
+def test_linearized_model_trains_with_the_same_loop(digits):
+    # the lazy objective (1/alpha^2) L(alpha f_lin) with the square loss decreases
+    model = build_model("vgg", digits.in_shape, 10, width=3, rng=0, centering="frozen", alpha=10.0)
+    lin = linearize(model)
+    X, y = digits.X_train[:128].astype(np.float64), digits.y_train[:128]
+    history = fit(lin, X, y, loss=SquareLoss(scale=1e-2), optimizer=Adam(lin.named_parameters(), lr=1e-3),
+                  epochs=3, batch_size=32, rng=0)
+    assert history.loss[-1] < history.loss[0]
+    theta0 = model.named_parameters()
+    for name, p in lin.base.named_parameters().items():  # the reference does not move
+        np.testing.assert_array_equal(p, theta0[name])
+
+
+def test_predict_and_evaluate_leave_the_model_in_its_mode(digits):
+    model = build_model("resnet", digits.in_shape, 10, width=2, rng=0)
+    out = predict(model, digits.X_test[:10], batch_size=4)
+    assert out.shape == (10, 10) and model.training
+    loss, acc = evaluate(model.eval(), digits.X_test[:10], digits.y_test[:10])
+    assert np.isfinite(loss) and 0 <= acc <= 1 and not model.training
+
+
+def test_callback_can_stop_training_and_the_progress_bar_runs(digits):
+    model = build_model("vgg", digits.in_shape, 10, width=2, rng=0)
+    calls = []
+
+    def callback(history, m):
+        calls.append(history.epoch[-1])
+        return len(history.epoch) == 2
+
+    history = fit(model, digits.X_train[:32], digits.y_train[:32], epochs=5, batch_size=16, rng=0,
+                  callback=callback, progress=True)
+    assert calls == [1, 2] and history.epoch == [1, 2] and "callback" in history.message
+
+
+def test_relative_change_is_the_relative_euclidean_distance_to_the_snapshot():
+    from shallow.cnn import relative_change, snapshot
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0)
+    theta0 = snapshot(model)
+    assert relative_change(model, theta0) == 0.0
+    for p in model.named_parameters().values():
+        p *= 1.5  # theta - theta_0 = 0.5 theta_0
+    assert relative_change(model, theta0) == pytest.approx(0.5, rel=1e-12)
