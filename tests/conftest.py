@@ -1,5 +1,7 @@
 """Shared fixtures: the array backends, and the `gpu` marker's skip."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -22,3 +24,24 @@ def xp(request):
         return np
     import cupy
     return cupy
+
+
+@pytest.fixture
+def run_quick():
+    """run_quick(name, out) runs a study's --quick mode under ``out`` and checks its figure and sidecar.
+
+    Returns (module, result). The test then checks the study's claim on ``result``.
+    """
+    from shallow import cli, study
+
+    def run(name, out):
+        module = cli.load_study(name)
+        cfg = study.quick_config(module)
+        result = study.run(module, cfg, quick=True, out=out)
+        sidecar = json.loads((out / "figures" / f"{name}_quick.json").read_text())
+        assert (out / "figures" / f"{name}_quick.png").stat().st_size > 10_000
+        assert sidecar["study"] == name
+        assert sidecar["config"] == json.loads(json.dumps(study.dataclasses.asdict(cfg)))
+        return module, result
+
+    return run

@@ -1,23 +1,11 @@
 """Every study's quick mode runs, writes its figure and sidecar, and its claim holds numerically."""
 
-import json
-
-import pytest
-
-from shallow import cli, study
 
 
-def run_quick(name, tmp_path):
-    module = cli.load_study(name)
-    result = study.run(module, study.quick_config(module), quick=True, out=tmp_path)
-    sidecar = json.loads((tmp_path / "figures" / f"{name}_quick.json").read_text())
-    assert (tmp_path / "figures" / f"{name}_quick.png").stat().st_size > 10_000
-    config = json.loads(json.dumps(study.dataclasses.asdict(study.quick_config(module))))
-    assert sidecar["study"] == name and sidecar["config"] == config
-    return module, result
+from shallow import study
 
 
-def test_funk_hecke_spectra_relu_power_decays_like_k_to_minus_d_half_minus_alpha(tmp_path):
+def test_funk_hecke_spectra_relu_power_decays_like_k_to_minus_d_half_minus_alpha(tmp_path, run_quick):
     module, result = run_quick("funk_hecke_spectra", tmp_path)
     cfg = study.quick_config(module)
     for d in cfg.dims:
@@ -31,7 +19,7 @@ def test_funk_hecke_spectra_relu_power_decays_like_k_to_minus_d_half_minus_alpha
             assert result[f"even_over_odd_d{d}_{name}"] < 1e-12
 
 
-def test_kernel_spectra_relu_nngp_decays_like_k_to_minus_d_plus_2_and_ntk_like_k_to_minus_d(tmp_path):
+def test_kernel_spectra_relu_nngp_decays_like_k_to_minus_d_plus_2_and_ntk_like_k_to_minus_d(tmp_path, run_quick):
     module, result = run_quick("kernel_spectra", tmp_path)
     for d in study.quick_config(module).dims:
         assert abs(result[f"slope_nngp_d{d}"] + d + 2) < 0.1

@@ -1,24 +1,13 @@
 """Quick modes of the approximation studies (Barron/Maurey, depth separation): the claims hold numerically."""
 
-import json
 import math
 
 import numpy as np
 
-from shallow import cli, study
+from shallow import study
 
 
-def run_quick(name, tmp_path):
-    module = cli.load_study(name)
-    result = study.run(module, study.quick_config(module), quick=True, out=tmp_path)
-    sidecar = json.loads((tmp_path / "figures" / f"{name}_quick.json").read_text())
-    assert (tmp_path / "figures" / f"{name}_quick.png").stat().st_size > 10_000
-    config = json.loads(json.dumps(study.dataclasses.asdict(study.quick_config(module))))
-    assert sidecar["study"] == name and sidecar["config"] == config
-    return module, result
-
-
-def test_barron_maurey_error_decays_like_m_to_minus_half_below_barrons_bound_and_training_beats_sampling(tmp_path):
+def test_barron_maurey_error_decays_like_m_to_minus_half_below_barrons_bound_and_training_beats_sampling(tmp_path, run_quick):
     module, result = run_quick("barron_maurey", tmp_path)
     cfg = study.quick_config(module)
     widths = np.asarray(cfg.maurey_widths)
@@ -42,7 +31,7 @@ def test_barron_maurey_error_decays_like_m_to_minus_half_below_barrons_bound_and
     assert math.isclose(result["C_f_ridge"], cfg.ridge_norm * math.sqrt(2 / math.pi), rel_tol=1e-12)
 
 
-def test_depth_separation_sawtooth_shallow_error_above_telgarsky_bound_until_width_2_to_k_deep_net_exact(tmp_path):
+def test_depth_separation_sawtooth_shallow_error_above_telgarsky_bound_until_width_2_to_k_deep_net_exact(tmp_path, run_quick):
     module, result = run_quick("depth_separation_sawtooth", tmp_path)
     cfg = study.quick_config(module)
     widths = result["widths"]
@@ -72,7 +61,7 @@ def test_depth_separation_sawtooth_shallow_error_above_telgarsky_bound_until_wid
 
 
 def test_depth_separation_radial_three_layer_far_below_two_layer_at_its_width_and_two_layer_error_grows_with_d(
-        tmp_path):
+        tmp_path, run_quick):
     module, result = run_quick("depth_separation_radial", tmp_path)
     cfg = study.quick_config(module)
     for target in cfg.targets:

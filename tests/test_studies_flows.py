@@ -1,23 +1,12 @@
 """The particle-flow studies' quick modes run, write their figures, and their claims hold numerically."""
 
-import json
 
 import numpy as np
 
-from shallow import cli, study
+from shallow import study
 
 
-def run_quick(name, tmp_path):
-    module = cli.load_study(name)
-    result = study.run(module, study.quick_config(module), quick=True, out=tmp_path)
-    sidecar = json.loads((tmp_path / "figures" / f"{name}_quick.json").read_text())
-    assert (tmp_path / "figures" / f"{name}_quick.png").stat().st_size > 10_000
-    config = json.loads(json.dumps(study.dataclasses.asdict(study.quick_config(module))))
-    assert sidecar["study"] == name and sidecar["config"] == config
-    return module, result
-
-
-def test_global_convergence_wide_students_reach_zero_excess_risk_where_m5_stalls(tmp_path):
+def test_global_convergence_wide_students_reach_zero_excess_risk_where_m5_stalls(tmp_path, run_quick):
     # Chizat & Bach 2018 (arXiv:1805.09545), Thm 3.3 and Fig. 3: from a small spread-out initialisation
     # the wide networks' excess risk goes to 0, while the exactly parametrised width m = 5 may stall.
     module, result = run_quick("global_convergence", tmp_path)
@@ -41,7 +30,7 @@ def test_global_convergence_wide_students_reach_zero_excess_risk_where_m5_stalls
         assert np.all(np.diff(curve) <= 1e-13)
 
 
-def test_particle_paths_2d_particles_concentrate_on_the_teacher_neurons(tmp_path):
+def test_particle_paths_2d_particles_concentrate_on_the_teacher_neurons(tmp_path, run_quick):
     # Chizat & Bach 2018, Sec. 4 and Fig. 2: in d = 2 the particles, started near 0, gather on the
     # teacher's directions and the network's measure on the circle converges to the teacher's.
     _, result = run_quick("particle_paths_2d", tmp_path)
@@ -63,7 +52,7 @@ def test_particle_paths_2d_particles_concentrate_on_the_teacher_neurons(tmp_path
     assert np.allclose(start, 0.05**2, rtol=1e-12)
 
 
-def test_mean_field_limit_risk_and_particles_approach_the_limit_like_m_to_minus_half(tmp_path):
+def test_mean_field_limit_risk_and_particles_approach_the_limit_like_m_to_minus_half(tmp_path, run_quick):
     # Mei, Montanari & Nguyen 2018 (arXiv:1804.06561), Thm 3: the width-m flow from i.i.d. particles stays
     # within O(m^{-1/2}) of the mean-field limit over a bounded time interval.
     _, result = run_quick("mean_field_limit", tmp_path)

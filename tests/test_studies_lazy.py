@@ -3,24 +3,13 @@
 Tolerances are stated with their reasons; each holds at the studies' fixed seeds (seed = 0).
 """
 
-import json
 
 import numpy as np
 
 from shallow import cli, study
 
 
-def run_quick(name, tmp_path):
-    module = cli.load_study(name)
-    result = study.run(module, study.quick_config(module), quick=True, out=tmp_path)
-    sidecar = json.loads((tmp_path / "figures" / f"{name}_quick.json").read_text())
-    assert (tmp_path / "figures" / f"{name}_quick.png").stat().st_size > 10_000
-    config = json.loads(json.dumps(study.dataclasses.asdict(study.quick_config(module))))
-    assert sidecar["study"] == name and sidecar["config"] == config
-    return module, result
-
-
-def test_lazy_vs_meanfield_lazy_test_loss_order_of_magnitude_worse_and_weight_change_like_tau_to_minus_2(tmp_path):
+def test_lazy_vs_meanfield_lazy_test_loss_order_of_magnitude_worse_and_weight_change_like_tau_to_minus_2(tmp_path, run_quick):
     # Chizat, Oyallon & Bach 2019, Fig. 2.
     module, result = run_quick("lazy_vs_meanfield", tmp_path)
     # "an order of magnitude": at least 10x, end of training and best along training (measured ~45-48x).
@@ -66,7 +55,7 @@ def test_lazy_vs_meanfield_alpha_form_equivalence_independent_gradient_descent()
     assert np.allclose(traj.a, b1, rtol=1e-10, atol=1e-13) and np.allclose(traj.W, A1, rtol=1e-10, atol=1e-13)
 
 
-def test_ntk_convergence_empirical_ntk_error_falls_like_m_to_minus_half(tmp_path):
+def test_ntk_convergence_empirical_ntk_error_falls_like_m_to_minus_half(tmp_path, run_quick):
     # Jacot, Gabriel & Hongler 2018, Theorem 1, at the Monte Carlo rate.
     module, result = run_quick("ntk_convergence", tmp_path)
     for d in study.quick_config(module).dims:
@@ -78,7 +67,7 @@ def test_ntk_convergence_empirical_ntk_error_falls_like_m_to_minus_half(tmp_path
         assert np.all((ratio > 0.6) & (ratio < 1.5)), (d, ratio)
 
 
-def test_laziness_exponent_weight_change_falls_like_m_to_beta_minus_one(tmp_path):
+def test_laziness_exponent_weight_change_falls_like_m_to_beta_minus_one(tmp_path, run_quick):
     # Chizat, Oyallon & Bach 2019, Sec. 2: kappa ~ 1/(gamma m) = m^(beta - 1).
     module, result = run_quick("laziness_exponent", tmp_path)
     # Fitted exponents within 0.1 of beta - 1 (measured within 0.02).
@@ -92,7 +81,7 @@ def test_laziness_exponent_weight_change_falls_like_m_to_beta_minus_one(tmp_path
     assert result["max_final_risk"] < 0.25 * result["initial_risk"]
 
 
-def test_width_scaling_ntk_weights_move_like_m_to_minus_half_kernel_faster_mean_field_order_one(tmp_path):
+def test_width_scaling_ntk_weights_move_like_m_to_minus_half_kernel_faster_mean_field_order_one(tmp_path, run_quick):
     # Jacot et al. 2018, Theorem 2; Chizat, Oyallon & Bach 2019, Sec. 2.
     module, result = run_quick("width_scaling", tmp_path)
     # NTK scale: relative weight change ~ m^{-1/2}, fitted slope within 0.1 (measured -0.52).
@@ -114,7 +103,7 @@ def test_width_scaling_ntk_weights_move_like_m_to_minus_half_kernel_faster_mean_
     assert result["weight_change_meanfield"].mean(axis=1).min() > 0.2
 
 
-def test_lazy_paths_2d_lazy_particles_barely_move_mean_field_particles_travel(tmp_path):
+def test_lazy_paths_2d_lazy_particles_barely_move_mean_field_particles_travel(tmp_path, run_quick):
     # Chizat, Oyallon & Bach 2019, Sec. 2: particles move by O(1/alpha) in the lazy regime.
     module, result = run_quick("lazy_paths_2d", tmp_path)
     alpha = study.quick_config(module).alpha
