@@ -1,0 +1,113 @@
+"""Quick modes of the approximation studies (Bach 2017: F1 vs F2, harmonic and sparse approximation).
+
+Each test runs a study's quick configuration in tmp_path, checks that it writes its figure and
+sidecar, and checks the study's claim numerically, at the fixed seed of the quick configuration,
+with the tolerances stated next to each assertion.
+"""
+
+import itertools
+import json
+import math
+
+import numpy as np
+
+from shallow import cli, study
+from shallow.harmonics import num_harmonics
+
+
+def run_quick(name, tmp_path):
+    module = cli.load_study(name)
+    result = study.run(module, study.quick_config(module), quick=True, out=tmp_path)
+    sidecar = json.loads((tmp_path / "figures" / f"{name}_quick.json").read_text())
+    assert (tmp_path / "figures" / f"{name}_quick.png").stat().st_size > 10_000
+    config = json.loads(json.dumps(study.dataclasses.asdict(study.quick_config(module))))
+    assert sidecar["study"] == name and sidecar["config"] == config
+    return module, result
+
+
+def test_harmonic_approximation_relu_truncation_error_decays_like_K_to_minus_one_minus_two_alpha(tmp_path):
+    module, result = run_quick("harmonic_approximation", tmp_path)
+    cfg = study.quick_config(module)
+    for d in cfg.dims:
+        # sum_{k>K} mu_k^2 N(d, k) ~ K^-3 for relu (Funk-Hecke + Bach 2017, App. D.2): the fitted slope
+        # over the even K in [kmax/4, kmax] is within 0.1 of -3 (the O(d^2/K) correction is 0.03 at d = 20).
+        assert abs(result[f"slope_relu1_d{d}"] + 3) < 0.1, d
+        # The series sums to ||relu(<w, .>)||^2 = E[t_+^2] in closed form (float64 summation error).
+        assert abs(result[f"closure_relu1_d{d}"]) < 1e-12, d
+    for alpha in cfg.alphas:
+        key = f"relu{alpha:g}_d{cfg.alpha_d}"
+        assert abs(result[f"slope_{key}"] + 1 + 2 * alpha) < 0.1, key  # K^-(1 + 2 alpha)
+        # the step's tail beyond 16 kmax is a power-law estimate, good to about 1e-4 of itself, i.e. 1e-8 of ||f||^2
+        assert abs(result[f"closure_{key}"]) < (1e-8 if alpha == 0 else 1e-12), key
+    # Smooth g(t) = 1/(c - t): geometric decay with ratio rho^-2 (Bernstein ellipse); in d = 3 and 5 the
+    # fitted log-slope is within 0.02 of -2 log rho, and never slower than that in higher d (within 0.02).
+    predicted = result["predicted_slope_smooth"]
+    for d in cfg.dims:
+        slope = result[f"slope_smooth_d{d}"]
+        assert slope < predicted + 0.02, d
+        if d <= 5:
+            assert abs(slope - predicted) < 0.02, d
+    for d in cfg.check_dims:
+        # Independent checks of the exact series, with a generic w and the full basis Y_{k,j}: the
+        # product quadrature is exact for these piecewise polynomials (agreement to 1e-10 relative),
+        # the Monte Carlo estimate is within 4 standard errors at every K (max of ~20 correlated z's).
+        assert result[f"check_quad_relative_error_d{d}"] < 1e-10, d
+        assert result[f"check_mc_max_zscore_d{d}"] < 4.0, d
+
+
+def test_sparse_approximation_rate_beats_maurey_with_the_exponent_of_bach_translated_to_our_d(tmp_path):
+    module, result = run_quick("sparse_approximation_rate", tmp_path)
+    cfg = study.quick_config(module)
+    for d in cfg.dims:
+        theory = (d + 2) / (2 * (d - 1))
+        exponent = result[f"exponent_sliding_d{d}"]
+        # Bach 2017 (zonotope approximation), eps ~ k^-(d_B+3)/(2 d_B) with d_B = d - 1: the L2 error of
+        # sliding Frank-Wolfe, fitted over k in [8, 32] (quick), is within 0.25 of (d+2)/(2(d-1))
+        # (measured at seeds 0, 1, 2: 2.01, 2.01, 1.91 for 2; 1.18, 1.12, 1.24 for 1.25; 0.91, 1.04, 1.01
+        # for 1: a local optimiser over a short range of k estimates the best k-term exponent from
+        # below, hence the tolerance) ...
+        assert abs(exponent - theory) < 0.25, (d, exponent, theory)
+        # ... and clearly faster than Maurey's k^-1/2, whose sampled estimate (128 draws per k) is within
+        # 0.1 of 1/2 (measured 0.47 - 0.54 at seeds 0-2).
+        assert exponent > 0.5 + 0.3, d
+        assert abs(result[f"exponent_maurey_d{d}"] - 0.5) < 0.1, d
+        # every sparse approximation beats Maurey's at the largest k by a factor 5 at least
+        assert result[f"sliding_d{d}"][-1] < result[f"maurey_d{d}"][-1] / 5, d
+        # the closed-form Funk-Hecke series of g = rho * p agrees with a Monte Carlo integral (20 points,
+        # 5e4 atoms) within 4.5 standard errors
+        assert result[f"target_mc_zscore_d{d}"] < 4.5, d
+    # The convention decides on the circle: the measured exponent is near Bach's 2 (our d = 2, his d = 1),
+    # not near 1.25, which the seed's formula (d+3)/(2d) would give if read with our d.
+    e2 = result["exponent_sliding_d2"]
+    assert abs(e2 - 2.0) < abs(e2 - 1.25)
+
+
+def test_f1_vs_f2_kernel_error_degrades_with_d_while_the_trained_network_does_not(tmp_path):
+    module, result = run_quick("f1_vs_f2", tmp_path)
+    cfg = study.quick_config(module)
+    dims = sorted(cfg.dims)
+    for t in cfg.targets:
+        f2_last = [result[f"f2_{t}_d{d}"][-1] for d in dims]
+        f1_last = [result[f"f1_{t}_d{d}"][-1] for d in dims]
+        # F2 (relu kernel ridge regression): at the largest n the relative test error increases with d
+        # (measured 1.5e-3, 3.8e-2, 0.16 for the neuron at n = 1000).
+        assert all(a < b for a, b in itertools.pairwise(f2_last)), (t, f2_last)
+        if t == "neuron":
+            # The curse, quantitatively: where n <= N(d, 4) / 8 a rotation-invariant kernel cannot learn
+            # the degree-4 harmonics, so its error stays near the energy above degree 2 (Funk-Hecke);
+            # at least 0.8 of it (measured 1.3 and 5 times it in d = 20, 50).
+            stuck = [d for d in dims if num_harmonics(d, 4) >= 8 * max(cfg.ns)]
+            assert stuck, "the quick configuration should hold a dimension where n <= N(d, 4) / 8"
+            for d in stuck:
+                e2 = result[f"f2_neuron_d{d}"][-1]
+                assert e2 > 0.8 * result[f"neuron_energy_above_2_d{d}"], (d, e2)
+        # F1 (trained mean-field network): at the largest n its error is small in every d (below 1e-2 of
+        # the variance; measured <= 2.3e-3) and at least 30 times below the kernel's (measured >= 70).
+        for d, e1, e2 in zip(dims, f1_last, f2_last):
+            assert e1 < 1e-2, (t, d, e1)
+            assert e1 < e2 / 30, (t, d, e1, e2)
+        # the gap at the largest n is widest beyond the smallest dimension
+        ratios = [result[f"ratio_{t}_d{d}"] for d in dims]
+        assert max(ratios[1:]) > ratios[0], (t, ratios)
+        assert all(math.isfinite(r) for r in ratios)
+    assert np.all(np.isfinite(result[f"f1_neuron_d{dims[0]}"]))
