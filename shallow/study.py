@@ -130,9 +130,14 @@ def load_npz(path) -> dict:
 
 # ----------------------------------------------------------------------------- configs
 
-def config_hash(name: str, cfg) -> str:
-    """A short stable hash of a study's name, its config and the package version."""
-    payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__},
+def config_hash(name: str, cfg, source: str = "") -> str:
+    """A short stable hash of a study's name, its config, the package version and its source code.
+
+    The source (the study script's text) is part of the key so that editing a study never serves
+    a result computed by its previous version.
+    """
+    payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__,
+                          "source": hashlib.sha256(source.encode()).hexdigest()},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -246,7 +251,8 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         _parse_scheduler(scheduler)  # an unknown scheduler fails now, not after the first grid
     name = study_name(module)
     out = Path(out)
-    cache = out / "results" / f"{name}-{config_hash(name, cfg)}.npz"
+    source = Path(module.__file__).read_text() if getattr(module, "__file__", None) else ""
+    cache = out / "results" / f"{name}-{config_hash(name, cfg, source)}.npz"
     if cache.exists() and not force:
         result = load_npz(cache)
     else:

@@ -135,3 +135,17 @@ def test_workers_and_scheduler_reach_the_study_runner(toy, monkeypatch):
     monkeypatch.setattr(study, "run", spy)
     cli.main(["run", "toy", "--quick", "--out", str(toy / "out"), "--workers", "2", "--scheduler", "serial"])
     assert seen["workers"] == 2 and seen["scheduler"] == "serial"
+
+
+def test_editing_a_study_invalidates_its_cached_result(toy):
+    out = str(toy / "out")
+    cli.main(["run", "toy", "--quick", "--out", out])
+    script = toy / "studies" / "toy.py"
+    script.write_text(script.read_text() + "\n# edited\n")
+    import sys
+
+    del sys.modules["shallow_studies.toy"]
+    module = cli.load_study("toy")
+    cli.main(["run", "toy", "--quick", "--out", out])
+    assert len(module.CALLS) == 1  # recomputed by the edited module, not served from the cache
+    assert len(list((toy / "out" / "results").glob("toy-*.npz"))) == 2
