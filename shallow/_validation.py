@@ -16,6 +16,8 @@ __all__ = [
     "check_points",
     "check_on_sphere",
     "sphere_tolerance",
+    "check_positive",
+    "check_float_dtype",
 ]
 
 
@@ -60,6 +62,21 @@ def check_integer(value, name: str, minimum: int | None = 0, maximum: int | None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an integer{bounds}, got {value}")
     return value
+
+
+def check_positive(value, name: str) -> float:
+    """``value`` as a Python float, checking that it is a positive finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """A numpy dtype that must be float32 or float64 (the two the library computes in)."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"{name} must be float32 or float64, got {dtype}")
+    return dtype
 
 
 def check_dimension(d, name: str = "d") -> int:

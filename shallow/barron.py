@@ -57,7 +57,8 @@ import numbers
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_integer, check_points, check_random_state
+from ._validation import (check_array, check_float_dtype, check_integer, check_points, check_positive,
+                          check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import TwoLayer, _resolve_activation
 
@@ -84,12 +85,6 @@ _GRID_CHUNK = 2**16  # frequencies per call of f_hat on the grid
 # Small validators.
 # --------------------------------------------------------------------------------------------
 
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def _finite(value, name):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
@@ -100,13 +95,6 @@ def _check_norm(norm):
     if isinstance(norm, bool) or norm not in _NORMS:
         raise ValueError(f"norm must be 1 (|omega|_1, the seed's C_f) or 2 (|omega|, Barron 1993), got {norm!r}")
     return int(norm)
-
-
-def _check_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
 
 
 def _directions(n, d, rng):
@@ -206,7 +194,7 @@ class Representation:
     def __init__(self, d, mass, activation, sampler, *, constant=0.0, linear=None, radius=None, sup=1.0,
                  bias=True, name=""):
         self.d = check_integer(d, "d", minimum=1)
-        self.mass = _positive(mass, "mass")
+        self.mass = check_positive(mass, "mass")
         self.activation = _resolve_activation(activation)
         if not callable(sampler):
             raise ValueError(f"sampler must be a callable sampler(m, rng) -> (h, W), got {type(sampler).__name__}")
@@ -219,8 +207,8 @@ class Representation:
             if not linear.any():
                 linear = None
         self.linear = linear  # (d,) or None
-        self.radius = None if radius is None else _positive(radius, "radius")
-        self.sup = _positive(sup, "sup")
+        self.radius = None if radius is None else check_positive(radius, "radius")
+        self.sup = check_positive(sup, "sup")
         self.bias = bool(bias)
         self.name = str(name)
 
@@ -342,7 +330,7 @@ def maurey_sample(measure, m, rng=None, *, activation="relu", bias=False, dtype=
 
     m = check_integer(m, "m", minimum=1)
     rng = check_random_state(rng)
-    dtype = _check_dtype(dtype)
+    dtype = check_float_dtype(dtype)
     if isinstance(measure, TwoLayer):
         activation, bias = measure.activation, measure.bias
         device = measure.device if device is None else device
@@ -391,7 +379,7 @@ def maurey_bound(mass, m, sup=1.0) -> float:
     >>> maurey_bound(3.0, 100)
     0.3
     """
-    return _positive(mass, "mass") * _positive(sup, "sup") / math.sqrt(check_integer(m, "m", minimum=1))
+    return check_positive(mass, "mass") * check_positive(sup, "sup") / math.sqrt(check_integer(m, "m", minimum=1))
 
 
 def barron_bound(C_f, radius, m) -> float:
@@ -405,7 +393,7 @@ def barron_bound(C_f, radius, m) -> float:
     >>> barron_bound(1.5, 2.0, 36)
     1.0
     """
-    return 2 * _positive(radius, "radius") * _positive(C_f, "C_f") / math.sqrt(check_integer(m, "m", minimum=1))
+    return 2 * check_positive(radius, "radius") * check_positive(C_f, "C_f") / math.sqrt(check_integer(m, "m", minimum=1))
 
 
 def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):
@@ -421,11 +409,11 @@ def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):
     """
     n = check_integer(n, "n", minimum=0)
     d = check_integer(d, "d", minimum=1)
-    radius = _positive(radius, "radius")
+    radius = check_positive(radius, "radius")
     rng = check_random_state(rng)
     U = _directions(n, d, rng)  # (n, d)
     r = radius * rng.random(n) ** (1.0 / d)  # (n,)
-    return to_device((U * r[:, None]).astype(_check_dtype(dtype), copy=False), device)
+    return to_device((U * r[:, None]).astype(check_float_dtype(dtype), copy=False), device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,7 +479,7 @@ class GaussianTarget:
 
     def __init__(self, d, scale=1.0, amplitude=1.0, center=None):
         self.d = check_integer(d, "d", minimum=1)
-        self.scale = _positive(scale, "scale")
+        self.scale = check_positive(scale, "scale")
         self.amplitude = _finite(amplitude, "amplitude")
         if self.amplitude == 0:
             raise ValueError("amplitude must be nonzero (f = 0 has no representing probability measure)")
@@ -606,7 +594,7 @@ class GaussianTarget:
         sign_A = 1.0 if A > 0 else -1.0
         if kind == "cosine":
             if radius is not None:
-                _positive(radius, "radius")
+                check_positive(radius, "radius")
 
             def sampler(m, rng):
                 omega = self.sample_frequencies(m, rng, order=0)  # (m, d)
@@ -617,7 +605,7 @@ class GaussianTarget:
         if radius is None:
             raise ValueError(f"radius is required for kind={kind!r}: the representation holds on the ball "
                              "|x| <= radius")
-        r = _positive(radius, "radius")
+        r = check_positive(radius, "radius")
         order = 1 if kind == "step" else 2
         mass = 2 * r * self.barron_norm(norm=2, order=order)
         profile = np.sin if kind == "step" else np.cos
@@ -786,7 +774,7 @@ def _fft_barron_norm(values, spacing, norm):
         spacing = np.repeat(spacing, d)
     if spacing.size != d:
         raise ValueError(f"spacing has {spacing.size} entries but f has {d} axes")
-    spacing = [_positive(float(h), "spacing") for h in spacing]
+    spacing = [check_positive(float(h), "spacing") for h in spacing]
     steps = [2 * np.pi / (n * h) for n, h in zip(shape, spacing)]  # frequency steps
     cell = float(np.prod(steps))
     scale = float(np.prod([h / (2 * np.pi) for h in spacing]))  # |f_hat(omega_k)| = scale |FFT_k|
@@ -886,7 +874,7 @@ def barron_norm(f, d=None, *, norm=2, extent=None, num=128, spacing=None) -> flo
         d = check_integer(d, "d", minimum=1)
         if extent is None:
             raise ValueError("extent is required for a callable f_hat: the half-width L of the frequency cube")
-        extent = _positive(extent, "extent")
+        extent = check_positive(extent, "extent")
         num = check_integer(num, "num", minimum=1)
         return _grid_barron_norm(f, d, norm, extent, num)
     if f is None or isinstance(f, (str, bytes)):

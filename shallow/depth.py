@@ -45,7 +45,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_integer, check_points, check_random_state
+from ._validation import (check_array, check_float_dtype, check_integer, check_points, check_positive,
+                          check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import BLOCK_BYTES, TwoLayer
 
@@ -71,19 +72,6 @@ __all__ = [
     "sample_daniely",
     "daniely_network",
 ]
-
-
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +187,7 @@ class DeepReLU:
                         self.meta)
 
     def astype(self, dtype) -> DeepReLU:
-        dtype = _check_dtype(dtype)
+        dtype = check_float_dtype(dtype)
         return DeepReLU([W.astype(dtype) for W in self.weights], [b.astype(dtype) for b in self.biases], self.meta)
 
     def __repr__(self):
@@ -268,7 +256,7 @@ def sawtooth(k, dtype=np.float64, device="cpu") -> DeepReLU:
     ((2, 2, 2), [0.0, 1.0, 0.0, 0.5])
     """
     k = check_integer(k, "k", minimum=0)
-    dtype = _check_dtype(dtype)
+    dtype = check_float_dtype(dtype)
     if k == 0:
         Ws, bs = [np.ones((1, 1))], [np.zeros(1)]
     else:
@@ -741,8 +729,8 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     """
     knots, values = _check_profile(knots, values)
     d = check_integer(d, "d", minimum=1)
-    B = _positive(radius_bound, "radius_bound")
-    tolerance = _positive(tolerance, "tolerance")
+    B = check_positive(radius_bound, "radius_bound")
+    tolerance = check_positive(tolerance, "tolerance")
     lip = float(np.abs(np.diff(values) / np.diff(knots)).max())
     if lip == 0:
         K = 1
@@ -753,7 +741,7 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     bound = lip * d * h * h / 4
     meta = {"construction": "radial", "pieces_per_square": K, "error_bound": bound, "radius_bound": B}
     return _squares_then_profile(np.eye(d), np.ones(d), np.full(d, B), np.full(d, K), knots, values,
-                                 _check_dtype(dtype), device, meta)
+                                 check_float_dtype(dtype), device, meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1029,7 +1017,7 @@ def sample_eldan_shamir(n, d, rng=None, dtype=np.float64, device="cpu"):
     else:
         G = rng.standard_normal((n, d))
         U = G / np.linalg.norm(G, axis=1, keepdims=True)
-    return to_device((U * r[:, None]).astype(_check_dtype(dtype), copy=False), device)
+    return to_device((U * r[:, None]).astype(check_float_dtype(dtype), copy=False), device)
 
 
 class EldanShamirFunction:
@@ -1078,7 +1066,7 @@ class EldanShamirFunction:
     def __init__(self, d, n_shells=None, alpha=1.0, signs=None, rng=None, ramp=0.0):
         self.d = check_integer(d, "d", minimum=1)
         N = self.d if n_shells is None else check_integer(n_shells, "n_shells", minimum=1)
-        self.alpha = _positive(alpha, "alpha")
+        self.alpha = check_positive(alpha, "alpha")
         if isinstance(ramp, bool) or not isinstance(ramp, numbers.Real) or not 0 <= ramp <= 0.5:
             raise ValueError(f"ramp must be a number in [0, 1/2], got {ramp!r}")
         self.ramp = float(ramp)
@@ -1157,8 +1145,7 @@ def ball_indicator(X, radius=1.0):
     [1.0, 0.0]
     """
     X = check_points(X, "X")
-    radius = _positive(radius, "radius")
-    xp = get_xp(X)
+    radius = check_positive(radius, "radius")
     return ((X * X).sum(axis=1) <= radius * radius).astype(X.dtype)
 
 
@@ -1206,10 +1193,10 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     [1.0, 0.0, 1.0]
     """
     d = check_integer(d, "d", minimum=1)
-    delta = _positive(delta, "delta")
+    delta = check_positive(delta, "delta")
     if delta >= 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
-    r = _positive(radius, "radius")
+    r = check_positive(radius, "radius")
     B = (1 + delta) * r
     h = 0.99 * math.sqrt(4 * r * r * (2 * delta - delta * delta) / d)  # a 1% margin against rounding
     K = max(1, math.ceil(B / h))
@@ -1218,7 +1205,7 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     meta = {"construction": "ball_indicator", "pieces_per_square": K,
             "exact_outside": ((1 - delta) * r, (1 + delta) * r)}
     return _squares_then_profile(np.eye(d), np.ones(d), np.full(d, B), np.full(d, K), knots, values,
-                                 _check_dtype(dtype), device, meta)
+                                 check_float_dtype(dtype), device, meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1262,7 +1249,7 @@ def sample_daniely(n, d, rng=None, dtype=np.float64, device="cpu"):
     rng = check_random_state(rng)
     X = sample_sphere(n, d, rng=rng)
     Y = sample_sphere(n, d, rng=rng)
-    return to_device(np.concatenate([X, Y], axis=1).astype(_check_dtype(dtype), copy=False), device)
+    return to_device(np.concatenate([X, Y], axis=1).astype(check_float_dtype(dtype), copy=False), device)
 
 
 def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> DeepReLU:
@@ -1301,7 +1288,7 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     True
     """
     d = check_integer(d, "d", minimum=2)
-    tolerance = _positive(tolerance, "tolerance")
+    tolerance = check_positive(tolerance, "tolerance")
     freq = math.pi * d**3
     n_int = max(1, math.ceil(2.0 / (2 * math.sqrt(tolerance) / freq)))  # (freq Delta)^2 / 8 <= tol / 2
     knots = np.linspace(-1.0, 1.0, n_int + 1)
@@ -1318,4 +1305,4 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     meta = {"construction": "daniely", "pieces_per_square": K, "knots": n_int + 1,
             "error_bound": interp_err + square_err}
     return _squares_then_profile(A, c, np.full(2 * d, 2.0), np.full(2 * d, K), knots, values,
-                                 _check_dtype(dtype), device, meta)
+                                 check_float_dtype(dtype), device, meta)

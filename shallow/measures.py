@@ -175,7 +175,6 @@ class Measure:
         The grouping runs on the host (scipy's KD-tree and connected components); for cupy inputs
         the points are copied there and the merged measure moved back.
         """
-        xp = self.xp
         atol = sphere_tolerance(self.points.dtype) if atol is None else float(atol)
         if not np.isfinite(atol) or atol < 0:
             raise ValueError(f"atol must be a non-negative finite distance, got {atol!r}")
