@@ -23,6 +23,7 @@ def test_stratified_split_puts_a_quarter_of_every_class_in_the_test_set_determin
 
 
 def test_load_digits_is_a_standardised_stratified_split_of_the_1797_images():
+    pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     data = load_digits()
     assert data.X_train.shape == (1347, 8, 8, 1) and data.X_test.shape == (450, 8, 8, 1)
     assert data.n_classes == 10 and data.in_shape == (8, 8, 1)

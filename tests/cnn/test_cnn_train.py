@@ -9,6 +9,7 @@ from shallow.cnn import (SGD, Adam, Augment, Cosine, SquareLoss, TrainingDiverge
 
 @pytest.fixture(scope="module")
 def digits():
+    pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     return load_digits(dtype=np.float32)
 
 
