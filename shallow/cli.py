@@ -78,10 +78,24 @@ def _cmd_list(args) -> int:
     return 0
 
 
-def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float:
+def missing_requirements(module) -> list[str]:
+    """The packages a study lists in ``REQUIRES`` (e.g. ``("sklearn",)``) that are not installed."""
+    return [pkg for pkg in getattr(module, "REQUIRES", ()) if importlib.util.find_spec(pkg) is None]
+
+
+def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float | None:
     from . import study
 
     module = load_study(name)
+    missing = missing_requirements(module)
+    if missing:
+        hint = f"{name} needs {', '.join(missing)}: pip install -e '.[{getattr(module, 'EXTRA', 'data')}]'"
+        if not common.all:
+            raise SystemExit(f"shallow run: {hint}")
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"{name}: skipped ({hint})")
+        return None
     parser = study.build_parser(module, prog=f"shallow run {name}")
     argv = list(extra)
     for flag in ("seed", "device"):
@@ -109,6 +123,8 @@ def _cmd_run(args, extra: list[str]) -> int:
         bar.set_postfix_str(name)
         start = time.perf_counter()
         compute_time = _run_one(name, args, extra)
+        if compute_time is None:
+            continue
         stem = name + ("_quick" if args.quick else "")
         tqdm.write(f"{name}: compute {compute_time:.1f} s, total {time.perf_counter() - start:.1f} s "
                    f"-> {Path(args.out) / 'figures' / stem}.png")

@@ -149,3 +149,13 @@ def test_editing_a_study_invalidates_its_cached_result(toy):
     cli.main(["run", "toy", "--quick", "--out", out])
     assert len(module.CALLS) == 1  # recomputed by the edited module, not served from the cache
     assert len(list((toy / "out" / "results").glob("toy-*.npz"))) == 2
+
+
+def test_run_all_skips_a_study_whose_requirement_is_missing(toy, capsys):
+    script = toy / "studies" / "toy.py"
+    script.write_text(script.read_text() + '\nREQUIRES = ("a_package_that_is_not_installed",)\n')
+    assert cli.main(["run", "--all", "--quick", "--out", str(toy / "out")]) == 0
+    assert "toy: skipped (toy needs a_package_that_is_not_installed" in capsys.readouterr().out
+    assert not (toy / "out" / "figures").exists()
+    with pytest.raises(SystemExit, match="toy needs a_package_that_is_not_installed"):
+        cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
