@@ -17,7 +17,6 @@ import importlib.util
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 __all__ = ["main", "find_studies", "load_study"]
@@ -47,24 +46,10 @@ def load_study(name: str, folder: Path | None = None):
     if name not in studies:
         known = ", ".join(studies) or "none"
         raise SystemExit(f"shallow: unknown study {name!r}; known studies: {known}")
-    module_name = f"shallow_studies.{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    if "shallow_studies" not in sys.modules:
-        # A parent package, so that what a study defines (its Config, its functions) pickles by
-        # reference into worker processes.
-        parent = types.ModuleType("shallow_studies")
-        parent.__path__ = [str(studies[name].parent)]
-        sys.modules["shallow_studies"] = parent
-    spec = importlib.util.spec_from_file_location(module_name, studies[name])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+    from .sweep import load_module_from_file
+
+    # Registered under a parent package, so that what a study defines pickles into worker processes.
+    return load_module_from_file(f"shallow_studies.{name}", studies[name])
 
 
 def _summary(module) -> str:

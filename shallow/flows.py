@@ -578,7 +578,11 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                         if callback is not None and callback(step, t, k1[0], a, W):
                             break
                 h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
-            rec.add(step, t, k1[0], a, W)
+            else:  # ran to t_end: the last record, and its callback, unless it was a regular one
+                if step % record_every:
+                    rec.add(step, t, k1[0], a, W)
+                    if callback is not None:
+                        callback(step, t, k1[0], a, W)
         else:
             pending = step if (resume is None or step % record_every == 0) else None
             stop = False

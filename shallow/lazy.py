@@ -903,8 +903,9 @@ class LazyDiagnostics:
     r"""A :func:`shallow.flows.gradient_flow` callback recording how lazy the flow is.
 
     ``diag = LazyDiagnostics(net, X); gradient_flow(net, loss, ..., callback=diag)``; then
-    ``diag.finish(traj)`` adds the final state (gradient_flow calls its callback at every record
-    but the last) and ``diag.result()`` returns the records as arrays.
+    ``diag.result()`` returns the records as arrays. gradient_flow calls its callback at every
+    record, the last one included; ``diag.finish(traj)`` adds a trajectory's final state when it is
+    missing (a flow stopped by another callback, or run without this one).
 
     Parameters
     ----------

@@ -450,26 +450,36 @@ def _file_reference(fn):
     return modname, file, fn.__qualname__
 
 
+def load_module_from_file(modname, file):
+    """Import the file ``file`` as the module ``modname`` (once; cached in sys.modules).
+
+    Missing parents of a dotted name get package stubs whose path is the file's folder, so that
+    objects the module defines pickle by reference (``modname.qualname``) into worker processes.
+    """
+    module = sys.modules.get(modname)
+    if module is not None:
+        return module
+    parts = modname.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        if parent not in sys.modules:
+            stub = types.ModuleType(parent)
+            stub.__path__ = [os.path.dirname(os.path.abspath(file))]
+            sys.modules[parent] = stub
+    spec = importlib.util.spec_from_file_location(modname, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[modname]
+        raise
+    return module
+
+
 def _load_function(modname, file, qualname):
     """Import a function from its module's file (registering the module, and stubs for its parents)."""
-    module = sys.modules.get(modname)
-    if module is None:
-        parts = modname.split(".")
-        for i in range(1, len(parts)):  # pickled objects of the module name their parents: give them stubs
-            parent = ".".join(parts[:i])
-            if parent not in sys.modules:
-                stub = types.ModuleType(parent)
-                stub.__path__ = []
-                sys.modules[parent] = stub
-        spec = importlib.util.spec_from_file_location(modname, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[modname] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[modname]
-            raise
-    obj = module
+    obj = load_module_from_file(modname, file)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return _PortableFunction(obj)

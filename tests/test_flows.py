@@ -311,3 +311,11 @@ def test_callback_returning_true_stops_the_flow(method):
     traj = gradient_flow(student, PopulationRisk(teacher), steps=100, step_size=0.01, method=method,
                          callback=stop_at_five)
     assert max(seen) == 5 and traj.step <= 6
+
+
+def test_adaptive_flow_calls_back_at_its_last_record():
+    teacher, student = teacher_student(d=5, m=10, seed=14)
+    seen = []
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive",
+                         record_every=1000, callback=lambda step, t, risk, a, W: seen.append(t))
+    assert seen == [traj.t] and traj.t == pytest.approx(0.1, rel=1e-12)
