@@ -70,6 +70,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--block-mb", type=float, default=None,
+                        help="memory of one pre-activation block in MiB (default: the library's, 16)")
     args = parser.parse_args(argv)
     n, m, d = args.n, args.m, args.d
     rng = np.random.default_rng(0)
@@ -78,7 +80,7 @@ def main(argv=None):
     net = TwoLayer.init(m, d, rng=1, dtype=args.dtype, device=args.device)
     xp = get_xp(X)
     sync = (lambda: xp.cuda.Device().synchronize()) if args.device == "gpu" else (lambda: None)
-    loss = EmpiricalRisk(X, y)
+    loss = EmpiricalRisk(X, y) if args.block_mb is None else EmpiricalRisk(X, y, chunk_bytes=int(args.block_mb * 2**20))
     Z = xp.empty((n, m), dtype=X.dtype)
 
     t_gemm = median_time(lambda: xp.matmul(X, net.W.T, out=Z), args.repeats, sync)

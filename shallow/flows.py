@@ -40,7 +40,7 @@ import numpy as np
 
 from ._validation import check_array, check_integer, check_random_state
 from .backend import get_xp, to_numpy
-from .networks import BLOCK_BYTES, fused_pass
+from .networks import default_block_bytes, fused_pass
 
 __all__ = [
     "EmpiricalRisk",
@@ -50,7 +50,6 @@ __all__ = [
     "gradient_flow",
 ]
 
-DEFAULT_CHUNK_BYTES = BLOCK_BYTES
 
 
 class FlowDivergenceError(FloatingPointError):
@@ -73,8 +72,9 @@ class EmpiricalRisk:
         Inputs (numpy or cupy; the network's arrays must live on the same device).
     y : array of shape (n,)
         Targets.
-    chunk_bytes : int
+    chunk_bytes : int, optional
         Memory for one block of pre-activations: the peak memory is O((n + m) d + chunk_bytes).
+        Default :func:`shallow.networks.default_block_bytes`: 16 MiB on the host, up to 1 GiB on a GPU.
 
     Notes
     -----
@@ -82,7 +82,7 @@ class EmpiricalRisk:
     r = f - y computed block by block: one pass over the data per step, two GEMMs per block.
     """
 
-    def __init__(self, X, y, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(self, X, y, *, chunk_bytes: int | None = None):
         X = check_array(X, "X", ndim=2)
         y = check_array(y, "y", ndim=1)
         if y.shape[0] != X.shape[0]:
@@ -91,7 +91,8 @@ class EmpiricalRisk:
             raise ValueError("X must hold at least one sample, got n=0")
         get_xp(X, y)
         self.X, self.y = X, y
-        self.chunk_bytes = int(chunk_bytes)
+        self.chunk_bytes = default_block_bytes(get_xp(X)) if chunk_bytes is None else check_integer(
+            chunk_bytes, "chunk_bytes", minimum=1)
 
     @property
     def n(self) -> int:
@@ -218,8 +219,9 @@ class PopulationRisk:
 
     _ORDERS = {"relu": 1, "step": 0}
 
-    def __init__(self, teacher, input: str = "gaussian", *, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
-        self.chunk_bytes = int(chunk_bytes)
+    def __init__(self, teacher, input: str = "gaussian", *, chunk_bytes: int | None = None):
+        self.chunk_bytes = default_block_bytes(get_xp(teacher.W)) if chunk_bytes is None else check_integer(
+            chunk_bytes, "chunk_bytes", minimum=1)
         if input not in ("gaussian", "sphere"):
             raise ValueError(f"input must be 'gaussian' or 'sphere', got {input!r}")
         name = getattr(teacher.activation, "name", None)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine: the gpu-marked tests, then the GPU benchmarks.
+#
+#     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|studies|all]
+#
+# The machine has CuPy, PyTorch, scipy and pytest but not POT or array-api-compat: wheels for
+# those travel in .whl/ (git-ignored; see README's "GPU" section) and are installed under /tmp/site.
+# Every step has its own time limit and writes its log under $OUT, so a step that hangs or fails
+# leaves the others' results.
+set -u
+OUT=${OUT:-/tmp/shallow-device}
+mkdir -p "$OUT"
+what=${1:-all}
+if [ -z "${SKIP_WHEELS:-}" ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed"; exit 1; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, report the status
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc in $((SECONDS - start)) s"
+    tail -n "${TAIL:-15}" "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import numpy, scipy, cupy, torch; print('numpy', numpy.__version__, 'scipy', scipy.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__)"
+python3 -c "from shallow import backend; print('shallow sees a GPU:', backend.gpu_available())"
+
+if [ "$what" = tests ] || [ "$what" = all ]; then
+    TAIL=25 step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --durations=5 --continue-on-collection-errors
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+    step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128
+    step flow_step_f32 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128
+    step flow_step_f32_blocks 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128 --block-mb 512
+    step cnn_step_gpu 60 python3 benchmarks/cnn_step.py --device gpu --rounds 3 --steps 20
+    step cnn_step_gpu_b1024 60 python3 benchmarks/cnn_step.py --device gpu --rounds 3 --steps 20 --batch 1024
+    step cnn_step_cpu 90 python3 benchmarks/cnn_step.py --device cpu --rounds 2 --steps 5
+fi
+if [ "$what" = studies ] || [ "$what" = all ]; then
+    step studies_gpu 150 python3 -m shallow.cli run --all --quick --device gpu --out /tmp/shallow-studies --workers 1
+fi
