@@ -27,6 +27,7 @@ __all__ = [
     "get_xp",
     "to_numpy",
     "to_device",
+    "device_gemm",
     "gpu_available",
     "available_devices",
     "device_of",
@@ -58,6 +59,22 @@ def _cupy() -> ModuleType | None:
 def gpu_available() -> bool:
     """True when CuPy is installed, a CUDA device answers, and ``SHALLOW_DISABLE_CUPY`` is unset."""
     return _cupy() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def device_gemm():
+    """CuPy's cuBLAS GEMM with accumulation, ``gemm(transa, transb, a, b, out=, alpha=, beta=)``, or None.
+
+    ``out <- alpha op(a) op(b) + beta out`` in place: what numpy lacks and :mod:`shallow.cnn`'s
+    convolutions need (nine accumulated products per 3x3 layer). None without a usable device.
+    """
+    cupy = _cupy()
+    if cupy is None:
+        return None
+    try:
+        return importlib.import_module("cupy.cublas").gemm
+    except Exception:  # a CuPy build without its cuBLAS wrapper: callers fall back to matmul
+        return None
 
 
 def available_devices() -> tuple[str, ...]:

@@ -4,8 +4,9 @@ numpy has no GEMM with beta = 1: ``out += a @ b`` writes a temporary and reads i
 for the thin products of a convolution (K = 16 to 128 channels) costs as much memory traffic as
 the product itself. On the host this helper calls BLAS ``?gemm`` through :mod:`scipy.linalg.blas`
 on the transposed (Fortran-ordered) views of C-ordered arrays, so that ``out`` is updated in place
-without a temporary. Elsewhere (CuPy, or operands that are not contiguous) it falls back to
-``matmul`` and an in-place add.
+without a temporary; on a GPU it calls cuBLAS through CuPy (:func:`shallow.backend.device_gemm`)
+the same way. Elsewhere (operands that are not contiguous) it falls back to ``matmul`` and an
+in-place add.
 
 Every GEMM of the layers' hot paths goes through this module (:func:`gemm`, or the routine of
 :func:`host_gemm` called directly in the convolution's loops), hence through one BLAS library:
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import blas as _blas
 
-from ..backend import get_xp
+from ..backend import device_gemm, get_xp
 
 __all__ = ["gemm", "host_gemm"]
 
@@ -70,6 +71,12 @@ def gemm(a, b, out, beta: float = 0.0):
                     out[...] = res.T  # f2py made a copy after all: write the result back
                 return out
     xp = get_xp(a, b, out)
+    if xp is not np and beta != 0 and out.flags.c_contiguous and out.size and a.shape[1]:
+        fn = device_gemm()
+        if fn is not None and a.dtype == out.dtype and b.dtype == out.dtype:
+            # cuBLAS accumulates in place (it takes C- or F-contiguous operands as they are)
+            fn("N", "N", a, b, out=out, alpha=1.0, beta=beta)
+            return out
     if beta == 0:
         out[...] = xp.matmul(a, b)
     elif beta == 1:

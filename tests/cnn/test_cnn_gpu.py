@@ -78,3 +78,25 @@ def test_tangent_model_on_cupy_matches_numpy():
             train_step(lin, loss, opt, xd, yd)
         outs[device] = to_numpy(lin.forward(xd))
     _assert_close(outs["gpu"], outs["cpu"], "tangent-model outputs after 2 steps")
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "transposed", "row-slice"])
+def test_device_gemm_accumulates_out_plus_a_times_b(layout):
+    import cupy
+
+    from shallow.cnn._gemm import gemm
+    rng = np.random.default_rng(3)
+    a, b, out = rng.standard_normal((37, 19)), rng.standard_normal((19, 23)), rng.standard_normal((37, 23))
+    expected = out + a @ b  # the defining identity, on the host
+    if layout == "F":
+        ad, bd = cupy.asfortranarray(cupy.asarray(a)), cupy.asfortranarray(cupy.asarray(b))
+    elif layout == "transposed":
+        ad, bd = cupy.asarray(a.T.copy()).T, cupy.asarray(b.T.copy()).T
+    elif layout == "row-slice":
+        ad, bd = cupy.asarray(np.vstack([a, a]))[37:], cupy.asarray(b)
+    else:
+        ad, bd = cupy.asarray(a), cupy.asarray(b)
+    outd = cupy.asarray(out)
+    result = gemm(ad, bd, outd, beta=1.0)
+    assert result is outd
+    _assert_close(outd, expected, f"out + a @ b with {layout} operands")
