@@ -37,10 +37,10 @@ fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128
     step flow_step_f32 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128
-    step flow_step_f32_blocks 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128 --block-mb 512
-    step cnn_step_gpu 60 python3 benchmarks/cnn_step.py --device gpu --rounds 3 --steps 20
-    step cnn_step_gpu_b1024 60 python3 benchmarks/cnn_step.py --device gpu --rounds 3 --steps 20 --batch 1024
-    step cnn_step_cpu 90 python3 benchmarks/cnn_step.py --device cpu --rounds 2 --steps 5
+    step flow_step_f32_4g 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128 --block-mb 4096
+    step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
+    step cnn_step_gpu_b1024 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
+    step cnn_step_cpu_b1024 120 python3 benchmarks/cnn_step.py --device cpu --rounds 1 --warmup 1 --steps 3 --batch 1024
 fi
 if [ "$what" = studies ] || [ "$what" = all ]; then
     step studies_gpu 150 python3 -m shallow.cli run --all --quick --device gpu --out /tmp/shallow-studies --workers 1
