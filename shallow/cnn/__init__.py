@@ -18,7 +18,8 @@ compares a training step with PyTorch's).
 Modules: :mod:`~shallow.cnn.layers` (Layer, Sequential, Linear, Activation, Flatten, Dropout,
 Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:`~shallow.cnn.norm`
 (BatchNorm2d), :mod:`~shallow.cnn.losses`, :mod:`~shallow.cnn.optim`, :mod:`~shallow.cnn.models`,
-:mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`.
+:mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`,
+:mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations).
 """
 
 from .conv import Conv2d, conv2d
@@ -31,6 +32,10 @@ from .models import Model, build_model, relative_change, resnet_small, snapshot,
 from .norm import BatchNorm2d
 from .optim import SGD, Adam, Constant, Cosine, StepDecay
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .robustness import (ProjectedOptimizer, SpectralProjection, certified_radius, conv_norm_bound,
+                         conv_singular_values, deform, deformation_ratio, fgsm, input_gradient, input_jacobian,
+                         jacobian_norm, lipschitz_upper_bound, local_lipschitz, minimal_perturbation, pgd,
+                         random_displacement, spectral_norm, universal_perturbation)
 from .train import History, TrainingDivergedError, evaluate, fit, load_checkpoint, predict, save_checkpoint
 
 __all__ = [
@@ -43,4 +48,8 @@ __all__ = [
     "ImageData", "load_digits", "load_mnist", "stratified_split", "Standardizer", "batches",
     "random_shift", "random_affine", "affine_warp", "Augment",
     "fit", "evaluate", "predict", "History", "TrainingDivergedError", "save_checkpoint", "load_checkpoint",
+    "deform", "random_displacement", "jacobian_norm", "deformation_ratio",
+    "spectral_norm", "conv_singular_values", "conv_norm_bound", "lipschitz_upper_bound", "input_jacobian",
+    "local_lipschitz", "input_gradient", "fgsm", "pgd", "minimal_perturbation", "certified_radius",
+    "universal_perturbation", "SpectralProjection", "ProjectedOptimizer",
 ]

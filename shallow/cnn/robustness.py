@@ -1,0 +1,1573 @@
+r"""Robustness of CNNs: deformations, Lipschitz bounds and adversarial attacks.
+
+The seed lecture's part B asks how much a network's output can move when its input moves: by a
+small deformation (the stability of the scattering transform), or by a worst-case perturbation of
+given norm (adversarial examples). This module measures both and bounds the second.
+
+Deformations
+------------
+A displacement field tau: R^2 -> R^2 (in pixels; component 0 along the rows H, component 1 along
+the columns W) acts on an image by
+
+    (L_tau x)(u) = x(u - tau(u)),
+
+evaluated by bilinear interpolation (:func:`deform`). Mallat's stability condition (ref. 1, Sec.
+2.2) asks |Phi(L_tau x) - Phi(x)| <= C |x| |grad tau|_inf for small fields, with
+|grad tau|_inf = sup_u |grad tau(u)| the largest operator norm of the 2x2 Jacobian
+(:func:`jacobian_norm`); :func:`deformation_ratio` measures the ratio on data for any Phi,
+along smooth random fields (:func:`random_displacement`).
+
+Lipschitz bounds
+----------------
+All norms are Euclidean (the image as a vector of H W C numbers). A linear layer's Lipschitz
+constant is its operator norm |A|, found by power iteration on A^T A with the layer's own
+forward-mode map (A v = ``layer.jvp(x, v)[1]``, which leaves the bias out) and backward map (A^T u)
+(:func:`spectral_norm`). For a circular convolution the singular values are known exactly (ref. 2,
+Theorem 6): those of the C_in x C_out matrices hat W(omega) of the kernel's 2-D DFT, one per
+frequency omega of the grid (:func:`conv_singular_values`). A zero-padded convolution of an
+H x W input is a restriction of the circular convolution on any grid of at least
+(H + d(KH - 1)) x (W + d(KW - 1)) points (zero-extend the input, crop and subsample the output:
+both maps have norm <= 1), so the largest singular value on that grid is a certified upper bound
+of its norm (``method="fft"``).
+
+Two upper bounds of the Lipschitz constant of a network (:func:`lipschitz_upper_bound`):
+
+* ``bound="product"``: the product over layers of their Lipschitz constants (1 for relu, tanh and
+  max pooling with non-overlapping windows, |A| for an affine layer, max_c |gamma_c| /
+  sqrt(v_c + eps) for batch normalisation in eval mode, 1/sqrt(H W) for global average pooling,
+  L(body) + L(shortcut) for a residual block);
+* ``bound="averaged"``: the bound of Combettes and Pesquet (ref. 3, Sec. 3) for chains
+  A_m R A_{m-1} ... R A_1 of affine maps and componentwise activations whose slopes lie in
+  [0, c]. For such an activation and any u, v, R(u) - R(v) = c D (u - v) with D diagonal,
+  entries in [0, 1] (the difference quotients): hence
+  f(x) - f(y) = c^{m-1} A_m D_{m-1} ... D_1 A_1 (x - y) exactly, and writing D = (I + E)/2 with
+  |E| <= 1 and expanding the product,
+
+      Lip(f) <= c^{m-1} 2^{-(m-1)} sum_{S subset of {1..m-1}} prod_{segments of S} |A_n ... A_{k+1}|,
+
+  where the activations in S split the chain into segments whose linear maps are multiplied
+  before taking norms. Every term is at most the product of norms, so this bound is never above
+  ``"product"``; it is computed by the recursion a_0 = 1,
+  a_n = sum_{k<n} a_k 2^{-(n-k-1)-[k>0]} |A_n ... A_{k+1}|. Max pooling, residual blocks and
+  activations with negative slopes end a chain (their constants multiply).
+
+Both use the layers' eval-mode maps (batch-norm running statistics, no dropout): they bound the
+network used at test time. The empirical local constant :func:`local_lipschitz` is
+max over data of |J_f(x)|, the largest singular value of the input-output Jacobian (K x H W C),
+computed exactly from K backward passes; it is a lower bound of the Lipschitz constant, which the
+upper bounds must exceed.
+
+Attacks
+-------
+On the per-image loss l(x, y) (cross-entropy, or the margin max_{j != y} f_j(x) - f_y(x)),
+FGSM (ref. 4) takes one step x + eps sign(grad_x l) (Linf) or x + eps grad/|grad| (L2); PGD
+(ref. 5) iterates x_{t+1} = P(x_t + s step(grad_x l(x_t))) with P the projection on the eps-ball
+around x (and on a box of valid pixel values when ``clip`` is given). :func:`minimal_perturbation`
+bisects on eps, image by image, for the smallest radius at which PGD changes the prediction;
+:func:`certified_radius` is the radius margin / (sqrt(2) L) below which no perturbation can
+change it for an L-Lipschitz network (ref. 7). :func:`universal_perturbation` is Algorithm 1 of
+Moosavi-Dezfooli et al. (ref. 6): one perturbation v for all images, grown image by image (or
+batch by batch) until a fraction 1 - delta of the predictions change.
+
+Spectral normalisation
+----------------------
+:class:`SpectralProjection` divides each convolution's and linear layer's weight by
+max(1, |A| / bound) (the certified FFT bound for convolutions), so that every layer is
+``bound``-Lipschitz; :class:`ProjectedOptimizer` applies it after every optimiser step and can be
+handed to :func:`shallow.cnn.fit` (whose callback runs once per epoch only).
+
+References
+----------
+1. S. Mallat, "Group invariant scattering", Comm. Pure Appl. Math. 65, 2012, arXiv:1101.2286,
+   Sec. 2.2 (Lipschitz continuity to the action of diffeomorphisms, |grad tau|_inf).
+2. H. Sedghi, V. Gupta and P. Long, "The singular values of convolutional layers", ICLR 2019,
+   arXiv:1805.10408, Theorem 6 (singular values of a multi-channel circular convolution).
+3. P. L. Combettes and J.-C. Pesquet, "Lipschitz certificates for layered network structures
+   driven by averaged activation operators", SIAM J. Math. Data Sci. 2, 2020, arXiv:1903.01014,
+   Sec. 3 (the bound theta_m for 1/2-averaged activations).
+4. I. Goodfellow, J. Shlens and C. Szegedy, "Explaining and harnessing adversarial examples",
+   ICLR 2015, arXiv:1412.6572 (FGSM).
+5. A. Madry, A. Makelov, L. Schmidt, D. Tsipras and A. Vladu, "Towards deep learning models
+   resistant to adversarial attacks", ICLR 2018, arXiv:1706.06083, Sec. 2 (PGD).
+6. S.-M. Moosavi-Dezfooli, A. Fawzi, O. Fawzi and P. Frossard, "Universal adversarial
+   perturbations", CVPR 2017, arXiv:1610.08401, Algorithm 1.
+7. Y. Tsuzuku, I. Sato and M. Sugiyama, "Lipschitz-margin training", NeurIPS 2018,
+   arXiv:1802.04034, Proposition 1 (the margin over sqrt(2) L certifies a radius).
+8. K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks: analysis and
+   efficient estimation", NeurIPS 2018, arXiv:1805.10965 (product bound, activation patterns).
+9. T. Miyato, T. Kataoka, M. Koyama and Y. Yoshida, "Spectral normalization for generative
+   adversarial networks", ICLR 2018, arXiv:1802.05957 (dividing weights by their spectral norm).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .._validation import check_integer, check_random_state
+from ..backend import get_xp, to_numpy
+from .conv import Conv2d
+from .layers import (
+    Activation,
+    Dropout,
+    Flatten,
+    Identity,
+    Layer,
+    Linear,
+    Residual,
+    Sequential,
+)
+from .losses import check_labels, log_softmax
+from .models import Model, check_images
+from .norm import BatchNorm2d
+from .optim import Optimizer
+from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+
+__all__ = [
+    "LOSSES",
+    "NORMS",
+    "ProjectedOptimizer",
+    "SpectralProjection",
+    "certified_radius",
+    "conv_norm_bound",
+    "conv_singular_values",
+    "deform",
+    "deformation_ratio",
+    "fgsm",
+    "input_gradient",
+    "input_jacobian",
+    "jacobian_norm",
+    "lipschitz_upper_bound",
+    "local_lipschitz",
+    "minimal_perturbation",
+    "pgd",
+    "random_displacement",
+    "spectral_norm",
+    "universal_perturbation",
+]
+
+#: The perturbation norms of the attacks: "inf" (Linf) and "2" (L2).
+NORMS = ("inf", "2")
+#: The per-image losses the attacks maximise.
+LOSSES = ("ce", "margin")
+
+
+# ============================================================================= checks
+
+def _check_fill(fill):
+    if fill is not None and (not isinstance(fill, numbers.Real) or isinstance(fill, bool)):
+        raise ValueError(f"fill must be None (edge replication) or a number, got {fill!r}")
+    return fill
+
+
+def _check_norm(norm):
+    if isinstance(norm, numbers.Real) and not isinstance(norm, bool):
+        norm = {2: "2", math.inf: "inf"}.get(norm, norm)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be 'inf' (Linf ball) or '2' (L2 ball), got {norm!r}")
+    return norm
+
+
+def _check_nonneg(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_eps(eps, n, xp, dtype):
+    """eps as an array of shape (n,) on the images' device: a number or one radius per image, >= 0."""
+    arr = np.asarray(to_numpy(eps) if not isinstance(eps, numbers.Real) else eps, dtype=np.float64)
+    if arr.ndim == 0:
+        if isinstance(eps, bool):
+            raise ValueError(f"eps must be a radius >= 0, got {eps!r}")
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"eps must be a number or an array of shape ({n},) (one radius per image), got shape "
+                         f"{arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        bad = arr[~(np.isfinite(arr) & (arr >= 0))][0]
+        raise ValueError(f"eps must be a radius >= 0 (the size of the perturbation), got {bad!r}")
+    return xp.asarray(arr.astype(dtype))
+
+
+def _check_loss(loss):
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    return loss
+
+
+def _check_clip(clip):
+    if clip is None:
+        return None
+    if (not isinstance(clip, (tuple, list)) or len(clip) != 2
+            or not all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in clip) or not clip[0] < clip[1]):
+        raise ValueError(f"clip must be None or a pair (lo, hi) of numbers with lo < hi, got {clip!r}")
+    return float(clip[0]), float(clip[1])
+
+
+# ============================================================================= deformations
+
+def _check_field(tau, X=None, name="tau"):
+    xp = get_xp(tau, X)
+    tau = xp.asarray(tau)
+    if tau.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers, got dtype {tau.dtype}")
+    if tau.ndim not in (3, 4) or tau.shape[-1] != 2:
+        raise ValueError(f"{name} must be a displacement field of shape (H, W, 2) or (N, H, W, 2), got shape "
+                         f"{tuple(tau.shape)}")
+    if X is not None:
+        N, H, W = X.shape[:3]
+        if tuple(tau.shape[-3:-1]) != (H, W):
+            raise ValueError(f"{name} has shape {tuple(tau.shape)} but the images are {H}x{W}: expected (H, W, 2) = "
+                             f"({H}, {W}, 2) or (N, H, W, 2)")
+        if tau.ndim == 4 and tau.shape[0] != N:
+            raise ValueError(f"{name} has {tau.shape[0]} fields but there are {N} images")
+    if tau.size and not bool(xp.isfinite(tau).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return tau
+
+
+def deform(X, tau, *, fill=None):
+    r"""The deformed images (L_tau x)(u) = x(u - tau(u)), by bilinear interpolation.
+
+    Parameters
+    ----------
+    X : array of shape (N, H, W, C)
+        Channels-last images (numpy or cupy).
+    tau : array of shape (H, W, 2) or (N, H, W, 2)
+        The displacement in pixels at every grid point u = (i, j): tau[..., 0] along the rows
+        (H), tau[..., 1] along the columns (W). One field for all images, or one per image.
+    fill : None or float
+        None (the default) clamps the source point u - tau(u) to the image, i.e. repeats the
+        border pixels (edge replication, as :func:`shallow.cnn.data.affine_warp`: for digits the
+        border is the background); a number is the value of the points whose source falls
+        outside [0, H - 1] x [0, W - 1].
+
+    Returns
+    -------
+    array of X's shape, dtype and device
+
+    Notes
+    -----
+    With s = u - tau(u), i0 = floor(s_0), j0 = floor(s_1), a = s_0 - i0, b = s_1 - j0,
+    (L_tau x)(u) = (1-a)(1-b) x[i0, j0] + (1-a) b x[i0, j0+1] + a (1-b) x[i0+1, j0] + a b x[i0+1, j0+1].
+    An integer constant field tau = (p, q) is the translation x(i - p, j - q) (exactly, inside
+    the image); tau = 0 is the identity. The map is linear in x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> tau = np.zeros((4, 4, 2)); tau[..., 1] = 1.0   # shift right by one column
+    >>> deform(X, tau)[0, :, :, 0][1].tolist()
+    [4.0, 4.0, 5.0, 6.0]
+    """
+    X = check_images(X, "X")
+    tau = _check_field(tau, X)
+    fill = _check_fill(fill)
+    xp = get_xp(X, tau)
+    N, H, W, _ = X.shape
+    rows = xp.arange(H, dtype=xp.float64)[:, None]
+    cols = xp.arange(W, dtype=xp.float64)[None, :]
+    si = rows - tau[..., 0].astype(xp.float64)  # (H, W) or (N, H, W)
+    sj = cols - tau[..., 1].astype(xp.float64)
+    if si.ndim == 2:
+        si, sj = xp.broadcast_to(si, (N, H, W)), xp.broadcast_to(sj, (N, H, W))
+    outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)
+    si, sj = xp.clip(si, 0, H - 1), xp.clip(sj, 0, W - 1)
+    i0, j0 = xp.floor(si).astype(xp.int64), xp.floor(sj).astype(xp.int64)
+    i1, j1 = xp.minimum(i0 + 1, H - 1), xp.minimum(j0 + 1, W - 1)
+    a, b = (si - i0)[..., None].astype(X.dtype), (sj - j0)[..., None].astype(X.dtype)
+    k = xp.arange(N)[:, None, None]
+    out = ((1 - a) * ((1 - b) * X[k, i0, j0] + b * X[k, i0, j1])
+           + a * ((1 - b) * X[k, i1, j0] + b * X[k, i1, j1]))
+    if fill is not None:
+        out[outside] = fill
+    return out.astype(X.dtype, copy=False)
+
+
+def jacobian_norm(tau):
+    r"""|grad tau|_inf = sup_u |grad tau(u)|, the largest operator norm of the 2x2 Jacobian.
+
+    Parameters
+    ----------
+    tau : array of shape (H, W, 2) or (N, H, W, 2), H, W >= 2
+        Displacement fields in pixels (as in :func:`deform`).
+
+    Returns
+    -------
+    float for one field, array of shape (N,) for N fields (on tau's device)
+
+    Notes
+    -----
+    The Jacobian J_ab = d tau_a / d u_b is taken by finite differences on the grid
+    (``gradient``: central differences inside, one-sided at the border), and the operator norm
+    of a 2x2 matrix in closed form: |J|^2 = (|J|_F^2 + sqrt(|J|_F^4 - 4 det(J)^2)) / 2.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> i, j = np.meshgrid(np.arange(5.0), np.arange(5.0), indexing="ij")
+    >>> round(float(jacobian_norm(np.stack([0.1 * i, -0.2 * j], -1))), 12)   # J = diag(0.1, -0.2)
+    0.2
+    """
+    tau = _check_field(tau)
+    xp = get_xp(tau)
+    if tau.shape[-3] < 2 or tau.shape[-2] < 2:
+        raise ValueError(f"tau must be at least 2x2 to take finite differences, got shape {tuple(tau.shape)}")
+    tau = tau.astype(xp.float64)
+    J = [[xp.gradient(tau[..., a], axis=axis) for axis in (-2, -1)] for a in (0, 1)]  # J[a][b]: (..., H, W)
+    fro2 = J[0][0] ** 2 + J[0][1] ** 2 + J[1][0] ** 2 + J[1][1] ** 2
+    det = J[0][0] * J[1][1] - J[0][1] * J[1][0]
+    sigma = xp.sqrt(0.5 * (fro2 + xp.sqrt(xp.maximum(fro2 ** 2 - 4 * det ** 2, 0))))
+    out = sigma.max(axis=(-2, -1))
+    return float(out) if tau.ndim == 3 else out
+
+
+def random_displacement(shape, *, grad_norm, scale, rng=None):
+    r"""A smooth random displacement field whose |grad tau|_inf equals ``grad_norm``.
+
+    Parameters
+    ----------
+    shape : (H, W) or (N, H, W)
+        The grid (and the number of independent fields).
+    grad_norm : float >= 0
+        The value of :func:`jacobian_norm` of each returned field.
+    scale : float > 0
+        Correlation length in pixels: white noise smoothed by a Gaussian of standard deviation
+        ``scale`` (``scipy.ndimage.gaussian_filter``, reflected at the border).
+    rng : None, int or Generator
+
+    Returns
+    -------
+    numpy array of shape (H, W, 2) or (N, H, W, 2), float64
+        Drawn on the host (the same seed gives the same field everywhere); move it to a device
+        with :func:`shallow.backend.to_device`.
+
+    Notes
+    -----
+    Each field is rescaled to |grad tau|_inf = grad_norm exactly (a field is linear in its
+    noise, so is its Jacobian). For grad_norm < 1 the map u -> u - tau(u) is invertible
+    (a diffeomorphism of the plane) by the contraction principle.
+
+    Examples
+    --------
+    >>> tau = random_displacement((8, 8), grad_norm=0.3, scale=2.0, rng=0)
+    >>> tau.shape, round(jacobian_norm(tau), 12)
+    ((8, 8, 2), 0.3)
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not isinstance(shape, (tuple, list)) or len(shape) not in (2, 3):
+        raise ValueError(f"shape must be (H, W) or (N, H, W), got {shape!r}")
+    dims = tuple(check_integer(s, "shape", minimum=1) for s in shape)
+    if dims[-1] < 2 or dims[-2] < 2:
+        raise ValueError(f"shape must have H, W >= 2 (finite differences), got {shape!r}")
+    grad_norm = _check_nonneg(grad_norm, "grad_norm")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a correlation length > 0 in pixels, got {scale!r}")
+    rng = check_random_state(rng)
+    N = 1 if len(dims) == 2 else dims[0]
+    H, W = dims[-2:]
+    noise = rng.standard_normal((N, H, W, 2))
+    tau = np.stack([np.stack([gaussian_filter(noise[n, :, :, a], float(scale), mode="reflect") for a in (0, 1)], -1)
+                    for n in range(N)])  # (N, H, W, 2)
+    norms = np.atleast_1d(jacobian_norm(tau))
+    factor = np.where(norms > 0, grad_norm / np.where(norms > 0, norms, 1.0), 0.0)
+    tau = tau * factor[:, None, None, None]
+    return tau[0] if len(dims) == 2 else tau
+
+
+def _as_function(phi):
+    """A callable images -> features; a Layer runs in eval mode (its mode restored afterwards)."""
+    if isinstance(phi, Layer):
+        def run(X):
+            mode = phi.training
+            phi.eval()
+            try:
+                return phi.forward(X)
+            finally:
+                phi.train(mode)
+        return run
+    if not callable(phi):
+        raise TypeError(f"phi must be a callable images -> features or a Layer, got {type(phi).__name__}")
+    return phi
+
+
+def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
+    r"""|Phi(L_tau x) - Phi(x)| / (|Phi(x)| |grad tau|_inf) for every image (or without |Phi(x)|).
+
+    Parameters
+    ----------
+    phi : callable or Layer
+        Maps a batch (N, H, W, C) to features (N, ...) (a scattering transform, a network's
+        logits, ...). A Layer is run in eval mode.
+    X : array of shape (N, H, W, C)
+    tau : array of shape (H, W, 2) or (N, H, W, 2)
+        Displacement fields (:func:`random_displacement`), not all zero.
+    normalize : bool
+        True divides by |Phi(x)| (relative change, comparable across representations of
+        different scales); False gives |Phi(L_tau x) - Phi(x)| / |grad tau|_inf.
+    fill : None or float
+        Passed to :func:`deform`.
+
+    Returns
+    -------
+    array of shape (N,) on the images' device
+
+    Notes
+    -----
+    Norms are Euclidean over all feature coordinates of an image. Mallat's stability
+    |Phi(L_tau x) - Phi(x)| <= C |x| |grad tau|_inf (ref. 1) makes the unnormalised ratio
+    bounded by C |x| as |grad tau|_inf -> 0, whereas for a translation-covariant Phi (the
+    identity, a linear convolution) it blows up for high-frequency images.
+    """
+    X = check_images(X, "X")
+    tau = _check_field(tau, X)
+    f = _as_function(phi)
+    xp = get_xp(X)
+    g = jacobian_norm(tau)
+    g = xp.asarray(g) if tau.ndim == 4 else xp.full(X.shape[0], g)
+    if bool((g <= 0).any()):
+        raise ValueError("tau must be a non-zero deformation: |grad tau|_inf = 0 makes the ratio undefined")
+    F0 = f(X)
+    F1 = f(deform(X, tau, fill=fill))
+    N = X.shape[0]
+    diff = xp.sqrt(((F1 - F0).reshape(N, -1).astype(xp.float64) ** 2).sum(axis=1))
+    out = diff / g
+    if normalize:
+        out = out / xp.sqrt((F0.reshape(N, -1).astype(xp.float64) ** 2).sum(axis=1))
+    return out
+
+
+# ============================================================================= spectral norms
+
+def _unit(v, xp):
+    n = float(xp.sqrt((v.astype(xp.float64) ** 2).sum()))
+    return v / n if n > 0 else v, n
+
+
+def _power_iteration(A, AT, v, n_iter, tol):
+    """(sigma, v): sqrt(|A^T A v|) at the last unit iterate v of the power method on A^T A.
+
+    sqrt(|A^T A v|) >= |A v| for a unit v, and both increase to sigma_max(A) as v aligns with the
+    top right singular vector (for a start not orthogonal to it). Stops when the relative change
+    of the estimate falls below ``tol``.
+    """
+    xp = get_xp(v)
+    v, _ = _unit(v, xp)
+    sigma = 0.0
+    for _ in range(n_iter):
+        w = AT(A(v))
+        w, lam = _unit(w, xp)
+        new = math.sqrt(lam)
+        if lam == 0:
+            return 0.0, v
+        done = abs(new - sigma) <= tol * new
+        sigma, v = new, w
+        if done:
+            break
+    return sigma, v
+
+
+class _LayerOperator:
+    """The linear part of an affine layer at a given input shape: A v = jvp(0, v)[1], A^T u = backward(u).
+
+    The layer runs in eval mode (batch norm with its running statistics, no dropout); its mode and
+    gradients are restored by :meth:`close`.
+    """
+
+    def __init__(self, layer, in_shape, dtype):
+        self.layer = layer
+        self.x0 = None
+        self.in_shape = tuple(in_shape)
+        self.dtype = dtype
+        self.modes = [(sub, sub.training) for _, sub in layer.named_layers()]
+        self.grads = [(sub, {k: g.copy() for k, g in sub.grads.items()}) for _, sub in layer.named_layers()]
+        layer.eval()
+
+    def A(self, v):
+        if self.x0 is None:
+            self.x0 = get_xp(v).zeros_like(v)
+        _, tv = self.layer.jvp(self.x0, v)
+        return tv
+
+    def AT(self, u):
+        return self.layer.backward(u)
+
+    def close(self):
+        for sub, mode in self.modes:
+            sub.training = mode
+        for sub, grads in self.grads:
+            sub.grads = grads
+
+
+def _layer_device(layer):
+    for p in list(layer.named_parameters().values()) + list(layer.named_buffers().values()):
+        return get_xp(p), p.dtype
+    return np, np.dtype(np.float64)
+
+
+def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng=None, return_vector=False):
+    r"""The operator norm sigma_max(A) by power iteration on A^T A.
+
+    Parameters
+    ----------
+    op : 2-D array, Layer, or callable
+        A matrix M (A v = M v); or a layer that is affine in its input (Linear, Conv2d with its
+        stride, padding, dilation and groups, BatchNorm2d in eval mode, pooling by averages,
+        Flatten, or a Sequential of those), whose linear part A v = ``layer.jvp(0, v)[1]`` and
+        adjoint A^T u = ``layer.backward(u)`` are used (the layer runs in eval mode; its mode and
+        gradients are restored); or a callable A with ``adjoint`` its transpose.
+    in_shape : tuple, optional
+        The shape of one input without the batch axis: (H, W, C) for a convolution (required),
+        (d_in,) for a Linear layer (default), the vector shape for a callable (required).
+    adjoint : callable, optional
+        A^T, for a callable ``op``.
+    n_iter : int
+        At most this many iterations.
+    tol : float
+        Stop when the estimate changes by less than ``tol`` relative to itself.
+    rng : None, int or Generator
+        The random start (drawn on the host).
+    return_vector : bool
+        Also return the last iterate v (of shape (1,) + in_shape for a layer), close to the top
+        right singular vector.
+
+    Returns
+    -------
+    float, or (float, array)
+
+    Notes
+    -----
+    The estimate sqrt(|A^T A v_k|) with |v_k| = 1 increases to sigma_max(A) for a random start;
+    the error after k steps is of order (sigma_2 / sigma_1)^{2k}: a lower estimate, close to
+    sigma_max when the top of the spectrum is separated. :func:`conv_norm_bound` gives a
+    certified upper bound for a convolution.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(spectral_norm(np.diag([3.0, 1.0, 0.5]), rng=0), 8)
+    3.0
+    """
+    n_iter = check_integer(n_iter, "n_iter", minimum=1)
+    tol = _check_nonneg(tol, "tol")
+    rng = check_random_state(rng)
+    closer = None
+    if isinstance(op, Layer):
+        xp, dtype = _layer_device(op)
+        if in_shape is None:
+            if isinstance(op, Linear):
+                in_shape = (op.in_features,)
+            else:
+                raise ValueError(f"in_shape (the shape of one input, e.g. (H, W, C)) is required for "
+                                 f"{type(op).__name__}")
+        shape = (1,) + tuple(in_shape)
+        operator = _LayerOperator(op, in_shape, dtype)
+        A, AT, closer = operator.A, operator.AT, operator.close
+    elif callable(op):
+        if adjoint is None or not callable(adjoint):
+            raise ValueError("a callable op needs its transpose as adjoint=")
+        if in_shape is None:
+            raise ValueError("in_shape (the shape of the vectors op acts on) is required for a callable op")
+        xp, dtype, shape = np, np.dtype(np.float64), tuple(in_shape)
+        A, AT = op, adjoint
+    else:
+        xp = get_xp(op)
+        M = xp.asarray(op)
+        if M.ndim != 2:
+            raise ValueError(f"op must be a 2-D array (a matrix), a Layer or a callable, got an array of shape "
+                             f"{tuple(M.shape)}")
+        dtype, shape = (M.dtype if M.dtype.kind == "f" else np.dtype(np.float64)), (M.shape[1],)
+        M = M.astype(dtype, copy=False)
+        A, AT = (lambda v: M @ v), (lambda u: M.T @ u)
+    v = xp.asarray(rng.standard_normal(shape).astype(dtype))
+    try:
+        sigma, v = _power_iteration(A, AT, v, n_iter, tol)
+    finally:
+        if closer is not None:
+            closer()
+    return (sigma, v) if return_vector else sigma
+
+
+def _conv_parts(W, groups, dilation):
+    if isinstance(W, Conv2d):
+        return W.params["W"], W.groups, W.dilation
+    xp = get_xp(W)
+    W = xp.asarray(W)
+    if W.ndim != 4:
+        raise ValueError(f"W must be a convolution kernel of shape (KH, KW, C_in / groups, C_out), got shape "
+                         f"{tuple(W.shape)}")
+    groups = check_integer(groups, "groups", minimum=1)
+    if W.shape[3] % groups:
+        raise ValueError(f"W has C_out = {W.shape[3]} output channels, not a multiple of groups={groups}")
+    if isinstance(dilation, numbers.Integral) and not isinstance(dilation, bool):
+        dilation = (int(dilation), int(dilation))
+    if not (isinstance(dilation, (tuple, list)) and len(dilation) == 2 and min(dilation) >= 1):
+        raise ValueError(f"dilation must be an int >= 1 or a pair of them, got {dilation!r}")
+    return W, groups, tuple(dilation)
+
+
+def conv_singular_values(W, shape, *, groups=1, dilation=1):
+    r"""All singular values of the circular convolution by W of H x W images, by FFT.
+
+    Parameters
+    ----------
+    W : array of shape (KH, KW, C_in / groups, C_out), or a Conv2d
+        The kernel (a Conv2d gives its weights, groups and dilation; its padding and stride play
+        no part: the operator here is the circular, stride-1 convolution).
+    shape : (H, W)
+        The periodic grid (the image size).
+    groups, dilation : int
+        As for :class:`~shallow.cnn.conv.Conv2d`.
+
+    Returns
+    -------
+    array of shape (H, W, r)
+        At frequency (u, v), the singular values of the C_in x C_out matrix
+        P(u, v) = sum_{i, j} W[i, j] exp(-2 pi i (u d i / H + v d j / W)), in decreasing order
+        (r = min(C_in, C_out) / ... per group, the groups' values concatenated and sorted). The
+        operator, from R^{H W C_in} to R^{H W C_out}, has exactly these singular values (and
+        zeros up to its dimensions).
+
+    Notes
+    -----
+    The circular cross-correlation y[p] = sum_{i, j} W[i, j]^T x[(p + d (i, j)) mod (H, W)] is
+    block-diagonalised by the 2-D DFT (Sedghi, Gupta and Long 2019, Theorem 6): each frequency
+    gives one block, the kernel's DFT (or its conjugate: same singular values). Kernel taps
+    beyond the grid wrap around (added modulo H and W).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = np.zeros((3, 3, 1, 1)); W[1, 1] = 2.0    # 2 x identity
+    >>> float(conv_singular_values(W, (4, 4)).max())
+    2.0
+    """
+    W, groups, (dh, dw) = _conv_parts(W, groups, dilation)
+    xp = get_xp(W)
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise ValueError(f"shape must be the grid (H, W), got {shape!r}")
+    H, Wd = (check_integer(s, "shape", minimum=1) for s in shape)
+    KH, KW, cg, Co = W.shape
+    og = Co // groups
+    P = xp.zeros((H, Wd, cg, Co), dtype=xp.float64)
+    for i in range(KH):
+        for j in range(KW):
+            P[(dh * i) % H, (dw * j) % Wd] += W[i, j].astype(xp.float64)
+    F = xp.fft.fft2(P, axes=(0, 1))  # (H, W, cg, Co)
+    values = [xp.linalg.svd(F[..., g * og:(g + 1) * og], compute_uv=False) for g in range(groups)]
+    s = xp.concatenate(values, axis=-1) if groups > 1 else values[0]
+    return -xp.sort(-s, axis=-1)
+
+
+def conv_norm_bound(layer, in_shape):
+    r"""A certified upper bound of the operator norm of a zero-padded Conv2d on (H, W, C) inputs.
+
+    Parameters
+    ----------
+    layer : Conv2d
+    in_shape : (H, W) or (H, W, C)
+
+    Returns
+    -------
+    float
+        max over frequencies of the largest singular value of the circular convolution on the
+        padded grid (H + pt + pb) x (W + pl + pr) (:func:`conv_singular_values`).
+
+    Notes
+    -----
+    The zero-padded convolution is E (zero extension to the padded grid, an isometry), then the
+    circular convolution C on that grid (no tap wraps around for the outputs kept), then S
+    (keeping the outputs of the stride, a coordinate restriction): A = S C E, so |A| <= |C|.
+    """
+    if not isinstance(layer, Conv2d):
+        raise TypeError(f"layer must be a Conv2d, got {type(layer).__name__}")
+    if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
+        raise ValueError(f"in_shape must be (H, W) or (H, W, C), got {in_shape!r}")
+    H, W = in_shape[0], in_shape[1]
+    pt, pb, pl, pr = layer.padding
+    return float(conv_singular_values(layer, (H + pt + pb, W + pl + pr)).max())
+
+
+# ============================================================================= Lipschitz bounds
+
+#: Slope ranges [lo, hi] of the activations of :mod:`shallow.activations` that are Lipschitz.
+_SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "softplus": (0.0, 1.0),
+           "erf": (0.0, 2.0 / math.sqrt(math.pi)), "abs": (-1.0, 1.0)}
+
+_AFFINE = (Conv2d, Linear, BatchNorm2d, AvgPool2d, GlobalAvgPool2d, Flatten, Identity, Dropout)
+
+
+def _elements(layer, shape):
+    """Flatten a network into ("lin", layer, in_shape), ("act", c) and ("opq", layer, in_shape) items.
+
+    Returns (items, out_shape); shapes are those of one input (no batch axis).
+    """
+    if isinstance(layer, Sequential):
+        items = []
+        for sub in layer.layers:
+            more, shape = _elements(sub, shape)
+            items += more
+        return items, shape
+    xp, dtype = _layer_device(layer)
+    out_shape = tuple(layer.forward(xp.zeros((1,) + tuple(shape), dtype=dtype)).shape[1:])
+    if isinstance(layer, _AFFINE):
+        return [("lin", layer, tuple(shape))], out_shape
+    if isinstance(layer, Activation):
+        name = layer.sigma.name
+        if name == "relu_power" and layer.sigma.params.get("alpha") == 1.0:
+            name = "relu"
+        if name not in _SLOPES:
+            raise ValueError(f"the activation {layer.sigma!r} is not globally Lipschitz or its slopes are not "
+                             f"tabulated; known: {', '.join(_SLOPES)}")
+        lo, hi = _SLOPES[name]
+        if lo >= 0:
+            return [("act", hi)], out_shape
+        return [("opq", layer, tuple(shape))], out_shape
+    if isinstance(layer, (MaxPool2d, Residual, Model)):
+        return [("opq", layer, tuple(shape))], out_shape
+    raise ValueError(f"no Lipschitz bound is known for a layer of type {type(layer).__name__}")
+
+
+class _Bounds:
+    """Norms of the pieces, with the settings of one call of lipschitz_upper_bound."""
+
+    def __init__(self, method, n_iter, tol, rng):
+        self.method, self.n_iter, self.tol, self.rng = method, n_iter, tol, rng
+
+    def affine(self, layer, shape):
+        """The operator norm (an estimate or a bound, by ``method``) of one affine layer's linear part."""
+        if isinstance(layer, (Flatten, Identity, Dropout)):
+            return 1.0
+        if isinstance(layer, GlobalAvgPool2d):
+            return 1.0 / math.sqrt(shape[0] * shape[1])
+        if isinstance(layer, BatchNorm2d):
+            xp = get_xp(layer.buffers["running_var"])
+            a = 1.0 / xp.sqrt(layer.buffers["running_var"].astype(xp.float64) + layer.eps)
+            if "gamma" in layer.params:
+                a = a * xp.abs(layer.params["gamma"])
+            return float(a.max())
+        if isinstance(layer, Linear):
+            if self.method == "fft":
+                W = layer.params["W"]
+                return float(get_xp(W).linalg.svd(W.astype(np.float64), compute_uv=False)[0])
+            return spectral_norm(layer, n_iter=self.n_iter, tol=self.tol, rng=self.rng)
+        if isinstance(layer, Conv2d) and self.method == "fft":
+            return conv_norm_bound(layer, shape)
+        if isinstance(layer, AvgPool2d) and self.method == "fft":
+            (KH, KW), (sh, sw) = layer.kernel_size, layer.stride
+            m = math.ceil(KH / sh) * math.ceil(KW / sw)
+            return math.sqrt(m / (KH * KW))
+        return spectral_norm(layer, shape, n_iter=self.n_iter, tol=self.tol, rng=self.rng)
+
+    def opaque(self, layer, shape, bound):
+        """The Lipschitz constant (bound) of a nonlinear piece that ends chains."""
+        if isinstance(layer, MaxPool2d):
+            (KH, KW), (sh, sw) = layer.kernel_size, layer.stride
+            return math.sqrt(math.ceil(KH / sh) * math.ceil(KW / sw))
+        if isinstance(layer, Activation):
+            return max(abs(s) for s in _SLOPES[layer.sigma.name])
+        if isinstance(layer, Residual):
+            return self.network(layer.body, shape, bound) + self.network(layer.shortcut, shape, bound)
+        if isinstance(layer, Model):
+            total = self.network(layer.net, shape, bound)
+            if layer.other is not None:
+                total += self.network(layer.other, shape, bound)
+            return layer._u * total
+        raise AssertionError(type(layer))  # pragma: no cover
+
+    def merged(self, layers, shapes, norms):
+        """|A_n ... A_1| of consecutive affine layers: min(power iteration, product of their norms)."""
+        product = float(np.prod(norms)) if norms else 1.0
+        if len(layers) <= 1:
+            return product
+        estimate = spectral_norm(Sequential(*layers), shapes[0], n_iter=self.n_iter, tol=self.tol, rng=self.rng)
+        return min(estimate, product)
+
+    def network(self, layer, shape, bound):
+        items, _ = _elements(layer, shape)
+        if bound == "product":
+            total = 1.0
+            for item in items:
+                if item[0] == "lin":
+                    total *= self.affine(item[1], item[2])
+                elif item[0] == "act":
+                    total *= item[1]
+                else:
+                    total *= self.opaque(item[1], item[2], bound)
+            return total
+        total, chunk = 1.0, []
+        for item in items + [None]:
+            if item is None or item[0] == "opq":
+                total *= self.chain(chunk)
+                chunk = []
+                if item is not None:
+                    total *= self.opaque(item[1], item[2], bound)
+            else:
+                chunk.append(item)
+        return total
+
+    def chain(self, items):
+        """The Combettes-Pesquet bound of A_m R ... R A_1 (module notes) for one chunk without opaque pieces."""
+        if not items:
+            return 1.0
+        blocks, scale = [[]], 1.0  # blocks[k]: the affine layers (layer, shape) between activations
+        for item in items:
+            if item[0] == "act":
+                scale *= item[1]
+                blocks.append([])
+            else:
+                blocks[-1].append((item[1], item[2]))
+        norms = [[self.affine(layer, shape) for layer, shape in block] for block in blocks]
+        m = len(blocks)
+        cache = {}
+
+        def M(k, n):  # norm of blocks k .. n-1 merged
+            if (k, n) not in cache:
+                layers = [layer for block in blocks[k:n] for layer, _ in block]
+                shapes = [shape for block in blocks[k:n] for _, shape in block]
+                cache[(k, n)] = self.merged(layers, shapes, [v for nb in norms[k:n] for v in nb])
+            return cache[(k, n)]
+
+        a = [1.0]
+        for n in range(1, m + 1):
+            a.append(sum(a[k] * 2.0 ** (-(n - k - 1) - (k > 0)) * M(k, n) for k in range(n)))
+        return scale * a[m]
+
+
+def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="power", n_iter=500, tol=1e-10,
+                          rng=0):
+    r"""An upper bound of the Euclidean Lipschitz constant of a network in eval mode.
+
+    Parameters
+    ----------
+    model : Layer
+        A :class:`~shallow.cnn.models.Model` or a network of Sequential, Conv2d, Linear,
+        BatchNorm2d, pooling, Flatten, Dropout, Residual and Lipschitz activations.
+    in_shape : tuple, optional
+        One input's shape, (H, W, C) for images (default: ``model.in_shape``).
+    bound : {"product", "averaged"}
+        The product of the layers' constants, or the Combettes-Pesquet bound over chains of
+        affine maps and activations with slopes in [0, c] (module notes); "averaged" is never
+        above "product".
+    method : {"power", "fft"}
+        Norms of convolutions (and linear and average-pooling layers) by power iteration (an
+        estimate from below, converged to ``tol``), or by certified upper bounds (the FFT bound of
+        :func:`conv_norm_bound`, the SVD, sqrt(overlap / window) for average pooling). The
+        products of consecutive affine layers of ``"averaged"`` are always by power iteration
+        (capped by the product of the factors' norms).
+    n_iter, tol, rng
+        Power iteration settings (:func:`spectral_norm`).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    Constants used: relu, tanh, softplus 1, sigmoid 1/4, erf 2/sqrt(pi), abs 1; max pooling with
+    windows KH x KW and strides (sh, sw): sqrt(ceil(KH/sh) ceil(KW/sw)) (each input lies in at
+    most that many windows, and a max is 1-Lipschitz for the largest coordinate change), 1 for
+    non-overlapping windows; batch normalisation in eval mode max_c |gamma_c| / sqrt(v_c + eps);
+    global average pooling 1/sqrt(H W); a residual block L(body) + L(shortcut); a centred Model
+    u (L(h) + L(h_0)) with u its output scale.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn import Linear, Sequential, Activation
+    >>> net = Sequential(Linear(3, 4, rng=0), Activation("relu"), Linear(4, 2, rng=1))
+    >>> lipschitz_upper_bound(net, (3,), bound="averaged") <= lipschitz_upper_bound(net, (3,)) + 1e-9
+    True
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    if bound not in ("product", "averaged"):
+        raise ValueError(f"bound must be 'product' or 'averaged', got {bound!r}")
+    if method not in ("power", "fft"):
+        raise ValueError(f"method must be 'power' (power iteration) or 'fft' (certified bounds), got {method!r}")
+    if in_shape is None:
+        in_shape = getattr(model, "in_shape", None)
+        if in_shape is None:
+            raise ValueError("in_shape (one input's shape, e.g. (H, W, C)) is required for a model without in_shape")
+    in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
+    n_iter = check_integer(n_iter, "n_iter", minimum=1)
+    tol = _check_nonneg(tol, "tol")
+    bounds = _Bounds(method, n_iter, tol, check_random_state(rng))
+    modes = [(sub, sub.training) for _, sub in model.named_layers()]
+    grads = [(sub, {k: g.copy() for k, g in sub.grads.items()}) for _, sub in model.named_layers()]
+    model.eval()
+    try:
+        if isinstance(model, Model):
+            return bounds.opaque(model, in_shape, bound)
+        return bounds.network(model, in_shape, bound)
+    finally:
+        for sub, mode in modes:
+            sub.training = mode
+        for sub, g in grads:
+            sub.grads = g
+
+
+# ============================================================================= input derivatives
+
+class _EvalMode:
+    """Run a model in eval mode (restoring its mode and its parameter gradients on exit)."""
+
+    def __init__(self, model):
+        if not isinstance(model, Layer):
+            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        self.model = model
+
+    def __enter__(self):
+        self.modes = [(sub, sub.training) for _, sub in self.model.named_layers()]
+        self.grads = [(sub, {k: g.copy() for k, g in sub.grads.items()}) for _, sub in self.model.named_layers()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for sub, mode in self.modes:
+            sub.training = mode
+        for sub, g in self.grads:
+            sub.grads = g
+        return False
+
+
+def _images(model, X, name="X"):
+    return check_images(X, name, getattr(model, "in_shape", None), dtype=model.dtype)
+
+
+def input_jacobian(model, X, *, batch_size=256):
+    r"""The input-output Jacobians J_f(x) = df/dx of a network in eval mode, one per image.
+
+    Parameters
+    ----------
+    model : Layer
+        Maps (N, H, W, C) images to (N, K) outputs.
+    X : array of shape (N, H, W, C)
+    batch_size : int
+
+    Returns
+    -------
+    array of shape (N, K) + X.shape[1:]
+        J[n, k] = d f_k(x_n) / dx_n, from K backward passes of the unit vectors e_k.
+    """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    X = _images(model, X)
+    xp = get_xp(X)
+    out = []
+    with _EvalMode(model):
+        for s in range(0, X.shape[0], batch_size):
+            xb = X[s:s + batch_size]
+            z = model.forward(xb)
+            rows = []
+            for k in range(z.shape[1]):
+                e = xp.zeros_like(z)
+                e[:, k] = 1
+                rows.append(xp.array(model.backward(e)))
+            out.append(xp.stack(rows, axis=1))
+    return xp.concatenate(out) if out else xp.zeros((0, 0) + X.shape[1:], dtype=X.dtype)
+
+
+def local_lipschitz(model, X, *, reduce="max", batch_size=256):
+    r"""The empirical local Lipschitz constant: the largest singular value of J_f(x) over the data.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+    reduce : {"max", None}
+        "max" gives max_n |J_f(x_n)|_2 (a float); None the array of the N values.
+    batch_size : int
+
+    Returns
+    -------
+    float or array of shape (N,)
+
+    Notes
+    -----
+    |J|_2 = sqrt(lambda_max(J J^T)) with J J^T the K x K Gram matrix of the Jacobian's rows
+    (:func:`input_jacobian`): exact, not a power iteration. Where f is differentiable, |J_f(x)|
+    is the local Lipschitz constant lim_{r -> 0} sup_{|d| <= r} |f(x + d) - f(x)| / |d|, so the
+    maximum over data is a lower bound of the global Lipschitz constant.
+    """
+    if reduce not in ("max", None):
+        raise ValueError(f"reduce must be 'max' or None, got {reduce!r}")
+    J = input_jacobian(model, X, batch_size=batch_size)
+    xp = get_xp(J)
+    N, K = J.shape[:2]
+    if N == 0:
+        raise ValueError("X holds no images: the local Lipschitz constant of no data is undefined")
+    J = J.reshape(N, K, -1).astype(xp.float64)
+    G = J @ J.transpose(0, 2, 1)  # (N, K, K)
+    values = xp.sqrt(xp.maximum(xp.linalg.eigvalsh(G)[:, -1], 0))
+    return float(values.max()) if reduce == "max" else values
+
+
+def _loss_grad_z(z, y, loss):
+    """Per-image loss l_n and dl_n/dz_n for logits z (N, K) and labels y (N,)."""
+    xp = get_xp(z)
+    N = z.shape[0]
+    rows = xp.arange(N)
+    if loss == "ce":
+        logp = log_softmax(z)
+        value = -logp[rows, y]
+        dz = xp.exp(logp)
+        dz[rows, y] -= 1
+        return value, dz
+    other = z.copy()
+    other[rows, y] = -xp.inf
+    j = xp.argmax(other, axis=1)
+    value = z[rows, j] - z[rows, y]
+    dz = xp.zeros_like(z)
+    dz[rows, j] = 1
+    dz[rows, y] -= 1
+    return value, dz
+
+
+def _loss_and_input_grad(model, X, y, loss, need_grad=True):
+    z = model.forward(X)
+    value, dz = _loss_grad_z(z, y, loss)
+    if not need_grad:
+        return value, None, z
+    return value, model.backward(dz), z
+
+
+def input_gradient(model, X, y, *, loss="ce"):
+    r"""The per-image loss l(x_n, y_n) and its input gradient grad_x l, in eval mode.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+    y : int array of shape (N,)
+    loss : {"ce", "margin"}
+        Cross-entropy logsumexp(f(x)) - f_y(x), or the margin max_{j != y} f_j(x) - f_y(x)
+        (positive exactly when x is misclassified; its gradient is e_j* - e_y through J_f, with
+        j* the first maximising class).
+
+    Returns
+    -------
+    (l, g) : arrays of shapes (N,) and X's shape
+        Each image's own loss and gradient (not divided by N).
+    """
+    loss = _check_loss(loss)
+    X = _images(model, X)
+    with _EvalMode(model):
+        n_classes = getattr(model, "n_classes", None) or int(model.forward(X[:1]).shape[1])
+        y = get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
+        value, g, _ = _loss_and_input_grad(model, X, y, loss)
+    return value, get_xp(X).array(g)
+
+
+# ============================================================================= attacks
+
+def _direction(g, norm):
+    """The steepest-ascent unit step for the norm: sign(g) (Linf) or g / |g|_2 per image (0 where g = 0)."""
+    xp = get_xp(g)
+    if norm == "inf":
+        return xp.sign(g)
+    n = xp.sqrt((g.reshape(g.shape[0], -1) ** 2).sum(axis=1))
+    n = xp.where(n > 0, n, 1).reshape((-1,) + (1,) * (g.ndim - 1))
+    return g / n
+
+
+def _project(X_adv, X0, eps, norm, clip):
+    """The projection on {|x - x0| <= eps}, then on the box ``clip`` (which keeps the point in the ball)."""
+    xp = get_xp(X_adv)
+    e = eps.reshape((-1,) + (1,) * (X0.ndim - 1))
+    d = X_adv - X0
+    if norm == "inf":
+        d = xp.clip(d, -e, e)
+    else:
+        n = xp.sqrt((d.reshape(d.shape[0], -1) ** 2).sum(axis=1)).reshape(e.shape)
+        d = d * xp.minimum(1, e / xp.where(n > 0, n, 1))
+    out = X0 + d
+    if clip is not None:
+        out = xp.clip(out, clip[0], clip[1])
+    return out
+
+
+def _labels(model, X, y):
+    n_classes = getattr(model, "n_classes", None)
+    if n_classes is None:
+        with _EvalMode(model):
+            n_classes = int(model.forward(X[:1]).shape[1])
+    return get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
+
+
+def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None):
+    r"""The fast gradient (sign) method: x + eps step(grad_x l(x, y)), one step, in eval mode.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+    y : int array of shape (N,)
+    eps : float >= 0 or array of shape (N,)
+        The radius of the perturbation.
+    norm : {"inf", "2"}
+        step = sign(g) (Goodfellow et al. 2015) or g / |g|_2.
+    loss : {"ce", "margin"}
+    clip : None or (lo, hi)
+        Box of valid pixel values.
+
+    Returns
+    -------
+    array of X's shape
+    """
+    norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
+    X = _images(model, X)
+    xp = get_xp(X)
+    eps = _check_eps(eps, X.shape[0], xp, X.dtype)
+    y = _labels(model, X, y)
+    with _EvalMode(model):
+        _, g, _ = _loss_and_input_grad(model, X, y, loss)
+    out = X + eps.reshape(-1, 1, 1, 1) * _direction(g, norm)
+    return out if clip is None else xp.clip(out, clip[0], clip[1])
+
+
+def _random_start(X, eps, norm, rng):
+    """A point uniform in the eps-ball around each image (drawn on the host)."""
+    xp = get_xp(X)
+    N = X.shape[0]
+    d = int(np.prod(X.shape[1:]))
+    e = to_numpy(eps).astype(np.float64).reshape((-1,) + (1,) * (X.ndim - 1))
+    if norm == "inf":
+        delta = rng.uniform(-1.0, 1.0, X.shape) * e
+    else:
+        g = rng.standard_normal(X.shape)
+        g /= np.maximum(np.sqrt((g.reshape(N, -1) ** 2).sum(1)), 1e-300).reshape(e.shape)
+        delta = g * e * rng.random(N).reshape(e.shape) ** (1.0 / d)
+    return X + xp.asarray(delta.astype(X.dtype))
+
+
+def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=False, rng=None, loss="ce",
+        clip=None, return_history=False):
+    r"""Projected gradient ascent of the loss in the eps-ball around each image (Madry et al. 2018).
+
+    Parameters
+    ----------
+    model : Layer
+        Run in eval mode (its mode is restored).
+    X : array of shape (N, H, W, C)
+    y : int array of shape (N,)
+        The labels whose loss is maximised.
+    eps : float >= 0 or array of shape (N,)
+        Radius of the ball, for all images or one per image.
+    norm : {"inf", "2"}
+    steps : int >= 0
+        T, the number of gradient steps.
+    step_size : float > 0, optional
+        s; by default 2.5 eps / T for each image (Madry et al.'s rule: the iterates can cross
+        the ball in T steps).
+    random_start : bool
+        Start at a point uniform in the ball (drawn on the host with ``rng``) instead of x.
+    rng : None, int or Generator
+    loss : {"ce", "margin"}
+        The per-image loss l (:func:`input_gradient`).
+    clip : None or (lo, hi)
+        Box of valid pixel values (intersected with the ball: project on the ball, then clip,
+        which stays in the ball since x is in the box).
+    return_history : bool
+        Also return a dict with ``"loss"`` (T + 1, N): l(x_t) at every iterate x_0 .. x_T, and
+        ``"best_loss"`` (T + 1, N): its running maximum.
+
+    Returns
+    -------
+    X_adv : array of X's shape
+        For each image the iterate with the largest loss among x_0 .. x_T (the first one in case
+        of ties). With T = 0 and no random start it is X itself.
+    history : dict, only with ``return_history``
+
+    Notes
+    -----
+    x_0 = x (or the random start), x_{t+1} = P(x_t + s step(grad_x l(x_t, y))), with step =
+    sign (Linf) or g / |g|_2 (L2) and P the projection on the ball (then the box). The loss of
+    the returned point, max_{t <= T} l(x_t), is non-decreasing in T. For a loss that is linear
+    in x each step itself does not decrease it: for L2, P is a projection on a convex set
+    containing x_t, so <g, P(x_t + s g) - x_t> >= |P(x_t + s g) - x_t|^2 / s >= 0; for Linf,
+    every coordinate moves (if at all) in the direction of sign(g_i).
+    """
+    norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
+    steps = check_integer(steps, "steps", minimum=0)
+    X = _images(model, X)
+    xp = get_xp(X)
+    N = X.shape[0]
+    eps = _check_eps(eps, N, xp, X.dtype)
+    if step_size is None:
+        s = 2.5 * eps / max(steps, 1)
+    else:
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not (
+                step_size > 0 and math.isfinite(step_size)):
+            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+        s = xp.full(N, float(step_size), dtype=X.dtype)
+    s = s.reshape(-1, 1, 1, 1)
+    y = _labels(model, X, y)
+    rng = check_random_state(rng)
+    x = _random_start(X, eps, norm, rng) if random_start else X.copy()
+    if random_start:
+        x = _project(x, X, eps, norm, clip)
+    elif clip is not None:
+        x = xp.clip(x, clip[0], clip[1])
+    losses, bests = [], []
+    with _EvalMode(model):
+        best, best_loss = x.copy(), None
+        for t in range(steps + 1):
+            value, g, _ = _loss_and_input_grad(model, x, y, loss, need_grad=t < steps)
+            if best_loss is None:
+                best_loss = value.copy()
+            else:
+                better = value > best_loss
+                best[better] = x[better]
+                best_loss = xp.where(better, value, best_loss)
+            losses.append(value)
+            bests.append(best_loss.copy())
+            if t < steps:
+                x = _project(x + s * _direction(g, norm), X, eps, norm, clip)
+    if return_history:
+        return best, {"loss": xp.stack(losses), "best_loss": xp.stack(bests)}
+    return best
+
+
+def _predict(model, X):
+    with _EvalMode(model):
+        return get_xp(X).argmax(model.forward(X), axis=1)
+
+
+def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps=20, loss="margin", clip=None):
+    r"""The smallest radius at which PGD changes each image's prediction, by bisection on eps.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+    y : int array of shape (N,)
+        True labels: an attack succeeds when argmax f(x_adv) != y.
+    eps_max : float > 0
+        The largest radius tried.
+    norm : {"inf", "2"}
+    n_bisect : int >= 0
+        Bisection steps: the bracket shrinks to eps_max 2^-n_bisect.
+    steps : int
+        PGD steps at each radius (default step 2.5 eps / steps; no random start, so that the
+        search is deterministic).
+    loss : {"margin", "ce"}
+    clip : None or (lo, hi)
+
+    Returns
+    -------
+    radius : array of shape (N,)
+        0 for images misclassified already; inf where PGD fails at eps_max; otherwise a radius at
+        which PGD succeeds, within eps_max 2^-n_bisect above one at which it failed (an upper
+        bound of the true minimal perturbation, since PGD may miss adversarial points).
+    X_adv : array of X's shape
+        The successful perturbed images at those radii (X itself where radius is 0 or inf).
+    """
+    eps_max = _check_radius(eps_max, "eps_max")
+    n_bisect = check_integer(n_bisect, "n_bisect", minimum=0)
+    norm, loss = _check_norm(norm), _check_loss(loss)
+    X = _images(model, X)
+    xp = get_xp(X)
+    N = X.shape[0]
+    y = _labels(model, X, y)
+    radius = xp.full(N, xp.inf, dtype=xp.float64)
+    X_adv = X.copy()
+    clean_wrong = _predict(model, X) != y
+    radius[clean_wrong] = 0
+    idx = xp.flatnonzero(~clean_wrong)
+    if idx.size == 0:
+        return radius, X_adv
+    kw = {"norm": norm, "steps": steps, "loss": loss, "clip": clip}
+    Xa, ya = X[idx], y[idx]
+    adv = pgd(model, Xa, ya, eps_max, **kw)
+    ok = _predict(model, adv) != ya
+    idx, Xa, ya, adv = idx[ok], Xa[ok], ya[ok], adv[ok]
+    lo = xp.zeros(idx.size, dtype=xp.float64)
+    hi = xp.full(idx.size, eps_max, dtype=xp.float64)
+    for _ in range(n_bisect):
+        if idx.size == 0:
+            break
+        mid = 0.5 * (lo + hi)
+        trial = pgd(model, Xa, ya, mid, **kw)
+        ok = _predict(model, trial) != ya
+        hi = xp.where(ok, mid, hi)
+        lo = xp.where(ok, lo, mid)
+        adv[ok] = trial[ok]
+    radius[idx] = hi
+    X_adv[idx] = adv
+    return radius, X_adv
+
+
+def _check_radius(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a radius > 0, got {value!r}")
+    return float(value)
+
+
+def certified_radius(model, X, y, lipschitz, *, norm="2"):
+    r"""The radius below which no perturbation changes the prediction of an L-Lipschitz network.
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+    y : int array of shape (N,)
+    lipschitz : float > 0
+        An upper bound L of the L2 Lipschitz constant (:func:`lipschitz_upper_bound`).
+    norm : {"2", "inf"}
+
+    Returns
+    -------
+    array of shape (N,)
+        max(0, m(x)) / (sqrt(2) L) for L2, divided further by sqrt(H W C) for Linf, with
+        m(x) = f_y(x) - max_{j != y} f_j(x) the margin.
+
+    Notes
+    -----
+    f_y - f_j = <e_y - e_j, f>, and |e_y - e_j| = sqrt(2): each margin moves by at most
+    sqrt(2) L |d|_2, and |d|_2 <= sqrt(H W C) |d|_inf (Tsuzuku et al. 2018, Prop. 1).
+    """
+    norm = _check_norm(norm)
+    L = _check_radius(lipschitz, "lipschitz")
+    X = _images(model, X)
+    xp = get_xp(X)
+    y = _labels(model, X, y)
+    with _EvalMode(model):
+        m, _ = _loss_grad_z(model.forward(X), y, "margin")
+    r = xp.maximum(-m, 0) / (math.sqrt(2.0) * L)
+    if norm == "inf":
+        r = r / math.sqrt(int(np.prod(X.shape[1:])))
+    return r
+
+
+def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5, batch_size=1, steps=10,
+                           step_size=None, rng=None, clip=None):
+    r"""One perturbation v with |v| <= eps that changes the predictions of most images (Alg. 1 of ref. 6).
+
+    Parameters
+    ----------
+    model : Layer
+    X : array of shape (N, H, W, C)
+        The images v is built on.
+    eps : float >= 0
+        xi, the radius of the ball of v.
+    norm : {"inf", "2"}
+    delta : float in [0, 1)
+        Stop once the fooling rate reaches 1 - delta.
+    max_epochs : int
+        At most this many passes over X.
+    batch_size : int
+        1 is Algorithm 1: images are visited one by one. Larger batches update v on the images
+        of a batch that it does not fool yet, together (the gradient of the sum of their losses).
+    steps : int
+        Gradient steps of the inner update (in place of DeepFool): PGD on v from the current v,
+        in the eps-ball, on the cross-entropy against the clean predictions, stopped as soon as
+        the batch's images are all fooled.
+    step_size : float, optional
+        Default 2.5 eps / steps.
+    rng : None, int or Generator
+        The order of the images.
+    clip : None or (lo, hi)
+        The perturbed images x + v are clipped to this box.
+
+    Returns
+    -------
+    v : array of shape (H, W, C)
+    fooling_rate : numpy array
+        The fraction of X whose prediction k(x + v) differs from k(x), after each epoch.
+
+    Notes
+    -----
+    Algorithm 1 of Moosavi-Dezfooli et al.: v = 0; for each x_i with k(x_i + v) = k(x_i), find
+    a small d_i with k(x_i + v + d_i) != k(x_i), and set v <- P_{p, xi}(v + d_i); repeat over the
+    data until the fooling rate is at least 1 - delta. The labels are the network's own clean
+    predictions k(x), as in the paper.
+    """
+    norm = _check_norm(norm)
+    eps = _check_nonneg(eps, "eps")
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 <= delta < 1:
+        raise ValueError(f"delta must be in [0, 1) (the target fooling rate is 1 - delta), got {delta!r}")
+    max_epochs = check_integer(max_epochs, "max_epochs", minimum=1)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    steps = check_integer(steps, "steps", minimum=1)
+    clip = _check_clip(clip)
+    s = 2.5 * eps / steps if step_size is None else _check_radius(step_size, "step_size")
+    X = _images(model, X)
+    xp = get_xp(X)
+    rng = check_random_state(rng)
+    N = X.shape[0]
+    k = _predict(model, X)
+    v = xp.zeros((1,) + X.shape[1:], dtype=X.dtype)
+    e = xp.full(1, eps, dtype=X.dtype)
+    zero = xp.zeros_like(v)
+
+    def perturbed(Xb, w):
+        out = Xb + w
+        return out if clip is None else xp.clip(out, clip[0], clip[1])
+
+    rates = []
+    with _EvalMode(model):
+        for _ in range(max_epochs):
+            order = rng.permutation(N)
+            for start in range(0, N, batch_size):
+                idx = xp.asarray(order[start:start + batch_size])
+                Xb, kb = X[idx], k[idx]
+                live = xp.argmax(model.forward(perturbed(Xb, v)), axis=1) == kb
+                if not bool(live.any()):
+                    continue
+                Xb, kb = Xb[live], kb[live]
+                w = v
+                for _ in range(steps):
+                    _, g, _ = _loss_and_input_grad(model, perturbed(Xb, w), kb, "ce")
+                    G = g.sum(axis=0, keepdims=True)
+                    w = _project(w + s * _direction(G, norm), zero, e, norm, None)
+                    if not bool((xp.argmax(model.forward(perturbed(Xb, w)), axis=1) == kb).any()):
+                        break
+                v = w
+            fooled = xp.argmax(model.forward(perturbed(X, v)), axis=1) != k
+            rates.append(float(fooled.mean()))
+            if rates[-1] >= 1 - delta:
+                break
+    return v[0], np.array(rates)
+
+
+# ============================================================================= spectral normalisation
+
+class SpectralProjection:
+    r"""Divide every Conv2d and Linear weight by max(1, |A| / bound): each layer becomes ``bound``-Lipschitz.
+
+    Parameters
+    ----------
+    in_shape : tuple
+        The network's input shape (H, W, C): the convolutions' norms depend on their input size.
+    bound : float > 0
+        The largest operator norm allowed per layer.
+    method : {"fft", "power"}
+        |A| of a convolution by the certified FFT bound (:func:`conv_norm_bound`; after the
+        projection the true norm is at most ``bound``) or by power iteration (an estimate from
+        below). Linear layers use their exact largest singular value.
+
+    Notes
+    -----
+    W <- W / max(1, sigma(W) / bound) leaves a layer within the bound untouched and scales one
+    above it back onto it: the projection of Miyato et al.'s normalisation onto the set
+    {sigma <= bound} along the ray of W. Biases, batch-norm and other layers are untouched: use
+    networks without batch normalisation (whose eval-mode scaling is not bounded).
+
+    Examples
+    --------
+    >>> from shallow.cnn import vgg_small
+    >>> net = vgg_small((8, 8, 1), 10, width=4, batch_norm=False, rng=0)
+    >>> project = SpectralProjection((8, 8, 1), bound=1.0)
+    >>> _ = project(net)
+    >>> lipschitz_upper_bound(net, (8, 8, 1), method="fft") <= 1.0 + 1e-9
+    True
+    """
+
+    def __init__(self, in_shape, bound=1.0, *, method="fft"):
+        if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (1, 3):
+            raise ValueError(f"in_shape must be (H, W, C) (or (d,) for a network of Linear layers), got {in_shape!r}")
+        self.in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
+        self.bound = _check_radius(bound, "bound")
+        if method not in ("fft", "power"):
+            raise ValueError(f"method must be 'fft' or 'power', got {method!r}")
+        self.method = method
+        self._shapes = None
+
+    def _layer_shapes(self, model):
+        shapes = {}
+        hooks = []
+        for _, layer in model.named_layers():
+            if isinstance(layer, (Conv2d, Linear)):
+                original = layer.forward
+
+                def forward(x, _layer=layer, _original=original):
+                    shapes[id(_layer)] = tuple(x.shape[1:])
+                    return _original(x)
+
+                layer.forward = forward
+                hooks.append(layer)
+        xp, dtype = _layer_device(model)
+        try:
+            with _EvalMode(model):
+                model.forward(xp.zeros((1,) + self.in_shape, dtype=dtype))
+        finally:
+            for layer in hooks:
+                del layer.forward
+        return shapes
+
+    def __call__(self, model):
+        """Project the weights of ``model`` in place; returns the norms before, by layer name."""
+        if self._shapes is None:
+            self._shapes = self._layer_shapes(model)
+        out = {}
+        for name, layer in model.named_layers():
+            if isinstance(layer, Conv2d):
+                shape = self._shapes[id(layer)]
+                if self.method == "fft":
+                    sigma = conv_norm_bound(layer, shape)
+                else:
+                    sigma = spectral_norm(layer, shape, n_iter=50, tol=1e-6, rng=0)
+            elif isinstance(layer, Linear):
+                W = layer.params["W"]
+                sigma = float(get_xp(W).linalg.svd(W.astype(np.float64), compute_uv=False)[0])
+            else:
+                continue
+            if sigma > self.bound:
+                layer.params["W"] *= self.bound / sigma
+            out[name] = sigma
+        return out
+
+
+class ProjectedOptimizer(Optimizer):
+    """An optimiser followed by a projection of the model after every step (for :func:`shallow.cnn.fit`).
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The update (SGD, Adam, ...), on ``model.named_parameters()``.
+    model : Layer
+    projection : callable model -> anything
+        Applied after each step (a :class:`SpectralProjection`).
+
+    Notes
+    -----
+    Learning rate, step counter and state are those of the wrapped optimiser (checkpoints save
+    them). Projected SGD: theta <- P(theta - eta grad).
+    """
+
+    def __init__(self, optimizer, model, projection):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+        if not isinstance(model, Layer):
+            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        if not callable(projection):
+            raise TypeError(f"projection must be callable, got {type(projection).__name__}")
+        self.optimizer, self.model, self.projection = optimizer, model, projection
+        self.params, self.schedule, self.state = optimizer.params, optimizer.schedule, optimizer.state
+
+    @property
+    def t(self):
+        return self.optimizer.t
+
+    @t.setter
+    def t(self, value):
+        self.optimizer.t = value
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    def step(self, grads):
+        self.optimizer.step(grads)
+        self.projection(self.model)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict):
+        self.optimizer.load_state_dict(state)

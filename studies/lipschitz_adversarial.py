@@ -1,0 +1,180 @@
+r"""Lipschitz upper bounds of a CNN exceed its empirical local constant; spectral normalisation shrinks both.
+
+Claim (Scaman & Virmaux 2018, arXiv:1805.10965; Combettes & Pesquet 2020, arXiv:1903.01014; Sedghi,
+Gupta & Long 2019, arXiv:1805.10408; Madry et al. 2018, arXiv:1706.06083; Miyato et al. 2018,
+arXiv:1802.05957), on a small VGG trained on scikit-learn's 8x8 digits:
+
+* every upper bound of the Lipschitz constant lies above the empirical local constant
+  max_x |J_f(x)|_2 over the test images (the bounds are valid), and far above it for a standard
+  network: the product of layer norms is loose by one to two orders of magnitude;
+* the Combettes-Pesquet bound over relu chains ("averaged") is below the product of the norms
+  (power iteration), itself below the certified product (FFT bound of each convolution);
+* training with spectral normalisation (every convolution and linear layer projected to norm <= c
+  after each step, by the certified FFT bound) divides the bound by a large factor and leaves a
+  smaller gap to the local constant;
+* PGD accuracy falls with the radius eps for both (L2 and Linf): a Lipschitz constraint alone,
+  without margin training, does not make the network robust; the certified L2 radius
+  margin / (sqrt(2) L) is far below the radii at which PGD succeeds.
+
+Protocol
+--------
+Digits (stratified 25% test split, standardised; the first ``n_train`` training images); h =
+:func:`shallow.cnn.vgg_small` without batch norm (two stages of two 3x3 convolutions and relu, 2x2 max
+pooling, global average pooling, a linear layer), He initialisation, the same for both; Adam
+(lr ``lr``), batch 64, ``epochs`` epochs; the spectrally normalised network is projected after every
+step by :class:`shallow.cnn.robustness.SpectralProjection` (per-layer bound ``sn_bound``). Bounds
+by :func:`shallow.cnn.robustness.lipschitz_upper_bound` ("product" with power iteration and with the
+FFT bound, "averaged"), local constant by :func:`local_lipschitz` over the test set; PGD
+(``pgd_steps`` steps of 2.5 eps / steps, no random start, cross-entropy) on the first ``n_attack``
+test images for each eps in the grids.
+
+Measured (seed 0, the 2-core development machine)
+-------------------------------------------------
+Defaults (all 1347 training images, width 8, 20 epochs, per-layer bound 3, 200 attacked images): 24 s of
+compute. Test accuracy 0.953 (standard) and 0.929 (spectral). Standard: local constant 15.3 (median
+over the test set 9.2), averaged bound 349, product 429, certified FFT product 621 (the averaged bound is
+23x the local constant). Spectral: local 7.2 (median 3.9), averaged 66, product 72, FFT product 103
+(9x the local constant). PGD-L2 accuracy at eps = 0.25, 0.5, 1, 1.5, 2, 3: 0.935, 0.825, 0.565, 0.225,
+0.065, 0.0 (standard) against 0.885, 0.81, 0.535, 0.27, 0.09, 0.005 (spectral); PGD-Linf at eps = 0.05,
+0.1, 0.2, 0.3, 0.5: 0.915, 0.78, 0.46, 0.12, 0.005 against 0.87, 0.78, 0.44, 0.145, 0.015. Median
+certified L2 radius 0.014 (standard) and 0.035 (spectral). The constraint at bound 3 per layer thus
+divides the bounds by 5-6 and the local constant by 2 without making PGD weaker: robustness needs margins
+as well as a small constant (Tsuzuku et al. 2018). Tighter per-layer bounds (1 or 2) train badly here:
+test accuracy 0.12 and 0.43 after 20 epochs with SGD or Adam (dead relus and tiny logits).
+
+--quick (600 training images, 10 epochs, 100 attacked images, eps_l2 in {0.5, 1, 2}, eps_linf in
+{0.1, 0.3}): 5 s of compute. Test accuracy 0.913 and 0.880; standard local 8.4, averaged 188, product
+234, FFT 350; spectral local 4.3, averaged 48, product 54, FFT 85; PGD-L2 accuracy 0.77, 0.57, 0.05
+against 0.73, 0.53, 0.06; PGD-Linf 0.76, 0.10 against 0.72, 0.17.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from shallow import study
+from shallow.backend import to_device, to_numpy
+from shallow.cnn import Adam, build_model, evaluate, fit, load_digits
+from shallow.cnn.robustness import (
+    ProjectedOptimizer,
+    SpectralProjection,
+    certified_radius,
+    lipschitz_upper_bound,
+    local_lipschitz,
+    pgd,
+)
+
+REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
+EXTRA = "data"
+
+MODELS = ("standard", "spectral")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n_train: int = 0  # first n_train training images (0: all 1347)
+    width: int = 8
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.003  # Adam
+    sn_bound: float = 3.0  # per-layer operator-norm bound of the spectrally normalised network
+    n_attack: int = 200  # test images attacked
+    pgd_steps: int = 10
+    eps_l2: tuple = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    eps_linf: tuple = (0.05, 0.1, 0.2, 0.3, 0.5)
+    seed: int = 0
+    device: str = "cpu"
+
+
+QUICK = {"n_train": 600, "epochs": 10, "n_attack": 100, "eps_l2": (0.5, 1.0, 2.0),
+         "eps_linf": (0.1, 0.3)}
+
+
+def train(cfg: Config, data, spectral: bool):
+    """The trained model (a standard or a spectrally normalised VGG) and its test accuracy."""
+    n = cfg.n_train or data.X_train.shape[0]
+    X, y = to_device(data.X_train[:n], cfg.device), to_device(data.y_train[:n], cfg.device)
+    model = build_model("vgg", data.in_shape, 10, width=cfg.width, batch_norm=False, rng=cfg.seed)
+    if cfg.device != "cpu":
+        model.to(cfg.device)
+    opt = Adam(model.named_parameters(), lr=cfg.lr)
+    if spectral:
+        projection = SpectralProjection(data.in_shape, cfg.sn_bound)
+        projection(model)
+        opt = ProjectedOptimizer(opt, model, projection)
+    fit(model, X, y, optimizer=opt, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=cfg.seed)
+    return model
+
+
+def compute(cfg: Config) -> dict:
+    data = load_digits()
+    X_test, y_test = to_device(data.X_test, cfg.device), to_device(data.y_test, cfg.device)
+    Xa, ya = X_test[:cfg.n_attack], y_test[:cfg.n_attack]
+    result = {"eps_l2": np.array(cfg.eps_l2), "eps_linf": np.array(cfg.eps_linf)}
+    for name in MODELS:
+        model = train(cfg, data, spectral=name == "spectral")
+        result[f"{name}_test_accuracy"] = evaluate(model, X_test, y_test)[1]
+        product = lipschitz_upper_bound(model, bound="product", method="power")
+        averaged = lipschitz_upper_bound(model, bound="averaged", method="power")
+        certified = lipschitz_upper_bound(model, bound="product", method="fft")
+        local = to_numpy(local_lipschitz(model, X_test, reduce=None))
+        result[f"{name}_product"] = product
+        result[f"{name}_averaged"] = averaged
+        result[f"{name}_product_fft"] = certified
+        result[f"{name}_local"] = float(local.max())
+        result[f"{name}_local_median"] = float(np.median(local))
+        result[f"{name}_gap"] = averaged / float(local.max())
+        for norm, grid in (("l2", cfg.eps_l2), ("linf", cfg.eps_linf)):
+            acc = []
+            for eps in grid:
+                adv = pgd(model, Xa, ya, eps, norm="2" if norm == "l2" else "inf", steps=cfg.pgd_steps)
+                acc.append(evaluate(model, adv, ya)[1])
+            result[f"{name}_pgd_{norm}"] = np.array(acc)
+        radius = to_numpy(certified_radius(model, Xa, ya, averaged))
+        result[f"{name}_certified_l2_median"] = float(np.median(radius))
+    return result
+
+
+def plot(result: dict, cfg: Config):
+    fig, axes = study.new_figure(1, 3, size=(4.4, 3.6))
+    ax = axes[0, 0]
+    labels = ["local\n(max over test)", "averaged\n(Combettes-Pesquet)", "product\n(power it.)", "product\n(FFT, certified)"]
+    keys = ["local", "averaged", "product", "product_fft"]
+    x = np.arange(len(keys))
+    for i, name in enumerate(MODELS):
+        values = [result[f"{name}_{k}"] for k in keys]
+        ax.bar(x + (i - 0.5) * 0.38, values, width=0.38, label=f"{name} (test acc. {result[f'{name}_test_accuracy']:.3f})",
+               color=f"C{i}")
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("Lipschitz constant (L2)")
+    ax.set_title("upper bounds vs empirical local constant", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    for j, (norm, title) in enumerate((("l2", "L2"), ("linf", r"L$\infty$"))):
+        ax = axes[0, j + 1]
+        eps = result[f"eps_{norm}"]
+        for i, name in enumerate(MODELS):
+            acc = np.concatenate([[result[f"{name}_test_accuracy"]], result[f"{name}_pgd_{norm}"]])
+            ax.plot(np.concatenate([[0.0], eps]), acc, "o-", color=f"C{i}", label=name)
+        ax.set_xlabel(rf"radius $\epsilon$ ({title})")
+        ax.set_ylabel(f"accuracy under PGD ({cfg.pgd_steps} steps)")
+        ax.set_title(f"PGD-{title} accuracy on {cfg.n_attack} test images", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
+    n = cfg.n_train or 1347
+    fig.suptitle(f"Lipschitz bounds and adversarial accuracy on digits: VGG width {cfg.width}, no batch norm, "
+                 f"n = {n}, {cfg.epochs} epochs Adam; spectral: every layer's norm <= {cfg.sn_bound:g}", fontsize=9)
+    return fig
+
+
+def main(argv=None):
+    return study.main(__name__, argv)
+
+
+if __name__ == "__main__":
+    main()

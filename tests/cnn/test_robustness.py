@@ -1,0 +1,455 @@
+"""Robustness: deformations, spectral norms, Lipschitz bounds and attacks, each against an independent computation.
+
+Oracles: scipy.ndimage.map_coordinates (bilinear interpolation), dense matrices of the operators built
+column by column and numpy's SVD, a circular cross-correlation written here with np.roll, central
+finite differences of the model's outputs with scipy's logsumexp, and closed forms for linear
+classifiers (FGSM steps, minimal perturbations, the optimal universal perturbation).
+"""
+
+import numpy as np
+import pytest
+from scipy.ndimage import map_coordinates
+from scipy.special import logsumexp
+
+from shallow.cnn import (
+    SGD,
+    Activation,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Flatten,
+    Layer,
+    Linear,
+    Model,
+    Sequential,
+    fit,
+    resnet_small,
+    vgg_small,
+)
+from shallow.cnn.robustness import (
+    ProjectedOptimizer,
+    SpectralProjection,
+    certified_radius,
+    conv_norm_bound,
+    conv_singular_values,
+    deform,
+    deformation_ratio,
+    fgsm,
+    input_gradient,
+    jacobian_norm,
+    lipschitz_upper_bound,
+    local_lipschitz,
+    minimal_perturbation,
+    pgd,
+    random_displacement,
+    spectral_norm,
+    universal_perturbation,
+)
+
+
+def _dense(fn, in_shape):
+    """The matrix (d_out, d_in) of a linear map of batches, column by column (one batch of basis vectors)."""
+    d = int(np.prod(in_shape))
+    E = np.eye(d).reshape((d,) + tuple(in_shape))
+    return fn(E).reshape(d, -1).T
+
+
+def _circular_xcorr(x, W):
+    """y[p, q, o] = sum_{i, j, c} W[i, j, c, o] x[(p + i) % H, (q + j) % W, c] for x of shape (N, H, W, C)."""
+    KH, KW = W.shape[:2]
+    return sum(np.roll(x, shift=(-i, -j), axis=(1, 2)) @ W[i, j] for i in range(KH) for j in range(KW))
+
+
+def _outputs(model, X):
+    model.eval()
+    return model.forward(X)
+
+
+def _ce(model, X, y):
+    z = _outputs(model, X)
+    return logsumexp(z, axis=1) - z[np.arange(len(y)), y]
+
+
+def _linear_binary(w, b=0.0):
+    """A 2-class model on (H, W, 1) images with logits (0, <w, x> + b): the margin <w, x> + b is linear."""
+    H, W_ = w.shape
+    lin = Linear(H * W_, 2, rng=0)
+    lin.params["W"][...] = np.stack([np.zeros(H * W_), w.ravel()], axis=1)
+    lin.params["b"][...] = [0.0, b]
+    return Model(Sequential(Flatten(), lin), (H, W_, 1), 2)
+
+
+# ----------------------------------------------------------------------------- deformations
+
+def test_deform_zero_field_is_identity():
+    X = np.random.default_rng(0).standard_normal((3, 6, 5, 2))
+    assert np.array_equal(deform(X, np.zeros((6, 5, 2))), X)
+
+
+def test_deform_integer_translation_is_a_shift():
+    # tau = (1, 2): (L_tau x)(i, j) = x(i - 1, j - 2) exactly where the source is inside the image
+    X = np.random.default_rng(1).standard_normal((2, 6, 7, 1))
+    tau = np.zeros((6, 7, 2))
+    tau[..., 0], tau[..., 1] = 1.0, 2.0
+    np.testing.assert_array_equal(deform(X, tau)[:, 1:, 2:], X[:, :-1, :-2])
+
+
+def test_deform_is_bilinear_interpolation_at_u_minus_tau():
+    # scipy's order-1 map_coordinates with edge extension ("nearest") is the same bilinear interpolation
+    # with clamping; agreement to rounding (1e-12 on O(1) values)
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2, 7, 6, 2))
+    tau = 1.5 * rng.standard_normal((2, 7, 6, 2))
+    out = deform(X, tau)
+    i, j = np.meshgrid(np.arange(7.0), np.arange(6.0), indexing="ij")
+    for n in range(2):
+        for c in range(2):
+            ref = map_coordinates(X[n, :, :, c], [i - tau[n, ..., 0], j - tau[n, ..., 1]], order=1, mode="nearest")
+            np.testing.assert_allclose(out[n, :, :, c], ref, atol=1e-12)
+
+
+def test_deform_fill_outside_the_image():
+    X = np.ones((1, 4, 4, 1))
+    tau = np.zeros((4, 4, 2))
+    tau[..., 1] = 2.5  # columns 0, 1 read from j - 2.5 < 0
+    out = deform(X, tau, fill=-3.0)[0, :, :, 0]
+    assert np.all(out[:, :2] == -3.0) and np.all(out[:, 3:] == 1.0)
+
+
+def test_jacobian_norm_of_a_linear_field_is_the_operator_norm():
+    # tau(u) = A u has grad tau = A everywhere (finite differences are exact): sup = sigma_max(A)
+    A = np.array([[0.3, -0.2], [0.1, 0.05]])
+    i, j = np.meshgrid(np.arange(6.0), np.arange(5.0), indexing="ij")
+    tau = np.einsum("ab,bhw->hwa", A, np.stack([i, j]))
+    assert jacobian_norm(tau) == pytest.approx(np.linalg.norm(A, 2), rel=1e-12)
+
+
+def test_random_displacement_has_the_requested_gradient_norm():
+    tau = random_displacement((3, 9, 8), grad_norm=0.25, scale=2.0, rng=0)
+    assert tau.shape == (3, 9, 8, 2)
+    # independent: per-pixel 2x2 Jacobians from numpy's gradient and their SVD
+    for n in range(3):
+        J = np.stack([np.stack(np.gradient(tau[n, ..., a]), -1) for a in (0, 1)], -2)  # (H, W, 2, 2)
+        assert np.linalg.norm(J, 2, axis=(-2, -1)).max() == pytest.approx(0.25, rel=1e-10)
+    np.testing.assert_array_equal(tau, random_displacement((3, 9, 8), grad_norm=0.25, scale=2.0, rng=0))
+
+
+def test_deformation_ratio_is_its_definition():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 8, 8, 1))
+    tau = random_displacement((8, 8), grad_norm=0.2, scale=1.5, rng=1)
+    i, j = np.meshgrid(np.arange(8.0), np.arange(8.0), indexing="ij")
+    moved = np.stack([map_coordinates(x[:, :, 0], [i - tau[..., 0], j - tau[..., 1]], order=1, mode="nearest")
+                      for x in X])[..., None]
+    diff = np.linalg.norm((moved - X).reshape(4, -1), axis=1)
+    ref = diff / 0.2
+    np.testing.assert_allclose(deformation_ratio(lambda x: x, X, tau, normalize=False), ref, rtol=1e-10)
+    np.testing.assert_allclose(deformation_ratio(lambda x: x, X, tau),
+                               ref / np.linalg.norm(X.reshape(4, -1), axis=1), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- spectral norms
+
+def test_circular_conv_singular_values_match_the_dense_svd():
+    # Sedghi, Gupta & Long 2019, Thm 6: the FFT blocks give every singular value of the operator
+    W = np.random.default_rng(4).standard_normal((3, 3, 2, 3))
+    M = _dense(lambda E: _circular_xcorr(E, W), (4, 5, 2))  # (60, 40)
+    dense = np.sort(np.linalg.svd(M, compute_uv=False))
+    fft = np.sort(conv_singular_values(W, (4, 5)).ravel())
+    np.testing.assert_allclose(fft, dense, atol=1e-10 * dense.max())
+
+
+def test_power_iteration_matches_fft_singular_values_of_a_circular_convolution():
+    # the circular convolution made of the layer itself: a wrap-padded input and a padding-0 Conv2d;
+    # its adjoint is the layer's backward pass folded back onto the torus
+    H, Wd = 6, 5
+    conv = Conv2d(3, 4, 3, bias=False, rng=5)
+
+    def A(v):
+        return conv.forward(np.pad(v, ((0, 0), (0, 2), (0, 2), (0, 0)), mode="wrap"))
+
+    def AT(u):
+        dpad = conv.backward(u)
+        out = np.zeros((1, H, Wd, 3))
+        np.add.at(out, (slice(None), np.arange(H + 2) % H), dpad[:, :, :Wd])
+        np.add.at(out, (slice(None), np.arange(H + 2)[:, None] % H, np.arange(Wd, Wd + 2) % Wd), dpad[:, :, Wd:])
+        return out
+
+    sigma = spectral_norm(A, (1, H, Wd, 3), adjoint=AT, tol=1e-13, n_iter=5000, rng=0)
+    # power iteration converges to the top singular value; 1e-6 relative is far above its residual here
+    assert sigma == pytest.approx(float(conv_singular_values(conv, (H, Wd)).max()), rel=1e-6)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
+def test_spectral_norm_of_zero_padded_conv_matches_dense_svd_and_fft_bound_is_above(stride, padding):
+    conv = Conv2d(2, 3, 3, stride=stride, padding=padding, bias=False, rng=6)
+    dense = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)[0]
+    assert spectral_norm(conv, (6, 6, 2), tol=1e-13, n_iter=5000, rng=1) == pytest.approx(dense, rel=1e-6)
+    # the FFT bound is certified: never below the exact norm (up to rounding)
+    assert conv_norm_bound(conv, (6, 6, 2)) >= dense * (1 - 1e-12)
+
+
+def test_spectral_norm_of_linear_and_average_pooling():
+    lin = Linear(7, 4, rng=7)
+    assert spectral_norm(lin, tol=1e-14, rng=0) == pytest.approx(np.linalg.norm(lin.params["W"], 2), rel=1e-7)
+    # non-overlapping k x k averages: A A^T = I / k^2, so |A| = 1/k
+    assert spectral_norm(AvgPool2d(2), (4, 4, 3), rng=0) == pytest.approx(0.5, rel=1e-10)
+
+
+# ----------------------------------------------------------------------------- Lipschitz bounds
+
+def _random_bn_vgg(rng):
+    net = vgg_small((8, 8, 1), 5, width=3, batch_norm=True, rng=rng)
+    g = np.random.default_rng(rng)
+    for _, layer in net.named_layers():
+        if isinstance(layer, BatchNorm2d):  # eval-mode statistics away from (0, 1)
+            layer.buffers["running_mean"][...] = g.standard_normal(layer.num_features)
+            layer.buffers["running_var"][...] = g.uniform(0.3, 2.0, layer.num_features)
+            layer.params["gamma"][...] = g.uniform(0.5, 1.5, layer.num_features)
+    return Model(net, (8, 8, 1), 5)
+
+
+@pytest.mark.parametrize("make", [lambda: _random_bn_vgg(0),
+                                  lambda: Model(resnet_small((8, 8, 1), 4, width=3, batch_norm=False, rng=1),
+                                                (8, 8, 1), 4),
+                                  lambda: Model(vgg_small((8, 8, 1), 3, width=3, batch_norm=False, activation="tanh",
+                                                          pool="avg", rng=2), (8, 8, 1), 3, alpha=2.0,
+                                                centering="frozen")])
+def test_lipschitz_bound_is_never_below_the_measured_local_constant(make):
+    model = make()
+    if model.centering == "frozen":  # move theta away from theta_0 so that f != 0
+        for p in model.named_parameters().values():
+            p += 0.3 * np.random.default_rng(3).standard_normal(p.shape)
+    X = np.random.default_rng(4).standard_normal((16, 8, 8, 1))
+    local = local_lipschitz(model, X)
+    # and an independent lower bound: difference quotients |f(x + d) - f(x)| / |d| along random directions
+    D = 1e-3 * np.random.default_rng(5).standard_normal(X.shape)
+    quotient = (np.linalg.norm((_outputs(model, X + D) - _outputs(model, X)).reshape(16, -1), axis=1)
+                / np.linalg.norm(D.reshape(16, -1), axis=1)).max()
+    assert local > 0
+    for bound in ("product", "averaged"):
+        for method in ("power", "fft"):
+            L = lipschitz_upper_bound(model, bound=bound, method=method, tol=1e-6)
+            assert L >= local and L >= quotient, (bound, method, L, local)
+
+
+def test_averaged_bound_is_never_above_the_product():
+    model = Model(vgg_small((8, 8, 1), 5, width=3, batch_norm=False, rng=8), (8, 8, 1), 5)
+    # the averaged bound caps each merged norm by the product of its factors: exact inequality
+    assert lipschitz_upper_bound(model, bound="averaged") <= lipschitz_upper_bound(model) * (1 + 1e-12)
+
+
+def test_averaged_bound_is_exact_for_abs_written_with_two_relus():
+    # |x| = relu(x) + relu(-x): Lipschitz 1; product of norms sqrt(2) sqrt(2) = 2;
+    # Combettes-Pesquet (|W2 W1| + |W2||W1|) / 2 = (0 + 2) / 2 = 1
+    l1, l2 = Linear(1, 2, bias=False), Linear(2, 1, bias=False)
+    l1.params["W"][...] = [[1.0, -1.0]]
+    l2.params["W"][...] = [[1.0], [1.0]]
+    net = Sequential(l1, Activation("relu"), l2)
+    assert lipschitz_upper_bound(net, (1,), tol=1e-14) == pytest.approx(2.0, rel=1e-10)
+    assert lipschitz_upper_bound(net, (1,), bound="averaged", tol=1e-14) == pytest.approx(1.0, rel=1e-10)
+
+
+def test_local_lipschitz_is_the_top_singular_value_of_the_finite_difference_jacobian():
+    model = _random_bn_vgg(9)
+    X = np.random.default_rng(10).standard_normal((3, 8, 8, 1))
+    h = 1e-6
+    d = 64
+    E = np.eye(d).reshape(d, 8, 8, 1)
+    ref = []
+    for x in X:
+        J = ((_outputs(model, x + h * E) - _outputs(model, x - h * E)) / (2 * h)).T  # (K, d)
+        ref.append(np.linalg.norm(J, 2))
+    # central differences err by O(h^2) + rounding eps |f| / h ~ 1e-10; relu kinks are not met at random points
+    np.testing.assert_allclose(local_lipschitz(model, X, reduce=None), ref, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- attacks
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_input_gradient_matches_central_differences(loss):
+    model = _random_bn_vgg(11)
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((4, 8, 8, 1))
+    y = np.array([0, 1, 2, 3])
+    value, g = input_gradient(model, X, y, loss=loss)
+
+    def per_image(Z):
+        z = _outputs(model, Z)
+        if loss == "ce":
+            return logsumexp(z, axis=1) - z[np.arange(4), y]
+        other = z.copy()
+        other[np.arange(4), y] = -np.inf
+        return other.max(axis=1) - z[np.arange(4), y]
+
+    np.testing.assert_allclose(value, per_image(X), rtol=1e-12, atol=1e-12)
+    h = 1e-6
+    for _ in range(3):
+        V = rng.standard_normal(X.shape)
+        fd = (per_image(X + h * V) - per_image(X - h * V)) / (2 * h)
+        # O(h^2) truncation and eps/h rounding: 1e-6 of the directional derivative's scale
+        np.testing.assert_allclose((g * V).sum(axis=(1, 2, 3)), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_pgd_with_zero_steps_is_the_identity():
+    model = _random_bn_vgg(13)
+    X = np.random.default_rng(14).standard_normal((5, 8, 8, 1))
+    for norm in ("inf", "2"):
+        assert np.array_equal(pgd(model, X, np.zeros(5, int), 0.5, norm=norm, steps=0), X)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_pgd_stays_in_the_ball_and_the_box(norm):
+    model = _random_bn_vgg(15)
+    X = np.clip(np.random.default_rng(16).standard_normal((6, 8, 8, 1)), -1, 1)
+    eps = np.linspace(0.1, 0.6, 6)
+    adv = pgd(model, X, np.arange(6) % 5, eps, norm=norm, steps=5, random_start=True, rng=0, clip=(-1.0, 1.0))
+    d = (adv - X).reshape(6, -1)
+    size = np.abs(d).max(axis=1) if norm == "inf" else np.linalg.norm(d, axis=1)
+    assert np.all(size <= eps * (1 + 1e-12)) and adv.min() >= -1 and adv.max() <= 1
+
+
+def test_pgd_returned_loss_is_the_running_maximum_and_non_decreasing_in_steps():
+    # Statement: l(X_adv) = max_{t <= T} l(x_t), which is non-decreasing in T; checked against the
+    # cross-entropy recomputed at the returned points with scipy's logsumexp
+    model = _random_bn_vgg(17)
+    X = np.random.default_rng(18).standard_normal((8, 8, 8, 1))
+    y = np.arange(8) % 5
+    adv, hist = pgd(model, X, y, 1.0, norm="2", steps=6, step_size=0.8, return_history=True)
+    assert np.all(np.diff(hist["best_loss"], axis=0) >= 0)
+    np.testing.assert_allclose(hist["best_loss"], np.maximum.accumulate(hist["loss"], axis=0), rtol=0, atol=0)
+    np.testing.assert_allclose(_ce(model, adv, y), hist["best_loss"][-1], rtol=1e-12)
+    shorter = pgd(model, X, y, 1.0, norm="2", steps=3, step_size=0.8)
+    assert np.all(_ce(model, adv, y) >= _ce(model, shorter, y) - 1e-12)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_pgd_every_iterate_increases_a_linear_loss(norm):
+    # for a loss linear in x (the margin of a 2-class linear model) each projected step is an ascent step
+    w = np.random.default_rng(19).standard_normal((4, 4))
+    model = _linear_binary(w)
+    X = np.random.default_rng(20).standard_normal((5, 4, 4, 1))
+    _, hist = pgd(model, X, np.zeros(5, int), 0.7, norm=norm, steps=8, step_size=0.3, loss="margin",
+                  return_history=True)
+    assert np.all(np.diff(hist["loss"], axis=0) >= -1e-12)
+
+
+def test_fgsm_moves_a_linear_margin_by_eps_times_the_dual_norm():
+    # margin m(x) = <w, x>: FGSM-Linf adds eps |w|_1, the L2 step eps |w|_2 (dual norms)
+    w = np.random.default_rng(21).standard_normal((4, 4))
+    model = _linear_binary(w)
+    X = np.random.default_rng(22).standard_normal((3, 4, 4, 1))
+    m0 = (X[..., 0] * w).sum(axis=(1, 2))
+    for norm, dual in (("inf", np.abs(w).sum()), ("2", np.linalg.norm(w))):
+        adv = fgsm(model, X, np.zeros(3, int), 0.1, norm=norm, loss="margin")
+        np.testing.assert_allclose((adv[..., 0] * w).sum(axis=(1, 2)) - m0, 0.1 * dual, rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_minimal_perturbation_of_a_linear_classifier(norm):
+    # the smallest perturbation changing sign(<w, x> + b) has size |<w, x> + b| / |w|_dual
+    w = np.random.default_rng(23).standard_normal((3, 3))
+    model = _linear_binary(w, b=-4.0)
+    X = 0.3 * np.random.default_rng(24).standard_normal((6, 3, 3, 1))
+    margin = -((X[..., 0] * w).sum(axis=(1, 2)) - 4.0)
+    assert np.all(margin > 0)  # all predicted class 0
+    exact = margin / (np.abs(w).sum() if norm == "inf" else np.linalg.norm(w))
+    radius, adv = minimal_perturbation(model, X, np.zeros(6, int), eps_max=10.0, norm=norm, n_bisect=20, steps=20)
+    # bisection brackets: PGD finds the optimum of a linear margin, so exact <= radius <= exact + 10 * 2^-20
+    assert np.all(radius >= exact * (1 - 1e-9)) and np.all(radius <= exact + 10 * 2.0**-20 + 1e-12)
+    assert np.all(np.argmax(_outputs(model, adv), axis=1) == 1)
+
+
+def test_certified_radius_is_below_the_pgd_minimal_perturbation():
+    model = Model(vgg_small((8, 8, 1), 3, width=3, batch_norm=False, rng=25), (8, 8, 1), 3)
+    X = np.random.default_rng(26).standard_normal((8, 8, 8, 1))
+    y = np.argmax(_outputs(model, X), axis=1)
+    L = lipschitz_upper_bound(model, bound="averaged")
+    cert = certified_radius(model, X, y, L)
+    found, _ = minimal_perturbation(model, X, y, eps_max=50.0, norm="2", n_bisect=12, steps=20)
+    assert np.all(cert > 0) and np.all(cert <= found)
+
+
+def test_universal_perturbation_reaches_the_optimum_of_a_linear_classifier():
+    # binary linear model, every image predicted 0: the best universal Linf perturbation is eps sign(w),
+    # fooling exactly the images with margin below eps |w|_1
+    w = np.random.default_rng(27).standard_normal((3, 3))
+    model = _linear_binary(w, b=-6.0)
+    X = 0.5 * np.random.default_rng(28).standard_normal((40, 3, 3, 1))
+    m = 6.0 - (X[..., 0] * w).sum(axis=(1, 2))
+    assert np.all(m > 0)
+    eps = 0.8
+    optimum = float((m < eps * np.abs(w).sum()).mean())
+    assert 0.2 < optimum < 0.8  # a non-trivial case (measured 0.4)
+    v, rates = universal_perturbation(model, X, eps, delta=0.0, max_epochs=3, batch_size=40, steps=20, rng=0)
+    assert np.abs(v).max() <= eps * (1 + 1e-12)
+    np.testing.assert_allclose(v[..., 0], eps * np.sign(w), rtol=1e-12)
+    assert rates[-1] == pytest.approx(optimum)
+
+
+# ----------------------------------------------------------------------------- spectral normalisation
+
+def test_spectral_projection_bounds_every_layer_norm():
+    net = vgg_small((8, 8, 1), 4, width=3, batch_norm=False, rng=29)
+    before = SpectralProjection((8, 8, 1), 1.5)(net)
+    shape = (8, 8, 1)
+    for layer in net.layers:
+        if isinstance(layer, Conv2d):
+            exact = np.linalg.svd(_dense(lambda E, c=layer: c.forward(E) - c.params["b"], shape),
+                                  compute_uv=False)[0]
+            assert exact <= 1.5 * (1 + 1e-9)
+        if isinstance(layer, Linear):
+            assert np.linalg.norm(layer.params["W"], 2) <= 1.5 * (1 + 1e-9)
+        shape = layer.forward(np.zeros((1,) + shape)).shape[1:]
+    assert max(before.values()) > 1.5  # He initialisation had layers above the bound
+
+
+def test_projected_optimizer_keeps_the_bound_through_training():
+    rng = np.random.default_rng(30)
+    X, y = rng.standard_normal((32, 8, 8, 1)), rng.integers(0, 3, 32)
+    model = Model(vgg_small((8, 8, 1), 3, width=3, batch_norm=False, rng=31), (8, 8, 1), 3)
+    project = SpectralProjection((8, 8, 1), 1.0)
+    project(model)
+    opt = ProjectedOptimizer(SGD(model.named_parameters(), lr=0.5, momentum=0.9), model, project)
+    fit(model, X, y, optimizer=opt, epochs=2, batch_size=8, rng=0)
+    assert opt.t == 8
+    # 5 layers of norm <= 1 (FFT-certified), global average pooling of a 2x2 map (1/2), relu and max pooling 1
+    assert lipschitz_upper_bound(model, method="fft") <= 0.5 * (1 + 1e-9)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_input_gives_clear_errors():
+    model = _random_bn_vgg(32)
+    X, y = np.zeros((2, 8, 8, 1)), np.zeros(2, int)
+    with pytest.raises(ValueError, match="eps must be a radius >= 0"):
+        pgd(model, X, y, -0.1)
+    with pytest.raises(ValueError, match="eps must be a radius >= 0"):
+        fgsm(model, X, y, np.array([0.1, -1.0]))
+    with pytest.raises(ValueError, match="norm must be 'inf'"):
+        pgd(model, X, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="norm must be 'inf'"):
+        minimal_perturbation(model, X, y, eps_max=1.0, norm=1)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        pgd(model, X, y, 0.1, loss="hinge")
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        pgd(model, X, y, 0.1, steps=-1)
+    with pytest.raises(ValueError, match=r"tau must be a displacement field of shape \(H, W, 2\)"):
+        deform(X, np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="tau has shape"):
+        deform(X, np.zeros((7, 8, 2)))
+    with pytest.raises(ValueError, match="grad_norm must be a finite number >= 0"):
+        random_displacement((8, 8), grad_norm=-1.0, scale=1.0)
+    with pytest.raises(ValueError, match="no Lipschitz bound is known"):
+        lipschitz_upper_bound(Sequential(Flatten(), _Opaque()), (2, 2, 1))
+    with pytest.raises(ValueError, match="bound must be 'product' or 'averaged'"):
+        lipschitz_upper_bound(model, bound="exact")
+    with pytest.raises(ValueError, match="in_shape"):
+        spectral_norm(Conv2d(1, 1, 3))
+
+
+class _Opaque(Layer):
+    """A layer of a type the bound does not know."""
+
+    def forward(self, x):
+        return x
