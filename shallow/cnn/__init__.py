@@ -19,7 +19,8 @@ Modules: :mod:`~shallow.cnn.layers` (Layer, Sequential, Linear, Activation, Flat
 Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:`~shallow.cnn.norm`
 (BatchNorm2d), :mod:`~shallow.cnn.losses`, :mod:`~shallow.cnn.optim`, :mod:`~shallow.cnn.models`,
 :mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`,
-:mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations).
+:mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations),
+:mod:`~shallow.cnn.revnet` (i-RevNet, an invertible network).
 """
 
 from .conv import Conv2d, conv2d
@@ -32,6 +33,8 @@ from .models import Model, build_model, relative_change, resnet_small, snapshot,
 from .norm import BatchNorm2d
 from .optim import SGD, Adam, Constant, Cosine, StepDecay
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .revnet import (IRevNet, InjectivePad, InvertibleLayer, InvertibleSequential, RevBlock, SpaceToDepth, bottleneck,
+                     irevnet_small)
 from .robustness import (ProjectedOptimizer, SpectralProjection, certified_radius, conv_norm_bound,
                          conv_singular_values, deform, deformation_ratio, fgsm, input_gradient, input_jacobian,
                          jacobian_norm, lipschitz_upper_bound, local_lipschitz, minimal_perturbation, pgd,
@@ -52,4 +55,6 @@ __all__ = [
     "spectral_norm", "conv_singular_values", "conv_norm_bound", "lipschitz_upper_bound", "input_jacobian",
     "local_lipschitz", "input_gradient", "fgsm", "pgd", "minimal_perturbation", "certified_radius",
     "universal_perturbation", "SpectralProjection", "ProjectedOptimizer",
+    "InvertibleLayer", "SpaceToDepth", "InjectivePad", "RevBlock", "bottleneck", "InvertibleSequential", "IRevNet",
+    "irevnet_small",
 ]

@@ -1,0 +1,416 @@
+"""The i-RevNet layers (shallow.cnn.revnet): exact inverses, derivatives against finite differences, training, errors.
+
+Statements checked (Jacobsen, Smeulders & Oyallon 2018, arXiv:1802.07088, Sec. 3.1):
+
+* the space-to-depth map is the index formula (S x)[n, i, j, (p b + q) C + c] = x[n, b i + p, b j + q, c],
+  a permutation of the entries;
+* the injective padding's inverse is the Moore-Penrose pseudo-inverse of its matrix (numpy's pinv);
+* the additive coupling (x_1, x_2) -> (S x_2, S x_1 + F(x_2)) is a bijection with the explicit inverse:
+  inverse(forward(x)) = x and forward(inverse(y)) = y, to 1e-10 in float64, for every layer k of the
+  network (reconstruct(features(x, k), k) = x), in eval mode and in train mode on the same batch;
+* every backward pass matches central differences (and a Taylor remainder of order 2), every jvp matches
+  central differences, and the tangent model of :func:`shallow.cnn.linearize` works on an i-RevNet;
+* the network trains with :func:`shallow.cnn.fit`; bad inputs raise ValueErrors naming the argument.
+
+Tolerances: identities in float64 at 1e-10 (the issue's acceptance bound; rounding in the subtraction
+y_2 - F(x_2) is eps |F| ~ 1e-15 per block for O(1) activations, so this is 1e5 times the rounding
+level), in float32 at 1e-4 (eps_32 = 1.2e-7 times O(10) activations times a few blocks, times a
+margin of 10); derivative checks use the tolerances of tests/cnn/gradcheck.py (stated there).
+"""
+
+import numpy as np
+import pytest
+from gradcheck import check_central_differences, check_jvp, taylor_slope
+
+from shallow.cnn import Adam, Conv2d, Linear, Model, Sequential, fit, linearize, predict
+from shallow.cnn.revnet import (
+    InjectivePad,
+    InvertibleSequential,
+    IRevNet,
+    RevBlock,
+    SpaceToDepth,
+    bottleneck,
+    irevnet_small,
+)
+
+# float64 inverse tolerance: the issue's acceptance bound (see the module docstring).
+INVERSE_ATOL_64 = 1e-10
+
+
+def small_net(rng=0, dtype=np.float64, **kw):
+    """8x8x1 -> 4x4 with 4 channels (no padding), then a stride-2 block: 2x2 with 16 channels."""
+    args = {"width": 4, "blocks": 1}
+    args.update(kw)
+    return irevnet_small((8, 8, 1), 3, rng=rng, dtype=dtype, **args)
+
+
+def space_to_depth_loops(x, b):
+    N, H, W, C = x.shape
+    y = np.empty((N, H // b, W // b, b * b * C), dtype=x.dtype)
+    for i in range(H // b):
+        for j in range(W // b):
+            for p in range(b):
+                for q in range(b):
+                    for c in range(C):
+                        y[:, i, j, (p * b + q) * C + c] = x[:, b * i + p, b * j + q, c]
+    return y
+
+
+def randomize_batch_norm(net, rng):
+    """Non-trivial gamma, beta and running statistics, so that eval mode is not the identity normalisation."""
+    for _, layer in net.named_layers():
+        if "running_mean" in layer.buffers:
+            C = layer.buffers["running_mean"].size
+            layer.buffers["running_mean"][...] = 0.3 * rng.standard_normal(C)
+            layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, C)
+            layer.params["gamma"][...] = rng.uniform(0.5, 1.5, C)
+            layer.params["beta"][...] = 0.3 * rng.standard_normal(C)
+
+
+# --------------------------------------------------------------------------- space-to-depth
+@pytest.mark.parametrize("b", [1, 2, 3])
+def test_space_to_depth_is_the_index_formula(b):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 6, 3))
+    np.testing.assert_array_equal(SpaceToDepth(b)(x), space_to_depth_loops(x, b))
+
+
+def test_space_to_depth_is_a_permutation_and_its_inverse_is_exact():
+    # A permutation of the entries: the same multiset of values, and the inverse undoes it bit for bit.
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 3))
+    s = SpaceToDepth(2)
+    y = s(x)
+    np.testing.assert_array_equal(np.sort(y.ravel()), np.sort(x.ravel()))
+    np.testing.assert_array_equal(s.inverse(y), x)
+    np.testing.assert_array_equal(s(s.inverse(y)), y)
+
+
+# --------------------------------------------------------------------------- injective padding
+def linear_map_matrix(f, in_shape):
+    """The matrix of a linear map on (1,) + in_shape arrays, column by column on the standard basis."""
+    n = int(np.prod(in_shape))
+    cols = []
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = 1.0
+        cols.append(f(e.reshape((1,) + in_shape)).ravel())
+    return np.stack(cols, axis=1)
+
+
+def test_injective_pad_inverse_is_the_moore_penrose_pseudo_inverse():
+    pad = InjectivePad(4, 10)
+    P = linear_map_matrix(pad.forward, (2, 2, 4))  # (40, 16)
+    np.testing.assert_allclose(P.T @ P, np.eye(16), atol=0)  # isometric embedding
+    y = np.random.default_rng(2).standard_normal((1, 2, 2, 10))  # off the range of P
+    np.testing.assert_allclose(pad.inverse(y).ravel(), np.linalg.pinv(P) @ y.ravel(), atol=1e-14)
+
+
+def test_injective_pad_keeps_each_half_in_its_half():
+    # (x_1, x_2) -> (x_1, 0, x_2, 0): the first half of the output channels holds x_1 only.
+    x = np.random.default_rng(3).standard_normal((2, 3, 3, 4))
+    y = InjectivePad(4, 8)(x)
+    np.testing.assert_array_equal(y[..., :2], x[..., :2])
+    np.testing.assert_array_equal(y[..., 4:6], x[..., 2:])
+    assert not y[..., 2:4].any() and not y[..., 6:].any()
+
+
+# --------------------------------------------------------------------------- the coupling block
+@pytest.mark.parametrize("stride", [1, 2])
+def test_revblock_is_the_additive_coupling_formula(stride):
+    # y = (S x_2, S x_1 + F(x_2)) with S computed by the loops of the index formula.
+    rng = np.random.default_rng(4)
+    block = RevBlock(6, stride=stride, rng=rng)
+    x = rng.standard_normal((3, 4, 4, 6))
+    y = block(x)
+    x1, x2 = x[..., :3], x[..., 3:]
+    f = block.F.forward(x2)
+    S = (lambda a: a) if stride == 1 else (lambda a: space_to_depth_loops(a, 2))
+    np.testing.assert_allclose(y, np.concatenate([S(x2), S(x1) + f], axis=-1), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_revblock_inverse_of_forward_is_identity_float64(stride, mode):
+    rng = np.random.default_rng(5)
+    block = RevBlock(6, stride=stride, rng=rng)
+    randomize_batch_norm(block, rng)
+    block.train(mode == "train")
+    x = rng.standard_normal((4, 4, 6, 6))
+    assert np.abs(block.inverse(block(x)) - x).max() < INVERSE_ATOL_64
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_revblock_forward_of_inverse_is_identity_in_eval_mode(stride):
+    # Bijectivity: every y (not only outputs of forward) has the preimage inverse(y).
+    rng = np.random.default_rng(6)
+    block = RevBlock(4, stride=stride, rng=rng)
+    randomize_batch_norm(block, rng)
+    block.eval()
+    y = rng.standard_normal((3,) + block.output_shape((4, 4, 4)))
+    assert np.abs(block(block.inverse(y)) - y).max() < INVERSE_ATOL_64
+
+
+def test_revblock_inverse_leaves_running_statistics_and_caches_untouched():
+    # Train mode: inverse recomputes F with batch statistics but restores the running estimates and the
+    # caches, so the gradients of a backward pass after it are those of the forward pass, bit for bit.
+    rng = np.random.default_rng(7)
+    block = RevBlock(4, stride=2, rng=rng)
+    x = rng.standard_normal((3, 4, 4, 4))
+    r = rng.standard_normal((3, 2, 2, 16))
+    y = block.forward(x)
+    buffers = {k: v.copy() for k, v in block.named_buffers().items()}
+    dx_ref = block.backward(r)
+    grads_ref = {k: g.copy() for k, g in block.named_gradients().items()}
+    block.forward(x)
+    block.inverse(y)
+    for k, v in block.named_buffers().items():
+        if "running" in k:  # the second forward updated them once more; inverse did not
+            assert not np.array_equal(v, buffers[k])
+    after_forward = {k: v.copy() for k, v in block.named_buffers().items()}
+    block.inverse(y)
+    for k, v in block.named_buffers().items():
+        np.testing.assert_array_equal(v, after_forward[k])
+    np.testing.assert_array_equal(block.backward(r), dx_ref)
+    for k, g in block.named_gradients().items():
+        np.testing.assert_array_equal(g, grads_ref[k])
+
+
+def test_train_mode_inverse_needs_the_forward_batch():
+    # Documented limitation: in train mode F uses the statistics of its batch, so inverting a sub-batch
+    # recomputes F with other statistics and misses x; in eval mode any sub-batch inverts exactly.
+    rng = np.random.default_rng(8)
+    block = RevBlock(4, rng=rng)
+    x = rng.standard_normal((6, 4, 4, 4))
+    y = block(x)
+    assert np.abs(block.inverse(y[:2]) - x[:2]).max() > 1e-3
+    block.eval()
+    y = block(x)
+    assert np.abs(block.inverse(y[:2]) - x[:2]).max() < INVERSE_ATOL_64
+
+
+# --------------------------------------------------------------------------- the network
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_irevnet_reconstructs_the_input_from_every_layer_float64(mode, xp):
+    rng = np.random.default_rng(9)
+    net = irevnet_small((8, 8, 1), 10, width=8, blocks=2, rng=0)
+    randomize_batch_norm(net, rng)
+    x = rng.standard_normal((5, 8, 8, 1))
+    if xp is not np:
+        net.to("gpu")
+        x = xp.asarray(x)
+    net.train(mode == "train")
+    assert net.depth == 2 + 2 * 2  # space-to-depth, padding, two stages of two blocks
+    for k in range(net.depth + 1):
+        z = net.features(x, k)
+        assert tuple(z.shape[1:]) == net.feature_shape(k)
+        err = float(xp.abs(net.reconstruct(z, k) - x).max())
+        assert err < INVERSE_ATOL_64, f"layer {k}: {err}"
+    assert float(xp.abs(net.inverse(net.features(x)) - x).max()) < INVERSE_ATOL_64
+
+
+def test_irevnet_representation_keeps_at_least_the_input_dimension():
+    # Nothing is discarded: the representation has >= H W C entries at every layer.
+    net = irevnet_small((8, 8, 1), 10, width=8, blocks=1)
+    assert all(np.prod(net.feature_shape(k)) >= 64 for k in range(net.depth + 1))
+    assert net.feature_shape() == (2, 2, 32)
+
+
+def test_irevnet_inverse_float32():
+    rng = np.random.default_rng(10)
+    net = irevnet_small((8, 8, 1), 10, width=8, blocks=2, rng=0, dtype=np.float32).eval()
+    x = rng.standard_normal((4, 8, 8, 1)).astype(np.float32)
+    z = net.features(x)
+    assert z.dtype == np.float32
+    assert np.abs(net.inverse(z) - x).max() < 1e-4
+
+
+def test_irevnet_is_a_model_with_gap_and_linear_head():
+    net = small_net()
+    x = np.random.default_rng(11).standard_normal((2, 8, 8, 1))
+    out = net(x)
+    assert out.shape == (2, 3)
+    assert isinstance(net.head[-1], Linear)
+    model = Model(net, (8, 8, 1), 3)
+    np.testing.assert_array_equal(model(x), net(x))
+
+
+# --------------------------------------------------------------------------- derivatives
+@pytest.mark.parametrize("layer", [SpaceToDepth(2), InjectivePad(4, 8)], ids=["space_to_depth", "pad"])
+def test_linear_invertible_layers_backward_and_jvp_match_central_differences(layer):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 4, 4, 4))
+    check_central_differences(layer, x, rng)
+    check_jvp(layer, x, rng)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_revblock_backward_matches_central_differences(stride, mode):
+    rng = np.random.default_rng(13)
+    block = RevBlock(4, stride=stride, rng=rng)
+    randomize_batch_norm(block, rng)
+    block.train(mode == "train")
+    check_central_differences(block, rng.standard_normal((3, 4, 4, 4)), rng)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_revblock_jvp_matches_central_differences(stride, mode):
+    rng = np.random.default_rng(14)
+    block = RevBlock(4, stride=stride, rng=rng)
+    randomize_batch_norm(block, rng)
+    block.train(mode == "train")
+    x = rng.standard_normal((3, 4, 4, 4))
+    check_jvp(block, x, rng)
+    check_jvp(block, x, rng, input_tangent=False)
+
+
+def test_revblock_taylor_remainder_is_second_order():
+    # A correct gradient leaves a remainder O(h^2): fitted log-log slope 2 within 0.1.
+    rng = np.random.default_rng(15)
+    block = RevBlock(4, stride=2, F=bottleneck(2, 8, stride=2, batch_norm=False, activation="tanh", rng=rng))
+    slope, _ = taylor_slope(block, rng.standard_normal((2, 4, 4, 4)), rng)
+    assert abs(slope - 2) < 0.1
+
+
+def test_revblock_with_custom_F_backward_matches_central_differences():
+    rng = np.random.default_rng(16)
+    F = Sequential(Conv2d(3, 3, 3, padding=1, rng=rng))
+    block = RevBlock(6, F=F)
+    check_central_differences(block, rng.standard_normal((2, 5, 5, 6)), rng)
+
+
+def test_revblock_without_input_gradient_still_gives_parameter_gradients():
+    rng = np.random.default_rng(17)
+    block = RevBlock(4, rng=rng)
+    x = rng.standard_normal((2, 4, 4, 4))
+    r = rng.standard_normal((2, 4, 4, 4))
+    block.forward(x)
+    block.backward(r)
+    full = {k: g.copy() for k, g in block.named_gradients().items()}
+    block.forward(x)
+    assert block.backward(r, need_input_grad=False) is None
+    for k, g in block.named_gradients().items():
+        np.testing.assert_array_equal(g, full[k])
+
+
+def test_irevnet_backward_and_jvp_match_central_differences():
+    rng = np.random.default_rng(18)
+    net = small_net(rng=1)
+    randomize_batch_norm(net, rng)
+    x = rng.standard_normal((3, 8, 8, 1))
+    check_central_differences(net, x, rng)
+    check_jvp(net, x, rng)
+    net.eval()
+    check_central_differences(net, x, rng)
+
+
+def test_linearized_irevnet_is_first_order_accurate():
+    # f_lin(theta_0 + t v) - f(theta_0 + t v) = O(t^2): the gap drops 4x when t halves (ratio in [3, 5]).
+    rng = np.random.default_rng(19)
+    model = Model(small_net(rng=2), (8, 8, 1), 3).eval()
+    x = rng.standard_normal((4, 8, 8, 1))
+    lin = linearize(model)
+    theta0 = {k: p.copy() for k, p in model.named_parameters().items()}
+    v = {k: rng.standard_normal(p.shape) for k, p in theta0.items()}
+    gaps = []
+    for t in (1e-2, 5e-3):
+        for k, p in model.named_parameters().items():
+            p[...] = theta0[k] + t * v[k]
+        for k, p in lin.named_parameters().items():
+            p[...] = theta0[k] + t * v[k]
+        gaps.append(np.abs(lin(x) - model(x)).max())
+    assert 3 < gaps[0] / gaps[1] < 5
+
+
+# --------------------------------------------------------------------------- training
+def bars(n, rng):
+    """Class 0: a vertical bar, class 1: a horizontal bar, at a random position, plus noise."""
+    X = 0.3 * rng.standard_normal((n, 8, 8, 1))
+    y = rng.integers(0, 2, n)
+    pos = rng.integers(0, 8, n)
+    for i in range(n):
+        if y[i]:
+            X[i, pos[i], :, 0] += 2.0
+        else:
+            X[i, :, pos[i], 0] += 2.0
+    return X, y
+
+
+def test_irevnet_trains_with_fit_on_bars():
+    # A separable two-class problem: after 8 epochs of Adam the held-out accuracy is above 0.9 (chance 0.5).
+    rng = np.random.default_rng(20)
+    X, y = bars(240, rng)
+    X_test, y_test = bars(100, rng)
+    net = irevnet_small((8, 8, 1), 2, width=8, blocks=1, rng=0)
+    model = Model(net, (8, 8, 1), 2)
+    hist = fit(model, X, y, X_test=X_test, y_test=y_test, optimizer=Adam(model.named_parameters(), lr=1e-2),
+               epochs=8, batch_size=32, rng=0)
+    assert hist.test_accuracy[-1] > 0.9
+    # still exactly invertible after training
+    net.eval()
+    assert np.abs(net.inverse(net.features(X_test[:8])) - X_test[:8]).max() < INVERSE_ATOL_64
+    assert predict(model, X_test).shape == (100, 2)
+
+
+# --------------------------------------------------------------------------- errors
+def test_space_to_depth_rejects_indivisible_images():
+    with pytest.raises(ValueError, match="divisible by 2"):
+        SpaceToDepth(2)(np.zeros((1, 5, 4, 1)))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        SpaceToDepth(2).inverse(np.zeros((1, 2, 2, 6)))
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        SpaceToDepth(2)(np.zeros((4, 4, 1)))
+
+
+def test_injective_pad_rejects_bad_channels():
+    with pytest.raises(ValueError, match="even"):
+        InjectivePad(3, 8)
+    with pytest.raises(ValueError, match="out_channels must be >= in_channels"):
+        InjectivePad(8, 4)
+    with pytest.raises(ValueError, match="expects 4"):
+        InjectivePad(4, 8)(np.zeros((1, 2, 2, 6)))
+    with pytest.raises(ValueError, match="expects 8"):
+        InjectivePad(4, 8).inverse(np.zeros((1, 2, 2, 4)))
+
+
+def test_revblock_rejects_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="channels must be even"):
+        RevBlock(5)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        RevBlock(4, stride=3)
+    with pytest.raises(TypeError, match="F must be a Layer"):
+        RevBlock(4, F=lambda x: x)
+    with pytest.raises(ValueError, match="expects 4"):
+        RevBlock(4)(np.zeros((1, 4, 4, 6)))
+    with pytest.raises(ValueError, match="even height and width"):
+        RevBlock(4, stride=2)(np.zeros((1, 5, 4, 4)))
+    with pytest.raises(ValueError, match="expects 16"):
+        RevBlock(4, stride=2).inverse(np.zeros((1, 2, 2, 4)))
+    wrong_F = Sequential(Conv2d(2, 3, 3, padding=1))  # F(x_2) has 3 channels, S x_1 has 2
+    with pytest.raises(ValueError, match="F maps x_2"):
+        RevBlock(4, F=wrong_F)(np.zeros((1, 4, 4, 4)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        RevBlock(4).backward(np.zeros((1, 4, 4, 4)))
+
+
+def test_irevnet_rejects_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="even height and width"):
+        irevnet_small((7, 8, 1))
+    with pytest.raises(ValueError, match="width must be even and >= 4 C = 12"):
+        irevnet_small((8, 8, 3), width=8)
+    with pytest.raises(ValueError, match="fewer stages"):
+        irevnet_small((8, 8, 1), stages=4)
+    with pytest.raises(TypeError, match="InvertibleLayer"):
+        InvertibleSequential(SpaceToDepth(2), Linear(3, 3))
+    with pytest.raises(TypeError, match="body must be an InvertibleSequential"):
+        IRevNet(Sequential(SpaceToDepth(2)), Sequential())
+    net = small_net()
+    with pytest.raises(ValueError, match=r"k must be an integer >= 0 and <= 3"):
+        net.features(np.zeros((1, 8, 8, 1)), 4)
+    with pytest.raises(ValueError, match=r"z must have shape \(N,\) \+ \(4, 4, 4\)"):
+        net.reconstruct(np.zeros((1, 2, 2, 16)), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        net.reconstruct(np.full((1, 2, 2, 16), np.nan))
+    with pytest.raises(ValueError, match="x has images of shape"):
+        net.features(np.zeros((1, 6, 6, 1)))
