@@ -20,12 +20,16 @@ Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:
 (BatchNorm2d), :mod:`~shallow.cnn.losses`, :mod:`~shallow.cnn.optim`, :mod:`~shallow.cnn.models`,
 :mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`,
 :mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations),
-:mod:`~shallow.cnn.revnet` (i-RevNet, an invertible network).
+:mod:`~shallow.cnn.revnet` (i-RevNet, an invertible network), :mod:`~shallow.cnn.group` (translation
+lemma, p4 group convolutions, Gabor fits).
 """
 
 from .conv import Conv2d, conv2d
 from .data import (Augment, ImageData, Standardizer, affine_warp, batches, load_digits, load_mnist, random_affine,
                    random_shift, stratified_split)
+from .group import (GaborFit, P4Conv2d, P4GroupPool, P4LiftConv2d, circular_convolution, commutator_defect,
+                    commutes_with_translations, convolution_defect, convolution_kernel, deform_nearest, fit_gabor,
+                    gabor_filter, p4_cnn, rotate_images, rotate_p4, translate)
 from .layers import Activation, Dropout, Flatten, Identity, Layer, Linear, Residual, Sequential
 from .linearize import Linearized, linearize
 from .losses import CrossEntropy, SquareLoss, accuracy, log_softmax
@@ -57,4 +61,7 @@ __all__ = [
     "universal_perturbation", "SpectralProjection", "ProjectedOptimizer",
     "InvertibleLayer", "SpaceToDepth", "InjectivePad", "RevBlock", "bottleneck", "InvertibleSequential", "IRevNet",
     "irevnet_small",
+    "P4LiftConv2d", "P4Conv2d", "P4GroupPool", "p4_cnn", "rotate_p4", "rotate_images",
+    "translate", "deform_nearest", "circular_convolution", "convolution_kernel", "convolution_defect",
+    "commutator_defect", "commutes_with_translations", "gabor_filter", "fit_gabor", "GaborFit",
 ]

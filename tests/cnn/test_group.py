@@ -1,0 +1,450 @@
+"""Group invariance: the translation lemma, exact p4 equivariance, derivatives of the p4 layers, Gabor fits.
+
+Independent computations: circulant operators built as explicit matrices by index loops; circular
+convolution by scipy.ndimage; the p4 correlations of Cohen & Welling (2016, Eq. 10 and 11) summed
+term by term with the rotation written as a matrix on centred coordinates; Gabor functions written
+out with numpy; gradients by central differences (tests/cnn/gradcheck.py).
+"""
+
+import numpy as np
+import pytest
+import scipy.ndimage
+from gradcheck import check_central_differences, check_jvp, taylor_slope
+
+from shallow.cnn import SGD, Activation, Model, fit
+from shallow.cnn.group import (
+    P4Conv2d,
+    P4GroupPool,
+    P4LiftConv2d,
+    circular_convolution,
+    commutator_defect,
+    commutes_with_translations,
+    convolution_defect,
+    convolution_kernel,
+    deform_nearest,
+    fit_gabor,
+    gabor_filter,
+    p4_cnn,
+    rotate_images,
+    rotate_p4,
+    translate,
+)
+
+# Rounding: outputs are sums of at most a few hundred O(1) float64 products taken in another order
+# after a rotation; 1e-12 leaves a factor ~50 over eps * terms.
+EXACT = 1e-12
+
+# r^{-1} on centred (row, column) coordinates for numpy's rot90(k=1): out[i, j] = in[j, W - 1 - i],
+# i.e. (r x)(p, q) = x(q, -p). Checked on a Dirac in test_rot90_convention.
+R_INV = np.array([[0, 1], [-1, 0]])
+
+
+def test_rot90_convention():
+    # the matrix R_INV used by the direct formulas below is numpy's rot90 (an independent fact of numpy)
+    x = np.zeros((5, 5))
+    x[0, 3] = 1.0  # centred (-2, 1)
+    y = np.rot90(x, 1)
+    (i, j), = np.argwhere(y)
+    # y(u) = x(r^{-1} u): the Dirac moves to u with r^{-1} u = (-2, 1)
+    np.testing.assert_array_equal(R_INV @ np.array([i - 2, j - 2]), [-2, 1])
+
+
+# ----------------------------------------------------------------------------- the translation lemma
+
+def _circulant_matrix(k):
+    """The matrix of x -> k * x (circular, multi-channel) by explicit index loops: M[(u, o), (v, c)] = k[u - v, c, o]."""
+    H, W, C, Co = k.shape
+    M = np.zeros((H, W, Co, H, W, C))
+    for u1 in range(H):
+        for u2 in range(W):
+            for v1 in range(H):
+                for v2 in range(W):
+                    M[u1, u2, :, v1, v2, :] = k[(u1 - v1) % H, (u2 - v2) % W].T
+    return M.reshape(H * W * Co, H * W * C)
+
+
+def _matrix_op(M, shape_out):
+    return lambda X: (X.reshape(X.shape[0], -1) @ M.T).reshape((X.shape[0],) + shape_out)
+
+
+def test_lemma_kernel_of_a_circulant_operator_is_its_dirac_response():
+    # Seed lemma: a linear operator commuting with translations is x -> k * x, and k = op(delta)
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((5, 4, 2, 3))
+    op = _matrix_op(_circulant_matrix(k), (5, 4, 3))
+    np.testing.assert_allclose(convolution_kernel(op, (5, 4, 2)), k, rtol=0, atol=EXACT)
+    assert convolution_defect(op, (5, 4, 2), rng=1) < EXACT
+
+
+def test_lemma_circulant_operator_commutes_with_every_translation():
+    rng = np.random.default_rng(1)
+    op = _matrix_op(_circulant_matrix(rng.standard_normal((4, 4, 2, 2))), (4, 4, 2))
+    assert commutes_with_translations(op, (4, 4, 2), rng=2)
+
+
+def test_lemma_non_circulant_operator_is_no_convolution_and_does_not_commute():
+    # a dense Gaussian matrix: the defect is of order 1 (measured 1.18 and 1.37; 0.5 is far from rounding)
+    rng = np.random.default_rng(2)
+    M = rng.standard_normal((4 * 4 * 2, 4 * 4 * 2))
+    op = _matrix_op(M, (4, 4, 2))
+    assert convolution_defect(op, (4, 4, 2), rng=3) > 0.5
+    assert not commutes_with_translations(op, (4, 4, 2), rng=4)
+    assert commutator_defect(op, lambda Z: translate(Z, (1, 0)), rng.standard_normal((2, 4, 4, 2))) > 0.5
+
+
+def test_lemma_a_single_broken_entry_is_detected():
+    # a circulant operator plus a perturbation of one matrix entry by 1e-3: a defect between 1e-6 and 1e-2
+    # (measured 3e-5: one entry of a 16 x 16 matrix, relative to |op(x)|)
+    rng = np.random.default_rng(3)
+    M = _circulant_matrix(rng.standard_normal((4, 4, 1, 1)))
+    M[5, 2] += 1e-3
+    assert 1e-6 < convolution_defect(_matrix_op(M, (4, 4, 1)), (4, 4, 1), rng=0) < 1e-2
+
+
+def test_circular_convolution_matches_scipy_ndimage_wrap():
+    # scipy.ndimage.convolve(mode="wrap") with the origin of the kernel at index 0: shift by its centre
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((2, 6, 5, 1))
+    k = rng.standard_normal((6, 5, 1, 1))
+    ours = circular_convolution(X, k)[..., 0]
+    # ndimage centres a (6, 5) kernel at (3, 2): convolve with k rolled so that k[0, 0] sits there
+    kk = np.roll(k[..., 0, 0], (3, 2), axis=(0, 1))
+    ref = np.stack([scipy.ndimage.convolve(X[n, ..., 0], kk, mode="wrap") for n in range(2)])
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=EXACT)
+
+
+def test_translate_moves_a_dirac_by_the_shift():
+    x = np.zeros((1, 5, 4, 1))
+    x[0, 4, 3] = 1.0
+    (i, j), = np.argwhere(translate(x, (2, 3))[0, ..., 0])
+    assert (i, j) == ((4 + 2) % 5, (3 + 3) % 4)
+
+
+@pytest.mark.parametrize("sigma", ["relu", "tanh"])
+def test_pointwise_nonlinearity_commutes_with_deformations(sigma):
+    # rho L_tau = L_tau rho for a pointwise rho (Bruna 2013, Ch. 3): exact, L_tau moves pixels only
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3, 8, 8, 2))
+    tau = 2.5 * rng.standard_normal((8, 8, 2))  # a rough field, not a translation
+    rho = Activation(sigma)
+    assert commutator_defect(rho, lambda Z: deform_nearest(Z, tau), X) == 0.0
+    assert commutes_with_translations(rho, (8, 8, 2), rng=1)
+
+
+def test_local_max_filter_commutes_with_translations_but_not_with_deformations():
+    # a 3x3 max filter is translation covariant but not pointwise: a deformation breaks the commutation
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((3, 8, 8, 1))
+    tau = 2.5 * rng.standard_normal((8, 8, 2))
+    def maxfilter(Z):
+        return scipy.ndimage.maximum_filter(Z, size=(1, 3, 3, 1), mode="wrap")
+    assert commutes_with_translations(maxfilter, (8, 8, 1), rng=0)
+    assert commutator_defect(maxfilter, lambda Z: deform_nearest(Z, tau), X) > 0.1  # measured 0.41
+
+
+def test_deform_nearest_with_a_constant_field_is_a_translation():
+    X = np.random.default_rng(7).standard_normal((2, 6, 6, 1))
+    tau = np.broadcast_to(np.array([1.0, -2.0]), (6, 6, 2))
+    np.testing.assert_array_equal(deform_nearest(X, tau), np.roll(X, (1, -2), axis=(1, 2)))
+
+
+# ----------------------------------------------------------------------------- p4 layers
+
+def _lift_direct(x, psi, b):
+    """Cohen & Welling Eq. 10 as a correlation: y(u, o, s) = b_o + sum_{v, c} x(u + v, c) psi(r^{-s} v, c, o), zero padding."""
+    N, H, W, _ = x.shape
+    K, _, _, Co = psi.shape
+    h = (K - 1) // 2
+    y = np.zeros((N, H, W, Co, 4))
+    for s in range(4):
+        Ms = np.linalg.matrix_power(R_INV, s)
+        for a in range(-h, h + 1):
+            for bb in range(-h, h + 1):
+                w1, w2 = Ms @ np.array([a, bb])
+                tap = psi[w1 + h, w2 + h]  # (C, Co)
+                shifted = np.zeros_like(x)
+                src = x[:, max(a, 0):H + min(a, 0), max(bb, 0):W + min(bb, 0)]
+                shifted[:, max(-a, 0):H + min(-a, 0), max(-bb, 0):W + min(-bb, 0)] = src  # x(u + v)
+                y[..., s] += shifted @ tap
+    y += b[:, None]
+    return y.reshape(N, H, W, 4 * Co)
+
+
+def _p4_direct(f, psi, b):
+    """Eq. 11: y(u, o, s) = b_o + sum_{v, c, t} f(u + v, c, t) psi(r^{-s} v, c, t - s, o), zero padding."""
+    N, H, W, _ = f.shape
+    K, _, C, _, Co = psi.shape
+    h = (K - 1) // 2
+    f5 = f.reshape(N, H, W, C, 4)
+    y = np.zeros((N, H, W, Co, 4))
+    for s in range(4):
+        Ms = np.linalg.matrix_power(R_INV, s)
+        for a in range(-h, h + 1):
+            for bb in range(-h, h + 1):
+                w1, w2 = Ms @ np.array([a, bb])
+                shifted = np.zeros_like(f5)
+                shifted[:, max(-a, 0):H + min(-a, 0), max(-bb, 0):W + min(-bb, 0)] = \
+                    f5[:, max(a, 0):H + min(a, 0), max(bb, 0):W + min(bb, 0)]
+                for t in range(4):
+                    y[..., s] += shifted[..., t] @ psi[w1 + h, w2 + h, :, (t - s) % 4, :]
+    y += b[:, None]
+    return y.reshape(N, H, W, 4 * Co)
+
+
+def test_lifting_layer_is_the_group_correlation_of_cohen_welling():
+    rng = np.random.default_rng(10)
+    lift = P4LiftConv2d(2, 3, 3, padding=1, rng=rng)
+    lift.params["b"][...] = rng.standard_normal(3)
+    x = rng.standard_normal((2, 5, 6, 2))
+    ref = _lift_direct(x, lift.params["W"], lift.params["b"])
+    np.testing.assert_allclose(lift(x), ref, rtol=0, atol=EXACT)
+
+
+def test_p4_layer_is_the_group_correlation_of_cohen_welling():
+    rng = np.random.default_rng(11)
+    conv = P4Conv2d(2, 3, 3, padding=1, rng=rng)
+    conv.params["b"][...] = rng.standard_normal(3)
+    f = rng.standard_normal((2, 5, 6, 8))
+    ref = _p4_direct(f, conv.params["W"], conv.params["b"])
+    np.testing.assert_allclose(conv(f), ref, rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize("K, padding, size", [(3, 1, 7), (5, 2, 6), (4, 0, 7), (3, 0, 6)])
+def test_lifting_layer_is_exactly_equivariant_to_quarter_turns(K, padding, size):
+    # lift(r^k x) = r^k lift(x) for odd and even kernels, with symmetric padding, odd and even sizes
+    rng = np.random.default_rng(12)
+    lift = P4LiftConv2d(2, 3, K, padding=padding, rng=rng)
+    lift.params["b"][...] = rng.standard_normal(3)
+    x = rng.standard_normal((2, size, size, 2))
+    y = lift(x)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(lift(np.rot90(x, k, axes=(1, 2))), rotate_p4(y, k), rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize("K, padding, size", [(3, 1, 7), (5, 2, 6), (4, 0, 7), (3, 0, 6)])
+def test_p4_layer_is_exactly_equivariant_to_quarter_turns(K, padding, size):
+    rng = np.random.default_rng(13)
+    conv = P4Conv2d(2, 3, K, padding=padding, rng=rng)
+    conv.params["b"][...] = rng.standard_normal(3)
+    f = rng.standard_normal((2, size, size, 8))
+    y = conv(f)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(conv(rotate_p4(f, k)), rotate_p4(y, k), rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_group_pooling_turns_p4_rotations_into_image_rotations(mode):
+    rng = np.random.default_rng(14)
+    f = rng.standard_normal((2, 5, 5, 12))
+    pool = P4GroupPool(mode)
+    for k in (1, 2, 3):
+        # max: a selection, exact; mean: the 4 terms summed in another order, EXACT
+        np.testing.assert_allclose(pool(rotate_p4(f, k)), np.rot90(pool(f), k, axes=(1, 2)), rtol=0, atol=EXACT)
+
+
+def test_rotate_p4_is_an_action_of_z4():
+    # r^4 = identity and r^a r^b = r^{a+b}: rotate_p4 is a group action
+    f = np.random.default_rng(15).standard_normal((1, 4, 4, 8))
+    np.testing.assert_array_equal(rotate_p4(rotate_p4(f, 1), 3), f)
+    np.testing.assert_array_equal(rotate_p4(rotate_p4(f, 1), 2), rotate_p4(f, 3))
+
+
+def test_p4_cnn_is_exactly_invariant_to_quarter_turns():
+    rng = np.random.default_rng(16)
+    net = p4_cnn((8, 8, 1), 10, width=2, rng=rng)
+    x = rng.standard_normal((4, 8, 8, 1))
+    y = net(x)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(net(np.rot90(x, k, axes=(1, 2))), y, rtol=0, atol=EXACT)
+
+
+def test_plain_cnn_is_not_invariant_to_quarter_turns():
+    # the control: the same layout with plain convolutions changes its output under a quarter turn
+    from shallow.cnn import vgg_small
+    rng = np.random.default_rng(17)
+    net = vgg_small((8, 8, 1), 10, width=2, batch_norm=False, rng=rng)
+    x = rng.standard_normal((4, 8, 8, 1))
+    # measured relative change 0.49; 0.05 is far above rounding
+    y, yr = net(x), net(np.rot90(x, 1, axes=(1, 2)))
+    assert np.linalg.norm(yr - y) / np.linalg.norm(y) > 0.05
+
+
+def test_p4_cnn_stays_invariant_while_it_trains():
+    # the trained parameter is the base filter: every SGD step keeps f(r x) = f(x); and fit lowers the loss
+    rng = np.random.default_rng(18)
+    X = rng.standard_normal((32, 8, 8, 1))
+    y = rng.integers(0, 3, 32)
+    model = Model(p4_cnn((8, 8, 1), 3, width=2, rng=0), (8, 8, 1), 3)
+    opt = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+    hist = fit(model, X, y, optimizer=opt, epochs=8, batch_size=16, rng=0)
+    assert hist.loss[-1] < 0.9 * hist.loss[0]
+    model.eval()
+    np.testing.assert_allclose(model(np.rot90(X, 1, axes=(1, 2))), model(X), rtol=0, atol=EXACT)
+
+
+def test_p4_layers_in_float32_match_float64():
+    # float32 rounding: relative 1e-5 on sums of ~100 terms of size 1 (eps32 = 1.2e-7, times ~100)
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((2, 6, 6, 1))
+    outs = {}
+    for dtype in (np.float32, np.float64):
+        net = p4_cnn((6, 6, 1), 4, width=2, stages=1, rng=0, dtype=dtype)
+        out = net(x.astype(dtype))
+        assert out.dtype == dtype
+        outs[dtype] = out
+    np.testing.assert_allclose(outs[np.float32], outs[np.float64], rtol=1e-5, atol=1e-5)
+
+
+def test_p4_parameters_are_the_base_filters():
+    lift, conv = P4LiftConv2d(3, 5, 3), P4Conv2d(5, 7, 3)
+    assert {k: v.shape for k, v in lift.named_parameters().items()} == {"W": (3, 3, 3, 5), "b": (5,)}
+    assert {k: v.shape for k, v in conv.named_parameters().items()} == {"W": (3, 3, 5, 4, 7), "b": (7,)}
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+def _layers(rng):
+    lift = P4LiftConv2d(2, 3, 3, padding=1, rng=rng)
+    lift.params["b"][...] = rng.standard_normal(3)
+    conv = P4Conv2d(2, 3, 3, padding=1, rng=rng)
+    conv.params["b"][...] = rng.standard_normal(3)
+    even = P4Conv2d(2, 2, 2, padding=0, rng=rng, bias=False)
+    return {"lift": (lift, (2, 5, 5, 2)), "p4": (conv, (2, 5, 5, 8)), "p4_even_valid": (even, (2, 5, 4, 8)),
+            "pool_max": (P4GroupPool("max"), (2, 4, 4, 8)), "pool_mean": (P4GroupPool("mean"), (2, 4, 4, 8))}
+
+
+LAYERS = ["lift", "p4", "p4_even_valid", "pool_max", "pool_mean"]
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_p4_layer_backward_matches_central_differences(name):
+    rng = np.random.default_rng(20)
+    layer, shape = _layers(rng)[name]
+    check_central_differences(layer, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_p4_layer_jvp_matches_central_differences(name):
+    rng = np.random.default_rng(21)
+    layer, shape = _layers(rng)[name]
+    check_jvp(layer, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("name", ["lift", "p4"])
+def test_p4_layer_taylor_remainder_is_second_order(name):
+    # bilinear in (x, psi): the remainder is h^2 <r, conv(vx, A(vpsi))>, slope 2 within 0.1
+    rng = np.random.default_rng(22)
+    layer, shape = _layers(rng)[name]
+    slope, _ = taylor_slope(layer, rng.standard_normal(shape), rng)
+    assert abs(slope - 2) < 0.1
+
+
+def test_p4_cnn_backward_and_jvp_match_central_differences():
+    rng = np.random.default_rng(23)
+    net = p4_cnn((4, 4, 1), 3, width=2, stages=1, rng=rng)
+    x = rng.standard_normal((2, 4, 4, 1))
+    check_central_differences(net, x, rng)
+    check_jvp(net, x, rng)
+
+
+# ----------------------------------------------------------------------------- Gabor model
+
+def _gabor_numpy(K, C, D, xi, u0, phi):
+    """C exp(-(u - u0)^T D (u - u0)) cos(xi . (u - u0) + phi) on a centred K x K grid, written out."""
+    c = (K - 1) / 2
+    g = np.zeros((K, K))
+    for i in range(K):
+        for j in range(K):
+            d = np.array([i - c, j - c]) - u0
+            g[i, j] = C * np.exp(-d @ D @ d) * np.cos(xi @ d + phi)
+    return g
+
+
+def test_gabor_filter_is_the_seed_model():
+    D, xi = np.array([[0.2, 0.05], [0.05, 0.1]]), np.array([0.9, -0.4])
+    ref = _gabor_numpy(5, 1.5, D, xi, np.array([0.5, -0.25]), 0.3)
+    np.testing.assert_allclose(gabor_filter((5, 5), 1.5, D, xi, center=(0.5, -0.25), phase=0.3), ref,
+                               rtol=0, atol=1e-14)
+    # the complex model's real part, with u0 = 0 and phi = 0: psi(u) = C exp(-u^T D u) exp(i u^T xi)
+    np.testing.assert_allclose(gabor_filter((5, 5), 1.5, D, xi, real=False).real,
+                               _gabor_numpy(5, 1.5, D, xi, np.zeros(2), 0.0), rtol=0, atol=1e-14)
+
+
+def test_fit_gabor_recovers_a_gabor_filter():
+    # a noiseless Gabor filter: residual at the optimiser's tolerance (1e-8 relative, measured 4e-11) and
+    # its parameters back to 1e-6 (up to the symmetry (xi, phi) -> (-xi, -phi) that fit_gabor fixes by xi_1 >= 0)
+    D, xi, u0, phi = np.array([[0.15, 0.05], [0.05, 0.3]]), np.array([1.0, -0.6]), np.array([0.3, -0.2]), 0.7
+    f = _gabor_numpy(5, 2.0, D, xi, u0, phi)
+    fit = fit_gabor(f)
+    assert fit.residual < 1e-8
+    np.testing.assert_allclose(fit.C, 2.0, atol=1e-6)
+    np.testing.assert_allclose(fit.D, D, atol=1e-6)
+    np.testing.assert_allclose(fit.center, u0, atol=1e-6)
+    np.testing.assert_allclose(fit.xi, xi, atol=1e-6)
+    np.testing.assert_allclose(fit.phase, phi, atol=1e-6)
+    np.testing.assert_allclose(fit.model, f, atol=1e-8)
+
+
+def test_fit_gabor_leaves_most_of_white_noise_unexplained():
+    # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
+    # (a linear 9-parameter model leaves sqrt(16/25) = 0.8; measured mean 0.69 over 20 draws, min 0.52)
+    rng = np.random.default_rng(24)
+    res = [fit_gabor(rng.standard_normal((5, 5))).residual for _ in range(6)]
+    assert min(res) > 0.4 and np.mean(res) > 0.55
+
+
+# ----------------------------------------------------------------------------- rotations of images
+
+def test_rotate_images_by_multiples_of_90_is_rot90_and_by_small_angles_is_continuous():
+    X = np.random.default_rng(25).standard_normal((2, 8, 8, 1))
+    np.testing.assert_array_equal(rotate_images(X, 90), np.rot90(X, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(rotate_images(X, -180), np.rot90(X, 2, axes=(1, 2)))
+    # the warp path agrees with rot90 in the limit (bilinear interpolation; the snap of affine_warp
+    # acts within 1e-9 pixels, so 90 - 1e-6 degrees is off by ~1e-7 pixels times the gradient)
+    np.testing.assert_allclose(rotate_images(X, 90 - 1e-6), np.rot90(X, 1, axes=(1, 2)), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_inputs_raise_clear_errors():
+    lift, conv = P4LiftConv2d(1, 2, 3), P4Conv2d(2, 2, 3)
+    with pytest.raises(ValueError, match="expects in_channels = 1"):
+        lift(np.zeros((1, 5, 5, 3)))
+    with pytest.raises(ValueError, match="4 c \\+ s"):
+        conv(np.zeros((1, 5, 5, 2)))
+    with pytest.raises(ValueError, match="shape \\(N, H, W, C\\)"):
+        conv(np.zeros((5, 5, 8)))
+    with pytest.raises(ValueError, match="even kernel_size=4"):
+        P4Conv2d(2, 2, 4, padding="same")
+    with pytest.raises(ValueError, match="kernel_size must be an integer"):
+        P4Conv2d(2, 2, (3, 5))
+    with pytest.raises(ValueError, match="padding"):
+        P4LiftConv2d(1, 2, 3, padding=-1)
+    with pytest.raises(ValueError, match="mode must be one of max, mean"):
+        P4GroupPool("min")
+    with pytest.raises(ValueError, match="p4 feature map"):
+        P4GroupPool()(np.zeros((1, 3, 3, 6)))
+    with pytest.raises(ValueError, match="p4 feature map"):
+        rotate_p4(np.zeros((1, 3, 3, 6)))
+    with pytest.raises(ValueError, match="must be square"):
+        p4_cnn((8, 6, 1), 10)
+    with pytest.raises(ValueError, match="not divisible by 2\\^stages"):
+        p4_cnn((6, 6, 1), 10, stages=2)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        p4_cnn((8, 8, 1), 10, kernel_size=4)
+    with pytest.raises(ValueError, match="shift must be a pair"):
+        translate(np.zeros((1, 4, 4, 1)), 1)
+    with pytest.raises(ValueError, match="tau must be a displacement field of shape"):
+        deform_nearest(np.zeros((1, 4, 4, 1)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="k must have shape"):
+        circular_convolution(np.zeros((1, 4, 4, 2)), np.zeros((4, 4, 1, 1)))
+    with pytest.raises(ValueError, match="shape must be the image shape"):
+        convolution_kernel(lambda X: X, (4, 4))
+    with pytest.raises(ValueError, match="op must map a batch"):
+        convolution_kernel(lambda X: X[:, :2], (4, 4, 1))
+    with pytest.raises(ValueError, match="f must be a 2-D filter"):
+        fit_gabor(np.zeros(5))
+    with pytest.raises(ValueError, match="f is zero"):
+        fit_gabor(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="angle must be a finite number"):
+        rotate_images(np.zeros((1, 4, 4, 1)), float("nan"))
