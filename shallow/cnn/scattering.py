@@ -1,0 +1,661 @@
+r"""The 2-D scattering transform of order 0, 1 and 2: wavelets, modulus and averaging, with its derivatives.
+
+With the Morlet filter bank of :mod:`shallow.cnn.wavelets` (J scales, L orientations, low-pass phi_J),
+the scattering coefficients of an image x are (Mallat 2012; Bruna and Mallat 2013)
+
+    S_0 x = x * phi_J,
+    S_1 x[lambda_1] = |x * psi_{lambda_1}| * phi_J,
+    S_2 x[lambda_1, lambda_2] = ||x * psi_{lambda_1}| * psi_{lambda_2}| * phi_J,   j_2 > j_1,
+
+lambda = (j, l), each sampled every 2^J pixels. This is a CNN with fixed filters (the seed
+lecture's "scattering as a CNN"): convolutions by wavelets, the modulus as the nonlinearity,
+average pooling by phi_J; the coefficients are invariant to translations up to an error of order
+|c| / 2^J for a shift by c, and Lipschitz-stable to deformations (Mallat 2012, Theorem 2.12).
+There are K = 1 + J L + L^2 J (J - 1) / 2 coefficients per pixel of the output at order 2.
+
+The computation (Kymatio's, Andreux et al. 2020)
+------------------------------------------------
+All convolutions are products in the Fourier domain and every modulus is taken at the coarsest
+resolution its frequencies allow:
+
+* X = DFT(pad(x)) on the (padded) M' x N' grid;
+* U_1 = |IDFT(P_{2^{j_1}}(X psi_{lambda_1}))|, the convolution subsampled by 2^{j_1};
+* U_2 = |IDFT(P_{2^{j_2 - j_1}}(DFT(U_1) psi_{lambda_2}^{(j_1)}))|, at resolution 2^{-j_2};
+* S = unpad(Re IDFT(P_{2^{J - j}}(DFT(U) phi_J^{(j)}))) for U at resolution 2^{-j}.
+
+P_k is subsampling by k written in the Fourier domain, P_k(Y)[a, b] = k^{-2} sum_{p, q < k}
+Y[a + p M / k, b + q N / k] (the DFT of y[k u]: exact). A filter used at resolution 2^{-r} is its
+full-resolution Fourier transform restricted to the frequencies |k_1| < M' / 2^{r + 1}, |k_2| < N' / 2^{r + 1}
+(plus the negative Nyquist frequency): a crop, as in Kymatio, not a periodisation.
+
+Boundaries (``padding``)
+------------------------
+* ``"reflect"`` (default, Kymatio's): the image is padded by 2^J pixels on each side by mirror
+  reflection without repeating the edge (``numpy.pad(mode="reflect")``); the filters live on the
+  padded grid (M + 2^{J + 1}) x (N + 2^{J + 1}), and one coarse pixel is cut from each side of the
+  output. The coefficients match Kymatio 0.3.0's ``Scattering2D(J, shape, L, frontend="numpy")``
+  after the normalisation below.
+* ``"periodic"``: no padding; every convolution is circular on the M x N grid. The transform then
+  commutes exactly with circular shifts by multiples of 2^J, and the Littlewood-Paley bounds of
+  :func:`shallow.cnn.wavelets.littlewood_paley` apply on the grid.
+
+Image sides must be multiples of 2^J (and at least 2^J): then the output is exactly
+(M / 2^J, N / 2^J) in both modes. Non-square images are supported.
+
+Normalisation (the one convention that differs from Kymatio 0.3.0)
+-------------------------------------------------------------------
+Kymatio normalises its Gaussian envelopes by 2 * 3.1415 * sigma^2 / s instead of 2 pi sigma^2 / s,
+so each of its filters is pi / 3.1415 = 1 + 2.95e-5 times ours: its coefficients of order m are
+ours times (pi / 3.1415)^{m + 1} (the scattering is positively homogeneous in each filter). Ours
+have phi_hat(0) = 1 (up to aliases below 1e-12): S_0 of a constant image is that constant.
+
+Derivatives
+-----------
+:meth:`Scattering2D.vjp` and :meth:`Scattering2D.jvp` differentiate S through the modulus,
+d|z| = Re(conj(z) dz) / |z|, whose derivative at z = 0 is taken as 0 (a subgradient; S is
+Lipschitz, not differentiable there). :class:`ScatteringLayer` wraps the transform as a
+parameter-free :class:`~shallow.cnn.layers.Layer` on channels-last batches (forward, backward
+and jvp), so that it can feed the layers of :mod:`shallow.cnn`, be trained through by
+:func:`~shallow.cnn.train.fit` (a scattering + linear network) and be attacked.
+
+References
+----------
+1. S. Mallat, "Group invariant scattering", Comm. Pure Appl. Math. 65, 2012, arXiv:1101.2286,
+   Sec. 2-3 (definition, non-expansiveness Prop. 2.5, energy conservation Theorem 2.6,
+   deformation stability Theorem 2.12).
+2. J. Bruna and S. Mallat, "Invariant scattering convolution networks", IEEE PAMI 35, 2013,
+   arXiv:1203.1513, Sec. III (the 2-D transform, subsampling by 2^j, orders m <= 2 hold most
+   of the energy; a scattering + linear/Gaussian-SVM classifier of digits).
+3. M. Andreux et al., "Kymatio: scattering transforms in Python", JMLR 21, 2020, arXiv:1812.11214
+   (the reference implementation: filters, Fourier-domain subsampling, padding, output order).
+4. E. Oyallon and S. Mallat, "Deep roto-translation scattering for object classification",
+   CVPR 2015, arXiv:1412.8659 (scattering as a CNN with fixed filters, then a linear classifier).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_array, check_integer, check_positive
+from ..backend import get_xp, to_device
+from .layers import Layer, _missing_cache
+from .models import check_images
+from .wavelets import FilterBank, check_grid_shape, filter_bank
+
+__all__ = ["Scattering2D", "ScatteringClassifier", "ScatteringLayer", "check_scattering_shape", "n_coefficients"]
+
+PADDINGS = ("reflect", "periodic")
+
+
+def n_coefficients(J: int, L: int, max_order: int = 2) -> int:
+    """K = 1 + J L (order 1) + L^2 J (J - 1) / 2 (order 2): the scattering coefficients per output pixel.
+
+    Examples
+    --------
+    >>> n_coefficients(3, 8)
+    217
+    """
+    J = check_integer(J, "J", minimum=1)
+    L = check_integer(L, "L", minimum=1)
+    max_order = check_integer(max_order, "max_order", minimum=0, maximum=2)
+    return 1 + (J * L if max_order >= 1 else 0) + (L * L * J * (J - 1) // 2 if max_order >= 2 else 0)
+
+
+def check_scattering_shape(shape, J: int) -> tuple[int, int]:
+    """``shape`` (M, N) checked for a scattering at scale 2^J: both sides multiples of 2^J, at least 2^J.
+
+    Raises
+    ------
+    ValueError
+        Naming ``shape`` and J, when a side is smaller than 2^J or not a multiple of it.
+    """
+    shape = check_grid_shape(shape, "shape")
+    step = 2**J
+    for side in shape:
+        if side < step:
+            raise ValueError(f"shape {shape} is too small for J={J}: each side must be at least 2^J = {step} "
+                             "(the low-pass phi_J averages over 2^J pixels); lower J or upsample the images")
+        if side % step:
+            raise ValueError(f"shape {shape} does not suit J={J}: each side must be a multiple of 2^J = {step} "
+                             "(the output is subsampled by 2^J); crop or pad the images")
+    return shape
+
+
+def _crop(F, r):
+    """The Fourier transform F (..., M, N) restricted to the frequencies of the grid subsampled by 2^r."""
+    if r == 0:
+        return F
+    M, N = F.shape[-2:]
+    m, n = M >> r, N >> r
+    rows = np.concatenate([np.arange(m // 2), np.arange(M - m // 2, M)])
+    cols = np.concatenate([np.arange(n // 2), np.arange(N - n // 2, N)])
+    return F[..., rows[:, None], cols[None, :]]
+
+
+def _sub(Y, k):
+    """P_k: subsampling by k of IDFT(Y), in the Fourier domain (mean over the k x k aliases)."""
+    if k == 1:
+        return Y
+    M, N = Y.shape[-2:]
+    m, n = M // k, N // k
+    rows = Y[..., :m, :].copy()  # sums of contiguous blocks: faster than a strided mean
+    for p in range(1, k):
+        rows += Y[..., p * m:(p + 1) * m, :]
+    out = rows[..., :n].copy()
+    for q in range(1, k):
+        out += rows[..., q * n:(q + 1) * n]
+    out /= k * k
+    return out
+
+
+def _fold(F, k):
+    """F (L, m, n) -> (m / k, n / k, k^2, L) / k^2: the k x k aliases of each coarse frequency as rows."""
+    L, m, n = F.shape
+    return F.reshape(L, k, m // k, k, n // k).transpose(2, 4, 1, 3, 0).reshape(m // k, n // k, k * k, L) / (k * k)
+
+
+def _sub_adjoint(G, k):
+    """P_k^T: each frequency spread over its k x k aliases, divided by k^2."""
+    if k == 1:
+        return G
+    reps = (1,) * (G.ndim - 2) + (k, k)
+    return get_xp(G).tile(G, reps) / (k * k)
+
+
+def _reflect_index(M, p):
+    """Source rows of numpy.pad(mode="reflect") by p on both sides of M rows (mirror without the edge)."""
+    i = np.arange(-p, M + p)
+    if M == 1:
+        return np.zeros_like(i)
+    period = 2 * (M - 1)
+    i = np.mod(i, period)
+    return np.where(i >= M, period - i, i)
+
+
+class Scattering2D:
+    r"""The 2-D scattering transform S_J of order <= 2 (Kymatio's conventions; module notes).
+
+    Parameters
+    ----------
+    J : int >= 1
+        Scale: coefficients average over about 2^J pixels and are sampled every 2^J pixels.
+    shape : (M, N)
+        Image size; both sides multiples of 2^J (and >= 2^J).
+    L : int >= 1
+        Orientations on the half circle.
+    max_order : {0, 1, 2}
+    padding : {"reflect", "periodic"}
+        Boundary handling (module notes).
+
+    Attributes
+    ----------
+    n_coefficients : int
+        K = 1 + J L + L^2 J (J - 1) / 2 at order 2.
+    output_shape : (M / 2^J, N / 2^J)
+    bank : FilterBank
+        The filters on the padded grid.
+    paths : list of tuples
+        (j, l) indices of each coefficient in output order: (), (j1, l1), or (j1, l1, j2, l2).
+
+    Notes
+    -----
+    The filters are precomputed in float64 on the host; they are moved to the device and dtype of
+    the input at its first call (or with :meth:`to`). float32 images give float32 coefficients.
+
+    Examples
+    --------
+    >>> S = Scattering2D(2, (16, 16), L=4)
+    >>> S.n_coefficients
+    25
+    >>> S(np.zeros((3, 16, 16))).shape
+    (3, 25, 4, 4)
+    """
+
+    def __init__(self, J, shape, L=8, max_order=2, *, padding="reflect"):
+        self.J = check_integer(J, "J", minimum=1)
+        self.shape = check_scattering_shape(shape, self.J)
+        self.L = check_integer(L, "L", minimum=1)
+        self.max_order = check_integer(max_order, "max_order", minimum=0, maximum=2)
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.padding = padding
+        M, N = self.shape
+        self.pad = 2**self.J if padding == "reflect" else 0
+        self.padded_shape = (M + 2 * self.pad, N + 2 * self.pad)
+        self.output_shape = (M >> self.J, N >> self.J)
+        self.n_coefficients = n_coefficients(self.J, self.L, self.max_order)
+        self.bank: FilterBank = filter_bank(self.padded_shape, self.J, self.L)
+        J_ = self.J
+        # phi at resolutions 2^-r, r < J; psi_j at resolutions 2^-r, r <= j (levels r < j serve order 2)
+        self._phi = [_crop(self.bank.phi, r) for r in range(J_)]
+        self._psi = [[_crop(self.bank.psi[j], r) for r in range(j + 1)] for j in range(J_)]
+        self._rows = _reflect_index(M, self.pad)
+        self._cols = _reflect_index(N, self.pad)
+        self._device_filters = {}
+        paths = [()]
+        if self.max_order >= 1:
+            paths += [(j, l) for j in range(J_) for l in range(self.L)]
+        if self.max_order >= 2:
+            paths += [(j1, l1, j2, l2) for j1 in range(J_) for l1 in range(self.L)
+                      for j2 in range(j1 + 1, J_) for l2 in range(self.L)]
+        self.paths = paths
+
+    def __repr__(self):
+        return (f"Scattering2D(J={self.J}, shape={self.shape}, L={self.L}, max_order={self.max_order}, "
+                f"padding={self.padding!r})")
+
+    # ------------------------------------------------------------------ filters on the device
+    def _filters(self, xp, dtype):
+        key = (xp.__name__, np.dtype(dtype).str)
+        if key not in self._device_filters:
+            cast = lambda F: xp.asarray(F.astype(dtype))
+            # psi_j^{(r)} as (m', n', k^2, L) / k^2 for the alias-summing products of _band (None at k = 1)
+            folded = [[None if r == j else cast(_fold(F, 2 ** (j - r))) for r, F in enumerate(level)]
+                      for j, level in enumerate(self._psi)]
+            self._device_filters[key] = ([cast(F) for F in self._phi], [[cast(F) for F in level] for level in self._psi],
+                                         folded)
+        return self._device_filters[key]
+
+    def to(self, device: str):
+        """Move the filters (float32 and float64) to ``device`` ("cpu" or "gpu") now; returns self."""
+        xp = get_xp(to_device(np.zeros(1), device))
+        for dtype in (np.float32, np.float64):
+            self._filters(xp, dtype)
+        return self
+
+    # ------------------------------------------------------------------ input checks
+    def _check(self, x, name="x"):
+        x = check_array(x, name)
+        if x.ndim < 2 or tuple(x.shape[-2:]) != self.shape:
+            raise ValueError(f"{name} must have shape (..., {self.shape[0]}, {self.shape[1]}) for this scattering "
+                             f"(shape={self.shape}), got {tuple(x.shape)}")
+        return x
+
+    def _pad_image(self, x):
+        if not self.pad:
+            return x
+        xp = get_xp(x)
+        return x[..., xp.asarray(self._rows)[:, None], xp.asarray(self._cols)[None, :]]
+
+    def _pad_adjoint(self, g):
+        """pad^T: each padded pixel's value added back onto the pixel it copies."""
+        if not self.pad:
+            return g
+        xp = get_xp(g)
+        Pr = np.zeros((self.padded_shape[0], self.shape[0]))
+        Pr[np.arange(Pr.shape[0]), self._rows] = 1.0
+        Pc = np.zeros((self.padded_shape[1], self.shape[1]))
+        Pc[np.arange(Pc.shape[0]), self._cols] = 1.0
+        Pr, Pc = xp.asarray(Pr.astype(g.dtype)), xp.asarray(Pc.astype(g.dtype))
+        return xp.matmul(xp.matmul(Pr.T, g), Pc)
+
+    def _unpad(self, s):
+        return s[..., 1:-1, 1:-1] if self.pad else s
+
+    def _unpad_adjoint(self, g):
+        if not self.pad:
+            return g
+        xp = get_xp(g)
+        out = xp.zeros(g.shape[:-2] + (g.shape[-2] + 2, g.shape[-1] + 2), dtype=g.dtype)
+        out[..., 1:-1, 1:-1] = g
+        return out
+
+    # ------------------------------------------------------------------ the linear steps and their adjoints
+    def _low(self, Y, r, F):
+        """unpad(Re IDFT(P_{2^{J - r}}(Y phi^{(r)}))) for Y at resolution 2^-r."""
+        xp = get_xp(Y)
+        return self._unpad(xp.fft.ifft2(_sub(Y * F[0][r], 2 ** (self.J - r))).real)
+
+    def _low_adjoint(self, G, r, F):
+        xp = get_xp(G)
+        G = self._unpad_adjoint(G)
+        k = 2 ** (self.J - r)
+        m, n = G.shape[-2] * k, G.shape[-1] * k
+        return F[0][r] * _sub_adjoint(xp.fft.fft2(G), k) * (k * k / (m * n))
+
+    def _band(self, Y, j, r, F):
+        """IDFT(P_{2^{j - r}}(Y psi_{j, l}^{(r)})) for all l: (..., m, n) -> (..., L, m / 2^{j-r}, n / 2^{j-r}).
+
+        For k = 2^{j - r} > 1 the product and the sum over the k x k aliases are one batched matrix
+        product over the output frequencies, (B, k^2) @ (k^2, L) per frequency, which never forms
+        the (..., L, m, n) product.
+        """
+        xp = get_xp(Y)
+        psi = F[1][j][r]
+        k = 2 ** (j - r)
+        if k == 1:
+            return xp.fft.ifft2(Y[..., None, :, :] * psi)
+        lead, (M, N) = Y.shape[:-2], Y.shape[-2:]
+        m, n = M // k, N // k
+        Yr = Y.reshape(-1, k, m, k, n).transpose(2, 4, 0, 1, 3).reshape(m, n, -1, k * k)  # (m, n, B, k^2)
+        Z = xp.matmul(Yr, F[2][j][r])  # (m, n, B, L)
+        return xp.fft.ifft2(Z.transpose(2, 3, 0, 1).reshape(*lead, self.L, m, n))
+
+    def _band_adjoint(self, G, j, r, F):
+        """The adjoint of :meth:`_band`: (..., L, m', n') -> (..., m, n), summed over l."""
+        xp = get_xp(G)
+        k = 2 ** (j - r)
+        lead, (m, n) = G.shape[:-3], G.shape[-2:]
+        H = xp.fft.fft2(G) * (1.0 / (m * n))  # IDFT^T, (..., L, m', n')
+        if k == 1:
+            return (F[1][j][r] * H).sum(axis=-3)
+        Hr = H.reshape(-1, self.L, m, n).transpose(2, 3, 0, 1)  # (m', n', B, L)
+        Yr = xp.matmul(Hr, F[2][j][r].transpose(0, 1, 3, 2))  # (m', n', B, k^2)
+        return Yr.reshape(m, n, -1, k, k).transpose(2, 3, 0, 4, 1).reshape(*lead, k * m, k * n)
+
+    @staticmethod
+    def _modulus_tangent(Z, U, tZ):
+        """d|z| = Re(conj(z) dz) / |z|, 0 where z = 0."""
+        xp = get_xp(Z)
+        safe = xp.where(U > 0, U, 1)
+        return xp.where(U > 0, (Z.real * tZ.real + Z.imag * tZ.imag) / safe, 0)
+
+    @staticmethod
+    def _modulus_adjoint(Z, U, g):
+        """g z / |z|, 0 where z = 0."""
+        xp = get_xp(Z)
+        safe = xp.where(U > 0, U, 1)
+        return xp.where(U > 0, g / safe, 0) * Z
+
+    # ------------------------------------------------------------------ the transform
+    def _run(self, x, tx=None, keep=False):
+        """S(x) on a (B, M, N) batch; with tx also the tangent; with keep the cache of :meth:`_vjp_cached`."""
+        xp = get_xp(x)
+        F = self._filters(xp, x.dtype)
+        fft2 = xp.fft.fft2
+        X = fft2(self._pad_image(x))
+        out, tout = [self._low(X, 0, F)[:, None]], None
+        tX = None
+        if tx is not None:
+            tX = fft2(self._pad_image(tx))
+            tout = [self._low(tX, 0, F)[:, None]]
+        order2, torder2 = [], []
+        cache = {"first": [], "second": {}} if keep else None
+        B = x.shape[0]
+        if self.max_order >= 1:
+            for j1 in range(self.J):
+                Z1 = self._band(X, j1, 0, F)  # (B, L, m1, n1)
+                U1 = xp.abs(Z1)
+                U1h = fft2(U1)
+                out.append(self._low(U1h, j1, F))
+                if tx is not None:
+                    tU1 = self._modulus_tangent(Z1, U1, self._band(tX, j1, 0, F))
+                    tU1h = fft2(tU1)
+                    tout.append(self._low(tU1h, j1, F))
+                if keep:
+                    cache["first"].append((Z1, U1))
+                if self.max_order < 2:
+                    continue
+                blocks, tblocks = [], []
+                for j2 in range(j1 + 1, self.J):
+                    Z2 = self._band(U1h, j2, j1, F)  # (B, L1, L2, m2, n2)
+                    U2 = xp.abs(Z2)
+                    blocks.append(self._low(fft2(U2), j2, F))
+                    if tx is not None:
+                        tU2 = self._modulus_tangent(Z2, U2, self._band(tU1h, j2, j1, F))
+                        tblocks.append(self._low(fft2(tU2), j2, F))
+                    if keep:
+                        cache["second"][j1, j2] = (Z2, U2)
+                if blocks:  # (B, L1, J - 1 - j1, L2, h, w): l1, then j2, then l2
+                    order2.append(xp.stack(blocks, axis=2).reshape(B, -1, *self.output_shape))
+                    if tx is not None:
+                        torder2.append(xp.stack(tblocks, axis=2).reshape(B, -1, *self.output_shape))
+        S = xp.concatenate(out + order2, axis=1)
+        tS = None if tx is None else xp.concatenate(tout + torder2, axis=1)
+        return S, tS, cache
+
+    def _vjp_cached(self, x, cache, G):
+        """(dS/dx)^T G for a (B, M, N) batch, with the cache of ``_run(x, keep=True)``; G (B, K, h, w)."""
+        xp = get_xp(x)
+        F = self._filters(xp, x.dtype)
+        B = x.shape[0]
+        L, J = self.L, self.J
+        Mp, Np = self.padded_shape
+        gX = self._low_adjoint(G[:, 0], 0, F)  # (B, M', N')
+        start1 = 1
+        start2 = 1 + J * L
+        for j1 in range(J if self.max_order >= 1 else 0):
+            Z1, U1 = cache["first"][j1]
+            gU1h = self._low_adjoint(G[:, start1 + j1 * L: start1 + (j1 + 1) * L], j1, F)  # (B, L, m1, n1)
+            n2 = J - 1 - j1
+            if self.max_order >= 2 and n2 > 0:
+                size = L * n2 * L
+                G2 = G[:, start2: start2 + size].reshape(B, L, n2, L, *self.output_shape)
+                start2 += size
+                for i, j2 in enumerate(range(j1 + 1, J)):
+                    Z2, U2 = cache["second"][j1, j2]
+                    gU2h = self._low_adjoint(G2[:, :, i], j2, F)  # (B, L1, L2, m2, n2)
+                    m2, nn2 = gU2h.shape[-2:]
+                    gU2 = (xp.fft.ifft2(gU2h) * (m2 * nn2)).real
+                    gU1h = gU1h + self._band_adjoint(self._modulus_adjoint(Z2, U2, gU2), j2, j1, F)
+            m1, nn1 = gU1h.shape[-2:]
+            gU1 = (xp.fft.ifft2(gU1h) * (m1 * nn1)).real
+            gX = gX + self._band_adjoint(self._modulus_adjoint(Z1, U1, gU1), j1, 0, F)
+        gxpad = (xp.fft.ifft2(gX) * (Mp * Np)).real
+        return self._pad_adjoint(gxpad).astype(x.dtype, copy=False)
+
+    def _chunk(self) -> int:
+        """Images per block in :meth:`__call__` and :meth:`features`: about 2^21 complex numbers per intermediate."""
+        Mp, Np = self.padded_shape
+        per_image = self.L * max(1, self.L // 4 if self.max_order >= 2 else 1) * Mp * Np
+        return max(1, 2**21 // per_image)
+
+    def _run_blocks(self, xb):
+        """S of a (B, M, N) batch, computed in blocks of :meth:`_chunk` images (bounded memory)."""
+        step = self._chunk()
+        if xb.shape[0] <= step:
+            return self._run(xb)[0]
+        xp = get_xp(xb)
+        return xp.concatenate([self._run(xb[i:i + step])[0] for i in range(0, xb.shape[0], step)], axis=0)
+
+    def __call__(self, x):
+        """S_J x for images x of shape (..., M, N): returns (..., K, M / 2^J, N / 2^J), Kymatio's order."""
+        x = self._check(x)
+        lead = x.shape[:-2]
+        S = self._run_blocks(x.reshape(-1, *self.shape))
+        return S.reshape(*lead, self.n_coefficients, *self.output_shape)
+
+    scattering = __call__
+
+    def jvp(self, x, tx):
+        """(S x, (dS/dx) tx) for x and tx of shape (..., M, N)."""
+        x = self._check(x)
+        tx = self._check(tx, "tx")
+        if tx.shape != x.shape:
+            raise ValueError(f"tx must have the shape of x {tuple(x.shape)}, got {tuple(tx.shape)}")
+        lead = x.shape[:-2]
+        S, tS, _ = self._run(x.reshape(-1, *self.shape), tx.reshape(-1, *self.shape).astype(x.dtype, copy=False))
+        out = (*lead, self.n_coefficients, *self.output_shape)
+        return S.reshape(out), tS.reshape(out)
+
+    def vjp(self, x, G):
+        """(dS/dx)^T G: the gradient in x of <G, S x>, for x (..., M, N) and G (..., K, h, w)."""
+        x = self._check(x)
+        lead = x.shape[:-2]
+        want = (*lead, self.n_coefficients, *self.output_shape)
+        G = check_array(G, "G")
+        if tuple(G.shape) != want:
+            raise ValueError(f"G must have the shape of S(x), {want}, got {tuple(G.shape)}")
+        xb = x.reshape(-1, *self.shape)
+        _, _, cache = self._run(xb, keep=True)
+        g = self._vjp_cached(xb, cache, G.reshape(-1, self.n_coefficients, *self.output_shape).astype(x.dtype))
+        return g.reshape(x.shape)
+
+    # ------------------------------------------------------------------ channels-last batches
+    def _check_nhwc(self, X, name="X"):
+        X = check_images(X, name)
+        if tuple(X.shape[1:3]) != self.shape:
+            raise ValueError(f"{name} has images of shape {tuple(X.shape[1:3])} but the scattering is built for "
+                             f"shape={self.shape} (channels-last batches (N, H, W, C))")
+        return X
+
+    def _to_nhwc(self, S, N, C):
+        h, w = self.output_shape
+        return S.reshape(N, C, self.n_coefficients, h, w).transpose(0, 3, 4, 1, 2).reshape(N, h, w, C * self.n_coefficients)
+
+    def _from_nhwc(self, G, N, C):
+        h, w = self.output_shape
+        return G.reshape(N, h, w, C, self.n_coefficients).transpose(0, 3, 4, 1, 2).reshape(N * C, self.n_coefficients, h, w)
+
+    def features(self, X):
+        """Channels-last scattering features: X (N, H, W, C) -> (N, H / 2^J, W / 2^J, C K).
+
+        Channel c K + k of the output is coefficient k (Kymatio's order, :attr:`paths`) of input
+        channel c.
+        """
+        X = self._check_nhwc(X)
+        N, _, _, C = X.shape
+        S = self._run_blocks(X.transpose(0, 3, 1, 2).reshape(N * C, *self.shape))
+        return self._to_nhwc(S, N, C)
+
+
+class ScatteringLayer(Layer):
+    r"""The scattering transform as a parameter-free layer on channels-last batches: (N, H, W, C) -> (N, h, w, C K).
+
+    Parameters
+    ----------
+    J, shape, L, max_order, padding
+        As in :class:`Scattering2D` (``shape`` = (H, W)); or pass ``scattering=`` a built one.
+
+    Notes
+    -----
+    forward is :meth:`Scattering2D.features`; backward the vector-Jacobian product through the
+    moduli (module notes); jvp the forward-mode derivative. Fixed filters: no parameters.
+
+    Examples
+    --------
+    >>> from shallow.cnn import Flatten, Linear, Sequential
+    >>> net = Sequential(ScatteringLayer(1, (8, 8), L=4), Flatten(), Linear(4 * 4 * 5, 10, rng=0))
+    >>> net(np.zeros((2, 8, 8, 1))).shape
+    (2, 10)
+    """
+
+    def __init__(self, J=None, shape=None, L=8, max_order=2, *, padding="reflect", scattering=None):
+        super().__init__()
+        if scattering is None:
+            if J is None or shape is None:
+                raise ValueError("ScatteringLayer needs J and shape, or scattering=Scattering2D(...)")
+            scattering = Scattering2D(J, shape, L, max_order, padding=padding)
+        elif not isinstance(scattering, Scattering2D):
+            raise ValueError(f"scattering must be a Scattering2D, got {type(scattering).__name__}")
+        self.scattering = scattering
+
+    def extra_repr(self):
+        return repr(self.scattering)
+
+    def forward(self, x):
+        S = self.scattering
+        x = S._check_nhwc(x, "x")
+        N, _, _, C = x.shape
+        xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
+        Sx, _, cache = S._run(xb, keep=True)
+        self._cache = (xb, cache, N, C)
+        return S._to_nhwc(Sx, N, C)
+
+    def backward(self, dy, need_input_grad=True):
+        if self._cache is None:
+            raise _missing_cache(self)
+        if not need_input_grad:
+            return None
+        S = self.scattering
+        xb, cache, N, C = self._cache
+        g = S._vjp_cached(xb, cache, S._from_nhwc(dy, N, C).astype(xb.dtype, copy=False))
+        return g.reshape(N, C, *S.shape).transpose(0, 2, 3, 1)
+
+    def jvp(self, x, tx=None, tparams=None):
+        if tx is None:
+            return self.forward(x), None
+        S = self.scattering
+        x = S._check_nhwc(x, "x")
+        N, _, _, C = x.shape
+        xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
+        txb = tx.transpose(0, 3, 1, 2).reshape(N * C, *S.shape).astype(x.dtype, copy=False)
+        Sx, tSx, cache = S._run(xb, txb, keep=True)
+        self._cache = (xb, cache, N, C)
+        return S._to_nhwc(Sx, N, C), S._to_nhwc(tSx, N, C)
+
+
+class ScatteringClassifier:
+    r"""Scattering features + a ridge-regression linear classifier (one-vs-all, closed form).
+
+    Parameters
+    ----------
+    J, shape, L, max_order, padding
+        The scattering (:class:`Scattering2D`); ``shape`` = (H, W) of the images.
+    ridge : float > 0
+        lambda in min_W (1/n) ||Phi W - Y||^2 + lambda ||W||^2 on standardised features Phi.
+    log_eps : float or None
+        Features log(S + log_eps) instead of S (None: S itself). The logarithm turns the
+        multiplicative variability of the coefficients into additive variability.
+
+    Notes
+    -----
+    fit: Phi = standardised scattering features (N, h w C K), each column with the training
+    set's mean and standard deviation; Y the one-hot targets centred per class; then
+    W = (Phi^T Phi / n + lambda I)^{-1} Phi^T Y / n, solved in float64 (in the dual form
+    W = Phi^T (Phi Phi^T / n + lambda I)^{-1} Y / n when there are fewer images than features), and
+    the bias the mean target. predict: argmax_c (Phi W + b)_c. The scattering is the fixed-filter CNN, the ridge
+    regression its trained last layer (Bruna and Mallat 2013 use a Gaussian SVM or a PCA
+    classifier; a linear classifier on order-2 coefficients is their "scattering + linear" row).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((20, 8, 8, 1)), np.arange(20) % 2
+    >>> ScatteringClassifier(1, (8, 8), L=4).fit(X, y).predict(X).shape
+    (20,)
+    """
+
+    def __init__(self, J, shape, L=8, max_order=2, *, padding="reflect", ridge=1e-3, log_eps=None):
+        self.scattering = Scattering2D(J, shape, L, max_order, padding=padding)
+        self.ridge = check_positive(ridge, "ridge")
+        self.log_eps = None if log_eps is None else check_positive(log_eps, "log_eps")
+        self.W = self.b = self.mean = self.std = self.classes_ = None
+
+    def transform(self, X):
+        """Flattened (optionally log) scattering features, shape (N, h w C K), before standardisation."""
+        xp = get_xp(X)
+        Phi = self.scattering.features(X)
+        Phi = Phi.reshape(Phi.shape[0], -1)
+        if self.log_eps is not None:
+            Phi = xp.log(xp.abs(Phi) + self.log_eps)
+        return Phi
+
+    def fit(self, X, y):
+        """Fit on images X (N, H, W, C) with integer labels y (N,); returns self."""
+        xp = get_xp(X)
+        Phi = self.transform(X).astype(np.float64)
+        y_host = np.asarray(to_device(y, "cpu"))
+        if y_host.ndim != 1 or y_host.shape[0] != Phi.shape[0]:
+            raise ValueError(f"y must hold one label per image ({Phi.shape[0]}), got shape {y_host.shape}")
+        self.classes_ = np.unique(y_host)
+        Y = (y_host[:, None] == self.classes_[None, :]).astype(np.float64)  # (n, n_classes)
+        n = Phi.shape[0]
+        self.mean = Phi.mean(axis=0)
+        std = Phi.std(axis=0)
+        self.std = xp.where(std > 0, std, 1.0)
+        Z = (Phi - self.mean) / self.std
+        Yd = xp.asarray(Y)
+        self.b = Yd.mean(axis=0)
+        d = Z.shape[1]
+        if n < d:  # the dual form: an n x n system
+            self.W = Z.T @ xp.linalg.solve(Z @ Z.T / n + self.ridge * xp.eye(n), (Yd - self.b) / n)
+        else:
+            self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(d), Z.T @ (Yd - self.b) / n)
+        return self
+
+    def decision_function(self, X):
+        """Scores (N, n_classes): Phi W + b."""
+        if self.W is None:
+            raise RuntimeError("ScatteringClassifier.fit must be called before predict")
+        Z = (self.transform(X).astype(np.float64) - self.mean) / self.std
+        return Z @ self.W + self.b
+
+    def predict(self, X):
+        """Predicted labels (N,), on the host."""
+        scores = np.asarray(to_device(self.decision_function(X), "cpu"))
+        return self.classes_[scores.argmax(axis=1)]
+
+    def score(self, X, y):
+        """Accuracy on (X, y)."""
+        return float(np.mean(self.predict(X) == np.asarray(to_device(y, "cpu"))))

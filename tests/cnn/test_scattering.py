@@ -1,0 +1,389 @@
+"""The 2-D scattering transform: agreement with Kymatio, invariance, energy, derivatives, bad input.
+
+Independent references: Kymatio 0.3.0's Scattering2D (numpy frontend), closed forms (constant
+images, Young's inequality for the translation error, the Littlewood-Paley bound, the path count),
+exact circular shifts, and central differences for the derivatives.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from gradcheck import check_central_differences, check_jvp, taylor_slope
+
+from shallow.cnn import Flatten, Linear, Sequential
+from shallow.cnn.scattering import (
+    Scattering2D,
+    ScatteringClassifier,
+    ScatteringLayer,
+    check_scattering_shape,
+    n_coefficients,
+)
+from shallow.cnn.wavelets import littlewood_paley
+
+#: Kymatio 0.3.0 normalises its Gaussians by 2 * 3.1415 sigma^2 / s instead of 2 pi sigma^2 / s.
+KYMATIO_FACTOR = np.pi / 3.1415
+
+
+def orders(S):
+    return np.array([len(p) // 2 for p in S.paths])
+
+
+def smooth_images(rng, n, shape):
+    """Random images with most energy at low frequencies (a Gaussian blur of white noise, periodic)."""
+    x = rng.standard_normal((n, *shape))
+    M, N = shape
+    w1, w2 = np.meshgrid(2 * np.pi * np.fft.fftfreq(M), 2 * np.pi * np.fft.fftfreq(N), indexing="ij")
+    return np.fft.ifft2(np.fft.fft2(x) * np.exp(-2.0 * (w1**2 + w2**2))).real
+
+
+def kymatio_scattering(J, shape, L, max_order=2):
+    kymatio = pytest.importorskip("kymatio", reason="Kymatio is the reference implementation")
+    # kymatio 0.3.0: `from kymatio.numpy import Scattering2D` fails with scipy >= 1.17; this works.
+    return kymatio.Scattering2D(J, shape, L=L, max_order=max_order, frontend="numpy")
+
+
+# ----------------------------------------------------------------------------- Kymatio
+
+@pytest.mark.parametrize("J, shape, L", [
+    (2, (16, 16), 4), (2, (32, 32), 8), (3, (32, 32), 8), (3, (16, 16), 4),
+    (2, (16, 32), 8), (3, (24, 16), 4), (2, (8, 8), 8),
+])
+def test_scattering_matches_kymatio(J, shape, L):
+    # Same J, L, order 2, image size: the same coefficients after Kymatio's normalisation factor
+    # (pi / 3.1415)^(m + 1) at order m (module notes), to 1e-5 of each order's largest coefficient
+    # (measured 2e-7 to 4e-7: Kymatio's filters are rounded to complex64).
+    ref_op = kymatio_scattering(J, shape, L)
+    x = np.random.default_rng(J * 100 + L).standard_normal((3, *shape))
+    ref = ref_op(x)
+    S = Scattering2D(J, shape, L)
+    ours = S(x)
+    assert ours.shape == ref.shape
+    m = orders(S)
+    converted = ref / KYMATIO_FACTOR ** (m + 1)[:, None, None]
+    for order in range(3):
+        block = m == order
+        err = np.abs(ours[:, block] - converted[:, block]).max()
+        assert err <= 1e-5 * np.abs(converted[:, block]).max(), f"order {order}: error {err:.2e}"
+
+
+def test_scattering_order_one_matches_kymatio():
+    ref_op = kymatio_scattering(2, (16, 16), 6, max_order=1)
+    x = np.random.default_rng(3).standard_normal((2, 16, 16))
+    S = Scattering2D(2, (16, 16), 6, max_order=1)
+    converted = ref_op(x) / KYMATIO_FACTOR ** (orders(S) + 1)[:, None, None]
+    assert np.abs(S(x) - converted).max() <= 1e-5 * np.abs(converted).max()
+
+
+def test_kymatio_normalisation_differs_by_pi_over_3_1415_per_filter():
+    # The one convention difference, measured: the ratio of Kymatio's coefficients to ours is
+    # (pi / 3.1415)^(m + 1) = 1 + 2.95e-5 (m + 1) for each path of order m, within 1e-6 (the
+    # float32 rounding of its filters), on a positive image where no coefficient is near 0.
+    ref_op = kymatio_scattering(2, (16, 16), 4)
+    x = 1.0 + np.random.default_rng(5).random((1, 16, 16))
+    S = Scattering2D(2, (16, 16), 4)
+    ratio = ref_op(x)[0, :, 1, 1] / S(x)[0, :, 1, 1]
+    assert np.abs(ratio - KYMATIO_FACTOR ** (orders(S) + 1)).max() < 1e-6
+    assert np.all(ratio > 1 + 2.9e-5)
+
+
+# ----------------------------------------------------------------------------- structure
+
+@pytest.mark.parametrize("J, L, max_order", [(1, 8, 2), (2, 4, 2), (3, 8, 2), (4, 3, 1), (3, 2, 0)])
+def test_number_of_coefficients_counts_the_paths(J, L, max_order):
+    # K = 1 + J L + L^2 J (J - 1) / 2: count the paths (j1, l1) and (j1, l1, j2, l2) with j2 > j1.
+    count = 1
+    if max_order >= 1:
+        count += len(list(itertools.product(range(J), range(L))))
+    if max_order >= 2:
+        count += sum(1 for j1, _, j2, _ in itertools.product(range(J), range(L), range(J), range(L)) if j2 > j1)
+    assert n_coefficients(J, L, max_order) == count
+    S = Scattering2D(J, (2**J, 2**J * 2), L, max_order)
+    assert S.n_coefficients == count == len(S.paths)
+    assert S(np.zeros((2, 2**J, 2**J * 2))).shape == (2, count, 1, 2)
+
+
+def test_constant_image_has_only_the_zeroth_order():
+    # phi_hat(0) = 1 (unit-integral low-pass; its aliases are below 1e-11 for J >= 2) and the
+    # Morlet wavelets have zero mean: S_0 of the constant c is c, all higher orders 0 (to 1e-12).
+    for padding in ("reflect", "periodic"):
+        S = Scattering2D(2, (16, 24), 6, padding=padding)
+        out = S(np.full((2, 16, 24), 3.5))
+        assert np.abs(out[:, 0] - 3.5).max() < 1e-10
+        assert np.abs(out[:, 1:]).max() < 1e-12
+
+
+def test_batch_dimensions_are_kept():
+    S = Scattering2D(2, (8, 8), 4)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    out = S(x)
+    assert out.shape == (2, 3, 25, 2, 2)
+    assert np.abs(out[1, 2] - S(x[1, 2])).max() < 1e-14
+    assert S(x[0, 0]).shape == (25, 2, 2)
+
+
+def test_features_are_channels_last_coefficients_of_each_channel():
+    # features(X)[n, i, j, c K + k] = S(X[n, :, :, c])[k, i, j].
+    S = Scattering2D(1, (8, 16), 4)
+    X = np.random.default_rng(1).standard_normal((3, 8, 16, 2))
+    F = S.features(X)
+    K = S.n_coefficients
+    assert F.shape == (3, 4, 8, 2 * K)
+    for c in range(2):
+        assert np.abs(F[..., c * K:(c + 1) * K] - S(X[..., c]).transpose(0, 2, 3, 1)).max() < 1e-14
+
+
+def test_blocks_give_the_same_coefficients_as_one_batch():
+    # __call__ splits large batches into blocks (bounded memory); each image is independent.
+    S = Scattering2D(2, (8, 8), 8)
+    x = np.random.default_rng(2).standard_normal((S._chunk() + 3, 8, 8))
+    assert np.abs(S(x) - S._run(x)[0]).max() < 1e-14
+
+
+def test_float32_matches_float64():
+    # float32 in, float32 out; the coefficients agree with float64 to 1e-5 of their scale
+    # (float32 rounding 6e-8 times a few FFT stages and moduli).
+    S = Scattering2D(2, (16, 16), 8)
+    x = np.random.default_rng(3).standard_normal((2, 16, 16))
+    out32, out64 = S(x.astype(np.float32)), S(x)
+    assert out32.dtype == np.float32
+    assert np.abs(out32 - out64).max() < 1e-5 * np.abs(out64).max()
+
+
+# ----------------------------------------------------------------------------- invariance and energy
+
+def test_translation_by_multiples_of_2J_shifts_the_coefficients_exactly():
+    # With periodic boundaries every step commutes with circular shifts, and subsampling by 2^J
+    # turns a shift by 2^J a into a shift of the output by a: S(T_{2^J a} x) = T_a S(x) to rounding.
+    J = 2
+    S = Scattering2D(J, (16, 24), 4, padding="periodic")
+    x = np.random.default_rng(4).standard_normal((2, 16, 24))
+    for a in ((1, 0), (0, 2), (3, 5)):
+        shifted = np.roll(x, (a[0] * 2**J, a[1] * 2**J), axis=(1, 2))
+        assert np.abs(S(shifted) - np.roll(S(x), a, axis=(2, 3))).max() < 1e-12
+
+
+@pytest.mark.parametrize("J", [1, 2, 3])
+def test_translation_error_bound_at_scale_2J(J):
+    # Young's inequality: ||S_m T_c x - S_m x|| <= ||T_c phi_J - phi_J||_1 ||U_m x||, and for a shift
+    # by c along an axis ||T_c phi - phi||_1 <= |c| ||d phi||_1 = |c| sqrt(2 / pi) / sigma_J,
+    # sigma_J = 0.8 2^(J - 1) (a Gaussian's derivative). With the Littlewood-Paley maximum a,
+    # ||U_1 x||^2 <= a ||x||^2, ||U_2 x||^2 <= a^2 ||x||^2. So, with the sampling weight 4^J of the
+    # 2^J-subsampled coefficients,
+    #     4^J ||S T_c x - S x||^2 <= (c sqrt(2 / pi) / sigma_J)^2 (1 + a + a^2) ||x||^2:
+    # the translation error is O(|c| / 2^J). Measured at 0.005 to 0.09 of the bound.
+    S = Scattering2D(J, (32, 32), 8, padding="periodic")
+    a = max(1.0, littlewood_paley(S.bank).max())
+    sigma_J = 0.8 * 2 ** (J - 1)
+    x = np.concatenate([smooth_images(np.random.default_rng(J), 4, (32, 32)),
+                        np.random.default_rng(J).standard_normal((2, 32, 32))])
+    Sx = S(x)
+    for c in (1, 2, 3):
+        lhs = 4**J * ((S(np.roll(x, c, axis=2)) - Sx) ** 2).sum(axis=(1, 2, 3))
+        bound = (c * np.sqrt(2 / np.pi) / sigma_J) ** 2 * (1 + a + a**2) * (x**2).sum(axis=(1, 2))
+        assert np.all(lhs <= bound)
+
+
+def test_translation_error_falls_with_J():
+    # The relative translation error at a fixed shift (1 pixel) on smooth 64 x 64 images decreases
+    # strictly from J = 1 to J = 4, and J = 4 is at least 4 times below J = 2 (|c| / 2^J;
+    # measured 0.24 -> 0.04, a factor 6).
+    x = smooth_images(np.random.default_rng(7), 4, (64, 64))
+    errors = []
+    for J in (1, 2, 3, 4):
+        S = Scattering2D(J, (64, 64), 8, padding="periodic")
+        Sx = S(x)
+        errors.append(np.linalg.norm(S(np.roll(x, 1, axis=1)) - Sx) / np.linalg.norm(Sx))
+    assert np.all(np.diff(errors) < 0)
+    assert errors[3] < errors[1] / 4
+
+
+@pytest.mark.parametrize("J", [1, 2, 3])
+def test_scattering_energy_is_bounded_by_the_image_energy(J):
+    # Mallat 2012 (Prop. 2.5, Theorem 2.6): each wavelet-modulus layer satisfies
+    # ||U_m x * phi||^2 + ||U_{m+1} x||^2 <= a ||U_m x||^2 (a = max(1, max A), Littlewood-Paley), so
+    # sum_{m <= 2} ||S_m x||^2 <= a^3 ||x||^2; the 2^J-subsampled coefficients carry the weight 4^J.
+    # On smooth and white-noise images (measured ratios 0.51 to 0.93; a - 1 < 0.02 here).
+    S = Scattering2D(J, (32, 32), 8, padding="periodic")
+    a = max(1.0, littlewood_paley(S.bank).max())
+    rng = np.random.default_rng(10 + J)
+    x = np.concatenate([smooth_images(rng, 5, (32, 32)), rng.standard_normal((5, 32, 32))])
+    energy = 4**J * (S(x) ** 2).sum(axis=(1, 2, 3))
+    assert np.all(energy <= a**3 * (x**2).sum(axis=(1, 2)))
+    # and most of a smooth image's energy is kept at orders <= 2 (measured 0.81 to 0.93): > 1/2
+    assert np.all(energy[:5] > 0.5 * (x[:5] ** 2).sum(axis=(1, 2)))
+
+
+def test_scattering_is_non_expansive():
+    # ||S x - S y||^2 <= a^3 ||x - y||^2 (the modulus is non-expansive, | |u| - |v| | <= |u - v|,
+    # then the same layer-by-layer bound as above), weight 4^J; pairs far apart and close together.
+    J = 2
+    S = Scattering2D(J, (32, 32), 8, padding="periodic")
+    a = max(1.0, littlewood_paley(S.bank).max())
+    rng = np.random.default_rng(12)
+    x = smooth_images(rng, 6, (32, 32))
+    y = np.concatenate([smooth_images(rng, 3, (32, 32)), x[3:] + 0.1 * rng.standard_normal((3, 32, 32))])
+    lhs = 4**J * ((S(x) - S(y)) ** 2).sum(axis=(1, 2, 3))
+    assert np.all(lhs <= a**3 * ((x - y) ** 2).sum(axis=(1, 2)))
+
+
+# ----------------------------------------------------------------------------- derivatives
+
+@pytest.mark.parametrize("padding", ["reflect", "periodic"])
+@pytest.mark.parametrize("J, shape, L, max_order", [(2, (8, 8), 4, 2), (2, (16, 8), 3, 2), (1, (8, 8), 4, 1),
+                                                    (3, (16, 16), 2, 2)])
+def test_vjp_matches_central_differences(padding, J, shape, L, max_order):
+    # <G, S(x + h v)> - <G, S(x - h v)> over 2h against <vjp(x, G), v>, float64, h = 1e-6: central
+    # differences err by h^2 |third derivative| ~ 1e-12 plus rounding 1e-16 / h ~ 1e-10; rtol 1e-6.
+    rng = np.random.default_rng(J * 7 + L)
+    S = Scattering2D(J, shape, L, max_order, padding=padding)
+    x = rng.standard_normal((2, *shape))
+    G = rng.standard_normal(S(x).shape)
+    g = S.vjp(x, G)
+    h = 1e-6
+    for _ in range(3):
+        v = rng.standard_normal(x.shape)
+        fd = (np.vdot(G, S(x + h * v)) - np.vdot(G, S(x - h * v))) / (2 * h)
+        assert abs(fd - np.vdot(g, v)) <= 1e-6 * (abs(fd) + np.abs(g).sum() * 1e-3)
+
+
+def test_jvp_matches_central_differences_and_is_adjoint_to_vjp():
+    # (dS/dx) v against (S(x + h v) - S(x - h v)) / 2h entrywise (1e-6 of the scale), and
+    # <G, J v> = <J^T G, v> to 1e-12 (both hand-written: a cross-check of the two).
+    rng = np.random.default_rng(21)
+    S = Scattering2D(2, (16, 16), 4)
+    x, v = rng.standard_normal((2, 16, 16)), rng.standard_normal((2, 16, 16))
+    Sx, tS = S.jvp(x, v)
+    assert np.abs(Sx - S(x)).max() == 0
+    h = 1e-6
+    fd = (S(x + h * v) - S(x - h * v)) / (2 * h)
+    assert np.abs(tS - fd).max() <= 1e-6 * np.abs(fd).max()
+    G = rng.standard_normal(Sx.shape)
+    lhs, rhs = np.vdot(G, tS), np.vdot(S.vjp(x, G), v)
+    assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + abs(rhs))
+
+
+def test_scattering_layer_backward_matches_central_differences():
+    rng = np.random.default_rng(30)
+    layer = ScatteringLayer(2, (8, 8), L=4)
+    check_central_differences(layer, rng.standard_normal((2, 8, 8, 2)), rng)
+
+
+def test_scattering_layer_taylor_remainder_is_second_order():
+    # |L(h) - L(0) - h dL| ~ h^2 along a random direction: fitted log-log slope within 0.1 of 2
+    # (no modulus argument is near 0 for a random Gaussian image: the map is smooth there).
+    rng = np.random.default_rng(31)
+    slope, _ = taylor_slope(ScatteringLayer(2, (8, 8), L=4), rng.standard_normal((2, 8, 8, 1)), rng)
+    assert abs(slope - 2) < 0.1
+
+
+def test_scattering_layer_jvp_matches_central_differences():
+    rng = np.random.default_rng(32)
+    check_jvp(ScatteringLayer(1, (8, 16), L=3, padding="periodic"), rng.standard_normal((2, 8, 16, 2)), rng)
+
+
+def test_scattering_plus_linear_network_is_trained_by_fit():
+    # The scattering as the fixed first layers of a shallow.cnn network: fit trains the linear
+    # layer on top and the training loss falls (two separable classes of random images).
+    from shallow.cnn import SGD, CrossEntropy, fit
+
+    rng = np.random.default_rng(33)
+    y = np.arange(40) % 2
+    X = rng.standard_normal((40, 8, 8, 1)) + 1.5 * y[:, None, None, None] * np.cos(np.arange(8))[None, :, None, None]
+    scat = ScatteringLayer(1, (8, 8), L=4)
+    net = Sequential(scat, Flatten(), Linear(4 * 4 * scat.scattering.n_coefficients, 2, rng=0))
+    hist = fit(net, X, y, loss=CrossEntropy(), optimizer=SGD(net.named_parameters(), lr=0.05), epochs=15,
+               batch_size=10, rng=0)
+    assert hist.loss[-1] < 0.5 * hist.loss[0]
+
+
+# ----------------------------------------------------------------------------- the classifier
+
+def test_scattering_linear_classifier_on_digits_beats_96_percent():
+    pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
+    # Scattering (J = 1, L = 8, 8 x 8 digits, reflect padding) + ridge regression: the seed's
+    # "scattering as a CNN" with fixed filters and a trained linear last layer. Measured test
+    # accuracy 0.982 on the fixed 25% split (0.993 with J = 2); the threshold leaves 2 points.
+    from shallow.cnn import load_digits
+
+    data = load_digits(standardize=False)
+    clf = ScatteringClassifier(1, (8, 8), L=8, ridge=1e-3).fit(data.X_train, data.y_train)
+    assert clf.score(data.X_test, data.y_test) > 0.96
+
+
+def test_classifier_fits_a_separable_toy_problem():
+    rng = np.random.default_rng(40)
+    y = np.arange(60) % 3
+    X = rng.standard_normal((60, 8, 8, 1)) * 0.3 + y[:, None, None, None]
+    clf = ScatteringClassifier(1, (8, 8), L=4).fit(X, y)
+    assert clf.score(X, y) == 1.0
+    assert set(clf.predict(X)) <= {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("J, shape, match", [
+    (3, (4, 16), r"shape \(4, 16\) is too small for J=3"),
+    (2, (10, 16), r"shape \(10, 16\) does not suit J=2.*multiple of 2\^J = 4"),
+    (2, (16, 18), r"shape \(16, 18\) does not suit J=2"),
+    (2, (16,), "shape must be a pair"),
+    (0, (16, 16), "J must be an integer >= 1"),
+])
+def test_bad_shapes_raise_a_value_error_naming_shape_and_J(J, shape, match):
+    with pytest.raises(ValueError, match=match):
+        Scattering2D(J, shape)
+    if J >= 1 and len(shape) == 2:
+        with pytest.raises(ValueError, match=match):
+            check_scattering_shape(shape, J)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda S: S(np.zeros((2, 8, 16))), r"x must have shape \(\.\.\., 16, 16\)"),
+    (lambda S: S(np.full((1, 16, 16), np.nan)), "NaN"),
+    (lambda S: S(np.zeros((1, 16, 16), dtype=complex)), "real"),
+    (lambda S: S.features(np.zeros((2, 16, 16))), r"\(N, H, W, C\)"),
+    (lambda S: S.features(np.zeros((2, 8, 8, 1))), "shape=\\(16, 16\\)"),
+    (lambda S: S.vjp(np.zeros((1, 16, 16)), np.zeros((1, 3, 4, 4))), "G must have the shape"),
+    (lambda S: Scattering2D(2, (16, 16), max_order=3), "max_order"),
+    (lambda S: Scattering2D(2, (16, 16), padding="zeros"), "padding"),
+    (lambda S: ScatteringClassifier(1, (8, 8), ridge=0), "ridge"),
+])
+def test_bad_input_raises_a_clear_value_error(call, match):
+    S = Scattering2D(2, (16, 16), 4)
+    with pytest.raises(ValueError, match=match):
+        call(S)
+
+
+def test_scattering_on_cupy_matches_numpy(xp):
+    # The device path against the host: FFT rounding only (1e-12 of the scale), float64.
+    from shallow.backend import to_numpy
+
+    S = Scattering2D(2, (16, 16), 4)
+    x = np.random.default_rng(50).standard_normal((3, 16, 16))
+    ref = S(x)
+    assert np.abs(to_numpy(S(xp.asarray(x))) - ref).max() < 1e-12 * np.abs(ref).max()
+    G = np.random.default_rng(51).standard_normal(ref.shape)
+    g = S.vjp(x, G)
+    assert np.abs(to_numpy(S.vjp(xp.asarray(x), xp.asarray(G))) - g).max() < 1e-12 * np.abs(g).max()
+
+
+def test_classifier_dual_ridge_equals_the_primal_solution():
+    # With fewer images (30) than features (4 x 4 x 9 = 144) the weights come from the n x n dual
+    # system; they must equal the primal (Z^T Z / n + lambda I)^{-1} Z^T (Y - b) / n computed here
+    # (push-through identity), to 1e-8 relative (condition number of the systems ~1e3 at lambda = 1e-2).
+    rng = np.random.default_rng(41)
+    X, y = rng.standard_normal((30, 8, 8, 1)), np.arange(30) % 3
+    clf = ScatteringClassifier(1, (8, 8), L=8, ridge=1e-2).fit(X, y)
+    Phi = clf.scattering.features(X).reshape(30, -1)
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = (y[:, None] == np.arange(3)).astype(float)
+    W = np.linalg.solve(Z.T @ Z / 30 + 1e-2 * np.eye(Z.shape[1]), Z.T @ (Y - Y.mean(axis=0)) / 30)
+    assert np.abs(clf.W - W).max() < 1e-8 * np.abs(W).max()
+
+
+def test_classifier_log_features_are_the_log_of_the_coefficients():
+    # transform with log_eps = e gives log(|S| + e) of the plain features, entrywise (to rounding).
+    X = np.random.default_rng(42).standard_normal((4, 8, 8, 1))
+    plain = ScatteringClassifier(1, (8, 8), L=4).transform(X)
+    logged = ScatteringClassifier(1, (8, 8), L=4, log_eps=1e-3).transform(X)
+    assert np.abs(logged - np.log(np.abs(plain) + 1e-3)).max() < 1e-12
