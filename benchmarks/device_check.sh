@@ -43,5 +43,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     step cnn_step_cpu_b1024 120 python3 benchmarks/cnn_step.py --device cpu --rounds 1 --warmup 1 --steps 3 --batch 1024
 fi
 if [ "$what" = studies ] || [ "$what" = all ]; then
-    step studies_gpu 150 python3 -m shallow.cli run --all --quick --device gpu --out /tmp/shallow-studies --workers 1
+    for name in ${STUDIES:-global_convergence cnn_lazy_vs_meanfield scattering_stability}; do
+        step "study_$name" 90 python3 -m shallow.cli run "$name" --quick --device gpu --out /tmp/shallow-studies --workers 1
+    done
 fi

@@ -100,3 +100,48 @@ def test_device_gemm_accumulates_out_plus_a_times_b(layout):
     result = gemm(ad, bd, outd, beta=1.0)
     assert result is outd
     _assert_close(outd, expected, f"out + a @ b with {layout} operands")
+
+
+def _small_vgg(device, batch_norm=False):
+    return build_model("vgg", (8, 8, 1), 10, rng=2, width=4, batch_norm=batch_norm).to(device)
+
+
+def test_robustness_on_cupy_matches_numpy():
+    # deformations, exact convolution singular values, Lipschitz bounds, local constants and PGD:
+    # the device run against the host run of the same network and data.
+    from shallow.cnn import (conv_singular_values, deform, lipschitz_upper_bound, local_lipschitz, pgd,
+                             random_displacement)
+    x, y = _batch((8, 8, 1), n=6)
+    tau = random_displacement((8, 8), grad_norm=0.2, scale=2.0, rng=0)
+    W = np.random.default_rng(4).standard_normal((3, 3, 2, 3))
+    res = {}
+    for device in ("cpu", "gpu"):
+        model = _small_vgg(device)
+        model.eval()
+        xd, yd = to_device(x, device), to_device(y, device)
+        res[device] = {
+            "deform": to_numpy(deform(xd, to_device(tau, device))),
+            "svals": to_numpy(conv_singular_values(to_device(W, device), (8, 8))),
+            "bound": float(lipschitz_upper_bound(model, (8, 8, 1), bound="averaged", method="fft")),
+            "local": float(local_lipschitz(model, xd)),
+            "pgd": to_numpy(pgd(model, xd, yd, 0.1, norm="2", steps=3)),
+        }
+    for key in res["cpu"]:
+        _assert_close(res["gpu"][key], res["cpu"][key], f"robustness: {key}")
+
+
+def test_group_convolutions_on_cupy_match_numpy():
+    # the p4 network's forward and its backward (parameter gradients) on the device and the host
+    from shallow.cnn import CrossEntropy, Model, p4_cnn
+    x, y = _batch((8, 8, 1), n=4)
+    res = {}
+    for device in ("cpu", "gpu"):
+        model = Model(p4_cnn((8, 8, 1), 10, width=2, rng=0), (8, 8, 1), 10).to(device)
+        xd, yd = to_device(x, device), to_device(y, device)
+        out = model.forward(xd)
+        _, dout = CrossEntropy().value_and_grad(out, yd)
+        model.backward(dout)
+        res[device] = (to_numpy(out), {k: to_numpy(g) for k, g in model.named_gradients().items()})
+    _assert_close(res["gpu"][0], res["cpu"][0], "p4 outputs")
+    for name, g in res["cpu"][1].items():
+        _assert_close(res["gpu"][1][name], g, f"p4 gradient {name}")
