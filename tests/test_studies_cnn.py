@@ -39,3 +39,83 @@ def test_cnn_lazy_vs_meanfield_step_rule():
     assert np.isclose(module.step_size(0.01, 0.02), 2e-4)
     grid = module.alphas(module.Config())
     assert grid[0] == 1e-2 and np.isclose(grid[-1], 1e5) and grid.size == 8
+
+
+# ----------------------------------------------------------------------------- cnn_vs_shallow
+
+def _closed_form_relu_ntk(A, B):
+    """Theta(z, z') = (sin t + (pi - t) cos t) / (2 pi) + cos t (pi - t) / (2 pi), t the angle, for unit rows."""
+    c = np.clip(A @ B.T, -1.0, 1.0)
+    t = np.arccos(c)
+    return (np.sin(t) + (np.pi - t) * c) / (2 * np.pi) + c * (np.pi - t) / (2 * np.pi)
+
+
+def test_cnn_vs_shallow_ntk_predictor_matches_closed_form_kernel_ridge():
+    pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
+    # The study's NTK point (library kernel + kernel_regression, one class at a time) against an independent
+    # computation: inputs put on S^64 by hand, the arc-cosine closed form of the relu NTK (Jacot et al. 2018;
+    # Cho & Saul 2009), and one linear solve for the ten one-hot targets, f = Theta(., Z) (Theta + n lambda I)^-1 Y.
+    from shallow.cnn import load_digits
+
+    module = cli.load_study("cnn_vs_shallow")
+    cfg = module.Config()
+    n = 60
+    point = {"method": "ntk", "n": n, "subset": 1, "seed": 0, "device": "cpu", "ridge": cfg.ridge}
+    got = module.train_point(point)
+    data = load_digits()
+    keep = module.subset(data.y_train, n, index=1, seed=0)
+
+    def on_sphere(X):
+        x = X.reshape(X.shape[0], -1)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.hstack([x, np.ones((x.shape[0], 1))]) / np.sqrt(2)
+
+    Z, Z_test = on_sphere(data.X_train[keep]), on_sphere(data.X_test)
+    Y = np.eye(10)[data.y_train[keep]]
+    coef = np.linalg.solve(_closed_form_relu_ntk(Z, Z) + n * cfg.ridge * np.eye(n), Y)
+    expected = float((np.argmax(_closed_form_relu_ntk(Z_test, Z) @ coef, axis=1) == data.y_test).mean())
+    # Same mathematics in float64 (an eigendecomposition against a solve): the outputs agree to ~1e-9, so the
+    # predicted classes agree unless two outputs tie to that level; allow one test image in 450 for such a tie.
+    assert abs(got["test_accuracy"] - expected) <= 1 / 450 + 1e-12
+    # Near-interpolation (lambda = 1e-6): every training image is classified correctly.
+    assert got["train_accuracy"] == 1.0
+
+
+def test_cnn_vs_shallow_subsets_are_stratified_and_independent():
+    # A stratified subset of n = 50 of the 1347 training labels holds 5 images of each of the 10 classes;
+    # two subset indices give different subsets; n = N gives every index.
+    module = cli.load_study("cnn_vs_shallow")
+    y = np.repeat(np.arange(10), 135)[:1347]  # class sizes 135 (nine of them) and 132, like the digits' split
+    a, b = module.subset(y, 50, index=0), module.subset(y, 50, index=1)
+    assert a.size == 50 and np.array_equal(np.bincount(y[a], minlength=10), np.full(10, 5))
+    assert not np.array_equal(a, b)
+    assert np.array_equal(module.subset(y, 1347), np.arange(1347))
+    with pytest.raises(ValueError, match="n"):
+        module.subset(y, 0)
+    with pytest.raises(ValueError, match="sizes"):
+        module.check_config(module.Config(sizes=(100, 50)))
+
+
+def test_cnn_vs_shallow_cnn_leads_at_small_n_kernels_agree_mean_field_not_above(tmp_path, run_quick):
+    pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
+    # Quick mode: n in {50, 300}, 2 stratified subsets each, CNN width 32 for 150 Adam steps, ten mean-field
+    # nets of m = 100 to t = 1200, NTK and M = 1000 random features with ridge 1e-6. Accuracies are over
+    # 450 test images (one image = 0.0022); the margins below are several images wide at the fixed seed.
+    _, result = run_quick("cnn_vs_shallow", tmp_path)
+    methods = ("cnn", "mean_field", "ntk", "random_features")
+    mean = {m: result[f"mean_test_accuracy_{m}"] for m in methods}
+    # Every learner learns (chance is 0.1; measured >= 0.849) and improves from n = 50 to n = 300 by at least
+    # 5 points (measured 7 to 12 points).
+    for m in methods:
+        assert np.all(mean[m] > 0.8), m
+        assert mean[m][1] - mean[m][0] > 0.05, m
+    # The CNN leads at the smallest size: above the best shallow learner by more than 2 images on average
+    # (measured +2.0 points, 9 images), and its lead is largest there (measured +0.1 point at n = 300).
+    assert result["cnn_advantage"][0] > 2 / 450
+    assert result["cnn_advantage"][0] > result["cnn_advantage"][1]
+    # The two kernel predictors agree within 4 points (measured 2.6 points at n = 50, 0.7 at n = 300:
+    # M = 1000 features estimate the arc-cosine kernel with relative noise ~ M^-1/2).
+    assert result["ntk_rf_max_gap"] < 0.04
+    # The mean-field networks are not above the NTK predictor (one image of slack; measured 0.9 and
+    # 2.8 points below).
+    assert np.all(mean["mean_field"] <= mean["ntk"] + 1 / 450)
