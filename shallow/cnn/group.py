@@ -456,7 +456,8 @@ class _P4Conv(Layer):
 
     n_in_rotations = 1  # rotations per input channel (1: images, 4: p4 maps)
 
-    def __init__(self, in_channels, out_channels, kernel_size, *, padding, bias, init, rng, dtype, method):
+    def __init__(self, in_channels, out_channels, kernel_size=3, *, padding="same", bias=True, init="he", rng=None,
+                 dtype=np.float64, method="auto"):
         super().__init__()
         self.in_channels = check_integer(in_channels, "in_channels", minimum=1)
         self.out_channels = check_integer(out_channels, "out_channels", minimum=1)
@@ -584,11 +585,6 @@ class P4LiftConv2d(_P4Conv):
 
     n_in_rotations = 1
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, *, padding="same", bias=True, init="he", rng=None,
-                 dtype=np.float64, method="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias, init=init, rng=rng,
-                         dtype=dtype, method=method)
-
     def _assemble(self, psi):
         xp = get_xp(psi)
         K, _, C, Co = psi.shape
@@ -643,11 +639,6 @@ class P4Conv2d(_P4Conv):
     """
 
     n_in_rotations = 4
-
-    def __init__(self, in_channels, out_channels, kernel_size=3, *, padding="same", bias=True, init="he", rng=None,
-                 dtype=np.float64, method="auto"):
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=bias, init=init, rng=rng,
-                         dtype=dtype, method=method)
 
     def _assemble(self, psi):
         xp = get_xp(psi)
