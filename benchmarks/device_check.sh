@@ -40,6 +40,7 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     step flow_step_f32_4g 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128 --block-mb 4096
     step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
     step cnn_step_gpu_b1024 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
+    step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
     step cnn_step_cpu_b1024 120 python3 benchmarks/cnn_step.py --device cpu --rounds 1 --warmup 1 --steps 3 --batch 1024
 fi
 if [ "$what" = studies ] || [ "$what" = all ]; then
