@@ -9,9 +9,11 @@ so the scattering representation S_J changes (i) by O(|c| / 2^J) under a transla
 (ii) linearly with |grad tau|_inf under a smooth deformation, whereas the pixels only move with
 the image: their change reaches O(1) once the displacement reaches the width of the strokes. A
 trained CNN learns part of this invariance from data (and its global average pooling gives it
-more). Measured on scikit-learn's digits for four representations Phi: the pixels, the scattering
+more). Measured on scikit-learn's digits for five representations Phi: the pixels, the scattering
 at J = 3 and J = 2 (L = 8, order 2, Kymatio's conventions, :class:`shallow.cnn.scattering.Scattering2D`),
-and the penultimate layer (after global average pooling) of a trained small VGG.
+and the penultimate layer (after global average pooling) of a small VGG, trained, and random (the
+same network at its initialisation, never trained), which separates what training gives from
+what the architecture gives.
 
 Protocol
 --------
@@ -21,51 +23,74 @@ Why: 8 x 8 digits are too small for a scattering with J >= 2 (it would average o
 image) and for smooth deformations of a few pixels; the margin keeps the digits away from the
 border, so that deformations (background fill 0) do not cut strokes. The CNN:
 ``vgg_small((32, 32, 1), width)`` (three stages, batch norm, float32), Adam (``lr``), ``epochs``
-epochs on the training set. On ``n_test`` test images, each representation's change is measured
-relative to its norm and relative to the typical distance between classes,
+epochs on the training set. The random CNN: the same ``vgg_small`` with the same seed, hence the
+same He initialisation, untrained; in eval mode its batch norms keep their initial statistics
+(mean 0, variance 1, scale 1, shift 0): the identity up to 1 / sqrt(1 + eps). On ``n_test`` test
+images, each representation's change is measured relative to its norm and relative to the typical
+distance between classes,
 
     rel_Phi = mean_x |Phi(L_tau x) - Phi(x)| / |Phi(x)|,
     rho_Phi = mean_x |Phi(L_tau x) - Phi(x)| / D_Phi,   D_Phi = mean_x |Phi(x) - Phi(x')|,
 
-x' a test image of another class drawn once per x (rho = 1: as far as another digit). Perturbations
+x' a test image of another class drawn once per x (rho = 1: as far as another digit; the mean norm
+mean_x |Phi(x)| is recorded too, and D_Phi / mean |Phi(x)| says how spread the classes are around a
+common component). The ratio |Phi(L_tau x) - Phi(x)| / (|Phi(x)| |grad tau|_inf) of the
+deformation sweep is rel_Phi / |grad tau|_inf. Perturbations
 (:func:`shallow.cnn.robustness.deform`, background fill 0): horizontal translations by c pixels
 (a constant field; bilinear for c = 0.5); smooth random fields
 (:func:`shallow.cnn.robustness.random_displacement`, one per image, correlation length
 ``field_scale``) with |grad tau|_inf in ``grad_norms``; and, at |grad tau|_inf = ``scale_grad_norm``,
 fields of growing correlation length ``scales``, whose displacements grow with it (mean sup |tau|
 recorded). Also the test accuracy of each representation's classifier on the perturbed images
-(ridge regression on standardised features for pixels and scattering, the rule of
-:class:`shallow.cnn.scattering.ScatteringClassifier`; the CNN's own last layer), and the fitted
+(ridge regression on standardised features for pixels, scattering and the random CNN's
+penultimate layer, the rule of :class:`shallow.cnn.scattering.ScatteringClassifier`, fitted on the
+clean training images; the trained CNN's own last layer), and the fitted
 log-log slope of rel and rho against |grad tau|_inf.
 
 Measured (seed 0, the 2-core development machine)
 -------------------------------------------------
-Defaults (all 1347 training images, 300 test images, VGG width 8, 12 epochs): 80 to 100 s of compute.
+Defaults (all 1347 training images, 300 test images, VGG width 8, 12 epochs): 80 to 105 s of compute.
 Clean test accuracy (on the 300): pixels + ridge 0.943, CNN 0.983 (0.982 on the whole test set),
-scattering J = 2 0.987, J = 3 0.990.
+random CNN + ridge 0.860, scattering J = 2 0.987, J = 3 0.990.
 
 * Translations by c = 0.5, 1, 2, 4, 8 px, rel: pixels 0.14, 0.28, 0.51, 0.85, 1.18; scattering J = 3
   0.067, 0.131, 0.256, 0.485, 0.824 (proportional to c up to 4 px: the O(|c| / 2^J) error), J = 2
   0.094, 0.185, 0.365, 0.689, 1.07 (1.4 times J = 3); CNN 0.088, 0.133, 0.201, 0.225, 0.311 (global
   pooling: nearly flat beyond 2 px). Accuracy under the shift: scattering J = 3 0.99, 0.99, 0.987,
   0.89, 0.32 (it holds up to 2^{J-1} = 4 px, fails at 2^J); pixels 0.87, 0.77, 0.51, 0.27, 0.11;
-  CNN 0.983 ... 0.927.
+  CNN 0.983 ... 0.927. Random CNN: rel 0.051, 0.052, 0.070, 0.107, 0.223 (the smallest of all), but
+  rho 0.43, 0.44, 0.58, 0.90, 1.87 (trained CNN 0.10, 0.16, 0.24, 0.27, 0.37) and accuracy 0.84,
+  0.75, 0.61, 0.40, 0.24.
 * Deformations, |grad tau|_inf = 0.02 ... 0.32 (correlation length 4 px), rel: scattering J = 3
   0.0063 ... 0.084 (slope 0.94), pixels 0.013 ... 0.19 (slope 0.98), CNN 0.014 ... 0.18 (0.93):
-  the scattering moves 2.1 to 2.3 times less than the pixels and the CNN. Accuracy at 0.32:
-  scattering 0.973, CNN 0.957, pixels 0.90.
+  the scattering moves 2.1 to 2.3 times less than the pixels and the CNN. The ratio
+  rel / |grad tau|_inf: pixels 0.63 to 0.60, CNN 0.70 to 0.55, scattering J = 3 0.31 to 0.26,
+  random CNN 0.38 to 0.18 (rel 0.0076 ... 0.056, slope 0.73: it saturates). Relative to the
+  classes the random CNN moves most: rho 0.064 ... 0.47, 2.2 to 3.8 times the trained CNN's
+  (0.017 ... 0.21). Accuracy at 0.32: scattering 0.973, CNN 0.957, pixels 0.90, random CNN 0.81
+  (0.87 clean).
 * Growing displacement at |grad tau|_inf = 0.1 (mean sup |tau| 0.14 to 2.4 px): rel grows 34-fold
-  for the scattering, 30-fold for the pixels, 15-fold for the CNN: Mallat's 2^{-J} |tau|_inf term;
+  for the scattering, 30-fold for the pixels, 15-fold for the CNN, 9.6-fold for the random CNN:
+  Mallat's 2^{-J} |tau|_inf term;
   J = 3 is not yet invariant to translations of a few pixels.
 * Relative to the between-class distance (rho) the scattering's advantage over the pixels shrinks
   (1 px shift: 0.31 against 0.39; deformations 0.107 against 0.140 at 0.16): its averaging brings
   the classes closer too. The CNN has the smallest rho under translations (0.158 at 1 px, 0.37 at
   8 px). Yet the scattering's linear classifier is the most robust to deformations.
+* The random CNN's small rel is not stability: its features (ReLU, max pooling and global averaging
+  of positive maps, with no trained biases) share a large common component, D / mean |Phi(x)| =
+  0.12 against 0.84 (trained CNN), 0.71 (pixels), 0.42 (scattering J = 3). Relative to the distance
+  between classes it is the least stable representation under deformations and under shifts of
+  1 px or less, and 2.8 times less stable than the trained CNN under a 1-px shift: the trained
+  CNN's stability relative to the classes is learned, not given by its pooling alone.
 
 --quick (500 training images, 60 test images, VGG width 4, 8 epochs, 3 shifts, 3 |grad tau|, 3
-correlation lengths): 13 to 16 s of compute. CNN test accuracy 0.86; 1-px shift rel 0.131 (scattering J = 3),
-0.184 (J = 2), 0.280 (pixels), 0.150 (CNN); deformation slope 0.91 (scattering), 0.99 (pixels);
-accuracy under a 4-px shift 0.93 (scattering J = 3) against 0.20 (pixels).
+correlation lengths): 16 to 22 s of compute on the loaded machine. CNN test accuracy 0.86, ridge on
+the random CNN 0.63 (on the 60); 1-px shift rel 0.131 (scattering J = 3), 0.184 (J = 2), 0.280 (pixels), 0.150
+(CNN), 0.049 (random CNN), rho 0.22 (CNN) against 0.41 (random CNN); deformation rho of the random CNN
+2.5 to 2.7 times the trained CNN's, D / mean |Phi(x)| 0.12 against 0.68; deformation slope 0.91
+(scattering), 0.99 (pixels), 0.82 (random CNN); accuracy under a 4-px shift 0.93 (scattering J = 3)
+against 0.20 (pixels).
 """
 
 from __future__ import annotations
@@ -83,7 +108,7 @@ from shallow.cnn.scattering import Scattering2D
 REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
 EXTRA = "data"
 
-REPRESENTATIONS = ("pixels", "cnn", "scattering_small", "scattering")
+REPRESENTATIONS = ("pixels", "cnn", "random_cnn", "scattering_small", "scattering")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,24 +194,29 @@ def compute(cfg: Config) -> dict:
     H, W = Xt.shape[1:3]
     X, Xt, X_test = to_device(X, dev), to_device(Xt, dev), to_device(X_test, dev)
 
-    # the trained CNN, and its penultimate layer (after global average pooling) as a representation
+    # the trained CNN, and its penultimate layer (after global average pooling) as a representation;
+    # the random CNN: the same architecture at the same initialisation (same seed), never trained
     net = vgg_small((H, W, 1), 10, width=cfg.width, rng=cfg.seed, dtype=np.float32)
+    random_net = vgg_small((H, W, 1), 10, width=cfg.width, rng=cfg.seed, dtype=np.float32)
     if dev != "cpu":
         net.to(dev)
+        random_net.to(dev)
     f32 = lambda A: A.astype(np.float32)
     hist = fit(net, f32(X), to_device(y, dev), X_test=f32(X_test), y_test=to_device(y_test, dev),
                optimizer=Adam(net.named_parameters(), lr=cfg.lr), epochs=cfg.epochs, batch_size=cfg.batch_size,
                rng=cfg.seed)
     body = Sequential(*net.layers[:-1])
+    random_body = Sequential(*random_net.layers[:-1])
     S = Scattering2D(cfg.J, (H, W), cfg.L)
     S_small = Scattering2D(cfg.J - 1, (H, W), cfg.L) if cfg.J > 1 else S
     reps = {
         "pixels": lambda A: A.reshape(A.shape[0], -1),
         "cnn": lambda A: predict(body, f32(A)).astype(np.float64),
+        "random_cnn": lambda A: predict(random_body, f32(A)).astype(np.float64),
         "scattering_small": lambda A: S_small.features(A).reshape(A.shape[0], -1),
         "scattering": lambda A: S.features(A).reshape(A.shape[0], -1),
     }
-    classify = {name: Ridge(cfg.ridge).fit(reps[name](X), y) for name in ("pixels", "scattering_small", "scattering")}
+    classify = {name: Ridge(cfg.ridge).fit(reps[name](X), y) for name in REPRESENTATIONS if name != "cnn"}
 
     def labels(name, A, F):
         if name == "cnn":
@@ -215,6 +245,7 @@ def compute(cfg: Config) -> dict:
               "scales": np.array(cfg.scales, dtype=float), "cnn_test_accuracy": float(hist.test_accuracy[-1])}
     for name in REPRESENTATIONS:
         result[f"D_{name}"] = D[name]
+        result[f"norm_{name}"] = float(size[name].mean())  # mean_x |Phi(x)|: D / norm = how spread the classes are
         result[f"accuracy_clean_{name}"] = float(np.mean(labels(name, Xt, clean[name]) == yt))
 
     def sweep(kind, fields):
@@ -252,9 +283,10 @@ def compute(cfg: Config) -> dict:
     return result
 
 
-LABELS = {"pixels": "pixels", "cnn": "trained CNN (penultimate)", "scattering_small": "scattering J={Js}",
-          "scattering": "scattering J={J}"}
-STYLES = {"pixels": ("C3", "o-"), "cnn": ("C1", "s-"), "scattering_small": ("C2", "^--"), "scattering": ("C0", "D-")}
+LABELS = {"pixels": "pixels", "cnn": "trained CNN (penultimate)", "random_cnn": "random CNN (same init, untrained)",
+          "scattering_small": "scattering J={Js}", "scattering": "scattering J={J}"}
+STYLES = {"pixels": ("C3", "o-"), "cnn": ("C1", "s-"), "random_cnn": ("C4", "v:"), "scattering_small": ("C2", "^--"),
+          "scattering": ("C0", "D-")}
 
 
 def plot(result: dict, cfg: Config):
@@ -293,7 +325,7 @@ def plot(result: dict, cfg: Config):
                         label=f"{label[name]} (clean {result[f'accuracy_clean_{name}']:.3f})")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")
-        ax.set_title("classifiers: ridge on pixels / scattering, the CNN", fontsize=9)
+        ax.set_title("classifiers: the trained CNN; ridge on the other features", fontsize=9)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=6.5)
         ax.grid(True, which="major", alpha=0.3)
