@@ -26,11 +26,13 @@ def xp(request):
     return cupy
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_quick():
     """run_quick(name, out) runs a study's --quick mode under ``out`` and checks its figure and sidecar.
 
-    Returns (module, result). The test then checks the study's claim on ``result``.
+    Returns (module, result). The test then checks the study's claim on ``result``. Session-scoped
+    (it holds no state), so that a module-scoped fixture can run a long quick mode once for
+    several tests: ``run_quick(name, tmp_path_factory.mktemp(name))``.
     """
     from shallow import cli, study
 

@@ -3,30 +3,15 @@
 Tolerances are stated with their reasons; each holds at the study's fixed seed (seed = 0).
 """
 
-import json
-
 import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The quick mode's result, computed once for the tests of this module (it takes ~20 s).
-
-    The same run and checks of the figure and sidecar as conftest's ``run_quick``, at module scope.
-    """
+def quick(tmp_path_factory, run_quick):
+    """The quick mode's result, computed once for the tests of this module (it takes ~20 s)."""
     pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
-    from shallow import cli, study
-
-    name, out = "scattering_stability", tmp_path_factory.mktemp("scattering_stability")
-    module = cli.load_study(name)
-    cfg = study.quick_config(module)
-    result = study.run(module, cfg, quick=True, out=out)
-    sidecar = json.loads((out / "figures" / f"{name}_quick.json").read_text())
-    assert (out / "figures" / f"{name}_quick.png").stat().st_size > 10_000
-    assert sidecar["study"] == name
-    assert sidecar["config"] == json.loads(json.dumps(study.dataclasses.asdict(cfg)))
-    return result
+    return run_quick("scattering_stability", tmp_path_factory.mktemp("scattering_stability"))[1]
 
 
 def test_scattering_stability_scattering_is_more_stable_than_pixels(quick):

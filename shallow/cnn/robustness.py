@@ -1345,7 +1345,7 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
 
 
 def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5, batch_size=1, steps=10,
-                           step_size=None, rng=None, clip=None):
+                           step_size=None, rng=None, clip=None, keep_best=False):
     r"""One perturbation v with |v| <= eps that changes the predictions of most images (Alg. 1 of ref. 6).
 
     Parameters
@@ -1373,10 +1373,14 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
         The order of the images.
     clip : None or (lo, hi)
         The perturbed images x + v are clipped to this box.
+    keep_best : bool
+        Return the end-of-epoch v with the highest fooling rate on X (the first one on ties)
+        rather than the last: the fooling rate of the iterates is not monotone in the epochs.
 
     Returns
     -------
     v : array of shape (H, W, C)
+        The last iterate (``keep_best=False``) or the best one over the epochs.
     fooling_rate : numpy array
         The fraction of X whose prediction k(x + v) differs from k(x), after each epoch.
 
@@ -1410,6 +1414,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
         return out if clip is None else xp.clip(out, clip[0], clip[1])
 
     rates = []
+    best = v
     with _EvalMode(model):
         for _ in range(max_epochs):
             order = rng.permutation(N)
@@ -1430,9 +1435,11 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
                 v = w
             fooled = xp.argmax(model.forward(perturbed(X, v)), axis=1) != k
             rates.append(float(fooled.mean()))
+            if rates[-1] > max(rates[:-1], default=-1.0):
+                best = v
             if rates[-1] >= 1 - delta:
                 break
-    return v[0], np.array(rates)
+    return (best if keep_best else v)[0], np.array(rates)
 
 
 # ============================================================================= spectral normalisation

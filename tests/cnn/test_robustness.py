@@ -387,6 +387,23 @@ def test_universal_perturbation_reaches_the_optimum_of_a_linear_classifier():
     assert rates[-1] == pytest.approx(optimum)
 
 
+def test_universal_perturbation_keep_best_returns_the_epoch_with_the_highest_fooling_rate():
+    # a small random VGG on which the end-of-epoch fooling rate is not monotone (measured 0.27, 0.23, 0.1,
+    # 0.2, 0.37, 0.23): the fooling rates of the returned v, recomputed here from the model's outputs,
+    # are max(rates) with keep_best and rates[-1] without; the same rng gives the same trajectory
+    model = Model(vgg_small((8, 8, 1), 4, width=3, batch_norm=False, rng=41), (8, 8, 1), 4)
+    X = np.random.default_rng(41).standard_normal((30, 8, 8, 1))
+    k = np.argmax(_outputs(model, X), axis=1)
+    kwargs = {"norm": "2", "delta": 0.0, "max_epochs": 6, "batch_size": 5, "steps": 5, "rng": 0}
+    best, rates = universal_perturbation(model, X, 3.0, keep_best=True, **kwargs)
+    last, rates_last = universal_perturbation(model, X, 3.0, **kwargs)
+    np.testing.assert_array_equal(rates, rates_last)
+    assert rates.max() > rates[-1]  # the case is non-trivial
+    assert np.linalg.norm(best) <= 3.0 * (1 + 1e-12)
+    assert np.mean(np.argmax(_outputs(model, X + best), axis=1) != k) == pytest.approx(rates.max())
+    assert np.mean(np.argmax(_outputs(model, X + last), axis=1) != k) == pytest.approx(rates[-1])
+
+
 # ----------------------------------------------------------------------------- spectral normalisation
 
 def test_spectral_projection_bounds_every_layer_norm():
