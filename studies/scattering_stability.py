@@ -103,6 +103,7 @@ from shallow import study
 from shallow.backend import get_xp, to_device, to_numpy
 from shallow.cnn import Adam, Sequential, fit, load_digits, predict, vgg_small
 from shallow.cnn.robustness import deform, random_displacement
+from shallow.cnn.ridge import RidgeClassifier
 from shallow.cnn.scattering import Scattering2D
 
 REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
@@ -153,36 +154,6 @@ def upsampled_digits(factor: int, margin: int):
     return up(data.X_train), data.y_train, up(data.X_test), data.y_test
 
 
-class Ridge:
-    """One-vs-all ridge regression on standardised features (the rule of ScatteringClassifier).
-
-    W = (Z^T Z / n + lambda I)^{-1} Z^T (Y - b) / n, solved in its dual form
-    W = Z^T (Z Z^T / n + lambda I)^{-1} (Y - b) / n when there are fewer images than features.
-    """
-
-    def __init__(self, ridge):
-        self.ridge = ridge
-
-    def fit(self, Phi, y):
-        xp = get_xp(Phi)
-        Phi = Phi.reshape(Phi.shape[0], -1).astype(np.float64)
-        self.mean, std = Phi.mean(axis=0), Phi.std(axis=0)
-        self.std = xp.where(std > 0, std, 1.0)
-        Z = (Phi - self.mean) / self.std  # (n, d)
-        Y = xp.asarray((to_numpy(y)[:, None] == np.arange(10)[None, :]).astype(np.float64))
-        self.b = Y.mean(axis=0)
-        n, d = Z.shape
-        if n < d:
-            self.W = Z.T @ xp.linalg.solve(Z @ Z.T / n + self.ridge * xp.eye(n), (Y - self.b) / n)
-        else:
-            self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(d), Z.T @ (Y - self.b) / n)
-        return self
-
-    def predict(self, Phi):
-        Z = (Phi.reshape(Phi.shape[0], -1).astype(np.float64) - self.mean) / self.std
-        return to_numpy((Z @ self.W + self.b).argmax(axis=1))
-
-
 def compute(cfg: Config) -> dict:
     dev = cfg.device
     X, y, X_test, y_test = upsampled_digits(cfg.upsample, cfg.margin)
@@ -216,7 +187,7 @@ def compute(cfg: Config) -> dict:
         "scattering_small": lambda A: S_small.features(A).reshape(A.shape[0], -1),
         "scattering": lambda A: S.features(A).reshape(A.shape[0], -1),
     }
-    classify = {name: Ridge(cfg.ridge).fit(reps[name](X), y) for name in REPRESENTATIONS if name != "cnn"}
+    classify = {name: RidgeClassifier(cfg.ridge).fit(reps[name](X), y) for name in REPRESENTATIONS if name != "cnn"}
 
     def labels(name, A, F):
         if name == "cnn":

@@ -22,7 +22,8 @@ Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:
 :mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations),
 :mod:`~shallow.cnn.revnet` (i-RevNet, an invertible network), :mod:`~shallow.cnn.group` (translation
 lemma, p4 group convolutions, Gabor fits), :mod:`~shallow.cnn.wavelets` (Morlet and Gabor filter banks)
-and :mod:`~shallow.cnn.scattering` (the scattering transform, a layer and a linear classifier on it).
+and :mod:`~shallow.cnn.scattering` (the scattering transform, a layer and a linear classifier on it),
+:mod:`~shallow.cnn.ridge` (a closed-form linear classifier on fixed features).
 """
 
 from .conv import Conv2d, conv2d
@@ -44,6 +45,7 @@ from .robustness import (ProjectedOptimizer, SpectralProjection, certified_radiu
                          conv_singular_values, deform, deformation_ratio, fgsm, input_gradient, input_jacobian,
                          jacobian_norm, lipschitz_upper_bound, local_lipschitz, minimal_perturbation, pgd,
                          random_displacement, spectral_norm, universal_perturbation)
+from .ridge import RidgeClassifier
 from .scattering import Scattering2D, ScatteringClassifier, ScatteringLayer
 from .train import History, TrainingDivergedError, evaluate, fit, load_checkpoint, predict, save_checkpoint
 from .wavelets import filter_bank, littlewood_paley, wavelet_transform
@@ -67,5 +69,5 @@ __all__ = [
     "P4LiftConv2d", "P4Conv2d", "P4GroupPool", "p4_cnn", "rotate_p4", "rotate_images",
     "translate", "deform_nearest", "circular_convolution", "convolution_kernel", "convolution_defect",
     "commutator_defect", "commutes_with_translations", "gabor_filter", "fit_gabor", "GaborFit",
-    "Scattering2D", "ScatteringLayer", "ScatteringClassifier", "filter_bank", "littlewood_paley", "wavelet_transform",
+    "RidgeClassifier", "Scattering2D", "ScatteringLayer", "ScatteringClassifier", "filter_bank", "littlewood_paley", "wavelet_transform",
 ]

@@ -80,6 +80,7 @@ from .._validation import check_array, check_integer, check_positive
 from ..backend import get_xp, to_device
 from .layers import Layer, _missing_cache
 from .models import check_images
+from .ridge import RidgeClassifier
 from .wavelets import FilterBank, check_grid_shape, filter_bank
 
 __all__ = ["Scattering2D", "ScatteringClassifier", "ScatteringLayer", "check_scattering_shape", "n_coefficients"]
@@ -575,7 +576,7 @@ class ScatteringLayer(Layer):
         return S._to_nhwc(Sx, N, C), S._to_nhwc(tSx, N, C)
 
 
-class ScatteringClassifier:
+class ScatteringClassifier(RidgeClassifier):
     r"""Scattering features + a ridge-regression linear classifier (one-vs-all, closed form).
 
     Parameters
@@ -594,7 +595,8 @@ class ScatteringClassifier:
     set's mean and standard deviation; Y the one-hot targets centred per class; then
     W = (Phi^T Phi / n + lambda I)^{-1} Phi^T Y / n, solved in float64 (in the dual form
     W = Phi^T (Phi Phi^T / n + lambda I)^{-1} Y / n when there are fewer images than features), and
-    the bias the mean target. predict: argmax_c (Phi W + b)_c. The scattering is the fixed-filter CNN, the ridge
+    the bias the mean target (:class:`shallow.cnn.ridge.RidgeClassifier` on the scattering
+    features: ``predict`` and ``score`` take images). predict: argmax_c (Phi W + b)_c. The scattering is the fixed-filter CNN, the ridge
     regression its trained last layer (Bruna and Mallat 2013 use a Gaussian SVM or a PCA
     classifier; a linear classifier on order-2 coefficients is their "scattering + linear" row).
 
@@ -607,10 +609,9 @@ class ScatteringClassifier:
     """
 
     def __init__(self, J, shape, L=8, max_order=2, *, padding="reflect", ridge=1e-3, log_eps=None):
+        super().__init__(ridge)
         self.scattering = Scattering2D(J, shape, L, max_order, padding=padding)
-        self.ridge = check_positive(ridge, "ridge")
         self.log_eps = None if log_eps is None else check_positive(log_eps, "log_eps")
-        self.W = self.b = self.mean = self.std = self.classes_ = None
 
     def transform(self, X):
         """Flattened (optionally log) scattering features, shape (N, h w C K), before standardisation."""
@@ -623,39 +624,10 @@ class ScatteringClassifier:
 
     def fit(self, X, y):
         """Fit on images X (N, H, W, C) with integer labels y (N,); returns self."""
-        xp = get_xp(X)
-        Phi = self.transform(X).astype(np.float64)
-        y_host = np.asarray(to_device(y, "cpu"))
-        if y_host.ndim != 1 or y_host.shape[0] != Phi.shape[0]:
-            raise ValueError(f"y must hold one label per image ({Phi.shape[0]}), got shape {y_host.shape}")
-        self.classes_ = np.unique(y_host)
-        Y = (y_host[:, None] == self.classes_[None, :]).astype(np.float64)  # (n, n_classes)
-        n = Phi.shape[0]
-        self.mean = Phi.mean(axis=0)
-        std = Phi.std(axis=0)
-        self.std = xp.where(std > 0, std, 1.0)
-        Z = (Phi - self.mean) / self.std
-        Yd = xp.asarray(Y)
-        self.b = Yd.mean(axis=0)
-        d = Z.shape[1]
-        if n < d:  # the dual form: an n x n system
-            self.W = Z.T @ xp.linalg.solve(Z @ Z.T / n + self.ridge * xp.eye(n), (Yd - self.b) / n)
-        else:
-            self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(d), Z.T @ (Yd - self.b) / n)
-        return self
+        return super().fit(self.transform(X), y)
 
     def decision_function(self, X):
         """Scores (N, n_classes): Phi W + b."""
         if self.W is None:
             raise RuntimeError("ScatteringClassifier.fit must be called before predict")
-        Z = (self.transform(X).astype(np.float64) - self.mean) / self.std
-        return Z @ self.W + self.b
-
-    def predict(self, X):
-        """Predicted labels (N,), on the host."""
-        scores = np.asarray(to_device(self.decision_function(X), "cpu"))
-        return self.classes_[scores.argmax(axis=1)]
-
-    def score(self, X, y):
-        """Accuracy on (X, y)."""
-        return float(np.mean(self.predict(X) == np.asarray(to_device(y, "cpu"))))
+        return super().decision_function(self.transform(X))

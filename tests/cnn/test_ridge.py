@@ -1,0 +1,63 @@
+"""The ridge classifier on fixed features: its closed form against least squares, and its invariances."""
+
+import numpy as np
+import pytest
+
+from shallow.cnn import RidgeClassifier
+
+
+def _problem(n, p, K=3, seed=0):
+    rng = np.random.default_rng(seed)
+    Phi = rng.standard_normal((n, p)) * rng.uniform(0.5, 3, p) + rng.standard_normal(p)
+    y = np.arange(n) % K
+    return Phi, y
+
+
+@pytest.mark.parametrize("n, p", [(40, 6), (8, 30)])  # primal (n >= p) and dual (n < p) forms
+def test_ridge_classifier_is_the_augmented_least_squares_solution(n, p):
+    # argmin (1/n)|Z W - (Y - b)|^2 + lambda |W|^2 is the least-squares solution of
+    # [Z; sqrt(n lambda) I] W = [Y - b; 0], solved here by numpy's lstsq (an independent SVD solver).
+    Phi, y = _problem(n, p)
+    lam = 0.05
+    clf = RidgeClassifier(lam).fit(Phi, y)
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = np.eye(3)[y]
+    A = np.vstack([Z, np.sqrt(n * lam) * np.eye(p)])
+    B = np.vstack([Y - Y.mean(axis=0), np.zeros((p, 3))])
+    W = np.linalg.lstsq(A, B, rcond=None)[0]
+    # the normal equations are well conditioned here (lambda > 0): agreement to 1e-10 relative
+    assert np.abs(clf.W - W).max() < 1e-10 * np.abs(W).max()
+    np.testing.assert_allclose(clf.b, Y.mean(axis=0), rtol=1e-14)
+
+
+def test_ridge_classifier_predictions_do_not_depend_on_the_scale_or_offset_of_a_feature():
+    # standardisation: Phi[:, j] -> s Phi[:, j] + t changes nothing (up to rounding)
+    Phi, y = _problem(30, 5)
+    scaled = Phi * np.array([1e3, 1e-3, 1, 7, 0.1]) + np.array([5, -2, 0, 1e3, 0])
+    a = RidgeClassifier(1e-2).fit(Phi, y).decision_function(Phi)
+    b = RidgeClassifier(1e-2).fit(scaled, y).decision_function(scaled)
+    np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_ridge_classifier_keeps_the_labels_of_the_training_set():
+    # labels need not be 0..K-1: predictions come back as the original labels
+    Phi, y = _problem(30, 4)
+    Phi[:, :3] += 10 * np.eye(3)[y]  # one feature per class (a single ordered feature would mask the middle
+    # class: regression on an indicator matrix, Hastie et al. Sec. 4.2)
+    labels = np.array([7, -1, 3])[y]
+    clf = RidgeClassifier(1e-3).fit(Phi, labels)
+    np.testing.assert_array_equal(clf.classes_, [-1, 3, 7])
+    assert clf.score(Phi, labels) == 1.0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: RidgeClassifier(0), "ridge"),
+    (lambda: RidgeClassifier(-1.0), "ridge"),
+    (lambda: RidgeClassifier().fit(np.ones(5), np.arange(5)), "Phi"),
+    (lambda: RidgeClassifier().fit(np.ones((5, 2)), np.arange(4)), "y must hold one label"),
+    (lambda: RidgeClassifier().fit(np.ones((5, 2)), np.arange(5)).predict(np.ones((2, 3))), "3 features"),
+    (lambda: RidgeClassifier().predict(np.ones((2, 3))), "fit must be called"),
+])
+def test_ridge_classifier_bad_input_raises(call, match):
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        call()
