@@ -47,7 +47,7 @@ from . import __version__
 from .backend import available_devices
 
 __all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
-           "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution"]
+           "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution", "show_progress"]
 
 COMMON_FLAGS = ("seed", "device")
 
@@ -78,6 +78,13 @@ class Execution:
 
 
 _EXECUTION: contextvars.ContextVar = contextvars.ContextVar("shallow_study_execution", default=Execution())
+
+
+def show_progress() -> bool:
+    """Whether a study's own long loops (a training run, say) show a progress bar: the run's choice
+    (:func:`run`'s ``progress``), by default only when standard error is a terminal."""
+    progress = _EXECUTION.get().progress
+    return sys.stderr.isatty() if progress is None else bool(progress)
 
 
 # ----------------------------------------------------------------------------- files

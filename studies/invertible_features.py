@@ -95,7 +95,7 @@ def train(net, data, cfg):
     steps = cfg.epochs * -(-data.X_train.shape[0] // cfg.batch_size)
     opt = SGD(model.named_parameters(), lr=Cosine(cfg.lr, steps), momentum=cfg.momentum)
     hist = fit(model, data.X_train, data.y_train, X_test=data.X_test, y_test=data.y_test, optimizer=opt,
-               epochs=cfg.epochs, batch_size=cfg.batch_size, rng=cfg.seed)
+               epochs=cfg.epochs, batch_size=cfg.batch_size, rng=cfg.seed, progress=study.show_progress())
     net.eval()
     return np.array(hist.test_accuracy)
 

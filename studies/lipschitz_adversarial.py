@@ -135,7 +135,8 @@ def train(cfg: Config, data, spectral: bool):
         projection = SpectralProjection(data.in_shape, cfg.sn_bound)
         projection(model)
         opt = ProjectedOptimizer(opt, model, projection)
-    fit(model, X, y, optimizer=opt, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=cfg.seed)
+    fit(model, X, y, optimizer=opt, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=cfg.seed,
+        progress=study.show_progress())
     return model
 
 

@@ -229,7 +229,7 @@ def run_seed(cfg: Config, seed: int, data: dict) -> dict:
     steps = cfg.epochs * -(-data["X_train"].shape[0] // cfg.batch_size)
     opt = SGD(net.named_parameters(), lr=Cosine(cfg.lr, steps), momentum=cfg.momentum)
     hist = fit(net, data["X_train"], data["y_train"], X_test=data["X_test"], y_test=data["y_test"], optimizer=opt,
-               epochs=cfg.epochs, batch_size=cfg.batch_size, rng=seed)
+               epochs=cfg.epochs, batch_size=cfg.batch_size, rng=seed, progress=study.show_progress())
     names, trained_rows = measure(net, data, cfg, subsets)
     return {"names": names, "trained": trained_rows, "random": random_rows,
             "test_accuracy": hist.test_accuracy[-1]}

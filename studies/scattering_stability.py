@@ -102,8 +102,8 @@ import numpy as np
 from shallow import study
 from shallow.backend import get_xp, to_device, to_numpy
 from shallow.cnn import Adam, Sequential, fit, load_digits, predict, vgg_small
-from shallow.cnn.robustness import deform, random_displacement
 from shallow.cnn.ridge import RidgeClassifier
+from shallow.cnn.robustness import deform, random_displacement
 from shallow.cnn.scattering import Scattering2D
 
 REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
@@ -175,7 +175,7 @@ def compute(cfg: Config) -> dict:
     f32 = lambda A: A.astype(np.float32)
     hist = fit(net, f32(X), to_device(y, dev), X_test=f32(X_test), y_test=to_device(y_test, dev),
                optimizer=Adam(net.named_parameters(), lr=cfg.lr), epochs=cfg.epochs, batch_size=cfg.batch_size,
-               rng=cfg.seed)
+               rng=cfg.seed, progress=study.show_progress())
     body = Sequential(*net.layers[:-1])
     random_body = Sequential(*random_net.layers[:-1])
     S = Scattering2D(cfg.J, (H, W), cfg.L)

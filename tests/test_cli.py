@@ -159,3 +159,14 @@ def test_run_all_skips_a_study_whose_requirement_is_missing(toy, capsys):
     assert not (toy / "out" / "figures").exists()
     with pytest.raises(SystemExit, match="toy needs a_package_that_is_not_installed"):
         cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_show_progress_inside_compute_follows_the_runs_choice(toy, progress):
+    # a study's own loops (fit's bar) ask study.show_progress(); run(progress=...) decides it
+    module = cli.load_study("toy")
+    seen = []
+    real = module.compute
+    module.compute = lambda cfg: (seen.append(study.show_progress()), real(cfg))[1]
+    study.run(module, study.quick_config(module), quick=True, out=toy / "out", figure=False, progress=progress)
+    assert seen == [progress]
