@@ -286,7 +286,8 @@ def main(argv=None):
     med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"load average after:  {load_average()}")
     for kind in kinds:
-        label = "shallow.cnn (numpy)" if kind == "ours" else f"PyTorch {extra.get('version', '')} {kind.split(':')[1]}"
+        ours = "shallow.cnn (cupy)" if args.device == "gpu" else "shallow.cnn (numpy)"
+        label = ours if kind == "ours" else f"PyTorch {extra.get('version', '')} {kind.split(':')[1]}"
         spread = ", ".join(f"{1e3 * t:.1f}" for t in times[kind])
         print(f"  {label:34s} median {1e3 * med[kind]:8.2f} ms per step, CPU {1e3 * med_cpu[kind]:8.2f} ms   "
               f"(processes: {spread})")
