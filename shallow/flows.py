@@ -149,47 +149,65 @@ def _arccos_kernel_and_grad(W, V, order, need_grad=True):
     order 0 (step): K = (pi - th) / (2 pi),
         grad_w K = (v/|v| - cos th w/|w|) / (2 pi |w| sin th)  (zero where sin th = 0).
 
+    A pair with a zero vector counts as th = 0 (cos = sin = 0, as the limit of the formulas along w).
     Returns K (m, m') and the function ``apply(C)`` giving sum_k C_jk grad_w K(w_j, v_k) (m, d),
-    C broadcastable to (m, m').
+    C broadcastable to (m, m'); a row C of shape (1, m') takes two matrix products and no (m, m')
+    temporary. The (m, m') passes are written in place: this is the hot loop of PopulationRisk.
     """
     xp = get_xp(W, V)
     nw = xp.linalg.norm(W, axis=1)  # (m,)
     nv = xp.linalg.norm(V, axis=1)  # (m',)
+    inv_w = 1 / xp.where(nw > 0, nw, 1)
+    inv_v = 1 / xp.where(nv > 0, nv, 1)
     G = W @ V.T  # (m, m')
-    denom = nw[:, None] * nv[None, :]
-    safe = xp.where(denom > 0, denom, 1)
-    cos = xp.clip(G / safe, -1, 1)
+    cos = G * inv_w[:, None]
+    cos *= inv_v[None, :]
+    xp.clip(cos, -1, 1, out=cos)
+    sin_abs = xp.multiply(cos, cos)
+    xp.subtract(1, sin_abs, out=sin_abs)
+    xp.maximum(sin_abs, 0, out=sin_abs)
+    xp.sqrt(sin_abs, out=sin_abs)
+    zero_w, zero_v = nw == 0, nv == 0
+    if bool(zero_w.any()) or bool(zero_v.any()):
+        sin_abs[zero_w] = 0
+        sin_abs[:, zero_v] = 0
     # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
-    sin_abs = xp.sqrt(xp.maximum(denom**2 - G**2, 0)) / safe
     # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
     # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
     # sin th = |w/|w| - cos th v/|v||, accurate to eps.
     near = xp.nonzero(sin_abs < 1e-4)
     if near[0].size:
         i, j = near
-        Wh = W[i] / xp.where(nw[i] > 0, nw[i], 1)[:, None]
-        Vh = V[j] / xp.where(nv[j] > 0, nv[j], 1)[:, None]
+        Wh = W[i] * inv_w[i][:, None]
+        Vh = V[j] * inv_v[j][:, None]
         sin_abs[i, j] = xp.linalg.norm(Wh - cos[i, j][:, None] * Vh, axis=1)
-    theta = xp.arctan2(sin_abs, cos)
+    A = xp.arctan2(sin_abs, cos)  # theta, then (pi - theta) / (2 pi) in place
+    A *= -1 / (2 * xp.pi)
+    A += 0.5
     if order == 1:
-        K = (denom * sin_abs + (xp.pi - theta) * G) / (2 * xp.pi)
+        B = sin_abs * (nv / (2 * xp.pi))[None, :]  # |v| sin th / (2 pi), the coefficient of w / |w|
+        K = A * G  # (pi - th) <w, v> / (2 pi) + |w||v| sin th / (2 pi)
+        K += B * nw[:, None]
     else:
-        K = (xp.pi - theta) / (2 * xp.pi)
+        K = A
     if not need_grad:
         return K, None
-    W_hat = W / xp.where(nw > 0, nw, 1)[:, None]
+    W_hat = W * inv_w[:, None]
     if order == 1:
-        A = (xp.pi - theta) / (2 * xp.pi)  # coefficient of v_k
-        B = nv[None, :] * sin_abs / (2 * xp.pi)  # coefficient of w_j / |w_j|
-
         def apply(C):
+            if C.ndim == 2 and C.shape[0] == 1:
+                c = C[0]
+                return A @ (c[:, None] * V) + (B @ c)[:, None] * W_hat
             return (A * C) @ V + (B * C).sum(axis=1)[:, None] * W_hat
     else:
-        V_hat = V / xp.where(nv > 0, nv, 1)[:, None]
+        V_hat = V * inv_v[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             inv = xp.where(sin_abs > 1e-12, 1 / (2 * xp.pi * nw[:, None] * sin_abs), 0)
 
         def apply(C):
+            if C.ndim == 2 and C.shape[0] == 1:
+                c = C[0]
+                return inv @ (c[:, None] * V_hat) - ((inv * cos) @ c)[:, None] * W_hat
             return (inv * C) @ V_hat - (inv * C * cos).sum(axis=1)[:, None] * W_hat
     return K, apply
 
