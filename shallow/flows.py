@@ -167,10 +167,9 @@ def _arccos_kernel_and_grad(W, V, order, need_grad=True):
     xp.subtract(1, sin_abs, out=sin_abs)
     xp.maximum(sin_abs, 0, out=sin_abs)
     xp.sqrt(sin_abs, out=sin_abs)
-    zero_w, zero_v = nw == 0, nv == 0
-    if bool(zero_w.any()) or bool(zero_v.any()):
-        sin_abs[zero_w] = 0
-        sin_abs[:, zero_v] = 0
+    if not (bool(xp.all(nw > 0)) and bool(xp.all(nv > 0))):
+        sin_abs *= (nw > 0)[:, None]
+        sin_abs *= (nv > 0)[None, :]
     # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
     # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
     # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
