@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_positive
+from .._validation import check_array, check_positive
 from ..backend import get_xp, to_device
 
 __all__ = ["RidgeClassifier"]
@@ -59,6 +59,7 @@ class RidgeClassifier:
 
     @staticmethod
     def _flat(Phi, name="Phi"):
+        Phi = check_array(Phi, name)  # real and finite
         if Phi.ndim < 2:
             raise ValueError(f"{name} must hold one feature vector per sample, shape (n, ...), got shape "
                              f"{tuple(Phi.shape)}")

@@ -106,7 +106,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_array, check_integer, check_random_state
 from ..backend import get_xp, to_numpy
 from .conv import Conv2d
 from .layers import (
@@ -576,8 +576,10 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
         xp, dtype, shape = np, np.dtype(np.float64), tuple(in_shape)
         A, AT = op, adjoint
     else:
-        xp = get_xp(op)
-        M = xp.asarray(op)
+        if isinstance(op, (str, bytes)) or not hasattr(op, "__len__") and not hasattr(op, "shape"):
+            raise ValueError(f"op must be a 2-D array (a matrix), a Layer or a callable, got {type(op).__name__}")
+        M = check_array(op, "op")  # finite, real
+        xp = get_xp(M)
         if M.ndim != 2:
             raise ValueError(f"op must be a 2-D array (a matrix), a Layer or a callable, got an array of shape "
                              f"{tuple(M.shape)}")

@@ -54,6 +54,7 @@ def test_ridge_classifier_keeps_the_labels_of_the_training_set():
     (lambda: RidgeClassifier(0), "ridge"),
     (lambda: RidgeClassifier(-1.0), "ridge"),
     (lambda: RidgeClassifier().fit(np.ones(5), np.arange(5)), "Phi"),
+    (lambda: RidgeClassifier().fit(np.full((5, 2), np.nan), np.arange(5)), "Phi contains 10 NaN"),
     (lambda: RidgeClassifier().fit(np.ones((5, 2)), np.arange(4)), "y must hold one label"),
     (lambda: RidgeClassifier().fit(np.ones((5, 2)), np.arange(5)).predict(np.ones((2, 3))), "3 features"),
     (lambda: RidgeClassifier().predict(np.ones((2, 3))), "fit must be called"),

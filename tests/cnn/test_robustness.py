@@ -463,6 +463,10 @@ def test_bad_input_gives_clear_errors():
         lipschitz_upper_bound(model, bound="exact")
     with pytest.raises(ValueError, match="in_shape"):
         spectral_norm(Conv2d(1, 1, 3))
+    with pytest.raises(ValueError, match="op must be a 2-D array"):
+        spectral_norm("not an operator")
+    with pytest.raises(ValueError, match="op contains 1 NaN"):
+        spectral_norm(np.array([[1.0, np.nan]]))
 
 
 class _Opaque(Layer):
