@@ -517,24 +517,24 @@ class KernelPrediction(NamedTuple):
 
     Attributes
     ----------
-    train : array of shape (n,), or (T, n) for T times
-    test : array of shape (n_test,), or (T, n_test); None without ``K_test``
+    train : array of shape (n,), (T, n) for T times, or (n, k) for k targets
+    test : array of shape (n_test,), (T, n_test) or (n_test, k); None without ``K_test``
     """
 
     train: object
     test: object
 
 
-def _check_kernel_problem(K, y, f0, K_test, f0_test):
+def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
     K = check_array(K, "K", ndim=2)
-    y = check_array(y, "y", ndim=1)
+    y = check_array(y, "y", ndim=(1, 2) if targets_ndim == 2 else 1)
     n = y.shape[0]
     if K.shape != (n, n):
         raise ValueError(f"K must be the (n, n) Gram matrix of the n={n} training points, got shape {tuple(K.shape)}")
     if n == 0:
         raise ValueError("y must hold at least one training target, got n=0")
     xp = get_xp(K, y)
-    f0 = xp.zeros_like(y) if f0 is None else check_array(f0, "f0", ndim=1)
+    f0 = xp.zeros_like(y) if f0 is None else check_array(f0, "f0", ndim=y.ndim)
     if f0.shape != y.shape:
         raise ValueError(f"f0 has shape {tuple(f0.shape)} but y has shape {tuple(y.shape)}")
     if K_test is not None:
@@ -542,24 +542,31 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test):
         if K_test.shape[1] != n:
             raise ValueError(f"K_test must have shape (n_test, n) with n={n} training points, "
                              f"got {tuple(K_test.shape)}")
-        f0_test = xp.zeros(K_test.shape[0], dtype=K_test.dtype) if f0_test is None \
-            else check_array(f0_test, "f0_test", ndim=1)
-        if f0_test.shape[0] != K_test.shape[0]:
-            raise ValueError(f"f0_test has shape {tuple(f0_test.shape)} but K_test has {K_test.shape[0]} rows")
+        test_shape = (K_test.shape[0],) + tuple(y.shape[1:])
+        f0_test = xp.zeros(test_shape, dtype=K_test.dtype) if f0_test is None \
+            else check_array(f0_test, "f0_test", ndim=y.ndim)
+        if tuple(f0_test.shape) != test_shape:
+            raise ValueError(f"f0_test has shape {tuple(f0_test.shape)} but the test predictions have shape "
+                             f"{test_shape} (one row per row of K_test, one column per column of y)")
     elif f0_test is not None:
         raise ValueError("f0_test was given without K_test")
     get_xp(K, y, f0, K_test, f0_test)
     # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
-    coef = U.T @ (y - f0)  # (n,) the residual's coordinates in the eigenbasis
+    coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
     return xp, lam, U, coef, f0, K_test, f0_test
 
 
 def _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test):
     """f = f0 + K U g(lam) U^T (y - f0) on the training points (and K_test ... on test points).
 
-    ``g`` has shape (n,) or (T, n); the training prediction uses lam * g directly.
+    ``g`` has shape (n,) or (T, n) for targets of shape (n,); shape (n,) for targets of shape (n, k).
+    The training prediction uses lam * g directly.
     """
+    if coef.ndim == 2:  # k targets at once: g (n,) scales the rows of coef (n, k)
+        train = f0 + U @ ((lam * g)[:, None] * coef)
+        test = None if K_test is None else f0_test + (K_test @ U) @ (g[:, None] * coef)
+        return KernelPrediction(train, test)
     train = f0 + (lam * g * coef) @ U.T
     test = None
     if K_test is not None:
@@ -640,11 +647,12 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     Parameters
     ----------
     K : array of shape (n, n)
-    y : array of shape (n,)
+    y : array of shape (n,) or (n, k)
+        Targets; k columns (one-hot classes, say) are fitted at once, with one eigendecomposition of K.
     ridge : float
         lambda >= 0 in the objective below.
     f0, K_test, f0_test
-        As in :func:`kernel_flow` (f0: the fixed initial function, default 0).
+        As in :func:`kernel_flow` (f0: the fixed initial function, default 0), with y's trailing shape.
     rcond : float, optional
         With ridge = 0, eigenvalues below rcond * max(lam) count as 0 (pseudo-inverse); default n eps.
 
@@ -675,8 +683,8 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     """
     if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not math.isfinite(ridge) or ridge < 0:
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
-    n = y.shape[0]
+    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=2)
+    n = coef.shape[0]
     if ridge > 0:
         g = 1.0 / (xp.maximum(lam, 0) + n * ridge)
     else:

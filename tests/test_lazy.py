@@ -383,3 +383,27 @@ def test_lazy_routines_on_cupy_match_numpy():
     diag = LazyDiagnostics(gnet, gX, y=gy)
     gradient_flow(gnet, EmpiricalRisk(gX, gy), steps=5, step_size=1e-3, callback=diag)
     assert np.isfinite(diag.result()["kernel_gap"]).all()
+
+
+def test_kernel_regression_with_k_targets_solves_the_ridge_system_for_each_column():
+    # f = K (K + n lambda I)^{-1} Y, by numpy's dense solve, and the same as k one-column fits
+    rng = np.random.default_rng(11)
+    X, Xt = rng.standard_normal((30, 4)), rng.standard_normal((7, 4))
+    K, K_test = np.exp(-((X[:, None] - X[None]) ** 2).sum(-1)), np.exp(-((Xt[:, None] - X[None]) ** 2).sum(-1))
+    Y, F0 = rng.standard_normal((30, 3)), rng.standard_normal((30, 3))
+    F0_test = rng.standard_normal((7, 3))
+    lam = 0.01
+    pred = kernel_regression(K, Y, lam, f0=F0, K_test=K_test, f0_test=F0_test)
+    alpha = np.linalg.solve(K + 30 * lam * np.eye(30), Y - F0)
+    # eigh against a dense solve of a system with condition number ~ 1e3: agreement to 1e-10
+    np.testing.assert_allclose(pred.train, F0 + K @ alpha, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(pred.test, F0_test + K_test @ alpha, rtol=0, atol=1e-10)
+    for c in range(3):
+        one = kernel_regression(K, Y[:, c], lam, f0=F0[:, c], K_test=K_test, f0_test=F0_test[:, c])
+        np.testing.assert_allclose(pred.test[:, c], one.test, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="f0_test must be a 2-dimensional"):
+        kernel_regression(K, Y, lam, K_test=K_test, f0_test=np.zeros(7))
+    with pytest.raises(ValueError, match="f0_test has shape"):
+        kernel_regression(K, Y, lam, K_test=K_test, f0_test=np.zeros((7, 2)))
+    with pytest.raises(ValueError, match="y must be a 1-dimensional"):
+        kernel_flow(K, Y, 1.0)
