@@ -71,6 +71,13 @@ def check_positive(value, name: str) -> float:
     return float(value)
 
 
+def check_nonnegative(value, name: str) -> float:
+    """``value`` as a Python float, checking that it is a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
     """A numpy dtype that must be float32 or float64 (the two the library computes in)."""
     dtype = np.dtype(dtype)

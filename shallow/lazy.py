@@ -73,7 +73,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_array, check_integer, check_points
+from ._validation import check_array, check_integer, check_nonnegative, check_points
 from .backend import device_of, get_xp, to_numpy
 from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
 
@@ -681,8 +681,7 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     >>> kernel_regression(K, y, ridge=0.5).train      # lam / (lam + n ridge)
     array([0.66666667, 0.5       ])
     """
-    if isinstance(ridge, bool) or not isinstance(ridge, numbers.Real) or not math.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    ridge = check_nonnegative(ridge, "ridge")
     xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=2)
     n = coef.shape[0]
     if ridge > 0:

@@ -32,20 +32,13 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from .._validation import check_integer
+from .._validation import check_integer, check_nonnegative
 from ..backend import get_xp, to_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
-
-
-def _nonneg(value, name):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -54,7 +47,7 @@ class Constant:
     """eta_t = lr."""
 
     def __init__(self, lr):
-        self.lr = _nonneg(lr, "lr")
+        self.lr = check_nonnegative(lr, "lr")
 
     def __call__(self, t: int) -> float:
         return self.lr
@@ -67,9 +60,9 @@ class StepDecay:
     """eta_t = lr * gamma^(floor(t / step_size)): divided by 1/gamma every ``step_size`` steps."""
 
     def __init__(self, lr, step_size, gamma=0.1):
-        self.lr = _nonneg(lr, "lr")
+        self.lr = check_nonnegative(lr, "lr")
         self.step_size = check_integer(step_size, "step_size", minimum=1)
-        self.gamma = _nonneg(gamma, "gamma")
+        self.gamma = check_nonnegative(gamma, "gamma")
 
     def __call__(self, t: int) -> float:
         return self.lr * self.gamma ** (t // self.step_size)
@@ -86,9 +79,9 @@ class Cosine:
     """
 
     def __init__(self, lr, total_steps, lr_min=0.0, warmup=0):
-        self.lr = _nonneg(lr, "lr")
+        self.lr = check_nonnegative(lr, "lr")
         self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
-        self.lr_min = _nonneg(lr_min, "lr_min")
+        self.lr_min = check_nonnegative(lr_min, "lr_min")
         self.warmup = check_integer(warmup, "warmup", minimum=0, maximum=self.total_steps - 1)
 
     def __call__(self, t: int) -> float:
@@ -201,10 +194,10 @@ class SGD(Optimizer):
     _slots = ("momentum",)
 
     def __init__(self, params, lr, *, momentum=0.0, weight_decay=0.0, nesterov=False):
-        self.momentum = _nonneg(momentum, "momentum")
+        self.momentum = check_nonnegative(momentum, "momentum")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -245,11 +238,11 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(_nonneg(b, "betas") for b in betas)
+        self.betas = tuple(check_nonnegative(b, "betas") for b in betas)
         if max(self.betas) >= 1:
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.eps = _nonneg(eps, "eps")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.eps = check_nonnegative(eps, "eps")
+        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
         self.decoupled = bool(decoupled)
         super().__init__(params, lr)
 
