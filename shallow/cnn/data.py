@@ -57,6 +57,7 @@ __all__ = [
     "random_shift",
     "random_affine",
     "affine_warp",
+    "bilinear_sample",
     "Augment",
 ]
 
@@ -456,7 +457,7 @@ def affine_warp(X, A, *, fill=None):
     if A.shape != (X.shape[0], 2, 2):
         raise ValueError(f"A must have shape (2, 2) or ({X.shape[0]}, 2, 2), got {A.shape}")
     fill = _check_fill(fill)
-    n, H, W, C = X.shape
+    H, W = X.shape[1:3]
     ci, cj = (H - 1) / 2.0, (W - 1) / 2.0
     pi, pj = np.meshgrid(np.arange(H) - ci, np.arange(W) - cj, indexing="ij")  # (H, W)
     si = A[:, 0, 0, None, None] * pi + A[:, 0, 1, None, None] * pj + ci  # (n, H, W)
@@ -464,19 +465,43 @@ def affine_warp(X, A, *, fill=None):
     # exact grid points stay exact (rot90): round away floating-point dust
     si = np.where(np.abs(si - np.round(si)) < 1e-9, np.round(si), si)
     sj = np.where(np.abs(sj - np.round(sj)) < 1e-9, np.round(sj), sj)
+    return bilinear_sample(X, xp.asarray(si), xp.asarray(sj), fill=fill)
+
+
+def bilinear_sample(X, si, sj, *, fill=None):
+    """Image k of X read at the points (si[k], sj[k]) by bilinear interpolation.
+
+    Parameters
+    ----------
+    X : array of shape (n, H, W, C)
+    si, sj : float arrays of shape (n, H', W'), on X's device
+        Source row and column of every output pixel.
+    fill : None or float
+        None clamps the sources to the image (edge replication); a number fills the points whose
+        source falls outside [0, H - 1] x [0, W - 1].
+
+    Returns
+    -------
+    array of shape (n, H', W', C), X's dtype
+
+    Notes
+    -----
+    With i0 = floor(si), j0 = floor(sj), a = si - i0, b = sj - j0:
+    (1-a)(1-b) X[i0, j0] + (1-a) b X[i0, j0+1] + a (1-b) X[i0+1, j0] + a b X[i0+1, j0+1]. The one
+    sampler of :func:`affine_warp` and :func:`shallow.cnn.robustness.deform`.
+    """
+    xp = get_xp(X, si, sj)
+    n, H, W, _ = X.shape
     outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)
-    si, sj = np.clip(si, 0, H - 1), np.clip(sj, 0, W - 1)
-    i0, j0 = np.floor(si).astype(np.int64), np.floor(sj).astype(np.int64)
-    i1, j1 = np.minimum(i0 + 1, H - 1), np.minimum(j0 + 1, W - 1)
-    di, dj = (si - i0)[..., None], (sj - j0)[..., None]
-    k = np.arange(n)[:, None, None]
-    dev = lambda a: xp.asarray(a)  # noqa: E731 - host index arrays to the images' device
-    k, i0, i1, j0, j1 = dev(k), dev(i0), dev(i1), dev(j0), dev(j1)
-    di, dj = dev(di.astype(X.dtype)), dev(dj.astype(X.dtype))
-    out = ((1 - di) * ((1 - dj) * X[k, i0, j0] + dj * X[k, i0, j1])
-           + di * ((1 - dj) * X[k, i1, j0] + dj * X[k, i1, j1]))
+    si, sj = xp.clip(si, 0, H - 1), xp.clip(sj, 0, W - 1)
+    i0, j0 = xp.floor(si).astype(xp.int64), xp.floor(sj).astype(xp.int64)
+    i1, j1 = xp.minimum(i0 + 1, H - 1), xp.minimum(j0 + 1, W - 1)
+    a, b = (si - i0)[..., None].astype(X.dtype), (sj - j0)[..., None].astype(X.dtype)
+    k = xp.arange(n)[:, None, None]
+    out = ((1 - a) * ((1 - b) * X[k, i0, j0] + b * X[k, i0, j1])
+           + a * ((1 - b) * X[k, i1, j0] + b * X[k, i1, j1]))
     if fill is not None:
-        out[dev(outside)] = fill
+        out[outside] = fill
     return out.astype(X.dtype, copy=False)
 
 

@@ -106,9 +106,15 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_array, check_integer, check_random_state
+from .._validation import (
+    check_array,
+    check_integer,
+    check_nonnegative,
+    check_random_state,
+)
 from ..backend import get_xp, to_numpy
 from .conv import Conv2d
+from .data import _check_fill, bilinear_sample
 from .layers import (
     Activation,
     Dropout,
@@ -156,24 +162,12 @@ LOSSES = ("ce", "margin")
 
 # ============================================================================= checks
 
-def _check_fill(fill):
-    if fill is not None and (not isinstance(fill, numbers.Real) or isinstance(fill, bool)):
-        raise ValueError(f"fill must be None (edge replication) or a number, got {fill!r}")
-    return fill
-
-
 def _check_norm(norm):
     if isinstance(norm, numbers.Real) and not isinstance(norm, bool):
         norm = {2: "2", math.inf: "inf"}.get(norm, norm)
     if norm not in NORMS:
         raise ValueError(f"norm must be 'inf' (Linf ball) or '2' (L2 ball), got {norm!r}")
     return norm
-
-
-def _check_nonneg(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _check_eps(eps, n, xp, dtype):
@@ -275,17 +269,7 @@ def deform(X, tau, *, fill=None):
     sj = cols - tau[..., 1].astype(xp.float64)
     if si.ndim == 2:
         si, sj = xp.broadcast_to(si, (N, H, W)), xp.broadcast_to(sj, (N, H, W))
-    outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)
-    si, sj = xp.clip(si, 0, H - 1), xp.clip(sj, 0, W - 1)
-    i0, j0 = xp.floor(si).astype(xp.int64), xp.floor(sj).astype(xp.int64)
-    i1, j1 = xp.minimum(i0 + 1, H - 1), xp.minimum(j0 + 1, W - 1)
-    a, b = (si - i0)[..., None].astype(X.dtype), (sj - j0)[..., None].astype(X.dtype)
-    k = xp.arange(N)[:, None, None]
-    out = ((1 - a) * ((1 - b) * X[k, i0, j0] + b * X[k, i0, j1])
-           + a * ((1 - b) * X[k, i1, j0] + b * X[k, i1, j1]))
-    if fill is not None:
-        out[outside] = fill
-    return out.astype(X.dtype, copy=False)
+    return bilinear_sample(X, si, sj, fill=fill)
 
 
 def jacobian_norm(tau):
@@ -365,7 +349,7 @@ def random_displacement(shape, *, grad_norm, scale, rng=None):
     dims = tuple(check_integer(s, "shape", minimum=1) for s in shape)
     if dims[-1] < 2 or dims[-2] < 2:
         raise ValueError(f"shape must have H, W >= 2 (finite differences), got {shape!r}")
-    grad_norm = _check_nonneg(grad_norm, "grad_norm")
+    grad_norm = check_nonnegative(grad_norm, "grad_norm")
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (scale > 0 and math.isfinite(scale)):
         raise ValueError(f"scale must be a correlation length > 0 in pixels, got {scale!r}")
     rng = check_random_state(rng)
@@ -554,7 +538,7 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
     3.0
     """
     n_iter = check_integer(n_iter, "n_iter", minimum=1)
-    tol = _check_nonneg(tol, "tol")
+    tol = check_nonnegative(tol, "tol")
     rng = check_random_state(rng)
     closer = None
     if isinstance(op, Layer):
@@ -898,7 +882,7 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
             raise ValueError("in_shape (one input's shape, e.g. (H, W, C)) is required for a model without in_shape")
     in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
     n_iter = check_integer(n_iter, "n_iter", minimum=1)
-    tol = _check_nonneg(tol, "tol")
+    tol = check_nonnegative(tol, "tol")
     bounds = _Bounds(method, n_iter, tol, check_random_state(rng))
     modes = [(sub, sub.training) for _, sub in model.named_layers()]
     grads = [(sub, {k: g.copy() for k, g in sub.grads.items()}) for _, sub in model.named_layers()]
@@ -1394,7 +1378,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     predictions k(x), as in the paper.
     """
     norm = _check_norm(norm)
-    eps = _check_nonneg(eps, "eps")
+    eps = check_nonnegative(eps, "eps")
     if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 <= delta < 1:
         raise ValueError(f"delta must be in [0, 1) (the target fooling rate is 1 - delta), got {delta!r}")
     max_epochs = check_integer(max_epochs, "max_epochs", minimum=1)
