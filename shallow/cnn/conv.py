@@ -68,7 +68,15 @@ import numpy as np
 from .._validation import check_integer
 from ..backend import get_xp
 from ._gemm import gemm, host_gemm
-from .layers import Layer, _add, _get, _missing_cache, check_dtype, init_weight
+from .layers import (
+    Layer,
+    _add,
+    _get,
+    _missing_cache,
+    check_batch,
+    check_dtype,
+    init_weight,
+)
 
 __all__ = ["Conv2d", "conv2d", "conv_output_size", "METHODS"]
 
@@ -239,9 +247,7 @@ class Conv2d(Layer):
 
     # ------------------------------------------------------------------ planning
     def _plan(self, x, name="x"):
-        if x.ndim != 4:
-            raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got "
-                             f"shape {tuple(x.shape)}")
+        check_batch(x, name)
         N, H, W, C = x.shape
         if C != self.in_channels:
             raise ValueError(f"{name} has {C} channels (shape {tuple(x.shape)}, channels last) but the "

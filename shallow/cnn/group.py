@@ -95,6 +95,7 @@ from .layers import (
     Sequential,
     _get,
     _missing_cache,
+    check_batch,
     check_dtype,
     init_weight,
 )
@@ -492,9 +493,7 @@ class _P4Conv(Layer):
             self.conv.params["b"] = self._repeat_bias(self.params["b"])
 
     def _check(self, x, name="x"):
-        if x.ndim != 4:
-            raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got shape "
-                             f"{tuple(x.shape)}")
+        check_batch(x, name)
         want = self.in_channels * self.n_in_rotations
         if x.shape[3] != want:
             what = ("4 * in_channels" if self.n_in_rotations == 4 else "in_channels")

@@ -109,6 +109,17 @@ def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
     return (std * rng.standard_normal(shape)).astype(dtype)
 
 
+def check_batch(x, name: str = "x"):
+    """Refuse an array that is not a 4-D channels-last batch (N, H, W, C), naming it.
+
+    The layers' cheap shape check on their hot path (no NaN scan: :func:`shallow.cnn.models.check_images`
+    validates a model's inputs once, at the model).
+    """
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got "
+                         f"shape {tuple(x.shape)}")
+
+
 def _missing_cache(layer):
     return RuntimeError(f"{type(layer).__name__}.backward was called before forward: "
                         "run forward (or jvp) on the batch first")

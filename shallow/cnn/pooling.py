@@ -30,7 +30,7 @@ import numpy as np
 from .._validation import check_integer
 from ..backend import get_xp
 from .conv import _pair, conv_output_size
-from .layers import Layer, _missing_cache
+from .layers import Layer, _missing_cache, check_batch
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
 
@@ -51,9 +51,7 @@ class _Pool2d(Layer):
             check_integer(p, "padding", minimum=0, maximum=k // 2)
 
     def _geometry(self, x, name="x"):
-        if x.ndim != 4:
-            raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got "
-                             f"shape {tuple(x.shape)}")
+        check_batch(x, name)
         N, H, W, C = x.shape
         (KH, KW), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         Ho = conv_output_size(H, KH, sh, (ph, ph), 1)
@@ -227,9 +225,7 @@ class GlobalAvgPool2d(Layer):
     """
 
     def forward(self, x):
-        if x.ndim != 4:
-            raise ValueError(f"x must be a batch of channels-last images of shape (N, H, W, C), got "
-                             f"shape {tuple(x.shape)}")
+        check_batch(x)
         self._cache = x.shape
         return x.mean(axis=(1, 2))
 

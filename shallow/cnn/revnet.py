@@ -84,6 +84,7 @@ from .layers import (
     _add,
     _missing_cache,
     _sub,
+    check_batch,
     check_dtype,
 )
 from .models import _check_shape, check_images
@@ -100,12 +101,6 @@ __all__ = [
     "IRevNet",
     "irevnet_small",
 ]
-
-
-def _check_batch(x, name):
-    if x.ndim != 4:
-        raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got shape "
-                         f"{tuple(x.shape)}")
 
 
 class InvertibleLayer(Layer):
@@ -175,11 +170,11 @@ class SpaceToDepth(InvertibleLayer):
         return (H // b, W // b, b * b * C)
 
     def _check_in(self, x, name):
-        _check_batch(x, name)
+        check_batch(x, name)
         self.output_shape(x.shape[1:])
 
     def _check_out(self, y, name):
-        _check_batch(y, name)
+        check_batch(y, name)
         if y.shape[3] % (self.block**2):
             raise ValueError(f"{name} has {y.shape[3]} channels, which SpaceToDepth({self.block}).inverse cannot "
                              f"split into {self.block}x{self.block} blocks (a multiple of {self.block ** 2} "
@@ -243,7 +238,7 @@ class InjectivePad(InvertibleLayer):
         return (H, W, self.out_channels)
 
     def _check(self, x, name, channels):
-        _check_batch(x, name)
+        check_batch(x, name)
         if x.shape[3] != channels:
             raise ValueError(f"{name} has {x.shape[3]} channels (shape {tuple(x.shape)}, channels last) but "
                              f"InjectivePad({self.in_channels}, {self.out_channels}) expects {channels}")
@@ -414,7 +409,7 @@ class RevBlock(InvertibleLayer):
         return y if self._S is None else _depth_to_space(y, 2)
 
     def _check(self, x, name, channels):
-        _check_batch(x, name)
+        check_batch(x, name)
         if x.shape[3] != channels:
             raise ValueError(f"{name} has {x.shape[3]} channels (shape {tuple(x.shape)}, channels last) but this "
                              f"RevBlock(channels={self.channels}, stride={self.stride}) expects {channels}")
@@ -606,7 +601,7 @@ class IRevNet(Layer):
         x = xp.asarray(x)
         if self.in_shape is not None:
             return check_images(x, name, self.in_shape, dtype=self.dtype)
-        _check_batch(x, name)
+        check_batch(x, name)
         return x
 
     def features(self, x, k=None):
@@ -646,7 +641,7 @@ class IRevNet(Layer):
             if z.size and not bool(xp.isfinite(z).all()):
                 raise ValueError("z contains NaN or infinite values")
         else:
-            _check_batch(z, "z")
+            check_batch(z, "z")
         return self.body.reconstruct(z, k)
 
     def inverse(self, z):
