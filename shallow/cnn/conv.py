@@ -146,6 +146,20 @@ class _Plan:
     D: int = 0  # rows of the input grid that hold pixels (the input-gradient pass computes these)
 
 
+def _flat_grid(a, lead, Hp, Wp):
+    """(lead + N Hp Wp, C) rows: ``lead`` zero rows, then each image of a (N, h, w, C) in the
+    top-left corner of a zero (Hp, Wp) grid, flattened row by row (the operand of the shifted GEMMs)."""
+    xp = get_xp(a)
+    N, h, w, C = a.shape
+    flat = xp.empty((lead + N * Hp * Wp, C), dtype=a.dtype)
+    flat[:lead] = 0
+    grid = flat[lead:].reshape(N, Hp, Wp, C)
+    grid[:, :h, :w] = a
+    grid[:, :h, w:] = 0
+    grid[:, h:] = 0
+    return flat
+
+
 def _shift_feasible(H, W, KH, KW, pads, dilation, stride):
     pt, pb, pl, pr = pads
     if stride != (1, 1):
@@ -299,15 +313,7 @@ class Conv2d(Layer):
 
     def _flat_buffer(self, x, plan):
         """B of shape (length, C): x written into the flat zero-padded grid (module notes)."""
-        xp = get_xp(x)
-        C = x.shape[3]
-        B = xp.empty((plan.length, C), dtype=x.dtype)
-        B[:plan.base] = 0
-        B4 = B[plan.base:].reshape(plan.N, plan.Hp, plan.Wp, C)
-        B4[:, :plan.H, :plan.W] = x
-        B4[:, :plan.H, plan.W:] = 0
-        B4[:, plan.H:] = 0
-        return B
+        return _flat_grid(x, plan.base, plan.Hp, plan.Wp)
 
     def _windows(self, xpad, plan, i, j):
         """The strided view of tap (i, j) in the padded input: shape (N, Ho, Wo, C)."""
@@ -429,13 +435,7 @@ class Conv2d(Layer):
         Co = dy.shape[3]
         if plan.method == "im2col":
             return xp.ascontiguousarray(dy).reshape(-1, Co)
-        Gfull = xp.empty((plan.lead + plan.N * plan.Hp * plan.Wp, Co), dtype=dy.dtype)
-        Gfull[:plan.lead] = 0
-        G4 = Gfull[plan.lead:].reshape(plan.N, plan.Hp, plan.Wp, Co)
-        G4[:, :plan.Ho, :plan.Wo] = dy
-        G4[:, :plan.Ho, plan.Wo:] = 0
-        G4[:, plan.Ho:] = 0
-        return Gfull
+        return _flat_grid(dy, plan.lead, plan.Hp, plan.Wp)
 
     # ------------------------------------------------------------------ the layer
     def forward(self, x):
