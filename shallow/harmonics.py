@@ -75,6 +75,26 @@ def _recurrence_coefficients(kmax, d):
     return a, b
 
 
+def _legendre_sequence(t, kmax, d):
+    """Yield P_{1,d}(t), ..., P_{kmax,d}(t) by the three-term recurrence, in three work arrays.
+
+    Each yielded array is overwritten two steps later: use it before asking for the next degree.
+    """
+    if kmax == 0:
+        return
+    xp = get_xp(t)
+    a, b = _recurrence_coefficients(kmax, d)
+    prev, cur, nxt = xp.ones_like(t), t.copy(), xp.empty_like(t)
+    yield cur
+    for j in range(1, kmax):
+        xp.multiply(cur, t, out=nxt)
+        nxt *= a[j]
+        prev *= b[j]
+        nxt -= prev
+        prev, cur, nxt = cur, nxt, prev
+        yield cur
+
+
 def legendre_all(kmax, d, t):
     """P_{k,d}(t) for every k = 0, ..., kmax by the three-term recurrence.
 
@@ -155,15 +175,9 @@ def legendre(k, d, t):
     xp = get_xp(t)
     if k == 0:
         return xp.ones_like(t)
-    a, b = _recurrence_coefficients(k, d)
-    prev, cur, nxt = xp.ones_like(t), t.copy(), xp.empty_like(t)
-    for j in range(1, k):
-        xp.multiply(cur, t, out=nxt)
-        nxt *= a[j]
-        prev *= b[j]
-        nxt -= prev
-        prev, cur, nxt = cur, nxt, prev
-    return cur
+    for P in _legendre_sequence(t, k, d):
+        pass
+    return P
 
 
 def num_harmonics(d, k) -> int:
@@ -726,7 +740,6 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         block_size = max(1, min(n, 2**20 // max(n, 1)))
     else:
         block_size = check_integer(block_size, "block_size", minimum=1)
-    a, b = _recurrence_coefficients(kmax, d)
     sums = [0.0] * (kmax + 1)
     total_g = g.sum()
     for lo in range(0, n, block_size):
@@ -737,17 +750,8 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         G[rows, rows + lo] = 1  # <x_i, x_i> = 1 exactly (the U-statistic removes this diagonal below)
         gb = g[lo:hi]  # (B,)
         sums[0] = sums[0] + gb.sum() * total_g
-        if kmax == 0:
-            continue
-        sums[1] = sums[1] + gb @ (G @ g)
-        prev, cur, nxt = xp.ones_like(G), G.copy(), xp.empty_like(G)
-        for j in range(1, kmax):
-            xp.multiply(cur, G, out=nxt)
-            nxt *= a[j]
-            prev *= b[j]
-            nxt -= prev
-            prev, cur, nxt = cur, nxt, prev
-            sums[j + 1] = sums[j + 1] + gb @ (cur @ g)
+        for j, P in enumerate(_legendre_sequence(G, kmax, d), start=1):  # P = P_{j,d}(G)
+            sums[j] = sums[j] + gb @ (P @ g)
     E = xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
     if weights is None:
         E = (E - (f * f).sum()) / (n * (n - 1))
