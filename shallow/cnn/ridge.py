@@ -88,10 +88,13 @@ class RidgeClassifier:
             self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(p), Z.T @ (Y - self.b) / n)
         return self
 
-    def decision_function(self, Phi):
-        """Scores (n, K): Z W + b."""
+    def _check_fitted(self):
         if self.W is None:
             raise RuntimeError(f"{type(self).__name__}.fit must be called before predict")
+
+    def decision_function(self, Phi):
+        """Scores (n, K): Z W + b."""
+        self._check_fitted()
         Phi = self._flat(Phi)
         if Phi.shape[1] != self.W.shape[0]:
             raise ValueError(f"Phi has {Phi.shape[1]} features per sample but the classifier was fitted on "

@@ -628,6 +628,5 @@ class ScatteringClassifier(RidgeClassifier):
 
     def decision_function(self, X):
         """Scores (N, n_classes): Phi W + b."""
-        if self.W is None:
-            raise RuntimeError("ScatteringClassifier.fit must be called before predict")
+        self._check_fitted()  # before the scattering of X
         return super().decision_function(self.transform(X))
