@@ -29,7 +29,7 @@ import numbers
 
 from ..backend import get_xp
 
-__all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "accuracy", "check_labels"]
+__all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sample", "accuracy", "check_labels"]
 
 
 def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
@@ -95,6 +95,18 @@ def _check_outputs(out, name="out"):
         raise ValueError(f"{name} must have shape (N, K), one row of outputs per sample, got {tuple(out.shape)}")
 
 
+def cross_entropy_per_sample(z, y):
+    """The losses l_n = logsumexp(z_n) - z_{n, y_n} (N,) and their gradients dl_n/dz_n = softmax(z_n) - e_{y_n}
+    (N, K), for logits z (N, K) and valid labels y (N,) (unchecked: callers check once)."""
+    xp = get_xp(z)
+    rows = xp.arange(z.shape[0])
+    logp = log_softmax(z)
+    losses = -logp[rows, y]
+    grad = xp.exp(logp)
+    grad[rows, y] -= 1
+    return losses, grad
+
+
 class CrossEntropy:
     """Softmax cross-entropy, L = (scale / N) sum_n [logsumexp(z_n) - z_{n, y_n}].
 
@@ -119,13 +131,9 @@ class CrossEntropy:
         _check_outputs(z, "z")
         if check:
             y = check_labels(y, z.shape[1], "y", n=z.shape[0])
-        xp = get_xp(z)
         N = z.shape[0]
-        logp = log_softmax(z)
-        rows = xp.arange(N)
-        value = -float(logp[rows, y].sum()) * self.scale / N
-        grad = xp.exp(logp)
-        grad[rows, y] -= 1
+        losses, grad = cross_entropy_per_sample(z, y)
+        value = float(losses.sum()) * self.scale / N
         grad *= self.scale / N
         return value, grad
 
