@@ -34,8 +34,13 @@ per library, since process start-up, not the steps, dominates there): VGG 28x28,
 batch 128: shallow.cnn 28.7 ms, PyTorch channels_last 2.97 ms (0.10x); batch 1024: 146 ms against
 4.88 ms (0.03x). The same steps on the machine's CPU (one thread): 366 ms and 3800 ms for shallow.cnn
 (0.67x and 0.73x PyTorch's CPU step), so CuPy is 13x and 26x faster than numpy; PyTorch's GPU step is
-570x its CPU step at batch 1024. Where the GPU time goes (kernel launches of the nine-tap
-formulation, the pooling and normalisation passes) is not profiled yet.
+570x its CPU step at batch 1024. Those PyTorch numbers had cuDNN's default TF32 convolutions;
+TF32 is now off unless ``--tf32`` is given, so that both libraries compute in float32.
+
+Since then (not yet measured on a GPU): the weight gradients and the channel sums of the
+normalisation and bias gradients are split into row chunks on a device (:mod:`shallow.cnn._reduce`),
+because a reduction of 10^6 rows to 32 x 32 numbers occupies one thread block per output there.
+``benchmarks/device_primitives.py`` times those primitives both ways.
 """
 
 from __future__ import annotations
@@ -194,6 +199,10 @@ def worker_torch(cfg, layout):
     import torch
     torch.set_num_threads(cfg["threads"])
     dev = "cuda" if cfg["device"] == "gpu" else "cpu"
+    # cuDNN convolutions default to TF32 tensor cores on Ampere and later (10-bit mantissas):
+    # another precision than the float32 GEMMs of shallow.cnn, unless --tf32 asks for it
+    torch.backends.cudnn.allow_tf32 = cfg["tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = cfg["tf32"]
     ours = build_ours(cfg)
     net = to_torch(ours)
     x, y = batch(cfg)
@@ -250,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="processes per library, alternating")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--tf32", action="store_true",
+                        help="let PyTorch's GPU convolutions use TF32 tensor cores (shallow.cnn stays in float32)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,13 +275,14 @@ def main(argv=None):
         return 0
 
     cfg = {k: getattr(args, k) for k in ("arch", "size", "width", "blocks", "batch", "threads", "steps", "warmup",
-                                         "device")}
+                                         "device", "tf32")}
     import numpy as np
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
           f"python {platform.python_version()}, numpy {np.__version__}")
     print(f"load average before: {load_average()}")
     print(f"step: {args.arch}, {args.size}x{args.size}x1 images, width {args.width}, batch {args.batch}, float32, "
-          f"{args.threads} thread(s), device {args.device}; {args.rounds} alternating processes per library x "
+          f"{args.threads} thread(s), device {args.device}{' (PyTorch with TF32)' if args.tf32 else ''}; "
+          f"{args.rounds} alternating processes per library x "
           f"{args.steps} steps")
     kinds = ["ours", "torch:contiguous", "torch:channels_last"]
     times = {k: [] for k in kinds}

@@ -68,6 +68,7 @@ import numpy as np
 from .._validation import check_integer
 from ..backend import get_xp
 from ._gemm import gemm, host_gemm
+from ._reduce import _on_device, gram_rows, sum_rows
 from .layers import (
     Layer,
     _add,
@@ -379,7 +380,7 @@ class Conv2d(Layer):
             # C-contiguous copies of the (small) matrices: their transposes are F-contiguous and BLAS
             # sees a no-transpose product, for which OpenBLAS has its small-matrix kernels
             ops = [np.ascontiguousarray(m, dtype=out.dtype).T for m in mats]
-        for r0, r1 in _row_blocks(rows, src.shape[1], out.shape[1], type(out) is np.ndarray):
+        for r0, r1 in _row_blocks(rows, src.shape[1], out.shape[1], not _on_device(out)):
             out[r0:r1] = fill
             if fn is not None:
                 c = out[r0:r1].T
@@ -391,11 +392,17 @@ class Conv2d(Layer):
 
     @staticmethod
     def _reduced_products(outs, rows, src, offsets, G):
-        """outs[t] = sum_{r < rows} src[r + offsets[t]]^T G[r] (the weight gradient), by row blocks."""
+        """outs[t] = sum_{r < rows} src[r + offsets[t]]^T G[r] (the weight gradient): by row blocks
+        on the host, split over row chunks on a device (:func:`shallow.cnn._reduce.gram_rows`)."""
+        if _on_device(G):
+            # one split-K product per tap: a 32 x 32 result over 10^6 rows needs it on a GPU
+            for t, off in enumerate(offsets):
+                gram_rows(src[off:off + rows], G[:rows], outs[t])
+            return
         fn = host_gemm(src, G, *outs)
         for o in outs:
             o[...] = 0
-        for r0, r1 in _row_blocks(rows, src.shape[1], G.shape[1], type(G) is np.ndarray):
+        for r0, r1 in _row_blocks(rows, src.shape[1], G.shape[1]):
             if fn is not None:
                 g = G[r0:r1].T
                 for t, off in enumerate(offsets):
@@ -456,7 +463,7 @@ class Conv2d(Layer):
         C = self.in_channels
         Gfull = self._output_grid(dy, plan)
         if "b" in self.params:
-            self._store_grad("b", xp.einsum("nhwc->c", dy))
+            self._store_grad("b", sum_rows(dy))
         dW = xp.empty_like(W)
         if plan.method == "taps":
             G = Gfull[plan.lead:]

@@ -34,21 +34,10 @@ import numpy as np
 
 from .._validation import check_integer
 from ..backend import get_xp
+from ._reduce import dot_rows, sum_rows
 from .layers import Layer, _get, _missing_cache, check_dtype
 
 __all__ = ["BatchNorm2d"]
-
-
-def _channel_sum(x):
-    """sum of x over all axes but the last, by einsum (one pass, any strides)."""
-    letters = "abcdefghijklmnopqrstuvwxy"[:x.ndim - 1]
-    return get_xp(x).einsum(f"{letters}z->z", x)
-
-
-def _channel_dot(x, y):
-    """sum of x * y over all axes but the last, by einsum (one pass, no temporary)."""
-    letters = "abcdefghijklmnopqrstuvwxy"[:x.ndim - 1]
-    return get_xp(x).einsum(f"{letters}z,{letters}z->z", x, y)
 
 
 class BatchNorm2d(Layer):
@@ -108,9 +97,9 @@ class BatchNorm2d(Layer):
             if M < 2:
                 raise ValueError(f"batch normalisation in train mode needs more than one value per channel, "
                                  f"got x of shape {tuple(x.shape)}")
-            mu = _channel_sum(x) / M  # x may be a strided view (a convolution's output)
+            mu = sum_rows(x) / M  # x may be a strided view (a convolution's output)
             xc = (x - mu).reshape(-1, C)  # (M, C), contiguous, kept for the backward pass
-            var = _channel_dot(xc, xc) / M
+            var = dot_rows(xc, xc) / M
             inv_s = 1.0 / xp.sqrt(var + self.eps)
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
@@ -139,8 +128,8 @@ class BatchNorm2d(Layer):
         else:
             dy2 = dy.reshape(-1, C)
         M = xc.size // C
-        sum_dy = _channel_sum(dy2)
-        sum_dy_xhat = _channel_dot(dy2, xc) * inv_s
+        sum_dy = sum_rows(dy2)
+        sum_dy_xhat = dot_rows(dy2, xc) * inv_s
         if "gamma" in self.params:
             self._store_grad("gamma", sum_dy_xhat)
             self._store_grad("beta", sum_dy)
@@ -172,7 +161,7 @@ class BatchNorm2d(Layer):
                 M = tx2.shape[0]
                 # tv / (2 s^2) = mean(xhat tx) / s, so txhat = (tx - mean(tx) - xhat mean(xhat tx)) / s
                 txhat = tx2 - tx2.mean(axis=0)
-                txhat -= xhat * (xp.einsum("mc,mc->c", xhat, tx2) / M)
+                txhat -= xhat * (dot_rows(xhat, tx2) / M)
                 txhat *= inv_s
             else:
                 txhat = tx2 * inv_s

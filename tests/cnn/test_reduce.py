@@ -1,0 +1,100 @@
+"""The split (chunked) row reductions of shallow.cnn._reduce equal the direct sums.
+
+The chunked route is what a GPU runs; here it is forced on numpy (``split=True``) and compared
+with sums computed independently in float64 by numpy's own reductions and products. Sizes are
+chosen so that the rows do not divide into the chunks (a remainder is left over) and so that
+the split really happens (M >= 2 MIN_CHUNK_ROWS).
+
+Tolerance: 1e-12 relative to the sum of absolute values. The chunked and direct sums add the same
+float64 terms in different orders; each differs from the exact sum by at most (M eps) times the
+sum of absolute values, and pairwise summation keeps the actual error far below that.
+"""
+
+import numpy as np
+import pytest
+
+from shallow.cnn import BatchNorm2d, Conv2d, _reduce
+from shallow.cnn._reduce import (
+    MAX_CHUNKS,
+    MIN_CHUNK_ROWS,
+    chunks,
+    dot_rows,
+    gram_rows,
+    sum_rows,
+)
+
+RTOL = 1e-12
+
+
+def _assert_sums_close(actual, expected, scale):
+    err = np.max(np.abs(np.asarray(actual) - expected) / np.maximum(scale, 1e-300))
+    assert err < RTOL, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("M", [1, 1023, 1024, 2047, 5 * 1024 + 17, 300 * 1024 + 5])
+def test_chunks_cover_the_rows_with_fewer_left_over_than_chunks(M):
+    S, m = chunks(M)
+    assert 1 <= S <= MAX_CHUNKS
+    assert S * m <= M < S * (m + 1)
+    if M >= MIN_CHUNK_ROWS:
+        assert m >= MIN_CHUNK_ROWS
+
+
+@pytest.mark.parametrize("shape", [(3 * 1024 + 7, 5), (9, 17, 19, 3)])
+def test_split_sum_rows_equals_the_direct_column_sum(shape):
+    x = np.random.default_rng(0).standard_normal(shape)
+    expected = x.reshape(-1, shape[-1]).sum(axis=0)
+    _assert_sums_close(sum_rows(x, split=True), expected, np.abs(x).reshape(-1, shape[-1]).sum(axis=0))
+
+
+def test_split_sum_rows_of_a_strided_view_equals_the_sum_of_its_copy():
+    grid = np.random.default_rng(1).standard_normal((12, 30, 30, 4))
+    view = grid[:, :28, :27]  # a convolution's output: a window of its padded grid
+    expected = np.ascontiguousarray(view).reshape(-1, 4).sum(axis=0)
+    _assert_sums_close(sum_rows(view, split=True), expected, np.abs(view).reshape(-1, 4).sum(axis=0))
+
+
+def test_split_dot_rows_equals_the_sum_of_products():
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((2, 4 * 1024 + 3, 6))
+    _assert_sums_close(dot_rows(x, y, split=True), (x * y).sum(axis=0), (np.abs(x * y)).sum(axis=0))
+
+
+@pytest.mark.parametrize("M", [2 * 1024 + 11, 40 * 1024])
+def test_split_gram_rows_equals_a_transpose_times_b(M):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((M, 7)), rng.standard_normal((M, 5))
+    out = np.full((7, 5), np.nan)  # overwritten, never read
+    gram_rows(a, b, out, split=True)
+    _assert_sums_close(out, np.einsum("ri,rj->ij", a, b), np.abs(a).T @ np.abs(b))
+
+
+def test_split_gram_rows_of_column_slices_writes_into_a_column_slice():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((3 * 1024 + 1, 6)), rng.standard_normal((3 * 1024 + 1, 8))
+    out = np.zeros((3, 8))
+    gram_rows(a[:, 3:], b[:, 4:], out[:, 4:], split=True)
+    assert np.all(out[:, :4] == 0)
+    _assert_sums_close(out[:, 4:], a[:, 3:].T @ b[:, 4:], np.abs(a[:, 3:]).T @ np.abs(b[:, 4:]))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_and_batch_norm_gradients_on_the_device_route_equal_the_host_route(groups, monkeypatch):
+    """The layers' device code (one block of rows, split-K weight gradients, chunked channel sums),
+    run on numpy by declaring its arrays device arrays, against the host code's gradients."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 20, 20, 16))  # R = 6 * 21 * 21 rows: split into 2 chunks
+    dy = rng.standard_normal((6, 20, 20, 8))
+    grads = {}
+    for route in ("host", "device"):
+        if route == "device":
+            monkeypatch.setattr(_reduce, "_on_device", lambda a: True)
+        conv = Conv2d(16, 8, 3, padding=1, groups=groups, rng=0)
+        bn = BatchNorm2d(16)
+        y = conv.forward(x)
+        dx = conv.backward(dy)
+        z = bn.forward(x)
+        dz = bn.backward(x[..., ::-1] * 2)  # any output gradient
+        grads[route] = (y, dx, conv.grads["W"], conv.grads["b"], z, dz, bn.grads["gamma"], bn.grads["beta"])
+    for host, device in zip(grads["host"], grads["device"], strict=True):
+        np.testing.assert_allclose(device, host, rtol=1e-12, atol=1e-12 * np.max(np.abs(host)))
