@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine: the gpu-marked tests, then the GPU benchmarks.
 #
-#     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|studies|all]
+#     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|flow|studies|all]
+#
+# bench: the CNN step on the device (issue 7's open target) and its primitives; flow: the particle
+# flow step and the CPU reference step (measured in session 2, not repeated by default).
 #
 # The machine has CuPy, PyTorch, scipy and pytest but not POT or array-api-compat: wheels for
 # those travel in .whl/ (git-ignored; see README's "GPU" section) and are installed under /tmp/site.
@@ -35,12 +38,15 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     TAIL=25 step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --durations=5 --continue-on-collection-errors
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-    step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128
-    step flow_step_f32 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128
-    step flow_step_f32_4g 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128 --block-mb 4096
+    step primitives_gpu 90 python3 benchmarks/device_primitives.py --device gpu --batch 1024
+    step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
     step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
     step cnn_step_gpu_b1024 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
-    step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
+    step cnn_step_gpu_b1024_tf32 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --tf32
+fi
+if [ "$what" = flow ]; then
+    step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128
+    step flow_step_f32 45 python3 benchmarks/flow_step.py --device gpu --dtype float32 --n 16384 --m 16384 --d 128
     step cnn_step_cpu_b1024 120 python3 benchmarks/cnn_step.py --device cpu --rounds 1 --warmup 1 --steps 3 --batch 1024
 fi
 if [ "$what" = studies ] || [ "$what" = all ]; then

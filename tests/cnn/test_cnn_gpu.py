@@ -102,6 +102,22 @@ def test_device_gemm_accumulates_out_plus_a_times_b(layout):
     _assert_close(outd, expected, f"out + a @ b with {layout} operands")
 
 
+def test_split_row_reductions_on_cupy_match_the_host_sums():
+    import cupy
+
+    from shallow.cnn._reduce import dot_rows, gram_rows, sum_rows
+    rng = np.random.default_rng(4)
+    M = 5 * 1024 + 13  # five chunks and 13 rows left over
+    a, b = rng.standard_normal((M, 7)), rng.standard_normal((M, 5))
+    grid = rng.standard_normal((9, 30, 30, 4))
+    ad, bd, gridd = cupy.asarray(a), cupy.asarray(b), cupy.asarray(grid)
+    _assert_close(sum_rows(ad), a.sum(axis=0), "column sums")
+    _assert_close(sum_rows(gridd[:, :28, :27]), grid[:, :28, :27].sum(axis=(0, 1, 2)), "sums of a strided view")
+    _assert_close(dot_rows(ad[:, :5], bd), (a[:, :5] * b).sum(axis=0), "column dot products")
+    outd = cupy.full((7, 5), cupy.nan)
+    _assert_close(gram_rows(ad, bd, outd), a.T @ b, "a^T b split over row chunks")
+
+
 def _small_vgg(device, batch_norm=False):
     return build_model("vgg", (8, 8, 1), 10, rng=2, width=4, batch_norm=batch_norm).to(device)
 
