@@ -45,12 +45,12 @@ def chunks(M: int) -> tuple[int, int]:
     return S, M // S
 
 
-def _on_device(x) -> bool:
+def on_device(x) -> bool:
     return type(x) is not np.ndarray
 
 
 def _split(x, split) -> bool:
-    return _on_device(x) if split is None else bool(split)
+    return on_device(x) if split is None else bool(split)
 
 
 def _letters(ndim):

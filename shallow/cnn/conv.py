@@ -68,7 +68,8 @@ import numpy as np
 from .._validation import check_integer
 from ..backend import get_xp
 from ._gemm import gemm, host_gemm
-from ._reduce import _on_device, gram_rows, sum_rows
+from . import _reduce
+from ._reduce import gram_rows, sum_rows
 from .layers import (
     Layer,
     _add,
@@ -267,12 +268,13 @@ class Conv2d(Layer):
         if C != self.in_channels:
             raise ValueError(f"{name} has {C} channels (shape {tuple(x.shape)}, channels last) but the "
                              f"convolution expects in_channels={self.in_channels}")
-        plan = self._plans.get((N, H, W))
+        device = _reduce.on_device(x)
+        plan = self._plans.get((N, H, W, device))
         if plan is None:
-            plan = self._plans[(N, H, W)] = self._make_plan(N, H, W, name)
+            plan = self._plans[(N, H, W, device)] = self._make_plan(N, H, W, name, device)
         return plan
 
-    def _make_plan(self, N, H, W, name):
+    def _make_plan(self, N, H, W, name, device=False):
         KH, KW = self.kernel_size
         (sh, sw), (dh, dw) = self.stride, self.dilation
         pt, pb, pl, pr = self.padding
@@ -286,8 +288,10 @@ class Conv2d(Layer):
         if method == "auto":
             if not feasible or KH * KW == 1:
                 method = "im2col"
+            elif device or self.in_channels // self.groups < TAPS_MIN_CHANNELS:
+                method = "flat_im2col"
             else:
-                method = "taps" if self.in_channels // self.groups >= TAPS_MIN_CHANNELS else "flat_im2col"
+                method = "taps"
         elif method != "im2col" and not feasible:
             method = "im2col"  # padding wider than the kernel: the flat buffer cannot hold it
         if method == "im2col":
@@ -330,11 +334,13 @@ class Conv2d(Layer):
         if plan.method == "taps":
             return self._flat_buffer(x, plan)
         if plan.method == "flat_im2col":
+            # row r of the columns is B[r + s_ij] for the KH KW taps side by side: an overlapping
+            # strided view of B, (R, KH, KW, C) with strides (1, d_h Wp, d_w, 1/C) rows, copied once
             B = self._flat_buffer(x, plan)
-            cols = xp.empty((plan.R, T * C), dtype=x.dtype)
-            for t, s in enumerate(plan.shifts):
-                cols[:, t * C:(t + 1) * C] = B[s:s + plan.R]
-            return cols
+            (dh, dw), row = self.dilation, B.strides[0]
+            view = xp.lib.stride_tricks.as_strided(B, shape=(plan.R, KH, KW, C),
+                                                   strides=(row, dh * plan.Wp * row, dw * row, B.strides[1]))
+            return xp.ascontiguousarray(view).reshape(plan.R, T * C)
         pt, pb, pl, pr = self.padding
         if self.padding == (0, 0, 0, 0):
             xpad = x
@@ -380,7 +386,7 @@ class Conv2d(Layer):
             # C-contiguous copies of the (small) matrices: their transposes are F-contiguous and BLAS
             # sees a no-transpose product, for which OpenBLAS has its small-matrix kernels
             ops = [np.ascontiguousarray(m, dtype=out.dtype).T for m in mats]
-        for r0, r1 in _row_blocks(rows, src.shape[1], out.shape[1], not _on_device(out)):
+        for r0, r1 in _row_blocks(rows, src.shape[1], out.shape[1], not _reduce.on_device(out)):
             out[r0:r1] = fill
             if fn is not None:
                 c = out[r0:r1].T
@@ -394,7 +400,7 @@ class Conv2d(Layer):
     def _reduced_products(outs, rows, src, offsets, G):
         """outs[t] = sum_{r < rows} src[r + offsets[t]]^T G[r] (the weight gradient): by row blocks
         on the host, split over row chunks on a device (:func:`shallow.cnn._reduce.gram_rows`)."""
-        if _on_device(G):
+        if _reduce.on_device(G):
             # one split-K product per tap: a 32 x 32 result over 10^6 rows needs it on a GPU
             for t, off in enumerate(offsets):
                 gram_rows(src[off:off + rows], G[:rows], outs[t])
@@ -487,7 +493,7 @@ class Conv2d(Layer):
         KH, KW, cg, Co = W.shape
         C = self.in_channels
         T = KH * KW
-        if plan.method == "taps":
+        if plan.method == "taps" or (plan.method == "flat_im2col" and _reduce.on_device(Gfull)):
             # dX[q] = sum_t G[q + base - s_t] W[t]^T for the rows q < D of the input grid: blocks
             # of dX are written once each (reading G at offsets lead + base - s_t >= 0)
             dX = xp.empty((plan.N * plan.Hp * plan.Wp, C), dtype=W.dtype)

@@ -78,23 +78,32 @@ def test_split_gram_rows_of_column_slices_writes_into_a_column_slice():
     _assert_sums_close(out[:, 4:], a[:, 3:].T @ b[:, 4:], np.abs(a[:, 3:]).T @ np.abs(b[:, 4:]))
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_conv_and_batch_norm_gradients_on_the_device_route_equal_the_host_route(groups, monkeypatch):
-    """The layers' device code (one block of rows, split-K weight gradients, chunked channel sums),
-    run on numpy by declaring its arrays device arrays, against the host code's gradients."""
+DEVICE_ROUTE_CASES = {
+    "plain": dict(kernel_size=3, padding=1),
+    "groups": dict(kernel_size=3, padding=1, groups=2),
+    "dilated": dict(kernel_size=3, dilation=(2, 1), padding=(2, 1)),
+    "same, even kernel": dict(kernel_size=2, padding="same"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEVICE_ROUTE_CASES))
+def test_conv_and_batch_norm_on_the_device_route_equal_the_host_route(case, monkeypatch):
+    """The layers' device code (im2col columns from one strided copy, split-K weight gradients, the
+    input gradient by taps, chunked channel sums), run on numpy by declaring its arrays device
+    arrays, against the host code (checked against central differences elsewhere)."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((6, 20, 20, 16))  # R = 6 * 21 * 21 rows: split into 2 chunks
-    dy = rng.standard_normal((6, 20, 20, 8))
-    grads = {}
+    x = rng.standard_normal((6, 20, 20, 16))  # about 6 * 21 * 21 rows: split into 2 chunks
+    results = {}
     for route in ("host", "device"):
         if route == "device":
-            monkeypatch.setattr(_reduce, "_on_device", lambda a: True)
-        conv = Conv2d(16, 8, 3, padding=1, groups=groups, rng=0)
+            monkeypatch.setattr(_reduce, "on_device", lambda a: True)
+        conv = Conv2d(16, 8, rng=0, **DEVICE_ROUTE_CASES[case])
         bn = BatchNorm2d(16)
         y = conv.forward(x)
+        dy = np.cos(np.arange(y.size)).reshape(y.shape)  # any output gradient
         dx = conv.backward(dy)
         z = bn.forward(x)
-        dz = bn.backward(x[..., ::-1] * 2)  # any output gradient
-        grads[route] = (y, dx, conv.grads["W"], conv.grads["b"], z, dz, bn.grads["gamma"], bn.grads["beta"])
-    for host, device in zip(grads["host"], grads["device"], strict=True):
+        dz = bn.backward(x[..., ::-1] * 2)
+        results[route] = (y, dx, conv.grads["W"], conv.grads["b"], z, dz, bn.grads["gamma"], bn.grads["beta"])
+    for host, device in zip(results["host"], results["device"], strict=True):
         np.testing.assert_allclose(device, host, rtol=1e-12, atol=1e-12 * np.max(np.abs(host)))
