@@ -44,9 +44,17 @@ Three formulations compute it (``method=``; ``"auto"`` picks one per layer):
     matrix (im2col) and multiplied once; the backward pass scatters the columns back (col2im).
 
 On the host every GEMM calls BLAS ``?gemm`` of scipy directly on transposed views (beta = 1
-accumulates in place; :mod:`shallow.cnn._gemm`); on a GPU the products are CuPy matmuls, one
-block per layer. Everything runs on one core: OpenBLAS runs its small-matrix kernels on the
-calling thread, and scipy's BLAS wrappers hold the GIL.
+accumulates in place; :mod:`shallow.cnn._gemm`). Everything runs on one core: OpenBLAS runs its
+small-matrix kernels on the calling thread, and scipy's BLAS wrappers hold the GIL.
+
+On a GPU (CuPy arrays) every call is a kernel launch of some microseconds of Python and driver
+time, and a reduction to a small result leaves most of the device idle, so ``"auto"`` computes
+differently there: the forward pass is ``"flat_im2col"`` whatever the channel count (the
+columns are one copy of an overlapping strided view of B, then one GEMM with K = KH KW C_in / G,
+against KH KW accumulated GEMMs that also read and write the output KH KW times); the weight
+gradient is split over row chunks (:func:`shallow.cnn._reduce.gram_rows`: a 32 x 32 result
+summed over 10^6 rows is one tile of output for cuBLAS); the input gradient is the tap sum above,
+accumulated in place by cuBLAS (no column matrix of the gradient is formed).
 
 References
 ----------
