@@ -357,11 +357,12 @@ class Conv2d(Layer):
             xpad[:, pt:pt + plan.H, pl:pl + plan.W] = x
         if T == 1 and self.stride == (1, 1):
             return xp.ascontiguousarray(xpad).reshape(-1, C)
-        cols = xp.empty((plan.N, plan.Ho, plan.Wo, T, C), dtype=x.dtype)
-        for i in range(KH):
-            for j in range(KW):
-                cols[:, :, :, i * KW + j] = self._windows(xpad, plan, i, j)
-        return cols.reshape(plan.N * plan.Ho * plan.Wo, T * C)
+        # the windows as one strided view (N, Ho, Wo, KH, KW, C) of the padded input, copied once
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        sN, sH, sW, sC = xpad.strides
+        view = xp.lib.stride_tricks.as_strided(xpad, shape=(plan.N, plan.Ho, plan.Wo, KH, KW, C),
+                                               strides=(sN, sh * sH, sw * sW, dh * sH, dw * sW, sC))
+        return xp.ascontiguousarray(view).reshape(plan.N * plan.Ho * plan.Wo, T * C)
 
     def _cols_group(self, cols, ci, C):
         """The im2col columns of one group: (rows, T * C / G)."""
