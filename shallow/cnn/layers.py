@@ -12,7 +12,9 @@ A :class:`Layer` is a map y = f(x; theta) on a batch. It implements three method
 Parameters, gradients and buffers (non-trained state such as batch-norm running statistics) are
 plain arrays of the backend (numpy or cupy) in the dicts ``params``, ``grads`` and ``buffers``;
 containers name them with dotted paths (``"3.W"``, ``"1.body.0.b"``). Optimisers update the
-parameter arrays in place, so a layer never rebinds ``params[name]`` except in :meth:`Layer.to`.
+parameter arrays in place, so a layer never rebinds ``params[name]`` except in :meth:`Layer.to`
+and :meth:`Layer.flatten_parameters` (which ``to`` calls): there the parameters become views into one
+flat array, and the gradients views into another, so that an optimiser updates them all at once.
 
 Conventions
 -----------
@@ -150,6 +152,7 @@ class Layer:
         self.training = True
         self.frozen = False
         self._cache = None
+        self._grad_slots = {}  # views of a flat gradient array (flatten_parameters), filled by backward
 
     # ------------------------------------------------------------------ the three maps
     def forward(self, x):
@@ -248,7 +251,8 @@ class Layer:
         return self.train(False)
 
     def to(self, device: str):
-        """Move parameters, gradients and buffers to ``device`` ("cpu" or "gpu"); returns self.
+        """Move parameters, gradients and buffers to ``device`` ("cpu" or "gpu"), then pack the
+        parameters into one array (:meth:`flatten_parameters`); returns self.
 
         Optimisers hold references to the parameter arrays: build them after moving the model.
         """
@@ -257,7 +261,43 @@ class Layer:
                 d = getattr(layer, attribute)
                 for key in d:
                     d[key] = to_device(d[key], device)
+            layer._grad_slots = {}
             layer._cache = None
+        return self.flatten_parameters()
+
+    def flatten_parameters(self):
+        """Make the trained parameters views into one flat array, and their gradients views into
+        another; returns self.
+
+        The values do not change, only where they live. An optimiser built afterwards finds the
+        parameters and the gradients contiguous and updates all of them with the few whole-array
+        operations of its formula, instead of those operations for every parameter: on a GPU,
+        where each operation is a kernel launch, 6 launches per SGD step instead of 120 for the
+        VGG of ``benchmarks/cnn_step.py``. Nothing is done when the parameters differ in dtype or
+        device, or when one array serves two parameters (tied weights must stay tied).
+        Parameters of frozen sub-layers are left out, as in :meth:`named_parameters`.
+        """
+        entries = [(layer, key) for _, layer, frozen in self._walk() if not frozen for key in layer.params]
+        arrays = [layer.params[key] for layer, key in entries]
+        if not arrays or len({id(a) for a in arrays}) < len(arrays):
+            return self
+        xp, dtype = get_xp(arrays[0]), arrays[0].dtype
+        if any(get_xp(a) is not xp or a.dtype != dtype for a in arrays):
+            return self
+        total = sum(a.size for a in arrays)
+        flat_params = xp.empty(total, dtype=dtype)
+        flat_grads = xp.zeros(total, dtype=dtype)
+        offset = 0
+        for (layer, key), a in zip(entries, arrays, strict=True):
+            n = a.size
+            view = flat_params[offset:offset + n].reshape(a.shape)
+            view[...] = a
+            layer.params[key] = view
+            slot = flat_grads[offset:offset + n].reshape(a.shape)
+            layer._grad_slots[key] = slot
+            if key in layer.grads:
+                layer._store_grad(key, layer.grads.pop(key))
+            offset += n
         return self
 
     def zero_grad(self):
@@ -266,17 +306,22 @@ class Layer:
             g[...] = 0
 
     def _store_grad(self, name, value):
-        """grads[name] <- value, reusing the array when it has the right shape and dtype."""
+        """grads[name] <- value, copied into the array already there (or the slot that
+        :meth:`flatten_parameters` made) when it has the right shape, dtype and device."""
         g = self.grads.get(name)
+        if g is None:
+            g = self._grad_slots.get(name)
         if g is None or g.shape != value.shape or g.dtype != value.dtype or get_xp(g) is not get_xp(value):
             self.grads[name] = value
         else:
-            g[...] = value
+            if g is not value:
+                g[...] = value
+            self.grads[name] = g
 
     def _zero_grads(self):
         """Zero gradients for every parameter (layers whose outputs do not depend on them)."""
         for key, p in self.params.items():
-            self.grads[key] = get_xp(p).zeros_like(p)
+            self._store_grad(key, get_xp(p).zeros_like(p))
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"

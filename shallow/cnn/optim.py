@@ -2,7 +2,10 @@ r"""Optimisers (SGD with momentum and weight decay, Adam) and learning-rate sche
 
 An optimiser holds references to the parameter arrays of a model (``model.named_parameters()``)
 and updates them in place with ``step(grads)``, ``grads`` being ``model.named_gradients()`` after a
-backward pass. Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
+backward pass. When the parameters, and then the gradients, tile one flat array each
+(:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a step
+updates the flat arrays with the same elementwise formula: the same numbers, in a few operations
+instead of a few per parameter (on a GPU, each operation is a kernel launch). Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
 learning rate is a constant schedule. The update rules are those of PyTorch (``torch.optim``), so
 that runs can be compared step for step:
 
@@ -103,6 +106,29 @@ def as_schedule(lr):
 
 # ----------------------------------------------------------------------------- optimisers
 
+def _address(a) -> int:
+    """The address of an array's first element (numpy or CuPy)."""
+    data = a.data
+    return data.ptr if hasattr(data, "ptr") else a.__array_interface__["data"][0]
+
+
+def _flat_base(arrays):
+    """The 1-D array that ``arrays`` tile in order, as consecutive C-contiguous views, or None.
+
+    What :meth:`~shallow.cnn.layers.Layer.flatten_parameters` makes of a model's parameters and
+    gradients; any other arrays (separate allocations, a gap, another order) give None.
+    """
+    base = arrays[0].base
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    address, itemsize = _address(base), base.itemsize
+    for a in arrays:
+        if a.base is not base or not a.flags.c_contiguous or a.dtype != base.dtype or _address(a) != address:
+            return None
+        address += a.size * itemsize
+    return base if address == _address(base) + base.size * itemsize else None
+
+
 class Optimizer:
     """Base class: parameters by name, a schedule, a step counter t and per-parameter state.
 
@@ -122,8 +148,20 @@ class Optimizer:
         self.params = dict(params)
         self.schedule = as_schedule(lr)
         self.t = 0
-        self.state = {name: {slot: get_xp(p).zeros_like(p) for slot in self._slots}
-                      for name, p in self.params.items()}
+        arrays = list(self.params.values())
+        self._flat = _flat_base(arrays)
+        if self._flat is None:
+            self.state = {name: {slot: get_xp(p).zeros_like(p) for slot in self._slots}
+                          for name, p in self.params.items()}
+        else:
+            # the state is flat like the parameters (same offsets), with a view per parameter
+            self._flat_state = {slot: get_xp(self._flat).zeros_like(self._flat) for slot in self._slots}
+            self.state = {name: {} for name in self.params}
+            offset = 0
+            for name, p in self.params.items():
+                for slot, flat in self._flat_state.items():
+                    self.state[name][slot] = flat[offset:offset + p.size].reshape(p.shape)
+                offset += p.size
 
     @property
     def lr(self) -> float:
@@ -137,11 +175,20 @@ class Optimizer:
             raise ValueError(f"grads has no gradient for the parameters {', '.join(missing[:5])}: "
                              "run backward before step")
         lr = self.lr
+        ordered = []
         for name, p in self.params.items():
             g = grads[name]
             if g.shape != p.shape:
                 raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} but the parameter has {tuple(p.shape)}")
-            self._update(p, g, self.state[name], lr)
+            ordered.append(g)
+        flat_grads = None if self._flat is None else _flat_base(ordered)
+        if flat_grads is not None and flat_grads.dtype == self._flat.dtype:
+            # parameters and gradients each fill one array in the same order: one update of it all
+            # (elementwise, so the same numbers as parameter by parameter)
+            self._update(self._flat, flat_grads, self._flat_state, lr)
+        else:
+            for (name, p), g in zip(self.params.items(), ordered, strict=True):
+                self._update(p, g, self.state[name], lr)
         self.t += 1
 
     def _update(self, p, g, state, lr):

@@ -30,9 +30,11 @@ def test_small_cnn_reaches_98_percent_test_accuracy_on_digits(digits):
     assert evaluate(model, digits.X_test, digits.y_test)[1] == history.test_accuracy[-1]
 
 
-def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz"):
+def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz", flat=False):
     """A small model with everything that carries state: batch norm, dropout, momentum, augmentation."""
     model = build_model("vgg", digits.in_shape, 10, width=3, rng=1, dropout=0.2, centering="frozen", alpha=2.0)
+    if flat:
+        model.flatten_parameters()
     opt = SGD(model.named_parameters(), lr=Cosine(0.05, 20), momentum=0.9, weight_decay=1e-4)
     X, y = digits.X_train[:96].astype(np.float64), digits.y_train[:96]
     history = fit(model, X, y, X_test=digits.X_test[:40].astype(np.float64), y_test=digits.y_test[:40],
@@ -41,10 +43,11 @@ def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz"):
     return model, opt, history
 
 
-def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path):
-    straight, opt_s, hist_s = _tiny_run(digits, tmp_path, 3, False, "straight.npz")
-    _tiny_run(digits, tmp_path, 2, False)  # interrupted after two epochs ...
-    resumed, opt_r, hist_r = _tiny_run(digits, tmp_path, 3, True)  # ... and resumed in a new model
+@pytest.mark.parametrize("flat", [False, True], ids=["separate parameters", "flattened parameters"])
+def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path, flat):
+    straight, opt_s, hist_s = _tiny_run(digits, tmp_path, 3, False, "straight.npz", flat)
+    _tiny_run(digits, tmp_path, 2, False, flat=flat)  # interrupted after two epochs ...
+    resumed, opt_r, hist_r = _tiny_run(digits, tmp_path, 3, True, flat=flat)  # ... and resumed in a new model
     for name, p in straight.named_parameters().items():
         np.testing.assert_array_equal(resumed.named_parameters()[name], p)
     for name, b in straight.named_buffers().items():

@@ -1,0 +1,92 @@
+"""Flattened parameters (Layer.flatten_parameters): the same values, one array, the same training.
+
+An optimiser over flattened parameters updates one array instead of each parameter. Its updates
+are elementwise, so they must give the very same numbers as the parameter-by-parameter updates,
+which the optimiser tests check against hand-computed steps: equality here is exact.
+"""
+
+import numpy as np
+import pytest
+
+from shallow.cnn import SGD, Adam, CrossEntropy, Linear, Sequential, build_model
+from shallow.cnn.optim import _flat_base
+from shallow.cnn.train import train_step
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((8, 8, 8, 1)), rng.integers(0, 10, 8)
+
+
+def _model():
+    return build_model("vgg", (8, 8, 1), 10, rng=0, width=4, centering="antisymmetric")
+
+
+def test_flatten_parameters_keeps_the_values_in_one_array():
+    model = _model()
+    before = {name: p.copy() for name, p in model.named_parameters().items()}
+    model.flatten_parameters()
+    after = model.named_parameters()
+    assert after.keys() == before.keys()
+    for name, p in after.items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
+    base = _flat_base(list(after.values()))
+    assert base is not None and base.size == sum(p.size for p in before.values())
+
+
+def test_to_device_flattens_the_parameters():
+    model = _model().to("cpu")
+    assert _flat_base(list(model.named_parameters().values())) is not None
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    lambda p: Adam(p, lr=1e-2, weight_decay=1e-3),
+    lambda p: Adam(p, lr=1e-2, weight_decay=1e-3, decoupled=True),
+], ids=["sgd", "nesterov", "adam", "adamw"])
+def test_training_on_flattened_parameters_equals_training_parameter_by_parameter(make_optimizer):
+    x, y = _batch()
+    results = []
+    for flat in (False, True):
+        model = _model()
+        if flat:
+            model.flatten_parameters()
+        opt = make_optimizer(model.named_parameters())
+        assert (opt._flat is not None) == flat
+        values = [train_step(model, CrossEntropy(), opt, x, y)[0] for _ in range(3)]
+        results.append((values, model.named_parameters(), opt.state_dict()))
+    (v0, p0, s0), (v1, p1, s1) = results
+    assert v1 == v0
+    for name in p0:
+        np.testing.assert_array_equal(p1[name], p0[name], err_msg=name)
+    for key in s0:
+        np.testing.assert_array_equal(s1[key], s0[key], err_msg=key)
+
+
+def test_optimizer_on_flattened_parameters_updates_each_parameter_when_gradients_are_rebound():
+    """Gradients replaced by separate arrays (as the attacks' save and restore do) are no longer
+    one array: the optimiser then updates parameter by parameter, with the same result."""
+    x, y = _batch(1)
+    params = []
+    for rebind in (False, True):
+        model = _model().to("cpu")
+        opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+        out = model.forward(x)
+        _, dout = CrossEntropy().value_and_grad(out, y)
+        model.backward(dout, need_input_grad=False)
+        if rebind:
+            for _, layer in model.named_layers():
+                layer.grads = {k: g.copy() for k, g in layer.grads.items()}
+            assert _flat_base(list(model.named_gradients().values())) is None
+        opt.step(model.named_gradients())
+        params.append(model.named_parameters())
+    for name in params[0]:
+        np.testing.assert_array_equal(params[1][name], params[0][name], err_msg=name)
+
+
+def test_tied_parameters_stay_tied():
+    shared = Linear(3, 3, rng=0)
+    net = Sequential(shared, shared)  # one weight matrix used twice
+    net.flatten_parameters()
+    assert net.layers[0].params["W"] is net.layers[1].params["W"]
