@@ -161,3 +161,13 @@ def test_group_convolutions_on_cupy_match_numpy():
     _assert_close(res["gpu"][0], res["cpu"][0], "p4 outputs")
     for name, g in res["cpu"][1].items():
         _assert_close(res["gpu"][1][name], g, f"p4 gradient {name}")
+
+
+def test_to_gpu_packs_parameters_so_the_optimizer_updates_one_array():
+    from shallow.cnn.optim import _flat_base
+    model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4).to("gpu")
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    assert opt._flat is not None, "CuPy views did not tile one array: the optimiser updates parameter by parameter"
+    x, y = _batch((8, 8, 1))
+    train_step(model, CrossEntropy(), opt, to_device(x, "gpu"), to_device(y, "gpu"))
+    assert _flat_base(list(model.named_gradients().values())) is not None
