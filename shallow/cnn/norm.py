@@ -93,12 +93,14 @@ class BatchNorm2d(Layer):
         C = self.num_features
         M = x.size // C
         gamma, beta = self.params.get("gamma"), self.params.get("beta")
+        # every array keeps x's shape (x may be a strided view of a convolution's grid): the
+        # channel sums of (N, H, W, C) arrays then reduce (H, W) first, N C sums at a time
         if self.training:
             if M < 2:
                 raise ValueError(f"batch normalisation in train mode needs more than one value per channel, "
                                  f"got x of shape {tuple(x.shape)}")
-            mu = sum_rows(x) / M  # x may be a strided view (a convolution's output)
-            xc = (x - mu).reshape(-1, C)  # (M, C), contiguous, kept for the backward pass
+            mu = sum_rows(x) / M
+            xc = x - mu  # contiguous, kept for the backward pass
             var = dot_rows(xc, xc) / M
             inv_s = 1.0 / xp.sqrt(var + self.eps)
             m = self.momentum
@@ -109,27 +111,23 @@ class BatchNorm2d(Layer):
             rv += (m * M / (M - 1)) * var
         else:
             mu, inv_s = self.buffers["running_mean"], 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
-            xc = (x - mu).reshape(-1, C)
+            xc = x - mu
         a = inv_s * gamma if gamma is not None else inv_s
         y = xc * a
         if beta is not None:
             y += beta
-        self._cache = (xc, inv_s, self.training, x.shape)
-        return y.reshape(x.shape)
+        self._cache = (xc, inv_s, self.training)
+        return y
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise _missing_cache(self)
-        xc, inv_s, training, shape = self._cache
-        C = self.num_features
-        if dy.ndim != 2 and not dy.flags.c_contiguous:
-            xc = xc.reshape(shape)  # work in dy's shape: dy may be a strided view (no copy of it)
-            dy2 = dy
-        else:
-            dy2 = dy.reshape(-1, C)
-        M = xc.size // C
-        sum_dy = sum_rows(dy2)
-        sum_dy_xhat = dot_rows(dy2, xc) * inv_s
+        xc, inv_s, training = self._cache
+        if dy.shape != xc.shape:
+            raise ValueError(f"dy must have the shape of the layer's output, {tuple(xc.shape)}, got {tuple(dy.shape)}")
+        M = xc.size // self.num_features
+        sum_dy = sum_rows(dy)  # dy may be a strided view: no copy of it
+        sum_dy_xhat = dot_rows(dy, xc) * inv_s
         if "gamma" in self.params:
             self._store_grad("gamma", sum_dy_xhat)
             self._store_grad("beta", sum_dy)
@@ -139,32 +137,32 @@ class BatchNorm2d(Layer):
         if not need_input_grad:
             return None
         if not training:
-            return (dy2 * a).reshape(shape)
+            return dy * a
         # dx = a (dy - mean(dy) - xhat mean(dy xhat)) with xhat = xc inv_s
         dx = xc * (-a * inv_s * sum_dy_xhat / M)
-        dx += dy2 * a
+        dx += dy * a
         dx -= a * sum_dy / M
-        return dx.reshape(shape)
+        return dx
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
-        xc, inv_s, training, shape = self._cache
+        xc, inv_s, training = self._cache
         xhat = xc * inv_s
         xp = get_xp(y)
-        C = self.num_features
         gamma = self.params.get("gamma")
         ty = None
         if tx is not None:
             self._check(tx, "tx")
-            tx2 = tx.reshape(-1, C)
+            if tx.shape != x.shape:
+                raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(tx.shape)}")
             if training:
-                M = tx2.shape[0]
+                M = tx.size // self.num_features
                 # tv / (2 s^2) = mean(xhat tx) / s, so txhat = (tx - mean(tx) - xhat mean(xhat tx)) / s
-                txhat = tx2 - tx2.mean(axis=0)
-                txhat -= xhat * (dot_rows(xhat, tx2) / M)
+                txhat = tx - sum_rows(tx) / M
+                txhat -= xhat * (dot_rows(xhat, tx) / M)
                 txhat *= inv_s
             else:
-                txhat = tx2 * inv_s
+                txhat = tx * inv_s
             ty = txhat * gamma if gamma is not None else txhat
         tgamma, tbeta = _get(tparams, "gamma"), _get(tparams, "beta")
         if tgamma is not None and gamma is not None:
@@ -172,7 +170,7 @@ class BatchNorm2d(Layer):
         if tbeta is not None and gamma is not None:
             ty = xp.broadcast_to(tbeta, xhat.shape) if ty is None else ty + tbeta
         if ty is not None:
-            ty = xp.ascontiguousarray(ty).reshape(shape)
+            ty = xp.ascontiguousarray(ty)
         return y, ty
 
     def extra_repr(self):
