@@ -88,6 +88,22 @@ def main(argv=None):
         if keep:
             whole.append(t)
 
+    # launch-bound or device-bound: the host's time to issue forward + backward + update (with a
+    # fixed output gradient, no loss value to wait for) against the same work waited for
+    g0 = xp.ones_like(model.forward(x)) / args.batch
+    issue, waited = [], []
+    for it in range(args.warmup + args.steps):
+        sync()
+        start = time.perf_counter()
+        model.forward(x)
+        model.backward(g0, need_input_grad=False)
+        opt.step(model.named_gradients())
+        issued = time.perf_counter()
+        sync()
+        if it >= args.warmup:
+            issue.append(issued - start)
+            waited.append(time.perf_counter() - start)
+
     med = statistics.median
     total = med(whole)
     print(f"{args.arch} {args.size}x{args.size}, width {args.width}, batch {args.batch}, {args.dtype}, "
@@ -101,6 +117,8 @@ def main(argv=None):
               f"{(tf + tb) / total:>8.1%}")
     print(f"sum of layers {layer_sum * 1e3:.2f} ms; whole training step {total * 1e3:.2f} ms "
           f"(loss, update and the rest: {(total - layer_sum) * 1e3:.2f} ms)")
+    print(f"forward + backward + update: issued by the host in {med(issue) * 1e3:.2f} ms, done in "
+          f"{med(waited) * 1e3:.2f} ms (on a GPU, issue close to done means the step waits for launches)")
 
 
 if __name__ == "__main__":
