@@ -32,6 +32,7 @@ warnings are silenced inside the loop: the guard reports divergence instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -255,6 +256,24 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
 
 # ----------------------------------------------------------------------------- the loop
 
+@contextlib.contextmanager
+def _inputs_checked(model):
+    """Within: ``model`` does not check its inputs again (``fit`` checked the whole data set once).
+
+    Model.forward checks that a batch is finite, which on a GPU waits for the device to finish
+    everything queued before (the previous step): once per step, the launches of a forward pass
+    could not overlap with the device's work any more.
+    """
+    checks = getattr(model, "check_inputs", None)
+    if checks:
+        model.check_inputs = False
+    try:
+        yield
+    finally:
+        if checks:
+            model.check_inputs = checks
+
+
 def train_step(model, loss, optimizer, x, y):
     """One step: forward, loss, backward, update. Returns (loss value, outputs).
 
@@ -388,7 +407,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                     if augment is not None:
                         xb = augment(xb, rng)
                     lr = optimizer.lr
-                    value, out = train_step(model, loss, optimizer, xb, yb)
+                    with _inputs_checked(model):
+                        value, out = train_step(model, loss, optimizer, xb, yb)
                     if not math.isfinite(value):
                         message = (f"the training loss is {value} at epoch {epoch + 1}, batch {b + 1} of "
                                    f"{steps_per_epoch} (optimiser step {optimizer.t}, learning rate {lr:.3g}): "
@@ -400,7 +420,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                         return history
                     m = xb.shape[0]
                     total += value * m
-                    correct += int((xp.argmax(out, axis=1) == yb).sum())
+                    correct = correct + (xp.argmax(out, axis=1) == yb).sum()  # on the device: no wait
                     seen += m
                     if bar is not None:
                         bar.update(1)
@@ -410,7 +430,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                     test_loss, test_acc = evaluate(model, X_test, y_test, loss)
                 history.epoch.append(epoch + 1)
                 history.loss.append(total / max(seen, 1))
-                history.accuracy.append(correct / max(seen, 1))
+                history.accuracy.append(int(correct) / max(seen, 1))
                 history.test_loss.append(test_loss)
                 history.test_accuracy.append(test_acc)
                 history.lr.append(lr)

@@ -82,6 +82,18 @@ def test_nan_loss_stops_training_with_a_clear_message(digits):
     assert all(np.isfinite(p).all() for p in model.named_parameters().values())
 
 
+def test_fit_leaves_the_models_input_checks_on_even_after_divergence(digits):
+    """fit checks the data once and spares the model's per-batch check; the model checks again after."""
+    model = build_model("vgg", digits.in_shape, 10, width=3, rng=0, batch_norm=False, dtype=np.float32)
+    with pytest.raises(TrainingDivergedError):
+        fit(model, digits.X_train[:64], digits.y_train[:64], optimizer=SGD(model.named_parameters(), lr=1e30),
+            epochs=1, batch_size=16, rng=0)
+    bad = digits.X_train[:2].astype(np.float32)
+    bad[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):
+        model.forward(bad)
+
+
 def test_fit_rejects_bad_inputs_naming_the_argument(digits):
     model = build_model("vgg", digits.in_shape, 10, width=2, rng=0)
     X, y = digits.X_train[:8], digits.y_train[:8]
