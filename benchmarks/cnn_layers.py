@@ -51,6 +51,7 @@ def main(argv=None):
 
     model = build_model(args.arch, (args.size, args.size, 1), 10, rng=0, dtype=args.dtype, width=args.width)
     model.to(args.device)
+    model.check_inputs = False  # as in cnn_step.py: the batch is checked once, not every step
     rng = np.random.default_rng(0)
     x = to_device(rng.standard_normal((args.batch, args.size, args.size, 1)).astype(args.dtype), args.device)
     y = to_device(rng.integers(0, 10, args.batch), args.device)
