@@ -100,6 +100,20 @@ def main(argv=None):
             print(f"  {name:38s} {1e3 * seconds:9.3f}")
         tap_bound = 3 * R * C * itemsize / bandwidth  # read A, read and write out
         print(f"  {'forward tap at copy bandwidth':38s} {1e3 * tap_bound:9.3f}")
+
+    # the chunking constants of _reduce (at most MAX_CHUNKS chunks of at least MIN_CHUNK_ROWS rows),
+    # on the widest product of the step: the im2col weight gradient of the 28x28 layer, (R, 288)^T (R, 32)
+    from shallow.cnn import _reduce
+    R = args.batch * 29 * 29
+    cols, g, out = rand(R, 9 * 32), rand(R, 32), xp.empty((9 * 32, 32), dtype=args.dtype)
+    print(f"\nim2col weight gradient (R, 288)^T (R, 32), R = {R}: chunks x rows -> ms")
+    print(f"  {'one GEMM':38s} {1e3 * t(lambda: gemm(cols.T, g, out)):9.3f}")
+    saved = _reduce.MAX_CHUNKS, _reduce.MIN_CHUNK_ROWS
+    for max_chunks, min_rows in ((16, 1024), (64, 1024), (256, 1024), (1024, 256), (4096, 64)):
+        _reduce.MAX_CHUNKS, _reduce.MIN_CHUNK_ROWS = max_chunks, min_rows
+        S, m = _reduce.chunks(R)
+        print(f"  {f'{S} chunks of {m} rows':38s} {1e3 * t(lambda: gram_rows(cols, g, out, split=True)):9.3f}")
+    _reduce.MAX_CHUNKS, _reduce.MIN_CHUNK_ROWS = saved
     return 0
 
 
