@@ -10,7 +10,10 @@ after each pooling) at one batch size, this prints the median time of:
   einsum, and chunked (``_reduce.sum_rows`` / ``dot_rows`` with ``split=True``);
 - one tap of the forward pass, out += A W (a GEMM accumulating in place), against the time
   of reading A and reading and writing ``out`` at the bandwidth of a plain device copy;
-- the copy itself, which sets that bandwidth.
+- the copy itself, which sets that bandwidth;
+- the weight gradient of the 28x28 layer as the device computes it now, (R, 9 C)^T (R, C) from
+  the im2col columns: one GEMM, and split with several choices of the chunking constants
+  (``_reduce.MAX_CHUNKS``, ``_reduce.MIN_CHUNK_ROWS``).
 
 It answers, in one run on a lent GPU, which formulation each primitive should use there. On the
 CPU (the default) it runs the same code with numpy, as a check that the script works.
