@@ -2,12 +2,13 @@ r"""Optimisers (SGD with momentum and weight decay, Adam) and learning-rate sche
 
 An optimiser holds references to the parameter arrays of a model (``model.named_parameters()``)
 and updates them in place with ``step(grads)``, ``grads`` being ``model.named_gradients()`` after a
-backward pass. When the parameters, and then the gradients, tile one flat array each
-(:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a step
-updates the flat arrays with the same elementwise formula: the same numbers, in a few operations
-instead of a few per parameter (on a GPU, each operation is a kernel launch). Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
-learning rate is a constant schedule. The update rules are those of PyTorch (``torch.optim``), so
-that runs can be compared step for step:
+backward pass. Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
+learning rate is a constant schedule. When the parameters, and then the gradients, tile one flat
+array each (:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a
+step updates the flat arrays with the same elementwise formula: the same numbers, in a few
+operations instead of a few per parameter (on a GPU, each operation is a kernel launch).
+
+The update rules are those of PyTorch (``torch.optim``), so that runs can be compared step for step:
 
 SGD, momentum mu, weight decay lambda, dampening 0:
 
@@ -119,7 +120,7 @@ def _flat_base(arrays):
     gradients; any other arrays (separate allocations, a gap, another order) give None.
     """
     base = arrays[0].base
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+    if getattr(base, "ndim", None) != 1 or not base.flags.c_contiguous:  # also a non-array base
         return None
     address, itemsize = _address(base), base.itemsize
     for a in arrays:
