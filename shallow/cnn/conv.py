@@ -75,8 +75,8 @@ import numpy as np
 
 from .._validation import check_integer
 from ..backend import get_xp
-from ._gemm import gemm, host_gemm
 from . import _reduce
+from ._gemm import gemm, host_gemm
 from ._reduce import gram_rows, sum_rows
 from .layers import (
     Layer,
@@ -347,7 +347,8 @@ class Conv2d(Layer):
             return self._flat_buffer(x, plan)
         if plan.method == "flat_im2col":
             # row r of the columns is B[r + s_ij] for the KH KW taps side by side: an overlapping
-            # strided view of B, (R, KH, KW, C) with strides (1, d_h Wp, d_w, 1/C) rows, copied once
+            # strided view of B, of shape (R, KH, KW, C) and strides of 1, d_h Wp and d_w rows and
+            # one element, copied once
             B = self._flat_buffer(x, plan)
             (dh, dw), row = self.dilation, B.strides[0]
             view = xp.lib.stride_tricks.as_strided(B, shape=(plan.R, KH, KW, C),
