@@ -281,10 +281,13 @@ def test_empirical_risk_split_over_particles_equals_one_block():
             np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
 
 
-def test_population_risk_in_particle_blocks_equals_one_block():
-    teacher, student = teacher_student(d=5, m=40, seed=9)
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_population_risk_in_particle_tiles_equals_one_tile(activation):
+    # 6 x 6 tiles of the symmetric student-student kernel (the last block has 4 rows): each
+    # off-diagonal tile serves both orientations, which a transposition error would break
+    teacher, student = teacher_student(d=5, m=40, seed=9, activation=activation)
     whole = PopulationRisk(teacher).value_and_grad(student)
-    blocked = PopulationRisk(teacher, chunk_bytes=8 * 8 * 43 * 6).value_and_grad(student)  # 6 rows a block
+    blocked = PopulationRisk(teacher, chunk_bytes=10 * 8 * 36).value_and_grad(student)  # 36 floats a tile
     for u, v in zip(whole, blocked):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-15)
 
