@@ -206,9 +206,9 @@ class _ArccosTile:
         """sum_k c_k grad_w K(w_j, v_k) for the rows w_j of W, shape (m, d); with ``transpose``,
         sum_j c_j grad_v K(v_k, w_j) for the rows v_k of V, shape (m', d). Matrix products only."""
         xp = self.xp
-        A, sin, cos = (self.A.T, self.sin.T, self.cos.T) if transpose else (self.A, self.sin, self.cos)
+        A, sin = (self.A.T, self.sin.T) if transpose else (self.A, self.sin)
         U, X = (self.V, self.W) if transpose else (self.W, self.V)  # rows, columns
-        nu, nx = (self.nv, self.nw) if transpose else (self.nw, self.nv)
+        nx = self.nw if transpose else self.nv
         inv_u, inv_x = (self.inv_v, self.inv_w) if transpose else (self.inv_w, self.inv_v)
         U_hat = U * inv_u[:, None]
         if self.order == 1:
