@@ -46,7 +46,8 @@ def chunks(M: int) -> tuple[int, int]:
 
 
 def on_device(x) -> bool:
-    return type(x) is not np.ndarray
+    """Whether ``x`` lives on a device (not a numpy array, nor a subclass such as a memmap)."""
+    return not isinstance(x, np.ndarray)
 
 
 def _split(x, split) -> bool:
