@@ -301,7 +301,7 @@ class PopulationRisk:
         # The student-student kernel is symmetric: square tiles (I, J) with I <= J, each serving
         # the rows of I against J and of J against I; about 10 temporaries of a tile's size live
         tile_bytes = self.chunk_bytes // 10
-        if type(W) is np.ndarray:
+        if isinstance(W, np.ndarray):  # on the host
             tile_bytes = min(tile_bytes, HOST_TILE_BYTES)
         rows = max(1, min(m, math.isqrt(tile_bytes // W.dtype.itemsize)))
         blocks = [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
