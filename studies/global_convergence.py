@@ -36,9 +36,9 @@ Euler but not faster: for m = 100 its step settles near 1 (stability-limited; Eu
 already fails to converge), and it costs 3 risk evaluations per step: 8900 evaluations to t = 3000
 at tol = 1e-4, against 6000 for Euler at eta = 0.5, for the same relative risk (1.4e-6 vs 1.5e-6).
 
-Runtime: a population-risk step costs O(m^2 d) (15 ms at m = 1000, 0.3 ms at m = 100 on an idle
-core), so the two m = 1000 runs (2 x 6000 steps) dominate: about 3 minutes of one core on an idle
-machine. With the former 30 ms steps (before the kernel was computed in symmetric tiles) a run
+Runtime: a population-risk step costs O(m^2 d) (12.5 ms at m = 1000, 0.35 ms at m = 100 on an idle
+core), so the two m = 1000 runs (2 x 6000 steps) dominate: about 2.5 minutes of one core on an idle
+machine; measured 5 min wall with --workers 2 on this 2-core machine (session 3). With the former 30 ms steps (before the kernel was computed in symmetric tiles) a run
 measured 25 min of CPU time (53 min wall) on a 2-core machine shared with other jobs.
 --quick (widths 5, 20, 100 with 8, 4, 4 runs up to t = 1500): about 10 s (12 s measured under the
 same load). ``--device gpu`` runs the flows with CuPy.
