@@ -161,7 +161,7 @@ class _ArccosTile:
     arrays of ``work`` when given (:func:`_tile_work`: no allocation per tile).
     """
 
-    def __init__(self, W, V, nw, nv, order, work=None):
+    def __init__(self, W, V, nw, nv, order, work=None, nonzero=None):
         xp = get_xp(W, V)
         self.xp, self.W, self.V, self.order = xp, W, V, order
         self.nw, self.nv = nw, nv
@@ -178,7 +178,9 @@ class _ArccosTile:
         xp.subtract(1, sin_abs, out=sin_abs)
         xp.maximum(sin_abs, 0, out=sin_abs)
         xp.sqrt(sin_abs, out=sin_abs)
-        if not (bool(xp.all(nw > 0)) and bool(xp.all(nv > 0))):
+        if nonzero is None:  # whether no vector is zero (callers that know it spare a device sync)
+            nonzero = bool(xp.all(nw > 0)) and bool(xp.all(nv > 0))
+        if not nonzero:
             sin_abs *= (nw > 0)[:, None]
             sin_abs *= (nv > 0)[None, :]
         # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
@@ -328,13 +330,15 @@ class PopulationRisk:
         student = xp.zeros_like(a)  # sum_k a_k K(w_j, w_k)
         teacher = xp.empty_like(a)  # sum_l a*_l K(w_j, w*_l)
         field = xp.zeros_like(W) if need_grad else None
+        nonzero_w = bool(xp.all(nw > 0))
+        nonzero_s = nonzero_w and bool(xp.all(ns > 0))
         for bi, I in enumerate(blocks):
-            tile = _ArccosTile(W[I], Ws, nw[I], ns, self.order)
+            tile = _ArccosTile(W[I], Ws, nw[I], ns, self.order, nonzero=nonzero_s)
             teacher[I] = tile.kernel() @ at
             if need_grad:
                 field[I] -= tile.field(at)
             for J in blocks[bi:]:
-                tile = _ArccosTile(W[I], W[J], nw[I], nw[J], self.order, work)
+                tile = _ArccosTile(W[I], W[J], nw[I], nw[J], self.order, work, nonzero_w)
                 K = tile.kernel()
                 student[I] += K @ a[J]
                 if J is not I:
