@@ -38,10 +38,11 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     TAIL=25 step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --durations=5 --continue-on-collection-errors
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-    step primitives_gpu 90 python3 benchmarks/device_primitives.py --device gpu --batch 1024
-    step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
-    step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
+    # the headline ratios first, then where the time goes
     step cnn_step_gpu_b1024 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
+    step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
+    step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
+    step primitives_gpu 90 python3 benchmarks/device_primitives.py --device gpu --batch 1024
     step cnn_step_gpu_b1024_tf32 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --tf32
 fi
 if [ "$what" = flow ]; then
