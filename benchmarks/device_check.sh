@@ -43,6 +43,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
     step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
     step primitives_gpu 90 python3 benchmarks/device_primitives.py --device gpu --batch 1024
+    SHALLOW_FUSED_KERNELS=1 step cnn_step_gpu_fused 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
+    SHALLOW_FUSED_KERNELS=1 step cnn_step_gpu_b1024_fused 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
     step cnn_step_gpu_b1024_tf32 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --tf32
 fi
 if [ "$what" = flow ]; then

@@ -171,3 +171,23 @@ def test_to_gpu_packs_parameters_so_the_optimizer_updates_one_array():
     x, y = _batch((8, 8, 1))
     train_step(model, CrossEntropy(), opt, to_device(x, "gpu"), to_device(y, "gpu"))
     assert _flat_base(list(model.named_gradients().values())) is not None
+
+
+def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
+    """SHALLOW_FUSED_KERNELS=1 compiles shallow.cnn._fused's formulas into CuPy kernels."""
+    from shallow.cnn import BatchNorm2d
+    rng = np.random.default_rng(5)
+    x = to_device(rng.standard_normal((6, 9, 9, 8)) * 2 + 1, "gpu")
+    dy = to_device(rng.standard_normal((6, 9, 9, 8)), "gpu")
+    results = {}
+    for fused in ("0", "1"):
+        monkeypatch.setenv("SHALLOW_FUSED_KERNELS", fused)
+        bn = BatchNorm2d(8, momentum=0.3).to("gpu")
+        for _ in range(2):
+            y = bn.forward(x)
+            dx = bn.backward(dy)
+        results[fused] = [to_numpy(v) for v in (y, dx, bn.grads["gamma"], bn.grads["beta"],
+                                                 bn.buffers["running_mean"], bn.buffers["running_var"])]
+    for name, u, v in zip(["y", "dx", "dgamma", "dbeta", "running mean", "running var"], results["1"], results["0"],
+                          strict=True):
+        _assert_close(u, v, f"fused {name}")
