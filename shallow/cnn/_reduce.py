@@ -18,7 +18,9 @@ and the S partial results are summed (a second, small reduction):
 
 with S = min(256, M // 1024) and m = M // S (fewer than S rows are left over; they go into
 the first partial sum directly). This is the split-K scheme of GEMM libraries (CUTLASS's
-"parallel reduction across GEMM-K"), done with the array API.
+"parallel reduction across GEMM-K"), done with the array API. An array of shape (N, H, W, C) (a
+layer's output, possibly a strided view) needs no chunks: its (H, W) axes are summed first, N C
+sums at once, then its N rows.
 
 ``split=None`` (the default) splits on a device and not on the host, where the single-pass
 einsum and BLAS call are faster; ``split=True`` forces the chunked route on any array (the tests
