@@ -168,8 +168,9 @@ class _ArccosTile:
         self.inv_w = 1 / xp.where(nw > 0, nw, 1)
         self.inv_v = 1 / xp.where(nv > 0, nv, 1)
         shape = (W.shape[0], V.shape[0])
+        # a (m, m') temporary: a view of the named array of ``work``, or a new one ("mask" is boolean)
         self._out = ((lambda name: work[name][:shape[0], :shape[1]]) if work is not None
-                     else (lambda name: xp.empty(shape, dtype=W.dtype)))
+                     else (lambda name: xp.empty(shape, dtype=bool if name == "mask" else W.dtype)))
         self.G = G = xp.matmul(W, V.T, out=self._out("G"))  # (m, m')
         cos = xp.multiply(G, self.inv_w[:, None], out=self._out("cos"))
         cos *= self.inv_v[None, :]
@@ -187,9 +188,7 @@ class _ArccosTile:
         # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
         # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
         # sin th = |w/|w| - cos th v/|v||, accurate to eps.
-        self._mask = ((lambda: work["mask"][:shape[0], :shape[1]]) if work is not None
-                      else (lambda: xp.empty(shape, dtype=bool)))
-        near = xp.nonzero(xp.less(sin_abs, 1e-4, out=self._mask()))
+        near = xp.nonzero(xp.less(sin_abs, 1e-4, out=self._out("mask")))
         if near[0].size:
             i, j = near
             Wh = W[i] * self.inv_w[i][:, None]
@@ -228,7 +227,7 @@ class _ArccosTile:
             S = xp.multiply(self.sin, 2 * xp.pi, out=self._out("S"))
             with np.errstate(divide="ignore"):
                 xp.reciprocal(S, out=S)
-            xp.copyto(S, 0, where=xp.less_equal(self.sin, 1e-12, out=self._mask()))
+            xp.copyto(S, 0, where=xp.less_equal(self.sin, 1e-12, out=self._out("mask")))
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
         X_hat = X * inv_x[:, None]

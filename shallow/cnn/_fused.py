@@ -81,7 +81,7 @@ def call(name, *args):
     n_in, n_out = len(_names(inputs)), len(_names(outputs))
     if len(args) != n_in + n_out:
         raise ValueError(f"kernel {name} takes {n_in} inputs and {n_out} outputs, got {len(args)} arrays")
-    if not isinstance(args[0], np.ndarray) and _reduce.on_device(args[0]):
+    if not isinstance(args[0], np.ndarray):  # a device array
         _device_kernel(name)(*args)
         return
     scope = dict(zip(_names(inputs) + _names(outputs), args, strict=True))

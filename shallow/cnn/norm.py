@@ -108,14 +108,14 @@ class BatchNorm2d(Layer):
             xc = x - mu  # contiguous, kept for the backward pass
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            s2 = dot_rows(xc, xc)
             if gamma is not None and beta is not None and _fused.enabled(x):
                 inv_s, a, y = xp.empty_like(mu), xp.empty_like(mu), xp.empty_like(xc)
-                _fused.call("bn_stats", dot_rows(xc, xc), mu, gamma, 1.0 / M, self.eps, m, M / (M - 1),
-                            inv_s, a, rm, rv)
+                _fused.call("bn_stats", s2, mu, gamma, 1.0 / M, self.eps, m, M / (M - 1), inv_s, a, rm, rv)
                 _fused.call("bn_apply", xc, a, beta, y)
                 self._cache = (xc, inv_s, True)
                 return y
-            var = dot_rows(xc, xc) / M
+            var = s2 / M
             inv_s = 1.0 / xp.sqrt(var + self.eps)
             rm *= 1 - m
             rm += m * mu
@@ -139,17 +139,18 @@ class BatchNorm2d(Layer):
             raise ValueError(f"dy must have the shape of the layer's output, {tuple(xc.shape)}, got {tuple(dy.shape)}")
         M = xc.size // self.num_features
         sum_dy = sum_rows(dy)  # dy may be a strided view: no copy of it
+        sum_dy_xc = dot_rows(dy, xc)
         if training and need_input_grad and "gamma" in self.params and _fused.enabled(dy):
             xp = get_xp(dy)
             dgamma, dbeta, a, k1, k2 = (xp.empty_like(inv_s) for _ in range(5))
-            _fused.call("bn_grad_stats", sum_dy, dot_rows(dy, xc), inv_s, self.params["gamma"], 1.0 / M,
+            _fused.call("bn_grad_stats", sum_dy, sum_dy_xc, inv_s, self.params["gamma"], 1.0 / M,
                         dgamma, dbeta, a, k1, k2)
             self._store_grad("gamma", dgamma)
             self._store_grad("beta", dbeta)
             dx = xp.empty(xc.shape, dtype=xc.dtype)
             _fused.call("bn_grad_apply", dy, xc, a, k1, k2, dx)
             return dx
-        sum_dy_xhat = dot_rows(dy, xc) * inv_s
+        sum_dy_xhat = sum_dy_xc * inv_s
         if "gamma" in self.params:
             self._store_grad("gamma", sum_dy_xhat)
             self._store_grad("beta", sum_dy)
