@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 
-def timer(xp, device, repeat):
+def timer(device, repeat):
     """A function timing ``fn()``: median seconds over ``repeat`` calls, synchronised on a GPU."""
     if device == "gpu":
         from cupyx.profiler import benchmark
@@ -60,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from shallow.backend import to_device
+    from shallow.backend import get_xp, to_device
     from shallow.cnn._gemm import gemm
     from shallow.cnn._reduce import dot_rows, gram_rows, sum_rows
 
@@ -69,10 +69,8 @@ def main(argv=None):
     def rand(*shape):
         return to_device(rng.standard_normal(shape).astype(args.dtype), args.device)
 
-    probe = rand(1)
-    from shallow.backend import get_xp
-    xp = get_xp(probe)
-    t = timer(xp, args.device, args.repeat)
+    xp = get_xp(rand(1))
+    t = timer(args.device, args.repeat)
     itemsize = np.dtype(args.dtype).itemsize
     print(f"device {args.device}, batch {args.batch}, {args.dtype}; median of {args.repeat} calls, milliseconds")
 
