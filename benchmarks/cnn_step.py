@@ -27,6 +27,7 @@ gains from a second core, which shallow.cnn does not use.
     python benchmarks/cnn_step.py                      # VGG, 28x28, width 32, batch 128
     python benchmarks/cnn_step.py --size 8 --arch resnet --threads 1
     python benchmarks/cnn_step.py --device gpu          # CuPy against PyTorch on the same GPU
+    python benchmarks/cnn_step.py --device gpu --capture    # and the step replayed as a CUDA graph
 
 On a GPU the steps are synchronised before every clock reading; the CPU-time columns are then
 meaningless. Measured on an NVIDIA H200 (CuPy 14.2, PyTorch 2.11 with cuDNN, 2026-11-27; one process
@@ -50,6 +51,9 @@ Since then (not yet measured on a GPU):
   path run with numpy arrays (a fixed cost of about 12 ms per step was measured at batch 128).
 
 ``benchmarks/device_primitives.py`` times the split reductions against the single calls.
+``--capture`` also times the step as a :class:`~shallow.cnn.graph.CapturedStep`: recorded once as a
+CUDA graph and replayed by one launch per step, which takes the host's launch cost out of the step
+(PyTorch is timed as it runs by default, launch by launch).
 """
 
 from __future__ import annotations
@@ -189,9 +193,9 @@ def time_steps(step, warmup, steps, sync=lambda: None):
     return {"time": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
-def worker_ours(cfg):
+def worker_ours(cfg, captured=False):
     from shallow.backend import get_xp, to_device
-    from shallow.cnn import SGD, CrossEntropy
+    from shallow.cnn import SGD, CapturedStep, CrossEntropy
     from shallow.cnn.train import train_step
     device = cfg["device"]
     model = build_ours(cfg).to(device)
@@ -203,6 +207,9 @@ def worker_ours(cfg):
     x, y = (to_device(a, device) for a in batch(cfg))
     xp = get_xp(x)
     sync = (lambda: xp.cuda.Device().synchronize()) if device == "gpu" else (lambda: None)
+    if captured:  # recorded as a CUDA graph on the second step (within the warm-up), then replayed
+        step = CapturedStep(model, loss, opt)
+        return time_steps(lambda: step(x, y), max(cfg["warmup"], 2), cfg["steps"], sync)
     return time_steps(lambda: train_step(model, loss, opt, x, y), cfg["warmup"], cfg["steps"], sync)
 
 
@@ -273,14 +280,16 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tf32", action="store_true",
                         help="let PyTorch's GPU convolutions use TF32 tensor cores (shallow.cnn stays in float32)")
+    parser.add_argument("--capture", action="store_true",
+                        help="also time shallow.cnn's step as a CapturedStep (one CUDA graph replay per step)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         cfg = json.loads(args.config)
-        if args.worker == "ours":
-            answer = worker_ours(cfg)
+        if args.worker.startswith("ours"):
+            answer = worker_ours(cfg, captured=args.worker == "ours:captured")
         else:
             answer = worker_torch(cfg, args.worker.split(":", 1)[1])
         print(json.dumps(answer))
@@ -296,7 +305,7 @@ def main(argv=None):
           f"{args.threads} thread(s), device {args.device}{' (PyTorch with TF32)' if args.tf32 else ''}; "
           f"{args.rounds} alternating processes per library x "
           f"{args.steps} steps")
-    kinds = ["ours", "torch:contiguous", "torch:channels_last"]
+    kinds = ["ours", *(["ours:captured"] if args.capture else []), "torch:contiguous", "torch:channels_last"]
     times = {k: [] for k in kinds}
     cpus = {k: [] for k in kinds}
     extra = {}
@@ -311,13 +320,16 @@ def main(argv=None):
     print(f"load average after:  {load_average()}")
     for kind in kinds:
         ours = "shallow.cnn (cupy)" if args.device == "gpu" else "shallow.cnn (numpy)"
-        label = ours if kind == "ours" else f"PyTorch {extra.get('version', '')} {kind.split(':')[1]}"
+        label = (ours if kind == "ours" else f"{ours[:-1]}, captured)" if kind == "ours:captured"
+                 else f"PyTorch {extra.get('version', '')} {kind.split(':')[1]}")
         spread = ", ".join(f"{1e3 * t:.1f}" for t in times[kind])
         print(f"  {label:34s} median {1e3 * med[kind]:8.2f} ms per step, CPU {1e3 * med_cpu[kind]:8.2f} ms   "
               f"(processes: {spread})")
     best = min(("torch:contiguous", "torch:channels_last"), key=med.get)
     print(f"PyTorch mirror agrees with shallow.cnn to {extra.get('agreement', float('nan')):.1e} (relative, float32)")
     print(f"speed ratio (PyTorch time / shallow.cnn time, PyTorch {best.split(':')[1]}): {med[best] / med['ours']:.2f}x")
+    if args.capture:
+        print(f"speed ratio with shallow.cnn's step captured (CapturedStep): {med[best] / med['ours:captured']:.2f}x")
     best_cpu = min(("torch:contiguous", "torch:channels_last"), key=med_cpu.get)
     print(f"CPU-time ratio (process CPU seconds, PyTorch {best_cpu.split(':')[1]}; with 1 thread it discounts the "
           f"time a process waited for a core): {med_cpu[best_cpu] / med_cpu['ours']:.2f}x")

@@ -39,8 +39,8 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     # the headline ratios first, then where the time goes
-    step cnn_step_gpu_b1024 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
-    step cnn_step_gpu 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
+    step cnn_step_gpu_b1024 150 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --capture
+    step cnn_step_gpu 150 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --capture
     step cnn_layers_gpu 60 python3 benchmarks/cnn_layers.py --device gpu --batch 1024
     step primitives_gpu 90 python3 benchmarks/device_primitives.py --device gpu --batch 1024
     SHALLOW_FUSED_KERNELS=1 step cnn_step_gpu_fused 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20

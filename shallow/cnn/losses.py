@@ -90,6 +90,11 @@ def _check_scale(scale):
     return float(scale)
 
 
+def _total(total, as_array):
+    """A 0-d sum as a float, or as a 0-d float64 array on its device (the same number)."""
+    return total.astype("float64") if as_array else float(total)
+
+
 def _check_outputs(out, name="out"):
     if out.ndim != 2:
         raise ValueError(f"{name} must have shape (N, K), one row of outputs per sample, got {tuple(out.shape)}")
@@ -126,14 +131,18 @@ class CrossEntropy:
     def __init__(self, scale=1.0):
         self.scale = _check_scale(scale)
 
-    def value_and_grad(self, z, y, *, check=True):
-        """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,)."""
+    def value_and_grad(self, z, y, *, check=True, as_array=False):
+        """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,).
+
+        L is a float, or with ``as_array=True`` a 0-d float64 array on z's device holding the same
+        number (no transfer to the host: what a recorded step needs).
+        """
         _check_outputs(z, "z")
         if check:
             y = check_labels(y, z.shape[1], "y", n=z.shape[0])
         N = z.shape[0]
         losses, grad = cross_entropy_per_sample(z, y)
-        value = float(losses.sum()) * self.scale / N
+        value = _total(losses.sum(), as_array) * self.scale / N
         grad *= self.scale / N
         return value, grad
 
@@ -183,13 +192,14 @@ class SquareLoss:
                              f"{tuple(f.shape)}, got shape {tuple(y.shape)}")
         return y.astype(f.dtype, copy=False)
 
-    def value_and_grad(self, f, y, *, check=True):
-        """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K)."""
+    def value_and_grad(self, f, y, *, check=True, as_array=False):
+        """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K); L a float,
+        or a 0-d float64 array on f's device with ``as_array=True``."""
         _check_outputs(f, "f")
         r = f - self._targets(f, y, check)
         N = f.shape[0]
         xp = get_xp(f)
-        value = 0.5 * float(xp.vdot(r, r)) * self.scale / N
+        value = 0.5 * _total(xp.vdot(r, r), as_array) * self.scale / N
         r *= self.scale / N
         return value, r
 

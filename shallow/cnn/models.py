@@ -49,6 +49,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -251,6 +252,24 @@ def resnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=1, stages
     layers.append(GlobalAvgPool2d())
     layers.append(Linear(c, n_classes, init="lecun", rng=rng, dtype=dtype))
     return Sequential(*layers)
+
+
+@contextlib.contextmanager
+def _inputs_checked(model):
+    """Within: ``model`` does not check its inputs again (``fit`` checked the whole data set once).
+
+    Model.forward checks that a batch is finite, which on a GPU waits for the device to finish
+    everything queued before (the previous step): once per step, the launches of a forward pass
+    could not overlap with the device's work any more.
+    """
+    checks = getattr(model, "check_inputs", None)
+    if checks:
+        model.check_inputs = False
+    try:
+        yield
+    finally:
+        if checks:
+            model.check_inputs = checks
 
 
 class Model(Layer):

@@ -171,29 +171,51 @@ class Optimizer:
 
     def step(self, grads):
         """One update of every parameter from ``grads`` (a dict with the same names); t += 1."""
+        self._apply(self._ordered(grads), self._coefficients(self.t))
+        self.t += 1
+
+    def _ordered(self, grads) -> list:
+        """The gradients in the order of the parameters, checked against them."""
         missing = [name for name in self.params if name not in grads]
         if missing:
             raise ValueError(f"grads has no gradient for the parameters {', '.join(missing[:5])}: "
                              "run backward before step")
-        lr = self.lr
         ordered = []
         for name, p in self.params.items():
             g = grads[name]
             if g.shape != p.shape:
                 raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} but the parameter has {tuple(p.shape)}")
             ordered.append(g)
+        return ordered
+
+    def _coefficients(self, t: int) -> tuple:
+        """The numbers of the update formula that change from step to step, at step t (floats).
+
+        :class:`~shallow.cnn.graph.CapturedStep` passes them to :meth:`_apply` as 0-d device arrays
+        instead, written before each replay of a recorded step; the formula then rounds them to
+        the parameters' dtype exactly as it rounds the floats, so both give the same numbers.
+        """
+        return (float(self.schedule(t)),)
+
+    def _apply(self, ordered, coefficients):
+        """The update from the ordered gradients and the step's coefficients; t is left alone."""
         flat_grads = None if self._flat is None else _flat_base(ordered)
         if flat_grads is not None and flat_grads.dtype == self._flat.dtype:
             # parameters and gradients each fill one array in the same order: one update of it all
             # (elementwise, so the same numbers as parameter by parameter)
-            self._update(self._flat, flat_grads, self._flat_state, lr)
+            self._update(self._flat, flat_grads, self._flat_state, coefficients)
         else:
             for (name, p), g in zip(self.params.items(), ordered, strict=True):
-                self._update(p, g, self.state[name], lr)
-        self.t += 1
+                self._update(p, g, self.state[name], coefficients)
 
-    def _update(self, p, g, state, lr):
+    def _update(self, p, g, state, coefficients):
         raise NotImplementedError
+
+    def _written_arrays(self) -> list:
+        """The arrays a step writes: the parameters and the state (the flat arrays when flat)."""
+        if self._flat is not None:
+            return [self._flat, *self._flat_state.values()]
+        return list(self.params.values()) + [value for slots in self.state.values() for value in slots.values()]
 
     def state_dict(self) -> dict:
         """The step counter and the state arrays (on the host), by ``"name/slot"``."""
@@ -253,7 +275,8 @@ class SGD(Optimizer):
             self._slots = ()
         super().__init__(params, lr)
 
-    def _update(self, p, g, state, lr):
+    def _update(self, p, g, state, coefficients):
+        (lr,) = coefficients
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -294,12 +317,18 @@ class Adam(Optimizer):
         self.decoupled = bool(decoupled)
         super().__init__(params, lr)
 
-    def _update(self, p, g, state, lr):
+    def _coefficients(self, t):
+        """(1 - eta_t lambda) for AdamW's decay, eta_t / (1 - beta1^k) and 1 / (1 - beta2^k), k = t + 1."""
         b1, b2 = self.betas
-        k = self.t + 1
+        lr, k = float(self.schedule(t)), t + 1
+        return 1.0 - lr * self.weight_decay, lr / (1.0 - b1 ** k), 1.0 / (1.0 - b2 ** k)
+
+    def _update(self, p, g, state, coefficients):
+        decay, step, correction = coefficients
+        b1, b2 = self.betas
         if self.weight_decay:
             if self.decoupled:
-                p *= 1.0 - lr * self.weight_decay
+                p *= decay
             else:
                 g = g + self.weight_decay * p
         m, v = state["m"], state["v"]
@@ -308,6 +337,6 @@ class Adam(Optimizer):
         v *= b2
         v += (1.0 - b2) * (g * g)
         xp = get_xp(p)
-        denom = xp.sqrt(v * (1.0 / (1.0 - b2 ** k)))
+        denom = xp.sqrt(v * correction)
         denom += self.eps
-        p -= (lr / (1.0 - b1 ** k)) * m / denom
+        p -= step * m / denom

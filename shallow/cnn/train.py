@@ -32,7 +32,7 @@ warnings are silenced inside the loop: the guard reports divergence instead.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import time
@@ -45,9 +45,10 @@ from .._validation import check_integer, check_random_state
 from ..backend import get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
+from .graph import CapturedStep
 from .layers import Layer
 from .losses import CrossEntropy, accuracy, check_labels
-from .models import check_images
+from .models import _inputs_checked, check_images
 from .optim import SGD, Optimizer
 
 __all__ = ["History", "TrainingDivergedError", "fit", "evaluate", "predict", "save_checkpoint",
@@ -256,24 +257,6 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
 
 # ----------------------------------------------------------------------------- the loop
 
-@contextlib.contextmanager
-def _inputs_checked(model):
-    """Within: ``model`` does not check its inputs again (``fit`` checked the whole data set once).
-
-    Model.forward checks that a batch is finite, which on a GPU waits for the device to finish
-    everything queued before (the previous step): once per step, the launches of a forward pass
-    could not overlap with the device's work any more.
-    """
-    checks = getattr(model, "check_inputs", None)
-    if checks:
-        model.check_inputs = False
-    try:
-        yield
-    finally:
-        if checks:
-            model.check_inputs = checks
-
-
 def train_step(model, loss, optimizer, x, y):
     """One step: forward, loss, backward, update. Returns (loss value, outputs).
 
@@ -301,7 +284,7 @@ def _n_classes(model, X):
 
 def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epochs=10, batch_size=64, rng=None,
         augment=None, checkpoint=None, checkpoint_every=1, resume=False, on_divergence="raise",
-        progress=False, callback=None) -> History:
+        progress=False, callback=None, capture=False) -> History:
     """Train ``model`` on (X, y) by mini-batch steps for ``epochs`` epochs.
 
     Parameters
@@ -337,6 +320,10 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         Called after every epoch; returning True stops the run there (a convergence test, say
         ``lambda h, m: h.loss[-1] < 1e-3``), with ``history.message`` saying so and a checkpoint
         written.
+    capture : bool
+        Run the steps as a :class:`~shallow.cnn.graph.CapturedStep`: on a GPU, each step is then
+        one replay of a recorded CUDA graph instead of some hundreds of kernel launches, with the
+        same numbers. Not for models with dropout nor for optimisers with a projection.
 
     Returns
     -------
@@ -384,6 +371,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
     rng = check_random_state(rng)
+    step = CapturedStep(model, loss, optimizer) if capture else functools.partial(train_step, model, loss, optimizer)
 
     history, start = History(), 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -408,7 +396,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                         xb = augment(xb, rng)
                     lr = optimizer.lr
                     with _inputs_checked(model):
-                        value, out = train_step(model, loss, optimizer, xb, yb)
+                        value, out = step(xb, yb)
                     if not math.isfinite(value):
                         message = (f"the training loss is {value} at epoch {epoch + 1}, batch {b + 1} of "
                                    f"{steps_per_epoch} (optimiser step {optimizer.t}, learning rate {lr:.3g}): "

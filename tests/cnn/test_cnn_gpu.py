@@ -191,3 +191,66 @@ def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
     for name, u, v in zip(["y", "dx", "dgamma", "dbeta", "running mean", "running var"], results["1"], results["0"],
                           strict=True):
         _assert_close(u, v, f"fused {name}")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
+    """CapturedStep records the step as a CUDA graph (no fallback warning) and its replays give the
+    numbers of the steps run launch by launch, with a learning rate that changes every step."""
+    import warnings
+
+    from shallow.cnn import CapturedStep, Cosine
+    x, y = _batch((28, 28, 1), n=32)
+    xd, yd = to_device(x, "gpu"), to_device(y, "gpu")
+    results = {}
+    for captured in (False, True):
+        model = build_model("vgg", (28, 28, 1), 10, rng=0, width=8).to("gpu")
+        model.check_inputs = False
+        params = model.named_parameters()
+        opt = (SGD(params, lr=Cosine(0.05, 6), momentum=0.9, weight_decay=1e-4) if optimizer == "sgd"
+               else Adam(params, lr=Cosine(1e-3, 6)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            step = CapturedStep(model, CrossEntropy(), opt) if captured else None
+            values = [(step(xd, yd) if captured else train_step(model, CrossEntropy(), opt, xd, yd))[0]
+                      for _ in range(5)]
+        if captured:
+            assert step.recorded == 1
+        results[captured] = (values, {k: to_numpy(v) for k, v in model.named_parameters().items()},
+                             {k: to_numpy(v) for k, v in model.named_buffers().items()})
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=RTOL)
+    for k in (1, 2):
+        for name, value in results[False][k].items():
+            _assert_close(results[True][k][name], value, f"captured {name}")
+
+
+def test_captured_step_on_cupy_keeps_the_parameters_when_the_loss_is_nan():
+    from shallow.cnn import CapturedStep
+    x, y = _batch((8, 8, 1))
+    model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4).to("gpu")
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    step = CapturedStep(model, CrossEntropy(), opt)
+    xd, yd = to_device(x, "gpu"), to_device(y, "gpu")
+    for _ in range(3):
+        step(xd, yd)  # run, record and replay
+    before = [to_numpy(a) for a in opt._written_arrays()]
+    x[0, 0, 0, 0] = np.nan
+    value, _ = step(to_device(x, "gpu"), yd)
+    assert np.isnan(value) and opt.t == 3 and step.recorded == 1
+    for a, b in zip(opt._written_arrays(), before, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), b)
+
+
+def test_captured_fit_on_cupy_matches_fit():
+    """fit(capture=True) with a smaller last batch (two recordings) against fit on the GPU."""
+    from shallow.cnn import fit
+    x, y = _batch((8, 8, 1), n=40)
+    params = {}
+    for capture in (False, True):
+        model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4).to("gpu")
+        opt = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+        fit(model, to_device(x, "gpu"), to_device(y, "gpu"), optimizer=opt, epochs=3, batch_size=16, rng=0,
+            capture=capture)
+        params[capture] = {k: to_numpy(v) for k, v in model.named_parameters().items()}
+    for name, value in params[False].items():
+        _assert_close(params[True][name], value, f"fit(capture=True) {name}")

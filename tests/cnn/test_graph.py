@@ -1,0 +1,225 @@
+"""CapturedStep (a training step recorded as a CUDA graph) on the host: the numbers of train_step,
+in-place writes, no reads of device values within the step, refusals. The recording itself needs
+a GPU (tests/cnn/test_cnn_gpu.py)."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from shallow.cnn import (SGD, Adam, CapturedStep, Cosine, CrossEntropy, SquareLoss, StepDecay, _reduce, build_model,
+                         fit)
+from shallow.cnn.robustness import ProjectedOptimizer
+from shallow.cnn.train import train_step
+
+
+def _data(n=52, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, size, size, 1)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def _model(flat=True, **kwargs):
+    model = build_model("vgg", (8, 8), 10, width=4, rng=3, dtype=np.float32, **kwargs)
+    return model.flatten_parameters() if flat else model
+
+
+OPTIMIZERS = {
+    "sgd momentum cosine": lambda p: SGD(p, lr=Cosine(0.05, 12, warmup=2), momentum=0.9, weight_decay=1e-3),
+    "sgd nesterov step decay": lambda p: SGD(p, lr=StepDecay(0.1, 3), momentum=0.5, nesterov=True),
+    "adam": lambda p: Adam(p, lr=Cosine(1e-2, 12), weight_decay=1e-3),
+    "adamw": lambda p: Adam(p, lr=3e-3, weight_decay=1e-2, decoupled=True),
+}
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat parameters", "separate parameters"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_captured_fit_gives_the_numbers_of_train_step(name, flat):
+    """Three epochs of 16-image batches and a last batch of 4 (two recordings), with a centred model
+    (batch norm, a frozen reference): bitwise the parameters, buffers and history of train_step."""
+    X, y = _data()
+    runs = {}
+    for capture in (False, True):
+        model = _model(flat, centering="frozen", alpha=2.0)
+        opt = OPTIMIZERS[name](model.named_parameters())
+        history = fit(model, X, y, optimizer=opt, epochs=3, batch_size=16, rng=1, capture=capture)
+        runs[capture] = (model, opt, history)
+    (model, opt, history), (captured, opt_c, history_c) = runs[False], runs[True]
+    for kind in ("named_parameters", "named_buffers"):
+        for key, value in getattr(model, kind)().items():
+            np.testing.assert_array_equal(getattr(captured, kind)()[key], value, err_msg=key)
+    assert opt_c.t == opt.t == 12
+    assert history_c.loss == history.loss and history_c.accuracy == history.accuracy
+
+
+def test_captured_step_square_loss_value_equals_train_step():
+    x, y = _data(16)
+    values = []
+    for captured in (False, True):
+        model = _model()
+        opt = SGD(model.named_parameters(), lr=0.1)
+        step = CapturedStep(model, SquareLoss(), opt) if captured else None
+        values.append([(step(x, y) if captured else train_step(model, SquareLoss(), opt, x, y))[0]
+                       for _ in range(3)])
+    assert values[0] == values[1]
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat parameters", "separate parameters"])
+def test_captured_step_writes_every_array_in_place(flat):
+    """A graph replays the addresses it recorded: parameters, gradients, buffers and optimiser state
+    keep theirs from step to step (and their values change)."""
+    x, y = _data(16)
+    model = _model(flat)
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    step = CapturedStep(model, CrossEntropy(), opt)
+    step(x, y)
+    arrays = step._state_arrays()
+    addresses = [a.__array_interface__["data"][0] for a in arrays]
+    before = [a.copy() for a in arrays]
+    step(x, y)
+    after = step._state_arrays()
+    assert all(a is b for a, b in zip(after, arrays, strict=True))
+    assert [a.__array_interface__["data"][0] for a in after] == addresses
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def _raw(value):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_raw(v) for v in value)
+    return value.view(np.ndarray) if isinstance(value, _HostRead) else value
+
+
+def _wrap(value):
+    if isinstance(value, np.generic):  # a reduction's numpy scalar: a 0-d array on a device
+        value = np.asarray(value)
+    return value.view(_HostRead) if type(value) is np.ndarray else value
+
+
+class _HostRead(np.ndarray):
+    """An array that fails when its value is read on the host while ``armed`` (on a GPU, such a
+    read waits for the device, which a recording does not allow). Operations on it, and arrays
+    made by :class:`_HostReadNumpy`, are _HostRead arrays again."""
+
+    armed = False
+
+    def _read(self):
+        if _HostRead.armed:
+            raise AssertionError("a value was read on the host within the step")
+        return self.view(np.ndarray)
+
+    def __float__(self):
+        return float(self._read())
+
+    def __int__(self):
+        return int(self._read())
+
+    def __bool__(self):
+        return bool(self._read())
+
+    def __index__(self):
+        return self._read().__index__()
+
+    def item(self, *args):
+        return self._read().item(*args)
+
+    def tolist(self):
+        return self._read().tolist()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if "out" in kwargs:
+            kwargs["out"] = _raw(kwargs["out"])
+        return _wrap(getattr(ufunc, method)(*_raw(inputs), **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        return _wrap(func(*_raw(args), **{k: _raw(v) for k, v in kwargs.items()}))
+
+
+class _HostReadNumpy(types.ModuleType):
+    """numpy, with functions that return _HostRead arrays (the array module of the layers)."""
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+        return lambda *args, **kwargs: _wrap(attr(*_raw(args), **{k: _raw(v) for k, v in kwargs.items()}))
+
+
+def test_captured_step_reads_no_value_on_the_host(monkeypatch):
+    """The step function, on the device code path, never turns an array into a Python number; the
+    same check catches train_step's loss (so the test can fail)."""
+    xp = _HostReadNumpy("numpy")
+    xp.lib, xp.linalg, xp.random = np.lib, np.linalg, np.random
+    for name, module in list(sys.modules.items()):
+        if name.startswith("shallow") and hasattr(module, "get_xp"):
+            monkeypatch.setattr(module, "get_xp", lambda *arrays, **kwargs: xp)
+    monkeypatch.setattr(_reduce, "on_device", lambda a: True)
+    model = _model()
+    for _, layer in model.named_layers():
+        for store in (layer.params, layer.buffers, layer._grad_slots):
+            for key in store:
+                store[key] = store[key].view(_HostRead)
+    model.flatten_parameters()
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    x, y = (a.view(_HostRead) for a in _data(16))
+    step = CapturedStep(model, CrossEntropy(), opt)
+    run = step._run
+
+    def armed(r):
+        _HostRead.armed = True
+        try:
+            run(r)
+        finally:
+            _HostRead.armed = False
+    monkeypatch.setattr(step, "_run", armed)
+    values = [step(x, y)[0] for _ in range(2)]
+    assert values[1] < values[0]
+    model.check_inputs = False
+    _HostRead.armed = True
+    try:
+        with pytest.raises(AssertionError, match="read on the host"):
+            train_step(model, CrossEntropy(), opt, x, y)
+    finally:
+        _HostRead.armed = False
+
+
+def test_captured_step_keeps_parameters_and_state_when_the_loss_is_not_finite():
+    x, y = _data(16)
+    model = _model()
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    step = CapturedStep(model, CrossEntropy(), opt)
+    step(x, y)
+    params = {k: v.copy() for k, v in model.named_parameters().items()}
+    momentum = [a.copy() for a in opt._written_arrays()]
+    bad = x.copy()
+    bad[3, 2, 2, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        value, _ = step(bad, y)
+    assert np.isnan(value) and opt.t == 1
+    for key, p in model.named_parameters().items():
+        np.testing.assert_array_equal(p, params[key])
+    for a, b in zip(opt._written_arrays(), momentum, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(step(x, y)[0]) and opt.t == 2
+
+
+def test_captured_step_refuses_dropout():
+    model = _model(dropout=0.2)
+    with pytest.raises(ValueError, match="dropout"):
+        CapturedStep(model, CrossEntropy(), SGD(model.named_parameters(), lr=0.1))
+
+
+def test_captured_step_refuses_an_optimiser_with_a_projection():
+    model = _model()
+    opt = ProjectedOptimizer(SGD(model.named_parameters(), lr=0.1), model, lambda m: None)
+    with pytest.raises(ValueError, match="projection"):
+        CapturedStep(model, CrossEntropy(), opt)
+
+
+def test_captured_step_refuses_a_batch_that_is_not_an_array_of_the_model():
+    model = _model()
+    step = CapturedStep(model, CrossEntropy(), SGD(model.named_parameters(), lr=0.1))
+    x, y = _data(4)
+    with pytest.raises(ValueError, match="x must be a numpy array"):
+        step(x.tolist(), y)
+    with pytest.raises(ValueError, match="shapes"):
+        step(x, y[:3])
