@@ -5,7 +5,8 @@ for the thin products of a convolution (K = 16 to 128 channels) costs as much me
 the product itself. On the host this helper calls BLAS ``?gemm`` through :mod:`scipy.linalg.blas`
 on the transposed (Fortran-ordered) views of C-ordered arrays, so that ``out`` is updated in place
 without a temporary; on a GPU it calls cuBLAS through CuPy (:func:`shallow.backend.device_gemm`)
-the same way. Elsewhere (operands that are not contiguous) it falls back to ``matmul`` and an
+the same way, or through the handle of :mod:`shallow.cnn._cublas` while a step is being recorded
+as a CUDA graph (CuPy refuses cuBLAS calls then). Elsewhere (operands that are not contiguous) it falls back to ``matmul`` and an
 in-place add.
 
 Every GEMM of the layers' hot paths goes through this module (:func:`gemm`, or the routine of
@@ -21,8 +22,9 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from ..backend import device_gemm, get_xp
+from . import _cublas
 
-__all__ = ["gemm", "host_gemm"]
+__all__ = ["gemm", "batched_matmul", "host_gemm"]
 
 _GEMM = {np.dtype(np.float32): _blas.sgemm, np.dtype(np.float64): _blas.dgemm}
 
@@ -71,6 +73,9 @@ def gemm(a, b, out, beta: float = 0.0):
                     out[...] = res.T  # f2py made a copy after all: write the result back
                 return out
     xp = get_xp(a, b, out)
+    handle = _cublas.bound()
+    if handle is not None and xp is not np:  # a step being recorded, where CuPy's cuBLAS calls are refused
+        return handle.matmul(a.astype(out.dtype, copy=False), b.astype(out.dtype, copy=False), out, beta=beta)
     if xp is not np and beta != 0 and out.flags.c_contiguous and out.size and a.shape[1]:
         fn = device_gemm()
         if fn is not None and a.dtype == out.dtype and b.dtype == out.dtype:
@@ -85,6 +90,17 @@ def gemm(a, b, out, beta: float = 0.0):
         out *= beta
         out += xp.matmul(a, b)
     return out
+
+
+def batched_matmul(a, b):
+    """``a @ b`` for stacks of matrices (S, p, m) and (S, m, q): CuPy's (or numpy's) matmul, or
+    the cuBLAS handle bound while a step is recorded (:mod:`shallow.cnn._cublas`)."""
+    xp = get_xp(a, b)
+    handle = _cublas.bound()
+    if handle is None or xp is np:
+        return xp.matmul(a, b)
+    out = xp.empty((a.shape[0], a.shape[1], b.shape[2]), dtype=xp.result_type(a, b))
+    return handle.matmul(a.astype(out.dtype, copy=False), b.astype(out.dtype, copy=False), out)
 
 
 def host_gemm(*arrays):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_xp
-from ._gemm import gemm
+from ._gemm import batched_matmul, gemm
 
 __all__ = ["chunks", "dot_rows", "gram_rows", "sum_rows"]
 
@@ -121,7 +121,7 @@ def gram_rows(a, b, out, split=None):
     p, q = a.shape[1], b.shape[1]
     A = a[:S * m].reshape(S, m, p)
     B = b[:S * m].reshape(S, m, q)
-    partial = xp.matmul(xp.swapaxes(A, 1, 2), B)  # (S, p, q)
+    partial = batched_matmul(xp.swapaxes(A, 1, 2), B)  # (S, p, q)
     if S * m < M:
         gemm(a[S * m:].T, b[S * m:], partial[0], beta=1.0)
     out[...] = partial.sum(axis=0)

@@ -16,7 +16,10 @@ A replay sees exactly what the recording saw, which makes four demands on the st
 * nothing may wait for the device: the loss stays on it (``value_and_grad(..., as_array=True)``)
   and the model does not check each batch (the caller checks the data once, as :func:`fit` does);
 * random numbers drawn on the host would be replayed unchanged: models with generators (dropout)
-  are refused, and so are optimisers that do more than their update formula (a projection).
+  are refused, and so are optimisers that do more than their update formula (a projection);
+* CuPy refuses to call cuBLAS while a stream is captured: the matrix products of the runs go
+  through a cuBLAS handle of this module's own (:mod:`shallow.cnn._cublas`, bound to the side
+  stream), which CUDA records like any other launch.
 
 A graph is recorded per batch shape (the smaller last batch of an epoch has its own), on the
 second call with that shape: the first call runs the step as it is, which compiles CuPy's kernels
@@ -50,6 +53,7 @@ import warnings
 import numpy as np
 
 from ..backend import get_xp
+from . import _cublas
 from .layers import Layer
 from .models import _inputs_checked
 from .optim import Optimizer
@@ -129,6 +133,11 @@ class CapturedStep:
             self._stream = cupy.cuda.Stream(non_blocking=True)
             self._pool = cupy.cuda.MemoryPool()
             self._ready, self._done = cupy.cuda.Event(disable_timing=True), cupy.cuda.Event(disable_timing=True)
+            try:  # CuPy refuses cuBLAS calls in capture: the products go through a handle of ours
+                self._blas = _cublas.Handle(self._stream)
+            except Exception as error:  # noqa: BLE001 - no usable cuBLAS binding: run without graphs
+                self._blas = None
+                self._give_up(error)
 
     # ------------------------------------------------------------------ the step
     def _state_arrays(self):
@@ -162,6 +171,11 @@ class CapturedStep:
             raise
         return stream.end_capture()
 
+    def _give_up(self, error):
+        self._failed = True
+        warnings.warn(f"recording the training step as a CUDA graph failed ({type(error).__name__}: {error}); "
+                      "the steps run without graphs (same numbers, more launches)", RuntimeWarning, stacklevel=4)
+
     def _launch(self, r):
         """Run the step of ``r`` on the side stream: replay its graph, or record it, or run it as is."""
         if r.graph is None and r.warm and not self._failed:
@@ -169,10 +183,7 @@ class CapturedStep:
                 r.graph = self._capture(r)
                 self.recorded += 1
             except Exception as error:  # noqa: BLE001 - any capture failure: run without graphs
-                self._failed = True
-                warnings.warn(f"recording the training step as a CUDA graph failed ({type(error).__name__}: "
-                              f"{error}); the steps run without graphs (same numbers, more launches)",
-                              RuntimeWarning, stacklevel=3)
+                self._give_up(error)
         if r.graph is not None and not self._failed:
             r.graph.launch(self._stream)
         else:
@@ -211,7 +222,7 @@ class CapturedStep:
                 stream.wait_event(self._ready.record(main))  # the batch, and the last reads of the outputs
                 # every run on the side stream allocates from the private pool: the first run leaves
                 # there the blocks that the recording then reuses, without allocating in capture
-                with stream, self._cupy.cuda.using_allocator(self._pool.malloc):
+                with stream, self._cupy.cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
                     r.x[...] = x
                     r.y[...] = y
                     r.coefficients.set(coefficients, stream=stream)

@@ -254,3 +254,56 @@ def test_captured_fit_on_cupy_matches_fit():
         params[capture] = {k: to_numpy(v) for k, v in model.named_parameters().items()}
     for name, value in params[False].items():
         _assert_close(params[True][name], value, f"fit(capture=True) {name}")
+
+
+def test_cublas_handle_on_cupy_matches_matmul():
+    """shallow.cnn._cublas's ctypes calls (the layouts its host tests check) against numpy's products."""
+    import cupy
+
+    from shallow.cnn._cublas import Handle
+    stream = cupy.cuda.Stream(non_blocking=True)
+    handle = Handle(stream)
+    rng = np.random.default_rng(3)
+    # (base of a, view of it, base of b, view of it): the views are taken on each device
+    cases = [
+        ((6, 9), lambda x: x, (9, 4), lambda x: x),  # C-ordered
+        ((9, 6), lambda x: x.T, (4, 9), lambda x: x.T),  # transposed views
+        ((40, 20), lambda x: x[:, 3:12], (9, 5), lambda x: x),  # a column slice (a group of channels)
+        ((40, 20), lambda x: x[:36].reshape(3, 12, 20)[:, :, 2:8].swapaxes(1, 2), (3, 12, 5), lambda x: x),  # gram_rows
+    ]
+    for dtype in (np.float64, np.float32):
+        for shape_a, view_a, shape_b, view_b in cases:
+            base_a, base_b = rng.standard_normal(shape_a).astype(dtype), rng.standard_normal(shape_b).astype(dtype)
+            a, b = view_a(base_a), view_b(base_b)
+            out = rng.standard_normal((*a.shape[:-1], b.shape[-1])).astype(dtype)
+            expected = 0.5 * a.astype(np.float64) @ b + 2.0 * out
+            ad, bd, outd = view_a(to_device(base_a, "gpu")), view_b(to_device(base_b, "gpu")), to_device(out, "gpu")
+            with stream:
+                handle.matmul(ad, bd, outd, alpha=0.5, beta=2.0)
+            stream.synchronize()
+            tol = 1e-12 if dtype == np.float64 else 1e-5
+            np.testing.assert_allclose(to_numpy(outd), expected, rtol=tol, atol=tol * np.abs(expected).max())
+
+
+def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
+    """The premise of CapturedStep: a product on our handle is captured (CuPy's own cuBLAS calls
+    are refused there) and each replay reads the inputs' current values."""
+    import cupy
+
+    from shallow.cnn._cublas import Handle
+    stream = cupy.cuda.Stream(non_blocking=True)
+    handle = Handle(stream)
+    rng = np.random.default_rng(4)
+    a, b = to_device(rng.standard_normal((64, 32)), "gpu"), to_device(rng.standard_normal((32, 16)), "gpu")
+    out = cupy.zeros((64, 16))
+    with stream:
+        handle.matmul(a, b, out)
+        stream.begin_capture()
+        handle.matmul(a, b, out, beta=1.0)
+        graph = stream.end_capture()
+        out[...] = 0
+        a *= 3
+        graph.launch(stream)
+        graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_allclose(to_numpy(out), 2 * to_numpy(a) @ to_numpy(b), rtol=1e-12)
