@@ -219,7 +219,7 @@ class CapturedStep:
         with _inputs_checked(self.model):
             if self.on_device:
                 main, stream = self._cupy.cuda.get_current_stream(), self._stream
-                stream.wait_event(self._ready.record(main))  # the batch, and the last reads of the outputs
+                stream.wait_event(main.record(self._ready))  # the batch, and the last reads of the outputs
                 # every run on the side stream allocates from the private pool: the first run leaves
                 # there the blocks that the recording then reuses, without allocating in capture
                 with stream, self._cupy.cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
@@ -227,7 +227,7 @@ class CapturedStep:
                     r.y[...] = y
                     r.coefficients.set(coefficients, stream=stream)
                     self._launch(r)
-                main.wait_event(self._done.record(stream))
+                main.wait_event(stream.record(self._done))
             else:
                 r.x[...] = x
                 r.y[...] = y
