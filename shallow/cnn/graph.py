@@ -53,12 +53,19 @@ import warnings
 import numpy as np
 
 from ..backend import get_xp
-from . import _cublas
+from . import _cublas, _reduce
 from .layers import Layer
 from .models import _inputs_checked
 from .optim import Optimizer
 
 __all__ = ["CapturedStep"]
+
+
+def _cuda():
+    """CuPy, for its streams, events, memory pools and graphs (the tests give a stand-in)."""
+    import cupy
+
+    return cupy
 
 
 class _Recording:
@@ -120,16 +127,14 @@ class CapturedStep:
         self.dtype = dtypes.pop()
         first = next(iter(optimizer.params.values()))
         self.xp = get_xp(first)
-        self.on_device = not isinstance(first, np.ndarray)  # a CuPy array: record graphs
+        self.on_device = _reduce.on_device(first)  # a CuPy array: record graphs
         self.recorded = 0
         self._recordings = {}
         self._arrays = None  # the arrays the recordings write (their identity is checked every call)
         self._restorable = self._backup = None
         self._failed = False  # a recording failed: run without graphs
         if self.on_device:
-            import cupy
-
-            self._cupy = cupy
+            cupy = self._cupy = _cuda()
             self._stream = cupy.cuda.Stream(non_blocking=True)
             self._pool = cupy.cuda.MemoryPool()
             self._ready, self._done = cupy.cuda.Event(disable_timing=True), cupy.cuda.Event(disable_timing=True)
@@ -200,7 +205,7 @@ class CapturedStep:
         xp = self.xp
         where = "a CuPy array (the model is on the GPU)" if self.on_device else "a numpy array"
         for name, a in (("x", x), ("y", y)):
-            if not hasattr(a, "dtype") or isinstance(a, np.ndarray) == self.on_device:
+            if not hasattr(a, "dtype") or _reduce.on_device(a) != self.on_device:
                 raise ValueError(f"{name} must be {where}, got {type(a).__name__}")
         if x.ndim != 4 or y.ndim == 0 or y.shape[0] != x.shape[0]:
             raise ValueError(f"x must be a batch of images (N, H, W, C) and y its N labels or targets, got shapes "
@@ -225,13 +230,13 @@ class CapturedStep:
                 with stream, self._cupy.cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
                     r.x[...] = x
                     r.y[...] = y
-                    r.coefficients.set(coefficients, stream=stream)
+                    r.coefficients[...] = xp.asarray(coefficients)
                     self._launch(r)
                 main.wait_event(stream.record(self._done))
             else:
                 r.x[...] = x
                 r.y[...] = y
-                r.coefficients[...] = coefficients
+                r.coefficients[...] = xp.asarray(coefficients)
                 self._run(r)
         self._arrays = self._state_arrays()  # after the first backward, the gradients exist
         value = float(r.value)

@@ -2,8 +2,10 @@
 in-place writes, no reads of device values within the step, refusals. The recording itself needs
 a GPU (tests/cnn/test_cnn_gpu.py)."""
 
+import contextlib
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -144,6 +146,130 @@ class _HostReadNumpy(types.ModuleType):
         return lambda *args, **kwargs: _wrap(attr(*_raw(args), **{k: _raw(v) for k, v in kwargs.items()}))
 
 
+class _FakeCuda:
+    """A stand-in for CuPy's CUDA API as CapturedStep uses it, with CuPy's documented signatures
+    (``Stream.record(event=None)`` returns the event, ``Event.record`` returns None, ...), that runs
+    on numpy: what is called on a capturing stream is recorded instead of run (at the granularity
+    of CapturedStep._run, which the test routes here), and a graph's launch runs it."""
+
+    def __init__(self, fail_capture=False):
+        self.fail_capture = fail_capture
+        self.launches = self.captures = 0
+        self.cuda = types.SimpleNamespace(Stream=self._stream, Event=_FakeCuda.Event, MemoryPool=_FakeCuda.MemoryPool,
+                                          using_allocator=self._using_allocator,
+                                          get_current_stream=lambda device_id=-1: self.null)
+        self.null = self._stream()
+        self.capturing = None  # the stream being captured
+        self.allocator = None
+
+    class Event:
+        def __init__(self, block=False, disable_timing=False, interprocess=False):
+            self.stream = None
+
+        def record(self, stream=None):
+            self.stream = stream
+
+    class MemoryPool:
+        def malloc(self, size):
+            raise AssertionError("not called on numpy")
+
+    @contextlib.contextmanager
+    def _using_allocator(self, allocator=None):
+        previous, self.allocator = self.allocator, allocator
+        try:
+            yield
+        finally:
+            self.allocator = previous
+
+    def _stream(self, null=False, non_blocking=False, ptds=False, priority=None):
+        cuda = self
+
+        class Stream:
+            ptr = 0
+
+            def __init__(self):
+                self.work, self.waited = [], []
+
+            def record(self, event=None):
+                event = event or _FakeCuda.Event()
+                event.record(self)
+                return event
+
+            def wait_event(self, event):
+                assert isinstance(event, _FakeCuda.Event) and event.stream is not None, "waits for an unrecorded event"
+                self.waited.append(event.stream)
+
+            def begin_capture(self, mode=None):
+                assert non_blocking, "capture on a blocking stream"
+                if cuda.fail_capture:
+                    raise RuntimeError("capture refused (test)")
+                cuda.capturing, self.work = self, []
+
+            def end_capture(self):
+                assert cuda.capturing is self
+                cuda.capturing = None
+                cuda.captures += 1
+                work = self.work
+
+                class Graph:
+                    def launch(self, stream=None):
+                        cuda.launches += 1
+                        for run in work:
+                            run()
+                return Graph()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        return Stream()
+
+
+def _fake_device(monkeypatch, fake):
+    """CapturedStep on numpy arrays taking its device route, with ``fake`` as CuPy."""
+    from shallow.cnn import graph
+    monkeypatch.setattr(_reduce, "on_device", lambda a: True)
+    monkeypatch.setattr(graph, "_cuda", lambda: fake)
+    monkeypatch.setattr(graph._cublas, "Handle", lambda stream: None)
+    run = graph.CapturedStep._run
+
+    def routed(self, r):
+        if fake.capturing is not None:
+            fake.capturing.work.append(lambda: run(self, r))
+        else:
+            run(self, r)
+    monkeypatch.setattr(graph.CapturedStep, "_run", routed)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["recorded", "recording fails"])
+def test_captured_fit_on_the_device_route_gives_the_numbers_of_train_step(monkeypatch, fail):
+    """The device branch (side stream, events, recordings, graph launches; a failed recording
+    falls back to running the steps with a warning) on numpy with a stand-in for CuPy: the numbers
+    of fit without capture, taken on the same device code path."""
+    X, y = _data()
+    runs = {}
+    for capture in (False, True):
+        fake = _FakeCuda(fail_capture=fail)
+        with monkeypatch.context() as patch:
+            _fake_device(patch, fake)
+            model = _model(centering="frozen")
+            opt = OPTIMIZERS["adam"](model.named_parameters())
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit(model, X, y, optimizer=opt, epochs=3, batch_size=16, rng=1, capture=capture)
+        runs[capture] = (model.named_parameters(), [str(w.message) for w in caught], fake)
+    for key, value in runs[False][0].items():
+        np.testing.assert_array_equal(runs[True][0][key], value, err_msg=key)
+    messages, fake = runs[True][1], runs[True][2]
+    if fail:
+        assert fake.captures == 0 and any("CUDA graph failed" in m and "capture refused" in m for m in messages)
+    else:
+        # two batch shapes, each run once, then recorded and replayed: 12 steps, 2 recordings, 10 launches
+        assert fake.captures == 2 and fake.launches == 10 and not messages
+
+
 def test_captured_step_reads_no_value_on_the_host(monkeypatch):
     """The step function, on the device code path, never turns an array into a Python number; the
     same check catches train_step's loss (so the test can fail)."""
@@ -152,7 +278,7 @@ def test_captured_step_reads_no_value_on_the_host(monkeypatch):
     for name, module in list(sys.modules.items()):
         if name.startswith("shallow") and hasattr(module, "get_xp"):
             monkeypatch.setattr(module, "get_xp", lambda *arrays, **kwargs: xp)
-    monkeypatch.setattr(_reduce, "on_device", lambda a: True)
+    _fake_device(monkeypatch, _FakeCuda())
     model = _model()
     for _, layer in model.named_layers():
         for store in (layer.params, layer.buffers, layer._grad_slots):
