@@ -68,6 +68,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,8 +211,11 @@ def worker_ours(cfg, captured=False):
     xp = get_xp(x)
     sync = (lambda: xp.cuda.Device().synchronize()) if device == "gpu" else (lambda: None)
     if captured:  # recorded as a CUDA graph on the second step (within the warm-up), then replayed
-        step = CapturedStep(model, loss, opt)
-        return time_steps(lambda: step(x, y), max(cfg["warmup"], 2), cfg["steps"], sync)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step = CapturedStep(model, loss, opt)
+            timing = time_steps(lambda: step(x, y), max(cfg["warmup"], 2), cfg["steps"], sync)
+        return {**timing, "recorded": step.recorded, "warnings": [str(w.message) for w in caught]}
     return time_steps(lambda: train_step(model, loss, opt, x, y), cfg["warmup"], cfg["steps"], sync)
 
 
@@ -316,7 +320,10 @@ def main(argv=None):
             answer = run_worker(kind, cfg)
             times[kind].append(answer["time"])
             cpus[kind].append(answer["cpu"])
-            extra.update({k: v for k, v in answer.items() if k not in ("time", "cpu")})
+            if kind == "ours:captured":
+                extra["captured"] = answer
+            else:
+                extra.update({k: v for k, v in answer.items() if k not in ("time", "cpu")})
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"load average after:  {load_average()}")
@@ -331,7 +338,10 @@ def main(argv=None):
     print(f"PyTorch mirror agrees with shallow.cnn to {extra.get('agreement', float('nan')):.1e} (relative, float32)")
     print(f"speed ratio (PyTorch time / shallow.cnn time, PyTorch {best.split(':')[1]}): {med[best] / med['ours']:.2f}x")
     if args.capture:
-        print(f"speed ratio with shallow.cnn's step captured (CapturedStep): {med[best] / med['ours:captured']:.2f}x")
+        captured = extra["captured"]
+        print(f"speed ratio with shallow.cnn's step captured (CapturedStep): {med[best] / med['ours:captured']:.2f}x "
+              f"({captured['recorded']} graph(s) recorded{'; ' if captured['warnings'] else ''}"
+              f"{'; '.join(captured['warnings'])})")
     best_cpu = min(("torch:contiguous", "torch:channels_last"), key=med_cpu.get)
     print(f"CPU-time ratio (process CPU seconds, PyTorch {best_cpu.split(':')[1]}; with 1 thread it discounts the "
           f"time a process waited for a core): {med_cpu[best_cpu] / med_cpu['ours']:.2f}x")
