@@ -28,6 +28,8 @@ __all__ = [
     "to_numpy",
     "to_device",
     "device_gemm",
+    "cuda_runtime",
+    "cublas_library",
     "gpu_available",
     "available_devices",
     "device_of",
@@ -75,6 +77,33 @@ def device_gemm():
         return importlib.import_module("cupy.cublas").gemm
     except Exception:  # a CuPy build without its cuBLAS wrapper: callers fall back to matmul
         return None
+
+
+def cuda_runtime():
+    """CuPy's ``cupy.cuda`` (streams, events, memory pools, graphs) where a CUDA device answers, else None."""
+    cupy = _cupy()
+    return None if cupy is None else cupy.cuda
+
+
+@functools.lru_cache(maxsize=1)
+def cublas_library():
+    """libcublas as loaded by CuPy, opened with :mod:`ctypes` (for calls CuPy does not make, such as
+    cuBLAS within a CUDA stream capture: :mod:`shallow.cnn._cublas`), or None without a device.
+
+    Found by its soname, which the dynamic loader resolves to the copy CuPy loaded, else by the
+    path in this process's memory maps.
+    """
+    if _cupy() is None:
+        return None
+    import ctypes
+
+    importlib.import_module("cupy_backends.cuda.libs.cublas")  # loads libcublas into the process
+    try:
+        return ctypes.CDLL("libcublas.so.12")
+    except OSError:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "libcublas.so" in line})
+        return ctypes.CDLL(paths[0]) if paths else None
 
 
 def available_devices() -> tuple[str, ...]:

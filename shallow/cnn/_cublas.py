@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import cublas_library, get_xp
 
 OP_N, OP_T = 0, 1
 #: The handle's workspace: NVIDIA's recommendation for Hopper GPUs (32 MiB), more than enough elsewhere.
@@ -126,19 +126,12 @@ _LIBRARY = None
 
 
 def _library():
-    """libcublas, as loaded by CuPy (by its soname, else by the path in this process's maps)."""
+    """libcublas (:func:`shallow.backend.cublas_library`) with the argument types of the routines used here."""
     global _LIBRARY
     if _LIBRARY is None:
-        import cupy_backends.cuda.libs.cublas  # noqa: F401 - makes the dynamic loader load libcublas
-
-        try:
-            lib = ctypes.CDLL("libcublas.so.12")
-        except OSError:
-            with open("/proc/self/maps") as maps:
-                paths = sorted({line.split()[-1] for line in maps if "libcublas.so" in line})
-            if not paths:
-                raise OSError("libcublas is not loaded in this process") from None
-            lib = ctypes.CDLL(paths[0])
+        lib = cublas_library()
+        if lib is None:
+            raise OSError("libcublas is not loaded in this process (no CUDA device, or CuPy without cuBLAS)")
         handle, size, i32, i64, ptr = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_longlong, ctypes.c_void_p
         lib.cublasCreate_v2.argtypes = [ctypes.POINTER(handle)]
         lib.cublasDestroy_v2.argtypes = [handle]
@@ -164,16 +157,16 @@ class Handle:
     Parameters
     ----------
     stream : cupy.cuda.Stream
+    xp : module
+        CuPy, which allocates the workspace.
     """
 
-    def __init__(self, stream):
-        import cupy
-
+    def __init__(self, stream, xp):
         self._lib = _library()
         self._handle = ctypes.c_void_p()
         _check(self._lib.cublasCreate_v2(ctypes.byref(self._handle)), "cublasCreate")
         _check(self._lib.cublasSetStream_v2(self._handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
-        self._workspace = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+        self._workspace = xp.empty(WORKSPACE_BYTES, dtype=xp.uint8)
         _check(self._lib.cublasSetWorkspace_v2(self._handle, ctypes.c_void_p(self._workspace.data.ptr),
                                                WORKSPACE_BYTES), "cublasSetWorkspace")
 

@@ -52,7 +52,7 @@ import warnings
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import cuda_runtime, get_xp
 from . import _cublas, _reduce
 from .layers import Layer
 from .models import _inputs_checked
@@ -60,12 +60,6 @@ from .optim import Optimizer
 
 __all__ = ["CapturedStep"]
 
-
-def _cuda():
-    """CuPy, for its streams, events, memory pools and graphs (the tests give a stand-in)."""
-    import cupy
-
-    return cupy
 
 
 class _Recording:
@@ -134,12 +128,14 @@ class CapturedStep:
         self._restorable = self._backup = None
         self._failed = False  # a recording failed: run without graphs
         if self.on_device:
-            cupy = self._cupy = _cuda()
-            self._stream = cupy.cuda.Stream(non_blocking=True)
-            self._pool = cupy.cuda.MemoryPool()
-            self._ready, self._done = cupy.cuda.Event(disable_timing=True), cupy.cuda.Event(disable_timing=True)
+            cuda = self._cuda = cuda_runtime()
+            if cuda is None:
+                raise ValueError("the model's arrays are not numpy arrays, but no CUDA device answers")
+            self._stream = cuda.Stream(non_blocking=True)
+            self._pool = cuda.MemoryPool()
+            self._ready, self._done = cuda.Event(disable_timing=True), cuda.Event(disable_timing=True)
             try:  # CuPy refuses cuBLAS calls in capture: the products go through a handle of ours
-                self._blas = _cublas.Handle(self._stream)
+                self._blas = _cublas.Handle(self._stream, self.xp)
             except Exception as error:  # noqa: BLE001 - no usable cuBLAS binding: run without graphs
                 self._blas = None
                 self._give_up(error)
@@ -223,11 +219,11 @@ class CapturedStep:
         coefficients = np.asarray(self.optimizer._coefficients(self.optimizer.t), dtype=self.dtype)
         with _inputs_checked(self.model):
             if self.on_device:
-                main, stream = self._cupy.cuda.get_current_stream(), self._stream
+                main, stream = self._cuda.get_current_stream(), self._stream
                 stream.wait_event(main.record(self._ready))  # the batch, and the last reads of the outputs
                 # every run on the side stream allocates from the private pool: the first run leaves
                 # there the blocks that the recording then reuses, without allocating in capture
-                with stream, self._cupy.cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
+                with stream, self._cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
                     r.x[...] = x
                     r.y[...] = y
                     r.coefficients[...] = xp.asarray(coefficients)

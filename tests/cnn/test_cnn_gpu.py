@@ -262,7 +262,7 @@ def test_cublas_handle_on_cupy_matches_matmul():
 
     from shallow.cnn._cublas import Handle
     stream = cupy.cuda.Stream(non_blocking=True)
-    handle = Handle(stream)
+    handle = Handle(stream, cupy)
     rng = np.random.default_rng(3)
     # (base of a, view of it, base of b, view of it): the views are taken on each device
     cases = [
@@ -292,7 +292,7 @@ def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
 
     from shallow.cnn._cublas import Handle
     stream = cupy.cuda.Stream(non_blocking=True)
-    handle = Handle(stream)
+    handle = Handle(stream, cupy)
     rng = np.random.default_rng(4)
     a, b = to_device(rng.standard_normal((64, 32)), "gpu"), to_device(rng.standard_normal((32, 16)), "gpu")
     out = cupy.zeros((64, 16))

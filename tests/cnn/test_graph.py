@@ -231,8 +231,8 @@ def _fake_device(monkeypatch, fake):
     """CapturedStep on numpy arrays taking its device route, with ``fake`` as CuPy."""
     from shallow.cnn import graph
     monkeypatch.setattr(_reduce, "on_device", lambda a: True)
-    monkeypatch.setattr(graph, "_cuda", lambda: fake)
-    monkeypatch.setattr(graph._cublas, "Handle", lambda stream: None)
+    monkeypatch.setattr(graph, "cuda_runtime", lambda: fake.cuda)
+    monkeypatch.setattr(graph._cublas, "Handle", lambda stream, xp: None)
     run = graph.CapturedStep._run
 
     def routed(self, r):
@@ -349,3 +349,12 @@ def test_captured_step_refuses_a_batch_that_is_not_an_array_of_the_model():
         step(x.tolist(), y)
     with pytest.raises(ValueError, match="shapes"):
         step(x, y[:3])
+
+
+def test_captured_step_on_device_arrays_without_a_device_is_refused(monkeypatch):
+    from shallow.cnn import graph
+    monkeypatch.setattr(_reduce, "on_device", lambda a: True)
+    monkeypatch.setattr(graph, "cuda_runtime", lambda: None)
+    model = _model()
+    with pytest.raises(ValueError, match="no CUDA device answers"):
+        CapturedStep(model, CrossEntropy(), SGD(model.named_parameters(), lr=0.1))
