@@ -15,6 +15,9 @@ after each pooling) at one batch size, this prints the median time of:
   the im2col columns: one GEMM, and split with several choices of the chunking constants
   (``_reduce.MAX_CHUNKS``, ``_reduce.MIN_CHUNK_ROWS``).
 
+- on a GPU, some of these products through CuPy's cuBLAS calls and through the cuBLAS handle of
+  :mod:`shallow.cnn._cublas`, which a captured step (``CapturedStep``) uses.
+
 It answers, in one run on a lent GPU, which formulation each primitive should use there. On the
 CPU (the default) it runs the same code with numpy, as a check that the script works.
 
@@ -115,6 +118,26 @@ def main(argv=None):
         S, m = _reduce.chunks(R)
         print(f"  {f'{S} chunks of {m} rows':38s} {1e3 * t(lambda: gram_rows(cols, g, out, split=True)):9.3f}")
     _reduce.MAX_CHUNKS, _reduce.MIN_CHUNK_ROWS = saved
+
+    if args.device == "gpu":
+        # a captured step computes its products through a cuBLAS handle of shallow.cnn's own
+        from shallow.backend import cuda_runtime
+        from shallow.cnn import _cublas
+        handle = _cublas.Handle(cuda_runtime().get_current_stream(), xp)
+        R = args.batch * 29 * 29
+        a, b, W = rand(R, 32), rand(R, 32), rand(32, 32)
+        products = [
+            ("forward tap, out += A W", lambda: gemm(a, W, b, beta=1.0)),
+            ("dW tap, split over rows", lambda: gram_rows(a, b, out[:32], split=True)),
+            ("im2col dW, split over rows", lambda: gram_rows(cols, g, out, split=True)),
+            ("im2col forward, cols W", lambda: gemm(cols, out, b)),
+        ]
+        print(f"\nCuPy's cuBLAS calls against shallow.cnn._cublas (a captured step's), 28x28 layer, R = {R}: ms")
+        for name, fn in products:
+            cupy_time = t(fn)
+            with _cublas.binding(handle):
+                handle_time = t(fn)
+            print(f"  {name:38s} {1e3 * cupy_time:9.3f} {1e3 * handle_time:9.3f}")
     return 0
 
 
