@@ -177,9 +177,25 @@ class CapturedStep:
         warnings.warn(f"recording the training step as a CUDA graph failed ({type(error).__name__}: {error}); "
                       "the steps run without graphs (same numbers, more launches)", RuntimeWarning, stacklevel=4)
 
+    @contextlib.contextmanager
+    def _side_stream(self):
+        """Within, on a device: the side stream, after the main stream's work (the batch, the last
+        reads of the outputs), allocating from the private pool, with the products on the cuBLAS
+        handle; the main stream then waits for it. On the host: nothing."""
+        if not self.on_device:
+            yield
+            return
+        main, stream = self._cuda.get_current_stream(), self._stream
+        stream.wait_event(main.record(self._ready))
+        # the first run leaves in the private pool the blocks that the recording then reuses,
+        # without allocating in capture
+        with stream, self._cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
+            yield
+        main.wait_event(stream.record(self._done))
+
     def _launch(self, r):
-        """Run the step of ``r`` on the side stream: replay its graph, or record it, or run it as is."""
-        if r.graph is None and r.warm and not self._failed:
+        """Run the step of ``r``: replay its graph, or record it (on a device), or run it as is."""
+        if self.on_device and r.graph is None and r.warm and not self._failed:
             try:
                 r.graph = self._capture(r)
                 self.recorded += 1
@@ -207,8 +223,9 @@ class CapturedStep:
             raise ValueError(f"x must be a batch of images (N, H, W, C) and y its N labels or targets, got shapes "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
         arrays = self._state_arrays()
-        if self._arrays is None or len(arrays) != len(self._arrays) or any(
-                a is not b for a, b in zip(arrays, self._arrays)):
+        replaced = self._arrays is None or len(arrays) != len(self._arrays) or any(
+            a is not b for a, b in zip(arrays, self._arrays))
+        if replaced:
             self._recordings.clear()  # the model's arrays were replaced (or this is the first call)
             self._restorable = self.optimizer._written_arrays()
             self._backup = [xp.empty_like(a) for a in self._restorable]
@@ -217,24 +234,13 @@ class CapturedStep:
         if r is None:
             r = self._recordings[key] = _Recording(xp, x, y, self.dtype, len(self.optimizer._coefficients(0)))
         coefficients = np.asarray(self.optimizer._coefficients(self.optimizer.t), dtype=self.dtype)
-        with _inputs_checked(self.model):
-            if self.on_device:
-                main, stream = self._cuda.get_current_stream(), self._stream
-                stream.wait_event(main.record(self._ready))  # the batch, and the last reads of the outputs
-                # every run on the side stream allocates from the private pool: the first run leaves
-                # there the blocks that the recording then reuses, without allocating in capture
-                with stream, self._cuda.using_allocator(self._pool.malloc), _cublas.binding(self._blas):
-                    r.x[...] = x
-                    r.y[...] = y
-                    r.coefficients[...] = xp.asarray(coefficients)
-                    self._launch(r)
-                main.wait_event(stream.record(self._done))
-            else:
-                r.x[...] = x
-                r.y[...] = y
-                r.coefficients[...] = xp.asarray(coefficients)
-                self._run(r)
-        self._arrays = self._state_arrays()  # after the first backward, the gradients exist
+        with _inputs_checked(self.model), self._side_stream():
+            r.x[...] = x
+            r.y[...] = y
+            r.coefficients[...] = xp.asarray(coefficients)
+            self._launch(r)
+        if replaced:
+            self._arrays = self._state_arrays()  # after the first backward, the gradients exist
         value = float(r.value)
         if math.isfinite(value):
             self.optimizer.t += 1
