@@ -64,10 +64,9 @@ from shallow.cnn import (
     snapshot,
 )
 
-
-
 REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
 EXTRA = "data"
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -189,8 +189,7 @@ class Handle:
         if out3.size == 0:
             return out
         args = gemm_arguments(a, b, out3)
-        scalar = ctypes.c_float if out.dtype == np.float32 else ctypes.c_double
-        t = "S" if out.dtype == np.float32 else "D"
+        t, scalar = ("S", ctypes.c_float) if out.dtype == np.float32 else ("D", ctypes.c_double)
         al, be = scalar(alpha), scalar(beta)
         f, s = args.first, args.second
         if args.batch == 1:
