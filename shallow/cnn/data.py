@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_integer, check_nonnegative, check_random_state
 from ..backend import get_xp
 from .layers import check_dtype
 from .models import check_images
@@ -415,6 +415,9 @@ def random_affine(X, rng=None, *, max_angle=10.0, max_scale=0.0, max_shear=0.0, 
     a clockwise quarter turn of the displayed image).
     """
     X = check_images(X, "X")
+    max_angle = check_nonnegative(max_angle, "max_angle")
+    max_scale = check_nonnegative(max_scale, "max_scale")
+    max_shear = check_nonnegative(max_shear, "max_shear")
     fill = _check_fill(fill)
     rng = check_random_state(rng)
     n, H, W, C = X.shape
@@ -529,10 +532,9 @@ class Augment:
 
     def __init__(self, shift=1, rotation=0.0, scale=0.0, shear=0.0, fill=None):
         self.shift = check_integer(shift, "shift", minimum=0)
-        for name, value in (("rotation", rotation), ("scale", scale), ("shear", shear)):
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        self.rotation, self.scale, self.shear = float(rotation), float(scale), float(shear)
+        self.rotation = check_nonnegative(rotation, "rotation")
+        self.scale = check_nonnegative(scale, "scale")
+        self.shear = check_nonnegative(shear, "shear")
         self.fill = _check_fill(fill)
 
     def __call__(self, X, rng):

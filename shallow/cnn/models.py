@@ -86,7 +86,8 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
     x = xp.asarray(x)
     if x.dtype.kind not in "fiub":
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    if x.ndim == 3 and in_shape is not None and in_shape[2] == 1:
+    grey = x.ndim == 3 and in_shape is not None and in_shape[2] == 1
+    if grey:  # (N, H, W) single-channel images
         x = x[..., None]
     if x.ndim != 4:
         want = "" if in_shape is None else f" (N, {in_shape[0]}, {in_shape[1]}, {in_shape[2]})"
@@ -99,6 +100,9 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         if tuple(x.shape[1:3]) == (H, W):
             raise ValueError(f"{name} has {x.shape[3]} channels but the model expects C={C} "
                              f"(shape {tuple(x.shape)}, channels last){hint}")
+        if grey:
+            hint = (f" ({name} of shape {tuple(x.shape[:3])} was read as N = {x.shape[0]} single-channel images of "
+                    f"shape (H, W); a single image needs a batch axis: {name}[None])")
         raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} but the model expects "
                          f"(H, W, C) = {tuple(in_shape)}{hint}")
     if dtype is not None:

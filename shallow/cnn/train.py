@@ -312,7 +312,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         Saved after every ``checkpoint_every`` epochs and at the end.
     checkpoint_every : int
     resume : bool
-        Start from ``checkpoint`` when that file exists.
+        Start from ``checkpoint`` when that file exists (a fresh run when it does not yet); needs ``checkpoint``.
     on_divergence : {"raise", "stop"}
     progress : bool
         Show a tqdm bar over the steps.
@@ -370,6 +370,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint path to resume from (checkpoint=None)")
     rng = check_random_state(rng)
     step = CapturedStep(model, loss, optimizer) if capture else functools.partial(train_step, model, loss, optimizer)
 

@@ -151,3 +151,16 @@ def test_augmentations_reject_nan_images_naming_x():
     X[1, 2, 2, 0] = np.nan
     with pytest.raises(ValueError, match="X contains 1 NaN"):
         random_shift(X, 1, 0)
+
+
+@pytest.mark.parametrize("name, value", [("max_angle", np.nan), ("max_angle", np.inf), ("max_scale", -0.1),
+                                         ("max_shear", np.inf)])
+def test_random_affine_rejects_bounds_that_are_not_finite_and_nonnegative(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        random_affine(np.zeros((2, 4, 4, 1)), 0, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["rotation", "scale", "shear"])
+def test_augment_rejects_infinite_bounds_naming_them(name):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+        Augment(**{name: np.inf})

@@ -107,6 +107,8 @@ def test_model_rejects_wrong_images_naming_x():
         model.forward(np.zeros((2, 8, 8, 3)))
     with pytest.raises(ValueError, match="NCHW"):
         build_model("vgg", (8, 8, 3), 10, width=2).forward(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r"read as N = 8 single-channel images .* needs a batch axis: x\[None\]"):
+        model.forward(np.zeros((8, 8, 1)))  # one image without its batch axis
     bad = np.zeros((2, 8, 8, 1))
     bad[0, 1, 1, 0] = np.inf
     with pytest.raises(ValueError, match="x contains 1 NaN or infinite"):

@@ -113,6 +113,8 @@ def test_fit_rejects_bad_inputs_naming_the_argument(digits):
         fit(model, X, y, X_test=np.zeros((3, 8, 8, 2)), y_test=np.zeros(3, dtype=int), epochs=1)
     with pytest.raises(ValueError, match="y_test holds the label -1"):
         fit(model, X, y, X_test=X, y_test=np.full(8, -1), epochs=1)
+    with pytest.raises(ValueError, match="resume=True needs the checkpoint path"):
+        fit(model, X, y, epochs=1, resume=True)
 
 
 def test_linearized_model_trains_with_the_same_loop(digits):
