@@ -61,7 +61,6 @@ from .optim import Optimizer
 __all__ = ["CapturedStep"]
 
 
-
 class _Recording:
     """The fixed buffers of one batch shape, and its graph once recorded."""
 
