@@ -17,6 +17,7 @@ __all__ = [
     "check_on_sphere",
     "sphere_tolerance",
     "check_positive",
+    "check_nonnegative",
     "check_float_dtype",
 ]
 
@@ -30,6 +31,8 @@ def check_random_state(rng) -> np.random.Generator:
     if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
         if isinstance(rng, bool):
             raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {rng!r}")
+        if isinstance(rng, numbers.Integral) and rng < 0:
+            raise ValueError(f"rng must be a non-negative int seed, got {rng}")
         return np.random.default_rng(rng)
     if isinstance(rng, (list, tuple)) and rng and all(
             isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in rng):
@@ -80,7 +83,10 @@ def check_nonnegative(value, name: str) -> float:
 
 def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
     """A numpy dtype that must be float32 or float64 (the two the library computes in)."""
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"{name} must be float32 or float64, got {dtype}")
     return dtype
@@ -97,8 +103,13 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
 
     Integer and boolean inputs are promoted to float64; float32 and float64 are kept.
     """
+    if isinstance(x, (str, bytes, dict, set)):
+        raise ValueError(f"{name} must be an array of real numbers, got {type(x).__name__}")
     xp = get_xp(x)
-    x = xp.asarray(x)
+    try:
+        x = xp.asarray(x)
+    except ValueError as err:  # a ragged nested sequence
+        raise ValueError(f"{name} must be a rectangular array of numbers: {err}") from None
     if real and xp.iscomplexobj(x):
         raise ValueError(f"{name} must be real, got dtype {x.dtype}")
     if not xp.issubdtype(x.dtype, xp.floating):

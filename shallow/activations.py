@@ -432,6 +432,8 @@ class Activation:
         """
         d = check_dimension(d)
         kmax = check_integer(kmax, "kmax", minimum=0)
+        if q is not None:
+            q = check_integer(q, "q", minimum=1)
         closed = _REGISTRY[self._name][4]
         if closed is not None:
             return closed(dict(self._params), d, kmax)

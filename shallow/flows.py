@@ -33,12 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._validation import check_array, check_integer, check_random_state
+from ._validation import (
+    check_array,
+    check_integer,
+    check_points,
+    check_positive,
+    check_random_state,
+)
 from .backend import get_xp, to_numpy
 from .networks import default_block_bytes, fused_pass
 
@@ -57,6 +64,13 @@ class FlowDivergenceError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- empirical risk
+
+def _check_network(net, name="net"):
+    """Refuse anything without a network's attributes (a TwoLayer, or a lazy.Linearized)."""
+    if not all(hasattr(net, attr) for attr in ("a", "W", "gamma", "activation")):
+        raise TypeError(f"{name} must be a TwoLayer network (with a, W, gamma and activation), "
+                        f"got {type(net).__name__}")
+
 
 class EmpiricalRisk:
     r"""Empirical square risk R = 1/(2n) sum_i (f(x_i) - y_i)^2 of a two-layer network.
@@ -78,7 +92,7 @@ class EmpiricalRisk:
     """
 
     def __init__(self, X, y, *, chunk_bytes: int | None = None):
-        X = check_array(X, "X", ndim=2)
+        X = check_points(X, "X")
         y = check_array(y, "y", ndim=1)
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows")
@@ -107,6 +121,7 @@ class EmpiricalRisk:
 
     def __call__(self, net) -> float:
         """The risk of ``net``."""
+        _check_network(net)
         return self.value_and_grad(net, a=net.a, W=net.W, need_grad=False)[0]
 
     def value_and_grad(self, net, a=None, W=None, need_grad=True):
@@ -276,6 +291,7 @@ class PopulationRisk:
     _ORDERS = {"relu": 1, "step": 0}
 
     def __init__(self, teacher, input: str = "gaussian", *, chunk_bytes: int | None = None):
+        _check_network(teacher, "teacher")
         self.chunk_bytes = default_block_bytes(get_xp(teacher.W)) if chunk_bytes is None else check_integer(
             chunk_bytes, "chunk_bytes", minimum=1)
         if input not in ("gaussian", "sphere"):
@@ -297,7 +313,12 @@ class PopulationRisk:
     def d(self) -> int:
         return self.teacher.W.shape[1]
 
-    def _check(self, net, W):
+    def _check(self, net, a, W):
+        if getattr(net, "bias", False):
+            raise ValueError("PopulationRisk needs a student without bias (its last column would be read as "
+                             "an input coordinate); use EmpiricalRisk with biases")
+        if a.ndim != 1 or W.ndim != 2 or a.shape[0] != W.shape[0]:
+            raise ValueError(f"a and W must have shapes (m,) and (m, d), got {tuple(a.shape)} and {tuple(W.shape)}")
         if getattr(net.activation, "name", None) != self.teacher.activation.name:
             raise ValueError(f"student activation {net.activation.name!r} differs from the teacher's "
                              f"{self.teacher.activation.name!r}")
@@ -305,13 +326,14 @@ class PopulationRisk:
             raise ValueError(f"the network has inputs of dimension {W.shape[1]} but the teacher has d={self.d}")
 
     def __call__(self, net) -> float:
+        _check_network(net)
         return self.value_and_grad(net, need_grad=False)[0]
 
     def value_and_grad(self, net, a=None, W=None, need_grad=True):
         """Risk and its gradients with respect to a (m,) and W (m, d)."""
         a = net.a if a is None else a
         W = net.W if W is None else W
-        self._check(net, W)
+        self._check(net, a, W)
         xp = get_xp(a, W)
         gamma, s = net.gamma, self._scale
         Ws, at = self.teacher.W, self.teacher.a * self.teacher.gamma
@@ -572,14 +594,27 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     >>> bool(traj.risks[-1] < traj.risks[0])
     True
     """
+    _check_network(net)
+    if not callable(getattr(loss, "value_and_grad", None)):
+        raise TypeError("loss must have a value_and_grad(net, a, W, need_grad) method (an EmpiricalRisk or "
+                        f"PopulationRisk), got {type(loss).__name__}")
     steps = check_integer(steps, "steps", minimum=0)
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
-            or not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+    step_size = check_positive(step_size, "step_size")
     if method not in ("euler", "rk4", "adaptive"):
         raise ValueError(f"method must be 'euler', 'rk4' or 'adaptive', got {method!r}")
-    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite temperature >= 0, got {noise!r}")
+    noise = float(noise)
+    snapshot_particles = check_integer(snapshot_particles, "snapshot_particles", minimum=-1)
+    checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=0)
+    tol = check_positive(tol, "tol")
+    if isinstance(divergence_factor, bool) or not isinstance(divergence_factor, numbers.Real) \
+            or math.isnan(divergence_factor) or divergence_factor < 1:
+        raise ValueError(f"divergence_factor must be a number >= 1 (inf never stops), got {divergence_factor!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {type(callback).__name__}")
+    if resume is not None and not isinstance(resume, Trajectory):
+        raise TypeError(f"resume must be a Trajectory (see Trajectory.load) or None, got {type(resume).__name__}")
     if noise > 0 and method != "euler":
         raise ValueError("noise > 0 (Langevin) is integrated by Euler-Maruyama: use method='euler'")
     if train not in ("both", "outer", "inner"):
@@ -587,9 +622,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     record_every = check_integer(record_every, "record_every", minimum=1)
     xp = get_xp(net.a, net.W)
     m = net.W.shape[0]
-    s = float(m if time_scale is None else time_scale)
-    if not (math.isfinite(s) and s > 0):
-        raise ValueError(f"time_scale must be positive and finite, got {time_scale!r}")
+    s = float(m) if time_scale is None else check_positive(time_scale, "time_scale")
     rng = check_random_state(rng)
     k = m if snapshot_particles < 0 else min(int(snapshot_particles), m)
     move_a = s if train in ("both", "outer") else 0.0

@@ -68,6 +68,20 @@ def _check_t(t):
     return t
 
 
+def _check_breakpoints(breakpoints) -> list:
+    """The breakpoints as a sorted list of floats, each in (-1, 1)."""
+    try:
+        cuts = np.asarray(breakpoints, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}") from None
+    if cuts.ndim != 1:
+        raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}")
+    cuts = sorted(float(c) for c in cuts)
+    if any(not -1 < c < 1 for c in cuts):
+        raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
+    return cuts
+
+
 def _recurrence_coefficients(kmax, d):
     """(a_k, b_k), k = 1..kmax-1, with P_{k+1} = a_k t P_k - b_k P_{k-1} (index 0 unused)."""
     a = [0.0] + [(2 * k + d - 2) / (k + d - 2) for k in range(1, kmax)]
@@ -238,9 +252,7 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     d = check_dimension(d)
     kmax = check_integer(kmax, "kmax", minimum=0)
     q = max(64, 2 * kmax + 32) if q is None else check_integer(q, "q", minimum=1)
-    cuts = sorted(float(c) for c in breakpoints)
-    if any(not -1 < c < 1 for c in cuts):
-        raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
+    cuts = _check_breakpoints(breakpoints)
     a = 0.5 * (d - 3)
     log_c = (special.gammaln(0.5 * d) - 0.5 * np.log(np.pi) - special.gammaln(0.5 * (d - 1)))
     nodes, weights = [], []

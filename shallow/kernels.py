@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy as np
 from numpy.polynomial import polynomial as npoly
@@ -82,7 +83,7 @@ from scipy import special
 from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state
 from .activations import Activation, _positive_part_power, _relu_power_funk_hecke, as_activation
 from .backend import get_xp, to_numpy
-from .harmonics import legendre_all, num_harmonics, project_zonal
+from .harmonics import _check_breakpoints, legendre_all, num_harmonics, project_zonal
 from .sphere import log_inner_product_constant
 
 __all__ = [
@@ -295,6 +296,8 @@ def gaussian_norm_moment(h, d) -> float:
     (7.0, 1.0)
     """
     d = check_dimension(d)
+    if isinstance(h, bool) or not isinstance(h, numbers.Real):
+        raise ValueError(f"h must be a real number > -d/2 = {-0.5 * d}, got {h!r}")
     h = float(h)
     if not h > -0.5 * d:
         raise ValueError(f"h must be > -d/2 = {-0.5 * d} for E|w|^(2h) to be finite, got {h}")
@@ -830,9 +833,7 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     elif not callable(kernel):
         raise TypeError(f"kernel must be a callable of t, a DotProductKernel or a name like 'relu_ntk', "
                         f"got {type(kernel).__name__}")
-    cuts = sorted(float(b) for b in breakpoints)
-    if any(not -1 < c < 1 for c in cuts):
-        raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
+    cuts = _check_breakpoints(breakpoints)
     q = 2 * (kmax + d) + 128 if q is None else q
     return _theta_quadrature(kernel, d, kmax, q, cuts)
 

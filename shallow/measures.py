@@ -52,7 +52,14 @@ import warnings
 
 import numpy as np
 
-from ._validation import check_array, check_integer, check_on_sphere, check_random_state, sphere_tolerance
+from ._validation import (
+    check_array,
+    check_integer,
+    check_nonnegative,
+    check_on_sphere,
+    check_random_state,
+    sphere_tolerance,
+)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import TwoLayer, _resolve_activation
 
@@ -175,9 +182,11 @@ class Measure:
         The grouping runs on the host (scipy's KD-tree and connected components); for cupy inputs
         the points are copied there and the merged measure moved back.
         """
-        atol = sphere_tolerance(self.points.dtype) if atol is None else float(atol)
-        if not np.isfinite(atol) or atol < 0:
+        if atol is None:
+            atol = sphere_tolerance(self.points.dtype)
+        elif isinstance(atol, bool) or not isinstance(atol, numbers.Real) or not np.isfinite(atol) or atol < 0:
             raise ValueError(f"atol must be a non-negative finite distance, got {atol!r}")
+        atol = float(atol)
         labels, first = _merge_labels(to_numpy(self.points), atol)
         k = len(first)
         w = np.bincount(labels, weights=to_numpy(self.weights).astype(np.float64), minlength=k)
@@ -650,6 +659,7 @@ def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_we
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     numItermax = check_integer(numItermax, "numItermax", minimum=1)
+    stopThr = check_nonnegative(stopThr, "stopThr")
     xp, X, Y, wx, wy = _pair(mu, nu, mu_weights, nu_weights, signed=True)
     # float64 for the Sinkhorn iterations: exp(-C / eps) underflows early in float32
     X, Y, wx, wy = (v.astype(xp.float64, copy=False) for v in (X, Y, wx, wy))

@@ -40,7 +40,13 @@ import numbers
 
 import numpy as np
 
-from ._validation import check_array, check_integer, check_points, check_random_state
+from ._validation import (
+    check_array,
+    check_float_dtype,
+    check_integer,
+    check_points,
+    check_random_state,
+)
 from .backend import device_of, get_xp, to_device
 
 __all__ = [
@@ -107,6 +113,12 @@ def _check_gamma(gamma) -> float:
     return float(gamma)
 
 
+def _check_bias(bias) -> bool:
+    if not isinstance(bias, (bool, np.bool_)):
+        raise ValueError(f"bias must be True or False, got {bias!r}")
+    return bool(bias)
+
+
 def _block_shape(n: int, m: int, itemsize: int, chunk_size=None, block_bytes: int = BLOCK_BYTES):
     """(rows, cols) of a pre-activation block: ``chunk_size`` rows if given, else ~block_bytes worth."""
     if chunk_size is not None:
@@ -159,11 +171,22 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     each row chunk takes two (residuals first, then gradients), one more GEMM.
     """
     xp = get_xp(X, a, W)
+    # Shape checks only (O(1)): this is the inner loop of every flow step.
+    if X.ndim != 2 or a.ndim != 1 or W.ndim != 2 or a.shape[0] != W.shape[0] or X.shape[1] != W.shape[1]:
+        raise ValueError(f"X, a and W must have shapes (n, D), (m,) and (m, D), got {tuple(X.shape)}, "
+                         f"{tuple(a.shape)} and {tuple(W.shape)}")
+    if not callable(sigma):
+        raise ValueError(f"sigma must be an activation object (see shallow.activations.get_activation), got {sigma!r}")
+    r_shape = None if residual is None or callable(residual) else tuple(getattr(residual, "shape", ()))
+    if r_shape is not None and r_shape != (X.shape[0],):
+        raise ValueError(f"residual has shape {r_shape} but X has n={X.shape[0]} samples: one residual per sample")
     n, m = X.shape[0], W.shape[0]
     dtype = W.dtype
     relu = _is_relu(sigma)
     if block_bytes is None:
         block_bytes = default_block_bytes(xp)
+    else:
+        block_bytes = check_integer(block_bytes, "block_bytes", minimum=1)
     rows, cols = _block_shape(n, m, np.dtype(dtype).itemsize, chunk_size, block_bytes)
     need_grad = residual is not None
     f = xp.empty(n, dtype=dtype)  # (n,)
@@ -290,7 +313,7 @@ class TwoLayer:
         if W.shape[0] != a.shape[0]:
             raise ValueError(f"a has shape {tuple(a.shape)} but W has shape {tuple(W.shape)}: "
                              "a needs one entry per row of W (one per neuron)")
-        bias = bool(bias)
+        bias = _check_bias(bias)
         if W.shape[1] < 1 + bias:
             raise ValueError(f"W has shape {tuple(W.shape)}: it needs at least {1 + bias} column(s)"
                              + (" (d inputs plus the bias column)" if bias else ""))
@@ -363,9 +386,8 @@ class TwoLayer:
             raise ValueError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
         if a_init not in _A_INITS:
             raise ValueError(f"a_init must be one of {_A_INITS}, got {a_init!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = check_float_dtype(dtype)
+        bias = _check_bias(bias)
         activation = _resolve_activation(activation)
         rng = check_random_state(rng)
         D = d + bool(bias)

@@ -14,10 +14,13 @@ int g(<x, e>) dtau_d(x) = int_{-1}^{1} g(t) w_d(t) dt.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state
+from ._validation import (check_array, check_dimension, check_float_dtype, check_integer, check_points,
+                          check_random_state)
 from .backend import get_xp, to_device
 
 __all__ = [
@@ -62,6 +65,7 @@ def sample_sphere(n, d, rng=None, dtype=np.float64, device: str = "cpu"):
     """
     n = check_integer(n, "n", minimum=0)
     d = check_dimension(d)
+    dtype = check_float_dtype(dtype)
     rng = check_random_state(rng)
     G = rng.standard_normal((n, d))  # (n, d)
     norms = np.linalg.norm(G, axis=1, keepdims=True)
@@ -129,6 +133,7 @@ def sample_inner_product(n, d, rng=None, dtype=np.float64, device: str = "cpu"):
     """
     n = check_integer(n, "n", minimum=0)
     d = check_dimension(d)
+    dtype = check_float_dtype(dtype)
     rng = check_random_state(rng)
     half = 0.5 * (d - 1)
     t = (2 * rng.beta(half, half, size=n) - 1).astype(dtype, copy=False)
@@ -181,6 +186,11 @@ def gauss_jacobi(q, a, b):
     -------
     nodes, log_weights : numpy arrays of shape (q,)
     """
+    q = check_integer(q, "q", minimum=1)
+    for value, name in ((a, "a"), (b, "b")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= -1:
+            raise ValueError(f"{name} must be a finite number > -1 (the weight (1 - u)^a (1 + u)^b is "
+                             f"integrable), got {value!r}")
     with np.errstate(all="ignore"):
         if a == b == 0:
             nodes, weights = special.roots_legendre(q)

@@ -332,3 +332,15 @@ def test_funk_hecke_rejects_bad_dimension_and_type():
         funk_hecke(3.0, 3, 3)
     with pytest.raises(TypeError, match="sigma"):
         as_activation(None)
+
+
+@pytest.mark.parametrize("q", [0, -3, 2.5])
+def test_funk_hecke_rejects_a_bad_number_of_nodes_even_with_a_closed_form(q):
+    with pytest.raises(ValueError, match="q must be an integer >= 1"):
+        get_activation("relu").funk_hecke(3, 3, q=q)
+
+
+@pytest.mark.parametrize("breakpoints", ["a", [[0.1]], 0.5])
+def test_funk_hecke_rejects_breakpoints_that_are_not_a_sequence_of_numbers(breakpoints):
+    with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
+        funk_hecke(np.tanh, 3, 3, breakpoints=breakpoints)

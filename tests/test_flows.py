@@ -346,3 +346,80 @@ def test_adaptive_flow_calls_back_at_its_last_record():
     traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive",
                          record_every=1000, callback=lambda step, t, risk, a, W: seen.append(t))
     assert seen == [traj.t] and traj.t == pytest.approx(0.1, rel=1e-12)
+
+
+def _flow_setup():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 3)), rng.standard_normal(6)
+    return TwoLayer.init(4, 3, rng=0), EmpiricalRisk(X, y)
+
+
+@pytest.mark.parametrize("tol", [0.0, -1.0, float("nan")])
+def test_gradient_flow_rejects_a_nonpositive_or_nan_tolerance(tol):
+    # tol = nan used to loop for ever, tol = 0 divided by zero, tol < 0 accepted every step.
+    net, loss = _flow_setup()
+    with pytest.raises(ValueError, match="tol must be a positive finite number"):
+        gradient_flow(net, loss, steps=2, step_size=0.1, method="adaptive", tol=tol)
+
+
+@pytest.mark.parametrize("factor", [float("nan"), -1.0, 0.5])
+def test_gradient_flow_rejects_a_divergence_factor_below_one(factor):
+    net, loss = _flow_setup()
+    with pytest.raises(ValueError, match="divergence_factor must be a number >= 1"):
+        gradient_flow(net, loss, steps=2, step_size=0.1, divergence_factor=factor)
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("snapshot_particles", "a", "snapshot_particles must be an integer >= -1"),
+    ("snapshot_particles", 1.5, "snapshot_particles must be an integer >= -1"),
+    ("checkpoint_every", -1, "checkpoint_every must be an integer >= 0"),
+    ("time_scale", "a", "time_scale must be a positive finite number"),
+    ("noise", "a", "noise must be a finite temperature >= 0"),
+])
+def test_gradient_flow_names_a_bad_keyword_argument(name, value, match):
+    net, loss = _flow_setup()
+    with pytest.raises(ValueError, match=match):
+        gradient_flow(net, loss, steps=2, step_size=0.1, **{name: value})
+
+
+def test_gradient_flow_accepts_a_numpy_float_step_size():
+    net, loss = _flow_setup()
+    traj = gradient_flow(net, loss, steps=2, step_size=np.float32(0.125))
+    assert traj.t == 0.25
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(net="net"), "net must be a TwoLayer network"),
+    (dict(loss="loss"), "loss must have a value_and_grad"),
+    (dict(callback=3), "callback must be callable or None"),
+    (dict(resume="x"), "resume must be a Trajectory"),
+])
+def test_gradient_flow_rejects_arguments_of_the_wrong_type(kwargs, match):
+    net, loss = _flow_setup()
+    args = dict(net=net, loss=loss) | kwargs
+    with pytest.raises(TypeError, match=match):
+        gradient_flow(args.pop("net"), args.pop("loss"), 2, 0.1, **args)
+
+
+def test_empirical_risk_rejects_inputs_without_coordinates():
+    with pytest.raises(ValueError, match="X must have at least one coordinate"):
+        EmpiricalRisk(np.ones((6, 0)), np.ones(6))
+
+
+def test_population_risk_rejects_a_teacher_that_is_not_a_network():
+    with pytest.raises(TypeError, match="teacher must be a TwoLayer network"):
+        PopulationRisk("teacher")
+
+
+def test_population_risk_rejects_a_student_with_bias():
+    # Its bias column used to be read as a third input coordinate: a silent wrong risk.
+    loss = PopulationRisk(TwoLayer.init(3, 3, rng=1))
+    with pytest.raises(ValueError, match="PopulationRisk needs a student without bias"):
+        loss(TwoLayer.init(4, 2, bias=True, rng=0))
+
+
+def test_population_risk_rejects_particles_of_mismatched_shapes():
+    net = TwoLayer.init(4, 3, rng=0)
+    loss = PopulationRisk(TwoLayer.init(3, 3, rng=1))
+    with pytest.raises(ValueError, match=r"a and W must have shapes \(m,\) and \(m, d\)"):
+        loss.value_and_grad(net, a=np.ones(7), W=net.W)

@@ -522,3 +522,13 @@ def test_wrong_types_raise_type_error():
         random_feature_kernel(X, None, 3)
     with pytest.raises(TypeError, match="kernel"):
         mercer_eigenvalues(3.0, 3, 3)
+
+
+def test_gaussian_norm_moment_rejects_an_exponent_that_is_not_a_number():
+    with pytest.raises(ValueError, match="h must be a real number > -d/2"):
+        gaussian_norm_moment("a", 3)
+
+
+def test_mercer_eigenvalues_rejects_breakpoints_that_are_not_numbers():
+    with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
+        mercer_eigenvalues(np.exp, 3, 3, breakpoints="a")

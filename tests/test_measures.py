@@ -323,3 +323,18 @@ def test_unbalanced_divergence_of_two_masses_at_one_point_matches_scalar_minimis
     got = unbalanced_distance(Measure(np.array([m1]), x), Measure(np.array([m2]), x), reg=reg, reg_m=reg_m) ** 2
     # Both solvers converge to ~1e-10 relative; S is a difference of O(1) terms: 1e-7 relative.
     assert got == pytest.approx(expected, rel=1e-7)
+
+
+def test_merge_rejects_an_atol_that_is_not_a_number():
+    mu = Measure(np.array([1.0, -1.0]), np.eye(2))
+    with pytest.raises(ValueError, match="atol must be a non-negative finite distance, got 'a'"):
+        mu.merge(atol="a")
+
+
+@pytest.mark.parametrize("stopThr", [-1.0, float("nan")])
+def test_unbalanced_distance_rejects_a_negative_or_nan_stopping_threshold(stopThr):
+    from shallow.measures import unbalanced_distance
+
+    A, B = sample_sphere(4, 3, rng=0), sample_sphere(5, 3, rng=1)
+    with pytest.raises(ValueError, match="stopThr must be a finite number >= 0"):
+        unbalanced_distance(A, B, stopThr=stopThr)

@@ -354,3 +354,34 @@ def test_bad_data_raises_naming_the_argument():
     biased = TwoLayer(np.ones(3), np.ones((3, 3)), bias=True)
     with pytest.raises(ValueError, match="the last column being the bias"):
         biased(np.ones((5, 3)))
+
+
+@pytest.mark.parametrize("dtype", [int, "foo"])
+def test_init_rejects_a_dtype_other_than_float32_or_float64(dtype):
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        TwoLayer.init(3, 2, dtype=dtype)
+
+
+@pytest.mark.parametrize("bias", ["no", 1, None])
+def test_two_layer_rejects_a_bias_that_is_not_a_bool(bias):
+    with pytest.raises(ValueError, match="bias must be True or False"):
+        TwoLayer(np.ones(2), np.ones((2, 3)), bias=bias)
+
+
+def test_fused_pass_rejects_mismatched_shapes():
+    from shallow.networks import fused_pass
+
+    net = TwoLayer.init(4, 3, rng=0)
+    with pytest.raises(ValueError, match=r"X, a and W must have shapes \(n, D\), \(m,\) and \(m, D\)"):
+        fused_pass(np.ones((2, 5)), net.a, net.W, 1.0, net.activation)
+    with pytest.raises(ValueError, match=r"residual has shape \(5,\) but X has n=2"):
+        fused_pass(np.ones((2, 3)), net.a, net.W, 1.0, net.activation, residual=np.ones(5))
+
+
+@pytest.mark.parametrize("block_bytes", [0, -5, 1.5])
+def test_fused_pass_rejects_a_nonpositive_block_size(block_bytes):
+    from shallow.networks import fused_pass
+
+    net = TwoLayer.init(4, 3, rng=0)
+    with pytest.raises(ValueError, match="block_bytes must be an integer >= 1"):
+        fused_pass(np.ones((2, 3)), net.a, net.W, 1.0, net.activation, block_bytes=block_bytes)

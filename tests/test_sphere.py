@@ -148,3 +148,38 @@ def test_gauss_jacobi_total_mass_in_high_dimension(a):
     _, log_w = sphere.gauss_jacobi(72, a, 0.0)
     log_mass = np.logaddexp.reduce(log_w)
     assert log_mass == pytest.approx((a + 1) * np.log(2) - np.log(a + 1), rel=1e-13)
+
+
+@pytest.mark.parametrize("sampler", [sphere.sample_sphere, sphere.sample_inner_product])
+@pytest.mark.parametrize("dtype", [int, complex, "foo"])
+def test_samplers_reject_a_dtype_other_than_float32_or_float64(sampler, dtype):
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        sampler(3, 3, dtype=dtype)
+
+
+def test_sample_sphere_rejects_a_negative_seed():
+    with pytest.raises(ValueError, match="rng must be a non-negative int seed, got -1"):
+        sphere.sample_sphere(3, 3, rng=-1)
+
+
+@pytest.mark.parametrize("q", [0, -1, 2.5])
+def test_gauss_jacobi_rejects_a_nonpositive_or_fractional_number_of_nodes(q):
+    with pytest.raises(ValueError, match="q must be an integer >= 1"):
+        sphere.gauss_jacobi(q, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("name, a, b", [("a", -1.0, 0.0), ("b", 0.0, -2.0), ("a", float("nan"), 0.0),
+                                        ("b", 0.0, float("inf")), ("a", "x", 0.0)])
+def test_gauss_jacobi_rejects_exponents_that_are_not_finite_numbers_above_minus_one(name, a, b):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number > -1"):
+        sphere.gauss_jacobi(3, a, b)
+
+
+def test_lift_rejects_a_ragged_array():
+    with pytest.raises(ValueError, match="X must be a rectangular array of numbers"):
+        sphere.lift([[1.0, 2.0], [3.0]])
+
+
+def test_inner_product_density_rejects_a_string():
+    with pytest.raises(ValueError, match="t must be an array of real numbers, got str"):
+        sphere.inner_product_density("a", 3)

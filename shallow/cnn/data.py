@@ -42,9 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_integer, check_nonnegative, check_random_state
-from ..backend import get_xp
+from .._validation import (
+    check_array,
+    check_integer,
+    check_nonnegative,
+    check_positive,
+    check_random_state,
+)
+from ..backend import get_xp, to_numpy
 from .layers import check_dtype
+from .losses import check_labels
 from .models import check_images
 
 __all__ = [
@@ -85,6 +92,13 @@ class ImageData:
     n_classes: int
     name: str = ""
     standardizer: "Standardizer | None" = None
+
+    def __post_init__(self):
+        self.n_classes = check_integer(self.n_classes, "n_classes", minimum=1)
+        self.X_train = check_images(self.X_train, "X_train")
+        self.X_test = check_images(self.X_test, "X_test", in_shape=tuple(self.X_train.shape[1:]))
+        self.y_train = check_labels(self.y_train, self.n_classes, "y_train", n=self.X_train.shape[0])
+        self.y_test = check_labels(self.y_test, self.n_classes, "y_test", n=self.X_test.shape[0])
 
     @property
     def in_shape(self) -> tuple:
@@ -132,10 +146,17 @@ def stratified_split(y, test_size=0.25, rng=0):
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be a 1-dimensional array of labels, got shape {y.shape}")
+    if y.shape[0] < 2:
+        raise ValueError(f"y must hold at least 2 labels to split, got {y.shape[0]}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"y contains {int((~np.isfinite(y)).sum())} NaN or infinite label(s)")
     test_size = _check_test_size(test_size)
     rng = check_random_state(rng)
     classes, counts = np.unique(y, return_counts=True)
     n_test = int(math.ceil(test_size * len(y) - 1e-9))
+    if n_test == len(y):
+        raise ValueError(f"test_size={test_size} leaves no training sample out of n={len(y)}: "
+                         f"take test_size <= {(len(y) - 1) / len(y):.3g}")
     quotas = n_test * counts / len(y)
     k = np.floor(quotas).astype(np.int64)
     order = np.argsort(-(quotas - k), kind="stable")
@@ -163,23 +184,30 @@ class Standardizer:
     def fit(self, X):
         """Fit the statistics to images X of shape (n, H, W, C); returns self."""
         X = check_images(X, "X")
+        if X.shape[0] == 0:
+            raise ValueError(f"X must hold at least one image to fit the statistics, got shape {tuple(X.shape)}")
         xp = get_xp(X)
         self.mean = X.mean(axis=(0, 1, 2))
         std = X.std(axis=(0, 1, 2))
         self.std = xp.where(std > 0, std, xp.ones_like(std))
         return self
 
-    def transform(self, X):
-        """(X - mean) / std, channel by channel."""
+    def _check(self, X, method):
         if self.mean is None:
-            raise RuntimeError("Standardizer.transform was called before fit")
+            raise RuntimeError(f"Standardizer.{method} was called before fit")
         X = check_images(X, "X")
         if X.shape[3] != self.mean.shape[0]:
             raise ValueError(f"X has {X.shape[3]} channels but the standardizer was fitted on {self.mean.shape[0]}")
+        return X
+
+    def transform(self, X):
+        """(X - mean) / std, channel by channel."""
+        X = self._check(X, "transform")
         return ((X - self.mean) / self.std).astype(X.dtype, copy=False)
 
     def inverse_transform(self, X):
         """X * std + mean."""
+        X = self._check(X, "inverse_transform")
         return X * self.std + self.mean
 
 
@@ -281,6 +309,9 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
     FileNotFoundError
         When ``path`` does not exist (with a reminder that no download is attempted).
     """
+    scale = check_positive(scale, "scale")
+    if limit is not None:
+        limit = check_integer(limit, "limit", minimum=1)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"path {str(path)!r} does not exist: load_mnist reads a local copy only and "
@@ -330,7 +361,11 @@ def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
     (xb, yb) : arrays of batch_size rows (yb None when y is None)
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    if getattr(X, "ndim", 0) < 1:
+        raise ValueError(f"X must be an array of shape (n, ...), got {type(X).__name__}")
     n = X.shape[0]
+    if y is not None and getattr(y, "ndim", 0) != 1:
+        raise ValueError(f"y must be None or an array of shape (n,), got shape {getattr(y, 'shape', None)}")
     if y is not None and y.shape[0] != n:
         raise ValueError(f"y has {y.shape[0]} labels but X has {n} images")
     order = check_random_state(rng).permutation(n) if shuffle else np.arange(n)
@@ -346,8 +381,8 @@ def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
 
 
 def _check_fill(fill):
-    if fill is not None and (not isinstance(fill, numbers.Real) or isinstance(fill, bool)):
-        raise ValueError(f"fill must be None (edge replication) or a number, got {fill!r}")
+    if fill is not None and (not isinstance(fill, numbers.Real) or isinstance(fill, bool) or not math.isfinite(fill)):
+        raise ValueError(f"fill must be None (edge replication) or a finite number, got {fill!r}")
     return fill
 
 
@@ -454,7 +489,7 @@ def affine_warp(X, A, *, fill=None):
     """
     X = check_images(X, "X")
     xp = get_xp(X)
-    A = np.asarray(A, dtype=np.float64)
+    A = to_numpy(check_array(A, "A")).astype(np.float64, copy=False)
     if A.shape == (2, 2):
         A = np.broadcast_to(A, (X.shape[0], 2, 2))
     if A.shape != (X.shape[0], 2, 2):
@@ -468,7 +503,7 @@ def affine_warp(X, A, *, fill=None):
     # exact grid points stay exact (rot90): round away floating-point dust
     si = np.where(np.abs(si - np.round(si)) < 1e-9, np.round(si), si)
     sj = np.where(np.abs(sj - np.round(sj)) < 1e-9, np.round(sj), sj)
-    return bilinear_sample(X, xp.asarray(si), xp.asarray(sj), fill=fill)
+    return _bilinear_sample(X, xp.asarray(si), xp.asarray(sj), fill)
 
 
 def bilinear_sample(X, si, sj, *, fill=None):
@@ -493,6 +528,18 @@ def bilinear_sample(X, si, sj, *, fill=None):
     (1-a)(1-b) X[i0, j0] + (1-a) b X[i0, j0+1] + a (1-b) X[i0+1, j0] + a b X[i0+1, j0+1]. The one
     sampler of :func:`affine_warp` and :func:`shallow.cnn.robustness.deform`.
     """
+    X = check_images(X, "X")
+    si, sj = check_array(si, "si"), check_array(sj, "sj")
+    get_xp(X, si, sj)  # refuses a numpy/cupy mix
+    n, H, W, _ = X.shape
+    if si.shape != sj.shape or si.ndim not in (2, 3) or (si.ndim == 3 and si.shape[0] != n):
+        raise ValueError(f"si and sj must have one shape, (n, H', W') with n={n} or (H', W') for all images, "
+                         f"got {tuple(si.shape)} and {tuple(sj.shape)}")
+    return _bilinear_sample(X, si, sj, _check_fill(fill))
+
+
+def _bilinear_sample(X, si, sj, fill):
+    """bilinear_sample without the checks (for callers that made them)."""
     xp = get_xp(X, si, sj)
     n, H, W, _ = X.shape
     outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)

@@ -25,6 +25,7 @@ References
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from ..backend import get_xp
@@ -81,12 +82,19 @@ def log_softmax(z):
 def accuracy(out, y) -> float:
     """The fraction of rows of ``out`` (N, K) whose argmax is the label ``y`` (N,)."""
     xp = get_xp(out)
-    return float((xp.argmax(out, axis=1) == xp.asarray(y)).mean())
+    out = xp.asarray(out)
+    _check_outputs(out, "out")
+    if out.shape[0] == 0:
+        raise ValueError("out must hold at least one row to measure an accuracy, got shape (0, K)")
+    y = xp.asarray(y)
+    if y.shape != (out.shape[0],):
+        raise ValueError(f"y must hold one label per row of out, shape ({out.shape[0]},), got shape {tuple(y.shape)}")
+    return float((xp.argmax(out, axis=1) == y).mean())
 
 
 def _check_scale(scale):
-    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale) or not scale > 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     return float(scale)
 
 
@@ -96,6 +104,8 @@ def _total(total, as_array):
 
 
 def _check_outputs(out, name="out"):
+    if out.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers, got dtype {out.dtype}")
     if out.ndim != 2:
         raise ValueError(f"{name} must have shape (N, K), one row of outputs per sample, got {tuple(out.shape)}")
 
@@ -174,6 +184,9 @@ class SquareLoss:
 
     def __init__(self, scale=1.0, target_value=1.0):
         self.scale = _check_scale(scale)
+        if isinstance(target_value, bool) or not isinstance(target_value, numbers.Real) \
+                or not math.isfinite(target_value):
+            raise ValueError(f"target_value must be a finite number, got {target_value!r}")
         self.target_value = float(target_value)
 
     def _targets(self, f, y, check):

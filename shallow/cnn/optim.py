@@ -36,16 +36,24 @@ References
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
-from .._validation import check_integer, check_nonnegative
+from .._validation import check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
 
 
 # ----------------------------------------------------------------------------- schedules
+
+def _check_step(t) -> int:
+    """A step index t >= 0 (schedules are evaluated at optimiser steps 0, 1, 2, ...)."""
+    if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+        raise ValueError(f"the step t must be an integer >= 0, got {t!r}")
+    return t
+
 
 class Constant:
     """eta_t = lr."""
@@ -69,7 +77,7 @@ class StepDecay:
         self.gamma = check_nonnegative(gamma, "gamma")
 
     def __call__(self, t: int) -> float:
-        return self.lr * self.gamma ** (t // self.step_size)
+        return self.lr * self.gamma ** (_check_step(t) // self.step_size)
 
     def __repr__(self):
         return f"StepDecay({self.lr}, step_size={self.step_size}, gamma={self.gamma})"
@@ -86,10 +94,12 @@ class Cosine:
         self.lr = check_nonnegative(lr, "lr")
         self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
         self.lr_min = check_nonnegative(lr_min, "lr_min")
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min must be <= lr = {self.lr} (the schedule anneals down to it), got {lr_min!r}")
         self.warmup = check_integer(warmup, "warmup", minimum=0, maximum=self.total_steps - 1)
 
     def __call__(self, t: int) -> float:
-        if t < self.warmup:
+        if _check_step(t) < self.warmup:
             return self.lr * (t + 1) / self.warmup
         u = min(max((t - self.warmup) / (self.total_steps - self.warmup), 0.0), 1.0)
         return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * u))
@@ -146,6 +156,10 @@ class Optimizer:
     def __init__(self, params, lr):
         if not isinstance(params, dict) or not params:
             raise ValueError("params must be a non-empty dict of name -> array (model.named_parameters())")
+        for name, p in params.items():
+            if getattr(getattr(p, "dtype", None), "kind", None) != "f":
+                what = f"dtype {p.dtype}" if hasattr(p, "dtype") else type(p).__name__
+                raise ValueError(f"params[{name!r}] must be a floating-point array (updated in place), got {what}")
         self.params = dict(params)
         self.schedule = as_schedule(lr)
         self.t = 0
@@ -227,7 +241,9 @@ class Optimizer:
 
     def load_state_dict(self, state: dict):
         """Restore what :meth:`state_dict` gave (in place, on the parameters' device)."""
-        self.t = int(state["t"])
+        if not hasattr(state, "keys") or "t" not in state:
+            raise ValueError("state must be a dict from state_dict(), holding the step count 't'")
+        self.t = check_integer(int(state["t"]), "state['t']", minimum=0)
         for name, slots in self.state.items():
             for slot, value in slots.items():
                 key = f"{name}/{slot}"
@@ -312,7 +328,7 @@ class Adam(Optimizer):
         self.betas = tuple(check_nonnegative(b, "betas") for b in betas)
         if max(self.betas) >= 1:
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.eps = check_nonnegative(eps, "eps")
+        self.eps = check_positive(eps, "eps")  # eps = 0 divides 0 by 0 where a gradient stays 0
         self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
         self.decoupled = bool(decoupled)
         super().__init__(params, lr)

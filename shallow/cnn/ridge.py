@@ -75,7 +75,11 @@ class RidgeClassifier:
         n, p = Phi.shape
         if n < 2:
             raise ValueError(f"fit needs at least 2 samples, got n={n}")
+        if y_host.dtype.kind == "f" and not np.isfinite(y_host).all():
+            raise ValueError(f"y contains {int((~np.isfinite(y_host)).sum())} NaN or infinite label(s)")
         self.classes_ = np.unique(y_host)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y must hold at least 2 classes to classify, got only {self.classes_.tolist()}")
         Y = xp.asarray((y_host[:, None] == self.classes_[None, :]).astype(np.float64))  # (n, K)
         self.mean = Phi.mean(axis=0)
         std = Phi.std(axis=0)
@@ -108,4 +112,8 @@ class RidgeClassifier:
 
     def score(self, Phi, y):
         """Accuracy on (Phi, y)."""
-        return float(np.mean(self.predict(Phi) == np.asarray(to_device(y, "cpu"))))
+        pred = self.predict(Phi)
+        y_host = np.asarray(to_device(y, "cpu"))
+        if y_host.shape != pred.shape:
+            raise ValueError(f"y must hold one label per sample, shape {pred.shape}, got shape {y_host.shape}")
+        return float(np.mean(pred == y_host))

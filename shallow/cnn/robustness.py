@@ -114,7 +114,7 @@ from .._validation import (
 )
 from ..backend import get_xp, to_numpy
 from .conv import Conv2d
-from .data import _check_fill, bilinear_sample
+from .data import _bilinear_sample, _check_fill
 from .layers import (
     Activation,
     Dropout,
@@ -269,7 +269,7 @@ def deform(X, tau, *, fill=None):
     sj = cols - tau[..., 1].astype(xp.float64)
     if si.ndim == 2:
         si, sj = xp.broadcast_to(si, (N, H, W)), xp.broadcast_to(sj, (N, H, W))
-    return bilinear_sample(X, si, sj, fill=fill)
+    return _bilinear_sample(X, si, sj, fill)
 
 
 def jacobian_norm(tau):

@@ -164,3 +164,88 @@ def test_random_affine_rejects_bounds_that_are_not_finite_and_nonnegative(name, 
 def test_augment_rejects_infinite_bounds_naming_them(name):
     with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
         Augment(**{name: np.inf})
+
+
+def _images(n=6):
+    return np.random.default_rng(0).standard_normal((n, 5, 5, 1))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(y_train=np.array([0, 1, 2])), "y_train has 3 labels but there are 6 samples"),
+    (dict(n_classes=0), "n_classes must be an integer >= 1"),
+    (dict(n_classes=2), "y_train holds the label 2, out of range for 2 classes"),
+    (dict(X_test=np.ones((6, 4, 4, 1))), r"X_test has images of shape \(4, 4, 1\)"),
+])
+def test_image_data_rejects_inconsistent_sets(kwargs, match):
+    from shallow.cnn import ImageData
+
+    X, y = _images(), np.array([0, 1, 2, 0, 1, 2])
+    args = dict(X_train=X, y_train=y, X_test=X, y_test=y, n_classes=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ImageData(**args)
+
+
+def test_stratified_split_rejects_nan_labels():
+    with pytest.raises(ValueError, match="y contains 1 NaN or infinite label"):
+        stratified_split(np.array([np.nan, 1.0, 0.0, 1.0]), 0.5)
+
+
+def test_stratified_split_rejects_a_test_size_that_leaves_no_training_sample():
+    with pytest.raises(ValueError, match="test_size=0.99 leaves no training sample out of n=6"):
+        stratified_split(np.array([0, 1, 2, 0, 1, 2]), 0.99)
+
+
+def test_stratified_split_rejects_fewer_than_two_labels():
+    with pytest.raises(ValueError, match="y must hold at least 2 labels to split"):
+        stratified_split(np.zeros(0, dtype=int), 0.5)
+
+
+def test_standardizer_rejects_an_empty_fit():
+    with pytest.raises(ValueError, match="X must hold at least one image to fit"):
+        Standardizer().fit(np.zeros((0, 5, 5, 1)))
+
+
+def test_standardizer_inverse_transform_checks_the_channels():
+    std = Standardizer().fit(_images())
+    with pytest.raises(ValueError, match="X has 3 channels but the standardizer was fitted on 1"):
+        std.inverse_transform(np.ones((2, 5, 5, 3)))
+    with pytest.raises(RuntimeError, match="inverse_transform was called before fit"):
+        Standardizer().inverse_transform(_images())
+
+
+def test_batches_rejects_labels_that_are_not_a_vector():
+    X, y = _images(), np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match=r"y must be None or an array of shape \(n,\)"):
+        list(batches(X, y[:, None], 2))
+
+
+@pytest.mark.parametrize("fill", [float("nan"), float("inf")])
+def test_augmentations_reject_a_fill_that_is_not_finite(fill):
+    with pytest.raises(ValueError, match="fill must be None .* or a finite number"):
+        random_shift(_images(), 1, fill=fill)
+
+
+@pytest.mark.parametrize("A, match", [(np.full((2, 2), np.nan), "A contains 4 NaN"),
+                                      (np.eye(2) * 1j, "A must be real"),
+                                      (np.ones((4, 2, 2)), r"A must have shape \(2, 2\) or \(6, 2, 2\)")])
+def test_affine_warp_rejects_a_bad_matrix(A, match):
+    with pytest.raises(ValueError, match=match):
+        affine_warp(_images(), A)
+
+
+@pytest.mark.parametrize("si, sj, match", [
+    (np.full((5, 5), np.nan), np.ones((5, 5)), "si contains 25 NaN"),
+    (np.ones((5, 5)), np.ones((4, 4)), "si and sj must have one shape"),
+    (np.ones((4, 5, 5)), np.ones((4, 5, 5)), "si and sj must have one shape"),
+])
+def test_bilinear_sample_rejects_bad_source_coordinates(si, sj, match):
+    from shallow.cnn.data import bilinear_sample
+
+    with pytest.raises(ValueError, match=match):
+        bilinear_sample(_images(), si, sj)
+
+
+@pytest.mark.parametrize("scale", [0, float("nan")])
+def test_load_mnist_rejects_a_nonpositive_scale_before_reading(scale, tmp_path):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        load_mnist(tmp_path / "missing.npz", scale=scale)

@@ -153,3 +153,64 @@ def test_optimizers_reject_bad_hyperparameters():
         Adam(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="grads has no gradient for the parameters w"):
         SGD(p, lr=0.1).step({})
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), 0.0])
+def test_losses_reject_a_scale_that_is_not_positive_and_finite(scale):
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        CrossEntropy(scale=scale)
+
+
+@pytest.mark.parametrize("value", [float("nan"), "a"])
+def test_square_loss_rejects_a_target_value_that_is_not_a_finite_number(value):
+    with pytest.raises(ValueError, match="target_value must be a finite number"):
+        SquareLoss(target_value=value)
+
+
+def test_losses_reject_outputs_that_are_not_real_numbers():
+    with pytest.raises(ValueError, match="z must hold real numbers, got dtype <U1"):
+        CrossEntropy()(np.array([["a"] * 3] * 2), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("out, y, match", [
+    (np.ones(3), np.zeros(3, int), r"out must have shape \(N, K\)"),
+    (np.ones((6, 3)), np.array([0]), r"y must hold one label per row of out, shape \(6,\)"),
+    (np.ones((6, 3)), np.zeros((6, 1), int), r"y must hold one label per row of out"),
+    (np.ones((0, 3)), np.zeros(0, int), "out must hold at least one row"),
+])
+def test_accuracy_rejects_mismatched_outputs_and_labels(out, y, match):
+    from shallow.cnn import accuracy
+
+    with pytest.raises(ValueError, match=match):
+        accuracy(out, y)
+
+
+@pytest.mark.parametrize("param, got", [(np.ones(3, int), "dtype int64"), (3.0, "float")])
+def test_optimizers_reject_parameters_that_are_not_float_arrays(param, got):
+    match = r"params\['w'\] must be a floating-point array \(updated in place\), got " + got
+    with pytest.raises(ValueError, match=match):
+        SGD({"w": param}, 0.1)
+
+
+@pytest.mark.parametrize("state", [{}, "x"])
+def test_load_state_dict_rejects_a_state_without_step_count(state):
+    opt = SGD({"w": np.ones(3)}, 0.1)
+    with pytest.raises(ValueError, match="state must be a dict from state_dict"):
+        opt.load_state_dict(state)
+
+
+def test_adam_rejects_a_zero_eps():
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
+        Adam({"w": np.ones(3)}, eps=0.0)
+
+
+def test_cosine_rejects_a_final_rate_above_the_initial_one():
+    with pytest.raises(ValueError, match="lr_min must be <= lr = 0.1"):
+        Cosine(0.1, 10, lr_min=1.0)
+
+
+@pytest.mark.parametrize("schedule", [Cosine(0.1, 10), StepDecay(0.1, 2)])
+@pytest.mark.parametrize("t", [-1, 1.5])
+def test_schedules_reject_a_step_that_is_not_a_nonnegative_integer(schedule, t):
+    with pytest.raises(ValueError, match="the step t must be an integer >= 0"):
+        schedule(t)

@@ -62,3 +62,23 @@ def test_ridge_classifier_keeps_the_labels_of_the_training_set():
 def test_ridge_classifier_bad_input_raises(call, match):
     with pytest.raises((ValueError, RuntimeError), match=match):
         call()
+
+
+def test_ridge_classifier_rejects_a_single_class():
+    Phi = np.random.default_rng(0).standard_normal((6, 4))
+    with pytest.raises(ValueError, match="y must hold at least 2 classes"):
+        RidgeClassifier().fit(Phi, np.zeros(6, int))
+
+
+def test_ridge_classifier_rejects_nan_labels():
+    Phi = np.random.default_rng(0).standard_normal((4, 4))
+    with pytest.raises(ValueError, match="y contains 1 NaN or infinite label"):
+        RidgeClassifier().fit(Phi, np.array([0.0, 1.0, np.nan, 1.0]))
+
+
+def test_ridge_score_rejects_labels_of_the_wrong_shape():
+    rng = np.random.default_rng(0)
+    Phi, y = rng.standard_normal((6, 4)), np.array([0, 1, 2, 0, 1, 2])
+    clf = RidgeClassifier().fit(Phi, y)
+    with pytest.raises(ValueError, match=r"y must hold one label per sample, shape \(6,\)"):
+        clf.score(Phi, y[:, None])
