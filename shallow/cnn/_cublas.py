@@ -163,6 +163,7 @@ class Handle:
 
     def __init__(self, stream, xp):
         self._lib = _library()
+        self._stream = stream  # kept alive as long as the handle bound to it
         self._handle = ctypes.c_void_p()
         _check(self._lib.cublasCreate_v2(ctypes.byref(self._handle)), "cublasCreate")
         _check(self._lib.cublasSetStream_v2(self._handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
@@ -187,6 +188,9 @@ class Handle:
         else:
             out3 = out
         if out3.size == 0:
+            return out
+        if a.shape[-1] == 0:  # an empty sum: cuBLAS is not called with k = 0
+            out *= beta
             return out
         args = gemm_arguments(a, b, out3)
         t, scalar = ("S", ctypes.c_float) if out.dtype == np.float32 else ("D", ctypes.c_double)

@@ -266,14 +266,16 @@ def _inputs_checked(model):
     everything queued before (the previous step): once per step, the launches of a forward pass
     could not overlap with the device's work any more.
     """
-    checks = getattr(model, "check_inputs", None)
-    if checks:
-        model.check_inputs = False
+    # a wrapper (linearize(model), a Sequential holding a Model) checks through its inner models
+    layers = [layer for _, layer in model.named_layers()] if hasattr(model, "named_layers") else [model]
+    checking = [layer for layer in layers if getattr(layer, "check_inputs", False)]
+    for layer in checking:
+        layer.check_inputs = False
     try:
         yield
     finally:
-        if checks:
-            model.check_inputs = checks
+        for layer in checking:
+            layer.check_inputs = True
 
 
 class Model(Layer):

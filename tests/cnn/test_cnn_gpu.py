@@ -278,6 +278,7 @@ def test_cublas_handle_on_cupy_matches_matmul():
             out = rng.standard_normal((*a.shape[:-1], b.shape[-1])).astype(dtype)
             expected = 0.5 * a.astype(np.float64) @ b + 2.0 * out
             ad, bd, outd = view_a(to_device(base_a, "gpu")), view_b(to_device(base_b, "gpu")), to_device(out, "gpu")
+            stream.wait_event(cupy.cuda.get_current_stream().record())  # the copies before the product
             with stream:
                 handle.matmul(ad, bd, outd, alpha=0.5, beta=2.0)
             stream.synchronize()
@@ -296,6 +297,7 @@ def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
     rng = np.random.default_rng(4)
     a, b = to_device(rng.standard_normal((64, 32)), "gpu"), to_device(rng.standard_normal((32, 16)), "gpu")
     out = cupy.zeros((64, 16))
+    stream.wait_event(cupy.cuda.get_current_stream().record())
     with stream:
         handle.matmul(a, b, out)
         stream.begin_capture()
@@ -307,3 +309,17 @@ def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
         graph.launch(stream)
     stream.synchronize()
     np.testing.assert_allclose(to_numpy(out), 2 * to_numpy(a) @ to_numpy(b), rtol=1e-12)
+
+
+def test_cublas_handle_empty_sum_scales_the_result_by_beta():
+    """a @ b with an inner dimension of 0 is the zero matrix: out <- beta out, without calling cuBLAS."""
+    import cupy
+
+    from shallow.cnn._cublas import Handle
+    stream = cupy.cuda.Stream(non_blocking=True)
+    handle = Handle(stream, cupy)
+    out = cupy.ones((3, 4))
+    with stream:
+        handle.matmul(cupy.zeros((3, 0)), cupy.zeros((0, 4)), out, beta=2.0)
+    stream.synchronize()
+    np.testing.assert_array_equal(to_numpy(out), np.full((3, 4), 2.0))

@@ -358,3 +358,17 @@ def test_captured_step_on_device_arrays_without_a_device_is_refused(monkeypatch)
     model = _model()
     with pytest.raises(ValueError, match="no CUDA device answers"):
         CapturedStep(model, CrossEntropy(), SGD(model.named_parameters(), lr=0.1))
+
+
+def test_inputs_checked_turns_off_the_checks_of_models_inside_a_wrapper():
+    """A linearised model checks its batch through the Model it wraps: a recorded step must not
+    (the check reads the device), and the checks come back afterwards."""
+    from shallow.cnn import build_model, linearize
+    from shallow.cnn.models import _inputs_checked
+
+    wrapped = linearize(build_model("vgg", (8, 8, 1), 3, width=2, rng=0))
+    checking = [layer for _, layer in wrapped.named_layers() if getattr(layer, "check_inputs", False)]
+    assert checking  # the wrapped Model checks by default
+    with _inputs_checked(wrapped):
+        assert not any(getattr(layer, "check_inputs", False) for _, layer in wrapped.named_layers())
+    assert all(layer.check_inputs for layer in checking)
