@@ -126,15 +126,21 @@ def test_empirical_risk_chunked_equals_unchunked():
         np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-15)
 
 
-def test_empirical_gradient_agrees_with_network_gradients():
-    # The loss's fused pass and TwoLayer.gradients(X, r) with r = f - y are two codes for one gradient.
+def test_empirical_gradient_is_the_chain_rule_formula():
+    # R = (1/2n) sum_i r_i^2 with r = f(X) - y and f(x) = gamma sum_j a_j relu(<w_j, x>), written
+    # out in numpy: dR/da = (gamma/n) relu(X W^T)^T r, dR/dW = (gamma/n) diag(a) (1{X W^T > 0} * r)^T X
+    # (TwoLayer.gradients shares the loss's fused pass, so it is no independent reference).
     rng = np.random.default_rng(6)
     X, y = rng.standard_normal((30, 4)), rng.standard_normal(30)
     net = TwoLayer.init(6, 4, rng=2)
-    _, ga, gW = EmpiricalRisk(X, y).value_and_grad(net)
-    ga2, gW2 = net.gradients(X, net(X) - y)
-    np.testing.assert_allclose(ga, ga2, rtol=1e-12)
-    np.testing.assert_allclose(gW, gW2, rtol=1e-12)
+    assert net.activation.name == "relu" and not net.bias
+    R, ga, gW = EmpiricalRisk(X, y).value_and_grad(net)
+    Z = X @ net.W.T  # (n, m)
+    r = net.gamma * np.maximum(Z, 0) @ net.a - y
+    n = X.shape[0]
+    assert R == pytest.approx(0.5 * np.mean(r * r), rel=1e-13)  # float64 rounding of 30 terms
+    np.testing.assert_allclose(ga, net.gamma / n * np.maximum(Z, 0).T @ r, rtol=1e-12)
+    np.testing.assert_allclose(gW, net.gamma / n * net.a[:, None] * ((Z > 0) * r[:, None]).T @ X, rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- flows
