@@ -446,7 +446,6 @@ def test_rkhs_norm_equals_harmonic_f2_norm_for_kernel_section():
     d, kmax = 3, 4000
     lam = mercer_eigenvalues("relu_nngp", d, kmax)
     N = np.array([_num_harmonics(d, k) for k in range(kmax + 1)], dtype=float)
-    x = np.array([[0.6, 0.0, 0.8]])
     expected = np.sqrt(0.5)  # |f|_H^2 = kappa(<x, x>) = E_w[relu(<w, x>)^2] = |x|^2 / 2 for Gaussian w
     # Truncation: the tail sum_{k > K} lambda_k N_k ~ K^{-3} (lambda_k ~ k^{-5}, N_k = 2k + 1).
     assert f2_norm_from_harmonics(lam ** 2 * N, lam) == pytest.approx(expected, rel=1e-9)
