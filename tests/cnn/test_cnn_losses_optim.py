@@ -41,6 +41,18 @@ def test_cross_entropy_gradient_matches_central_differences():
         assert fd == pytest.approx(np.vdot(grad, v), rel=1e-7, abs=1e-10)
 
 
+def test_cross_entropy_taylor_remainder_is_second_order():
+    # |L(z + h v) - L(z) - h <grad, v>| = O(h^2): fitted log-log slope 2 within 0.1 over five halvings of h
+    rng = np.random.default_rng(3)
+    z, y = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    loss = CrossEntropy(scale=2.0)
+    value, grad = loss.value_and_grad(z, y)
+    v = rng.standard_normal(z.shape)
+    hs = 1e-2 / 2.0 ** np.arange(5)
+    remainders = [abs(loss(z + h * v, y) - value - h * np.vdot(grad, v)) for h in hs]
+    assert np.polyfit(np.log(hs), np.log(remainders), 1)[0] == pytest.approx(2.0, abs=0.1)
+
+
 def test_square_loss_is_half_mean_squared_distance_to_one_hot_targets():
     rng = np.random.default_rng(2)
     f, y = rng.standard_normal((5, 3)), np.array([0, 2, 1, 1, 0])
