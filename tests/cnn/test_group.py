@@ -249,6 +249,20 @@ def test_rotate_p4_is_an_action_of_z4():
     np.testing.assert_array_equal(rotate_p4(rotate_p4(f, 1), 2), rotate_p4(f, 3))
 
 
+def test_rotate_p4_turns_positions_and_shifts_orientations():
+    # (r f)(u, c, s) = f(r^{-1} u, c, s - 1), with r^{-1} (i, j) = (j, n - 1 - i) for a counterclockwise
+    # quarter turn of an n x n grid, written entry by entry (with the action test above, every k)
+    n, C = 4, 2
+    f = np.random.default_rng(16).standard_normal((1, n, n, 4 * C))
+    expected = np.empty_like(f)
+    for i in range(n):
+        for j in range(n):
+            for c in range(C):
+                for s in range(4):
+                    expected[0, i, j, 4 * c + s] = f[0, j, n - 1 - i, 4 * c + (s - 1) % 4]
+    np.testing.assert_array_equal(rotate_p4(f, 1), expected)
+
+
 def test_p4_cnn_is_exactly_invariant_to_quarter_turns():
     rng = np.random.default_rng(16)
     net = p4_cnn((8, 8, 1), 10, width=2, rng=rng)
