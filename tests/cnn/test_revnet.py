@@ -225,11 +225,18 @@ def test_irevnet_inverse_float32():
 
 
 def test_irevnet_is_a_model_with_gap_and_linear_head():
+    # f(x) = W^T mean_{H,W} relu(BN(Phi(x))) + b, the head written out in numpy on Phi(x) = features(x)
     net = small_net()
     x = np.random.default_rng(11).standard_normal((2, 8, 8, 1))
     out = net(x)
     assert out.shape == (2, 3)
     assert isinstance(net.head[-1], Linear)
+    z = net.features(x)
+    bn, linear = net.head[0], net.head[-1]
+    mu, var = z.mean(axis=(0, 1, 2)), z.var(axis=(0, 1, 2))  # train mode: batch statistics
+    h = np.maximum((z - mu) / np.sqrt(var + bn.eps) * bn.params["gamma"] + bn.params["beta"], 0)
+    expected = h.mean(axis=(1, 2)) @ linear.params["W"] + linear.params["b"]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)  # float64, a few hundred terms
     model = Model(net, (8, 8, 1), 3)
     np.testing.assert_array_equal(model(x), net(x))
 
