@@ -446,9 +446,9 @@ def test_spherical_harmonic_orthonormal_by_exact_quadrature_d50_k150():
     np.testing.assert_allclose(Y.T @ (W[:, None] * Y), np.eye(Y.shape[1]), rtol=0, atol=1e-10)
 
 
-def test_spherical_harmonic_random_index_is_finite_and_fast_d50_k150():
+def test_spherical_harmonic_at_high_degree_is_bounded_by_the_addition_theorem_d50_k150():
     # Any admissible multi-index at d = 50, k = 150: finite values bounded by sqrt(N(d, k))
-    # (addition theorem: Y(x)^2 <= N P_k(1)), at O(n d k) cost.
+    # (addition theorem: Y(x)^2 <= N P_k(1)); the O(n d k) recurrence keeps this a fraction of a second.
     d, k = 50, 150
     X = sample_sphere(200, d, rng=10)
     rng = np.random.default_rng(10)

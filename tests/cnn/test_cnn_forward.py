@@ -220,7 +220,10 @@ def test_layers_keep_float32(xp):
     assert y.dtype == np.float32
     assert all(g.dtype == np.float32 for g in model.named_gradients().values())
     ref = build_model("resnet", (8, 8, 1), 4, width=4, rng=0, dtype=np.float64)
-    np.testing.assert_allclose(to_numpy(y), ref.forward(to_numpy(x).astype(np.float64)), rtol=0, atol=1e-4)
+    y64 = ref.forward(to_numpy(x).astype(np.float64))
+    # float32 rounding (eps32 ~ 1.2e-7) grows with the sums of each layer (<= 9 * 16 terms) and the
+    # depth (~10 layers): ~1e-5 of the output's scale bounds it (measured 2.4e-7 at |y| ~ 1.5)
+    np.testing.assert_allclose(to_numpy(y), y64, rtol=0, atol=1e-5 * np.abs(y64).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
