@@ -235,10 +235,11 @@ def test_unbalanced_distance_is_positive_for_different_measures_and_grows_with_t
     w = rng.standard_normal(10)
     mu = Measure(w, P)
     moved = []
+    noise = rng.standard_normal(P.shape)  # one direction of motion, growing steps along it
     for t in (0.05, 0.2, 0.8):
-        Q = P + t * rng.standard_normal(P.shape)
+        Q = P + t * noise
         moved.append(unbalanced_distance(mu, Measure(w, Q / np.linalg.norm(Q, axis=1, keepdims=True))))
-    assert 0 < moved[0] < moved[2]
+    assert 0 < moved[0] < moved[1] < moved[2]
     assert unbalanced_distance(mu, -mu) > 0.1  # a sign flip is far
     assert unbalanced_distance(mu, 1.5 * mu) > 0  # unequal masses
     # nonnegative particle clouds of different sizes (unequal masses by default: 1 each, compared fine)
