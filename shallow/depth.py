@@ -45,8 +45,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import special
 
-from ._validation import (check_array, check_float_dtype, check_integer, check_points, check_positive,
-                          check_random_state)
+from ._validation import (check_array, check_float_dtype, check_integer, check_nonnegative, check_points,
+                          check_positive, check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import BLOCK_BYTES, TwoLayer
 
@@ -487,9 +487,7 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
     """
     lo, hi = _check_interval(interval)
     exact = bool(exact)
-    tol = 1e-12 if tol is None else float(tol)
-    if not math.isfinite(tol) or tol < 0:
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    tol = 1e-12 if tol is None else check_nonnegative(tol, "tol")
     Ws, bs = _line_layers(f, origin, direction)
     P, A, B = _pieces_on_line(Ws, bs, lo, hi, exact, tol)
     P, A, B = _merge_equal_slopes(P, A, B, exact, 0.0 if exact else tol)

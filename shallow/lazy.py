@@ -73,7 +73,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validation import check_array, check_integer, check_nonnegative, check_points
+from ._validation import (
+    check_array,
+    check_integer,
+    check_nonnegative,
+    check_points,
+    check_positive,
+)
 from .backend import device_of, get_xp, to_numpy
 from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
 
@@ -626,9 +632,7 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     >>> kernel_flow(K, y, 1.0).train        # 1 - exp(-t lam / n) for K diagonal, n = 2
     array([0.63212056, 0.39346934])
     """
-    s = float(time_scale) if isinstance(time_scale, numbers.Real) and not isinstance(time_scale, bool) else None
-    if s is None or not math.isfinite(s) or s <= 0:
-        raise ValueError(f"time_scale must be a positive finite number, got {time_scale!r}")
+    s = check_positive(time_scale, "time_scale")
     xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
     t_host = np.asarray(to_numpy(t), dtype=np.float64)
     if t_host.ndim > 1 or not np.all(np.isfinite(t_host)) or np.any(t_host < 0):

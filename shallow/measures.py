@@ -57,6 +57,7 @@ from ._validation import (
     check_integer,
     check_nonnegative,
     check_on_sphere,
+    check_positive,
     check_random_state,
     sphere_tolerance,
 )
@@ -655,9 +656,7 @@ def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_we
     0.0
     """
     p = _check_p(p)
-    for value, name in ((reg, "reg"), (reg_m, "reg_m")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    reg, reg_m = check_positive(reg, "reg"), check_positive(reg_m, "reg_m")
     numItermax = check_integer(numItermax, "numItermax", minimum=1)
     stopThr = check_nonnegative(stopThr, "stopThr")
     xp, X, Y, wx, wy = _pair(mu, nu, mu_weights, nu_weights, signed=True)

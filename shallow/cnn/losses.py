@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 
+from .._validation import check_positive
 from ..backend import get_xp
 
 __all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sample", "accuracy", "check_labels"]
@@ -92,12 +93,6 @@ def accuracy(out, y) -> float:
     return float((xp.argmax(out, axis=1) == y).mean())
 
 
-def _check_scale(scale):
-    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale) or not scale > 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return float(scale)
-
-
 def _total(total, as_array):
     """A 0-d sum as a float, or as a 0-d float64 array on its device (the same number)."""
     return total.astype("float64") if as_array else float(total)
@@ -139,7 +134,7 @@ class CrossEntropy:
     """
 
     def __init__(self, scale=1.0):
-        self.scale = _check_scale(scale)
+        self.scale = check_positive(scale, "scale")
 
     def value_and_grad(self, z, y, *, check=True, as_array=False):
         """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,).
@@ -183,7 +178,7 @@ class SquareLoss:
     """
 
     def __init__(self, scale=1.0, target_value=1.0):
-        self.scale = _check_scale(scale)
+        self.scale = check_positive(scale, "scale")
         if isinstance(target_value, bool) or not isinstance(target_value, numbers.Real) \
                 or not math.isfinite(target_value):
             raise ValueError(f"target_value must be a finite number, got {target_value!r}")
