@@ -19,6 +19,7 @@ __all__ = [
     "check_positive",
     "check_nonnegative",
     "check_float_dtype",
+    "check_finite_labels",
 ]
 
 
@@ -79,6 +80,14 @@ def check_nonnegative(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def check_finite_labels(y: np.ndarray, name: str = "y") -> np.ndarray:
+    """Host labels ``y`` of any dtype, refused when float labels are NaN or infinite (each NaN would
+    make a class of its own in ``np.unique``)."""
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(y)).sum())} NaN or infinite label(s)")
+    return y
 
 
 def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:

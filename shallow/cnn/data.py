@@ -44,6 +44,7 @@ import numpy as np
 
 from .._validation import (
     check_array,
+    check_finite_labels,
     check_integer,
     check_nonnegative,
     check_positive,
@@ -148,8 +149,7 @@ def stratified_split(y, test_size=0.25, rng=0):
         raise ValueError(f"y must be a 1-dimensional array of labels, got shape {y.shape}")
     if y.shape[0] < 2:
         raise ValueError(f"y must hold at least 2 labels to split, got {y.shape[0]}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError(f"y contains {int((~np.isfinite(y)).sum())} NaN or infinite label(s)")
+    check_finite_labels(y)
     test_size = _check_test_size(test_size)
     rng = check_random_state(rng)
     classes, counts = np.unique(y, return_counts=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_array, check_positive
+from .._validation import check_array, check_finite_labels, check_positive
 from ..backend import get_xp, to_device
 
 __all__ = ["RidgeClassifier"]
@@ -75,9 +75,7 @@ class RidgeClassifier:
         n, p = Phi.shape
         if n < 2:
             raise ValueError(f"fit needs at least 2 samples, got n={n}")
-        if y_host.dtype.kind == "f" and not np.isfinite(y_host).all():
-            raise ValueError(f"y contains {int((~np.isfinite(y_host)).sum())} NaN or infinite label(s)")
-        self.classes_ = np.unique(y_host)
+        self.classes_ = np.unique(check_finite_labels(y_host))
         if len(self.classes_) < 2:
             raise ValueError(f"y must hold at least 2 classes to classify, got only {self.classes_.tolist()}")
         Y = xp.asarray((y_host[:, None] == self.classes_[None, :]).astype(np.float64))  # (n, K)
