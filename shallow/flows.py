@@ -58,12 +58,9 @@ __all__ = [
 ]
 
 
-
 class FlowDivergenceError(FloatingPointError):
     """The risk became NaN, infinite, or exploded during a flow."""
 
-
-# ----------------------------------------------------------------------------- empirical risk
 
 def _check_network(net, name="net"):
     """Refuse anything without a network's attributes (a TwoLayer, or a lazy.Linearized)."""
@@ -71,6 +68,8 @@ def _check_network(net, name="net"):
         raise TypeError(f"{name} must be a TwoLayer network (with a, W, gamma and activation), "
                         f"got {type(net).__name__}")
 
+
+# ----------------------------------------------------------------------------- empirical risk
 
 class EmpiricalRisk:
     r"""Empirical square risk R = 1/(2n) sum_i (f(x_i) - y_i)^2 of a two-layer network.
