@@ -452,17 +452,22 @@ def test_rkhs_norm_equals_harmonic_f2_norm_for_kernel_section():
 
 
 def test_single_neuron_has_divergent_f2_norm():
-    """Bach (2017): f = relu(<w, .>) has f_k = mu_k N_k P_k(<w,.>), |f_k|^2 = mu_k^2 N_k, so with lambda_k = mu_k^2
-    the truncated F2 norm is sqrt(sum_{mu_k != 0} N_k), which diverges as the truncation grows."""
+    """Bach (2017): f = relu(<w, .>), |w| = 1, on S^3 is not in the relu NNGP RKHS. Its degree-k energy
+    |f_k|^2 = N_k mu_k^2 (mu_k by scipy quadrature, P_{k,4} = U_k / (k + 1), weight (2 / pi) sqrt(1 - t^2))
+    against lambda_k = E|w|^2 mu_k^2 = 4 mu_k^2 gives the closed form
+    |P_{<=K} f|_{F2}^2 = (1 + 4 + sum_{even 2 <= k <= K} (k + 1)^2) / 4 ~ K^3 / 24, unbounded in K."""
     d = 4
-    norms = []
     for kmax in (10, 20, 40):
-        mu = funk_hecke("relu", d, kmax)
-        N = np.array([_num_harmonics(d, k) for k in range(kmax + 1)], dtype=float)
-        norm = f2_norm_from_harmonics(mu ** 2 * N, mu ** 2)
-        assert norm == pytest.approx(np.sqrt(N[mu != 0].sum()), rel=1e-14)
-        norms.append(norm)
-    assert norms[0] < norms[1] < norms[2]
+        mu = np.array([integrate.quad(lambda t, k=k: t * special.eval_chebyu(k, t) / (k + 1)
+                                      * 2 / np.pi * np.sqrt(1 - t * t), 0, 1, limit=200, epsabs=1e-14)[0]
+                       for k in range(kmax + 1)])
+        alive = [0, 1, *range(2, kmax + 1, 2)]
+        dead = np.setdiff1d(np.arange(kmax + 1), alive)
+        assert np.abs(mu[dead]).max() < 1e-12        # odd degrees >= 3 vanish: their energy is exactly 0
+        mu[dead] = 0.0
+        energies = np.arange(1, kmax + 2) ** 2 * mu ** 2   # N(4, k) = (k + 1)^2
+        norm = f2_norm_from_harmonics(energies, mercer_eigenvalues("relu_nngp", d, kmax))
+        assert norm ** 2 == pytest.approx(sum((k + 1) ** 2 for k in alive) / d, rel=1e-9)
 
 
 def test_f2_norm_is_infinite_on_a_vanishing_eigenvalue():

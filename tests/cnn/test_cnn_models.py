@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-
 from gradcheck import Probe
-from shallow.cnn import Model, build_model, linearize, resnet_small, vgg_small
+from scipy import signal
+
+from shallow.cnn import Model, build_model, linearize, vgg_small
 
 
 @pytest.mark.parametrize("centering", ["frozen", "antisymmetric"])
@@ -89,14 +90,53 @@ def test_linearized_model_jvp_is_its_parameter_derivative():
     np.testing.assert_allclose(lin.forward(x) - f0, tf, rtol=0, atol=1e-12 * np.abs(tf).max())
 
 
-def test_28x28_models_map_images_to_class_scores():
+def _vgg_reference(model, x):
+    """The VGG forward map in eval mode, written from its definition: scipy correlations with zero
+    padding 1, batch norm with running statistics, relu, 2x2 max pooling (floor), mean over the map,
+    x W + b."""
+    for layer in model.layers:
+        name = type(layer).__name__
+        if name == "Conv2d":
+            W = layer.params["W"]                                     # (3, 3, C_in, C_out)
+            xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            x = np.stack([[sum(signal.correlate(xp[n, :, :, c], W[:, :, c, o], mode="valid")
+                               for c in range(W.shape[2])) for o in range(W.shape[3])]
+                          for n in range(x.shape[0])]).transpose(0, 2, 3, 1)
+        elif name == "BatchNorm2d":
+            mean, var = layer.buffers["running_mean"], layer.buffers["running_var"]
+            x = layer.params["gamma"] * (x - mean) / np.sqrt(var + layer.eps) + layer.params["beta"]
+        elif name == "Activation":
+            x = np.maximum(x, 0.0)
+        elif name == "MaxPool2d":
+            H, Wd = x.shape[1] // 2, x.shape[2] // 2
+            x = x[:, :2 * H, :2 * Wd].reshape(x.shape[0], H, 2, Wd, 2, -1).max(axis=(2, 4))
+        elif name == "GlobalAvgPool2d":
+            x = x.mean(axis=(1, 2))
+        else:
+            assert name == "Linear", name
+            x = x @ layer.params["W"] + layer.params["b"]
+    return x
+
+
+def test_28x28_vgg_is_three_stages_of_convolutions_and_pooling_down_to_3x3():
+    # 28 -> 14 -> 7 -> 3 by floor pooling; the forward map equals its definition written with scipy.
+    rng = np.random.default_rng(12)
+    model = vgg_small((28, 28), 10, width=2, rng=13)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNorm2d":               # nontrivial running statistics
+            layer.buffers["running_mean"][:] = rng.standard_normal(layer.num_features)
+            layer.buffers["running_var"][:] = rng.uniform(0.5, 2.0, layer.num_features)
+    model.eval()
+    x = rng.standard_normal((2, 28, 28, 1))
+    assert sum(type(layer).__name__ == "MaxPool2d" for layer in model.layers) == 3
+    np.testing.assert_allclose(model.forward(x), _vgg_reference(model, x), rtol=1e-10, atol=1e-12)
+
+
+def test_28x28_models_map_float32_images_to_float32_class_scores():
     x = np.zeros((2, 28, 28, 1), dtype=np.float32)
     for arch in ("vgg", "resnet"):
-        model = build_model(arch, (28, 28, 1), 10, width=4, rng=0, dtype=np.float32)
-        y = model.forward(x)
+        y = build_model(arch, (28, 28, 1), 10, width=4, rng=0, dtype=np.float32).forward(x)
         assert y.shape == (2, 10) and y.dtype == np.float32
-    assert sum(type(layer).__name__ == "MaxPool2d" for layer in vgg_small((28, 28), 10, width=2).layers) == 3
-    assert resnet_small((28, 28), 10, width=2, blocks=2).num_parameters() > 0
 
 
 def test_model_rejects_wrong_images_naming_x():
