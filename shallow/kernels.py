@@ -859,7 +859,8 @@ def rkhs_norm(coef, gram) -> float:
     Raises
     ------
     ValueError
-        For mismatched shapes, or when c^T K c is negative beyond rounding (gram not PSD).
+        For mismatched shapes, a gram that is not symmetric, or when c^T K c is negative beyond
+        rounding (gram not PSD).
 
     Notes
     -----
@@ -876,9 +877,14 @@ def rkhs_norm(coef, gram) -> float:
     n = c.shape[0]
     if K.shape != (n, n):
         raise ValueError(f"gram must have shape ({n}, {n}) to match coef of length {n}, got {tuple(K.shape)}")
+    eps = float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps)
+    K_max = float(xp.abs(K).max()) if n else 0.0
+    asymmetry = float(xp.abs(K - K.T).max()) if n else 0.0
+    if asymmetry > 64 * n * eps * K_max:
+        raise ValueError(f"gram must be symmetric (the Gram matrix K(x_i, x_j) of the centres), but "
+                         f"max |gram - gram^T| = {asymmetry:.3g} against max |gram| = {K_max:.3g}")
     value = float(c @ (K @ c))
-    scale = float(xp.abs(K).max()) * float(c @ c) if n else 0.0
-    tol = 64 * n * float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps) * scale
+    tol = 64 * n * eps * K_max * float(c @ c)
     if value < -tol:
         raise ValueError(f"c^T gram c = {value:.3g} < 0: gram is not positive semidefinite")
     return math.sqrt(max(value, 0.0))

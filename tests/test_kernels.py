@@ -516,6 +516,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: mercer_eigenvalues(np.sin, 3, 3, breakpoints=(1.5,)), "breakpoints"),
     (lambda X: rkhs_norm(np.ones(3), np.eye(2)), "gram"),
     (lambda X: rkhs_norm(np.ones(2), -np.eye(2)), "positive semidefinite"),
+    (lambda X: rkhs_norm(np.ones(3), random_feature_kernel(X, X[::-1], "relu")), "gram must be symmetric"),
     (lambda X: f2_norm_from_harmonics([1.0, -1.0], [1.0, 1.0]), "energies"),
     (lambda X: f2_norm_from_harmonics([1.0, 1.0], [1.0, -1.0]), "eigenvalues"),
     (lambda X: f2_norm_from_harmonics([1.0], [1.0, 1.0]), "shape"),
