@@ -77,7 +77,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_integer, check_positive
+from .._validation import check_array, check_integer, check_positive
 from ..backend import get_xp
 
 __all__ = [
@@ -110,12 +110,24 @@ def _check_real(value, name: str) -> float:
     return float(value)
 
 
+#: Most aliases n per axis in the periodisation sum (|n| <= MAX_ALIASES): the sum forms an array of
+#: M N (2 n + 1)^2 terms, so a filter much narrower than a pixel (or with |xi| in the thousands)
+#: would exhaust the memory instead of giving a number.
+MAX_ALIASES = 256
+
+
 def _aliased_gaussian(shape, sigma, theta, xi, slant):
     """sum_n g_hat(omega_k + 2 pi n) on the FFT grid: the DFT of the periodised Gabor function."""
     M, N = shape
     e = np.array([math.cos(theta), math.sin(theta)])  # e_theta, (row, column)
     # Fourier standard deviations: 1/sigma along e_theta, s/sigma across; 9 of them reach 1e-18
     reach = abs(xi) + np.pi + 9.0 * max(1.0, slant) / sigma
+    if reach > 2 * np.pi * MAX_ALIASES:
+        raise ValueError(f"sigma={sigma:.3g} (pixels, slant={slant:.3g}) with xi={xi:.3g} is not resolved by the pixel "
+                         f"grid: its Fourier transform reaches {reach:.3g} radians per pixel, more than the "
+                         f"{MAX_ALIASES} aliases of 2 pi summed on each side; sigma / max(1, slant) must be at least "
+                         f"about {9.0 / (2 * np.pi * MAX_ALIASES - np.pi):.2g} pixels and |xi| at most about "
+                         f"{2 * np.pi * MAX_ALIASES - np.pi:.0f}")
     n_alias = math.ceil(reach / (2 * np.pi))
     n = 2 * np.pi * np.arange(-n_alias, n_alias + 1)
     w1 = (2 * np.pi * np.fft.fftfreq(M))[:, None] + n[None, :]  # (M, n_a): omega_1 + 2 pi n_1
@@ -294,6 +306,12 @@ def _reflect(F):
     return np.roll(F[..., ::-1, ::-1], 1, axis=(-2, -1))
 
 
+def _check_bank(bank) -> FilterBank:
+    if not isinstance(bank, FilterBank):
+        raise TypeError(f"bank must be a FilterBank (see filter_bank), got {type(bank).__name__}")
+    return bank
+
+
 def littlewood_paley(bank: FilterBank) -> np.ndarray:
     r"""The Littlewood-Paley function A[k] = |phi_hat[k]|^2 + (1/2) sum_{j, l} (|psi_hat_{j, l}[k]|^2 + |psi_hat_{j, l}[-k]|^2).
 
@@ -311,6 +329,7 @@ def littlewood_paley(bank: FilterBank) -> np.ndarray:
     wavelet transform are min A and max A (Mallat 2012, Eq. 2.9, with the half circle of
     orientations doubled by symmetry).
     """
+    bank = _check_bank(bank)
     P = bank.psi.reshape(-1, *bank.shape) ** 2
     return bank.phi**2 + 0.5 * (P.sum(axis=0) + _reflect(P).sum(axis=0))
 
@@ -348,15 +367,14 @@ def wavelet_transform(x, bank: FilterBank):
     >>> bool(np.allclose(high, 0, atol=1e-12))  # zero-mean wavelets annihilate constants
     True
     """
+    bank = _check_bank(bank)
+    x = check_array(x, "x")  # real, finite; integers as float64
     xp = get_xp(x)
-    x = xp.asarray(x)
-    if x.dtype.kind not in "fiu" or x.ndim < 2:
+    if x.ndim < 2:
         raise ValueError(f"x must be a real array of shape (..., M, N), got dtype {x.dtype} and shape {x.shape}")
     if tuple(x.shape[-2:]) != tuple(bank.shape):
         raise ValueError(f"x has images of shape {tuple(x.shape[-2:])} but the filter bank is built for "
                          f"shape {tuple(bank.shape)}")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)
     dtype = x.dtype
     X = xp.fft.fft2(x)
     phi = xp.asarray(bank.phi.astype(dtype))

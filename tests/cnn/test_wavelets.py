@@ -245,6 +245,40 @@ def test_bad_input_raises_a_clear_value_error(call, match):
         call()
 
 
+@pytest.mark.parametrize("x, match", [
+    (np.full((2, 16, 16), np.nan), "x contains 512 NaN or infinite"),
+    (np.full((1, 16, 16), np.inf), "x contains 256 NaN or infinite"),
+    ("an image", "x must be an array of real numbers"),
+    ([[1.0] * 16, [1.0]], "x must be a rectangular array"),
+])
+def test_wavelet_transform_refuses_non_finite_or_non_numeric_images(x, match):
+    # NaN or infinite pixels used to come back as NaN coefficients without a word.
+    with pytest.raises(ValueError, match=match):
+        wavelet_transform(x, filter_bank((16, 16), 2, 4))
+
+
+@pytest.mark.parametrize("sigma, xi, match", [
+    (1e-300, 0.0, "sigma=1e-300"),
+    (1e-3, 0.0, "sigma=0.001"),
+    (1.0, 1e300, r"xi=1e\+300"),
+])
+def test_gabor_refuses_a_filter_the_pixel_grid_cannot_resolve(sigma, xi, match):
+    # sigma -> 0 (or |xi| -> infinity) made the periodisation sum ~ (9 / (2 pi sigma))^2 aliases per
+    # frequency: an allocation that failed deep in numpy, or exhausted the memory.
+    with pytest.raises(ValueError, match=match):
+        gabor_2d((8, 8), sigma, 0.0, xi)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: littlewood_paley(np.zeros((16, 16))),
+    lambda: frame_bounds("bank"),
+    lambda: wavelet_transform(np.zeros((16, 16)), (16, 16)),
+])
+def test_wavelet_functions_refuse_a_bank_that_is_not_a_filter_bank(call):
+    with pytest.raises(TypeError, match="bank must be a FilterBank"):
+        call()
+
+
 def test_wavelet_transform_on_cupy_matches_numpy(xp):
     # The same filters on the device: results equal to the host's within FFT rounding (1e-12).
     bank = filter_bank((16, 16), 2, 4)
