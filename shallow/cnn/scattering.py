@@ -111,6 +111,7 @@ def check_scattering_shape(shape, J: int) -> tuple[int, int]:
         Naming ``shape`` and J, when a side is smaller than 2^J or not a multiple of it.
     """
     shape = check_grid_shape(shape, "shape")
+    J = check_integer(J, "J", minimum=1)
     step = 2**J
     for side in shape:
         if side < step:
@@ -362,6 +363,10 @@ class Scattering2D:
     def _run(self, x, tx=None, keep=False):
         """S(x) on a (B, M, N) batch; with tx also the tangent; with keep the cache of :meth:`_vjp_cached`."""
         xp = get_xp(x)
+        B = x.shape[0]
+        if B == 0:  # no images: no coefficients (the blocks below reshape by B)
+            S = xp.zeros((0, self.n_coefficients, *self.output_shape), dtype=np.promote_types(x.dtype, np.float32))
+            return S, (None if tx is None else S.copy()), ({"first": [], "second": {}} if keep else None)
         F = self._filters(xp, x.dtype)
         fft2 = xp.fft.fft2
         X = fft2(self._pad_image(x))
@@ -372,7 +377,6 @@ class Scattering2D:
             tout = [self._low(tX, 0, F)[:, None]]
         order2, torder2 = [], []
         cache = {"first": [], "second": {}} if keep else None
-        B = x.shape[0]
         if self.max_order >= 1:
             for j1 in range(self.J):
                 Z1 = self._band(X, j1, 0, F)  # (B, L, m1, n1)
@@ -408,8 +412,10 @@ class Scattering2D:
     def _vjp_cached(self, x, cache, G):
         """(dS/dx)^T G for a (B, M, N) batch, with the cache of ``_run(x, keep=True)``; G (B, K, h, w)."""
         xp = get_xp(x)
-        F = self._filters(xp, x.dtype)
         B = x.shape[0]
+        if B == 0:
+            return xp.zeros_like(x)
+        F = self._filters(xp, x.dtype)
         L, J = self.L, self.J
         Mp, Np = self.padded_shape
         gX = self._low_adjoint(G[:, 0], 0, F)  # (B, M', N')
@@ -560,6 +566,9 @@ class ScatteringLayer(Layer):
             return None
         S = self.scattering
         xb, cache, N, C = self._cache
+        want = (N, *S.output_shape, C * S.n_coefficients)
+        if tuple(dy.shape) != want:
+            raise ValueError(f"dy must have the shape of the layer's output, {want}, got {tuple(dy.shape)}")
         g = S._vjp_cached(xb, cache, S._from_nhwc(dy, N, C).astype(xb.dtype, copy=False))
         return g.reshape(N, C, *S.shape).transpose(0, 2, 3, 1)
 
@@ -568,6 +577,9 @@ class ScatteringLayer(Layer):
             return self.forward(x), None
         S = self.scattering
         x = S._check_nhwc(x, "x")
+        if tuple(getattr(tx, "shape", ())) != tuple(x.shape):
+            raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(getattr(tx, 'shape', ()))} "
+                             f"({type(tx).__name__})")
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
         txb = tx.transpose(0, 3, 1, 2).reshape(N * C, *S.shape).astype(x.dtype, copy=False)
@@ -617,7 +629,7 @@ class ScatteringClassifier(RidgeClassifier):
         """Flattened (optionally log) scattering features, shape (N, h w C K), before standardisation."""
         xp = get_xp(X)
         Phi = self.scattering.features(X)
-        Phi = Phi.reshape(Phi.shape[0], -1)
+        Phi = Phi.reshape(Phi.shape[0], int(np.prod(Phi.shape[1:])))  # (N, h w C K), also for N = 0
         if self.log_eps is not None:
             Phi = xp.log(xp.abs(Phi) + self.log_eps)
         return Phi

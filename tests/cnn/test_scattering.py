@@ -354,6 +354,42 @@ def test_bad_input_raises_a_clear_value_error(call, match):
         call(S)
 
 
+@pytest.mark.parametrize("J", [-1, 0, 1.5, "2"])
+def test_check_scattering_shape_refuses_a_J_that_is_not_a_positive_integer(J):
+    # J = -1 passed (every side is a multiple of 2^-1 = 0.5) and J = "2" failed inside 2**J.
+    with pytest.raises(ValueError, match="J must be an integer >= 1"):
+        check_scattering_shape((16, 16), J)
+
+
+def test_scattering_of_no_images_is_empty():
+    # An empty batch used to fail inside a reshape by -1; its coefficients are an empty array of
+    # the output shape (K = 25 for J = 2, L = 4), in every entry point.
+    S = Scattering2D(2, (16, 16), 4)
+    x = np.zeros((0, 16, 16))
+    assert S(x).shape == (0, 25, 4, 4) and S(x).dtype == np.float64
+    assert S(x.astype(np.float32)).dtype == np.float32
+    assert S.features(np.zeros((0, 16, 16, 2))).shape == (0, 4, 4, 50)
+    Sx, tS = S.jvp(x, x)
+    assert Sx.shape == tS.shape == (0, 25, 4, 4)
+    assert S.vjp(x, np.zeros((0, 25, 4, 4))).shape == (0, 16, 16)
+    layer = ScatteringLayer(scattering=S)
+    y = layer.forward(np.zeros((0, 16, 16, 1)))
+    assert y.shape == (0, 4, 4, 25) and layer.backward(y).shape == (0, 16, 16, 1)
+
+
+def test_scattering_layer_refuses_a_tangent_or_gradient_of_the_wrong_shape():
+    # Both used to fail inside a reshape (or a text tangent inside .transpose) without naming them.
+    layer = ScatteringLayer(2, (16, 16), 4)
+    x = np.zeros((2, 16, 16, 1))
+    with pytest.raises(ValueError, match=r"tx must have the shape of x, \(2, 16, 16, 1\), got \(2, 16, 16, 2\)"):
+        layer.jvp(x, np.zeros((2, 16, 16, 2)))
+    with pytest.raises(ValueError, match="tx must have the shape of x"):
+        layer.jvp(x, "tangent")
+    layer.forward(x)
+    with pytest.raises(ValueError, match=r"dy must have the shape of the layer's output, \(2, 4, 4, 25\)"):
+        layer.backward(np.zeros((2, 4, 4, 3)))
+
+
 def test_scattering_on_cupy_matches_numpy(xp):
     # The device path against the host: FFT rounding only (1e-12 of the scale), float64.
     from shallow.backend import to_numpy
