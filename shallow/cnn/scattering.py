@@ -78,7 +78,7 @@ import numpy as np
 
 from .._validation import check_array, check_integer, check_positive
 from ..backend import get_xp, to_device
-from .layers import Layer, _missing_cache
+from .layers import Layer, _missing_cache, check_batch
 from .models import check_images
 from .ridge import RidgeClassifier
 from .wavelets import FilterBank, check_grid_shape, filter_bank
@@ -489,8 +489,12 @@ class Scattering2D:
         return g.reshape(x.shape)
 
     # ------------------------------------------------------------------ channels-last batches
-    def _check_nhwc(self, X, name="X"):
-        X = check_images(X, name)
+    def _check_nhwc(self, X, name="X", finite=True):
+        """X as a channels-last batch of this scattering's image shape; ``finite=False`` skips the NaN scan."""
+        if finite:
+            X = check_images(X, name)
+        else:
+            check_batch(X, name)
         if tuple(X.shape[1:3]) != self.shape:
             raise ValueError(f"{name} has images of shape {tuple(X.shape[1:3])} but the scattering is built for "
                              f"shape={self.shape} (channels-last batches (N, H, W, C))")
@@ -528,6 +532,9 @@ class ScatteringLayer(Layer):
     -----
     forward is :meth:`Scattering2D.features`; backward the vector-Jacobian product through the
     moduli (module notes); jvp the forward-mode derivative. Fixed filters: no parameters.
+    forward and jvp refuse NaN or infinite inputs; :func:`~shallow.cnn.train.fit`, which checks the
+    whole data set once, turns that scan off (``check_inputs``) for its steps: on a GPU it would wait
+    for the device at every step (and cannot run inside a recorded CUDA graph).
 
     Examples
     --------
@@ -546,13 +553,14 @@ class ScatteringLayer(Layer):
         elif not isinstance(scattering, Scattering2D):
             raise ValueError(f"scattering must be a Scattering2D, got {type(scattering).__name__}")
         self.scattering = scattering
+        self.check_inputs = True
 
     def extra_repr(self):
         return repr(self.scattering)
 
     def forward(self, x):
         S = self.scattering
-        x = S._check_nhwc(x, "x")
+        x = S._check_nhwc(x, "x", finite=self.check_inputs)
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
         Sx, _, cache = S._run(xb, keep=True)
@@ -576,7 +584,7 @@ class ScatteringLayer(Layer):
         if tx is None:
             return self.forward(x), None
         S = self.scattering
-        x = S._check_nhwc(x, "x")
+        x = S._check_nhwc(x, "x", finite=self.check_inputs)
         if tuple(getattr(tx, "shape", ())) != tuple(x.shape):
             raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(getattr(tx, 'shape', ()))} "
                              f"({type(tx).__name__})")

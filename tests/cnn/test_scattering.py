@@ -377,6 +377,23 @@ def test_scattering_of_no_images_is_empty():
     assert y.shape == (0, 4, 4, 25) and layer.backward(y).shape == (0, 16, 16, 1)
 
 
+def test_scattering_layer_leaves_its_nan_scan_to_fit():
+    # The layer refuses NaN inputs, but not inside fit's steps (fit checks the data set once): the
+    # scan reads a flag back from the device, a wait at every step on a GPU, refused while a CUDA
+    # graph is recorded.
+    from shallow.cnn.models import _inputs_checked
+
+    net = Sequential(ScatteringLayer(1, (8, 8), 4), Flatten(), Linear(4 * 4 * 5, 3, rng=0))
+    x = np.full((2, 8, 8, 1), np.nan)
+    with pytest.raises(ValueError, match="x contains 128 NaN"):
+        net.forward(x)
+    with _inputs_checked(net):
+        assert np.isnan(net.forward(x)).all()
+        with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):  # the shape is still checked
+            net.forward(np.zeros((2, 8, 8)))
+    assert net.layers[0].check_inputs
+
+
 def test_scattering_layer_refuses_a_tangent_or_gradient_of_the_wrong_shape():
     # Both used to fail inside a reshape (or a text tangent inside .transpose) without naming them.
     layer = ScatteringLayer(2, (16, 16), 4)
