@@ -73,9 +73,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_array, check_integer, check_random_state
 from ..backend import get_xp
 from .conv import Conv2d
+from .group import _check_shape3
 from .layers import (
     Activation,
     Layer,
@@ -116,6 +117,12 @@ class InvertibleLayer(Layer):
     def output_shape(self, shape):
         """The (H, W, C) of the output for inputs of shape (H, W, C) (ValueError if not accepted)."""
         raise NotImplementedError
+
+
+def _check_tangent(x, tx):
+    """Refuse a tangent tx whose shape is not x's (a cheap check: no device read)."""
+    if tx is not None and tuple(tx.shape) != tuple(x.shape):
+        raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(tx.shape)}")
 
 
 # ----------------------------------------------------------------------------- space-to-depth
@@ -162,6 +169,9 @@ class SpaceToDepth(InvertibleLayer):
         self.block = check_integer(block, "block", minimum=1)
 
     def output_shape(self, shape):
+        return self._output_shape(_check_shape3(shape))
+
+    def _output_shape(self, shape):
         H, W, C = shape
         b = self.block
         if H % b or W % b:
@@ -171,7 +181,7 @@ class SpaceToDepth(InvertibleLayer):
 
     def _check_in(self, x, name):
         check_batch(x, name)
-        self.output_shape(x.shape[1:])
+        self._output_shape(x.shape[1:])
 
     def _check_out(self, y, name):
         check_batch(y, name)
@@ -194,6 +204,7 @@ class SpaceToDepth(InvertibleLayer):
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
+        _check_tangent(x, tx)
         return y, (None if tx is None else _space_to_depth(tx, self.block))
 
     def inverse(self, y):
@@ -232,7 +243,7 @@ class InjectivePad(InvertibleLayer):
                              f"{self.out_channels} < {self.in_channels}")
 
     def output_shape(self, shape):
-        H, W, C = shape
+        H, W, C = _check_shape3(shape)
         if C != self.in_channels:
             raise ValueError(f"InjectivePad expects {self.in_channels} channels, got images of shape {tuple(shape)}")
         return (H, W, self.out_channels)
@@ -268,6 +279,7 @@ class InjectivePad(InvertibleLayer):
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
+        _check_tangent(x, tx)
         return y, (None if tx is None else self._pad(tx))
 
     def inverse(self, y):
@@ -303,6 +315,8 @@ def bottleneck(in_channels, out_channels, *, stride=1, hidden=None, batch_norm=T
     -------
     Sequential
     """
+    if stride not in (1, 2) or isinstance(stride, bool):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
     hidden = out_channels if hidden is None else check_integer(hidden, "hidden", minimum=1)
     rng = check_random_state(rng)
     layers = [Conv2d(in_channels, hidden, 3, stride=stride, padding=1, bias=not batch_norm, rng=rng, dtype=dtype,
@@ -395,7 +409,7 @@ class RevBlock(InvertibleLayer):
         return self.channels if self.stride == 1 else 4 * self.channels
 
     def output_shape(self, shape):
-        H, W, C = shape
+        H, W, C = _check_shape3(shape)
         if C != self.channels:
             raise ValueError(f"RevBlock expects {self.channels} channels, got images of shape {tuple(shape)}")
         if self.stride == 2 and (H % 2 or W % 2):
@@ -451,6 +465,7 @@ class RevBlock(InvertibleLayer):
 
     def jvp(self, x, tx=None, tparams=None):
         self._check(x, "x", self.channels)
+        _check_tangent(x, tx)
         xp = get_xp(x)
         h = self.channels // 2
         x1, x2 = x[..., :h], x[..., h:]
@@ -597,12 +612,7 @@ class IRevNet(Layer):
         return self.body.output_shape(self.in_shape, k)
 
     def _input(self, x, name):
-        xp = get_xp(x)
-        x = xp.asarray(x)
-        if self.in_shape is not None:
-            return check_images(x, name, self.in_shape, dtype=self.dtype)
-        check_batch(x, name)
-        return x
+        return check_images(x, name, self.in_shape, dtype=self.dtype)
 
     def features(self, x, k=None):
         """Phi_k(x), the representation after the first k invertible layers (all by default).
@@ -630,16 +640,13 @@ class IRevNet(Layer):
         -------
         array of shape (N, H, W, C)
         """
-        xp = get_xp(z)
-        z = xp.asarray(z)
+        z = check_array(z, "z")  # real and finite
         k = self.depth if k is None else check_integer(k, "k", minimum=0, maximum=self.depth)
         if self.in_shape is not None:
             want = self.feature_shape(k)
             if z.ndim != 4 or tuple(z.shape[1:]) != want:
                 raise ValueError(f"z must have shape (N,) + {want} (the features after {k} invertible layers), got "
                                  f"shape {tuple(z.shape)}")
-            if z.size and not bool(xp.isfinite(z).all()):
-                raise ValueError("z contains NaN or infinite values")
         else:
             check_batch(z, "z")
         return self.body.reconstruct(z, k)

@@ -18,6 +18,8 @@ level), in float32 at 1e-4 (eps_32 = 1.2e-7 times O(10) activations times a few 
 margin of 10); derivative checks use the tolerances of tests/cnn/gradcheck.py (stated there).
 """
 
+import re
+
 import numpy as np
 import pytest
 from gradcheck import check_central_differences, check_jvp, taylor_slope
@@ -421,3 +423,51 @@ def test_irevnet_rejects_bad_arguments_and_inputs():
         net.reconstruct(np.full((1, 2, 2, 16), np.nan))
     with pytest.raises(ValueError, match="x has images of shape"):
         net.features(np.zeros((1, 6, 6, 1)))
+
+
+@pytest.mark.parametrize("layer, x, tx", [
+    # SpaceToDepth returned a tangent of another shape; the others failed inside numpy or named a half
+    (SpaceToDepth(2), np.zeros((1, 8, 8, 1)), np.zeros((1, 8, 8, 2))),
+    (InjectivePad(4, 8), np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 2))),
+    (RevBlock(4, rng=0), np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 2))),
+])
+def test_invertible_layers_refuse_a_tangent_of_another_shape(layer, x, tx):
+    with pytest.raises(ValueError, match=re.escape(f"tx must have the shape of x, {x.shape}, got {tx.shape}")):
+        layer.jvp(x, tx)
+
+
+@pytest.mark.parametrize("layer", [SpaceToDepth(2), InjectivePad(4, 8), RevBlock(4, rng=0)])
+@pytest.mark.parametrize("shape, match", [
+    ((8, 8), r"shape must be the image shape \(H, W, C\)"),
+    ((-8, 8, 4), "shape must be an integer >= 1, got -8"),
+])
+def test_output_shape_refuses_a_shape_that_is_not_h_w_c(layer, shape, match):
+    # (8, 8) failed in a tuple unpacking; SpaceToDepth(2).output_shape((-8, 8, 4)) gave (-4, 4, 16).
+    with pytest.raises(ValueError, match=match):
+        layer.output_shape(shape)
+
+
+@pytest.mark.parametrize("z, match", [
+    (np.zeros((1, 2, 2, 16), dtype=complex), "z must be real"),
+    ("features", "z must be an array of real numbers"),
+])
+def test_reconstruct_refuses_complex_or_text_features(z, match):
+    # Complex features failed in a ufunc cast deep in the GEMM of a convolution.
+    with pytest.raises(ValueError, match=match):
+        small_net().eval().reconstruct(z)
+
+
+def test_irevnet_without_in_shape_refuses_nan_images_and_features():
+    # Without in_shape, features and reconstruct passed NaN through to NaN outputs.
+    net = small_net().eval()
+    bare = IRevNet(net.body, net.head)
+    with pytest.raises(ValueError, match="x contains 64 NaN"):
+        bare.features(np.full((1, 8, 8, 1), np.nan))
+    with pytest.raises(ValueError, match="z contains 64 NaN"):
+        bare.reconstruct(np.full((1, 2, 2, 16), np.nan))
+
+
+@pytest.mark.parametrize("stride", [0, 3, 1.5])
+def test_bottleneck_refuses_a_stride_other_than_1_or_2(stride):
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        bottleneck(2, 2, stride=stride)
