@@ -84,7 +84,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_array, check_integer, check_random_state
 from ..backend import get_xp, to_device, to_numpy
 from .conv import Conv2d
 from .data import affine_warp
@@ -101,6 +101,7 @@ from .layers import (
 )
 from .models import _check_shape, _n_stages, check_images
 from .pooling import GlobalAvgPool2d, MaxPool2d
+from .wavelets import _check_real, check_grid_shape
 
 __all__ = [
     "GaborFit",
@@ -180,12 +181,13 @@ def deform_nearest(X, tau):
     """
     X = check_images(X, "X")
     xp = get_xp(X)
-    tau = np.asarray(to_numpy(tau), dtype=np.float64)
+    tau = to_numpy(check_array(tau, "tau")).astype(np.float64, copy=False)  # real and finite
     H, W = X.shape[1:3]
     if tau.shape != (H, W, 2):
         raise ValueError(f"tau must be a displacement field of shape (H, W, 2) = ({H}, {W}, 2), got {tau.shape}")
-    if not np.isfinite(tau).all():
-        raise ValueError("tau contains NaN or infinite displacements")
+    if tau.size and np.abs(tau).max() >= 2.0**52:
+        raise ValueError(f"tau has a displacement of {np.abs(tau).max():.3g} pixels, beyond 2^52 where u - tau(u) "
+                         "in float64 no longer resolves the pixels")
     i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
     rows = np.rint(i - tau[..., 0]).astype(np.int64) % H  # (H, W)
     cols = np.rint(j - tau[..., 1]).astype(np.int64) % W
@@ -212,8 +214,8 @@ def circular_convolution(X, k):
     of :class:`~shallow.cnn.conv.Conv2d` with circular padding is the convolution with k[-v].
     """
     X = check_images(X, "X")
+    k = check_array(k, "k")  # real and finite: the imaginary part of a complex kernel would be dropped
     xp = get_xp(X, k)
-    k = xp.asarray(k)
     H, W, C = X.shape[1:]
     if k.ndim != 4 or k.shape[:3] != (H, W, C):
         raise ValueError(f"k must have shape (H, W, C_in, C_out) with (H, W, C_in) = ({H}, {W}, {C}) for X of "
@@ -228,6 +230,12 @@ def _check_shape3(shape):
     if not isinstance(shape, (tuple, list)) or len(shape) != 3:
         raise ValueError(f"shape must be the image shape (H, W, C), got {shape!r}")
     return tuple(check_integer(v, "shape", minimum=1) for v in shape)
+
+
+def _check_callable(op, name="op"):
+    if not callable(op):
+        raise TypeError(f"{name} must be a callable map of image batches (N, H, W, C), got {type(op).__name__}")
+    return op
 
 
 def _apply(op, X, name="op"):
@@ -268,6 +276,7 @@ def convolution_kernel(op, shape, *, dtype=np.float64, device="cpu"):
     >>> np.allclose(convolution_kernel(lambda X: circular_convolution(X, k), (4, 4, 1)), k)
     True
     """
+    _check_callable(op)
     H, W, C = _check_shape3(shape)
     dtype = check_dtype(dtype)
     D = np.zeros((C, H, W, C), dtype=dtype)  # (C_in, H, W, C_in): batch entry c is delta_0 e_c
@@ -331,6 +340,8 @@ def commutator_defect(op, L, X) -> float:
     float
         0 when op and L commute on X (the seed's [W, L] = WL - LW applied to X, relative).
     """
+    _check_callable(op)
+    _check_callable(L, "L")
     X = check_images(X, "X")
     xp = get_xp(X)
     LY = xp.asarray(L(op(X)))
@@ -361,6 +372,7 @@ def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, d
     -------
     bool
     """
+    _check_callable(op)
     H, W, C = _check_shape3(shape)
     if not isinstance(rtol, numbers.Real) or isinstance(rtol, bool) or not rtol >= 0:
         raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
@@ -842,11 +854,17 @@ def gabor_filter(shape, C, D, xi, *, center=(0.0, 0.0), phase=0.0, real=True):
     u = (row, column) - centre of the grid. With u_0 = 0 and phi = 0 this is the seed's
     psi_{C, D, xi}(u) = C e^{-u^T D u} e^{i u^T xi} (Daugman 1985).
     """
-    shape = tuple(check_integer(v, "shape", minimum=1) for v in shape)
-    D = np.asarray(D, dtype=np.float64)
-    xi = np.asarray(xi, dtype=np.float64)
+    shape = check_grid_shape(shape, "shape")
+    C, phase = _check_real(C, "C"), _check_real(phase, "phase")
+    D, xi, center = (to_numpy(check_array(v, name)).astype(np.float64, copy=False)  # real and finite
+                     for v, name in ((D, "D"), (xi, "xi"), (center, "center")))
     if D.shape != (2, 2) or xi.shape != (2,):
         raise ValueError(f"D must have shape (2, 2) and xi shape (2,), got {D.shape} and {xi.shape}")
+    if center.shape != (2,):
+        raise ValueError(f"center must be a pair (rows, columns), got shape {center.shape}")
+    lam = np.linalg.eigvalsh(0.5 * (D + D.T))  # only the symmetric part of D enters u^T D u
+    if lam[0] < -1e-12 * max(1.0, float(np.abs(lam).max())):  # rounding of a D = L L^T, with room
+        raise ValueError(f"D must be positive semi-definite (an envelope that decays), got eigenvalues {lam}")
     ui, uj = _grid(shape)
     ui, uj = ui - center[0], uj - center[1]
     quad = D[0, 0] * ui * ui + (D[0, 1] + D[1, 0]) * ui * uj + D[1, 1] * uj * uj
@@ -923,11 +941,9 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     """
     from scipy.optimize import least_squares
 
-    f = np.asarray(to_numpy(f), dtype=np.float64)
+    f = to_numpy(check_array(f, "f")).astype(np.float64, copy=False)  # real and finite
     if f.ndim != 2 or min(f.shape) < 2:
         raise ValueError(f"f must be a 2-D filter of shape (KH, KW) with KH, KW >= 2, got shape {f.shape}")
-    if not np.isfinite(f).all():
-        raise ValueError("f contains NaN or infinite values")
     n_starts = check_integer(n_starts, "n_starts", minimum=1)
     norm = float(np.linalg.norm(f))
     KH, KW = f.shape

@@ -462,3 +462,72 @@ def test_bad_inputs_raise_clear_errors():
         fit_gabor(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="angle must be a finite number"):
         rotate_images(np.zeros((1, 4, 4, 1)), float("nan"))
+
+
+@pytest.mark.parametrize("k, match", [
+    (np.full((4, 4, 1, 2), 1j), "k must be real"),  # the imaginary part used to be dropped silently
+    (np.full((4, 4, 1, 2), np.nan), "k contains 32 NaN"),
+    ("kernel", "k must be an array of real numbers"),
+])
+def test_circular_convolution_refuses_a_complex_nan_or_text_kernel(k, match):
+    with pytest.raises(ValueError, match=match):
+        circular_convolution(np.zeros((1, 4, 4, 1)), k)
+
+
+@pytest.mark.parametrize("tau, match", [
+    (np.full((4, 4, 2), 1j), "tau must be real"),  # the imaginary part used to be dropped silently
+    ("field", "tau must be an array of real numbers"),
+    (np.full((4, 4, 2), np.inf), "tau contains 32 NaN or infinite"),
+])
+def test_deform_nearest_refuses_a_complex_or_text_field(tau, match):
+    with pytest.raises(ValueError, match=match):
+        deform_nearest(np.zeros((1, 4, 4, 1)), tau)
+
+
+def test_deform_nearest_refuses_displacements_beyond_float64_pixel_resolution():
+    # tau = 4e30 pixels overflowed the int64 cast: garbage indices with only a RuntimeWarning.
+    tau = np.zeros((4, 4, 2))
+    tau[..., 0] = 4e30
+    with pytest.raises(ValueError, match=r"tau has a displacement of 4e\+30 pixels, beyond 2\^52"):
+        deform_nearest(np.zeros((1, 4, 4, 1)), tau)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convolution_kernel(np.eye(4), (4, 4, 1)),
+    lambda: convolution_defect("identity", (4, 4, 1)),
+    lambda: commutator_defect(lambda X: X, 3, np.zeros((1, 4, 4, 1))),
+    lambda: commutes_with_translations(None, (4, 4, 1)),
+])
+def test_operator_probes_refuse_an_operator_that_is_not_callable(call):
+    with pytest.raises(TypeError, match="(op|L) must be a callable map of image batches"):
+        call()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"shape": 5}, "shape must be a pair"),
+    ({"C": float("nan")}, "C must be a finite real number"),
+    ({"C": 1j}, "C must be a finite real number"),
+    ({"phase": "0"}, "phase must be a finite real number"),
+    ({"D": np.eye(2) * 1j}, "D must be real"),
+    ({"D": -np.eye(2)}, "D must be positive semi-definite"),
+    ({"xi": np.array([np.inf, 0.0])}, "xi contains 1 NaN"),
+    ({"center": 1.0}, r"center must be a pair \(rows, columns\)"),
+    ({"center": (np.nan, 0.0)}, "center contains 1 NaN"),
+])
+def test_gabor_filter_refuses_bad_parameters(kwargs, match):
+    # NaN amplitudes, phases and centres came back as NaN filters, complex D lost its imaginary part,
+    # a negative-definite D gave a growing "envelope", shape=5 failed in a tuple unpacking.
+    args = {"shape": (5, 5), "C": 1.0, "D": np.eye(2), "xi": np.zeros(2)}
+    args.update(kwargs)
+    shape, C, D, xi = args.pop("shape"), args.pop("C"), args.pop("D"), args.pop("xi")
+    with pytest.raises(ValueError, match=match):
+        gabor_filter(shape, C, D, xi, **args)
+
+
+@pytest.mark.parametrize("f, match", [
+    (np.ones((5, 5)) * (1 + 1j), "f must be real"),  # the imaginary part used to be dropped silently
+    ("filter", "f must be an array of real numbers"),
+])
+def test_fit_gabor_refuses_a_complex_or_text_filter(f, match):
+    with pytest.raises(ValueError, match=match):
+        fit_gabor(f)
