@@ -172,7 +172,7 @@ def _check_norm(norm):
 
 def _check_eps(eps, n, xp, dtype):
     """eps as an array of shape (n,) on the images' device: a number or one radius per image, >= 0."""
-    arr = np.asarray(to_numpy(eps) if not isinstance(eps, numbers.Real) else eps, dtype=np.float64)
+    arr = to_numpy(check_array(eps, "eps", finite=False)).astype(np.float64, copy=False)  # real: no text, complex
     if arr.ndim == 0:
         if isinstance(eps, bool):
             raise ValueError(f"eps must be a radius >= 0, got {eps!r}")
@@ -201,13 +201,19 @@ def _check_clip(clip):
     return float(clip[0]), float(clip[1])
 
 
+def _check_in_shape(in_shape):
+    """One input's shape without the batch axis: a tuple of positive integers."""
+    if not isinstance(in_shape, (tuple, list)) or not in_shape:
+        raise ValueError(f"in_shape must be the shape of one input, (H, W, C) or (d,), got {in_shape!r}")
+    return tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
+
+
 # ============================================================================= deformations
 
 def _check_field(tau, X=None, name="tau"):
-    xp = get_xp(tau, X)
-    tau = xp.asarray(tau)
-    if tau.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must hold real numbers, got dtype {tau.dtype}")
+    tau = check_array(tau, name)  # real and finite
+    if X is not None:
+        get_xp(tau, X)  # on the images' device
     if tau.ndim not in (3, 4) or tau.shape[-1] != 2:
         raise ValueError(f"{name} must be a displacement field of shape (H, W, 2) or (N, H, W, 2), got shape "
                          f"{tuple(tau.shape)}")
@@ -218,8 +224,6 @@ def _check_field(tau, X=None, name="tau"):
                              f"({H}, {W}, 2) or (N, H, W, 2)")
         if tau.ndim == 4 and tau.shape[0] != N:
             raise ValueError(f"{name} has {tau.shape[0]} fields but there are {N} images")
-    if tau.size and not bool(xp.isfinite(tau).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
     return tau
 
 
@@ -540,6 +544,8 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
     n_iter = check_integer(n_iter, "n_iter", minimum=1)
     tol = check_nonnegative(tol, "tol")
     rng = check_random_state(rng)
+    if in_shape is not None:
+        in_shape = _check_in_shape(in_shape)
     closer = None
     if isinstance(op, Layer):
         xp, dtype = _layer_device(op)
@@ -582,8 +588,7 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
 def _conv_parts(W, groups, dilation):
     if isinstance(W, Conv2d):
         return W.params["W"], W.groups, W.dilation
-    xp = get_xp(W)
-    W = xp.asarray(W)
+    W = check_array(W, "W")  # real and finite (NaN stopped the SVD, complex parts were dropped)
     if W.ndim != 4:
         raise ValueError(f"W must be a convolution kernel of shape (KH, KW, C_in / groups, C_out), got shape "
                          f"{tuple(W.shape)}")
@@ -592,9 +597,9 @@ def _conv_parts(W, groups, dilation):
         raise ValueError(f"W has C_out = {W.shape[3]} output channels, not a multiple of groups={groups}")
     if isinstance(dilation, numbers.Integral) and not isinstance(dilation, bool):
         dilation = (int(dilation), int(dilation))
-    if not (isinstance(dilation, (tuple, list)) and len(dilation) == 2 and min(dilation) >= 1):
+    if not (isinstance(dilation, (tuple, list)) and len(dilation) == 2):
         raise ValueError(f"dilation must be an int >= 1 or a pair of them, got {dilation!r}")
-    return W, groups, tuple(dilation)
+    return W, groups, tuple(check_integer(d, "dilation", minimum=1) for d in dilation)
 
 
 def conv_singular_values(W, shape, *, groups=1, dilation=1):
@@ -674,7 +679,7 @@ def conv_norm_bound(layer, in_shape):
         raise TypeError(f"layer must be a Conv2d, got {type(layer).__name__}")
     if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
         raise ValueError(f"in_shape must be (H, W) or (H, W, C), got {in_shape!r}")
-    H, W = in_shape[0], in_shape[1]
+    H, W = _check_in_shape(in_shape)[:2]
     pt, pb, pl, pr = layer.padding
     return float(conv_singular_values(layer, (H + pt + pb, W + pl + pr)).max())
 
@@ -880,7 +885,7 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
         in_shape = getattr(model, "in_shape", None)
         if in_shape is None:
             raise ValueError("in_shape (one input's shape, e.g. (H, W, C)) is required for a model without in_shape")
-    in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
+    in_shape = _check_in_shape(in_shape)
     n_iter = check_integer(n_iter, "n_iter", minimum=1)
     tol = check_nonnegative(tol, "tol")
     bounds = _Bounds(method, n_iter, tol, check_random_state(rng))
@@ -922,8 +927,14 @@ class _EvalMode:
         return False
 
 
-def _images(model, X, name="X"):
-    return check_images(X, name, getattr(model, "in_shape", None), dtype=model.dtype)
+def _images(model, X, name="X", empty=False):
+    """X checked against the model (finite, its image shape and dtype); no images refused unless ``empty``."""
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    X = check_images(X, name, getattr(model, "in_shape", None), dtype=model.dtype)
+    if not empty and X.shape[0] == 0:
+        raise ValueError(f"{name} holds no images (shape {tuple(X.shape)}): there is nothing to attack or measure")
+    return X
 
 
 def input_jacobian(model, X, *, batch_size=256):
@@ -942,7 +953,7 @@ def input_jacobian(model, X, *, batch_size=256):
         J[n, k] = d f_k(x_n) / dx_n, from K backward passes of the unit vectors e_k.
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    X = _images(model, X)
+    X = _images(model, X, empty=True)
     xp = get_xp(X)
     out = []
     with _EvalMode(model):

@@ -474,3 +474,75 @@ class _Opaque(Layer):
 
     def forward(self, x):
         return x
+
+
+@pytest.mark.parametrize("eps, match", [
+    ("0.1", "eps must be an array of real numbers"),  # text used to be read as the number 0.1
+    (0.1j, "eps must be real"),  # the imaginary part was dropped: a radius of 0
+    (np.full(2, 0.1 + 0.1j), "eps must be real"),
+    (None, "eps must hold real numbers"),
+])
+def test_attacks_refuse_a_radius_that_is_not_a_real_number(eps, match):
+    model = _random_bn_vgg(40)
+    X, y = np.zeros((2, 8, 8, 1)), np.zeros(2, int)
+    with pytest.raises(ValueError, match=match):
+        fgsm(model, X, y, eps)
+    with pytest.raises(ValueError, match=match):
+        pgd(model, X, y, eps)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, X: fgsm(m, X, np.zeros(0, int), 0.1),
+    lambda m, X: pgd(m, X, np.zeros(0, int), 0.1, random_start=True),
+    lambda m, X: minimal_perturbation(m, X, np.zeros(0, int), eps_max=1.0),
+    lambda m, X: certified_radius(m, X, np.zeros(0, int), 1.0),
+    lambda m, X: input_gradient(m, X, np.zeros(0, int)),
+    lambda m, X: universal_perturbation(m, X, 0.1),
+])
+def test_attacks_refuse_an_empty_batch(call):
+    # An empty batch failed deep in the convolution ("negative dimensions are not allowed").
+    with pytest.raises(ValueError, match=r"X holds no images \(shape \(0, 8, 8, 1\)\)"):
+        call(_random_bn_vgg(41), np.zeros((0, 8, 8, 1)))
+
+
+def test_input_derivatives_refuse_a_model_that_is_not_a_layer():
+    # model.dtype was read before the type check: an AttributeError on 'int'.
+    with pytest.raises(TypeError, match="model must be a Layer, got int"):
+        fgsm(3, np.zeros((1, 8, 8, 1)), np.zeros(1, int), 0.1)
+
+
+@pytest.mark.parametrize("W, match", [
+    (np.full((3, 3, 1, 1), np.nan), "W contains 9 NaN"),  # the SVD failed to converge
+    (np.full((3, 3, 1, 1), 1j), "W must be real"),  # the imaginary part was dropped silently
+    ("kernel", "W must be an array of real numbers"),
+])
+def test_conv_singular_values_refuses_a_nan_complex_or_text_kernel(W, match):
+    with pytest.raises(ValueError, match=match):
+        conv_singular_values(W, (4, 4))
+
+
+@pytest.mark.parametrize("dilation", [(1.5, 2), ("a", "b"), 0])
+def test_conv_singular_values_refuses_a_dilation_that_is_not_positive_integers(dilation):
+    # (1.5, 2) failed as an array index, ("a", "b") in a comparison of str and int.
+    with pytest.raises(ValueError, match="dilation must be an integer >= 1"):
+        conv_singular_values(np.ones((3, 3, 1, 1)), (4, 4), dilation=dilation)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: spectral_norm(lambda v: v, (-3,), adjoint=lambda v: v), "in_shape must be an integer >= 1, got -3"),
+    (lambda: spectral_norm(lambda v: v, 3, adjoint=lambda v: v), "in_shape must be the shape of one input"),
+    (lambda: spectral_norm(Conv2d(1, 1, 3), 8), "in_shape must be the shape of one input"),
+    (lambda: lipschitz_upper_bound(Sequential(Flatten()), 8), "in_shape must be the shape of one input"),
+    (lambda: conv_norm_bound(Conv2d(1, 1, 3, padding=1), (8.5, 8)), "in_shape must be an integer >= 1, got 8.5"),
+])
+def test_norm_bounds_refuse_an_in_shape_that_is_not_positive_integers(call, match):
+    # These failed in numpy ("negative dimensions are not allowed", "'int' object is not iterable"), or,
+    # for conv_norm_bound, named the padded grid "shape" instead of in_shape.
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_deform_refuses_a_text_field():
+    # The message was about mixing array libraries ("got builtins.str").
+    with pytest.raises(ValueError, match="tau must be an array of real numbers"):
+        deform(np.zeros((1, 4, 4, 1)), "field")
