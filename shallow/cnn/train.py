@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +100,32 @@ class History:
         return cls(**json.loads(text))
 
 
+# ----------------------------------------------------------------------------- checks
+
+def _check_model(model):
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    return model
+
+
+def _check_loss(loss):
+    """The loss object (cross-entropy by default): anything with value_and_grad(out, y, check=...)."""
+    if loss is None:
+        return CrossEntropy()
+    if isinstance(loss, type):
+        raise TypeError(f"loss must be a loss object, got the class {loss.__name__}: pass {loss.__name__}()")
+    if not callable(getattr(loss, "value_and_grad", None)):
+        raise TypeError(f"loss must be a loss object with value_and_grad, such as CrossEntropy() or SquareLoss(), "
+                        f"got {type(loss).__name__}")
+    return loss
+
+
+def _check_optional(value, kind, name, what):
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be {what} or None, got {type(value).__name__}")
+    return value
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def _rng_state_json(rng) -> str:
@@ -127,7 +154,11 @@ def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None
     -------
     Path
     """
-    out = {"epoch": int(epoch)}
+    _check_model(model)
+    _check_optional(optimizer, Optimizer, "optimizer", "an Optimizer")
+    _check_optional(rng, np.random.Generator, "rng", "the loop's numpy Generator")
+    _check_optional(history, History, "history", "a History")
+    out = {"epoch": check_integer(epoch, "epoch", minimum=0)}
     for name, p in model.named_parameters().items():
         out[f"param/{name}"] = to_numpy(p)
     for name, b in model.named_buffers().items():
@@ -178,6 +209,9 @@ def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
     ValueError
         When names or shapes differ from the model's, naming them.
     """
+    _check_model(model)
+    _check_optional(optimizer, Optimizer, "optimizer", "an Optimizer")
+    _check_optional(rng, np.random.Generator, "rng", "the loop's numpy Generator")
     data = load_npz(path)
 
     def group(prefix):
@@ -219,6 +253,7 @@ def predict(model, X, *, batch_size=512):
     -------
     array of shape (n, K)
     """
+    _check_model(model)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = check_images(X, "X", getattr(model, "in_shape", None), dtype=model.dtype)
     xp = get_xp(X)
@@ -247,8 +282,10 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     -------
     (float, float)
     """
-    loss = CrossEntropy() if loss is None else loss
+    loss = _check_loss(loss)
     out = predict(model, X, batch_size=batch_size)
+    if out.shape[0] == 0:
+        raise ValueError("X holds no images: the mean loss and the accuracy of no data are undefined")
     y = check_labels(y, out.shape[1], "y", n=out.shape[0])
     with np.errstate(over="ignore", invalid="ignore"):
         value = loss.value_and_grad(out, y, check=False)[0]
@@ -345,13 +382,18 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     >>> len(history.loss)
     1
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    _check_model(model)
     epochs = check_integer(epochs, "epochs", minimum=0)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+    for name, f in (("augment", augment), ("callback", callback)):
+        if f is not None and not callable(f):
+            raise TypeError(f"{name} must be callable or None, got {type(f).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or pathlib.Path) or None, got {type(checkpoint).__name__}")
+    loss = _check_loss(loss)
     in_shape = getattr(model, "in_shape", None)
     X = check_images(X, "X", in_shape, dtype=model.dtype)
     if X.shape[0] == 0:
@@ -362,10 +404,11 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         raise ValueError("give both X_test and y_test, or neither")
     if X_test is not None:
         X_test = check_images(X_test, "X_test", in_shape or tuple(X.shape[1:]), dtype=model.dtype)
+        if X_test.shape[0] == 0:
+            raise ValueError("X_test holds no images: pass X_test=None and y_test=None for no test set")
         y_test = check_labels(y_test, n_classes, "y_test", n=X_test.shape[0])
     xp = get_xp(X)
     y, y_test = xp.asarray(y), (None if y_test is None else xp.asarray(y_test))
-    loss = CrossEntropy() if loss is None else loss
     if optimizer is None:
         optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     if not isinstance(optimizer, Optimizer):

@@ -159,3 +159,64 @@ def test_relative_change_is_the_relative_euclidean_distance_to_the_snapshot():
     for p in model.named_parameters().values():
         p *= 1.5  # theta - theta_0 = 0.5 theta_0
     assert relative_change(model, theta0) == pytest.approx(0.5, rel=1e-12)
+
+
+def _tiny():
+    """A 3-class VGG on 8x8 images and 6 random images: the checks below run before any training step."""
+    rng = np.random.default_rng(0)
+    return build_model("vgg", (8, 8), 3, width=2, rng=0), rng.standard_normal((6, 8, 8, 1)), np.arange(6) % 3
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"loss": "ce"}, TypeError, "loss must be a loss object with value_and_grad"),
+    ({"loss": SquareLoss}, TypeError, r"got the class SquareLoss: pass SquareLoss\(\)"),
+    ({"augment": 3}, TypeError, "augment must be callable or None, got int"),
+    ({"callback": "stop"}, TypeError, "callback must be callable or None, got str"),
+    ({"checkpoint": 3}, TypeError, r"checkpoint must be a path \(str or pathlib.Path\) or None, got int"),
+    ({"X_test": np.zeros((0, 8, 8, 1)), "y_test": np.zeros(0, int)}, ValueError, "X_test holds no images"),
+])
+def test_fit_refuses_bad_arguments_before_the_first_step(kwargs, error, match):
+    # Each of these used to fail inside the loop: at the first step (loss, augment), after the first
+    # epoch (callback, checkpoint path, an empty test set: a ZeroDivisionError in the loss).
+    model, X, y = _tiny()
+    with pytest.raises(error, match=match):
+        fit(model, X, y, epochs=1, **kwargs)
+
+
+def test_evaluate_refuses_an_empty_batch_and_predict_a_model_that_is_not_a_layer():
+    model, X, y = _tiny()
+    with pytest.raises(ValueError, match="X holds no images: the mean loss and the accuracy of no data"):
+        evaluate(model, X[:0], y[:0])  # was a ZeroDivisionError inside the cross-entropy
+    with pytest.raises(TypeError, match="loss must be a loss object"):
+        evaluate(model, X, y, loss="ce")
+    with pytest.raises(TypeError, match="model must be a Layer, got int"):
+        predict(3, X)  # was an AttributeError on model.dtype
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.7, "3"])
+def test_save_checkpoint_refuses_an_epoch_that_is_not_a_non_negative_integer(epoch, tmp_path):
+    # -1 was saved (a resumed fit then ran one epoch more), 1.7 truncated to 1 and "3" parsed to 3.
+    model, _, _ = _tiny()
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+        save_checkpoint(tmp_path / "c.npz", model, epoch=epoch)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": 3}, "model must be a Layer, got int"),
+    ({"optimizer": 3}, "optimizer must be an Optimizer or None, got int"),
+    ({"rng": 3}, "rng must be the loop's numpy Generator or None, got int"),
+])
+def test_checkpoints_refuse_arguments_of_the_wrong_type(kwargs, match, tmp_path):
+    # These failed deep in the save or the load with AttributeErrors ('int' has no 'bit_generator', ...).
+    model, _, _ = _tiny()
+    path = save_checkpoint(tmp_path / "c.npz", model)
+    args = {"model": model, **kwargs}
+    with pytest.raises(TypeError, match=match):
+        save_checkpoint(path, **args)
+    with pytest.raises(TypeError, match=match):
+        load_checkpoint(path, **args)
+
+
+def test_save_checkpoint_refuses_a_history_that_is_not_a_history(tmp_path):
+    with pytest.raises(TypeError, match="history must be a History or None, got dict"):
+        save_checkpoint(tmp_path / "c.npz", _tiny()[0], history={"loss": []})  # was an AttributeError
