@@ -98,6 +98,8 @@ class Linearized(Layer):
         if tx is not None:
             raise NotImplementedError("the input derivative of a linearised model needs second derivatives "
                                       "of the network: only parameter tangents are supported (tx=None)")
+        if tparams:
+            self._check_tangents(tparams)
         delta = self.delta()
         y, ty = self.base.jvp(x, None, delta)
         f = y if ty is None else y + ty
@@ -105,6 +107,17 @@ class Linearized(Layer):
             return f, None
         _, tf = self.base.jvp(x, None, tparams)
         return f, tf
+
+    def _check_tangents(self, tparams):
+        """Names and shapes of the parameter tangents (a misspelt name would count as a zero tangent)."""
+        unknown = sorted(set(tparams) - set(self.params))
+        if unknown:
+            raise ValueError(f"tparams has names {unknown[:3]} that are not parameters of the linearised model "
+                             f"(its parameters: {sorted(self.params)[:3]}{', ...' if len(self.params) > 3 else ''})")
+        for name, t in tparams.items():
+            if t is not None and tuple(t.shape) != tuple(self.params[name].shape):
+                raise ValueError(f"tparams[{name!r}] has shape {tuple(t.shape)} but the parameter {name!r} has shape "
+                                 f"{tuple(self.params[name].shape)}")
 
     def extra_repr(self):
         return f"base={self.base!r}"

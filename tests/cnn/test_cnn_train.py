@@ -220,3 +220,13 @@ def test_checkpoints_refuse_arguments_of_the_wrong_type(kwargs, match, tmp_path)
 def test_save_checkpoint_refuses_a_history_that_is_not_a_history(tmp_path):
     with pytest.raises(TypeError, match="history must be a History or None, got dict"):
         save_checkpoint(tmp_path / "c.npz", _tiny()[0], history={"loss": []})  # was an AttributeError
+
+
+def test_linearized_jvp_refuses_tangents_of_unknown_names_or_wrong_shapes():
+    # A misspelt name was ignored (a zero tangent, returned as None); a wrong shape failed deep in a layer.
+    lin = linearize(_tiny()[0])
+    X = np.zeros((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"tparams has names \['net.0.w'\] that are not parameters"):
+        lin.jvp(X, None, {"net.0.w": np.ones((3, 3, 1, 2))})
+    with pytest.raises(ValueError, match=r"tparams\['net.0.W'\] has shape \(3,\) but the parameter"):
+        lin.jvp(X, None, {"net.0.W": np.ones(3)})
