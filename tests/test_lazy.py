@@ -5,11 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from shallow import lazy
 from shallow.flows import EmpiricalRisk, gradient_flow
 from shallow.kernels import ntk
-from shallow.lazy import (LazyDiagnostics, LinearizedRisk, activation_flips, centered, centered_init, empirical_ntk,
+from shallow.lazy import (LazyDiagnostics, LinearizedRisk, centered, centered_init, empirical_ntk,
                           kernel_flow, kernel_regression, linearize, relative_weight_change, scaled)
 from shallow.networks import TwoLayer
 
@@ -297,37 +298,82 @@ def test_centered_initialisation_gives_the_zero_function_and_twice_the_kernel():
     assert centered_init(40, 4, scale=5.0).gamma == pytest.approx(5.0 / 40)
 
 
-def test_lazy_diagnostics_along_a_flow():
-    """The recorded diagnostics equal direct computations; they are O(1) in the mean-field regime
-    (alpha = 1) and fall with alpha in the lazy one (Chizat et al. 2019, Sec. 2: all O(1/alpha))."""
-    m, d = 200, 3
-    X, y = _data(25, d, 0)
-    out = {}
+def _relu_jacobian(a, W, gamma, X):
+    """d f(x_i) / d theta for f(x) = gamma sum_j a_j relu(<w_j, x>), theta = (a, W) flattened, written out
+    neuron by neuron in numpy (not shallow.lazy's Gram factorisation): shape (n, m (1 + d))."""
+    Z = X @ W.T  # (n, m)
+    grad_a = gamma * np.maximum(Z, 0)  # (n, m)
+    grad_W = gamma * (a * (Z > 0))[:, :, None] * X[:, None, :]  # (n, m, d)
+    return np.concatenate([grad_a, grad_W.reshape(X.shape[0], -1)], axis=1)
+
+
+_DIAG_M, _DIAG_D, _DIAG_N, _DIAG_STEPS = 200, 3, 25, 40
+
+
+@pytest.fixture(scope="module")
+def diagnosed_flows():
+    """alpha -> (net, traj, records) for a centred relu network trained with LazyDiagnostics attached,
+    all particles snapshotted at every record (the same function-space time 80 for every alpha:
+    rate alpha^2 with s = m)."""
+    X, y = _data(_DIAG_N, _DIAG_D, 0)
+    flows = {}
     for alpha in (1.0, 100.0, 1000.0):
-        net = centered_init(m, d, scale=alpha, rng=1)
+        net = centered_init(_DIAG_M, _DIAG_D, scale=alpha, rng=1)
         diag = LazyDiagnostics(net, X, y=y)
-        # the same function-space time 80 for every alpha (rate alpha^2 with s = m)
-        traj = gradient_flow(net, EmpiricalRisk(X, y), steps=40, step_size=2.0 / alpha ** 2, method="rk4",
-                             record_every=10, callback=diag)
-        res = diag.finish(traj).result()
-        assert res["step"].tolist() == [0, 10, 20, 30, 40]
-        assert set(res) == set(LazyDiagnostics.KEYS) | {"kernel_gap"}
-        trained = traj.network(net)
-        # independent recomputation of the final record
-        theta0 = np.concatenate([net.a, net.W.ravel()])
-        theta = np.concatenate([trained.a, trained.W.ravel()])
-        assert res["weight_change"][-1] == pytest.approx(np.linalg.norm(theta - theta0) / np.linalg.norm(theta0))
-        flipped = np.mean((X @ net.W.T > 0) != (X @ trained.W.T > 0))
-        assert res["flips"][-1] == pytest.approx(flipped) == activation_flips(net, trained.W, X, chunk_size=7)
-        K0, K = empirical_ntk(net, X), empirical_ntk(trained, X)
-        assert res["ntk_change"][-1] == pytest.approx(np.linalg.norm(K - K0) / np.linalg.norm(K0))
-        gap = trained(X) - lazy.Linearized(linearize(net).base, trained.a, trained.W)(X)
-        assert res["linearization_gap"][-1] == pytest.approx(np.sqrt(np.mean(gap ** 2)))
-        pred = kernel_flow(K0, y, traj.t, time_scale=m).train
-        assert res["kernel_gap"][-1] == pytest.approx(np.sqrt(np.mean((trained(X) - pred) ** 2)))
-        assert res["weight_change"][0] == 0 and res["ntk_change"][0] == 0 and res["flips"][0] == 0
-        out[alpha] = {key: value[-1] for key, value in res.items()}
-    mean_field, lazy_100, lazy_1000 = out[1.0], out[100.0], out[1000.0]
+        traj = gradient_flow(net, EmpiricalRisk(X, y), steps=_DIAG_STEPS, step_size=2.0 / alpha ** 2, method="rk4",
+                             record_every=10, snapshot_particles=-1, callback=diag)
+        flows[alpha] = (net, traj, diag.finish(traj).result())
+    return X, y, flows
+
+
+@pytest.mark.parametrize("alpha", [1.0, 100.0, 1000.0])
+def test_lazy_diagnostics_equal_their_definitions_at_every_record(diagnosed_flows, alpha):
+    """Each record is its definition evaluated with numpy at the snapshotted parameters theta_t: the explicit
+    Jacobian J_0 gives K_0 = J_0 J_0^T and f_lin = f(theta_0) + J_0 (theta_t - theta_0), and the kernel flow
+    is y - expm(-(s t / n) K_0) (y - f(theta_0)) by scipy's matrix exponential (not shallow.lazy's eigh)."""
+    X, y, flows = diagnosed_flows
+    net, traj, res = flows[alpha]
+    n, m = X.shape[0], _DIAG_M
+    assert set(res) == set(LazyDiagnostics.KEYS) | {"kernel_gap"}
+    assert res["step"].tolist() == [0, 10, 20, 30, 40] == traj.meta["record_steps"]
+    assert traj.snapshots_a.shape == (5, m)
+    gamma, a0, W0 = net.gamma, net.a, net.W
+
+    def f(a, W):
+        return gamma * np.maximum(X @ W.T, 0) @ a
+
+    theta0 = np.concatenate([a0, W0.ravel()])
+    J0 = _relu_jacobian(a0, W0, gamma, X)  # (n, m (1 + d))
+    K0 = J0 @ J0.T
+    f0 = f(a0, W0)
+    # Tolerances: f and K are sums of m = 200 terms of size gamma |a_j| relu(<w_j, x>) <= 20, rounded in another
+    # order here: an absolute 1e-11 on RMS gaps (m * 20 * eps = 1e-12, times 10) and a relative 1e-9 on ratios
+    # of norms whose numerators are at least 1e-3 of their denominators (measured differences: below 2e-15).
+    for i, step in enumerate(res["step"]):
+        a, W = traj.snapshots_a[i], traj.snapshots_W[i]
+        assert res["t"][i] == pytest.approx(step * 2.0 / alpha ** 2, rel=1e-12)
+        assert res["risk"][i] == pytest.approx(0.5 * np.mean((f(a, W) - y) ** 2), rel=1e-12)
+        theta = np.concatenate([a, W.ravel()])
+        assert res["weight_change"][i] == pytest.approx(np.linalg.norm(theta - theta0) / np.linalg.norm(theta0),
+                                                        rel=1e-12, abs=1e-15)
+        J = _relu_jacobian(a, W, gamma, X)
+        assert res["ntk_change"][i] == pytest.approx(np.linalg.norm(J @ J.T - K0) / np.linalg.norm(K0),
+                                                     rel=1e-9, abs=1e-13)
+        flipped = np.count_nonzero((X @ W0.T > 0) != (X @ W.T > 0))  # (sample, neuron) pairs
+        assert round(res["flips"][i] * n * m) == flipped
+        gap = f(a, W) - (f0 + J0 @ (theta - theta0))
+        assert res["linearization_gap"][i] == pytest.approx(np.sqrt(np.mean(gap ** 2)), rel=1e-9, abs=1e-11)
+        pred = y - scipy.linalg.expm(-(m * res["t"][i] / n) * K0) @ (y - f0)
+        assert res["kernel_gap"][i] == pytest.approx(np.sqrt(np.mean((f(a, W) - pred) ** 2)), rel=1e-9, abs=1e-11)
+    assert res["weight_change"][0] == 0 and res["ntk_change"][0] == 0 and res["flips"][0] == 0
+
+
+def test_lazy_diagnostics_are_order_one_in_the_mean_field_regime_and_fall_with_alpha(diagnosed_flows):
+    """Chizat, Oyallon and Bach (2019, Sec. 2): with gamma = alpha / m every diagnostic is O(1/alpha) at a
+    fixed function-space time, and of order one in the mean-field scale alpha = 1."""
+    _, _, flows = diagnosed_flows
+    mean_field, lazy_100, lazy_1000 = ({key: value[-1] for key, value in flows[alpha][2].items()}
+                                       for alpha in (1.0, 100.0, 1000.0))
     assert mean_field["weight_change"] > 0.3 and mean_field["ntk_change"] > 0.3 and mean_field["flips"] > 0.05
     for key in ("weight_change", "ntk_change", "linearization_gap", "flips", "kernel_gap"):
         # measured ratios 6.5 to 12 for a tenfold alpha; 4 leaves room for the irregular flips
