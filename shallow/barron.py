@@ -60,7 +60,7 @@ from scipy import special
 from ._validation import (check_array, check_float_dtype, check_integer, check_points, check_positive,
                           check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
-from .networks import TwoLayer, _resolve_activation
+from .networks import TwoLayer, _check_bias, _resolve_activation
 
 __all__ = [
     "CosineActivation",
@@ -209,7 +209,7 @@ class Representation:
         self.linear = linear  # (d,) or None
         self.radius = None if radius is None else check_positive(radius, "radius")
         self.sup = check_positive(sup, "sup")
-        self.bias = bool(bias)
+        self.bias = _check_bias(bias)
         self.name = str(name)
 
     @property
@@ -221,9 +221,11 @@ class Representation:
         """Draw m parameters: h of shape (m,) with |h| <= 1 and W of shape (m, D), numpy float64."""
         m = check_integer(m, "m", minimum=1)
         rng = check_random_state(rng)
-        h, W = self.sampler(m, rng)
-        h = np.asarray(h, dtype=np.float64).reshape(-1)
-        W = np.asarray(W, dtype=np.float64)
+        out = self.sampler(m, rng)
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise ValueError(f"sampler must return a pair (h, W), got {type(out).__name__}")
+        h = to_numpy(check_array(out[0], "the sampler's h")).astype(np.float64).reshape(-1)
+        W = to_numpy(check_array(out[1], "the sampler's W")).astype(np.float64)
         if h.shape != (m,) or W.shape != (m, self.D):
             raise ValueError(f"sampler returned h of shape {h.shape} and W of shape {W.shape}; expected "
                              f"({m},) and ({m}, {self.D})")
@@ -674,7 +676,7 @@ class RidgeTarget:
         w = to_numpy(check_array(w, "w", ndim=1)).astype(np.float64)
         if w.shape[0] < 1 or not w.any():
             raise ValueError(f"w must be a nonzero vector, got {w.tolist()}")
-        if profile not in _PROFILES:
+        if not isinstance(profile, str) or profile not in _PROFILES:
             raise ValueError(f"profile must be one of {tuple(_PROFILES)}, got {profile!r}")
         self.w = w  # (d,)
         self.d = int(w.shape[0])
@@ -734,6 +736,8 @@ def _grid_barron_norm(f_hat, d, norm, extent, num):
         if values.shape != (omega.shape[0],):
             raise ValueError(f"f_hat must map an array of shape {omega.shape} to shape ({omega.shape[0]},), "
                              f"got {values.shape}")
+        if values.dtype.kind not in "biufc":  # check_array refuses complex values, which f_hat may return
+            raise ValueError(f"f_hat must return real or complex numbers, got dtype {values.dtype}")
         if not np.isfinite(values).all():
             raise ValueError("f_hat returned NaN or infinite values on the grid")
         return np.abs(values)
@@ -769,7 +773,7 @@ def _fft_barron_norm(values, spacing, norm):
     xp = get_xp(values)
     shape = values.shape
     d = len(shape)
-    spacing = np.asarray(spacing, dtype=float).reshape(-1)
+    spacing = to_numpy(check_array(spacing, "spacing", ndim=(0, 1))).astype(np.float64).reshape(-1)
     if spacing.size == 1:
         spacing = np.repeat(spacing, d)
     if spacing.size != d:

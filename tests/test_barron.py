@@ -351,3 +351,43 @@ def test_targets_and_maurey_networks_on_each_backend(xp, dtype):
 def test_bad_input_raises_value_error_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_barron_norm_refuses_an_f_hat_returning_non_numbers():
+    with pytest.raises(ValueError, match="f_hat must return real or complex numbers, got dtype <U1"):
+        barron_norm(lambda w: np.array(["x"] * w.shape[0]), d=1, extent=1.0, num=4)
+
+
+@pytest.mark.parametrize("spacing, match", [
+    ("0.1", "spacing must be an array of real numbers, got str"),
+    (0.1j, "spacing must be real"),
+    ([None], "spacing must hold real numbers"),
+    ([[0.1, 0.1]], "spacing must be a 0 or 1-dimensional array"),
+    (np.nan, "spacing contains 1 NaN"),
+])
+def test_barron_norm_refuses_a_spacing_that_is_not_real_step_sizes(spacing, match):
+    with pytest.raises(ValueError, match=match):
+        barron_norm(np.ones((4, 4)), spacing=spacing)
+
+
+def test_ridge_target_refuses_a_profile_that_is_not_a_name():
+    with pytest.raises(ValueError, match="profile must be one of"):
+        RidgeTarget(np.ones(2), ["gaussian"])
+
+
+def test_representation_refuses_a_non_boolean_bias():
+    with pytest.raises(ValueError, match="bias must be True or False, got 'no'"):
+        Representation(2, 1.0, "relu", lambda m, rng: None, bias="no")
+
+
+@pytest.mark.parametrize("output, match", [
+    (lambda m: None, r"sampler must return a pair \(h, W\), got NoneType"),
+    (lambda m: (np.ones(m),), r"sampler must return a pair \(h, W\), got tuple"),
+    (lambda m: (np.full(m, np.nan), np.zeros((m, 3))), "the sampler's h contains 3 NaN"),
+    (lambda m: (np.ones(m), np.full((m, 3), np.inf)), "the sampler's W contains 9 NaN or infinite"),
+    (lambda m: ("abc", np.zeros((m, 3))), "the sampler's h must be an array of real numbers"),
+])
+def test_representation_sample_refuses_a_sampler_returning_nan_or_no_pair(output, match):
+    rep = Representation(2, 1.0, "relu", lambda m, rng: output(m))
+    with pytest.raises(ValueError, match=match):
+        rep.sample(3)
