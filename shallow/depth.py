@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Mapping
 from fractions import Fraction
 
 import numpy as np
@@ -129,6 +130,8 @@ class DeepReLU:
             if i and W.shape[1] != Ws[i - 1].shape[0]:
                 raise ValueError(f"weights[{i}] has shape {tuple(W.shape)} but layer {i - 1} has "
                                  f"{Ws[i - 1].shape[0]} neurons")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise TypeError(f"meta must be a dict of facts about the construction, got {type(meta).__name__}")
         dtype = xp.result_type(*[W.dtype for W in Ws], *[b.dtype for b in bs])
         self.weights = [W.astype(dtype, copy=False) for W in Ws]
         self.biases = [b.astype(dtype, copy=False) for b in bs]
@@ -287,16 +290,27 @@ class PiecewiseLinear:
     """
 
     def __init__(self, breakpoints, slopes, intercepts):
-        self.breakpoints = np.asarray(breakpoints, dtype=np.float64)
-        self.slopes = np.asarray(slopes, dtype=np.float64)
-        self.intercepts = np.asarray(intercepts, dtype=np.float64)
+        P = to_numpy(check_array(breakpoints, "breakpoints", ndim=1)).astype(np.float64)  # (p + 1,)
+        A = to_numpy(check_array(slopes, "slopes", ndim=(1, 2))).astype(np.float64)  # (p,) or (p, k)
+        B = to_numpy(check_array(intercepts, "intercepts", ndim=(1, 2))).astype(np.float64)
+        if A.shape[0] < 1 or P.shape != (A.shape[0] + 1,) or B.shape != A.shape:
+            raise ValueError("breakpoints, slopes and intercepts must have shapes (p + 1,), (p,) or (p, k), and the "
+                             f"slopes' shape, with p >= 1 pieces; got {P.shape}, {A.shape} and {B.shape}")
+        down = np.flatnonzero(np.diff(P) < 0)
+        if down.size or not P[0] < P[-1]:
+            where = (f"breakpoints[{down[0]}] = {P[down[0]]:g} > breakpoints[{down[0] + 1}] = {P[down[0] + 1]:g}"
+                     if down.size else f"breakpoints[0] = breakpoints[-1] = {P[0]:g}")
+            raise ValueError(f"breakpoints must increase from breakpoints[0] to breakpoints[-1], got {where}")
+        self.breakpoints = P
+        self.slopes = A
+        self.intercepts = B
 
     def __len__(self):
         return int(self.slopes.shape[0])
 
     def __call__(self, t):
         """f(t) for t of any shape in the interval (host numpy)."""
-        t = np.asarray(t, dtype=np.float64)
+        t = to_numpy(check_array(t, "t")).astype(np.float64)
         i = np.clip(np.searchsorted(self.breakpoints, t, side="right") - 1, 0, len(self) - 1)
         if self.slopes.ndim == 1:
             return self.slopes[i] * t + self.intercepts[i]
@@ -488,6 +502,8 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
     lo, hi = _check_interval(interval)
     exact = bool(exact)
     tol = 1e-12 if tol is None else check_nonnegative(tol, "tol")
+    if tol >= 1:
+        raise ValueError(f"tol must lie in [0, 1) (relative to hi - lo and to the largest |slope|), got {tol!r}")
     Ws, bs = _line_layers(f, origin, direction)
     P, A, B = _pieces_on_line(Ws, bs, lo, hi, exact, tol)
     P, A, B = _merge_equal_slopes(P, A, B, exact, 0.0 if exact else tol)
@@ -586,7 +602,7 @@ def sawtooth_l1_lower_bound(k, pieces) -> float:
     Parameters
     ----------
     k : int
-        The sawtooth f_k = t^k (k >= 0).
+        The sawtooth f_k = t^k (0 <= k <= 1020, so that 2^(k+3) is a float).
     pieces : int
         s >= 1, the number of affine pieces of g on [0, 1] (at most m + 1 for a one-hidden-layer
         relu network of width m, :func:`max_pieces_two_layer`).
@@ -617,7 +633,7 @@ def sawtooth_l1_lower_bound(k, pieces) -> float:
     >>> sawtooth_l1_lower_bound(10, 1), sawtooth_l1_lower_bound(10, 512)
     (0.12451171875, 0.0)
     """
-    k = check_integer(k, "k", minimum=0)
+    k = check_integer(k, "k", minimum=0, maximum=1020)  # 2^(k+3) overflows a float beyond
     s = check_integer(pieces, "pieces", minimum=1)
     return max(0.0, (2.0**k - 2 * s - 2) / 2.0 ** (k + 3))
 
@@ -625,6 +641,21 @@ def sawtooth_l1_lower_bound(k, pieces) -> float:
 # --------------------------------------------------------------------------------------------
 # 3-layer networks: univariate squares, then a piecewise-linear profile.
 # --------------------------------------------------------------------------------------------
+
+_WEIGHTS_MAX = 10**9  # most entries of W_1 and W_2 a 3-layer construction builds (8 GB in float64)
+
+
+def _check_weights(n1, n2, D, hint):
+    """Refuse a 3-layer network whose W_1 (n1, D) and W_2 (n2, n1) would hold more than _WEIGHTS_MAX entries.
+
+    n1 and n2 may be floats (estimated before rounding up), so that a tiny tolerance gives this error
+    rather than an overflow.
+    """
+    size = n1 * (D + n2)
+    if not size <= _WEIGHTS_MAX:
+        raise ValueError(f"the network would have hidden widths ({n1:.3g}, {n2:.3g}) and {size:.3g} weights "
+                         f"(> {_WEIGHTS_MAX:.0e}): {hint}")
+
 
 def _profile_increments(knots, values):
     """relu expansion psi(q) = values[0] + sum_k beta_k relu(q - knots[k]) of the interpolant,
@@ -734,6 +765,8 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
         K = 1
     else:
         h = math.sqrt(4 * tolerance / (lip * d))
+        _check_weights(2 * d * B / h if h > 0 else math.inf, knots.shape[0], d,
+                       f"raise tolerance (got {tolerance:g}) or lower radius_bound")
         K = max(1, math.ceil(B / h))
     h = B / K
     bound = lip * d * h * h / 4
@@ -1197,6 +1230,7 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     r = check_positive(radius, "radius")
     B = (1 + delta) * r
     h = 0.99 * math.sqrt(4 * r * r * (2 * delta - delta * delta) / d)  # a 1% margin against rounding
+    _check_weights(2 * d * B / h if h > 0 else math.inf, 2, d, f"raise delta (got {delta:g})")
     K = max(1, math.ceil(B / h))
     knots = np.array([r * r, B * B])
     values = np.array([1.0, 0.0])
@@ -1288,6 +1322,8 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     d = check_integer(d, "d", minimum=2)
     tolerance = check_positive(tolerance, "tolerance")
     freq = math.pi * d**3
+    _check_weights(4 * d * 2.0 / math.sqrt(8 * tolerance / (freq * d)), freq / math.sqrt(tolerance), 2 * d,
+                   f"raise tolerance (got {tolerance:g})")
     n_int = max(1, math.ceil(2.0 / (2 * math.sqrt(tolerance) / freq)))  # (freq Delta)^2 / 8 <= tol / 2
     knots = np.linspace(-1.0, 1.0, n_int + 1)
     values = np.sin(freq * knots)

@@ -453,3 +453,55 @@ def test_piece_count_of_a_gpu_network_is_computed_on_the_host():
 def test_bad_input_raises_value_error_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_deep_relu_refuses_a_meta_that_is_not_a_dict():
+    with pytest.raises(TypeError, match="meta must be a dict"):
+        DeepReLU([np.ones((1, 1))], [np.zeros(1)], meta=["k", 3])
+
+
+@pytest.mark.parametrize("breakpoints, slopes, intercepts, match", [
+    ([0.0, 0.5, 1.0], [1.0], [0.0], r"shapes \(p \+ 1,\), \(p,\) or \(p, k\)"),   # one slope for two pieces
+    ([0.0, 1.0], [1.0], [0.0, 1.0], r"shapes \(p \+ 1,\), \(p,\) or \(p, k\)"),
+    ([0.0], [], [], "with p >= 1 pieces"),
+    ([0.0, 0.7, 0.3, 1.0], [1.0, 2.0, 1.0], [0.0] * 3, r"breakpoints\[1\] = 0.7 > breakpoints\[2\] = 0.3"),
+    ([0.5, 0.5], [1.0], [0.0], r"breakpoints\[0\] = breakpoints\[-1\]"),
+    ([0.0, np.nan], [1.0], [0.0], "breakpoints contains 1 NaN"),
+    ([0.0, 1.0], [np.inf], [0.0], "slopes contains 1 NaN or infinite"),
+    ([0.0, 1.0], ["a"], [0.0], "slopes must hold real numbers"),
+])
+def test_piecewise_linear_refuses_inconsistent_pieces(breakpoints, slopes, intercepts, match):
+    # l1_distance used to integrate such pieces into a number without complaint
+    with pytest.raises(ValueError, match=match):
+        PiecewiseLinear(breakpoints, slopes, intercepts)
+
+
+@pytest.mark.parametrize("t, match", [("0.5", "t must be an array of real numbers"), (np.nan, "t contains 1 NaN")])
+def test_piecewise_linear_refuses_t_that_is_not_finite_numbers(t, match):
+    with pytest.raises(ValueError, match=match):
+        linear_pieces(sawtooth(2))(t)
+
+
+@pytest.mark.parametrize("tol", [1.0, 10.0])
+def test_linear_pieces_refuses_tol_of_one_or_more(tol):
+    # a relative tolerance >= 1 merged every breakpoint: the 4 pieces of sawtooth(2) counted as 1
+    with pytest.raises(ValueError, match=r"tol must lie in \[0, 1\)"):
+        count_linear_pieces(sawtooth(2), tol=tol)
+
+
+def test_sawtooth_l1_lower_bound_refuses_k_whose_power_of_two_overflows():
+    assert sawtooth_l1_lower_bound(1020, 1) == 0.125
+    with pytest.raises(ValueError, match="k must be an integer >= 0 and <= 1020, got 1021"):
+        sawtooth_l1_lower_bound(1021, 1)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: radial_network([0.0, 1.0], [0.0, 1.0], 2, 1.0, tolerance=1e-300), r"raise tolerance \(got 1e-300\)"),
+    (lambda: EldanShamirFunction(3, ramp=0.25, rng=0).network(1e-300), r"raise tolerance \(got 1e-300\)"),
+    (lambda: ball_indicator_network(3, delta=1e-300), r"raise delta \(got 1e-300\)"),
+    (lambda: daniely_network(2, tolerance=1e-300), r"raise tolerance \(got 1e-300\)"),
+])
+def test_three_layer_constructions_refuse_a_tolerance_too_small_for_memory(call, match):
+    # these used to fail inside numpy ("Maximum allowed size exceeded") or run out of memory
+    with pytest.raises(ValueError, match=r"the network would have hidden widths .* weights \(> 1e\+09\): " + match):
+        call()
