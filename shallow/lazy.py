@@ -236,6 +236,12 @@ class Linearized:
             raise TypeError(f"base must be a shallow.networks.TwoLayer, got {type(base).__name__}")
         self.base = base
         xp = base.xp
+        if a is not None:
+            a = check_array(a, "a", ndim=1)
+            get_xp(base.a, a)
+        if W is not None:
+            W = check_array(W, "W", ndim=2)
+            get_xp(base.W, W)
         self.a = base.a.copy() if a is None else xp.asarray(a, dtype=base.dtype)  # (m,)
         self.W = base.W.copy() if W is None else xp.asarray(W, dtype=base.dtype)  # (m, D)
         if self.a.shape != base.a.shape or self.W.shape != base.W.shape:
@@ -411,6 +417,9 @@ class LinearizedRisk:
                             f"got {type(lin).__name__}")
         a = lin.a if a is None else a
         W = lin.W if W is None else W
+        if a.shape != lin.a0.shape or W.shape != lin.W0.shape:  # O(1): this runs at every step of a flow
+            raise ValueError(f"a and W must have the anchor's shapes {tuple(lin.a0.shape)} and {tuple(lin.W0.shape)}, "
+                             f"got {tuple(a.shape)} and {tuple(W.shape)}")
         base, Xt, S0, P0 = self._prepared(lin)
         xp = get_xp(Xt, a, W)
         y = self.y.astype(base.dtype, copy=False)
@@ -557,6 +566,12 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
     elif f0_test is not None:
         raise ValueError("f0_test was given without K_test")
     get_xp(K, y, f0, K_test, f0_test)
+    # A Gram matrix is symmetric up to rounding: refuse an asymmetry above sqrt(eps) of the largest entry,
+    # which symmetrising would silently replace by another kernel (a transposed K_test, say).
+    asym, scale = float(xp.abs(K - K.T).max()), float(xp.abs(K).max())
+    if asym > math.sqrt(float(np.finfo(np.dtype(K.dtype)).eps)) * scale:
+        raise ValueError(f"K must be symmetric (the Gram matrix of the training points): max |K - K^T| = {asym:.3g} "
+                         f"for max |K| = {scale:.3g}")
     # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
@@ -634,8 +649,8 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     """
     s = check_positive(time_scale, "time_scale")
     xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
-    t_host = np.asarray(to_numpy(t), dtype=np.float64)
-    if t_host.ndim > 1 or not np.all(np.isfinite(t_host)) or np.any(t_host < 0):
+    t_host = to_numpy(check_array(t, "t", ndim=(0, 1))).astype(np.float64)
+    if np.any(t_host < 0):
         raise ValueError(f"t must be a time >= 0 or a 1-dimensional array of them, got {t!r}")
     n = y.shape[0]
     c = xp.asarray(s * t_host / n, dtype=lam.dtype)[..., None]  # () or (T, 1)
@@ -692,7 +707,7 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
         g = 1.0 / (xp.maximum(lam, 0) + n * ridge)
     else:
         eps = float(np.finfo(np.dtype(lam.dtype)).eps)
-        cut = (n * eps if rcond is None else float(rcond)) * float(xp.abs(lam).max())
+        cut = (n * eps if rcond is None else check_nonnegative(rcond, "rcond")) * float(xp.abs(lam).max())
         keep = lam > cut
         g = xp.where(keep, 1.0 / xp.where(keep, lam, 1), 0)
     return _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test)
@@ -839,6 +854,11 @@ def relative_weight_change(net0, a, W) -> float:
     0.1
     """
     net0 = _as_network(net0, "net0")
+    a = check_array(a, "a", ndim=1)
+    W = check_array(W, "W", ndim=2)
+    if a.shape != net0.a.shape or W.shape != net0.W.shape:
+        raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but net0 has {tuple(net0.a.shape)} "
+                         f"and {tuple(net0.W.shape)}")
     xp = get_xp(net0.a, a, W)
     norm0 = math.sqrt(_sq_norm(xp, net0.a, net0.W))
     if norm0 == 0:
@@ -967,6 +987,8 @@ class LazyDiagnostics:
         if self.X.shape[0] == 0:
             raise ValueError("X must hold at least one point, got n=0")
         self.ntk = bool(ntk)
+        if time_scale is not None:
+            time_scale = check_positive(time_scale, "time_scale")
         self.K0 = empirical_ntk(self.net0, self.X) if self.ntk else None
         self._flow = None
         keys = list(self.KEYS)
@@ -1006,6 +1028,9 @@ class LazyDiagnostics:
 
     def finish(self, traj) -> LazyDiagnostics:
         """Record the final state of a :class:`shallow.flows.Trajectory` (if not recorded yet)."""
+        if not all(hasattr(traj, name) for name in ("a", "W", "step", "t", "risks")):
+            raise TypeError(f"traj must be a shallow.flows.Trajectory (with a, W, step, t and risks), "
+                            f"got {type(traj).__name__}")
         xp = self.net0.xp
         a = xp.asarray(traj.a, dtype=self.net0.dtype)
         W = xp.asarray(traj.W, dtype=self.net0.dtype)

@@ -413,6 +413,82 @@ def test_bad_input_gives_clear_errors():
     assert scaled(net, 3.0).gamma == pytest.approx(3 * net.gamma)
 
 
+@pytest.mark.parametrize("name, value, match", [
+    ("a", np.array([np.nan, 1.0, 1.0, 1.0]), "a contains 1 NaN"),
+    ("W", np.full((4, 3), np.inf), "W contains 12 NaN or infinite"),
+    ("a", "abcd", "a must be an array of real numbers"),
+    ("a", np.ones(4) * 1j, "a must be real"),
+])
+def test_linearized_refuses_nan_or_non_real_parameters(name, value, match):
+    # NaN used to be stored silently, a complex a lost its imaginary part, a string failed inside numpy
+    with pytest.raises(ValueError, match=match):
+        lazy.Linearized(TwoLayer.init(4, 3, rng=0), **{name: value})
+
+
+def test_linearized_risk_refuses_parameters_of_other_shapes():
+    X, y = _data(5, 3, 0)
+    lin = linearize(TwoLayer.init(4, 3, rng=0))
+    with pytest.raises(ValueError, match=r"a and W must have the anchor's shapes \(4,\) and \(4, 3\), got \(3,\)"):
+        LinearizedRisk(X, y).value_and_grad(lin, a=np.ones(3))
+
+
+@pytest.mark.parametrize("t, match", [
+    ("1", "t must be an array of real numbers, got str"),       # was read as the time 1.0
+    (1j, "t must be real"),
+    (None, "t must hold real numbers"),
+    (np.nan, "t contains 1 NaN"),
+    (np.ones((2, 2)), "t must be a 0 or 1-dimensional array"),
+])
+def test_kernel_flow_refuses_t_that_is_not_real_times(t, match):
+    _, y = _data(5, 3, 0)
+    with pytest.raises(ValueError, match=match):
+        kernel_flow(np.eye(5), y, t)
+
+
+@pytest.mark.parametrize("method", [lambda K, y: kernel_flow(K, y, 1.0), lambda K, y: kernel_regression(K, y, 0.1)])
+def test_kernel_methods_refuse_a_non_symmetric_K(method):
+    # symmetrising (K + K^T) / 2 used to replace such a K by another kernel without a word
+    X, y = _data(5, 3, 0)
+    K = empirical_ntk(TwoLayer.init(4, 3, rng=0), X)
+    with pytest.raises(ValueError, match=r"K must be symmetric .*max \|K - K\^T\|"):
+        method(np.triu(K), y)
+
+
+@pytest.mark.parametrize("rcond", [np.nan, np.inf, -1.0, "1e-8"])
+def test_kernel_regression_refuses_rcond_that_is_not_a_finite_number_at_least_zero(rcond):
+    # nan and inf dropped every eigenvalue (predictions 0), a negative rcond inverted the null ones
+    _, y = _data(5, 3, 0)
+    with pytest.raises(ValueError, match="rcond must be a finite number >= 0"):
+        kernel_regression(np.eye(5), y, 0.0, rcond=rcond)
+
+
+@pytest.mark.parametrize("a, W, match", [
+    (np.ones(3), None, r"a and W have shapes \(3,\) and \(4, 3\) but net0 has \(4,\) and \(4, 3\)"),
+    (None, np.ones((3, 4)), r"a and W have shapes \(4,\) and \(3, 4\)"),
+    (1.0, None, "a must be a 1-dimensional array"),            # was broadcast into a wrong number
+    (np.ones((4, 1)), None, "a must be a 1-dimensional array"),  # was broadcast to (4, 4)
+    (np.full(4, np.nan), None, "a contains 4 NaN"),
+])
+def test_relative_weight_change_refuses_mismatched_or_nan_parameters(a, W, match):
+    net = TwoLayer.init(4, 3, rng=0)
+    with pytest.raises(ValueError, match=match):
+        relative_weight_change(net, net.a if a is None else a, net.W if W is None else W)
+
+
+@pytest.mark.parametrize("time_scale", [0.0, -1.0, np.nan, "200"])
+def test_lazy_diagnostics_refuses_a_time_scale_that_is_not_positive(time_scale):
+    # used to be stored and give a kernel-flow reference running backwards or NaN
+    X, y = _data(5, 3, 0)
+    with pytest.raises(ValueError, match="time_scale must be a positive finite number"):
+        LazyDiagnostics(TwoLayer.init(4, 3, rng=0), X, y=y, time_scale=time_scale)
+
+
+def test_lazy_diagnostics_finish_refuses_what_is_not_a_trajectory():
+    X, _ = _data(5, 3, 0)
+    with pytest.raises(TypeError, match="traj must be a shallow.flows.Trajectory"):
+        LazyDiagnostics(TwoLayer.init(4, 3, rng=0), X).finish(None)
+
+
 # ----------------------------------------------------------------------------- devices
 
 @pytest.mark.gpu
