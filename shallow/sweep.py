@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._validation import check_integer
 
 __all__ = [
     "sweep",
@@ -118,7 +119,8 @@ def grid(base=None, /, **axes) -> list:
             raise TypeError(f"axis {name!r} must be a sequence of values, got {seq!r}")
         names.append(name)
         values.append(list(seq))
-    if base is not None and not (isinstance(base, Mapping) or dataclasses.is_dataclass(base)):
+    if base is not None and not (isinstance(base, Mapping) or
+                                 (dataclasses.is_dataclass(base) and not isinstance(base, type))):
         raise TypeError(f"base must be a dict or a dataclass instance, got {type(base).__name__}")
     points = []
     for combo in itertools.product(*values):
@@ -296,7 +298,15 @@ class SweepResult:
     def stack(self, name: str) -> np.ndarray:
         """``np.stack`` of one entry of every result: shape (points, *entry_shape)."""
         self.raise_for_failures()
-        return np.stack([np.asarray(r[name]) for r in self.results])
+        missing = [i for i, r in enumerate(self.results) if name not in r]
+        if missing:
+            raise KeyError(f"the results of points {missing[:10]} have no entry {name!r}")
+        entries = [np.asarray(r[name]) for r in self.results]
+        shapes = sorted({e.shape for e in entries})
+        if len(shapes) > 1:
+            raise ValueError(f"entry {name!r} has different shapes across the points, {shapes[:5]}: "
+                             "np.stack needs one shape")
+        return np.stack(entries)
 
 
 class SweepError(RuntimeError):
@@ -617,6 +627,10 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable (the function of one point), got {type(fn).__name__}")
+    if isinstance(points, (str, bytes, Mapping)) or (dataclasses.is_dataclass(points) and not isinstance(points, type)) \
+            or not hasattr(points, "__iter__"):
+        raise TypeError(f"points must be a list (an iterable) of configs, got {type(points).__name__}; wrap a single "
+                        "config in a list")
     points = list(points)
     if not points:
         raise ValueError("the grid is empty: no point to sweep (is one of the axes given to grid() empty?)")
@@ -625,13 +639,13 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if executor is not None and (scheduler is not None or workers is not None):
         raise ValueError("give either executor, or scheduler and workers, not both")
     mode, address = ("executor", None) if executor is not None else _parse_scheduler(scheduler)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
-                                or workers < 1):
-        raise ValueError(f"workers must be an integer >= 1 (local worker processes), got {workers!r}")
-    if threads_per_worker is not None and (isinstance(threads_per_worker, bool)
-                                           or not isinstance(threads_per_worker, numbers.Integral)
-                                           or threads_per_worker < 1):
-        raise ValueError(f"threads_per_worker must be an integer >= 1 or None, got {threads_per_worker!r}")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError("executor must be a concurrent.futures.Executor or a dask.distributed.Client (with a submit "
+                        f"method), got {type(executor).__name__}")
+    if workers is not None:
+        workers = check_integer(workers, "workers", minimum=1)
+    if threads_per_worker is not None:
+        threads_per_worker = check_integer(threads_per_worker, "threads_per_worker", minimum=1)
     if start_method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method must be one of {multiprocessing.get_all_start_methods()}, got {start_method!r}")
     qualname = getattr(fn, "__qualname__", "")
@@ -649,7 +663,11 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
             namespace = getattr(fn, "__qualname__", type(fn).__name__)
     configs = [_config_json(p, f"point {i}") for i, p in enumerate(points)]
     keys = [_key(namespace, c) for c in configs]
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a path (str or pathlib.Path), got {type(cache_dir).__name__}")
     cache = None if cache_dir is None else Path(cache_dir)
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder for the cache files KEY.npz")
 
     n = len(points)
     results, cached, wall = [None] * n, [False] * n, [math.nan] * n

@@ -240,6 +240,56 @@ def test_bad_input_gives_clear_errors(tmp_path):
         sweep(counted_point, grid(x=[1]), executor=object(), workers=2)
 
 
+
+def ragged_point(config):
+    return {"v": np.ones(config["x"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnePoint:
+    x: int = 1
+
+
+@pytest.mark.parametrize("points", [None, 3, "ab", {"x": 1}, OnePoint()])
+def test_sweep_refuses_points_that_are_not_a_list_of_configs(points):
+    # a string or a single dict used to be swept character by character or key by key
+    with pytest.raises(TypeError, match="points must be a list"):
+        sweep(counted_point, points, scheduler="serial")
+
+
+@pytest.mark.parametrize("name, value", [("workers", 2.5), ("workers", True), ("threads_per_worker", 0)])
+def test_sweep_refuses_worker_counts_that_are_not_positive_integers(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be an integer >= 1"):
+        sweep(counted_point, grid(x=[1]), **{name: value})
+
+
+def test_sweep_refuses_a_cache_dir_that_is_not_a_folder(tmp_path):
+    with pytest.raises(TypeError, match="cache_dir must be a path"):
+        sweep(counted_point, grid(x=[1]), cache_dir=3, scheduler="serial")
+    (tmp_path / "file").write_text("")
+    # used to warn once per point and fail every point on writing
+    with pytest.raises(ValueError, match="cache_dir .* is a file"):
+        sweep(counted_point, grid(x=[1]), cache_dir=tmp_path / "file", scheduler="serial")
+
+
+def test_sweep_refuses_an_executor_without_submit():
+    with pytest.raises(TypeError, match="executor must be a concurrent.futures.Executor"):
+        sweep(counted_point, grid(x=[1]), executor="tcp://localhost:8786")
+
+
+def test_grid_refuses_a_dataclass_type_as_base():
+    # the class instead of an instance used to fail inside dataclasses.replace
+    with pytest.raises(TypeError, match="base must be a dict or a dataclass instance, got type"):
+        grid(OnePoint, x=[1])
+
+
+def test_sweep_result_stack_refuses_ragged_or_missing_entries():
+    out = sweep(ragged_point, grid(x=[1, 2]), scheduler="serial")
+    with pytest.raises(ValueError, match=r"entry 'v' has different shapes across the points, \[\(1,\), \(2,\)\]"):
+        out.stack("v")
+    with pytest.raises(KeyError, match="have no entry 'w'"):
+        out.stack("w")
+
 TOY = '''
 """Toy grid study: f(x) = x^2 on a grid, through study.run_grid."""
 import dataclasses
