@@ -120,6 +120,8 @@ def check_batch(x, name: str = "x"):
     if x.ndim != 4:
         raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got "
                          f"shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no images (shape {tuple(x.shape)}): a batch needs N >= 1")
 
 
 def _missing_cache(layer):

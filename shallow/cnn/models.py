@@ -82,8 +82,13 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
     ValueError
         Naming ``name``: not 4-dimensional, wrong size or number of channels, NaN or infinity.
     """
+    if isinstance(x, (str, bytes, dict, set)):
+        raise ValueError(f"{name} must be an array of images, got {type(x).__name__}")
     xp = get_xp(x)
-    x = xp.asarray(x)
+    try:
+        x = xp.asarray(x)
+    except ValueError as err:  # a ragged nested sequence
+        raise ValueError(f"{name} must be a rectangular array of images: {err}") from None
     if x.dtype.kind not in "fiub":
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
     grey = x.ndim == 3 and in_shape is not None and in_shape[2] == 1

@@ -5,7 +5,7 @@ import pytest
 from gradcheck import Probe
 from scipy import signal
 
-from shallow.cnn import Model, build_model, linearize, vgg_small
+from shallow.cnn import Conv2d, Model, build_model, linearize, vgg_small
 
 
 @pytest.mark.parametrize("centering", ["frozen", "antisymmetric"])
@@ -157,3 +157,18 @@ def test_model_rejects_wrong_images_naming_x():
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, centering="mirror")
     with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, alpha=0.0)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((0, 8, 8, 1)), r"x holds no images \(shape \(0, 8, 8, 1\)\)"),
+    ("digits.npz", "x must be an array of images, got str"),
+    ([[0.0, 1.0], [2.0]], "x must be a rectangular array of images"),
+], ids=["empty", "text", "ragged"])
+def test_model_refuses_empty_text_or_ragged_images_naming_x(x, match):
+    with pytest.raises(ValueError, match=match):
+        build_model("vgg", (8, 8, 1), 10, width=2, rng=0).forward(x)
+
+
+def test_conv2d_refuses_an_empty_batch_naming_x():
+    with pytest.raises(ValueError, match="x holds no images"):
+        Conv2d(1, 2, 3, rng=0).forward(np.zeros((0, 5, 5, 1)))
