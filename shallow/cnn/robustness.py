@@ -110,6 +110,7 @@ from .._validation import (
     check_array,
     check_integer,
     check_nonnegative,
+    check_positive,
     check_random_state,
 )
 from ..backend import get_xp, to_numpy
@@ -354,8 +355,7 @@ def random_displacement(shape, *, grad_norm, scale, rng=None):
     if dims[-1] < 2 or dims[-2] < 2:
         raise ValueError(f"shape must have H, W >= 2 (finite differences), got {shape!r}")
     grad_norm = check_nonnegative(grad_norm, "grad_norm")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"scale must be a correlation length > 0 in pixels, got {scale!r}")
+    scale = check_positive(scale, "scale")
     rng = check_random_state(rng)
     N = 1 if len(dims) == 2 else dims[0]
     H, W = dims[-2:]
@@ -1193,10 +1193,7 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     if step_size is None:
         s = 2.5 * eps / max(steps, 1)
     else:
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not (
-                step_size > 0 and math.isfinite(step_size)):
-            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-        s = xp.full(N, float(step_size), dtype=X.dtype)
+        s = xp.full(N, check_positive(step_size, "step_size"), dtype=X.dtype)
     s = s.reshape(-1, 1, 1, 1)
     y = _labels(model, X, y)
     rng = check_random_state(rng)
@@ -1259,7 +1256,7 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     X_adv : array of X's shape
         The successful perturbed images at those radii (X itself where radius is 0 or inf).
     """
-    eps_max = _check_radius(eps_max, "eps_max")
+    eps_max = check_positive(eps_max, "eps_max")
     n_bisect = check_integer(n_bisect, "n_bisect", minimum=0)
     norm, loss = _check_norm(norm), _check_loss(loss)
     X = _images(model, X)
@@ -1294,12 +1291,6 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     return radius, X_adv
 
 
-def _check_radius(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a radius > 0, got {value!r}")
-    return float(value)
-
-
 def certified_radius(model, X, y, lipschitz, *, norm="2"):
     r"""The radius below which no perturbation changes the prediction of an L-Lipschitz network.
 
@@ -1324,7 +1315,7 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
     sqrt(2) L |d|_2, and |d|_2 <= sqrt(H W C) |d|_inf (Tsuzuku et al. 2018, Prop. 1).
     """
     norm = _check_norm(norm)
-    L = _check_radius(lipschitz, "lipschitz")
+    L = check_positive(lipschitz, "lipschitz")
     X = _images(model, X)
     xp = get_xp(X)
     y = _labels(model, X, y)
@@ -1391,7 +1382,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     steps = check_integer(steps, "steps", minimum=1)
     clip = _check_clip(clip)
-    s = 2.5 * eps / steps if step_size is None else _check_radius(step_size, "step_size")
+    s = 2.5 * eps / steps if step_size is None else check_positive(step_size, "step_size")
     X = _images(model, X)
     xp = get_xp(X)
     rng = check_random_state(rng)
@@ -1471,7 +1462,7 @@ class SpectralProjection:
         if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (1, 3):
             raise ValueError(f"in_shape must be (H, W, C) (or (d,) for a network of Linear layers), got {in_shape!r}")
         self.in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
-        self.bound = _check_radius(bound, "bound")
+        self.bound = check_positive(bound, "bound")
         if method not in ("fft", "power"):
             raise ValueError(f"method must be 'fft' or 'power', got {method!r}")
         self.method = method

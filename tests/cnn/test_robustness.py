@@ -491,6 +491,21 @@ def test_attacks_refuse_a_radius_that_is_not_a_real_number(eps, match):
         pgd(model, X, y, eps)
 
 
+@pytest.mark.parametrize("name, call", [
+    ("step_size", lambda m, X, y, v: pgd(m, X, y, 0.1, step_size=v)),
+    ("eps_max", lambda m, X, y, v: minimal_perturbation(m, X, y, eps_max=v)),
+    ("lipschitz", lambda m, X, y, v: certified_radius(m, X, y, v)),
+    ("step_size", lambda m, X, y, v: universal_perturbation(m, X, 0.1, step_size=v)),
+    ("bound", lambda m, X, y, v: SpectralProjection((8, 8, 1), bound=v)),
+    ("scale", lambda m, X, y, v: random_displacement((8, 8), grad_norm=0.1, scale=v)),
+])
+@pytest.mark.parametrize("value", [0.0, -1.0, np.nan, np.inf, "1"])
+def test_positive_parameters_refuse_zero_negative_nan_inf_or_text(name, call, value):
+    X, y = np.zeros((2, 8, 8, 1)), np.zeros(2, int)
+    with pytest.raises(ValueError, match=f"{name} must be a positive finite number"):
+        call(_random_bn_vgg(42), X, y, value)
+
+
 @pytest.mark.parametrize("call", [
     lambda m, X: fgsm(m, X, np.zeros(0, int), 0.1),
     lambda m, X: pgd(m, X, np.zeros(0, int), 0.1, random_start=True),
