@@ -110,7 +110,8 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
                 real: bool = True):
     """``x`` as a floating array of numpy or cupy (kept on its device), with shape and NaN checks.
 
-    Integer and boolean inputs are promoted to float64; float32 and float64 are kept.
+    Integer and boolean inputs are promoted to float64; float32 and float64 are kept, and so are
+    complex64 and complex128 with ``real=False``.
     """
     if isinstance(x, (str, bytes, dict, set)):
         raise ValueError(f"{name} must be an array of real numbers, got {type(x).__name__}")
@@ -119,9 +120,10 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
         x = xp.asarray(x)
     except ValueError as err:  # a ragged nested sequence
         raise ValueError(f"{name} must be a rectangular array of numbers: {err}") from None
-    if real and xp.iscomplexobj(x):
-        raise ValueError(f"{name} must be real, got dtype {x.dtype}")
-    if not xp.issubdtype(x.dtype, xp.floating):
+    if xp.iscomplexobj(x):
+        if real:
+            raise ValueError(f"{name} must be real, got dtype {x.dtype}")
+    elif not xp.issubdtype(x.dtype, xp.floating):
         if not (xp.issubdtype(x.dtype, xp.integer) or x.dtype == bool):
             raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
         x = x.astype(xp.float64)

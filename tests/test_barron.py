@@ -93,6 +93,15 @@ def test_fft_estimator_of_the_barron_norm_matches_the_closed_form(d, n, h, norm)
     np.testing.assert_allclose(barron_norm(values, norm=norm, spacing=h), expected, rtol=1e-4)
 
 
+def test_fft_estimator_of_the_barron_norm_of_complex_samples_is_the_folded_normal_mean():
+    # f(x) = exp(-x^2 / 2) exp(i xi x) has f_hat = the N(xi, 1) density (f_hat(w) = (2 pi)^-1 int f e^{-iwx} dx),
+    # so C_f = int |w| f_hat(w) dw = E|Z| for Z ~ N(xi, 1): scipy's folded normal; relative 1e-4.
+    xi, h = 1.3, 0.05
+    x = np.arange(-20, 20, h)
+    values = np.exp(-x * x / 2) * np.exp(1j * xi * x)
+    np.testing.assert_allclose(barron_norm(values, norm=2, spacing=h), stats.foldnorm(xi).mean(), rtol=1e-4)
+
+
 def _abs_fourier_of_derivative_integral(g_prime, z_max):
     """int |FT(g')(t)| dt with FT(g')(t) = (1/pi) int_0^inf cos(t z) g'(z) dz (g' even), by quad."""
     def ft(t):
