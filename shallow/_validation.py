@@ -82,6 +82,13 @@ def check_nonnegative(value, name: str) -> float:
     return float(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """``value`` as a Python bool, refusing anything but True or False (a string "no" is not False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_finite_labels(y: np.ndarray, name: str = "y") -> np.ndarray:
     """Host labels ``y`` of any dtype, refused when float labels are NaN or infinite (each NaN would
     make a class of its own in ``np.unique``)."""

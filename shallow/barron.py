@@ -57,10 +57,10 @@ import numbers
 import numpy as np
 from scipy import special
 
-from ._validation import (check_array, check_float_dtype, check_integer, check_points, check_positive,
+from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_points, check_positive,
                           check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
-from .networks import TwoLayer, _check_bias, _resolve_activation
+from .networks import TwoLayer, _resolve_activation
 
 __all__ = [
     "CosineActivation",
@@ -209,7 +209,7 @@ class Representation:
         self.linear = linear  # (d,) or None
         self.radius = None if radius is None else check_positive(radius, "radius")
         self.sup = check_positive(sup, "sup")
-        self.bias = _check_bias(bias)
+        self.bias = check_bool(bias, "bias")
         self.name = str(name)
 
     @property

@@ -46,7 +46,7 @@ from fractions import Fraction
 import numpy as np
 from scipy import special
 
-from ._validation import (check_array, check_float_dtype, check_integer, check_nonnegative, check_points,
+from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_nonnegative, check_points,
                           check_positive, check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import BLOCK_BYTES, TwoLayer
@@ -500,7 +500,7 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
     ([0.0, 0.25, 0.5, 0.75, 1.0], [4.0, -4.0, 4.0, -4.0])
     """
     lo, hi = _check_interval(interval)
-    exact = bool(exact)
+    exact = check_bool(exact, "exact")
     tol = 1e-12 if tol is None else check_nonnegative(tol, "tol")
     if tol >= 1:
         raise ValueError(f"tol must lie in [0, 1) (relative to hi - lo and to the largest |slope|), got {tol!r}")

@@ -75,6 +75,7 @@ import numpy as np
 
 from ._validation import (
     check_array,
+    check_bool,
     check_integer,
     check_nonnegative,
     check_points,
@@ -986,7 +987,7 @@ class LazyDiagnostics:
         self.X = self.net0._check_X(X)
         if self.X.shape[0] == 0:
             raise ValueError("X must hold at least one point, got n=0")
-        self.ntk = bool(ntk)
+        self.ntk = check_bool(ntk, "ntk")
         if time_scale is not None:
             time_scale = check_positive(time_scale, "time_scale")
         self.K0 = empirical_ntk(self.net0, self.X) if self.ntk else None

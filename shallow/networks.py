@@ -42,6 +42,7 @@ import numpy as np
 
 from ._validation import (
     check_array,
+    check_bool,
     check_float_dtype,
     check_integer,
     check_points,
@@ -111,12 +112,6 @@ def _check_gamma(gamma) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
     return float(gamma)
-
-
-def _check_bias(bias) -> bool:
-    if not isinstance(bias, (bool, np.bool_)):
-        raise ValueError(f"bias must be True or False, got {bias!r}")
-    return bool(bias)
 
 
 def _block_shape(n: int, m: int, itemsize: int, chunk_size=None, block_bytes: int = BLOCK_BYTES):
@@ -313,7 +308,7 @@ class TwoLayer:
         if W.shape[0] != a.shape[0]:
             raise ValueError(f"a has shape {tuple(a.shape)} but W has shape {tuple(W.shape)}: "
                              "a needs one entry per row of W (one per neuron)")
-        bias = _check_bias(bias)
+        bias = check_bool(bias, "bias")
         if W.shape[1] < 1 + bias:
             raise ValueError(f"W has shape {tuple(W.shape)}: it needs at least {1 + bias} column(s)"
                              + (" (d inputs plus the bias column)" if bias else ""))
@@ -387,7 +382,7 @@ class TwoLayer:
         if a_init not in _A_INITS:
             raise ValueError(f"a_init must be one of {_A_INITS}, got {a_init!r}")
         dtype = check_float_dtype(dtype)
-        bias = _check_bias(bias)
+        bias = check_bool(bias, "bias")
         activation = _resolve_activation(activation)
         rng = check_random_state(rng)
         D = d + bool(bias)

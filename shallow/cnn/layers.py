@@ -47,7 +47,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_bool, check_integer, check_random_state
 from ..activations import as_activation
 from ..backend import get_xp, to_device
 from ._gemm import gemm
@@ -244,8 +244,9 @@ class Layer:
 
     def train(self, mode: bool = True):
         """Set train mode (True) or eval mode (False) on the whole tree; returns self."""
+        mode = check_bool(mode, "mode")
         for _, layer in self.named_layers():
-            layer.training = bool(mode)
+            layer.training = mode
         return self
 
     def eval(self):

@@ -52,11 +52,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import numbers
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_bool, check_integer, check_positive, check_random_state
 from ..backend import get_xp
 from .conv import Conv2d
 from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype
@@ -331,13 +330,11 @@ class Model(Layer):
             raise TypeError(f"net must be a Layer, got {type(net).__name__}")
         self.in_shape = _check_shape(in_shape)
         self.n_classes = check_integer(n_classes, "n_classes", minimum=1)
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not (alpha > 0 and math.isfinite(alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check_positive(alpha, "alpha")
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
         self.centering = centering
-        self.check_inputs = bool(check_inputs)
+        self.check_inputs = check_bool(check_inputs, "check_inputs")
         self.net = net
         self.other = None
         if centering is not None:

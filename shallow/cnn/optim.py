@@ -40,7 +40,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_integer, check_nonnegative, check_positive
+from .._validation import check_bool, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
 
 __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
@@ -284,7 +284,7 @@ class SGD(Optimizer):
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.momentum == 0:
@@ -330,7 +330,7 @@ class Adam(Optimizer):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
         self.eps = check_positive(eps, "eps")  # eps = 0 divides 0 by 0 where a gradient stays 0
         self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
-        self.decoupled = bool(decoupled)
+        self.decoupled = check_bool(decoupled, "decoupled")
         super().__init__(params, lr)
 
     def _coefficients(self, t):

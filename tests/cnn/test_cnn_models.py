@@ -155,7 +155,7 @@ def test_model_rejects_wrong_images_naming_x():
         model.forward(bad)
     with pytest.raises(ValueError, match="centering must be one of"):
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, centering="mirror")
-    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, alpha=0.0)
 
 
