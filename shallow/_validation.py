@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -20,6 +21,8 @@ __all__ = [
     "check_nonnegative",
     "check_float_dtype",
     "check_finite_labels",
+    "check_bool",
+    "check_symmetric",
 ]
 
 
@@ -143,6 +146,21 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return x
+
+
+def check_symmetric(K, name: str, what: str = "a Gram matrix") -> None:
+    """Refuse a square array that is not symmetric up to rounding: max |K - K^T| > sqrt(eps) max |K|.
+
+    A kernel's Gram matrix is symmetric; a cross-kernel K(X, Y) or a transposed test block passed in
+    its place is not, and symmetrising it would silently give another kernel.
+    """
+    xp = get_xp(K)
+    if K.size == 0:
+        return
+    asymmetry, scale = float(xp.abs(K - K.T).max()), float(xp.abs(K).max())
+    if asymmetry > math.sqrt(float(np.finfo(K.dtype).eps)) * scale:
+        raise ValueError(f"{name} must be symmetric ({what}): max |{name} - {name}^T| = {asymmetry:.3g} "
+                         f"for max |{name}| = {scale:.3g}")
 
 
 def check_points(X, name: str = "X", d: int | None = None):

@@ -80,7 +80,7 @@ import numpy as np
 from numpy.polynomial import polynomial as npoly
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state
+from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state, check_symmetric
 from .activations import Activation, _positive_part_power, _relu_power_funk_hecke, as_activation
 from .backend import get_xp, to_numpy
 from .harmonics import _check_breakpoints, legendre_all, num_harmonics, project_zonal
@@ -877,14 +877,10 @@ def rkhs_norm(coef, gram) -> float:
     n = c.shape[0]
     if K.shape != (n, n):
         raise ValueError(f"gram must have shape ({n}, {n}) to match coef of length {n}, got {tuple(K.shape)}")
-    eps = float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps)
-    K_max = float(xp.abs(K).max()) if n else 0.0
-    asymmetry = float(xp.abs(K - K.T).max()) if n else 0.0
-    if asymmetry > 64 * n * eps * K_max:
-        raise ValueError(f"gram must be symmetric (the Gram matrix K(x_i, x_j) of the centres), but "
-                         f"max |gram - gram^T| = {asymmetry:.3g} against max |gram| = {K_max:.3g}")
+    check_symmetric(K, "gram", "the Gram matrix K(x_i, x_j) of the centres")
     value = float(c @ (K @ c))
-    tol = 64 * n * eps * K_max * float(c @ c)
+    scale = float(xp.abs(K).max()) * float(c @ c) if n else 0.0
+    tol = 64 * n * float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps) * scale
     if value < -tol:
         raise ValueError(f"c^T gram c = {value:.3g} < 0: gram is not positive semidefinite")
     return math.sqrt(max(value, 0.0))

@@ -80,6 +80,7 @@ from ._validation import (
     check_nonnegative,
     check_points,
     check_positive,
+    check_symmetric,
 )
 from .backend import device_of, get_xp, to_numpy
 from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
@@ -567,12 +568,7 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
     elif f0_test is not None:
         raise ValueError("f0_test was given without K_test")
     get_xp(K, y, f0, K_test, f0_test)
-    # A Gram matrix is symmetric up to rounding: refuse an asymmetry above sqrt(eps) of the largest entry,
-    # which symmetrising would silently replace by another kernel (a transposed K_test, say).
-    asym, scale = float(xp.abs(K - K.T).max()), float(xp.abs(K).max())
-    if asym > math.sqrt(float(np.finfo(np.dtype(K.dtype)).eps)) * scale:
-        raise ValueError(f"K must be symmetric (the Gram matrix of the training points): max |K - K^T| = {asym:.3g} "
-                         f"for max |K| = {scale:.3g}")
+    check_symmetric(K, "K", "the Gram matrix of the training points")
     # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
