@@ -116,8 +116,23 @@ def _cmd_run(args, extra: list[str]) -> int:
     return 0
 
 
+def report_errors(run, prog: str) -> int:
+    """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device)
+    printed as ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless
+    ``SHALLOW_TRACEBACK=1``: the messages name the argument and what was expected."""
+    try:
+        return run()
+    except (ValueError, RuntimeError) as err:
+        if os.environ.get("SHALLOW_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     """Entry point of the ``shallow`` console script."""
+    from .study import parse_seed, parse_workers
+
     parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the studies with their claims")
@@ -126,10 +141,10 @@ def main(argv=None) -> int:
     run.add_argument("--all", action="store_true", help="run every study")
     run.add_argument("--quick", action="store_true", help="quick configurations (well under a minute each on a CPU)")
     run.add_argument("--device", choices=("cpu", "gpu"), default=None, help="where arrays live (default: cpu)")
-    run.add_argument("--seed", type=int, default=None, help="random seed (default: each study's own)")
+    run.add_argument("--seed", type=parse_seed, default=None, help="random seed, >= 0 (default: each study's own)")
     run.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     run.add_argument("--out", default=".", help="folder under which figures/ and results/ go (default: .)")
-    run.add_argument("--workers", type=int, default=None, metavar="N",
+    run.add_argument("--workers", type=parse_workers, default=None, metavar="N",
                      help="worker processes for the studies' grids (default: one per core)")
     run.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="'processes' (default), 'serial', or a dask.distributed scheduler address")
@@ -138,7 +153,7 @@ def main(argv=None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _cmd_list(args)
-    return _cmd_run(args, extra)
+    return report_errors(lambda: _cmd_run(args, extra), "shallow run")
 
 
 if __name__ == "__main__":  # pragma: no cover

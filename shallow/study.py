@@ -154,14 +154,60 @@ def quick_config(module: ModuleType, **overrides):
     return dataclasses.replace(module.Config(), **{**getattr(module, "QUICK", {}), **overrides})
 
 
+# argparse ``type`` functions: a ValueError or ArgumentTypeError becomes "argument --flag: <message>".
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, on/off or 1/0 (any case); anything else is refused, not read as False."""
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise argparse.ArgumentTypeError(f"expected true or false (or yes/no, on/off, 1/0), got {text!r}")
+    return word in _TRUE
+
+
+def parse_seed(text: str) -> int:
+    """A random seed: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {text!r}")
+    return value
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of worker processes, an integer >= 1, got {text!r}")
+    return value
+
+
+def _tuple_parser(inner: type):
+    def parse_list(text: str) -> tuple:
+        try:
+            return tuple(inner(v) for v in text.split(",") if v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {inner.__name__} values such as 1,2,3, "
+                                             f"got {text!r}") from None
+    return parse_list
+
+
 def _field_parser(field: dataclasses.Field):
     """An argparse ``type`` for a Config field, from its default value."""
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    if field.name == "seed":
+        return {"type": parse_seed, "metavar": "SEED"}
     if isinstance(default, bool):
-        return {"type": lambda s: s.lower() in ("1", "true", "yes", "on"), "metavar": "BOOL"}
+        return {"type": parse_bool, "metavar": "BOOL"}
     if isinstance(default, tuple):
-        inner = type(default[0]) if default else float
-        return {"type": lambda s, t=inner: tuple(t(v) for v in s.split(",") if v), "metavar": "A,B,..."}
+        return {"type": _tuple_parser(type(default[0]) if default else float), "metavar": "A,B,..."}
     if isinstance(default, (int, float, str)):
         return {"type": type(default)}
     return None
@@ -176,7 +222,7 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     parser.add_argument("--out", default=".", help="folder under which results/ and figures/ are written")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
+    parser.add_argument("--workers", type=parse_workers, default=None, metavar="N",
                         help="local worker processes for the study's grid (default: one per CPU)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="'processes' (default), 'serial', or a dask.distributed scheduler address such as "
@@ -211,6 +257,20 @@ def _check_study(module: ModuleType):
     fields = {f.name for f in dataclasses.fields(module.Config)}
     if not set(COMMON_FLAGS) <= fields:
         raise TypeError(f"study {module.__name__}'s Config must have the fields {COMMON_FLAGS}")
+
+
+def _check_out(out) -> Path:
+    """The output folder, created if missing; an error naming ``out`` when it cannot hold results/ and figures/."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a folder path, got {type(out).__name__}")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"out={str(out)!r} cannot be used as the output folder: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"out={str(out)!r} is not writable")
+    return out
 
 
 def study_name(module: ModuleType) -> str:
@@ -257,7 +317,7 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
 
         _parse_scheduler(scheduler)  # an unknown scheduler fails now, not after the first grid
     name = study_name(module)
-    out = Path(out)
+    out = _check_out(out)
     source = Path(module.__file__).read_text() if getattr(module, "__file__", None) else ""
     cache = out / "results" / f"{name}-{config_hash(name, cfg, source)}.npz"
     if cache.exists() and not force:
@@ -363,10 +423,16 @@ def main(module, argv=None) -> int:
     """Entry point of ``python studies/NAME.py``: parse flags, run, print where the figure went."""
     if isinstance(module, str):
         module = sys.modules[module] if module in sys.modules else importlib.import_module(module)
+    from .cli import report_errors
+
     args = build_parser(module).parse_args(argv)
-    cfg = config_from_args(module, args)
-    result = run(module, cfg, quick=args.quick, force=args.force, out=args.out, workers=args.workers,
-                 scheduler=args.scheduler)
-    stem = study_name(module) + ("_quick" if args.quick else "")
-    print(f"{study_name(module)}: {result['_wall_time']:.1f} s -> {Path(args.out) / 'figures' / stem}.png")
-    return 0
+
+    def run_study():
+        cfg = config_from_args(module, args)
+        result = run(module, cfg, quick=args.quick, force=args.force, out=args.out, workers=args.workers,
+                     scheduler=args.scheduler)
+        stem = study_name(module) + ("_quick" if args.quick else "")
+        print(f"{study_name(module)}: {result['_wall_time']:.1f} s -> {Path(args.out) / 'figures' / stem}.png")
+        return 0
+
+    return report_errors(run_study, study_name(module))

@@ -18,6 +18,7 @@ from shallow import study
 class Config:
     n: int = 1000
     scales: tuple = (1.0, 2.0)
+    centred: bool = False
     seed: int = 0
     device: str = "cpu"
 
@@ -25,6 +26,8 @@ QUICK = {"n": 10}
 CALLS = []
 
 def compute(cfg):
+    if cfg.n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {cfg.n}")
     CALLS.append(cfg)
     x = np.random.default_rng(cfg.seed).standard_normal(cfg.n)
     return {"mean": float(x.mean()), "x": x, "label": "toy"}
@@ -90,10 +93,44 @@ def test_unknown_study_is_a_clear_error(toy):
         cli.main(["run", "nope"])
 
 
-def test_gpu_device_without_gpu_is_refused(toy, monkeypatch):
+def test_gpu_device_without_gpu_is_refused(toy, monkeypatch, capsys):
     monkeypatch.setattr(study, "available_devices", lambda: ("cpu",))
-    with pytest.raises(RuntimeError, match="device='gpu' is not available"):
-        cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")])
+    assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")]) == 2
+    assert "shallow run: error: device='gpu' is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "argument --seed: expected a seed, an integer >= 0, got '-1'"),
+    (["--workers", "0"], "argument --workers: expected a number of worker processes, an integer >= 1"),
+    (["--scales", "1,a"], "argument --scales: expected comma-separated float values"),
+    (["--centred", "maybe"], "argument --centred: expected true or false"),
+])
+def test_bad_flag_values_are_usage_errors_naming_the_flag(toy, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "toy", "--quick", "--out", str(toy / "out"), *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("word, value", [("yes", True), ("ON", True), ("1", True), ("false", False), ("No", False),
+                                         ("0", False)])
+def test_boolean_flags_read_the_usual_words(toy, word, value):
+    module = cli.load_study("toy")
+    assert study.config_from_args(module, study.build_parser(module).parse_args(["--centred", word])).centred is value
+
+
+def test_a_bad_config_value_is_an_error_message_not_a_traceback(toy, capsys, monkeypatch):
+    argv = ["run", "toy", "--n", "0", "--out", str(toy / "out")]
+    assert cli.main(argv) == 2
+    assert "shallow run: error: n must be an integer >= 1, got 0" in capsys.readouterr().err
+    monkeypatch.setenv("SHALLOW_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        cli.main(argv)
+
+
+def test_an_output_folder_that_is_a_file_is_refused(toy, capsys):
+    (toy / "taken").write_text("")
+    assert cli.main(["run", "toy", "--quick", "--out", str(toy / "taken" / "sub")]) == 2
+    assert "out=" in capsys.readouterr().err
 
 
 def test_interrupted_write_leaves_no_result_file(tmp_path):
