@@ -502,6 +502,26 @@ def test_project_zonal_relu_alpha_closed_form_bach2017(alpha, d):
     np.testing.assert_allclose(mu, closed, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("d, k", [(2, 3), (3, 2), (4, 3), (5, 1)])
+def test_funk_hecke_theorem_integral_of_zonal_function_against_harmonic_is_mu_k_times_harmonic(d, k):
+    # REFERENCES.md (Funk-Hecke): int g(<x, y>) Y_k(y) dtau_d(y) = mu_k Y_k(x), mu_k = int g P_{k,d} w_d,
+    # for every element Y_k of degree k of the library's basis, g(t) = exp(2 t). Left side: the product
+    # rule on S^{d-1} with q = 12 (exact to degree 23; the Taylor tail of exp(2 <x, y>) beyond degree
+    # 23 - k weighs < 2^21 / 21! ~ 4e-14). mu_k: scipy quad against w_d with scipy's P_{k,d}.
+    # Rounding in sums of products of size <= e^2 sqrt(N(d, k)): 1e-12 sqrt(N).
+    def g(t):
+        return np.exp(2 * t)
+
+    Yq_points, w = sphere_product_rule(d, 12)
+    Yq = harmonics.spherical_harmonics(Yq_points, k)  # (M, N)
+    X = sample_sphere(6, d, rng=20 + d)
+    lhs = g(np.clip(X @ Yq_points.T, -1, 1)) @ (w[:, None] * Yq)  # (6, N)
+    mu_k = quad_against_w(lambda t: g(t) * scipy_legendre(k, d, t), d)
+    N = harmonics.num_harmonics(d, k)
+    assert abs(mu_k) > 1e-3  # a degree that the identity does not satisfy trivially
+    np.testing.assert_allclose(lhs, mu_k * harmonics.spherical_harmonics(X, k), rtol=0, atol=1e-12 * math.sqrt(N))
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-degree energies
 # ---------------------------------------------------------------------------------------------
