@@ -165,6 +165,27 @@ def test_euler_flow_decreases_the_risk_monotonically_for_small_steps():
     assert np.all(np.diff(traj.risks) <= 1e-15) and traj.risks[-1] < 0.9 * traj.risks[0]
 
 
+@pytest.mark.parametrize("m", [4, 64])
+def test_mean_field_euler_step_is_eta_times_m_times_the_particle_gradient(m):
+    # Chizat & Bach 2018 (REFERENCES.md): with f = (1/m) sum_j a_j relu(<w_j, x>), the step on a particle is
+    # eta * m * grad_{theta_j} R, i.e. eta times the O(1) first-variation field of R at theta_j, written out
+    # here with numpy and without m: (1/n) sum_i r_i (relu(<w_j, x_i>), a_j 1{<w_j, x_i> > 0} x_i),
+    # r = f(X) - y. One Euler step of gradient_flow at two widths; the same few float64 products: 1e-12.
+    rng = np.random.default_rng(9)
+    d, n, eta = 3, 25, 0.1
+    X, y = rng.standard_normal((n, d)), rng.standard_normal(n)
+    net = TwoLayer.init(m, d, rng=10)
+    assert net.gamma == 1 / m
+    traj = gradient_flow(net, EmpiricalRisk(X, y), steps=1, step_size=eta)
+    Z = X @ net.W.T  # (n, m)
+    r = np.maximum(Z, 0) @ net.a / m - y  # (n,)
+    field_a = np.maximum(Z, 0).T @ r / n  # (m,)
+    field_W = net.a[:, None] * ((Z > 0) * r[:, None]).T @ X / n  # (m, d)
+    np.testing.assert_allclose(traj.a, net.a - eta * field_a, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(traj.W, net.W - eta * field_W, rtol=1e-12, atol=1e-14)
+    assert traj.t == pytest.approx(eta, rel=1e-15)
+
+
 def test_rk4_matches_a_fine_euler_run():
     # Euler is first order: with h/200 its distance to RK4 (error O(h^4)) is ~200x below Euler at h.
     teacher, student = teacher_student(d=4, m=10, seed=2)
