@@ -440,6 +440,21 @@ def test_rkhs_norm_of_kernel_section_is_sqrt_of_diagonal():
         assert rkhs_norm(e, K) == pytest.approx(np.sqrt(np.dot(X[i], X[i]) / 2), rel=1e-14)
 
 
+def test_f2_norm_is_the_l2_tau_norm_of_the_representing_density():
+    """Bach (2017), REFERENCES.md: F2 = RKHS of K(x, y) = E_{w~tau_d}[relu(<w,x>) relu(<w,y>)], with
+    |f|_F2 = |p|_{L2(tau_d)} for f = int relu(<w, .>) p(w) dtau_d(w). f = sum_i c_i K(., x_i) is represented
+    by p(w) = sum_i c_i relu(<w, x_i>), so rkhs_norm(c, K)^2 = E_w[p(w)^2], the right side by Monte Carlo
+    over N uniform w (MC_SIGMAS standard errors, sigma estimated from the same draws)."""
+    d = 3
+    X = np.random.default_rng(21).standard_normal((5, d))  # (5, d), centres off the sphere too
+    c = np.array([1.0, -2.0, 0.5, 1.5, -0.7])
+    W = _weights(200_000, d, "sphere", seed=22)  # (N, d)
+    p = np.maximum(W @ X.T, 0) @ c  # (N,): the representing density at the draws
+    mean, se = _mc(p * p)
+    norm = rkhs_norm(c, random_feature_kernel(X, None, "relu", weights="sphere"))
+    _assert_within_mc(np.array(norm**2), mean, se)
+
+
 def test_rkhs_norm_equals_harmonic_f2_norm_for_kernel_section():
     """f = kappa(<x, .>) = sum_k lambda_k N_k P_k(<x, .>): |f_k|^2 = lambda_k^2 N_k, so
     sum_k |f_k|^2 / lambda_k = sum_k lambda_k N_k = kappa(1) = |f|_H^2 (relu NNGP, d = 3)."""
