@@ -27,6 +27,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer, check_nonnegative
 from shallow.activations import funk_hecke, get_activation
 
 
@@ -39,6 +40,23 @@ class Config:
     smooth: tuple = ("sigmoid", "tanh")
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the spectra or their fits."""
+        if not self.dims or not self.alphas:
+            raise ValueError(f"dims and alphas must each list at least one value, got {self.dims!r} and {self.alphas!r}")
+        for d in self.dims:
+            check_dimension(d, "dims")  # the sphere S^{d-1}
+        for alpha in self.alphas:
+            check_nonnegative(alpha, "alphas")  # relu^alpha, alpha >= 0
+        # the slope is fitted over [kmax/2, kmax], where every other coefficient may vanish: two survive from 5 on
+        check_integer(self.kmax, "kmax", minimum=5)
+        check_integer(self.kmax_smooth, "kmax_smooth", minimum=2)  # an even and an odd coefficient k >= 1
+        for name in self.smooth:
+            try:
+                get_activation(name)
+            except ValueError as err:
+                raise ValueError(f"smooth must list activation names, got {name!r}: {err}") from None
 
 
 QUICK = {"dims": (3, 10, 50), "kmax": 20_000, "kmax_smooth": 40}

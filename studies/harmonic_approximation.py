@@ -60,6 +60,12 @@ import math
 import numpy as np
 
 from shallow import study
+from shallow._validation import (
+    check_dimension,
+    check_integer,
+    check_nonnegative,
+    check_positive,
+)
 from shallow.activations import funk_hecke, get_activation
 from shallow.backend import to_device, to_numpy
 from shallow.harmonics import num_harmonics, project_zonal, spherical_harmonics
@@ -84,6 +90,28 @@ class Config:
     mc_n: int = 20_000  # Monte Carlo points of the check
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the series, quadratures or fits."""
+        if not self.dims:
+            raise ValueError("dims must list at least one dimension d >= 2, got ()")
+        for d in self.dims:
+            check_dimension(d, "dims")  # the sphere S^{d-1}
+        for alpha in self.alphas:
+            check_nonnegative(alpha, "alphas")  # relu^alpha, alpha >= 0
+        check_dimension(self.alpha_d, "alpha_d")
+        check_integer(self.kmax, "kmax", minimum=4)  # two even degrees in [kmax/4, kmax] for the fitted slope
+        check_integer(self.smooth_kmax, "smooth_kmax", minimum=2)
+        if not check_positive(self.smooth_c, "smooth_c") > 1:
+            raise ValueError(f"smooth_c must be > 1 (g(t) = 1/(c - t) is analytic on [-1, 1]), got {self.smooth_c!r}")
+        if len(self.check_dims) != len(self.check_kmax):
+            raise ValueError(f"check_kmax must give one degree per entry of check_dims, got {self.check_kmax!r} "
+                             f"for check_dims {self.check_dims!r}")
+        for d in self.check_dims:
+            check_integer(d, "check_dims", minimum=3)  # the product rule recurses down to the circle S^1
+        for k in self.check_kmax:
+            check_integer(k, "check_kmax", minimum=0)
+        check_integer(self.mc_n, "mc_n", minimum=2)  # a standard error needs two points
 
 
 QUICK = {"kmax": 2000, "dims": (3, 5, 10, 20), "check_kmax": (16, 8), "mc_n": 10_000}

@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer
 from shallow.harmonics import num_harmonics
 from shallow.kernels import mercer_eigenvalues, ntk, random_feature_kernel
 from shallow.sphere import sample_sphere
@@ -37,6 +38,15 @@ class Config:
     gram_n: int = 2000  # points for the Gram-matrix check in d = 3
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the fits (a NaN slope, an empty mean)."""
+        if not self.dims:
+            raise ValueError("dims must list at least one dimension d >= 2, got ()")
+        for d in self.dims:
+            check_dimension(d, "dims")  # the sphere S^{d-1}
+        check_integer(self.kmax, "kmax", minimum=4)  # two even degrees in [kmax/2, kmax] for the fitted slope
+        check_integer(self.gram_n, "gram_n", minimum=18)  # the check compares the 18 leading eigenvalues of K/n
 
 
 QUICK = {"kmax": 2000, "gram_n": 600}

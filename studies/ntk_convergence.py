@@ -31,6 +31,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer
 from shallow.kernels import ntk
 from shallow.lazy import empirical_ntk
 from shallow.networks import TwoLayer
@@ -47,6 +48,19 @@ class Config:
     single_neurons: int = 2000  # for the constant C of the predicted line
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the grid or the fit."""
+        for d in self.dims:
+            check_dimension(d, "dims")  # the sphere S^{d-1}
+        if not self.dims or len(set(self.dims)) != len(self.dims):
+            raise ValueError(f"dims must be a non-empty list of distinct dimensions, got {self.dims!r}")
+        check_integer(self.log2_m_min, "log2_m_min", minimum=0)
+        if check_integer(self.log2_m_max, "log2_m_max", minimum=0) <= self.log2_m_min:
+            raise ValueError(f"log2_m_max must exceed log2_m_min (the slope is fitted over at least two widths), "
+                             f"got {self.log2_m_max} and {self.log2_m_min}")
+        for name in ("n", "seeds", "single_neurons"):
+            check_integer(getattr(self, name), name, minimum=1)
 
 
 QUICK = {"log2_m_max": 12, "seeds": 5, "single_neurons": 1000}

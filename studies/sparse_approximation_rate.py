@@ -70,6 +70,12 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import minimize
 
 from shallow import study
+from shallow._validation import (
+    check_array,
+    check_dimension,
+    check_integer,
+    check_positive,
+)
 from shallow.activations import funk_hecke
 from shallow.barron import maurey_sample
 from shallow.harmonics import legendre_all, num_harmonics, project_zonal
@@ -92,6 +98,25 @@ class Config:
     maurey_atoms: int = 200_000  # discretisation of p dtau that Maurey's sampling draws from
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the grid or the fits."""
+        for d in self.dims:
+            check_dimension(d, "dims")  # the sphere S^{d-1}
+        if not self.dims or len(set(self.dims)) != len(self.dims):
+            raise ValueError(f"dims must be a non-empty list of distinct dimensions, got {self.dims!r}")
+        check_integer(self.kmax, "kmax", minimum=1)
+        check_integer(self.fit_kmin, "fit_kmin", minimum=1)
+        if sum(k >= self.fit_kmin for k in recorded_k(self.kmax)) < 2:
+            raise ValueError(f"fit_kmin={self.fit_kmin} leaves fewer than two recorded k in [fit_kmin, kmax={self.kmax}] "
+                             f"(k = {recorded_k(self.kmax)}): the exponents are fitted over them")
+        for name in ("points_per_parameter", "n_test", "candidates", "iterations", "maurey_draws"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.maurey_atoms, "maurey_atoms", minimum=2)  # a Monte Carlo standard error needs two
+        check_positive(self.kappa, "kappa")
+        signs = check_array(self.signs, "signs", ndim=1)
+        if signs.size == 0 or (signs == 0).any():
+            raise ValueError(f"signs must list the nonzero weights c_i of the bumps of p, got {self.signs!r}")
 
 
 QUICK = {"dims": (2, 3, 4), "kmax": 32, "n_test": 10_000, "iterations": 200, "maurey_atoms": 50_000}
