@@ -43,11 +43,13 @@ target, and the trained networks, on the study's worker processes), 8-20 s with 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.barron import GaussianTarget, Representation, RidgeTarget, barron_bound, maurey_sample, sample_ball
 
@@ -69,6 +71,22 @@ class Config:
     step_size: float = 0.5  # Euler, mean-field time scale: flow time = steps * step_size
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of deep inside the draws or the flows."""
+        check_integer(self.d, "d", minimum=1)
+        for name in ("radius", "gaussian_scale", "ridge_norm", "step_size"):
+            check_positive(getattr(self, name), name)
+        for name in ("draws", "n_test", "n_train", "steps"):
+            check_integer(getattr(self, name), name, minimum=1)
+        for m in self.maurey_widths:
+            check_integer(m, "maurey_widths", minimum=1)
+        if len(self.maurey_widths) < 2 or any(b <= a for a, b in itertools.pairwise(self.maurey_widths)):
+            raise ValueError(f"maurey_widths must be at least two increasing widths (a slope is fitted over them), "
+                             f"got {self.maurey_widths!r}")
+        if not self.trained_widths or not set(self.trained_widths) <= set(self.maurey_widths):
+            raise ValueError(f"trained_widths {self.trained_widths!r} must be some of maurey_widths "
+                             f"{self.maurey_widths!r} (trained and sampled networks are compared at equal widths)")
 
 
 QUICK = {"maurey_widths": tuple(2**j for j in range(12)), "draws": 6, "n_test": 2000,
@@ -166,9 +184,6 @@ def compute(cfg: Config) -> dict:
     from tqdm.auto import tqdm
 
     widths = np.asarray(cfg.maurey_widths, dtype=np.int64)
-    if not set(cfg.trained_widths) <= set(cfg.maurey_widths):
-        raise ValueError(f"trained_widths {cfg.trained_widths} must be among maurey_widths {cfg.maurey_widths} "
-                         "(trained and sampled networks are compared at equal widths)")
     result = {"maurey_widths": widths, "trained_widths": np.asarray(cfg.trained_widths, dtype=np.int64)}
     for name in tqdm(TARGETS, desc="barron_maurey: Maurey draws", unit="target"):
         f, C_f, rep_step, rep_relu = make_target(cfg, name)

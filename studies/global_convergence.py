@@ -51,9 +51,12 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer, check_positive
 from shallow.backend import to_numpy
 from shallow.flows import PopulationRisk, gradient_flow
 from shallow.networks import TwoLayer
+
+METHODS = ("euler", "rk4", "adaptive")  # those of shallow.flows.gradient_flow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,24 @@ class Config:
     record_every: int = 10
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the first runs."""
+        check_dimension(self.d, "d")  # teacher and student directions on S^{d-1}
+        check_integer(self.teacher_width, "teacher_width", minimum=1)
+        for m in self.widths:
+            check_integer(m, "widths", minimum=1)
+        if not self.widths or len(set(self.widths)) != len(self.widths):
+            raise ValueError(f"widths must be a non-empty list of distinct widths, got {self.widths!r}")
+        for r in self.runs:
+            check_integer(r, "runs", minimum=1)
+        _runs_per_width(self)
+        check_integer(self.steps, "steps", minimum=1)
+        check_integer(self.record_every, "record_every", minimum=1)
+        for name in ("step_size", "init_scale", "threshold"):
+            check_positive(getattr(self, name), name)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 QUICK = {"widths": (5, 20, 100), "runs": (8, 4, 4), "steps": 3000}

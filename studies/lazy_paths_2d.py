@@ -36,6 +36,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_array, check_integer, check_positive
 from shallow.flows import PopulationRisk, gradient_flow
 from shallow.lazy import centered, relative_weight_change, scaled
 from shallow.networks import TwoLayer
@@ -52,6 +53,20 @@ class Config:
     record_every: int = 5
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the flows."""
+        angles = check_array(self.teacher_angles, "teacher_angles", ndim=1)
+        signs = check_array(self.teacher_signs, "teacher_signs", ndim=1)
+        if angles.size == 0 or signs.shape != angles.shape or (signs == 0).any():
+            raise ValueError(f"teacher_signs must give one nonzero outer weight per entry of teacher_angles, got "
+                             f"{self.teacher_signs!r} for {self.teacher_angles!r}")
+        if check_integer(self.m, "m", minimum=2) % 2:
+            raise ValueError(f"m must be even (m/2 centred pairs), got {self.m}")
+        check_positive(self.alpha, "alpha")
+        check_integer(self.steps, "steps", minimum=1)
+        check_positive(self.step_size, "step_size")
+        check_integer(self.record_every, "record_every", minimum=1)
 
 
 QUICK = {"m": 40, "steps": 2000}

@@ -59,6 +59,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer, check_positive
 from shallow.flows import EmpiricalRisk, gradient_flow
 from shallow.lazy import centered, relative_weight_change
 from shallow.networks import TwoLayer
@@ -82,6 +83,19 @@ class Config:
     lazy_tau: float = 1.0  # the lazy end used to fit the tau^{-2} slope: tau >= lazy_tau
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the tau grid has run."""
+        check_dimension(self.d, "d")  # the sphere S^{d-1}
+        for name in ("n", "n_test", "teacher_m", "iterations", "record_every"):
+            check_integer(getattr(self, name), name, minimum=1)
+        if check_integer(self.m, "m", minimum=2) % 2:
+            raise ValueError(f"m must be even (m/2 pairs with opposite outer weights), got {self.m}")
+        check_integer(self.n_tau, "n_tau", minimum=2)  # the mean-field end against the lazy end
+        for name in ("tau_min", "tau_max", "max_step", "step_scale", "lazy_tau"):
+            check_positive(getattr(self, name), name)
+        if not self.tau_min < self.tau_max:
+            raise ValueError(f"tau_min must be below tau_max, got tau_min={self.tau_min!r} and tau_max={self.tau_max!r}")
 
 
 QUICK = {"d": 20, "n": 200, "n_test": 200, "iterations": 1500, "n_tau": 7, "record_every": 25}

@@ -52,6 +52,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_dimension, check_integer, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.flows import EmpiricalRisk, gradient_flow
 from shallow.measures import sliced_wasserstein, wasserstein
@@ -74,6 +75,22 @@ class Config:
     exact_w2_max: int = 1000  # exact W2 (POT network simplex) for widths up to this
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the reference run."""
+        check_dimension(self.d, "d")  # teacher and student directions on S^{d-1}
+        for name in ("teacher_width", "n", "runs", "steps", "n_projections", "w2_runs"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.exact_w2_max, "exact_w2_max", minimum=0)
+        check_positive(self.step_size, "step_size")
+        check_positive(self.init_scale, "init_scale")
+        for m in self.widths:
+            check_integer(m, "widths", minimum=1)
+        if not self.widths or len(set(self.widths)) != len(self.widths):
+            raise ValueError(f"widths must be a non-empty list of distinct widths, got {self.widths!r}")
+        if check_integer(self.reference_width, "reference_width", minimum=2) < 2 * max(self.widths):
+            raise ValueError(f"reference_width={self.reference_width} must be at least twice the largest width "
+                             f"{max(self.widths)}: it holds the runs' disjoint blocks of particles")
 
 
 QUICK = {"widths": (100, 300, 1000), "reference_width": 5000, "runs": 8, "w2_runs": 2, "steps": 60, "n": 300}
@@ -100,9 +117,6 @@ def _slope(m, values):
 def compute(cfg: Config) -> dict:
     from tqdm.auto import tqdm
 
-    if max(cfg.widths) * 2 > cfg.reference_width:
-        raise ValueError(f"reference_width={cfg.reference_width} must be at least twice the largest width "
-                         f"{max(cfg.widths)}: it holds the runs' disjoint blocks of particles")
     loss, R0, a0, W0 = _setup(cfg)
     M = cfg.reference_width
     jobs = [("reference", M, 0)] + [("width", m, r) for m in cfg.widths for r in range(min(cfg.runs, M // m))]

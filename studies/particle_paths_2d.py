@@ -49,6 +49,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_array, check_integer, check_positive
 from shallow.backend import to_device
 from shallow.flows import PopulationRisk, gradient_flow
 from shallow.measures import wasserstein
@@ -68,6 +69,21 @@ class Config:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the flow or its diagnostics."""
+        angles = check_array(self.teacher_angles, "teacher_angles", ndim=1)
+        signs = check_array(self.teacher_signs, "teacher_signs", ndim=1)
+        if angles.size == 0 or signs.shape != angles.shape or (signs == 0).any():
+            raise ValueError(f"teacher_signs must give one nonzero outer weight per entry of teacher_angles, got "
+                             f"{self.teacher_signs!r} for {self.teacher_angles!r}")
+        check_integer(self.m, "m", minimum=1)
+        check_positive(self.init_scale, "init_scale")
+        check_integer(self.steps, "steps", minimum=1)
+        check_positive(self.step_size, "step_size")
+        check_integer(self.record_every, "record_every", minimum=1)
+        if not check_positive(self.cone_angle, "cone_angle") <= 180:
+            raise ValueError(f"cone_angle must lie in (0, 180] degrees, got {self.cone_angle!r}")
+
 
 QUICK = {"m": 50, "steps": 3000}
 
@@ -76,8 +92,6 @@ def teacher_network(cfg: Config) -> TwoLayer:
     angles = np.deg2rad(np.asarray(cfg.teacher_angles, dtype=float))
     W = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (3, 2)
     a = np.asarray(cfg.teacher_signs, dtype=float)  # (3,)
-    if a.shape[0] != W.shape[0]:
-        raise ValueError(f"teacher_signs has {a.shape[0]} entries but teacher_angles has {W.shape[0]}")
     return TwoLayer(to_device(a, cfg.device), to_device(W, cfg.device), gamma=1.0)
 
 
