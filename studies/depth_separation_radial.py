@@ -69,11 +69,13 @@ the 2-core development machine under load.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.depth import EldanShamirFunction, ball_indicator, ball_indicator_network, sample_eldan_shamir
 
@@ -97,6 +99,26 @@ class Config:
     es_tolerance: float = 0.1  # uniform error bound of the 3-layer Eldan-Shamir network
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the 3-layer constructions or the fits."""
+        if not self.targets or not set(self.targets) <= set(TARGETS):
+            raise ValueError(f"targets must be some of {TARGETS}, got {self.targets!r}")
+        for name in ("dims", "widths"):  # increasing: the budget and the growth with d read them in order
+            values = getattr(self, name)
+            for v in values:
+                check_integer(v, name, minimum=1)
+            if not values or any(b <= a for a, b in itertools.pairwise(values)):
+                raise ValueError(f"{name} must be a non-empty increasing list, got {values!r}")
+        for name in ("n", "steps", "es_shells"):
+            check_integer(getattr(self, name), name, minimum=1)
+        for name in ("step_size", "ball_rmax", "es_alpha", "es_cut", "es_tolerance"):
+            check_positive(getattr(self, name), name)
+        if not 0 < check_positive(self.ball_delta, "ball_delta") < 1:
+            raise ValueError(f"ball_delta must lie in (0, 1) (the shell (1 - delta, 1 + delta)), got {self.ball_delta!r}")
+        if not 0 < check_positive(self.es_ramp, "es_ramp") <= 0.5:
+            raise ValueError(f"es_ramp must lie in (0, 1/2] (the 3-layer network needs a continuous profile), "
+                             f"got {self.es_ramp!r}")
 
 
 QUICK = {"dims": (2, 4, 8), "widths": (16, 64, 256), "n": 1000, "steps": 400}
@@ -187,9 +209,6 @@ def fit_point(point: dict) -> dict:
 def compute(cfg: Config) -> dict:
     from tqdm.auto import tqdm
 
-    for target in cfg.targets:
-        if target not in TARGETS:
-            raise ValueError(f"targets must be among {TARGETS}, got {target!r}")
     dims = np.asarray(cfg.dims, dtype=np.int64)
     widths = np.asarray(cfg.widths, dtype=np.int64)
     result = {"dims": dims, "widths": widths}

@@ -56,11 +56,13 @@ development machine under load.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 from scipy.linalg import solve_banded
 
 from shallow import study
+from shallow._validation import check_integer, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.depth import (DeepReLU, PiecewiseLinear, count_linear_pieces, l1_distance, max_pieces_two_layer,
                            sawtooth, sawtooth_l1_lower_bound)
@@ -85,6 +87,22 @@ class Config:
     n_random: int = 100_000  # random points for the deep net's sup error
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of deep inside the fits."""
+        if not self.ks:
+            raise ValueError("ks must list at least one k (f_k has 2^k affine pieces), got ()")
+        for k in self.ks:  # the deep net is checked on 2^(k+4) + 1 dyadic points: k <= 20 keeps that in memory
+            check_integer(k, "ks", minimum=1, maximum=20)
+        for m in self.widths:
+            check_integer(m, "widths", minimum=1)
+        if not self.widths or any(b <= a for a, b in itertools.pairwise(self.widths)):
+            raise ValueError(f"widths must be a non-empty increasing list, got {self.widths!r}")
+        check_integer(self.refine_steps, "refine_steps", minimum=0)
+        check_positive(self.refine_step_size, "refine_step_size")
+        check_integer(self.refine_max_width, "refine_max_width", minimum=0)
+        check_integer(self.grid_per_piece, "grid_per_piece", minimum=1)
+        check_integer(self.n_random, "n_random", minimum=1)
 
 
 QUICK = {"ks": (5, 6), "widths": _grid(1, 9, 3), "refine_steps": 200, "refine_max_width": 32}
