@@ -53,6 +53,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_nonnegative, check_positive
 from shallow.backend import to_device
 from shallow.cnn import (
     SGD,
@@ -82,6 +83,20 @@ class Config:
     lazy_alpha: float = 100.0  # the slope of the weight change is fitted over alpha >= lazy_alpha
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the first trainings."""
+        check_integer(self.n_train, "n_train", minimum=0, maximum=1347)  # 1347: the digits' training split
+        for name in ("width", "epochs", "batch_size"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.n_alpha, "n_alpha", minimum=2)  # the small-alpha end against the lazy end
+        for name in ("lr", "alpha_min", "alpha_max", "lazy_alpha"):
+            check_positive(getattr(self, name), name)
+        if not check_nonnegative(self.momentum, "momentum") < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.alpha_min < self.alpha_max:
+            raise ValueError(f"alpha_min must be below alpha_max, got alpha_min={self.alpha_min!r} and "
+                             f"alpha_max={self.alpha_max!r}")
 
 
 QUICK = {"n_train": 300, "width": 4, "epochs": 40, "lr": 0.02, "alpha_min": 0.1, "alpha_max": 1e4, "n_alpha": 4}

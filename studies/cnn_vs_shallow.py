@@ -112,7 +112,7 @@ import math
 import numpy as np
 
 from shallow import study
-from shallow._validation import check_integer
+from shallow._validation import check_integer, check_nonnegative, check_positive
 from shallow.backend import get_xp, to_device, to_numpy
 
 REQUIRES = ("sklearn",)  # the digits data set: the `data` extra
@@ -148,6 +148,15 @@ class Config:
     ridge: float = 1e-6  # lambda of the NTK and random-feature ridge regressions
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the first points of the grid."""
+        check_config(self)
+        for name in ("cnn_width", "cnn_steps", "cnn_batch_size", "mf_width", "mf_steps", "rf_width"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_positive(self.cnn_lr, "cnn_lr")
+        check_positive(self.mf_step_size, "mf_step_size")
+        check_nonnegative(self.ridge, "ridge")  # 0: the minimum-norm interpolant
 
 
 QUICK = {"sizes": (50, 300), "n_seeds": 2, "cnn_steps": 150, "mf_width": 100, "mf_steps": 300, "rf_width": 1000}
@@ -317,7 +326,6 @@ def check_config(cfg: Config) -> Config:
 
 def grid_points(cfg: Config) -> list:
     """The grid: one point per (method, size, subset); the largest sizes first (they take longest)."""
-    check_config(cfg)
     points = []
     for n in sorted(cfg.sizes, reverse=True):
         for s in range(1 if n == N_TRAIN else cfg.n_seeds):

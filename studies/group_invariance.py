@@ -72,6 +72,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_nonnegative, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.cnn import (
     SGD,
@@ -111,6 +112,19 @@ class Config:
     ridge: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after a model has trained."""
+        check_integer(self.n_train, "n_train", minimum=0, maximum=1347)  # 1347: the digits' training split
+        for name in ("width", "epochs", "batch_size", "L"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.J, "J", minimum=1, maximum=3)  # 8 x 8 digits: each side a multiple of 2^J
+        check_positive(self.lr, "lr")
+        check_positive(self.ridge, "ridge")
+        if not check_nonnegative(self.momentum, "momentum") < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not check_positive(self.angle_step, "angle_step") < 360:
+            raise ValueError(f"angle_step must lie in (0, 360) degrees, got {self.angle_step!r}")
 
 
 QUICK = {"n_train": 500, "width": 4, "epochs": 12, "angle_step": 45.0}

@@ -50,6 +50,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_nonnegative, check_positive
 from shallow.backend import get_xp, to_device, to_numpy
 from shallow.cnn import (
     SGD,
@@ -84,6 +85,19 @@ class Config:
     inversion_lr: float = 0.05
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the two networks have trained."""
+        # the i-RevNet: at least the 4 channels of its 2x2 space-to-depth, even (its couplings split them in halves)
+        if check_integer(self.width, "width", minimum=4) % 2:
+            raise ValueError(f"width must be even (and >= 4), got {self.width}")
+        for name in ("blocks", "vgg_width", "epochs", "batch_size", "inversion_steps"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.n_show, "n_show", minimum=1, maximum=450)  # 450: the digits' test split
+        check_positive(self.lr, "lr")
+        check_positive(self.inversion_lr, "inversion_lr")
+        if not check_nonnegative(self.momentum, "momentum") < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
 
 QUICK = {"width": 8, "blocks": 1, "vgg_width": 8, "epochs": 8, "n_show": 6, "inversion_steps": 200}

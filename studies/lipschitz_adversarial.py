@@ -79,6 +79,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.cnn import Adam, build_model, evaluate, fit, load_digits, predict
 from shallow.cnn.robustness import (
@@ -117,6 +118,22 @@ class Config:
     n_random: int = 20  # random directions of the same norm (the baseline)
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the two networks have trained."""
+        check_integer(self.n_train, "n_train", minimum=0, maximum=1347)  # the digits' training split: 1347 images
+        check_integer(self.n_universal, "n_universal", minimum=1, maximum=1347)
+        check_integer(self.n_attack, "n_attack", minimum=1, maximum=450)  # the test split: 450 images
+        for name in ("width", "epochs", "batch_size", "pgd_steps", "universal_epochs", "universal_batch", "n_random"):
+            check_integer(getattr(self, name), name, minimum=1)
+        for name in ("lr", "sn_bound", "universal_step"):
+            check_positive(getattr(self, name), name)
+        for name in ("eps_l2", "eps_linf", "eps_universal"):
+            radii = getattr(self, name)
+            if not radii:
+                raise ValueError(f"{name} must list at least one radius eps > 0, got ()")
+            for eps in radii:
+                check_positive(eps, name)
 
 
 QUICK = {"n_train": 600, "epochs": 10, "n_attack": 100, "eps_l2": (0.5, 1.0, 2.0),

@@ -63,6 +63,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_nonnegative, check_positive
 from shallow.backend import to_device, to_numpy
 from shallow.cnn import (
     SGD,
@@ -94,6 +95,17 @@ class Config:
     n_seeds: int = 5
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of inside the measurements."""
+        for name in ("width", "epochs", "batch_size", "probe_draws", "n_seeds"):
+            check_integer(getattr(self, name), name, minimum=1)
+        # drawn without replacement from each class of the digits' training split (the smallest has 131 images)
+        check_integer(self.probe_labels, "probe_labels", minimum=1, maximum=131)
+        check_positive(self.lr, "lr")
+        check_positive(self.ridge, "ridge")
+        if not check_nonnegative(self.momentum, "momentum") < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
 
 QUICK = {"width": 8, "epochs": 12, "n_seeds": 1, "probe_draws": 3}

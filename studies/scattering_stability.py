@@ -100,6 +100,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
+from shallow._validation import check_integer, check_positive
 from shallow.backend import get_xp, to_device, to_numpy
 from shallow.cnn import Adam, Sequential, fit, load_digits, predict, vgg_small
 from shallow.cnn.ridge import RidgeClassifier
@@ -132,6 +133,28 @@ class Config:
     scale_grad_norm: float = 0.1
     seed: int = 0
     device: str = "cpu"
+
+    def __post_init__(self):
+        """Refuse a bad value now, naming its field, instead of after the CNN has trained."""
+        for name in ("J", "L", "upsample", "width", "epochs", "batch_size"):
+            check_integer(getattr(self, name), name, minimum=1)
+        check_integer(self.margin, "margin", minimum=0)
+        side = 8 * self.upsample + 2 * self.margin  # the images' side
+        if side % 2**self.J:
+            raise ValueError(f"J={self.J} does not suit images of side 8 upsample + 2 margin = {side}: the scattering "
+                             f"subsamples by 2^J = {2**self.J}, which must divide it (change J, upsample or margin)")
+        check_integer(self.n_train, "n_train", minimum=0, maximum=1347)  # the digits' training split: 1347 images
+        check_integer(self.n_test, "n_test", minimum=2, maximum=450)  # the test split: 450 images
+        for name in ("lr", "ridge", "field_scale", "scale_grad_norm"):
+            check_positive(getattr(self, name), name)
+        for name in ("shifts", "grad_norms", "scales"):  # drawn on log axes
+            if not getattr(self, name):
+                raise ValueError(f"{name} must list at least one positive value, got ()")
+            for v in getattr(self, name):
+                check_positive(v, name)
+        if len(self.grad_norms) < 2:
+            raise ValueError(f"grad_norms must list at least two values (a slope is fitted over them), "
+                             f"got {self.grad_norms!r}")
 
 
 QUICK = {"n_train": 500, "n_test": 60, "epochs": 8, "width": 4, "lr": 5e-3, "shifts": (1.0, 2.0, 4.0), "grad_norms": (0.04, 0.08, 0.16),
