@@ -1,0 +1,134 @@
+"""Every study's Config refuses a bad value when it is built, with an error naming the field.
+
+A bad value used to fail deep inside numpy or scipy (often after minutes of computing), or to give a
+silently meaningless figure (a negative n_train dropping images, a validation fraction above 1, a
+width list read out of order). ``Config.__post_init__`` runs on every ``--field`` flag
+(:func:`shallow.study.config_from_args` builds the Config with ``dataclasses.replace``), so the CLI
+prints ``shallow run: error: MESSAGE`` before any computation. These tests build Configs only: no compute.
+"""
+
+import dataclasses
+
+import pytest
+
+from shallow import cli, study
+
+NAN = float("nan")
+
+# (study, overrides of the default Config, the start of the expected message: the field named)
+BAD = [
+    ("barron_maurey", {"d": 0}, "d must be an integer >= 1"),
+    ("barron_maurey", {"draws": 0}, "draws must be an integer >= 1"),
+    ("barron_maurey", {"step_size": NAN}, "step_size must be a positive finite number"),
+    ("barron_maurey", {"maurey_widths": (4, 1, 16)}, "maurey_widths must be at least two increasing widths"),
+    ("barron_maurey", {"trained_widths": (3,)}, r"trained_widths \(3,\) must be some of maurey_widths"),
+    ("cnn_lazy_vs_meanfield", {"n_train": -5}, "n_train must be an integer >= 0 and <= 1347"),
+    ("cnn_lazy_vs_meanfield", {"n_alpha": 1}, "n_alpha must be an integer >= 2"),
+    ("cnn_lazy_vs_meanfield", {"alpha_min": 1e4, "alpha_max": 0.1}, "alpha_min must be below alpha_max"),
+    ("cnn_lazy_vs_meanfield", {"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+    ("cnn_vs_shallow", {"cnn_width": 0}, "cnn_width must be an integer >= 1"),
+    ("cnn_vs_shallow", {"mf_step_size": NAN}, "mf_step_size must be a positive finite number"),
+    ("cnn_vs_shallow", {"ridge": -1.0}, "ridge must be a finite number >= 0"),
+    ("cnn_vs_shallow", {"sizes": (100, 50)}, "sizes must be strictly increasing"),
+    ("depth_separation_radial", {"dims": (0,)}, "dims must be an integer >= 1"),
+    ("depth_separation_radial", {"widths": (64, 16)}, "widths must be a non-empty increasing list"),
+    ("depth_separation_radial", {"targets": ("cube",)}, "targets must be some of"),
+    ("depth_separation_radial", {"es_ramp": 0.9}, r"es_ramp must lie in \(0, 1/2\]"),
+    ("depth_separation_radial", {"ball_delta": 1.0}, r"ball_delta must lie in \(0, 1\)"),
+    ("depth_separation_sawtooth", {"ks": (40,)}, "ks must be an integer >= 1 and <= 20"),
+    ("depth_separation_sawtooth", {"widths": (0,)}, "widths must be an integer >= 1"),
+    ("depth_separation_sawtooth", {"refine_step_size": NAN}, "refine_step_size must be a positive finite number"),
+    ("depth_separation_sawtooth", {"grid_per_piece": 0}, "grid_per_piece must be an integer >= 1"),
+    ("f1_vs_f2", {"dims": (1,)}, "dims must be an integer >= 2"),
+    ("f1_vs_f2", {"ns": (200,)}, "ns must list at least two distinct sizes"),
+    ("f1_vs_f2", {"validation_fraction": 1.5}, r"validation_fraction must lie in \(0, 1\)"),
+    ("f1_vs_f2", {"targets": ("foo",)}, "targets must be some of"),
+    ("f1_vs_f2", {"ridges": (-1.0,)}, "ridges must be a positive finite number"),
+    ("funk_hecke_spectra", {"dims": (1,)}, "dims must be an integer >= 2"),
+    ("funk_hecke_spectra", {"alphas": (-1.0,)}, "alphas must be a finite number >= 0"),
+    ("funk_hecke_spectra", {"kmax": 2}, "kmax must be an integer >= 5"),
+    ("funk_hecke_spectra", {"smooth": ("relu6",)}, "smooth must list activation names, got 'relu6'"),
+    ("global_convergence", {"method": "rk5"}, "method must be one of"),
+    ("global_convergence", {"runs": (1, 2)}, "runs has 2 entries but widths has 6"),
+    ("global_convergence", {"threshold": -1.0}, "threshold must be a positive finite number"),
+    ("global_convergence", {"d": 1}, "d must be an integer >= 2"),
+    ("group_invariance", {"angle_step": 0.0}, "angle_step must be a positive finite number"),
+    ("group_invariance", {"J": 4}, "J must be an integer >= 1 and <= 3"),
+    ("group_invariance", {"n_train": -100}, "n_train must be an integer >= 0 and <= 1347"),
+    ("harmonic_approximation", {"smooth_c": 0.5}, "smooth_c must be > 1"),
+    ("harmonic_approximation", {"check_kmax": (16,)}, "check_kmax must give one degree per entry of check_dims"),
+    ("harmonic_approximation", {"check_dims": (2, 3)}, "check_dims must be an integer >= 3"),
+    ("harmonic_approximation", {"mc_n": 1}, "mc_n must be an integer >= 2"),
+    ("invertible_features", {"width": 7}, r"width must be even \(and >= 4\)"),
+    ("invertible_features", {"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ("invertible_features", {"n_show": 0}, "n_show must be an integer >= 1 and <= 450"),
+    ("kernel_spectra", {"dims": (1,)}, "dims must be an integer >= 2"),
+    ("kernel_spectra", {"kmax": 1}, "kmax must be an integer >= 4"),
+    ("kernel_spectra", {"gram_n": 5}, "gram_n must be an integer >= 18"),
+    ("laziness_exponent", {"log2_m_min": 0}, "log2_m_min must be an integer >= 1"),
+    ("laziness_exponent", {"log2_m_fit": 20}, "log2_m_min <= log2_m_fit < log2_m_max must hold"),
+    ("laziness_exponent", {"T": 0.1}, "T / step_size must round to at least one step"),
+    ("laziness_exponent", {"betas": ()}, "betas must be a non-empty list"),
+    ("lazy_paths_2d", {"m": 41}, r"m must be even \(m/2 centred pairs\)"),
+    ("lazy_paths_2d", {"teacher_signs": (1.0, -1.0)}, "teacher_signs must give one nonzero outer weight"),
+    ("lazy_paths_2d", {"teacher_angles": (NAN, 140.0, 260.0)}, "teacher_angles contains 1 NaN"),
+    ("lazy_vs_meanfield", {"n_tau": 1}, "n_tau must be an integer >= 2"),
+    ("lazy_vs_meanfield", {"tau_min": 10.0, "tau_max": 0.01}, "tau_min must be below tau_max"),
+    ("lazy_vs_meanfield", {"m": 51}, "m must be even"),
+    ("lipschitz_adversarial", {"n_attack": 0}, "n_attack must be an integer >= 1 and <= 450"),
+    ("lipschitz_adversarial", {"eps_l2": (-0.5,)}, "eps_l2 must be a positive finite number"),
+    ("lipschitz_adversarial", {"eps_linf": ()}, "eps_linf must list at least one radius"),
+    ("lipschitz_adversarial", {"universal_step": NAN}, "universal_step must be a positive finite number"),
+    ("mean_field_limit", {"widths": (100, 100)}, "widths must be a non-empty list of distinct widths"),
+    ("mean_field_limit", {"reference_width": 100}, "reference_width=100 must be at least twice the largest width"),
+    ("mean_field_limit", {"w2_runs": 0}, "w2_runs must be an integer >= 1"),
+    ("ntk_convergence", {"dims": (1,)}, "dims must be an integer >= 2"),
+    ("ntk_convergence", {"log2_m_min": 5, "log2_m_max": 5}, "log2_m_max must exceed log2_m_min"),
+    ("ntk_convergence", {"seeds": 0}, "seeds must be an integer >= 1"),
+    ("particle_paths_2d", {"record_every": 0}, "record_every must be an integer >= 1"),
+    ("particle_paths_2d", {"teacher_signs": (1.0, 1.0)}, "teacher_signs must give one nonzero outer weight"),
+    ("particle_paths_2d", {"cone_angle": -10.0}, "cone_angle must be a positive finite number"),
+    ("progressive_separation", {"probe_labels": 500}, "probe_labels must be an integer >= 1 and <= 131"),
+    ("progressive_separation", {"n_seeds": 0}, "n_seeds must be an integer >= 1"),
+    ("progressive_separation", {"ridge": -1.0}, "ridge must be a positive finite number"),
+    ("scattering_stability", {"margin": 3}, "J=3 does not suit images of side 8 upsample"),
+    ("scattering_stability", {"grad_norms": (0.1,)}, "grad_norms must list at least two values"),
+    ("scattering_stability", {"n_test": 1}, "n_test must be an integer >= 2 and <= 450"),
+    ("scattering_stability", {"scales": (-1.0,)}, "scales must be a positive finite number"),
+    ("sparse_approximation_rate", {"dims": (1,)}, "dims must be an integer >= 2"),
+    ("sparse_approximation_rate", {"fit_kmin": 256}, "fit_kmin=256 leaves fewer than two recorded k"),
+    ("sparse_approximation_rate", {"signs": ()}, "signs must list the nonzero weights"),
+    ("sparse_approximation_rate", {"kappa": NAN}, "kappa must be a positive finite number"),
+    ("width_scaling", {"log2_m_fit": 20}, "log2_m_min <= log2_m_fit < log2_m_max must hold"),
+    ("width_scaling", {"T": 0.1}, "T / step_size must round to at least one step"),
+    ("width_scaling", {"seeds": 0}, "seeds must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, message", BAD,
+                         ids=[f"{name}-{'-'.join(overrides)}" for name, overrides, _ in BAD])
+def test_study_config_refuses_bad_values_naming_the_field(name, overrides, message):
+    module = cli.load_study(name)
+    with pytest.raises(ValueError, match=f"^{message}"):
+        dataclasses.replace(module.Config(), **overrides)
+
+
+def test_every_study_with_checks_is_covered():
+    # One case at least per study: the list above follows the studies folder.
+    assert {name for name, _, _ in BAD} == set(cli.find_studies())
+
+
+@pytest.mark.parametrize("name", sorted(cli.find_studies()))
+def test_study_default_and_quick_configs_pass_their_checks(name):
+    # The checks accept what each study ships: its defaults (the paper's figure) and its --quick overrides.
+    module = cli.load_study(name)
+    assert dataclasses.asdict(module.Config())
+    assert dataclasses.asdict(study.quick_config(module))
+
+
+def test_cli_reports_a_bad_field_before_computing(tmp_path, capsys):
+    # --ks 40 used to end in a MemoryError traceback (8 TiB for the 2^(k+4) dyadic points).
+    code = cli.main(["run", "depth_separation_sawtooth", "--quick", "--ks", "5,40", "--out", str(tmp_path)])
+    assert code == 2
+    assert "shallow run: error: ks must be an integer >= 1 and <= 20, got 40" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
