@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the studies with their claims")
-    run = sub.add_parser("run", help="run one study, or all of them, and write their figures")
+    run = sub.add_parser("run", help="run one study, or all of them, and write their figures", allow_abbrev=False)
     run.add_argument("study", nargs="?", help="the study's name (see `shallow list`)")
     run.add_argument("--all", action="store_true", help="run every study")
     run.add_argument("--quick", action="store_true", help="quick configurations (well under a minute each on a CPU)")

@@ -1,6 +1,8 @@
 """The study runner and the `shallow` command, on a toy study written to a temporary folder."""
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -19,6 +21,7 @@ class Config:
     n: int = 1000
     scales: tuple = (1.0, 2.0)
     centred: bool = False
+    d: int = 2
     seed: int = 0
     device: str = "cpu"
 
@@ -86,6 +89,13 @@ def test_config_fields_become_flags(toy):
     assert cfg.n == 7 and cfg.scales == (0.5, 3.0)
     quick = study.config_from_args(module, study.build_parser(module).parse_args(["--quick", "--n", "12"]))
     assert quick.n == 12  # an explicit flag wins over QUICK
+
+
+def test_a_field_named_like_the_start_of_a_common_flag_is_set_by_its_own_flag(toy):
+    # --d is the field d, not an abbreviation of --device
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--d", "5"]) == 0
+    assert json.loads((out / "figures" / "toy_quick.json").read_text())["config"]["d"] == 5
 
 
 def test_unknown_study_is_a_clear_error(toy):
@@ -207,3 +217,10 @@ def test_show_progress_inside_compute_follows_the_runs_choice(toy, progress):
     module.compute = lambda cfg: (seen.append(study.show_progress()), real(cfg))[1]
     study.run(module, study.quick_config(module), quick=True, out=toy / "out", figure=False, progress=progress)
     assert seen == [progress]
+
+
+def test_a_study_script_run_directly_exits_with_status_2_on_a_bad_value(tmp_path):
+    script = cli.find_studies()["funk_hecke_spectra"]
+    done = subprocess.run([sys.executable, str(script), "--quick", "--kmax", "-5", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "funk_hecke_spectra: error: kmax must be an integer" in done.stderr
