@@ -44,6 +44,7 @@ from types import ModuleType
 import numpy as np
 
 from . import __version__
+from ._validation import check_array, check_integer, check_positive
 from .backend import available_devices
 
 __all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
@@ -246,6 +247,36 @@ def config_from_args(module: ModuleType, args: argparse.Namespace):
     if getattr(args, "quick", False):
         return quick_config(module, **given)
     return dataclasses.replace(module.Config(), **given)
+
+
+# ----------------------------------------------------------------------------- checks that Configs share
+
+def check_flow_time(T, step_size) -> int:
+    """The number of steps round(T / step_size) of a flow run to time T, refused unless >= 1."""
+    steps = round(check_positive(T, "T") / check_positive(step_size, "step_size"))
+    if steps < 1:
+        raise ValueError(f"T / step_size must round to at least one step of the flow, got T={T!r} and "
+                         f"step_size={step_size!r}")
+    return steps
+
+
+def check_width_fit(log2_m_min, log2_m_fit, log2_m_max, minimum: int = 0) -> None:
+    """Widths m = 2^k, k = log2_m_min..log2_m_max, with exponents fitted over k >= log2_m_fit:
+    refused unless minimum <= log2_m_min <= log2_m_fit < log2_m_max (at least two widths in the fit)."""
+    lo = check_integer(log2_m_min, "log2_m_min", minimum=minimum)
+    fit, top = check_integer(log2_m_fit, "log2_m_fit"), check_integer(log2_m_max, "log2_m_max")
+    if not lo <= fit < top:
+        raise ValueError("log2_m_min <= log2_m_fit < log2_m_max must hold (the fit needs at least two widths), "
+                         f"got {lo}, {fit} and {top}")
+
+
+def check_teacher_2d(angles, signs) -> None:
+    """A teacher on the circle: one nonzero outer weight (``teacher_signs``) per angle (``teacher_angles``)."""
+    angles = check_array(angles, "teacher_angles", ndim=1)
+    weights = check_array(signs, "teacher_signs", ndim=1)
+    if angles.size == 0 or weights.shape != angles.shape or (weights == 0).any():
+        raise ValueError(f"teacher_signs must give one nonzero outer weight per entry of teacher_angles, got "
+                         f"{signs!r} for {angles.tolist()!r}")
 
 
 # ----------------------------------------------------------------------------- running

@@ -72,17 +72,11 @@ class Config:
             check_positive(beta, "betas")  # gamma(m) = m^-beta
         if not self.betas or len(set(self.betas)) != len(self.betas):
             raise ValueError(f"betas must be a non-empty list of distinct exponents, got {self.betas!r}")
-        check_integer(self.log2_m_min, "log2_m_min", minimum=1)  # m/2 centred pairs: m >= 2
-        fit, top = check_integer(self.log2_m_fit, "log2_m_fit"), check_integer(self.log2_m_max, "log2_m_max")
-        if not self.log2_m_min <= fit < top:
-            raise ValueError("log2_m_min <= log2_m_fit < log2_m_max must hold (the exponent is fitted over at least "
-                             f"two widths), got {self.log2_m_min}, {self.log2_m_fit} and {self.log2_m_max}")
+        study.check_width_fit(self.log2_m_min, self.log2_m_fit, self.log2_m_max, minimum=1)  # m/2 centred pairs
         check_dimension(self.d, "d")  # the sphere S^{d-1}
         check_integer(self.n, "n", minimum=1)
         check_integer(self.seeds, "seeds", minimum=1)
-        if round(check_positive(self.T, "T") / check_positive(self.step_size, "step_size")) < 1:
-            raise ValueError(f"T / step_size must round to at least one step of the flow, got T={self.T!r} and "
-                             f"step_size={self.step_size!r}")
+        study.check_flow_time(self.T, self.step_size)
 
 
 QUICK = {"betas": (0.5, 0.75, 1.0), "log2_m_max": 11, "seeds": 2}

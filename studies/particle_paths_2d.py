@@ -49,7 +49,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
-from shallow._validation import check_array, check_integer, check_positive
+from shallow._validation import check_integer, check_positive
 from shallow.backend import to_device
 from shallow.flows import PopulationRisk, gradient_flow
 from shallow.measures import wasserstein
@@ -71,11 +71,7 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the flow or its diagnostics."""
-        angles = check_array(self.teacher_angles, "teacher_angles", ndim=1)
-        signs = check_array(self.teacher_signs, "teacher_signs", ndim=1)
-        if angles.size == 0 or signs.shape != angles.shape or (signs == 0).any():
-            raise ValueError(f"teacher_signs must give one nonzero outer weight per entry of teacher_angles, got "
-                             f"{self.teacher_signs!r} for {self.teacher_angles!r}")
+        study.check_teacher_2d(self.teacher_angles, self.teacher_signs)
         check_integer(self.m, "m", minimum=1)
         check_positive(self.init_scale, "init_scale")
         check_integer(self.steps, "steps", minimum=1)

@@ -43,7 +43,7 @@ import dataclasses
 import numpy as np
 
 from shallow import study
-from shallow._validation import check_dimension, check_integer, check_positive
+from shallow._validation import check_dimension, check_integer
 from shallow.flows import EmpiricalRisk, gradient_flow
 from shallow.lazy import activation_flips, empirical_ntk, relative_weight_change
 from shallow.networks import TwoLayer
@@ -68,17 +68,11 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the grid or the fits."""
-        check_integer(self.log2_m_min, "log2_m_min", minimum=0)
-        fit, top = check_integer(self.log2_m_fit, "log2_m_fit"), check_integer(self.log2_m_max, "log2_m_max")
-        if not self.log2_m_min <= fit < top:
-            raise ValueError("log2_m_min <= log2_m_fit < log2_m_max must hold (the slopes are fitted over at least "
-                             f"two widths), got {self.log2_m_min}, {self.log2_m_fit} and {self.log2_m_max}")
+        study.check_width_fit(self.log2_m_min, self.log2_m_fit, self.log2_m_max)
         check_dimension(self.d, "d")  # the sphere S^{d-1}
         check_integer(self.n, "n", minimum=1)
         check_integer(self.seeds, "seeds", minimum=1)
-        if round(check_positive(self.T, "T") / check_positive(self.step_size, "step_size")) < 1:
-            raise ValueError(f"T / step_size must round to at least one step of the flow, got T={self.T!r} and "
-                             f"step_size={self.step_size!r}")
+        study.check_flow_time(self.T, self.step_size)
 
 
 QUICK = {"log2_m_max": 11, "seeds": 2}
