@@ -251,6 +251,23 @@ def config_from_args(module: ModuleType, args: argparse.Namespace):
 
 # ----------------------------------------------------------------------------- checks that Configs share
 
+def check_grid(values, name: str, check_entry=None, *, increasing: bool = False, at_least: int = 1) -> tuple:
+    """A Config's grid (a tuple such as widths or dims): every entry through ``check_entry(value, name)``
+    (default: an integer >= 1), at least ``at_least`` entries, all distinct, or strictly increasing with
+    ``increasing=True``."""
+    values = tuple(values)
+    for value in values:
+        if check_entry is None:
+            check_integer(value, name, minimum=1)
+        else:
+            check_entry(value, name)
+    ordered = all(b > a for a, b in zip(values, values[1:])) if increasing else len(set(values)) == len(values)
+    if len(values) < at_least or not ordered:
+        kind = "strictly increasing" if increasing else "distinct"
+        raise ValueError(f"{name} must hold at least {at_least} {kind} value(s), got {values!r}")
+    return values
+
+
 def check_flow_time(T, step_size) -> int:
     """The number of steps round(T / step_size) of a flow run to time T, refused unless >= 1."""
     steps = round(check_positive(T, "T") / check_positive(step_size, "step_size"))

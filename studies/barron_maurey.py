@@ -43,7 +43,6 @@ target, and the trained networks, on the study's worker processes), 8-20 s with 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
@@ -79,11 +78,7 @@ class Config:
             check_positive(getattr(self, name), name)
         for name in ("draws", "n_test", "n_train", "steps"):
             check_integer(getattr(self, name), name, minimum=1)
-        for m in self.maurey_widths:
-            check_integer(m, "maurey_widths", minimum=1)
-        if len(self.maurey_widths) < 2 or any(b <= a for a, b in itertools.pairwise(self.maurey_widths)):
-            raise ValueError(f"maurey_widths must be at least two increasing widths (a slope is fitted over them), "
-                             f"got {self.maurey_widths!r}")
+        study.check_grid(self.maurey_widths, "maurey_widths", increasing=True, at_least=2)  # a slope
         if not self.trained_widths or not set(self.trained_widths) <= set(self.maurey_widths):
             raise ValueError(f"trained_widths {self.trained_widths!r} must be some of maurey_widths "
                              f"{self.maurey_widths!r} (trained and sampled networks are compared at equal widths)")

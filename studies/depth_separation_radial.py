@@ -69,7 +69,6 @@ the 2-core development machine under load.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import numpy as np
@@ -105,11 +104,7 @@ class Config:
         if not self.targets or not set(self.targets) <= set(TARGETS):
             raise ValueError(f"targets must be some of {TARGETS}, got {self.targets!r}")
         for name in ("dims", "widths"):  # increasing: the budget and the growth with d read them in order
-            values = getattr(self, name)
-            for v in values:
-                check_integer(v, name, minimum=1)
-            if not values or any(b <= a for a, b in itertools.pairwise(values)):
-                raise ValueError(f"{name} must be a non-empty increasing list, got {values!r}")
+            study.check_grid(getattr(self, name), name, increasing=True)
         for name in ("n", "steps", "es_shells"):
             check_integer(getattr(self, name), name, minimum=1)
         for name in ("step_size", "ball_rmax", "es_alpha", "es_cut", "es_tolerance"):

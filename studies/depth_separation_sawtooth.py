@@ -56,7 +56,6 @@ development machine under load.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 from scipy.linalg import solve_banded
@@ -94,10 +93,7 @@ class Config:
             raise ValueError("ks must list at least one k (f_k has 2^k affine pieces), got ()")
         for k in self.ks:  # the deep net is checked on 2^(k+4) + 1 dyadic points: k <= 20 keeps that in memory
             check_integer(k, "ks", minimum=1, maximum=20)
-        for m in self.widths:
-            check_integer(m, "widths", minimum=1)
-        if not self.widths or any(b <= a for a, b in itertools.pairwise(self.widths)):
-            raise ValueError(f"widths must be a non-empty increasing list, got {self.widths!r}")
+        study.check_grid(self.widths, "widths", increasing=True)
         check_integer(self.refine_steps, "refine_steps", minimum=0)
         check_positive(self.refine_step_size, "refine_step_size")
         check_integer(self.refine_max_width, "refine_max_width", minimum=0)

@@ -78,10 +78,7 @@ class Config:
         """Refuse a bad value now, naming its field, instead of after the first runs."""
         check_dimension(self.d, "d")  # teacher and student directions on S^{d-1}
         check_integer(self.teacher_width, "teacher_width", minimum=1)
-        for m in self.widths:
-            check_integer(m, "widths", minimum=1)
-        if not self.widths or len(set(self.widths)) != len(self.widths):
-            raise ValueError(f"widths must be a non-empty list of distinct widths, got {self.widths!r}")
+        study.check_grid(self.widths, "widths")
         for r in self.runs:
             check_integer(r, "runs", minimum=1)
         _runs_per_width(self)

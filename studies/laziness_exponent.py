@@ -68,10 +68,7 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the grid or the fit."""
-        for beta in self.betas:
-            check_positive(beta, "betas")  # gamma(m) = m^-beta
-        if not self.betas or len(set(self.betas)) != len(self.betas):
-            raise ValueError(f"betas must be a non-empty list of distinct exponents, got {self.betas!r}")
+        study.check_grid(self.betas, "betas", check_positive)  # gamma(m) = m^-beta
         study.check_width_fit(self.log2_m_min, self.log2_m_fit, self.log2_m_max, minimum=1)  # m/2 centred pairs
         check_dimension(self.d, "d")  # the sphere S^{d-1}
         check_integer(self.n, "n", minimum=1)

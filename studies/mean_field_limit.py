@@ -84,10 +84,7 @@ class Config:
         check_integer(self.exact_w2_max, "exact_w2_max", minimum=0)
         check_positive(self.step_size, "step_size")
         check_positive(self.init_scale, "init_scale")
-        for m in self.widths:
-            check_integer(m, "widths", minimum=1)
-        if not self.widths or len(set(self.widths)) != len(self.widths):
-            raise ValueError(f"widths must be a non-empty list of distinct widths, got {self.widths!r}")
+        study.check_grid(self.widths, "widths")
         if check_integer(self.reference_width, "reference_width", minimum=2) < 2 * max(self.widths):
             raise ValueError(f"reference_width={self.reference_width} must be at least twice the largest width "
                              f"{max(self.widths)}: it holds the runs' disjoint blocks of particles")

@@ -51,10 +51,7 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the grid or the fit."""
-        for d in self.dims:
-            check_dimension(d, "dims")  # the sphere S^{d-1}
-        if not self.dims or len(set(self.dims)) != len(self.dims):
-            raise ValueError(f"dims must be a non-empty list of distinct dimensions, got {self.dims!r}")
+        study.check_grid(self.dims, "dims", check_dimension)  # the sphere S^{d-1}
         check_integer(self.log2_m_min, "log2_m_min", minimum=0)
         if check_integer(self.log2_m_max, "log2_m_max", minimum=0) <= self.log2_m_min:
             raise ValueError(f"log2_m_max must exceed log2_m_min (the slope is fitted over at least two widths), "

@@ -101,10 +101,7 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the grid or the fits."""
-        for d in self.dims:
-            check_dimension(d, "dims")  # the sphere S^{d-1}
-        if not self.dims or len(set(self.dims)) != len(self.dims):
-            raise ValueError(f"dims must be a non-empty list of distinct dimensions, got {self.dims!r}")
+        study.check_grid(self.dims, "dims", check_dimension)  # the sphere S^{d-1}
         check_integer(self.kmax, "kmax", minimum=1)
         check_integer(self.fit_kmin, "fit_kmin", minimum=1)
         if sum(k >= self.fit_kmin for k in recorded_k(self.kmax)) < 2:
