@@ -33,7 +33,8 @@ Three formulations compute it (``method=``; ``"auto"`` picks one per layer):
     The rows are processed in blocks (:func:`_row_blocks`): all KH KW products of a block run
     while its rows are in cache, and each block's GEMMs are small enough (M N K <= 100^3) for
     OpenBLAS's small-matrix kernels, which skip the packing of the operands and run on the
-    calling thread. The forward output and the input gradient are returned as strided views of
+    calling thread; layers of more than about 100 x 100 channels take longer blocks through the
+    packing kernels instead. The forward output and the input gradient are returned as strided views of
     their grids (no cropping copy).
 ``"flat_im2col"`` (stride 1; picked for C_in / G < 16, the input layer)
     The KH KW shifted row-slices of B are copied side by side into one (R, KH KW C_in / G)
@@ -103,8 +104,13 @@ TAPS_MIN_CHANNELS = 16
 #: with kernels that skip the packing of the operands (``gemm_small_kernel_permit``, AVX-512 and
 #: other targets); the packing costs as much as the product for the thin GEMMs of a convolution.
 SMALL_GEMM_MNK = 100**3
-#: The least number of rows of a block (layers wider than 250 x 250 channels leave the small path).
-MIN_BLOCK_ROWS = 16
+#: Below this many rows a block's small-matrix products are too short to run well (at 128 x 128
+#: channels the blocks would have 61 rows); such wide layers multiply PACKED_BLOCK_ROWS rows at a
+#: time through OpenBLAS's packing kernels instead (measured on the development machine, one thread,
+#: float32, batch 128: 15% faster for 128 -> 128 channels at 7x7, 16% for 128 -> 256 at 4x4; the
+#: small path stays ahead for 96 x 96 (108 rows) and 64 x 128 (122 rows)).
+MIN_SMALL_BLOCK_ROWS = 100
+PACKED_BLOCK_ROWS = 2048
 
 
 def _row_blocks(R, c_in, c_out, host=True):
@@ -112,15 +118,17 @@ def _row_blocks(R, c_in, c_out, host=True):
 
     On the host, blocks of SMALL_GEMM_MNK / (c_in c_out) rows make every tap's GEMM a small-matrix
     product on data in cache: 976 rows for 32 channels in and out (1.5x faster than unblocked
-    GEMMs on the development machine), 61 rows for 128. The small-matrix kernels run on the
-    calling thread, so that the convolutions compute on one core whatever OPENBLAS_NUM_THREADS
-    says, and never wait for BLAS threads spinning on cores that other processes hold (for
-    128 x 128 channels, 1024-row blocks with packing are 15% faster on an idle core). On a GPU
-    one block covers everything.
+    GEMMs on the development machine), 244 for 64. The small-matrix kernels run on the calling
+    thread, so that these convolutions compute on one core whatever OPENBLAS_NUM_THREADS says.
+    Wider layers, whose blocks would fall below MIN_SMALL_BLOCK_ROWS rows, take blocks of
+    PACKED_BLOCK_ROWS rows through the packing kernels, which may use OpenBLAS's threads (the
+    workers of :mod:`shallow.sweep` limit them to one). On a GPU one block covers everything.
     """
     if not host:
         return [(0, R)]
-    step = max(MIN_BLOCK_ROWS, SMALL_GEMM_MNK // max(1, c_in * c_out))
+    step = SMALL_GEMM_MNK // max(1, c_in * c_out)
+    if step < MIN_SMALL_BLOCK_ROWS:
+        step = PACKED_BLOCK_ROWS
     return [(r0, min(R, r0 + step)) for r0 in range(0, R, step)]
 
 

@@ -223,3 +223,29 @@ def test_linearized_model_gradient_matches_central_differences():
     lin = linearize(MODELS["vgg_frozen_alpha"]())
     _perturbed(lin, rng)
     check_central_differences(lin, rng.standard_normal((3, 8, 8, 1)), rng, h=1e-3, input_grad=False)
+
+
+def _conv_direct(x, W):
+    """3x3 'same' cross-correlation as nine tensordots over the zero-padded input (no shifted grid)."""
+    N, H, Wd, C = x.shape
+    xpad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(np.tensordot(xpad[:, i:i + H, j:j + Wd], W[i, j], axes=(3, 0)) for i in range(3) for j in range(3))
+
+
+def test_wide_conv2d_in_long_packed_blocks_is_the_convolution_and_its_adjoints():
+    # 112 x 96 channels leave the small-matrix path (fewer than 100 rows per block) and 3 x 29 x 29 grid rows
+    # make two blocks of 2048: forward against nine tensordots; the bilinear map gives the exact
+    # derivatives <dW, V> = <dy, conv(x, V)> and <dx, U> = <dy, conv(U, W)> (float64, rounding only).
+    rng = np.random.default_rng(31)
+    layer = Conv2d(112, 96, 3, padding=1, bias=False, rng=32, method="taps")
+    x, U = rng.standard_normal((2, 3, 28, 28, 112))
+    V = rng.standard_normal(layer.params["W"].shape)
+    W = layer.params["W"]
+    y = layer.forward(x)
+    ref = _conv_direct(x, W)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    scale = np.abs(dy).sum() * np.abs(ref).max()
+    assert abs(np.vdot(layer.grads["W"], V) - np.vdot(dy, _conv_direct(x, V))) < 1e-12 * scale
+    assert abs(np.vdot(dx, U) - np.vdot(dy, _conv_direct(U, W))) < 1e-12 * scale
