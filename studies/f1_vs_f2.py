@@ -69,7 +69,7 @@ import time
 import numpy as np
 
 from shallow import study
-from shallow._validation import check_integer, check_positive
+from shallow._validation import check_dimension, check_integer, check_positive
 from shallow.activations import funk_hecke
 from shallow.backend import to_device, to_numpy
 from shallow.flows import EmpiricalRisk, gradient_flow
@@ -99,14 +99,9 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of inside the grid's kernel solves and flows."""
-        for d in self.dims:
-            check_integer(d, "dims", minimum=2)  # the sphere S^{d-1}, and the target's two directions
-        for n in self.ns:
-            check_integer(n, "ns", minimum=2)  # at least one training and one validation point
-        if not self.dims or len(set(self.dims)) != len(self.dims):
-            raise ValueError(f"dims must list distinct dimensions, got {self.dims!r}")
-        if len(set(self.ns)) < 2 or len(set(self.ns)) != len(self.ns):
-            raise ValueError(f"ns must list at least two distinct sizes n (a rate is fitted), got {self.ns!r}")
+        study.check_grid(self.dims, "dims", check_dimension)  # the sphere S^{d-1}, and the target's two directions
+        # at least one training and one validation point per n, and two n for a rate
+        study.check_grid(self.ns, "ns", lambda n, name: check_integer(n, name, minimum=2), at_least=2)
         if not self.targets or not set(self.targets) <= set(TARGETS):
             raise ValueError(f"targets must be some of {TARGETS}, got {self.targets!r}")
         check_integer(self.n_test, "n_test", minimum=2)  # the errors are relative to the test variance
@@ -114,10 +109,7 @@ class Config:
         check_integer(self.steps, "steps", minimum=1)
         check_positive(self.step_size, "step_size")
         check_positive(self.init_scale, "init_scale")
-        if not self.ridges:
-            raise ValueError("ridges must list at least one relative ridge, got ()")
-        for r in self.ridges:
-            check_positive(r, "ridges")
+        study.check_grid(self.ridges, "ridges", check_positive)
         f = check_positive(self.validation_fraction, "validation_fraction")
         if f >= 1 or min(self.ns) - max(1, round(f * min(self.ns))) < 1:
             raise ValueError(f"validation_fraction must lie in (0, 1) and leave a training point at n = {min(self.ns)}, "

@@ -147,14 +147,9 @@ class Config:
         check_integer(self.n_test, "n_test", minimum=2, maximum=450)  # the test split: 450 images
         for name in ("lr", "ridge", "field_scale", "scale_grad_norm"):
             check_positive(getattr(self, name), name)
-        for name in ("shifts", "grad_norms", "scales"):  # drawn on log axes
-            if not getattr(self, name):
-                raise ValueError(f"{name} must list at least one positive value, got ()")
-            for v in getattr(self, name):
-                check_positive(v, name)
-        if len(self.grad_norms) < 2:
-            raise ValueError(f"grad_norms must list at least two values (a slope is fitted over them), "
-                             f"got {self.grad_norms!r}")
+        for name in ("shifts", "scales"):  # drawn on log axes
+            study.check_grid(getattr(self, name), name, check_positive)
+        study.check_grid(self.grad_norms, "grad_norms", check_positive, at_least=2)  # a slope is fitted over them
 
 
 QUICK = {"n_train": 500, "n_test": 60, "epochs": 8, "width": 4, "lr": 5e-3, "shifts": (1.0, 2.0, 4.0), "grad_norms": (0.04, 0.08, 0.16),
