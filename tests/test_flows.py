@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shallow.flows import EmpiricalRisk, FlowDivergenceError, PopulationRisk, Trajectory, gradient_flow
 from shallow.networks import TwoLayer
@@ -477,3 +479,43 @@ def test_population_risk_rejects_particles_of_mismatched_shapes():
     loss = PopulationRisk(TwoLayer.init(3, 3, rng=1))
     with pytest.raises(ValueError, match=r"a and W must have shapes \(m,\) and \(m, d\)"):
         loss.value_and_grad(net, a=np.ones(7), W=net.W)
+
+
+# --------------------------------------------------------------------------- invariances (hypothesis)
+def _rotation(rng, d):
+    """A uniformly random orthogonal d x d matrix (QR of a Gaussian matrix, signs fixed)."""
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    return Q * np.sign(np.diag(R))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), activation=st.sampled_from(["relu", "step"]),
+       input=st.sampled_from(["gaussian", "sphere"]))
+def test_population_risk_is_invariant_under_a_joint_rotation_of_teacher_and_student(seed, activation, input):
+    # The input law is rotation invariant, so R(Q teacher, Q student) = R(teacher, student), W -> W Q^T.
+    rng = np.random.default_rng(seed)
+    d = 5
+    teacher = TwoLayer(rng.standard_normal(3), rng.standard_normal((3, d)), activation=activation)
+    student = TwoLayer(rng.standard_normal(7), rng.standard_normal((7, d)), activation=activation)
+    Q = _rotation(rng, d)
+    turned = PopulationRisk(TwoLayer(teacher.a, teacher.W @ Q.T, activation=activation), input=input)
+    value = PopulationRisk(teacher, input=input)(student)
+    # Angles from Gram entries that agree to rounding: relative 1e-9 leaves room for acos near +-1.
+    assert turned(TwoLayer(student.a, student.W @ Q.T, activation=activation)) == pytest.approx(value, rel=1e-9,
+                                                                                                 abs=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(2, 10))
+def test_gradient_flow_commutes_with_a_permutation_of_the_particles(seed, m):
+    # The mean-field dynamics are exchangeable: flowing permuted particles gives the permuted flow.
+    rng = np.random.default_rng(seed)
+    d = 3
+    X, y = rng.standard_normal((20, d)), rng.standard_normal(20)
+    net = TwoLayer(rng.standard_normal(m), rng.standard_normal((m, d)))
+    perm = rng.permutation(m)
+    traj = gradient_flow(net, EmpiricalRisk(X, y), 10, 0.05, progress=False)
+    ptraj = gradient_flow(TwoLayer(net.a[perm], net.W[perm]), EmpiricalRisk(X, y), 10, 0.05, progress=False)
+    # Ten steps of sums over j in another order: rounding only.
+    np.testing.assert_allclose(ptraj.a, traj.a[perm], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ptraj.W, traj.W[perm], rtol=1e-10, atol=1e-12)

@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 from shallow.activations import funk_hecke, get_activation
@@ -559,3 +561,35 @@ def test_gaussian_norm_moment_rejects_an_exponent_that_is_not_a_number():
 def test_mercer_eigenvalues_rejects_breakpoints_that_are_not_numbers():
     with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
         mercer_eigenvalues(np.exp, 3, 3, breakpoints="a")
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariances (hypothesis)
+# ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), sigma=st.sampled_from(["relu", "step", "erf", "abs"]),
+       kind=st.sampled_from(["nngp", "ntk"]))
+def test_gaussian_weight_kernels_are_invariant_under_a_joint_rotation_of_the_inputs(seed, sigma, kind):
+    # w ~ N(0, I) has the law of Q^T w: K(Q x, Q y) = E[sigma(<w, Qx>) sigma(<w, Qy>)] = K(x, y).
+    rng = np.random.default_rng(seed)
+    d = 4
+    X, Y = rng.standard_normal((5, d)), rng.standard_normal((3, d))
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    Q = Q * np.sign(np.diag(R))
+    kernel = random_feature_kernel if kind == "nngp" else ntk
+    K = kernel(X, Y, sigma)
+    # Closed forms evaluated on inputs that agree to rounding (angles by atan2: relative 1e-9 is ample).
+    np.testing.assert_allclose(kernel(X @ Q.T, Y @ Q.T, sigma), K, rtol=1e-9, atol=1e-12 * np.abs(K).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), log_c=st.floats(-3, 3), kind=st.sampled_from(["nngp", "ntk"]))
+def test_relu_kernels_are_positively_homogeneous_of_degree_one_in_each_input(seed, log_c, kind):
+    # relu(c t) = c relu(t) and step(c t) = step(t) for c > 0: K(c x, y) = c K(x, y) for both kernels.
+    rng = np.random.default_rng(seed)
+    X, Y = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
+    c = math.exp(log_c)
+    kernel = random_feature_kernel if kind == "nngp" else ntk
+    K = kernel(X, Y, "relu")
+    np.testing.assert_allclose(kernel(c * X, Y, "relu"), c * K, rtol=1e-12, atol=1e-14 * c * np.abs(K).max())

@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shallow import lazy
 from shallow.flows import EmpiricalRisk, gradient_flow
@@ -534,3 +536,22 @@ def test_kernel_regression_with_k_targets_solves_the_ridge_system_for_each_colum
         kernel_regression(K, Y, lam, K_test=K_test, f0_test=np.zeros((7, 2)))
     with pytest.raises(ValueError, match="y must be a 1-dimensional"):
         kernel_flow(K, Y, 1.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), activation=st.sampled_from(["relu", "tanh"]), bias=st.booleans())
+def test_empirical_ntk_is_invariant_under_rotating_the_inputs_and_the_weights_together(seed, activation, bias):
+    # <w_j Q^T, Q x> = <w_j, x> and <Q x, Q y> = <x, y>: every entry of J J^T is unchanged (the bias
+    # coordinate, when present, is not rotated).
+    rng = np.random.default_rng(seed)
+    m, d = 6, 4
+    X = rng.standard_normal((5, d))
+    W = rng.standard_normal((m, d + bias))
+    net = TwoLayer(rng.standard_normal(m), W, activation=activation, bias=bias)
+    Q, R = np.linalg.qr(rng.standard_normal((d, d)))
+    Q = Q * np.sign(np.diag(R))
+    turned = W.copy()
+    turned[:, :d] = W[:, :d] @ Q.T
+    K = empirical_ntk(net, X)
+    K_turned = empirical_ntk(TwoLayer(net.a, turned, activation=activation, bias=bias), X @ Q.T)
+    np.testing.assert_allclose(K_turned, K, rtol=1e-10, atol=1e-12 * np.abs(K).max())  # rounding only

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import signal
 
 from shallow.backend import to_numpy
@@ -239,3 +241,19 @@ def test_gemm_accumulates_like_matmul_for_every_layout(dtype):
                 expected = A.astype(np.float64) @ B + beta * out
                 assert gemm(a, b, out, beta=beta) is out
                 np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shift=st.tuples(st.integers(-2, 2), st.integers(-2, 2)),
+       dilation=st.sampled_from([1, 2]), method=st.sampled_from(METHODS))
+def test_conv2d_commutes_with_translations_of_an_image_on_a_zero_background(seed, shift, dilation, method):
+    # Content in the central 4 x 4 of a 16 x 16 zero image: the output's support (2 dilation pixels wider)
+    # stays inside the image after a shift of <= 2, so zero padding acts as an infinite zero plane and
+    # conv(shifted x) = shifted conv(x), up to the rounding of sums of the same terms.
+    rng = np.random.default_rng(seed)
+    x = np.zeros((2, 16, 16, 3))
+    x[:, 6:10, 6:10] = rng.standard_normal((2, 4, 4, 3))
+    conv = Conv2d(3, 4, 3, padding="same", dilation=dilation, bias=False, rng=rng, method=method)
+    y = conv.forward(x)
+    moved = conv.forward(np.roll(x, shift, axis=(1, 2)))
+    np.testing.assert_allclose(moved, np.roll(y, shift, axis=(1, 2)), rtol=0, atol=1e-13 * np.abs(y).max())
