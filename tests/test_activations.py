@@ -344,3 +344,16 @@ def test_funk_hecke_rejects_a_bad_number_of_nodes_even_with_a_closed_form(q):
 def test_funk_hecke_rejects_breakpoints_that_are_not_a_sequence_of_numbers(breakpoints):
     with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
         funk_hecke(np.tanh, 3, 3, breakpoints=breakpoints)
+
+
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(["relu", "step", "abs", "tanh", "sigmoid", "erf"]), d=st.integers(2, 12))
+def test_funk_hecke_coefficients_of_the_reflected_activation_carry_the_parity_sign(name, d):
+    # P_{k,d}(-t) = (-1)^k P_{k,d}(t) and w_d is even: mu_k(t -> sigma(-t)) = (-1)^k mu_k(sigma).
+    sigma = get_activation(name)
+    kmax = 12
+    mu = funk_hecke(sigma, d, kmax)
+    reflected = funk_hecke(lambda t: sigma(-t), d, kmax, breakpoints=tuple(-b for b in sigma.breakpoints))
+    sign = (-1.0) ** np.arange(kmax + 1)
+    # Two quadratures of the same integrals (one maybe a closed form): 1e-12 of the largest coefficient.
+    np.testing.assert_allclose(reflected, sign * mu, rtol=0, atol=1e-12 * np.abs(mu).max())
