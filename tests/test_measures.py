@@ -1,5 +1,7 @@
 """Measures on the sphere: network <-> measure, variation norm, and the POT-based distances."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -101,6 +103,24 @@ def test_measure_is_invariant_under_homogeneous_rescaling(seed, log_c):
     mu, nu = TwoLayer(a, W).to_measure(), TwoLayer(a / c, c[:, None] * W).to_measure()
     np.testing.assert_allclose(nu.weights, mu.weights, rtol=1e-13)
     np.testing.assert_allclose(nu.points, mu.points, rtol=1e-13, atol=1e-15)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lam=st.floats(0.05, 0.95), log_c=st.floats(-2, 2))
+def test_splitting_a_neuron_keeps_the_function_and_the_variation_norm(seed, lam, log_c):
+    # (a, w) -> (lam a, w) and ((1 - lam) a / c, c w), c > 0: the same relu network and one atom of the
+    # same mass at w / |w|, so |mu| = sum_j |a_j| |w_j| is unchanged (directions distinct almost surely).
+    rng = np.random.default_rng(seed)
+    c = math.exp(log_c)
+    a, W = rng.standard_normal(4), rng.standard_normal((4, 3))
+    net = TwoLayer(a, W, gamma=1.0)
+    split = TwoLayer(np.r_[lam * a[0], (1 - lam) * a[0] / c, a[1:]], np.vstack([W[0], c * W[0], W[1:]]), gamma=1.0)
+    X = rng.standard_normal((6, 3))
+    scale = np.abs(a) @ np.abs(W @ X.T)  # (6,): the size of the terms summed
+    np.testing.assert_allclose(split(X), net(X), rtol=0, atol=1e-13 * scale.max())
+    expected = np.sum(np.abs(a) * np.linalg.norm(W, axis=1))
+    assert variation_norm(split) == pytest.approx(expected, rel=1e-12)
+    assert variation_norm(net) == pytest.approx(expected, rel=1e-12)
 
 
 # --------------------------------------------------------------------------- variation norm
