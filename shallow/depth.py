@@ -910,8 +910,17 @@ def eldan_shamir_radial_cdf(r, d):
         F(z) = J_nu(z)^2 + 2 sum_{j >= 1} J_{nu+j}(z)^2,
 
     a sum of positive terms that is negligible once nu + j exceeds z by a margin: O(z) Bessel
-    evaluations per radius (for integer nu, Neumann's identity 1 = J_0^2 + 2 sum_{k>=1} J_k^2 gives
-    F = 1 - J_0^2 - 2 sum_{k < nu} J_k^2 - J_nu^2 as well).
+    evaluations, used for z <= 2 nu + 64. Beyond, the whole series has a closed form and O(nu)
+    terms remain: for integer nu, Neumann's identity 1 = J_0^2 + 2 sum_{k>=1} J_k^2 gives
+
+        F = 1 - J_0^2 - 2 sum_{0 < k < nu} J_k^2 - J_nu^2,
+
+    and for nu = n + 1/2 the identity sum_{k>=0} J_{k+1/2}(z)^2 = Si(2z) / pi gives
+
+        F = 2 Si(2z) / pi - 2 sum_{k < n} J_{k+1/2}^2 - J_nu^2.
+
+    There F >= 1/2, so the cancellation in these differences costs nothing relative to F; at smaller
+    z, where F can be tiny, the positive series keeps its relative accuracy.
 
     Examples
     --------
@@ -923,13 +932,22 @@ def eldan_shamir_radial_cdf(r, d):
     z = 2 * math.pi * unit_ball_radius(d) * to_numpy(r).astype(np.float64).reshape(-1)
     nu = 0.5 * d
     F = special.jv(nu, z) ** 2
-    need = np.ceil(z + 30 + 10 * np.cbrt(z))  # terms J_{nu+j}(z)^2 with j beyond are below 1e-30
-    order = np.argsort(-need)  # the points needing the most terms first
-    need_sorted = need[order]
+    far = z > 2 * nu + 64  # (the median of z is below nu + 1: F > 1/2 there)
+    near = np.flatnonzero(~far)
+    need = np.ceil(z[near] + 30 + 10 * np.cbrt(z[near]))  # terms J_{nu+j}(z)^2 with j beyond are below 1e-30
+    order = near[np.argsort(-need)]  # the points needing the most terms first
+    need_sorted = -np.sort(-need)
     for start in range(1, int(need.max(initial=0)) + 1, 256):
         active = order[: int(np.searchsorted(-need_sorted, -start, side="right"))]  # need >= start
         j = np.arange(start, start + 256, dtype=np.float64)  # (256,)
         F[active] += 2 * (special.jv(nu + j[:, None], z[None, active]) ** 2).sum(axis=0)
+    zf = z[far]
+    if d % 2 == 0:  # Neumann: J_0^2 + 2 sum_{k >= 1} J_k^2 = 1
+        k = np.arange(1, d // 2, dtype=np.float64)[:, None]  # (nu - 1, 1)
+        F[far] = 1 - special.jv(0, zf) ** 2 - 2 * (special.jv(k, zf) ** 2).sum(axis=0) - F[far]
+    else:  # sum_{k >= 0} J_{k+1/2}^2 = Si(2z) / pi
+        k = np.arange(d // 2, dtype=np.float64)[:, None] + 0.5  # (n, 1)
+        F[far] = 2 * special.sici(2 * zf)[0] / math.pi - 2 * (special.jv(k, zf) ** 2).sum(axis=0) - F[far]
     return xp.asarray(np.minimum(F, 1.0).reshape(r.shape), dtype=r.dtype)
 
 

@@ -237,6 +237,18 @@ def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volum
     assert abs(unit_ball_radius(d) - R) <= 4 * EPS
 
 
+@pytest.mark.parametrize("d", [1, 2, 7, 30])
+def test_eldan_shamir_radial_tail_is_two_nu_over_pi_z_at_large_radii(d):
+    # J_nu(t)^2 = (2 / (pi t)) cos^2(t - nu pi / 2 - pi / 4) + O(t^-2): the tail int_z^inf 2 nu J_nu^2 / t dt
+    # is 2 nu / (pi z) (1 + O(1 / z)). At z = 1e9 the series would need 1e9 Bessel terms; the closed forms
+    # (Neumann's identity, or Si for half-integer nu) need d / 2. Tolerance: O(1/z) plus the rounding of
+    # 1 - F (eps / tail = 2e-7 at z = 1e9).
+    nu = d / 2
+    z = np.array([1e6, 1e9])
+    F = eldan_shamir_radial_cdf(z / (2 * np.pi * unit_ball_radius_direct(d)), d)
+    np.testing.assert_allclose(1 - F, 2 * nu / (np.pi * z), rtol=1e-5)
+
+
 @pytest.mark.parametrize("d", [2, 5, 20])
 def test_eldan_shamir_radial_cdf_matches_quadrature(d):
     # The Bessel series against quad of q(z) = 2 nu J_nu(z)^2 / z (written here with scipy's jv),
