@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from shallow.cnn import SGD, Adam, Model, vgg_small
+from shallow.cnn import SGD, Adam, Model, fit, load_digits, resnet_small, vgg_small
+from shallow.cnn.revnet import bottleneck
+from shallow.cnn.robustness import deformation_ratio, pgd
 from shallow.depth import linear_pieces, sawtooth
 from shallow.lazy import LazyDiagnostics
 from shallow.networks import TwoLayer
@@ -13,25 +15,44 @@ def _net():
     return TwoLayer.init(4, 3, rng=0)
 
 
-FLAGS = {
-    "bias": lambda v: TwoLayer.init(4, 3, rng=0, bias=v),
-    "ntk": lambda v: LazyDiagnostics(_net(), np.ones((2, 3)), ntk=v),
-    "exact": lambda v: linear_pieces(sawtooth(2), exact=v),
-    "nesterov": lambda v: SGD({"w": np.zeros(2)}, 0.1, nesterov=v),
-    "decoupled": lambda v: Adam({"w": np.zeros(2)}, decoupled=v),
-    "check_inputs": lambda v: Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, check_inputs=v),
-    "mode": lambda v: vgg_small((8, 8), 2, width=2).train(v),
-}
+TAU = 0.1 * np.random.default_rng(0).standard_normal((8, 8, 2))  # a small deformation field
+
+FLAGS = [  # (flag, function, call)
+    ("bias", "TwoLayer.init", lambda v: TwoLayer.init(4, 3, rng=0, bias=v)),
+    ("ntk", "LazyDiagnostics", lambda v: LazyDiagnostics(_net(), np.ones((2, 3)), ntk=v)),
+    ("exact", "linear_pieces", lambda v: linear_pieces(sawtooth(2), exact=v)),
+    ("nesterov", "SGD", lambda v: SGD({"w": np.zeros(2)}, 0.1, nesterov=v)),
+    ("decoupled", "Adam", lambda v: Adam({"w": np.zeros(2)}, decoupled=v)),
+    ("check_inputs", "Model", lambda v: Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, check_inputs=v)),
+    ("mode", "Layer.train", lambda v: vgg_small((8, 8), 2, width=2).train(v)),
+    ("batch_norm", "vgg_small", lambda v: vgg_small((8, 8), 2, width=2, batch_norm=v)),
+    ("batch_norm", "resnet_small", lambda v: resnet_small((8, 8), 2, width=2, batch_norm=v)),
+    ("batch_norm", "bottleneck", lambda v: bottleneck(2, 2, batch_norm=v)),
+    ("standardize", "load_digits", lambda v: load_digits(standardize=v)),
+    ("resume", "fit", lambda v: fit(_cnn(), *_images(), epochs=1, resume=v)),
+    ("capture", "fit", lambda v: fit(_cnn(), *_images(), epochs=1, capture=v)),
+    ("random_start", "pgd", lambda v: pgd(_cnn(), *_images(), 0.1, random_start=v)),
+    ("normalize", "deformation_ratio", lambda v: deformation_ratio(_cnn(), _images()[0], TAU, normalize=v)),
+]
+IDS = [f"{name}-{function}" for name, function, _ in FLAGS]
+
+
+def _cnn():
+    return Model(vgg_small((8, 8), 2, width=2, rng=0), (8, 8), 2)
+
+
+def _images():
+    return np.zeros((2, 8, 8, 1)), np.array([0, 1])
 
 
 @pytest.mark.parametrize("value", ["no", "False", 0, None])
-@pytest.mark.parametrize("name", list(FLAGS))
-def test_boolean_flags_refuse_anything_but_true_or_false(name, value):
+@pytest.mark.parametrize("name, function, call", FLAGS, ids=IDS)
+def test_boolean_flags_refuse_anything_but_true_or_false(name, function, call, value):
     # bool("no") is True: a flag given as text used to switch the option on.
     with pytest.raises(ValueError, match=f"{name} must be True or False"):
-        FLAGS[name](value)
+        call(value)
 
 
-@pytest.mark.parametrize("name", list(FLAGS))
-def test_boolean_flags_take_numpy_booleans(name):
-    FLAGS[name](np.bool_(False))
+@pytest.mark.parametrize("name, function, call", FLAGS, ids=IDS)
+def test_boolean_flags_take_numpy_booleans(name, function, call):
+    call(np.bool_(False))

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import (
+    check_bool,
     check_array,
     check_finite_labels,
     check_integer,
@@ -216,7 +217,7 @@ def _finish(X, y, X_test, y_test, n_classes, name, standardize, dtype):
     X = X.astype(dtype)
     X_test = X_test.astype(dtype)
     std = None
-    if standardize:
+    if check_bool(standardize, "standardize"):
         std = Standardizer().fit(X)
         X, X_test = std.transform(X), std.transform(X_test)
     return ImageData(X, y.astype(np.int64), X_test, y_test.astype(np.int64), n_classes, name, std)

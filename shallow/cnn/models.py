@@ -184,6 +184,7 @@ def vgg_small(in_shape=(8, 8, 1), n_classes=10, *, width=32, stages=None, batch_
         raise ValueError(f"in_shape {in_shape} is too small for {stages} stages of 2x2 pooling")
     if pool not in ("max", "avg"):
         raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
+    batch_norm = check_bool(batch_norm, "batch_norm")
     dtype = check_dtype(dtype)
     rng = check_random_state(rng)
     layers = []
@@ -246,6 +247,7 @@ def resnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=1, stages
     width = check_integer(width, "width", minimum=1)
     blocks = check_integer(blocks, "blocks", minimum=1)
     stages = _n_stages(H, W) if stages is None else check_integer(stages, "stages", minimum=1)
+    batch_norm = check_bool(batch_norm, "batch_norm")
     dtype = check_dtype(dtype)
     rng = check_random_state(rng)
     layers = []

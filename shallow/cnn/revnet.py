@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_array, check_integer, check_random_state
+from .._validation import check_array, check_bool, check_integer, check_random_state
 from ..backend import get_xp
 from .conv import Conv2d
 from .group import _check_shape3
@@ -317,6 +317,7 @@ def bottleneck(in_channels, out_channels, *, stride=1, hidden=None, batch_norm=T
     """
     if stride not in (1, 2) or isinstance(stride, bool):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    batch_norm = check_bool(batch_norm, "batch_norm")
     hidden = out_channels if hidden is None else check_integer(hidden, "hidden", minimum=1)
     rng = check_random_state(rng)
     layers = [Conv2d(in_channels, hidden, 3, stride=stride, padding=1, bias=not batch_norm, rng=rng, dtype=dtype,

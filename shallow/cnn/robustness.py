@@ -107,6 +107,7 @@ import numbers
 import numpy as np
 
 from .._validation import (
+    check_bool,
     check_array,
     check_integer,
     check_nonnegative,
@@ -412,6 +413,7 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
     bounded by C |x| as |grad tau|_inf -> 0, whereas for a translation-covariant Phi (the
     identity, a linear convolution) it blows up for high-frequency images.
     """
+    normalize = check_bool(normalize, "normalize")
     X = check_images(X, "X")
     tau = _check_field(tau, X)
     f = _as_function(phi)
@@ -1197,7 +1199,7 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     s = s.reshape(-1, 1, 1, 1)
     y = _labels(model, X, y)
     rng = check_random_state(rng)
-    x = _random_start(X, eps, norm, rng) if random_start else X.copy()
+    x = _random_start(X, eps, norm, rng) if check_bool(random_start, "random_start") else X.copy()
     if random_start:
         x = _project(x, X, eps, norm, clip)
     elif clip is not None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_integer, check_random_state
+from .._validation import check_bool, check_integer, check_random_state
 from ..backend import get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
@@ -413,6 +413,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+    resume, capture = check_bool(resume, "resume"), check_bool(capture, "capture")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from (checkpoint=None)")
     rng = check_random_state(rng)
