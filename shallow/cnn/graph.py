@@ -54,7 +54,7 @@ import numpy as np
 
 from ..backend import cuda_runtime, get_xp
 from . import _cublas, _reduce
-from .layers import Layer
+from .layers import check_layer
 from .models import _inputs_checked
 from .optim import Optimizer
 
@@ -102,8 +102,7 @@ class CapturedStep:
     """
 
     def __init__(self, model, loss, optimizer):
-        if not isinstance(model, Layer):
-            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        check_layer(model)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
         if type(optimizer).step is not Optimizer.step:

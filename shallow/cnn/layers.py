@@ -47,7 +47,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_bool, check_integer, check_random_state
+from .._validation import check_bool, check_float_dtype, check_integer, check_random_state
 from ..activations import as_activation
 from ..backend import get_xp, to_device
 from ._gemm import gemm
@@ -64,18 +64,8 @@ __all__ = [
     "init_weight",
 ]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_dtype(dtype, name: str = "dtype") -> np.dtype:
-    """``dtype`` as a numpy dtype, float32 or float64."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}") from err
-    if dt not in _FLOATS:
-        raise ValueError(f"{name} must be float32 or float64, got {dt}")
-    return dt
+#: ``dtype`` as a numpy dtype, float32 or float64 (the shared check, under the name the layers use).
+check_dtype = check_float_dtype
 
 
 def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
@@ -368,6 +358,13 @@ class Identity(Layer):
         return x, tx
 
 
+def check_layer(obj, name: str = "model", *, optional: bool = False):
+    """``obj`` when it is a :class:`Layer` (or None with ``optional``); else a TypeError naming ``name``."""
+    if isinstance(obj, Layer) or (optional and obj is None):
+        return obj
+    raise TypeError(f"{name} must be a Layer{' or None' if optional else ''}, got {type(obj).__name__}")
+
+
 class Sequential(Layer):
     """The composition y = f_L(... f_2(f_1(x))); layer i is named ``"i"``.
 
@@ -384,8 +381,7 @@ class Sequential(Layer):
     def __init__(self, *layers):
         super().__init__()
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layers[{i}] must be a Layer, got {type(layer).__name__}")
+            check_layer(layer, f"layers[{i}]")
         self.layers = list(layers)
 
     def children(self):
@@ -631,10 +627,8 @@ class Residual(Layer):
 
     def __init__(self, body, shortcut=None):
         super().__init__()
-        if not isinstance(body, Layer):
-            raise TypeError(f"body must be a Layer, got {type(body).__name__}")
-        if shortcut is not None and not isinstance(shortcut, Layer):
-            raise TypeError(f"shortcut must be a Layer or None, got {type(shortcut).__name__}")
+        check_layer(body, "body")
+        check_layer(shortcut, "shortcut", optional=True)
         self.body = body
         self.shortcut = Identity() if shortcut is None else shortcut
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 
-from .layers import Layer
+from .layers import Layer, check_layer
 
 __all__ = ["Linearized", "linearize"]
 
@@ -66,8 +66,7 @@ class Linearized(Layer):
 
     def __init__(self, model):
         super().__init__()
-        if not isinstance(model, Layer):
-            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        check_layer(model)
         self.base = copy.deepcopy(model)
         self.base.frozen = True
         for attribute in ("in_shape", "n_classes", "alpha", "centering"):

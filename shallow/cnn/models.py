@@ -58,7 +58,7 @@ import numpy as np
 from .._validation import check_bool, check_integer, check_positive, check_random_state
 from ..backend import get_xp
 from .conv import Conv2d
-from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype
+from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype, check_layer
 from .norm import BatchNorm2d
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 
@@ -328,8 +328,7 @@ class Model(Layer):
 
     def __init__(self, net, in_shape, n_classes, *, alpha=1.0, centering=None, check_inputs=True):
         super().__init__()
-        if not isinstance(net, Layer):
-            raise TypeError(f"net must be a Layer, got {type(net).__name__}")
+        check_layer(net, "net")
         self.in_shape = _check_shape(in_shape)
         self.n_classes = check_integer(n_classes, "n_classes", minimum=1)
         self.alpha = check_positive(alpha, "alpha")

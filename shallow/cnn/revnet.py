@@ -87,6 +87,7 @@ from .layers import (
     _sub,
     check_batch,
     check_dtype,
+    check_layer,
 )
 from .models import _check_shape, check_images
 from .norm import BatchNorm2d
@@ -397,9 +398,7 @@ class RevBlock(InvertibleLayer):
         if F is None:
             F = bottleneck(half, out, stride=self.stride, hidden=hidden, batch_norm=batch_norm, activation=activation,
                            rng=rng, dtype=check_dtype(dtype), method=method)
-        elif not isinstance(F, Layer):
-            raise TypeError(f"F must be a Layer, got {type(F).__name__}")
-        self.F = F
+        self.F = check_layer(F, "F")
         self._S = SpaceToDepth(2) if self.stride == 2 else None
 
     def children(self):
@@ -582,8 +581,7 @@ class IRevNet(Layer):
         super().__init__()
         if not isinstance(body, InvertibleSequential):
             raise TypeError(f"body must be an InvertibleSequential, got {type(body).__name__}")
-        if not isinstance(head, Layer):
-            raise TypeError(f"head must be a Layer, got {type(head).__name__}")
+        check_layer(head, "head")
         self.body, self.head = body, head
         self.in_shape = None if in_shape is None else _check_shape(in_shape)
         self.n_classes = None if n_classes is None else check_integer(n_classes, "n_classes", minimum=1)

@@ -126,6 +126,7 @@ from .layers import (
     Linear,
     Residual,
     Sequential,
+    check_layer,
 )
 from .losses import check_labels, cross_entropy_per_sample
 from .models import Model, check_images
@@ -877,8 +878,7 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     >>> lipschitz_upper_bound(net, (3,), bound="averaged") <= lipschitz_upper_bound(net, (3,)) + 1e-9
     True
     """
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    check_layer(model)
     if bound not in ("product", "averaged"):
         raise ValueError(f"bound must be 'product' or 'averaged', got {bound!r}")
     if method not in ("power", "fft"):
@@ -911,9 +911,7 @@ class _EvalMode:
     """Run a model in eval mode (restoring its mode and its parameter gradients on exit)."""
 
     def __init__(self, model):
-        if not isinstance(model, Layer):
-            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
-        self.model = model
+        self.model = check_layer(model)
 
     def __enter__(self):
         self.modes = [(sub, sub.training) for _, sub in self.model.named_layers()]
@@ -931,8 +929,7 @@ class _EvalMode:
 
 def _images(model, X, name="X", empty=False):
     """X checked against the model (finite, its image shape and dtype); no images refused unless ``empty``."""
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+    check_layer(model)
     X = check_images(X, name, getattr(model, "in_shape", None), dtype=model.dtype)
     if not empty and X.shape[0] == 0:
         raise ValueError(f"{name} holds no images (shape {tuple(X.shape)}): there is nothing to attack or measure")
@@ -1535,8 +1532,7 @@ class ProjectedOptimizer(Optimizer):
     def __init__(self, optimizer, model, projection):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
-        if not isinstance(model, Layer):
-            raise TypeError(f"model must be a Layer, got {type(model).__name__}")
+        check_layer(model)
         if not callable(projection):
             raise TypeError(f"projection must be callable, got {type(projection).__name__}")
         self.optimizer, self.model, self.projection = optimizer, model, projection

@@ -47,7 +47,7 @@ from ..backend import get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
-from .layers import Layer
+from .layers import check_layer
 from .losses import CrossEntropy, accuracy, check_labels
 from .models import _inputs_checked, check_images
 from .optim import SGD, Optimizer
@@ -102,12 +102,6 @@ class History:
 
 # ----------------------------------------------------------------------------- checks
 
-def _check_model(model):
-    if not isinstance(model, Layer):
-        raise TypeError(f"model must be a Layer, got {type(model).__name__}")
-    return model
-
-
 def _check_loss(loss):
     """The loss object (cross-entropy by default): anything with value_and_grad(out, y, check=...)."""
     if loss is None:
@@ -154,7 +148,7 @@ def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None
     -------
     Path
     """
-    _check_model(model)
+    check_layer(model)
     _check_optional(optimizer, Optimizer, "optimizer", "an Optimizer")
     _check_optional(rng, np.random.Generator, "rng", "the loop's numpy Generator")
     _check_optional(history, History, "history", "a History")
@@ -209,7 +203,7 @@ def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
     ValueError
         When names or shapes differ from the model's, naming them.
     """
-    _check_model(model)
+    check_layer(model)
     _check_optional(optimizer, Optimizer, "optimizer", "an Optimizer")
     _check_optional(rng, np.random.Generator, "rng", "the loop's numpy Generator")
     data = load_npz(path)
@@ -253,7 +247,7 @@ def predict(model, X, *, batch_size=512):
     -------
     array of shape (n, K)
     """
-    _check_model(model)
+    check_layer(model)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = check_images(X, "X", getattr(model, "in_shape", None), dtype=model.dtype)
     xp = get_xp(X)
@@ -382,7 +376,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     >>> len(history.loss)
     1
     """
-    _check_model(model)
+    check_layer(model)
     epochs = check_integer(epochs, "epochs", minimum=0)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)
