@@ -99,7 +99,7 @@ from .layers import (
     check_dtype,
     init_weight,
 )
-from .models import _check_shape, _n_stages, check_images
+from .models import _check_shape, _check_shape3, _n_stages, check_images
 from .pooling import GlobalAvgPool2d, MaxPool2d
 from .wavelets import _check_real, check_grid_shape
 
@@ -224,12 +224,6 @@ def circular_convolution(X, k):
     kh = xp.fft.fft2(k, axes=(0, 1))
     Y = xp.fft.ifft2(xp.einsum("nhwc,hwco->nhwo", Xh, kh), axes=(1, 2))
     return Y.real.astype(X.dtype, copy=False)
-
-
-def _check_shape3(shape):
-    if not isinstance(shape, (tuple, list)) or len(shape) != 3:
-        raise ValueError(f"shape must be the image shape (H, W, C), got {shape!r}")
-    return tuple(check_integer(v, "shape", minimum=1) for v in shape)
 
 
 def _check_callable(op, name="op"):

@@ -126,6 +126,13 @@ def _check_shape(in_shape):
     return shape if len(shape) == 3 else shape + (1,)
 
 
+def _check_shape3(shape):
+    """One image's shape (H, W, C), three positive integers."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3:
+        raise ValueError(f"shape must be the image shape (H, W, C), got {shape!r}")
+    return tuple(check_integer(v, "shape", minimum=1) for v in shape)
+
+
 def _n_stages(H, W):
     """Stages of 2x2 downsampling until the feature map is at most 4x4 (8 -> 2 stages, 28 -> 3)."""
     return max(1, min(3, int(math.floor(math.log2(min(H, W) / 2)))))

@@ -76,7 +76,6 @@ import numpy as np
 from .._validation import check_array, check_bool, check_integer, check_random_state
 from ..backend import get_xp
 from .conv import Conv2d
-from .group import _check_shape3
 from .layers import (
     Activation,
     Layer,
@@ -89,7 +88,7 @@ from .layers import (
     check_dtype,
     check_layer,
 )
-from .models import _check_shape, check_images
+from .models import _check_shape, _check_shape3, check_images
 from .norm import BatchNorm2d
 from .pooling import GlobalAvgPool2d
 
