@@ -168,26 +168,20 @@ def parse_bool(text: str) -> bool:
     return word in _TRUE
 
 
-def parse_seed(text: str) -> int:
-    """A random seed: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed, an integer >= 0, got {text!r}")
-    return value
+def _int_parser(minimum: int, what: str):
+    def parse_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, an integer >= {minimum}, got {text!r}")
+        return value
+    return parse_int
 
 
-def parse_workers(text: str) -> int:
-    """A number of worker processes: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of worker processes, an integer >= 1, got {text!r}")
-    return value
+parse_seed = _int_parser(0, "a seed")
+parse_workers = _int_parser(1, "a number of worker processes")
 
 
 def _tuple_parser(inner: type):
@@ -358,8 +352,8 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     _check_study(module)
     if cfg.device not in available_devices():
         raise RuntimeError(f"device={cfg.device!r} is not available here (available: {available_devices()})")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be an integer >= 1 (local worker processes), got {workers!r}")
+    if workers is not None:
+        workers = check_integer(workers, "workers", minimum=1)
     if scheduler is not None:
         from .sweep import _parse_scheduler
 
