@@ -36,7 +36,6 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -47,13 +46,6 @@ __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_sc
 
 
 # ----------------------------------------------------------------------------- schedules
-
-def _check_step(t) -> int:
-    """A step index t >= 0 (schedules are evaluated at optimiser steps 0, 1, 2, ...)."""
-    if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
-        raise ValueError(f"the step t must be an integer >= 0, got {t!r}")
-    return t
-
 
 class Constant:
     """eta_t = lr."""
@@ -77,7 +69,7 @@ class StepDecay:
         self.gamma = check_nonnegative(gamma, "gamma")
 
     def __call__(self, t: int) -> float:
-        return self.lr * self.gamma ** (_check_step(t) // self.step_size)
+        return self.lr * self.gamma ** (check_integer(t, "the step t", minimum=0) // self.step_size)
 
     def __repr__(self):
         return f"StepDecay({self.lr}, step_size={self.step_size}, gamma={self.gamma})"
@@ -99,7 +91,7 @@ class Cosine:
         self.warmup = check_integer(warmup, "warmup", minimum=0, maximum=self.total_steps - 1)
 
     def __call__(self, t: int) -> float:
-        if _check_step(t) < self.warmup:
+        if check_integer(t, "the step t", minimum=0) < self.warmup:
             return self.lr * (t + 1) / self.warmup
         u = min(max((t - self.warmup) / (self.total_steps - self.warmup), 0.0), 1.0)
         return self.lr_min + (self.lr - self.lr_min) * 0.5 * (1.0 + math.cos(math.pi * u))

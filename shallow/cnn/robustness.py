@@ -1196,7 +1196,8 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     s = s.reshape(-1, 1, 1, 1)
     y = _labels(model, X, y)
     rng = check_random_state(rng)
-    x = _random_start(X, eps, norm, rng) if check_bool(random_start, "random_start") else X.copy()
+    random_start = check_bool(random_start, "random_start")
+    x = _random_start(X, eps, norm, rng) if random_start else X.copy()
     if random_start:
         x = _project(x, X, eps, norm, clip)
     elif clip is not None:
@@ -1460,7 +1461,7 @@ class SpectralProjection:
     def __init__(self, in_shape, bound=1.0, *, method="fft"):
         if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (1, 3):
             raise ValueError(f"in_shape must be (H, W, C) (or (d,) for a network of Linear layers), got {in_shape!r}")
-        self.in_shape = tuple(check_integer(s, "in_shape", minimum=1) for s in in_shape)
+        self.in_shape = _check_in_shape(in_shape)
         self.bound = check_positive(bound, "bound")
         if method not in ("fft", "power"):
             raise ValueError(f"method must be 'fft' or 'power', got {method!r}")
