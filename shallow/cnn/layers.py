@@ -517,7 +517,9 @@ class Activation(Layer):
     def forward(self, x):
         if self._relu:
             y = get_xp(x).maximum(x, 0)
-            self._cache = y  # relu'(x) = 1{x > 0} = 1{y > 0}
+            # relu'(x) = 1{x > 0} = 1{y > 0}, formed while y is in cache: the backward pass then
+            # reads a quarter of y's bytes (float32), and y itself is not kept alive by this layer
+            self._cache = y > 0
             return y
         self._cache = x
         return self.sigma(x)
@@ -526,7 +528,7 @@ class Activation(Layer):
         if self._cache is None:
             raise _missing_cache(self)
         if self._relu:
-            return self._cache > 0
+            return self._cache
         return self.sigma.derivative(self._cache)
 
     def backward(self, dy, need_input_grad=True):

@@ -115,21 +115,33 @@ class MaxPool2d(_Pool2d):
                 y = xp.array(v)
             else:
                 xp.maximum(y, v, out=y)
-        self._cache = (x.shape, xpad, y, Ho, Wo)
+        self._cache = (x.shape, self._argmax(xpad, y, Ho, Wo), Ho, Wo)
         return y
 
-    def _first_maxima(self, xpad, y, Ho, Wo):
-        """(tap, mask) pairs: the mask marks the windows whose first maximum is at that tap."""
+    def _argmax(self, xpad, y, Ho, Wo):
+        """The tap of each window's first maximum, shape (N, Ho, Wo, C); T (no tap) where the
+        window holds no maximum (a NaN). Formed in the forward pass while the input is in cache:
+        the backward pass reads this array (one byte per output for T < 256) instead of the input."""
+        xp = get_xp(y)
+        T = self.kernel_size[0] * self.kernel_size[1]
+        dtype = xp.uint8 if T < 256 else xp.int32
+        first = xp.full(y.shape, T, dtype=dtype)  # T - sum_t (T - t) hit_t, the hits being disjoint
         rest = None  # windows whose maximum has not been met yet
         for t, v in self._taps(xpad, Ho, Wo):
+            hit = v == y
             if rest is None:
-                hit = v == y
                 rest = ~hit
             else:
-                hit = v == y
                 hit &= rest
                 rest ^= hit  # hit is inside rest
-            yield t, hit
+            first -= hit * dtype(T - t)
+        return first
+
+    def _first_maxima(self, first):
+        """(tap, mask) pairs: the mask marks the windows whose first maximum is at that tap."""
+        T = self.kernel_size[0] * self.kernel_size[1]
+        for t in range(T):
+            yield t, first == t
 
     def _tiles(self, x):
         """Whether the windows tile the padded input exactly (no overlap, nothing left over)."""
@@ -141,12 +153,17 @@ class MaxPool2d(_Pool2d):
             raise _missing_cache(self)
         if not need_input_grad:
             return None
-        shape, xpad, y, Ho, Wo = self._cache
+        shape, first, Ho, Wo = self._cache
+        if dy.shape != first.shape:
+            raise ValueError(f"dy must have the shape of the layer's output, {tuple(first.shape)}, got "
+                             f"{tuple(dy.shape)}")
         xp = get_xp(dy)
-        tiles = self._tiles(xpad.shape)
-        dxpad = (xp.empty if tiles else xp.zeros)(xpad.shape, dtype=dy.dtype)
+        ph, pw = self.padding
+        padded = (shape[0], shape[1] + 2 * ph, shape[2] + 2 * pw, shape[3])
+        tiles = self._tiles(padded)
+        dxpad = (xp.empty if tiles else xp.zeros)(padded, dtype=dy.dtype)
         dxviews = dict(self._taps(dxpad, Ho, Wo))
-        for t, hit in self._first_maxima(xpad, y, Ho, Wo):
+        for t, hit in self._first_maxima(first):
             if tiles:
                 xp.multiply(dy, hit, out=dxviews[t])
             else:
@@ -157,11 +174,11 @@ class MaxPool2d(_Pool2d):
         y = self.forward(x)
         if tx is None:
             return y, None
-        _, xpad, _, Ho, Wo = self._cache
+        _, first, Ho, Wo = self._cache
         xp = get_xp(tx)
         ty = xp.zeros(y.shape, dtype=tx.dtype)
         tviews = dict(self._taps(self._padded(tx, 0.0), Ho, Wo))  # tangents pad with 0
-        for t, hit in self._first_maxima(xpad, y, Ho, Wo):
+        for t, hit in self._first_maxima(first):
             ty += tviews[t] * hit
         return y, ty
 

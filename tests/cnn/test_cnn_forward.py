@@ -151,14 +151,15 @@ def test_global_average_pooling_is_the_spatial_mean():
     np.testing.assert_allclose(GlobalAvgPool2d().forward(x), x.reshape(3, 20, 2).sum(axis=1) / 20, rtol=1e-14)
 
 
-@pytest.mark.parametrize("k, s", [(2, 2), (3, 3)])
-def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s):
+@pytest.mark.parametrize("k, s, size", [(2, 2, 6), (3, 3, 6), (16, 16, 16)])
+def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s, size):
     # Integer images with many ties. The convention (module notes): the first maximum in row-major
     # order of the window receives the gradient and carries the tangent. Reference: np.argmax on
     # the flattened window, which returns the first occurrence. Independent check: the one-sided
-    # difference along a direction that favours that entry among the tied ones.
+    # difference along a direction that favours that entry among the tied ones. A 16 x 16 window
+    # has 256 positions: more than the one-byte tap index of smaller windows holds.
     rng = np.random.default_rng(7)
-    x = rng.integers(0, 2, size=(2, 6, 6, 2)).astype(np.float64)
+    x = rng.integers(0, 2, size=(2, size, size, 2)).astype(np.float64)
     pool = MaxPool2d(k, s)
     y = pool.forward(x)
     dy = rng.standard_normal(y.shape)
@@ -180,6 +181,18 @@ def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s):
     np.testing.assert_allclose(ty, (pool.forward(x + h * v) - pool.forward(x)) / h, rtol=1e-9, atol=1e-12)
     # backward and jvp are adjoint at ties too
     assert abs(np.vdot(dy, ty) - np.vdot(dx, v)) < 1e-12 * np.abs(dy).sum() * np.abs(v).max()
+
+
+def test_maxpool_window_holding_a_nan_passes_no_gradient():
+    # A NaN has no order: the window's output is NaN, and none of its entries is its maximum
+    x = np.arange(32.0).reshape(1, 4, 4, 2)
+    x[0, 1, 0, 1] = np.nan  # in the top-left window of channel 1
+    pool = MaxPool2d(2)
+    y = pool.forward(x)
+    assert np.isnan(y[0, 0, 0, 1]) and np.isfinite(np.delete(y.ravel(), 1)).all()
+    dx = pool.backward(np.ones_like(y))
+    assert not dx[0, :2, :2, 1].any()
+    assert dx[0, 1, 1, 0] == 1 and dx.sum() == y.size - 1  # every other window routes its gradient
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -209,6 +222,42 @@ def test_batchnorm_eval_mode_uses_running_statistics():
     x = rng.standard_normal((3, 4, 4, 2))
     expected = (x - np.array([1.0, -2.0])) / np.sqrt(np.array([4.0, 0.25]) + 1e-5) * [2.0, 3.0] + [0.5, -0.5]
     np.testing.assert_allclose(bn.eval().forward(x), expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "grid view", "column-strided view", "mixed"])
+@pytest.mark.parametrize("block", [None, 50])
+def test_batchnorm_forward_and_backward_follow_the_formulas_in_any_memory_layout(layout, block, monkeypatch):
+    # The host passes merge the (W, C) axes when they are contiguous and run block by block
+    # (norm.BLOCK_ELEMENTS; 50 elements makes many blocks, the last one short). Reference: the
+    # train-mode formulas of Ioffe & Szegedy (2015), Alg. 1 and Sec. 3, written with numpy on a
+    # contiguous copy in float64.
+    from shallow.cnn import norm
+    if block is not None:
+        monkeypatch.setattr(norm, "BLOCK_ELEMENTS", block)
+    rng = np.random.default_rng(10)
+    N, H, W, C = 5, 4, 3, 2
+    big = 1.5 + 2.0 * rng.standard_normal((N, H + 1, 2 * W + 1, C))
+    grid, strided = big[:, :H, :W], big[:, :H, ::2][:, :, :W]
+    x = {"contiguous": np.ascontiguousarray(grid), "grid view": grid, "column-strided view": strided,
+         "mixed": grid}[layout]
+    dy_big = rng.standard_normal(big.shape)
+    dy = dy_big[:, :H, ::2][:, :, :W] if layout == "mixed" else np.ascontiguousarray(dy_big[:, :H, :W])
+    bn = BatchNorm2d(C)
+    bn.params["gamma"][...] = [0.5, -2.0]
+    bn.params["beta"][...] = [1.0, 3.0]
+    y = bn.forward(x)
+    dx = bn.backward(dy)
+    X, D = np.array(x).reshape(-1, C), np.array(dy).reshape(-1, C)
+    mu, var = X.mean(axis=0), X.var(axis=0)
+    xhat = (X - mu) / np.sqrt(var + 1e-5)
+    g = np.array([0.5, -2.0])
+    np.testing.assert_allclose(y.reshape(-1, C), g * xhat + [1.0, 3.0], rtol=1e-13, atol=1e-13)
+    dxhat = D * g
+    expected = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(dx.reshape(-1, C), expected, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(bn.grads["gamma"], (D * xhat).sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bn.grads["beta"], D.sum(axis=0), rtol=1e-12)
+    assert y.shape == dx.shape == x.shape
 
 
 def test_layers_keep_float32(xp):
