@@ -799,7 +799,7 @@ def _normalized_bessel(z, nu):
     """
     z = np.asarray(z, dtype=np.float64)
     out = np.empty_like(z)
-    small = z * z <= 20 * (nu + 1)
+    small = z <= math.sqrt(20 * (nu + 1))
     zs = z[small]
     term = np.ones_like(zs)
     total = np.ones_like(zs)
@@ -812,11 +812,11 @@ def _normalized_bessel(z, nu):
     out[small] = total
     zl = z[~small]
     if zl.size:
-        J = special.jv(nu, zl)
+        J = np.where(np.isinf(zl), 0.0, special.jv(nu, zl))  # J_nu(z) -> 0 as z -> inf (scipy: nan)
         mag = np.abs(J)
         with np.errstate(divide="ignore"):
             log_mag = np.where(mag > 0, np.log(np.where(mag > 0, mag, 1.0)), -np.inf)
-        out[~small] = np.sign(J) * np.exp(special.gammaln(nu + 1) + nu * np.log(2.0 / zl) + log_mag)
+        out[~small] = np.sign(J) * np.exp(special.gammaln(nu + 1) + nu * (math.log(2.0) - np.log(zl)) + log_mag)
     return out
 
 
@@ -865,8 +865,12 @@ def eldan_shamir_density(X):
     X = check_points(X, "X")
     xp = get_xp(X)
     d = X.shape[1]
-    r = to_numpy(xp.linalg.norm(X, axis=1)).astype(np.float64)
-    lam = _normalized_bessel(2 * math.pi * unit_ball_radius(d) * r, 0.5 * d)
+    # |x| scaled by max_i |x_i|: the plain norm squares the coordinates and overflows beyond 1e154
+    scale = xp.abs(X).max(axis=1, keepdims=True).astype(xp.float64)
+    with np.errstate(over="ignore"):  # |x| or z beyond the float64 range is inf, where Lambda = 0
+        r = to_numpy(scale[:, 0] * xp.linalg.norm(X / xp.where(scale > 0, scale, 1.0), axis=1))
+        z = 2 * math.pi * unit_ball_radius(d) * r
+    lam = _normalized_bessel(z, 0.5 * d)
     return xp.asarray(lam * lam, dtype=X.dtype)
 
 

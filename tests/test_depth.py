@@ -214,6 +214,23 @@ def test_eldan_shamir_density_integrates_to_one(d):
     assert abs(body + tail - 1) <= 2 * (d / 2) / (np.pi * z_end**2) + 1e-9
 
 
+@pytest.mark.parametrize("d", [1, 3])
+def test_eldan_shamir_density_stays_below_its_envelope_where_the_plain_norm_overflows(d):
+    # Far out, |J_nu(z)| <= sqrt(2 / (pi z)) (1 + O(1/z)) (DLMF 10.17.3), so
+    # phi^2 = Lambda_nu(z)^2 <= Gamma(nu + 1)^2 (2 / z)^(2 nu) 2 / (pi z), nu = d / 2, z = 2 pi R |x|:
+    # a number that underflows to 0 or nearly. |x| beyond 1e154 overflows a plain Euclidean norm,
+    # and the density was NaN there.
+    nu = d / 2
+    R = unit_ball_radius_direct(d)
+    for r in (1e100, 1e155, 1e200, 1e300):
+        for direction in (np.eye(d)[0], np.ones(d) / np.sqrt(d)):
+            value = float(eldan_shamir_density((r * direction)[None, :])[0])
+            z = 2 * np.pi * R * r
+            log_bound = 2 * special.gammaln(nu + 1) + 2 * nu * np.log(2 / z) + np.log(2 / (np.pi * z))
+            assert 0 <= value <= 2 * np.exp(log_bound)
+    assert eldan_shamir_density(np.full((1, d), 1.7e308))[0] == 0  # |x| itself is beyond float64
+
+
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volume_ball(d):
     # Closed forms of int_{|y| <= R} e^{-2 pi i <x, y>} dy: d = 1, sin(pi x) / (pi x) (R = 1/2);

@@ -399,7 +399,8 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
         Displacement fields (:func:`random_displacement`), not all zero.
     normalize : bool
         True divides by |Phi(x)| (relative change, comparable across representations of
-        different scales); False gives |Phi(L_tau x) - Phi(x)| / |grad tau|_inf.
+        different scales; an image with Phi(x) = 0 is refused); False gives
+        |Phi(L_tau x) - Phi(x)| / |grad tau|_inf.
     fill : None or float
         Passed to :func:`deform`.
 
@@ -429,7 +430,12 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
     diff = xp.sqrt(((F1 - F0).reshape(N, -1).astype(xp.float64) ** 2).sum(axis=1))
     out = diff / g
     if normalize:
-        out = out / xp.sqrt((F0.reshape(N, -1).astype(xp.float64) ** 2).sum(axis=1))
+        size = xp.sqrt((F0.reshape(N, -1).astype(xp.float64) ** 2).sum(axis=1))
+        zero = [int(i) for i in xp.nonzero(size == 0)[0][:5]]
+        if zero:
+            raise ValueError(f"phi(X) is zero for image(s) {zero} of X: the ratio relative to |phi(x)| is undefined "
+                             f"there (normalize=False gives the absolute ratio)")
+        out = out / size
     return out
 
 

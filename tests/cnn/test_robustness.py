@@ -148,6 +148,16 @@ def test_deformation_ratio_is_its_definition():
                                ref / np.linalg.norm(X.reshape(4, -1), axis=1), rtol=1e-10)
 
 
+def test_deformation_ratio_refuses_the_relative_ratio_where_phi_vanishes():
+    X = np.random.default_rng(3).standard_normal((3, 8, 8, 1))
+    X[1] = 0.0
+    tau = random_displacement((8, 8), grad_norm=0.2, scale=1.5, rng=1)
+    with pytest.raises(ValueError, match=r"zero for image\(s\) \[1\]"):
+        deformation_ratio(lambda x: x, X, tau)
+    # the absolute ratio stays defined: zero change for the zero image
+    assert deformation_ratio(lambda x: x, X, tau, normalize=False)[1] == 0
+
+
 # ----------------------------------------------------------------------------- spectral norms
 
 def test_circular_conv_singular_values_match_the_dense_svd():
