@@ -42,6 +42,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -119,6 +120,34 @@ def _missing_cache(layer):
                         "run forward (or jvp) on the batch first")
 
 
+def _recording_output_shape(forward):
+    """``forward`` that also records the shape of its output, against which backward checks dy."""
+    @functools.wraps(forward)
+    def recorded(self, x):
+        y = forward(self, x)
+        self._out_shape = getattr(y, "shape", None)
+        return y
+    return recorded
+
+
+def _checking_dy(backward):
+    """``backward`` that first checks that dy has the shape of the last forward pass's output: a
+    wrong shape would otherwise broadcast into a silently wrong gradient or fail deep in numpy."""
+    @functools.wraps(backward)
+    def checked(self, dy, need_input_grad=True):
+        shape = self._out_shape
+        if shape is not None and getattr(dy, "shape", None) != shape:
+            raise ValueError(f"dy must have the shape of the layer's output, {tuple(shape)}, got {_shape_of(dy)} "
+                             f"({type(self).__name__}.backward)")
+        return backward(self, dy, need_input_grad)
+    return checked
+
+
+def _shape_of(a):
+    shape = getattr(a, "shape", None)
+    return tuple(shape) if shape is not None else f"a {type(a).__name__}"
+
+
 class Layer:
     """Base class: a batched differentiable map with parameters, gradients and buffers.
 
@@ -136,6 +165,15 @@ class Layer:
         Train mode (batch statistics, dropout on) or eval mode; see :meth:`train` and :meth:`eval`.
     """
 
+    def __init_subclass__(cls, **kwargs):
+        # every layer's backward checks dy against the output of its forward (the outermost call
+        # records last, so a subclass extending its parent's forward is checked on its own output)
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _recording_output_shape(cls.__dict__["forward"])
+        if "backward" in cls.__dict__:
+            cls.backward = _checking_dy(cls.__dict__["backward"])
+
     def __init__(self):
         self.params = {}
         self.grads = {}
@@ -144,6 +182,7 @@ class Layer:
         self.training = True
         self.frozen = False
         self._cache = None
+        self._out_shape = None
         self._grad_slots = {}  # views of a flat gradient array (flatten_parameters), filled by backward
 
     # ------------------------------------------------------------------ the three maps
@@ -255,7 +294,7 @@ class Layer:
                 for key in d:
                     d[key] = to_device(d[key], device)
             layer._grad_slots = {}
-            layer._cache = None
+            layer._cache = layer._out_shape = None
         return self.flatten_parameters()
 
     def flatten_parameters(self):

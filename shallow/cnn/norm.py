@@ -131,8 +131,6 @@ class BatchNorm2d(Layer):
         if self._cache is None:
             raise _missing_cache(self)
         xc, inv_s, training = self._cache
-        if dy.shape != xc.shape:
-            raise ValueError(f"dy must have the shape of the layer's output, {tuple(xc.shape)}, got {tuple(dy.shape)}")
         M = xc.size // self.num_features
         sum_dy, sum_dy_xc = _sums(dy, xc)  # dy may be a strided view: no copy of it
         if training and need_input_grad and "gamma" in self.params and _fused.enabled(dy):

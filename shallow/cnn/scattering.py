@@ -574,9 +574,6 @@ class ScatteringLayer(Layer):
             return None
         S = self.scattering
         xb, cache, N, C = self._cache
-        want = (N, *S.output_shape, C * S.n_coefficients)
-        if tuple(dy.shape) != want:
-            raise ValueError(f"dy must have the shape of the layer's output, {want}, got {tuple(dy.shape)}")
         g = S._vjp_cached(xb, cache, S._from_nhwc(dy, N, C).astype(xb.dtype, copy=False))
         return g.reshape(N, C, *S.shape).transpose(0, 2, 3, 1)
 

@@ -128,6 +128,24 @@ def test_layer_backward_matches_central_differences(name):
     check_central_differences(layer, rng.standard_normal(shape), rng)
 
 
+@pytest.mark.parametrize("name", LAYERS + ["conv2d", "sequential"])
+def test_every_layer_refuses_an_output_gradient_of_the_wrong_shape(name):
+    # One that broadcasts against the output (the first image only) would otherwise give a
+    # silently wrong gradient in the pointwise layers; others failed deep inside numpy.
+    rng = np.random.default_rng(22)
+    if name == "conv2d":
+        layer, shape = Conv2d(3, 4, 3, padding=1, rng=rng), (2, 6, 6, 3)
+    elif name == "sequential":
+        layer, shape = Sequential(Conv2d(3, 4, 3, rng=rng), Activation("relu"), Flatten()), (2, 6, 6, 3)
+    else:
+        layer, shape = make_layer(name)
+    y = layer.forward(rng.standard_normal(shape))
+    for wrong in (np.ones((1,) + y.shape[1:]), np.ones(y.shape[:-1] + (y.shape[-1] + 1,)), "dy"):
+        with pytest.raises(ValueError, match=rf"dy must have the shape of the layer's output, \({y.shape[0]}, "):
+            layer.backward(wrong)
+    assert layer.backward(np.ones(y.shape)).shape == shape  # the right shape still passes
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_layer_jvp_matches_central_differences(name):
     layer, shape = make_layer(name)
