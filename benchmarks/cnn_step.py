@@ -48,7 +48,9 @@ Since then (not yet measured on a GPU):
   accumulated GEMMs, the parameters are one flat array that the optimiser updates at once
   (``Layer.to``), and the step no longer waits for the device to check its input: about 470
   array operations (kernel launches) per step instead of about 680, counted on the device code
-  path run with numpy arrays (a fixed cost of about 12 ms per step was measured at batch 128).
+  path run with numpy arrays (a fixed cost of about 12 ms per step was measured at batch 128);
+  about 520 since max pooling finds each window's first maximum in its forward pass (13 more
+  operations per pooling layer, for a faster step on the CPU).
 
 ``benchmarks/device_primitives.py`` times the split reductions against the single calls.
 ``--capture`` also times the step as a :class:`~shallow.cnn.graph.CapturedStep`: recorded once as a

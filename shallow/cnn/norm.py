@@ -38,8 +38,8 @@ import numpy as np
 
 from .._validation import check_integer
 from ..backend import get_xp
-from . import _fused
-from ._reduce import dot_rows, on_device, sum_rows
+from . import _fused, _reduce
+from ._reduce import dot_rows, sum_rows
 from .layers import Layer, _get, _missing_cache, check_dtype
 
 __all__ = ["BatchNorm2d"]
@@ -231,7 +231,7 @@ def _fold(partial, C):
 
 def _centre(x, mu):
     """(x - mu, sum of (x - mu)^2 per channel), the centred array contiguous in x's shape."""
-    if on_device(x):
+    if _reduce.on_device(x):
         xc = x - mu
         return xc, dot_rows(xc, xc)
     C = mu.shape[0]
@@ -247,7 +247,7 @@ def _centre(x, mu):
 
 def _sums(dy, xc):
     """(sum of dy, sum of dy * xc) per channel, in one pass over dy."""
-    if on_device(dy) or on_device(xc):
+    if _reduce.on_device(dy) or _reduce.on_device(xc):
         return sum_rows(dy), dot_rows(dy, xc)
     C = xc.shape[-1]
     D, X = _rows(dy, C), _rows(xc, C)
@@ -263,7 +263,7 @@ def _sums(dy, xc):
 
 def _affine(x, a, c=None, z=None, k=None):
     """``x a + z k + c`` with per-channel vectors a, k, c (z, k and c optional), a new contiguous array."""
-    if on_device(x) or (z is not None and on_device(z)):
+    if _reduce.on_device(x) or (z is not None and _reduce.on_device(z)):
         y = x * a
         if z is not None:
             y += z * k
