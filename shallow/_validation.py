@@ -148,19 +148,21 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
     return x
 
 
-def check_symmetric(K, name: str, what: str = "a Gram matrix") -> None:
+def check_symmetric(K, name: str, what: str = "a Gram matrix") -> float:
     """Refuse a square array that is not symmetric up to rounding: max |K - K^T| > sqrt(eps) max |K|.
 
     A kernel's Gram matrix is symmetric; a cross-kernel K(X, Y) or a transposed test block passed in
-    its place is not, and symmetrising it would silently give another kernel.
+    its place is not, and symmetrising it would silently give another kernel. Returns max |K| (0 for
+    an empty array), which callers may use as the scale of their own tolerances.
     """
     xp = get_xp(K)
     if K.size == 0:
-        return
+        return 0.0
     asymmetry, scale = float(xp.abs(K - K.T).max()), float(xp.abs(K).max())
     if asymmetry > math.sqrt(float(np.finfo(K.dtype).eps)) * scale:
         raise ValueError(f"{name} must be symmetric ({what}): max |{name} - {name}^T| = {asymmetry:.3g} "
                          f"for max |{name}| = {scale:.3g}")
+    return scale
 
 
 def check_points(X, name: str = "X", d: int | None = None):

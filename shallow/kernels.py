@@ -873,13 +873,13 @@ def rkhs_norm(coef, gram) -> float:
     """
     c = check_array(_host_if_sequence(coef), "coef", ndim=1)
     K = check_array(_host_if_sequence(gram), "gram", ndim=2)
-    xp = get_xp(c, K)
+    get_xp(c, K)  # refuses c and K from two array libraries
     n = c.shape[0]
     if K.shape != (n, n):
         raise ValueError(f"gram must have shape ({n}, {n}) to match coef of length {n}, got {tuple(K.shape)}")
-    check_symmetric(K, "gram", "the Gram matrix K(x_i, x_j) of the centres")
+    K_max = check_symmetric(K, "gram", "the Gram matrix K(x_i, x_j) of the centres")
     value = float(c @ (K @ c))
-    scale = float(xp.abs(K).max()) * float(c @ c) if n else 0.0
+    scale = K_max * float(c @ c)
     tol = 64 * n * float(np.finfo(np.float64 if K.dtype == np.float64 else np.float32).eps) * scale
     if value < -tol:
         raise ValueError(f"c^T gram c = {value:.3g} < 0: gram is not positive semidefinite")
