@@ -49,7 +49,7 @@ Since then (not yet measured on a GPU):
   (``Layer.to``), and the step no longer waits for the device to check its input: about 470
   array operations (kernel launches) per step instead of about 680, counted on the device code
   path run with numpy arrays (a fixed cost of about 12 ms per step was measured at batch 128);
-  about 520 since max pooling finds each window's first maximum in its forward pass (13 more
+  about 500 since max pooling finds each window's first maximum in its forward pass (6 more
   operations per pooling layer, for a faster step on the CPU).
 
 ``benchmarks/device_primitives.py`` times the split reductions against the single calls.

@@ -1,7 +1,7 @@
 r"""A training step recorded once as a CUDA graph and replayed in one launch.
 
 On a GPU every array operation of a step is a kernel launch that costs the host some microseconds
-(the VGG step of ``benchmarks/cnn_step.py`` is about 520 of them, ``benchmarks/device_launches.py``),
+(the VGG step of ``benchmarks/cnn_step.py`` is about 500 of them, ``benchmarks/device_launches.py``),
 so at small batches the host, not the device, sets the pace. CUDA stream capture records the
 launches of one step, with their arguments, as a graph that is then replayed by a single launch.
 A replay sees exactly what the recording saw, which makes four demands on the step:

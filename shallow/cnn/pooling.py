@@ -124,17 +124,12 @@ class MaxPool2d(_Pool2d):
         the backward pass reads this array (one byte per output for T < 256) instead of the input."""
         xp = get_xp(y)
         T = self.kernel_size[0] * self.kernel_size[1]
-        dtype = xp.uint8 if T < 256 else xp.int32
-        first = xp.full(y.shape, T, dtype=dtype)  # T - sum_t (T - t) hit_t, the hits being disjoint
-        rest = None  # windows whose maximum has not been met yet
-        for t, v in self._taps(xpad, Ho, Wo):
-            hit = v == y
-            if rest is None:
-                rest = ~hit
-            else:
-                hit &= rest
-                rest ^= hit  # hit is inside rest
-            first -= hit * dtype(T - t)
+        first = xp.zeros(y.shape, dtype=xp.uint8 if T < 256 else xp.int32)
+        rest = None  # windows whose maximum is not among the taps seen so far
+        for _, v in self._taps(xpad, Ho, Wo):
+            equal = v == y
+            rest = ~equal if rest is None else xp.greater(rest, equal, out=rest)  # rest and not equal
+            first += rest  # first = the number of taps before the first maximum
         return first
 
     def _first_maxima(self, first):
