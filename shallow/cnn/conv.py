@@ -550,9 +550,7 @@ class Conv2d(Layer):
         y = self.forward(x)
         op, plan = self._cache
         ty = None
-        if tx is not None:
-            if tx.shape != x.shape:
-                raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(tx.shape)}")
+        if tx is not None:  # of x's shape (Layer checks it)
             ty = self._apply(self._prepare(tx, plan), self.params["W"], plan)
         tW, tb = _get(tparams, "W"), _get(tparams, "b")
         if tW is not None:

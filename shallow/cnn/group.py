@@ -716,9 +716,7 @@ class P4GroupPool(Layer):
         y = self.forward(x)
         if tx is None:
             return y, None
-        t = self._split(tx, "tx")
-        if tx.shape != x.shape:
-            raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(tx.shape)}")
+        t = self._split(tx, "tx")  # of x's shape (Layer checks it)
         mask = self._cache[1]
         if mask is None:
             return y, t.mean(axis=4)

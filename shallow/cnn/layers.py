@@ -143,6 +143,24 @@ def _checking_dy(backward):
     return checked
 
 
+def _checking_tangents(jvp):
+    """``jvp`` that first checks the tangents' shapes: tx that of x, and each tangent of one of the
+    layer's own parameters that parameter's (a broadcastable tangent gave a silently wrong ty)."""
+    @functools.wraps(jvp)
+    def checked(self, x, tx=None, tparams=None):
+        shape = getattr(x, "shape", None)
+        if tx is not None and shape is not None and getattr(tx, "shape", None) != shape:
+            raise ValueError(f"tx must have the shape of x, {tuple(shape)}, got {_shape_of(tx)} "
+                             f"({type(self).__name__}.jvp)")
+        for name, t in (tparams or {}).items():
+            p = self.params.get(name)
+            if t is not None and p is not None and getattr(t, "shape", None) != p.shape:
+                raise ValueError(f"tparams[{name!r}] has shape {_shape_of(t)} but the parameter {name!r} has shape "
+                                 f"{tuple(p.shape)} ({type(self).__name__}.jvp)")
+        return jvp(self, x, tx, tparams)
+    return checked
+
+
 def _shape_of(a):
     shape = getattr(a, "shape", None)
     return tuple(shape) if shape is not None else f"a {type(a).__name__}"
@@ -167,12 +185,15 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         # every layer's backward checks dy against the output of its forward (the outermost call
-        # records last, so a subclass extending its parent's forward is checked on its own output)
+        # records last, so a subclass extending its parent's forward is checked on its own output),
+        # and its jvp checks the tangents' shapes
         super().__init_subclass__(**kwargs)
         if "forward" in cls.__dict__:
             cls.forward = _recording_output_shape(cls.__dict__["forward"])
         if "backward" in cls.__dict__:
             cls.backward = _checking_dy(cls.__dict__["backward"])
+        if "jvp" in cls.__dict__:
+            cls.jvp = _checking_tangents(cls.__dict__["jvp"])
 
     def __init__(self):
         self.params = {}

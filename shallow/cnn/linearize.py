@@ -108,15 +108,12 @@ class Linearized(Layer):
         return f, tf
 
     def _check_tangents(self, tparams):
-        """Names and shapes of the parameter tangents (a misspelt name would count as a zero tangent)."""
+        """Names of the parameter tangents (a misspelt name would count as a zero tangent; their
+        shapes are checked by every layer's jvp, :class:`~shallow.cnn.layers.Layer`)."""
         unknown = sorted(set(tparams) - set(self.params))
         if unknown:
             raise ValueError(f"tparams has names {unknown[:3]} that are not parameters of the linearised model "
                              f"(its parameters: {sorted(self.params)[:3]}{', ...' if len(self.params) > 3 else ''})")
-        for name, t in tparams.items():
-            if t is not None and tuple(t.shape) != tuple(self.params[name].shape):
-                raise ValueError(f"tparams[{name!r}] has shape {tuple(t.shape)} but the parameter {name!r} has shape "
-                                 f"{tuple(self.params[name].shape)}")
 
     def extra_repr(self):
         return f"base={self.base!r}"

@@ -164,10 +164,7 @@ class BatchNorm2d(Layer):
         xp = get_xp(y)
         gamma = self.params.get("gamma")
         ty = None
-        if tx is not None:
-            self._check(tx, "tx")
-            if tx.shape != x.shape:
-                raise ValueError(f"tx must have the shape of x, {tuple(x.shape)}, got {tuple(tx.shape)}")
+        if tx is not None:  # of x's shape (Layer checks it)
             if training:
                 M = tx.size // self.num_features
                 # tv / (2 s^2) = mean(xhat tx) / s, so txhat = (tx - mean(tx) - xhat mean(xhat tx)) / s

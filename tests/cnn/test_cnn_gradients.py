@@ -146,6 +146,23 @@ def test_every_layer_refuses_an_output_gradient_of_the_wrong_shape(name):
     assert layer.backward(np.ones(y.shape)).shape == shape  # the right shape still passes
 
 
+@pytest.mark.parametrize("name", LAYERS + ["conv2d"])
+def test_every_layer_refuses_tangents_of_the_wrong_shape(name):
+    # Tangents that broadcast against x (the first image only, one channel) or a parameter gave
+    # a silently wrong ty in the pointwise, pooling, flatten and linear layers.
+    rng = np.random.default_rng(23)
+    layer, shape = (Conv2d(3, 4, 3, padding=1, rng=rng), (2, 6, 6, 3)) if name == "conv2d" else make_layer(name)
+    x = rng.standard_normal(shape)
+    for wrong in (np.ones((1,) + shape[1:]), np.ones(shape[:-1] + (1,)), "tx"):
+        with pytest.raises(ValueError, match=rf"tx must have the shape of x, \({shape[0]}, "):
+            layer.jvp(x, wrong)
+    for pname, p in layer.params.items():
+        with pytest.raises(ValueError, match=rf"tparams\['{pname}'\] has shape \(1,\) but the parameter"):
+            layer.jvp(x, None, {pname: np.ones(1)})
+    _, ty = layer.jvp(x, np.ones(shape), {k: np.ones(p.shape) for k, p in layer.params.items()})
+    assert ty.shape == layer.forward(x).shape  # the right shapes still pass
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_layer_jvp_matches_central_differences(name):
     layer, shape = make_layer(name)
