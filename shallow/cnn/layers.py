@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -123,8 +124,8 @@ def _missing_cache(layer):
 def _recording_output_shape(forward):
     """``forward`` that also records the shape of its output, against which backward checks dy."""
     @functools.wraps(forward)
-    def recorded(self, x):
-        y = forward(self, x)
+    def recorded(self, x, *args, **kwargs):
+        y = forward(self, x, *args, **kwargs)
         self._out_shape = getattr(y, "shape", None)
         return y
     return recorded
@@ -134,12 +135,12 @@ def _checking_dy(backward):
     """``backward`` that first checks that dy has the shape of the last forward pass's output: a
     wrong shape would otherwise broadcast into a silently wrong gradient or fail deep in numpy."""
     @functools.wraps(backward)
-    def checked(self, dy, need_input_grad=True):
+    def checked(self, dy, *args, **kwargs):
         shape = self._out_shape
         if shape is not None and getattr(dy, "shape", None) != shape:
             raise ValueError(f"dy must have the shape of the layer's output, {tuple(shape)}, got {_shape_of(dy)} "
                              f"({type(self).__name__}.backward)")
-        return backward(self, dy, need_input_grad)
+        return backward(self, dy, *args, **kwargs)
     return checked
 
 
@@ -147,17 +148,19 @@ def _checking_tangents(jvp):
     """``jvp`` that first checks the tangents' shapes: tx that of x, and each tangent of one of the
     layer's own parameters that parameter's (a broadcastable tangent gave a silently wrong ty)."""
     @functools.wraps(jvp)
-    def checked(self, x, tx=None, tparams=None):
+    def checked(self, x, *args, **kwargs):
+        tx = args[0] if args else kwargs.get("tx")
+        tparams = args[1] if len(args) > 1 else kwargs.get("tparams")
         shape = getattr(x, "shape", None)
         if tx is not None and shape is not None and getattr(tx, "shape", None) != shape:
             raise ValueError(f"tx must have the shape of x, {tuple(shape)}, got {_shape_of(tx)} "
                              f"({type(self).__name__}.jvp)")
-        for name, t in (tparams or {}).items():
+        for name, t in (tparams.items() if isinstance(tparams, Mapping) else ()):
             p = self.params.get(name)
             if t is not None and p is not None and getattr(t, "shape", None) != p.shape:
                 raise ValueError(f"tparams[{name!r}] has shape {_shape_of(t)} but the parameter {name!r} has shape "
                                  f"{tuple(p.shape)} ({type(self).__name__}.jvp)")
-        return jvp(self, x, tx, tparams)
+        return jvp(self, x, *args, **kwargs)
     return checked
 
 

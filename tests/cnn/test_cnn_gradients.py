@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gradcheck import check_central_differences, check_jvp, taylor_slope
-from shallow.cnn import (Activation, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear,
+from shallow.cnn import (Activation, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Layer, Linear,
                          MaxPool2d, Model, Residual, Sequential, linearize, resnet_small, vgg_small)
 
 CONV_CASES = {
@@ -161,6 +161,30 @@ def test_every_layer_refuses_tangents_of_the_wrong_shape(name):
             layer.jvp(x, None, {pname: np.ones(1)})
     _, ty = layer.jvp(x, np.ones(shape), {k: np.ones(p.shape) for k, p in layer.params.items()})
     assert ty.shape == layer.forward(x).shape  # the right shapes still pass
+
+
+def test_a_user_layer_keeps_its_own_signatures_under_the_shape_checks():
+    # Layer wraps every subclass's forward, backward and jvp; a layer written with other
+    # arguments (an extra keyword, a backward without need_input_grad) must still work.
+    class Scale(Layer):
+        def forward(self, x, factor=2.0):
+            self._cache = factor
+            return factor * x
+
+        def backward(self, dy):
+            return self._cache * dy
+
+        def jvp(self, x, tx=None, tparams=None, factor=2.0):
+            return self.forward(x, factor=factor), (None if tx is None else factor * tx)
+
+    layer, x = Scale(), np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(layer.forward(x, factor=3.0), 3 * x)
+    np.testing.assert_array_equal(layer.backward(np.ones((2, 3))), np.full((2, 3), 3.0))
+    with pytest.raises(ValueError, match=r"dy must have the shape of the layer's output, \(2, 3\)"):
+        layer.backward(np.ones(3))
+    np.testing.assert_array_equal(layer.jvp(x, tx=np.ones((2, 3)), factor=5.0)[1], np.full((2, 3), 5.0))
+    with pytest.raises(ValueError, match=r"tx must have the shape of x"):
+        layer.jvp(x, tx=np.ones(3))
 
 
 @pytest.mark.parametrize("name", LAYERS)
