@@ -136,7 +136,7 @@ def _checking_dy(backward):
     wrong shape would otherwise broadcast into a silently wrong gradient or fail deep in numpy."""
     @functools.wraps(backward)
     def checked(self, dy, *args, **kwargs):
-        shape = self._out_shape
+        shape = getattr(self, "_out_shape", None)  # None before forward (or without Layer.__init__)
         if shape is not None and getattr(dy, "shape", None) != shape:
             raise ValueError(f"dy must have the shape of the layer's output, {tuple(shape)}, got {_shape_of(dy)} "
                              f"({type(self).__name__}.backward)")
