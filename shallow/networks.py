@@ -228,7 +228,13 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
         f[sl] = fc
         if not need_grad:
             continue
-        r = residual(f[sl], sl) if callable(residual) else residual[sl]
+        if callable(residual):
+            r = residual(f[sl], sl)
+            if tuple(getattr(r, "shape", ())) != (Xc.shape[0],):
+                raise ValueError(f"the residual function returned shape {tuple(getattr(r, 'shape', ()))} for a chunk "
+                                 f"of {Xc.shape[0]} samples: one residual per sample")
+        else:
+            r = residual[sl]
         r = r * (gamma / n)
         if relu:
             xp.multiply(Xc, r[:, None], out=XR[: Xc.shape[0]])
@@ -593,10 +599,7 @@ class TwoLayer:
 
             def residual(f_chunk, rows):
                 rc = check_array(residual_fn(f_chunk, rows), "r(f_chunk, rows)", ndim=1)
-                if rc.shape[0] != rows.stop - rows.start:
-                    raise ValueError(f"the residual function returned shape {tuple(rc.shape)} for a chunk of "
-                                     f"{rows.stop - rows.start} samples")
-                return rc.astype(dtype, copy=False)
+                return rc.astype(dtype, copy=False)  # its length is checked by fused_pass
         else:
             residual = self._check_r(r, n)
         f, grad_a, grad_W = fused_pass(X, self.a, self.W, self.gamma, self.activation, residual,

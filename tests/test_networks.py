@@ -378,6 +378,20 @@ def test_fused_pass_rejects_mismatched_shapes():
         fused_pass(np.ones((2, 3)), net.a, net.W, 1.0, net.activation, residual=np.ones(5))
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("residual", [
+    lambda f, rows: (f - 1.0)[:, None],   # (chunk, 1): failed in numpy with "non-broadcastable output operand"
+    lambda f, rows: (f - 1.0)[:1],        # (1,): failed in a matmul's "core dimension"
+    lambda f, rows: float((f - 1.0).sum()),
+])
+def test_fused_pass_refuses_a_residual_function_whose_output_would_broadcast(residual, activation):
+    from shallow.networks import fused_pass
+
+    net = TwoLayer.init(4, 3, rng=0, activation=activation)
+    with pytest.raises(ValueError, match=r"the residual function returned shape .* for a chunk of 5 samples"):
+        fused_pass(np.ones((5, 3)), net.a, net.W, 1.0, net.activation, residual)
+
+
 @pytest.mark.parametrize("block_bytes", [0, -5, 1.5])
 def test_fused_pass_rejects_a_nonpositive_block_size(block_bytes):
     from shallow.networks import fused_pass
