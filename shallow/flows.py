@@ -437,6 +437,11 @@ class Trajectory:
     def network(self, like):
         """A copy of the network ``like`` carrying this trajectory's final particles, on like's device."""
         xp = get_xp(like.a)
+        if tuple(self.a.shape) != tuple(like.a.shape) or tuple(self.W.shape) != tuple(like.W.shape):
+            # another width would keep like's gamma = 1/m for the trajectory's m' neurons
+            raise ValueError(f"the trajectory holds particles of shapes {tuple(self.a.shape)}, {tuple(self.W.shape)} "
+                             f"but like has {tuple(like.a.shape)}, {tuple(like.W.shape)}: like must be the network "
+                             "that was trained")
         net = like.copy()
         net.a = xp.asarray(self.a, dtype=like.a.dtype)
         net.W = xp.asarray(self.W, dtype=like.W.dtype)

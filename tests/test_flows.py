@@ -295,6 +295,15 @@ def test_interrupted_flow_leaves_a_resumable_checkpoint(tmp_path):
     np.testing.assert_array_equal(rest.W, whole.W)
 
 
+@pytest.mark.parametrize("m, d", [(1, 5), (10, 4)])
+def test_trajectory_network_refuses_a_network_of_other_shapes(m, d):
+    # used to return the trajectory's 10 particles with like's gamma = 1/m: f(x) silently 10x too large
+    teacher, student = teacher_student(d=5, m=10)
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=2, step_size=0.05)
+    with pytest.raises(ValueError, match=r"the trajectory holds particles of shapes \(10,\), \(10, 5\) but like has"):
+        traj.network(TwoLayer.init(m, d, rng=0))
+
+
 def test_outer_layer_only_keeps_inner_weights_fixed():
     teacher, student = teacher_student(d=5, m=10)
     traj = gradient_flow(student, PopulationRisk(teacher), steps=20, step_size=0.05, train="outer")
