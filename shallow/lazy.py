@@ -1005,6 +1005,10 @@ class LazyDiagnostics:
         if self.records["step"] and self.records["step"][-1] == int(step):
             return False
         net0 = self.net0
+        a, W = check_array(a, "a", ndim=1), check_array(W, "W", ndim=2)
+        if a.shape != net0.a.shape or W.shape != net0.W.shape:
+            raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but the network at the start "
+                             f"of the flow has {tuple(net0.a.shape)} and {tuple(net0.W.shape)}")
         net = TwoLayer(a, W, activation=net0.activation, gamma=net0.gamma, bias=net0.bias)
         xp = net.xp
         f = net(self.X)

@@ -491,6 +491,23 @@ def test_lazy_diagnostics_finish_refuses_what_is_not_a_trajectory():
         LazyDiagnostics(TwoLayer.init(4, 3, rng=0), X).finish(None)
 
 
+@pytest.mark.parametrize("m, D", [(1, 3), (5, 3), (4, 1)])
+def test_lazy_diagnostics_refuses_parameters_of_another_network(m, D):
+    # failed inside numpy (a matmul's core dimension, operands that could not be broadcast), or blamed X
+    X, y = _data(5, 3, 0)
+    diag = LazyDiagnostics(TwoLayer.init(4, 3, rng=0), X, y=y)
+    with pytest.raises(ValueError, match=r"a and W have shapes .* but the network at the start of the flow has "
+                                         r"\(4,\) and \(4, 3\)"):
+        diag(1, 0.1, 0.0, np.ones(m), np.ones((m, D)))
+
+
+def test_lazy_diagnostics_finish_refuses_the_trajectory_of_another_network():
+    X, y = _data(5, 3, 0)
+    traj = gradient_flow(TwoLayer.init(2, 3, rng=1), EmpiricalRisk(X, y), steps=2, step_size=1e-3)
+    with pytest.raises(ValueError, match=r"a and W have shapes \(2,\) and \(2, 3\)"):
+        LazyDiagnostics(TwoLayer.init(4, 3, rng=0), X).finish(traj)
+
+
 # ----------------------------------------------------------------------------- devices
 
 @pytest.mark.gpu
