@@ -773,8 +773,8 @@ def _fft_barron_norm(values, spacing, norm):
     xp = get_xp(values)
     shape = values.shape
     d = len(shape)
-    spacing = to_numpy(check_array(spacing, "spacing", ndim=(0, 1))).astype(np.float64).reshape(-1)
-    if spacing.size == 1:
+    spacing = to_numpy(check_array(spacing, "spacing", ndim=(0, 1))).astype(np.float64)
+    if spacing.ndim == 0:  # one step h for every axis; a sequence must give one per axis
         spacing = np.repeat(spacing, d)
     if spacing.size != d:
         raise ValueError(f"spacing has {spacing.size} entries but f has {d} axes")

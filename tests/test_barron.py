@@ -379,6 +379,13 @@ def test_barron_norm_refuses_a_spacing_that_is_not_real_step_sizes(spacing, matc
         barron_norm(np.ones((4, 4)), spacing=spacing)
 
 
+@pytest.mark.parametrize("spacing", [[0.1], np.array([0.1])])
+def test_barron_norm_refuses_a_spacing_sequence_with_one_entry_for_several_axes(spacing):
+    # "a float or a sequence of d floats": a one-entry sequence used to be repeated over the d = 2 axes
+    with pytest.raises(ValueError, match="spacing has 1 entries but f has 2 axes"):
+        barron_norm(np.ones((4, 4)), spacing=spacing)
+
+
 def test_ridge_target_refuses_a_profile_that_is_not_a_name():
     with pytest.raises(ValueError, match="profile must be one of"):
         RidgeTarget(np.ones(2), ["gaussian"])
