@@ -9,6 +9,11 @@ A :class:`Layer` is a map y = f(x; theta) on a batch. It implements three method
   Jacobian-vector product (forward-mode derivative), and caches like ``forward`` so that a
   ``backward`` may follow. It is what :func:`shallow.cnn.linearize` is built on.
 
+The base class checks the shapes of what the three receive, for every subclass (its
+``__init_subclass__`` wraps them): ``backward`` refuses a dy of another shape than the last output,
+``jvp`` a tx of another shape than x and a parameter tangent of another shape than its parameter.
+A broadcastable one would otherwise give a silently wrong derivative in the pointwise layers.
+
 Parameters, gradients and buffers (non-trained state such as batch-norm running statistics) are
 plain arrays of the backend (numpy or cupy) in the dicts ``params``, ``grads`` and ``buffers``;
 containers name them with dotted paths (``"3.W"``, ``"1.body.0.b"``). Optimisers update the
