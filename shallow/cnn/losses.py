@@ -44,8 +44,7 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     """
     xp = get_xp(y)
     y = xp.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be a 1-dimensional array of class labels, got shape {tuple(y.shape)}")
+    _check_label_shape(y, n, name)
     if not xp.issubdtype(y.dtype, xp.integer):
         if y.size and xp.issubdtype(y.dtype, xp.floating) and bool(xp.all(y == xp.round(y))):
             y = y.astype(xp.int64)
@@ -53,8 +52,6 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
             raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
         else:
             y = y.astype(xp.int64)
-    if n is not None and y.shape[0] != n:
-        raise ValueError(f"{name} has {y.shape[0]} labels but there are {n} samples")
     if y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= n_classes:
@@ -62,6 +59,19 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
             raise ValueError(f"{name} holds the label {bad}, out of range for {n_classes} classes "
                              f"(labels must be in 0..{n_classes - 1})")
     return y
+
+
+def _check_label_shape(y, n: int | None, name: str = "y"):
+    """Refuse labels ``y`` (an array) that are not of shape (n,), naming ``name``.
+
+    The shape part of :func:`check_labels` alone, for the losses' unchecked path (``check=False``,
+    a training step): labels of shape (1,) or (n, 1) would broadcast against the n rows of the
+    outputs into a wrong loss. A shape comparison: no read of the device.
+    """
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-dimensional array of class labels, got shape {tuple(y.shape)}")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} labels but there are {n} samples")
 
 
 def log_softmax(z):
@@ -140,11 +150,15 @@ class CrossEntropy:
         """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,).
 
         L is a float, or with ``as_array=True`` a 0-d float64 array on z's device holding the same
-        number (no transfer to the host: what a recorded step needs).
+        number (no transfer to the host: what a recorded step needs). ``check=False`` skips the
+        labels' dtype and range checks (which read the device), not their shape.
         """
         _check_outputs(z, "z")
         if check:
             y = check_labels(y, z.shape[1], "y", n=z.shape[0])
+        else:
+            y = get_xp(z).asarray(y)
+            _check_label_shape(y, z.shape[0])
         N = z.shape[0]
         losses, grad = cross_entropy_per_sample(z, y)
         value = _total(losses.sum(), as_array) * self.scale / N
@@ -190,6 +204,8 @@ class SquareLoss:
         if y.ndim == 1 and f.ndim == 2 and (xp.issubdtype(y.dtype, xp.integer) or f.shape[1] > 1):
             if check:
                 y = check_labels(y, f.shape[1], "y", n=f.shape[0])
+            else:
+                _check_label_shape(y, f.shape[0])
             Y = xp.zeros(f.shape, dtype=f.dtype)
             Y[xp.arange(f.shape[0]), y] = self.target_value
             return Y
@@ -202,7 +218,8 @@ class SquareLoss:
 
     def value_and_grad(self, f, y, *, check=True, as_array=False):
         """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K); L a float,
-        or a 0-d float64 array on f's device with ``as_array=True``."""
+        or a 0-d float64 array on f's device with ``as_array=True``. ``check=False`` skips the
+        labels' dtype and range checks, not their shape."""
         _check_outputs(f, "f")
         r = f - self._targets(f, y, check)
         N = f.shape[0]

@@ -77,6 +77,22 @@ def test_losses_reject_labels_out_of_range_naming_y():
         CrossEntropy()(z, np.array([0.5, 1.0, 2.0]))
 
 
+
+@pytest.mark.parametrize("loss", [CrossEntropy(), SquareLoss()], ids=["cross_entropy", "square"])
+@pytest.mark.parametrize("y, match", [
+    (np.array([2]), "y has 1 labels but there are 4 samples"),
+    (np.array([0, 1, 2]), "y has 3 labels but there are 4 samples"),
+    (np.array([[0], [1], [2], [1]]), r"y must be .*got shape \(4, 1\)"),
+])
+def test_losses_refuse_labels_of_another_shape_when_the_value_check_is_skipped(loss, y, match):
+    # check=False (a training step) skips the labels' dtype and range checks, not their shape: a
+    # (1,) or (N, 1) array broadcast against the N rows into a wrong loss, a shorter one failed
+    # inside numpy's indexing.
+    z = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match=match):
+        loss.value_and_grad(z, y, check=False)
+
+
 # --------------------------------------------------------------------------- optimisers
 def test_sgd_with_momentum_and_weight_decay_matches_hand_computed_steps():
     theta = np.array([1.0, -2.0])

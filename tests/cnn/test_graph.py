@@ -372,3 +372,20 @@ def test_inputs_checked_turns_off_the_checks_of_models_inside_a_wrapper():
     with _inputs_checked(wrapped):
         assert not any(getattr(layer, "check_inputs", False) for _, layer in wrapped.named_layers())
     assert all(layer.check_inputs for layer in checking)
+
+
+@pytest.mark.parametrize("captured", [False, True], ids=["train_step", "CapturedStep"])
+def test_training_steps_refuse_labels_that_would_broadcast_against_the_batch(captured):
+    # (N, 1) labels passed CapturedStep's length check, and both steps skip the loss's value check:
+    # they broadcast against the N rows into a wrong loss and a wrong update. Now refused, before
+    # the update.
+    model = _model()
+    opt = SGD(model.named_parameters(), lr=0.1)
+    step = CapturedStep(model, CrossEntropy(), opt) if captured else (
+        lambda x, y: train_step(model, CrossEntropy(), opt, x, y))
+    x, y = _data(4)
+    before = {name: p.copy() for name, p in model.named_parameters().items()}
+    with pytest.raises(ValueError, match=r"y must be a 1-dimensional array of class labels, got shape \(4, 1\)"):
+        step(x, y[:, None])
+    for name, p in model.named_parameters().items():
+        np.testing.assert_array_equal(p, before[name])
