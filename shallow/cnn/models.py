@@ -447,6 +447,10 @@ def relative_change(params, reference) -> float:
         reference = reference.named_parameters()
     if set(params) != set(reference):
         raise ValueError(f"params and reference name different parameters: {sorted(set(params) ^ set(reference))[:5]}")
+    for k, p in params.items():
+        if tuple(p.shape) != tuple(reference[k].shape):
+            raise ValueError(f"params[{k!r}] has shape {tuple(p.shape)} but reference[{k!r}] has shape "
+                             f"{tuple(reference[k].shape)}: theta and theta_0 must be parameters of one architecture")
     num = sum(float(get_xp(p).vdot((p - reference[k]).ravel(), (p - reference[k]).ravel())) for k, p in params.items())
     den = sum(float(get_xp(r).vdot(r.ravel(), r.ravel())) for r in reference.values())
     return math.sqrt(num / den) if den > 0 else math.inf

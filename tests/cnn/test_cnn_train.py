@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from shallow.cnn import (SGD, Adam, Augment, Cosine, SquareLoss, TrainingDivergedError, build_model, evaluate,
-                         fit, linearize, load_checkpoint, load_digits, predict, save_checkpoint)
+                         fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
+                         snapshot)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,17 @@ def test_relative_change_is_the_relative_euclidean_distance_to_the_snapshot():
     for p in model.named_parameters().values():
         p *= 1.5  # theta - theta_0 = 0.5 theta_0
     assert relative_change(model, theta0) == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("reference", [
+    lambda model: {**snapshot(model), "net.1.beta": np.zeros(1)},  # broadcast: a silently wrong number
+    lambda model: build_model("vgg", (8, 8), 3, width=3, rng=0),  # another width: failed inside numpy
+], ids=["a (1,) beta", "another width"])
+def test_relative_change_refuses_parameters_of_other_shapes_than_the_reference(reference):
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0)
+    with pytest.raises(ValueError, match=r"params\['net\.[01]\.(W|beta)'\] has shape .* but reference\[.*\] has shape .*: "
+                                         "theta and theta_0 must be parameters of one architecture"):
+        relative_change(model, reference(model))
 
 
 def _tiny():
