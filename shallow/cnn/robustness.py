@@ -688,7 +688,11 @@ def conv_norm_bound(layer, in_shape):
         raise TypeError(f"layer must be a Conv2d, got {type(layer).__name__}")
     if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
         raise ValueError(f"in_shape must be (H, W) or (H, W, C), got {in_shape!r}")
-    H, W = _check_in_shape(in_shape)[:2]
+    in_shape = _check_in_shape(in_shape)
+    if len(in_shape) == 3 and in_shape[2] != layer.in_channels:
+        raise ValueError(f"in_shape {in_shape} has C={in_shape[2]} channels but the convolution takes "
+                         f"in_channels={layer.in_channels}")
+    H, W = in_shape[:2]
     pt, pb, pl, pr = layer.padding
     return float(conv_singular_values(layer, (H + pt + pb, W + pl + pr)).max())
 
@@ -849,7 +853,8 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
         A :class:`~shallow.cnn.models.Model` or a network of Sequential, Conv2d, Linear,
         BatchNorm2d, pooling, Flatten, Dropout, Residual and Lipschitz activations.
     in_shape : tuple, optional
-        One input's shape, (H, W, C) for images (default: ``model.in_shape``).
+        One input's shape, (H, W, C) for images (default, and the only one allowed when the model
+        has one: ``model.in_shape``).
     bound : {"product", "averaged"}
         The product of the layers' constants, or the Combettes-Pesquet bound over chains of
         affine maps and activations with slopes in [0, c] (module notes); "averaged" is never
@@ -889,11 +894,16 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
         raise ValueError(f"bound must be 'product' or 'averaged', got {bound!r}")
     if method not in ("power", "fft"):
         raise ValueError(f"method must be 'power' (power iteration) or 'fft' (certified bounds), got {method!r}")
+    model_shape = getattr(model, "in_shape", None)
     if in_shape is None:
-        in_shape = getattr(model, "in_shape", None)
+        in_shape = model_shape
         if in_shape is None:
             raise ValueError("in_shape (one input's shape, e.g. (H, W, C)) is required for a model without in_shape")
     in_shape = _check_in_shape(in_shape)
+    if model_shape is not None and in_shape != tuple(model_shape):
+        raise ValueError(f"in_shape {in_shape} is not the model's in_shape {tuple(model_shape)}: the bound (the "
+                         "convolutions' norms depend on the image size) is for the inputs the model takes; "
+                         "leave in_shape=None")
     n_iter = check_integer(n_iter, "n_iter", minimum=1)
     tol = check_nonnegative(tol, "tol")
     bounds = _Bounds(method, n_iter, tol, check_random_state(rng))

@@ -567,6 +567,22 @@ def test_norm_bounds_refuse_an_in_shape_that_is_not_positive_integers(call, matc
         call()
 
 
+@pytest.mark.parametrize("call, match", [
+    # a bound for 6x6 inputs of a model of 8x8 images (its forward refuses them) was returned silently
+    (lambda model: lipschitz_upper_bound(model, (6, 6, 1)),
+     r"in_shape \(6, 6, 1\) is not the model's in_shape \(8, 8, 1\)"),
+    (lambda model: lipschitz_upper_bound(model, (8, 8), method="fft"),
+     r"in_shape \(8, 8\) is not the model's in_shape \(8, 8, 1\)"),
+    # the channels of in_shape were ignored: the bound of another layer's input went through
+    (lambda model: conv_norm_bound(model.net.layers[0], (8, 8, 3)),
+     r"in_shape \(8, 8, 3\) has C=3 channels but the convolution takes in_channels=1"),
+])
+def test_norm_bounds_refuse_an_in_shape_that_is_not_the_network_input(call, match):
+    model = Model(vgg_small((8, 8, 1), 3, width=2, rng=0), (8, 8, 1), 3)
+    with pytest.raises(ValueError, match=match):
+        call(model)
+
+
 def test_deform_refuses_a_text_field():
     # The message was about mixing array libraries ("got builtins.str").
     with pytest.raises(ValueError, match="tau must be an array of real numbers"):
