@@ -47,7 +47,7 @@ from ..backend import get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
-from .layers import check_layer
+from .layers import _shape_of, check_layer
 from .losses import CrossEntropy, accuracy, check_labels
 from .models import _inputs_checked, check_images
 from .optim import SGD, Optimizer
@@ -338,7 +338,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     rng : None, int or Generator
         Batch order and augmentations.
     augment : callable (X, rng) -> X, optional
-        Applied to every training batch (:class:`~shallow.cnn.data.Augment`).
+        Applied to every training batch (:class:`~shallow.cnn.data.Augment`); it must return a
+        batch of the shape it is given.
     checkpoint : str or Path, optional
         Saved after every ``checkpoint_every`` epochs and at the end.
     checkpoint_every : int
@@ -433,7 +434,11 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                 total, correct, seen = 0.0, 0, 0
                 for b, (xb, yb) in enumerate(batches(X, y, batch_size, rng=rng)):
                     if augment is not None:
-                        xb = augment(xb, rng)
+                        xa = augment(xb, rng)
+                        if getattr(xa, "shape", None) != xb.shape:  # the model skips its input checks here
+                            raise ValueError(f"augment must return a batch of the shape it is given, {tuple(xb.shape)}, "
+                                             f"got {_shape_of(xa)}")
+                        xb = xa
                     lr = optimizer.lr
                     with _inputs_checked(model):
                         value, out = step(xb, yb)

@@ -173,6 +173,15 @@ def test_relative_change_refuses_parameters_of_other_shapes_than_the_reference(r
         relative_change(model, reference(model))
 
 
+@pytest.mark.parametrize("augment", [lambda X, rng: X[:, :6, :6], lambda X, rng: X[:1]], ids=["crop", "one image"])
+def test_fit_refuses_an_augmentation_that_changes_the_batch_shape(augment):
+    # the model skips its input checks within fit (the data set was checked once): 6x6 crops
+    # trained an 8x8 model silently (global pooling takes any size); a single image was blamed on y
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0)
+    X, y = np.random.default_rng(0).standard_normal((8, 8, 8, 1)), np.arange(8) % 3
+    with pytest.raises(ValueError, match=r"augment must return a batch of the shape it is given, \(4, 8, 8, 1\), got"):
+        fit(model, X, y, epochs=1, batch_size=4, augment=augment)
+
 def _tiny():
     """A 3-class VGG on 8x8 images and 6 random images: the checks below run before any training step."""
     rng = np.random.default_rng(0)
