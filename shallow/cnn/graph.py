@@ -105,6 +105,7 @@ class CapturedStep:
         check_layer(model)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+        optimizer.check_model(model)
         if type(optimizer).step is not Optimizer.step:
             raise ValueError(f"optimizer is a {type(optimizer).__name__}, whose step does more than the update "
                              "formula (a projection, say), which a recorded step cannot replay: use train_step")

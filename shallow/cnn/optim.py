@@ -170,6 +170,21 @@ class Optimizer:
                     self.state[name][slot] = flat[offset:offset + p.size].reshape(p.shape)
                 offset += p.size
 
+    def check_model(self, model) -> None:
+        """Refuse a model whose parameters are not the arrays this optimiser updates.
+
+        An optimiser built on another model of the same architecture, or on this one before
+        :meth:`~shallow.cnn.layers.Layer.to` moved and repacked its parameters, would update arrays
+        the model no longer reads: its steps would leave the model unchanged, with no error. An
+        optimiser on some of the parameters (the others frozen) is accepted.
+        """
+        params = model.named_parameters()
+        foreign = [name for name, p in self.params.items() if params.get(name) is not p]
+        if foreign:
+            raise ValueError(f"optimizer updates arrays that are not the model's parameters ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}): build it on model.named_parameters() of this "
+                             "model, after model.to(device), which moves and repacks them")
+
     @property
     def lr(self) -> float:
         """The learning rate of the next step."""

@@ -408,6 +408,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
+    optimizer.check_model(model)
     resume, capture = check_bool(resume, "resume"), check_bool(capture, "capture")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from (checkpoint=None)")

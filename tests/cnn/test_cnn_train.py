@@ -182,6 +182,27 @@ def test_fit_refuses_an_augmentation_that_changes_the_batch_shape(augment):
     with pytest.raises(ValueError, match=r"augment must return a batch of the shape it is given, \(4, 8, 8, 1\), got"):
         fit(model, X, y, epochs=1, batch_size=4, augment=augment)
 
+
+def test_fit_and_captured_steps_refuse_an_optimizer_of_other_arrays_than_the_model():
+    # An optimiser on another model of the same architecture, or on this one before .to() moved
+    # and repacked its parameters, updated arrays the model no longer reads: training left the
+    # model unchanged, with no error. One on some of the parameters (the rest frozen) is fine.
+    from shallow.cnn import CapturedStep, CrossEntropy
+    model, X, y = _tiny()
+    other = build_model("vgg", (8, 8), 3, width=2, rng=0)
+    before_to = SGD(model.named_parameters(), lr=0.1)
+    model.to("cpu")
+    for optimizer in (SGD(other.named_parameters(), lr=0.1), before_to):
+        with pytest.raises(ValueError, match="optimizer updates arrays that are not the model's parameters"):
+            fit(model, X, y, epochs=1, batch_size=3, optimizer=optimizer)
+        with pytest.raises(ValueError, match="optimizer updates arrays that are not the model's parameters"):
+            CapturedStep(model, CrossEntropy(), optimizer)
+    last = {k: v for k, v in model.named_parameters().items() if k.startswith("net.") and k.endswith(".b")}
+    start = {k: v.copy() for k, v in last.items()}
+    fit(model, X, y, epochs=1, batch_size=3, optimizer=SGD(last, lr=0.1))
+    assert any(not np.array_equal(last[k], start[k]) for k in last)  # the subset trained
+
+
 def _tiny():
     """A 3-class VGG on 8x8 images and 6 random images: the checks below run before any training step."""
     rng = np.random.default_rng(0)
