@@ -203,7 +203,8 @@ def _default_namespace(fn) -> str:
     """``MODULE.QUALNAME`` with MODULE the stem of the function's file (the same for a study script run
     as ``__main__`` and loaded by the ``shallow`` command), else the module's name; a
     ``functools.partial`` adds its arguments. Callables whose identity is not their name (lambdas,
-    callable objects) have no default: they need an explicit ``key``."""
+    functions defined inside another, which capture values, callable objects) have no default: they
+    need an explicit ``key``."""
     if isinstance(fn, functools.partial):
         try:
             bound = _config_json({"args": list(fn.args), "keywords": dict(fn.keywords)}, "fn's bound arguments")
@@ -214,6 +215,9 @@ def _default_namespace(fn) -> str:
     if not isinstance(qualname, str) or "<lambda>" in qualname or not isinstance(fn, types.FunctionType):
         raise TypeError(f"fn ({fn!r}) is not a named function: give key= to name its cache (the default key is "
                         "the function's module and name)")
+    if "<locals>" in qualname:  # a closure: make(2.0) and make(3.0) return functions of one name
+        raise TypeError(f"fn ({qualname}) is defined inside another function, so its name does not say what it "
+                        "computes (the values it captured are not in the key): give key= to name its cache")
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     file = getattr(module, "__file__", None)
     stem = Path(file).stem if file else (getattr(fn, "__module__", None) or "")
@@ -572,8 +576,9 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
         Folder of the cache files ``KEY.npz``; None caches nothing.
     key : str, optional
         The namespace hashed with each config; default ``MODULE.QUALNAME`` of fn (MODULE its file's
-        stem; a ``functools.partial`` adds its bound arguments). Required to cache a lambda or a
-        callable object, whose name does not say what it computes.
+        stem; a ``functools.partial`` adds its bound arguments). Required to cache a lambda, a
+        function defined inside another (a closure) or a callable object, whose name does not say
+        what it computes.
     workers : int, optional
         Local worker processes (default: the CPUs this process may use). Not with ``executor``;
         unused by the serial and dask schedulers (a dask cluster has its own workers).

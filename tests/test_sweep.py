@@ -392,3 +392,20 @@ def test_sweep_result_helpers(counted):
     with ThreadPoolExecutor(2) as pool:  # any concurrent.futures Executor
         assert [r["value"] for r in sweep(counted_point, points, executor=pool)] == [2.0, 4.0]
     assert json.loads(json.dumps(out.wall_times)) == out.wall_times
+
+
+def test_functions_defined_inside_another_need_a_key_to_be_cached(counted, tmp_path):
+    """make(2.0) and make(3.0) return closures of one name: the default key (module and name) would let
+    the second sweep load the first one's results (it returned 2.0 for 3.0 x 1.0)."""
+    def make(factor):
+        def point(config):
+            return {"value": factor * config["x"]}
+        return point
+
+    points, _ = counted([1])
+    cache = tmp_path / "cache"
+    with pytest.raises(TypeError, match=r"defined inside another function.*give key="):
+        sweep(make(2.0), points, cache_dir=cache, scheduler="serial")
+    assert sweep(make(2.0), points, cache_dir=cache, scheduler="serial", key="times 2")[0]["value"] == 2.0
+    assert sweep(make(3.0), points, cache_dir=cache, scheduler="serial", key="times 3")[0]["value"] == 3.0
+    assert sweep(make(3.0), points, scheduler="serial")[0]["value"] == 3.0  # uncached: no key needed
