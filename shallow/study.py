@@ -12,8 +12,9 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
 
 A study whose ``compute`` runs a grid of independent points sends it through :func:`run_grid`
 (:mod:`shallow.sweep`): the points run in parallel with the run's ``--workers`` / ``--scheduler``,
-each cached under ``results/points/NAME/`` as it finishes, so that an interrupted study resumes
-where it stopped. These flags choose where the work runs, never what it computes: they are not
+each cached under ``results/points/NAME/`` as it finishes (keyed by the point, the function, the
+package version and the study script's text), so that an interrupted study resumes where it
+stopped and an edited one recomputes. These flags choose where the work runs, never what it computes: they are not
 Config fields and do not enter the result's hash.
 
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
@@ -69,6 +70,8 @@ class Execution:
         Recompute the points even when cached.
     progress : bool or None
         Progress bars (None: on a terminal only).
+    source : str
+        The sha256 of the study script's text, part of each point's cache key.
     """
 
     workers: int | None = None
@@ -76,6 +79,7 @@ class Execution:
     cache_dir: Path | None = None
     force: bool = False
     progress: bool | None = None
+    source: str = ""
 
 
 _EXECUTION: contextvars.ContextVar = contextvars.ContextVar("shallow_study_execution", default=Execution())
@@ -145,9 +149,13 @@ def config_hash(name: str, cfg, source: str = "") -> str:
     a result computed by its previous version.
     """
     payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__,
-                          "source": hashlib.sha256(source.encode()).hexdigest()},
+                          "source": _source_digest(source)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _source_digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
 
 
 def quick_config(module: ModuleType, **overrides):
@@ -366,7 +374,7 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         result = load_npz(cache)
     else:
         execution = Execution(workers=workers, scheduler=scheduler, cache_dir=out / "results" / "points" / name,
-                              force=force, progress=progress)
+                              force=force, progress=progress, source=_source_digest(source))
         token = _EXECUTION.set(execution)
         start = time.perf_counter()
         try:
@@ -386,7 +394,8 @@ def run_grid(fn, points, **options) -> list:
     """Run a study's grid of points through :func:`shallow.sweep.sweep`, as the current run says.
 
     Inside :func:`run` the points run with its ``--workers`` / ``--scheduler``, are cached under
-    ``OUT/results/points/NAME/`` (``--force`` recomputes them) and show a progress bar; called
+    ``OUT/results/points/NAME/`` (``--force`` recomputes them; the key holds the study script's text,
+    as the result's hash does, so an edited study recomputes them) and show a progress bar; called
     outside a run (a test calling ``compute`` directly) they run on local processes, uncached.
 
     Parameters
@@ -414,6 +423,11 @@ def run_grid(fn, points, **options) -> list:
     kwargs = dict(workers=execution.workers, scheduler=execution.scheduler, cache_dir=execution.cache_dir,
                   force=execution.force, progress=execution.progress)
     kwargs.update(options)
+    if kwargs.get("cache_dir") is not None and kwargs.get("key") is None:
+        from .sweep import _default_namespace
+
+        # the points of an edited study are not those of its previous version
+        kwargs["key"] = f"{_default_namespace(fn)}@{execution.source}"
     if kwargs.get("executor") is not None:
         for name in ("workers", "scheduler"):
             if kwargs.get(name) is None:

@@ -351,6 +351,20 @@ def test_study_grid_runs_through_sweep_with_workers_and_point_cache(toy_study, t
     assert [r["y"] for r in study.run_grid(toy_study.square, grid(x=[3.0]), scheduler="serial")] == [9.0]
 
 
+def test_editing_a_study_recomputes_its_cached_grid_points(toy_study, tmp_path):
+    """The result's hash holds the study's text, and so do its points' keys: an edited point function
+    used to miss the result cache but load every point computed by the previous version."""
+    out = tmp_path / "out"
+    cfg = study.quick_config(toy_study)
+    np.testing.assert_array_equal(study.run(toy_study, cfg, out=out, figure=False, scheduler="serial")["y"], [1, 4])
+    script = Path(toy_study.__file__)
+    script.write_text(script.read_text().replace('point["x"] ** 2', 'point["x"] ** 3'))
+    del sys.modules["shallow_studies.toygrid"]
+    edited = cli.load_study("toygrid")
+    np.testing.assert_array_equal(study.run(edited, cfg, out=out, figure=False, scheduler="serial")["y"], [1, 8])
+    assert len(list((out / "results" / "points" / "toygrid").glob("*.npz"))) == 4
+
+
 @pytest.fixture(scope="module")
 def dask_cluster():
     distributed = pytest.importorskip("distributed", reason="dask.distributed (the 'dask' extra) is not installed")
