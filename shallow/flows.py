@@ -570,6 +570,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         Noise source (drawn on the host, moved to the device).
     resume : Trajectory, optional
         A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
+        Its method, step_size (except for ``"adaptive"``, which keeps its own step), noise,
+        time_scale and train must be the ones given (ValueError otherwise); record_every may change.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
     tol : float
@@ -638,6 +640,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         risk, ga, gW = loss.value_and_grad(net, a_, W_)
         return risk, ga * move_a, gW * move_W
 
+    if resume is not None:
+        _check_resume_settings(resume.meta, meta)
     rec = _Recorder(k, step_size, divergence_factor, resume)
     if resume is not None:
         a = xp.asarray(resume.a, dtype=net.a.dtype)
@@ -742,6 +746,20 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     if checkpoint is not None:
         traj.save(checkpoint)
     return traj
+
+
+# Settings that define the flow being continued (record_every may change: it only thins the records).
+_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train")
+
+
+def _check_resume_settings(saved: dict, meta: dict) -> None:
+    """Refuse to continue a saved flow with other settings: the trajectory would mix two flows."""
+    names = [n for n in _RESUME_SETTINGS if not (n == "step_size" and meta["method"] == "adaptive")]
+    differ = [f"{n}={meta[n]!r} (saved: {saved[n]!r})" for n in names if n in saved and saved[n] != meta[n]]
+    if differ:
+        raise ValueError(f"resume holds a flow run with other settings: {', '.join(differ)}; resume it with the "
+                         "saved ones (a resumed flow gives the numbers of an uninterrupted run), or start a new flow "
+                         "from resume.network(net)")
 
 
 def _state_rng(state):

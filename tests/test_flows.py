@@ -528,3 +528,22 @@ def test_gradient_flow_commutes_with_a_permutation_of_the_particles(seed, m):
     # Ten steps of sums over j in another order: rounding only.
     np.testing.assert_allclose(ptraj.a, traj.a[perm], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(ptraj.W, traj.W[perm], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(step_size=0.05), r"step_size=0.05 \(saved: 0.02\)"),
+    (dict(method="rk4"), r"method='rk4' \(saved: 'euler'\)"),
+    (dict(noise=1e-3), r"noise=0.001 \(saved: 0.0\)"),
+    (dict(time_scale=3.0), r"time_scale=3.0 \(saved: 10.0\)"),
+    (dict(train="outer"), r"train='outer' \(saved: 'both'\)"),
+])
+def test_resume_refuses_a_flow_with_other_settings_than_the_saved_ones(change, match):
+    # A resumed flow continues the saved one; it used to go on silently with the new settings, its
+    # trajectory then mixing two flows (and its meta naming only the second).
+    teacher, student = teacher_student(d=5, m=10, seed=6)
+    loss = PopulationRisk(teacher)
+    kw = dict(step_size=0.02, record_every=5)
+    saved = gradient_flow(student, loss, steps=10, **kw)
+    with pytest.raises(ValueError, match=match):
+        gradient_flow(student, loss, steps=5, resume=saved, **{**kw, **change})
+    assert gradient_flow(student, loss, steps=5, resume=saved, step_size=0.02, record_every=1).step == 15
