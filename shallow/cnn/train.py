@@ -21,6 +21,12 @@ remaining epochs with the same batches, augmentations and masks: the parameters 
 ``fit(epochs=E)`` and after ``fit(epochs=k)`` then ``fit(epochs=E, resume=True)`` are bitwise
 equal (on the same machine, BLAS library and thread count).
 
+A checkpoint written by :func:`fit` also holds the run's settings: the model's description and
+dtype, the optimiser (type, hyper-parameters, schedule, parameters), the loss, the augmentation,
+the batch size and a hash of the training data. Resuming refuses (ValueError naming them) a run
+whose settings differ, or one asking for fewer epochs than the checkpoint has completed: it would
+otherwise continue another run, or return it, silently.
+
 Divergence
 ----------
 A NaN or infinite training loss stops the loop before the update that would use it. With
@@ -33,10 +39,12 @@ warnings are silenced inside the loop: the guard reports divergence instead.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,7 +138,7 @@ def _set_rng_state(rng, text):
     rng.bit_generator.state = json.loads(text)
 
 
-def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None) -> Path:
+def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None, settings=None) -> Path:
     """Write model, optimiser and generator states atomically to ``path`` (.npz).
 
     Parameters
@@ -143,6 +151,8 @@ def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None
     epoch : int
         Completed epochs.
     history : History, optional
+    settings : dict, optional
+        JSON-able description of the run (what :func:`fit` compares on resume).
 
     Returns
     -------
@@ -166,6 +176,8 @@ def save_checkpoint(path, model, optimizer=None, rng=None, epoch=0, history=None
         out["rng/loop"] = _rng_state_json(rng)
     if history is not None:
         out["history"] = history.to_json()
+    if settings is not None:
+        out["settings"] = json.dumps(settings, sort_keys=True)
     return save_npz_atomic(path, out)
 
 
@@ -196,7 +208,7 @@ def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
 
     Returns
     -------
-    dict with ``epoch`` (int) and ``history`` (History or None)
+    dict with ``epoch`` (int), ``history`` (History or None) and ``settings`` (dict or None)
 
     Raises
     ------
@@ -229,7 +241,56 @@ def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
             raise ValueError(f"checkpoint {str(path)!r} holds no generator state for the loop")
         _set_rng_state(rng, data["rng/loop"])
     history = History.from_json(data["history"]) if "history" in data else None
-    return {"epoch": int(data["epoch"]), "history": history}
+    settings = json.loads(data["settings"]) if "settings" in data else None
+    return {"epoch": int(data["epoch"]), "history": history, "settings": settings}
+
+
+def _describe(obj):
+    """A description of a schedule, loss, augmentation or model that is the same in another process."""
+    if obj is None:
+        return None
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    text = repr(obj)
+    if " at 0x" in text:  # a default repr (or one holding one): the type is all that is stable
+        return f"{type(obj).__module__}.{type(obj).__qualname__}"
+    return text
+
+
+def _run_settings(model, optimizer, loss, augment, batch_size, X, y) -> dict:
+    """What a resumed fit must share with the checkpointed run for the same numbers (JSON-able, flat)."""
+    digest = hashlib.sha256()
+    for arr in (X, y):
+        host = np.ascontiguousarray(to_numpy(arr))
+        digest.update(f"{host.dtype.str}{host.shape}".encode())
+        digest.update(host.tobytes())
+    settings = {"model": _describe(model), "dtype": str(np.dtype(model.dtype)),
+                "optimizer": type(optimizer).__name__}
+    for name, value in vars(optimizer).items():  # momentum, weight_decay, betas, eps, ...
+        if not name.startswith("_") and name != "t" and isinstance(value, (bool, int, float, str, tuple)):
+            settings[f"optimizer.{name}"] = list(value) if isinstance(value, tuple) else value
+    settings.update({"optimizer.schedule": _describe(optimizer.schedule),
+                     "optimizer.parameters": sorted(optimizer.params), "loss": _describe(loss),
+                     "augment": _describe(augment), "batch_size": batch_size, "data": digest.hexdigest()})
+    return settings
+
+
+def _check_resume(path, settings: dict, epochs: int) -> None:
+    """Refuse to resume from ``path`` a run of other settings, or one past ``epochs``."""
+    with np.load(path, allow_pickle=False) as data:  # read before anything is restored into the model
+        epoch = int(data["epoch"])
+        saved = json.loads(str(data["settings"])) if "settings" in data.files else None
+    if epoch > epochs:
+        raise ValueError(f"checkpoint {str(path)!r} has completed {epoch} epochs, more than epochs={epochs}: "
+                         "a resumed fit runs up to epochs in all")
+    if saved is None:  # written by save_checkpoint without settings: nothing to compare
+        return
+    differ = [name for name in sorted(set(settings) | set(saved)) if saved.get(name) != settings.get(name)]
+    if differ:
+        long = {"data": "data: the training data (X, y) differ", "model": "model: another architecture (its repr differs)"}
+        what = [long.get(name) or f"{name}: {settings.get(name)!r} (saved: {saved.get(name)!r})" for name in differ]
+        raise ValueError(f"checkpoint {str(path)!r} was written by a run with other settings ({'; '.join(what)}): "
+                         "resume with the saved settings, or train afresh with resume=False")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -345,6 +406,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     checkpoint_every : int
     resume : bool
         Start from ``checkpoint`` when that file exists (a fresh run when it does not yet); needs ``checkpoint``.
+        The run's settings must be the checkpoint's (module notes), and epochs at least its epochs.
     on_divergence : {"raise", "stop"}
     progress : bool
         Show a tqdm bar over the steps.
@@ -416,7 +478,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     step = CapturedStep(model, loss, optimizer) if capture else functools.partial(train_step, model, loss, optimizer)
 
     history, start = History(), 0
+    settings = None if checkpoint is None else _run_settings(model, optimizer, loss, augment, batch_size, X, y)
     if resume and checkpoint is not None and Path(checkpoint).exists():
+        _check_resume(checkpoint, settings, epochs)
         state = load_checkpoint(checkpoint, model, optimizer, rng)
         start = state["epoch"]
         history = state["history"] or History()
@@ -473,7 +537,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                 if stop:
                     history.message = f"stopped by the callback after epoch {epoch + 1}"
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop):
-                    save_checkpoint(checkpoint, model, optimizer, rng, epoch + 1, history)
+                    save_checkpoint(checkpoint, model, optimizer, rng, epoch + 1, history, settings)
                 if stop:
                     break
     finally:

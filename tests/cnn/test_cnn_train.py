@@ -272,3 +272,40 @@ def test_linearized_jvp_refuses_tangents_of_unknown_names_or_wrong_shapes():
         lin.jvp(X, None, {"net.0.w": np.ones((3, 3, 1, 2))})
     with pytest.raises(ValueError, match=r"tparams\['net.0.W'\] has shape \(3,\) but the parameter"):
         lin.jvp(X, None, {"net.0.W": np.ones(3)})
+
+
+def _resume_run(digits, path, *, epochs=2, width=3, alpha=2.0, lr=Cosine(0.05, 20), momentum=0.9,
+                weight_decay=1e-4, batch_size=16, dtype=np.float64, shift=1, n=64, offset=0, optimizer=SGD):
+    model = build_model("vgg", digits.in_shape, 10, width=width, rng=1, alpha=alpha, dtype=dtype)
+    if optimizer is SGD:
+        opt = SGD(model.named_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = optimizer(model.named_parameters(), lr=0.01)
+    X, y = digits.X_train[offset:offset + n], digits.y_train[offset:offset + n]
+    fit(model, X, y, optimizer=opt, epochs=epochs, batch_size=batch_size, rng=2, augment=Augment(shift=shift),
+        checkpoint=path, resume=True)
+    return model
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(lr=Cosine(0.1, 20)), r"optimizer.schedule: 'Cosine\(0.1, .*\(saved: 'Cosine\(0.05, "),
+    (dict(momentum=0.5), r"optimizer.momentum: 0.5 \(saved: 0.9\)"),
+    (dict(weight_decay=0.0), r"optimizer.weight_decay: 0.0 \(saved: 0.0001\)"),
+    (dict(optimizer=Adam), r"optimizer: 'Adam' \(saved: 'SGD'\)"),
+    (dict(batch_size=32), r"batch_size: 32 \(saved: 16\)"),
+    (dict(alpha=4.0), r"model: another architecture"),
+    (dict(dtype=np.float32), r"dtype: 'float32' \(saved: 'float64'\)"),
+    (dict(shift=2), r"augment: 'Augment\(shift=2"),
+    (dict(offset=64), r"data: the training data \(X, y\) differ"),
+    (dict(epochs=1), r"has completed 2 epochs, more than epochs=1"),
+])
+def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_path, change, match):
+    # fit(resume=True) continues the run the checkpoint saved; it used to go on silently with another
+    # learning rate, momentum, optimiser, batch size, model (same parameter names and shapes), dtype,
+    # augmentation or data, and to return a model of 2 epochs for epochs=1.
+    path = tmp_path / "run.npz"
+    _resume_run(digits, path)
+    with pytest.raises(ValueError, match=match):
+        _resume_run(digits, path, **change)
+    same = _resume_run(digits, path, epochs=3)  # the saved settings resume (and the refusal changed nothing)
+    assert load_checkpoint(path, same)["epoch"] == 3
