@@ -8,7 +8,11 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
 * ``QUICK``, a dict of Config overrides for ``--quick`` (well under a minute on a CPU);
 * ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings;
 * ``plot(result, cfg) -> matplotlib.figure.Figure``;
-* ``main(argv=None)``, usually ``return study.main(__name__, argv)``.
+* ``main(argv=None)``, usually ``return study.main(__name__, argv)``;
+* optionally ``HOST_ONLY``, a string saying why the study computes on the host whatever its
+  ``device`` (small problems, where a GPU's kernel launches cost more than the arithmetic): a run
+  with ``--device gpu`` then warns that the flag is ignored, and the sidecar names the device
+  actually used, ``"cpu"``.
 
 A study whose ``compute`` runs a grid of independent points sends it through :func:`run_grid`
 (:mod:`shallow.sweep`): the points run in parallel with the run's ``--workers`` / ``--scheduler``,
@@ -39,6 +43,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -307,6 +312,7 @@ def _check_study(module: ModuleType):
     fields = {f.name for f in dataclasses.fields(module.Config)}
     if not set(COMMON_FLAGS) <= fields:
         raise TypeError(f"study {module.__name__}'s Config must have the fields {COMMON_FLAGS}")
+    host_only(module)  # a HOST_ONLY that is not a sentence fails here
 
 
 def _check_out(out) -> Path:
@@ -360,6 +366,9 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     _check_study(module)
     if cfg.device not in available_devices():
         raise RuntimeError(f"device={cfg.device!r} is not available here (available: {available_devices()})")
+    if cfg.device != "cpu" and host_only(module):
+        warnings.warn(f"{study_name(module)} computes on the host whatever --device ({module.HOST_ONLY}): "
+                      f"device={cfg.device!r} is ignored", stacklevel=2)
     if workers is not None:
         workers = check_integer(workers, "workers", minimum=1)
     if scheduler is not None:
@@ -388,6 +397,15 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         stem = name + ("_quick" if quick else "")
         save_figure(fig, out / "figures" / f"{stem}.png", module, cfg, result)
     return result
+
+
+def host_only(module: ModuleType) -> bool:
+    """Whether the study computes on the host whatever its Config's ``device`` (its ``HOST_ONLY``)."""
+    reason = getattr(module, "HOST_ONLY", None)
+    if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+        raise TypeError(f"{study_name(module)}.HOST_ONLY must be a sentence saying why the study computes on the "
+                        f"host, got {reason!r}")
+    return reason is not None
 
 
 def run_grid(fn, points, **options) -> list:
@@ -455,7 +473,7 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "config": dataclasses.asdict(cfg),
         "shallow_version": __version__,
         "wall_time_s": result.get("_wall_time"),
-        "device": cfg.device,
+        "device": "cpu" if host_only(module) else cfg.device,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "numpy": np.__version__,

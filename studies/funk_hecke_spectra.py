@@ -60,6 +60,7 @@ class Config:
 
 
 QUICK = {"dims": (3, 10, 50), "kmax": 20_000, "kmax_smooth": 40}
+HOST_ONLY = "closed forms and one-dimensional scipy quadratures"
 
 
 def compute(cfg: Config) -> dict:

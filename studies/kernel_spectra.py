@@ -50,6 +50,7 @@ class Config:
 
 
 QUICK = {"kmax": 2000, "gram_n": 600}
+HOST_ONLY = "one-dimensional scipy quadratures and a Gram matrix of a few thousand points"
 
 KINDS = {"nngp": 2, "ntk": 0}  # predicted slope: -(d + 2) and -d
 

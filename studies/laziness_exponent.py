@@ -77,6 +77,8 @@ class Config:
 
 
 QUICK = {"betas": (0.5, 0.75, 1.0), "log2_m_max": 11, "seeds": 2}
+HOST_ONLY = ("n = 64 training points: a flow step is a few small matrix "
+             "products, which a GPU runs no faster than its kernel launches")
 
 
 def widths(cfg) -> np.ndarray:

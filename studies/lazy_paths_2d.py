@@ -66,6 +66,7 @@ class Config:
 
 
 QUICK = {"m": 40, "steps": 2000}
+HOST_ONLY = "at most a hundred particles in the plane: steps far too small for a GPU"
 
 
 def teacher_network(cfg) -> TwoLayer:

@@ -99,6 +99,7 @@ class Config:
 
 
 QUICK = {"d": 20, "n": 200, "n_test": 200, "iterations": 1500, "n_tau": 7, "record_every": 25}
+HOST_ONLY = "a network of 50 neurons: steps far too small for a GPU"
 
 
 def taus(cfg: Config) -> np.ndarray:

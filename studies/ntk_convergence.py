@@ -61,6 +61,7 @@ class Config:
 
 
 QUICK = {"log2_m_max": 12, "seeds": 5, "single_neurons": 1000}
+HOST_ONLY = "kernels on 100 points, averaged over networks: small host products"
 
 
 def widths(cfg) -> np.ndarray:

@@ -117,6 +117,7 @@ class Config:
 
 
 QUICK = {"dims": (2, 3, 4), "kmax": 32, "n_test": 10_000, "iterations": 200, "maurey_atoms": 50_000}
+HOST_ONLY = "greedy insertions refined by scipy's L-BFGS and Cholesky least squares"
 
 _SERIES_KMAX = 64
 # Second start of each sliding step: Lloyd centres for the density |p|^(2/5). On the circle (angle phi) a

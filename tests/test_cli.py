@@ -103,6 +103,45 @@ def test_unknown_study_is_a_clear_error(toy):
         cli.main(["run", "nope"])
 
 
+def test_a_host_only_study_warns_that_device_is_ignored_and_its_sidecar_names_the_cpu(toy, monkeypatch):
+    monkeypatch.setattr(study, "available_devices", lambda: ("cpu", "gpu"))
+    module = cli.load_study("toy")
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(out)]) == 0  # the study's own device
+    assert json.loads((out / "figures" / "toy_quick.json").read_text())["device"] == "gpu"
+    monkeypatch.setattr(module, "HOST_ONLY", "ten points", raising=False)
+    with pytest.warns(UserWarning, match=r"toy computes on the host whatever --device \(ten points\): "
+                                         r"device='gpu' is ignored"):
+        assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(out), "--force"]) == 0
+    assert json.loads((out / "figures" / "toy_quick.json").read_text())["device"] == "cpu"
+    monkeypatch.setattr(module, "HOST_ONLY", "", raising=False)
+    with pytest.raises(TypeError, match="HOST_ONLY must be a sentence"):
+        study.run(module, study.quick_config(module), out=out, figure=False)
+
+
+def test_every_study_either_computes_on_its_device_or_says_why_not():
+    # A study whose Config's device reaches no computation must say so (HOST_ONLY), so that a run
+    # with --device gpu warns and its sidecar does not claim a GPU. Read from the script's syntax
+    # tree: the device is used where the code reads an attribute .device, an item ["device"] or
+    # passes device=.
+    import ast
+    from pathlib import Path
+
+    def reads_device(tree):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "device":
+                return True
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "device":
+                return True
+            if isinstance(node, ast.keyword) and node.arg == "device":
+                return True
+        return False
+
+    for name, path in cli.find_studies().items():
+        module = cli.load_study(name)
+        assert reads_device(ast.parse(Path(path).read_text())) != study.host_only(module), name
+
+
 def test_gpu_device_without_gpu_is_refused(toy, monkeypatch, capsys):
     monkeypatch.setattr(study, "available_devices", lambda: ("cpu",))
     assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")]) == 2
