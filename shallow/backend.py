@@ -17,6 +17,7 @@ is False in that case, when cupy is missing, and when ``SHALLOW_DISABLE_CUPY=1``
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import os
 from types import ModuleType
@@ -26,6 +27,7 @@ import numpy as np
 __all__ = [
     "get_xp",
     "to_numpy",
+    "array_digest",
     "to_device",
     "device_gemm",
     "cuda_runtime",
@@ -168,6 +170,17 @@ def to_numpy(x):
     if is_cupy(x):
         return x.get()
     return np.asarray(x)
+
+
+def array_digest(*arrays) -> str:
+    """A SHA-256 hex digest of the arrays' dtypes, shapes and values (read on the host), to tell
+    whether a saved run used the same data: equal arrays give equal digests on every device."""
+    digest = hashlib.sha256()
+    for x in arrays:
+        host = np.ascontiguousarray(to_numpy(x))
+        digest.update(f"{host.dtype.str}{host.shape}".encode())
+        digest.update(host.tobytes())
+    return digest.hexdigest()
 
 
 def device_of(x) -> str:

@@ -46,7 +46,7 @@ from ._validation import (
     check_positive,
     check_random_state,
 )
-from .backend import get_xp, to_numpy
+from .backend import array_digest, get_xp, to_numpy
 from .networks import default_block_bytes, fused_pass
 
 __all__ = [
@@ -105,6 +105,10 @@ class EmpiricalRisk:
     @property
     def n(self) -> int:
         return self.X.shape[0]
+
+    def fingerprint(self) -> str:
+        """What identifies this risk in a saved flow (:func:`gradient_flow` compares it on resume)."""
+        return f"EmpiricalRisk {array_digest(self.X, self.y)}"
 
     def _inputs(self, net):
         X = self.X
@@ -311,6 +315,12 @@ class PopulationRisk:
     @property
     def d(self) -> int:
         return self.teacher.W.shape[1]
+
+    def fingerprint(self) -> str:
+        """What identifies this risk in a saved flow (:func:`gradient_flow` compares it on resume)."""
+        t = self.teacher
+        return (f"PopulationRisk {self.input} {t.activation.name} gamma={t.gamma!r} "
+                f"{array_digest(t.a, t.W)}")
 
     def _check(self, net, a, W):
         if getattr(net, "bias", False):
@@ -571,7 +581,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     resume : Trajectory, optional
         A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
         Its method, step_size (except for ``"adaptive"``, which keeps its own step), noise,
-        time_scale and train must be the ones given (ValueError otherwise); record_every may change.
+        time_scale and train must be the ones given, and so must net's gamma and activation and the
+        risk (the data of an EmpiricalRisk, the teacher and input law of a PopulationRisk; a risk
+        of another class without a ``fingerprint()`` is compared by its class name): ValueError
+        otherwise. record_every may change.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
     tol : float
@@ -634,7 +647,9 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     move_a = s if train in ("both", "outer") else 0.0
     move_W = s if train in ("both", "inner") else 0.0
     meta = dict(method=method, step_size=step_size, noise=noise, time_scale=s, train=train, m=m,
-                record_every=record_every)
+                record_every=record_every, gamma=float(net.gamma),
+                activation=getattr(net.activation, "name", type(net.activation).__name__),
+                loss=loss.fingerprint() if hasattr(loss, "fingerprint") else type(loss).__name__)
 
     def field(a_, W_):
         risk, ga, gW = loss.value_and_grad(net, a_, W_)
@@ -748,14 +763,16 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     return traj
 
 
-# Settings that define the flow being continued (record_every may change: it only thins the records).
-_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train")
+# Settings that define the flow being continued (record_every may change: it only thins the records;
+# loss is the risk's fingerprint: its data, or its teacher).
+_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train", "gamma", "activation", "loss")
 
 
 def _check_resume_settings(saved: dict, meta: dict) -> None:
     """Refuse to continue a saved flow with other settings: the trajectory would mix two flows."""
     names = [n for n in _RESUME_SETTINGS if not (n == "step_size" and meta["method"] == "adaptive")]
-    differ = [f"{n}={meta[n]!r} (saved: {saved[n]!r})" for n in names if n in saved and saved[n] != meta[n]]
+    differ = [("loss: another risk (its data or its teacher differ)" if n == "loss" else
+               f"{n}={meta[n]!r} (saved: {saved[n]!r})") for n in names if n in saved and saved[n] != meta[n]]
     if differ:
         raise ValueError(f"resume holds a flow run with other settings: {', '.join(differ)}; resume it with the "
                          "saved ones (a resumed flow gives the numbers of an uninterrupted run), or start a new flow "

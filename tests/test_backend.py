@@ -77,3 +77,18 @@ def test_seed_lists_give_reproducible_independent_streams():
     assert not np.array_equal(a, check_random_state([3, 2]).standard_normal(4))
     with pytest.raises(TypeError, match="rng must be"):
         check_random_state([1.5])
+
+
+def test_array_digest_tells_equal_arrays_from_arrays_differing_in_a_value_dtype_or_shape():
+    from shallow.backend import array_digest
+    x = np.arange(6.0)
+    assert array_digest(x, x[:2]) == array_digest(x.copy(), np.array([0.0, 1.0]))
+    spaced = np.zeros(12)
+    spaced[::2] = x
+    assert array_digest(spaced[::2]) == array_digest(x)  # a strided view of the same values
+    changed = x.copy()
+    changed[3] += 1e-12
+    others = [changed, x.astype(np.float32), x.reshape(2, 3), x[:5]]
+    assert len({array_digest(x), *(array_digest(o) for o in others)}) == 1 + len(others)
+    assert array_digest(x, x) != array_digest(x)  # the number of arrays counts too
+

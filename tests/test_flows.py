@@ -547,3 +547,32 @@ def test_resume_refuses_a_flow_with_other_settings_than_the_saved_ones(change, m
     with pytest.raises(ValueError, match=match):
         gradient_flow(student, loss, steps=5, resume=saved, **{**kw, **change})
     assert gradient_flow(student, loss, steps=5, resume=saved, step_size=0.02, record_every=1).step == 15
+
+
+def test_resume_refuses_a_flow_of_another_risk_or_another_network_scale(tmp_path):
+    # The risk (its data, or its teacher) and the network's gamma and activation define the flow as
+    # much as the step does; resuming with others went on silently, mixing two flows.
+    rng = np.random.default_rng(7)
+    X, y = rng.standard_normal((20, 4)), rng.standard_normal(20)
+    net = TwoLayer.init(6, 4, rng=1)
+    kw = dict(step_size=0.05, record_every=5)
+    saved = gradient_flow(net, EmpiricalRisk(X, y), steps=10, **kw)
+    saved.save(tmp_path / "flow.npz")
+    loaded = Trajectory.load(tmp_path / "flow.npz")  # the settings survive a save
+    with pytest.raises(ValueError, match=r"loss: another risk \(its data or its teacher differ\)"):
+        gradient_flow(net, EmpiricalRisk(X, y + 1e-9), steps=5, resume=loaded, **kw)
+    other_scale = TwoLayer(net.a, net.W, gamma=2 * net.gamma)
+    with pytest.raises(ValueError, match=r"gamma=.* \(saved: "):
+        gradient_flow(other_scale, EmpiricalRisk(X, y), steps=5, resume=loaded, **kw)
+    with pytest.raises(ValueError, match=r"activation='tanh' \(saved: 'relu'\)"):
+        gradient_flow(TwoLayer(net.a, net.W, activation="tanh"), EmpiricalRisk(X, y), steps=5, resume=loaded, **kw)
+    # equal data in another risk object (a rerun of the script) continues the flow
+    assert gradient_flow(net, EmpiricalRisk(X.copy(), y.copy()), steps=5, resume=loaded, **kw).step == 15
+    teacher, student = teacher_student(d=4, m=6, seed=2)
+    flow = gradient_flow(student, PopulationRisk(teacher), steps=4, **kw)
+    with pytest.raises(ValueError, match="loss: another risk"):
+        gradient_flow(student, PopulationRisk(teacher, input="sphere"), steps=2, resume=flow, **kw)
+    moved = TwoLayer(teacher.a, teacher.W[::-1].copy(), gamma=teacher.gamma)
+    with pytest.raises(ValueError, match="loss: another risk"):
+        gradient_flow(student, PopulationRisk(moved), steps=2, resume=flow, **kw)
+

@@ -39,7 +39,6 @@ warnings are silenced inside the loop: the guard reports divergence instead.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -51,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_bool, check_integer, check_random_state
-from ..backend import get_xp, to_numpy
+from ..backend import array_digest, get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
@@ -259,11 +258,6 @@ def _describe(obj):
 
 def _run_settings(model, optimizer, loss, augment, batch_size, X, y) -> dict:
     """What a resumed fit must share with the checkpointed run for the same numbers (JSON-able, flat)."""
-    digest = hashlib.sha256()
-    for arr in (X, y):
-        host = np.ascontiguousarray(to_numpy(arr))
-        digest.update(f"{host.dtype.str}{host.shape}".encode())
-        digest.update(host.tobytes())
     settings = {"model": _describe(model), "dtype": str(np.dtype(model.dtype)),
                 "optimizer": type(optimizer).__name__}
     for name, value in vars(optimizer).items():  # momentum, weight_decay, betas, eps, ...
@@ -271,7 +265,7 @@ def _run_settings(model, optimizer, loss, augment, batch_size, X, y) -> dict:
             settings[f"optimizer.{name}"] = list(value) if isinstance(value, tuple) else value
     settings.update({"optimizer.schedule": _describe(optimizer.schedule),
                      "optimizer.parameters": sorted(optimizer.params), "loss": _describe(loss),
-                     "augment": _describe(augment), "batch_size": batch_size, "data": digest.hexdigest()})
+                     "augment": _describe(augment), "batch_size": batch_size, "data": array_digest(X, y)})
     return settings
 
 
