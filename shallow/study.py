@@ -40,8 +40,8 @@ import importlib
 import json
 import os
 import platform
+import secrets
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -106,8 +106,14 @@ def atomic_write(path, write) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # created like any file (mode 0o666 less the umask; mkstemp's 0o600 made results and figures private)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         write(Path(tmp))
         with open(tmp, "rb") as fh:  # on disk before the rename, so a crash never exposes a short file
@@ -225,8 +231,9 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     """Flags for a study: its Config fields (``--field-name``), plus --quick, --force, --out,
     --workers and --scheduler."""
     doc = (module.__doc__ or "").strip()
+    # no abbreviated flags: --m would otherwise set a field m_teacher of a study without a field m
     parser = argparse.ArgumentParser(prog=prog or module.__name__.rsplit(".", 1)[-1],
-                                     description=doc.splitlines()[0] if doc else None)
+                                     description=doc.splitlines()[0] if doc else None, allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     parser.add_argument("--out", default=".", help="folder under which results/ and figures/ are written")

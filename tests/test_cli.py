@@ -194,6 +194,26 @@ def test_interrupted_write_leaves_no_result_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_written_files_follow_the_umask_like_any_other_file(tmp_path):
+    # the temporary file of an atomic write was created by mkstemp with mode 0o600: results and
+    # figures were private to their owner whatever the umask
+    import os
+    old = os.umask(0o022)
+    try:
+        study.atomic_write(tmp_path / "r.txt", lambda tmp: tmp.write_text("x"))
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_study_flags_are_not_abbreviated(toy, capsys):
+    # --scal would otherwise set the field scales (and --m a field m_teacher of a study without m)
+    with pytest.raises(SystemExit):
+        study.build_parser(cli.load_study("toy")).parse_args(["--scal", "0.5,3"])
+    assert "unrecognized arguments: --scal" in capsys.readouterr().err
+
+
 def test_saved_result_round_trips(tmp_path):
     result = {"a": np.arange(3.0), "s": 1.5, "name": "x", "k": 4}
     study.save_npz_atomic(tmp_path / "r.npz", result)
