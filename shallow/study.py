@@ -18,8 +18,8 @@ A study whose ``compute`` runs a grid of independent points sends it through :fu
 (:mod:`shallow.sweep`): the points run in parallel with the run's ``--workers`` / ``--scheduler``,
 each cached under ``results/points/NAME/`` as it finishes (keyed by the point, the function, the
 package version and the study script's text), so that an interrupted study resumes where it
-stopped and an edited one recomputes. These flags choose where the work runs, never what it computes: they are not
-Config fields and do not enter the result's hash.
+stopped and an edited one recomputes. These flags choose where the work runs, never what it
+computes: they are not Config fields and do not enter the result's hash.
 
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
 config and the package version (written atomically: a temporary file, then a rename, so an
