@@ -56,6 +56,9 @@ parallel vectors is known to about sqrt(eps) (1e-8 in float64), whatever the for
 kernels of order >= 1 do not feel it (their derivative in theta vanishes at theta = 0); the
 step (order 0) and sign kernels, and hence NTKs, carry an error of that size on such pairs. With
 Y = None the norms are read off the diagonal of the Gram matrix, so that theta(x, x) = 0 exactly.
+Rows far from the unit scale (largest entry beyond 2^{+-25} in float32, 2^{+-249} in float64 at
+d = 1000) are first scaled by powers of two, exactly, and the closed forms rescaled after
+(2^{h (kx + ky)} for a degree-h homogeneous feature): |x|^2 |y|^2 neither over- nor underflows.
 
 References
 ----------
@@ -205,6 +208,38 @@ def _erf_gauss(G, nx2, ny2, xp):
     return (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1))
 
 
+def _erf_gauss_scaled(G, nx2, ny2, kx, ky, xp):
+    """The erf kernel of x = 2^kx x', y = 2^ky y' from the Gram matrix and squared norms of x', y'.
+
+    r = 2 <x, y> / ((1 + 2|x|^2)(1 + 2|y|^2))^{1/2} = 2 <x', y'> u_x u_y with
+    u_x = 2^kx (1 + 2 |x'|^2 4^kx)^{-1/2}, written (4^{-kx} + 2 |x'|^2)^{-1/2} for kx > 0: no factor
+    over- or underflows unless r itself does.
+    """
+    def u(n2, k):
+        one = xp.ones((), dtype=n2.dtype)
+        big = 1 / xp.sqrt(xp.ldexp(one, -2 * xp.maximum(k, 0)) + 2 * n2)
+        small = xp.ldexp(1 / xp.sqrt(1 + xp.ldexp(2 * n2, 2 * xp.minimum(k, 0))), xp.minimum(k, 0))
+        return xp.where(k > 0, big, small)
+    r = 2 * G * u(nx2, kx) * u(ny2, ky)
+    return (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1)), 0
+
+
+def _erf_prime_gauss_scaled(G, nx2, ny2, kx, ky, xp):
+    """The erf' kernel of x = 2^kx x', y = 2^ky y' as (K', E) with K = K' 2^E.
+
+    det = 1 + 2|x|^2 + 2|y|^2 + 4 (|x|^2 |y|^2 - <x,y>^2) is a sum of four terms c 4^e, with
+    e = 0, kx, ky, kx + ky and c from x', y'; dividing by 4^E, E set by the largest term, leaves
+    det' in [1, 16) and K = (4/pi) det'^{-1/2} 2^{-E}.
+    """
+    delta = xp.maximum(nx2 * ny2 - G * G, 0)
+    terms = [(xp.ones_like(G), 0 * (kx + ky)), (2 * nx2, kx), (2 * ny2, ky), (4 * delta, kx + ky)]
+    with np.errstate(divide="ignore"):
+        top = functools.reduce(xp.maximum, [xp.log2(c) + 2 * e for c, e in terms])
+    E = xp.floor(0.5 * top).astype(kx.dtype)
+    det = sum(xp.ldexp(c, 2 * (e - E)) for c, e in terms)
+    return (4 / math.pi) / xp.sqrt(det), -E
+
+
 def _erf_prime_gauss(G, nx2, ny2, xp):
     # E[exp(-u^2 - v^2)] = det(I + 2 Sigma)^{-1/2} for (u, v) ~ N(0, Sigma), times (2/sqrt(pi))^2;
     # det(I + 2 Sigma) = 1 + 2|x|^2 + 2|y|^2 + 4 (|x|^2 |y|^2 - <x,y>^2), written without cancellation.
@@ -219,7 +254,7 @@ def _erf_prime_gauss(G, nx2, ny2, xp):
 class _Feature:
     """A function f of <w, x> with its Gaussian kernel (closed form or None), degree and mu_k."""
 
-    def __init__(self, label, fn, homogeneity, gauss, fh, breakpoints=(), is_zero=False):
+    def __init__(self, label, fn, homogeneity, gauss, fh, breakpoints=(), is_zero=False, scaled=None):
         self.label = label
         self.fn = fn  # xp-generic elementwise callable
         self.homogeneity = homogeneity
@@ -227,6 +262,9 @@ class _Feature:
         self.fh = fh  # (d, kmax) -> numpy mu_k(f)
         self.breakpoints = breakpoints
         self.is_zero = is_zero
+        # (G', nx2', ny2', kx, ky, xp) -> (K', E), K = K' 2^E, for inputs x = 2^kx x', y = 2^ky y' (only
+        # for a gauss that is not homogeneous; homogeneous ones rescale by 2^{h (kx + ky)}).
+        self.scaled = scaled
 
 
 def _arccos_feature(label, order, scale):
@@ -277,11 +315,13 @@ def _feature(sigma: Activation, derivative: bool = False) -> _Feature:
         return _Feature(f"derivative of {sigma!r}", sigma.derivative, 1, _linear2_gauss, fh_linear)
     fn = sigma.derivative if derivative else sigma
     label = f"derivative of {sigma!r}" if derivative else repr(sigma)
-    gauss = None
+    gauss = scaled = None
     if name == "erf":
         gauss = _erf_prime_gauss if derivative else _erf_gauss
+        scaled = _erf_prime_gauss_scaled if derivative else _erf_gauss_scaled
     return _Feature(label, fn, None, gauss,
-                    lambda d, kmax: project_zonal(fn, d, kmax, breakpoints=sigma.breakpoints), sigma.breakpoints)
+                    lambda d, kmax: project_zonal(fn, d, kmax, breakpoints=sigma.breakpoints), sigma.breakpoints,
+                    scaled=scaled)
 
 
 def gaussian_norm_moment(h, d) -> float:
@@ -390,13 +430,15 @@ def _prepare(X, Y):
     if X.dtype != Y.dtype:
         dtype = xp.result_type(X.dtype, Y.dtype)
         X, Y = X.astype(dtype), Y.astype(dtype)
-    G = X @ Y.T  # (n, n')
+    with np.errstate(over="ignore", under="ignore"):  # rows far from the unit scale: see _scaled_exact
+        G = X @ Y.T  # (n, n')
+        nx2 = xp.diagonal(G).copy() if same else xp.sum(X * X, axis=1)
     if same:
         # Norms from the diagonal of G itself: then |x|^2 |x|^2 - <x, x>^2 is exactly 0 and theta(x, x) = 0.
-        nx2 = xp.diagonal(G).copy()
         ny2 = nx2
     else:
-        nx2, ny2 = xp.sum(X * X, axis=1), xp.sum(Y * Y, axis=1)
+        with np.errstate(over="ignore", under="ignore"):
+            ny2 = xp.sum(Y * Y, axis=1)
     return X, Y, G, nx2[:, None], ny2[None, :], xp
 
 
@@ -422,24 +464,88 @@ def _exact(feature, G, nx2, ny2, xp, weights, d, kmax):
     return None
 
 
-def _kernels(features, X, Y, weights, n_features, rng, kmax, caller):
+def _row_exponents(X, xp):
+    """k_i with rows 2^{-k_i} x_i of order 1 where |x_i| is far from 1, and k_i = 0 elsewhere (int32, (n,)).
+
+    Rows whose largest entry lies within 2^{+-L} keep k_i = 0: then |x|^2 |y|^2 and <x, y>^2 stay
+    inside the normal range of the dtype (L = min(maxexp, -minexp)/4 - 2 - log2(d)/2: 25 for float32
+    and 249 for float64 at d = 1000), and ordinary inputs are computed as they always were.
+    """
+    info = np.finfo(X.dtype)
+    L = max(min(info.maxexp, -info.minexp) // 4 - 2 - math.ceil(0.5 * math.log2(X.shape[1])), 0)
+    if not X.shape[0]:
+        return xp.zeros(0, dtype=np.int32)
+    _, e = xp.frexp(xp.max(xp.abs(X), axis=1))  # |x_i|_inf = m 2^e, m in [1/2, 1)
+    e = e.astype(np.int32)
+    return xp.where(xp.abs(e) > L, e, 0).astype(np.int32)
+
+
+def _scaled_exact(feature, X, Y, same, xp, weights, d, kmax, times_gram):
+    """As _exact (times <x, y> if asked) for inputs of any size: computed from x' = 2^{-kx} x, y' = 2^{-ky} y.
+
+    Returns None when no rescaling is needed (every row of ordinary size); the caller then keeps the
+    plain computation. A degree-h homogeneous kernel is K(x', y') 2^{h (kx + ky)}; erf and erf' have
+    their own rescaled forms; a feature with neither (sphere series on unit inputs) needs none.
+    """
+    kx = _row_exponents(X, xp)
+    ky = kx if same else _row_exponents(Y, xp)
+    if not (bool((kx != 0).any()) or bool((ky != 0).any())):
+        return None
+    Xs = xp.ldexp(X, -kx[:, None])
+    Ys = Xs if same else xp.ldexp(Y, -ky[:, None])
+    G = Xs @ Ys.T  # (n, n'), the Gram matrix of the rescaled inputs
+    nx2 = xp.diagonal(G).copy() if same else xp.sum(Xs * Xs, axis=1)
+    ny2 = nx2 if same else xp.sum(Ys * Ys, axis=1)
+    nx2, ny2, kx, ky = nx2[:, None], ny2[None, :], kx[:, None], ky[None, :]
+    if feature.is_zero:
+        return xp.zeros_like(G)
+    h = feature.homogeneity
+    if feature.gauss is not None and h is not None:
+        K = feature.gauss(G, nx2, ny2, xp)
+        if weights == "sphere" and h:
+            K = K / gaussian_norm_moment(h, d)
+        # 2^{h (kx + ky)} as an integer power of two (exact) times 2^frac.
+        power = h * (kx + ky)
+        E = xp.floor(power)
+        if h != int(h):
+            K = K * xp.exp2(power - E).astype(G.dtype)
+        E = E.astype(np.int32)
+    elif feature.scaled is not None and weights == "gaussian":
+        K, E = feature.scaled(G, nx2, ny2, kx, ky, xp)
+    else:
+        return None
+    if times_gram:
+        K, E = G * K, E + kx + ky
+    return xp.ldexp(K, E)
+
+
+def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=(False,)):
+    """One array per feature: its kernel E_w[f(<w,x>) f(<w,y>)], times <x, y> where times_gram says so."""
     weights = _check_weights(weights)
+    same = Y is None
     X, Y, G, nx2, ny2, xp = _prepare(X, Y)
     d = X.shape[1]
     kmax = _DEFAULT_KMAX if kmax is None else check_integer(kmax, "kmax", minimum=0)
     if n_features is not None:
         n_features = check_integer(n_features, "n_features", minimum=1)
-        return G, _monte_carlo(features, X, Y, G, weights, n_features, check_random_state(rng))
+        out = _monte_carlo(features, X, Y, G, weights, n_features, check_random_state(rng))
+        return [G * K if tg else K for K, tg in zip(out, times_gram)]
     out = []
-    for feat in features:
-        K = _exact(feat, G, nx2, ny2, xp, weights, d, kmax)
+    for feat, tg in zip(features, times_gram):
+        # Inputs far from the unit scale (|x| beyond 2^{+-25} in float32, 2^{+-249} in float64) are
+        # rescaled by powers of two first: |x|^2 |y|^2 would over- or underflow (NaN, 0).
+        K = _scaled_exact(feat, X, Y, same, xp, weights, d, kmax, tg) if np.issubdtype(G.dtype, np.floating) else None
+        if K is None:
+            K = _exact(feat, G, nx2, ny2, xp, weights, d, kmax)
+            if K is not None and tg:
+                K = G * K
         if K is None:
             where = ("with weights='gaussian'" if weights == "gaussian"
                      else "with weights='sphere' for inputs off the unit sphere")
             raise ValueError(f"{caller}: the {feat.label} has no closed-form kernel {where}; pass n_features "
                              "(and rng) for a Monte Carlo estimate")
         out.append(xp.asarray(K, dtype=G.dtype))
-    return G, out
+    return out
 
 
 def random_feature_kernel(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None):
@@ -496,7 +602,7 @@ def random_feature_kernel(X, Y, sigma, weights="gaussian", *, n_features=None, r
     [[0.5, 0.31831], [0.31831, 2.0]]
     """
     sigma = as_activation(sigma)
-    _, (K,) = _kernels([_feature(sigma)], X, Y, weights, n_features, rng, kmax, "random_feature_kernel")
+    (K,) = _kernels([_feature(sigma)], X, Y, weights, n_features, rng, kmax, "random_feature_kernel")
     return K
 
 
@@ -543,8 +649,8 @@ def ntk(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None
     """
     sigma = as_activation(sigma)
     features = [_feature(sigma), _feature(sigma, derivative=True)]
-    G, (K, Kp) = _kernels(features, X, Y, weights, n_features, rng, kmax, "ntk")
-    return K + G * Kp
+    K, GKp = _kernels(features, X, Y, weights, n_features, rng, kmax, "ntk", times_gram=(False, True))
+    return K + GKp
 
 
 # --------------------------------------------------------------------------------------------

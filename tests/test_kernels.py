@@ -593,3 +593,39 @@ def test_relu_kernels_are_positively_homogeneous_of_degree_one_in_each_input(see
     kernel = random_feature_kernel if kind == "nngp" else ntk
     K = kernel(X, Y, "relu")
     np.testing.assert_allclose(kernel(c * X, Y, "relu"), c * K, rtol=1e-12, atol=1e-14 * c * np.abs(K).max())
+
+
+def _closed_forms_mp(x, y):
+    """relu, step and erf kernels and their NTKs at (x, y), from Cho-Saul and Williams in mpmath (50 digits)."""
+    import mpmath as mp
+    with mp.workdps(50):
+        x, y = [mp.mpf(float(v)) for v in x], [mp.mpf(float(v)) for v in y]
+        G = mp.fsum(a * b for a, b in zip(x, y))
+        nx2, ny2 = mp.fsum(a * a for a in x), mp.fsum(b * b for b in y)
+        th = mp.acos(G / mp.sqrt(nx2 * ny2))
+        k1 = mp.sqrt(nx2 * ny2) * (mp.sin(th) + (mp.pi - th) * mp.cos(th)) / (2 * mp.pi)
+        k0 = (mp.pi - th) / (2 * mp.pi)
+        erf = 2 / mp.pi * mp.asin(2 * G / mp.sqrt((1 + 2 * nx2) * (1 + 2 * ny2)))
+        erf_prime = 4 / mp.pi / mp.sqrt((1 + 2 * nx2) * (1 + 2 * ny2) - 4 * G ** 2)
+        return {("relu", "nngp"): k1, ("relu", "ntk"): k1 + G * k0, ("step", "nngp"): k0,
+                ("erf", "nngp"): erf, ("erf", "ntk"): erf + G * erf_prime}
+
+
+@pytest.mark.parametrize("dtype, scales", [(np.float64, (1e-170, 1e-100, 1e100, 1e150)),
+                                           (np.float32, (1e-16, 1e-12, 1e10, 1e15))])
+def test_closed_form_kernels_hold_for_inputs_far_from_the_unit_scale(dtype, scales):
+    """Cho-Saul and Williams hold for every x, y in R^d: |x|^2 |y|^2 overflowing (NaN for relu, 0 for erf)
+    or underflowing (step kernel 0 instead of (pi - theta) / (2 pi)) must not show in the result."""
+    rng = np.random.default_rng(11)
+    rtol = 1e-13 if dtype == np.float64 else 2e-5  # angles of well-separated pairs; float32: 200 eps of the Gram
+    for sx in scales:
+        for sy in (1.0, sx):
+            x, y = (sx * rng.standard_normal(4)).astype(dtype), (sy * rng.standard_normal(4)).astype(dtype)
+            expected = _closed_forms_mp(x, y)
+            for (sigma, kind), value in expected.items():
+                kernel = random_feature_kernel if kind == "nngp" else ntk
+                K = kernel(x[None], y[None], sigma)
+                assert K.dtype == dtype
+                tiny = np.finfo(dtype).tiny  # results below the normal range are rounded to subnormals or 0
+                np.testing.assert_allclose(float(K[0, 0]), float(value), rtol=rtol, atol=tiny / np.finfo(dtype).eps,
+                                           err_msg=f"{sigma} {kind} at |x| ~ {sx:g}, |y| ~ {sy:g} in {dtype.__name__}")
