@@ -40,7 +40,7 @@ from scipy import special
 
 from ._validation import check_array, check_dimension, check_integer, check_on_sphere
 from .backend import get_xp
-from .sphere import gauss_jacobi
+from .sphere import gauss_jacobi, log_inner_product_constant
 
 __all__ = [
     "legendre",
@@ -254,7 +254,7 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     q = max(64, 2 * kmax + 32) if q is None else check_integer(q, "q", minimum=1)
     cuts = _check_breakpoints(breakpoints)
     a = 0.5 * (d - 3)
-    log_c = (special.gammaln(0.5 * d) - 0.5 * np.log(np.pi) - special.gammaln(0.5 * (d - 1)))
+    log_c = log_inner_product_constant(d)
     nodes, weights = [], []
     if a <= _JACOBI_MAX_EXPONENT:
         edges = [-1.0, *cuts, 1.0]
