@@ -194,3 +194,15 @@ def test_inner_product_constant_is_the_gamma_ratio_in_any_dimension():
             expected = mp.gamma(mp.mpf(d) / 2) / (mp.sqrt(mp.pi) * mp.gamma(mp.mpf(d - 1) / 2))
             assert np.exp(sphere.log_inner_product_constant(d)) == pytest.approx(float(expected), rel=1e-14), d
 
+
+@pytest.mark.parametrize("d", [2, 4, 5, 10])
+def test_inner_product_density_is_accurate_near_the_poles(d):
+    """w_d(t) = c_d (1 - t^2)^{(d-3)/2} to 1e-13 relative against mpmath at t = +-(1 - 10^-j): 1 - t * t
+    cancels there (1e-8 relative error at d = 10), (1 - t)(1 + t) does not."""
+    import mpmath as mp
+    t = np.concatenate([1 - 10.0 ** -np.arange(3, 16), -1 + 10.0 ** -np.arange(3, 16)])  # exact floats near +-1
+    values = sphere.inner_product_density(t, d)
+    with mp.workdps(50):
+        c = mp.gamma(mp.mpf(d) / 2) / (mp.sqrt(mp.pi) * mp.gamma(mp.mpf(d - 1) / 2))
+        expected = [float(c * (1 - mp.mpf(float(s)) ** 2) ** (mp.mpf(d - 3) / 2)) for s in t]
+    np.testing.assert_allclose(values, expected, rtol=1e-13)
