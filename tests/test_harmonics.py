@@ -680,3 +680,17 @@ def test_project_zonal_relu_closed_form_in_high_dimension(d):
         sign = 1.0 if x > 0 or int(np.floor(x)) % 2 == 0 else -1.0
         assert mu[k] == pytest.approx(sign * np.exp(log_abs), rel=1e-10)
     assert np.abs(mu[3::2]).max() < 1e-14 * abs(mu[0])  # odd k >= 3 vanish
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_legendre_recurrence_error_near_the_poles_is_the_documented_one(d):
+    # legendre_all's notes: at most about 3e-12 at k = 1000 and 1e-9 at k = 10^4 near t = +-1,
+    # 1e-16 at t = 1/2. References: mpmath's Chebyshev (d = 2) and Legendre (d = 3) polynomials.
+    mpmath.mp.dps = 40
+    reference = {2: mpmath.chebyt, 3: mpmath.legendre}[d]
+    for k, near_poles in ((1000, 6e-12), (10_000, 2e-9)):
+        for t in (1.0, 1 - 1e-12, 1 - 1e-8, -(1 - 1e-10)):
+            error = abs(float(harmonics.legendre(k, d, np.array([t]))[0]) - float(reference(k, mpmath.mpf(t))))
+            assert error <= near_poles, (k, t, error)
+        assert abs(float(harmonics.legendre(k, d, np.array([0.5]))[0]) - float(reference(k, mpmath.mpf(0.5)))) <= 1e-15
+
