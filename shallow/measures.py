@@ -301,7 +301,10 @@ def network_to_measure(net: TwoLayer) -> Measure:
                          "S^(D-1) (use bias=True for inputs on the line)")
     xp = net.xp
     a, W = net.a, net.W
-    norms = xp.linalg.norm(W, axis=1)  # (m,)
+    # |w_j| scaled by a power of 2 near max_i |w_ji| (exact): the plain norm squares the entries, which
+    # underflow below 1e-154 (dropping the neuron as w_j = 0) and overflow beyond 1e154
+    _, e = xp.frexp(xp.abs(W).max(axis=1))  # (m,) max_i |w_ji| = f 2^e, f in [1/2, 1)
+    norms = xp.ldexp(xp.linalg.norm(xp.ldexp(W, -e[:, None]), axis=1), e)  # (m,)
     keep = norms > 0
     if not bool(keep.all()):
         sigma0 = float(net.activation(xp.zeros(1, dtype=W.dtype))[0])

@@ -70,6 +70,15 @@ def test_neurons_with_zero_inner_weight_are_dropped():
     np.testing.assert_allclose(integrate_against(mu, X, net.activation), net(X), rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_network_to_measure_puts_mass_gamma_a_norm_w_for_tiny_and_huge_w(scale):
+    # |w| = 5 scale and w / |w| = (0.6, 0.8) in exact arithmetic; sum of squares under/overflows float64
+    W = np.array([[3.0, 4.0], [0.0, -1.0]]) * np.array([[scale], [1.0]])
+    mu = network_to_measure(TwoLayer(np.array([1.0, -2.0]), W, gamma=1.0))
+    np.testing.assert_allclose(mu.weights, [5.0 * scale, -2.0], rtol=4 * EPS)  # a few roundings
+    np.testing.assert_allclose(mu.points, [[0.6, 0.8], [0.0, -1.0]], rtol=4 * EPS)
+
+
 def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
     # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
     # with abs (alpha = 1) too. A constant would need sigma(0) != 0: checked with a stand-in sigma.
