@@ -211,6 +211,20 @@ def test_wasserstein_of_a_translation_is_the_length_of_the_shift():
     assert wasserstein(X, X + v) == pytest.approx(np.linalg.norm(v), rel=1e-10)
 
 
+@pytest.mark.parametrize("scale, shift", [(1.0, 1e-6), (1e-170, 1e-171), (1e160, 1e159), (1e6, 0.5)])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_wasserstein_on_a_line_is_the_sorted_quantile_coupling_at_extreme_scales(scale, shift, p):
+    # On a line the sorted coupling is optimal: W_p^p = mean |y_(i) - x_(i)|^p, here summed in mpmath
+    # from the stored floats (tiny shifts, particles far from 0, and |x - y|^p beyond the float range).
+    import mpmath
+
+    x = np.array([0.0, 1.0, 3.0, 7.5]) * scale
+    y = x + shift
+    expected = mpmath.fsum(abs(mpmath.mpf(b) - mpmath.mpf(a)) ** p for a, b in zip(x, y)) / len(x)
+    expected = float(expected ** (mpmath.mpf(1) / p))
+    assert wasserstein(x, y, p=p) == pytest.approx(expected, rel=1e-12)  # a few roundings of the cost
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_sliced_wasserstein_is_at_most_wasserstein(seed):
     # Every projection x -> <u, x> is 1-Lipschitz, so each projected W2 <= W2, hence SW2 <= W2
