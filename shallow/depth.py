@@ -895,11 +895,9 @@ def eldan_shamir_radial_density(r, d):
     d = check_integer(d, "d", minimum=1)
     r, xp = _check_radii(r)
     rh = to_numpy(r).astype(np.float64)
-    lam = _normalized_bessel(2 * math.pi * unit_ball_radius(d) * rh, 0.5 * d)
-    log_area = math.log(2.0) + 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d)
-    with np.errstate(divide="ignore"):
-        power = np.where(rh > 0, np.exp((d - 1) * np.log(np.where(rh > 0, rh, 1.0))), 1.0 if d == 1 else 0.0)
-    return xp.asarray(math.exp(log_area) * power * lam * lam, dtype=r.dtype)
+    # dz/dr q(z): |S^{d-1}| and r^{d-1} under- and overflow separately for d >~ 300 (their product is nan)
+    scale = 2 * math.pi * unit_ball_radius(d)
+    return xp.asarray(scale * _es_q(scale * rh, 0.5 * d), dtype=r.dtype)
 
 
 def eldan_shamir_radial_cdf(r, d):

@@ -254,6 +254,22 @@ def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volum
     assert abs(unit_ball_radius(d) - R) <= 4 * EPS
 
 
+@pytest.mark.parametrize("d", [300, 1000])
+def test_eldan_shamir_radial_density_is_q_of_z_in_high_dimension(d):
+    # |S^{d-1}| r^{d-1} phi^2 = 2 pi R_d q(z), q(z) = 2 nu J_nu(z)^2 / z (mpmath's Bessel J), z = 2 pi R_d r:
+    # the sphere's area underflows and r^{d-1} overflows separately. 1e-11: a few roundings of scipy's J_nu.
+    import mpmath
+
+    mpmath.mp.dps = 50
+    R = (mpmath.gamma(mpmath.mpf(d) / 2 + 1) / mpmath.pi ** (mpmath.mpf(d) / 2)) ** (mpmath.mpf(1) / d)
+    nu = d / 2
+    z = np.array([nu / 2, nu, 2 * nu + 0.3])
+    r = np.array([float(v / (2 * mpmath.pi * R)) for v in z])
+    expected = [float(2 * mpmath.pi * R * 2 * nu * mpmath.besselj(nu, mpmath.mpf(t)) ** 2 / mpmath.mpf(t))
+                for t in [2 * mpmath.pi * R * mpmath.mpf(v) for v in r]]
+    np.testing.assert_allclose(eldan_shamir_radial_density(r, d), expected, rtol=1e-11)
+
+
 @pytest.mark.parametrize("d", [1, 2, 7, 30])
 def test_eldan_shamir_radial_tail_is_two_nu_over_pi_z_at_large_radii(d):
     # J_nu(t)^2 = (2 / (pi t)) cos^2(t - nu pi / 2 - pi / 4) + O(t^-2): the tail int_z^inf 2 nu J_nu^2 / t dt
