@@ -791,6 +791,29 @@ def unit_ball_radius(d) -> float:
     return float(math.exp((special.gammaln(0.5 * d + 1) - 0.5 * d * math.log(math.pi)) / d))
 
 
+def _log_bessel_below_order(z, nu):
+    """log J_nu(z) for 0 < z < nu - 1 (host float64), where J_nu(z) may lie below the float64 range.
+
+    J_nu(z) = J_mu(z) prod_{mu < n <= nu} r_n with mu = nu - floor(nu - z) in [z, z + 1), where
+    J_mu(z) > 0 is of order z^{-1/3} (scipy's jv), and the ratios r_n = J_n / J_{n-1} in (0, 1) come
+    from the backward recurrence r_n = z / (2 n - z r_{n+1}) (Miller's algorithm, stable for n > z),
+    started 32 orders above nu at r = z / (2 n).
+    """
+    k = np.floor(nu - z)  # (p,) orders stepped down, >= 1
+    n = nu + 32.0
+    r = z / (2 * n)
+    log_sum = np.zeros_like(z)
+    while n > nu:
+        n -= 1.0
+        r = z / (2 * n - z * r)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # past a point's own mu: masked
+        for j in range(int(k.max())):  # r = r_{nu - j}
+            log_sum += np.where(j < k, np.log(r), 0.0)
+            n = nu - j - 1.0
+            r = z / (2 * n - z * r)
+    return np.log(special.jv(nu - k, z)) + log_sum
+
+
 def _normalized_bessel(z, nu):
     """Lambda_nu(z) = Gamma(nu + 1) (2/z)^nu J_nu(z) for z >= 0 (host float64; Lambda_nu(0) = 1).
 
@@ -816,6 +839,10 @@ def _normalized_bessel(z, nu):
         mag = np.abs(J)
         with np.errstate(divide="ignore"):
             log_mag = np.where(mag > 0, np.log(np.where(mag > 0, mag, 1.0)), -np.inf)
+        tiny = (mag < 1e-280) & (zl < nu - 1)  # J_nu underflows (or is subnormal) for z << nu, large nu
+        if tiny.any():
+            log_mag[tiny] = _log_bessel_below_order(zl[tiny], nu)
+            J[tiny] = 1.0  # its sign: J_nu(z) > 0 for 0 < z < nu
         out[~small] = np.sign(J) * np.exp(special.gammaln(nu + 1) + nu * (math.log(2.0) - np.log(zl)) + log_mag)
     return out
 

@@ -254,6 +254,25 @@ def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volum
     assert abs(unit_ball_radius(d) - R) <= 4 * EPS
 
 
+@pytest.mark.parametrize("d", [1000, 2000])
+def test_eldan_shamir_density_is_the_hypergeometric_0f1_in_high_dimension(d):
+    # phi^2 = Lambda_nu(z)^2 with Lambda_nu(z) = 0F1(; nu + 1; -z^2 / 4), z = 2 pi R_d |x|, nu = d / 2
+    # (mpmath). For sqrt(20 nu) < z < nu, J_nu(z) lies below 1e-308 while Lambda_nu(z) does not. 5e-11:
+    # exp of a logarithm of size log Gamma(nu + 1) ~ 4e3 carries its rounding (1e-12 absolute).
+    import mpmath
+
+    mpmath.mp.dps = 50
+    R = (mpmath.gamma(mpmath.mpf(d) / 2 + 1) / mpmath.pi ** (mpmath.mpf(d) / 2)) ** (mpmath.mpf(1) / d)
+    nu = d / 2
+    z = np.array([1.001 * math.sqrt(20 * (nu + 1)), nu / 4, nu / 2, nu - 2])
+    r = np.array([float(v / (2 * mpmath.pi * R)) for v in z])
+    X = np.zeros((len(r), d))
+    X[:, 0] = r
+    zz = [2 * mpmath.pi * R * mpmath.mpf(v) for v in r]
+    expected = [float(mpmath.hyp0f1(mpmath.mpf(nu) + 1, -t * t / 4, maxterms=10**6) ** 2) for t in zz]
+    np.testing.assert_allclose(eldan_shamir_density(X), expected, rtol=5e-11)
+
+
 @pytest.mark.parametrize("d", [300, 1000])
 def test_eldan_shamir_radial_density_is_q_of_z_in_high_dimension(d):
     # |S^{d-1}| r^{d-1} phi^2 = 2 pi R_d q(z), q(z) = 2 nu J_nu(z)^2 / z (mpmath's Bessel J), z = 2 pi R_d r:
