@@ -159,8 +159,14 @@ def _features(sigma, Z):
     return S, P
 
 
-def _sq_norm(xp, *arrays) -> float:
-    return float(sum(float(xp.sum(x * x)) for x in arrays))
+def _norm(xp, *arrays) -> float:
+    """The Euclidean norm of all the entries, scaled by a power of 2 (exact) near the largest |entry|:
+    the plain sum of squares underflows below 1e-154 (1e-19 in float32) and overflows beyond 1e154."""
+    top = max((float(xp.abs(x).max()) for x in arrays if x.size), default=0.0)
+    if not math.isfinite(top) or top == 0:
+        return top
+    _, e = math.frexp(top)
+    return math.ldexp(math.sqrt(sum(float(xp.sum(xp.ldexp(x, -e) ** 2)) for x in arrays)), e)
 
 
 # ----------------------------------------------------------------------------- the tangent model
@@ -857,10 +863,10 @@ def relative_weight_change(net0, a, W) -> float:
         raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but net0 has {tuple(net0.a.shape)} "
                          f"and {tuple(net0.W.shape)}")
     xp = get_xp(net0.a, a, W)
-    norm0 = math.sqrt(_sq_norm(xp, net0.a, net0.W))
+    norm0 = _norm(xp, net0.a, net0.W)
     if norm0 == 0:
         raise ValueError("theta_0 = 0: the relative weight change |theta - theta_0| / |theta_0| is undefined")
-    return math.sqrt(_sq_norm(xp, a - net0.a, W - net0.W)) / norm0
+    return _norm(xp, a - net0.a, W - net0.W) / norm0
 
 
 def relative_kernel_change(K0, K) -> float:
@@ -877,10 +883,10 @@ def relative_kernel_change(K0, K) -> float:
     if K0.shape != K.shape:
         raise ValueError(f"K0 has shape {tuple(K0.shape)} but K has shape {tuple(K.shape)}")
     xp = get_xp(K0, K)
-    norm0 = math.sqrt(_sq_norm(xp, K0))
+    norm0 = _norm(xp, K0)
     if norm0 == 0:
         raise ValueError("K0 = 0: the relative kernel change is undefined")
-    return math.sqrt(_sq_norm(xp, K - K0)) / norm0
+    return _norm(xp, K - K0) / norm0
 
 
 def activation_flips(net0, W, X, *, chunk_size=None) -> float:

@@ -13,7 +13,8 @@ from shallow import lazy
 from shallow.flows import EmpiricalRisk, gradient_flow
 from shallow.kernels import ntk
 from shallow.lazy import (LazyDiagnostics, LinearizedRisk, centered, centered_init, empirical_ntk,
-                          kernel_flow, kernel_regression, linearize, relative_weight_change, scaled)
+                          kernel_flow, kernel_regression, linearize, relative_kernel_change,
+                          relative_weight_change, scaled)
 from shallow.networks import TwoLayer
 
 
@@ -462,6 +463,22 @@ def test_kernel_regression_refuses_rcond_that_is_not_a_finite_number_at_least_ze
     _, y = _data(5, 3, 0)
     with pytest.raises(ValueError, match="rcond must be a finite number >= 0"):
         kernel_regression(np.eye(5), y, 0.0, rcond=rcond)
+
+
+@pytest.mark.parametrize("dtype, k", [(np.float64, -560), (np.float64, 560), (np.float32, -80), (np.float32, 80)])
+def test_relative_changes_are_invariant_under_scaling_by_a_power_of_two(dtype, k):
+    # |c K - c K0| / |c K0| = |K - K0| / |K0| for c = 2^k (exact in floating point), also where the squares
+    # of c K under- or overflow the dtype; the reference is the plain numpy ratio at c = 1.
+    rng = np.random.default_rng(3)
+    K0 = rng.standard_normal((5, 5)).astype(dtype)
+    K = (K0 + 0.1 * rng.standard_normal((5, 5))).astype(dtype)
+    expected = np.linalg.norm(K - K0) / np.linalg.norm(K0)
+    tol = 8 * np.finfo(dtype).eps  # a few roundings of the sums of squares
+    assert relative_kernel_change(np.ldexp(K0, k), np.ldexp(K, k)) == pytest.approx(expected, rel=tol)
+    a0, W0 = K0[:, 0], K0[:, 1:]
+    net0 = TwoLayer(np.ldexp(a0, k), np.ldexp(W0, k), gamma=1.0)
+    expected = np.sqrt(np.sum((K - K0)[:, 0] ** 2) + np.sum((K - K0)[:, 1:] ** 2)) / np.linalg.norm(K0)
+    assert relative_weight_change(net0, np.ldexp(K[:, 0], k), np.ldexp(K[:, 1:], k)) == pytest.approx(expected, rel=tol)
 
 
 @pytest.mark.parametrize("a, W, match", [
