@@ -635,7 +635,7 @@ def sawtooth_l1_lower_bound(k, pieces) -> float:
     """
     k = check_integer(k, "k", minimum=0, maximum=1020)  # 2^(k+3) overflows a float beyond
     s = check_integer(pieces, "pieces", minimum=1)
-    return max(0.0, (2.0**k - 2 * s - 2) / 2.0 ** (k + 3))
+    return max(0.0, (2**k - 2 * s - 2) / 2 ** (k + 3))  # integers: one rounding (2.0**k - 2 s lost s for k > 53)
 
 
 # --------------------------------------------------------------------------------------------

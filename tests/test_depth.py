@@ -569,3 +569,13 @@ def test_three_layer_constructions_refuse_a_tolerance_too_small_for_memory(call,
     # these used to fail inside numpy ("Maximum allowed size exceeded") or run out of memory
     with pytest.raises(ValueError, match=r"the network would have hidden widths .* weights \(> 1e\+09\): " + match):
         call()
+
+
+def test_sawtooth_l1_lower_bound_is_one_eighth_minus_pieces_over_2_to_the_k_plus_2_for_large_k():
+    # (2^k - 2 s - 2) / 2^{k+3} in exact rational arithmetic (fractions), correctly rounded once; here the
+    # numerator is 2 while 2^k alone needs 61 bits.
+    from fractions import Fraction
+
+    k, s = 60, 2**59 - 2
+    assert sawtooth_l1_lower_bound(k, s) == float(Fraction(2**k - 2 * s - 2, 2 ** (k + 3)))
+    assert sawtooth_l1_lower_bound(10, 1) == float(Fraction(2**10 - 4, 2**13))
