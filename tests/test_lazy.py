@@ -473,7 +473,7 @@ def test_relative_changes_are_invariant_under_scaling_by_a_power_of_two(dtype, k
     K0 = rng.standard_normal((5, 5)).astype(dtype)
     K = (K0 + 0.1 * rng.standard_normal((5, 5))).astype(dtype)
     expected = np.linalg.norm(K - K0) / np.linalg.norm(K0)
-    tol = 8 * np.finfo(dtype).eps  # a few roundings of the sums of squares
+    tol = 8 * float(np.finfo(dtype).eps)  # a few roundings of the sums of squares
     assert relative_kernel_change(np.ldexp(K0, k), np.ldexp(K, k)) == pytest.approx(expected, rel=tol)
     a0, W0 = K0[:, 0], K0[:, 1:]
     net0 = TwoLayer(np.ldexp(a0, k), np.ldexp(W0, k), gamma=1.0)
