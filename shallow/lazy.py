@@ -833,6 +833,15 @@ def scaled(net, alpha) -> TwoLayer:
 
 # ----------------------------------------------------------------------------- diagnostics
 
+def _check_parameters_of(net0, a, W, whose: str):
+    """(a, W) as arrays, refused unless they have the shapes of ``net0``'s parameters (``whose`` names it)."""
+    a, W = check_array(a, "a", ndim=1), check_array(W, "W", ndim=2)
+    if a.shape != net0.a.shape or W.shape != net0.W.shape:
+        raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but {whose} has "
+                         f"{tuple(net0.a.shape)} and {tuple(net0.W.shape)}")
+    return a, W
+
+
 def relative_weight_change(net0, a, W) -> float:
     r"""|theta - theta_0| / |theta_0| with theta = (a, W) and theta_0 the parameters of ``net0``.
 
@@ -857,11 +866,7 @@ def relative_weight_change(net0, a, W) -> float:
     0.1
     """
     net0 = _as_network(net0, "net0")
-    a = check_array(a, "a", ndim=1)
-    W = check_array(W, "W", ndim=2)
-    if a.shape != net0.a.shape or W.shape != net0.W.shape:
-        raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but net0 has {tuple(net0.a.shape)} "
-                         f"and {tuple(net0.W.shape)}")
+    a, W = _check_parameters_of(net0, a, W, "net0")
     xp = get_xp(net0.a, a, W)
     norm0 = _norm(xp, net0.a, net0.W)
     if norm0 == 0:
@@ -1011,10 +1016,7 @@ class LazyDiagnostics:
         if self.records["step"] and self.records["step"][-1] == int(step):
             return False
         net0 = self.net0
-        a, W = check_array(a, "a", ndim=1), check_array(W, "W", ndim=2)
-        if a.shape != net0.a.shape or W.shape != net0.W.shape:
-            raise ValueError(f"a and W have shapes {tuple(a.shape)} and {tuple(W.shape)} but the network at the start "
-                             f"of the flow has {tuple(net0.a.shape)} and {tuple(net0.W.shape)}")
+        a, W = _check_parameters_of(net0, a, W, "the network at the start of the flow")
         net = TwoLayer(a, W, activation=net0.activation, gamma=net0.gamma, bias=net0.bias)
         xp = net.xp
         f = net(self.X)
