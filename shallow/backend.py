@@ -28,6 +28,7 @@ __all__ = [
     "get_xp",
     "to_numpy",
     "array_digest",
+    "row_norms",
     "to_device",
     "device_gemm",
     "cuda_runtime",
@@ -181,6 +182,15 @@ def array_digest(*arrays) -> str:
         digest.update(f"{host.dtype.str}{host.shape}".encode())
         digest.update(host.tobytes())
     return digest.hexdigest()
+
+
+def row_norms(X):
+    """The Euclidean norm of each row of a 2-D array (numpy or cupy), in X's dtype, without the
+    overflow (beyond 1e154 in float64) or underflow (below 1e-154) of the squared entries: each row
+    is scaled by the power of 2 of its largest entry, exactly, and its norm scaled back."""
+    xp = get_xp(X)
+    _, e = xp.frexp(xp.abs(X).max(axis=1))  # (n,) max_j |x_ij| = f 2^e, f in [1/2, 1)
+    return xp.ldexp(xp.linalg.norm(xp.ldexp(X, -e[:, None]), axis=1), e)
 
 
 def device_of(x) -> str:

@@ -48,7 +48,7 @@ from scipy import special
 
 from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_nonnegative, check_points,
                           check_positive, check_random_state)
-from .backend import device_of, get_xp, to_device, to_numpy
+from .backend import device_of, get_xp, row_norms, to_device, to_numpy
 from .networks import BLOCK_BYTES, TwoLayer
 
 __all__ = [
@@ -892,10 +892,9 @@ def eldan_shamir_density(X):
     X = check_points(X, "X")
     xp = get_xp(X)
     d = X.shape[1]
-    # |x| scaled by max_i |x_i|: the plain norm squares the coordinates and overflows beyond 1e154
-    scale = xp.abs(X).max(axis=1, keepdims=True).astype(xp.float64)
+    # not the plain norm, which squares the coordinates and overflows beyond 1e154
     with np.errstate(over="ignore"):  # |x| or z beyond the float64 range is inf, where Lambda = 0
-        r = to_numpy(scale[:, 0] * xp.linalg.norm(X / xp.where(scale > 0, scale, 1.0), axis=1))
+        r = to_numpy(row_norms(X.astype(xp.float64, copy=False)))
         z = 2 * math.pi * unit_ball_radius(d) * r
     lam = _normalized_bessel(z, 0.5 * d)
     return xp.asarray(lam * lam, dtype=X.dtype)

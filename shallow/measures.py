@@ -62,7 +62,7 @@ from ._validation import (
     check_random_state,
     sphere_tolerance,
 )
-from .backend import device_of, get_xp, to_device, to_numpy
+from .backend import device_of, get_xp, row_norms, to_device, to_numpy
 from .networks import TwoLayer, _resolve_activation
 
 __all__ = [
@@ -302,10 +302,8 @@ def network_to_measure(net: TwoLayer) -> Measure:
                          "S^(D-1) (use bias=True for inputs on the line)")
     xp = net.xp
     a, W = net.a, net.W
-    # |w_j| scaled by a power of 2 near max_i |w_ji| (exact): the plain norm squares the entries, which
-    # underflow below 1e-154 (dropping the neuron as w_j = 0) and overflow beyond 1e154
-    _, e = xp.frexp(xp.abs(W).max(axis=1))  # (m,) max_i |w_ji| = f 2^e, f in [1/2, 1)
-    norms = xp.ldexp(xp.linalg.norm(xp.ldexp(W, -e[:, None]), axis=1), e)  # (m,)
+    # not the plain norm: squared entries underflow below 1e-154 (dropping the neuron as w_j = 0)
+    norms = row_norms(W)  # (m,)
     keep = norms > 0
     if not bool(keep.all()):
         sigma0 = float(net.activation(xp.zeros(1, dtype=W.dtype))[0])

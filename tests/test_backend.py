@@ -92,3 +92,16 @@ def test_array_digest_tells_equal_arrays_from_arrays_differing_in_a_value_dtype_
     assert len({array_digest(x), *(array_digest(o) for o in others)}) == 1 + len(others)
     assert array_digest(x, x) != array_digest(x)  # the number of arrays counts too
 
+
+
+def test_row_norms_neither_overflow_nor_underflow_and_equal_the_plain_norm_elsewhere():
+    # reference: math.hypot, which scales internally (exact to an ulp or so)
+    import math
+
+    from shallow.backend import row_norms
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((5, 3)) * np.array([[1e-200], [1e200], [1.0], [3e-5], [0.0]])
+    expected = np.array([math.hypot(*row) for row in X])
+    np.testing.assert_allclose(row_norms(X), expected, rtol=4e-16)
+    ordinary = rng.standard_normal((4, 6))
+    assert np.array_equal(row_norms(ordinary), np.linalg.norm(ordinary, axis=1))  # a power of 2 scales exactly
