@@ -480,13 +480,9 @@ def _row_exponents(X, xp):
     return xp.where(xp.abs(e) > L, e, 0).astype(np.int32)
 
 
-def _scaled_exact(feature, X, Y, same, xp, weights, d, kmax, times_gram):
-    """As _exact (times <x, y> if asked) for inputs of any size: computed from x' = 2^{-kx} x, y' = 2^{-ky} y.
-
-    Returns None when no rescaling is needed (every row of ordinary size); the caller then keeps the
-    plain computation. A degree-h homogeneous kernel is K(x', y') 2^{h (kx + ky)}; erf and erf' have
-    their own rescaled forms; a feature with neither (sphere series on unit inputs) needs none.
-    """
+def _rescaled(X, Y, same, xp):
+    """(G', nx2', ny2', kx, ky) for x' = 2^{-kx} x, y' = 2^{-ky} y (:func:`_row_exponents`), shaped to
+    broadcast, or None when every row is of ordinary size (the plain computation then applies)."""
     kx = _row_exponents(X, xp)
     ky = kx if same else _row_exponents(Y, xp)
     if not (bool((kx != 0).any()) or bool((ky != 0).any())):
@@ -496,7 +492,16 @@ def _scaled_exact(feature, X, Y, same, xp, weights, d, kmax, times_gram):
     G = Xs @ Ys.T  # (n, n'), the Gram matrix of the rescaled inputs
     nx2 = xp.diagonal(G).copy() if same else xp.sum(Xs * Xs, axis=1)
     ny2 = nx2 if same else xp.sum(Ys * Ys, axis=1)
-    nx2, ny2, kx, ky = nx2[:, None], ny2[None, :], kx[:, None], ky[None, :]
+    return G, nx2[:, None], ny2[None, :], kx[:, None], ky[None, :]
+
+
+def _scaled_exact(feature, rescaled, xp, weights, d, times_gram):
+    """As _exact (times <x, y> if asked) for inputs of any size, from their :func:`_rescaled` form.
+
+    A degree-h homogeneous kernel is K(x', y') 2^{h (kx + ky)}; erf and erf' have their own rescaled
+    forms; a feature with neither (sphere series on unit inputs) gives None, as it needs none.
+    """
+    G, nx2, ny2, kx, ky = rescaled
     if feature.is_zero:
         return xp.zeros_like(G)
     h = feature.homogeneity
@@ -530,11 +535,12 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
         n_features = check_integer(n_features, "n_features", minimum=1)
         out = _monte_carlo(features, X, Y, G, weights, n_features, check_random_state(rng))
         return [G * K if tg else K for K, tg in zip(out, times_gram)]
+    # Inputs far from the unit scale (|x| beyond 2^{+-25} in float32, 2^{+-249} in float64) are
+    # rescaled by powers of two first: |x|^2 |y|^2 would over- or underflow (NaN, 0).
+    rescaled = _rescaled(X, Y, same, xp)
     out = []
     for feat, tg in zip(features, times_gram):
-        # Inputs far from the unit scale (|x| beyond 2^{+-25} in float32, 2^{+-249} in float64) are
-        # rescaled by powers of two first: |x|^2 |y|^2 would over- or underflow (NaN, 0).
-        K = _scaled_exact(feat, X, Y, same, xp, weights, d, kmax, tg) if np.issubdtype(G.dtype, np.floating) else None
+        K = None if rescaled is None else _scaled_exact(feat, rescaled, xp, weights, d, tg)
         if K is None:
             K = _exact(feat, G, nx2, ny2, xp, weights, d, kmax)
             if K is not None and tg:
