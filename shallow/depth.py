@@ -574,11 +574,13 @@ def l1_distance(f, g, interval=(0.0, 1.0), *, exact=False) -> float:
     beta = F.intercepts[i] - G.intercepts[j]
     u, v = P[:-1], P[1:]
     du, dv = alpha * u + beta, alpha * v + beta
-    same = du * dv >= 0
-    trapezoid = 0.5 * (np.abs(du) + np.abs(dv)) * (v - u)
-    # Two triangles meeting at the zero r = u + (v - u) |du| / (|du| + |dv|).
-    denom = np.where(same, 1.0, np.abs(du) + np.abs(dv))
-    triangles = 0.5 * (du * du + dv * dv) / denom * (v - u)
+    same = np.sign(du) * np.sign(dv) >= 0  # signs, not du dv, which underflows to -0.0 for tiny gaps
+    abs_u, abs_v = np.abs(du), np.abs(dv)
+    trapezoid = 0.5 * (abs_u + abs_v) * (v - u)
+    # Two triangles meeting at the zero r = u + (v - u) |du| / (|du| + |dv|), of areas
+    # |du| (r - u) / 2 and |dv| (v - r) / 2; the fractions in [0, 1] keep du^2 from over- or underflowing.
+    total = np.where(same, 1.0, abs_u + abs_v)
+    triangles = 0.5 * (abs_u * (abs_u / total) + abs_v * (abs_v / total)) * (v - u)
     return float(np.where(same, trapezoid, triangles).sum())
 
 

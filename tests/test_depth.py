@@ -162,6 +162,16 @@ def test_l1_distance_matches_quadrature():
     assert abs(l1_distance(f, net) - value) <= 1e-10 + 10 * err
 
 
+@pytest.mark.parametrize("c", [1e-300, 1e-200, 1.0, 1e200, 1e300])
+def test_l1_distance_of_a_line_crossing_zero_is_exact_at_any_scale(c):
+    # int_0^1 |c (t - 1/3)| dt = c ((1/3)^2 + (2/3)^2) / 2 = 5 c / 18: two triangles, whose areas
+    # used to be computed from du^2 (overflowing at 1e200, and at 1e-200 the sign test du dv < 0
+    # underflowed to -0.0 and took the crossing for a trapezoid).
+    f = PiecewiseLinear([0.0, 1.0], [c], [-c / 3])
+    zero = PiecewiseLinear([0.0, 1.0], [0.0], [0.0])
+    assert l1_distance(f, zero) == pytest.approx(5 * c / 18, rel=1e-14)
+
+
 @pytest.mark.parametrize("k", [5, 7])
 def test_telgarsky_lower_bound_holds_for_shallow_networks(k):
     # int_0^1 |f_k - g| >= (2^k - 2 s - 2) / 2^{k+3} for g with s pieces. Checked for least-squares
