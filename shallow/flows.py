@@ -581,7 +581,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     resume : Trajectory, optional
         A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
         Its method, step_size (except for ``"adaptive"``, which keeps its own step), noise,
-        time_scale and train must be the ones given, and so must net's gamma and activation and the
+        time_scale and train must be the ones given, and so must net's gamma, activation, dtype and the
         risk (the data of an EmpiricalRisk, the teacher and input law of a PopulationRisk; a risk
         of another class without a ``fingerprint()`` is compared by its class name): ValueError
         otherwise. record_every may change.
@@ -647,7 +647,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     move_a = s if train in ("both", "outer") else 0.0
     move_W = s if train in ("both", "inner") else 0.0
     meta = dict(method=method, step_size=step_size, noise=noise, time_scale=s, train=train, m=m,
-                record_every=record_every, gamma=float(net.gamma),
+                record_every=record_every, gamma=float(net.gamma), dtype=str(net.W.dtype),
                 activation=getattr(net.activation, "name", type(net.activation).__name__),
                 loss=loss.fingerprint() if hasattr(loss, "fingerprint") else type(loss).__name__)
 
@@ -764,8 +764,9 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
 
 
 # Settings that define the flow being continued (record_every may change: it only thins the records;
-# loss is the risk's fingerprint: its data, or its teacher).
-_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train", "gamma", "activation", "loss")
+# loss is the risk's fingerprint: its data, or its teacher; dtype, since a float64 flow continued in
+# float32 is another flow).
+_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train", "gamma", "activation", "dtype", "loss")
 
 
 def _check_resume_settings(saved: dict, meta: dict) -> None:

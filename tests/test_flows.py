@@ -576,3 +576,14 @@ def test_resume_refuses_a_flow_of_another_risk_or_another_network_scale(tmp_path
     with pytest.raises(ValueError, match="loss: another risk"):
         gradient_flow(student, PopulationRisk(moved), steps=2, resume=flow, **kw)
 
+
+
+def test_resume_refuses_a_flow_saved_in_another_dtype():
+    # The saved float64 particles used to be cast to the float32 network's dtype without a word: the
+    # continued flow was another one (rounded to float32), not the uninterrupted run it claims to be.
+    teacher, student = teacher_student(d=4, m=6, seed=3)
+    kw = dict(step_size=0.05, record_every=5)
+    saved = gradient_flow(student, PopulationRisk(teacher), steps=5, **kw)
+    single = TwoLayer(student.a.astype(np.float32), student.W.astype(np.float32), gamma=student.gamma)
+    with pytest.raises(ValueError, match=r"dtype='float32' \(saved: 'float64'\)"):
+        gradient_flow(single, PopulationRisk(teacher), steps=5, resume=saved, **kw)
