@@ -506,11 +506,13 @@ def wasserstein(mu, nu, p=2, mu_weights=None, nu_weights=None, numItermax=10_000
 
     Notes
     -----
-    The exact linear program is solved by ``ot.emd2`` on the cost ``ot.dist(X, Y, 'sqeuclidean')``
-    (p = 2) or ``ot.dist(X, Y, 'euclidean')**p``, and the p-th root is taken. Masses must agree to a
+    The exact linear program is solved by ``ot.emd2`` on the cost |x_i - y_j|^p (scipy's ``cdist``,
+    which sums squared differences, so near points in a cloud far from 0 keep their small costs),
+    and the p-th root is taken. Masses must agree to a
     relative 1e-6; measures of mass M are compared as M times probability measures,
-    W_p(mu, nu) = M^(1/p) W_p(mu/M, nu/M). The simplex solver runs on the host (for cupy inputs POT
-    copies the cost there); its cost grows like k^3: for large clouds use :func:`sliced_wasserstein`.
+    W_p(mu, nu) = M^(1/p) W_p(mu/M, nu/M). The simplex solver runs on the host (device inputs are
+    copied there, and the cost is computed there); its time grows like k^3: for large clouds use
+    :func:`sliced_wasserstein`.
 
     Examples
     --------
@@ -528,7 +530,10 @@ def wasserstein(mu, nu, p=2, mu_weights=None, nu_weights=None, numItermax=10_000
     # W_p(c mu, c nu) = c W_p(mu, nu): the particles are scaled by a power of 2 (exact) near their largest
     # coordinate, so that |x - y|^p neither underflows nor overflows
     _, e = math.frexp(float(max(xp.abs(X).max(), xp.abs(Y).max())))
-    M = _cost(xp.ldexp(X, -e), xp.ldexp(Y, -e), p)  # (k, l)
+    # The simplex runs on the host: the cost is computed there too, from the (k + l) D coordinates
+    # rather than copying the k l costs, and by cdist, without the cancellation of a device's GEMM form.
+    X, Y, a, b = (to_numpy(v) for v in (xp.ldexp(X, -e), xp.ldexp(Y, -e), a, b))
+    M = _cost(X, Y, p)  # (k, l)
     cost = float(ot.emd2(a, b, M, numItermax=numItermax))
     return math.ldexp((mass * max(cost, 0.0)) ** (1.0 / p), e)
 

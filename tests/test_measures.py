@@ -211,6 +211,19 @@ def test_wasserstein_of_a_translation_is_the_length_of_the_shift():
     assert wasserstein(X, X + v) == pytest.approx(np.linalg.norm(v), rel=1e-10)
 
 
+@pytest.mark.gpu
+def test_wasserstein_of_a_device_cloud_far_from_zero_is_the_length_of_the_shift():
+    # W2(mu, mu + v) = |v| for a cloud at distance 1e4 from 0 with |v| = 1e-3: a device's GEMM form
+    # |x|^2 + |y|^2 - 2 <x, y> of the cost loses eps |x|^2 ~ 2e-8 against |v|^2 = 1e-6; the host's
+    # sums of squared differences do not.
+    from shallow.backend import to_device
+
+    rng = np.random.default_rng(16)
+    X, v = rng.standard_normal((40, 3)) + 1e4, np.array([6e-4, -8e-4, 0.0])
+    value = wasserstein(to_device(X, "gpu"), to_device(X + v, "gpu"))
+    assert value == pytest.approx(1e-3, rel=1e-7)
+
+
 @pytest.mark.parametrize("scale, shift", [(1.0, 1e-6), (1e-170, 1e-171), (1e160, 1e159), (1e6, 0.5)])
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_wasserstein_on_a_line_is_the_sorted_quantile_coupling_at_extreme_scales(scale, shift, p):
