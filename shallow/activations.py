@@ -158,8 +158,14 @@ def _tanh(xp, z, p):
 
 
 def _tanh_prime(xp, z, p):
-    th = xp.tanh(z)
-    return 1 - th * th
+    # sech^2 z = 1 / cosh^2 z: 1 - tanh^2 z rounds to 0 beyond |z| ~ 19 (9 in float32), where
+    # sech^2 z ~ 4 e^{-2|z|} is still representable, and loses its relative accuracy well before.
+    # cosh overflows to inf (1/inf = 0, the right answer) beyond |z| ~ 710 (89 in float32).
+    with np.errstate(over="ignore"):
+        s = xp.asarray(xp.cosh(z))
+    xp.reciprocal(s, out=s)
+    s *= s
+    return s
 
 
 def _erf_fn(xp, z, p):
