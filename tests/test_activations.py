@@ -145,6 +145,22 @@ def test_tanh_derivative_is_sech_squared_to_a_few_ulps_in_the_tails(dtype, zmax)
     np.testing.assert_array_equal(far, 0.0)
 
 
+def test_gelu_and_its_derivative_keep_their_relative_accuracy_in_the_left_tail():
+    """gelu(z) = z Phi(z) and gelu'(z) = Phi(z) + z phi(z), with Phi(z) ~ phi(z) / |z| down to
+    gelu(-37) ~ -2e-298: (1 + erf(z / sqrt 2)) / 2 cancelled to 0 from z ~ -8.3 on."""
+    mpmath = pytest.importorskip("mpmath")
+    z = np.linspace(-37.0, -2.0, 351)
+    sigma = get_activation("gelu")
+    with mpmath.workdps(30):
+        value = np.array([float(x * mpmath.ncdf(x)) for x in z])
+        slope = np.array([float(mpmath.ncdf(x) + x * mpmath.npdf(x)) for x in z])
+    # erfc(|z| / sqrt 2) and exp(-z^2 / 2) multiply the rounding of z / sqrt 2 and z^2 by ~z^2:
+    # 4 eps (1 + z^2), at most 1.2e-12 at z = -37.
+    tol = 4 * np.finfo(np.float64).eps * (1 + z * z)
+    assert np.all(np.abs(sigma(z) - value) <= tol * np.abs(value))
+    assert np.all(np.abs(sigma.derivative(z) - slope) <= tol * np.abs(slope))
+
+
 # ---------------------------------------------------------------------------------------------
 # Homogeneity
 # ---------------------------------------------------------------------------------------------
