@@ -111,7 +111,7 @@ def plot(result: dict, cfg: Config):
             live = (k % 2 == 1) & (np.abs(mu) > 1e-13 * np.abs(mu).max())
             ax.loglog(k[live], np.abs(mu[live]), "o-", ms=2.5, lw=0.8, color=colours.get(name),
                       label=f"{name} (odd k)")
-        # exact zeros of relu (k >= 2 even) along the lower edge
+        # exact zeros of relu (odd k >= 3) along the lower edge
         mu_relu = result.get(f"mu_d{d}_relu1")
         if mu_relu is not None:
             zeros = np.flatnonzero(mu_relu[:60] == 0)
@@ -120,7 +120,7 @@ def plot(result: dict, cfg: Config):
         ax.set_xlabel("degree k")
         ax.set_ylim(bottom=floor / 10)
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6.5, loc="lower left")
+        ax.legend(fontsize=6.5, loc="upper right")  # the lower left holds the crosses of the zeros
     axes[0, 0].set_ylabel(r"$|\mu_k(\sigma)|$")
     fig.suptitle(r"Funk-Hecke coefficients: $|\mu_k(\mathrm{relu}^\alpha)| \sim k^{-(d/2+\alpha)}$ (dashed)")
     return fig
