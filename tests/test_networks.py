@@ -356,6 +356,22 @@ def test_bad_data_raises_naming_the_argument():
         biased(np.ones((5, 3)))
 
 
+def test_float32_network_refuses_float64_data_beyond_its_range():
+    # The network computes in its parameters' dtype: a float64 entry beyond 3.4e38 became inf in the
+    # cast, and f or the gradients inf or NaN without a word. Up to the largest float32 it computes:
+    # f(x) = gamma sum_j a_j relu(<w_j, x>) = 2 * 1e-10 * 3e38 here, to float32 rounding.
+    net = TwoLayer(np.ones(2, np.float32), np.full((2, 2), 1e-10, np.float32), gamma=1.0)
+    edge = np.array([[3e38, 0.0]])  # float64, representable in float32
+    assert net(edge)[0] == pytest.approx(2 * 1e-10 * 3e38, rel=4 * np.finfo(np.float32).eps)
+    with pytest.raises(ValueError, match=r"X has entries up to 1e\+39 in absolute value, beyond the largest float32"):
+        net(np.array([[1e39, 0.0]]))
+    X = np.ones((2, 2))
+    with pytest.raises(ValueError, match=r"r has entries up to 1e\+39 .* beyond the largest float32"):
+        net.gradients(X, np.array([1.0, -1e39]))
+    with pytest.raises(ValueError, match=r"r\(f_chunk, rows\) has entries up to 1e\+39 .* beyond the largest float32"):
+        net.value_and_gradients(X, lambda f, rows: f - np.array([0.0, 1e39])[rows])
+
+
 @pytest.mark.parametrize("dtype", [int, "foo"])
 def test_init_rejects_a_dtype_other_than_float32_or_float64(dtype):
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
