@@ -228,7 +228,8 @@ def fooling_rate(model, X_perturbed, k) -> float:
 def plot(result: dict, cfg: Config):
     fig, axes = study.new_figure(1, 4, size=(4.4, 3.6))
     ax = axes[0, 0]
-    labels = ["local\n(max over test)", "averaged\n(Combettes-Pesquet)", "product\n(power it.)", "product\n(FFT, certified)"]
+    # three short lines each: "(max over test)(Combettes-Pesquet)" ran together on two lines
+    labels = ["local\n(max over\ntest)", "averaged\n(Combettes-\nPesquet)", "product\n(power it.)", "product\n(FFT,\ncertified)"]
     keys = ["local", "averaged", "product", "product_fft"]
     x = np.arange(len(keys))
     for i, name in enumerate(MODELS):
