@@ -278,7 +278,8 @@ class TwoLayer:
         A name understood by :func:`shallow.activations.get_activation`, or an object with
         ``__call__(z)``, ``derivative(z)``, ``name`` and ``homogeneity``.
     gamma : float, optional
-        Output scale; default 1/m (mean-field).
+        Output scale; default 1/m (mean-field). A normal number of the network's dtype (from
+        1.2e-38 to 3.4e38 in float32), in which it multiplies f and the gradients.
     bias : bool, default False
         Augment every input x in R^d as (x, 1).
 
@@ -338,6 +339,11 @@ class TwoLayer:
         self.W = W.astype(dtype, copy=False)  # (m, D)
         self.activation = _resolve_activation(activation)
         self.gamma = 1.0 / a.shape[0] if gamma is None else _check_gamma(gamma)
+        info = np.finfo(dtype)
+        if not float(info.tiny) <= self.gamma <= float(info.max):  # gamma is applied in the network's dtype
+            raise ValueError(f"gamma = {self.gamma:.3g} is outside the normal {np.dtype(dtype).name} numbers "
+                             f"[{float(info.tiny):.3g}, {float(info.max):.3g}] that the network computes in: f and "
+                             "the gradients would be rounded to 0 or inf; build the network in float64")
         self.bias = bias
 
     # ------------------------------------------------------------------ construction

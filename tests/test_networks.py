@@ -372,6 +372,19 @@ def test_float32_network_refuses_float64_data_beyond_its_range():
         net.value_and_gradients(X, lambda f, rows: f - np.array([0.0, 1e39])[rows])
 
 
+def test_float32_network_refuses_a_gamma_beyond_the_normal_float32_range():
+    # gamma multiplies f in the network's dtype: gamma = 1e-50 became 0 in float32 and f = 0 without a
+    # word (1e-50 * 1e30 = 1e-20 is a float32). Inside the range, f = gamma a relu(w x) to rounding;
+    # a float64 network takes gamma = 1e-50.
+    a, W = np.ones(1, np.float32), np.ones((1, 1), np.float32)
+    x = np.array([[1e30]], np.float32)
+    assert TwoLayer(a, W, gamma=1e-37)(x)[0] == pytest.approx(1e-37 * 1e30, rel=4 * np.finfo(np.float32).eps)
+    assert TwoLayer(a.astype(np.float64), W, gamma=1e-50)(x)[0] == pytest.approx(1e-20, rel=4 * EPS)
+    for gamma in (1e-50, 1e-40, 1e39):  # 1e-40 is subnormal in float32: 5 digits
+        with pytest.raises(ValueError, match=r"gamma = .* is outside the normal float32 numbers"):
+            TwoLayer(a, W, gamma=gamma)
+
+
 @pytest.mark.parametrize("dtype", [int, "foo"])
 def test_init_rejects_a_dtype_other_than_float32_or_float64(dtype):
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
