@@ -263,9 +263,11 @@ def plot(result: dict, cfg: Config):
         ax.semilogy(cfg.dims, [result[f"f1_{t}_d{d}"][-1] for d in cfg.dims], "^:", color=f"C{j + 5}", ms=4,
                     label=f"F1 error, {t}")
     ax.set_xlabel("dimension d")
+    ax.set_ylabel(r"test error $\|\hat f - f^*\|^2 / \mathrm{Var} f^*$, or the ratio F2/F1")
     ax.set_title(f"at the largest n = {max(cfg.ns)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    # below the axes, as in the other panels: in the upper right it covered the F2/F1 curves
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.19), ncol=2)
     fig.suptitle(f"F1 (trained mean-field relu network, m = {cfg.width}) against F2 (relu kernel ridge regression), "
                  "noiseless labels")
     return fig
