@@ -334,7 +334,8 @@ class TwoLayer:
         if W.shape[1] < 1 + bias:
             raise ValueError(f"W has shape {tuple(W.shape)}: it needs at least {1 + bias} column(s)"
                              + (" (d inputs plus the bias column)" if bias else ""))
-        dtype = xp.result_type(a.dtype, W.dtype)
+        # the library computes in float32 or float64: float16 and long double parameters are refused
+        dtype = check_float_dtype(xp.result_type(a.dtype, W.dtype), "the common dtype of a and W")
         self.a = a.astype(dtype, copy=False)  # (m,)
         self.W = W.astype(dtype, copy=False)  # (m, D)
         self.activation = _resolve_activation(activation)

@@ -391,6 +391,18 @@ def test_init_rejects_a_dtype_other_than_float32_or_float64(dtype):
         TwoLayer.init(3, 2, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_two_layer_refuses_parameters_neither_float32_nor_float64(dtype):
+    # The stated dtypes of a network (Attributes): float16 parameters made a float16 network, whose
+    # gamma = 1/m is subnormal from m = 16385 on; long double ones a float128 network.
+    if np.dtype(dtype) == np.dtype(np.float64):
+        pytest.skip("long double is float64 on this platform")
+    with pytest.raises(ValueError, match=r"the common dtype of a and W must be float32 or float64, got float"):
+        TwoLayer(np.ones(2, dtype), np.ones((2, 3), dtype))
+    # a float16 a beside a float32 W is promoted to their common float32, as documented
+    assert TwoLayer(np.ones(2, np.float16), np.ones((2, 3), np.float32)).dtype == np.float32
+
+
 @pytest.mark.parametrize("bias", ["no", 1, None])
 def test_two_layer_rejects_a_bias_that_is_not_a_bool(bias):
     with pytest.raises(ValueError, match="bias must be True or False"):
