@@ -234,6 +234,7 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
         Xc = X[sl]
         one_pass = len(blocks) == 1
         if one_pass:
+            S = D = None  # the previous chunk's blocks go before this chunk's are made
             S, D = activate(Xc, blocks[0], need_grad)
             fc = S @ a
         else:
@@ -564,8 +565,9 @@ class TwoLayer:
             dL/dW = (gamma/n) diag(a) (sigma'(Z) * r[:, None])^T X,
 
         each a GEMM (or GEMV) accumulated over chunks of samples: no (n, m, d) array is formed, and
-        at most two float (chunk, m) blocks exist at once (Z and sigma(Z), then sigma'(Z) * r; for
-        the library's relu, one float block updated in place and one boolean block).
+        three float (chunk, m) blocks exist at once (Z, sigma(Z) and sigma'(Z), the last scaled by r
+        in place), besides the activation's own temporaries; for the library's relu, one float block
+        updated in place (Z, relu(Z), then relu'(Z)) and the (chunk, D) block r * X.
 
         Examples
         --------
