@@ -278,6 +278,16 @@ STYLES = {"pixels": ("C3", "o-"), "cnn": ("C1", "s-"), "random_cnn": ("C4", "v:"
           "scattering": ("C0", "D-")}
 
 
+def _label_sweep_values(ax, values):
+    """Ticks at the swept values, written out: on these log axes of one decade or less the default
+    labels showed a single power of ten."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(values, [f"{v:.2g}" for v in values])
+
+
 def plot(result: dict, cfg: Config):
     from matplotlib.ticker import NullFormatter
 
@@ -301,7 +311,7 @@ def plot(result: dict, cfg: Config):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabels[kind])
             ax.set_title(titles[sweep], fontsize=9)
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            _label_sweep_values(ax, result[key])
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.legend(fontsize=6.5)
             ax.grid(True, which="major", alpha=0.3)
@@ -315,8 +325,13 @@ def plot(result: dict, cfg: Config):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy")
         ax.set_title("classifiers: the trained CNN; ridge on the other features", fontsize=9)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=6.5)
+        _label_sweep_values(ax, result[key])
+        if sweep == "deform":  # accuracies in a narrow band: room below them for the legend, which hid a point
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo - 0.6 * (hi - lo), hi)
+            ax.legend(fontsize=6.5, loc="lower left")
+        else:
+            ax.legend(fontsize=6.5)
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(f"Stability to translations and deformations (Mallat 2012): digits upsampled to "
                  f"{8 * cfg.upsample}x{8 * cfg.upsample} with a {cfg.margin}-pixel margin, {cfg.n_test} test images; "
