@@ -384,7 +384,7 @@ def plot(result: dict, cfg: Config):
     ax.set_yscale("log")
     ax.set_xlabel("training images n")
     ax.set_ylabel("test error (450 images)")
-    ax.set_title("test error against training-set size", fontsize=9)
+    ax.set_title("test error against training-set size (bars: std over the subsets)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
 
@@ -397,7 +397,7 @@ def plot(result: dict, cfg: Config):
     ax.set_xscale("log")
     ax.set_xlabel("training images n")
     ax.set_ylabel("test accuracy difference")
-    ax.set_title("CNN's advantage, paired by training subset", fontsize=9)
+    ax.set_title("CNN's advantage, paired by training subset (bars: std over the subsets)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"Digits: CNN (VGG width {cfg.cnn_width}, {cfg.cnn_steps} Adam steps) vs mean-field net "
