@@ -181,12 +181,16 @@ def _softplus(xp, z, p):
 
 def _gelu(xp, z, p):
     # Phi = ndtr, accurate in both tails: (1 + erf(z / sqrt 2)) / 2 cancels for z < 0 (0 instead of
-    # Phi(-10) = 7.6e-24).
+    # Phi(-10) = 7.6e-24). Below z = -40, z Phi(z) underflows (Phi(-40) = 4e-350): z is clipped
+    # there, the same numbers, so that gelu(-inf) = 0 and not -inf * 0 = NaN.
+    z = xp.maximum(z, -40.0)
     return z * _special(special.ndtr, z)
 
 
 def _gelu_prime(xp, z, p):
-    # d/dz [z Phi(z)] = Phi(z) + z phi(z).
+    # d/dz [z Phi(z)] = Phi(z) + z phi(z); beyond |z| = 40 Phi(z) is 0 or 1 and z phi(z) underflows:
+    # z is clipped there (the same numbers), so that gelu'(+-inf) = 1, 0 and not inf * 0 = NaN.
+    z = xp.clip(z, -40.0, 40.0)
     return _special(special.ndtr, z) + z * (_INV_SQRT_2PI * xp.exp(-0.5 * z * z))
 
 

@@ -161,6 +161,18 @@ def test_gelu_and_its_derivative_keep_their_relative_accuracy_in_the_left_tail()
     assert np.all(np.abs(sigma.derivative(z) - slope) <= tol * np.abs(slope))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gelu_and_its_derivative_take_their_limits_at_infinity(dtype):
+    """z Phi(z) -> 0, +inf and Phi(z) + z phi(z) -> 0, 1 as z -> -inf, +inf (every other activation
+    gives its limits at +-inf): -inf * Phi(-inf) and +-inf * phi(+-inf) were inf * 0 = NaN."""
+    z = np.array([-np.inf, -1e30, 1e30, np.inf], dtype=dtype)
+    sigma = get_activation("gelu")
+    with np.errstate(over="raise", invalid="raise"):
+        value, slope = sigma(z), sigma.derivative(z)
+    np.testing.assert_array_equal(value, np.array([0.0, 0.0, 1e30, np.inf], dtype=dtype))
+    np.testing.assert_array_equal(slope, [0.0, 0.0, 1.0, 1.0])
+
+
 # ---------------------------------------------------------------------------------------------
 # Homogeneity
 # ---------------------------------------------------------------------------------------------
