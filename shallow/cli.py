@@ -107,7 +107,13 @@ def _cmd_run(args, extra: list[str]) -> int:
     for name in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        compute_time = _run_one(name, args, extra)
+        try:
+            compute_time = _run_one(name, args, extra)
+        except (ValueError, RuntimeError) as err:
+            if len(names) < 2:
+                raise
+            # with --all the line must say which study stopped the run
+            raise RuntimeError(f"{name}: {err}") from err
         if compute_time is None:
             continue
         stem = name + ("_quick" if args.quick else "")

@@ -267,6 +267,15 @@ def test_run_all_skips_a_study_whose_requirement_is_missing(toy, capsys):
         cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
 
 
+def test_run_all_names_the_study_whose_error_stopped_it(toy, capsys, monkeypatch):
+    # with --all the error line said what went wrong but not in which of the studies
+    broken = TOY.replace("CALLS.append(cfg)", 'raise RuntimeError("the flow diverged at step 3")')
+    (toy / "studies" / "broken.py").write_text(textwrap.dedent(broken))
+    monkeypatch.delitem(sys.modules, "shallow_studies.broken", raising=False)
+    assert cli.main(["run", "--all", "--quick", "--out", str(toy / "out")]) == 2
+    assert "shallow run: error: broken: the flow diverged at step 3" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("progress", [True, False])
 def test_show_progress_inside_compute_follows_the_runs_choice(toy, progress):
     # a study's own loops (fit's bar) ask study.show_progress(); run(progress=...) decides it
