@@ -178,6 +178,11 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     then relu'(Z) = 1{relu(Z) > 0} in place, with r moved to the thin side: 1{Z > 0}^T (r * X).
     With a single column block (cols = m) the value and the gradients come from one pass; otherwise
     each row chunk takes two (residuals first, then gradients), one more GEMM.
+
+    Only the shapes are checked, in O(1): NaN or infinite entries of X, a, W or the residuals come
+    out as NaN or inf in the results. :class:`TwoLayer` checks its parameters when it is built and
+    its data at every call; ``flows.EmpiricalRisk`` its data once, and a flow stops on a risk that is
+    not finite (``flows.FlowDivergenceError``).
     """
     xp = get_xp(X, a, W)
     # Shape checks only (O(1)): this is the inner loop of every flow step.
