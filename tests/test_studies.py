@@ -31,3 +31,34 @@ def test_kernel_spectra_relu_nngp_decays_like_k_to_minus_d_plus_2_and_ntk_like_k
     n = study.quick_config(module).gram_n
     assert result["gram_cluster_relative_error_nngp"] < 2 / n**0.5
     assert result["gram_cluster_relative_error_ntk"] < 2 / n**0.5
+
+
+def _readme() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_studies_table_and_gallery_show_every_study():
+    import re
+
+    from shallow import cli
+
+    names = set(cli.find_studies())
+    readme = _readme()
+    assert set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.M)) == names  # the studies table
+    assert set(re.findall(r"\(figures/(\w+)\.png\)", readme)) == names  # the gallery
+
+
+def test_readme_setup_line_installs_the_extras_every_study_needs():
+    # `shallow run --all --quick` right after the README's first line skipped the digits studies
+    # when that line installed only the test extra
+    import re
+
+    from shallow import cli
+
+    setup = next(line for line in _readme().splitlines() if line.startswith("pip install -e"))
+    installed = set(re.search(r'"\.\[([\w,]+)\]"', setup).group(1).split(","))
+    needed = {getattr(cli.load_study(name), "EXTRA", "data") for name in cli.find_studies()
+              if getattr(cli.load_study(name), "REQUIRES", ())}
+    assert needed <= installed and "test" in installed
