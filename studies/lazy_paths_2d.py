@@ -138,6 +138,7 @@ def plot(result: dict, cfg: Config):
         ax.loglog(t[1:], result[f"weight_change_path_{tag}"][1:], "--", color=c,
                   label=rf"{lab}: $|\theta_t - \theta_0|/|\theta_0|$")
     ax.set_xlabel("flow time t (mean-field units)")
+    ax.set_ylabel(r"risk $R(t)/R(0)$ (solid), weight change $|\theta_t - \theta_0|/|\theta_0|$ (dashed)", fontsize=8)
     ax.set_title(f"weight change ratio lazy / mean field = {result['weight_change_ratio']:.3f} "
                  rf"($1/\alpha$ = {1 / cfg.alpha:.3f})", fontsize=8)
     ax.legend(fontsize=7)
