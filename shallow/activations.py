@@ -55,6 +55,7 @@ from scipy import special
 from ._validation import check_array, check_dimension, check_integer
 from .backend import get_xp, to_numpy
 from .harmonics import project_zonal
+from .sphere import _log_gamma_ratio
 
 __all__ = [
     "ACTIVATIONS",
@@ -198,26 +199,6 @@ def _gelu_prime(xp, z, p):
 # Closed-form Funk-Hecke coefficients.
 # --------------------------------------------------------------------------------------------
 
-def _log_gamma_ratio(x, t) -> float:
-    """log(Gamma(x + t) / Gamma(x)) for x >= 1 and t > -1/2, to a few eps whatever x.
-
-    A difference of two log-gammas of size x log x loses x log(x) eps (1e-7 relative at x = 5e7).
-    For x + min(t, 0) >= 10, Stirling's series of each log-gamma (DLMF 5.11.1), subtracted term
-    by term: (x - 1/2) log1p(t/x) + t log(x + t) - t + S(x + t) - S(x), with S(z) = 1/(12 z)
-    - 1/(360 z^3) + 1/(1260 z^5) - 1/(1680 z^7) + 1/(1188 z^9) - 691/(360360 z^11) (the series of
-    ``shallow.sphere._log_gamma_ratio_half``, which is t = 1/2).
-    """
-    x, t = float(x), float(t)
-    if x + min(t, 0.0) < 10:
-        return float(special.gammaln(x + t) - special.gammaln(x))
-
-    def S(z):
-        z2 = z * z
-        inner = 1 / 1680 - (1 / 1188 - 691 / (360360 * z2)) / z2
-        return (1 / 12 - (1 / 360 - (1 / 1260 - inner / z2) / z2) / z2) / z
-    return (x - 0.5) * math.log1p(t / x) + t * math.log(x + t) - t + (S(x + t) - S(x))
-
-
 def _relu_power_funk_hecke(alpha, d, kmax):
     """mu_k of max(0, t)^alpha on S^{d-1}, k = 0..kmax, for real alpha > -1 (Bach 2017, App. D.2).
 
@@ -229,7 +210,7 @@ def _relu_power_funk_hecke(alpha, d, kmax):
         mu_1 = Gamma(alpha/2 + 1) Gamma(d/2) / (2 sqrt(pi) Gamma((alpha + 1 + d)/2)),
         mu_{k+2} = mu_k (alpha - k) / (alpha + k + d),
 
-    with the ratios of Gamma(d/2) by :func:`_log_gamma_ratio` (a difference of log-gammas lost
+    with the ratios of Gamma(d/2) by ``shallow.sphere._log_gamma_ratio`` (a difference of log-gammas lost
     d log(d) eps: 6e-10 relative at d = 10^6) and a product of the ratios along each parity (k eps
     at worst), which gives the exact zeros (k > alpha and k - alpha even) from the one zero ratio.
     Every ratio has |ratio| < 1 (|mu_k| <= mu_0 since sigma >= 0 and |P_{k,d}| <= 1): the products

@@ -60,7 +60,7 @@ from ._validation import (check_array, check_bool, check_float_dtype, check_inte
                           check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import TwoLayer, _resolve_activation
-from .sphere import _log_gamma_ratio_half
+from .sphere import _log_gamma_ratio
 
 __all__ = [
     "CosineActivation",
@@ -430,7 +430,7 @@ def _gaussian_abs_moment(d, order, norm):
         # |g| ~ chi_d: E|g| = sqrt(2) Gamma((d+1)/2) / Gamma(d/2); E|g|^2 = d. The Gamma ratio not as a
         # difference of log-gammas, which loses d log(d) eps (1e-8 relative at d = 10^8).
         if order == 1:
-            return float(math.sqrt(2.0) * math.exp(_log_gamma_ratio_half(0.5 * d)))
+            return float(math.sqrt(2.0) * math.exp(_log_gamma_ratio(0.5 * d, 0.5)))
         return float(d)
     # |g|_1 = sum_i |g_i|, E|g_i| = sqrt(2/pi), E g_i^2 = 1.
     if order == 1:

@@ -94,26 +94,27 @@ def sphere_area(d) -> float:
 def log_inner_product_constant(d) -> float:
     """log c_d with c_d = Gamma(d/2) / (sqrt(pi) Gamma((d-1)/2)), the constant of w_d."""
     d = check_dimension(d)
-    return float(_log_gamma_ratio_half(0.5 * (d - 1)) - 0.5 * np.log(np.pi))
+    return float(_log_gamma_ratio(0.5 * (d - 1), 0.5) - 0.5 * np.log(np.pi))
 
 
-def _log_gamma_ratio_half(x) -> float:
-    """log(Gamma(x + 1/2) / Gamma(x)) for x > 0, to a few eps whatever x.
+def _log_gamma_ratio(x, t) -> float:
+    """log(Gamma(x + t) / Gamma(x)) for x > 0 and x + t > 0, to a few eps whatever x.
 
-    A difference of two log-gammas of size x log x loses x log(x) eps (4e-9 relative at x = 5e7).
-    For x >= 10, Stirling's series of each log-gamma, subtracted term by term:
-    (1/2) log x + x log1p(1/(2x)) - 1/2 + S(x + 1/2) - S(x), S(z) = 1/(12 z) - 1/(360 z^3) + 1/(1260 z^5)
-    - 1/(1680 z^7) + 1/(1188 z^9) - 691/(360360 z^11), truncated below 1e-15 (DLMF 5.11.1).
+    A difference of two log-gammas of size x log x loses x log(x) eps (1e-7 relative at x = 5e7).
+    For x + min(t, 0) >= 10, Stirling's series of each log-gamma (DLMF 5.11.1), subtracted term
+    by term: (x - 1/2) log1p(t/x) + t log(x + t) - t + S(x + t) - S(x), with S(z) = 1/(12 z)
+    - 1/(360 z^3) + 1/(1260 z^5) - 1/(1680 z^7) + 1/(1188 z^9) - 691/(360360 z^11), truncated
+    below 1e-15.
     """
-    x = float(x)
-    if x < 10:
-        return float(special.gammaln(x + 0.5) - special.gammaln(x))
+    x, t = float(x), float(t)
+    if x + min(t, 0.0) < 10:
+        return float(special.gammaln(x + t) - special.gammaln(x))
 
     def S(z):
         z2 = z * z
         inner = 1 / 1680 - (1 / 1188 - 691 / (360360 * z2)) / z2
         return (1 / 12 - (1 / 360 - (1 / 1260 - inner / z2) / z2) / z2) / z
-    return 0.5 * math.log(x) + (x * math.log1p(0.5 / x) - 0.5) + (S(x + 0.5) - S(x))
+    return (x - 0.5) * math.log1p(t / x) + t * math.log(x + t) - t + (S(x + t) - S(x))
 
 
 def inner_product_density(t, d):
