@@ -1,6 +1,7 @@
 """The ``shallow`` command: list and run the studies.
 
     shallow list
+    shallow run STUDY --help          (the study's flags: its Config fields, --FIELD VALUE)
     shallow run STUDY [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR] [--FIELD VALUE ...]
     shallow run --all [--quick] [--device cpu|gpu] [--seed N] [--force] [--out DIR]
                       [--workers N] [--scheduler ADDRESS]
@@ -122,6 +123,19 @@ def _cmd_run(args, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_run_help(run_parser: argparse.ArgumentParser, args) -> int:
+    """``shallow run --help``; with a STUDY, that study's flags as well (argparse's own help stopped at
+    the common flags: a study's Config fields were only listed by ``python studies/STUDY.py --help``)."""
+    if not args.study:
+        run_parser.print_help()
+        return 0
+    from . import study
+
+    module = load_study(args.study)
+    study.build_parser(module, prog=f"shallow run {args.study}").print_help()
+    return 0
+
+
 def report_errors(run, prog: str) -> int:
     """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device)
     printed as ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless
@@ -139,10 +153,13 @@ def main(argv=None) -> int:
     """Entry point of the ``shallow`` console script."""
     from .study import parse_seed, parse_workers
 
-    parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the studies with their claims")
-    run = sub.add_parser("run", help="run one study, or all of them, and write their figures", allow_abbrev=False)
+    run = sub.add_parser("run", help="run one study, or all of them, and write their figures", allow_abbrev=False,
+                         add_help=False)
+    run.add_argument("-h", "--help", action="store_true",
+                     help="show this help and exit; after a STUDY, that study's flags (its Config fields) too")
     run.add_argument("study", nargs="?", help="the study's name (see `shallow list`)")
     run.add_argument("--all", action="store_true", help="run every study")
     run.add_argument("--quick", action="store_true", help="quick configurations (well under a minute each on a CPU)")
@@ -159,6 +176,8 @@ def main(argv=None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return _cmd_list(args)
+    if args.help:
+        return _cmd_run_help(run, args)
     return report_errors(lambda: _cmd_run(args, extra), "shallow run")
 
 

@@ -72,6 +72,13 @@ def test_run_quick_writes_figure_sidecar_and_cache(toy):
     assert len(list((out / "results").glob("toy-*.npz"))) == 1
 
 
+def test_run_study_help_lists_the_studys_own_flags(toy, capsys):
+    # argparse's help of `shallow run` stopped at the common flags: a study's Config fields were missing
+    assert cli.main(["run", "toy", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: shallow run toy" in out and "--scales A,B,..." in out and "--n N" in out
+
+
 def test_cached_result_is_reused_and_force_recomputes(toy):
     out = str(toy / "out")
     module = cli.load_study("toy")
