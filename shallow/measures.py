@@ -312,7 +312,15 @@ def network_to_measure(net: TwoLayer) -> Measure:
                              f"gamma a_j sigma(0) (sigma(0) = {sigma0:g}) that no measure on the sphere "
                              "represents")
     norms = norms[keep]
-    weights = net.gamma * a[keep] * norms ** alpha  # (k,)
+    # gamma a_j |w_j|^alpha with the powers of 2 of a_j and |w_j| set apart, exactly (for alpha * e an
+    # integer), and put back last: the product is computed only where it is representable, not from
+    # an |w_j|^alpha or a gamma a_j that over- or underflows on the way.
+    f_a, e_a = xp.frexp(a[keep])
+    f_w, e_w = xp.frexp(norms)  # |w_j| = f_w 2^e_w, f_w in [1/2, 1)
+    shift = alpha * e_w.astype(W.dtype)
+    whole = xp.floor(shift)
+    weights = xp.ldexp(net.gamma * f_a * f_w ** alpha * xp.exp2(shift - whole),
+                       e_a + whole.astype(e_a.dtype))  # (k,)
     points = W[keep] / norms[:, None]  # (k, D)
     return Measure(weights, points)
 

@@ -79,6 +79,26 @@ def test_network_to_measure_puts_mass_gamma_a_norm_w_for_tiny_and_huge_w(scale):
     np.testing.assert_allclose(mu.points, [[0.6, 0.8], [0.0, -1.0]], rtol=4 * EPS)
 
 
+@pytest.mark.parametrize("activation, alpha", [("quadratic", 2.0), ("relu_power", 1.5), ("relu", 1.0)])
+@pytest.mark.parametrize("dtype, tiny, huge", [(np.float64, 1e-307, 1e250), (np.float32, 1e-35, 1e25)])
+def test_network_to_measure_mass_is_exact_where_it_is_representable_but_its_factors_are_not(
+        activation, alpha, dtype, tiny, huge):
+    # gamma a |w|^alpha for (a, |w|) = (tiny, 5 huge) and (1 / tiny, 5 / huge): each mass is a
+    # number of the dtype, but |w|^alpha over- or underflows (alpha > 1), and gamma a = 1e-3 tiny is
+    # subnormal, which kept a few digits only (relu). Reference: mpmath from the stored numbers.
+    import mpmath
+
+    a = np.array([tiny, 1 / tiny], dtype=dtype)
+    W = (np.array([[3.0, 4.0], [-4.0, 3.0]]) * np.array([[huge], [1 / huge]])).astype(dtype)
+    gamma = 1e-3
+    sigma = get_activation(activation, alpha=alpha) if activation == "relu_power" else activation
+    mu = network_to_measure(TwoLayer(a, W, activation=sigma, gamma=gamma))
+    expected = [float(mpmath.mpf(gamma) * mpmath.mpf(float(a_j)) * mpmath.norm([mpmath.mpf(float(w)) for w in row])
+                      ** mpmath.mpf(alpha)) for a_j, row in zip(a, W)]
+    assert mu.weights.dtype == dtype
+    np.testing.assert_allclose(mu.weights, expected, rtol=8 * np.finfo(dtype).eps)
+
+
 def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
     # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
     # with abs (alpha = 1) too. A constant would need sigma(0) != 0: checked with a stand-in sigma.
