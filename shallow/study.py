@@ -24,7 +24,8 @@ computes: they are not Config fields and do not enter the result's hash.
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
 config and the package version (written atomically: a temporary file, then a rename, so an
 interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
-sidecar ``figures/NAME.json`` (config, version, wall time, device, and the result's scalars). Quick
+sidecar ``figures/NAME.json`` (config, version, wall time, device, the result's scalars, and for a
+study with grids how many points came from the cache and their own compute time). Quick
 runs write ``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
 
 matplotlib is imported only when a figure is drawn.
@@ -77,6 +78,9 @@ class Execution:
         Progress bars (None: on a terminal only).
     source : str
         The sha256 of the study script's text, part of each point's cache key.
+    grids : list or None
+        Where :func:`run_grid` tallies each grid it runs: (points, points loaded from the cache,
+        seconds the points took to compute, cached ones included); None: not tallied.
     """
 
     workers: int | None = None
@@ -85,6 +89,7 @@ class Execution:
     force: bool = False
     progress: bool | None = None
     source: str = ""
+    grids: list | None = None
 
 
 _EXECUTION: contextvars.ContextVar = contextvars.ContextVar("shallow_study_execution", default=Execution())
@@ -232,7 +237,7 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     --workers and --scheduler."""
     doc = (module.__doc__ or "").strip()
     # no abbreviated flags: --m would otherwise set a field m_teacher of a study without a field m
-    parser = argparse.ArgumentParser(prog=prog or module.__name__.rsplit(".", 1)[-1],
+    parser = argparse.ArgumentParser(prog=prog or study_name(module),
                                      description=doc.splitlines()[0] if doc else None, allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
@@ -368,11 +373,15 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     Returns
     -------
     dict
-        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) added.
+        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) added, and for a
+        study with grids (:func:`run_grid`) ``"_grid_points"``, ``"_grid_points_cached"`` and
+        ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
+        sidecar's ``grid_points``, since a run drawn from cached points takes little wall time.
     """
     _check_study(module)
     if cfg.device not in available_devices():
-        raise RuntimeError(f"device={cfg.device!r} is not available here (available: {available_devices()})")
+        raise RuntimeError(f"device={cfg.device!r} is not available here (available: "
+                           f"{', '.join(available_devices())})")
     if cfg.device != "cpu" and host_only(module):
         warnings.warn(f"{study_name(module)} computes on the host whatever --device ({module.HOST_ONLY}): "
                       f"device={cfg.device!r} is ignored", stacklevel=2)
@@ -390,7 +399,7 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         result = load_npz(cache)
     else:
         execution = Execution(workers=workers, scheduler=scheduler, cache_dir=out / "results" / "points" / name,
-                              force=force, progress=progress, source=_source_digest(source))
+                              force=force, progress=progress, source=_source_digest(source), grids=[])
         token = _EXECUTION.set(execution)
         start = time.perf_counter()
         try:
@@ -398,6 +407,9 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         finally:
             _EXECUTION.reset(token)
         result["_wall_time"] = time.perf_counter() - start
+        if execution.grids:  # a run drawn from cached points is quick: say how long the points took
+            points, cached, seconds = (sum(column) for column in zip(*execution.grids, strict=True))
+            result.update(_grid_points=points, _grid_points_cached=cached, _grid_compute_time=seconds)
         save_npz_atomic(cache, result)
     if figure:
         fig = module.plot(result, cfg)
@@ -457,7 +469,11 @@ def run_grid(fn, points, **options) -> list:
         for name in ("workers", "scheduler"):
             if kwargs.get(name) is None:
                 kwargs.pop(name)
-    return sweep(fn, points, **kwargs).results
+    done = sweep(fn, points, **kwargs)
+    if execution.grids is not None:
+        seconds = float(np.nansum(np.asarray(done.wall_times, dtype=float)))
+        execution.grids.append((len(done.results), int(sum(done.cached)), seconds))
+    return done.results
 
 
 def _scalars(result: dict) -> dict:
@@ -480,6 +496,9 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "config": dataclasses.asdict(cfg),
         "shallow_version": __version__,
         "wall_time_s": result.get("_wall_time"),
+        **({"grid_points": {"points": int(result["_grid_points"]), "from_cache": int(result["_grid_points_cached"]),
+                            "compute_time_s": float(result["_grid_compute_time"])}}
+           if "_grid_points" in result else {}),
         "device": "cpu" if host_only(module) else cfg.device,
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores",
         "python": platform.python_version(),

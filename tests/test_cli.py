@@ -152,7 +152,7 @@ def test_every_study_either_computes_on_its_device_or_says_why_not():
 def test_gpu_device_without_gpu_is_refused(toy, monkeypatch, capsys):
     monkeypatch.setattr(study, "available_devices", lambda: ("cpu",))
     assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")]) == 2
-    assert "shallow run: error: device='gpu' is not available" in capsys.readouterr().err
+    assert "shallow run: error: device='gpu' is not available here (available: cpu)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -299,3 +299,14 @@ def test_a_study_script_run_directly_exits_with_status_2_on_a_bad_value(tmp_path
     done = subprocess.run([sys.executable, str(script), "--quick", "--kmax", "-5", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "funk_hecke_spectra: error: kmax must be an integer" in done.stderr
+
+
+def test_a_study_script_run_directly_names_itself_in_usage_and_errors(toy):
+    # python studies/NAME.py runs the module as __main__: its usage line and argparse's errors said
+    # "__main__" instead of the study's name.
+    import types
+
+    module = cli.load_study("toy")
+    as_script = types.ModuleType("__main__", module.__doc__)
+    as_script.__dict__.update({k: v for k, v in vars(module).items() if k not in ("__name__", "__doc__")})
+    assert study.build_parser(as_script).prog == "toy"

@@ -351,6 +351,19 @@ def test_study_grid_runs_through_sweep_with_workers_and_point_cache(toy_study, t
     assert [r["y"] for r in study.run_grid(toy_study.square, grid(x=[3.0]), scheduler="serial")] == [9.0]
 
 
+def test_sidecar_of_a_run_drawn_from_cached_points_says_how_long_the_points_took(toy_study, tmp_path):
+    # A figure redrawn from cached grid points has a wall time of a second, whatever the points cost:
+    # the sidecar also gives the points, those from the cache and the seconds they took to compute.
+    out = tmp_path / "out"
+    assert study.main(toy_study, ["--quick", "--out", str(out), "--workers", "1"]) == 0
+    first = json.loads((out / "figures" / "toygrid_quick.json").read_text())["grid_points"]
+    next((out / "results").glob("toygrid-*.npz")).unlink()  # the result goes, its points stay
+    assert study.main(toy_study, ["--quick", "--out", str(out), "--workers", "1"]) == 0
+    again = json.loads((out / "figures" / "toygrid_quick.json").read_text())["grid_points"]
+    assert (first["points"], first["from_cache"]) == (2, 0) and first["compute_time_s"] > 0
+    assert again == {"points": 2, "from_cache": 2, "compute_time_s": first["compute_time_s"]}
+
+
 def test_editing_a_study_recomputes_its_cached_grid_points(toy_study, tmp_path):
     """The result's hash holds the study's text, and so do its points' keys: an edited point function
     used to miss the result cache but load every point computed by the previous version."""
