@@ -1,4 +1,4 @@
-"""Radial targets: a 3-layer construction errs far less than the best 2-layer net found at its width, more so in high d.
+"""Radial targets: a 3-layer construction errs far less than the best 2-layer net found at its width, whose error grows with d.
 
 Claims (Eldan & Shamir 2016, "The power of depth for feedforward neural networks", COLT,
 arXiv:1512.03965, Theorem 1 and its proof; Safran & Shamir 2017, "Depth-width tradeoffs in

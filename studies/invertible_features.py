@@ -1,4 +1,4 @@
-r"""An invertible network classifies digits as well as a CNN while its deepest features still hold the whole image.
+r"""An invertible network classifies digits nearly as well as a CNN while its deepest features still hold the whole image.
 
 Claim (J.-H. Jacobsen, A. Smeulders and E. Oyallon, "i-RevNet: deep invertible networks", ICLR 2018,
 arXiv:1802.07088, Sec. 3-4 and Fig. 4; the seed lecture's "one can easily build invertible CNNs"):
