@@ -45,20 +45,18 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     xp = get_xp(y)
     y = xp.asarray(y)
     _check_label_shape(y, n, name)
-    if not xp.issubdtype(y.dtype, xp.integer):
-        if y.size and xp.issubdtype(y.dtype, xp.floating) and bool(xp.all(y == xp.round(y))):
-            y = y.astype(xp.int64)
-        elif y.size:
-            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-        else:
-            y = y.astype(xp.int64)
+    integer = xp.issubdtype(y.dtype, xp.integer)
+    if not integer and y.size and not (xp.issubdtype(y.dtype, xp.floating) and bool(xp.all(y == xp.round(y)))):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.size:
-        lo, hi = int(y.min()), int(y.max())
+        # the range of the labels as given: a float label inf or 1e30 cast to int64 first became
+        # int64's minimum, and the message named a label that was not there
+        lo, hi = y.min().item(), y.max().item()
         if lo < 0 or hi >= n_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds the label {bad}, out of range for {n_classes} classes "
                              f"(labels must be in 0..{n_classes - 1})")
-    return y
+    return y if integer else y.astype(xp.int64)
 
 
 def _check_label_shape(y, n: int | None, name: str = "y"):

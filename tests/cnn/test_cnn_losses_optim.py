@@ -77,6 +77,14 @@ def test_losses_reject_labels_out_of_range_naming_y():
         CrossEntropy()(z, np.array([0.5, 1.0, 2.0]))
 
 
+@pytest.mark.parametrize("label, shown", [(np.inf, "inf"), (-np.inf, "-inf"), (1e30, r"1e\+30")])
+def test_losses_name_a_float_label_out_of_range_as_given(label, shown):
+    # inf and 1e30 are whole numbers as floats; cast to int64 before the range check they became
+    # int64's minimum, and the message named the label -9223372036854775808
+    with pytest.raises(ValueError, match=f"y holds the label {shown}, out of range for 4 classes"):
+        CrossEntropy().value_and_grad(np.zeros((2, 4)), np.array([1.0, label]))
+
+
 
 @pytest.mark.parametrize("loss", [CrossEntropy(), SquareLoss()], ids=["cross_entropy", "square"])
 @pytest.mark.parametrize("y, match", [
