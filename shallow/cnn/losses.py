@@ -93,8 +93,6 @@ def accuracy(out, y) -> float:
     xp = get_xp(out)
     out = xp.asarray(out)
     _check_outputs(out, "out")
-    if out.shape[0] == 0:
-        raise ValueError("out must hold at least one row to measure an accuracy, got shape (0, K)")
     y = xp.asarray(y)
     if y.shape != (out.shape[0],):
         raise ValueError(f"y must hold one label per row of out, shape ({out.shape[0]},), got shape {tuple(y.shape)}")
@@ -111,6 +109,9 @@ def _check_outputs(out, name="out"):
         raise ValueError(f"{name} must hold real numbers, got dtype {out.dtype}")
     if out.ndim != 2:
         raise ValueError(f"{name} must have shape (N, K), one row of outputs per sample, got {tuple(out.shape)}")
+    if 0 in out.shape:  # a mean over no samples, or a softmax over no classes
+        raise ValueError(f"{name} must hold at least one row (sample) and one column (output), got shape "
+                         f"{tuple(out.shape)}")
 
 
 def cross_entropy_per_sample(z, y):

@@ -86,6 +86,15 @@ def test_losses_name_a_float_label_out_of_range_as_given(label, shown):
 
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_losses_refuse_outputs_without_a_sample_or_a_class_naming_them(shape):
+    # the loss is a mean over the N rows (undefined for N = 0: ZeroDivisionError) of a softmax
+    # over the K columns (none for K = 0: "labels must be in 0..-1")
+    for loss, name in ((CrossEntropy(), "z"), (SquareLoss(), "f")):
+        with pytest.raises(ValueError, match=rf"{name} must hold at least one row \(sample\) and one column"):
+            loss.value_and_grad(np.zeros(shape), np.zeros(shape[0], int))
+
+
 @pytest.mark.parametrize("loss", [CrossEntropy(), SquareLoss()], ids=["cross_entropy", "square"])
 @pytest.mark.parametrize("y, match", [
     (np.array([2]), "y has 1 labels but there are 4 samples"),
