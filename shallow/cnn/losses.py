@@ -220,6 +220,8 @@ class SquareLoss:
         or a 0-d float64 array on f's device with ``as_array=True``. ``check=False`` skips the
         labels' dtype and range checks, not their shape."""
         _check_outputs(f, "f")
+        if f.dtype.kind != "f":  # integer outputs (accepted as real numbers): the targets and gradient are real
+            f = f.astype(get_xp(f).float64)
         r = f - self._targets(f, y, check)
         N = f.shape[0]
         xp = get_xp(f)

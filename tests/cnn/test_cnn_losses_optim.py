@@ -259,3 +259,14 @@ def test_cosine_rejects_a_final_rate_above_the_initial_one():
 def test_schedules_reject_a_step_that_is_not_a_nonnegative_integer(schedule, t):
     with pytest.raises(ValueError, match="the step t must be an integer >= 0"):
         schedule(t)
+
+
+def test_square_loss_of_integer_outputs_is_its_closed_form():
+    # integer outputs pass the check as real numbers; the one-hot targets were made in their
+    # integer dtype (target_value 0.5 truncated to 0) and the in-place scaling of the residuals
+    # failed with numpy's UFuncTypeError. By hand, N = 2, Y = 0.5 onehot([0, 1]):
+    # L = ((2 - 0.5)^2 + 1^2 + (3 - 0.5)^2) / (2 N) = 9.5 / 4, dL/df = (f - Y) / N (dyadic: exact)
+    f = np.array([[2, 0], [1, 3]])
+    value, grad = SquareLoss(target_value=0.5).value_and_grad(f, np.array([0, 1]))
+    assert value == 9.5 / 4
+    np.testing.assert_array_equal(grad, [[0.75, 0.0], [0.5, 1.25]])
