@@ -222,12 +222,15 @@ class SquareLoss:
         _check_outputs(f, "f")
         if f.dtype.kind != "f":  # integer outputs (accepted as real numbers): the targets and gradient are real
             f = f.astype(get_xp(f).float64)
-        r = f - self._targets(f, y, check)
+        r = f - self._targets(f, y, check)  # (N, K)
         N = f.shape[0]
         xp = get_xp(f)
-        value = 0.5 * _total(xp.sum(r * r), as_array) * self.scale / N  # not vdot: cuBLAS, refused in capture
-        r *= self.scale / N
-        return value, r
+        # in float64 (an (N, K) copy for float32 outputs): float32 squares overflow from |r| = 1.8e19
+        # on, where the value (a float64) is finite, and scale / N rounded to float32 is subnormal
+        # below 1.2e-38 (the lazy objective's 1 / alpha^2), where the gradient scale r / N is not
+        r64 = r.astype(xp.float64, copy=False)
+        value = 0.5 * _total(xp.sum(r64 * r64), as_array) * self.scale / N  # not vdot: cuBLAS, refused in capture
+        return value, (r64 * (self.scale / N)).astype(f.dtype, copy=False)
 
     def __call__(self, f, y):
         return self.value_and_grad(f, y)[0]

@@ -270,3 +270,17 @@ def test_square_loss_of_integer_outputs_is_its_closed_form():
     value, grad = SquareLoss(target_value=0.5).value_and_grad(f, np.array([0, 1]))
     assert value == 9.5 / 4
     np.testing.assert_array_equal(grad, [[0.75, 0.0], [0.5, 1.25]])
+
+
+@pytest.mark.parametrize("r, scale", [(1e20, 1.0), (1e18, 1e-40)])
+def test_square_loss_of_float32_outputs_is_the_float64_value_and_the_rounded_gradient(r, scale):
+    # float32 outputs at the residual r: the value (a float64) and the gradient (float32) are
+    # those of float64 arithmetic, the gradient rounded once (rel 2^-24). Formerly r^2 = 1e40
+    # overflowed float32 (value inf, where (scale / 2N) sum r^2 = 5e39 is finite), and scale / N =
+    # 1e-40 / 2 rounded to a float32 subnormal kept 5 digits of the gradient 5e-23 (a normal float32).
+    f = np.array([[r, 0.0], [0.0, -r]], dtype=np.float32)
+    value, grad = SquareLoss(scale=scale).value_and_grad(f, np.zeros((2, 2), np.float32))
+    r64 = f.astype(np.float64)
+    assert value == pytest.approx(scale * np.sum(r64 ** 2) / 4, rel=1e-15)
+    assert grad.dtype == np.float32
+    np.testing.assert_allclose(grad, scale * r64 / 2, rtol=2.0 ** -24)
