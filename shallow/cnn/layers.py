@@ -620,7 +620,7 @@ class Flatten(Layer):
 
     def forward(self, x):
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for an empty batch
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
@@ -628,7 +628,7 @@ class Flatten(Layer):
         return dy.reshape(self._cache) if need_input_grad else None
 
     def jvp(self, x, tx=None, tparams=None):
-        return self.forward(x), (None if tx is None else tx.reshape(tx.shape[0], -1))
+        return self.forward(x), (None if tx is None else tx.reshape(tx.shape[0], math.prod(tx.shape[1:])))
 
 
 class Dropout(Layer):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy import signal
 
 from shallow.backend import to_numpy
-from shallow.cnn import AvgPool2d, BatchNorm2d, Conv2d, GlobalAvgPool2d, MaxPool2d, conv2d
+from shallow.cnn import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Sequential, conv2d
 
 METHODS = ["taps", "flat_im2col", "im2col"]
 
@@ -193,6 +193,18 @@ def test_maxpool_window_holding_a_nan_passes_no_gradient():
     dx = pool.backward(np.ones_like(y))
     assert not dx[0, :2, :2, 1].any()
     assert dx[0, 1, 1, 0] == 1 and dx.sum() == y.size - 1  # every other window routes its gradient
+
+
+def test_flatten_and_linear_map_an_empty_batch_to_an_empty_batch():
+    # N = 0 images of shape (2, 2, 3): outputs (0, 3), input gradients (0, 2, 2, 3), and the weight
+    # gradients are sums over no samples, 0. Flatten's reshape to (0, -1) was ambiguous and failed
+    # in numpy ("cannot reshape array of size 0"), though Linear takes the (0, 12) batch.
+    net = Sequential(Flatten(), Linear(12, 3, rng=0))
+    y = net.forward(np.zeros((0, 2, 2, 3)))
+    assert y.shape == (0, 3)
+    assert net.backward(np.zeros((0, 3))).shape == (0, 2, 2, 3)
+    assert not net.named_gradients()["1.W"].any() and not net.named_gradients()["1.b"].any()
+    assert net.jvp(np.zeros((0, 2, 2, 3)), np.zeros((0, 2, 2, 3)))[1].shape == (0, 3)
 
 
 # --------------------------------------------------------------------------- batch norm
