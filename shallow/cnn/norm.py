@@ -91,6 +91,8 @@ class BatchNorm2d(Layer):
         if x.ndim < 2 or x.shape[-1] != self.num_features:
             raise ValueError(f"{name} must have {self.num_features} channels on its last axis, got shape "
                              f"{tuple(x.shape)}")
+        if x.size == 0:  # as check_batch says for the other layers (the host passes need a row)
+            raise ValueError(f"{name} holds no values (shape {tuple(x.shape)}): a batch needs N >= 1")
 
     def forward(self, x):
         self._check(x)

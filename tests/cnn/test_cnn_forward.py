@@ -236,6 +236,14 @@ def test_batchnorm_eval_mode_uses_running_statistics():
     np.testing.assert_allclose(bn.eval().forward(x), expected, rtol=1e-14)
 
 
+def test_batchnorm_in_eval_mode_refuses_an_empty_batch_naming_x():
+    # it failed inside the host passes ("cannot reshape array of size 0 into shape (0,newaxis,2)");
+    # train mode already refused it (no batch statistics without values)
+    bn = BatchNorm2d(2).eval()
+    with pytest.raises(ValueError, match=r"x holds no values \(shape \(0, 3, 3, 2\)\): a batch needs N >= 1"):
+        bn.forward(np.zeros((0, 3, 3, 2)))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "grid view", "column-strided view", "mixed"])
 @pytest.mark.parametrize("block", [None, 50])
 def test_batchnorm_forward_and_backward_follow_the_formulas_in_any_memory_layout(layout, block, monkeypatch):
