@@ -330,7 +330,7 @@ class Adam(Optimizer):
     _slots = ("m", "v")
 
     def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
-        if len(betas) != 2:
+        if not hasattr(betas, "__len__") or len(betas) != 2:  # a single float: len() raised TypeError
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(check_nonnegative(b, "betas") for b in betas)
         if max(self.betas) >= 1:

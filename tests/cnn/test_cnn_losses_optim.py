@@ -244,6 +244,12 @@ def test_load_state_dict_rejects_a_state_without_step_count(state):
         opt.load_state_dict(state)
 
 
+def test_adam_rejects_a_single_beta_naming_betas():
+    # a float for the pair failed in len() with "TypeError: object of type 'float' has no len()"
+    with pytest.raises(ValueError, match=r"betas must be a pair \(beta1, beta2\), got 0.9"):
+        Adam({"w": np.ones(3)}, betas=0.9)
+
+
 def test_adam_rejects_a_zero_eps():
     with pytest.raises(ValueError, match="eps must be a positive finite number"):
         Adam({"w": np.ones(3)}, eps=0.0)
