@@ -175,7 +175,8 @@ class Standardizer:
     Attributes
     ----------
     mean, std : arrays of shape (C,)
-        Statistics over (n, H, W) of the fitted set (std of a constant channel is taken as 1).
+        Statistics over (n, H, W) of the fitted set (a constant channel has its value as mean and
+        std 1: it maps to 0).
     """
 
     def __init__(self):
@@ -188,9 +189,14 @@ class Standardizer:
         if X.shape[0] == 0:
             raise ValueError(f"X must hold at least one image to fit the statistics, got shape {tuple(X.shape)}")
         xp = get_xp(X)
-        self.mean = X.mean(axis=(0, 1, 2))
-        std = X.std(axis=(0, 1, 2))
-        self.std = xp.where(std > 0, std, xp.ones_like(std))
+        mean, std = X.mean(axis=(0, 1, 2)), X.std(axis=(0, 1, 2))
+        # a constant channel (max = min) gets its value as mean and std 1, so that it maps to 0: its
+        # computed std is the mean's rounding error (1.5e-8 for 0.1 in float32), not 0, and dividing
+        # by it sent every pixel to +-1
+        hi = X.max(axis=(0, 1, 2))
+        constant = hi == X.min(axis=(0, 1, 2))
+        self.mean = xp.where(constant, hi, mean)
+        self.std = xp.where((std > 0) & ~constant, std, xp.ones_like(std))
         return self
 
     def _check(self, X, method):

@@ -89,6 +89,17 @@ def test_standardizer_uses_training_statistics_per_channel():
     np.testing.assert_allclose(std.inverse_transform(Z), X, rtol=0, atol=1e-14 * np.abs(X).max())
 
 
+@pytest.mark.parametrize("value, dtype", [(0.1, np.float32), (0.7, np.float64), (1e4 / 3, np.float32)])
+def test_standardizer_maps_a_constant_channel_to_zero(value, dtype):
+    # The Attributes' promise: the std of a constant channel is taken as 1, and its mean is its value,
+    # so (x - mean) / std = 0 exactly. The computed std was the rounding error of the computed mean
+    # (1.5e-8 for 0.1 in float32, 1.1e-16 for 0.7 in float64), and dividing by it gave +-1 everywhere.
+    X = np.full((100, 8, 8, 2), value, dtype=dtype)
+    X[..., 1] = np.random.default_rng(0).standard_normal((100, 8, 8))  # a varying channel beside it
+    Z = Standardizer().fit(X).transform(X)
+    np.testing.assert_array_equal(Z[..., 0], 0)
+
+
 def test_batches_cover_the_set_once_in_a_reproducible_order():
     X = np.arange(10.0)[:, None, None, None] * np.ones((10, 2, 2, 1))
     y = np.arange(10)
