@@ -12,9 +12,10 @@ Ties in max pooling
 -------------------
 Where several entries of a window share the maximum, the first in the window's row-major order
 (smallest i, then smallest j) is the argmax: it alone receives the gradient in ``backward`` and
-carries the tangent in ``jvp`` (PyTorch picks the same entry). The max is not differentiable
-there; this choice is the derivative along every direction that keeps the chosen entry the
-largest, and backward and jvp are exact adjoints of each other, ties or not.
+carries the tangent in ``jvp`` (PyTorch picks the same entry). The entries are those of x: the
+padding (-inf) is never the argmax, even in a window whose entries are all -inf. The max is not
+differentiable there; this choice is the derivative along every direction that keeps the chosen
+entry the largest, and backward and jvp are exact adjoints of each other, ties or not.
 
 References
 ----------
@@ -126,11 +127,31 @@ class MaxPool2d(_Pool2d):
         T = self.kernel_size[0] * self.kernel_size[1]
         first = xp.zeros(y.shape, dtype=xp.uint8 if T < 256 else xp.int32)
         rest = None  # windows whose maximum is not among the taps seen so far
-        for _, v in self._taps(xpad, Ho, Wo):
+        for t, v in self._taps(xpad, Ho, Wo):
             equal = v == y
+            self._off_input(equal, t, xpad.shape)
             rest = ~equal if rest is None else xp.greater(rest, equal, out=rest)  # rest and not equal
             first += rest  # first = the number of taps before the first maximum
         return first
+
+    def _off_input(self, equal, t, padded):
+        """Set ``equal`` (N, Ho, Wo, C) to False in the windows where tap t reads the padding.
+
+        A padded -inf is no entry of x: a window of x's entries all -inf ties with it, and its
+        gradient went to the padding (lost) instead of to the first entry of x. The output rows
+        p whose tap row s p + i is in the input, ph <= s p + i < ph + H, are those of
+        ceil((ph - i) / s) <= p < ceil((ph + H - i) / s) (columns alike): a few border rows and
+        columns are written, and nothing without padding.
+        """
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        if ph == 0 and pw == 0:
+            return
+        i, j = divmod(t, self.kernel_size[1])
+        H, W = padded[1] - 2 * ph, padded[2] - 2 * pw
+        equal[:, :max(-((i - ph) // sh), 0)] = False
+        equal[:, max(-((i - ph - H) // sh), 0):] = False
+        equal[:, :, :max(-((j - pw) // sw), 0)] = False
+        equal[:, :, max(-((j - pw - W) // sw), 0):] = False
 
     def _first_maxima(self, first):
         """(tap, mask) pairs: the mask marks the windows whose first maximum is at that tap."""

@@ -183,6 +183,32 @@ def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s, size):
     assert abs(np.vdot(dy, ty) - np.vdot(dx, v)) < 1e-12 * np.abs(dy).sum() * np.abs(v).max()
 
 
+@pytest.mark.parametrize("k, s, p", [(3, 1, 1), (2, 2, 1), (3, 2, 1), (5, 1, 2)])
+def test_maxpool_window_of_minus_infinities_sends_its_gradient_to_its_first_entry_of_x(k, s, p):
+    # The padding (-inf) is no entry of x: a window whose entries of x are all -inf ties with it,
+    # and the first of those entries (row-major, as PyTorch) is the argmax. The padding came
+    # first at the borders, and the gradient of those windows was lost. Reference: nested loops
+    # over the entries of x in each window only.
+    rng = np.random.default_rng(27)
+    x = rng.standard_normal((2, 5, 6, 2))
+    x[0] = -np.inf  # every window of image 0 holds only -inf
+    x[1, :3, :3, 1] = -np.inf  # a corner of -inf in image 1
+    pool = MaxPool2d(k, s, p)
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape)
+    tx = rng.standard_normal(x.shape)
+    expected_dx, expected_ty = np.zeros_like(x), np.zeros_like(y)
+    for n, a, b, c in np.ndindex(*y.shape):
+        entries = [(i, j) for i in range(a * s - p, a * s - p + k) for j in range(b * s - p, b * s - p + k)
+                   if 0 <= i < x.shape[1] and 0 <= j < x.shape[2]]  # row-major, x's own entries only
+        i, j = entries[int(np.argmax([x[n, i, j, c] for i, j in entries]))]  # argmax: the first maximum
+        expected_dx[n, i, j, c] += dy[n, a, b, c]
+        expected_ty[n, a, b, c] = tx[n, i, j, c]
+    # dx sums the dy of up to (k / s)^2 = 25 windows, in another order: 25 eps max|dy|
+    np.testing.assert_allclose(pool.backward(dy), expected_dx, rtol=0, atol=25 * 2.0 ** -52 * np.abs(dy).max())
+    np.testing.assert_array_equal(pool.jvp(x, tx)[1], expected_ty)
+
+
 def test_maxpool_window_holding_a_nan_passes_no_gradient():
     # A NaN has no order: the window's output is NaN, and none of its entries is its maximum
     x = np.arange(32.0).reshape(1, 4, 4, 2)
