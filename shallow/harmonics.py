@@ -39,7 +39,7 @@ import numpy as np
 from scipy import special
 
 from ._validation import check_array, check_dimension, check_integer, check_on_sphere
-from .backend import get_xp
+from .backend import get_xp, to_numpy
 from .sphere import gauss_jacobi, log_inner_product_constant
 
 __all__ = [
@@ -454,6 +454,15 @@ def _gegenbauer_table(t, s, D, degrees, xp):
     for b in range(1, amax + 1):
         xp.multiply(Q[b - 1], s, out=Q[b])
         Q[b] *= growth[b - 1]
+    # c_b s^b is log-concave in b, so least at b = 0 (where it is 1) or b = amax. Where it lies below
+    # the normal numbers the rows it starts may still reach O(1) (near s = b / a): those points get
+    # zeros here (no spurious overflow) and are recomputed below with exponents.
+    low = _underflowed(Q[amax], s) if amax else None
+    if low is not None:
+        low = xp.asarray(low)
+        # Rows b >= b0 underflow at some of these points (at each point, a final run of rows).
+        b0 = int(np.argmax(to_numpy((Q[:, low] < np.finfo(t.dtype).tiny).any(axis=1))))
+        Q[b0:, low] = 0
     Qprev = None
     for m in range(amax + 1):
         # Rows b = 0..amax - m of Q hold A_{b+m, b}; store those with b + m in degrees.
@@ -470,7 +479,62 @@ def _gegenbauer_table(t, s, D, degrees, xp):
             Qnext -= xp.asarray(_beta(m, alpha[:rows]), dtype=t.dtype)[:, None] * Qprev[:rows]
         Qnext *= inv_next
         Qprev, Q = Q, Qnext
+    if low is not None:  # rows b >= b0 at the points that underflowed, with exponents
+        for m, Qm, E in _rescaled_factors(t[low], s[low], D, bs[b0:], amax, xp):
+            sel = degrees[degrees - m >= b0]
+            if sel.size:
+                rows = xp.asarray(sel - m - b0)
+                F[xp.asarray(slot[sel, sel - m])[:, None], low] = xp.ldexp(Qm[rows], E[rows])
     return F, slot
+
+
+def _underflowed(start, s):
+    """Host indices of the points where a starting value c_b s^b (``start``, of the dtype of s) lies
+    below the normal numbers though s > 0, or None. Poles (s = 0) are exact zeros and excluded."""
+    low = (start < np.finfo(start.dtype).tiny) & (s > 0)
+    if not bool(low.any()):
+        return None
+    return np.flatnonzero(to_numpy(low))
+
+
+def _rescaled_factors(t, s, D, bs, amax, xp):
+    """Yield (m, Q, E) for m = 0, 1, ...: row r of ldexp(Q, E) is A^{(D)}_{b_r + m, b_r}(t, s), for the
+    rows b_r = bs[r] (increasing host ints) with b_r + m <= amax; Q has t's dtype, E is int32.
+
+    The starting value c_b s^b is set from its base-2 logarithm, so that it keeps every digit where
+    it lies below the normal numbers (in float64 2^-b < 2.2e-308 from b = 1023), and the
+    recurrence, linear in each row, runs on the mantissas: a mantissa that exceeds 2^(maxexp/2) is
+    scaled down by that power of 2 together with the row's previous value, and the exponent raised.
+    One step multiplies the larger of a row's two values by at most 2 / min_m beta_m <= 4 (alpha + 1)^(1/2),
+    far within the headroom of 2^(maxexp/2) left.
+    """
+    lam = 0.5 * (D - 2)
+    alpha = lam + np.asarray(bs, dtype=np.float64)  # (R,)
+    half = np.finfo(t.dtype).maxexp // 2
+    log2_c = np.array([_log_norm_constant(D, int(b)) for b in bs]) / math.log(2)  # (R,)
+    pos = s > 0
+    log2_s = xp.log2(xp.where(pos, s, 1).astype(xp.float64))  # (n,)
+    L = xp.asarray(log2_c)[:, None] + xp.asarray(bs, dtype=xp.float64)[:, None] * log2_s  # (R, n): log2 c_b s^b
+    E = xp.floor(L)
+    Q = xp.exp2(L - E).astype(t.dtype)  # (R, n), in [1, 2)
+    Q *= pos | xp.asarray(np.asarray(bs) == 0)[:, None]  # s^b = 0 at a pole, b >= 1
+    E = E.astype(xp.int32)
+    Qprev = None
+    for m in range(amax - int(bs[0]) + 1):
+        yield m, Q, E
+        rows = int(np.searchsorted(bs, amax - m, side="left"))  # rows with b + m + 1 <= amax
+        if rows == 0:
+            return
+        inv_next = xp.asarray(1 / _beta(m + 1, alpha[:rows]), dtype=t.dtype)[:, None]
+        Qnext = Q[:rows] * t
+        if m > 0:
+            Qnext -= xp.asarray(_beta(m, alpha[:rows]), dtype=t.dtype)[:, None] * Qprev[:rows]
+        Qnext *= inv_next
+        Qprev, Q, E = Q[:rows], Qnext, E[:rows]
+        over = xp.abs(Q) > 2.0 ** half
+        if bool(over.any()):
+            down = xp.where(over, -half, 0).astype(xp.int32)
+            Q, Qprev, E = xp.ldexp(Q, down), xp.ldexp(Qprev, down), E - down
 
 
 def _gegenbauer_factor(t, s, D, a, b, xp):
@@ -478,6 +542,10 @@ def _gegenbauer_factor(t, s, D, a, b, xp):
     alpha = 0.5 * (D - 2) + b
     cur = s ** b
     cur *= math.exp(_log_norm_constant(D, b))
+    if _underflowed(cur, s) is not None:  # c_b s^b below the normal numbers: carry exponents
+        for _, Q, E in _rescaled_factors(t, s, D, np.array([b]), a, xp):
+            pass
+        return xp.ldexp(Q[0], E[0])
     prev = xp.zeros_like(cur)
     nxt = xp.empty_like(cur)
     for m in range(a - b):
@@ -537,6 +605,11 @@ def spherical_harmonics(X, k):
     x = (x_1, x') on S^{D-1} and any degree-b harmonic Y' on S^{D-2},
     A^{(D)}_{a,b}(t_1, s_1) Y'(x' / |x'|) is a degree-a harmonic on S^{D-1} (ref. 1): the basis is
     built by this branching from S^1 up to S^{d-1}.
+
+    The first factor c_b s^b of A_{a,b} falls below the normal numbers (2.2e-308 in float64,
+    1.2e-38 in float32) at large b while A_{a,b} itself is of order 1 near s = b / a: at d = 3 from
+    k ~ 1900 in float64 and k ~ 240 in float32. At the points where it does, the factors are
+    recomputed with a power of 2 carried beside each entry, so that they keep their digits.
 
     Column order: see :func:`harmonic_indices`. Cost: O(n N(d, k)) for the products, sharing the
     partial products of common prefixes (k_1, ..., k_i), plus O(n d k^2) for the factors.

@@ -302,6 +302,37 @@ def test_addition_theorem_at_high_degree_and_dimension(d, k):
     np.testing.assert_allclose(Y @ Y.T, N * scipy_legendre(k, d, gram(X)), rtol=0, atol=1e-11 * N)
 
 
+def mpmath_sphere_harmonic_d3(k, m, x):
+    """Y_{k,(k,m)}(x) on S^2, m >= 1, at 40 digits: sqrt(2) cos(m phi) ((2k + 1)(k - m)! / (k + m)!)^{1/2}
+    (1 - t^2)^{m/2} P_k^{(m)}(t), t = x_1, phi = atan2(x_3, x_2) (mpmath's Ferrers P_k^m carries (-1)^m)."""
+    with mpmath.workdps(40):
+        t, phi = mpmath.mpf(float(x[0])), mpmath.atan2(float(x[2]), float(x[1]))
+        norm = mpmath.sqrt((2 * k + 1) * mpmath.factorial(k - m) / mpmath.factorial(k + m))
+        return float(mpmath.sqrt(2) * mpmath.cos(m * phi) * norm * (-1) ** m * mpmath.legenp(k, m, t))
+
+
+@pytest.mark.parametrize("dtype, k, cases, rtol", [
+    # (m, s): s = |(x_2, x_3)| near the turning point m / k, where Y is of order 1 but s^m is not a
+    # normal number (0.44^1100 ~ 1e-392, 0.6^1500 ~ 1e-333; in float32 0.5^150 ~ 7e-46). Recurrences
+    # of length k: about k eps relative error, hence 1e-10 (float64) and 2e-4 (float32).
+    (np.float64, 2500, [(1100, 0.44), (1500, 0.6), (2000, 0.8)], 1e-10),
+    (np.float32, 300, [(150, 0.5), (200, 0.66), (60, 0.2)], 2e-4),
+])
+def test_spherical_harmonics_keep_their_digits_where_s_to_the_b_underflows(dtype, k, cases, rtol):
+    # On S^2, Y_{k,(k,m)} is the normalised associated Legendre function times sqrt(2) cos(m phi)
+    # (closed form, evaluated by mpmath); its first factor c_m s^m lies below the normal numbers.
+    phi = 0.3
+    X = np.array([[np.sqrt(1 - s * s), s * np.cos(phi), s * np.sin(phi)] for _, s in cases], dtype=dtype)
+    ref = np.array([mpmath_sphere_harmonic_d3(k, m, x) for (m, _), x in zip(cases, X.astype(np.float64))])
+    assert np.all(np.abs(ref) > 0.5)  # values of order 1, not the exponentially small shadow
+    columns = [harmonics.harmonic_indices(3, k).tolist().index([k, m]) for m, _ in cases]
+    Y = harmonics.spherical_harmonics(X, k)
+    assert Y.dtype == dtype
+    np.testing.assert_allclose(Y[np.arange(len(cases)), columns], ref, rtol=rtol)
+    single = np.array([harmonics.spherical_harmonic(X[i:i + 1], (k, m))[0] for i, (m, _) in enumerate(cases)])
+    np.testing.assert_allclose(single, ref, rtol=rtol)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), d=st.integers(2, 7), k=st.integers(0, 6))
 def test_addition_theorem_is_rotation_invariant(seed, d, k):
