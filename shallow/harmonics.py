@@ -244,6 +244,11 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     -------
     mu : numpy array of shape (kmax + 1,)
 
+    Notes
+    -----
+    P_k at the nodes comes from the recurrence of :func:`legendre_all` one degree at a time, so that
+    memory is O(q) per piece whatever kmax, and time O(q kmax) besides computing the rules.
+
     Examples
     --------
     >>> mu = project_zonal(lambda t: t**2, 3, 2)      # t^2 = 1/3 P_0 + 2/3 P_2 in d = 3
@@ -294,7 +299,12 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
         raise ValueError(f"g must map an array of shape {t.shape} to the same shape, got {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError("g returned NaN or infinite values on [-1, 1]")
-    return legendre_all(kmax, d, t) @ (w * values)
+    v = w * values
+    mu = np.empty(kmax + 1)
+    mu[0] = v.sum()
+    for k, P in enumerate(_legendre_sequence(t, kmax, d), start=1):  # O(q) memory, not O(q kmax)
+        mu[k] = P @ v
+    return mu
 
 
 # ---------------------------------------------------------------------------------------------

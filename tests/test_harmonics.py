@@ -533,6 +533,28 @@ def test_project_zonal_relu_alpha_closed_form_bach2017(alpha, d):
     np.testing.assert_allclose(mu, closed, rtol=0, atol=1e-13)
 
 
+def test_project_zonal_at_degree_2000_matches_the_closed_form_in_memory_linear_in_q():
+    # relu in d = 3 up to kmax = 2000 (q = 4032 nodes on each of two pieces): Bach 2017 App. D,
+    # mu_k = Gamma(d/2) / (4 Gamma((3 - k)/2) Gamma((1 + k + d)/2)), 0 for odd k >= 3, written here with
+    # log-gammas and signs. Quadrature at rounding: 1e-12 absolute (mu_0 = 1/4). Memory: the
+    # coefficients need O(q) work arrays; a (kmax + 1, 2q) table of P_k at the nodes would be 129 MB.
+    import tracemalloc
+
+    d, kmax = 3, 2000
+    tracemalloc.start()
+    try:
+        mu = harmonics.project_zonal(lambda t: np.maximum(t, 0.0), d, kmax, breakpoints=(0.0,))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    k = np.arange(kmax + 1)
+    x = (3 - k) / 2
+    ref = np.exp(special.gammaln(d / 2) - np.log(4) - special.gammaln(x) - special.gammaln((1 + k + d) / 2))
+    ref = np.where((k % 2 == 1) & (k >= 3), 0.0, ref * special.gammasgn(x))
+    np.testing.assert_allclose(mu, ref, rtol=0, atol=1e-12)
+    assert peak < 20 * 2**20, f"peak traced memory {peak / 2**20:.0f} MB"
+
+
 @pytest.mark.parametrize("d, k", [(2, 3), (3, 2), (4, 3), (5, 1)])
 def test_funk_hecke_theorem_integral_of_zonal_function_against_harmonic_is_mu_k_times_harmonic(d, k):
     # REFERENCES.md (Funk-Hecke): int g(<x, y>) Y_k(y) dtau_d(y) = mu_k Y_k(x), mu_k = int g P_{k,d} w_d,
