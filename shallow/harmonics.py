@@ -69,14 +69,15 @@ def _check_t(t):
 
 
 def _check_breakpoints(breakpoints) -> list:
-    """The breakpoints as a sorted list of floats, each in (-1, 1)."""
+    """The breakpoints as a sorted list of distinct floats, each in (-1, 1) (a repeated one would make
+    an empty piece)."""
     try:
         cuts = np.asarray(breakpoints, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}") from None
     if cuts.ndim != 1:
         raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}")
-    cuts = sorted(float(c) for c in cuts)
+    cuts = sorted(set(float(c) for c in cuts))
     if any(not -1 < c < 1 for c in cuts):
         raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
     return cuts

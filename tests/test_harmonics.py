@@ -10,6 +10,7 @@ differences and Monte Carlo with a stated number of standard deviations.
 
 import itertools
 import math
+import warnings
 
 import mpmath
 import numpy as np
@@ -515,6 +516,19 @@ def test_project_zonal_relu_matches_quad(d):
     for k in range(11):
         ref = quad_against_w(lambda t: t * scipy_legendre(k, d, t), d, 0.0, 1.0)
         assert mu[k] == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("d", [3, 300])
+def test_project_zonal_repeated_breakpoint_is_one_breakpoint(d):
+    # A kink listed twice is the same kink: the coefficients are Bach's closed form for relu (App. D,
+    # k = 0, 1, 2: Gamma(d/2) / (4 Gamma((3 - k)/2) Gamma((1 + k + d)/2))), with no warning (an empty piece
+    # [0, 0] took log(0) for its half-width). Quadrature at rounding: 1e-12 relative.
+    k = np.arange(3)
+    ref = np.exp(special.gammaln(d / 2) - np.log(4) - special.gammaln((3 - k) / 2) - special.gammaln((1 + k + d) / 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu = harmonics.project_zonal(lambda t: np.maximum(t, 0.0), d, 2, breakpoints=(0.0, 0.0, -0.0))
+    np.testing.assert_allclose(mu, ref, rtol=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0, 1, 2, 3])
