@@ -518,6 +518,27 @@ def test_project_zonal_relu_matches_quad(d):
         assert mu[k] == pytest.approx(ref, abs=1e-12)
 
 
+def test_project_zonal_warns_where_its_rule_has_not_converged():
+    # Its notes: a warning where rules of q and 3q/4 nodes per piece differ by more than 1.5e-8
+    # int |g| w_d, as a kink left out of breakpoints or a g too steep for q nodes makes them; and the
+    # coefficients are then off by more than that, against closed forms: Bach 2017 App. D for relu
+    # (d = 3: mu_k = Gamma(3/2) / (4 Gamma((3 - k)/2) Gamma((4 + k)/2))) and, for g = exp(1000 (t - 1))
+    # in d = 3 (w_3 = 1/2), mu_0 = (1 - e^{-2000}) / 2000. With its breakpoint, relu gives no warning.
+    relu = lambda t: np.maximum(t, 0.0)  # noqa: E731
+    k = np.arange(11)
+    bach = np.exp(special.gammaln(1.5) - np.log(4) - special.gammaln((4 + k) / 2)) * special.rgamma((3 - k) / 2)
+    with pytest.warns(RuntimeWarning, match="not converged.*breakpoints"):
+        mu = harmonics.project_zonal(relu, 3, 10)
+    assert np.abs(mu - bach).max() > 1e-6 * bach[0]
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        mu = harmonics.project_zonal(lambda t: np.exp(1000 * (t - 1)), 3, 4)
+    assert abs(mu[0] * 2000 - 1) > 1e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mu = harmonics.project_zonal(relu, 3, 10, breakpoints=(0.0,))
+    np.testing.assert_allclose(mu, bach, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("d", [3, 300])
 def test_project_zonal_repeated_breakpoint_is_one_breakpoint(d):
     # A kink listed twice is the same kink: the coefficients are Bach's closed form for relu (App. D,
