@@ -833,7 +833,9 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     (N(d, k) comparable to n^2) cannot be resolved from n samples. Including the diagonal
     (a V-statistic) would add the bias N(d, k) E[f^2] / n. The Gram matrix is computed in blocks
     of rows, and P_{k,d} by the recurrence of :func:`legendre_all` on each block, at
-    O(n^2 (d + kmax)) work.
+    O(n^2 (d + kmax)) work. The diagonal enters those sums at t = 0 and is subtracted as
+    sum_i f(x_i)^2 P_{k,d}(0): at high degree the terms kept are of order N(d, k)^{-1/2} and so is
+    P_{k,d}(0), where P_{k,d}(1) = 1 would leave only rounding error of the diagonal's size.
 
     Examples
     --------
@@ -878,13 +880,16 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         G = X[lo:hi] @ X.T  # (B, n)
         xp.clip(G, -1, 1, out=G)
         rows = xp.arange(hi - lo)
-        G[rows, rows + lo] = 1  # <x_i, x_i> = 1 exactly (the U-statistic removes this diagonal below)
+        # The quadrature keeps the diagonal, <x_i, x_i> = 1 exactly. The U-statistic drops it: at t = 0 it
+        # adds g_i^2 P_j(0), removed below, which unlike P_j(1) = 1 is no larger than the terms kept.
+        G[rows, rows + lo] = 1 if weights is not None else 0
         gb = g[lo:hi]  # (B,)
         sums[0] = sums[0] + gb.sum() * total_g
         for j, P in enumerate(_legendre_sequence(G, kmax, d), start=1):  # P = P_{j,d}(G)
             sums[j] = sums[j] + gb @ (P @ g)
     E = xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
     if weights is None:
-        E = (E - (f * f).sum()) / (n * (n - 1))
+        at_zero = legendre_all(kmax, d, xp.zeros(1, dtype=X.dtype))[:, 0]  # (kmax + 1,), as the recurrence gave
+        E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
     Nk = xp.asarray([float(num_harmonics(d, j)) for j in range(kmax + 1)], dtype=X.dtype)
     return Nk * E

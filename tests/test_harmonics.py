@@ -634,6 +634,22 @@ def test_harmonic_energy_of_zonal_legendre_monte_carlo(xp):
         assert abs(E[j] - expected) <= 5 * sd
 
 
+def test_harmonic_energy_is_the_off_diagonal_sum_at_high_degree():
+    # The U-statistic N(d, k) / (n (n - 1)) sum_{i != j} f_i f_j P_{k,d}(<x_i, x_j>), summed here over the
+    # off-diagonal pairs with scipy's P_{k,d}, at degrees where N(d, k) reaches 1e93 (d = 1000, k <= 56)
+    # and P_{k,d}(<x_i, x_j>) ~ N^{-1/2}: equal to rounding, 1e-12 of the sum of the terms' moduli.
+    d, n = 1000, 30
+    X = sample_sphere(n, d, rng=1)
+    f = 1 + X[:, 0] + X[:, 1] ** 2
+    E = harmonics.harmonic_energy(f, X, 56)
+    G = gram(X)
+    off = ~np.eye(n, dtype=bool)
+    for k in (0, 2, 7, 14, 21, 35, 56):
+        N = float(harmonics.num_harmonics(d, k))
+        terms = (np.outer(f, f) * scipy_legendre(k, d, G))[off] * N / (n * (n - 1))
+        assert abs(E[k] - terms.sum()) <= 1e-12 * np.abs(terms).sum(), k
+
+
 def test_harmonic_energy_u_statistic_is_unbiased():
     # Mean over R = 2000 independent samples of size n = 30 is within 4 standard errors (sample sd
     # over the replications / sqrt(R)) of the true energies; the diagonal (V-statistic) bias
