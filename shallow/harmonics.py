@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 from math import comb
 
 import numpy as np
@@ -810,7 +811,8 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     Returns
     -------
     E : array of shape (kmax + 1,)
-        On X's device, in X's dtype.
+        On X's device, in X's dtype. Where N(d, k) exceeds the dtype's range (float32: d = 1000
+        from k = 19, d = 10^4 from k = 12), E_k is still computed: N(d, k) times the sum, exactly.
 
     Notes
     -----
@@ -891,5 +893,9 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     if weights is None:
         at_zero = legendre_all(kmax, d, xp.zeros(1, dtype=X.dtype))[:, 0]  # (kmax + 1,), as the recurrence gave
         E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
-    Nk = xp.asarray([float(num_harmonics(d, j)) for j in range(kmax + 1)], dtype=X.dtype)
-    return Nk * E
+    Nk = [num_harmonics(d, j) for j in range(kmax + 1)]  # non-decreasing in j
+    if Nk[-1] <= float(np.finfo(X.dtype).max):  # a Python int and float compare exactly
+        return xp.asarray([float(N) for N in Nk], dtype=X.dtype) * E
+    # N(d, k) beyond the dtype (float32: d = 1000 from k = 19; float64: from k = 308), where
+    # N(d, k) E_k need not be: the product of the exact integer and E_k, rounded once.
+    return xp.asarray([float(N * Fraction(float(e))) for N, e in zip(Nk, to_numpy(E))], dtype=X.dtype)

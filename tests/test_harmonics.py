@@ -650,6 +650,33 @@ def test_harmonic_energy_is_the_off_diagonal_sum_at_high_degree():
         assert abs(E[k] - terms.sum()) <= 1e-12 * np.abs(terms).sum(), k
 
 
+@pytest.mark.parametrize("dtype, k, n, rtol", [
+    # N(1000, k) passes the largest float32 (3.4e38) from k = 19 and the largest float64 from k = 308.
+    # Tolerances, relative to the sum of the terms' moduli: float32 rounds <x_i, x_j> by ~6e-8, and
+    # P_k varies on the scale 1 / (k sqrt(d)) there, hence 1e-4; float64, rounding: 1e-12.
+    (np.float32, 22, 12, 1e-4),
+    (np.float64, 310, 10, 1e-12),
+])
+def test_harmonic_energy_where_n_d_k_exceeds_the_dtype(dtype, k, n, rtol):
+    # E_k = N(d, k) / (n (n - 1)) sum_{i != j} f_i f_j P_{k,d}(<x_i, x_j>) is of order N^{1/2}: representable
+    # where N(d, k) is not. Reference: that sum at 40 digits (mpmath's Gegenbauer polynomials, N exact).
+    d = 1000
+    X = sample_sphere(n, d, rng=1).astype(dtype)
+    f = (1 + X[:, 0] + X[:, 1] ** 2).astype(dtype)
+    E = harmonics.harmonic_energy(f, X, k)
+    assert E.dtype == dtype
+    X64, f64 = X.astype(np.float64), f.astype(np.float64)
+    G = np.clip(X64 @ X64.T, -1, 1)
+    N = harmonics.num_harmonics(d, k)
+    with mpmath.workdps(40):
+        lam = mpmath.mpf(d - 2) / 2
+        scale = N / mpmath.binomial(k + 2 * lam - 1, k) / (n * (n - 1))
+        terms = [scale * float(f64[i] * f64[j]) * mpmath.gegenbauer(k, lam, float(G[i, j]))
+                 for i in range(n) for j in range(n) if i != j]
+        ref, size = float(mpmath.fsum(terms)), float(mpmath.fsum([abs(v) for v in terms]))
+    assert abs(float(E[k]) - ref) <= rtol * size
+
+
 def test_harmonic_energy_u_statistic_is_unbiased():
     # Mean over R = 2000 independent samples of size n = 30 is within 4 standard errors (sample sd
     # over the replications / sqrt(R)) of the true energies; the diagonal (V-statistic) bias
