@@ -40,7 +40,7 @@ from math import comb
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer, check_on_sphere
+from ._validation import check_array, check_dimension, check_integer, check_on_sphere, sphere_tolerance
 from .backend import get_xp, to_numpy
 from .sphere import gauss_jacobi, log_inner_product_constant
 
@@ -801,7 +801,8 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     kmax : int
         Highest degree, kmax >= 0.
     weights : array of shape (n,), optional
-        Quadrature weights for tau_d (summing to 1). Then E_k is the quadrature value
+        Quadrature weights for tau_d, summing to 1 within sqrt(eps) of their dtype (1.5e-8 in
+        float64, 3.5e-4 in float32, as for points on the sphere). Then E_k is the quadrature value
         N(d, k) sum_{i,j} w_i w_j f_i f_j P_{k,d}(<x_i, x_j>), exact when the rule integrates
         polynomials of degree deg(f) + k exactly.
     block_size : int, optional
@@ -863,7 +864,7 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
             raise ValueError("weights and X must live on the same device (both numpy or both cupy)")
         if w.shape[0] != n:
             raise ValueError(f"weights has {w.shape[0]} values but X has n={n} points")
-        if abs(float(w.sum()) - 1) > 1e-8:
+        if abs(float(w.sum()) - 1) > sphere_tolerance(w.dtype):  # one ulp of 1 in float32 is 6e-8
             raise ValueError(f"weights must sum to 1 (a quadrature rule for the probability measure tau_d), "
                              f"got sum {float(w.sum()):.12g}")
         g = f * w.astype(X.dtype, copy=False)  # (n,)

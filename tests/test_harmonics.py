@@ -703,6 +703,20 @@ def test_harmonic_energy_of_known_harmonics_with_exact_quadrature_weights(d):
     np.testing.assert_allclose(E, [4.0, 0.25, 0.0, 1.0, 0.0, 0.0, 0.0], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("d, q", [(3, 5), (4, 3), (5, 4)])
+def test_harmonic_energy_accepts_a_float32_rule(d, q):
+    # A rule exact to degree 2q - 1 >= 5, cast to float32, sums to 1 up to one float32 ulp (here 1 + 1.2e-7,
+    # refused at 1e-8): f = Y_{2,a} + 0.5 Y_{1,b} - 2 has energies (4, 0.25, 1) exactly in float64;
+    # float32 rounding of X, f and w: 1e-5.
+    X, w = sphere_product_rule(d, q)
+    X32, w32 = X.astype(np.float32), w.astype(np.float32)
+    assert abs(float(w32.sum()) - 1) > 1e-8
+    f = harmonics.spherical_harmonics(X32, 2)[:, 1] + 0.5 * harmonics.spherical_harmonics(X32, 1)[:, -1] - 2
+    E = harmonics.harmonic_energy(f, X32, 2, weights=w32)
+    assert E.dtype == np.float32
+    np.testing.assert_allclose(E, [4.0, 0.25, 1.0], rtol=0, atol=1e-5)
+
+
 def test_harmonic_energy_does_not_depend_on_block_size():
     # Blocks of rows only regroup the same sum: equal to rounding (1e-13 of the total energy).
     X = sample_sphere(101, 4, rng=14)
