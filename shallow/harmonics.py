@@ -839,6 +839,8 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     O(n^2 (d + kmax)) work. The diagonal enters those sums at t = 0 and is subtracted as
     sum_i f(x_i)^2 P_{k,d}(0): at high degree the terms kept are of order N(d, k)^{-1/2} and so is
     P_{k,d}(0), where P_{k,d}(1) = 1 would leave only rounding error of the diagonal's size.
+    The sums run on 2^-e f, max |2^-e f| in [1/2, 1), and E_k is scaled back by 4^e: E_k is
+    computed wherever it is a normal number of the dtype, whatever the size of f and n.
 
     Examples
     --------
@@ -857,7 +859,10 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     if f.shape[0] != n:
         raise ValueError(f"f_values has {f.shape[0]} values but X has n={n} points")
     kmax = check_integer(kmax, "kmax", minimum=0)
-    f = f.astype(X.dtype, copy=False)
+    # f and the energies, quadratic in f, set a power of 2 apart: f = 2^e f' with max |f'| in [1/2, 1),
+    # so that the sums (up to n^2 max f'^2) neither overflow nor underflow where E_k = 4^e E'_k need not.
+    e = math.frexp(float(xp.abs(f).max()))[1] if f.size else 0
+    f = xp.ldexp(f, -e).astype(X.dtype, copy=False)
     if weights is not None:
         w = check_array(weights, "weights", ndim=1)
         if get_xp(w) is not xp:
@@ -896,7 +901,9 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
     Nk = [num_harmonics(d, j) for j in range(kmax + 1)]  # non-decreasing in j
     if Nk[-1] <= float(np.finfo(X.dtype).max):  # a Python int and float compare exactly
-        return xp.asarray([float(N) for N in Nk], dtype=X.dtype) * E
-    # N(d, k) beyond the dtype (float32: d = 1000 from k = 19; float64: from k = 308), where
-    # N(d, k) E_k need not be: the product of the exact integer and E_k, rounded once.
-    return xp.asarray([float(N * Fraction(float(e))) for N, e in zip(Nk, to_numpy(E))], dtype=X.dtype)
+        E = xp.asarray([float(N) for N in Nk], dtype=X.dtype) * E
+    else:
+        # N(d, k) beyond the dtype (float32: d = 1000 from k = 19; float64: from k = 308), where
+        # N(d, k) E_k need not be: the product of the exact integer and E_k, rounded once.
+        E = xp.asarray([float(N * Fraction(float(v))) for N, v in zip(Nk, to_numpy(E))], dtype=X.dtype)
+    return xp.ldexp(E, 2 * e)

@@ -717,6 +717,30 @@ def test_harmonic_energy_accepts_a_float32_rule(d, q):
     np.testing.assert_allclose(E, [4.0, 0.25, 1.0], rtol=0, atol=1e-5)
 
 
+def test_harmonic_energy_of_f_at_the_edges_of_float32():
+    # E_k is quadratic in f: it is computed wherever it is a float32 normal number, whatever |f|.
+    # (1) U-statistic, f ~ 2^57 = 1.4e17 at n = 500: E_k ~ 1e35, while the sums over pairs reach
+    # (n f)^2 ~ 1e40 > 3.4e38. Reference: the off-diagonal sum in float64 with scipy's Legendre
+    # polynomials, within 1e-5 of the sum of the terms' moduli (float32 rounding of <x_i, x_j> and f).
+    d, n, s = 3, 500, 2.0**57
+    X = sample_sphere(n, d, rng=15, dtype=np.float32)
+    f = (s * (1 + X[:, 0] + X[:, 1] * X[:, 2])).astype(np.float32)
+    E = harmonics.harmonic_energy(f, X, 2)
+    G = gram(X.astype(np.float64))
+    off = ~np.eye(n, dtype=bool)
+    for k in range(3):
+        terms = (np.outer(f, f).astype(np.float64) * scipy_legendre(k, d, G))[off] * (2 * k + 1) / (n * (n - 1))
+        assert abs(float(E[k]) - terms.sum()) <= 1e-5 * np.abs(terms).sum(), k
+    # (2) Exact product rule (3456 nodes), f = 2^-62 (Y_{2,a} + 0.5 Y_{1,b} - 2): energies 2^-124 (4, 0.25, 1),
+    # ~1e-37, while w_i w_j f_i f_j ~ 1e-44 lies below the normal float32 numbers. Rounding of f, w and X
+    # in float32: 2e-6 relative (16 eps).
+    X, w = sphere_product_rule(4, 12)
+    X32 = X.astype(np.float32)
+    Y = harmonics.spherical_harmonics(X, 2)[:, 1] + 0.5 * harmonics.spherical_harmonics(X, 1)[:, -1] - 2
+    E = harmonics.harmonic_energy((2.0**-62 * Y).astype(np.float32), X32, 2, weights=w.astype(np.float32))
+    np.testing.assert_allclose(E.astype(np.float64), 2.0**-124 * np.array([4.0, 0.25, 1.0]), rtol=2e-6)
+
+
 def test_harmonic_energy_does_not_depend_on_block_size():
     # Blocks of rows only regroup the same sum: equal to rounding (1e-13 of the total energy).
     X = sample_sphere(101, 4, rng=14)
