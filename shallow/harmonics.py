@@ -318,7 +318,11 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     t, w = _zonal_rule(d, q, cuts)
     tc, wc = _zonal_rule(d, q_check, cuts) if q_check else (np.empty(0), np.empty(0))
     nodes = np.concatenate([t, tc])
-    values = np.asarray(g(nodes), dtype=np.float64)
+    values = np.asarray(g(nodes))
+    if values.dtype.kind not in "biuf":  # complex would lose its imaginary part in the cast
+        raise ValueError(f"g must return real numbers, got dtype {values.dtype} (for a complex g, project "
+                         "its real and imaginary parts separately)")
+    values = values.astype(np.float64, copy=False)
     if values.shape != nodes.shape:
         raise ValueError(f"g must map an array of shape {nodes.shape} to the same shape, got {values.shape}")
     if not np.isfinite(values).all():

@@ -827,6 +827,15 @@ def test_bad_energy_arguments_raise():
         harmonics.harmonic_energy(X[:1, 0], X[:1], 2)
 
 
+def test_project_zonal_refuses_a_g_that_does_not_return_real_numbers():
+    # A complex g has complex coefficients: casting its values to float64 dropped the imaginary part,
+    # so exp(i t) gave the coefficients of cos t with only numpy's ComplexWarning. Strings and the like
+    # are refused by name too.
+    for g, dtype in ((lambda t: np.exp(1j * t), "complex128"), (lambda t: np.full(t.shape, "a"), "<U1")):
+        with pytest.raises(ValueError, match=f"^g must return real numbers, got dtype {dtype}"):
+            harmonics.project_zonal(g, 3, 2)
+
+
 def test_too_many_harmonics_to_enumerate_raise():
     X = sample_sphere(2, 50, rng=0)
     with pytest.raises(ValueError, match="spherical_harmonic"):
