@@ -349,6 +349,20 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
 # A real orthonormal basis of degree-k harmonics in hyperspherical coordinates
 # ---------------------------------------------------------------------------------------------
 
+def _format_count(N: int) -> str:
+    """An exact count N as '1.23e+45', also beyond the floats (where f'{N:.3g}' raises OverflowError)."""
+    if N < 10**300:
+        return f"{N:.3g}"
+    e = int(math.log10(N))  # within one of the decimal exponent
+    m = N // 10 ** (e - 2)
+    while m >= 1000:
+        m, e = m // 10, e + 1
+    while m < 100:
+        e -= 1
+        m = N // 10 ** (e - 2)
+    return f"{m // 100}.{m % 100:02d}e+{e}"
+
+
 def _block_offsets(D, bmax):
     """N(D, b - 1) for b = 0..bmax (0 for b = 0): where block b starts in a degree-a block.
 
@@ -403,7 +417,7 @@ def harmonic_indices(d, k):
     k = check_integer(k, "k", minimum=0)
     size = num_harmonics(d, k) * (d - 1)
     if size > _MAX_COLUMNS:
-        raise ValueError(f"harmonic_indices(d={d}, k={k}) would hold N(d, k) (d - 1) = {size:.3g} entries; "
+        raise ValueError(f"harmonic_indices(d={d}, k={k}) would hold N(d, k) (d - 1) = {_format_count(size)} entries; "
                          "evaluate chosen elements with spherical_harmonic(X, index) instead")
     # Bottom-up over the dimension D = 2..d: table[a] lists the multi-indices of degree a on S^{D-1}.
     table = [np.array([[0]] if a == 0 else [[a], [-a]], dtype=np.int64) for a in range(k + 1)]
@@ -693,7 +707,7 @@ def spherical_harmonics(X, k):
     n, d = X.shape
     N = num_harmonics(d, k)
     if N > _MAX_COLUMNS:
-        raise ValueError(f"degree k={k} in d={d} has N(d, k) = {N:.3g} harmonics, too many to enumerate; "
+        raise ValueError(f"degree k={k} in d={d} has N(d, k) = {_format_count(N)} harmonics, too many to enumerate; "
                          "evaluate chosen elements with spherical_harmonic(X, index)")
     out = xp.empty((N, n), dtype=X.dtype)  # (N, n): rows are the basis functions
     R = _radii(X, xp)  # (n, d)

@@ -827,6 +827,19 @@ def test_bad_energy_arguments_raise():
         harmonics.harmonic_energy(X[:1, 0], X[:1], 2)
 
 
+def test_too_many_harmonics_raise_a_value_error_also_beyond_the_floats():
+    # N(1000, 310) = C(1309, 999) - C(1307, 999) has 310 digits, beyond the largest float64: the refusal
+    # still says how many (f"{N:.3g}" raised OverflowError: int too large to convert to float).
+    N = math.comb(1309, 999) - math.comb(1307, 999)
+    digits = str(N)
+    shown = rf"{digits[0]}\.{digits[1:3]}e\+{len(digits) - 1}"
+    X = sample_sphere(2, 1000, rng=0)
+    with pytest.raises(ValueError, match=rf"N\(d, k\) = {shown} harmonics.*spherical_harmonic"):
+        harmonics.spherical_harmonics(X, 310)
+    with pytest.raises(ValueError, match=r"entries; evaluate chosen elements with spherical_harmonic"):
+        harmonics.harmonic_indices(1000, 310)
+
+
 def test_project_zonal_refuses_a_g_that_does_not_return_real_numbers():
     # A complex g has complex coefficients: casting its values to float64 dropped the imaginary part,
     # so exp(i t) gave the coefficients of cos t with only numpy's ComplexWarning. Strings and the like
