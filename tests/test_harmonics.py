@@ -806,6 +806,15 @@ def test_bad_points_raise():
         harmonics.legendre_all(2, 3, np.array([0.0, np.nan]))
 
 
+def test_legendre_refusal_says_how_far_t_lies_beyond_one():
+    # A float32 Gram matrix of unit vectors reaches one ulp above 1, 1 + 2^-23: the error gave its
+    # modulus as "1" (:.6g), refusing a value it seemed to allow.
+    t = np.array([0.5, 1 + 2.0**-23], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^t must lie in \[-1, 1\], got a value of modulus 1\.00000011920928\d*, "
+                                         r"1\.19e-07 beyond 1 \(clip"):
+        harmonics.legendre(3, 5, t)
+
+
 def test_bad_index_raises():
     X = sample_sphere(4, 4, rng=0)
     for bad in [(2, 1), (2, 1, 0, 0), (1, 2, 0), (2, 1, 2), (-2, 1, 0), (2, 0.5, 0), 3]:
