@@ -226,8 +226,9 @@ _JACOBI_MAX_EXPONENT = 50  # beyond, (1 + t)^a on [0, 1] defeats the split Gauss
 _ZONAL_RTOL = float(np.sqrt(np.finfo(np.float64).eps))
 
 
-def _zonal_rule(d, q, cuts):
-    """Nodes t and weights w, q per piece between the cuts, with sum_i w_i f(t_i) ~ int f w_d."""
+def _zonal_rule(d, q, cuts, widen=1):
+    """(t, w, T): nodes and weights, q per piece between the cuts, with sum_i w_i f(t_i) ~ int f w_d;
+    in high dimension over |t| <= T = min(1, widen 13 / sqrt(d)) (T = 1 otherwise)."""
     a = 0.5 * (d - 3)
     log_c = log_inner_product_constant(d)
     nodes, weights = [], []
@@ -250,16 +251,18 @@ def _zonal_rule(d, q, cuts):
     else:
         # High dimension: w_d ~ exp(-a t^2) is a narrow smooth bump, (1 -+ t)^a no longer singular but a
         # factor of up to 2^a that no polynomial rule absorbs. Integrate over |t| <= T = 13 / sqrt(d),
-        # outside which w_d < 1e-35 w_d(0), by Gauss-Legendre on each piece with the whole weight.
-        T = min(1.0, 13.0 / np.sqrt(d))
+        # outside which w_d < 1e-35 w_d(0), by Gauss-Legendre on each piece with the whole weight; a
+        # window widen times as wide gets widen times the nodes.
+        T = min(1.0, widen * 13.0 / np.sqrt(d))
         edges = [-T, *[c for c in cuts if -T < c < T], T]
-        u, w_gl = special.roots_legendre(q + 64)
+        u, w_gl = special.roots_legendre((q + 64) * widen)
         for lo, hi in zip(edges[:-1], edges[1:]):
             half = 0.5 * (hi - lo)
             t = lo + half * (u + 1)
             nodes.append(t)
             weights.append(np.exp(np.log(w_gl * half) + log_c + a * np.log1p(-t * t)))
-    return np.concatenate(nodes), np.concatenate(weights)
+        return np.concatenate(nodes), np.concatenate(weights), T
+    return np.concatenate(nodes), np.concatenate(weights), 1.0
 
 
 def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
@@ -301,6 +304,12 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
 
     Notes
     -----
+    For d > 103, where w_d is a bump of width d^{-1/2}, the rules run over |t| <= T = 13 / sqrt(d)
+    (w_d(T) < 1e-35 w_d(0)), Gauss-Legendre with q + 64 nodes per piece; T and the nodes are
+    doubled while |g| w_d at +-T exceeds eps times its largest value at the nodes, as for a g that
+    grows like exp(c t) with c ~ sqrt(d) or more (a g that underflows to 0 over the whole window
+    gives no such sign).
+
     P_k at the nodes comes from the recurrence of :func:`legendre_all` one degree at a time, so that
     memory is O(q) per piece whatever kmax, and time O(q kmax) besides computing the rules (the
     second rule, for the check, adds three quarters to both).
@@ -318,18 +327,30 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     q = max(64, 2 * kmax + 32) if q is None else check_integer(q, "q", minimum=1)
     cuts = _check_breakpoints(breakpoints)
     q_check = (3 * q) // 4  # the rule that checks convergence (none for q = 1)
-    t, w = _zonal_rule(d, q, cuts)
-    tc, wc = _zonal_rule(d, q_check, cuts) if q_check else (np.empty(0), np.empty(0))
-    nodes = np.concatenate([t, tc])
-    values = np.asarray(g(nodes))
-    if values.dtype.kind not in "biuf":  # complex would lose its imaginary part in the cast
-        raise ValueError(f"g must return real numbers, got dtype {values.dtype} (for a complex g, project "
-                         "its real and imaginary parts separately)")
-    values = values.astype(np.float64, copy=False)
-    if values.shape != nodes.shape:
-        raise ValueError(f"g must map an array of shape {nodes.shape} to the same shape, got {values.shape}")
-    if not np.isfinite(values).all():
-        raise ValueError("g returned NaN or infinite values on [-1, 1]")
+    widen = 1
+    while True:
+        t, w, T = _zonal_rule(d, q, cuts, widen)
+        tc, wc, _ = _zonal_rule(d, q_check, cuts, widen) if q_check else (np.empty(0), np.empty(0), T)
+        ends = [-T, T] if T < 1 else []  # g at the ends of a high-dimensional window, not in the sums
+        nodes = np.concatenate([t, tc, ends])
+        values = np.asarray(g(nodes))
+        if values.dtype.kind not in "biuf":  # complex would lose its imaginary part in the cast
+            raise ValueError(f"g must return real numbers, got dtype {values.dtype} (for a complex g, project "
+                             "its real and imaginary parts separately)")
+        values = values.astype(np.float64, copy=False)
+        if values.shape != nodes.shape:
+            raise ValueError(f"g must map an array of shape {nodes.shape} to the same shape, got {values.shape}")
+        if not np.isfinite(values).all():
+            raise ValueError("g returned NaN or infinite values on [-1, 1]")
+        if not ends:
+            break
+        # g w_d (up to c_d) at the window's ends and at the nodes: a g that grows fast enough (exp(c t),
+        # c ~ sqrt(d) or more) moves the mass of g w_d out of the window, which is then widened.
+        density = np.abs(values) * np.exp(0.5 * (d - 3) * np.log1p(-nodes * nodes))
+        if density[-2:].max() <= np.finfo(np.float64).eps * density[:t.size].max():
+            nodes, values = nodes[:-2], values[:-2]
+            break
+        widen *= 2
     V = np.zeros((nodes.size, 2))  # (M, 2): column 0 the rule's w_i g(t_i), column 1 the check's
     V[:t.size, 0] = w * values[:t.size]
     V[t.size:, 1] = wc * values[t.size:]

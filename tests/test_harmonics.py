@@ -882,6 +882,20 @@ def test_project_zonal_relu_closed_form_in_high_dimension(d):
     assert np.abs(mu[3::2]).max() < 1e-14 * abs(mu[0])  # odd k >= 3 vanish
 
 
+@pytest.mark.parametrize("d, c", [(200, 700), (2000, 300), (2000, 700), (10_000, 700)])
+def test_project_zonal_in_high_dimension_follows_the_mass_of_g_w_d(d, c):
+    # g(t) = exp(c t) moves the mass of g w_d to t ~ c / d, past 13 / sqrt(d) for c ~ sqrt(d) or more
+    # (d = 2000, c = 700: near 0.32, past 0.29). Closed forms (DLMF 10.32.2 and 10.29.1), nu = d/2 - 1:
+    # mu_0 = E[e^{ct}] = Gamma(nu + 1) (2/c)^nu I_nu(c), mu_1 = E[t e^{ct}] = Gamma(nu + 1) (2/c)^nu I_{nu+1}(c),
+    # by mpmath. Quadrature at rounding: 1e-12 relative.
+    mu = harmonics.project_zonal(lambda t: np.exp(c * t), d, 1)
+    with mpmath.workdps(30):
+        nu = mpmath.mpf(d) / 2 - 1
+        front = mpmath.gamma(nu + 1) * (2 / mpmath.mpf(c)) ** nu
+        ref = [float(front * mpmath.besseli(nu, c)), float(front * mpmath.besseli(nu + 1, c))]
+    np.testing.assert_allclose(mu, ref, rtol=1e-12)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_legendre_recurrence_error_near_the_poles_is_the_documented_one(d):
     # legendre_all's notes: at most about 3e-12 at k = 1000 and 1e-9 at k = 10^4 near t = +-1,
