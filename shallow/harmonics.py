@@ -40,7 +40,8 @@ from math import comb
 import numpy as np
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer, check_on_sphere, sphere_tolerance
+from ._validation import (check_array, check_dimension, check_integer, check_on_sphere,
+                          sphere_tolerance)
 from .backend import get_xp, to_numpy
 from .sphere import gauss_jacobi, log_inner_product_constant
 
@@ -81,7 +82,7 @@ def _check_breakpoints(breakpoints) -> list:
         raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}") from None
     if cuts.ndim != 1:
         raise ValueError(f"breakpoints must be a sequence of numbers in (-1, 1), got {breakpoints!r}")
-    cuts = sorted(set(float(c) for c in cuts))
+    cuts = sorted({float(c) for c in cuts})
     if any(not -1 < c < 1 for c in cuts):
         raise ValueError(f"breakpoints must lie in (-1, 1), got {cuts}")
     return cuts
