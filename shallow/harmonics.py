@@ -300,8 +300,8 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
         jump of g left out of ``breakpoints`` does that (relu without its breakpoint: about 1e-4 off
         at the default q), and so does a g too steep for q nodes (exp(1000 (t - 1)) at q = 64). For
         piecewise-analytic g with its breakpoints the two agree to 1e-10 or better (measured for
-        d = 2 to 10^8 and kmax <= 1000; worst at d = 2, whose Gauss-Jacobi weights for the exponent
-        -1/2 lose digits as q grows).
+        d = 2 to 10^8 and kmax <= 1000; relu at d = 2, kmax = 1000 is within 2e-13 of its closed
+        form).
 
     Notes
     -----

@@ -218,6 +218,16 @@ def gauss_jacobi(q, a, b):
             nodes, weights = special.roots_legendre(q)
         elif a == b == -0.5:
             nodes, weights = special.roots_chebyt(q)
+        elif sorted((a, b)) == [-0.5, 0.0]:
+            # (1 - u)^(-1/2) with u = 1 - 2 v^2 is 2 sqrt(2) dv on v in [0, 1]: the positive half of
+            # the 2q-point Gauss-Legendre rule, folded (the q-point Gauss rule of this weight, which is
+            # unique). scipy's roots_jacobi lost digits here: 2.6e-10 at q = 2032, 3.5e-9 at q = 8032,
+            # against about 1e-12, as for its other exponents.
+            v, w = special.roots_legendre(2 * q)
+            v, w = v[q:], w[q:]  # v > 0, increasing
+            nodes, weights = (1 - 2 * v * v)[::-1], (2 * math.sqrt(2) * w)[::-1]  # increasing u
+            if b == -0.5:  # (1 + u)^(-1/2): the mirror image
+                nodes, weights = -nodes[::-1], weights[::-1]
         else:
             nodes, weights = special.roots_jacobi(q, a, b)
     nodes, weights = np.asarray(nodes, dtype=np.float64), np.asarray(weights, dtype=np.float64)

@@ -206,3 +206,17 @@ def test_inner_product_density_is_accurate_near_the_poles(d):
         c = mp.gamma(mp.mpf(d) / 2) / (mp.sqrt(mp.pi) * mp.gamma(mp.mpf(d - 1) / 2))
         expected = [float(c * (1 - mp.mpf(float(s)) ** 2) ** (mp.mpf(d - 3) / 2)) for s in t]
     np.testing.assert_allclose(values, expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("a, b", [(-0.5, 0.0), (0.0, -0.5)])
+def test_gauss_jacobi_with_an_inverse_square_root_weight_keeps_its_digits_at_large_q(a, b):
+    # The weights (1 -+ u)^(-1/2) of project_zonal's pieces on the circle (d = 2): scipy's
+    # roots_jacobi gave 2.6e-10 relative at q = 2032 (3.5e-9 at 8032) where its other exponents
+    # keep about 1e-12. Reference: mpmath's tanh-sinh quadrature, which takes the endpoint singularity.
+    import mpmath
+
+    with mpmath.workdps(30):
+        ref = float(mpmath.quad(lambda u: mpmath.cos(7 * u + 1) * (1 - u) ** a * (1 + u) ** b, [-1, 1]))
+    nodes, log_weights = sphere.gauss_jacobi(2032, a, b)
+    assert np.all(np.diff(nodes) > 0)
+    assert np.exp(log_weights) @ np.cos(7 * nodes + 1) == pytest.approx(ref, rel=2e-11)
