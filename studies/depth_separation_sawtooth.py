@@ -48,9 +48,9 @@ Measured with the defaults: the best shallow L1 error at m = 2^{k-1} is 0.133, 0
 k = 6, 7, 8 (the lower bound is 0 there), the first exact width is 2^k, and the deep network's
 errors are exactly 0.
 
-Runtime: about 50 s with the defaults (k = 6, 7, 8; the refinement flows and the exact piece
-counts at widths up to 4096), about 2-5 s with --quick (k = 5, 6), on one core of the 2-core
-development machine under load.
+Runtime: 12 s with the defaults (k = 6, 7, 8; the refinement flows and the exact piece counts at
+widths up to 4096), up to 50 s under load, about 2-5 s with --quick (k = 5, 6), on one core of the
+2-core development machine.
 """
 
 from __future__ import annotations

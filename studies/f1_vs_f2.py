@@ -55,7 +55,7 @@ two orders of magnitude. In d = 20 and 50 the kernel sits near the neuron's ener
 steep slope at n ~ 10^3 in d = 50 is the degree-2 step (N(50, 2) = 1274): over this range of n the
 fitted slopes show the staircase, not the asymptotic exponent.
 
-Runtime: about 8 minutes of single-core time with the defaults (4 minutes on 2 cores: the points run
+Runtime: about 3 minutes of single-core time with the defaults (1.5 minutes on 2 cores, 4 under load: the points run
 in parallel with --workers; the kernel solves at n = 3200 and the flows at n = 3200 take most of it),
 about 20 s with --quick; ``--device gpu`` runs the flows and the kernels with CuPy (not tested on a GPU).
 """
