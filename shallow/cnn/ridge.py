@@ -41,7 +41,8 @@ class RidgeClassifier:
     W : array of shape (p, K)
     b : array of shape (K,)
     mean, std : arrays of shape (p,)
-        The training features' column means and standard deviations (1 where a column is constant).
+        The training features' column means and standard deviations (a constant column has its
+        value as mean and std 1: it maps to 0).
     classes_ : numpy array of shape (K,)
 
     Examples
@@ -79,9 +80,14 @@ class RidgeClassifier:
         if len(self.classes_) < 2:
             raise ValueError(f"y must hold at least 2 classes to classify, got only {self.classes_.tolist()}")
         Y = xp.asarray((y_host[:, None] == self.classes_[None, :]).astype(np.float64))  # (n, K)
-        self.mean = Phi.mean(axis=0)
-        std = Phi.std(axis=0)
-        self.std = xp.where(std > 0, std, 1.0)
+        mean, std = Phi.mean(axis=0), Phi.std(axis=0)
+        # a constant column (max = min) gets its value as mean and std 1, so that it maps to 0: its
+        # computed std is the mean's rounding error (4e-17 for 0.1), not 0, and a new sample whose
+        # value differs there was sent 1e16 standard deviations away
+        hi = Phi.max(axis=0)
+        constant = hi == Phi.min(axis=0)
+        self.mean = xp.where(constant, hi, mean)
+        self.std = xp.where((std > 0) & ~constant, std, 1.0)
         Z = (Phi - self.mean) / self.std  # (n, p)
         self.b = Y.mean(axis=0)
         if n < p:  # the dual form: an n x n system

@@ -39,6 +39,31 @@ def test_ridge_classifier_predictions_do_not_depend_on_the_scale_or_offset_of_a_
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
+def _augmented_least_squares(Z, Y, lam):
+    """argmin (1/n)|Z W - (Y - b)|^2 + lambda |W|^2 by numpy's lstsq on [Z; sqrt(n lambda) I] W = [Y - b; 0]."""
+    n, p = Z.shape
+    A = np.vstack([Z, np.sqrt(n * lam) * np.eye(p)])
+    B = np.vstack([Y - Y.mean(axis=0), np.zeros((p, Y.shape[1]))])
+    return np.linalg.lstsq(A, B, rcond=None)[0]
+
+
+def test_ridge_classifier_a_constant_feature_plays_no_part():
+    # a column constant on the training set (0.1, whose computed mean is off by 4e-17) maps to 0:
+    # the scores of new samples, whatever their value there, are those of the ridge solution on the
+    # other columns (lstsq), up to rounding
+    Phi, y = _problem(40, 4)
+    lam = 1e-3
+    clf = RidgeClassifier(lam).fit(np.c_[Phi, np.full(40, 0.1)], y)
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = np.eye(3)[y]
+    W = _augmented_least_squares(Z, Y, lam)
+    new, _ = _problem(10, 4, seed=1)
+    expected = (new - Phi.mean(axis=0)) / Phi.std(axis=0) @ W + Y.mean(axis=0)
+    # well-conditioned normal equations: 1e-10 relative
+    np.testing.assert_allclose(clf.decision_function(np.c_[new, np.full(10, 1.1)]), expected, rtol=1e-10,
+                               atol=1e-10 * np.abs(expected).max())
+
+
 def test_ridge_classifier_keeps_the_labels_of_the_training_set():
     # labels need not be 0..K-1: predictions come back as the original labels
     Phi, y = _problem(30, 4)
