@@ -80,7 +80,12 @@ class RidgeClassifier:
         if len(self.classes_) < 2:
             raise ValueError(f"y must hold at least 2 classes to classify, got only {self.classes_.tolist()}")
         Y = xp.asarray((y_host[:, None] == self.classes_[None, :]).astype(np.float64))  # (n, K)
-        mean, std = Phi.mean(axis=0), Phi.std(axis=0)
+        # mean and std of each column scaled by the power of 2 of its largest modulus (exact, the same
+        # numbers in range): the squares of std overflowed beyond 1e154 and underflowed below 1e-154,
+        # and a feature's scale changed the predictions
+        _, e = xp.frexp(xp.abs(Phi).max(axis=0))  # (p,)
+        scaled = xp.ldexp(Phi, -e)
+        mean, std = xp.ldexp(scaled.mean(axis=0), e), xp.ldexp(scaled.std(axis=0), e)
         # a constant column (max = min) gets its value as mean and std 1, so that it maps to 0: its
         # computed std is the mean's rounding error (4e-17 for 0.1), not 0, and a new sample whose
         # value differs there was sent 1e16 standard deviations away

@@ -64,6 +64,22 @@ def test_ridge_classifier_a_constant_feature_plays_no_part():
                                atol=1e-10 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1e170, 1e300])
+def test_ridge_classifier_scores_do_not_depend_on_the_scale_of_a_feature_at_any_scale(scale):
+    # standardisation makes the scores invariant under Phi[:, j] -> s Phi[:, j] at every representable
+    # scale, also where the squares of the features leave the floats (beyond 1e+-154): the scores are
+    # those of the ridge solution (lstsq) on the unscaled standardised features, up to rounding
+    Phi, y = _problem(40, 4)
+    lam = 1e-3
+    scaled = Phi * np.array([scale, 1.0, scale, 1.0])
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = np.eye(3)[y]
+    expected = Z @ _augmented_least_squares(Z, Y, lam) + Y.mean(axis=0)
+    got = RidgeClassifier(lam).fit(scaled, y).decision_function(scaled)
+    # well-conditioned normal equations: 1e-10 relative
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
+
+
 def test_ridge_classifier_keeps_the_labels_of_the_training_set():
     # labels need not be 0..K-1: predictions come back as the original labels
     Phi, y = _problem(30, 4)
