@@ -8,9 +8,9 @@ raw pixels. For features Phi (n, p) and labels y with classes c_1 < ... < c_K,
     W = argmin_W (1/n) |Z W - (Y - b)|^2 + lambda |W|^2 = (Z^T Z / n + lambda I_p)^{-1} Z^T (Y - b) / n,
 
 with Y the (n, K) one-hot targets and b their mean (the bias); predictions argmax_k (Z W + b)_k.
-When n < p the same W is computed from the n x n dual system
-W = Z^T (Z Z^T / n + lambda I_n)^{-1} (Y - b) / n (push-through identity). Solved in float64 on the
-features' device.
+When n <= p the same W is computed from the n x n dual system
+W = Z^T (Z Z^T / n + lambda I_n)^{-1} (Y - b) / n (push-through identity): the centred Z has rank at
+most n - 1, so Z^T Z is singular unless n > p. Solved in float64 on the features' device.
 
 References
 ----------
@@ -95,7 +95,7 @@ class RidgeClassifier:
         self.std = xp.where((std > 0) & ~constant, std, 1.0)
         Z = (Phi - self.mean) / self.std  # (n, p)
         self.b = Y.mean(axis=0)
-        if n < p:  # the dual form: an n x n system
+        if n <= p:  # the dual form: an n x n system (Z^T Z, of rank <= n - 1, is singular at n = p)
             self.W = Z.T @ xp.linalg.solve(Z @ Z.T / n + self.ridge * xp.eye(n), (Y - self.b) / n)
         else:
             self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(p), Z.T @ (Y - self.b) / n)

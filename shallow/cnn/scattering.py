@@ -611,7 +611,7 @@ class ScatteringClassifier(RidgeClassifier):
     fit: Phi = standardised scattering features (N, h w C K), each column with the training
     set's mean and standard deviation; Y the one-hot targets centred per class; then
     W = (Phi^T Phi / n + lambda I)^{-1} Phi^T Y / n, solved in float64 (in the dual form
-    W = Phi^T (Phi Phi^T / n + lambda I)^{-1} Y / n when there are fewer images than features), and
+    W = Phi^T (Phi Phi^T / n + lambda I)^{-1} Y / n when there are no more images than features), and
     the bias the mean target (:class:`shallow.cnn.ridge.RidgeClassifier` on the scattering
     features: ``predict`` and ``score`` take images). predict: argmax_c (Phi W + b)_c. The scattering is the fixed-filter CNN, the ridge
     regression its trained last layer (Bruna and Mallat 2013 use a Gaussian SVM or a PCA

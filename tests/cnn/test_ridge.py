@@ -80,6 +80,23 @@ def test_ridge_classifier_scores_do_not_depend_on_the_scale_of_a_feature_at_any_
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
 
 
+def test_ridge_classifier_is_the_ridge_solution_for_a_tiny_ridge_at_n_equal_p():
+    # centred columns: Z (n, n) has rank n - 1, so Z^T Z is singular and lambda = 1e-12 alone keeps the
+    # n x n system solvable; W = V diag(s / (s^2 + n lambda)) U^T (Y - b) from numpy's SVD of Z, on its
+    # n - 1 non-zero singular values (the last one is rounding, below 1e-14 s_max)
+    n = 20
+    Phi, y = _problem(n, n)
+    lam = 1e-12
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = np.eye(3)[y]
+    U, s, Vt = np.linalg.svd(Z)
+    assert s[-1] < 1e-14 * s[0] < s[-2]
+    U, s, Vt = U[:, :-1], s[:-1], Vt[:-1]
+    W = Vt.T @ np.diag(s / (s**2 + n * lam)) @ U.T @ (Y - Y.mean(axis=0))
+    # the smallest non-zero s^2 / n is 1.8e-3 here: 1e-10 relative leaves room for its condition number
+    np.testing.assert_allclose(RidgeClassifier(lam).fit(Phi, y).W, W, rtol=0, atol=1e-10 * np.abs(W).max())
+
+
 def test_ridge_classifier_keeps_the_labels_of_the_training_set():
     # labels need not be 0..K-1: predictions come back as the original labels
     Phi, y = _problem(30, 4)
