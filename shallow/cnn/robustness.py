@@ -1072,12 +1072,22 @@ def input_gradient(model, X, y, *, loss="ce"):
 
 # ============================================================================= attacks
 
+def _norms(d):
+    """|d_n|_2 of each image, shape (N,): the sum of squares of d_n scaled by the power of 2 of its largest
+    modulus (exact), so that the squares stay normal numbers: float32 entries below 1e-19 (a confident
+    model's cross-entropy gradient) underflowed to 0 and entries above 1e19 overflowed."""
+    xp = get_xp(d)
+    flat = d.reshape(d.shape[0], -1)
+    _, e = xp.frexp(xp.abs(flat).max(axis=1))  # (N,)
+    return xp.ldexp(xp.sqrt((xp.ldexp(flat, -e[:, None]) ** 2).sum(axis=1)), e)
+
+
 def _direction(g, norm):
     """The steepest-ascent unit step for the norm: sign(g) (Linf) or g / |g|_2 per image (0 where g = 0)."""
     xp = get_xp(g)
     if norm == "inf":
         return xp.sign(g)
-    n = xp.sqrt((g.reshape(g.shape[0], -1) ** 2).sum(axis=1))
+    n = _norms(g)
     n = xp.where(n > 0, n, 1).reshape((-1,) + (1,) * (g.ndim - 1))
     return g / n
 
@@ -1090,7 +1100,7 @@ def _project(X_adv, X0, eps, norm, clip):
     if norm == "inf":
         d = xp.clip(d, -e, e)
     else:
-        n = xp.sqrt((d.reshape(d.shape[0], -1) ** 2).sum(axis=1)).reshape(e.shape)
+        n = _norms(d).reshape(e.shape)
         d = d * xp.minimum(1, e / xp.where(n > 0, n, 1))
     out = X0 + d
     if clip is not None:

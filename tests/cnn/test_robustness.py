@@ -70,10 +70,10 @@ def _ce(model, X, y):
     return logsumexp(z, axis=1) - z[np.arange(len(y)), y]
 
 
-def _linear_binary(w, b=0.0):
+def _linear_binary(w, b=0.0, dtype=np.float64):
     """A 2-class model on (H, W, 1) images with logits (0, <w, x> + b): the margin <w, x> + b is linear."""
     H, W_ = w.shape
-    lin = Linear(H * W_, 2, rng=0)
+    lin = Linear(H * W_, 2, rng=0, dtype=dtype)
     lin.params["W"][...] = np.stack([np.zeros(H * W_), w.ravel()], axis=1)
     lin.params["b"][...] = [0.0, b]
     return Model(Sequential(Flatten(), lin), (H, W_, 1), 2)
@@ -353,6 +353,31 @@ def test_fgsm_moves_a_linear_margin_by_eps_times_the_dual_norm():
     for norm, dual in (("inf", np.abs(w).sum()), ("2", np.linalg.norm(w))):
         adv = fgsm(model, X, np.zeros(3, int), 0.1, norm=norm, loss="margin")
         np.testing.assert_allclose((adv[..., 0] * w).sum(axis=(1, 2)) - m0, 0.1 * dual, rtol=1e-12)
+
+
+def test_fgsm_l2_step_is_eps_along_a_float32_gradient_below_1e_19():
+    # logits (0, <w, x> - 60): the cross-entropy of class 0 has input gradient sigmoid(<w, x> - 60) w,
+    # about 1e-26 w, whose squares underflow in float32; the L2 step is still eps w / |w|_2 (closed form,
+    # in float64)
+    w = np.random.default_rng(30).standard_normal((3, 3))
+    model = _linear_binary(w, b=-60.0, dtype=np.float32)
+    adv = fgsm(model, np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, int), 0.5, norm="2")
+    expected = np.broadcast_to(0.5 * w / np.linalg.norm(w), (2, 3, 3))
+    # float32 arithmetic on entries of order 0.5: 4 ulps of 1
+    np.testing.assert_allclose(adv[..., 0], expected, rtol=0, atol=4 * np.finfo(np.float32).eps)
+
+
+def test_pgd_l2_projection_is_exact_for_a_float32_radius_above_1e19():
+    # the margin <w, x> of a linear model is maximised over the L2 ball of radius eps at x + eps w / |w|_2
+    # (closed form, in float64); one step of size eps reaches it, and the projection, whose squares
+    # overflow float32 at eps = 1e20, keeps it
+    w = np.random.default_rng(31).standard_normal((3, 3))
+    model = _linear_binary(w, dtype=np.float32)
+    adv = pgd(model, np.zeros((2, 3, 3, 1), np.float32), np.zeros(2, int), 1e20, norm="2", steps=1,
+              step_size=1e20, loss="margin")
+    expected = np.broadcast_to(1e20 * w / np.linalg.norm(w), (2, 3, 3))
+    # float32 arithmetic: 4 ulps relative
+    np.testing.assert_allclose(adv[..., 0], expected, rtol=4 * np.finfo(np.float32).eps)
 
 
 @pytest.mark.parametrize("norm", ["inf", "2"])
