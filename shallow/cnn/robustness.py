@@ -442,7 +442,11 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
 # ============================================================================= spectral norms
 
 def _unit(v, xp):
-    n = float(xp.sqrt((v.astype(xp.float64) ** 2).sum()))
+    """(v / |v|, |v|), |v| in float64 from the squares of v scaled by the power of 2 of its largest modulus
+    (exact): representable wherever |v| is."""
+    v64 = v.astype(xp.float64)
+    _, e = xp.frexp(xp.abs(v64).max())
+    n = float(xp.ldexp(xp.sqrt((xp.ldexp(v64, -e) ** 2).sum()), e))
     return v / n if n > 0 else v, n
 
 
@@ -451,17 +455,19 @@ def _power_iteration(A, AT, v, n_iter, tol):
 
     sqrt(|A^T A v|) >= |A v| for a unit v, and both increase to sigma_max(A) as v aligns with the
     top right singular vector (for a start not orthogonal to it). Stops when the relative change
-    of the estimate falls below ``tol``.
+    of the estimate falls below ``tol``. Each half step is normalised, |A^T A v| = |A v| |A^T u| with
+    u = A v / |A v|, so that the iterates are of the order of sigma, not sigma^2: the estimate is in
+    range wherever sigma_max(A) is.
     """
     xp = get_xp(v)
     v, _ = _unit(v, xp)
     sigma = 0.0
     for _ in range(n_iter):
-        w = AT(A(v))
-        w, lam = _unit(w, xp)
-        new = math.sqrt(lam)
-        if lam == 0:
+        u, a = _unit(A(v), xp)
+        w, b = _unit(AT(u), xp)
+        if a == 0 or b == 0:
             return 0.0, v
+        new = math.sqrt(a) * math.sqrt(b)
         done = abs(new - sigma) <= tol * new
         sigma, v = new, w
         if done:

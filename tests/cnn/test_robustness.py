@@ -169,6 +169,17 @@ def test_circular_conv_singular_values_match_the_dense_svd():
     np.testing.assert_allclose(fft, dense, atol=1e-10 * dense.max())
 
 
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e-200), (np.float64, 1e200), (np.float32, 1e-25),
+                                          (np.float32, 1e20)])
+def test_spectral_norm_is_found_at_every_scale_where_it_is_representable(dtype, scale):
+    # sigma_max(c M) = c sigma_max(M), numpy's SVD of M; A^T A v is of order sigma^2, out of range here
+    M = np.random.default_rng(32).standard_normal((6, 4))
+    exact = scale * np.linalg.svd(M, compute_uv=False)[0]
+    # converged to tol = 1e-10 (float64); float32 products: 100 ulps
+    rtol = 1e-8 if dtype == np.float64 else 100 * np.finfo(np.float32).eps
+    assert spectral_norm((scale * M).astype(dtype), rng=0) == pytest.approx(exact, rel=rtol, abs=0)
+
+
 def test_power_iteration_matches_fft_singular_values_of_a_circular_convolution():
     # the circular convolution made of the layer itself: a wrap-padded input and a padding-0 Conv2d;
     # its adjoint is the layer's backward pass folded back onto the torus
