@@ -347,10 +347,10 @@ class Scattering2D:
 
     @staticmethod
     def _modulus_tangent(Z, U, tZ):
-        """d|z| = Re(conj(z) dz) / |z|, 0 where z = 0."""
+        """d|z| = Re(conj(z / |z|) dz), 0 where z = 0 (z / |z| first: the products z dz overflow)."""
         xp = get_xp(Z)
         safe = xp.where(U > 0, U, 1)
-        return xp.where(U > 0, (Z.real * tZ.real + Z.imag * tZ.imag) / safe, 0)
+        return xp.where(U > 0, (Z.real / safe) * tZ.real + (Z.imag / safe) * tZ.imag, 0)
 
     @staticmethod
     def _modulus_adjoint(Z, U, g):

@@ -263,6 +263,22 @@ def test_jvp_matches_central_differences_and_is_adjoint_to_vjp():
     assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + abs(rhs))
 
 
+@pytest.mark.parametrize("dtype, c", [(np.float64, 1e160), (np.float32, 1e20)])
+def test_jvp_is_homogeneous_at_scales_where_z_times_dz_overflows(dtype, c):
+    # (dS/dx)(c x) (c v) = c (dS/dx)(x) v (S is 1-homogeneous), against c times central differences of
+    # S at scale 1 in float64, where the products of the wavelet coefficients z dz (c^2) overflow
+    rng = np.random.default_rng(22)
+    S = Scattering2D(2, (16, 16), 4)
+    x, v = rng.standard_normal((2, 16, 16)), rng.standard_normal((2, 16, 16))
+    h = 1e-6
+    fd = (S(x + h * v) - S(x - h * v)) / (2 * h)
+    _, tS = S.jvp((c * x).astype(dtype), (c * v).astype(dtype))
+    assert tS.dtype == dtype
+    # central differences: 3e-10 of the scale (O(h^2) and eps / h); float32: a few ulps along the paths
+    tol = 1e-8 if dtype == np.float64 else 1e-6
+    assert np.abs(tS.astype(np.float64) / c - fd).max() <= tol * np.abs(fd).max()
+
+
 def test_scattering_layer_backward_matches_central_differences():
     rng = np.random.default_rng(30)
     layer = ScatteringLayer(2, (8, 8), L=4)
