@@ -202,7 +202,8 @@ class Scattering2D:
     Notes
     -----
     The filters are precomputed in float64 on the host; they are moved to the device and dtype of
-    the input at its first call (or with :meth:`to`). float32 images give float32 coefficients.
+    the input at its first call (or with :meth:`to`). float32 images give float32 coefficients;
+    float16 images are computed in float32 (as numpy's FFTs do), and give float32 coefficients.
 
     Examples
     --------
@@ -367,7 +368,7 @@ class Scattering2D:
         if B == 0:  # no images: no coefficients (the blocks below reshape by B)
             S = xp.zeros((0, self.n_coefficients, *self.output_shape), dtype=np.promote_types(x.dtype, np.float32))
             return S, (None if tx is None else S.copy()), ({"first": [], "second": {}} if keep else None)
-        F = self._filters(xp, x.dtype)
+        F = self._filters(xp, np.promote_types(x.dtype, np.float32))  # float16 filters lost 3 digits
         fft2 = xp.fft.fft2
         X = fft2(self._pad_image(x))
         out, tout = [self._low(X, 0, F)[:, None]], None
@@ -415,7 +416,7 @@ class Scattering2D:
         B = x.shape[0]
         if B == 0:
             return xp.zeros_like(x)
-        F = self._filters(xp, x.dtype)
+        F = self._filters(xp, np.promote_types(x.dtype, np.float32))
         L, J = self.L, self.J
         Mp, Np = self.padded_shape
         gX = self._low_adjoint(G[:, 0], 0, F)  # (B, M', N')

@@ -358,7 +358,8 @@ def wavelet_transform(x, bank: FilterBank):
 
     Notes
     -----
-    Computed with FFTs: (x * f)[u] = IDFT(X[k] F[k])[u]. float32 images give complex64 results.
+    Computed with FFTs: (x * f)[u] = IDFT(X[k] F[k])[u]. float32 images give complex64 results (float16
+    images too, computed in float32).
 
     Examples
     --------
@@ -375,7 +376,7 @@ def wavelet_transform(x, bank: FilterBank):
     if tuple(x.shape[-2:]) != tuple(bank.shape):
         raise ValueError(f"x has images of shape {tuple(x.shape[-2:])} but the filter bank is built for "
                          f"shape {tuple(bank.shape)}")
-    dtype = x.dtype
+    dtype = np.promote_types(x.dtype, np.float32)  # float16 in float32, as numpy's FFTs compute it
     X = xp.fft.fft2(x)
     phi = xp.asarray(bank.phi.astype(dtype))
     psi = xp.asarray(bank.psi.astype(dtype))
