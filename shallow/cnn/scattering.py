@@ -47,7 +47,9 @@ Normalisation (the one convention that differs from Kymatio 0.3.0)
 Kymatio normalises its Gaussian envelopes by 2 * 3.1415 * sigma^2 / s instead of 2 pi sigma^2 / s,
 so each of its filters is pi / 3.1415 = 1 + 2.95e-5 times ours: its coefficients of order m are
 ours times (pi / 3.1415)^{m + 1} (the scattering is positively homogeneous in each filter). Ours
-have phi_hat(0) = 1 (up to aliases below 1e-12): S_0 of a constant image is that constant.
+have phi_hat(0) = 1 up to its aliases, (sum_{n in Z} exp(-2 pi^2 n^2 sigma_phi^2))^2 - 1: 1.3e-5 at J = 1
+(sigma_phi = 0.8), below 1e-21 from J = 2. S_0 of a constant image is that constant (times 1 + 1.3e-5
+at J = 1).
 
 Derivatives
 -----------
