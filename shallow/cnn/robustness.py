@@ -867,7 +867,10 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
         above "product".
     method : {"power", "fft"}
         Norms of convolutions (and linear and average-pooling layers) by power iteration (an
-        estimate from below, converged to ``tol``), or by certified upper bounds (the FFT bound of
+        estimate from below, stopped when it changes by less than ``tol`` relative or after
+        ``n_iter`` steps: where the top two singular values are close it may stop further below,
+        e.g. 1.7e-5 below for the first convolution of ``vgg_small((8, 8, 1), 10, width=4, rng=0)``,
+        whose top two are 3.2e-5 apart, after 500 steps), or by certified upper bounds (the FFT bound of
         :func:`conv_norm_bound`, the SVD, sqrt(overlap / window) for average pooling). The
         products of consecutive affine layers of ``"averaged"`` are always by power iteration
         (capped by the product of the factors' norms).
