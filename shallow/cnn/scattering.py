@@ -83,7 +83,7 @@ from ..backend import get_xp, to_device
 from .layers import Layer, _missing_cache, check_batch
 from .models import check_images
 from .ridge import RidgeClassifier
-from .wavelets import FilterBank, check_grid_shape, filter_bank
+from .wavelets import FilterBank, _image_exponents, check_grid_shape, filter_bank
 
 __all__ = ["Scattering2D", "ScatteringClassifier", "ScatteringLayer", "check_scattering_shape", "n_coefficients"]
 
@@ -206,6 +206,8 @@ class Scattering2D:
     The filters are precomputed in float64 on the host; they are moved to the device and dtype of
     the input at its first call (or with :meth:`to`). float32 images give float32 coefficients;
     float16 images are computed in float32 (as numpy's FFTs do), and give float32 coefficients.
+    Each image is scattered scaled by a power of 2 (exact), so that S(c x) = c S(x) holds wherever
+    c x and c S(x) are floats.
 
     Examples
     --------
@@ -371,6 +373,15 @@ class Scattering2D:
             S = xp.zeros((0, self.n_coefficients, *self.output_shape), dtype=np.promote_types(x.dtype, np.float32))
             return S, (None if tx is None else S.copy()), ({"first": [], "second": {}} if keep else None)
         F = self._filters(xp, np.promote_types(x.dtype, np.float32))  # float16 filters lost 3 digits
+        # each image (and tangent) scaled by a power of 2 to a largest modulus in [1, 2), and S (and tS)
+        # back: exact, since S is 1-homogeneous in x and tS linear in tx and 0-homogeneous in x (the cache
+        # keeps the scaled z, of which the vjp uses z / |z| only); the DFT's sums of M' N' pixels
+        # overflowed for float32 pixels beyond 1e35 (float64 1e305)
+        e = _image_exponents(x)  # (B,)
+        x = xp.ldexp(x, -e[:, None, None])
+        if tx is not None:
+            et = _image_exponents(tx)
+            tx = xp.ldexp(tx, -et[:, None, None])
         fft2 = xp.fft.fft2
         X = fft2(self._pad_image(x))
         out, tout = [self._low(X, 0, F)[:, None]], None
@@ -408,8 +419,8 @@ class Scattering2D:
                     order2.append(xp.stack(blocks, axis=2).reshape(B, -1, *self.output_shape))
                     if tx is not None:
                         torder2.append(xp.stack(tblocks, axis=2).reshape(B, -1, *self.output_shape))
-        S = xp.concatenate(out + order2, axis=1)
-        tS = None if tx is None else xp.concatenate(tout + torder2, axis=1)
+        S = xp.ldexp(xp.concatenate(out + order2, axis=1), e[:, None, None, None])
+        tS = None if tx is None else xp.ldexp(xp.concatenate(tout + torder2, axis=1), et[:, None, None, None])
         return S, tS, cache
 
     def _vjp_cached(self, x, cache, G):

@@ -301,6 +301,15 @@ def filter_bank(shape, J, L=8, *, kind="morlet", sigma0=SIGMA0, xi0=XI0, slant=N
     return FilterBank(shape, J, L, kind, psi, phi, sigma, xi, theta, slant, sigma_phi)
 
 
+def _image_exponents(x):
+    """e of shape x.shape[:-2]: 2^-e x has its largest modulus in [1, 2) in each image (..., M, N), e = 0 for
+    a zero image. Scaling an image by 2^-e and its (linear or 1-homogeneous) transform back by 2^e is exact
+    and 2^e is a float of x's dtype; the DFT's sums of M N pixels then stay in range."""
+    xp = get_xp(x)
+    m = xp.abs(x).max(axis=(-2, -1))
+    return xp.where(m > 0, xp.frexp(m)[1] - 1, 0)
+
+
 def _reflect(F):
     """F[-k] on the FFT grid (index -k mod M along both axes)."""
     return np.roll(F[..., ::-1, ::-1], 1, axis=(-2, -1))
@@ -377,9 +386,13 @@ def wavelet_transform(x, bank: FilterBank):
         raise ValueError(f"x has images of shape {tuple(x.shape[-2:])} but the filter bank is built for "
                          f"shape {tuple(bank.shape)}")
     dtype = np.promote_types(x.dtype, np.float32)  # float16 in float32, as numpy's FFTs compute it
-    X = xp.fft.fft2(x)
+    # each image scaled by a power of 2 to a largest modulus in [1, 2) (exact; W is linear): the DFT's
+    # sums overflowed for float32 pixels beyond 1e35 (float64 1e305)
+    e = _image_exponents(x)[..., None, None]
+    scale = xp.ldexp(xp.ones((), dtype=dtype), e)  # 2^e, (..., 1, 1)
+    X = xp.fft.fft2(xp.ldexp(x, -e))
     phi = xp.asarray(bank.phi.astype(dtype))
     psi = xp.asarray(bank.psi.astype(dtype))
-    low = xp.fft.ifft2(X * phi).real
-    high = xp.fft.ifft2(X[..., None, None, :, :] * psi)
+    low = xp.fft.ifft2(X * phi).real * scale
+    high = xp.fft.ifft2(X[..., None, None, :, :] * psi) * scale[..., None, None, :, :]
     return low, high

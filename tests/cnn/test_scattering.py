@@ -160,6 +160,22 @@ def test_float16_images_are_scattered_in_float32():
     assert np.abs(out16 - out64).max() < 1e-5 * np.abs(out64).max()
 
 
+@pytest.mark.parametrize("dtype, c", [(np.float64, 1e-300), (np.float64, 1e306), (np.float32, 1e-37),
+                                      (np.float32, 1e37)])
+def test_scattering_is_homogeneous_at_the_ends_of_the_float_range(dtype, c):
+    # S(c x) = c S(x) for c > 0 (the modulus and the filters are 1-homogeneous) wherever c x and c S(x)
+    # are floats, against c times the float64 scattering of x: at c = 1e306 (float32: 1e37) the DFT's
+    # sums over the padded grid's 48^2 pixels leave the floats
+    S = Scattering2D(2, (16, 16), 4)
+    x = np.random.default_rng(5).standard_normal((2, 16, 16))
+    out = S((c * x).astype(dtype))
+    assert out.dtype == dtype and np.all(np.isfinite(out))
+    expected = c * S(x)
+    # float64: rounding of a few FFT stages, 1e-12 of the scale; float32: 1e-5 (as float32 against float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(out - expected).max() <= tol * np.abs(expected).max()
+
+
 # ----------------------------------------------------------------------------- invariance and energy
 
 def test_translation_by_multiples_of_2J_shifts_the_coefficients_exactly():

@@ -230,6 +230,22 @@ def test_wavelet_transform_float32_stays_float32():
     assert np.abs(high32 - high64).max() < 1e-5 * np.abs(high64).max()
 
 
+@pytest.mark.parametrize("dtype, c", [(np.float64, 1e-300), (np.float64, 1e307), (np.float32, 1e-37),
+                                      (np.float32, 1e37)])
+def test_wavelet_transform_is_linear_at_the_ends_of_the_float_range(dtype, c):
+    # W(c x) = c W(x) wherever c x and c W(x) are floats, against c times the float64 transform of x: at
+    # c = 1e307 (float32: 1e37) the DFT's sums of 256 pixels leave the floats
+    bank = filter_bank((16, 16), 2, 4)
+    x = np.random.default_rng(2).standard_normal((2, 16, 16))
+    low, high = wavelet_transform((c * x).astype(dtype), bank)
+    low1, high1 = wavelet_transform(x, bank)
+    assert np.all(np.isfinite(low)) and np.all(np.isfinite(high))
+    # float64: 1e-12 of the scale; float32 FFTs: 1e-5, as float32 against float64
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.abs(low - c * low1).max() <= tol * c * np.abs(low1).max()
+    assert np.abs(high - c * high1).max() <= tol * c * np.abs(high1).max()
+
+
 def test_wavelet_transform_computes_float16_images_in_float32():
     # float16 images are transformed in float32 (numpy's FFTs compute them so), not with filters rounded to
     # float16: complex64 results within 1e-5 of the scale of the float64 transform of the same values
