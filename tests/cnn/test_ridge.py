@@ -13,7 +13,15 @@ def _problem(n, p, K=3, seed=0):
     return Phi, y
 
 
-@pytest.mark.parametrize("n, p", [(40, 6), (8, 30)])  # primal (n >= p) and dual (n < p) forms
+def _augmented_least_squares(Z, Y, lam):
+    """argmin (1/n)|Z W - (Y - b)|^2 + lambda |W|^2 by numpy's lstsq on [Z; sqrt(n lambda) I] W = [Y - b; 0]."""
+    n, p = Z.shape
+    A = np.vstack([Z, np.sqrt(n * lam) * np.eye(p)])
+    B = np.vstack([Y - Y.mean(axis=0), np.zeros((p, Y.shape[1]))])
+    return np.linalg.lstsq(A, B, rcond=None)[0]
+
+
+@pytest.mark.parametrize("n, p", [(40, 6), (8, 30)])  # primal (n > p) and dual (n <= p) forms
 def test_ridge_classifier_is_the_augmented_least_squares_solution(n, p):
     # argmin (1/n)|Z W - (Y - b)|^2 + lambda |W|^2 is the least-squares solution of
     # [Z; sqrt(n lambda) I] W = [Y - b; 0], solved here by numpy's lstsq (an independent SVD solver).
@@ -22,9 +30,7 @@ def test_ridge_classifier_is_the_augmented_least_squares_solution(n, p):
     clf = RidgeClassifier(lam).fit(Phi, y)
     Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
     Y = np.eye(3)[y]
-    A = np.vstack([Z, np.sqrt(n * lam) * np.eye(p)])
-    B = np.vstack([Y - Y.mean(axis=0), np.zeros((p, 3))])
-    W = np.linalg.lstsq(A, B, rcond=None)[0]
+    W = _augmented_least_squares(Z, Y, lam)
     # the normal equations are well conditioned here (lambda > 0): agreement to 1e-10 relative
     assert np.abs(clf.W - W).max() < 1e-10 * np.abs(W).max()
     np.testing.assert_allclose(clf.b, Y.mean(axis=0), rtol=1e-14)
@@ -37,14 +43,6 @@ def test_ridge_classifier_predictions_do_not_depend_on_the_scale_or_offset_of_a_
     a = RidgeClassifier(1e-2).fit(Phi, y).decision_function(Phi)
     b = RidgeClassifier(1e-2).fit(scaled, y).decision_function(scaled)
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
-
-
-def _augmented_least_squares(Z, Y, lam):
-    """argmin (1/n)|Z W - (Y - b)|^2 + lambda |W|^2 by numpy's lstsq on [Z; sqrt(n lambda) I] W = [Y - b; 0]."""
-    n, p = Z.shape
-    A = np.vstack([Z, np.sqrt(n * lam) * np.eye(p)])
-    B = np.vstack([Y - Y.mean(axis=0), np.zeros((p, Y.shape[1]))])
-    return np.linalg.lstsq(A, B, rcond=None)[0]
 
 
 def test_ridge_classifier_a_constant_feature_plays_no_part():
