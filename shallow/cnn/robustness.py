@@ -107,8 +107,8 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    check_bool,
     check_array,
+    check_bool,
     check_integer,
     check_nonnegative,
     check_positive,
