@@ -303,7 +303,9 @@ class Model(Layer):
     n_classes : int
         K.
     alpha : float > 0
-        Output scale.
+        Output scale. It multiplies h and the gradients in the network's dtype, so alpha (alpha /
+        sqrt(2) with the antisymmetric centring) must be a normal number of that dtype (from 1.2e-38
+        to 3.4e38 in float32).
     centering : {None, "frozen", "antisymmetric"}
         f(x; theta_0) = 0 by a frozen copy or by an antisymmetric pair (module notes).
     check_inputs : bool
@@ -342,6 +344,14 @@ class Model(Layer):
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
         self.centering = centering
+        dtype = net.dtype
+        if dtype is not None:  # u multiplies h and dy in the network's dtype
+            info = np.finfo(dtype)
+            if not float(info.tiny) <= self._u <= float(info.max):
+                raise ValueError(f"alpha = {self.alpha:.3g} is outside the normal {np.dtype(dtype).name} numbers "
+                                 f"[{float(info.tiny):.3g}, {float(info.max):.3g}] that the network computes in: "
+                                 "f and the gradients would be rounded to 0 or inf (NaN at a centred "
+                                 "initialisation); build the network in float64")
         self.check_inputs = check_bool(check_inputs, "check_inputs")
         self.net = net
         self.other = None

@@ -27,6 +27,24 @@ def test_output_scale_alpha_multiplies_the_network():
     np.testing.assert_allclose(Model(net, (8, 8), 5, alpha=7.5).eval().forward(x), 7.5 * base, rtol=1e-14)
 
 
+
+def test_float32_model_refuses_an_alpha_beyond_the_normal_float32_range():
+    # alpha multiplies h and the gradients in the network's dtype: in float32, alpha = 1e39 became inf
+    # and the centred f(x; theta_0) = alpha (h - h_0) was inf * 0 = NaN where it is 0; alpha = 1e-50
+    # became 0, f = 0 and zero gradients without a word. Inside the range f(x; theta_0) = 0 exactly and
+    # f = alpha h (alpha = 1e-30: h rounded once more, 4 ulps); a float64 model takes both.
+    x = np.random.default_rng(14).standard_normal((3, 8, 8, 1)).astype(np.float32)
+    for alpha in (1e-50, 1e-40, 1e39):  # 1e-40 is subnormal in float32: 5 digits
+        with pytest.raises(ValueError, match=r"alpha = .* is outside the normal float32 numbers"):
+            build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=alpha, centering="frozen", dtype=np.float32)
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=3e38, centering="antisymmetric", dtype=np.float32)
+    np.testing.assert_array_equal(model.forward(x), 0.0)
+    h = build_model("vgg", (8, 8), 3, width=2, rng=0, dtype=np.float32).eval().forward(x)
+    f = build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=1e-30, dtype=np.float32).eval().forward(x)
+    np.testing.assert_allclose(f, 1e-30 * h.astype(np.float64), rtol=4 * np.finfo(np.float32).eps)
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=1e39, centering="frozen")
+    np.testing.assert_array_equal(model.forward(x.astype(np.float64)), 0.0)
+
 def _jacobian_rows(model, x):
     """Gradients of every output f_k(x_n) with respect to all trained parameters, as rows."""
     y = model.forward(x)
