@@ -61,7 +61,9 @@ class Linearized(Layer):
     -----
     forward computes (f(x; theta_0), J (theta - theta_0)) in one jvp pass; backward is the
     model's backward at theta_0, dtheta = J^T dy, dx = (df/dx)^T dy at theta_0 (the derivative of
-    f_lin in x would need second derivatives: ``jvp`` with an input tangent is refused).
+    f_lin in x would need second derivatives: ``jvp`` with an input tangent is refused). ``jvp``
+    with parameter tangents takes two passes of the model at theta_0 with the state of one: the
+    same dropout masks in both, and the running statistics moved once, as by ``forward``.
     """
 
     def __init__(self, model):
@@ -99,12 +101,20 @@ class Linearized(Layer):
                                       "of the network: only parameter tangents are supported (tx=None)")
         if tparams:
             self._check_tangents(tparams)
+        rngs = [(g, g.bit_generator.state) for g in self.base.named_rngs().values()] if tparams else []
         delta = self.delta()
         y, ty = self.base.jvp(x, None, delta)
         f = y if ty is None else y + ty
         if not tparams:
             return f, None
+        # the second pass is the derivative of the first: it draws the same dropout masks (the
+        # generators are rewound) and leaves the batch-norm running statistics as the first left them
+        buffers = [(b, b.copy()) for _, layer in self.base.named_layers() for b in layer.buffers.values()]
+        for g, state in rngs:
+            g.bit_generator.state = state
         _, tf = self.base.jvp(x, None, tparams)
+        for b, saved in buffers:
+            b[...] = saved
         return f, tf
 
     def _check_tangents(self, tparams):

@@ -108,6 +108,37 @@ def test_linearized_model_jvp_is_its_parameter_derivative():
     np.testing.assert_allclose(lin.forward(x) - f0, tf, rtol=0, atol=1e-12 * np.abs(tf).max())
 
 
+
+def test_linearized_model_jvp_with_dropout_is_the_derivative_on_the_masks_of_its_value():
+    # f_lin is linear in theta for fixed dropout masks: the jvp's tangent is f_lin(theta + v) - f_lin(theta)
+    # on the masks of the value it returns (the generators replayed). Its second pass drew new masks:
+    # the tangent was off by up to 23 (its entries up to 7.8).
+    rng = np.random.default_rng(15)
+    lin = linearize(build_model("vgg", (8, 8), 3, width=2, rng=16, dropout=0.5))
+    x = rng.standard_normal((4, 8, 8, 1))
+    v = {k: rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()}
+    probe = Probe(lin, x, rng)
+    f0, tf = lin.jvp(x, None, v)
+    np.testing.assert_array_equal(f0, probe.value())
+    np.testing.assert_allclose(tf, probe.value(1.0, None, v) - f0, rtol=0, atol=1e-12 * np.abs(tf).max())
+
+
+def test_linearized_model_jvp_moves_the_running_statistics_once():
+    # Train-mode batch norm: r <- (1 - m) r + m stat (m = 0.1, unbiased variance) once per pass over a
+    # batch, as forward does; the first layer's statistics are those of the correlation of x with W
+    # (scipy). Its second pass applied the update twice: (1 - m)^2 r + (1 - (1 - m)^2) stat.
+    rng = np.random.default_rng(17)
+    lin = linearize(build_model("vgg", (8, 8), 3, width=2, rng=18))
+    x = rng.standard_normal((4, 8, 8, 1))
+    conv, norm = lin.base.net.layers[0], lin.base.net.layers[1]
+    W = conv.params["W"]                                          # (3, 3, 1, 2)
+    xp = np.pad(x[..., 0], ((0, 0), (1, 1), (1, 1)))
+    h = np.stack([[signal.correlate(xp[n], W[:, :, 0, o], mode="valid") for o in range(2)] for n in range(4)])
+    h = h.transpose(1, 0, 2, 3).reshape(2, -1)                    # (C, N H W)
+    lin.jvp(x, None, {k: rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()})
+    np.testing.assert_allclose(norm.buffers["running_mean"], 0.1 * h.mean(axis=1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(norm.buffers["running_var"], 0.9 + 0.1 * h.var(axis=1, ddof=1), rtol=1e-12)
+
 def _vgg_reference(model, x):
     """The VGG forward map in eval mode, written from its definition: scipy correlations with zero
     padding 1, batch norm with running statistics, relu, 2x2 max pooling (floor), mean over the map,
