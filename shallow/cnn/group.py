@@ -739,7 +739,8 @@ def p4_cnn(in_shape=(8, 8, 1), n_classes=10, *, width=8, stages=None, kernel_siz
         p4 channels of the first stage (doubled at each stage; 4 width array channels).
     stages : int, optional
         Stages of two p4 correlations and a 2x2 max pooling (default as
-        :func:`~shallow.cnn.models.vgg_small`: 2 for 8x8, 3 for 28x28, fewer if a map would be odd).
+        :func:`~shallow.cnn.models.vgg_small`: 2 for 8x8, 3 for 28x28, fewer if a map would be odd:
+        0, no pooling, for an odd side).
     kernel_size : int
         Odd K of the correlations ("same" padding).
     first_kernel_size : int, optional
@@ -778,7 +779,7 @@ def p4_cnn(in_shape=(8, 8, 1), n_classes=10, *, width=8, stages=None, kernel_siz
     width = check_integer(width, "width", minimum=1)
     if stages is None:
         stages = _n_stages(H, W)
-        while stages > 1 and H % 2 ** stages:
+        while stages > 0 and H % 2 ** stages:
             stages -= 1
     stages = check_integer(stages, "stages", minimum=0)
     if H % 2 ** stages:

@@ -272,6 +272,19 @@ def test_p4_cnn_is_exactly_invariant_to_quarter_turns():
         np.testing.assert_allclose(net(np.rot90(x, k, axes=(1, 2))), y, rtol=0, atol=EXACT)
 
 
+
+@pytest.mark.parametrize("size", [1, 5, 7])
+def test_p4_cnn_on_odd_images_takes_no_pooling_and_is_exactly_invariant_to_quarter_turns(size):
+    # A 2x2 pooling of an odd map drops a row: the default number of stages falls to 0 (the notes:
+    # "fewer if a map would be odd"), where it stopped at 1 and refused in_shape (7, 7, 1).
+    rng = np.random.default_rng(19)
+    net = p4_cnn((size, size, 1), 3, width=2, rng=rng)
+    assert not any(type(layer).__name__ == "MaxPool2d" for layer in net.layers)
+    x = rng.standard_normal((4, size, size, 1))
+    y = net(x)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(net(np.rot90(x, k, axes=(1, 2))), y, rtol=0, atol=EXACT)
+
 def test_plain_cnn_is_not_invariant_to_quarter_turns():
     # the control: the same layout with plain convolutions changes its output under a quarter turn
     from shallow.cnn import vgg_small
