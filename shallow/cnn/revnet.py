@@ -555,9 +555,12 @@ class IRevNet(Layer):
         The projection onto the classes (not invertible), e.g. BN - relu - global average pooling -
         linear as in ref. 1 of the module.
     in_shape : (H, W) or (H, W, C), optional
-        The image shape; when given, :meth:`features` and :meth:`reconstruct` check their inputs
-        against it, and :func:`~shallow.cnn.fit` reads it.
+        The image shape; when given, :meth:`forward`, :meth:`jvp`, :meth:`features` and
+        :meth:`reconstruct` check their inputs against it, and :func:`~shallow.cnn.fit` reads it.
     n_classes : int, optional
+    check_inputs : bool
+        Check the shape, channels and finiteness of every batch in :meth:`forward` and :meth:`jvp`,
+        as :class:`~shallow.cnn.models.Model` does (``fit`` checks its data set once and skips these).
 
     Notes
     -----
@@ -567,7 +570,7 @@ class IRevNet(Layer):
     arbitrary batches (module notes on batch normalisation).
     """
 
-    def __init__(self, body, head, *, in_shape=None, n_classes=None):
+    def __init__(self, body, head, *, in_shape=None, n_classes=None, check_inputs=True):
         super().__init__()
         if not isinstance(body, InvertibleSequential):
             raise TypeError(f"body must be an InvertibleSequential, got {type(body).__name__}")
@@ -575,6 +578,7 @@ class IRevNet(Layer):
         self.body, self.head = body, head
         self.in_shape = None if in_shape is None else _check_shape(in_shape)
         self.n_classes = None if n_classes is None else check_integer(n_classes, "n_classes", minimum=1)
+        self.check_inputs = check_bool(check_inputs, "check_inputs")
 
     def children(self):
         return [("body", self.body), ("head", self.head)]
@@ -585,12 +589,16 @@ class IRevNet(Layer):
         return len(self.body)
 
     def forward(self, x):
+        if self.check_inputs:
+            x = self._input(x, "x")
         return self.head.forward(self.body.forward(x))
 
     def backward(self, dy, need_input_grad=True):
         return self.body.backward(self.head.backward(dy, True), need_input_grad)
 
     def jvp(self, x, tx=None, tparams=None):
+        if self.check_inputs:
+            x = self._input(x, "x")
         z, tz = self.body.jvp(x, tx, _sub(tparams, "body."))
         return self.head.jvp(z, tz, _sub(tparams, "head."))
 

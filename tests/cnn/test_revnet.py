@@ -467,6 +467,22 @@ def test_irevnet_without_in_shape_refuses_nan_images_and_features():
         bare.reconstruct(np.full((1, 2, 2, 16), np.nan))
 
 
+
+@pytest.mark.parametrize("call", ["forward", "jvp"])
+def test_irevnet_forward_and_jvp_refuse_nan_or_misshapen_images_naming_x(call):
+    # As a Model's: forward and jvp passed NaN images through to NaN scores, and named a later layer's
+    # input for a wrong channel count ('x has 12 channels (shape (1, 4, 4, 12) ...) but
+    # InjectivePad(4, 8) expects 4') or size ('a stride-2 RevBlock needs an even height and width').
+    net = small_net()
+    run = net.forward if call == "forward" else (lambda x: net.jvp(x)[0])
+    with pytest.raises(ValueError, match="x contains 64 NaN"):
+        run(np.full((1, 8, 8, 1), np.nan))
+    with pytest.raises(ValueError, match="x has 3 channels but the model expects C=1"):
+        run(np.zeros((1, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"x has images of shape \(6, 6, 1\) but the model expects"):
+        run(np.zeros((1, 6, 6, 1)))
+    assert run(np.zeros((2, 8, 8, 1))).shape == (2, 3)
+
 @pytest.mark.parametrize("stride", [0, 3, 1.5])
 def test_bottleneck_refuses_a_stride_other_than_1_or_2(stride):
     with pytest.raises(ValueError, match="stride must be 1 or 2"):
