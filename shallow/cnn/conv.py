@@ -581,10 +581,17 @@ def conv2d(x, W, b=None, *, stride=1, padding=0, dilation=1, groups=1, method="a
 
     Returns
     -------
-    y : array of shape (N, H_o, W_o, C_out)
+    y : array of shape (N, H_o, W_o, C_out), in W's dtype
     """
     xp = get_xp(x, W, b)
+    W = xp.asarray(W)
+    if W.ndim != 4 or W.dtype not in (np.float32, np.float64):
+        raise ValueError(f"W must be a float32 or float64 kernel of shape (KH, KW, C_in / groups, C_out), got "
+                         f"shape {tuple(W.shape)} and dtype {W.dtype}")
     KH, KW, cg, Co = W.shape
+    if b is not None and tuple(np.shape(b)) != (Co,):
+        raise ValueError(f"b must have shape (C_out,) = ({Co},) for W of shape {tuple(W.shape)}, got shape "
+                         f"{tuple(np.shape(b))}")
     layer = Conv2d(cg * groups, Co, (KH, KW), stride=stride, padding=padding, dilation=dilation, groups=groups,
                    bias=b is not None, init="zeros", dtype=W.dtype, method=method)
     layer.params["W"] = W

@@ -104,6 +104,22 @@ def test_conv2d_functional_form_equals_the_layer():
     np.testing.assert_allclose(conv2d(x, W, b, stride=2, padding=1, groups=2), expected, rtol=1e-12, atol=1e-12)
 
 
+
+@pytest.mark.parametrize("W, b, match", [
+    (np.ones((3, 3, 2)), None, r"W must be a float32 or float64 kernel of shape \(KH, KW, C_in / groups, C_out\), "
+                               r"got shape \(3, 3, 2\)"),
+    (np.ones((3, 3, 2, 4), dtype=int), None, "W must be a float32 or float64 kernel .* dtype int64"),
+    (np.ones((3, 3, 2, 4)), np.ones(1), r"b must have shape \(C_out,\) = \(4,\) .* got shape \(1,\)"),
+    (np.ones((3, 3, 2, 4)), np.ones(3), r"b must have shape \(C_out,\) = \(4,\) .* got shape \(3,\)"),
+    (np.ones((3, 3, 2, 4)), 1.0, r"b must have shape \(C_out,\) = \(4,\) .* got shape \(\)"),
+], ids=["W 3-d", "W int", "b (1,)", "b (3,)", "b scalar"])
+def test_conv2d_functional_refuses_a_kernel_or_bias_of_another_shape_naming_it(W, b, match):
+    # A 3-D W failed in a tuple unpacking ('not enough values to unpack'), an int W was refused as
+    # 'dtype', b of shape (3,) failed inside numpy ('could not broadcast input array from shape (3,)
+    # into shape (38,4)'), and b of shape (1,) was added to every output channel without a word.
+    with pytest.raises(ValueError, match=match):
+        conv2d(np.ones((2, 5, 5, 2)), W, b)
+
 def test_conv2d_rejects_wrong_channels_naming_x():
     conv = Conv2d(3, 4, 3)
     with pytest.raises(ValueError, match="x has 1 channels"):
