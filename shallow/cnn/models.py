@@ -79,7 +79,8 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
     Raises
     ------
     ValueError
-        Naming ``name``: not 4-dimensional, wrong size or number of channels, NaN or infinity.
+        Naming ``name``: not 4-dimensional, wrong size or number of channels, NaN or infinity, or
+        values beyond the largest number of ``dtype``.
     """
     if isinstance(x, (str, bytes, dict, set)):
         raise ValueError(f"{name} must be an array of images, got {type(x).__name__}")
@@ -109,11 +110,17 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
                     f"shape (H, W); a single image needs a batch axis: {name}[None])")
         raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} but the model expects "
                          f"(H, W, C) = {tuple(in_shape)}{hint}")
-    if dtype is not None:
-        x = x.astype(dtype, copy=False)
-    elif x.dtype.kind != "f":
+    given = x
+    if dtype is not None and x.dtype != dtype:
+        with np.errstate(over="ignore"):  # values beyond the dtype are named below
+            x = x.astype(dtype)
+    elif dtype is None and x.dtype.kind != "f":
         x = x.astype(np.float64)
     if x.size and not bool(xp.isfinite(x).all()):
+        if x is not given and bool(xp.isfinite(given).all()):
+            dtype = np.dtype(dtype)
+            raise ValueError(f"{name} has values up to {float(xp.abs(given).max()):.3g} in modulus, beyond the largest "
+                             f"{dtype.name} ({float(np.finfo(dtype).max):.3g}) in which the model computes")
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return x

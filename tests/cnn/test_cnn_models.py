@@ -6,6 +6,7 @@ from gradcheck import Probe
 from scipy import signal
 
 from shallow.cnn import Conv2d, Model, build_model, linearize, vgg_small
+from shallow.cnn.models import check_images
 
 
 @pytest.mark.parametrize("centering", ["frozen", "antisymmetric"])
@@ -207,6 +208,21 @@ def test_model_rejects_wrong_images_naming_x():
     with pytest.raises(ValueError, match="alpha must be a positive finite number"):
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, alpha=0.0)
 
+
+
+def test_float32_model_refuses_float64_images_beyond_float32_naming_the_largest():
+    # The cast to the model's float32 made 1e39 infinite: numpy warned 'overflow encountered in cast'
+    # (an error under the suite's filter) and x was said to contain 'NaN or infinite value(s)'.
+    model = build_model("vgg", (8, 8), 3, width=2, rng=0, dtype=np.float32)
+    x = np.zeros((2, 8, 8, 1))
+    x[0, 1, 1, 0] = -1e39
+    with pytest.raises(ValueError, match=r"x has values up to 1e\+39 in modulus, beyond the largest float32 \(3.4e\+38\)"):
+        model.forward(x)
+    x[0, 1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match="x contains 1 NaN or infinite value"):
+        model.forward(x)
+    x[0, 1, 1, 0] = 3e38  # the largest float32 is 3.4e38
+    assert check_images(x, "x", (8, 8, 1), dtype=np.float32)[0, 1, 1, 0] == np.float32(3e38)
 
 @pytest.mark.parametrize("x, match", [
     (np.zeros((0, 8, 8, 1)), r"x holds no images \(shape \(0, 8, 8, 1\)\)"),
