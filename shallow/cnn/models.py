@@ -457,6 +457,8 @@ def relative_change(params, reference) -> float:
     -----
     Chizat, Oyallon and Bach (2019, Theorem 2.3 and Fig. 3) predict that training with output
     scale alpha moves the parameters by O(1/alpha) in this relative sense: the lazy regime.
+    Each norm sums float64 squares of the entries scaled by the power of 2 of the largest one, so
+    that the ratio is a float wherever it is representable, whatever the parameters' scale and dtype.
     """
     if isinstance(params, Layer):
         params = params.named_parameters()
@@ -468,6 +470,26 @@ def relative_change(params, reference) -> float:
         if tuple(p.shape) != tuple(reference[k].shape):
             raise ValueError(f"params[{k!r}] has shape {tuple(p.shape)} but reference[{k!r}] has shape "
                              f"{tuple(reference[k].shape)}: theta and theta_0 must be parameters of one architecture")
-    num = sum(float(get_xp(p).vdot((p - reference[k]).ravel(), (p - reference[k]).ravel())) for k, p in params.items())
-    den = sum(float(get_xp(r).vdot(r.ravel(), r.ravel())) for r in reference.values())
-    return math.sqrt(num / den) if den > 0 else math.inf
+    num, e_num = _norm_parts([p.astype(np.float64) - reference[k].astype(np.float64) for k, p in params.items()])
+    den, e_den = _norm_parts(list(reference.values()))
+    if den == 0:
+        return math.inf
+    try:
+        return math.ldexp(math.sqrt(num / den), e_num - e_den)
+    except OverflowError:
+        return math.inf
+
+
+def _norm_parts(arrays):
+    """(S, e) with sum of squares of all entries = S 4^e: the squares of 2^-e a in float64, where 2^e
+    bounds the largest modulus (no overflow; what underflows is below 1e-300 of the largest square)."""
+    top = max((float(get_xp(a).abs(a).max()) for a in arrays if a.size), default=0.0)
+    if top == 0.0:
+        return 0.0, 0
+    e = math.frexp(top)[1]
+    total = 0.0
+    for a in arrays:
+        xp = get_xp(a)
+        b = xp.ldexp(a.astype(np.float64, copy=False).ravel(), -e)
+        total += float(xp.vdot(b, b))
+    return total, e

@@ -6,7 +6,7 @@ from gradcheck import Probe
 from scipy import signal
 
 from shallow.cnn import Conv2d, Model, build_model, linearize, vgg_small
-from shallow.cnn.models import check_images
+from shallow.cnn.models import check_images, relative_change
 
 
 @pytest.mark.parametrize("centering", ["frozen", "antisymmetric"])
@@ -139,6 +139,21 @@ def test_linearized_model_jvp_moves_the_running_statistics_once():
     lin.jvp(x, None, {k: rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()})
     np.testing.assert_allclose(norm.buffers["running_mean"], 0.1 * h.mean(axis=1), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(norm.buffers["running_var"], 0.9 + 0.1 * h.var(axis=1, ddof=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, k", [(np.float64, -560), (np.float64, 560), (np.float32, -80), (np.float32, 80)])
+def test_relative_change_is_invariant_under_scaling_by_a_power_of_two(dtype, k):
+    # |c theta - c theta_0| / |c theta_0| = |theta - theta_0| / |theta_0| for c = 2^k (exact in floating
+    # point), also where the squares under- or overflow the dtype: float32 parameters scaled by 2^80 gave
+    # inf / inf = NaN, by 2^-80 a zero |theta_0| and inf. Reference: numpy's norms at c = 1, in float64.
+    rng = np.random.default_rng(19)
+    theta0 = {k_: p.astype(dtype) for k_, p in build_model("vgg", (8, 8), 3, width=2, rng=0).named_parameters().items()}
+    theta = {k_: (p + 0.01 * rng.standard_normal(p.shape)).astype(dtype) for k_, p in theta0.items()}
+    flat = lambda d: np.concatenate([np.asarray(d[k_], dtype=np.float64).ravel() for k_ in sorted(d)])
+    expected = np.linalg.norm(flat(theta) - flat(theta0)) / np.linalg.norm(flat(theta0))
+    scaled = [{k_: np.ldexp(p, k) for k_, p in d.items()} for d in (theta, theta0)]
+    # float64 sums of ~3000 squares and one quotient: a few eps64 relative, whatever the dtype
+    assert relative_change(*scaled) == pytest.approx(expected, rel=1e-13)
 
 def _vgg_reference(model, x):
     """The VGG forward map in eval mode, written from its definition: scipy correlations with zero
