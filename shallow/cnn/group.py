@@ -390,8 +390,8 @@ def rotate_images(X, angle, *, fill=None):
     ----------
     X : array of shape (N, H, W, C)
     angle : float
-        Degrees; a multiple of 90 on square images is the exact permutation
-        ``xp.rot90(X, angle // 90, axes=(1, 2))``.
+        Degrees, taken mod 360 (exactly: ``math.fmod``); a multiple of 90 on square images is the
+        exact permutation ``xp.rot90(X, angle // 90, axes=(1, 2))``.
     fill : None or float
         For other angles, the value of the pixels whose source falls outside the image (None:
         edge replication), as in :func:`~shallow.cnn.data.affine_warp`.
@@ -409,10 +409,11 @@ def rotate_images(X, angle, *, fill=None):
     if isinstance(angle, bool) or not isinstance(angle, numbers.Real) or not math.isfinite(angle):
         raise ValueError(f"angle must be a finite number of degrees, got {angle!r}")
     H, W = X.shape[1:3]
-    quarter = float(angle) / 90.0
+    angle = math.fmod(float(angle), 360.0)  # exact; 1e20 degrees are 280, not a multiple of 90
+    quarter = angle / 90.0
     if H == W and quarter == round(quarter):
         return get_xp(X).ascontiguousarray(get_xp(X).rot90(X, round(quarter) % 4, axes=(1, 2)))
-    t = math.radians(-float(angle))
+    t = math.radians(-angle)
     A = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
     return affine_warp(X, A, fill=fill)
 

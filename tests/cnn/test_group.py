@@ -433,6 +433,16 @@ def test_rotate_images_by_multiples_of_90_is_rot90_and_by_small_angles_is_contin
 
 # ----------------------------------------------------------------------------- bad input
 
+
+@pytest.mark.parametrize("angle", [1e20, -1e17, 3.6e16 + 45])
+def test_rotate_images_by_a_huge_angle_is_the_rotation_by_the_angle_mod_360(angle):
+    # The angle as an exact integer mod 360 (Python ints: 1e20 -> 280, -1e17 -> 80, 3.6e16 + 45 -> 44).
+    # angle / 90 rounded to an integer float beyond 2^53, and 1e20 degrees were taken as a quarter turn;
+    # radians(-angle) had lost all its digits (1e17: 0.71 off on pixels of size 1).
+    x = np.random.default_rng(20).standard_normal((2, 6, 6, 1))
+    expected = rotate_images(x, float(int(angle) % 360))
+    np.testing.assert_allclose(rotate_images(x, angle), expected, rtol=0, atol=EXACT)
+
 def test_bad_inputs_raise_clear_errors():
     lift, conv = P4LiftConv2d(1, 2, 3), P4Conv2d(2, 2, 3)
     with pytest.raises(ValueError, match="expects in_channels = 1"):
