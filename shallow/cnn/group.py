@@ -99,7 +99,7 @@ from .layers import (
     check_dtype,
     init_weight,
 )
-from .models import _check_shape, _check_shape3, _n_stages, check_images
+from .models import _check_shape, _check_shape3, _n_stages, _norm_parts, check_images
 from .pooling import GlobalAvgPool2d, MaxPool2d
 from .wavelets import _check_real, check_grid_shape
 
@@ -285,11 +285,16 @@ def _probes(shape, n_probes, rng, dtype, device):
     return to_device(rng.standard_normal((n_probes,) + tuple(shape)).astype(check_dtype(dtype)), device)
 
 
-def _relative(num, den, xp):
-    num, den = float(xp.linalg.norm(num.ravel())), float(xp.linalg.norm(den.ravel()))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else math.inf
-    return num / den
+def _relative(num, den):
+    """|num| / |den| (Euclidean), from float64 squares of the entries scaled by a power of 2 near the
+    largest (:func:`~shallow.cnn.models.relative_change`'s sums): scale-free wherever it is a float."""
+    (S_num, e_num), (S_den, e_den) = _norm_parts([num]), _norm_parts([den])
+    if S_den == 0.0:
+        return 0.0 if S_num == 0.0 else math.inf
+    try:
+        return math.ldexp(math.sqrt(S_num / S_den), e_num - e_den)
+    except OverflowError:
+        return math.inf
 
 
 def convolution_defect(op, shape, *, n_probes=3, rng=None, dtype=np.float64, device="cpu") -> float:
@@ -316,7 +321,7 @@ def convolution_defect(op, shape, *, n_probes=3, rng=None, dtype=np.float64, dev
     k = convolution_kernel(op, shape, dtype=dtype, device=device)
     X = _probes(_check_shape3(shape), n_probes, rng, dtype, device)
     Y = _apply(op, X)
-    return _relative(Y - circular_convolution(X, k), Y, get_xp(Y))
+    return _relative(Y - circular_convolution(X, k), Y)
 
 
 def commutator_defect(op, L, X) -> float:
@@ -342,7 +347,7 @@ def commutator_defect(op, L, X) -> float:
     YL = xp.asarray(op(L(X)))
     if LY.shape != YL.shape:
         raise ValueError(f"op(L(X)) has shape {tuple(YL.shape)} but L(op(X)) has shape {tuple(LY.shape)}")
-    return _relative(YL - LY, LY, xp)
+    return _relative(YL - LY, LY)
 
 
 def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, dtype=np.float64,

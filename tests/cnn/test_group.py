@@ -142,6 +142,24 @@ def test_local_max_filter_commutes_with_translations_but_not_with_deformations()
     assert commutator_defect(maxfilter, lambda Z: deform_nearest(Z, tau), X) > 0.1  # measured 0.41
 
 
+
+@pytest.mark.parametrize("dtype, k", [(np.float64, -560), (np.float64, 560), (np.float32, -80), (np.float32, 80)])
+def test_commutator_defect_is_invariant_under_scaling_by_a_power_of_two(dtype, k):
+    # A 1-homogeneous op (a fixed mask) against a translation: the relative commutator of 2^k X is that of
+    # X (exact in floating point), also where the squares under- or overflow the dtype: images scaled by
+    # 2^80 in float32 (2^560 in float64) gave inf / inf = NaN, by 2^-80 (2^-560) 0 / 0, reported as 0:
+    # 'they commute'. Reference: numpy's float64 norms at scale 1, the translation written with np.roll.
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((2, 6, 5, 2)).astype(dtype)
+    mask = rng.uniform(0.5, 1.5, (6, 5, 1)).astype(dtype)
+    op = lambda Z: Z * mask  # noqa: E731
+    L = lambda Z: translate(Z, (1, 2))  # noqa: E731
+    X64, m64 = X.astype(np.float64), mask.astype(np.float64)
+    LY = np.roll(X64 * m64, (1, 2), axis=(1, 2))
+    expected = np.linalg.norm(np.roll(X64, (1, 2), axis=(1, 2)) * m64 - LY) / np.linalg.norm(LY)
+    # float64 sums of 120 squares of rounded float32 or float64 products: a few eps of the dtype
+    assert commutator_defect(op, L, np.ldexp(X, k)) == pytest.approx(expected, rel=8 * float(np.finfo(dtype).eps))
+
 def test_deform_nearest_with_a_constant_field_is_a_translation():
     X = np.random.default_rng(7).standard_normal((2, 6, 6, 1))
     tau = np.broadcast_to(np.array([1.0, -2.0]), (6, 6, 2))
