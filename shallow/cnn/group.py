@@ -944,10 +944,15 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     if f.ndim != 2 or min(f.shape) < 2:
         raise ValueError(f"f must be a 2-D filter of shape (KH, KW) with KH, KW >= 2, got shape {f.shape}")
     n_starts = check_integer(n_starts, "n_starts", minimum=1)
+    top = float(np.abs(f).max())
+    if top == 0.0:
+        raise ValueError("f is zero: a Gabor fit needs a non-zero filter")
+    # g is linear in C: fit 2^-e f, of largest modulus in [1/2, 1), and scale C and g back by 2^e (exact),
+    # so that |f| and the residuals neither overflow nor underflow whatever the filter's scale
+    e = math.frexp(top)[1]
+    f = np.ldexp(f, -e)
     norm = float(np.linalg.norm(f))
     KH, KW = f.shape
-    if norm == 0.0:
-        raise ValueError("f is zero: a Gabor fit needs a non-zero filter")
     ui, uj = _grid(f.shape)
 
     def model(p):
@@ -983,5 +988,6 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     if xi[0] < 0 or (xi[0] == 0 and xi[1] < 0):  # cos is even: (xi, phi) and (-xi, -phi) are one model
         xi, phi = -xi, -phi
     g = model(best.x)
-    return GaborFit(C=float(C), D=D, xi=xi, center=np.array(center, dtype=np.float64),
-                    phase=float(np.mod(phi, 2 * np.pi)), residual=float(np.linalg.norm(f - g) / norm), model=g)
+    return GaborFit(C=math.ldexp(float(C), e), D=D, xi=xi, center=np.array(center, dtype=np.float64),
+                    phase=float(np.mod(phi, 2 * np.pi)), residual=float(np.linalg.norm(f - g) / norm),
+                    model=np.ldexp(g, e))

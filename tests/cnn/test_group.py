@@ -430,6 +430,24 @@ def test_fit_gabor_recovers_a_gabor_filter():
     np.testing.assert_allclose(fit.model, f, atol=1e-8)
 
 
+
+@pytest.mark.parametrize("c", [1e-300, 1e-170, 1e160, 1e300])
+def test_fit_gabor_of_a_scaled_gabor_filter_is_the_scaled_fit(c):
+    # g is linear in C: the fit of c f is (c C, D, xi, u_0, phi). |f| underflowed to 0 for c = 1e-170
+    # ('f is zero') and overflowed for c = 1e160 (a NaN residual; the starting point returned, xi = (0.98,
+    # -0.59) for (1.0, -0.6)).
+    # Tolerances as for c = 1.
+    D, xi, u0, phi = np.array([[0.15, 0.05], [0.05, 0.3]]), np.array([1.0, -0.6]), np.array([0.3, -0.2]), 0.7
+    f = _gabor_numpy(5, 2.0, D, xi, u0, phi)
+    fit = fit_gabor(c * f)
+    assert fit.residual < 1e-8
+    np.testing.assert_allclose(fit.C / c, 2.0, atol=1e-6)
+    np.testing.assert_allclose(fit.D, D, atol=1e-6)
+    np.testing.assert_allclose(fit.center, u0, atol=1e-6)
+    np.testing.assert_allclose(fit.xi, xi, atol=1e-6)
+    np.testing.assert_allclose(fit.phase, phi, atol=1e-6)
+    np.testing.assert_allclose(fit.model / c, f, atol=1e-8)
+
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
     # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
     # (a linear 9-parameter model leaves sqrt(16/25) = 0.8; measured mean 0.69 over 20 draws, min 0.52)
