@@ -329,7 +329,8 @@ class Model(Layer):
     -----
     With u = alpha (centering None or "frozen") or alpha / sqrt(2) ("antisymmetric"),
     backward sends u dy to h (and -u dy to the second copy), and forward mode gives
-    ty = u (J_1 t_1 - J_2 t_2). Inputs of another float dtype are cast to the parameters' dtype.
+    ty = u (J_1 t_1 - J_2 t_2), with tangents named as :meth:`named_parameters` names the parameters
+    (another name is refused). Inputs of another float dtype are cast to the parameters' dtype.
     The frozen reference runs in the model's mode on the same batches: with batch normalisation
     its running statistics are those of the network at theta_0, so f(x; theta_0) = 0 in eval mode
     too.
@@ -405,6 +406,12 @@ class Model(Layer):
         return dx
 
     def jvp(self, x, tx=None, tparams=None):
+        if tparams:  # a misspelt name, or the frozen reference's, would count as a zero tangent
+            params = self.named_parameters()
+            unknown = sorted(set(tparams) - set(params))
+            if unknown:
+                raise ValueError(f"tparams has names {unknown[:3]} that are not parameters of the model (its "
+                                 f"parameters: {sorted(params)[:3]}{', ...' if len(params) > 3 else ''})")
         x = self._input(x)
         names = [name for name, _ in self.children()]
         y, ty = self.net.jvp(x, tx, _sub(tparams, f"{names[0]}."))

@@ -155,6 +155,24 @@ def test_relative_change_is_invariant_under_scaling_by_a_power_of_two(dtype, k):
     # float64 sums of ~3000 squares and one quotient: a few eps64 relative, whatever the dtype
     assert relative_change(*scaled) == pytest.approx(expected, rel=1e-13)
 
+
+@pytest.mark.parametrize("name", ["0.W", "reference.0.W", "net.0.w"])
+def test_model_jvp_refuses_tangents_of_names_that_are_not_its_parameters(name):
+    # Model.jvp read a tangent under a name that is not a trained parameter (the prefix left out, the
+    # frozen reference's weight, a misspelling) as a zero tangent: ty = None without a word. Its own
+    # names give ty = u J t: central differences of f along the first convolution's weight.
+    model = build_model("vgg", (8, 8), 3, width=2, rng=22, alpha=2.0, centering="frozen")
+    x = np.random.default_rng(23).standard_normal((2, 8, 8, 1))
+    t = np.ones((3, 3, 1, 2))
+    with pytest.raises(ValueError, match=r"tparams has names \[.*\] that are not parameters of the model"):
+        model.jvp(x, None, {name: t})
+    probe = Probe(model, x, np.random.default_rng(24))
+    v = {k: (t if k == "net.0.W" else np.zeros_like(p)) for k, p in model.named_parameters().items()}
+    h = 1e-6  # central differences: error h^2 |f'''| / 6 ~ 1e-12 plus rounding eps |f| / h ~ 1e-10
+    fd = (probe.value(h, None, v) - probe.value(-h, None, v)) / (2 * h)
+    _, ty = model.jvp(x, None, {"net.0.W": t})
+    np.testing.assert_allclose(ty, fd, rtol=0, atol=1e-6 * np.abs(fd).max())
+
 def _vgg_reference(model, x):
     """The VGG forward map in eval mode, written from its definition: scipy correlations with zero
     padding 1, batch norm with running statistics, relu, 2x2 max pooling (floor), mean over the map,
