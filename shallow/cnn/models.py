@@ -126,6 +126,18 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
     return x
 
 
+def _check_tangent_names(model, tparams):
+    """Refuse parameter tangents under names that are not trained parameters of ``model``: the layers
+    read a missing name as a zero tangent, so a misspelt one would silently be one."""
+    if not tparams:
+        return
+    params = model.named_parameters()
+    unknown = sorted(set(tparams) - set(params))
+    if unknown:
+        raise ValueError(f"tparams has names {unknown[:3]} that are not parameters of the model (its parameters: "
+                         f"{sorted(params)[:3]}{', ...' if len(params) > 3 else ''})")
+
+
 def _check_shape(in_shape):
     if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
         raise ValueError(f"in_shape must be (H, W) or (H, W, C), got {in_shape!r}")
@@ -406,12 +418,7 @@ class Model(Layer):
         return dx
 
     def jvp(self, x, tx=None, tparams=None):
-        if tparams:  # a misspelt name, or the frozen reference's, would count as a zero tangent
-            params = self.named_parameters()
-            unknown = sorted(set(tparams) - set(params))
-            if unknown:
-                raise ValueError(f"tparams has names {unknown[:3]} that are not parameters of the model (its "
-                                 f"parameters: {sorted(params)[:3]}{', ...' if len(params) > 3 else ''})")
+        _check_tangent_names(self, tparams)  # a frozen reference's names too
         x = self._input(x)
         names = [name for name, _ in self.children()]
         y, ty = self.net.jvp(x, tx, _sub(tparams, f"{names[0]}."))

@@ -88,7 +88,7 @@ from .layers import (
     check_dtype,
     check_layer,
 )
-from .models import _check_shape, _check_shape3, check_images
+from .models import _check_shape, _check_shape3, _check_tangent_names, check_images
 from .norm import BatchNorm2d
 from .pooling import GlobalAvgPool2d
 
@@ -564,7 +564,8 @@ class IRevNet(Layer):
 
     Notes
     -----
-    backward and jvp chain the body's and the head's. ``inverse(z)`` = Phi^{-1}(z) for a
+    backward and jvp chain the body's and the head's (jvp refuses tangents under names that are not
+    parameters of the network, as a Model's does). ``inverse(z)`` = Phi^{-1}(z) for a
     representation z = Phi(x); ``features(x, k)`` and ``reconstruct(z, k)`` stop after the first k
     invertible layers (:class:`InvertibleSequential`). Call ``eval()`` first for reconstructions of
     arbitrary batches (module notes on batch normalisation).
@@ -597,6 +598,7 @@ class IRevNet(Layer):
         return self.body.backward(self.head.backward(dy, True), need_input_grad)
 
     def jvp(self, x, tx=None, tparams=None):
+        _check_tangent_names(self, tparams)
         if self.check_inputs:
             x = self._input(x, "x")
         z, tz = self.body.jvp(x, tx, _sub(tparams, "body."))

@@ -483,6 +483,18 @@ def test_irevnet_forward_and_jvp_refuse_nan_or_misshapen_images_naming_x(call):
         run(np.zeros((1, 6, 6, 1)))
     assert run(np.zeros((2, 8, 8, 1))).shape == (2, 3)
 
+
+@pytest.mark.parametrize("name", ["1.F.0.W", "body.1.F.0.w", "head.W"])
+def test_irevnet_jvp_refuses_tangents_of_names_that_are_not_its_parameters(name):
+    # Read as zero tangents, ty = None without a word: the 'body.' prefix left out, a misspelling, a
+    # name that is not there (the head's Linear is 'head.2.W'). Its own names give the central
+    # differences of the network along them.
+    net = small_net(batch_norm=False)
+    x = np.random.default_rng(25).standard_normal((2, 8, 8, 1))
+    with pytest.raises(ValueError, match=r"tparams has names \[.*\] that are not parameters of the model"):
+        net.jvp(x, None, {name: np.ones((3, 3, 2, 2))})
+    check_jvp(net, x, np.random.default_rng(26), input_tangent=False)
+
 @pytest.mark.parametrize("stride", [0, 3, 1.5])
 def test_bottleneck_refuses_a_stride_other_than_1_or_2(stride):
     with pytest.raises(ValueError, match="stride must be 1 or 2"):
