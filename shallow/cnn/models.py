@@ -153,7 +153,8 @@ def _check_shape3(shape):
 
 
 def _n_stages(H, W):
-    """Stages of 2x2 downsampling until the feature map is at most 4x4 (8 -> 2 stages, 28 -> 3)."""
+    """The most stages of 2x2 downsampling that leave a map of at least 2x2, between 1 and 3:
+    floor(log2(min(H, W) / 2)) clipped (8 -> 2 stages, 8 -> 4 -> 2; 28 -> 3, 28 -> 14 -> 7 -> 3)."""
     return max(1, min(3, int(math.floor(math.log2(min(H, W) / 2)))))
 
 
@@ -178,7 +179,8 @@ def vgg_small(in_shape=(8, 8, 1), n_classes=10, *, width=32, stages=None, batch_
     width : int
         Channels of the first stage (doubled at each stage).
     stages : int, optional
-        Number of stages; by default until the map is at most 4x4 (2 for 8x8, 3 for 28x28).
+        Number of stages; by default floor(log2(min(H, W) / 2)) clipped to [1, 3], the most, up to 3,
+        that leave a map of at least 2x2 (2 for 8x8: 8 -> 4 -> 2; 3 for 28x28: 28 -> 14 -> 7 -> 3).
     batch_norm : bool
         Batch normalisation after each convolution (which then has no bias).
     activation : str or Activation
