@@ -106,8 +106,8 @@ def test_conv2d_functional_form_equals_the_layer():
 
 
 @pytest.mark.parametrize("W, b, match", [
-    (np.ones((3, 3, 2)), None, r"W must be a float32 or float64 kernel of shape \(KH, KW, C_in / groups, C_out\), "
-                               r"got shape \(3, 3, 2\)"),
+    (np.ones((3, 3, 2)), None, (r"W must be a float32 or float64 kernel of shape \(KH, KW, C_in / groups, C_out\), "
+                                r"got shape \(3, 3, 2\)")),
     (np.ones((3, 3, 2, 4), dtype=int), None, "W must be a float32 or float64 kernel .* dtype int64"),
     (np.ones((3, 3, 2, 4)), np.ones(1), r"b must have shape \(C_out,\) = \(4,\) .* got shape \(1,\)"),
     (np.ones((3, 3, 2, 4)), np.ones(3), r"b must have shape \(C_out,\) = \(4,\) .* got shape \(3,\)"),

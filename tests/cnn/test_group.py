@@ -152,13 +152,19 @@ def test_commutator_defect_is_invariant_under_scaling_by_a_power_of_two(dtype, k
     rng = np.random.default_rng(21)
     X = rng.standard_normal((2, 6, 5, 2)).astype(dtype)
     mask = rng.uniform(0.5, 1.5, (6, 5, 1)).astype(dtype)
-    op = lambda Z: Z * mask  # noqa: E731
-    L = lambda Z: translate(Z, (1, 2))  # noqa: E731
+
+    def op(Z):
+        return Z * mask
+
+    def L(Z):
+        return translate(Z, (1, 2))
+
     X64, m64 = X.astype(np.float64), mask.astype(np.float64)
     LY = np.roll(X64 * m64, (1, 2), axis=(1, 2))
     expected = np.linalg.norm(np.roll(X64, (1, 2), axis=(1, 2)) * m64 - LY) / np.linalg.norm(LY)
     # float64 sums of 120 squares of rounded float32 or float64 products: a few eps of the dtype
-    assert commutator_defect(op, L, np.ldexp(X, k)) == pytest.approx(expected, rel=8 * float(np.finfo(dtype).eps))
+    tol = 8 * float(np.finfo(dtype).eps)
+    assert commutator_defect(op, L, np.ldexp(X, k)) == pytest.approx(expected, rel=tol)
 
 def test_deform_nearest_with_a_constant_field_is_a_translation():
     X = np.random.default_rng(7).standard_normal((2, 6, 6, 1))
