@@ -377,7 +377,7 @@ def test_float32_network_refuses_float64_data_beyond_its_range():
     # f(x) = gamma sum_j a_j relu(<w_j, x>) = 2 * 1e-10 * 3e38 here, to float32 rounding.
     net = TwoLayer(np.ones(2, np.float32), np.full((2, 2), 1e-10, np.float32), gamma=1.0)
     edge = np.array([[3e38, 0.0]])  # float64, representable in float32
-    assert net(edge)[0] == pytest.approx(2 * 1e-10 * 3e38, rel=4 * np.finfo(np.float32).eps)
+    assert net(edge)[0] == pytest.approx(2 * 1e-10 * 3e38, rel=4 * float(np.finfo(np.float32).eps))
     with pytest.raises(ValueError, match=r"X has entries up to 1e\+39 in absolute value, beyond the largest float32"):
         net(np.array([[1e39, 0.0]]))
     X = np.ones((2, 2))
@@ -393,7 +393,7 @@ def test_float32_network_refuses_a_gamma_beyond_the_normal_float32_range():
     # a float64 network takes gamma = 1e-50.
     a, W = np.ones(1, np.float32), np.ones((1, 1), np.float32)
     x = np.array([[1e30]], np.float32)
-    assert TwoLayer(a, W, gamma=1e-37)(x)[0] == pytest.approx(1e-37 * 1e30, rel=4 * np.finfo(np.float32).eps)
+    assert TwoLayer(a, W, gamma=1e-37)(x)[0] == pytest.approx(1e-37 * 1e30, rel=4 * float(np.finfo(np.float32).eps))
     assert TwoLayer(a.astype(np.float64), W, gamma=1e-50)(x)[0] == pytest.approx(1e-20, rel=4 * EPS)
     for gamma in (1e-50, 1e-40, 1e39):  # 1e-40 is subnormal in float32: 5 digits
         with pytest.raises(ValueError, match=r"gamma = .* is outside the normal float32 numbers"):

@@ -176,7 +176,7 @@ def test_spectral_norm_is_found_at_every_scale_where_it_is_representable(dtype, 
     M = np.random.default_rng(32).standard_normal((6, 4))
     exact = scale * np.linalg.svd(M, compute_uv=False)[0]
     # converged to tol = 1e-10 (float64); float32 products: 100 ulps
-    rtol = 1e-8 if dtype == np.float64 else 100 * np.finfo(np.float32).eps
+    rtol = 1e-8 if dtype == np.float64 else 100 * float(np.finfo(np.float32).eps)
     assert spectral_norm((scale * M).astype(dtype), rng=0) == pytest.approx(exact, rel=rtol, abs=0)
 
 
