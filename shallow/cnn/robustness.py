@@ -114,7 +114,7 @@ from .._validation import (
     check_positive,
     check_random_state,
 )
-from ..backend import get_xp, to_numpy
+from ..backend import get_xp, row_norms, to_numpy
 from .conv import Conv2d
 from .data import _bilinear_sample, _check_fill
 from .layers import (
@@ -444,9 +444,7 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
 def _unit(v, xp):
     """(v / |v|, |v|), |v| in float64 from the squares of v scaled by the power of 2 of its largest modulus
     (exact): representable wherever |v| is."""
-    v64 = v.astype(xp.float64)
-    _, e = xp.frexp(xp.abs(v64).max())
-    n = float(xp.ldexp(xp.sqrt((xp.ldexp(v64, -e) ** 2).sum()), e))
+    n = float(row_norms(v.astype(xp.float64).reshape(1, -1))[0])
     return v / n if n > 0 else v, n
 
 
@@ -1081,22 +1079,12 @@ def input_gradient(model, X, y, *, loss="ce"):
 
 # ============================================================================= attacks
 
-def _norms(d):
-    """|d_n|_2 of each image, shape (N,): the sum of squares of d_n scaled by the power of 2 of its largest
-    modulus (exact), so that the squares stay normal numbers: float32 entries below 1e-19 (a confident
-    model's cross-entropy gradient) underflowed to 0 and entries above 1e19 overflowed."""
-    xp = get_xp(d)
-    flat = d.reshape(d.shape[0], -1)
-    _, e = xp.frexp(xp.abs(flat).max(axis=1))  # (N,)
-    return xp.ldexp(xp.sqrt((xp.ldexp(flat, -e[:, None]) ** 2).sum(axis=1)), e)
-
-
 def _direction(g, norm):
     """The steepest-ascent unit step for the norm: sign(g) (Linf) or g / |g|_2 per image (0 where g = 0)."""
     xp = get_xp(g)
     if norm == "inf":
         return xp.sign(g)
-    n = _norms(g)
+    n = row_norms(g.reshape(g.shape[0], -1))  # scaled by powers of 2: float32 gradients below 1e-19 underflowed
     n = xp.where(n > 0, n, 1).reshape((-1,) + (1,) * (g.ndim - 1))
     return g / n
 
@@ -1109,7 +1097,7 @@ def _project(X_adv, X0, eps, norm, clip):
     if norm == "inf":
         d = xp.clip(d, -e, e)
     else:
-        n = _norms(d).reshape(e.shape)
+        n = row_norms(d.reshape(d.shape[0], -1)).reshape(e.shape)
         d = d * xp.minimum(1, e / xp.where(n > 0, n, 1))
     out = X0 + d
     if clip is not None:
