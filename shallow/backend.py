@@ -184,6 +184,25 @@ def array_digest(*arrays) -> str:
     return digest.hexdigest()
 
 
+def sum_of_squares_parts(arrays) -> tuple[float, int]:
+    """(S, e) with the sum of the squares of all entries of ``arrays`` = S 4^e, for any scale: the
+    squares of 2^-e a in float64, 2^e bounding the largest modulus (no overflow; what underflows is
+    below 1e-300 of the largest square). A norm is ldexp(sqrt(S), e); a ratio of norms takes the
+    difference of the exponents, so that it is a float wherever it is representable."""
+    import math
+
+    top = max((float(get_xp(a).abs(a).max()) for a in arrays if a.size), default=0.0)
+    if top == 0.0:
+        return 0.0, 0
+    e = math.frexp(top)[1]
+    total = 0.0
+    for a in arrays:
+        xp = get_xp(a)
+        b = xp.ldexp(a.astype(np.float64, copy=False).ravel(), -e)
+        total += float(xp.vdot(b, b))
+    return total, e
+
+
 def row_norms(X):
     """The Euclidean norm of each row of a 2-D array (numpy or cupy), in X's dtype, without the
     overflow (beyond 1e154 in float64) or underflow (below 1e-154) of the squared entries: each row

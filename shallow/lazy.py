@@ -82,7 +82,7 @@ from ._validation import (
     check_positive,
     check_symmetric,
 )
-from .backend import device_of, get_xp, to_numpy
+from .backend import device_of, get_xp, sum_of_squares_parts, to_numpy
 from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
 
 __all__ = [
@@ -159,14 +159,12 @@ def _features(sigma, Z):
     return S, P
 
 
-def _norm(xp, *arrays) -> float:
-    """The Euclidean norm of all the entries, scaled by a power of 2 (exact) near the largest |entry|:
-    the plain sum of squares underflows below 1e-154 (1e-19 in float32) and overflows beyond 1e154."""
-    top = max((float(xp.abs(x).max()) for x in arrays if x.size), default=0.0)
-    if not math.isfinite(top) or top == 0:
-        return top
-    _, e = math.frexp(top)
-    return math.ldexp(math.sqrt(sum(float(xp.sum(xp.ldexp(x, -e) ** 2)) for x in arrays)), e)
+def _norm(*arrays) -> float:
+    """The Euclidean norm of all the entries, scaled by a power of 2 (exact) near the largest |entry|
+    (:func:`shallow.backend.sum_of_squares_parts`): the plain sum of squares underflows below 1e-154
+    (1e-19 in float32) and overflows beyond 1e154."""
+    S, e = sum_of_squares_parts(arrays)
+    return math.ldexp(math.sqrt(S), e)
 
 
 # ----------------------------------------------------------------------------- the tangent model
@@ -868,10 +866,10 @@ def relative_weight_change(net0, a, W) -> float:
     net0 = _as_network(net0, "net0")
     a, W = _check_parameters_of(net0, a, W, "net0")
     xp = get_xp(net0.a, a, W)
-    norm0 = _norm(xp, net0.a, net0.W)
+    norm0 = _norm(net0.a, net0.W)
     if norm0 == 0:
         raise ValueError("theta_0 = 0: the relative weight change |theta - theta_0| / |theta_0| is undefined")
-    return _norm(xp, a - net0.a, W - net0.W) / norm0
+    return _norm(a - net0.a, W - net0.W) / norm0
 
 
 def relative_kernel_change(K0, K) -> float:
@@ -888,10 +886,10 @@ def relative_kernel_change(K0, K) -> float:
     if K0.shape != K.shape:
         raise ValueError(f"K0 has shape {tuple(K0.shape)} but K has shape {tuple(K.shape)}")
     xp = get_xp(K0, K)
-    norm0 = _norm(xp, K0)
+    norm0 = _norm(K0)
     if norm0 == 0:
         raise ValueError("K0 = 0: the relative kernel change is undefined")
-    return _norm(xp, K - K0) / norm0
+    return _norm(K - K0) / norm0
 
 
 def activation_flips(net0, W, X, *, chunk_size=None) -> float:

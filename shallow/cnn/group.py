@@ -85,7 +85,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import check_array, check_integer, check_random_state
-from ..backend import get_xp, to_device, to_numpy
+from ..backend import get_xp, sum_of_squares_parts, to_device, to_numpy
 from .conv import Conv2d
 from .data import affine_warp
 from .layers import (
@@ -99,7 +99,7 @@ from .layers import (
     check_dtype,
     init_weight,
 )
-from .models import _check_shape, _check_shape3, _n_stages, _norm_parts, check_images
+from .models import _check_shape, _check_shape3, _n_stages, check_images
 from .pooling import GlobalAvgPool2d, MaxPool2d
 from .wavelets import _check_real, check_grid_shape
 
@@ -288,7 +288,7 @@ def _probes(shape, n_probes, rng, dtype, device):
 def _relative(num, den):
     """|num| / |den| (Euclidean), from float64 squares of the entries scaled by a power of 2 near the
     largest (:func:`~shallow.cnn.models.relative_change`'s sums): scale-free wherever it is a float."""
-    (S_num, e_num), (S_den, e_den) = _norm_parts([num]), _norm_parts([den])
+    (S_num, e_num), (S_den, e_den) = sum_of_squares_parts([num]), sum_of_squares_parts([den])
     if S_den == 0.0:
         return 0.0 if S_num == 0.0 else math.inf
     try:

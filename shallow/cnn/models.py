@@ -56,7 +56,7 @@ import math
 import numpy as np
 
 from .._validation import check_bool, check_integer, check_positive, check_random_state
-from ..backend import get_xp
+from ..backend import get_xp, sum_of_squares_parts
 from .conv import Conv2d
 from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype, check_layer
 from .norm import BatchNorm2d
@@ -486,26 +486,11 @@ def relative_change(params, reference) -> float:
         if tuple(p.shape) != tuple(reference[k].shape):
             raise ValueError(f"params[{k!r}] has shape {tuple(p.shape)} but reference[{k!r}] has shape "
                              f"{tuple(reference[k].shape)}: theta and theta_0 must be parameters of one architecture")
-    num, e_num = _norm_parts([p.astype(np.float64) - reference[k].astype(np.float64) for k, p in params.items()])
-    den, e_den = _norm_parts(list(reference.values()))
+    num, e_num = sum_of_squares_parts([p.astype(np.float64) - reference[k].astype(np.float64) for k, p in params.items()])
+    den, e_den = sum_of_squares_parts(list(reference.values()))
     if den == 0:
         return math.inf
     try:
         return math.ldexp(math.sqrt(num / den), e_num - e_den)
     except OverflowError:
         return math.inf
-
-
-def _norm_parts(arrays):
-    """(S, e) with sum of squares of all entries = S 4^e: the squares of 2^-e a in float64, where 2^e
-    bounds the largest modulus (no overflow; what underflows is below 1e-300 of the largest square)."""
-    top = max((float(get_xp(a).abs(a).max()) for a in arrays if a.size), default=0.0)
-    if top == 0.0:
-        return 0.0, 0
-    e = math.frexp(top)[1]
-    total = 0.0
-    for a in arrays:
-        xp = get_xp(a)
-        b = xp.ldexp(a.astype(np.float64, copy=False).ravel(), -e)
-        total += float(xp.vdot(b, b))
-    return total, e
