@@ -865,7 +865,7 @@ def relative_weight_change(net0, a, W) -> float:
     """
     net0 = _as_network(net0, "net0")
     a, W = _check_parameters_of(net0, a, W, "net0")
-    xp = get_xp(net0.a, a, W)
+    get_xp(net0.a, a, W)  # one backend for all three (a mix is refused here)
     norm0 = _norm(net0.a, net0.W)
     if norm0 == 0:
         raise ValueError("theta_0 = 0: the relative weight change |theta - theta_0| / |theta_0| is undefined")
@@ -885,7 +885,7 @@ def relative_kernel_change(K0, K) -> float:
     K = check_array(K, "K", ndim=2)
     if K0.shape != K.shape:
         raise ValueError(f"K0 has shape {tuple(K0.shape)} but K has shape {tuple(K.shape)}")
-    xp = get_xp(K0, K)
+    get_xp(K0, K)  # one backend for both (a mix is refused here)
     norm0 = _norm(K0)
     if norm0 == 0:
         raise ValueError("K0 = 0: the relative kernel change is undefined")
