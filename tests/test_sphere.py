@@ -220,3 +220,30 @@ def test_gauss_jacobi_with_an_inverse_square_root_weight_keeps_its_digits_at_lar
     nodes, log_weights = sphere.gauss_jacobi(2032, a, b)
     assert np.all(np.diff(nodes) > 0)
     assert np.exp(log_weights) @ np.cos(7 * nodes + 1) == pytest.approx(ref, rel=2e-11)
+
+
+def test_log_gamma_ratio_is_accurate_to_a_few_eps_on_both_sides_of_its_stirling_threshold():
+    """log(Gamma(x + t) / Gamma(x)) within 4 eps (relative, or absolute below 1) of mpmath, for x + min(t, 0)
+    just below and above 10, where the function switches from log-gammas to Stirling's series, and far above."""
+    import mpmath as mp
+    eps = np.finfo(float).eps
+    with mp.workdps(40):
+        for x in [9.5, 10.0, 10.25, 11.0, 12.5, 20.0, 1e3, 1e8]:
+            for t in [0.5, -0.5, 1.5, -9.0, 3.0]:
+                expected = float(mp.loggamma(mp.mpf(x) + t) - mp.loggamma(mp.mpf(x)))
+                assert abs(sphere._log_gamma_ratio(x, t) - expected) <= 4 * eps * max(1.0, abs(expected)), (x, t)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_inner_product_density_is_the_scaled_beta_law_at_and_beyond_the_poles(d):
+    """t = 2 B - 1 with B ~ Beta((d-1)/2, (d-1)/2), so w_d(t) = p_B((1 + t)/2) / 2: zero outside [-1, 1], and at
+    t = +-1 the limit of c_d (1 - t^2)^{(d-3)/2}: inf for d = 2, 1/2 for d = 3, 0 above (scipy's beta pdf)."""
+    t = np.array([-3.0, -1.5, -1.0, -1 + 2.0**-30, 0.3, 1 - 2.0**-30, 1.0, 1.5, 3.0])
+    half = 0.5 * (d - 1)
+    expected = stats.beta.pdf((1 + t) / 2, half, half) / 2
+    np.testing.assert_allclose(sphere.inner_product_density(t, d), expected, rtol=1e-12)
+
+
+def test_sample_inner_product_of_no_points_is_empty():
+    t = sphere.sample_inner_product(0, 4, rng=0)
+    assert t.shape == (0,) and t.dtype == np.float64
