@@ -195,7 +195,8 @@ def run_tests(worker: Path, tests: list[str], timeout: float, extra: list[str]):
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *extra, *tests]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=worker, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=worker, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - t0, ""
     status = {0: "survived", 5: "no tests"}.get(proc.returncode, "killed")
