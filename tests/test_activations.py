@@ -419,3 +419,27 @@ def test_funk_hecke_coefficients_of_the_reflected_activation_carry_the_parity_si
     sign = (-1.0) ** np.arange(kmax + 1)
     # Two quadratures of the same integrals (one maybe a closed form): 1e-12 of the largest coefficient.
     np.testing.assert_allclose(reflected, sign * mu, rtol=0, atol=1e-12 * np.abs(mu).max())
+
+
+@pytest.mark.parametrize("name, params", [("relu", {}), ("step", {}), ("relu_power", {"alpha": 2}), ("abs", {}),
+                                          ("quadratic", {}), ("tanh", {})])
+@pytest.mark.parametrize("kmax", [0, 1, 2])
+def test_funk_hecke_of_the_shortest_truncations_matches_quadrature(name, params, kmax):
+    """kmax = 0, 1, 2 (no ratio, one, two in the closed forms' recursions) give the first kmax + 1
+    coefficients, by QUADPACK as the reference, from a name and from a plain callable alike."""
+    d = 3
+    g = _reference(name, params)
+    ref = np.array([_quad_funk_hecke(g, k, d) for k in range(kmax + 1)])
+    np.testing.assert_allclose(get_activation(name, **params).funk_hecke(d, kmax), ref, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(funk_hecke(g, d, kmax, breakpoints=(0.0,)), ref, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 2])
+def test_funk_hecke_relu_power_exact_zeros_are_positive_zeros(alpha):
+    """The vanishing mu_k (k > alpha, k - alpha even) are +0.0, not -0.0: a zero carried along the
+    recursion by the negative ratios (alpha - k)/(alpha + k + d) would flip sign every step."""
+    mu = get_activation("relu_power", alpha=alpha).funk_hecke(4, 12)
+    k = np.arange(13)
+    vanishing = (k > alpha) & ((k - alpha) % 2 == 0)
+    assert np.all(mu[vanishing] == 0.0)
+    assert not np.signbit(mu[vanishing]).any()
