@@ -171,7 +171,8 @@ class _ArccosTile:
     order 0 (step): K = (pi - th) / (2 pi),
         grad_w K = (v/|v| - cos th w/|w|) / (2 pi |w| sin th)  (zero where sin th = 0).
 
-    A pair with a zero vector counts as th = 0 (cos = sin = 0, as the limit of the formulas along w).
+    A pair with a zero vector counts as th = 0 (cos = sin = 0, as the limit of the formulas along w);
+    its kernel is 0 for both orders, since sigma(<0, x>) = 0 (step(0) = 0: not (pi - 0) / (2 pi)).
     The (m, m') elementwise quantities (cos th, sin th, (pi - th) / (2 pi)) are symmetric in the
     pair, so one tile serves both orientations: :meth:`field` gives the field of the rows of W
     against the columns, or with ``transpose=True`` that of the rows of V against W, from the same
@@ -199,9 +200,7 @@ class _ArccosTile:
         xp.sqrt(sin_abs, out=sin_abs)
         if nonzero is None:  # whether no vector is zero (callers that know it spare a device sync)
             nonzero = bool(xp.all(nw > 0)) and bool(xp.all(nv > 0))
-        if not nonzero:
-            sin_abs *= (nw > 0)[:, None]
-            sin_abs *= (nv > 0)[None, :]
+        self.nonzero = nonzero
         # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
         # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
         # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
@@ -212,6 +211,9 @@ class _ArccosTile:
             Wh = W[i] * self.inv_w[i][:, None]
             Vh = V[j] * self.inv_v[j][:, None]
             sin_abs[i, j] = xp.linalg.norm(Wh - cos[i, j][:, None] * Vh, axis=1)
+        if not nonzero:  # after the recomputation, which gave sin th = 1 to (w, 0) and 0 to (0, v)
+            sin_abs *= (nw > 0)[:, None]
+            sin_abs *= (nv > 0)[None, :]
         A = xp.arctan2(sin_abs, cos, out=self._out("A"))  # theta, then (pi - theta) / (2 pi) in place
         A *= -1 / (2 * xp.pi)
         A += 0.5
@@ -220,9 +222,14 @@ class _ArccosTile:
 
     def kernel(self):
         """K (m, m'); its transpose is the kernel of (V, W)."""
-        if self.order == 0:
-            return self.A
         xp = self.xp
+        if self.order == 0:
+            if self.nonzero:
+                return self.A
+            # a zero vector's neuron 1{<0, x> > 0} = 0 vanishes: K = 0 there, not (pi - 0) / (2 pi)
+            K = xp.multiply(self.A, (self.nw > 0)[:, None], out=self._out("K"))
+            K *= (self.nv > 0)[None, :]
+            return K
         K = xp.multiply(self.A, self.G, out=self._out("K"))  # (pi - th) <w, v> / (2 pi) + |w||v| sin th / (2 pi)
         B = xp.multiply(self.sin, (self.nv / (2 * xp.pi))[None, :], out=self._out("B"))
         B *= self.nw[:, None]

@@ -587,3 +587,33 @@ def test_resume_refuses_a_flow_saved_in_another_dtype():
     single = TwoLayer(student.a.astype(np.float32), student.W.astype(np.float32), gamma=student.gamma)
     with pytest.raises(ValueError, match=r"dtype='float32' \(saved: 'float64'\)"):
         gradient_flow(single, PopulationRisk(teacher), steps=5, resume=saved, **kw)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_population_risk_of_a_zero_particle_is_that_of_the_network_without_it(activation):
+    # A neuron with w = 0 is sigma(<0, x>) = 0 for relu and for step (step(0) = 0): it changes neither
+    # the function, nor the risk, nor the other particles' gradients, and dR/da_j = E[(f - f*) sigma(0)] = 0.
+    # The reference: Monte Carlo (4 sigma / sqrt(N)), and the network without the particle (to rounding).
+    # The step kernel used to count the pair (0, v) as theta = 0, K = 1/2; tiles of 3 x 3 particles
+    # (chunk_bytes) put the zero particle in off-diagonal tiles too, read in both orientations.
+    teacher, student = teacher_student(d=4, m=7, seed=11, activation=activation)
+    # a zero teacher neuron, with a nonzero outer weight
+    zero_teacher = TwoLayer(np.append(teacher.a, 2.0), np.concatenate([teacher.W, np.zeros((1, 4))]), gamma=1.0,
+                            activation=activation)
+    W = student.W.copy()
+    W[4] = 0.0
+    kept = np.arange(7) != 4
+    without = TwoLayer(student.a[kept], W[kept], gamma=student.gamma, activation=activation)
+    for chunk_bytes in (None, 10 * 8 * 9):
+        loss = PopulationRisk(teacher, chunk_bytes=chunk_bytes)
+        loss_zero = PopulationRisk(zero_teacher, chunk_bytes=chunk_bytes)
+        ref, ga_ref, gW_ref = loss.value_and_grad(without)
+        value, ga, gW = loss_zero.value_and_grad(student, student.a, W)
+        assert value == pytest.approx(ref, rel=1e-12)
+        np.testing.assert_allclose(ga[kept], ga_ref, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gW[kept], gW_ref, rtol=1e-12, atol=1e-15)
+        assert ga[4] == 0.0
+    X = np.random.default_rng(12).standard_normal((400_000, 4))
+    samples = 0.5 * (direct_forward(TwoLayer(student.a, W, gamma=student.gamma, activation=activation), X)
+                     - direct_forward(zero_teacher, X)) ** 2
+    assert abs(value - samples.mean()) < 4 * samples.std() / np.sqrt(X.shape[0])
