@@ -908,3 +908,76 @@ def test_legendre_recurrence_error_near_the_poles_is_the_documented_one(d):
             assert error <= near_poles, (k, t, error)
         assert abs(float(harmonics.legendre(k, d, np.array([0.5]))[0]) - float(reference(k, mpmath.mpf(0.5)))) <= 1e-15
 
+
+
+@pytest.mark.parametrize("sign, scale", [(-1.0, 1.0), (1.0, 2.0**-600)])
+def test_project_zonal_in_high_dimension_follows_the_mass_of_g_w_d_to_either_end_and_at_any_scale(sign, scale):
+    # g(t) = scale exp(sign c t) at d = 2000, c = 700 (the mass of g w_d near sign 0.32, past the window's
+    # end 13 / sqrt(d) = 0.29): the window widens toward -1 as toward +1, and whatever the size of g
+    # (2^-600 puts g w_d near e^-300 everywhere). Closed forms as above (DLMF 10.32.2 and 10.29.1) with
+    # P_{k,d}(-t) = (-1)^k P_{k,d}(t): mu_k = scale sign^k Gamma(nu + 1) (2/c)^nu I_{nu+k}(c), by mpmath.
+    d, c = 2000, 700
+    mu = harmonics.project_zonal(lambda t: scale * np.exp(sign * c * t), d, 1)
+    with mpmath.workdps(30):
+        nu = mpmath.mpf(d) / 2 - 1
+        front = scale * mpmath.gamma(nu + 1) * (2 / mpmath.mpf(c)) ** nu
+        ref = [float(front * mpmath.besseli(nu, c)), float(sign * front * mpmath.besseli(nu + 1, c))]
+    np.testing.assert_allclose(mu, ref, rtol=1e-12)
+
+
+def test_counts_beyond_the_floats_keep_their_leading_digits_where_log10_rounds_down():
+    # The refusals write N(d, k) >= 10^300 from the exact integer; math.log10(10**512) is 511.99999999999994,
+    # one below the decimal exponent. Reference: the digits of str(N) (values whose 4th digit is 0, where
+    # truncating and rounding to three digits agree).
+    for N in (10**300, 10**512, 10**1024, 123 * 10**700, 4560 * 10**509):
+        digits = str(N)
+        assert harmonics._format_count(N) == f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}", N
+
+
+def test_bad_index_on_the_two_sphere_raises():
+    # d = 3: kappa = (k_1, k_2) needs k_1 >= |k_2| (the chain is (k_1, |k_2|), as for d >= 4).
+    X = sample_sphere(4, 3, rng=0)
+    for bad in [(1, 2), (1, -2), (0, 1)]:
+        with pytest.raises(ValueError, match="^index must satisfy"):
+            harmonics.spherical_harmonic(X, bad)
+
+
+def test_harmonic_energy_of_degree_zero_alone_is_the_squared_mean():
+    # kmax = 0: E_0 = (E f)^2. U-statistic: sum_{i != j} f_i f_j / (n (n - 1)) by a nested loop; exact rule
+    # (product rule with q = 4, exact to degree 7) for f = 1 + x_1^2 on S^2: E f = 4/3, E_0 = 16/9.
+    X = sample_sphere(30, 4, rng=3)
+    f = np.cos(2 * X[:, 0]) + X[:, 1]
+    n = f.size
+    ref = sum(f[i] * f[j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    E = harmonics.harmonic_energy(f, X, 0)
+    assert E.shape == (1,)
+    assert float(E[0]) == pytest.approx(ref, rel=1e-13)
+    Xq, w = sphere_product_rule(3, 4)
+    np.testing.assert_allclose(harmonics.harmonic_energy(1 + Xq[:, 0] ** 2, Xq, 0, weights=w), [16 / 9], rtol=1e-13)
+
+
+def test_spherical_harmonic_in_d4_keeps_its_digits_where_s_to_the_b_underflows():
+    # On S^3 at x = (t, 0, s, 0), Y_{k,(k,b,b)}(x) = A^(4)_{k,b}(t, s) A^(3)_{b,b}(0, 1) sqrt(2) with
+    # A^(D)_{a,b}(t, s) = c_b^(D) s^b p_{a-b}^(b + (D-2)/2)(t) (Dai & Xu, Sec. 1.5), here by mpmath:
+    # (c_b^(D))^2 = 1 / E_{w_D}[(1 - t^2)^b] = Gamma((D-1)/2) Gamma(b + D/2) / (Gamma(D/2) Gamma(b + (D-1)/2)),
+    # p_m^(alpha) = C_m^alpha / h^(1/2), h = pi 2^(1-2 alpha) Gamma(m + 2 alpha) Gamma(alpha + 1)
+    # / (m! (m + alpha) Gamma(alpha)^2 sqrt(pi) Gamma(alpha + 1/2)) (Szego 4.7.15 over the weight's mass).
+    # s^b ~ 1e-392 lies below the normal numbers while Y is of order 1 (s near b / k); recurrences of
+    # length k: 1e-10 relative, as on S^2.
+    k, b, s = 2500, 1100, 0.44
+    t = math.sqrt(1 - s * s)
+    x = np.array([[t, 0.0, s, 0.0]])
+    with mpmath.workdps(40):
+        def c2(D):
+            D = mpmath.mpf(D)
+            return (mpmath.gamma((D - 1) / 2) * mpmath.gamma(b + D / 2)
+                    / (mpmath.gamma(D / 2) * mpmath.gamma(b + (D - 1) / 2)))
+
+        alpha, m = mpmath.mpf(b + 1), k - b
+        h = (mpmath.pi * 2 ** (1 - 2 * alpha) * mpmath.gamma(m + 2 * alpha) * mpmath.gamma(alpha + 1)
+             / (mpmath.factorial(m) * (m + alpha) * mpmath.gamma(alpha) ** 2 * mpmath.sqrt(mpmath.pi)
+                * mpmath.gamma(alpha + mpmath.mpf(1) / 2)))
+        p = mpmath.gegenbauer(m, alpha, mpmath.mpf(t)) / mpmath.sqrt(h)
+        ref = float(mpmath.sqrt(2 * c2(4) * c2(3)) * mpmath.mpf(s) ** b * p)
+    assert abs(ref) > 0.1
+    np.testing.assert_allclose(harmonics.spherical_harmonic(x, (k, b, b)), [ref], rtol=1e-10)
