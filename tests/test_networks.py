@@ -455,3 +455,53 @@ def test_fused_pass_rejects_a_nonpositive_block_size(block_bytes):
     net = TwoLayer.init(4, 3, rng=0)
     with pytest.raises(ValueError, match="block_bytes must be an integer >= 1"):
         fused_pass(np.ones((2, 3)), net.a, net.W, 1.0, net.activation, block_bytes=block_bytes)
+
+
+@pytest.mark.parametrize("block_bytes", [256 * 8 * 25, 50 * 8 * 300 + 3])
+def test_fused_pass_in_two_column_blocks_or_uneven_row_blocks_is_the_dense_formula(block_bytes):
+    # m = 50 particles, n = 700 samples: 256 * 8 * 25 bytes make two column blocks of 25 particles
+    # (MIN_ROWS rows each); 50 * 8 * 300 + 3 bytes make row blocks of 300 samples (a byte count that
+    # m * itemsize does not divide). Reference: the dense formulas f = gamma relu(Z) a,
+    # dL/da = (gamma/n) relu(Z)^T r, dL/dW = (gamma/n) diag(a) (1{Z > 0} * r)^T X, Z = X W^T; rounding only.
+    from shallow.networks import fused_pass
+
+    rng = np.random.default_rng(4)
+    n, m, d = 700, 50, 4
+    X, r = rng.standard_normal((n, d)), rng.standard_normal(n)
+    net = TwoLayer.init(m, d, rng=4)
+    Z = X @ net.W.T
+    f_ref = net.gamma * np.maximum(Z, 0) @ net.a
+    ga_ref = net.gamma / n * np.maximum(Z, 0).T @ r
+    gW_ref = net.gamma / n * net.a[:, None] * (((Z > 0) * r[:, None]).T @ X)
+    f, ga, gW = fused_pass(X, net.a, net.W, net.gamma, net.activation, r, block_bytes=block_bytes)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ga, ga_ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gW, gW_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_activation_must_be_callable_and_have_a_callable_derivative():
+    # The gradients need sigma'(z): a plain function (np.tanh) or an object whose derivative is not
+    # callable is refused when the network is built.
+    class NoDerivative:
+        derivative = 1.0
+
+        def __call__(self, z):
+            return np.tanh(z)
+
+    for activation in (np.tanh, NoDerivative()):
+        with pytest.raises(ValueError, match="activation must be a name such as 'relu' or an object"):
+            TwoLayer(*good(), activation=activation)
+
+
+def test_init_takes_any_positive_alpha_as_the_scale_and_refuses_zero():
+    # scale = alpha > 0 gives gamma = alpha / m (also alpha < 1); alpha = 0 would be the zero network.
+    assert TwoLayer.init(64, 3, scale=0.5, rng=0).gamma == pytest.approx(0.5 / 64, rel=1e-15)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        TwoLayer.init(64, 3, scale=0.0, rng=0)
+
+
+def test_init_balanced_draws_both_signs_of_a():
+    # a_j = +-|w_j| with independent fair signs: among m = 400, the number of negative a_j is
+    # Binomial(400, 1/2), 200 +- 10; within 6 standard deviations.
+    a = TwoLayer.init(400, 4, a_init="balanced", rng=7).a
+    assert abs(int((a < 0).sum()) - 200) <= 60
