@@ -589,3 +589,54 @@ def test_empirical_ntk_is_invariant_under_rotating_the_inputs_and_the_weights_to
     K = empirical_ntk(net, X)
     K_turned = empirical_ntk(TwoLayer(net.a, turned, activation=activation, bias=bias), X @ Q.T)
     np.testing.assert_allclose(K_turned, K, rtol=1e-10, atol=1e-12 * np.abs(K).max())  # rounding only
+
+
+class _BooleanDerivativeRelu:
+    """relu written by a user: its derivative 1{z > 0} comes back as a boolean array."""
+
+    name = "relu (boolean derivative)"
+    homogeneity = 1
+
+    def __call__(self, z):
+        return np.maximum(z, 0)
+
+    def derivative(self, z):
+        return z > 0
+
+
+def test_empirical_ntk_of_an_activation_with_a_boolean_derivative_is_the_double_sum_in_the_inputs_dtype():
+    # K(x, y) = gamma^2 sum_j [relu(<w_j, x>) relu(<w_j, y>) + a_j^2 1{<w_j, x> > 0} 1{<w_j, y> > 0} <x, y>],
+    # written as a loop over the neurons; a boolean sigma' is read as 0/1 in the network's dtype (float32
+    # here: the kernel too), one sample per chunk (chunk_size=1, the smallest accepted).
+    rng = np.random.default_rng(21)
+    net = TwoLayer(rng.standard_normal(5).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32),
+                   activation=_BooleanDerivativeRelu(), gamma=0.5)
+    X = rng.standard_normal((4, 3)).astype(np.float32)
+    a, W = net.a.astype(np.float64), net.W.astype(np.float64)
+    X64 = X.astype(np.float64)
+    expected = np.zeros((4, 4))
+    for j in range(5):
+        z = X64 @ W[j]
+        expected += np.outer(np.maximum(z, 0), np.maximum(z, 0)) + a[j] ** 2 * np.outer(z > 0, z > 0) * (X64 @ X64.T)
+    expected *= 0.25
+    K = empirical_ntk(net, X, chunk_size=1)
+    assert K.dtype == np.float32
+    # float32 sums of 5 terms of size ~10: 1e-5 relative to the largest entry
+    np.testing.assert_allclose(K, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_kernel_flow_moves_the_test_predictions_linearly_in_time_along_a_null_direction_of_K():
+    # Where K has an exact zero eigenvalue the training residual does not move, while the test
+    # predictions move at the constant rate (s/n) K_test (y - f0) along that direction: the filter
+    # (1 - e^{-c lam}) / lam is c there. The reference: the linear system (f - y, f_test)' = -(s/n)
+    # [[K, 0], [K_test, 0]] (f - y, f_test), integrated by scipy's matrix exponential.
+    K = np.diag([2.0, 0.0])
+    K_test = np.array([[1.0, 3.0], [0.5, -1.0]])
+    y, f0, f0_test = np.array([1.0, -2.0]), np.array([0.5, 0.25]), np.array([0.1, 0.2])
+    s, t, n = 1.5, 0.8, 2
+    A = np.zeros((4, 4))
+    A[:2, :2], A[2:, :2] = -(s / n) * K, -(s / n) * K_test
+    z = scipy.linalg.expm(t * A) @ np.concatenate([f0 - y, f0_test])
+    pred = kernel_flow(K, y, t, f0=f0, K_test=K_test, f0_test=f0_test, time_scale=s)
+    np.testing.assert_allclose(pred.train, y + z[:2], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(pred.test, z[2:], rtol=0, atol=1e-14)
