@@ -629,3 +629,49 @@ def test_closed_form_kernels_hold_for_inputs_far_from_the_unit_scale(dtype, scal
                 tiny = np.finfo(dtype).tiny  # results below the normal range are rounded to subnormals or 0
                 np.testing.assert_allclose(float(K[0, 0]), float(value), rtol=rtol, atol=tiny / np.finfo(dtype).eps,
                                            err_msg=f"{sigma} {kind} at |x| ~ {sx:g}, |y| ~ {sy:g} in {dtype.__name__}")
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.5])
+def test_real_order_arc_cosine_kernel_of_parallel_and_antiparallel_inputs(alpha):
+    """theta = 0: E[relu(u)^{2a}] |x|^a |y|^a = 2^a Gamma(a + 1/2) / (2 sqrt(pi)) |x|^a |y|^a (the Gaussian
+    moment); theta = pi: relu(u) relu(-cu) = 0. <x, y> / (|x||y|) rounds up to 1 ulp beyond +-1 for many of
+    these pairs, where the hypergeometric series diverges. Rounding: 1e-13."""
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((200, 5))
+    c = np.exp(rng.uniform(-3, 3, size=(200, 1)))
+    sigma = get_activation("relu_power", alpha=alpha)
+    moment = 2.0**alpha * math.gamma(alpha + 0.5) / (2 * math.sqrt(math.pi))
+    for sign in (1.0, -1.0):
+        Y = sign * c * X
+        K = np.diag(random_feature_kernel(X, Y, sigma))
+        nx, ny = np.linalg.norm(X, axis=1), np.linalg.norm(Y, axis=1)
+        expected = moment * (nx * ny) ** alpha if sign > 0 else np.zeros(200)
+        np.testing.assert_allclose(K, expected, rtol=1e-13, atol=1e-13 * moment * float(((nx * ny) ** alpha).max()))
+
+
+@pytest.mark.parametrize("order", [4, 5])
+def test_arc_cosine_kernels_of_orders_four_and_five_match_the_angular_integral(order):
+    """Cho & Saul (2009) in polar coordinates of w in the plane of x and y: k_n(x, y) = |x|^n |y|^n
+    2^n Gamma(n + 1) / (2 pi) int_{theta - pi/2}^{pi/2} cos^n(phi) cos^n(phi - theta) dphi, by quad
+    (orders >= 4 bring |x|^4 |y|^4 terms into the closed form's polynomials). quad: 1e-13 relative."""
+    X, Y = _inputs(4, seed=9)
+    nx, ny = np.linalg.norm(X, axis=1), np.linalg.norm(Y, axis=1)
+    K = random_feature_kernel(X, Y, get_activation("relu_power", alpha=order))
+    for i in range(len(X)):
+        for j in range(len(Y)):
+            th = math.acos(float(np.clip(X[i] @ Y[j] / (nx[i] * ny[j]), -1, 1)))
+            angular = integrate.quad(lambda p, th=th: (math.cos(p) * math.cos(p - th)) ** order, th - math.pi / 2,
+                                     math.pi / 2, epsabs=1e-15, epsrel=1e-13)[0]
+            scale = (nx[i] * ny[j]) ** order * 2.0**order * math.gamma(order + 1) / (2 * math.pi)
+            # near theta = pi the kernel is a small difference of terms of size scale: 1e-14 of scale
+            assert K[i, j] == pytest.approx(scale * angular, rel=1e-12, abs=1e-14 * scale)
+
+
+@pytest.mark.parametrize("kmax", [0, 1, 2])
+def test_mercer_eigenvalues_of_the_quadratic_ntk_at_the_shortest_truncations_match_quadrature(kmax):
+    """The exact route (Funk-Hecke of t^2 and of its derivative 2t) at kmax = 0, 1, 2 against QUADPACK on
+    kappa(t) (_quad_eigenvalue); the derivative's only coefficient is mu_1 = 2/d, present from kmax = 1."""
+    d = 6
+    kernel = dot_product_kernel("ntk", "quadratic", "sphere", d=d)
+    ref = [_quad_eigenvalue(lambda t: kernel(t), k, d) for k in range(kmax + 1)]
+    np.testing.assert_allclose(mercer_eigenvalues(kernel, d, kmax), ref, rtol=1e-12, atol=1e-15)
