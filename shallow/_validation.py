@@ -23,6 +23,7 @@ __all__ = [
     "check_finite_labels",
     "check_bool",
     "check_symmetric",
+    "cast_within_range",
 ]
 
 
@@ -109,6 +110,26 @@ def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"{name} must be float32 or float64, got {dtype}")
     return dtype
+
+
+def cast_within_range(x, dtype, name: str, computes: str):
+    """``x`` cast to ``dtype``, refusing finite entries beyond its range, which the cast would make
+    infinite (a float64 1e39 in a float32 network or model: its outputs and gradients became inf or
+    NaN, or the input was said to contain infinities it did not have).
+
+    Only a narrowing cast of floats is checked, O(size) and only when the cast gave a non-finite
+    entry; ``computes`` names what computes in ``dtype`` ("the network") for the message.
+    """
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore"):  # numpy's "overflow in cast" warning: the error below says more
+        y = x.astype(dtype, copy=False)
+    if x.dtype.kind == "f" and y.dtype.itemsize < x.dtype.itemsize and y.size:
+        xp = get_xp(y)
+        if not bool(xp.isfinite(y).all()) and bool(xp.isfinite(x).all()):
+            raise ValueError(f"{name} has values up to {float(xp.abs(x).max()):.3g} in absolute value, beyond the "
+                             f"largest {dtype.name} ({float(np.finfo(dtype).max):.3g}), the dtype {computes} computes "
+                             "in: build it in float64 (or rescale the data)")
+    return y
 
 
 def check_dimension(d, name: str = "d") -> int:

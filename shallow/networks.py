@@ -41,6 +41,7 @@ import numbers
 import numpy as np
 
 from ._validation import (
+    cast_within_range,
     check_array,
     check_bool,
     check_float_dtype,
@@ -112,20 +113,6 @@ def _check_gamma(gamma) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
     return float(gamma)
-
-
-def _in_dtype(x, dtype, name):
-    """Finite ``x`` cast to the network's dtype, refusing entries beyond its range, which the cast
-    would make infinite (a float64 |x| > 3.4e38 for a float32 network: f and the gradients were inf
-    or NaN). Only a narrowing cast is checked: O(size), none for inputs already in ``dtype``."""
-    with np.errstate(over="ignore"):  # numpy's "overflow in cast" warning: the error below says more
-        y = x.astype(dtype, copy=False)
-    if y.dtype.itemsize < x.dtype.itemsize and y.size and not bool(get_xp(y).isfinite(y).all()):
-        xp = get_xp(x)
-        raise ValueError(f"{name} has entries up to {float(xp.abs(x).max()):.3g} in absolute value, beyond the "
-                         f"largest {np.dtype(dtype).name} ({float(np.finfo(dtype).max):.3g}), the dtype the network "
-                         "computes in: build the network in float64 (or rescale the data)")
-    return y
 
 
 def _block_shape(n: int, m: int, itemsize: int, chunk_size=None, block_bytes: int = BLOCK_BYTES):
@@ -510,14 +497,14 @@ class TwoLayer:
             extra = f" (W has shape {tuple(self.W.shape)}, the last column being the bias)" if self.bias else \
                 f" (W has shape {tuple(self.W.shape)})"
             raise ValueError(f"X has shape {tuple(X.shape)} but the network takes d={self.d} coordinates{extra}")
-        return _in_dtype(X, self.dtype, name)
+        return cast_within_range(X, self.dtype, name, "the network")
 
     def _check_r(self, r, n):
         r = check_array(r, "r", ndim=1)
         get_xp(r, self.W)
         if r.shape[0] != n:
             raise ValueError(f"r has shape {tuple(r.shape)} but X has n={n} samples: one residual per sample")
-        return _in_dtype(r, self.dtype, "r")
+        return cast_within_range(r, self.dtype, "r", "the network")
 
     def _inputs(self, X):
         """X validated, in the network's dtype, augmented by a column of ones with a bias: (n, D)."""
@@ -628,7 +615,7 @@ class TwoLayer:
 
             def residual(f_chunk, rows):
                 rc = check_array(residual_fn(f_chunk, rows), "r(f_chunk, rows)", ndim=1)
-                return _in_dtype(rc, dtype, "r(f_chunk, rows)")  # its length is checked by fused_pass
+                return cast_within_range(rc, dtype, "r(f_chunk, rows)", "the network")  # its length is checked by fused_pass
         else:
             residual = self._check_r(r, n)
         f, grad_a, grad_W = fused_pass(X, self.a, self.W, self.gamma, self.activation, residual,

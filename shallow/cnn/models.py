@@ -55,7 +55,7 @@ import math
 
 import numpy as np
 
-from .._validation import check_bool, check_integer, check_positive, check_random_state
+from .._validation import cast_within_range, check_bool, check_integer, check_positive, check_random_state
 from ..backend import get_xp, sum_of_squares_parts
 from .conv import Conv2d
 from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype, check_layer
@@ -110,17 +110,11 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
                     f"shape (H, W); a single image needs a batch axis: {name}[None])")
         raise ValueError(f"{name} has images of shape {tuple(x.shape[1:])} but the model expects "
                          f"(H, W, C) = {tuple(in_shape)}{hint}")
-    given = x
-    if dtype is not None and x.dtype != dtype:
-        with np.errstate(over="ignore"):  # values beyond the dtype are named below
-            x = x.astype(dtype)
-    elif dtype is None and x.dtype.kind != "f":
+    if dtype is not None:
+        x = cast_within_range(x, dtype, name, "the model")
+    elif x.dtype.kind != "f":
         x = x.astype(np.float64)
     if x.size and not bool(xp.isfinite(x).all()):
-        if x is not given and bool(xp.isfinite(given).all()):
-            dtype = np.dtype(dtype)
-            raise ValueError(f"{name} has values up to {float(xp.abs(given).max()):.3g} in modulus, beyond the largest "
-                             f"{dtype.name} ({float(np.finfo(dtype).max):.3g}) in which the model computes")
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return x

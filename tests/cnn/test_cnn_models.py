@@ -249,7 +249,7 @@ def test_float32_model_refuses_float64_images_beyond_float32_naming_the_largest(
     model = build_model("vgg", (8, 8), 3, width=2, rng=0, dtype=np.float32)
     x = np.zeros((2, 8, 8, 1))
     x[0, 1, 1, 0] = -1e39
-    with pytest.raises(ValueError, match=r"x has values up to 1e\+39 in modulus, beyond the largest float32 \(3.4e"):
+    with pytest.raises(ValueError, match=r"x has values up to 1e\+39 in absolute value, beyond the largest float32 \(3.4e"):
         model.forward(x)
     x[0, 1, 1, 0] = np.nan
     with pytest.raises(ValueError, match="x contains 1 NaN or infinite value"):
