@@ -290,3 +290,96 @@ def test_square_loss_of_float32_outputs_is_the_float64_value_and_the_rounded_gra
     assert value == pytest.approx(scale * np.sum(r64 ** 2) / 4, rel=1e-15)
     assert grad.dtype == np.float32
     np.testing.assert_allclose(grad, scale * r64 / 2, rtol=2.0 ** -24)
+
+
+def test_log_softmax_normalises_along_the_last_axis_of_a_batch_of_any_rank():
+    # z of shape (..., K): reference scipy's logsumexp over the last axis of a 3-d array (on a
+    # 2-d array the axes -1 and 1 coincide, and an axis counted from the front went unnoticed)
+    z = np.random.default_rng(4).standard_normal((2, 3, 4))
+    np.testing.assert_allclose(log_softmax(z), z - logsumexp(z, axis=-1, keepdims=True), rtol=1e-14, atol=1e-15)
+
+
+def test_accuracy_is_the_fraction_of_rows_whose_argmax_is_the_label():
+    # reference: the definition, row by row with Python's max over the outputs
+    from shallow.cnn import accuracy
+
+    rng = np.random.default_rng(5)
+    out, y = rng.standard_normal((12, 4)), rng.integers(0, 4, 12)
+    hits = sum(max(range(4), key=lambda k: out[n, k]) == y[n] for n in range(12))
+    assert 0 < hits < 12  # both outcomes occur
+    assert accuracy(out, y) == hits / 12
+
+
+def test_square_loss_takes_whole_valued_float_labels_as_labels():
+    # labels (N,) for outputs (N, K > 1) may come as floats holding whole numbers: they are the
+    # labels 0..K-1, one-hot encoded like integer labels. Reference: (1 / 2N) sum |f_n - e_{y_n}|^2
+    # with the identity's rows; K = 2, the smallest number of classes with labels of this shape.
+    f = np.random.default_rng(6).standard_normal((4, 2))
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    Y = np.eye(2)[y.astype(int)]
+    value, grad = SquareLoss().value_and_grad(f, y)
+    assert value == pytest.approx(0.5 * np.sum((f - Y) ** 2) / 4, rel=1e-14)
+    np.testing.assert_allclose(grad, (f - Y) / 4, rtol=1e-15)
+
+
+def test_square_loss_of_one_output_takes_real_targets_of_shape_n_or_n_by_1():
+    # a network with one output (K = 1) regresses real targets, given as (N,) or (N, 1) (module
+    # notes): both are the closed form (1 / 2N) sum (f_n - y_n)^2, gradient (f_n - y_n) / N
+    rng = np.random.default_rng(7)
+    f, y = rng.standard_normal((5, 1)), rng.standard_normal(5)
+    expected = 0.5 * np.sum((f[:, 0] - y) ** 2) / 5
+    for targets in (y, y[:, None]):
+        value, grad = SquareLoss().value_and_grad(f, targets)
+        assert value == pytest.approx(expected, rel=1e-14)
+        np.testing.assert_allclose(grad, (f - y[:, None]) / 5, rtol=1e-15)
+
+
+def test_step_decay_of_step_size_one_decays_at_every_step():
+    # eta_t = lr gamma^floor(t / 1) = lr gamma^t (dyadic values: exact)
+    step = StepDecay(1.0, step_size=1, gamma=0.5)
+    assert [step(t) for t in range(4)] == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_cosine_schedule_of_a_single_step_starts_at_lr_and_ends_at_lr_min():
+    # total_steps = 1 (no warm-up): u = t / 1, so eta_0 = lr (cos 0 = 1) and eta_1 = lr_min (cos pi = -1)
+    cos = Cosine(1.0, total_steps=1, lr_min=0.25)
+    assert [cos(0), cos(1)] == [1.0, 0.25]
+
+
+def test_cosine_schedule_stays_at_lr_min_after_total_steps():
+    # u is clipped to [0, 1]: beyond total_steps the rate stays lr_min (unclipped, cos(pi u) would rise again)
+    cos = Cosine(1.0, total_steps=10, lr_min=0.1)
+    assert [cos(t) for t in (10, 15, 20, 1000)] == pytest.approx([0.1] * 4, rel=1e-15)
+
+
+def test_cosine_warmup_may_last_all_steps_but_the_last():
+    # warmup <= total_steps - 1: eta_t = lr (t + 1) / warmup for t < warmup, then the cosine from u = 0
+    # (eta = lr) to u = 1 (eta = lr_min) over the one remaining step; warmup = total_steps is refused
+    cos = Cosine(2.0, total_steps=4, lr_min=0.5, warmup=3)
+    assert [cos(t) for t in range(5)] == pytest.approx([2 / 3, 4 / 3, 2.0, 2.0, 0.5], rel=1e-15)
+    with pytest.raises(ValueError, match="warmup"):
+        Cosine(2.0, total_steps=4, warmup=4)
+
+
+def test_state_of_a_fresh_optimizer_round_trips():
+    # a checkpoint taken before the first step (t = 0, zero moments) restores to the same start:
+    # the steps that follow equal those of a fresh optimiser, bit for bit
+    rng = np.random.default_rng(8)
+    grads = [{"w": rng.standard_normal(3)} for _ in range(2)]
+    a, b = np.ones(3), np.ones(3)
+    opt_a, opt_b = Adam({"w": a}, lr=0.1), Adam({"w": b}, lr=0.1)
+    opt_b.load_state_dict(Adam({"w": np.ones(3)}, lr=0.1).state_dict())
+    assert opt_b.t == 0
+    for g in grads:
+        opt_a.step(g)
+        opt_b.step(g)
+    np.testing.assert_array_equal(b, a)
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    # momentum 0: theta <- theta - lr g needs no velocity, and the state (a checkpoint) is the step count alone
+    theta = np.array([1.0, 2.0])
+    opt = SGD({"theta": theta}, lr=0.5)
+    opt.step({"theta": np.array([1.0, -1.0])})
+    np.testing.assert_array_equal(theta, [0.5, 2.5])
+    assert opt.state_dict() == {"t": 1}
