@@ -674,7 +674,7 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     f0, K_test, f0_test
         As in :func:`kernel_flow` (f0: the fixed initial function, default 0), with y's trailing shape.
     rcond : float, optional
-        With ridge = 0, eigenvalues below rcond * max(lam) count as 0 (pseudo-inverse); default n eps.
+        With ridge = 0, eigenvalues at or below rcond * max(lam) count as 0 (pseudo-inverse); default n eps.
 
     Returns
     -------

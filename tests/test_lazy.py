@@ -640,3 +640,50 @@ def test_kernel_flow_moves_the_test_predictions_linearly_in_time_along_a_null_di
     pred = kernel_flow(K, y, t, f0=f0, K_test=K_test, f0_test=f0_test, time_scale=s)
     np.testing.assert_allclose(pred.train, y + z[:2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(pred.test, z[2:], rtol=0, atol=1e-14)
+
+
+def test_kernel_regression_without_ridge_is_the_pseudo_inverse_dropping_exact_zero_eigenvalues():
+    # ridge = 0: f = f0 + K K^+ (y - f0) and f_test = f0_test + K_test K^+ (y - f0) with numpy's
+    # pseudo-inverse, even at rcond = 0 (an eigenvalue exactly 0 is dropped, not inverted); K_test sees
+    # the null direction of K, so keeping it with any filter value would show on the test points.
+    K = np.diag([2.0, 0.0, 0.5])
+    K_test = np.array([[1.0, 3.0, 0.0], [0.5, -1.0, 2.0]])
+    y, f0, f0_test = np.array([1.0, -2.0, 0.5]), np.array([0.5, 0.25, 0.0]), np.array([0.1, 0.2])
+    K_plus = np.linalg.pinv(K)
+    for rcond in (None, 0.0):
+        pred = kernel_regression(K, y, 0.0, f0=f0, K_test=K_test, f0_test=f0_test, rcond=rcond)
+        np.testing.assert_allclose(pred.train, f0 + K @ K_plus @ (y - f0), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(pred.test, f0_test + K_test @ K_plus @ (y - f0), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("m", [2, 6])
+def test_centered_init_has_output_scale_one_over_m_one_over_sqrt_m_or_alpha_over_m(m):
+    # Chizat, Oyallon and Bach (2019): mean-field gamma = 1/m, NTK gamma = 1/sqrt(m), lazy gamma = alpha/m,
+    # down to the smallest centred network (m = 2: one neuron and its copy with -a), and f = 0.
+    X = np.random.default_rng(22).standard_normal((5, 3))
+    for scale, gamma in (("mean-field", 1 / m), ("ntk", 1 / math.sqrt(m)), (4.0, 4 / m)):
+        net = centered_init(m, 3, scale=scale, rng=23)
+        assert net.m == m and net.gamma == pytest.approx(gamma, rel=1e-15)
+        np.testing.assert_array_equal(net.a[m // 2:], -net.a[: m // 2])
+        np.testing.assert_array_equal(net.W[m // 2:], net.W[: m // 2])
+        assert np.abs(net(X)).max() < 1e-15
+
+
+def test_activation_flips_reads_a_pattern_on_the_kink_as_inactive():
+    # The pattern is 1{<w_j, x_i> > 0}, with step(0) = 0: a neuron moved from <w0, x> = 1 onto <w, x> = 0
+    # has flipped, and one moved from <w0, x> = 0 to <w, x> = -1 has not (counted by hand: 1 of 2 pairs).
+    net0 = TwoLayer(np.array([1.0, 1.0]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    W = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    assert lazy.activation_flips(net0, W, np.array([[1.0, 0.0]])) == 0.5
+
+
+def test_lazy_diagnostics_finish_records_the_final_state_of_a_flow_run_without_it():
+    # A flow run without the callback: finish(traj) records one entry at the trajectory's last step, time and
+    # risk, the risk 1/(2n) |f(X) - y|^2 at its final particles written out with numpy.
+    X, y = _data(8, 3, 4)
+    net = TwoLayer.init(6, 3, rng=5)
+    traj = gradient_flow(net, EmpiricalRisk(X, y), steps=7, step_size=0.05, record_every=3)
+    res = LazyDiagnostics(net, X, ntk=False).finish(traj).result()
+    f = net.gamma * np.maximum(X @ traj.W.T, 0) @ traj.a
+    assert res["step"].tolist() == [7] and res["t"][0] == pytest.approx(0.35, rel=1e-14)
+    assert res["risk"][0] == pytest.approx(0.5 * np.mean((f - y) ** 2), rel=1e-12)
