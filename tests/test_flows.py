@@ -617,3 +617,56 @@ def test_population_risk_of_a_zero_particle_is_that_of_the_network_without_it(ac
     samples = 0.5 * (direct_forward(TwoLayer(student.a, W, gamma=student.gamma, activation=activation), X)
                      - direct_forward(zero_teacher, X)) ** 2
     assert abs(value - samples.mean()) < 4 * samples.std() / np.sqrt(X.shape[0])
+
+
+def test_population_risk_against_a_teacher_of_another_output_scale_matches_monte_carlo():
+    # The teacher's own gamma* enters both its energy and the cross term (the other tests use gamma* = 1):
+    # f* = gamma* sum_l a*_l relu(<w*_l, x>) with gamma* = 1/3. Monte Carlo at 4 sigma / sqrt(N), and the
+    # teacher's risk against itself, 0 (up to the rounding of its energy, ~1e-16).
+    teacher = TwoLayer.init(3, 4, rng=13, weights="sphere", a_init="sign")
+    assert teacher.gamma == pytest.approx(1 / 3)
+    student = TwoLayer.init(6, 4, rng=14)
+    loss = PopulationRisk(teacher)
+    X = np.random.default_rng(15).standard_normal((400_000, 4))
+    samples = 0.5 * (direct_forward(student, X) - direct_forward(teacher, X)) ** 2
+    assert abs(loss(student) - samples.mean()) < 4 * samples.std() / np.sqrt(X.shape[0])
+    assert loss(teacher) < 1e-14
+
+
+def test_adaptive_flow_takes_a_number_of_steps_growing_like_tol_to_the_minus_one_third():
+    # Bogacki-Shampine 3(2): the error estimate (third- minus second-order update) is O(h^3) per step,
+    # so keeping it at tol takes h ~ tol^(1/3), i.e. N ~ tol^(-1/3) steps to a fixed time: fitted
+    # log-log slope -1/3 within 0.05 (an estimate of lower order, O(h^2) or O(h), gives -1/2 or -1).
+    teacher, student = teacher_student(d=4, m=10, seed=3)
+    loss = PopulationRisk(teacher)
+    tols = np.array([1e-6, 1e-7, 1e-8, 1e-9])
+    steps = [gradient_flow(student, loss, steps=100, step_size=0.01, method="adaptive", tol=tol).step
+             for tol in tols]
+    assert np.polyfit(np.log(tols), np.log(steps), 1)[0] == pytest.approx(-1 / 3, abs=0.05)
+
+
+def test_flow_resumed_before_its_first_regular_record_gives_the_records_of_an_uninterrupted_run(tmp_path):
+    # Stopped at step 5 < record_every = 7 the saved flow holds two records, steps 0 and 5; the final one
+    # is not on the grid of 7 and an uninterrupted run would not have made it: resuming forgets it.
+    teacher, student = teacher_student(d=5, m=10, seed=8)
+    loss = PopulationRisk(teacher)
+    whole = gradient_flow(student, loss, steps=30, step_size=0.02, record_every=7)
+    first = gradient_flow(student, loss, steps=5, step_size=0.02, record_every=7)
+    assert first.meta["record_steps"] == [0, 5]
+    resumed = gradient_flow(student, loss, steps=25, step_size=0.02, record_every=7, resume=first)
+    assert resumed.meta["record_steps"] == [0, 7, 14, 21, 28, 30] == whole.meta["record_steps"]
+    np.testing.assert_array_equal(resumed.risks, whole.risks)
+
+
+def test_snapshot_particles_keeps_none_by_default_and_all_with_minus_one():
+    # snapshot_particles = 0: no snapshots, arrays of shapes (0, 0) and (0, 0, d); -1: all m particles at
+    # every record, the first the initial ones and the last the final ones.
+    teacher, student = teacher_student(d=5, m=6, seed=9)
+    loss = PopulationRisk(teacher)
+    none = gradient_flow(student, loss, steps=4, step_size=0.02, record_every=2)
+    assert none.snapshots_a.shape == (0, 0) and none.snapshots_W.shape == (0, 0, 5)
+    every = gradient_flow(student, loss, steps=4, step_size=0.02, record_every=2, snapshot_particles=-1)
+    assert every.snapshots_a.shape == (3, 6) and every.snapshots_W.shape == (3, 6, 5)
+    np.testing.assert_array_equal(every.snapshots_W[0], student.W)
+    np.testing.assert_array_equal(every.snapshots_W[-1], every.W)
+    np.testing.assert_array_equal(every.snapshots_a[-1], every.a)
