@@ -670,3 +670,32 @@ def test_snapshot_particles_keeps_none_by_default_and_all_with_minus_one():
     np.testing.assert_array_equal(every.snapshots_W[0], student.W)
     np.testing.assert_array_equal(every.snapshots_W[-1], every.W)
     np.testing.assert_array_equal(every.snapshots_a[-1], every.a)
+
+
+def test_adaptive_flow_passes_its_last_record_the_risk_and_particles_reached():
+    # The final callback of an adaptive flow (record_every larger than its steps) receives the state the
+    # flow ends in: the risk there, computed again from the returned particles, and those particles.
+    teacher, student = teacher_student(d=5, m=10, seed=14)
+    loss = PopulationRisk(teacher)
+    seen = []
+    traj = gradient_flow(student, loss, steps=10, step_size=0.01, method="adaptive", record_every=1000,
+                         callback=lambda step, t, risk, a, W: seen.append((risk, a.copy(), W.copy())))
+    (risk, a, W), = seen
+    assert risk == pytest.approx(loss(traj.network(student)), rel=1e-12) and risk == traj.risks[-1]
+    np.testing.assert_array_equal(a, traj.a)
+    np.testing.assert_array_equal(W, traj.W)
+
+
+def test_langevin_euler_maruyama_step_adds_gaussian_noise_of_variance_two_noise_step_size():
+    # d theta = -s grad R dt + sqrt(2 / beta) dB by Euler-Maruyama: one step adds sqrt(2 noise eta) xi to the
+    # noiseless step, xi the generator's standard normals, drawn for a (m,) and then for W (m, d).
+    teacher, student = teacher_student(d=3, m=4, seed=15)
+    loss = PopulationRisk(teacher)
+    noise, eta = 0.3, 0.02
+    plain = gradient_flow(student, loss, steps=1, step_size=eta)
+    noisy = gradient_flow(student, loss, steps=1, step_size=eta, noise=noise, rng=16)
+    xi = np.random.default_rng(16)
+    xi_a, xi_W = xi.standard_normal(4), xi.standard_normal((4, 3))
+    std = np.sqrt(2 * noise * eta)
+    np.testing.assert_allclose(noisy.a - plain.a, std * xi_a, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(noisy.W - plain.W, std * xi_W, rtol=1e-12, atol=1e-15)
