@@ -418,3 +418,40 @@ def test_gaussian_barron_norm_is_the_mean_of_chi_d_in_any_dimension():
             expected = 3 * mp.sqrt(2) * mp.gamma(mp.mpf(d + 1) / 2) / mp.gamma(mp.mpf(d) / 2) / mp.mpf("0.5")
             value = GaussianTarget(d, scale=0.5, amplitude=-3.0).barron_norm()
             assert value == pytest.approx(float(expected), rel=1e-14), d
+
+
+def test_maurey_bound_of_a_single_draw_is_mass_times_sup():
+    # E ||f - f_1||^2 <= M^2 s^2 for one neuron (m = 1, the smallest network): the bound M s / sqrt(1).
+    rep = GaussianTarget(3, amplitude=2.5).representation("cosine")
+    assert rep.bound(1) == 2.5 and maurey_bound(2.5, 1, sup=3.0) == 7.5
+
+
+def test_constant_term_is_one_neuron_of_weight_c_m_over_sigma_of_one():
+    # f = c + M E[h sigma]: the constant is the neuron sigma(<0, x> + 1) = cos(1) with outer weight
+    # c m / cos(1) at output scale 1/m, so a sampler drawing h = 0 leaves exactly f_m = c.
+    def sampler(m, rng):
+        return np.zeros(m), np.column_stack([rng.standard_normal((m, 2)), np.zeros(m)])
+
+    rep = Representation(2, 1.0, COSINE, sampler, constant=0.7)
+    net = maurey_sample(rep, 5, rng=0)
+    assert net.m == 6 and net.a[-1] == pytest.approx(0.7 * 5 / math.cos(1.0), rel=1e-15)
+    X = np.random.default_rng(1).standard_normal((4, 2))
+    np.testing.assert_allclose(net(X), 0.7, rtol=1e-15)
+
+
+def test_gaussian_frequencies_of_no_points_are_an_empty_d_column_array():
+    f = GaussianTarget(3, scale=2.0)
+    for order in (0, 1, 2):
+        assert f.sample_frequencies(0, rng=0, order=order).shape == (0, 3)
+
+
+@pytest.mark.parametrize("kind", ["step", "relu"])
+def test_half_space_representations_draw_unit_directions_and_offsets_in_zero_r(kind):
+    # Barron's neurons 1{<e u, x> > t'} and relu(<e u, x> - t'): W rows (e u, -t') with |u| = 1 and
+    # t' uniform on [0, r]. A wide Gaussian (s = 3) puts most frequencies |omega| = chi / s below 1.
+    r = 1.5
+    h, W = GaussianTarget(2, scale=3.0).representation(kind, radius=r).sample(2000, rng=2)
+    np.testing.assert_allclose(np.linalg.norm(W[:, :2], axis=1), 1.0, rtol=1e-15)
+    t = -W[:, 2]
+    assert t.min() >= 0 and t.max() <= r
+    assert stats.kstest(t / r, "uniform").pvalue > 1e-3
