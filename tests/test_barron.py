@@ -450,7 +450,7 @@ def test_half_space_representations_draw_unit_directions_and_offsets_in_zero_r(k
     # Barron's neurons 1{<e u, x> > t'} and relu(<e u, x> - t'): W rows (e u, -t') with |u| = 1 and
     # t' uniform on [0, r]. A wide Gaussian (s = 3) puts most frequencies |omega| = chi / s below 1.
     r = 1.5
-    h, W = GaussianTarget(2, scale=3.0).representation(kind, radius=r).sample(2000, rng=2)
+    _, W = GaussianTarget(2, scale=3.0).representation(kind, radius=r).sample(2000, rng=2)
     np.testing.assert_allclose(np.linalg.norm(W[:, :2], axis=1), 1.0, rtol=1e-15)
     t = -W[:, 2]
     assert t.min() >= 0 and t.max() <= r
