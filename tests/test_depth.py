@@ -589,3 +589,17 @@ def test_sawtooth_l1_lower_bound_is_one_eighth_minus_pieces_over_2_to_the_k_plus
     k, s = 60, 2**59 - 2
     assert sawtooth_l1_lower_bound(k, s) == float(Fraction(2**k - 2 * s - 2, 2 ** (k + 3)))
     assert sawtooth_l1_lower_bound(10, 1) == float(Fraction(2**10 - 4, 2**13))
+
+
+def test_breakpoints_closer_than_tol_times_the_interval_are_merged_in_every_layer():
+    # Layer 1: relu(t) and relu(t - 0.1) (a breakpoint at 0.1, then unused); layer 2: relu(t - 0.5) and
+    # relu(t - 0.5 - delta), summed: slopes 0, 1, 2 on [0, 1], three pieces exactly (rational arithmetic).
+    # With tol = 1e-3 the breakpoints 0.5 and 0.5 + delta (delta = 5e-4 < tol (hi - lo), but more than
+    # tol times the first piece's 0.1) are one: two pieces, the second of slope 2.
+    delta = 5e-4
+    net = DeepReLU([np.array([[1.0], [1.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 1.0]])],
+                   [np.array([0.0, -0.1]), np.array([-0.5, -0.5 - delta]), np.zeros(1)])
+    assert count_linear_pieces(net, exact=True) == 3
+    merged = linear_pieces(net, tol=1e-3)
+    assert len(merged) == 2 and merged.breakpoints[1] == pytest.approx(0.5, abs=delta)
+    assert merged.slopes.tolist() == [0.0, 2.0]
