@@ -368,3 +368,224 @@ def test_conv2d_commutes_with_translations_of_an_image_on_a_zero_background(seed
     y = conv.forward(x)
     moved = conv.forward(np.roll(x, shift, axis=(1, 2)))
     np.testing.assert_allclose(moved, np.roll(y, shift, axis=(1, 2)), rtol=0, atol=1e-13 * np.abs(y).max())
+
+
+@pytest.mark.parametrize("kw, method, expected", [
+    ({"in_channels": 16, "kernel_size": 3, "padding": 1}, "auto", "taps"),  # C_in / G = 16
+    ({"in_channels": 8, "kernel_size": 3, "padding": 1}, "auto", "flat_im2col"),  # C_in / G < 16
+    ({"in_channels": 32, "kernel_size": 3, "padding": 1, "groups": 2}, "auto", "taps"),  # 16 per group
+    ({"in_channels": 32, "kernel_size": 3, "padding": 1, "groups": 4}, "auto", "flat_im2col"),  # 8 per group
+    ({"in_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1}, "auto", "im2col"),  # stride > 1
+    ({"in_channels": 16, "kernel_size": 1}, "auto", "im2col"),  # one tap
+    ({"in_channels": 16, "kernel_size": 3, "padding": (3, 3, 1, 1)}, "auto", "im2col"),  # Ho = 12 > H + 3
+    ({"in_channels": 16, "kernel_size": 3, "padding": (1, 1, 3, 3)}, "auto", "im2col"),  # Wo = 12 > W + 3
+    ({"in_channels": 16, "kernel_size": 3, "padding": (3, 1, 1, 1)}, "auto", "taps"),  # Ho = 10 <= H + max(3, 1)
+    ({"in_channels": 16, "kernel_size": 3, "padding": (3, 2, 3, 2)}, "auto", "taps"),  # Ho = Wo = 11 = H + 3
+    ({"in_channels": 16, "kernel_size": 3, "padding": (3, 3, 1, 1), "dilation": (2, 1)}, "auto", "taps"),  # Ho = 10
+    ({"in_channels": 16, "kernel_size": 3, "padding": (3, 3, 1, 1)}, "taps", "im2col"),  # the buffer cannot hold it
+    ({"in_channels": 16, "kernel_size": 3, "padding": 1}, "flat_im2col", "flat_im2col"),
+    ({"in_channels": 4, "kernel_size": 3, "padding": 1}, "taps", "taps"),
+])
+def test_conv2d_computes_by_the_formulation_the_module_notes_choose(kw, method, expected):
+    # Module notes: "auto" takes im2col for a stride > 1, a 1 x 1 kernel or a padding the flat
+    # buffer cannot hold (the output grid, Ho = H + pt + pb - (KH - 1) rows, taller than the
+    # H + max(pt, pb) rows of an image in the buffer; columns alike), flat_im2col below 16 input
+    # channels per group, taps from 16 on; an explicit flat method falls back to im2col only where
+    # the buffer cannot hold the padding. 8 x 8 inputs; the values are the other tests' concern.
+    conv = Conv2d(out_channels=4, method=method, rng=0, **kw)
+    x = np.zeros((1, 8, 8, kw["in_channels"]))
+    assert conv._plan(x).method == expected
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_default_init_is_he_with_the_fan_in_of_one_groups_window(groups):
+    # He et al. (2015), Eq. 10: W ~ N(0, 2 / fan_in), fan_in = KH KW C_in / G inputs per output.
+    # 9 * 16 / G * 64 draws: the sample standard deviation has relative error 1 / sqrt(2 n) <= 1.5%,
+    # and 6% is 4 of those (a fan_in off by a factor G = 2 moves it by 41%).
+    W = Conv2d(16, 64, 3, groups=groups, rng=0).params["W"]
+    assert W.shape == (3, 3, 16 // groups, 64)
+    assert float(np.sqrt(np.mean(W ** 2))) == pytest.approx(np.sqrt(2 / (9 * 16 / groups)), rel=0.06)
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(3, 1), (3, 2), (2, 2), (5, 1), (4, 3)])
+def test_conv2d_same_padding_keeps_the_size_for_odd_and_even_kernels(kernel_size, dilation):
+    # padding="same" pads d (K - 1) in total, half on each side and the odd one at the bottom/right
+    # (PyTorch's convention): the output has the input's size. Reference: the defining sum by nested
+    # loops with the padding the layer reports.
+    rng = np.random.default_rng(12)
+    conv = Conv2d(2, 3, kernel_size, padding="same", dilation=dilation, rng=rng)
+    pt, pb, pl, pr = conv.padding
+    total = dilation * (kernel_size - 1)
+    assert pt + pb == pl + pr == total and pb - pt == pr - pl == total % 2
+    x = rng.standard_normal((1, 9, 10, 2))
+    y = conv.forward(x)
+    assert y.shape == (1, 9, 10, 3)
+    expected = conv_loops(x, conv.params["W"], conv.params["b"], (1, 1), conv.padding, (dilation, dilation), 1)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["auto"] + METHODS)
+@pytest.mark.parametrize("pads", [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)])
+def test_conv2d_padding_on_one_side_only_matches_nested_loops(pads, method):
+    # a 4-tuple of padding pads each side by its own amount, zero on the other three
+    rng = np.random.default_rng(13)
+    conv = Conv2d(3, 2, 3, padding=pads, rng=rng, method=method)
+    conv.params["b"][...] = rng.standard_normal(2)
+    x = rng.standard_normal((2, 6, 5, 3))
+    expected = conv_loops(x, conv.params["W"], conv.params["b"], (1, 1), pads, (1, 1), 1)
+    np.testing.assert_allclose(conv.forward(x), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("init, std", [("he", np.sqrt(2 / 50)), ("lecun", np.sqrt(1 / 50)), ("normal", 1.0),
+                                       (0.3, 0.3), ("zeros", 0.0)])
+def test_init_weight_draws_the_documented_centred_normal_law(init, std):
+    # Module notes: "he" N(0, 2 / fan_in), "lecun" N(0, 1 / fan_in), "normal" N(0, 1), a float s
+    # N(0, s^2), "zeros" zeros. Monte Carlo with 4000 draws: the root mean square has relative error
+    # 1 / sqrt(2 n) = 1.1%, and 5% is 4.5 of those (a variance off by a factor 2 moves it by 41%); the
+    # mean is within 4.5 standard errors std / sqrt(n) of 0.
+    from shallow.cnn.layers import init_weight
+
+    W = init_weight((40, 100), 50, init, 0, np.float64)
+    assert W.shape == (40, 100) and W.dtype == np.float64
+    if std == 0.0:
+        assert not W.any()
+        return
+    assert float(np.sqrt(np.mean(W ** 2))) == pytest.approx(std, rel=0.05)
+    assert abs(float(W.mean())) < 4.5 * std / np.sqrt(W.size)
+
+
+def test_layers_refuse_a_sublayer_that_is_not_a_layer():
+    # Sequential's layers and a residual block's body must be Layers; only the shortcut may be None
+    # (the identity). Without the check, None or a number failed later inside forward.
+    from shallow.cnn import Residual
+
+    body = Linear(2, 2, rng=0)
+    for make in (lambda: Sequential(body, None), lambda: Residual(None), lambda: Residual(body, 3)):
+        with pytest.raises(TypeError, match="must be a Layer"):
+            make()
+    assert Residual(body, None).forward(np.ones((1, 2))).shape == (1, 2)  # None: the identity shortcut
+
+
+def test_linear_layer_of_one_output_is_the_affine_map():
+    # d_out = 1 (a scalar regression head): y_n = sum_i x_ni W_i0 + b, by a Python sum
+    rng = np.random.default_rng(14)
+    layer = Linear(3, 1, rng=rng)
+    layer.params["b"][...] = 0.5
+    x = rng.standard_normal((4, 3))
+    expected = [[sum(x[n, i] * layer.params["W"][i, 0] for i in range(3)) + 0.5] for n in range(4)]
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-14, atol=1e-15)
+
+
+def test_dropout_in_eval_mode_passes_the_tangent_unchanged():
+    # eval mode: y = x, so the forward-mode derivative is ty = tx; in train mode without a tangent, ty = None
+    from shallow.cnn import Dropout
+
+    rng = np.random.default_rng(15)
+    x, tx = rng.standard_normal((2, 3, 3, 2)), rng.standard_normal((2, 3, 3, 2))
+    drop = Dropout(0.5, rng=0)
+    assert drop.jvp(x, None)[1] is None
+    y, ty = drop.eval().jvp(x, tx)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(ty, tx)
+
+
+def test_batchnorm_running_statistics_are_exponential_averages_over_batches():
+    # PyTorch's rule r <- (1 - m) r + m stat over two batches, from r_mean = 0 and r_var = 1:
+    # r_mean = m (1 - m) mu_1 + m mu_2 and r_var = (1 - m)^2 + m (1 - m) v_1 + m v_2 (unbiased v),
+    # with numpy's mean and var(ddof=1) of each batch as the statistics
+    rng = np.random.default_rng(16)
+    x1, x2 = 1.0 + rng.standard_normal((3, 4, 4, 2)), -2.0 + 3.0 * rng.standard_normal((3, 4, 4, 2))
+    m = 0.3
+    bn = BatchNorm2d(2, momentum=m)
+    bn.forward(x1)
+    bn.forward(x2)
+    mu1, mu2 = x1.reshape(-1, 2).mean(axis=0), x2.reshape(-1, 2).mean(axis=0)
+    v1, v2 = x1.reshape(-1, 2).var(axis=0, ddof=1), x2.reshape(-1, 2).var(axis=0, ddof=1)
+    np.testing.assert_allclose(bn.buffers["running_mean"], m * (1 - m) * mu1 + m * mu2, rtol=1e-14)
+    np.testing.assert_allclose(bn.buffers["running_var"], (1 - m) ** 2 + m * (1 - m) * v1 + m * v2, rtol=1e-14)
+
+
+@pytest.mark.parametrize("C", [1, 3])
+def test_batchnorm_train_mode_normalises_a_batch_of_one_image(C):
+    # N = 1: the statistics run over the H W positions of the one image (M = 20 > 1 values per
+    # channel); one channel (C = 1) is a valid layer too. Reference: Ioffe & Szegedy (2015), Alg. 1
+    # and Sec. 3, written with numpy on the (M, C) matrix of the entries.
+    rng = np.random.default_rng(17)
+    x, dy = 2.0 + rng.standard_normal((1, 4, 5, C)), rng.standard_normal((1, 4, 5, C))
+    bn = BatchNorm2d(C)
+    y = bn.forward(x)
+    dx = bn.backward(dy)
+    X, D = x.reshape(-1, C), dy.reshape(-1, C)
+    s = np.sqrt(X.var(axis=0) + 1e-5)
+    xhat = (X - X.mean(axis=0)) / s
+    np.testing.assert_allclose(y.reshape(-1, C), xhat, rtol=1e-13, atol=1e-13)
+    expected = (D - D.mean(axis=0) - xhat * (D * xhat).mean(axis=0)) / s
+    np.testing.assert_allclose(dx.reshape(-1, C), expected, rtol=1e-12, atol=1e-13)
+
+
+def _window_loops(x, kernel, stride, pads, dy):
+    """Max (first maximum of x's own entries, row-major) and average (padded zeros counted) pooling
+    and their input gradients for dy, by loops over the windows of a (KH, KW) kernel."""
+    (KH, KW), (sh, sw), (ph, pw) = kernel, stride, pads
+    N, H, W, C = x.shape
+    Ho, Wo = (H + 2 * ph - KH) // sh + 1, (W + 2 * pw - KW) // sw + 1
+    ymax, yavg = np.zeros((N, Ho, Wo, C)), np.zeros((N, Ho, Wo, C))
+    dmax, davg = np.zeros_like(x), np.zeros_like(x)
+    for n, a, b, c in np.ndindex(N, Ho, Wo, C):
+        entries = [(i, j) for i in range(a * sh - ph, a * sh - ph + KH) for j in range(b * sw - pw, b * sw - pw + KW)
+                   if 0 <= i < H and 0 <= j < W]
+        values = [x[n, i, j, c] for i, j in entries]
+        i, j = entries[int(np.argmax(values))]
+        ymax[n, a, b, c] = x[n, i, j, c]
+        dmax[n, i, j, c] += dy[n, a, b, c]
+        yavg[n, a, b, c] = sum(values) / (KH * KW)
+        for i, j in entries:
+            davg[n, i, j, c] += dy[n, a, b, c] / (KH * KW)
+    return ymax, dmax, yavg, davg
+
+
+@pytest.mark.parametrize("stride, pads", [((2, 1), (1, 0)), ((1, 2), (0, 1)), ((2, 2), (1, 1))])
+def test_pooling_of_rectangular_windows_with_padding_on_one_axis_matches_nested_loops(stride, pads):
+    # (KH, KW) = (3, 2) windows, padded on one axis only: max pooling (with a corner of -inf, whose
+    # windows tie with the padding and must pick x's first entry) and average pooling (the padded
+    # zeros count in the divisor KH KW), forward and backward, against loops over the windows
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((2, 7, 6, 2))
+    x[0, :3, :3, 0] = -np.inf
+    for pool, k in ((MaxPool2d((3, 2), stride, pads), 0), (AvgPool2d((3, 2), stride, pads), 2)):
+        y = pool.forward(np.where(np.isinf(x), 0.0, x) if k else x)
+        dy = rng.standard_normal(y.shape)
+        reference = _window_loops(np.where(np.isinf(x), 0.0, x) if k else x, (3, 2), stride, pads, dy)
+        np.testing.assert_allclose(y, reference[k], rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(pool.backward(dy), reference[k + 1], rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("k, s, p, H, W", [(3, 1, 0, 6, 6), (2, 2, 0, 7, 6), (2, 2, 0, 6, 5), (3, 3, 1, 6, 6),
+                                           (5, 5, 1, 7, 7), (2, 2, 0, 6, 6)])
+def test_maxpool_backward_matches_nested_loops_when_windows_overlap_tile_or_leave_entries_over(k, s, p, H, W):
+    # the input gradient when the windows overlap (each entry may win in several), tile the padded
+    # input exactly, or leave rows or columns of x in no window (their gradient is 0)
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((2, H, W, 2))
+    pool = MaxPool2d(k, s, p)
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape)
+    _, expected, _, _ = _window_loops(x, (k, k), (s, s), (p, p), dy)
+    np.testing.assert_allclose(pool.backward(dy), expected, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("kernel", [(16, 16), (18, 15)])
+def test_maxpool_windows_of_256_or_more_positions_keep_the_tap_of_their_maximum(kernel):
+    # windows of T >= 256 positions: the first maximum at tap T - 1 (an increasing image) gets the
+    # gradient, and a window holding a NaN (no maximum) passes none; a one-byte tap index would wrap
+    rng = np.random.default_rng(20)
+    KH, KW = kernel
+    x = np.stack([np.arange(KH * KW, dtype=float).reshape(KH, KW), rng.standard_normal((KH, KW))])[..., None]
+    x[1, 3, 4, 0] = np.nan
+    pool = MaxPool2d(kernel)
+    y = pool.forward(x)
+    assert y[0, 0, 0, 0] == KH * KW - 1 and np.isnan(y[1, 0, 0, 0])
+    dx = pool.backward(np.ones_like(y))
+    expected = np.zeros_like(x)
+    expected[0, -1, -1, 0] = 1.0
+    np.testing.assert_array_equal(dx, expected)

@@ -308,3 +308,11 @@ def test_wide_conv2d_in_long_packed_blocks_is_the_convolution_and_its_adjoints()
     scale = np.abs(dy).sum() * np.abs(ref).max()
     assert abs(np.vdot(layer.grads["W"], V) - np.vdot(dy, _conv_direct(x, V))) < 1e-12 * scale
     assert abs(np.vdot(dx, U) - np.vdot(dy, _conv_direct(U, W))) < 1e-12 * scale
+
+
+def test_batchnorm_jvp_of_parameter_tangents_alone_matches_central_differences():
+    # ty = tgamma xhat + tbeta when x has no tangent (the first layers of a linearised model see
+    # only parameter tangents); reference: central differences of the layer's forward map
+    layer, shape = make_layer("batchnorm_train")
+    rng = np.random.default_rng(24)
+    check_jvp(layer, rng.standard_normal(shape), rng, input_tangent=False)

@@ -90,3 +90,35 @@ def test_tied_parameters_stay_tied():
     net = Sequential(shared, shared)  # one weight matrix used twice
     net.flatten_parameters()
     assert net.layers[0].params["W"] is net.layers[1].params["W"]
+
+
+def test_one_array_serving_two_layers_stays_one_array():
+    # flatten_parameters does nothing when one array serves two parameters (its docstring): copied
+    # into two slots of the flat array, the two would drift apart under training. Here two distinct
+    # layers hold the same weight array (tying through one shared layer object would stay tied anyway).
+    a, b = Linear(3, 3, rng=0), Linear(3, 3, rng=1)
+    b.params["W"] = a.params["W"]
+    net = Sequential(a, b)
+    net.flatten_parameters()
+    assert net.layers[0].params["W"] is net.layers[1].params["W"]
+
+
+def test_parameters_of_two_dtypes_keep_their_arrays():
+    # nothing is done when the parameters differ in dtype (its docstring): one flat array of the first
+    # parameter's dtype would round the float64 parameters to float32
+    a, b = Linear(3, 2, rng=0, dtype=np.float32), Linear(2, 2, rng=1, dtype=np.float64)
+    before = {name: p for name, p in Sequential(a, b).named_parameters().items()}
+    net = Sequential(a, b)
+    net.flatten_parameters()
+    for name, p in net.named_parameters().items():
+        assert p is before[name], name
+
+
+def test_flatten_parameters_of_a_layer_with_one_parameter():
+    # a bias-free layer has a single parameter: the flat array is that parameter's values
+    layer = Linear(3, 2, bias=False, rng=0)
+    W = layer.params["W"].copy()
+    layer.flatten_parameters()
+    np.testing.assert_array_equal(layer.params["W"], W)
+    base = _flat_base([layer.params["W"]])
+    assert base is not None and base.size == 6
