@@ -603,3 +603,28 @@ def test_breakpoints_closer_than_tol_times_the_interval_are_merged_in_every_laye
     merged = linear_pieces(net, tol=1e-3)
     assert len(merged) == 2 and merged.breakpoints[1] == pytest.approx(0.5, abs=delta)
     assert merged.slopes.tolist() == [0.0, 2.0]
+
+
+def test_radial_network_of_a_constant_profile_is_that_constant_with_one_idle_second_layer_neuron():
+    # psi = 2.5 has no kinks: the network keeps two hidden layers (one idle neuron of weight 0 in the second)
+    # and computes 2.5 exactly, even where the squares leave [-B, B].
+    net = radial_network([0.0, 1.0], [2.5, 2.5], 3, 1.0)
+    assert net.depth == 3 and net.widths[1] == 1
+    X = np.random.default_rng(24).uniform(-2.0, 2.0, (50, 3))
+    np.testing.assert_array_equal(net(X), np.full(50, 2.5))
+
+
+def test_radial_network_in_one_dimension_is_psi_of_x_squared_within_its_bound():
+    # d = 1: psi(s) = clip(s - 1, 0, 3) of s = x^2, against the closed form, within Lip(psi) h^2 / 4
+    # (the stated bound, <= tolerance) on |x| <= B = 2 and beyond.
+    net = radial_network([1.0, 4.0], [0.0, 3.0], 1, 2.0, tolerance=1e-3)
+    x = np.linspace(-3.0, 3.0, 601)[:, None]
+    exact = np.clip(x[:, 0] ** 2 - 1, 0, 3)
+    bound = net.meta["error_bound"]
+    assert bound <= 1e-3 and np.abs(net(x) - exact).max() <= bound + 1e-12
+
+
+def test_radial_network_refuses_a_tolerance_whose_node_spacing_underflows_to_zero():
+    # h = sqrt(4 tolerance / (Lip d)) = sqrt(4e-300 / 1e30) rounds to 0: too many weights, not a division by 0
+    with pytest.raises(ValueError, match=r"the network would have hidden widths \(inf, 2\).*raise tolerance"):
+        radial_network([0.0, 1.0], [0.0, 1e30], 1, 1.0, tolerance=1e-300)
