@@ -468,8 +468,8 @@ def _row_exponents(X, xp):
     """k_i with rows 2^{-k_i} x_i of order 1 where |x_i| is far from 1, and k_i = 0 elsewhere (int32, (n,)).
 
     Rows whose largest entry lies within 2^{+-L} keep k_i = 0: then |x|^2 |y|^2 and <x, y>^2 stay
-    inside the normal range of the dtype (L = min(maxexp, -minexp)/4 - 2 - log2(d)/2: 25 for float32
-    and 249 for float64 at d = 1000), and ordinary inputs are computed as they always were.
+    inside the normal range of the dtype (L = min(maxexp, -minexp)//4 - 2 - ceil(log2(d)/2): 24 for float32
+    and 248 for float64 at d = 1000), and ordinary inputs are computed as they always were.
     """
     info = np.finfo(X.dtype)
     L = max(min(info.maxexp, -info.minexp) // 4 - 2 - math.ceil(0.5 * math.log2(X.shape[1])), 0)

@@ -675,3 +675,123 @@ def test_mercer_eigenvalues_of_the_quadratic_ntk_at_the_shortest_truncations_mat
     kernel = dot_product_kernel("ntk", "quadratic", "sphere", d=d)
     ref = [_quad_eigenvalue(lambda t: kernel(t), k, d) for k in range(kmax + 1)]
     np.testing.assert_allclose(mercer_eigenvalues(kernel, d, kmax), ref, rtol=1e-12, atol=1e-15)
+
+
+def test_monte_carlo_with_fewer_features_than_one_block_averages_exactly_those_features():
+    """n_features = 300 < 2048 (one block of draws): (1/F) sum_f over exactly the F weights drawn with rng, the
+    nested sum written here from the same draws, for Gaussian and spherical weights (rounding: 1e-12)."""
+    X, Y = _inputs(4, seed=10)
+    F = 300
+    for law in ("gaussian", "sphere"):
+        K = random_feature_kernel(X, Y, "tanh", law, n_features=F, rng=5)
+        W = _weights(F, 4, law, seed=5)
+        ref = np.array([[sum(np.tanh(w @ x) * np.tanh(w @ y) for w in W) / F for y in Y] for x in X])
+        np.testing.assert_allclose(K, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_series_kernels_of_no_points_against_some_points_are_empty():
+    """Sphere weights without closed form (the Funk-Hecke series, which needs the inputs on S^{d-1}): n = 0 or
+    n' = 0 points give the empty n x n' matrix, both orders, for the random-feature kernel and the NTK."""
+    Y = _unit(np.random.default_rng(14).standard_normal((3, 4)))
+    empty = np.zeros((0, 4))
+    for kernel in (random_feature_kernel, ntk):
+        assert kernel(empty, Y, "tanh", "sphere").shape == (0, 3)
+        assert kernel(Y, empty, "tanh", "sphere").shape == (3, 0)
+
+
+def test_kernels_of_a_float32_and_a_float64_input_are_computed_in_float64():
+    """Mixed dtypes promote (float32 with float64 gives float64) before anything is computed: the closed forms at
+    float64 accuracy, 1e-13 of mpmath (Cho-Saul, Williams), where norms taken in float32 would be 1e-7 off."""
+    rng = np.random.default_rng(15)
+    X = rng.standard_normal((3, 4)).astype(np.float32)
+    Y = rng.standard_normal((2, 4))
+    for sigma, kind in (("relu", "nngp"), ("relu", "ntk"), ("step", "nngp"), ("erf", "ntk")):
+        kernel = random_feature_kernel if kind == "nngp" else ntk
+        K = kernel(X, Y, sigma)
+        assert K.dtype == np.float64
+        ref = [[float(_closed_forms_mp(x, y)[sigma, kind]) for y in Y] for x in X]
+        np.testing.assert_allclose(K, ref, rtol=1e-13, atol=1e-15, err_msg=f"{sigma} {kind}")
+
+
+def test_closed_form_kernels_of_large_inputs_in_high_dimension_do_not_overflow_in_float32():
+    """d = 1000 and entries of modulus in [2^27, 2^28): |x|^2 |y|^2 ~ d^2 2^110 exceeds float32's 2^128 though every
+    entry is of moderate size (the rescaling threshold shrinks by log2(d)/2 with d). Reference: Cho-Saul and Williams
+    in mpmath, float32 tolerance 2e-5 as at d = 4 (the NaN, 0 or 1/4 of an overflow would be far off)."""
+    rng = np.random.default_rng(16)
+    d = 1000
+    X, Y = [(2.0**27 * rng.uniform(1, 2, (2, d)) * rng.choice([-1, 1], (2, d))).astype(np.float32) for _ in range(2)]
+    expected = [[_closed_forms_mp(x, y) for y in Y] for x in X]
+    for sigma, kind in (("relu", "nngp"), ("relu", "ntk"), ("step", "nngp"), ("erf", "ntk")):
+        kernel = random_feature_kernel if kind == "nngp" else ntk
+        K = kernel(X, Y, sigma)
+        assert K.dtype == np.float32
+        ref = np.array([[float(e[sigma, kind]) for e in row] for row in expected])
+        np.testing.assert_allclose(K, ref, rtol=2e-5, atol=2e-5 * np.abs(ref).max(), err_msg=f"{sigma} {kind}")
+
+
+def test_dot_product_kernel_takes_cosines_rounded_beyond_plus_minus_one_as_the_endpoints():
+    """t = +-(1 + 5e-13) (accepted: within 1e-12 of [-1, 1]) is a cosine +-1 carrying rounding: the erf kernel
+    there is Williams' (2/pi) asin(+-2/3) at t = +-1 to 1e-14, not its continuation (6e-13 off)."""
+    kappa = dot_product_kernel("nngp", "erf")
+    ref = 2 / np.pi * np.arcsin(np.array([-2.0, 2.0]) / 3)
+    np.testing.assert_allclose(kappa(np.array([-1 - 5e-13, 1 + 5e-13])), ref, rtol=1e-14, atol=0)
+
+
+def test_mercer_eigenvalues_of_a_callable_in_dimension_one_hundred_match_the_bessel_closed_form():
+    """kappa = exp on S^99 (the weight sin^98 theta, where the default quadrature order grows with d):
+    lambda_k = Gamma(d/2) 2^{d/2 - 1} I_{k + d/2 - 1}(1) (Gegenbauer's expansion of e^{zt}, DLMF 10.23(ii) at z = -i).
+    lambda_k ~ d^{-k} lambda_0 is the cancellation of terms of size d^{-k/2} lambda_0: 1e-12 relative for k <= 2."""
+    d, kmax = 100, 2
+    nu = d / 2 - 1
+    ref = [math.exp(math.lgamma(d / 2) + nu * math.log(2)) * special.iv(k + nu, 1.0) for k in range(kmax + 1)]
+    np.testing.assert_allclose(mercer_eigenvalues(np.exp, d, kmax), ref, rtol=1e-12, atol=0)
+
+
+def test_series_kernels_refuse_inputs_of_which_some_rows_are_off_the_sphere():
+    """The Funk-Hecke series is the sphere-weight kernel only on S^{d-1}: one row of norm 2 among unit rows, in X or
+    in Y, leaves no closed form (ValueError asking for n_features), as when every row is off the sphere."""
+    unit = _unit(np.random.default_rng(17).standard_normal((3, 4)))
+    mixed = unit.copy()
+    mixed[1] *= 2.0
+    for X, Y in ((mixed, unit), (unit, mixed)):
+        with pytest.raises(ValueError, match="n_features"):
+            random_feature_kernel(X, Y, "tanh", "sphere")
+
+
+def test_closed_form_kernels_of_far_rows_with_zero_coordinates_follow_their_largest_entry():
+    """A row's scale is its largest entry: rows s (a, 0, b, c) with s = 1e150 or 1e-170 (float64), whose zero entry
+    is of no size, are rescaled like any row there. Reference: Cho-Saul and Williams in mpmath, 1e-13."""
+    rng = np.random.default_rng(18)
+    for s in (1e150, 1e-170):
+        x, y = s * rng.standard_normal(4), s * rng.standard_normal(4)
+        x[1] = y[2] = 0.0
+        for (sigma, kind), value in _closed_forms_mp(x, y).items():
+            kernel = random_feature_kernel if kind == "nngp" else ntk
+            K = float(kernel(x[None], y[None], sigma)[0, 0])
+            tiny = np.finfo(np.float64).tiny
+            np.testing.assert_allclose(K, float(value), rtol=1e-13, atol=tiny / np.finfo(np.float64).eps,
+                                       err_msg=f"{sigma} {kind} at scale {s:g}")
+
+
+def _projection_moment(f, d):
+    """E f(u)^2 for u = <w, x>, w uniform on S^{d-1}, |x| = 1: density c_d (1 - u^2)^{(d-3)/2}, by QUADPACK in
+    z = sqrt(d) u (the density's width 1/sqrt(d) brought to order 1)."""
+    a, s = 0.5 * (d - 3), math.sqrt(d)
+    c = math.exp(math.lgamma(d / 2) - 0.5 * math.log(math.pi) - math.lgamma((d - 1) / 2))
+    end = s * (1 - 1e-15)
+    return integrate.quad(lambda z: c / s * math.exp(a * math.log1p(-z * z / d)) * f(z / s) ** 2, -end, end,
+                          epsabs=0, epsrel=1e-13, limit=500, points=[0])[0]
+
+
+@pytest.mark.parametrize("name, d", [("erf", 5), ("gelu", 1000)])
+def test_sphere_weight_kernels_without_closed_form_on_the_diagonal_are_the_projection_moment(name, d):
+    """K(x, x) = E_{w ~ tau_d}[sigma(<w, x>)^2] = int sigma(u)^2 c_d (1 - u^2)^{(d-3)/2} du (quad), for
+    random_feature_kernel and dot_product_kernel(..., "sphere") at t = 1; erf's Gaussian-weight closed form does not
+    apply there, and at d = 1000 coefficients mu_k down to 1e-14 max|mu| count (N(d, k) is large). 1e-12."""
+    f = {"erf": special.erf, "gelu": lambda u: 0.5 * u * (1 + special.erf(u / math.sqrt(2)))}[name]
+    ref = _projection_moment(f, d)
+    x = np.zeros((1, d))
+    x[0, 0] = 1.0
+    assert float(random_feature_kernel(x, None, name, "sphere")[0, 0]) == pytest.approx(ref, rel=1e-12, abs=0)
+    kappa = dot_product_kernel("nngp", name, "sphere", d=d)
+    assert float(kappa(np.array(1.0))) == pytest.approx(ref, rel=1e-12, abs=0)
