@@ -415,3 +415,117 @@ def test_unbalanced_distance_rejects_a_negative_or_nan_stopping_threshold(stopTh
     A, B = sample_sphere(4, 3, rng=0), sample_sphere(5, 3, rng=1)
     with pytest.raises(ValueError, match="stopThr must be a finite number >= 0"):
         unbalanced_distance(A, B, stopThr=stopThr)
+
+
+# --------------------------------------------------------------------------- mutation-audit survivors
+def test_two_atoms_at_one_point_merge_into_one():
+    """m = 2 atoms at the same direction (the smallest measure with something to merge): one atom of weight
+    c_1 + c_2 = 1.5, total variation 1.5 (not |2| + |-0.5|)."""
+    u = np.array([[0.6, 0.8], [0.6, 0.8]])
+    merged = Measure(np.array([2.0, -0.5]), u).merge()
+    assert len(merged) == 1 and float(merged.weights[0]) == 1.5
+    np.testing.assert_array_equal(merged.points, u[:1])
+    assert Measure(np.array([2.0, -0.5]), u).total_variation() == 1.5
+
+
+def test_merge_with_atol_one_joins_atoms_within_distance_one():
+    """atol = 1: atoms at chord distance 2 sin(15 deg) = 0.52 merge, one at distance sqrt(2) from both stays apart."""
+    P = np.array([[1.0, 0.0], [np.cos(np.pi / 6), np.sin(np.pi / 6)], [0.0, -1.0]])
+    merged = Measure(np.array([1.0, 2.0, 4.0]), P).merge(atol=1.0)
+    np.testing.assert_array_equal(merged.weights, [3.0, 4.0])
+    np.testing.assert_array_equal(merged.points, P[[0, 2]])
+
+
+def test_jordan_parts_carry_no_atom_of_zero_weight():
+    """mu = delta_u - delta_u + 2 delta_v - 3 delta_w: the cancelled atom at u is in neither mu^+ = 2 delta_v nor
+    mu^- = 3 delta_w (the parts have disjoint supports, and only atoms of nonzero mass)."""
+    P = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    mu = Measure(np.array([1.0, -1.0, 2.0, -3.0]), P)
+    plus, minus = mu.positive(), mu.negative()
+    assert len(plus) == 1 and len(minus) == 1
+    np.testing.assert_array_equal(plus.weights, [2.0])
+    np.testing.assert_array_equal(minus.weights, [3.0])
+    np.testing.assert_array_equal(plus.points, P[[2]])
+    np.testing.assert_array_equal(minus.points, P[[3]])
+
+
+def test_a_measure_times_a_bool_is_refused():
+    """Scalars are real numbers, not bools (True * mu would silently be mu): TypeError, as for a string."""
+    mu = Measure(np.array([1.0]), np.array([[1.0, 0.0]]))
+    for c in (True, "2"):
+        with pytest.raises(TypeError):
+            mu * c
+
+
+def test_wasserstein_between_single_particles_is_their_distance():
+    """One particle each (default weight 1/1): W_p(delta_x, delta_y) = |x - y| for every p (one coupling)."""
+    x, y = np.array([[0.0, 1.0, 2.0]]), np.array([[3.0, 5.0, 2.0]])
+    for p in (1, 2, 3):
+        assert wasserstein(x, y, p=p) == pytest.approx(5.0, rel=1e-14)
+
+
+def test_wasserstein_accepts_an_iteration_cap_of_one():
+    """numItermax >= 1: one Dirac to one Dirac has a single coupling, found without a pivot: W = |x - y| = 1."""
+    assert wasserstein(np.array([0.0]), np.array([1.0]), numItermax=1) == pytest.approx(1.0, rel=1e-14)
+
+
+def test_wasserstein_between_clouds_at_opposite_extreme_scales():
+    """mu = (delta_0 + delta_{3e200})/2 and nu = (delta_{1e-200} + delta_{2e-200})/2 on a line, both orders: the
+    sorted coupling gives W_2^2 = ((1e-200)^2 + (3e200 - 2e-200)^2)/2, W_2 = 3e200/sqrt(2) (cost scaled by the
+    largest coordinate of both clouds; a zero coordinate or the small cloud must not set the scale)."""
+    X, Y = np.array([0.0, 3e200]), np.array([1e-200, 2e-200])
+    expected = 3e200 / math.sqrt(2)
+    assert wasserstein(X, Y) == pytest.approx(expected, rel=1e-14)
+    assert wasserstein(Y, X) == pytest.approx(expected, rel=1e-14)
+
+
+def test_sliced_wasserstein_on_a_line_is_the_length_of_the_shift():
+    """D = 1: every direction is +-1, so each projected distance is |v| and SW_p = W_p = |v| exactly, whatever the
+    draws (the directions are normalised, even those of a Gaussian draw of modulus < 1)."""
+    X = np.random.default_rng(19).standard_normal(20)
+    for p in (1, 2):
+        assert sliced_wasserstein(X, X + 0.7, p=p, n_projections=50, rng=3) == pytest.approx(0.7, rel=1e-12)
+
+
+def test_sliced_wasserstein_of_mass_m_measures_scales_as_m_to_the_one_over_p():
+    """Mass M = 4 translated by v on a line: W_2^2 = M |v|^2 (every unit of mass moves |v|), SW_2 = sqrt(M) |v|."""
+    X = np.random.default_rng(20).standard_normal(10)
+    w = np.full(10, 0.4)
+    assert sliced_wasserstein(X, X + 0.5, mu_weights=w, nu_weights=w, rng=4) == pytest.approx(2 * 0.5, rel=1e-12)
+
+
+def test_unbalanced_distance_to_the_zero_measure_has_a_closed_form():
+    """alpha = m delta_x, beta = 0 (nu of zero weight): the only plan to 0 is 0, OT_eps(alpha, 0) = rho m, and
+    OT_eps(alpha, alpha) = eps KL(s | m^2) + 2 rho KL(s | m) at its minimiser s = m^{(2 eps + 2 rho)/(eps + 2 rho)}
+    (the stationarity eps log(s/m^2) + 2 rho log(s/m) = 0); S = rho m - OT(alpha, alpha)/2 + eps m^2/2. Both
+    orders (the zero side alpha or beta). Sinkhorn's 1e-10: 1e-7."""
+    reg, rho, m = 0.05, 1.0, 2.0
+    s = m ** ((2 * reg + 2 * rho) / (reg + 2 * rho))
+    ot_aa = reg * (s * math.log(s / m**2) - s + m**2) + 2 * rho * (s * math.log(s / m) - s + m)
+    expected = rho * m - 0.5 * ot_aa + 0.5 * reg * m**2
+    mu, zero = Measure(np.array([m]), np.array([[1.0, 0.0]])), Measure(np.array([0.0]), np.array([[0.0, 1.0]]))
+    assert unbalanced_distance(mu, zero, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
+    assert unbalanced_distance(zero, mu, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
+
+
+def test_unbalanced_distance_between_far_apart_pairs_is_the_sum_of_their_divergences():
+    """delta_0 + delta_10 against delta_0.1 + delta_10.1 (eps = 0.05): the cross costs 100/eps make exp(-C/eps) = 0,
+    so the plan has exact zeros (0 log 0 = 0 in KL) and S splits into two Dirac pairs, each
+    k (1 - exp(-0.01/k)), k = eps + 2 rho (the two-Dirac closed form). Sinkhorn's 1e-10: 1e-7."""
+    reg, rho = 0.05, 1.0
+    k = reg + 2 * rho
+    ones = np.ones(2)
+    got = unbalanced_distance(np.array([0.0, 10.0]), np.array([0.1, 10.1]), reg=reg, reg_m=rho, mu_weights=ones,
+                              nu_weights=ones)
+    assert got**2 == pytest.approx(2 * k * (1 - math.exp(-0.01 / k)), rel=1e-7)
+
+
+def test_unbalanced_distance_ignores_atoms_of_zero_weight():
+    """mu = delta_x + 0 delta_z, nu = delta_y + 0 delta_z': the zero atoms belong to neither Jordan part, and S is the
+    two-Dirac closed form k (1 - exp(-|x - y|^2/k)), k = eps + 2 rho. Sinkhorn's 1e-10: 1e-6."""
+    x, y = np.array([1.0, 0.0]), np.array([np.cos(0.7), np.sin(0.7)])
+    mu = Measure(np.array([1.0, 0.0]), np.array([x, [0.0, 1.0]]))
+    nu = Measure(np.array([0.0, 1.0]), np.array([[0.0, -1.0], y]))
+    k = 0.05 + 2 * 1.0
+    expected = k * (1 - math.exp(-float(np.sum((x - y) ** 2)) / k))
+    assert unbalanced_distance(mu, nu) ** 2 == pytest.approx(expected, rel=1e-6)
