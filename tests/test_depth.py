@@ -628,3 +628,12 @@ def test_radial_network_refuses_a_tolerance_whose_node_spacing_underflows_to_zer
     # h = sqrt(4 tolerance / (Lip d)) = sqrt(4e-300 / 1e30) rounds to 0: too many weights, not a division by 0
     with pytest.raises(ValueError, match=r"the network would have hidden widths \(inf, 2\).*raise tolerance"):
         radial_network([0.0, 1.0], [0.0, 1e30], 1, 1.0, tolerance=1e-300)
+
+
+def test_eldan_shamir_radial_density_in_one_dimension_is_twice_the_squared_sinc_including_at_zero():
+    # d = 1: the unit-volume ball is [-1/2, 1/2], phi(x) = sin(pi x) / (pi x), and |x| has the density
+    # 2 sin(pi r)^2 / (pi r)^2, whose value at r = 0 is the limit 2.
+    r = np.array([0.0, 1e-3, 0.3, 1.0, 2.5])
+    safe = np.where(r > 0, r, 1.0)
+    expected = np.where(r > 0, 2 * np.sin(np.pi * safe) ** 2 / (np.pi * safe) ** 2, 2.0)
+    np.testing.assert_allclose(eldan_shamir_radial_density(r, 1), expected, rtol=1e-13, atol=1e-16)
