@@ -649,3 +649,17 @@ def test_eldan_shamir_tail_draws_follow_the_squared_bessel_law_beyond_the_table(
     c = np.cos(2 * z[z > 202.0])
     assert c.size > 200
     assert abs(c.mean() + 0.5) < 4 * c.std() / math.sqrt(c.size)
+
+
+def test_eldan_shamir_function_with_one_shell_is_its_sign_on_the_annulus():
+    # N = 1: g(x) = epsilon 1{alpha sqrt(d) <= |x| < 2 alpha sqrt(d)}, here on [2, 4) in d = 4.
+    g = EldanShamirFunction(4, n_shells=1, signs=[-1.0])
+    X = np.array([[1.9, 0, 0, 0], [2.0, 0, 0, 0], [0, 3.9, 0, 0], [4.0, 0, 0, 0]])
+    assert g.edges.tolist() == [2.0, 4.0] and g(X).tolist() == [0.0, -1.0, -1.0, 0.0]
+
+
+def test_eldan_shamir_random_signs_are_fair_coins():
+    # epsilon_i i.i.d. uniform on {-1, +1}: over 400 shells the number of +1 is Binomial(400, 1/2), within
+    # 5 standard deviations (10) of 200, and both signs occur.
+    signs = EldanShamirFunction(3, n_shells=400, rng=26).signs
+    assert set(signs.tolist()) == {-1.0, 1.0} and abs((signs > 0).sum() - 200) <= 5 * 10
