@@ -663,3 +663,7 @@ def test_eldan_shamir_random_signs_are_fair_coins():
     # 5 standard deviations (10) of 200, and both signs occur.
     signs = EldanShamirFunction(3, n_shells=400, rng=26).signs
     assert set(signs.tolist()) == {-1.0, 1.0} and abs((signs > 0).sum() - 200) <= 5 * 10
+
+
+def test_sample_daniely_of_no_pairs_is_an_empty_array_of_2d_columns():
+    assert sample_daniely(0, 3, rng=0).shape == (0, 6)
