@@ -159,10 +159,10 @@ class MaxPool2d(_Pool2d):
         for t in range(T):
             yield t, first == t
 
-    def _tiles(self, x):
-        """Whether the windows tile the padded input exactly (no overlap, nothing left over)."""
-        (KH, KW), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (KH, KW) == (sh, sw) and (x[1] + 2 * ph) % KH == 0 and (x[2] + 2 * pw) % KW == 0
+    def _tiles(self, padded):
+        """Whether the windows tile the padded input, of shape ``padded``, exactly (no overlap, nothing left over)."""
+        (KH, KW), (sh, sw) = self.kernel_size, self.stride
+        return (KH, KW) == (sh, sw) and padded[1] % KH == 0 and padded[2] % KW == 0
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
