@@ -1,5 +1,7 @@
 """The training loop: accuracy on digits, exact resume from checkpoints, divergence guard, input checks."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -309,3 +311,95 @@ def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_pa
         _resume_run(digits, path, **change)
     same = _resume_run(digits, path, epochs=3)  # the saved settings resume (and the refusal changed nothing)
     assert load_checkpoint(path, same)["epoch"] == 3
+
+
+def _plain_net(seed=0):
+    """A model without batch statistics or dropout, and without in_shape or n_classes attributes:
+    conv 3x3 (1 -> 3 channels), relu, global average, linear 3 -> 4."""
+    from shallow.cnn import Activation, Conv2d, GlobalAvgPool2d, Linear, Sequential
+
+    return Sequential(Conv2d(1, 3, 3, padding=1, rng=seed), Activation("relu"), GlobalAvgPool2d(),
+                      Linear(3, 4, rng=seed + 1))
+
+
+def _cross_entropy_and_accuracy(out, y):
+    """Mean softmax cross-entropy and accuracy from their definitions (scipy's logsumexp)."""
+    from scipy.special import logsumexp
+
+    return float(np.mean(logsumexp(out, axis=1) - out[np.arange(len(y)), y])), float(np.mean(out.argmax(1) == y))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_history_loss_and_accuracy_are_the_epochs_means_over_samples(batch_size):
+    # lr = 0 keeps the parameters: every batch's loss is then that of the fixed network, and the epoch's
+    # loss and accuracy are the means over the 10 samples (batches of 4, 4 and 2 weigh 4, 4 and 2)
+    rng = np.random.default_rng(21)
+    X, y = rng.standard_normal((10, 5, 5, 1)), rng.integers(0, 4, 10)
+    model = _plain_net()
+    expected_loss, expected_acc = _cross_entropy_and_accuracy(model.forward(X), y)
+    start = time.perf_counter()
+    history = fit(model, X, y, optimizer=SGD(model.named_parameters(), lr=0.0), epochs=2,
+                  batch_size=batch_size, rng=0)
+    elapsed = time.perf_counter() - start
+    assert history.epoch == [1, 2] and history.lr == [0.0, 0.0]
+    assert all(0 < t <= elapsed for t in history.time) and sum(history.time) <= elapsed
+    assert history.loss == pytest.approx([expected_loss] * 2, rel=1e-12)
+    assert history.accuracy == pytest.approx([expected_acc] * 2, abs=1e-15)
+
+
+def test_fit_of_zero_epochs_trains_nothing():
+    rng = np.random.default_rng(22)
+    X, y = rng.standard_normal((6, 5, 5, 1)), rng.integers(0, 4, 6)
+    model = _plain_net()
+    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    history = fit(model, X, y, epochs=0, rng=0)
+    assert history.epoch == [] and history.loss == []
+    for name, value in model.named_parameters().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_fit_default_optimizer_is_sgd_with_lr_5e_minus_2_and_momentum_0_9():
+    # the documented default, against the same run with the optimiser spelt out
+    rng = np.random.default_rng(23)
+    X, y = rng.standard_normal((8, 5, 5, 1)), rng.integers(0, 4, 8)
+    a, b = _plain_net(), _plain_net()
+    fit(a, X, y, epochs=2, batch_size=4, rng=1)
+    fit(b, X, y, optimizer=SGD(b.named_parameters(), lr=0.05, momentum=0.9), epochs=2, batch_size=4, rng=1)
+    for name, value in a.named_parameters().items():
+        np.testing.assert_array_equal(value, b.named_parameters()[name])
+
+
+def test_fit_saves_a_checkpoint_every_checkpoint_every_epochs_at_the_end_and_when_stopped(tmp_path):
+    # the callback of epoch e runs before that epoch's checkpoint: it sees the last one saved before
+    rng = np.random.default_rng(24)
+    X, y = rng.standard_normal((6, 5, 5, 1)), rng.integers(0, 4, 6)
+    path = tmp_path / "run.npz"
+
+    def saved_epoch():
+        return load_checkpoint(path, _plain_net())["epoch"] if path.exists() else None
+
+    seen = []
+    fit(_plain_net(), X, y, epochs=5, batch_size=3, rng=0, checkpoint=path, checkpoint_every=3,
+        callback=lambda history, model: seen.append(saved_epoch()))
+    assert seen == [None, None, None, 3, 3] and saved_epoch() == 5
+    path.unlink()
+    fit(_plain_net(), X, y, epochs=5, batch_size=3, rng=0, checkpoint=path, checkpoint_every=4,
+        callback=lambda history, model: len(history.epoch) == 2)
+    assert saved_epoch() == 2
+
+
+def test_fit_checks_test_images_against_the_training_images_when_the_model_has_no_input_shape():
+    rng = np.random.default_rng(25)
+    X, y = rng.standard_normal((6, 5, 5, 1)), rng.integers(0, 4, 6)
+    with pytest.raises(ValueError, match=r"X_test has images of shape \(6, 6, 1\) but the model expects"):
+        fit(_plain_net(), X, y, X_test=rng.standard_normal((2, 6, 6, 1)), y_test=[0, 1], epochs=1, rng=0)
+
+
+def test_predict_in_batches_of_one_and_of_no_images():
+    # row by row equals all at once (no batch statistics); no images give an empty (0, K) array
+    rng = np.random.default_rng(26)
+    X = rng.standard_normal((5, 8, 8, 1))
+    model = build_model("vgg", (8, 8, 1), 10, width=2, rng=0).eval()
+    np.testing.assert_allclose(predict(model, X, batch_size=1), model.forward(X), rtol=1e-13, atol=1e-15)
+    empty = predict(model, X[:0])
+    assert empty.shape == (0, 10)
