@@ -105,3 +105,34 @@ def test_row_norms_neither_overflow_nor_underflow_and_equal_the_plain_norm_elsew
     np.testing.assert_allclose(row_norms(X), expected, rtol=4e-16)
     ordinary = rng.standard_normal((4, 6))
     assert np.array_equal(row_norms(ordinary), np.linalg.norm(ordinary, axis=1))  # a power of 2 scales exactly
+
+
+def test_row_norms_of_rows_mixing_huge_and_tiny_entries():
+    # each row is scaled by its LARGEST entry: 1e200 next to 1e-200 (and next to 0) neither overflows
+    # nor loses the large entry; reference math.hypot
+    import math
+
+    from shallow.backend import row_norms
+    X = np.array([[1e200, 1e-200, 3e199], [0.0, 1e-300, -2e-300], [5e-310, 1e300, 0.0]])
+    np.testing.assert_allclose(row_norms(X), [math.hypot(*row) for row in X], rtol=4e-16)
+
+
+def test_sum_of_squares_parts_is_the_exact_sum_of_squares_at_any_scale():
+    """S 4^e = sum of the squares of every entry of every array, against exact rational arithmetic
+    (fractions), for arrays of scales 2^-600 to 2^600 together, empty and zero arrays among them,
+    float32 ones included; with 2^e bounding the largest modulus (2^(e-1) <= max |a| < 2^e)."""
+    from fractions import Fraction
+
+    from shallow.backend import sum_of_squares_parts
+    rng = np.random.default_rng(5)
+    for scales in ([0.0], [-600.0], [600.0], [-600.0, 0.0, 3.0], [500.0, -500.0]):
+        arrays = [np.ldexp(rng.standard_normal(7), int(s)) for s in scales]
+        arrays += [np.zeros(3), np.empty(0), rng.standard_normal(4).astype(np.float32)]
+        S, e = sum_of_squares_parts(arrays)
+        exact = sum(Fraction(float(v)) ** 2 for a in arrays for v in a.ravel())
+        assert S == pytest.approx(float(exact / Fraction(4) ** e), rel=1e-15), scales
+        top = max(float(np.abs(a).max()) for a in arrays if a.size)
+        assert 2.0 ** (e - 1) <= top < 2.0 ** e
+    assert sum_of_squares_parts([np.array([1.0, -0.5])]) == (1.25 / 4, 1)  # largest modulus exactly 1 = 2^0
+    assert sum_of_squares_parts([np.zeros(4), np.empty(0)]) == (0.0, 0)
+    assert sum_of_squares_parts([]) == (0.0, 0)
