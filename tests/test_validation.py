@@ -56,3 +56,24 @@ def test_boolean_flags_refuse_anything_but_true_or_false(name, function, call, v
 @pytest.mark.parametrize("name, function, call", FLAGS, ids=IDS)
 def test_boolean_flags_take_numpy_booleans(name, function, call):
     call(np.bool_(False))
+
+
+def test_check_random_state_takes_a_list_of_non_negative_int_seeds_as_entropy():
+    # [seed, point] seeds one stream per point: numpy's own Generator from the same list is the reference
+    from shallow._validation import check_random_state
+
+    assert check_random_state([0, 3]).random() == np.random.default_rng([0, 3]).random()
+    assert check_random_state((7,)).random() == np.random.default_rng([7]).random()
+    for bad in ([1, -1], [True, 2], [], [1.5]):
+        with pytest.raises(TypeError, match="rng must be None, an int seed or a numpy Generator"):
+            check_random_state(bad)
+
+
+def test_check_integer_states_both_bounds_when_it_has_two():
+    from shallow._validation import check_integer
+
+    assert check_integer(5, "k", minimum=1, maximum=5) == 5
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 1 and <= 5, got 7$"):
+        check_integer(7, "k", minimum=1, maximum=5)
+    with pytest.raises(ValueError, match=r"^k must be an integer <= 5, got 6$"):
+        check_integer(6, "k", minimum=None, maximum=5)
