@@ -436,3 +436,25 @@ def test_functions_defined_inside_another_need_a_key_to_be_cached(counted, tmp_p
     assert sweep(make(2.0), points, cache_dir=cache, scheduler="serial", key="times 2")[0]["value"] == 2.0
     assert sweep(make(3.0), points, cache_dir=cache, scheduler="serial", key="times 3")[0]["value"] == 3.0
     assert sweep(make(3.0), points, scheduler="serial")[0]["value"] == 3.0  # uncached: no key needed
+
+
+def sleeping_point(config):
+    import time
+
+    time.sleep(config["s"])
+    return {"s": config["s"]}
+
+
+def test_wall_times_are_each_points_run_time_and_cached_points_keep_theirs(tmp_path):
+    # a point that sleeps s seconds takes at least s, and no point takes longer than the whole sweep;
+    # loaded from the cache, a point reports the time it took when it was computed
+    import time
+
+    points = [{"s": 0.02}, {"s": 0.06}]
+    start = time.perf_counter()
+    first = sweep(sleeping_point, points, cache_dir=tmp_path, scheduler="serial")
+    elapsed = time.perf_counter() - start
+    assert first.cached == [False, False]
+    assert all(p["s"] <= t <= elapsed for p, t in zip(points, first.wall_times))
+    again = sweep(sleeping_point, points, cache_dir=tmp_path, scheduler="serial")
+    assert again.cached == [True, True] and again.wall_times == first.wall_times
