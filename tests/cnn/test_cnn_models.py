@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from gradcheck import Probe
+from gradcheck import Probe, check_central_differences
 from scipy import signal
 
-from shallow.cnn import Conv2d, Model, build_model, linearize, vgg_small
+from shallow.cnn import Conv2d, Model, build_model, linearize, resnet_small, vgg_small
 from shallow.cnn.models import check_images, relative_change
 
 
@@ -270,3 +270,162 @@ def test_model_refuses_empty_text_or_ragged_images_naming_x(x, match):
 def test_conv2d_refuses_an_empty_batch_naming_x():
     with pytest.raises(ValueError, match="x holds no images"):
         Conv2d(1, 2, 3, rng=0).forward(np.zeros((0, 5, 5, 1)))
+
+
+def _stage_count_reference(m):
+    """The most halvings s of the shorter side m with a map of at least 2x2 left (2^s * 2 <= m), clipped to
+    [1, 3], counted by a loop."""
+    s = 0
+    while 2 ** (s + 2) <= m:
+        s += 1
+    return min(3, max(1, s))
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 5), (4, 4), (6, 6), (12, 12), (16, 16), (8, 28), (28, 8),
+                                   (28, 28), (64, 64)])
+def test_default_stages_are_the_most_halvings_that_leave_a_2x2_map_at_most_three(shape):
+    # vgg_small's notes: floor(log2(min(H, W) / 2)) clipped to [1, 3] (2 for 8x8, 3 for 28x28); the
+    # shorter side decides a rectangular image; 12x12 has 2 (12 -> 6 -> 3), 64x64 is clipped to 3.
+    net = vgg_small(shape, 2, width=1, rng=0)
+    pools = sum(type(layer).__name__ == "MaxPool2d" for layer in net.layers)
+    assert pools == _stage_count_reference(min(shape))
+
+
+def _shapes_after(net, x, kind):
+    """Shapes (H, W, C) of the maps that the layers of type ``kind`` output, in order (eval mode)."""
+    shapes = []
+    for layer in net.eval().layers:
+        x = layer.forward(x)
+        if type(layer).__name__ == kind:
+            shapes.append(x.shape[1:])
+    return shapes
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_vgg_stages_halve_the_map_by_2x2_pooling_and_double_the_width(pool):
+    # Simonyan & Zisserman: stage s has 2^s w channels and ends in 2x2 pooling, floor(H / 2): 28 -> 14 -> 7 -> 3
+    # with widths 3, 6, 12; the last pooled map averaged to the 12 inputs of the linear layer.
+    net = vgg_small((28, 28), 5, width=3, pool=pool, rng=1)
+    kind = "MaxPool2d" if pool == "max" else "AvgPool2d"
+    x = np.random.default_rng(2).standard_normal((1, 28, 28, 1))
+    assert _shapes_after(net, x, kind) == [(14, 14, 3), (7, 7, 6), (3, 3, 12)]
+    assert net.layers[-1].params["W"].shape == (12, 5)
+
+
+@pytest.mark.parametrize("in_shape, blocks, expected", [
+    ((8, 8, 1), 2, [(8, 8, 4)] * 2 + [(4, 4, 8)] * 2),
+    ((28, 28, 2), 1, [(28, 28, 4), (14, 14, 8), (7, 7, 16)]),
+    ((9, 9, 1), 1, [(9, 9, 4), (5, 5, 8)]),
+])
+def test_resnet_stages_after_the_first_halve_the_map_and_double_the_width(in_shape, blocks, expected):
+    # He et al. 2016, Sec. 3.3: the first stage keeps the stem's resolution and width w; each later one opens
+    # with a stride-2 3x3 convolution (padding 1: ceil(H / 2), 9 -> 5) and doubles the width; blocks per stage.
+    net = resnet_small(in_shape, 3, width=4, blocks=blocks, rng=3)
+    x = np.random.default_rng(4).standard_normal((1,) + in_shape)
+    assert _shapes_after(net, x, "Residual") == expected
+
+
+def _vgg_count(C, w, stages, K, bn):
+    """Trained parameters of vgg_small by its definition: two 3x3 convolutions per stage (a bias each without
+    batch norm, gamma and beta with it), widths w 2^s, a linear layer with bias."""
+    total, c = 0, C
+    for s in range(stages):
+        ws = w * 2 ** s
+        for c_in in (c, ws):
+            total += 9 * c_in * ws + (2 * ws if bn else ws)
+        c = ws
+    return total + c * K + K
+
+
+def _resnet_count(C, w, stages, blocks, K, bn):
+    """Trained parameters of resnet_small: a 3x3 stem; per block two 3x3 convolutions; a 1x1 projection
+    shortcut in the first block of every stage after the first (each convolution with its bias or batch norm)."""
+    def conv(k, c_in, c_out):
+        return k * k * c_in * c_out + (2 * c_out if bn else c_out)
+    total, c = conv(3, C, w), w
+    for s in range(stages):
+        ws = w * 2 ** s
+        for b in range(blocks):
+            total += conv(3, c, ws) + conv(3, ws, ws) + (conv(1, c, ws) if s > 0 and b == 0 else 0)
+            c = ws
+    return total + c * K + K
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_parameter_counts_follow_the_architectures(batch_norm):
+    # Counted from the definitions in the module notes: a convolution followed by batch norm has no bias
+    # (the norm's beta replaces it); projection shortcuts only where the shape changes.
+    count = lambda net: sum(p.size for p in net.named_parameters().values())
+    vgg = vgg_small((8, 8, 2), 7, width=3, batch_norm=batch_norm, rng=0)
+    assert count(vgg) == _vgg_count(2, 3, 2, 7, batch_norm)
+    for stages, blocks in [(2, 1), (3, 2)]:
+        net = resnet_small((16, 16, 3), 5, width=2, stages=stages, blocks=blocks, batch_norm=batch_norm, rng=0)
+        assert count(net) == _resnet_count(3, 2, stages, blocks, 5, batch_norm)
+
+
+def test_model_gradient_at_alpha_two_is_the_derivative_of_f():
+    # f = 2 h: backward sends 2 dy to h (a branch skips the product at u = 1). Reference: central
+    # differences of f along random directions of x and theta (tanh network, away from theta_0).
+    rng = np.random.default_rng(40)
+    model = Model(vgg_small((8, 8, 1), 3, width=2, activation="tanh", rng=41), (8, 8, 1), 3, alpha=2.0,
+                  centering="frozen")
+    for p in model.named_parameters().values():
+        p += 0.1 * rng.standard_normal(p.shape)
+    check_central_differences(model, rng.standard_normal((3, 8, 8, 1)), rng)
+
+
+def test_antisymmetric_model_jvp_along_either_copy_is_the_derivative_of_f():
+    # f = u (h(theta_1) - h(theta_2)), u = alpha / sqrt(2): the jvp's tangent along theta_1 only, theta_2 only
+    # and both is the central difference of f along it, and its value is f (away from theta_0, f != 0).
+    rng = np.random.default_rng(42)
+    model = Model(resnet_small((8, 8, 1), 3, width=2, activation="tanh", rng=43), (8, 8, 1), 3, alpha=3.0,
+                  centering="antisymmetric").eval()
+    for p in model.named_parameters().values():
+        p += 0.1 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((2, 8, 8, 1))
+    probe = Probe(model, x, rng)
+    params = model.named_parameters()
+    for copies in (("plus.",), ("minus.",), ("plus.", "minus.")):
+        v = {k: (rng.standard_normal(p.shape) if k.startswith(copies) else np.zeros_like(p)) for k, p in params.items()}
+        y, ty = model.jvp(x, None, {k: t for k, t in v.items() if k.startswith(copies)})
+        np.testing.assert_allclose(y, probe.value(), rtol=1e-13, atol=1e-13 * np.abs(y).max())
+        h = 1e-6
+        fd = (probe.value(h, None, v) - probe.value(-h, None, v)) / (2 * h)
+        np.testing.assert_allclose(ty, fd, rtol=0, atol=1e-6 * np.abs(fd).max())
+
+
+def test_relative_change_from_a_zero_reference_is_infinite():
+    # |theta - 0| / |0| with theta != 0: the limit +inf, not a division error.
+    theta0 = {"a": np.zeros(3), "b": np.zeros((2, 2))}
+    theta = {"a": np.array([0.0, 1e-3, 0.0]), "b": np.zeros((2, 2))}
+    assert relative_change(theta, theta0) == np.inf
+
+
+def test_linearized_model_jvp_value_away_from_theta0_is_its_forward_value():
+    # jvp returns (f_lin(x; theta), J t): after a step theta - theta_0 = d, its value is f(theta_0) + J d,
+    # the forward value, which the linearity of f_lin gives independently: f_lin(theta_0 + d) =
+    # f(theta_0) + [f_lin(theta_0 + 2 d) - f(theta_0)] / 2.
+    rng = np.random.default_rng(44)
+    lin = linearize(build_model("vgg", (8, 8), 3, width=2, rng=45, alpha=2.0)).eval()
+    x = rng.standard_normal((3, 8, 8, 1))
+    d = {k: 0.1 * rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()}
+    f0 = lin.forward(x)
+    for k, p in lin.named_parameters().items():
+        p += 2 * d[k]
+    f2 = lin.forward(x)
+    for k, p in lin.named_parameters().items():
+        p -= d[k]
+    y, _ = lin.jvp(x, None, {k: np.ones_like(p) for k, p in lin.named_parameters().items()})
+    np.testing.assert_allclose(y, f0 + (f2 - f0) / 2, rtol=1e-10, atol=1e-12 * np.abs(f2 - f0).max())
+
+
+def test_the_smallest_architectures_one_output_width_one_one_stage_one_block_are_built():
+    # n_classes, width, stages and blocks are integers >= 1: K = 1 (one score, a regression) with one channel
+    # and one stage, wrapped in a Model, maps (N, H, W, C) to (N, 1); its parameters counted from the definitions.
+    x = np.random.default_rng(46).standard_normal((2, 4, 4, 1))
+    vgg = vgg_small((4, 4), 1, width=1, stages=1, rng=0)
+    resnet = resnet_small((4, 4), 1, width=1, stages=1, blocks=1, rng=0)
+    assert sum(p.size for p in vgg.named_parameters().values()) == _vgg_count(1, 1, 1, 1, True)
+    assert sum(p.size for p in resnet.named_parameters().values()) == _resnet_count(1, 1, 1, 1, 1, True)
+    for net in (vgg, resnet):
+        assert Model(net, (4, 4), 1).forward(x).shape == (2, 1)
