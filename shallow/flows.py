@@ -568,7 +568,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         eta > 0, the time step of the flow.
     method : {"euler", "rk4", "adaptive"}
         Forward Euler (plain gradient descent), classical Runge-Kutta 4, or the adaptive
-        Bogacki-Shampine 3(2) pair with relative tolerance ``tol`` (step_size is its first step).
+        Bogacki-Shampine 3(2) pair with tolerance ``tol`` (step_size is its first step).
     noise : float
         Temperature beta^{-1} >= 0 of the Langevin flow d theta = -s grad R dt + sqrt(2 noise) dB
         (s the time scale), by Euler-Maruyama (``method="euler"`` only).
@@ -595,7 +595,11 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
     tol : float
-        Relative tolerance of the adaptive method.
+        Tolerance of the adaptive method, mixed absolute and relative: a step of the 3(2) pair is
+        accepted when the Euclidean norm of its error estimate (the third- minus the second-order
+        update, over all of a and W) is at most tol (1 + |theta|), |theta| the Euclidean norm of all
+        of a and W before the step. The next step is h * clip(0.9 err^(-1/3), 0.2, 4), err that
+        norm over tol (1 + |theta|).
     divergence_factor : float
         Stop with :class:`FlowDivergenceError` once the risk exceeds this times its initial value.
     progress : bool

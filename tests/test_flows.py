@@ -700,3 +700,36 @@ def test_langevin_euler_maruyama_step_adds_gaussian_noise_of_variance_two_noise_
     std = np.sqrt(2 * noise * eta)
     np.testing.assert_allclose(noisy.a - plain.a, std * xi_a, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(noisy.W - plain.W, std * xi_W, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [0.03, 3.0])  # |y| ~ 0.1 and ~ 10: the absolute and the relative part
+def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_one_plus_the_parameter_norm(scale):
+    # Bogacki & Shampine (1989), the 3(2) pair: stages k1 = F(y), k2 = F(y + h k1/2), k3 = F(y + 3h k2/4),
+    # y3 = y + h (2 k1 + 3 k2 + 4 k3)/9, k4 = F(y3), y2 = y + h (7 k1/24 + k2/4 + k3/3 + k4/8), here with
+    # F = -m grad R from the risk's own value_and_grad. Recomputed from each pair of consecutive accepted
+    # states: y3 is the next state (to rounding), and the estimate |y3 - y2| is at most tol (1 + |y|), |y|
+    # the Euclidean norm of all of a and W (the documented mixed tolerance); the controller aims at 0.9^3
+    # of it, so the largest ratio is above 1/2 (a stricter or looser norm than documented fails one side).
+    teacher, student = teacher_student(d=4, m=10, seed=3)
+    student = TwoLayer(scale * student.a, scale * student.W, gamma=student.gamma, activation=student.activation)
+    loss, m, tol = PopulationRisk(teacher), 10, 1e-8
+    states = []
+    gradient_flow(student, loss, steps=50, step_size=0.01, method="adaptive", tol=tol, record_every=1,
+                  callback=lambda step, t, risk, a, W: states.append((t, a.copy(), W.copy())) and False)
+
+    def F(y):
+        _, ga, gW = loss.value_and_grad(student, y[:m], y[m:].reshape(student.W.shape))
+        return -m * np.concatenate([ga, gW.ravel()])
+
+    ratios = []
+    for (t0, a0, W0), (t1, a1, W1) in zip(states, states[1:]):
+        y, h = np.concatenate([a0, W0.ravel()]), t1 - t0
+        k1 = F(y)
+        k2 = F(y + h * k1 / 2)
+        k3 = F(y + 3 * h * k2 / 4)
+        y3 = y + h * (2 * k1 + 3 * k2 + 4 * k3) / 9
+        y2 = y + h * (7 * k1 / 24 + k2 / 4 + k3 / 3 + F(y3) / 8)
+        np.testing.assert_allclose(y3, np.concatenate([a1, W1.ravel()]), rtol=0, atol=1e-12)
+        ratios.append(np.linalg.norm(y3 - y2) / (tol * (1 + np.linalg.norm(y))))
+    assert len(ratios) > 10
+    assert 0.5 < max(ratios) <= 1 + 1e-6  # 1e-6: h is recovered as a difference of times
