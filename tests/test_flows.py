@@ -1,11 +1,19 @@
 """Particle gradient flows: exact population risk, gradients, integrators, resume, divergence."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shallow.flows import EmpiricalRisk, FlowDivergenceError, PopulationRisk, Trajectory, gradient_flow
+from shallow.flows import (
+    EmpiricalRisk,
+    FlowDivergenceError,
+    PopulationRisk,
+    Trajectory,
+    gradient_flow,
+)
 from shallow.networks import TwoLayer
 
 
@@ -722,7 +730,7 @@ def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_on
         return -m * np.concatenate([ga, gW.ravel()])
 
     ratios = []
-    for (t0, a0, W0), (t1, a1, W1) in zip(states, states[1:]):
+    for (t0, a0, W0), (t1, a1, W1) in itertools.pairwise(states):
         y, h = np.concatenate([a0, W0.ravel()]), t1 - t0
         k1 = F(y)
         k2 = F(y + h * k1 / 2)
