@@ -981,7 +981,7 @@ def eldan_shamir_radial_cdf(r, d):
     return xp.asarray(np.minimum(F, 1.0).reshape(r.shape), dtype=r.dtype)
 
 
-_ES_CELL = 0.1  # width of the z-cells of the sampling table
+_ES_CELL = 0.02  # width of the z-cells of the sampling table
 _ES_GAUSS = np.polynomial.legendre.leggauss(8)
 
 
@@ -1068,11 +1068,12 @@ def sample_eldan_shamir(n, d, rng=None, dtype=np.float64, device="cpu"):
     -----
     phi^2 is radial: x = r u with u uniform on the sphere and r = z / (2 pi R_d), z with density
     q(z) = 2 nu J_nu(z)^2 / z (nu = d/2). On [0, z_max] (z_max = 2d + 200) z is drawn by inverting
-    its CDF, tabulated by 8-point Gauss-Legendre on cells of width 0.1 and interpolated by cubic
-    Hermite polynomials with the exact derivative q (CDF error below about 1e-9); beyond z_max,
-    where the density is about 2 nu / (pi z^2), by exact rejection from the Pareto proposal
-    z_max / z^2, accepting with probability (pi z / 2) J_nu(z)^2 / M, M = (pi z_max / 2)
-    (J_nu^2 + Y_nu^2)(z_max) (a bound since z (J_nu^2 + Y_nu^2) decreases for nu >= 1/2).
+    its CDF, tabulated by 8-point Gauss-Legendre on cells of width h = 0.02 and interpolated by
+    cubic Hermite polynomials with the exact derivative q (CDF error at most h^4 max|q'''| / 384,
+    below 3e-10 for d = 1 to 100); beyond z_max, where the density is about 2 nu / (pi z^2), by
+    exact rejection from the Pareto proposal z_max / z^2, accepting with probability
+    (pi z / 2) J_nu(z)^2 / M, M = (pi z_max / 2) (J_nu^2 + Y_nu^2)(z_max) (a bound since
+    z (J_nu^2 + Y_nu^2) decreases for nu >= 1/2).
 
     References
     ----------
