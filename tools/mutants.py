@@ -30,6 +30,7 @@ import ast
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -227,7 +228,7 @@ def main(argv=None):
         mutants = [m for m in mutants if m.function in wanted or m.function.split(".")[-1] in wanted]
     if args.max and len(mutants) > args.max:
         mutants = sorted(random.Random(args.seed).sample(mutants, args.max), key=lambda m: m.start)
-    extra = args.pytest_args.split()
+    extra = shlex.split(args.pytest_args)
     print(f"{rel}: {len(mutants)} mutants; tests {' '.join(args.tests)}", flush=True)
 
     workers = [make_worker(args.scratch, k) for k in range(max(1, args.workers))]
