@@ -226,7 +226,10 @@ def _field_parser(field: dataclasses.Field):
     if isinstance(default, bool):
         return {"type": parse_bool, "metavar": "BOOL"}
     if isinstance(default, tuple):
-        return {"type": _tuple_parser(type(default[0]) if default else float), "metavar": "A,B,..."}
+        # entries of the default's type; float when any entry is one (a default (1, 2.5) takes 0.5), or none
+        kinds = {type(v) for v in default}
+        inner = float if float in kinds or not default else type(default[0])
+        return {"type": _tuple_parser(inner), "metavar": "A,B,..."}
     if isinstance(default, (int, float, str)):
         return {"type": type(default)}
     return None

@@ -310,3 +310,30 @@ def test_a_study_script_run_directly_names_itself_in_usage_and_errors(toy):
     as_script = types.ModuleType("__main__", module.__doc__)
     as_script.__dict__.update({k: v for k, v in vars(module).items() if k not in ("__name__", "__doc__")})
     assert study.build_parser(as_script).prog == "toy"
+
+
+def test_run_study_help_states_the_studys_claim(toy, capsys):
+    # the description of a study's flags is the first line of its docstring: the claim
+    assert cli.main(["run", "toy", "--help"]) == 0
+    assert "Toy study: the mean of n standard normals is within 5/sqrt(n) of 0." in capsys.readouterr().out
+
+
+def test_one_worker_is_a_valid_worker_count(toy):
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--workers", "1"]) == 0
+    assert (out / "figures" / "toy_quick.json").exists()
+
+
+def test_sidecar_wall_time_is_the_time_compute_took(toy, monkeypatch):
+    # wall_time_s times the study's compute: at least the 0.05 s it sleeps, at most the whole run around it
+    import time
+
+    module = cli.load_study("toy")
+    compute = module.compute
+    monkeypatch.setattr(module, "compute", lambda cfg: (time.sleep(0.05), compute(cfg))[1])
+    out = toy / "out"
+    start = time.perf_counter()
+    cli.main(["run", "toy", "--quick", "--out", str(out)])
+    elapsed = time.perf_counter() - start
+    wall = json.loads((out / "figures" / "toy_quick.json").read_text())["wall_time_s"]
+    assert 0.05 <= wall <= elapsed

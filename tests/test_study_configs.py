@@ -132,3 +132,54 @@ def test_cli_reports_a_bad_field_before_computing(tmp_path, capsys):
     assert code == 2
     assert "shallow run: error: ks must be an integer >= 1 and <= 20, got 40" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- the shared checks and helpers
+def test_check_grid_with_increasing_refuses_a_repeated_value():
+    # "strictly increasing": (1, 2, 2) repeats 2, and is refused like (2, 1); (1, 2, 3) passes
+    assert study.check_grid((1, 2, 3), "widths", increasing=True) == (1, 2, 3)
+    for values in [(1, 2, 2), (2, 1)]:
+        with pytest.raises(ValueError, match=r"widths must hold at least 1 strictly increasing value\(s\)"):
+            study.check_grid(values, "widths", increasing=True)
+
+
+def test_check_flow_time_is_the_nearest_number_of_steps_to_time_t():
+    # round(T / step_size): 1 / 0.01 = 100 steps; 0.3 / 0.1 = 2.9999999999999996 is 3 steps, not 2
+    assert study.check_flow_time(1.0, 0.01) == 100
+    assert study.check_flow_time(0.3, 0.1) == 3
+    assert study.check_flow_time(2.0, 0.5) == 4
+
+
+def test_study_name_of_a_module_without_a_file_is_the_last_part_of_its_name():
+    import types
+
+    assert study.study_name(types.ModuleType("shallow_studies.width_scaling")) == "width_scaling"
+    assert study.study_name(types.ModuleType("toy")) == "toy"
+
+
+def test_new_figure_gives_each_panel_the_size_asked_for():
+    pytest.importorskip("matplotlib")
+    fig, axes = study.new_figure(2, 3, size=(4.0, 2.5))
+    assert axes.shape == (2, 3)
+    assert tuple(fig.get_size_inches()) == (12.0, 5.0)  # 3 columns of 4 inches, 2 rows of 2.5
+
+
+def test_a_tuple_field_with_a_float_entry_parses_floats():
+    # The flag's entries take the default's type: float when any entry of the default is a float, so that a
+    # default (1, 2.5) accepts 0.5; an all-int default parses ints and refuses 0.5.
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        mixed: tuple = (1, 2.5)
+        ints: tuple = (4, 16)
+        empty: tuple = ()
+
+    module = types.ModuleType("shallow_studies.mixed")
+    module.Config = Config
+    parser = study.build_parser(module)
+    args = parser.parse_args(["--mixed", "1,0.5", "--ints", "2,8", "--empty", "0.25"])
+    assert args.mixed == (1.0, 0.5) and args.ints == (2, 8) and args.empty == (0.25,)
+    assert type(args.ints[0]) is int
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ints", "0.5"])
