@@ -337,3 +337,20 @@ def test_sidecar_wall_time_is_the_time_compute_took(toy, monkeypatch):
     elapsed = time.perf_counter() - start
     wall = json.loads((out / "figures" / "toy_quick.json").read_text())["wall_time_s"]
     assert 0.05 <= wall <= elapsed
+
+
+def test_studies_are_found_beside_the_package_from_any_working_folder(tmp_path, monkeypatch):
+    # without SHALLOW_STUDIES and without ./studies, a source checkout's studies/ (beside shallow/) is used
+    from pathlib import Path
+
+    monkeypatch.delenv("SHALLOW_STUDIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.studies_dir() == Path(cli.__file__).resolve().parents[1] / "studies"
+    assert "width_scaling" in cli.find_studies()
+
+
+def test_shallow_help_describes_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    assert "The shallow command: list and run the studies." in capsys.readouterr().out
