@@ -931,8 +931,8 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     is the real part of a complex Gabor function times e^{i phi}) and a centre u_0 (9 parameters).
     D = L L^T with L lower triangular (so D is positive semi-definite whatever L), xi in [-pi, pi]^2
     (the frequencies a pixel grid resolves), u_0 inside the grid. Minimised by
-    ``scipy.optimize.least_squares`` (trust region reflective) from several starts: the frequency of
-    the largest coefficient of the zero-padded discrete Fourier transform of f and xi = 0 (a blob),
+    ``scipy.optimize.least_squares`` (trust region reflective) from several starts: the non-zero frequency
+    of the largest coefficient of the zero-padded discrete Fourier transform of f and xi = 0 (a blob),
     each with ``n_starts`` phases; the best fit is kept (about 0.1 s for a 5x5 filter). The relative
     residual |f - g| / |f| is 0 for a Gabor filter; for 5x5 white noise it is 0.69 on average (20
     draws, between 0.52 and 0.77), below the sqrt(1 - 9/25) = 0.8 of a linear model with 9
@@ -964,9 +964,12 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     def residuals(p):
         return (model(p) - f).ravel() / norm
 
-    # starting frequencies: the peak of the zero-padded DFT (radians per pixel), and zero
+    # starting frequencies: the peak of the zero-padded DFT (radians per pixel) away from 0, and zero. The
+    # zero frequency is the blob start's: a wide envelope puts most of a Gabor filter's DFT there, and
+    # from xi = 0 with the phases 0 and pi (where the model is even in xi) the frequency never moves
     P = 32
     spec = np.abs(np.fft.fft2(f, s=(P, P)))
+    spec[0, 0] = 0.0
     i, j = np.unravel_index(np.argmax(spec), spec.shape)
     peak = 2 * np.pi * np.array([np.fft.fftfreq(P)[i], np.fft.fftfreq(P)[j]])
     amp = float(np.abs(f).max())

@@ -352,6 +352,56 @@ def test_p4_parameters_are_the_base_filters():
     assert {k: v.shape for k, v in conv.named_parameters().items()} == {"W": (3, 3, 5, 4, 7), "b": (7,)}
 
 
+def test_smallest_p4_layers_are_the_group_correlation_of_cohen_welling():
+    # one channel in and out and a 1x1 filter, the smallest layers: Eq. 10 and 11 still hold (for K = 1
+    # the quarter turns leave the filter alone; the p4 layer still shifts its rotation axis)
+    rng = np.random.default_rng(26)
+    lift, conv = P4LiftConv2d(1, 1, 1, padding=0, rng=rng), P4Conv2d(1, 1, 1, padding=0, rng=rng)
+    for layer in (lift, conv):
+        layer.params["b"][...] = rng.standard_normal(1)
+    x, f = rng.standard_normal((2, 4, 4, 1)), rng.standard_normal((2, 4, 4, 4))
+    np.testing.assert_allclose(lift(x), _lift_direct(x, lift.params["W"], lift.params["b"]), rtol=0, atol=EXACT)
+    np.testing.assert_allclose(conv(f), _p4_direct(f, conv.params["W"], conv.params["b"]), rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize("layer, fan_in", [(P4LiftConv2d(8, 8, 3, rng=0), 3 * 3 * 8),
+                                           (P4Conv2d(8, 8, 3, rng=0), 4 * 3 * 3 * 8)],
+                         ids=["lift", "p4"])
+def test_p4_base_filters_have_he_variance_over_the_fan_in_of_the_correlation(layer, fan_in):
+    # He init of psi: N(0, 2 / fan_in), fan_in = K^2 C_in for the lift and 4 K^2 C_in for a p4 layer (every
+    # output sums over 4 K^2 C_in input entries). Sample std of n Gaussians: relative error 1 / sqrt(2 n),
+    # 1.5% for the 2304 entries of the p4 filter, 2.9% for the lift's 576; 0.15 is 5 of those and far from
+    # the factor 2 of a fan-in off by 4.
+    psi = layer.params["W"]
+    assert psi.std() == pytest.approx(float(np.sqrt(2.0 / fan_in)), rel=float(5 / np.sqrt(2 * psi.size)))
+
+
+def _p4_cnn_layout(C, n_classes, width, stages, K, K1):
+    """The layers of p4_cnn as its Notes list them, with their parameter counts (4 K^2 w w' + w' per p4
+    correlation between w and w' p4 channels, K1^2 C w + w for the lift, c K + K for the linear layer)."""
+    layers = [("P4LiftConv2d", K1 * K1 * C * width + width), ("Activation", 0)]
+    c = width
+    for s in range(max(stages, 1)):
+        w = width * 2 ** s
+        if s > 0:
+            layers += [("P4Conv2d", 4 * K * K * c * w + w), ("Activation", 0)]
+        layers += [("P4Conv2d", 4 * K * K * w * w + w), ("Activation", 0)]
+        if s < stages:
+            layers.append(("MaxPool2d", 0))
+        c = w
+    return layers + [("P4GroupPool", 0), ("GlobalAvgPool2d", 0), ("Linear", c * n_classes + n_classes)]
+
+
+@pytest.mark.parametrize("width, stages, K, K1", [(2, 2, 3, 3), (1, 1, 1, 1), (3, 0, 3, 5)])
+def test_p4_cnn_layers_and_parameter_counts_follow_its_notes(width, stages, K, K1):
+    # lift, then per stage s (w = width 2^s) P4Conv2d(w_{s-1}, w) for s > 0 and P4Conv2d(w, w), each
+    # followed by rho, and a 2x2 pooling; group pooling, GAP, linear. Includes the smallest network
+    # (width 1, 1x1 filters) and stages = 0 (one stage, no pooling).
+    net = p4_cnn((8, 8, 2), 3, width=width, stages=stages, kernel_size=K, first_kernel_size=K1, rng=0)
+    got = [(type(layer).__name__, sum(v.size for v in layer.named_parameters().values())) for layer in net.layers]
+    assert got == _p4_cnn_layout(2, 3, width, stages, K, K1)
+
+
 # ----------------------------------------------------------------------------- derivatives
 
 def _layers(rng):
@@ -453,6 +503,45 @@ def test_fit_gabor_of_a_scaled_gabor_filter_is_the_scaled_fit(c):
     np.testing.assert_allclose(fit.xi, xi, atol=1e-6)
     np.testing.assert_allclose(fit.phase, phi, atol=1e-6)
     np.testing.assert_allclose(fit.model / c, f, atol=1e-8)
+
+@pytest.mark.parametrize("xi", [(0.8, 0.0), (0.0, 0.8)])
+def test_fit_gabor_recovers_an_axis_aligned_gabor_filter(xi):
+    # A wide isotropic envelope (D = 0.2 I) and a plane wave along one axis: most of the filter's DFT sits at
+    # frequency 0 (sum_u f = 0.84 sum_u |f| here), so the "peak" start was the blob start xi = 0, where with the
+    # phases 0 and pi the model is even in xi and the frequency never moved: residual 0.51 and 0.07, xi
+    # returned as (0, 0) and (0.02, -0.56). Tolerances as for test_fit_gabor_recovers_a_gabor_filter; the
+    # sign of (xi, phi) is fixed by xi_1 >= 0, which at xi_1 = 0 (to rounding) leaves either sign.
+    D, xi, phi = 0.2 * np.eye(2), np.array(xi), 0.4
+    f = _gabor_numpy(5, 1.0, D, xi, np.zeros(2), phi)
+    fit = fit_gabor(f)
+    assert fit.residual < 1e-8
+    sign = 1.0 if fit.xi @ xi > 0 else -1.0
+    np.testing.assert_allclose(fit.xi, sign * xi, atol=1e-6)
+    np.testing.assert_allclose(fit.phase, np.mod(sign * phi, 2 * np.pi), atol=1e-6)
+    np.testing.assert_allclose(fit.D, D, atol=1e-6)
+    np.testing.assert_allclose(fit.center, 0.0, atol=1e-6)
+    np.testing.assert_allclose(fit.C, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("u0", [(-1.8, 1.8), (1.8, -1.8)])
+def test_fit_gabor_recovers_a_gabor_filter_centred_near_the_edge(u0):
+    # u_0 ranges over the whole grid, [-(K - 1) / 2, (K - 1) / 2]^2 = [-2, 2]^2 for K = 5: a centre 0.2 pixels
+    # from two edges is recovered (tolerances as for test_fit_gabor_recovers_a_gabor_filter)
+    D, xi, phi = np.array([[0.15, 0.05], [0.05, 0.3]]), np.array([1.0, -0.6]), 0.7
+    fit = fit_gabor(_gabor_numpy(5, 2.0, D, xi, np.array(u0), phi))
+    assert fit.residual < 1e-6
+    np.testing.assert_allclose(fit.center, u0, atol=1e-6)
+
+
+@pytest.mark.parametrize("u0", [(-3.0, 0.0), (3.0, 0.0), (0.0, -3.0), (0.0, 3.0)])
+def test_fit_gabor_keeps_the_centre_inside_the_grid(u0):
+    # A Gabor filter centred a pixel beyond one edge of the 5x5 grid: the fitted centre stays in [-2, 2]^2
+    # (the bound of the notes), so the fit is not exact (a centre at u0 would be)
+    D, xi, phi = np.array([[0.15, 0.05], [0.05, 0.3]]), np.array([1.0, -0.6]), 0.7
+    fit = fit_gabor(_gabor_numpy(5, 2.0, D, xi, np.array(u0), phi))
+    assert np.all(np.abs(fit.center) <= 2.0)
+    assert fit.residual > 1e-3
+
 
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
     # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
