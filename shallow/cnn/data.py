@@ -51,7 +51,7 @@ from .._validation import (
     check_positive,
     check_random_state,
 )
-from ..backend import get_xp, to_numpy
+from ..backend import get_xp, row_norms, to_numpy
 from .layers import check_dtype
 from .losses import check_labels
 from .models import check_images
@@ -189,7 +189,13 @@ class Standardizer:
         if X.shape[0] == 0:
             raise ValueError(f"X must hold at least one image to fit the statistics, got shape {tuple(X.shape)}")
         xp = get_xp(X)
-        mean, std = X.mean(axis=(0, 1, 2)), X.std(axis=(0, 1, 2))
+        C = X.shape[3]
+        mean = X.mean(axis=(0, 1, 2))  # (C,)
+        # std = |x - mean| / sqrt(n H W) per channel, the norm with each channel scaled by a power of 2
+        # (row_norms): X.std squared the deviations, which left the range for pixels of order 1e-200 or
+        # 1e200 (1e-25 or 1e20 in float32), giving std 0 (taken as 1) or inf, and every pixel went to ~0
+        D = (X - mean).reshape(-1, C).T  # (C, n H W)
+        std = row_norms(D) / math.sqrt(D.shape[1])
         # a constant channel (max = min) gets its value as mean and std 1, so that it maps to 0: its
         # computed std is the mean's rounding error (1.5e-8 for 0.1 in float32), not 0, and dividing
         # by it sent every pixel to +-1

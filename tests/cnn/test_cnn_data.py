@@ -101,6 +101,21 @@ def test_standardizer_maps_a_constant_channel_to_zero(value, dtype):
     np.testing.assert_array_equal(Z[..., 0], 0)
 
 
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e-200), (np.float64, 1e200), (np.float32, 1e-25),
+                                          (np.float32, 1e20)])
+def test_standardizer_standardises_at_every_scale_where_the_pixels_are_representable(dtype, scale):
+    # (x - mean) / std does not depend on the unit of x: the reference standardises x / scale (O(1) numbers)
+    # in float64. The squared deviations of pixels of order 1e-200 or 1e200 (1e-25, 1e20 in float32) leave
+    # the floating-point range; std came out 0 (taken as 1) or inf, and every pixel went to ~0.
+    X = np.random.default_rng(2).standard_normal((10, 4, 4, 2)) * [1.0, 3.0] + [0.5, -1.0]
+    Y = X.astype(dtype).astype(np.float64)
+    ref = (Y - Y.mean(axis=(0, 1, 2))) / Y.std(axis=(0, 1, 2))
+    Z = Standardizer().fit((scale * Y).astype(dtype)).transform((scale * Y).astype(dtype))
+    # float64: rounding of O(1) numbers, 1e-13; float32: 100 ulps of 1 (the scaled pixels are rounded to float32)
+    atol = 1e-13 if dtype == np.float64 else 100 * float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(Z, ref, rtol=0, atol=atol)
+
 def test_batches_cover_the_set_once_in_a_reproducible_order():
     X = np.arange(10.0)[:, None, None, None] * np.ones((10, 2, 2, 1))
     y = np.arange(10)
