@@ -217,6 +217,65 @@ def test_irevnet_representation_keeps_at_least_the_input_dimension():
     assert net.feature_shape() == (2, 2, 32)
 
 
+def _body_layout(C, width, blocks, stages):
+    """The body of irevnet_small as its Notes list it: SpaceToDepth(2), InjectivePad(4 C, width) unless
+    width = 4 C, then per stage s ``blocks`` RevBlocks, the first of stage s >= 1 of stride 2 (4x the channels)."""
+    layout = [("SpaceToDepth", 2)] + ([("InjectivePad", (4 * C, width))] if width > 4 * C else [])
+    c = width
+    for s in range(stages):
+        for b in range(blocks):
+            stride = 2 if s > 0 and b == 0 else 1
+            layout.append(("RevBlock", (c, stride)))
+            c = 4 * c if stride == 2 else c
+    return layout
+
+
+def _describe(layer):
+    if isinstance(layer, SpaceToDepth):
+        return ("SpaceToDepth", layer.block)
+    if isinstance(layer, InjectivePad):
+        return ("InjectivePad", (layer.in_channels, layer.out_channels))
+    return (type(layer).__name__, (layer.channels, layer.stride))
+
+
+@pytest.mark.parametrize("C, width, blocks, stages", [(1, 4, 1, 2), (1, 8, 2, 2), (2, 8, 1, 1), (1, 6, 2, 3)])
+def test_irevnet_body_is_space_to_depth_pad_and_revblocks_of_its_notes(C, width, blocks, stages):
+    # the injective padding only where width > 4 C; a stride-2 block opening every stage after the first
+    net = irevnet_small((8, 8, C), 3, width=width, blocks=blocks, stages=stages, rng=0)
+    assert [_describe(layer) for layer in net.body.layers] == _body_layout(C, width, blocks, stages)
+
+
+@pytest.mark.parametrize("in_shape, stages", [((8, 8, 1), 1), ((8, 8, 1), 2), ((8, 8, 1), 3), ((12, 8, 1), 2)])
+def test_irevnet_features_have_h_w_over_2_to_the_stages_and_4_to_the_stages_minus_1_width_channels(in_shape,
+                                                                                                  stages):
+    # Phi(x) of shape (H / 2^S, W / 2^S, 4^(S - 1) width) (irevnet_small's Notes) for every S for which the
+    # H / 2 x W / 2 map after the space-to-depth halves evenly S - 1 times: 8x8 up to S = 3 (to 1x1), 12x8 up
+    # to S = 2 (6x4 -> 3x2); the reconstruction from it is exact
+    H, W, _ = in_shape
+    net = irevnet_small(in_shape, 3, width=4, blocks=1, stages=stages, rng=0).eval()
+    assert net.feature_shape() == (H // 2 ** stages, W // 2 ** stages, 4 ** (stages - 1) * 4)
+    x = np.random.default_rng(27).standard_normal((2,) + in_shape)
+    z = net.features(x)
+    assert z.shape == (2,) + net.feature_shape()
+    assert np.abs(net.inverse(z) - x).max() < INVERSE_ATOL_64
+
+
+@pytest.mark.parametrize("in_shape, stages", [((8, 8, 1), 4), ((12, 8, 1), 3)])
+def test_irevnet_refuses_more_stages_than_even_halvings(in_shape, stages):
+    # one stage more than above: the 1x1 (8x8) or 3x2 (12x8) map cannot be halved by a stride-2 block
+    with pytest.raises(ValueError, match=f"cannot be halved evenly {stages - 1} times"):
+        irevnet_small(in_shape, 3, width=4, blocks=1, stages=stages)
+
+
+def test_smallest_irevnet_inverts_exactly():
+    # one output, a hidden width of 1 in every F, a 2x2 image with one stage: the smallest network still
+    # reconstructs its input and gives one number per image
+    net = irevnet_small((2, 2, 1), 1, width=4, blocks=1, hidden=1, rng=0).eval()
+    x = np.random.default_rng(28).standard_normal((3, 2, 2, 1))
+    assert net(x).shape == (3, 1)
+    assert np.abs(net.inverse(net.features(x)) - x).max() < INVERSE_ATOL_64
+
+
 def test_irevnet_inverse_float32():
     rng = np.random.default_rng(10)
     net = irevnet_small((8, 8, 1), 10, width=8, blocks=2, rng=0, dtype=np.float32).eval()
