@@ -49,15 +49,29 @@ def circular_convolution(x, f):
     ((12, 20), 1.6, -np.pi / 2, 3 * np.pi / 8, 0.5),
     ((16, 16), 2.5, 0.3, 0.0, 1.0),
     ((24, 16), 1.2, 1.1, 2.0, 0.7),
+    ((1, 8), 0.8, 1.4, 2.0, 1.0),  # a grid of one row: every row alias folds onto it
 ])
 def test_gabor_fourier_formula_is_the_dft_of_the_periodised_spatial_gabor(shape, sigma, theta, xi, slant):
     # Poisson summation: DFT of sum_p g(u + p (M, N)) = sum_n g_hat(omega_k + 2 pi n). Both sides
-    # in float64 with aliases truncated where the Gaussian is below 1e-20 of its peak: equal to
-    # 1e-12 of the peak value (about 1), i.e. FFT rounding.
+    # in float64 with aliases truncated where the Gaussian is below 1e-20 of its peak (10 standard
+    # deviations sigma / min(1, s), at least 3 grid periods): equal to 1e-12 of the peak value (about 1),
+    # i.e. FFT rounding.
+    n_alias = max(3, int(np.ceil(10 * sigma / min(1.0, slant) / min(shape))))
     G = gabor_2d(shape, sigma, theta, xi, slant)
-    G_space = np.fft.fft2(spatial_gabor(shape, sigma, theta, xi, slant))
+    G_space = np.fft.fft2(spatial_gabor(shape, sigma, theta, xi, slant, n_alias))
     assert np.abs(G - G_space).max() < 1e-12
     assert np.abs(G).max() > 0.5  # a non-trivial comparison
+
+
+@pytest.mark.parametrize("xi, slant", [(0.0, 1.0), (1.5, 0.5)])
+def test_gabor_much_narrower_than_a_pixel_is_a_dirac(xi, slant):
+    # sigma = 0.007 pixels: g(u) = 0 in float64 at every grid point but u = 0 (exp(-1 / (2 sigma^2)) =
+    # e^-10204), so by Poisson summation G[k] = sum_u g(u) e^{-i omega_k u} = g(0) = s / (2 pi sigma^2)
+    # for every k: the Fourier side sums 10^5 aliases of a Gaussian 143 radians per pixel wide, which must
+    # all be there (filters this narrow are still within the alias limit). Rounding of those sums: 1e-13.
+    sigma = 0.007
+    G = gabor_2d((2, 3), sigma, 0.3, xi, slant)
+    np.testing.assert_allclose(G, slant / (2 * np.pi * sigma**2), rtol=1e-13, atol=0)
 
 
 def test_gabor_envelope_has_unit_integral():
@@ -114,7 +128,7 @@ def test_filter_bank_matches_kymatio():
     # normalises the envelopes by 2 * 3.1415 sigma^2 / s: its filters are ours times pi / 3.1415
     # (module notes). After that factor they agree within 1e-6 of the peak (measured 1.5e-7).
     c = np.pi / 3.1415
-    for (M, N), J, L in (((32, 32), 2, 8), ((24, 40), 3, 4), ((16, 16), 1, 6)):
+    for (M, N), J, L in (((32, 32), 2, 8), ((24, 40), 3, 4), ((16, 16), 1, 6), ((16, 16), 2, 1)):
         ref = kymatio_fb.filter_bank(M, N, J, L)
         bank = filter_bank((M, N), J, L)
         for j in range(J):
@@ -234,9 +248,11 @@ def test_wavelet_transform_float32_stays_float32():
                                       (np.float32, 1e37)])
 def test_wavelet_transform_is_linear_at_the_ends_of_the_float_range(dtype, c):
     # W(c x) = c W(x) wherever c x and c W(x) are floats, against c times the float64 transform of x: at
-    # c = 1e307 (float32: 1e37) the DFT's sums of 256 pixels leave the floats
+    # c = 1e307 (float32: 1e37) the DFT's sums of 256 pixels leave the floats. A black border (zero pixels,
+    # as on digits) leaves the scale of each image to its largest pixel.
     bank = filter_bank((16, 16), 2, 4)
     x = np.random.default_rng(2).standard_normal((2, 16, 16))
+    x[:, :2] = 0.0
     low, high = wavelet_transform((c * x).astype(dtype), bank)
     low1, high1 = wavelet_transform(x, bank)
     assert np.all(np.isfinite(low)) and np.all(np.isfinite(high))
