@@ -17,9 +17,13 @@ from shallow.cnn import (
     AvgPool2d,
     BatchNorm2d,
     Conv2d,
+    Dropout,
     Flatten,
+    GlobalAvgPool2d,
+    Identity,
     Layer,
     Linear,
+    MaxPool2d,
     Model,
     Sequential,
     fit,
@@ -36,6 +40,7 @@ from shallow.cnn.robustness import (
     deformation_ratio,
     fgsm,
     input_gradient,
+    input_jacobian,
     jacobian_norm,
     lipschitz_upper_bound,
     local_lipschitz,
@@ -217,6 +222,53 @@ def test_spectral_norm_of_linear_and_average_pooling():
     assert spectral_norm(AvgPool2d(2), (4, 4, 3), rng=0) == pytest.approx(0.5, rel=1e-10)
 
 
+@pytest.mark.parametrize("M", [np.eye(1), -np.eye(1), np.eye(3)[[2, 0, 1]], np.array([[0.0, -1.0], [1.0, 0.0]])])
+def test_spectral_norm_of_an_isometry_is_one(M):
+    # |Q v| = |v| for every v: sigma_max = 1 (for a 1 x 1 matrix the iterates' norms are exactly 1)
+    assert spectral_norm(M, rng=0) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_power_iteration_stops_at_the_first_step_whose_estimate_agrees_with_the_previous_one():
+    # the rule of spectral_norm's tol: stop at the first k >= 2 with |e_k - e_{k-1}| <= tol e_k, where e_k is
+    # the estimate after k steps (spectral_norm with n_iter=k and tol=0); the first estimate has no predecessor
+    # and is never accepted alone. M = diag(1, 0.9): the estimates rise to 1 from about 0.95
+    M = np.diag([1.0, 0.9])
+    e = [spectral_norm(M, n_iter=k, tol=0.0, rng=0) for k in range(1, 30)]
+    tol = 0.1
+    k = next(k for k in range(1, len(e)) if abs(e[k] - e[k - 1]) <= tol * e[k])
+    assert spectral_norm(M, tol=tol, rng=0) == e[k]
+    assert abs(e[0] - 1.0) <= tol * e[0]  # the case is non-trivial: e_1 is already within tol of the limit
+
+
+@pytest.mark.parametrize("groups, dilation", [(1, 1), (2, 1), (1, 2), (3, (2, 1))])
+def test_conv_singular_values_at_each_frequency_are_those_of_the_kernel_dft(groups, dilation):
+    # Sedghi, Gupta and Long 2019, Thm 6: at frequency (u, v) the singular values of
+    # P(u, v) = sum_{i, j} W[i, j] exp(-2 pi i (u d_h i / H + v d_w j / W)), the C_in x C_out kernel being block
+    # diagonal over the groups; written here tap by tap and frequency by frequency, in decreasing order (numpy)
+    cg, og, H, Wd = 2, 3, 5, 6
+    W = np.random.default_rng(33).standard_normal((3, 2, cg, groups * og))
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    full = np.zeros((3, 2, groups * cg, groups * og))
+    for g in range(groups):
+        full[:, :, g * cg:(g + 1) * cg, g * og:(g + 1) * og] = W[..., g * og:(g + 1) * og]
+    out = conv_singular_values(W, (H, Wd), groups=groups, dilation=dilation)
+    assert out.shape == (H, Wd, groups * min(cg, og))
+    for u in range(H):
+        for v in range(Wd):
+            P = sum(full[i, j] * np.exp(-2j * np.pi * (u * dh * i / H + v * dw * j / Wd))
+                    for i in range(3) for j in range(2))
+            # rounding of sums of 6 O(1) terms
+            np.testing.assert_allclose(out[u, v], np.linalg.svd(P, compute_uv=False), rtol=0, atol=1e-12)
+
+
+def test_conv_norm_bound_is_the_norm_of_the_circular_convolution_on_the_padded_grid():
+    # padding (top, bottom, left, right) = (1, 2, 1, 2) of 6 x 4 inputs: the circular cross-correlation on the
+    # 9 x 7 grid (np.roll), whose largest singular value comes from the dense matrix's SVD
+    conv = Conv2d(2, 3, 3, padding=(1, 2, 1, 2), bias=False, rng=34)
+    M = _dense(lambda E: _circular_xcorr(E, conv.params["W"]), (9, 7, 2))
+    assert conv_norm_bound(conv, (6, 4, 2)) == pytest.approx(np.linalg.svd(M, compute_uv=False)[0], rel=1e-12)
+
+
 # ----------------------------------------------------------------------------- Lipschitz bounds
 
 def _random_bn_vgg(rng):
@@ -283,6 +335,75 @@ def test_local_lipschitz_is_the_top_singular_value_of_the_finite_difference_jaco
         ref.append(np.linalg.norm(J, 2))
     # central differences err by O(h^2) + rounding eps |f| / h ~ 1e-10; relu kinks are not met at random points
     np.testing.assert_allclose(local_lipschitz(model, X, reduce=None), ref, rtol=1e-6)
+
+
+def test_lipschitz_bound_of_a_convolution_is_its_norm_by_power_and_the_padded_circular_bound_by_fft():
+    # method="power": the exact norm of the zero-padded convolution (dense SVD); method="fft": the norm of the
+    # circular convolution on the padded grid, strictly above it here (by 13%)
+    conv = Conv2d(2, 3, 3, padding=1, bias=False, rng=37)
+    exact = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)[0]
+    circular = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, conv.params["W"]), (8, 8, 2)), compute_uv=False)[0]
+    net = Sequential(conv)
+    # power iteration to 1e-13 relative change (sigma_2 / sigma_1 = 0.88 here): 1e-6 is far above its residual
+    assert lipschitz_upper_bound(net, (6, 6, 2), tol=1e-13, n_iter=5000) == pytest.approx(exact, rel=1e-6)
+    assert lipschitz_upper_bound(net, (6, 6, 2), method="fft") == pytest.approx(circular, rel=1e-12)
+    assert circular > exact * (1 + 1e-3)
+
+
+def test_product_bound_multiplies_the_tabulated_constants_of_the_layers():
+    # Notes of lipschitz_upper_bound, each factor in closed form: batch norm max_c |gamma_c| / sqrt(v_c + eps),
+    # max pooling 3x3 stride 2 sqrt(2 * 2), average pooling 3x3 stride 2 by FFT sqrt(4 / 9), sigmoid 1/4, global
+    # average pooling of a 2 x 2 map 1/2, Flatten, Dropout and Identity 1, a Linear layer its largest singular
+    # value (numpy's SVD)
+    bn = BatchNorm2d(2)
+    bn.buffers["running_var"][...] = [0.5, 2.0]
+    bn.params["gamma"][...] = [1.5, -3.0]
+    lin = Linear(2, 3, rng=36)
+    net = Sequential(bn, MaxPool2d(3, stride=2), AvgPool2d(3, stride=2), Activation("sigmoid"), GlobalAvgPool2d(),
+                     Flatten(), Dropout(0.5), Identity(), lin)
+    expected = (max(1.5 / np.sqrt(0.5 + bn.eps), 3.0 / np.sqrt(2.0 + bn.eps)) * 2.0 * (2.0 / 3.0) * 0.25 * 0.5
+                * np.linalg.svd(lin.params["W"], compute_uv=False)[0])
+    assert lipschitz_upper_bound(net, (11, 11, 2), method="fft") == pytest.approx(expected, rel=1e-12)
+
+
+def test_max_pooling_constant_is_attained_by_one_pixel_in_four_windows():
+    # 3x3 windows with stride 2: pixel (2, 2) of a 7 x 7 image lies in 4 windows and is the max of each when it
+    # alone is lit, so |f(e_p) - f(0)| = sqrt(4) = 2 |e_p|: the tabulated sqrt(ceil(3/2) ceil(3/2)) is attained
+    pool = MaxPool2d(3, stride=2)
+    e = np.zeros((1, 7, 7, 1))
+    e[0, 2, 2, 0] = 1.0
+    attained = np.linalg.norm(pool.forward(e) - pool.forward(np.zeros_like(e)))
+    assert attained == 2.0
+    assert lipschitz_upper_bound(Sequential(pool), (7, 7, 1)) == attained
+
+
+def test_average_pooling_fft_constant_is_above_its_exact_norm():
+    # sqrt(overlap / window) = sqrt(4 / 9) for 3x3 windows with stride 2, an upper bound of the norm (dense SVD)
+    pool = AvgPool2d(3, stride=2)
+    exact = np.linalg.svd(_dense(pool.forward, (7, 7, 1)), compute_uv=False)[0]
+    bound = lipschitz_upper_bound(Sequential(pool), (7, 7, 1), method="fft")
+    assert bound == pytest.approx(2.0 / 3.0, rel=1e-15) and bound >= exact
+
+
+def test_averaged_bound_of_two_convolutions_takes_fft_bounds_of_single_layers_and_the_merged_norm():
+    # Combettes-Pesquet for A2 relu A1: (|A2 A1| + |A2| |A1|) / 2, with the single layers' certified FFT bounds
+    # (the circular convolution on the padded grid, dense SVD) and the merged norm by power iteration, capped by
+    # the product of the bounds (dense SVD of the composition)
+    c1 = Conv2d(1, 2, 3, padding=1, bias=False, rng=37)
+    c2 = Conv2d(2, 1, 3, padding=1, bias=False, rng=38)
+    b1 = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, c1.params["W"]), (7, 7, 1)), compute_uv=False)[0]
+    b2 = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, c2.params["W"]), (7, 7, 2)), compute_uv=False)[0]
+    merged = min(np.linalg.svd(_dense(lambda E: c2.forward(c1.forward(E)), (5, 5, 1)), compute_uv=False)[0],
+                 b1 * b2)
+    net = Sequential(c1, Activation("relu"), c2)
+    L = lipschitz_upper_bound(net, (5, 5, 1), bound="averaged", method="fft", tol=1e-13, n_iter=5000)
+    # the merged norm by power iteration: 1e-6 relative, far above its residual
+    assert L == pytest.approx((merged + b1 * b2) / 2, rel=1e-6)
+
+
+def test_input_jacobian_of_an_empty_batch_is_empty_with_the_image_shape():
+    J = input_jacobian(_random_bn_vgg(39), np.zeros((0, 8, 8, 1)))
+    assert J.shape[0] == 0 and J.shape[2:] == (8, 8, 1)
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -448,6 +569,70 @@ def test_universal_perturbation_keep_best_returns_the_epoch_with_the_highest_foo
     assert np.linalg.norm(best) <= 3.0 * (1 + 1e-12)
     assert np.mean(np.argmax(_outputs(model, X + best), axis=1) != k) == pytest.approx(rates.max())
     assert np.mean(np.argmax(_outputs(model, X + last), axis=1) != k) == pytest.approx(rates[-1])
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_attacks_of_radius_zero_return_the_images(norm):
+    model = _random_bn_vgg(43)
+    X = np.random.default_rng(44).standard_normal((3, 8, 8, 1))
+    y = np.arange(3)
+    assert np.array_equal(fgsm(model, X, y, 0.0, norm=norm), X)
+    assert np.array_equal(pgd(model, X, y, 0.0, norm=norm, steps=3, step_size=0.5), X)
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_pgd_random_start_is_uniform_in_the_ball(norm):
+    # with no step the returned point is the start x + d: Linf, the coordinates of d / eps are uniform on
+    # [-1, 1]; L2, |d| / eps to the power d = 9 is uniform on [0, 1] (the volume of the ball of radius r is
+    # r^d of it). Kolmogorov-Smirnov against these laws, fixed seed (p-values 0.36 and 0.77 measured)
+    from scipy import stats
+
+    model = _linear_binary(np.ones((3, 3)))
+    X = np.random.default_rng(45).standard_normal((400, 3, 3, 1))
+    eps = 0.7
+    d = (pgd(model, X, np.zeros(400, int), eps, norm=norm, steps=0, random_start=True, rng=46) - X).reshape(400, -1)
+    sample = d.ravel() / eps if norm == "inf" else (np.linalg.norm(d, axis=1) / eps) ** 9
+    law = stats.uniform(-1, 2) if norm == "inf" else stats.uniform(0, 1)
+    assert stats.kstest(sample, law.cdf).pvalue > 1e-3
+
+
+def test_norm_is_inf_or_2_as_text_or_number_and_other_values_are_refused():
+    model = _random_bn_vgg(47)
+    X, y = np.random.default_rng(47).standard_normal((2, 8, 8, 1)), np.zeros(2, int)
+    np.testing.assert_array_equal(fgsm(model, X, y, 0.1, norm=2), fgsm(model, X, y, 0.1, norm="2"))
+    np.testing.assert_array_equal(fgsm(model, X, y, 0.1, norm=np.inf), fgsm(model, X, y, 0.1, norm="inf"))
+    assert not np.array_equal(fgsm(model, X, y, 0.1, norm="2"), fgsm(model, X, y, 0.1, norm="inf"))
+    for norm in ("l1", 1, True, None, [2]):  # [2] (unhashable) raised a TypeError from the alias table
+        with pytest.raises(ValueError, match="norm must be 'inf'"):
+            fgsm(model, X, y, 0.1, norm=norm)
+
+
+@pytest.mark.parametrize("norm", ["2", "inf"])
+def test_certified_radius_of_a_linear_classifier(norm):
+    # logits (0, <w, x> + b): the Jacobian has the rows 0 and w, so L = |w|; the margin is |<w, x> + b| and the
+    # certified radius margin / (sqrt(2) L) (Tsuzuku et al. 2018, Prop. 1), divided by sqrt(H W C) for Linf
+    w = np.random.default_rng(48).standard_normal((3, 3))
+    model = _linear_binary(w, b=0.5)
+    X = np.random.default_rng(49).standard_normal((6, 3, 3, 1))
+    s = (X[..., 0] * w).sum(axis=(1, 2)) + 0.5
+    y = (s > 0).astype(int)
+    expected = np.abs(s) / (np.sqrt(2.0) * np.linalg.norm(w)) / (3.0 if norm == "inf" else 1.0)
+    np.testing.assert_allclose(certified_radius(model, X, y, np.linalg.norm(w), norm=norm), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("rng", [3, 4, 7])
+def test_universal_perturbation_keep_best_is_the_first_epoch_of_highest_rate(rng):
+    # v after epoch k is the v of a run with max_epochs=k (same rng: the same trajectory); keep_best returns it for
+    # the first epoch of highest fooling rate. Trajectories (measured): rng=3, 0.43 then lower (the first epoch is
+    # the best); rng=4, 0.23, 0.33, 0.3, 0.27 (later epochs beat the first, not the best); rng=7, 0.3, 0.23, 0.1,
+    # 0.3 (a tie with the first)
+    model = Model(vgg_small((8, 8, 1), 4, width=3, batch_norm=False, rng=41), (8, 8, 1), 4)
+    X = np.random.default_rng(41).standard_normal((30, 8, 8, 1))
+    kwargs = {"norm": "2", "delta": 0.0, "batch_size": 5, "steps": 5, "rng": rng}
+    best, rates = universal_perturbation(model, X, 3.0, keep_best=True, max_epochs=4, **kwargs)
+    assert len(rates) == 4 and rates.argmax() < 3
+    at_best, _ = universal_perturbation(model, X, 3.0, max_epochs=int(rates.argmax()) + 1, **kwargs)
+    np.testing.assert_array_equal(best, at_best)
 
 
 # ----------------------------------------------------------------------------- spectral normalisation
