@@ -515,6 +515,7 @@ def test_fit_gabor_recovers_an_axis_aligned_gabor_filter(xi):
     f = _gabor_numpy(5, 1.0, D, xi, np.zeros(2), phi)
     fit = fit_gabor(f)
     assert fit.residual < 1e-8
+    assert fit.xi[0] >= 0.0  # the convention, however small xi_1
     sign = 1.0 if fit.xi @ xi > 0 else -1.0
     np.testing.assert_allclose(fit.xi, sign * xi, atol=1e-6)
     np.testing.assert_allclose(fit.phase, np.mod(sign * phi, 2 * np.pi), atol=1e-6)
