@@ -127,11 +127,13 @@ def test_batches_cover_the_set_once_in_a_reproducible_order():
     assert [len(b) for _, b in batches(X, y, 4, rng=3, drop_last=True)] == [4, 4]
 
 
-def test_random_shift_translates_each_image_with_edge_or_constant_fill():
-    rng_draws = np.random.default_rng(5).integers(-2, 3, size=(3, 2))
+@pytest.mark.parametrize("max_shift", [1, 2])
+def test_random_shift_translates_each_image_with_edge_or_constant_fill(max_shift):
+    rng_draws = np.random.default_rng(5).integers(-max_shift, max_shift + 1, size=(3, 2))
+    assert np.any(rng_draws != 0)  # some image moves
     X = np.random.default_rng(6).standard_normal((3, 6, 5, 2))
     for fill in (None, -7.0):
-        out = random_shift(X, 2, np.random.default_rng(5), fill=fill)
+        out = random_shift(X, max_shift, np.random.default_rng(5), fill=fill)
         for k, (dy, dx) in enumerate(rng_draws):
             for i in range(6):
                 for j in range(5):
@@ -326,6 +328,20 @@ def test_load_mnist_counts_the_classes_of_both_sets(train_top, test_top, tmp_pat
     np.savez(tmp_path / "small.npz", x_train=x, y_train=np.arange(5) % (train_top + 1), x_test=x[:2],
              y_test=np.array([0, test_top]))
     assert load_mnist(tmp_path / "small.npz", standardize=False).n_classes == 5
+
+
+def test_load_mnist_divides_both_sets_by_scale(fake_mnist):
+    arrays, _, npz = fake_mnist
+    data = load_mnist(npz, standardize=False, scale=4.0)
+    np.testing.assert_array_equal(data.X_train[..., 0], arrays["x_train"] / 4.0)
+    np.testing.assert_array_equal(data.X_test[..., 0], arrays["x_test"] / 4.0)
+
+
+def test_load_mnist_refuses_a_limit_below_the_number_of_classes(fake_mnist):
+    # a stratified subset keeps at least one image of each of the 10 classes
+    _, _, npz = fake_mnist
+    with pytest.raises(ValueError, match="limit must be an integer >= 10, got 1"):
+        load_mnist(npz, limit=1)
 
 
 def test_load_mnist_limit_at_or_above_the_training_size_keeps_every_image(fake_mnist):
