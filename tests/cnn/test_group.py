@@ -273,17 +273,19 @@ def test_rotate_p4_is_an_action_of_z4():
     np.testing.assert_array_equal(rotate_p4(rotate_p4(f, 1), 2), rotate_p4(f, 3))
 
 
-def test_rotate_p4_turns_positions_and_shifts_orientations():
-    # (r f)(u, c, s) = f(r^{-1} u, c, s - 1), with r^{-1} (i, j) = (j, n - 1 - i) for a counterclockwise
-    # quarter turn of an n x n grid, written entry by entry (with the action test above, every k)
-    n, C = 4, 2
-    f = np.random.default_rng(16).standard_normal((1, n, n, 4 * C))
-    expected = np.empty_like(f)
-    for i in range(n):
-        for j in range(n):
+@pytest.mark.parametrize("H, W", [(4, 4), (3, 5)])
+def test_rotate_p4_turns_positions_and_shifts_orientations(H, W):
+    # (r f)(u, c, s) = f(r^{-1} u, c, s - 1), with r^{-1} (i, j) = (j, W - 1 - i) for a counterclockwise
+    # quarter turn of an H x W grid (a W x H map comes out), written entry by entry (with the action test
+    # above, every k)
+    C = 2
+    f = np.random.default_rng(16).standard_normal((1, H, W, 4 * C))
+    expected = np.empty((1, W, H, 4 * C))
+    for i in range(W):
+        for j in range(H):
             for c in range(C):
                 for s in range(4):
-                    expected[0, i, j, 4 * c + s] = f[0, j, n - 1 - i, 4 * c + (s - 1) % 4]
+                    expected[0, i, j, 4 * c + s] = f[0, j, W - 1 - i, 4 * c + (s - 1) % 4]
     np.testing.assert_array_equal(rotate_p4(f, 1), expected)
 
 
@@ -466,9 +468,10 @@ def test_gabor_filter_is_the_seed_model():
     ref = _gabor_numpy(5, 1.5, D, xi, np.array([0.5, -0.25]), 0.3)
     np.testing.assert_allclose(gabor_filter((5, 5), 1.5, D, xi, center=(0.5, -0.25), phase=0.3), ref,
                                rtol=0, atol=1e-14)
-    # the complex model's real part, with u0 = 0 and phi = 0: psi(u) = C exp(-u^T D u) exp(i u^T xi)
-    np.testing.assert_allclose(gabor_filter((5, 5), 1.5, D, xi, real=False).real,
-                               _gabor_numpy(5, 1.5, D, xi, np.zeros(2), 0.0), rtol=0, atol=1e-14)
+    # the complex model, with u0 = 0 and phi = 0: psi(u) = C exp(-u^T D u) exp(i u^T xi), whose imaginary
+    # part C exp(-u^T D u) sin(u^T xi) is -C exp(-u^T D u) cos(u^T xi + pi / 2)
+    psi = _gabor_numpy(5, 1.5, D, xi, np.zeros(2), 0.0) - 1j * _gabor_numpy(5, 1.5, D, xi, np.zeros(2), np.pi / 2)
+    np.testing.assert_allclose(gabor_filter((5, 5), 1.5, D, xi, real=False), psi, rtol=0, atol=1e-14)
 
 
 def test_fit_gabor_recovers_a_gabor_filter():
