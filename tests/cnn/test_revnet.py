@@ -99,11 +99,13 @@ def linear_map_matrix(f, in_shape):
     return np.stack(cols, axis=1)
 
 
-def test_injective_pad_inverse_is_the_moore_penrose_pseudo_inverse():
-    pad = InjectivePad(4, 10)
-    P = linear_map_matrix(pad.forward, (2, 2, 4))  # (40, 16)
-    np.testing.assert_allclose(P.T @ P, np.eye(16), atol=0)  # isometric embedding
-    y = np.random.default_rng(2).standard_normal((1, 2, 2, 10))  # off the range of P
+@pytest.mark.parametrize("c_in, c_out", [(4, 10), (2, 4), (2, 2)])
+def test_injective_pad_inverse_is_the_moore_penrose_pseudo_inverse(c_in, c_out):
+    # also the smallest pads: one channel per half, padded or not
+    pad = InjectivePad(c_in, c_out)
+    P = linear_map_matrix(pad.forward, (2, 2, c_in))  # (4 c_out, 4 c_in)
+    np.testing.assert_allclose(P.T @ P, np.eye(4 * c_in), atol=0)  # isometric embedding
+    y = np.random.default_rng(2).standard_normal((1, 2, 2, c_out))  # off the range of P
     np.testing.assert_allclose(pad.inverse(y).ravel(), np.linalg.pinv(P) @ y.ravel(), atol=1e-14)
 
 
@@ -238,7 +240,8 @@ def _describe(layer):
     return (type(layer).__name__, (layer.channels, layer.stride))
 
 
-@pytest.mark.parametrize("C, width, blocks, stages", [(1, 4, 1, 2), (1, 8, 2, 2), (2, 8, 1, 1), (1, 6, 2, 3)])
+@pytest.mark.parametrize("C, width, blocks, stages", [(1, 4, 1, 2), (1, 8, 2, 2), (2, 8, 1, 1), (1, 6, 2, 3),
+                                                     (2, 10, 1, 1)])
 def test_irevnet_body_is_space_to_depth_pad_and_revblocks_of_its_notes(C, width, blocks, stages):
     # the injective padding only where width > 4 C; a stride-2 block opening every stage after the first
     net = irevnet_small((8, 8, C), 3, width=width, blocks=blocks, stages=stages, rng=0)
@@ -258,6 +261,28 @@ def test_irevnet_features_have_h_w_over_2_to_the_stages_and_4_to_the_stages_minu
     z = net.features(x)
     assert z.shape == (2,) + net.feature_shape()
     assert np.abs(net.inverse(z) - x).max() < INVERSE_ATOL_64
+
+
+@pytest.mark.parametrize("in_shape, feature_shape", [
+    ((8, 8, 1), (2, 2, 16)),  # 4x4 -> 2x2 (2x2 is below 4: no further stage)
+    ((28, 28, 1), (7, 7, 16)),  # 14x14 -> 7x7 (odd)
+    ((16, 8, 1), (4, 2, 16)),  # 8x4 -> 4x2: the smaller side decides
+    ((64, 64, 1), (8, 8, 64)),  # 32x32 -> 16x16 -> 8x8: at most 3 stages
+])
+def test_irevnet_default_stages_halve_while_both_sides_are_even_and_at_least_4(in_shape, feature_shape):
+    # after the first space-to-depth, a stage per halving while both sides are even and the smaller is >= 4,
+    # at most 3 stages (irevnet_small's defaults, "8x8: 4x4 then 2x2; 28x28: 14x14 then 7x7"); width 4
+    assert irevnet_small(in_shape, 3, width=4, blocks=1, rng=0).feature_shape() == feature_shape
+
+
+def test_bottleneck_convolutions_have_a_bias_only_without_batch_norm():
+    # conv3x3 - BN - sigma - conv3x3 - BN, "batch normalisation after each convolution (then without bias)":
+    # a bias before a batch normalisation is cancelled by its centring
+    names = {k: v.shape for k, v in bottleneck(2, 3, hidden=5, rng=0).named_parameters().items()}
+    assert names == {"0.W": (3, 3, 2, 5), "1.gamma": (5,), "1.beta": (5,), "3.W": (3, 3, 5, 3), "4.gamma": (3,),
+                     "4.beta": (3,)}
+    names = {k: v.shape for k, v in bottleneck(2, 3, hidden=5, batch_norm=False, rng=0).named_parameters().items()}
+    assert names == {"0.W": (3, 3, 2, 5), "0.b": (5,), "2.W": (3, 3, 5, 3), "2.b": (3,)}
 
 
 @pytest.mark.parametrize("in_shape, stages", [((8, 8, 1), 4), ((12, 8, 1), 3)])
