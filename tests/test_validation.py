@@ -77,3 +77,67 @@ def test_check_integer_states_both_bounds_when_it_has_two():
         check_integer(7, "k", minimum=1, maximum=5)
     with pytest.raises(ValueError, match=r"^k must be an integer <= 5, got 6$"):
         check_integer(6, "k", minimum=None, maximum=5)
+
+
+# --------------------------------------------------------------------------- the shared checks, directly
+def test_check_integer_refuses_a_value_beyond_either_bound_alone():
+    from shallow._validation import check_integer
+
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 0, got -1$"):
+        check_integer(-1, "k", minimum=0)
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 0 and <= 9, got -1$"):
+        check_integer(-1, "k", minimum=0, maximum=9)  # below the minimum, within the maximum
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 0 and <= 9, got 10$"):
+        check_integer(10, "k", minimum=0, maximum=9)
+    assert check_integer(np.int64(0), "k", minimum=0, maximum=9) == 0
+
+
+def test_check_positive_refuses_zero_and_check_nonnegative_takes_it():
+    from shallow._validation import check_nonnegative, check_positive
+
+    with pytest.raises(ValueError, match=r"^eta must be a positive finite number, got 0.0$"):
+        check_positive(0.0, "eta")
+    assert check_positive(5e-324, "eta") == 5e-324  # the smallest subnormal is positive
+    assert check_nonnegative(0.0, "noise") == 0.0
+
+
+def test_check_finite_labels_refuses_nan_and_infinite_float_labels_only():
+    from shallow._validation import check_finite_labels
+
+    with pytest.raises(ValueError, match=r"^y contains 2 NaN or infinite label\(s\)$"):
+        check_finite_labels(np.array([0.0, np.nan, 1.0, np.inf]))
+    for y in (np.array([0.0, 2.0]), np.array([3, -1]), np.array(["cat", "dog"])):
+        assert check_finite_labels(y) is y
+
+
+def test_cast_within_range_refuses_finite_float64_values_beyond_float32():
+    # 1e39 > 3.4e38, the largest float32: the cast would make it inf. An infinity already in x, a cast
+    # that widens, and integers are passed through (other checks name non-finite input).
+    from shallow._validation import cast_within_range
+
+    with pytest.raises(ValueError, match=r"^X has values up to 1e\+39 in absolute value, beyond the largest float32"):
+        cast_within_range(np.array([1.0, -1e39]), np.float32, "X", "the network")
+    assert np.isinf(cast_within_range(np.array([np.inf, 1e39]), np.float32, "X", "the network")).all()
+    assert cast_within_range(np.array([1e38], np.float32), np.float64, "X", "the network")[0] == np.float32(1e38)
+    assert cast_within_range(np.array([3.0e38]), np.float32, "X", "the network")[0] == np.float32(3.0e38)
+    assert cast_within_range(np.array([2**40]), np.float32, "X", "the network")[0] == 2.0**40
+
+
+def test_check_points_checks_the_number_of_coordinates():
+    from shallow._validation import check_points
+
+    with pytest.raises(ValueError, match=r"^X has shape \(4, 3\) but d=2 coordinates were expected$"):
+        check_points(np.ones((4, 3)), d=2)
+    with pytest.raises(ValueError, match=r"^X must have at least one coordinate, got shape \(4, 0\)$"):
+        check_points(np.ones((4, 0)))
+    assert check_points(np.ones((4, 1)), d=1).shape == (4, 1)
+
+
+def test_check_integer_refuses_booleans_and_non_integers():
+    # True is an Integral in Python, but never a count: refused like 2.0
+    from shallow._validation import check_integer
+
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 1, got True \(bool\)$"):
+        check_integer(True, "k", minimum=1)
+    with pytest.raises(ValueError, match=r"^k must be an integer, got 2.0 \(float\)$"):
+        check_integer(2.0, "k")
