@@ -139,5 +139,5 @@ def test_check_integer_refuses_booleans_and_non_integers():
 
     with pytest.raises(ValueError, match=r"^k must be an integer >= 1, got True \(bool\)$"):
         check_integer(True, "k", minimum=1)
-    with pytest.raises(ValueError, match=r"^k must be an integer, got 2.0 \(float\)$"):
+    with pytest.raises(ValueError, match=r"^k must be an integer >= 0, got 2.0 \(float\)$"):
         check_integer(2.0, "k")
