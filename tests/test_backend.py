@@ -52,6 +52,34 @@ def test_gpu_available_never_raises():
     assert backend.gpu_available() in (True, False)
 
 
+class _FakeCupy:
+    """A stand-in for the cupy module: a device that does or does not answer, and arithmetic that does or
+    does not work (CuPy can import, and even report a device, while every CUDA call fails)."""
+
+    def __init__(self, available, works):
+        self._works = works
+        self.cuda = type("cuda", (), {"is_available": staticmethod(lambda: available)})
+
+    def arange(self, n):
+        if not self._works:
+            raise RuntimeError("cudaErrorInsufficientDriver")
+        return np.arange(n)
+
+
+@pytest.mark.parametrize("available, works, usable", [(True, True, True), (False, True, False),
+                                                      (True, False, False), (False, False, False)])
+def test_cupy_is_used_only_when_a_device_is_reported_and_answers(monkeypatch, available, works, usable):
+    fake = _FakeCupy(available, works)
+    monkeypatch.delenv("SHALLOW_DISABLE_CUPY", raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    backend._cupy.cache_clear()
+    try:
+        assert (backend._cupy() is fake) is usable
+        assert backend.gpu_available() is usable
+    finally:
+        backend._cupy.cache_clear()  # the next call looks at the real cupy again
+
+
 def test_import_shallow_imports_no_optional_dependency():
     code = ("import sys, shallow, shallow.sphere, shallow.harmonics, shallow.backend; "
             "shallow.backend.gpu_available() if False else None; "
