@@ -635,6 +635,81 @@ def test_universal_perturbation_keep_best_is_the_first_epoch_of_highest_rate(rng
     np.testing.assert_array_equal(best, at_best)
 
 
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_attacks_leave_an_image_with_zero_input_gradient_unchanged(norm):
+    # w = 0: the margin f_1 - f_0 = 0 has gradient 0 everywhere; the step is sign(0) = 0 or 0 (not 0 / 0), and
+    # the projection of a zero displacement on a ball of radius 0 is 0 (not 0 / 0)
+    model = _linear_binary(np.zeros((3, 3)))
+    X = np.random.default_rng(50).standard_normal((2, 3, 3, 1))
+    y = np.zeros(2, int)
+    np.testing.assert_array_equal(fgsm(model, X, y, 0.3, norm=norm, loss="margin"), X)
+    for eps in (0.0, 0.3):
+        np.testing.assert_array_equal(pgd(model, X, y, eps, norm=norm, steps=2, step_size=0.1, loss="margin"), X)
+
+
+def test_fgsm_clips_to_the_box():
+    # margin <w, x> of class 1 over class 0: the Linf step is eps sign(w), then the box [lo, hi] (np.clip)
+    w = np.random.default_rng(51).standard_normal((3, 3))
+    model = _linear_binary(w)
+    X = np.random.default_rng(52).uniform(-1.0, 1.0, (4, 3, 3, 1))
+    adv = fgsm(model, X, np.zeros(4, int), 0.4, loss="margin", clip=(-0.8, 0.9))
+    np.testing.assert_array_equal(adv, np.clip(X + 0.4 * np.sign(w)[None, :, :, None], -0.8, 0.9))
+
+
+def test_pgd_default_step_is_two_and_a_half_eps_over_the_number_of_steps():
+    # Linf, linear margin <w, x>, from x: the iterates are x + min(t s, eps) sign(w) with s = 2.5 eps / T, so the
+    # margin rises by eps |w|_1 min(t 2.5 / T, 1) (closed form; T = 4: 0.625 eps per step, capped after two).
+    # For T = 1 the step 2.5 eps exceeds the ball's width 2 eps along each coordinate: from any random start one
+    # step reaches the maximiser x + eps sign(w) (every coordinate clipped to the face of the ball)
+    w = np.random.default_rng(53).standard_normal((3, 3))
+    model = _linear_binary(w)
+    X = np.random.default_rng(54).standard_normal((6, 3, 3, 1))
+    y = np.zeros(6, int)
+    _, hist = pgd(model, X, y, 0.5, steps=4, loss="margin", return_history=True)
+    m0 = (X[..., 0] * w).sum(axis=(1, 2))
+    rise = 0.5 * np.abs(w).sum() * np.minimum(2.5 * np.arange(5) / 4, 1.0)
+    # sums of 9 O(1) terms: 1e-12
+    np.testing.assert_allclose(hist["loss"], m0[None, :] + rise[:, None], rtol=0, atol=1e-12)
+    adv = pgd(model, X, y, 0.5, steps=1, random_start=True, rng=0, loss="margin")
+    np.testing.assert_allclose(adv, X + 0.5 * np.sign(w)[None, :, :, None], rtol=0, atol=1e-15)
+
+
+def test_pgd_keeps_the_first_of_iterates_with_equal_loss():
+    # margin <w, x> + 1e20: the moves of <w, x> (order 1) vanish in the rounding of 1e20, so every iterate has
+    # the same loss while the points move; the first of them, x_0 = x, is returned
+    w = np.random.default_rng(55).standard_normal((3, 3))
+    model = _linear_binary(w, b=1e20)
+    X = np.random.default_rng(56).standard_normal((3, 3, 3, 1))
+    adv, hist = pgd(model, X, np.zeros(3, int), 0.5, steps=3, loss="margin", return_history=True)
+    assert np.all(hist["loss"] == 1e20)
+    np.testing.assert_array_equal(adv, X)
+
+
+def test_universal_perturbation_fooling_rates_are_those_of_the_clipped_images():
+    # the rate after the last epoch, recomputed from v: the fraction of images whose prediction on
+    # clip(x + v, lo, hi) differs from the clean one
+    w = np.random.default_rng(27).standard_normal((3, 3))
+    model = _linear_binary(w, b=-1.0)
+    X = np.random.default_rng(57).uniform(-0.5, 0.5, (20, 3, 3, 1))
+    k = np.argmax(_outputs(model, X), axis=1)
+    v, rates = universal_perturbation(model, X, 0.5, delta=0.0, max_epochs=2, batch_size=20, steps=5, rng=0,
+                                      clip=(-0.3, 0.3))
+    fooled = np.argmax(_outputs(model, np.clip(X + v, -0.3, 0.3)), axis=1) != k
+    assert rates[-1] == pytest.approx(fooled.mean()) and 0 < rates[-1] < 1
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.5])
+def test_universal_perturbation_stops_once_the_fooling_rate_reaches_one_minus_delta(delta):
+    # eps large enough for eps sign(w) to flip every image (closed form: margins below eps |w|_1): the first epoch
+    # fools them all, rate 1 >= 1 - delta, and no second epoch is run
+    w = np.random.default_rng(27).standard_normal((3, 3))
+    model = _linear_binary(w, b=-1.0)
+    X = 0.2 * np.random.default_rng(58).standard_normal((10, 3, 3, 1))
+    assert np.all(1.0 - (X[..., 0] * w).sum(axis=(1, 2)) < 2.0 * np.abs(w).sum())
+    _, rates = universal_perturbation(model, X, 2.0, delta=delta, max_epochs=5, batch_size=10, steps=5, rng=0)
+    np.testing.assert_array_equal(rates, [1.0])
+
+
 # ----------------------------------------------------------------------------- spectral normalisation
 
 def test_spectral_projection_bounds_every_layer_norm():
@@ -663,6 +738,19 @@ def test_projected_optimizer_keeps_the_bound_through_training():
     assert opt.t == 8
     # 5 layers of norm <= 1 (FFT-certified), global average pooling of a 2x2 map (1/2), relu and max pooling 1
     assert lipschitz_upper_bound(model, method="fft") <= 0.5 * (1 + 1e-9)
+
+
+def test_spectral_projection_puts_a_linear_layer_above_the_bound_onto_it():
+    # W <- W / max(1, sigma(W) / bound): sigma 3 becomes the bound 1.5 (numpy's SVD after the projection), and the
+    # norm before is returned; a layer below the bound is untouched
+    big, small = Linear(5, 4, rng=59), Linear(4, 3, rng=60)
+    big.params["W"] *= 3.0 / np.linalg.norm(big.params["W"], 2)
+    small.params["W"] *= 1.0 / np.linalg.norm(small.params["W"], 2)
+    W_small = small.params["W"].copy()
+    before = SpectralProjection((5,), 1.5)(Sequential(big, Activation("relu"), small))
+    assert sorted(before.values()) == [pytest.approx(1.0, rel=1e-12), pytest.approx(3.0, rel=1e-12)]
+    assert np.linalg.norm(big.params["W"], 2) == pytest.approx(1.5, rel=1e-12)
+    np.testing.assert_array_equal(small.params["W"], W_small)
 
 
 # ----------------------------------------------------------------------------- bad input
