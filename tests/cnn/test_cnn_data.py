@@ -129,9 +129,11 @@ def test_batches_cover_the_set_once_in_a_reproducible_order():
 
 @pytest.mark.parametrize("max_shift", [1, 2])
 def test_random_shift_translates_each_image_with_edge_or_constant_fill(max_shift):
-    rng_draws = np.random.default_rng(5).integers(-max_shift, max_shift + 1, size=(3, 2))
-    assert np.any(rng_draws != 0)  # some image moves
-    X = np.random.default_rng(6).standard_normal((3, 6, 5, 2))
+    n = 12
+    rng_draws = np.random.default_rng(5).integers(-max_shift, max_shift + 1, size=(n, 2))
+    for axis in (0, 1):  # every shift, both signs, along both axes
+        assert set(rng_draws[:, axis]) == set(range(-max_shift, max_shift + 1))
+    X = np.random.default_rng(6).standard_normal((n, 6, 5, 2))
     for fill in (None, -7.0):
         out = random_shift(X, max_shift, np.random.default_rng(5), fill=fill)
         for k, (dy, dx) in enumerate(rng_draws):
