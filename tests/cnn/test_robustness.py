@@ -25,6 +25,7 @@ from shallow.cnn import (
     Linear,
     MaxPool2d,
     Model,
+    Residual,
     Sequential,
     fit,
     resnet_small,
@@ -269,6 +270,16 @@ def test_conv_norm_bound_is_the_norm_of_the_circular_convolution_on_the_padded_g
     assert conv_norm_bound(conv, (6, 4, 2)) == pytest.approx(np.linalg.svd(M, compute_uv=False)[0], rel=1e-12)
 
 
+def test_spectral_norm_returns_a_top_right_singular_vector_of_the_layer():
+    # the last iterate, of shape (1,) + in_shape and unit norm, is +- the first right singular vector of W^T
+    # (the layer maps x to x W: numpy's SVD of W, left singular vectors); 1e-6 for a converged power iteration
+    lin = Linear(7, 4, rng=61)
+    sigma, v = spectral_norm(lin, tol=1e-14, n_iter=5000, rng=0, return_vector=True)
+    U, S, _ = np.linalg.svd(lin.params["W"])
+    assert v.shape == (1, 7) and sigma == pytest.approx(S[0], rel=1e-10)
+    assert abs(float(v[0] @ U[:, 0])) == pytest.approx(1.0, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------- Lipschitz bounds
 
 def _random_bn_vgg(rng):
@@ -404,6 +415,21 @@ def test_averaged_bound_of_two_convolutions_takes_fft_bounds_of_single_layers_an
 def test_input_jacobian_of_an_empty_batch_is_empty_with_the_image_shape():
     J = input_jacobian(_random_bn_vgg(39), np.zeros((0, 8, 8, 1)))
     assert J.shape[0] == 0 and J.shape[2:] == (8, 8, 1)
+
+
+def test_residual_block_constant_is_the_sum_of_its_branches():
+    # y = x W + x (identity shortcut): L(body) + L(shortcut) = |W| + 1 (numpy's SVD), for either bound
+    lin = Linear(3, 3, bias=False, rng=62)
+    block = Sequential(Residual(lin))
+    expected = np.linalg.norm(lin.params["W"], 2) + 1.0
+    for bound in ("product", "averaged"):
+        assert lipschitz_upper_bound(block, (3,), bound=bound, method="fft") == pytest.approx(expected, rel=1e-12)
+
+
+def test_input_jacobian_does_not_depend_on_the_batching():
+    model = _random_bn_vgg(63)
+    X = np.random.default_rng(64).standard_normal((3, 8, 8, 1))
+    np.testing.assert_array_equal(input_jacobian(model, X, batch_size=1), input_jacobian(model, X, batch_size=2))
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -708,6 +734,24 @@ def test_universal_perturbation_stops_once_the_fooling_rate_reaches_one_minus_de
     assert np.all(1.0 - (X[..., 0] * w).sum(axis=(1, 2)) < 2.0 * np.abs(w).sum())
     _, rates = universal_perturbation(model, X, 2.0, delta=delta, max_epochs=5, batch_size=10, steps=5, rng=0)
     np.testing.assert_array_equal(rates, [1.0])
+
+
+def test_universal_perturbation_inner_steps_stop_once_the_whole_batch_is_fooled():
+    # one batch of all images, Linf: every step adds s sign(w) (the summed cross-entropy gradients are positive
+    # multiples of w), so after t steps the margins are m_n - t s |w|_1; the inner loop stops at the first t at
+    # which all of them are negative, t = floor(max_n m_n / (s |w|_1)) + 1 (within eps), and v = t s sign(w)
+    w = np.random.default_rng(27).standard_normal((3, 3))
+    model = _linear_binary(w, b=-2.0)
+    X = 0.2 * np.random.default_rng(65).standard_normal((8, 3, 3, 1))
+    m = 2.0 - (X[..., 0] * w).sum(axis=(1, 2))
+    assert np.all(m > 0)  # every image predicted 0
+    s = 0.01
+    t = int(np.floor(m.max() / (s * np.abs(w).sum()))) + 1
+    assert t * s < 2.0 and int(np.floor(m.min() / (s * np.abs(w).sum()))) + 1 < t  # inside the ball; not all at once
+    v, rates = universal_perturbation(model, X, 2.0, delta=0.0, max_epochs=1, batch_size=8, steps=1000, step_size=s,
+                                      rng=0)
+    np.testing.assert_allclose(v[..., 0], t * s * np.sign(w), rtol=1e-12)
+    assert rates[-1] == 1.0
 
 
 # ----------------------------------------------------------------------------- spectral normalisation
