@@ -988,7 +988,10 @@ def input_jacobian(model, X, *, batch_size=256):
                 e[:, k] = 1
                 rows.append(xp.array(model.backward(e)))
             out.append(xp.stack(rows, axis=1))
-    return xp.concatenate(out) if out else xp.zeros((0, 0) + X.shape[1:], dtype=X.dtype)
+        if not out:  # no images: K from the output of one zero image (eval mode: no state moves)
+            K = model.forward(xp.zeros((1,) + X.shape[1:], dtype=X.dtype)).shape[1]
+            return xp.zeros((0, K) + X.shape[1:], dtype=X.dtype)
+    return xp.concatenate(out)
 
 
 def local_lipschitz(model, X, *, reduce="max", batch_size=256):

@@ -412,9 +412,15 @@ def test_averaged_bound_of_two_convolutions_takes_fft_bounds_of_single_layers_an
     assert L == pytest.approx((merged + b1 * b2) / 2, rel=1e-6)
 
 
-def test_input_jacobian_of_an_empty_batch_is_empty_with_the_image_shape():
-    J = input_jacobian(_random_bn_vgg(39), np.zeros((0, 8, 8, 1)))
-    assert J.shape[0] == 0 and J.shape[2:] == (8, 8, 1)
+def test_input_jacobian_of_an_empty_batch_has_the_documented_shape_and_moves_no_state():
+    # (N, K) + image shape with N = 0 and K = 5 the model's outputs; the batch-norm statistics stay put
+    model = _random_bn_vgg(39)
+    before = {k: np.copy(v) for k, v in model.named_buffers().items()}
+    assert before  # the model has batch-norm statistics to watch
+    J = input_jacobian(model, np.zeros((0, 8, 8, 1)))
+    assert J.shape == (0, 5, 8, 8, 1)
+    for key, value in before.items():
+        np.testing.assert_array_equal(model.named_buffers()[key], value, err_msg=key)
 
 
 def test_residual_block_constant_is_the_sum_of_its_branches():
