@@ -552,6 +552,19 @@ def test_project_zonal_repeated_breakpoint_is_one_breakpoint(d):
     np.testing.assert_allclose(mu, ref, rtol=1e-12)
 
 
+@pytest.mark.parametrize("d", [5, 8])
+def test_project_zonal_with_interior_pieces_carries_the_weight_on_every_piece(d):
+    # Breakpoints -0.5 and 0.3 cut [-1, 1] into a left-end, an interior and a right-end piece, and |t + 0.5| is
+    # non-zero on all three: each piece's nodes must carry the whole weight (1 - t^2)^((d - 3)/2) (d != 3, so
+    # that it is not 1). Against quad on the same three pieces: 1e-12 absolute.
+    g = lambda t: np.abs(t + 0.5) * np.exp(t)  # noqa: E731
+    mu = harmonics.project_zonal(g, d, 6, breakpoints=(-0.5, 0.3))
+    for k in range(7):
+        ref = sum(quad_against_w(lambda t: g(t) * scipy_legendre(k, d, t), d, lo, hi)
+                  for lo, hi in [(-1.0, -0.5), (-0.5, 0.3), (0.3, 1.0)])
+        assert mu[k] == pytest.approx(ref, abs=1e-12), k
+
+
 @pytest.mark.parametrize("alpha", [0, 1, 2, 3])
 @pytest.mark.parametrize("d", [2, 3, 6, 20])
 def test_project_zonal_relu_alpha_closed_form_bach2017(alpha, d):
