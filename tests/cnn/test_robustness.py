@@ -60,6 +60,16 @@ def _dense(fn, in_shape):
     return fn(E).reshape(d, -1).T
 
 
+def _dense_norm(fn, in_shape):
+    """The largest singular value of that matrix (numpy's SVD): the operator norm of the linear map."""
+    return np.linalg.svd(_dense(fn, in_shape), compute_uv=False)[0]
+
+
+def _circular_norm(W, grid):
+    """The operator norm of the circular cross-correlation by W on images of shape ``grid`` (H, W, C)."""
+    return _dense_norm(lambda E: _circular_xcorr(E, W), grid)
+
+
 def _circular_xcorr(x, W):
     """y[p, q, o] = sum_{i, j, c} W[i, j, c, o] x[(p + i) % H, (q + j) % W, c] for x of shape (N, H, W, C)."""
     KH, KW = W.shape[:2]
@@ -210,7 +220,7 @@ def test_power_iteration_matches_fft_singular_values_of_a_circular_convolution()
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
 def test_spectral_norm_of_zero_padded_conv_matches_dense_svd_and_fft_bound_is_above(stride, padding):
     conv = Conv2d(2, 3, 3, stride=stride, padding=padding, bias=False, rng=6)
-    dense = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)[0]
+    dense = _dense_norm(conv.forward, (6, 6, 2))
     assert spectral_norm(conv, (6, 6, 2), tol=1e-13, n_iter=5000, rng=1) == pytest.approx(dense, rel=1e-6)
     # the FFT bound is certified: never below the exact norm (up to rounding)
     assert conv_norm_bound(conv, (6, 6, 2)) >= dense * (1 - 1e-12)
@@ -266,8 +276,7 @@ def test_conv_norm_bound_is_the_norm_of_the_circular_convolution_on_the_padded_g
     # padding (top, bottom, left, right) = (1, 2, 1, 2) of 6 x 4 inputs: the circular cross-correlation on the
     # 9 x 7 grid (np.roll), whose largest singular value comes from the dense matrix's SVD
     conv = Conv2d(2, 3, 3, padding=(1, 2, 1, 2), bias=False, rng=34)
-    M = _dense(lambda E: _circular_xcorr(E, conv.params["W"]), (9, 7, 2))
-    assert conv_norm_bound(conv, (6, 4, 2)) == pytest.approx(np.linalg.svd(M, compute_uv=False)[0], rel=1e-12)
+    assert conv_norm_bound(conv, (6, 4, 2)) == pytest.approx(_circular_norm(conv.params["W"], (9, 7, 2)), rel=1e-12)
 
 
 def test_spectral_norm_returns_a_top_right_singular_vector_of_the_layer():
@@ -352,8 +361,8 @@ def test_lipschitz_bound_of_a_convolution_is_its_norm_by_power_and_the_padded_ci
     # method="power": the exact norm of the zero-padded convolution (dense SVD); method="fft": the norm of the
     # circular convolution on the padded grid, strictly above it here (by 13%)
     conv = Conv2d(2, 3, 3, padding=1, bias=False, rng=37)
-    exact = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)[0]
-    circular = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, conv.params["W"]), (8, 8, 2)), compute_uv=False)[0]
+    exact = _dense_norm(conv.forward, (6, 6, 2))
+    circular = _circular_norm(conv.params["W"], (8, 8, 2))
     net = Sequential(conv)
     # power iteration to 1e-13 relative change (sigma_2 / sigma_1 = 0.88 here): 1e-6 is far above its residual
     assert lipschitz_upper_bound(net, (6, 6, 2), tol=1e-13, n_iter=5000) == pytest.approx(exact, rel=1e-6)
@@ -391,7 +400,7 @@ def test_max_pooling_constant_is_attained_by_one_pixel_in_four_windows():
 def test_average_pooling_fft_constant_is_above_its_exact_norm():
     # sqrt(overlap / window) = sqrt(4 / 9) for 3x3 windows with stride 2, an upper bound of the norm (dense SVD)
     pool = AvgPool2d(3, stride=2)
-    exact = np.linalg.svd(_dense(pool.forward, (7, 7, 1)), compute_uv=False)[0]
+    exact = _dense_norm(pool.forward, (7, 7, 1))
     bound = lipschitz_upper_bound(Sequential(pool), (7, 7, 1), method="fft")
     assert bound == pytest.approx(2.0 / 3.0, rel=1e-15) and bound >= exact
 
@@ -402,10 +411,9 @@ def test_averaged_bound_of_two_convolutions_takes_fft_bounds_of_single_layers_an
     # the product of the bounds (dense SVD of the composition)
     c1 = Conv2d(1, 2, 3, padding=1, bias=False, rng=37)
     c2 = Conv2d(2, 1, 3, padding=1, bias=False, rng=38)
-    b1 = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, c1.params["W"]), (7, 7, 1)), compute_uv=False)[0]
-    b2 = np.linalg.svd(_dense(lambda E: _circular_xcorr(E, c2.params["W"]), (7, 7, 2)), compute_uv=False)[0]
-    merged = min(np.linalg.svd(_dense(lambda E: c2.forward(c1.forward(E)), (5, 5, 1)), compute_uv=False)[0],
-                 b1 * b2)
+    b1 = _circular_norm(c1.params["W"], (7, 7, 1))
+    b2 = _circular_norm(c2.params["W"], (7, 7, 2))
+    merged = min(_dense_norm(lambda E: c2.forward(c1.forward(E)), (5, 5, 1)), b1 * b2)
     net = Sequential(c1, Activation("relu"), c2)
     L = lipschitz_upper_bound(net, (5, 5, 1), bound="averaged", method="fft", tol=1e-13, n_iter=5000)
     # the merged norm by power iteration: 1e-6 relative, far above its residual
@@ -768,8 +776,7 @@ def test_spectral_projection_bounds_every_layer_norm():
     shape = (8, 8, 1)
     for layer in net.layers:
         if isinstance(layer, Conv2d):
-            exact = np.linalg.svd(_dense(lambda E, c=layer: c.forward(E) - c.params["b"], shape),
-                                  compute_uv=False)[0]
+            exact = _dense_norm(lambda E, c=layer: c.forward(E) - c.params["b"], shape)
             assert exact <= 1.5 * (1 + 1e-9)
         if isinstance(layer, Linear):
             assert np.linalg.norm(layer.params["W"], 2) <= 1.5 * (1 + 1e-9)
