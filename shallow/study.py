@@ -227,8 +227,7 @@ def _field_parser(field: dataclasses.Field):
         return {"type": parse_bool, "metavar": "BOOL"}
     if isinstance(default, tuple):
         # entries of the default's type; float when any entry is one (a default (1, 2.5) takes 0.5), or none
-        kinds = {type(v) for v in default}
-        inner = float if float in kinds or not default else type(default[0])
+        inner = float if not default or any(isinstance(v, float) for v in default) else type(default[0])
         return {"type": _tuple_parser(inner), "metavar": "A,B,..."}
     if isinstance(default, (int, float, str)):
         return {"type": type(default)}
