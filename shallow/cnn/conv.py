@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_integer
+from .._validation import check_array, check_bool, check_integer
 from ..backend import get_xp
 from . import _reduce
 from ._gemm import gemm, host_gemm
@@ -142,6 +142,9 @@ def _pair(value, name):
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: tuple[int, int], dilation: int) -> int:
     """floor((size + p_before + p_after - dilation (kernel - 1) - 1) / stride) + 1 (may be <= 0)."""
+    if not (isinstance(padding, (tuple, list)) and len(padding) == 2):
+        raise ValueError(f"padding must be a pair (p_before, p_after), got {padding!r}")
+    check_integer(stride, "stride", minimum=1)  # stride 0 divided by zero
     return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -260,7 +263,7 @@ class Conv2d(Layer):
         KH, KW = self.kernel_size
         cg = self.in_channels // self.groups
         self.params["W"] = init_weight((KH, KW, cg, self.out_channels), KH * KW * cg, init, rng, dtype)
-        if bias:
+        if check_bool(bias, "bias"):
             self.params["b"] = np.zeros(self.out_channels, dtype=dtype)
         self._plans = {}
 
@@ -588,13 +591,17 @@ def conv2d(x, W, b=None, *, stride=1, padding=0, dilation=1, groups=1, method="a
     if W.ndim != 4 or W.dtype not in (np.float32, np.float64):
         raise ValueError(f"W must be a float32 or float64 kernel of shape (KH, KW, C_in / groups, C_out), got "
                          f"shape {tuple(W.shape)} and dtype {W.dtype}")
+    W = check_array(W, "W")  # NaN or infinite weights
+    x = check_array(x, "x")  # a list, complex or NaN images (the shape is checked by the layer)
     KH, KW, cg, Co = W.shape
-    if b is not None and tuple(np.shape(b)) != (Co,):
-        raise ValueError(f"b must have shape (C_out,) = ({Co},) for W of shape {tuple(W.shape)}, got shape "
-                         f"{tuple(np.shape(b))}")
+    if b is not None:
+        b = check_array(b, "b")
+        if b.shape != (Co,):
+            raise ValueError(f"b must have shape (C_out,) = ({Co},) for W of shape {tuple(W.shape)}, got shape "
+                             f"{tuple(b.shape)}")
     layer = Conv2d(cg * groups, Co, (KH, KW), stride=stride, padding=padding, dilation=dilation, groups=groups,
                    bias=b is not None, init="zeros", dtype=W.dtype, method=method)
     layer.params["W"] = W
     if b is not None:
-        layer.params["b"] = xp.asarray(b)
+        layer.params["b"] = b
     return layer.forward(x)

@@ -93,27 +93,42 @@ def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
     numpy array of ``shape`` and ``dtype``
     """
     dtype = check_dtype(dtype)
+    fan_in = check_integer(fan_in, "fan_in", minimum=1)
     if isinstance(init, str):
         stds = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "normal": 1.0, "zeros": 0.0}
         if init not in stds:
             raise ValueError(f"init must be one of {', '.join(stds)} or a float std, got {init!r}")
         std = stds[init]
-    elif isinstance(init, numbers.Real) and not isinstance(init, bool) and init >= 0:
+    elif isinstance(init, numbers.Real) and not isinstance(init, bool) and 0 <= init < math.inf:
         std = float(init)
     else:
-        raise ValueError(f"init must be one of he, lecun, normal, zeros or a float std >= 0, got {init!r}")
+        raise ValueError(f"init must be one of he, lecun, normal, zeros or a finite float std >= 0, got {init!r}")
     rng = check_random_state(rng)
     if std == 0.0:
         return np.zeros(shape, dtype=dtype)
     return (std * rng.standard_normal(shape)).astype(dtype)
 
 
+def check_real(x, name: str = "x"):
+    """Refuse what is not a numpy or cupy array of real numbers (float, integer or bool), naming it.
+
+    O(1): the attributes only (a list failed with "'list' object has no attribute 'ndim'", a complex
+    array inside numpy's casting rules, deep in the layer).
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or getattr(x, "ndim", None) is None:
+        raise ValueError(f"{name} must be a numpy or cupy array, got {type(x).__name__}")
+    if dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold real numbers, got dtype {dtype}")
+
+
 def check_batch(x, name: str = "x"):
-    """Refuse an array that is not a 4-D channels-last batch (N, H, W, C), naming it.
+    """Refuse an array that is not a 4-D channels-last batch (N, H, W, C) of real numbers, naming it.
 
     The layers' cheap shape check on their hot path (no NaN scan: :func:`shallow.cnn.models.check_images`
     validates a model's inputs once, at the model).
     """
+    check_real(x, name)
     if x.ndim != 4:
         raise ValueError(f"{name} must be a batch of channels-last images of shape (N, H, W, C), got "
                          f"shape {tuple(x.shape)}")
@@ -512,10 +527,11 @@ class Linear(Layer):
         self.out_features = check_integer(out_features, "out_features", minimum=1)
         dtype = check_dtype(dtype)
         self.params["W"] = init_weight((self.in_features, self.out_features), self.in_features, init, rng, dtype)
-        if bias:
+        if check_bool(bias, "bias"):
             self.params["b"] = np.zeros(self.out_features, dtype=dtype)
 
     def _check(self, x, name="x"):
+        check_real(x, name)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{name} must have shape (N, {self.in_features}) for Linear({self.in_features}, "
                              f"{self.out_features}), got {tuple(x.shape)}")
@@ -619,6 +635,9 @@ class Flatten(Layer):
     """(N, H, W, C) -> (N, H W C), in channels-last (C-contiguous) order."""
 
     def forward(self, x):
+        check_real(x)
+        if x.ndim < 1:
+            raise ValueError("x must be a batch with its samples on the first axis, got a 0-d array")
         self._cache = x.shape
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: ambiguous for an empty batch
 
@@ -656,6 +675,7 @@ class Dropout(Layer):
         self.rngs["mask"] = check_random_state(rng)
 
     def forward(self, x):
+        check_real(x)
         if not self.training or self.p == 0:
             self._cache = None
             return x
@@ -666,6 +686,8 @@ class Dropout(Layer):
         return x * mask
 
     def backward(self, dy, need_input_grad=True):
+        if self._out_shape is None:  # _cache is None in eval mode too: the recorded output tells them apart
+            raise _missing_cache(self)
         if not need_input_grad:
             return None
         return dy if self._cache is None else dy * self._cache

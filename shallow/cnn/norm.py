@@ -36,11 +36,11 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_integer
+from .._validation import check_bool, check_integer, check_positive
 from ..backend import get_xp
 from . import _fused, _reduce
 from ._reduce import dot_rows, sum_rows
-from .layers import Layer, _get, _missing_cache, check_dtype
+from .layers import Layer, _get, _missing_cache, check_dtype, check_real
 
 __all__ = ["BatchNorm2d"]
 
@@ -74,20 +74,20 @@ class BatchNorm2d(Layer):
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True, dtype=np.float64):
         super().__init__()
         self.num_features = check_integer(num_features, "num_features", minimum=1)
-        if not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
-        if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        self.eps = check_positive(eps, "eps")  # eps = inf made every output beta
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.momentum = float(momentum)
         dtype = check_dtype(dtype)
         C = self.num_features
-        if affine:
+        if check_bool(affine, "affine"):
             self.params["gamma"] = np.ones(C, dtype=dtype)
             self.params["beta"] = np.zeros(C, dtype=dtype)
         self.buffers["running_mean"] = np.zeros(C, dtype=dtype)
         self.buffers["running_var"] = np.ones(C, dtype=dtype)
 
     def _check(self, x, name="x"):
+        check_real(x, name)
         if x.ndim < 2 or x.shape[-1] != self.num_features:
             raise ValueError(f"{name} must have {self.num_features} channels on its last axis, got shape "
                              f"{tuple(x.shape)}")

@@ -61,6 +61,13 @@ class _Pool2d(Layer):
             raise ValueError(f"{name} of size {H}x{W} is smaller than the pooling window {self.kernel_size}")
         return Ho, Wo
 
+    @staticmethod
+    def _real(x):
+        """Integer and boolean images as float64 (the -inf padding and the mean need floats), as the
+        convolution and the global pooling give them; other dtypes are left to check_batch."""
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        return x.astype(get_xp(x).float64) if kind in ("i", "u", "b") else x
+
     def _padded(self, x, value=None):
         ph, pw = self.padding
         if ph == 0 and pw == 0:
@@ -108,6 +115,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         Ho, Wo = self._geometry(x)
+        x = self._real(x)
         xp = get_xp(x)
         xpad = self._padded(x)
         y = None
@@ -215,6 +223,7 @@ class AvgPool2d(_Pool2d):
 
     def _average(self, x):
         Ho, Wo = self._geometry(x)
+        x = self._real(x)
         xp = get_xp(x)
         y = None
         for _, v in self._taps(self._padded(x), Ho, Wo):

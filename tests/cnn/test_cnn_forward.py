@@ -8,6 +8,8 @@ from scipy import signal
 
 from shallow.backend import to_numpy
 from shallow.cnn import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Sequential, conv2d
+from shallow.cnn.conv import conv_output_size
+from shallow.cnn.layers import init_weight
 
 METHODS = ["taps", "flat_im2col", "im2col"]
 
@@ -137,6 +139,82 @@ def test_conv2d_rejects_bad_configuration():
         Conv2d(3, 4, 3, stride=2, method="taps")
     with pytest.raises(ValueError, match="method must be one of"):
         Conv2d(3, 4, 3, method="fft")
+
+
+
+@pytest.mark.parametrize("x, match", [
+    ([[[[1.0]]]], "x must be a numpy or cupy array, got list"),
+    (np.ones((1, 3, 3, 1), dtype=complex), "x must hold real numbers, got dtype complex128"),
+], ids=["list", "complex"])
+@pytest.mark.parametrize("layer", [Conv2d(1, 1, 1), MaxPool2d(1), AvgPool2d(1), GlobalAvgPool2d(), BatchNorm2d(1),
+                                   Flatten(), Linear(1, 1)], ids=lambda layer: type(layer).__name__)
+def test_layers_reject_a_list_or_complex_input_naming_x(layer, x, match):
+    # a list failed with "'list' object has no attribute 'ndim'", a complex array with numpy's
+    # "Cannot cast ufunc 'add' output from dtype('complex128')" (MaxPool2d returned complex maxima)
+    if isinstance(layer, Linear) and not isinstance(x, list):
+        x = x.reshape(9, 1)
+    with pytest.raises(ValueError, match=match):
+        layer.forward(x)
+
+
+def test_conv2d_functional_rejects_nan_images_weights_and_bias_naming_them():
+    # NaN went through to NaN outputs; a complex b lost its imaginary part with a ComplexWarning
+    x, W = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 4))
+    with pytest.raises(ValueError, match="x contains 1 NaN"):
+        conv2d(np.where(np.arange(32).reshape(x.shape) == 5, np.nan, x), W)
+    with pytest.raises(ValueError, match="W contains 72 NaN"):
+        conv2d(x, W * np.nan)
+    with pytest.raises(ValueError, match="b must be real"):
+        conv2d(x, W, np.ones(4, dtype=complex))
+
+
+def test_conv_output_size_rejects_a_zero_stride_naming_it():
+    # ZeroDivisionError before; an int padding failed with "'int' object is not subscriptable"
+    with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+        conv_output_size(5, 3, 0, (0, 0), 1)
+    with pytest.raises(ValueError, match="padding must be a pair"):
+        conv_output_size(5, 3, 1, 1, 1)
+
+
+@pytest.mark.parametrize("make", [lambda: Conv2d(1, 1, 3, init=np.inf), lambda: Linear(1, 1, init=np.inf)],
+                         ids=["Conv2d", "Linear"])
+def test_layers_reject_an_infinite_init_std_naming_init(make):
+    # init=inf gave infinite weights without a word
+    with pytest.raises(ValueError, match="init must be"):
+        make()
+
+
+def test_init_weight_rejects_a_zero_fan_in_naming_it():
+    # ZeroDivisionError ('float division by zero') for "he"; -1 gave "math domain error"
+    with pytest.raises(ValueError, match="fan_in must be an integer >= 1"):
+        init_weight((2, 2), 0, "he", 0, np.float64)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: Conv2d(1, 1, 1, bias="no"), "bias"), (lambda: Linear(1, 1, bias="no"), "bias"),
+    (lambda: BatchNorm2d(1, affine="no"), "affine")], ids=["Conv2d", "Linear", "BatchNorm2d"])
+def test_layers_reject_a_flag_that_is_not_a_bool_naming_it(make, name):
+    # the string "no" was truthy: the layer was built with a bias (affine parameters)
+    with pytest.raises(ValueError, match=f"{name} must be True or False"):
+        make()
+
+
+def test_batchnorm_rejects_an_infinite_eps_and_a_bool_momentum():
+    # eps = inf made every output beta (0); momentum=True was read as 1
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
+        BatchNorm2d(2, eps=np.inf)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        BatchNorm2d(2, momentum=True)
+
+
+@pytest.mark.parametrize("pool", [MaxPool2d(2, padding=1), AvgPool2d(2)], ids=["max", "avg"])
+def test_pooling_takes_integer_images_as_float64(pool):
+    # AvgPool2d failed in numpy's casting ("Cannot cast ufunc 'multiply' output"), MaxPool2d cast its
+    # -inf padding to int ("invalid value encountered in cast") and returned int64
+    x = np.arange(16).reshape(1, 4, 4, 1)
+    y = pool.forward(x)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, pool.forward(x.astype(np.float64)))
 
 
 # --------------------------------------------------------------------------- pooling

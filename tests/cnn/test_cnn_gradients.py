@@ -316,3 +316,9 @@ def test_batchnorm_jvp_of_parameter_tangents_alone_matches_central_differences()
     layer, shape = make_layer("batchnorm_train")
     rng = np.random.default_rng(24)
     check_jvp(layer, rng.standard_normal(shape), rng, input_tangent=False)
+
+
+def test_dropout_backward_before_forward_is_refused_naming_the_layer():
+    # it returned dy unmasked: a wrong gradient without a word
+    with pytest.raises(RuntimeError, match="Dropout.backward was called before forward"):
+        Dropout(0.5, rng=0).backward(np.ones((2, 3)))
