@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .._validation import check_positive
+from .._validation import check_integer, check_positive
 from ..backend import get_xp
 
 __all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sample", "accuracy", "check_labels"]
@@ -42,6 +42,7 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     ValueError
         Naming ``name``, for a non-integer array, a wrong length or a label out of range.
     """
+    check_integer(n_classes, "n_classes", minimum=1)
     xp = get_xp(y)
     y = xp.asarray(y)
     _check_label_shape(y, n, name)
@@ -84,6 +85,11 @@ def log_softmax(z):
     array of z's shape
     """
     xp = get_xp(z)
+    z = xp.asarray(z)
+    if z.dtype.kind not in "fiu":
+        raise ValueError(f"z must hold real numbers, got dtype {z.dtype}")
+    if z.ndim < 1 or z.shape[-1] == 0:  # a max over no classes failed inside numpy
+        raise ValueError(f"z must have shape (..., K) with K >= 1 classes on its last axis, got {tuple(z.shape)}")
     shifted = z - z.max(axis=-1, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -91,11 +97,11 @@ def log_softmax(z):
 def accuracy(out, y) -> float:
     """The fraction of rows of ``out`` (N, K) whose argmax is the label ``y`` (N,)."""
     xp = get_xp(out)
-    out = xp.asarray(out)
-    _check_outputs(out, "out")
+    out = _check_outputs(out, "out")
     y = xp.asarray(y)
     if y.shape != (out.shape[0],):
         raise ValueError(f"y must hold one label per row of out, shape ({out.shape[0]},), got shape {tuple(y.shape)}")
+    y = check_labels(y, out.shape[1], "y")  # a label out of range, negative or fractional never matched: 0 right
     return float((xp.argmax(out, axis=1) == y).mean())
 
 
@@ -105,6 +111,8 @@ def _total(total, as_array):
 
 
 def _check_outputs(out, name="out"):
+    """``out`` as an array (a list is taken), refused unless of shape (N, K) with N, K >= 1 and real."""
+    out = get_xp(out).asarray(out)
     if out.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, got dtype {out.dtype}")
     if out.ndim != 2:
@@ -112,6 +120,7 @@ def _check_outputs(out, name="out"):
     if 0 in out.shape:  # a mean over no samples, or a softmax over no classes
         raise ValueError(f"{name} must hold at least one row (sample) and one column (output), got shape "
                          f"{tuple(out.shape)}")
+    return out
 
 
 def cross_entropy_per_sample(z, y):
@@ -152,7 +161,7 @@ class CrossEntropy:
         number (no transfer to the host: what a recorded step needs). ``check=False`` skips the
         labels' dtype and range checks (which read the device), not their shape.
         """
-        _check_outputs(z, "z")
+        z = _check_outputs(z, "z")
         if check:
             y = check_labels(y, z.shape[1], "y", n=z.shape[0])
         else:
@@ -166,7 +175,7 @@ class CrossEntropy:
 
     def __call__(self, z, y):
         """L for logits z of shape (N, K) and labels y of shape (N,)."""
-        _check_outputs(z, "z")
+        z = _check_outputs(z, "z")
         y = check_labels(y, z.shape[1], "y", n=z.shape[0])
         logp = log_softmax(z)
         return -float(logp[get_xp(z).arange(z.shape[0]), y].sum()) * self.scale / z.shape[0]
@@ -208,6 +217,8 @@ class SquareLoss:
             Y = xp.zeros(f.shape, dtype=f.dtype)
             Y[xp.arange(f.shape[0]), y] = self.target_value
             return Y
+        if y.dtype.kind not in "fiub":  # complex targets lost their imaginary part, strings failed in numpy
+            raise ValueError(f"y must hold class labels or real targets, got dtype {y.dtype}")
         if y.ndim == 1 and f.shape == (y.shape[0], 1):
             y = y[:, None]  # real targets of a network with one output
         if y.shape != f.shape:
@@ -219,7 +230,7 @@ class SquareLoss:
         """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K); L a float,
         or a 0-d float64 array on f's device with ``as_array=True``. ``check=False`` skips the
         labels' dtype and range checks, not their shape."""
-        _check_outputs(f, "f")
+        f = _check_outputs(f, "f")
         if f.dtype.kind != "f":  # integer outputs (accepted as real numbers): the targets and gradient are real
             f = f.astype(get_xp(f).float64)
         r = f - self._targets(f, y, check)  # (N, K)

@@ -36,11 +36,13 @@ References
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import check_bool, check_integer, check_nonnegative, check_positive
+from .._validation import check_array, check_bool, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
+from .layers import check_layer
 
 __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
 
@@ -178,7 +180,7 @@ class Optimizer:
         the model no longer reads: its steps would leave the model unchanged, with no error. An
         optimiser on some of the parameters (the others frozen) is accepted.
         """
-        params = model.named_parameters()
+        params = check_layer(model, "model").named_parameters()
         foreign = [name for name, p in self.params.items() if params.get(name) is not p]
         if foreign:
             raise ValueError(f"optimizer updates arrays that are not the model's parameters ({', '.join(foreign[:3])}"
@@ -188,7 +190,19 @@ class Optimizer:
     @property
     def lr(self) -> float:
         """The learning rate of the next step."""
-        return float(self.schedule(self.t))
+        return self._rate(self.t)
+
+    def _rate(self, t: int) -> float:
+        """eta_t from the schedule, refused unless a finite number >= 0 (a schedule of its own giving
+        -0.1 or NaN stepped up the gradient, or made every parameter NaN, without a word)."""
+        eta = self.schedule(t)
+        try:
+            eta = float(eta)
+        except (TypeError, ValueError):
+            raise ValueError(f"the learning rate schedule must return a number, got {eta!r} at step t={t}") from None
+        if not (math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"the learning rate schedule must return a finite number >= 0, got {eta!r} at step t={t}")
+        return eta
 
     def step(self, grads):
         """One update of every parameter from ``grads`` (a dict with the same names); t += 1."""
@@ -197,6 +211,8 @@ class Optimizer:
 
     def _ordered(self, grads) -> list:
         """The gradients in the order of the parameters, checked against them."""
+        if not isinstance(grads, Mapping):
+            raise ValueError(f"grads must be a dict of name -> array (model.named_gradients()), got {type(grads).__name__}")
         missing = [name for name in self.params if name not in grads]
         if missing:
             raise ValueError(f"grads has no gradient for the parameters {', '.join(missing[:5])}: "
@@ -204,6 +220,10 @@ class Optimizer:
         ordered = []
         for name, p in self.params.items():
             g = grads[name]
+            kind = getattr(getattr(g, "dtype", None), "kind", None)
+            if kind not in ("f", "i", "u"):  # a list had no .shape; a complex one failed in numpy's casting
+                what = f"dtype {g.dtype}" if kind else type(g).__name__
+                raise ValueError(f"grads[{name!r}] must be a real array, got {what}")
             if g.shape != p.shape:
                 raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} but the parameter has {tuple(p.shape)}")
             ordered.append(g)
@@ -216,7 +236,7 @@ class Optimizer:
         instead, written before each replay of a recorded step; the formula then rounds them to
         the parameters' dtype exactly as it rounds the floats, so both give the same numbers.
         """
-        return (float(self.schedule(t)),)
+        return (self._rate(t),)
 
     def _apply(self, ordered, coefficients):
         """The update from the ordered gradients and the step's coefficients; t is left alone."""
@@ -250,13 +270,16 @@ class Optimizer:
         """Restore what :meth:`state_dict` gave (in place, on the parameters' device)."""
         if not hasattr(state, "keys") or "t" not in state:
             raise ValueError("state must be a dict from state_dict(), holding the step count 't'")
-        self.t = check_integer(int(state["t"]), "state['t']", minimum=0)
+        t = state["t"]
+        if getattr(t, "ndim", None) == 0:  # a 0-d array, as np.load gives it
+            t = t.item()
+        self.t = check_integer(t, "state['t']", minimum=0)  # int() made 1.5 step 1 and "x" numpy's error
         for name, slots in self.state.items():
             for slot, value in slots.items():
                 key = f"{name}/{slot}"
                 if key not in state:
                     raise ValueError(f"the optimiser state has no entry {key!r}: was it saved for another model?")
-                saved = np.asarray(state[key])
+                saved = check_array(state[key], f"state[{key!r}]")  # complex, strings or NaN
                 if saved.shape != value.shape:
                     raise ValueError(f"the optimiser state {key!r} has shape {saved.shape}, expected {value.shape}")
                 value[...] = get_xp(value).asarray(saved)
@@ -343,7 +366,7 @@ class Adam(Optimizer):
     def _coefficients(self, t):
         """(1 - eta_t lambda) for AdamW's decay, eta_t / (1 - beta1^k) and 1 / (1 - beta2^k), k = t + 1."""
         b1, b2 = self.betas
-        lr, k = float(self.schedule(t)), t + 1
+        lr, k = self._rate(t), t + 1
         return 1.0 - lr * self.weight_decay, lr / (1.0 - b1 ** k), 1.0 / (1.0 - b2 ** k)
 
     def _update(self, p, g, state, coefficients):

@@ -383,3 +383,86 @@ def test_sgd_without_momentum_keeps_no_state():
     opt.step({"theta": np.array([1.0, -1.0])})
     np.testing.assert_array_equal(theta, [0.5, 2.5])
     assert opt.state_dict() == {"t": 1}
+
+
+@pytest.mark.parametrize("y, match", [
+    (np.array([0, 1, 7]), "y holds the label 7, out of range for 3 classes"),
+    (np.array([0, -1, 2]), "y holds the label -1"),
+    (np.array([0, 0.5, 2]), "y must hold integer class labels"),
+    (np.array([0, np.nan, 2]), "y must hold integer class labels"),
+], ids=["too large", "negative", "fractional", "NaN"])
+def test_accuracy_rejects_labels_that_are_not_classes_of_out(y, match):
+    # each such label matched no argmax: a fraction came back without a word (0.33 here)
+    from shallow.cnn import accuracy
+
+    with pytest.raises(ValueError, match=match):
+        accuracy(np.eye(3), y)
+
+
+@pytest.mark.parametrize("n_classes", [0, 2.5])
+def test_check_labels_rejects_a_number_of_classes_that_is_not_a_positive_integer(n_classes):
+    # 2.5 classes took labels 0, 1, 2; -1 classes took an empty y
+    from shallow.cnn.losses import check_labels
+
+    with pytest.raises(ValueError, match="n_classes must be an integer >= 1"):
+        check_labels(np.array([0, 1]), n_classes)
+
+
+def test_log_softmax_rejects_no_classes_and_complex_logits_naming_z():
+    # (2, 0) failed in numpy ('zero-size array to reduction operation maximum'); complex z went through
+    with pytest.raises(ValueError, match=r"z must have shape \(..., K\) with K >= 1"):
+        log_softmax(np.zeros((2, 0)))
+    with pytest.raises(ValueError, match="z must hold real numbers"):
+        log_softmax(np.ones((2, 3), dtype=complex))
+
+
+def test_losses_take_a_list_of_outputs():
+    # a list failed with "'list' object has no attribute 'dtype'"
+    z = [[1.0, 2.0], [0.5, -1.0]]
+    assert CrossEntropy()(z, [0, 1]) == CrossEntropy()(np.array(z), np.array([0, 1]))
+    assert SquareLoss()(z, [0, 1]) == SquareLoss()(np.array(z), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("y, match", [(np.ones((2, 2), dtype=complex), "complex128"), (np.array([["a", "b"]] * 2), "<U1")])
+def test_square_loss_rejects_complex_or_string_targets_naming_y(y, match):
+    # complex targets lost their imaginary part (ComplexWarning); strings failed inside numpy
+    with pytest.raises(ValueError, match=f"y must hold class labels or real targets, got dtype {match}"):
+        SquareLoss()(np.ones((2, 2)), y)
+
+
+@pytest.mark.parametrize("grads, match", [
+    ([np.ones(3)], "grads must be a dict"), ({"w": [1.0, 1.0, 1.0]}, r"grads\['w'\] must be a real array, got list"),
+    ({"w": np.ones(3, dtype=complex)}, r"grads\['w'\] must be a real array, got dtype complex128"),
+], ids=["list of grads", "list grad", "complex grad"])
+def test_optimizer_step_rejects_gradients_that_are_not_real_arrays_naming_grads(grads, match):
+    # numpy's 'truth value of an array ... is ambiguous', "'list' object has no attribute 'shape'",
+    # "Cannot cast ufunc 'subtract' output from dtype('complex128')"
+    with pytest.raises(ValueError, match=match):
+        SGD({"w": np.ones(3)}, 0.1).step(grads)
+
+
+@pytest.mark.parametrize("eta", [-0.1, math.nan])
+@pytest.mark.parametrize("opt", [SGD, Adam])
+def test_optimizers_reject_a_schedule_giving_a_negative_or_nan_rate(opt, eta):
+    # a schedule of one's own giving -0.1 stepped up the gradient, NaN made the parameters NaN
+    w = np.ones(3)
+    with pytest.raises(ValueError, match="the learning rate schedule must return a finite number >= 0"):
+        opt({"w": w}, lambda t: eta).step({"w": np.ones(3)})
+    np.testing.assert_array_equal(w, 1.0)
+
+
+@pytest.mark.parametrize("state, match", [
+    ({"t": 1.5, "w/momentum": np.zeros(3)}, r"state\['t'\] must be an integer"),
+    ({"t": np.array(2), "w/momentum": np.full(3, np.nan)}, r"state\['w/momentum'\] contains 3 NaN"),
+    ({"t": 2, "w/momentum": np.ones(3, dtype=complex)}, r"state\['w/momentum'\] must be real"),
+], ids=["fractional t", "NaN", "complex"])
+def test_load_state_dict_rejects_a_fractional_step_or_non_finite_state(state, match):
+    # t = 1.5 was truncated to 1; NaN was loaded; complex lost its imaginary part (ComplexWarning)
+    with pytest.raises(ValueError, match=match):
+        SGD({"w": np.ones(3)}, 0.1, momentum=0.9).load_state_dict(state)
+
+
+def test_check_model_rejects_what_is_not_a_layer_naming_model():
+    # "'int' object has no attribute 'named_parameters'"
+    with pytest.raises(TypeError, match="model must be a Layer"):
+        SGD({"w": np.ones(3)}, 0.1).check_model(3)
