@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -91,6 +92,8 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         raise ValueError(f"{name} must be a rectangular array of images: {err}") from None
     if x.dtype.kind not in "fiub":
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if in_shape is not None:
+        in_shape = _check_shape(in_shape)  # (8, 8) failed in an unpacking ('not enough values to unpack')
     grey = x.ndim == 3 and in_shape is not None and in_shape[2] == 1
     if grey:  # (N, H, W) single-channel images
         x = x[..., None]
@@ -448,7 +451,7 @@ def build_model(arch="vgg", in_shape=(8, 8, 1), n_classes=10, *, alpha=1.0, cent
 
 def snapshot(model) -> dict:
     """Copies of the trained parameters of ``model`` by name (theta_0 for :func:`relative_change`)."""
-    return {name: p.copy() for name, p in model.named_parameters().items()}
+    return {name: p.copy() for name, p in check_layer(model).named_parameters().items()}
 
 
 def relative_change(params, reference) -> float:
@@ -474,6 +477,9 @@ def relative_change(params, reference) -> float:
         params = params.named_parameters()
     if isinstance(reference, Layer):
         reference = reference.named_parameters()
+    for name, value in (("params", params), ("reference", reference)):
+        if not isinstance(value, Mapping):  # a list failed with "'list' object has no attribute 'items'"
+            raise TypeError(f"{name} must be a dict of name -> array or a Layer, got {type(value).__name__}")
     if set(params) != set(reference):
         raise ValueError(f"params and reference name different parameters: {sorted(set(params) ^ set(reference))[:5]}")
     for k, p in params.items():

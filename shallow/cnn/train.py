@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validation import check_bool, check_integer, check_random_state
+from .._validation import check_array, check_bool, check_integer, check_random_state
 from ..backend import array_digest, get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
@@ -186,7 +186,7 @@ def _copy_into(target: dict, saved: dict, kind: str, path):
         raise ValueError(f"checkpoint {str(path)!r} does not match the model: {kind} missing "
                          f"{missing[:5]}, unexpected {extra[:5]}")
     for name, arr in target.items():
-        value = np.asarray(saved[name])
+        value = check_array(to_numpy(saved[name]), f"checkpoint {str(path)!r}: {kind} {name!r}")  # NaN, complex, text
         if value.shape != arr.shape:
             raise ValueError(f"checkpoint {str(path)!r}: {kind} {name!r} has shape {value.shape}, the model "
                              f"has {tuple(arr.shape)}")

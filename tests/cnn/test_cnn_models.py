@@ -429,3 +429,20 @@ def test_the_smallest_architectures_one_output_width_one_one_stage_one_block_are
     assert sum(p.size for p in resnet.named_parameters().values()) == _resnet_count(1, 1, 1, 1, 1, True)
     for net in (vgg, resnet):
         assert Model(net, (4, 4), 1).forward(x).shape == (2, 1)
+
+
+def test_check_images_rejects_an_in_shape_that_is_not_h_w_c_naming_it():
+    # in_shape (8,) failed in an unpacking ('not enough values to unpack'); (8, 8) is read as C = 1
+    with pytest.raises(ValueError, match=r"in_shape must be \(H, W\) or \(H, W, C\)"):
+        check_images(np.ones((2, 8, 8, 1)), "X", in_shape=(8,))
+    assert check_images(np.ones((2, 8, 8, 1)), "X", in_shape=(8, 8)).shape == (2, 8, 8, 1)
+
+
+def test_snapshot_and_relative_change_reject_what_is_not_a_model_or_parameter_dict():
+    # "'int' object has no attribute 'named_parameters'", "'list' object has no attribute 'items'"
+    from shallow.cnn import snapshot
+
+    with pytest.raises(TypeError, match="model must be a Layer"):
+        snapshot(3)
+    with pytest.raises(TypeError, match="params must be a dict of name -> array or a Layer"):
+        relative_change([np.ones(3)], {"a": np.ones(3)})

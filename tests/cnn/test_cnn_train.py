@@ -7,7 +7,7 @@ import pytest
 
 from shallow.cnn import (SGD, Adam, Augment, Cosine, SquareLoss, TrainingDivergedError, build_model, evaluate,
                          fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
-                         snapshot)
+                         snapshot, vgg_small)
 
 
 @pytest.fixture(scope="module")
@@ -403,3 +403,12 @@ def test_predict_in_batches_of_one_and_of_no_images():
     np.testing.assert_allclose(predict(model, X, batch_size=1), model.forward(X), rtol=1e-13, atol=1e-15)
     empty = predict(model, X[:0])
     assert empty.shape == (0, 10)
+
+
+def test_load_checkpoint_rejects_nan_parameters_naming_the_checkpoint_and_parameter(tmp_path):
+    # a checkpoint of NaN parameters was loaded without a word: every output then NaN
+    model = vgg_small((8, 8, 1), 3, width=2, rng=0)
+    next(iter(model.named_parameters().values()))[...] = np.nan
+    path = save_checkpoint(tmp_path / "nan.npz", model)
+    with pytest.raises(ValueError, match=r"parameter '0.W' contains 18 NaN"):
+        load_checkpoint(path, vgg_small((8, 8, 1), 3, width=2, rng=0))
