@@ -20,6 +20,8 @@ References
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._validation import check_array, check_finite_labels, check_positive
@@ -64,7 +66,10 @@ class RidgeClassifier:
         if Phi.ndim < 2:
             raise ValueError(f"{name} must hold one feature vector per sample, shape (n, ...), got shape "
                              f"{tuple(Phi.shape)}")
-        return Phi.reshape(Phi.shape[0], -1).astype(np.float64)
+        p = math.prod(Phi.shape[1:])  # not -1: ambiguous for no samples ("cannot reshape array of size 0")
+        if p == 0:
+            raise ValueError(f"{name} must hold at least one feature per sample, got shape {tuple(Phi.shape)}")
+        return Phi.reshape(Phi.shape[0], p).astype(np.float64)
 
     def fit(self, Phi, y):
         """Fit on features Phi (n, ...) (flattened per sample) with integer labels y (n,); returns self."""

@@ -138,3 +138,11 @@ def test_ridge_score_rejects_labels_of_the_wrong_shape():
     clf = RidgeClassifier().fit(Phi, y)
     with pytest.raises(ValueError, match=r"y must hold one label per sample, shape \(6,\)"):
         clf.score(Phi, y[:, None])
+
+
+def test_ridge_fit_rejects_no_samples_or_no_features_naming_them():
+    # no samples failed inside numpy ('cannot reshape array of size 0 into shape (0,newaxis)')
+    with pytest.raises(ValueError, match="fit needs at least 2 samples, got n=0"):
+        RidgeClassifier().fit(np.ones((0, 5)), np.zeros(0, int))
+    with pytest.raises(ValueError, match="Phi must hold at least one feature per sample"):
+        RidgeClassifier().fit(np.ones((6, 0)), np.arange(6) % 2)
