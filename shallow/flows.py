@@ -132,6 +132,7 @@ class EmpiricalRisk:
 
         ``a`` and ``W`` default to the network's; the network supplies gamma and sigma.
         """
+        _check_network(net)
         a = net.a if a is None else a
         W = net.W if W is None else W
         X = self._inputs(net)
@@ -347,8 +348,9 @@ class PopulationRisk:
 
     def value_and_grad(self, net, a=None, W=None, need_grad=True):
         """Risk and its gradients with respect to a (m,) and W (m, d)."""
-        a = net.a if a is None else a
-        W = net.W if W is None else W
+        _check_network(net)
+        a = net.a if a is None else check_array(a, "a", finite=False)
+        W = net.W if W is None else check_array(W, "W", finite=False)
         self._check(net, a, W)
         xp = get_xp(a, W)
         gamma, s = net.gamma, self._scale
@@ -453,6 +455,7 @@ class Trajectory:
 
     def network(self, like):
         """A copy of the network ``like`` carrying this trajectory's final particles, on like's device."""
+        _check_network(like, "like")
         xp = get_xp(like.a)
         if tuple(self.a.shape) != tuple(like.a.shape) or tuple(self.W.shape) != tuple(like.W.shape):
             # another width would keep like's gamma = 1/m for the trajectory's m' neurons

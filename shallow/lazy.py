@@ -421,8 +421,8 @@ class LinearizedRisk:
         if not isinstance(lin, Linearized):
             raise TypeError("LinearizedRisk trains a tangent model: pass shallow.lazy.linearize(net), "
                             f"got {type(lin).__name__}")
-        a = lin.a if a is None else a
-        W = lin.W if W is None else W
+        a = lin.a if a is None else check_array(a, "a", finite=False)
+        W = lin.W if W is None else check_array(W, "W", finite=False)
         if a.shape != lin.a0.shape or W.shape != lin.W0.shape:  # O(1): this runs at every step of a flow
             raise ValueError(f"a and W must have the anchor's shapes {tuple(lin.a0.shape)} and {tuple(lin.W0.shape)}, "
                              f"got {tuple(a.shape)} and {tuple(W.shape)}")
@@ -575,6 +575,12 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
     check_symmetric(K, "K", "the Gram matrix of the training points")
     # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
+    # A Gram matrix is positive semidefinite: rounding leaves eigenvalues of order eps max |lam| below 0, an
+    # indefinite K (a negated or shifted kernel) far more; its flow grows like e^{|lam| t} instead of converging.
+    scale = float(xp.abs(lam).max())
+    if float(lam[0]) < -math.sqrt(float(np.finfo(lam.dtype).eps)) * scale:
+        raise ValueError(f"K must be positive semidefinite (the Gram matrix of the training points): its smallest "
+                         f"eigenvalue is {float(lam[0]):.3g} for a largest |eigenvalue| of {scale:.3g}")
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
     return xp, lam, U, coef, f0, K_test, f0_test
 

@@ -166,13 +166,15 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     With a single column block (cols = m) the value and the gradients come from one pass; otherwise
     each row chunk takes two (residuals first, then gradients), one more GEMM.
 
-    Only the shapes are checked, in O(1): NaN or infinite entries of X, a, W or the residuals come
+    Only the types, shapes and gamma are checked, in O(1): NaN or infinite entries of X, a, W or the residuals come
     out as NaN or inf in the results. :class:`TwoLayer` checks its parameters when it is built and
     its data at every call; ``flows.EmpiricalRisk`` its data once, and a flow stops on a risk that is
     not finite (``flows.FlowDivergenceError``).
     """
+    # Type, shape and gamma checks only (no pass over the entries): this is the inner loop of every flow step.
+    X, a, W = (check_array(v, name, finite=False) for v, name in ((X, "X"), (a, "a"), (W, "W")))
+    gamma = _check_gamma(gamma)
     xp = get_xp(X, a, W)
-    # Shape checks only (O(1)): this is the inner loop of every flow step.
     if X.ndim != 2 or a.ndim != 1 or W.ndim != 2 or a.shape[0] != W.shape[0] or X.shape[1] != W.shape[1]:
         raise ValueError(f"X, a and W must have shapes (n, D), (m,) and (m, D), got {tuple(X.shape)}, "
                          f"{tuple(a.shape)} and {tuple(W.shape)}")

@@ -741,3 +741,24 @@ def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_on
         ratios.append(np.linalg.norm(y3 - y2) / (tol * (1 + np.linalg.norm(y))))
     assert len(ratios) > 10
     assert 0.5 < max(ratios) <= 1 + 1e-6  # 1e-6: h is recovered as a difference of times
+
+
+def test_risks_value_and_grad_reject_a_non_network_or_parameters_that_are_not_arrays():
+    # a list a failed with AttributeError ('list' object has no attribute 'ndim'), a str net likewise
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    net = TwoLayer.init(4, 3, rng=0)
+    for risk in (EmpiricalRisk(X, X[:, 0]), PopulationRisk(TwoLayer.init(2, 3, rng=1))):
+        with pytest.raises(TypeError, match="net must be a TwoLayer network"):
+            risk.value_and_grad("net")
+        with pytest.raises(ValueError, match="a must be an array of real numbers"):
+            risk.value_and_grad(net, a="abcd")
+        value = risk.value_and_grad(net, a=net.a.tolist())[0]  # a list is an array like any other
+        assert value == risk.value_and_grad(net)[0]
+
+
+def test_trajectory_network_rejects_a_like_that_is_not_a_network():
+    # failed with AttributeError: 'int' object has no attribute 'a'
+    net = TwoLayer.init(4, 3, rng=0)
+    traj = gradient_flow(net, EmpiricalRisk(np.ones((2, 3)), np.ones(2)), steps=1, step_size=0.1)
+    with pytest.raises(TypeError, match="like must be a TwoLayer network"):
+        traj.network(3)

@@ -687,3 +687,22 @@ def test_lazy_diagnostics_finish_records_the_final_state_of_a_flow_run_without_i
     f = net.gamma * np.maximum(X @ traj.W.T, 0) @ traj.a
     assert res["step"].tolist() == [7] and res["t"][0] == pytest.approx(0.35, rel=1e-14)
     assert res["risk"][0] == pytest.approx(0.5 * np.mean((f - y) ** 2), rel=1e-12)
+
+
+def test_linearized_risk_rejects_parameters_that_are_not_arrays():
+    # a list a failed with AttributeError: 'list' object has no attribute 'shape'
+    X, y = _data(5, 3, 0)
+    lin = linearize(TwoLayer.init(4, 3, rng=0))
+    with pytest.raises(ValueError, match="a must be an array of real numbers"):
+        LinearizedRisk(X, y).value_and_grad(lin, a="abcd")
+    risk = LinearizedRisk(X, y)
+    assert risk.value_and_grad(lin, a=lin.a.tolist())[0] == risk.value_and_grad(lin)[0]
+
+
+@pytest.mark.parametrize("method", [lambda K, y: kernel_flow(K, y, 1e3), lambda K, y: kernel_regression(K, y, 0.1)])
+def test_kernel_methods_reject_a_K_that_is_not_positive_semidefinite(method):
+    # -K: kernel_flow grew like e^{|lam| t} (1e88 at t = 1e3), kernel_regression returned 0 without a word
+    X, y = _data(5, 3, 0)
+    K = empirical_ntk(TwoLayer.init(4, 3, rng=0), X)
+    with pytest.raises(ValueError, match="K must be positive semidefinite"):
+        method(-K, y)

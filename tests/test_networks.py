@@ -505,3 +505,23 @@ def test_init_balanced_draws_both_signs_of_a():
     # Binomial(400, 1/2), 200 +- 10; within 6 standard deviations.
     a = TwoLayer.init(400, 4, a_init="balanced", rng=7).a
     assert abs(int((a < 0).sum()) - 200) <= 60
+
+
+@pytest.mark.parametrize("args, match", [
+    ((np.ones((2, 3)).tolist(), None, None, 1.0), None),  # a list X failed with AttributeError: no attribute 'ndim'
+    ((np.ones((2, 3)), None, None, float("nan")), "gamma must be a positive finite number"),  # was a silent NaN
+    ((np.ones((2, 3)), None, None, "1"), "gamma must be a positive finite number"),  # was numpy's UFuncTypeError
+    ((np.ones((2, 3)), "abcd", None, 1.0), "a must be an array of real numbers"),
+])
+def test_fused_pass_rejects_non_arrays_and_a_nan_or_non_numeric_gamma(args, match):
+    from shallow.networks import fused_pass
+
+    net = TwoLayer.init(4, 3, rng=0)
+    X, a, W, gamma = args
+    a, W = net.a if a is None else a, net.W if W is None else W
+    if match is None:  # a nested list is an array like any other
+        np.testing.assert_array_equal(fused_pass(X, a, W, gamma, net.activation)[0],
+                                      fused_pass(np.asarray(X), a, W, gamma, net.activation)[0])
+        return
+    with pytest.raises(ValueError, match=match):
+        fused_pass(X, a, W, gamma, net.activation)
