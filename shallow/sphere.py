@@ -213,6 +213,8 @@ def gauss_jacobi(q, a, b):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= -1:
             raise ValueError(f"{name} must be a finite number > -1 (the weight (1 - u)^a (1 + u)^b is "
                              f"integrable), got {value!r}")
+    if a + b > 1e150:  # the recurrences hold (2n + a + b)^2 and a^2 - b^2, which overflow float64 near 1e154
+        raise ValueError(f"a + b must be at most 1e150 for a Gauss-Jacobi rule in float64, got a={a!r} and b={b!r}")
     with np.errstate(all="ignore"):
         if a == b == 0:
             nodes, weights = special.roots_legendre(q)
@@ -279,4 +281,13 @@ def lift(X):
     X = check_points(X, "X")
     xp = get_xp(X)
     Z = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)  # (n, d + 1)
-    return Z / xp.linalg.norm(Z, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):  # an overflow is handled below
+        norms = xp.linalg.norm(Z, axis=1, keepdims=True)  # (n, 1)
+    if not bool(xp.isfinite(norms).all()):
+        # |(x, 1)|^2 overflows for |x| beyond sqrt(max float) (1e154 in float64, 1.8e19 in float32) and the row
+        # became 0: such rows are divided by their largest entry first (exact direction, no overflow).
+        big = ~xp.isfinite(norms[:, 0])
+        Zb = Z[big] / xp.abs(Z[big]).max(axis=1, keepdims=True)
+        Z[big] = Zb
+        norms[big] = xp.linalg.norm(Zb, axis=1, keepdims=True)
+    return Z / norms

@@ -247,3 +247,19 @@ def test_inner_product_density_is_the_scaled_beta_law_at_and_beyond_the_poles(d)
 def test_sample_inner_product_of_no_points_is_empty():
     t = sphere.sample_inner_product(0, 4, rng=0)
     assert t.shape == (0,) and t.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e200), (np.float32, 1e30)])
+def test_lift_of_points_whose_squared_norm_overflows_is_their_direction(dtype, scale):
+    # |(x, 1)|^2 overflowed and lift returned the zero row, which is not on the sphere
+    X = np.array([[3.0, -4.0]]) * scale  # (1, 2)
+    Z = sphere.lift(X.astype(dtype))
+    # (x, 1) / |(x, 1)| = (x / |x|, 1 / |x|) to within rounding: (0.6, -0.8, 0.2 / scale)
+    np.testing.assert_allclose(Z[0, :2], [0.6, -0.8], rtol=4 * np.finfo(dtype).eps)
+    assert Z.dtype == dtype and 0 < Z[0, 2] < 1e-20
+
+
+def test_gauss_jacobi_rejects_exponents_whose_recurrence_overflows():
+    # a = 1e300 failed inside numpy with "array must not contain infs or NaNs"
+    with pytest.raises(ValueError, match=r"a \+ b must be at most 1e150"):
+        sphere.gauss_jacobi(4, 1e300, 0.0)
