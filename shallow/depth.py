@@ -46,8 +46,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import special
 
-from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_nonnegative, check_points,
-                          check_positive, check_random_state)
+from ._validation import (cast_within_range, check_array, check_bool, check_float_dtype, check_integer,
+                          check_nonnegative, check_points, check_positive, check_random_state)
 from .backend import device_of, get_xp, row_norms, to_device, to_numpy
 from .networks import BLOCK_BYTES, TwoLayer
 
@@ -132,7 +132,8 @@ class DeepReLU:
                                  f"{Ws[i - 1].shape[0]} neurons")
         if meta is not None and not isinstance(meta, Mapping):
             raise TypeError(f"meta must be a dict of facts about the construction, got {type(meta).__name__}")
-        dtype = xp.result_type(*[W.dtype for W in Ws], *[b.dtype for b in bs])
+        dtype = check_float_dtype(xp.result_type(*[W.dtype for W in Ws], *[b.dtype for b in bs]),
+                                  "the common dtype of weights and biases")
         self.weights = [W.astype(dtype, copy=False) for W in Ws]
         self.biases = [b.astype(dtype, copy=False) for b in bs]
         self.meta = dict(meta or {})
@@ -207,7 +208,7 @@ class DeepReLU:
         get_xp(X, self.weights[0])
         if X.shape[1] != self.d:
             raise ValueError(f"X has shape {tuple(X.shape)} but the network takes d={self.d} coordinates")
-        X = X.astype(self.dtype, copy=False)
+        X = cast_within_range(X, self.dtype, "X", "the network")
         n = X.shape[0]
         k = int(self.weights[-1].shape[0])
         width = max(max(self.widths, default=1), k, self.d)

@@ -341,6 +341,10 @@ def gaussian_norm_moment(h, d) -> float:
     h = float(h)
     if not h > -0.5 * d:
         raise ValueError(f"h must be > -d/2 = {-0.5 * d} for E|w|^(2h) to be finite, got {h}")
+    log_value = h * math.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d)
+    if log_value > math.log(np.finfo(np.float64).max):  # 2.0 ** h raised OverflowError
+        raise ValueError(f"E|w|^(2h) = exp({log_value:.6g}) is beyond the largest float64 for h={h} and d={d}: "
+                         "h must be smaller")
     value = 2.0 ** h * special.poch(0.5 * d, h)  # poch(a, h) = Gamma(a + h) / Gamma(a), accurate
     if not np.isfinite(value) or value == 0:  # pragma: no cover - d or h beyond poch's range
         value = np.exp(h * np.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d))

@@ -795,3 +795,11 @@ def test_sphere_weight_kernels_without_closed_form_on_the_diagonal_are_the_proje
     assert float(random_feature_kernel(x, None, name, "sphere")[0, 0]) == pytest.approx(ref, rel=1e-12, abs=0)
     kappa = dot_product_kernel("nngp", name, "sphere", d=d)
     assert float(kappa(np.array(1.0))) == pytest.approx(ref, rel=1e-12, abs=0)
+
+
+def test_gaussian_norm_moment_rejects_an_h_whose_moment_overflows():
+    # h = 1e6 raised OverflowError from 2.0 ** h; h = 500 gave inf, which divided a kernel to 0
+    with pytest.raises(ValueError, match="h must be smaller"):
+        gaussian_norm_moment(1e6, 3)
+    with pytest.raises(ValueError, match="h must be smaller"):
+        gaussian_norm_moment(500, 3)
