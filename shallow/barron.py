@@ -92,7 +92,7 @@ def _finite(value, name):
 
 
 def _check_norm(norm):
-    if isinstance(norm, bool) or norm not in _NORMS:
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real) or norm not in _NORMS:
         raise ValueError(f"norm must be 1 (|omega|_1, the seed's C_f) or 2 (|omega|, Barron 1993), got {norm!r}")
     return int(norm)
 
@@ -127,9 +127,11 @@ class CosineActivation:
     homogeneity = None
 
     def __call__(self, z):
+        z = check_array(z, "z", finite=False)
         return get_xp(z).cos(z)
 
     def derivative(self, z):
+        z = check_array(z, "z", finite=False)
         return -get_xp(z).sin(z)
 
     def __repr__(self):
@@ -412,10 +414,14 @@ def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):
     n = check_integer(n, "n", minimum=0)
     d = check_integer(d, "d", minimum=1)
     radius = check_positive(radius, "radius")
+    dtype = check_float_dtype(dtype)
+    if radius > float(np.finfo(dtype).max):  # the coordinates, up to radius, became inf in the cast
+        raise ValueError(f"radius={radius:g} is beyond the largest {dtype.name} ({float(np.finfo(dtype).max):.3g}): "
+                         "sample in float64 (or rescale)")
     rng = check_random_state(rng)
     U = _directions(n, d, rng)  # (n, d)
     r = radius * rng.random(n) ** (1.0 / d)  # (n,)
-    return to_device((U * r[:, None]).astype(check_float_dtype(dtype), copy=False), device)
+    return to_device((U * r[:, None]).astype(dtype, copy=False), device)
 
 
 # --------------------------------------------------------------------------------------------

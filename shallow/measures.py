@@ -592,8 +592,15 @@ def sliced_wasserstein(mu, nu, p=2, n_projections=200, rng=None, mu_weights=None
     norms = np.linalg.norm(G, axis=0, keepdims=True)
     G = G / np.where(norms > 0, norms, 1.0)
     P = xp.asarray(G.astype(X.dtype)) if xp is np else to_device(G.astype(X.dtype), device_of(X))
+    # As in wasserstein: |<u, x - y>|^p over- or underflows for coordinates far from 1 (SW_2 of points near
+    # 1e200 was inf), so the particles are scaled by a power of 2 (exact) there, and the distance back.
+    _, e = math.frexp(float(max(xp.abs(X).max(), xp.abs(Y).max())))
+    if abs(e) * p > np.finfo(X.dtype).maxexp // 4:  # else |x|^p is well within range: unscaled, as before
+        X, Y = xp.ldexp(X, -e), xp.ldexp(Y, -e)
+    else:
+        e = 0
     value = float(ot.sliced.sliced_wasserstein_distance(X, Y, a, b, projections=P, p=p))
-    return float(mass ** (1.0 / p) * value)
+    return math.ldexp(float(mass ** (1.0 / p) * value), e)
 
 
 def _generalised_kl(xp, p, q):

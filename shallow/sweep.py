@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._validation import check_integer
+from ._validation import check_bool, check_integer
 
 __all__ = [
     "sweep",
@@ -641,6 +641,8 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
         raise ValueError("the grid is empty: no point to sweep (is one of the axes given to grid() empty?)")
     if errors not in _ERRORS:
         raise ValueError(f"errors must be one of {_ERRORS}, got {errors!r}")
+    force = check_bool(force, "force")  # a string such as "no" would be true
+    progress = None if progress is None else check_bool(progress, "progress")
     if executor is not None and (scheduler is not None or workers is not None):
         raise ValueError("give either executor, or scheduler and workers, not both")
     mode, address = ("executor", None) if executor is not None else _parse_scheduler(scheduler)

@@ -455,3 +455,23 @@ def test_half_space_representations_draw_unit_directions_and_offsets_in_zero_r(k
     t = -W[:, 2]
     assert t.min() >= 0 and t.max() <= r
     assert stats.kstest(t / r, "uniform").pvalue > 1e-3
+
+
+def test_cosine_activation_rejects_input_that_is_not_an_array_of_real_numbers():
+    # a str failed in the backend with "arrays from different libraries cannot be mixed"
+    with pytest.raises(ValueError, match="z must be an array of real numbers"):
+        COSINE("a")
+    with pytest.raises(ValueError, match="z must be real"):
+        COSINE.derivative(np.array([1j]))
+
+
+def test_sample_ball_rejects_a_radius_beyond_the_dtype():
+    # radius 1e300 in float32 gave points with infinite coordinates
+    with pytest.raises(ValueError, match="radius=1e\\+300 is beyond the largest float32"):
+        sample_ball(3, 2, radius=1e300, rng=0, dtype=np.float32)
+
+
+def test_barron_norm_rejects_an_array_as_norm():
+    # failed with numpy's "truth value of an array with more than one element is ambiguous"
+    with pytest.raises(ValueError, match="norm must be 1"):
+        GaussianTarget(2).barron_norm(norm=np.array([1, 2]))

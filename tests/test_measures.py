@@ -558,3 +558,13 @@ def test_unbalanced_distance_between_clusters_of_unequal_sizes_matches_a_direct_
     expected = ot_eps(x, y) - ot_eps(x, x) / 2 - ot_eps(y, y) / 2  # equal masses: no mass term
     got = unbalanced_distance(x, y, reg=reg, reg_m=rho, mu_weights=ones, nu_weights=ones) ** 2
     assert got == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_sliced_wasserstein_is_homogeneous_far_from_unit_scale(scale):
+    # SW(c mu, c nu) = c SW(mu, nu): at c = 1e200 the projected |<u, x - y>|^2 overflowed and SW was inf
+    # (and underflowed to 0 at 1e-200); the scaling by a power of 2 nearest c is exact, so 4 eps covers pow
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((5, 2)), rng.standard_normal((6, 2))
+    ref = sliced_wasserstein(X, Y, rng=1)
+    assert sliced_wasserstein(X * scale, Y * scale, rng=1) == pytest.approx(ref * scale, rel=4 * np.finfo(float).eps)

@@ -458,3 +458,10 @@ def test_wall_times_are_each_points_run_time_and_cached_points_keep_theirs(tmp_p
     assert all(p["s"] <= t <= elapsed for p, t in zip(points, first.wall_times))
     again = sweep(sleeping_point, points, cache_dir=tmp_path, scheduler="serial")
     assert again.cached == [True, True] and again.wall_times == first.wall_times
+
+
+@pytest.mark.parametrize("name", ["force", "progress"])
+def test_sweep_rejects_force_or_progress_that_is_not_a_bool(name):
+    # force="no" was true: every cached point was recomputed
+    with pytest.raises(ValueError, match=f"{name} must be True or False, got 'no'"):
+        sweep(flow_point, grid(n=[1]), scheduler="serial", **{name: "no"})
