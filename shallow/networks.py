@@ -400,9 +400,9 @@ class TwoLayer:
             gamma = float(scale) / m
         else:
             raise ValueError(f"scale must be one of {_SCALES} or a positive float alpha, got {scale!r}")
-        if weights not in _WEIGHTS:
+        if not isinstance(weights, str) or weights not in _WEIGHTS:  # an array failed in numpy's truth test
             raise ValueError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
-        if a_init not in _A_INITS:
+        if not isinstance(a_init, str) or a_init not in _A_INITS:
             raise ValueError(f"a_init must be one of {_A_INITS}, got {a_init!r}")
         dtype = check_float_dtype(dtype)
         bias = check_bool(bias, "bias")

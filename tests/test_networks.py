@@ -525,3 +525,10 @@ def test_fused_pass_rejects_non_arrays_and_a_nan_or_non_numeric_gamma(args, matc
         return
     with pytest.raises(ValueError, match=match):
         fused_pass(X, a, W, gamma, net.activation)
+
+
+@pytest.mark.parametrize("name", ["weights", "a_init"])
+def test_init_rejects_an_array_as_a_string_option(name):
+    # failed with numpy's "truth value of an array with more than one element is ambiguous"
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+        TwoLayer.init(3, 2, **{name: np.array([1, 2])})
