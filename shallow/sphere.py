@@ -22,7 +22,7 @@ from scipy import special
 
 from ._validation import (check_array, check_dimension, check_float_dtype, check_integer, check_points,
                           check_random_state)
-from .backend import get_xp, to_device
+from .backend import get_xp, row_norms, to_device
 
 __all__ = [
     "sample_sphere",
@@ -281,13 +281,6 @@ def lift(X):
     X = check_points(X, "X")
     xp = get_xp(X)
     Z = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)  # (n, d + 1)
-    with np.errstate(over="ignore"):  # an overflow is handled below
-        norms = xp.linalg.norm(Z, axis=1, keepdims=True)  # (n, 1)
-    if not bool(xp.isfinite(norms).all()):
-        # |(x, 1)|^2 overflows for |x| beyond sqrt(max float) (1e154 in float64, 1.8e19 in float32) and the row
-        # became 0: such rows are divided by their largest entry first (exact direction, no overflow).
-        big = ~xp.isfinite(norms[:, 0])
-        Zb = Z[big] / xp.abs(Z[big]).max(axis=1, keepdims=True)
-        Z[big] = Zb
-        norms[big] = xp.linalg.norm(Zb, axis=1, keepdims=True)
-    return Z / norms
+    # row_norms scales each row by a power of 2 first: |(x, 1)|^2 overflowed for |x| beyond sqrt(max float)
+    # (1e154 in float64, 1.8e19 in float32) and such a row became 0
+    return Z / row_norms(Z)[:, None]
