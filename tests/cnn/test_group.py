@@ -547,6 +547,42 @@ def test_fit_gabor_keeps_the_centre_inside_the_grid(u0):
     assert fit.residual > 1e-3
 
 
+@pytest.mark.parametrize("D, xi, u0, phi, C", [
+    ([[0.48, -0.13], [-0.13, 0.09]], (0.79, 2.88), (-0.26, 0.11), 3.73, 1.77),
+    ([[0.29, 0.34], [0.34, 0.93]], (2.6, -2.73), (0.67, -0.24), 2.05, 1.99),
+    ([[0.37, -0.14], [-0.14, 0.38]], (2.83, -2.95), (-0.87, -0.94), 4.18, 0.83),
+])
+def test_fit_gabor_recovers_gabor_filters_of_high_frequency(D, xi, u0, phi, C):
+    # Frequencies near Nyquist with narrow or elongated envelopes, drawn at random: the fit with starts in
+    # the phase stopped in local minima with residuals 0.66, 0.19 and 0.27. Tolerances as for
+    # test_fit_gabor_recovers_a_gabor_filter (measured residuals 3e-16 to 6e-16)
+    D, xi, u0 = np.array(D), np.array(xi), np.array(u0)
+    fit = fit_gabor(_gabor_numpy(5, C, D, xi, u0, phi))
+    assert fit.residual < 1e-8
+    np.testing.assert_allclose(fit.xi, xi, atol=1e-6)
+    np.testing.assert_allclose(fit.phase, phi, atol=1e-6)
+    np.testing.assert_allclose(fit.D, D, atol=1e-6)
+    np.testing.assert_allclose(fit.center, u0, atol=1e-6)
+    np.testing.assert_allclose(fit.C, C, atol=1e-6)
+
+
+@pytest.mark.parametrize("K", [4, 5])
+def test_fit_gabor_model_is_the_gabor_function_of_the_returned_parameters(K):
+    # xi is free during the fit and returned in [-pi, pi]^2 (xi_1 >= 0) with the phase moved to match:
+    # on a grid of offsets s + integers (s = 1/2 for an even side) xi + 2 pi e_k is the same model with the
+    # phase phi + 2 pi (s_k - u0_k). White noise drives xi anywhere: the returned parameters must give the
+    # returned model, evaluated independently (to 1e-14 C: noise is fitted with C up to 2e6 here times a
+    # cosine near zero on the grid, where the phase's rounding is multiplied by C; measured below 2e-17 C)
+    rng = np.random.default_rng(5)
+    for f in rng.standard_normal((4, K, K)):
+        fit = fit_gabor(f)
+        assert np.all(np.abs(fit.xi) <= np.pi) and fit.xi[0] >= 0.0
+        assert 0.0 <= fit.phase < 2 * np.pi
+        np.testing.assert_allclose(_gabor_numpy(K, fit.C, fit.D, fit.xi, fit.center, fit.phase), fit.model,
+                                   rtol=0, atol=1e-14 * max(1.0, fit.C))
+        np.testing.assert_allclose(np.linalg.norm(f - fit.model) / np.linalg.norm(f), fit.residual, rtol=1e-12)
+
+
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
     # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
     # (a linear 9-parameter model leaves sqrt(16/25) = 0.8; measured mean 0.69 over 20 draws, min 0.52)
