@@ -45,6 +45,7 @@ import secrets
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -151,9 +152,29 @@ def save_npz_atomic(path, result: dict) -> Path:
 
 
 def load_npz(path) -> dict:
-    """Load a dict saved by :func:`save_npz_atomic`; 0-d arrays come back as Python scalars."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+    """Load a dict saved by :func:`save_npz_atomic`; 0-d arrays come back as Python scalars.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no file at ``path``.
+    ValueError
+        When the file is not an .npz archive (numpy's own message spoke of pickled data) or holds object
+        arrays: :func:`save_npz_atomic` never writes them, and they are not unpickled.
+    """
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive written by shallow (not a zip file): another kind of "
+                         "file, or a copy cut short")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path} is a damaged .npz archive: {err}") from None
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise
+        raise ValueError(f"{path} holds object arrays (pickled Python objects), which shallow never writes "
+                         "and does not unpickle") from None
 
 
 # ----------------------------------------------------------------------------- configs

@@ -229,6 +229,29 @@ def test_saved_result_round_trips(tmp_path):
     np.testing.assert_array_equal(back["a"], result["a"])
 
 
+def test_loading_a_file_that_is_not_a_result_is_a_clear_error(tmp_path):
+    # numpy's message for a file that is not a zip archive spoke of pickled data; an object array (which
+    # save_npz_atomic never writes) is refused rather than unpickled
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match="text.npz is not an .npz archive"):
+        study.load_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz holds object arrays"):
+        study.load_npz(tmp_path / "objects.npz")
+    good = tmp_path / "r.npz"
+    study.save_npz_atomic(good, {"x": np.arange(100.0)})
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:300])  # the central directory is lost
+    with pytest.raises(ValueError, match="cut.npz is not an .npz archive"):
+        study.load_npz(tmp_path / "cut.npz")
+    damaged = bytearray(good.read_bytes())
+    damaged[400] ^= 0xFF  # inside x's data: the archive's CRC-32 no longer matches
+    (tmp_path / "flipped.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="flipped.npz is a damaged .npz archive: Bad CRC-32"):
+        study.load_npz(tmp_path / "flipped.npz")
+    with pytest.raises(FileNotFoundError):
+        study.load_npz(tmp_path / "missing.npz")
+
+
 def test_study_config_pickles_for_worker_processes(toy):
     import pickle
 
