@@ -69,6 +69,8 @@ class StepDecay:
         self.lr = check_nonnegative(lr, "lr")
         self.step_size = check_integer(step_size, "step_size", minimum=1)
         self.gamma = check_nonnegative(gamma, "gamma")
+        if self.gamma > 1:  # a growth, whose gamma ** k raised OverflowError after a few thousand steps
+            raise ValueError(f"gamma must be in [0, 1] (the factor of each decay), got {gamma!r}")
 
     def __call__(self, t: int) -> float:
         return self.lr * self.gamma ** (check_integer(t, "the step t", minimum=0) // self.step_size)

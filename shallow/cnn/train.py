@@ -44,7 +44,7 @@ import math
 import os
 import time
 import types
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +104,14 @@ class History:
 
     @classmethod
     def from_json(cls, text: str) -> "History":
-        return cls(**json.loads(text))
+        """The History whose :meth:`to_json` gave ``text``."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"text must hold the JSON object written by History.to_json, got a {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"text holds fields that a History does not have: {', '.join(unknown)}")
+        return cls(**data)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -340,6 +340,13 @@ def test_step_decay_of_step_size_one_decays_at_every_step():
     assert [step(t) for t in range(4)] == [1.0, 0.5, 0.25, 0.125]
 
 
+def test_step_decay_refuses_a_growth_factor():
+    # gamma > 1 made gamma ** k raise OverflowError after a few thousand steps (2 ** 1024)
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\]"):
+        StepDecay(0.1, step_size=1, gamma=2.0)
+    assert StepDecay(0.1, step_size=1, gamma=1.0)(10**6) == 0.1  # gamma = 1: a constant rate
+
+
 def test_cosine_schedule_of_a_single_step_starts_at_lr_and_ends_at_lr_min():
     # total_steps = 1 (no warm-up): u = t / 1, so eta_0 = lr (cos 0 = 1) and eta_1 = lr_min (cos pi = -1)
     cos = Cosine(1.0, total_steps=1, lr_min=0.25)

@@ -412,3 +412,16 @@ def test_load_checkpoint_rejects_nan_parameters_naming_the_checkpoint_and_parame
     path = save_checkpoint(tmp_path / "nan.npz", model)
     with pytest.raises(ValueError, match=r"parameter '0.W' contains 18 NaN"):
         load_checkpoint(path, vgg_small((8, 8, 1), 3, width=2, rng=0))
+
+
+def test_history_from_json_refuses_text_that_is_not_a_history():
+    # a JSON list failed with Python's "argument after ** must be a mapping", an unknown field with a
+    # TypeError from the dataclass; the round trip itself is exact (JSON keeps floats to the last bit)
+    from shallow.cnn.train import History
+
+    h = History(epoch=[1, 2], loss=[0.5, 0.1 + 0.2], lr=[1e-3, 3e-310], diverged=True, message="x")
+    assert History.from_json(h.to_json()) == h
+    with pytest.raises(ValueError, match="text must hold the JSON object written by History.to_json, got a list"):
+        History.from_json("[1]")
+    with pytest.raises(ValueError, match="fields that a History does not have: learning_rate"):
+        History.from_json('{"epoch": [1], "learning_rate": [0.1]}')
