@@ -310,7 +310,7 @@ class PiecewiseLinear:
         return int(self.slopes.shape[0])
 
     def __call__(self, t):
-        """f(t) for t of any shape in the interval (host numpy)."""
+        """f(t) for t of any shape (host numpy); outside the interval the first and last pieces extend affinely."""
         t = to_numpy(check_array(t, "t")).astype(np.float64)
         i = np.clip(np.searchsorted(self.breakpoints, t, side="right") - 1, 0, len(self) - 1)
         if self.slopes.ndim == 1:

@@ -583,6 +583,14 @@ def test_piecewise_linear_refuses_t_that_is_not_finite_numbers(t, match):
         linear_pieces(sawtooth(2))(t)
 
 
+def test_piecewise_linear_extends_its_end_pieces_outside_the_interval():
+    # f = |t - 1/2| on [0, 1] as two pieces; at -1 and 3 the end pieces continue: 3/2 and 5/2, as does
+    # |t - 1/2| itself (dyadic values: exact)
+    f = PiecewiseLinear([0.0, 0.5, 1.0], [-1.0, 1.0], [0.5, -0.5])
+    t = np.array([-1.0, 0.0, 0.25, 1.0, 3.0])
+    np.testing.assert_array_equal(f(t), np.abs(t - 0.5))
+
+
 @pytest.mark.parametrize("tol", [1.0, 10.0])
 def test_linear_pieces_refuses_tol_of_one_or_more(tol):
     # a relative tolerance >= 1 merged every breakpoint: the 4 pieces of sawtooth(2) counted as 1
