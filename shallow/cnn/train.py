@@ -350,13 +350,15 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_step(model, loss, optimizer, x, y):
+def train_step(model, loss, optimizer, x, y, *, check=True):
     """One step: forward, loss, backward, update. Returns (loss value, outputs).
 
-    The update is skipped when the loss is not finite (the caller decides what to do).
+    The update is skipped when the loss is not finite (the caller decides what to do). ``check``: the
+    loss checks the labels' dtype and range (labels out of range failed with numpy's IndexError); a loop
+    that has checked all its labels once passes False.
     """
     out = model.forward(x)
-    value, dout = loss.value_and_grad(out, y, check=False)
+    value, dout = loss.value_and_grad(out, y, check=check)
     if math.isfinite(value):
         model.backward(dout, need_input_grad=False)
         optimizer.step(model.named_gradients())

@@ -425,3 +425,18 @@ def test_history_from_json_refuses_text_that_is_not_a_history():
         History.from_json("[1]")
     with pytest.raises(ValueError, match="fields that a History does not have: learning_rate"):
         History.from_json('{"epoch": [1], "learning_rate": [0.1]}')
+
+
+def test_train_step_refuses_labels_out_of_range_and_leaves_the_parameters():
+    # labels out of range failed with numpy's IndexError inside the loss; now the loss's check names y,
+    # before backward and the update
+    from shallow.cnn import CrossEntropy
+    from shallow.cnn.train import train_step
+
+    model = vgg_small(in_shape=(8, 8, 1), n_classes=3, width=2, rng=0)
+    opt = SGD(model.named_parameters(), lr=0.1)
+    before = snapshot(model)
+    x = np.random.default_rng(1).standard_normal((4, 8, 8, 1))
+    with pytest.raises(ValueError, match="y"):
+        train_step(model, CrossEntropy(), opt, x, np.array([0, 1, 2, 3]))
+    assert relative_change(model, before) == 0.0
