@@ -575,10 +575,12 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
     check_symmetric(K, "K", "the Gram matrix of the training points")
     # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
-    # A Gram matrix is positive semidefinite: rounding leaves eigenvalues of order eps max |lam| below 0, an
-    # indefinite K (a negated or shifted kernel) far more; its flow grows like e^{|lam| t} instead of converging.
+    # A Gram matrix is positive semidefinite: rounding leaves eigenvalues of order n eps max |lam| at worst
+    # below 0, an indefinite K (a negated or shifted kernel) far more; its flow grows like e^{|lam| t}
+    # instead of converging. Tolerance max(sqrt(eps), n eps) max |lam|: n eps for a large float32 K.
     scale = float(xp.abs(lam).max())
-    if float(lam[0]) < -math.sqrt(float(np.finfo(lam.dtype).eps)) * scale:
+    eps = float(np.finfo(lam.dtype).eps)
+    if float(lam[0]) < -max(math.sqrt(eps), lam.shape[0] * eps) * scale:
         raise ValueError(f"K must be positive semidefinite (the Gram matrix of the training points): its smallest "
                          f"eigenvalue is {float(lam[0]):.3g} for a largest |eigenvalue| of {scale:.3g}")
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis

@@ -706,3 +706,17 @@ def test_kernel_methods_reject_a_K_that_is_not_positive_semidefinite(method):
     K = empirical_ntk(TwoLayer.init(4, 3, rng=0), X)
     with pytest.raises(ValueError, match="K must be positive semidefinite"):
         method(-K, y)
+
+
+def test_kernel_methods_accept_a_float32_gram_matrix_whose_rounding_falls_below_zero():
+    # K = Phi Phi^T of rank 10 in float32: 290 eigenvalues are 0 up to rounding, some of them negative
+    # (Weyl: |d lam| <= |dK|_2 <= n eps max |lam| at worst); it is a Gram matrix and is accepted
+    rng = np.random.default_rng(0)
+    Phi = rng.standard_normal((300, 10)).astype(np.float32)
+    K = Phi @ Phi.T
+    lam = np.linalg.eigvalsh(K.astype(np.float64))
+    assert lam[0] < 0  # the rounding this test is about
+    y = rng.standard_normal(300).astype(np.float32)
+    pred = kernel_regression(K, y, 0.1)
+    assert np.all(np.isfinite(pred.train))
+    assert np.all(np.isfinite(kernel_flow(K, y, 10.0).train))
