@@ -54,7 +54,7 @@ from scipy import special
 
 from ._validation import check_array, check_dimension, check_integer
 from .backend import get_xp, to_numpy
-from .harmonics import project_zonal
+from .harmonics import _check_breakpoints, project_zonal
 from .sphere import _log_gamma_ratio
 
 __all__ = [
@@ -523,7 +523,8 @@ def funk_hecke(sigma, d, kmax, *, breakpoints=(), q=None):
     kmax : int
         Highest degree, kmax >= 0.
     breakpoints : sequence of float, optional
-        For a callable: the points of (-1, 1) where it is not smooth. Activations know theirs.
+        For a callable: the points of (-1, 1) where it is not smooth. Activations know theirs (checked,
+        then unused).
     q : int, optional
         Quadrature nodes per piece (see :func:`shallow.harmonics.project_zonal`).
 
@@ -546,10 +547,11 @@ def funk_hecke(sigma, d, kmax, *, breakpoints=(), q=None):
     >>> np.round(funk_hecke("relu", 3, 3), 12).tolist()     # d = 3: 1/4, 1/6, 1/16, 0
     [0.25, 0.166666666667, 0.0625, 0.0]
     """
+    cuts = _check_breakpoints(breakpoints)  # also for an activation: wrong ones passed without a word
     if isinstance(sigma, (str, Activation)):
         return as_activation(sigma).funk_hecke(d, kmax, q=q)
     if callable(sigma):
         d = check_dimension(d)
         kmax = check_integer(kmax, "kmax", minimum=0)
-        return project_zonal(sigma, d, kmax, breakpoints=breakpoints, q=q)
+        return project_zonal(sigma, d, kmax, breakpoints=cuts, q=q)
     raise TypeError(f"sigma must be an activation name, an Activation or a callable, got {type(sigma).__name__}")

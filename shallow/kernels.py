@@ -907,7 +907,8 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
         Gauss-Legendre nodes in theta = arccos t per piece, for kernels integrated numerically;
         default 2 (kmax + d) + 128.
     breakpoints : sequence of float in (-1, 1)
-        For a callable: values of t where kappa is not smooth (the integral is split there).
+        Values of t where kappa is not smooth (the integral is split there); checked, and unused where
+        the eigenvalues are exact.
 
     Returns
     -------
@@ -938,6 +939,7 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     kmax = check_integer(kmax, "kmax", minimum=0)
     if q is not None:
         q = check_integer(q, "q", minimum=1)
+    cuts = _check_breakpoints(breakpoints)  # before the exact routes, which passed wrong ones without a word
     if isinstance(kernel, str):
         kernel = _parse_kernel_name(kernel)
     if isinstance(kernel, DotProductKernel):
@@ -949,7 +951,6 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     elif not callable(kernel):
         raise TypeError(f"kernel must be a callable of t, a DotProductKernel or a name like 'relu_ntk', "
                         f"got {type(kernel).__name__}")
-    cuts = _check_breakpoints(breakpoints)
     q = 2 * (kmax + d) + 128 if q is None else q
     return _theta_quadrature(kernel, d, kmax, q, cuts)
 

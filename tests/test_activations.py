@@ -408,6 +408,15 @@ def test_funk_hecke_rejects_breakpoints_that_are_not_a_sequence_of_numbers(break
         funk_hecke(np.tanh, 3, 3, breakpoints=breakpoints)
 
 
+@pytest.mark.parametrize("sigma", ["relu", "tanh"])
+def test_funk_hecke_of_an_activation_rejects_bad_breakpoints_too(sigma):
+    # an activation knows its breakpoints and the argument goes unused, but wrong ones passed without a word
+    with pytest.raises(ValueError, match="breakpoints must lie in"):
+        funk_hecke(sigma, 3, 3, breakpoints=(1.5,))
+    with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
+        funk_hecke(get_activation(sigma), 3, 3, breakpoints="a")
+
+
 @settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(["relu", "step", "abs", "tanh", "sigmoid", "erf"]), d=st.integers(2, 12))
 def test_funk_hecke_coefficients_of_the_reflected_activation_carry_the_parity_sign(name, d):

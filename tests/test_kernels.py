@@ -531,6 +531,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: mercer_eigenvalues("relu_gp", 3, 3), "kernel name"),
     (lambda X: mercer_eigenvalues(dot_product_kernel("nngp", "relu", "sphere", d=4), 3, 3), "built for d=4"),
     (lambda X: mercer_eigenvalues(np.sin, 3, 3, breakpoints=(1.5,)), "breakpoints"),
+    (lambda X: mercer_eigenvalues("relu_ntk", 3, 3, breakpoints=(1.5,)), "breakpoints must lie in"),  # exact route
     (lambda X: rkhs_norm(np.ones(3), np.eye(2)), "gram"),
     (lambda X: rkhs_norm(np.ones(2), -np.eye(2)), "positive semidefinite"),
     (lambda X: rkhs_norm(np.ones(3), random_feature_kernel(X, X[::-1], "relu")), "gram must be symmetric"),
