@@ -40,7 +40,7 @@ Measured (seed 0, the 2-core development machine)
 --quick (500 training images, w = 4, 12 epochs, angles every 45 degrees): 8 s with --workers 2 on an idle
 machine (20 s loaded). Upright test accuracy 0.942 (CNN), 0.853 (p4-CNN), 0.960 (scattering); at the
 quarter turns 0.19, 0.853 (the same to the last image), 0.24. Invariance error at the quarter turns
-1.39, 2.8e-16, 1.65. Gabor residuals (medians): 0.67 for the initial CNN filters, 0.66 trained, 0.60
+1.39, 2.8e-16, 1.65. Gabor residuals (medians): 0.67 for the initial CNN filters, 0.66 trained, 0.61
 for the update W_T - W_0, 0.62 for the p4 lifting filters.
 
 Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 63 to 81 s with --workers 2
@@ -60,7 +60,7 @@ Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 
   relative residual 0.65 against 0.67 at initialisation; 0.68 for white noise, see
   :func:`~shallow.cnn.group.fit_gabor`): on 8x8 digits they move little from their He initialisation
   (|W_T - W_0| / |W_0| = 0.34), so the random part dominates. The learned part W_T - W_0 is more
-  Gabor-like, median residual 0.59 (from 0.40 to 0.72), and the p4 lifting filters 0.66: localised
+  Gabor-like, median residual 0.59 (from 0.40 to 0.72), and the p4 lifting filters 0.65: localised
   oriented blobs and edges, but far from the clean Gabor filters of networks trained on large natural
   images (Krizhevsky et al. 2012), as 8x8 digits with 5x5 filters leave little room for them.
 """

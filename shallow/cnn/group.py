@@ -918,6 +918,27 @@ def _gabor_basis(q, ui, uj):
     return np.stack([(env * np.cos(t)).ravel(), (env * np.sin(t)).ravel()], axis=1)
 
 
+def _gabor_jacobian(q, ui, uj, fv):
+    """Kaufman's variable-projection Jacobian (pixels, 7) of the residual r(q) = m(q) - f, with m the
+    least-squares combination env (A cos t + B sin t) of the basis at q.
+
+    The derivatives of m at fixed (A, B), projected off the span of the basis; the part from the motion
+    of the projection itself is dropped (exact where the residual is 0, a descent direction elsewhere).
+    """
+    r11, r12, r22, x1, x2, c1, c2 = q
+    env, t = _gabor_parts(q, ui, uj)
+    a, b, env, t = (ui - c1).ravel(), (uj - c2).ravel(), env.ravel(), t.ravel()
+    basis = _gabor_basis(q, ui, uj)
+    A, B = np.linalg.lstsq(basis, fv, rcond=None)[0]
+    cos, sin = np.cos(t), np.sin(t)
+    m, w = env * (A * cos + B * sin), env * (B * cos - A * sin)  # m and dm/dt
+    s = r11 * a + r12 * b  # quad = s^2 + (r22 b)^2
+    dm = np.stack([-2 * s * a * m, -2 * s * b * m, -2 * r22 * b * b * m, w * a, w * b,
+                   2 * s * r11 * m - x1 * w, (2 * s * r12 + 2 * r22 * r22 * b) * m - x2 * w], axis=1)
+    Q = np.linalg.qr(basis)[0]
+    return dm - Q @ (Q.T @ dm)
+
+
 def _frequency_starts(f, ui, uj, R, c, n_starts, grid=24):
     """The n_starts frequencies of a grid on [-pi, pi)^2 whose best (A, B) explain most of f, one per +-xi.
 
@@ -967,29 +988,29 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
 
     Notes
     -----
-    The real part of the seed's complex model C e^{-u^T D u} e^{i u^T xi}, with a phase (a real filter
-    is the real part of a complex Gabor function times e^{i phi}) and a centre u_0 (9 parameters).
-    g = A env cos(t) + B env sin(t) with t = xi^T (u - u_0) is linear in (A, B) = C (cos phi, -sin phi):
-    for each envelope, frequency and centre the best (A, B) is a 2-column linear least squares, and
-    ``scipy.optimize.least_squares`` (trust region reflective) moves only the other 7 parameters
-    (variable projection: no start in C or phi is needed). D = R^T R with R upper triangular (positive
-    semi-definite whatever R) and entries in [-4, 4] (an envelope down to e^-16 one pixel from its
-    centre: as narrow as the grid resolves), u_0 inside the grid. On the pixel grid xi and xi + 2 pi e_k
-    are one model up to a phase, so xi is free during the fit and returned in [-pi, pi]^2, xi_1 >= 0,
-    with the phase to match.
+    The real part of the seed's complex model C e^{-u^T D u} e^{i u^T xi}, with a phase (a real filter is
+    the real part of a complex Gabor function times e^{i phi}) and a centre u_0 (9 parameters). g = A env
+    cos(t) + B env sin(t) with t = xi^T (u - u_0) is linear in (A, B) = C (cos phi, -sin phi): for each
+    envelope, frequency and centre the best (A, B) is a 2-column linear least squares, and
+    ``scipy.optimize.least_squares`` (trust region reflective, with Kaufman's Jacobian) moves only the
+    other 7 parameters (variable projection: no start in C or phi is needed). D = R^T R with R upper
+    triangular (positive semi-definite whatever R) and entries in [-4, 4] (an envelope down to e^-16 one
+    pixel from its centre: as narrow as the grid resolves), u_0 inside the grid. On the pixel grid xi and
+    xi + 2 pi e_k are one model up to a phase, so xi is free during the fit and returned in [-pi, pi]^2,
+    xi_1 >= 0, with the phase to match.
 
     Starts: the envelope and centre from the second moments of f^2 (the energy of e^{-2 u^T D u} has
     covariance (4 D)^{-1}), and an isotropic envelope of radius a quarter of the filter at the grid
     centre; from each, the ``n_starts`` frequencies whose best (A, B) explain most of f on a 24 x 24 grid
     of [-pi, pi)^2 (local maxima). The best fit is polished at tight tolerances. About 0.1 s for a 5x5
-    filter. Of 200 random 5x5 Gabor filters (xi uniform in [-pi, pi]^2, u_0 in [-1, 1]^2, D = L L^T with
-    L a lower-triangular Gaussian matrix times U(0.1, 0.5)) all but one are fitted to a residual below
-    1e-6; the miss has a frequency near Nyquist (the former fit, started from one frequency and several
-    phases, missed 37). The relative residual |f - g| / |f| is 0 for a Gabor filter; for 5x5 white noise
-    it is 0.68 on average (20 draws, between 0.54 and 0.75), below the sqrt(1 - 9/25) = 0.8 of a linear
-    model with 9 parameters: the fit picks, among many local models, the one that suits the noise best.
-    For such a filter the parameters mean little: a large C (up to 1e7 |f|) with a cosine near zero on
-    the grid is one of those local models.
+    filter. Of 200 random 5x5 Gabor filters (xi uniform in [-pi, pi]^2, u_0 in [-1, 1]^2, D = L L^T with L
+    a lower-triangular Gaussian matrix times U(0.1, 0.5)) all but two are fitted to a residual below 1e-6;
+    the misses have a frequency component near Nyquist, |xi_k| > 2.6 (the former fit, started from one
+    frequency and several phases, missed 37). The relative residual |f - g| / |f| is 0 for a Gabor filter;
+    for 5x5 white noise it is 0.68 on average (20 draws, between 0.54 and 0.75), below the sqrt(1 - 9/25)
+    = 0.8 of a linear model with 9 parameters: the fit picks, among many local models, the one that suits
+    the noise best. For such a filter the parameters mean little: a large C (up to 1e7 |f|) with a cosine
+    near zero on the grid is one of those local models.
     """
     from scipy.optimize import least_squares
 
@@ -1017,6 +1038,9 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
         basis, ab = coefficients(q)
         return (basis @ ab - fv) / norm
 
+    def jacobian(q):
+        return _gabor_jacobian(q, ui, uj, fv) / norm
+
     # the moment start: centre and covariance S of the energy f^2, D = S^-1 / 4; the 0.05 I keeps a
     # one-pixel filter (S = 0) finite
     w2 = f * f / (norm * norm)
@@ -1036,11 +1060,12 @@ def fit_gabor(f, *, n_starts=2) -> GaborFit:
     for R, c in envelopes:
         for xi0 in _frequency_starts(f, ui, uj, R, c, n_starts):
             q0 = np.clip([R[0, 0], R[0, 1], R[1, 1], xi0[0], xi0[1], c[0], c[1]], lo, hi)
-            sol = least_squares(residuals, q0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=300)
+            sol = least_squares(residuals, q0, jac=jacobian, bounds=(lo, hi), method="trf", x_scale="jac",
+                                max_nfev=300)
             if best is None or sol.cost < best.cost:
                 best = sol
-    polished = least_squares(residuals, best.x, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=300,
-                             ftol=1e-15, xtol=1e-15, gtol=1e-15)
+    polished = least_squares(residuals, best.x, jac=jacobian, bounds=(lo, hi), method="trf", x_scale="jac",
+                             max_nfev=300, ftol=1e-15, xtol=1e-15, gtol=1e-15)
     if polished.cost <= best.cost:
         best = polished
     q = best.x

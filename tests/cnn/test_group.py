@@ -583,6 +583,26 @@ def test_fit_gabor_model_is_the_gabor_function_of_the_returned_parameters(K):
         np.testing.assert_allclose(np.linalg.norm(f - fit.model) / np.linalg.norm(f), fit.residual, rtol=1e-12)
 
 
+def test_gabor_jacobian_is_the_derivative_of_the_residual_where_it_vanishes():
+    # Kaufman's variable-projection Jacobian drops the motion of the projection, a term proportional to the
+    # residual: at a Gabor filter's own parameters it is the exact derivative of r(q) = P(q) f - f, checked
+    # by central differences of the residual (step 1e-6: error ~1e-11 with entries of order 1)
+    from shallow.cnn.group import _gabor_basis, _gabor_jacobian, _grid
+
+    ui, uj = _grid((5, 6))
+    q = np.array([0.5, 0.2, 0.4, 1.1, -0.7, 0.3, -0.2])
+    basis = _gabor_basis(q, ui, uj)
+    fv = basis @ np.array([0.8, -0.3])
+
+    def residual(p):
+        B = _gabor_basis(p, ui, uj)
+        return B @ np.linalg.lstsq(B, fv, rcond=None)[0] - fv
+
+    h = 1e-6
+    numeric = np.stack([(residual(q + h * e) - residual(q - h * e)) / (2 * h) for e in np.eye(7)], axis=1)
+    np.testing.assert_allclose(_gabor_jacobian(q, ui, uj, fv), numeric, rtol=0, atol=1e-8)
+
+
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
     # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
     # (a linear 9-parameter model leaves sqrt(16/25) = 0.8; measured mean 0.69 over 20 draws, min 0.52)
