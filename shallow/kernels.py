@@ -204,8 +204,10 @@ def _zero_gauss(G, nx2, ny2, xp):
 
 
 def _erf_gauss(G, nx2, ny2, xp):
-    r = 2 * G / xp.sqrt((1 + 2 * nx2) * (1 + 2 * ny2))
-    return (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1))
+    # arcsin(r) = atan2(r, (1 - r^2)^{1/2}) with 1 - r^2 = det / ((1 + 2|x|^2)(1 + 2|y|^2)), det as in
+    # _erf_prime_gauss: arcsin of a rounded r lost sqrt(eps) near r = +-1 (2e-4 in float32 at |x| = |y| ~ 10^3).
+    det = 1 + 2 * (nx2 + ny2) + 4 * xp.maximum(nx2 * ny2 - G * G, 0)
+    return (2 / math.pi) * xp.arctan2(2 * G, xp.sqrt(det))
 
 
 def _erf_gauss_scaled(G, nx2, ny2, kx, ky, xp):
@@ -221,22 +223,36 @@ def _erf_gauss_scaled(G, nx2, ny2, kx, ky, xp):
         small = xp.ldexp(1 / xp.sqrt(1 + xp.ldexp(2 * n2, 2 * xp.minimum(k, 0))), xp.minimum(k, 0))
         return xp.where(k > 0, big, small)
     r = 2 * G * u(nx2, kx) * u(ny2, ky)
-    return (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1)), 0
+    K = (2 / math.pi) * xp.arcsin(xp.clip(r, -1, 1))
+    # Near r = +-1, arcsin of a rounded r loses sqrt(eps): there arcsin(r) = atan2(2 <x', y'>, (det' 4^E)^{1/2}
+    # 2^{-kx-ky}) (1 - r^2 = det u_x^2 u_y^2 4^{-kx-ky}, det = det' 4^E as in _erf_det_scaled), of order 1 where
+    # |r| > 1/2 (both |x|, |y| > 0.4 there).
+    det, E = _erf_det_scaled(G, nx2, ny2, kx, ky, xp)
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = (2 / math.pi) * xp.arctan2(2 * G, xp.ldexp(xp.sqrt(det), E - kx - ky))
+    return xp.where(xp.abs(r) > 0.5, near, K), 0
 
 
-def _erf_prime_gauss_scaled(G, nx2, ny2, kx, ky, xp):
-    """The erf' kernel of x = 2^kx x', y = 2^ky y' as (K', E) with K = K' 2^E.
+def _erf_det_scaled(G, nx2, ny2, kx, ky, xp):
+    """(det', E) with det' in [1, 16) and det' 4^E = det(I + 2 Sigma) = 1 + 2|x|^2 + 2|y|^2 + 4 (|x|^2 |y|^2 -
+    <x,y>^2) for x = 2^kx x', y = 2^ky y' (G, nx2, ny2 those of x', y').
 
-    det = 1 + 2|x|^2 + 2|y|^2 + 4 (|x|^2 |y|^2 - <x,y>^2) is a sum of four terms c 4^e, with
-    e = 0, kx, ky, kx + ky and c from x', y'; dividing by 4^E, E set by the largest term, leaves
-    det' in [1, 16) and K = (4/pi) det'^{-1/2} 2^{-E}.
+    det is a sum of four terms c 4^e, with e = 0, kx, ky, kx + ky and c from x', y'; dividing by 4^E,
+    E set by the largest term, leaves det' in [1, 16).
     """
     delta = xp.maximum(nx2 * ny2 - G * G, 0)
     terms = [(xp.ones_like(G), 0 * (kx + ky)), (2 * nx2, kx), (2 * ny2, ky), (4 * delta, kx + ky)]
     with np.errstate(divide="ignore"):
-        top = functools.reduce(xp.maximum, [xp.log2(c) + 2 * e for c, e in terms])
+        # 2 e in G's dtype (exact: |e| < 2^10): float32 + int32 made the (n, n') maximum float64
+        top = functools.reduce(xp.maximum, [xp.log2(c) + (2 * e).astype(G.dtype) for c, e in terms])
     E = xp.floor(0.5 * top).astype(kx.dtype)
-    det = sum(xp.ldexp(c, 2 * (e - E)) for c, e in terms)
+    return sum(xp.ldexp(c, 2 * (e - E)) for c, e in terms), E
+
+
+def _erf_prime_gauss_scaled(G, nx2, ny2, kx, ky, xp):
+    """The erf' kernel of x = 2^kx x', y = 2^ky y' as (K', E) with K = K' 2^E: K = (4/pi) det'^{-1/2} 2^{-E}
+    (:func:`_erf_det_scaled`)."""
+    det, E = _erf_det_scaled(G, nx2, ny2, kx, ky, xp)
     return (4 / math.pi) / xp.sqrt(det), -E
 
 

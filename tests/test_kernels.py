@@ -804,3 +804,17 @@ def test_gaussian_norm_moment_rejects_an_h_whose_moment_overflows():
         gaussian_norm_moment(1e6, 3)
     with pytest.raises(ValueError, match="h must be smaller"):
         gaussian_norm_moment(500, 3)
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e12])
+def test_erf_kernel_near_parallel_inputs_float32_matches_float64_to_float32_rounding(scale):
+    """Williams' arcsin(r) with r = 2<x, y> / ((1 + 2|x|^2)(1 + 2|y|^2))^{1/2} near 1 on the diagonal (|x| ~ 10^3, and
+    10^12 where the rows are rescaled; off it, parallel pairs keep the Gram matrix's sqrt(eps)): an arcsin of the rounded r lost sqrt(eps32) ~ 2e-4 (1800 eps32); computed as
+    atan2(2<x, y>, det^{1/2}) it keeps float32's rounding. Reference: the same float32 inputs in float64 (within
+    a few eps64 of mpmath); tolerance 16 eps32 (a few roundings of the Gram matrix, norms and det)."""
+    rng = np.random.default_rng(17)
+    X32 = (scale * rng.standard_normal((20, 4))).astype(np.float32)
+    K32 = random_feature_kernel(X32, None, "erf")
+    K64 = random_feature_kernel(X32.astype(np.float64), None, "erf")
+    assert K32.dtype == np.float32
+    np.testing.assert_allclose(K32, K64, rtol=0, atol=16 * np.finfo(np.float32).eps)
