@@ -128,3 +128,19 @@ def test_training_steps_on_the_device_route_equal_the_host_route(monkeypatch):
         params[route] = model.named_parameters()
     for name, host in params["host"].items():
         np.testing.assert_allclose(params["device"][name], host, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_host_float32_row_sums_of_a_large_batch_stay_near_float32_rounding():
+    # sum_rows and dot_rows over N H W = 2^16 rows of a float32 batch with a nonzero mean (a convolution's
+    # output), against float64 sums of the same numbers. Tolerance 4e-7 = 6.7 eps_32: a sum per image,
+    # then in float64 across images; one float32 accumulation over all rows gave 4e-6 and 2e-6.
+    rng = np.random.default_rng(0)
+    x = (2.0 + rng.standard_normal((64, 32, 32, 4))).astype(np.float32)
+    y = (1.0 + rng.standard_normal((64, 32, 32, 4))).astype(np.float32)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    for actual, expected in ((sum_rows(x), x64.sum(axis=(0, 1, 2))),
+                             (sum_rows(x[:, 1:, :-1]), x64[:, 1:, :-1].sum(axis=(0, 1, 2))),  # a strided view
+                             (dot_rows(x, y), np.einsum("abcz,abcz->z", x64, y64))):
+        assert actual.dtype == np.float32
+        err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+        assert err < 4e-7, f"relative error {err:.2e}"
