@@ -603,6 +603,32 @@ def test_gabor_jacobian_is_the_derivative_of_the_residual_where_it_vanishes():
     np.testing.assert_allclose(_gabor_jacobian(q, ui, uj, fv), numeric, rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("K", [4, 5])
+def test_canonical_frequency_gives_the_same_model_on_the_grid(K):
+    # xi anywhere in [-4 pi, 4 pi]^2 is brought into [-pi, pi]^2 (xi_1 >= 0) with the phase that keeps
+    # cos(xi^T (u - u_0) + phi) at every pixel of a K x K grid (offsets 1/2 + integers for K even);
+    # evaluated by the written-out model, to rounding of arguments up to 4 pi * 4 (1e-13)
+    from shallow.cnn.group import _canonical_frequency
+
+    rng = np.random.default_rng(K)
+    D = np.array([[0.15, 0.05], [0.05, 0.3]])
+    for _ in range(20):
+        xi, u0, phi = rng.uniform(-4 * np.pi, 4 * np.pi, 2), rng.uniform(-1, 1, 2), rng.uniform(-10, 10)
+        xi2, phi2 = _canonical_frequency(xi, phi, u0, (K, K))
+        assert np.all(np.abs(xi2) <= np.pi) and xi2[0] >= 0 and 0 <= phi2 < 2 * np.pi
+        np.testing.assert_allclose(_gabor_numpy(K, 1.0, D, xi2, u0, phi2), _gabor_numpy(K, 1.0, D, xi, u0, phi),
+                                   rtol=0, atol=1e-13)
+
+
+def test_fit_gabor_envelope_stays_within_its_bounds():
+    # D = R^T R with |R_ij| <= 4, so trace D = |R|_F^2 <= 48: white noise drove a free R to about 30 (C up
+    # to 1e101 |f|, the far tail of a one-pixel envelope)
+    rng = np.random.default_rng(24)
+    for f in rng.standard_normal((6, 5, 5)):
+        fit = fit_gabor(f)
+        assert np.trace(fit.D) <= 48 + 1e-9 and fit.C < 1e8 * np.abs(f).max()
+
+
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
     # 9 parameters cannot fit 25 independent pixels: residuals of white-noise filters stay large
     # (a linear 9-parameter model leaves sqrt(16/25) = 0.8; measured mean 0.69 over 20 draws, min 0.52)
