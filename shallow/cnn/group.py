@@ -960,9 +960,10 @@ def _canonical_frequency(xi, phi, center, shape):
 def _frequency_starts(f, ui, uj, R, c, n_starts, grid=24):
     """The n_starts frequencies of a grid on [-pi, pi)^2 whose best (A, B) explain most of f, one per +-xi.
 
-    For each xi the envelope R (upper triangular, D = R^T R) and centre c are held and the linear least squares in (A, B) solved by its
-    2x2 normal equations; the starts are the largest local maxima (periodic 3x3 neighbourhoods) of the
-    explained energy |proj f|^2. xi and -xi span one plane: only one of them is kept.
+    For each xi the envelope R (upper triangular, D = R^T R) and centre c are held and the linear least
+    squares in (A, B) is solved by its 2x2 normal equations; the starts are the largest local maxima
+    (periodic 3x3 neighbourhoods) of the explained energy |proj f|^2. xi and -xi span one plane: only
+    one of them is kept.
     """
     from scipy.ndimage import maximum_filter
 
