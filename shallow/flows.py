@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import (
+    cast_within_range,
     check_array,
     check_integer,
     check_points,
@@ -111,16 +112,23 @@ class EmpiricalRisk:
         return f"EmpiricalRisk {array_digest(self.X, self.y)}"
 
     def _inputs(self, net):
-        X = self.X
-        if getattr(net, "bias", False):
-            xp = get_xp(X)
-            if not hasattr(self, "_X_bias"):
-                self._X_bias = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
-            X = self._X_bias
+        """X (with a column of ones for a network with bias) and y, in the network's dtype, cast once and kept:
+        float64 data with a float32 network made every block's products float64 (2 to 5 times slower)."""
+        bias = bool(getattr(net, "bias", False))
+        dtype = net.W.dtype
+        key = (np.dtype(dtype).str, bias)
+        cache = self.__dict__.setdefault("_cast", {})
+        if key not in cache:
+            X = cast_within_range(self.X, dtype, "X", "the network")
+            if bias:
+                xp = get_xp(X)
+                X = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
+            cache[key] = (X, cast_within_range(self.y, dtype, "y", "the network"))
+        X, y = cache[key]
         if X.shape[1] != net.W.shape[1]:
             raise ValueError(f"the network has inputs of dimension {net.W.shape[1]} "
-                             f"but X has d={self.X.shape[1]} coordinates" + (" (+1 for the bias)" if net.bias else ""))
-        return X
+                             f"but X has d={self.X.shape[1]} coordinates" + (" (+1 for the bias)" if bias else ""))
+        return X, y
 
     def __call__(self, net) -> float:
         """The risk of ``net``."""
@@ -135,11 +143,11 @@ class EmpiricalRisk:
         _check_network(net)
         a = net.a if a is None else a
         W = net.W if W is None else W
-        X = self._inputs(net)
+        X, y = self._inputs(net)
         squares = []
 
         def residual(f_chunk, rows):
-            r = f_chunk - self.y[rows]
+            r = f_chunk - y[rows]
             squares.append(float(r @ r))
             return r
 

@@ -762,3 +762,19 @@ def test_trajectory_network_rejects_a_like_that_is_not_a_network():
     traj = gradient_flow(net, EmpiricalRisk(np.ones((2, 3)), np.ones(2)), steps=1, step_size=0.1)
     with pytest.raises(TypeError, match="like must be a TwoLayer network"):
         traj.network(3)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_empirical_risk_of_a_float32_network_computes_in_float32_whatever_the_data_dtype(bias):
+    """A float32 network on float64 data (X, y) computes in float32, as TwoLayer does with its inputs: the risk
+    and gradients are those of the data cast to float32, bit for bit. Before, the float64 residuals f - y made
+    every block's products float64 (cast back only on accumulation), 2 to 5 times slower."""
+    rng = np.random.default_rng(21)
+    X64, y64 = rng.standard_normal((300, 5)), rng.standard_normal(300)
+    net = TwoLayer.init(40, 5, rng=3, activation="tanh", bias=bias, dtype=np.float32)
+    v, ga, gW = EmpiricalRisk(X64, y64).value_and_grad(net)
+    v32, ga32, gW32 = EmpiricalRisk(X64.astype(np.float32), y64.astype(np.float32)).value_and_grad(net)
+    assert ga.dtype == gW.dtype == np.float32
+    assert v == v32
+    np.testing.assert_array_equal(ga, ga32)
+    np.testing.assert_array_equal(gW, gW32)
