@@ -214,7 +214,11 @@ class _ArccosTile:
         # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
         # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
         # sin th = |w/|w| - cos th v/|v||, accurate to eps.
-        near = xp.nonzero(xp.less(sin_abs, 1e-4, out=self._out("mask")))
+        # Thresholds set for float64 scale with the dtype's eps: the error of sqrt(1 - cos^2) is about eps / sin, so
+        # 1e-4 becomes 1e-4 (eps / eps64)^(1/4) = 0.015 in float32, where a fixed 1e-4 left pairs with sin in (1e-4,
+        # 0.015) up to 100% off, and a particle with itself at sin = sqrt(2 eps32) = 5e-4 instead of 0.
+        self.eps_ratio = float(np.finfo(W.dtype).eps / np.finfo(np.float64).eps)  # 1 in float64, 2^29 in float32
+        near = xp.nonzero(xp.less(sin_abs, 1e-4 * self.eps_ratio ** 0.25, out=self._out("mask")))
         if near[0].size:
             i, j = near
             Wh = W[i] * self.inv_w[i][:, None]
@@ -261,7 +265,10 @@ class _ArccosTile:
             S = xp.multiply(self.sin, 2 * xp.pi, out=self._out("S"))
             with np.errstate(divide="ignore"):
                 xp.reciprocal(S, out=S)
-            xp.copyto(S, 0, where=xp.less_equal(self.sin, 1e-12, out=self._out("mask")))
+            # (anti)parallel to rounding: the recomputed sin th is accurate to a few eps (a particle with itself gets
+            # |1 - cos th| ~ eps), so below max(1e-12, 64 eps) (8e-6 in float32, where 1e-12 gave it 1 / (2 pi eps32))
+            cut = max(1e-12, 64 * float(np.finfo(self.sin.dtype).eps))
+            xp.copyto(S, 0, where=xp.less_equal(self.sin, cut, out=self._out("mask")))
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
         X_hat = X * inv_x[:, None]

@@ -778,3 +778,25 @@ def test_empirical_risk_of_a_float32_network_computes_in_float32_whatever_the_da
     assert v == v32
     np.testing.assert_array_equal(ga, ga32)
     np.testing.assert_array_equal(gW, gW32)
+
+
+def test_population_risk_of_step_students_near_the_teacher_float32_matches_float64():
+    """Step kernel (order 0) with 20 students within 1e-3 of each of 5 teacher neurons, in float32, against the same
+    float32 parameters in float64. sin th = sqrt(1 - cos^2) is off by about eps / sin: pairs with sin in (1e-4, 0.015)
+    were taken from it in float32 (the risk 3% off, the W-gradient 1e6 eps32) and a particle with itself had
+    sin th = 5e-4, not 0. Tolerances: the risk 2e-3 relative, the gradients 1e4 eps32 of their largest entry (near
+    the teacher they are differences of student and teacher terms, and the field sums eps / sin th ~ 1e3 eps32)."""
+    rng = np.random.default_rng(22)
+    teacher = TwoLayer.init(5, 6, rng=1, activation="step", dtype=np.float32)
+    W = np.repeat(teacher.W.astype(np.float64), 20, axis=0)
+    W = (W + 1e-3 * np.linalg.norm(W, axis=1, keepdims=True) * rng.standard_normal(W.shape)).astype(np.float32)
+    a = np.repeat(teacher.a, 20)
+    student = TwoLayer(a, W, activation="step", gamma=teacher.gamma / 20)
+    up = lambda net: TwoLayer(net.a.astype(np.float64), net.W.astype(np.float64), activation="step", gamma=net.gamma)
+    v32, ga32, gW32 = PopulationRisk(teacher).value_and_grad(student)
+    v64, ga64, gW64 = PopulationRisk(up(teacher)).value_and_grad(up(student))
+    assert ga32.dtype == gW32.dtype == np.float32
+    assert v32 == pytest.approx(v64, rel=2e-3)
+    tol = 1e4 * np.finfo(np.float32).eps
+    np.testing.assert_allclose(ga32, ga64, rtol=0, atol=tol * np.abs(ga64).max())
+    np.testing.assert_allclose(gW32, gW64, rtol=0, atol=tol * np.abs(gW64).max())
