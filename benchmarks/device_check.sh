@@ -7,7 +7,8 @@
 # flow step and the CPU reference step (measured in session 2, not repeated by default).
 #
 # The machine has CuPy, PyTorch, scipy and pytest but not POT or array-api-compat: wheels for
-# those travel in .whl/ (git-ignored; see README's "GPU" section) and are installed under /tmp/site.
+# those travel in .whl/ (excluded from git; README's GPU paragraph has the pip download line) and are
+# installed under /tmp/site.
 # Every step has its own time limit and writes its log under $OUT, so a step that hangs or fails
 # leaves the others' results.
 set -u
