@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
+import numpy as np  # noqa: F401 (the docstring examples use np)
 
 from .._validation import check_array, check_bool, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
