@@ -32,7 +32,7 @@ grid of 16 * 2^k points; the output bias becomes a constant neuron relu(0 x + 1)
 neuron is first rescaled to |a_j| = |w_j|, the same function, better conditioned). The flow is
 stiff: the features relu(x - x_j) are nearly collinear and the slopes are +-2^k, and Euler diverges
 from a step of about 1 / (m 2^k) on (measured), so the step is 0.5 / (m 2^k); 1000 steps lower the
-L1 error by 0.001% to 0.3% (measured, k = 6 .. 8): the least-squares fit on the teeth is close to a
+L1 error by 0.0006% to 0.3% (measured, k = 6 .. 8): the least-squares fit on the teeth is close to a
 stationary point of the flow, and training gets nowhere near the lower bound either. Errors are exact
 L1 distances (:func:`shallow.depth.l1_distance`, checked against an independent exact integration on
 the common refinement) and exact L2 distances; the pieces of every fit are counted exactly

@@ -43,7 +43,8 @@ quarter turns 0.19, 0.853 (the same to the last image), 0.24. Invariance error a
 1.39, 2.8e-16, 1.65. Gabor residuals (medians): 0.67 for the initial CNN filters, 0.66 trained, 0.61
 for the update W_T - W_0, 0.62 for the p4 lifting filters.
 
-Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 63 to 81 s with --workers 2
+Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 42 s with --workers 2
+(the gallery's run, its sidecar's wall time; 63 to 81 s in earlier runs)
 (most of it the training of the p4-CNN, 16546 parameters against the CNN's 16954).
 
 * Upright test accuracy 0.980 (CNN), 0.976 (p4-CNN), 0.991 (scattering + ridge); training accuracy

@@ -41,9 +41,10 @@ What is computed.
   (Monte Carlo estimate, within its standard error).
 
 Measured (defaults): fitted relu slopes -2.998 (d = 3), -2.996 (5), -2.993 (10), -2.985 (20) and
--2.964 (50) against -3; step -1.000 and relu^2 -4.996 in d = 5 against -1 and -5; closure of the
-series within 1e-14 (1e-8 for the step, whose tail remainder beyond 16 kmax is only estimated); the
-smooth function's slopes -1.385 (d = 3) and -1.388 (5) against -2 log 2 = -1.386, steeper in
+-2.964 (50) against -3; step -0.999 and relu^2 -4.996 in d = 5 against -1 and -5; closure of the
+series within 2e-14 for relu and relu^2 (1e-13 for the smooth function; 6e-11 for the step, whose
+tail remainder beyond 16 kmax is only estimated); the smooth function's slopes -1.385 (d = 3)
+and -1.388 (5) against -2 log 2 = -1.386, steeper in
 d >= 10 at these K (-1.41, -1.52, -2.09 in d = 10, 20, 50: there the rate rho^{-2K} sets in for K >> d,
 below the float64 floor); quadrature estimates within 5e-14 (relative) of the series in d = 3 and 4,
 Monte Carlo estimates (n = 20000) within 1.3 standard errors at every K.

@@ -31,8 +31,8 @@ changes (expected about alpha, here lazy/mean-field < 3/alpha) and the largest p
 of the lazy run (<< 1).
 
 Runtime (one CPU core, loaded 2-core machine): --quick (m = 40, 2000 steps) about 2-4 s; the
-defaults (m = 100, 6000 steps) are estimated at 10-20 s from the quick run (cost ~ m^2 steps for the
-exact population risk); the gallery's run took 9 s (its sidecar's wall time).
+defaults (m = 100, 6000 steps) took 4 s in the gallery's run (its sidecar's wall time; the cost grows
+like m^2 steps for the exact population risk).
 """
 
 from __future__ import annotations

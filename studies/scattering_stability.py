@@ -71,7 +71,7 @@ random CNN + ridge 0.860, scattering J = 2 0.987, J = 3 0.990.
   (0.017 ... 0.21). Accuracy at 0.32: scattering 0.973, CNN 0.94, pixels 0.90, random CNN 0.81
   (0.87 clean).
 * Growing displacement at |grad tau|_inf = 0.1 (mean sup |tau| 0.14 to 2.4 px): rel grows 34-fold
-  for the scattering, 30-fold for the pixels, 15-fold for the CNN, 9.6-fold for the random CNN:
+  for the scattering, 30-fold for the pixels, 16-fold for the CNN, 9.6-fold for the random CNN:
   Mallat's 2^{-J} |tau|_inf term;
   J = 3 is not yet invariant to translations of a few pixels.
 * Relative to the between-class distance (rho) the scattering's advantage over the pixels shrinks
