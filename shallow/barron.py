@@ -131,6 +131,7 @@ class CosineActivation:
         return get_xp(z).cos(z)
 
     def derivative(self, z):
+        """sigma'(z) = -sin z elementwise, an array of z's shape on its device (integers become float64)."""
         z = check_array(z, "z", finite=False)
         return -get_xp(z).sin(z)
 
@@ -389,8 +390,29 @@ def maurey_bound(mass, m, sup=1.0) -> float:
 def barron_bound(C_f, radius, m) -> float:
     """Barron's bound 2 r C_f / sqrt(m) on the L2 error of the best m-neuron network on the ball B_r.
 
-    It holds for every probability measure on B_r = {|x| <= r}, with C_f the Euclidean Barron norm
-    (``norm=2``) and f approximated up to the constant f(0) (Barron 1993, Theorem 1).
+    Parameters
+    ----------
+    C_f : float
+        The Euclidean Barron norm (``norm=2``) of f, positive and finite.
+    radius : float
+        r, the radius of the ball B_r = {|x| <= r}, positive and finite.
+    m : int
+        Number of neurons, m >= 1.
+
+    Returns
+    -------
+    float
+        2 r C_f / sqrt(m).
+
+    Raises
+    ------
+    ValueError
+        For C_f or radius not a positive finite number, or m not an integer >= 1.
+
+    Notes
+    -----
+    The bound holds for every probability measure on B_r, with f approximated up to the constant
+    f(0) (Barron 1993, Theorem 1).
 
     Examples
     --------
@@ -403,7 +425,31 @@ def barron_bound(C_f, radius, m) -> float:
 def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):
     """n points uniform in the ball {|x| <= radius} of R^d: x = radius U^{1/d} u, u uniform on the sphere.
 
-    Returns an array of shape (n, d). The draw happens on the host (same numbers on every device).
+    Parameters
+    ----------
+    n : int
+        Number of points, n >= 0.
+    d : int
+        Dimension, d >= 1 (d = 1: the interval [-radius, radius]).
+    radius : float
+        Radius of the ball, positive and finite; default 1.
+    rng : None, int or numpy.random.Generator
+        Source of randomness. The draw happens on the host (same numbers on every device).
+    dtype : numpy dtype
+        float64 (default) or float32.
+    device : {"cpu", "gpu"}
+        Where the returned array lives.
+
+    Returns
+    -------
+    X : array of shape (n, d)
+        Rows of Euclidean norm at most ``radius``.
+
+    Raises
+    ------
+    ValueError
+        For n or d not an integer in range, radius not a positive finite number or beyond the
+        largest number of ``dtype``, or a dtype other than float32 and float64.
 
     Examples
     --------

@@ -191,6 +191,7 @@ class DeepReLU:
                         self.meta)
 
     def astype(self, dtype) -> DeepReLU:
+        """The same network with its parameters cast to ``dtype`` (float32 or float64), on the same device."""
         dtype = check_float_dtype(dtype)
         return DeepReLU([W.astype(dtype) for W in self.weights], [b.astype(dtype) for b in self.biases], self.meta)
 
@@ -518,7 +519,36 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
 def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=False, tol=None) -> int:
     """The number of maximal affine pieces of a relu network on a segment (exact; no sampling).
 
-    See :func:`linear_pieces` for the parameters and the algorithm.
+    Parameters
+    ----------
+    f : DeepReLU or TwoLayer
+        A relu network (a TwoLayer must have the relu activation; its bias is used).
+    interval : pair of floats, default (0, 1)
+        [lo, hi], lo < hi: the range of the line parameter t.
+    origin, direction : arrays of shape (d,), optional
+        The line x(t) = origin + t direction (default origin 0; for d = 1, direction 1).
+    exact : bool, default False
+        Rational arithmetic (:class:`fractions.Fraction`), exact for the network as stored.
+    tol : float in [0, 1), optional
+        In floating point: breakpoints closer than ``tol (hi - lo)`` are merged and slopes that
+        differ by at most ``tol`` times the largest |slope| count as equal; default 1e-12. Ignored
+        with ``exact=True``.
+
+    Returns
+    -------
+    int
+        The number p >= 1 of pieces, ``len(linear_pieces(f, ...))``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`linear_pieces`: f not a DeepReLU or relu TwoLayer, a bad interval, a missing
+        direction for d > 1, origin or direction of the wrong shape, a zero direction, or tol
+        outside [0, 1).
+
+    Notes
+    -----
+    See :func:`linear_pieces` for the algorithm.
 
     Examples
     --------
@@ -1321,8 +1351,30 @@ def daniely_function(Z):
 def sample_daniely(n, d, rng=None, dtype=np.float64, device="cpu"):
     """n pairs (x, y) with x, y independent and uniform on S^{d-1}, as the rows of Z (n, 2d).
 
-    The draw happens on the host (x first, then y), so a seed gives the same pairs on every device.
-    <x, y> then has the density w_d of :func:`shallow.sphere.inner_product_density`.
+    Parameters
+    ----------
+    n : int
+        Number of pairs, n >= 0.
+    d : int
+        Ambient dimension, d >= 2.
+    rng : None, int or numpy.random.Generator
+        Source of randomness. The draw happens on the host (x first, then y), so a seed gives the
+        same pairs on every device.
+    dtype : numpy dtype
+        float64 (default) or float32.
+    device : {"cpu", "gpu"}
+        Where the returned array lives.
+
+    Returns
+    -------
+    Z : array of shape (n, 2d)
+        Z[:, :d] holds x and Z[:, d:] holds y, rows of unit norm. <x, y> then has the density w_d
+        of :func:`shallow.sphere.inner_product_density`.
+
+    Raises
+    ------
+    ValueError
+        For n or d not an integer in range, or a dtype other than float32 and float64.
     """
     from .sphere import sample_sphere
 

@@ -185,8 +185,30 @@ def legendre_all(kmax, d, t):
 def legendre(k, d, t):
     """P_{k,d}(t), the degree-k Legendre polynomial of dimension d with P_{k,d}(1) = 1.
 
-    Same arguments as :func:`legendre_all`; returns an array of t's shape. Memory is O(t.size),
-    whatever k.
+    Parameters
+    ----------
+    k : int
+        Degree, k >= 0.
+    d : int
+        Ambient dimension, d >= 2.
+    t : array_like of any shape, values in [-1, 1]
+        numpy or cupy; the dtype is kept (integers become float64). Values up to 1e-12 beyond +-1
+        are taken as they are; larger ones are refused (as in :func:`legendre_all`).
+
+    Returns
+    -------
+    P : array of t's shape
+        P_{k,d}(t), in t's dtype and on its device (a 0-d array for a scalar t).
+
+    Raises
+    ------
+    ValueError
+        For k or d not an integer in range, or t not real and finite or beyond [-1, 1].
+
+    Notes
+    -----
+    The recurrence of :func:`legendre_all`, keeping only the last three degrees: memory is
+    O(t.size), whatever k.
 
     Examples
     --------

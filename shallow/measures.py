@@ -221,6 +221,7 @@ class Measure:
         return measure_to_network(self, activation=activation, gamma=1.0, bias=bias)(X)
 
     def copy(self) -> Measure:
+        """The same measure with copies of its weights and points (same dtype and device)."""
         return Measure(self.weights.copy(), self.points.copy())
 
     def __neg__(self) -> Measure:

@@ -151,7 +151,29 @@ def inner_product_density(t, d):
 def sample_inner_product(n, d, rng=None, dtype=np.float64, device: str = "cpu"):
     """Draw n samples of t = <x, e>, x ~ tau_d: t = 2 B - 1 with B ~ Beta((d-1)/2, (d-1)/2).
 
-    Returns an array of shape (n,).
+    Parameters
+    ----------
+    n : int
+        Number of samples, n >= 0.
+    d : int
+        Ambient dimension, d >= 2.
+    rng : None, int or numpy.random.Generator
+        Source of randomness; the draw happens on the host, so a seed gives the same samples on
+        every device.
+    dtype : numpy dtype
+        float64 (default) or float32.
+    device : {"cpu", "gpu"}
+        Where the returned array lives.
+
+    Returns
+    -------
+    t : array of shape (n,)
+        Values in [-1, 1], with the density w_d of :func:`inner_product_density`.
+
+    Raises
+    ------
+    ValueError
+        For n or d not an integer in range, or a dtype other than float32 and float64.
     """
     n = check_integer(n, "n", minimum=0)
     d = check_dimension(d)
@@ -204,9 +226,24 @@ def gauss_jacobi(q, a, b):
     eigenvalues of the symmetric tridiagonal Jacobi matrix of the monic Jacobi polynomials and the
     weights mu_0 v_0^2, v_0 the first components of the unit eigenvectors (Golub and Welsch, 1969).
 
+    Parameters
+    ----------
+    q : int
+        Number of nodes, q >= 1; the rule is exact for polynomials of degree <= 2q - 1 times the weight.
+    a, b : float
+        Exponents of (1 - u) and (1 + u), finite, a > -1, b > -1 and a + b <= 1e150.
+
     Returns
     -------
     nodes, log_weights : numpy arrays of shape (q,)
+        Increasing nodes in (-1, 1) and the natural logarithms of their weights, float64 (a weight
+        that underflows in the Golub-Welsch method has log weight -inf).
+
+    Raises
+    ------
+    ValueError
+        For q not an integer >= 1, a or b not a finite number > -1, or a + b > 1e150 (the recurrences
+        overflow float64).
     """
     q = check_integer(q, "q", minimum=1)
     for value, name in ((a, "a"), (b, "b")):

@@ -182,8 +182,27 @@ def load_npz(path) -> dict:
 def config_hash(name: str, cfg, source: str = "") -> str:
     """A short stable hash of a study's name, its config, the package version and its source code.
 
-    The source (the study script's text) is part of the key so that editing a study never serves
-    a result computed by its previous version.
+    Parameters
+    ----------
+    name : str
+        The study's name.
+    cfg : dataclass instance
+        The study's Config; its fields (``dataclasses.asdict``) enter the hash, values that JSON
+        cannot write as their ``str``.
+    source : str
+        The study script's text, default "". It is part of the key so that editing a study never
+        serves a result computed by its previous version.
+
+    Returns
+    -------
+    str
+        The first 16 hexadecimal digits of a SHA-256 digest of the name, the config (keys sorted),
+        ``shallow.__version__`` and the SHA-256 digest of the source.
+
+    Raises
+    ------
+    TypeError
+        For a cfg that is not a dataclass instance.
     """
     payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__,
                           "source": _source_digest(source)},
@@ -534,7 +553,26 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, size=(5.0, 3.8), **kwargs):
-    """A matplotlib Figure and its axes, made without pyplot (no GUI backend, thread-safe)."""
+    """A matplotlib Figure and its axes, made without pyplot (no GUI backend, thread-safe).
+
+    Parameters
+    ----------
+    nrows, ncols : int
+        The grid of panels, 1 x 1 by default.
+    size : pair of floats
+        (width, height) of one panel in inches, default (5.0, 3.8); the figure is
+        (width ncols, height nrows).
+    **kwargs
+        Passed to :meth:`matplotlib.figure.Figure.subplots` (``sharex``, ``sharey``, ...; not
+        ``squeeze``, which is False).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        With the "constrained" layout.
+    axes : numpy array of Axes, of shape (nrows, ncols)
+        Two-dimensional even for one panel.
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")

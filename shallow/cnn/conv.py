@@ -141,7 +141,33 @@ def _pair(value, name):
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: tuple[int, int], dilation: int) -> int:
-    """floor((size + p_before + p_after - dilation (kernel - 1) - 1) / stride) + 1 (may be <= 0)."""
+    """floor((size + p_before + p_after - dilation (kernel - 1) - 1) / stride) + 1 (may be <= 0).
+
+    Parameters
+    ----------
+    size : int
+        Input length along one axis (H or W).
+    kernel : int
+        Kernel length along that axis.
+    stride : int
+        Step between output positions, stride >= 1.
+    padding : pair of ints
+        (p_before, p_after), the zeros added before and after the input.
+    dilation : int
+        Spacing between kernel taps (1: contiguous).
+
+    Returns
+    -------
+    int
+        The output length along that axis; <= 0 when the dilated kernel is longer than the padded
+        input (the caller refuses it).
+
+    Raises
+    ------
+    ValueError
+        For padding not a pair (tuple or list of two), or stride not an integer >= 1. size, kernel
+        and dilation are not checked.
+    """
     if not (isinstance(padding, (tuple, list)) and len(padding) == 2):
         raise ValueError(f"padding must be a pair (p_before, p_after), got {padding!r}")
     check_integer(stride, "stride", minimum=1)  # stride 0 divided by zero

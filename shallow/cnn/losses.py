@@ -37,10 +37,27 @@ __all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sampl
 def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     """``y`` as an integer array of labels in {0, ..., n_classes - 1}, of length n when given.
 
+    Parameters
+    ----------
+    y : array_like of shape (n,)
+        Class labels, numpy or cupy: integers, or floats with integer values.
+    n_classes : int
+        Number of classes K, K >= 1.
+    name : str
+        The argument's name in error messages, default "y".
+    n : int, optional
+        The number of samples y must label; by default any length.
+
+    Returns
+    -------
+    y : array of shape (n,)
+        On y's device; y itself (as an array) for an integer dtype, an int64 copy for floats.
+
     Raises
     ------
     ValueError
-        Naming ``name``, for a non-integer array, a wrong length or a label out of range.
+        Naming ``name``, for a non-integer array, an array that is not 1-dimensional, a wrong length
+        or a label out of range; and for n_classes not an integer >= 1.
     """
     check_integer(n_classes, "n_classes", minimum=1)
     xp = get_xp(y)

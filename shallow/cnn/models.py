@@ -73,15 +73,30 @@ CENTERINGS = (None, "frozen", "antisymmetric")
 def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
     """A finite batch of channels-last images, shape (N, H, W, C), checked against ``in_shape``.
 
-    A batch of shape (N, H, W) is read as single-channel images when ``in_shape`` has C = 1.
-    Integer and boolean images are converted to ``dtype`` (float64 by default), float images to
-    ``dtype`` when given.
+    Parameters
+    ----------
+    x : array_like of shape (N, H, W, C), or (N, H, W)
+        Real images, numpy or cupy. A batch of shape (N, H, W) is read as single-channel images
+        when ``in_shape`` has C = 1.
+    name : str
+        The argument's name in error messages.
+    in_shape : (H, W) or (H, W, C), optional
+        The image shape x must have ((H, W) means C = 1); by default any.
+    dtype : numpy float dtype (float32 or float64), optional
+        Integer and boolean images are converted to ``dtype`` (float64 by default), float images to
+        ``dtype`` when given (and kept as they are otherwise).
+
+    Returns
+    -------
+    x : array of shape (N, H, W, C)
+        Finite, of a float dtype, on x's device.
 
     Raises
     ------
     ValueError
-        Naming ``name``: not 4-dimensional, wrong size or number of channels, NaN or infinity, or
-        values beyond the largest number of ``dtype``.
+        Naming ``name``: not an array of real numbers, not 4-dimensional, wrong size or number of
+        channels, NaN or infinity, or values beyond the largest number of ``dtype``; also for an
+        ``in_shape`` that is not (H, W) or (H, W, C) of positive integers.
     """
     if isinstance(x, (str, bytes, dict, set)):
         raise ValueError(f"{name} must be an array of images, got {type(x).__name__}")
@@ -440,7 +455,36 @@ def build_model(arch="vgg", in_shape=(8, 8, 1), n_classes=10, *, alpha=1.0, cent
                 dtype=np.float64, **kwargs) -> Model:
     """A :class:`Model` around ``vgg_small`` (``arch="vgg"``) or ``resnet_small`` (``arch="resnet"``).
 
-    Extra keyword arguments go to the architecture (``width``, ``batch_norm``, ...).
+    Parameters
+    ----------
+    arch : {"vgg", "resnet"}
+        The architecture, :func:`vgg_small` (default) or :func:`resnet_small`.
+    in_shape : (H, W) or (H, W, C)
+        Input image shape, channels last; default (8, 8, 1) (the digits).
+    n_classes : int
+        Number of outputs K, default 10.
+    alpha : float > 0
+        Output scale of the :class:`Model`, default 1.
+    centering : {None, "frozen", "antisymmetric"}
+        The Model's centring, f(x; theta_0) = 0 (default None: none).
+    rng : None, int or numpy.random.Generator
+        Initialisation of the network (and, for vgg with ``dropout``, its dropout masks).
+    dtype : float32 or float64
+        The parameters' dtype, default float64.
+    **kwargs
+        Extra keyword arguments go to the architecture (``width``, ``batch_norm``, ``stages``, ...).
+
+    Returns
+    -------
+    Model
+        Mapping images of shape (N, H, W, C) to outputs of shape (N, K).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``arch``; the architecture and :class:`Model` refuse their bad arguments.
+    TypeError
+        For a keyword argument the architecture does not take.
     """
     builders = {"vgg": vgg_small, "resnet": resnet_small}
     if arch not in builders:

@@ -541,6 +541,7 @@ class InvertibleSequential(Sequential):
         return z
 
     def inverse(self, y):
+        """Phi^{-1}(y) = f_1^{-1} o ... o f_L^{-1} (y), the input whose output through all layers is y."""
         return self.reconstruct(y, len(self.layers))
 
 

@@ -93,6 +93,25 @@ PADDINGS = ("reflect", "periodic")
 def n_coefficients(J: int, L: int, max_order: int = 2) -> int:
     """K = 1 + J L (order 1) + L^2 J (J - 1) / 2 (order 2): the scattering coefficients per output pixel.
 
+    Parameters
+    ----------
+    J : int
+        Number of scales, J >= 1.
+    L : int
+        Number of orientations, L >= 1.
+    max_order : int
+        Highest order kept, 0, 1 or 2 (default): the sum stops at that order's term.
+
+    Returns
+    -------
+    int
+        K: 1 at order 0, 1 + J L at order 1, 1 + J L + L^2 J (J - 1) / 2 at order 2.
+
+    Raises
+    ------
+    ValueError
+        For J or L not an integer >= 1, or max_order not in {0, 1, 2}.
+
     Examples
     --------
     >>> n_coefficients(3, 8)

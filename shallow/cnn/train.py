@@ -100,6 +100,7 @@ class History:
     message: str = ""
 
     def to_json(self) -> str:
+        """The fields as one JSON object (a str), which :meth:`from_json` reads back."""
         return json.dumps(asdict(self))
 
     @classmethod
@@ -353,9 +354,35 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
 def train_step(model, loss, optimizer, x, y, *, check=True):
     """One step: forward, loss, backward, update. Returns (loss value, outputs).
 
-    The update is skipped when the loss is not finite (the caller decides what to do). ``check``: the
-    loss checks the labels' dtype and range (labels out of range failed with numpy's IndexError); a loop
-    that has checked all its labels once passes False.
+    Parameters
+    ----------
+    model : Layer
+        The network (a :class:`~shallow.cnn.models.Model`, an IRevNet, ...), in the mode the step
+        should run in (``train()`` for training).
+    loss : CrossEntropy or SquareLoss
+        Any object with ``value_and_grad(out, y, check=...)``.
+    optimizer : Optimizer
+        Over the model's parameters; ``optimizer.step`` receives ``model.named_gradients()``.
+    x : array of shape (N, H, W, C)
+        A batch of images (checked by the model's forward when it checks its inputs).
+    y : array of shape (N,), or (N, K) targets for the square loss
+        The batch's labels.
+    check : bool, default True
+        The loss checks the labels' dtype and range (labels out of range failed with numpy's
+        IndexError); a loop that has checked all its labels once passes False.
+
+    Returns
+    -------
+    value : float
+        The loss on the batch, before the update.
+    out : array of shape (N, K)
+        The model's outputs on x, before the update.
+
+    Notes
+    -----
+    The update is skipped when the loss is not finite (the caller decides what to do); the forward
+    pass has run all the same, so in train mode the running statistics of batch normalisation have
+    moved.
     """
     out = model.forward(x)
     value, dout = loss.value_and_grad(out, y, check=check)
