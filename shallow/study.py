@@ -22,8 +22,8 @@ stopped and an edited one recomputes. These flags choose where the work runs, ne
 computes: they are not Config fields and do not enter the result's hash.
 
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
-config and the package version (written atomically: a temporary file, then a rename, so an
-interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
+config, the package version and the study script's text (written atomically: a temporary file,
+then a rename, so an interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
 sidecar ``figures/NAME.json`` (config, version, wall time, device, the result's scalars, and for a
 study with grids how many points came from the cache and their own compute time). Quick
 runs write ``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
@@ -564,7 +564,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, size=(5.0, 3.8), **kwargs):
         (width ncols, height nrows).
     **kwargs
         Passed to :meth:`matplotlib.figure.Figure.subplots` (``sharex``, ``sharey``, ...; not
-        ``squeeze``, which is False).
+        ``squeeze``, which is False: passing it raises TypeError).
 
     Returns
     -------
@@ -573,6 +573,9 @@ def new_figure(nrows: int = 1, ncols: int = 1, size=(5.0, 3.8), **kwargs):
     axes : numpy array of Axes, of shape (nrows, ncols)
         Two-dimensional even for one panel.
     """
+    if "squeeze" in kwargs:
+        raise TypeError("new_figure always returns a 2-D array of axes (squeeze=False): index it as "
+                        "axes[0, 0], or use axes.flat, instead of passing squeeze")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")

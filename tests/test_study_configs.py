@@ -164,6 +164,12 @@ def test_new_figure_gives_each_panel_the_size_asked_for():
     assert tuple(fig.get_size_inches()) == (12.0, 5.0)  # 3 columns of 4 inches, 2 rows of 2.5
 
 
+def test_new_figure_refuses_squeeze_with_a_message_saying_why():
+    # squeeze=True used to fail inside matplotlib: "got multiple values for keyword argument 'squeeze'"
+    with pytest.raises(TypeError, match=r"2-D array of axes \(squeeze=False\)"):
+        study.new_figure(1, 1, squeeze=True)
+
+
 def test_a_tuple_field_with_a_float_entry_parses_floats():
     # The flag's entries take the default's type: float when any entry of the default is a float, so that a
     # default (1, 2.5) accepts 0.5; an all-int default parses ints and refuses 0.5.
