@@ -191,9 +191,16 @@ class DeepReLU:
                         self.meta)
 
     def astype(self, dtype) -> DeepReLU:
-        """The same network with its parameters cast to ``dtype`` (float32 or float64), on the same device."""
+        """The same network with its parameters cast to ``dtype`` (float32 or float64), on the same device.
+
+        A parameter beyond float32's range raises ValueError rather than becoming inf. ``meta`` is
+        copied as it is: a proven ``error_bound`` is about the construction, not the rounding.
+        """
         dtype = check_float_dtype(dtype)
-        return DeepReLU([W.astype(dtype) for W in self.weights], [b.astype(dtype) for b in self.biases], self.meta)
+        return DeepReLU([cast_within_range(W, dtype, f"weights[{i}]", "the cast network")
+                         for i, W in enumerate(self.weights)],
+                        [cast_within_range(b, dtype, f"biases[{i}]", "the cast network")
+                         for i, b in enumerate(self.biases)], self.meta)
 
     def __repr__(self):
         return (f"DeepReLU(d={self.d}, widths={self.widths}, outputs={int(self.weights[-1].shape[0])}, "

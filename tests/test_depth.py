@@ -713,3 +713,16 @@ def test_deep_relu_rejects_float16_weights_and_inputs_beyond_its_float32_range()
     net = DeepReLU([W.astype(np.float32)], [b.astype(np.float32)])
     with pytest.raises(ValueError, match="X has values up to 1e\\+39"):
         net(np.array([[1e39]]))
+
+
+def test_deep_relu_astype_refuses_parameters_beyond_float32_and_copies_meta():
+    # astype cast a weight of 1e39 to inf silently; meta is copied, not shared
+    net = DeepReLU([np.array([[1e39], [1.0]])], [np.zeros(2)], meta={"k": 1})
+    with pytest.raises(ValueError, match=r"weights\[0\] has values up to 1e\+39"):
+        net.astype(np.float32)
+    small = DeepReLU([np.array([[0.1], [1.0]])], [np.array([0.0, 1e39])], meta={"k": 1})
+    with pytest.raises(ValueError, match=r"biases\[0\] has values up to 1e\+39"):
+        small.astype(np.float32)
+    ok = DeepReLU([np.array([[0.1], [1.0]])], [np.zeros(2)], meta={"k": 1})
+    cast = ok.astype(np.float32)
+    assert cast.dtype == np.float32 and cast.meta == {"k": 1} and cast.meta is not ok.meta
