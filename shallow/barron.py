@@ -56,8 +56,8 @@ import numbers
 
 import numpy as np
 
-from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_points, check_positive,
-                          check_random_state)
+from ._validation import (check_array, check_bool, check_float_dtype, check_integer, check_nonnegative, check_points,
+                          check_positive, check_random_state)
 from .backend import device_of, get_xp, to_device, to_numpy
 from .networks import TwoLayer, _resolve_activation
 from .sphere import _log_gamma_ratio
@@ -393,7 +393,8 @@ def barron_bound(C_f, radius, m) -> float:
     Parameters
     ----------
     C_f : float
-        The Euclidean Barron norm (``norm=2``) of f, positive and finite.
+        The Euclidean Barron norm (``norm=2``) of f, finite and >= 0 (0 for a constant f, which
+        the bound then approximates exactly).
     radius : float
         r, the radius of the ball B_r = {|x| <= r}, positive and finite.
     m : int
@@ -407,7 +408,7 @@ def barron_bound(C_f, radius, m) -> float:
     Raises
     ------
     ValueError
-        For C_f or radius not a positive finite number, or m not an integer >= 1.
+        For radius not a positive finite number, C_f not a finite number >= 0, or m not an integer >= 1.
 
     Notes
     -----
@@ -419,7 +420,7 @@ def barron_bound(C_f, radius, m) -> float:
     >>> barron_bound(1.5, 2.0, 36)
     1.0
     """
-    return 2 * check_positive(radius, "radius") * check_positive(C_f, "C_f") / math.sqrt(check_integer(m, "m", minimum=1))
+    return 2 * check_positive(radius, "radius") * check_nonnegative(C_f, "C_f") / math.sqrt(check_integer(m, "m", minimum=1))
 
 
 def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):

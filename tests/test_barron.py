@@ -234,6 +234,7 @@ def test_maurey_sample_compresses_a_wide_network():
 def test_maurey_bounds_are_their_formulas():
     assert maurey_bound(2.0, 16, sup=3.0) == 1.5
     assert barron_bound(2.0, 0.5, 4) == 1.0
+    assert barron_bound(0.0, 0.5, 4) == 0.0  # a constant f: its Barron norm is 0, and so is the error
 
 
 def test_custom_representation_and_cosine_activation():
@@ -344,6 +345,7 @@ def test_targets_and_maurey_networks_on_each_backend(xp, dtype):
     (lambda: maurey_sample(Measure(np.zeros(2), np.eye(2)), 5), "zero total variation"),
     (lambda: maurey_bound(-1.0, 4), "mass must be a positive"),
     (lambda: barron_bound(1.0, 1.0, 0), "m must be an integer >= 1"),
+    (lambda: barron_bound(-1.0, 1.0, 4), "C_f must be a finite number >= 0"),
     (lambda: sample_ball(-1, 2), "n must be an integer >= 0"),
     (lambda: sample_ball(3, 2, radius=np.inf), "radius must be a positive"),
     (lambda: single_neuron_norms(1.0, np.ones(3), -1), "kmax must be an integer >= 0"),
