@@ -165,12 +165,17 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: tuple[int, in
     Raises
     ------
     ValueError
-        For padding not a pair (tuple or list of two), or stride not an integer >= 1. size, kernel
-        and dilation are not checked.
+        For size not an integer >= 0, kernel, stride or dilation not an integer >= 1, or padding
+        not a pair (tuple or list) of integers >= 0.
     """
     if not (isinstance(padding, (tuple, list)) and len(padding) == 2):
         raise ValueError(f"padding must be a pair (p_before, p_after), got {padding!r}")
+    check_integer(size, "size", minimum=0)
+    check_integer(kernel, "kernel", minimum=1)
     check_integer(stride, "stride", minimum=1)  # stride 0 divided by zero
+    check_integer(dilation, "dilation", minimum=1)  # dilation 0 or -1 gave a size, and a wrong one
+    check_integer(padding[0], "padding[0]", minimum=0)
+    check_integer(padding[1], "padding[1]", minimum=0)
     return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
 
 

@@ -176,6 +176,29 @@ def test_conv_output_size_rejects_a_zero_stride_naming_it():
         conv_output_size(5, 3, 1, 1, 1)
 
 
+@pytest.mark.parametrize("size, kernel, dilation, padding, name", [
+    (-1, 3, 1, (0, 0), "size must be an integer >= 0"), (5, 0, 1, (0, 0), "kernel must be an integer >= 1"),
+    (5, 3, 0, (0, 0), "dilation must be an integer >= 1"), (5, 3, -1, (0, 0), "dilation must be an integer >= 1"),
+    (5, 3, 1, (-1, 0), r"padding\[0\] must be an integer >= 0"), (5, 3, 1, (0, 1.5), r"padding\[1\] must be an integer")])
+def test_conv_output_size_rejects_sizes_that_count_no_window(size, kernel, dilation, padding, name):
+    # dilation 0 or -1 returned a size (6 and 8 for a 3-tap kernel on 5 samples) where no window exists
+    with pytest.raises(ValueError, match=name):
+        conv_output_size(size, kernel, 1, padding, dilation)
+
+
+def test_conv_output_size_counts_the_windows_that_fit():
+    # Against a direct count: start positions s = 0, stride, 2 stride, ... whose last tap
+    # s + dilation (kernel - 1) lies inside the padded input.
+    for size in range(0, 9):
+        for kernel in range(1, 4):
+            for stride in range(1, 4):
+                for dilation in range(1, 3):
+                    for pad in [(0, 0), (1, 0), (1, 2)]:
+                        padded = size + pad[0] + pad[1]
+                        count = sum(1 for s in range(0, padded, stride) if s + dilation * (kernel - 1) < padded)
+                        assert max(conv_output_size(size, kernel, stride, pad, dilation), 0) == count
+
+
 @pytest.mark.parametrize("make", [lambda: Conv2d(1, 1, 3, init=np.inf), lambda: Linear(1, 1, init=np.inf)],
                          ids=["Conv2d", "Linear"])
 def test_layers_reject_an_infinite_init_std_naming_init(make):
