@@ -33,8 +33,8 @@ then on, with the same numbers.
 
 The numbers are those of :func:`~shallow.cnn.train.train_step`: the same kernels in the same order,
 and the per-step coefficients rounded to the parameters' dtype as the floats are. When the loss is
-not finite the step leaves parameters and optimiser state as they were (the graph begins by
-copying them aside); the gradients are then those of the failed step.
+not finite the step leaves parameters, optimiser state and batch-norm running statistics as they
+were (the graph begins by copying them aside); the gradients are then those of the failed step.
 
 On the host (numpy arrays) there is nothing to record: every call runs the step function on the
 same buffers, so this code path, except the capture itself, is tested without a GPU.
@@ -54,7 +54,7 @@ import numpy as np
 
 from ..backend import cuda_runtime, get_xp
 from . import _cublas, _reduce
-from .layers import check_layer
+from .layers import _running_buffers, check_layer
 from .models import _inputs_checked
 from .optim import Optimizer
 
@@ -226,7 +226,7 @@ class CapturedStep:
             a is not b for a, b in zip(arrays, self._arrays))
         if replaced:
             self._recordings.clear()  # the model's arrays were replaced (or this is the first call)
-            self._restorable = self.optimizer._written_arrays()
+            self._restorable = self.optimizer._written_arrays() + _running_buffers(self.model)
             self._backup = [xp.empty_like(a) for a in self._restorable]
         key = (tuple(x.shape), x.dtype.str, tuple(y.shape), y.dtype.str, self.model.training)
         r = self._recordings.get(key)

@@ -184,6 +184,12 @@ def _checking_tangents(jvp):
     return checked
 
 
+def _running_buffers(layer) -> list:
+    """The buffers that a forward pass in train mode writes in place (batch-norm running
+    statistics): every layer's ``buffers``, without the parameters of frozen sub-layers."""
+    return [b for _, lay in layer.named_layers() for b in lay.buffers.values()]
+
+
 def _shape_of(a):
     shape = getattr(a, "shape", None)
     return tuple(shape) if shape is not None else f"a {type(a).__name__}"

@@ -54,7 +54,7 @@ from ..backend import array_digest, get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
-from .layers import _shape_of, check_layer
+from .layers import _running_buffers, _shape_of, check_layer
 from .losses import CrossEntropy, accuracy, check_labels
 from .models import _inputs_checked, check_images
 from .optim import SGD, Optimizer
@@ -380,15 +380,19 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
 
     Notes
     -----
-    The update is skipped when the loss is not finite (the caller decides what to do); the forward
-    pass has run all the same, so in train mode the running statistics of batch normalisation have
-    moved.
+    The update is skipped when the loss is not finite (the caller decides what to do), and the
+    running statistics of batch normalisation, which the forward pass moved in train mode, are
+    put back: the model is as it was before the step (up to the draws of its dropout generators).
     """
+    running = [(b, b.copy()) for b in _running_buffers(model)] if model.training else []
     out = model.forward(x)
     value, dout = loss.value_and_grad(out, y, check=check)
     if math.isfinite(value):
         model.backward(dout, need_input_grad=False)
         optimizer.step(model.named_gradients())
+    else:
+        for b, saved in running:
+            b[...] = saved
     return value, out
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from shallow.cnn import (SGD, Adam, CapturedStep, Cosine, CrossEntropy, SquareLoss, StepDecay, _reduce, build_model,
                          fit)
+from shallow.cnn.models import _inputs_checked
 from shallow.cnn.robustness import ProjectedOptimizer
 from shallow.cnn.train import train_step
 
@@ -308,13 +309,22 @@ def test_captured_step_reads_no_value_on_the_host(monkeypatch):
         _HostRead.armed = False
 
 
-def test_captured_step_keeps_parameters_and_state_when_the_loss_is_not_finite():
+@pytest.mark.parametrize("captured", [True, False], ids=["CapturedStep", "train_step"])
+def test_a_step_with_a_non_finite_loss_keeps_parameters_state_and_running_statistics(captured):
+    # The batch-norm running statistics used to keep the failed batch's (NaN) moments
     x, y = _data(16)
     model = _model()
+    assert any("running_mean" in k for k in model.named_buffers())
     opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
-    step = CapturedStep(model, CrossEntropy(), opt)
+
+    def plain(xb, yb):
+        with _inputs_checked(model):  # as fit runs it: the model's own check would refuse the NaN
+            return train_step(model, CrossEntropy(), opt, xb, yb)
+
+    step = CapturedStep(model, CrossEntropy(), opt) if captured else plain
     step(x, y)
     params = {k: v.copy() for k, v in model.named_parameters().items()}
+    buffers = {k: v.copy() for k, v in model.named_buffers().items()}
     momentum = [a.copy() for a in opt._written_arrays()]
     bad = x.copy()
     bad[3, 2, 2, 0] = np.nan
@@ -323,9 +333,12 @@ def test_captured_step_keeps_parameters_and_state_when_the_loss_is_not_finite():
     assert np.isnan(value) and opt.t == 1
     for key, p in model.named_parameters().items():
         np.testing.assert_array_equal(p, params[key])
+    for key, b in model.named_buffers().items():
+        np.testing.assert_array_equal(b, buffers[key], err_msg=key)
     for a, b in zip(opt._written_arrays(), momentum, strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.isfinite(step(x, y)[0]) and opt.t == 2
+    assert all(np.isfinite(b).all() for b in model.named_buffers().values())
 
 
 def test_captured_step_refuses_dropout():
