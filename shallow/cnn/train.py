@@ -384,15 +384,19 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
     running statistics of batch normalisation, which the forward pass moved in train mode, are
     put back: the model is as it was before the step (up to the draws of its dropout generators).
     """
-    running = [(b, b.copy()) for b in _running_buffers(model)] if model.training else []
+    running = _running_buffers(model) if model.training else []
+    if running:  # one concatenation: one kernel launch on a GPU rather than a copy per buffer
+        saved = get_xp(running[0]).concatenate([b.ravel() for b in running])
     out = model.forward(x)
     value, dout = loss.value_and_grad(out, y, check=check)
     if math.isfinite(value):
         model.backward(dout, need_input_grad=False)
         optimizer.step(model.named_gradients())
-    else:
-        for b, saved in running:
-            b[...] = saved
+    elif running:
+        offset = 0
+        for b in running:
+            b[...] = saved[offset:offset + b.size].reshape(b.shape)
+            offset += b.size
     return value, out
 
 
