@@ -433,6 +433,17 @@ def _host_if_sequence(x):
     return np.asarray(x) if isinstance(x, (list, tuple)) else x
 
 
+def _required_sigma(sigma, Y, caller):
+    """sigma, which defaults to None only so that Y can be left out: a TypeError naming it when missing."""
+    if sigma is not None:
+        return sigma
+    if isinstance(Y, (str, Activation)):
+        raise TypeError(f"{caller}() missing the activation sigma; the second positional argument is Y, got "
+                        f"{Y!r}: pass {caller}(X, sigma={Y!r}) or {caller}(X, None, {Y!r})")
+    raise TypeError(f"{caller}() missing the activation sigma: pass {caller}(X, Y, sigma) or "
+                    f"{caller}(X, sigma=...) for Y = X")
+
+
 def _check_weights(weights):
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -574,17 +585,23 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
     return out
 
 
-def random_feature_kernel(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None):
+def random_feature_kernel(X, Y=None, sigma=None, weights="gaussian", *, n_features=None, rng=None, kmax=None):
     """Random-feature (NNGP) kernel K(x, y) = E_w[sigma(<w, x>) sigma(<w, y>)] of a two-layer network.
+
+    Call as ``random_feature_kernel(X, Y, "relu")`` or, for K(X, X),
+    ``random_feature_kernel(X, sigma="relu")`` (Y defaults to None).
 
     Parameters
     ----------
     X : array of shape (n, d)
         Inputs (numpy or cupy; float32 or float64, kept).
-    Y : array of shape (n', d), or None
-        Second inputs; None means Y = X (and then K(x, x) is computed with theta = 0 exactly).
+    Y : array of shape (n', d), or None, optional
+        Second inputs; None (the default) means Y = X (and then K(x, x) is computed with
+        theta = 0 exactly).
     sigma : str or Activation
         The activation (a name from :data:`shallow.activations.ACTIVATIONS`, or an Activation).
+        Required: the default None only lets Y be left out, ``random_feature_kernel(X, sigma="relu")``;
+        leaving sigma out raises TypeError.
     weights : {"gaussian", "sphere"}
         w ~ N(0, I_d) or w ~ tau_d (uniform on S^{d-1}).
     n_features : int, optional
@@ -626,24 +643,30 @@ def random_feature_kernel(X, Y, sigma, weights="gaussian", *, n_features=None, r
     >>> X = np.array([[1.0, 0.0], [0.0, 2.0]])
     >>> np.round(random_feature_kernel(X, None, "relu"), 6).tolist()   # |x|^2/2 on the diagonal
     [[0.5, 0.31831], [0.31831, 2.0]]
+    >>> np.array_equal(random_feature_kernel(X, sigma="relu"), random_feature_kernel(X, X, "relu"))
+    True
     """
-    sigma = as_activation(sigma)
+    sigma = as_activation(_required_sigma(sigma, Y, "random_feature_kernel"))
     (K,) = _kernels([_feature(sigma)], X, Y, weights, n_features, rng, kmax, "random_feature_kernel")
     return K
 
 
-def ntk(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None):
+def ntk(X, Y=None, sigma=None, weights="gaussian", *, n_features=None, rng=None, kmax=None):
     """Neural tangent kernel of f(x) = m^{-1/2} sum_j a_j sigma(<w_j, x>), both layers trained.
 
     Theta(x, y) = E_w[sigma(<w, x>) sigma(<w, y>)] + <x, y> E_w[sigma'(<w, x>) sigma'(<w, y>)],
 
     with a_j ~ N(0, 1) and w_j ~ N(0, I_d) (``weights="gaussian"``) or tau_d (``"sphere"``).
+    Call as ``ntk(X, Y, "relu")`` or, for Theta(X, X), ``ntk(X, sigma="relu")``.
 
     Parameters
     ----------
     X : array of shape (n, d)
-    Y : array of shape (n', d), or None (Y = X)
+    Y : array of shape (n', d), or None, optional
+        None (the default) means Y = X, as in :func:`random_feature_kernel`.
     sigma : str or Activation
+        Required: the default None only lets Y be left out, ``ntk(X, sigma="relu")``; leaving
+        sigma out raises TypeError.
     weights : {"gaussian", "sphere"}
     n_features, rng, kmax
         As in :func:`random_feature_kernel` (the Monte Carlo estimate uses the same weights for
@@ -672,8 +695,10 @@ def ntk(X, Y, sigma, weights="gaussian", *, n_features=None, rng=None, kmax=None
     >>> x = np.array([[1.0, 0.0]])
     >>> round(float(ntk(x, None, "relu")[0, 0]), 12)     # |x|^2/2 + |x|^2 * 1/2
     1.0
+    >>> round(float(ntk(x, sigma="relu")[0, 0]), 12)     # Y left out: Y = X
+    1.0
     """
-    sigma = as_activation(sigma)
+    sigma = as_activation(_required_sigma(sigma, Y, "ntk"))
     features = [_feature(sigma), _feature(sigma, derivative=True)]
     K, GKp = _kernels(features, X, Y, weights, n_features, rng, kmax, "ntk", times_gram=(False, True))
     return K + GKp

@@ -282,6 +282,29 @@ def test_ntk_of_relu_is_arc_cosine_one_plus_inner_product_times_arc_cosine_zero(
     np.testing.assert_allclose(ntk(X, Y, "relu", "sphere"), k1 / d + G * k0, rtol=1e-13)
 
 
+def test_kernels_with_y_left_out_are_the_closed_forms_on_x_and_x():
+    """Y defaults to None, Y = X: K(X) = k_1(X, X) and Theta(X) = k_1 + <x, y> k_0 (Cho & Saul)."""
+    X, _ = _inputs(5, seed=11)
+    nx = np.linalg.norm(X, axis=1)
+    G = X @ X.T
+    t = np.clip(G / np.outer(nx, nx), -1, 1)
+    np.fill_diagonal(t, 1.0)  # theta(x, x) = 0 exactly (an arccos of G / |x|^2 is off by sqrt(eps))
+    k1, k0 = np.outer(nx, nx) * _k1(t), _k0(t)
+    np.testing.assert_allclose(random_feature_kernel(X, sigma="relu"), k1, rtol=1e-12)
+    np.testing.assert_allclose(ntk(X, sigma="relu"), k1 + G * k0, rtol=1e-12)
+    np.testing.assert_allclose(ntk(X, sigma="relu", weights="sphere"), k1 / 5 + G * k0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [ntk, random_feature_kernel])
+def test_kernels_without_sigma_raise_type_error_naming_sigma(kernel):
+    """sigma defaults to None only so that Y may be left out: missing, it is a TypeError naming sigma."""
+    X, _ = _inputs(3)
+    with pytest.raises(TypeError, match=r"missing the activation sigma: pass"):
+        kernel(X)
+    with pytest.raises(TypeError, match=r"the second positional argument is Y, got 'relu'.*sigma='relu'"):
+        kernel(X, "relu")
+
+
 NTK_CASES = [("relu", "gaussian"), ("relu", "sphere"), ("erf", "gaussian"), (("relu_power", 2.0), "gaussian"),
              (("relu_power", 1.5), "sphere"), ("abs", "gaussian"), ("quadratic", "sphere"), ("tanh", "sphere"),
              ("sigmoid", "sphere")]
