@@ -83,7 +83,7 @@ from ._validation import (
     check_symmetric,
 )
 from .backend import device_of, get_xp, sum_of_squares_parts, to_numpy
-from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma
+from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma, default_block_bytes
 
 __all__ = [
     "linearize",
@@ -354,8 +354,10 @@ class LinearizedRisk:
     ----------
     X : array of shape (n, d)
     y : array of shape (n,)
-    chunk_bytes : int
-        Memory of one (chunk, m) block when the features are not cached.
+    chunk_bytes : int, optional
+        Memory of one (chunk, m) block when the features are not cached. Default (None)
+        :func:`shallow.networks.default_block_bytes`, as for :class:`shallow.flows.EmpiricalRisk`:
+        16 MiB on the host, up to 1 GiB on a GPU.
     cache_bytes : int
         The features S0 = sigma(X~ W0^T) and P0 = sigma'(X~ W0^T), two (n, m) arrays, are computed once
         and kept when they take at most this many bytes (default 256 MiB); otherwise they are
@@ -383,7 +385,7 @@ class LinearizedRisk:
     True
     """
 
-    def __init__(self, X, y, *, chunk_bytes: int = BLOCK_BYTES, cache_bytes: int = CACHE_BYTES):
+    def __init__(self, X, y, *, chunk_bytes: int | None = None, cache_bytes: int = CACHE_BYTES):
         X = check_points(X, "X")
         y = check_array(y, "y", ndim=1)
         get_xp(X, y)
@@ -392,7 +394,8 @@ class LinearizedRisk:
         if X.shape[0] == 0:
             raise ValueError("X must hold at least one sample, got n=0")
         self.X, self.y = X, y
-        self.chunk_bytes = check_integer(chunk_bytes, "chunk_bytes", minimum=1)
+        self.chunk_bytes = default_block_bytes(get_xp(X)) if chunk_bytes is None else check_integer(
+            chunk_bytes, "chunk_bytes", minimum=1)
         self.cache_bytes = check_integer(cache_bytes, "cache_bytes", minimum=0)
         self._cache = None  # (base, Xt, S0, P0) for the last anchor seen
 
@@ -621,9 +624,9 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
         Kernel between test and training points.
     f0_test : array of shape (n_test,), optional
         Predictions at t = 0 on the test points (default 0).
-    time_scale : float
-        The factor s of :func:`shallow.flows.gradient_flow` (``time_scale``; its default there is m):
-        pass the same s to predict a flow run with it.
+    time_scale : float, optional
+        Default 1. The factor s of :func:`shallow.flows.gradient_flow` (``time_scale``; its default
+        there is m): pass the same s to predict a flow run with it.
 
     Returns
     -------

@@ -91,6 +91,16 @@ def test_linearized_risk_gradient_matches_central_differences():
         assert R == pytest.approx(0.5 * np.mean((f - y) ** 2), rel=1e-12)
 
 
+def test_linearized_risk_chunk_bytes_none_takes_the_default_of_empirical_risk():
+    """chunk_bytes=None: the device-dependent default_block_bytes of EmpiricalRisk (16 MiB on the host)."""
+    net = TwoLayer.init(8, 3, scale="ntk", rng=4, activation="tanh")
+    X, y = _data(10, 3, 5)
+    risk = LinearizedRisk(X, y, chunk_bytes=None, cache_bytes=0)
+    assert risk.chunk_bytes == EmpiricalRisk(X, y, chunk_bytes=None).chunk_bytes == 16 * 2**20
+    # at the anchor f_lin = f: the risk is that of the network itself (float64 rounding, rel 1e-12)
+    assert risk(linearize(net)) == pytest.approx(0.5 * np.mean((net(X) - y) ** 2), rel=1e-12)
+
+
 def test_flows_refuse_to_train_a_linearized_model_with_a_nonlinear_risk():
     net = TwoLayer.init(5, 3, rng=0)
     X, y = _data(4, 3, 1)
