@@ -764,6 +764,10 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
         not constant (B^2 >= knots[-1]): then the error bound below holds on all of R^d.
     tolerance : float, default 0.01
         The uniform error sup_x |net(x) - psi(|x|^2)| to guarantee.
+    dtype : numpy dtype, default float64
+        float64 or float32: the dtype of the network's parameters.
+    device : {"cpu", "gpu"}, default "cpu"
+        Where the network's parameters live (numpy or cupy arrays).
 
     Returns
     -------
@@ -1281,6 +1285,10 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
         Relative half-width of the shell where the network ramps from 1 to 0.
     radius : float, default 1
         r.
+    dtype : numpy dtype, default float64
+        float64 or float32: the dtype of the network's parameters.
+    device : {"cpu", "gpu"}, default "cpu"
+        Where the network's parameters live (numpy or cupy arrays).
 
     Returns
     -------
@@ -1402,6 +1410,10 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
         d >= 2; the network takes (x, y) in R^{2d}.
     tolerance : float, default 0.05
         The proven uniform error (``meta["error_bound"]``).
+    dtype : numpy dtype, default float64
+        float64 or float32: the dtype of the network's parameters.
+    device : {"cpu", "gpu"}, default "cpu"
+        Where the network's parameters live (numpy or cupy arrays).
 
     Returns
     -------

@@ -298,6 +298,11 @@ class PopulationRisk:
         The target f^*, with the same activation as the students (relu or step) and no bias.
     input : {"gaussian", "sphere"}
         x ~ N(0, I_d), or x ~ tau_d uniform on S^{d-1}.
+    chunk_bytes : int, optional
+        Memory for the temporaries of one tile of the kernel matrices K(W, W) and K(W, W^*)
+        (about 10 arrays of a tile's size; on the host a tile stays within ``HOST_TILE_BYTES``
+        whatever this is). Default :func:`shallow.networks.default_block_bytes`: 16 MiB on the
+        host, up to 1 GiB on a GPU.
 
     Notes
     -----
@@ -612,6 +617,11 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         otherwise. record_every may change.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
+    checkpoint_every : int, default 0
+        Save to ``checkpoint`` after every so many steps (counted from step 0, resumed runs
+        included), besides the end and Ctrl-C; 0 (the default) saves only at the end and on
+        Ctrl-C. Used only with ``checkpoint``; the ``"adaptive"`` method saves only at the end
+        and on Ctrl-C whatever its value.
     tol : float
         Tolerance of the adaptive method, mixed absolute and relative: a step of the 3(2) pair is
         accepted when the Euclidean norm of its error estimate (the third- minus the second-order
