@@ -198,6 +198,12 @@ def _reflect_index(M, p):
 class Scattering2D:
     r"""The 2-D scattering transform S_J of order <= 2 (Kymatio's conventions; module notes).
 
+    Layout: calling it (and :meth:`jvp`, :meth:`vjp`) takes images of shape (..., H, W) = (..., M, N),
+    with no channel axis, and returns coefficients of shape (..., K, H / 2^J, W / 2^J) (Kymatio's
+    layout, coefficient axis before the spatial ones). The rest of :mod:`shallow.cnn` uses
+    channels-last batches (N, H, W, C): for those use :class:`ScatteringLayer`, the channels-last
+    wrapper (N, H, W, C) -> (N, H / 2^J, W / 2^J, C K), or :meth:`features`, its forward pass.
+
     Parameters
     ----------
     J : int >= 1
@@ -292,6 +298,10 @@ class Scattering2D:
     # ------------------------------------------------------------------ input checks
     def _check(self, x, name="x"):
         x = check_array(x, name)
+        if x.ndim >= 3 and tuple(x.shape[-3:-1]) == self.shape and tuple(x.shape[-2:]) != self.shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, a channels-last batch (N, H, W, C) of "
+                             f"{self.shape[0]} x {self.shape[1]} images, but Scattering2D takes images of shape "
+                             "(..., H, W): for channels-last batches use ScatteringLayer (or Scattering2D.features)")
         if x.ndim < 2 or tuple(x.shape[-2:]) != self.shape:
             raise ValueError(f"{name} must have shape (..., {self.shape[0]}, {self.shape[1]}) for this scattering "
                              f"(shape={self.shape}), got {tuple(x.shape)}")
@@ -560,6 +570,11 @@ class ScatteringLayer(Layer):
     ----------
     J, shape, L, max_order, padding
         As in :class:`Scattering2D` (``shape`` = (H, W)); or pass ``scattering=`` a built one.
+        J and shape are required unless ``scattering`` is given.
+    scattering : Scattering2D, optional
+        A transform already built (its filters, possibly already moved to a device with
+        :meth:`Scattering2D.to`, are shared); when given, J, shape, L, max_order and padding are
+        ignored.
 
     Notes
     -----

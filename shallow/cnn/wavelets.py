@@ -352,10 +352,16 @@ def frame_bounds(bank: FilterBank) -> tuple[float, float]:
 def wavelet_transform(x, bank: FilterBank):
     r"""The wavelet transform Wx = (x * phi_J, (x * psi_{j, l})_{j, l}) of real images, periodic and not subsampled.
 
+    Layout: images of shape (..., H, W) = (..., M, N), with no channel axis (unlike the channels-last
+    batches (N, H, W, C) of the rest of :mod:`shallow.cnn`); the outputs keep the leading axes and put
+    the scale and orientation axes (J, L) before the spatial ones. For a channels-last batch X, pass
+    ``X.transpose(0, 3, 1, 2)`` (shape (N, C, H, W)); :class:`shallow.cnn.scattering.ScatteringLayer`
+    is the channels-last wrapper of the scattering transform built on these filters.
+
     Parameters
     ----------
     x : array of shape (..., M, N)
-        Real images (numpy or cupy), M x N the bank's grid.
+        Real images (numpy or cupy), M x N the bank's grid, no channel axis.
     bank : FilterBank
 
     Returns
@@ -382,6 +388,10 @@ def wavelet_transform(x, bank: FilterBank):
     xp = get_xp(x)
     if x.ndim < 2:
         raise ValueError(f"x must be a real array of shape (..., M, N), got dtype {x.dtype} and shape {x.shape}")
+    if x.ndim >= 3 and tuple(x.shape[-3:-1]) == tuple(bank.shape) and tuple(x.shape[-2:]) != tuple(bank.shape):
+        raise ValueError(f"x has shape {tuple(x.shape)}, a channels-last batch (N, H, W, C) of "
+                         f"{bank.shape[0]} x {bank.shape[1]} images, but wavelet_transform takes images of shape "
+                         "(..., H, W): for channels-last batches pass x.transpose(0, 3, 1, 2)")
     if tuple(x.shape[-2:]) != tuple(bank.shape):
         raise ValueError(f"x has images of shape {tuple(x.shape[-2:])} but the filter bank is built for "
                          f"shape {tuple(bank.shape)}")

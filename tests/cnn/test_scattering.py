@@ -396,6 +396,19 @@ def test_bad_input_raises_a_clear_value_error(call, match):
         call(S)
 
 
+def test_scattering2d_of_a_channels_last_image_data_batch_points_to_scattering_layer():
+    """Scattering2D takes images (..., H, W); given an ImageData batch (N, H, W, C) it names ScatteringLayer."""
+    from shallow.cnn.data import load_digits
+
+    X = load_digits().X_train[:2]  # (2, 8, 8, 1)
+    S = Scattering2D(1, (8, 8), L=4)
+    with pytest.raises(ValueError, match=r"images of shape \(\.\.\., H, W\): for channels-last batches use "
+                                         r"ScatteringLayer"):
+        S(X)
+    # what the message points to: the channels-last wrapper gives (N, H / 2, W / 2, C K), K = 1 + J L = 5
+    assert ScatteringLayer(scattering=S)(X).shape == (2, 4, 4, 5)
+
+
 @pytest.mark.parametrize("J", [-1, 0, 1.5, "2"])
 def test_check_scattering_shape_refuses_a_J_that_is_not_a_positive_integer(J):
     # J = -1 passed (every side is a multiple of 2^-1 = 0.5) and J = "2" failed inside 2**J.

@@ -289,6 +289,13 @@ def test_bad_input_raises_a_clear_value_error(call, match):
         call()
 
 
+def test_wavelet_transform_of_a_channels_last_batch_points_to_the_image_layout():
+    """wavelet_transform takes images (..., H, W): an (N, H, W, C) batch gets a message saying so."""
+    with pytest.raises(ValueError, match=r"images of shape \(\.\.\., H, W\): for channels-last batches pass "
+                                         r"x\.transpose\(0, 3, 1, 2\)"):
+        wavelet_transform(np.zeros((2, 16, 16, 1)), filter_bank((16, 16), 2, 4))
+
+
 @pytest.mark.parametrize("x, match", [
     (np.full((2, 16, 16), np.nan), "x contains 512 NaN or infinite"),
     (np.full((1, 16, 16), np.inf), "x contains 256 NaN or infinite"),
