@@ -7,8 +7,9 @@ the tangent model (:func:`linearize`), data (scikit-learn's digits, local MNIST-
 training loop with exact checkpoints.
 
 Conventions: images are channels-last arrays of shape (N, H, W, C); weights are input-major
-(``Linear.W`` is (d_in, d_out), ``Conv2d.W`` is (KH, KW, C_in / groups, C_out)); float32 and
-float64; parameters and gradients are plain arrays of the backend.
+(a Linear layer's ``layer.params["W"]`` is (d_in, d_out), a Conv2d's ``layer.params["W"]`` is
+(KH, KW, C_in / groups, C_out)); float32 and float64; parameters and gradients are plain arrays
+of the backend, in each layer's ``params`` and ``grads`` dicts.
 
 Speed: a 3x3 convolution is nine GEMMs on shifted row-slices of one padded channels-last buffer,
 accumulated in place by BLAS, in row blocks sized for OpenBLAS's small-matrix kernels

@@ -26,8 +26,9 @@ Conventions
 * Images are channels-last, **NHWC**: a batch is an array of shape (N, H, W, C). This is the layout
   in which a 3x3 convolution is nine GEMMs on shifted views of one padded buffer
   (:mod:`shallow.cnn.conv`); PyTorch's NCHW arrays are ``x.transpose(0, 2, 3, 1)`` of ours.
-* Weights are stored input-major: ``Linear.W`` has shape (d_in, d_out) and ``Conv2d.W`` shape
-  (KH, KW, C_in / groups, C_out), so that y = x @ W.
+* Weights are stored input-major, in each layer's ``params`` dict: ``params["W"]`` of a Linear
+  layer has shape (d_in, d_out) and that of a Conv2d shape (KH, KW, C_in / groups, C_out), so
+  that y = x @ W (bias ``params["b"]``; there is no ``layer.W`` attribute).
 * float32 and float64 are supported; a layer's parameters have one dtype, that of its inputs.
 * Initialisation (``init=``): ``"he"`` draws N(0, 2 / fan_in) (He et al. 2015, arXiv:1502.01852),
   ``"lecun"`` N(0, 1 / fan_in), ``"normal"`` N(0, 1) (the NTK parametrisation multiplies by
