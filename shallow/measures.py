@@ -119,6 +119,10 @@ class Measure:
     ----------
     weights, points : arrays
         Stored as given (no copy), on one device, in the dtype of ``points``.
+    device : {"cpu", "gpu"}
+        Where the atoms live (read-only; :func:`shallow.backend.device_of` of ``points``).
+    dtype : numpy dtype
+        The dtype of the weights and atoms (read-only; that of ``points``).
 
     Notes
     -----
@@ -150,6 +154,16 @@ class Measure:
     @property
     def xp(self):
         return get_xp(self.weights, self.points)
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"gpu"``: where the weights and atoms live."""
+        return device_of(self.points)
+
+    @property
+    def dtype(self):
+        """The dtype of the weights and atoms (that of ``points``)."""
+        return self.points.dtype
 
     @property
     def D(self) -> int:

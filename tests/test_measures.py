@@ -25,6 +25,19 @@ def integrate_against(mu, X, sigma, bias=False):
 
 
 # --------------------------------------------------------------------------- network <-> measure
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_measure_device_and_dtype_are_those_of_its_atoms(xp, dtype):
+    """Measure.device is "gpu" for cupy atoms, "cpu" for numpy ones; Measure.dtype is the atoms' dtype; read-only."""
+    points = xp.asarray([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
+    mu = Measure(xp.asarray([1.0, -2.0]), points)
+    assert mu.device == ("cpu" if xp is np else "gpu")
+    assert mu.dtype == np.dtype(dtype) and mu.weights.dtype == np.dtype(dtype)
+    with pytest.raises(AttributeError):
+        mu.device = "gpu"
+    with pytest.raises(AttributeError):
+        mu.dtype = np.float16
+
+
 def test_network_to_measure_puts_mass_gamma_a_norm_w_at_the_direction():
     W = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, -2.0]])
     mu = network_to_measure(TwoLayer(np.array([1.0, -0.5]), W, gamma=0.1))
