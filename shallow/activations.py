@@ -512,6 +512,10 @@ def as_activation(sigma, name: str = "sigma") -> Activation:
 def funk_hecke(sigma, d, kmax, *, breakpoints=(), q=None):
     """Funk-Hecke coefficients mu_k(sigma), k = 0, ..., kmax, of an activation on S^{d-1}.
 
+    Argument order: sigma, then the dimension d, then the highest degree kmax, as in N(d, k)
+    (DESIGN.md); :func:`shallow.harmonics.legendre` takes the degree first, after P_{k,d}.
+    Keyword calls are accepted: ``funk_hecke("relu", d=3, kmax=2)``.
+
     Parameters
     ----------
     sigma : str, Activation or callable
@@ -546,6 +550,8 @@ def funk_hecke(sigma, d, kmax, *, breakpoints=(), q=None):
     --------
     >>> np.round(funk_hecke("relu", 3, 3), 12).tolist()     # d = 3: 1/4, 1/6, 1/16, 0
     [0.25, 0.166666666667, 0.0625, 0.0]
+    >>> np.round(funk_hecke("relu", d=3, kmax=2), 12).tolist()   # by keyword
+    [0.25, 0.166666666667, 0.0625]
     """
     cuts = _check_breakpoints(breakpoints)  # also for an activation: wrong ones passed without a word
     if isinstance(sigma, (str, Activation)):

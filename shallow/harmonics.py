@@ -118,6 +118,10 @@ def _legendre_sequence(t, kmax, d):
 def legendre_all(kmax, d, t):
     """P_{k,d}(t) for every k = 0, ..., kmax by the three-term recurrence.
 
+    Argument order: the degree (kmax) first, then the dimension d, then t, following the symbol
+    P_{k,d} (DESIGN.md); :func:`num_harmonics` and :func:`harmonic_indices` take d first, after
+    N(d, k). Keyword calls are accepted: ``legendre_all(kmax=2, d=3, t=t)``.
+
     Parameters
     ----------
     kmax : int
@@ -154,6 +158,8 @@ def legendre_all(kmax, d, t):
     --------
     >>> legendre_all(2, 3, np.array([0.5]))[:, 0].tolist()   # Legendre: 1, t, (3t^2 - 1)/2
     [1.0, 0.5, -0.125]
+    >>> legendre_all(kmax=2, d=3, t=np.array([0.5]))[:, 0].tolist()   # the same, by keyword
+    [1.0, 0.5, -0.125]
     """
     kmax = check_integer(kmax, "kmax", minimum=0)
     d = check_dimension(d)
@@ -185,6 +191,10 @@ def legendre_all(kmax, d, t):
 def legendre(k, d, t):
     """P_{k,d}(t), the degree-k Legendre polynomial of dimension d with P_{k,d}(1) = 1.
 
+    Argument order: the degree k first, then the dimension d, then t, following the symbol
+    P_{k,d} (DESIGN.md); :func:`num_harmonics` and :func:`harmonic_indices` take d first, after
+    N(d, k). Keyword calls are accepted: ``legendre(k=3, d=2, t=t)``.
+
     Parameters
     ----------
     k : int
@@ -214,6 +224,8 @@ def legendre(k, d, t):
     --------
     >>> float(legendre(3, 2, np.array(0.3)))   # Chebyshev: cos(3 arccos 0.3)
     -0.792
+    >>> float(legendre(k=3, d=2, t=np.array(0.3)))   # the same, by keyword
+    -0.792
     """
     k = check_integer(k, "k", minimum=0)
     d = check_dimension(d)
@@ -232,10 +244,16 @@ def num_harmonics(d, k) -> int:
     N(d, 0) = 1 and N(d, k) = (2k + d - 2)/k * C(k + d - 3, k - 1) for k >= 1; for d = 2 it is 2
     (cos k theta, sin k theta) and for d = 3 it is 2k + 1.
 
+    Argument order: the dimension d first, then the degree k, following the symbol N(d, k)
+    (DESIGN.md); :func:`legendre` and :func:`legendre_all` take the degree first, after P_{k,d}.
+    Keyword calls are accepted: ``num_harmonics(d=3, k=2)``.
+
     Examples
     --------
     >>> [num_harmonics(3, k) for k in range(4)]
     [1, 3, 5, 7]
+    >>> num_harmonics(d=3, k=2)
+    5
     """
     d = check_dimension(d)
     k = check_integer(k, "k", minimum=0)
@@ -422,6 +440,10 @@ def _block_offsets(D, bmax):
 def harmonic_indices(d, k):
     """The multi-indices of the degree-k basis of :func:`spherical_harmonics`, in column order.
 
+    Argument order: the dimension d first, then the degree k, following N(d, k) (DESIGN.md);
+    :func:`legendre` and :func:`legendre_all` take the degree first, after P_{k,d}. Keyword calls
+    are accepted: ``harmonic_indices(d=3, k=1)``.
+
     Parameters
     ----------
     d : int
@@ -457,6 +479,8 @@ def harmonic_indices(d, k):
     --------
     >>> harmonic_indices(3, 2).tolist()
     [[2, 0], [2, 1], [2, -1], [2, 2], [2, -2]]
+    >>> harmonic_indices(d=3, k=1).tolist()
+    [[1, 0], [1, 1], [1, -1]]
     >>> harmonic_indices(4, 1).tolist()
     [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, -1]]
     """

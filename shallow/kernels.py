@@ -926,6 +926,10 @@ def _parse_kernel_name(name):
 def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     """Eigenvalues lambda_k, k = 0..kmax, of a dot-product kernel on S^{d-1} (Funk-Hecke).
 
+    Argument order: the kernel, then the dimension d, then the highest degree kmax, as in N(d, k)
+    (DESIGN.md); :func:`shallow.harmonics.legendre` takes the degree first, after P_{k,d}.
+    Keyword calls are accepted: ``mercer_eigenvalues("relu_nngp", d=3, kmax=3)``.
+
     The integral operator (T f)(x) = int kappa(<x, y>) f(y) dtau_d(y) on L2(tau_d) acts on the
     degree-k spherical harmonics (a space of dimension N(d, k)) as multiplication by
 
@@ -974,6 +978,8 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     --------
     >>> lam = mercer_eigenvalues("relu_nngp", 3, 3)      # d * mu_k(relu)^2 in d = 3
     >>> np.round(lam / 3, 12).tolist() == np.round([1/16, 1/36, 1/256, 0], 12).tolist()
+    True
+    >>> bool(np.array_equal(mercer_eigenvalues("relu_nngp", d=3, kmax=3), lam))   # by keyword
     True
     """
     d = check_dimension(d)
