@@ -65,9 +65,11 @@ FGSM (ref. 4) takes one step x + eps sign(grad_x l) (Linf) or x + eps grad/|grad
 around x (and on a box of valid pixel values when ``clip`` is given). :func:`minimal_perturbation`
 bisects on eps, image by image, for the smallest radius at which PGD changes the prediction;
 :func:`certified_radius` is the radius margin / (sqrt(2) L) below which no perturbation can
-change it for an L-Lipschitz network (ref. 7). :func:`universal_perturbation` is Algorithm 1 of
-Moosavi-Dezfooli et al. (ref. 6): one perturbation v for all images, grown image by image (or
-batch by batch) until a fraction 1 - delta of the predictions change.
+change it for an L-Lipschitz network (ref. 7). Its default norm is ``"2"``, while the attacks
+(:func:`fgsm`, :func:`pgd`, :func:`minimal_perturbation`) default to ``"inf"``: to compare the
+certified radius with an attack's, pass the same ``norm`` to both. :func:`universal_perturbation`
+is Algorithm 1 of Moosavi-Dezfooli et al. (ref. 6): one perturbation v for all images, grown image
+by image (or batch by batch) until a fraction 1 - delta of the predictions change.
 
 Spectral normalisation
 ----------------------
@@ -1328,6 +1330,9 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
     lipschitz : float > 0
         An upper bound L of the L2 Lipschitz constant (:func:`lipschitz_upper_bound`).
     norm : {"2", "inf"}
+        Default ``"2"``, unlike :func:`fgsm`, :func:`pgd` and :func:`minimal_perturbation`, whose
+        default is ``"inf"``: to compare this bound with an attack's radius, pass the same
+        ``norm`` to both (e.g. ``norm="inf"`` here too).
 
     Returns
     -------
