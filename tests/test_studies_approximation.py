@@ -8,6 +8,7 @@ with the tolerances stated next to each assertion.
 import itertools
 import json
 import math
+import statistics
 
 import numpy as np
 
@@ -47,12 +48,20 @@ def test_harmonic_approximation_relu_truncation_error_decays_like_K_to_minus_one
         assert slope < predicted + 0.02, d
         if d <= 5:
             assert abs(slope - predicted) < 0.02, d
-    for d in cfg.check_dims:
+    for d, Kc in zip(cfg.check_dims, cfg.check_kmax):
         # Independent checks of the exact series, with a generic w and the full basis Y_{k,j}: the
-        # product quadrature is exact for these piecewise polynomials (agreement to 1e-10 relative),
-        # the Monte Carlo estimate is within 4 standard errors at every K (max of ~20 correlated z's).
+        # product quadrature is exact for these piecewise polynomials (agreement to 1e-10 relative).
         assert result[f"check_quad_relative_error_d{d}"] < 1e-10, d
-        assert result[f"check_mc_max_zscore_d{d}"] < 4.0, d
+        # The Monte Carlo estimate is within its standard error: max |z| over the k = Kc + 1 degrees
+        # K = 0..Kc, each z ~ N(0, 1) under the claim (checked: 300 fresh draws at K <= 2 give mean 0.04-0.11,
+        # std 0.96-1.01). Bonferroni bound at a false-alarm rate of 1e-4 per dimension:
+        # z_max = Phi^-1(1 - 1e-4 / (2k)) = 4.53 (d = 3, k = 17) and 4.39 (d = 4, k = 9); conservative, the z's
+        # share their points. Measured at seeds 0..7: 1.45, 3.97, 1.06, 1.48, 1.44, 1.04, 1.22, 1.49 (d = 3; the
+        # 3.97 at K = 0) and 1.09, 2.17, 1.57, 1.83, 1.35, 1.63, 2.60, 2.51 (d = 4). The standard error is 1-3%
+        # of E_K at n = 10000, so a series off by more than about 15% at any K fails.
+        k = Kc + 1
+        z_max = statistics.NormalDist().inv_cdf(1 - 1e-4 / (2 * k))
+        assert result[f"check_mc_max_zscore_d{d}"] < z_max, (d, z_max)
 
 
 def test_sparse_approximation_rate_beats_maurey_with_the_exponent_of_bach_translated_to_our_d(tmp_path):
