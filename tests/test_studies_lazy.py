@@ -77,8 +77,12 @@ def test_laziness_exponent_weight_change_falls_like_m_to_beta_minus_one(tmp_path
     assert result[f"weight_change_{betas.index(1.0)}"].mean(axis=1).min() > 0.2
     # ... while the NTK scale is below 0.05 at the largest width.
     assert result[f"weight_change_{betas.index(0.5)}"].mean(axis=1)[-1] < 0.05
-    # Every run actually trained: the risk fell at least fourfold from its initial value.
-    assert result["max_final_risk"] < 0.25 * result["initial_risk"]
+    # Every run actually trained (f = 0 at theta_0, so the initial risk is the target's): the risk fell at
+    # least threefold by T = 50. Final / initial risk, worst run over beta, m >= 2^6 and both seeds, at seeds
+    # 0..7: 0.086, 0.080, 0.219, 0.061, 0.117, 0.089, 0.074, 0.026; a run that did not train stays near 1.
+    # Quick mode starts at m = 2^6: at m = 16 the NTK scale's worst run reached 0.48 (seed 6), and the old
+    # bound 0.25 failed at seeds 1, 2 and 6. The spread is the teacher's (0.02-0.12 at m = 2^11 already).
+    assert result["max_final_risk"] < result["initial_risk"] / 3
 
 
 def test_width_scaling_ntk_weights_move_like_m_to_minus_half_kernel_faster_mean_field_order_one(tmp_path, run_quick):
