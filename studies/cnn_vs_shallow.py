@@ -94,8 +94,12 @@ is 0.01-0.02 at n <= 200, 0.004-0.008 above):
 
 --quick (sizes 50 and 300, 2 subsets; the CNN for 150 steps; m = 100, t = 1200; M = 1000): 7.6 s of
 compute (8.4 s in all) with 2 workers. Test accuracy at n = 50 / 300: CNN 0.894 / 0.974, mean-field
-0.866 / 0.946, NTK 0.874 / 0.974, random features 0.849 / 0.967: the CNN's lead over the best shallow
+0.866 / 0.946, NTK 0.874 / 0.973, random features 0.849 / 0.967: the CNN's lead over the best shallow
 learner is +2.0 points at n = 50 and +0.1 at n = 300, NTK minus random features 2.6 and 0.7 points.
+Over seeds 0..7 (15-21 s of compute each, one worker, on the loaded machine): the CNN's lead is +1.9 to
++4.9 points at n = 50 and -0.3 to +1.0 at n = 300; NTK minus random features 1.8 to 4.0 and 0.3 to 1.9
+points; the mean-field nets are 0.9 to 2.8 points below the NTK at n = 300, but at n = 50 anywhere from
+1.1 points above it to 1.9 below (above it at seeds 1 and 4).
 
 What the library lacks for this comparison: a two-layer network with a vector output (shared hidden
 units, m particles (a_j in R^10, w_j)) and its flow; the mean-field learner is therefore ten

@@ -1,6 +1,7 @@
 """The CNN studies' quick modes run, write their figures and sidecars, and their claims hold.
 
-Tolerances are stated with their reasons; each holds at the studies' fixed seed (seed = 0).
+Tolerances are stated with their reasons; each holds at the studies' fixed seed (seed = 0), and
+cnn_vs_shallow's at seeds 0..7 of its quick mode, from whose spread they are set.
 """
 
 import numpy as np
@@ -96,26 +97,43 @@ def test_cnn_vs_shallow_subsets_are_stratified_and_independent():
         module.check_config(module.Config(sizes=(100, 50)))
 
 
-def test_cnn_vs_shallow_cnn_leads_at_small_n_kernels_agree_mean_field_not_above(tmp_path, run_quick):
+def test_cnn_vs_shallow_cnn_leads_at_small_n_kernels_agree_mean_field_below_ntk(tmp_path, run_quick):
     pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     # Quick mode: n in {50, 300}, 2 stratified subsets each, CNN width 32 for 150 Adam steps, ten mean-field
-    # nets of m = 100 to t = 1200, NTK and M = 1000 random features with ridge 1e-6. Accuracies are over
-    # 450 test images (one image = 0.0022); the margins below are several images wide at the fixed seed.
+    # nets of m = 100 to t = 1200, NTK and M = 1000 random features with ridge 1e-6, scored on 450 test images.
+    # Every check counts images: correct test images summed over the 2 subsets (out of 900; 9 = 1 point), an
+    # integer, so that no bound sits on a float that rounds across it (one image computed as 0.00222...35 > 1/450).
+    # The bounds come from seeds 0..7 of the quick mode (the numbers quoted are their range, in counts of 900);
+    # seed 0's bounds, fitted to it, failed at seeds 1, 2 and 4.
     _, result = run_quick("cnn_vs_shallow", tmp_path)
+    n_subsets = 2
+    assert result["sizes"].tolist() == [50, 300] and result["test_accuracy_cnn"].shape == (2, n_subsets)
     methods = ("cnn", "mean_field", "ntk", "random_features")
-    mean = {m: result[f"mean_test_accuracy_{m}"] for m in methods}
-    # Every learner learns (chance is 0.1; measured >= 0.849) and improves from n = 50 to n = 300 by at least
-    # 5 points (measured 7 to 12 points).
+    correct = {}
     for m in methods:
-        assert np.all(mean[m] > 0.8), m
-        assert mean[m][1] - mean[m][0] > 0.05, m
-    # The CNN leads at the smallest size: above the best shallow learner by more than 2 images on average
-    # (measured +2.0 points, 9 images), and its lead is largest there (measured +0.1 point at n = 300).
-    assert result["cnn_advantage"][0] > 2 / 450
-    assert result["cnn_advantage"][0] > result["cnn_advantage"][1]
-    # The two kernel predictors agree within 4 points (measured 2.6 points at n = 50, 0.7 at n = 300:
-    # M = 1000 features estimate the arc-cosine kernel with relative noise ~ M^-1/2).
-    assert result["ntk_rf_max_gap"] < 0.04
-    # The mean-field networks are not above the NTK predictor (one image of slack; measured 0.9 and
-    # 2.8 points below).
-    assert np.all(mean["mean_field"] <= mean["ntk"] + 1 / 450)
+        c = result[f"mean_test_accuracy_{m}"] * 450 * n_subsets  # (2,) at n = 50, 300
+        assert np.allclose(c, np.rint(c), rtol=0, atol=1e-6), m
+        correct[m] = np.rint(c).astype(int)
+    # Every learner learns: above 75% (675) at both sizes, chance being 10% (lowest measured: random features
+    # 729-771, mean field 753-794, NTK 764-792, CNN 781-825, all at n = 50).
+    # It improves from n = 50 to 300 by more than 3 points (27); measured CNN 47-92, mean field 47-90, NTK 69-102,
+    # random features 83-131 (the seed-0 bound of 5 points, 45, was cleared by only 2 to 4 at seeds 3, 4 and 6).
+    for m in methods:
+        assert np.all(correct[m] > 675), (m, correct[m])
+        assert correct[m][1] - correct[m][0] > 27, (m, correct[m])
+    # The CNN leads at the smallest size: above the best shallow learner by more than 2 images per subset (4;
+    # measured 17-44), and its lead is largest there (lead at 50 minus lead at 300: measured 10-41).
+    lead = correct["cnn"] - np.max([correct[m] for m in methods[1:]], axis=0)
+    assert np.array_equal(lead, np.rint(result["cnn_advantage"] * 450 * n_subsets).astype(int))
+    assert lead[0] > 4, lead
+    assert lead[0] > lead[1], lead
+    # The two kernel predictors agree within 6 points (54) at n = 50 and within 3 points (27) at n = 300;
+    # measured NTK minus random features 16-36 at n = 50 (the NTK ahead at every seed: M = 1000 features of
+    # a different kernel, the arc-cosine one, with relative noise ~ M^-1/2) and 3-17 at n = 300. The seed-0
+    # bound of 4 points (36) over both sizes was met exactly at seed 2 and failed.
+    gap = np.abs(correct["ntk"] - correct["random_features"])
+    assert gap[0] < 54 and gap[1] < 27, gap
+    # At the larger size the mean-field networks are below the NTK predictor by more than one image per subset
+    # (2; measured 8-25). Not at n = 50: there they range from 10 above the NTK (seed 4) to 17 below it, so the
+    # seed-0 check "not above the NTK at every size" does not hold in quick mode.
+    assert correct["ntk"][1] - correct["mean_field"][1] > 2, (correct["ntk"], correct["mean_field"])
