@@ -115,7 +115,18 @@ def available_devices() -> tuple[str, ...]:
 
 
 def is_cupy(x) -> bool:
-    """True when ``x`` is a CuPy array (without importing cupy when it is not)."""
+    """True when ``x`` is a CuPy array (without importing cupy when it is not).
+
+    Parameters
+    ----------
+    x : object
+        Anything; only the top-level package of its type's module is read.
+
+    Returns
+    -------
+    bool
+        Whether ``type(x)`` comes from the ``cupy`` package.
+    """
     return type(x).__module__.split(".")[0] == "cupy"
 
 
@@ -167,7 +178,18 @@ def get_xp(*arrays) -> ModuleType:
 
 
 def to_numpy(x):
-    """A numpy copy (or view) of ``x`` on the host; numpy arrays and scalars pass through."""
+    """A numpy copy (or view) of ``x`` on the host; numpy arrays and scalars pass through.
+
+    Parameters
+    ----------
+    x : array_like
+        A CuPy array (copied to the host with ``x.get()``), or anything :func:`numpy.asarray` takes.
+
+    Returns
+    -------
+    numpy.ndarray
+        Of x's shape and dtype; ``x`` itself for a numpy array, a 0-d array for a scalar.
+    """
     if is_cupy(x):
         return x.get()
     return np.asarray(x)
@@ -206,19 +228,58 @@ def sum_of_squares_parts(arrays) -> tuple[float, int]:
 def row_norms(X):
     """The Euclidean norm of each row of a 2-D array (numpy or cupy), in X's dtype, without the
     overflow (beyond 1e154 in float64) or underflow (below 1e-154) of the squared entries: each row
-    is scaled by the power of 2 of its largest entry, exactly, and its norm scaled back."""
+    is scaled by the power of 2 of its largest entry, exactly, and its norm scaled back.
+
+    Parameters
+    ----------
+    X : array of shape (n, k), k >= 1
+        Numpy or cupy; not validated (a row of zeros gives 0; inf or NaN entries give inf or NaN).
+
+    Returns
+    -------
+    array of shape (n,)
+        On X's device, in X's floating dtype (float64 for an integer X).
+
+    Raises
+    ------
+    ValueError
+        From numpy, for k = 0 (a maximum over no entries); an AxisError (a ValueError) for a 1-D X.
+    """
     xp = get_xp(X)
     _, e = xp.frexp(xp.abs(X).max(axis=1))  # (n,) max_j |x_ij| = f 2^e, f in [1/2, 1)
     return xp.ldexp(xp.linalg.norm(xp.ldexp(X, -e[:, None]), axis=1), e)
 
 
 def device_of(x) -> str:
-    """``"gpu"`` for a CuPy array, ``"cpu"`` otherwise."""
+    """``"gpu"`` for a CuPy array, ``"cpu"`` otherwise.
+
+    Parameters
+    ----------
+    x : object
+        An array, or anything else (which is on the host).
+
+    Returns
+    -------
+    {"cpu", "gpu"}
+    """
     return "gpu" if is_cupy(x) else "cpu"
 
 
 def to_device(x, device: str):
     """Move an array to ``device`` ("cpu" or "gpu"), keeping its dtype.
+
+    Parameters
+    ----------
+    x : array_like
+        Numpy or cupy array, or anything :func:`numpy.asarray` takes.
+    device : {"cpu", "gpu"}
+        Where the result lives.
+
+    Returns
+    -------
+    array
+        ``to_numpy(x)`` for "cpu" (x itself when already a numpy array); ``cupy.asarray(x)`` for
+        "gpu" (x itself when already on the current device). Shape and dtype are x's.
 
     Raises
     ------

@@ -36,13 +36,50 @@ def studies_dir() -> Path:
 
 
 def find_studies(folder: Path | None = None) -> dict[str, Path]:
-    """Study name -> script path, for every public script of the studies folder."""
+    """Study name -> script path, for every public script of the studies folder.
+
+    Parameters
+    ----------
+    folder : path, optional
+        The folder to list; by default ``$SHALLOW_STUDIES``, else ``./studies``, else the
+        ``studies/`` beside the package. A given folder is not checked: a missing one lists nothing.
+
+    Returns
+    -------
+    dict of str -> Path
+        The ``*.py`` files not starting with ``_``, by stem, in sorted order.
+
+    Raises
+    ------
+    FileNotFoundError
+        With ``folder=None``, when none of the default folders exists.
+    """
     folder = studies_dir() if folder is None else Path(folder)
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
 
 
 def load_study(name: str, folder: Path | None = None):
-    """Import the study script ``name`` as a module (registered as ``shallow_studies.NAME``)."""
+    """Import the study script ``name`` as a module (registered as ``shallow_studies.NAME``).
+
+    Parameters
+    ----------
+    name : str
+        A study's name, a key of :func:`find_studies`.
+    folder : path, optional
+        Where to look, as in :func:`find_studies`.
+
+    Returns
+    -------
+    module
+        The executed script.
+
+    Raises
+    ------
+    SystemExit
+        For an unknown name, with a message listing the known studies.
+    FileNotFoundError
+        As :func:`find_studies`, with ``folder=None`` and no studies folder.
+    """
     studies = find_studies(folder)
     if name not in studies:
         known = ", ".join(studies) or "none"
@@ -150,7 +187,27 @@ def report_errors(run, prog: str) -> int:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``shallow`` console script."""
+    """Entry point of the ``shallow`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name; by default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 (``shallow run --help`` included), or 2 when a ValueError or
+        RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
+        ``shallow run: error: ...`` (see :func:`report_errors`).
+
+    Raises
+    ------
+    SystemExit
+        From argparse (``shallow --help``, an unknown command, flag or flag value), for an unknown
+        study, a study missing a package of its ``REQUIRES``, and ``run`` without exactly one of
+        STUDY and ``--all``.
+    """
     from .study import parse_seed, parse_workers
 
     parser = argparse.ArgumentParser(prog="shallow", description=__doc__.splitlines()[0].replace("``", ""))

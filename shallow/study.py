@@ -109,6 +109,25 @@ def atomic_write(path, write) -> Path:
     """Write a file through ``write(tmp_path)`` then rename it to ``path`` (atomic on POSIX).
 
     An exception (or Ctrl-C) inside ``write`` leaves ``path`` untouched and removes the temporary file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write; missing parent folders are created.
+    write : callable
+        ``write(tmp)``, tmp a :class:`~pathlib.Path` of an empty file ``.NAME.HEX.tmp`` in path's
+        folder, which it fills; its return value is ignored. The file is fsynced, then renamed.
+
+    Returns
+    -------
+    Path
+        ``Path(path)``.
+
+    Raises
+    ------
+    BaseException
+        Whatever ``write`` raises, after the temporary file is removed; OSError when the folder
+        cannot be created or written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +160,28 @@ def _to_storable(value):
 
 
 def save_npz_atomic(path, result: dict) -> Path:
-    """Save a dict of arrays and scalars to ``path`` (.npz) atomically."""
+    """Save a dict of arrays and scalars to ``path`` (.npz) atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file written (by :func:`atomic_write`), as named: no ``.npz`` suffix is added.
+    result : dict of str -> value
+        Values: numbers, strings, bools, or numpy arrays and (rectangular) sequences of them,
+        each stored through :func:`numpy.asarray`.
+
+    Returns
+    -------
+    Path
+        ``Path(path)``.
+
+    Raises
+    ------
+    TypeError
+        For a value whose array has dtype object (an arbitrary object, say), naming its type.
+    ValueError
+        From numpy, for a ragged sequence.
+    """
     arrays = {key: _to_storable(value) for key, value in result.items()}
 
     def write(tmp):
@@ -153,6 +193,16 @@ def save_npz_atomic(path, result: dict) -> Path:
 
 def load_npz(path) -> dict:
     """Load a dict saved by :func:`save_npz_atomic`; 0-d arrays come back as Python scalars.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An .npz archive.
+
+    Returns
+    -------
+    dict of str -> numpy array or scalar
+        Host numpy arrays; 0-d entries as Python scalars (``int``, ``float``, ``bool``, ``str``).
 
     Raises
     ------
@@ -215,7 +265,27 @@ def _source_digest(source: str) -> str:
 
 
 def quick_config(module: ModuleType, **overrides):
-    """The study's Config with its QUICK overrides, then ``overrides``, applied."""
+    """The study's Config with its QUICK overrides, then ``overrides``, applied.
+
+    Parameters
+    ----------
+    module : module
+        A study: its ``Config`` (built with its defaults) and optional ``QUICK`` dict are read.
+    **overrides
+        Config fields set after QUICK's.
+
+    Returns
+    -------
+    Config instance
+        ``dataclasses.replace(module.Config(), **{**QUICK, **overrides})``.
+
+    Raises
+    ------
+    TypeError
+        For a name that is not a Config field.
+    ValueError
+        Whatever the Config's own checks raise for the values.
+    """
     return dataclasses.replace(module.Config(), **{**getattr(module, "QUICK", {}), **overrides})
 
 
@@ -276,7 +346,28 @@ def _field_parser(field: dataclasses.Field):
 
 def build_parser(module: ModuleType, prog: str | None = None) -> argparse.ArgumentParser:
     """Flags for a study: its Config fields (``--field-name``), plus --quick, --force, --out,
-    --workers and --scheduler."""
+    --workers and --scheduler.
+
+    Parameters
+    ----------
+    module : module
+        A study with a dataclass ``Config``; the first line of its docstring is the description.
+    prog : str, optional
+        The program name in usage lines; by default the study's name (its script's file name).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Abbreviations refused. Field flags default to None (unset) and parse by the type of the
+        field's default: ``seed`` an integer >= 0, bool true/false (yes/no, on/off, 1/0), tuple
+        comma-separated values, int, float or str as such; ``device`` is "cpu" or "gpu". Fields of
+        other types get no flag.
+
+    Raises
+    ------
+    TypeError
+        From :func:`dataclasses.fields`, when ``module.Config`` is not a dataclass.
+    """
     doc = (module.__doc__ or "").strip()
     # no abbreviated flags: --m would otherwise set a field m_teacher of a study without a field m
     parser = argparse.ArgumentParser(prog=prog or study_name(module),
@@ -302,7 +393,25 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
 
 
 def config_from_args(module: ModuleType, args: argparse.Namespace):
-    """The Config that the parsed flags describe: defaults, then QUICK if --quick, then the flags."""
+    """The Config that the parsed flags describe: defaults, then QUICK if --quick, then the flags.
+
+    Parameters
+    ----------
+    module : module
+        The study whose ``Config`` (and ``QUICK``) are read.
+    args : argparse.Namespace
+        Usually ``build_parser(module).parse_args(argv)``: attributes named after the Config
+        fields, None or absent for a flag not given, and optionally ``quick``.
+
+    Returns
+    -------
+    Config instance
+
+    Raises
+    ------
+    ValueError
+        Whatever the Config's own checks raise for the values.
+    """
     names = [f.name for f in dataclasses.fields(module.Config)]
     given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if getattr(args, "quick", False):
@@ -584,7 +693,26 @@ def new_figure(nrows: int = 1, ncols: int = 1, size=(5.0, 3.8), **kwargs):
 
 
 def main(module, argv=None) -> int:
-    """Entry point of ``python studies/NAME.py``: parse flags, run, print where the figure went."""
+    """Entry point of ``python studies/NAME.py``: parse flags, run, print where the figure went.
+
+    Parameters
+    ----------
+    module : module or str
+        The study, or its module name (``__name__``), imported when not already loaded.
+    argv : list of str, optional
+        The flags (see :func:`build_parser`); by default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 when a ValueError or RuntimeError (a bad config value, a missing
+        device) was printed as ``NAME: error: ...`` (see :func:`shallow.cli.report_errors`).
+
+    Raises
+    ------
+    SystemExit
+        From argparse: ``--help``, an unknown flag or a flag value it refuses.
+    """
     if isinstance(module, str):
         module = sys.modules[module] if module in sys.modules else importlib.import_module(module)
     from .cli import report_errors

@@ -316,6 +316,12 @@ class SweepResult:
 class SweepError(RuntimeError):
     """Some points of a sweep failed; the others finished (and are cached).
 
+    Parameters
+    ----------
+    result : SweepResult
+        A result with at least one failure; the message lists the first 10 failures and the
+        traceback of the first.
+
     Attributes
     ----------
     result : SweepResult
