@@ -112,7 +112,27 @@ def log_softmax(z):
 
 
 def accuracy(out, y) -> float:
-    """The fraction of rows of ``out`` (N, K) whose argmax is the label ``y`` (N,)."""
+    """The fraction of rows of ``out`` (N, K) whose argmax is the label ``y`` (N,).
+
+    Parameters
+    ----------
+    out : array_like of shape (N, K), N, K >= 1
+        Real outputs (logits or scores), numpy or cupy; a list is taken. Ties go to the first
+        maximum (argmax).
+    y : array_like of shape (N,)
+        Labels in {0, ..., K - 1}: integers, or floats with integer values; moved to out's device.
+
+    Returns
+    -------
+    float
+        In [0, 1].
+
+    Raises
+    ------
+    ValueError
+        For out not real or not of shape (N, K) with N, K >= 1, and for y of another shape,
+        not integer-valued or with a label out of range (see :func:`check_labels`).
+    """
     xp = get_xp(out)
     out = _check_outputs(out, "out")
     y = xp.asarray(y)
@@ -142,7 +162,22 @@ def _check_outputs(out, name="out"):
 
 def cross_entropy_per_sample(z, y):
     """The losses l_n = logsumexp(z_n) - z_{n, y_n} (N,) and their gradients dl_n/dz_n = softmax(z_n) - e_{y_n}
-    (N, K), for logits z (N, K) and valid labels y (N,) (unchecked: callers check once)."""
+    (N, K), for logits z (N, K) and valid labels y (N,) (unchecked: callers check once).
+
+    Parameters
+    ----------
+    z : array of shape (N, K)
+        Real logits, numpy or cupy (:func:`log_softmax` refuses other dtypes and K = 0).
+    y : integer array of shape (N,)
+        Labels in {0, ..., K - 1} on z's device, not checked: validate them with
+        :func:`check_labels` first (a negative label indexes from the end).
+
+    Returns
+    -------
+    losses : array of shape (N,)
+    grad : array of shape (N, K)
+        Both on z's device, in z's floating dtype (float64 for integer logits).
+    """
     xp = get_xp(z)
     rows = xp.arange(z.shape[0])
     logp = log_softmax(z)

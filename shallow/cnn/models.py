@@ -494,7 +494,23 @@ def build_model(arch="vgg", in_shape=(8, 8, 1), n_classes=10, *, alpha=1.0, cent
 
 
 def snapshot(model) -> dict:
-    """Copies of the trained parameters of ``model`` by name (theta_0 for :func:`relative_change`)."""
+    """Copies of the trained parameters of ``model`` by name (theta_0 for :func:`relative_change`).
+
+    Parameters
+    ----------
+    model : Layer
+        Any :class:`~shallow.cnn.layers.Layer`; its ``named_parameters()`` are copied.
+
+    Returns
+    -------
+    dict of str -> array
+        ``p.copy()`` of each parameter: same shape, dtype and device, no longer tied to the model.
+
+    Raises
+    ------
+    TypeError
+        When ``model`` is not a Layer.
+    """
     return {name: p.copy() for name, p in check_layer(model).named_parameters().items()}
 
 

@@ -50,7 +50,18 @@ __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_sc
 # ----------------------------------------------------------------------------- schedules
 
 class Constant:
-    """eta_t = lr."""
+    """eta_t = lr.
+
+    Parameters
+    ----------
+    lr : float
+        The learning rate, a finite number >= 0 (stored as a float).
+
+    Raises
+    ------
+    ValueError
+        For lr negative, infinite, NaN, a bool or not a real number.
+    """
 
     def __init__(self, lr):
         self.lr = check_nonnegative(lr, "lr")
@@ -63,7 +74,23 @@ class Constant:
 
 
 class StepDecay:
-    """eta_t = lr * gamma^(floor(t / step_size)): divided by 1/gamma every ``step_size`` steps."""
+    """eta_t = lr * gamma^(floor(t / step_size)): divided by 1/gamma every ``step_size`` steps.
+
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate, a finite number >= 0.
+    step_size : int
+        Steps between decays, an integer >= 1.
+    gamma : float
+        The factor of each decay, in [0, 1], default 0.1.
+
+    Raises
+    ------
+    ValueError
+        For a value outside these ranges (or not a number of that kind). Calling the schedule
+        raises it too for a step t that is not an integer >= 0.
+    """
 
     def __init__(self, lr, step_size, gamma=0.1):
         self.lr = check_nonnegative(lr, "lr")
@@ -84,6 +111,23 @@ class Cosine:
 
     eta_t = lr (t + 1) / warmup for t < warmup; then, with u = (t - warmup) / (total_steps - warmup)
     clipped to [0, 1], eta_t = lr_min + (lr - lr_min) (1 + cos(pi u)) / 2.
+
+    Parameters
+    ----------
+    lr : float
+        The peak learning rate, a finite number >= 0.
+    total_steps : int
+        Steps of warm-up and annealing together, an integer >= 1; eta_t = lr_min from then on.
+    lr_min : float
+        The final learning rate, in [0, lr], default 0.
+    warmup : int
+        Warm-up steps, an integer in [0, total_steps - 1], default 0 (none).
+
+    Raises
+    ------
+    ValueError
+        For a value outside these ranges (or not a number of that kind). Calling the schedule
+        raises it too for a step t that is not an integer >= 0.
     """
 
     def __init__(self, lr, total_steps, lr_min=0.0, warmup=0):
@@ -105,7 +149,24 @@ class Cosine:
 
 
 def as_schedule(lr):
-    """A float as :class:`Constant`; a schedule (any callable t -> eta_t) passes through."""
+    """A float as :class:`Constant`; a schedule (any callable t -> eta_t) passes through.
+
+    Parameters
+    ----------
+    lr : float or callable
+        A learning rate (finite, >= 0), or a schedule, returned as it is (unchecked here:
+        :class:`Optimizer` checks each eta_t it draws).
+
+    Returns
+    -------
+    callable
+        t -> eta_t.
+
+    Raises
+    ------
+    ValueError
+        For a non-callable lr that :class:`Constant` refuses.
+    """
     if callable(lr):
         return lr
     return Constant(lr)

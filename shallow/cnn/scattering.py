@@ -126,10 +126,23 @@ def n_coefficients(J: int, L: int, max_order: int = 2) -> int:
 def check_scattering_shape(shape, J: int) -> tuple[int, int]:
     """``shape`` (M, N) checked for a scattering at scale 2^J: both sides multiples of 2^J, at least 2^J.
 
+    Parameters
+    ----------
+    shape : tuple or list of two ints
+        Image sides M, N (see :func:`~shallow.cnn.wavelets.check_grid_shape`).
+    J : int
+        Number of scales, an integer >= 1.
+
+    Returns
+    -------
+    tuple of two Python ints
+        (M, N).
+
     Raises
     ------
     ValueError
-        Naming ``shape`` and J, when a side is smaller than 2^J or not a multiple of it.
+        Naming ``shape`` and J, when a side is smaller than 2^J or not a multiple of it; for a
+        shape that is not a pair of integers >= 1, or J not an integer >= 1.
     """
     shape = check_grid_shape(shape, "shape")
     J = check_integer(J, "J", minimum=1)

@@ -98,7 +98,24 @@ XI0 = 3.0 * np.pi / 4.0
 
 
 def check_grid_shape(shape, name: str = "shape") -> tuple[int, int]:
-    """``shape`` as a pair (M, N) of positive integers."""
+    """``shape`` as a pair (M, N) of positive integers.
+
+    Parameters
+    ----------
+    shape : tuple or list of two ints
+        Image sides M, N >= 1 (numpy integers accepted; bools refused).
+    name : str
+        The argument's name in error messages, default "shape".
+
+    Returns
+    -------
+    tuple of two Python ints
+
+    Raises
+    ------
+    ValueError
+        For anything but a tuple or list of length 2, or a side that is not an integer >= 1.
+    """
     if not isinstance(shape, (tuple, list)) or len(shape) != 2:
         raise ValueError(f"{name} must be a pair (M, N) of image sides, got {shape!r}")
     return tuple(check_integer(v, name, minimum=1) for v in shape)
@@ -209,7 +226,23 @@ def morlet_2d(shape, sigma, theta, xi, slant=0.5):
 
 
 def orientations(L: int) -> np.ndarray:
-    """The L angles theta_l = (c - l) pi / L, c = trunc(L / 2 - 1), of the filter bank (Kymatio's order)."""
+    """The L angles theta_l = (c - l) pi / L, c = trunc(L / 2 - 1), of the filter bank (Kymatio's order).
+
+    Parameters
+    ----------
+    L : int
+        Number of orientations, L >= 1.
+
+    Returns
+    -------
+    float64 numpy array of shape (L,)
+        Decreasing, l = 0, ..., L - 1.
+
+    Raises
+    ------
+    ValueError
+        For L not an integer >= 1.
+    """
     L = check_integer(L, "L", minimum=1)
     c = math.trunc(L / 2 - 1)
     return (c - np.arange(L)) * np.pi / L
@@ -344,7 +377,23 @@ def littlewood_paley(bank: FilterBank) -> np.ndarray:
 
 
 def frame_bounds(bank: FilterBank) -> tuple[float, float]:
-    """(min A, max A) of :func:`littlewood_paley`: min A ||x||^2 <= ||Wx||^2 <= max A ||x||^2 for real x."""
+    """(min A, max A) of :func:`littlewood_paley`: min A ||x||^2 <= ||Wx||^2 <= max A ||x||^2 for real x.
+
+    Parameters
+    ----------
+    bank : FilterBank
+        From :func:`filter_bank`.
+
+    Returns
+    -------
+    (float, float)
+        The lower and upper frame bounds, min A <= max A.
+
+    Raises
+    ------
+    TypeError
+        When ``bank`` is not a FilterBank.
+    """
     A = littlewood_paley(bank)
     return float(A.min()), float(A.max())
 
