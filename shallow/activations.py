@@ -496,10 +496,25 @@ def get_activation(name, **params) -> Activation:
 def as_activation(sigma, name: str = "sigma") -> Activation:
     """``sigma`` as an :class:`Activation`: a name (no parameters) or an Activation passes.
 
+    Parameters
+    ----------
+    sigma : str or Activation
+        A name from :data:`ACTIVATIONS` (built as ``Activation(sigma)``, without parameters), or an
+        :class:`Activation`, returned as it is.
+    name : str
+        The argument's name in the TypeError message, default "sigma".
+
+    Returns
+    -------
+    Activation
+
     Raises
     ------
     TypeError
-        For anything else, naming the argument ``name``.
+        For anything else (a plain callable included), naming the argument ``name``.
+    ValueError
+        From :class:`Activation`, for an unknown name or one that needs parameters
+        (``"relu_power"``: use :func:`get_activation`).
     """
     if isinstance(sigma, Activation):
         return sigma

@@ -289,6 +289,19 @@ def sawtooth(k, dtype=np.float64, device="cpu") -> DeepReLU:
 class PiecewiseLinear:
     """A continuous piecewise-affine function of t on [breakpoints[0], breakpoints[-1]].
 
+    Parameters
+    ----------
+    breakpoints : array_like of shape (p + 1,)
+        Finite, non-decreasing, with breakpoints[0] < breakpoints[-1].
+    slopes, intercepts : array_like of shape (p,) or (p, k), p >= 1
+        Finite, of the same shape. Continuity and maximality are not checked.
+
+    Raises
+    ------
+    ValueError
+        For shapes that do not match, p = 0, a NaN or infinite entry, or breakpoints that
+        decrease somewhere or have breakpoints[0] = breakpoints[-1].
+
     Attributes
     ----------
     breakpoints : numpy array of shape (p + 1,)
@@ -628,6 +641,20 @@ def max_pieces_two_layer(m) -> int:
     Each neuron relu(a t + b) bends at one point t = -b/a at most, so m neurons cut the line into
     at most m + 1 pieces (Telgarsky 2016, Sec. 3).
 
+    Parameters
+    ----------
+    m : int
+        Width, an integer >= 0.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        For m not an integer >= 0.
+
     Examples
     --------
     >>> max_pieces_two_layer(7)
@@ -826,6 +853,20 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
 def unit_ball_radius(d) -> float:
     """R_d, the radius of the ball of unit volume in R^d: pi^{d/2} R_d^d / Gamma(d/2 + 1) = 1.
 
+    Parameters
+    ----------
+    d : int
+        Dimension, an integer >= 1.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For d not an integer >= 1.
+
     Examples
     --------
     >>> round(unit_ball_radius(1), 15), round(unit_ball_radius(2), 15) == round(1 / math.sqrt(math.pi), 15)
@@ -972,6 +1013,23 @@ def eldan_shamir_radial_density(r, d):
 
 def eldan_shamir_radial_cdf(r, d):
     r"""P(|x| <= r) for x ~ phi^2 in R^d, from a Bessel series (exact up to rounding).
+
+    Parameters
+    ----------
+    r : array_like
+        Finite radii >= 0, any shape; numpy or cupy (computed on the host in float64).
+    d : int
+        Dimension, an integer >= 1.
+
+    Returns
+    -------
+    array of r's shape
+        Values in [0, 1], on r's device, in r's floating dtype (float64 for integers).
+
+    Raises
+    ------
+    ValueError
+        For a negative, NaN or infinite radius, or d not an integer >= 1.
 
     Notes
     -----
@@ -1261,6 +1319,23 @@ class EldanShamirFunction:
 def ball_indicator(X, radius=1.0):
     """1{|x| <= radius} for each row of X (n, d): shape (n,), in X's dtype and on its device.
 
+    Parameters
+    ----------
+    X : array_like of shape (n, d), d >= 1
+        Finite points, numpy or cupy (integers are taken as float64).
+    radius : float
+        A positive finite number, default 1.
+
+    Returns
+    -------
+    array of shape (n,)
+        1.0 inside the closed ball, 0.0 outside, in X's floating dtype.
+
+    Raises
+    ------
+    ValueError
+        For X not a finite 2-D array with d >= 1, or a radius that is not positive and finite.
+
     Examples
     --------
     >>> ball_indicator(np.array([[0.6, 0.8], [0.6, 0.81]])).tolist()
@@ -1349,6 +1424,21 @@ def _split_pairs(Z, name="Z"):
 
 def daniely_function(Z):
     """sin(pi d^3 <x, y>) for each row (x, y) of Z (n, 2d), x and y the two halves.
+
+    Parameters
+    ----------
+    Z : array_like of shape (n, 2d), d >= 2
+        Finite rows (x, y), numpy or cupy; they need not lie on the spheres (not checked).
+
+    Returns
+    -------
+    array of shape (n,)
+        On Z's device, in Z's floating dtype (float64 for integers).
+
+    Raises
+    ------
+    ValueError
+        For Z not a finite 2-D array with an even number 2d >= 4 of columns.
 
     Examples
     --------

@@ -248,6 +248,23 @@ def num_harmonics(d, k) -> int:
     (DESIGN.md); :func:`legendre` and :func:`legendre_all` take the degree first, after P_{k,d}.
     Keyword calls are accepted: ``num_harmonics(d=3, k=2)``.
 
+    Parameters
+    ----------
+    d : int
+        Ambient dimension, an integer >= 2.
+    k : int
+        Degree, an integer >= 0.
+
+    Returns
+    -------
+    int
+        N(d, k), exact (no float rounding, however large).
+
+    Raises
+    ------
+    ValueError
+        For d not an integer >= 2 or k not an integer >= 0 (a float 2.0 included).
+
     Examples
     --------
     >>> [num_harmonics(3, k) for k in range(4)]

@@ -346,6 +346,23 @@ def gaussian_norm_moment(h, d) -> float:
     The ratio between the kernels of a degree-h homogeneous feature under Gaussian and uniform
     spherical weights.
 
+    Parameters
+    ----------
+    h : float
+        A real number > -d/2 (not a bool).
+    d : int
+        Dimension, an integer >= 2.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For d not an integer >= 2, h not a real number > -d/2, or a moment beyond the largest
+        float64.
+
     Examples
     --------
     >>> gaussian_norm_moment(1, 7), gaussian_norm_moment(0, 7)
@@ -730,6 +747,27 @@ class DotProductKernel:
     """A two-layer kernel on the unit sphere as a function of t = <x, y>: K(x, y) = kappa(<x, y>).
 
     Build with :func:`dot_product_kernel`; immutable, hashable, equal by (kind, sigma, weights, d).
+
+    Parameters
+    ----------
+    kind : {"nngp", "ntk"}
+    sigma : str or Activation
+        A name without parameters, or an :class:`~shallow.activations.Activation`
+        (:func:`~shallow.activations.as_activation`).
+    weights : {"gaussian", "sphere"}
+        Law of the inner weights, default "gaussian".
+    d : int, optional
+        Ambient dimension, an integer >= 2; required with ``weights="sphere"``, else kept (it
+        does not change kappa).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind or weights, an unknown activation name, d not an integer >= 2, d
+        missing with sphere weights, or ``kind="ntk"`` with an activation whose NTK is infinite
+        (relu_power with 0 < alpha <= 1/2).
+    TypeError
+        For a sigma that is neither a name nor an Activation.
 
     Attributes
     ----------

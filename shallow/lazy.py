@@ -886,6 +886,25 @@ def relative_weight_change(net0, a, W) -> float:
 def relative_kernel_change(K0, K) -> float:
     r"""|K - K_0|_F / |K_0|_F for two kernel matrices of the same shape.
 
+    Parameters
+    ----------
+    K0 : array_like of shape (n, n')
+        The reference kernel matrix, finite and not all zero; numpy or cupy.
+    K : array_like of K0's shape
+        The other, finite, on the same backend as K0.
+
+    Returns
+    -------
+    float
+        Norms taken without overflow or underflow of the squares (scaled by a power of 2).
+
+    Raises
+    ------
+    ValueError
+        For arrays that are not 2-D, not finite, of different shapes, or K0 = 0.
+    TypeError
+        For a numpy array with a cupy one.
+
     Examples
     --------
     >>> import numpy as np

@@ -76,6 +76,18 @@ def default_block_bytes(xp) -> int:
 
     ``BLOCK_BYTES`` (16 MiB, sized for a CPU's caches) on the host; on a GPU ``GPU_BLOCK_BYTES``
     (1 GiB), or a quarter of the device's free memory if that is less.
+
+    Parameters
+    ----------
+    xp : module
+        ``numpy`` or ``cupy`` (as :func:`~shallow.backend.get_xp` returns). Any module whose
+        ``cuda.runtime.memGetInfo()`` fails is treated as the host.
+
+    Returns
+    -------
+    int
+        Bytes: BLOCK_BYTES on the host; on a GPU min(GPU_BLOCK_BYTES, free / 4), at least
+        BLOCK_BYTES.
     """
     if xp is np:
         return BLOCK_BYTES
