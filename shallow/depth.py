@@ -305,10 +305,13 @@ class PiecewiseLinear:
     Attributes
     ----------
     breakpoints : numpy array of shape (p + 1,)
-        Increasing; piece i is [breakpoints[i], breakpoints[i + 1]].
+        Non-decreasing, as given; piece i is [breakpoints[i], breakpoints[i + 1]].
     slopes, intercepts : numpy arrays of shape (p,) (or (p, k) for k outputs)
-        f(t) = slopes[i] t + intercepts[i] on piece i. Adjacent pieces have different slopes
-        (the pieces are maximal).
+        f(t) = slopes[i] t + intercepts[i] on piece i.
+
+    The pieces that :func:`linear_pieces` returns are maximal: their breakpoints increase and
+    adjacent pieces have different slopes. A hand-built one may repeat a breakpoint (a piece of
+    length 0, never selected by a call) or split a line into two pieces.
     """
 
     def __init__(self, breakpoints, slopes, intercepts):
