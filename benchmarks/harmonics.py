@@ -72,8 +72,8 @@ def main(argv=None):
         dest = np.empty_like(P)
         nbytes = P.nbytes
         t_leg = median_time(lambda: legendre_all(kmax, d, t), repeats)
-        t_copy = median_time(lambda: P.copy(), repeats)
-        t_copyto = median_time(lambda: np.copyto(dest, P), repeats)
+        t_copy = median_time(lambda P=P: P.copy(), repeats)
+        t_copyto = median_time(lambda P=P, dest=dest: np.copyto(dest, P), repeats)
         print(f"{kmax:>6} {d:>5} {T:>9} {nbytes / 1e6:>8.0f} {t_leg:>8.4f} {nbytes / t_leg / 1e9:>6.2f} "
               f"{nbytes / t_copy / 1e9:>16.2f} {t_copy / t_leg:>6.2f} {nbytes / t_copyto / 1e9:>12.2f} "
               f"{t_copyto / t_leg:>6.2f}")
