@@ -1,6 +1,7 @@
 """The robustness study's quick mode runs, writes its figure and sidecar, and its claims hold.
 
-Tolerances are stated with their reasons; each holds at the study's fixed seed (seed = 0).
+Tolerances are stated with their reasons; each holds at the study's fixed seed (seed = 0) and, measured
+once, at seeds 0-7 of the quick mode (ranges quoted below).
 """
 
 import numpy as np
@@ -18,8 +19,10 @@ def test_lipschitz_adversarial_bounds_above_local_constant_and_spectral_normalis
     # quick: VGG width 8 without batch norm, 600 training images, 10 epochs of Adam; 100 attacked test images
     r = quick
     for name in ("standard", "spectral"):
-        # both networks learn (measured 0.913 and 0.880; chance is 0.1)
-        assert r[f"{name}_test_accuracy"] > 0.8
+        # both networks learn (measured 0.913 and 0.880; chance is 0.1). Over seeds 0-7: 0.83-0.91 (standard)
+        # and 0.78-0.88 (spectral, 600 images and 10 epochs under the projection): 0.8 held at seed 0 only by
+        # luck; 0.7 keeps a margin of 0.08 (38 of the 450 test images) and is far above chance
+        assert r[f"{name}_test_accuracy"] > 0.7
         # the bounds are valid: above the empirical local constant (measured 8.4 and 4.3), and ordered
         # averaged <= product (power iteration) <= product (certified FFT): 188 <= 234 <= 350, 48 <= 54 <= 85
         assert r[f"{name}_averaged"] >= r[f"{name}_local"]
@@ -49,18 +52,22 @@ def test_lipschitz_adversarial_one_universal_perturbation_fools_many_test_images
     for name in ("standard", "spectral"):
         universal, per_image, random = (r[f"{name}_{key}_fooling"] for key in ("universal", "pgd", "random"))
         # at eps = 4 one image-agnostic v changes the label of most held-out images (measured 0.76 and 0.80;
-        # asserted > 0.6, a margin of 70 images for the seed-to-seed spread of Algorithm 1)
-        assert universal[-1] > 0.6
-        # the generalisation of v from the 200 training images to the test images: within 0.1 (measured
-        # 0.795 -> 0.762 and 0.835 -> 0.802 at eps = 4)
-        assert np.all(np.abs(universal - r[f"{name}_universal_train_fooling"]) < 0.1)
+        # over seeds 0-7 0.67-0.80 and 0.62-0.82, so 0.6 was thin): asserted > 0.5, "most", with a margin
+        # of at least 50 images at every seed measured
+        assert universal[-1] > 0.5
+        # the generalisation of v from the 200 training images to the test images: within 0.15 (measured
+        # 0.795 -> 0.762 and 0.835 -> 0.802 at eps = 4; the largest gap over the radii 0.03-0.12 over seeds
+        # 0-7, 0.118 at seed 4: the rate on 200 images has a binomial sd up to 0.035, and the epoch kept is
+        # the best on those images). A v that fitted its 200 images only would miss by far more
+        assert np.all(np.abs(universal - r[f"{name}_universal_train_fooling"]) < 0.15)
         # a per-image attack is stronger at every radius: the best x-dependent perturbation fools at least
         # what a shared one does; PGD is a heuristic, so a tolerance of 0.02 (9 images); measured PGD
         # 0.51, 0.96, 1.0 against 0.08, 0.20, 0.76 (standard), 0.47, 0.92, 1.0 against 0.12, 0.29, 0.80
         assert np.all(universal <= per_image + 0.02)
-        # and much stronger at the radius where PGD fools most images: at eps = 2 above twice the
-        # universal rate (measured 4.7 and 3.1 times)
-        assert per_image[1] > 2 * universal[1]
+        # and much stronger at the radius where PGD fools most images: at eps = 2 above 1.5 times the
+        # universal rate (measured 4.7 and 3.1 times; over seeds 0-7 2.4-4.7 and 2.0-3.1, the spectral
+        # network's 1.96 at seed 2 below the former factor 2)
+        assert per_image[1] > 1.5 * universal[1]
         # v is not a random direction: above twice the random-direction rate at every radius (measured 3 to
         # 6 times: 0.03, 0.05, 0.13 for random v)
         assert np.all(universal > 2 * random)
