@@ -1,6 +1,7 @@
 """The scattering study's quick mode runs, writes its figure and sidecar, and its claims hold.
 
-Tolerances are stated with their reasons; each holds at the study's fixed seed (seed = 0).
+Tolerances are stated with their reasons; each holds at the study's fixed seed (seed = 0) and, measured
+once, at seeds 0-7 of the quick mode (ranges quoted below).
 """
 
 import numpy as np
@@ -9,13 +10,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, run_quick):
-    """The quick mode's result, computed once for the tests of this module (it takes ~20 s)."""
+    """The quick mode's result, computed once for the tests of this module (it takes ~20-25 s)."""
     pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     return run_quick("scattering_stability", tmp_path_factory.mktemp("scattering_stability"))[1]
 
 
 def test_scattering_stability_scattering_is_more_stable_than_pixels(quick):
-    # Quick: 500 training images, 60 test images upsampled to 32 x 32, J = 3 and 2, shifts 1, 2, 4
+    # Quick: all 1347 training images, 60 test images upsampled to 32 x 32, J = 3 and 2, shifts 1, 2, 4
     # px, |grad tau|_inf in {0.04, 0.08, 0.16}.
     r = quick
     # Translation: the scattering at J = 3 moves less than the pixels under a 1-pixel shift
@@ -29,13 +30,15 @@ def test_scattering_stability_scattering_is_more_stable_than_pixels(quick):
     assert abs(r["slope_rel_deform_scattering"] - 1) < 0.2
     assert np.all(r["rel_deform_scattering"] < 0.75 * r["rel_deform_pixels"])
     # Classification: the scattering + ridge classifier keeps its accuracy under a 4-pixel shift
-    # (measured 1.0 clean, 0.93 shifted), the pixel one loses it (0.85 -> 0.20). 60 test images:
-    # one image is 0.017 of accuracy, the margins are several images wide.
-    assert r["accuracy_clean_scattering"] >= 0.95
-    assert r["accuracy_shift_scattering"][-1] >= 0.85
+    # (measured 1.0 clean, 0.88 shifted), the pixel one loses it (0.92 -> 0.20). 60 test images:
+    # one image is 0.017 of accuracy. Over seeds 0-7: 0.95-1.0 clean and 0.85-0.93 shifted (0.95 and
+    # 0.85 were met with no image to spare), pixels 0.17-0.32 shifted: asserted at most 4 errors clean
+    # and 12 shifted, still 0.3 above the pixels' bound.
+    assert r["accuracy_clean_scattering"] >= 0.93
+    assert r["accuracy_shift_scattering"][-1] >= 0.8
     assert r["accuracy_shift_pixels"][-1] <= 0.5
     # Deformations up to |grad tau|_inf = 0.16 leave the scattering classifier's accuracy within
-    # 0.05 of its clean accuracy (measured unchanged).
+    # 0.05 of its clean accuracy (measured 1.0, 1.0, 0.967 against 1.0; at most 0.033 below over seeds 0-7).
     assert np.all(r["accuracy_deform_scattering"] >= r["accuracy_clean_scattering"] - 0.05)
 
 
@@ -43,19 +46,23 @@ def test_scattering_stability_random_cnn_is_less_stable_than_trained_relative_to
     # The random CNN (same architecture and initialisation seed, untrained) against the trained one.
     r = quick
     # Relative to the between-class distance D_Phi, training makes the CNN more stable: the random
-    # CNN's rho is larger under a 1-pixel shift (measured 0.41 against 0.22) and under every
-    # deformation (measured 2.5 to 2.7 times larger at each |grad tau|_inf); asserted with a margin of a
-    # factor 1.3, wider than the spread over the 60 test images.
-    assert r["rho_shift1_random_cnn"] > 1.3 * r["rho_shift1_cnn"]
+    # CNN's rho is larger under every deformation (measured 3.2 to 3.5 times larger at each
+    # |grad tau|_inf; 1.58 to 4.4 over seeds 0-7) and under a 1-pixel shift (measured 0.41 against
+    # 0.16; 1.26 to 2.78 times over seeds 0-7). The shift is the weaker of the two at quick scale: with
+    # the CNN trained on 500 images the ratio fell to 1.04 (seed 6), 0.97 with 16 epochs, so the quick
+    # mode trains on all 1347 and the shift is asserted with a factor 1.1 (the random CNN at least 10%
+    # less stable), the deformations with 1.3.
+    assert r["rho_shift1_random_cnn"] > 1.1 * r["rho_shift1_cnn"]
     assert np.all(r["rho_deform_random_cnn"] > 1.3 * r["rho_deform_cnn"])
-    # Relative to its own norm, the random CNN moves less (measured rel 0.049 against 0.150 at 1 px):
+    # Relative to its own norm, the random CNN moves less (measured rel 0.049 against 0.117 at 1 px):
     # its features (ReLU, max pooling and global averaging of positive maps) share a large common
     # component, so that the classes are close to each other compared to |Phi(x)| (measured
-    # D / mean |Phi(x)| 0.12 against 0.68 for the trained CNN; asserted below half of it): rel alone flatters it.
+    # D / mean |Phi(x)| 0.12 against 0.71 for the trained CNN; asserted below half of it): rel alone flatters it.
     assert r["rel_shift1_random_cnn"] < r["rel_shift1_cnn"]
     assert r["D_random_cnn"] / r["norm_random_cnn"] < 0.5 * r["D_cnn"] / r["norm_cnn"]
     # Its features carry less class information: ridge on them is below the trained CNN's accuracy
-    # (measured 0.63 against 0.88; margin 0.1, six test images).
+    # (measured 0.65 against 0.87; margin 0.1, six test images; over seeds 0-7 the gap is 0.15-0.35,
+    # where with 500 training images it was 0.07-0.32).
     assert r["accuracy_clean_random_cnn"] < r["accuracy_clean_cnn"] - 0.1
 
 
