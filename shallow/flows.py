@@ -619,9 +619,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
     checkpoint_every : int, default 0
         Save to ``checkpoint`` after every so many steps (counted from step 0, resumed runs
-        included), besides the end and Ctrl-C; 0 (the default) saves only at the end and on
-        Ctrl-C. Used only with ``checkpoint``; the ``"adaptive"`` method saves only at the end
-        and on Ctrl-C whatever its value.
+        included; for ``"adaptive"``, accepted steps), besides the end and Ctrl-C; 0 (the
+        default) saves only at the end and on Ctrl-C. Used only with ``checkpoint``.
     tol : float
         Tolerance of the adaptive method, mixed absolute and relative: a step of the 3(2) pair is
         accepted when the Euclidean norm of its error estimate (the third- minus the second-order
@@ -714,10 +713,12 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     t_end = t + steps * step_size
     # Times as step * step_size whenever the saved time is on that grid (resumed runs included).
     step0, t0 = (0, 0.0) if t == step * step_size else (step, t)
-    state = (step, t, a, W, rng.bit_generator.state)  # the last completed step, for Ctrl-C
+    # the last completed step, for Ctrl-C and checkpoints: step, t, a, W, the generator's state, and the
+    # step size to try next (the adaptive method's; step_size for the others)
+    state = (step, t, a, W, rng.bit_generator.state, h)
 
     def save(st):
-        rec.trajectory(st[2], st[3], st[0], st[1], _state_rng(st[4]), {**meta, "h": h}).save(checkpoint)
+        rec.trajectory(st[2], st[3], st[0], st[1], _state_rng(st[4]), {**meta, "h": st[5]}).save(checkpoint)
 
     bar = None
     if progress:
@@ -737,18 +738,23 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                 a_new, W_new, k_new, ea, eW = _bogacki_shampine_step(field, a, W, h, k1)
                 size = 1 + math.sqrt(float((a * a).sum() + (W * W).sum()))
                 err = math.sqrt(float((ea * ea).sum() + (eW * eW).sum())) / (tol * size)
+                taken = h
+                # the next step size, before anything that may stop the run: a flow saved or stopped
+                # here resumes with the step the uninterrupted run takes next
+                h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
                 if err <= 1:
-                    a, W, k1, t, step = a_new, W_new, k_new, t + h, step + 1
+                    a, W, k1, t, step = a_new, W_new, k_new, t + taken, step + 1
                     rec.check(step, t, k1[0])
-                    state = (step, t, a, W, rng.bit_generator.state)
+                    state = (step, t, a, W, rng.bit_generator.state, h)
+                    if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                        save(state)
                     if bar is not None:
-                        bar.update(h)
+                        bar.update(taken)
                         bar.set_postfix(risk=f"{k1[0]:.3g}")
                     if step % record_every == 0:
                         rec.add(step, t, k1[0], a, W)
                         if callback is not None and callback(step, t, k1[0], a, W):
                             break
-                h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
             else:  # ran to t_end: the last record, and its callback, unless it was a regular one
                 if step % record_every:
                     rec.add(step, t, k1[0], a, W)
@@ -777,7 +783,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                         stop = True
                 step += 1
                 t = t0 + (step - step0) * step_size
-                state = (step, t, a, W, rng.bit_generator.state)
+                state = (step, t, a, W, rng.bit_generator.state, h)
                 pending = step if step % record_every == 0 else None
                 if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                     save(state)

@@ -303,6 +303,86 @@ def test_interrupted_flow_leaves_a_resumable_checkpoint(tmp_path):
     np.testing.assert_array_equal(rest.W, whole.W)
 
 
+class _Killed(Exception):
+    """A run ended from outside without Ctrl-C (the process killed, say): nothing is saved then."""
+
+
+def _kill_at(step_to_kill):
+    def callback(step, t, risk, a, W):
+        if step >= step_to_kill:
+            raise _Killed
+
+    return callback
+
+
+def test_checkpoint_every_leaves_a_resumable_state_when_a_run_is_killed(tmp_path):
+    teacher, student = teacher_student(d=5, m=10, seed=7)
+    loss = PopulationRisk(teacher)
+    whole = gradient_flow(student, loss, steps=40, step_size=0.02, noise=1e-3, rng=3)
+    path = tmp_path / "flow.npz"
+    with pytest.raises(_Killed):
+        gradient_flow(student, loss, steps=40, step_size=0.02, noise=1e-3, rng=3, callback=_kill_at(17),
+                      checkpoint=path, checkpoint_every=5)
+    saved = Trajectory.load(path)
+    assert saved.step == 15  # the last multiple of 5 before the kill
+    rest = gradient_flow(student, loss, steps=40 - saved.step, step_size=0.02, noise=1e-3, resume=saved)
+    np.testing.assert_array_equal(rest.W, whole.W)
+
+
+def _adaptive_rest(student, loss, saved, t_end):
+    # the adaptive method runs for a time steps * step_size: one "step" of the remaining time
+    return gradient_flow(student, loss, steps=1, step_size=t_end - saved.t, method="adaptive", tol=1e-7,
+                         resume=saved)
+
+
+def test_adaptive_flow_with_checkpoint_every_leaves_a_resumable_state_when_killed(tmp_path):
+    # checkpoint_every counts accepted steps; the saved state carries the step size the run tries next,
+    # so the resumed flow takes the steps of the uninterrupted one (up to the last, cut at t_end, whose
+    # length may differ by an ulp)
+    teacher, student = teacher_student(d=5, m=10, seed=7)
+    loss = PopulationRisk(teacher)
+    whole = gradient_flow(student, loss, steps=40, step_size=0.02, method="adaptive", tol=1e-7)
+    path = tmp_path / "flow.npz"
+    with pytest.raises(_Killed):
+        gradient_flow(student, loss, steps=40, step_size=0.02, method="adaptive", tol=1e-7, record_every=1,
+                      callback=_kill_at(whole.step // 2 + 2), checkpoint=path, checkpoint_every=5)
+    saved = Trajectory.load(path)
+    assert saved.step % 5 == 0 and whole.step // 2 - 3 <= saved.step <= whole.step // 2 + 2
+    rest = _adaptive_rest(student, loss, saved, whole.t)
+    assert rest.step == whole.step
+    np.testing.assert_allclose(rest.W, whole.W, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C", "callback"])
+def test_adaptive_flow_stopped_mid_run_resumes_with_the_steps_of_an_uninterrupted_run(tmp_path, how):
+    # The step size saved used to be the one just taken, not the next one: the resumed flow then took
+    # other steps (the same flow within tol, not the same numbers)
+    teacher, student = teacher_student(d=5, m=10, seed=7)
+    loss = PopulationRisk(teacher)
+    whole = gradient_flow(student, loss, steps=40, step_size=0.02, method="adaptive", tol=1e-7)
+    stop_at = whole.step // 2
+
+    def stop(step, t, risk, a, W):
+        if step >= stop_at:
+            if how == "Ctrl-C":
+                raise KeyboardInterrupt
+            return True
+        return False
+
+    path = tmp_path / "flow.npz"
+    kw = dict(steps=40, step_size=0.02, method="adaptive", tol=1e-7, record_every=1, callback=stop, checkpoint=path)
+    if how == "Ctrl-C":
+        with pytest.raises(KeyboardInterrupt):
+            gradient_flow(student, loss, **kw)
+    else:
+        gradient_flow(student, loss, **kw)
+    saved = Trajectory.load(path)
+    assert saved.step == stop_at
+    rest = _adaptive_rest(student, loss, saved, whole.t)
+    assert rest.step == whole.step
+    np.testing.assert_allclose(rest.W, whole.W, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("m, d", [(1, 5), (10, 4)])
 def test_trajectory_network_refuses_a_network_of_other_shapes(m, d):
     # used to return the trajectory's 10 particles with like's gamma = 1/m: f(x) silently 10x too large
