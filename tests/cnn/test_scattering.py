@@ -77,13 +77,17 @@ def test_scattering_order_one_matches_kymatio():
 
 def test_kymatio_normalisation_differs_by_pi_over_3_1415_per_filter():
     # The one convention difference, measured: the ratio of Kymatio's coefficients to ours is
-    # (pi / 3.1415)^(m + 1) = 1 + 2.95e-5 (m + 1) for each path of order m, within 1e-6 (the
-    # float32 rounding of its filters), on a positive image where no coefficient is near 0.
+    # (pi / 3.1415)^(m + 1) = 1 + 2.95e-5 (m + 1) for each path of order m, on a positive image
+    # where no coefficient is near 0. The bound is float32 rounding: Kymatio's filters are
+    # complex64, and a second-order coefficient (down to 0.004 of the largest) carries the
+    # rounding of both its filters and of its parent, relative to the larger parent: measured
+    # up to 15 eps32 (1.75e-6) of the ratio (magnitude 1) across 9 seeds. 32 eps32 = 3.8e-6 is
+    # 8 times below the 2.95e-5 step between orders, so a wrong exponent still fails.
     ref_op = kymatio_scattering(2, (16, 16), 4)
     x = 1.0 + np.random.default_rng(5).random((1, 16, 16))
     S = Scattering2D(2, (16, 16), 4)
     ratio = ref_op(x)[0, :, 1, 1] / S(x)[0, :, 1, 1]
-    assert np.abs(ratio - KYMATIO_FACTOR ** (orders(S) + 1)).max() < 1e-6
+    assert np.abs(ratio - KYMATIO_FACTOR ** (orders(S) + 1)).max() < 32 * np.finfo(np.float32).eps
     assert np.all(ratio > 1 + 2.9e-5)
 
 
