@@ -129,7 +129,12 @@ def test_batches_cover_the_set_once_in_a_reproducible_order():
 
 @pytest.mark.parametrize("max_shift", [1, 2])
 def test_random_shift_translates_each_image_with_edge_or_constant_fill(max_shift):
-    n = 12
+    # Draws of n images cover all 2 s + 1 shifts on both axes but with probability at most
+    # 2 (2 s + 1) (1 - 1 / (2 s + 1))^n (union bound over axis and missed shift): n is the
+    # least making that below 1e-9, whatever the seed (n = 56 for s = 1, 104 for s = 2).
+    m = 2 * max_shift + 1
+    n = int(np.ceil(np.log(1e-9 / (2 * m)) / np.log(1 - 1 / m)))
+    assert 2 * m * (1 - 1 / m) ** n < 1e-9
     rng_draws = np.random.default_rng(5).integers(-max_shift, max_shift + 1, size=(n, 2))
     for axis in (0, 1):  # every shift, both signs, along both axes
         assert set(rng_draws[:, axis]) == set(range(-max_shift, max_shift + 1))
