@@ -622,11 +622,13 @@ def test_canonical_frequency_gives_the_same_model_on_the_grid(K):
 
 def test_fit_gabor_envelope_stays_within_its_bounds():
     # D = R^T R with |R_ij| <= 4, so trace D = |R|_F^2 <= 48: white noise drove a free R to about 30 (C up
-    # to 1e101 |f|, the far tail of a one-pixel envelope)
+    # to 1e101 |f|, the far tail of a one-pixel envelope). The bound on D does not bound C (a bounded
+    # envelope can still be e^-700 at a far pixel): C < 1e20 |f| only says that the 1e101 is gone; moving
+    # the seeds (tools/seedshift.py) gave C up to 1.4e9 |f|, above the 1e8 this test asked before
     rng = np.random.default_rng(24)
     for f in rng.standard_normal((6, 5, 5)):
         fit = fit_gabor(f)
-        assert np.trace(fit.D) <= 48 + 1e-9 and fit.C < 1e8 * np.abs(f).max()
+        assert np.trace(fit.D) <= 48 + 1e-9 and fit.C < 1e20 * np.abs(f).max()
 
 
 def test_fit_gabor_leaves_most_of_white_noise_unexplained():
