@@ -176,6 +176,12 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: tuple[int, in
     check_integer(dilation, "dilation", minimum=1)  # dilation 0 or -1 gave a size, and a wrong one
     check_integer(padding[0], "padding[0]", minimum=0)
     check_integer(padding[1], "padding[1]", minimum=0)
+    return _output_size(size, kernel, stride, padding, dilation)
+
+
+def _output_size(size, kernel, stride, padding, dilation) -> int:
+    """:func:`conv_output_size` without its checks, for layers that checked their geometry when built
+    (called on every forward pass of a pooling layer)."""
     return (size + padding[0] + padding[1] - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -222,8 +228,8 @@ def _shift_feasible(H, W, KH, KW, pads, dilation, stride):
     pt, pb, pl, pr = pads
     if stride != (1, 1):
         return False
-    Ho = conv_output_size(H, KH, 1, (pt, pb), dilation[0])
-    Wo = conv_output_size(W, KW, 1, (pl, pr), dilation[1])
+    Ho = _output_size(H, KH, 1, (pt, pb), dilation[0])
+    Wo = _output_size(W, KW, 1, (pl, pr), dilation[1])
     return Ho <= H + max(pt, pb) and Wo <= W + max(pl, pr)
 
 
@@ -334,8 +340,8 @@ class Conv2d(Layer):
         KH, KW = self.kernel_size
         (sh, sw), (dh, dw) = self.stride, self.dilation
         pt, pb, pl, pr = self.padding
-        Ho = conv_output_size(H, KH, sh, (pt, pb), dh)
-        Wo = conv_output_size(W, KW, sw, (pl, pr), dw)
+        Ho = _output_size(H, KH, sh, (pt, pb), dh)
+        Wo = _output_size(W, KW, sw, (pl, pr), dw)
         if Ho < 1 or Wo < 1:
             raise ValueError(f"{name} of size {H}x{W} is too small for kernel {self.kernel_size}, dilation "
                              f"{self.dilation} and padding {self.padding}: the output would be {Ho}x{Wo}")

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._validation import check_integer
 from ..backend import get_xp
-from .conv import _pair, conv_output_size
+from .conv import _output_size, _pair
 from .layers import Layer, _missing_cache, check_batch
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"]
@@ -55,8 +55,8 @@ class _Pool2d(Layer):
         check_batch(x, name)
         N, H, W, C = x.shape
         (KH, KW), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        Ho = conv_output_size(H, KH, sh, (ph, ph), 1)
-        Wo = conv_output_size(W, KW, sw, (pw, pw), 1)
+        Ho = _output_size(H, KH, sh, (ph, ph), 1)
+        Wo = _output_size(W, KW, sw, (pw, pw), 1)
         if Ho < 1 or Wo < 1:
             raise ValueError(f"{name} of size {H}x{W} is smaller than the pooling window {self.kernel_size}")
         return Ho, Wo
