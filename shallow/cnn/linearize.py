@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 
-from .layers import Layer, check_layer
+from .layers import Layer, _running_buffers, check_layer
 
 __all__ = ["Linearized", "linearize"]
 
@@ -109,7 +109,7 @@ class Linearized(Layer):
             return f, None
         # the second pass is the derivative of the first: it draws the same dropout masks (the
         # generators are rewound) and leaves the batch-norm running statistics as the first left them
-        buffers = [(b, b.copy()) for _, layer in self.base.named_layers() for b in layer.buffers.values()]
+        buffers = [(b, b.copy()) for b in _running_buffers(self.base)]
         for g, state in rngs:
             g.bit_generator.state = state
         _, tf = self.base.jvp(x, None, tparams)
