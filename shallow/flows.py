@@ -48,7 +48,7 @@ from ._validation import (
     check_random_state,
 )
 from .backend import array_digest, get_xp, to_numpy
-from .networks import default_block_bytes, fused_pass
+from .networks import _block_bytes, fused_pass
 
 __all__ = [
     "EmpiricalRisk",
@@ -100,8 +100,7 @@ class EmpiricalRisk:
             raise ValueError("X must hold at least one sample, got n=0")
         get_xp(X, y)
         self.X, self.y = X, y
-        self.chunk_bytes = default_block_bytes(get_xp(X)) if chunk_bytes is None else check_integer(
-            chunk_bytes, "chunk_bytes", minimum=1)
+        self.chunk_bytes = _block_bytes(chunk_bytes, get_xp(X), "chunk_bytes")
 
     @property
     def n(self) -> int:
@@ -323,8 +322,7 @@ class PopulationRisk:
 
     def __init__(self, teacher, input: str = "gaussian", *, chunk_bytes: int | None = None):
         _check_network(teacher, "teacher")
-        self.chunk_bytes = default_block_bytes(get_xp(teacher.W)) if chunk_bytes is None else check_integer(
-            chunk_bytes, "chunk_bytes", minimum=1)
+        self.chunk_bytes = _block_bytes(chunk_bytes, get_xp(teacher.W), "chunk_bytes")
         if input not in ("gaussian", "sphere"):
             raise ValueError(f"input must be 'gaussian' or 'sphere', got {input!r}")
         name = getattr(teacher.activation, "name", None)

@@ -83,7 +83,7 @@ from ._validation import (
     check_symmetric,
 )
 from .backend import device_of, get_xp, sum_of_squares_parts, to_numpy
-from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _check_gamma, default_block_bytes
+from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _block_bytes, _check_gamma
 
 __all__ = [
     "linearize",
@@ -394,8 +394,7 @@ class LinearizedRisk:
         if X.shape[0] == 0:
             raise ValueError("X must hold at least one sample, got n=0")
         self.X, self.y = X, y
-        self.chunk_bytes = default_block_bytes(get_xp(X)) if chunk_bytes is None else check_integer(
-            chunk_bytes, "chunk_bytes", minimum=1)
+        self.chunk_bytes = _block_bytes(chunk_bytes, get_xp(X), "chunk_bytes")
         self.cache_bytes = check_integer(cache_bytes, "cache_bytes", minimum=0)
         self._cache = None  # (base, Xt, S0, P0) for the last anchor seen
 

@@ -97,6 +97,12 @@ def default_block_bytes(xp) -> int:
         return BLOCK_BYTES
     return max(BLOCK_BYTES, min(GPU_BLOCK_BYTES, free // 4))
 
+
+def _block_bytes(value, xp, name: str) -> int:
+    """A memory setting named ``name``: :func:`default_block_bytes` of ``xp`` for None, else an
+    integer >= 1 (ValueError naming it otherwise)."""
+    return default_block_bytes(xp) if value is None else check_integer(value, name, minimum=1)
+
 _SCALES = ("mean-field", "ntk")
 _WEIGHTS = ("gaussian", "sphere")
 _A_INITS = ("gaussian", "sign", "balanced", "zero")
@@ -198,10 +204,7 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     n, m = X.shape[0], W.shape[0]
     dtype = W.dtype
     relu = _is_relu(sigma)
-    if block_bytes is None:
-        block_bytes = default_block_bytes(xp)
-    else:
-        block_bytes = check_integer(block_bytes, "block_bytes", minimum=1)
+    block_bytes = _block_bytes(block_bytes, xp, "block_bytes")
     rows, cols = _block_shape(n, m, np.dtype(dtype).itemsize, chunk_size, block_bytes)
     need_grad = residual is not None
     f = xp.empty(n, dtype=dtype)  # (n,)
