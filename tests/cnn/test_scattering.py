@@ -304,8 +304,9 @@ def test_jvp_is_homogeneous_at_scales_where_z_times_dz_overflows(dtype, c):
     fd = (S(x + h * v) - S(x - h * v)) / (2 * h)
     _, tS = S.jvp((c * x).astype(dtype), (c * v).astype(dtype))
     assert tS.dtype == dtype
-    # central differences: 3e-10 of the scale (O(h^2) and eps / h); float32: a few ulps along the paths
-    tol = 1e-8 if dtype == np.float64 else 1e-6
+    # central differences: 3e-10 of the scale (O(h^2) and eps / h). float32: the jvp at scale 1 errs by up to
+    # 1.4e-6 of the scale (16 seeds; the rounding of x and v, amplified where a modulus is small), 1.2e-6 at 1e20
+    tol = 1e-8 if dtype == np.float64 else 1e-5
     assert np.abs(tS.astype(np.float64) / c - fd).max() <= tol * np.abs(fd).max()
 
 
