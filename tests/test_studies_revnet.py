@@ -124,9 +124,11 @@ def test_invertible_features_irevnet_is_exact_and_the_cnn_is_lossy(tmp_path, run
     pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     # Quick mode: i-RevNet width 8, one block per stage; VGG width 8; 8 epochs each (measured values in comments).
     _, result = run_quick("invertible_features", tmp_path)
-    # The i-RevNet classifies about as well as the VGG (measured 0.947 vs 0.956): within 5 points, above 0.9.
+    # The i-RevNet classifies about as well as the VGG (measured 0.947 vs 0.956), above 0.9. Over 12 seeds and
+    # data splits (tools/seedshift.py) the VGG led by 0.009 to 0.051, mean 0.028, sd 0.011: the bound is the mean
+    # plus 4 sd, 0.075 (the quick networks are small: 8 epochs, 3.6k and 4.4k parameters)
     assert result["test_accuracy_irevnet"] > 0.9
-    assert result["test_accuracy_irevnet"] > result["test_accuracy_vgg"] - 0.05
+    assert result["test_accuracy_irevnet"] > result["test_accuracy_vgg"] - 0.075
     # Exact reconstruction from every layer, on the whole test set: the 1e-10 in float64
     # (measured 2.4e-16, rounding level).
     assert result["irevnet_error_max_all_layers"] < 1e-10
