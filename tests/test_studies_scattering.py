@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, run_quick):
-    """The quick mode's result, computed once for the tests of this module (it takes ~20-25 s)."""
+    """The quick mode's result, computed once for the tests of this module (it takes ~28 s)."""
     pytest.importorskip("sklearn", reason="the digits data set comes with the `data` extra (scikit-learn)")
     return run_quick("scattering_stability", tmp_path_factory.mktemp("scattering_stability"))[1]
 
@@ -43,27 +43,28 @@ def test_scattering_stability_scattering_is_more_stable_than_pixels(quick):
 
 
 def test_scattering_stability_random_cnn_is_less_stable_than_trained_relative_to_class_distance(quick):
-    # The random CNN (same architecture and initialisation seed, untrained) against the trained one.
+    # The random CNN (same architecture and initialisation seed, untrained) against the trained one, both of
+    # width 8. Ranges "over 12 draws" are those of tools/seedshift.py's offsets 0-11, which move the study's seed
+    # and the data split together. At width 4 (the quick mode until session 13) the trained CNN was the less
+    # stable one at one draw (deformation ratio 0.72) and level at another (1.02 under a shift).
     r = quick
-    # Relative to the between-class distance D_Phi, training makes the CNN more stable: the random
-    # CNN's rho is larger under every deformation (measured 3.2 to 3.5 times larger at each
-    # |grad tau|_inf; 1.58 to 4.4 over seeds 0-7) and under a 1-pixel shift (measured 0.41 against
-    # 0.16; 1.26 to 2.78 times over seeds 0-7). The shift is the weaker of the two at quick scale: with
-    # the CNN trained on 500 images the ratio fell to 1.04 (seed 6), 0.97 with 16 epochs, so the quick
-    # mode trains on all 1347 and the shift is asserted with a factor 1.1 (the random CNN at least 10%
-    # less stable), the deformations with 1.3.
-    assert r["rho_shift1_random_cnn"] > 1.1 * r["rho_shift1_cnn"]
+    # Relative to the between-class distance D_Phi, training makes the CNN more stable: the random CNN's rho is
+    # larger under every deformation (measured 3.5 to 3.8 times; at least 1.88 over 12 draws) and under a 1-px
+    # shift (measured 0.44 against 0.17, 2.6 times; 1.18 to 3.1 over 12 draws).
+    assert r["rho_shift1_random_cnn"] > r["rho_shift1_cnn"]
     assert np.all(r["rho_deform_random_cnn"] > 1.3 * r["rho_deform_cnn"])
-    # Relative to its own norm, the random CNN moves less (measured rel 0.049 against 0.117 at 1 px):
-    # its features (ReLU, max pooling and global averaging of positive maps) share a large common
-    # component, so that the classes are close to each other compared to |Phi(x)| (measured
-    # D / mean |Phi(x)| 0.12 against 0.71 for the trained CNN; asserted below half of it): rel alone flatters it.
+    # Relative to its own norm, the random CNN moves less (measured rel 0.049 against 0.139 at 1 px; at most 0.50
+    # times it over 12 draws): its features (ReLU, max pooling and global averaging of positive maps) share a large
+    # common component, so that the classes are close to each other compared to |Phi(x)| (measured D / mean
+    # |Phi(x)| 0.11 against 0.80 for the trained CNN, at most 0.2 of it over 12 draws; asserted below half of
+    # it): rel alone flatters it.
     assert r["rel_shift1_random_cnn"] < r["rel_shift1_cnn"]
     assert r["D_random_cnn"] / r["norm_random_cnn"] < 0.5 * r["D_cnn"] / r["norm_cnn"]
-    # Its features carry less class information: ridge on them is below the trained CNN's accuracy
-    # (measured 0.65 against 0.87; margin 0.1, six test images; over seeds 0-7 the gap is 0.15-0.35,
-    # where with 500 training images it was 0.07-0.32).
-    assert r["accuracy_clean_random_cnn"] < r["accuracy_clean_cnn"] - 0.1
+    # Its features carry less class information: ridge on them, over the 450 test images, is below the trained
+    # CNN's accuracy (measured 0.849 against 0.933; over 12 draws the gap is 0.051 to 0.164, mean 0.10, sd 0.03:
+    # asserted above 0.02, the mean less 2.7 sd). The 60 perturbed images alone decide too coarsely (a gap of one
+    # image at two of the 12 draws).
+    assert r["random_cnn_test_accuracy"] < r["cnn_test_accuracy"] - 0.02
 
 
 def test_scattering_stability_upsampled_digits_have_a_background_margin():
