@@ -13,17 +13,18 @@ def test_global_convergence_wide_students_reach_zero_excess_risk_where_m5_stalls
     cfg = study.quick_config(module)
     widest, narrow = max(cfg.widths), cfg.teacher_width
     median_wide = result[f"median_final_relative_risk_m{widest}"]
-    median_narrow = result[f"median_final_relative_risk_m{narrow}"]
-    # the weak form of the claim that the quick flow (t = 2000) supports: the widest student's median
-    # relative risk below 1e-5 (measured ~1e-6) and at least 100 x below the m = 5 median (~2e-2)
+    # the weak form of the claim that the quick flow (t = 1500) supports: the widest student's median
+    # relative risk below 1e-5 (measured ~3e-6)
     assert median_wide < 1e-5
-    assert 100 * median_wide < median_narrow
     # every run of width >= 4 x the teacher's reaches the threshold 1e-5 (a stalled run sits >= 1e-3)
     for m in cfg.widths:
         if m >= 4 * narrow:
             assert result[f"converged_fraction_m{m}"] == 1.0, m
-    # and at m = 5 some run stalls far above it
-    assert result[f"max_final_relative_risk_m{narrow}"] > 1e-3
+    # and at m = 5 some run stalls far above it, 100 times above the widest median at least (measured: 7 of the
+    # 8 runs, median 2e-2). Not the median: m = 5 converges in 5 of 20 runs at the defaults, so 4 or more of 8
+    # converge with probability 0.11 (binomial), as at one of 8 shifted seeds (tools/seedshift.py: median
+    # 2.5e-16); all 8 with probability 1.5e-5
+    assert result[f"max_final_relative_risk_m{narrow}"] > max(1e-3, 100 * median_wide)
     # the excess risk is a decreasing function of the (Euler, eta = 0.5) flow time for the widest runs,
     # up to the float64 rounding of a risk computed as a difference of O(1) terms (1e-13 relative)
     for curve in result[f"relative_risk_m{widest}"]:
