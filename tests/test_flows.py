@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from relu_kinks import kink_free_step
 
 from shallow.flows import (
     EmpiricalRisk,
@@ -136,9 +137,7 @@ def test_empirical_risk_gradient_taylor_remainder_is_second_order(activation, bi
     if activation == "relu":
         # a fixed h0 crossed relu kinks at 2 of 9 seeds (the risk is piecewise quadratic in h): cap it at half
         # the largest step for which no pre-activation <w_j, x_i> changes sign on [W - h vW, W + h vW]
-        Xb = np.hstack([X, np.ones((len(X), 1))]) if bias else X
-        Z, V = Xb @ net.W.T, Xb @ vW.T
-        h0 = min(h0, 0.5 * float(np.min(np.abs(Z) / np.maximum(np.abs(V), 1e-300))))
+        h0 = min(h0, kink_free_step(net, X, vW))
     remainders = []
     for h in h0 * 0.5 ** np.arange(3):
         r = loss.value_and_grad(net, net.a + h * va, net.W + h * vW, need_grad=False)[0]

@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from relu_kinks import kink_free_step
 
 from shallow import lazy
 from shallow.flows import EmpiricalRisk, gradient_flow
@@ -61,9 +62,7 @@ def test_linearization_is_first_order_taylor_expansion(activation, bias):
     if activation == "relu":
         # a fixed h0 crossed relu kinks at 5 of 9 seeds (fitted slopes 2.2 to 3.3): cap it at half the largest
         # step for which no pre-activation <w_j, x_i> changes sign on [W - h vW, W + h vW]
-        Xb = np.hstack([X, np.ones((len(X), 1))]) if bias else X
-        Z, V = Xb @ net.W.T, Xb @ vW.T
-        h0 = min(h0, 0.5 * float(np.min(np.abs(Z) / np.maximum(np.abs(V), 1e-300))))
+        h0 = min(h0, kink_free_step(net, X, vW))
     hs = h0 * 2.0 ** -np.arange(5)
     remainders = []
     for h in hs:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from relu_kinks import kink_free_step
 
 from shallow.activations import get_activation
 from shallow.backend import to_numpy
@@ -37,13 +38,6 @@ def explicit_value(a, W, X, sigma, gamma, bias):
 def objective(net, X, r, a, W):
     """L(a, W) = (1/n) sum_i r_i f(x_i), evaluated independently of TwoLayer.gradients."""
     return float(np.mean(r * explicit_value(a, W, X, net.activation, net.gamma, net.bias)))
-
-
-def kink_free_step(net, X, VW):
-    """Largest h such that no relu pre-activation changes sign on [W - h VW, W + h VW] (halved)."""
-    Xb = np.hstack([X, np.ones((len(X), 1))]) if net.bias else X
-    Z, V = Xb @ net.W.T, Xb @ VW.T
-    return 0.5 * float(np.min(np.abs(Z) / np.maximum(np.abs(V), 1e-300)))
 
 
 # --------------------------------------------------------------------------- values
