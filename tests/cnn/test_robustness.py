@@ -60,9 +60,14 @@ def _dense(fn, in_shape):
     return fn(E).reshape(d, -1).T
 
 
+def _dense_singular_values(fn, in_shape):
+    """The singular values of that matrix (numpy's SVD), in decreasing order."""
+    return np.linalg.svd(_dense(fn, in_shape), compute_uv=False)
+
+
 def _dense_norm(fn, in_shape):
-    """The largest singular value of that matrix (numpy's SVD): the operator norm of the linear map."""
-    return np.linalg.svd(_dense(fn, in_shape), compute_uv=False)[0]
+    """The largest singular value of that matrix: the operator norm of the linear map."""
+    return _dense_singular_values(fn, in_shape)[0]
 
 
 def _circular_norm(W, grid):
@@ -107,6 +112,17 @@ def _linear_four_class(seed):
     """A linear 4-class model on (8, 8, 1) images and 30 Gaussian images: every class is predicted for some."""
     model = Model(Sequential(Flatten(), Linear(64, 4, rng=seed)), (8, 8, 1), 4)
     return model, np.random.default_rng(seed + 1).standard_normal((30, 8, 8, 1))
+
+
+def _four_class_uap(model, X, rng, **kwargs):
+    """universal_perturbation on that case: L2 radius 3, batches of 5, 5 inner steps, run to max_epochs."""
+    return universal_perturbation(model, X, 3.0, norm="2", delta=0.0, batch_size=5, steps=5, rng=rng, **kwargs)
+
+
+def _first_order(model, X, shape, orders, max_epochs):
+    """The first image order (rng) in range(orders) whose end-of-epoch fooling rates satisfy ``shape``; None if
+    none does."""
+    return next((r for r in range(orders) if shape(_four_class_uap(model, X, r, max_epochs=max_epochs)[1])), None)
 
 
 # ----------------------------------------------------------------------------- deformations
@@ -231,17 +247,6 @@ def test_power_iteration_matches_fft_singular_values_of_a_circular_convolution()
     assert sigma == pytest.approx(float(conv_singular_values(conv, (H, Wd)).max()), rel=1e-6)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
-def test_spectral_norm_of_zero_padded_conv_matches_dense_svd_and_fft_bound_is_above(stride, padding):
-    conv = _separated_conv(stride, padding, rng=6)
-    s = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)
-    dense = s[0]
-    assert s[1] / s[0] < 0.95  # the error after k steps is of order (sigma_2 / sigma_1)^{2k}: below 1e-200 here
-    assert spectral_norm(conv, (6, 6, 2), tol=1e-13, n_iter=5000, rng=1) == pytest.approx(dense, rel=1e-10)
-    # the FFT bound is certified: never below the exact norm (up to rounding)
-    assert conv_norm_bound(conv, (6, 6, 2)) >= dense * (1 - 1e-12)
-
-
 def _separated_conv(stride, padding, rng):
     """A Conv2d(2, 3, 3) whose top singular values are separated, for power iteration to converge in 5000 steps.
 
@@ -255,6 +260,17 @@ def _separated_conv(stride, padding, rng):
     W = conv.params["W"]
     W += 6 * np.abs(W).mean() * np.ones((3, 3, 1, 1)) * np.outer(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
     return conv
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
+def test_spectral_norm_of_zero_padded_conv_matches_dense_svd_and_fft_bound_is_above(stride, padding):
+    conv = _separated_conv(stride, padding, rng=6)
+    s = _dense_singular_values(conv.forward, (6, 6, 2))
+    dense = s[0]
+    assert s[1] / s[0] < 0.95  # the error after k steps is of order (sigma_2 / sigma_1)^{2k}: below 1e-200 here
+    assert spectral_norm(conv, (6, 6, 2), tol=1e-13, n_iter=5000, rng=1) == pytest.approx(dense, rel=1e-10)
+    # the FFT bound is certified: never below the exact norm (up to rounding)
+    assert conv_norm_bound(conv, (6, 6, 2)) >= dense * (1 - 1e-12)
 
 
 def test_spectral_norm_of_linear_and_average_pooling():
@@ -393,7 +409,7 @@ def test_lipschitz_bound_of_a_convolution_is_its_norm_by_power_and_the_padded_ci
     # circular convolution on the padded grid, strictly above it here (by 13%: a box filter dominates the kernel,
     # whose norm is 9 on the torus against (1 + 2 cos(pi / 7))^2 = 7.85 with zero padding)
     conv = _separated_conv(1, 1, rng=37)
-    s = np.linalg.svd(_dense(conv.forward, (6, 6, 2)), compute_uv=False)
+    s = _dense_singular_values(conv.forward, (6, 6, 2))
     exact = s[0]
     circular = _circular_norm(conv.params["W"], (8, 8, 2))
     net = Sequential(conv)
@@ -632,15 +648,10 @@ def test_universal_perturbation_keep_best_returns_the_epoch_with_the_highest_foo
     # which the end-of-epoch rate is not monotone (3 orders in 4 on this model)
     model, X = _linear_four_class(41)
     k = np.argmax(_outputs(model, X), axis=1)
-
-    def run(rng, **kwargs):
-        return universal_perturbation(model, X, 3.0, norm="2", delta=0.0, max_epochs=6, batch_size=5, steps=5,
-                                      rng=rng, **kwargs)
-
-    rng = next((r for r in range(20) if run(r)[1].max() > run(r)[1][-1]), None)
+    rng = _first_order(model, X, lambda rates: rates.max() > rates[-1], orders=20, max_epochs=6)
     assert rng is not None  # the case is non-trivial
-    best, rates = run(rng, keep_best=True)
-    last, rates_last = run(rng)
+    best, rates = _four_class_uap(model, X, rng, max_epochs=6, keep_best=True)
+    last, rates_last = _four_class_uap(model, X, rng, max_epochs=6)
     np.testing.assert_array_equal(rates, rates_last)
     assert np.linalg.norm(best) <= 3.0 * (1 + 1e-12)
     assert np.mean(np.argmax(_outputs(model, X + best), axis=1) != k) == pytest.approx(rates.max())
@@ -709,15 +720,11 @@ def test_universal_perturbation_keep_best_is_the_first_epoch_of_highest_rate(tra
     # the first epoch of highest fooling rate. The image order (rng) is the first whose 4 end-of-epoch rates have
     # the shape named (measured on this model: 1 order in 5, 2 in 5 and 1 in 8)
     model, X = _linear_four_class(41)
-
-    def run(rng, **kwargs):
-        return universal_perturbation(model, X, 3.0, norm="2", delta=0.0, batch_size=5, steps=5, rng=rng, **kwargs)
-
-    rng = next((r for r in range(200) if _TRAJECTORIES[trajectory](run(r, max_epochs=4)[1])), None)
+    rng = _first_order(model, X, _TRAJECTORIES[trajectory], orders=200, max_epochs=4)
     assert rng is not None
-    best, rates = run(rng, keep_best=True, max_epochs=4)
+    best, rates = _four_class_uap(model, X, rng, max_epochs=4, keep_best=True)
     assert len(rates) == 4 and rates.argmax() < 3
-    at_best, _ = run(rng, max_epochs=int(rates.argmax()) + 1)
+    at_best, _ = _four_class_uap(model, X, rng, max_epochs=int(rates.argmax()) + 1)
     np.testing.assert_array_equal(best, at_best)
 
 
