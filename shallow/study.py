@@ -23,10 +23,11 @@ computes: they are not Config fields and do not enter the result's hash.
 
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
 config, the package version and the study script's text (written atomically: a temporary file,
-then a rename, so an interrupted run never leaves a half-written result), and writes ``figures/NAME.png`` with a JSON
-sidecar ``figures/NAME.json`` (config, version, wall time, device, the result's scalars, and for a
-study with grids how many points came from the cache and their own compute time). Quick
-runs write ``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
+then a rename, so an interrupted run never leaves a half-written result), and writes
+``figures/NAME.png`` with a JSON sidecar ``figures/NAME.json`` (config, version, wall time, device,
+the result's scalars, the SHA-256 of the study script and the git commit that drew it, and for a
+study with grids how many points came from the cache and their own compute time). Quick runs write
+``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
 
 matplotlib is imported only when a figure is drawn.
 """
@@ -42,6 +43,7 @@ import json
 import os
 import platform
 import secrets
+import subprocess
 import sys
 import time
 import warnings
@@ -637,6 +639,35 @@ def _scalars(result: dict) -> dict:
     return out
 
 
+def _version_of(package: str):
+    """The installed version of ``package``, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _provenance(module: ModuleType) -> dict:
+    """Which code drew a figure: the SHA-256 of the study script's text (compare ``sha256sum
+    studies/NAME.py``) and, when the script lies in a git checkout, ``git describe --always
+    --dirty`` of that checkout (a ``-dirty`` suffix: tracked files had uncommitted changes)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return {}
+    path = Path(path)
+    out = {"source_sha256": _source_digest(path.read_text())}
+    try:
+        done = subprocess.run(["git", "-C", str(path.parent), "describe", "--always", "--dirty", "--abbrev=12"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if done.returncode == 0 and done.stdout.strip():
+        out["git_describe"] = done.stdout.strip()
+    return out
+
+
 def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
     """Save ``fig`` to ``path`` (PNG) and a JSON sidecar next to it, both atomically."""
     path = Path(path)
@@ -654,6 +685,8 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "scipy": _version_of("scipy"),
+        **_provenance(module),
         "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
     }
     text = json.dumps(sidecar, indent=2, sort_keys=False, default=str) + "\n"

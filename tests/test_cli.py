@@ -72,6 +72,39 @@ def test_run_quick_writes_figure_sidecar_and_cache(toy):
     assert len(list((out / "results").glob("toy-*.npz"))) == 1
 
 
+def test_sidecar_names_the_script_that_drew_the_figure(toy):
+    import hashlib
+
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+    sidecar = json.loads((out / "figures" / "toy_quick.json").read_text())
+    script = (toy / "studies" / "toy.py").read_bytes()
+    assert sidecar["source_sha256"] == hashlib.sha256(script).hexdigest()
+
+
+def _git(folder, *args):
+    return subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_sidecar_names_the_commit_and_whether_tracked_files_were_modified(toy):
+    try:
+        _git(toy, "init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    _git(toy, "add", "studies")
+    _git(toy, "commit", "-q", "-m", "toy")
+    commit = _git(toy, "rev-parse", "--short=12", "HEAD")
+    runs = {}
+    for state in ("clean", "modified"):
+        if state == "modified":
+            (toy / "studies" / "_helper.py").write_text("# edited\n")
+        out = toy / state
+        assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+        runs[state] = json.loads((out / "figures" / "toy_quick.json").read_text())["git_describe"]
+    assert runs == {"clean": commit, "modified": commit + "-dirty"}
+
+
 def test_run_study_help_lists_the_studys_own_flags(toy, capsys):
     # argparse's help of `shallow run` stopped at the common flags: a study's Config fields were missing
     assert cli.main(["run", "toy", "--help"]) == 0
