@@ -660,7 +660,7 @@ def _provenance(module: ModuleType) -> dict:
     out = {"source_sha256": _source_digest(path.read_text())}
     try:
         done = subprocess.run(["git", "-C", str(path.parent), "describe", "--always", "--dirty", "--abbrev=12"],
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return out
     if done.returncode == 0 and done.stdout.strip():

@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         if not args.compare_only:
             start = time.perf_counter()
             with open(args.out / f"{name}.log", "w") as log:
-                rc = subprocess.call([sys.executable, "-m", "shallow.cli", "run", name, "--force", "--out", str(args.out)],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                command = [sys.executable, "-m", "shallow.cli", "run", name, "--force", "--out", str(args.out)]
+                rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             if rc != 0:
                 print(f"== {name}: exit status {rc} after {time.perf_counter() - start:.0f} s "
                       f"(log: {args.out / (name + '.log')})")

@@ -40,9 +40,20 @@ Layers (all channels-last, NHWC; each has ``forward``, ``backward``, ``jvp`` and
     An invertible body and a (non-invertible) classification head; :func:`irevnet_small` builds one
     for small images (digits, MNIST).
 
-Memory: backward uses the caches of the forward pass (F keeps its activations), as every other
-layer of :mod:`shallow.cnn` does; the constant-memory variant of ref. 2, which recomputes the
-inputs from the outputs with ``inverse`` during the backward pass, is not implemented.
+Memory
+------
+By default backward uses the caches of the forward pass (F keeps its activations), as every other
+layer of :mod:`shallow.cnn` does: the memory of a training step grows with the depth. With
+``InvertibleSequential(..., recompute=True)`` (``irevnet_small(..., recompute=True)``) the body keeps
+no caches: its forward pass drops each layer's caches as soon as the next layer has run and keeps
+only its output, and its backward pass walks back through the layers, recovering each layer's
+input from its output with the inverse and recomputing the layer's caches on the way (ref. 2,
+Sec. 3, Algorithm 1). For a RevBlock one evaluation of F does both, since the inverse
+evaluates F(x_2) on the exact x_2 = S^{-1} y_1: a training step then costs one more evaluation of
+every F and holds the caches of one layer at a time, whatever the depth. The gradients are those of
+the cached backward pass up to rounding (the recovered x_1 = S^{-1}(y_2 - F(x_2)) carries the
+rounding of the sum y_2 = S x_1 + F(x_2)); batch-norm running statistics are updated once per step,
+by the forward pass. F must be deterministic (no dropout in train mode), as for ``inverse``.
 
 Batch normalisation in F
 ------------------------
@@ -117,6 +128,14 @@ class InvertibleLayer(Layer):
     def output_shape(self, shape):
         """The (H, W, C) of the output for inputs of shape (H, W, C) (ValueError if not accepted)."""
         raise NotImplementedError
+
+    def _recover(self, y):
+        """The input x = inverse(y), with the caches of forward(x) in place for a backward pass; the
+        buffers (batch-norm running statistics) are left as they were."""
+        x = self.inverse(y)
+        with _PreservedState(self, caches=False):
+            self.forward(x)
+        return x
 
 
 # ----------------------------------------------------------------------------- space-to-depth
@@ -325,14 +344,15 @@ def bottleneck(in_channels, out_channels, *, stride=1, hidden=None, batch_norm=T
 
 
 class _PreservedState:
-    """Context: restores the buffers (batch-norm running statistics) and caches of a layer tree on exit."""
+    """Context: restores the buffers (batch-norm running statistics) and, unless ``caches=False``, the
+    caches of a layer tree on exit."""
 
-    def __init__(self, layer):
-        self.layer = layer
+    def __init__(self, layer, caches=True):
+        self.layer, self.keep_caches = layer, caches
 
     def __enter__(self):
         self.buffers = {k: v.copy() for k, v in self.layer.named_buffers().items()}
-        self.caches = [(lay, lay._cache) for _, lay in self.layer.named_layers()]
+        self.caches = [(lay, lay._cache) for _, lay in self.layer.named_layers()] if self.keep_caches else []
         return self
 
     def __exit__(self, *exc):
@@ -341,6 +361,12 @@ class _PreservedState:
         for lay, cache in self.caches:
             lay._cache = cache
         return False
+
+
+def _drop_caches(layer):
+    """Release what the forward passes of a layer tree keep for backward."""
+    for _, lay in layer.named_layers():
+        lay._cache = None
 
 
 class RevBlock(InvertibleLayer):
@@ -490,6 +516,15 @@ class RevBlock(InvertibleLayer):
         x1 = self._Sinv(y2 - f)
         return xp.concatenate([x1, x2], axis=-1)
 
+    def _recover(self, y):
+        # the inverse's F(x_2) is the forward pass's (x_2 = S^{-1} y_1 is exact): keep its caches
+        y1, y2 = self._split_out(y)
+        x2 = self._Sinv(y1)
+        with _PreservedState(self.F, caches=False):
+            f = self.F.forward(x2)
+        self._cache = True
+        return get_xp(y).concatenate([self._Sinv(y2 - f), x2], axis=-1)
+
     def extra_repr(self):
         return f"{self.channels}, stride={self.stride}"
 
@@ -501,6 +536,10 @@ class InvertibleSequential(Sequential):
     Parameters
     ----------
     *layers : InvertibleLayer
+    recompute : bool, default False
+        Keep no caches between the forward and the backward pass: backward recovers each layer's
+        input with its inverse and recomputes the layer's caches (module notes, Memory). The
+        attribute ``recompute`` may be changed between steps.
 
     Notes
     -----
@@ -509,11 +548,52 @@ class InvertibleSequential(Sequential):
     reconstruct(features(x, k), k) = x for every k.
     """
 
-    def __init__(self, *layers):
+    def __init__(self, *layers, recompute=False):
         for i, layer in enumerate(layers):
             if not isinstance(layer, InvertibleLayer):
                 raise TypeError(f"layers[{i}] must be an InvertibleLayer (with an inverse), got {type(layer).__name__}")
         super().__init__(*layers)
+        self.recompute = check_bool(recompute, "recompute")
+
+    def _check_deterministic(self):
+        for prefix, layer in self.named_layers():
+            if layer.training and layer.rngs:
+                name = prefix.rstrip(".")
+                raise ValueError(f"recompute=True needs a deterministic body in train mode, but layer {name!r} "
+                                 f"({type(layer).__name__}) draws random numbers: the recomputed pass would draw "
+                                 "others (use eval mode for it, or recompute=False)")
+
+    def forward(self, x):
+        if not self.recompute:
+            return super().forward(x)
+        self._check_deterministic()
+        for layer in self.layers:
+            x = layer.forward(x)
+            _drop_caches(layer)
+        self._cache = x  # the output: backward recovers every input from it
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        if not self.recompute:
+            return super().backward(dy, need_input_grad)
+        if self._cache is None:
+            raise _missing_cache(self)
+        y, self._cache = self._cache, None
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            y = layer._recover(y)  # now the layer's input, with its caches
+            dy = layer.backward(dy, need_input_grad=need_input_grad or i > 0)
+            _drop_caches(layer)
+        return dy if need_input_grad else None
+
+    def jvp(self, x, tx=None, tparams=None):
+        y, ty = super().jvp(x, tx, tparams)
+        if self.recompute:
+            self._cache = y  # a backward pass may follow, as after forward
+        return y, ty
+
+    def extra_repr(self):
+        return super().extra_repr() + ("  recompute=True\n" if self.recompute else "")
 
     def _check_k(self, k):
         return check_integer(k, "k", minimum=0, maximum=len(self.layers))
@@ -569,7 +649,8 @@ class IRevNet(Layer):
     parameters of the network, as a Model's does). ``inverse(z)`` = Phi^{-1}(z) for a
     representation z = Phi(x); ``features(x, k)`` and ``reconstruct(z, k)`` stop after the first k
     invertible layers (:class:`InvertibleSequential`). Call ``eval()`` first for reconstructions of
-    arbitrary batches (module notes on batch normalisation).
+    arbitrary batches (module notes on batch normalisation). A body built with ``recompute=True``
+    trains without storing its activations (module notes on memory).
     """
 
     def __init__(self, body, head, *, in_shape=None, n_classes=None, check_inputs=True):
@@ -668,7 +749,8 @@ def _n_rev_stages(H, W):
 
 
 def irevnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=2, stages=None, hidden=None,
-                  batch_norm=True, activation="relu", rng=None, dtype=np.float64, method="auto") -> IRevNet:
+                  batch_norm=True, activation="relu", rng=None, dtype=np.float64, method="auto",
+                  recompute=False) -> IRevNet:
     """A small i-RevNet: space-to-depth, injective padding, stages of RevBlocks; BN - relu - GAP - linear.
 
     Parameters
@@ -695,6 +777,9 @@ def irevnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=2, stage
     dtype : float32 or float64
     method : str
         Convolution method of the stride-1 convolutions.
+    recompute : bool
+        Train without keeping the body's activations: backward recovers them with the inverse
+        (:class:`InvertibleSequential`, module notes on memory).
 
     Returns
     -------
@@ -754,5 +839,6 @@ def irevnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=2, stage
     if batch_norm:
         head.append(BatchNorm2d(c, dtype=dtype))
     head += [Activation(activation), GlobalAvgPool2d(), Linear(c, n_classes, init="lecun", rng=rng, dtype=dtype)]
-    return IRevNet(InvertibleSequential(*layers), Sequential(*head), in_shape=(H, W, C), n_classes=n_classes)
+    return IRevNet(InvertibleSequential(*layers, recompute=recompute), Sequential(*head), in_shape=(H, W, C),
+                   n_classes=n_classes)
 

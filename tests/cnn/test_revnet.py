@@ -419,6 +419,112 @@ def test_linearized_irevnet_is_first_order_accurate():
     assert 3 < gaps[0] / gaps[1] < 5
 
 
+# --------------------------------------------------------------------------- backward without caches
+def _step_state(net, x, dy):
+    """(dx, gradients, buffers) after one forward and backward pass in train mode."""
+    net.forward(x)
+    dx = net.backward(dy)
+    return dx, {k: g.copy() for k, g in net.named_gradients().items()}, \
+        {k: b.copy() for k, b in net.named_buffers().items()}
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks):
+    # Gomez et al. 2017, Sec. 3: the activations recovered by the inverse give the same gradients. The
+    # recovered x_1 = S^-1 (y_2 - F(x_2)) carries the rounding of the sum (about eps |F| per block), so
+    # the gradients agree to rounding, here held to 1e-12 of their size; the running statistics are
+    # updated by the forward pass only, so they agree exactly.
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((5, 8, 8, 1))
+    dy = rng.standard_normal((5, 3))
+    cached = _step_state(small_net(rng=3, width=8, blocks=blocks), x, dy)
+    recomputed = _step_state(small_net(rng=3, width=8, blocks=blocks, recompute=True), x, dy)
+    np.testing.assert_allclose(recomputed[0], cached[0], rtol=0, atol=1e-12 * np.abs(cached[0]).max())
+    assert set(recomputed[1]) == set(cached[1])
+    for k, g in cached[1].items():
+        np.testing.assert_allclose(recomputed[1][k], g, rtol=0, atol=1e-12 * np.abs(g).max(), err_msg=k)
+    for k, b in cached[2].items():
+        np.testing.assert_array_equal(recomputed[2][k], b, err_msg=k)
+
+
+def test_recomputed_backward_matches_central_differences():
+    rng = np.random.default_rng(31)
+    net = small_net(rng=4, recompute=True)
+    randomize_batch_norm(net, rng)
+    check_central_differences(net, rng.standard_normal((3, 8, 8, 1)), rng)
+
+
+def test_recomputed_backward_without_input_gradient_gives_the_same_parameter_gradients():
+    rng = np.random.default_rng(32)
+    net = small_net(rng=5, recompute=True)
+    x, dy = rng.standard_normal((4, 8, 8, 1)), rng.standard_normal((4, 3))
+    _, full, _ = _step_state(net, x, dy)
+    net.forward(x)
+    assert net.backward(dy, need_input_grad=False) is None
+    for k, g in net.named_gradients().items():
+        np.testing.assert_allclose(g, full[k], rtol=0, atol=1e-12 * np.abs(full[k]).max(), err_msg=k)
+
+
+def _step_peak_bytes(net, x):
+    """Peak of the numpy memory allocated during one forward and backward pass (tracemalloc)."""
+    import tracemalloc
+
+    out = net.forward(x)
+    net.backward(np.ones_like(out))  # the convolutions plan their shapes once
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        out = net.forward(x)
+        net.backward(np.ones_like(out))
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_recomputed_backward_memory_does_not_grow_with_depth():
+    # Gomez et al. 2017: with the activations recovered instead of stored, the memory of a training
+    # step is independent of depth. Four times the blocks: the cached step's peak more than doubles
+    # (it keeps every block's activations: 2.0 -> 6.4 MiB here), the recomputed one's stays within 10%
+    # (one block's caches at a time: 1.4 MiB at both depths).
+    x = np.random.default_rng(33).standard_normal((16, 16, 16, 1))
+    peaks = {(blocks, recompute): _step_peak_bytes(irevnet_small((16, 16, 1), 10, width=8, blocks=blocks, rng=0,
+                                                                 recompute=recompute), x)
+             for blocks in (1, 4) for recompute in (False, True)}
+    assert peaks[4, False] > 2 * peaks[1, False]
+    assert peaks[4, True] < 1.1 * peaks[1, True]
+    assert peaks[4, True] < 0.5 * peaks[4, False]
+
+
+def test_recomputed_training_follows_the_cached_training():
+    # fit through the recomputing body: the same losses, epoch by epoch, to rounding
+    rng = np.random.default_rng(34)
+    X, y = bars(96, rng)
+    histories = []
+    for recompute in (False, True):
+        model = Model(irevnet_small((8, 8, 1), 2, width=8, blocks=1, rng=0, recompute=recompute), (8, 8, 1), 2)
+        histories.append(fit(model, X, y, optimizer=Adam(model.named_parameters(), lr=1e-2), epochs=3,
+                             batch_size=32, rng=0).loss)
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-9)
+
+
+def test_recompute_refuses_a_body_that_draws_random_numbers_in_train_mode():
+    from shallow.cnn import Dropout
+
+    F = Sequential(Conv2d(2, 2, 3, padding=1, rng=0), Dropout(0.5, rng=0))
+    body = InvertibleSequential(RevBlock(4, F=F), recompute=True)
+    x = np.random.default_rng(35).standard_normal((2, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"recompute=True needs a deterministic body .*'0\.F\.1' \(Dropout\)"):
+        body.forward(x)
+    body.eval()
+    assert body.forward(x).shape == x.shape  # eval mode: dropout is the identity
+
+
+def test_recompute_backward_before_forward_is_a_clear_error():
+    body = InvertibleSequential(SpaceToDepth(2), recompute=True)
+    with pytest.raises(RuntimeError, match="before forward"):
+        body.backward(np.ones((1, 2, 2, 4)))
+
+
 # --------------------------------------------------------------------------- training
 def bars(n, rng):
     """Class 0: a vertical bar, class 1: a horizontal bar, at a random position, plus noise."""
