@@ -428,8 +428,8 @@ def _step_state(net, x, dy):
         {k: b.copy() for k, b in net.named_buffers().items()}
 
 
-@pytest.mark.parametrize("blocks", [1, 2])
-def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks):
+@pytest.mark.parametrize("blocks, batch_norm", [(1, True), (2, True), (2, False)])
+def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_norm):
     # Gomez et al. 2017, Sec. 3: the activations recovered by the inverse give the same gradients. The
     # recovered x_1 = S^-1 (y_2 - F(x_2)) carries the rounding of the sum (about eps |F| per block), so
     # the gradients agree to rounding, here held to 1e-12 of their size; the running statistics are
@@ -437,8 +437,9 @@ def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks):
     rng = np.random.default_rng(30)
     x = rng.standard_normal((5, 8, 8, 1))
     dy = rng.standard_normal((5, 3))
-    cached = _step_state(small_net(rng=3, width=8, blocks=blocks), x, dy)
-    recomputed = _step_state(small_net(rng=3, width=8, blocks=blocks, recompute=True), x, dy)
+    kw = {"width": 8, "blocks": blocks, "batch_norm": batch_norm}  # without batch norm the head reads Phi(x) as is
+    cached = _step_state(small_net(rng=3, **kw), x, dy)
+    recomputed = _step_state(small_net(rng=3, recompute=True, **kw), x, dy)
     np.testing.assert_allclose(recomputed[0], cached[0], rtol=0, atol=1e-12 * np.abs(cached[0]).max())
     assert set(recomputed[1]) == set(cached[1])
     for k, g in cached[1].items():
