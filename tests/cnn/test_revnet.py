@@ -420,16 +420,20 @@ def test_linearized_irevnet_is_first_order_accurate():
 
 
 # --------------------------------------------------------------------------- backward without caches
-def _step_state(net, x, dy):
-    """(dx, gradients, buffers) after one forward and backward pass in train mode."""
+def _step_state(net, x, dy, xp=np):
+    """(dx, gradients, buffers) on the host after one forward and backward pass in train mode (on xp's device)."""
+    host = (lambda a: a.copy()) if xp is np else (lambda a: a.get())
+    if xp is not np:
+        net.to("gpu")
+        x, dy = xp.asarray(x), xp.asarray(dy)
     net.forward(x)
     dx = net.backward(dy)
-    return dx, {k: g.copy() for k, g in net.named_gradients().items()}, \
-        {k: b.copy() for k, b in net.named_buffers().items()}
+    return host(dx), {k: host(g) for k, g in net.named_gradients().items()}, \
+        {k: host(b) for k, b in net.named_buffers().items()}
 
 
 @pytest.mark.parametrize("blocks, batch_norm", [(1, True), (2, True), (2, False)])
-def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_norm):
+def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_norm, xp):
     # Gomez et al. 2017, Sec. 3: the activations recovered by the inverse give the same gradients. The
     # recovered x_1 = S^-1 (y_2 - F(x_2)) carries the rounding of the sum (about eps |F| per block), so
     # the gradients agree to rounding, here held to 1e-12 of their size; the running statistics are
@@ -438,8 +442,8 @@ def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_
     x = rng.standard_normal((5, 8, 8, 1))
     dy = rng.standard_normal((5, 3))
     kw = {"width": 8, "blocks": blocks, "batch_norm": batch_norm}  # without batch norm the head reads Phi(x) as is
-    cached = _step_state(small_net(rng=3, **kw), x, dy)
-    recomputed = _step_state(small_net(rng=3, recompute=True, **kw), x, dy)
+    cached = _step_state(small_net(rng=3, **kw), x, dy)  # on the host: the reference on either device
+    recomputed = _step_state(small_net(rng=3, recompute=True, **kw), x, dy, xp)
     np.testing.assert_allclose(recomputed[0], cached[0], rtol=0, atol=1e-12 * np.abs(cached[0]).max())
     assert set(recomputed[1]) == set(cached[1])
     for k, g in cached[1].items():
