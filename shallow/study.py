@@ -25,8 +25,9 @@ computes: they are not Config fields and do not enter the result's hash.
 config, the package version and the study script's text (written atomically: a temporary file,
 then a rename, so an interrupted run never leaves a half-written result), and writes
 ``figures/NAME.png`` with a JSON sidecar ``figures/NAME.json`` (config, version, wall time, device,
-the result's scalars, the SHA-256 of the study script and the git commit that drew it, and for a
-study with grids how many points came from the cache and their own compute time). Quick runs write
+the result's scalars, the SHA-256 of the study script, the git commit that drew it and the tracked
+files it had modified, and for a study with grids how many points came from the cache and their own
+compute time). Quick runs write
 ``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
 
 matplotlib is imported only when a figure is drawn.
@@ -649,22 +650,50 @@ def _version_of(package: str):
         return None
 
 
-def _provenance(module: ModuleType) -> dict:
-    """Which code drew a figure: the SHA-256 of the study script's text (compare ``sha256sum
-    studies/NAME.py``) and, when the script lies in a git checkout, ``git describe --always
-    --dirty`` of that checkout (a ``-dirty`` suffix: tracked files had uncommitted changes)."""
+#: Modified tracked files listed in a sidecar at most (then a count of the others).
+MAX_MODIFIED_LISTED = 20
+
+
+def _provenance(module: ModuleType, written=()) -> dict:
+    """Which code drew a figure: the SHA-256 of the study script's bytes (``sha256sum studies/NAME.py``)
+    and, when the script lies in a git checkout, the commit checked out and the tracked files with
+    uncommitted changes, paths relative to the checkout. Changes under the folders in ``written`` (the
+    run's own figures/ and results/, which the gallery tracks) are not code and are left out."""
     path = getattr(module, "__file__", None)
     if not path:
         return {}
     path = Path(path)
-    out = {"source_sha256": _source_digest(path.read_text())}
+    out = {"source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    git = ["git", "-C", str(path.parent)]
     try:
-        done = subprocess.run(["git", "-C", str(path.parent), "describe", "--always", "--dirty", "--abbrev=12"],
-                              capture_output=True, text=True, timeout=10, check=False)
+        head = subprocess.run([*git, "rev-parse", "--show-toplevel", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False)
+        if head.returncode != 0:
+            return out
+        status = subprocess.run([*git, "status", "--porcelain", "-z", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return out
-    if done.returncode == 0 and done.stdout.strip():
-        out["git_describe"] = done.stdout.strip()
+    top, commit = head.stdout.splitlines()[:2]
+    out["git_commit"] = commit
+    if status.returncode != 0:
+        return out
+    fields, modified = status.stdout.split("\0"), []
+    skip = [Path(folder).resolve() for folder in written]
+    i = 0
+    while i < len(fields):
+        entry, i = fields[i], i + 1
+        if not entry:
+            continue
+        if "R" in entry[:2] or "C" in entry[:2]:
+            i += 1  # a rename or copy: the next field is the original path
+        name = entry[3:]
+        if not any((Path(top) / name).resolve().is_relative_to(folder) for folder in skip):
+            modified.append(name)
+    modified.sort()
+    if len(modified) > MAX_MODIFIED_LISTED:
+        modified = modified[:MAX_MODIFIED_LISTED] + [f"... and {len(modified) - MAX_MODIFIED_LISTED} more"]
+    out["git_modified"] = modified
     return out
 
 
@@ -686,7 +715,7 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": _version_of("scipy"),
-        **_provenance(module),
+        **_provenance(module, written=(path.parent, path.parent.parent / "results")),
         "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
     }
     text = json.dumps(sidecar, indent=2, sort_keys=False, default=str) + "\n"

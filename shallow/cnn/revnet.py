@@ -45,15 +45,18 @@ Memory
 By default backward uses the caches of the forward pass (F keeps its activations), as every other
 layer of :mod:`shallow.cnn` does: the memory of a training step grows with the depth. With
 ``InvertibleSequential(..., recompute=True)`` (``irevnet_small(..., recompute=True)``) the body keeps
-no caches: its forward pass drops each layer's caches as soon as the next layer has run and keeps
-only its output, and its backward pass walks back through the layers, recovering each layer's
+no caches: its forward pass (or jvp) drops each layer's caches as soon as the layer has run and
+keeps only its output, and its backward pass walks back through the layers, recovering each layer's
 input from its output with the inverse and recomputing the layer's caches on the way (ref. 2,
 Sec. 3, Algorithm 1). For a RevBlock one evaluation of F does both, since the inverse
 evaluates F(x_2) on the exact x_2 = S^{-1} y_1: a training step then costs one more evaluation of
 every F and holds the caches of one layer at a time, whatever the depth. The gradients are those of
 the cached backward pass up to rounding (the recovered x_1 = S^{-1}(y_2 - F(x_2)) carries the
-rounding of the sum y_2 = S x_1 + F(x_2)); batch-norm running statistics are updated once per step,
-by the forward pass. F must be deterministic (no dropout in train mode), as for ``inverse``.
+rounding of the sum y_2 = S x_1 + F(x_2)). The recomputation replays the forward pass exactly as it
+ran: batch-norm running statistics are updated once per step, by the forward pass; each layer
+recomputes in the train or eval mode it ran in; dropout draws the same masks again (the generators'
+states are saved before each layer and restored, and left after the step as the forward pass left
+them).
 
 Batch normalisation in F
 ------------------------
@@ -131,8 +134,11 @@ class InvertibleLayer(Layer):
 
     def _recover(self, y):
         """The input x = inverse(y), with the caches of forward(x) in place for a backward pass; the
-        buffers (batch-norm running statistics) are left as they were."""
+        buffers (batch-norm running statistics) are left as they were, and forward(x) draws the
+        random numbers that the generators' current states give (the inverse's draws are undone)."""
+        states = _rng_states(self)
         x = self.inverse(y)
+        _set_rng_states(states)
         with _PreservedState(self, caches=False):
             self.forward(x)
         return x
@@ -352,14 +358,15 @@ class _PreservedState:
 
     def __enter__(self):
         self.buffers = {k: v.copy() for k, v in self.layer.named_buffers().items()}
-        self.caches = [(lay, lay._cache) for _, lay in self.layer.named_layers()] if self.keep_caches else []
+        self.caches = ([(lay, lay._cache, lay._out_shape) for _, lay in self.layer.named_layers()]
+                       if self.keep_caches else [])
         return self
 
     def __exit__(self, *exc):
         for k, v in self.layer.named_buffers().items():
             v[...] = self.buffers[k]
-        for lay, cache in self.caches:
-            lay._cache = cache
+        for lay, cache, out_shape in self.caches:
+            lay._cache, lay._out_shape = cache, out_shape
         return False
 
 
@@ -367,6 +374,26 @@ def _drop_caches(layer):
     """Release what the forward passes of a layer tree keep for backward."""
     for _, lay in layer.named_layers():
         lay._cache = None
+
+
+def _rng_states(layer):
+    """[(generator, its state)] for the random generators of a layer tree (dropout masks)."""
+    return [(g, g.bit_generator.state) for g in layer.named_rngs().values()]
+
+
+def _set_rng_states(states):
+    for g, state in states:
+        g.bit_generator.state = state
+
+
+def _modes(layer):
+    """[(layer, training)] for every layer of a tree."""
+    return [(lay, lay.training) for _, lay in layer.named_layers()]
+
+
+def _set_modes(modes):
+    for lay, training in modes:
+        lay.training = training
 
 
 class RevBlock(InvertibleLayer):
@@ -555,42 +582,53 @@ class InvertibleSequential(Sequential):
         super().__init__(*layers)
         self.recompute = check_bool(recompute, "recompute")
 
-    def _check_deterministic(self):
-        for prefix, layer in self.named_layers():
-            if layer.training and layer.rngs:
-                name = prefix.rstrip(".")
-                raise ValueError(f"recompute=True needs a deterministic body in train mode, but layer {name!r} "
-                                 f"({type(layer).__name__}) draws random numbers: the recomputed pass would draw "
-                                 "others (use eval mode for it, or recompute=False)")
-
     def forward(self, x):
         if not self.recompute:
             return super().forward(x)
-        self._check_deterministic()
+        before = []
         for layer in self.layers:
+            before.append(_rng_states(layer))
             x = layer.forward(x)
             _drop_caches(layer)
-        self._cache = x  # the output: backward recovers every input from it
+        self._keep_for_backward(x, before)
         return x
+
+    def jvp(self, x, tx=None, tparams=None):
+        if not self.recompute:
+            return super().jvp(x, tx, tparams)
+        before = []
+        for i, layer in enumerate(self.layers):
+            before.append(_rng_states(layer))
+            x, tx = layer.jvp(x, tx, _sub(tparams, f"{i}."))
+            _drop_caches(layer)
+        self._keep_for_backward(x, before)
+        return x, tx
+
+    def _keep_for_backward(self, y, before):
+        """What backward needs to replay the pass: its output, each layer's generator states before
+        the layer ran, the states after the pass, and the train/eval mode of every layer."""
+        self._cache = (y, before, _rng_states(self), _modes(self))
 
     def backward(self, dy, need_input_grad=True):
         if not self.recompute:
             return super().backward(dy, need_input_grad)
-        if self._cache is None:
-            raise _missing_cache(self)
-        y, self._cache = self._cache, None
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            y = layer._recover(y)  # now the layer's input, with its caches
-            dy = layer.backward(dy, need_input_grad=need_input_grad or i > 0)
-            _drop_caches(layer)
+        if not isinstance(self._cache, tuple):
+            raise RuntimeError("InvertibleSequential(recompute=True).backward needs the output of a forward (or jvp) "
+                               "pass with recompute=True since the last backward: each such pass serves one backward")
+        (y, before, after, modes), self._cache = self._cache, None
+        now = _modes(self)
+        _set_modes(modes)  # recompute each layer as it ran
+        try:
+            for i in range(len(self.layers) - 1, -1, -1):
+                layer = self.layers[i]
+                _set_rng_states(before[i])  # the same dropout masks
+                y = layer._recover(y)  # now the layer's input, with its caches
+                dy = layer.backward(dy, need_input_grad=need_input_grad or i > 0)
+                _drop_caches(layer)
+        finally:
+            _set_rng_states(after)
+            _set_modes(now)
         return dy if need_input_grad else None
-
-    def jvp(self, x, tx=None, tparams=None):
-        y, ty = super().jvp(x, tx, tparams)
-        if self.recompute:
-            self._cache = y  # a backward pass may follow, as after forward
-        return y, ty
 
     def extra_repr(self):
         return super().extra_repr() + ("  recompute=True\n" if self.recompute else "")

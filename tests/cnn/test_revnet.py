@@ -512,22 +512,110 @@ def test_recomputed_training_follows_the_cached_training():
     np.testing.assert_allclose(histories[1], histories[0], rtol=1e-9)
 
 
-def test_recompute_refuses_a_body_that_draws_random_numbers_in_train_mode():
+def _dropout_body(recompute):
+    """Space-to-depth, then a stride-1 RevBlock whose F ends in dropout (p = 1/2) and a stride-2 one."""
     from shallow.cnn import Dropout
 
-    F = Sequential(Conv2d(2, 2, 3, padding=1, rng=0), Dropout(0.5, rng=0))
-    body = InvertibleSequential(RevBlock(4, F=F), recompute=True)
-    x = np.random.default_rng(35).standard_normal((2, 4, 4, 4))
-    with pytest.raises(ValueError, match=r"recompute=True needs a deterministic body .*'0\.F\.1' \(Dropout\)"):
+    F = Sequential(Conv2d(2, 2, 3, padding=1, rng=0), Dropout(0.5, rng=1))
+    return InvertibleSequential(SpaceToDepth(2), RevBlock(4, F=F), RevBlock(4, stride=2, rng=2), recompute=recompute)
+
+
+def _gradients(body, dx):
+    return [dx] + [g.copy() for g in body.named_gradients().values()]
+
+
+def test_recomputed_backward_replays_the_dropout_masks_and_leaves_the_generator_as_forward_did():
+    # the recomputation draws the forward pass's masks again (the generators' states are replayed), so
+    # the gradients are the cached pass's; afterwards the generators continue as after a cached step:
+    # the next forward pass draws the same masks in both
+    rng = np.random.default_rng(35)
+    x, dy = rng.standard_normal((3, 8, 8, 1)), rng.standard_normal((3, 2, 2, 16))
+    runs = []
+    for recompute in (False, True):
+        body = _dropout_body(recompute)
         body.forward(x)
-    body.eval()
-    assert body.forward(x).shape == x.shape  # eval mode: dropout is the identity
+        grads = _gradients(body, body.backward(dy))
+        runs.append((grads, body.forward(x)))
+    (g0, next0), (g1, next1) = runs
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+    np.testing.assert_array_equal(next1, next0)
 
 
-def test_recompute_backward_before_forward_is_a_clear_error():
+def test_recomputed_backward_recomputes_in_the_mode_of_the_forward_pass():
+    # forward in train mode, then eval(), then backward: the cached pass differentiates what ran (batch
+    # statistics); so does the recomputed one, and it leaves the network in eval mode
+    rng = np.random.default_rng(36)
+    x, dy = rng.standard_normal((4, 8, 8, 1)), rng.standard_normal((4, 2, 2, 16))
+    runs = []
+    for recompute in (False, True):
+        body = small_net(rng=6, recompute=recompute).body
+        body.forward(x)
+        body.eval()
+        runs.append(_gradients(body, body.backward(dy)))
+        assert not any(layer.training for _, layer in body.named_layers())
+    for a, b in zip(*runs):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+
+
+def test_recomputed_jvp_keeps_no_caches_and_its_backward_gives_the_cached_gradients():
+    # what a linearised model does: jvp at theta_0, then backward
+    rng = np.random.default_rng(37)
+    x, tx, dy = rng.standard_normal((3, 8, 8, 1)), rng.standard_normal((3, 8, 8, 1)), rng.standard_normal((3, 2, 2, 16))
+    runs = []
+    for recompute in (False, True):
+        body = small_net(rng=7, recompute=recompute).body
+        y, ty = body.jvp(x, tx)
+        held = sum(layer._cache is not None for _, layer in body.named_layers() if layer is not body)
+        runs.append((y, ty, _gradients(body, body.backward(dy)), held))
+    (y0, ty0, g0, held0), (y1, ty1, g1, held1) = runs
+    assert held0 > 0 and held1 == 0
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(ty1, ty0)
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+
+
+def test_linearized_recomputing_irevnet_gives_the_cached_gradients():
+    rng = np.random.default_rng(38)
+    x, dy = rng.standard_normal((4, 8, 8, 1)), rng.standard_normal((4, 3))
+    v = None
+    runs = []
+    for recompute in (False, True):
+        lin = linearize(Model(small_net(rng=8, recompute=recompute), (8, 8, 1), 3))
+        v = v or {k: 0.01 * rng.standard_normal(p.shape) for k, p in lin.named_parameters().items()}
+        for k, p in lin.named_parameters().items():
+            p += v[k]
+        lin.forward(x)
+        lin.backward(dy)
+        runs.append({k: g.copy() for k, g in lin.named_gradients().items()})
+    for k, g in runs[0].items():
+        np.testing.assert_allclose(runs[1][k], g, rtol=0, atol=1e-12 * np.abs(g).max(), err_msg=k)
+
+
+def test_recompute_backward_without_a_new_forward_pass_is_a_clear_error():
     body = InvertibleSequential(SpaceToDepth(2), recompute=True)
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="needs the output of a forward"):
         body.backward(np.ones((1, 2, 2, 4)))
+    body.backward(body.forward(np.ones((1, 4, 4, 1))))
+    with pytest.raises(RuntimeError, match="each such pass serves one backward"):
+        body.backward(np.ones((1, 2, 2, 4)))
+
+
+def test_an_inverse_between_forward_and_backward_leaves_the_backward_pass_alone():
+    # inverse runs F on another batch (here of another size) under _PreservedState: the caches and the
+    # recorded output shape of the forward pass are put back, so backward gives the same gradients
+    rng = np.random.default_rng(39)
+    x, dy = rng.standard_normal((3, 4, 4, 4)), rng.standard_normal((3, 2, 2, 16))
+    runs = []
+    for other_inverse in (False, True):
+        block = RevBlock(4, stride=2, rng=3)
+        block.forward(x)
+        if other_inverse:
+            block.inverse(rng.standard_normal((8, 2, 2, 16)))
+        runs.append(_gradients(block, block.backward(dy)))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(b, a)
 
 
 # --------------------------------------------------------------------------- training
