@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import time
 import tracemalloc
@@ -58,6 +59,9 @@ def main(argv=None):
 
     dtype = np.dtype(args.dtype)
     x = np.random.default_rng(0).standard_normal((args.batch, args.size, args.size, 1)).astype(dtype)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}; "
+          f"python {platform.python_version()}, numpy {np.__version__}, "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     print(f"i-RevNet {args.size}x{args.size}, width {args.width}, batch {args.batch}, {args.dtype}; "
           f"peak numpy memory of one step (tracemalloc) and median step time over {args.repeats}")
     print(f"{'blocks':>6} {'params':>8} {'stored MiB':>11} {'recomputed MiB':>15} {'memory ratio':>13} "
