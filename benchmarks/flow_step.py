@@ -14,6 +14,8 @@ Printed, measured side by side in one run (medians over repeats):
                                    [--block-mb MiB]
 
 Measured: on the 2-core development CPU (n = m = 4096, d = 64) float64 0.71 of the roofline and 2.97x
+PyTorch (session 2); in session 14, on the same kind of host, 0.77 with one BLAS thread and 0.50 to 0.53
+with two (the GEMMs use both cores, the elementwise passes over the n x m blocks one), 2.3x to 2.5x
 PyTorch; on an NVIDIA H200 (n = m = 16384, d = 128, 2026-11-27) float64 0.47 of the roofline and
 1.06x PyTorch, float32 0.59 and 0.88x. On the GPU the block size matters: the host's 16 MiB blocks
 gave 0.17x PyTorch (launch-bound), hence networks.default_block_bytes (1 GiB on a device; 4 GiB
