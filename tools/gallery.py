@@ -82,6 +82,7 @@ def compare(name: str, out: Path, rtol: float, atol: float, show: int) -> bool:
 
 
 def main(argv=None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # one line per study as it finishes, also into a pipe or a log
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="studies to check (default: all)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/shallow-gallery"),
