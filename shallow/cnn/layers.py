@@ -191,6 +191,17 @@ def _running_buffers(layer) -> list:
     return [b for _, lay in layer.named_layers() for b in lay.buffers.values()]
 
 
+def _rng_states(layer) -> list:
+    """[(generator, its state)] for the random generators of a layer tree (dropout masks): given to
+    :func:`_set_rng_states`, a later pass draws the same numbers again."""
+    return [(g, g.bit_generator.state) for g in layer.named_rngs().values()]
+
+
+def _set_rng_states(states):
+    for g, state in states:
+        g.bit_generator.state = state
+
+
 def _shape_of(a):
     shape = getattr(a, "shape", None)
     return tuple(shape) if shape is not None else f"a {type(a).__name__}"

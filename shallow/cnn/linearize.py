@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 
-from .layers import Layer, _running_buffers, check_layer
+from .layers import Layer, _rng_states, _running_buffers, _set_rng_states, check_layer
 
 __all__ = ["Linearized", "linearize"]
 
@@ -101,7 +101,7 @@ class Linearized(Layer):
                                       "of the network: only parameter tangents are supported (tx=None)")
         if tparams:
             self._check_tangents(tparams)
-        rngs = [(g, g.bit_generator.state) for g in self.base.named_rngs().values()] if tparams else []
+        rngs = _rng_states(self.base) if tparams else []
         delta = self.delta()
         y, ty = self.base.jvp(x, None, delta)
         f = y if ty is None else y + ty
@@ -110,8 +110,7 @@ class Linearized(Layer):
         # the second pass is the derivative of the first: it draws the same dropout masks (the
         # generators are rewound) and leaves the batch-norm running statistics as the first left them
         buffers = [(b, b.copy()) for b in _running_buffers(self.base)]
-        for g, state in rngs:
-            g.bit_generator.state = state
+        _set_rng_states(rngs)
         _, tf = self.base.jvp(x, None, tparams)
         for b, saved in buffers:
             b[...] = saved

@@ -97,6 +97,8 @@ from .layers import (
     Sequential,
     _add,
     _missing_cache,
+    _rng_states,
+    _set_rng_states,
     _sub,
     check_batch,
     check_dtype,
@@ -374,16 +376,6 @@ def _drop_caches(layer):
     """Release what the forward passes of a layer tree keep for backward."""
     for _, lay in layer.named_layers():
         lay._cache = None
-
-
-def _rng_states(layer):
-    """[(generator, its state)] for the random generators of a layer tree (dropout masks)."""
-    return [(g, g.bit_generator.state) for g in layer.named_rngs().values()]
-
-
-def _set_rng_states(states):
-    for g, state in states:
-        g.bit_generator.state = state
 
 
 def _modes(layer):
