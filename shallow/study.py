@@ -27,8 +27,8 @@ then a rename, so an interrupted run never leaves a half-written result), and wr
 ``figures/NAME.png`` with a JSON sidecar ``figures/NAME.json`` (config, version, wall time, device,
 the result's scalars, the SHA-256 of the study script, the git commit that drew it and the tracked
 files it had modified, and for a study with grids how many points came from the cache and their own
-compute time). Quick runs write
-``NAME_quick.png`` so that they never overwrite the full figures of the README gallery.
+compute time). Quick runs write ``NAME_quick.png`` so that they never overwrite the full figures of
+the README gallery.
 
 matplotlib is imported only when a figure is drawn.
 """
@@ -640,16 +640,6 @@ def _scalars(result: dict) -> dict:
     return out
 
 
-def _version_of(package: str):
-    """The installed version of ``package``, or None."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 #: Modified tracked files listed in a sidecar at most (then a count of the others).
 MAX_MODIFIED_LISTED = 20
 
@@ -670,27 +660,18 @@ def _provenance(module: ModuleType, written=()) -> dict:
                               text=True, timeout=10, check=False)
         if head.returncode != 0:
             return out
-        status = subprocess.run([*git, "status", "--porcelain", "-z", "--untracked-files=no"], capture_output=True,
-                                text=True, timeout=10, check=False)
+        # tracked files that differ from the commit (staged or not), paths relative to the checkout
+        changed = subprocess.run([*git, "diff", "--name-only", "-z", "HEAD"], capture_output=True, text=True,
+                                 timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return out
     top, commit = head.stdout.splitlines()[:2]
     out["git_commit"] = commit
-    if status.returncode != 0:
+    if changed.returncode != 0:
         return out
-    fields, modified = status.stdout.split("\0"), []
     skip = [Path(folder).resolve() for folder in written]
-    i = 0
-    while i < len(fields):
-        entry, i = fields[i], i + 1
-        if not entry:
-            continue
-        if "R" in entry[:2] or "C" in entry[:2]:
-            i += 1  # a rename or copy: the next field is the original path
-        name = entry[3:]
-        if not any((Path(top) / name).resolve().is_relative_to(folder) for folder in skip):
-            modified.append(name)
-    modified.sort()
+    modified = sorted(name for name in changed.stdout.split("\0") if name and not any(
+        (Path(top) / name).resolve().is_relative_to(folder) for folder in skip))
     if len(modified) > MAX_MODIFIED_LISTED:
         modified = modified[:MAX_MODIFIED_LISTED] + [f"... and {len(modified) - MAX_MODIFIED_LISTED} more"]
     out["git_modified"] = modified
@@ -699,6 +680,8 @@ def _provenance(module: ModuleType, written=()) -> dict:
 
 def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
     """Save ``fig`` to ``path`` (PNG) and a JSON sidecar next to it, both atomically."""
+    import scipy
+
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     sidecar = {
@@ -714,7 +697,7 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "scipy": _version_of("scipy"),
+        "scipy": scipy.__version__,
         **_provenance(module, written=(path.parent, path.parent.parent / "results")),
         "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
     }
