@@ -420,6 +420,12 @@ def test_linearized_irevnet_is_first_order_accurate():
 
 
 # --------------------------------------------------------------------------- backward without caches
+def assert_rounding_close(actual, expected, err_msg=""):
+    """Equal to 1e-12 of the largest entry of ``expected``: the recovered x_1 = S^-1 (y_2 - F(x_2))
+    carries the rounding of the sum y_2 = S x_1 + F(x_2), about eps |F| per block."""
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max(), err_msg=err_msg)
+
+
 def _step_state(net, x, dy, xp=np):
     """(dx, gradients, buffers) on the host after one forward and backward pass in train mode (on xp's device)."""
     host = (lambda a: a.copy()) if xp is np else (lambda a: a.get())
@@ -434,20 +440,19 @@ def _step_state(net, x, dy, xp=np):
 
 @pytest.mark.parametrize("blocks, batch_norm", [(1, True), (2, True), (2, False)])
 def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_norm, xp):
-    # Gomez et al. 2017, Sec. 3: the activations recovered by the inverse give the same gradients. The
-    # recovered x_1 = S^-1 (y_2 - F(x_2)) carries the rounding of the sum (about eps |F| per block), so
-    # the gradients agree to rounding, here held to 1e-12 of their size; the running statistics are
-    # updated by the forward pass only, so on the host they agree exactly.
+    # Gomez et al. 2017, Sec. 3: the activations recovered by the inverse give the same gradients, to
+    # rounding (assert_rounding_close); the running statistics are updated by the forward pass only, so
+    # on the host they agree exactly.
     rng = np.random.default_rng(30)
     x = rng.standard_normal((5, 8, 8, 1))
     dy = rng.standard_normal((5, 3))
     kw = {"width": 8, "blocks": blocks, "batch_norm": batch_norm}  # without batch norm the head reads Phi(x) as is
     cached = _step_state(small_net(rng=3, **kw), x, dy)  # on the host: the reference on either device
     recomputed = _step_state(small_net(rng=3, recompute=True, **kw), x, dy, xp)
-    np.testing.assert_allclose(recomputed[0], cached[0], rtol=0, atol=1e-12 * np.abs(cached[0]).max())
+    assert_rounding_close(recomputed[0], cached[0])
     assert set(recomputed[1]) == set(cached[1])
     for k, g in cached[1].items():
-        np.testing.assert_allclose(recomputed[1][k], g, rtol=0, atol=1e-12 * np.abs(g).max(), err_msg=k)
+        assert_rounding_close(recomputed[1][k], g, err_msg=k)
     for k, b in cached[2].items():  # the same arithmetic on the host; a GPU sums in another order
         np.testing.assert_allclose(recomputed[2][k], b, rtol=0 if xp is np else 1e-12, atol=0, err_msg=k)
 
@@ -467,7 +472,7 @@ def test_recomputed_backward_without_input_gradient_gives_the_same_parameter_gra
     net.forward(x)
     assert net.backward(dy, need_input_grad=False) is None
     for k, g in net.named_gradients().items():
-        np.testing.assert_allclose(g, full[k], rtol=0, atol=1e-12 * np.abs(full[k]).max(), err_msg=k)
+        assert_rounding_close(g, full[k], err_msg=k)
 
 
 def _step_peak_bytes(net, x):
@@ -538,7 +543,7 @@ def test_recomputed_backward_replays_the_dropout_masks_and_leaves_the_generator_
         runs.append((grads, body.forward(x)))
     (g0, next0), (g1, next1) = runs
     for a, b in zip(g0, g1):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+        assert_rounding_close(b, a)
     np.testing.assert_array_equal(next1, next0)
 
 
@@ -555,7 +560,7 @@ def test_recomputed_backward_recomputes_in_the_mode_of_the_forward_pass():
         runs.append(_gradients(body, body.backward(dy)))
         assert not any(layer.training for _, layer in body.named_layers())
     for a, b in zip(*runs):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+        assert_rounding_close(b, a)
 
 
 def test_recomputed_jvp_keeps_no_caches_and_its_backward_gives_the_cached_gradients():
@@ -573,7 +578,7 @@ def test_recomputed_jvp_keeps_no_caches_and_its_backward_gives_the_cached_gradie
     np.testing.assert_array_equal(y1, y0)
     np.testing.assert_array_equal(ty1, ty0)
     for a, b in zip(g0, g1):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-12 * np.abs(a).max())
+        assert_rounding_close(b, a)
 
 
 def test_linearized_recomputing_irevnet_gives_the_cached_gradients():
@@ -590,7 +595,7 @@ def test_linearized_recomputing_irevnet_gives_the_cached_gradients():
         lin.backward(dy)
         runs.append({k: g.copy() for k, g in lin.named_gradients().items()})
     for k, g in runs[0].items():
-        np.testing.assert_allclose(runs[1][k], g, rtol=0, atol=1e-12 * np.abs(g).max(), err_msg=k)
+        assert_rounding_close(runs[1][k], g, err_msg=k)
 
 
 def test_recompute_backward_without_a_new_forward_pass_is_a_clear_error():
