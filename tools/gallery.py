@@ -40,9 +40,12 @@ def studies() -> list[str]:
     return sorted(cli.find_studies())
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def moved(old, new, rtol, atol) -> bool:
-    numbers = (int, float)
-    if isinstance(old, bool) or isinstance(new, bool) or not isinstance(old, numbers) or not isinstance(new, numbers):
+    if not (is_number(old) and is_number(new)):
         return old != new
     if math.isnan(old) or math.isnan(new):
         return not (math.isnan(old) and math.isnan(new))
@@ -67,8 +70,8 @@ def compare(name: str, out: Path, rtol: float, atol: float, show: int) -> bool:
             rows.append((math.inf, key, a.get(key, "(absent)"), b.get(key, "(absent)")))
         elif moved(a[key], b[key], rtol, atol):
             x, y = a[key], b[key]
-            size = (abs(y - x) / max(abs(x), abs(y)) if isinstance(x, (int, float)) and isinstance(y, (int, float))
-                    and not isinstance(x, bool) and max(abs(x), abs(y)) > 0 else math.inf)
+            size = (abs(y - x) / max(abs(x), abs(y)) if is_number(x) and is_number(y) and max(abs(x), abs(y)) > 0
+                    else math.inf)
             rows.append((size, key, x, y))
     wall = f"wall {old.get('wall_time_s') or 0:.0f} s committed, {new.get('wall_time_s') or 0:.0f} s now"
     verdict = "reproduces" if same_config and not rows else "MOVED" if same_config else "OTHER CONFIG"
