@@ -206,6 +206,17 @@ def _check_clip(clip):
     return float(clip[0]), float(clip[1])
 
 
+def _check_in_box(X, clip):
+    """Refuse images outside the box ``clip``: clipping would then move x itself, out of its own eps-ball."""
+    if clip is None or X.size == 0:
+        return
+    lo, hi = float(X.min()), float(X.max())
+    if lo < clip[0] or hi > clip[1]:
+        raise ValueError(f"X has pixel values in [{lo:.6g}, {hi:.6g}], outside clip=({clip[0]:g}, {clip[1]:g}): the box "
+                         f"of valid pixel values must contain the clean images (standardised images need the box "
+                         f"of their own scale)")
+
+
 def _check_in_shape(in_shape):
     """One input's shape without the batch axis: a tuple of positive integers."""
     if not isinstance(in_shape, (tuple, list)) or not in_shape:
@@ -1132,7 +1143,7 @@ def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None):
         step = sign(g) (Goodfellow et al. 2015) or g / |g|_2.
     loss : {"ce", "margin"}
     clip : None or (lo, hi)
-        Box of valid pixel values.
+        Box of valid pixel values, which must contain X (a ValueError otherwise).
 
     Returns
     -------
@@ -1140,6 +1151,7 @@ def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None):
     """
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     X = _images(model, X)
+    _check_in_box(X, clip)
     xp = get_xp(X)
     eps = _check_eps(eps, X.shape[0], xp, X.dtype)
     y = _labels(model, X, y)
@@ -1189,8 +1201,8 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     loss : {"ce", "margin"}
         The per-image loss l (:func:`input_gradient`).
     clip : None or (lo, hi)
-        Box of valid pixel values (intersected with the ball: project on the ball, then clip,
-        which stays in the ball since x is in the box).
+        Box of valid pixel values, which must contain X (a ValueError otherwise), intersected with
+        the ball: project on the ball, then clip, which stays in the ball since x is in the box.
     return_history : bool
         Also return a dict with ``"loss"`` (T + 1, N): l(x_t) at every iterate x_0 .. x_T, and
         ``"best_loss"`` (T + 1, N): its running maximum.
@@ -1214,6 +1226,7 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     steps = check_integer(steps, "steps", minimum=0)
     X = _images(model, X)
+    _check_in_box(X, clip)
     xp = get_xp(X)
     N = X.shape[0]
     eps = _check_eps(eps, N, xp, X.dtype)
@@ -1228,8 +1241,6 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     x = _random_start(X, eps, norm, rng) if random_start else X.copy()
     if random_start:
         x = _project(x, X, eps, norm, clip)
-    elif clip is not None:
-        x = xp.clip(x, clip[0], clip[1])
     losses, bests = [], []
     with _EvalMode(model):
         best, best_loss = x.copy(), None
@@ -1274,6 +1285,7 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
         search is deterministic).
     loss : {"margin", "ce"}
     clip : None or (lo, hi)
+        Box of valid pixel values, which must contain X (a ValueError otherwise).
 
     Returns
     -------
@@ -1286,8 +1298,9 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     """
     eps_max = check_positive(eps_max, "eps_max")
     n_bisect = check_integer(n_bisect, "n_bisect", minimum=0)
-    norm, loss = _check_norm(norm), _check_loss(loss)
+    norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     X = _images(model, X)
+    _check_in_box(X, clip)
     xp = get_xp(X)
     N = X.shape[0]
     y = _labels(model, X, y)
@@ -1386,7 +1399,8 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     rng : None, int or Generator
         The order of the images.
     clip : None or (lo, hi)
-        The perturbed images x + v are clipped to this box.
+        The perturbed images x + v are clipped to this box, which must contain X (a ValueError
+        otherwise).
     keep_best : bool
         Return the end-of-epoch v with the highest fooling rate on X (the first one on ties)
         rather than the last: the fooling rate of the iterates is not monotone in the epochs.
@@ -1415,6 +1429,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     clip = _check_clip(clip)
     s = 2.5 * eps / steps if step_size is None else check_positive(step_size, "step_size")
     X = _images(model, X)
+    _check_in_box(X, clip)
     xp = get_xp(X)
     rng = check_random_state(rng)
     N = X.shape[0]

@@ -744,7 +744,7 @@ def test_fgsm_clips_to_the_box():
     # margin <w, x> of class 1 over class 0: the Linf step is eps sign(w), then the box [lo, hi] (np.clip)
     w = np.random.default_rng(51).standard_normal((3, 3))
     model = _linear_binary(w)
-    X = np.random.default_rng(52).uniform(-1.0, 1.0, (4, 3, 3, 1))
+    X = np.random.default_rng(52).uniform(-0.8, 0.9, (4, 3, 3, 1))
     adv = fgsm(model, X, np.zeros(4, int), 0.4, loss="margin", clip=(-0.8, 0.9))
     np.testing.assert_array_equal(adv, np.clip(X + 0.4 * np.sign(w)[None, :, :, None], -0.8, 0.9))
 
@@ -927,6 +927,23 @@ def test_attacks_refuse_a_radius_that_is_not_a_real_number(eps, match):
         fgsm(model, X, y, eps)
     with pytest.raises(ValueError, match=match):
         pgd(model, X, y, eps)
+
+
+@pytest.mark.parametrize("attack", [
+    lambda m, X, y, clip: fgsm(m, X, y, 0.1, clip=clip),
+    lambda m, X, y, clip: pgd(m, X, y, 0.1, steps=0, clip=clip),
+    lambda m, X, y, clip: minimal_perturbation(m, X, y, eps_max=0.1, clip=clip),
+    lambda m, X, y, clip: universal_perturbation(m, X, 0.1, clip=clip),
+], ids=["fgsm", "pgd", "minimal_perturbation", "universal_perturbation"])
+def test_attacks_refuse_images_outside_their_box(attack):
+    # a box that does not contain x: clipping after the projection would move x itself out of its ball (pgd with
+    # T = 0 returned clip(x), at Linf distance 0.3 from x for eps = 0.1); inside the box, T = 0 returns x
+    model = _random_bn_vgg(41)
+    X = np.random.default_rng(42).uniform(-1.0, 1.3, (2, 8, 8, 1))
+    y = np.zeros(2, int)
+    with pytest.raises(ValueError, match=r"X has pixel values in \[-.*, 1.*\], outside clip=\(-1, 1\)"):
+        attack(model, X, y, (-1.0, 1.0))
+    np.testing.assert_array_equal(pgd(model, X, y, 0.1, steps=0, clip=(-1.0, 1.3)), X)
 
 
 @pytest.mark.parametrize("name, call", [
