@@ -612,7 +612,12 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         time_scale and train must be the ones given, and so must net's gamma, activation, dtype and the
         risk (the data of an EmpiricalRisk, the teacher and input law of a PopulationRisk; a risk
         of another class without a ``fingerprint()`` is compared by its class name): ValueError
-        otherwise. record_every may change.
+        otherwise. record_every may change. The adaptive method runs for a time, not a number of
+        steps: a flow saved before its end (Ctrl-C, a checkpoint, a callback's stop) finishes with
+        the numbers of the uninterrupted run as
+        ``gradient_flow(net, loss, 1, saved.meta["t_end"] - saved.t, method="adaptive", resume=saved)``
+        (one "step" of the remaining time). A flow that reached its end continues as a flow within
+        ``tol`` of the longer run, not with its numbers: the shorter run cut its last step at its end.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
     checkpoint_every : int, default 0
@@ -633,6 +638,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     Returns
     -------
     Trajectory
+        Its ``meta["t_end"]`` is the flow time the run was to reach (reached unless it was stopped).
 
     Notes
     -----
@@ -709,6 +715,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         step, t, h = 0, 0.0, float(step_size)
     last = step + steps
     t_end = t + steps * step_size
+    meta["t_end"] = t_end
     # Times as step * step_size whenever the saved time is on that grid (resumed runs included).
     step0, t0 = (0, 0.0) if t == step * step_size else (step, t)
     # the last completed step, for Ctrl-C and checkpoints: step, t, a, W, the generator's state, and the
@@ -731,7 +738,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
             k1 = field(a, W)
             rec.check(step, t, k1[0])
             rec.add(step, t, k1[0], a, W)
-            while t < t_end * (1 - 1e-12):
+            # the first record's callback, as the fixed-step methods make it (step 0, or a resumed step on the grid)
+            stop = ((resume is None or step % record_every == 0) and callback is not None
+                    and bool(callback(step, t, k1[0], a, W)))
+            while not stop and t < t_end * (1 - 1e-12):
                 h = min(h, t_end - t)
                 a_new, W_new, k_new, ea, eW = _bogacki_shampine_step(field, a, W, h, k1)
                 size = 1 + math.sqrt(float((a * a).sum() + (W * W).sum()))

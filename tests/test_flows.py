@@ -336,9 +336,11 @@ def test_checkpoint_every_leaves_a_resumable_state_when_a_run_is_killed(tmp_path
 
 
 def _adaptive_rest(student, loss, saved, t_end):
-    # the adaptive method runs for a time steps * step_size: one "step" of the remaining time
-    return gradient_flow(student, loss, steps=1, step_size=t_end - saved.t, method="adaptive", tol=1e-7,
-                         resume=saved)
+    # gradient_flow's recipe: the adaptive method runs for a time steps * step_size, here one "step" of the time
+    # left to the end the saved run was to reach
+    assert saved.meta["t_end"] == t_end
+    return gradient_flow(student, loss, steps=1, step_size=saved.meta["t_end"] - saved.t, method="adaptive",
+                         tol=1e-7, resume=saved)
 
 
 def test_adaptive_flow_with_checkpoint_every_leaves_a_resumable_state_when_killed(tmp_path):
@@ -504,7 +506,28 @@ def test_adaptive_flow_calls_back_at_its_last_record():
     seen = []
     traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive",
                          record_every=1000, callback=lambda step, t, risk, a, W: seen.append(t))
-    assert seen == [traj.t] and traj.t == pytest.approx(0.1, rel=1e-12)
+    assert seen == [0.0, traj.t] and traj.t == pytest.approx(0.1, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "adaptive"])
+def test_flow_calls_back_at_every_record_step_zero_included(method):
+    # "callback at each record": the adaptive method used to skip the record of step 0 (and LazyDiagnostics, fed
+    # by the callback, lost its t = 0 row)
+    teacher, student = teacher_student(d=5, m=10, seed=14)
+    seen = []
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=23, step_size=0.01, method=method, record_every=7,
+                         callback=lambda step, t, risk, a, W: seen.append((step, t, risk)))
+    assert [s for s, _, _ in seen] == traj.meta["record_steps"]
+    np.testing.assert_array_equal([t for _, t, _ in seen], traj.times)
+    np.testing.assert_array_equal([r for _, _, r in seen], traj.risks)
+
+
+def test_adaptive_flow_stops_before_its_first_step_when_the_first_callback_says_so():
+    teacher, student = teacher_student(d=5, m=10, seed=14)
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive",
+                         callback=lambda step, t, risk, a, W: True)
+    assert traj.step == 0 and traj.t == 0.0 and traj.meta["record_steps"] == [0]
+    np.testing.assert_array_equal(traj.W, student.W)
 
 
 def _flow_setup():
@@ -775,7 +798,8 @@ def test_adaptive_flow_passes_its_last_record_the_risk_and_particles_reached():
     seen = []
     traj = gradient_flow(student, loss, steps=10, step_size=0.01, method="adaptive", record_every=1000,
                          callback=lambda step, t, risk, a, W: seen.append((risk, a.copy(), W.copy())))
-    (risk, a, W), = seen
+    (risk0, a0, W0), (risk, a, W) = seen  # the records of step 0 and of the end
+    np.testing.assert_array_equal(W0, student.W)
     assert risk == pytest.approx(loss(traj.network(student)), rel=1e-12) and risk == traj.risks[-1]
     np.testing.assert_array_equal(a, traj.a)
     np.testing.assert_array_equal(W, traj.W)
