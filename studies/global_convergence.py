@@ -41,7 +41,9 @@ core), so the two m = 1000 runs (2 x 6000 steps) dominate: about 2.5 minutes of 
 machine; measured 5 min wall with --workers 2 on this 2-core machine (session 3). With the former 30 ms steps (before the kernel was computed in symmetric tiles) a run
 measured 25 min of CPU time (53 min wall) on a 2-core machine shared with other jobs.
 --quick (widths 5, 20, 100 with 8, 4, 4 runs up to t = 1500): about 10 s (12 s measured under the
-same load). ``--device gpu`` runs the flows with CuPy.
+same load; 6 s with 2 workers in session 15). Each run is a point of the study's grid: the runs are
+spread over ``--workers`` and cached one by one, so an interrupted study resumes from the runs it
+finished. ``--device gpu`` runs the flows with CuPy.
 """
 
 from __future__ import annotations
@@ -117,36 +119,46 @@ def _runs_per_width(cfg: Config):
     return runs
 
 
-def compute(cfg: Config) -> dict:
-    from tqdm.auto import tqdm
+#: The Config fields a run needs (the others choose which runs to make, or judge them).
+RUN_FIELDS = ("d", "teacher_width", "steps", "step_size", "init_scale", "method", "record_every", "seed", "device")
 
+
+def run_point(point: dict) -> dict:
+    """One run (a grid point of :func:`shallow.study.run_grid`): a width-m student against teacher ``run``."""
+    cfg = dataclasses.replace(Config(), **{name: point[name] for name in RUN_FIELDS})
+    m, r = point["m"], point["run"]
+    teacher = teacher_network(cfg, r)
+    loss = PopulationRisk(teacher, input="gaussian")
+    zero = TwoLayer(teacher.a[:1] * 0, teacher.W[:1], gamma=1.0)
+    R0 = loss(zero)  # = 1/2 E[f*(x)^2], the risk of the zero network
+    student = student_network(cfg, m, r)
+    traj = gradient_flow(student, loss, cfg.steps, cfg.step_size, method=cfg.method, record_every=cfg.record_every)
+    # the Euler record grid (adaptive steps: the curve resampled on it)
+    grid = np.arange(0, cfg.steps + 1, cfg.record_every) * cfg.step_size
+    if cfg.method == "adaptive":
+        curve = np.interp(grid, traj.times, traj.risks) / R0
+    else:
+        grid, curve = traj.times, traj.risks / R0
+    # can the student's signs cover the teacher's? (a_j keeps its sign along a balanced flow)
+    a_s, a_t = to_numpy(student.a), to_numpy(teacher.a)
+    cover = bool((a_s > 0).sum() >= (a_t > 0).sum() and (a_s < 0).sum() >= (a_t < 0).sum())
+    return {"times": grid, "relative_risk": curve, "final": float(traj.risks[-1] / R0), "signs_cover": float(cover)}
+
+
+def compute(cfg: Config) -> dict:
     runs = _runs_per_width(cfg)
     result = {"widths": np.asarray(cfg.widths), "runs": np.asarray(runs)}
-    jobs = [(m, r) for m, n_runs in zip(cfg.widths, runs) for r in range(n_runs)]
+    common = {name: getattr(cfg, name) for name in RUN_FIELDS}
+    points = [dict(common, m=int(m), run=r) for m, n_runs in zip(cfg.widths, runs) for r in range(n_runs)]
+    done = study.run_grid(run_point, points, desc="global_convergence runs")
     finals = {m: [] for m in cfg.widths}
     curves = {m: [] for m in cfg.widths}
     signs_cover = {m: [] for m in cfg.widths}
-    times = None
-    for m, r in tqdm(jobs, desc="global_convergence runs", unit="run"):
-        teacher = teacher_network(cfg, r)
-        loss = PopulationRisk(teacher, input="gaussian")
-        zero = TwoLayer(teacher.a[:1] * 0, teacher.W[:1], gamma=1.0)
-        R0 = loss(zero)  # = 1/2 E[f*(x)^2], the risk of the zero network
-        student = student_network(cfg, m, r)
-        traj = gradient_flow(student, loss, cfg.steps, cfg.step_size, method=cfg.method,
-                             record_every=cfg.record_every, progress=m >= 500)
-        if cfg.method != "adaptive":
-            times = traj.times
-            curves[m].append(traj.risks / R0)
-        else:  # adaptive steps: resample the curve on the Euler record grid
-            grid = np.arange(0, cfg.steps + 1, cfg.record_every) * cfg.step_size
-            times = grid
-            curves[m].append(np.interp(grid, traj.times, traj.risks) / R0)
-        finals[m].append(traj.risks[-1] / R0)
-        # can the student's signs cover the teacher's? (a_j keeps its sign along a balanced flow)
-        a_s, a_t = to_numpy(student.a), to_numpy(teacher.a)
-        signs_cover[m].append(bool((a_s > 0).sum() >= (a_t > 0).sum() and (a_s < 0).sum() >= (a_t < 0).sum()))
-    result["times"] = np.asarray(times)
+    for point, out in zip(points, done):
+        finals[point["m"]].append(out["final"])
+        curves[point["m"]].append(out["relative_risk"])
+        signs_cover[point["m"]].append(bool(out["signs_cover"]))
+    result["times"] = np.asarray(done[-1]["times"])
     fraction, median = [], []
     for m in cfg.widths:
         final = np.asarray(finals[m])
