@@ -176,7 +176,8 @@ def _cmd_run_help(run_parser: argparse.ArgumentParser, args) -> int:
 def report_errors(run, prog: str) -> int:
     """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device)
     printed as ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless
-    ``SHALLOW_TRACEBACK=1``: the messages name the argument and what was expected."""
+    ``SHALLOW_TRACEBACK=1``: the messages name the argument and what was expected. Ctrl-C prints
+    one line saying how to resume, and the exit status is 130 (128 + SIGINT, the shell's)."""
     try:
         return run()
     except (ValueError, RuntimeError) as err:
@@ -184,6 +185,12 @@ def report_errors(run, prog: str) -> int:
             raise
         print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("SHALLOW_TRACEBACK"):
+            raise
+        print(f"{prog}: interrupted. The same command resumes: finished studies and grid points are cached under "
+              "the results/ folder of --out (see --force)", file=sys.stderr)
+        return 130
 
 
 def main(argv=None) -> int:
@@ -197,16 +204,16 @@ def main(argv=None) -> int:
     Returns
     -------
     int
-        The exit status: 0 (``shallow run --help`` included), or 2 when a ValueError or
+        The exit status: 0 (``shallow run --help`` included), 2 when a ValueError or
         RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
-        ``shallow run: error: ...`` (see :func:`report_errors`).
+        ``shallow run: error: ...``, 130 after Ctrl-C (see :func:`report_errors`).
 
     Raises
     ------
     SystemExit
-        From argparse (``shallow --help``, an unknown command, flag or flag value), for an unknown
-        study, a study missing a package of its ``REQUIRES``, and ``run`` without exactly one of
-        STUDY and ``--all``.
+        From argparse (``shallow --help``, an unknown command, flag or flag value), and with
+        status 2, its message on stderr, for an unknown study, a study missing a package of its
+        ``REQUIRES``, and ``run`` without exactly one of STUDY and ``--all``.
     """
     from .study import parse_seed, parse_workers
 
@@ -229,13 +236,19 @@ def main(argv=None) -> int:
     run.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="'processes' (default), 'serial', or a dask.distributed scheduler address")
     args, extra = parser.parse_known_args(argv)
-    if args.command == "list":
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return _cmd_list(args)
-    if args.help:
-        return _cmd_run_help(run, args)
-    return report_errors(lambda: _cmd_run(args, extra), "shallow run")
+    try:
+        if args.command == "list":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return _cmd_list(args)
+        if args.help:
+            return _cmd_run_help(run, args)
+        return report_errors(lambda: _cmd_run(args, extra), "shallow run")
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):  # ours (an unknown study, ...): a usage error, status 2 as argparse's
+            print(exit_.code, file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

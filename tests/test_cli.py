@@ -144,9 +144,24 @@ def test_a_field_named_like_the_start_of_a_common_flag_is_set_by_its_own_flag(to
     assert json.loads((out / "figures" / "toy_quick.json").read_text())["config"]["d"] == 5
 
 
-def test_unknown_study_is_a_clear_error(toy):
-    with pytest.raises(SystemExit, match="unknown study 'nope'; known studies: toy"):
+def test_unknown_study_is_a_usage_error_naming_the_known_studies(toy, capsys):
+    # status 2 as argparse's usage errors (it was 1)
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "nope"])
+    assert exit_.value.code == 2 and "unknown study 'nope'; known studies: toy" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_how_to_resume_and_exits_with_status_130(toy, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    monkeypatch.setattr(cli, "_run_one", interrupted)
+    assert cli.main(["run", "toy", "--quick", "--out", str(toy / "out")]) == 130
+    assert "shallow run: interrupted. The same command resumes" in capsys.readouterr().err
+    monkeypatch.setenv("SHALLOW_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
 
 
 def test_a_host_only_study_warns_that_device_is_ignored_and_its_sidecar_names_the_cpu(toy, monkeypatch):
@@ -332,8 +347,9 @@ def test_run_all_skips_a_study_whose_requirement_is_missing(toy, capsys):
     assert cli.main(["run", "--all", "--quick", "--out", str(toy / "out")]) == 0
     assert "toy: skipped (toy needs a_package_that_is_not_installed" in capsys.readouterr().out
     assert not (toy / "out" / "figures").exists()
-    with pytest.raises(SystemExit, match="toy needs a_package_that_is_not_installed"):
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
+    assert exit_.value.code == 2 and "toy needs a_package_that_is_not_installed" in capsys.readouterr().err
 
 
 def test_run_all_names_the_study_whose_error_stopped_it(toy, capsys, monkeypatch):
