@@ -121,6 +121,16 @@ def _check_train(train) -> str:
     return train
 
 
+def _check_two_layer(net) -> TwoLayer:
+    """net, refused unless a TwoLayer: a Linearized model is named, with its two networks."""
+    if isinstance(net, Linearized):
+        raise TypeError("net is a linearised model: pass net.network() (its current parameters) or net.base "
+                        "(its anchor theta_0)")
+    if not isinstance(net, TwoLayer):
+        raise TypeError(f"net must be a shallow.networks.TwoLayer, got {type(net).__name__}")
+    return net
+
+
 def _as_network(net, name="net") -> TwoLayer:
     """The nonlinear network behind ``net`` (a TwoLayer, or the anchor of a Linearized model)."""
     if isinstance(net, Linearized):
@@ -131,9 +141,9 @@ def _as_network(net, name="net") -> TwoLayer:
                     f"got {type(net).__name__}")
 
 
-def _augment(net: TwoLayer, X):
+def _augment(net: TwoLayer, X, name="X"):
     """X~ = X, or [X, 1] with a bias column: the inputs that multiply the rows of W. Shape (n, D)."""
-    X = net._check_X(X)
+    X = net._check_X(X, name)
     if net.bias:
         xp = get_xp(X)
         X = xp.concatenate([X, xp.ones((X.shape[0], 1), dtype=X.dtype)], axis=1)
@@ -507,7 +517,7 @@ def empirical_ntk(net, X, Y=None, *, train: str = "both", chunk_size=None):
     train = _check_train(train)
     net = _as_network(net)
     Xt = _augment(net, X)  # (n, D)
-    Yt = Xt if Y is None else _augment(net, Y)  # (n', D)
+    Yt = Xt if Y is None else _augment(net, Y, "Y")  # (n', D)
     xp = get_xp(Xt, Yt, net.W)
     m = net.m
     step = _chunk_rows(chunk_size, m, 2 * np.dtype(net.dtype).itemsize)
@@ -758,7 +768,7 @@ def centered(net, gamma=None) -> TwoLayer:
     >>> net.m, bool(np.abs(net(np.eye(3))).max() < 1e-15)       # 0 up to rounding
     (10, True)
     """
-    net = _as_network(net)
+    net = _check_two_layer(net)
     xp = net.xp
     a = xp.concatenate([net.a, -net.a])  # (2m,)
     W = xp.concatenate([net.W, net.W], axis=0)  # (2m, D)
@@ -833,7 +843,7 @@ def scaled(net, alpha) -> TwoLayer:
     ValueError: alpha must be a positive finite number (the lazy-training output scale), got 0.0
     """
     alpha = _check_alpha(alpha)
-    net = _as_network(net)
+    net = _check_two_layer(net)
     out = net.copy()
     out.gamma = _check_gamma(net.gamma * alpha)
     return out

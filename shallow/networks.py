@@ -513,7 +513,7 @@ class TwoLayer:
         if X.shape[1] != self.d:
             extra = f" (W has shape {tuple(self.W.shape)}, the last column being the bias)" if self.bias else \
                 f" (W has shape {tuple(self.W.shape)})"
-            raise ValueError(f"X has shape {tuple(X.shape)} but the network takes d={self.d} coordinates{extra}")
+            raise ValueError(f"{name} has shape {tuple(X.shape)} but the network takes d={self.d} coordinates{extra}")
         return cast_within_range(X, self.dtype, name, "the network")
 
     def _check_r(self, r, n):

@@ -433,9 +433,19 @@ def test_bad_input_gives_clear_errors():
         kernel_regression(K, y, -0.1)
     with pytest.raises(ValueError, match="X has shape"):
         empirical_ntk(net, np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"Y has shape \(2, 4\) but the network takes d=3"):  # it said X
+        empirical_ntk(net, X, np.ones((2, 4)))
     with pytest.raises(TypeError, match="TwoLayer"):
         empirical_ntk(np.ones(3), X)
     assert scaled(net, 3.0).gamma == pytest.approx(3 * net.gamma)
+
+
+@pytest.mark.parametrize("transform", [lambda net: scaled(net, 2.0), centered], ids=["scaled", "centered"])
+def test_scaled_and_centered_refuse_a_linearized_model(transform):
+    # they used to take its anchor theta_0 silently, dropping the trained parameters
+    lin = linearize(TwoLayer.init(4, 3, rng=0))
+    with pytest.raises(TypeError, match=r"net is a linearised model: pass net.network\(\)"):
+        transform(lin)
 
 
 @pytest.mark.parametrize("name, value, match", [
