@@ -229,6 +229,11 @@ class _ArccosTile:
         A = xp.arctan2(sin_abs, cos, out=self._out("A"))  # theta, then (pi - theta) / (2 pi) in place
         A *= -1 / (2 * xp.pi)
         A += 0.5
+        if not nonzero:
+            # a zero vector's step neuron 1{<0, x> > 0} = 0 vanishes, and so does relu'(<0, x>) = 0 in the
+            # relu field: A = 0 there, not (pi - 0) / (2 pi) (a zero particle stays put, as under EmpiricalRisk)
+            A *= (nw > 0)[:, None]
+            A *= (nv > 0)[None, :]
         self.cos, self.sin, self.A = cos, sin_abs, A
         self._S = None
 
@@ -236,12 +241,7 @@ class _ArccosTile:
         """K (m, m'); its transpose is the kernel of (V, W)."""
         xp = self.xp
         if self.order == 0:
-            if self.nonzero:
-                return self.A
-            # a zero vector's neuron 1{<0, x> > 0} = 0 vanishes: K = 0 there, not (pi - 0) / (2 pi)
-            K = xp.multiply(self.A, (self.nw > 0)[:, None], out=self._out("K"))
-            K *= (self.nv > 0)[None, :]
-            return K
+            return self.A
         K = xp.multiply(self.A, self.G, out=self._out("K"))  # (pi - th) <w, v> / (2 pi) + |w||v| sin th / (2 pi)
         B = xp.multiply(self.sin, (self.nv / (2 * xp.pi))[None, :], out=self._out("B"))
         B *= self.nw[:, None]

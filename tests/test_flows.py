@@ -730,6 +730,9 @@ def test_population_risk_of_a_zero_particle_is_that_of_the_network_without_it(ac
         np.testing.assert_allclose(ga[kept], ga_ref, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(gW[kept], gW_ref, rtol=1e-12, atol=1e-15)
         assert ga[4] == 0.0
+        # its own gradient in w: E[(f - f*) a_j sigma'(<0, x>) x] = 0 with sigma'(0) = 0, as EmpiricalRisk has it
+        # (every sample's term is 0): the field used to give it (1/2) sum_k c_k v_k, moving it off 0
+        assert np.all(gW[4] == 0.0)
     X = np.random.default_rng(12).standard_normal((400_000, 4))
     samples = 0.5 * (direct_forward(TwoLayer(student.a, W, gamma=student.gamma, activation=activation), X)
                      - direct_forward(zero_teacher, X)) ** 2
