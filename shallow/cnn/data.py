@@ -364,7 +364,8 @@ def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
     Parameters
     ----------
     X : array of shape (n, ...)
-    y : array of shape (n,) or None
+    y : array of shape (n,) or (n, ...), or None
+        Labels, or targets (a row per image).
     batch_size : int
     rng : None, int or Generator
         Used for the permutation when ``shuffle``.
@@ -380,10 +381,11 @@ def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
     if getattr(X, "ndim", 0) < 1:
         raise ValueError(f"X must be an array of shape (n, ...), got {type(X).__name__}")
     n = X.shape[0]
-    if y is not None and getattr(y, "ndim", 0) != 1:
-        raise ValueError(f"y must be None or an array of shape (n,), got shape {getattr(y, 'shape', None)}")
+    if y is not None and getattr(y, "ndim", 0) < 1:
+        raise ValueError(f"y must be None or an array of shape (n,) or (n, ...), got {type(y).__name__} of shape "
+                         f"{getattr(y, 'shape', None)}")
     if y is not None and y.shape[0] != n:
-        raise ValueError(f"y has {y.shape[0]} labels but X has {n} images")
+        raise ValueError(f"y has {y.shape[0]} rows but X has {n} images")
     order = check_random_state(rng).permutation(n) if shuffle else np.arange(n)
     xp = get_xp(X)
     stop = n - n % batch_size if drop_last else n

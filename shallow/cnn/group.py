@@ -99,7 +99,7 @@ from .layers import (
     check_dtype,
     init_weight,
 )
-from .models import _check_shape, _check_shape3, _n_stages, check_images
+from .models import _check_shape, _n_stages, check_images
 from .pooling import GlobalAvgPool2d, MaxPool2d
 from .wavelets import _check_real, check_grid_shape
 
@@ -249,7 +249,7 @@ def convolution_kernel(op, shape, *, dtype=np.float64, device="cpu"):
     ----------
     op : callable
         A linear map of batches (N, H, W, C_in) -> (N, H, W, C_out).
-    shape : (H, W, C_in)
+    shape : (H, W, C_in), or (H, W) for C_in = 1
     dtype : float32 or float64
     device : "cpu" or "gpu"
         Where the Diracs are made.
@@ -271,7 +271,7 @@ def convolution_kernel(op, shape, *, dtype=np.float64, device="cpu"):
     True
     """
     _check_callable(op)
-    H, W, C = _check_shape3(shape)
+    H, W, C = _check_shape(shape, "shape")
     dtype = check_dtype(dtype)
     D = np.zeros((C, H, W, C), dtype=dtype)  # (C_in, H, W, C_in): batch entry c is delta_0 e_c
     D[np.arange(C), 0, 0, np.arange(C)] = 1.0
@@ -307,7 +307,7 @@ def convolution_defect(op, shape, *, n_probes=3, rng=None, dtype=np.float64, dev
     ----------
     op : callable
         A linear map of batches (N, H, W, C_in) -> (N, H, W, C_out).
-    shape : (H, W, C_in)
+    shape : (H, W, C_in), or (H, W) for C_in = 1
     n_probes : int
         Number of random images.
     rng : None, int or Generator
@@ -319,7 +319,7 @@ def convolution_defect(op, shape, *, n_probes=3, rng=None, dtype=np.float64, dev
     float
     """
     k = convolution_kernel(op, shape, dtype=dtype, device=device)
-    X = _probes(_check_shape3(shape), n_probes, rng, dtype, device)
+    X = _probes(_check_shape(shape, "shape"), n_probes, rng, dtype, device)
     Y = _apply(op, X)
     return _relative(Y - circular_convolution(X, k), Y)
 
@@ -358,7 +358,7 @@ def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, d
     ----------
     op : callable
         A map of batches (N, H, W, C_in) -> (N, H, W, C_out) (linear or not).
-    shape : (H, W, C_in)
+    shape : (H, W, C_in), or (H, W) for C_in = 1
     rtol : float
         Largest relative commutator (:func:`commutator_defect`) over the H W translations that
         counts as zero (1e-10: rounding of float64 sums, with room).
@@ -372,7 +372,7 @@ def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, d
     bool
     """
     _check_callable(op)
-    H, W, C = _check_shape3(shape)
+    H, W, C = _check_shape(shape, "shape")
     if not isinstance(rtol, numbers.Real) or isinstance(rtol, bool) or not rtol >= 0:
         raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
     X = _probes((H, W, C), n_probes, rng, dtype, device)

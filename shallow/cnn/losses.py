@@ -64,8 +64,13 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     y = xp.asarray(y)
     _check_label_shape(y, n, name)
     integer = xp.issubdtype(y.dtype, xp.integer)
-    if not integer and y.size and not (xp.issubdtype(y.dtype, xp.floating) and bool(xp.all(y == xp.round(y)))):
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if not integer and y.size:
+        if not xp.issubdtype(y.dtype, xp.floating):
+            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        fractional = y != xp.round(y)
+        if bool(xp.any(fractional)):  # floats with integer values are labels: name a value that is not
+            raise ValueError(f"{name} must hold integer class labels (floats with integer values are taken), got "
+                             f"{y[fractional][0].item()!r}")
     if y.size:
         # the range of the labels as given: a float label inf or 1e30 cast to int64 first became
         # int64's minimum, and the message named a label that was not there
@@ -248,7 +253,9 @@ class SquareLoss:
 
     Notes
     -----
-    Targets may be given as labels (N,) for outputs (N, K), or as real arrays of the outputs' shape.
+    Targets may be given as labels (N,) for outputs (N, K) with K >= 2, or as real arrays of the
+    outputs' shape. For one output, K = 1, a y of shape (N,) holds real targets, integers included
+    (labels of one class would all be 0).
     """
 
     def __init__(self, scale=1.0, target_value=1.0):
@@ -261,7 +268,7 @@ class SquareLoss:
     def _targets(self, f, y, check):
         xp = get_xp(f)
         y = xp.asarray(y)
-        if y.ndim == 1 and f.ndim == 2 and (xp.issubdtype(y.dtype, xp.integer) or f.shape[1] > 1):
+        if y.ndim == 1 and f.ndim == 2 and f.shape[1] > 1:
             if check:
                 y = check_labels(y, f.shape[1], "y", n=f.shape[0])
             else:

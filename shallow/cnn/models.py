@@ -150,11 +150,20 @@ def _check_tangent_names(model, tparams):
                          f"{sorted(params)[:3]}{', ...' if len(params) > 3 else ''})")
 
 
-def _check_shape(in_shape):
+def _check_shape(in_shape, name="in_shape"):
+    """One image's shape (H, W, C), from (H, W, C) or (H, W) (one channel); ``name`` is the argument's."""
     if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
-        raise ValueError(f"in_shape must be (H, W) or (H, W, C), got {in_shape!r}")
-    shape = tuple(check_integer(v, "in_shape", minimum=1) for v in in_shape)
+        raise ValueError(f"{name} must be (H, W) or (H, W, C), got {in_shape!r}")
+    shape = tuple(check_integer(v, name, minimum=1) for v in in_shape)
     return shape if len(shape) == 3 else shape + (1,)
+
+
+def _channels_first_hint(in_shape) -> str:
+    """A hint for an (H, W, C) shape that reads as (C, H, W): few leading channels, a larger image after."""
+    if len(in_shape) == 3 and in_shape[0] <= 4 < min(in_shape[1:]) and in_shape[2] > in_shape[0]:
+        C, H, W = in_shape
+        return f"; shapes are channels last here: for {C}-channel {H}x{W} images pass ({H}, {W}, {C})"
+    return ""
 
 
 def _check_shape3(shape):
@@ -221,7 +230,8 @@ def vgg_small(in_shape=(8, 8, 1), n_classes=10, *, width=32, stages=None, batch_
     width = check_integer(width, "width", minimum=1)
     stages = _n_stages(H, W) if stages is None else check_integer(stages, "stages", minimum=1)
     if min(H, W) < 2 ** stages:
-        raise ValueError(f"in_shape {in_shape} is too small for {stages} stages of 2x2 pooling")
+        raise ValueError(f"in_shape {in_shape} is too small for {stages} stages of 2x2 pooling"
+                         f"{_channels_first_hint(tuple(in_shape))}")
     if pool not in ("max", "avg"):
         raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
     batch_norm = check_bool(batch_norm, "batch_norm")

@@ -494,6 +494,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     if X.shape[0] == 0:
         raise ValueError("X holds no images: there is nothing to train on")
     n_classes = _n_classes(model, X)
+    if getattr(y, "ndim", 1) != 1:
+        raise ValueError(f"y must be class labels of shape (n,), got shape {tuple(y.shape)}: fit trains classifiers "
+                         "(for real targets, loop over shallow.cnn.batches with train_step and a SquareLoss)")
     y = check_labels(y, n_classes, "y", n=X.shape[0])
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")

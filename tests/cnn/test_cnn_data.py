@@ -249,10 +249,17 @@ def test_standardizer_inverse_transform_checks_the_channels():
         Standardizer().inverse_transform(_images())
 
 
-def test_batches_rejects_labels_that_are_not_a_vector():
-    X, y = _images(), np.array([0, 1, 2, 0, 1, 2])
-    with pytest.raises(ValueError, match=r"y must be None or an array of shape \(n,\)"):
-        list(batches(X, y[:, None], 2))
+def test_batches_cut_targets_by_rows_and_refuse_a_y_without_rows():
+    # targets (n, K) travel with their images (a regression loop with train_step); a number has no rows
+    X = _images()
+    Y = np.arange(12.0).reshape(6, 2)
+    for (xb, yb), idx in zip(batches(X, Y, 4, rng=3), np.array_split(np.random.default_rng(3).permutation(6), [4])):
+        np.testing.assert_array_equal(xb, X[idx])
+        np.testing.assert_array_equal(yb, Y[idx])
+    with pytest.raises(ValueError, match=r"y must be None or an array of shape \(n,\) or \(n, ...\)"):
+        list(batches(X, np.float64(1.0), 2))
+    with pytest.raises(ValueError, match="y has 5 rows but X has 6 images"):
+        list(batches(X, Y[:5], 2))
 
 
 @pytest.mark.parametrize("fill", [float("nan"), float("inf")])

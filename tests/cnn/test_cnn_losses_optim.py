@@ -73,8 +73,19 @@ def test_losses_reject_labels_out_of_range_naming_y():
             loss.value_and_grad(z, np.array([0, -1, 2]))
     with pytest.raises(ValueError, match="y has 2 labels but there are 3 samples"):
         CrossEntropy()(z, np.array([0, 1]))
-    with pytest.raises(ValueError, match="integer class labels"):
-        CrossEntropy()(z, np.array([0.5, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"integer class labels \(floats with integer values are taken\), got 0.5"):
+        CrossEntropy()(z, np.array([0.5, 1.0, 2.0]))  # the message said "got dtype float64", which is taken
+
+
+def test_square_loss_of_one_output_takes_integer_targets_as_values():
+    # K = 1: y of shape (N,) holds real targets, integers too (they were read as labels of one class, and
+    # -1 was refused as out of range); L = (1 / 2N) sum (f_n - y_n)^2 by hand, dL/df = (f - y) / N
+    f = np.array([[0.5], [2.0], [-1.0]])
+    y = np.array([1, -1, 1])
+    value, grad = SquareLoss().value_and_grad(f, y)
+    assert value == pytest.approx((0.25 + 9.0 + 4.0) / 6, rel=1e-15)
+    np.testing.assert_allclose(grad, (f - y[:, None]) / 3, rtol=1e-15)
+    assert SquareLoss()(f, y.astype(float)) == value
 
 
 @pytest.mark.parametrize("label, shown", [(np.inf, "inf"), (-np.inf, "-inf"), (1e30, r"1e\+30")])

@@ -438,6 +438,14 @@ def test_check_images_rejects_an_in_shape_that_is_not_h_w_c_naming_it():
     assert check_images(np.ones((2, 8, 8, 1)), "X", in_shape=(8, 8)).shape == (2, 8, 8, 1)
 
 
+def test_build_model_says_shapes_are_channels_last_for_a_channels_first_in_shape():
+    # (1, 8, 8) is (H, W, C) = 1 x 8 images of 8 channels, too small to pool: the message said only that
+    with pytest.raises(ValueError, match=r"too small .* channels last here: for 1-channel 8x8 images pass \(8, 8, 1\)"):
+        build_model("vgg", (1, 8, 8))
+    with pytest.raises(ValueError, match=r"too small for 3 stages of 2x2 pooling$"):  # no hint for (H, W, C)
+        vgg_small((4, 4, 1), 2, stages=3)
+
+
 def test_snapshot_and_relative_change_reject_what_is_not_a_model_or_parameter_dict():
     # "'int' object has no attribute 'named_parameters'", "'list' object has no attribute 'items'"
     from shallow.cnn import snapshot

@@ -120,6 +120,27 @@ def test_fit_rejects_bad_inputs_naming_the_argument(digits):
         fit(model, X, y, epochs=1, resume=True)
 
 
+def test_real_targets_train_through_the_loop_that_fit_points_to(digits):
+    # fit trains classifiers: one-hot or real targets (n, K) are refused with the loop to write instead, and that
+    # loop (batches of rows, train_step, SquareLoss) lowers the square loss of a real regression
+    model = build_model("vgg", digits.in_shape, 3, width=2, rng=0)
+    X = digits.X_train[:32]
+    Y = np.random.default_rng(7).standard_normal((32, 3))
+    with pytest.raises(ValueError, match=r"y must be class labels of shape \(n,\), got shape \(32, 3\): fit trains "
+                                         r"classifiers \(for real targets, loop over shallow.cnn.batches"):
+        fit(model, X, Y, loss=SquareLoss(), epochs=1)
+    from shallow.cnn import batches
+    from shallow.cnn.train import train_step
+
+    loss, opt = SquareLoss(), Adam(model.named_parameters(), lr=1e-2)
+    first = loss(model.eval().forward(X), Y)
+    model.train()
+    for _ in range(20):
+        for xb, yb in batches(X, Y, 16, rng=0):
+            train_step(model, loss, opt, xb, yb)
+    assert loss(model.eval().forward(X), Y) < 0.5 * first
+
+
 def test_linearized_model_trains_with_the_same_loop(digits):
     # the lazy objective (1/alpha^2) L(alpha f_lin) with the square loss decreases
     model = build_model("vgg", digits.in_shape, 10, width=3, rng=0, centering="frozen", alpha=10.0)

@@ -82,6 +82,16 @@ def test_lemma_circulant_operator_commutes_with_every_translation():
     assert commutes_with_translations(op, (4, 4, 2), rng=2)
 
 
+def test_translation_tests_read_an_h_w_shape_as_one_channel():
+    # (H, W) means C = 1, as every in_shape of the CNN module (it was refused here)
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((4, 4, 1, 2))
+    op = _matrix_op(_circulant_matrix(k), (4, 4, 2))
+    assert commutes_with_translations(op, (4, 4), rng=2)
+    np.testing.assert_allclose(convolution_kernel(op, (4, 4)), k, rtol=0, atol=EXACT)
+    assert convolution_defect(op, (4, 4), rng=1) < EXACT
+
+
 def test_lemma_non_circulant_operator_is_no_convolution_and_does_not_commute():
     # a dense Gaussian matrix: the defect is of order 1 (measured 1.18 and 1.37; 0.5 is far from rounding)
     rng = np.random.default_rng(2)
@@ -694,8 +704,8 @@ def test_bad_inputs_raise_clear_errors():
         deform_nearest(np.zeros((1, 4, 4, 1)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="k must have shape"):
         circular_convolution(np.zeros((1, 4, 4, 2)), np.zeros((4, 4, 1, 1)))
-    with pytest.raises(ValueError, match="shape must be the image shape"):
-        convolution_kernel(lambda X: X, (4, 4))
+    with pytest.raises(ValueError, match=r"shape must be \(H, W\) or \(H, W, C\), got \(4,\)"):
+        convolution_kernel(lambda X: X, (4,))
     with pytest.raises(ValueError, match="op must map a batch"):
         convolution_kernel(lambda X: X[:, :2], (4, 4, 1))
     with pytest.raises(ValueError, match="f must be a 2-D filter"):
