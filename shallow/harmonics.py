@@ -63,11 +63,18 @@ _HOST_CHUNK = 32768
 _MAX_COLUMNS = 10**8
 
 
+def _slack(dtype) -> float:
+    """How far beyond +-1 a t of this dtype is taken: 1e-12, or 4 ulps of 1 in a coarser float (float32: 4.8e-7),
+    where the Gram matrix of unit vectors has entries 1 + 1 ulp on its diagonal."""
+    eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+    return max(1e-12, 4 * eps)
+
+
 def _check_t(t):
     t = check_array(t, "t")
     xp = get_xp(t)
     m = float(xp.abs(t).max()) if t.size else 0.0
-    if m > 1 + 1e-12:  # in float32 one ulp above 1 is 1.19e-7, which :.6g wrote as "1"
+    if m > 1 + _slack(t.dtype):  # in float32 one ulp above 1 is 1.19e-7, which :.6g wrote as "1"
         raise ValueError(f"t must lie in [-1, 1], got a value of modulus {m:.17g}, {m - 1:.3g} beyond 1 (clip "
                          "inner products of unit vectors, which rounding can push past 1, into [-1, 1])")
     return t
@@ -130,7 +137,7 @@ def legendre_all(kmax, d, t):
         Ambient dimension, d >= 2.
     t : array_like of any shape, values in [-1, 1]
         numpy or cupy; the dtype is kept (integers become float64). Values up to 1e-12 beyond +-1
-        are taken as they are; larger ones are refused.
+        (4 eps in float32: 4.8e-7, 4 ulps of 1) are taken as they are; larger ones are refused.
 
     Returns
     -------
@@ -203,7 +210,8 @@ def legendre(k, d, t):
         Ambient dimension, d >= 2.
     t : array_like of any shape, values in [-1, 1]
         numpy or cupy; the dtype is kept (integers become float64). Values up to 1e-12 beyond +-1
-        are taken as they are; larger ones are refused (as in :func:`legendre_all`).
+        (4 eps in float32: 4.8e-7, 4 ulps of 1) are taken as they are; larger ones are refused (as in
+        :func:`legendre_all`).
 
     Returns
     -------

@@ -996,6 +996,11 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     Returns
     -------
     lambda : numpy array of shape (kmax + 1,)
+        By quadrature (a callable kernel, or a kernel without an exact route) the error is absolute,
+        a few 1e-15 to 1e-14 of lambda_0 (relu NNGP to kmax = 200: 2e-15 in d = 3, 2e-14 in d = 20):
+        eigenvalues below that are rounding, not decay (at d = 20, lambda_200 = 6.4e-35 comes out near
+        1e-29). Pass the kernel as a :class:`DotProductKernel` or a name for the exact routes, or
+        divide only by the eigenvalues well above that floor.
 
     Notes
     -----
