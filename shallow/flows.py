@@ -614,9 +614,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         of another class without a ``fingerprint()`` is compared by its class name): ValueError
         otherwise. record_every may change. The adaptive method runs for a time, not a number of
         steps: a flow saved before its end (Ctrl-C, a checkpoint, a callback's stop) finishes with
-        the numbers of the uninterrupted run as
+        the numbers of the uninterrupted run (its last step to within an ulp of its length) as
         ``gradient_flow(net, loss, 1, saved.meta["t_end"] - saved.t, method="adaptive", resume=saved)``
-        (one "step" of the remaining time). A flow that reached its end continues as a flow within
+        (one "step" of the remaining time; trajectories saved before meta held ``t_end``: the t_end
+        of the original call). A flow that reached its end continues as a flow within
         ``tol`` of the longer run, not with its numbers: the shorter run cut its last step at its end.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
@@ -737,10 +738,12 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         if method == "adaptive":
             k1 = field(a, W)
             rec.check(step, t, k1[0])
-            rec.add(step, t, k1[0], a, W)
-            # the first record's callback, as the fixed-step methods make it (step 0, or a resumed step on the grid)
-            stop = ((resume is None or step % record_every == 0) and callback is not None
-                    and bool(callback(step, t, k1[0], a, W)))
+            # the first record and its callback, as the fixed-step methods make them: at step 0, or at a resumed
+            # step on the record grid (a resumed step off it is no record of the uninterrupted run)
+            stop = False
+            if resume is None or step % record_every == 0:
+                rec.add(step, t, k1[0], a, W)
+                stop = callback is not None and bool(callback(step, t, k1[0], a, W))
             while not stop and t < t_end * (1 - 1e-12):
                 h = min(h, t_end - t)
                 a_new, W_new, k_new, ea, eW = _bogacki_shampine_step(field, a, W, h, k1)

@@ -63,18 +63,22 @@ _HOST_CHUNK = 32768
 _MAX_COLUMNS = 10**8
 
 
-def _slack(dtype) -> float:
-    """How far beyond +-1 a t of this dtype is taken: 1e-12, or 4 ulps of 1 in a coarser float (float32: 4.8e-7),
-    where the Gram matrix of unit vectors has entries 1 + 1 ulp on its diagonal."""
+def _slack(dtype, d: int) -> float:
+    """How far beyond +-1 a t of this dtype is the rounding of an inner product of unit vectors of R^d:
+    1e-12, or 4 sqrt(d) ulps of 1 in a coarser float (float32: 4.8e-7 at d = 1, 1.3e-5 at d = 784, where the
+    diagonals of a Gram matrix of the library's unit vectors reach 1 + 7 ulps)."""
     eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
-    return max(1e-12, 4 * eps)
+    return max(1e-12, 4 * math.sqrt(d) * eps)
 
 
-def _check_t(t):
+def _check_t(t, d: int):
+    """t, checked, with its values within rounding of +-1 (:func:`_slack`) clipped to +-1."""
     t = check_array(t, "t")
     xp = get_xp(t)
     m = float(xp.abs(t).max()) if t.size else 0.0
-    if m > 1 + _slack(t.dtype):  # in float32 one ulp above 1 is 1.19e-7, which :.6g wrote as "1"
+    if m > 1:
+        if m <= 1 + _slack(t.dtype, d):
+            return xp.clip(t, -1, 1)
         raise ValueError(f"t must lie in [-1, 1], got a value of modulus {m:.17g}, {m - 1:.3g} beyond 1 (clip "
                          "inner products of unit vectors, which rounding can push past 1, into [-1, 1])")
     return t
@@ -136,8 +140,9 @@ def legendre_all(kmax, d, t):
     d : int
         Ambient dimension, d >= 2.
     t : array_like of any shape, values in [-1, 1]
-        numpy or cupy; the dtype is kept (integers become float64). Values up to 1e-12 beyond +-1
-        (4 eps in float32: 4.8e-7, 4 ulps of 1) are taken as they are; larger ones are refused.
+        numpy or cupy; the dtype is kept (integers become float64). Values up to max(1e-12, 4 sqrt(d)
+        eps) beyond +-1, the rounding of inner products of unit vectors (float32: 1.3e-5 at d = 784), are
+        clipped to +-1; larger ones are refused.
 
     Returns
     -------
@@ -170,7 +175,7 @@ def legendre_all(kmax, d, t):
     """
     kmax = check_integer(kmax, "kmax", minimum=0)
     d = check_dimension(d)
-    t = _check_t(t)
+    t = _check_t(t, d)
     xp = get_xp(t)
     P = xp.empty((kmax + 1, *t.shape), dtype=t.dtype)
     Pf = P.reshape(kmax + 1, -1)  # (kmax + 1, T), a view
@@ -209,8 +214,9 @@ def legendre(k, d, t):
     d : int
         Ambient dimension, d >= 2.
     t : array_like of any shape, values in [-1, 1]
-        numpy or cupy; the dtype is kept (integers become float64). Values up to 1e-12 beyond +-1
-        (4 eps in float32: 4.8e-7, 4 ulps of 1) are taken as they are; larger ones are refused (as in
+        numpy or cupy; the dtype is kept (integers become float64). Values up to max(1e-12, 4 sqrt(d)
+        eps) beyond +-1, the rounding of inner products of unit vectors (float32: 1.3e-5 at d = 784), are
+        clipped to +-1; larger ones are refused (as in
         :func:`legendre_all`).
 
     Returns
@@ -237,7 +243,7 @@ def legendre(k, d, t):
     """
     k = check_integer(k, "k", minimum=0)
     d = check_dimension(d)
-    t = _check_t(t)
+    t = _check_t(t, d)
     xp = get_xp(t)
     if k == 0:
         return xp.ones_like(t)

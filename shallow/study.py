@@ -750,8 +750,9 @@ def main(module, argv=None) -> int:
     Returns
     -------
     int
-        The exit status: 0, or 2 when a ValueError or RuntimeError (a bad config value, a missing
-        device) was printed as ``NAME: error: ...`` (see :func:`shallow.cli.report_errors`).
+        The exit status: 0, 2 when a ValueError or RuntimeError (a bad config value, a missing
+        device) was printed as ``NAME: error: ...``, 130 after Ctrl-C (see
+        :func:`shallow.cli.report_errors`).
 
     Raises
     ------

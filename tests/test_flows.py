@@ -361,6 +361,27 @@ def test_adaptive_flow_with_checkpoint_every_leaves_a_resumable_state_when_kille
     np.testing.assert_allclose(rest.W, whole.W, rtol=1e-13, atol=1e-15)
 
 
+def test_adaptive_flow_resumed_off_its_record_grid_keeps_the_records_and_callbacks_of_an_uninterrupted_run(tmp_path):
+    # checkpoints every 4 steps, records every 5: the run killed after step 13 resumes from step 12, which is no
+    # record; it used to be recorded on resume (record steps 0, 5, 10, 12, 15, ...)
+    teacher, student = teacher_student(d=5, m=10, seed=7)
+    loss = PopulationRisk(teacher)
+    kw = dict(method="adaptive", tol=1e-7, record_every=5)
+    whole = gradient_flow(student, loss, steps=40, step_size=0.02, **kw)
+    path = tmp_path / "flow.npz"
+    with pytest.raises(_Killed):
+        gradient_flow(student, loss, steps=40, step_size=0.02, callback=_kill_at(13), checkpoint=path,
+                      checkpoint_every=4, **kw)
+    saved = Trajectory.load(path)
+    assert saved.step == 12
+    seen = []
+    rest = gradient_flow(student, loss, 1, saved.meta["t_end"] - saved.t, resume=saved,
+                         callback=lambda step, t, risk, a, W: seen.append(step), **kw)
+    assert rest.meta["record_steps"] == whole.meta["record_steps"]
+    assert seen == [s for s in whole.meta["record_steps"] if s > 12]
+    np.testing.assert_allclose(rest.W, whole.W, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("how", ["Ctrl-C", "callback"])
 def test_adaptive_flow_stopped_mid_run_resumes_with_the_steps_of_an_uninterrupted_run(tmp_path, how):
     # The step size saved used to be the one just taken, not the next one: the resumed flow then took

@@ -820,24 +820,28 @@ def test_bad_points_raise():
 
 
 def test_legendre_refusal_says_how_far_t_lies_beyond_one():
-    # The error gave the modulus of 1 + 2^-20 in float32 as "1" (:.6g), refusing a value it seemed to allow.
-    t = np.array([0.5, 1 + 2.0**-20], dtype=np.float32)
-    with pytest.raises(ValueError, match=r"^t must lie in \[-1, 1\], got a value of modulus 1\.00000095367431\d*, "
-                                         r"9\.54e-07 beyond 1 \(clip"):
+    # The error gave the modulus of 1 + 2^-18 in float32 as "1" (:.6g), refusing a value it seemed to allow.
+    t = np.array([0.5, 1 + 2.0**-18], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^t must lie in \[-1, 1\], got a value of modulus 1\.0000038146972\d*, "
+                                         r"3\.81e-06 beyond 1 \(clip"):
         harmonics.legendre(3, 5, t)
 
 
-def test_legendre_takes_a_float32_gram_matrix_of_unit_vectors():
-    # Its diagonal reaches 1 + 1 ulp (1.19e-7), which the float64 allowance of 1e-12 refused; 4 ulps are taken.
-    # Reference: scipy's Legendre polynomial (P_{k,3}) in float64 at the clipped t, to float32 rounding (k^2 eps32)
-    from scipy.special import eval_legendre
+@pytest.mark.parametrize("d", [3, 256, 784])
+def test_legendre_takes_a_float32_gram_matrix_of_unit_vectors(d):
+    # Its diagonal reaches 1 + 1 ulp at d = 3 and 1 + 7 ulps at d = 784 (MNIST's), which the float64 allowance
+    # 1e-12 refused; up to 4 sqrt(d) ulps are clipped to 1. Reference: scipy's Gegenbauer polynomial C_3^{(d-2)/2},
+    # normalised at 1, in float64 at the clipped t, to float32 rounding (k^2 eps32)
+    from scipy.special import eval_gegenbauer
 
-    X = sample_sphere(200, 3, rng=0, dtype=np.float32)
+    X = sample_sphere(300, d, rng=0, dtype=np.float32)
     G = X @ X.T
     assert G.max() > 1
-    P = harmonics.legendre(3, 3, G)
-    assert P.dtype == np.float32
-    np.testing.assert_allclose(P, eval_legendre(3, np.clip(G.astype(np.float64), -1, 1)), rtol=0, atol=9 * 1e-6)
+    P = harmonics.legendre(3, d, G)
+    assert P.dtype == np.float32 and P.max() <= 1
+    t = np.clip(G.astype(np.float64), -1, 1)
+    ref = eval_gegenbauer(3, (d - 2) / 2, t) / eval_gegenbauer(3, (d - 2) / 2, 1.0)
+    np.testing.assert_allclose(P, ref, rtol=0, atol=9 * 1e-6)
 
 
 def test_bad_index_raises():

@@ -864,9 +864,10 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
                           rng=0):
     r"""An upper bound of the Euclidean Lipschitz constant of a network in eval mode.
 
-    The bound is certified with ``method="fft"``. The default, ``method="power"``, puts estimates
-    from below of the layers' norms into the same formula: it is above the network's constant in
-    practice (the product of norms is loose), but not guaranteed to be.
+    The bound is certified with ``method="fft"`` and ``bound="product"`` (``"averaged"`` takes the
+    norms of products of layers by power iteration whatever the method). The default,
+    ``method="power"``, puts estimates from below of the layers' norms into the same formula: it is
+    above the network's constant in practice (the product of norms is loose), but not guaranteed to be.
 
     Parameters
     ----------
@@ -1346,7 +1347,7 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
     y : int array of shape (N,)
     lipschitz : float > 0
         An upper bound L of the L2 Lipschitz constant. For a certified radius take
-        ``lipschitz_upper_bound(model, method="fft")``: its default ``method="power"`` computes
+        ``lipschitz_upper_bound(model, method="fft")`` (``bound="product"``): its default ``method="power"`` computes
         each layer's norm by power iteration, an estimate from below, so that a bound as tight as
         one layer's norm can fall short of the true constant by the iteration's error.
     norm : {"2", "inf"}
