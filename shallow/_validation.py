@@ -141,8 +141,9 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
                 real: bool = True):
     """``x`` as a floating array of numpy or cupy (kept on its device), with shape and NaN checks.
 
-    Integer and boolean inputs are promoted to float64; float32 and float64 are kept, and so are
-    complex64 and complex128 with ``real=False``.
+    Integer and boolean inputs are promoted to float64, float16 to float32 (the library computes in
+    float32 or float64: a float16 kernel overflowed at |x| = 300); float32 and float64 are kept, and so
+    are complex64 and complex128 with ``real=False``.
     """
     if isinstance(x, (str, bytes, dict, set)):
         raise ValueError(f"{name} must be an array of real numbers, got {type(x).__name__}")
@@ -158,6 +159,8 @@ def check_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, fini
         if not (xp.issubdtype(x.dtype, xp.integer) or x.dtype == bool):
             raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
         x = x.astype(xp.float64)
+    elif x.dtype == xp.float16:
+        x = x.astype(xp.float32)
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:

@@ -344,7 +344,8 @@ class TwoLayer:
         if W.shape[1] < 1 + bias:
             raise ValueError(f"W has shape {tuple(W.shape)}: it needs at least {1 + bias} column(s)"
                              + (" (d inputs plus the bias column)" if bias else ""))
-        # the library computes in float32 or float64: float16 and long double parameters are refused
+        # the library computes in float32 or float64: long double parameters are refused (float16 ones arrive as
+        # float32 from check_array)
         dtype = check_float_dtype(xp.result_type(a.dtype, W.dtype), "the common dtype of a and W")
         self.a = a.astype(dtype, copy=False)  # (m,)
         self.W = W.astype(dtype, copy=False)  # (m, D)

@@ -737,6 +737,20 @@ def test_kernels_of_a_float32_and_a_float64_input_are_computed_in_float64():
         np.testing.assert_allclose(K, ref, rtol=1e-13, atol=1e-15, err_msg=f"{sigma} {kind}")
 
 
+def test_kernels_of_float16_inputs_are_computed_in_float32():
+    """The library computes in float32 or float64: float16 inputs were kept, and the relu NTK of |x| = 300
+    overflowed to inf (65504 is float16's largest). Now float32, equal to the kernel of the same values in
+    float64 to float32 rounding (mpmath reference, 1e-6 relative)."""
+    X = np.array([[300.0, 0.0], [0.0, 300.0], [1e-4, 2e-4]], dtype=np.float16)
+    for sigma, kind in (("relu", "nngp"), ("relu", "ntk")):
+        kernel = random_feature_kernel if kind == "nngp" else ntk
+        K = kernel(X, X, sigma)
+        assert K.dtype == np.float32
+        exact = X.astype(np.float64)
+        ref = [[float(_closed_forms_mp(x, y)[sigma, kind]) for y in exact] for x in exact]
+        np.testing.assert_allclose(K, ref, rtol=1e-6, atol=0, err_msg=f"{sigma} {kind}")
+
+
 def test_closed_form_kernels_of_large_inputs_in_high_dimension_do_not_overflow_in_float32():
     """d = 1000 and entries of modulus in [2^27, 2^28): |x|^2 |y|^2 ~ d^2 2^110 exceeds float32's 2^128 though every
     entry is of moderate size (the rescaling threshold shrinks by log2(d)/2 with d). Reference: Cho-Saul and Williams
