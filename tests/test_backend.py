@@ -164,3 +164,20 @@ def test_sum_of_squares_parts_is_the_exact_sum_of_squares_at_any_scale():
     assert sum_of_squares_parts([np.array([1.0, -0.5])]) == (1.25 / 4, 1)  # largest modulus exactly 1 = 2^0
     assert sum_of_squares_parts([np.zeros(4), np.empty(0)]) == (0.0, 0)
     assert sum_of_squares_parts([]) == (0.0, 0)
+
+
+def test_backend_is_the_only_module_that_imports_cupy():
+    # STYLE.md: only shallow/backend.py touches cupy; the others get the module from get_xp or a backend accessor.
+    # An import statement anywhere, functions included (cnn/_fused.py had `import cupy` in a function)
+    import ast
+    from pathlib import Path
+
+    root = Path(backend.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] in ("cupy", "cupy_backends", "cupyx") for name in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers <= {"backend.py"}

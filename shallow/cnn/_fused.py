@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from ..backend import get_xp
 from . import _reduce
 
 __all__ = ["KERNELS", "call", "enabled"]
@@ -65,11 +66,11 @@ def _names(params):
 
 
 @functools.cache
-def _device_kernel(name):
-    import cupy
-
+def _device_kernel(name, xp):
+    """Kernel ``name`` compiled by ``xp`` (the cupy module of the arrays, from backend.get_xp: only backend.py
+    imports cupy)."""
     inputs, outputs, body = KERNELS[name]
-    return cupy.ElementwiseKernel(inputs, outputs, body + ";", f"shallow_{name}")
+    return xp.ElementwiseKernel(inputs, outputs, body + ";", f"shallow_{name}")
 
 
 def call(name, *args):
@@ -82,7 +83,7 @@ def call(name, *args):
     if len(args) != n_in + n_out:
         raise ValueError(f"kernel {name} takes {n_in} inputs and {n_out} outputs, got {len(args)} arrays")
     if not isinstance(args[0], np.ndarray):  # a device array
-        _device_kernel(name)(*args)
+        _device_kernel(name, get_xp(*args))(*args)
         return
     scope = dict(zip(_names(inputs) + _names(outputs), args, strict=True))
     scope["sqrt"] = np.sqrt
