@@ -106,7 +106,7 @@ def missing_requirements(module) -> list[str]:
     return [pkg for pkg in getattr(module, "REQUIRES", ()) if importlib.util.find_spec(pkg) is None]
 
 
-def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float | None:
+def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> str | None:
     from . import study
 
     module = load_study(name)
@@ -130,7 +130,7 @@ def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> float |
     cfg = study.config_from_args(module, args)
     result = study.run(module, cfg, quick=common.quick, force=common.force, out=common.out,
                        workers=common.workers, scheduler=common.scheduler)
-    return float(result["_wall_time"])
+    return study.compute_note(result)
 
 
 def _cmd_run(args, extra: list[str]) -> int:
@@ -146,16 +146,16 @@ def _cmd_run(args, extra: list[str]) -> int:
         bar.set_postfix_str(name)
         start = time.perf_counter()
         try:
-            compute_time = _run_one(name, args, extra)
+            note = _run_one(name, args, extra)
         except (ValueError, RuntimeError) as err:
             if len(names) < 2:
                 raise
             # with --all the line must say which study stopped the run
             raise RuntimeError(f"{name}: {err}") from err
-        if compute_time is None:
+        if note is None:
             continue
         stem = name + ("_quick" if args.quick else "")
-        tqdm.write(f"{name}: compute {compute_time:.1f} s, total {time.perf_counter() - start:.1f} s "
+        tqdm.write(f"{name}: {note}, total {time.perf_counter() - start:.1f} s "
                    f"-> {Path(args.out) / 'figures' / stem}.png")
     return 0
 

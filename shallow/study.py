@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import math
 import os
 import platform
 import secrets
@@ -527,7 +528,8 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     Returns
     -------
     dict
-        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) added, and for a
+        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) and ``"_cached"``
+        (whether it came from ``results/`` without computing) added, and for a
         study with grids (:func:`run_grid`) ``"_grid_points"``, ``"_grid_points_cached"`` and
         ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
         sidecar's ``grid_points``, since a run drawn from cached points takes little wall time.
@@ -551,6 +553,7 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     cache = out / "results" / f"{name}-{config_hash(name, cfg, source)}.npz"
     if cache.exists() and not force:
         result = load_npz(cache)
+        result["_cached"] = True  # not saved: the cache holds what compute returned
     else:
         execution = Execution(workers=workers, scheduler=scheduler, cache_dir=out / "results" / "points" / name,
                               force=force, progress=progress, source=_source_digest(source), grids=[])
@@ -565,11 +568,18 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
             points, cached, seconds = (sum(column) for column in zip(*execution.grids, strict=True))
             result.update(_grid_points=points, _grid_points_cached=cached, _grid_compute_time=seconds)
         save_npz_atomic(cache, result)
+        result["_cached"] = False
     if figure:
         fig = module.plot(result, cfg)
         stem = name + ("_quick" if quick else "")
         save_figure(fig, out / "figures" / f"{stem}.png", module, cfg, result)
     return result
+
+
+def compute_note(result: dict) -> str:
+    """How a run got its result, for a line of the CLI: "compute 7.6 s", or "cached (computed in 7.6 s)"."""
+    seconds = float(result["_wall_time"])
+    return f"cached (computed in {seconds:.1f} s)" if result.get("_cached") else f"compute {seconds:.1f} s"
 
 
 def host_only(module: ModuleType) -> bool:
@@ -678,8 +688,24 @@ def _provenance(module: ModuleType, written=()) -> dict:
     return out
 
 
+def _strict_json(value):
+    """``value`` with its non-finite floats written as the strings "nan", "inf" and "-inf": JSON has no such
+    numbers (Python's json wrote NaN and Infinity, which strict parsers refuse)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
-    """Save ``fig`` to ``path`` (PNG) and a JSON sidecar next to it, both atomically."""
+    """Save ``fig`` to ``path`` (PNG) and a JSON sidecar next to it, both atomically.
+
+    The sidecar is strict JSON: a non-finite number of the config or summary is the string "nan",
+    "inf" or "-inf". ``wall_time_s`` is how long the result took to compute, also when this run
+    read it from the cache (``result_cached``)."""
     import scipy
 
     path = Path(path)
@@ -690,6 +716,7 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "config": dataclasses.asdict(cfg),
         "shallow_version": __version__,
         "wall_time_s": result.get("_wall_time"),
+        "result_cached": bool(result.get("_cached", False)),
         **({"grid_points": {"points": int(result["_grid_points"]), "from_cache": int(result["_grid_points_cached"]),
                             "compute_time_s": float(result["_grid_compute_time"])}}
            if "_grid_points" in result else {}),
@@ -701,7 +728,7 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         **_provenance(module, written=(path.parent, path.parent.parent / "results")),
         "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
     }
-    text = json.dumps(sidecar, indent=2, sort_keys=False, default=str) + "\n"
+    text = json.dumps(_strict_json(sidecar), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return path
 
@@ -770,7 +797,7 @@ def main(module, argv=None) -> int:
         result = run(module, cfg, quick=args.quick, force=args.force, out=args.out, workers=args.workers,
                      scheduler=args.scheduler)
         stem = study_name(module) + ("_quick" if args.quick else "")
-        print(f"{study_name(module)}: {result['_wall_time']:.1f} s -> {Path(args.out) / 'figures' / stem}.png")
+        print(f"{study_name(module)}: {compute_note(result)} -> {Path(args.out) / 'figures' / stem}.png")
         return 0
 
     return report_errors(run_study, study_name(module))

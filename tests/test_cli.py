@@ -402,6 +402,33 @@ def test_one_worker_is_a_valid_worker_count(toy):
     assert (out / "figures" / "toy_quick.json").exists()
 
 
+def test_sidecar_is_strict_json_with_non_finite_numbers_as_strings(toy, monkeypatch):
+    # Python's json wrote NaN and Infinity, which JSON has not (json.loads with parse_constant refuses them)
+    module = cli.load_study("toy")
+    compute = module.compute
+    monkeypatch.setattr(module, "compute", lambda cfg: {**compute(cfg), "ratio": float("nan"), "top": float("-inf")})
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    sidecar = json.loads((out / "figures" / "toy_quick.json").read_text(), parse_constant=refuse)
+    assert sidecar["summary"]["ratio"] == "nan" and sidecar["summary"]["top"] == "-inf"
+
+
+def test_a_cached_result_is_said_to_be_cached(toy, capsys):
+    # a rerun reads results/ without computing: it printed "compute 7.6 s" (the first run's time) as if it had
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+    first = json.loads((out / "figures" / "toy_quick.json").read_text())
+    assert "toy: compute " in capsys.readouterr().out and first["result_cached"] is False
+    assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+    again = json.loads((out / "figures" / "toy_quick.json").read_text())
+    assert f"toy: cached (computed in {first['wall_time_s']:.1f} s)" in capsys.readouterr().out
+    assert again["result_cached"] is True and again["wall_time_s"] == first["wall_time_s"]
+
+
 def test_sidecar_wall_time_is_the_time_compute_took(toy, monkeypatch):
     # wall_time_s times the study's compute: at least the 0.05 s it sleeps, at most the whole run around it
     import time

@@ -40,6 +40,12 @@ def studies() -> list[str]:
     return sorted(cli.find_studies())
 
 
+def number(value):
+    """A sidecar value, with the strings "nan", "inf" and "-inf" (how strict JSON sidecars write non-finite
+    numbers; older ones wrote NaN and Infinity) read as floats."""
+    return float(value) if value in ("nan", "inf", "-inf") else value
+
+
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -63,7 +69,7 @@ def compare(name: str, out: Path, rtol: float, atol: float, show: int) -> bool:
         return False
     old, new = json.loads(old_path.read_text()), json.loads(new_path.read_text())
     same_config = old["config"] == new["config"]
-    a, b = old["summary"], new["summary"]
+    a, b = ({key: number(value) for key, value in side["summary"].items()} for side in (old, new))
     rows = []
     for key in sorted(set(a) | set(b)):
         if key not in a or key not in b:
