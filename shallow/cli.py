@@ -147,7 +147,7 @@ def _cmd_run(args, extra: list[str]) -> int:
         start = time.perf_counter()
         try:
             note = _run_one(name, args, extra)
-        except (ValueError, RuntimeError) as err:
+        except (ValueError, RuntimeError, FloatingPointError) as err:
             if len(names) < 2:
                 raise
             # with --all the line must say which study stopped the run
@@ -174,13 +174,14 @@ def _cmd_run_help(run_parser: argparse.ArgumentParser, args) -> int:
 
 
 def report_errors(run, prog: str) -> int:
-    """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device)
-    printed as ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless
-    ``SHALLOW_TRACEBACK=1``: the messages name the argument and what was expected. Ctrl-C prints
-    one line saying how to resume, and the exit status is 130 (128 + SIGINT, the shell's)."""
+    """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device) or a
+    FloatingPointError (a flow or a training that diverged, as with too large a step) printed as
+    ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless ``SHALLOW_TRACEBACK=1``:
+    the messages name the argument and what was expected. Ctrl-C prints one line saying how to
+    resume, and the exit status is 130 (128 + SIGINT, the shell's)."""
     try:
         return run()
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, FloatingPointError) as err:
         if os.environ.get("SHALLOW_TRACEBACK"):
             raise
         print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)

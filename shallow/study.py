@@ -40,6 +40,7 @@ import contextvars
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -438,7 +439,10 @@ def check_grid(values, name: str, check_entry=None, *, increasing: bool = False,
     ordered = all(b > a for a, b in zip(values, values[1:])) if increasing else len(set(values)) == len(values)
     if len(values) < at_least or not ordered:
         kind = "strictly increasing" if increasing else "distinct"
-        raise ValueError(f"{name} must hold at least {at_least} {kind} value(s), got {values!r}")
+        # a grid long enough but out of order, or with a repeated value, is said to be so (not to be too short)
+        problem = (f"at least {at_least} value(s)" if len(values) < at_least
+                   else "values in increasing order" if increasing else "no value twice")
+        raise ValueError(f"{name} must hold at least {at_least} {kind} value(s) ({problem}), got {values!r}")
     return values
 
 
@@ -546,7 +550,10 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     if scheduler is not None:
         from .sweep import _parse_scheduler
 
-        _parse_scheduler(scheduler)  # an unknown scheduler fails now, not after the first grid
+        # an unknown scheduler, or a dask address without dask, fails now, not after the first grid
+        if _parse_scheduler(scheduler)[0] == "dask" and importlib.util.find_spec("distributed") is None:
+            raise RuntimeError(f"scheduler={scheduler!r} is the address of a dask scheduler, which needs "
+                               "dask.distributed: pip install 'shallow[dask]'")
     name = study_name(module)
     out = _check_out(out)
     source = Path(module.__file__).read_text() if getattr(module, "__file__", None) else ""

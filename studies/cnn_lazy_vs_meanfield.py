@@ -98,6 +98,11 @@ class Config:
         if not self.alpha_min < self.alpha_max:
             raise ValueError(f"alpha_min must be below alpha_max, got alpha_min={self.alpha_min!r} and "
                              f"alpha_max={self.alpha_max!r}")
+        lazy_end = int((alphas(self) >= self.lazy_alpha * (1 - 1e-12)).sum())
+        if lazy_end < 2:  # the slope came out NaN
+            raise ValueError(f"n_alpha must give at least 2 values of alpha >= lazy_alpha={self.lazy_alpha:g} "
+                             f"(the lazy end the weight change's slope is fitted over), got {lazy_end} with "
+                             f"n_alpha={self.n_alpha} from alpha_min={self.alpha_min:g} to alpha_max={self.alpha_max:g}")
 
 
 QUICK = {"n_train": 300, "width": 4, "epochs": 40, "lr": 0.02, "alpha_min": 0.1, "alpha_max": 1e4, "n_alpha": 4}

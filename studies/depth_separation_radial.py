@@ -314,8 +314,12 @@ def plot(result: dict, cfg: Config):
         ax.set_xlabel("dimension d (numbers: neurons of the 3-layer construction)")
         ax.set_ylabel("relative training error")
         ratio = result[f"min_two_over_three_at_budget_{target}"]
-        ax.set_title(f"against d: the 3-layer error is {ratio:.1f}x or more below the best 2-layer's\n"
-                     "at the first width of the grid >= the 3-layer's neurons", fontsize=10)
+        if np.isfinite(ratio):
+            ax.set_title(f"against d: the 3-layer error is {ratio:.1f}x or more below the best 2-layer's\n"
+                         "at the first width of the grid >= the 3-layer's neurons", fontsize=10)
+        else:  # every width of the grid below the construction's neurons: no comparison at its budget
+            ax.set_title("against d: no width of the grid reaches the 3-layer's neurons,\n"
+                         "so no comparison at its budget", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=6.5, loc="upper right", ncol=3)
     fig.suptitle(f"Depth separation for radial targets: n = {cfg.n} points, gradient flow {cfg.steps} steps "

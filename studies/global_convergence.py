@@ -59,6 +59,7 @@ from shallow.flows import PopulationRisk, gradient_flow
 from shallow.networks import TwoLayer
 
 METHODS = ("euler", "rk4", "adaptive")  # those of shallow.flows.gradient_flow
+METHOD_NAMES = {"euler": "Euler", "rk4": "RK4", "adaptive": "adaptive Bogacki-Shampine"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,8 @@ def plot(result: dict, cfg: Config):
     ax.set_title("runs that reach the global minimum")
     ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(f"Global convergence of the mean-field gradient flow: teacher with {cfg.teacher_width} relu "
-                 f"neurons in d = {cfg.d}, exact population risk, Euler eta = {cfg.step_size:g}")
+                 f"neurons in d = {cfg.d}, exact population risk, {METHOD_NAMES[cfg.method]} "
+                 f"({'first step' if cfg.method == 'adaptive' else 'step'} eta = {cfg.step_size:g})")
     return fig
 
 

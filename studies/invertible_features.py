@@ -271,11 +271,12 @@ def plot(result: dict, cfg: Config):
     ax = axes[0, 2]
     for key, label, c in (("irevnet", "i-RevNet", "C0"), ("vgg", "VGG", "C3")):
         curve = result[f"test_accuracy_curve_{key}"]
-        ax.plot(np.arange(1, curve.size + 1), curve, color=c,
+        ax.plot(np.arange(1, curve.size + 1), curve, "o-", ms=2.5, color=c,  # a marker: one epoch is one point
                 label=f"{label} ({result[f'parameters_{key}']} parameters): {result[f'test_accuracy_{key}']:.3f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(max(0.5, min(result["test_accuracy_curve_irevnet"].min(), result["test_accuracy_curve_vgg"].min())
+    # from just below the lowest accuracy (a floor at 0.5 hid the curves of short runs below it)
+    ax.set_ylim(max(0.0, min(result["test_accuracy_curve_irevnet"].min(), result["test_accuracy_curve_vgg"].min())
                     - 0.02), 1.0)
     ax.set_title("both classify the digits; only one discards information", fontsize=9)
     ax.legend(fontsize=7.5)

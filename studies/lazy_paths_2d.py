@@ -65,7 +65,10 @@ class Config:
         study.check_teacher_2d(self.teacher_angles, self.teacher_signs)
         if check_integer(self.m, "m", minimum=2) % 2:
             raise ValueError(f"m must be even (m/2 centred pairs), got {self.m}")
-        check_positive(self.alpha, "alpha")
+        if not 1 <= check_positive(self.alpha, "alpha") <= 1e100:
+            # the lazy scale alpha >= 1 (alpha = 1 is the mean-field run); the time scale m / alpha^2 must stay a
+            # normal float (1e300 overflowed in alpha**2)
+            raise ValueError(f"alpha must lie in [1, 1e100] (the lazy run's output scale), got {self.alpha!r}")
         check_integer(self.steps, "steps", minimum=1)
         check_positive(self.step_size, "step_size")
         check_integer(self.record_every, "record_every", minimum=1)

@@ -96,6 +96,11 @@ class Config:
             check_positive(getattr(self, name), name)
         if not self.tau_min < self.tau_max:
             raise ValueError(f"tau_min must be below tau_max, got tau_min={self.tau_min!r} and tau_max={self.tau_max!r}")
+        lazy_end = int((taus(self) >= self.lazy_tau * (1 - 1e-12)).sum())
+        if lazy_end < 2:  # the slope came out NaN
+            raise ValueError(f"n_tau must give at least 2 values of tau >= lazy_tau={self.lazy_tau:g} "
+                             f"(the lazy end the weight change's slope is fitted over), got {lazy_end} with "
+                             f"n_tau={self.n_tau} from tau_min={self.tau_min:g} to tau_max={self.tau_max:g}")
 
 
 QUICK = {"d": 20, "n": 200, "n_test": 200, "iterations": 1500, "n_tau": 7, "record_every": 25}

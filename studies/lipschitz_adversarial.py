@@ -168,6 +168,7 @@ def compute(cfg: Config) -> dict:
     for name in MODELS:
         model = train(cfg, data, spectral=name == "spectral")
         result[f"{name}_test_accuracy"] = evaluate(model, X_test, y_test)[1]
+        result[f"{name}_attacked_clean_accuracy"] = evaluate(model, Xa, ya)[1]  # eps = 0 of the PGD curves
         product = lipschitz_upper_bound(model, bound="product", method="power")
         averaged = lipschitz_upper_bound(model, bound="averaged", method="power")
         certified = lipschitz_upper_bound(model, bound="product", method="fft")
@@ -249,7 +250,8 @@ def plot(result: dict, cfg: Config):
         ax = axes[0, j + 1]
         eps = result[f"eps_{norm}"]
         for i, name in enumerate(MODELS):
-            acc = np.concatenate([[result[f"{name}_test_accuracy"]], result[f"{name}_pgd_{norm}"]])
+            # eps = 0: the clean accuracy of the same n_attack images (it was that of all the test images)
+            acc = np.concatenate([[result[f"{name}_attacked_clean_accuracy"]], result[f"{name}_pgd_{norm}"]])
             ax.plot(np.concatenate([[0.0], eps]), acc, "o-", color=f"C{i}", label=name)
         ax.set_xlabel(rf"radius $\epsilon$ ({title})")
         ax.set_ylabel(f"accuracy under PGD ({cfg.pgd_steps} steps)")

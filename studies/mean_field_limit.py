@@ -81,6 +81,9 @@ class Config:
         check_dimension(self.d, "d")  # teacher and student directions on S^{d-1}
         for name in ("teacher_width", "n", "runs", "steps", "n_projections", "w2_runs"):
             check_integer(getattr(self, name), name, minimum=1)
+        if self.w2_runs > self.runs:  # it was capped at runs without a word
+            raise ValueError(f"w2_runs must be at most runs={self.runs} (the runs whose measures are compared), "
+                             f"got {self.w2_runs}")
         check_integer(self.exact_w2_max, "exact_w2_max", minimum=0)
         check_positive(self.step_size, "step_size")
         check_positive(self.init_scale, "init_scale")

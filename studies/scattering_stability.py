@@ -141,7 +141,8 @@ class Config:
 
     def __post_init__(self):
         """Refuse a bad value now, naming its field, instead of after the CNN has trained."""
-        for name in ("J", "L", "upsample", "width", "epochs", "batch_size"):
+        check_integer(self.J, "J", minimum=2)  # the scattering at J against J - 1 (J = 1 drew J itself as "J=0")
+        for name in ("L", "upsample", "width", "epochs", "batch_size"):
             check_integer(getattr(self, name), name, minimum=1)
         check_integer(self.margin, "margin", minimum=0)
         side = 8 * self.upsample + 2 * self.margin  # the images' side
@@ -203,7 +204,7 @@ def compute(cfg: Config) -> dict:
     body = Sequential(*net.layers[:-1])
     random_body = Sequential(*random_net.layers[:-1])
     S = Scattering2D(cfg.J, (H, W), cfg.L)
-    S_small = Scattering2D(cfg.J - 1, (H, W), cfg.L) if cfg.J > 1 else S
+    S_small = Scattering2D(cfg.J - 1, (H, W), cfg.L)
     reps = {
         "pixels": lambda A: A.reshape(A.shape[0], -1),
         "cnn": lambda A: predict(body, f32(A)).astype(np.float64),

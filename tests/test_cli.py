@@ -417,6 +417,30 @@ def test_sidecar_is_strict_json_with_non_finite_numbers_as_strings(toy, monkeypa
     assert sidecar["summary"]["ratio"] == "nan" and sidecar["summary"]["top"] == "-inf"
 
 
+def test_a_dask_scheduler_without_dask_is_a_one_line_error_before_any_compute(toy, capsys, monkeypatch):
+    # it was a traceback ending in ImportError, once the first grid started
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # find_spec answers None: not installed
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    status = cli.main(["run", "toy", "--quick", "--out", str(toy / "out"), "--scheduler", "tcp://127.0.0.1:1"])
+    assert status == 2
+    assert "scheduler='tcp://127.0.0.1:1' is the address of a dask scheduler, which needs dask.distributed" in \
+        capsys.readouterr().err
+    assert not (toy / "out" / "results").exists()
+
+
+def test_a_diverged_flow_is_a_one_line_error(toy, capsys, monkeypatch):
+    # FloatingPointError (FlowDivergenceError, TrainingDivergedError: too large a step) printed a traceback
+    from shallow.flows import FlowDivergenceError
+
+    def diverge(cfg):
+        raise FlowDivergenceError("gradient flow diverged at step 2")
+
+    monkeypatch.setattr(cli.load_study("toy"), "compute", diverge)
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    assert cli.main(["run", "toy", "--quick", "--out", str(toy / "out")]) == 2
+    assert "shallow run: error: gradient flow diverged at step 2" in capsys.readouterr().err
+
+
 def test_a_cached_result_is_said_to_be_cached(toy, capsys):
     # a rerun reads results/ without computing: it printed "compute 7.6 s" (the first run's time) as if it had
     out = toy / "out"

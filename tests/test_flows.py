@@ -275,6 +275,10 @@ def test_divergence_raises_with_step_and_advice():
     teacher, student = teacher_student(d=5, m=10)
     with pytest.raises(FlowDivergenceError, match=r"diverged at step \d+.*smaller step_size"):
         gradient_flow(student, PopulationRisk(teacher), steps=200, step_size=50.0)
+    # the step is step_size times the time scale: a huge one (m / alpha^2 for a small alpha) is named with it
+    with pytest.raises(FlowDivergenceError, match=r"smaller step_size than 0.05 \(a particle moves by step_size \* "
+                                                  r"time_scale \* its gradient, time_scale = 1e\+07\)"):
+        gradient_flow(student, PopulationRisk(teacher), steps=200, step_size=0.05, time_scale=1e7)
 
 
 @pytest.mark.parametrize("noise", [0.0, 1e-3])

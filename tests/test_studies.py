@@ -33,6 +33,20 @@ def test_kernel_spectra_relu_nngp_decays_like_k_to_minus_d_plus_2_and_ntk_like_k
     assert result["gram_cluster_relative_error_ntk"] < 2 / n**0.5
 
 
+def test_kernel_spectra_checks_the_gram_spectrum_on_s2_whatever_the_dims(tmp_path):
+    # dims without 3 crashed in plot (KeyError 'lambda_nngp_d3') after caching the result; the Gram matrix of
+    # points of S^2 is compared with the d = 3 eigenvalues, computed for it, at the same 2 / sqrt(n)
+    import dataclasses
+
+    from shallow import cli
+
+    module = cli.load_study("kernel_spectra")
+    cfg = dataclasses.replace(study.quick_config(module), dims=(2,))
+    result = study.run(module, cfg, quick=True, out=tmp_path)
+    assert (tmp_path / "figures" / "kernel_spectra_quick.png").stat().st_size > 10_000
+    assert result["gram_cluster_relative_error_nngp"] < 2 / cfg.gram_n**0.5
+
+
 def _readme() -> str:
     from pathlib import Path
 
