@@ -522,7 +522,7 @@ def _bogacki_shampine_step(field, a, W, h, k1):
 class _Recorder:
     """Times, risks and snapshots of a flow, plus the divergence guard."""
 
-    def __init__(self, k, step_size, divergence_factor, resume=None, time_scale=None):
+    def __init__(self, k, step_size, time_scale, divergence_factor, resume=None):
         self.k, self.step_size, self.divergence_factor = k, step_size, divergence_factor
         self.time_scale = time_scale
         if resume is None:
@@ -540,9 +540,8 @@ class _Recorder:
         if not math.isfinite(risk) or risk > self.divergence_factor * max(self.initial, 1e-300):
             raise FlowDivergenceError(
                 f"gradient flow diverged at step {step} (t={t:.4g}): risk {risk:.4g} from "
-                f"{self.initial:.4g} initially; try a smaller step_size than {self.step_size}"
-                + ("" if self.time_scale is None else f" (a particle moves by step_size * time_scale * its gradient, "
-                                                      f"time_scale = {self.time_scale:.3g})"))
+                f"{self.initial:.4g} initially; try a smaller step_size than {self.step_size} (a particle moves by "
+                f"step_size * time_scale * its gradient, time_scale = {self.time_scale:.3g})")
 
     def add(self, step, t, risk, a, W):
         if self.steps and self.steps[-1] == step:
@@ -703,7 +702,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
 
     if resume is not None:
         _check_resume_settings(resume.meta, meta)
-    rec = _Recorder(k, step_size, divergence_factor, resume, time_scale=s)
+    rec = _Recorder(k, step_size, s, divergence_factor, resume)
     if resume is not None:
         a = xp.asarray(resume.a, dtype=net.a.dtype)
         W = xp.asarray(resume.W, dtype=net.W.dtype)

@@ -130,7 +130,7 @@ class Config:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not check_positive(self.angle_step, "angle_step") < 360:
             raise ValueError(f"angle_step must lie in (0, 360) degrees, got {self.angle_step!r}")
-        if 90.0 % self.angle_step:  # the claim is read at the quarter turns, which the grid must hold
+        if abs(round(90.0 / self.angle_step) * self.angle_step - 90.0) > 1e-9:  # the claim is read at quarter turns
             raise ValueError(f"angle_step must divide 90 degrees (the grid must hold the quarter turns), got "
                              f"{self.angle_step!r}")
 

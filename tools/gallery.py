@@ -53,8 +53,8 @@ def is_number(value) -> bool:
 def moved(old, new, rtol, atol) -> bool:
     if not (is_number(old) and is_number(new)):
         return old != new
-    if math.isnan(old) or math.isnan(new):
-        return not (math.isnan(old) and math.isnan(new))
+    if not (math.isfinite(old) and math.isfinite(new)):  # NaN equals NaN here, inf only the same inf
+        return not (old == new or (math.isnan(old) and math.isnan(new)))
     return abs(new - old) > rtol * max(abs(new), abs(old)) + atol
 
 

@@ -84,7 +84,8 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         The image shape x must have ((H, W) means C = 1); by default any.
     dtype : numpy float dtype (float32 or float64), optional
         Integer and boolean images are converted to ``dtype`` (float64 by default), float images to
-        ``dtype`` when given (and kept as they are otherwise).
+        ``dtype`` when given (otherwise float32 and float64 are kept, float16 becomes float32, as in
+        the rest of the library).
 
     Returns
     -------
@@ -132,6 +133,8 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         x = cast_within_range(x, dtype, name, "the model")
     elif x.dtype.kind != "f":
         x = x.astype(np.float64)
+    elif x.dtype == np.float16:
+        x = x.astype(np.float32)
     if x.size and not bool(xp.isfinite(x).all()):
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")

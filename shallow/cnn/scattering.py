@@ -33,8 +33,8 @@ The subsampling before a modulus is exact (the modulus is pointwise), but U_1 at
 next convolutions see them aliased. So the transform approximates the formulas above: exactly at
 order 0 and for J = 1; for J = 2 and 3, against the formulas computed at full resolution on
 white-noise images (the most high-frequency energy; ``padding="periodic"``, L = 8, 32x32 and 64x64,
-20 draws of 4 images each), within 1% in norm, with coefficients of order 1 within 3.5% and of
-order 2 within 6% of the largest coefficient of their order (the worst measured: 0.6%, 3.1% and 5.1%).
+440 draws of 4 images each), within 1% in norm, with coefficients of order 1 within 5% and of
+order 2 within 8% of the largest coefficient of their order (the worst measured: 0.7%, 4.4% and 5.8%).
 This is Kymatio's trade: every convolution at the coarsest grid, about 4^{j} times fewer operations
 at scale j.
 

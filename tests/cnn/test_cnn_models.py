@@ -438,6 +438,18 @@ def test_check_images_rejects_an_in_shape_that_is_not_h_w_c_naming_it():
     assert check_images(np.ones((2, 8, 8, 1)), "X", in_shape=(8, 8)).shape == (2, 8, 8, 1)
 
 
+def test_check_images_computes_float16_images_in_float32():
+    # as every input of the library (check_array): the image helpers returned float16, whose 3 digits and largest
+    # value 65504 the models do not compute in; the values are kept exactly (float16 -> float32 is exact)
+    from shallow.cnn import rotate_images, translate
+
+    x = np.random.default_rng(3).standard_normal((2, 4, 4, 1)).astype(np.float16)
+    out = check_images(x, "X")
+    assert out.dtype == np.float32 and np.array_equal(out, x.astype(np.float32))
+    assert translate(x, (1, 0)).dtype == np.float32 and rotate_images(x, 1).dtype == np.float32
+    assert check_images(x, "X", dtype=np.float64).dtype == np.float64
+
+
 def test_build_model_says_shapes_are_channels_last_for_a_channels_first_in_shape():
     # (1, 8, 8) is (H, W, C) = 1 x 8 images of 8 channels, too small to pool: the message said only that
     with pytest.raises(ValueError, match=r"too small .* channels last here: for 1-channel 8x8 images pass \(8, 8, 1\)"):

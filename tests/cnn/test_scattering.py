@@ -78,8 +78,8 @@ def test_scattering_at_J1_is_the_full_resolution_formula():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_subsampled_scattering_approximates_the_full_resolution_formula(J, seed):
     # the module docstring's statement for white noise, the images with most energy at high frequencies: order 0
-    # exact (rounding), the whole transform within 1% in norm, orders 1 and 2 within 3.5% and 6% of their largest
-    # coefficient (measured over 20 draws: at most 0.6%, 3.1% and 5.1%)
+    # exact (rounding), the whole transform within 1% in norm, orders 1 and 2 within 5% and 8% of their largest
+    # coefficient (measured over 440 draws: at most 0.7%, 4.4% and 5.8%)
     shape = (32, 32)
     x = np.random.default_rng(seed).standard_normal((4, *shape))
     S = Scattering2D(J, shape, L=8, padding="periodic")
@@ -87,7 +87,7 @@ def test_subsampled_scattering_approximates_the_full_resolution_formula(J, seed)
     o = orders(S)
     np.testing.assert_allclose(a[:, o == 0], b[:, o == 0], rtol=0, atol=1e-13 * np.abs(b[:, o == 0]).max())
     assert np.linalg.norm(a - b) <= 0.01 * np.linalg.norm(b)
-    for k, bound in ((1, 0.035), (2, 0.06)):
+    for k, bound in ((1, 0.05), (2, 0.08)):
         assert np.abs(a - b)[:, o == k].max() <= bound * np.abs(b[:, o == k]).max()
 
 
