@@ -275,7 +275,7 @@ def _fixed_neurons(rep: Representation, m: int):
     return np.array(a), np.array(W)
 
 
-def maurey_sample(measure, m, rng=None, *, activation="relu", bias=False, dtype=np.float64, device=None):
+def maurey_sample(measure, m, rng=None, *, activation=None, bias=False, dtype=np.float64, device=None):
     r"""An m-neuron network drawn i.i.d. from a representing measure (Maurey's sampling argument).
 
     Parameters
@@ -291,8 +291,9 @@ def maurey_sample(measure, m, rng=None, *, activation="relu", bias=False, dtype=
         Number of sampled neurons, m >= 1.
     rng : None, int or numpy.random.Generator
         The draw happens on the host, so a seed gives the same network on every device.
-    activation : str or activation object, default "relu"
-        sigma, for a Measure only (a Representation and a TwoLayer carry theirs).
+    activation : str or activation object, optional
+        sigma, for a Measure only (a Representation and a TwoLayer carry theirs): by default the
+        measure's own ``activation``, or relu for a measure without one.
     bias : bool, default False
         For a Measure only: read the last coordinate of the atoms as a bias (inputs (x, 1)).
     dtype : float32 or float64, default float64
@@ -357,6 +358,8 @@ def maurey_sample(measure, m, rng=None, *, activation="relu", bias=False, dtype=
         idx = rng.choice(len(weights), size=m, p=np.abs(weights) / total)  # (m,)
         a = total * np.sign(weights[idx])
         W = points[idx]  # (m, D)
+        if activation is None:  # the measure's own (that of the network it came from), else relu
+            activation = "relu" if measure.activation is None else measure.activation
         sigma = _resolve_activation(activation)
         device = device_of(measure.points) if device is None else device
     else:

@@ -67,8 +67,7 @@ def _slack(dtype, d: int) -> float:
     """How far beyond +-1 a t of this dtype is the rounding of an inner product of unit vectors of R^d:
     1e-12, or 4 sqrt(d) ulps of 1 in a coarser float (float32: 4.8e-7 at d = 1, 1.3e-5 at d = 784, where the
     diagonals of a Gram matrix of the library's unit vectors reach 1 + 7 ulps)."""
-    eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
-    return max(1e-12, 4 * math.sqrt(d) * eps)
+    return max(1e-12, 4 * math.sqrt(d) * float(np.finfo(dtype).eps))  # t is float: check_array promotes integers
 
 
 def _check_t(t, d: int):

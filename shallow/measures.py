@@ -114,11 +114,18 @@ class Measure:
         Signed masses c_j.
     points : array of shape (m, D)
         Atoms theta_j, rows of unit norm (within sqrt(eps) of their dtype), D >= 2.
+    activation : str or activation object, optional
+        The sigma of the network the measure represents (:func:`network_to_measure` sets it): the
+        default of :meth:`evaluate`, :func:`measure_to_network` and ``barron.maurey_sample``. None
+        (a measure made by hand): those take relu.
 
     Attributes
     ----------
     weights, points : arrays
         Stored as given (no copy), on one device, in the dtype of ``points``.
+    activation : activation object or None
+        As given; kept by :meth:`merge`, :meth:`positive`, :meth:`negative`, :meth:`copy`, negation
+        and scaling, and by a sum whose terms have the same activation (or one has none).
     device : {"cpu", "gpu"}
         Where the atoms live (read-only; :func:`shallow.backend.device_of` of ``points``).
     dtype : numpy dtype
@@ -141,7 +148,7 @@ class Measure:
     0.0
     """
 
-    def __init__(self, weights, points):
+    def __init__(self, weights, points, activation=None):
         points = check_on_sphere(points, "points")
         weights = check_array(weights, "weights", ndim=1)
         get_xp(weights, points)
@@ -150,6 +157,11 @@ class Measure:
                              f"{tuple(points.shape)}: one weight per atom")
         self.weights = weights.astype(points.dtype, copy=False)  # (m,)
         self.points = points  # (m, D)
+        self.activation = None if activation is None else _resolve_activation(activation)
+
+    def _like(self, weights, points) -> Measure:
+        """A measure of the same activation on other atoms."""
+        return Measure(weights, points, activation=self.activation)
 
     @property
     def xp(self):
@@ -209,7 +221,7 @@ class Measure:
         device = device_of(self.points)
         weights = to_device(w.astype(self.points.dtype), device)
         points = self.points[to_device(first, device)]
-        return Measure(weights, points)
+        return self._like(weights, points)
 
     def total_variation(self, atol=None) -> float:
         """|mu|(S^{D-1}): the sum of |weight| over the distinct atoms (after :meth:`merge` with ``atol``)."""
@@ -219,27 +231,28 @@ class Measure:
         """mu^+ of the Jordan decomposition mu = mu^+ - mu^- (merged atoms with positive weight)."""
         merged = self.merge(atol)
         keep = merged.weights > 0
-        return Measure(merged.weights[keep], merged.points[keep])
+        return self._like(merged.weights[keep], merged.points[keep])
 
     def negative(self, atol=None) -> Measure:
         """mu^- of the Jordan decomposition mu = mu^+ - mu^- (a nonnegative measure)."""
         merged = self.merge(atol)
         keep = merged.weights < 0
-        return Measure(-merged.weights[keep], merged.points[keep])
+        return self._like(-merged.weights[keep], merged.points[keep])
 
-    def evaluate(self, X, activation="relu", bias=False):
+    def evaluate(self, X, activation=None, bias=False):
         """f(x) = int sigma(<x, theta>) dmu(theta) at each row of X, an array of shape (n,).
 
-        With ``bias=True`` the rows x of X (n, D - 1) are augmented as (x, 1).
+        sigma is ``activation``, by default the measure's own (relu for a measure without one). With
+        ``bias=True`` the rows x of X (n, D - 1) are augmented as (x, 1).
         """
         return measure_to_network(self, activation=activation, gamma=1.0, bias=bias)(X)
 
     def copy(self) -> Measure:
         """The same measure with copies of its weights and points (same dtype and device)."""
-        return Measure(self.weights.copy(), self.points.copy())
+        return self._like(self.weights.copy(), self.points.copy())
 
     def __neg__(self) -> Measure:
-        return Measure(-self.weights, self.points)
+        return self._like(-self.weights, self.points)
 
     def __add__(self, other) -> Measure:
         """The sum of two measures (the concatenation of their atoms)."""
@@ -247,10 +260,14 @@ class Measure:
             return NotImplemented
         if other.D != self.D:
             raise ValueError(f"cannot add measures on S^{self.D - 1} and S^{other.D - 1}")
+        a, b = self.activation, other.activation
+        if a is not None and b is not None and a != b:  # no one sigma to evaluate the sum with
+            raise ValueError(f"cannot add measures of networks with different activations, {a!r} and {b!r}")
         xp = get_xp(self.points, other.points)
         dtype = xp.result_type(self.points.dtype, other.points.dtype)
         return Measure(xp.concatenate([self.weights.astype(dtype), other.weights.astype(dtype)]),
-                       xp.concatenate([self.points.astype(dtype), other.points.astype(dtype)]))
+                       xp.concatenate([self.points.astype(dtype), other.points.astype(dtype)]),
+                       activation=a if a is not None else b)
 
     def __sub__(self, other) -> Measure:
         if not isinstance(other, Measure):
@@ -260,7 +277,7 @@ class Measure:
     def __mul__(self, c) -> Measure:
         if isinstance(c, bool) or not isinstance(c, numbers.Real):
             return NotImplemented
-        return Measure(self.weights * c, self.points)
+        return self._like(self.weights * c, self.points)
 
     __rmul__ = __mul__
 
@@ -281,6 +298,7 @@ def network_to_measure(net: TwoLayer) -> Measure:
     Returns
     -------
     Measure
+        Carrying ``net.activation`` (:meth:`Measure.evaluate` uses it).
         mu = sum_j gamma a_j |w_j|^alpha delta_{w_j/|w_j|} on S^{D-1}, one atom per neuron with
         w_j != 0, in the order of the neurons (atoms are not merged; see :meth:`Measure.merge`).
 
@@ -337,17 +355,18 @@ def network_to_measure(net: TwoLayer) -> Measure:
     weights = xp.ldexp(net.gamma * f_a * f_w ** alpha * xp.exp2(shift - whole),
                        e_a + whole.astype(e_a.dtype))  # (k,)
     points = W[keep] / norms[:, None]  # (k, D)
-    return Measure(weights, points)
+    return Measure(weights, points, activation=net.activation)
 
 
-def measure_to_network(mu: Measure, activation="relu", gamma=None, bias=False) -> TwoLayer:
+def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> TwoLayer:
     r"""The network f(x) = int sigma(<x, theta>) dmu(theta) with one neuron per atom.
 
     Parameters
     ----------
     mu : Measure
         With m >= 1 atoms on S^{D-1}.
-    activation : str or activation object, default "relu"
+    activation : str or activation object, optional
+        Default ``mu.activation`` (that of the network it came from), or relu for a measure without one.
     gamma : float, optional
         Output scale of the network; default 1/m (mean-field). Then a_j = c_j / gamma and
         w_j = theta_j, so f(x) = gamma sum_j a_j sigma(<theta_j, x>) = sum_j c_j sigma(<theta_j, x>).
@@ -378,6 +397,8 @@ def measure_to_network(mu: Measure, activation="relu", gamma=None, bias=False) -
     gamma = 1.0 / len(mu) if gamma is None else gamma
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
+    if activation is None:
+        activation = "relu" if mu.activation is None else mu.activation
     return TwoLayer(mu.weights / gamma, mu.points, activation=_resolve_activation(activation), gamma=gamma,
                     bias=bias)
 

@@ -827,6 +827,19 @@ def test_legendre_refusal_says_how_far_t_lies_beyond_one():
         harmonics.legendre(3, 5, t)
 
 
+@pytest.mark.parametrize("dtype, d, slack", [(np.float64, 5, 1e-12), (np.float32, 784, 4 * 28 * 2.0**-23)])
+def test_legendre_clips_t_within_its_slack_of_plus_minus_one_and_refuses_beyond(dtype, d, slack):
+    # max(1e-12, 4 sqrt(d) eps): 1e-12 in float64 at d = 5, 4 * 28 ulps in float32 at d = 784. Within it, t is
+    # clipped: P_{k,d}(+-1) = (+-1)^k to the recurrence's rounding (8 eps; unclipped, P_3 moves by P_3'(1) = 3k(k + d
+    # - 2)/(d - 1) times the excess: 2e-12 and 2e-5, far above); at 1.2 times it, refused
+    t = np.array([1 + 0.5 * slack, -1 - 0.5 * slack], dtype=dtype)
+    eps = float(np.finfo(dtype).eps)
+    np.testing.assert_allclose(harmonics.legendre(3, d, t), [1.0, -1.0], rtol=0, atol=8 * eps)
+    for beyond in (1 + 1.2 * slack, -1 - 1.2 * slack):
+        with pytest.raises(ValueError, match="^t must lie in"):
+            harmonics.legendre(3, d, np.array([beyond], dtype=dtype))
+
+
 @pytest.mark.parametrize("d", [3, 256, 784])
 def test_legendre_takes_a_float32_gram_matrix_of_unit_vectors(d):
     # Its diagonal reaches 1 + 1 ulp at d = 3 and 1 + 7 ulps at d = 784 (MNIST's), which the float64 allowance

@@ -581,3 +581,36 @@ def test_sliced_wasserstein_is_homogeneous_far_from_unit_scale(scale):
     X, Y = rng.standard_normal((5, 2)), rng.standard_normal((6, 2))
     ref = sliced_wasserstein(X, Y, rng=1)
     assert sliced_wasserstein(X * scale, Y * scale, rng=1) == pytest.approx(ref * scale, rel=4 * np.finfo(float).eps)
+
+
+@pytest.mark.parametrize("activation", [("relu_power", {"alpha": 2.0}), ("step", {})])
+def test_measure_of_a_network_evaluates_with_the_networks_activation(activation):
+    # network_to_measure's measure forgot sigma: evaluate, measure_to_network and maurey_sample took relu, and
+    # gave another function without a word. The reference: the network itself, f(x) = int sigma(<x, t>) dmu(t)
+    from shallow.activations import get_activation
+    from shallow.barron import maurey_sample
+
+    sigma = get_activation(activation[0], **activation[1])
+    net = TwoLayer.init(6, 3, rng=4, activation=sigma)
+    X = np.random.default_rng(5).standard_normal((7, 3))
+    mu = net.to_measure()
+    assert mu.activation == sigma
+    np.testing.assert_allclose(mu.evaluate(X), net(X), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(measure_to_network(mu)(X), net(X), rtol=1e-12, atol=1e-14)
+    for kept in (mu.merge(), mu.copy(), -(-mu), 2.0 * mu * 0.5, mu.positive() - mu.negative()):
+        np.testing.assert_allclose(kept.evaluate(X), net(X), rtol=1e-12, atol=1e-14)
+    assert maurey_sample(mu, 5, rng=0).activation == sigma
+    # an explicit activation still wins, and a measure made by hand is evaluated with relu
+    by_hand = np.maximum(X @ mu.points.T, 0) @ mu.weights  # sum_j c_j relu(<x, theta_j>)
+    np.testing.assert_allclose(mu.evaluate(X, activation="relu"), by_hand, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(Measure(mu.weights, mu.points).evaluate(X), by_hand, rtol=1e-12, atol=1e-14)
+
+
+def test_measures_of_networks_with_different_activations_do_not_add():
+    # no one sigma evaluates the sum; a measure without an activation takes the other's
+    relu = TwoLayer.init(3, 2, rng=0).to_measure()
+    step = TwoLayer.init(3, 2, rng=1, activation="step").to_measure()
+    with pytest.raises(ValueError, match="cannot add measures of networks with different activations"):
+        relu + step
+    plain = Measure(step.weights, step.points)
+    assert (plain + step).activation == step.activation and (step - plain).activation == step.activation

@@ -208,7 +208,7 @@ def _check_clip(clip):
 
 def _check_in_box(X, clip):
     """Refuse images outside the box ``clip``: clipping would then move x itself, out of its own eps-ball."""
-    if clip is None or X.size == 0:
+    if clip is None:  # X holds images: _images refused an empty batch
         return
     lo, hi = float(X.min()), float(X.max())
     if lo < clip[0] or hi > clip[1]:
