@@ -8,7 +8,8 @@ A *sweep* evaluates a function ``fn(config) -> dict`` at every point of a grid o
   ``dask.distributed`` cluster (``scheduler="tcp://host:8786"``, or a ``Client`` as ``executor``;
   the ``dask`` extra, imported only then);
 * with each point's result written to ``cache_dir/KEY.npz`` as soon as it arrives, KEY a hash of
-  the point's config, of the function's name (``key``) and of the package version. The file is
+  the point's config, of the function's name and source text (or of ``key`` when given) and of the
+  package version. The file is
   written to a temporary name in the same folder, flushed to disk, then renamed over KEY.npz
   (atomic on POSIX): an interrupted sweep (Ctrl-C, a killed job, a crash mid-write) leaves complete
   files or none, never a half-written one, and a rerun loads every finished point and computes
@@ -45,6 +46,7 @@ import functools
 import hashlib
 import importlib.machinery
 import importlib.util
+import inspect
 import itertools
 import json
 import math
@@ -222,6 +224,19 @@ def _default_namespace(fn) -> str:
     file = getattr(module, "__file__", None)
     stem = Path(file).stem if file else (getattr(fn, "__module__", None) or "")
     return f"{stem}.{qualname}"
+
+
+def _source_digest_of(fn) -> str:
+    """12 hexadecimal digits of the source text of ``fn`` (of the function under partials), or of its
+    bytecode, constants and names where no source file holds it (``python -c``, a notebook)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = fn.__code__
+        text = repr((code.co_code, code.co_consts, code.co_names))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- results
@@ -625,7 +640,10 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     Resuming: each result is written (atomically) as soon as it arrives, so after an interruption
     the points that had finished load from their files and only the others run. A point that
     raises is not cached: the next run retries it. The key includes the package version, as the
-    studies' result cache does: a new version recomputes.
+    studies' result cache does: a new version recomputes. Without ``key`` it includes the source
+    text of ``fn`` too (of ``fn.func`` for a partial), so that an edited function recomputes; an
+    edit of a function that ``fn`` calls does not change it: then pass ``force=True`` or a new
+    ``key``.
 
     Examples
     --------
@@ -668,7 +686,7 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if key is not None:
         namespace = str(key)
     elif cache_dir is not None:
-        namespace = _default_namespace(fn)
+        namespace = f"{_default_namespace(fn)}@{_source_digest_of(fn)}"  # an edited fn recomputes
     else:  # nothing is cached: the namespace only labels the progress bar
         try:
             namespace = _default_namespace(fn)

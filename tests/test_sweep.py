@@ -217,6 +217,30 @@ def test_cache_namespace_tells_functions_apart(counted, tmp_path):
     assert sweep(lambda config: {"v": 1}, points, cache_dir=cache, scheduler="serial", key="one")[0] == {"v": 1}
 
 
+def test_an_edited_point_function_recomputes_and_an_unchanged_one_loads(tmp_path):
+    # the default key held the function's module and name only: after an edit of its body a rerun loaded the
+    # old results without a word. Its source text is in the key now (an explicit key= keeps its cache)
+    from shallow.sweep import load_module_from_file
+
+    script = tmp_path / "mypoints.py"
+    cache = tmp_path / "cache"
+    points = grid(x=[1, 2])
+
+    def run(body, **kwargs):
+        script.write_text(f"def f(config):\n    return {{'value': {body}}}\n")
+        module = load_module_from_file(f"mypoints_{uuid.uuid4().hex}", script)
+        return sweep(module.f, points, cache_dir=cache, scheduler="serial", **kwargs)
+
+    first = run("config['x']")
+    again = run("config['x']")
+    edited = run("10 * config['x']")
+    assert again.cached == [True, True] and [r["value"] for r in again] == [1, 2]
+    assert edited.cached == [False, False] and [r["value"] for r in edited] == [10, 20]
+    assert not any(first.cached)
+    keyed = run("config['x']", key="mine")
+    assert run("-1", key="mine").cached == [True, True] and [r["value"] for r in keyed] == [1, 2]
+
+
 def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="the grid is empty"):
         sweep(counted_point, grid(x=[]))
