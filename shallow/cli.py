@@ -27,6 +27,9 @@ def studies_dir() -> Path:
     """The folder holding the study scripts."""
     env = os.environ.get("SHALLOW_STUDIES")
     if env:
+        if not Path(env).is_dir():  # a typo, or a script's path, listed no study without a word
+            raise FileNotFoundError(f"SHALLOW_STUDIES={env!r} is not a folder: point it at the folder of the "
+                                    "study scripts")
         return Path(env)
     for candidate in (Path.cwd() / "studies", Path(__file__).resolve().parents[1] / "studies"):
         if candidate.is_dir():
@@ -52,7 +55,8 @@ def find_studies(folder: Path | None = None) -> dict[str, Path]:
     Raises
     ------
     FileNotFoundError
-        With ``folder=None``, when none of the default folders exists.
+        With ``folder=None``, when ``$SHALLOW_STUDIES`` is set but not a folder, or none of the
+        default folders exists.
     """
     folder = studies_dir() if folder is None else Path(folder)
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
@@ -134,7 +138,10 @@ def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> str | N
 
 
 def _cmd_run(args, extra: list[str]) -> int:
-    if args.all == bool(args.study):
+    if args.all and args.study:  # a study flag's value read as STUDY: "--all --widths 5,10"
+        raise SystemExit(f"shallow run --all: takes no STUDY (got {args.study!r}); study-specific flags need a "
+                         "single STUDY")
+    if not args.all and not args.study:
         raise SystemExit("shallow run: give one STUDY or --all (see `shallow list`)")
     if args.all and extra:
         raise SystemExit(f"shallow run --all: study-specific flags {extra} need a single STUDY")
@@ -207,7 +214,8 @@ def main(argv=None) -> int:
     int
         The exit status: 0 (``shallow run --help`` included), 2 when a ValueError or
         RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
-        ``shallow run: error: ...``, 130 after Ctrl-C (see :func:`report_errors`).
+        ``shallow run: error: ...``, or a FileNotFoundError (no studies folder, a file a study
+        needs) as ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`).
 
     Raises
     ------
@@ -250,6 +258,11 @@ def main(argv=None) -> int:
             print(exit_.code, file=sys.stderr)
             raise SystemExit(2) from None
         raise
+    except FileNotFoundError as err:  # no studies folder, or SHALLOW_STUDIES not one
+        if os.environ.get("SHALLOW_TRACEBACK"):
+            raise
+        print(f"shallow: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

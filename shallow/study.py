@@ -4,7 +4,10 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
 
 * a module docstring: the claim, its reference, the runtime at default and with ``--quick``;
 * ``Config``, a frozen dataclass whose defaults reproduce the paper's figure; every Config has the
-  fields ``seed`` and ``device`` (``"cpu"`` or ``"gpu"``);
+  fields ``seed`` and ``device`` (``"cpu"`` or ``"gpu"``), none named like the common flags
+  (:data:`RESERVED_FIELDS`), and each field with a bool, int, float, str or tuple default is a flag
+  (:func:`build_parser`); ``__post_init__`` refuses bad values with a ValueError naming the field,
+  and :func:`check_grid` and :func:`check_flow_time` check the usual ones;
 * ``QUICK``, a dict of Config overrides for ``--quick`` (well under a minute on a CPU);
 * ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings;
 * ``plot(result, cfg) -> matplotlib.figure.Figure``;
@@ -29,6 +32,10 @@ the result's scalars, the SHA-256 of the study script, the git commit that drew 
 files it had modified, and for a study with grids how many points came from the cache and their own
 compute time). Quick runs write ``NAME_quick.png`` so that they never overwrite the full figures of
 the README gallery.
+
+A study of one's own runs like the gallery's: ``python my_study.py [--quick]``, or with the
+``shallow`` command after pointing ``SHALLOW_STUDIES`` at its folder (``SHALLOW_STUDIES=~/studies
+shallow run my_study``). The scripts in ``studies/`` are the examples.
 
 matplotlib is imported only when a figure is drawn.
 """
@@ -61,9 +68,12 @@ from ._validation import check_array, check_integer, check_positive
 from .backend import available_devices
 
 __all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
-           "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution", "show_progress"]
+           "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution", "show_progress",
+           "check_grid", "check_flow_time", "compute_note"]
 
 COMMON_FLAGS = ("seed", "device")
+#: Names of the flags every study has besides its Config fields: no Config field may take them.
+RESERVED_FIELDS = ("quick", "force", "out", "workers", "scheduler", "help")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +301,13 @@ def quick_config(module: ModuleType, **overrides):
     ValueError
         Whatever the Config's own checks raise for the values.
     """
-    return dataclasses.replace(module.Config(), **{**getattr(module, "QUICK", {}), **overrides})
+    quick = getattr(module, "QUICK", {})
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    unknown = sorted(set(quick) - fields)
+    if unknown:  # "Config.__init__() got an unexpected keyword argument" did not say where it came from
+        raise TypeError(f"study {study_name(module)}'s QUICK sets {', '.join(map(repr, unknown))}, which "
+                        f"{'is not a Config field' if len(unknown) == 1 else 'are not Config fields'}")
+    return dataclasses.replace(module.Config(), **{**quick, **overrides})
 
 
 # argparse ``type`` functions: a ValueError or ArgumentTypeError becomes "argument --flag: <message>".
@@ -334,10 +350,13 @@ def _tuple_parser(inner: type):
 
 
 def _field_parser(field: dataclasses.Field):
-    """An argparse ``type`` for a Config field, from its default value."""
+    """An argparse ``type`` for a Config field, from its default value (a float annotation over an int
+    default, ``T: float = 250``, parses floats)."""
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     if field.name == "seed":
         return {"type": parse_seed, "metavar": "SEED"}
+    if field.type in (float, "float") and isinstance(default, int) and not isinstance(default, bool):
+        return {"type": float}
     if isinstance(default, bool):
         return {"type": parse_bool, "metavar": "BOOL"}
     if isinstance(default, tuple):
@@ -365,13 +384,15 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     argparse.ArgumentParser
         Abbreviations refused. Field flags default to None (unset) and parse by the type of the
         field's default: ``seed`` an integer >= 0, bool true/false (yes/no, on/off, 1/0), tuple
-        comma-separated values, int, float or str as such; ``device`` is "cpu" or "gpu". Fields of
-        other types get no flag.
+        comma-separated values, int, float or str as such (float for an int default annotated
+        ``float``); ``device`` is "cpu" or "gpu". Fields of other types (a default None, say) get no
+        flag.
 
     Raises
     ------
     TypeError
-        From :func:`dataclasses.fields`, when ``module.Config`` is not a dataclass.
+        From :func:`dataclasses.fields`, when ``module.Config`` is not a dataclass; for a field named
+        like a common flag (quick, force, out, workers, scheduler, help).
     """
     doc = (module.__doc__ or "").strip()
     # no abbreviated flags: --m would otherwise set a field m_teacher of a study without a field m
@@ -385,6 +406,10 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="'processes' (default), 'serial', or a dask.distributed scheduler address such as "
                              "tcp://host:8786 (needs the dask extra)")
+    taken = sorted({f.name for f in dataclasses.fields(module.Config)} & set(RESERVED_FIELDS))
+    if taken:  # argparse raised its own ArgumentError (a traceback) at every call, --help included
+        raise TypeError(f"study {study_name(module)}'s Config has the field(s) {', '.join(taken)}, named like the "
+                        f"common flags {', '.join('--' + name for name in RESERVED_FIELDS)}: rename them")
     for field in dataclasses.fields(module.Config):
         spec = _field_parser(field)
         if spec is None:

@@ -483,3 +483,44 @@ def test_shallow_help_describes_the_command(capsys):
         cli.main(["--help"])
     assert exit_.value.code == 0
     assert "The shallow command: list and run the studies." in capsys.readouterr().out
+
+
+def test_a_study_folder_that_does_not_exist_is_named(tmp_path, monkeypatch, capsys):
+    # SHALLOW_STUDIES with a typo, or a script's path, listed no study with status 0
+    monkeypatch.setenv("SHALLOW_STUDIES", str(tmp_path / "nope"))
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    assert cli.main(["list"]) == 2
+    assert "shallow: error: SHALLOW_STUDIES='" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"SHALLOW_STUDIES='.*nope' is not a folder"):
+        cli.find_studies()
+
+
+def test_run_all_with_a_stray_value_says_that_all_takes_no_study(toy, capsys):
+    # "--all --widths 5,10": 5,10 was read as STUDY, and the message asked for one STUDY or --all
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--all", "--quick", "--widths", "5,10"])
+    assert exit_.value.code == 2 and "shallow run --all: takes no STUDY (got '5,10')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, match", [
+    ("    force: bool = False\n", r"Config has the field\(s\) force, named like the common flags"),
+    ("    T: float = 250\n", None),
+])
+def test_study_authors_config_fields_are_checked_or_parsed_by_their_annotation(toy, edit, match):
+    # a field named force crashed argparse at every call (--help included); T: float = 250 took only ints
+    script = toy / "studies" / "toy.py"
+    script.write_text(script.read_text().replace("    seed: int = 0\n", edit + "    seed: int = 0\n"))
+    out = toy / "out"
+    if match:
+        with pytest.raises(TypeError, match=match):
+            cli.main(["run", "toy", "--quick", "--out", str(out)])
+    else:
+        assert cli.main(["run", "toy", "--quick", "--out", str(out), "--T", "2.5"]) == 0
+        assert json.loads((out / "figures" / "toy_quick.json").read_text())["config"]["T"] == 2.5
+
+
+def test_a_quick_preset_with_an_unknown_field_is_named(toy):
+    script = toy / "studies" / "toy.py"
+    script.write_text(script.read_text().replace('QUICK = {"n": 10}', 'QUICK = {"n": 10, "steps": 3}'))
+    with pytest.raises(TypeError, match="study toy's QUICK sets 'steps', which is not a Config field"):
+        cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
