@@ -589,8 +589,9 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     ----------
     fn : callable
         ``fn(config) -> dict`` of numbers, strings and numeric arrays. For worker processes it must be
-        a module-level function (it is pickled by reference; a study script's functions are found by
-        their file).
+        a module-level function of a file (it is pickled by reference; a script's functions are found
+        by their file, so the script must call the sweep under ``if __name__ == "__main__":``, or
+        each worker, loading the file, would start the sweep again).
     points : iterable of configs
         Dicts or dataclass instances (:func:`grid` builds products). Duplicates are computed once.
     cache_dir : path, optional
@@ -683,6 +684,13 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if mode == "processes" and ("<locals>" in qualname or "<lambda>" in qualname):
         raise TypeError(f"fn ({qualname}) must be a module-level function to run in worker processes: a lambda "
                         "or a function defined inside another cannot be pickled; use scheduler='serial'")
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    if (mode == "processes" and getattr(base, "__module__", None) == "__main__"
+            and getattr(sys.modules.get("__main__"), "__file__", None) is None):
+        # every point failed with BrokenProcessPool, the cause only on the workers' stderr
+        raise TypeError(f"fn ({qualname}) is defined in a session without a script file (python -c, a notebook, "
+                        "the interpreter): worker processes cannot import it; define it in a module or script "
+                        "file, or use scheduler='serial'")
     if key is not None:
         namespace = str(key)
     elif cache_dir is not None:

@@ -489,3 +489,21 @@ def test_sweep_rejects_force_or_progress_that_is_not_a_bool(name):
     # force="no" was true: every cached point was recomputed
     with pytest.raises(ValueError, match=f"{name} must be True or False, got 'no'"):
         sweep(flow_point, grid(n=[1]), scheduler="serial", **{name: "no"})
+
+
+def test_a_function_of_a_session_without_a_script_file_is_refused_for_worker_processes(tmp_path):
+    # under python -c (or a notebook) every point failed with BrokenProcessPool, the cause only on the workers'
+    # stderr; serially it runs
+    script = textwrap.dedent("""
+        from shallow.sweep import sweep, grid
+        def g(config):
+            return {"v": config["x"]}
+        try:
+            sweep(g, grid(x=[1, 2]), workers=2)
+        except TypeError as err:
+            print("REFUSED:", err)
+        print("SERIAL:", [r["v"] for r in sweep(g, grid(x=[1, 2]), scheduler="serial")])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "REFUSED: fn (g) is defined in a session without a script file" in proc.stdout, proc.stderr
+    assert "SERIAL: [1, 2]" in proc.stdout
