@@ -226,16 +226,29 @@ def _default_namespace(fn) -> str:
     return f"{stem}.{qualname}"
 
 
+def _code_text(code) -> str:
+    """A code object as text that is the same in every process: its bytecode and names, and its constants,
+    nested code objects by this same text (their repr holds a memory address) and frozensets sorted (their
+    order follows the string hash, salted per process)."""
+    def const(c):
+        if isinstance(c, types.CodeType):
+            return _code_text(c)
+        if isinstance(c, frozenset):
+            return repr(sorted(map(repr, c)))
+        return repr(c)
+
+    return "|".join([code.co_code.hex(), repr(code.co_names), *map(const, code.co_consts)])
+
+
 def _source_digest_of(fn) -> str:
     """12 hexadecimal digits of the source text of ``fn`` (of the function under partials), or of its
-    bytecode, constants and names where no source file holds it (``python -c``, a notebook)."""
+    code (:func:`_code_text`) where no source file holds it (``python -c``, a notebook)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     try:
         text = inspect.getsource(fn)
     except (OSError, TypeError):
-        code = fn.__code__
-        text = repr((code.co_code, code.co_consts, code.co_names))
+        text = _code_text(fn.__code__)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

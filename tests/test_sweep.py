@@ -507,3 +507,21 @@ def test_a_function_of_a_session_without_a_script_file_is_refused_for_worker_pro
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "REFUSED: fn (g) is defined in a session without a script file" in proc.stdout, proc.stderr
     assert "SERIAL: [1, 2]" in proc.stdout
+
+
+def test_the_key_of_a_function_without_source_is_the_same_in_every_process(tmp_path):
+    # python -c: no source file, so the key digests the code; a nested code object's repr holds its address and a
+    # frozenset's order follows the per-process string hash, so both are written out: two processes agree
+    script = textwrap.dedent("""
+        from shallow.sweep import _source_digest_of
+        def g(config):
+            inner = [v for v in config.values()]
+            return {"v": float(config["x"] in {"a", "b", "c", "d"}), "n": len(inner)}
+        print("DIGEST", _source_digest_of(g))
+    """)
+    digests = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+        digests.add(proc.stdout.strip())
+    assert len(digests) == 1 and next(iter(digests)).startswith("DIGEST "), digests
