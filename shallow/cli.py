@@ -23,18 +23,22 @@ from pathlib import Path
 __all__ = ["main", "find_studies", "load_study"]
 
 
+class StudiesFolderError(FileNotFoundError):
+    """No folder of study scripts: ``$SHALLOW_STUDIES`` is not one, or none of the defaults exists."""
+
+
 def studies_dir() -> Path:
     """The folder holding the study scripts."""
     env = os.environ.get("SHALLOW_STUDIES")
     if env:
         if not Path(env).is_dir():  # a typo, or a script's path, listed no study without a word
-            raise FileNotFoundError(f"SHALLOW_STUDIES={env!r} is not a folder: point it at the folder of the "
+            raise StudiesFolderError(f"SHALLOW_STUDIES={env!r} is not a folder: point it at the folder of the "
                                     "study scripts")
         return Path(env)
     for candidate in (Path.cwd() / "studies", Path(__file__).resolve().parents[1] / "studies"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("no studies/ folder found: run from a source checkout of shallow, "
+    raise StudiesFolderError("no studies/ folder found: run from a source checkout of shallow, "
                             "or point SHALLOW_STUDIES at one")
 
 
@@ -54,9 +58,9 @@ def find_studies(folder: Path | None = None) -> dict[str, Path]:
 
     Raises
     ------
-    FileNotFoundError
-        With ``folder=None``, when ``$SHALLOW_STUDIES`` is set but not a folder, or none of the
-        default folders exists.
+    StudiesFolderError
+        A FileNotFoundError, with ``folder=None``, when ``$SHALLOW_STUDIES`` is set but not a
+        folder, or none of the default folders exists.
     """
     folder = studies_dir() if folder is None else Path(folder)
     return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_")}
@@ -139,8 +143,8 @@ def _run_one(name: str, common: argparse.Namespace, extra: list[str]) -> str | N
 
 def _cmd_run(args, extra: list[str]) -> int:
     if args.all and args.study:  # a study flag's value read as STUDY: "--all --widths 5,10"
-        raise SystemExit(f"shallow run --all: takes no STUDY (got {args.study!r}); study-specific flags need a "
-                         "single STUDY")
+        raise SystemExit(f"shallow run --all: takes no STUDY (got {args.study!r}; a study's own flags need "
+                         "that single STUDY, without --all)")
     if not args.all and not args.study:
         raise SystemExit("shallow run: give one STUDY or --all (see `shallow list`)")
     if args.all and extra:
@@ -214,8 +218,8 @@ def main(argv=None) -> int:
     int
         The exit status: 0 (``shallow run --help`` included), 2 when a ValueError or
         RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
-        ``shallow run: error: ...``, or a FileNotFoundError (no studies folder, a file a study
-        needs) as ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`).
+        ``shallow run: error: ...``, or no folder of studies (:class:`StudiesFolderError`) as
+        ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`).
 
     Raises
     ------
@@ -258,7 +262,7 @@ def main(argv=None) -> int:
             print(exit_.code, file=sys.stderr)
             raise SystemExit(2) from None
         raise
-    except FileNotFoundError as err:  # no studies folder, or SHALLOW_STUDIES not one
+    except StudiesFolderError as err:  # no studies folder, or SHALLOW_STUDIES not one (a study's own: a traceback)
         if os.environ.get("SHALLOW_TRACEBACK"):
             raise
         print(f"shallow: error: {err}", file=sys.stderr)

@@ -125,7 +125,8 @@ class Measure:
         Stored as given (no copy), on one device, in the dtype of ``points``.
     activation : activation object or None
         As given; kept by :meth:`merge`, :meth:`positive`, :meth:`negative`, :meth:`copy`, negation
-        and scaling, and by a sum whose terms have the same activation (or one has none).
+        and scaling, and by a sum, whose terms must have the same activation (one without counting as
+        relu).
     device : {"cpu", "gpu"}
         Where the atoms live (read-only; :func:`shallow.backend.device_of` of ``points``).
     dtype : numpy dtype
@@ -260,14 +261,17 @@ class Measure:
             return NotImplemented
         if other.D != self.D:
             raise ValueError(f"cannot add measures on S^{self.D - 1} and S^{other.D - 1}")
-        a, b = self.activation, other.activation
-        if a is not None and b is not None and a != b:  # no one sigma to evaluate the sum with
-            raise ValueError(f"cannot add measures of networks with different activations, {a!r} and {b!r}")
+        # a measure without an activation is evaluated with relu: it adds to relu measures only
+        relu = _resolve_activation("relu")
+        a, b = (relu if m.activation is None else m.activation for m in (self, other))
+        if a != b:  # no one sigma to evaluate the sum with
+            raise ValueError(f"cannot add measures of networks with different activations, {a!r} and {b!r} (a "
+                             "measure without an activation counts as relu)")
         xp = get_xp(self.points, other.points)
         dtype = xp.result_type(self.points.dtype, other.points.dtype)
         return Measure(xp.concatenate([self.weights.astype(dtype), other.weights.astype(dtype)]),
                        xp.concatenate([self.points.astype(dtype), other.points.astype(dtype)]),
-                       activation=a if a is not None else b)
+                       activation=None if self.activation is None and other.activation is None else a)
 
     def __sub__(self, other) -> Measure:
         if not isinstance(other, Measure):

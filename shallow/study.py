@@ -11,7 +11,8 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
 * ``QUICK``, a dict of Config overrides for ``--quick`` (well under a minute on a CPU);
 * ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings;
 * ``plot(result, cfg) -> matplotlib.figure.Figure``;
-* ``main(argv=None)``, usually ``return study.main(__name__, argv)``;
+* ``main(argv=None)``, usually ``return study.main(__name__, argv)``, and at the end of the script
+  ``if __name__ == "__main__": raise SystemExit(main())``, which ``python my_study.py`` runs;
 * optionally ``HOST_ONLY``, a string saying why the study computes on the host whatever its
   ``device`` (small problems, where a GPU's kernel launches cost more than the arithmetic): a run
   with ``--device gpu`` then warns that the flag is ignored, and the sidecar names the device
@@ -73,7 +74,7 @@ __all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "c
 
 COMMON_FLAGS = ("seed", "device")
 #: Names of the flags every study has besides its Config fields: no Config field may take them.
-RESERVED_FIELDS = ("quick", "force", "out", "workers", "scheduler", "help")
+RESERVED_FIELDS = ("quick", "force", "out", "workers", "scheduler", "help", "all")
 
 
 @dataclasses.dataclass(frozen=True)

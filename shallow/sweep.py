@@ -247,8 +247,9 @@ def _source_digest_of(fn) -> str:
         fn = fn.func
     try:
         text = inspect.getsource(fn)
-    except (OSError, TypeError):
-        text = _code_text(fn.__code__)
+    except (OSError, TypeError):  # the code, and the defaults that the source text would have shown
+        kwdefaults = sorted((fn.__kwdefaults__ or {}).items())
+        text = f"{_code_text(fn.__code__)}|{fn.__defaults__!r}|{kwdefaults!r}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -697,13 +698,6 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if mode == "processes" and ("<locals>" in qualname or "<lambda>" in qualname):
         raise TypeError(f"fn ({qualname}) must be a module-level function to run in worker processes: a lambda "
                         "or a function defined inside another cannot be pickled; use scheduler='serial'")
-    base = fn.func if isinstance(fn, functools.partial) else fn
-    if (mode == "processes" and getattr(base, "__module__", None) == "__main__"
-            and getattr(sys.modules.get("__main__"), "__file__", None) is None):
-        # every point failed with BrokenProcessPool, the cause only on the workers' stderr
-        raise TypeError(f"fn ({qualname}) is defined in a session without a script file (python -c, a notebook, "
-                        "the interpreter): worker processes cannot import it; define it in a module or script "
-                        "file, or use scheduler='serial'")
     if key is not None:
         namespace = str(key)
     elif cache_dir is not None:
@@ -768,6 +762,8 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
         if failures:
             bar.set_postfix(failed=len(failures))
 
+    if todo and mode == "processes" and start_method != "fork":
+        _check_importable(fn, qualname)
     try:
         if todo and mode == "serial":
             for k in todo:
@@ -782,6 +778,18 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if failures and errors == "raise":
         raise SweepError(result)
     return result
+
+
+def _check_importable(fn, qualname):
+    """Refuse a function of ``__main__`` without a script file (``python -c``, a notebook, ``python - < file``):
+    spawned workers cannot import it, and every point failed with BrokenProcessPool, the cause only on the
+    workers' stderr."""
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if getattr(base, "__module__", None) == "__main__" and not (main_file and os.path.isfile(main_file)):
+        raise TypeError(f"fn ({qualname}) is defined in a session without a script file (python -c, a notebook, "
+                        "the interpreter, a piped script): spawned worker processes cannot import it; define it "
+                        "in a module or script file, or use scheduler='serial' (or start_method='fork')")
 
 
 def _run_parallel(fn, todo, groups, points, handle, mode, address, executor, workers, threads, start_method):

@@ -499,11 +499,12 @@ def test_run_all_with_a_stray_value_says_that_all_takes_no_study(toy, capsys):
     # "--all --widths 5,10": 5,10 was read as STUDY, and the message asked for one STUDY or --all
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "--all", "--quick", "--widths", "5,10"])
-    assert exit_.value.code == 2 and "shallow run --all: takes no STUDY (got '5,10')" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "shallow run --all: takes no STUDY (got '5,10';" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("edit, match", [
     ("    force: bool = False\n", r"Config has the field\(s\) force, named like the common flags"),
+    ("    all: int = 1\n", r"Config has the field\(s\) all, named like the common flags"),
     ("    T: float = 250\n", None),
 ])
 def test_study_authors_config_fields_are_checked_or_parsed_by_their_annotation(toy, edit, match):

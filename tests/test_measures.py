@@ -607,10 +607,14 @@ def test_measure_of_a_network_evaluates_with_the_networks_activation(activation)
 
 
 def test_measures_of_networks_with_different_activations_do_not_add():
-    # no one sigma evaluates the sum; a measure without an activation takes the other's
+    # no one sigma evaluates the sum; a measure without an activation is evaluated with relu, so it adds to relu
+    # measures only (it took the other's activation: hand + mu evaluated to another function than their sum)
     relu = TwoLayer.init(3, 2, rng=0).to_measure()
     step = TwoLayer.init(3, 2, rng=1, activation="step").to_measure()
-    with pytest.raises(ValueError, match="cannot add measures of networks with different activations"):
-        relu + step
     plain = Measure(step.weights, step.points)
-    assert (plain + step).activation == step.activation and (step - plain).activation == step.activation
+    for a, b in ((relu, step), (plain, step), (step, plain)):
+        with pytest.raises(ValueError, match="cannot add measures of networks with different activations"):
+            a + b
+    X = np.random.default_rng(6).standard_normal((5, 2))
+    np.testing.assert_allclose((plain + relu).evaluate(X), plain.evaluate(X) + relu.evaluate(X), rtol=1e-12)
+    assert (plain + relu).activation == relu.activation and (plain + plain).activation is None

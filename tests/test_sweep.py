@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -494,19 +495,28 @@ def test_sweep_rejects_force_or_progress_that_is_not_a_bool(name):
 def test_a_function_of_a_session_without_a_script_file_is_refused_for_worker_processes(tmp_path):
     # under python -c (or a notebook) every point failed with BrokenProcessPool, the cause only on the workers'
     # stderr; serially it runs
-    script = textwrap.dedent("""
+    # (python - < script.py too, whose __main__.__file__ is "<stdin>"); forked workers inherit it, and a sweep whose
+    # points are all cached starts none
+    script = textwrap.dedent(f"""
         from shallow.sweep import sweep, grid
         def g(config):
-            return {"v": config["x"]}
+            return {{"v": config["x"]}}
         try:
             sweep(g, grid(x=[1, 2]), workers=2)
         except TypeError as err:
             print("REFUSED:", err)
-        print("SERIAL:", [r["v"] for r in sweep(g, grid(x=[1, 2]), scheduler="serial")])
+        cache = {str(tmp_path / "cache")!r}
+        print("SERIAL:", [r["v"] for r in sweep(g, grid(x=[1, 2]), scheduler="serial", cache_dir=cache)])
+        print("CACHED:", sweep(g, grid(x=[1, 2]), workers=2, cache_dir=cache).cached)
+        print("FORK:", [r["v"] for r in sweep(g, grid(x=[3, 4]), workers=2, start_method="fork")])
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert "REFUSED: fn (g) is defined in a session without a script file" in proc.stdout, proc.stderr
-    assert "SERIAL: [1, 2]" in proc.stdout
+    for how in ("-c", "stdin"):
+        args, given = ([sys.executable, "-c", script], None) if how == "-c" else ([sys.executable, "-"], script)
+        proc = subprocess.run(args, input=given, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert "REFUSED: fn (g) is defined in a session without a script file" in proc.stdout, proc.stderr
+        assert "SERIAL: [1, 2]" in proc.stdout and "CACHED: [True, True]" in proc.stdout
+        assert "FORK: [3, 4]" in proc.stdout, proc.stderr
+        shutil.rmtree(tmp_path / "cache")
 
 
 def test_the_key_of_a_function_without_source_is_the_same_in_every_process(tmp_path):
@@ -514,14 +524,17 @@ def test_the_key_of_a_function_without_source_is_the_same_in_every_process(tmp_p
     # frozenset's order follows the per-process string hash, so both are written out: two processes agree
     script = textwrap.dedent("""
         from shallow.sweep import _source_digest_of
-        def g(config):
+        def g(config, scale=2, *, shift=0.5):
             inner = [v for v in config.values()]
             return {"v": float(config["x"] in {"a", "b", "c", "d"}), "n": len(inner)}
-        print("DIGEST", _source_digest_of(g))
+        def h(config, scale=3, *, shift=0.5):  # g with another default: another key
+            inner = [v for v in config.values()]
+            return {"v": float(config["x"] in {"a", "b", "c", "d"}), "n": len(inner)}
+        print("DIGEST", _source_digest_of(g), _source_digest_of(h) != _source_digest_of(g))
     """)
     digests = set()
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
         digests.add(proc.stdout.strip())
-    assert len(digests) == 1 and next(iter(digests)).startswith("DIGEST "), digests
+    assert len(digests) == 1 and next(iter(digests)).startswith("DIGEST ") and digests.pop().endswith("True")
