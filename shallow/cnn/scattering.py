@@ -521,6 +521,23 @@ class Scattering2D:
         xp = get_xp(xb)
         return xp.concatenate([self._run(xb[i:i + step])[0] for i in range(0, xb.shape[0], step)], axis=0)
 
+    def _run_cached_blocks(self, xb, txb=None):
+        """(S, tS, caches) of a (B, M, N) batch in blocks of :meth:`_chunk` images, each block's cache
+        (:meth:`_vjp_cached`) kept with its rows: on the whole batch at once the intermediates outgrew the
+        caches of the processor (500 images of 32x32 at J = 2: 2.3x slower than in blocks)."""
+        xp = get_xp(xb)
+        step = self._chunk()
+        runs = [(i, self._run(xb[i:i + step], None if txb is None else txb[i:i + step], keep=True))
+                for i in range(0, max(xb.shape[0], 1), step)]
+        S = xp.concatenate([run[0] for _, run in runs], axis=0)
+        tS = None if txb is None else xp.concatenate([run[1] for _, run in runs], axis=0)
+        return S, tS, [(slice(i, i + step), run[2]) for i, run in runs]
+
+    def _vjp_blocks(self, xb, caches, G):
+        """(dS/dx)^T G with the caches of :meth:`_run_cached_blocks`, block by block."""
+        xp = get_xp(xb)
+        return xp.concatenate([self._vjp_cached(xb[rows], cache, G[rows]) for rows, cache in caches], axis=0)
+
     def __call__(self, x):
         """S_J x for images x of shape (..., M, N): returns (..., K, M / 2^J, N / 2^J), Kymatio's order."""
         x = self._check(x)
@@ -537,7 +554,8 @@ class Scattering2D:
         if tx.shape != x.shape:
             raise ValueError(f"tx must have the shape of x {tuple(x.shape)}, got {tuple(tx.shape)}")
         lead = x.shape[:-2]
-        S, tS, _ = self._run(x.reshape(-1, *self.shape), tx.reshape(-1, *self.shape).astype(x.dtype, copy=False))
+        S, tS, _ = self._run_cached_blocks(x.reshape(-1, *self.shape),
+                                           tx.reshape(-1, *self.shape).astype(x.dtype, copy=False))
         out = (*lead, self.n_coefficients, *self.output_shape)
         return S.reshape(out), tS.reshape(out)
 
@@ -550,8 +568,8 @@ class Scattering2D:
         if tuple(G.shape) != want:
             raise ValueError(f"G must have the shape of S(x), {want}, got {tuple(G.shape)}")
         xb = x.reshape(-1, *self.shape)
-        _, _, cache = self._run(xb, keep=True)
-        g = self._vjp_cached(xb, cache, G.reshape(-1, self.n_coefficients, *self.output_shape).astype(x.dtype))
+        _, _, caches = self._run_cached_blocks(xb)
+        g = self._vjp_blocks(xb, caches, G.reshape(-1, self.n_coefficients, *self.output_shape).astype(x.dtype))
         return g.reshape(x.shape)
 
     # ------------------------------------------------------------------ channels-last batches
@@ -634,8 +652,8 @@ class ScatteringLayer(Layer):
         x = S._check_nhwc(x, "x", finite=self.check_inputs)
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
-        Sx, _, cache = S._run(xb, keep=True)
-        self._cache = (xb, cache, N, C)
+        Sx, _, caches = S._run_cached_blocks(xb)
+        self._cache = (xb, caches, N, C)
         return S._to_nhwc(Sx, N, C)
 
     def backward(self, dy, need_input_grad=True):
@@ -644,8 +662,8 @@ class ScatteringLayer(Layer):
         if not need_input_grad:
             return None
         S = self.scattering
-        xb, cache, N, C = self._cache
-        g = S._vjp_cached(xb, cache, S._from_nhwc(dy, N, C).astype(xb.dtype, copy=False))
+        xb, caches, N, C = self._cache
+        g = S._vjp_blocks(xb, caches, S._from_nhwc(dy, N, C).astype(xb.dtype, copy=False))
         return g.reshape(N, C, *S.shape).transpose(0, 2, 3, 1)
 
     def jvp(self, x, tx=None, tparams=None):
@@ -659,8 +677,8 @@ class ScatteringLayer(Layer):
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
         txb = tx.transpose(0, 3, 1, 2).reshape(N * C, *S.shape).astype(x.dtype, copy=False)
-        Sx, tSx, cache = S._run(xb, txb, keep=True)
-        self._cache = (xb, cache, N, C)
+        Sx, tSx, caches = S._run_cached_blocks(xb, txb)
+        self._cache = (xb, caches, N, C)
         return S._to_nhwc(Sx, N, C), S._to_nhwc(tSx, N, C)
 
 

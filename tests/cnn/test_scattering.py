@@ -192,6 +192,28 @@ def test_blocks_give_the_same_coefficients_as_one_batch():
     assert np.abs(S(x) - S._run(x)[0]).max() < 1e-14
 
 
+def test_derivatives_in_blocks_equal_those_of_one_batch(monkeypatch):
+    # jvp, vjp and the layer's forward, backward and jvp run in blocks of _chunk() images too (on the whole batch
+    # the intermediates outgrew the processor's caches); each image is independent, so blocks of 2 give the numbers
+    # of one block of all 5 images, the reference (to rounding: the same operations on other batch sizes)
+    S = Scattering2D(2, (8, 8), 4)
+    rng = np.random.default_rng(9)
+    x, tx = rng.standard_normal((5, 8, 8)), rng.standard_normal((5, 8, 8))
+    G = rng.standard_normal((5, S.n_coefficients, 2, 2))
+    X, TX = x[..., None], tx[..., None]
+    dy = np.moveaxis(G, 1, -1)
+    layer = ScatteringLayer(scattering=S)
+
+    def everything():
+        out = layer.forward(X)
+        return [*S.jvp(x, tx), S.vjp(x, G), out, layer.backward(dy), *layer.jvp(X, TX)]
+
+    whole = everything()
+    monkeypatch.setattr(S, "_chunk", lambda: 2)
+    for blocked, one in zip(everything(), whole, strict=True):
+        np.testing.assert_allclose(blocked, one, rtol=0, atol=1e-13 * np.abs(one).max())
+
+
 def test_float32_matches_float64():
     # float32 in, float32 out; the coefficients agree with float64 to 1e-5 of their scale
     # (float32 rounding 6e-8 times a few FFT stages and moduli).
