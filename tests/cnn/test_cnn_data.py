@@ -453,3 +453,16 @@ def test_standardizer_statistics_of_a_large_float32_set_of_colour_images_are_acc
     assert std.mean.dtype == std.std.dtype == np.float32
     np.testing.assert_allclose(std.mean, X64.mean(axis=(0, 1, 2)), rtol=4e-7)
     np.testing.assert_allclose(std.std, X64.std(axis=(0, 1, 2)), rtol=4e-7)
+
+
+@pytest.mark.parametrize("fill", [None, 0.5])
+def test_one_warp_for_all_images_equals_the_same_warp_given_per_image(fill):
+    # a (2, 2) A samples at one (H, W) grid of sources for every image (one gather per corner); an (n, 2, 2) A at a
+    # grid per image (take_along_axis): the same matrix both ways gives the same numbers, and each image equals its
+    # warp alone
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((4, 7, 9, 2))
+    A = np.array([[0.8, -0.5], [0.45, 0.9]])
+    shared = affine_warp(X, A, fill=fill)
+    np.testing.assert_array_equal(shared, affine_warp(X, np.broadcast_to(A, (4, 2, 2)), fill=fill))
+    np.testing.assert_array_equal(shared[2], affine_warp(X[2:3], A, fill=fill)[0])
