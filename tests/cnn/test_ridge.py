@@ -146,3 +146,15 @@ def test_ridge_fit_rejects_no_samples_or_no_features_naming_them():
         RidgeClassifier().fit(np.ones((0, 5)), np.zeros(0, int))
     with pytest.raises(ValueError, match="Phi must hold at least one feature per sample"):
         RidgeClassifier().fit(np.ones((6, 0)), np.arange(6) % 2)
+
+
+def test_scores_in_blocks_of_rows_equal_those_of_one_block(monkeypatch):
+    # decision_function scores BLOCK_ROWS rows at a time, casting each block to float64 (the whole n x p float64
+    # copies took 6x the input's memory); each row's score is its own dot products: the same to rounding
+    rng = np.random.default_rng(12)
+    Phi = rng.standard_normal((50, 7)).astype(np.float32)
+    clf = RidgeClassifier(ridge=1e-2).fit(Phi, rng.integers(0, 3, 50))
+    whole = clf.decision_function(Phi)
+    monkeypatch.setattr(RidgeClassifier, "BLOCK_ROWS", 8)
+    np.testing.assert_allclose(clf.decision_function(Phi), whole, rtol=0, atol=1e-13 * np.abs(whole).max())
+    assert whole.dtype == np.float64 and whole.shape == (50, 3)
