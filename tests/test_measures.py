@@ -638,3 +638,23 @@ def test_close_pairs_are_those_of_a_brute_force_distance_matrix(D):
     got = {tuple(p) for p in _close_pairs(P, atol).tolist()}
     i, j = np.nonzero(np.triu(squareform(pdist(P)) <= atol, k=1))
     assert got == set(zip(i.tolist(), j.tolist())) and len(got) >= 30
+
+
+def test_sliced_wasserstein_in_blocks_of_directions_is_the_mean_over_all_of_them(monkeypatch):
+    # blocks of directions (bounded memory for large measures) against the definition computed here: the p-th root
+    # of the mean over the directions of the 1-D W_p^p, each from sorted projections (equal uniform weights);
+    # a budget of 240 projections makes blocks of 3, 3 and 1 of the 7 directions for these 80 atoms
+    import shallow.measures as measures
+
+    rng = np.random.default_rng(14)
+    X, Y = rng.standard_normal((40, 3)), rng.standard_normal((40, 3)) + 0.3
+    G = np.random.default_rng(5).standard_normal((3, 7))
+    G /= np.linalg.norm(G, axis=0)
+    for p in (1.0, 2.0, 3.0):
+        w_p = np.mean(np.abs(np.sort(X @ G, axis=0) - np.sort(Y @ G, axis=0)) ** p, axis=0)  # (7,)
+        reference = np.mean(w_p) ** (1 / p)
+        whole = sliced_wasserstein(X, Y, p=p, n_projections=7, rng=5)
+        with monkeypatch.context() as patch:
+            patch.setattr(measures, "_SLICED_PROJECTIONS", 240)
+            blocked = sliced_wasserstein(X, Y, p=p, n_projections=7, rng=5)
+        assert whole == pytest.approx(reference, rel=1e-12) and blocked == pytest.approx(reference, rel=1e-12)
