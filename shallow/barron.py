@@ -1021,7 +1021,11 @@ def single_neuron_norms(a, w, kmax, activation="relu"):
     f1 = variation_norm(TwoLayer(np.array([a]), w[None, :], activation=sigma, gamma=1.0))
     mu = funk_hecke(sigma, d, kmax)  # (kmax + 1,)
     lam = mercer_eigenvalues(dot_product_kernel("nngp", sigma, "sphere", d), d, kmax)  # (kmax + 1,)
-    N = np.array([float(num_harmonics(d, k)) for k in range(kmax + 1)])
+    try:
+        N = np.array([float(num_harmonics(d, k)) for k in range(kmax + 1)])
+    except OverflowError:  # the bare "int too large to convert to float"
+        raise ValueError(f"kmax={kmax} is too large for d={d}: N(d, k) exceeds float64 (1.8e308) before it, and so "
+                         "would the truncated F2 norms; take a smaller kmax") from None
     energies = (a * float(np.linalg.norm(w)) ** alpha) ** 2 * mu**2 * N  # (kmax + 1,)
     f2 = np.array([f2_norm_from_harmonics(energies[: K + 1], lam[: K + 1]) for K in range(kmax + 1)])
     return f1, f2

@@ -351,6 +351,7 @@ def test_targets_and_maurey_networks_on_each_backend(xp, dtype):
     (lambda: single_neuron_norms(1.0, np.ones(3), -1), "kmax must be an integer >= 0"),
     (lambda: single_neuron_norms(1.0, np.ones(1), 3), "w must have d >= 2"),
     (lambda: single_neuron_norms(1.0, np.zeros(3), 3), "w must be nonzero"),
+    (lambda: single_neuron_norms(1.0, np.ones(500), 1000), "kmax=1000 is too large for d=500"),  # OverflowError
     (lambda: single_neuron_norms(1.0, np.ones(3), 3, activation="tanh"), "not positively homogeneous"),
     (lambda: Representation(2, 1.0, "relu", lambda m, rng: (np.full(m, 2.0), np.zeros((m, 3)))).sample(3),
      r"\|h\| up to 2"),
