@@ -855,3 +855,14 @@ def test_erf_kernel_near_parallel_inputs_float32_matches_float64_to_float32_roun
     K64 = random_feature_kernel(X32.astype(np.float64), None, "erf")
     assert K32.dtype == np.float32
     np.testing.assert_allclose(K32, K64, rtol=0, atol=16 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("kernel", [random_feature_kernel, ntk])
+def test_monte_carlo_kernel_of_x_with_itself_equals_that_of_x_with_a_copy(kernel):
+    # K(X) reuses the features of X for both sides (and one symmetric product); K(X, copy of X) computes them
+    # twice: the same draws give the same kernel, to the rounding of the products (1e-13 of its scale), symmetric
+    X = np.random.default_rng(16).standard_normal((30, 4))
+    K = kernel(X, sigma="tanh", n_features=500, rng=3)
+    K2 = kernel(X, X.copy(), sigma="tanh", n_features=500, rng=3)
+    np.testing.assert_allclose(K, K2, rtol=0, atol=1e-13 * np.abs(K2).max())
+    np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-13 * np.abs(K).max())
