@@ -866,3 +866,25 @@ def test_monte_carlo_kernel_of_x_with_itself_equals_that_of_x_with_a_copy(kernel
     K2 = kernel(X, X.copy(), sigma="tanh", n_features=500, rng=3)
     np.testing.assert_allclose(K, K2, rtol=0, atol=1e-13 * np.abs(K2).max())
     np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-13 * np.abs(K).max())
+
+
+def test_zonal_series_in_blocks_equals_the_recurrence_on_the_whole_array(monkeypatch):
+    # the host's blocks with an in-place recurrence against the three-term recurrence written here on the whole
+    # array (the same operations in the same order: equal bit for bit), with a zero coefficient and float32
+    import shallow.kernels as kernels
+
+    rng = np.random.default_rng(17)
+    c = np.abs(rng.standard_normal(12)) * 0.5 ** np.arange(12)
+    c[4] = 0.0
+    d = 6
+    for dtype in (np.float64, np.float32):
+        t = rng.uniform(-1, 1, (37, 23)).astype(dtype)
+        prev, cur = np.ones_like(t), t.copy()
+        want = np.full(t.shape, float(c[0]), dtype=dtype) + float(c[1]) * cur
+        for k in range(1, len(c) - 1):
+            prev, cur = cur, ((2 * k + d - 2) / (k + d - 2)) * t * cur - (k / (k + d - 2)) * prev
+            if c[k + 1]:
+                want += float(c[k + 1]) * cur
+        monkeypatch.setattr(kernels, "_SERIES_CHUNK", 100)  # 9 blocks, the last one short
+        got = kernels._zonal_series(c, d, t)
+        assert got.dtype == dtype and np.array_equal(got, want)
