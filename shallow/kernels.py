@@ -413,37 +413,29 @@ _SERIES_CHUNK = 32768
 def _zonal_series(c, d, t):
     """sum_k c_k P_{k,d}(t) by the forward recurrence, in O(t.size) memory (numpy or cupy).
 
-    On the host, blocks of _SERIES_CHUNK entries with the recurrence written in place: over a whole
-    5000 x 5000 t, each degree allocated and streamed four full-size temporaries (5 times the time). The
-    operations and their order are those of the one-array form, so the values are the same.
+    The recurrence is written in place, on the host over blocks of _SERIES_CHUNK entries (as
+    ``harmonics.legendre_all``), on a device over t at once: over a whole 5000 x 5000 t, each degree
+    allocated and streamed four full-size temporaries (5 times the time). The operations and their
+    order are those of the one-array form, so the values are the same.
     """
     xp = get_xp(t)
     out = xp.full(t.shape, float(c[0]), dtype=t.dtype)
     if len(c) == 1:
         return out
-    if xp is not np:
-        prev, cur = xp.ones_like(t), t.copy()
-        out += float(c[1]) * cur
-        for k in range(1, len(c) - 1):
-            prev, cur = cur, ((2 * k + d - 2) / (k + d - 2)) * t * cur - (k / (k + d - 2)) * prev
-            if c[k + 1]:
-                out += float(c[k + 1]) * cur
-        return out
-    tf, of = t.reshape(-1), out.reshape(-1)  # views (t is contiguous from the callers; a copy otherwise)
-    for start in range(0, tf.size, _SERIES_CHUNK):
-        tc, oc = tf[start:start + _SERIES_CHUNK], of[start:start + _SERIES_CHUNK]
-        prev, cur, work = np.ones_like(tc), tc.copy(), np.empty_like(tc)
+    tf, of = t.reshape(-1), out.reshape(-1)  # of: a view of the new, contiguous out
+    chunk = _SERIES_CHUNK if xp is np else max(tf.size, 1)
+    for start in range(0, tf.size, chunk):
+        tc, oc = tf[start:start + chunk], of[start:start + chunk]
+        prev, cur, work = xp.ones_like(tc), tc.copy(), xp.empty_like(tc)
         oc += float(c[1]) * cur
         for k in range(1, len(c) - 1):
-            np.multiply((2 * k + d - 2) / (k + d - 2), tc, out=work)
+            xp.multiply((2 * k + d - 2) / (k + d - 2), tc, out=work)
             work *= cur
             prev *= k / (k + d - 2)
-            np.subtract(work, prev, out=prev)  # P_{k+1}, written over P_{k-1}
+            xp.subtract(work, prev, out=prev)  # P_{k+1}, written over P_{k-1}
             prev, cur = cur, prev
             if c[k + 1]:
                 oc += float(c[k + 1]) * cur
-    if not np.shares_memory(of, out):
-        out = of.reshape(t.shape)
     return out
 
 
