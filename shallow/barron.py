@@ -358,9 +358,7 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=False, dtype=np
         idx = rng.choice(len(weights), size=m, p=np.abs(weights) / total)  # (m,)
         a = total * np.sign(weights[idx])
         W = points[idx]  # (m, D)
-        if activation is None:  # the measure's own (that of the network it came from), else relu
-            activation = "relu" if measure.activation is None else measure.activation
-        sigma = _resolve_activation(activation)
+        sigma = measure.sigma if activation is None else _resolve_activation(activation)
         device = device_of(measure.points) if device is None else device
     else:
         raise ValueError("measure must be a Representation, a shallow.measures.Measure or a TwoLayer network, "

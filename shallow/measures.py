@@ -161,6 +161,9 @@ class Measure:
         As given; kept by :meth:`merge`, :meth:`positive`, :meth:`negative`, :meth:`copy`, negation
         and scaling, and by a sum, whose terms must have the same activation (one without counting as
         relu).
+    sigma : activation object
+        The one :meth:`evaluate` and :func:`measure_to_network` use by default (read-only):
+        ``activation``, or relu when it is None.
     device : {"cpu", "gpu"}
         Where the atoms live (read-only; :func:`shallow.backend.device_of` of ``points``).
     dtype : numpy dtype
@@ -197,6 +200,11 @@ class Measure:
     def _like(self, weights, points) -> Measure:
         """A measure of the same activation on other atoms."""
         return Measure(weights, points, activation=self.activation)
+
+    @property
+    def sigma(self):
+        """The activation the measure is evaluated with: its own, or relu for a measure without one."""
+        return _resolve_activation("relu" if self.activation is None else self.activation)
 
     @property
     def xp(self):
@@ -296,8 +304,7 @@ class Measure:
         if other.D != self.D:
             raise ValueError(f"cannot add measures on S^{self.D - 1} and S^{other.D - 1}")
         # a measure without an activation is evaluated with relu: it adds to relu measures only
-        relu = _resolve_activation("relu")
-        a, b = (relu if m.activation is None else m.activation for m in (self, other))
+        a, b = self.sigma, other.sigma
         if a != b:  # no one sigma to evaluate the sum with
             raise ValueError(f"cannot add measures of networks with different activations, {a!r} and {b!r} (a "
                              "measure without an activation counts as relu)")
@@ -435,10 +442,8 @@ def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> 
     gamma = 1.0 / len(mu) if gamma is None else gamma
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
-    if activation is None:
-        activation = "relu" if mu.activation is None else mu.activation
-    return TwoLayer(mu.weights / gamma, mu.points, activation=_resolve_activation(activation), gamma=gamma,
-                    bias=bias)
+    sigma = mu.sigma if activation is None else _resolve_activation(activation)
+    return TwoLayer(mu.weights / gamma, mu.points, activation=sigma, gamma=gamma, bias=bias)
 
 
 def variation_norm(obj, atol=None) -> float:
