@@ -240,11 +240,17 @@ def _code_text(code) -> str:
     return "|".join([code.co_code.hex(), repr(code.co_names), *map(const, code.co_consts)])
 
 
+def _under_partials(fn):
+    """The function that ``fn`` calls in the end: itself, or the one under its ``functools.partial`` layers."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
 def _source_digest_of(fn) -> str:
     """12 hexadecimal digits of the source text of ``fn`` (of the function under partials), or of its
     code (:func:`_code_text`) where no source file holds it (``python -c``, a notebook)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
+    fn = _under_partials(fn)
     try:
         text = inspect.getsource(fn)
     except (OSError, TypeError):  # the code, and the defaults that the source text would have shown
@@ -784,9 +790,8 @@ def _check_importable(fn, qualname):
     """Refuse a function of ``__main__`` without a script file (``python -c``, a notebook, ``python - < file``):
     spawned workers cannot import it, and every point failed with BrokenProcessPool, the cause only on the
     workers' stderr."""
-    base = fn.func if isinstance(fn, functools.partial) else fn
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if getattr(base, "__module__", None) == "__main__" and not (main_file and os.path.isfile(main_file)):
+    if getattr(_under_partials(fn), "__module__", None) == "__main__" and not (main_file and os.path.isfile(main_file)):
         raise TypeError(f"fn ({qualname}) is defined in a session without a script file (python -c, a notebook, "
                         "the interpreter, a piped script): spawned worker processes cannot import it; define it "
                         "in a module or script file, or use scheduler='serial' (or start_method='fork')")

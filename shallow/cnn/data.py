@@ -514,12 +514,9 @@ def affine_warp(X, A, *, fill=None):
     H, W = X.shape[1:3]
     ci, cj = (H - 1) / 2.0, (W - 1) / 2.0
     pi, pj = np.meshgrid(np.arange(H) - ci, np.arange(W) - cj, indexing="ij")  # (H, W)
-    # one A for all images: the sources once, (H, W), not once per image
-    A = A[None] if A.shape == (2, 2) else A
-    si = A[:, 0, 0, None, None] * pi + A[:, 0, 1, None, None] * pj + ci  # (n, H, W), or (1, H, W)
-    sj = A[:, 1, 0, None, None] * pi + A[:, 1, 1, None, None] * pj + cj
-    if si.shape[0] == 1 and X.shape[0] != 1:
-        si, sj = si[0], sj[0]
+    # (n, H, W) sources for one A per image; one A for all images: (H, W), once
+    si = A[..., 0, 0, None, None] * pi + A[..., 0, 1, None, None] * pj + ci
+    sj = A[..., 1, 0, None, None] * pi + A[..., 1, 1, None, None] * pj + cj
     # exact grid points stay exact (rot90): round away floating-point dust
     si = np.where(np.abs(si - np.round(si)) < 1e-9, np.round(si), si)
     sj = np.where(np.abs(sj - np.round(sj)) < 1e-9, np.round(sj), sj)
