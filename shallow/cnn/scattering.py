@@ -508,33 +508,29 @@ class Scattering2D:
         return self._pad_adjoint(gxpad).astype(x.dtype, copy=False)
 
     def _chunk(self) -> int:
-        """Images per block in :meth:`__call__` and :meth:`features`: about 2^21 complex numbers per intermediate."""
+        """Images per block of :meth:`_run_blocks`: about 2^21 complex numbers per intermediate."""
         Mp, Np = self.padded_shape
         per_image = self.L * max(1, self.L // 4 if self.max_order >= 2 else 1) * Mp * Np
         return max(1, 2**21 // per_image)
 
-    def _run_blocks(self, xb):
-        """S of a (B, M, N) batch, computed in blocks of :meth:`_chunk` images (bounded memory)."""
+    def _run_blocks(self, xb, txb=None, keep=False):
+        """(S, tS, caches) of a (B, M, N) batch (and tangents txb), computed in blocks of :meth:`_chunk`
+        images; with keep each block's cache (:meth:`_vjp_cached`) comes with its rows. On the whole
+        batch at once the intermediates outgrew the memory and the processor's caches (500 images of
+        32x32 at J = 2: 2.3x slower than in blocks)."""
         step = self._chunk()
-        if xb.shape[0] <= step:
-            return self._run(xb)[0]
-        xp = get_xp(xb)
-        return xp.concatenate([self._run(xb[i:i + step])[0] for i in range(0, xb.shape[0], step)], axis=0)
-
-    def _run_cached_blocks(self, xb, txb=None):
-        """(S, tS, caches) of a (B, M, N) batch in blocks of :meth:`_chunk` images, each block's cache
-        (:meth:`_vjp_cached`) kept with its rows: on the whole batch at once the intermediates outgrew the
-        caches of the processor (500 images of 32x32 at J = 2: 2.3x slower than in blocks)."""
-        xp = get_xp(xb)
-        step = self._chunk()
-        runs = [(i, self._run(xb[i:i + step], None if txb is None else txb[i:i + step], keep=True))
+        runs = [(i, self._run(xb[i:i + step], None if txb is None else txb[i:i + step], keep=keep))
                 for i in range(0, max(xb.shape[0], 1), step)]
-        S = xp.concatenate([run[0] for _, run in runs], axis=0)
-        tS = None if txb is None else xp.concatenate([run[1] for _, run in runs], axis=0)
-        return S, tS, [(slice(i, i + step), run[2]) for i, run in runs]
+        if len(runs) == 1:
+            S, tS, cache = runs[0][1]
+        else:
+            xp = get_xp(xb)
+            S = xp.concatenate([run[0] for _, run in runs], axis=0)
+            tS = None if txb is None else xp.concatenate([run[1] for _, run in runs], axis=0)
+        return S, tS, ([(slice(i, i + step), run[2]) for i, run in runs] if keep else None)
 
     def _vjp_blocks(self, xb, caches, G):
-        """(dS/dx)^T G with the caches of :meth:`_run_cached_blocks`, block by block."""
+        """(dS/dx)^T G with the caches of :meth:`_run_blocks` (``keep=True``), block by block."""
         xp = get_xp(xb)
         return xp.concatenate([self._vjp_cached(xb[rows], cache, G[rows]) for rows, cache in caches], axis=0)
 
@@ -542,7 +538,7 @@ class Scattering2D:
         """S_J x for images x of shape (..., M, N): returns (..., K, M / 2^J, N / 2^J), Kymatio's order."""
         x = self._check(x)
         lead = x.shape[:-2]
-        S = self._run_blocks(x.reshape(-1, *self.shape))
+        S = self._run_blocks(x.reshape(-1, *self.shape))[0]
         return S.reshape(*lead, self.n_coefficients, *self.output_shape)
 
     scattering = __call__
@@ -554,8 +550,7 @@ class Scattering2D:
         if tx.shape != x.shape:
             raise ValueError(f"tx must have the shape of x {tuple(x.shape)}, got {tuple(tx.shape)}")
         lead = x.shape[:-2]
-        S, tS, _ = self._run_cached_blocks(x.reshape(-1, *self.shape),
-                                           tx.reshape(-1, *self.shape).astype(x.dtype, copy=False))
+        S, tS, _ = self._run_blocks(x.reshape(-1, *self.shape), tx.reshape(-1, *self.shape).astype(x.dtype, copy=False))
         out = (*lead, self.n_coefficients, *self.output_shape)
         return S.reshape(out), tS.reshape(out)
 
@@ -568,7 +563,7 @@ class Scattering2D:
         if tuple(G.shape) != want:
             raise ValueError(f"G must have the shape of S(x), {want}, got {tuple(G.shape)}")
         xb = x.reshape(-1, *self.shape)
-        _, _, caches = self._run_cached_blocks(xb)
+        _, _, caches = self._run_blocks(xb, keep=True)
         g = self._vjp_blocks(xb, caches, G.reshape(-1, self.n_coefficients, *self.output_shape).astype(x.dtype))
         return g.reshape(x.shape)
 
@@ -600,7 +595,7 @@ class Scattering2D:
         """
         X = self._check_nhwc(X)
         N, _, _, C = X.shape
-        S = self._run_blocks(X.transpose(0, 3, 1, 2).reshape(N * C, *self.shape))
+        S = self._run_blocks(X.transpose(0, 3, 1, 2).reshape(N * C, *self.shape))[0]
         return self._to_nhwc(S, N, C)
 
 
@@ -652,7 +647,7 @@ class ScatteringLayer(Layer):
         x = S._check_nhwc(x, "x", finite=self.check_inputs)
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
-        Sx, _, caches = S._run_cached_blocks(xb)
+        Sx, _, caches = S._run_blocks(xb, keep=True)
         self._cache = (xb, caches, N, C)
         return S._to_nhwc(Sx, N, C)
 
@@ -677,7 +672,7 @@ class ScatteringLayer(Layer):
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
         txb = tx.transpose(0, 3, 1, 2).reshape(N * C, *S.shape).astype(x.dtype, copy=False)
-        Sx, tSx, caches = S._run_cached_blocks(xb, txb)
+        Sx, tSx, caches = S._run_blocks(xb, txb, keep=True)
         self._cache = (xb, caches, N, C)
         return S._to_nhwc(Sx, N, C), S._to_nhwc(tSx, N, C)
 
