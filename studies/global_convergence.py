@@ -134,9 +134,8 @@ def run_point(point: dict) -> dict:
     R0 = loss(zero)  # = 1/2 E[f*(x)^2], the risk of the zero network
     student = student_network(cfg, m, r)
     traj = gradient_flow(student, loss, cfg.steps, cfg.step_size, method=cfg.method, record_every=cfg.record_every)
-    # the Euler record grid (adaptive steps: the curve resampled on it)
-    grid = np.arange(0, cfg.steps + 1, cfg.record_every) * cfg.step_size
-    if cfg.method == "adaptive":
+    if cfg.method == "adaptive":  # adaptive steps: the curve resampled on the Euler record grid
+        grid = np.arange(0, cfg.steps + 1, cfg.record_every) * cfg.step_size
         curve = np.interp(grid, traj.times, traj.risks) / R0
     else:
         grid, curve = traj.times, traj.risks / R0
