@@ -363,20 +363,51 @@ def test_dot_product_kernel_is_the_kernel_on_the_sphere(kind, sigma, law):
                                rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
-def test_dot_product_kernel_without_closed_form_matches_double_quadrature(name):
-    """kappa(t) = E[sigma(Z1) sigma(t Z1 + sqrt(1 - t^2) Z2)] (Gaussian weights, unit inputs)."""
-    kappa = dot_product_kernel("nngp", name)
-    f = {"tanh": math.tanh, "sigmoid": lambda z: 1 / (1 + math.exp(-z))}[name]  # scalar math: fast in quad
+# Scalar activations and derivatives for QUADPACK, typed from their definitions (math: fast in quad).
+_SCALAR = {
+    "tanh": (math.tanh, lambda z: 1 / math.cosh(z) ** 2),
+    "sigmoid": (lambda z: 1 / (1 + math.exp(-z)), lambda z: math.exp(-z) / (1 + math.exp(-z)) ** 2),
+    "softplus": (lambda z: math.log1p(math.exp(z)), lambda z: 1 / (1 + math.exp(-z))),
+    "gelu": (lambda z: 0.5 * z * math.erfc(-z / math.sqrt(2)),
+             lambda z: 0.5 * math.erfc(-z / math.sqrt(2)) + z * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)),
+}
 
+
+def _gaussian_pair_quad(f, t):
+    """E[f(Z1) f(t Z1 + sqrt(1 - t^2) Z2)] by QUADPACK (tails beyond |z| = 10 weigh < 1e-22), to 1e-12."""
     def phi(z):
         return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    for t in (1.0, 0.3, -0.8):
-        s = math.sqrt(1 - t * t)
-        # Gaussian tails beyond |z| = 10 weigh < 1e-22; QUADPACK to 1e-12.
-        ref = integrate.dblquad(lambda z2, z1: phi(z1) * phi(z2) * f(z1) * f(t * z1 + s * z2),
-                                -10, 10, -10, 10, epsabs=1e-12, epsrel=1e-12)[0]
-        assert abs(float(kappa(np.array(t))) - ref) < 1e-11
+    s = math.sqrt(max(1 - t * t, 0.0))
+    return integrate.dblquad(lambda z2, z1: phi(z1) * phi(z2) * f(z1) * f(t * z1 + s * z2),
+                             -10, 10, -10, 10, epsabs=1e-12, epsrel=1e-12)[0]
+
+
+def _kappa_quad(name, kind, t):
+    f, fprime = _SCALAR[name]
+    value = _gaussian_pair_quad(f, t)
+    return value + t * _gaussian_pair_quad(fprime, t) if kind == "ntk" else value
+
+
+@pytest.mark.parametrize("kind", ["nngp", "ntk"])
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "softplus", "gelu"])
+def test_dot_product_kernel_without_closed_form_matches_double_quadrature(name, kind):
+    """kappa(t) = E[sigma(Z1) sigma(t Z1 + sqrt(1 - t^2) Z2)] (+ t E[sigma' sigma'] for the NTK), Gaussian
+    weights, unit inputs, at the ends t = +-1 and inside: within 1e-11 of QUADPACK's double integral."""
+    kappa = dot_product_kernel(kind, name)
+    for t in (1.0, 0.3, -0.8, -1.0):
+        assert abs(float(kappa(np.array(t))) - _kappa_quad(name, kind, t)) < 1e-11
+
+
+@pytest.mark.parametrize("kernel,kind", [(random_feature_kernel, "nngp"), (ntk, "ntk")])
+def test_kernels_without_closed_form_are_exact_on_the_sphere_under_gaussian_weights(kernel, kind):
+    """On S^{d-1}, E_{w ~ N(0, I)}[sigma(<w, x>) sigma(<w, y>)] depends on <x, y> only (Mehler's series): no
+    n_features needed, and every entry of the 2 x 2 matrix (tanh, d = 4) within 1e-11 of QUADPACK."""
+    X, Y = (_unit(A) for A in _inputs(4, seed=23))
+    X, Y = X[:2], Y[:2]
+    K = kernel(X, Y, "tanh")
+    G = np.clip(X @ Y.T, -1, 1)
+    ref = [[_kappa_quad("tanh", kind, float(G[i, j])) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(K, ref, rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 10])
@@ -785,15 +816,17 @@ def test_mercer_eigenvalues_of_a_callable_in_dimension_one_hundred_match_the_bes
     np.testing.assert_allclose(mercer_eigenvalues(np.exp, d, kmax), ref, rtol=1e-12, atol=0)
 
 
-def test_series_kernels_refuse_inputs_of_which_some_rows_are_off_the_sphere():
-    """The Funk-Hecke series is the sphere-weight kernel only on S^{d-1}: one row of norm 2 among unit rows, in X or
-    in Y, leaves no closed form (ValueError asking for n_features), as when every row is off the sphere."""
+@pytest.mark.parametrize("law", ["sphere", "gaussian"])
+def test_series_kernels_refuse_inputs_of_which_some_rows_are_off_the_sphere(law):
+    """The Funk-Hecke series (sphere weights) and Mehler's (Gaussian weights) are the kernel only on S^{d-1}: one
+    row of norm 2 among unit rows, in X or in Y, leaves no closed form (ValueError asking for n_features), as when
+    every row is off the sphere."""
     unit = _unit(np.random.default_rng(17).standard_normal((3, 4)))
     mixed = unit.copy()
     mixed[1] *= 2.0
     for X, Y in ((mixed, unit), (unit, mixed)):
         with pytest.raises(ValueError, match="n_features"):
-            random_feature_kernel(X, Y, "tanh", "sphere")
+            random_feature_kernel(X, Y, "tanh", law)
 
 
 def test_closed_form_kernels_of_far_rows_with_zero_coordinates_follow_their_largest_entry():
