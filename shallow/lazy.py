@@ -558,7 +558,8 @@ class KernelPrediction(NamedTuple):
     test: object
 
 
-def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
+def _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=1):
+    """The checked arrays (xp, K, y, f0, K_test, f0_test) of a kernel problem, K symmetric."""
     K = check_array(K, "K", ndim=2)
     y = check_array(y, "y", ndim=(1, 2) if targets_ndim == 2 else 1)
     n = y.shape[0]
@@ -585,18 +586,72 @@ def _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=1):
         raise ValueError("f0_test was given without K_test")
     get_xp(K, y, f0, K_test, f0_test)
     check_symmetric(K, "K", "the Gram matrix of the training points")
-    # Symmetrise (rounding) and diagonalise K = U diag(lam) U^T.
+    return xp, K, y, f0, K_test, f0_test
+
+
+def _psd_tolerance(K):
+    """Relative tolerance of the semidefiniteness check: max(sqrt(eps), n eps) (n eps for a large float32 K).
+
+    A Gram matrix is positive semidefinite: rounding leaves eigenvalues of order n eps max |lam| at worst
+    below 0, an indefinite K (a negated or shifted kernel) far more; its flow grows like e^{|lam| t}
+    instead of converging.
+    """
+    eps = float(np.finfo(K.dtype).eps)
+    return max(math.sqrt(eps), K.shape[0] * eps)
+
+
+def _eigen_problem(xp, K, y, f0):
+    """(lam, U, coef): K = U diag(lam) U^T (symmetrised), checked semidefinite; coef = U^T (y - f0)."""
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
-    # A Gram matrix is positive semidefinite: rounding leaves eigenvalues of order n eps max |lam| at worst
-    # below 0, an indefinite K (a negated or shifted kernel) far more; its flow grows like e^{|lam| t}
-    # instead of converging. Tolerance max(sqrt(eps), n eps) max |lam|: n eps for a large float32 K.
     scale = float(xp.abs(lam).max())
-    eps = float(np.finfo(lam.dtype).eps)
-    if float(lam[0]) < -max(math.sqrt(eps), lam.shape[0] * eps) * scale:
+    if float(lam[0]) < -_psd_tolerance(K) * scale:
         raise ValueError(f"K must be positive semidefinite (the Gram matrix of the training points): its smallest "
                          f"eigenvalue is {float(lam[0]):.3g} for a largest |eigenvalue| of {scale:.3g}")
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
-    return xp, lam, U, coef, f0, K_test, f0_test
+    return lam, U, coef
+
+
+def _cholesky(xp, A):
+    """The lower Cholesky factor of the symmetric A (overwritten on the host), or None where it fails."""
+    if xp is np:
+        from scipy import linalg
+        try:
+            return linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
+        except linalg.LinAlgError:
+            return None
+    L = xp.linalg.cholesky(A)  # cupy does not raise: a failed factorisation holds NaN
+    return L if bool(xp.isfinite(L).all()) else None
+
+
+def _cholesky_solve(xp, L, B):
+    """(L L^T)^{-1} B for a lower-triangular L."""
+    if xp is np:
+        from scipy import linalg
+        return linalg.cho_solve((L, True), B, check_finite=False)
+    from cupyx.scipy.linalg import solve_triangular
+    return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")
+
+
+def _ridge_by_cholesky(xp, K, y, shift, f0, K_test, f0_test):
+    """f0 + K (K + shift I)^{-1} (y - f0) by two Cholesky factorisations, or None to take the eigenbasis.
+
+    The first, of K + delta I with delta = tolerance * |K|_F (>= tolerance * max |lam|), certifies that K is
+    semidefinite within the tolerance of :func:`_eigen_problem`; the second solves the system. Each costs
+    n^3 / 3, against about 9 n^3 for an eigendecomposition (25 times faster at n = 3000). Where either
+    fails (an indefinite K, or a shift below the rounding of K), None: the eigenbasis then decides, and
+    says why it refuses K.
+    """
+    n = K.shape[0]
+    eye = xp.eye(n, dtype=K.dtype)
+    Ks = 0.5 * (K + K.T)
+    delta = _psd_tolerance(K) * float(xp.linalg.norm(Ks))
+    if delta < shift and _cholesky(xp, Ks + delta * eye) is None:
+        return None
+    L = _cholesky(xp, Ks + shift * eye)
+    if L is None:
+        return None
+    alpha = _cholesky_solve(xp, L, y - f0)  # (n,) or (n, k)
+    return KernelPrediction(f0 + K @ alpha, None if K_test is None else f0_test + K_test @ alpha)
 
 
 def _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test):
@@ -669,7 +724,8 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     array([0.63212056, 0.39346934])
     """
     s = check_positive(time_scale, "time_scale")
-    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test)
+    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test)
+    lam, U, coef = _eigen_problem(xp, K, y, f0)
     t_host = to_numpy(check_array(t, "t", ndim=(0, 1))).astype(np.float64)
     if np.any(t_host < 0):
         raise ValueError(f"t must be a time >= 0 or a 1-dimensional array of them, got {t!r}")
@@ -710,6 +766,12 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     stopping the flow at time t acts like a ridge lambda ~ 1/(s t) (Ali, Kolter and Tibshirani 2019),
     and lambda -> 0 is the limit t -> infinity, the interpolant of minimum RKHS norm.
 
+    With ridge > 0 the system is solved by Cholesky factorisations (n^3/3 each: 25 times faster
+    than an eigendecomposition at n = 3000), one of which checks that K is semidefinite; with
+    ridge = 0, or a ridge below the rounding of K, by the eigendecomposition, where the
+    eigenvalues that rounding leaves below 0 count as 0. K must be positive semidefinite up to
+    max(sqrt(eps), n eps) times its largest eigenvalue (ValueError otherwise).
+
     References
     ----------
     1. A. Ali, J. Z. Kolter and R. J. Tibshirani, arXiv:1810.10082, Sec. 3.
@@ -722,13 +784,24 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     array([0.66666667, 0.5       ])
     """
     ridge = check_nonnegative(ridge, "ridge")
-    xp, lam, U, coef, f0, K_test, f0_test = _check_kernel_problem(K, y, f0, K_test, f0_test, targets_ndim=2)
-    n = coef.shape[0]
+    if rcond is not None:
+        rcond = check_nonnegative(rcond, "rcond")
+    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=2)
+    n = y.shape[0]
     if ridge > 0:
-        g = 1.0 / (xp.maximum(lam, 0) + n * ridge)
+        pred = _ridge_by_cholesky(xp, K, y, n * ridge, f0, K_test, f0_test)
+        if pred is not None:
+            return pred
+    lam, U, coef = _eigen_problem(xp, K, y, f0)
+    if ridge > 0:
+        # The eigenvalues rounding left below 0 count as 0 in both factors: the fit's filter
+        # lam / (lam + n ridge) stays in [0, 1). With lam itself in the numerator a ridge below K's
+        # rounding multiplied those directions of y by lam / (n ridge), 80 times at n = 300 in float32.
+        lam = xp.maximum(lam, 0)
+        g = 1.0 / (lam + n * ridge)
     else:
         eps = float(np.finfo(np.dtype(lam.dtype)).eps)
-        cut = (n * eps if rcond is None else check_nonnegative(rcond, "rcond")) * float(xp.abs(lam).max())
+        cut = (n * eps if rcond is None else rcond) * float(xp.abs(lam).max())
         keep = lam > cut
         g = xp.where(keep, 1.0 / xp.where(keep, lam, 1), 0)
     return _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test)

@@ -273,6 +273,21 @@ def test_kernel_regression_solves_the_regularised_normal_equations():
     np.testing.assert_allclose(interp.test, f0t + Ft @ theta, atol=1e-9)
 
 
+
+def test_kernel_ridge_fit_is_a_contraction_of_the_targets_even_below_the_rounding_of_K():
+    """For K semidefinite, K (K + n lambda I)^{-1} has its eigenvalues lam / (lam + n lambda) in [0, 1), so
+    |f - f0| <= |y - f0|. A float32 Gram matrix of rank 10 (n = 300) has eigenvalues of -8e-6 from rounding;
+    a ridge of 1e-9 (n lambda = 3e-7) lies below them. The fit then came out 30 times larger than y."""
+    rng = np.random.default_rng(0)
+    n = 300
+    F = rng.standard_normal((n, 10)).astype(np.float32)
+    K, y = F @ F.T, rng.standard_normal(n).astype(np.float32)
+    assert np.linalg.eigvalsh(K.astype(np.float64))[0] < -n * 1e-9  # the premise: rounding below -n lambda
+    for ridge in (1e-9, 1e-3):
+        fit = kernel_regression(K, y, ridge).train
+        assert np.linalg.norm(fit) <= np.linalg.norm(y) * (1 + 1e-5)
+
+
 # ----------------------------------------------------------------------------- the lazy regime
 
 def test_large_alpha_training_is_lazy_weight_change_scales_like_one_over_alpha():
