@@ -9,7 +9,7 @@ scikit-learn's 8x8 digits:
   max_x |J_f(x)|_2 over the test images (the bounds are valid), and far above it for a standard
   network: the product of layer norms is loose by one to two orders of magnitude;
 * the Combettes-Pesquet bound over relu chains ("averaged") is below the product of the norms
-  (power iteration), itself below the certified product (FFT bound of each convolution);
+  (Lanczos iteration), itself below the certified product (FFT bound of each convolution);
 * training with spectral normalisation (every convolution and linear layer projected to norm <= c
   after each step, by the certified FFT bound) divides the bound by a large factor and leaves a
   smaller gap to the local constant;
@@ -28,7 +28,7 @@ Digits (stratified 25% test split, standardised; the first ``n_train`` training 
 pooling, global average pooling, a linear layer), He initialisation, the same for both; Adam
 (lr ``lr``), batch 64, ``epochs`` epochs; the spectrally normalised network is projected after every
 step by :class:`shallow.cnn.robustness.SpectralProjection` (per-layer bound ``sn_bound``). Bounds
-by :func:`shallow.cnn.robustness.lipschitz_upper_bound` ("product" with power iteration and with the
+by :func:`shallow.cnn.robustness.lipschitz_upper_bound` ("product" with Lanczos iteration and with the
 FFT bound, "averaged"), local constant by :func:`local_lipschitz` over the test set; PGD
 (``pgd_steps`` steps of 2.5 eps / steps, no random start, cross-entropy) on the first ``n_attack``
 test images for each eps in the grids. Universal perturbations: for each L2 radius in

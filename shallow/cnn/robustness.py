@@ -20,7 +20,7 @@ along smooth random fields (:func:`random_displacement`).
 Lipschitz bounds
 ----------------
 All norms are Euclidean (the image as a vector of H W C numbers). A linear layer's Lipschitz
-constant is its operator norm |A|, found by power iteration on A^T A with the layer's own
+constant is its operator norm |A|, found by Lanczos iteration on A^T A with the layer's own
 forward-mode map (A v = ``layer.jvp(x, v)[1]``, which leaves the bias out) and backward map (A^T u)
 (:func:`spectral_norm`). For a circular convolution the singular values are known exactly (ref. 2,
 Theorem 6): those of the C_in x C_out matrices hat W(omega) of the kernel's 2-D DFT, one per
@@ -461,29 +461,70 @@ def _unit(v, xp):
     return v / n if n > 0 else v, n
 
 
-def _power_iteration(A, AT, v, n_iter, tol):
-    """(sigma, v): sqrt(|A^T A v|) at the last unit iterate v of the power method on A^T A.
+_KRYLOV = 24  # basis vectors of spectral_norm's Lanczos process
+_KEPT = 10  # Ritz vectors kept at each restart
 
-    sqrt(|A^T A v|) >= |A v| for a unit v, and both increase to sigma_max(A) as v aligns with the
-    top right singular vector (for a start not orthogonal to it). Stops when the relative change
-    of the estimate falls below ``tol``. Each half step is normalised, |A^T A v| = |A v| |A^T u| with
-    u = A v / |A v|, so that the iterates are of the order of sigma, not sigma^2: the estimate is in
-    range wherever sigma_max(A) is.
+
+def _lanczos(A, AT, v, n_iter, tol):
+    """(sigma, v): the largest singular value of A and a unit top right singular vector, Lanczos on A^T A.
+
+    Thick-restarted Lanczos (Wu and Simon 2000) on B = A^T A / s^2, s = |A v0| (the iterates are of order
+    one wherever sigma_max(A) is representable): the basis, of at most _KRYLOV vectors, is
+    reorthogonalised in full (twice) and the projection H = Q^T B Q is formed column by column from the
+    same inner products; when the basis is full, the _KEPT top Ritz vectors and the last residual
+    direction start the next cycle. The top Ritz value theta never exceeds lambda_max(B) and never
+    decreases. Stops when the residual |B x - theta x| = beta |S[m-1, top]| falls to tol theta (some
+    eigenvalue of B is then within tol theta of theta: sigma within tol/2 of a singular value, the top
+    one for a start not orthogonal to it), or after n_iter products with A^T A. Where the top of the
+    spectrum is clustered (sigma_2 / sigma_1 = 0.9997 for a random 3x3 kernel) the power method's
+    estimate crawls (1e-5 short after 500 steps); this converges in a few hundred products at most.
     """
     xp = get_xp(v)
+    shape, dtype = v.shape, v.dtype
     v, _ = _unit(v, xp)
-    sigma = 0.0
-    for _ in range(n_iter):
-        u, a = _unit(A(v), xp)
-        w, b = _unit(AT(u), xp)
-        if a == 0 or b == 0:
-            return 0.0, v
-        new = math.sqrt(a) * math.sqrt(b)
-        done = abs(new - sigma) <= tol * new
-        sigma, v = new, w
-        if done:
+    _, scale = _unit(A(v), xp)
+    if scale == 0:  # A v0 = 0 for a random v0: A = 0 (almost surely)
+        return 0.0, v
+    floor = 10 * float(np.finfo(dtype).eps)
+    tol = max(tol, floor)  # the residual cannot fall below the rounding of the products
+
+    def B(x):
+        return (AT(A(x.reshape(shape)) / scale) / scale).reshape(-1)
+
+    Q = xp.empty((_KRYLOV + 1, v.size), dtype=dtype)
+    H = np.zeros((_KRYLOV, _KRYLOV))
+    Q[0] = v.reshape(-1)
+    first, used = 0, 0
+    while True:
+        for j in range(first, _KRYLOV):
+            w = B(Q[j])
+            used += 1
+            h = np.zeros(j + 1)
+            for _ in range(2):  # full reorthogonalisation, twice (Kahan: twice is enough)
+                c = Q[: j + 1] @ w
+                w = w - c @ Q[: j + 1]
+                h += to_numpy(c)
+            H[: j + 1, j] = h
+            _, beta = _unit(w, xp)
+            done = beta <= floor * max(1.0, float(np.abs(h).max())) or used >= n_iter
+            if beta > 0:
+                Q[j + 1] = w / beta
+            if done:
+                break
+        m = j + 1
+        upper = np.triu(H[:m, :m])
+        theta, S = np.linalg.eigh(upper + np.triu(upper, 1).T)
+        residual = beta * np.abs(S[m - 1])  # |B y_i - theta_i y_i| for each Ritz pair
+        if done or residual[-1] <= tol * theta[-1]:
             break
-    return sigma, v
+        kept = min(_KEPT, m - 1)
+        Q[:kept] = xp.asarray(S[:, -kept:].T, dtype=dtype) @ Q[:m]
+        Q[kept] = Q[m]
+        H[:] = 0.0
+        H[:kept, :kept] = np.diag(theta[-kept:])  # the couplings beta S[m-1, i] come with column kept
+        first = kept
+    x, _ = _unit(xp.asarray(S[:, -1], dtype=dtype) @ Q[:m], xp)
+    return scale * math.sqrt(max(float(theta[-1]), 0.0)), x.reshape(shape)
 
 
 class _LayerOperator:
@@ -525,7 +566,7 @@ def _layer_device(layer):
 
 
 def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng=None, return_vector=False):
-    r"""The operator norm sigma_max(A) by power iteration on A^T A.
+    r"""The operator norm sigma_max(A) by Lanczos iteration on A^T A (thick restarts).
 
     Parameters
     ----------
@@ -541,9 +582,11 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
     adjoint : callable, optional
         A^T, for a callable ``op``.
     n_iter : int
-        At most this many iterations.
+        At most this many products with A^T A (one with A and one with A^T each).
     tol : float
-        Stop when the estimate changes by less than ``tol`` relative to itself.
+        Stop when the residual |A^T A v - sigma^2 v| of the top Ritz pair falls below
+        ``tol`` sigma^2: sigma is then within tol/2 of a singular value, relative (the largest,
+        for a random start). A tol below 10 eps of the dtype counts as that.
     rng : None, int or Generator
         The random start (drawn on the host).
     return_vector : bool
@@ -556,10 +599,17 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
 
     Notes
     -----
-    The estimate sqrt(|A^T A v_k|) with |v_k| = 1 increases to sigma_max(A) for a random start;
-    the error after k steps is of order (sigma_2 / sigma_1)^{2k}: a lower estimate, close to
-    sigma_max when the top of the spectrum is separated. :func:`conv_norm_bound` gives a
+    The estimate is the top Ritz value of A^T A on a Krylov space of a random start: it increases
+    to sigma_max(A) and never exceeds it (an estimate from below, in every rounding-free step).
+    Lanczos converges where the power method crawls, at a clustered top of the spectrum: a random
+    3 x 3 convolution has sigma_2 / sigma_1 up to 0.9998, where 500 power steps leave an error
+    of 1e-5 and Lanczos reaches 1e-15 in about 150 products. :func:`conv_norm_bound` gives a
     certified upper bound for a convolution.
+
+    References
+    ----------
+    1. K. Wu and H. Simon, "Thick-restart Lanczos method for large symmetric eigenvalue problems",
+       SIAM J. Matrix Anal. Appl. 22 (2000) (the restarts).
 
     Examples
     --------
@@ -604,7 +654,7 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
         A, AT = (lambda v: M @ v), (lambda u: M.T @ u)
     v = xp.asarray(rng.standard_normal(shape).astype(dtype))
     try:
-        sigma, v = _power_iteration(A, AT, v, n_iter, tol)
+        sigma, v = _lanczos(A, AT, v, n_iter, tol)
     finally:
         if closer is not None:
             closer()
@@ -802,7 +852,7 @@ class _Bounds:
         raise AssertionError(type(layer))  # pragma: no cover
 
     def merged(self, layers, shapes, norms):
-        """|A_n ... A_1| of consecutive affine layers: min(power iteration, product of their norms)."""
+        """|A_n ... A_1| of consecutive affine layers: min(spectral_norm's estimate, product of their norms)."""
         product = float(np.prod(norms)) if norms else 1.0
         if len(layers) <= 1:
             return product
@@ -865,7 +915,7 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     r"""An upper bound of the Euclidean Lipschitz constant of a network in eval mode.
 
     The bound is certified with ``method="fft"`` and ``bound="product"`` (``"averaged"`` takes the
-    norms of products of layers by power iteration whatever the method). The default,
+    norms of products of layers by :func:`spectral_norm` whatever the method). The default,
     ``method="power"``, puts estimates from below of the layers' norms into the same formula: it is
     above the network's constant in practice (the product of norms is loose), but not guaranteed to be.
 
@@ -882,16 +932,16 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
         affine maps and activations with slopes in [0, c] (module notes); "averaged" is never
         above "product".
     method : {"power", "fft"}
-        Norms of convolutions (and linear and average-pooling layers) by power iteration (an
-        estimate from below, stopped when it changes by less than ``tol`` relative or after
-        ``n_iter`` steps: where the top two singular values are close it may stop further below,
-        e.g. 1.7e-5 below for the first convolution of ``vgg_small((8, 8, 1), 10, width=4, rng=0)``,
-        whose top two are 3.2e-5 apart, after 500 steps), or by certified upper bounds (the FFT bound of
+        Norms of convolutions (and linear and average-pooling layers) by :func:`spectral_norm`
+        (Lanczos iteration, named "power" after the power method it replaced; an estimate from
+        below, to tol/2 relative: within 1.3e-15 of the SVD for the first convolution of
+        ``vgg_small((8, 8, 1), 10, width=4, rng=0)``, whose top two singular values are 3.2e-5
+        apart and where 500 power steps stopped 1.7e-5 below), or by certified upper bounds (the FFT bound of
         :func:`conv_norm_bound`, the SVD, sqrt(overlap / window) for average pooling). The
-        products of consecutive affine layers of ``"averaged"`` are always by power iteration
+        products of consecutive affine layers of ``"averaged"`` are always by :func:`spectral_norm`
         (capped by the product of the factors' norms).
     n_iter, tol, rng
-        Power iteration settings (:func:`spectral_norm`).
+        Settings of :func:`spectral_norm`.
 
     Returns
     -------
@@ -918,7 +968,8 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     if bound not in ("product", "averaged"):
         raise ValueError(f"bound must be 'product' or 'averaged', got {bound!r}")
     if method not in ("power", "fft"):
-        raise ValueError(f"method must be 'power' (power iteration) or 'fft' (certified bounds), got {method!r}")
+        raise ValueError(f"method must be 'power' (estimates by Lanczos iteration) or 'fft' (certified bounds), "
+                         f"got {method!r}")
     model_shape = getattr(model, "in_shape", None)
     if in_shape is None:
         in_shape = model_shape
@@ -1348,7 +1399,7 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
     lipschitz : float > 0
         An upper bound L of the L2 Lipschitz constant. For a certified radius take
         ``lipschitz_upper_bound(model, method="fft")`` (``bound="product"``): its default ``method="power"`` computes
-        each layer's norm by power iteration, an estimate from below, so that a bound as tight as
+        each layer's norm by Lanczos iteration, an estimate from below, so that a bound as tight as
         one layer's norm can fall short of the true constant by the iteration's error.
     norm : {"2", "inf"}
         Default ``"2"``, unlike :func:`fgsm`, :func:`pgd` and :func:`minimal_perturbation`, whose
@@ -1492,7 +1543,7 @@ class SpectralProjection:
         The largest operator norm allowed per layer.
     method : {"fft", "power"}
         |A| of a convolution by the certified FFT bound (:func:`conv_norm_bound`; after the
-        projection the true norm is at most ``bound``) or by power iteration (an estimate from
+        projection the true norm is at most ``bound``) or by :func:`spectral_norm` (an estimate from
         below). Linear layers use their exact largest singular value.
 
     Notes
