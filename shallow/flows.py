@@ -466,10 +466,19 @@ class Trajectory:
 
         from .study import load_npz
 
-        data = load_npz(path)
-        data["rng_state"] = json.loads(data["rng_state"])
-        data["meta"] = json.loads(data["meta"])
-        return cls(**data)
+        data = load_npz(path)  # ValueError for a file that is no .npz archive, or a damaged one
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise ValueError(f"{str(path)!r} is not a saved Trajectory (no {', '.join(missing)}): another .npz "
+                             "archive, such as a study's result or a CNN checkpoint")
+        try:
+            data["rng_state"] = json.loads(data["rng_state"])
+            data["meta"] = json.loads(data["meta"])
+        except (TypeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{str(path)!r} is not a saved Trajectory: its rng_state or meta entry is not "
+                             f"JSON text ({err})") from None
+        return cls(**{name: data[name] for name in names})
 
     def network(self, like):
         """A copy of the network ``like`` carrying this trajectory's final particles, on like's device."""

@@ -296,6 +296,23 @@ def test_checkpoint_resume_gives_the_same_numbers(tmp_path, noise):
     assert first.step == 25 and resumed.step == 60
 
 
+
+def test_loading_a_file_that_is_not_a_trajectory_is_refused_naming_it(tmp_path):
+    # another .npz archive gave KeyError: 'rng_state' (or 'record_steps'), a text entry JSONDecodeError
+    teacher, student = teacher_student(d=3, m=4, seed=6)
+    path = tmp_path / "flow.npz"
+    gradient_flow(student, PopulationRisk(teacher), steps=2, step_size=0.02, checkpoint=path)
+    good = dict(np.load(path))
+    np.savez(tmp_path / "other.npz", times=np.arange(3.0), risks=np.ones(3))
+    with pytest.raises(ValueError, match=r"other.npz' is not a saved Trajectory \(no .*rng_state"):
+        Trajectory.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "bad_meta.npz", **{**good, "meta": np.array("{not json")})
+    with pytest.raises(ValueError, match="is not a saved Trajectory: its rng_state or meta entry is not JSON"):
+        Trajectory.load(tmp_path / "bad_meta.npz")
+    path.write_bytes(path.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        Trajectory.load(path)
+
 def test_interrupted_flow_leaves_a_resumable_checkpoint(tmp_path):
     teacher, student = teacher_student(d=5, m=10, seed=7)
     loss = PopulationRisk(teacher)

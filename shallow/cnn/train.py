@@ -225,7 +225,7 @@ def load_checkpoint(path, model, optimizer=None, rng=None) -> dict:
     check_layer(model)
     _check_optional(optimizer, Optimizer, "optimizer", "an Optimizer")
     _check_optional(rng, np.random.Generator, "rng", "the loop's numpy Generator")
-    data = load_npz(path)
+    data = _read_checkpoint(path)
 
     def group(prefix):
         n = len(prefix)
@@ -277,11 +277,20 @@ def _run_settings(model, optimizer, loss, augment, batch_size, X, y) -> dict:
     return settings
 
 
+def _read_checkpoint(path) -> dict:
+    """The entries of the checkpoint at ``path``; ValueError for a file that is not one (cut short, another archive)."""
+    data = load_npz(path)  # ValueError for a file that is no .npz archive, or a damaged one
+    if "epoch" not in data:
+        raise ValueError(f"{str(path)!r} is not a checkpoint of shallow.cnn.train (no 'epoch' entry; it holds "
+                         f"{', '.join(sorted(data)[:6]) or 'nothing'}{', ...' if len(data) > 6 else ''})")
+    return data
+
+
 def _check_resume(path, settings: dict, epochs: int) -> None:
     """Refuse to resume from ``path`` a run of other settings, or one past ``epochs``."""
-    with np.load(path, allow_pickle=False) as data:  # read before anything is restored into the model
-        epoch = int(data["epoch"])
-        saved = json.loads(str(data["settings"])) if "settings" in data.files else None
+    data = _read_checkpoint(path)  # read before anything is restored into the model
+    epoch = int(data["epoch"])
+    saved = json.loads(str(data["settings"])) if "settings" in data else None
     if epoch > epochs:
         raise ValueError(f"checkpoint {str(path)!r} has completed {epoch} epochs, more than epochs={epochs}: "
                          "a resumed fit runs up to epochs in all")

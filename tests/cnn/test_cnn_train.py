@@ -334,6 +334,25 @@ def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_pa
     assert load_checkpoint(path, same)["epoch"] == 3
 
 
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda good: good[:5000], "not an .npz archive"),  # a copy cut short
+    (lambda good: b"", "not an .npz archive"),
+    (lambda good: b"epoch,loss\n1,0.5\n", "not an .npz archive"),
+    (lambda good: None, "not a checkpoint of shallow.cnn.train .*no 'epoch' entry"),  # another .npz archive
+])
+def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused_naming_it(digits, tmp_path, damage, match):
+    # these gave zipfile.BadZipFile, EOFError, numpy's message about pickled data, or KeyError: 'epoch'
+    path = tmp_path / "run.npz"
+    _resume_run(digits, path, epochs=1)
+    data = damage(path.read_bytes())
+    if data is None:
+        np.savez(path, times=np.arange(3.0), risks=np.ones(3))
+    else:
+        path.write_bytes(data)
+    with pytest.raises(ValueError, match=match):
+        _resume_run(digits, path, epochs=2)
+
 def _plain_net(seed=0):
     """A model without batch statistics or dropout, and without in_shape or n_classes attributes:
     conv 3x3 (1 -> 3 channels), relu, global average, linear 3 -> 4."""
