@@ -613,6 +613,9 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
     same = Y is None
     X, Y, G, nx2, ny2, xp = _prepare(X, Y)
     d = X.shape[1]
+    if weights == "sphere" and d < 2:
+        raise ValueError(f"weights='sphere' needs inputs of d >= 2 coordinates (w uniform on S^(d-1)), but X has "
+                         f"d={d}: use weights='gaussian'")
     kmax = _DEFAULT_KMAX if kmax is None else check_integer(kmax, "kmax", minimum=0)
     if n_features is not None:
         n_features = check_integer(n_features, "n_features", minimum=1)

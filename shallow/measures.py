@@ -397,8 +397,14 @@ def network_to_measure(net: TwoLayer) -> Measure:
     f_w, e_w = xp.frexp(norms)  # |w_j| = f_w 2^e_w, f_w in [1/2, 1)
     shift = alpha * e_w.astype(W.dtype)
     whole = xp.floor(shift)
-    weights = xp.ldexp(net.gamma * f_a * f_w ** alpha * xp.exp2(shift - whole),
-                       e_a + whole.astype(e_a.dtype))  # (k,)
+    with np.errstate(over="ignore"):  # the error below says more than numpy's warning
+        weights = xp.ldexp(net.gamma * f_a * f_w ** alpha * xp.exp2(shift - whole),
+                           e_a + whole.astype(e_a.dtype))  # (k,)
+    if not bool(xp.isfinite(weights).all()):
+        log2 = math.log2(abs(net.gamma)) + to_numpy(xp.log2(xp.abs(a[keep])) + alpha * xp.log2(norms)).astype(float)
+        raise ValueError(f"the network's masses gamma a_j |w_j|^alpha reach 2^{float(log2.max()):.1f}, beyond the "
+                         f"largest {np.dtype(W.dtype).name} ({float(np.finfo(W.dtype).max):.3g}): build the network "
+                         "in float64 (or rescale its weights)")
     points = W[keep] / norms[:, None]  # (k, D)
     return Measure(weights, points, activation=net.activation)
 

@@ -574,6 +574,8 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: random_feature_kernel(X, None, "tanh"), "n_features"),
     (lambda X: random_feature_kernel(X, None, "tanh", "sphere"), "n_features"),
     (lambda X: random_feature_kernel(X, None, "relu", n_features=0), "n_features"),
+    (lambda X: random_feature_kernel(X[:, :1], None, "relu", "sphere"), r"weights='sphere' needs .* X has d=1"),
+    (lambda X: ntk(X[:, :1], None, "relu", "sphere", n_features=10), r"weights='sphere' needs .* X has d=1"),
     (lambda X: random_feature_kernel(_unit(X), None, "tanh", "sphere", kmax=-1), "kmax"),
     (lambda X: ntk(X, None, "relu", weights="normal"), "weights"),
     (lambda X: dot_product_kernel("gp", "relu"), "kind"),

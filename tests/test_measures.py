@@ -112,6 +112,18 @@ def test_network_to_measure_mass_is_exact_where_it_is_representable_but_its_fact
     np.testing.assert_allclose(mu.weights, expected, rtol=8 * np.finfo(dtype).eps)
 
 
+
+def test_network_to_measure_refuses_masses_beyond_the_range_of_the_dtype_naming_them():
+    # gamma a |w|^2 = 1e40 > 3.4e38 in float32 (2^132.9): it became inf, and Measure's check then spoke of
+    # "weights contains 1 NaN or infinite value(s)", an argument the caller never passed
+    net = TwoLayer(np.float32([1.0]), np.float32([[1e20, 0.0]]), activation=get_activation("relu_power", alpha=2),
+                   gamma=1.0)
+    with pytest.raises(ValueError, match=r"masses gamma a_j \|w_j\|\^alpha reach 2\^132.9, beyond the largest float32"):
+        network_to_measure(net)
+    net64 = TwoLayer(np.float64([1.0]), np.float64([[1e20, 0.0]]), activation=get_activation("relu_power", alpha=2),
+                     gamma=1.0)
+    assert float(network_to_measure(net64).weights[0]) == pytest.approx(1e40, rel=1e-12)
+
 def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
     # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
     # with abs (alpha = 1) too. A constant would need sigma(0) != 0: checked with a stand-in sigma.
