@@ -581,24 +581,28 @@ def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, 
     return len(linear_pieces(f, interval, origin=origin, direction=direction, exact=exact, tol=tol))
 
 
-def _as_pieces(f, interval, exact):
+def _as_pieces(f, interval, exact, origin, direction):
     if isinstance(f, PiecewiseLinear):
         if f.slopes.ndim != 1:
             raise ValueError("l1_distance compares functions with one output")
         return f
-    pl = linear_pieces(f, interval, exact=exact)
+    pl = linear_pieces(f, interval, origin=origin, direction=direction, exact=exact)
     if pl.slopes.ndim != 1:
         raise ValueError("l1_distance compares functions with one output")
     return pl
 
 
-def l1_distance(f, g, interval=(0.0, 1.0), *, exact=False) -> float:
-    r"""int_lo^hi |f(t) - g(t)| dt, exactly, for piecewise-affine f and g of one variable.
+def l1_distance(f, g, interval=(0.0, 1.0), *, origin=None, direction=None, exact=False) -> float:
+    r"""int_lo^hi |f(x(t)) - g(x(t))| dt, exactly, for relu networks on a line x(t) = origin + t direction.
 
     Parameters
     ----------
-    f, g : DeepReLU, TwoLayer (relu, d = 1) or PiecewiseLinear
+    f, g : DeepReLU, TwoLayer (relu) or PiecewiseLinear
+        Networks of d inputs, or functions of t already restricted to the line.
     interval : pair of floats, default (0, 1)
+    origin, direction : arrays of shape (d,), optional
+        The line, as in :func:`linear_pieces` (default origin 0; for d = 1, direction 1); unused
+        for a PiecewiseLinear.
     exact : bool, default False
         Passed to :func:`linear_pieces`.
 
@@ -614,7 +618,7 @@ def l1_distance(f, g, interval=(0.0, 1.0), *, exact=False) -> float:
     0.5
     """
     lo, hi = _check_interval(interval)
-    F, G = _as_pieces(f, interval, exact), _as_pieces(g, interval, exact)
+    F, G = (_as_pieces(h, interval, exact, origin, direction) for h in (f, g))
     for name, pl in (("f", F), ("g", G)):
         if not (np.isclose(pl.breakpoints[0], float(lo)) and np.isclose(pl.breakpoints[-1], float(hi))):
             raise ValueError(f"{name} is defined on [{pl.breakpoints[0]:g}, {pl.breakpoints[-1]:g}], "
@@ -790,8 +794,9 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     d : int
         Input dimension.
     radius_bound : float
-        B: each square x_i^2 is interpolated on [-B, B]. Take B >= the largest |x| where psi is
-        not constant (B^2 >= knots[-1]): then the error bound below holds on all of R^d.
+        B: each square x_i^2 is interpolated on [-B, B]; B^2 >= knots[-1] (the largest |x| where
+        psi is not constant), so that the error bound below holds on all of R^d (ValueError
+        otherwise: a point with x_i beyond B and |x|^2 < knots[-1] got an error of any size).
     tolerance : float, default 0.01
         The uniform error sup_x |net(x) - psi(|x|^2)| to guarantee.
     dtype : numpy dtype, default float64
@@ -835,6 +840,9 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     B = check_positive(radius_bound, "radius_bound")
     tolerance = check_positive(tolerance, "tolerance")
     lip = float(np.abs(np.diff(values) / np.diff(knots)).max())
+    if lip > 0 and B * B < knots[-1]:
+        raise ValueError(f"radius_bound must be at least sqrt(knots[-1]) = {math.sqrt(knots[-1]):.6g}, the largest |x| "
+                         f"where psi is not constant, got {B:g}: the error bound holds on R^d only then")
     if lip == 0:
         K = 1
     else:

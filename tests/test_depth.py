@@ -170,6 +170,29 @@ def test_l1_distance_matches_quadrature():
     assert abs(l1_distance(f, net) - value) <= 1e-10 + 10 * err
 
 
+
+def test_l1_distance_of_networks_of_d_inputs_is_taken_along_the_given_line():
+    # two relu networks on R^3 restricted to x(t) = x0 + t v, t in [-1, 2]: quad split at both sets of kinks and
+    # at the zeros of the difference (as above); without origin and direction the call names them
+    rng = np.random.default_rng(6)
+    f, g = (TwoLayer(rng.standard_normal(6), rng.standard_normal((6, 4)), gamma=1.0, bias=True) for _ in range(2))
+    x0, v = rng.standard_normal(3), rng.standard_normal(3)
+
+    def diff(t):
+        x = (x0 + t * v)[None]
+        return f(x)[0] - g(x)[0]
+
+    line = dict(origin=x0, direction=v)
+    kinks = np.concatenate([[-1.0, 2.0], *(linear_pieces(h, (-1.0, 2.0), **line).breakpoints for h in (f, g))])
+    kinks = np.unique(kinks)
+    zeros = [optimize.brentq(diff, a, b, xtol=1e-15) for a, b in zip(kinks[:-1], kinks[1:]) if diff(a) * diff(b) < 0]
+    points = np.unique(np.concatenate([kinks, zeros]))
+    value, err = integrate.quad(lambda t: abs(diff(t)), -1, 2, points=points[1:-1], limit=500, epsabs=1e-13,
+                                epsrel=1e-12)
+    assert abs(l1_distance(f, g, (-1.0, 2.0), **line) - value) <= 1e-10 + 10 * err
+    with pytest.raises(ValueError, match="f takes d=3 coordinates: give the line's direction"):
+        l1_distance(f, g, (-1.0, 2.0))
+
 @pytest.mark.parametrize("c", [1e-300, 1e-200, 1.0, 1e200, 1e300])
 def test_l1_distance_of_a_line_crossing_zero_is_exact_at_any_scale(c):
     # int_0^1 |c (t - 1/3)| dt = c ((1/3)^2 + (2/3)^2) / 2 = 5 c / 18: two triangles, whose areas
@@ -554,6 +577,9 @@ def test_piece_count_of_a_gpu_network_is_computed_on_the_host():
     (lambda: radial_network([1.0, 0.5], [0.0, 1.0], 2, 1.0), "knots must be strictly increasing"),
     (lambda: radial_network([0.0, 1.0], [0.0], 2, 1.0), "knots and values must have the same shape"),
     (lambda: radial_network([0.0, 1.0], [0.0, 1.0], 2, 1.0, tolerance=np.nan), "tolerance must be"),
+    # B = 1 < sqrt(4): at x = (1.9, 0) the network was 0.87 off psi(|x|^2) = 3.61 with error_bound 1e-3
+    (lambda: radial_network([0.0, 4.0], [0.0, 4.0], 1, 1.0, tolerance=1e-3),
+     r"radius_bound must be at least sqrt\(knots\[-1\]\) = 2, .* got 1"),
     (lambda: daniely_function(np.ones((2, 5))), "Z must have 2d columns"),
     (lambda: daniely_network(1), "d must be an integer >= 2"),
     (lambda: sample_daniely(3, 2, dtype=np.int32), "dtype must be float32 or float64"),
