@@ -275,7 +275,7 @@ def _fixed_neurons(rep: Representation, m: int):
     return np.array(a), np.array(W)
 
 
-def maurey_sample(measure, m, rng=None, *, activation=None, bias=False, dtype=np.float64, device=None):
+def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=np.float64, device=None):
     r"""An m-neuron network drawn i.i.d. from a representing measure (Maurey's sampling argument).
 
     Parameters
@@ -294,8 +294,9 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=False, dtype=np
     activation : str or activation object, optional
         sigma, for a Measure only (a Representation and a TwoLayer carry theirs): by default the
         measure's own ``activation``, or relu for a measure without one.
-    bias : bool, default False
-        For a Measure only: read the last coordinate of the atoms as a bias (inputs (x, 1)).
+    bias : bool, optional
+        For a Measure only: read the last coordinate of the atoms as a bias (inputs (x, 1));
+        by default the measure's own ``bias`` (False for a measure made by hand).
     dtype : float32 or float64, default float64
     device : {"cpu", "gpu"}, optional
         Default: the device of the Measure or TwoLayer, "cpu" for a Representation.
@@ -359,6 +360,7 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=False, dtype=np
         a = total * np.sign(weights[idx])
         W = points[idx]  # (m, D)
         sigma = measure.sigma if activation is None else _resolve_activation(activation)
+        bias = measure.bias if bias is None else check_bool(bias, "bias")
         device = device_of(measure.points) if device is None else device
     else:
         raise ValueError("measure must be a Representation, a shallow.measures.Measure or a TwoLayer network, "

@@ -55,6 +55,7 @@ import numpy as np
 
 from ._validation import (
     check_array,
+    check_bool,
     check_integer,
     check_nonnegative,
     check_on_sphere,
@@ -152,6 +153,10 @@ class Measure:
         The sigma of the network the measure represents (:func:`network_to_measure` sets it): the
         default of :meth:`evaluate`, :func:`measure_to_network` and ``barron.maurey_sample``. None
         (a measure made by hand): those take relu.
+    bias : bool, default False
+        Whether the measure represents a network with a bias (:func:`network_to_measure` sets it):
+        its atoms lie on S^d in R^{d+1}, and f(x) = int sigma(<(x, 1), theta>) dmu(theta) for x in
+        R^d. The default of the same three.
 
     Attributes
     ----------
@@ -161,6 +166,8 @@ class Measure:
         As given; kept by :meth:`merge`, :meth:`positive`, :meth:`negative`, :meth:`copy`, negation
         and scaling, and by a sum, whose terms must have the same activation (one without counting as
         relu).
+    bias : bool
+        As given; kept in the same way (the terms of a sum must agree).
     sigma : activation object
         The one :meth:`evaluate` and :func:`measure_to_network` use by default (read-only):
         ``activation``, or relu when it is None.
@@ -186,7 +193,7 @@ class Measure:
     0.0
     """
 
-    def __init__(self, weights, points, activation=None):
+    def __init__(self, weights, points, activation=None, bias=False):
         points = check_on_sphere(points, "points")
         weights = check_array(weights, "weights", ndim=1)
         get_xp(weights, points)
@@ -196,10 +203,11 @@ class Measure:
         self.weights = weights.astype(points.dtype, copy=False)  # (m,)
         self.points = points  # (m, D)
         self.activation = None if activation is None else _resolve_activation(activation)
+        self.bias = check_bool(bias, "bias")
 
     def _like(self, weights, points) -> Measure:
-        """A measure of the same activation on other atoms."""
-        return Measure(weights, points, activation=self.activation)
+        """A measure of the same activation and bias on other atoms."""
+        return Measure(weights, points, activation=self.activation, bias=self.bias)
 
     @property
     def sigma(self):
@@ -282,11 +290,11 @@ class Measure:
         keep = merged.weights < 0
         return self._like(-merged.weights[keep], merged.points[keep])
 
-    def evaluate(self, X, activation=None, bias=False):
+    def evaluate(self, X, activation=None, bias=None):
         """f(x) = int sigma(<x, theta>) dmu(theta) at each row of X, an array of shape (n,).
 
         sigma is ``activation``, by default the measure's own (relu for a measure without one). With
-        ``bias=True`` the rows x of X (n, D - 1) are augmented as (x, 1).
+        ``bias`` (by default the measure's own) the rows x of X (n, D - 1) are augmented as (x, 1).
         """
         return measure_to_network(self, activation=activation, gamma=1.0, bias=bias)(X)
 
@@ -308,11 +316,14 @@ class Measure:
         if a != b:  # no one sigma to evaluate the sum with
             raise ValueError(f"cannot add measures of networks with different activations, {a!r} and {b!r} (a "
                              "measure without an activation counts as relu)")
+        if self.bias != other.bias:  # functions of x in R^D and of x in R^(D-1)
+            raise ValueError("cannot add the measure of a network with a bias (inputs (x, 1)) and one without")
         xp = get_xp(self.points, other.points)
         dtype = xp.result_type(self.points.dtype, other.points.dtype)
         return Measure(xp.concatenate([self.weights.astype(dtype), other.weights.astype(dtype)]),
                        xp.concatenate([self.points.astype(dtype), other.points.astype(dtype)]),
-                       activation=None if self.activation is None and other.activation is None else a)
+                       activation=None if self.activation is None and other.activation is None else a,
+                       bias=self.bias)
 
     def __sub__(self, other) -> Measure:
         if not isinstance(other, Measure):
@@ -343,7 +354,7 @@ def network_to_measure(net: TwoLayer) -> Measure:
     Returns
     -------
     Measure
-        Carrying ``net.activation`` (:meth:`Measure.evaluate` uses it).
+        Carrying ``net.activation`` and ``net.bias`` (:meth:`Measure.evaluate` uses them).
         mu = sum_j gamma a_j |w_j|^alpha delta_{w_j/|w_j|} on S^{D-1}, one atom per neuron with
         w_j != 0, in the order of the neurons (atoms are not merged; see :meth:`Measure.merge`).
 
@@ -406,10 +417,10 @@ def network_to_measure(net: TwoLayer) -> Measure:
                          f"largest {np.dtype(W.dtype).name} ({float(np.finfo(W.dtype).max):.3g}): build the network "
                          "in float64 (or rescale its weights)")
     points = W[keep] / norms[:, None]  # (k, D)
-    return Measure(weights, points, activation=net.activation)
+    return Measure(weights, points, activation=net.activation, bias=net.bias)
 
 
-def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> TwoLayer:
+def measure_to_network(mu: Measure, activation=None, gamma=None, bias=None) -> TwoLayer:
     r"""The network f(x) = int sigma(<x, theta>) dmu(theta) with one neuron per atom.
 
     Parameters
@@ -421,8 +432,9 @@ def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> 
     gamma : float, optional
         Output scale of the network; default 1/m (mean-field). Then a_j = c_j / gamma and
         w_j = theta_j, so f(x) = gamma sum_j a_j sigma(<theta_j, x>) = sum_j c_j sigma(<theta_j, x>).
-    bias : bool, default False
-        Read the last coordinate of the atoms as a bias (inputs x in R^{D-1} augmented as (x, 1)).
+    bias : bool, optional
+        Read the last coordinate of the atoms as a bias (inputs x in R^{D-1} augmented as (x, 1));
+        default ``mu.bias`` (that of the network it came from; False for a measure made by hand).
 
     Returns
     -------
@@ -431,7 +443,8 @@ def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> 
     Notes
     -----
     For a homogeneous sigma, ``network_to_measure(measure_to_network(mu))`` is mu again; the other
-    way round gives the same function f with |w_j| = 1 (the parameters are normalised).
+    way round gives the same function f, with its bias, with |w_j| = 1 (the parameters are
+    normalised) and gamma = 1/m.
 
     Examples
     --------
@@ -449,6 +462,7 @@ def measure_to_network(mu: Measure, activation=None, gamma=None, bias=False) -> 
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not np.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"gamma must be a positive finite number (the output scale), got {gamma!r}")
     sigma = mu.sigma if activation is None else _resolve_activation(activation)
+    bias = mu.bias if bias is None else check_bool(bias, "bias")
     return TwoLayer(mu.weights / gamma, mu.points, activation=sigma, gamma=gamma, bias=bias)
 
 

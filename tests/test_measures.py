@@ -66,6 +66,27 @@ def test_network_and_its_measure_define_the_same_function(name, params, bias):
     np.testing.assert_allclose(mu.evaluate(X, sigma, bias=bias), net(X), rtol=1e-12, atol=1e-13)
 
 
+
+def test_the_measure_of_a_network_with_a_bias_keeps_it_through_conversions_and_sums():
+    # measure_to_network(net.to_measure()) came back without the bias (a network of d + 1 inputs), and
+    # maurey_sample of the measure too; the references are the network itself and the sum typed out
+    from shallow.barron import maurey_sample
+
+    rng = np.random.default_rng(2)
+    net = TwoLayer(rng.standard_normal(6), rng.standard_normal((6, 4)), bias=True)
+    X = rng.standard_normal((20, 3))
+    mu = net.to_measure()
+    assert mu.bias and (2 * mu).bias and mu.merge().bias and (mu + mu).bias
+    back = measure_to_network(mu)
+    assert back.bias and back.d == 3
+    np.testing.assert_allclose(back(X), net(X), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(mu.evaluate(X), integrate_against(mu, X, get_activation("relu"), bias=True),
+                               rtol=1e-12, atol=1e-13)
+    assert maurey_sample(mu, 5, rng=0).bias
+    hand = Measure(mu.weights, mu.points)  # made by hand: no bias, a function on R^4
+    with pytest.raises(ValueError, match="with a bias .* and one without"):
+        hand + mu
+
 def test_measure_to_network_to_measure_is_the_identity():
     rng = np.random.default_rng(1)
     mu = Measure(rng.standard_normal(6), sample_sphere(6, 3, rng=2))
