@@ -996,6 +996,24 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         raise ValueError(f"X must hold n >= 2 points for the U-statistic, got n={n}")
     else:
         g = f
+    # The quadrature keeps the diagonal, <x_i, x_i> = 1 exactly. The U-statistic drops it: at t = 0 it
+    # adds g_i^2 P_j(0), removed below, which unlike P_j(1) = 1 is no larger than the terms kept.
+    E = _zonal_quadratic_forms(X, g, kmax, block_size, diagonal=1 if weights is not None else 0)
+    if weights is None:
+        at_zero = legendre_all(kmax, d, xp.zeros(1, dtype=X.dtype))[:, 0]  # (kmax + 1,), as the recurrence gave
+        E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
+    return xp.ldexp(_times_num_harmonics(E, d), 2 * e)
+
+
+def _zonal_quadratic_forms(X, g, kmax, block_size=None, diagonal=1):
+    """sum_{i,j} g_i g_j P_{k,d}(<x_i, x_j>), k = 0..kmax, for unit rows x_i, with <x_i, x_i> read as ``diagonal``.
+
+    The Gram matrix is formed in blocks of ``block_size`` rows (default about 2^20 / n), and P_{k,d} by the
+    recurrence of :func:`legendre_all` on each block: O(n^2 (d + kmax)) work, O(n block_size) memory.
+    Returns an array of shape (kmax + 1,) on X's device, in its dtype.
+    """
+    xp = get_xp(X)
+    n, d = X.shape
     if block_size is None:
         block_size = max(1, min(n, 2**20 // max(n, 1)))
     else:
@@ -1007,22 +1025,20 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         G = X[lo:hi] @ X.T  # (B, n)
         xp.clip(G, -1, 1, out=G)
         rows = xp.arange(hi - lo)
-        # The quadrature keeps the diagonal, <x_i, x_i> = 1 exactly. The U-statistic drops it: at t = 0 it
-        # adds g_i^2 P_j(0), removed below, which unlike P_j(1) = 1 is no larger than the terms kept.
-        G[rows, rows + lo] = 1 if weights is not None else 0
+        G[rows, rows + lo] = diagonal
         gb = g[lo:hi]  # (B,)
         sums[0] = sums[0] + gb.sum() * total_g
         for j, P in enumerate(_legendre_sequence(G, kmax, d), start=1):  # P = P_{j,d}(G)
             sums[j] = sums[j] + gb @ (P @ g)
-    E = xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
-    if weights is None:
-        at_zero = legendre_all(kmax, d, xp.zeros(1, dtype=X.dtype))[:, 0]  # (kmax + 1,), as the recurrence gave
-        E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
-    Nk = [num_harmonics(d, j) for j in range(kmax + 1)]  # non-decreasing in j
-    if Nk[-1] <= float(np.finfo(X.dtype).max):  # a Python int and float compare exactly
-        E = xp.asarray([float(N) for N in Nk], dtype=X.dtype) * E
-    else:
-        # N(d, k) beyond the dtype (float32: d = 1000 from k = 19; float64: from k = 308), where
-        # N(d, k) E_k need not be: the product of the exact integer and E_k, rounded once.
-        E = xp.asarray([float(N * Fraction(float(v))) for N, v in zip(Nk, to_numpy(E))], dtype=X.dtype)
-    return xp.ldexp(E, 2 * e)
+    return xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
+
+
+def _times_num_harmonics(E, d):
+    """N(d, k) E_k for k = 0..len(E) - 1, rounded once even where N(d, k) exceeds the dtype of E."""
+    xp = get_xp(E)
+    Nk = [num_harmonics(d, j) for j in range(E.shape[0])]  # non-decreasing in j
+    if Nk[-1] <= float(np.finfo(E.dtype).max):  # a Python int and float compare exactly
+        return xp.asarray([float(N) for N in Nk], dtype=E.dtype) * E
+    # N(d, k) beyond the dtype (float32: d = 1000 from k = 19; float64: from k = 308), where
+    # N(d, k) E_k need not be: the product of the exact integer and E_k, rounded once.
+    return xp.asarray([float(N * Fraction(float(v))) for N, v in zip(Nk, to_numpy(E))], dtype=E.dtype)

@@ -64,6 +64,7 @@ from ._validation import (
     sphere_tolerance,
 )
 from .backend import device_of, get_xp, row_norms, to_device, to_numpy
+from .harmonics import _zonal_quadratic_forms, num_harmonics
 from .networks import TwoLayer, _resolve_activation
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "network_to_measure",
     "measure_to_network",
     "variation_norm",
+    "harmonic_spectrum",
     "wasserstein",
     "sliced_wasserstein",
     "unbalanced_distance",
@@ -516,7 +518,89 @@ def variation_norm(obj, atol=None) -> float:
     return obj.total_variation(atol)
 
 
+def harmonic_spectrum(obj, kmax, *, block_size=None) -> np.ndarray:
+    r"""The energies E_k = ||proj_k f||^2_{L2(tau_d)}, k = 0..kmax, of a network or measure, in closed form.
+
+    The third view of a network (after its neurons and its measure): how its function on the
+    sphere spreads over the degrees of the spherical harmonics.
+
+    Parameters
+    ----------
+    obj : TwoLayer or Measure
+        A network without bias whose activation is positively homogeneous (converted by
+        :func:`network_to_measure`), or a measure without bias, f(x) = sum_j c_j sigma(<theta_j, x>)
+        with sigma its own activation (relu for one made by hand).
+    kmax : int
+        Highest degree, kmax >= 0.
+    block_size : int, optional
+        Rows of the atoms' Gram matrix held at once (default about 2^20 / m).
+
+    Returns
+    -------
+    E : numpy array of shape (kmax + 1,)
+        float64, on the host.
+
+    Raises
+    ------
+    ValueError
+        For a network or measure with a bias: f(x) = int sigma(<(x, 1), theta>) dmu(theta) is not
+        a sum of zonal functions of x on the sphere (estimate its energies from samples with
+        :func:`shallow.harmonics.harmonic_energy`); for a network whose activation is not
+        homogeneous (as :func:`network_to_measure`).
+
+    Notes
+    -----
+    By Funk-Hecke, sigma(<theta, x>) = sum_k mu_k(sigma) N(d, k) P_{k,d}(<theta, x>), and by the
+    addition theorem int P_{k,d}(<a, x>) P_{k,d}(<b, x>) dtau_d(x) = P_{k,d}(<a, b>) / N(d, k); so
+
+        E_k = N(d, k) mu_k(sigma)^2 sum_{i,j} c_i c_j P_{k,d}(<theta_i, theta_j>),
+
+    and sum_k E_k = ||f||^2_{L2(tau_d)} (Parseval). O(m^2 (d + kmax)) work for m atoms, exact up to
+    rounding where :func:`shallow.harmonics.harmonic_energy` estimates the same numbers from n
+    samples of f with an error of order n^{-1/2}. With the eigenvalues of a kernel these give its
+    RKHS norm (:func:`shallow.kernels.f2_norm_from_harmonics`): for relu, mu_k = 0 on the odd
+    degrees k >= 3, and so is E_k, exactly.
+
+    References
+    ----------
+    1. F. Bach, arXiv:1412.8690, Sec. 2.3 and Appendix D (Funk-Hecke, F1 and F2 spectra).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.activations import funk_hecke
+    >>> mu = Measure(np.array([1.0]), np.array([[0.0, 0.0, 1.0]]))      # one relu neuron on S^2
+    >>> E = harmonic_spectrum(mu, 3)
+    >>> bool(np.allclose(E, [(2 * k + 1) * funk_hecke("relu", 3, 3)[k] ** 2 for k in range(4)]))
+    True
+    """
+    from fractions import Fraction
+
+    if isinstance(obj, TwoLayer):
+        if obj.bias:
+            raise ValueError("obj is a network with a bias: its function of x on the sphere is not a sum of "
+                             "zonal functions (use shallow.harmonics.harmonic_energy on samples of it)")
+        obj = network_to_measure(obj)
+    elif not isinstance(obj, Measure):
+        raise ValueError(f"obj must be a TwoLayer network or a Measure, got {type(obj).__name__}")
+    elif obj.bias:
+        raise ValueError("obj is the measure of a network with a bias: its function of x on the sphere is not a "
+                         "sum of zonal functions (use shallow.harmonics.harmonic_energy on samples of it)")
+    kmax = check_integer(kmax, "kmax", minimum=0)
+    d = obj.D
+    mu = obj.sigma.funk_hecke(d, kmax)  # (kmax + 1,)
+    if len(obj) == 0:
+        return np.zeros(kmax + 1)
+    # c = 2^e c', max |c'| in [1/2, 1): the quadratic forms neither overflow nor underflow, E_k = 4^e E'_k
+    e = math.frexp(float(obj.xp.abs(obj.weights).max()))[1]
+    Q = to_numpy(_zonal_quadratic_forms(obj.points, obj.xp.ldexp(obj.weights, -e), kmax, block_size)).astype(float)
+    # N(d, k) mu_k^2 Q_k as exact rationals, rounded once: N(d, k) alone may exceed float64 where E_k does not
+    E = [float(num_harmonics(d, k) * Fraction(float(mu[k])) ** 2 * Fraction(float(Q[k]))) for k in range(kmax + 1)]
+    return np.ldexp(np.array(E), 2 * e)
+
+
 # --------------------------------------------------------------------------- transport distances
+
 def _cloud(obj, weights, name, signed):
     """(points (k, D), weights (k,)) of a measure given as a Measure or an array of particles."""
     if isinstance(obj, TwoLayer):

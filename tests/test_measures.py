@@ -691,3 +691,49 @@ def test_sliced_wasserstein_in_blocks_of_directions_is_the_mean_over_all_of_them
             patch.setattr(measures, "_SLICED_PROJECTIONS", 240)
             blocked = sliced_wasserstein(X, Y, p=p, n_projections=7, rng=5)
         assert whole == pytest.approx(reference, rel=1e-12) and blocked == pytest.approx(reference, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- harmonic spectra
+
+@pytest.mark.parametrize("sigma", ["relu", "abs"])
+def test_harmonic_spectrum_on_the_circle_is_the_fourier_energy_of_the_network(sigma):
+    # d = 2: the degree-k harmonics are cos k phi and sin k phi, so E_0 = |f^_0|^2 and E_k = |f^_k|^2 + |f^_-k|^2
+    # with f^_k = (1/2 pi) int f e^{-ik phi}: numpy's FFT of f on 2^18 points (trapezoid rule; each kink of relu
+    # and abs leaves an error of order |jump of f'| h^2 / 12 = 5e-11 in f^_k, so 1e-9 in the energies is loose)
+    from shallow.measures import harmonic_spectrum
+
+    rng = np.random.default_rng(3)
+    net = TwoLayer(rng.standard_normal(5), rng.standard_normal((5, 2)), activation=sigma, gamma=1.0)
+    n = 2**18
+    phi = 2 * np.pi * np.arange(n) / n
+    F = np.fft.fft(net(np.column_stack([np.cos(phi), np.sin(phi)]))) / n
+    ref = [abs(F[0]) ** 2] + [abs(F[k]) ** 2 + abs(F[-k]) ** 2 for k in range(1, 13)]
+    np.testing.assert_allclose(harmonic_spectrum(net, 12), ref, rtol=0, atol=1e-9)
+
+
+def test_harmonic_spectrum_of_a_quadratic_measure_matches_the_moments_of_the_sphere():
+    # f(x) = sum_j c_j <theta_j, x>^2 = (sum_j c_j) / d + a degree-2 harmonic: E_0 = (sum c / d)^2, E_2 =
+    # sum_{i,j} c_i c_j (E[<a, x>^2 <b, x>^2] - 1/d^2) with E[<a, x>^2 <b, x>^2] = (1 + 2 <a, b>^2) / (d (d + 2))
+    # for x uniform on S^{d-1}; every other degree 0 (mu_k(t^2) = 0 for k = 1 and k >= 3)
+    from shallow.measures import harmonic_spectrum
+
+    d = 7
+    rng = np.random.default_rng(4)
+    P = rng.standard_normal((6, d))
+    P /= np.linalg.norm(P, axis=1, keepdims=True)
+    c = rng.standard_normal(6)
+    G = P @ P.T
+    E2 = c @ ((1 + 2 * G ** 2) / (d * (d + 2)) - 1 / d ** 2) @ c
+    E = harmonic_spectrum(Measure(c, P, activation="quadratic"), 5)
+    np.testing.assert_allclose(E, [(c.sum() / d) ** 2, 0, E2, 0, 0, 0], rtol=0, atol=1e-14)
+
+
+def test_harmonic_spectrum_refuses_a_network_with_a_bias():
+    from shallow.measures import harmonic_spectrum
+
+    net = TwoLayer(np.ones(2), np.ones((2, 3)), bias=True)
+    with pytest.raises(ValueError, match="network with a bias: its function of x on the sphere is not a sum"):
+        harmonic_spectrum(net, 3)
+    with pytest.raises(ValueError, match="measure of a network with a bias"):
+        harmonic_spectrum(net.to_measure(), 3)
+
