@@ -1176,7 +1176,8 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
     Parameters
     ----------
     energies : array of shape (K,)
-        |f_k|^2 = sum_j <f, Y_kj>^2 (>= 0), degrees 0..K-1.
+        |f_k|^2 = sum_j <f, Y_kj>^2 (>= 0), degrees 0..K-1: exact ones from
+        :func:`shallow.measures.harmonic_spectrum` for a network or measure.
     eigenvalues : array of shape (K,)
         lambda_k (>= 0).
 
@@ -1203,7 +1204,9 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
     if e.shape != lam.shape:
         raise ValueError(f"energies has shape {e.shape} but eigenvalues has shape {lam.shape}")
     if (e < 0).any():
-        raise ValueError(f"energies must be >= 0, got a minimum of {e.min():.3g}")
+        raise ValueError(f"energies must be >= 0, got a minimum of {e.min():.3g} (harmonic_energy's estimates from "
+                         "samples can be negative: for a network or measure, shallow.measures.harmonic_spectrum gives "
+                         "the energies exactly)")
     if (lam < 0).any():
         raise ValueError(f"eigenvalues must be >= 0, got a minimum of {lam.min():.3g}")
     if ((lam == 0) & (e > 0)).any():
