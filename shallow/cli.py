@@ -188,8 +188,8 @@ def report_errors(run, prog: str) -> int:
     """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device) or a
     FloatingPointError (a flow or a training that diverged, as with too large a step) printed as
     ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless ``SHALLOW_TRACEBACK=1``:
-    the messages name the argument and what was expected. Ctrl-C prints one line saying how to
-    resume, and the exit status is 130 (128 + SIGINT, the shell's)."""
+    the messages name the argument and what was expected. Ctrl-C prints what the same command
+    resumes from (:func:`interrupted_message`), and the exit status is 130 (128 + SIGINT, the shell's)."""
     try:
         return run()
     except (ValueError, RuntimeError, FloatingPointError) as err:
@@ -197,12 +197,30 @@ def report_errors(run, prog: str) -> int:
             raise
         print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if os.environ.get("SHALLOW_TRACEBACK"):
             raise
-        print(f"{prog}: interrupted. The same command resumes: finished studies and grid points are cached under "
-              "the results/ folder of --out (see --force)", file=sys.stderr)
+        print(f"{prog}: {interrupted_message(err)}", file=sys.stderr)
         return 130
+
+
+def interrupted_message(err: KeyboardInterrupt) -> str:
+    """What a rerun of an interrupted command keeps: the results of finished studies (``results/``),
+    and the finished points of a grid the interrupted study had started (:func:`shallow.study.run_grid`);
+    a study interrupted in its compute without such a grid (``err`` a
+    :class:`shallow.study.StudyInterrupted` that says so) restarts from its beginning."""
+    from .study import StudyInterrupted
+
+    finished = ("the results of the studies that finished computing are cached under the results/ folder of "
+                "--out, and the same command reuses them (--force recomputes)")
+    if not isinstance(err, StudyInterrupted):  # not in a study's compute: loading it, drawing its figure
+        return f"interrupted. The same command resumes: {finished}"
+    if err.grid_points_cached:
+        return (f"interrupted in {err.study}. The same command resumes: {finished}, and so are the grid "
+                f"points {err.study} finished")
+    return (f"interrupted in {err.study}, which restarts from its beginning when run again (only the points "
+            f"of a grid are cached as they finish, and it had started none). The same command resumes the rest: "
+            f"{finished}")
 
 
 def main(argv=None) -> int:

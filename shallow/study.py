@@ -29,9 +29,11 @@ computes: they are not Config fields and do not enter the result's hash.
 config, the package version and the study script's text (written atomically: a temporary file,
 then a rename, so an interrupted run never leaves a half-written result), and writes
 ``figures/NAME.png`` with a JSON sidecar ``figures/NAME.json`` (config, version, wall time, device,
-the result's scalars, the SHA-256 of the study script, the git commit that drew it and the tracked
-files it had modified, and for a study with grids how many points came from the cache and their own
-compute time). Quick runs write ``NAME_quick.png`` so that they never overwrite the full figures of
+the result's scalars, the SHA-256 of the study script and of the figure, the git commit that drew it
+and the tracked files it had modified, and for a study with grids how many points came from the
+cache and their own compute time). A run interrupted in ``compute`` raises :class:`StudyInterrupted`,
+which says whether grid points of the study were cached: a study without grids restarts from its
+beginning. Quick runs write ``NAME_quick.png`` so that they never overwrite the full figures of
 the README gallery.
 
 A study of one's own runs like the gallery's: ``python my_study.py [--quick]``, or with the
@@ -68,7 +70,7 @@ from . import __version__
 from ._validation import check_array, check_integer, check_positive
 from .backend import available_devices
 
-__all__ = ["run", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
+__all__ = ["run", "StudyInterrupted", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
            "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution", "show_progress",
            "check_grid", "check_flow_time", "compute_note"]
 
@@ -97,7 +99,8 @@ class Execution:
         The sha256 of the study script's text, part of each point's cache key.
     grids : list or None
         Where :func:`run_grid` tallies each grid it runs: (points, points loaded from the cache,
-        seconds the points took to compute, cached ones included); None: not tallied.
+        seconds the points took to compute, cached ones included), None while the grid runs (its
+        finished points are cached); None: not tallied.
     """
 
     workers: int | None = None
@@ -121,10 +124,62 @@ def show_progress() -> bool:
 
 # ----------------------------------------------------------------------------- files
 
+#: A temporary file of :func:`atomic_write` untouched for this many seconds is left over by a killed
+#: writer (SIGKILL, a power cut): the next write of the same file removes it. A live writer fills its
+#: temporary file within seconds, then renames it.
+STALE_TMP_SECONDS = 3600.0
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary files ``.NAME.HEX.tmp`` of ``path`` that killed writers left behind: only
+    those of this very NAME (12 hexadecimal digits between), untouched for :data:`STALE_TMP_SECONDS`."""
+    prefix = f".{path.name}."
+    try:
+        names = [name for name in os.listdir(path.parent) if name.startswith(prefix) and name.endswith(".tmp")]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        middle = name[len(prefix):-len(".tmp")]
+        if len(middle) != 12 or not all(c in "0123456789abcdef" for c in middle):
+            continue  # another file's temporary file (NAME.x), or not one of ours
+        tmp = path.parent / name
+        try:
+            if now - tmp.lstat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+        except OSError:  # gone already (another writer removed it), or not ours to remove
+            pass
+
+
+def _stage(path: Path, write) -> Path:
+    """A temporary file ``.NAME.HEX.tmp`` beside ``path``, filled by ``write`` and fsynced; removed if
+    ``write`` raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
+    # created like any file (mode 0o666 less the umask; mkstemp's 0o600 made results and figures private)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:  # on disk before the rename, so a crash never exposes a short file
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def atomic_write(path, write) -> Path:
     """Write a file through ``write(tmp_path)`` then rename it to ``path`` (atomic on POSIX).
 
     An exception (or Ctrl-C) inside ``write`` leaves ``path`` untouched and removes the temporary file.
+    A writer killed outright (SIGKILL) cannot remove it: the temporary files of ``path`` untouched
+    for an hour (:data:`STALE_TMP_SECONDS`) are removed by the next write of ``path``.
 
     Parameters
     ----------
@@ -146,22 +201,11 @@ def atomic_write(path, write) -> Path:
         cannot be created or written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # created like any file (mode 0o666 less the umask; mkstemp's 0o600 made results and figures private)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    tmp = _stage(path, write)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:  # on disk before the rename, so a crash never exposes a short file
-            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -532,6 +576,24 @@ def study_name(module: ModuleType) -> str:
     return Path(path).stem if path else module.__name__.rsplit(".", 1)[-1]
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a study computed: a KeyboardInterrupt that says what a rerun resumes from.
+
+    Attributes
+    ----------
+    study : str
+        The study's name.
+    grid_points_cached : bool
+        Whether the study had started a grid (:func:`run_grid`), whose finished points are cached
+        and skipped by a rerun; False for a study without grids (or before its first), which restarts
+        from its beginning.
+    """
+
+    def __init__(self, study: str, grid_points_cached: bool):
+        super().__init__(study, grid_points_cached)
+        self.study, self.grid_points_cached = study, grid_points_cached
+
+
 def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, out=".",
         figure: bool = True, workers: int | None = None, scheduler: str | None = None,
         progress: bool | None = None) -> dict:
@@ -553,7 +615,8 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     workers, scheduler : optional
         Where the study's grids run (:func:`run_grid`); they do not change the result.
     progress : bool or None
-        Progress bars of the grids (None: on a terminal only).
+        Progress bars of the grids and of the study's own loops (:func:`show_progress`; None: on a
+        terminal only).
 
     Returns
     -------
@@ -563,6 +626,14 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         study with grids (:func:`run_grid`) ``"_grid_points"``, ``"_grid_points_cached"`` and
         ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
         sidecar's ``grid_points``, since a run drawn from cached points takes little wall time.
+
+    Raises
+    ------
+    StudyInterrupted
+        On Ctrl-C during ``compute`` (a KeyboardInterrupt), saying whether grid points were cached.
+    ValueError
+        For a cached result that cannot be read (``force=True`` recomputes it), a config the
+        study refuses, an unusable ``out``.
     """
     _check_study(module)
     if cfg.device not in available_devices():
@@ -585,7 +656,11 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     source = Path(module.__file__).read_text() if getattr(module, "__file__", None) else ""
     cache = out / "results" / f"{name}-{config_hash(name, cfg, source)}.npz"
     if cache.exists() and not force:
-        result = load_npz(cache)
+        try:
+            result = load_npz(cache)
+        except ValueError as err:
+            raise ValueError(f"{err}. This cached result of {name} cannot be read: --force recomputes it "
+                             "(and replaces the file)") from None
         result["_cached"] = True  # not saved: the cache holds what compute returned
     else:
         execution = Execution(workers=workers, scheduler=scheduler, cache_dir=out / "results" / "points" / name,
@@ -594,6 +669,10 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         start = time.perf_counter()
         try:
             result = dict(module.compute(cfg))
+        except KeyboardInterrupt as err:
+            if isinstance(err, StudyInterrupted):  # a study run inside another's compute: its own word stands
+                raise
+            raise StudyInterrupted(name, bool(execution.grids)) from err
         finally:
             _EXECUTION.reset(token)
         result["_wall_time"] = time.perf_counter() - start
@@ -666,10 +745,13 @@ def run_grid(fn, points, **options) -> list:
         for name in ("workers", "scheduler"):
             if kwargs.get(name) is None:
                 kwargs.pop(name)
+    if execution.grids is not None:
+        index = len(execution.grids)
+        execution.grids.append(None)  # started: if Ctrl-C stops it, its finished points are cached
     done = sweep(fn, points, **kwargs)
     if execution.grids is not None:
         seconds = float(np.nansum(np.asarray(done.wall_times, dtype=float)))
-        execution.grids.append((len(done.results), int(sum(done.cached)), seconds))
+        execution.grids[index] = (len(done.results), int(sum(done.cached)), seconds)
     return done.results
 
 
@@ -738,11 +820,20 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
 
     The sidecar is strict JSON: a non-finite number of the config or summary is the string "nan",
     "inf" or "-inf". ``wall_time_s`` is how long the result took to compute, also when this run
-    read it from the cache (``result_cached``)."""
+    read it from the cache (``result_cached``); ``figure_sha256`` is the SHA-256 of the PNG's bytes,
+    so that a figure and a sidecar of different runs are told apart (``sha256sum NAME.png``).
+
+    Both files are complete on disk before either is replaced, and the two renames follow each
+    other: an interruption (Ctrl-C, SIGKILL) leaves the previous pair, the new pair, or, between
+    the renames, the new sidecar beside the previous figure, whose hash it does not match."""
+    import io
+
     import scipy
 
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
+    png = png.getvalue()
     sidecar = {
         "study": study_name(module),
         "claim": (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else "",
@@ -758,11 +849,26 @@ def save_figure(fig, path, module: ModuleType, cfg, result: dict) -> Path:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
+        # git runs here, before any file is replaced: a figure renamed first kept another run's sidecar
+        # for as long as git took when the run was interrupted meanwhile
         **_provenance(module, written=(path.parent, path.parent.parent / "results")),
+        "figure_sha256": hashlib.sha256(png).hexdigest(),
         "summary": {k: v for k, v in _scalars(result).items() if not k.startswith("_")},
     }
     text = json.dumps(_strict_json(sidecar), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n"
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    # The sidecar is renamed first: interrupted between the renames, the pair is the new sidecar and the
+    # previous figure, and the sidecar's figure_sha256 (the new figure's) tells them apart. The other order
+    # would leave the new figure beside the previous sidecar, which a version of shallow without
+    # figure_sha256 may have written: a mismatch nothing could detect.
+    staged = []
+    try:
+        staged.append((_stage(path.with_suffix(".json"), lambda tmp: tmp.write_text(text)), path.with_suffix(".json")))
+        staged.append((_stage(path, lambda tmp: tmp.write_bytes(png)), path))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)  # after its rename the name is gone: nothing to remove
     return path
 
 

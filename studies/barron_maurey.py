@@ -181,7 +181,8 @@ def compute(cfg: Config) -> dict:
 
     widths = np.asarray(cfg.maurey_widths, dtype=np.int64)
     result = {"maurey_widths": widths, "trained_widths": np.asarray(cfg.trained_widths, dtype=np.int64)}
-    for name in tqdm(TARGETS, desc="barron_maurey: Maurey draws", unit="target"):
+    for name in tqdm(TARGETS, desc="barron_maurey: Maurey draws", unit="target",
+                     disable=not study.show_progress()):
         f, C_f, rep_step, rep_relu = make_target(cfg, name)
         # Barron's mass 2 r C_f is the step representation's (a check of the library's constants).
         assert math.isclose(rep_step.mass, 2 * cfg.radius * C_f, rel_tol=1e-12), (rep_step.mass, C_f)

@@ -208,7 +208,8 @@ def compute(cfg: Config) -> dict:
     widths = np.asarray(cfg.widths, dtype=np.int64)
     result = {"dims": dims, "widths": widths}
     # The 3-layer constructions: explicit, evaluated on the same points.
-    for target in tqdm(cfg.targets, desc="depth_separation_radial: 3-layer constructions", unit="target"):
+    for target in tqdm(cfg.targets, desc="depth_separation_radial: 3-layer constructions", unit="target",
+                       disable=not study.show_progress()):
         errors, neurons, widths3 = [], [], []
         for d in dims:
             X, y, _ = data(cfg, target, int(d))

@@ -240,7 +240,8 @@ def compute(cfg: Config) -> dict:
                                                 for m in widths])
         for placement in PLACEMENTS:
             l1, l1_check, l2, pieces = [], [], [], []
-            for m in tqdm(widths, desc=f"sawtooth k={k}, {placement} knots", unit="width", leave=False):
+            for m in tqdm(widths, desc=f"sawtooth k={k}, {placement} knots", unit="width", leave=False,
+                          disable=not study.show_progress()):
                 nodes = knot_nodes(placement, int(m), k)
                 c, err2, err1 = project(nodes, k)
                 net = shallow_network(nodes, c, int(m))
@@ -257,7 +258,8 @@ def compute(cfg: Config) -> dict:
         to_refine = (widths < 2**k) & (widths <= cfg.refine_max_width) & (cfg.refine_steps > 0)
         refine_widths = widths[to_refine]
         refined, refined_pieces, refined_ok = [], [], []
-        for m in tqdm(refine_widths, desc=f"sawtooth k={k}, gradient-flow refinement", unit="width", leave=False):
+        for m in tqdm(refine_widths, desc=f"sawtooth k={k}, gradient-flow refinement", unit="width", leave=False,
+                      disable=not study.show_progress()):
             nodes = knot_nodes("teeth", int(m), k)
             c = project(nodes, k)[0]
             student, ok = refine(shallow_network(nodes, c, int(m)), k, cfg)

@@ -128,10 +128,11 @@ def compute(cfg: Config) -> dict:
     w2_coupled = {m: [] for m in cfg.widths}
     coupling = {m: [] for m in cfg.widths}
     ref = None
-    for kind, m, r in tqdm(jobs, desc="mean_field_limit runs", unit="run"):
+    for kind, m, r in tqdm(jobs, desc="mean_field_limit runs", unit="run", disable=not study.show_progress()):
         block = slice(r * m, (r + 1) * m)
         net = TwoLayer(a0[block], W0[block])  # gamma = 1/m, time scale m
-        traj = gradient_flow(net, loss, cfg.steps, cfg.step_size, record_every=1, progress=m >= 30_000)
+        traj = gradient_flow(net, loss, cfg.steps, cfg.step_size, record_every=1,
+                             progress=m >= 30_000 and study.show_progress())
         theta = np.concatenate([traj.a[:, None], traj.W], axis=1)  # (m, 1 + d) at the final time
         if kind == "reference":
             ref = traj

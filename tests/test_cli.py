@@ -525,3 +525,152 @@ def test_a_quick_preset_with_an_unknown_field_is_named(toy):
     script.write_text(script.read_text().replace('QUICK = {"n": 10}', 'QUICK = {"n": 10, "steps": 3}'))
     with pytest.raises(TypeError, match="study toy's QUICK sets 'steps', which is not a Config field"):
         cli.main(["run", "toy", "--quick", "--out", str(toy / "out")])
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sidecar_records_the_sha256_of_its_figure(toy):
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out)]) == 0
+    sidecar = json.loads((out / "figures" / "toy_quick.json").read_text())
+    assert sidecar["figure_sha256"] == _sha256(out / "figures" / "toy_quick.png")
+
+
+def test_an_interruption_while_the_sidecar_is_built_keeps_the_previous_figure_and_sidecar(toy, monkeypatch):
+    # the PNG was renamed before git ran for the sidecar's provenance: Ctrl-C meanwhile left a seed-1
+    # figure beside the seed-0 sidecar
+    out, figures = toy / "out", toy / "out" / "figures"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "0"]) == 0
+    before = {path.name: path.read_bytes() for path in figures.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "_provenance", interrupted)
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "1"]) == 130
+    assert {path.name: path.read_bytes() for path in figures.iterdir()} == before  # no temporary file either
+
+
+def test_an_interruption_between_the_two_renames_leaves_a_figure_its_sidecar_does_not_match(toy, monkeypatch):
+    # the sidecar is renamed first: the previous figure beside the new sidecar, told apart by figure_sha256
+    import os
+
+    out, figures = toy / "out", toy / "out" / "figures"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "0"]) == 0
+    old_png = (figures / "toy_quick.png").read_bytes()
+    replace = os.replace
+
+    def interrupted_at_the_png(src, dst):
+        if str(dst).endswith(".png"):
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted_at_the_png)
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "1"]) == 130
+    sidecar = json.loads((figures / "toy_quick.json").read_text())
+    assert sidecar["config"]["seed"] == 1 and (figures / "toy_quick.png").read_bytes() == old_png
+    assert sidecar["figure_sha256"] != _sha256(figures / "toy_quick.png")
+    assert sorted(path.name for path in figures.iterdir()) == ["toy_quick.json", "toy_quick.png"]
+
+
+def test_ctrl_c_in_a_study_without_grid_says_that_it_restarts_from_its_beginning(toy, capsys, monkeypatch):
+    # "finished studies and grid points are cached" was printed also for studies without a grid
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    monkeypatch.setattr(cli.load_study("toy"), "compute", interrupted)
+    assert cli.main(["run", "toy", "--quick", "--out", str(toy / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "shallow run: interrupted in toy, which restarts from its beginning" in err
+    assert "grid points toy finished" not in err
+
+
+GRID_TOY = '''
+"""Grid toy: squares of 0..n-1, one grid point each."""
+import dataclasses
+from shallow import study
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int = 5
+    seed: int = 0
+    device: str = "cpu"
+
+STOP = []  # set by a test: Ctrl-C after the grid
+
+def square(point):
+    return {"y": point["x"] ** 2}
+
+def compute(cfg):
+    runs = study.run_grid(square, [{"x": x} for x in range(cfg.n)])
+    if STOP:
+        raise KeyboardInterrupt
+    return {"total": sum(r["y"] for r in runs)}
+
+def plot(result, cfg):
+    return study.new_figure()[0]
+'''
+
+
+def test_ctrl_c_in_a_study_with_a_grid_says_that_its_finished_points_are_cached_and_a_rerun_reuses_them(
+        toy, capsys, monkeypatch):
+    (toy / "studies" / "grid_toy.py").write_text(GRID_TOY)
+    monkeypatch.delitem(sys.modules, "shallow_studies.grid_toy", raising=False)
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    command = ["run", "grid_toy", "--out", str(toy / "out"), "--scheduler", "serial"]
+    cli.load_study("grid_toy").STOP.append(True)
+    assert cli.main(command) == 130
+    err = capsys.readouterr().err
+    assert "shallow run: interrupted in grid_toy. The same command resumes" in err
+    assert "and so are the grid points grid_toy finished" in err
+    cli.load_study("grid_toy").STOP.clear()
+    assert cli.main(command) == 0
+    sidecar = json.loads((toy / "out" / "figures" / "grid_toy.json").read_text())
+    assert sidecar["grid_points"]["from_cache"] == sidecar["grid_points"]["points"] == 5
+    assert sidecar["summary"]["total"] == 0 + 1 + 4 + 9 + 16
+
+
+def test_a_corrupt_cached_result_is_an_error_that_says_force_recomputes_it(toy, capsys):
+    out = str(toy / "out")
+    assert cli.main(["run", "toy", "--quick", "--out", out]) == 0
+    (cache,) = (toy / "out" / "results").glob("toy-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # cut short
+    assert cli.main(["run", "toy", "--quick", "--out", out]) == 2
+    assert "cannot be read: --force recomputes it" in capsys.readouterr().err
+    assert cli.main(["run", "toy", "--quick", "--out", out, "--force"]) == 0
+    assert cli.main(["run", "toy", "--quick", "--out", out]) == 0
+    assert "cached" in capsys.readouterr().out
+
+
+def test_the_temporary_file_of_a_killed_writer_is_removed_by_a_write_of_the_same_file_an_hour_later(tmp_path):
+    # SIGKILL leaves .NAME.HEX.tmp behind (no except clause runs); they accumulated in figures/ and results/
+    import os
+    import signal
+    import time
+
+    target = tmp_path / "r.npz"
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time; from shallow import study; "
+                               f"study.atomic_write({str(target)!r}, lambda tmp: (tmp.write_text('half'), "
+                               "print('writing', flush=True), time.sleep(60)))"], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    writer.stdout.close()
+    (killed,) = tmp_path.glob(".r.npz.*.tmp")
+    live = tmp_path / ".r.npz.0123456789ab.tmp"  # a concurrent writer's, just created: kept
+    other = tmp_path / ".q.npz.0123456789ab.tmp"  # another file's, however old: kept
+    live.write_text("")
+    other.write_text("")
+    hour_ago = time.time() - study.STALE_TMP_SECONDS - 60
+    os.utime(other, (hour_ago, hour_ago))
+    study.save_npz_atomic(target, {"x": 1.0})
+    assert killed.exists()  # killed within the hour: it might be a live writer's still
+    os.utime(killed, (hour_ago, hour_ago))
+    study.save_npz_atomic(target, {"x": 2.0})
+    assert not killed.exists() and live.exists() and other.exists()
+    assert study.load_npz(target) == {"x": 2.0}

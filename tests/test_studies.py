@@ -76,3 +76,31 @@ def test_readme_setup_line_installs_the_extras_every_study_needs():
     needed = {getattr(cli.load_study(name), "EXTRA", "data") for name in cli.find_studies()
               if getattr(cli.load_study(name), "REQUIRES", ())}
     assert needed <= installed and "test" in installed
+
+
+def test_mean_field_limit_shows_its_progress_bar_only_when_the_run_says_so(tmp_path, capfd):
+    # its bar of runs printed also when stderr was not a terminal, unlike the other studies'
+    import dataclasses
+
+    from shallow import cli
+
+    module = cli.load_study("mean_field_limit")
+    cfg = dataclasses.replace(study.quick_config(module), widths=(10, 20), reference_width=40, runs=2, w2_runs=1,
+                              steps=2, n=20, n_projections=5)
+    study.run(module, cfg, out=tmp_path, figure=False, progress=False)
+    assert capfd.readouterr().err == ""
+    study.run(module, cfg, out=tmp_path, figure=False, progress=True, force=True)
+    assert "mean_field_limit runs" in capfd.readouterr().err
+
+
+def test_every_studys_own_progress_bar_follows_the_runs_choice():
+    # a tqdm bar without disable= printed whatever study.show_progress() said. Read from the syntax
+    # tree: every tqdm(...) call of a study script passes disable=.
+    import ast
+
+    from shallow import cli
+
+    for name, path in cli.find_studies().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "tqdm":
+                assert any(k.arg == "disable" for k in node.keywords), (name, node.lineno)
