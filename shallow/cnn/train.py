@@ -55,7 +55,7 @@ from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
 from .layers import _running_buffers, _shape_of, check_layer
-from .losses import CrossEntropy, accuracy, check_labels
+from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
 from .models import _inputs_checked, check_images
 from .optim import SGD, Optimizer
 
@@ -127,6 +127,30 @@ def _check_loss(loss):
         raise TypeError(f"loss must be a loss object with value_and_grad, such as CrossEntropy() or SquareLoss(), "
                         f"got {type(loss).__name__}")
     return loss
+
+
+def _real_targets(y, loss, n_outputs) -> bool:
+    """Whether ``y`` holds real targets rather than class labels: only for a square loss, and unless it is a
+    vector of integers for a model of several outputs (labels, one-hot encoded by the loss)."""
+    if not isinstance(loss, SquareLoss):
+        return False
+    y_arr = y if hasattr(y, "dtype") else np.asarray(y)
+    return not (y_arr.ndim == 1 and n_outputs > 1 and y_arr.dtype.kind in "iub")
+
+
+def _check_targets(y, loss, n_outputs, name, n):
+    """(y checked, real): class labels in range, or real targets of the outputs' shape for a square loss."""
+    if not _real_targets(y, loss, n_outputs):
+        if getattr(y, "ndim", 1) != 1:
+            raise ValueError(f"{name} must be class labels of shape (n,), got shape {tuple(y.shape)} (for real "
+                             f"targets of shape (n, K), train with loss=SquareLoss())")
+        return check_labels(y, n_outputs, name, n=n), False
+    y = check_array(y, name)
+    want = (n,) if n_outputs == 1 and y.ndim == 1 else (n, n_outputs)
+    if tuple(y.shape) != want:
+        raise ValueError(f"{name} must be integer labels of shape ({n},) or real targets of shape ({n}, {n_outputs}) "
+                         f"(or ({n},) for a model of one output), got shape {tuple(y.shape)}")
+    return y, True
 
 
 def _check_optional(value, kind, name, what):
@@ -339,7 +363,9 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     ----------
     model : Layer
     X : array of shape (n, H, W, C)
-    y : int array of shape (n,)
+    y : int array of shape (n,), or real array of shape (n, K)
+        Labels; or, with a :class:`~shallow.cnn.losses.SquareLoss`, real targets of the outputs'
+        shape ((n,) for a model of one output).
     loss : CrossEntropy or SquareLoss, optional
         Cross-entropy by default.
     batch_size : int
@@ -347,15 +373,17 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     Returns
     -------
     (float, float)
+        The mean loss and the accuracy (NaN for real targets).
     """
     loss = _check_loss(loss)
     out = predict(model, X, batch_size=batch_size)
     if out.shape[0] == 0:
         raise ValueError("X holds no images: the mean loss and the accuracy of no data are undefined")
-    y = check_labels(y, out.shape[1], "y", n=out.shape[0])
+    y, real = _check_targets(y, loss, out.shape[1], "y", out.shape[0])
+    y = get_xp(out).asarray(y)
     with np.errstate(over="ignore", invalid="ignore"):
         value = loss.value_and_grad(out, y, check=False)[0]
-    return value, accuracy(out, y)
+    return value, (float("nan") if real else accuracy(out, y))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -432,8 +460,10 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         Usually a :class:`~shallow.cnn.models.Model` (or its :func:`~shallow.cnn.linearize`).
     X : array of shape (n, H, W, C)
         Training images (the model's in_shape when it has one), finite.
-    y : int array of shape (n,)
-        Labels in {0, ..., K - 1}.
+    y : int array of shape (n,), or real array of shape (n, K)
+        Labels in {0, ..., K - 1}; or, with ``loss=SquareLoss()``, real targets of the outputs'
+        shape ((n,) for a model of one output), for regression and the lazy-training objective.
+        The accuracies of the history are then NaN.
     X_test, y_test : arrays, optional
         Evaluated after every epoch.
     loss : CrossEntropy or SquareLoss, optional
@@ -503,17 +533,16 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     if X.shape[0] == 0:
         raise ValueError("X holds no images: there is nothing to train on")
     n_classes = _n_classes(model, X)
-    if getattr(y, "ndim", 1) != 1:
-        raise ValueError(f"y must be class labels of shape (n,), got shape {tuple(y.shape)}: fit trains classifiers "
-                         "(for real targets, loop over shallow.cnn.batches with train_step and a SquareLoss)")
-    y = check_labels(y, n_classes, "y", n=X.shape[0])
+    y, real = _check_targets(y, loss, n_classes, "y", X.shape[0])
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")
     if X_test is not None:
         X_test = check_images(X_test, "X_test", in_shape or tuple(X.shape[1:]), dtype=model.dtype)
         if X_test.shape[0] == 0:
             raise ValueError("X_test holds no images: pass X_test=None and y_test=None for no test set")
-        y_test = check_labels(y_test, n_classes, "y_test", n=X_test.shape[0])
+        y_test, real_test = _check_targets(y_test, loss, n_classes, "y_test", X_test.shape[0])
+        if real_test != real:
+            raise ValueError("y and y_test must both be class labels or both real targets")
     xp = get_xp(X)
     y, y_test = xp.asarray(y), (None if y_test is None else xp.asarray(y_test))
     if optimizer is None:
@@ -568,7 +597,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                         return history
                     m = xb.shape[0]
                     total += value * m
-                    correct = correct + (xp.argmax(out, axis=1) == yb).sum()  # on the device: no wait
+                    if not real:
+                        correct = correct + (xp.argmax(out, axis=1) == yb).sum()  # on the device: no wait
                     seen += m
                     if bar is not None:
                         bar.update(1)
@@ -578,7 +608,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                     test_loss, test_acc = evaluate(model, X_test, y_test, loss)
                 history.epoch.append(epoch + 1)
                 history.loss.append(total / max(seen, 1))
-                history.accuracy.append(int(correct) / max(seen, 1))
+                history.accuracy.append(float("nan") if real else int(correct) / max(seen, 1))
                 history.test_loss.append(test_loss)
                 history.test_accuracy.append(test_acc)
                 history.lr.append(lr)

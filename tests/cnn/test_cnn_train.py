@@ -120,25 +120,35 @@ def test_fit_rejects_bad_inputs_naming_the_argument(digits):
         fit(model, X, y, epochs=1, resume=True)
 
 
-def test_real_targets_train_through_the_loop_that_fit_points_to(digits):
-    # fit trains classifiers: one-hot or real targets (n, K) are refused with the loop to write instead, and that
-    # loop (batches of rows, train_step, SquareLoss) lowers the square loss of a real regression
-    model = build_model("vgg", digits.in_shape, 3, width=2, rng=0)
-    X = digits.X_train[:32]
-    Y = np.random.default_rng(7).standard_normal((32, 3))
-    with pytest.raises(ValueError, match=r"y must be class labels of shape \(n,\), got shape \(32, 3\): fit trains "
-                                         r"classifiers \(for real targets, loop over shallow.cnn.batches"):
-        fit(model, X, Y, loss=SquareLoss(), epochs=1)
+def test_fit_with_a_square_loss_trains_real_targets_as_the_loop_of_batches_and_train_steps(digits):
+    # real targets (n, K) with loss=SquareLoss(): fit is the loop over batches (one Generator across epochs) of
+    # train_step, parameter for parameter; the loss falls below half its start; accuracies are NaN, and evaluate's
+    # loss is (1 / 2n) sum |f - Y|^2 typed out with numpy
     from shallow.cnn import batches
     from shallow.cnn.train import train_step
 
-    loss, opt = SquareLoss(), Adam(model.named_parameters(), lr=1e-2)
-    first = loss(model.eval().forward(X), Y)
-    model.train()
+    X = digits.X_train[:32]
+    Y = np.random.default_rng(7).standard_normal((32, 3))
+    models = [build_model("vgg", digits.in_shape, 3, width=2, rng=0) for _ in range(2)]
+    history = fit(models[0], X, Y, loss=SquareLoss(), optimizer=Adam(models[0].named_parameters(), lr=1e-2),
+                  epochs=20, batch_size=16, rng=0, X_test=X[:8], y_test=Y[:8])
+    loss, opt, rng = SquareLoss(), Adam(models[1].named_parameters(), lr=1e-2), np.random.default_rng(0)
+    first = loss(models[1].eval().forward(X), Y)
+    models[1].train()
     for _ in range(20):
-        for xb, yb in batches(X, Y, 16, rng=0):
-            train_step(model, loss, opt, xb, yb)
-    assert loss(model.eval().forward(X), Y) < 0.5 * first
+        for xb, yb in batches(X, Y, 16, rng=rng):
+            train_step(models[1], loss, opt, xb, yb)
+    for name, p in models[1].named_parameters().items():
+        np.testing.assert_array_equal(models[0].named_parameters()[name], p)
+    value, acc = evaluate(models[0], X, Y, SquareLoss())
+    assert value == pytest.approx(0.5 * np.sum((predict(models[0], X) - Y) ** 2) / 32, rel=1e-6)
+    assert value < 0.5 * first and np.isnan(acc)
+    assert np.isnan(history.accuracy).all() and np.isnan(history.test_accuracy).all()
+    with pytest.raises(ValueError, match=r"y must be class labels of shape \(n,\), got shape \(32, 3\) \(for real "
+                                         r"targets of shape \(n, K\), train with loss=SquareLoss\(\)\)"):
+        fit(models[0], X, Y, epochs=1)  # the cross-entropy takes labels only
+    with pytest.raises(ValueError, match=r"y must be integer labels of shape \(32,\) or real targets of shape \(32, 3\)"):
+        fit(models[0], X, Y[:, :2], loss=SquareLoss(), epochs=1)
 
 
 def test_linearized_model_trains_with_the_same_loop(digits):
