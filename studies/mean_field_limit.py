@@ -37,12 +37,13 @@ What we measured (defaults): the curves collapse (at t = 50 the reference's rela
 risk-deviation slope -0.55 and spread slope -0.58 (expected -1/2; at m = 100 the O(1/m) mean
 shift adds to the O(m^{-1/2}) fluctuation); SW2 slope -0.47 at t = 50 against -0.49 at t = 0, the
 flow multiplying the initial sampling distance by at most 1.9; coupled exact W2 slope -0.48. With
---quick (3 widths, reference 5000, t = 30): slopes -0.60, -0.71, -0.63 and -0.47.
+--quick (3 widths, reference 5000, t = 30): slopes -0.57, -0.65, -0.60 and -0.43.
 
 Runtime: about 4-5 minutes of one CPU core by the per-step costs (the 10^5-particle reference is
 a third of it); measured 640 s of CPU time (34 min wall) on a 2-core machine shared with other
-jobs. --quick: about 10 s (measured 14 s of CPU time under the same load).
-``--device gpu`` runs the flows with CuPy (the OT distances run on the host).
+jobs. --quick: about 3 s. The flows are the points of a grid (:func:`shallow.study.run_grid`): they
+run on the ``--workers``, and a run stopped by Ctrl-C keeps the flows it finished (the same command
+resumes). ``--device gpu`` runs the flows with CuPy (the OT distances run on the host).
 """
 
 from __future__ import annotations
@@ -96,17 +97,21 @@ class Config:
 QUICK = {"widths": (100, 300, 1000), "reference_width": 5000, "runs": 8, "w2_runs": 2, "steps": 60, "n": 300}
 
 
-def _setup(cfg: Config):
-    """Teacher, data, loss, and the reference's initial particles (all on cfg.device)."""
-    rng = np.random.default_rng([cfg.seed, 0])
-    t = TwoLayer.init(cfg.teacher_width, cfg.d, weights="sphere", a_init="sign", rng=rng, device=cfg.device)
+#: The Config fields a flow needs (the others choose which flows to run, or judge them).
+RUN_FIELDS = ("d", "teacher_width", "n", "reference_width", "steps", "step_size", "init_scale", "seed", "device")
+
+
+def _setup(d, teacher_width, n, reference_width, init_scale, seed, device):
+    """Teacher, data, loss, and the reference's initial particles (all on ``device``)."""
+    rng = np.random.default_rng([seed, 0])
+    t = TwoLayer.init(teacher_width, d, weights="sphere", a_init="sign", rng=rng, device=device)
     teacher = TwoLayer(t.a, t.W, gamma=1.0)
-    X = to_device(np.random.default_rng([cfg.seed, 1]).standard_normal((cfg.n, cfg.d)), cfg.device)  # (n, d)
+    X = to_device(np.random.default_rng([seed, 1]).standard_normal((n, d)), device)  # (n, d)
     y = teacher(X)  # (n,)
     R0 = 0.5 * float((y * y).mean())  # risk of the zero network
-    init = TwoLayer.init(cfg.reference_width, cfg.d, weights="sphere", a_init="balanced",
-                         rng=np.random.default_rng([cfg.seed, 2]), device=cfg.device)
-    return EmpiricalRisk(X, y), R0, cfg.init_scale * init.a, cfg.init_scale * init.W
+    init = TwoLayer.init(reference_width, d, weights="sphere", a_init="balanced",
+                         rng=np.random.default_rng([seed, 2]), device=device)
+    return EmpiricalRisk(X, y), R0, init_scale * init.a, init_scale * init.W
 
 
 def _slope(m, values):
@@ -114,33 +119,40 @@ def _slope(m, values):
     return float(np.polyfit(np.log(m[ok]), np.log(values[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
 
 
-def compute(cfg: Config) -> dict:
-    from tqdm.auto import tqdm
+def run_point(point: dict) -> dict:
+    """One flow (a grid point of :func:`shallow.study.run_grid`): run ``run`` of width m, the particles
+    run m ... (run + 1) m - 1 of the reference's initial draw (the reference itself: m = reference_width)."""
+    loss, R0, a0, W0 = _setup(**{name: point[name] for name in RUN_FIELDS if name not in ("steps", "step_size")})
+    m, r = point["m"], point["run"]
+    block = slice(r * m, (r + 1) * m)
+    traj = gradient_flow(TwoLayer(a0[block], W0[block]), loss, point["steps"], point["step_size"],
+                         record_every=1)  # gamma = 1/m, time scale m
+    theta = np.concatenate([traj.a[:, None], traj.W], axis=1)  # (m, 1 + d) at the final time
+    return {"times": traj.times, "relative_risk": traj.risks / R0, "theta": theta, "R0": R0}
 
-    loss, R0, a0, W0 = _setup(cfg)
+
+def compute(cfg: Config) -> dict:
     M = cfg.reference_width
-    jobs = [("reference", M, 0)] + [("width", m, r) for m in cfg.widths for r in range(min(cfg.runs, M // m))]
-    result = {"widths": np.asarray(cfg.widths), "R0": R0}
+    common = {name: getattr(cfg, name) for name in RUN_FIELDS}
+    points = [dict(common, m=M, run=0)]  # the reference first
+    points += [dict(common, m=int(m), run=r) for m in cfg.widths for r in range(min(cfg.runs, M // m))]
+    done = study.run_grid(run_point, points, desc="mean_field_limit runs")
+    ref, R0 = done[0], done[0]["R0"]
+    _, _, a0, W0 = _setup(**{name: getattr(cfg, name) for name in RUN_FIELDS if name not in ("steps", "step_size")})
     ref_theta0 = np.concatenate([to_numpy(a0)[:, None], to_numpy(W0)], axis=1)  # (M, 1 + d)
+    ref_theta = ref["theta"]
+    result = {"widths": np.asarray(cfg.widths), "R0": R0, "times": ref["times"],
+              "relative_risk_reference": ref["relative_risk"]}
     risks = {m: [] for m in cfg.widths}
     sw_final = {m: [] for m in cfg.widths}
     sw_start = {m: [] for m in cfg.widths}
     w2_coupled = {m: [] for m in cfg.widths}
     coupling = {m: [] for m in cfg.widths}
-    ref = None
-    for kind, m, r in tqdm(jobs, desc="mean_field_limit runs", unit="run", disable=not study.show_progress()):
+    for point, out in zip(points[1:], done[1:]):
+        m, r = point["m"], point["run"]
         block = slice(r * m, (r + 1) * m)
-        net = TwoLayer(a0[block], W0[block])  # gamma = 1/m, time scale m
-        traj = gradient_flow(net, loss, cfg.steps, cfg.step_size, record_every=1,
-                             progress=m >= 30_000 and study.show_progress())
-        theta = np.concatenate([traj.a[:, None], traj.W], axis=1)  # (m, 1 + d) at the final time
-        if kind == "reference":
-            ref = traj
-            ref_theta = theta
-            result["times"] = traj.times
-            result["relative_risk_reference"] = traj.risks / R0
-            continue
-        risks[m].append(traj.risks / R0)
+        theta = out["theta"]
+        risks[m].append(out["relative_risk"])
         coupling[m].append(float(np.sqrt(((theta - ref_theta[block]) ** 2).sum(axis=1).mean())))
         if r < cfg.w2_runs:
             sw_final[m].append(sliced_wasserstein(theta, ref_theta, n_projections=cfg.n_projections,
@@ -149,7 +161,7 @@ def compute(cfg: Config) -> dict:
                                                   rng=cfg.seed))
             if m <= cfg.exact_w2_max:
                 w2_coupled[m].append(wasserstein(theta, ref_theta[block]))
-    ref_curve = ref.risks / R0
+    ref_curve = ref["relative_risk"]
     widths = np.asarray(cfg.widths, dtype=float)
     # A width-m run is a block of the reference's particles: to first order R_m - R_ref is a linear
     # functional of mu_m - mu_ref = (1 - m/M)(mu_m - mu_rest), whose variance is (1/m - 1/M) times that
