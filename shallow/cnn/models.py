@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -169,6 +170,16 @@ def _channels_first_hint(in_shape) -> str:
     return ""
 
 
+def _architecture_shape(in_shape):
+    """(H, W, C) of an architecture's in_shape, with a warning where it reads as channels first."""
+    H, W, C = _check_shape(in_shape)
+    hint = _channels_first_hint(tuple(in_shape))
+    if hint:
+        warnings.warn(f"in_shape {tuple(in_shape)} builds a network for {H}x{W} images of {C} channels{hint}",
+                      stacklevel=3)
+    return H, W, C
+
+
 def _check_shape3(shape):
     """One image's shape (H, W, C), three positive integers."""
     if not isinstance(shape, (tuple, list)) or len(shape) != 3:
@@ -228,7 +239,7 @@ def vgg_small(in_shape=(8, 8, 1), n_classes=10, *, width=32, stages=None, batch_
     >>> net(np.zeros((3, 8, 8, 1))).shape
     (3, 10)
     """
-    H, W, C = _check_shape(in_shape)
+    H, W, C = _architecture_shape(in_shape)
     n_classes = check_integer(n_classes, "n_classes", minimum=1)
     width = check_integer(width, "width", minimum=1)
     stages = _n_stages(H, W) if stages is None else check_integer(stages, "stages", minimum=1)
@@ -295,7 +306,7 @@ def resnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=1, stages
     -------
     Sequential mapping (N, H, W, C) to (N, K)
     """
-    H, W, C = _check_shape(in_shape)
+    H, W, C = _architecture_shape(in_shape)
     n_classes = check_integer(n_classes, "n_classes", minimum=1)
     width = check_integer(width, "width", minimum=1)
     blocks = check_integer(blocks, "blocks", minimum=1)

@@ -452,10 +452,23 @@ def test_check_images_computes_float16_images_in_float32():
 
 def test_build_model_says_shapes_are_channels_last_for_a_channels_first_in_shape():
     # (1, 8, 8) is (H, W, C) = 1 x 8 images of 8 channels, too small to pool: the message said only that
-    with pytest.raises(ValueError, match=r"too small .* channels last here: for 1-channel 8x8 images pass \(8, 8, 1\)"):
+    with pytest.raises(ValueError, match=r"too small .* channels last here: for 1-channel 8x8 images pass \(8, 8, 1\)"), \
+            pytest.warns(UserWarning, match="channels last here"):
         build_model("vgg", (1, 8, 8))
     with pytest.raises(ValueError, match=r"too small for 3 stages of 2x2 pooling$"):  # no hint for (H, W, C)
         vgg_small((4, 4, 1), 2, stages=3)
+
+
+@pytest.mark.parametrize("arch", ["vgg", "resnet"])
+def test_a_channels_first_in_shape_that_builds_is_warned_about(arch):
+    # (3, 32, 32), a CIFAR image channels first, built a network for 3 x 32 images of 32 channels without a word
+    with pytest.warns(UserWarning, match=r"3x32 images of 32 channels; shapes are channels last here: for 3-channel "
+                                         r"32x32 images pass \(32, 32, 3\)"):
+        build_model(arch, (3, 32, 32), 10, width=2, rng=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_model(arch, (32, 32, 3), 10, width=2, rng=0)  # channels last: no warning
 
 
 def test_snapshot_and_relative_change_reject_what_is_not_a_model_or_parameter_dict():
