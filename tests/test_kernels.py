@@ -923,3 +923,39 @@ def test_zonal_series_in_blocks_equals_the_recurrence_on_the_whole_array(monkeyp
         monkeypatch.setattr(kernels, "_SERIES_CHUNK", 100)  # 9 blocks, the last one short
         got = kernels._zonal_series(c, d, t)
         assert got.dtype == dtype and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel", [random_feature_kernel, ntk])
+def test_exact_kernels_by_blocks_of_rows_are_the_whole_matrix_formulas_bit_for_bit(kernel, monkeypatch):
+    # blocks of 3 rows (block of 100 entries, 37 columns) against one block: the same elementwise formulas on
+    # the same Gram entries; relu, erf, the Mehler (tanh, unit rows) and Funk-Hecke (gelu, sphere) series, and
+    # rows rescaled by powers of two (1e150)
+    import shallow.kernels as kernels
+
+    rng = np.random.default_rng(31)
+    X, Y = rng.standard_normal((40, 5)), rng.standard_normal((37, 5))
+    X[:3] *= 1e150
+    U, V = _unit(X), _unit(Y)
+    cases = [(X, Y, "relu", "gaussian"), (X, None, "erf", "gaussian"), (U, V, "tanh", "gaussian"),
+             (U, None, "gelu", "sphere"), (X, Y, "step", "sphere")]
+    whole = [kernel(A, B, s, law) for A, B, s, law in cases]
+    monkeypatch.setattr(kernels, "_KERNEL_BLOCK", 100)
+    for (A, B, s, law), K in zip(cases, whole):
+        np.testing.assert_array_equal(kernel(A, B, s, law), K)
+
+
+def test_the_relu_ntk_takes_about_twice_the_memory_of_its_matrix(monkeypatch):
+    # the Gram matrix and the output; the formulas' temporaries over the whole matrix took 7 times the output
+    import tracemalloc
+
+    import shallow.kernels as kernels
+
+    monkeypatch.setattr(kernels, "_KERNEL_BLOCK", 2**14)  # blocks of 8 rows of 2000 entries
+    X = np.random.default_rng(32).standard_normal((2000, 10))
+    tracemalloc.start()
+    try:
+        K = ntk(X, sigma="relu")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2.2 * K.nbytes
