@@ -522,12 +522,29 @@ def _prepare(X, Y):
     return X, Y, G, nx2[:, None], ny2[None, :], xp
 
 
-def _on_sphere(nx2, ny2, xp, dtype):
-    tol = 2 * float(np.sqrt(np.finfo(dtype).eps))
+def _sphere_tolerance(dtype) -> float:
+    """How far |x|^2 may be from 1 for x to count as a point of the unit sphere: 2 sqrt(eps)."""
+    return 2 * float(np.sqrt(np.finfo(dtype).eps))
+
+
+def _sphere_deviation(nx2, ny2, xp) -> float:
+    """max | |x|^2 - 1 | over the rows of X and Y (0 for no rows)."""
     if not (nx2.size and ny2.size):
-        return True
-    dev = max(float(xp.abs(nx2 - 1).max()), float(xp.abs(ny2 - 1).max()))
-    return dev <= tol
+        return 0.0
+    return max(float(xp.abs(nx2 - 1).max()), float(xp.abs(ny2 - 1).max()))
+
+
+def _on_sphere(nx2, ny2, xp, dtype):
+    return _sphere_deviation(nx2, ny2, xp) <= _sphere_tolerance(dtype)
+
+
+def _sphere_gap(nx2, ny2, xp, dtype) -> str:
+    """Why inputs are off the sphere, for a message: their largest | |x|^2 - 1 | against the tolerance."""
+    dev, tol = _sphere_deviation(nx2, ny2, xp), _sphere_tolerance(dtype)
+    if dev > 1e-3:
+        return ""
+    return (f" (| |x|^2 - 1 | reaches {dev:.2g}, beyond the {np.dtype(dtype).name} tolerance {tol:.2g}: rows "
+            "normalised in float32 and cast to float64, say; normalise them in the dtype they are computed in)")
 
 
 def _exact(feature, G, nx2, ny2, xp, weights, d, kmax, on_sphere):
@@ -650,8 +667,8 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
                 if K is not None and tg:
                     K = G[rows] * K
             if K is None:
-                where = f"with weights={weights!r} for inputs off the unit sphere"
-                raise ValueError(f"{caller}: the {feat.label} has no closed-form kernel {where}; pass n_features "
+                raise ValueError(f"{caller}: the {feat.label} has no closed-form kernel with weights={weights!r} for "
+                                 f"inputs off the unit sphere{_sphere_gap(nx2, ny2, xp, G.dtype)}; pass n_features "
                                  "(and rng) for a Monte Carlo estimate")
             K = xp.asarray(K, dtype=G.dtype)
             total = K if total is None else total + K

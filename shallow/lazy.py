@@ -550,8 +550,8 @@ class KernelPrediction(NamedTuple):
 
     Attributes
     ----------
-    train : array of shape (n,), (T, n) for T times, or (n, k) for k targets
-    test : array of shape (n_test,), (T, n_test) or (n_test, k); None without ``K_test``
+    train : array of shape (n,), (T, n) for T times, (n, k) for k targets, or (T, n, k)
+    test : array of shape (n_test,), (T, n_test), (n_test, k) or (T, n_test, k); None without ``K_test``
     """
 
     train: object
@@ -657,12 +657,12 @@ def _ridge_by_cholesky(xp, K, y, shift, f0, K_test, f0_test):
 def _apply_filter(xp, lam, U, coef, g, f0, K_test, f0_test):
     """f = f0 + K U g(lam) U^T (y - f0) on the training points (and K_test ... on test points).
 
-    ``g`` has shape (n,) or (T, n) for targets of shape (n,); shape (n,) for targets of shape (n, k).
-    The training prediction uses lam * g directly.
+    ``g`` has shape (n,) or (T, n); targets of shape (n,) or (n, k). The training prediction uses
+    lam * g directly.
     """
-    if coef.ndim == 2:  # k targets at once: g (n,) scales the rows of coef (n, k)
-        train = f0 + U @ ((lam * g)[:, None] * coef)
-        test = None if K_test is None else f0_test + (K_test @ U) @ (g[:, None] * coef)
+    if coef.ndim == 2:  # k targets at once: g (n,) or (T, n) scales the rows of coef (n, k)
+        train = f0 + U @ ((lam * g)[..., None] * coef)  # (n, k) or (T, n, k)
+        test = None if K_test is None else f0_test + (K_test @ U) @ (g[..., None] * coef)
         return KernelPrediction(train, test)
     train = f0 + (lam * g * coef) @ U.T
     test = None
@@ -678,15 +678,16 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     ----------
     K : array of shape (n, n)
         Kernel (Gram) matrix of the training points, symmetric positive semidefinite.
-    y : array of shape (n,)
-        Targets.
+    y : array of shape (n,) or (n, k)
+        Targets; k columns (one-hot classes, the outputs of a network with k outputs trained with
+        the same kernel on each) flow at once, with one eigendecomposition of K.
     t : float or array of shape (T,)
         Flow times, >= 0.
-    f0 : array of shape (n,), optional
+    f0 : array of shape (n,) or (n, k), optional
         Predictions at t = 0 on the training points (default 0, as for a centred network).
     K_test : array of shape (n_test, n), optional
         Kernel between test and training points.
-    f0_test : array of shape (n_test,), optional
+    f0_test : array of shape (n_test,) or (n_test, k), optional
         Predictions at t = 0 on the test points (default 0).
     time_scale : float, optional
         Default 1. The factor s of :func:`shallow.flows.gradient_flow` (``time_scale``; its default
@@ -724,7 +725,7 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     array([0.63212056, 0.39346934])
     """
     s = check_positive(time_scale, "time_scale")
-    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test)
+    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=2)
     lam, U, coef = _eigen_problem(xp, K, y, f0)
     t_host = to_numpy(check_array(t, "t", ndim=(0, 1))).astype(np.float64)
     if np.any(t_host < 0):

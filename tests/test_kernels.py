@@ -573,6 +573,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: random_feature_kernel(X, None, "swish"), "unknown activation name"),
     (lambda X: random_feature_kernel(X, None, "tanh"), "n_features"),
     (lambda X: random_feature_kernel(X, None, "tanh", "sphere"), "n_features"),
+    (lambda X: ntk(_unit(X) * (1 + 1e-7), None, "tanh"), r"reaches 2e-07, beyond the float64 tolerance 3e-08"),
     (lambda X: random_feature_kernel(X, None, "relu", n_features=0), "n_features"),
     (lambda X: random_feature_kernel(X[:, :1], None, "relu", "sphere"), r"weights='sphere' needs .* X has d=1"),
     (lambda X: ntk(X[:, :1], None, "relu", "sphere", n_features=10), r"weights='sphere' needs .* X has d=1"),

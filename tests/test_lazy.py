@@ -615,8 +615,6 @@ def test_kernel_regression_with_k_targets_solves_the_ridge_system_for_each_colum
         kernel_regression(K, Y, lam, K_test=K_test, f0_test=np.zeros(7))
     with pytest.raises(ValueError, match="f0_test has shape"):
         kernel_regression(K, Y, lam, K_test=K_test, f0_test=np.zeros((7, 2)))
-    with pytest.raises(ValueError, match="y must be a 1-dimensional"):
-        kernel_flow(K, Y, 1.0)
 
 
 @settings(max_examples=20, deadline=None)
@@ -688,6 +686,25 @@ def test_kernel_flow_moves_the_test_predictions_linearly_in_time_along_a_null_di
     np.testing.assert_allclose(pred.train, y + z[:2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(pred.test, z[2:], rtol=0, atol=1e-14)
 
+
+
+def test_kernel_flow_of_k_targets_at_several_times_is_the_matrix_exponential_on_each_column():
+    # (F - Y, F_test)' = -(s/n) [[K, 0], [K_test, 0]] (F - Y, F_test), column by column, by scipy's expm; kernel_flow
+    # refused targets of shape (n, k) although its result's docstring listed them
+    rng = np.random.default_rng(41)
+    A_ = rng.standard_normal((6, 3))
+    K, K_test = A_ @ A_.T, rng.standard_normal((4, 3)) @ A_.T
+    Y, F0, F0_test = rng.standard_normal((6, 2)), rng.standard_normal((6, 2)), rng.standard_normal((4, 2))
+    s, n, times = 0.7, 6, np.array([0.0, 0.3, 2.0])
+    A = np.zeros((10, 10))
+    A[:6, :6], A[6:, :6] = -(s / n) * K, -(s / n) * K_test
+    pred = kernel_flow(K, Y, times, f0=F0, K_test=K_test, f0_test=F0_test, time_scale=s)
+    assert pred.train.shape == (3, 6, 2) and pred.test.shape == (3, 4, 2)
+    for i, t in enumerate(times):
+        for c in range(2):
+            z = scipy.linalg.expm(t * A) @ np.concatenate([F0[:, c] - Y[:, c], F0_test[:, c]])
+            np.testing.assert_allclose(pred.train[i, :, c], Y[:, c] + z[:6], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(pred.test[i, :, c], z[6:], rtol=0, atol=1e-12)
 
 def test_kernel_regression_without_ridge_is_the_pseudo_inverse_dropping_exact_zero_eigenvalues():
     # ridge = 0: f = f0 + K K^+ (y - f0) and f_test = f0_test + K_test K^+ (y - f0) with numpy's

@@ -24,6 +24,13 @@ model, or the original one, does not move theta_0. Batch normalisation in train 
 linearised with its batch statistics (the statistics of the batch at theta_0, and their own
 tangents); in eval mode the running statistics of the copy are used.
 
+Hence, with batch normalisation, compare a trained network and its linearisation in train mode
+(or build the model with ``batch_norm=False``, as ``studies/cnn_lazy_vs_meanfield.py`` does). In
+eval mode the network uses running statistics that training has moved by O(1/alpha), which the
+output scale alpha multiplies back to O(1), while the linearisation keeps theta_0's: measured on
+digits (vgg, width 4), the RMS gap between the two stays at 0.12 for alpha = 10^2 ... 10^4 in eval
+mode and falls like 1/alpha in train mode (0.018 at alpha = 100, 0.0039 at 1000).
+
 References
 ----------
 1. L. Chizat, E. Oyallon and F. Bach, "On lazy training in differentiable programming",

@@ -131,11 +131,11 @@ def _check_loss(loss):
 
 def _real_targets(y, loss, n_outputs) -> bool:
     """Whether ``y`` holds real targets rather than class labels: only for a square loss, and unless it is a
-    vector of integers for a model of several outputs (labels, one-hot encoded by the loss)."""
+    vector for a model of several outputs (labels, integers or floats of integer value, one-hot encoded by
+    the loss). For a model of one output a vector holds real targets, as for :class:`SquareLoss`."""
     if not isinstance(loss, SquareLoss):
         return False
-    y_arr = y if hasattr(y, "dtype") else np.asarray(y)
-    return not (y_arr.ndim == 1 and n_outputs > 1 and y_arr.dtype.kind in "iub")
+    return not (np.ndim(y) == 1 and n_outputs > 1)
 
 
 def _check_targets(y, loss, n_outputs, name, n):

@@ -151,6 +151,19 @@ def test_fit_with_a_square_loss_trains_real_targets_as_the_loop_of_batches_and_t
         fit(models[0], X, Y[:, :2], loss=SquareLoss(), epochs=1)
 
 
+
+def test_fit_with_a_square_loss_takes_class_labels_as_floats_of_integer_value(digits):
+    # a vector for a model of 10 outputs holds labels, as for SquareLoss itself and check_labels; floats of integer
+    # value were read as real targets and refused ("integer labels of shape (64,) ... got shape (64,)")
+    X, y = digits.X_train[:64], digits.y_train[:64]
+    runs = []
+    for labels in (y, y.astype(np.float64)):
+        model = build_model("vgg", digits.in_shape, 10, width=2, rng=0)
+        runs.append((fit(model, X, labels, loss=SquareLoss(), epochs=1, rng=0), model))
+    assert runs[0][0].accuracy == runs[1][0].accuracy and 0 <= runs[0][0].accuracy[0] <= 1
+    for name, p in runs[0][1].named_parameters().items():
+        np.testing.assert_array_equal(runs[1][1].named_parameters()[name], p)
+
 def test_linearized_model_trains_with_the_same_loop(digits):
     # the lazy objective (1/alpha^2) L(alpha f_lin) with the square loss decreases
     model = build_model("vgg", digits.in_shape, 10, width=3, rng=0, centering="frozen", alpha=10.0)
