@@ -3,7 +3,7 @@
 The deep side of the comparisons of :mod:`shallow` (the seed lecture's part A): layers with their
 forward, backward and forward-mode (Jacobian-vector) maps side by side, losses, optimisers, small
 VGG and ResNet models with the output scale alpha and the centred initialisation of lazy training,
-the tangent model (:func:`linearize`), data (scikit-learn's digits, local MNIST-like files) and a
+the tangent model (:func:`linearize`) and its kernel (:func:`tangent_kernel`), data (scikit-learn's digits, local MNIST-like files) and a
 training loop with exact checkpoints.
 
 Conventions: images are channels-last arrays of shape (N, H, W, C); weights are input-major
@@ -36,7 +36,7 @@ from .group import (GaborFit, P4Conv2d, P4GroupPool, P4LiftConv2d, circular_conv
                     commutes_with_translations, convolution_defect, convolution_kernel, deform_nearest, fit_gabor,
                     gabor_filter, p4_cnn, rotate_images, rotate_p4, translate)
 from .layers import Activation, Dropout, Flatten, Identity, Layer, Linear, Residual, Sequential
-from .linearize import Linearized, linearize
+from .linearize import Linearized, linearize, tangent_kernel
 from .losses import CrossEntropy, SquareLoss, accuracy, log_softmax
 from .models import Model, build_model, relative_change, resnet_small, snapshot, vgg_small
 from .norm import BatchNorm2d
@@ -59,7 +59,7 @@ __all__ = [
     "CrossEntropy", "SquareLoss", "log_softmax", "accuracy",
     "SGD", "Adam", "Constant", "StepDecay", "Cosine",
     "Model", "vgg_small", "resnet_small", "build_model", "snapshot", "relative_change",
-    "Linearized", "linearize",
+    "Linearized", "linearize", "tangent_kernel",
     "ImageData", "load_digits", "load_mnist", "stratified_split", "Standardizer", "batches",
     "random_shift", "random_affine", "affine_warp", "Augment",
     "fit", "evaluate", "predict", "CapturedStep", "History", "TrainingDivergedError", "save_checkpoint", "load_checkpoint",

@@ -31,6 +31,11 @@ output scale alpha multiplies back to O(1), while the linearisation keeps theta_
 digits (vgg, width 4), the RMS gap between the two stays at 0.12 for alpha = 10^2 ... 10^4 in eval
 mode and falls like 1/alpha in train mode (0.018 at alpha = 100, 0.0039 at 1000).
 
+The tangent kernel Theta(x, x') = J(x) J(x')^T, a K x K matrix for a model of K outputs, is
+:func:`tangent_kernel`: training f_lin by gradient descent on the square loss is kernel gradient
+descent with it (on the K outputs of every image at once; they are coupled, the off-diagonal
+blocks being no smaller than the diagonal ones' spread).
+
 References
 ----------
 1. L. Chizat, E. Oyallon and F. Bach, "On lazy training in differentiable programming",
@@ -44,9 +49,11 @@ from __future__ import annotations
 
 import copy
 
+from ..backend import get_xp
 from .layers import Layer, _rng_states, _running_buffers, _set_rng_states, check_layer
+from .models import check_images
 
-__all__ = ["Linearized", "linearize"]
+__all__ = ["Linearized", "linearize", "tangent_kernel"]
 
 
 class Linearized(Layer):
@@ -159,3 +166,92 @@ def linearize(model) -> Linearized:
     True
     """
     return Linearized(model)
+
+
+def _jacobian(model, X):
+    """J (n, K, P): the gradients of the K outputs of each image in the parameters, one image at a time."""
+    xp = get_xp(X)
+    rows = []
+    for i in range(X.shape[0]):
+        out = model.forward(X[i:i + 1])  # (1, K)
+        K = out.shape[1]
+        for k in range(K):  # backward again after one forward: each layer keeps its cache
+            dy = xp.zeros_like(out)
+            dy[0, k] = 1
+            model.backward(dy, need_input_grad=False)
+            rows.append(xp.concatenate([g.reshape(-1) for g in model.named_gradients().values()]))
+    P = rows[0].shape[0] if rows else 0
+    return xp.stack(rows).reshape(X.shape[0], -1, P) if rows else xp.zeros((0, 0, 0), dtype=X.dtype)
+
+
+def tangent_kernel(model, X, Y=None):
+    r"""The tangent kernel Theta(x, y) = J(x) J(y)^T of a model at its current parameters.
+
+    Parameters
+    ----------
+    model : Layer
+        A model of K outputs (a :class:`~shallow.cnn.models.Model`, its :func:`linearize`, ...). It
+        runs in eval mode (batch normalisation with its running statistics, no dropout): the kernel
+        of the function it computes on one image at a time. Its mode and gradients are restored.
+    X : array of shape (n, H, W, C)
+    Y : array of shape (n', H, W, C), optional
+        Default X (then Theta is computed from one Jacobian, and is symmetric).
+
+    Returns
+    -------
+    Theta : array of shape (n, n', K, K)
+        Theta[i, j, k, l] = <d f_k(x_i) / d theta, d f_l(y_j) / d theta>, on the model's device and in
+        its dtype.
+
+    Notes
+    -----
+    J(x) (K x P) holds the gradients of the outputs in all P trained parameters, one backward pass
+    per output and image (n K of them, after n forward passes of one image): O(n K P) memory for the
+    Jacobian, and a cost of n K backward passes of one image. For a Linearized model, J is the
+    Jacobian at theta_0, constant in training.
+
+    Gradient descent with step eta on the square loss (1/2n) sum_i |f(x_i) - y_i|^2 moves the
+    outputs of the tangent model by F <- F - (eta / n) Theta (F - Y) in the flattened (n K) form
+    ``Theta.transpose(0, 2, 1, 3).reshape(n * K, n * K)``: kernel regression and the kernel flow
+    (:func:`shallow.lazy.kernel_regression`, :func:`shallow.lazy.kernel_flow` with
+    ``time_scale=K``, whose n counts the n K flattened targets) predict its training. The average
+    of the diagonal blocks, ``np.trace(Theta, axis1=2, axis2=3) / K``, is the kernel shared by the
+    outputs when the off-diagonal blocks are neglected.
+
+    References
+    ----------
+    1. A. Jacot, F. Gabriel and C. Hongler, arXiv:1806.07572 (the neural tangent kernel).
+    2. L. Chizat, E. Oyallon and F. Bach, arXiv:1812.07956, Sec. 2 (lazy training is kernel regression).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn.models import build_model
+    >>> model = build_model("vgg", (8, 8), 3, width=2, rng=0)
+    >>> Theta = tangent_kernel(model, np.random.default_rng(1).standard_normal((4, 8, 8, 1)))
+    >>> Theta.shape, bool(np.allclose(Theta, Theta.transpose(1, 0, 3, 2)))
+    ((4, 4, 3, 3), True)
+    """
+    check_layer(model)
+    in_shape = getattr(model, "in_shape", None)
+    dtype = next(iter(model.named_parameters().values())).dtype if model.named_parameters() else None
+    X = check_images(X, "X", in_shape, dtype=dtype)
+    same = Y is None
+    if not same:
+        Y = check_images(Y, "Y", in_shape or tuple(X.shape[1:]), dtype=dtype)
+    mode = model.training
+    saved = {name: g.copy() for name, g in model.named_gradients().items()}
+    model.eval()
+    try:
+        JX = _jacobian(model, X)  # (n, K, P)
+        JY = JX if same else _jacobian(model, Y)  # (n', K, P)
+    finally:
+        model.train(mode)
+        for name, g in model.named_gradients().items():
+            if name in saved:
+                g[...] = saved[name]
+    n, K, P = JX.shape
+    A = JX.reshape(n * K, P)
+    B = A if same else JY.reshape(JY.shape[0] * K, P)
+    return (A @ B.T).reshape(n, K, -1, K).transpose(0, 2, 1, 3)
+

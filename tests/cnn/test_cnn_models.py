@@ -479,3 +479,60 @@ def test_snapshot_and_relative_change_reject_what_is_not_a_model_or_parameter_di
         snapshot(3)
     with pytest.raises(TypeError, match="params must be a dict of name -> array or a Layer"):
         relative_change([np.ones(3)], {"a": np.ones(3)})
+
+
+def _tiny_model(rng=0, batch_norm=False):
+    from shallow.cnn import build_model
+
+    return build_model("vgg", (4, 4, 1), 3, width=2, stages=1, batch_norm=batch_norm, rng=rng)
+
+
+def test_tangent_kernel_is_the_gram_matrix_of_central_difference_jacobians():
+    # Theta[i, j, k, l] = <d f_k(x_i), d f_l(y_j)> with each parameter's derivative by central differences
+    # (step 1e-6 in float64: truncation 1e-12 for this smooth-in-theta relu net away from kinks, rounding 1e-10)
+    from shallow.cnn.linearize import tangent_kernel
+
+    model = _tiny_model(batch_norm=True)
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((3, 4, 4, 1)), rng.standard_normal((2, 4, 4, 1))
+    model.eval()
+
+    def jac(Z):
+        cols = []
+        for p in model.named_parameters().values():
+            flat = p.reshape(-1)
+            for q in range(flat.size):
+                old = flat[q]
+                flat[q] = old + 1e-6
+                up = model.forward(Z)
+                flat[q] = old - 1e-6
+                down = model.forward(Z)
+                flat[q] = old
+                cols.append((up - down) / 2e-6)  # (n, K)
+        return np.stack(cols, axis=-1)  # (n, K, P)
+
+    JX, JY = jac(X), jac(Y)
+    model.train()
+    Theta = tangent_kernel(model, X, Y)
+    assert Theta.shape == (3, 2, 3, 3) and model.training
+    np.testing.assert_allclose(Theta, np.einsum("ikp,jlp->ijkl", JX, JY), rtol=1e-7, atol=1e-8 * np.abs(Theta).max())
+
+
+def test_gradient_descent_on_the_linearised_model_is_kernel_gradient_descent_with_the_tangent_kernel():
+    # f_lin is linear in theta: full-batch steps of SGD (no momentum) on the square loss (1/2n) |F - Y|^2 move the
+    # flattened outputs by F <- F - (eta / n) Theta (F - Y) exactly, Theta from tangent_kernel (Jacot et al. 2018)
+    from shallow.cnn import SGD, SquareLoss, fit, linearize, predict
+    from shallow.cnn.linearize import tangent_kernel
+
+    model = _tiny_model(rng=1)
+    lin = linearize(model)
+    rng = np.random.default_rng(6)
+    X, Y = rng.standard_normal((5, 4, 4, 1)), rng.standard_normal((5, 3))
+    n, K, eta, steps = 5, 3, 0.05, 7
+    T = tangent_kernel(lin, X).transpose(0, 2, 1, 3).reshape(n * K, n * K)
+    F = predict(lin, X).reshape(-1)
+    fit(lin, X, Y, loss=SquareLoss(), optimizer=SGD(lin.named_parameters(), lr=eta, momentum=0.0),
+        epochs=steps, batch_size=n, rng=0)
+    for _ in range(steps):
+        F = F - (eta / n) * T @ (F - Y.reshape(-1))
+    np.testing.assert_allclose(predict(lin, X).reshape(-1), F, rtol=0, atol=1e-12 * np.abs(F).max())
