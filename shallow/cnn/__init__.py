@@ -3,8 +3,8 @@
 The deep side of the comparisons of :mod:`shallow` (the seed lecture's part A): layers with their
 forward, backward and forward-mode (Jacobian-vector) maps side by side, losses, optimisers, small
 VGG and ResNet models with the output scale alpha and the centred initialisation of lazy training,
-the tangent model (:func:`linearize`) and its kernel (:func:`tangent_kernel`), data (scikit-learn's digits, local MNIST-like files) and a
-training loop with exact checkpoints.
+the tangent model (:func:`linearize`) and its kernel (:func:`tangent_kernel`), data (scikit-learn's
+digits, local MNIST-like files) and a training loop with exact checkpoints.
 
 Conventions: images are channels-last arrays of shape (N, H, W, C); weights are input-major
 (a Linear layer's ``layer.params["W"]`` is (d_in, d_out), a Conv2d's ``layer.params["W"]`` is
