@@ -113,7 +113,7 @@ KINDS = ("nngp", "ntk")
 
 _DEFAULT_KMAX = 64  # truncation of the Funk-Hecke series (sphere weights, activations without closed form)
 _CHUNK = 2048  # Monte Carlo features per block
-_KERNEL_BLOCK = 2**21  # entries of the Gram matrix per block of rows of the exact kernels
+_KERNEL_BLOCK = 2**18  # entries of the Gram matrix per block of rows of the exact kernels
 
 
 # --------------------------------------------------------------------------------------------
