@@ -538,7 +538,7 @@ def harmonic_spectrum(obj, kmax, *, block_size=None) -> np.ndarray:
     Returns
     -------
     E : numpy array of shape (kmax + 1,)
-        float64, on the host.
+        float64, on the host; >= 0 (an energy that cancels to rounding, below 0, is returned as 0).
 
     Raises
     ------
@@ -596,7 +596,8 @@ def harmonic_spectrum(obj, kmax, *, block_size=None) -> np.ndarray:
     Q = to_numpy(_zonal_quadratic_forms(obj.points, obj.xp.ldexp(obj.weights, -e), kmax, block_size)).astype(float)
     # N(d, k) mu_k^2 Q_k as exact rationals, rounded once: N(d, k) alone may exceed float64 where E_k does not
     E = [float(num_harmonics(d, k) * Fraction(float(mu[k])) ** 2 * Fraction(float(Q[k]))) for k in range(kmax + 1)]
-    return np.ldexp(np.array(E), 2 * e)
+    # a quadratic form of a positive semidefinite matrix: what rounding leaves below 0 is 0
+    return np.maximum(np.ldexp(np.array(E), 2 * e), 0.0)
 
 
 # --------------------------------------------------------------------------- transport distances

@@ -288,6 +288,40 @@ def test_kernel_ridge_fit_is_a_contraction_of_the_targets_even_below_the_roundin
         assert np.linalg.norm(fit) <= np.linalg.norm(y) * (1 + 1e-5)
 
 
+
+def test_kernel_ridge_fit_of_an_ill_conditioned_K_is_the_filter_of_its_clipped_eigenvalues_at_every_ridge():
+    # f = U diag(lam+ / (lam+ + n ridge)) U^T y, lam+ = max(lam, 0), numpy's float64 eigh of the float32 NTK of 300
+    # points of which 150 are 1e-4 from the others (lam_min / lam_max = 1e-7): a Cholesky factorisation of
+    # K + n ridge I succeeded there for ridges below K's rounding and was 5e-2 |y| off
+    from shallow.kernels import ntk
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 5))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X[150:] = X[:150] + 1e-4 * rng.standard_normal((150, 5))
+    K, y = ntk(X, sigma="relu").astype(np.float32), rng.standard_normal(300)
+    lam, U = np.linalg.eigh(K.astype(np.float64))
+    lam = np.maximum(lam, 0)
+    for ridge in (1e-12, 1e-9, 1e-6, 1e-3):
+        ref = U @ (lam / (lam + 300 * ridge) * (U.T @ y))
+        fit = kernel_regression(K, y.astype(np.float32), ridge).train
+        assert np.linalg.norm(fit - ref) <= 1e-5 * np.linalg.norm(y)
+
+
+def test_kernel_ridge_regression_refuses_a_K_negative_beyond_the_tolerance_whatever_the_ridge():
+    # lam_min = -9 sqrt(eps) lam_max: refused at ridge 0, and at a ridge just above sqrt(eps) |K|_F / n, where a
+    # factorisation of K + sqrt(eps) |K|_F I certified it and the fit came out -6.2 y
+    rng = np.random.default_rng(0)
+    n = 100
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.ones(n)
+    lam[0] = -9 * np.sqrt(np.finfo(float).eps)
+    K = (Q * lam) @ Q.T
+    K = 0.5 * (K + K.T)
+    for ridge in (0.0, 1.05 * np.sqrt(np.finfo(float).eps) * np.linalg.norm(K) / n):
+        with pytest.raises(ValueError, match="K must be positive semidefinite"):
+            kernel_regression(K, Q[:, 0], ridge)
+
 # ----------------------------------------------------------------------------- the lazy regime
 
 def test_large_alpha_training_is_lazy_weight_change_scales_like_one_over_alpha():

@@ -737,3 +737,16 @@ def test_harmonic_spectrum_refuses_a_network_with_a_bias():
     with pytest.raises(ValueError, match="measure of a network with a bias"):
         harmonic_spectrum(net.to_measure(), 3)
 
+
+def test_harmonic_spectrum_of_a_measure_of_the_zero_function_is_zero_not_below():
+    # sum_i relu(x_i) - relu(-x_i) = sum_i x_i = sqrt(3) <u, x> = sqrt(3) (relu(<u, x>) - relu(-<u, x>)): the measure
+    # below is the zero function; its degree-1 energy came out -1.5e-16, which f2_norm_from_harmonics refused
+    from shallow.kernels import f2_norm_from_harmonics
+    from shallow.measures import harmonic_spectrum
+
+    e, u = np.eye(3), np.ones(3) / np.sqrt(3)
+    mu = Measure(np.array([1, 1, 1, -1, -1, -1, -np.sqrt(3), np.sqrt(3)]), np.vstack([e, -e, u, -u]))
+    E = harmonic_spectrum(mu, 8)
+    assert (E >= 0).all() and E.max() <= 1e-15
+    assert f2_norm_from_harmonics(E, np.ones(9)) <= 1e-7
+
