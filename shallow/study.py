@@ -676,8 +676,11 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         finally:
             _EXECUTION.reset(token)
         result["_wall_time"] = time.perf_counter() - start
-        if execution.grids:  # a run drawn from cached points is quick: say how long the points took
-            points, cached, seconds = (sum(column) for column in zip(*execution.grids, strict=True))
+        # a run drawn from cached points is quick: say how long the points took (a grid whose sweep raised, and
+        # whose study went on, left None)
+        finished = [grid for grid in execution.grids if grid is not None]
+        if finished:
+            points, cached, seconds = (sum(column) for column in zip(*finished, strict=True))
             result.update(_grid_points=points, _grid_points_cached=cached, _grid_compute_time=seconds)
         save_npz_atomic(cache, result)
         result["_cached"] = False

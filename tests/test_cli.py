@@ -674,3 +674,43 @@ def test_the_temporary_file_of_a_killed_writer_is_removed_by_a_write_of_the_same
     study.save_npz_atomic(target, {"x": 2.0})
     assert not killed.exists() and live.exists() and other.exists()
     assert study.load_npz(target) == {"x": 2.0}
+
+
+FALLBACK_TOY = '''
+"""Fallback toy: a grid whose points fail, caught by the study, then a grid that works."""
+import dataclasses
+from shallow import study
+from shallow.sweep import SweepError
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int = 3
+    seed: int = 0
+    device: str = "cpu"
+
+def fail(point):
+    raise ArithmeticError("no")
+
+def square(point):
+    return {"y": point["x"] ** 2}
+
+def compute(cfg):
+    try:
+        study.run_grid(fail, [{"x": x} for x in range(cfg.n)])
+    except SweepError:
+        pass
+    runs = study.run_grid(square, [{"x": x} for x in range(cfg.n)])
+    return {"total": sum(r["y"] for r in runs)}
+
+def plot(result, cfg):
+    return study.new_figure()[0]
+'''
+
+
+def test_a_study_that_catches_a_failed_grid_and_goes_on_writes_its_result(toy, monkeypatch):
+    # the failed grid left None in the run's list of grids, and summing their points raised TypeError
+    (toy / "studies" / "fallback_toy.py").write_text(FALLBACK_TOY)
+    monkeypatch.delitem(sys.modules, "shallow_studies.fallback_toy", raising=False)
+    assert cli.main(["run", "fallback_toy", "--out", str(toy / "out"), "--scheduler", "serial"]) == 0
+    sidecar = json.loads((toy / "out" / "figures" / "fallback_toy.json").read_text())
+    assert sidecar["summary"]["total"] == 0 + 1 + 4 and sidecar["grid_points"]["points"] == 3
