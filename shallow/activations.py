@@ -53,7 +53,7 @@ import numpy as np
 from scipy import special
 
 from ._validation import check_array, check_dimension, check_integer
-from .backend import get_xp, to_numpy
+from .backend import get_xp, scipy_for, to_numpy
 from .harmonics import _check_breakpoints, project_zonal
 from .sphere import _log_gamma_ratio
 
@@ -76,12 +76,15 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 def _special(fn, z):
     """A function of scipy.special (``erf``, ``ndtr``) on numpy or cupy arrays.
 
-    numpy has neither, so scipy.special serves on the host; a cupy array makes an explicit
-    round trip to the host and back (the one place where this module leaves the device).
+    numpy has neither: scipy.special serves on the host, cupyx.scipy.special on the device (a CuPy
+    without it makes a round trip to the host and back).
     """
     xp = get_xp(z)
     if xp is np:
         return fn(z)
+    device_fn = getattr(scipy_for(xp, "special"), fn.__name__, None)
+    if device_fn is not None:
+        return device_fn(z)
     return xp.asarray(fn(to_numpy(z)), dtype=z.dtype)
 
 

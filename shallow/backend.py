@@ -16,6 +16,7 @@ is False in that case, when cupy is missing, and when ``SHALLOW_DISABLE_CUPY=1``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -33,6 +34,8 @@ __all__ = [
     "device_gemm",
     "cuda_runtime",
     "cublas_library",
+    "scipy_for",
+    "linalg_errors",
     "gpu_available",
     "available_devices",
     "device_of",
@@ -107,6 +110,26 @@ def cublas_library():
         with open("/proc/self/maps") as maps:
             paths = sorted({line.split()[-1] for line in maps if "libcublas.so" in line})
         return ctypes.CDLL(paths[0]) if paths else None
+
+
+def scipy_for(xp, submodule: str) -> ModuleType:
+    """``scipy.<submodule>`` for numpy arrays, ``cupyx.scipy.<submodule>`` for cupy ones.
+
+    For the routines both provide on their own device (``special.erf``, ``special.ndtr``,
+    ``linalg.solve_triangular``, ...): the caller keeps its arrays where they are.
+    """
+    return importlib.import_module(f"scipy.{submodule}" if xp is np else f"cupyx.scipy.{submodule}")
+
+
+def linalg_errors(xp):
+    """A context in which xp's linear algebra raises ``numpy.linalg.LinAlgError`` where it fails.
+
+    numpy's does anyway (a null context); cupy's returns what the solver left (a failed Cholesky
+    factorisation, say, as finite garbage) unless ``cupyx.errstate(linalg="raise")`` is in force.
+    """
+    if xp is np:
+        return contextlib.nullcontext()
+    return importlib.import_module("cupyx").errstate(linalg="raise")
 
 
 def available_devices() -> tuple[str, ...]:

@@ -113,7 +113,8 @@ KINDS = ("nngp", "ntk")
 
 _DEFAULT_KMAX = 64  # truncation of the Funk-Hecke series (sphere weights, activations without closed form)
 _CHUNK = 2048  # Monte Carlo features per block
-_KERNEL_BLOCK = 2**18  # entries of the Gram matrix per block of rows of the exact kernels
+_KERNEL_BLOCK = 2**18  # entries of the Gram matrix per block of rows of the exact kernels, on the host
+_DEVICE_KERNEL_BLOCK = 2**26  # on a device, where each block costs a few hundred kernel launches
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +280,8 @@ class _Feature:
         self.fn = fn  # xp-generic elementwise callable
         self.homogeneity = homogeneity
         self.gauss = gauss  # (G, nx2, ny2, xp) -> E_{w ~ N(0, I)}[f(<w,x>) f(<w,y>)], or None
-        self.fh = fh  # (d, kmax) -> numpy mu_k(f)
+        # (d, kmax) -> numpy mu_k(f), kept per (d, kmax): a kernel's blocks of rows would each redo its quadrature
+        self.fh = functools.lru_cache(maxsize=4)(fh)
         self.breakpoints = breakpoints
         self.is_zero = is_zero
         # (G', nx2', ny2', kx, ky, xp) -> (K', E), K = K' 2^E, for inputs x = 2^kx x', y = 2^ky y' (only
@@ -654,7 +656,7 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
     rescaled = _rescaled(X, Y, same, xp)
     on_sphere = _on_sphere(nx2, ny2, xp, G.dtype)
     out = xp.empty(G.shape, dtype=G.dtype)
-    step = max(1, _KERNEL_BLOCK // max(G.shape[1], 1))
+    step = max(1, (_KERNEL_BLOCK if xp is np else _DEVICE_KERNEL_BLOCK) // max(G.shape[1], 1))
     for lo in range(0, max(G.shape[0], 1), step):
         rows = slice(lo, lo + step)
         part = None if rescaled is None else (rescaled[0][rows], rescaled[1][rows], rescaled[2],

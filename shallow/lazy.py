@@ -82,7 +82,7 @@ from ._validation import (
     check_positive,
     check_symmetric,
 )
-from .backend import device_of, get_xp, sum_of_squares_parts, to_numpy
+from .backend import device_of, get_xp, linalg_errors, scipy_for, sum_of_squares_parts, to_numpy
 from .networks import BLOCK_BYTES, MIN_ROWS, TwoLayer, _block_bytes, _check_gamma
 
 __all__ = [
@@ -273,9 +273,9 @@ class Linearized:
     W0 = property(lambda self: self.base.W, doc="Inner weights at the anchor theta_0, shape (m, D).")
     m = property(lambda self: self.base.m, doc="Number of neurons.")
     d = property(lambda self: self.base.d, doc="Input dimension.")
-    dtype = property(lambda self: self.base.dtype)
-    device = property(lambda self: device_of(self.W))
-    xp = property(lambda self: get_xp(self.a, self.W))
+    dtype = property(lambda self: self.base.dtype, doc="The dtype of the parameters (that of the anchor's W).")
+    device = property(lambda self: device_of(self.W), doc='``"cpu"`` or ``"gpu"``: where the parameters live.')
+    xp = property(lambda self: get_xp(self.a, self.W), doc="The array module of the parameters (numpy or cupy).")
 
     @property
     def parameters(self):
@@ -295,7 +295,19 @@ class Linearized:
                 f"gamma={self.gamma:.6g}, bias={self.bias}, dtype={np.dtype(self.dtype).name}, device={self.device!r})")
 
     def __call__(self, X, chunk_size=None):
-        """f_lin(x_i; theta) for every row of X: an array of shape (n,)."""
+        """f_lin(x_i; theta) for every row of X.
+
+        Parameters
+        ----------
+        X : array of shape (n, d)
+        chunk_size : int, optional
+            Samples per block; by default the two (chunk, m) blocks sigma(X~ W0^T) and sigma'(X~ W0^T)
+            take about ``networks.BLOCK_BYTES`` together, with at least ``networks.MIN_ROWS`` rows.
+
+        Returns
+        -------
+        array of shape (n,)
+        """
         return self._value(_augment(self.base, X), self.a, self.W, chunk_size)
 
     def _value(self, Xt, a, W, chunk_size=None):
@@ -410,6 +422,7 @@ class LinearizedRisk:
 
     @property
     def n(self) -> int:
+        """Number of training samples (rows of X)."""
         return self.X.shape[0]
 
     def __call__(self, lin) -> float:
@@ -429,7 +442,12 @@ class LinearizedRisk:
         return self._cache
 
     def value_and_grad(self, lin, a=None, W=None, need_grad=True):
-        """Risk and its gradients (grad_a of shape (m,), grad_W of shape (m, D)) at theta = (a, W)."""
+        """Risk and its gradients (grad_a of shape (m,), grad_W of shape (m, D)) at theta = (a, W).
+
+        ``a`` and ``W`` default to the tangent model's current parameters; ``lin`` supplies the anchor
+        theta_0, gamma and sigma. With ``need_grad=False`` only the risk is computed, and both gradients
+        are None.
+        """
         if not isinstance(lin, Linearized):
             raise TypeError("LinearizedRisk trains a tangent model: pass shallow.lazy.linearize(net), "
                             f"got {type(lin).__name__}")
@@ -619,10 +637,8 @@ def _cholesky(xp, A):
             return linalg.cholesky(A, lower=True, overwrite_a=True, check_finite=False)
         except linalg.LinAlgError:
             return None
-    import cupyx
-
     try:
-        with cupyx.errstate(linalg="raise"):  # else cupy returns what potrf left of a failed factorisation
+        with linalg_errors(xp):  # else cupy returns what potrf left of a failed factorisation
             return xp.linalg.cholesky(A)
     except np.linalg.LinAlgError:
         return None
@@ -633,7 +649,7 @@ def _cholesky_solve(xp, L, B):
     if xp is np:
         from scipy import linalg
         return linalg.cho_solve((L, True), B, check_finite=False)
-    from cupyx.scipy.linalg import solve_triangular
+    solve_triangular = scipy_for(xp, "linalg").solve_triangular
     return solve_triangular(L, solve_triangular(L, B, lower=True), lower=True, trans="T")
 
 
@@ -1140,7 +1156,12 @@ class LazyDiagnostics:
         self.records = {key: [] for key in keys}
 
     def __call__(self, step, t, risk, a, W):
-        """Record the diagnostics at (a, W); returns False (never stops the flow)."""
+        """Record the diagnostics at (a, W); returns False (never stops the flow).
+
+        The signature of a :func:`shallow.flows.gradient_flow` callback: ``step`` (steps taken), ``t``
+        (flow time), ``risk`` (the loss at (a, W)), and the parameters ``a`` (m,) and ``W`` (m, D) of the
+        network. A step already recorded (the last one, called twice) is skipped.
+        """
         if self.records["step"] and self.records["step"][-1] == int(step):
             return False
         net0 = self.net0

@@ -629,6 +629,22 @@ def test_lazy_routines_on_cupy_match_numpy():
     assert np.isfinite(diag.result()["kernel_gap"]).all()
 
 
+
+@pytest.mark.gpu
+def test_kernel_ridge_regression_on_cupy_takes_both_routes_as_numpy_does():
+    # the Cholesky route (cupy's potrf under errstate, cupyx's triangular solves) and its refusal of an indefinite
+    # K (cupy returned a failed factor as finite numbers), against numpy's fits of the same matrices
+    import cupy
+
+    rng = np.random.default_rng(12)
+    A = rng.standard_normal((40, 25))
+    K, y = A @ A.T / 25, rng.standard_normal(40)
+    for ridge in (1e-2, 1e-12):  # Cholesky, then the eigenbasis (a ridge below K's rounding)
+        np.testing.assert_allclose(kernel_regression(cupy.asarray(K), cupy.asarray(y), ridge).train.get(),
+                                   kernel_regression(K, y, ridge).train, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="K must be positive semidefinite"):
+        kernel_regression(cupy.asarray(K - 0.5 * np.eye(40)), cupy.asarray(y), 1e-2)
+
 def test_kernel_regression_with_k_targets_solves_the_ridge_system_for_each_column():
     # f = K (K + n lambda I)^{-1} Y, by numpy's dense solve, and the same as k one-column fits
     rng = np.random.default_rng(11)
