@@ -51,7 +51,7 @@ import copy
 
 from ..backend import get_xp
 from .layers import Layer, _rng_states, _running_buffers, _set_rng_states, check_layer
-from .models import check_images
+from .models import _inputs_checked, check_images
 
 __all__ = ["Linearized", "linearize", "tangent_kernel"]
 
@@ -243,8 +243,9 @@ def tangent_kernel(model, X, Y=None):
     saved = {name: g.copy() for name, g in model.named_gradients().items()}
     model.eval()
     try:
-        JX = _jacobian(model, X)  # (n, K, P)
-        JY = JX if same else _jacobian(model, Y)  # (n', K, P)
+        with _inputs_checked(model):  # checked above, at once: not an isfinite (a device wait) per image
+            JX = _jacobian(model, X)  # (n, K, P)
+            JY = JX if same else _jacobian(model, Y)  # (n', K, P)
     finally:
         model.train(mode)
         for name, g in model.named_gradients().items():
