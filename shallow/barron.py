@@ -127,6 +127,7 @@ class CosineActivation:
     homogeneity = None
 
     def __call__(self, z):
+        """sigma(z) = cos z elementwise, an array of z's shape on its device (integers become float64)."""
         z = check_array(z, "z", finite=False)
         return get_xp(z).cos(z)
 
@@ -221,7 +222,11 @@ class Representation:
         return self.d + int(self.bias)
 
     def sample(self, m, rng=None):
-        """Draw m parameters: h of shape (m,) with |h| <= 1 and W of shape (m, D), numpy float64."""
+        """Draw m parameters: h of shape (m,) with |h| <= 1 and W of shape (m, D), numpy float64.
+
+        ``rng`` (None, int or numpy.random.Generator) is passed to the sampler as a Generator; the draw
+        happens on the host (the same numbers on every device).
+        """
         m = check_integer(m, "m", minimum=1)
         rng = check_random_state(rng)
         out = self.sampler(m, rng)
@@ -597,7 +602,8 @@ class GaussianTarget:
 
         |omega| is the Euclidean norm. The law is isotropic with radius chi_{d + order} / s:
         |omega|^order |f_hat| is proportional to rho^{d - 1 + order} exp(-s^2 rho^2 / 2) in polar
-        coordinates. Returns a host array of shape (n, d).
+        coordinates. ``order`` is 0, 1 or 2; ``rng`` is None, an int or a numpy.random.Generator, and the
+        draw happens on the host (the same numbers on every device). Returns a host array of shape (n, d).
         """
         n = check_integer(n, "n", minimum=0)
         order = check_integer(order, "order", minimum=0, maximum=2)

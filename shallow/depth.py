@@ -155,6 +155,7 @@ class DeepReLU:
 
     @property
     def xp(self):
+        """The array module of the weights (numpy or cupy)."""
         return get_xp(*self.weights)
 
     @property
@@ -179,10 +180,12 @@ class DeepReLU:
 
     @property
     def dtype(self):
+        """The common dtype of the weights and biases (that of the first layer's W)."""
         return self.weights[0].dtype
 
     @property
     def device(self) -> str:
+        """``"cpu"`` or ``"gpu"``: where the weights and biases live (that of the first layer's W)."""
         return device_of(self.weights[0])
 
     def to_device(self, device: str) -> DeepReLU:
@@ -1273,6 +1276,7 @@ class EldanShamirFunction:
 
     @property
     def n_shells(self) -> int:
+        """N, the number of shells (the length of ``signs``)."""
         return int(self.signs.shape[0])
 
     def __repr__(self):
@@ -1315,7 +1319,8 @@ class EldanShamirFunction:
     def network(self, tolerance=1e-2, *, dtype=np.float64, device="cpu") -> DeepReLU:
         """A 3-layer relu network within ``tolerance`` of the continuous version (ramp > 0), on all of R^d.
 
-        See :func:`radial_network`; ``meta["error_bound"]`` is the proven uniform error.
+        See :func:`radial_network`; ``meta["error_bound"]`` is the proven uniform error. Its parameters
+        have dtype ``dtype`` (float64 or float32) and live on ``device`` ("cpu" or "gpu").
         """
         knots, values = self.profile()
         net = radial_network(knots, values, self.d, self.edges[-1], tolerance, dtype=dtype, device=device)

@@ -104,6 +104,7 @@ class EmpiricalRisk:
 
     @property
     def n(self) -> int:
+        """Number of training samples (rows of X)."""
         return self.X.shape[0]
 
     def fingerprint(self) -> str:
@@ -137,7 +138,8 @@ class EmpiricalRisk:
     def value_and_grad(self, net, a=None, W=None, need_grad=True):
         """Risk and its gradients (grad_a of shape (m,), grad_W of shape (m, d)) at (a, W).
 
-        ``a`` and ``W`` default to the network's; the network supplies gamma and sigma.
+        ``a`` and ``W`` default to the network's; the network supplies gamma and sigma. With
+        ``need_grad=False`` only the risk is computed, and both gradients are None.
         """
         _check_network(net)
         a = net.a if a is None else a
@@ -340,6 +342,7 @@ class PopulationRisk:
 
     @property
     def d(self) -> int:
+        """Input dimension of the teacher (columns of its W)."""
         return self.teacher.W.shape[1]
 
     def fingerprint(self) -> str:
@@ -361,11 +364,16 @@ class PopulationRisk:
             raise ValueError(f"the network has inputs of dimension {W.shape[1]} but the teacher has d={self.d}")
 
     def __call__(self, net) -> float:
+        """The risk of ``net``."""
         _check_network(net)
         return self.value_and_grad(net, need_grad=False)[0]
 
     def value_and_grad(self, net, a=None, W=None, need_grad=True):
-        """Risk and its gradients with respect to a (m,) and W (m, d)."""
+        """Risk and its gradients with respect to a (m,) and W (m, d), at (a, W).
+
+        ``a`` and ``W`` default to the network's; the network supplies gamma and sigma (the teacher's
+        activation). With ``need_grad=False`` only the risk is computed, and both gradients are None.
+        """
         _check_network(net)
         a = net.a if a is None else check_array(a, "a", finite=False)
         W = net.W if W is None else check_array(W, "W", finite=False)
@@ -462,6 +470,11 @@ class Trajectory:
 
     @classmethod
     def load(cls, path) -> "Trajectory":
+        """Read a trajectory written by :meth:`save` from ``path`` (.npz).
+
+        ValueError for a file that is not a saved Trajectory: no .npz archive, a damaged one, or
+        another archive (a study's result, a CNN checkpoint).
+        """
         import json
 
         from .study import load_npz

@@ -1160,7 +1160,7 @@ class LazyDiagnostics:
 
         The signature of a :func:`shallow.flows.gradient_flow` callback: ``step`` (steps taken), ``t``
         (flow time), ``risk`` (the loss at (a, W)), and the parameters ``a`` (m,) and ``W`` (m, D) of the
-        network. A step already recorded (the last one, called twice) is skipped.
+        network. A call at the step recorded last is skipped.
         """
         if self.records["step"] and self.records["step"][-1] == int(step):
             return False

@@ -218,6 +218,7 @@ class Measure:
 
     @property
     def xp(self):
+        """The array module of the weights and atoms (numpy or cupy)."""
         return get_xp(self.weights, self.points)
 
     @property

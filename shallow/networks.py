@@ -462,6 +462,7 @@ class TwoLayer:
 
     @property
     def dtype(self):
+        """The dtype of the parameters (that of W)."""
         return self.W.dtype
 
     @property

@@ -272,6 +272,7 @@ class Layer:
         raise NotImplementedError
 
     def __call__(self, x):
+        """y = f(x; theta) for a batch x (calls :meth:`forward`)."""
         return self.forward(x)
 
     # ------------------------------------------------------------------ the tree of layers
@@ -421,6 +422,7 @@ class Layer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self) -> str:
+        """The arguments shown inside this layer's repr (none here)."""
         return ""
 
 

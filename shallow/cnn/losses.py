@@ -303,6 +303,7 @@ class SquareLoss:
         return value, (r64 * (self.scale / N)).astype(f.dtype, copy=False)
 
     def __call__(self, f, y):
+        """L, a float, for outputs f of shape (N, K) and labels (N,) or targets (N, K)."""
         return self.value_and_grad(f, y)[0]
 
     def __repr__(self):

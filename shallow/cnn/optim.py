@@ -67,6 +67,7 @@ class Constant:
         self.lr = check_nonnegative(lr, "lr")
 
     def __call__(self, t: int) -> float:
+        """eta_t = lr, whatever the step t."""
         return self.lr
 
     def __repr__(self):
@@ -100,6 +101,7 @@ class StepDecay:
             raise ValueError(f"gamma must be in [0, 1] (the factor of each decay), got {gamma!r}")
 
     def __call__(self, t: int) -> float:
+        """eta_t for the step t, an integer >= 0 (ValueError otherwise)."""
         return self.lr * self.gamma ** (check_integer(t, "the step t", minimum=0) // self.step_size)
 
     def __repr__(self):
@@ -139,6 +141,7 @@ class Cosine:
         self.warmup = check_integer(warmup, "warmup", minimum=0, maximum=self.total_steps - 1)
 
     def __call__(self, t: int) -> float:
+        """eta_t for the step t, an integer >= 0 (ValueError otherwise)."""
         if check_integer(t, "the step t", minimum=0) < self.warmup:
             return self.lr * (t + 1) / self.warmup
         u = min(max((t - self.warmup) / (self.total_steps - self.warmup), 0.0), 1.0)

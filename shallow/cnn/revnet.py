@@ -442,6 +442,7 @@ class RevBlock(InvertibleLayer):
 
     @property
     def out_channels(self) -> int:
+        """Channels of the output: C at stride 1, 4C at stride 2 (at half the height and width)."""
         return self.channels if self.stride == 1 else 4 * self.channels
 
     def output_shape(self, shape):

@@ -38,8 +38,9 @@ class RidgeClassifier:
     ridge : float > 0
         lambda in (1/n) |Z W - (Y - b)|^2 + lambda |W|^2.
 
-    Attributes (after :meth:`fit`)
-    ------------------------------
+    Attributes
+    ----------
+    Set by :meth:`fit`:
     W : array of shape (p, K)
     b : array of shape (K,)
     mean, std : arrays of shape (p,)

@@ -1646,6 +1646,7 @@ class ProjectedOptimizer(Optimizer):
 
     @property
     def t(self):
+        """The step counter of the wrapped optimiser (setting it sets the optimiser's)."""
         return self.optimizer.t
 
     @t.setter
@@ -1654,6 +1655,7 @@ class ProjectedOptimizer(Optimizer):
 
     @property
     def lr(self) -> float:
+        """The learning rate of the wrapped optimiser's next step."""
         return self.optimizer.lr
 
     def step(self, grads):
