@@ -54,7 +54,9 @@ import multiprocessing
 import numbers
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -444,13 +446,25 @@ def _run_point(fn, config):
 _THREAD_LIMITS = []  # threadpoolctl limiters kept alive in a worker
 
 
-def _init_worker(threads):
-    """Process-pool initializer: BLAS/OpenMP limited to ``threads`` threads in this worker.
+def _init_worker(threads, parent_pid):
+    """Process-pool initializer: Ctrl-C left to the parent, an exit with it, BLAS/OpenMP limited to ``threads``.
+
+    The parent owns Ctrl-C: a worker ignores SIGINT (the terminal sends it to the whole process group)
+    and is stopped by the parent. The worker was spawned with SIGINT blocked (:func:`_sigint_blocked`),
+    so that a Ctrl-C while it started waits, pending; setting SIG_IGN discards it, then it is unblocked.
+    A thread watches the parent: a parent killed outright (SIGKILL, out of memory) shuts nothing down,
+    and its workers would wait for work forever. ``parent_pid`` is None for the fork server's workers,
+    children of the fork server, which exits with the process that started it.
 
     The environment variables act on libraries loaded afterwards (the usual case: the variables
     were also set when the worker was spawned); for a BLAS loaded already, threadpoolctl is used
     when it is installed.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_exit_with_parent, args=(parent_pid or os.getppid(),), daemon=True,
+                     name="shallow-sweep-parent-watch").start()
     if threads is None:
         return
     for var in THREAD_VARIABLES:
@@ -461,6 +475,29 @@ def _init_worker(threads):
         except ImportError:  # pragma: no cover - optional
             return
         _THREAD_LIMITS.append(threadpool_limits(limits=threads))
+
+
+def _exit_with_parent(parent_pid, interval=1.0):
+    """End this worker at once when its parent is gone (it is then re-parented: getppid() changes)."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread meanwhile: processes started meanwhile inherit the mask.
+
+    A signal sent meanwhile stays pending and is delivered at the end (or to another thread), never lost.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
 @contextlib.contextmanager
@@ -811,14 +848,21 @@ def _run_parallel(fn, todo, groups, points, handle, mode, address, executor, wor
         client = _dask_client(address)
         pool, task = client.get_executor(pure=False), fn
     else:
+        if start_method == "forkserver":  # started now, not with SIGINT blocked below: it outlives this sweep
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        parent_pid = None if start_method == "forkserver" else os.getpid()
         owned = pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                                               mp_context=multiprocessing.get_context(start_method),
-                                              initializer=_init_worker, initargs=(threads,))
+                                              initializer=_init_worker, initargs=(threads, parent_pid))
         task = _PortableFunction(fn)
     futures = {}
     try:
-        # Workers are spawned during the submissions: they inherit the thread limits set meanwhile.
-        with _thread_environment(threads if owned is not None else None):
+        # Workers are spawned during the submissions: they inherit the thread limits and the blocked
+        # SIGINT set meanwhile.
+        with _thread_environment(threads if owned is not None else None), \
+                (_sigint_blocked() if owned is not None else contextlib.nullcontext()):
             for k in todo:
                 futures[pool.submit(_run_point, task, points[groups[k][0]])] = k
         for future in cf.as_completed(futures):
@@ -829,17 +873,33 @@ def _run_parallel(fn, todo, groups, points, handle, mode, address, executor, wor
                            "".join(traceback.format_exception(type(err), err, err.__traceback__)), math.nan)
             handle(futures[future], outcome)
     except BaseException:
-        for future in futures:
-            future.cancel()
         if owned is not None:
-            owned.shutdown(wait=False, cancel_futures=True)
+            _stop_pool(owned)
             owned = None
+        else:
+            for future in futures:
+                future.cancel()
         raise
     finally:
         if owned is not None:
             owned.shutdown(wait=True)
         if client is not None:
             client.close()
+
+
+def _stop_pool(pool):
+    """Stop a process pool now (Ctrl-C, an error in this process): queued points cancelled, running ones
+    terminated, their workers ending without a word (they ignore SIGINT; see :func:`_init_worker`).
+
+    The pool's own thread cancels the queued futures: one cancelled here, still in its table, would
+    meet the BrokenProcessPool of the terminated workers (InvalidStateError in that thread). The
+    workers are the pool's private table, as ``terminate_workers`` of Python 3.14 reads it.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):  # ended already, or closed
+            process.terminate()
 
 
 def _example_point(config):

@@ -1,12 +1,15 @@
 """Sweeps: parallel grids with an atomic on-disk cache, resumable, failures isolated, dask optional."""
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -538,3 +541,133 @@ def test_the_key_of_a_function_without_source_is_the_same_in_every_process(tmp_p
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
         digests.add(proc.stdout.strip())
     assert len(digests) == 1 and next(iter(digests)).startswith("DIGEST ") and digests.pop().endswith("True")
+
+
+# A script whose sweep the tests below interrupt or kill. Points x < 2 finish at once; the others leave their
+# worker's pid in the folder and sleep for a minute: only a stopped worker ends sooner. With a file "slow-start"
+# in the folder, each worker, loading the script (as __mp_main__, before the pool's initializer), leaves its pid
+# and sleeps 2 s: a Ctrl-C then reaches workers still starting.
+SLEEPY_SCRIPT = '''
+import os, sys, time
+from pathlib import Path
+from shallow.sweep import grid, sweep
+
+folder = Path(sys.argv[1])
+
+def sleepy_point(config):
+    if config["x"] >= 2:
+        (folder / f"running-{os.getpid()}").touch()
+        time.sleep(60)
+    return {"value": config["x"]}
+
+if __name__ == "__mp_main__" and (folder / "slow-start").exists():
+    (folder / f"starting-{os.getpid()}").touch()
+    time.sleep(2)
+
+if __name__ == "__main__":
+    try:
+        sweep(sleepy_point, grid(x=range(6)), cache_dir=folder / "cache", workers=2, key="sleepy")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+'''
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
+
+
+@pytest.fixture
+def sleepy_sweep(tmp_path):
+    """Start SLEEPY_SCRIPT's sweep in a new process group (a terminal's Ctrl-C signals the whole group), its
+    output in files (left-over workers would hold pipes open); what is left of the group is killed at the end."""
+    started = []
+
+    def start():
+        (tmp_path / "sleepy.py").write_text(SLEEPY_SCRIPT)
+        with open(tmp_path / "stderr.txt", "w") as err:
+            proc = subprocess.Popen([sys.executable, str(tmp_path / "sleepy.py"), str(tmp_path)], cwd=tmp_path,
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def pids_of(folder, stage, count, proc, timeout=60.0):
+    """The pids the workers left as ``stage-PID`` files, once there are ``count`` of them."""
+    deadline = time.monotonic() + timeout
+    while len(files := list(folder.glob(f"{stage}-*"))) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, (folder / "stderr.txt").read_text()
+        time.sleep(0.05)
+    return [int(f.name.split("-")[1]) for f in files]
+
+
+def alive(pid):
+    """Whether the process pid runs (a zombie, ended but not reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def children_of(pid):
+    """The pids of the processes whose parent is pid."""
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                children.append(int(status.parent.name))
+    return children
+
+
+def all_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@linux_only
+@pytest.mark.parametrize("stage", ["starting", "running"])
+def test_ctrl_c_stops_a_parallel_sweep_with_one_message_and_no_traceback_from_any_process(sleepy_sweep, tmp_path,
+                                                                                            stage):
+    # the workers printed a KeyboardInterrupt traceback each, and the pool's thread, with workers still starting,
+    # InvalidStateError: CANCELLED; the parent owns Ctrl-C now, and stops its workers
+    if stage == "starting":
+        (tmp_path / "slow-start").touch()
+    proc = sleepy_sweep()
+    workers = pids_of(tmp_path, stage, 2, proc)
+    if stage == "running":
+        while len(list((tmp_path / "cache").glob("*.npz"))) < 2:  # points 0 and 1 written
+            time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=30) == 130  # well before the points' minute of sleep
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert stderr == "interrupted\n", stderr
+    assert all_gone(workers, timeout=5.0)
+    out = sweep(sleepy_point_serial, grid(x=range(2)), cache_dir=tmp_path / "cache", key="sleepy",
+                scheduler="serial")
+    assert out.cached == [stage == "running"] * 2  # the points that had finished were kept
+
+
+def sleepy_point_serial(config):
+    """SLEEPY_SCRIPT's points x < 2 (what a resumed sweep would compute for them)."""
+    return {"value": config["x"]}
+
+
+@linux_only
+def test_workers_exit_soon_after_their_parent_is_killed(sleepy_sweep, tmp_path):
+    # after a kill -9 of the process running the sweep, its workers and the resource tracker waited for work forever
+    proc = sleepy_sweep()
+    workers = pids_of(tmp_path, "running", 2, proc)
+    children = children_of(proc.pid)
+    assert set(workers) < set(children)  # the resource tracker too
+    proc.kill()
+    proc.wait()
+    assert all_gone(children, timeout=10.0)  # the workers check for their parent each second
