@@ -237,7 +237,8 @@ def main(argv=None) -> int:
         The exit status: 0 (``shallow run --help`` included), 2 when a ValueError or
         RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
         ``shallow run: error: ...``, or no folder of studies (:class:`StudiesFolderError`) as
-        ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`).
+        ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`), after which the
+        ``shallow`` command (``argv`` None) ignores a second Ctrl-C while it exits.
 
     Raises
     ------
@@ -274,7 +275,14 @@ def main(argv=None) -> int:
             return _cmd_list(args)
         if args.help:
             return _cmd_run_help(run, args)
-        return report_errors(lambda: _cmd_run(args, extra), "shallow run")
+        status = report_errors(lambda: _cmd_run(args, extra), "shallow run")
+        if status == 130 and argv is None:
+            # the process is the command: a second Ctrl-C (a process group's, after the parent's own) while it
+            # prints its line or waits on its workers at exit gave a second traceback; in-process callers keep theirs
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return status
     except SystemExit as exit_:
         if isinstance(exit_.code, str):  # ours (an unknown study, ...): a usage error, status 2 as argparse's
             print(exit_.code, file=sys.stderr)
