@@ -923,7 +923,7 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         Quadrature weights for tau_d, summing to 1 within sqrt(eps) of their dtype (1.5e-8 in
         float64, 3.5e-4 in float32, as for points on the sphere). Then E_k is the quadrature value
         N(d, k) sum_{i,j} w_i w_j f_i f_j P_{k,d}(<x_i, x_j>), exact when the rule integrates
-        polynomials of degree deg(f) + k exactly.
+        polynomials of degree deg(f) + k exactly (:func:`shallow.sphere.sphere_quadrature`).
     block_size : int, optional
         Rows of the Gram matrix <x_i, x_j> held at once (default: about 2^20 / n); memory is
         O(n * block_size) whatever kmax.

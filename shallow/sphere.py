@@ -31,6 +31,7 @@ __all__ = [
     "log_inner_product_constant",
     "sample_inner_product",
     "gegenbauer_quadrature",
+    "sphere_quadrature",
     "gauss_jacobi",
     "lift",
 ]
@@ -246,6 +247,64 @@ def gegenbauer_quadrature(q, d):
     nodes, log_weights = gauss_jacobi(q, a, a)
     weights = np.exp(log_weights - log_weights.max())
     return nodes, weights / weights.sum()
+
+
+def sphere_quadrature(degree, d, *, max_points=10**7):
+    r"""Points and weights on S^{d-1} that integrate every polynomial of degree <= ``degree`` exactly against tau_d.
+
+    A product rule: x = (sqrt(1 - t^2) y, t) with t from :func:`gegenbauer_quadrature` (q = floor(degree/2) + 1
+    nodes, exact to degree 2q - 1 >= degree) and y from the rule of the same degree on S^{d-2}, down to the
+    circle, where degree + 1 equally spaced angles integrate every trigonometric polynomial of that degree.
+
+    Parameters
+    ----------
+    degree : int
+        The highest degree integrated exactly, >= 0.
+    d : int
+        Ambient dimension, d >= 2.
+    max_points : int
+        Refuse rules of more points than this (ValueError), default 10^7.
+
+    Returns
+    -------
+    points : numpy array of shape (N, d)
+        On S^{d-1} (unit rows, float64), N = (degree + 1) (floor(degree/2) + 1)^(d - 2).
+    weights : numpy array of shape (N,)
+        Positive, summing to 1.
+
+    Notes
+    -----
+    Exactness: a monomial of degree a in t and b in the other coordinates is t^a (1 - t^2)^{b/2}
+    times a monomial of degree b in y; the y rule integrates the latter exactly, to 0 for odd b,
+    which leaves polynomials of degree a + b <= degree in t, integrated exactly against w_d by
+    Gauss's rule. With :func:`shallow.harmonics.harmonic_energy` (``weights=``) it gives the
+    energies of a polynomial f of degree p exactly up to degree ``degree - p``. The number of
+    points grows like degree^(d - 1): a rule for small d (S^2, S^3, S^4).
+
+    Examples
+    --------
+    >>> X, w = sphere_quadrature(4, 3)                         # E[x_1^4] = 3 / (d (d + 2)) = 1/5 on S^2
+    >>> X.shape, round(float(w @ X[:, 0] ** 4), 14) == round(1 / 5, 14)
+    ((15, 3), True)
+    """
+    degree = check_integer(degree, "degree", minimum=0)
+    d = check_dimension(d)
+    max_points = check_integer(max_points, "max_points", minimum=1)
+    q = degree // 2 + 1
+    n_points = (degree + 1) * q ** (d - 2)
+    if n_points > max_points:
+        raise ValueError(f"a rule of degree {degree} on S^{d - 1} has {n_points:.3g} points, more than max_points="
+                         f"{max_points}: the product rule grows like degree^(d - 1); sample the sphere instead "
+                         "(sample_sphere, a Monte Carlo rule)")
+    angles = 2 * np.pi * np.arange(degree + 1) / (degree + 1)
+    points = np.column_stack([np.cos(angles), np.sin(angles)])  # (degree + 1, 2)
+    weights = np.full(degree + 1, 1.0 / (degree + 1))
+    for k in range(3, d + 1):  # from S^{k-2} to S^{k-1}
+        t, wt = gegenbauer_quadrature(q, k)
+        r = np.sqrt(1 - t * t)
+        points = np.concatenate([np.column_stack([ri * points, np.full(len(points), ti)]) for ti, ri in zip(t, r)])
+        weights = np.concatenate([wi * weights for wi in wt])
+    return points, weights
 
 
 def gauss_jacobi(q, a, b):

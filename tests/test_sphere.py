@@ -1,5 +1,7 @@
 """S^{d-1}: sampling, area, the law of <x, e>, Gauss quadrature against w_d, and the lift."""
 
+import math
+
 import numpy as np
 import pytest
 from scipy import integrate, stats
@@ -263,3 +265,50 @@ def test_gauss_jacobi_rejects_exponents_whose_recurrence_overflows():
     # a = 1e300 failed inside numpy with "array must not contain infs or NaNs"
     with pytest.raises(ValueError, match=r"a \+ b must be at most 1e150"):
         sphere.gauss_jacobi(4, 1e300, 0.0)
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 5])
+@pytest.mark.parametrize("degree", [7, 8])
+def test_sphere_quadrature_integrates_every_monomial_of_its_degree_to_the_moment_of_the_sphere(d, degree):
+    # E[prod x_i^{2 h_i}] = Gamma(d/2) / Gamma(d/2 + |h|) prod Gamma(h_i + 1/2) / Gamma(1/2) under tau_d, and 0 for a
+    # monomial with an odd exponent; every multi-index of total degree <= degree
+    import itertools
+
+    from shallow.sphere import sphere_quadrature
+
+    X, w = sphere_quadrature(degree, d)
+    assert X.shape == ((degree + 1) * (degree // 2 + 1) ** (d - 2), d) and np.all(w > 0)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=0, atol=4e-16)
+    for a in itertools.product(range(degree + 1), repeat=d):
+        if sum(a) > degree:
+            continue
+        if any(x % 2 for x in a):
+            ref = 0.0
+        else:
+            h = [x // 2 for x in a]
+            ref = math.gamma(d / 2) / math.gamma(d / 2 + sum(h)) * math.prod(
+                math.gamma(x + 0.5) / math.gamma(0.5) for x in h)
+        assert abs(w @ np.prod(X ** np.array(a), axis=1) - ref) <= 1e-15
+
+
+def test_harmonic_energy_with_a_sphere_rule_is_exact_for_a_polynomial():
+    # x_1^3 = 3 x_1 / (d + 2) + (x_1^3 - 3 x_1 / (d + 2)), a degree-1 and a degree-3 harmonic: E_1 = 9 / (d (d + 2)^2),
+    # E_3 = E[x_1^6] - E_1 = 15 / (d (d + 2)(d + 4)) - E_1, and 0 elsewhere; the rule of degree 3 + kmax makes the
+    # quadrature sums of harmonic_energy exact
+    from shallow.harmonics import harmonic_energy
+    from shallow.sphere import sphere_quadrature
+
+    d, kmax = 4, 5
+    X, w = sphere_quadrature(3 + kmax, d)
+    E1 = 9 / (d * (d + 2) ** 2)
+    ref = [0, E1, 0, 15 / (d * (d + 2) * (d + 4)) - E1, 0, 0]
+    np.testing.assert_allclose(harmonic_energy(X[:, 0] ** 3, X, kmax, weights=w), ref, rtol=0, atol=1e-15)
+
+
+def test_sphere_quadrature_refuses_a_rule_of_too_many_points():
+    from shallow.sphere import sphere_quadrature
+
+    with pytest.raises(ValueError, match=r"a rule of degree 40 on S\^9 has .* points, more than max_points=10000000"):
+        sphere_quadrature(40, 10)
+    with pytest.raises(ValueError, match="degree must be an integer >= 0"):
+        sphere_quadrature(-1, 3)
