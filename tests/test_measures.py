@@ -750,3 +750,18 @@ def test_harmonic_spectrum_of_a_measure_of_the_zero_function_is_zero_not_below()
     assert (E >= 0).all() and E.max() <= 1e-15
     assert f2_norm_from_harmonics(E, np.ones(9)) <= 1e-7
 
+
+
+def test_sliced_wasserstein_of_a_large_float32_cloud_and_its_translate_is_the_projected_shift():
+    # Y = X + c: on each direction u the 1-D W2 is |<u, c>|, so SW2 = sqrt(mean_u <u, c>^2) over the directions drawn
+    # with rng (unit Gaussian columns, as the routine draws them). 10^5 float32 atoms: POT's cumulative sums of float32
+    # weights drifted by k eps, 5e-4 relative; X and Y rounded to float32 move each shift by about 1e-7 |x|
+    rng = np.random.default_rng(0)
+    c = np.full(5, 0.01)
+    X = rng.standard_normal((100_000, 5)).astype(np.float32)
+    Y = (X + c).astype(np.float32)
+    G = np.random.default_rng(1).standard_normal((5, 50))
+    G /= np.linalg.norm(G, axis=0, keepdims=True)
+    shift = (Y.astype(np.float64) - X.astype(np.float64)) @ G  # (k, 50): each atom's projected shift, as rounded
+    ref = np.sqrt(np.mean(np.mean(shift, axis=0) ** 2))  # translations by the mean shift, to 1e-5 of it
+    assert sliced_wasserstein(X, Y, n_projections=50, rng=1) == pytest.approx(ref, rel=1e-6)
