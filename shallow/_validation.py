@@ -218,6 +218,9 @@ def check_on_sphere(X, name: str = "X", d: int | None = None, atol: float | None
     if X.shape[0]:
         dev = float(xp.abs(xp.linalg.norm(X, axis=1) - 1).max())
         if dev > tol:
-            raise ValueError(f"{name} must lie on the unit sphere: a row has | |x| - 1 | = {dev:.3g} > {tol:.3g} "
-                             "(normalise with X / |X|, or use shallow.sphere.lift for data in R^d)")
+            coarse = X.dtype == np.float64 and dev <= sphere_tolerance(np.float32)
+            hint = (" (rows normalised in float32 and cast to float64, say: normalise them in float64)" if coarse
+                    else " (normalise with X / |X|, or use shallow.sphere.lift for data in R^d)")
+            raise ValueError(f"{name} must lie on the unit sphere: a row has | |x| - 1 | = {dev:.3g} > {tol:.3g}"
+                             f"{hint}")
     return X

@@ -280,7 +280,7 @@ def _fixed_neurons(rep: Representation, m: int):
     return np.array(a), np.array(W)
 
 
-def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=np.float64, device=None):
+def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=None, device=None):
     r"""An m-neuron network drawn i.i.d. from a representing measure (Maurey's sampling argument).
 
     Parameters
@@ -302,7 +302,8 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=np.
     bias : bool, optional
         For a Measure only: read the last coordinate of the atoms as a bias (inputs (x, 1));
         by default the measure's own ``bias`` (False for a measure made by hand).
-    dtype : float32 or float64, default float64
+    dtype : float32 or float64, optional
+        Default: the dtype of the Measure or TwoLayer, float64 for a Representation.
     device : {"cpu", "gpu"}, optional
         Default: the device of the Measure or TwoLayer, "cpu" for a Representation.
 
@@ -342,6 +343,8 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=np.
 
     m = check_integer(m, "m", minimum=1)
     rng = check_random_state(rng)
+    if dtype is None:
+        dtype = measure.dtype if isinstance(measure, (TwoLayer, Measure)) else np.float64
     dtype = check_float_dtype(dtype)
     if isinstance(measure, TwoLayer):
         activation, bias = measure.activation, measure.bias

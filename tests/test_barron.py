@@ -229,6 +229,11 @@ def test_maurey_sample_compresses_a_wide_network():
     assert rms[1] < 0.4 * rms[0]
     small = maurey_sample(wide, 8, rng=0)
     assert small.bias and small.m == 8 and small.activation == wide.activation
+    # a float32 network gives a float32 one (it came back in float64, twice the memory), the same draw cast
+    wide32 = TwoLayer(wide.a.astype(np.float32), wide.W.astype(np.float32), bias=True)
+    small32 = maurey_sample(wide32, 8, rng=0)
+    assert small32.W.dtype == np.float32 and maurey_sample(wide32.to_measure(), 8, rng=0).W.dtype == np.float32
+    np.testing.assert_allclose(small32.W, small.W, rtol=1e-6)
 
 
 def test_maurey_bounds_are_their_formulas():

@@ -960,3 +960,16 @@ def test_the_relu_ntk_takes_about_twice_the_memory_of_its_matrix(monkeypatch):
     finally:
         tracemalloc.stop()
     assert peak <= 2.2 * K.nbytes
+
+
+def test_dot_product_kernel_takes_the_gram_matrix_of_float32_unit_vectors():
+    # G = X X^T of float32 unit rows reaches 1 + 2 ulps (1.0000002 at d = 20), which was refused as "t must lie in
+    # [-1, 1]"; the values are those of the float64 Gram matrix of the same rows to float32 rounding (relu NNGP)
+    from shallow.sphere import sample_sphere
+
+    X = sample_sphere(500, 20, rng=0, dtype=np.float32)
+    G = X @ X.T
+    assert float(np.abs(G).max()) > 1
+    kappa = dot_product_kernel("nngp", "relu")
+    G64 = np.clip(X.astype(np.float64) @ X.T.astype(np.float64), -1, 1)
+    np.testing.assert_allclose(kappa(G), kappa(G64), rtol=0, atol=2e-6)

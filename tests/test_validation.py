@@ -141,3 +141,13 @@ def test_check_integer_refuses_booleans_and_non_integers():
         check_integer(True, "k", minimum=1)
     with pytest.raises(ValueError, match=r"^k must be an integer >= 0, got 2.0 \(float\)$"):
         check_integer(2.0, "k")
+
+
+def test_rows_normalised_in_float32_and_cast_to_float64_are_refused_with_the_reason():
+    from shallow._validation import check_on_sphere
+
+    X = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    check_on_sphere(X)  # in float32, on the sphere
+    with pytest.raises(ValueError, match="normalised in float32 and cast to float64, say: normalise them in float64"):
+        check_on_sphere(X.astype(np.float64) * (1 + 1e-7))
