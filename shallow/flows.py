@@ -635,7 +635,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         ``callback(step, t, risk, a, W)`` at each record, the last one included; returning True stops
         the flow (after the step in progress).
     rng : None, int or Generator
-        Noise source (drawn on the host, moved to the device).
+        Noise source (drawn on the host, moved to the device): m + m D normals per step with
+        noise > 0 (those of the layers that move), none without noise. With ``resume``, a
+        Generator passed in is set to the saved state, so that the draws continue those of the
+        interrupted run.
     resume : Trajectory, optional
         A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
         Its method, step_size (except for ``"adaptive"``, which keeps its own step), noise,

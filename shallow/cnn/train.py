@@ -474,7 +474,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         Total number of epochs (a resumed run continues up to it).
     batch_size : int
     rng : None, int or Generator
-        Batch order and augmentations.
+        Batch order and augmentations. A resumed run sets a Generator passed in (and the
+        layers' own, such as dropout's) to the checkpoint's states.
     augment : callable (X, rng) -> X, optional
         Applied to every training batch (:class:`~shallow.cnn.data.Augment`); it must return a
         batch of the shape it is given.
