@@ -23,7 +23,10 @@ A study whose ``compute`` runs a grid of independent points sends it through :fu
 each cached under ``results/points/NAME/`` as it finishes (keyed by the point, the function, the
 package version and the study script's text), so that an interrupted study resumes where it
 stopped and an edited one recomputes. These flags choose where the work runs, never what it
-computes: they are not Config fields and do not enter the result's hash.
+computes: they are not Config fields and do not enter the result's hash. (Up to the order of
+floating-point sums: workers run BLAS on one thread each, ``--scheduler serial`` on the parent's
+threads, which can move the last digits of a result, 2e-16 relative and at most 5e-13 measured in
+an ill-conditioned kernel regression; a cached result keeps the digits of the run that made it.)
 
 :func:`run` caches ``compute``'s result under ``results/`` by a hash of the study's name, its
 config, the package version and the study script's text (written atomically: a temporary file,
