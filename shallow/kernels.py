@@ -55,9 +55,12 @@ Matrices are built from the Gram matrix <x_i, y_j> and the squared norms only: m
 O(n n') and no (n, n', d) array is formed; everything runs on numpy or cupy (the input's),
 except the hypergeometric function of non-integer arc-cosine orders, evaluated by scipy on the
 host (an explicit round trip on a GPU). Accuracy: from a Gram matrix the angle of two nearly
-parallel vectors is known to about sqrt(eps) (1e-8 in float64), whatever the formula. The
-kernels of order >= 1 do not feel it (their derivative in theta vanishes at theta = 0); the
-step (order 0) and sign kernels, and hence NTKs, carry an error of that size on such pairs. With
+parallel (or antiparallel) vectors is known to about sqrt(eps) only (1e-8 in float64, 3e-4 in
+float32), which the step (order 0) and sign kernels, and hence NTKs, would carry; so the pairs
+with sin theta < 0.1 have theta recomputed from their unit vectors, 2 asin(|u - v| / 2), to a
+few ulps (O(d) work per such pair). The kernels of order >= 1 do not feel it (their derivative
+in theta vanishes at theta = 0); real orders, and a DotProductKernel given t, keep the Gram
+matrix's accuracy. With
 Y = None the norms are read off the diagonal of the Gram matrix, so that theta(x, x) = 0 exactly.
 Rows far from the unit scale (largest entry beyond 2^{+-25} in float32, 2^{+-249} in float64 at
 d = 1000) are first scaled by powers of two, exactly, and the closed forms rescaled after
@@ -121,10 +124,49 @@ _DEVICE_KERNEL_BLOCK = 2**26  # on a device, where each block costs a few hundre
 # Gaussian expectations in closed form, from G = <x, y>, nx2 = |x|^2, ny2 = |y|^2 (broadcast).
 # --------------------------------------------------------------------------------------------
 
-def _angle(xp, G, N2):
-    """s = |x||y| sin theta and theta = atan2(s, <x, y>) in [0, pi], without arccos."""
+def _angle(xp, G, N2, angle=None):
+    """s = |x||y| sin theta and theta = atan2(s, <x, y>) in [0, pi], without arccos; or ``angle``, the pair
+    (s, theta) already computed more accurately (:func:`_refined_angle`)."""
+    if angle is not None:
+        return angle
     s = xp.sqrt(xp.maximum(N2 - G * G, 0))
     return s, xp.arctan2(s, G)
+
+
+#: Pairs whose sin theta falls below this have their angle computed from the unit vectors themselves.
+_SMALL_SINE = 0.1
+_PAIR_CHUNK = 2**15  # pairs per block of (pairs, d) differences
+
+
+def _refined_angle(xp, G, nx2, ny2, X, Y):
+    """(s, theta) of the pairs (x_i, y_j), with those nearly parallel or antiparallel recomputed from their
+    unit vectors u, v: theta = 2 asin(|u - v| / 2), or pi - 2 asin(|u + v| / 2).
+
+    From the Gram matrix, s = sqrt(|x|^2 |y|^2 - <x, y>^2) cancels: theta is known to about
+    sqrt(eps) (3e-4 in float32) where it is small, which the step kernel and every NTK carry. The
+    chord keeps theta to a few eps, for O(d) work per pair with sin theta < 0.1 (none for spread data).
+    """
+    N2 = nx2 * ny2
+    s, theta = _angle(xp, G, N2)
+    near = (s * s < (_SMALL_SINE ** 2) * N2) & (N2 > 0)
+    if not bool(near.any()):
+        return s, theta
+    rows, cols = xp.nonzero(near)
+    U = X / xp.sqrt(xp.where(nx2 > 0, nx2, 1))  # (B, d); near holds only for rows of nonzero norm
+    V = Y / xp.sqrt(xp.where(ny2 > 0, ny2, 1).reshape(-1, 1))  # (n', d)
+    # chords below the rounding of the normalisations (x and -3x give |u + v| ~ eps) count as 0: exactly
+    # parallel or antiparallel, as the Gram matrix says of them
+    snap = 4 * math.sqrt(X.shape[1]) * float(np.finfo(X.dtype).eps)
+    for start in range(0, rows.shape[0], _PAIR_CHUNK):
+        i, j = rows[start:start + _PAIR_CHUNK], cols[start:start + _PAIR_CHUNK]
+        sign = xp.where(G[i, j] >= 0, 1, -1).astype(X.dtype)[:, None]
+        chord = xp.sqrt(xp.sum((U[i] - sign * V[j]) ** 2, axis=1))  # |u - v| or |u + v|, in [0, 2]
+        chord = xp.where(chord <= snap, 0, chord)
+        half = 2 * xp.arcsin(xp.minimum(chord / 2, 1))
+        theta[i, j] = xp.where(sign[:, 0] > 0, half, math.pi - half)
+        # sin theta = sin(half) = c sqrt(1 - c^2 / 4): exactly 0 at theta = pi, where sin(math.pi) is 1.2e-16
+        s[i, j] = xp.sqrt(nx2[i, 0] * ny2[0, j]) * (chord * xp.sqrt(1 - chord * chord / 4))
+    return s, theta
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,7 +197,7 @@ def _homogeneous(coeffs, degree, G, N2):
     return out
 
 
-def _arccos_gauss(order, G, nx2, ny2, xp):
+def _arccos_gauss(order, G, nx2, ny2, xp, angle=None):
     """E[max(0, u)^a max(0, v)^a] for (u, v) = (<w, x>, <w, y>), w ~ N(0, I): the arc-cosine kernel of order a.
 
     Zero where x = 0 or y = 0 (max(0, 0)^a := 0 for every a, our convention).
@@ -163,7 +205,7 @@ def _arccos_gauss(order, G, nx2, ny2, xp):
     N2 = nx2 * ny2
     if order == int(order):
         n = int(order)
-        s, theta = _angle(xp, G, N2)
+        s, theta = _angle(xp, G, N2, angle)
         A, B = _arccos_polynomials(n)
         J = _homogeneous(A, n, G, N2) * (math.pi - theta)
         if n >= 1:
@@ -185,14 +227,14 @@ def _arccos_gauss(order, G, nx2, ny2, xp):
     return xp.where(positive, f * N_safe ** a, 0)
 
 
-def _abs_gauss(G, nx2, ny2, xp):
-    s, theta = _angle(xp, G, nx2 * ny2)
+def _abs_gauss(G, nx2, ny2, xp, angle=None):
+    s, theta = _angle(xp, G, nx2 * ny2, angle)
     return (2 * s + (math.pi - 2 * theta) * G) / math.pi
 
 
-def _sign_gauss(G, nx2, ny2, xp):
+def _sign_gauss(G, nx2, ny2, xp, angle=None):
     N2 = nx2 * ny2
-    _, theta = _angle(xp, G, N2)
+    _, theta = _angle(xp, G, N2, angle)
     return xp.where(N2 > 0, 1 - (2 / math.pi) * theta, 0)
 
 
@@ -275,7 +317,8 @@ def _erf_prime_gauss(G, nx2, ny2, xp):
 class _Feature:
     """A function f of <w, x> with its Gaussian kernel (closed form or None), degree and mu_k."""
 
-    def __init__(self, label, fn, homogeneity, gauss, fh, breakpoints=(), is_zero=False, scaled=None, mehler=None):
+    def __init__(self, label, fn, homogeneity, gauss, fh, breakpoints=(), is_zero=False, scaled=None, mehler=None,
+                 angular=False):
         self.label = label
         self.fn = fn  # xp-generic elementwise callable
         self.homogeneity = homogeneity
@@ -290,6 +333,8 @@ class _Feature:
         # () -> numpy c_k with E_{w ~ N(0, I)}[f(<w,x>) f(<w,y>)] = sum_k c_k <x, y>^k on the unit sphere
         # (Mehler's series, for the activations without a closed form), or None.
         self.mehler = mehler
+        # gauss takes angle=(s, theta), the angles of the pairs computed apart (:func:`_refined_angle`)
+        self.angular = angular
 
 
 def _arccos_feature(label, order, scale):
@@ -301,9 +346,10 @@ def _arccos_feature(label, order, scale):
         label,
         fn,
         order,
-        lambda G, nx2, ny2, xp: (scale * scale) * _arccos_gauss(order, G, nx2, ny2, xp),
+        lambda G, nx2, ny2, xp, angle=None: (scale * scale) * _arccos_gauss(order, G, nx2, ny2, xp, angle),
         lambda d, kmax: scale * _relu_power_funk_hecke(order, d, kmax),
         (0.0,),
+        angular=order == int(order),
     )
 
 
@@ -323,11 +369,11 @@ def _feature(sigma: Activation, derivative: bool = False) -> _Feature:
         return _arccos_feature(f"derivative of {sigma!r}", alpha - 1, alpha)
     if name == "abs":
         if not derivative:
-            return _Feature(repr(sigma), sigma, 1, _abs_gauss, sigma.funk_hecke, (0.0,))
+            return _Feature(repr(sigma), sigma, 1, _abs_gauss, sigma.funk_hecke, (0.0,), angular=True)
         # sign(t) = step(t) - step(-t): mu_k = (1 - (-1)^k) mu_k(step).
         return _Feature(f"derivative of {sigma!r}", sigma.derivative, 0, _sign_gauss,
                         lambda d, kmax: np.where(np.arange(kmax + 1) % 2 == 1,
-                                                 2 * _relu_power_funk_hecke(0.0, d, kmax), 0.0), (0.0,))
+                                                 2 * _relu_power_funk_hecke(0.0, d, kmax), 0.0), (0.0,), angular=True)
     if name == "quadratic":
         if not derivative:
             return _Feature(repr(sigma), sigma, 2, _quadratic_gauss, sigma.funk_hecke)
@@ -549,13 +595,15 @@ def _sphere_gap(nx2, ny2, xp, dtype) -> str:
             "normalised in float32 and cast to float64, say; normalise them in the dtype they are computed in)")
 
 
-def _exact(feature, G, nx2, ny2, xp, weights, d, kmax, on_sphere):
+def _exact(feature, G, nx2, ny2, xp, weights, d, kmax, on_sphere, angle=None):
     """E_w[f(<w,x>) f(<w,y>)] without sampling, or None when no exact route applies (``on_sphere``: every
-    input of the whole problem, not only of these rows, is a unit vector)."""
+    input of the whole problem, not only of these rows, is a unit vector; ``angle``: a callable giving the
+    pairs' (s, theta) computed apart, for the features whose closed form is in theta)."""
     if feature.is_zero:
         return xp.zeros_like(G)
     if feature.gauss is not None and (weights == "gaussian" or feature.homogeneity is not None):
-        K = feature.gauss(G, nx2, ny2, xp)
+        K = (feature.gauss(G, nx2, ny2, xp, angle=angle()) if feature.angular and angle is not None
+             else feature.gauss(G, nx2, ny2, xp))
         if weights == "sphere" and feature.homogeneity:
             K = K / gaussian_norm_moment(feature.homogeneity, d)
         return K
@@ -662,10 +710,12 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
         part = None if rescaled is None else (rescaled[0][rows], rescaled[1][rows], rescaled[2],
                                               rescaled[3][rows], rescaled[4])
         total = None
+        angle = functools.lru_cache(maxsize=1)(
+            lambda: _refined_angle(xp, G[rows], nx2[rows], ny2, X[rows], Y))  # once a feature needs it
         for feat, tg in zip(features, times_gram):
             K = None if part is None else _scaled_exact(feat, part, xp, weights, d, tg)
             if K is None:
-                K = _exact(feat, G[rows], nx2[rows], ny2, xp, weights, d, kmax, on_sphere)
+                K = _exact(feat, G[rows], nx2[rows], ny2, xp, weights, d, kmax, on_sphere, angle)
                 if K is not None and tg:
                     K = G[rows] * K
             if K is None:

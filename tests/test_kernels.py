@@ -973,3 +973,31 @@ def test_dot_product_kernel_takes_the_gram_matrix_of_float32_unit_vectors():
     kappa = dot_product_kernel("nngp", "relu")
     G64 = np.clip(X.astype(np.float64) @ X.T.astype(np.float64), -1, 1)
     np.testing.assert_allclose(kappa(G), kappa(G64), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 3e-7), (np.float64, 1e-15)])
+def test_step_kernel_and_relu_ntk_of_nearly_parallel_and_antiparallel_pairs_are_accurate(dtype, tol):
+    # theta between x and y = +-(cos t u + sin t w) rounded to the dtype, from mpmath at 50 digits on the stored
+    # numbers: step kernel (pi - theta) / (2 pi) and relu NTK |x||y| (sin theta + (pi - theta) cos theta) / (2 pi)
+    # + <x, y> (pi - theta) / (2 pi). From the Gram matrix alone theta was known to sqrt(eps): errors of 1e-4 at
+    # t = 1e-4 in float32
+    import mpmath
+
+    mpmath.mp.dps = 50
+    rng = np.random.default_rng(33)
+    d = 50
+    for t in (1e-2, 1e-4, 1e-7, 1e-10):
+        for sign in (1, -1):
+            u, w = rng.standard_normal(d), rng.standard_normal(d)
+            u /= np.linalg.norm(u)
+            w -= (w @ u) * u
+            w /= np.linalg.norm(w)
+            x, y = u.astype(dtype), (sign * (math.cos(t) * u + math.sin(t) * w)).astype(dtype)
+            X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
+            G = mpmath.fsum(a * b for a, b in zip(X, Y))
+            N = mpmath.sqrt(mpmath.fsum(a * a for a in X) * mpmath.fsum(b * b for b in Y))
+            theta = mpmath.acos(G / N)
+            step = (mpmath.pi - theta) / (2 * mpmath.pi)
+            relu_ntk = N * (mpmath.sin(theta) + (mpmath.pi - theta) * mpmath.cos(theta)) / (2 * mpmath.pi) + G * step
+            assert abs(float(random_feature_kernel(x[None], y[None], "step")[0, 0]) - float(step)) <= tol
+            assert abs(float(ntk(x[None], y[None], "relu")[0, 0]) - float(relu_ntk)) <= 2 * tol
