@@ -446,15 +446,16 @@ def _run_point(fn, config):
 _THREAD_LIMITS = []  # threadpoolctl limiters kept alive in a worker
 
 
-def _init_worker(threads, parent_pid):
+def _init_worker(threads):
     """Process-pool initializer: Ctrl-C left to the parent, an exit with it, BLAS/OpenMP limited to ``threads``.
 
     The parent owns Ctrl-C: a worker ignores SIGINT (the terminal sends it to the whole process group)
     and is stopped by the parent. The worker was spawned with SIGINT blocked (:func:`_sigint_blocked`),
     so that a Ctrl-C while it started waits, pending; setting SIG_IGN discards it, then it is unblocked.
     A thread watches the parent: a parent killed outright (SIGKILL, out of memory) shuts nothing down,
-    and its workers would wait for work forever. ``parent_pid`` is None for the fork server's workers,
-    children of the fork server, which exits with the process that started it.
+    and its workers would wait for work forever. It waits on multiprocessing's sentinel of the process
+    that created the worker, under every start method (a fork server's worker has the fork server for
+    its OS parent, and the fork server outlived a killed parent, so getppid() never changed).
 
     The environment variables act on libraries loaded afterwards (the usual case: the variables
     were also set when the worker was spawned); for a BLAS loaded already, threadpoolctl is used
@@ -463,8 +464,7 @@ def _init_worker(threads, parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    threading.Thread(target=_exit_with_parent, args=(parent_pid or os.getppid(),), daemon=True,
-                     name="shallow-sweep-parent-watch").start()
+    threading.Thread(target=_exit_with_parent, daemon=True, name="shallow-sweep-parent-watch").start()
     if threads is None:
         return
     for var in THREAD_VARIABLES:
@@ -477,10 +477,14 @@ def _init_worker(threads, parent_pid):
         _THREAD_LIMITS.append(threadpool_limits(limits=threads))
 
 
-def _exit_with_parent(parent_pid, interval=1.0):
-    """End this worker at once when its parent is gone (it is then re-parented: getppid() changes)."""
-    while os.getppid() == parent_pid:
-        time.sleep(interval)
+def _exit_with_parent():
+    """End this worker at once when the process that created it is gone (its sentinel becomes ready)."""
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - not started by multiprocessing
+        return
+    wait([parent.sentinel])
     os._exit(1)
 
 
@@ -852,10 +856,9 @@ def _run_parallel(fn, todo, groups, points, handle, mode, address, executor, wor
             from multiprocessing import forkserver
 
             forkserver.ensure_running()
-        parent_pid = None if start_method == "forkserver" else os.getpid()
         owned = pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                                               mp_context=multiprocessing.get_context(start_method),
-                                              initializer=_init_worker, initargs=(threads, parent_pid))
+                                              initializer=_init_worker, initargs=(threads,))
         task = _PortableFunction(fn)
     futures = {}
     try:

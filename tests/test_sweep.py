@@ -553,6 +553,7 @@ from pathlib import Path
 from shallow.sweep import grid, sweep
 
 folder = Path(sys.argv[1])
+method = sys.argv[2] if len(sys.argv) > 2 else "spawn"
 
 def sleepy_point(config):
     if config["x"] >= 2:
@@ -566,7 +567,7 @@ if __name__ == "__mp_main__" and (folder / "slow-start").exists():
 
 if __name__ == "__main__":
     try:
-        sweep(sleepy_point, grid(x=range(6)), cache_dir=folder / "cache", workers=2, key="sleepy")
+        sweep(sleepy_point, grid(x=range(6)), cache_dir=folder / "cache", workers=2, key="sleepy", start_method=method)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -581,10 +582,10 @@ def sleepy_sweep(tmp_path):
     output in files (left-over workers would hold pipes open); what is left of the group is killed at the end."""
     started = []
 
-    def start():
+    def start(method="spawn"):
         (tmp_path / "sleepy.py").write_text(SLEEPY_SCRIPT)
         with open(tmp_path / "stderr.txt", "w") as err:
-            proc = subprocess.Popen([sys.executable, str(tmp_path / "sleepy.py"), str(tmp_path)], cwd=tmp_path,
+            proc = subprocess.Popen([sys.executable, str(tmp_path / "sleepy.py"), str(tmp_path), method], cwd=tmp_path,
                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         started.append(proc)
         return proc
@@ -662,12 +663,15 @@ def sleepy_point_serial(config):
 
 
 @linux_only
-def test_workers_exit_soon_after_their_parent_is_killed(sleepy_sweep, tmp_path):
-    # after a kill -9 of the process running the sweep, its workers and the resource tracker waited for work forever
-    proc = sleepy_sweep()
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_exit_soon_after_their_parent_is_killed(sleepy_sweep, tmp_path, method):
+    # after a kill -9 of the process running the sweep, its workers and the resource tracker waited for work forever;
+    # a fork server's workers (children of the fork server, which outlived the parent) too, until they watched
+    # multiprocessing's sentinel of the process that created them instead of getppid()
+    proc = sleepy_sweep(method)
     workers = pids_of(tmp_path, "running", 2, proc)
-    children = children_of(proc.pid)
-    assert set(workers) < set(children)  # the resource tracker too
+    children = children_of(proc.pid)  # the resource tracker; the workers too, or the fork server
+    assert method == "forkserver" or set(workers) < set(children)
     proc.kill()
     proc.wait()
-    assert all_gone(children, timeout=10.0)  # the workers check for their parent each second
+    assert all_gone(set(children) | set(workers), timeout=10.0)
