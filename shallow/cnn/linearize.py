@@ -168,20 +168,20 @@ def linearize(model) -> Linearized:
     return Linearized(model)
 
 
-def _jacobian(model, X):
-    """J (n, K, P): the gradients of the K outputs of each image in the parameters, one image at a time."""
+def _jacobian(model, X, K, P):
+    """J (n, K, P): the gradients of the K outputs of each image in the P parameters, one image at a time."""
     xp = get_xp(X)
-    rows = []
+    J = xp.zeros((X.shape[0], K, P), dtype=X.dtype)
+    if P == 0:
+        return J
     for i in range(X.shape[0]):
         out = model.forward(X[i:i + 1])  # (1, K)
-        K = out.shape[1]
         for k in range(K):  # backward again after one forward: each layer keeps its cache
             dy = xp.zeros_like(out)
             dy[0, k] = 1
             model.backward(dy, need_input_grad=False)
-            rows.append(xp.concatenate([g.reshape(-1) for g in model.named_gradients().values()]))
-    P = rows[0].shape[0] if rows else 0
-    return xp.stack(rows).reshape(X.shape[0], -1, P) if rows else xp.zeros((0, 0, 0), dtype=X.dtype)
+            J[i, k] = xp.concatenate([g.reshape(-1) for g in model.named_gradients().values()])
+    return J
 
 
 def tangent_kernel(model, X, Y=None):
@@ -239,20 +239,29 @@ def tangent_kernel(model, X, Y=None):
     same = Y is None
     if not same:
         Y = check_images(Y, "Y", in_shape or tuple(X.shape[1:]), dtype=dtype)
+    P = sum(int(p.size) for p in model.named_parameters().values())
     mode = model.training
     saved = {name: g.copy() for name, g in model.named_gradients().items()}
     model.eval()
     try:
         with _inputs_checked(model):  # checked above, at once: not an isfinite (a device wait) per image
-            JX = _jacobian(model, X)  # (n, K, P)
-            JY = JX if same else _jacobian(model, Y)  # (n', K, P)
+            some = X if X.shape[0] else (Y if Y is not None else X)
+            if some.shape[0]:
+                K = int(model.forward(some[:1]).shape[1])
+            elif getattr(model, "n_classes", None) is not None:
+                K = int(model.n_classes)
+            else:
+                raise ValueError("X and Y hold no images, and the model does not say how many outputs it has "
+                                 "(no n_classes): the kernel's shape (0, 0, K, K) is unknown")
+            JX = _jacobian(model, X, K, P)  # (n, K, P)
+            JY = JX if same else _jacobian(model, Y, K, P)  # (n', K, P)
     finally:
         model.train(mode)
         for name, g in model.named_gradients().items():
             if name in saved:
                 g[...] = saved[name]
-    n, K, P = JX.shape
+    n, n2 = JX.shape[0], JY.shape[0]
     A = JX.reshape(n * K, P)
-    B = A if same else JY.reshape(JY.shape[0] * K, P)
-    return (A @ B.T).reshape(n, K, -1, K).transpose(0, 2, 1, 3)
+    B = A if same else JY.reshape(n2 * K, P)
+    return (A @ B.T).reshape(n, K, n2, K).transpose(0, 2, 1, 3)
 

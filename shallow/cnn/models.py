@@ -71,7 +71,7 @@ __all__ = ["Model", "vgg_small", "resnet_small", "build_model", "CENTERINGS", "c
 CENTERINGS = (None, "frozen", "antisymmetric")
 
 
-def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
+def check_images(x, name: str, in_shape: tuple | None = None, dtype=None, *, finite=True):
     """A finite batch of channels-last images, shape (N, H, W, C), checked against ``in_shape``.
 
     Parameters
@@ -87,6 +87,9 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         Integer and boolean images are converted to ``dtype`` (float64 by default), float images to
         ``dtype`` when given (otherwise float32 and float64 are kept, float16 becomes float32, as in
         the rest of the library).
+    finite : bool
+        Scan for NaN and infinities (default); on a GPU the scan waits for the device, which a
+        loop over batches of a data set checked once skips (the shape checks stay: no wait).
 
     Returns
     -------
@@ -136,7 +139,7 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None):
         x = x.astype(np.float64)
     elif x.dtype == np.float16:
         x = x.astype(np.float32)
-    if x.size and not bool(xp.isfinite(x).all()):
+    if finite and x.size and not bool(xp.isfinite(x).all()):
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return x
@@ -330,7 +333,8 @@ def resnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=1, stages
 
 @contextlib.contextmanager
 def _inputs_checked(model):
-    """Within: ``model`` does not check its inputs again (``fit`` checked the whole data set once).
+    """Within: ``model`` does not scan its inputs for NaN again (``fit`` checked the whole data set once);
+    their shapes are still checked (a wrapper of a Model, whose own in_shape is unknown, checked none).
 
     Model.forward checks that a batch is finite, which on a GPU waits for the device to finish
     everything queued before (the previous step): once per step, the launches of a forward pass
@@ -366,7 +370,9 @@ class Model(Layer):
     centering : {None, "frozen", "antisymmetric"}
         f(x; theta_0) = 0 by a frozen copy or by an antisymmetric pair (module notes).
     check_inputs : bool
-        Check shape, channels and finiteness of every batch in :meth:`forward` (cheap; off for benchmarks).
+        Check the finiteness of every batch in :meth:`forward` (a scan, and on a GPU a wait for the
+        device; off for benchmarks and within ``fit``, which checks its data set once); the shape and
+        channels are checked whatever it says (no wait).
 
     Attributes
     ----------
@@ -429,9 +435,7 @@ class Model(Layer):
         return self.alpha / math.sqrt(2.0) if self.centering == "antisymmetric" else self.alpha
 
     def _input(self, x, name="x"):
-        if not self.check_inputs:
-            return x
-        return check_images(x, name, self.in_shape, dtype=self.dtype)
+        return check_images(x, name, self.in_shape, dtype=self.dtype, finite=self.check_inputs)
 
     def forward(self, x):
         x = self._input(x)

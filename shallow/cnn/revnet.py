@@ -671,8 +671,9 @@ class IRevNet(Layer):
         :meth:`reconstruct` check their inputs against it, and :func:`~shallow.cnn.fit` reads it.
     n_classes : int, optional
     check_inputs : bool
-        Check the shape, channels and finiteness of every batch in :meth:`forward` and :meth:`jvp`,
-        as :class:`~shallow.cnn.models.Model` does (``fit`` checks its data set once and skips these).
+        Check the finiteness of every batch in :meth:`forward` and :meth:`jvp`, as
+        :class:`~shallow.cnn.models.Model` does (``fit`` checks its data set once and skips it); the
+        shape and channels are checked whatever it says.
 
     Notes
     -----
@@ -703,8 +704,7 @@ class IRevNet(Layer):
         return len(self.body)
 
     def forward(self, x):
-        if self.check_inputs:
-            x = self._input(x, "x")
+        x = self._input(x, "x")
         return self.head.forward(self.body.forward(x))
 
     def backward(self, dy, need_input_grad=True):
@@ -712,8 +712,7 @@ class IRevNet(Layer):
 
     def jvp(self, x, tx=None, tparams=None):
         _check_tangent_names(self, tparams)
-        if self.check_inputs:
-            x = self._input(x, "x")
+        x = self._input(x, "x")
         z, tz = self.body.jvp(x, tx, _sub(tparams, "body."))
         return self.head.jvp(z, tz, _sub(tparams, "head."))
 
@@ -724,7 +723,7 @@ class IRevNet(Layer):
         return self.body.output_shape(self.in_shape, k)
 
     def _input(self, x, name):
-        return check_images(x, name, self.in_shape, dtype=self.dtype)
+        return check_images(x, name, self.in_shape, dtype=self.dtype, finite=self.check_inputs)
 
     def features(self, x, k=None):
         """Phi_k(x), the representation after the first k invertible layers (all by default).

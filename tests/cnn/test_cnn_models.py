@@ -536,3 +536,30 @@ def test_gradient_descent_on_the_linearised_model_is_kernel_gradient_descent_wit
     for _ in range(steps):
         F = F - (eta / n) * T @ (F - Y.reshape(-1))
     np.testing.assert_allclose(predict(lin, X).reshape(-1), F, rtol=0, atol=1e-12 * np.abs(F).max())
+
+
+def test_tangent_kernel_of_no_images_or_of_no_parameters_is_an_empty_or_zero_kernel():
+    # empty X failed in a reshape, a model without parameters in numpy's concatenate
+    from shallow.cnn import Flatten, Sequential
+    from shallow.cnn.linearize import tangent_kernel
+
+    model = _tiny_model()
+    X = np.random.default_rng(7).standard_normal((2, 4, 4, 1))
+    assert tangent_kernel(model, X[:0], X).shape == (0, 2, 3, 3)
+    assert tangent_kernel(model, X[:0]).shape == (0, 0, 3, 3)
+    Theta = tangent_kernel(Sequential(Flatten()), X)  # f(x) = x flattened, nothing trained: J = 0
+    assert Theta.shape == (2, 2, 16, 16) and not Theta.any()
+
+
+def test_a_wrapper_of_a_model_still_refuses_images_of_another_shape_in_fit_and_tangent_kernel():
+    # fit and tangent_kernel turn the inner Model's NaN scan off (they scan the data once); the shape check went with
+    # it, and a Sequential holding a Model, whose own in_shape is unknown, took 16x16 images for its 8x8 model
+    from shallow.cnn import Sequential, fit
+    from shallow.cnn.linearize import tangent_kernel
+
+    wrapped = Sequential(build_model("vgg", (8, 8), 3, width=2, rng=0))
+    X = np.random.default_rng(8).standard_normal((4, 16, 16, 1))
+    with pytest.raises(ValueError, match=r"shape \(16, 16, 1\) but the model expects \(H, W, C\) = \(8, 8, 1\)"):
+        tangent_kernel(wrapped, X)
+    with pytest.raises(ValueError, match=r"images of shape \(16, 16, 1\) but the model expects"):
+        fit(wrapped, X, np.array([0, 1, 2, 0]), epochs=1)
