@@ -82,9 +82,12 @@ def _special(fn, z):
     xp = get_xp(z)
     if xp is np:
         return fn(z)
-    device_fn = getattr(scipy_for(xp, "special"), fn.__name__, None)
+    try:
+        device_fn = getattr(scipy_for(xp, "special"), fn.__name__, None)
+    except ImportError:  # pragma: no cover - a CuPy without cupyx.scipy.special
+        device_fn = None
     if device_fn is not None:
-        return device_fn(z)
+        return xp.asarray(device_fn(z), dtype=z.dtype)
     return xp.asarray(fn(to_numpy(z)), dtype=z.dtype)
 
 

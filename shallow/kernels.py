@@ -117,7 +117,8 @@ KINDS = ("nngp", "ntk")
 _DEFAULT_KMAX = 64  # truncation of the Funk-Hecke series (sphere weights, activations without closed form)
 _CHUNK = 2048  # Monte Carlo features per block
 _KERNEL_BLOCK = 2**18  # entries of the Gram matrix per block of rows of the exact kernels, on the host
-_DEVICE_KERNEL_BLOCK = 2**26  # on a device, where each block costs a few hundred kernel launches
+_DEVICE_KERNEL_BLOCK = 2**24  # on a device, where each block costs a few hundred kernel launches (1 GB of
+# float64 temporaries at most: 2**26 took 3.5 GB, out of reach of a 12 GB card beside a 20000-point NTK)
 
 
 # --------------------------------------------------------------------------------------------

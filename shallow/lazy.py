@@ -672,7 +672,8 @@ def _ridge_by_cholesky(xp, K, y, shift, f0, K_test, f0_test):
     """
     n = K.shape[0]
     Ks = 0.5 * (K + K.T)
-    delta = n * float(np.finfo(K.dtype).eps) * float(xp.linalg.norm(Ks))
+    top = float(xp.abs(Ks).max())  # |K|_F as top |K / top|_F: in range for float32 entries of 1e-26 or 1e18
+    delta = n * float(np.finfo(K.dtype).eps) * (top * float(xp.linalg.norm(Ks / top)) if top > 0 else 0.0)
     if not shift >= _CHOLESKY_MARGIN * delta:
         return None
     eye = xp.eye(n, dtype=K.dtype)
@@ -727,7 +728,8 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     Returns
     -------
     KernelPrediction
-        ``train`` of shape (n,) (or (T, n)) and ``test`` of shape (n_test,) (or (T, n_test)), or None.
+        ``train`` of shape (n,), (T, n) for T times, (n, k) for k targets or (T, n, k); ``test``
+        likewise with n_test rows, or None.
 
     Notes
     -----

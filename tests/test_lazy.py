@@ -834,3 +834,16 @@ def test_kernel_methods_accept_a_float32_gram_matrix_whose_rounding_falls_below_
     pred = kernel_regression(K, y, 0.1)
     assert np.all(np.isfinite(pred.train))
     assert np.all(np.isfinite(kernel_flow(K, y, 10.0).train))
+
+
+@pytest.mark.parametrize("scale", [1e-26, 1e18])
+def test_kernel_ridge_regression_of_a_float32_K_at_extreme_scales_is_its_unit_scale_fit(scale):
+    # K and ridge scaled together leave the fit unchanged; |K|_F in float32 underflowed to 0 at 1e-26 (any ridge then
+    # took the Cholesky route, 3.5e-5 off) and overflowed to inf at 1e18 (a RuntimeWarning from numpy)
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((100, 3))
+    K = np.exp(-((X[:, None] - X[None]) ** 2).sum(-1) / 2).astype(np.float32)
+    y = rng.standard_normal(100).astype(np.float32)
+    ref = kernel_regression(K, y, 1e-4).train
+    scaled = kernel_regression((K * np.float32(scale)).astype(np.float32), y, 1e-4 * scale).train
+    np.testing.assert_allclose(scaled, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

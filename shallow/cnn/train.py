@@ -148,8 +148,9 @@ def _check_targets(y, loss, n_outputs, name, n):
     y = check_array(y, name)
     want = (n,) if n_outputs == 1 and y.ndim == 1 else (n, n_outputs)
     if tuple(y.shape) != want:
-        raise ValueError(f"{name} must be integer labels of shape ({n},) or real targets of shape ({n}, {n_outputs}) "
-                         f"(or ({n},) for a model of one output), got shape {tuple(y.shape)}")
+        what = (f"real targets of shape ({n},) or ({n}, 1) (the model has one output)" if n_outputs == 1 else
+                f"class labels of shape ({n},) or real targets of shape ({n}, {n_outputs})")
+        raise ValueError(f"{name} must be {what}, got shape {tuple(y.shape)}")
     return y, True
 
 

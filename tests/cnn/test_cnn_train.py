@@ -147,7 +147,7 @@ def test_fit_with_a_square_loss_trains_real_targets_as_the_loop_of_batches_and_t
     with pytest.raises(ValueError, match=r"y must be class labels of shape \(n,\), got shape \(32, 3\) \(for real "
                                          r"targets of shape \(n, K\), train with loss=SquareLoss\(\)\)"):
         fit(models[0], X, Y, epochs=1)  # the cross-entropy takes labels only
-    with pytest.raises(ValueError, match=r"y must be integer labels of shape \(32,\) or real targets of shape \(32, 3\)"):
+    with pytest.raises(ValueError, match=r"y must be class labels of shape \(32,\) or real targets of shape \(32, 3\)"):
         fit(models[0], X, Y[:, :2], loss=SquareLoss(), epochs=1)
 
 
