@@ -590,17 +590,22 @@ def test_ctrl_c_in_a_study_without_grid_says_that_it_restarts_from_its_beginning
     assert "grid points toy finished" not in err
 
 
-GRID_TOY = '''
-"""Grid toy: squares of 0..n-1, one grid point each."""
+def _toy_script(doc, n):
+    """The head of a toy study script: its docstring, imports and a Config of one integer field n."""
+    return f'''"""{doc}"""
 import dataclasses
 from shallow import study
+from shallow.sweep import SweepError
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    n: int = 5
+    n: int = {n}
     seed: int = 0
     device: str = "cpu"
+'''
 
+
+GRID_TOY = _toy_script("Grid toy: squares of 0..n-1, one grid point each.", 5) + '''
 STOP = []  # set by a test: Ctrl-C after the grid
 
 def square(point):
@@ -676,18 +681,7 @@ def test_the_temporary_file_of_a_killed_writer_is_removed_by_a_write_of_the_same
     assert study.load_npz(target) == {"x": 2.0}
 
 
-FALLBACK_TOY = '''
-"""Fallback toy: a grid whose points fail, caught by the study, then a grid that works."""
-import dataclasses
-from shallow import study
-from shallow.sweep import SweepError
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    n: int = 3
-    seed: int = 0
-    device: str = "cpu"
-
+FALLBACK_TOY = _toy_script("Fallback toy: a grid whose points fail, caught by the study, then one that works.", 3) + '''
 def fail(point):
     raise ArithmeticError("no")
 
