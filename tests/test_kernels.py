@@ -1001,3 +1001,50 @@ def test_step_kernel_and_relu_ntk_of_nearly_parallel_and_antiparallel_pairs_are_
             relu_ntk = N * (mpmath.sin(theta) + (mpmath.pi - theta) * mpmath.cos(theta)) / (2 * mpmath.pi) + G * step
             assert abs(float(random_feature_kernel(x[None], y[None], "step")[0, 0]) - float(step)) <= tol
             assert abs(float(ntk(x[None], y[None], "relu")[0, 0]) - float(relu_ntk)) <= 2 * tol
+
+
+def _step_kernel_mp(x, y):
+    """(pi - theta) / (2 pi) at 50 digits from the stored numbers of x and y."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
+    G = mpmath.fsum(a * b for a, b in zip(X, Y))
+    theta = mpmath.acos(G / mpmath.sqrt(mpmath.fsum(a * a for a in X) * mpmath.fsum(b * b for b in Y)))
+    return float((mpmath.pi - theta) / (2 * mpmath.pi))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_kernel_of_data_about_a_common_direction_and_in_high_dimension_is_accurate(dtype):
+    # 30 + N(0, I) in d = 200: every pair nearly parallel (their chords come from a product about the data's mean
+    # direction); and in d = 1000 an angle of 1e-5 (float32) or 1e-12 (float64), which the first chord rule, with
+    # a rounding floor of 4 sqrt(d) eps, took for 0. Against mpmath on the stored numbers, to 4 ulps of 1/2
+    rng = np.random.default_rng(34)
+    X = (30 + rng.standard_normal((6, 200))).astype(dtype)
+    K = random_feature_kernel(X, None, "step")
+    ref = np.array([[_step_kernel_mp(x, y) for y in X] for x in X])
+    np.testing.assert_allclose(K, ref, rtol=0, atol=4 * np.finfo(dtype).eps / 2)
+    d, t = 1000, (1e-5 if dtype == np.float32 else 1e-12)
+    u, w = rng.standard_normal(d), rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    w -= (w @ u) * u
+    w /= np.linalg.norm(w)
+    x, y = u.astype(dtype), (math.cos(t) * u + math.sin(t) * w).astype(dtype)
+    assert abs(float(random_feature_kernel(x[None], y[None], "step")[0, 0]) - _step_kernel_mp(x, y)) \
+        <= 4 * np.finfo(dtype).eps / 2
+
+
+def test_a_row_of_another_scale_leaves_the_angles_of_the_other_pairs_as_accurate():
+    # one row of 1e200 (1e30 in float32) sends the whole problem through the rows rescaled by powers of two; the
+    # chords of nearly parallel pairs were computed on the other route only (460 ulps off in float32)
+    rng = np.random.default_rng(35)
+    d, t = 50, 1e-4
+    u, w = rng.standard_normal(d), rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    w -= (w @ u) * u
+    w /= np.linalg.norm(w)
+    for dtype, big in ((np.float32, 1e30), (np.float64, 1e200)):
+        x, y = u.astype(dtype), (math.cos(t) * u + math.sin(t) * w).astype(dtype)
+        X = np.vstack([x, np.full(d, big, dtype=dtype)])
+        K = random_feature_kernel(X, y[None], "step")
+        assert abs(float(K[0, 0]) - _step_kernel_mp(x, y)) <= 2 * np.finfo(dtype).eps

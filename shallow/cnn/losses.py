@@ -116,6 +116,8 @@ def log_softmax(z):
         raise ValueError(f"z must hold real numbers, got dtype {z.dtype}")
     if z.ndim < 1 or z.shape[-1] == 0:  # a max over no classes failed inside numpy
         raise ValueError(f"z must have shape (..., K) with K >= 1 classes on its last axis, got {tuple(z.shape)}")
+    if z.dtype.kind != "f":  # integer differences wrapped around (uint8 [1, 3] gave -inf)
+        z = z.astype(xp.float64)
     shifted = z - z.max(axis=-1, keepdims=True)
     top = shifted == 0  # the maximum and its ties, each exp(0) = 1
     others = xp.where(top, 0, xp.exp(shifted)).sum(axis=-1, keepdims=True)

@@ -507,3 +507,13 @@ def test_cross_entropy_of_confident_float32_predictions_is_accurate_to_float32_r
     P[np.arange(500), y] = 0
     ref[np.arange(500), y] = -P.sum(axis=1)
     np.testing.assert_allclose(grad, ref / 500, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int64])
+def test_log_softmax_of_integer_logits_is_that_of_their_values(dtype):
+    # z - max z computed in the integers wrapped around (uint8 [1, 3]: -inf, -inf); scipy on the float64 values
+    z = np.array([[1, 3, 0], [-100, 100, 7]] if dtype != np.uint8 else [[1, 3, 0], [200, 100, 7]], dtype=dtype)
+    np.testing.assert_allclose(log_softmax(z), z.astype(np.float64) - logsumexp(z.astype(np.float64), axis=1,
+                                                                                 keepdims=True), rtol=1e-15, atol=1e-15)
+    value, grad = CrossEntropy().value_and_grad(z, np.array([1, 0]))
+    assert np.isfinite(value) and grad.dtype == np.float64
