@@ -33,6 +33,7 @@ References
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from fractions import Fraction
 from math import comb
@@ -802,6 +803,8 @@ def spherical_harmonics(X, k):
     >>> bool(np.allclose(Y @ Y.T, num_harmonics(4, 2) * legendre(2, 4, G)))   # addition theorem
     True
     """
+    if isinstance(X, numbers.Integral) and hasattr(k, "shape"):  # spherical_harmonics(2, X), legendre's order
+        raise ValueError("spherical_harmonics takes the points first and the degree second: spherical_harmonics(X, k)")
     X = check_on_sphere(X, "X")
     k = check_integer(k, "k", minimum=0)
     xp = get_xp(X)
@@ -1002,6 +1005,8 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     if weights is None:
         at_zero = legendre_all(kmax, d, xp.zeros(1, dtype=X.dtype))[:, 0]  # (kmax + 1,), as the recurrence gave
         E = (E - (f * f).sum() * at_zero) / (n * (n - 1))
+    else:  # a quadratic form of the positive semidefinite P_{k,d}(<x_i, x_j>): below 0 only by rounding
+        E = xp.maximum(E, 0)
     return xp.ldexp(_times_num_harmonics(E, d), 2 * e)
 
 

@@ -1023,3 +1023,23 @@ def test_spherical_harmonic_in_d4_keeps_its_digits_where_s_to_the_b_underflows()
         ref = float(mpmath.sqrt(2 * c2(4) * c2(3)) * mpmath.mpf(s) ** b * p)
     assert abs(ref) > 0.1
     np.testing.assert_allclose(harmonics.spherical_harmonic(x, (k, b, b)), [ref], rtol=1e-10)
+
+
+def test_harmonic_energy_with_quadrature_weights_is_never_below_zero():
+    # a quadratic form of the positive semidefinite matrix P_{k,d}(<x_i, x_j>): -3.5e-20 from rounding was returned,
+    # which f2_norm_from_harmonics refuses; here f is a degree-2 polynomial, its energies of degree 1 and >= 3 zero
+    from shallow.harmonics import harmonic_energy
+    from shallow.sphere import sphere_quadrature
+
+    X, w = sphere_quadrature(8, 3)
+    E = harmonic_energy(X[:, 0] * X[:, 1], X, 6, weights=w)
+    assert np.all(E >= 0) and E[1] <= 1e-16 and np.all(E[3:] <= 1e-16)
+    assert E[2] == pytest.approx(1 / 15, rel=1e-13)  # E[x_1^2 x_2^2] = 1 / (d (d + 2))
+
+
+def test_spherical_harmonics_called_with_the_degree_first_says_the_order():
+    from shallow.harmonics import spherical_harmonics
+
+    X = np.eye(3)
+    with pytest.raises(ValueError, match=r"points first and the degree second: spherical_harmonics\(X, k\)"):
+        spherical_harmonics(2, X)
