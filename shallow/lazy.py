@@ -667,7 +667,7 @@ def _ridge_by_cholesky(xp, K, y, shift, f0, K_test, f0_test):
     smaller ridges, and float32 matrices below n ~ 10^4 (delta is then already 1e-5 |K|_F), take the
     eigenbasis. The first factorisation, of K + delta I, certifies lam_min(K) > -delta (K semidefinite up
     to rounding); the second solves the system. Each costs n^3 / 3, against about 9 n^3 for an
-    eigendecomposition (7 times faster at n = 2000 on one core). Where either fails (K indefinite beyond
+    eigendecomposition (the factorisations 7 times faster at n = 2000). Where either fails (K indefinite beyond
     rounding, which the eigenbasis accepts within its tolerance or refuses), None.
     """
     n = K.shape[0]
@@ -801,12 +801,13 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     and lambda -> 0 is the limit t -> infinity, the interpolant of minimum RKHS norm.
 
     With n ridge at least 10^6 times the rounding level n eps |K|_F of K's eigenvalues, the system
-    is solved by Cholesky factorisations (n^3/3 each: 7 times faster than an eigendecomposition
-    at n = 2000), one of which checks that K is semidefinite up to that rounding; otherwise
-    (ridge = 0, a smaller ridge, float32 matrices of fewer than about 10^4 rows, or a K that fails
-    that check) by the eigendecomposition, where the eigenvalues rounding leaves below 0 count
-    as 0. K must be positive semidefinite up to max(sqrt(eps), n eps) times its largest
-    eigenvalue (ValueError otherwise).
+    is solved by Cholesky factorisations (n^3/3 each, against about 9 n^3 for an
+    eigendecomposition: the whole fit 2.2 times faster at n = 2000 on two cores,
+    ``benchmarks/kernel_methods.py``), one of which checks that K is semidefinite up to that
+    rounding; otherwise (ridge = 0, a smaller ridge, float32 matrices of fewer than about 10^4
+    rows, or a K that fails that check) by the eigendecomposition, where the eigenvalues rounding
+    leaves below 0 count as 0. K must be positive semidefinite up to max(sqrt(eps), n eps) times
+    its largest eigenvalue (ValueError otherwise).
 
     References
     ----------
