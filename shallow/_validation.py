@@ -28,7 +28,8 @@ __all__ = [
 
 
 def check_random_state(rng) -> np.random.Generator:
-    """A numpy Generator from ``rng`` (None, an int seed, a list of non-negative int seeds, or a Generator).
+    """A numpy Generator from ``rng`` (None, an int seed, a list of non-negative int seeds, a numpy SeedSequence,
+    or a Generator, returned as it is; numpy's legacy RandomState is refused).
 
     The same seed gives the same numbers everywhere: samplers draw on the host with this
     generator and move the result to the device afterwards.
@@ -44,7 +45,8 @@ def check_random_state(rng) -> np.random.Generator:
         return np.random.default_rng(list(rng))  # entropy from several seeds, e.g. [seed, point]
     if isinstance(rng, np.random.Generator):
         return rng
-    raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")
+    raise TypeError(f"rng must be None, an int seed or a numpy Generator (or a list of int seeds, a SeedSequence), "
+                    f"got {type(rng).__name__}")
 
 
 def check_integer(value, name: str, minimum: int | None = 0, maximum: int | None = None) -> int:
