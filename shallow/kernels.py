@@ -148,7 +148,8 @@ def _refined_angle(xp, G, nx2, ny2, X, Y, centre):
     From the Gram matrix, s = sqrt(|x|^2 |y|^2 - <x, y>^2) cancels: theta is known to about
     sqrt(eps) (3e-4 in float32) where it is small, which the step kernel and every NTK carry. For the
     pairs with sin theta < 0.1, the chord is first taken from a matrix product about ``centre`` (the
-    unit rows' mean), |a|^2 + |b|^2 - 2 <a, b> for a = u - centre, b = v - centre, and kept where
+    mean of the unit rows turned to one side), |a|^2 + |b|^2 - 2 <a, b> for a = +-u - centre,
+    b = +-v - centre (each row turned to the centre's side), and kept where
     |a|^2 + |b|^2 <= 16 c^2 (then its rounding is a few eps of c^2: data clustered about a common
     direction, where nearly every pair is near); the others are computed pair by pair, O(d) each, as
     the part of |u - v|^2 orthogonal to their normalisations' rounding, (|u - v|^2 - (|u| - |v|)^2) /
@@ -170,12 +171,17 @@ def _refined_angle(xp, G, nx2, ny2, X, Y, centre):
         # sin theta = sin(half) = c sqrt(1 - c^2 / 4): exactly 0 at theta = pi, where sin(math.pi) is 1.2e-16
         s[where] = xp.sqrt(N2[where]) * (chord * xp.sqrt(1 - chord * chord / 4))
 
-    A, B = U - centre, V - centre
+    # rows turned to the centre's side: u = su (centre + a), v = sv (centre + b), so that for sign(<u, v>) = su sv
+    # the chord |u - su sv v| is |a - b| (parallel and antiparallel pairs alike, from one product)
+    su = xp.where(U @ centre >= 0, 1, -1).astype(X.dtype)[:, None]  # (B, 1)
+    sv = xp.where(V @ centre >= 0, 1, -1).astype(X.dtype)[None, :]  # (1, n')
+    A, B = su * U - centre, sv.reshape(-1, 1) * V - centre
     a2, b2 = xp.sum(A * A, axis=1)[:, None], xp.sum(B * B, axis=1)[None, :]
-    chord2 = a2 + b2 - 2 * (A @ B.T)  # (B, n'), |u - v|^2
-    good = near & (G >= 0) & (a2 + b2 <= 16 * chord2)
+    chord2 = a2 + b2 - 2 * (A @ B.T)  # (B, n')
+    pair = su * sv  # (B, n'), the sign of <u, v> the product's chord is for
+    good = near & (xp.where(G >= 0, 1, -1) == pair) & (a2 + b2 <= 16 * chord2)
     if bool(good.any()):
-        put(good, xp.sqrt(chord2[good]), 1)
+        put(good, xp.sqrt(chord2[good]), pair[good])
     rows, cols = xp.nonzero(near & ~good)
     step = max(1, _PAIR_CHUNK // max(X.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
     for start in range(0, rows.shape[0], step):
@@ -668,13 +674,18 @@ def _rescaled(X, Y, same, xp):
 
 
 def _unit_mean(X, Y, same, xp):
-    """The mean of the unit rows x / |x| of X and Y (rows of zero norm left out), shape (d,)."""
+    """The mean of the unit rows x / |x| of X and Y, each turned to the side of the first one (rows of zero norm
+    left out), shape (d,): data about +-c (a common direction, either sign) give about c."""
     units = []
     for A in (X,) if same else (X, Y):
         norms = row_norms(A)[:, None]  # scaled: rows of 1e200 neither overflow nor vanish
         units.append(xp.where(norms > 0, A / xp.where(norms > 0, norms, 1), 0))
     U = xp.concatenate(units) if len(units) > 1 else units[0]
-    return U.sum(axis=0) / max(U.shape[0], 1)
+    if not U.shape[0]:
+        return xp.zeros(U.shape[1], dtype=U.dtype)
+    first = U[int(xp.argmax(xp.sum(U * U, axis=1)))]  # a row of unit norm
+    U = xp.where((U @ first)[:, None] >= 0, U, -U)
+    return U.sum(axis=0) / U.shape[0]
 
 
 def _scaled_exact(feature, rescaled, xp, weights, d, times_gram, angle=None):
@@ -1296,7 +1307,11 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
 
     with f_k the degree-k harmonic component of f and lambda_k the Mercer eigenvalue of the
     kernel on degree k (:func:`mercer_eigenvalues`). Infinite when some lambda_k = 0 while
-    |f_k| > 0; degrees with zero energy contribute 0 whatever lambda_k.
+    |f_k| > 0; degrees with zero energy contribute 0 whatever lambda_k. Rounding is read as
+    such: eigenvalues down to -1e-12 of the largest count as 0 (quadrature leaves -9e-18 where
+    an eigenvalue vanishes), and so do energies up to 1e-26 of the total on degrees where
+    lambda_k = 0 (the Funk-Hecke coefficients of gelu, sigmoid, tanh, softplus come from
+    quadrature: a gelu neuron's odd degrees k >= 3, zero, came out at 1e-29).
 
     Parameters
     ----------
@@ -1332,9 +1347,12 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
         raise ValueError(f"energies must be >= 0, got a minimum of {e.min():.3g} (harmonic_energy's estimates from "
                          "samples can be negative: for a network or measure, shallow.measures.harmonic_spectrum gives "
                          "the energies exactly)")
-    if (lam < 0).any():
+    top = float(np.abs(lam).max(initial=0.0))
+    if (lam < -1e-12 * top).any():
         raise ValueError(f"eigenvalues must be >= 0, got a minimum of {lam.min():.3g}")
-    if ((lam == 0) & (e > 0)).any():
+    lam = np.maximum(lam, 0.0)
+    if ((lam == 0) & (e > 1e-26 * float(e.sum()))).any():
         return math.inf
+    e = np.where(lam == 0, 0.0, e)
     ratio = np.divide(e, lam, out=np.zeros_like(e), where=e > 0)
     return math.sqrt(float(ratio.sum()))

@@ -557,9 +557,9 @@ def harmonic_spectrum(obj, kmax, *, block_size=None) -> np.ndarray:
         E_k = N(d, k) mu_k(sigma)^2 sum_{i,j} c_i c_j P_{k,d}(<theta_i, theta_j>),
 
     and sum_k E_k = ||f||^2_{L2(tau_d)} (Parseval). For an activation without closed-form mu_k
-    (sigmoid, tanh, softplus, gelu), the mu_k below 1e-13 of the largest, the quadrature's noise,
-    count as 0: a gelu neuron's odd degrees k >= 3 came out at 1e-29 and made its RKHS norm for the
-    relu NTK infinite. O(m^2 (d + kmax)) work for m atoms, exact up to
+    (sigmoid, tanh, softplus, gelu) they come from quadrature, whose noise (1e-14 of the largest
+    mu_k at d = 3, 1e-17 from d = 10) leaves energies of about 1e-29 where mu_k = 0;
+    :func:`shallow.kernels.f2_norm_from_harmonics` reads those as 0. O(m^2 (d + kmax)) work for m atoms, exact up to
     rounding where :func:`shallow.harmonics.harmonic_energy` estimates the same numbers from n
     samples of f with an error of order n^{-1/2}. With the eigenvalues of a kernel these give its
     RKHS norm (:func:`shallow.kernels.f2_norm_from_harmonics`): for relu, mu_k = 0 on the odd
@@ -593,8 +593,6 @@ def harmonic_spectrum(obj, kmax, *, block_size=None) -> np.ndarray:
     kmax = check_integer(kmax, "kmax", minimum=0)
     d = obj.D
     mu = obj.sigma.funk_hecke(d, kmax)  # (kmax + 1,)
-    if not obj.sigma.has_closed_form:  # quadrature: coefficients that vanish come out at 1e-14 of the largest
-        mu = np.where(np.abs(mu) > 1e-13 * np.abs(mu).max(initial=0.0), mu, 0.0)
     if len(obj) == 0:
         return np.zeros(kmax + 1)
     # c = 2^e c', max |c'| in [1/2, 1): the quadratic forms neither overflow nor underflow, E_k = 4^e E'_k

@@ -1016,11 +1016,12 @@ def _step_kernel_mp(x, y):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_step_kernel_of_data_about_a_common_direction_and_in_high_dimension_is_accurate(dtype):
-    # 30 + N(0, I) in d = 200: every pair nearly parallel (their chords come from a product about the data's mean
-    # direction); and in d = 1000 an angle of 1e-5 (float32) or 1e-12 (float64), which the first chord rule, with
-    # a rounding floor of 4 sqrt(d) eps, took for 0. Against mpmath on the stored numbers, to 4 ulps of 1/2
+    # +-(30 + N(0, I)) in d = 200: every pair nearly parallel or antiparallel (their chords come from a product about
+    # the data's mean direction, rows turned to its side); and in d = 1000 an angle of 1e-5 (float32) or 1e-12
+    # (float64), which the first chord rule, with a rounding floor of 4 sqrt(d) eps, took for 0. Against mpmath on
+    # the stored numbers, to 4 ulps of 1/2
     rng = np.random.default_rng(34)
-    X = (30 + rng.standard_normal((6, 200))).astype(dtype)
+    X = ((30 + rng.standard_normal((6, 200))) * np.array([1, -1, 1, 1, -1, 1])[:, None]).astype(dtype)
     K = random_feature_kernel(X, None, "step")
     ref = np.array([[_step_kernel_mp(x, y) for y in X] for x in X])
     np.testing.assert_allclose(K, ref, rtol=0, atol=4 * np.finfo(dtype).eps / 2)
