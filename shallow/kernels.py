@@ -60,7 +60,7 @@ float32), which the step (order 0) and sign kernels, and hence NTKs, would carry
 with sin theta < 0.1 have theta recomputed from their unit vectors, 2 asin(|u - v| / 2), to a
 few ulps (a matrix product about the data's mean direction where the data cluster about it,
 O(d) work per pair otherwise: the relu NTK of 2000 points 30 + N(0, I_500), all pairs nearly
-parallel, takes 1.4 s against 0.8 s for centred data). The kernels of order >= 1 do not feel it
+parallel, takes 0.46 s against 0.24 s for centred data). The kernels of order >= 1 do not feel it
 (their derivative in theta vanishes at theta = 0); real orders, and a DotProductKernel given t,
 keep the Gram matrix's accuracy. With
 Y = None the norms are read off the diagonal of the Gram matrix, so that theta(x, x) = 0 exactly.
@@ -141,28 +141,53 @@ _SMALL_SINE = 0.1
 _PAIR_CHUNK = 2**20  # entries of the (pairs, d) differences of _refined_angle per chunk
 
 
-def _refined_angle(xp, G, nx2, ny2, X, Y, centre):
+def _chord_sides(X, Y, same, xp):
+    """The unit rows of X and of Y, each as (U, side, A, |A|^2) for :func:`_refined_angle`, once per kernel.
+
+    U = x / |x| (0 for a zero row; the norm scaled, so that rows of 1e200 neither overflow nor vanish);
+    ``side`` = +-1 turns u to the side of the centre, the mean of the unit rows turned to the side of a
+    first one (data about +-c give about c), and A = side u - centre.
+    """
+    units = []
+    for M in (X,) if same else (X, Y):
+        norms = row_norms(M)[:, None]
+        units.append(xp.where(norms > 0, M / xp.where(norms > 0, norms, 1), 0))
+    every = xp.concatenate(units) if len(units) > 1 else units[0]
+    centre = xp.zeros(every.shape[1], dtype=every.dtype)
+    if every.shape[0]:
+        first = every[int(xp.argmax(xp.sum(every * every, axis=1)))]  # a row of unit norm
+        centre = xp.where((every @ first)[:, None] >= 0, every, -every).sum(axis=0) / every.shape[0]
+    sides = []
+    for U in units:
+        side = xp.where(U @ centre >= 0, 1, -1).astype(U.dtype)
+        A = side[:, None] * U - centre
+        sides.append((U, side, A, xp.sum(A * A, axis=1)))
+    return sides[0], sides[-1]
+
+
+def _refined_angle(xp, G, nx2, ny2, sides, rows):
     """(s, theta) of the pairs (x_i, y_j), those nearly parallel or antiparallel recomputed from the chord
     c = |u -+ v| of their unit vectors: theta = 2 asin(c / 2), or pi - 2 asin(c / 2), s = |x||y| c sqrt(1 - c^2/4).
 
     From the Gram matrix, s = sqrt(|x|^2 |y|^2 - <x, y>^2) cancels: theta is known to about
     sqrt(eps) (3e-4 in float32) where it is small, which the step kernel and every NTK carry. For the
-    pairs with sin theta < 0.1, the chord is first taken from a matrix product about ``centre`` (the
-    mean of the unit rows turned to one side), |a|^2 + |b|^2 - 2 <a, b> for a = +-u - centre,
-    b = +-v - centre (each row turned to the centre's side), and kept where
-    |a|^2 + |b|^2 <= 16 c^2 (then its rounding is a few eps of c^2: data clustered about a common
-    direction, where nearly every pair is near); the others are computed pair by pair, O(d) each, as
-    the part of |u - v|^2 orthogonal to their normalisations' rounding, (|u - v|^2 - (|u| - |v|)^2) /
-    (|u||v|): x and -3x stay exactly antiparallel, and chords below 4 eps count as 0.
+    pairs with sin theta < 0.1, the chord is first taken from a matrix product about the centre of
+    :func:`_chord_sides` (``sides()``, computed once; ``rows``: those of X in this block),
+    |a|^2 + |b|^2 - 2 <a, b> for a = +-u - centre, b = +-v - centre (each row turned to the centre's
+    side), and kept where |a|^2 + |b|^2 <= 16 c^2 (then its rounding is a few eps of c^2: data
+    clustered about a common direction, where nearly every pair is near); the others are computed pair
+    by pair, O(d) each, as the part of |u - v|^2 orthogonal to their normalisations' rounding,
+    (|u - v|^2 - (|u| - |v|)^2) / (|u||v|): x and -3x stay exactly antiparallel, and chords below 4 eps
+    count as 0.
     """
     N2 = nx2 * ny2
     s, theta = _angle(xp, G, N2)
     near = (s * s < (_SMALL_SINE ** 2) * N2) & (N2 > 0)
     if not bool(near.any()):
         return s, theta
-    U = X / xp.sqrt(xp.where(nx2 > 0, nx2, 1))  # (B, d); near holds only for rows of nonzero norm
-    V = Y / xp.sqrt(xp.where(ny2 > 0, ny2, 1).reshape(-1, 1))  # (n', d)
-    eps = float(np.finfo(X.dtype).eps)
+    (U, su, A, a2), (V, sv, B, b2) = sides()
+    U, su, A, a2 = U[rows], su[rows], A[rows], a2[rows]
+    eps = float(np.finfo(G.dtype).eps)
 
     def put(where, chord, sign):
         chord = xp.where(chord <= 4 * eps, 0, chord)
@@ -171,22 +196,18 @@ def _refined_angle(xp, G, nx2, ny2, X, Y, centre):
         # sin theta = sin(half) = c sqrt(1 - c^2 / 4): exactly 0 at theta = pi, where sin(math.pi) is 1.2e-16
         s[where] = xp.sqrt(N2[where]) * (chord * xp.sqrt(1 - chord * chord / 4))
 
-    # rows turned to the centre's side: u = su (centre + a), v = sv (centre + b), so that for sign(<u, v>) = su sv
-    # the chord |u - su sv v| is |a - b| (parallel and antiparallel pairs alike, from one product)
-    su = xp.where(U @ centre >= 0, 1, -1).astype(X.dtype)[:, None]  # (B, 1)
-    sv = xp.where(V @ centre >= 0, 1, -1).astype(X.dtype)[None, :]  # (1, n')
-    A, B = su * U - centre, sv.reshape(-1, 1) * V - centre
-    a2, b2 = xp.sum(A * A, axis=1)[:, None], xp.sum(B * B, axis=1)[None, :]
-    chord2 = a2 + b2 - 2 * (A @ B.T)  # (B, n')
-    pair = su * sv  # (B, n'), the sign of <u, v> the product's chord is for
-    good = near & (xp.where(G >= 0, 1, -1) == pair) & (a2 + b2 <= 16 * chord2)
+    # u = su (centre + a), v = sv (centre + b): for sign(<u, v>) = su sv the chord |u - su sv v| is |a - b|
+    # (parallel and antiparallel pairs alike, from one product)
+    chord2 = a2[:, None] + b2[None, :] - 2 * (A @ B.T)  # (B, n')
+    pair = su[:, None] * sv[None, :]  # the sign of <u, v> the product's chord is for
+    good = near & (xp.where(G >= 0, 1, -1) == pair) & (a2[:, None] + b2[None, :] <= 16 * chord2)
     if bool(good.any()):
         put(good, xp.sqrt(chord2[good]), pair[good])
-    rows, cols = xp.nonzero(near & ~good)
-    step = max(1, _PAIR_CHUNK // max(X.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
-    for start in range(0, rows.shape[0], step):
-        i, j = rows[start:start + step], cols[start:start + step]
-        sign = xp.where(G[i, j] >= 0, 1, -1).astype(X.dtype)
+    i_near, j_near = xp.nonzero(near & ~good)
+    step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
+    for start in range(0, i_near.shape[0], step):
+        i, j = i_near[start:start + step], j_near[start:start + step]
+        sign = xp.where(G[i, j] >= 0, 1, -1).astype(G.dtype)
         Ui, Vj = U[i], sign[:, None] * V[j]
         nu, nv = xp.sqrt(xp.sum(Ui * Ui, axis=1)), xp.sqrt(xp.sum(Vj * Vj, axis=1))
         diff2 = xp.sum((Ui - Vj) ** 2, axis=1)  # |u -+ v|^2: its radial part (|u| - |v|)^2 is rounding
@@ -628,11 +649,7 @@ def _exact(feature, G, nx2, ny2, xp, weights, d, kmax, on_sphere, angle=None):
     if feature.is_zero:
         return xp.zeros_like(G)
     if feature.gauss is not None and (weights == "gaussian" or feature.homogeneity is not None):
-        K = (feature.gauss(G, nx2, ny2, xp, angle=angle()) if feature.angular and angle is not None
-             else feature.gauss(G, nx2, ny2, xp))
-        if weights == "sphere" and feature.homogeneity:
-            K = K / gaussian_norm_moment(feature.homogeneity, d)
-        return K
+        return _gauss_kernel(feature, G, nx2, ny2, xp, weights, d, angle)
     if not on_sphere:
         return None
     if weights == "sphere":
@@ -659,7 +676,7 @@ def _row_exponents(X, xp):
 
 
 def _rescaled(X, Y, same, xp):
-    """(G', nx2', ny2', kx, ky, X', Y') for x' = 2^{-kx} x, y' = 2^{-ky} y (:func:`_row_exponents`), shaped to
+    """(G', nx2', ny2', kx, ky) for x' = 2^{-kx} x, y' = 2^{-ky} y (:func:`_row_exponents`), shaped to
     broadcast, or None when every row is of ordinary size (the plain computation then applies)."""
     kx = _row_exponents(X, xp)
     ky = kx if same else _row_exponents(Y, xp)
@@ -670,22 +687,17 @@ def _rescaled(X, Y, same, xp):
     G = Xs @ Ys.T  # (n, n'), the Gram matrix of the rescaled inputs
     nx2 = xp.diagonal(G).copy() if same else xp.sum(Xs * Xs, axis=1)
     ny2 = nx2 if same else xp.sum(Ys * Ys, axis=1)
-    return G, nx2[:, None], ny2[None, :], kx[:, None], ky[None, :], Xs, Ys
+    return G, nx2[:, None], ny2[None, :], kx[:, None], ky[None, :]
 
 
-def _unit_mean(X, Y, same, xp):
-    """The mean of the unit rows x / |x| of X and Y, each turned to the side of the first one (rows of zero norm
-    left out), shape (d,): data about +-c (a common direction, either sign) give about c."""
-    units = []
-    for A in (X,) if same else (X, Y):
-        norms = row_norms(A)[:, None]  # scaled: rows of 1e200 neither overflow nor vanish
-        units.append(xp.where(norms > 0, A / xp.where(norms > 0, norms, 1), 0))
-    U = xp.concatenate(units) if len(units) > 1 else units[0]
-    if not U.shape[0]:
-        return xp.zeros(U.shape[1], dtype=U.dtype)
-    first = U[int(xp.argmax(xp.sum(U * U, axis=1)))]  # a row of unit norm
-    U = xp.where((U @ first)[:, None] >= 0, U, -U)
-    return U.sum(axis=0) / U.shape[0]
+def _gauss_kernel(feature, G, nx2, ny2, xp, weights, d, angle):
+    """The closed-form kernel of a feature with one (under sphere weights, divided by E|w|^{2h}); ``angle``: a
+    callable giving the pairs' (s, theta) computed apart, for the features whose closed form is in theta."""
+    K = (feature.gauss(G, nx2, ny2, xp, angle=angle()) if feature.angular and angle is not None
+         else feature.gauss(G, nx2, ny2, xp))
+    if weights == "sphere" and feature.homogeneity:
+        K = K / gaussian_norm_moment(feature.homogeneity, d)
+    return K
 
 
 def _scaled_exact(feature, rescaled, xp, weights, d, times_gram, angle=None):
@@ -699,10 +711,7 @@ def _scaled_exact(feature, rescaled, xp, weights, d, times_gram, angle=None):
         return xp.zeros_like(G)
     h = feature.homogeneity
     if feature.gauss is not None and h is not None:
-        K = (feature.gauss(G, nx2, ny2, xp, angle=angle()) if feature.angular and angle is not None
-             else feature.gauss(G, nx2, ny2, xp))
-        if weights == "sphere" and h:
-            K = K / gaussian_norm_moment(h, d)
+        K = _gauss_kernel(feature, G, nx2, ny2, xp, weights, d, angle)
         # 2^{h (kx + ky)} as an integer power of two (exact) times 2^frac.
         power = h * (kx + ky)
         E = xp.floor(power)
@@ -745,7 +754,7 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
     # rescaled by powers of two first: |x|^2 |y|^2 would over- or underflow (NaN, 0).
     rescaled = _rescaled(X, Y, same, xp)
     on_sphere = _on_sphere(nx2, ny2, xp, G.dtype)
-    centre = _unit_mean(X, Y, same, xp)  # for _refined_angle's chords
+    sides = functools.lru_cache(maxsize=1)(lambda: _chord_sides(X, Y, same, xp))  # once some pair is near
     out = xp.empty(G.shape, dtype=G.dtype)
     step = max(1, (_KERNEL_BLOCK if xp is np else _DEVICE_KERNEL_BLOCK) // max(G.shape[1], 1))
     for lo in range(0, max(G.shape[0], 1), step):
@@ -755,9 +764,9 @@ def _kernels(features, X, Y, weights, n_features, rng, kmax, caller, times_gram=
         total = None
         # the pairs' angles, once a feature asks for them (the same from the rescaled rows)
         angle = functools.lru_cache(maxsize=1)(
-            lambda: _refined_angle(xp, G[rows], nx2[rows], ny2, X[rows], Y, centre))
+            lambda: _refined_angle(xp, G[rows], nx2[rows], ny2, sides, rows))
         scaled_angle = None if rescaled is None else functools.lru_cache(maxsize=1)(
-            lambda: _refined_angle(xp, part[0], part[1], part[2], rescaled[5][rows], rescaled[6], centre))
+            lambda: _refined_angle(xp, part[0], part[1], part[2], sides, rows))
         for feat, tg in zip(features, times_gram):
             K = None if part is None else _scaled_exact(feat, part, xp, weights, d, tg, scaled_angle)
             if K is None:
