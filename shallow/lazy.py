@@ -576,10 +576,10 @@ class KernelPrediction(NamedTuple):
     test: object
 
 
-def _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=1):
+def _check_kernel_inputs(K, y, f0, K_test, f0_test):
     """The checked arrays (xp, K, y, f0, K_test, f0_test) of a kernel problem, K symmetric."""
     K = check_array(K, "K", ndim=2)
-    y = check_array(y, "y", ndim=(1, 2) if targets_ndim == 2 else 1)
+    y = check_array(y, "y", ndim=(1, 2))  # one target, or k columns of them
     n = y.shape[0]
     if K.shape != (n, n):
         raise ValueError(f"K must be the (n, n) Gram matrix of the n={n} training points, got shape {tuple(K.shape)}")
@@ -758,7 +758,7 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     array([0.63212056, 0.39346934])
     """
     s = check_positive(time_scale, "time_scale")
-    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=2)
+    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test)
     lam, U, coef = _eigen_problem(xp, K, y, f0)
     t_host = to_numpy(check_array(t, "t", ndim=(0, 1))).astype(np.float64)
     if np.any(t_host < 0):
@@ -823,7 +823,7 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
     ridge = check_nonnegative(ridge, "ridge")
     if rcond is not None:
         rcond = check_nonnegative(rcond, "rcond")
-    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test, targets_ndim=2)
+    xp, K, y, f0, K_test, f0_test = _check_kernel_inputs(K, y, f0, K_test, f0_test)
     n = y.shape[0]
     if ridge > 0:
         pred = _ridge_by_cholesky(xp, K, y, n * ridge, f0, K_test, f0_test)
