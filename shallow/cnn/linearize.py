@@ -51,7 +51,7 @@ import copy
 
 from ..backend import get_xp
 from .layers import Layer, _rng_states, _running_buffers, _set_rng_states, check_layer
-from .models import _inputs_checked, check_images
+from .models import _inputs_checked, _n_outputs, check_images
 
 __all__ = ["Linearized", "linearize", "tangent_kernel"]
 
@@ -234,25 +234,19 @@ def tangent_kernel(model, X, Y=None):
     """
     check_layer(model)
     in_shape = getattr(model, "in_shape", None)
-    dtype = next(iter(model.named_parameters().values())).dtype if model.named_parameters() else None
+    params = model.named_parameters()
+    dtype = next(iter(params.values())).dtype if params else None
     X = check_images(X, "X", in_shape, dtype=dtype)
     same = Y is None
     if not same:
         Y = check_images(Y, "Y", in_shape or tuple(X.shape[1:]), dtype=dtype)
-    P = sum(int(p.size) for p in model.named_parameters().values())
+    P = sum(int(p.size) for p in params.values())
     mode = model.training
     saved = {name: g.copy() for name, g in model.named_gradients().items()}
     model.eval()
     try:
         with _inputs_checked(model):  # checked above, at once: not an isfinite (a device wait) per image
-            some = X if X.shape[0] else (Y if Y is not None else X)
-            if some.shape[0]:
-                K = int(model.forward(some[:1]).shape[1])
-            elif getattr(model, "n_classes", None) is not None:
-                K = int(model.n_classes)
-            else:
-                raise ValueError("X and Y hold no images, and the model does not say how many outputs it has "
-                                 "(no n_classes): the kernel's shape (0, 0, K, K) is unknown")
+            K = _n_outputs(model, X if X.shape[0] or same else Y)
             JX = _jacobian(model, X, K, P)  # (n, K, P)
             JY = JX if same else _jacobian(model, Y, K, P)  # (n', K, P)
     finally:

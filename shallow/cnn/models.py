@@ -331,6 +331,22 @@ def resnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=1, stages
     return Sequential(*layers)
 
 
+def _n_outputs(model, X):
+    """K, the number of outputs of ``model``: its ``n_classes``, or the width of its output for the first image
+    of X in eval mode (the model's mode is restored)."""
+    n_outputs = getattr(model, "n_classes", None)
+    if n_outputs is not None:
+        return int(n_outputs)
+    if not X.shape[0]:
+        raise ValueError("there are no images, and the model does not say how many outputs it has (no n_classes)")
+    mode = model.training
+    model.eval()
+    try:
+        return int(model.forward(X[:1]).shape[1])
+    finally:
+        model.train(mode)
+
+
 @contextlib.contextmanager
 def _inputs_checked(model):
     """Within: ``model`` does not scan its inputs for NaN again (``fit`` checked the whole data set once);

@@ -56,7 +56,7 @@ from .data import batches
 from .graph import CapturedStep
 from .layers import _running_buffers, _shape_of, check_layer
 from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
-from .models import _inputs_checked, check_images
+from .models import _inputs_checked, _n_outputs, check_images
 from .optim import SGD, Optimizer
 
 __all__ = ["History", "TrainingDivergedError", "fit", "evaluate", "predict", "save_checkpoint",
@@ -438,18 +438,6 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
     return value, out
 
 
-def _n_classes(model, X):
-    n_classes = getattr(model, "n_classes", None)
-    if n_classes is None:
-        mode = model.training
-        model.eval()
-        try:
-            n_classes = int(model.forward(X[:1]).shape[1])
-        finally:
-            model.train(mode)
-    return n_classes
-
-
 def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epochs=10, batch_size=64, rng=None,
         augment=None, checkpoint=None, checkpoint_every=1, resume=False, on_divergence="raise",
         progress=False, callback=None, capture=False) -> History:
@@ -534,7 +522,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     X = check_images(X, "X", in_shape, dtype=model.dtype)
     if X.shape[0] == 0:
         raise ValueError("X holds no images: there is nothing to train on")
-    n_classes = _n_classes(model, X)
+    n_classes = _n_outputs(model, X)
     y, real = _check_targets(y, loss, n_classes, "y", X.shape[0])
     if (X_test is None) != (y_test is None):
         raise ValueError("give both X_test and y_test, or neither")
