@@ -94,7 +94,7 @@ from scipy import special
 from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state, check_symmetric
 from .activations import Activation, _positive_part_power, _relu_power_funk_hecke, as_activation
 from .backend import get_xp, row_norms, to_numpy
-from .harmonics import _check_breakpoints, legendre_all, num_harmonics, project_zonal
+from .harmonics import _check_breakpoints, _slack, legendre_all, num_harmonics, project_zonal
 from .sphere import log_inner_product_constant
 
 __all__ = [
@@ -1066,8 +1066,9 @@ class DotProductKernel:
         """kappa(t) for t in [-1, 1] (any shape; numpy or cupy)."""
         t = check_array(_host_if_sequence(t), "t")
         xp = get_xp(t)
-        # a Gram matrix of unit vectors overshoots 1 by some ulps: 1.0000002 in float32 at d = 20
-        slack = max(1e-12, 128 * float(np.finfo(t.dtype).eps))
+        # a Gram matrix of unit vectors overshoots 1 by some ulps (1.0000002 in float32 at d = 20): harmonics'
+        # slack for d = 1024, 128 eps, as kappa does not know d
+        slack = _slack(t.dtype, 1024)
         if t.size and float(xp.abs(t).max()) > 1 + slack:
             raise ValueError(f"t must lie in [-1, 1] (within {slack:.2g}, the rounding of a Gram matrix of unit "
                              f"vectors in {t.dtype.name}), got a value of modulus {float(xp.abs(t).max()):.9g}")
