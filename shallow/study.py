@@ -301,7 +301,8 @@ def config_hash(name: str, cfg, source: str = "") -> str:
         The study's name.
     cfg : dataclass instance
         The study's Config; its fields (``dataclasses.asdict``) enter the hash, values that JSON
-        cannot write as their ``str``.
+        cannot write as their ``str``, and integral floats as ints (``T=250.0`` and ``T=250`` are
+        the same config).
     source : str
         The study script's text, default "". It is part of the key so that editing a study never
         serves a result computed by its previous version.
@@ -317,10 +318,22 @@ def config_hash(name: str, cfg, source: str = "") -> str:
     TypeError
         For a cfg that is not a dataclass instance.
     """
-    payload = json.dumps({"study": name, "config": dataclasses.asdict(cfg), "version": __version__,
-                          "source": _source_digest(source)},
+    payload = json.dumps({"study": name, "config": _integral_floats_as_ints(dataclasses.asdict(cfg)),
+                          "version": __version__, "source": _source_digest(source)},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _integral_floats_as_ints(value):
+    # A float field given as --T 250 parses to 250.0, and Config(T=250) holds the int 250: the same config,
+    # which must hash to the same key. Integral floats are written as ints, inside lists, tuples and dicts too.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_integral_floats_as_ints(entry) for entry in value]
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(entry) for key, entry in value.items()}
+    return value
 
 
 def _source_digest(source: str) -> str:

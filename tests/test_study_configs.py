@@ -198,3 +198,16 @@ def test_a_tuple_field_with_a_float_entry_parses_floats():
     assert type(args.ints[0]) is int
     with pytest.raises(SystemExit):
         parser.parse_args(["--ints", "0.5"])
+
+
+def test_config_hash_of_a_float_field_does_not_depend_on_an_int_or_float_spelling():
+    # `--T 250` parses to the float 250.0 and Config(T=250) holds the int 250: one config, one cache key.
+    # A different value still gets a different key.
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        T: float = 50.0
+        widths: tuple = (1, 2.5)
+
+    key = study.config_hash("demo", Config(T=250, widths=(1, 0.5)), "source")
+    assert study.config_hash("demo", Config(T=250.0, widths=(1.0, 0.5)), "source") == key
+    assert study.config_hash("demo", Config(T=250.5, widths=(1, 0.5)), "source") != key
