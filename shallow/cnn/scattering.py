@@ -47,7 +47,11 @@ Boundaries (``padding``)
   after the normalisation below.
 * ``"periodic"``: no padding; every convolution is circular on the M x N grid. The transform then
   commutes exactly with circular shifts by multiples of 2^J, and the Littlewood-Paley bounds of
-  :func:`shallow.cnn.wavelets.littlewood_paley` apply on the grid.
+  :func:`shallow.cnn.wavelets.littlewood_paley` apply on the grid to the coefficients before their
+  subsampling (Mallat's non-expansiveness, ||S x - S y|| <= a^{3/2} ||x - y|| at order 2 with
+  a = max(1, max A)). Sampled every 2^J pixels and weighted by 4^J, the coefficients only
+  approximate that energy (phi_J aliases on the coarse grid): 4^J ||S x||^2 exceeds a^3 ||x||^2 for
+  some images (1.04 ||x||^2 at J = 1, found by gradient ascent, where a^3 = 1.0001).
 
 Image sides must be multiples of 2^J (and at least 2^J): then the output is exactly
 (M / 2^J, N / 2^J) in both modes. Non-square images are supported.
