@@ -525,6 +525,8 @@ def as_activation(sigma, name: str = "sigma") -> Activation:
     if isinstance(sigma, Activation):
         return sigma
     if isinstance(sigma, str):
+        if sigma not in _REGISTRY:  # Activation's own message names its parameter, "name"
+            raise ValueError(f"{name} must be an activation name, one of {', '.join(ACTIVATIONS)}; got {sigma!r}")
         return Activation(sigma)
     raise TypeError(f"{name} must be an activation name ({', '.join(ACTIVATIONS)}) or an Activation "
                     f"from get_activation, got {type(sigma).__name__}")

@@ -584,14 +584,17 @@ def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, 
     return len(linear_pieces(f, interval, origin=origin, direction=direction, exact=exact, tol=tol))
 
 
-def _as_pieces(f, interval, exact, origin, direction):
+def _as_pieces(f, name, interval, exact, origin, direction):
+    """``f`` (the argument ``name`` of :func:`l1_distance`) as a PiecewiseLinear of one output."""
     if isinstance(f, PiecewiseLinear):
-        if f.slopes.ndim != 1:
-            raise ValueError("l1_distance compares functions with one output")
-        return f
-    pl = linear_pieces(f, interval, origin=origin, direction=direction, exact=exact)
+        pl = f
+    elif isinstance(f, (DeepReLU, TwoLayer)):
+        pl = linear_pieces(f, interval, origin=origin, direction=direction, exact=exact)
+    else:  # _line_layers would say "f must be ..." for g too
+        raise ValueError(f"{name} must be a DeepReLU, a relu TwoLayer network or a PiecewiseLinear, "
+                         f"got {type(f).__name__}")
     if pl.slopes.ndim != 1:
-        raise ValueError("l1_distance compares functions with one output")
+        raise ValueError(f"l1_distance compares functions with one output, but {name} has {pl.slopes.shape[1]}")
     return pl
 
 
@@ -621,7 +624,7 @@ def l1_distance(f, g, interval=(0.0, 1.0), *, origin=None, direction=None, exact
     0.5
     """
     lo, hi = _check_interval(interval)
-    F, G = (_as_pieces(h, interval, exact, origin, direction) for h in (f, g))
+    F, G = (_as_pieces(h, name, interval, exact, origin, direction) for h, name in ((f, "f"), (g, "g")))
     for name, pl in (("f", F), ("g", G)):
         if not (np.isclose(pl.breakpoints[0], float(lo)) and np.isclose(pl.breakpoints[-1], float(hi))):
             raise ValueError(f"{name} is defined on [{pl.breakpoints[0]:g}, {pl.breakpoints[-1]:g}], "

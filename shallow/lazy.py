@@ -582,7 +582,8 @@ def _check_kernel_inputs(K, y, f0, K_test, f0_test):
     y = check_array(y, "y", ndim=(1, 2))  # one target, or k columns of them
     n = y.shape[0]
     if K.shape != (n, n):
-        raise ValueError(f"K must be the (n, n) Gram matrix of the n={n} training points, got shape {tuple(K.shape)}")
+        raise ValueError(f"K must be the (n, n) Gram matrix of the n={n} training points (y has shape "
+                         f"{tuple(y.shape)}), got shape {tuple(K.shape)}")
     if n == 0:
         raise ValueError("y must hold at least one training target, got n=0")
     xp = get_xp(K, y)

@@ -452,3 +452,11 @@ def test_funk_hecke_relu_power_exact_zeros_are_positive_zeros(alpha):
     vanishing = (k > alpha) & ((k - alpha) % 2 == 0)
     assert np.all(mu[vanishing] == 0.0)
     assert not np.signbit(mu[vanishing]).any()
+
+
+def test_unknown_activation_name_names_the_argument():
+    # as_activation's callers (funk_hecke, the kernels) said "unknown activation name", not which argument
+    with pytest.raises(ValueError, match=r"^sigma must be an activation name, one of relu.*gelu; got 'swish'"):
+        funk_hecke("swish", 3, 2)
+    with pytest.raises(ValueError, match=r"^activation must be an activation name"):
+        as_activation("swish", "activation")

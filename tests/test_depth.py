@@ -762,3 +762,11 @@ def test_deep_relu_astype_refuses_parameters_beyond_float32_and_copies_meta():
     ok = DeepReLU([np.array([[0.1], [1.0]])], [np.zeros(2)], meta={"k": 1})
     cast = ok.astype(np.float32)
     assert cast.dtype == np.float32 and cast.meta == {"k": 1} and cast.meta is not ok.meta
+
+
+def test_l1_distance_names_the_argument_that_is_not_a_network():
+    # g = None was reported as "f must be a DeepReLU ...": the message named the other argument
+    with pytest.raises(ValueError, match=r"^g must be a DeepReLU, a relu TwoLayer network or a PiecewiseLinear, got NoneType"):
+        l1_distance(sawtooth(2), None)
+    with pytest.raises(ValueError, match=r"^f must be a DeepReLU"):
+        l1_distance(np.ones(3), sawtooth(2))

@@ -570,7 +570,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: random_feature_kernel(X, None, "relu", weights="uniform"), "weights"),
     (lambda X: random_feature_kernel(X[0], None, "relu"), "X"),
     (lambda X: random_feature_kernel(X, X[:, :2], "relu"), "Y has d=2"),
-    (lambda X: random_feature_kernel(X, None, "swish"), "unknown activation name"),
+    (lambda X: random_feature_kernel(X, None, "swish"), r"sigma must be an activation name, one of relu.*got .swish."),
     (lambda X: random_feature_kernel(X, None, "tanh"), "n_features"),
     (lambda X: random_feature_kernel(X, None, "tanh", "sphere"), "n_features"),
     (lambda X: ntk(_unit(X) * (1 + 1e-7), None, "tanh"), r"reaches 2e-07, beyond the float64 tolerance 3e-08"),

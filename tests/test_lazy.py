@@ -847,3 +847,11 @@ def test_kernel_ridge_regression_of_a_float32_K_at_extreme_scales_is_its_unit_sc
     ref = kernel_regression(K, y, 1e-4).train
     scaled = kernel_regression((K * np.float32(scale)).astype(np.float32), y, 1e-4 * scale).train
     np.testing.assert_allclose(scaled, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("solve", [lambda K, y: lazy.kernel_flow(K, y, 1.0),
+                                   lambda K, y: lazy.kernel_regression(K, y, 0.1)])
+def test_kernel_problem_with_targets_of_another_length_names_y(solve):
+    # y of 5 targets against a 4 x 4 Gram matrix: the message said n=5 but not that it came from y
+    with pytest.raises(ValueError, match=r"Gram matrix of the n=5 training points \(y has shape \(5,\)\), got shape \(4, 4\)"):
+        solve(np.eye(4), np.ones(5))

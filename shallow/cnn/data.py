@@ -563,6 +563,8 @@ def _bilinear_sample(X, si, sj, fill):
     index arrays per corner took 2 to 4 times as long, and 20 times the output's memory.)"""
     xp = get_xp(X, si, sj)
     n, H, W, C = X.shape
+    if n == 0:  # no images: no samples (reshape(0, -1, 1) failed inside numpy)
+        return xp.zeros((0, *si.shape[-2:], C), dtype=X.dtype)
     shared = si.ndim == 2
     outside = (si < 0) | (si > H - 1) | (sj < 0) | (sj > W - 1)
     si, sj = xp.clip(si, 0, H - 1), xp.clip(sj, 0, W - 1)

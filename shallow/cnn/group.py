@@ -696,7 +696,8 @@ class P4GroupPool(Layer):
 
     @staticmethod
     def _split(x, name="x"):
-        if x.ndim != 4 or x.shape[3] % 4:
+        check_batch(x, name)  # a list or None failed with "no attribute 'ndim'", complex or object passed
+        if x.shape[3] % 4:
             raise ValueError(f"{name} must be a p4 feature map of shape (N, H, W, 4 C), got shape {tuple(x.shape)}")
         N, H, W, C4 = x.shape
         return x.reshape(N, H, W, C4 // 4, 4)

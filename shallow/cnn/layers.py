@@ -94,6 +94,9 @@ def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
     numpy array of ``shape`` and ``dtype``
     """
     dtype = check_dtype(dtype)
+    if not isinstance(shape, (tuple, list)):
+        raise ValueError(f"shape must be a tuple of non-negative integers, got {shape!r}")
+    shape = tuple(check_integer(s, f"shape[{i}]") for i, s in enumerate(shape))
     fan_in = check_integer(fan_in, "fan_in", minimum=1)
     if isinstance(init, str):
         stds = {"he": math.sqrt(2.0 / fan_in), "lecun": math.sqrt(1.0 / fan_in), "normal": 1.0, "zeros": 0.0}
@@ -619,6 +622,7 @@ class Activation(Layer):
         self._relu = self.sigma.name == "relu"
 
     def forward(self, x):
+        check_real(x)  # as Flatten and Dropout: a list or a complex array failed deep in numpy or passed
         if self._relu:
             y = get_xp(x).maximum(x, 0)
             # relu'(x) = 1{x > 0} = 1{y > 0}, formed while y is in cache: the backward pass then
@@ -748,6 +752,7 @@ class Residual(Layer):
         return [("body", self.body), ("shortcut", self.shortcut)]
 
     def forward(self, x):
+        check_real(x)
         y = self.body.forward(x)
         s = self.shortcut.forward(x)
         if y.shape != s.shape:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .._validation import check_integer, check_positive
+from .._validation import check_array, check_integer, check_positive
 from ..backend import get_xp
 
 __all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sample", "accuracy", "check_labels"]
@@ -144,7 +144,7 @@ def accuracy(out, y) -> float:
     Raises
     ------
     ValueError
-        For out not real or not of shape (N, K) with N, K >= 1, and for y of another shape,
+        For out not real, with NaN or not of shape (N, K) with N, K >= 1, and for y of another shape,
         not integer-valued or with a label out of range (see :func:`check_labels`).
     """
     xp = get_xp(out)
@@ -152,6 +152,9 @@ def accuracy(out, y) -> float:
     y = xp.asarray(y)
     if y.shape != (out.shape[0],):
         raise ValueError(f"y must hold one label per row of out, shape ({out.shape[0]},), got shape {tuple(y.shape)}")
+    nan = int(xp.isnan(out).sum()) if out.dtype.kind == "f" else 0
+    if nan:  # argmax picks the first NaN of a row: a diverged network scored as if it predicted
+        raise ValueError(f"out contains {nan} NaN value(s): a row with NaN has no argmax")
     y = check_labels(y, out.shape[1], "y")  # out of range, negative or fractional: ValueError (it silently counted 0 right)
     return float((xp.argmax(out, axis=1) == y).mean())
 
@@ -183,8 +186,8 @@ def cross_entropy_per_sample(z, y):
     z : array of shape (N, K)
         Real logits, numpy or cupy (:func:`log_softmax` refuses other dtypes and K = 0).
     y : integer array of shape (N,)
-        Labels in {0, ..., K - 1} on z's device, not checked: validate them with
-        :func:`check_labels` first (a negative label indexes from the end).
+        Labels in {0, ..., K - 1} on z's device. Their shape and integer dtype are checked, not their
+        values: validate them with :func:`check_labels` first (a negative label indexes from the end).
 
     Returns
     -------
@@ -192,7 +195,12 @@ def cross_entropy_per_sample(z, y):
     grad : array of shape (N, K)
         Both on z's device, in z's floating dtype (float64 for integer logits).
     """
+    z = _check_outputs(z, "z")
     xp = get_xp(z)
+    y = xp.asarray(y)
+    _check_label_shape(y, z.shape[0])  # shapes only, no read of the device: the values stay unchecked
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"y must be an integer array of class labels (see check_labels), got dtype {y.dtype}")
     rows = xp.arange(z.shape[0])
     logp = log_softmax(z)
     losses = -logp[rows, y]
@@ -295,6 +303,8 @@ class SquareLoss:
         if y.shape != f.shape:
             raise ValueError(f"y must be labels of shape ({f.shape[0]},) or targets of the outputs' shape "
                              f"{tuple(f.shape)}, got shape {tuple(y.shape)}")
+        if check:  # a NaN target gave a NaN loss, an inf one an inf loss (reads the device, as check_labels)
+            y = check_array(y, "y")
         return y.astype(f.dtype, copy=False)
 
     def value_and_grad(self, f, y, *, check=True, as_array=False):

@@ -1354,6 +1354,7 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     """
     eps_max = check_positive(eps_max, "eps_max")
     n_bisect = check_integer(n_bisect, "n_bisect", minimum=0)
+    steps = check_integer(steps, "steps", minimum=0)  # as pgd: checked here, not only once a sample is right
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     X = _images(model, X)
     _check_in_box(X, clip)

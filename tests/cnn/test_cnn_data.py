@@ -466,3 +466,10 @@ def test_one_warp_for_all_images_equals_the_same_warp_given_per_image(fill):
     shared = affine_warp(X, A, fill=fill)
     np.testing.assert_array_equal(shared, affine_warp(X, np.broadcast_to(A, (4, 2, 2)), fill=fill))
     np.testing.assert_array_equal(shared[2], affine_warp(X[2:3], A, fill=fill)[0])
+
+
+@pytest.mark.parametrize("augment", [lambda X, rng: random_affine(X, rng), lambda X, rng: Augment(1, 10.0)(X, rng)])
+def test_random_affine_maps_an_empty_batch_to_an_empty_batch(augment):
+    # "cannot reshape array of size 0 into shape (0,newaxis,1)" inside the bilinear sampler
+    out = augment(np.zeros((0, 6, 5, 2)), np.random.default_rng(0))
+    assert out.shape == (0, 6, 5, 2)

@@ -737,3 +737,24 @@ def test_maxpool_windows_of_256_or_more_positions_keep_the_tap_of_their_maximum(
     expected = np.zeros_like(x)
     expected[0, -1, -1, 0] = 1.0
     np.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((2, -1), r"shape\[1\] must be an integer >= 0, got -1"),
+    ((2.5, 3), r"shape\[0\] must be an integer >= 0, got 2.5"),
+    (None, r"shape must be a tuple of non-negative integers, got None"),
+])
+def test_init_weight_refuses_a_bad_shape_naming_it(shape, match):
+    # numpy's "negative dimensions are not allowed" or "'float' object cannot be interpreted as an integer"
+    with pytest.raises(ValueError, match=match):
+        init_weight(shape, 3, "he", 0, np.float64)
+
+
+@pytest.mark.parametrize("x", [None, [[1.0, 2.0]], np.ones((2, 3), dtype=complex)])
+def test_activation_and_residual_layers_refuse_a_non_real_input(x):
+    # Activation passed a complex array through (relu of a complex array) and failed on None with
+    # "'>=' not supported"; Residual failed on a list with "no attribute 'shape'"
+    from shallow.cnn import Activation, Residual
+    for layer in (Activation("relu"), Activation("tanh"), Residual(Activation("relu"))):
+        with pytest.raises(ValueError, match=r"^x must be a numpy or cupy array|^x must hold real numbers"):
+            layer.forward(x)

@@ -517,3 +517,36 @@ def test_log_softmax_of_integer_logits_is_that_of_their_values(dtype):
                                                                                  keepdims=True), rtol=1e-15, atol=1e-15)
     value, grad = CrossEntropy().value_and_grad(z, np.array([1, 0]))
     assert np.isfinite(value) and grad.dtype == np.float64
+
+
+@pytest.mark.parametrize("z, y, match", [
+    (np.zeros(4), np.array([0]), r"^z must have shape \(N, K\)"),
+    (np.zeros((0, 4)), np.array([], dtype=int), r"^z must hold at least one row"),
+    (np.zeros((3, 4)), np.array([0, 1]), r"^y has 2 labels but there are 3 samples"),
+    (np.zeros((3, 4)), np.array([[0, 1, 2]]), r"^y must be a 1-dimensional array"),
+    (np.zeros((3, 4)), np.array([0.0, 1.0, 2.0]), r"^y must be an integer array of class labels"),
+])
+def test_cross_entropy_per_sample_refuses_shapes_naming_the_argument(z, y, match):
+    # these failed inside numpy's indexing (IndexError "shape mismatch", "too many indices", AttributeError)
+    from shallow.cnn.losses import cross_entropy_per_sample
+    with pytest.raises(ValueError, match=match):
+        cross_entropy_per_sample(z, y)
+
+
+def test_accuracy_refuses_nan_outputs():
+    # argmax returns the first NaN of a row: a diverged network scored 1/2 here instead of an error
+    from shallow.cnn.losses import accuracy
+    out = np.array([[np.nan, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"^out contains 1 NaN"):
+        accuracy(out, np.array([0, 0]))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_square_loss_refuses_non_finite_targets(bad):
+    # a NaN target gave a NaN loss (and gradient) without an error, an inf one an inf loss
+    Y = np.zeros((2, 3))
+    Y[1, 2] = bad
+    with pytest.raises(ValueError, match=r"^y contains 1 NaN or infinite"):
+        SquareLoss().value_and_grad(np.zeros((2, 3)), Y)
+    value, _ = SquareLoss().value_and_grad(np.zeros((2, 3)), Y, check=False)  # the unchecked path is unchanged
+    assert not np.isfinite(value)

@@ -503,3 +503,13 @@ def test_train_step_refuses_labels_out_of_range_and_leaves_the_parameters():
     with pytest.raises(ValueError, match="y"):
         train_step(model, CrossEntropy(), opt, x, np.array([0, 1, 2, 3]))
     assert relative_change(model, before) == 0.0
+
+
+def test_evaluate_of_a_model_with_nan_outputs_gives_nan_loss_and_accuracy():
+    # accuracy refuses NaN outputs; evaluate (called by fit on the test set after each epoch) reports
+    # a diverged model as NaN, as fit's history does, instead of raising from accuracy
+    model = build_model("vgg", (8, 8, 1), 3, width=2, rng=0)
+    for _, p in model.named_parameters().items():
+        p[...] = np.nan
+    value, acc = evaluate(model, np.zeros((4, 8, 8, 1)), np.arange(4) % 3)
+    assert np.isnan(value) and np.isnan(acc)

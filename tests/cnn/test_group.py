@@ -783,3 +783,13 @@ def test_gabor_filter_refuses_bad_parameters(kwargs, match):
 def test_fit_gabor_refuses_a_complex_or_text_filter(f, match):
     with pytest.raises(ValueError, match=match):
         fit_gabor(f)
+
+
+@pytest.mark.parametrize("x, match", [
+    (None, r"^x must be a numpy or cupy array, got NoneType"),
+    (np.ones((1, 2, 2, 4), dtype=complex), r"^x must hold real numbers"),
+])
+def test_group_pool_refuses_a_non_real_input(x, match):
+    # None failed with "'NoneType' object has no attribute 'ndim'"; a complex map passed through
+    with pytest.raises(ValueError, match=match):
+        P4GroupPool().forward(x)

@@ -1053,3 +1053,16 @@ def test_deform_refuses_a_text_field():
     # The message was about mixing array libraries ("got builtins.str").
     with pytest.raises(ValueError, match="tau must be an array of real numbers"):
         deform(np.zeros((1, 4, 4, 1)), "field")
+
+
+@pytest.mark.parametrize("steps", [-1, 2.5, None])
+def test_minimal_perturbation_refuses_bad_steps_whatever_the_predictions(steps):
+    # steps reached pgd's check only for a sample classified right: with every clean prediction wrong
+    # (labels 1 for a model whose bias makes class 0 win) steps=-1 was silently accepted
+    lin = Linear(4, 2, rng=0)
+    model = Sequential(Flatten(), lin)
+    lin.params["W"][...] = 0.0
+    lin.params["b"][...] = np.array([1.0, 0.0])
+    X = np.random.default_rng(0).standard_normal((3, 2, 2, 1))
+    with pytest.raises(ValueError, match=r"^steps must be an integer >= 0"):
+        minimal_perturbation(model, X, np.ones(3, int), eps_max=1.0, steps=steps)
