@@ -81,7 +81,8 @@ handed to :func:`shallow.cnn.fit` (whose callback runs once per epoch only).
 References
 ----------
 1. S. Mallat, "Group invariant scattering", Comm. Pure Appl. Math. 65, 2012, arXiv:1101.2286,
-   Sec. 2.2 (Lipschitz continuity to the action of diffeomorphisms, |grad tau|_inf).
+   Sec. 2.2 (Lipschitz continuity to the action of diffeomorphisms, |grad tau|_inf), Theorem 2.12
+   (the bound for the scattering at scale 2^J, with its translation term 2^{-J} |tau|_inf).
 2. H. Sedghi, V. Gupta and P. Long, "The singular values of convolutional layers", ICLR 2019,
    arXiv:1805.10408, Theorem 6 (singular values of a multi-channel circular convolution).
 3. P. L. Combettes and J.-C. Pesquet, "Lipschitz certificates for layered network structures
@@ -423,10 +424,14 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
 
     Notes
     -----
-    Norms are Euclidean over all feature coordinates of an image. Mallat's stability
-    |Phi(L_tau x) - Phi(x)| <= C |x| |grad tau|_inf (ref. 1) makes the unnormalised ratio
-    bounded by C |x| as |grad tau|_inf -> 0, whereas for a translation-covariant Phi (the
-    identity, a linear convolution) it blows up for high-frequency images.
+    Norms are Euclidean over all feature coordinates of an image. Mallat's stability of the
+    scattering at scale 2^J (ref. 1, Theorem 2.12),
+    |Phi(L_tau x) - Phi(x)| <= C |x| (2^{-J} |tau|_inf + |grad tau|_inf + |H tau|_inf),
+    makes the unnormalised ratio bounded by about C |x| for fields whose amplitude |tau|_inf is
+    at most of order 2^J |grad tau|_inf, whereas for a translation-covariant Phi (the identity, a
+    linear convolution) it blows up for high-frequency images. The ratio divides by |grad tau|_inf
+    only: for a field of large amplitude and small gradient (a long correlation length, close to a
+    translation) it measures the translation term 2^{-J} |tau|_inf / |grad tau|_inf as well.
     """
     normalize = check_bool(normalize, "normalize")
     X = check_images(X, "X")
@@ -649,6 +654,8 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
         if M.ndim != 2:
             raise ValueError(f"op must be a 2-D array (a matrix), a Layer or a callable, got an array of shape "
                              f"{tuple(M.shape)}")
+        if 0 in M.shape:  # no top singular vector to return; numpy failed on an empty reduction
+            raise ValueError(f"op must have at least one row and one column, got shape {tuple(M.shape)}")
         dtype, shape = (M.dtype if M.dtype.kind == "f" else np.dtype(np.float64)), (M.shape[1],)
         M = M.astype(dtype, copy=False)
         A, AT = (lambda v: M @ v), (lambda u: M.T @ u)

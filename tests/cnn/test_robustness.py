@@ -6,6 +6,8 @@ finite differences of the model's outputs with scipy's logsumexp, and closed for
 classifiers (FGSM steps, minimal perturbations, the optimal universal perturbation).
 """
 
+import re
+
 import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
@@ -1047,6 +1049,13 @@ def test_norm_bounds_refuse_an_in_shape_that_is_not_the_network_input(call, matc
     model = Model(vgg_small((8, 8, 1), 3, width=2, rng=0), (8, 8, 1), 3)
     with pytest.raises(ValueError, match=match):
         call(model)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)])
+def test_spectral_norm_refuses_an_empty_matrix(shape):
+    # numpy's "zero-size array to reduction operation maximum which has no identity", seven frames deep
+    with pytest.raises(ValueError, match=re.escape(f"op must have at least one row and one column, got shape {shape}")):
+        spectral_norm(np.ones(shape))
 
 
 def test_deform_refuses_a_text_field():
