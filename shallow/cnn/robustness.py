@@ -35,7 +35,8 @@ Two upper bounds of the Lipschitz constant of a network (:func:`lipschitz_upper_
 * ``bound="product"``: the product over layers of their Lipschitz constants (1 for relu, tanh and
   max pooling with non-overlapping windows, |A| for an affine layer, max_c |gamma_c| /
   sqrt(v_c + eps) for batch normalisation in eval mode, 1/sqrt(H W) for global average pooling,
-  L(body) + L(shortcut) for a residual block);
+  L(body) + L(shortcut) for a residual block, 1 for the isometries of an i-RevNet (space-to-depth,
+  injective zero padding), (L(F) + sqrt(L(F)^2 + 4)) / 2 for its coupling block (below);
 * ``bound="averaged"``: the bound of Combettes and Pesquet (ref. 3, Sec. 3) for chains
   A_m R A_{m-1} ... R A_1 of affine maps and componentwise activations whose slopes lie in
   [0, c]. For such an activation and any u, v, R(u) - R(v) = c D (u - v) with D diagonal,
@@ -50,6 +51,14 @@ Two upper bounds of the Lipschitz constant of a network (:func:`lipschitz_upper_
   ``"product"``; it is computed by the recursion a_0 = 1,
   a_n = sum_{k<n} a_k 2^{-(n-k-1)-[k>0]} |A_n ... A_{k+1}|. Max pooling, residual blocks and
   activations with negative slopes end a chain (their constants multiply).
+
+An additive coupling (x_1, x_2) -> (S x_2, S x_1 + F(x_2)) (:class:`~shallow.cnn.revnet.RevBlock`,
+S a permutation of coordinates) has differences whose norms satisfy |dy_1| = |dx_2| and
+|dy_2| <= |dx_1| + L(F) |dx_2|, so |dy| <= |B (|dx_1|, |dx_2|)| with B = [[0, 1], [1, L(F)]]: the
+block is (L(F) + sqrt(L(F)^2 + 4)) / 2 -Lipschitz, the largest eigenvalue of the symmetric B, below
+1 + L(F) and equal to 1 for F = 0 (then the block is a permutation). The bound is attained when F
+is linear and a multiple of the identity. An i-RevNet (:class:`~shallow.cnn.revnet.IRevNet`) is its
+invertible body followed by its head.
 
 Both use the layers' eval-mode maps (batch-norm running statistics, no dropout): they bound the
 network used at test time. The empirical local constant :func:`local_lipschitz` is
@@ -136,6 +145,7 @@ from .models import Model, check_images
 from .norm import BatchNorm2d
 from .optim import Optimizer
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .revnet import InjectivePad, IRevNet, RevBlock, SpaceToDepth
 
 __all__ = [
     "LOSSES",
@@ -777,7 +787,8 @@ def conv_norm_bound(layer, in_shape):
 _SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "softplus": (0.0, 1.0),
            "erf": (0.0, 2.0 / math.sqrt(math.pi)), "abs": (-1.0, 1.0)}
 
-_AFFINE = (Conv2d, Linear, BatchNorm2d, AvgPool2d, GlobalAvgPool2d, Flatten, Identity, Dropout)
+_AFFINE = (Conv2d, Linear, BatchNorm2d, AvgPool2d, GlobalAvgPool2d, Flatten, Identity, Dropout, SpaceToDepth,
+           InjectivePad)
 
 
 def _elements(layer, shape):
@@ -791,6 +802,10 @@ def _elements(layer, shape):
             more, shape = _elements(sub, shape)
             items += more
         return items, shape
+    if isinstance(layer, IRevNet):  # f = head o body, no scale between them
+        body, shape = _elements(layer.body, shape)
+        head, shape = _elements(layer.head, shape)
+        return body + head, shape
     xp, dtype = _layer_device(layer)
     out_shape = tuple(layer.forward(xp.zeros((1,) + tuple(shape), dtype=dtype)).shape[1:])
     if isinstance(layer, _AFFINE):
@@ -806,7 +821,7 @@ def _elements(layer, shape):
         if lo >= 0:
             return [("act", hi)], out_shape
         return [("opq", layer, tuple(shape))], out_shape
-    if isinstance(layer, (MaxPool2d, Residual, Model)):
+    if isinstance(layer, (MaxPool2d, Residual, Model, RevBlock)):
         return [("opq", layer, tuple(shape))], out_shape
     raise ValueError(f"no Lipschitz bound is known for a layer of type {type(layer).__name__}")
 
@@ -819,8 +834,8 @@ class _Bounds:
 
     def affine(self, layer, shape):
         """The operator norm (an estimate or a bound, by ``method``) of one affine layer's linear part."""
-        if isinstance(layer, (Flatten, Identity, Dropout)):
-            return 1.0
+        if isinstance(layer, (Flatten, Identity, Dropout, SpaceToDepth, InjectivePad)):
+            return 1.0  # isometries (a permutation of coordinates; zero channels appended)
         if isinstance(layer, GlobalAvgPool2d):
             return 1.0 / math.sqrt(shape[0] * shape[1])
         if isinstance(layer, BatchNorm2d):
@@ -851,6 +866,10 @@ class _Bounds:
             return max(abs(s) for s in _SLOPES[layer.sigma.name])
         if isinstance(layer, Residual):
             return self.network(layer.body, shape, bound) + self.network(layer.shortcut, shape, bound)
+        if isinstance(layer, RevBlock):  # module notes: the largest eigenvalue of [[0, 1], [1, L(F)]]
+            H, W, C = shape
+            L = self.network(layer.F, (H, W, C // 2), bound)
+            return (L + math.sqrt(L * L + 4.0)) / 2.0
         if isinstance(layer, Model):
             total = self.network(layer.net, shape, bound)
             if layer.other is not None:
@@ -929,8 +948,9 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     Parameters
     ----------
     model : Layer
-        A :class:`~shallow.cnn.models.Model` or a network of Sequential, Conv2d, Linear,
-        BatchNorm2d, pooling, Flatten, Dropout, Residual and Lipschitz activations.
+        A :class:`~shallow.cnn.models.Model`, an :class:`~shallow.cnn.revnet.IRevNet`, or a network
+        of Sequential, Conv2d, Linear, BatchNorm2d, pooling, Flatten, Dropout, Residual, RevBlock,
+        SpaceToDepth, InjectivePad and Lipschitz activations.
     in_shape : tuple, optional
         One input's shape, (H, W, C) for images (default, and the only one allowed when the model
         has one: ``model.in_shape``).
@@ -960,8 +980,9 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     windows KH x KW and strides (sh, sw): sqrt(ceil(KH/sh) ceil(KW/sw)) (each input lies in at
     most that many windows, and a max is 1-Lipschitz for the largest coordinate change), 1 for
     non-overlapping windows; batch normalisation in eval mode max_c |gamma_c| / sqrt(v_c + eps);
-    global average pooling 1/sqrt(H W); a residual block L(body) + L(shortcut); a centred Model
-    u (L(h) + L(h_0)) with u its output scale.
+    global average pooling 1/sqrt(H W); a residual block L(body) + L(shortcut); a coupling block
+    (L(F) + sqrt(L(F)^2 + 4)) / 2 (module notes); space-to-depth and injective padding 1; a centred
+    Model u (L(h) + L(h_0)) with u its output scale.
 
     Examples
     --------

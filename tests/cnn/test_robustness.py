@@ -16,6 +16,9 @@ from scipy.special import logsumexp
 from shallow.cnn import (
     SGD,
     Activation,
+    InjectivePad,
+    RevBlock,
+    SpaceToDepth,
     AvgPool2d,
     BatchNorm2d,
     Conv2d,
@@ -30,6 +33,7 @@ from shallow.cnn import (
     Residual,
     Sequential,
     fit,
+    irevnet_small,
     resnet_small,
     vgg_small,
 )
@@ -377,10 +381,11 @@ def _random_bn_vgg(rng):
                                                 (8, 8, 1), 4),
                                   lambda: Model(vgg_small((8, 8, 1), 3, width=3, batch_norm=False, activation="tanh",
                                                           pool="avg", rng=2), (8, 8, 1), 3, alpha=2.0,
-                                                centering="frozen")])
+                                                centering="frozen"),
+                                  lambda: irevnet_small((8, 8, 1), 4, width=4, blocks=1, rng=6)])
 def test_lipschitz_bound_is_never_below_the_measured_local_constant(make):
     model = make()
-    if model.centering == "frozen":  # move theta away from theta_0 so that f != 0
+    if getattr(model, "centering", None) == "frozen":  # move theta away from theta_0 so that f != 0
         for p in model.named_parameters().values():
             p += 0.3 * np.random.default_rng(3).standard_normal(p.shape)
     X = np.random.default_rng(4).standard_normal((16, 8, 8, 1))
@@ -490,6 +495,44 @@ def test_averaged_bound_of_two_convolutions_takes_fft_bounds_of_single_layers_an
     L = lipschitz_upper_bound(net, (5, 5, 1), bound="averaged", method="fft", tol=1e-13, n_iter=5000)
     # the merged norm by power iteration: 1e-6 relative, far above its residual
     assert L == pytest.approx((merged + b1 * b2) / 2, rel=1e-6)
+
+
+def test_isometries_of_an_irevnet_have_lipschitz_constant_one():
+    # space-to-depth permutes the entries and injective padding appends zero channels: every singular value
+    # of their dense matrices is 1 (numpy's SVD), and so is the bound
+    net = Sequential(SpaceToDepth(2), InjectivePad(4, 8))
+    sv = _dense_singular_values(lambda E: net.forward(E), (4, 6, 1))
+    assert np.allclose(sv, 1.0, rtol=0, atol=1e-14) and sv.size == 24
+    for method in ("power", "fft"):
+        assert lipschitz_upper_bound(net, (4, 6, 1), method=method) == 1.0
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5, 3.0])
+def test_coupling_block_bound_is_attained_when_F_is_a_multiple_of_the_identity(c):
+    # (x_1, x_2) -> (x_2, x_1 + c x_2) is [[0, 1], [1, c]] (x) I, of norm (c + sqrt(c^2 + 4)) / 2 (the
+    # larger eigenvalue of the symmetric 2 x 2 matrix): the bound (L(F) + sqrt(L(F)^2 + 4)) / 2 with
+    # L(F) = c is attained. Oracle: numpy's SVD of the block's dense matrix; 1e-13 relative, rounding
+    F = Conv2d(2, 2, 1, bias=False)
+    F.params["W"][...] = c * np.eye(2)
+    block = RevBlock(4, F).eval()
+    exact = _dense_norm(block.forward, (3, 3, 4))
+    assert exact == pytest.approx((c + np.sqrt(c * c + 4)) / 2, rel=1e-13)
+    for method in ("power", "fft"):
+        assert lipschitz_upper_bound(block, (3, 3, 4), method=method, tol=1e-14) == pytest.approx(exact, rel=1e-13)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_coupling_block_bound_with_certified_norms_is_above_its_norm(stride):
+    # a block with a linear F (3x3 convolution, stride 1 or 2, zero padding) is linear: its norm is the top
+    # singular value of its dense matrix, below the certified bound of method="fft" and below 1 + L(F)
+    out = 2 if stride == 1 else 8  # stride 2: S x_1 has 4 (C / 2) = 2 C channels
+    F = Conv2d(2, out, 3, stride=stride, padding=1, bias=False, rng=40 + stride)
+    block = RevBlock(4, F, stride=stride).eval()
+    exact = _dense_norm(block.forward, (4, 4, 4))
+    L_F = conv_norm_bound(F, (4, 4, 2))
+    bound = lipschitz_upper_bound(block, (4, 4, 4), method="fft")
+    assert exact <= bound <= 1 + L_F
+    assert bound == pytest.approx((L_F + np.sqrt(L_F**2 + 4)) / 2, rel=1e-15)
 
 
 def test_input_jacobian_of_an_empty_batch_has_the_documented_shape_and_moves_no_state():
