@@ -212,7 +212,7 @@ class DeepReLU:
     def __call__(self, X):
         """f(x) for each row of X (n, d): shape (n,) for one output, (n, n_L) otherwise.
 
-        Samples are processed in chunks so that a (chunk, width) block takes about 64 MiB.
+        Samples are processed in chunks so that a (chunk, width) block takes about 16 MiB (``BLOCK_BYTES``).
         """
         X = check_points(X, "X")
         xp = self.xp
@@ -1225,7 +1225,7 @@ class EldanShamirFunction:
     d : int
         Dimension.
     n_shells : int, optional
-        N, default d (the paper takes N polynomial in d).
+        N, default len(signs) when ``signs`` is given, d otherwise (the paper takes N polynomial in d).
     alpha : float, default 1
         The shells cover alpha sqrt(d) <= |x| <= 2 alpha sqrt(d).
     signs : array of shape (N,), optional
@@ -1262,7 +1262,14 @@ class EldanShamirFunction:
 
     def __init__(self, d, n_shells=None, alpha=1.0, signs=None, rng=None, ramp=0.0):
         self.d = check_integer(d, "d", minimum=1)
-        N = self.d if n_shells is None else check_integer(n_shells, "n_shells", minimum=1)
+        if n_shells is not None:
+            N = check_integer(n_shells, "n_shells", minimum=1)
+        elif signs is not None:
+            N = int(check_array(signs, "signs", ndim=1).shape[0])
+            if N < 1:
+                raise ValueError("signs must hold at least one sign (one per shell), got an empty array")
+        else:
+            N = self.d
         self.alpha = check_positive(alpha, "alpha")
         if isinstance(ramp, bool) or not isinstance(ramp, numbers.Real) or not 0 <= ramp <= 0.5:
             raise ValueError(f"ramp must be a number in [0, 1/2], got {ramp!r}")
@@ -1362,7 +1369,15 @@ def ball_indicator(X, radius=1.0):
     """
     X = check_points(X, "X")
     radius = check_positive(radius, "radius")
-    return ((X * X).sum(axis=1) <= radius * radius).astype(X.dtype)
+    xp = get_xp(X)
+    # |x|^2 <= r^2 with x and r scaled by the power of 2 of each row's largest entry (exactly), so that
+    # neither square overflows nor underflows: the comparison of the plain squares said inf <= inf
+    # (inside) for |x| = 1e300, r = 1e200, and 0 <= 0 for |x| = 2e-190, r = 1e-190.
+    _, e = xp.frexp(xp.abs(X).max(axis=1))  # (n,) max_j |x_ij| = f 2^e, f in [1/2, 1)
+    Y = xp.ldexp(X, -e[:, None])  # (n, d) entries in (-1, 1)
+    with np.errstate(over="ignore", under="ignore"):  # r / 2^e and its square: inf or 0 past the range, still right
+        rho = xp.ldexp(xp.asarray(radius, dtype=xp.float64), -e)  # (n,)
+        return ((Y * Y).sum(axis=1) <= rho * rho).astype(X.dtype)
 
 
 def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device="cpu") -> DeepReLU:

@@ -481,6 +481,17 @@ def test_ball_indicator_is_one_inside():
     np.testing.assert_array_equal(ball_indicator(X, radius=5.0), [1.0, 1.0, 1.0, 1.0])
 
 
+def test_ball_indicator_compares_norms_beyond_the_range_of_their_squares():
+    # 1{|x| <= r} where |x|^2 and r^2 overflow (|x| = 1e300 > r = 1e200: inf <= inf used to give 1) or
+    # underflow (|x| = 2e-190 > r = 1e-190: 0 <= 0 used to give 1); the answers are read off |x| / r.
+    big = np.array([[1e300, 0.0], [0.0, 5e199], [-1e200, 0.0]])
+    np.testing.assert_array_equal(ball_indicator(big, radius=1e200), [0.0, 1.0, 1.0])
+    tiny = np.array([[2e-190, 0.0], [0.0, 5e-191], [0.0, 0.0]])
+    np.testing.assert_array_equal(ball_indicator(tiny, radius=1e-190), [0.0, 1.0, 1.0])
+    # in the ordinary range nothing changes: a point 1 ulp of |x|^2 outside the unit circle stays outside
+    np.testing.assert_array_equal(ball_indicator(np.array([[1.0, 2.0**-26]])), [0.0])
+
+
 # --------------------------------------------------------------------------- Daniely
 @pytest.mark.parametrize("d", [2, 3])
 def test_daniely_network_is_within_its_error_bound(d):
@@ -725,6 +736,13 @@ def test_eldan_shamir_function_with_one_shell_is_its_sign_on_the_annulus():
     g = EldanShamirFunction(4, n_shells=1, signs=[-1.0])
     X = np.array([[1.9, 0, 0, 0], [2.0, 0, 0, 0], [0, 3.9, 0, 0], [4.0, 0, 0, 0]])
     assert g.edges.tolist() == [2.0, 4.0] and g(X).tolist() == [0.0, -1.0, -1.0, 0.0]
+
+
+def test_eldan_shamir_function_takes_its_number_of_shells_from_the_signs():
+    # N = len(signs) when n_shells is not given: two shells [2, 3) and [3, 4) in d = 4 (alpha = 1).
+    g = EldanShamirFunction(4, signs=[1.0, -1.0])
+    X = np.array([[2.5, 0, 0, 0], [0, 3.5, 0, 0], [4.5, 0, 0, 0]])
+    assert g.n_shells == 2 and g.edges.tolist() == [2.0, 3.0, 4.0] and g(X).tolist() == [1.0, -1.0, 0.0]
 
 
 def test_eldan_shamir_random_signs_are_fair_coins():
