@@ -500,7 +500,11 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
     tol : float, optional
         In floating point (``exact=False``): breakpoints closer than ``tol (hi - lo)`` are merged
         and slopes that differ by at most ``tol`` times the largest |slope| count as equal;
-        default 1e-12. Ignored with ``exact=True``.
+        default 1e-12. Ignored with ``exact=True``. The merging scale is the interval's width:
+        on an interval far wider than the gaps between kinks (all the pieces of a network on R
+        by way of (-1e12, 1e12)), distinct breakpoints merge (a 50-neuron network can show 6 pieces
+        there instead of 51); choose the interval to the scale of the kinks, a smaller tol, or
+        ``exact=True``.
 
     Returns
     -------
