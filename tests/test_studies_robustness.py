@@ -41,6 +41,14 @@ def test_lipschitz_adversarial_bounds_above_local_constant_and_spectral_normalis
     assert r["spectral_averaged"] < r["standard_averaged"] / 2
     assert r["spectral_local"] < r["standard_local"]
     assert r["spectral_gap"] < r["standard_gap"]
+    # the product of layer norms is loose by one to two orders of magnitude for the standard network:
+    # above 10 times the local constant (measured 27.8; over seeds 0-7 18-28)
+    assert r["standard_product"] > 10 * r["standard_local"]
+    # the Lipschitz constraint alone does not make the network robust: its PGD accuracy is not above the
+    # standard network's by more than 0.2 (20 of the 100 attacked images) at any radius, L2 or Linf
+    # (measured differences -0.04 to 0.07; over seeds 0-7 -0.14 to 0.15)
+    for norm in ("l2", "linf"):
+        assert np.all(r[f"spectral_pgd_{norm}"] <= r[f"standard_pgd_{norm}"] + 0.2)
 
 
 def test_lipschitz_adversarial_one_universal_perturbation_fools_many_test_images_but_fewer_than_pgd(quick):
