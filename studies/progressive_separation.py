@@ -256,7 +256,7 @@ def compute(cfg: Config) -> dict:
             "X_train_host": digits.X_train, "X_test_host": digits.X_test,
             "y_train_host": digits.y_train, "y_test_host": digits.y_test}
     runs = [run_seed(cfg, cfg.seed + s, data) for s in range(cfg.n_seeds)]
-    trained = np.stack([r["trained"] for r in runs])  # (seeds, L + 1, 4)
+    trained = np.stack([r["trained"] for r in runs])  # (seeds, L + 1, 5): the five measures below
     random = np.stack([r["random"] for r in runs])
     names = runs[0]["names"]
     result = {"layers": np.array(names), "test_accuracy": float(np.mean([r["test_accuracy"] for r in runs])),
