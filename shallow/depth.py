@@ -62,6 +62,7 @@ __all__ = [
     "sawtooth_l1_lower_bound",
     "radial_network",
     "unit_ball_radius",
+    "eldan_shamir_phi",
     "eldan_shamir_density",
     "eldan_shamir_radial_density",
     "eldan_shamir_radial_cdf",
@@ -961,6 +962,44 @@ def _check_radii(r, name="r"):
     return r, xp
 
 
+def eldan_shamir_phi(X):
+    r"""phi(x), the Fourier transform of the indicator of the unit-volume ball: signed, radial, real.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Points of R^d (numpy or cupy; the Bessel function runs on the host, so cupy data makes an
+        explicit round trip for the radii).
+
+    Returns
+    -------
+    array of shape (n,)
+        phi(x) = int_{|y| <= R_d} e^{-2 pi i <x, y>} dy = Lambda_{d/2}(2 pi R_d |x|), with
+        Lambda_nu(z) = Gamma(nu + 1) (2/z)^nu J_nu(z) and R_d :func:`unit_ball_radius`; phi(0) = 1.
+        It changes sign at the zeros of J_{d/2}: the Fourier-side computations of Eldan and Shamir
+        (the transform of g phi is hat g * 1_B) need it signed, where :func:`eldan_shamir_density`
+        gives phi^2.
+
+    References
+    ----------
+    1. R. Eldan and O. Shamir, arXiv:1512.03965, Sec. 4 (phi, and the Fourier transform of g phi).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> eldan_shamir_phi(np.array([[0.0], [0.5], [1.5]])).round(12).tolist()   # sin(pi x) / (pi x) in d = 1
+    [1.0, 0.636619772368, -0.212206590789]
+    """
+    X = check_points(X, "X")
+    xp = get_xp(X)
+    d = X.shape[1]
+    # not the plain norm, which squares the coordinates and overflows beyond 1e154
+    with np.errstate(over="ignore"):  # |x| or z beyond the float64 range is inf, where Lambda = 0
+        r = to_numpy(row_norms(X.astype(xp.float64, copy=False)))
+        z = 2 * math.pi * unit_ball_radius(d) * r
+    return xp.asarray(_normalized_bessel(z, 0.5 * d), dtype=X.dtype)
+
+
 def eldan_shamir_density(X):
     r"""The Eldan-Shamir input density phi(x)^2, phi the Fourier transform of the unit-volume ball.
 
@@ -996,14 +1035,8 @@ def eldan_shamir_density(X):
     [1.0, 0.405284734569, 0.0]
     """
     X = check_points(X, "X")
-    xp = get_xp(X)
-    d = X.shape[1]
-    # not the plain norm, which squares the coordinates and overflows beyond 1e154
-    with np.errstate(over="ignore"):  # |x| or z beyond the float64 range is inf, where Lambda = 0
-        r = to_numpy(row_norms(X.astype(xp.float64, copy=False)))
-        z = 2 * math.pi * unit_ball_radius(d) * r
-    lam = _normalized_bessel(z, 0.5 * d)
-    return xp.asarray(lam * lam, dtype=X.dtype)
+    phi = eldan_shamir_phi(X.astype(get_xp(X).float64, copy=False))  # squared in float64, then cast
+    return (phi * phi).astype(X.dtype, copy=False)
 
 
 def eldan_shamir_radial_density(r, d):

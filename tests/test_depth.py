@@ -9,9 +9,9 @@ from scipy import integrate, optimize, special, stats
 from shallow.backend import to_numpy
 from shallow.depth import (DeepReLU, EldanShamirFunction, PiecewiseLinear, ball_indicator, ball_indicator_network,
                            count_linear_pieces, daniely_function, daniely_network, eldan_shamir_density,
-                           eldan_shamir_radial_cdf, eldan_shamir_radial_density, l1_distance, linear_pieces,
-                           max_pieces_two_layer, radial_network, sample_daniely, sample_eldan_shamir, sawtooth,
-                           sawtooth_l1_lower_bound, unit_ball_radius)
+                           eldan_shamir_phi, eldan_shamir_radial_cdf, eldan_shamir_radial_density, l1_distance,
+                           linear_pieces, max_pieces_two_layer, radial_network, sample_daniely, sample_eldan_shamir,
+                           sawtooth, sawtooth_l1_lower_bound, unit_ball_radius)
 from shallow.networks import TwoLayer
 
 EPS = np.finfo(np.float64).eps
@@ -272,27 +272,44 @@ def test_eldan_shamir_density_stays_below_its_envelope_where_the_plain_norm_over
     assert eldan_shamir_density(np.full((1, d), 1.7e308))[0] == 0  # |x| itself is beyond float64
 
 
-@pytest.mark.parametrize("d", [1, 2, 3])
-def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volume_ball(d):
-    # Closed forms of int_{|y| <= R} e^{-2 pi i <x, y>} dy: d = 1, sin(pi x) / (pi x) (R = 1/2);
-    # d = 2, R J_1(2 pi R |x|) / |x| (R = 1/sqrt(pi)); d = 3, 4 pi R^3 (sin a - a cos a) / a^3,
-    # a = 2 pi R |x|, R = (3 / (4 pi))^{1/3}.
-    rng = np.random.default_rng(7)
-    X = rng.standard_normal((300, d)) * rng.uniform(0.01, 3, (300, 1))
-    X[0] = 0.0
+def _ball_fourier_transform(X):
+    """Closed forms of int_{|y| <= R} e^{-2 pi i <x, y>} dy for the unit-volume ball of R^d, d <= 3: d = 1,
+    sin(pi x) / (pi x) (R = 1/2); d = 2, R J_1(2 pi R |x|) / |x| (R = 1/sqrt(pi)); d = 3,
+    4 pi R^3 (sin a - a cos a) / a^3, a = 2 pi R |x|, R = (3 / (4 pi))^{1/3}."""
+    d = X.shape[1]
     r = np.linalg.norm(X, axis=1)
     R = unit_ball_radius_direct(d)
     if d == 1:
-        phi = np.sinc(r)
-    elif d == 2:
-        phi = np.where(r > 0, R * special.j1(2 * np.pi * R * r) / np.where(r > 0, r, 1), np.pi * R**2)
-    else:
-        a = 2 * np.pi * R * r
-        phi = np.where(a > 0, 4 * np.pi * R**3 * (np.sin(a) - a * np.cos(a)) / np.where(a > 0, a, 1) ** 3,
-                       4 * np.pi * R**3 / 3)
+        return np.sinc(r)
+    if d == 2:
+        return np.where(r > 0, R * special.j1(2 * np.pi * R * r) / np.where(r > 0, r, 1), np.pi * R**2)
+    a = 2 * np.pi * R * r
+    return np.where(a > 0, 4 * np.pi * R**3 * (np.sin(a) - a * np.cos(a)) / np.where(a > 0, a, 1) ** 3,
+                    4 * np.pi * R**3 / 3)
+
+
+def _points_across_the_sign_changes(d):
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((300, d)) * rng.uniform(0.01, 3, (300, 1))
+    X[0] = 0.0
+    return X
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_eldan_shamir_density_is_the_squared_fourier_transform_of_the_unit_volume_ball(d):
+    X = _points_across_the_sign_changes(d)
     # 1e-13 absolute: phi is of order 1 and the closed forms lose a few digits to cancellation near 0.
-    np.testing.assert_allclose(eldan_shamir_density(X), phi**2, rtol=1e-10, atol=1e-13)
-    assert abs(unit_ball_radius(d) - R) <= 4 * EPS
+    np.testing.assert_allclose(eldan_shamir_density(X), _ball_fourier_transform(X) ** 2, rtol=1e-10, atol=1e-13)
+    assert abs(unit_ball_radius(d) - unit_ball_radius_direct(d)) <= 4 * EPS
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_eldan_shamir_phi_is_the_signed_fourier_transform_of_the_unit_volume_ball(d):
+    # the same closed forms, with their signs: radii up to 3 cross the first zeros of J_{d/2}
+    X = _points_across_the_sign_changes(d)
+    phi = _ball_fourier_transform(X)
+    assert (phi < -0.01).sum() > 10  # the points do reach the negative lobes
+    np.testing.assert_allclose(eldan_shamir_phi(X), phi, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("d", [1000, 2000])
@@ -784,7 +801,8 @@ def test_deep_relu_astype_refuses_parameters_beyond_float32_and_copies_meta():
 
 def test_l1_distance_names_the_argument_that_is_not_a_network():
     # g = None was reported as "f must be a DeepReLU ...": the message named the other argument
-    with pytest.raises(ValueError, match=r"^g must be a DeepReLU, a relu TwoLayer network or a PiecewiseLinear, got NoneType"):
+    with pytest.raises(ValueError,
+                       match=r"^g must be a DeepReLU, a relu TwoLayer network or a PiecewiseLinear, got NoneType"):
         l1_distance(sawtooth(2), None)
     with pytest.raises(ValueError, match=r"^f must be a DeepReLU"):
         l1_distance(np.ones(3), sawtooth(2))
