@@ -300,7 +300,7 @@ def test_maxpool_ties_go_to_the_first_maximum_of_each_window(k, s, size):
     assert abs(np.vdot(dy, ty) - np.vdot(dx, v)) < 1e-12 * np.abs(dy).sum() * np.abs(v).max()
 
 
-@pytest.mark.parametrize("k, s, p", [(3, 1, 1), (2, 2, 1), (3, 2, 1), (5, 1, 2)])
+@pytest.mark.parametrize("k, s, p", [(3, 1, 1), (2, 2, 1), (3, 2, 1), (5, 1, 2), (5, (1, 2), 2), (5, (2, 1), 2)])
 def test_maxpool_window_of_minus_infinities_sends_its_gradient_to_its_first_entry_of_x(k, s, p):
     # The padding (-inf) is no entry of x: a window whose entries of x are all -inf ties with it,
     # and the first of those entries (row-major, as PyTorch) is the argmax. The padding came
@@ -311,12 +311,13 @@ def test_maxpool_window_of_minus_infinities_sends_its_gradient_to_its_first_entr
     x[0] = -np.inf  # every window of image 0 holds only -inf
     x[1, :3, :3, 1] = -np.inf  # a corner of -inf in image 1
     pool = MaxPool2d(k, s, p)
+    sh, sw = (s, s) if isinstance(s, int) else s  # strides along rows and columns
     y = pool.forward(x)
     dy = rng.standard_normal(y.shape)
     tx = rng.standard_normal(x.shape)
     expected_dx, expected_ty = np.zeros_like(x), np.zeros_like(y)
     for n, a, b, c in np.ndindex(*y.shape):
-        entries = [(i, j) for i in range(a * s - p, a * s - p + k) for j in range(b * s - p, b * s - p + k)
+        entries = [(i, j) for i in range(a * sh - p, a * sh - p + k) for j in range(b * sw - p, b * sw - p + k)
                    if 0 <= i < x.shape[1] and 0 <= j < x.shape[2]]  # row-major, x's own entries only
         i, j = entries[int(np.argmax([x[n, i, j, c] for i, j in entries]))]  # argmax: the first maximum
         expected_dx[n, i, j, c] += dy[n, a, b, c]
@@ -758,3 +759,23 @@ def test_activation_and_residual_layers_refuse_a_non_real_input(x):
     for layer in (Activation("relu"), Activation("tanh"), Residual(Activation("relu"))):
         with pytest.raises(ValueError, match=r"^x must be a numpy or cupy array|^x must hold real numbers"):
             layer.forward(x)
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [((3, 2), (1, 3)), ((2, 3), (3, 1)), (3, (2, 1))])
+def test_conv2d_same_padding_with_other_dilations_along_rows_and_columns_keeps_the_size(kernel_size, dilation):
+    # padding="same" pads d_h (KH - 1) rows and d_w (KW - 1) columns in total, each axis with its own
+    # dilation, the odd one at the bottom/right. Reference: these pads written out here, and the
+    # defining sum by nested loops with them (sums of 12 products: rounding a few eps).
+    KH, KW = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    dh, dw = dilation
+    th, tw = dh * (KH - 1), dw * (KW - 1)
+    pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    rng = np.random.default_rng(14)
+    conv = Conv2d(2, 3, kernel_size, padding="same", dilation=dilation, rng=rng)
+    conv.params["b"][...] = rng.standard_normal(3)
+    assert conv.padding == pads
+    x = rng.standard_normal((1, 9, 10, 2))
+    y = conv.forward(x)
+    assert y.shape == (1, 9, 10, 3)
+    expected = conv_loops(x, conv.params["W"], conv.params["b"], (1, 1), pads, (dh, dw), 1)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)

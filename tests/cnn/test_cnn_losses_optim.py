@@ -550,3 +550,16 @@ def test_square_loss_refuses_non_finite_targets(bad):
         SquareLoss().value_and_grad(np.zeros((2, 3)), Y)
     value, _ = SquareLoss().value_and_grad(np.zeros((2, 3)), Y, check=False)  # the unchecked path is unchanged
     assert not np.isfinite(value)
+
+
+def test_accuracy_counts_a_tied_row_right_only_when_the_label_is_its_first_maximum():
+    # Docstring of accuracy: ties go to the first maximum. Outputs drawn from {0, 1} tie often; reference:
+    # the definition row by row, Python's max over the outputs (which returns the first of equal keys)
+    from shallow.cnn import accuracy
+
+    rng = np.random.default_rng(6)
+    out, y = rng.integers(0, 2, size=(40, 4)).astype(np.float64), rng.integers(0, 4, 40)
+    first = [max(range(4), key=lambda k: out[n, k]) for n in range(40)]
+    tied_at_label = [n for n in range(40) if out[n, y[n]] == out[n].max() and first[n] != y[n]]
+    assert tied_at_label  # rows whose label ties with an earlier maximum: counted wrong
+    assert accuracy(out, y) == sum(first[n] == y[n] for n in range(40)) / 40

@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from shallow.cnn import (SGD, Adam, Augment, Cosine, SquareLoss, TrainingDivergedError, build_model, evaluate,
+from shallow.cnn import (SGD, Adam, Augment, Cosine, Dropout, Flatten, Linear, Sequential, SquareLoss,
+                         TrainingDivergedError, build_model, evaluate,
                          fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
                          snapshot, vgg_small)
 
@@ -513,3 +514,15 @@ def test_evaluate_of_a_model_with_nan_outputs_gives_nan_loss_and_accuracy():
         p[...] = np.nan
     value, acc = evaluate(model, np.zeros((4, 8, 8, 1)), np.arange(4) % 3)
     assert np.isnan(value) and np.isnan(acc)
+
+
+def test_predict_computes_in_eval_mode_and_restores_train_mode():
+    # A model in train mode with dropout p = 1/2: predict's outputs are those of eval mode, where dropout
+    # is the identity, i.e. the affine map x W + b of the flattened images (closed form, rounding only:
+    # float64 products of 16 terms, 1e-12 relative); the model is in train mode again afterwards.
+    lin = Linear(16, 3, rng=1)
+    model = Sequential(Flatten(), Dropout(0.5, rng=0), lin)
+    X = np.random.default_rng(2).standard_normal((5, 4, 4, 1))
+    expected = X.reshape(5, 16) @ lin.params["W"] + lin.params["b"]
+    np.testing.assert_allclose(predict(model, X, batch_size=2), expected, rtol=1e-12, atol=1e-12)
+    assert model.training

@@ -793,3 +793,33 @@ def test_group_pool_refuses_a_non_real_input(x, match):
     # None failed with "'NoneType' object has no attribute 'ndim'"; a complex map passed through
     with pytest.raises(ValueError, match=match):
         P4GroupPool().forward(x)
+
+
+def test_deform_nearest_with_a_constant_fractional_field_is_the_translation_by_the_nearest_integers():
+    # L_tau x(u) = x(u - tau) with u - tau rounded to the nearest pixel (module notes): tau = (0.3, -1.6)
+    # sends each pixel to the source u - (0, -2), the translation by (0, -2) (np.roll), not by the floor
+    # (1, -1) nor by the truncation (0, -1) of the displacement
+    X = np.random.default_rng(8).standard_normal((2, 6, 7, 1))
+    tau = np.broadcast_to(np.array([0.3, -1.6]), (6, 7, 2))
+    np.testing.assert_array_equal(deform_nearest(X, tau), np.roll(X, (0, -2), axis=(1, 2)))
+
+
+def test_group_max_pooling_sends_the_gradient_of_tied_rotations_to_the_first():
+    # Notes of P4GroupPool: at a tie the first maximising rotation s takes the gradient (backward) and
+    # carries the tangent (jvp), so that the two stay adjoint. Reference: nested loops over (n, u, c)
+    # with the first s of the largest value; entries drawn from {0, 1} make ties common.
+    rng = np.random.default_rng(16)
+    x = rng.integers(0, 2, size=(2, 3, 3, 8)).astype(np.float64)
+    pool = P4GroupPool("max")
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape)
+    tx = rng.standard_normal(x.shape)
+    expected_dx, expected_ty = np.zeros_like(x), np.zeros_like(y)
+    for n, i, j, c in np.ndindex(*y.shape):
+        values = [x[n, i, j, 4 * c + s] for s in range(4)]
+        s = values.index(max(values))  # the first maximum
+        expected_dx[n, i, j, 4 * c + s] = dy[n, i, j, c]
+        expected_ty[n, i, j, c] = tx[n, i, j, 4 * c + s]
+    assert (x.reshape(2, 3, 3, 2, 4).max(axis=4, keepdims=True) == x.reshape(2, 3, 3, 2, 4)).sum() > y.size
+    np.testing.assert_array_equal(pool.backward(dy), expected_dx)  # selections: exact
+    np.testing.assert_array_equal(pool.jvp(x, tx)[1], expected_ty)
