@@ -1493,13 +1493,16 @@ def _split_pairs(Z, name="Z"):
     return Z, d
 
 
-def daniely_function(Z):
-    """sin(pi d^3 <x, y>) for each row (x, y) of Z (n, 2d), x and y the two halves.
+def daniely_function(Z, frequency=None):
+    """sin(omega <x, y>) for each row (x, y) of Z (n, 2d), x and y the two halves; Daniely's omega = pi d^3.
 
     Parameters
     ----------
     Z : array_like of shape (n, 2d), d >= 2
         Finite rows (x, y), numpy or cupy; they need not lie on the spheres (not checked).
+    frequency : float, optional
+        omega > 0, default pi d^3 (ref. 1). A lower one (of order d) gives a target that
+        2-layer networks of moderate width can fit, to watch the separation appear as omega grows.
 
     Returns
     -------
@@ -1509,7 +1512,12 @@ def daniely_function(Z):
     Raises
     ------
     ValueError
-        For Z not a finite 2-D array with an even number 2d >= 4 of columns.
+        For Z not a finite 2-D array with an even number 2d >= 4 of columns, or a frequency that is
+        not a positive number.
+
+    References
+    ----------
+    1. A. Daniely, arXiv:1702.08489 (the function sin(pi d^3 <x, y>) on S^{d-1} x S^{d-1}).
 
     Examples
     --------
@@ -1519,9 +1527,14 @@ def daniely_function(Z):
     [1.0]
     """
     Z, d = _split_pairs(Z)
+    omega = _daniely_frequency(frequency, d)
     xp = get_xp(Z)
     t = (Z[:, :d] * Z[:, d:]).sum(axis=1)
-    return xp.sin(math.pi * d**3 * t)
+    return xp.sin(omega * t)
+
+
+def _daniely_frequency(frequency, d):
+    return math.pi * d**3 if frequency is None else check_positive(frequency, "frequency")
 
 
 def sample_daniely(n, d, rng=None, dtype=np.float64, device="cpu"):
@@ -1562,8 +1575,8 @@ def sample_daniely(n, d, rng=None, dtype=np.float64, device="cpu"):
     return to_device(np.concatenate([X, Y], axis=1).astype(check_float_dtype(dtype), copy=False), device)
 
 
-def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> DeepReLU:
-    r"""A 3-layer relu network within ``tolerance`` of sin(pi d^3 <x, y>) uniformly on S^{d-1} x S^{d-1}.
+def daniely_network(d, tolerance=0.05, *, frequency=None, dtype=np.float64, device="cpu") -> DeepReLU:
+    r"""A 3-layer relu network within ``tolerance`` of sin(omega <x, y>) uniformly on S^{d-1} x S^{d-1}.
 
     Parameters
     ----------
@@ -1571,6 +1584,8 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
         d >= 2; the network takes (x, y) in R^{2d}.
     tolerance : float, default 0.05
         The proven uniform error (``meta["error_bound"]``).
+    frequency : float, optional
+        omega > 0, default Daniely's pi d^3 (as :func:`daniely_function`).
     dtype : numpy dtype, default float64
         float64 or float32: the dtype of the network's parameters.
     device : {"cpu", "gpu"}, default "cpu"
@@ -1580,15 +1595,17 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     -------
     DeepReLU
         First hidden layer: piecewise-linear squares of x_i + y_i and x_i - y_i on [-2, 2];
-        second: the kinks of the interpolant of sin(pi d^3 q) on [-1, 1].
+        second: the kinks of the interpolant of sin(omega q) on [-1, 1].
 
     Notes
     -----
     q_hat = sum_i (ell(x_i + y_i) - ell(x_i - y_i)) / 4 with ell the interpolant of t^2 at step h
     errs by at most d h^2 / 16 (each ell overestimates by at most h^2/4). psi, the interpolant of
-    sin(pi d^3 q) at step Delta, errs by at most (pi d^3)^2 Delta^2 / 8 and is (pi d^3)-Lipschitz.
-    Each half of ``tolerance`` goes to one of the two errors: the widths grow like d^3 / sqrt(tol)
-    (second layer) and d^3 / sqrt(tol) (first layer, 4 d K neurons with K ~ d^2 / sqrt(tol)).
+    sin(omega q) at step Delta, errs by at most omega^2 Delta^2 / 8 and is omega-Lipschitz, so the
+    total error is at most omega d h^2 / 16 + omega^2 Delta^2 / 8. Each half of ``tolerance`` goes to
+    one of the two errors: the widths grow like omega / sqrt(tol) (second layer) and
+    d sqrt(omega d / tol) (first layer, 4 d K neurons with K ~ sqrt(omega d / tol)); with Daniely's
+    omega = pi d^3, d^3 / sqrt(tol) for both.
 
     References
     ----------
@@ -1603,7 +1620,7 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     """
     d = check_integer(d, "d", minimum=2)
     tolerance = check_positive(tolerance, "tolerance")
-    freq = math.pi * d**3
+    freq = _daniely_frequency(frequency, d)
     _check_weights(4 * d * 2.0 / math.sqrt(8 * tolerance / (freq * d)), freq / math.sqrt(tolerance), 2 * d,
                    f"raise tolerance (got {tolerance:g})")
     n_int = max(1, math.ceil(2.0 / (2 * math.sqrt(tolerance) / freq)))  # (freq Delta)^2 / 8 <= tol / 2
@@ -1618,7 +1635,7 @@ def daniely_network(d, tolerance=0.05, *, dtype=np.float64, device="cpu") -> Dee
     eye = np.eye(d)
     A = np.concatenate([np.concatenate([eye, eye], axis=1), np.concatenate([eye, -eye], axis=1)])  # (2d, 2d)
     c = np.concatenate([np.full(d, 0.25), np.full(d, -0.25)])
-    meta = {"construction": "daniely", "pieces_per_square": K, "knots": n_int + 1,
+    meta = {"construction": "daniely", "frequency": freq, "pieces_per_square": K, "knots": n_int + 1,
             "error_bound": interp_err + square_err}
     return _squares_then_profile(A, c, np.full(2 * d, 2.0), np.full(2 * d, K), knots, values,
                                  check_float_dtype(dtype), device, meta)
