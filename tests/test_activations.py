@@ -460,3 +460,14 @@ def test_unknown_activation_name_names_the_argument():
         funk_hecke("swish", 3, 2)
     with pytest.raises(ValueError, match=r"^activation must be an activation name"):
         as_activation("swish", "activation")
+
+
+def test_funk_hecke_of_an_activation_without_closed_form_uses_the_q_nodes_asked_for():
+    # d = 3, w_3 = 1/2 on [-1, 1] and tanh has no breakpoint: with q = 3 the coefficients are the 3-point
+    # Gauss-Legendre sums (1/2) sum_i w_i tanh(t_i) P_k(t_i), written here with scipy (rounding: 1e-15), which are
+    # not the integrals (the check against 2 nodes warns that the rule has not converged).
+    t, w = special.roots_legendre(3)
+    ref = [0.5 * np.sum(w * np.tanh(t) * special.eval_legendre(k, t)) for k in range(3)]
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        mu = get_activation("tanh").funk_hecke(3, 2, q=3)
+    np.testing.assert_allclose(mu, ref, rtol=0, atol=1e-15)

@@ -552,6 +552,14 @@ def test_project_zonal_repeated_breakpoint_is_one_breakpoint(d):
     np.testing.assert_allclose(mu, ref, rtol=1e-12)
 
 
+@pytest.mark.parametrize("cut", [1.0, -1.0])
+def test_project_zonal_rejects_a_breakpoint_at_an_end_of_the_interval(cut):
+    # breakpoints lie in the open interval (-1, 1): one at +-1 makes an empty piece at a singular end of w_d,
+    # whose rule came out NaN (0 * log(0)), without an error
+    with pytest.raises(ValueError, match="breakpoints must lie in"):
+        harmonics.project_zonal(lambda t: np.maximum(t, 0.0), 3, 2, breakpoints=(0.0, cut))
+
+
 @pytest.mark.parametrize("d", [5, 8])
 def test_project_zonal_with_interior_pieces_carries_the_weight_on_every_piece(d):
     # Breakpoints -0.5 and 0.3 cut [-1, 1] into a left-end, an interior and a right-end piece, and |t + 0.5| is

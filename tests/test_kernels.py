@@ -12,6 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
+from numpy.polynomial import legendre
+from numpy.polynomial import polynomial as npoly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special, stats
@@ -595,6 +597,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: f2_norm_from_harmonics([1.0, -1.0], [1.0, 1.0]), "energies"),
     (lambda X: f2_norm_from_harmonics([1.0, 1.0], [1.0, -1.0]), "eigenvalues"),
     (lambda X: f2_norm_from_harmonics([1.0], [1.0, 1.0]), "shape"),
+    (lambda X: mercer_eigenvalues("_ntk", 3, 3), "kernel name must read"),
     (lambda X: gaussian_norm_moment(-3, 4), "h must be"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(call, match):
@@ -616,10 +619,53 @@ def test_gaussian_norm_moment_rejects_an_exponent_that_is_not_a_number():
         gaussian_norm_moment("a", 3)
 
 
+
+@pytest.mark.parametrize("d", [2, 3, 8])
+def test_gaussian_norm_moment_is_finite_just_above_minus_d_over_2_and_refused_at_it(d):
+    # E|w|^{2h} = int_0^inf r^{2h} chi_d(r) dr diverges at r = 0 exactly when 2h + d - 1 <= -1, h <= -d/2. Just
+    # above, the chi_d integral by QUADPACK (1e-10) matches; at h = -d/2 the moment is infinite and refused.
+    h = -0.5 * d + 0.25
+    ref, _ = integrate.quad(lambda r: r ** (2 * h) * stats.chi.pdf(r, d), 0, np.inf, epsabs=0, epsrel=1e-12)
+    assert gaussian_norm_moment(h, d) == pytest.approx(ref, rel=1e-10)
+    with pytest.raises(ValueError, match="h must be > -d/2"):
+        gaussian_norm_moment(-0.5 * d, d)
+
 def test_mercer_eigenvalues_rejects_breakpoints_that_are_not_numbers():
     with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
         mercer_eigenvalues(np.exp, 3, 3, breakpoints="a")
 
+
+
+def test_mercer_eigenvalues_of_a_callable_with_a_kink_are_split_at_its_breakpoint():
+    """kappa(t) = |t| in d = 3 (w_3 = 1/2): lambda_k = (1 + (-1)^k)/2 int_0^1 t P_k(t) dt, the integral of a
+    polynomial, exact with numpy's Legendre-to-power conversion (1e-14: rounding of the rule). Gauss-Legendre in
+    theta across the kink at theta = pi/2, without the split, is off by about 5e-5 at the default q."""
+    kmax = 6
+    ref = []
+    for k in range(kmax + 1):
+        antiderivative = npoly.polyint(npoly.polymulx(legendre.leg2poly([0] * k + [1])))  # of t P_k(t)
+        ref.append((1 + (-1) ** k) / 2 * npoly.polyval(1.0, antiderivative))
+    lam = mercer_eigenvalues(np.abs, 3, kmax, breakpoints=(0.0,))
+    np.testing.assert_allclose(lam, ref, rtol=0, atol=1e-14)
+
+
+def test_f2_norm_reads_eigenvalues_within_rounding_below_zero_as_zero():
+    # Documented: eigenvalues down to -1e-12 of the largest count as 0 (quadrature leaves -9e-18 where an eigenvalue
+    # vanishes); a degree without energy then adds nothing, and |f|^2 = 1/1 + 2/0.5 here (exact arithmetic).
+    assert f2_norm_from_harmonics([1.0, 0.0, 2.0], [1.0, -9e-18, 0.5]) == pytest.approx(math.sqrt(5.0), rel=1e-15)
+    assert f2_norm_from_harmonics([1.0, 1e-3, 2.0], [1.0, -9e-18, 0.5]) == math.inf
+
+
+@pytest.mark.parametrize("j, l", [(300, 300), (300, 301), (-300, -301), (301, -300)])
+def test_real_order_arc_cosine_kernel_is_homogeneous_far_from_the_unit_scale(j, l):
+    """max(0, z)^a is positively homogeneous of degree a = 3/2: K(2^j x, 2^l y) = 2^{a (j + l)} K(x, y), also where
+    the inputs are rescaled by powers of two before the closed form (2^{a (j + l)} is then not a power of two
+    when j + l is odd). Rounding: 1e-13 relative."""
+    sigma = get_activation("relu_power", alpha=1.5)
+    X, Y = _inputs(4, seed=18)
+    K = random_feature_kernel(X, Y, sigma)
+    K_far = random_feature_kernel(np.ldexp(X, j), np.ldexp(Y, l), sigma)
+    np.testing.assert_allclose(K_far, K * 2.0 ** (1.5 * (j + l)), rtol=1e-13)
 
 # ---------------------------------------------------------------------------------------------
 # Invariances (hypothesis)
@@ -746,6 +792,20 @@ def test_monte_carlo_with_fewer_features_than_one_block_averages_exactly_those_f
         ref = np.array([[sum(np.tanh(w @ x) * np.tanh(w @ y) for w in W) / F for y in Y] for x in X])
         np.testing.assert_allclose(K, ref, rtol=1e-12, atol=1e-14)
 
+
+
+def test_monte_carlo_ntk_averages_the_tangent_kernel_of_exactly_the_features_drawn():
+    """ntk with n_features: (1/F) sum_f [sigma(<w_f,x>) sigma(<w_f,y>) + <x, y> sigma'(<w_f,x>) sigma'(<w_f,y>)],
+    the empirical NTK of the F weights drawn with rng, written here from the same draws with sigma, sigma' typed
+    from their definitions, for Gaussian and spherical weights (rounding: 1e-12)."""
+    X, Y = _inputs(4, seed=17)
+    F = 300
+    f, f_prime = FUNCTIONS["tanh"]
+    for law in ("gaussian", "sphere"):
+        Theta = ntk(X, Y, "tanh", law, n_features=F, rng=6)
+        W = _weights(F, 4, law, seed=6)  # (F, d)
+        ref = (f(X @ W.T) @ f(Y @ W.T).T + (X @ Y.T) * (f_prime(X @ W.T) @ f_prime(Y @ W.T).T)) / F
+        np.testing.assert_allclose(Theta, ref, rtol=1e-12, atol=1e-14)
 
 def test_series_kernels_of_no_points_against_some_points_are_empty():
     """Sphere weights without closed form (the Funk-Hecke series, which needs the inputs on S^{d-1}): n = 0 or

@@ -312,3 +312,26 @@ def test_sphere_quadrature_refuses_a_rule_of_too_many_points():
         sphere_quadrature(40, 10)
     with pytest.raises(ValueError, match="degree must be an integer >= 0"):
         sphere_quadrature(-1, 3)
+
+
+def test_sample_inner_product_returns_the_dtype_asked_for():
+    # float32 is the float64 draw of the same seed, rounded once (the draw happens on the host in float64).
+    t32 = sphere.sample_inner_product(50, 4, rng=7, dtype=np.float32)
+    t64 = sphere.sample_inner_product(50, 4, rng=7)
+    assert t32.dtype == np.float32 and t64.dtype == np.float64
+    np.testing.assert_array_equal(t32, t64.astype(np.float32))
+
+
+def test_inner_product_density_keeps_the_dtype_of_t():
+    # at the poles and beyond as well as inside: float32 t gives float32 densities, within 4 float32 eps of the
+    # float64 values of the closed form (arcsine law at d = 2, 1/2 at d = 3, c_d (1 - t^2)^{(d-3)/2} at d = 5,
+    # c_5 = 3/4), the same edge values (inf, 1/2, 0) and 0 outside [-1, 1]
+    t = np.array([-1.5, -1.0, -0.5, 0.0, 0.25, 1.0], dtype=np.float32)
+    inside = np.abs(t.astype(np.float64)) < 1
+    s = np.where(inside, t.astype(np.float64), 0.0)
+    for d, dens, edge in [(2, 1 / (np.pi * np.sqrt(1 - s * s)), np.inf), (3, 0.5 + 0 * s, 0.5),
+                          (5, 0.75 * (1 - s * s), 0.0)]:
+        ref = np.where(inside, dens, np.where(np.abs(t) == 1, edge, 0.0))
+        value = sphere.inner_product_density(t, d)
+        assert value.dtype == np.float32, d
+        np.testing.assert_allclose(value, ref, rtol=4 * np.finfo(np.float32).eps)
