@@ -483,3 +483,32 @@ def test_barron_norm_rejects_an_array_as_norm():
     # failed with numpy's "truth value of an array with more than one element is ambiguous"
     with pytest.raises(ValueError, match="norm must be 1"):
         GaussianTarget(2).barron_norm(norm=np.array([1, 2]))
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_second_l1_moment_of_a_gaussian_is_that_of_a_sum_of_half_normals(d):
+    # f_hat = A times the N(0, I/s^2) density: int |omega|_1^2 |f_hat| = |A| E(sum_i |g_i|)^2 / s^2 with
+    # g ~ N(0, I_d), the second moment of a sum of d independent half-normals: Var + mean^2 =
+    # d Var|g_1| + (d E|g_1|)^2, from scipy.stats. Closed forms on both sides: rtol 1e-13.
+    f = GaussianTarget(d, scale=0.5, amplitude=-2.0)
+    h = stats.halfnorm
+    expected = 2.0 * (d * h.var() + (d * h.mean()) ** 2) / 0.5**2
+    np.testing.assert_allclose(f.barron_norm(norm=1, order=2), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("alpha", [0, 2])
+def test_f1_and_f2_norms_of_a_single_relu_power_neuron_scale_as_norm_w_to_the_alpha(alpha):
+    # f = a |w|^alpha sigma(<u, .>) for sigma = relu^alpha (alpha = 0: the step): F1 norm |a| |w|^alpha, and
+    # |P_{<=K} f|_{F2}^2 = a^2 |w|^{2 alpha} sum_{k <= K, mu_k != 0} N(d, k), where mu_k(relu^alpha) = 0 exactly
+    # for k > alpha with k - alpha even (Bach 2017, App. D.2): k <= alpha or k - alpha odd survive. |w| != 1 here,
+    # so the power alpha of |w| shows (the relu test above has alpha = 1). Tolerance as there (1e-12 relative).
+    from shallow.activations import get_activation
+    sigma = get_activation("step") if alpha == 0 else get_activation("relu_power", alpha=alpha)
+    d, K, a = 3, 12, -1.7
+    w = 1.5 * np.random.default_rng(12).standard_normal(d)
+    f1, f2 = single_neuron_norms(a, w, K, activation=sigma)
+    r = np.linalg.norm(w) ** alpha
+    np.testing.assert_allclose(f1, abs(a) * r, rtol=1e-14)
+    alive = [k for k in range(K + 1) if k <= alpha or (k - alpha) % 2 == 1]
+    expected = np.sqrt([(a * r) ** 2 * sum(N_harmonics(d, k) for k in alive if k <= Kc) for Kc in range(K + 1)])
+    np.testing.assert_allclose(f2, expected, rtol=1e-12)

@@ -822,3 +822,33 @@ def test_l1_distance_names_the_argument_that_is_not_a_network():
         l1_distance(sawtooth(2), None)
     with pytest.raises(ValueError, match=r"^f must be a DeepReLU"):
         l1_distance(np.ones(3), sawtooth(2))
+
+
+def test_pieces_of_a_network_with_several_outputs_break_where_any_output_bends():
+    # f(t) = (relu(t - 1/2), relu(t)) on [0, 1]: the map t -> f(t) in R^2 is affine on [0, 1/2] and on [1/2, 1]
+    # only (the first output bends at 1/2, the second never does); maximal pieces merge a breakpoint only where
+    # no output changes slope. Closed form: slopes (0, 1) then (1, 1), intercepts (0, 0) then (-1/2, 0).
+    net = DeepReLU([np.array([[1.0], [1.0]]), np.eye(2)], [np.array([-0.5, 0.0]), np.zeros(2)])
+    for exact in (False, True):
+        pl = linear_pieces(net, exact=exact)
+        np.testing.assert_array_equal(np.asarray(pl.breakpoints, dtype=float), [0.0, 0.5, 1.0])
+        np.testing.assert_array_equal(np.asarray(pl.slopes, dtype=float), [[0.0, 1.0], [1.0, 1.0]])
+        np.testing.assert_array_equal(np.asarray(pl.intercepts, dtype=float), [[0.0, 0.0], [-0.5, 0.0]])
+
+
+def test_an_affine_network_is_one_piece_with_its_bias_as_intercept():
+    # L = 1 (no hidden layer): f(x) = <w, x> + b, along x(t) = x0 + t v the single piece t <w, v> + <w, x0> + b.
+    # Dyadic numbers throughout: exact in floating point.
+    w, b, x0, v = np.array([[2.0, -1.0]]), np.array([3.0]), np.array([0.5, 0.25]), np.array([1.0, 4.0])
+    pl = linear_pieces(DeepReLU([w], [b]), (-1.0, 2.0), origin=x0, direction=v)
+    np.testing.assert_array_equal(pl.breakpoints, [-1.0, 2.0])
+    assert float(pl.slopes[0]) == float(w[0] @ v) and float(pl.intercepts[0]) == float(w[0] @ x0 + b[0])
+
+
+def test_l1_distance_is_zero_where_the_functions_coincide():
+    # |f - g| = 0 on a piece where f = g (du = dv = 0 at both ends): that piece adds 0, not 0 / 0. The distance
+    # of a network to itself is 0, and int_0^1 |relu(t - 1/2) - 0| dt = 1/8 exactly (dyadic).
+    f = PiecewiseLinear([0.0, 0.5, 1.0], [0.0, 1.0], [0.0, -0.5])
+    zero = PiecewiseLinear([0.0, 1.0], [0.0], [0.0])
+    assert l1_distance(f, zero) == 0.125
+    assert l1_distance(sawtooth(3), sawtooth(3)) == 0.0

@@ -955,3 +955,131 @@ def test_population_risk_of_step_students_near_the_teacher_float32_matches_float
     tol = 1e4 * np.finfo(np.float32).eps
     np.testing.assert_allclose(ga32, ga64, rtol=0, atol=tol * np.abs(ga64).max())
     np.testing.assert_allclose(gW32, gW64, rtol=0, atol=tol * np.abs(gW64).max())
+
+
+def test_one_empirical_risk_serves_networks_with_and_without_bias():
+    # R = 1/(2n) sum_i (f(x_i) - y_i)^2 for each network, whatever network the same risk saw before: the
+    # data cast for a network with bias (with a column of ones) is not the data of a network without.
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((30, 3)), rng.standard_normal(30)
+    plain = TwoLayer.init(5, 3, rng=5)
+    biased = TwoLayer.init(5, 3, rng=6, bias=True)
+    loss = EmpiricalRisk(X, y)
+    X1 = np.concatenate([X, np.ones((30, 1))], axis=1)
+    for net, inputs in ((biased, X1), (plain, X), (biased, X1)):
+        expected = 0.5 * np.mean((direct_forward(net, inputs) - y) ** 2)
+        assert loss(net) == pytest.approx(expected, rel=1e-13)  # float64 sums of 30 terms
+
+
+def test_resumed_flow_guards_divergence_against_the_initial_risk_of_the_whole_flow(tmp_path):
+    # divergence_factor bounds R(t) / R(0) with R(0) the risk where the flow started, not where it was
+    # resumed: an outer-layer flow with a step beyond 2 / lambda_max grows its risk geometrically
+    # (about 5x a step here), and the resumed run stops at the step of the uninterrupted one.
+    teacher, student = teacher_student(d=4, m=6, seed=0)
+    loss = PopulationRisk(teacher)
+    kw = dict(step_size=10.0, train="outer", divergence_factor=1e3)
+    r0 = loss(student)
+    with pytest.raises(FlowDivergenceError, match="at step 5 ") as whole:
+        gradient_flow(student, loss, steps=12, **kw)
+    saved = gradient_flow(student, loss, steps=3, checkpoint=tmp_path / "flow.npz", **kw)
+    assert saved.risks[-1] > 10 * r0  # the resumed run starts far above R(0), below 1e3 R(0)
+    with pytest.raises(FlowDivergenceError, match="at step 5 ") as resumed:
+        gradient_flow(student, loss, steps=9, resume=Trajectory.load(tmp_path / "flow.npz"), **kw)
+    assert str(resumed.value) == str(whole.value)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_population_risk_against_a_teacher_with_a_zero_neuron_is_that_against_the_teacher_without_it(activation):
+    # sigma(<0, x>) = 0 for relu and step (step(0) = 0): a teacher neuron with w* = 0 adds nothing to f*,
+    # whatever its outer weight, and the risk and gradients of a student whose particles are all nonzero are
+    # those against the teacher without it, to rounding (rel 1e-12: sums of a few O(1) terms in float64).
+    # (test_population_risk_of_a_zero_particle_is_that_of_the_network_without_it zeroes a student particle
+    # too, which takes the other branch of the kernel tiles.)
+    teacher, student = teacher_student(d=4, m=7, seed=11, activation=activation)
+    zero_teacher = TwoLayer(np.append(teacher.a, 2.0), np.concatenate([teacher.W, np.zeros((1, 4))]), gamma=1.0,
+                            activation=activation)
+    assert np.all(np.linalg.norm(student.W, axis=1) > 0)
+    ref, ga_ref, gW_ref = PopulationRisk(teacher).value_and_grad(student)
+    value, ga, gW = PopulationRisk(zero_teacher).value_and_grad(student)
+    assert value == pytest.approx(ref, rel=1e-12)
+    np.testing.assert_allclose(ga, ga_ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gW, gW_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_langevin_noise_moves_only_the_trained_layer():
+    # With train="inner" the outer weights have no dynamics, d a = 0: Euler-Maruyama draws normals for W
+    # alone (m D a step), so a stays exactly where it started and W gets the generator's first m D normals
+    # times sqrt(2 noise eta) on top of the noiseless step (rounding: rtol 1e-12).
+    teacher, student = teacher_student(d=3, m=4, seed=15)
+    loss = PopulationRisk(teacher)
+    noise, eta = 0.3, 0.02
+    plain = gradient_flow(student, loss, steps=1, step_size=eta, train="inner")
+    noisy = gradient_flow(student, loss, steps=1, step_size=eta, noise=noise, rng=16, train="inner")
+    np.testing.assert_array_equal(noisy.a, student.a)
+    xi_W = np.random.default_rng(16).standard_normal((4, 3))
+    np.testing.assert_allclose(noisy.W - plain.W, np.sqrt(2 * noise * eta) * xi_W, rtol=1e-12, atol=1e-15)
+
+
+def test_adaptive_flow_next_step_is_h_times_0_9_err_to_the_minus_one_third():
+    # The step controller of a 3(2) pair: after an accepted step h with error ratio err = |y3 - y2| /
+    # (tol (1 + |y|)), the next step tried is h clip(0.9 err^(-1/3), 0.2, 4) (the exponent -1/(2 + 1) of
+    # the embedded second-order estimate). err is recomputed here from the stages of Bogacki & Shampine
+    # (1989) with the risk's own field, as in the test above; h_next from the recorded times. A rejection
+    # would break the relation for that pair, so 90% of the pairs must follow it, to 1e-6 (h is recovered
+    # as a difference of times, err to about 1e-8 relative: an O(tol) difference of O(1) states).
+    teacher, student = teacher_student(d=4, m=10, seed=3)
+    loss, m, tol = PopulationRisk(teacher), 10, 1e-8
+    states = []
+    gradient_flow(student, loss, steps=50, step_size=0.01, method="adaptive", tol=tol, record_every=1,
+                  callback=lambda step, t, risk, a, W: states.append((t, a.copy(), W.copy())) and False)
+
+    def F(y):
+        _, ga, gW = loss.value_and_grad(student, y[:m], y[m:].reshape(student.W.shape))
+        return -m * np.concatenate([ga, gW.ravel()])
+
+    steps, predicted = [], []
+    for (t0, a0, W0), (t1, _, _) in itertools.pairwise(states):
+        y, h = np.concatenate([a0, W0.ravel()]), t1 - t0
+        k1 = F(y)
+        k2 = F(y + h * k1 / 2)
+        k3 = F(y + 3 * h * k2 / 4)
+        y3 = y + h * (2 * k1 + 3 * k2 + 4 * k3) / 9
+        y2 = y + h * (7 * k1 / 24 + k2 / 4 + k3 / 3 + F(y3) / 8)
+        err = np.linalg.norm(y3 - y2) / (tol * (1 + np.linalg.norm(y)))
+        steps.append(h)
+        predicted.append(h * min(4.0, max(0.2, 0.9 * err ** (-1 / 3))))
+    # pairs (step k, step k + 1), the last step excluded: it is cut at the final time
+    follows = np.isclose(np.array(steps[1:-1]), np.array(predicted[:-2]), rtol=1e-6, atol=0)
+    assert len(follows) > 10 and follows.mean() >= 0.9
+
+
+@pytest.mark.parametrize("method", ["euler", "adaptive"])
+def test_flow_resumed_at_a_step_of_its_record_grid_gives_the_records_of_an_uninterrupted_run(method):
+    # Stopped at step 10 = 2 record_every, the saved flow ends with a regular record; the resumed run starts
+    # there and must not record step 10 a second time: the same records (steps, risks, snapshots) as one run.
+    # Euler: a run of 10 steps; adaptive (tol 1e-9: about 40 steps to t = 0.4): a callback's stop at the record
+    # of step 10, resumed for the rest of the flow time as the docstring of gradient_flow says.
+    teacher, student = teacher_student(d=5, m=10, seed=8)
+    loss = PopulationRisk(teacher)
+    kw = dict(record_every=5, snapshot_particles=2, method=method, tol=1e-9)
+    whole = gradient_flow(student, loss, steps=20, step_size=0.02, **kw)
+    if method == "euler":
+        first = gradient_flow(student, loss, steps=10, step_size=0.02, **kw)
+        resumed = gradient_flow(student, loss, steps=10, step_size=0.02, resume=first, **kw)
+    else:
+        first = gradient_flow(student, loss, steps=20, step_size=0.02, callback=lambda step, *_: step >= 10, **kw)
+        resumed = gradient_flow(student, loss, steps=1, step_size=first.meta["t_end"] - first.t, resume=first, **kw)
+    assert first.meta["record_steps"][-1] == 10 and whole.step > 10
+    assert resumed.meta["record_steps"] == whole.meta["record_steps"]
+    np.testing.assert_array_equal(resumed.risks, whole.risks)
+    np.testing.assert_array_equal(resumed.snapshots_W, whole.snapshots_W)
+
+
+def test_adaptive_flow_calls_back_once_per_record_when_its_last_step_is_on_the_record_grid():
+    # record_every = 1: every step is a regular record, the last one included; the callback comes once per
+    # record (the final record is not a second call), its steps those of the trajectory's records.
+    teacher, student = teacher_student(d=5, m=10, seed=14)
+    seen = []
+    traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive", record_every=1,
+                         callback=lambda step, t, risk, a, W: seen.append(step))
+    assert seen == traj.meta["record_steps"] == list(range(traj.step + 1))
