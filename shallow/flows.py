@@ -60,7 +60,11 @@ __all__ = [
 
 
 class FlowDivergenceError(FloatingPointError):
-    """The risk became NaN, infinite, or exploded during a flow."""
+    """The risk became NaN, infinite, or exploded during a flow (or, for the adaptive method, its step
+    size fell below the resolution of t: the field is not finite or not continuous there)."""
+
+
+_EPS64 = 2.0**-52  # float64 machine epsilon: t is a Python float
 
 
 def _check_network(net, name="net"):
@@ -619,7 +623,9 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         steps of order tol instead of tol^(1/3): a 7-neuron relu net on 20 points took 64 steps to
         t = 1 at tol = 1e-4, 6061 at 1e-6, and barely moved at 1e-8. Use "euler" or "rk4" there,
         or a PopulationRisk, whose field is continuous; smooth activations (tanh, softplus) are
-        unaffected.
+        unaffected. Where rejected steps shrink the step below the resolution of t (a field that is
+        NaN or infinite near the particles), the run stops with :class:`FlowDivergenceError`
+        instead of trying ever smaller steps.
     noise : float
         Temperature beta^{-1} >= 0 of the Langevin flow d theta = -s grad R dt + sqrt(2 noise) dB
         (s the time scale), by Euler-Maruyama (``method="euler"`` only).
@@ -785,7 +791,13 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                 taken = h
                 # the next step size, before anything that may stop the run: a flow saved or stopped
                 # here resumes with the step the uninterrupted run takes next
-                h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))
+                h *= min(4.0, max(0.2, 0.9 * max(err, 1e-12) ** (-1 / 3)))  # a NaN err shrinks h by 5
+                if not err <= 1 and h <= 64 * _EPS64 * max(abs(t), abs(t_end)):
+                    # rejected steps shrank h below what t can resolve: no step can be accepted any more
+                    raise FlowDivergenceError(
+                        f"the adaptive step size fell to {h:.3g} at t={t:.6g} (step {step}) with the error "
+                        f"estimate still {err:.3g} times tol: the field is not finite or not continuous near the "
+                        f"particles; use method='euler' or 'rk4', or a larger tol than {tol:g}")
                 if err <= 1:
                     a, W, k1, t, step = a_new, W_new, k_new, t + taken, step + 1
                     rec.check(step, t, k1[0])

@@ -1083,3 +1083,27 @@ def test_adaptive_flow_calls_back_once_per_record_when_its_last_step_is_on_the_r
     traj = gradient_flow(student, PopulationRisk(teacher), steps=10, step_size=0.01, method="adaptive", record_every=1,
                          callback=lambda step, t, risk, a, W: seen.append(step))
     assert seen == traj.meta["record_steps"] == list(range(traj.step + 1))
+
+
+def test_adaptive_flow_stops_with_an_error_when_no_step_can_be_accepted():
+    # A field that is finite at the particles but NaN at every other point: every trial step has a NaN error
+    # estimate and is rejected, each shrinking h by 5. Once h falls below what t can resolve (64 eps t_end),
+    # the run stops with FlowDivergenceError instead of shrinking h for ever (a cap of 10^4 field evaluations
+    # here turns an endless loop into a failure of this test).
+    teacher, student = teacher_student(d=3, m=4, seed=5)
+    risk = PopulationRisk(teacher)
+    start = (student.a.copy(), student.W.copy())
+    calls = []
+
+    class NaNOffStart:
+        def value_and_grad(self, net, a, W, need_grad=True):
+            calls.append(1)
+            assert len(calls) < 10_000, "the adaptive method kept shrinking its step"
+            value, ga, gW = risk.value_and_grad(net, a, W, need_grad=need_grad)
+            if np.array_equal(a, start[0]) and np.array_equal(W, start[1]):
+                return value, ga, gW
+            return value, np.full_like(ga, np.nan), np.full_like(gW, np.nan)
+
+    with pytest.raises(FlowDivergenceError, match=r"adaptive step size fell to .* not finite or not continuous"):
+        gradient_flow(student, NaNOffStart(), steps=10, step_size=0.1, method="adaptive")
+    assert len(calls) < 1000  # 3 evaluations per rejection, about 30 rejections from 0.1 to 64 eps
