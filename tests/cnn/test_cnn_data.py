@@ -372,6 +372,40 @@ def test_batches_of_one_visit_every_sample_once():
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(5))
 
 
+def test_batches_drop_last_keeps_every_full_batch():
+    # drop_last leaves out only a last, smaller batch: n = 8 in batches of 4 is two full batches, nothing dropped;
+    # n = 9 is the same two and one image left out
+    for n in (8, 9):
+        X, y = np.zeros((n, 2, 2, 1)), np.arange(n)
+        seen = [yb for _, yb in batches(X, y, 4, rng=0, drop_last=True)]
+        assert [len(b) for b in seen] == [4, 4]
+        assert len(np.unique(np.concatenate(seen))) == 8
+
+
+@pytest.mark.parametrize("kwargs", [{"scale": 0.2}, {"shear": 0.3}])
+def test_augment_warps_with_a_scale_or_a_shear_alone(kwargs):
+    # Augment(rotation=0) with a scale or a shear still warps: on the coordinate images (row, col) the warp reads
+    # back A's columns at the centre c (bilinear interpolation is exact on affine images, as in the test of
+    # random_affine's law): a scale alone gives A = I / exp(u), |u| <= 0.2; a shear alone A = [[1, s], [0, 1]],
+    # |s| <= 0.3 (atol 1e-12: rounding of O(1) coordinates). The largest of 50 uniform draws exceeds a tenth of the
+    # bound but with probability 0.1^50; without the warp every draw is 0.
+    n, H, c = 50, 9, 4
+    i, j = np.meshgrid(np.arange(H, dtype=float), np.arange(H, dtype=float), indexing="ij")
+    X = np.broadcast_to(np.stack([i, j], -1), (n, H, H, 2))
+    out = Augment(shift=0, **kwargs)(X, np.random.default_rng(12))
+    A = np.stack([out[:, c + 1, c] - c, out[:, c, c + 1] - c], -1)  # (n, 2, 2), A[k, :, b] = column b
+    if "scale" in kwargs:
+        u = -np.log(A[:, 0, 0])
+        np.testing.assert_allclose(A, np.exp(-u)[:, None, None] * np.eye(2), rtol=0, atol=1e-12)
+        draws, bound = u, 0.2
+    else:
+        s = A[:, 0, 1]
+        np.testing.assert_allclose(A, np.eye(2) + s[:, None, None] * np.array([[0.0, 1.0], [0.0, 0.0]]), rtol=0,
+                                   atol=1e-12)
+        draws, bound = s, 0.3
+    assert np.abs(draws).max() <= bound * (1 + 1e-12) and np.abs(draws).max() > bound / 10
+
+
 def test_augment_without_shift_or_warp_is_the_identity():
     X = np.random.default_rng(3).standard_normal((3, 6, 6, 1))
     np.testing.assert_array_equal(Augment(shift=0)(X, np.random.default_rng(0)), X)

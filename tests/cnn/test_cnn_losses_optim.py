@@ -379,6 +379,19 @@ def test_cosine_warmup_may_last_all_steps_but_the_last():
         Cosine(2.0, total_steps=4, warmup=4)
 
 
+@pytest.mark.parametrize("schedule", [StepDecay(1.0, step_size=2, gamma=0.5), Cosine(1.0, total_steps=6, warmup=2)])
+def test_optimizer_lr_is_the_rate_of_its_next_step(schedule):
+    # opt.lr is "the learning rate of the next step": plain SGD with gradient 1 moves theta by exactly eta_t at
+    # step t, so the property read before each step must equal the step theta then takes (|theta| < 8: the update
+    # and the difference each round by at most half an ulp of 8, 8.9e-16, hence 4e-15)
+    theta = np.zeros(1)
+    opt = SGD({"theta": theta}, lr=schedule)
+    for _ in range(6):
+        announced, before = opt.lr, theta[0]
+        opt.step({"theta": np.ones(1)})
+        assert before - theta[0] == pytest.approx(announced, rel=0, abs=4e-15)
+
+
 def test_state_of_a_fresh_optimizer_round_trips():
     # a checkpoint taken before the first step (t = 0, zero moments) restores to the same start:
     # the steps that follow equal those of a fresh optimiser, bit for bit

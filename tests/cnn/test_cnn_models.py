@@ -28,7 +28,6 @@ def test_output_scale_alpha_multiplies_the_network():
     np.testing.assert_allclose(Model(net, (8, 8), 5, alpha=7.5).eval().forward(x), 7.5 * base, rtol=1e-14)
 
 
-
 def test_float32_model_refuses_an_alpha_beyond_the_normal_float32_range():
     # alpha multiplies h and the gradients in the network's dtype: in float32, alpha = 1e39 became inf
     # and the centred f(x; theta_0) = alpha (h - h_0) was inf * 0 = NaN where it is 0; alpha = 1e-50
@@ -45,6 +44,18 @@ def test_float32_model_refuses_an_alpha_beyond_the_normal_float32_range():
     np.testing.assert_allclose(f, 1e-30 * h.astype(np.float64), rtol=4 * np.finfo(np.float32).eps)
     model = build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=1e39, centering="frozen")
     np.testing.assert_array_equal(model.forward(x.astype(np.float64)), 0.0)
+
+def test_float32_antisymmetric_model_refuses_an_alpha_whose_alpha_over_sqrt2_is_subnormal():
+    # the antisymmetric centring multiplies by u = alpha / sqrt(2): alpha = 1.5e-38 is a normal float32 but
+    # u = 1.06e-38 is below the smallest normal float32, 1.18e-38 (np.finfo), so the model is refused; the
+    # frozen centring multiplies by alpha itself and takes it
+    tiny = float(np.finfo(np.float32).tiny)
+    alpha = 1.5e-38
+    assert alpha / np.sqrt(2.0) < tiny <= alpha
+    with pytest.raises(ValueError, match=r"alpha = .* is outside the normal float32 numbers"):
+        build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=alpha, centering="antisymmetric", dtype=np.float32)
+    assert build_model("vgg", (8, 8), 3, width=2, rng=0, alpha=alpha, centering="frozen", dtype=np.float32).alpha == alpha
+
 
 def _jacobian_rows(model, x):
     """Gradients of every output f_k(x_n) with respect to all trained parameters, as rows."""
@@ -107,7 +118,6 @@ def test_linearized_model_jvp_is_its_parameter_derivative():
     for k, p in lin.named_parameters().items():
         p += v[k]
     np.testing.assert_allclose(lin.forward(x) - f0, tf, rtol=0, atol=1e-12 * np.abs(tf).max())
-
 
 
 def test_linearized_model_jvp_with_dropout_is_the_derivative_on_the_masks_of_its_value():
@@ -242,7 +252,6 @@ def test_model_rejects_wrong_images_naming_x():
         Model(vgg_small((8, 8), 2, width=2), (8, 8), 2, alpha=0.0)
 
 
-
 def test_float32_model_refuses_float64_images_beyond_float32_naming_the_largest():
     # The cast to the model's float32 made 1e39 infinite: numpy warned 'overflow encountered in cast'
     # (an error under the suite's filter) and x was said to contain 'NaN or infinite value(s)'.
@@ -310,6 +319,29 @@ def test_vgg_stages_halve_the_map_by_2x2_pooling_and_double_the_width(pool):
     x = np.random.default_rng(2).standard_normal((1, 28, 28, 1))
     assert _shapes_after(net, x, kind) == [(14, 14, 3), (7, 7, 6), (3, 3, 12)]
     assert net.layers[-1].params["W"].shape == (12, 5)
+
+
+def test_vgg_dropout_zeroes_some_pooled_features_and_scales_the_others_by_one_over_one_minus_p():
+    # vgg_small(dropout=p) in train mode: the linear layer reads the pooled features z (c = 4 of them here) with
+    # each one zeroed or multiplied by 1 / (1 - p). For every image, one of the 2^c masks m must give
+    # y = (m z / (1 - p)) W + b (float64 rounding: 1e-12 relative), and over 20 images some mask is not all ones
+    # (the chance that p = 0.5 keeps all 4 features of all 20 images is 2^-80). z, W and b are read from the
+    # network in eval mode, where dropout is the identity.
+    import itertools
+
+    p = 0.5
+    net = vgg_small((8, 8), 3, width=2, batch_norm=False, dropout=p, rng=0)
+    x = np.random.default_rng(9).standard_normal((20, 8, 8, 1))
+    z = x
+    for layer in net.eval().layers[:-1]:
+        z = layer.forward(z)  # (20, c) pooled features, dropout off
+    W, b = net.layers[-1].params["W"], net.layers[-1].params["b"]
+    y = net.train().forward(x)  # (20, 3)
+    masks = np.array(list(itertools.product([0.0, 1.0], repeat=z.shape[1])))  # (2^c, c)
+    candidates = np.einsum("mc,nc,ck->nmk", masks, z / (1 - p), W) + b  # (20, 2^c, 3)
+    err = np.abs(candidates - y[:, None, :]).max(axis=2)  # (20, 2^c)
+    assert np.all(err.min(axis=1) <= 1e-12 * np.abs(y).max())
+    assert not np.all(masks[err.argmin(axis=1)] == 1)
 
 
 @pytest.mark.parametrize("in_shape, blocks, expected", [
@@ -563,3 +595,20 @@ def test_a_wrapper_of_a_model_still_refuses_images_of_another_shape_in_fit_and_t
         tangent_kernel(wrapped, X)
     with pytest.raises(ValueError, match=r"images of shape \(16, 16, 1\) but the model expects"):
         fit(wrapped, X, np.array([0, 1, 2, 0]), epochs=1)
+
+
+def test_tangent_kernel_leaves_the_gradients_of_the_model_as_they_were():
+    # tangent_kernel runs one backward pass per output and image; the Parameters promise the gradients of the last
+    # backward pass before it are put back (a training loop between backward and step may compute a kernel)
+    from shallow.cnn.linearize import tangent_kernel
+
+    model = _tiny_model(rng=2)
+    rng = np.random.default_rng(10)
+    X = rng.standard_normal((3, 4, 4, 1))
+    model.forward(X)
+    model.backward(rng.standard_normal((3, 3)))
+    before = {name: g.copy() for name, g in model.named_gradients().items()}
+    assert any(g.any() for g in before.values())
+    tangent_kernel(model, X[:2])
+    for name, g in model.named_gradients().items():
+        np.testing.assert_array_equal(g, before[name])

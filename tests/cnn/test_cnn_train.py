@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from shallow.cnn import (SGD, Adam, Augment, Cosine, Dropout, Flatten, Linear, Sequential, SquareLoss,
+from shallow.cnn import (SGD, Adam, Augment, Cosine, Dropout, Flatten, Linear, Sequential, SquareLoss, StepDecay,
                          TrainingDivergedError, build_model, evaluate,
                          fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
                          snapshot, vgg_small)
@@ -526,3 +526,48 @@ def test_predict_computes_in_eval_mode_and_restores_train_mode():
     expected = X.reshape(5, 16) @ lin.params["W"] + lin.params["b"]
     np.testing.assert_allclose(predict(model, X, batch_size=2), expected, rtol=1e-12, atol=1e-12)
     assert model.training
+
+
+def test_an_infinite_loss_stops_the_run_at_its_batch_with_the_parameters_before_it():
+    # The guard is on a loss that is NaN *or infinite* (module notes). Square-loss targets of 1e300 give residuals
+    # of 1e300, whose squares overflow: the loss of the first batch is +inf (not NaN). The run stops there, saying
+    # so, with the parameters of the initialisation (train_step skips the update of a non-finite loss).
+    rng = np.random.default_rng(26)
+    X, Y = rng.standard_normal((6, 5, 5, 1)), np.full((6, 4), 1e300)
+    model = _plain_net()
+    before = snapshot(model)
+    history = fit(model, X, Y, loss=SquareLoss(), optimizer=SGD(model.named_parameters(), lr=0.01), epochs=2,
+                  batch_size=3, rng=0, on_divergence="stop")
+    assert history.diverged and "training loss is inf at epoch 1, batch 1 of 2" in history.message
+    assert history.epoch == [] and relative_change(model, before) == 0.0
+
+
+def test_train_step_with_a_non_finite_loss_puts_the_running_statistics_back():
+    # train_step's Notes: when the loss is not finite the update is skipped and the running statistics of batch
+    # normalisation, which the train-mode forward pass moved, are put back: the model is as it was before the step
+    # (compared bit for bit with copies taken before). Targets of 1e300 make the square loss +inf.
+    from shallow.cnn.train import train_step
+
+    model = build_model("vgg", (8, 8, 1), 3, width=2, rng=0).train()
+    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    buffers = {name: b.copy() for name, b in model.named_buffers().items() if "running" in name}
+    params = snapshot(model)
+    assert buffers
+    x = np.random.default_rng(3).standard_normal((4, 8, 8, 1))
+    with np.errstate(over="ignore"):
+        value, _ = train_step(model, SquareLoss(), opt, x, np.full((4, 3), 1e300))
+    assert value == np.inf and opt.t == 0
+    for name, b in buffers.items():
+        np.testing.assert_array_equal(model.named_buffers()[name], b)
+    assert relative_change(model, params) == 0.0
+
+
+def test_history_lr_is_the_rate_of_each_epochs_last_step():
+    # History.lr holds "the learning rate of the epoch's last step": 6 images in batches of 2 are steps t = 3e - 3,
+    # 3e - 2, 3e - 1 in epoch e, and StepDecay(0.01, 1, 1/2) gives eta_t = 0.01 / 2^t (dyadic factors: exact)
+    rng = np.random.default_rng(27)
+    X, y = rng.standard_normal((6, 5, 5, 1)), rng.integers(0, 4, 6)
+    model = _plain_net()
+    opt = SGD(model.named_parameters(), lr=StepDecay(0.01, step_size=1, gamma=0.5))
+    history = fit(model, X, y, optimizer=opt, epochs=3, batch_size=2, rng=0)
+    assert history.lr == [0.01 / 2 ** (3 * e - 1) for e in (1, 2, 3)]
