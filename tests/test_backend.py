@@ -121,7 +121,6 @@ def test_array_digest_tells_equal_arrays_from_arrays_differing_in_a_value_dtype_
     assert array_digest(x, x) != array_digest(x)  # the number of arrays counts too
 
 
-
 def test_row_norms_neither_overflow_nor_underflow_and_equal_the_plain_norm_elsewhere():
     # reference: math.hypot, which scales internally (exact to an ulp or so)
     import math

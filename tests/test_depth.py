@@ -170,7 +170,6 @@ def test_l1_distance_matches_quadrature():
     assert abs(l1_distance(f, net) - value) <= 1e-10 + 10 * err
 
 
-
 def test_l1_distance_of_networks_of_d_inputs_is_taken_along_the_given_line():
     # two relu networks on R^3 restricted to x(t) = x0 + t v, t in [-1, 2]: quad split at both sets of kinks and
     # at the zeros of the difference (as above); without origin and direction the call names them

@@ -296,7 +296,6 @@ def test_checkpoint_resume_gives_the_same_numbers(tmp_path, noise):
     assert first.step == 25 and resumed.step == 60
 
 
-
 def test_loading_a_file_that_is_not_a_trajectory_is_refused_naming_it(tmp_path):
     # another .npz archive gave KeyError: 'rng_state' (or 'record_steps'), a text entry JSONDecodeError
     teacher, student = teacher_student(d=3, m=4, seed=6)
@@ -734,7 +733,6 @@ def test_resume_refuses_a_flow_of_another_risk_or_another_network_scale(tmp_path
     moved = TwoLayer(teacher.a, teacher.W[::-1].copy(), gamma=teacher.gamma)
     with pytest.raises(ValueError, match="loss: another risk"):
         gradient_flow(student, PopulationRisk(moved), steps=2, resume=flow, **kw)
-
 
 
 def test_resume_refuses_a_flow_saved_in_another_dtype():

@@ -959,7 +959,6 @@ def test_legendre_recurrence_error_near_the_poles_is_the_documented_one(d):
         assert abs(float(harmonics.legendre(k, d, np.array([0.5]))[0]) - float(reference(k, mpmath.mpf(0.5)))) <= 1e-15
 
 
-
 @pytest.mark.parametrize("sign, scale", [(-1.0, 1.0), (1.0, 2.0**-600)])
 def test_project_zonal_in_high_dimension_follows_the_mass_of_g_w_d_to_either_end_and_at_any_scale(sign, scale):
     # g(t) = scale exp(sign c t) at d = 2000, c = 700 (the mass of g w_d near sign 0.32, past the window's

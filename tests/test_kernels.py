@@ -619,7 +619,6 @@ def test_gaussian_norm_moment_rejects_an_exponent_that_is_not_a_number():
         gaussian_norm_moment("a", 3)
 
 
-
 @pytest.mark.parametrize("d", [2, 3, 8])
 def test_gaussian_norm_moment_is_finite_just_above_minus_d_over_2_and_refused_at_it(d):
     # E|w|^{2h} = int_0^inf r^{2h} chi_d(r) dr diverges at r = 0 exactly when 2h + d - 1 <= -1, h <= -d/2. Just
@@ -633,7 +632,6 @@ def test_gaussian_norm_moment_is_finite_just_above_minus_d_over_2_and_refused_at
 def test_mercer_eigenvalues_rejects_breakpoints_that_are_not_numbers():
     with pytest.raises(ValueError, match="breakpoints must be a sequence of numbers in"):
         mercer_eigenvalues(np.exp, 3, 3, breakpoints="a")
-
 
 
 def test_mercer_eigenvalues_of_a_callable_with_a_kink_are_split_at_its_breakpoint():
@@ -791,7 +789,6 @@ def test_monte_carlo_with_fewer_features_than_one_block_averages_exactly_those_f
         W = _weights(F, 4, law, seed=5)
         ref = np.array([[sum(np.tanh(w @ x) * np.tanh(w @ y) for w in W) / F for y in Y] for x in X])
         np.testing.assert_allclose(K, ref, rtol=1e-12, atol=1e-14)
-
 
 
 def test_monte_carlo_ntk_averages_the_tangent_kernel_of_exactly_the_features_drawn():

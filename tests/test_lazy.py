@@ -273,7 +273,6 @@ def test_kernel_regression_solves_the_regularised_normal_equations():
     np.testing.assert_allclose(interp.test, f0t + Ft @ theta, atol=1e-9)
 
 
-
 def test_kernel_ridge_fit_is_a_contraction_of_the_targets_even_below_the_rounding_of_K():
     """For K semidefinite, K (K + n lambda I)^{-1} has its eigenvalues lam / (lam + n lambda) in [0, 1), so
     |f - f0| <= |y - f0|. A float32 Gram matrix of rank 10 (n = 300) has eigenvalues of -8e-6 from rounding;
@@ -286,7 +285,6 @@ def test_kernel_ridge_fit_is_a_contraction_of_the_targets_even_below_the_roundin
     for ridge in (1e-9, 1e-3):
         fit = kernel_regression(K, y, ridge).train
         assert np.linalg.norm(fit) <= np.linalg.norm(y) * (1 + 1e-5)
-
 
 
 def test_kernel_ridge_fit_of_an_ill_conditioned_K_is_the_filter_of_its_clipped_eigenvalues_at_every_ridge():
@@ -629,7 +627,6 @@ def test_lazy_routines_on_cupy_match_numpy():
     assert np.isfinite(diag.result()["kernel_gap"]).all()
 
 
-
 @pytest.mark.gpu
 def test_kernel_ridge_regression_on_cupy_takes_both_routes_as_numpy_does():
     # the Cholesky route (cupy's potrf under errstate, cupyx's triangular solves) and its refusal of an indefinite
@@ -735,7 +732,6 @@ def test_kernel_flow_moves_the_test_predictions_linearly_in_time_along_a_null_di
     pred = kernel_flow(K, y, t, f0=f0, K_test=K_test, f0_test=f0_test, time_scale=s)
     np.testing.assert_allclose(pred.train, y + z[:2], rtol=0, atol=1e-14)
     np.testing.assert_allclose(pred.test, z[2:], rtol=0, atol=1e-14)
-
 
 
 def test_kernel_flow_of_k_targets_at_several_times_is_the_matrix_exponential_on_each_column():

@@ -66,7 +66,6 @@ def test_network_and_its_measure_define_the_same_function(name, params, bias):
     np.testing.assert_allclose(mu.evaluate(X, sigma, bias=bias), net(X), rtol=1e-12, atol=1e-13)
 
 
-
 def test_the_measure_of_a_network_with_a_bias_keeps_it_through_conversions_and_sums():
     # measure_to_network(net.to_measure()) came back without the bias (a network of d + 1 inputs), and
     # maurey_sample of the measure too; the references are the network itself and the sum typed out
@@ -131,7 +130,6 @@ def test_network_to_measure_mass_is_exact_where_it_is_representable_but_its_fact
                       ** mpmath.mpf(alpha)) for a_j, row in zip(a, W)]
     assert mu.weights.dtype == dtype
     np.testing.assert_allclose(mu.weights, expected, rtol=8 * np.finfo(dtype).eps)
-
 
 
 def test_network_to_measure_refuses_masses_beyond_the_range_of_the_dtype_naming_them():
@@ -749,7 +747,6 @@ def test_harmonic_spectrum_of_a_measure_of_the_zero_function_is_zero_not_below()
     E = harmonic_spectrum(mu, 8)
     assert (E >= 0).all() and E.max() <= 1e-15
     assert f2_norm_from_harmonics(E, np.ones(9)) <= 1e-7
-
 
 
 def test_sliced_wasserstein_of_a_large_float32_cloud_and_its_translate_is_the_projected_shift():

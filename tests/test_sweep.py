@@ -268,7 +268,6 @@ def test_bad_input_gives_clear_errors(tmp_path):
         sweep(counted_point, grid(x=[1]), executor=object(), workers=2)
 
 
-
 def ragged_point(config):
     return {"v": np.ones(config["x"])}
 

@@ -101,7 +101,6 @@ def test_standardizer_maps_a_constant_channel_to_zero(value, dtype):
     np.testing.assert_array_equal(Z[..., 0], 0)
 
 
-
 @pytest.mark.parametrize("dtype, scale", [(np.float64, 1e-200), (np.float64, 1e200), (np.float32, 1e-25),
                                           (np.float32, 1e20)])
 def test_standardizer_standardises_at_every_scale_where_the_pixels_are_representable(dtype, scale):

@@ -106,7 +106,6 @@ def test_conv2d_functional_form_equals_the_layer():
     np.testing.assert_allclose(conv2d(x, W, b, stride=2, padding=1, groups=2), expected, rtol=1e-12, atol=1e-12)
 
 
-
 @pytest.mark.parametrize("W, b, match", [
     (np.ones((3, 3, 2)), None, (r"W must be a float32 or float64 kernel of shape \(KH, KW, C_in / groups, C_out\), "
                                 r"got shape \(3, 3, 2\)")),
@@ -139,7 +138,6 @@ def test_conv2d_rejects_bad_configuration():
         Conv2d(3, 4, 3, stride=2, method="taps")
     with pytest.raises(ValueError, match="method must be one of"):
         Conv2d(3, 4, 3, method="fft")
-
 
 
 @pytest.mark.parametrize("x, match", [

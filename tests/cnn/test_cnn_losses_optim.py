@@ -96,7 +96,6 @@ def test_losses_name_a_float_label_out_of_range_as_given(label, shown):
         CrossEntropy().value_and_grad(np.zeros((2, 4)), np.array([1.0, label]))
 
 
-
 @pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
 def test_losses_refuse_outputs_without_a_sample_or_a_class_naming_them(shape):
     # the loss is a mean over the N rows (undefined for N = 0: ZeroDivisionError) of a softmax

@@ -152,7 +152,6 @@ def test_fit_with_a_square_loss_trains_real_targets_as_the_loop_of_batches_and_t
         fit(models[0], X, Y[:, :2], loss=SquareLoss(), epochs=1)
 
 
-
 def test_fit_with_a_square_loss_takes_class_labels_as_floats_of_integer_value(digits):
     # a vector for a model of 10 outputs holds labels, as for SquareLoss itself and check_labels; floats of integer
     # value were read as real targets and refused ("integer labels of shape (64,) ... got shape (64,)")
@@ -356,7 +355,6 @@ def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_pa
         _resume_run(digits, path, **change)
     same = _resume_run(digits, path, epochs=3)  # the saved settings resume (and the refusal changed nothing)
     assert load_checkpoint(path, same)["epoch"] == 3
-
 
 
 @pytest.mark.parametrize("damage, match", [

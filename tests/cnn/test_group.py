@@ -152,7 +152,6 @@ def test_local_max_filter_commutes_with_translations_but_not_with_deformations()
     assert commutator_defect(maxfilter, lambda Z: deform_nearest(Z, tau), X) > 0.1  # measured 0.41
 
 
-
 @pytest.mark.parametrize("dtype, k", [(np.float64, -560), (np.float64, 560), (np.float32, -80), (np.float32, 80)])
 def test_commutator_defect_is_invariant_under_scaling_by_a_power_of_two(dtype, k):
     # A 1-homogeneous op (a fixed mask) against a translation: the relative commutator of 2^k X is that of
@@ -306,7 +305,6 @@ def test_p4_cnn_is_exactly_invariant_to_quarter_turns():
     y = net(x)
     for k in (1, 2, 3):
         np.testing.assert_allclose(net(np.rot90(x, k, axes=(1, 2))), y, rtol=0, atol=EXACT)
-
 
 
 @pytest.mark.parametrize("size", [1, 5, 7])
@@ -497,7 +495,6 @@ def test_fit_gabor_recovers_a_gabor_filter():
     np.testing.assert_allclose(fit.xi, xi, atol=1e-6)
     np.testing.assert_allclose(fit.phase, phi, atol=1e-6)
     np.testing.assert_allclose(fit.model, f, atol=1e-8)
-
 
 
 @pytest.mark.parametrize("c", [1e-300, 1e-170, 1e160, 1e300])

@@ -758,7 +758,6 @@ def test_irevnet_without_in_shape_refuses_nan_images_and_features():
         bare.reconstruct(np.full((1, 2, 2, 16), np.nan))
 
 
-
 @pytest.mark.parametrize("call", ["forward", "jvp"])
 def test_irevnet_forward_and_jvp_refuse_nan_or_misshapen_images_naming_x(call):
     # As a Model's: forward and jvp passed NaN images through to NaN scores, and named a later layer's
