@@ -508,6 +508,18 @@ def test_ball_indicator_compares_norms_beyond_the_range_of_their_squares():
     np.testing.assert_array_equal(ball_indicator(np.array([[1.0, 2.0**-26]])), [0.0])
 
 
+def test_ball_indicator_compares_float32_norms_beyond_the_range_of_their_float32_squares():
+    # float32 squares overflow from |x| = 1.8e19 and underflow below 1e-23 (r^2 rounded to float32 as well):
+    # |x| = 2e20 > r = 1e20 compared inf <= inf (inside), |x| = 2e-30 > r = 1e-30 compared 0 <= 0 (inside).
+    # The answers are read off |x| / r (2, 1/2, 3 sqrt(2) / 10, 0), far from 1: float32 rounding cannot flip them.
+    big = np.array([[2e20, 0.0], [0.0, 5e19], [3e19, 3e19]], dtype=np.float32)
+    out = ball_indicator(big, radius=1e20)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [0.0, 1.0, 1.0])
+    tiny = np.array([[2e-30, 0.0], [0.0, 5e-31], [3e-31, 3e-31], [0.0, 0.0]], dtype=np.float32)
+    np.testing.assert_array_equal(ball_indicator(tiny, radius=1e-30), [0.0, 1.0, 1.0, 1.0])
+
+
 # --------------------------------------------------------------------------- Daniely
 @pytest.mark.parametrize("d", [2, 3])
 def test_daniely_network_is_within_its_error_bound(d):

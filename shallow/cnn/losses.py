@@ -179,12 +179,12 @@ def _check_outputs(out, name="out"):
 
 def cross_entropy_per_sample(z, y):
     """The losses l_n = logsumexp(z_n) - z_{n, y_n} (N,) and their gradients dl_n/dz_n = softmax(z_n) - e_{y_n}
-    (N, K), for logits z (N, K) and valid labels y (N,) (unchecked: callers check once).
+    (N, K), for logits z (N, K) and valid labels y (N,) (their values unchecked: callers check once).
 
     Parameters
     ----------
     z : array of shape (N, K)
-        Real logits, numpy or cupy (:func:`log_softmax` refuses other dtypes and K = 0).
+        Real logits, numpy or cupy, with N, K >= 1 (other dtypes and shapes are refused).
     y : integer array of shape (N,)
         Labels in {0, ..., K - 1} on z's device. Their shape and integer dtype are checked, not their
         values: validate them with :func:`check_labels` first (a negative label indexes from the end).
@@ -236,7 +236,9 @@ class CrossEntropy:
 
         L is a float, or with ``as_array=True`` a 0-d float64 array on z's device holding the same
         number (no transfer to the host: what a recorded step needs). ``check=False`` skips the
-        labels' dtype and range checks (which read the device), not their shape.
+        labels' range checks (which read the device), not their shape nor their integer dtype (free
+        to check): labels given as floats of integer values must be converted by
+        :func:`check_labels` first.
         """
         z = _check_outputs(z, "z")
         if check:
@@ -310,7 +312,8 @@ class SquareLoss:
     def value_and_grad(self, f, y, *, check=True, as_array=False):
         """(L, dL/df) for outputs f of shape (N, K) and labels (N,) or targets (N, K); L a float,
         or a 0-d float64 array on f's device with ``as_array=True``. ``check=False`` skips the
-        labels' dtype and range checks, not their shape."""
+        labels' dtype and range checks and the finiteness of real targets (all read the device), not
+        their shape."""
         f = _check_outputs(f, "f")
         if f.dtype.kind != "f":  # integer outputs (accepted as real numbers): the targets and gradient are real
             f = f.astype(get_xp(f).float64)

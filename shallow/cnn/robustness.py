@@ -57,8 +57,9 @@ S a permutation of coordinates) has differences whose norms satisfy |dy_1| = |dx
 |dy_2| <= |dx_1| + L(F) |dx_2|, so |dy| <= |B (|dx_1|, |dx_2|)| with B = [[0, 1], [1, L(F)]]: the
 block is (L(F) + sqrt(L(F)^2 + 4)) / 2 -Lipschitz, the largest eigenvalue of the symmetric B, below
 1 + L(F) and equal to 1 for F = 0 (then the block is a permutation). The bound is attained when F
-is linear and a multiple of the identity. An i-RevNet (:class:`~shallow.cnn.revnet.IRevNet`) is its
-invertible body followed by its head.
+is linear and a multiple of S (of the identity at stride 1): F = c S makes the block
+[[0, 1], [1, c]] (x) S, of norm (|c| + sqrt(c^2 + 4)) / 2. An i-RevNet
+(:class:`~shallow.cnn.revnet.IRevNet`) is its invertible body followed by its head.
 
 Both use the layers' eval-mode maps (batch-norm running statistics, no dropout): they bound the
 network used at test time. The empirical local constant :func:`local_lipschitz` is

@@ -408,7 +408,8 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
         The batch's labels.
     check : bool, default True
         The loss checks the labels' dtype and range (labels out of range failed with numpy's
-        IndexError); a loop that has checked all its labels once passes False.
+        IndexError), and the square loss that real targets are finite; a loop that has checked all
+        its labels once passes False.
 
     Returns
     -------

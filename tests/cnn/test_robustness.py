@@ -521,6 +521,20 @@ def test_coupling_block_bound_is_attained_when_F_is_a_multiple_of_the_identity(c
         assert lipschitz_upper_bound(block, (3, 3, 4), method=method, tol=1e-14) == pytest.approx(exact, rel=1e-13)
 
 
+@pytest.mark.parametrize("c", [-2.0, 1.5])
+def test_stride_two_coupling_block_bound_is_attained_when_F_is_a_multiple_of_space_to_depth(c):
+    # at stride 2, F(x_2) = c S x_2 (S the 2 x 2 space-to-depth, a permutation of the entries): the block's
+    # Jacobian [[0, S], [S, c S]] is [[0, 1], [1, c]] (x) I times the orthogonal diag(S, S), of norm
+    # (|c| + sqrt(c^2 + 4)) / 2, which the certified bound reaches with L(F) = |c|.
+    # Oracle: numpy's SVD of the block's dense matrix; 1e-13 relative, rounding
+    scale = Conv2d(8, 8, 1, bias=False)
+    scale.params["W"][...] = c * np.eye(8)
+    block = RevBlock(4, Sequential(SpaceToDepth(2), scale), stride=2).eval()
+    exact = _dense_norm(block.forward, (4, 4, 4))
+    assert exact == pytest.approx((abs(c) + np.sqrt(c * c + 4)) / 2, rel=1e-13)
+    assert lipschitz_upper_bound(block, (4, 4, 4), method="fft") == pytest.approx(exact, rel=1e-13)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_coupling_block_bound_with_certified_norms_is_above_its_norm(stride):
     # a block with a linear F (3x3 convolution, stride 1 or 2, zero padding) is linear: its norm is the top
