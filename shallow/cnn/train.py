@@ -374,7 +374,7 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     Returns
     -------
     (float, float)
-        The mean loss and the accuracy (NaN for real targets, and where the loss is not finite).
+        The mean loss and the accuracy (NaN for real targets, and where the loss is NaN).
     """
     loss = _check_loss(loss)
     out = predict(model, X, batch_size=batch_size)
@@ -384,8 +384,9 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     y = get_xp(out).asarray(y)
     with np.errstate(over="ignore", invalid="ignore"):
         value = loss.value_and_grad(out, y, check=False)[0]
-    # a diverged model's outputs (a loss that is not finite): no accuracy, which would refuse their NaN
-    return value, (float("nan") if real or not math.isfinite(value) else accuracy(out, y))
+    # outputs with a NaN make a NaN loss (a diverged model): no accuracy, which would refuse them. An infinite
+    # loss of finite outputs still has its accuracy
+    return value, (float("nan") if real or math.isnan(value) else accuracy(out, y))
 
 
 # ----------------------------------------------------------------------------- the loop
