@@ -187,3 +187,30 @@ def test_backend_is_the_only_module_that_imports_cupy():
             if any(name.split(".")[0] in ("cupy", "cupy_backends", "cupyx") for name in names):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == {"backend.py"}  # the scan sees backend.py's own imports
+
+
+@pytest.mark.parametrize("value, usable", [("", True), ("0", True), ("1", False), ("yes", False)])
+def test_shallow_disable_cupy_hides_a_working_cupy_unless_empty_or_0(monkeypatch, value, usable):
+    fake = _FakeCupy(True, True)
+    monkeypatch.setenv("SHALLOW_DISABLE_CUPY", value)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    backend._cupy.cache_clear()
+    try:
+        assert backend.gpu_available() is usable
+        assert backend.available_devices() == (("cpu", "gpu") if usable else ("cpu",))
+    finally:
+        backend._cupy.cache_clear()
+
+
+def test_a_cupy_that_raises_at_import_leaves_the_cpu(monkeypatch, tmp_path):
+    # a broken CUDA install raises at `import cupy` (a RuntimeError, an OSError of a missing library), not an
+    # ImportError: gpu_available must still answer False rather than raise
+    (tmp_path / "cupy.py").write_text("raise RuntimeError('CUDA driver version is insufficient')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.delenv("SHALLOW_DISABLE_CUPY", raising=False)
+    backend._cupy.cache_clear()
+    try:
+        assert backend.gpu_available() is False and backend.available_devices() == ("cpu",)
+    finally:
+        backend._cupy.cache_clear()

@@ -708,3 +708,75 @@ def test_a_study_that_catches_a_failed_grid_and_goes_on_writes_its_result(toy, m
     assert cli.main(["run", "fallback_toy", "--out", str(toy / "out"), "--scheduler", "serial"]) == 0
     sidecar = json.loads((toy / "out" / "figures" / "fallback_toy.json").read_text())
     assert sidecar["summary"]["total"] == 0 + 1 + 4 and sidecar["grid_points"]["points"] == 3
+
+
+def test_a_write_keeps_the_old_temporary_files_of_other_files(tmp_path):
+    # only .r.npz.HEX.tmp (12 hexadecimal digits) is r.npz's: .r.npz.bak.HEX.tmp is the temporary file of
+    # r.npz.bak, and .r.npz.notes.tmp is not one of shallow's, however old
+    import os
+    import time
+
+    others = [tmp_path / ".r.npz.bak.0123456789ab.tmp", tmp_path / ".r.npz.notes.tmp"]
+    hour_ago = time.time() - study.STALE_TMP_SECONDS - 60
+    for other in others:
+        other.write_text("")
+        os.utime(other, (hour_ago, hour_ago))
+    study.save_npz_atomic(tmp_path / "r.npz", {"x": 1.0})
+    assert all(other.exists() for other in others)
+
+
+def test_a_float_field_with_an_int_default_takes_floats_under_postponed_annotations(toy):
+    # with `from __future__ import annotations` (every study of the gallery) field.type is the string "float"
+    script = toy / "studies" / "toy.py"
+    text = script.read_text().replace("import dataclasses\n",
+                                      "from __future__ import annotations\nimport dataclasses\n", 1)
+    script.write_text(text.replace("    seed: int = 0\n", "    T: float = 250\n    seed: int = 0\n"))
+    module = cli.load_study("toy")
+    assert study.config_from_args(module, study.build_parser(module).parse_args(["--T", "2.5"])).T == 2.5
+
+
+def test_run_all_refuses_a_study_flag_given_as_one_word(toy, capsys):
+    # "--all --n=5": no value to be read as STUDY, and the flag of one study must not reach every study
+    module = cli.load_study("toy")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--all", "--quick", "--n=5", "--out", str(toy / "out")])
+    assert exit_.value.code == 2 and "study-specific flags ['--n=5'] need a single STUDY" in capsys.readouterr().err
+    assert module.CALLS == []
+
+
+def test_seed_0_on_the_shallow_command_overrides_a_studys_other_default(toy):
+    script = toy / "studies" / "toy.py"
+    script.write_text(script.read_text().replace("    seed: int = 0\n", "    seed: int = 5\n"))
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--seed", "0"]) == 0
+    assert json.loads((out / "figures" / "toy_quick.json").read_text())["config"]["seed"] == 0
+
+
+def test_ctrl_c_in_a_study_run_inside_another_names_the_inner_study(toy, monkeypatch):
+    # the inner run's StudyInterrupted says which study stopped and what it cached: the outer run keeps it
+    import types
+
+    inner = cli.load_study("toy")
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inner, "compute", interrupted)
+    outer = types.ModuleType("outer")
+    outer.Config, outer.plot = inner.Config, inner.plot
+    outer.compute = lambda cfg: study.run(inner, cfg, out=toy / "out", figure=False)
+    with pytest.raises(study.StudyInterrupted) as err:
+        study.run(outer, inner.Config(n=3), out=toy / "out", figure=False)
+    assert (err.value.study, err.value.grid_points_cached) == ("toy", False)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "argument --seed: expected a seed, an integer >= 0, got '-1'"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+])
+def test_a_study_scripts_seed_and_device_flags_refuse_bad_values_as_usage_errors(toy, capsys, flags, message):
+    # the study's own parser (python studies/NAME.py), not only the shallow command's, checks them
+    module = cli.load_study("toy")
+    with pytest.raises(SystemExit) as exit_:
+        study.main(module, flags)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -211,3 +211,17 @@ def test_config_hash_of_a_float_field_does_not_depend_on_an_int_or_float_spellin
     key = study.config_hash("demo", Config(T=250, widths=(1, 0.5)), "source")
     assert study.config_hash("demo", Config(T=250.0, widths=(1.0, 0.5)), "source") == key
     assert study.config_hash("demo", Config(T=250.5, widths=(1, 0.5)), "source") != key
+
+
+def test_config_hash_changes_with_the_study_name_the_config_the_version_and_the_source(monkeypatch):
+    # results/NAME-HASH.npz: a result is reused only for the same study, config, package version and script
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 10
+
+    key = study.config_hash("demo", Config(), "source")
+    assert study.config_hash("other", Config(), "source") != key
+    assert study.config_hash("demo", Config(n=11), "source") != key
+    assert study.config_hash("demo", Config(), "source edited") != key
+    monkeypatch.setattr(study, "__version__", study.__version__ + "+other")
+    assert study.config_hash("demo", Config(), "source") != key

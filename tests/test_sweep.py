@@ -200,6 +200,7 @@ def test_point_keys_are_canonical():
     assert point_key(Point(10, 0.5)) == point_key({"alpha": 0.5, "m": 10})
     assert point_key({"m": np.int64(10), "alpha": np.float64(0.5)}) == point_key({"m": 10, "alpha": 0.5})
     assert point_key({"m": 10}) != point_key({"m": 10.0}) != point_key({"m": True})
+    assert point_key({"m": 1}) != point_key({"m": True})  # the chain above compares 10.0 with True, not 10
     assert point_key({"m": 10}, "f") != point_key({"m": 10}, "g")
     assert point_key({"w": np.arange(3.0)}) != point_key({"w": np.arange(3.0) + 1e-15})
     assert point_key({"t": (1, 2)}) == point_key({"t": [1, 2]})
@@ -674,3 +675,114 @@ def test_workers_exit_soon_after_their_parent_is_killed(sleepy_sweep, tmp_path, 
     proc.kill()
     proc.wait()
     assert all_gone(set(children) | set(workers), timeout=10.0)
+
+
+def test_point_keys_tell_arrays_of_equal_bytes_but_another_dtype_or_shape_apart():
+    # zeros of int64 and of float64 have the same bytes: only the dtype (and the shape) tell them apart
+    assert point_key({"w": np.zeros(3)}) != point_key({"w": np.zeros(3, dtype=np.int64)})
+    assert point_key({"w": np.zeros((2, 3))}) != point_key({"w": np.zeros((3, 2))})
+
+
+def test_a_cache_file_holding_another_config_is_recomputed_not_served(counted, tmp_path):
+    # KEY.npz stores its config: a file under another point's name (a copy, a hash collision) is not its result
+    points, folder = counted([1, 2])
+    cache = tmp_path / "cache"
+    first = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    (cache / f"{first.keys[0]}.npz").replace(cache / f"{first.keys[1]}.npz")
+    again = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    assert [r["value"] for r in again] == [2.0, 4.0] and again.cached == [False, False]
+    assert calls(folder) == [1, 1, 2, 2]
+
+
+def test_an_unreadable_cache_file_is_recomputed_with_a_warning_and_rewritten(counted, tmp_path):
+    points, folder = counted([1])
+    cache = tmp_path / "cache"
+    (key,) = sweep(counted_point, points, cache_dir=cache, scheduler="serial").keys
+    (cache / f"{key}.npz").write_bytes(b"not an npz archive")  # written by something else than sweep
+    with pytest.warns(RuntimeWarning, match="unreadable sweep cache file"):
+        again = sweep(counted_point, points, cache_dir=cache, scheduler="serial")
+    assert again[0]["value"] == 2.0 and again.cached == [False]
+    assert sweep(counted_point, points, cache_dir=cache, scheduler="serial").cached == [True]
+    assert calls(folder) == [1, 1]
+
+
+def test_a_duplicated_point_loaded_from_the_cache_fills_each_of_its_positions(counted, tmp_path):
+    points, folder = counted([1, 2, 1])
+    sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial")
+    again = sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial")
+    assert [r["value"] for r in again] == [2.0, 4.0, 2.0] and again.cached == [True] * 3
+    assert again.wall_times[0] == again.wall_times[2] > 0
+    assert calls(folder) == [1, 2]
+
+
+def test_the_progress_bar_counts_cached_points_as_done_from_the_start(counted, tmp_path, capsys):
+    points, _ = counted([1, 2])
+    sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial")
+    capsys.readouterr()
+    sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial", progress=True)
+    bar = capsys.readouterr().err
+    assert "2/2" in bar and "0/2" not in bar
+
+
+def test_thread_variables_of_the_workers_are_restored_in_the_parent(counted, monkeypatch):
+    # set while the workers are spawned (they inherit them), then removed: the parent's own BLAS keeps its threads
+    from shallow.sweep import THREAD_VARIABLES
+
+    for var in THREAD_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    points, _ = counted([1])
+    assert sweep(counted_point, points, workers=1)[0]["threads"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+    assert [var for var in THREAD_VARIABLES if var in os.environ] == ["OMP_NUM_THREADS"]
+
+
+def test_run_grid_after_a_run_computes_without_a_cache_again(toy_study, tmp_path):
+    # the run's cache folder and --force hold only while its compute runs, also after it returned
+    out = tmp_path / "out"
+    study.run(toy_study, study.quick_config(toy_study), out=out, figure=False, scheduler="serial", force=True)
+    points = out / "results" / "points" / "toygrid"
+    before = sorted(points.iterdir())
+    assert [r["y"] for r in study.run_grid(toy_study.square, grid(x=[5.0]), scheduler="serial")] == [25.0]
+    assert sorted(points.iterdir()) == before
+
+
+def test_a_new_package_version_recomputes_the_cached_points(counted, tmp_path, monkeypatch):
+    from shallow import sweep as sweep_module
+
+    points, folder = counted([1])
+    assert sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial").cached == [False]
+    monkeypatch.setattr(sweep_module, "__version__", sweep_module.__version__ + "+other")
+    assert sweep(counted_point, points, cache_dir=tmp_path / "cache", scheduler="serial").cached == [False]
+    assert calls(folder) == [1, 1]
+
+
+def test_a_point_whose_result_cannot_be_written_fails_alone(counted, tmp_path):
+    # disk full, or a folder in the way of KEY.npz: that point fails naming the file, the others finish and are cached
+    points, folder = counted([1, 2])
+    cache = tmp_path / "cache"
+    (cache / f"{point_key(points[0], 'demo')}.npz").mkdir(parents=True)
+    out = sweep(counted_point, points, cache_dir=cache, key="demo", scheduler="serial", force=True, errors="collect")
+    (failure,) = out.failures
+    assert failure.index == 0 and "could not write" in failure.error and out[1]["value"] == 4.0
+    assert sweep(counted_point, points[1:], cache_dir=cache, key="demo", scheduler="serial").cached == [True]
+
+
+def reserved_point(config):
+    return {"value": 1.0, "_wall_time": 5.0}
+
+
+def test_a_result_key_reserved_by_the_cache_is_a_failure_of_its_point(tmp_path):
+    # a result's own _wall_time (or _config) would be overwritten by the cache's: a computed and a loaded result
+    # would differ
+    out = sweep(reserved_point, grid(x=[1]), cache_dir=tmp_path / "cache", scheduler="serial", errors="collect")
+    (failure,) = out.failures
+    assert failure.error == ("ValueError: result key '_wall_time' is reserved by the sweep cache "
+                             "(_config, _wall_time)")
+    assert list((tmp_path / "cache").glob("*.npz")) == []
+
+
+def test_point_keys_of_non_finite_floats_are_stable_and_distinct():
+    # JSON has no nan or inf: a config holding one (a sentinel, an unbounded range) still has a key
+    keys = [point_key({"x": value}) for value in (float("nan"), float("inf"), -float("inf"), 0.0)]
+    assert len(set(keys)) == 4 and point_key({"x": float("nan")}) == keys[0]

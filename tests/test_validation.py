@@ -151,3 +151,44 @@ def test_rows_normalised_in_float32_and_cast_to_float64_are_refused_with_the_rea
     check_on_sphere(X)  # in float32, on the sphere
     with pytest.raises(ValueError, match="normalised in float32 and cast to float64, say: normalise them in float64"):
         check_on_sphere(X.astype(np.float64) * (1 + 1e-7))
+
+
+@pytest.mark.parametrize("check", ["check_positive", "check_nonnegative"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), np.float64("nan"), True, False, "1"])
+def test_check_positive_and_check_nonnegative_refuse_non_finite_numbers_booleans_and_strings(check, value):
+    # NaN compares False with 0 (NaN < 0 and NaN <= 0 are both False), and True is a numbers.Real equal to 1
+    from shallow import _validation
+
+    with pytest.raises(ValueError, match=r"^noise must be a (positive finite number|finite number >= 0), got "):
+        getattr(_validation, check)(value, "noise")
+
+
+def test_check_random_state_refuses_a_boolean_or_negative_seed_naming_rng():
+    # True is an Integral equal to 1: taken as a seed it would silently give the stream of seed 1
+    from shallow._validation import check_random_state
+
+    with pytest.raises(TypeError, match=r"^rng must be None, an int seed or a numpy Generator, got True$"):
+        check_random_state(True)
+    with pytest.raises(ValueError, match=r"^rng must be a non-negative int seed, got -1$"):
+        check_random_state(-1)
+
+
+def test_check_array_refuses_a_single_nan_or_infinite_entry():
+    # a one-entry array (a single point, a scalar target) is checked like any other
+    from shallow._validation import check_array
+
+    for value in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"^y contains 1 NaN or infinite value\(s\)$"):
+            check_array(np.array([value]), "y")
+        with pytest.raises(ValueError, match=r"^y contains 1 NaN or infinite value\(s\)$"):
+            check_array(np.float64(value), "y")
+
+
+def test_check_array_promotes_float16_to_float32_and_keeps_float32_and_float64():
+    # float16 overflows at 65504: a kernel exp(|x|^2) or a square of 300 was inf
+    from shallow._validation import check_array
+
+    assert check_array(np.ones(2, dtype=np.float16), "x").dtype == np.float32
+    assert check_array(np.ones(2, dtype=np.float32), "x").dtype == np.float32
+    assert check_array(np.ones(2), "x").dtype == np.float64
+    assert check_array(np.array([300.0], dtype=np.float16), "x")[0] ** 2 == 90000.0
