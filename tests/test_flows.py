@@ -971,17 +971,37 @@ def test_one_empirical_risk_serves_networks_with_and_without_bias():
 
 def test_resumed_flow_guards_divergence_against_the_initial_risk_of_the_whole_flow(tmp_path):
     # divergence_factor bounds R(t) / R(0) with R(0) the risk where the flow started, not where it was
-    # resumed: an outer-layer flow with a step beyond 2 / lambda_max grows its risk geometrically
-    # (about 5x a step here), and the resumed run stops at the step of the uninterrupted one.
+    # resumed: an outer-layer flow with a step beyond 2 / lambda_max grows its risk geometrically, and the
+    # resumed run stops at the step of the uninterrupted one. R is quadratic in a, with Hessian H read off the
+    # risk's values (polarization, exact for a quadratic up to rounding); a step with eta s lambda_max(H) =
+    # 1 + sqrt(5) multiplies each mode of the excess risk by (1 - eta s lambda_i)^2 <= 5, so R(t+1) <= 5 R(t)
+    # on every draw (a fixed step_size = 10 grew it 5x a step at seed 0 but 25x to 600x at other seeds, and
+    # then diverged at step 2, before the checkpoint). Hence the first step S with R(S) > 1e3 R(0) has S >= 5,
+    # the checkpoint at S - 2 has R > 1e3 R(0) / 25 = 40 R(0), and a guard measured from the resumed start
+    # (1e3 R(S - 2) >= 40 R(S)) would not stop at S.
     teacher, student = teacher_student(d=4, m=6, seed=0)
     loss = PopulationRisk(teacher)
-    kw = dict(step_size=10.0, train="outer", divergence_factor=1e3)
+    m, a = 6, student.a
+
+    def risk_at(outer):
+        return loss(TwoLayer(outer, student.W, gamma=student.gamma, activation=student.activation))
+
+    E = np.eye(m)
+    H = np.array([[risk_at(a + E[i] + E[j]) - risk_at(a + E[i]) - risk_at(a + E[j]) + risk_at(a)
+                   for j in range(m)] for i in range(m)])  # (m, m)
+    eta = (1 + np.sqrt(5)) / (m * np.linalg.eigvalsh(H)[-1])  # time_scale s = m
+    kw = dict(step_size=eta, train="outer", divergence_factor=1e3)
     r0 = loss(student)
-    with pytest.raises(FlowDivergenceError, match="at step 5 ") as whole:
-        gradient_flow(student, loss, steps=12, **kw)
-    saved = gradient_flow(student, loss, steps=3, checkpoint=tmp_path / "flow.npz", **kw)
+    free = gradient_flow(student, loss, steps=30, step_size=eta, train="outer", divergence_factor=np.inf)
+    assert np.all(free.risks[1:] <= 5 * (1 + 1e-9) * free.risks[:-1])  # rounding: rel 1e-9
+    S = int(np.argmax(free.risks > 1e3 * r0))
+    assert 5 <= S < 30  # the guard fires within the 30 steps
+    with pytest.raises(FlowDivergenceError, match=f"at step {S} ") as whole:
+        gradient_flow(student, loss, steps=S + 7, **kw)
+    saved = gradient_flow(student, loss, steps=S - 2, checkpoint=tmp_path / "flow.npz", **kw)
     assert saved.risks[-1] > 10 * r0  # the resumed run starts far above R(0), below 1e3 R(0)
-    with pytest.raises(FlowDivergenceError, match="at step 5 ") as resumed:
+    assert free.risks[S] < 1e3 * saved.risks[-1]  # so a guard from the resumed start would let step S pass
+    with pytest.raises(FlowDivergenceError, match=f"at step {S} ") as resumed:
         gradient_flow(student, loss, steps=9, resume=Trajectory.load(tmp_path / "flow.npz"), **kw)
     assert str(resumed.value) == str(whole.value)
 
