@@ -584,6 +584,10 @@ def test_constructions_evaluate_on_each_backend(xp, dtype):
     tol = 1e-12 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(to_numpy(g(Xg)), g(X * 2), atol=tol)
     np.testing.assert_allclose(to_numpy(eldan_shamir_density(Xg)), eldan_shamir_density(X * 2), rtol=tol, atol=tol)
+    np.testing.assert_allclose(to_numpy(eldan_shamir_phi(Xg)), eldan_shamir_phi(X * 2), rtol=tol, atol=tol)
+    inside = ball_indicator(xp.asarray(X, dtype=dtype))  # the rescaled comparison (frexp, ldexp) on the device
+    assert isinstance(inside, xp.ndarray) and inside.dtype == dtype
+    np.testing.assert_array_equal(to_numpy(inside), ball_indicator(X))
     Z = sample_daniely(50, 3, rng=1, dtype=dtype, device=device)
     np.testing.assert_allclose(to_numpy(daniely_function(Z)), daniely_function(to_numpy(Z).astype(np.float64)),
                                atol=1e-12 if dtype == np.float64 else 1e-3)
