@@ -1006,15 +1006,13 @@ def eldan_shamir_density(X):
     Parameters
     ----------
     X : array of shape (n, d)
-        Points of R^d (numpy or cupy; the Bessel function runs on the host, so cupy data makes an
-        explicit round trip for the radii).
+        Points of R^d, numpy or cupy (as :func:`eldan_shamir_phi`).
 
     Returns
     -------
     array of shape (n,)
-        phi(x)^2 with phi(x) = int_{|y| <= R_d} e^{-2 pi i <x, y>} dy = (R_d / |x|)^{d/2} J_{d/2}(2 pi R_d |x|)
-        = Lambda_{d/2}(2 pi R_d |x|), where Lambda_nu(z) = Gamma(nu + 1) (2/z)^nu J_nu(z) and R_d is
-        :func:`unit_ball_radius`. phi(0) = vol(ball) = 1.
+        phi(x)^2 with phi(x) = (R_d / |x|)^{d/2} J_{d/2}(2 pi R_d |x|) (:func:`eldan_shamir_phi`,
+        whose Returns give it as Lambda_{d/2}; R_d is :func:`unit_ball_radius`). phi(0) = vol(ball) = 1.
 
     Notes
     -----

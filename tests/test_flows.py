@@ -863,17 +863,16 @@ def test_langevin_euler_maruyama_step_adds_gaussian_noise_of_variance_two_noise_
     np.testing.assert_allclose(noisy.W - plain.W, std * xi_W, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("scale", [0.03, 3.0])  # |y| ~ 0.1 and ~ 10: the absolute and the relative part
-def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_one_plus_the_parameter_norm(scale):
-    # Bogacki & Shampine (1989), the 3(2) pair: stages k1 = F(y), k2 = F(y + h k1/2), k3 = F(y + 3h k2/4),
-    # y3 = y + h (2 k1 + 3 k2 + 4 k3)/9, k4 = F(y3), y2 = y + h (7 k1/24 + k2/4 + k3/3 + k4/8), here with
-    # F = -m grad R from the risk's own value_and_grad. Recomputed from each pair of consecutive accepted
-    # states: y3 is the next state (to rounding), and the estimate |y3 - y2| is at most tol (1 + |y|), |y|
-    # the Euclidean norm of all of a and W (the documented mixed tolerance); the controller aims at 0.9^3
-    # of it, so the largest ratio is above 1/2 (a stricter or looser norm than documented fails one side).
+def _adaptive_steps_recomputed(scale, tol):
+    """The accepted steps of an adaptive flow (d = 4, m = 10, PopulationRisk, 50 steps of 0.01 of time,
+    record_every = 1), the student's parameters scaled by ``scale``: for each pair of consecutive accepted
+    states, (y, h, y_next, y3, y2) with y3 and y2 the third- and second-order updates of Bogacki & Shampine
+    (1989) recomputed here from y and h: stages k1 = F(y), k2 = F(y + h k1/2), k3 = F(y + 3h k2/4),
+    y3 = y + h (2 k1 + 3 k2 + 4 k3)/9, k4 = F(y3), y2 = y + h (7 k1/24 + k2/4 + k3/3 + k4/8), with
+    F = -m grad R from the risk's own value_and_grad."""
     teacher, student = teacher_student(d=4, m=10, seed=3)
     student = TwoLayer(scale * student.a, scale * student.W, gamma=student.gamma, activation=student.activation)
-    loss, m, tol = PopulationRisk(teacher), 10, 1e-8
+    loss, m = PopulationRisk(teacher), 10
     states = []
     gradient_flow(student, loss, steps=50, step_size=0.01, method="adaptive", tol=tol, record_every=1,
                   callback=lambda step, t, risk, a, W: states.append((t, a.copy(), W.copy())) and False)
@@ -882,7 +881,6 @@ def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_on
         _, ga, gW = loss.value_and_grad(student, y[:m], y[m:].reshape(student.W.shape))
         return -m * np.concatenate([ga, gW.ravel()])
 
-    ratios = []
     for (t0, a0, W0), (t1, a1, W1) in itertools.pairwise(states):
         y, h = np.concatenate([a0, W0.ravel()]), t1 - t0
         k1 = F(y)
@@ -890,7 +888,19 @@ def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_on
         k3 = F(y + 3 * h * k2 / 4)
         y3 = y + h * (2 * k1 + 3 * k2 + 4 * k3) / 9
         y2 = y + h * (7 * k1 / 24 + k2 / 4 + k3 / 3 + F(y3) / 8)
-        np.testing.assert_allclose(y3, np.concatenate([a1, W1.ravel()]), rtol=0, atol=1e-12)
+        yield y, h, np.concatenate([a1, W1.ravel()]), y3, y2
+
+
+@pytest.mark.parametrize("scale", [0.03, 3.0])  # |y| ~ 0.1 and ~ 10: the absolute and the relative part
+def test_adaptive_flow_accepts_steps_whose_embedded_error_is_within_tol_times_one_plus_the_parameter_norm(scale):
+    # Bogacki & Shampine (1989), the 3(2) pair, recomputed from each pair of consecutive accepted states
+    # (_adaptive_steps_recomputed): y3 is the next state (to rounding), and the estimate |y3 - y2| is at most tol (1 + |y|), |y|
+    # the Euclidean norm of all of a and W (the documented mixed tolerance); the controller aims at 0.9^3
+    # of it, so the largest ratio is above 1/2 (a stricter or looser norm than documented fails one side).
+    tol = 1e-8
+    ratios = []
+    for y, h, y_next, y3, y2 in _adaptive_steps_recomputed(scale, tol):
+        np.testing.assert_allclose(y3, y_next, rtol=0, atol=1e-12)
         ratios.append(np.linalg.norm(y3 - y2) / (tol * (1 + np.linalg.norm(y))))
     assert len(ratios) > 10
     assert 0.5 < max(ratios) <= 1 + 1e-6  # 1e-6: h is recovered as a difference of times
@@ -1045,24 +1055,9 @@ def test_adaptive_flow_next_step_is_h_times_0_9_err_to_the_minus_one_third():
     # (1989) with the risk's own field, as in the test above; h_next from the recorded times. A rejection
     # would break the relation for that pair, so 90% of the pairs must follow it, to 1e-6 (h is recovered
     # as a difference of times, err to about 1e-8 relative: an O(tol) difference of O(1) states).
-    teacher, student = teacher_student(d=4, m=10, seed=3)
-    loss, m, tol = PopulationRisk(teacher), 10, 1e-8
-    states = []
-    gradient_flow(student, loss, steps=50, step_size=0.01, method="adaptive", tol=tol, record_every=1,
-                  callback=lambda step, t, risk, a, W: states.append((t, a.copy(), W.copy())) and False)
-
-    def F(y):
-        _, ga, gW = loss.value_and_grad(student, y[:m], y[m:].reshape(student.W.shape))
-        return -m * np.concatenate([ga, gW.ravel()])
-
+    tol = 1e-8
     steps, predicted = [], []
-    for (t0, a0, W0), (t1, _, _) in itertools.pairwise(states):
-        y, h = np.concatenate([a0, W0.ravel()]), t1 - t0
-        k1 = F(y)
-        k2 = F(y + h * k1 / 2)
-        k3 = F(y + 3 * h * k2 / 4)
-        y3 = y + h * (2 * k1 + 3 * k2 + 4 * k3) / 9
-        y2 = y + h * (7 * k1 / 24 + k2 / 4 + k3 / 3 + F(y3) / 8)
+    for y, h, _, y3, y2 in _adaptive_steps_recomputed(1.0, tol):
         err = np.linalg.norm(y3 - y2) / (tol * (1 + np.linalg.norm(y)))
         steps.append(h)
         predicted.append(h * min(4.0, max(0.2, 0.9 * err ** (-1 / 3))))
