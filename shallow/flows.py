@@ -576,8 +576,10 @@ class _Recorder:
         self.times.append(t)
         self.risks.append(risk)
         if self.k:
-            self.snaps_a.append(to_numpy(a[: self.k]))
-            self.snaps_W.append(to_numpy(W[: self.k]))
+            # copies, not views of the flow's arrays: a record stays the state at its step, whatever a
+            # callback then writes into the arrays it is given (to_numpy copies device arrays already)
+            self.snaps_a.append(np.array(to_numpy(a[: self.k]), copy=True))
+            self.snaps_W.append(np.array(to_numpy(W[: self.k]), copy=True))
 
     def drop_unaligned_tail(self, record_every):
         """Forget a final record that an uninterrupted run would not have made."""
@@ -639,7 +641,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         Which layer moves.
     callback : callable, optional
         ``callback(step, t, risk, a, W)`` at each record, the last one included; returning True stops
-        the flow (after the step in progress).
+        the flow (after the step in progress). ``a`` and ``W`` are the flow's own arrays, to be read:
+        what a callback writes into them does not reach the Euler and RK4 flows (their next step is
+        already computed) nor the records, but does reach the adaptive flow and the final particles of
+        the Trajectory; there is no projection hook.
     rng : None, int or Generator
         Noise source (drawn on the host, moved to the device): m + m D normals per step with
         noise > 0 (those of the layers that move), none without noise. With ``resume``, a

@@ -1120,3 +1120,23 @@ def test_adaptive_flow_stops_with_an_error_when_no_step_can_be_accepted():
     with pytest.raises(FlowDivergenceError, match=r"adaptive step size fell to .* not finite or not continuous"):
         gradient_flow(student, NaNOffStart(), steps=10, step_size=0.1, method="adaptive")
     assert len(calls) < 1000  # 3 evaluations per rejection, about 30 rejections from 0.1 to 64 eps
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_snapshots_are_the_particles_at_their_records_whatever_a_callback_writes_into_its_arguments(method):
+    # A record is the state of the flow at its step: a callback that writes into the arrays it is given
+    # (here zeros them, a misuse) changes neither the fixed-step flow nor what was recorded. The same flow
+    # without callback is the reference (same operations: equal to the bit).
+    teacher, student = teacher_student()
+    loss = PopulationRisk(teacher)
+
+    def scribble(step, t, risk, a, W):
+        a[:] = 0
+        W[:] = 0
+
+    kw = dict(steps=6, step_size=0.05, method=method, record_every=2, snapshot_particles=-1)
+    plain = gradient_flow(student, loss, **kw)
+    written = gradient_flow(student, loss, callback=scribble, **kw)
+    np.testing.assert_array_equal(written.risks, plain.risks)
+    np.testing.assert_array_equal(written.snapshots_a, plain.snapshots_a)
+    np.testing.assert_array_equal(written.snapshots_W, plain.snapshots_W)
