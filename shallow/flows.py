@@ -43,6 +43,7 @@ from ._validation import (
     cast_within_range,
     check_array,
     check_integer,
+    check_nonnegative,
     check_points,
     check_positive,
     check_random_state,
@@ -601,7 +602,7 @@ class _Recorder:
 
 
 def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: float = 0.0,
-                  record_every: int = 1, snapshot_particles: int = 0, time_scale=None,
+                  weight_decay: float = 0.0, record_every: int = 1, snapshot_particles: int = 0, time_scale=None,
                   train: str = "both", callback=None, rng=None, resume: Trajectory | None = None,
                   checkpoint=None, checkpoint_every: int = 0, tol: float = 1e-6,
                   divergence_factor: float = 1e8, progress: bool = False) -> Trajectory:
@@ -631,6 +632,14 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     noise : float
         Temperature beta^{-1} >= 0 of the Langevin flow d theta = -s grad R dt + sqrt(2 noise) dB
         (s the time scale), by Euler-Maruyama (``method="euler"`` only).
+    weight_decay : float
+        lambda >= 0: the flow of R + (lambda / (2 m)) sum_j |theta_j|^2 = R + (lambda / 2) int |theta|^2
+        d mu_m, the confinement of Mei, Montanari and Nguyen (2018): each trained particle feels the
+        extra field -(s / m) lambda theta_j (-lambda theta_j at the mean-field time scale s = m). The
+        recorded risks are R alone. With noise > 0 the Langevin flow then has a stationary measure;
+        where R exerts no force it is Gaussian, of variance noise m / (s lambda) per coordinate (the
+        Euler-Maruyama chain's, noise m / (s lambda (1 - eta s lambda / (2 m)))). Without it the noise
+        spreads the particles for ever (E |theta|^2 grows like t).
     record_every : int
         Record time and risk every so many steps, and at the last step.
     snapshot_particles : int
@@ -711,6 +720,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise must be a finite temperature >= 0, got {noise!r}")
     noise = float(noise)
+    weight_decay = check_nonnegative(weight_decay, "weight_decay")
     snapshot_particles = check_integer(snapshot_particles, "snapshot_particles", minimum=-1)
     checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=0)
     tol = check_positive(tol, "tol")
@@ -733,13 +743,17 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     k = m if snapshot_particles < 0 else min(int(snapshot_particles), m)
     move_a = s if train in ("both", "outer") else 0.0
     move_W = s if train in ("both", "inner") else 0.0
-    meta = dict(method=method, step_size=step_size, noise=noise, time_scale=s, train=train, m=m,
+    decay_a, decay_W = move_a * weight_decay / m, move_W * weight_decay / m  # (s / m) lambda, 0 when frozen
+    meta = dict(method=method, step_size=step_size, noise=noise, weight_decay=weight_decay, time_scale=s,
+                train=train, m=m,
                 record_every=record_every, gamma=float(net.gamma), dtype=str(net.W.dtype),
                 activation=getattr(net.activation, "name", type(net.activation).__name__),
                 loss=loss.fingerprint() if hasattr(loss, "fingerprint") else type(loss).__name__)
 
     def field(a_, W_):
         risk, ga, gW = loss.value_and_grad(net, a_, W_)
+        if weight_decay:
+            return risk, ga * move_a + decay_a * a_, gW * move_W + decay_W * W_
         return risk, ga * move_a, gW * move_W
 
     if resume is not None:
@@ -872,12 +886,16 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
 # Settings that define the flow being continued (record_every may change: it only thins the records;
 # loss is the risk's fingerprint: its data, or its teacher; dtype, since a float64 flow continued in
 # float32 is another flow).
-_RESUME_SETTINGS = ("method", "step_size", "noise", "time_scale", "train", "gamma", "activation", "dtype", "loss")
+_RESUME_SETTINGS = ("method", "step_size", "noise", "weight_decay", "time_scale", "train", "gamma", "activation",
+                    "dtype", "loss")
+# what a flow saved before a setting existed ran with
+_RESUME_DEFAULTS = {"weight_decay": 0.0}
 
 
 def _check_resume_settings(saved: dict, meta: dict) -> None:
     """Refuse to continue a saved flow with other settings: the trajectory would mix two flows."""
     names = [n for n in _RESUME_SETTINGS if not (n == "step_size" and meta["method"] == "adaptive")]
+    saved = {**_RESUME_DEFAULTS, **saved}
     differ = [("loss: another risk (its data or its teacher differ)" if n == "loss" else
                f"{n}={meta[n]!r} (saved: {saved[n]!r})") for n in names if n in saved and saved[n] != meta[n]]
     if differ:

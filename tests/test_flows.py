@@ -692,6 +692,7 @@ def test_gradient_flow_commutes_with_a_permutation_of_the_particles(seed, m):
     (dict(step_size=0.05), r"step_size=0.05 \(saved: 0.02\)"),
     (dict(method="rk4"), r"method='rk4' \(saved: 'euler'\)"),
     (dict(noise=1e-3), r"noise=0.001 \(saved: 0.0\)"),
+    (dict(weight_decay=0.5), r"weight_decay=0.5 \(saved: 0.0\)"),
     (dict(time_scale=3.0), r"time_scale=3.0 \(saved: 10.0\)"),
     (dict(train="outer"), r"train='outer' \(saved: 'both'\)"),
 ])
@@ -1140,3 +1141,55 @@ def test_snapshots_are_the_particles_at_their_records_whatever_a_callback_writes
     np.testing.assert_array_equal(written.risks, plain.risks)
     np.testing.assert_array_equal(written.snapshots_a, plain.snapshots_a)
     np.testing.assert_array_equal(written.snapshots_W, plain.snapshots_W)
+
+
+def _silent_student(m, d, seed):
+    """A student with a = 0: f = 0, so the risk (on two points) exerts no force on the inner weights."""
+    _, student = teacher_student(d=d, m=m, seed=seed)
+    X = np.random.default_rng(seed).standard_normal((2, d))
+    return EmpiricalRisk(X, np.ones(2)), TwoLayer(np.zeros(m), student.W, gamma=student.gamma)
+
+
+def test_weight_decay_alone_shrinks_the_particles_geometrically():
+    # With R exerting no force, the flow of (lambda / (2m)) sum_j |w_j|^2 at time scale s is the ODE
+    # dw/dt = -(s/m) lambda w, whose Euler steps multiply w by 1 - eta (s/m) lambda exactly (rounding only:
+    # 1e-14 relative over 20 steps); the recorded risk is R alone, constant here.
+    loss, student = _silent_student(m=6, d=4, seed=7)
+    lam, eta, s = 0.8, 0.1, 12.0
+    traj = gradient_flow(student, loss, steps=20, step_size=eta, weight_decay=lam, time_scale=s, train="inner")
+    np.testing.assert_allclose(traj.W, student.W * (1 - eta * s / 6 * lam) ** 20, rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(traj.a, 0.0)
+    assert np.ptp(traj.risks) == 0.0
+
+
+def test_langevin_with_weight_decay_reaches_its_gaussian_stationary_law():
+    # The Euler-Maruyama chain w <- (1 - eta lambda) w + sqrt(2 T eta) xi (s = m, R exerting no force) has the
+    # stationary law N(0, T / (lambda (1 - eta lambda / 2))) per coordinate (the continuous flow's T / lambda
+    # corrected by the step: 0.5556 against 0.5 here). After 100 steps the start is forgotten to (0.8)^100 =
+    # 2e-10. The 4000 x 5 coordinates are independent draws: their variance within 4 standard errors
+    # (sigma^2 sqrt(2 / N) = 0.0056 each) of the chain's and more than 8 from the flow's (the step's correction
+    # is resolved), and their mean within 4 sigma / sqrt(N).
+    loss, student = _silent_student(m=4000, d=5, seed=8)
+    lam, eta, T = 1.0, 0.2, 0.5
+    traj = gradient_flow(student, loss, steps=100, step_size=eta, noise=T, weight_decay=lam, train="inner", rng=9)
+    W = np.asarray(traj.W).ravel()
+    chain = T / (lam * (1 - eta * lam / 2))
+    se = chain * np.sqrt(2 / W.size)
+    assert abs(W.var() - chain) < 4 * se
+    assert abs(W.var() - T / lam) > 8 * se
+    assert abs(W.mean()) < 4 * np.sqrt(chain / W.size)
+
+
+@pytest.mark.parametrize("train", ["both", "outer", "inner"])
+def test_weight_decay_adds_its_own_field_to_the_trained_layers_only(train):
+    # One Euler step of R + (lambda / (2m)) sum_j (a_j^2 + |w_j|^2) differs from one of R by -eta (s/m) lambda theta
+    # on the trained layers and by nothing on a frozen one (the same risk gradient in both runs: rounding only)
+    teacher, student = teacher_student(d=4, m=7, seed=10)
+    loss, lam, eta = PopulationRisk(teacher), 0.3, 0.05
+    plain = gradient_flow(student, loss, steps=1, step_size=eta, train=train)
+    decayed = gradient_flow(student, loss, steps=1, step_size=eta, train=train, weight_decay=lam)
+    moves = {"a": train in ("both", "outer"), "W": train in ("both", "inner")}
+    for name in ("a", "W"):
+        theta = getattr(student, name)
+        expected = -eta * lam * theta if moves[name] else np.zeros_like(theta)  # s / m = 1 (s = m)
+        np.testing.assert_allclose(getattr(decayed, name) - getattr(plain, name), expected, rtol=1e-12, atol=1e-15)
