@@ -94,6 +94,9 @@ class EmpiricalRisk:
     -----
     The value and both gradients come from :func:`shallow.networks.fused_pass` with the residual
     r = f - y computed block by block: one pass over the data per step, two GEMMs per block.
+    The gradient in w_j uses sigma' at the samples: for the step activation, sigma' = 0 almost
+    everywhere, so the inner weights never move under this risk, whereas the exact
+    :class:`PopulationRisk` (an integral, differentiable in w) moves them.
     """
 
     def __init__(self, X, y, *, chunk_bytes: int | None = None):
