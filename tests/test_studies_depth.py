@@ -48,6 +48,11 @@ def test_depth_separation_sawtooth_shallow_error_above_telgarsky_bound_until_wid
         # Large until width ~ 2^k: at every width m <= 2^(k-1) the best shallow error is above 0.1 (out of 1/4
         # for the constant 1/2; measured >= 0.13), and it is 0 (rounding) from m = 2^k on.
         assert result[f"min_best_l1_up_to_half_k{k}"] > 0.1, k
+        # the summary is that minimum over every width m <= 2^(k-1), the largest of them (m = 2^(k-1), on the
+        # grid: its powers of 2) included: the error there, with half the pieces of the sawtooth, is the smallest
+        half = widths <= 2 ** (k - 1)
+        assert result[f"l1_best_k{k}"][half].min() > 0.1, k
+        assert result[f"min_best_l1_up_to_half_k{k}"] == result[f"l1_best_k{k}"][half].min(), k
         assert result[f"max_best_l1_from_2k_k{k}"] <= 1e-12, k
         assert result[f"first_exact_width_k{k}"] == 2**k, k
         best = result[f"l1_best_k{k}"]

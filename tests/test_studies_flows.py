@@ -25,6 +25,10 @@ def test_global_convergence_wide_students_reach_zero_excess_risk_where_m5_stalls
     # converge with probability 0.11 (binomial), as at one of 8 shifted seeds (tools/seedshift.py: median
     # 2.5e-16); all 8 with probability 1.5e-5
     assert result[f"max_final_relative_risk_m{narrow}"] > max(1e-3, 100 * median_wide)
+    # "some run": the summary is the largest final risk over the m = 5 runs, not a typical one
+    finals = result[f"final_relative_risk_m{narrow}"]  # (runs,)
+    assert result[f"max_final_relative_risk_m{narrow}"] == finals.max()
+    assert result[f"median_final_relative_risk_m{widest}"] == np.median(result[f"final_relative_risk_m{widest}"])
     # the excess risk is a decreasing function of the (Euler, eta = 0.5) flow time for the widest runs,
     # up to the float64 rounding of a risk computed as a difference of O(1) terms (1e-13 relative)
     for curve in result[f"relative_risk_m{widest}"]:
@@ -42,6 +46,10 @@ def test_particle_paths_2d_particles_concentrate_on_the_teacher_neurons(tmp_path
     # each teacher neuron's mass recovered within 10 degrees to 3 % (0.1 % here, at worst 1 % over seeds
     # 0-3), and less than 3 % of the teacher's total variation elsewhere (0.04 % here, at worst 0.6 %)
     assert result["final_captured_mass_error"] < 3e-2
+    # "each" teacher neuron: the error is the worst of the three at the last record, not their average
+    captured = result["captured_mass"][-1]  # (3,): captured / teacher mass, per teacher neuron
+    assert np.all(np.abs(captured - 1) < 3e-2)
+    assert result["final_captured_mass_error"] == np.abs(captured - 1).max()
     assert result["final_stray_mass"] < 3e-2
     # W2 (POT, chord metric) between the normalised +/- parts of the student's and the teacher's measures:
     # 0.013 and 3e-4 here, at worst 0.058 over seeds 0-3 (a particle carrying all the mass 6 degrees off
@@ -62,6 +70,12 @@ def test_mean_field_limit_risk_and_particles_approach_the_limit_like_m_to_minus_
     # (0.4 % to 1.2 % over seeds 0-3).
     assert result["deviation"][-1] < result["deviation"][0] / 2
     assert result["deviation"][-1] < 2e-2
+    # the gap is the sup over the time interval (Thm 3 bounds sup_{t <= T}), averaged over the runs: from the
+    # recorded curves, relative risks R / R_0 on the reference's time grid
+    ref = result["relative_risk_reference"]
+    sup_gap = [np.abs(result[f"relative_risk_m{m}"] - ref).max(axis=1).mean() for m in result["widths"]]
+    np.testing.assert_allclose(result["deviation"], sup_gap, rtol=1e-12)
+    assert sup_gap[-1] < sup_gap[0] / 2 and sup_gap[-1] < 2e-2
     # Rates. The quick widths span one decade with 8, 8 and 5 runs, and at m = 100 the regime is not yet
     # asymptotic (the O(1/m) shift, nonlinear amplification on a plateau): over seeds 0-3 the fitted
     # slopes of the risk gap and of its spread over runs ranged from -0.25 to -1.0 (the default's widths

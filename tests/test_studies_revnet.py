@@ -95,6 +95,10 @@ def test_progressive_separation_contracts_and_separates_with_depth(tmp_path, run
     # The untrained network of the same shape does not contract: its ratio at the GAP is above the input's
     # (measured 0.786 vs 0.571), at least 0.3 above the trained one's.
     assert result["within_ratio_gap_random"] > result["within_ratio_input"]
+    # the summaries are read at the GAP layer of the per-layer curves (means over the seeds)
+    r_random = result["within_ratio_random"].mean(axis=0)
+    assert r_random[gap] > r[0]
+    assert result["within_ratio_gap_random"] == r_random[gap] and result["within_ratio_gap_trained"] == r[gap]
     assert result["within_ratio_gap_random"] > result["within_ratio_gap_trained"] + 0.3
     # Separation: the Fisher ratio grows by a factor > 3 from the input to the GAP (measured 0.75 -> 3.5).
     fisher = result["fisher_trained"].mean(axis=0)
@@ -139,6 +143,8 @@ def test_invertible_features_irevnet_is_exact_and_the_cnn_is_lossy(tmp_path, run
     err = result["vgg_error_mean"]
     assert err[names.index("pool1")] > 0.2
     assert result["vgg_error_gap"] > 0.5
+    # the GAP's error is read at the GAP (the last layer inverted), not at the pooling before it
+    assert names[-1] == "gap" and result["vgg_error_gap"] == err[names.index("gap")]
     assert result["vgg_error_gap"] > 1e9 * result["irevnet_error_max_all_layers"]
     # ... and the loss grows with depth: the error at the GAP exceeds that at the first relu (measured 3.2e-3:
     # 512 relu features of 64 pixels are injective enough for gradient descent to recover the image).
