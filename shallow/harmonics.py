@@ -44,7 +44,7 @@ from scipy import special
 from ._validation import (check_array, check_dimension, check_integer, check_on_sphere,
                           sphere_tolerance)
 from .backend import get_xp, to_numpy
-from .sphere import gauss_jacobi, log_inner_product_constant
+from .sphere import _log_gamma_ratio, gauss_jacobi, log_inner_product_constant
 
 __all__ = [
     "legendre",
@@ -585,10 +585,14 @@ def _beta(m, alpha):
 
 
 def _log_norm_constant(D, b):
-    """log c_b^{(D)}, (c_b^{(D)})^2 = 1 / E_{t ~ w_D}[(1 - t^2)^b] = prod_{j<=b} (lam + j)/(lam + j - 1/2)."""
+    """log c_b^{(D)}, (c_b^{(D)})^2 = 1 / E_{t ~ w_D}[(1 - t^2)^b] = prod_{j<=b} (lam + j)/(lam + j - 1/2).
+
+    That is Gamma(lam + b + 1) Gamma(lam + 1/2) / (Gamma(lam + b + 1/2) Gamma(lam + 1)), taken as a difference of
+    two log(Gamma(x + 1/2) / Gamma(x)), each of order log x and accurate to a few eps: the sum of four log-gammas
+    of size lam log(lam) lost lam log(lam) eps (c_b 6e-10 off at D = 10^6, 2e-11 at D = 10^5).
+    """
     lam = 0.5 * (D - 2)
-    return 0.5 * (math.lgamma(lam + 0.5) + math.lgamma(lam + b + 1) - math.lgamma(lam + 1)
-                  - math.lgamma(lam + b + 0.5))
+    return 0.5 * (_log_gamma_ratio(lam + b + 0.5, 0.5) - _log_gamma_ratio(lam + 0.5, 0.5))
 
 
 def _gegenbauer_table(t, s, D, degrees, xp):

@@ -419,7 +419,7 @@ def test_spherical_harmonics_keep_float32():
 
 @pytest.mark.parametrize("d, k", [(2, 0), (2, 4), (3, 5), (4, 3), (6, 3)])
 def test_spherical_harmonic_matches_the_column_of_spherical_harmonics(d, k, xp):
-    # The index-based evaluation (its own recurrences, c_b by lgamma) agrees with the column of
+    # The index-based evaluation (its own recurrences, c_b from ratios of Gamma) agrees with the column of
     # the same multi-index, to rounding: 1e-13 sqrt(N(d, k)) (|Y| <= sqrt(N)).
     X = xp.asarray(sample_sphere(25, d, rng=4))
     Y = to_numpy(harmonics.spherical_harmonics(X, k))
@@ -1050,3 +1050,14 @@ def test_spherical_harmonics_called_with_the_degree_first_says_the_order():
     X = np.eye(3)
     with pytest.raises(ValueError, match=r"points first and the degree second: spherical_harmonics\(X, k\)"):
         spherical_harmonics(2, X)
+
+
+@pytest.mark.parametrize("d", [10**4, 2 * 10**5])
+def test_spherical_harmonic_of_degree_one_in_huge_dimension_is_sqrt_d_times_a_coordinate(d):
+    # Y_{(1, 1, 0, ..., 0)}(x) = c_1 s_1 sqrt(d - 1) t_2 = sqrt(d) x_2, the degree-1 harmonic of unit norm in
+    # L2(tau_d) (E[x_2^2] = 1/d). The constant c_1 = (d / (d - 1))^(1/2) came from a sum of four log-gammas of
+    # size d log d: 5e-12 off at d = 10^4, 2e-11 at 10^5, 6e-10 at 10^6. Tolerance 1e-13: s_1 and t_2 divide radii
+    # that are cumulative sums of d squares, rounded to about sqrt(d) eps (5e-14 at d = 2 10^5)
+    X = sample_sphere(3, d, rng=5)
+    y = harmonics.spherical_harmonic(X, (1, 1) + (0,) * (d - 3))
+    np.testing.assert_allclose(y, math.sqrt(d) * X[:, 1], rtol=1e-13, atol=0)

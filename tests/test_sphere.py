@@ -335,3 +335,23 @@ def test_inner_product_density_keeps_the_dtype_of_t():
         value = sphere.inner_product_density(t, d)
         assert value.dtype == np.float32, d
         np.testing.assert_allclose(value, ref, rtol=4 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("d, q", [(1000, 1000), (10**5, 100)])
+def test_gauss_jacobi_rule_of_high_dimension_integrates_the_highest_even_powers(d, q):
+    # Where scipy's roots_jacobi gives NaN (a = (d - 3)/2 = 498.5 at q = 1000), the rule is computed from the Jacobi
+    # matrix. Its small outer weights came from the eigenvectors to eps of the largest only: the moment of t^1998 was
+    # 1e+263 times too large. Expected: E[t^(2j)] = (2j - 1)!! / (d (d + 2) ... (d + 2j - 2)) under w_d, by mpmath
+    # (below the floats: compared as logarithms). Tolerance 1e-12 on the logarithm: the nodes' rounding, an ulp,
+    # moves t^(2j) by 2j ulps relative (4e-13 at j = 999)
+    import mpmath
+
+    a = 0.5 * (d - 3)
+    u, log_w = sphere.gauss_jacobi(q, a, a)
+    log_mass = np.logaddexp.reduce(log_w)
+    for j in (q // 4, q // 2, q - 1):
+        with np.errstate(divide="ignore"):
+            got = np.logaddexp.reduce(log_w + 2 * j * np.log(np.abs(u))) - log_mass
+        with mpmath.workdps(30):
+            expected = float(mpmath.fsum(mpmath.log(mpmath.mpf(2 * i + 1) / (d + 2 * i)) for i in range(j)))
+        assert got == pytest.approx(expected, rel=0, abs=1e-12)
