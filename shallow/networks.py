@@ -105,7 +105,7 @@ def _block_bytes(value, xp, name: str) -> int:
 
 _SCALES = ("mean-field", "ntk")
 _WEIGHTS = ("gaussian", "sphere")
-_A_INITS = ("gaussian", "sign", "balanced", "zero")
+_A_INITS = ("gaussian", "sign", "balanced", "zero", "joint")
 
 
 def _resolve_activation(activation):
@@ -379,10 +379,13 @@ class TwoLayer:
         activation : str or activation object, default "relu"
         weights : {"gaussian", "sphere"}, default "gaussian"
             Rows w_j ~ N(0, I_D), or uniform on the unit sphere S^{D-1} (D = d + bias >= 2).
-        a_init : {"gaussian", "sign", "balanced", "zero"}, default "gaussian"
+        a_init : {"gaussian", "sign", "balanced", "zero", "joint"}, default "gaussian"
             a_j ~ N(0, 1); a_j = +-1 with probability 1/2 each; a_j = s_j |w_j| with a random sign
             s_j (|a_j| = |w_j|, the balanced initialisation that the gradient flow of a 2-homogeneous
-            relu network preserves, Chizat & Bach 2018, Sec. 2.2); or a = 0.
+            relu network preserves, Chizat & Bach 2018, Sec. 2.2); a = 0; or, with
+            ``weights="sphere"``, each particle theta_j = (a_j, w_j) uniform on the unit sphere S^D of
+            R^{1+D} (the homogeneous setting of Chizat & Bach 2018, Sec. 4): then |w_j| < 1 and the
+            draw is one (m, 1 + D) Gaussian block, normalised by rows, a its first column.
         bias : bool, default False
         dtype : numpy dtype, default float64
             float64 or float32.
@@ -420,11 +423,20 @@ class TwoLayer:
             raise ValueError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
         if not isinstance(a_init, str) or a_init not in _A_INITS:
             raise ValueError(f"a_init must be one of {_A_INITS}, got {a_init!r}")
+        if a_init == "joint" and weights != "sphere":
+            raise ValueError(f"a_init='joint' draws (a_j, w_j) uniform on a sphere: it needs weights='sphere', got "
+                             f"weights={weights!r}")
         dtype = check_float_dtype(dtype)
         bias = check_bool(bias, "bias")
         activation = _resolve_activation(activation)
         rng = check_random_state(rng)
         D = d + bool(bias)
+        if a_init == "joint":
+            theta = rng.standard_normal((m, 1 + D))  # (m, 1 + D): (a_j, w_j) uniform on S^D once normalised
+            theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+            a, W = theta[:, 0], theta[:, 1:]
+            return cls(to_device(a.astype(dtype), device), to_device(W.astype(dtype), device),
+                       activation=activation, gamma=gamma, bias=bias)
         W = rng.standard_normal((m, D))  # (m, D)
         if weights == "sphere":
             if D < 2:

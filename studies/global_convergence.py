@@ -32,7 +32,8 @@ stalled run sits at least 3 orders of magnitude higher. With --quick (t = 1500):
 converge (median 2e-2), every run of m = 20 and 100 does (medians 2e-7 and 3e-6).
 
 "m ~ 10-20 suffices" belongs to this initialisation. Drawn as in Chizat and Bach's homogeneous setting,
-theta_j = (a_j, w_j) uniform on a sphere of R^21 (times 0.1, a_j no longer +-|w_j|), the same teacher
+theta_j = (a_j, w_j) uniform on a sphere of R^21 (``TwoLayer.init(m, 20, a_init="joint", weights="sphere")``
+times 0.1, a_j no longer +-|w_j|), the same teacher
 and flow stall at about 8e-2 of R(0) in 8 of 8 runs of m = 10 and in the runs of m = 100 up to
 t = 6000 (RK4 alike), and converge at m = 1000 (1e-5 at t = 1000; session 17, by hand): the theorem's
 condition on the support is asymptotic, and covering S^20 takes many particles.

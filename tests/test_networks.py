@@ -265,6 +265,24 @@ def test_init_balanced_has_equal_layer_norms_and_sign_has_unit_a():
     assert not TwoLayer.init(5, 4, a_init="zero", rng=2).a.any()
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_init_joint_draws_each_particle_uniform_on_the_sphere_of_its_d_plus_one_coordinates(bias):
+    # (a_j, w_j) uniform on S^D in R^{1+D} (D = d + bias): unit rows; a_j = <theta_j, e_1> has the law of one
+    # coordinate, (1 + a) / 2 ~ Beta(D/2, D/2) (scipy; KS at 2000 draws, p > 1e-3); and E[a^2] = 1 / (1 + D),
+    # within 4 standard errors of the mean of a^2
+    from scipy import stats
+
+    d = 4
+    net = TwoLayer.init(2000, d, a_init="joint", weights="sphere", bias=bias, rng=11)
+    D = d + bias
+    theta = np.column_stack([net.a, net.W])
+    np.testing.assert_allclose(np.linalg.norm(theta, axis=1), 1.0, rtol=0, atol=4e-16)
+    assert stats.kstest((1 + net.a) / 2, stats.beta(D / 2, D / 2).cdf).pvalue > 1e-3
+    assert abs((net.a**2).mean() - 1 / (1 + D)) < 4 * (net.a**2).std() / np.sqrt(2000)
+    with pytest.raises(ValueError, match="a_init='joint' .* needs weights='sphere'"):
+        TwoLayer.init(5, d, a_init="joint")
+
+
 def test_init_sphere_rows_have_unit_norm_with_bias_column():
     net = TwoLayer.init(20, 3, weights="sphere", bias=True, rng=1)
     assert net.W.shape == (20, 4) and net.d == 3
