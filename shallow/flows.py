@@ -665,7 +665,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     resume : Trajectory, optional
         A saved flow to continue for ``steps`` more steps: the same numbers as an uninterrupted run.
         Its method, step_size (except for ``"adaptive"``, which keeps its own step), noise,
-        time_scale and train must be the ones given, and so must net's gamma, activation, dtype and the
+        weight_decay (0 for a flow saved before the setting existed), time_scale and train must be the
+        ones given, and so must net's gamma, activation, dtype and the
         risk (the data of an EmpiricalRisk, the teacher and input law of a PopulationRisk; a risk
         of another class without a ``fingerprint()`` is compared by its class name): ValueError
         otherwise. record_every may change. The adaptive method runs for a time, not a number of

@@ -708,6 +708,25 @@ def test_resume_refuses_a_flow_with_other_settings_than_the_saved_ones(change, m
     assert gradient_flow(student, loss, steps=5, resume=saved, step_size=0.02, record_every=1).step == 15
 
 
+def test_a_flow_saved_before_weight_decay_existed_resumes_as_a_flow_without_it(tmp_path):
+    # A trajectory saved before the setting existed has no meta["weight_decay"]: it ran with lambda = 0. It
+    # resumes with weight_decay=0 to the numbers of an uninterrupted run (same operations: equal to the bit),
+    # and is refused with another lambda like a saved lambda = 0 (a missing key was skipped by the comparison).
+    teacher, student = teacher_student(d=5, m=10, seed=6)
+    loss = PopulationRisk(teacher)
+    kw = dict(step_size=0.02, record_every=5)
+    whole = gradient_flow(student, loss, steps=15, **kw)
+    saved = gradient_flow(student, loss, steps=10, **kw)
+    del saved.meta["weight_decay"]
+    old = Trajectory.load(saved.save(tmp_path / "old.npz"))
+    assert "weight_decay" not in old.meta
+    with pytest.raises(ValueError, match=r"weight_decay=0.5 \(saved: 0.0\)"):
+        gradient_flow(student, loss, steps=5, resume=old, weight_decay=0.5, **kw)
+    resumed = gradient_flow(student, loss, steps=5, resume=old, **kw)
+    np.testing.assert_array_equal(resumed.W, whole.W)
+    np.testing.assert_array_equal(resumed.risks, whole.risks)
+
+
 def test_resume_refuses_a_flow_of_another_risk_or_another_network_scale(tmp_path):
     # The risk (its data, or its teacher) and the network's gamma and activation define the flow as
     # much as the step does; resuming with others went on silently, mixing two flows.
@@ -1120,7 +1139,7 @@ def test_adaptive_flow_stops_with_an_error_when_no_step_can_be_accepted():
 
     with pytest.raises(FlowDivergenceError, match=r"adaptive step size fell to .* not finite or not continuous"):
         gradient_flow(student, NaNOffStart(), steps=10, step_size=0.1, method="adaptive")
-    assert len(calls) < 1000  # 3 evaluations per rejection, about 30 rejections from 0.1 to 64 eps
+    assert len(calls) < 1000  # 1 + 3 per rejection: 19 rejections (factor 5 each) from 0.1 to 64 eps
 
 
 @pytest.mark.parametrize("method", ["euler", "rk4"])

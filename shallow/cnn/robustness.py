@@ -438,10 +438,13 @@ def deformation_ratio(phi, X, tau, *, normalize=True, fill=None):
     Norms are Euclidean over all feature coordinates of an image. Mallat's stability of the
     scattering at scale 2^J (ref. 1, Theorem 2.12: for |grad tau|_inf <= 1/2),
     |Phi(L_tau x) - Phi(x)| <= C ||U[P_J] x||_1 (2^{-J} |tau|_inf + |grad tau|_inf
-    max(log(Delta tau / |grad tau|_inf), 1) + |H tau|_inf), with ||U[P_J] x||_1 a sum over
-    scattering paths (finite for the images of interest) and Delta tau = sup |tau(u) - tau(v)|,
-    makes the unnormalised ratio bounded up to that logarithm for fields whose amplitude
-    |tau|_inf is at most of order 2^J |grad tau|_inf, whereas for a translation-covariant Phi (the identity, a
+    max(log(Delta tau / |grad tau|_inf), 1) + |H tau|_inf), with ||U[P_J] x||_1 = sum over the
+    orders m of the l2 norm ||U[Lambda_J^m] x|| over the paths of order m (assumed finite) and
+    Delta tau = sup |tau(u) - tau(v)|; for the paths of order < m (a scattering of finite depth, as
+    computed) the same theorem gives C m ||x|| in place of C ||U[P_J] x||_1. This makes the unnormalised
+    ratio bounded up to that logarithm for fields whose amplitude |tau|_inf is at most of order
+    2^J |grad tau|_inf and whose Hessian |H tau|_inf is at most of order |grad tau|_inf (a correlation
+    length of a pixel or more), whereas for a translation-covariant Phi (the identity, a
     linear convolution) it blows up for high-frequency images. The ratio divides by |grad tau|_inf
     only: for a field of large amplitude and small gradient (a long correlation length, close to a
     translation) it measures the translation term 2^{-J} |tau|_inf / |grad tau|_inf as well.

@@ -514,6 +514,19 @@ def test_evaluate_of_a_model_with_nan_outputs_gives_nan_loss_and_accuracy():
     assert np.isnan(value) and np.isnan(acc)
 
 
+def test_evaluate_gives_the_accuracy_of_finite_outputs_whose_loss_overflows():
+    # Finite outputs have an argmax, whatever their loss: logits (9.6e307, -9.6e307) on every image (a linear
+    # model on images of ones) give the cross-entropy log(1 + e^{-z0 + z1}) = inf for label 1, 0 for label 0, so
+    # the mean loss is inf; every argmax is class 0, so labels (1, 0) are half right (counted by hand). Only
+    # NaN outputs, whose loss is NaN, have no accuracy (the test above).
+    lin = Linear(16, 2, rng=0)
+    lin.params["W"][...] = np.array([6e306, -6e306])  # each row of W: (16, 2)
+    lin.params["b"][...] = 0.0
+    model = Sequential(Flatten(), lin)
+    value, acc = evaluate(model, np.ones((2, 4, 4, 1)), np.array([1, 0]))
+    assert value == np.inf and acc == 0.5
+
+
 def test_predict_computes_in_eval_mode_and_restores_train_mode():
     # A model in train mode with dropout p = 1/2: predict's outputs are those of eval mode, where dropout
     # is the identity, i.e. the affine map x W + b of the flattened images (closed form, rounding only:
