@@ -63,6 +63,7 @@ PyTorch is timed as it runs by default, launch by launch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -303,6 +304,9 @@ def main(argv=None):
         print(json.dumps(answer))
         return 0
 
+    if importlib.util.find_spec("torch") is None:  # else each torch worker failed with a nested traceback
+        parser.error("the comparison needs PyTorch: pip install -e '.[bench]' (on a CPU-only machine its CPU "
+                     "build, pip install torch==2.13.0+cpu)")
     cfg = {k: getattr(args, k) for k in ("arch", "size", "width", "blocks", "batch", "threads", "steps", "warmup",
                                          "device", "tf32")}
     import numpy as np

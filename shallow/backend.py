@@ -20,6 +20,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import importlib.util
 import os
 from types import ModuleType
 
@@ -37,6 +38,7 @@ __all__ = [
     "scipy_for",
     "linalg_errors",
     "gpu_available",
+    "gpu_unavailable_reason",
     "available_devices",
     "device_of",
     "is_cupy",
@@ -67,6 +69,30 @@ def _cupy() -> ModuleType | None:
 def gpu_available() -> bool:
     """True when CuPy is installed, a CUDA device answers, and ``SHALLOW_DISABLE_CUPY`` is unset."""
     return _cupy() is not None
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why no GPU is usable here, for an error message; None where :func:`gpu_available` is True.
+
+    Returns
+    -------
+    str or None
+        ``SHALLOW_DISABLE_CUPY`` set, CuPy not installed (with the command that installs it), or CuPy
+        installed while no CUDA device answers (or its import fails).
+
+    Examples
+    --------
+    >>> gpu_unavailable_reason() is None or gpu_unavailable_reason().startswith(("CuPy", "SHALLOW"))
+    True
+    """
+    if _cupy() is not None:
+        return None
+    flag = os.environ.get("SHALLOW_DISABLE_CUPY", "")
+    if flag not in ("", "0"):
+        return f"SHALLOW_DISABLE_CUPY={flag} hides CuPy"
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (pip install -e '.[gpu]')"
+    return "CuPy is installed but no CUDA device answers (or CuPy fails to import)"
 
 
 @functools.lru_cache(maxsize=1)
@@ -317,6 +343,5 @@ def to_device(x, device: str):
         return to_numpy(x)
     cupy = _cupy()
     if cupy is None:
-        raise RuntimeError("device='gpu' was asked for but no GPU is usable here "
-                           "(cupy missing, no CUDA device answering, or SHALLOW_DISABLE_CUPY=1)")
+        raise RuntimeError(f"device='gpu' was asked for but no GPU is usable here: {gpu_unavailable_reason()}")
     return cupy.asarray(x)

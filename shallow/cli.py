@@ -184,12 +184,13 @@ def _cmd_run_help(run_parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
-def report_errors(run, prog: str) -> int:
+def report_errors(run, prog: str, out=".") -> int:
     """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device) or a
     FloatingPointError (a flow or a training that diverged, as with too large a step) printed as
     ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless ``SHALLOW_TRACEBACK=1``:
     the messages name the argument and what was expected. Ctrl-C prints what the same command
-    resumes from (:func:`interrupted_message`), and the exit status is 130 (128 + SIGINT, the shell's)."""
+    resumes from (:func:`interrupted_message`, with the run's ``--out`` folder ``out``), and the exit
+    status is 130 (128 + SIGINT, the shell's)."""
     try:
         return run()
     except (ValueError, RuntimeError, FloatingPointError) as err:
@@ -200,24 +201,27 @@ def report_errors(run, prog: str) -> int:
     except KeyboardInterrupt as err:
         if os.environ.get("SHALLOW_TRACEBACK"):
             raise
-        print(f"{prog}: {interrupted_message(err)}", file=sys.stderr)
+        print(f"{prog}: {interrupted_message(err, out)}", file=sys.stderr)
         return 130
 
 
-def interrupted_message(err: KeyboardInterrupt) -> str:
-    """What a rerun of an interrupted command keeps: the results of finished studies (``results/``),
-    and the finished points of a grid the interrupted study had started (:func:`shallow.study.run_grid`);
-    a study interrupted in its compute without such a grid (``err`` a
-    :class:`shallow.study.StudyInterrupted` that says so) restarts from its beginning."""
+def interrupted_message(err: KeyboardInterrupt, out=".") -> str:
+    """What a rerun of an interrupted command keeps: the results of finished studies (``OUT/results/``),
+    and the finished points of a grid the interrupted study had started (:func:`shallow.study.run_grid`,
+    ``OUT/results/points/STUDY/``); a study interrupted in its compute without such a grid (``err`` a
+    :class:`shallow.study.StudyInterrupted` that says so) restarts from its beginning. The folders are
+    named as the run wrote them, under its ``--out`` folder ``out``."""
     from .study import StudyInterrupted
 
-    finished = ("the results of the studies that finished computing are cached under the results/ folder of "
-                "--out, and the same command reuses them (--force recomputes)")
+    results = Path(out) / "results"
+    finished = (f"it reuses the results of the studies that finished computing (cached under {results}/); "
+                "--force recomputes them")
     if not isinstance(err, StudyInterrupted):  # not in a study's compute: loading it, drawing its figure
         return f"interrupted. The same command resumes: {finished}"
     if err.grid_points_cached:
-        return (f"interrupted in {err.study}. The same command resumes: {finished}, and so are the grid "
-                f"points {err.study} finished")
+        return (f"interrupted in {err.study}. The same command resumes: it reuses the grid points {err.study} "
+                f"finished (cached under {results / 'points' / err.study}/) and the results of the studies "
+                f"that finished computing (cached under {results}/); --force recomputes them")
     return (f"interrupted in {err.study}, which restarts from its beginning when run again (only the points "
             f"of a grid are cached as they finish, and it had started none). The same command resumes the rest: "
             f"{finished}")
@@ -275,7 +279,7 @@ def main(argv=None) -> int:
             return _cmd_list(args)
         if args.help:
             return _cmd_run_help(run, args)
-        status = report_errors(lambda: _cmd_run(args, extra), "shallow run")
+        status = report_errors(lambda: _cmd_run(args, extra), "shallow run", out=args.out)
         if status == 130 and argv is None:
             # the process is the command: a second Ctrl-C (a process group's, after the parent's own) while it
             # prints its line or waits on its workers at exit gave a second traceback; in-process callers keep theirs

@@ -71,7 +71,7 @@ import numpy as np
 
 from . import __version__
 from ._validation import check_array, check_integer, check_positive
-from .backend import available_devices
+from .backend import available_devices, gpu_unavailable_reason
 
 __all__ = ["run", "StudyInterrupted", "main", "build_parser", "config_from_args", "quick_config", "config_hash",
            "atomic_write", "save_npz_atomic", "load_npz", "new_figure", "run_grid", "Execution", "show_progress",
@@ -653,8 +653,9 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     """
     _check_study(module)
     if cfg.device not in available_devices():
+        reason = gpu_unavailable_reason() if cfg.device == "gpu" else None
         raise RuntimeError(f"device={cfg.device!r} is not available here (available: "
-                           f"{', '.join(available_devices())})")
+                           f"{', '.join(available_devices())})" + (f": {reason}" if reason else ""))
     if cfg.device != "cpu" and host_only(module):
         warnings.warn(f"{study_name(module)} computes on the host whatever --device ({module.HOST_ONLY}): "
                       f"device={cfg.device!r} is ignored", stacklevel=2)
@@ -958,4 +959,4 @@ def main(module, argv=None) -> int:
         print(f"{study_name(module)}: {compute_note(result)} -> {Path(args.out) / 'figures' / stem}.png")
         return 0
 
-    return report_errors(run_study, study_name(module))
+    return report_errors(run_study, study_name(module), out=args.out)

@@ -202,6 +202,34 @@ def test_shallow_disable_cupy_hides_a_working_cupy_unless_empty_or_0(monkeypatch
         backend._cupy.cache_clear()
 
 
+
+@pytest.mark.parametrize("cupy_module, disable, reason", [
+    ("working", "1", "SHALLOW_DISABLE_CUPY=1 hides CuPy"),
+    (None, "", "CuPy is not installed (pip install -e '.[gpu]')"),
+    ("no device", "", "CuPy is installed but no CUDA device answers"),
+    ("working", "", None),
+])
+def test_gpu_unavailable_reason_names_the_cause_of_each_way_to_lose_the_gpu(monkeypatch, cupy_module, disable,
+                                                                           reason):
+    # `--device gpu` on a machine without one said only "not available here"; the message now names the cause
+    import importlib.machinery
+
+    fake = None
+    if cupy_module is not None:
+        fake = _FakeCupy(available=cupy_module == "working", works=True)
+        fake.__spec__ = importlib.machinery.ModuleSpec("cupy", None)  # found by importlib.util.find_spec
+    monkeypatch.setenv("SHALLOW_DISABLE_CUPY", disable)
+    monkeypatch.setitem(sys.modules, "cupy", fake)  # None: `import cupy` raises ImportError, find_spec finds none
+    backend._cupy.cache_clear()
+    try:
+        got = backend.gpu_unavailable_reason()
+        assert got == reason if reason is None else got.startswith(reason), got
+        if reason is not None:
+            with pytest.raises(RuntimeError, match="no GPU is usable here: " + __import__("re").escape(reason)):
+                backend.to_device(np.ones(2), "gpu")
+    finally:
+        backend._cupy.cache_clear()
+
 def test_a_cupy_that_raises_at_import_leaves_the_cpu(monkeypatch, tmp_path):
     # a broken CUDA install raises at `import cupy` (a RuntimeError, an OSError of a missing library), not an
     # ImportError: gpu_available must still answer False rather than raise

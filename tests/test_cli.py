@@ -209,6 +209,21 @@ def test_gpu_device_without_gpu_is_refused(toy, monkeypatch, capsys):
     assert "shallow run: error: device='gpu' is not available here (available: cpu)" in capsys.readouterr().err
 
 
+
+def test_gpu_device_refused_names_why_no_gpu_is_usable(toy, monkeypatch, capsys):
+    # "device='gpu' is not available here (available: cpu)" left the user to guess: no CuPy, no device, or
+    # SHALLOW_DISABLE_CUPY. With the variable set the GPU is hidden on any machine: the line must say so.
+    from shallow import backend
+
+    monkeypatch.setenv("SHALLOW_DISABLE_CUPY", "1")
+    backend._cupy.cache_clear()
+    try:
+        assert cli.main(["run", "toy", "--quick", "--device", "gpu", "--out", str(toy / "out")]) == 2
+    finally:
+        backend._cupy.cache_clear()
+    err = capsys.readouterr().err
+    assert "device='gpu' is not available here (available: cpu): SHALLOW_DISABLE_CUPY=1 hides CuPy" in err
+
 @pytest.mark.parametrize("flags, message", [
     (["--seed", "-1"], "argument --seed: expected a seed, an integer >= 0, got '-1'"),
     (["--workers", "0"], "argument --workers: expected a number of worker processes, an integer >= 1"),
@@ -632,7 +647,10 @@ def test_ctrl_c_in_a_study_with_a_grid_says_that_its_finished_points_are_cached_
     assert cli.main(command) == 130
     err = capsys.readouterr().err
     assert "shallow run: interrupted in grid_toy. The same command resumes" in err
-    assert "and so are the grid points grid_toy finished" in err
+    # the folders as this run wrote them (its --out), where the points of the grid are found
+    points = toy / "out" / "results" / "points" / "grid_toy"
+    assert f"reuses the grid points grid_toy finished (cached under {points}/)" in err
+    assert len(list(points.iterdir())) >= 5
     cli.load_study("grid_toy").STOP.clear()
     assert cli.main(command) == 0
     sidecar = json.loads((toy / "out" / "figures" / "grid_toy.json").read_text())

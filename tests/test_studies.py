@@ -64,6 +64,15 @@ def test_readme_studies_table_and_gallery_show_every_study():
     assert set(re.findall(r"\(figures/(\w+)\.png\)", readme)) == names  # the gallery
 
 
+
+def test_readme_lists_every_benchmark():
+    # benchmarks/kernel_methods.py was missing from the README's list of benchmark commands
+    import re
+    from pathlib import Path
+
+    scripts = {path.stem for path in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")}
+    assert set(re.findall(r"^python benchmarks/(\w+)\.py", _readme(), flags=re.M)) == scripts
+
 def test_readme_setup_line_installs_the_extras_every_study_needs():
     # `shallow run --all --quick` right after the README's first line skipped the digits studies
     # when that line installed only the test extra
