@@ -230,21 +230,30 @@ def _arccos_polynomials(n):
     return tuple(float(c) for c in A), tuple(float(c) for c in B)
 
 
-#: Below pi - theta = min(1, _ANTIPARALLEL n) the arc-cosine J_n (n >= 1) comes from its integral form
+#: Below pi - theta = min(pi/2, _ANTIPARALLEL n) the arc-cosine J_n (n >= 1) comes from its integral form
 #: (:func:`_arccos_near_pi`): the closed form keeps an absolute error of eps J_n(0) while J_n(pi - delta) is about
 #: 2^n n!^3 delta^(2n+1) / (2n+1)!, up to 1000 eps relative at the switch (relu: 3 pi eps / delta^3, 600 eps at 1/4).
+#: Past pi/2 (cos theta >= 0) its terms share their sign; a switch at delta = 1 for every n >= 4 left 1.3e4 eps at
+#: n = 8 and 1.8e10 eps at n = 20 (J_n(0) / J_n(pi - 1) grows like 4^n: 5e2 at n = 4, 1e5 at 8, 2e12 at 20).
 _ANTIPARALLEL = 0.25
 
 
+def _antiparallel_switch(n):
+    """delta below which J_n(pi - delta) comes from :func:`_arccos_near_pi`: n/4, at most pi/2."""
+    return min(0.5 * math.pi, _ANTIPARALLEL * n)
+
+
 def _arccos_near_pi(n, delta, xp):
-    """J_n(pi - delta) = 2^n n! int_0^delta sin^n(u) sin^n(delta - u) du for 0 <= delta <= 1, to a few eps relative.
+    """J_n(pi - delta) = 2^n n! int_0^delta sin^n(u) sin^n(delta - u) du for 0 <= delta <= pi/2, to a few eps relative.
 
     From E[max(0, <w, x>)^n max(0, <w, y>)^n] in polar coordinates of the plane of unit x, y (the angle phi
     of w's projection, with cos phi > 0 and cos(phi - theta) > 0 on an arc of length pi - theta; its radius
     gives int r^(2n+1) e^(-r^2/2) dr = 2^n n!). The integrand is entire and positive, a trigonometric polynomial
-    of degree 2n in u: Gauss-Legendre with n + 8 nodes is exact to rounding on [0, 1], where the closed form cancels.
+    of degree 2n in u, not a polynomial: Gauss-Legendre with n + 8 nodes is exact to rounding on [0, 1] for
+    n <= 4 (the switch of :func:`_antiparallel_switch`), n + 12 nodes on [0, pi/2] for n up to 40 (mpmath: 15 eps
+    at most; n + 8 nodes left 1e4 eps at delta = 1.6, n = 6 to 10).
     """
-    u, w = np.polynomial.legendre.leggauss(n + 8)
+    u, w = np.polynomial.legendre.leggauss(n + (8 if n <= 4 else 12))
     half = 0.5 * delta
     total = xp.zeros_like(delta)
     for ui, wi in zip(u.tolist(), w.tolist()):
@@ -284,7 +293,7 @@ def _arccos_gauss(order, G, nx2, ny2, xp, angle=None):
             J = J + _homogeneous(B, n - 1, G, N2) * s
             # Near theta = pi the two terms cancel to J_n ~ delta^(2n+1), delta = pi - theta: eps / delta^(2n)
             # relative (relu 2e+2 at delta = 1.4e-6, a negative kernel for n = 3); the integral form is positive.
-            near = xp.broadcast_to((theta > math.pi - min(1.0, _ANTIPARALLEL * n)) & (N2 > 0), J.shape)
+            near = xp.broadcast_to((theta > math.pi - _antiparallel_switch(n)) & (N2 > 0), J.shape)
             if bool(near.any()):
                 J = xp.array(xp.broadcast_to(J, near.shape))  # a writable copy
                 N = xp.sqrt(xp.broadcast_to(N2, near.shape)[near])
@@ -511,7 +520,9 @@ def gaussian_norm_moment(h, d) -> float:
     h = float(h)
     if not h > -0.5 * d:
         raise ValueError(f"h must be > -d/2 = {-0.5 * d} for E|w|^(2h) to be finite, got {h}")
-    log_value = h * math.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d)
+    # the exponent that math.exp takes below: gammaln's difference, 2e-9 off at d = 10^7, let h = 44.036376179162836
+    # through the test and math.exp raise OverflowError
+    log_value = h * math.log(2.0) + _log_gamma_ratio(0.5 * d, h)
     if log_value > math.log(np.finfo(np.float64).max):  # 2.0 ** h raised OverflowError
         raise ValueError(f"E|w|^(2h) = exp({log_value:.6g}) is beyond the largest float64 for h={h} and d={d}: "
                          "h must be smaller")
@@ -520,7 +531,7 @@ def gaussian_norm_moment(h, d) -> float:
     else:
         # scipy's poch lost 3e-12 relative for fractional h at d ~ 100 to 4096 (a difference of log-gammas);
         # _log_gamma_ratio keeps a few eps of log(Gamma(d/2 + h) / Gamma(d/2)), which is of order h log d
-        value = math.exp(h * math.log(2.0) + _log_gamma_ratio(0.5 * d, h))
+        value = math.exp(log_value)
     if not np.isfinite(value) or value == 0:  # pragma: no cover - d or h beyond poch's range
         value = np.exp(h * np.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d))
     return float(value)

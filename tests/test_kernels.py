@@ -1164,3 +1164,42 @@ def test_gaussian_norm_moment_of_a_fractional_exponent_matches_mpmath(d):
         for h in (-0.9, -0.5, 0.3, 1.5, 3.7):
             expected = float(2 ** mpmath.mpf(h) * mpmath.gamma(mpmath.mpf(d) / 2 + h) / mpmath.gamma(mpmath.mpf(d) / 2))
             assert gaussian_norm_moment(h, d) == pytest.approx(expected, rel=20 * np.finfo(float).eps, abs=0)
+
+
+@pytest.mark.parametrize("order", [8, 20])
+def test_arc_cosine_kernels_of_high_order_keep_their_relative_accuracy_up_to_a_right_angle_from_antiparallel(order):
+    # Between delta = pi - theta = 1 and pi/2 the closed form A_n (pi - theta) + B_n sin theta still cancels for
+    # large n (J_n(0) / J_n(pi - 1) grows like 4^n): relu^8 was 5e3 eps off at delta = 1.01, relu^20 5e-6 relative.
+    # Expected: Cho and Saul's E[relu(<w,x>)^n relu(<w,y>)^n] in polar coordinates of the plane of x, y,
+    # |x|^n |y|^n 2^n n! / (2 pi) int_{theta - pi/2}^{pi/2} cos^n(phi) cos^n(phi - theta) dphi, by mpmath quadrature
+    # at 30 digits with theta from the stored numbers (an integrand of order 1 there: absolute error control is
+    # enough). Tolerance as for the nearly antiparallel inputs: 50 eps, plus theta's rounding (a few ulps of pi,
+    # 2^-49) times the condition number (2n + 1) / delta
+    import mpmath
+
+    n = order
+    x = np.array([0.5, 0.0, 0.0])
+    for delta in (1.01, 1.3, 1.5):
+        y = 2.0 * np.array([-math.cos(delta), math.sin(delta), 0.0])
+        with mpmath.workdps(30):
+            theta = mpmath.atan2(mpmath.mpf(float(y[1])), mpmath.mpf(float(y[0])))
+            integral = mpmath.quad(lambda phi: mpmath.cos(phi) ** n * mpmath.cos(phi - theta) ** n,
+                                   [theta - mpmath.pi / 2, mpmath.pi / 2])
+            norms = 0.5 * mpmath.sqrt(mpmath.mpf(float(y[0])) ** 2 + mpmath.mpf(float(y[1])) ** 2)  # |x| |y|
+            expected = float(norms ** n * 2 ** n * mpmath.factorial(n) / (2 * mpmath.pi) * integral)
+        got = float(random_feature_kernel(x[None], y[None], get_activation("relu_power", alpha=n))[0, 0])
+        assert abs(got - expected) <= (50 * np.finfo(float).eps + (2 * n + 1) * 2.0**-49 / delta) * expected
+
+
+def test_gaussian_norm_moment_beyond_the_largest_float_raises_value_error_at_the_limit():
+    # E|w|^(2h) = exp(h log 2 + log(Gamma(d/2 + h) / Gamma(d/2))) just beyond the largest float64 (exponent
+    # 9e-14 beyond log(max), by mpmath below): the range check took gammaln's difference, 2e-9 too small at
+    # d = 10^7, and math.exp then raised OverflowError where the docstring promises ValueError
+    import mpmath
+
+    h, d = 44.036376179162836, 10**7
+    with mpmath.workdps(40):
+        exponent = h * mpmath.log(2) + mpmath.loggamma(mpmath.mpf(d) / 2 + h) - mpmath.loggamma(mpmath.mpf(d) / 2)
+        assert exponent > mpmath.log(np.finfo(np.float64).max)
+    with pytest.raises(ValueError, match="beyond the largest float64"):
+        gaussian_norm_moment(h, d)

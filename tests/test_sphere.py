@@ -355,3 +355,19 @@ def test_gauss_jacobi_rule_of_high_dimension_integrates_the_highest_even_powers(
         with mpmath.workdps(30):
             expected = float(mpmath.fsum(mpmath.log(mpmath.mpf(2 * i + 1) / (d + 2 * i)) for i in range(j)))
         assert got == pytest.approx(expected, rel=0, abs=1e-12)
+
+
+@pytest.mark.parametrize("q, a, b", [(100, 5e4, 5e4), (100, 5e4, 3e4), (300, 3000.0, 0.0)])
+def test_gauss_jacobi_weights_of_high_dimension_sum_to_the_mass_of_the_jacobi_weight(q, a, b):
+    # sum_i w_i = int_{-1}^1 (1 - u)^a (1 + u)^b du = 2^{a+b+1} B(a + 1, b + 1) (degree 0, exact for the rule), by
+    # mpmath. Where scipy's rule breaks down the mass came from four log-gammas of size a log a: log mu_0 1.3e-10
+    # off at a = b = 5e4 (where it is -4.8), 5e-11 at (5e4, 3e4). Tolerance: 16 eps of max(1, |log mu_0|), the
+    # rounding of a logarithm of that size and of the sum of the weights (math.fsum of their exponentials)
+    import mpmath
+
+    _, log_w = sphere.gauss_jacobi(q, a, b)
+    top = log_w.max()
+    got = top + math.log(math.fsum(np.exp(log_w - top)))
+    with mpmath.workdps(30):
+        expected = float((a + b + 1) * mpmath.log(2) + mpmath.log(mpmath.beta(mpmath.mpf(a) + 1, mpmath.mpf(b) + 1)))
+    assert got == pytest.approx(expected, rel=0, abs=16 * np.finfo(float).eps * max(1.0, abs(expected)))
