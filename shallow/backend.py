@@ -47,10 +47,16 @@ __all__ = [
 DEVICES = ("cpu", "gpu")
 
 
+def _disable_flag() -> str | None:
+    """The value of ``SHALLOW_DISABLE_CUPY`` where it hides CuPy (set, and not "0"), else None."""
+    flag = os.environ.get("SHALLOW_DISABLE_CUPY", "")
+    return None if flag in ("", "0") else flag
+
+
 @functools.lru_cache(maxsize=1)
 def _cupy() -> ModuleType | None:
     """The cupy module when a CUDA device answers, else None (cached; never raises)."""
-    if os.environ.get("SHALLOW_DISABLE_CUPY", "") not in ("", "0"):
+    if _disable_flag() is not None:
         return None
     try:
         cupy = importlib.import_module("cupy")
@@ -87,8 +93,8 @@ def gpu_unavailable_reason() -> str | None:
     """
     if _cupy() is not None:
         return None
-    flag = os.environ.get("SHALLOW_DISABLE_CUPY", "")
-    if flag not in ("", "0"):
+    flag = _disable_flag()
+    if flag is not None:
         return f"SHALLOW_DISABLE_CUPY={flag} hides CuPy"
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed (pip install -e '.[gpu]')"

@@ -533,7 +533,7 @@ def gaussian_norm_moment(h, d) -> float:
         # _log_gamma_ratio keeps a few eps of log(Gamma(d/2 + h) / Gamma(d/2)), which is of order h log d
         value = math.exp(log_value)
     if not np.isfinite(value) or value == 0:  # pragma: no cover - d or h beyond poch's range
-        value = np.exp(h * np.log(2.0) + special.gammaln(0.5 * d + h) - special.gammaln(0.5 * d))
+        value = math.exp(log_value)
     return float(value)
 
 

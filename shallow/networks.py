@@ -435,23 +435,22 @@ class TwoLayer:
             theta = rng.standard_normal((m, 1 + D))  # (m, 1 + D): (a_j, w_j) uniform on S^D once normalised
             theta /= np.linalg.norm(theta, axis=1, keepdims=True)
             a, W = theta[:, 0], theta[:, 1:]
-            return cls(to_device(a.astype(dtype), device), to_device(W.astype(dtype), device),
-                       activation=activation, gamma=gamma, bias=bias)
-        W = rng.standard_normal((m, D))  # (m, D)
-        if weights == "sphere":
-            if D < 2:
-                raise ValueError("weights='sphere' needs D = d + bias >= 2 coordinates (S^{D-1}), got d=1 "
-                                 "without bias")
-            norms = np.linalg.norm(W, axis=1, keepdims=True)
-            W = W / np.where(norms > 0, norms, 1.0)
-        if a_init == "gaussian":
-            a = rng.standard_normal(m)  # (m,)
-        elif a_init == "sign":
-            a = rng.choice(np.array([-1.0, 1.0]), size=m)
-        elif a_init == "balanced":
-            a = rng.choice(np.array([-1.0, 1.0]), size=m) * np.linalg.norm(W, axis=1)
-        else:
-            a = np.zeros(m)
+        else:  # W first, then a
+            W = rng.standard_normal((m, D))  # (m, D)
+            if weights == "sphere":
+                if D < 2:
+                    raise ValueError("weights='sphere' needs D = d + bias >= 2 coordinates (S^{D-1}), got d=1 "
+                                     "without bias")
+                norms = np.linalg.norm(W, axis=1, keepdims=True)
+                W = W / np.where(norms > 0, norms, 1.0)
+            if a_init == "gaussian":
+                a = rng.standard_normal(m)  # (m,)
+            elif a_init == "sign":
+                a = rng.choice(np.array([-1.0, 1.0]), size=m)
+            elif a_init == "balanced":
+                a = rng.choice(np.array([-1.0, 1.0]), size=m) * np.linalg.norm(W, axis=1)
+            else:
+                a = np.zeros(m)
         a = to_device(a.astype(dtype), device)
         W = to_device(W.astype(dtype), device)
         return cls(a, W, activation=activation, gamma=gamma, bias=bias)
