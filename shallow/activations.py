@@ -488,6 +488,8 @@ def get_activation(name, **params) -> Activation:
     ValueError
         For an unknown name (the message lists the known ones), a missing or unexpected
         parameter, or alpha < 0.
+    TypeError
+        For a name that is not a string.
 
     Examples
     --------
@@ -558,6 +560,14 @@ def funk_hecke(sigma, d, kmax, *, breakpoints=(), q=None):
     Returns
     -------
     mu : numpy array of shape (kmax + 1,)
+
+    Raises
+    ------
+    TypeError
+        For a sigma that is neither a name, an Activation nor a callable.
+    ValueError
+        For an unknown name or one that needs parameters, d or kmax out of range, breakpoints
+        outside (-1, 1), and as :func:`shallow.harmonics.project_zonal` for a callable.
 
     Notes
     -----

@@ -1364,8 +1364,26 @@ class EldanShamirFunction:
     def network(self, tolerance=1e-2, *, dtype=np.float64, device="cpu") -> DeepReLU:
         """A 3-layer relu network within ``tolerance`` of the continuous version (ramp > 0), on all of R^d.
 
-        See :func:`radial_network`; ``meta["error_bound"]`` is the proven uniform error. Its parameters
-        have dtype ``dtype`` (float64 or float32) and live on ``device`` ("cpu" or "gpu").
+        See :func:`radial_network`; ``meta["error_bound"]`` is the proven uniform error.
+
+        Parameters
+        ----------
+        tolerance : float
+            The uniform error allowed, > 0.
+        dtype : float32 or float64
+            The dtype of the parameters.
+        device : {"cpu", "gpu"}
+            Where the parameters live.
+
+        Returns
+        -------
+        DeepReLU
+
+        Raises
+        ------
+        ValueError
+            For the indicator version (``ramp=0``), which is not continuous, or a tolerance that
+            :func:`radial_network` refuses.
         """
         knots, values = self.profile()
         net = radial_network(knots, values, self.d, self.edges[-1], tolerance, dtype=dtype, device=device)

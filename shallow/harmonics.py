@@ -363,6 +363,14 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     -------
     mu : numpy array of shape (kmax + 1,)
 
+    Raises
+    ------
+    TypeError
+        For a g that is not callable.
+    ValueError
+        For d, kmax or q out of range, breakpoints outside (-1, 1), or a g that returns complex
+        values, an array of another shape than its input, or NaN or infinite values.
+
     Warns
     -----
     RuntimeWarning
@@ -940,6 +948,13 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     E : array of shape (kmax + 1,)
         On X's device, in X's dtype. Where N(d, k) exceeds the dtype's range (float32: d = 1000
         from k = 19, d = 10^4 from k = 12), E_k is still computed: N(d, k) times the sum, exactly.
+
+    Raises
+    ------
+    ValueError
+        For X not an (n, d) array of unit rows, f_values (or weights) not a finite 1-D array of n
+        values on X's device, kmax not an integer >= 0, weights that do not sum to 1, or, without
+        weights, n < 2 (the U-statistic needs two distinct points).
 
     Notes
     -----

@@ -705,6 +705,9 @@ def wasserstein(mu, nu, p=2, mu_weights=None, nu_weights=None, numItermax=10_000
     ------
     RuntimeError
         When the network simplex stops before optimality (``numItermax`` reached).
+    ValueError
+        For p < 1, negative weights, a zero mass, or masses that differ by more than a relative 1e-6 (use
+        :func:`unbalanced_distance` for those).
 
     Notes
     -----

@@ -650,6 +650,10 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     ValueError
         For a cached result that cannot be read (``force=True`` recomputes it), a config the
         study refuses, an unusable ``out``.
+    RuntimeError
+        For a ``cfg.device`` that is not available here (``"gpu"`` without a usable GPU: the message
+        says why, :func:`shallow.backend.gpu_unavailable_reason`), or a dask scheduler address
+        without dask.distributed installed.
     """
     _check_study(module)
     if cfg.device not in available_devices():

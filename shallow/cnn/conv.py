@@ -242,10 +242,11 @@ class Conv2d(Layer):
         C_in and C_out, both multiples of ``groups``.
     kernel_size : int or (int, int)
         (KH, KW).
-    stride, dilation : int or (int, int)
+    stride : int or (int, int)
     padding : int, (int, int), (top, bottom, left, right), "valid" or "same"
         Zero padding. ``"same"`` (stride 1 only) pads d (K - 1) in total, the odd one at the
         bottom/right as PyTorch does.
+    dilation : int or (int, int)
     groups : int
         G: input and output channels split into G groups convolved separately.
     bias : bool

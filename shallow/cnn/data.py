@@ -313,7 +313,7 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
         Pixel values are divided by it (255 for 8-bit images).
     limit : int, optional
         Keep a stratified subset of at most ``limit`` training images (drawn with ``rng``), for
-        quick runs; the test set is kept whole.
+        quick runs; the test set is kept whole. At least the number of classes (one image each).
     rng : None, int or Generator
 
     Returns
@@ -323,7 +323,12 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
     Raises
     ------
     FileNotFoundError
-        When ``path`` does not exist (with a reminder that no download is attempted).
+        When ``path`` does not exist (with a reminder that no download is attempted), or a directory
+        lacks one of the four IDX files.
+    ValueError
+        For a ``.npz`` without the four arrays, a file that is not IDX, images that are not
+        (n, H, W) or (n, H, W, C) with one label each, ``scale`` not positive, or ``limit`` below
+        the number of classes.
     """
     scale = check_positive(scale, "scale")
     if limit is not None:

@@ -29,7 +29,9 @@ Conventions
 * Weights are stored input-major, in each layer's ``params`` dict: ``params["W"]`` of a Linear
   layer has shape (d_in, d_out) and that of a Conv2d shape (KH, KW, C_in / groups, C_out), so
   that y = x @ W (bias ``params["b"]``; there is no ``layer.W`` attribute).
-* float32 and float64 are supported; a layer's parameters have one dtype, that of its inputs.
+* float32 and float64 are supported; a layer's parameters have one dtype, set by ``dtype=``, and
+  its inputs should have it too: nothing casts them. Linear and Conv2d compute in their parameters'
+  dtype (a float64 batch through a float32 layer comes out float32), BatchNorm2d in its input's.
 * Initialisation (``init=``): ``"he"`` draws N(0, 2 / fan_in) (He et al. 2015, arXiv:1502.01852),
   ``"lecun"`` N(0, 1 / fan_in), ``"normal"`` N(0, 1) (the NTK parametrisation multiplies by
   1/sqrt(fan_in) outside), ``"zeros"``, or a float std. Draws are made on the host in float64

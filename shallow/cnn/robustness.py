@@ -717,9 +717,10 @@ def conv_singular_values(W, shape, *, groups=1, dilation=1):
     Returns
     -------
     array of shape (H, W, r)
-        At frequency (u, v), the singular values of the C_in x C_out matrix
-        P(u, v) = sum_{i, j} W[i, j] exp(-2 pi i (u d i / H + v d j / W)), in decreasing order
-        (r = min(C_in, C_out) / ... per group, the groups' values concatenated and sorted). The
+        At frequency (u, v), the singular values of the (C_in / G) x (C_out / G) matrices
+        P_g(u, v) = sum_{i, j} W[i, j] exp(-2 pi i (u d i / H + v d j / W)) of the G = ``groups``
+        groups (g-th block of output channels), in decreasing order: r = G min(C_in / G, C_out / G),
+        the groups' values concatenated and sorted (r = min(C_in, C_out) for G = 1). The
         operator, from R^{H W C_in} to R^{H W C_out}, has exactly these singular values (and
         zeros up to its dimensions).
 

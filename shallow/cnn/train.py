@@ -497,6 +497,10 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     ------
     ValueError
         For images of the wrong shape or channels, NaN images, labels out of range (naming the argument).
+    TypeError
+        For an optimizer that is not an :class:`~shallow.cnn.optim.Optimizer`, a loss class instead of
+        a loss object (``CrossEntropy`` for ``CrossEntropy()``) or an object without ``value_and_grad``,
+        an ``augment`` or ``callback`` that is not callable, or a ``checkpoint`` that is not a path.
     TrainingDivergedError
         When the loss becomes NaN or infinite and ``on_divergence="raise"``.
 
