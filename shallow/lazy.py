@@ -518,7 +518,11 @@ def empirical_ntk(net, X, Y=None, *, train: str = "both", chunk_size=None):
     with S = sigma(X~ W^T) and P = sigma'(X~ W^T): two GEMMs over (chunk, m) blocks, memory
     O(n n' + chunk m) and never an (n, m, D) array of per-sample gradients. For i.i.d. a_j ~ N(0, 1)
     and w_j ~ N(0, I_d) (no bias), E[K] = gamma^2 m Theta with Theta = :func:`shallow.kernels.ntk`,
-    and K / (gamma^2 m) - Theta is an average of m i.i.d. centred terms: O(m^{-1/2}).
+    and K / (gamma^2 m) - Theta is an average of m i.i.d. centred terms: O(m^{-1/2}). With a bias,
+    Theta is that of the augmented inputs, ``ntk(X~, Y~, sigma)``; for rows w_j uniform on S^{D-1}
+    (``TwoLayer.init(..., weights="sphere")``), ``weights="sphere"`` there. For one trained layer,
+    Theta is :func:`shallow.kernels.random_feature_kernel` (``train="outer"``) or ntk minus it
+    (``"inner"``, <x, y> E[sigma'(<w, x>) sigma'(<w, y>)]).
 
     References
     ----------
@@ -1109,6 +1113,12 @@ class LazyDiagnostics:
         The flow's time scale (default m, as gradient_flow's), for the kernel-flow reference.
     ntk : bool
         Record the relative NTK change (the most expensive diagnostic).
+    train : {"both", "outer", "inner"}
+        The layers the flow trains (gradient_flow's ``train``, which a callback cannot read): the
+        tangent kernel K_0 of ``ntk_change`` and of the kernel-flow reference is
+        ``empirical_ntk(net, X, train=train)``. With the default "both" for a flow that trains one layer,
+        ``kernel_gap`` would compare it with the flow of another kernel (for ``train="outer"``, where the
+        network is linear in a and follows its kernel flow exactly, an O(1) gap).
 
     Attributes
     ----------
@@ -1135,7 +1145,7 @@ class LazyDiagnostics:
 
     KEYS = ("step", "t", "risk", "weight_change", "ntk_change", "linearization_gap", "flips")
 
-    def __init__(self, net, X, *, y=None, time_scale=None, ntk: bool = True):
+    def __init__(self, net, X, *, y=None, time_scale=None, ntk: bool = True, train: str = "both"):
         # theta_0: the network's parameters, or a tangent model's current ones (where its flow starts)
         self.net0 = net.network() if isinstance(net, Linearized) else _as_network(net).copy()
         self.lin = Linearized(self.net0)
@@ -1143,9 +1153,10 @@ class LazyDiagnostics:
         if self.X.shape[0] == 0:
             raise ValueError("X must hold at least one point, got n=0")
         self.ntk = check_bool(ntk, "ntk")
+        self.train = _check_train(train)
         if time_scale is not None:
             time_scale = check_positive(time_scale, "time_scale")
-        self.K0 = empirical_ntk(self.net0, self.X) if self.ntk else None
+        self.K0 = empirical_ntk(self.net0, self.X, train=self.train) if self.ntk else None
         self._flow = None
         keys = list(self.KEYS)
         if y is not None:
@@ -1153,7 +1164,7 @@ class LazyDiagnostics:
             if y.shape[0] != self.X.shape[0]:
                 raise ValueError(f"y has {y.shape[0]} entries but X has n={self.X.shape[0]} rows")
             s = float(self.net0.m if time_scale is None else time_scale)
-            K0 = self.K0 if self.K0 is not None else empirical_ntk(self.net0, self.X)
+            K0 = self.K0 if self.K0 is not None else empirical_ntk(self.net0, self.X, train=self.train)
             f0 = self.net0(self.X)
             self._flow = (K0, y.astype(self.net0.dtype, copy=False), f0, s)
             keys.append("kernel_gap")
@@ -1179,7 +1190,8 @@ class LazyDiagnostics:
         rec["t"].append(float(t))
         rec["risk"].append(float(risk))
         rec["weight_change"].append(relative_weight_change(net0, a, W))
-        rec["ntk_change"].append(relative_kernel_change(self.K0, empirical_ntk(net, self.X)) if self.ntk else math.nan)
+        rec["ntk_change"].append(relative_kernel_change(self.K0, empirical_ntk(net, self.X, train=self.train))
+                                 if self.ntk else math.nan)
         rec["linearization_gap"].append(math.sqrt(float(xp.mean((f - f_lin) ** 2))))
         rec["flips"].append(activation_flips(net0, W, self.X))
         if self._flow is not None:

@@ -12,7 +12,7 @@ from relu_kinks import kink_free_step
 
 from shallow import lazy
 from shallow.flows import EmpiricalRisk, gradient_flow
-from shallow.kernels import ntk
+from shallow.kernels import ntk, random_feature_kernel
 from shallow.lazy import (LazyDiagnostics, LinearizedRisk, centered, centered_init, empirical_ntk,
                           kernel_flow, kernel_regression, linearize, relative_kernel_change,
                           relative_weight_change, scaled)
@@ -186,6 +186,30 @@ def test_empirical_ntk_within_monte_carlo_bound_of_analytic_ntk():
     np.testing.assert_allclose(K, terms.mean(axis=0), rtol=1e-12)
     sd = terms.std(axis=0, ddof=1)
     assert np.all(np.abs(K - Theta) <= 4 * sd / math.sqrt(m))
+
+
+@pytest.mark.parametrize("train", ["outer", "inner"])
+def test_empirical_ntk_of_one_layer_with_a_bias_within_monte_carlo_bound_of_its_analytic_kernel(train):
+    """With a bias and one trained layer, K/(gamma^2 m) averages m i.i.d. terms (written out here) of mean
+    random_feature_kernel(X~) (outer) or ntk(X~) - random_feature_kernel(X~) (inner), X~ = (X, 1): each
+    entry within 4 sd/sqrt(m) (fixed seed)."""
+    m = 4096
+    net = TwoLayer.init(m, 4, scale="ntk", rng=7, bias=True)
+    X, _ = _data(5, 4, 8)
+    Xt = np.hstack([X, np.ones((5, 1))])  # (n, D)
+    Z = Xt @ net.W.T  # (n, m)
+    if train == "outer":
+        S = np.maximum(Z, 0)
+        terms = np.einsum("ij,kj->jik", S, S)  # (m, n, n)
+        mean = random_feature_kernel(Xt, None, "relu")
+    else:
+        P = (Z > 0).astype(float)
+        terms = (net.a ** 2)[:, None, None] * np.einsum("ij,kj->jik", P, P) * (Xt @ Xt.T)
+        mean = ntk(Xt, None, "relu") - random_feature_kernel(Xt, None, "relu")
+    K = empirical_ntk(net, X, train=train) / (net.gamma ** 2 * m)
+    np.testing.assert_allclose(K, terms.mean(axis=0), rtol=1e-12)  # sums of m terms in another order
+    sd = terms.std(axis=0, ddof=1)
+    assert np.all(np.abs(K - mean) <= 4 * sd / math.sqrt(m))
 
 
 def test_empirical_ntk_error_decays_like_m_to_the_minus_one_half():
@@ -450,6 +474,38 @@ def test_lazy_diagnostics_are_order_one_in_the_mean_field_regime_and_fall_with_a
         # n m = 5000, hence irregular): measured ratios 2.55 to 78 over 9 seeds (6.5 to 12 only at the original
         # seed; ntk_change 2.55, 3.47, 3.51, 2.82 at four others; flips down to 3.75, kernel_gap to 3.24), so 2.
         assert lazy_1000[key] < lazy_100[key] / 2 < mean_field[key] / 2, key
+
+
+@pytest.mark.parametrize("train", ["outer", "inner"])
+def test_lazy_diagnostics_compare_with_the_kernel_of_the_layers_the_flow_trains(train):
+    """With ``train``, K_0 is the Gram matrix of the gradients in the trained layer only (J_0 restricted to
+    its columns, written out in numpy): ``ntk_change`` is |K_t - K_0|_F / |K_0|_F of that kernel and
+    ``kernel_gap`` the RMS distance to y - expm(-(s t / n) K_0) (y - f_0) (scipy's matrix exponential). A flow
+    of the outer layer alone is a flow of a model linear in a: it follows that kernel flow up to RK4's error."""
+    X, y = _data(10, 3, 0)
+    net = centered_init(40, 3, scale="ntk", rng=1)
+    n, m, d = 10, 40, 3
+    diag = LazyDiagnostics(net, X, y=y, train=train)
+    steps, h = 20, 5e-3
+    traj = gradient_flow(net, EmpiricalRisk(X, y), steps=steps, step_size=h, method="rk4", train=train,
+                         record_every=steps, callback=diag)
+    res = diag.result()
+    cols = slice(0, m) if train == "outer" else slice(m, m * (1 + d))
+    J0 = _relu_jacobian(net.a, net.W, net.gamma, X)[:, cols]
+    J = _relu_jacobian(traj.a, traj.W, net.gamma, X)[:, cols]
+    K0 = J0 @ J0.T
+    f = net.gamma * np.maximum(X @ traj.W.T, 0) @ traj.a
+    pred = y - scipy.linalg.expm(-(m * traj.t / n) * K0) @ y  # f_0 = 0 (centred)
+    # Ratios and RMS of sums of m = 40 terms rounded in another order: relative 1e-9 (measured below 1e-14).
+    assert res["ntk_change"][-1] == pytest.approx(np.linalg.norm(J @ J.T - K0) / np.linalg.norm(K0), rel=1e-9,
+                                                  abs=1e-13)
+    assert res["kernel_gap"][-1] == pytest.approx(np.sqrt(np.mean((f - pred) ** 2)), rel=1e-9, abs=1e-12)
+    if train == "outer":
+        # RK4 with z = h s lam_max / n = 0.043: a local error of order z^5 / 120 per step, 20 steps below 2e-8
+        # of |y|, hence 1e-7 (measured 3.7e-9); with the kernel of both layers the gap was 0.10.
+        assert res["ntk_change"][-1] == 0 and res["kernel_gap"][-1] < 1e-7 * np.abs(y).max()
+    else:
+        assert res["kernel_gap"][-1] > 0  # the inner layer's flow is not linear
 
 
 # ----------------------------------------------------------------------------- bad input
