@@ -17,8 +17,19 @@ settings.register_profile("explore", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("SHALLOW_HYPOTHESIS", "derandomized"))
 
 
+# SHALLOW_FAKE_DEVICE=1 runs the `gpu` tests and the cupy side of the `xp` fixture on the fake device of
+# tests/fake_device.py (numpy arrays posing as CuPy ones, refusing host conversion): CuPy paths on a CPU.
+FAKE_DEVICE = os.environ.get("SHALLOW_FAKE_DEVICE") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     if backend.gpu_available():
+        return
+    if FAKE_DEVICE:  # what needs CUDA itself cannot run on numpy arrays
+        skip = pytest.mark.skip(reason="needs CUDA itself, which the fake device does not emulate")
+        for item in items:
+            if "gpu" in item.keywords and "cuda" in item.keywords:
+                item.add_marker(skip)
         return
     skip = pytest.mark.skip(reason="no usable CUDA device (cupy missing, no GPU, or SHALLOW_DISABLE_CUPY=1)")
     for item in items:
@@ -31,8 +42,20 @@ def xp(request):
     """The array module under test: numpy always, cupy where a GPU answers (else skipped)."""
     if request.param == "numpy":
         return np
+    if FAKE_DEVICE:
+        return request.getfixturevalue("_fake_device")
     import cupy
     return cupy
+
+
+@pytest.fixture(autouse=True)
+def _fake_device(request, monkeypatch):
+    """Under SHALLOW_FAKE_DEVICE=1, a `gpu` test runs on the fake device (its namespace is the value)."""
+    if not (FAKE_DEVICE and "gpu" in request.keywords):
+        return None
+    import fake_device
+    fake_device.install(monkeypatch)
+    return fake_device.fake
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +79,14 @@ def run_quick():
         return module, result
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Under SHALLOW_FAKE_DEVICE=1: the host calls on device data that the fake device recorded."""
+    if not FAKE_DEVICE or "fake_device" not in __import__("sys").modules:
+        return
+    from fake_device import leaks
+    if leaks:
+        terminalreporter.section("fake device: host calls on device data")
+        for (kind, call, where), count in sorted(leaks.items(), key=lambda item: item[0][2]):
+            terminalreporter.write_line(f"{where}: {call} x{count} -- {kind}")

@@ -367,6 +367,7 @@ def test_unbalanced_distance_is_positive_for_different_measures_and_grows_with_t
 
 
 # --------------------------------------------------------------------------- backends
+@pytest.mark.cuda  # POT takes CuPy arrays, not the fake device's
 def test_distances_on_the_backend_match_numpy(xp):
     rng = np.random.default_rng(9)
     X, Y = rng.standard_normal((20, 3)), rng.standard_normal((20, 3)) + 0.5

@@ -173,6 +173,7 @@ def test_to_gpu_packs_parameters_so_the_optimizer_updates_one_array():
     assert _flat_base(list(model.named_gradients().values())) is not None
 
 
+@pytest.mark.cuda
 def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
     """SHALLOW_FUSED_KERNELS=1 compiles shallow.cnn._fused's formulas into CuPy kernels."""
     from shallow.cnn import BatchNorm2d
@@ -193,6 +194,7 @@ def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
         _assert_close(u, v, f"fused {name}")
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
     """CapturedStep records the step as a CUDA graph (no fallback warning) and its replays give the
@@ -224,6 +226,7 @@ def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
             _assert_close(results[True][k][name], value, f"captured {name}")
 
 
+@pytest.mark.cuda
 def test_captured_step_on_cupy_keeps_the_parameters_when_the_loss_is_nan():
     from shallow.cnn import CapturedStep
     x, y = _batch((8, 8, 1))
@@ -241,6 +244,7 @@ def test_captured_step_on_cupy_keeps_the_parameters_when_the_loss_is_nan():
         np.testing.assert_array_equal(to_numpy(a), b)
 
 
+@pytest.mark.cuda
 def test_captured_fit_on_cupy_matches_fit():
     """fit(capture=True) with a smaller last batch (two recordings) against fit on the GPU."""
     from shallow.cnn import fit
@@ -256,6 +260,7 @@ def test_captured_fit_on_cupy_matches_fit():
         _assert_close(params[True][name], value, f"fit(capture=True) {name}")
 
 
+@pytest.mark.cuda
 def test_cublas_handle_on_cupy_matches_matmul():
     """shallow.cnn._cublas's ctypes calls (the layouts its host tests check) against numpy's products."""
     import cupy
@@ -286,6 +291,7 @@ def test_cublas_handle_on_cupy_matches_matmul():
             np.testing.assert_allclose(to_numpy(outd), expected, rtol=tol, atol=tol * np.abs(expected).max())
 
 
+@pytest.mark.cuda
 def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
     """The premise of CapturedStep: a product on our handle is captured (CuPy's own cuBLAS calls
     are refused there) and each replay reads the inputs' current values."""
@@ -311,6 +317,7 @@ def test_cublas_handle_products_are_recorded_in_a_cuda_graph():
     np.testing.assert_allclose(to_numpy(out), 2 * to_numpy(a) @ to_numpy(b), rtol=1e-12)
 
 
+@pytest.mark.cuda
 def test_cublas_handle_empty_sum_scales_the_result_by_beta():
     """a @ b with an inner dimension of 0 is the zero matrix: out <- beta out, without calling cuBLAS."""
     import cupy

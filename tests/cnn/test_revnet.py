@@ -420,10 +420,11 @@ def test_linearized_irevnet_is_first_order_accurate():
 
 
 # --------------------------------------------------------------------------- backward without caches
-def assert_rounding_close(actual, expected, err_msg=""):
-    """Equal to 1e-12 of the largest entry of ``expected``: the recovered x_1 = S^-1 (y_2 - F(x_2))
-    carries the rounding of the sum y_2 = S x_1 + F(x_2), about eps |F| per block."""
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * np.abs(expected).max(), err_msg=err_msg)
+def assert_rounding_close(actual, expected, err_msg="", scale=None):
+    """Equal to 1e-12 of ``scale`` (default the largest entry of ``expected``): the recovered
+    x_1 = S^-1 (y_2 - F(x_2)) carries the rounding of the sum y_2 = S x_1 + F(x_2), about eps |F| per block."""
+    scale = np.abs(expected).max() if scale is None else scale
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12 * scale, err_msg=err_msg)
 
 
 def _step_state(net, x, dy, xp=np):
@@ -451,10 +452,15 @@ def test_recomputed_backward_gives_the_cached_backwards_gradients(blocks, batch_
     recomputed = _step_state(small_net(rng=3, recompute=True, **kw), x, dy, xp)
     assert_rounding_close(recomputed[0], cached[0])
     assert set(recomputed[1]) == set(cached[1])
+    # a batch norm's beta followed by another batch norm has gradient 0: rounding noise of ~1e-17, which a
+    # GPU's other order of summation changes; measured against the largest gradient of all parameters
+    scale = max(np.abs(g).max() for g in cached[1].values())
     for k, g in cached[1].items():
-        assert_rounding_close(recomputed[1][k], g, err_msg=k)
-    for k, b in cached[2].items():  # the same arithmetic on the host; a GPU sums in another order
-        np.testing.assert_allclose(recomputed[2][k], b, rtol=0 if xp is np else 1e-12, atol=0, err_msg=k)
+        assert_rounding_close(recomputed[1][k], g, err_msg=k, scale=scale)
+    for k, b in cached[2].items():  # the same arithmetic on the host; a GPU sums in another order (entries
+        # that are 0 but for rounding, like the head's running means of a batch-normalised input, included)
+        np.testing.assert_allclose(recomputed[2][k], b, rtol=0, atol=0 if xp is np else 1e-12 * np.abs(b).max(),
+                                   err_msg=k)
 
 
 def test_recomputed_backward_matches_central_differences():
