@@ -1060,6 +1060,39 @@ def test_step_kernel_and_relu_ntk_of_nearly_parallel_and_antiparallel_pairs_are_
             assert abs(float(ntk(x[None], y[None], "relu")[0, 0]) - float(relu_ntk)) <= 2 * tol
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("delta", [1e-2, 1e-3, 1e-4])
+def test_arc_cosine_kernels_of_nearly_antiparallel_exact_inputs_are_accurate_relative_to_their_size(dtype, delta):
+    # x = e_1, y = -e_1 + delta e_2 in R^3, stored exactly: pi - theta = atan(delta), the step kernel
+    # (pi - theta) / (2 pi) ~ delta / (2 pi), the relu kernel |x||y| (sin theta + (pi - theta) cos theta) / (2 pi)
+    # ~ delta^3 / (3 pi) and the relu NTK (relu kernel + <x, y> step kernel). In the entries of x and y these are
+    # relatively well conditioned (condition number 1 for pi - theta, 3 for the relu kernel), so a few roundings
+    # (normalisation, chord, atan2, the integral form near pi) are all they may lose: 16 eps relative. Reference:
+    # Cho-Saul in mpmath at 50 digits on the stored numbers, theta = atan2(|x ^ y|, <x, y>). pi - theta taken as
+    # math.pi - theta kept theta's absolute error: 8.6e3 eps (step) and 2.6e4 eps (relu) off at delta = 1e-4 in
+    # float32, 1.5e3 and 4.5e3 eps in float64
+    import mpmath
+
+    x = np.array([1.0, 0.0, 0.0], dtype=dtype)
+    y = np.array([-1.0, delta, 0.0], dtype=dtype)
+    with mpmath.workdps(50):
+        X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
+        G = mpmath.fsum(a * b for a, b in zip(X, Y))
+        N = mpmath.sqrt(mpmath.fsum(a * a for a in X) * mpmath.fsum(b * b for b in Y))
+        cross = mpmath.sqrt(mpmath.fsum((X[i] * Y[j] - X[j] * Y[i]) ** 2 for i in range(3) for j in range(i + 1, 3)))
+        rest = mpmath.pi - mpmath.atan2(cross, G)
+        step = rest / (2 * mpmath.pi)
+        relu = (cross + rest * G) / (2 * mpmath.pi)  # |x||y| sin theta = |x ^ y|, |x||y| cos theta = <x, y>
+        expected = {"step": step, "relu": relu, "relu ntk": relu + G * step}
+    got = {"step": random_feature_kernel(x[None], y[None], "step")[0, 0],
+           "relu": random_feature_kernel(x[None], y[None], "relu")[0, 0],
+           "relu ntk": ntk(x[None], y[None], "relu")[0, 0]}
+    eps = float(np.finfo(dtype).eps)
+    for name, value in got.items():
+        assert value.dtype == dtype
+        assert abs(float(value) - float(expected[name])) <= 16 * eps * abs(float(expected[name])), name
+
+
 def _step_kernel_mp(x, y):
     """(pi - theta) / (2 pi) at 50 digits from the stored numbers of x and y."""
     import mpmath

@@ -78,6 +78,9 @@ class Linearized(Layer):
     f_lin in x would need second derivatives: ``jvp`` with an input tangent is refused). ``jvp``
     with parameter tangents takes two passes of the model at theta_0 with the state of one: the
     same dropout masks in both, and the running statistics moved once, as by ``forward``.
+    theta - theta_0 is formed from the stored theta: in float32 its O(1/alpha) size is known to
+    eps32 |theta| only, as for the model itself (:class:`~shallow.cnn.models.Model`, precision at
+    large alpha).
     """
 
     def __init__(self, model):

@@ -722,7 +722,8 @@ def conv_singular_values(W, shape, *, groups=1, dilation=1):
         groups (g-th block of output channels), in decreasing order: r = G min(C_in / G, C_out / G),
         the groups' values concatenated and sorted (r = min(C_in, C_out) for G = 1). The
         operator, from R^{H W C_in} to R^{H W C_out}, has exactly these singular values (and
-        zeros up to its dimensions).
+        zeros up to its dimensions). In float64 whatever W's dtype (the kernel is cast before its
+        FFT: a bound to certify is computed at the better precision), on W's device.
 
     Notes
     -----
