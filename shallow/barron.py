@@ -984,7 +984,9 @@ def single_neuron_norms(a, w, kmax, activation="relu"):
         (:func:`shallow.measures.variation_norm`): Bach's F1 norm of the neuron.
     f2 : numpy array of shape (kmax + 1,)
         f2[K] = || P_{<=K} f ||_{F2}, the RKHS norm of the degree-<=K harmonic truncation of f for
-        the random-feature kernel of sigma with sphere weights.
+        the random-feature kernel of sigma with sphere weights: f1 times the norms of the unit neuron
+        sigma(<w/|w|, .>), so that no scale of a and w representable in f1 over- or underflows them
+        (inf only where the truncated norm itself exceeds float64).
 
     Notes
     -----
@@ -1035,6 +1037,10 @@ def single_neuron_norms(a, w, kmax, activation="relu"):
     except OverflowError:  # the bare "int too large to convert to float"
         raise ValueError(f"kmax={kmax} is too large for d={d}: N(d, k) exceeds float64 (1.8e308) before it, and so "
                          "would the truncated F2 norms; take a smaller kmax") from None
-    energies = (a * float(np.linalg.norm(w)) ** alpha) ** 2 * mu**2 * N  # (kmax + 1,)
-    f2 = np.array([f2_norm_from_harmonics(energies[: K + 1], lam[: K + 1]) for K in range(kmax + 1)])
-    return f1, f2
+    # The F2 norms scale like the F1 norm |a| |w|^alpha: those of the unit neuron sigma(<u, .>), times f1 (computed
+    # from the powers of 2 of a and |w|). The energies (a |w|^alpha)^2 mu_k^2 N(d, k) over- or underflowed: |w| = 1e200
+    # gave f2 = inf (and a RuntimeWarning), |w| = 1e-200 gave f2 = 0 below f1 = 1e-200.
+    unit = mu**2 * N  # (kmax + 1,) energies of sigma(<u, .>)
+    f2 = np.array([f2_norm_from_harmonics(unit[: K + 1], lam[: K + 1]) for K in range(kmax + 1)])
+    with np.errstate(over="ignore"):  # a truncated norm beyond float64 is inf, as the untruncated one
+        return f1, f1 * f2

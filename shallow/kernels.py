@@ -93,7 +93,8 @@ import numpy as np
 from numpy.polynomial import polynomial as npoly
 from scipy import special
 
-from ._validation import check_array, check_dimension, check_integer, check_points, check_random_state, check_symmetric
+from ._validation import (check_array, check_dimension, check_integer, check_nonnegative, check_points,
+                          check_random_state, check_symmetric)
 from .activations import Activation, _positive_part_power, _relu_power_funk_hecke, as_activation
 from .backend import get_xp, row_norms, to_numpy
 from .harmonics import _check_breakpoints, _slack, legendre_all, num_harmonics, project_zonal
@@ -1363,7 +1364,7 @@ def rkhs_norm(coef, gram) -> float:
     return math.sqrt(max(value, 0.0))
 
 
-def f2_norm_from_harmonics(energies, eigenvalues) -> float:
+def f2_norm_from_harmonics(energies, eigenvalues, *, rtol=1e-26) -> float:
     """F2 (RKHS) norm of a function on the sphere from its per-degree energies.
 
     |f|_H^2 = sum_k |f_k|^2_{L2(tau_d)} / lambda_k,
@@ -1372,9 +1373,18 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
     kernel on degree k (:func:`mercer_eigenvalues`). Infinite when some lambda_k = 0 while
     |f_k| > 0; degrees with zero energy contribute 0 whatever lambda_k. Rounding is read as
     such: eigenvalues down to -1e-12 of the largest count as 0 (quadrature leaves -9e-18 where
-    an eigenvalue vanishes), and so do energies up to 1e-26 of the total on degrees where
-    lambda_k = 0 (the Funk-Hecke coefficients of gelu, sigmoid, tanh, softplus come from
-    quadrature: a gelu neuron's odd degrees k >= 3, zero, came out at 1e-29).
+    an eigenvalue vanishes), and so do energies up to ``rtol`` (default 1e-26) of the total on degrees
+    where lambda_k = 0 (the Funk-Hecke coefficients of gelu, sigmoid, tanh, softplus come from
+    quadrature: a gelu neuron's odd degrees k >= 3, zero, came out at 1e-29). Energies from a
+    quadrature rule (:func:`shallow.harmonics.harmonic_energy` with ``weights``) carry rounding of
+    order eps times the total: 4e-17 on degree 3 for f = 1/4 + <v, x>/2 on S^2 (total 0.15), which the
+    default reads as energy, giving an infinite norm to a function of F2 norm 2; pass ``rtol=1e-12``
+    for them. Quadrature noise of the other sign is not recognised: where an eigenvalue vanishes,
+    quadrature (a callable kernel in :func:`mercer_eigenvalues`) leaves positive values as well (the
+    relu NNGP as a callable in d = 5: +6e-18 and +1.0e-17 on degrees 3 and 5), which turn an infinite
+    norm into a large finite one (energy 1e-6 on degree 3: 4.1e5, against inf from the exact
+    eigenvalues). Give the exact eigenvalues where they exist, or set to 0 yourself those below the
+    quadrature floor of :func:`mercer_eigenvalues`.
 
     Parameters
     ----------
@@ -1383,6 +1393,10 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
         :func:`shallow.measures.harmonic_spectrum` for a network or measure.
     eigenvalues : array of shape (K,)
         lambda_k (>= 0).
+    rtol : float, default 1e-26
+        Energies at most rtol times the total energy, on degrees where lambda_k = 0, count as rounding
+        (0), not as an infinite norm: keep the default for the exact energies of
+        :func:`shallow.measures.harmonic_spectrum`, take about 1e-12 for energies from quadrature.
 
     Returns
     -------
@@ -1402,6 +1416,7 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
     >>> f2_norm_from_harmonics([1.0, 1e-3], [1.0, 0.0])
     inf
     """
+    rtol = check_nonnegative(rtol, "rtol")
     e = to_numpy(check_array(_host_if_sequence(energies), "energies", ndim=1)).astype(np.float64)
     lam = to_numpy(check_array(_host_if_sequence(eigenvalues), "eigenvalues", ndim=1)).astype(np.float64)
     if e.shape != lam.shape:
@@ -1414,7 +1429,7 @@ def f2_norm_from_harmonics(energies, eigenvalues) -> float:
     if (lam < -1e-12 * top).any():
         raise ValueError(f"eigenvalues must be >= 0, got a minimum of {lam.min():.3g}")
     lam = np.maximum(lam, 0.0)
-    if ((lam == 0) & (e > 1e-26 * float(e.sum()))).any():
+    if ((lam == 0) & (e > rtol * float(e.sum()))).any():
         return math.inf
     e = np.where(lam == 0, 0.0, e)
     ratio = np.divide(e, lam, out=np.zeros_like(e), where=e > 0)

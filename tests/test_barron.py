@@ -512,3 +512,18 @@ def test_f1_and_f2_norms_of_a_single_relu_power_neuron_scale_as_norm_w_to_the_al
     alive = [k for k in range(K + 1) if k <= alpha or (k - alpha) % 2 == 1]
     expected = np.sqrt([(a * r) ** 2 * sum(N_harmonics(d, k) for k in alive if k <= Kc) for Kc in range(K + 1)])
     np.testing.assert_allclose(f2, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_f1_and_f2_norms_of_a_single_neuron_are_homogeneous_at_any_representable_scale(scale):
+    # f = a relu(<w, x>) with |w| = scale on S^2: F1 norm |a| |w| and |P_{<=K} f|_{F2} = |a| |w| sqrt(sum_{k <= K,
+    # mu_k != 0} N(3, k)), N(3, k) = 2k + 1, mu_k(relu) != 0 for k = 0, 1 and even k (Bach 2017, App. D.2): both
+    # degree-1 homogeneous in |w|, and here representable in float64 although (a |w|)^2 is not. Tolerance 1e-12
+    # relative, as in the tests above (sums of ratios of float coefficients).
+    a, K = -1.5, 6
+    w = scale * np.array([0.0, 0.6, 0.8])  # |w| = scale, its square out of float64's range
+    f1, f2 = single_neuron_norms(a, w, K)
+    np.testing.assert_allclose(f1, 1.5 * scale, rtol=1e-14)
+    alive = [k for k in range(K + 1) if k <= 1 or k % 2 == 0]
+    expected = 1.5 * scale * np.sqrt([sum(2 * k + 1 for k in alive if k <= Kc) for Kc in range(K + 1)])
+    np.testing.assert_allclose(f2, expected, rtol=1e-12)

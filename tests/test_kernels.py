@@ -597,6 +597,7 @@ def test_dot_product_kernel_is_an_immutable_value():
     (lambda X: f2_norm_from_harmonics([1.0, -1.0], [1.0, 1.0]), "energies"),
     (lambda X: f2_norm_from_harmonics([1.0, 1.0], [1.0, -1.0]), "eigenvalues"),
     (lambda X: f2_norm_from_harmonics([1.0], [1.0, 1.0]), "shape"),
+    (lambda X: f2_norm_from_harmonics([1.0], [1.0], rtol=-1e-12), "rtol"),
     (lambda X: mercer_eigenvalues("_ntk", 3, 3), "kernel name must read"),
     (lambda X: gaussian_norm_moment(-3, 4), "h must be"),
 ])
@@ -652,6 +653,23 @@ def test_f2_norm_reads_eigenvalues_within_rounding_below_zero_as_zero():
     # vanishes); a degree without energy then adds nothing, and |f|^2 = 1/1 + 2/0.5 here (exact arithmetic).
     assert f2_norm_from_harmonics([1.0, 0.0, 2.0], [1.0, -9e-18, 0.5]) == pytest.approx(math.sqrt(5.0), rel=1e-15)
     assert f2_norm_from_harmonics([1.0, 1e-3, 2.0], [1.0, -9e-18, 0.5]) == math.inf
+
+
+def test_f2_norm_of_an_integral_of_relu_neurons_from_quadrature_energies_is_the_l2_norm_of_its_density():
+    # Bach 2017, Sec. 2.3: f = int relu(<w, .>) p(w) dtau_3(w) with p(w) = 1 + 3 <w, v> has |f|_F2 = |p|_{L2(tau_3)}
+    # = sqrt(1 + 9 E<w, v>^2) = 2, p living on degrees 0 and 1 where mu_k(relu) != 0. By Funk-Hecke
+    # f(x) = mu_0 + 3 mu_1 <v, x>, mu_k = int_0^1 t^{k+1} / 2 dt on S^2 (w_3 = 1/2): scipy quadrature, not the library.
+    # Energies from an exact rule (degree 2 + 4 < 10) carry rounding of eps times the total on degree 3, where
+    # lambda_3 = 0: rtol = 1e-12 reads it as 0. Tolerance 1e-12 relative (rounding of the rule's sums).
+    from shallow.harmonics import harmonic_energy
+    from shallow.sphere import sphere_quadrature
+
+    mu0, mu1 = (integrate.quad(lambda t, k=k: t ** (k + 1) / 2, 0, 1, epsabs=1e-15)[0] for k in (0, 1))
+    X, w = sphere_quadrature(10, 3)
+    v = np.array([0.0, 0.6, 0.8])
+    E = harmonic_energy(mu0 + 3 * mu1 * (X @ v), X, 4, weights=w)
+    lam = mercer_eigenvalues(dot_product_kernel("nngp", "relu", "sphere", 3), 3, 4)
+    assert f2_norm_from_harmonics(E, lam, rtol=1e-12) == pytest.approx(2.0, rel=1e-12)
 
 
 @pytest.mark.parametrize("j, l", [(300, 300), (300, 301), (-300, -301), (301, -300)])

@@ -143,6 +143,15 @@ def test_network_to_measure_refuses_masses_beyond_the_range_of_the_dtype_naming_
                      gamma=1.0)
     assert float(network_to_measure(net64).weights[0]) == pytest.approx(1e40, rel=1e-12)
 
+
+def test_network_to_measure_beyond_float64_advises_rescaling_not_float64():
+    # gamma a |w|^2 = 1e400 > 1.8e308 (2^1328.8) in a float64 network: the message advised "build the network in
+    # float64", which it already was
+    net = TwoLayer(np.float64([1.0]), np.float64([[1e200, 0.0]]), activation=get_activation("relu_power", alpha=2),
+                   gamma=1.0)
+    with pytest.raises(ValueError, match=r"reach 2\^1328.8, beyond the largest float64 \(1.8e\+308\): rescale its weights$"):
+        network_to_measure(net)
+
 def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
     # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
     # with abs (alpha = 1) too. A constant would need sigma(0) != 0: checked with a stand-in sigma.
