@@ -14,9 +14,12 @@ checkout). Figures go to ``OUT/figures`` with a JSON sidecar, results to ``OUT/r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -184,25 +187,60 @@ def _cmd_run_help(run_parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Meanwhile, SIGTERM (``kill PID``, ``timeout``, a job scheduler's time limit or preemption) stops this
+    process as Ctrl-C does: a KeyboardInterrupt, so that temporary files are removed, worker processes
+    stopped and a flow's checkpoint saved. Yields the list of the SIGTERMs received (empty if none).
+
+    Only in the main thread and where SIGTERM has its default action (a handler of the caller's is kept);
+    the previous action is restored at the end. A process forked meanwhile (a sweep's ``start_method="fork"``)
+    keeps SIGTERM's default action: a worker that the parent terminates ends at once, without a traceback.
+    """
+    received = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield received
+        return
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked child: the default action, now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def report_errors(run, prog: str, out=".") -> int:
     """``run()``, with a ValueError or RuntimeError (bad flags or config values, a missing device) or a
     FloatingPointError (a flow or a training that diverged, as with too large a step) printed as
     ``PROG: error: MESSAGE`` and exit status 2 instead of a traceback, unless ``SHALLOW_TRACEBACK=1``:
     the messages name the argument and what was expected. Ctrl-C prints what the same command
     resumes from (:func:`interrupted_message`, with the run's ``--out`` folder ``out``), and the exit
-    status is 130 (128 + SIGINT, the shell's)."""
-    try:
-        return run()
-    except (ValueError, RuntimeError, FloatingPointError) as err:
-        if os.environ.get("SHALLOW_TRACEBACK"):
-            raise
-        print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        if os.environ.get("SHALLOW_TRACEBACK"):
-            raise
-        print(f"{prog}: {interrupted_message(err, out)}", file=sys.stderr)
-        return 130
+    status is 130 (128 + SIGINT, the shell's). SIGTERM stops ``run()`` as Ctrl-C does
+    (:func:`_sigterm_as_ctrl_c`: it was a kill without clean-up, which left temporary files and lost a
+    flow's progress since its last checkpoint), with the same line and exit status 143 (128 + SIGTERM)."""
+    with _sigterm_as_ctrl_c() as terminated:
+        try:
+            return run()
+        except (ValueError, RuntimeError, FloatingPointError) as err:
+            if os.environ.get("SHALLOW_TRACEBACK"):
+                raise
+            print(f"{prog}: error: {err}\n(SHALLOW_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as err:
+            if os.environ.get("SHALLOW_TRACEBACK"):
+                raise
+            print(f"{prog}: {interrupted_message(err, out)}", file=sys.stderr)
+            return 143 if terminated else 130
 
 
 def interrupted_message(err: KeyboardInterrupt, out=".") -> str:
@@ -242,7 +280,8 @@ def main(argv=None) -> int:
         RuntimeError of ``run`` (a bad flag value or config, a missing device) was printed as
         ``shallow run: error: ...``, or no folder of studies (:class:`StudiesFolderError`) as
         ``shallow: error: ...``; 130 after Ctrl-C (see :func:`report_errors`), after which the
-        ``shallow`` command (``argv`` None) ignores a second Ctrl-C while it exits.
+        ``shallow`` command (``argv`` None) ignores a second Ctrl-C while it exits; 143 after SIGTERM,
+        which stops a run as Ctrl-C does.
 
     Raises
     ------
@@ -280,11 +319,9 @@ def main(argv=None) -> int:
         if args.help:
             return _cmd_run_help(run, args)
         status = report_errors(lambda: _cmd_run(args, extra), "shallow run", out=args.out)
-        if status == 130 and argv is None:
+        if status in (130, 143) and argv is None:
             # the process is the command: a second Ctrl-C (a process group's, after the parent's own) while it
             # prints its line or waits on its workers at exit gave a second traceback; in-process callers keep theirs
-            import signal
-
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         return status
     except SystemExit as exit_:

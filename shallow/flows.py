@@ -681,7 +681,8 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         the numbers of the uninterrupted run (its last step to within an ulp of its length) as
         ``gradient_flow(net, loss, 1, saved.meta["t_end"] - saved.t, method="adaptive", resume=saved)``
         (one "step" of the remaining time; trajectories saved before meta held ``t_end``: the t_end
-        of the original call). A flow that reached its end continues as a flow within
+        of the original call; a flow saved at its end has no time left, which step_size refuses:
+        test ``saved.t < saved.meta["t_end"]`` first). A flow that reached its end continues as a flow within
         ``tol`` of the longer run, not with its numbers: the shorter run cut its last step at its end.
     checkpoint : path, optional
         Where to save the trajectory every ``checkpoint_every`` steps, at the end, and on Ctrl-C.

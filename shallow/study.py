@@ -941,8 +941,8 @@ def main(module, argv=None) -> int:
     -------
     int
         The exit status: 0, 2 when a ValueError or RuntimeError (a bad config value, a missing
-        device) was printed as ``NAME: error: ...``, 130 after Ctrl-C (see
-        :func:`shallow.cli.report_errors`).
+        device) was printed as ``NAME: error: ...``, 130 after Ctrl-C, 143 after SIGTERM (which stops
+        the run as Ctrl-C does; see :func:`shallow.cli.report_errors`).
 
     Raises
     ------

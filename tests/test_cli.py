@@ -658,6 +658,51 @@ def test_ctrl_c_in_a_study_with_a_grid_says_that_its_finished_points_are_cached_
     assert sidecar["summary"]["total"] == 0 + 1 + 4 + 9 + 16
 
 
+TERM_TOY = _toy_script("Term toy: squares of 0..n-1, one grid point each; point 3 receives SIGTERM.", 5) + '''
+import os, signal
+KILL_AT = [3]  # cleared by a test: no SIGTERM
+
+def square(point):
+    if point["x"] in KILL_AT:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # it would end the test process
+            raise AssertionError("SIGTERM has its default action during the run")
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell, while point 3 runs
+        raise AssertionError("SIGTERM did not stop the point")
+    return {"y": point["x"] ** 2}
+
+def compute(cfg):
+    runs = study.run_grid(square, [{"x": x} for x in range(cfg.n)])
+    return {"total": sum(r["y"] for r in runs)}
+
+def plot(result, cfg):
+    return study.new_figure()[0]
+'''
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_the_finished_grid_points_with_status_143(toy, capsys,
+                                                                                              monkeypatch):
+    # SIGTERM (kill PID, timeout, a job scheduler's time limit) ended the run outright: no line saying what a
+    # rerun reuses, temporary files left behind, a flow's progress since its last checkpoint lost
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this test process: the run keeps it")
+    (toy / "studies" / "term_toy.py").write_text(TERM_TOY)
+    monkeypatch.delitem(sys.modules, "shallow_studies.term_toy", raising=False)
+    monkeypatch.delenv("SHALLOW_TRACEBACK", raising=False)
+    command = ["run", "term_toy", "--out", str(toy / "out"), "--scheduler", "serial"]
+    assert cli.main(command) == 143  # 128 + SIGTERM, the shell's
+    assert "shallow run: interrupted in term_toy. The same command resumes" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's action is back
+    points = toy / "out" / "results" / "points" / "term_toy"
+    assert sorted(path.suffix for path in points.iterdir()) == [".npz"] * 3  # points 0-2, no temporary file
+    cli.load_study("term_toy").KILL_AT.clear()
+    assert cli.main(command) == 0
+    sidecar = json.loads((toy / "out" / "figures" / "term_toy.json").read_text())
+    assert (sidecar["grid_points"]["from_cache"], sidecar["grid_points"]["points"]) == (3, 5)
+    assert sidecar["summary"]["total"] == 0 + 1 + 4 + 9 + 16
+
+
 def test_a_corrupt_cached_result_is_an_error_that_says_force_recomputes_it(toy, capsys):
     out = str(toy / "out")
     assert cli.main(["run", "toy", "--quick", "--out", out]) == 0

@@ -546,7 +546,9 @@ def test_the_key_of_a_function_without_source_is_the_same_in_every_process(tmp_p
 # A script whose sweep the tests below interrupt or kill. Points x < 2 finish at once; the others leave their
 # worker's pid in the folder and sleep for a minute: only a stopped worker ends sooner. With a file "slow-start"
 # in the folder, each worker, loading the script (as __mp_main__, before the pool's initializer), leaves its pid
-# and sleeps 2 s: a Ctrl-C then reaches workers still starting.
+# and sleeps for a minute too: a Ctrl-C then reaches workers still starting, however long the test takes to send
+# it (with 2 s, a test process descheduled that long on a loaded machine found the workers started and points
+# 0 and 1 cached), and only a stopped worker ends sooner.
 SLEEPY_SCRIPT = '''
 import os, sys, time
 from pathlib import Path
@@ -563,7 +565,7 @@ def sleepy_point(config):
 
 if __name__ == "__mp_main__" and (folder / "slow-start").exists():
     (folder / f"starting-{os.getpid()}").touch()
-    time.sleep(2)
+    time.sleep(60)
 
 if __name__ == "__main__":
     try:
@@ -645,7 +647,9 @@ def test_ctrl_c_stops_a_parallel_sweep_with_one_message_and_no_traceback_from_an
     proc = sleepy_sweep()
     workers = pids_of(tmp_path, stage, 2, proc)
     if stage == "running":
+        deadline = time.monotonic() + 60.0  # a broken sweep fails the test instead of hanging it
         while len(list((tmp_path / "cache").glob("*.npz"))) < 2:  # points 0 and 1 written
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
             time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 130  # well before the points' minute of sleep
