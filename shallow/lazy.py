@@ -41,7 +41,9 @@ Hence
 
 Training is lazy as m -> infinity whenever gamma(m) m -> infinity: for gamma = m^{-1/2} (NTK)
 kappa ~ m^{-1/2}; for gamma = alpha/m, kappa ~ 1/alpha; for gamma = m^{-beta}, kappa ~ m^{beta - 1};
-only the mean-field scale gamma = 1/m (beta = 1) keeps kappa of order 1. The same count gives the
+only the mean-field scale gamma = 1/m (beta = 1) keeps kappa of order 1. (The seed lecture's slide
+writes "gamma(n) = o(1/sqrt(n)) => laziness"; the condition is gamma(m) m -> infinity, Reference 1,
+Sec. 2: gamma = m^{-3/4} is lazy, gamma = 1/m, also o(1/sqrt(m)), is not.) The same count gives the
 relative weight change: fitting needs gamma m Dh(theta_0) dtheta ~ y*, so |dtheta| ~ |y*| / (gamma m |Dh|)
 ~ |y*| / (gamma sqrt(m)), while |theta_0| ~ sqrt(m (1 + D)): |theta_T - theta_0| / |theta_0| ~ 1/(gamma m) ~ kappa.
 The criterion measures the length of the path, not its speed: with :func:`shallow.flows.gradient_flow`'s
