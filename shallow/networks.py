@@ -49,7 +49,7 @@ from ._validation import (
     check_points,
     check_random_state,
 )
-from .backend import device_of, get_xp, to_device
+from .backend import cuda_runtime, device_of, get_xp, to_device
 
 __all__ = [
     "TwoLayer",
@@ -80,8 +80,9 @@ def default_block_bytes(xp) -> int:
     Parameters
     ----------
     xp : module
-        ``numpy`` or ``cupy`` (as :func:`~shallow.backend.get_xp` returns). Any module whose
-        ``cuda.runtime.memGetInfo()`` fails is treated as the host.
+        ``numpy`` or ``cupy`` (as :func:`~shallow.backend.get_xp` returns). The free memory is read
+        from :func:`~shallow.backend.cuda_runtime` (this module does not touch cupy itself); where
+        no CUDA runtime answers, or its ``memGetInfo()`` fails, the host's size is kept.
 
     Returns
     -------
@@ -91,9 +92,10 @@ def default_block_bytes(xp) -> int:
     """
     if xp is np:
         return BLOCK_BYTES
+    cuda = cuda_runtime()  # cupy.cuda, or None without a usable device
     try:
-        free = int(xp.cuda.runtime.memGetInfo()[0])
-    except Exception:  # not a CUDA module: keep the host's size
+        free = int(cuda.runtime.memGetInfo()[0])
+    except Exception:  # no CUDA runtime (None), or one that fails: keep the host's size
         return BLOCK_BYTES
     return max(BLOCK_BYTES, min(GPU_BLOCK_BYTES, free // 4))
 

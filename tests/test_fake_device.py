@@ -31,7 +31,7 @@ def fake(monkeypatch):
     fake_device.leaks.clear()
     yield fake_device.fake
     fatal = [f"{where}: {call} ({kind})" for (kind, call, where) in fake_device.leaks if kind.endswith(FATAL)
-             and not where.startswith(("shallow/networks.py", "<outside"))]  # default_block_bytes probes cupy.cuda
+             and not where.startswith("<outside")]
     assert not fatal, "host calls on device data:\n" + "\n".join(fatal)
 
 

@@ -127,7 +127,8 @@ def stratified_split(y, test_size=0.25, rng=0):
     Parameters
     ----------
     y : int array of shape (n,)
-        Class labels.
+        Class labels, numpy or cupy (read on the host: the split is drawn there, the same for the
+        same ``rng`` on every device).
     test_size : float in (0, 1)
         Fraction of the samples in the test set: ceil(test_size n) of them (as scikit-learn),
         shared among the classes in proportion to their sizes (largest remainders first).
@@ -135,8 +136,9 @@ def stratified_split(y, test_size=0.25, rng=0):
 
     Returns
     -------
-    train, test : sorted int arrays
-        Disjoint, covering range(n).
+    train, test : sorted int numpy arrays
+        Disjoint, covering range(n); on the host whatever the device of ``y`` (move them with
+        :func:`shallow.backend.to_device` to index device arrays).
 
     Examples
     --------
@@ -145,7 +147,7 @@ def stratified_split(y, test_size=0.25, rng=0):
     >>> len(train), len(test)
     (12, 4)
     """
-    y = np.asarray(y)
+    y = to_numpy(y)  # a cupy y is copied to the host explicitly (np.asarray would raise on it)
     if y.ndim != 1:
         raise ValueError(f"y must be a 1-dimensional array of labels, got shape {y.shape}")
     if y.shape[0] < 2:
