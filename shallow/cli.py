@@ -194,29 +194,51 @@ def _sigterm_as_ctrl_c():
     stopped and a flow's checkpoint saved. Yields the list of the SIGTERMs received (empty if none).
 
     Only in the main thread and where SIGTERM has its default action (a handler of the caller's is kept);
-    the previous action is restored at the end. A process forked meanwhile (a sweep's ``start_method="fork"``)
-    keeps SIGTERM's default action: a worker that the parent terminates ends at once, without a traceback.
+    the previous action is restored at the end. Nested, it yields the outer call's list (the handler is
+    the outer one's). A process forked meanwhile (a sweep's ``start_method="fork"``) gets SIGTERM's default
+    action back as it starts (:func:`_sigterm_default_in_child`): a worker that the parent terminates ends
+    at once, even inside a long C call (a BLAS product), where a Python handler would wait for its end.
     """
+    current = signal.getsignal(signal.SIGTERM)
+    if getattr(current, "_shallow_received", None) is not None:  # nested: the outer call's handler and list
+        yield current._shallow_received
+        return
     received = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread() or current is not signal.SIG_DFL:
         yield received
         return
     pid = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() != pid:  # a forked child: the default action, now
+        if os.getpid() != pid:  # a child forked without the at-fork hook (os.fork from C): the default action, now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
         received.append(signum)
         raise KeyboardInterrupt
 
+    handler._shallow_received = received
     signal.signal(signal.SIGTERM, handler)
     try:
         yield received
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _sigterm_default_in_child():
+    """After a fork: SIGTERM's default action in the child where :func:`_sigterm_as_ctrl_c`'s handler was set.
+
+    A Python handler runs only between bytecodes of the main thread: a forked worker inside a long C call
+    kept running after its parent's ``terminate()`` until the call returned (6.7 s for a 7 s call, against
+    0 with the default action), and the parent waited for it at exit.
+    """
+    if getattr(signal.getsignal(signal.SIGTERM), "_shallow_received", None) is not None:
+        with contextlib.suppress(ValueError):  # not the main interpreter
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_sigterm_default_in_child)
 
 
 def report_errors(run, prog: str, out=".") -> int:

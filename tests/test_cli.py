@@ -703,6 +703,49 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_keeping_the_finished_grid_points_wit
     assert sidecar["summary"]["total"] == 0 + 1 + 4 + 9 + 16
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="os.fork: POSIX")
+def test_a_process_forked_during_a_run_has_sigterms_default_action():
+    # a forked worker (a sweep's start_method="fork") kept the run's Python-level SIGTERM handler, which runs only
+    # between bytecodes: inside a long C call (a BLAS product) it outlived its parent's terminate() until the call
+    # returned (6.7 s for a 7 s call). The child reports its action through a pipe.
+    import os
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this test process: the run keeps it")
+    read, write = os.pipe()
+    with cli._sigterm_as_ctrl_c():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, b"D" if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else b"H")
+            finally:
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"D"
+
+
+def test_sigterm_in_a_nested_report_errors_gives_status_143():
+    # report_errors inside report_errors (study.main called from a run): the inner call, whose SIGTERM list stayed
+    # empty since the outer call's handler was in place, caught the KeyboardInterrupt and returned 130
+    import os
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a handler in this test process: the run keeps it")
+
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    assert cli.report_errors(lambda: cli.report_errors(terminated, "inner"), "outer") == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_corrupt_cached_result_is_an_error_that_says_force_recomputes_it(toy, capsys):
     out = str(toy / "out")
     assert cli.main(["run", "toy", "--quick", "--out", out]) == 0
