@@ -1377,13 +1377,13 @@ def f2_norm_from_harmonics(energies, eigenvalues, *, rtol=1e-26) -> float:
     where lambda_k = 0 (the Funk-Hecke coefficients of gelu, sigmoid, tanh, softplus come from
     quadrature: a gelu neuron's odd degrees k >= 3, zero, came out at 1e-29). Energies from a
     quadrature rule (:func:`shallow.harmonics.harmonic_energy` with ``weights``) carry rounding of
-    order eps times the total: 4e-17 on degree 3 for f = 1/4 + <v, x>/2 on S^2 (total 0.15), which the
+    order eps times the total: a few 1e-17 on degree 3 for f = 1/4 + <v, x>/2 on S^2 (total 0.15), which the
     default reads as energy, giving an infinite norm to a function of F2 norm 2; pass ``rtol=1e-12``
     for them. Quadrature noise of the other sign is not recognised: where an eigenvalue vanishes,
     quadrature (a callable kernel in :func:`mercer_eigenvalues`) leaves positive values as well (the
-    relu NNGP as a callable in d = 5: +6e-18 and +1.0e-17 on degrees 3 and 5), which turn an infinite
-    norm into a large finite one (energy 1e-6 on degree 3: 4.1e5, against inf from the exact
-    eigenvalues). Give the exact eigenvalues where they exist, or set to 0 yourself those below the
+    relu NNGP as a callable in d = 5: a few 1e-18 on degrees 3 and 5, the digits varying with the
+    numpy build), which turn an infinite norm into a large finite one (energy 1e-6 on degree 3: about
+    5e5, against inf from the exact eigenvalues). Give the exact eigenvalues where they exist, or set to 0 yourself those below the
     quadrature floor of :func:`mercer_eigenvalues`.
 
     Parameters
