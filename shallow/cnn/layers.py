@@ -172,7 +172,10 @@ def _checking_dy(backward):
 
 def _checking_tangents(jvp):
     """``jvp`` that first checks the tangents' shapes: tx that of x, and each tangent of one of the
-    layer's own parameters that parameter's (a broadcastable tangent gave a silently wrong ty)."""
+    layer's own parameters that parameter's (a broadcastable tangent gave a silently wrong ty); and
+    then records the shape of its output y, as ``forward`` does, since jvp caches for a backward too
+    (a container's jvp, which never calls its own forward, left the shape of an earlier forward: a
+    backward after a jvp on a batch of another size was refused, e.g. by ``spectral_norm``)."""
     @functools.wraps(jvp)
     def checked(self, x, *args, **kwargs):
         tx = args[0] if args else kwargs.get("tx")
@@ -186,7 +189,9 @@ def _checking_tangents(jvp):
             if t is not None and p is not None and getattr(t, "shape", None) != p.shape:
                 raise ValueError(f"tparams[{name!r}] has shape {_shape_of(t)} but the parameter {name!r} has shape "
                                  f"{tuple(p.shape)} ({type(self).__name__}.jvp)")
-        return jvp(self, x, *args, **kwargs)
+        y, ty = jvp(self, x, *args, **kwargs)
+        self._out_shape = getattr(y, "shape", None)
+        return y, ty
     return checked
 
 

@@ -1070,14 +1070,17 @@ def input_jacobian(model, X, *, batch_size=256):
     Parameters
     ----------
     model : Layer
-        Maps (N, H, W, C) images to (N, K) outputs.
+        Maps (N, H, W, C) images to (N, K) outputs, or to outputs of any shape (N, ...) (a
+        convolution's feature maps, a scattering layer's (N, h, w, K')), whose K = prod(...)
+        coordinates per image are then taken in C order (as ``Flatten`` orders them).
     X : array of shape (N, H, W, C)
     batch_size : int
 
     Returns
     -------
     array of shape (N, K) + X.shape[1:]
-        J[n, k] = d f_k(x_n) / dx_n, from K backward passes of the unit vectors e_k.
+        J[n, k] = d f_k(x_n) / dx_n, from K backward passes of the unit vectors e_k (each of the
+        output's shape).
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X, empty=True)
@@ -1087,14 +1090,17 @@ def input_jacobian(model, X, *, batch_size=256):
         for s in range(0, X.shape[0], batch_size):
             xb = X[s:s + batch_size]
             z = model.forward(xb)
+            B, K = z.shape[0], math.prod(z.shape[1:])
             rows = []
-            for k in range(z.shape[1]):
-                e = xp.zeros_like(z)
+            # a unit vector of the flattened output: e[:, k] = 1 on an output (N, h, w, C) set a whole
+            # (w, C) slab and summed its rows (a wrong "Jacobian", 5x the norm for a convolution)
+            for k in range(K):
+                e = xp.zeros((B, K), dtype=z.dtype)
                 e[:, k] = 1
-                rows.append(xp.array(model.backward(e)))
+                rows.append(xp.array(model.backward(e.reshape(z.shape))))
             out.append(xp.stack(rows, axis=1))
         if not out:  # no images: K from the output of one zero image (eval mode: no state moves)
-            K = model.forward(xp.zeros((1,) + X.shape[1:], dtype=X.dtype)).shape[1]
+            K = math.prod(model.forward(xp.zeros((1,) + X.shape[1:], dtype=X.dtype)).shape[1:])
             return xp.zeros((0, K) + X.shape[1:], dtype=X.dtype)
     return xp.concatenate(out)
 

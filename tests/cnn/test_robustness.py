@@ -575,6 +575,34 @@ def test_input_jacobian_does_not_depend_on_the_batching():
     np.testing.assert_array_equal(input_jacobian(model, X, batch_size=1), input_jacobian(model, X, batch_size=2))
 
 
+def test_input_jacobian_of_feature_maps_is_the_matrix_of_the_flattened_outputs():
+    # a Conv2d without bias is linear: its Jacobian at every image is the dense matrix of the map from the
+    # image to its (N, H', W', C') feature maps flattened in C order (built column by column from forward
+    # on the basis images, independently of backward). The outputs are not (N, K): the Jacobian's rows are
+    # the K = H' W' C' coordinates (a unit vector e[:, k] = 1 on the 4-D output set a whole slab, and the
+    # "local constant" came out 5x the norm). Rounding only: entries are sums of 9 products, rtol 1e-12.
+    conv = Conv2d(1, 2, 3, bias=False, rng=71)
+    A = _dense(conv.forward, (6, 6, 1))  # (4 * 4 * 2, 36)
+    X = np.random.default_rng(72).standard_normal((2, 6, 6, 1))
+    J = input_jacobian(conv, X)
+    assert J.shape == (2, 32, 6, 6, 1)
+    for n in range(2):
+        np.testing.assert_allclose(J[n].reshape(32, 36), A, rtol=1e-12, atol=1e-14)
+    assert local_lipschitz(conv, X) == pytest.approx(np.linalg.norm(A, 2), rel=1e-12)
+
+
+def test_backward_follows_a_jvp_on_a_batch_of_another_size():
+    # jvp caches like forward (layers module notes), so A^T A v by jvp then backward (spectral_norm on a
+    # Sequential) must work after a forward on a batch of 4 images: the jvp of a container (which never
+    # calls its own forward) left the output shape of that forward, and its backward refused dy of 1 image.
+    # The norm against the dense matrix's SVD, to the Lanczos tolerance (tol=1e-12 gives 5e-13 relative).
+    conv = Conv2d(1, 2, 3, bias=False, rng=73)
+    net = Sequential(conv, Flatten())
+    net.forward(np.zeros((4, 6, 6, 1)))
+    expected = _dense_norm(conv.forward, (6, 6, 1))
+    assert spectral_norm(net, (6, 6, 1), tol=1e-12, rng=0) == pytest.approx(expected, rel=1e-10)
+
+
 # ----------------------------------------------------------------------------- attacks
 
 @pytest.mark.parametrize("loss", ["ce", "margin"])

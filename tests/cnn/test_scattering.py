@@ -332,6 +332,25 @@ def test_scattering_is_non_expansive():
     assert np.all(lhs <= a**3 * ((x - y) ** 2).sum(axis=(1, 2)))
 
 
+def test_reflect_padding_is_not_non_expansive():
+    # Module notes (Boundaries): the mirror padding copies the pixels near the corners up to 4 times, so the
+    # default transform expands some differences: 2^J ||S x - S y|| > 1.25 ||x - y|| at J = 2 (measured 1.33),
+    # where a^{3/2} = 1 (L = 8, max A = 1). The direction is found by 30 power steps on J^T J (jvp, vjp),
+    # but the ratio is measured with S itself on the pair (x, x + h v), h = 1e-3: a finite difference, where
+    # the modulus is smooth (no z = 0 on random images), off from the derivative by O(h).
+    M, J = 16, 2
+    S = Scattering2D(J, (M, M), 8)
+    assert max(1.0, littlewood_paley(S.bank).max()) ** 1.5 < 1 + 1e-4
+    rng = np.random.default_rng(81)
+    x, v = rng.standard_normal((M, M)), rng.standard_normal((M, M))
+    for _ in range(30):
+        v = v / np.linalg.norm(v)
+        v = 4**J * S.vjp(x, S.jvp(x, v)[1])
+    v = v / np.linalg.norm(v)
+    h = 1e-3
+    assert 2**J * np.linalg.norm(S(x + h * v) - S(x)) > 1.25 * h
+
+
 def _aliased_layer_bound(bank, k):
     """max over coarse frequencies kappa of lambda_max(Phi Phi^T + diag(sum_l |Psi_l|^2)) on the k x k aliases
     kappa + p, and max_kappa sum_p |Phi[kappa + p]|^2: the squared norms of x -> (k sub_k(x * phi), (x * psi_l)_l)

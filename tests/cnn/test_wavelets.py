@@ -217,6 +217,33 @@ def test_littlewood_paley_upper_bound_of_kymatio_constants():
         assert np.abs(littlewood_paley(filter_bank((64, 64), J, L)) - ref).max() < rounding
 
 
+def test_littlewood_paley_function_is_far_below_one_inside_the_nyquist_disc():
+    # Module notes: the standard bank (L = 8, J = 2 to 4, 64 x 64) is not a near-tight frame inside
+    # |omega| <= pi either: A falls to 0.75 within |omega| <= pi / 2, averages 0.61 on |omega| = 3 pi / 4
+    # and reaches 0.35 within |omega| <= pi. A is built here from the spatial Morlet filters (periodised
+    # Gaussians times plane waves, numpy's FFT; 2 aliases a side: the widest envelope, std 12.8 px across
+    # at J = 4, leaves exp(-128^2 / (2 * 12.8^2)) = 2e-22), checked against littlewood_paley to 1e-12, and the three
+    # numbers asserted within +-0.02 of the measured 0.754-0.756, 0.615 and 0.347 (grid-sampling of the
+    # disc, not rounding, sets that width).
+    M, L = 64, 8
+    w = 2 * np.pi * np.fft.fftfreq(M)
+    radius = np.hypot(w[:, None], w[None, :])
+    minus = (-np.arange(M)) % M
+    theta = (3 - np.arange(L)) * np.pi / L  # Kymatio's angles for L = 8, written out
+    for J in (2, 3, 4):
+        A = np.abs(np.fft.fft2(spatial_gabor((M, M), 0.8 * 2 ** (J - 1), 0.0, 0.0, 1.0, n_alias=2))) ** 2
+        for j in range(J):
+            for t in theta:
+                g = spatial_gabor((M, M), 0.8 * 2**j, t, 3 * np.pi / 4 / 2**j, 0.5, n_alias=2)
+                g0 = spatial_gabor((M, M), 0.8 * 2**j, t, 0.0, 0.5, n_alias=2)
+                P = np.abs(np.fft.fft2(g - g.sum() / g0.sum() * g0)) ** 2
+                A += 0.5 * (P + P[minus][:, minus])
+        assert np.abs(A - littlewood_paley(filter_bank((M, M), J, L))).max() < 1e-12
+        assert A[radius <= np.pi / 2].min() == pytest.approx(0.755, abs=0.02)
+        assert A[np.abs(radius - 3 * np.pi / 4) < 0.1].mean() == pytest.approx(0.615, abs=0.02)
+        assert A[radius <= np.pi].min() == pytest.approx(0.347, abs=0.02)
+
+
 def test_littlewood_paley_is_symmetric():
     # A[-k] = A[k] by construction; checked on the full grid against an explicit index reversal.
     bank = filter_bank((10, 14), 2, 5)
