@@ -36,7 +36,9 @@ Two upper bounds of the Lipschitz constant of a network (:func:`lipschitz_upper_
   max pooling with non-overlapping windows, |A| for an affine layer, max_c |gamma_c| /
   sqrt(v_c + eps) for batch normalisation in eval mode, 1/sqrt(H W) for global average pooling,
   L(body) + L(shortcut) for a residual block, 1 for the isometries of an i-RevNet (space-to-depth,
-  injective zero padding), (L(F) + sqrt(L(F)^2 + 4)) / 2 for its coupling block (below);
+  injective zero padding), (L(F) + sqrt(L(F)^2 + 4)) / 2 for its coupling block (below), and
+  :meth:`~shallow.cnn.scattering.Scattering2D.lipschitz_bound` for a scattering layer (certified:
+  Mallat's telescoping over the paths, each node's linear maps bounded exactly on the grid);
 * ``bound="averaged"``: the bound of Combettes and Pesquet (ref. 3, Sec. 3) for chains
   A_m R A_{m-1} ... R A_1 of affine maps and componentwise activations whose slopes lie in
   [0, c]. For such an activation and any u, v, R(u) - R(v) = c D (u - v) with D diagonal,
@@ -147,6 +149,7 @@ from .norm import BatchNorm2d
 from .optim import Optimizer
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .revnet import InjectivePad, IRevNet, RevBlock, SpaceToDepth
+from .scattering import ScatteringLayer
 
 __all__ = [
     "LOSSES",
@@ -829,7 +832,7 @@ def _elements(layer, shape):
         if lo >= 0:
             return [("act", hi)], out_shape
         return [("opq", layer, tuple(shape))], out_shape
-    if isinstance(layer, (MaxPool2d, Residual, Model, RevBlock)):
+    if isinstance(layer, (MaxPool2d, Residual, Model, RevBlock, ScatteringLayer)):
         return [("opq", layer, tuple(shape))], out_shape
     raise ValueError(f"no Lipschitz bound is known for a layer of type {type(layer).__name__}")
 
@@ -878,6 +881,8 @@ class _Bounds:
             H, W, C = shape
             L = self.network(layer.F, (H, W, C // 2), bound)
             return (L + math.sqrt(L * L + 4.0)) / 2.0
+        if isinstance(layer, ScatteringLayer):  # certified (Scattering2D.lipschitz_bound), whatever the method
+            return layer.scattering.lipschitz_bound()
         if isinstance(layer, Model):
             total = self.network(layer.net, shape, bound)
             if layer.other is not None:
@@ -958,7 +963,9 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     model : Layer
         A :class:`~shallow.cnn.models.Model`, an :class:`~shallow.cnn.revnet.IRevNet`, or a network
         of Sequential, Conv2d, Linear, BatchNorm2d, pooling, Flatten, Dropout, Residual, RevBlock,
-        SpaceToDepth, InjectivePad and Lipschitz activations.
+        SpaceToDepth, InjectivePad, ScatteringLayer and Lipschitz activations. A
+        :class:`~shallow.cnn.scattering.ScatteringClassifier` is not a layer (and its optional log
+        features are 1 / log_eps-Lipschitz at best): bound its ``scattering`` alone.
     in_shape : tuple, optional
         One input's shape, (H, W, C) for images (default, and the only one allowed when the model
         has one: ``model.in_shape``).
@@ -990,7 +997,9 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
     non-overlapping windows; batch normalisation in eval mode max_c |gamma_c| / sqrt(v_c + eps);
     global average pooling 1/sqrt(H W); a residual block L(body) + L(shortcut); a coupling block
     (L(F) + sqrt(L(F)^2 + 4)) / 2 (module notes); space-to-depth and injective padding 1; a centred
-    Model u (L(h) + L(h_0)) with u its output scale.
+    Model u (L(h) + L(h_0)) with u its output scale; a scattering layer
+    :meth:`Scattering2D.lipschitz_bound() <shallow.cnn.scattering.Scattering2D.lipschitz_bound>`
+    (about 2^{-J}; twice that with reflect padding), certified with either method.
 
     Examples
     --------
