@@ -12,6 +12,13 @@ Printed, measured side by side in one run (medians over repeats):
 
     python benchmarks/flow_step.py [--n 4096] [--m 4096] [--d 64] [--dtype float64] [--device cpu]
                                    [--block-mb MiB]
+    python benchmarks/flow_step.py --small [--repeats 15]
+
+With ``--small``: the per-step overhead of :func:`shallow.flows.gradient_flow` at small sizes
+(m = 1, 10, 100; d = 2, 10; euler, relu, float64 on the host), where the step is mostly Python and numpy
+dispatch. It prints, for EmpiricalRisk (n = 50) and PopulationRisk (a teacher of 3 neurons), the time of one
+step of a 200-step flow, and the overhead ratio: that time over the time of the same Euler step written
+in plain numpy (values and gradients in a few vectorised lines, no checks, no chunks, no records).
 
 Measured: on the 2-core development CPU (n = m = 4096, d = 64) float64 0.71 of the roofline and 2.97x
 PyTorch (session 2); in session 14, on the same kind of host, 0.77 with one BLAS thread and 0.50 to 0.53
@@ -33,7 +40,7 @@ import time
 import numpy as np
 
 from shallow.backend import get_xp, to_device
-from shallow.flows import EmpiricalRisk
+from shallow.flows import EmpiricalRisk, PopulationRisk, gradient_flow
 from shallow.networks import TwoLayer
 
 
@@ -71,6 +78,62 @@ def torch_step_time(X, y, a, W, gamma, repeats, device):
     return median_time(step, repeats, sync)
 
 
+def _plain_empirical_step(X, y, a, W, gamma, eta, s):
+    """One Euler step of the empirical relu square risk in plain numpy (the reference of ``--small``)."""
+    n = X.shape[0]
+    Z = X @ W.T  # (n, m)
+    S = np.maximum(Z, 0)
+    r = gamma * (S @ a) - y  # (n,)
+    risk = 0.5 * float(r @ r) / n
+    ga = (gamma / n) * (S.T @ r)
+    gW = (gamma / n) * a[:, None] * (((Z > 0) * r[:, None]).T @ X)  # (m, d)
+    return risk, a - eta * s * ga, W - eta * s * gW
+
+
+def _plain_population_step(a, W, at, Ws, gamma, eta, s):
+    """One Euler step of the population relu square risk in plain numpy: the arc-cosine kernel of order 1,
+    K = |w||v| (sin th + (pi - th) cos th) / (2 pi), and grad_w K = ((pi - th) v + |v| sin th w/|w|) / (2 pi)
+    (the reference of ``--small``)."""
+    def kernel_and_field(U, V, c):
+        nu, nv = np.linalg.norm(U, axis=1), np.linalg.norm(V, axis=1)
+        cos = np.clip((U @ V.T) / np.outer(nu, nv), -1, 1)  # (m, m')
+        th = np.arccos(cos)
+        sin, A = np.sin(th), (np.pi - th) / (2 * np.pi)
+        K = np.outer(nu, nv) * (sin / (2 * np.pi) + A * cos)
+        field = A @ (c[:, None] * V) + ((sin @ (nv * c)) / (2 * np.pi))[:, None] * (U / nu[:, None])
+        return K, field
+
+    Kww, Fww = kernel_and_field(W, W, gamma * a)
+    Kws, Fws = kernel_and_field(W, Ws, at)
+    u = gamma * (Kww @ a) - Kws @ at
+    risk = 0.5 * gamma * float(a @ u) - 0.5 * gamma * float(a @ (Kws @ at))
+    return risk, a - eta * s * gamma * u, W - eta * s * gamma * a[:, None] * (Fww - Fws)
+
+
+def small_sizes(repeats):
+    """The per-step time of gradient_flow at small sizes, and its ratio to a plain-numpy Euler step."""
+    steps, eta = 200, 0.01
+    print(f"machine: {platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores), "
+          f"numpy {np.__version__}, host, float64, relu, euler, {steps} steps, medians of {repeats}")
+    print("risk        m    d   step (us)   plain numpy (us)   overhead ratio")
+    rng = np.random.default_rng(0)
+    for m in (1, 10, 100):
+        for d in (2, 10):
+            net = TwoLayer.init(m, d, rng=1)
+            teacher = TwoLayer.init(3, d, rng=2)
+            X, y = rng.standard_normal((50, d)), rng.standard_normal(50)
+            at = teacher.a * teacher.gamma
+            plain = {
+                "empirical": lambda: _plain_empirical_step(X, y, net.a, net.W, net.gamma, eta, m),
+                "population": lambda: _plain_population_step(net.a, net.W, at, teacher.W, net.gamma, eta, m),
+            }
+            for name, loss in (("empirical", EmpiricalRisk(X, y)), ("population", PopulationRisk(teacher))):
+                t_flow = median_time(lambda: gradient_flow(net, loss, steps, eta), repeats) / steps
+                t_plain = median_time(lambda: [plain[name]() for _ in range(steps)], repeats) / steps
+                print(f"{name:<10} {m:>4} {d:>4} {t_flow * 1e6:>10.1f} {t_plain * 1e6:>16.1f} "
+                      f"{t_flow / t_plain:>17.2f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096)
@@ -81,7 +144,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--block-mb", type=float, default=None,
                         help="memory of one pre-activation block in MiB (default: the library's, 16)")
+    parser.add_argument("--small", action="store_true",
+                        help="the per-step overhead of gradient_flow at small sizes (m = 1, 10, 100) instead")
     args = parser.parse_args(argv)
+    if args.small:
+        small_sizes(args.repeats)
+        return
     n, m, d = args.n, args.m, args.d
     rng = np.random.default_rng(0)
     X = to_device(rng.standard_normal((n, d)).astype(args.dtype), args.device)

@@ -123,6 +123,8 @@ def cast_within_range(x, dtype, name: str, computes: str):
     entry; ``computes`` names what computes in ``dtype`` ("the network") for the message.
     """
     dtype = np.dtype(dtype)
+    if x.dtype == dtype:  # nothing to cast (astype(copy=False) would return x itself)
+        return x
     with np.errstate(over="ignore"):  # numpy's "overflow in cast" warning: the error below says more
         y = x.astype(dtype, copy=False)
     if x.dtype.kind == "f" and y.dtype.itemsize < x.dtype.itemsize and y.size:

@@ -49,7 +49,7 @@ from ._validation import (
     check_random_state,
 )
 from .backend import array_digest, get_xp, to_numpy
-from .networks import _block_bytes, fused_pass
+from .networks import _block_bytes, _fused_pass, fused_pass
 
 __all__ = [
     "EmpiricalRisk",
@@ -152,6 +152,12 @@ class EmpiricalRisk:
         _check_network(net)
         a = net.a if a is None else a
         W = net.W if W is None else W
+        return self._value_and_grad(net, a, W, need_grad, fused_pass)
+
+    def _value_and_grad(self, net, a, W, need_grad=True, engine=_fused_pass):
+        """:meth:`value_and_grad` with ``engine`` computing the pass: :func:`shallow.networks.fused_pass`, which
+        checks a and W, or by default its unchecked core, for arrays that passed those checks (a flow's own
+        particles, which keep the shapes and dtype of the ones checked at its first step)."""
         X, y = self._inputs(net)
         squares = []
 
@@ -161,10 +167,9 @@ class EmpiricalRisk:
             return r
 
         if need_grad:
-            _, grad_a, grad_W = fused_pass(X, a, W, net.gamma, net.activation, residual,
-                                           block_bytes=self.chunk_bytes)
+            _, grad_a, grad_W = engine(X, a, W, net.gamma, net.activation, residual, block_bytes=self.chunk_bytes)
         else:
-            f = fused_pass(X, a, W, net.gamma, net.activation, block_bytes=self.chunk_bytes)[0]
+            f = engine(X, a, W, net.gamma, net.activation, block_bytes=self.chunk_bytes)[0]
             residual(f, slice(0, f.shape[0]))
             grad_a = grad_W = None
         return 0.5 * sum(squares) / X.shape[0], grad_a, grad_W
@@ -198,12 +203,15 @@ class _ArccosTile:
     arrays of ``work`` when given (:func:`_tile_work`: no allocation per tile).
     """
 
-    def __init__(self, W, V, nw, nv, order, work=None, nonzero=None):
+    def __init__(self, W, V, nw, nv, order, work=None, nonzero=None, inv_v=None):
         xp = get_xp(W, V)
         self.xp, self.W, self.V, self.order = xp, W, V, order
         self.nw, self.nv = nw, nv
-        self.inv_w = 1 / xp.where(nw > 0, nw, 1)
-        self.inv_v = 1 / xp.where(nv > 0, nv, 1)
+        # 1 / |w| (1 for a zero vector); where every norm is known positive, the same numbers without the where
+        self.inv_w = 1 / nw if nonzero else 1 / xp.where(nw > 0, nw, 1)
+        if inv_v is None:  # callers with a fixed V (the teacher) pass its inverse norms, computed once
+            inv_v = 1 / nv if nonzero else 1 / xp.where(nv > 0, nv, 1)
+        self.inv_v = inv_v
         shape = (W.shape[0], V.shape[0])
         # a (m, m') temporary: a view of the named array of ``work``, or a new one ("mask" is boolean)
         self._out = ((lambda name: work[name][:shape[0], :shape[1]]) if work is not None
@@ -211,7 +219,10 @@ class _ArccosTile:
         self.G = G = xp.matmul(W, V.T, out=self._out("G"))  # (m, m')
         cos = xp.multiply(G, self.inv_w[:, None], out=self._out("cos"))
         cos *= self.inv_v[None, :]
-        xp.clip(cos, -1, 1, out=cos)
+        if xp is np:  # the same numbers as np.clip, without its Python wrappers (half the time of a small tile's clip)
+            np.minimum(np.maximum(cos, -1, out=cos), 1, out=cos)
+        else:
+            xp.clip(cos, -1, 1, out=cos)
         sin_abs = xp.multiply(cos, cos, out=self._out("sin"))
         xp.subtract(1, sin_abs, out=sin_abs)
         xp.maximum(sin_abs, 0, out=sin_abs)
@@ -226,8 +237,8 @@ class _ArccosTile:
         # Thresholds set for float64 scale with the dtype's eps: the error of sqrt(1 - cos^2) is about eps / sin, so
         # 1e-4 becomes 1e-4 (eps / eps64)^(1/4) = 0.015 in float32, where a fixed 1e-4 left pairs with sin in (1e-4,
         # 0.015) up to 100% off, and a particle with itself at sin = sqrt(2 eps32) = 5e-4 instead of 0.
-        self.eps_ratio = float(np.finfo(W.dtype).eps / np.finfo(np.float64).eps)  # 1 in float64, 2^29 in float32
-        near = xp.nonzero(xp.less(sin_abs, 1e-4 * self.eps_ratio ** 0.25, out=self._out("mask")))
+        self.eps_ratio, near_cut, self._cut = _dtype_cuts(W.dtype)
+        near = xp.nonzero(xp.less(sin_abs, near_cut, out=self._out("mask")))
         if near[0].size:
             i, j = near
             Wh = W[i] * self.inv_w[i][:, None]
@@ -276,12 +287,24 @@ class _ArccosTile:
                 xp.reciprocal(S, out=S)
             # (anti)parallel to rounding: the recomputed sin th is accurate to a few eps (a particle with itself gets
             # |1 - cos th| ~ eps), so below max(1e-12, 64 eps) (8e-6 in float32, where 1e-12 gave it 1 / (2 pi eps32))
-            cut = max(1e-12, 64 * float(np.finfo(self.sin.dtype).eps))
-            xp.copyto(S, 0, where=xp.less_equal(self.sin, cut, out=self._out("mask")))
+            xp.copyto(S, 0, where=xp.less_equal(self.sin, self._cut, out=self._out("mask")))
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
         X_hat = X * inv_x[:, None]
         return inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
+
+
+_CUTS = {}
+
+
+def _dtype_cuts(dtype):
+    """(eps / eps64, the sin th below which :class:`_ArccosTile` recomputes it from the vectors, the sin th at or
+    below which a pair counts as (anti)parallel), per dtype, computed once (np.finfo costs a call per tile)."""
+    key = np.dtype(dtype)
+    if key not in _CUTS:
+        eps_ratio = float(np.finfo(key).eps / np.finfo(np.float64).eps)  # 1 in float64, 2^29 in float32
+        _CUTS[key] = (eps_ratio, 1e-4 * eps_ratio ** 0.25, max(1e-12, 64 * float(np.finfo(key).eps)))
+    return _CUTS[key]
 
 
 def _tile_work(xp, rows, dtype, order):
@@ -354,6 +377,11 @@ class PopulationRisk:
         Kss = _arccos_kernel(teacher.W, teacher.W, self.order)
         at = teacher.a * teacher.gamma
         self._teacher_energy = 0.5 * self._scale * float(at @ (Kss @ at))
+        # what every call needs of the teacher, computed once as its energy is: a*, |w*|, 1 / |w*|, whether no w* is 0
+        xp = get_xp(teacher.W)
+        ns = xp.linalg.norm(teacher.W, axis=1)
+        nonzero_s = bool(xp.all(ns > 0))
+        self._teacher_terms = (at, ns, 1 / ns if nonzero_s else 1 / xp.where(ns > 0, ns, 1), nonzero_s)
 
     @property
     def d(self) -> int:
@@ -393,11 +421,17 @@ class PopulationRisk:
         a = net.a if a is None else check_array(a, "a", finite=False)
         W = net.W if W is None else check_array(W, "W", finite=False)
         self._check(net, a, W)
+        return self._value_and_grad(net, a, W, need_grad)
+
+    def _value_and_grad(self, net, a, W, need_grad=True):
+        """:meth:`value_and_grad` without its checks, for arrays that passed them (a flow's own particles, which
+        keep the shapes and dtype of the ones checked at its first step)."""
         xp = get_xp(a, W)
         gamma, s = net.gamma, self._scale
-        Ws, at = self.teacher.W, self.teacher.a * self.teacher.gamma
+        Ws = self.teacher.W
+        at, ns, inv_s, nonzero_teacher = self._teacher_terms
         m = W.shape[0]
-        nw, ns = xp.linalg.norm(W, axis=1), xp.linalg.norm(Ws, axis=1)
+        nw = xp.linalg.norm(W, axis=1)
         # The student-student kernel is symmetric: square tiles (I, J) with I <= J, each serving
         # the rows of I against J and of J against I; about 10 temporaries of a tile's size live
         tile_bytes = self.chunk_bytes // 10
@@ -407,13 +441,14 @@ class PopulationRisk:
         work = _tile_work(xp, rows, W.dtype, self.order)  # per call: no state shared between threads
         blocks = [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
         ga = gamma * a
-        student = xp.zeros_like(a)  # sum_k a_k K(w_j, w_k)
-        teacher = xp.empty_like(a)  # sum_l a*_l K(w_j, w*_l)
-        field = xp.zeros_like(W) if need_grad else None
+        # (zeros and empty rather than their _like forms, which cost microseconds more at small m)
+        student = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_k a_k K(w_j, w_k)
+        teacher = xp.empty(a.shape, dtype=a.dtype)  # (m,) sum_l a*_l K(w_j, w*_l)
+        field = xp.zeros(W.shape, dtype=W.dtype) if need_grad else None  # (m, d)
         nonzero_w = bool(xp.all(nw > 0))
-        nonzero_s = nonzero_w and bool(xp.all(ns > 0))
+        nonzero_s = nonzero_w and nonzero_teacher
         for bi, I in enumerate(blocks):
-            tile = _ArccosTile(W[I], Ws, nw[I], ns, self.order, nonzero=nonzero_s)
+            tile = _ArccosTile(W[I], Ws, nw[I], ns, self.order, nonzero=nonzero_s, inv_v=inv_s)
             teacher[I] = tile.kernel() @ at
             if need_grad:
                 field[I] -= tile.field(at)
@@ -762,8 +797,19 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                 activation=getattr(net.activation, "name", type(net.activation).__name__),
                 loss=loss.fingerprint() if hasattr(loss, "fingerprint") else type(loss).__name__)
 
+    # The first evaluation goes through the risk's value_and_grad, which checks net, a and W; the flow's own
+    # particles keep their shapes and dtype, so that the library's risks evaluate them unchecked afterwards.
+    checked = False
+
+    def evaluate(a_, W_, need_grad=True):
+        nonlocal checked
+        if checked:
+            return loss._value_and_grad(net, a_, W_, need_grad)
+        checked = type(loss) in (EmpiricalRisk, PopulationRisk)  # a subclass may override value_and_grad
+        return loss.value_and_grad(net, a_, W_, need_grad=need_grad)
+
     def field(a_, W_):
-        risk, ga, gW = loss.value_and_grad(net, a_, W_)
+        risk, ga, gW = evaluate(a_, W_)
         if weight_decay:
             return risk, ga * move_a + decay_a * a_, gW * move_W + decay_W * W_
         return risk, ga * move_a, gW * move_W
@@ -791,7 +837,15 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     step0, t0 = (0, 0.0) if t == step * step_size else (step, t)
     # the last completed step, for Ctrl-C and checkpoints: step, t, a, W, the generator's state, and the
     # step size to try next (the adaptive method's; step_size for the others)
-    state = (step, t, a, W, rng.bit_generator.state, h)
+    # Without noise, callback or a risk of the user's (which may share the generator) nothing draws from rng during
+    # the flow: its state (a dict built at each read) is read once
+    rng_moves = noise > 0 or callback is not None or type(loss) not in (EmpiricalRisk, PopulationRisk)
+    rng_state0 = rng.bit_generator.state
+
+    def rng_state():
+        return rng.bit_generator.state if rng_moves else rng_state0
+
+    state = (step, t, a, W, rng_state0, h)
 
     def save(st):
         rec.trajectory(st[2], st[3], st[0], st[1], _state_rng(st[4]), {**meta, "h": st[5]}).save(checkpoint)
@@ -832,7 +886,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                 if err <= 1:
                     a, W, k1, t, step = a_new, W_new, k_new, t + taken, step + 1
                     rec.check(step, t, k1[0])
-                    state = (step, t, a, W, rng.bit_generator.state, h)
+                    state = (step, t, a, W, rng_state(), h)
                     if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                         save(state)
                     if bar is not None:
@@ -870,13 +924,13 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
                         stop = True
                 step += 1
                 t = t0 + (step - step0) * step_size
-                state = (step, t, a, W, rng.bit_generator.state, h)
+                state = (step, t, a, W, rng_state(), h)
                 pending = step if step % record_every == 0 else None
                 if checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
                     save(state)
                 if bar is not None:
                     bar.update(1)
-            risk = loss.value_and_grad(net, a, W, need_grad=False)[0]
+            risk = evaluate(a, W, need_grad=False)[0]
             rec.check(step, t, risk)
             rec.add(step, t, risk, a, W)
             if callback is not None and not stop:

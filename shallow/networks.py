@@ -36,6 +36,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -122,11 +123,17 @@ def _resolve_activation(activation):
                      f"derivative(z) (see shallow.activations.get_activation), got {activation!r}")
 
 
-def _is_relu(sigma) -> bool:
-    """True for the library's own relu, which gets an in-place fast path (same numbers)."""
+@functools.cache
+def _activation_class():
+    """shallow.activations.Activation, imported on first use (an import statement costs microseconds a call)."""
     from .activations import Activation
 
-    return isinstance(sigma, Activation) and sigma.name == "relu"
+    return Activation
+
+
+def _is_relu(sigma) -> bool:
+    """True for the library's own relu, which gets an in-place fast path (same numbers)."""
+    return isinstance(sigma, _activation_class()) and sigma.name == "relu"
 
 
 def _check_gamma(gamma) -> float:
@@ -203,14 +210,25 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     r_shape = None if residual is None or callable(residual) else tuple(getattr(residual, "shape", ()))
     if r_shape is not None and r_shape != (X.shape[0],):
         raise ValueError(f"residual has shape {r_shape} but X has n={X.shape[0]} samples: one residual per sample")
+    block_bytes = _block_bytes(block_bytes, xp, "block_bytes")
+    return _fused_pass(X, a, W, gamma, sigma, residual, chunk_size=chunk_size, block_bytes=block_bytes)
+
+
+def _fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_bytes=None):
+    """:func:`fused_pass` without its checks, for arguments that passed them: a flow step calls it on the particles
+    it made from checked ones (same shapes and dtype), with the data and gamma of a checked network, and the
+    block_bytes of an EmpiricalRisk (an int >= 1, or None for the default)."""
+    xp = get_xp(X, a, W)
+    gamma = float(gamma)
     n, m = X.shape[0], W.shape[0]
     dtype = W.dtype
     relu = _is_relu(sigma)
-    block_bytes = _block_bytes(block_bytes, xp, "block_bytes")
+    if block_bytes is None:
+        block_bytes = default_block_bytes(xp)
     rows, cols = _block_shape(n, m, np.dtype(dtype).itemsize, chunk_size, block_bytes)
     need_grad = residual is not None
     f = xp.empty(n, dtype=dtype)  # (n,)
-    grad_a = xp.zeros_like(a) if need_grad else None
+    grad_a = xp.zeros(a.shape, dtype=a.dtype) if need_grad else None  # (m,): zeros_like costs more at small m
     # dL/dW is accumulated transposed, (D, m): X^T G is a faster GEMM shape than G^T X here.
     grad_WT = xp.zeros((W.shape[1], m), dtype=dtype) if need_grad else None
     Z = xp.empty((rows, cols), dtype=dtype)  # the work block
