@@ -1212,3 +1212,32 @@ def test_weight_decay_adds_its_own_field_to_the_trained_layers_only(train):
         theta = getattr(student, name)
         expected = -eta * lam * theta if moves[name] else np.zeros_like(theta)  # s / m = 1 (s = m)
         np.testing.assert_allclose(getattr(decayed, name) - getattr(plain, name), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_a_subclass_of_a_risk_that_overrides_value_and_grad_drives_every_step_of_the_flow():
+    # the flow evaluates the library's own risks unchecked after its first step; a subclass keeps its override:
+    # a risk plus (lambda / 2) |a|^2 written by hand must give the flow of weight_decay's confinement on a only
+    # (gradient_flow's weight_decay adds (s / m) lambda a to the move, s = m: lambda a), step for step
+    rng = np.random.default_rng(40)
+    X, y = rng.standard_normal((20, 3)), rng.standard_normal(20)
+    net = TwoLayer.init(8, 3, rng=1)
+    lam = 0.3
+
+    class RidgeOnA(EmpiricalRisk):
+        def value_and_grad(self, net, a=None, W=None, need_grad=True):
+            a_ = net.a if a is None else a
+            risk, ga, gW = super().value_and_grad(net, a, W, need_grad)
+            extra = 0.5 * lam * float(a_ @ a_) / a_.shape[0]
+            return risk + extra, (None if ga is None else ga + lam * a_ / a_.shape[0]), gW
+
+    own = gradient_flow(net, RidgeOnA(X, y), 5, 0.05)
+    plain = gradient_flow(net, EmpiricalRisk(X, y), 5, 0.05)
+    # the moves differ from step 1 on (the regulariser is felt at every step, not only at the first)
+    assert not np.allclose(own.a, plain.a, rtol=1e-6)
+    # the same flow with the regulariser as an explicit Euler update, by hand: a <- a - eta m (grad_a R + lam a / m)
+    a, W = net.a.copy(), net.W.copy()
+    for _ in range(5):
+        _, ga, gW = EmpiricalRisk(X, y).value_and_grad(net, a, W)
+        a, W = a - 0.05 * 8 * (ga + lam * a / 8), W - 0.05 * 8 * gW
+    np.testing.assert_allclose(own.a, a, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(own.W, W, rtol=1e-12, atol=1e-14)
