@@ -214,7 +214,8 @@ class _ArccosTile:
         self.inv_v = inv_v
         shape = (W.shape[0], V.shape[0])
         # a (m, m') temporary: a view of the named array of ``work``, or a new one ("mask" is boolean)
-        self._out = ((lambda name: work[name][:shape[0], :shape[1]]) if work is not None
+        # (work holds flat arrays: the first m m' entries, reshaped, are contiguous whatever the tile's shape)
+        self._out = ((lambda name: work[name][:shape[0] * shape[1]].reshape(shape)) if work is not None
                      else (lambda name: xp.empty(shape, dtype=bool if name == "mask" else W.dtype)))
         self.G = G = xp.matmul(W, V.T, out=self._out("G"))  # (m, m')
         cos = xp.multiply(G, self.inv_w[:, None], out=self._out("cos"))
@@ -307,18 +308,25 @@ def _dtype_cuts(dtype):
     return _CUTS[key]
 
 
-def _tile_work(xp, rows, dtype, order):
-    """Arrays for the temporaries of (rows, rows) tiles of :class:`_ArccosTile`, reused tile after tile."""
+def _tile_work(xp, size, dtype, order):
+    """Flat arrays of ``size`` entries for the temporaries of the tiles of :class:`_ArccosTile` (any shape of at
+    most ``size`` entries), reused tile after tile."""
     names = ("G", "cos", "sin", "A", "K", "B") + (("S", "Sc") if order == 0 else ())
-    work = {name: xp.empty((rows, rows), dtype=dtype) for name in names}
-    work["mask"] = xp.empty((rows, rows), dtype=bool)
+    work = {name: xp.empty(size, dtype=dtype) for name in names}
+    work["mask"] = xp.empty(size, dtype=bool)
     return work
 
 
-def _arccos_kernel(W, V, order):
-    """The arc-cosine kernel matrix K(w_j, v_k) (see :class:`_ArccosTile`)."""
-    xp = get_xp(W, V)
-    return _ArccosTile(W, V, xp.linalg.norm(W, axis=1), xp.linalg.norm(V, axis=1), order).kernel()
+def _tiling(chunk_bytes, W, m, m_other, order):
+    """(rows, cols, work): rows of W per tile, columns of the other (teacher's) particles per tile against them,
+    and the work arrays, so that the ~10 temporaries of a (rows, rows) or (rows, cols) tile take ~chunk_bytes."""
+    tile_bytes = chunk_bytes // 10
+    if isinstance(W, np.ndarray):  # on the host
+        tile_bytes = min(tile_bytes, HOST_TILE_BYTES)
+    size = max(1, tile_bytes // W.dtype.itemsize)
+    rows = max(1, min(m, math.isqrt(size)))
+    cols = max(1, min(m_other, size // rows))  # >= rows unless m_other < rows: wide tiles when m is small
+    return rows, cols, _tile_work(get_xp(W), rows * max(rows, cols), W.dtype, order)
 
 
 class PopulationRisk:
@@ -374,14 +382,22 @@ class PopulationRisk:
         self.input = input
         self.order = self._ORDERS[name]
         self._scale = (1.0 / teacher.W.shape[1]) if (input == "sphere" and self.order == 1) else 1.0
-        Kss = _arccos_kernel(teacher.W, teacher.W, self.order)
-        at = teacher.a * teacher.gamma
-        self._teacher_energy = 0.5 * self._scale * float(at @ (Kss @ at))
+        # a^*T K(W^*, W^*) a^* over tiles of rows of W^*: never the (m^*, m^*) matrix and its temporaries
+        Ws, at = teacher.W, teacher.a * teacher.gamma
+        xp, ms = get_xp(Ws), Ws.shape[0]
+        ns = xp.linalg.norm(Ws, axis=1)
+        rows, cols, work = _tiling(self.chunk_bytes, Ws, ms, ms, self.order)
+        nonzero = bool(xp.all(ns > 0))
+        energy = 0.0
+        for i in range(0, ms, rows):
+            I = slice(i, min(ms, i + rows))
+            for j in range(0, ms, cols):
+                J = slice(j, min(ms, j + cols))
+                tile = _ArccosTile(Ws[I], Ws[J], ns[I], ns[J], self.order, work, nonzero)
+                energy += float(at[I] @ (tile.kernel() @ at[J]))
+        self._teacher_energy = 0.5 * self._scale * energy
         # what every call needs of the teacher, computed once as its energy is: a*, |w*|, 1 / |w*|, whether no w* is 0
-        xp = get_xp(teacher.W)
-        ns = xp.linalg.norm(teacher.W, axis=1)
-        nonzero_s = bool(xp.all(ns > 0))
-        self._teacher_terms = (at, ns, 1 / ns if nonzero_s else 1 / xp.where(ns > 0, ns, 1), nonzero_s)
+        self._teacher_terms = (at, ns, 1 / ns if nonzero else 1 / xp.where(ns > 0, ns, 1), nonzero)
 
     @property
     def d(self) -> int:
@@ -434,24 +450,23 @@ class PopulationRisk:
         nw = xp.linalg.norm(W, axis=1)
         # The student-student kernel is symmetric: square tiles (I, J) with I <= J, each serving
         # the rows of I against J and of J against I; about 10 temporaries of a tile's size live
-        tile_bytes = self.chunk_bytes // 10
-        if isinstance(W, np.ndarray):  # on the host
-            tile_bytes = min(tile_bytes, HOST_TILE_BYTES)
-        rows = max(1, min(m, math.isqrt(tile_bytes // W.dtype.itemsize)))
-        work = _tile_work(xp, rows, W.dtype, self.order)  # per call: no state shared between threads
+        # The teacher's particles in blocks of cols: a (rows, m^*) tile and its temporaries would not be bounded
+        rows, cols, work = _tiling(self.chunk_bytes, W, m, Ws.shape[0], self.order)  # work: per call, not shared
         blocks = [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
+        teacher_blocks = [slice(start, min(Ws.shape[0], start + cols)) for start in range(0, Ws.shape[0], cols)]
         ga = gamma * a
         # (zeros and empty rather than their _like forms, which cost microseconds more at small m)
         student = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_k a_k K(w_j, w_k)
-        teacher = xp.empty(a.shape, dtype=a.dtype)  # (m,) sum_l a*_l K(w_j, w*_l)
+        teacher = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_l a*_l K(w_j, w*_l)
         field = xp.zeros(W.shape, dtype=W.dtype) if need_grad else None  # (m, d)
         nonzero_w = bool(xp.all(nw > 0))
         nonzero_s = nonzero_w and nonzero_teacher
         for bi, I in enumerate(blocks):
-            tile = _ArccosTile(W[I], Ws, nw[I], ns, self.order, nonzero=nonzero_s, inv_v=inv_s)
-            teacher[I] = tile.kernel() @ at
-            if need_grad:
-                field[I] -= tile.field(at)
+            for L in teacher_blocks:
+                tile = _ArccosTile(W[I], Ws[L], nw[I], ns[L], self.order, work, nonzero_s, inv_v=inv_s[L])
+                teacher[I] += tile.kernel() @ at[L]
+                if need_grad:
+                    field[I] -= tile.field(at[L])
             for J in blocks[bi:]:
                 tile = _ArccosTile(W[I], W[J], nw[I], nw[J], self.order, work, nonzero_w)
                 K = tile.kernel()

@@ -321,9 +321,14 @@ class Linearized:
         step = _chunk_rows(chunk_size, base.m, 2 * np.dtype(base.dtype).itemsize)
         for start in range(0, n, step):
             Xc = Xt[start:start + step]  # (chunk, D)
-            S, P = _features(self.sigma, Xc @ base.W.T)  # (chunk, m) each
-            P *= Xc @ dW.T
+            Z = Xc @ base.W.T  # (chunk, m)
+            S, P = _features(self.sigma, Z)  # (chunk, m) each
+            if all(F is not Z and getattr(F, "base", None) is not Z for F in (S, P)):
+                P *= xp.matmul(Xc, dW.T, out=Z)  # Z's block reused: three (chunk, m) blocks, not four
+            else:  # an activation that returned Z itself (or a view of it)
+                P *= Xc @ dW.T
             out[start:start + step] = S @ a + P @ base.a
+            del Z, S, P  # before the next chunk's blocks are made
         out *= self.gamma
         return out
 
@@ -546,12 +551,14 @@ def empirical_ntk(net, X, Y=None, *, train: str = "both", chunk_size=None):
     m = net.m
     step = _chunk_rows(chunk_size, m, 2 * np.dtype(net.dtype).itemsize)
     a2 = net.a * net.a  # (m,)
+    same = Y is None
     K = xp.empty((Xt.shape[0], Yt.shape[0]), dtype=net.dtype)  # (n, n')
     for js in range(0, Yt.shape[0], step):
         Yc = Yt[js:js + step]  # (chunk', D)
         SY, PY = _features(net.activation, Yc @ net.W.T)  # (chunk', m)
         PY *= a2
-        for i0 in range(0, Xt.shape[0], step):
+        # K(X, X): the blocks on and above the diagonal only, mirrored (no (n, n) temporaries)
+        for i0 in range(0, js + 1 if same else Xt.shape[0], step):
             Xc = Xt[i0:i0 + step]  # (chunk, D)
             SX, PX = _features(net.activation, Xc @ net.W.T)  # (chunk, m)
             block = K[i0:i0 + step, js:js + step]  # a view
@@ -561,9 +568,13 @@ def empirical_ntk(net, X, Y=None, *, train: str = "both", chunk_size=None):
                 block[...] = SX @ SY.T
                 if train == "both":
                     block += (PX @ PY.T) * (Xc @ Yc.T)
+            if same and i0 == js:
+                block[...] = 0.5 * (block + block.T)
+            elif same:
+                K[js:js + step, i0:i0 + step] = block.T
+            del SX, PX  # before the next chunk's blocks are made
+        del SY, PY
     K *= net.gamma ** 2
-    if Y is None:
-        K = 0.5 * (K + K.T)
     return K
 
 

@@ -830,9 +830,14 @@ def sliced_wasserstein(mu, nu, p=2, n_projections=200, rng=None, mu_weights=None
 def _generalised_kl(xp, p, q):
     """KL(p | q) = sum p log(p / q) - p + q for nonnegative arrays (0 log 0 = 0)."""
     positive = p > 0
-    safe_p = xp.where(positive, p, 1.0)
-    safe_q = xp.where(positive, q, 1.0)
-    return float((xp.where(positive, p * xp.log(safe_p / safe_q), 0.0) - p + q).sum())
+    # in place, the same operations: two temporaries of p's size (p, q are (k, l) plans), not five
+    r = xp.where(positive, p, 1.0)
+    r /= xp.where(positive, q, 1.0)  # p / q where p > 0, else 1: log 1 = 0 there
+    xp.log(r, out=r)
+    r *= p
+    r -= p
+    r += q
+    return float(r.sum())
 
 
 def _uot(xp, X, a, Y, b, p, reg, reg_m, numItermax, stopThr):

@@ -510,6 +510,29 @@ def test_empirical_risk_memory_is_linear_in_n_plus_m():
     assert peak < 4 * 2**21 + 4 * (n + m) * d * 8  # a few work blocks plus O((n + m) d)
 
 
+def test_population_risk_memory_is_linear_in_m_plus_m_star():
+    # Peak memory O((m + m^*) d + chunk_bytes), as documented, in the constructor and in value_and_grad: the teacher's
+    # energy formed the whole (m^*, m^*) kernel with its temporaries (about 190 MB here), and every row tile of the
+    # student met all m^* teacher particles at once, (rows, m^*) temporaries beyond chunk_bytes (10x it at m^* = 4000)
+    import tracemalloc
+
+    m, m_star, d, chunk = 300, 2000, 5, 2**20
+    teacher = TwoLayer.init(m_star, d, rng=1)
+    student = TwoLayer.init(m, d, rng=0)
+    bound = 2 * (chunk + 4 * (m + m_star) * d * 8)  # the tiles' work arrays plus O((m + m^*) d), with a factor 2
+    tracemalloc.start()
+    try:
+        loss = PopulationRisk(teacher, chunk_bytes=chunk)
+        build = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        loss.value_and_grad(student)
+        step = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert build < bound
+    assert step < bound
+
+
 def test_flow_on_the_backend_matches_numpy(xp):
     from shallow.backend import to_device, to_numpy
 

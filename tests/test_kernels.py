@@ -1037,6 +1037,37 @@ def test_the_relu_ntk_takes_about_twice_the_memory_of_its_matrix(monkeypatch):
     assert peak <= 2.2 * K.nbytes
 
 
+def test_dot_product_kernel_of_a_matrix_takes_about_its_memory():
+    # kappa(t) over blocks of entries, as the kernels of inputs: the relu NTK's formulas over the whole of t took 7
+    # times its size; the output plus the temporaries of one block (2^18 entries) remain
+    import tracemalloc
+
+    t = np.cos(np.random.default_rng(33).uniform(0, np.pi, (2000, 2000)))
+    kappa = dot_product_kernel("ntk", "relu")
+    tracemalloc.start()
+    try:
+        kappa(t)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2 * t.nbytes  # 1.5 t.nbytes measured; 7 t.nbytes unblocked
+
+
+def test_dot_product_kernel_values_do_not_depend_on_its_blocks(monkeypatch):
+    # kappa(t) is elementwise: blocks of 7 entries give the values of one block, for any shape of t (0-d included)
+    import shallow.kernels as kernels
+
+    t = np.cos(np.random.default_rng(34).uniform(0, np.pi, (5, 9, 3)))
+    cases = [dot_product_kernel("ntk", "relu"), dot_product_kernel("nngp", "erf"),
+             dot_product_kernel("ntk", "tanh", "sphere", d=5), dot_product_kernel("ntk", "gelu")]
+    whole = [(kappa(t), kappa(t[1, 2, 0]), kappa(t[:, 0, :].T)) for kappa in cases]
+    monkeypatch.setattr(kernels, "_KERNEL_BLOCK", 7)
+    for kappa, (K, k0, KT) in zip(cases, whole):
+        np.testing.assert_array_equal(kappa(t), K)
+        assert kappa(t[1, 2, 0]).shape == () and kappa(t[1, 2, 0]) == k0
+        np.testing.assert_array_equal(kappa(t[:, 0, :].T), KT)  # a non-contiguous t
+
+
 def test_dot_product_kernel_takes_the_gram_matrix_of_float32_unit_vectors():
     # G = X X^T of float32 unit rows reaches 1 + 2 ulps (1.0000002 at d = 20), which was refused as "t must lie in
     # [-1, 1]"; the values are those of the float64 Gram matrix of the same rows to float32 rounding (relu NNGP)

@@ -907,3 +907,47 @@ def test_kernel_problem_with_targets_of_another_length_names_y(solve):
     # y of 5 targets against a 4 x 4 Gram matrix: the message said n=5 but not that it came from y
     with pytest.raises(ValueError, match=r"Gram matrix of the n=5 training points \(y has shape \(5,\)\), got shape \(4, 4\)"):
         solve(np.eye(4), np.ones(5))
+
+
+def test_empirical_ntk_of_x_with_itself_holds_one_n_by_n_matrix():
+    # K(X, X) from the blocks on and above the diagonal, mirrored: the symmetrisation 0.5 (K + K^T) held a second
+    # (n, n) array (2 n^2 in all); what remains beyond K are a few (chunk, m) blocks (here 8 x 320 KB)
+    import tracemalloc
+
+    rng = np.random.default_rng(40)
+    X = rng.standard_normal((1200, 10))
+    net = TwoLayer.init(200, 10, rng=41)
+    tracemalloc.start()
+    try:
+        K = empirical_ntk(net, X, chunk_size=200)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * K.nbytes  # 1.2 K.nbytes measured, 2 K.nbytes before
+    np.testing.assert_array_equal(K, K.T)
+    # the mirrored blocks are those of K(X, Y) with Y a copy of X, to rounding (different GEMM shapes)
+    np.testing.assert_allclose(K, empirical_ntk(net, X, X.copy(), chunk_size=200), rtol=1e-12, atol=1e-12 * K.max())
+
+
+def test_linearized_model_holds_three_blocks_per_chunk():
+    # f_lin by chunks: sigma(Z), sigma'(Z) and the product X dW^T written over Z, one chunk's blocks alive at a time
+    # (the previous chunk's blocks were kept while the next ones were made: 5.4 blocks)
+    import tracemalloc
+
+    rng = np.random.default_rng(42)
+    net = TwoLayer.init(2000, 5, rng=43)
+    lin = linearize(net)
+    lin.W = lin.W + 0.1 * rng.standard_normal(lin.W.shape)
+    X = rng.standard_normal((400, 5))
+    block = 100 * 2000 * 8  # one (chunk, m) block
+    tracemalloc.start()
+    try:
+        f = lin(X, chunk_size=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4.5 * block  # 3.2 blocks measured (+ (m, d) and (n,) arrays), 5.4 before
+    # the same values as the formula gamma [sigma(X W0^T) a + (sigma'(X W0^T) * (X dW^T)) a0] over all rows at once
+    Z = X @ net.W.T
+    expected = net.gamma * ((Z > 0) * Z @ lin.a + ((Z > 0) * (X @ (lin.W - net.W).T)) @ net.a)
+    np.testing.assert_allclose(f, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())

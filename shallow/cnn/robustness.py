@@ -1094,24 +1094,26 @@ def input_jacobian(model, X, *, batch_size=256):
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X, empty=True)
     xp = get_xp(X)
-    out = []
+    J = None  # (N, K) + X.shape[1:], written in place: no per-batch copies, stack and concatenation
     with _EvalMode(model):
         for s in range(0, X.shape[0], batch_size):
             xb = X[s:s + batch_size]
             z = model.forward(xb)
             B, K = z.shape[0], math.prod(z.shape[1:])
-            rows = []
             # a unit vector of the flattened output: e[:, k] = 1 on an output (N, h, w, C) set a whole
             # (w, C) slab and summed its rows (a wrong "Jacobian", 5x the norm for a convolution)
             for k in range(K):
                 e = xp.zeros((B, K), dtype=z.dtype)
                 e[:, k] = 1
-                rows.append(xp.array(model.backward(e.reshape(z.shape))))
-            out.append(xp.stack(rows, axis=1))
-        if not out:  # no images: K from the output of one zero image (eval mode: no state moves)
+                g = model.backward(e.reshape(z.shape))
+                if J is None:
+                    J = xp.empty((X.shape[0], K) + tuple(g.shape[1:]), dtype=g.dtype)
+                J[s:s + batch_size, k] = g
+                del g
+        if J is None:  # no images: K from the output of one zero image (eval mode: no state moves)
             K = math.prod(model.forward(xp.zeros((1,) + X.shape[1:], dtype=X.dtype)).shape[1:])
             return xp.zeros((0, K) + X.shape[1:], dtype=X.dtype)
-    return xp.concatenate(out)
+    return J
 
 
 def local_lipschitz(model, X, *, reduce="max", batch_size=256):
@@ -1138,14 +1140,21 @@ def local_lipschitz(model, X, *, reduce="max", batch_size=256):
     """
     if reduce not in ("max", None):
         raise ValueError(f"reduce must be 'max' or None, got {reduce!r}")
-    J = input_jacobian(model, X, batch_size=batch_size)
-    xp = get_xp(J)
-    N, K = J.shape[:2]
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    X = _images(model, X, empty=True)
+    xp = get_xp(X)
+    N = X.shape[0]
     if N == 0:
         raise ValueError("X holds no images: the local Lipschitz constant of no data is undefined")
-    J = J.reshape(N, K, -1).astype(xp.float64)
-    G = J @ J.transpose(0, 2, 1)  # (N, K, K)
-    values = xp.sqrt(xp.maximum(xp.linalg.eigvalsh(G)[:, -1], 0))
+    # batch by batch: the Jacobians of one batch at a time, in float64, never the (N, K, H W C) array of all
+    values = []
+    for s in range(0, N, batch_size):
+        J = input_jacobian(model, X[s:s + batch_size], batch_size=batch_size)
+        J = J.reshape(J.shape[0], J.shape[1], -1).astype(xp.float64)
+        G = J @ J.transpose(0, 2, 1)  # (batch, K, K)
+        del J
+        values.append(xp.sqrt(xp.maximum(xp.linalg.eigvalsh(G)[:, -1], 0)))
+    values = xp.concatenate(values)
     return float(values.max()) if reduce == "max" else values
 
 

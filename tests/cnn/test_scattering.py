@@ -738,3 +738,25 @@ def test_classifier_log_features_are_the_log_of_the_coefficients():
     plain = ScatteringClassifier(1, (8, 8), L=4).transform(X)
     logged = ScatteringClassifier(1, (8, 8), L=4, log_eps=1e-3).transform(X)
     assert np.abs(logged - np.log(np.abs(plain) + 1e-3)).max() < 1e-12
+
+
+def test_scattering_vjp_holds_the_cache_of_one_block():
+    # forward and backward block by block: the caches of all blocks were kept until the backward pass (the peak grew
+    # with the batch: 1.5 GB for 256 images of 64x64 at J = 2); the gradient is that of the whole batch at once
+    import tracemalloc
+
+    S = Scattering2D(2, (16, 16))
+    x = np.random.default_rng(12).standard_normal((32, 16, 16))
+    G = np.random.default_rng(13).standard_normal((32, S.n_coefficients, *S.output_shape))
+    whole = S.vjp(x, G)
+    S._chunk = lambda: 2  # blocks of 2 images
+    peaks = []
+    for B in (8, 32):
+        tracemalloc.start()
+        try:
+            g = S.vjp(x[:B], G[:B])
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < 1.3 * peaks[0]  # 1.07 measured; 4 blocks' caches against 1 before
+    np.testing.assert_allclose(g, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
