@@ -400,6 +400,12 @@ class PopulationRisk:
         self._teacher_terms = (at, ns, 1 / ns if nonzero else 1 / xp.where(ns > 0, ns, 1), nonzero)
 
     @property
+    def teacher_energy(self) -> float:
+        """R(0) = 1/2 E_x[f^*(x)^2], the risk of the zero network: the scale against which a risk is small
+        (relative risk R / R(0)), the third term of the expansion in the Notes."""
+        return self._teacher_energy
+
+    @property
     def d(self) -> int:
         """Input dimension of the teacher (columns of its W)."""
         return self.teacher.W.shape[1]

@@ -54,6 +54,20 @@ def test_population_risk_matches_monte_carlo(activation, input):
 
 
 @pytest.mark.parametrize("activation", ["relu", "step"])
+@pytest.mark.parametrize("input", ["gaussian", "sphere"])
+def test_teacher_energy_is_half_the_mean_square_of_the_teacher(activation, input):
+    # R(0) = 1/2 E[f*(x)^2] by Monte Carlo over N inputs; tolerance 4 sigma / sqrt(N), sigma estimated.
+    d, N = 6, 200_000
+    teacher, _ = teacher_student(d, activation=activation)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((N, d))
+    if input == "sphere":
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    samples = 0.5 * direct_forward(teacher, X) ** 2
+    assert abs(PopulationRisk(teacher, input=input).teacher_energy - samples.mean()) < 4 * samples.std() / np.sqrt(N)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
 def test_population_risk_of_the_teacher_itself_is_zero(activation):
     teacher, _ = teacher_student(activation=activation)
     assert PopulationRisk(teacher)(teacher) < 1e-14
