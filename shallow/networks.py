@@ -392,7 +392,8 @@ class TwoLayer:
             Input dimension, d >= 1 (W gets d + 1 columns with ``bias=True``).
         scale : {"mean-field", "ntk"} or float, default "mean-field"
             Output scale gamma: "mean-field" -> 1/m, "ntk" -> 1/sqrt(m), a float alpha > 0 ->
-            alpha/m (the mean-field network times the lazy-training scale alpha).
+            alpha/m (the mean-field network times the lazy-training scale alpha). For gamma = 1 (a
+            teacher f* = sum_j a_j sigma(<w_j, x>)) pass ``scale=m``, or build ``TwoLayer(a, W, gamma=1.0)``.
         rng : None, int or numpy.random.Generator
             Source of randomness. The draw happens on the host (W first, then a), then the arrays
             move to ``device``: a seed gives the same numbers on numpy and cupy.
