@@ -1112,8 +1112,6 @@ ROBUSTNESS_ON_DEVICE = {
     "minimal_perturbation.l2": lambda xp: _minimal_perturbation(xp, norm="2", loss="ce"),
     "pgd": lambda xp: robustness.pgd(cnn_model(xp), images(xp), labels(xp), 0.1, steps=3),
     "pgd.random_start": _pgd_random_start,
-    "random_displacement":
-        on_host(lambda xp: robustness.random_displacement((8, 8), grad_norm=0.1, scale=2.0, rng=0)),
     "spectral_norm.matrix": lambda xp: robustness.spectral_norm(draw(xp, (5, 4)), rng=0, return_vector=True),
     "spectral_norm.conv": lambda xp: robustness.spectral_norm(_small_conv(xp), (4, 4, 2), rng=0),
     "universal_perturbation": lambda xp: _universal_perturbation(xp)[0],

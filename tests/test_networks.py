@@ -184,6 +184,29 @@ def test_gradients_of_a_smooth_activation_hold_three_blocks_at_once():
     assert peak < 3.5 * chunk * m * 8, f"peak {peak / (chunk * m * 8):.2f} blocks"
 
 
+@pytest.mark.parametrize("free, expected", [(8 * 2**30, 2**30), (256 * 2**20, 64 * 2**20), (32 * 2**20, 16 * 2**20),
+                                            (None, 16 * 2**20), ("no runtime", 16 * 2**20)])
+def test_default_block_bytes_on_a_device_is_a_quarter_of_the_free_memory_between_the_host_size_and_the_cap(
+        monkeypatch, free, expected):
+    # default_block_bytes(xp) for a device namespace: min(GPU_BLOCK_BYTES = 1 GiB, free / 4), at least the host's
+    # BLOCK_BYTES = 16 MiB, the free memory read through backend.cuda_runtime (as bound in shallow.networks);
+    # a runtime whose memGetInfo fails (None) or no runtime keeps 16 MiB. Free memory stated here (no GPU
+    # needed): 8 GiB -> the cap, 256 MiB -> 64 MiB, 32 MiB -> the floor. Exact integers.
+    import types
+
+    from shallow import networks
+
+    def mem_get_info():
+        if free is None:
+            raise RuntimeError("cudaErrorNoDevice")
+        return free, 2 * free
+
+    runtime = types.SimpleNamespace(runtime=types.SimpleNamespace(memGetInfo=mem_get_info))
+    monkeypatch.setattr(networks, "cuda_runtime", lambda: None if free == "no runtime" else runtime)
+    assert networks.default_block_bytes(types.ModuleType("cupy")) == expected
+    assert networks.default_block_bytes(np) == 16 * 2**20
+
+
 def test_default_block_takes_block_bytes_and_splits_wide_networks():
     from shallow.networks import BLOCK_BYTES, MIN_ROWS, _block_shape
 
