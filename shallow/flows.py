@@ -203,7 +203,7 @@ class _ArccosTile:
     arrays of ``work`` when given (:func:`_tile_work`: no allocation per tile).
     """
 
-    def __init__(self, W, V, nw, nv, order, work=None, nonzero=None, inv_v=None):
+    def __init__(self, W, V, nw, nv, order, work=None, nonzero=None, inv_v=None, same=False):
         xp = get_xp(W, V)
         self.xp, self.W, self.V, self.order = xp, W, V, order
         self.nw, self.nv = nw, nv
@@ -232,25 +232,43 @@ class _ArccosTile:
             nonzero = bool(xp.all(nw > 0)) and bool(xp.all(nv > 0))
         self.nonzero = nonzero
         # The angle through atan2 of |w x v| and <w, v>: accurate at th ~ 0 and th ~ pi alike.
-        # From the Gram matrix, sin th = sqrt(1 - cos^2) is only accurate to sqrt(eps) for (anti)parallel
-        # pairs (a particle with itself, duplicated particles): recompute those few from the vectors,
-        # sin th = |w/|w| - cos th v/|v||, accurate to eps.
-        # Thresholds set for float64 scale with the dtype's eps: the error of sqrt(1 - cos^2) is about eps / sin, so
-        # 1e-4 becomes 1e-4 (eps / eps64)^(1/4) = 0.015 in float32, where a fixed 1e-4 left pairs with sin in (1e-4,
-        # 0.015) up to 100% off, and a particle with itself at sin = sqrt(2 eps32) = 5e-4 instead of 0.
-        self.eps_ratio, near_cut, self._cut = _dtype_cuts(W.dtype)
-        near = xp.nonzero(xp.less(sin_abs, near_cut, out=self._out("mask")))
-        if near[0].size:
-            i, j = near
-            Wh = W[i] * self.inv_w[i][:, None]
-            Vh = V[j] * self.inv_v[j][:, None]
-            sin_abs[i, j] = xp.linalg.norm(Wh - cos[i, j][:, None] * Vh, axis=1)
-        if not nonzero:  # after the recomputation, which gave sin th = 1 to (w, 0) and 0 to (0, v)
+        # From the Gram matrix, sin th = sqrt(1 - cos^2) carries an absolute error of about eps / sin th, a
+        # relative one of eps / sin^2 th (the step field's size is 1 / sin th). In float64 the pairs with sin th
+        # below _NEAR_SINE (nearly parallel or antiparallel: duplicated or converged particles) are recomputed
+        # from the vectors, sin th = |v/|v| - cos th w/|w||; their step field is made pair by pair
+        # (:meth:`_near_field`), their relu kernel near th = pi by a series. A float32 tile with a pair below
+        # _WIDE_SINE is computed in float64 as a whole (``wide``): pair by pair, the clustered particles of a
+        # converging flow made it 10 to 70 times slower (m = 2000, d = 10 to 100, pairs at 0.004 to 0.04 rad).
+        self.same, self.wide = same, None
+        if same:  # V is W: a particle with itself, th = 0 exactly, is not recomputed (nor is its field made)
+            xp.fill_diagonal(sin_abs, 1)
+        if W.dtype != np.float64 and bool(xp.any(xp.less(sin_abs, _WIDE_SINE, out=self._out("mask")))):
+            wide = None if work is None else work.get("float64")
+            if work is not None and wide is None:
+                wide = work["float64"] = _tile_work(xp, work["G"].shape[0], np.float64, order)
+            W64, V64 = W.astype(np.float64), V.astype(np.float64)
+            self.wide = _ArccosTile(W64, V64, xp.linalg.norm(W64, axis=1), xp.linalg.norm(V64, axis=1), order, wide,
+                                    nonzero, same=same)
+            return
+        near = xp.nonzero(xp.less(sin_abs, _NEAR_SINE, out=self._out("mask"))) if W.dtype == np.float64 else ((),)
+        self.near = near if len(near[0]) else None
+        if self.near is not None:
+            step = max(1, _PAIR_CHUNK // max(W.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
+            for start in range(0, near[0].shape[0], step):
+                i, j = near[0][start:start + step], near[1][start:start + step]
+                p = _near_parallel(W[i], V[j])[1]
+                sin_abs[i, j] = xp.sqrt(xp.sum(p * p, axis=1)).astype(W.dtype)
+        if same:
+            xp.fill_diagonal(sin_abs, 0)
+            xp.fill_diagonal(cos, 1)  # (a zero vector's pairs are masked below)
+        if not nonzero:  # a zero vector has sin th = 1 from its cos = 0 (it is never near): 0 as stated above
             sin_abs *= (nw > 0)[:, None]
             sin_abs *= (nv > 0)[None, :]
-        A = xp.arctan2(sin_abs, cos, out=self._out("A"))  # theta, then (pi - theta) / (2 pi) in place
-        A *= -1 / (2 * xp.pi)
-        A += 0.5
+        # (pi - theta) / (2 pi) with pi - theta = atan2(sin th, -cos th): to a few eps relative near th = pi,
+        # where 1/2 - theta / (2 pi) kept theta's absolute error (1.7e11 eps32 in the relu kernel at 1e-4 from
+        # antiparallel); one arctangent as before and one pass fewer
+        A = xp.arctan2(sin_abs, xp.negative(cos, out=self._out("A")), out=self._out("A"))
+        A *= 1 / (2 * xp.pi)
         if not nonzero:
             # a zero vector's step neuron 1{<0, x> > 0} = 0 vanishes, and so does relu'(<0, x>) = 0 in the
             # relu field: A = 0 there, not (pi - 0) / (2 pi) (a zero particle stays put, as under EmpiricalRisk)
@@ -262,18 +280,29 @@ class _ArccosTile:
     def kernel(self):
         """K (m, m'); its transpose is the kernel of (V, W)."""
         xp = self.xp
+        if self.wide is not None:
+            return self.wide.kernel().astype(self.W.dtype)
         if self.order == 0:
             return self.A
         K = xp.multiply(self.A, self.G, out=self._out("K"))  # (pi - th) <w, v> / (2 pi) + |w||v| sin th / (2 pi)
         B = xp.multiply(self.sin, (self.nv / (2 * xp.pi))[None, :], out=self._out("B"))
         B *= self.nw[:, None]
         K += B
+        if self.near is not None:
+            # near th = pi, K = |w||v| (sin delta - delta cos delta) / (2 pi) ~ delta^3 from two terms of size
+            # delta (delta = pi - th): eps / delta^2 relative; the series instead, to a few eps relative
+            anti = self.cos[self.near] < 0
+            if bool(xp.any(anti)):
+                i, j = self.near[0][anti], self.near[1][anti]
+                K[i, j] = (self.nw[i] * self.nv[j]) * _relu_near_pi(2 * xp.pi * self.A[i, j]) / (2 * xp.pi)
         return K
 
     def field(self, c, transpose=False):
         """sum_k c_k grad_w K(w_j, v_k) for the rows w_j of W, shape (m, d); with ``transpose``,
         sum_j c_j grad_v K(v_k, w_j) for the rows v_k of V, shape (m', d). Matrix products only."""
         xp = self.xp
+        if self.wide is not None:
+            return self.wide.field(c.astype(np.float64), transpose).astype(self.W.dtype)
         A, sin = (self.A.T, self.sin.T) if transpose else (self.A, self.sin)
         U, X = (self.V, self.W) if transpose else (self.W, self.V)  # rows, columns
         nx = self.nw if transpose else self.nv
@@ -286,26 +315,77 @@ class _ArccosTile:
             S = xp.multiply(self.sin, 2 * xp.pi, out=self._out("S"))
             with np.errstate(divide="ignore"):
                 xp.reciprocal(S, out=S)
-            # (anti)parallel to rounding: the recomputed sin th is accurate to a few eps (a particle with itself gets
-            # |1 - cos th| ~ eps), so below max(1e-12, 64 eps) (8e-6 in float32, where 1e-12 gave it 1 / (2 pi eps32))
-            xp.copyto(S, 0, where=xp.less_equal(self.sin, self._cut, out=self._out("mask")))
+            if not self.nonzero:  # pairs with a zero vector, sin th = 0
+                xp.copyto(S, 0, where=xp.less_equal(self.sin, 0, out=self._out("mask")))
+            elif self.same:  # a particle with itself
+                xp.fill_diagonal(S, 0)
+            if self.near is not None:  # made pair by pair below
+                S[self.near] = 0
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
         X_hat = X * inv_x[:, None]
-        return inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
+        out = inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
+        if self.near is not None:
+            self._near_field(out, c, transpose)
+        return out
+
+    def _near_field(self, out, c, transpose):
+        """Add the step field of the near pairs of a float64 tile to ``out``, pair by pair:
+        grad_w K = p / (2 pi |w| |p|), p = v/|v| - cos th w/|w| (|p| = sin th, whatever th).
+
+        Through the matrix products the two terms of p, each of size 1/sin th, cancel to eps / sin th relative
+        (and 1 / sin th itself is eps / sin^2 th off); pair by pair only the unit vectors' rounding remains,
+        eps / th in p's direction. It is 0 for (anti)parallel pairs, |p| <= _PARALLEL_CHORD (eps-level: x and
+        3x, duplicated particles), where the kernel's derivative does not exist."""
+        xp = self.xp
+        i_all, j_all = self.near
+        U, X = (self.V, self.W) if transpose else (self.W, self.V)  # rows, columns
+        inv_u = self.inv_v if transpose else self.inv_w
+        step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
+        for start in range(0, i_all.shape[0], step):
+            rows, cols = i_all[start:start + step], j_all[start:start + step]
+            if transpose:
+                rows, cols = cols, rows
+            _, p = _near_parallel(U[rows], X[cols])
+            size = xp.sqrt(xp.sum(p * p, axis=1))
+            weight = xp.where(size > _PARALLEL_CHORD, c[cols] * inv_u[rows] / (2 * xp.pi * xp.maximum(size, 1e-300)), 0)
+            xp.add.at(out, rows, (weight[:, None] * p).astype(out.dtype))
 
 
-_CUTS = {}
+#: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th and the step field made from their
+#: vectors, pair by pair: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
+_NEAR_SINE = 1e-4
+#: A float32 tile with a pair of sin th below this is computed in float64 (to 8 eps32 relative, where the step
+#: field was 1e2 to 1e5 eps32 off, and 0 below 7.6e-6 rad); elsewhere sqrt(1 - cos^2) and the matrix products leave
+#: about 1.3 eps32 / sin^2 th relative in sin th and the step field, at most 6e3 eps32 = 3.5e-4. A cut of 0.1 (1e2
+#: eps32 at most) made float32 2.1 to 2.5 times slower where particles cluster at 0.03 rad and in d = 2, 3 (every
+#: tile promoted): float32 is chosen for speed, at the price of up to 3.5e-4 relative in the field of close pairs.
+_WIDE_SINE = 0.015
+_PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs per chunk
+#: Below this |p| = sin th (in float64, from unit vectors) a pair counts as exactly (anti)parallel, its step
+#: field 0: the rounding of |p| is a few eps64 (a particle with itself, x and 3x). As before in float64; in
+#: float32 the cut was 64 eps32 = 7.6e-6, below which pairs at a true angle lost a field of size 1 / (2 pi |w|).
+_PARALLEL_CHORD = 1e-12
 
 
-def _dtype_cuts(dtype):
-    """(eps / eps64, the sin th below which :class:`_ArccosTile` recomputes it from the vectors, the sin th at or
-    below which a pair counts as (anti)parallel), per dtype, computed once (np.finfo costs a call per tile)."""
-    key = np.dtype(dtype)
-    if key not in _CUTS:
-        eps_ratio = float(np.finfo(key).eps / np.finfo(np.float64).eps)  # 1 in float64, 2^29 in float32
-        _CUTS[key] = (eps_ratio, 1e-4 * eps_ratio ** 0.25, max(1e-12, 64 * float(np.finfo(key).eps)))
-    return _CUTS[key]
+def _near_parallel(Wi, Vj):
+    """cos th and p = v/|v| - cos th w/|w| of the pairs (w_i, v_j), rows of Wi and Vj (pairs, d), float64, from the
+    unit vectors (|p| = sin th to a few eps64; no row is zero: such pairs, sin th = 1, are never near)."""
+    xp = get_xp(Wi, Vj)
+    Wh = Wi / xp.sqrt(xp.sum(Wi * Wi, axis=1))[:, None]
+    Vh = Vj / xp.sqrt(xp.sum(Vj * Vj, axis=1))[:, None]
+    cos = xp.sum(Wh * Vh, axis=1)
+    return cos, Vh - cos[:, None] * Wh
+
+
+def _relu_near_pi(delta):
+    """sin delta - delta cos delta = sum_{k >= 1} (-1)^(k+1) 2k delta^(2k+1) / (2k+1)!, the relu kernel's
+    J_1(pi - delta), for 0 <= delta <= 0.11 (five terms: the sixth is below 1e-18 relative)."""
+    d2 = delta * delta
+    total = 0
+    for k in range(5, 0, -1):  # Horner in delta^2
+        total = total * d2 + (-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1)
+    return total * d2 * delta
 
 
 def _tile_work(xp, size, dtype, order):
@@ -393,7 +473,7 @@ class PopulationRisk:
             I = slice(i, min(ms, i + rows))
             for j in range(0, ms, cols):
                 J = slice(j, min(ms, j + cols))
-                tile = _ArccosTile(Ws[I], Ws[J], ns[I], ns[J], self.order, work, nonzero)
+                tile = _ArccosTile(Ws[I], Ws[J], ns[I], ns[J], self.order, work, nonzero, same=i == j)
                 energy += float(at[I] @ (tile.kernel() @ at[J]))
         self._teacher_energy = 0.5 * self._scale * energy
         # what every call needs of the teacher, computed once as its energy is: a*, |w*|, 1 / |w*|, whether no w* is 0
@@ -474,7 +554,7 @@ class PopulationRisk:
                 if need_grad:
                     field[I] -= tile.field(at[L])
             for J in blocks[bi:]:
-                tile = _ArccosTile(W[I], W[J], nw[I], nw[J], self.order, work, nonzero_w)
+                tile = _ArccosTile(W[I], W[J], nw[I], nw[J], self.order, work, nonzero_w, same=J is I)
                 K = tile.kernel()
                 student[I] += K @ a[J]
                 if J is not I:

@@ -1278,3 +1278,67 @@ def test_a_subclass_of_a_risk_that_overrides_value_and_grad_drives_every_step_of
         a, W = a - 0.05 * 8 * (ga + lam * a / 8), W - 0.05 * 8 * gW
     np.testing.assert_allclose(own.a, a, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(own.W, W, rtol=1e-12, atol=1e-14)
+
+
+def _mp_unit(x):
+    import mpmath
+    x = [mpmath.mpf(float(t)) for t in x]
+    n = mpmath.sqrt(sum(t * t for t in x))
+    return [t / n for t in x], n
+
+
+@pytest.mark.parametrize("theta", [0.3, 0.05, 0.02, 1e-3, 1e-5, 3e-6])
+def test_step_field_of_a_nearly_parallel_float32_pair_is_accurate_to_eps32_over_sin_squared(theta):
+    """grad_w K(w, v) = (v/|v| - cos th w/|w|) / (2 pi |w| sin th) for the step kernel K = (pi - th) / (2 pi): a
+    vector of size 1 / (2 pi |w|) whatever th > 0. One student particle w (a = 1, gamma = 1) at th from one teacher
+    neuron v (a* = 1, gamma* = 1), so that grad_W = -grad_w K(w, v); expected from mpmath (40 digits) on the stored
+    float32 numbers. Before, float32 took sin th from sqrt(1 - cos^2) above 0.015 and cancelled v/|v| against
+    cos th w/|w| in matrix products: 1e2 to 1e5 eps32 off from 0.05 to 1e-5 (one pair, d = 10), and 0 (100%) below
+    7.6e-6 rad.
+    Tolerance: below sin th = 0.015 (flows._WIDE_SINE) the tile is computed in float64, 8 eps32 relative (rounded to
+    float32 in a few products: 1/|w|, a, gamma); above, in float32 from the Gram matrix, 2 eps32 / sin^2 th (the
+    error of sqrt(1 - cos^2) relative to sin th; measured 1.3 eps32 / sin^2 th at most over five draws)."""
+    import mpmath
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(10)
+    u = rng.standard_normal(10)
+    u -= (u @ w) / (w @ w) * w
+    v = 1.7 * (np.cos(theta) * w / np.linalg.norm(w) + np.sin(theta) * u / np.linalg.norm(u))
+    w32, v32 = w.astype(np.float32), v.astype(np.float32)
+    teacher = TwoLayer(np.ones(1, np.float32), v32[None, :], activation="step", gamma=1.0)
+    student = TwoLayer(np.ones(1, np.float32), w32[None, :], activation="step", gamma=1.0)
+    grad_W = PopulationRisk(teacher).value_and_grad(student)[2][0]
+    with mpmath.workdps(40):
+        (wh, nw), (vh, _) = _mp_unit(w32), _mp_unit(v32)
+        cos = sum(x * y for x, y in zip(wh, vh))
+        p = [y - cos * x for x, y in zip(wh, vh)]
+        size = mpmath.sqrt(sum(t * t for t in p))
+        expected = np.array([float(-t / (2 * mpmath.pi * nw * size)) for t in p])
+    tol = 8 if np.sin(theta) < 0.015 else 2 / np.sin(theta) ** 2
+    assert grad_W.dtype == np.float32
+    assert np.linalg.norm(grad_W - expected) <= tol * np.finfo(np.float32).eps * np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+@pytest.mark.parametrize("delta", [1e-2, 1e-3, 1e-4])
+def test_arc_cosine_kernel_of_nearly_antiparallel_float32_pairs_is_accurate_relative_to_its_size(activation, delta):
+    """K(w, v) for w = e1 and v = -e1 + delta e2 (stored exactly up to delta's rounding), th = pi - atan(delta):
+    relu K = |w||v| (sin th + (pi - th) cos th) / (2 pi) ~ delta^3 / (6 pi), step K = (pi - th) / (2 pi). Read off
+    grad_a = -gamma gamma* a* K(w, v) of a student with a = 0 against the teacher neuron v. Expected from mpmath on
+    the stored float32 numbers. Before, float32 took (pi - th) / (2 pi) as 1/2 - th / (2 pi) and the relu kernel as
+    a difference of terms of size delta: relu 3.5e4 to 1.7e11 eps32 off, step up to 555 eps32. Tolerance 8 eps32
+    relative: the values are well conditioned in these exact inputs (condition number 1 to 3)."""
+    import mpmath
+    w32 = np.array([1, 0, 0], np.float32)
+    v32 = np.array([-1, delta, 0], np.float32)
+    teacher = TwoLayer(np.ones(1, np.float32), v32[None, :], activation=activation, gamma=1.0)
+    student = TwoLayer(np.zeros(1, np.float32), w32[None, :], activation=activation, gamma=1.0)
+    grad_a = PopulationRisk(teacher).value_and_grad(student)[1][0]
+    with mpmath.workdps(40):
+        (wh, nw), (vh, nv) = _mp_unit(w32), _mp_unit(v32)
+        G = sum(x * y for x, y in zip(wh, vh))
+        cross = mpmath.sqrt(sum(t * t for t in [y - G * x for x, y in zip(wh, vh)]))
+        rest = mpmath.atan2(cross, -G)  # pi - th
+        K = rest / (2 * mpmath.pi) if activation == "step" else nw * nv * (cross - rest * (-G)) / (2 * mpmath.pi)
+    assert grad_a.dtype == np.float32
+    assert abs(float(grad_a) + float(K)) <= 8 * np.finfo(np.float32).eps * float(K)
