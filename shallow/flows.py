@@ -236,13 +236,16 @@ class _ArccosTile:
         # relative one of eps / sin^2 th (the step field's size is 1 / sin th). In float64 the pairs with sin th
         # below _NEAR_SINE (nearly parallel or antiparallel: duplicated or converged particles) are recomputed
         # from the vectors, sin th = |v/|v| - cos th w/|w||; their step field is made pair by pair
-        # (:meth:`_near_field`), their relu kernel near th = pi by a series. A float32 tile with a pair below
+        # (:meth:`_near_field`), their relu kernel near th = pi by a series. A float32 step tile with a pair below
         # _WIDE_SINE is computed in float64 as a whole (``wide``): pair by pair, the clustered particles of a
-        # converging flow made it 10 to 70 times slower (m = 2000, d = 10 to 100, pairs at 0.004 to 0.04 rad).
+        # converging flow made it 10 to 70 times slower (m = 2000, d = 10 to 100, pairs at 0.004 to 0.04 rad). The
+        # relu field has no 1 / sin th: a float32 relu tile recomputes its pairs below _WIDE_SINE (sin th to a few
+        # eps32), as a float64 tile those below _NEAR_SINE.
         self.same, self.wide = same, None
         if same:  # V is W: a particle with itself, th = 0 exactly, is not recomputed (nor is its field made)
             xp.fill_diagonal(sin_abs, 1)
-        if W.dtype != np.float64 and bool(xp.any(xp.less(sin_abs, _WIDE_SINE, out=self._out("mask")))):
+        single = W.dtype != np.float64
+        if single and order == 0 and bool(xp.any(xp.less(sin_abs, _WIDE_SINE, out=self._out("mask")))):
             wide = None if work is None else work.get("float64")
             if work is not None and wide is None:
                 wide = work["float64"] = _tile_work(xp, work["G"].shape[0], np.float64, order)
@@ -250,7 +253,7 @@ class _ArccosTile:
             self.wide = _ArccosTile(W64, V64, xp.linalg.norm(W64, axis=1), xp.linalg.norm(V64, axis=1), order, wide,
                                     nonzero, same=same)
             return
-        near = xp.nonzero(xp.less(sin_abs, _NEAR_SINE, out=self._out("mask"))) if W.dtype == np.float64 else ((),)
+        near = xp.nonzero(xp.less(sin_abs, _WIDE_SINE if single else _NEAR_SINE, out=self._out("mask")))
         self.near = near if len(near[0]) else None
         if self.near is not None:
             step = max(1, _PAIR_CHUNK // max(W.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
@@ -355,11 +358,12 @@ class _ArccosTile:
 #: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th and the step field made from their
 #: vectors, pair by pair: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
 _NEAR_SINE = 1e-4
-#: A float32 tile with a pair of sin th below this is computed in float64 (to 8 eps32 relative, where the step
+#: A float32 step tile with a pair of sin th below this is computed in float64 (to 8 eps32 relative, where the step
 #: field was 1e2 to 1e5 eps32 off, and 0 below 7.6e-6 rad); elsewhere sqrt(1 - cos^2) and the matrix products leave
 #: about 1.3 eps32 / sin^2 th relative in sin th and the step field, at most 6e3 eps32 = 3.5e-4. A cut of 0.1 (1e2
-#: eps32 at most) made float32 2.1 to 2.5 times slower where particles cluster at 0.03 rad and in d = 2, 3 (every
-#: tile promoted): float32 is chosen for speed, at the price of up to 3.5e-4 relative in the field of close pairs.
+#: eps32 at most) made float32 2.1 to 2.5 times slower where particles cluster at 0.03 rad: float32 is chosen for
+#: speed, at the price of up to 3.5e-4 relative in the field of close pairs. In d = 2 and 3 nearly every tile of
+#: a few hundred random particles has such a pair: a float32 step risk there costs about a float64 one (2.2x).
 _WIDE_SINE = 0.015
 _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs per chunk
 #: Below this |p| = sin th (in float64, from unit vectors) a pair counts as exactly (anti)parallel, its step
