@@ -35,7 +35,7 @@ from .graph import CapturedStep
 from .group import (GaborFit, P4Conv2d, P4GroupPool, P4LiftConv2d, circular_convolution, commutator_defect,
                     commutes_with_translations, convolution_defect, convolution_kernel, deform_nearest, fit_gabor,
                     gabor_filter, p4_cnn, rotate_images, rotate_p4, translate)
-from .layers import Activation, Dropout, Flatten, Identity, Layer, Linear, Residual, Sequential
+from .layers import Activation, Dropout, Flatten, Identity, Layer, Linear, Residual, Sequential, no_cache
 from .linearize import Linearized, linearize, tangent_kernel
 from .losses import CrossEntropy, SquareLoss, accuracy, log_softmax
 from .models import Model, build_model, relative_change, resnet_small, snapshot, vgg_small
@@ -54,7 +54,7 @@ from .train import History, TrainingDivergedError, evaluate, fit, load_checkpoin
 from .wavelets import filter_bank, littlewood_paley, wavelet_transform
 
 __all__ = [
-    "Layer", "Sequential", "Linear", "Activation", "Flatten", "Dropout", "Residual", "Identity",
+    "Layer", "Sequential", "Linear", "Activation", "Flatten", "Dropout", "Residual", "Identity", "no_cache",
     "Conv2d", "conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm2d",
     "CrossEntropy", "SquareLoss", "log_softmax", "accuracy",
     "SGD", "Adam", "Constant", "StepDecay", "Cosine",

@@ -9,6 +9,13 @@ A :class:`Layer` is a map y = f(x; theta) on a batch. It implements three method
   Jacobian-vector product (forward-mode derivative), and caches like ``forward`` so that a
   ``backward`` may follow. It is what :func:`shallow.cnn.linearize` is built on.
 
+Inference keeps no caches: within ``with no_cache(model):`` (what :func:`~shallow.cnn.train.predict`
+and :func:`~shallow.cnn.train.evaluate` use) every layer releases its cache as soon as its own
+``forward`` (or ``jvp``) returns, so a pass holds one layer's cache and its input and output at a
+time instead of the caches of all layers, and nothing stays cached afterwards; a ``backward`` then
+raises (there is no pass to differentiate). The switch applies to every layer that runs inside the
+block, sub-layers that a layer keeps outside :meth:`Layer.children` included.
+
 The base class checks the shapes of what the three receive, for every subclass (its
 ``__init_subclass__`` wraps them): ``backward`` refuses a dy of another shape than the last output,
 ``jvp`` a tx of another shape than x and a parameter tangent of another shape than its parameter.
@@ -50,6 +57,8 @@ References
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
@@ -72,6 +81,7 @@ __all__ = [
     "Residual",
     "Identity",
     "init_weight",
+    "no_cache",
 ]
 
 #: ``dtype`` as a numpy dtype, float32 or float64 (the shared check, under the name the layers use).
@@ -143,14 +153,83 @@ def check_batch(x, name: str = "x"):
 
 
 def _missing_cache(layer):
-    return RuntimeError(f"{type(layer).__name__}.backward was called before forward: "
-                        "run forward (or jvp) on the batch first")
+    return RuntimeError(f"{type(layer).__name__}.backward was called before forward, or after a pass within "
+                        "no_cache (predict, evaluate), which keeps no cache: run forward (or jvp) on the batch "
+                        "first, outside no_cache")
+
+
+#: True within :func:`no_cache`: layers release their caches when their forward (or jvp) returns.
+_NO_CACHE = contextvars.ContextVar("shallow_cnn_no_cache", default=False)
+
+
+def caching() -> bool:
+    """Whether forward passes keep caches for a backward pass now (False within :func:`no_cache`).
+
+    A layer whose cache costs work or memory beyond its output may consult it in ``forward`` and
+    build none; whatever it builds is released anyway.
+    """
+    return not _NO_CACHE.get()
+
+
+@contextlib.contextmanager
+def no_cache(model):
+    """Within: forward passes keep no caches for a backward pass (inference); yields ``model``.
+
+    On entry the caches of ``model``'s tree are released; within (a context variable: this thread
+    only), every layer that runs (of this model or not, sub-layers outside
+    :meth:`Layer.children` included) releases its cache and
+    recorded output shape when its own outermost ``forward`` or ``jvp`` call returns. A pass then
+    holds the cache of one layer at a time (besides its input and output) instead of those of all
+    layers, and nothing stays cached after it: a ``backward`` raises until a forward pass outside
+    the block. The outputs are the same numbers as with caches.
+
+    Parameters
+    ----------
+    model : Layer
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn import build_model
+    >>> model = build_model("vgg", (8, 8), 10, width=4, rng=0).eval()
+    >>> x = np.zeros((2, 8, 8, 1))
+    >>> with no_cache(model):
+    ...     y = model(x)
+    >>> bool((y == model(x)).all())
+    True
+    """
+    check_layer(model)
+    for _, layer in model.named_layers():
+        layer._cache = layer._out_shape = None
+    token = _NO_CACHE.set(True)
+    try:
+        yield model
+    finally:
+        _NO_CACHE.reset(token)
+
+
+def _releasing(method, self, args, kwargs):
+    """``method(self, *args, **kwargs)`` within :func:`no_cache`: the layer's cache (and recorded
+    output shape) released when its outermost call returns. Calls nested on the same layer (a
+    ``jvp`` that calls its own ``forward`` and then reads the cache, a subclass's ``forward`` that
+    calls its parent's) find the cache in place."""
+    depth = self.__dict__.get("_depth", 0)
+    self._depth = depth + 1
+    try:
+        return method(self, *args, **kwargs)
+    finally:
+        self._depth = depth
+        if depth == 0:
+            self._cache = self._out_shape = None
 
 
 def _recording_output_shape(forward):
-    """``forward`` that also records the shape of its output, against which backward checks dy."""
+    """``forward`` that also records the shape of its output, against which backward checks dy
+    (and, within :func:`no_cache`, releases the layer's cache)."""
     @functools.wraps(forward)
     def recorded(self, x, *args, **kwargs):
+        if _NO_CACHE.get():
+            return _releasing(forward, self, (x, *args), kwargs)
         y = forward(self, x, *args, **kwargs)
         self._out_shape = getattr(y, "shape", None)
         return y
@@ -189,6 +268,8 @@ def _checking_tangents(jvp):
             if t is not None and p is not None and getattr(t, "shape", None) != p.shape:
                 raise ValueError(f"tparams[{name!r}] has shape {_shape_of(t)} but the parameter {name!r} has shape "
                                  f"{tuple(p.shape)} ({type(self).__name__}.jvp)")
+        if _NO_CACHE.get():
+            return _releasing(jvp, self, (x, *args), kwargs)
         y, ty = jvp(self, x, *args, **kwargs)
         self._out_shape = getattr(y, "shape", None)
         return y, ty

@@ -142,6 +142,7 @@ from .layers import (
     Residual,
     Sequential,
     check_layer,
+    no_cache,
 )
 from .losses import check_labels, cross_entropy_per_sample
 from .models import Model, check_images
@@ -1182,7 +1183,23 @@ def _loss_and_input_grad(model, X, y, loss, need_grad=True):
     return value, model.backward(dz), z
 
 
-def input_gradient(model, X, y, *, loss="ce"):
+def _batched_loss_and_input_grad(model, X, y, loss, batch_size):
+    """(l, g) of :func:`_loss_and_input_grad` on the whole of X, computed batch_size images at a
+    time (in eval mode: each image's numbers do not depend on the others in its batch)."""
+    xp = get_xp(X)
+    N = X.shape[0]
+    values, G = [], None
+    for s in range(0, N, batch_size):
+        value, g, _ = _loss_and_input_grad(model, X[s:s + batch_size], y[s:s + batch_size], loss)
+        if G is None:
+            G = xp.empty((N,) + tuple(g.shape[1:]), dtype=g.dtype)  # (N, H, W, C)
+        G[s:s + batch_size] = g
+        values.append(value)
+        del g
+    return xp.concatenate(values), G
+
+
+def input_gradient(model, X, y, *, loss="ce", batch_size=256):
     r"""The per-image loss l(x_n, y_n) and its input gradient grad_x l, in eval mode.
 
     Parameters
@@ -1194,6 +1211,12 @@ def input_gradient(model, X, y, *, loss="ce"):
         Cross-entropy logsumexp(f(x)) - f_y(x), or the margin max_{j != y} f_j(x) - f_y(x)
         (positive exactly when x is misclassified; its gradient is e_j* - e_y through J_f, with
         j* the first maximising class).
+    batch_size : int
+        Images per forward and backward pass: the memory of the passes is that of batch_size
+        images, whatever N. In eval mode each image's loss and gradient are computations on that
+        image alone, the same whatever batch_size, up to the rounding of the matrix products: a
+        BLAS may choose its kernels (and so its order of summation) by a product's size, which
+        grows with the batch (an ulp or two of the outputs).
 
     Returns
     -------
@@ -1201,12 +1224,12 @@ def input_gradient(model, X, y, *, loss="ce"):
         Each image's own loss and gradient (not divided by N).
     """
     loss = _check_loss(loss)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X)
     with _EvalMode(model):
         n_classes = getattr(model, "n_classes", None) or int(model.forward(X[:1]).shape[1])
         y = get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
-        value, g, _ = _loss_and_input_grad(model, X, y, loss)
-    return value, get_xp(X).array(g)
+        return _batched_loss_and_input_grad(model, X, y, loss, batch_size)
 
 
 # ============================================================================= attacks
@@ -1245,7 +1268,7 @@ def _labels(model, X, y):
     return get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
 
 
-def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None):
+def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None, batch_size=256):
     r"""The fast gradient (sign) method: x + eps step(grad_x l(x, y)), one step, in eval mode.
 
     Parameters
@@ -1260,19 +1283,25 @@ def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None):
     loss : {"ce", "margin"}
     clip : None or (lo, hi)
         Box of valid pixel values, which must contain X (a ValueError otherwise).
+    batch_size : int
+        Images per forward and backward pass (the memory of the passes is that of batch_size
+        images); the result does not depend on it but for the rounding of the matrix products
+        (:func:`input_gradient`), which a sign step (Linf) may amplify where a gradient entry is
+        within rounding of 0.
 
     Returns
     -------
     array of X's shape
     """
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X)
     _check_in_box(X, clip)
     xp = get_xp(X)
     eps = _check_eps(eps, X.shape[0], xp, X.dtype)
     y = _labels(model, X, y)
     with _EvalMode(model):
-        _, g, _ = _loss_and_input_grad(model, X, y, loss)
+        _, g = _batched_loss_and_input_grad(model, X, y, loss, batch_size)
     out = X + eps.reshape(-1, 1, 1, 1) * _direction(g, norm)
     return out if clip is None else xp.clip(out, clip[0], clip[1])
 
@@ -1293,7 +1322,7 @@ def _random_start(X, eps, norm, rng):
 
 
 def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=False, rng=None, loss="ce",
-        clip=None, return_history=False):
+        clip=None, return_history=False, batch_size=256):
     r"""Projected gradient ascent of the loss in the eps-ball around each image (Madry et al. 2018).
 
     Parameters
@@ -1322,6 +1351,12 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     return_history : bool
         Also return a dict with ``"loss"`` (T + 1, N): l(x_t) at every iterate x_0 .. x_T, and
         ``"best_loss"`` (T + 1, N): its running maximum.
+    batch_size : int
+        Images attacked together: the T steps run on one batch of images, then on the next, so
+        that the memory of the passes is that of batch_size images whatever N. The attack of an
+        image depends on that image alone (eval mode; the random starts are drawn for all images
+        first), so the result does not depend on batch_size but for the rounding of the matrix
+        products (:func:`input_gradient`, :func:`fgsm`).
 
     Returns
     -------
@@ -1341,6 +1376,7 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     """
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     steps = check_integer(steps, "steps", minimum=0)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X)
     _check_in_box(X, clip)
     xp = get_xp(X)
@@ -1354,35 +1390,58 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     y = _labels(model, X, y)
     rng = check_random_state(rng)
     random_start = check_bool(random_start, "random_start")
-    x = _random_start(X, eps, norm, rng) if random_start else X.copy()
+    x = _random_start(X, eps, norm, rng) if random_start else X  # x is never written in place
     if random_start:
         x = _project(x, X, eps, norm, clip)
-    losses, bests = [], []
+    best = xp.empty_like(X)
+    history = None
     with _EvalMode(model):
-        best, best_loss = x.copy(), None
-        for t in range(steps + 1):
-            value, g, _ = _loss_and_input_grad(model, x, y, loss, need_grad=t < steps)
-            if best_loss is None:
-                best_loss = value.copy()
-            else:
-                better = value > best_loss
-                best[better] = x[better]
-                best_loss = xp.where(better, value, best_loss)
-            losses.append(value)
-            bests.append(best_loss.copy())
-            if t < steps:
-                x = _project(x + s * _direction(g, norm), X, eps, norm, clip)
+        for b in range(0, N, batch_size):
+            rows = slice(b, b + batch_size)
+            best[rows], losses, bests = _pgd_batch(model, X[rows], x[rows], y[rows], eps[rows], s[rows], steps,
+                                                   norm, loss, clip)
+            if return_history:
+                if history is None:
+                    history = {key: xp.empty((steps + 1, N), dtype=a.dtype)  # (T + 1, N)
+                               for key, a in (("loss", losses), ("best_loss", bests))}
+                history["loss"][:, rows] = losses
+                history["best_loss"][:, rows] = bests
     if return_history:
-        return best, {"loss": xp.stack(losses), "best_loss": xp.stack(bests)}
+        return best, history
     return best
 
 
-def _predict(model, X):
-    with _EvalMode(model):
-        return get_xp(X).argmax(model.forward(X), axis=1)
+def _pgd_batch(model, X, x, y, eps, s, steps, norm, loss, clip):
+    """The T steps of :func:`pgd` on one batch, from the starts x: (best iterates, losses (T + 1, B),
+    running maxima (T + 1, B))."""
+    xp = get_xp(X)
+    losses, bests = [], []
+    best, best_loss = x.copy(), None
+    for t in range(steps + 1):
+        value, g, _ = _loss_and_input_grad(model, x, y, loss, need_grad=t < steps)
+        if best_loss is None:
+            best_loss = value.copy()
+        else:
+            better = value > best_loss
+            best[better] = x[better]
+            best_loss = xp.where(better, value, best_loss)
+        losses.append(value)
+        bests.append(best_loss.copy())
+        if t < steps:
+            x = _project(x + s * _direction(g, norm), X, eps, norm, clip)
+    return best, xp.stack(losses), xp.stack(bests)
 
 
-def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps=20, loss="margin", clip=None):
+def _predict(model, X, batch_size=256):
+    """argmax f(x) for each image, in eval mode, batch_size images per pass, keeping no caches."""
+    xp = get_xp(X)
+    with _EvalMode(model), no_cache(model):
+        return xp.concatenate([xp.argmax(model.forward(X[b:b + batch_size]), axis=1)
+                               for b in range(0, X.shape[0], batch_size)])
+
+
+def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps=20, loss="margin", clip=None,
+                         batch_size=256):
     r"""The smallest radius at which PGD changes each image's prediction, by bisection on eps.
 
     Parameters
@@ -1402,6 +1461,10 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     loss : {"margin", "ce"}
     clip : None or (lo, hi)
         Box of valid pixel values, which must contain X (a ValueError otherwise).
+    batch_size : int
+        Images per pass of the attacks and predictions (:func:`pgd`): the memory of the passes
+        is that of batch_size images; the result does not depend on it but for rounding
+        (:func:`pgd`).
 
     Returns
     -------
@@ -1416,6 +1479,7 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     n_bisect = check_integer(n_bisect, "n_bisect", minimum=0)
     steps = check_integer(steps, "steps", minimum=0)  # as pgd: checked here, not only once a sample is right
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X)
     _check_in_box(X, clip)
     xp = get_xp(X)
@@ -1423,15 +1487,15 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     y = _labels(model, X, y)
     radius = xp.full(N, xp.inf, dtype=xp.float64)
     X_adv = X.copy()
-    clean_wrong = _predict(model, X) != y
+    clean_wrong = _predict(model, X, batch_size) != y
     radius[clean_wrong] = 0
     idx = xp.flatnonzero(~clean_wrong)
     if idx.size == 0:
         return radius, X_adv
-    kw = {"norm": norm, "steps": steps, "loss": loss, "clip": clip}
+    kw = {"norm": norm, "steps": steps, "loss": loss, "clip": clip, "batch_size": batch_size}
     Xa, ya = X[idx], y[idx]
     adv = pgd(model, Xa, ya, eps_max, **kw)
-    ok = _predict(model, adv) != ya
+    ok = _predict(model, adv, batch_size) != ya
     idx, Xa, ya, adv = idx[ok], Xa[ok], ya[ok], adv[ok]
     lo = xp.zeros(idx.size, dtype=xp.float64)
     hi = xp.full(idx.size, eps_max, dtype=xp.float64)
@@ -1440,7 +1504,7 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
             break
         mid = 0.5 * (lo + hi)
         trial = pgd(model, Xa, ya, mid, **kw)
-        ok = _predict(model, trial) != ya
+        ok = _predict(model, trial, batch_size) != ya
         hi = xp.where(ok, mid, hi)
         lo = xp.where(ok, lo, mid)
         adv[ok] = trial[ok]

@@ -101,7 +101,7 @@ import numpy as np
 
 from .._validation import check_array, check_integer, check_positive
 from ..backend import get_xp, to_device
-from .layers import Layer, _missing_cache, check_batch
+from .layers import Layer, _missing_cache, caching, check_batch
 from .models import check_images
 from .ridge import RidgeClassifier
 from .wavelets import FilterBank, _image_exponents, _reflect, check_grid_shape, filter_bank
@@ -761,8 +761,9 @@ class ScatteringLayer(Layer):
         x = S._check_nhwc(x, "x", finite=self.check_inputs)
         N, _, _, C = x.shape
         xb = x.transpose(0, 3, 1, 2).reshape(N * C, *S.shape)
-        Sx, _, caches = S._run_blocks(xb, keep=True)
-        self._cache = (xb, caches, N, C)
+        keep = caching()  # no_cache: not the intermediates of every block
+        Sx, _, caches = S._run_blocks(xb, keep=keep)
+        self._cache = (xb, caches, N, C) if keep else None
         return S._to_nhwc(Sx, N, C)
 
     def backward(self, dy, need_input_grad=True):

@@ -54,7 +54,7 @@ from ..backend import array_digest, get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
-from .layers import _running_buffers, _shape_of, check_layer
+from .layers import _running_buffers, _shape_of, check_layer, no_cache
 from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
 from .models import _inputs_checked, _n_outputs, check_images
 from .optim import SGD, Optimizer
@@ -343,6 +343,13 @@ def predict(model, X, *, batch_size=512):
     Returns
     -------
     array of shape (n, K)
+
+    Notes
+    -----
+    The passes run within :func:`~shallow.cnn.layers.no_cache`: each layer releases its cache
+    when it has run, so the memory beyond X and the outputs is about the activations of two
+    consecutive layers for one batch, and no cache is left afterwards (a ``backward`` raises
+    until the next forward pass).
     """
     check_layer(model)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
@@ -351,7 +358,8 @@ def predict(model, X, *, batch_size=512):
     mode = model.training
     model.eval()
     try:
-        outs = [model.forward(X[k:k + batch_size]) for k in range(0, X.shape[0], batch_size)]
+        with no_cache(model):
+            outs = [model.forward(X[k:k + batch_size]) for k in range(0, X.shape[0], batch_size)]
     finally:
         model.train(mode)
     return xp.concatenate(outs) if outs else xp.zeros((0, getattr(model, "n_classes", 0)), dtype=model.dtype)
@@ -375,6 +383,10 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     -------
     (float, float)
         The mean loss and the accuracy (NaN for real targets, and where the loss is NaN).
+
+    Notes
+    -----
+    The outputs are those of :func:`predict`, which keeps no caches (a ``backward`` afterwards raises).
     """
     loss = _check_loss(loss)
     out = predict(model, X, batch_size=batch_size)

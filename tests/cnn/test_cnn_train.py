@@ -582,3 +582,91 @@ def test_history_lr_is_the_rate_of_each_epochs_last_step():
     opt = SGD(model.named_parameters(), lr=StepDecay(0.01, step_size=1, gamma=0.5))
     history = fit(model, X, y, optimizer=opt, epochs=3, batch_size=2, rng=0)
     assert history.lr == [0.01 / 2 ** (3 * e - 1) for e in (1, 2, 3)]
+
+
+# ----------------------------------------------------------------------------- inference keeps no caches
+
+def _inference_models():
+    """Models whose layers cache in every way: batch norm, pooling, dropout, residual blocks, an i-RevNet
+    that recomputes, a scattering layer, p4 convolutions (whose Conv2d is no child), a linearised model (jvp)."""
+    from shallow.cnn import ScatteringLayer, irevnet_small, p4_cnn
+    base = build_model("vgg", (8, 8, 1), 10, width=3, rng=0, dropout=0.3)
+    return {
+        "vgg": base,
+        "resnet": build_model("resnet", (8, 8, 1), 10, width=4, rng=1, centering="antisymmetric"),
+        "irevnet_recompute": irevnet_small((8, 8, 1), 10, width=4, blocks=1, rng=2, recompute=True),
+        "scattering": Sequential(ScatteringLayer(1, (8, 8), L=4), Flatten(), Linear(4 * 4 * 5, 10, rng=3)),
+        "p4": p4_cnn((8, 8, 1), 10, width=2, rng=4),
+        "linearized": linearize(base),
+    }
+
+
+def _all_layers(model):
+    """The layers of the tree and the Conv2d that a p4 convolution keeps outside its children."""
+    layers = [layer for _, layer in model.named_layers()]
+    return layers + [layer.conv for layer in layers if hasattr(layer, "conv")]
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet", "irevnet_recompute", "scattering", "p4", "linearized"])
+def test_predict_and_evaluate_without_caches_equal_the_cached_eval_forward_bitwise(name):
+    # Releasing a layer's cache once it has run changes no operation of the pass: the outputs of predict are
+    # the same floats as those of forward in eval mode (which caches), batch by batch, and evaluate's loss and
+    # accuracy are those of these outputs. Nothing stays cached afterwards.
+    from shallow.cnn import CrossEntropy, accuracy
+    model = _inference_models()[name]
+    rng = np.random.default_rng(40)
+    X, y = rng.standard_normal((7, 8, 8, 1)), rng.integers(0, 10, 7)
+    model.eval()
+    cached = np.concatenate([model.forward(X[k:k + 3]) for k in range(0, 7, 3)])
+    model.train()
+    out = predict(model, X, batch_size=3)
+    np.testing.assert_array_equal(out, cached)
+    assert model.training  # the mode is restored
+    assert all(layer._cache is None for layer in _all_layers(model))
+    value, acc = evaluate(model, X, y, batch_size=3)
+    assert value == CrossEntropy().value_and_grad(cached, y)[0]
+    assert acc == accuracy(cached, y)
+
+
+def test_backward_after_a_pass_without_caches_raises():
+    # predict and evaluate keep no caches, so there is nothing to differentiate: backward refuses (a Dropout
+    # last, whose cache is None in eval mode anyway, included) until a forward pass outside no_cache
+    from shallow.cnn import no_cache
+    rng = np.random.default_rng(41)
+    X = rng.standard_normal((4, 8, 8, 1))
+    for model in (build_model("vgg", (8, 8, 1), 10, width=2, rng=0),
+                  Sequential(Flatten(), Linear(64, 10, rng=0), Dropout(0.5, rng=0))):
+        model.forward(X)  # a cached pass first: predict releases its caches too
+        predict(model, X)
+        with pytest.raises(RuntimeError, match="within no_cache"):
+            model.backward(np.ones((4, 10)))
+        with no_cache(model):
+            model.forward(X)
+            with pytest.raises(RuntimeError, match="within no_cache"):
+                model.backward(np.ones((4, 10)))
+        model.forward(X)
+        assert model.backward(np.ones((4, 10))).shape == X.shape
+
+
+def test_predict_peak_memory_is_a_few_activations_not_every_layers_cache():
+    # A VGG (16 x 16 x 3 images, width 16, float32), one batch of 64: its largest activation is
+    # A = 64 * 16 * 16 * 16 * 4 bytes = 1 MiB, at each of its 7 layers of the first stage, and the eval-mode
+    # forward that caches holds about 10 A at its peak (every layer's cache: the padded inputs of the
+    # convolutions, the centred inputs of the batch norms, the relu masks, ...), measured by tracemalloc,
+    # which sees numpy's allocations. Releasing each cache once its layer has run leaves a layer's input,
+    # its output and its temporaries, about 3.3 A; the bound 6 A leaves room for another BLAS or numpy.
+    # Once predict has returned it holds nothing but its (64, 10) outputs.
+    import tracemalloc
+    model = build_model("vgg", (16, 16, 3), 10, width=16, rng=0, dtype=np.float32)
+    X = np.random.default_rng(42).standard_normal((64, 16, 16, 3)).astype(np.float32)
+    predict(model, X, batch_size=64)  # the convolutions' plans, made once per shape
+    A = 64 * 16 * 16 * 16 * 4
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        out = predict(model, X, batch_size=64)
+        held, peak = (m - start for m in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 * A
+    assert held < out.nbytes + A / 64

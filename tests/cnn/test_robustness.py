@@ -1229,3 +1229,62 @@ def test_product_bound_of_an_activation_is_its_largest_slope(name):
     t = np.arange(-3.0, 3.0 + h / 2, h)
     slope = np.max((f(t + h) - f(t - h)) / (2 * h))
     assert lipschitz_upper_bound(Sequential(Activation(name)), (1,)) == pytest.approx(slope, rel=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_attacks_in_batches_are_the_attacks_on_all_images_at_once(batch_size):
+    # In eval mode the loss of an image, its gradient and the steps of an attack on it are computations on
+    # that image alone (batch norm uses its running statistics, the random starts are drawn for all images
+    # first): the same operations whatever the batch. Only the rounding of the matrix products may change:
+    # OpenBLAS picks its small-matrix or its packed kernels by the size of a product, which grows with the
+    # batch, and they sum the same terms in another order (observed: a convolution's output 1 ulp apart for
+    # one image against eleven). Sums of at most 9 * 3 terms of O(1) in float64 through 8 layers: 1e-12
+    # relative bounds it with a wide margin. L2 steps, continuous in the gradient (a sign step would turn a
+    # 1-ulp difference of a near-zero gradient entry into a step of 2 s); the bisection's outcomes are exact.
+    model = _random_bn_vgg(60)
+    rng = np.random.default_rng(61)
+    X = rng.uniform(0, 1, (11, 8, 8, 1))
+    y = np.arange(11) % 3
+    eps = rng.uniform(0.05, 0.3, 11)
+    whole, batched = {}, {}
+    for out, b in ((whole, 11), (batched, batch_size)):
+        out["value"], out["gradient"] = input_gradient(model, X, y, loss="margin", batch_size=b)
+        out["fgsm"] = fgsm(model, X, y, eps, norm="2", clip=(0, 1), batch_size=b)
+        adv, history = pgd(model, X, y, eps, norm="2", steps=3, random_start=True, rng=0, clip=(0, 1),
+                           return_history=True, batch_size=b)
+        out["pgd"], out["pgd_loss"], out["pgd_best"] = adv, history["loss"], history["best_loss"]
+        out["radius"], out["X_adv"] = minimal_perturbation(model, X, y, eps_max=1.0, norm="2", n_bisect=3, steps=3,
+                                                           batch_size=b)
+    np.testing.assert_array_equal(batched["radius"], whole["radius"])
+    for key, value in whole.items():
+        np.testing.assert_allclose(batched[key], value, rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_attack_batch_size_must_be_a_positive_integer():
+    model = _random_bn_vgg(62)
+    X, y = np.zeros((2, 8, 8, 1)), np.zeros(2, int)
+    for attack in (lambda b: input_gradient(model, X, y, batch_size=b), lambda b: fgsm(model, X, y, 0.1, batch_size=b),
+                   lambda b: pgd(model, X, y, 0.1, batch_size=b),
+                   lambda b: minimal_perturbation(model, X, y, eps_max=1.0, batch_size=b)):
+        with pytest.raises(ValueError, match="batch_size"):
+            attack(0)
+
+
+def test_input_gradient_in_batches_holds_the_passes_of_one_batch():
+    # A VGG (16 x 16 x 3 images, width 16, float32) and 64 images: a forward and backward pass of b images
+    # peaks near 15 A_b, with A_b = b * 16 * 16 * 16 * 4 bytes its largest activation (every layer's cache,
+    # then the gradients), measured by tracemalloc. In batches of 8 the peak is that of one batch plus the
+    # (64,) + X.shape gradient (1.5 A_8): about 17.5 A_8; all 64 images at once reached 109 A_8. Bound 30 A_8.
+    import tracemalloc
+    model = vgg_small((16, 16, 3), 10, width=16, rng=0, dtype=np.float32)
+    X = np.random.default_rng(63).standard_normal((64, 16, 16, 3)).astype(np.float32)
+    y = np.arange(64) % 10
+    input_gradient(model, X[:8], y[:8], batch_size=8)  # the convolutions' plans, made once per shape
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        input_gradient(model, X, y, batch_size=8)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * (8 * 16 * 16 * 16 * 4)
