@@ -1,4 +1,4 @@
-r"""Signed measures on the sphere, networks as measures, and optimal-transport distances.
+r"""Signed measures on the sphere, networks as measures, optimal-transport distances, conditional gradient.
 
 A finite signed measure on S^{D-1} is a sum of Diracs mu = sum_j c_j delta_{theta_j} (weights c_j
 of any sign, atoms theta_j of unit norm). With a positively homogeneous activation of degree
@@ -25,6 +25,11 @@ The particle clouds of a network are given explicitly: ``net.particles()`` (the 
 is) or ``net.to_measure()`` (the measure on the sphere above, which depends only on f's
 representation, not on how mass is shared between a_j and |w_j|).
 
+Least squares over a ball of the variation norm, min (1/2n) sum_i (f_mu(x_i) - y_i)^2 subject to
+|mu|(S^{D-1}) <= R, are solved by conditional gradient (:func:`conditional_gradient`: classic,
+fully-corrective and sliding Frank-Wolfe, with the duality gap as a certificate), whose linear step is
+the best single neuron (:func:`best_neuron`) (Bach 2017, Sec. 2.5; Reference 6). Both run on the host.
+
 When the inputs are cupy arrays they are passed to POT as cupy arrays (POT picks its cupy backend):
 cost matrices, Sinkhorn iterations and projections stay on the device; POT's exact ``emd`` solver
 runs on the host (POT copies the cost matrix there and the result back).
@@ -43,6 +48,8 @@ References
    measures compared through mu^+ + nu^- and nu^+ + mu^-).
 5. N. Bonneel, J. Rabin, G. Peyre and H. Pfister, "Sliced and Radon Wasserstein barycenters of
    measures", JMIV 51, 2015 (sliced Wasserstein).
+6. Q. Denoyelle, V. Duval, G. Peyre and E. Soubies, "The sliding Frank-Wolfe algorithm and its
+   application to super-resolution microscopy", Inverse Problems 36, 2019, arXiv:1811.06416.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from ._validation import (
     check_integer,
     check_nonnegative,
     check_on_sphere,
+    check_points,
     check_positive,
     check_random_state,
     sphere_tolerance,
@@ -66,6 +74,7 @@ from ._validation import (
 from .backend import device_of, get_xp, row_norms, to_device, to_numpy
 from .harmonics import _zonal_quadratic_forms, num_harmonics
 from .networks import TwoLayer, _resolve_activation
+from .sphere import sample_sphere
 
 __all__ = [
     "Measure",
@@ -76,6 +85,8 @@ __all__ = [
     "wasserstein",
     "sliced_wasserstein",
     "unbalanced_distance",
+    "best_neuron",
+    "conditional_gradient",
 ]
 
 
@@ -951,3 +962,441 @@ def _zero_side(xp, A, a, B, b, p, reg, reg_m, numItermax, stopThr):
         return 0.0
     m = float(nonzero_w.sum())
     return reg_m * m - 0.5 * _uot(xp, nonzero_X, nonzero_w, nonzero_X, nonzero_w, p, reg, reg_m, numItermax, stopThr)
+
+
+# --------------------------------------------------------------------------- conditional gradient
+
+_VARIANTS = ("fully-corrective", "sliding", "classic")
+_STEP_RULES = ("line-search", "2/(t+2)")
+
+
+def _design(X, bias):
+    """The inputs as host float64 rows z_i, (x_i, 1) with a bias: shape (n, D)."""
+    Z = to_numpy(X).astype(np.float64, copy=False)
+    return np.hstack([Z, np.ones((Z.shape[0], 1))]) if bias else Z
+
+
+def _check_candidates(candidates, D):
+    """An int number of random directions, or a fixed dictionary (host float64 rows on S^{D-1})."""
+    if isinstance(candidates, numbers.Integral) and not isinstance(candidates, bool):
+        return check_integer(candidates, "candidates", minimum=1)
+    C = check_on_sphere(candidates, "candidates")
+    if C.shape[0] == 0 or C.shape[1] != D:
+        raise ValueError(f"candidates must be an int (random directions per oracle call) or a dictionary of shape "
+                         f"(m, {D}) with m >= 1 atoms on S^{D - 1}, got shape {tuple(C.shape)}")
+    return to_numpy(C).astype(np.float64)
+
+
+def best_neuron(r, X, *, activation="relu", candidates=1000, refine=20, subsample=None, bias=False, rng=None):
+    r"""The linear minimisation oracle of conditional gradient: argmax_theta |<r, sigma(<theta, X>)>| on the sphere.
+
+    Parameters
+    ----------
+    r : array of shape (n,)
+        A residual (or any weights on the data points).
+    X : array of shape (n, d)
+        Inputs (any rows of R^d: they need not lie on the sphere).
+    activation : str or activation object, default "relu"
+    candidates : int or array of shape (m, D)
+        Number of random directions drawn uniformly on S^{D-1} (then refined), or a fixed dictionary of
+        atoms, searched exactly (no refinement).
+    refine : int, default 20
+        Iterations of L-BFGS-B started at the best random direction, on theta -> -<r, sigma(<theta/|theta|,
+        x>)>^2; 0 keeps the best candidate. Ignored for a fixed dictionary.
+    subsample : int, optional
+        Search (candidates and refinement) on this many points drawn without replacement (always drawn when
+        given, even if n is smaller: a permutation); default all of them.
+    bias : bool, default False
+        Atoms on S^d in R^{d+1} acting on (x, 1).
+    rng : None, int or numpy.random.Generator
+        The subsample, then the candidates, are drawn from it, in that order.
+
+    Returns
+    -------
+    theta : numpy array of shape (D,)
+        A unit vector (float64, on the host), D = d (+ 1 with a bias).
+    value : float
+        (1/n) <r, sigma(<theta, X>)> over all n points, with its sign.
+
+    Notes
+    -----
+    For the square loss F(mu) = (1/2n) sum_i (f_mu(x_i) - y_i)^2 the first variation of F at mu is
+    F'(mu)(theta) = (1/n) sum_i r_i sigma(<theta, x_i>), r = f_mu(X) - y, and the linear minimisation over
+    {|nu|_TV <= R} is attained at -R sign(F'(theta*)) delta_{theta*}, theta* maximising |F'|: the best
+    single neuron (Bach 2017, Sec. 2.5 and 5). Over a fixed dictionary the search is exact. With random
+    candidates it is a heuristic, random directions then a local ascent: on the circle (d = 2) a thousand
+    candidates and the refinement find the maximum in practice; for d > 2 nothing guarantees the global
+    maximum (for relu the problem is hard in general, Bach 2017, Sec. 5).
+    Runs on the host (scipy's L-BFGS-B); device inputs are copied there.
+
+    References
+    ----------
+    1. F. Bach, arXiv:1412.8690, Sec. 2.5 (conditional gradient) and Sec. 5 (the incremental problem).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.eye(2); r = np.array([1.0, 0.0])
+    >>> theta, value = best_neuron(r, X, candidates=np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> theta, value
+    (array([1., 0.]), 0.5)
+    """
+    from scipy.optimize import minimize
+
+    sigma = _resolve_activation(activation)
+    Z = _design(check_points(X, "X"), check_bool(bias, "bias"))
+    n, D = Z.shape
+    if D < 2:
+        raise ValueError(f"X has shape {tuple(X.shape)}: atoms need D >= 2 coordinates to lie on S^(D-1) "
+                         "(use bias=True for inputs on the line)")
+    r = check_array(r, "r", ndim=1)
+    if r.shape[0] != n:
+        raise ValueError(f"r has shape {tuple(r.shape)} but X has n={n} rows: one residual per point")
+    r = to_numpy(r).astype(np.float64)
+    candidates = _check_candidates(candidates, D)
+    refine = check_integer(refine, "refine", minimum=0)
+    rng = check_random_state(rng)
+    if not isinstance(candidates, int):  # the exact search over a dictionary
+        corr = r @ sigma(Z @ candidates.T)  # (m,)
+        j = int(np.argmax(np.abs(corr)))
+        return candidates[j].copy(), float(corr[j]) / n
+    Zs, rs = Z, r
+    if subsample is not None:
+        sub = rng.choice(n, size=min(n, check_integer(subsample, "subsample", minimum=1)), replace=False)
+        Zs, rs = Z[sub], r[sub]
+    C = sample_sphere(candidates, D, rng=rng)  # (candidates, D)
+    theta = C[np.argmax(np.abs(rs @ sigma(Zs @ C.T)))]
+    if refine:
+        def objective(w):
+            nw = np.linalg.norm(w)
+            u = w / nw
+            z = Zs @ u
+            corr = rs @ sigma(z)
+            g_u = (rs * sigma.derivative(z)) @ Zs  # d corr / d u
+            g_w = (g_u - (g_u @ u) * u) / nw  # through u = w / |w|
+            return -corr * corr, -2 * corr * g_w
+
+        res = minimize(objective, theta, jac=True, method="L-BFGS-B", options={"maxiter": refine})
+        theta = res.x / np.linalg.norm(res.x)
+    return theta, float(r @ sigma(Z @ theta)) / n
+
+
+def _project_l1(v, R):
+    """The Euclidean projection of v (k,) on the l1 ball of radius R (Duchi et al. 2008, Fig. 1)."""
+    u = np.abs(v)
+    if u.sum() <= R:
+        return v.copy()
+    s = np.sort(u)[::-1]
+    cs = np.cumsum(s)
+    j = np.arange(1, len(s) + 1)
+    rho = np.flatnonzero(s - (cs - R) / j > 0)[-1]
+    tau = (cs[rho] - R) / (rho + 1)
+    return np.sign(v) * np.maximum(u - tau, 0.0)
+
+
+def _l1_least_squares(F, y, R, a0, iterations, tol):
+    """argmin_{|a|_1 <= R} (1/2n) |F a - y|^2: the least squares solution when it is feasible, else FISTA.
+
+    With G = F^T F / n and b = F^T y / n: first the unconstrained minimiser (Cholesky of G, relative jitter
+    1e-12), which is the answer when |a|_1 <= R. Otherwise FISTA with adaptive restart from a0 (projected
+    on the ball); every 50 steps its support S and signs s start an active-set search for the exact solution
+    of the KKT system G_SS a_S - b_S = -lambda s, <s, a_S> = R, |(G a - b)_j| <= lambda off S, kept when its
+    gap is <= tol. Stops when the duality
+    gap over these atoms, gap(a) = <G a - b, a> + R max_j |(G a - b)_j|, is <= tol, or after ``iterations``
+    steps (then the better of the last iterate and its polish).
+    """
+    from scipy.linalg import cho_factor, cho_solve
+
+    n, k = F.shape
+    G = F.T @ F / n  # (k, k)
+    b = F.T @ y / n  # (k,)
+    jitter = G.copy()
+    jitter[np.diag_indices(k)] += 1e-12 * max(float(np.trace(G)) / k, np.finfo(float).tiny)
+    a = cho_solve(cho_factor(jitter), b)
+    if float(np.abs(a).sum()) <= R:
+        return a
+
+    def gap(a):
+        g = G @ a - b
+        return float(g @ a) + R * float(np.abs(g).max())
+
+    def polish(a):
+        """Active set from the support and signs of a: solve the KKT system on S, drop the atoms whose sign
+        flips, add the atom violating |g_j| <= lambda most (with the sign of -g_j), until consistent."""
+        S = list(np.flatnonzero(a))
+        sign = dict(zip(S, np.sign(a[S])))
+        for _ in range(2 * k + 2):
+            if not S:
+                return None
+            sg = np.array([sign[j] for j in S])
+            K = np.zeros((len(S) + 1, len(S) + 1))
+            K[:-1, :-1] = G[np.ix_(S, S)]
+            K[:-1, -1] = K[-1, :-1] = sg
+            sol = np.linalg.lstsq(K, np.append(b[S], R), rcond=None)[0]
+            flipped = [j for j, x, e in zip(S, sol[:-1], sg) if x * e <= 0]
+            if flipped:
+                S = [j for j in S if j not in flipped]
+                continue
+            candidate = np.zeros(k)
+            candidate[S] = sol[:-1]
+            g = G @ candidate - b
+            out = [j for j in range(k) if j not in S]
+            if not out or float(np.abs(g[out]).max()) <= sol[-1]:
+                return candidate
+            j = out[int(np.argmax(np.abs(g[out])))]
+            S.append(j)
+            sign[j] = -np.sign(g[j])
+        return None
+
+    L = max(float(np.linalg.eigvalsh(G)[-1]), np.finfo(float).tiny)  # Lipschitz constant of the gradient
+    a = _project_l1(a0, R)
+    v, s = a.copy(), 1.0
+    for i in range(iterations):
+        if i % 50 == 49:
+            p = polish(a)
+            if p is not None and gap(p) <= tol:
+                return p
+        if i % 10 == 0 and gap(a) <= tol:  # the test costs as much as a step
+            return a
+        a_next = _project_l1(v - (G @ v - b) / L, R)
+        if (v - a_next) @ (a_next - a) > 0:  # momentum points uphill: restart (O'Donoghue & Candes 2015)
+            v, s = a.copy(), 1.0
+            continue
+        s_next = 0.5 * (1 + math.sqrt(1 + 4 * s * s))
+        v = a_next + ((s - 1) / s_next) * (a_next - a)
+        a, s = a_next, s_next
+    p = polish(a)
+    return a if p is None or gap(p) > gap(a) else p
+
+
+def _slide(Theta, a, Z, y, sigma, R, iterations, inner_iterations, tol):
+    """Move the atoms Theta (k, D) by L-BFGS on W -> min_{|a|_1 <= R} (1/2n) |sigma(Z U^T) a - y|^2, U = W/|W|
+    (variable projection: by Danskin's theorem the gradient is the partial gradient at the optimal a)."""
+    from scipy.optimize import minimize
+
+    k, D = Theta.shape
+    n = Z.shape[0]
+    last = [a]
+    scale = [1.0]  # the loss is divided by its starting value: L-BFGS-B's tolerances are then relative
+
+    def objective(w):
+        W = w.reshape(k, D)
+        nw = np.linalg.norm(W, axis=1, keepdims=True)
+        U = W / nw
+        S = Z @ U.T  # (n, k)
+        F = sigma(S)
+        a = last[0] = _l1_least_squares(F, y, R, last[0], inner_iterations, tol)
+        res = F @ a - y
+        G_u = ((res[:, None] * sigma.derivative(S)) * a).T @ Z / n  # (k, D): d/dU
+        G_w = (G_u - np.sum(G_u * U, axis=1, keepdims=True) * U) / nw
+        return 0.5 * float(res @ res) / n / scale[0], G_w.ravel() / scale[0]
+
+    scale[0] = max(objective(Theta.ravel())[0], np.finfo(float).tiny)
+    res = minimize(objective, Theta.ravel(), jac=True, method="L-BFGS-B",
+                   options={"maxiter": iterations, "ftol": 1e-15, "gtol": 1e-12})
+    W = res.x.reshape(k, D)
+    return W / np.linalg.norm(W, axis=1, keepdims=True)
+
+
+def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant="fully-corrective",
+                         step_rule="line-search", candidates=1000, refine=20, slide_iterations=50,
+                         inner_iterations=2000, tol=None, bias=False, rng=None, progress=False):
+    r"""Least squares over the variation-norm ball {|mu|_TV <= R} by conditional gradient (Frank-Wolfe).
+
+    Minimises F(mu) = (1/2n) sum_i (f_mu(x_i) - y_i)^2, f_mu(x) = int sigma(<theta, x>) dmu(theta), over
+    signed measures mu on the sphere with |mu|(S^{D-1}) <= R (Bach's convex neural network with an F1
+    constraint), one neuron added per step.
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+        Inputs (rows of R^d; they need not lie on the sphere).
+    y : array of shape (n,)
+        Targets.
+    radius : float
+        R > 0, the bound on the total variation of mu.
+    activation : str or activation object, default "relu"
+    steps : int, default 100
+        Iterations t = 0, ..., steps - 1 (each adds at most one atom).
+    variant : {"fully-corrective", "sliding", "classic"}
+        * "classic": mu_{t+1} = (1 - gamma_t) mu_t + gamma_t s_t, s_t = -R sign(F'(theta_t)) delta_{theta_t};
+        * "fully-corrective": after adding theta_t, the weights of all atoms are re-solved,
+          min over |a|_1 <= R of (1/2n) |sum_j a_j sigma(<theta_j, X>) - y|^2 (the least squares
+          solution when it lies in the ball, else FISTA with restarts polished by an active set);
+          atoms whose weight is 0 are dropped;
+        * "sliding": as "fully-corrective", then all the atoms move jointly (Denoyelle et al. 2019), by
+          L-BFGS on their positions with the weights re-solved at each position (variable projection,
+          ``slide_iterations``); the step keeps |mu|_TV <= R and never raises F.
+    step_rule : {"line-search", "2/(t+2)"}
+        gamma_t of the classic variant: the exact minimiser over [0, 1] (F is quadratic along the segment),
+        or the open-loop 2/(t+2).
+    candidates : int or array of shape (m, D), default 1000
+        For the oracle (:func:`best_neuron`): random directions per step, or a fixed dictionary (then
+        the problem is the l1-constrained least squares over its atoms, and the oracle is exact).
+    refine : int, default 20
+        L-BFGS-B iterations of the oracle (random candidates only).
+    slide_iterations : int, default 50
+        L-BFGS iterations of each sliding step.
+    inner_iterations : int, default 2000
+        Cap on the FISTA iterations of each weight solve.
+    tol : float, optional
+        Stop when the duality gap falls to tol or below; default None: run all the steps (with a random
+        oracle a gap of 0 may be a search that missed).
+    bias : bool, default False
+        Atoms on S^d in R^{d+1}, f_mu(x) = int sigma(<theta, (x, 1)>) dmu(theta).
+    rng : None, int or numpy.random.Generator
+        For the oracle's random directions.
+    progress : bool, default False
+        Show a tqdm bar of the steps.
+
+    Returns
+    -------
+    mu : Measure
+        The last iterate, with ``activation`` and ``bias``; dtype and device of X.
+    history : dict of numpy arrays, of length T + 1 (T the steps made)
+        ``"objective"``: F(mu_t); ``"gap"``: the Frank-Wolfe duality gap at mu_t, computed at the oracle's
+        answer; ``"support"``: the number of atoms of mu_t; t = 0 (mu_0 = 0), ..., T (the returned mu).
+
+    Notes
+    -----
+    With r = f_mu(X) - y, the first variation is F'(mu)(theta) = (1/n) <r, sigma(<theta, X>)>; the oracle
+    returns theta_t maximising |F'(mu_t)| (or the best current atom, if a random search found less) and
+    the duality gap is
+
+        g(mu) = int F'(mu) dmu + R max_theta |F'(mu)(theta)| = (1/n) <r, f_mu(X)> + R |F'(mu)(theta_t)|.
+
+    By convexity F(mu) - F* <= g(mu) (Jaggi 2013, Sec. 2): the gap is a certificate of suboptimality of
+    the constrained problem (there is no such certificate for the penalised form without a bound on
+    |mu*|). It is one only when the oracle is exact: over a fixed dictionary, and, up to the resolution of
+    the search, on the circle (d = 2). For d > 2 the oracle is a heuristic (random directions and a local
+    ascent) and the reported gap, computed at its answer, is a lower estimate of the true gap.
+
+    With an exact oracle the classic variant (either step rule) satisfies F(mu_t) - F* <= 2 C / (t + 2)
+    (Jaggi 2013, Theorem 1), C the curvature constant; F being quadratic, C = sup (1/n) |f_s(X) - f_mu(X)|^2
+    over s, mu in the ball, at most 4 R^2 max_theta (1/n) |sigma(<theta, X>)|^2. With exact weight solves the
+    fully-corrective iterates are never worse than a classic step from the same mu_t. Every iterate has
+    |mu_t|_TV <= R (up to rounding).
+
+    Runs on the host in float64 (scipy's L-BFGS; the weight solves on k x k Gram matrices); device
+    inputs are copied there and the measure moved back.
+
+    References
+    ----------
+    1. F. Bach, "Breaking the curse of dimensionality with convex neural networks", JMLR 18, 2017,
+       arXiv:1412.8690, Sec. 2.5 (conditional gradient) and Sec. 5.
+    2. M. Jaggi, "Revisiting Frank-Wolfe: projection-free sparse convex optimization", ICML 2013
+       (duality gap, Theorem 1 rate, fully-corrective variant).
+    3. Q. Denoyelle, V. Duval, G. Peyre and E. Soubies, "The sliding Frank-Wolfe algorithm and its
+       application to super-resolution microscopy", Inverse Problems 36, 2019, arXiv:1811.06416.
+    4. J. Duchi, S. Shalev-Shwartz, Y. Singer and T. Chandra, "Efficient projections onto the l1-ball for
+       learning in high dimensions", ICML 2008 (the projection of the weight solves).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((50, 2))
+    >>> y = np.maximum(X @ np.array([0.6, 0.8]), 0)              # one neuron, |mu|_TV = 1
+    >>> mu, history = conditional_gradient(X, y, 2.0, steps=10, variant="sliding", rng=0)
+    >>> bool(history["objective"][-1] < 1e-8), mu.total_variation() <= 2.0
+    (True, True)
+    """
+    X = check_points(X, "X")
+    y = check_array(y, "y", ndim=1)
+    get_xp(X, y)
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has shape {tuple(y.shape)} but X has n={X.shape[0]} rows: one target per point")
+    if X.shape[0] == 0:
+        raise ValueError("X has no row: the least squares need n >= 1 points")
+    R = check_positive(radius, "radius")
+    sigma = _resolve_activation(activation)
+    steps = check_integer(steps, "steps", minimum=0)
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {_VARIANTS}, got {variant!r}")
+    if step_rule not in _STEP_RULES:
+        raise ValueError(f"step_rule must be one of {_STEP_RULES}, got {step_rule!r}")
+    bias = check_bool(bias, "bias")
+    Z = _design(X, bias)  # (n, D)
+    n, D = Z.shape
+    if D < 2:
+        raise ValueError(f"X has shape {tuple(X.shape)}: atoms need D >= 2 coordinates to lie on S^(D-1) "
+                         "(use bias=True for inputs on the line)")
+    candidates = _check_candidates(candidates, D)
+    if variant == "sliding" and not isinstance(candidates, int):
+        raise ValueError("variant='sliding' moves the atoms off a fixed dictionary: give candidates as an int, "
+                         "or use variant='fully-corrective'")
+    refine = check_integer(refine, "refine", minimum=0)
+    slide_iterations = check_integer(slide_iterations, "slide_iterations", minimum=1)
+    inner_iterations = check_integer(inner_iterations, "inner_iterations", minimum=1)
+    tol = None if tol is None else check_nonnegative(tol, "tol")
+    rng = check_random_state(rng)
+    yh = to_numpy(y).astype(np.float64)
+
+    Theta = np.zeros((0, D))  # (k, D) atoms
+    a = np.zeros(0)  # (k,) weights
+    f = np.zeros(n)  # f_mu(X)
+    inner_tol = 1e-13 * max(0.5 * float(yh @ yh) / n, np.finfo(float).tiny)
+    history = {"objective": [], "gap": [], "support": []}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"conditional gradient ({variant})", unit="step", leave=False)
+    try:
+        for t in range(steps + 1):
+            r = f - yh
+            theta, value = best_neuron(r, Z, activation=sigma, candidates=candidates, refine=refine, rng=rng)
+            if len(a):  # a random search may miss what the current atoms reach: then the best of them
+                corr = r @ sigma(Z @ Theta.T) / n  # (k,)
+                j = int(np.argmax(np.abs(corr)))
+                if abs(corr[j]) > abs(value):
+                    theta, value = Theta[j].copy(), float(corr[j])
+            gap = float(r @ f) / n + R * abs(value)
+            history["objective"].append(0.5 * float(r @ r) / n)
+            history["gap"].append(gap)
+            history["support"].append(len(a))
+            if t == steps or (tol is not None and gap <= tol):
+                break
+            s = -R * math.copysign(1.0, value) * sigma(Z @ theta)  # f of the vertex s_t
+            same = np.flatnonzero((Theta == theta).all(axis=1))
+            if variant == "classic":
+                if step_rule == "2/(t+2)":
+                    gamma = 2.0 / (t + 2)
+                else:  # argmin over [0, 1] of |r + gamma (s - f)|^2, where <r, f - s> = n gap
+                    e = s - f
+                    ee = float(e @ e)
+                    gamma = 0.0 if ee == 0 else min(max(n * gap / ee, 0.0), 1.0)
+                a = (1 - gamma) * a
+                if gamma == 0:  # no step (a zero gap): no new atom of weight 0
+                    pass
+                elif same.size:
+                    a[same[0]] -= gamma * R * math.copysign(1.0, value)
+                else:
+                    Theta = np.vstack([Theta, theta])
+                    a = np.append(a, -gamma * R * math.copysign(1.0, value))
+                f = (1 - gamma) * f + gamma * s
+            else:
+                if not same.size:
+                    Theta = np.vstack([Theta, theta])
+                    a = np.append(a, 0.0)
+                F = sigma(Z @ Theta.T)  # (n, k)
+                a = _l1_least_squares(F, yh, R, a, inner_iterations, inner_tol)
+                if variant == "sliding":
+                    keep = a != 0
+                    Theta, a = Theta[keep], a[keep]
+                    if len(a):
+                        Theta = _slide(Theta, a, Z, yh, sigma, R, slide_iterations, inner_iterations, inner_tol)
+                        F = sigma(Z @ Theta.T)
+                        a = _l1_least_squares(F, yh, R, a, inner_iterations, inner_tol)
+                    else:
+                        F = F[:, :0]
+                keep = a != 0
+                Theta, a, F = Theta[keep], a[keep], F[:, keep]
+                f = F @ a
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    device = device_of(X)
+    mu = Measure(to_device(a.astype(X.dtype), device), to_device(Theta.astype(X.dtype), device),
+                 activation=sigma, bias=bias)
+    return mu, {key: np.array(value) for key, value in history.items()}

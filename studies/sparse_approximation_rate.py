@@ -31,7 +31,8 @@ minimising the squared L2 error on n = 20 k_max (d + 1) uniform training points:
 
 * sliding Frank-Wolfe (Denoyelle, Duval, Peyre and Soubies 2019, arXiv:1811.06416): atoms are
   inserted greedily (the best of 1000 random directions for |<residual, relu(<theta, .>)>|, refined by
-  L-BFGS), the weights re-solved by least squares (fully corrective), and at each recorded k the
+  L-BFGS: :func:`shallow.measures.best_neuron`), the weights re-solved by least squares (fully corrective,
+  without the variation-norm bound of :func:`shallow.measures.conditional_gradient`), and at each recorded k the
   positions of all atoms are optimised jointly (variable projection: the weights are the least
   squares solution for the positions, the positions move by BFGS); the same local optimisation is also
   started from k well-spread directions (Lloyd's algorithm on the sphere for the density |p|^(2/5), the
@@ -79,7 +80,7 @@ from shallow._validation import (
 from shallow.activations import funk_hecke
 from shallow.barron import maurey_sample
 from shallow.harmonics import legendre_all, num_harmonics, project_zonal
-from shallow.measures import Measure
+from shallow.measures import Measure, best_neuron
 from shallow.sphere import sample_sphere
 
 
@@ -209,26 +210,11 @@ def quasi_uniform(k, d, rng, iterations=20, density=None):
     return C
 
 
-def greedy_atom(r, X, rng, candidates, subsample=3000):
-    """The direction theta maximising |<r, relu(<theta, .>)>| on (a subsample of) the training points:
-    the best of ``candidates`` random directions, refined by L-BFGS (the Frank-Wolfe linear step)."""
-    n, d = X.shape
-    sub = rng.choice(n, size=min(n, subsample), replace=False)
-    Xs, rs = X[sub], r[sub]
-    C = sample_sphere(candidates, d, rng=rng)
-    theta = C[np.argmax(np.abs(rs @ _relu_features(Xs, C)))]
-
-    def objective(w):
-        nw = np.linalg.norm(w)
-        u = w / nw
-        z = Xs @ u
-        corr = rs @ np.maximum(z, 0.0)
-        g_u = (rs * (z > 0)) @ Xs  # d corr / d u
-        g_w = (g_u - (g_u @ u) * u) / nw
-        return -corr * corr, -2 * corr * g_w
-
-    res = minimize(objective, theta, jac=True, method="L-BFGS-B", options={"maxiter": 20})
-    return res.x / np.linalg.norm(res.x)
+def _greedy_atom(r, X, rng, candidates):
+    """The Frank-Wolfe linear step: the direction theta maximising |<r, relu(<theta, .>)>| on 3000 of the
+    training points, the best of ``candidates`` random directions refined by 20 L-BFGS-B iterations
+    (:func:`shallow.measures.best_neuron`)."""
+    return best_neuron(r, X, candidates=candidates, refine=20, subsample=3000, rng=rng)[0]
 
 
 def approximate_dimension(point: dict) -> dict:
@@ -272,11 +258,11 @@ def approximate_dimension(point: dict) -> dict:
     W = np.zeros((0, d))
     r_fw, r = y.copy(), y.copy()
     for k in range(1, kmax + 1):
-        W_fw = np.vstack([W_fw, greedy_atom(r_fw, X, rng_fw, point["candidates"])])
+        W_fw = np.vstack([W_fw, _greedy_atom(r_fw, X, rng_fw, point["candidates"])])
         F = _relu_features(X, W_fw)
         a_fw = least_squares(F, y)
         r_fw = y - F @ a_fw
-        W = np.vstack([W, greedy_atom(r, X, rng_slide, point["candidates"])])
+        W = np.vstack([W, _greedy_atom(r, X, rng_slide, point["candidates"])])
         if k in ks:
             e = errors(W_fw, a_fw)
             fw.append(e[0])

@@ -649,6 +649,10 @@ MEASURES_ON_DEVICE = {
     "Measure.merge": lambda xp: atoms(_three_atoms(xp).merge()),
     "Measure.positive": lambda xp: atoms(measure(xp).positive()),
     "Measure.total_variation": lambda xp: measure(xp).total_variation(),
+    "best_neuron":
+        on_host(lambda xp: measures.best_neuron(draw(xp, 12, 5), unit_rows(xp, 12, 3), candidates=50, rng=0)),
+    "conditional_gradient": lambda xp: atoms(measures.conditional_gradient(unit_rows(xp, 12, 3), draw(xp, 12, 5), 1.0,
+                                                                           steps=3, candidates=50, rng=0)[0]),
     "harmonic_spectrum": on_host(lambda xp: measures.harmonic_spectrum(measure(xp), 4)),
     "harmonic_spectrum.tanh": on_host(lambda xp: measures.harmonic_spectrum(measure(xp, activation="tanh"), 3)),
     "measure_to_network": lambda xp: measures.measure_to_network(measure(xp)).parameters,

@@ -1,6 +1,7 @@
 """Measures on the sphere: network <-> measure, variation norm, and the POT-based distances."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from scipy import stats
 
 from shallow.activations import get_activation
 from shallow.backend import to_numpy
-from shallow.measures import (Measure, measure_to_network, network_to_measure, sliced_wasserstein,
-                              unbalanced_distance, variation_norm, wasserstein)
+from shallow.measures import (Measure, best_neuron, conditional_gradient, measure_to_network, network_to_measure,
+                              sliced_wasserstein, unbalanced_distance, variation_norm, wasserstein)
 from shallow.networks import TwoLayer
 from shallow.sphere import sample_sphere
 
@@ -820,3 +821,145 @@ def test_generalised_kl_is_the_sum_of_relative_entropies():
     assert _generalised_kl(np, p, q) == pytest.approx(expected, rel=1e-13)  # sums of 1200 terms of size ~1
     assert _generalised_kl(np, p.sum(axis=1), q.sum(axis=1)) == pytest.approx(
         float((rel_entr(p.sum(axis=1), q.sum(axis=1)) - p.sum(axis=1) + q.sum(axis=1)).sum()), rel=1e-13)
+
+
+# --------------------------------------------------------------------------- conditional gradient
+def _dictionary_problem(R):
+    """A least squares problem over a fixed dictionary of 30 relu atoms on S^2, and its l1-constrained
+    optimum F* computed independently: SLSQP on the positive and negative parts a = u - v, u, v >= 0,
+    sum(u + v) <= R (the l1 ball as linear constraints)."""
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(1)
+    n, m = 100, 30
+    X = sample_sphere(n, 3, rng=rng)  # (n, 3)
+    C = sample_sphere(m, 3, rng=rng)  # (m, 3) the dictionary
+    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2  # not in the span: |a_LS|_1 = 57, so the ball binds for R <= 20
+    A = np.maximum(X @ C.T, 0.0)  # (n, m)
+
+    def objective(z):
+        r = A @ (z[:m] - z[m:]) - y
+        g = A.T @ r / n
+        return 0.5 * float(r @ r) / n, np.concatenate([g, -g])
+
+    res = minimize(objective, np.zeros(2 * m), jac=True, method="SLSQP", bounds=[(0, None)] * (2 * m),
+                   constraints=[{"type": "ineq", "fun": lambda z: R - z.sum(), "jac": lambda z: -np.ones(2 * m)}],
+                   options={"ftol": 1e-16, "maxiter": 1000})
+    assert res.success and abs(res.x.sum() - R) < 1e-9  # the constraint is active: the test is not plain least squares
+    return X, y, C, A, float(res.fun)
+
+
+@pytest.mark.parametrize("R", [5.0, 20.0])
+def test_fully_corrective_frank_wolfe_on_a_dictionary_reaches_the_l1_constrained_least_squares_optimum(R):
+    # Over a finite dictionary fully-corrective FW is exact in finitely many steps; F* from SLSQP (above).
+    # Tolerance 1e-12 absolute (F* ~ 0.05 - 0.07): both solvers end at the optimum up to rounding
+    # (measured: |difference| <= 1e-16).
+    X, y, C, _, fstar = _dictionary_problem(R)
+    mu, history = conditional_gradient(X, y, R, candidates=C, variant="fully-corrective", steps=60)
+    assert abs(history["objective"][-1] - fstar) <= 1e-12
+    r = mu.evaluate(X) - y
+    assert abs(0.5 * float(r @ r) / len(y) - history["objective"][-1]) <= 1e-14  # the history is mu's objective
+
+
+@pytest.mark.parametrize("step_rule", ["2/(t+2)", "line-search"])
+def test_classic_frank_wolfe_obeys_jaggi_bound_and_its_gap_certifies_suboptimality(step_rule):
+    # Jaggi 2013, Theorem 1: F(mu_t) - F* <= 2 C / (t + 2), with C <= 4 R^2 max_j |A_j|^2 / n for the
+    # quadratic F (|f_s - f_mu| <= |s - mu|_TV max_j |A_j|, |s - mu|_TV <= 2R); and by convexity the duality
+    # gap g(mu_t) >= F(mu_t) - F* at every t (Jaggi 2013, Sec. 2). Rounding allowance 1e-13 on both
+    # (objectives ~0.1 summed over 100 points in float64).
+    R = 5.0
+    X, y, C, A, fstar = _dictionary_problem(R)
+    _, history = conditional_gradient(X, y, R, candidates=C, variant="classic", step_rule=step_rule, steps=200)
+    t = np.arange(len(history["objective"]))
+    suboptimality = history["objective"] - fstar
+    curvature = 4 * R**2 * float((A**2).sum(axis=0).max()) / len(y)
+    assert np.all(suboptimality[1:] <= 2 * curvature / (t[1:] + 2) + 1e-13)
+    assert np.all(history["gap"] >= suboptimality - 1e-13)
+    assert suboptimality[-1] < 0.05 * suboptimality[1]  # and it does converge (measured: ratios 0.005, 0.022)
+
+
+def test_fully_corrective_gap_certifies_suboptimality_on_a_dictionary():
+    # g(mu_t) >= F(mu_t) - F* (convexity; the oracle is exact over the dictionary), F* from SLSQP.
+    R = 20.0
+    X, y, C, _, fstar = _dictionary_problem(R)
+    _, history = conditional_gradient(X, y, R, candidates=C, variant="fully-corrective", steps=40)
+    assert np.all(history["gap"] >= history["objective"] - fstar - 1e-13)
+
+
+def test_sliding_frank_wolfe_recovers_a_sparse_relu_measure():
+    # y = f_mu* on 200 points of S^2, mu* = three relu atoms (an orthonormal frame, weights 1, 0.8, -0.6,
+    # |mu*|_TV = 2.4 < R = 3): F(mu*) = 0 is the minimum, and mu* is its only 3-atom minimiser (the
+    # 3-atom relu functions on 200 generic points are identified by their kinks). Sliding FW reaches it to
+    # rounding (measured: F ~ 1e-21 from step 3 on, atoms at angle 0 - 1.5e-8 rad, weights within 1e-8).
+    # Tolerances: F <= 1e-14 (10^-12 of F(0) = 0.03); angle 1e-6 rad and weights 1e-6, loose against the
+    # measured 1e-8 yet far below what a wrong atom would give (angles between atoms >= pi/2).
+    rng = np.random.default_rng(0)
+    theta = np.linalg.qr(rng.standard_normal((3, 3)))[0]  # (3, 3) rows: the atoms
+    c = np.array([1.0, 0.8, -0.6])
+    X = sample_sphere(200, 3, rng=rng)
+    y = np.maximum(X @ theta.T, 0.0) @ c
+    mu, history = conditional_gradient(X, y, 3.0, variant="sliding", steps=5, rng=0)
+    assert history["objective"][-1] <= 1e-14
+    angles = np.arccos(np.clip(mu.points @ theta.T, -1.0, 1.0))  # (k, 3)
+    for j in range(3):
+        near = angles[:, j] < 1e-6
+        assert near.any() and abs(mu.weights[near].sum() - c[j]) <= 1e-6
+    assert np.abs(mu.weights[~(angles < 1e-6).any(axis=1)]).sum() <= 1e-6  # the other atoms carry no mass
+
+
+@pytest.mark.parametrize("variant", ["classic", "fully-corrective", "sliding"])
+def test_conditional_gradient_iterates_stay_in_the_variation_norm_ball(variant, xp):
+    # |mu_t|_TV <= R for every variant, R binding (a target of F1 norm >> R = 0.5); allowance 1e-12 R
+    # for the rounding of the weight solves. The measure comes back on the device and dtype of X.
+    rng = np.random.default_rng(2)
+    X = sample_sphere(80, 3, rng=rng)
+    y = np.sin(4 * X[:, 2]) * 3
+    R = 0.5
+    mu, history = conditional_gradient(xp.asarray(X), xp.asarray(y), R, variant=variant, steps=8, candidates=200,
+                                       rng=0)
+    assert mu.total_variation() <= R * (1 + 1e-12)
+    assert mu.device == ("cpu" if xp is np else "gpu") and mu.dtype == np.float64
+    assert np.all(np.diff(history["objective"]) <= 1e-15) or variant == "classic"  # descent, except classic
+    assert history["support"][-1] == len(mu)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"radius": 0.0}, "radius must be a positive finite number"),
+    ({"radius": np.inf}, "radius must be a positive finite number"),
+    ({"variant": "away"}, "variant must be one of"),
+    ({"step_rule": "armijo"}, "step_rule must be one of"),
+    ({"steps": -1}, "steps must be an integer >= 0"),
+    ({"y": np.zeros(7)}, "y has shape (7,) but X has n=10 rows"),
+    ({"X": np.zeros((10, 1))}, "atoms need D >= 2"),
+    ({"candidates": np.ones((4, 3)) / np.sqrt(3)}, "a dictionary of shape (m, 2)"),
+    ({"candidates": np.ones((4, 2))}, "candidates must lie on the unit sphere"),
+    ({"candidates": 0}, "candidates must be an integer >= 1"),
+    ({"variant": "sliding", "candidates": np.eye(2)}, "moves the atoms off a fixed dictionary"),
+    ({"y": np.full(10, np.nan)}, "y contains 10 NaN"),
+    ({"tol": -1.0}, "tol must be a finite number >= 0"),
+])
+def test_conditional_gradient_refuses_bad_input(kwargs, message):
+    args = {"X": sample_sphere(10, 2, rng=0), "y": np.ones(10), "radius": 1.0, "steps": 2, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        conditional_gradient(args.pop("X"), args.pop("y"), args.pop("radius"), **args)
+
+
+def test_best_neuron_is_the_exact_maximiser_over_a_dictionary_and_refines_on_the_circle():
+    # Over a dictionary: argmax_j |<r, sigma(<c_j, X>)>| by brute force. On the circle with r = -y,
+    # y = relu(<v, x>): the maximiser of |<y, relu(<theta, X>)>| / |relu(<theta, X>)| would be v; the oracle
+    # maximises the unnormalised correlation, whose maximiser on a grid of 2 10^4 angles is the reference
+    # (tolerance 1e-3 rad: the grid step is 3e-4, the L-BFGS-B refinement converges to ~1e-6).
+    rng = np.random.default_rng(3)
+    X = sample_sphere(300, 2, rng=rng)
+    r = rng.standard_normal(300)
+    C = sample_sphere(40, 2, rng=rng)
+    theta, value = best_neuron(r, X, candidates=C)
+    corr = np.array([r @ np.maximum(X @ c, 0.0) for c in C])
+    j = int(np.argmax(np.abs(corr)))
+    np.testing.assert_array_equal(theta, C[j])
+    assert value == pytest.approx(corr[j] / 300, rel=1e-14)
+    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    theta, _ = best_neuron(r, X, candidates=100, rng=0)
+    assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
