@@ -203,6 +203,18 @@ def check_points(X, name: str = "X", d: int | None = None):
     return X
 
 
+def check_samples(X, y):
+    """Regression data: X a finite (n, d) array of n >= 1 points, y a finite (n,) array of targets on X's device."""
+    X = check_points(X, "X")
+    y = check_array(y, "y", ndim=1)
+    get_xp(X, y)  # one device: a mix of numpy and cupy is refused there
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows: one target per point")
+    if X.shape[0] == 0:
+        raise ValueError("X must hold at least one sample, got n=0")
+    return X, y
+
+
 def sphere_tolerance(dtype) -> float:
     """Tolerance on | |x| - 1 | for a point on the sphere: sqrt(eps) of its dtype.
 

@@ -44,7 +44,7 @@ from ._validation import (
     check_array,
     check_integer,
     check_nonnegative,
-    check_points,
+    check_samples,
     check_positive,
     check_random_state,
 )
@@ -100,13 +100,7 @@ class EmpiricalRisk:
     """
 
     def __init__(self, X, y, *, chunk_bytes: int | None = None):
-        X = check_points(X, "X")
-        y = check_array(y, "y", ndim=1)
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows")
-        if X.shape[0] == 0:
-            raise ValueError("X must hold at least one sample, got n=0")
-        get_xp(X, y)
+        X, y = check_samples(X, y)
         self.X, self.y = X, y
         self.chunk_bytes = _block_bytes(chunk_bytes, get_xp(X), "chunk_bytes")
 

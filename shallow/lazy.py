@@ -80,7 +80,7 @@ from ._validation import (
     check_bool,
     check_integer,
     check_nonnegative,
-    check_points,
+    check_samples,
     check_positive,
     check_symmetric,
 )
@@ -415,13 +415,7 @@ class LinearizedRisk:
     """
 
     def __init__(self, X, y, *, chunk_bytes: int | None = None, cache_bytes: int = CACHE_BYTES):
-        X = check_points(X, "X")
-        y = check_array(y, "y", ndim=1)
-        get_xp(X, y)
-        if y.shape[0] != X.shape[0]:
-            raise ValueError(f"y has {y.shape[0]} entries but X has n={X.shape[0]} rows")
-        if X.shape[0] == 0:
-            raise ValueError("X must hold at least one sample, got n=0")
+        X, y = check_samples(X, y)
         self.X, self.y = X, y
         self.chunk_bytes = _block_bytes(chunk_bytes, get_xp(X), "chunk_bytes")
         self.cache_bytes = check_integer(cache_bytes, "cache_bytes", minimum=0)

@@ -67,6 +67,7 @@ from ._validation import (
     check_nonnegative,
     check_on_sphere,
     check_points,
+    check_samples,
     check_positive,
     check_random_state,
     sphere_tolerance,
@@ -1300,13 +1301,7 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
     >>> bool(history["objective"][-1] < 1e-8), mu.total_variation() <= 2.0
     (True, True)
     """
-    X = check_points(X, "X")
-    y = check_array(y, "y", ndim=1)
-    get_xp(X, y)
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(f"y has shape {tuple(y.shape)} but X has n={X.shape[0]} rows: one target per point")
-    if X.shape[0] == 0:
-        raise ValueError("X has no row: the least squares need n >= 1 points")
+    X, y = check_samples(X, y)
     R = check_positive(radius, "radius")
     sigma = _resolve_activation(activation)
     steps = check_integer(steps, "steps", minimum=0)

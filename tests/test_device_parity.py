@@ -239,27 +239,19 @@ def _line(xp):
     return xp.linspace(-3.0, 3.0, 13)
 
 
+def _activation_case(name, derivative, **params):
+    """sigma (or sigma') of the named activation on _line(xp)."""
+    def case(xp):
+        sigma = get_activation(name, **params)
+        return (sigma.derivative if derivative else sigma)(_line(xp))
+    return case
+
+
 ACTIVATIONS_ON_DEVICE = {
-    "abs": lambda xp: get_activation("abs")(_line(xp)),
-    "abs.derivative": lambda xp: get_activation("abs").derivative(_line(xp)),
-    "erf": lambda xp: get_activation("erf")(_line(xp)),
-    "erf.derivative": lambda xp: get_activation("erf").derivative(_line(xp)),
-    "gelu": lambda xp: get_activation("gelu")(_line(xp)),
-    "gelu.derivative": lambda xp: get_activation("gelu").derivative(_line(xp)),
-    "quadratic": lambda xp: get_activation("quadratic")(_line(xp)),
-    "quadratic.derivative": lambda xp: get_activation("quadratic").derivative(_line(xp)),
-    "relu": lambda xp: get_activation("relu")(_line(xp)),
-    "relu.derivative": lambda xp: get_activation("relu").derivative(_line(xp)),
-    "relu_power": lambda xp: get_activation("relu_power", alpha=2)(_line(xp)),
-    "relu_power.derivative": lambda xp: get_activation("relu_power", alpha=2).derivative(_line(xp)),
-    "sigmoid": lambda xp: get_activation("sigmoid")(_line(xp)),
-    "sigmoid.derivative": lambda xp: get_activation("sigmoid").derivative(_line(xp)),
-    "softplus": lambda xp: get_activation("softplus")(_line(xp)),
-    "softplus.derivative": lambda xp: get_activation("softplus").derivative(_line(xp)),
-    "step": lambda xp: get_activation("step")(_line(xp)),
-    "step.derivative": lambda xp: get_activation("step").derivative(_line(xp)),
-    "tanh": lambda xp: get_activation("tanh")(_line(xp)),
-    "tanh.derivative": lambda xp: get_activation("tanh").derivative(_line(xp)),
+    name + (".derivative" if derivative else ""): _activation_case(name, derivative, **params)
+    for name, params in [("abs", {}), ("erf", {}), ("gelu", {}), ("quadratic", {}), ("relu", {}),
+                         ("relu_power", {"alpha": 2}), ("sigmoid", {}), ("softplus", {}), ("step", {}), ("tanh", {})]
+    for derivative in (False, True)
 }
 
 

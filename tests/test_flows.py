@@ -38,16 +38,19 @@ def direct_forward(net, X):
 
 # ----------------------------------------------------------------------------- population risk
 
+def monte_carlo_inputs(N, d, input, seed):
+    """N draws of x ~ N(0, I_d), or of x uniform on S^{d-1} (``input="sphere"``)."""
+    X = np.random.default_rng(seed).standard_normal((N, d))
+    return X / np.linalg.norm(X, axis=1, keepdims=True) if input == "sphere" else X
+
+
 @pytest.mark.parametrize("activation", ["relu", "step"])
 @pytest.mark.parametrize("input", ["gaussian", "sphere"])
 def test_population_risk_matches_monte_carlo(activation, input):
     # 1/2 E[(f - f*)^2] by Monte Carlo over N inputs; tolerance 4 sigma / sqrt(N), sigma estimated.
     d, N = 6, 400_000
     teacher, student = teacher_student(d, activation=activation)
-    rng = np.random.default_rng(7)
-    X = rng.standard_normal((N, d))
-    if input == "sphere":
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X = monte_carlo_inputs(N, d, input, seed=7)
     samples = 0.5 * (direct_forward(student, X) - direct_forward(teacher, X)) ** 2
     exact = PopulationRisk(teacher, input=input)(student)
     assert abs(exact - samples.mean()) < 4 * samples.std() / np.sqrt(N)
@@ -59,10 +62,7 @@ def test_teacher_energy_is_half_the_mean_square_of_the_teacher(activation, input
     # R(0) = 1/2 E[f*(x)^2] by Monte Carlo over N inputs; tolerance 4 sigma / sqrt(N), sigma estimated.
     d, N = 6, 200_000
     teacher, _ = teacher_student(d, activation=activation)
-    rng = np.random.default_rng(8)
-    X = rng.standard_normal((N, d))
-    if input == "sphere":
-        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X = monte_carlo_inputs(N, d, input, seed=8)
     samples = 0.5 * direct_forward(teacher, X) ** 2
     assert abs(PopulationRisk(teacher, input=input).teacher_energy - samples.mean()) < 4 * samples.std() / np.sqrt(N)
 
