@@ -65,7 +65,8 @@ Measured (seed 0, the 2-core development machine, shared)
 ---------------------------------------------------------
 Defaults (sizes 50 ... 1347, 3 subsets per size below 1347; CNN width 32, 500 Adam steps; mean-field
 m = 200 per class, eta = 4, t = 4000; M = 4000 random features; ridge 1e-6): 213 s with --workers 2
-on the shared machine (459 s in a first run under a load average of about 5, with the same numbers).
+on the shared machine (459 s in a first run under a load average of about 5, and 435 s with 858 s of
+compute in the gallery rerun of commit 37e81e5, with the same numbers).
 Mean test accuracy over the subsets (450 test images: one image is 0.0022; the spread over subsets
 is 0.01-0.02 at n <= 200, 0.004-0.008 above):
 

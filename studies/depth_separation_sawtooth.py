@@ -49,8 +49,8 @@ k = 6, 7, 8 (the lower bound is 0 there), the first exact width is 2^k, and the 
 errors are exactly 0.
 
 Runtime: 12 s with the defaults (k = 6, 7, 8; the refinement flows and the exact piece counts at
-widths up to 4096), up to 50 s under load, about 2-5 s with --quick (k = 5, 6), on one core of the
-2-core development machine.
+widths up to 4096), up to 50 s under load (24 s in the gallery rerun of commit 37e81e5), about 2-5 s
+with --quick (k = 5, 6), on one core of the 2-core development machine.
 """
 
 from __future__ import annotations

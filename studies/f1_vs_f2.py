@@ -55,9 +55,10 @@ two orders of magnitude. In d = 20 and 50 the kernel sits near the neuron's ener
 steep slope at n ~ 10^3 in d = 50 is the degree-2 step (N(50, 2) = 1274): over this range of n the
 fitted slopes show the staircase, not the asymptotic exponent.
 
-Runtime: about 3 minutes of single-core time with the defaults (1.5 minutes on 2 cores, 4 under load: the points run
-in parallel with --workers; the kernel solves at n = 3200 and the flows at n = 3200 take most of it),
-about 20 s with --quick; ``--device gpu`` runs the flows and the kernels with CuPy (not tested on a GPU).
+Runtime: about 3 minutes of single-core time with the defaults (1.5 minutes on 2 cores, 4 under
+load, 3.7 with 6 minutes of CPU in the gallery rerun of commit 37e81e5: the points
+run in parallel with --workers; the kernel solves at n = 3200 and the flows at n = 3200 take most
+of it), about 20 s with --quick; ``--device gpu`` runs the flows and the kernels with CuPy (not tested on a GPU).
 """
 
 from __future__ import annotations

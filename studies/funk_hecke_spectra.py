@@ -16,7 +16,7 @@ crosses on the lower edge mark the coefficients that vanish exactly. It checks t
 the nonvanishing coefficients over k in [kmax/2, kmax] against -(d/2 + alpha): the correction to
 the power law is O(d^2 / k), which is why d = 50 needs kmax in the tens of thousands.
 
-Runtime: 0.05 s of compute with the defaults (the gallery's run, its sidecar's wall time) and 0.1 s
+Runtime: 0.2 s of compute with the defaults (the gallery's run, its sidecar's wall time) and 0.1 s
 with --quick on one CPU core (closed forms for relu^alpha, Gauss-Jacobi quadrature for the smooth
 activations), plus about 2.5 s to import and draw.
 """

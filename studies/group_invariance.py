@@ -47,8 +47,8 @@ median 0.05 to 0.20 below the initial one. At w = 4 the p4-CNN failed to train a
 logits are far from zero and SGD sat on the plateau of the uniform prediction: upright accuracy 0.28 at
 seed 6, 0.51 at seed 4) and the 8-filter Gabor medians crossed (update above init at seed 1).
 
-Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 42 s with --workers 2
-(the gallery's run, its sidecar's wall time; 63 to 81 s in earlier runs)
+Defaults (all 1347 training images, w = 8, 30 epochs, angles every 15 degrees): 22 s with --workers 2
+(the gallery's run, its sidecar's wall time; 42 s and 63 to 81 s in earlier runs)
 (most of it the training of the p4-CNN, 16546 parameters against the CNN's 16954).
 
 * Upright test accuracy 0.980 (CNN), 0.976 (p4-CNN), 0.991 (scattering + ridge); training accuracy

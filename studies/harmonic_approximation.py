@@ -49,8 +49,9 @@ d >= 10 at these K (-1.41, -1.52, -2.09 in d = 10, 20, 50: there the rate rho^{-
 below the float64 floor); quadrature estimates within 5e-14 (relative) of the series in d = 3 and 4,
 Monte Carlo estimates (n = 20000) within 1.3 standard errors at every K.
 
-Runtime: about 5 s of compute with the defaults, 1 s with --quick, on one CPU core (plus about 3 s to
-import and draw).
+Runtime: about 2 to 5 s of compute with the defaults (1.6 s in the gallery's run, its sidecar's
+wall time), 1 s with --quick, on one CPU core (plus about 3 s to import and
+draw).
 """
 
 from __future__ import annotations

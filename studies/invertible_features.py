@@ -28,11 +28,14 @@ step ``inversion_lr`` decaying to 0 on a cosine schedule).
 Measured (the 2-core development machine, float64, seed 0)
 ----------------------------------------------------------
 Defaults (i-RevNet width 16, 2 blocks per stage: 33,354 parameters, representation 2x2x64 = 256
-numbers; VGG width 24: 37,282 parameters; 30 epochs each; 8 images inverted by 1000 Adam steps): 22 s.
+numbers; VGG width 24: 37,282 parameters; 30 epochs each; 8 images inverted by 1000 Adam steps):
+22 s (31 s in the gallery rerun of commit 37e81e5, its sidecar's wall time).
 Test accuracy 0.967 (i-RevNet) and 0.980 (VGG). i-RevNet reconstruction error, max over the 450 test
 images: exactly 0 from the input, the space-to-depth and the padding, then 6.9e-17, 2.0e-16, 4.1e-16,
-6.6e-16 after the four coupling blocks. VGG, mean relative error of the gradient-descent inversion:
-3.3e-16 (relu1: 1536 features of 64 pixels, recovered exactly), 0.064 (pool1), 0.43 (relu4), 0.89
+6.6e-16 after the four coupling blocks (rounding-level values that vary from run to run: the
+gallery's sidecar has a largest error over all layers of 6.1e-16). VGG, mean relative error of the
+gradient-descent inversion: 3.2e-16 (relu1: 1536 features of 64 pixels, recovered exactly),
+0.064 (pool1), 0.43 (relu4), 0.89
 (pool2), 1.14 (GAP, 48 numbers for 64 pixels: not injective; the features are matched to 5.5% while
 the image is lost). At the pooled layers the feature residual also stays at 0.03 to 0.15: the
 inversion problem is non-convex, and a lossy layer leaves gradient descent neither the image nor,

@@ -15,8 +15,8 @@ The figure draws lambda_k against k for d = 2, 3, 5, 10 with the fitted slopes o
 [kmax/2, kmax], and, as an independent check in d = 3, the eigenvalues of the Gram matrix K/n on n
 uniform points, which approximate lambda_k repeated N(3, k) = 2k + 1 times.
 
-Runtime: about 3 s with the defaults, 1 s with --quick on one CPU core; the gallery's run took 11 s (its
-sidecar's wall time, on the loaded 2-core machine).
+Runtime: about 3 s with the defaults, 1 s with --quick on one CPU core; the gallery's run took 1.3 s
+(its sidecar's wall time, on the 2-core machine; 11 s in an earlier run under load).
 """
 
 from __future__ import annotations

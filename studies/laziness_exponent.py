@@ -39,7 +39,8 @@ m >= 2^6 (0.02-0.12 at m = 2^11, the spread coming from the teacher drawn by the
 
 Runtime (one CPU core, loaded 2-core machine): --quick (m = 2^6 .. 2^11, 3 values of beta, 2 seeds)
 about 1-6 s; the defaults are estimated at about 1 minute single-threaded (one seed at m = 2^14 took
-1.6 s; the cost is linear in m); the gallery's run took 25 s (its sidecar's wall time, on the 2-core machine).
+1.6 s; the cost is linear in m); the gallery's run took 6.3 s (its sidecar's wall time, on the
+2-core machine with 2 workers; 25 s in an earlier run).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ which needs alpha Dh(theta'_0) (theta' - theta'_0) ~ f - 0, hence |theta'_T - th
 
 Runtime (one CPU core, the 2-core development machine under load): --quick (d = 20, n = 200,
 1500 iterations, 7 values of tau) about 3-6 s; the defaults (d = 100, n = 1000, 10^4 iterations, 10
-values of tau) took 45 s with 2 workers (1.5 minutes of CPU; 2.5 minutes under load): the two ends alone
+values of tau) took 45 s with 2 workers (1.5 minutes of CPU; 2.5 minutes under load; 92 s with 3
+minutes of CPU in the gallery rerun of commit 37e81e5): the two ends alone
 (--n-tau 2: tau = 0.01 and 10, full size, 10^4 iterations) took 30 s with 2 workers, single-threaded BLAS.
 They gave test losses 7.5e-5 (tau = 0.01) and 2.6e-3 (tau = 10), a ratio of 35 (23 for the best along
 training), and relative weight changes 3.6 and 1.2e-4. Run BLAS single-threaded (the sweep's workers

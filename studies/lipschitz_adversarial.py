@@ -44,7 +44,8 @@ over ``n_random`` random v uniform on the sphere of the same radius. Test images
 Measured (seed 0, the 2-core development machine)
 -------------------------------------------------
 Defaults (all 1347 training images, width 8, 20 epochs, per-layer bound 3, 200 attacked images, universal
-v on 500 training images, 5 epochs): 41 s of compute. Test accuracy 0.953 (standard) and 0.929
+v on 500 training images, 5 epochs): 41 s of compute (58 s in the gallery rerun of commit 37e81e5,
+its sidecar's wall time). Test accuracy 0.953 (standard) and 0.929
 (spectral). Standard: local constant 15.3 (median over the test set 9.2), averaged bound 349, product
 429, certified FFT product 621 (the averaged bound is 23x the local constant). Spectral: local 7.2
 (median 3.9), averaged 66, product 72, FFT product 103 (9x the local constant). PGD-L2 accuracy at eps =

@@ -41,7 +41,8 @@ flow multiplying the initial sampling distance by at most 1.9; coupled exact W2 
 
 Runtime: about 4-5 minutes of one CPU core by the per-step costs (the 10^5-particle reference is
 a third of it); measured 640 s of CPU time (34 min wall) on a 2-core machine shared with other
-jobs. --quick: about 3 s. The flows are the points of a grid (:func:`shallow.study.run_grid`): they
+jobs, and 342 s of CPU time (268 s wall with 2 workers) in the gallery rerun of commit 37e81e5.
+--quick: about 3 s. The flows are the points of a grid (:func:`shallow.study.run_grid`): they
 run on the ``--workers``, and a run stopped by Ctrl-C keeps the flows it finished (the same command
 resumes). ``--device gpu`` runs the flows with CuPy (the OT distances run on the host).
 """

@@ -20,9 +20,9 @@ independently from the spread of single-neuron kernels k_j (2000 neurons, not th
 
 Runtime (one CPU core, loaded 2-core machine): --quick (m up to 2^12, 5 seeds) about 2-4 s; the
 defaults (m up to 2^14, 20 seeds) are estimated at 20-30 s single-threaded (one network of width 2^14
-took 0.17 s; the cost is linear in m times the number of seeds); the gallery's run took 4.3 s (its sidecar's
-wall time, on the 2-core machine). The empirical
-kernel is computed by :func:`shallow.lazy.empirical_ntk`.
+took 0.17 s; the cost is linear in m times the number of seeds); the gallery's run took 7.2 s (its
+sidecar's wall time, on the 2-core machine). The empirical kernel is computed by
+:func:`shallow.lazy.empirical_ntk`.
 """
 
 from __future__ import annotations

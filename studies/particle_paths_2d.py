@@ -37,8 +37,8 @@ the neurons. Euler conserves the balance a_j^2 - |w_j|^2 only approximately: 4 t
 the wrong sign overshoot 0 while they shrink (around t = 20, the decaying mode is stiff at eta = 1)
 and flip their sign; they end with masses below 1e-5 of the others' (eta = 0.25 has no flips).
 
-Runtime on one CPU core: about 8 s with the defaults (14 s in the gallery's run, its sidecar's wall
-time) and 4 s with --quick (m = 50 up to t = 3000),
+Runtime on one CPU core: about 8 s with the defaults (6.2 s in the gallery's run, its sidecar's wall
+time; 14 s in an earlier run under load) and 4 s with --quick (m = 50 up to t = 3000),
 measured on a 2-core machine shared with other jobs; a third of it is the W2 distances (one small
 exact OT problem per record).
 """

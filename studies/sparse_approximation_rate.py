@@ -57,7 +57,8 @@ weights are not constrained). The Funk-Hecke series of g agrees with a Monte Car
 atoms, 20 points) within 2.9 standard errors.
 
 Runtime: about 3 minutes on 2 cores with the defaults (about 5 minutes of CPU, most of it in d = 5
-and 6; the dimensions run in parallel with --workers; 5 minutes under load), about 10 s with --quick (d = 2, 3, 4 up to
+and 6; the dimensions run in parallel with --workers; 5 minutes under load; 4.2 minutes with 7
+minutes of CPU in the gallery rerun of commit 37e81e5), about 10 s with --quick (d = 2, 3, 4 up to
 k = 32); the computation runs on the host whatever --device.
 """
 

@@ -34,9 +34,10 @@ Setup: x uniform on S^{d-1}, d = 5, n = 64 training points (the kernels are comp
 teacher y = relu(<u_1, x>) - relu(<u_2, x>); Euler step 0.5 up to T = 50; m = 2^4 .. 2^14, 3 seeds.
 Slopes are fitted over m >= 2^6 on the means over seeds.
 
-Runtime (one CPU core, loaded 2-core machine): --quick (m = 2^4 .. 2^11, 2 seeds) about 5-10 s;
+Runtime (one CPU core, loaded 2-core machine): --quick (m = 2^4 .. 2^11, 2 seeds) about 2-10 s;
 the defaults are estimated at 30-60 s single-threaded (one seed at m = 2^14 took 2 s; the cost is
-linear in m); the gallery's run took 12 s (its sidecar's wall time, on the 2-core machine).
+linear in m); the gallery's run took 11 s (its sidecar's wall time, on the 2-core machine
+with 2 workers).
 """
 
 from __future__ import annotations
