@@ -9,14 +9,29 @@ A study is a script in ``studies/`` that states one claim and draws one figure. 
   (:func:`build_parser`); ``__post_init__`` refuses bad values with a ValueError naming the field,
   and :func:`check_grid` and :func:`check_flow_time` check the usual ones;
 * ``QUICK``, a dict of Config overrides for ``--quick`` (well under a minute on a CPU);
-* ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings;
-* ``plot(result, cfg) -> matplotlib.figure.Figure``;
+* ``compute(cfg) -> dict``: pure; values are numpy arrays, numbers or strings; every random draw
+  from ``cfg.seed``; the scalars among them (numbers, bools, strings; keys not starting with ``_``)
+  become the sidecar's ``summary``, so return the numbers behind the claim (a fitted slope) as floats;
+  the study either computes on ``cfg.device`` or sets ``HOST_ONLY`` (below), never neither (a test
+  reads the script for a use of ``.device``);
+* ``plot(result, cfg) -> matplotlib.figure.Figure``, drawn on :func:`new_figure` (no pyplot);
 * ``main(argv=None)``, usually ``return study.main(__name__, argv)``, and at the end of the script
   ``if __name__ == "__main__": raise SystemExit(main())``, which ``python my_study.py`` runs;
 * optionally ``HOST_ONLY``, a string saying why the study computes on the host whatever its
   ``device`` (small problems, where a GPU's kernel launches cost more than the arithmetic): a run
   with ``--device gpu`` then warns that the flag is ignored, and the sidecar names the device
-  actually used, ``"cpu"``.
+  actually used, ``"cpu"``;
+* optionally ``REQUIRES``, a tuple of importable package names the study needs beyond the core
+  dependencies, and ``EXTRA``, the ``pyproject.toml`` extra that installs them (default ``"data"``):
+  ``shallow run`` names the extra instead of failing on an import, and ``--all`` skips the study.
+
+The study is found by its file name (``studies/NAME.py``; names starting with ``_`` are skipped): no
+registration. Its test runs ``quick_config(module)`` through :func:`run` (the ``run_quick`` fixture
+of ``tests/conftest.py``) in the ``tests/test_studies_*.py`` file of its topic and checks the claim
+against an independent computation; ``tests/test_study_configs.py`` holds bad values its Config
+refuses (one at least per study), and ``tests/test_studies.py`` requires its row in the README's
+Studies table and its full figure in the Gallery (``figures/NAME.png`` and ``.json``, committed).
+README.md's "Adding a study" is the checklist.
 
 A study whose ``compute`` runs a grid of independent points sends it through :func:`run_grid`
 (:mod:`shallow.sweep`): the points run in parallel with the run's ``--workers`` / ``--scheduler``,

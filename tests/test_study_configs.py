@@ -44,6 +44,8 @@ BAD = [
     ("f1_vs_f2", {"validation_fraction": 1.5}, r"validation_fraction must lie in \(0, 1\)"),
     ("f1_vs_f2", {"targets": ("foo",)}, "targets must be some of"),
     ("f1_vs_f2", {"ridges": (-1.0,)}, "ridges must be a positive finite number"),
+    ("frank_wolfe_rate", {"steps": 10}, "steps must be an integer >= 20"),
+    ("frank_wolfe_rate", {"radius": -1.0}, "radius must be a positive finite number"),
     ("funk_hecke_spectra", {"dims": (1,)}, "dims must be an integer >= 2"),
     ("funk_hecke_spectra", {"alphas": (-1.0,)}, "alphas must be a finite number >= 0"),
     ("funk_hecke_spectra", {"kmax": 2}, "kmax must be an integer >= 5"),
