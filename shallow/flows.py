@@ -229,8 +229,9 @@ class _ArccosTile:
         # From the Gram matrix, sin th = sqrt(1 - cos^2) carries an absolute error of about eps / sin th, a
         # relative one of eps / sin^2 th (the step field's size is 1 / sin th). In float64 the pairs with sin th
         # below _NEAR_SINE (nearly parallel or antiparallel: duplicated or converged particles) are recomputed
-        # from the vectors, sin th = |v/|v| - cos th w/|w||; their step field is made pair by pair
-        # (:meth:`_near_field`), their relu kernel near th = pi by a series. A float32 step tile with a pair below
+        # from the vectors, sin th = |v/|v| - cos th w/|w|| (the step field then carries eps / sin th relative from
+        # its matrix products, as a pair-by-pair field would from the unit vectors: measured, 3.8 times slower), and
+        # their relu kernel near th = pi comes from a series. A float32 step tile with a pair below
         # _WIDE_SINE is computed in float64 as a whole (``wide``): pair by pair, the clustered particles of a
         # converging flow made it 10 to 70 times slower (m = 2000, d = 10 to 100, pairs at 0.004 to 0.04 rad). The
         # relu field has no 1 / sin th: a float32 relu tile recomputes its pairs below _WIDE_SINE (sin th to a few
@@ -261,7 +262,7 @@ class _ArccosTile:
         if not nonzero:  # a zero vector has sin th = 1 from its cos = 0 (it is never near): 0 as stated above
             sin_abs *= (nw > 0)[:, None]
             sin_abs *= (nv > 0)[None, :]
-        # (pi - theta) / (2 pi) with pi - theta = atan2(sin th, -cos th): to a few eps relative near th = pi,
+        # (pi - theta) / (2 pi) with pi - theta = atan2(sin th, -cos th): as accurate as sin th near th = pi,
         # where 1/2 - theta / (2 pi) kept theta's absolute error (1.7e11 eps32 in the relu kernel at 1e-4 from
         # antiparallel); one arctangent as before and one pass fewer
         A = xp.arctan2(sin_abs, xp.negative(cos, out=self._out("A")), out=self._out("A"))
@@ -287,7 +288,8 @@ class _ArccosTile:
         K += B
         if self.near is not None:
             # near th = pi, K = |w||v| (sin delta - delta cos delta) / (2 pi) ~ delta^3 from two terms of size
-            # delta (delta = pi - th): eps / delta^2 relative; the series instead, to a few eps relative
+            # delta (delta = pi - th): eps / delta^2 relative; the series instead, 3 times delta's relative error (a few
+            # eps for inputs stored exactly; delta of rounded vectors is known to about eps / delta relative)
             anti = self.cos[self.near] < 0
             if bool(xp.any(anti)):
                 i, j = self.near[0][anti], self.near[1][anti]
@@ -312,41 +314,14 @@ class _ArccosTile:
             S = xp.multiply(self.sin, 2 * xp.pi, out=self._out("S"))
             with np.errstate(divide="ignore"):
                 xp.reciprocal(S, out=S)
-            if not self.nonzero:  # pairs with a zero vector, sin th = 0
-                xp.copyto(S, 0, where=xp.less_equal(self.sin, 0, out=self._out("mask")))
-            elif self.same:  # a particle with itself
-                xp.fill_diagonal(S, 0)
-            if self.near is not None:  # made pair by pair below
-                S[self.near] = 0
+            # (anti)parallel to rounding (a particle with itself, a zero vector, x and 3x): the recomputed sin th is
+            # accurate to a few eps64, and a float32 step tile with a pair this close was promoted to float64
+            xp.copyto(S, 0, where=xp.less_equal(self.sin, _PARALLEL_CHORD, out=self._out("mask")))
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
         X_hat = X * inv_x[:, None]
-        out = inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
-        if self.near is not None:
-            self._near_field(out, c, transpose)
-        return out
+        return inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
 
-    def _near_field(self, out, c, transpose):
-        """Add the step field of the near pairs of a float64 tile to ``out``, pair by pair:
-        grad_w K = p / (2 pi |w| |p|), p = v/|v| - cos th w/|w| (|p| = sin th, whatever th).
-
-        Through the matrix products the two terms of p, each of size 1/sin th, cancel to eps / sin th relative
-        (and 1 / sin th itself is eps / sin^2 th off); pair by pair only the unit vectors' rounding remains,
-        eps / th in p's direction. It is 0 for (anti)parallel pairs, |p| <= _PARALLEL_CHORD (eps-level: x and
-        3x, duplicated particles), where the kernel's derivative does not exist."""
-        xp = self.xp
-        i_all, j_all = self.near
-        U, X = (self.V, self.W) if transpose else (self.W, self.V)  # rows, columns
-        inv_u = self.inv_v if transpose else self.inv_w
-        step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
-        for start in range(0, i_all.shape[0], step):
-            rows, cols = i_all[start:start + step], j_all[start:start + step]
-            if transpose:
-                rows, cols = cols, rows
-            _, p = _near_parallel(U[rows], X[cols])
-            size = xp.sqrt(xp.sum(p * p, axis=1))
-            weight = xp.where(size > _PARALLEL_CHORD, c[cols] * inv_u[rows] / (2 * xp.pi * xp.maximum(size, 1e-300)), 0)
-            xp.add.at(out, rows, (weight[:, None] * p).astype(out.dtype))
 
 
 #: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th and the step field made from their
@@ -360,8 +335,8 @@ _NEAR_SINE = 1e-4
 #: a few hundred random particles has such a pair: a float32 step risk there costs about a float64 one (2.2x).
 _WIDE_SINE = 0.015
 _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs per chunk
-#: Below this |p| = sin th (in float64, from unit vectors) a pair counts as exactly (anti)parallel, its step
-#: field 0: the rounding of |p| is a few eps64 (a particle with itself, x and 3x). As before in float64; in
+#: At or below this sin th (recomputed in float64 from unit vectors) a pair counts as exactly (anti)parallel, its
+#: step field 0: the rounding of sin th is a few eps64 (a particle with itself, x and 3x). As before in float64; in
 #: float32 the cut was 64 eps32 = 7.6e-6, below which pairs at a true angle lost a field of size 1 / (2 pi |w|).
 _PARALLEL_CHORD = 1e-12
 
@@ -378,7 +353,7 @@ def _near_parallel(Wi, Vj):
 
 def _relu_near_pi(delta):
     """sin delta - delta cos delta = sum_{k >= 1} (-1)^(k+1) 2k delta^(2k+1) / (2k+1)!, the relu kernel's
-    J_1(pi - delta), for 0 <= delta <= 0.11 (five terms: the sixth is below 1e-18 relative)."""
+    J_1(pi - delta), for 0 <= delta <= 0.11 (five terms: the sixth is at most 1.5e-18 relative)."""
     d2 = delta * delta
     total = 0
     for k in range(5, 0, -1):  # Horner in delta^2
@@ -569,6 +544,19 @@ class PopulationRisk:
         grad_W = (s * gamma) * a[:, None] * field if need_grad else None
         risk = 0.5 * s * gamma**2 * self_term - s * gamma * cross_term + self._teacher_energy
         return max(risk, 0.0), grad_a, grad_W
+
+
+#: The library's own value_and_grad of each risk class, as defined here (before any user's or mock's replacement).
+_OWN_VALUE_AND_GRAD = {EmpiricalRisk: EmpiricalRisk.value_and_grad, PopulationRisk: PopulationRisk.value_and_grad}
+
+
+def _is_library_risk(loss) -> bool:
+    """True for an EmpiricalRisk or PopulationRisk (not a subclass) whose ``value_and_grad`` is still the library's:
+    not replaced on the instance (``loss.value_and_grad = wrapper``) nor on the class (``mock.patch.object``). A
+    flow may then evaluate its particles unchecked after its first step, and knows that the risk draws no random
+    numbers; any other risk is called through its ``value_and_grad`` at every evaluation."""
+    own = _OWN_VALUE_AND_GRAD.get(type(loss))
+    return own is not None and getattr(loss.value_and_grad, "__func__", None) is own
 
 
 # ----------------------------------------------------------------------------- trajectories
@@ -899,12 +887,13 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     # The first evaluation goes through the risk's value_and_grad, which checks net, a and W; the flow's own
     # particles keep their shapes and dtype, so that the library's risks evaluate them unchecked afterwards.
     checked = False
+    library_risk = _is_library_risk(loss)
 
     def evaluate(a_, W_, need_grad=True):
         nonlocal checked
         if checked:
             return loss._value_and_grad(net, a_, W_, need_grad)
-        checked = type(loss) in (EmpiricalRisk, PopulationRisk)  # a subclass may override value_and_grad
+        checked = library_risk  # a subclass, or a value_and_grad replaced by the user, is called at every step
         return loss.value_and_grad(net, a_, W_, need_grad=need_grad)
 
     def field(a_, W_):
@@ -938,7 +927,7 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
     # step size to try next (the adaptive method's; step_size for the others)
     # Without noise, callback or a risk of the user's (which may share the generator) nothing draws from rng during
     # the flow: its state (a dict built at each read) is read once
-    rng_moves = noise > 0 or callback is not None or type(loss) not in (EmpiricalRisk, PopulationRisk)
+    rng_moves = noise > 0 or callback is not None or not library_risk
     rng_state0 = rng.bit_generator.state
 
     def rng_state():

@@ -1342,3 +1342,32 @@ def test_arc_cosine_kernel_of_nearly_antiparallel_float32_pairs_is_accurate_rela
         K = rest / (2 * mpmath.pi) if activation == "step" else nw * nv * (cross - rest * (-G)) / (2 * mpmath.pi)
     assert grad_a.dtype == np.float32
     assert abs(float(grad_a) + float(K)) <= 8 * np.finfo(np.float32).eps * float(K)
+
+
+@pytest.mark.parametrize("risk_class", ["empirical", "population"])
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_a_value_and_grad_replaced_by_the_user_drives_every_step_of_a_flow(risk_class, where, monkeypatch):
+    """gradient_flow calls loss.value_and_grad(net, a, W, need_grad) at every evaluation (its documented interface):
+    a wrapper set on the risk (``loss.value_and_grad = f``) or on its class (``monkeypatch``, ``mock.patch``) is
+    called steps + 1 times (the steps and the final risk), not only at the first step. The wrapper returns zero
+    gradients, so that the particles must stay where they start, exactly (x - 0 = x in floating point)."""
+    teacher, student = teacher_student(d=4, m=5)
+    X = np.random.default_rng(2).standard_normal((30, 4))
+    loss = PopulationRisk(teacher) if risk_class == "population" else EmpiricalRisk(X, direct_forward(teacher, X))
+    own = type(loss).value_and_grad
+    calls = []
+
+    def frozen(self, net, a=None, W=None, need_grad=True):
+        calls.append(need_grad)
+        risk, ga, gW = own(self, net, a, W, need_grad=need_grad)
+        return risk, (None if ga is None else 0 * ga), (None if gW is None else 0 * gW)
+
+    if where == "instance":
+        loss.value_and_grad = frozen.__get__(loss)
+    else:
+        monkeypatch.setattr(type(loss), "value_and_grad", frozen)
+    steps = 4
+    traj = gradient_flow(student, loss, steps, 0.1)
+    assert len(calls) == steps + 1
+    np.testing.assert_array_equal(traj.W, student.W)
+    np.testing.assert_array_equal(traj.a, student.a)
