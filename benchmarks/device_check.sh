@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine: the gpu-marked tests, then the GPU benchmarks.
 #
-#     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|flow|studies|all]
+#     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|parity|flow|studies|all]
 #
-# bench: the CNN step on the device (issue 7's open target) and its primitives; flow: the particle
-# flow step and the CPU reference step (measured in session 2, not repeated by default).
+# tests: the gpu-marked tests but the device parity ones; bench: the CNN step on the device (issue 7's
+# open target) and its primitives; parity: tests/test_device_parity.py (273 public routines on CuPy
+# against numpy, so far run only on the fake device of tests/fake_device.py; each compiles its own
+# kernels on a fresh machine: after bench in "all"); flow: the particle flow step and the CPU
+# reference step (measured in session 2, not repeated by default).
 #
 # The machine has CuPy, PyTorch, scipy and pytest but not POT or array-api-compat: wheels for
 # those travel in .whl/ (excluded from git; README's GPU paragraph has the pip download line) and are
@@ -36,7 +39,8 @@ python3 -c "import numpy, scipy, cupy, torch; print('numpy', numpy.__version__, 
 python3 -c "from shallow import backend; print('shallow sees a GPU:', backend.gpu_available())"
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
-    TAIL=25 step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --durations=5 --continue-on-collection-errors
+    TAIL=25 step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider -o addopts="" --durations=5 \
+        --continue-on-collection-errors --ignore=tests/test_device_parity.py
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
     # the headline ratios first, then where the time goes
@@ -47,6 +51,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     SHALLOW_FUSED_KERNELS=1 step cnn_step_gpu_fused 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20
     SHALLOW_FUSED_KERNELS=1 step cnn_step_gpu_b1024_fused 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024
     step cnn_step_gpu_b1024_tf32 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --tf32
+fi
+if [ "$what" = parity ] || [ "$what" = all ]; then
+    TAIL=25 step gpu_parity 180 python3 -m pytest tests/test_device_parity.py -m gpu -q -p no:cacheprovider -o addopts="" \
+        --durations=5
 fi
 if [ "$what" = flow ]; then
     step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128
