@@ -1401,7 +1401,7 @@ def f2_norm_from_harmonics(energies, eigenvalues, *, rtol=1e-26) -> float:
     eigenvalues : array of shape (K,)
         lambda_k (>= 0).
     rtol : float, default 1e-26
-        Energies at most rtol times the total energy, on degrees where lambda_k = 0, count as rounding
+        In [0, 1). Energies at most rtol times the total energy, on degrees where lambda_k = 0, count as rounding
         (0), not as an infinite norm: keep the default for the exact energies of
         :func:`shallow.measures.harmonic_spectrum`, take about 1e-12 for energies from quadrature.
 
@@ -1424,6 +1424,8 @@ def f2_norm_from_harmonics(energies, eigenvalues, *, rtol=1e-26) -> float:
     inf
     """
     rtol = check_nonnegative(rtol, "rtol")
+    if rtol >= 1:  # every energy is at most the total: all of it would be read as rounding
+        raise ValueError(f"rtol must be < 1 (a fraction of the total energy read as rounding), got {rtol!r}")
     e = to_numpy(check_array(_host_if_sequence(energies), "energies", ndim=1)).astype(np.float64)
     lam = to_numpy(check_array(_host_if_sequence(eigenvalues), "eigenvalues", ndim=1)).astype(np.float64)
     if e.shape != lam.shape:

@@ -1131,7 +1131,8 @@ class LazyDiagnostics:
         tangent kernel K_0 of ``ntk_change`` and of the kernel-flow reference is
         ``empirical_ntk(net, X, train=train)``. With the default "both" for a flow that trains one layer,
         ``kernel_gap`` would compare it with the flow of another kernel (for ``train="outer"``, where the
-        network is linear in a and follows its kernel flow exactly, an O(1) gap).
+        network is linear in a and follows its kernel flow exactly, an O(1) gap). A record where a layer
+        that ``train`` leaves fixed has moved (W for "outer", a for "inner") raises ValueError.
 
     Attributes
     ----------
@@ -1194,6 +1195,10 @@ class LazyDiagnostics:
             return False
         net0 = self.net0
         a, W = _check_parameters_of(net0, a, W, "the network at the start of the flow")
+        frozen = {"outer": ("W", W, net0.W), "inner": ("a", a, net0.a)}.get(self.train)
+        if frozen is not None and not bool(net0.xp.array_equal(frozen[1], frozen[2])):
+            raise ValueError(f"train={self.train!r} but the flow moved {frozen[0]} (at step {int(step)}): pass "
+                             "LazyDiagnostics the train= of gradient_flow, whose layers its kernels differentiate")
         net = TwoLayer(a, W, activation=net0.activation, gamma=net0.gamma, bias=net0.bias)
         xp = net.xp
         f = net(self.X)

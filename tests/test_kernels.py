@@ -655,6 +655,14 @@ def test_f2_norm_reads_eigenvalues_within_rounding_below_zero_as_zero():
     assert f2_norm_from_harmonics([1.0, 1e-3, 2.0], [1.0, -9e-18, 0.5]) == math.inf
 
 
+@pytest.mark.parametrize("rtol", [1.0, 2.0])
+def test_f2_norm_refuses_an_rtol_that_reads_every_energy_as_rounding(rtol):
+    # Every energy is at most the total: with rtol >= 1 an energy of 1 on a degree where lambda = 0 (an infinite
+    # norm) was dropped as rounding, and the norm came out 1.
+    with pytest.raises(ValueError, match="rtol must be < 1"):
+        f2_norm_from_harmonics([1.0, 1.0], [1.0, 0.0], rtol=rtol)
+
+
 def test_f2_norm_of_an_integral_of_relu_neurons_from_quadrature_energies_is_the_l2_norm_of_its_density():
     # Bach 2017, Sec. 2.3: f = int relu(<w, .>) p(w) dtau_3(w) with p(w) = 1 + 3 <w, v> has |f|_F2 = |p|_{L2(tau_3)}
     # = sqrt(1 + 9 E<w, v>^2) = 2, p living on degrees 0 and 1 where mu_k(relu) != 0. By Funk-Hecke

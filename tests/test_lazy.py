@@ -508,6 +508,20 @@ def test_lazy_diagnostics_compare_with_the_kernel_of_the_layers_the_flow_trains(
         assert res["kernel_gap"][-1] > 0  # the inner layer's flow is not linear
 
 
+@pytest.mark.parametrize("train, moved", [("outer", "W"), ("inner", "a")])
+def test_lazy_diagnostics_refuse_a_flow_that_moves_a_layer_train_fixes(train, moved):
+    """A flow of both layers recorded with train="outer" (or "inner") would be compared with the kernel of one
+    layer: the O(1) kernel_gap of a wrong reference. The layer that train fixes has moved at the first record
+    after step 0 (a gradient step of a centred network changes every W_j with a_j != 0 and every a_j), so the
+    record is refused, naming train; a flow of that layer alone is recorded (previous test)."""
+    X, y = _data(10, 3, 0)
+    net = centered_init(40, 3, scale="ntk", rng=1)
+    diag = LazyDiagnostics(net, X, y=y, train=train)
+    with pytest.raises(ValueError, match=f"train='{train}' but the flow moved {moved}"):
+        gradient_flow(net, EmpiricalRisk(X, y), steps=2, step_size=5e-3, record_every=1, callback=diag)
+    assert diag.result()["step"].tolist() == [0]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 def test_bad_input_gives_clear_errors():

@@ -944,6 +944,20 @@ def test_conditional_gradient_refuses_bad_input(kwargs, message):
         conditional_gradient(args.pop("X"), args.pop("y"), args.pop("radius"), **args)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"candidates": True}, "candidates must be an int >= 1 (random directions per oracle call) or a dictionary"),
+    ({"candidates": 2.5}, "candidates must be an int >= 1 (random directions per oracle call) or a dictionary"),
+    ({"subsample": 0}, "subsample must be an integer >= 1, got 0"),
+    ({"subsample": -3, "candidates": np.eye(2)}, "subsample must be an integer >= 1, got -3"),
+])
+def test_best_neuron_refuses_bad_input(kwargs, message):
+    # A scalar that is not an int used to be read as a 0-dimensional dictionary ('a 2-dimensional array'), and a
+    # subsample beside a dictionary, which ignores it, was not checked at all.
+    X = sample_sphere(10, 2, rng=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        best_neuron(np.ones(10), X, rng=0, **kwargs)
+
+
 def test_best_neuron_is_the_exact_maximiser_over_a_dictionary_and_refines_on_the_circle():
     # Over a dictionary: argmax_j |<r, sigma(<c_j, X>)>| by brute force. On the circle with r = -y,
     # y = relu(<v, x>): the maximiser of |<y, relu(<theta, X>)>| / |relu(<theta, X>)| would be v; the oracle

@@ -153,9 +153,22 @@ def check_batch(x, name: str = "x"):
 
 
 def _missing_cache(layer):
+    if _NO_CACHE.get():  # the backward itself runs within the block: no forward there could have helped
+        return RuntimeError(f"{type(layer).__name__}.backward was called within no_cache(...), where forward "
+                            "passes keep no cache: a backward, and what calls one (train_step, fit, "
+                            "input_gradient, input_jacobian, local_lipschitz, fgsm, pgd), must run outside "
+                            "the with block")
     return RuntimeError(f"{type(layer).__name__}.backward was called before forward, or after a pass within "
                         "no_cache (predict, evaluate), which keeps no cache: run forward (or jvp) on the batch "
                         "first, outside no_cache")
+
+
+def _check_caching(what: str) -> None:
+    """Refuse a training step within :func:`no_cache` before its forward pass moves anything (the running
+    statistics of batch normalisation in train mode): its backward would find no cache."""
+    if _NO_CACHE.get():
+        raise RuntimeError(f"{what} was called within no_cache(...), which keeps no cache for the backward "
+                           "pass of a training step: train outside the with block (no_cache is for inference)")
 
 
 #: True within :func:`no_cache`: layers release their caches when their forward (or jvp) returns.

@@ -54,7 +54,7 @@ from ..backend import array_digest, get_xp, to_numpy
 from ..study import load_npz, save_npz_atomic
 from .data import batches
 from .graph import CapturedStep
-from .layers import _running_buffers, _shape_of, check_layer, no_cache
+from .layers import _check_caching, _running_buffers, _shape_of, check_layer, no_cache
 from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
 from .models import _inputs_checked, _n_outputs, check_images
 from .optim import SGD, Optimizer
@@ -433,10 +433,12 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
 
     Notes
     -----
-    The update is skipped when the loss is not finite (the caller decides what to do), and the
-    running statistics of batch normalisation, which the forward pass moved in train mode, are
+    Refused (RuntimeError) within :func:`~shallow.cnn.layers.no_cache`, before the forward pass: its
+    backward would find no cache. The update is skipped when the loss is not finite (the caller
+    decides what to do), and the running statistics of batch normalisation, which the forward pass moved in train mode, are
     put back: the model is as it was before the step (up to the draws of its dropout generators).
     """
+    _check_caching("train_step")
     running = _running_buffers(model) if model.training else []
     if running:  # one concatenation: one kernel launch on a GPU rather than a copy per buffer
         saved = get_xp(running[0]).concatenate([b.ravel() for b in running])
@@ -515,6 +517,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         an ``augment`` or ``callback`` that is not callable, or a ``checkpoint`` that is not a path.
     TrainingDivergedError
         When the loss becomes NaN or infinite and ``on_divergence="raise"``.
+    RuntimeError
+        Within :func:`~shallow.cnn.layers.no_cache` (a training step needs caches), before anything moves.
 
     Examples
     --------
@@ -526,6 +530,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     1
     """
     check_layer(model)
+    _check_caching("fit")
     epochs = check_integer(epochs, "epochs", minimum=0)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     checkpoint_every = check_integer(checkpoint_every, "checkpoint_every", minimum=1)

@@ -648,6 +648,34 @@ def test_backward_after_a_pass_without_caches_raises():
         assert model.backward(np.ones((4, 10))).shape == X.shape
 
 
+def test_training_within_no_cache_is_refused_before_the_running_statistics_move():
+    # A training step within no_cache could not run its backward (no cache), and its train-mode forward
+    # would already have moved the batch norms' running statistics: fit and train_step refuse on entry, the
+    # model bitwise as it was; a backward called by a library routine within the block names the block
+    from shallow.cnn import no_cache
+    from shallow.cnn.losses import CrossEntropy
+    from shallow.cnn.robustness import input_gradient
+    from shallow.cnn.train import train_step
+    rng = np.random.default_rng(43)
+    X, y = rng.standard_normal((8, 8, 8, 1)), rng.integers(0, 10, 8)
+    model = build_model("vgg", (8, 8, 1), 10, width=2, rng=0)
+
+    def state():
+        return {(name, key): np.array(value) for name, layer in model.named_layers()
+                for key, value in {**layer.params, **layer.buffers}.items()}
+
+    before = state()
+    with no_cache(model):
+        with pytest.raises(RuntimeError, match="fit was called within no_cache"):
+            fit(model, X, y, epochs=1, batch_size=4, rng=0)
+        with pytest.raises(RuntimeError, match="train_step was called within no_cache"):
+            train_step(model, CrossEntropy(), SGD(model.named_parameters(), lr=0.1), X, y)
+        with pytest.raises(RuntimeError, match=r"within no_cache\(\.\.\.\), where forward passes keep no cache"):
+            input_gradient(model.eval(), X, y)
+    after = state()
+    assert all(np.array_equal(before[key], after[key]) for key in before)
+
+
 def test_predict_peak_memory_is_a_few_activations_not_every_layers_cache():
     # A VGG (16 x 16 x 3 images, width 16, float32), one batch of 64: its largest activation is
     # A = 64 * 16 * 16 * 16 * 4 bytes = 1 MiB, at each of its 7 layers of the first stage, and the eval-mode
