@@ -527,3 +527,20 @@ def test_f1_and_f2_norms_of_a_single_neuron_are_homogeneous_at_any_representable
     alive = [k for k in range(K + 1) if k <= 1 or k % 2 == 0]
     expected = 1.5 * scale * np.sqrt([sum(2 * k + 1 for k in alive if k <= Kc) for Kc in range(K + 1)])
     np.testing.assert_allclose(f2, expected, rtol=1e-12)
+
+
+def test_truncated_f2_norms_of_a_neuron_beyond_float64_are_infinite_without_a_floating_point_warning():
+    # f2 = |a| times the truncated norms of the unit neuron (homogeneity): a = 1e308 on S^2 gives 1e308 at
+    # K = 0 (the unit neuron's degree-0 norm is 1 here) and inf from the first K whose unit norm exceeds
+    # max / 1e308 = 1.797 (the documented inf), computed silently (a RuntimeWarning is an error here).
+    import warnings
+
+    w = np.array([1.0, 0.0, 0.0])
+    _, unit = single_neuron_norms(1.0, w, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, f2 = single_neuron_norms(1e308, w, 40)
+    with np.errstate(over="ignore"):  # the product rounded in float64: inf where it exceeds the largest float
+        expected = 1e308 * unit
+    assert np.isinf(expected).any() and np.isfinite(expected[0])  # both sides of the threshold are tested
+    np.testing.assert_allclose(f2, expected, rtol=1e-15)

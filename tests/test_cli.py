@@ -886,3 +886,17 @@ def test_a_study_scripts_seed_and_device_flags_refuse_bad_values_as_usage_errors
     with pytest.raises(SystemExit) as exit_:
         study.main(module, flags)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_report_errors_gives_sigterm_its_default_action_back_when_the_run_returns():
+    # _sigterm_as_ctrl_c: "the previous action is restored at the end". SIGTERM's default action is set first
+    # (and the test process's own action put back after): the tests above skip when a handler is in place,
+    # so a handler left behind by one of them would only have made them skip.
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert cli.report_errors(lambda: 0, "prog") == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1371,3 +1371,22 @@ def test_a_value_and_grad_replaced_by_the_user_drives_every_step_of_a_flow(risk_
     assert len(calls) == steps + 1
     np.testing.assert_array_equal(traj.W, student.W)
     np.testing.assert_array_equal(traj.a, student.a)
+
+
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_teacher_energy_in_tiles_is_the_closed_form_double_sum_of_the_arc_cosine_kernel(activation):
+    # R(0) = 1/2 sum_{k,l} a*_k a*_l K(w*_k, w*_l), Gaussian inputs, with the arc-cosine kernels of Cho & Saul
+    # written out here (relu: |w||v| (sin th + (pi - th) cos th) / (2 pi); step: (pi - th) / (2 pi)). 19 teacher
+    # neurons in 6 x 6 tiles (chunk_bytes for 36 floats a tile): the last block of columns has one neuron, and
+    # only the diagonal tiles hold pairs of a neuron with itself. Rounding tolerance 1e-13 relative.
+    teacher, _ = teacher_student(d=5, m_teacher=19, seed=12, activation=activation)
+    W, a = teacher.W, teacher.gamma * teacher.a
+    norms = np.linalg.norm(W, axis=1)
+    theta = np.arccos(np.clip(W @ W.T / np.outer(norms, norms), -1, 1))
+    np.fill_diagonal(theta, 0.0)
+    if activation == "relu":
+        K = np.outer(norms, norms) * (np.sin(theta) + (np.pi - theta) * np.cos(theta)) / (2 * np.pi)
+    else:
+        K = (np.pi - theta) / (2 * np.pi)
+    expected = 0.5 * float(a @ K @ a)
+    assert PopulationRisk(teacher, chunk_bytes=10 * 8 * 36).teacher_energy == pytest.approx(expected, rel=1e-13)

@@ -1293,3 +1293,11 @@ def test_gaussian_norm_moment_beyond_the_largest_float_raises_value_error_at_the
         assert exponent > mpmath.log(np.finfo(np.float64).max)
     with pytest.raises(ValueError, match="beyond the largest float64"):
         gaussian_norm_moment(h, d)
+
+
+def test_f2_norm_reads_an_energy_above_1e_26_of_the_total_on_a_vanishing_eigenvalue_as_infinite_by_default():
+    # Docstring: energies up to rtol (default 1e-26) of the total, on degrees where lambda_k = 0, are rounding;
+    # above it the norm is infinite. 1e-20 of the total is above the default and below rtol = 1e-12.
+    energies, eigenvalues = np.array([1.0, 1e-20]), np.array([1.0, 0.0])
+    assert f2_norm_from_harmonics(energies, eigenvalues) == np.inf
+    assert f2_norm_from_harmonics(energies, eigenvalues, rtol=1e-12) == pytest.approx(1.0, rel=1e-15)

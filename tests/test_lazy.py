@@ -965,3 +965,19 @@ def test_linearized_model_holds_three_blocks_per_chunk():
     Z = X @ net.W.T
     expected = net.gamma * ((Z > 0) * Z @ lin.a + ((Z > 0) * (X @ (lin.W - net.W).T)) @ net.a)
     np.testing.assert_allclose(f, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+def test_lazy_diagnostics_without_ntk_change_compare_with_the_kernel_flow_of_the_trained_layer():
+    # ntk=False: K_0 is still computed for the kernel-flow reference, of the trained layer (train="outer": the
+    # Gram matrix of the gradients in a, J_0 written out in numpy); the flow of the outer layer follows
+    # y - expm(-(s t / n) K_0) (y - f_0) (scipy) up to RK4's error (relative 1e-9, as in the test with ntk)
+    X, y = _data(10, 3, 0)
+    net = centered_init(40, 3, scale="ntk", rng=1)
+    n, m = 10, 40
+    diag = LazyDiagnostics(net, X, y=y, train="outer", ntk=False)
+    traj = gradient_flow(net, EmpiricalRisk(X, y), steps=20, step_size=5e-3, method="rk4", train="outer",
+                         record_every=20, callback=diag)
+    J0 = _relu_jacobian(net.a, net.W, net.gamma, X)[:, :m]
+    f = net.gamma * np.maximum(X @ traj.W.T, 0) @ traj.a
+    pred = y - scipy.linalg.expm(-(m * traj.t / n) * (J0 @ J0.T)) @ y  # f_0 = 0 (centred)
+    assert diag.result()["kernel_gap"][-1] == pytest.approx(np.sqrt(np.mean((f - pred) ** 2)), rel=1e-9, abs=1e-12)

@@ -977,3 +977,149 @@ def test_best_neuron_is_the_exact_maximiser_over_a_dictionary_and_refines_on_the
     best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
     theta, _ = best_neuron(r, X, candidates=100, rng=0)
     assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
+
+
+# --------------------------------------------------------------------------- conditional gradient: its parts
+def test_best_neuron_value_is_the_first_variation_at_theta_over_all_points_when_it_searches_a_subsample():
+    # The value returned is (1/n) <r, sigma(<theta, X>)> over all n points (Returns), whatever subset the search
+    # used: brute force at the returned theta. 1e-13 relative: sums of 200 terms of size ~1.
+    rng = np.random.default_rng(80)
+    X = sample_sphere(200, 3, rng=rng)
+    r = rng.standard_normal(200)
+    theta, value = best_neuron(r, X, candidates=50, subsample=20, rng=1)
+    assert value == pytest.approx(float(r @ np.maximum(X @ theta, 0.0)) / 200, rel=1e-13)
+
+
+def test_best_neuron_on_a_subsample_of_all_points_is_the_full_search_on_the_circle():
+    # subsample = n draws a permutation (without replacement): the search is that on all points, and refined it
+    # reaches the maximiser of |<r, relu(<theta, X>)>| on a grid of 2 10^4 angles (tolerance 1e-3 rad: the grid
+    # step is 3e-4). Drawn with replacement, repeated points would reweight the objective and move its maximiser.
+    rng = np.random.default_rng(81)
+    X = sample_sphere(60, 2, rng=rng)
+    r = rng.standard_normal(60)
+    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    theta, _ = best_neuron(r, X, candidates=100, refine=50, subsample=60, rng=2)
+    assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
+
+
+def test_best_neuron_with_a_bias_correlates_r_with_relu_of_x_plus_the_last_coordinate():
+    # bias=True: atoms c on S^2 act on (x, 1), sigma(<c[:2], x> + c[2]); over a dictionary the search is exact:
+    # brute force, 1e-13 relative (sums of 100 terms).
+    rng = np.random.default_rng(82)
+    X = rng.standard_normal((100, 2))
+    r = rng.standard_normal(100)
+    C = sample_sphere(30, 3, rng=rng)
+    corr = np.maximum(X @ C[:, :2].T + C[:, 2], 0.0).T @ r / 100  # (30,)
+    j = int(np.argmax(np.abs(corr)))
+    theta, value = best_neuron(r, X, candidates=C, bias=True)
+    np.testing.assert_array_equal(theta, C[j])
+    assert value == pytest.approx(corr[j], rel=1e-13)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5, 3.0])
+def test_project_l1_is_the_soft_threshold_whose_l1_norm_is_the_radius(scale):
+    # Duchi et al. 2008: the projection of v on {|a|_1 <= R} is v itself inside the ball, else
+    # sign(v) max(|v| - tau, 0) with tau > 0 the root of sum max(|v| - tau, 0) = R (brentq here, to 1e-15).
+    # |v|_1 = scale R: inside (0.5) and outside (1.5, 3). Rounding tolerance 1e-13.
+    from scipy.optimize import brentq
+
+    from shallow.measures import _project_l1
+
+    rng = np.random.default_rng(83)
+    v = rng.standard_normal(25)
+    R = float(np.abs(v).sum()) / scale
+    if scale <= 1:
+        expected = v
+    else:
+        tau = brentq(lambda t: np.maximum(np.abs(v) - t, 0).sum() - R, 0.0, np.abs(v).max(), xtol=1e-15)
+        expected = np.sign(v) * np.maximum(np.abs(v) - tau, 0)
+    np.testing.assert_allclose(_project_l1(v, R), expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.8])
+@pytest.mark.parametrize("iterations", [1, 60, 2000])
+def test_l1_least_squares_reaches_the_constrained_optimum_from_slsqp(fraction, iterations):
+    # argmin_{|a|_1 <= R} (1/2n) |F a - y|^2 with R = fraction |a_LS|_1 (the ball binds), against SLSQP on the
+    # positive and negative parts (the l1 ball as linear constraints). Objective to 1e-12 absolute (~0.3: both
+    # end at the optimum up to rounding) and |a|_1 <= R (1 + 1e-12). With 1 and 60 iterations the active-set
+    # polish has to deliver it, from the support and signs of an early FISTA iterate (dropping atoms whose
+    # sign flips, adding the most violating ones).
+    from scipy.optimize import minimize
+
+    from shallow.measures import _l1_least_squares
+
+    rng = np.random.default_rng(84)
+    n, k = 80, 12
+    F = rng.standard_normal((n, k))
+    y = F @ rng.standard_normal(k) + 0.5 * rng.standard_normal(n)
+    R = fraction * float(np.abs(np.linalg.lstsq(F, y, rcond=None)[0]).sum())
+
+    def objective(z):
+        res = F @ (z[:k] - z[k:]) - y
+        g = F.T @ res / n
+        return 0.5 * float(res @ res) / n, np.concatenate([g, -g])
+
+    ref = minimize(objective, np.zeros(2 * k), jac=True, method="SLSQP", bounds=[(0, None)] * (2 * k),
+                   constraints=[{"type": "ineq", "fun": lambda z: R - z.sum(), "jac": lambda z: -np.ones(2 * k)}],
+                   options={"ftol": 1e-16, "maxiter": 1000})
+    a = _l1_least_squares(F, y, R, np.zeros(k), iterations, 1e-16)
+    res = F @ a - y
+    assert abs(0.5 * float(res @ res) / n - ref.fun) <= 1e-12 and np.abs(a).sum() <= R * (1 + 1e-12)
+
+
+def test_classic_frank_wolfe_first_open_loop_steps_are_the_convex_combinations_of_the_best_vertices():
+    # gamma_t = 2/(t + 2): mu_1 = s_0 (gamma_0 = 1) and mu_2 = mu_1 / 3 + 2 s_1 / 3, s_t = -R sign(F'(theta_t))
+    # delta_{theta_t}, theta_t the dictionary atom maximising |<f_t - y, relu(<theta, X>)>| (brute force).
+    # Objectives to 1e-14 absolute (rounding of sums of 100 terms ~0.1).
+    R = 5.0
+    X, y, C, A, _ = _dictionary_problem(R)
+    n = len(y)
+    f, expected = np.zeros(n), [0.5 * float(y @ y) / n]
+    for t in range(2):
+        corr = A.T @ (f - y)
+        j = int(np.argmax(np.abs(corr)))
+        f = (1 - 2 / (t + 2)) * f + 2 / (t + 2) * (-R * np.sign(corr[j]) * A[:, j])
+        expected.append(0.5 * float((f - y) @ (f - y)) / n)
+    _, history = conditional_gradient(X, y, R, candidates=C, variant="classic", step_rule="2/(t+2)", steps=2)
+    np.testing.assert_allclose(history["objective"], expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("step_rule", ["2/(t+2)", "line-search"])
+def test_classic_frank_wolfe_returns_the_measure_whose_objective_it_reports(step_rule):
+    # Over a dictionary the oracle returns atoms already in mu_t, whose weights then change in place: the
+    # returned measure's objective (evaluated by Measure.evaluate) is the history's last, to rounding 1e-14.
+    R = 5.0
+    X, y, C, _, _ = _dictionary_problem(R)
+    mu, history = conditional_gradient(X, y, R, candidates=C, variant="classic", step_rule=step_rule, steps=60)
+    r = mu.evaluate(X) - y
+    assert abs(0.5 * float(r @ r) / len(y) - history["objective"][-1]) <= 1e-14
+
+
+def test_duality_gap_is_nonnegative_even_when_a_random_oracle_misses():
+    # The gap is computed at the better of the oracle's answer and mu_t's own atoms, so by Hoelder
+    # (|<r, f>| / n = |sum_j a_j F'(theta_j)| <= |a|_1 max_j |F'(theta_j)| <= R max_j |F'(theta_j)|) it is >= 0
+    # at every step, even with a one-direction oracle that misses. Rounding allowance 1e-15.
+    rng = np.random.default_rng(85)
+    X = sample_sphere(60, 4, rng=rng)
+    y = np.sin(3 * X[:, 0]) + X[:, 1]
+    _, history = conditional_gradient(X, y, 0.5, variant="fully-corrective", steps=15, candidates=1, refine=0, rng=3)
+    assert np.all(history["gap"] >= -1e-15)
+
+
+def test_conditional_gradient_stops_at_a_gap_of_zero_for_tol_zero():
+    # tol: stop when the gap falls to tol or below. y = 0: mu_0 = 0 is optimal, its gap is exactly 0, so
+    # tol=0 stops at t = 0 with the history of mu_0 alone.
+    X = sample_sphere(20, 3, rng=86)
+    mu, history = conditional_gradient(X, np.zeros(20), 1.0, variant="classic", steps=5, candidates=10, tol=0.0,
+                                       rng=0)
+    assert len(history["objective"]) == 1 and len(mu) == 0
+
+
+def test_conditional_gradient_without_tol_makes_every_step_and_reports_each_iterate():
+    # steps = T without tol: iterations t = 0, ..., T - 1 all made, a history of T + 1 entries (mu_0 = 0 to
+    # mu_T); a classic step from mu_0 adds one atom (gamma_0 = 1 for the open-loop rule)
+    X, y, C, _, _ = _dictionary_problem(5.0)
+    _, history = conditional_gradient(X, y, 5.0, candidates=C, variant="classic", step_rule="2/(t+2)", steps=3)
+    assert len(history["objective"]) == 4 and history["support"][0] == 0 and history["support"][1] == 1

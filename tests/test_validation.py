@@ -192,3 +192,30 @@ def test_check_array_promotes_float16_to_float32_and_keeps_float32_and_float64()
     assert check_array(np.ones(2, dtype=np.float32), "x").dtype == np.float32
     assert check_array(np.ones(2), "x").dtype == np.float64
     assert check_array(np.array([300.0], dtype=np.float16), "x")[0] ** 2 == 90000.0
+
+
+@pytest.mark.parametrize("consumer", ["EmpiricalRisk", "LinearizedRisk", "conditional_gradient"])
+def test_regression_data_of_zero_samples_is_refused_by_every_consumer_of_check_samples(consumer):
+    # check_samples: n >= 1 (an empty mean is 0/0); the three consumers refuse n = 0 with its message
+    from shallow.flows import EmpiricalRisk
+    from shallow.lazy import LinearizedRisk
+    from shallow.measures import conditional_gradient
+
+    X, y = np.zeros((0, 3)), np.zeros(0)
+    call = {"EmpiricalRisk": lambda: EmpiricalRisk(X, y),
+            "LinearizedRisk": lambda: LinearizedRisk(X, y),
+            "conditional_gradient": lambda: conditional_gradient(X, y, 1.0)}[consumer]
+    with pytest.raises(ValueError, match="X must hold at least one sample, got n=0"):
+        call()
+
+
+@pytest.mark.gpu
+def test_check_samples_refuses_points_and_targets_on_different_devices(xp):
+    # one device: a device X with host targets (or the reverse) is refused at once, as get_xp refuses a mix
+    from shallow._validation import check_samples
+
+    if xp is np:
+        pytest.skip("needs a device array")
+    X = np.random.default_rng(0).standard_normal((5, 2))
+    with pytest.raises(TypeError, match="cannot be mixed"):
+        check_samples(xp.asarray(X), np.ones(5))

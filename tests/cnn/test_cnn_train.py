@@ -698,3 +698,14 @@ def test_predict_peak_memory_is_a_few_activations_not_every_layers_cache():
         tracemalloc.stop()
     assert peak < 6 * A
     assert held < out.nbytes + A / 64
+
+
+def test_no_cache_releases_on_entry_the_caches_of_an_earlier_pass():
+    # no_cache: "On entry the caches of model's tree are released": a backward within the block, after a cached
+    # forward outside it and no pass inside, has nothing to differentiate and refuses
+    from shallow.cnn import no_cache
+    X = np.random.default_rng(42).standard_normal((4, 8, 8, 1))
+    model = build_model("vgg", (8, 8, 1), 10, width=2, rng=0)
+    model.forward(X)
+    with no_cache(model), pytest.raises(RuntimeError, match="within no_cache"):
+        model.backward(np.ones((4, 10)))

@@ -1288,3 +1288,10 @@ def test_input_gradient_in_batches_holds_the_passes_of_one_batch():
     finally:
         tracemalloc.stop()
     assert peak < 30 * (8 * 16 * 16 * 16 * 4)
+
+
+def test_input_jacobian_of_an_empty_batch_of_feature_maps_has_the_flattened_number_of_outputs():
+    # N = 0 images through a Conv2d with (N, 4, 4, 2) outputs: (0, K) + image shape with K = 4 * 4 * 2 = 32
+    # coordinates per image (the rows of the Jacobian of a non-empty batch, test above), not the 2 channels
+    conv = Conv2d(1, 2, 3, bias=False, rng=71)
+    assert input_jacobian(conv, np.zeros((0, 6, 6, 1))).shape == (0, 32, 6, 6, 1)

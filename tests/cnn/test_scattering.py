@@ -791,3 +791,37 @@ def test_scattering_vjp_holds_the_cache_of_one_block():
             tracemalloc.stop()
     assert peaks[1] < 1.3 * peaks[0]  # 1.07 measured; 4 blocks' caches against 1 before
     np.testing.assert_allclose(g, whole, rtol=1e-12, atol=1e-12 * np.abs(whole).max())
+
+
+def test_scattering_vjp_in_blocks_of_two_images_of_an_odd_batch_is_that_of_each_image():
+    # S^T G is computed image by image (each image's coefficients depend on it alone): in blocks of 2 images,
+    # 5 images (the last block holds one) give each image's own vjp. Rounding tolerance 1e-12.
+    S = Scattering2D(1, (8, 8), L=4)
+    x = np.random.default_rng(14).standard_normal((5, 8, 8))
+    G = np.random.default_rng(15).standard_normal((5, S.n_coefficients, *S.output_shape))
+    single = np.stack([S.vjp(x[i], G[i]) for i in range(5)])
+    S._chunk = lambda: 2  # blocks of 2 images
+    np.testing.assert_allclose(S.vjp(x, G), single, rtol=1e-12, atol=1e-12 * np.abs(single).max())
+
+
+@pytest.mark.parametrize("max_order", [1, 2])
+def test_periodic_lipschitz_bound_is_the_telescoped_recursion_of_dense_operator_norms(max_order):
+    # Facts 2 and 3 of lipschitz_bound (periodic, so no padding factor): V of a node at resolution 2^-r is the
+    # squared norm on real signals of d -> (Low_r d, (V_child^{1/2} B_{j, r} d)_children), children the paths the
+    # transform computes (j_1 < J at the root, j_2 > j_1 below j_1), a leaf's V that of Low alone; Lip = V_root^{1/2}.
+    # Each norm from the dense matrix of the code's own _low and _band (real and imaginary parts as rows) and
+    # numpy's SVD, instead of the alias blocks. 1e-10 relative: rounding of the FFTs.
+    M, J = 8, 2
+    S = Scattering2D(J, (M, M), L=4, max_order=max_order, padding="periodic")
+    F = S._filters(np, np.float64)
+
+    def node(r, children):
+        side = M // 2**r
+        X = np.fft.fft2(np.eye(side * side).reshape(-1, side, side))
+        outs = [S._low(X, r, F)] + [np.sqrt(V) * S._band(X, j, r, F) for j, V in children]
+        A = np.concatenate([np.concatenate([o.real, o.imag], axis=1).reshape(side * side, -1) for o in outs], axis=1)
+        return np.linalg.norm(A, 2) ** 2
+
+    V2 = {j: node(j, []) for j in range(J)}
+    V1 = {j1: node(j1, [(j2, V2[j2]) for j2 in range(j1 + 1, J)] if max_order >= 2 else []) for j1 in range(J)}
+    assert S.lipschitz_bound() == pytest.approx(np.sqrt(node(0, [(j1, V1[j1]) for j1 in range(J)])), rel=1e-10)
