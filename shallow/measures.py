@@ -1217,6 +1217,46 @@ def _slide(Theta, a, Z, y, sigma, R, iterations, inner_iterations, tol):
     return W / np.linalg.norm(W, axis=1, keepdims=True)
 
 
+def _merge_atoms(Theta, a, Z, sigma, atol):
+    """Merge the atoms Theta (k, D) of weights a (k,) that sliding brought together, without changing f on Z.
+
+    1. Atoms within Euclidean distance atol (transitively, :func:`_merge_labels`) become the group's first
+       atom with the sum of their weights: f_mu(x) moves by at most sum_j |a_j| Lip(sigma) atol |x| (nothing
+       for coincident atoms), and |mu|_TV does not grow (|sum a_j| <= sum |a_j|).
+    2. For sigma positively homogeneous of degree 1 (relu, abs): sigma(z) = z sigma(sign z) is linear on each
+       half line, so on the cone of the directions with one sign pattern s_i = sign(<z_i, theta>) on the data,
+       sigma(Z theta) = diag(sigma(s)) Z theta is linear in theta. Atoms with the same pattern and weights of
+       one sign s then merge into v = sum_j |a_j| theta_j: one atom v/|v| (in the same convex cone) of weight
+       s |v|, the same f on Z up to rounding, and |v| <= sum_j |a_j|. Degree 0 (step): the columns
+       sigma(Z theta) of one pattern are equal, their weights add.
+
+    Returns the merged (Theta, a), in the order of first appearance. On the data the merge changes neither
+    F nor (being a rewrite of the same function on Z, feasible) the optimality of the weights.
+    """
+    labels, first = _merge_labels(Theta, atol)
+    a = np.bincount(labels, weights=a, minlength=len(first))
+    Theta = Theta[first]
+    degree = sigma.homogeneity
+    if degree not in (0, 1) or len(a) < 2:
+        return Theta, a
+    pattern = np.sign(Z @ Theta.T).T  # (k, n)
+    key = pattern if degree == 0 else np.hstack([pattern, np.sign(a)[:, None]])
+    _, first, labels = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    labels = labels.reshape(-1)
+    if len(first) == len(a):
+        return Theta, a
+    order = np.argsort(first, kind="stable")  # groups numbered by their first atom
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    labels, first = rank[labels], first[order]
+    if degree == 0:
+        return Theta[first], np.bincount(labels, weights=a, minlength=len(first))
+    V = np.zeros((len(first), Theta.shape[1]))  # (groups, D)
+    np.add.at(V, labels, np.abs(a)[:, None] * Theta)
+    nv = np.linalg.norm(V, axis=1)  # > 0: a conic combination of directions of one open cone
+    return V / nv[:, None], np.sign(a[first]) * nv
+
+
 def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant="fully-corrective",
                          step_rule="line-search", candidates=1000, refine=20, slide_iterations=50,
                          inner_iterations=2000, tol=None, bias=False, rng=None, progress=False):
@@ -1245,9 +1285,12 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
           atoms whose weight is 0 are dropped;
         * "sliding": as "fully-corrective", then all the atoms move jointly (Denoyelle et al. 2019), by
           L-BFGS on their positions with the weights re-solved at each position (variable projection,
-          ``slide_iterations``); the step keeps |mu|_TV <= R and never raises F. Its cost is dominated by
-          these weight solves: where the ball constrains and atoms slide on top of each other (their Gram
-          matrix near singular), 30 steps on 60 points in d = 2 took 12 s, against 0.5 s fully corrective.
+          ``slide_iterations``); the step keeps |mu|_TV <= R and never raises F. Then the atoms it brought
+          together merge: those within sqrt(eps) of each other, and, for a
+          sigma positively homogeneous of degree 1 or 0 (relu, abs, step), those of one sign pattern on the
+          data and one weight sign, exactly (the same f on the data, |mu|_TV not larger). Without the merge,
+          atoms piled up in one such cone, their Gram matrix near singular, and the weight solves ran long
+          where the ball binds: 30 steps on 60 points in d = 2 took 12 s (25 atoms), now 0.6 s (3 atoms).
     step_rule : {"line-search", "2/(t+2)"}
         gamma_t of the classic variant: the exact minimiser over [0, 1] (F is quadratic along the segment),
         or the open-loop 2/(t+2).
@@ -1352,6 +1395,7 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
     a = np.zeros(0)  # (k,) weights
     f = np.zeros(n)  # f_mu(X)
     inner_tol = 1e-13 * max(0.5 * float(yh @ yh) / n, np.finfo(float).tiny)
+    merge_atol = sphere_tolerance(np.float64)  # sliding's collisions: see _merge_atoms
     history = {"objective": [], "gap": [], "support": []}
     bar = None
     if progress:
@@ -1403,6 +1447,9 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
                         Theta = _slide(Theta, a, Z, yh, sigma, R, slide_iterations, inner_iterations, inner_tol)
                         F = sigma(Z @ Theta.T)
                         a = _l1_least_squares(F, yh, R, a, inner_iterations, inner_tol)
+                        keep = a != 0
+                        Theta, a = _merge_atoms(Theta[keep], a[keep], Z, sigma, merge_atol)
+                        F = sigma(Z @ Theta.T)
                     else:
                         F = F[:, :0]
                 keep = a != 0
