@@ -1076,8 +1076,13 @@ def best_neuron(r, X, *, activation="relu", candidates=1000, refine=20, subsampl
         sub = rng.choice(n, size=min(n, subsample), replace=False)
         Zs, rs = Z[sub], r[sub]
     C = sample_sphere(candidates, D, rng=rng)  # (candidates, D)
-    theta = C[np.argmax(np.abs(rs @ sigma(Zs @ C.T)))]
+    corr0 = rs @ sigma(Zs @ C.T)  # (candidates,)
+    theta = C[np.argmax(np.abs(corr0))]
     if refine:
+        # the objective divided by its starting value: L-BFGS-B's tolerances (pgtol 1e-5) are absolute, and on
+        # -corr^2 itself a residual r of size 1e-3 (or 1e100) stopped the ascent at a different direction
+        rs = rs / max(float(np.abs(corr0).max()), np.finfo(float).tiny)
+
         def objective(w):
             nw = np.linalg.norm(w)
             u = w / nw
@@ -1113,9 +1118,10 @@ def _l1_least_squares(F, y, R, a0, iterations, tol):
     on the ball); every 50 steps its support S and signs s start an active-set search for the exact solution
     of the KKT system G_SS a_S - b_S = -lambda s, <s, a_S> = R, |(G a - b)_j| <= lambda off S, kept when its
     gap is <= tol. Stops when the duality
-    gap over these atoms, gap(a) = <G a - b, a> + R max_j |(G a - b)_j|, is <= tol (at least 64 eps times
-    the size of the gap's terms, L R^2 + R |b|_inf: its rounding), or after ``iterations`` steps (then the
-    better of the last iterate and its polish).
+    gap over these atoms, gap(a) = <G a - b, a> + R max_j |(G a - b)_j|, is <= tol (at least 1e-12, about
+    4500 eps, times the size of the gap's terms, L R^2 + R |b|_inf, which bounds its rounding; where the ball
+    binds and G is near singular, that size can exceed F itself: the weights are then optimal to 1e-12 of
+    it only), or after ``iterations`` steps (then the better of the last iterate and its polish).
     """
     from scipy.linalg import cho_factor, cho_solve
 

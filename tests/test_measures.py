@@ -1221,3 +1221,19 @@ def test_conditional_gradient_without_tol_makes_every_step_and_reports_each_iter
     X, y, C, _, _ = _dictionary_problem(5.0)
     _, history = conditional_gradient(X, y, 5.0, candidates=C, variant="classic", step_rule="2/(t+2)", steps=3)
     assert len(history["objective"]) == 4 and history["support"][0] == 0 and history["support"][1] == 1
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3, 1e-100, 1e100])
+def test_best_neuron_refinement_on_the_circle_is_invariant_to_the_scale_of_r(scale):
+    # argmax_theta |<c r, relu(<theta, X>)>| does not depend on c > 0: for r of any size the refined search
+    # reaches the maximiser on a grid of 2 10^4 angles (tolerance 1e-3 rad: the grid step is 3e-4), as for
+    # r of size 1. L-BFGS-B's absolute pgtol (1e-5) on -corr^2 stopped the ascent at once for c = 1e-3.
+    rng = np.random.default_rng(87)
+    X = sample_sphere(60, 2, rng=rng)
+    r = rng.standard_normal(60)
+    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    theta, value = best_neuron(scale * r, X, candidates=20, refine=50, rng=2)
+    assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
+    assert value == pytest.approx(scale * float(r @ np.maximum(X @ theta, 0.0)) / 60, rel=1e-13)
