@@ -4,7 +4,7 @@
 #     OUT=/tmp/out bash benchmarks/device_check.sh [tests|bench|parity|flow|studies|all]
 #
 # tests: the gpu-marked tests but the device parity ones; bench: the CNN step on the device (issue 7's
-# open target) and its primitives; parity: tests/test_device_parity.py (273 public routines on CuPy
+# open target) and its primitives; parity: tests/test_device_parity.py (274 cases of public routines on CuPy
 # against numpy, so far run only on the fake device of tests/fake_device.py; each compiles its own
 # kernels on a fresh machine: after bench in "all"); flow: the particle flow step and the CPU
 # reference step (measured in session 2, not repeated by default).
