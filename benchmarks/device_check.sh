@@ -53,8 +53,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     step cnn_step_gpu_b1024_tf32 120 python3 benchmarks/cnn_step.py --device gpu --rounds 1 --steps 20 --batch 1024 --tf32
 fi
 if [ "$what" = parity ] || [ "$what" = all ]; then
-    TAIL=25 step gpu_parity 180 python3 -m pytest tests/test_device_parity.py -m gpu -q -p no:cacheprovider -o addopts="" \
-        --durations=5
+    TAIL=25 step gpu_parity 180 python3 -m pytest tests/test_device_parity.py -m gpu -q -p no:cacheprovider \
+        -o addopts="" --durations=5
 fi
 if [ "$what" = flow ]; then
     step flow_step_f64 45 python3 benchmarks/flow_step.py --device gpu --dtype float64 --n 16384 --m 16384 --d 128

@@ -248,8 +248,8 @@ def report_errors(run, prog: str, out=".") -> int:
     the messages name the argument and what was expected. Ctrl-C prints what the same command
     resumes from (:func:`interrupted_message`, with the run's ``--out`` folder ``out``), and the exit
     status is 130 (128 + SIGINT, the shell's). SIGTERM stops ``run()`` as Ctrl-C does
-    (:func:`_sigterm_as_ctrl_c`: it was a kill without clean-up, which left temporary files and lost a
-    flow's progress since its last checkpoint), with the same line and exit status 143 (128 + SIGTERM)."""
+    (:func:`_sigterm_as_ctrl_c`: temporary files are removed and a flow's checkpoint saved, where a kill
+    would lose its progress since the last one), with the same line and exit status 143 (128 + SIGTERM)."""
     with _sigterm_as_ctrl_c() as terminated:
         try:
             return run()

@@ -315,7 +315,7 @@ class _ArccosTile:
             with np.errstate(divide="ignore"):
                 xp.reciprocal(S, out=S)
             # (anti)parallel to rounding (a particle with itself, a zero vector, x and 3x): the recomputed sin th is
-            # accurate to a few eps64, and a float32 step tile with a pair this close was promoted to float64
+            # accurate to a few eps64, and a float32 step tile with a pair this close has been promoted to float64
             xp.copyto(S, 0, where=xp.less_equal(self.sin, _PARALLEL_CHORD, out=self._out("mask")))
             self._S = (S, xp.multiply(S, self.cos, out=self._out("Sc")))
         S, Sc = (self._S[0].T, self._S[1].T) if transpose else self._S
@@ -336,8 +336,9 @@ _NEAR_SINE = 1e-4
 _WIDE_SINE = 0.015
 _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs per chunk
 #: At or below this sin th (recomputed in float64 from unit vectors) a pair counts as exactly (anti)parallel, its
-#: step field 0: the rounding of sin th is a few eps64 (a particle with itself, x and 3x). As before in float64; in
-#: float32 the cut was 64 eps32 = 7.6e-6, below which pairs at a true angle lost a field of size 1 / (2 pi |w|).
+#: step field 0: the rounding of sin th is a few eps64 (a particle with itself, x and 3x). The same cut serves
+#: float32 tiles, whose near pairs are recomputed in float64: a cut of 64 eps32 = 7.6e-6 dropped the field,
+#: of size 1 / (2 pi |w|), of pairs at a true angle below it.
 _PARALLEL_CHORD = 1e-12
 
 
@@ -454,8 +455,10 @@ class PopulationRisk:
 
     @property
     def teacher_energy(self) -> float:
-        """R(0) = 1/2 E_x[f^*(x)^2], the risk of the zero network: the scale against which a risk is small
-        (relative risk R / R(0)), the third term of the expansion in the Notes."""
+        """R(0) = 1/2 E_x[f^*(x)^2], the risk of the zero network.
+
+        The scale against which a risk is small (relative risk R / R(0)); the third term of the expansion
+        in the Notes."""
         return self._teacher_energy
 
     @property

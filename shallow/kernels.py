@@ -1390,8 +1390,8 @@ def f2_norm_from_harmonics(energies, eigenvalues, *, rtol=1e-26) -> float:
     quadrature (a callable kernel in :func:`mercer_eigenvalues`) leaves positive values as well (the
     relu NNGP as a callable in d = 5: a few 1e-18 on degrees 3 and 5, the digits varying with the
     numpy build), which turn an infinite norm into a large finite one (energy 1e-6 on degree 3: about
-    5e5, against inf from the exact eigenvalues). Give the exact eigenvalues where they exist, or set to 0 yourself those below the
-    quadrature floor of :func:`mercer_eigenvalues`.
+    5e5, against inf from the exact eigenvalues). Give the exact eigenvalues where they exist, or
+    set to 0 yourself those below the quadrature floor of :func:`mercer_eigenvalues`.
 
     Parameters
     ----------

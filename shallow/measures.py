@@ -429,7 +429,8 @@ def network_to_measure(net: TwoLayer) -> Measure:
     if not bool(xp.isfinite(weights).all()):
         log2 = math.log2(abs(net.gamma)) + to_numpy(xp.log2(xp.abs(a[keep])) + alpha * xp.log2(norms)).astype(float)
         # float64 is a remedy only for a float32 network
-        remedy = "rescale its weights" if W.dtype == np.float64 else "build the network in float64 (or rescale its weights)"
+        remedy = ("rescale its weights" if W.dtype == np.float64
+                  else "build the network in float64 (or rescale its weights)")
         raise ValueError(f"the network's masses gamma a_j |w_j|^alpha reach 2^{float(log2.max()):.1f}, beyond the "
                          f"largest {np.dtype(W.dtype).name} ({float(np.finfo(W.dtype).max):.3g}): {remedy}")
     points = W[keep] / norms[:, None]  # (k, D)
@@ -981,7 +982,7 @@ def _check_candidates(candidates, D):
     """An int number of random directions, or a fixed dictionary (host float64 rows on S^{D-1})."""
     if isinstance(candidates, numbers.Integral) and not isinstance(candidates, bool):
         return check_integer(candidates, "candidates", minimum=1)
-    if np.ndim(candidates) == 0:  # a bool or a float read as a (0-dimensional) dictionary said 'an array'
+    if np.ndim(candidates) == 0:  # a bool or a float, which check_on_sphere would call 'an array'
         raise ValueError(f"candidates must be an int >= 1 (random directions per oracle call) or a dictionary of "
                          f"shape (m, {D}), got {candidates!r} ({type(candidates).__name__})")
     C = check_on_sphere(candidates, "candidates")

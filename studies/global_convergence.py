@@ -47,7 +47,8 @@ Runtime: a population-risk step costs O(m^2 d) (12.5 ms at m = 1000, 0.35 ms at 
 core), so the two m = 1000 runs (2 x 6000 steps) dominate: about 2.5 minutes of one core on an idle
 machine; measured 5 min wall with --workers 2 on this 2-core machine (session 3), 6.8 min wall
 (13.6 min of CPU) in the gallery rerun of commit 37e81e5 under load. With the former 30 ms steps
-(before the kernel was computed in symmetric tiles) a run measured 25 min of CPU time (53 min wall) on a 2-core machine shared with other jobs.
+(before the kernel was computed in symmetric tiles) a run measured 25 min of CPU time (53 min wall)
+on a 2-core machine shared with other jobs.
 --quick (widths 5, 20, 100 with 8, 4, 4 runs up to t = 1500): about 10 s (12 s measured under the
 same load; 6 s with 2 workers in session 15). Each run is a point of the study's grid: the runs are
 spread over ``--workers`` and cached one by one, so an interrupted study resumes from the runs it

@@ -128,7 +128,8 @@ class DeviceArray:
             if not any(isinstance(x, np.generic) for x in inputs):  # (np.float64(2) * x also lands here)
                 _forwarded(f"numpy.{ufunc.__name__}")
             return getattr(fake, ufunc.__name__)(*inputs, **kwargs)
-        name = f"numpy.{ufunc.__name__}" if numpy_ufunc else f"{ufunc.__name__} (a ufunc of scipy or another host library)"
+        name = (f"numpy.{ufunc.__name__}" if numpy_ufunc
+                else f"{ufunc.__name__} (a ufunc of scipy or another host library)")
         _refuse("host ufunc on device data (TypeError on a GPU)", f"{name}.{method}" if method != "__call__" else name)
 
     def __array_function__(self, func, types_, args, kwargs):
@@ -397,9 +398,10 @@ def _get_xp(original):
             hosts = sorted({type(x).__module__.split(".")[0] + "." + type(x).__name__
                             for x in candidates if not isinstance(x, DeviceArray)})
             if hosts:  # array_api_compat refuses numpy arrays and numpy scalars beside cupy arrays
-                _note("numpy data mixed with device arrays in get_xp (TypeError on a GPU)", "get_xp(" + ", ".join(hosts) + ")")
-                raise TypeError(f"arrays from different libraries cannot be mixed: got cupy.ndarray, {', '.join(hosts)}; "
-                                "move them to one device first with shallow.backend.to_device")
+                _note("numpy data mixed with device arrays in get_xp (TypeError on a GPU)",
+                      "get_xp(" + ", ".join(hosts) + ")")
+                raise TypeError("arrays from different libraries cannot be mixed: got cupy.ndarray, "
+                                f"{', '.join(hosts)}; move them to one device first with shallow.backend.to_device")
             return fake
         return original(*arrays)
 

@@ -12,7 +12,7 @@ import pytest
 import scipy.special
 
 import fake_device
-from fake_device import DeviceArray, DeviceLeak
+from fake_device import DeviceArray
 
 from shallow.activations import get_activation
 from shallow.backend import to_device, to_numpy
@@ -36,7 +36,8 @@ def fake(monkeypatch):
 
 
 def _close(device_value, host_value, what=""):
-    assert isinstance(device_value, DeviceArray), f"{what}: a {type(device_value).__name__} came back, not a device array"
+    assert isinstance(device_value, DeviceArray), \
+        f"{what}: a {type(device_value).__name__} came back, not a device array"
     host_value = np.asarray(host_value)
     scale = max(float(np.max(np.abs(host_value))), 1e-300)
     np.testing.assert_allclose(to_numpy(device_value), host_value, rtol=0, atol=RTOL * scale, err_msg=what)
@@ -76,7 +77,8 @@ def test_two_layer_network_gradients_on_the_device_match_numpy(fake):
     from shallow.networks import TwoLayer
 
     rng = np.random.default_rng(1)
-    a, W, X, r = rng.standard_normal(7), rng.standard_normal((7, 5)), rng.standard_normal((23, 4)), rng.standard_normal(23)
+    a, W = rng.standard_normal(7), rng.standard_normal((7, 5))  # (m,), (m, d + 1): a bias column
+    X, r = rng.standard_normal((23, 4)), rng.standard_normal(23)  # (n, d), (n,)
     host = TwoLayer(a, W, gamma=0.37, bias=True)
     dev = TwoLayer(fake.asarray(a), fake.asarray(W), gamma=0.37, bias=True)
     for d, h, what in zip(dev.value_and_gradients(fake.asarray(X), fake.asarray(r)),

@@ -1135,7 +1135,6 @@ def test_arc_cosine_kernels_of_nearly_antiparallel_exact_inputs_are_accurate_rel
     with mpmath.workdps(50):
         X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
         G = mpmath.fsum(a * b for a, b in zip(X, Y))
-        N = mpmath.sqrt(mpmath.fsum(a * a for a in X) * mpmath.fsum(b * b for b in Y))
         cross = mpmath.sqrt(mpmath.fsum((X[i] * Y[j] - X[j] * Y[i]) ** 2 for i in range(3) for j in range(i + 1, 3)))
         rest = mpmath.pi - mpmath.atan2(cross, G)
         step = rest / (2 * mpmath.pi)

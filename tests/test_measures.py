@@ -150,8 +150,10 @@ def test_network_to_measure_beyond_float64_advises_rescaling_not_float64():
     # float64", which it already was
     net = TwoLayer(np.float64([1.0]), np.float64([[1e200, 0.0]]), activation=get_activation("relu_power", alpha=2),
                    gamma=1.0)
-    with pytest.raises(ValueError, match=r"reach 2\^1328.8, beyond the largest float64 \(1.8e\+308\): rescale its weights$"):
+    message = r"reach 2\^1328.8, beyond the largest float64 \(1.8e\+308\): rescale its weights$"
+    with pytest.raises(ValueError, match=message):
         network_to_measure(net)
+
 
 def test_step_neuron_with_zero_inner_weight_is_a_constant_that_no_measure_represents():
     # step(<0, x>) = step(0) = 0 here (the convention of activations), so the neuron is dropped;
@@ -975,7 +977,8 @@ def test_sliding_frank_wolfe_with_the_ball_active_reaches_the_optimum_on_the_cir
     # the code: on each arc between consecutive kinks (the data's hyperplanes) <r, relu(X theta)> = <c, theta>
     # is linear, its maximum over the arc at an end or at c/|c|. Sliding (which merges the atoms it brings
     # together) reaches F* to 1e-12 of F(0) (measured: this gap 1e-14, the reported one 6e-17, 30 steps in
-    # 0.6 s; without the merge 12 s and gap 5e-11), its objective never rises (allowance 1e-15) and is not above the fully-corrective one's.
+    # 0.6 s; without the merge 12 s and gap 5e-11), its objective never rises (allowance 1e-15) and is not above
+    # the fully-corrective one's.
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 2))
     W = np.array([[0.6, 0.8], [-0.8, 0.6], [0.0, -1.0]])

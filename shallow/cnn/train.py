@@ -435,8 +435,9 @@ def train_step(model, loss, optimizer, x, y, *, check=True):
     -----
     Refused (RuntimeError) within :func:`~shallow.cnn.layers.no_cache`, before the forward pass: its
     backward would find no cache. The update is skipped when the loss is not finite (the caller
-    decides what to do), and the running statistics of batch normalisation, which the forward pass moved in train mode, are
-    put back: the model is as it was before the step (up to the draws of its dropout generators).
+    decides what to do), and the running statistics of batch normalisation, which the forward pass
+    moved in train mode, are put back: the model is as it was before the step (up to the draws of
+    its dropout generators).
     """
     _check_caching("train_step")
     running = _running_buffers(model) if model.training else []

@@ -463,8 +463,10 @@ def test_reflect_padding_norm_is_the_square_root_of_the_largest_copy_count(J, sh
     assert (copies == 4) == (min(shape) >= 3 * 2**J)
 
 
-@pytest.mark.parametrize("J, shape, L, max_order, padding", [(3, (8, 24), 3, 2, "periodic"), (3, (8, 24), 2, 1, "reflect"),
-                                                          (1, (6, 10), 7, 2, "periodic"), (2, (4, 4), 5, 1, "periodic")])
+@pytest.mark.parametrize("J, shape, L, max_order, padding", [
+    (3, (8, 24), 3, 2, "periodic"), (3, (8, 24), 2, 1, "reflect"), (1, (6, 10), 7, 2, "periodic"),
+    (2, (4, 4), 5, 1, "periodic"),
+])
 def test_lipschitz_bound_exceeds_difference_quotients_ascended_over_pairs(J, shape, L, max_order, padding):
     # Scattering2D.lipschitz_bound certifies ||S x - S y|| <= Lip ||x - y|| for every pair, also on non-square
     # grids, at J = 3, odd L and max_order = 1 (the tests above: 8 x 8, L = 4, order 2). Here the quotient is
