@@ -825,13 +825,27 @@ def test_generalised_kl_is_the_sum_of_relative_entropies():
         float((rel_entr(p.sum(axis=1), q.sum(axis=1)) - p.sum(axis=1) + q.sum(axis=1)).sum()), rel=1e-13)
 
 
+def l1_ball_least_squares_by_slsqp(A, y, R):
+    """min (1/2n) |A a - y|^2 over |a|_1 <= R by scipy's SLSQP on a = z+ - z-, z >= 0, sum z <= R (the oracle)."""
+    from scipy.optimize import minimize
+
+    n, m = A.shape
+
+    def objective(z):
+        r = A @ (z[:m] - z[m:]) - y
+        g = A.T @ r / n
+        return 0.5 * float(r @ r) / n, np.concatenate([g, -g])
+
+    return minimize(objective, np.zeros(2 * m), jac=True, method="SLSQP", bounds=[(0, None)] * (2 * m),
+                    constraints=[{"type": "ineq", "fun": lambda z: R - z.sum(), "jac": lambda z: -np.ones(2 * m)}],
+                    options={"ftol": 1e-16, "maxiter": 1000})
+
+
 # --------------------------------------------------------------------------- conditional gradient
 def _dictionary_problem(R):
     """A least squares problem over a fixed dictionary of 30 relu atoms on S^2, and its l1-constrained
     optimum F* computed independently: SLSQP on the positive and negative parts a = u - v, u, v >= 0,
     sum(u + v) <= R (the l1 ball as linear constraints)."""
-    from scipy.optimize import minimize
-
     rng = np.random.default_rng(1)
     n, m = 100, 30
     X = sample_sphere(n, 3, rng=rng)  # (n, 3)
@@ -839,14 +853,7 @@ def _dictionary_problem(R):
     y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2  # not in the span: |a_LS|_1 = 57, so the ball binds for R <= 20
     A = np.maximum(X @ C.T, 0.0)  # (n, m)
 
-    def objective(z):
-        r = A @ (z[:m] - z[m:]) - y
-        g = A.T @ r / n
-        return 0.5 * float(r @ r) / n, np.concatenate([g, -g])
-
-    res = minimize(objective, np.zeros(2 * m), jac=True, method="SLSQP", bounds=[(0, None)] * (2 * m),
-                   constraints=[{"type": "ineq", "fun": lambda z: R - z.sum(), "jac": lambda z: -np.ones(2 * m)}],
-                   options={"ftol": 1e-16, "maxiter": 1000})
+    res = l1_ball_least_squares_by_slsqp(A, y, R)
     assert res.success and abs(res.x.sum() - R) < 1e-9  # the constraint is active: the test is not plain least squares
     return X, y, C, A, float(res.fun)
 
@@ -1059,6 +1066,13 @@ def test_best_neuron_refuses_bad_input(kwargs, message):
         best_neuron(np.ones(10), X, rng=0, **kwargs)
 
 
+def relu_correlation_maximiser_on_the_circle(X, r):
+    """argmax |<r, relu(<theta, X>)>| over a grid of 2 10^4 angles of the circle (step 3e-4 rad): the oracle."""
+    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
+    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    return grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+
+
 def test_best_neuron_is_the_exact_maximiser_over_a_dictionary_and_refines_on_the_circle():
     # Over a dictionary: argmax_j |<r, sigma(<c_j, X>)>| by brute force. On the circle with r = -y,
     # y = relu(<v, x>): the maximiser of |<y, relu(<theta, X>)>| / |relu(<theta, X>)| would be v; the oracle
@@ -1073,9 +1087,7 @@ def test_best_neuron_is_the_exact_maximiser_over_a_dictionary_and_refines_on_the
     j = int(np.argmax(np.abs(corr)))
     np.testing.assert_array_equal(theta, C[j])
     assert value == pytest.approx(corr[j] / 300, rel=1e-14)
-    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
-    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
-    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    best = relu_correlation_maximiser_on_the_circle(X, r)
     theta, _ = best_neuron(r, X, candidates=100, rng=0)
     assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
 
@@ -1098,9 +1110,7 @@ def test_best_neuron_on_a_subsample_of_all_points_is_the_full_search_on_the_circ
     rng = np.random.default_rng(81)
     X = sample_sphere(60, 2, rng=rng)
     r = rng.standard_normal(60)
-    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
-    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
-    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    best = relu_correlation_maximiser_on_the_circle(X, r)
     theta, _ = best_neuron(r, X, candidates=100, refine=50, subsample=60, rng=2)
     assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
 
@@ -1147,8 +1157,6 @@ def test_l1_least_squares_reaches_the_constrained_optimum_from_slsqp(fraction, i
     # end at the optimum up to rounding) and |a|_1 <= R (1 + 1e-12). With 1 and 60 iterations the active-set
     # polish has to deliver it, from the support and signs of an early FISTA iterate (dropping atoms whose
     # sign flips, adding the most violating ones).
-    from scipy.optimize import minimize
-
     from shallow.measures import _l1_least_squares
 
     rng = np.random.default_rng(84)
@@ -1157,14 +1165,7 @@ def test_l1_least_squares_reaches_the_constrained_optimum_from_slsqp(fraction, i
     y = F @ rng.standard_normal(k) + 0.5 * rng.standard_normal(n)
     R = fraction * float(np.abs(np.linalg.lstsq(F, y, rcond=None)[0]).sum())
 
-    def objective(z):
-        res = F @ (z[:k] - z[k:]) - y
-        g = F.T @ res / n
-        return 0.5 * float(res @ res) / n, np.concatenate([g, -g])
-
-    ref = minimize(objective, np.zeros(2 * k), jac=True, method="SLSQP", bounds=[(0, None)] * (2 * k),
-                   constraints=[{"type": "ineq", "fun": lambda z: R - z.sum(), "jac": lambda z: -np.ones(2 * k)}],
-                   options={"ftol": 1e-16, "maxiter": 1000})
+    ref = l1_ball_least_squares_by_slsqp(F, y, R)
     a = _l1_least_squares(F, y, R, np.zeros(k), iterations, 1e-16)
     res = F @ a - y
     assert abs(0.5 * float(res @ res) / n - ref.fun) <= 1e-12 and np.abs(a).sum() <= R * (1 + 1e-12)
@@ -1234,9 +1235,7 @@ def test_best_neuron_refinement_on_the_circle_is_invariant_to_the_scale_of_r(sca
     rng = np.random.default_rng(87)
     X = sample_sphere(60, 2, rng=rng)
     r = rng.standard_normal(60)
-    phi = np.linspace(0, 2 * np.pi, 20_000, endpoint=False)
-    grid = np.stack([np.cos(phi), np.sin(phi)], axis=1)
-    best = grid[np.argmax(np.abs(np.maximum(X @ grid.T, 0.0).T @ r))]
+    best = relu_correlation_maximiser_on_the_circle(X, r)
     theta, value = best_neuron(scale * r, X, candidates=20, refine=50, rng=2)
     assert np.arccos(min(1.0, float(theta @ best))) <= 1e-3
     assert value == pytest.approx(scale * float(r @ np.maximum(X @ theta, 0.0)) / 60, rel=1e-13)
