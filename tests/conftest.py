@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -59,6 +60,16 @@ def _fake_device(request, monkeypatch):
     import fake_device
     fake_device.install(monkeypatch)
     return fake_device.fake
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_default_precision():
+    """A test that sets mpmath.mp.dps (five do, to 40 or 50 digits) leaves mpmath's default, 15 digits, to the
+    next: no test's oracle depends on the order the tests run in."""
+    yield
+    mpmath = sys.modules.get("mpmath")
+    if mpmath is not None:
+        mpmath.mp.dps = 15
 
 
 @pytest.fixture(scope="session")
