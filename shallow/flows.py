@@ -254,8 +254,11 @@ class _ArccosTile:
             step = max(1, _PAIR_CHUNK // max(W.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
             for start in range(0, near[0].shape[0], step):
                 i, j = near[0][start:start + step], near[1][start:start + step]
-                p = _near_parallel(W[i], V[j])[1]
-                sin_abs[i, j] = xp.sqrt(xp.sum(p * p, axis=1)).astype(W.dtype)
+                # sin th = |v/|v| - cos th w/|w||, cos th from the unit vectors: a few eps (no row is zero:
+                # such pairs, sin th = 1, are never near)
+                Wh, Vh = W[i] * self.inv_w[i][:, None], V[j] * self.inv_v[j][:, None]
+                p = Vh - xp.sum(Wh * Vh, axis=1)[:, None] * Wh
+                sin_abs[i, j] = xp.sqrt(xp.sum(p * p, axis=1))
         if same:
             xp.fill_diagonal(sin_abs, 0)
             xp.fill_diagonal(cos, 1)  # (a zero vector's pairs are masked below)
@@ -323,9 +326,8 @@ class _ArccosTile:
         return inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
 
 
-
-#: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th and the step field made from their
-#: vectors, pair by pair: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
+#: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th recomputed from their unit
+#: vectors: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
 _NEAR_SINE = 1e-4
 #: A float32 step tile with a pair of sin th below this is computed in float64 (to 8 eps32 relative, where the step
 #: field was 1e2 to 1e5 eps32 off, and 0 below 7.6e-6 rad); elsewhere sqrt(1 - cos^2) and the matrix products leave
@@ -340,16 +342,6 @@ _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs p
 #: float32 tiles, whose near pairs are recomputed in float64: a cut of 64 eps32 = 7.6e-6 dropped the field,
 #: of size 1 / (2 pi |w|), of pairs at a true angle below it.
 _PARALLEL_CHORD = 1e-12
-
-
-def _near_parallel(Wi, Vj):
-    """cos th and p = v/|v| - cos th w/|w| of the pairs (w_i, v_j), rows of Wi and Vj (pairs, d), float64, from the
-    unit vectors (|p| = sin th to a few eps64; no row is zero: such pairs, sin th = 1, are never near)."""
-    xp = get_xp(Wi, Vj)
-    Wh = Wi / xp.sqrt(xp.sum(Wi * Wi, axis=1))[:, None]
-    Vh = Vj / xp.sqrt(xp.sum(Vj * Vj, axis=1))[:, None]
-    cos = xp.sum(Wh * Vh, axis=1)
-    return cos, Vh - cos[:, None] * Wh
 
 
 def _relu_near_pi(delta):
@@ -517,7 +509,7 @@ class PopulationRisk:
         blocks = [slice(start, min(m, start + rows)) for start in range(0, m, rows)]
         teacher_blocks = [slice(start, min(Ws.shape[0], start + cols)) for start in range(0, Ws.shape[0], cols)]
         ga = gamma * a
-        # (zeros and empty rather than their _like forms, which cost microseconds more at small m)
+        # (zeros rather than zeros_like, which costs microseconds more at small m)
         student = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_k a_k K(w_j, w_k)
         teacher = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_l a*_l K(w_j, w*_l)
         field = xp.zeros(W.shape, dtype=W.dtype) if need_grad else None  # (m, d)

@@ -973,9 +973,13 @@ _STEP_RULES = ("line-search", "2/(t+2)")
 
 
 def _design(X, bias):
-    """The inputs as host float64 rows z_i, (x_i, 1) with a bias: shape (n, D)."""
+    """The inputs as host float64 rows z_i, (x_i, 1) with a bias: shape (n, D), refused unless D >= 2."""
     Z = to_numpy(X).astype(np.float64, copy=False)
-    return np.hstack([Z, np.ones((Z.shape[0], 1))]) if bias else Z
+    Z = np.hstack([Z, np.ones((Z.shape[0], 1))]) if bias else Z
+    if Z.shape[1] < 2:
+        raise ValueError(f"X has shape {tuple(X.shape)}: atoms need D >= 2 coordinates to lie on S^(D-1) "
+                         "(use bias=True for inputs on the line)")
+    return Z
 
 
 def _check_candidates(candidates, D):
@@ -1056,9 +1060,6 @@ def best_neuron(r, X, *, activation="relu", candidates=1000, refine=20, subsampl
     sigma = _resolve_activation(activation)
     Z = _design(check_points(X, "X"), check_bool(bias, "bias"))
     n, D = Z.shape
-    if D < 2:
-        raise ValueError(f"X has shape {tuple(X.shape)}: atoms need D >= 2 coordinates to lie on S^(D-1) "
-                         "(use bias=True for inputs on the line)")
     r = check_array(r, "r", ndim=1)
     if r.shape[0] != n:
         raise ValueError(f"r has shape {tuple(r.shape)} but X has n={n} rows: one residual per point")
@@ -1384,9 +1385,6 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
     bias = check_bool(bias, "bias")
     Z = _design(X, bias)  # (n, D)
     n, D = Z.shape
-    if D < 2:
-        raise ValueError(f"X has shape {tuple(X.shape)}: atoms need D >= 2 coordinates to lie on S^(D-1) "
-                         "(use bias=True for inputs on the line)")
     candidates = _check_candidates(candidates, D)
     if variant == "sliding" and not isinstance(candidates, int):
         raise ValueError("variant='sliding' moves the atoms off a fixed dictionary: give candidates as an int, "
