@@ -49,6 +49,7 @@ from ._validation import (
     check_random_state,
 )
 from .backend import array_digest, get_xp, to_numpy
+from .kernels import _arccos_near_pi
 from .networks import _block_bytes, _fused_pass, fused_pass
 
 __all__ = [
@@ -291,12 +292,14 @@ class _ArccosTile:
         K += B
         if self.near is not None:
             # near th = pi, K = |w||v| (sin delta - delta cos delta) / (2 pi) ~ delta^3 from two terms of size
-            # delta (delta = pi - th): eps / delta^2 relative; the series instead, 3 times delta's relative error (a few
-            # eps for inputs stored exactly; delta of rounded vectors is known to about eps / delta relative)
+            # delta (delta = pi - th): eps / delta^2 relative; the integral form of the kernels module instead, 3
+            # times delta's relative error (a few eps for inputs stored exactly; delta of rounded vectors is known to
+            # about eps / delta relative)
             anti = self.cos[self.near] < 0
             if bool(xp.any(anti)):
                 i, j = self.near[0][anti], self.near[1][anti]
-                K[i, j] = (self.nw[i] * self.nv[j]) * _relu_near_pi(2 * xp.pi * self.A[i, j]) / (2 * xp.pi)
+                J1 = _arccos_near_pi(1, 2 * xp.pi * self.A[i, j], xp)
+                K[i, j] = (self.nw[i] * self.nv[j]) * J1 / (2 * xp.pi)
         return K
 
     def field(self, c, transpose=False):
@@ -342,16 +345,6 @@ _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs p
 #: float32 tiles, whose near pairs are recomputed in float64: a cut of 64 eps32 = 7.6e-6 dropped the field,
 #: of size 1 / (2 pi |w|), of pairs at a true angle below it.
 _PARALLEL_CHORD = 1e-12
-
-
-def _relu_near_pi(delta):
-    """sin delta - delta cos delta = sum_{k >= 1} (-1)^(k+1) 2k delta^(2k+1) / (2k+1)!, the relu kernel's
-    J_1(pi - delta), for 0 <= delta <= 0.11 (five terms: the sixth is at most 1.5e-18 relative)."""
-    d2 = delta * delta
-    total = 0
-    for k in range(5, 0, -1):  # Horner in delta^2
-        total = total * d2 + (-1) ** (k + 1) * 2 * k / math.factorial(2 * k + 1)
-    return total * d2 * delta
 
 
 def _tile_work(xp, size, dtype, order):
