@@ -710,9 +710,9 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     Examples
     --------
     >>> import tempfile
-    >>> folder = tempfile.mkdtemp()
-    >>> first = sweep(_example_point, grid(n=[1, 2], scale=[3.0]), cache_dir=folder, scheduler="serial")
-    >>> again = sweep(_example_point, grid(n=[1, 2], scale=[3.0]), cache_dir=folder, scheduler="serial")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     first = sweep(_example_point, grid(n=[1, 2], scale=[3.0]), cache_dir=folder, scheduler="serial")
+    ...     again = sweep(_example_point, grid(n=[1, 2], scale=[3.0]), cache_dir=folder, scheduler="serial")
     >>> again.cached, [r["value"] for r in again]
     ([True, True], [3.0, 6.0])
     """
