@@ -84,6 +84,9 @@ from ._reduce import gram_rows, sum_rows
 from .layers import (
     Layer,
     _add,
+    _cast,
+    _cast_in,
+    _cast_tangents,
     _get,
     _missing_cache,
     check_batch,
@@ -520,16 +523,19 @@ class Conv2d(Layer):
         """y = conv(x, W) + b, of shape (N, Ho, Wo, C_out): a strided view of the output grid for
         the flat methods (the next layer reads it without a copy)."""
         plan = self._plan(x)
+        W = self.params["W"]
+        x, dx_dtype = _cast_in(x, W.dtype)  # computed in the parameters' dtype (layers' module notes)
         op = self._prepare(x, plan)
-        self._cache = (op, plan)
-        return self._apply(op, self.params["W"], plan, self.params.get("b"))
+        self._cache = (op, plan, dx_dtype)
+        return self._apply(op, W, plan, self.params.get("b"))
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise _missing_cache(self)
-        op, plan = self._cache
+        op, plan, dx_dtype = self._cache
         xp = get_xp(dy)
         W = self.params["W"]
+        dy = _cast(dy, W.dtype)
         KH, KW, cg, Co = W.shape
         C = self.in_channels
         Gfull = self._output_grid(dy, plan)
@@ -550,7 +556,7 @@ class Conv2d(Layer):
         self._store_grad("W", dW)
         if not need_input_grad:
             return None
-        return self._input_grad(Gfull, W, plan)
+        return _cast(self._input_grad(Gfull, W, plan), dx_dtype)
 
     def _input_grad(self, Gfull, W, plan):
         """dx from the output-gradient operand (the transposed convolution); possibly a strided view."""
@@ -589,10 +595,12 @@ class Conv2d(Layer):
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
-        op, plan = self._cache
+        op, plan, _ = self._cache
+        W = self.params["W"]
         ty = None
         if tx is not None:  # of x's shape (Layer checks it)
-            ty = self._apply(self._prepare(tx, plan), self.params["W"], plan)
+            ty = self._apply(self._prepare(_cast(tx, W.dtype), plan), W, plan)
+        tparams = _cast_tangents(tparams, W.dtype)
         tW, tb = _get(tparams, "W"), _get(tparams, "b")
         if tW is not None:
             ty = _add(ty, self._apply(op, tW, plan))

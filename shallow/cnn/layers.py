@@ -36,9 +36,16 @@ Conventions
 * Weights are stored input-major, in each layer's ``params`` dict: ``params["W"]`` of a Linear
   layer has shape (d_in, d_out) and that of a Conv2d shape (KH, KW, C_in / groups, C_out), so
   that y = x @ W (bias ``params["b"]``; there is no ``layer.W`` attribute).
-* float32 and float64 are supported; a layer's parameters have one dtype, set by ``dtype=``, and
-  its inputs should have it too: nothing casts them. Linear and Conv2d compute in their parameters'
-  dtype (a float64 batch through a float32 layer comes out float32), BatchNorm2d in its input's.
+* float32 and float64 are supported. A layer built with ``dtype=`` (Linear, Conv2d, BatchNorm2d,
+  the p4 convolutions; a :class:`~shallow.cnn.models.Model` takes its network's) holds its
+  parameters and buffers in that dtype and computes in it: a batch of another dtype (float64
+  through a float32 layer, or integer images) is cast to it on entry, so that the output y, the
+  tangent ty and the parameter gradients have the parameters' dtype (whatever the dtypes of dy and
+  of the tangents), and the input gradient dx goes back in the input's dtype when that is a float
+  dtype, as the chain rule through the cast gives (in the parameters' for integer images). When
+  the dtypes match, nothing is cast or copied. Layers without parameters (activations, pooling,
+  dropout, flatten) keep their input's dtype; containers (Sequential, Residual) follow from their
+  layers, so that an identity shortcut adds x in its own dtype.
 * Initialisation (``init=``): ``"he"`` draws N(0, 2 / fan_in) (He et al. 2015, arXiv:1502.01852),
   ``"lecun"`` N(0, 1 / fan_in), ``"normal"`` N(0, 1) (the NTK parametrisation multiplies by
   1/sqrt(fan_in) outside), ``"zeros"``, or a float std. Draws are made on the host in float64
@@ -150,6 +157,38 @@ def check_batch(x, name: str = "x"):
                          f"shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no images (shape {tuple(x.shape)}): a batch needs N >= 1")
+
+
+def _cast_in(x, dtype):
+    """(x as an array of ``dtype``, the dtype in which the input gradient goes back): the entry of a
+    layer with parameters of ``dtype`` (module notes).
+
+    No copy when x has ``dtype`` already. The gradient goes back in x's dtype when that is a float
+    dtype (the chain rule through the cast), else (integer or boolean images) in ``dtype``.
+    """
+    if x.dtype == dtype:
+        return x, dtype
+    return x.astype(dtype, copy=False), _input_grad_dtype(x, dtype)
+
+
+def _input_grad_dtype(x, dtype):
+    """The dtype in which the gradient of an input x cast to ``dtype`` goes back: x's when it is a
+    float array, else ``dtype`` (integer or boolean images, or what is not an array)."""
+    x_dtype = getattr(x, "dtype", None)
+    return x_dtype if getattr(x_dtype, "kind", None) == "f" else dtype
+
+
+def _cast(a, dtype):
+    """``a`` as an array of ``dtype``; no copy when it has that dtype already, and ``a`` itself when
+    either is None (no array, or a layer without parameters, whose dtype is None)."""
+    return a if a is None or dtype is None or a.dtype == dtype else a.astype(dtype, copy=False)
+
+
+def _cast_tangents(tparams, dtype):
+    """The parameter tangents (None or a dict) as arrays of ``dtype``, without copies where they have it."""
+    if not tparams:
+        return tparams
+    return {name: _cast(t, dtype) for name, t in tparams.items()}
 
 
 def _missing_cache(layer):
@@ -669,28 +708,33 @@ class Linear(Layer):
 
     def forward(self, x):
         self._check(x)
-        self._cache = x
-        return self._affine(x, self.params["W"], self.params.get("b"))
+        W = self.params["W"]
+        x, dx_dtype = _cast_in(x, W.dtype)  # computed in the parameters' dtype (module notes)
+        self._cache = (x, dx_dtype)
+        return self._affine(x, W, self.params.get("b"))
 
     def backward(self, dy, need_input_grad=True):
-        x = self._cache
-        if x is None:
+        if self._cache is None:
             raise _missing_cache(self)
+        x, dx_dtype = self._cache
         xp = get_xp(dy)
         W = self.params["W"]
+        dy = _cast(dy, W.dtype)
         self._store_grad("W", gemm(x.T, dy, xp.empty_like(W)))
         if "b" in self.params:
             self._store_grad("b", dy.sum(axis=0))
         if not need_input_grad:
             return None
-        return gemm(dy, W.T, xp.empty_like(x))
+        return _cast(gemm(dy, W.T, xp.empty_like(x)), dx_dtype)
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
+        x, dtype = self._cache[0], y.dtype
         ty = None
         if tx is not None:
             self._check(tx, "tx")
-            ty = self._affine(tx, self.params["W"], None)
+            ty = self._affine(_cast(tx, dtype), self.params["W"], None)
+        tparams = _cast_tangents(tparams, dtype)
         tW, tb = _get(tparams, "W"), _get(tparams, "b")
         if tW is not None:
             ty = _add(ty, self._affine(x, tW, None))

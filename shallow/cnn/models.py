@@ -60,7 +60,8 @@ import numpy as np
 from .._validation import cast_within_range, check_bool, check_integer, check_positive, check_random_state
 from ..backend import get_xp, sum_of_squares_parts
 from .conv import Conv2d
-from .layers import Activation, Dropout, Layer, Linear, Residual, Sequential, _sub, check_dtype, check_layer
+from .layers import (Activation, Dropout, Layer, Linear, Residual, Sequential, _cast, _input_grad_dtype, _sub,
+                     check_dtype, check_layer)
 from .norm import BatchNorm2d
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 
@@ -402,7 +403,9 @@ class Model(Layer):
     With u = alpha (centering None or "frozen") or alpha / sqrt(2) ("antisymmetric"),
     backward sends u dy to h (and -u dy to the second copy), and forward mode gives
     ty = u (J_1 t_1 - J_2 t_2), with tangents named as :meth:`named_parameters` names the parameters
-    (another name is refused). Inputs of another float dtype are cast to the parameters' dtype.
+    (another name is refused). Inputs of another dtype are cast to the parameters' dtype, and the
+    input gradient of :meth:`backward` goes back in the input's float dtype (module notes of
+    :mod:`shallow.cnn.layers`).
     The frozen reference runs in the model's mode on the same batches: with batch normalisation
     its running statistics are those of the network at theta_0, so f(x; theta_0) = 0 in eval mode
     too.
@@ -460,7 +463,11 @@ class Model(Layer):
         return self.alpha / math.sqrt(2.0) if self.centering == "antisymmetric" else self.alpha
 
     def _input(self, x, name="x"):
-        return check_images(x, name, self.in_shape, dtype=self.dtype, finite=self.check_inputs)
+        """x checked and cast to the parameters' dtype; the cache keeps the dtype in which
+        :meth:`backward` gives the input gradient back (x's float dtype)."""
+        dtype = self.dtype
+        self._cache = _input_grad_dtype(x, dtype)
+        return check_images(x, name, self.in_shape, dtype=dtype, finite=self.check_inputs)
 
     def forward(self, x):
         x = self._input(x)
@@ -475,6 +482,7 @@ class Model(Layer):
 
     def backward(self, dy, need_input_grad=True):
         u = self._u
+        dy = _cast(dy, self.dtype)  # u dy in the network's dtype, whatever dy's
         g = dy * u if u != 1.0 else dy
         dx = self.net.backward(g, need_input_grad)
         if self.centering == "antisymmetric":
@@ -482,7 +490,7 @@ class Model(Layer):
             dx = dx + dx2 if need_input_grad else None
         elif self.centering == "frozen" and need_input_grad:
             dx = dx - self.other.backward(g, True)
-        return dx
+        return dx if dx is None or self._cache is None else _cast(dx, self._cache)
 
     def jvp(self, x, tx=None, tparams=None):
         _check_tangent_names(self, tparams)  # a frozen reference's names too

@@ -40,7 +40,7 @@ from .._validation import check_bool, check_integer, check_positive
 from ..backend import get_xp
 from . import _fused, _reduce
 from ._reduce import dot_rows, sum_rows
-from .layers import Layer, _get, _missing_cache, check_dtype, check_real
+from .layers import Layer, _cast, _cast_in, _cast_tangents, _get, _missing_cache, check_dtype, check_real
 
 __all__ = ["BatchNorm2d"]
 
@@ -96,6 +96,7 @@ class BatchNorm2d(Layer):
 
     def forward(self, x):
         self._check(x)
+        x, dx_dtype = _cast_in(x, self.buffers["running_mean"].dtype)  # the layers' module notes
         xp = get_xp(x)
         C = self.num_features
         M = x.size // C
@@ -114,7 +115,7 @@ class BatchNorm2d(Layer):
                 inv_s, a, y = xp.empty_like(mu), xp.empty_like(mu), xp.empty_like(xc)
                 _fused.call("bn_stats", s2, mu, gamma, 1.0 / M, self.eps, m, M / (M - 1), inv_s, a, rm, rv)
                 _fused.call("bn_apply", xc, a, beta, y)
-                self._cache = (xc, inv_s, True)
+                self._cache = (xc, inv_s, True, dx_dtype)
                 return y
             var = s2 / M
             inv_s = 1.0 / xp.sqrt(var + self.eps)
@@ -126,13 +127,14 @@ class BatchNorm2d(Layer):
             mu, inv_s = self.buffers["running_mean"], 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             xc = x - mu
         a = inv_s * gamma if gamma is not None else inv_s
-        self._cache = (xc, inv_s, self.training)
+        self._cache = (xc, inv_s, self.training, dx_dtype)
         return _affine(xc, a, beta)
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise _missing_cache(self)
-        xc, inv_s, training = self._cache
+        xc, inv_s, training, dx_dtype = self._cache
+        dy = _cast(dy, xc.dtype)
         M = xc.size // self.num_features
         sum_dy, sum_dy_xc = _sums(dy, xc)  # dy may be a strided view: no copy of it
         if training and need_input_grad and "gamma" in self.params and _fused.enabled(dy):
@@ -144,7 +146,7 @@ class BatchNorm2d(Layer):
             self._store_grad("beta", dbeta)
             dx = xp.empty(xc.shape, dtype=xc.dtype)
             _fused.call("bn_grad_apply", dy, xc, a, k1, k2, dx)
-            return dx
+            return _cast(dx, dx_dtype)
         sum_dy_xhat = sum_dy_xc * inv_s
         if "gamma" in self.params:
             self._store_grad("gamma", sum_dy_xhat)
@@ -155,18 +157,19 @@ class BatchNorm2d(Layer):
         if not need_input_grad:
             return None
         if not training:
-            return _affine(dy, a)
+            return _cast(_affine(dy, a), dx_dtype)
         # dx = a (dy - mean(dy) - xhat mean(dy xhat)) with xhat = xc inv_s
-        return _affine(dy, a, -a * sum_dy / M, xc, -a * inv_s * sum_dy_xhat / M)
+        return _cast(_affine(dy, a, -a * sum_dy / M, xc, -a * inv_s * sum_dy_xhat / M), dx_dtype)
 
     def jvp(self, x, tx=None, tparams=None):
         y = self.forward(x)
-        xc, inv_s, training = self._cache
+        xc, inv_s, training, _ = self._cache
         xhat = xc * inv_s
         xp = get_xp(y)
         gamma = self.params.get("gamma")
         ty = None
         if tx is not None:  # of x's shape (Layer checks it)
+            tx = _cast(tx, xc.dtype)
             if training:
                 M = tx.size // self.num_features
                 # tv / (2 s^2) = mean(xhat tx) / s, so txhat = (tx - mean(tx) - xhat mean(xhat tx)) / s
@@ -176,6 +179,7 @@ class BatchNorm2d(Layer):
             else:
                 txhat = tx * inv_s
             ty = txhat * gamma if gamma is not None else txhat
+        tparams = _cast_tangents(tparams, xc.dtype)
         tgamma, tbeta = _get(tparams, "gamma"), _get(tparams, "beta")
         if tgamma is not None and gamma is not None:
             ty = xhat * tgamma if ty is None else ty + xhat * tgamma

@@ -96,6 +96,8 @@ from .layers import (
     Linear,
     Sequential,
     _add,
+    _cast,
+    _input_grad_dtype,
     _missing_cache,
     _rng_states,
     _set_rng_states,
@@ -704,14 +706,17 @@ class IRevNet(Layer):
         return len(self.body)
 
     def forward(self, x):
+        self._cache = _input_grad_dtype(x, self.dtype)  # backward gives dx back in x's float dtype
         x = self._input(x, "x")
         return self.head.forward(self.body.forward(x))
 
     def backward(self, dy, need_input_grad=True):
-        return self.body.backward(self.head.backward(dy, True), need_input_grad)
+        dx = self.body.backward(self.head.backward(dy, True), need_input_grad)
+        return dx if dx is None or self._cache is None else _cast(dx, self._cache)
 
     def jvp(self, x, tx=None, tparams=None):
         _check_tangent_names(self, tparams)
+        self._cache = _input_grad_dtype(x, self.dtype)
         x = self._input(x, "x")
         z, tz = self.body.jvp(x, tx, _sub(tparams, "body."))
         return self.head.jvp(z, tz, _sub(tparams, "head."))
