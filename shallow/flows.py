@@ -48,7 +48,7 @@ from ._validation import (
     check_positive,
     check_random_state,
 )
-from .backend import array_digest, get_xp, to_numpy
+from .backend import array_digest, get_xp, is_cupy, to_numpy
 from .kernels import _arccos_near_pi
 from .networks import _block_bytes, _fused_pass, fused_pass
 
@@ -154,11 +154,16 @@ class EmpiricalRisk:
         checks a and W, or by default its unchecked core, for arrays that passed those checks (a flow's own
         particles, which keep the shapes and dtype of the ones checked at its first step)."""
         X, y = self._inputs(net)
-        squares = []
+        xp = get_xp(X)
+        # sum of the chunks' |r|^2, added in float64 in order on the device and read once (on a GPU a read
+        # per chunk waited for the device each time): the numbers of a sum of floats on the host
+        total = None
 
         def residual(f_chunk, rows):
+            nonlocal total
             r = f_chunk - y[rows]
-            squares.append(float(r @ r))
+            square = (r @ r).astype(xp.float64)
+            total = square if total is None else total + square
             return r
 
         if need_grad:
@@ -167,7 +172,7 @@ class EmpiricalRisk:
             f = engine(X, a, W, net.gamma, net.activation, block_bytes=self.chunk_bytes)[0]
             residual(f, slice(0, f.shape[0]))
             grad_a = grad_W = None
-        return 0.5 * sum(squares) / X.shape[0], grad_a, grad_W
+        return 0.5 * (0.0 if total is None else float(total)) / X.shape[0], grad_a, grad_W
 
 
 # ----------------------------------------------------------------------------- population risk
@@ -506,7 +511,9 @@ class PopulationRisk:
         student = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_k a_k K(w_j, w_k)
         teacher = xp.zeros(a.shape, dtype=a.dtype)  # (m,) sum_l a*_l K(w_j, w*_l)
         field = xp.zeros(W.shape, dtype=W.dtype) if need_grad else None  # (m, d)
-        nonzero_w = bool(xp.all(nw > 0))
+        # whether no particle is zero spares the tiles some masking; on a device finding out would wait for it,
+        # and the masked formulas give the same numbers
+        nonzero_w = not is_cupy(nw) and bool(xp.all(nw > 0))
         nonzero_s = nonzero_w and nonzero_teacher
         for bi, I in enumerate(blocks):
             for L in teacher_blocks:
@@ -526,8 +533,7 @@ class PopulationRisk:
                     field[I] += tile.field(ga[J])
                     if J is not I:
                         field[J] += tile.field(ga[I], transpose=True)
-        self_term = float(a @ student)
-        cross_term = float(a @ teacher)
+        self_term, cross_term = to_numpy(xp.stack([a @ student, a @ teacher])).tolist()  # one read of the device
         grad_a = gamma * s * (gamma * student - teacher) if need_grad else None
         grad_W = (s * gamma) * a[:, None] * field if need_grad else None
         risk = 0.5 * s * gamma**2 * self_term - s * gamma * cross_term + self._teacher_energy
@@ -947,8 +953,10 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
             while not stop and t < t_end * (1 - 1e-12):
                 h = min(h, t_end - t)
                 a_new, W_new, k_new, ea, eW = _bogacki_shampine_step(field, a, W, h, k1)
-                size = 1 + math.sqrt(float((a * a).sum() + (W * W).sum()))
-                err = math.sqrt(float((ea * ea).sum() + (eW * eW).sum())) / (tol * size)
+                squares = xp.stack([(a * a).sum() + (W * W).sum(), (ea * ea).sum() + (eW * eW).sum()])
+                squares, errors = to_numpy(squares).tolist()  # one read of the device
+                size = 1 + math.sqrt(squares)
+                err = math.sqrt(errors) / (tol * size)
                 taken = h
                 # the next step size, before anything that may stop the run: a flow saved or stopped
                 # here resumes with the step the uninterrupted run takes next

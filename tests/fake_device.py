@@ -11,7 +11,13 @@ unnoticed. Here :class:`DeviceArray` wraps a numpy array the way a CuPy array wr
   in :data:`leaks` as a style fault; ``SHALLOW_FAKE_DEVICE_STRICT=1`` refuses them too;
 * mixing it with a numpy array (``x + host``, ``fake.stack([x, host])``) raises as CuPy does;
 * reductions and scalar indexing return 0-d device arrays (CuPy's semantics), ``float``/``int``/``bool``/
-  ``.item()``/``.get()``/``.tolist()`` bring values to the host.
+  ``.item()``/``.get()``/``.tolist()`` bring values to the host;
+* those transfers (each a device-to-host synchronisation on a GPU: the host waits for every kernel queued
+  before it) are counted, with the line of shallow that made them, within :func:`count_syncs`: ``float``,
+  ``int``, ``bool`` (``if x > 0:``), ``complex``, ``operator.index`` (``range(x)``), ``.item()``,
+  ``.tolist()``, ``.get()``, ``cupy.asnumpy``, ``repr``/``str``/``format`` (printing), and the calls whose
+  result's shape depends on the data, which CuPy reads first: indexing with a boolean device mask and
+  :data:`DATA_SHAPED` (``nonzero``, ``unique``, ...).
 
 :data:`fake` is the stand-in for the ``cupy`` module (its functions return :class:`DeviceArray`), and
 :func:`install` patches :mod:`shallow.backend` (``get_xp``, ``is_cupy``, ``_cupy``, ``scipy_for``,
@@ -35,7 +41,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["DeviceArray", "DeviceLeak", "fake", "install", "leaks", "to_fake", "FORWARDED_BY_CUPY"]
+__all__ = ["DeviceArray", "DeviceLeak", "count_syncs", "fake", "install", "leaks", "to_fake", "FORWARDED_BY_CUPY"]
 
 #: Where a call on device data was refused or looked suspicious: (kind, call, location) -> count.
 leaks: collections.Counter = collections.Counter()
@@ -55,11 +61,41 @@ _ABSENT = {
     "genfromtxt", "ctypeslib", "matrix", "asmatrix", "busday_count", "datetime64", "timedelta64", "object_",
     "str_", "bytes_", "void", "RawKernel", "RawModule", "ElementwiseKernel", "ReductionKernel", "fuse", "cuda",
 }
+#: cupy functions (and ndarray methods) whose result's shape depends on the values: CuPy reads a count from the
+#: device first, a synchronisation like ``float(x)``.
+DATA_SHAPED = {"nonzero", "flatnonzero", "argwhere", "unique", "extract", "compress"}
 # cupy functions that take host data (lists, numpy arrays) and copy it to the device.
 _HOST_INPUT = {"asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray", "copyto"}
 
 _SHALLOW = os.sep + "shallow" + os.sep
 _HERE = os.path.abspath(__file__)
+
+
+_sync_counters: list = []  # the counters of the count_syncs() blocks now open
+
+
+@contextlib.contextmanager
+def count_syncs():
+    """Count the device-to-host synchronisations made within (module notes).
+
+    Yields a :class:`collections.Counter` of (call, file:line (function) of shallow) -> count, filled
+    as the block runs; ``sum(counter.values())`` is the number of times a GPU would have made the host
+    wait. Blocks may nest: each counts what runs inside it.
+    """
+    counter = collections.Counter()
+    _sync_counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _sync_counters.remove(counter)
+
+
+def _sync(call: str) -> None:
+    """A device-to-host transfer: counted by every open :func:`count_syncs`."""
+    if _sync_counters:
+        where = _where(skip=os.path.join("shallow", "backend.py"))  # the caller of to_numpy, not to_numpy
+        for counter in _sync_counters:
+            counter[(call, where)] += 1
 
 
 _owners = weakref.WeakValueDictionary()  # id of a numpy array -> the device array that wraps it
@@ -69,10 +105,11 @@ class DeviceLeak(TypeError):
     """Device data reached numpy or scipy (what CuPy refuses, or forwards only for some functions)."""
 
 
-def _where() -> str:
-    """file:line (function) of the innermost frame of the shallow package on the stack."""
+def _where(skip: str = "") -> str:
+    """file:line (function) of the innermost frame of the shallow package on the stack (outside ``skip``, a file)."""
     for frame in reversed(traceback.extract_stack()[:-1]):
-        if _SHALLOW in frame.filename and os.path.abspath(frame.filename) != _HERE:
+        if _SHALLOW in frame.filename and os.path.abspath(frame.filename) != _HERE \
+                and not (skip and frame.filename.endswith(skip)):
             path = frame.filename[frame.filename.rindex(_SHALLOW) + 1:]
             return f"{path}:{frame.lineno} ({frame.name})"
     return "<outside shallow>"
@@ -142,6 +179,7 @@ class DeviceArray:
 
     # cupy's own -----------------------------------------------------------------------------------
     def get(self, stream=None, order="C", out=None):
+        _sync("ndarray.get")
         return np.array(self._a, order=order, copy=True)
 
     def set(self, arr, stream=None):
@@ -158,6 +196,8 @@ class DeviceArray:
         if name in ("ctypes", "tofile", "setflags", "itemset", "newbyteorder", "dumps", "dump", "tobytes"):
             _refuse("ndarray attribute that cupy lacks", f"ndarray.{name}")
         value = getattr(self._a, name)
+        if name in ("item", "tolist"):
+            _sync(f"ndarray.{name}")
         if callable(value):
             return _wrap_callable(value, f"ndarray.{name}")
         return _wrap(value)
@@ -169,29 +209,38 @@ class DeviceArray:
         return (DeviceArray(np.asarray(v)) for v in self._a)
 
     def __bool__(self):
+        _sync("bool")
         return bool(self._a)
 
     def __float__(self):
+        _sync("float")
         return float(self._a)
 
     def __int__(self):
+        _sync("int")
         return int(self._a)
 
     def __complex__(self):
+        _sync("complex")
         return complex(self._a)
 
     def __index__(self):
+        _sync("operator.index")
         return self._a.__index__()
 
     def __repr__(self):
+        _sync("repr")
         return "fake_device_" + repr(self._a)
 
     __str__ = __repr__
 
     def __format__(self, spec):
+        _sync("format")
         return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
 
     def __getitem__(self, key):
+        if any(isinstance(k, DeviceArray) and k.dtype == bool for k in (key if isinstance(key, tuple) else (key,))):
+            _sync("ndarray.__getitem__ (boolean mask)")
         return _wrap(self._a[_unwrap(key, "ndarray.__getitem__", host_ok=True)])
 
     def __setitem__(self, key, value):
@@ -267,6 +316,8 @@ def _wrap(obj):
 def _wrap_callable(fn, call, host_input=False):
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if call.rpartition(".")[2] in DATA_SHAPED:
+            _sync(call)
         out_arg = kwargs.get("out")
         result = fn(*_unwrap(args, call, host_input), **{k: _unwrap(v, call, host_input) for k, v in kwargs.items()})
         if isinstance(out_arg, DeviceArray) and result is out_arg._a:
@@ -319,7 +370,10 @@ class _Namespace(types.ModuleType):
 
 
 def _asnumpy(a, stream=None, order="C", out=None):
-    return a.get() if isinstance(a, DeviceArray) else np.asarray(a)
+    if isinstance(a, DeviceArray):
+        _sync("cupy.asnumpy")
+        return np.array(a._a, order=order, copy=True)
+    return np.asarray(a)
 
 
 fake = _Namespace("cupy", np, absent=_ABSENT)

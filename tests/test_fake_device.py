@@ -54,6 +54,22 @@ def test_fake_arrays_refuse_implicit_host_conversion(fake):
     fake_device.leaks.clear()
 
 
+def test_fake_arrays_count_each_read_by_the_host(fake):
+    # every transfer a GPU would wait for: the scalar conversions, .item/.tolist/.get, printing, cupy.asnumpy,
+    # and the calls whose result's shape CuPy must read first (a boolean mask, nonzero); arithmetic on the
+    # device reads nothing. Counted once each, in nested blocks too
+    x = fake.asarray(np.arange(4.0))
+    with fake_device.count_syncs() as outer:
+        y = (x * 2).sum()
+        with fake_device.count_syncs() as inner:
+            float(y), bool(y > 0), int(y), y.item(), x.tolist(), x.get(), fake.asnumpy(x), f"{y}"
+            x[x > 1], fake.nonzero(x)
+    assert sum(inner.values()) == sum(outer.values()) == 10
+    with fake_device.count_syncs() as none:
+        (x @ x) + fake.exp(x).max()
+    assert not none
+
+
 @pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "softplus"])
 def test_activations_on_the_device_match_numpy(fake, name):
     z = np.linspace(-3, 3, 13)

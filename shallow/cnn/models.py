@@ -50,6 +50,7 @@ References
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 import warnings
@@ -140,10 +141,24 @@ def check_images(x, name: str, in_shape: tuple | None = None, dtype=None, *, fin
         x = x.astype(np.float64)
     elif x.dtype == np.float16:
         x = x.astype(np.float32)
-    if finite and x.size and not bool(xp.isfinite(x).all()):
+    if finite and x.size and not _DATA_CHECKED.get() and not bool(xp.isfinite(x).all()):
         bad = int((~xp.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return x
+
+
+_DATA_CHECKED = contextvars.ContextVar("shallow_cnn_data_checked", default=False)
+
+
+@contextlib.contextmanager
+def _data_checked():
+    """Within: :func:`check_images` does not scan for NaN (what :func:`~shallow.cnn.train.fit` runs there, the
+    augmentation of a batch, sees data it checked once). On a GPU each scan waits for the device: once per step."""
+    token = _DATA_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _DATA_CHECKED.reset(token)
 
 
 def _check_tangent_names(model, tparams):

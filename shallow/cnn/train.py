@@ -56,7 +56,7 @@ from .data import batches
 from .graph import CapturedStep
 from .layers import _check_caching, _running_buffers, _shape_of, check_layer, no_cache
 from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
-from .models import _inputs_checked, _n_outputs, check_images
+from .models import _data_checked, _inputs_checked, _n_outputs, check_images
 from .optim import SGD, Optimizer
 
 __all__ = ["History", "TrainingDivergedError", "fit", "evaluate", "predict", "save_checkpoint",
@@ -569,7 +569,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from (checkpoint=None)")
     rng = check_random_state(rng)
-    step = CapturedStep(model, loss, optimizer) if capture else functools.partial(train_step, model, loss, optimizer)
+    # the labels were checked above, once: a step checks them no more (on a GPU, two waits for the device a step)
+    step = (CapturedStep(model, loss, optimizer) if capture
+            else functools.partial(train_step, model, loss, optimizer, check=False))
 
     history, start = History(), 0
     settings = None if checkpoint is None else _run_settings(model, optimizer, loss, augment, batch_size, X, y)
@@ -593,7 +595,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                 total, correct, seen = 0.0, 0, 0
                 for b, (xb, yb) in enumerate(batches(X, y, batch_size, rng=rng)):
                     if augment is not None:
-                        xa = augment(xb, rng)
+                        with _data_checked():  # X was checked: no scan of each augmented batch for NaN
+                            xa = augment(xb, rng)
                         if getattr(xa, "shape", None) != xb.shape:  # the model skips its input checks here
                             raise ValueError(f"augment must return a batch of the shape it is given, {tuple(xb.shape)}, "
                                              f"got {_shape_of(xa)}")
