@@ -420,7 +420,12 @@ def _refine(P, S, C, exact, tol):
     else:
         Q = P
     mid = (Q[:-1] + Q[1:]) / 2  # (q,)
-    parent = np.searchsorted(P, mid, side="right") - 1  # (q,)
+    # The parent piece holds the new piece: between the last old piece starting at or before its left end
+    # and the first ending at or after its right end (the same piece unless tol merged some). The rounded
+    # midpoint alone picked the next piece, or one past the last, when the ends are adjacent floats.
+    first = np.searchsorted(P, Q[:-1], side="right") - 1  # (q,)
+    last = np.searchsorted(P, Q[1:], side="left") - 1  # (q,)
+    parent = np.clip(np.searchsorted(P, mid, side="right") - 1, first, last)  # (q,)
     return Q, parent, mid
 
 
@@ -441,6 +446,7 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
         S = A @ W.T  # (p, n) slopes of the pre-activations
         C = B @ W.T + b  # (p, n) intercepts
         P_new, parent, mid = _refine(P, S, C, exact, tol)
+        u, v = P_new[:-1], P_new[1:]  # (q,) the ends of the new pieces
         last_hidden = layer == L - 2
         q, n = len(mid), W.shape[0]
         W_next, b_next = Ws[layer + 1], bs[layer + 1]
@@ -450,7 +456,10 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
         for start in range(0, q, step):
             sl = slice(start, min(start + step, q))
             Sp, Cp = S[parent[sl]], C[parent[sl]]  # (rows, n)
-            active = (mid[sl, None] * Sp + Cp) > 0
+            if exact:
+                active = (mid[sl, None] * Sp + Cp) > 0
+            else:  # twice the value at the midpoint, which rounds to an end (a kink) on a piece one ulp wide
+                active = ((u[sl, None] * Sp + Cp) + (v[sl, None] * Sp + Cp)) > 0
             An = np.where(active, Sp, 0)
             Bn = np.where(active, Cp, 0)
             if exact:
@@ -505,7 +514,9 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
         on an interval far wider than the gaps between kinks (all the pieces of a network on R
         by way of (-1e12, 1e12)), distinct breakpoints merge (a 50-neuron network can show 6 pieces
         there instead of 51); choose the interval to the scale of the kinks, a smaller tol, or
-        ``exact=True``.
+        ``exact=True``. Floating-point breakpoints are floats: pieces narrower than the spacing of the
+        floats near them merge whatever tol (the sawtooth for k >= 54 near t = 1/2, whose pieces of
+        width 2^-k lie below the spacing 2^-53 of [1/2, 1)); ``exact=True`` resolves them.
 
     Returns
     -------
@@ -630,8 +641,10 @@ def l1_distance(f, g, interval=(0.0, 1.0), *, origin=None, direction=None, exact
     """
     lo, hi = _check_interval(interval)
     F, G = (_as_pieces(h, name, interval, exact, origin, direction) for h, name in ((f, "f"), (g, "g")))
+    slack = 1e-9 * (float(hi) - float(lo))  # the ends up to rounding, at the interval's scale (np.isclose's
+    # default absolute and relative slack took [1e6, 1e6 + 1] for [1e6, 1e6 + 10], extending the last piece)
     for name, pl in (("f", F), ("g", G)):
-        if not (np.isclose(pl.breakpoints[0], float(lo)) and np.isclose(pl.breakpoints[-1], float(hi))):
+        if not (abs(pl.breakpoints[0] - float(lo)) <= slack and abs(pl.breakpoints[-1] - float(hi)) <= slack):
             raise ValueError(f"{name} is defined on [{pl.breakpoints[0]:g}, {pl.breakpoints[-1]:g}], "
                              f"not on the interval {interval!r}")
     P = np.unique(np.concatenate([F.breakpoints, G.breakpoints, [float(lo), float(hi)]]))

@@ -127,6 +127,19 @@ def test_two_layer_relu_net_on_a_line_has_at_most_m_plus_1_pieces():
             assert count_linear_pieces(twice, exact=exact) == m + 1
 
 
+@pytest.mark.parametrize("kink_ulps, end_ulps", [(1, 2), (2, 3)])
+def test_a_kink_one_ulp_from_the_end_of_its_piece_splits_it_in_floating_point(kink_ulps, end_ulps):
+    # relu(t - c) on [1, 1 + n eps] with c = 1 + j eps: slope 0 on [1, c], slope 1 on [c, 1 + n eps], the
+    # closed form. The second piece is one ulp wide, so its midpoint rounds onto one of its ends: onto
+    # the right end, one past the last old piece (an IndexError before), or onto the kink (found
+    # inactive, one piece). Every number here is a float, so the answer is exact.
+    c, hi = 1 + kink_ulps * EPS, 1 + end_ulps * EPS
+    net = DeepReLU([np.ones((1, 1)), np.ones((1, 1))], [np.array([-c]), np.zeros(1)])
+    pl = linear_pieces(net, (1.0, hi))
+    assert pl.breakpoints.tolist() == [1.0, c, hi]
+    assert pl.slopes.tolist() == [0.0, 1.0] and pl.intercepts.tolist() == [0.0, -c]
+
+
 def test_pieces_on_a_line_through_a_network_in_higher_dimension():
     # Along x(t) = x0 + t v the neuron relu(<w, x> + b) bends at t = -(<w, x0> + b) / <w, v>.
     rng = np.random.default_rng(3)
@@ -168,6 +181,17 @@ def test_l1_distance_matches_quadrature():
     value, err = integrate.quad(lambda t: abs(diff(t)), 0, 1, points=points[1:-1], limit=500, epsabs=1e-13,
                                 epsrel=1e-12)
     assert abs(l1_distance(f, net) - value) <= 1e-10 + 10 * err
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 10.0), (1e6, 1e6 + 10), (0.0, 1e-10)])
+def test_l1_distance_refuses_a_function_defined_on_a_tenth_of_the_interval_at_any_scale(lo, hi):
+    # f is given on [lo, lo + (hi - lo) / 10] only: the distance over [lo, hi] is not defined by f, at
+    # any position or width of the interval (np.isclose's absolute 1e-8 and relative 1e-5 slack let
+    # the last two through, integrating f's last piece extended over the other nine tenths).
+    f = PiecewiseLinear([lo, lo + (hi - lo) / 10], [1.0], [-lo])
+    g = PiecewiseLinear([lo, hi], [0.0], [0.0])
+    with pytest.raises(ValueError, match="f is defined on"):
+        l1_distance(f, g, (lo, hi))
 
 
 def test_l1_distance_of_networks_of_d_inputs_is_taken_along_the_given_line():
