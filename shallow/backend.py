@@ -123,25 +123,47 @@ def cuda_runtime():
     return None if cupy is None else cupy.cuda
 
 
+def _mapped_library(name: str, maps) -> str | None:
+    """The path of the shared library ``name`` (``"libcublas"``) among the lines of a process's
+    ``/proc/self/maps``, or None: the file whose name is ``name.so`` or ``name.so.<version>`` (not a
+    sibling such as ``libcublasLt.so.13``)."""
+    paths = set()
+    for line in maps:
+        fields = line.split()
+        if len(fields) >= 6:
+            base = fields[-1].rsplit("/", 1)[-1]
+            if base == f"{name}.so" or base.startswith(f"{name}.so."):
+                paths.add(fields[-1])
+    return sorted(paths)[0] if paths else None
+
+
 @functools.lru_cache(maxsize=1)
 def cublas_library():
     """libcublas as loaded by CuPy, opened with :mod:`ctypes` (for calls CuPy does not make, such as
     cuBLAS within a CUDA stream capture: :mod:`shallow.cnn._cublas`), or None without a device.
 
-    Found by its soname, which the dynamic loader resolves to the copy CuPy loaded, else by the
-    path in this process's memory maps.
+    The copy that CuPy loaded, found by its path in this process's memory maps (a soname such as
+    ``libcublas.so.12`` could name another copy, of another CUDA major version than CuPy's: CuPy
+    14 for CUDA 13 loads ``libcublas.so.13``), else by the soname of CuPy's CUDA major version.
     """
-    if _cupy() is None:
+    cupy = _cupy()
+    if cupy is None:
         return None
     import ctypes
 
-    importlib.import_module("cupy_backends.cuda.libs.cublas")  # loads libcublas into the process
-    try:
-        return ctypes.CDLL("libcublas.so.12")
-    except OSError:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "libcublas.so" in line})
-        return ctypes.CDLL(paths[0]) if paths else None
+    with contextlib.suppress(Exception):  # creates CuPy's handle: libcublas is then loaded in any CuPy
+        cupy.cuda.device.get_cublas_handle()
+    with contextlib.suppress(ImportError):  # loads libcublas into the process (CuPy 13 and 14)
+        importlib.import_module("cupy_backends.cuda.libs.cublas")
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        path = _mapped_library("libcublas", maps)
+        if path is not None:
+            return ctypes.CDLL(path)
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    for soname in (f"libcublas.so.{major}", "libcublas.so"):
+        with contextlib.suppress(OSError):
+            return ctypes.CDLL(soname)
+    return None
 
 
 def scipy_for(xp, submodule: str) -> ModuleType:

@@ -242,3 +242,36 @@ def test_a_cupy_that_raises_at_import_leaves_the_cpu(monkeypatch, tmp_path):
         assert backend.gpu_available() is False and backend.available_devices() == ("cpu",)
     finally:
         backend._cupy.cache_clear()
+
+
+def test_cublas_library_is_found_by_its_file_name_among_the_memory_maps():
+    """The copy of libcublas that CuPy loaded is read from /proc/self/maps by its file name,
+    whatever its CUDA major version, and not confused with libcublasLt beside it."""
+    maps = [
+        "7f0a1000-7f0a2000 r-xp 00000000 08:01 1234  /venv/nvidia/cu13/lib/libcublasLt.so.13",
+        "7f0b1000-7f0b2000 r-xp 00000000 08:01 1235  /venv/nvidia/cu13/lib/libcublas.so.13",
+        "7f0b2000-7f0b3000 r--p 00010000 08:01 1235  /venv/nvidia/cu13/lib/libcublas.so.13",
+        "7f0c1000-7f0c2000 rw-p 00000000 00:00 0",
+        "7f0d1000-7f0d2000 r-xp 00000000 08:01 99  /opt/lib/libcublas_extra.so",
+    ]
+    assert backend._mapped_library("libcublas", maps) == "/venv/nvidia/cu13/lib/libcublas.so.13"
+    assert backend._mapped_library("libcublas", maps[:1] + maps[3:]) is None
+    assert backend._mapped_library("libcublas", ["1-2 r-xp 0 08:01 7  /usr/lib/libcublas.so"]) == "/usr/lib/libcublas.so"
+
+
+@pytest.mark.gpu
+@pytest.mark.cuda
+def test_a_failed_cholesky_on_cupy_raises_within_linalg_errors_and_lazy_gets_none():
+    """CuPy's Cholesky of an indefinite matrix returns what potrf left unless cupyx.errstate(linalg="raise")
+    is in force: within linalg_errors it raises numpy's LinAlgError, and shallow.lazy's factorisation is None
+    (the fake device replaces linalg_errors, so only a GPU runs this branch)."""
+    import cupy
+
+    from shallow import lazy
+    A = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1: no Cholesky factor
+    with pytest.raises(np.linalg.LinAlgError), backend.linalg_errors(cupy):
+        cupy.linalg.cholesky(cupy.asarray(A))
+    assert lazy._cholesky(cupy, cupy.asarray(A)) is None
+    B = A + 2 * np.eye(2)  # eigenvalues 5 and 1
+    L = backend.to_numpy(lazy._cholesky(cupy, cupy.asarray(B)))
+    np.testing.assert_allclose(L @ L.T, B, rtol=1e-14)  # a 2 x 2 factorisation: a few roundings

@@ -190,7 +190,10 @@ class Handle:
         if out3.size == 0:
             return out
         if a.shape[-1] == 0:  # an empty sum: cuBLAS is not called with k = 0
-            out *= beta
+            if beta == 0:  # out is not read, as in BLAS (0 times the NaN of an empty array is NaN)
+                out[...] = 0
+            else:
+                out *= beta
             return out
         args = gemm_arguments(a, b, out3)
         t, scalar = ("S", ctypes.c_float) if out.dtype == np.float32 else ("D", ctypes.c_double)

@@ -29,11 +29,11 @@ def _batch(in_shape, n=16, n_classes=10, seed=0):
     return x, y
 
 
-def _assert_close(device_value, host_value, what):
-    host_value = np.asarray(host_value)
+def _assert_close(device_value, host_value, what, rtol=RTOL):
+    host_value = np.asarray(host_value, dtype=np.float64)
     scale = max(float(np.max(np.abs(host_value))), 1e-300)
-    err = float(np.max(np.abs(to_numpy(device_value) - host_value))) / scale
-    assert err < RTOL, f"{what}: device and host differ by {err:.2e} (relative to the largest entry)"
+    err = float(np.max(np.abs(to_numpy(device_value).astype(np.float64) - host_value))) / scale
+    assert err < rtol, f"{what}: device and host differ by {err:.2e} (relative to the largest entry)"
 
 
 @pytest.mark.parametrize("arch, kwargs, in_shape", [
@@ -174,16 +174,20 @@ def test_to_gpu_packs_parameters_so_the_optimizer_updates_one_array():
 
 
 @pytest.mark.cuda
-def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
-    """SHALLOW_FUSED_KERNELS=1 compiles shallow.cnn._fused's formulas into CuPy kernels."""
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, RTOL), (np.float32, 1e-4)])
+def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch, dtype, rtol):
+    """SHALLOW_FUSED_KERNELS=1 compiles shallow.cnn._fused's formulas into CuPy kernels, in each dtype
+    (T = double or float, with float64 scalars). Tolerance in float32: the kernels evaluate their
+    mixed float/double expressions in double and round once, the layer rounds every float32
+    operation; a few ulps of the largest entry apart (1e-4 is 800 float32 ulps), a wrong term O(1)."""
     from shallow.cnn import BatchNorm2d
     rng = np.random.default_rng(5)
-    x = to_device(rng.standard_normal((6, 9, 9, 8)) * 2 + 1, "gpu")
-    dy = to_device(rng.standard_normal((6, 9, 9, 8)), "gpu")
+    x = to_device((rng.standard_normal((6, 9, 9, 8)) * 2 + 1).astype(dtype), "gpu")
+    dy = to_device(rng.standard_normal((6, 9, 9, 8)).astype(dtype), "gpu")
     results = {}
     for fused in ("0", "1"):
         monkeypatch.setenv("SHALLOW_FUSED_KERNELS", fused)
-        bn = BatchNorm2d(8, momentum=0.3).to("gpu")
+        bn = BatchNorm2d(8, momentum=0.3, dtype=dtype).to("gpu")
         for _ in range(2):
             y = bn.forward(x)
             dx = bn.backward(dy)
@@ -191,7 +195,8 @@ def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch):
                                                  bn.buffers["running_mean"], bn.buffers["running_var"])]
     for name, u, v in zip(["y", "dx", "dgamma", "dbeta", "running mean", "running var"], results["1"], results["0"],
                           strict=True):
-        _assert_close(u, v, f"fused {name}")
+        assert u.dtype == dtype, f"fused {name} has dtype {u.dtype}"
+        _assert_close(u, v, f"fused {name}", rtol)
 
 
 @pytest.mark.cuda
@@ -224,6 +229,34 @@ def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
     for k in (1, 2):
         for name, value in results[False][k].items():
             _assert_close(results[True][k][name], value, f"captured {name}")
+
+
+@pytest.mark.cuda
+def test_captured_steps_with_fused_batch_norm_kernels_replay_the_steps_of_train_step(monkeypatch):
+    """SHALLOW_FUSED_KERNELS=1 within a recorded step: the fused kernels (compiled in the first
+    step, their float scalars constants of the graph) give the numbers of train_step with them."""
+    import warnings
+
+    from shallow.cnn import CapturedStep
+    monkeypatch.setenv("SHALLOW_FUSED_KERNELS", "1")
+    x, y = _batch((8, 8, 1), n=16)
+    xd, yd = to_device(x, "gpu"), to_device(y, "gpu")
+    results = {}
+    for captured in (False, True):
+        model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4).to("gpu")
+        model.check_inputs = False
+        opt = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            step = CapturedStep(model, CrossEntropy(), opt) if captured else None
+            values = [(step(xd, yd) if captured else train_step(model, CrossEntropy(), opt, xd, yd))[0]
+                      for _ in range(4)]
+        if captured:
+            assert step.recorded == 1
+        results[captured] = (values, {k: to_numpy(v) for k, v in model.named_buffers().items()})
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=RTOL)
+    for name, value in results[False][1].items():
+        _assert_close(results[True][1][name], value, f"captured fused {name}")
 
 
 @pytest.mark.cuda
@@ -330,3 +363,28 @@ def test_cublas_handle_empty_sum_scales_the_result_by_beta():
         handle.matmul(cupy.zeros((3, 0)), cupy.zeros((0, 4)), out, beta=2.0)
     stream.synchronize()
     np.testing.assert_array_equal(to_numpy(out), np.full((3, 4), 2.0))
+
+
+@pytest.mark.cuda
+def test_cublas_handle_writes_through_an_out_whose_rows_are_not_contiguous():
+    """out a transposed view (its rows strided): cuBLAS writes a contiguous temporary, copied back
+    into out; and a batch (S, M, N) of column slices, written in place with its leading dimension."""
+    import cupy
+
+    from shallow.cnn._cublas import Handle
+    stream = cupy.cuda.Stream(non_blocking=True)
+    handle = Handle(stream, cupy)
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((3, 7, 5)), rng.standard_normal((3, 5, 4))
+    base_t, base_w = rng.standard_normal((4, 7)), rng.standard_normal((3, 7, 9))
+    expected_t = 2.0 * a[0] @ b[0] - base_t.T  # out <- 2 a b - out
+    expected_w = base_w.copy()
+    expected_w[:, :, 3:7] = a @ b
+    ad, bd, td, wd = (to_device(v, "gpu") for v in (a, b, base_t, base_w))
+    stream.wait_event(cupy.cuda.get_current_stream().record())
+    with stream:
+        handle.matmul(ad[0], bd[0], td.T, alpha=2.0, beta=-1.0)
+        handle.matmul(ad, bd, wd[:, :, 3:7])
+    stream.synchronize()
+    np.testing.assert_allclose(to_numpy(td).T, expected_t, rtol=1e-12, atol=1e-12 * np.abs(expected_t).max())
+    np.testing.assert_allclose(to_numpy(wd), expected_w, rtol=1e-12, atol=1e-12 * np.abs(expected_w).max())

@@ -78,3 +78,16 @@ def test_gemm_arguments_read_views_in_place():
 def test_gemm_arguments_refuse_mismatched_shapes():
     with pytest.raises(ValueError, match="gemm shapes do not match"):
         gemm_arguments(np.zeros((1, 3, 4)), np.zeros((1, 5, 2)), np.zeros((1, 3, 2)))
+
+
+@pytest.mark.parametrize("beta", [0.0, 2.0])
+def test_an_empty_sum_gives_beta_times_out_and_does_not_read_out_when_beta_is_zero(beta):
+    """a @ b with an inner dimension of 0 is the zero matrix, so out <- beta out; with beta = 0, out
+    is not read, as in BLAS: the NaN that an uninitialised array may hold does not survive (0 NaN = NaN).
+    The branch returns before any cuBLAS call, so it runs on numpy arrays with a handle that has no library."""
+    from shallow.cnn._cublas import Handle
+    handle = object.__new__(Handle)  # no cuBLAS handle: the empty sum never reaches the library
+    out = np.array([[np.nan, 1.0, -2.0], [np.inf, 3.0, 0.5]])
+    expected = np.zeros((2, 3)) if beta == 0 else beta * out
+    assert handle.matmul(np.zeros((2, 0)), np.zeros((0, 3)), out, beta=beta) is out
+    np.testing.assert_array_equal(out, expected)

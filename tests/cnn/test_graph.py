@@ -309,6 +309,88 @@ def test_captured_step_reads_no_value_on_the_host(monkeypatch):
         _HostRead.armed = False
 
 
+#: The array routines that CuPy computes with cuBLAS (einsum: its contractions of two operands), which it
+#: refuses to call while a stream is captured.
+_CUBLAS_ROUTINES = frozenset({"matmul", "dot", "vdot", "inner", "tensordot", "einsum", "kron"})
+
+
+def _refused_in_capture(name, fn):
+    def call(*args, **kwargs):
+        if _HostRead.armed:
+            raise AssertionError(f"{name} was called within the step: CuPy calls cuBLAS for it, which it refuses "
+                                 "in a stream capture (use shallow.cnn._gemm)")
+        return fn(*args, **kwargs)
+    return call
+
+
+class _NoBlasNumpy(_HostReadNumpy):
+    """_HostReadNumpy whose cuBLAS routines fail within the step (``_HostRead.armed``)."""
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        return _refused_in_capture(name, attr) if name in _CUBLAS_ROUTINES else attr
+
+
+class _NumpyHandle:
+    """A stand-in for the cuBLAS handle of shallow.cnn._cublas: ``out <- alpha a @ b + beta out`` on numpy."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def matmul(self, a, b, out, alpha=1.0, beta=0.0):
+        self.calls += 1
+        o = _raw(out)
+        product = alpha * np.matmul(_raw(a), _raw(b))
+        o[...] = product if beta == 0 else product + beta * o
+        return out
+
+
+@pytest.mark.parametrize("arch, kwargs, loss", [("vgg", {}, CrossEntropy), ("resnet", {"blocks": 1}, SquareLoss)])
+def test_captured_step_computes_every_matrix_product_on_the_bound_cublas_handle(monkeypatch, arch, kwargs, loss):
+    """CuPy refuses to call cuBLAS while a stream is captured (NotImplementedError, and the step runs
+    without a graph): on the device code path every product of the step (forward, backward,
+    update) goes through the handle that CapturedStep binds, none through the array module."""
+    from shallow.cnn import graph
+    xp = _NoBlasNumpy("numpy")
+    guarded_linalg = {name: _refused_in_capture(f"linalg.{name}", fn) for name, fn in vars(np.linalg).items()
+                      if callable(fn) and not isinstance(fn, type) and not name.startswith("_")}
+    xp.lib, xp.linalg, xp.random = np.lib, types.SimpleNamespace(**guarded_linalg), np.random
+    for name, module in list(sys.modules.items()):
+        if name.startswith("shallow") and hasattr(module, "get_xp"):
+            monkeypatch.setattr(module, "get_xp", lambda *arrays, **kw: xp)
+    ufunc = _HostRead.__array_ufunc__
+
+    def guarded_ufunc(self, uf, method, *inputs, **kw):  # a @ b on arrays
+        if uf.__name__ in _CUBLAS_ROUTINES and _HostRead.armed:
+            raise AssertionError(f"{uf.__name__} (the @ operator) was called within the step")
+        return ufunc(self, uf, method, *inputs, **kw)
+    monkeypatch.setattr(_HostRead, "__array_ufunc__", guarded_ufunc)
+    monkeypatch.setattr(_HostRead, "dot", _refused_in_capture("ndarray.dot", np.ndarray.dot), raising=False)
+    _fake_device(monkeypatch, _FakeCuda())
+    handle = _NumpyHandle()
+    monkeypatch.setattr(graph._cublas, "Handle", lambda stream, xp: handle)
+    model = build_model(arch, (8, 8), 10, width=4, rng=3, dtype=np.float32, **kwargs)
+    for _, layer in model.named_layers():
+        for store in (layer.params, layer.buffers, layer._grad_slots):
+            for key in store:
+                store[key] = store[key].view(_HostRead)
+    model.flatten_parameters()
+    opt = Adam(model.named_parameters(), lr=1e-3, weight_decay=1e-3)
+    x, y = (a.view(_HostRead) for a in _data(16))
+    step = CapturedStep(model, loss(), opt)
+    run = step._run
+
+    def armed(r):
+        _HostRead.armed = True
+        try:
+            run(r)
+        finally:
+            _HostRead.armed = False
+    monkeypatch.setattr(step, "_run", armed)
+    values = [step(x, y)[0] for _ in range(3)]
+    assert handle.calls > 0 and np.isfinite(values).all()
+
+
 @pytest.mark.parametrize("captured", [True, False], ids=["CapturedStep", "train_step"])
 def test_a_step_with_a_non_finite_loss_keeps_parameters_state_and_running_statistics(captured):
     # The batch-norm running statistics used to keep the failed batch's (NaN) moments
