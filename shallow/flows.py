@@ -49,7 +49,7 @@ from ._validation import (
     check_random_state,
 )
 from .backend import array_digest, get_xp, is_cupy, to_numpy
-from .kernels import _arccos_near_pi
+from .kernels import _arccos_near_pi, _pair_rows, _pair_sine
 from .networks import _block_bytes, _fused_pass, fused_pass
 
 __all__ = [
@@ -235,9 +235,10 @@ class _ArccosTile:
         # From the Gram matrix, sin th = sqrt(1 - cos^2) carries an absolute error of about eps / sin th, a
         # relative one of eps / sin^2 th (the step field's size is 1 / sin th). In float64 the pairs with sin th
         # below _NEAR_SINE (nearly parallel or antiparallel: duplicated or converged particles) are recomputed
-        # from the vectors, sin th = |v/|v| - cos th w/|w|| (the step field then carries eps / sin th relative from
-        # its matrix products, as a pair-by-pair field would from the unit vectors: measured, 3.8 times slower), and
-        # their relu kernel near th = pi comes from a series. A float32 step tile with a pair below
+        # from the vectors, as below (the step field then carries eps / sin th relative from its matrix products, as a
+        # pair-by-pair field would from the unit vectors: measured, 3.8 times slower; so does the relu field, of size
+        # (pi - th)^2 near th = pi from two terms of size pi - th), and their relu kernel near th = pi comes from its
+        # integral form (kernels._arccos_near_pi). A float32 step tile with a pair below
         # _WIDE_SINE is computed in float64 as a whole (``wide``): pair by pair, the clustered particles of a
         # converging flow made it 10 to 70 times slower (m = 2000, d = 10 to 100, pairs at 0.004 to 0.04 rad). The
         # relu field has no 1 / sin th: a float32 relu tile recomputes its pairs below _WIDE_SINE (sin th to a few
@@ -257,11 +258,22 @@ class _ArccosTile:
         near = xp.nonzero(xp.less(sin_abs, _WIDE_SINE if single else _NEAR_SINE, out=self._out("mask")))
         self.near = near if len(near[0]) else None
         if self.near is not None:
+            # sin th from the vectors (no row is zero: such pairs, sin th = 1, are never near): of a nearly parallel
+            # pair |v/|v| - cos th w/|w||, cos th from the unit vectors, to their rounding, a few eps absolute (where
+            # the kernels are of order 1 and the step field carries as much from its matrix products); of a nearly
+            # antiparallel pair to a few eps relative (kernels._pair_sine, about twice the work): there the relu
+            # kernel is ~ (pi - th)^3, and the unit vectors' rounding left it up to 2e8 eps off at pi - th = 1e-9
+            anti = cos[near] < 0
+            rows = None
+            if bool(xp.any(anti)):  # the rows as _pair_sine reads them
+                rows = (_pair_rows(W, xp),) * 2 if same else (_pair_rows(W, xp), _pair_rows(V, xp))
             step = max(1, _PAIR_CHUNK // max(W.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
             for start in range(0, near[0].shape[0], step):
                 i, j = near[0][start:start + step], near[1][start:start + step]
-                # sin th = |v/|v| - cos th w/|w||, cos th from the unit vectors: a few eps (no row is zero:
-                # such pairs, sin th = 1, are never near)
+                if rows is not None:
+                    a = anti[start:start + step]
+                    sin_abs[i[a], j[a]] = _pair_sine(rows[0], i[a], rows[1], j[a], xp)
+                    i, j = i[~a], j[~a]
                 Wh, Vh = W[i] * self.inv_w[i][:, None], V[j] * self.inv_v[j][:, None]
                 p = Vh - xp.sum(Wh * Vh, axis=1)[:, None] * Wh
                 sin_abs[i, j] = xp.sqrt(xp.sum(p * p, axis=1))
@@ -298,8 +310,7 @@ class _ArccosTile:
         if self.near is not None:
             # near th = pi, K = |w||v| (sin delta - delta cos delta) / (2 pi) ~ delta^3 from two terms of size
             # delta (delta = pi - th): eps / delta^2 relative; the integral form of the kernels module instead, 3
-            # times delta's relative error (a few eps for inputs stored exactly; delta of rounded vectors is known to
-            # about eps / delta relative)
+            # times delta's relative error (a few eps: sin th from kernels._pair_sine)
             anti = self.cos[self.near] < 0
             if bool(xp.any(anti)):
                 i, j = self.near[0][anti], self.near[1][anti]
@@ -334,8 +345,8 @@ class _ArccosTile:
         return inv_u[:, None] * (S @ (c[:, None] * X_hat) - (Sc @ c)[:, None] * U_hat)
 
 
-#: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th recomputed from their unit
-#: vectors: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
+#: Pairs of a float64 tile of PopulationRisk with sin th below this have sin th recomputed from the vectors:
+#: elsewhere sqrt(1 - cos^2) leaves at most eps64 / _NEAR_SINE^2 = 2e-8 relative.
 _NEAR_SINE = 1e-4
 #: A float32 step tile with a pair of sin th below this is computed in float64 (to 8 eps32 relative, where the step
 #: field was 1e2 to 1e5 eps32 off, and 0 below 7.6e-6 rad); elsewhere sqrt(1 - cos^2) and the matrix products leave
@@ -345,9 +356,9 @@ _NEAR_SINE = 1e-4
 #: a few hundred random particles has such a pair: a float32 step risk there costs about a float64 one (2.2x).
 _WIDE_SINE = 0.015
 _PAIR_CHUNK = 2**20  # entries of the (pairs, d) temporaries of the near pairs per chunk
-#: At or below this sin th (recomputed in float64 from unit vectors) a pair counts as exactly (anti)parallel, its
-#: step field 0: the rounding of sin th is a few eps64 (a particle with itself, x and 3x). The same cut serves
-#: float32 tiles, whose near pairs are recomputed in float64: a cut of 64 eps32 = 7.6e-6 dropped the field,
+#: At or below this sin th (recomputed in float64) a pair counts as exactly (anti)parallel, its step field 0: the
+#: rounding of sin th is a few eps64 (a particle with itself, x and 3x; about eps64^2 for x and -3x). The same cut
+#: serves float32 tiles, whose near pairs are recomputed in float64: a cut of 64 eps32 = 7.6e-6 dropped the field,
 #: of size 1 / (2 pi |w|), of pairs at a true angle below it.
 _PARALLEL_CHORD = 1e-12
 

@@ -56,14 +56,16 @@ O(n n') and no (n, n', d) array is formed; everything runs on numpy or cupy (the
 except the hypergeometric function of non-integer arc-cosine orders, evaluated by scipy on the
 host (an explicit round trip on a GPU). Accuracy: from a Gram matrix the angle of two nearly
 parallel (or antiparallel) vectors is known to about sqrt(eps) only (1e-8 in float64, 3e-4 in
-float32), which the step (order 0) and sign kernels, and hence NTKs, would carry; so the pairs
-with sin theta < 0.1 have theta recomputed from their unit vectors, 2 asin(|u - v| / 2), to a
+float32), which the step (order 0) and sign kernels, and hence NTKs, would carry; so the nearly
+parallel pairs with sin theta < 0.1 have theta recomputed from their unit vectors, 2 asin(|u - v| / 2), to a
 few ulps (a matrix product about the data's mean direction where the data cluster about it,
 O(d) work per pair otherwise: the relu NTK of 2000 points 30 + N(0, I_500), all pairs nearly
 parallel, takes 0.46 s against 0.24 s for centred data). The kernels of order >= 1 do not feel it
 (their derivative in theta vanishes at theta = 0); near theta = pi, where they shrink like
 (pi - theta)^(2n+1), they come from their integral form and keep their relative accuracy (the closed form
-cancelled to eps absolute: negative values for n = 3). Real orders, and a DotProductKernel given t,
+cancelled to eps absolute: negative values for n = 3), with sin theta of the nearly antiparallel pairs to a few
+eps relative from the part of y orthogonal to x, O(d) work per pair (the unit vectors' rounding, eps absolute in
+pi - theta, left relu^3 7e6 to 1.1e7 eps off at pi - theta = 1e-7). Real orders, and a DotProductKernel given t,
 keep the Gram matrix's accuracy. With
 Y = None the norms are read off the diagonal of the Gram matrix, so that theta(x, x) = 0 exactly.
 Rows far from the unit scale (largest entry beyond 2^{+-25} in float32, 2^{+-249} in float64 at
@@ -145,11 +147,11 @@ _PAIR_CHUNK = 2**20  # entries of the (pairs, d) differences of _refined_angle p
 
 
 def _chord_sides(X, Y, same, xp):
-    """The unit rows of X and of Y, each as (U, side, A, |A|^2) for :func:`_refined_angle`, once per kernel.
+    """The rows of X and of Y, each as (rows, U, side, A, |A|^2) for :func:`_refined_angle`, once per kernel.
 
-    U = x / |x| (0 for a zero row; the norm scaled, so that rows of 1e200 neither overflow nor vanish);
-    ``side`` = +-1 turns u to the side of the centre, the mean of the unit rows turned to the side of a
-    first one (data about +-c give about c), and A = side u - centre.
+    rows: those of :func:`_pair_rows`; U = x / |x| (0 for a zero row; the norm scaled, so that rows of 1e200
+    neither overflow nor vanish); ``side`` = +-1 turns u to the side of the centre, the mean of the unit rows turned
+    to the side of a first one (data about +-c give about c), and A = side u - centre.
     """
     units = []
     for M in (X,) if same else (X, Y):
@@ -161,61 +163,119 @@ def _chord_sides(X, Y, same, xp):
         first = every[int(xp.argmax(xp.sum(every * every, axis=1)))]  # a row of unit norm
         centre = xp.where((every @ first)[:, None] >= 0, every, -every).sum(axis=0) / every.shape[0]
     sides = []
-    for U in units:
+    for M, U in zip((X, Y), units):
         side = xp.where(U @ centre >= 0, 1, -1).astype(U.dtype)
         A = side[:, None] * U - centre
-        sides.append((U, side, A, xp.sum(A * A, axis=1)))
+        sides.append((_pair_rows(M, xp), U, side, A, xp.sum(A * A, axis=1)))
     return sides[0], sides[-1]
 
 
+def _exact_product(a, b):
+    """(p, e) with p = fl(a b) and p + e = a b exactly (Dekker's two-product, Veltkamp's split, no FMA): for entries
+    of a and b far from overflow (below 2^(emax - 28) in float64) and with products above the underflow."""
+    factor = 2.0 ** ((np.finfo(a.dtype).nmant + 2) // 2) + 1  # 2^27 + 1 in float64, 2^12 + 1 in float32
+    halves = []
+    for v in (a, b):
+        c = v * factor
+        high = c - (c - v)
+        halves.append((high, v - high))
+    (ah, al), (bh, bl) = halves
+    p = a * b
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _pair_rows(M, xp):
+    """(M', |m'|^2): the rows of M (n, d) scaled by powers of two, exactly, to a largest entry in [1/2, 1), and their
+    squared norms (n,): what :func:`_pair_sine` reads of each row, made once per row rather than once per pair."""
+    M = xp.ldexp(M, -xp.frexp(xp.max(xp.abs(M), axis=1))[1][:, None])  # (n, d)
+    return M, xp.einsum("nd,nd->n", M, M)
+
+
+def _pair_sine(x_rows, i, y_rows, j, xp):
+    """sin theta of the pairs (x_i, y_j), neither row zero, to a few eps relative at every theta (against mpmath: at
+    most 2 eps for d = 2 to 100 and theta or pi - theta from 1e-12 to 2), plus about eps^2 absolute (x and the
+    rounding of c x: about eps^2, not 0).
+
+    |y| sin theta is the size of r = y - t x, the part of y orthogonal to x, computed from the stored numbers: with
+    t = <x, y> / |x|^2 the products t x_k are exact (:func:`_exact_product`), so that y_k - t x_k is rounded once,
+    and r is reorthogonalised once (the rounding of t left a part (t - t*) x along x, of size eps |y|). From unit
+    vectors, the chord |u -+ v| kept their rounding, eps absolute: eps / theta relative near theta = 0, and
+    eps / (pi - theta) near pi, where the arc-cosine kernel of order n is of size (pi - theta)^(2n+1) (relu^3 was
+    up to 1.1e7 eps off at pi - theta = 1e-7, float64). O(d) work per pair.
+
+    Parameters
+    ----------
+    x_rows, y_rows : tuples (M', |m'|^2) of :func:`_pair_rows`
+        The rows of X and of Y, scaled.
+    i, j : integer arrays of shape (k,)
+        The pairs: row i[p] of X with row j[p] of Y.
+
+    Returns
+    -------
+    array of shape (k,)
+        sin theta, in [0, 1].
+    """
+    X, xx, Y, yy = x_rows[0][i], x_rows[1][i], y_rows[0][j], y_rows[1][j]  # (k, d), (k,), (k, d), (k,)
+    p, e = _exact_product((xp.einsum("kd,kd->k", X, Y) / xx)[:, None], X)  # p + e = t x, (k, d)
+    r = (Y - p) - e
+    r -= (xp.einsum("kd,kd->k", X, r) / xx)[:, None] * X
+    return xp.minimum(xp.sqrt(xp.einsum("kd,kd->k", r, r) / yy), 1)
+
+
 def _refined_angle(xp, G, nx2, ny2, sides, rows):
-    """(s, theta) of the pairs (x_i, y_j), those nearly parallel or antiparallel recomputed from the chord
-    c = |u -+ v| of their unit vectors: theta = 2 asin(c / 2), or pi - 2 asin(c / 2), s = |x||y| c sqrt(1 - c^2/4).
+    """(s, theta) of the pairs (x_i, y_j), those nearly parallel recomputed from the chord c = |u - v| of their unit
+    vectors, theta = 2 asin(c / 2), s = |x||y| c sqrt(1 - c^2/4), those nearly antiparallel from the part of y
+    orthogonal to x (:func:`_pair_sine`), s = |x||y| sin theta and theta = atan2(s, <x, y>).
 
     From the Gram matrix, s = sqrt(|x|^2 |y|^2 - <x, y>^2) cancels: theta is known to about
     sqrt(eps) (3e-4 in float32) where it is small, which the step kernel and every NTK carry. For the
-    pairs with sin theta < 0.1, the chord is first taken from a matrix product about the centre of
+    pairs with sin theta < 0.1 and <x, y> >= 0, the chord is first taken from a matrix product about the centre of
     :func:`_chord_sides` (``sides()``, computed once; ``rows``: those of X in this block),
     |a|^2 + |b|^2 - 2 <a, b> for a = +-u - centre, b = +-v - centre (each row turned to the centre's
     side), and kept where |a|^2 + |b|^2 <= 16 c^2 (then its rounding is a few eps of c^2: data
     clustered about a common direction, where nearly every pair is near); the others are computed pair
     by pair, O(d) each, as the part of |u - v|^2 orthogonal to their normalisations' rounding,
-    (|u - v|^2 - (|u| - |v|)^2) / (|u||v|): x and -3x stay exactly antiparallel, and chords below 4 eps
-    count as 0.
+    (|u - v|^2 - (|u| - |v|)^2) / (|u||v|): x and 3x stay exactly parallel, and chords below 4 eps
+    count as 0. The chord keeps the unit vectors' rounding, a few eps absolute: enough near theta = 0, where the
+    kernels are of order 1, not near pi, where pi - theta and the arc-cosine kernels, of size (pi - theta)^(2n+1),
+    need it to a few eps relative (relu^3 was up to 1.1e7 eps off at pi - theta = 1e-7 from the chord |u + v|).
     """
     N2 = nx2 * ny2
     s, theta = _angle(xp, G, N2)
     near = (s * s < (_SMALL_SINE ** 2) * N2) & (N2 > 0)
     if not bool(near.any()):
         return s, theta
-    (U, su, A, a2), (V, sv, B, b2) = sides()
-    U, su, A, a2 = U[rows], su[rows], A[rows], a2[rows]
+    anti = near & (G < 0)
+    near &= ~anti
+    (x_rows, U, su, A, a2), (y_rows, V, sv, B, b2) = sides()
+    x_rows, U, su, A, a2 = (x_rows[0][rows], x_rows[1][rows]), U[rows], su[rows], A[rows], a2[rows]
+    step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
+    i_anti, j_anti = xp.nonzero(anti)
+    for start in range(0, i_anti.shape[0], step):
+        i, j = i_anti[start:start + step], j_anti[start:start + step]
+        s[i, j] = xp.sqrt(N2[i, j]) * _pair_sine(x_rows, i, y_rows, j, xp)
+        theta[i, j] = xp.arctan2(s[i, j], G[i, j])
     eps = float(np.finfo(G.dtype).eps)
 
-    def put(where, chord, sign):
+    def put(where, chord):
         chord = xp.where(chord <= 4 * eps, 0, chord)
-        half = 2 * xp.arcsin(xp.minimum(chord / 2, 1))
-        theta[where] = xp.where(sign > 0, half, math.pi - half)
-        # sin theta = sin(half) = c sqrt(1 - c^2 / 4): exactly 0 at theta = pi, where sin(math.pi) is 1.2e-16
+        theta[where] = 2 * xp.arcsin(xp.minimum(chord / 2, 1))
         s[where] = xp.sqrt(N2[where]) * (chord * xp.sqrt(1 - chord * chord / 4))
 
-    # u = su (centre + a), v = sv (centre + b): for sign(<u, v>) = su sv the chord |u - su sv v| is |a - b|
-    # (parallel and antiparallel pairs alike, from one product)
+    # u = su (centre + a), v = sv (centre + b): for rows on one side of the centre (su sv = 1) the chord |u - v| is
+    # |a - b|
     chord2 = a2[:, None] + b2[None, :] - 2 * (A @ B.T)  # (B, n')
-    pair = su[:, None] * sv[None, :]  # the sign of <u, v> the product's chord is for
-    good = near & (xp.where(G >= 0, 1, -1) == pair) & (a2[:, None] + b2[None, :] <= 16 * chord2)
+    good = near & (su[:, None] == sv[None, :]) & (a2[:, None] + b2[None, :] <= 16 * chord2)
     if bool(good.any()):
-        put(good, xp.sqrt(chord2[good]), pair[good])
+        put(good, xp.sqrt(chord2[good]))
     i_near, j_near = xp.nonzero(near & ~good)
-    step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
     for start in range(0, i_near.shape[0], step):
         i, j = i_near[start:start + step], j_near[start:start + step]
-        sign = xp.where(G[i, j] >= 0, 1, -1).astype(G.dtype)
-        Ui, Vj = U[i], sign[:, None] * V[j]
+        Ui, Vj = U[i], V[j]
         nu, nv = xp.sqrt(xp.sum(Ui * Ui, axis=1)), xp.sqrt(xp.sum(Vj * Vj, axis=1))
-        diff2 = xp.sum((Ui - Vj) ** 2, axis=1)  # |u -+ v|^2: its radial part (|u| - |v|)^2 is rounding
+        diff2 = xp.sum((Ui - Vj) ** 2, axis=1)  # |u - v|^2: its radial part (|u| - |v|)^2 is rounding
         chord = xp.sqrt(xp.maximum(diff2 - (nu - nv) ** 2, 0) / (nu * nv))
-        put((i, j), chord, sign)
+        put((i, j), chord)
     return s, theta
 
 

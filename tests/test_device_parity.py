@@ -420,6 +420,13 @@ def _population_risk_step(xp):
     return risk.value_and_grad(_student(xp, activation="step"))
 
 
+def _population_risk_antiparallel(xp):
+    """A student whose particles are nearly antiparallel to the teacher's (pi - th ~ 1e-7: kernels._pair_sine)."""
+    teacher = two_layer(xp, bias=False)
+    student = networks.TwoLayer(draw(xp, 7, 7), -2 * teacher.W + draw(xp, (7, 3), 8, 1e-7), gamma=0.5)
+    return flows.PopulationRisk(teacher).value_and_grad(student)
+
+
 FLOWS_ON_DEVICE = {
     "EmpiricalRisk.__call__": lambda xp: _empirical_risk(xp)(two_layer(xp, bias=False)),
     "EmpiricalRisk.chunked": lambda xp: _empirical_risk(xp, chunk_bytes=64).value_and_grad(two_layer(xp, bias=True)),
@@ -427,6 +434,7 @@ FLOWS_ON_DEVICE = {
     "PopulationRisk.gaussian":
         lambda xp: flows.PopulationRisk(two_layer(xp, bias=False)).value_and_grad(_student(xp)),
     "PopulationRisk.step": _population_risk_step,
+    "PopulationRisk.antiparallel": _population_risk_antiparallel,
     "PopulationRisk.value_and_grad":
         lambda xp: flows.PopulationRisk(two_layer(xp, bias=False), "sphere").value_and_grad(_student(xp)),
     "gradient_flow.euler": on_host(_flow_run),
@@ -485,6 +493,12 @@ def _rf_kernel_float32(xp):
     return kernels.random_feature_kernel(X, Y, get_activation("relu"))
 
 
+def _rf_kernel_antiparallel(xp):
+    """relu^3 between 6 points of S^2 and 6 nearly antiparallel to them (pi - theta ~ 1e-6: kernels._pair_sine)."""
+    X = unit_rows(xp, 6, 3)
+    return kernels.random_feature_kernel(X, -3 * X + draw(xp, (6, 3), 1, 1e-6), get_activation("relu_power", alpha=3))
+
+
 def _ntk_gelu_sphere(xp):
     return kernels.ntk(unit_rows(xp, 6, 4), unit_rows(xp, 3, 4, 1), get_activation("gelu"), weights="sphere")
 
@@ -509,6 +523,7 @@ KERNELS_ON_DEVICE = {
     "ntk.monte_carlo": _ntk_monte_carlo,
     "ntk.tanh": lambda xp: kernels.ntk(unit_rows(xp, 6, 3), None, get_activation("tanh")),
     "random_feature_kernel": _rf_kernel,
+    "random_feature_kernel.antiparallel": _rf_kernel_antiparallel,
     "random_feature_kernel.float32": _rf_kernel_float32,
     "random_feature_kernel.monte_carlo": lambda xp: _rf_kernel(xp, Y=False, n_features=50, rng=0),
     "random_feature_kernel.sphere": lambda xp: _rf_kernel(xp, Y=False, weights="sphere"),

@@ -1344,6 +1344,40 @@ def test_arc_cosine_kernel_of_nearly_antiparallel_float32_pairs_is_accurate_rela
     assert abs(float(grad_a) + float(K)) <= 8 * np.finfo(np.float32).eps * float(K)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["relu", "step"])
+def test_arc_cosine_kernel_of_nearly_antiparallel_pairs_in_general_position_is_accurate_relative_to_its_size(
+        activation, dtype):
+    """K(w, v) for w = 3u, v = -0.2 (cos t u + sin t w) rounded to the dtype, u, w orthonormal and random in d = 10
+    (not on the axes, where the unit vectors are stored about exactly), pi - th from 1e-5 to 1e-9 (float32: what the
+    rounding leaves of it), read off grad_a = -gamma gamma* a* K(w, v) of a student with a = 0 against the teacher
+    neuron v, as in the float32 test above. Expected from mpmath on the stored numbers. Before, sin th of the near
+    pairs came from the rounded unit vectors, eps absolute: the relu kernel ~ (pi - th)^3 1.6e8 eps64 off at
+    pi - th = 1e-9, 5e7 eps32 at 1e-7. Tolerance 16 eps relative (measured at most 11): the values are well
+    conditioned in the stored numbers (condition number 1 to 3)."""
+    import mpmath
+    rng = np.random.default_rng(8)
+    for t in (1e-5, 1e-7, 1e-9):
+        u, w = rng.standard_normal(10), rng.standard_normal(10)
+        u /= np.linalg.norm(u)
+        w -= (w @ u) * u
+        w /= np.linalg.norm(w)
+        w_, v_ = (3 * u).astype(dtype), (-0.2 * (np.cos(t) * u + np.sin(t) * w)).astype(dtype)
+        teacher = TwoLayer(np.ones(1, dtype), v_[None, :], activation=activation, gamma=1.0)
+        student = TwoLayer(np.zeros(1, dtype), w_[None, :], activation=activation, gamma=1.0)
+        grad_a = PopulationRisk(teacher).value_and_grad(student)[1][0]
+        with mpmath.workdps(60):
+            (wh, nw), (vh, nv) = _mp_unit(w_), _mp_unit(v_)
+            G = mpmath.fsum(x * y for x, y in zip(wh, vh))
+            cross = mpmath.sqrt(mpmath.fsum(q * q for q in [y - G * x for x, y in zip(wh, vh)]))
+            if cross == 0:  # float32 rounded the pair to exactly antiparallel
+                continue
+            rest = mpmath.atan2(cross, -G)  # pi - th
+            K = rest / (2 * mpmath.pi) if activation == "step" else nw * nv * (cross - rest * (-G)) / (2 * mpmath.pi)
+        assert grad_a.dtype == dtype
+        assert abs(float(grad_a) + float(K)) <= 16 * np.finfo(dtype).eps * float(K), t
+
+
 @pytest.mark.parametrize("risk_class", ["empirical", "population"])
 @pytest.mark.parametrize("where", ["instance", "class"])
 def test_a_value_and_grad_replaced_by_the_user_drives_every_step_of_a_flow(risk_class, where, monkeypatch):

@@ -1149,6 +1149,44 @@ def test_arc_cosine_kernels_of_nearly_antiparallel_exact_inputs_are_accurate_rel
         assert abs(float(value) - float(expected[name])) <= 16 * eps * abs(float(expected[name])), name
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [2, 3, 10])
+def test_step_and_relu_kernels_and_ntk_of_nearly_antiparallel_inputs_in_general_position_are_accurate(dtype, d):
+    # x = 3u, y = -0.2 (cos t u + sin t w) rounded to the dtype, u, w orthonormal and random (not on the axes, where
+    # the unit vectors are stored about exactly), pi - theta = delta from 1e-1 down to 1e-9 (float32: what the
+    # rounding leaves of it, about 1e-8 to 1e-7): the step kernel delta / (2 pi), the relu kernel
+    # |x||y| (sin delta - delta cos delta) / (2 pi) ~ delta^3 and the relu NTK. Well conditioned in the stored
+    # numbers; reference: Cho-Saul at 60 digits, theta = atan2(|x ^ y|, <x, y>) on the stored numbers. Tolerance
+    # 16 eps relative (measured at most 8). pi - theta from the chord |u + v| of the rounded unit vectors kept their
+    # rounding, a few eps absolute: 2e8 to 4e8 eps (relu) at delta = 1e-9 in float64, 100% (0) below 1e-7 in float32
+    import mpmath
+
+    rng = np.random.default_rng(37 + d)
+    eps = float(np.finfo(dtype).eps)
+    for t in (1e-1, 1e-3, 1e-5, 1e-7, 1e-9):
+        u, w = rng.standard_normal(d), rng.standard_normal(d)
+        u /= np.linalg.norm(u)
+        w -= (w @ u) * u
+        w /= np.linalg.norm(w)
+        x, y = (3 * u).astype(dtype), (-0.2 * (math.cos(t) * u + math.sin(t) * w)).astype(dtype)
+        with mpmath.workdps(60):
+            X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
+            G = mpmath.fsum(a * b for a, b in zip(X, Y))
+            cross = mpmath.sqrt(mpmath.fsum((X[i] * Y[j] - X[j] * Y[i]) ** 2 for i in range(d) for j in range(i)))
+            if cross == 0:  # float32 rounded the pair to exactly antiparallel
+                continue
+            rest = mpmath.atan2(cross, -G)  # pi - theta
+            step = rest / (2 * mpmath.pi)
+            relu = (cross - rest * -G) / (2 * mpmath.pi)  # |x||y| sin theta = |x ^ y|, |x||y| cos theta = <x, y>
+            expected = {"step": step, "relu": relu, "relu ntk": relu + G * step}
+        got = {"step": random_feature_kernel(x[None], y[None], "step")[0, 0],
+               "relu": random_feature_kernel(x[None], y[None], "relu")[0, 0],
+               "relu ntk": ntk(x[None], y[None], "relu")[0, 0]}
+        for name, value in got.items():
+            assert value.dtype == dtype
+            assert abs(float(value) - float(expected[name])) <= 16 * eps * abs(float(expected[name])), (name, t)
+
+
 def _step_kernel_mp(x, y):
     """(pi - theta) / (2 pi) at 50 digits from the stored numbers of x and y."""
     import mpmath
@@ -1203,14 +1241,15 @@ def test_arc_cosine_kernels_of_nearly_antiparallel_inputs_keep_their_relative_ac
     # closed form A_n (pi - theta) + B_n sin theta cancelled to an absolute eps: relu 2e+2 relative at delta = 1.4e-6,
     # a negative kernel for n = 3. Expected: Cho and Saul's E[relu(<w,x>)^n relu(<w,y>)^n] in polar coordinates of
     # the plane of x, y, |x|^n |y|^n 2^n n! / (2 pi) int_{theta - pi/2}^{pi/2} cos^n(phi) cos^n(phi - theta) dphi, by
-    # mpmath quadrature at 30 digits with theta from the stored numbers. Tolerance: 50 eps, plus theta's own
-    # rounding next to pi (4 ulps of pi, 2^-49) times the condition number (2n + 1) / delta
+    # mpmath quadrature at 30 digits with theta from the stored numbers. Tolerance: 50 eps. pi - theta from the chord
+    # |u + v| of the rounded unit vectors kept their rounding, a few eps absolute: relu^3 was 8.6e5 eps off at
+    # delta = 1e-6 and 9.2e8 eps at 1e-9 (the tolerance then allowed (2n + 1) 2^-49 / delta more; now at most 9 eps)
     import mpmath
 
     rng = np.random.default_rng(36)
     d, n = 7, order
     with mpmath.workdps(30):
-        for t in (1e-1, 1e-3, 1e-6):
+        for t in (1e-1, 1e-3, 1e-6, 1e-9):
             u, w = rng.standard_normal(d), rng.standard_normal(d)
             u /= np.linalg.norm(u)
             w -= (w @ u) * u
@@ -1218,11 +1257,11 @@ def test_arc_cosine_kernels_of_nearly_antiparallel_inputs_keep_their_relative_ac
             x, y = 0.5 * u, -3.0 * (math.cos(t) * u + math.sin(t) * w)
             X, Y = [mpmath.mpf(float(v)) for v in x], [mpmath.mpf(float(v)) for v in y]
             nx, ny = mpmath.sqrt(mpmath.fsum(a * a for a in X)), mpmath.sqrt(mpmath.fsum(b * b for b in Y))
-            chord = mpmath.sqrt(mpmath.fsum((a / nx - b / ny) ** 2 for a, b in zip(X, Y)))
-            theta = 2 * mpmath.asin(chord / 2)
+            # delta = pi - theta = 2 asin(|u + v| / 2) (pi - 2 asin(|u - v| / 2) at 30 digits kept 1e-30 / delta^2
+            # relative: 1e-12 at delta = 1e-9)
+            delta = 2 * mpmath.asin(mpmath.sqrt(mpmath.fsum((a / nx + b / ny) ** 2 for a, b in zip(X, Y))) / 2)
             # phi = pi/2 - delta s: cos phi cos(phi - theta) = sin(delta s) sin(delta (1 - s)), scaled by delta^2 (the
             # error control of mpmath's quad is absolute)
-            delta = mpmath.pi - theta
             integral = delta ** (2 * n + 1) * mpmath.quad(
                 lambda s: (mpmath.sin(delta * s) * mpmath.sin(delta * (1 - s)) / delta**2) ** n, [0, 1])
             expected = float((nx * ny) ** n * 2 ** n * math.factorial(n) / (2 * mpmath.pi) * integral)
@@ -1240,7 +1279,7 @@ def test_arc_cosine_kernels_of_nearly_antiparallel_inputs_keep_their_relative_ac
             sigma = get_activation("relu") if n == 1 else get_activation("relu_power", alpha=n)
             got = float(random_feature_kernel(x[None], y[None], sigma)[0, 0])
             assert got > 0
-            assert abs(got - expected) <= (50 * np.finfo(float).eps + (2 * n + 1) * 2.0**-49 / float(delta)) * expected
+            assert abs(got - expected) <= 50 * np.finfo(float).eps * expected
 
 
 @pytest.mark.parametrize("d", [100, 1000, 4096])
