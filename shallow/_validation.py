@@ -27,16 +27,23 @@ __all__ = [
 ]
 
 
+_RNG_ACCEPTED = ("None, a non-negative int seed, a non-empty list or tuple of non-negative int seeds, a numpy "
+                 "SeedSequence or a numpy Generator")
+
+
 def check_random_state(rng) -> np.random.Generator:
-    """A numpy Generator from ``rng`` (None, an int seed, a list of non-negative int seeds, a numpy SeedSequence,
-    or a Generator, returned as it is; numpy's legacy RandomState is refused).
+    """A numpy Generator from ``rng`` (None, a non-negative int seed, a non-empty list or tuple of non-negative int
+    seeds, a numpy SeedSequence, or a Generator, returned as it is; numpy's legacy RandomState is refused).
 
     The same seed gives the same numbers everywhere: samplers draw on the host with this
     generator and move the result to the device afterwards.
+
+    Of what :func:`numpy.random.default_rng` takes, a BitGenerator, an array of seeds and an empty list
+    are refused (TypeError naming what is accepted), and a negative int seed (ValueError).
     """
     if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
         if isinstance(rng, bool):
-            raise TypeError(f"rng must be None, an int seed or a numpy Generator, got {rng!r}")
+            raise TypeError(f"rng must be {_RNG_ACCEPTED}, got {rng!r}")
         if isinstance(rng, numbers.Integral) and rng < 0:
             raise ValueError(f"rng must be a non-negative int seed, got {rng}")
         return np.random.default_rng(rng)
@@ -45,8 +52,8 @@ def check_random_state(rng) -> np.random.Generator:
         return np.random.default_rng(list(rng))  # entropy from several seeds, e.g. [seed, point]
     if isinstance(rng, np.random.Generator):
         return rng
-    raise TypeError(f"rng must be None, an int seed or a numpy Generator (or a list of int seeds, a SeedSequence), "
-                    f"got {type(rng).__name__}")
+    got = repr(rng) if isinstance(rng, (list, tuple)) else type(rng).__name__  # a list: which seed is wrong
+    raise TypeError(f"rng must be {_RNG_ACCEPTED}, got {got}")
 
 
 def check_integer(value, name: str, minimum: int | None = 0, maximum: int | None = None) -> int:

@@ -274,17 +274,17 @@ def interrupted_message(err: KeyboardInterrupt, out=".") -> str:
     from .study import StudyInterrupted
 
     results = Path(out) / "results"
-    finished = (f"it reuses the results of the studies that finished computing (cached under {results}/); "
-                "--force recomputes them")
+    reuse = "the results of the studies that finished computing"
+    if isinstance(err, StudyInterrupted) and err.grid_points_cached:
+        reuse += f" and the grid points {err.study} finished (in {results / 'points' / err.study}/)"
+    resumes = f"it reuses what is cached under {results}/: {reuse}; --force recomputes them"
     if not isinstance(err, StudyInterrupted):  # not in a study's compute: loading it, drawing its figure
-        return f"interrupted. The same command resumes: {finished}"
+        return f"interrupted. The same command resumes: {resumes}"
     if err.grid_points_cached:
-        return (f"interrupted in {err.study}. The same command resumes: it reuses the grid points {err.study} "
-                f"finished (cached under {results / 'points' / err.study}/) and the results of the studies "
-                f"that finished computing (cached under {results}/); --force recomputes them")
+        return f"interrupted in {err.study}. The same command resumes: {resumes}"
     return (f"interrupted in {err.study}, which restarts from its beginning when run again (only the points "
             f"of a grid are cached as they finish, and it had started none). The same command resumes the rest: "
-            f"{finished}")
+            f"{resumes}")
 
 
 def main(argv=None) -> int:

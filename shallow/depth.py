@@ -1469,7 +1469,8 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     -------
     DeepReLU
         Widths (2 K d, 2): K pieces per square, the second hidden layer relu(s_hat - r^2) and
-        relu(s_hat - (1 + delta)^2 r^2). ``meta["exact_outside"]`` holds the shell.
+        relu(s_hat - (1 + delta)^2 r^2). ``meta["exact_outside"]`` holds the shell, and
+        ``meta["error_bound"]`` = 1 the proven uniform error sup_x |net(x) - 1{|x| <= r}| (see Notes).
 
     Notes
     -----
@@ -1481,6 +1482,14 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     polynomially: this is the 3-layer side of Safran & Shamir's depth-width comparison for the ball
     indicator (the 2-layer side, the error of trained 2-layer networks against their width, is
     measured by a study, not proven here).
+
+    The output psi(s_hat) lies in [0, 1], so |net(x) - 1{|x| <= r}| <= 1 everywhere (and 0 outside
+    the shell): the error bound. No continuous function does better than 1/2 across the jump at
+    |x| = r. Just outside the sphere the error tends to psi(s_hat) = 1 - (s_hat - r^2) /
+    ((1 + delta)^2 r^2 - r^2), which is 1 where s_hat = |x|^2 = r^2: the bound is attained (as a
+    supremum) when the sphere passes through a point whose coordinates are all nodes j h (d = 9,
+    delta = 0.5: h = 1/2, x = r e_1), and not otherwise: s_hat - r^2 then has a positive minimum on
+    the sphere, and the sup error stays below 1 (0.79 at d = 1, delta = 0.1).
 
     References
     ----------
@@ -1505,7 +1514,7 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     knots = np.array([r * r, B * B])
     values = np.array([1.0, 0.0])
     meta = {"construction": "ball_indicator", "pieces_per_square": K,
-            "exact_outside": ((1 - delta) * r, (1 + delta) * r)}
+            "exact_outside": ((1 - delta) * r, (1 + delta) * r), "error_bound": 1.0}
     return _squares_then_profile(np.eye(d), np.ones(d), np.full(d, B), np.full(d, K), knots, values,
                                  check_float_dtype(dtype), device, meta)
 

@@ -605,6 +605,19 @@ def test_ctrl_c_in_a_study_without_grid_says_that_it_restarts_from_its_beginning
     assert "grid points toy finished" not in err
 
 
+@pytest.mark.parametrize("err", [KeyboardInterrupt(), study.StudyInterrupted("grid_toy", True),
+                                 study.StudyInterrupted("toy", False)], ids=["outside", "grid", "no_grid"])
+def test_interrupted_message_names_the_cache_once_with_every_folder_a_rerun_reuses(err, tmp_path):
+    # "(cached under ...)" was spelt out twice in the grid case: once for the points, once for the results
+    message = cli.interrupted_message(err, tmp_path / "out")
+    results = tmp_path / "out" / "results"
+    assert message.count("cached under") == 1 and f"cached under {results}/: " in message
+    assert "the results of the studies that finished computing" in message and "--force recomputes them" in message
+    grid = getattr(err, "grid_points_cached", False)
+    assert (f"the grid points grid_toy finished (in {results / 'points' / 'grid_toy'}/)" in message) == grid
+    assert ("restarts from its beginning" in message) == (isinstance(err, study.StudyInterrupted) and not grid)
+
+
 def _toy_script(doc, n):
     """The head of a toy study script: its docstring, imports and a Config of one integer field n."""
     return f'''"""{doc}"""
@@ -649,7 +662,7 @@ def test_ctrl_c_in_a_study_with_a_grid_says_that_its_finished_points_are_cached_
     assert "shallow run: interrupted in grid_toy. The same command resumes" in err
     # the folders as this run wrote them (its --out), where the points of the grid are found
     points = toy / "out" / "results" / "points" / "grid_toy"
-    assert f"reuses the grid points grid_toy finished (cached under {points}/)" in err
+    assert f"the grid points grid_toy finished (in {points}/)" in err
     assert len(list(points.iterdir())) >= 5
     cli.load_study("grid_toy").STOP.clear()
     assert cli.main(command) == 0

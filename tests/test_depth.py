@@ -515,6 +515,34 @@ def test_safran_shamir_network_is_the_ball_indicator_away_from_the_boundary(d, d
     assert values.min() >= -1e-12 and values.max() <= 1 + 1e-12
 
 
+@pytest.mark.parametrize("d, delta, radius", [(1, 0.1, 1.0), (3, 0.1, 1.0), (9, 0.5, 2.0)])
+def test_ball_indicator_network_is_within_its_error_bound(d, delta, radius):
+    # sup_x |net(x) - 1{|x| <= r}| <= meta["error_bound"] on a fine radial grid (4001 radii in [0, 2r], the
+    # shell and the sphere included) along 200 directions; the indicator from numpy's norms; 1e-12 for the
+    # rounding of the network's few relu terms
+    net = ball_indicator_network(d, delta, radius)
+    rng = np.random.default_rng(16)
+    u = rng.standard_normal((200, d))
+    u = np.concatenate([np.eye(d), u / np.linalg.norm(u, axis=1, keepdims=True)])  # (d + 200, d)
+    t = radius * np.linspace(0, 2, 4001)
+    X = (t[:, None, None] * u[None]).reshape(-1, d)
+    target = (np.linalg.norm(X, axis=1) <= radius).astype(float)
+    assert np.abs(net(X) - target).max() <= net.meta["error_bound"] + 1e-12
+
+
+def test_ball_indicator_network_error_bound_is_attained_when_the_sphere_meets_the_nodes():
+    # d = 9, delta = 0.5: h = B / K = 1.5 / 3 = 1/2 and r = 1 = 2 h is a node. At x = (1 + eps) e_1, just
+    # outside (indicator 0), s_hat = 1 + 2.5 eps (the chord of t^2 between the nodes 1 and 1.5) and the network
+    # is psi(s_hat) = 1 - 2.5 eps / (B^2 - r^2) = 1 - 2 eps: the error tends to the bound 1 (1e-9: rounding)
+    net = ball_indicator_network(9, 0.5)
+    assert net.meta["pieces_per_square"] == 3 and net.meta["error_bound"] == 1.0
+    eps = 1e-6
+    x = np.zeros((1, 9))
+    x[0, 0] = 1 + eps
+    error = abs(float(net(x)[0]) - 0.0)
+    assert error == pytest.approx(1 - 2 * eps, abs=1e-9) and error >= net.meta["error_bound"] - 1e-3
+
+
 def test_ball_indicator_is_one_inside():
     X = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1e-6], [3.0, 4.0]])
     np.testing.assert_array_equal(ball_indicator(X), [1.0, 1.0, 0.0, 0.0])

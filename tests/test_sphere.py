@@ -116,7 +116,7 @@ def test_lift_turns_a_biased_relu_into_a_homogeneous_one():
     (lambda: sphere.inner_product_density(np.array([np.nan]), 3), "t contains NaN"),
     (lambda: sphere.lift(np.ones(3)), "X must be a 2-dimensional array"),
     (lambda: sphere.lift(np.array([[np.nan, 1.0]])), "X contains 1 NaN"),
-    (lambda: sphere.sample_sphere(3, 2, rng="seed"), "rng must be None, an int seed or a numpy Generator"),
+    (lambda: sphere.sample_sphere(3, 2, rng="seed"), "rng must be None, a non-negative int seed, a non-empty list"),
 ])
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):

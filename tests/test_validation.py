@@ -65,7 +65,33 @@ def test_check_random_state_takes_a_list_of_non_negative_int_seeds_as_entropy():
     assert check_random_state([0, 3]).random() == np.random.default_rng([0, 3]).random()
     assert check_random_state((7,)).random() == np.random.default_rng([7]).random()
     for bad in ([1, -1], [True, 2], [], [1.5]):
-        with pytest.raises(TypeError, match="rng must be None, an int seed or a numpy Generator"):
+        with pytest.raises(TypeError, match="rng must be None, a non-negative int seed, a non-empty list"):
+            check_random_state(bad)
+
+
+def test_check_random_state_error_message_lists_what_it_accepts():
+    # the message named None, an int seed and a Generator, while lists, tuples and SeedSequences were taken;
+    # each kind it names is accepted and gives numpy's own default_rng stream, the others are refused naming it
+    import re
+
+    from shallow._validation import check_random_state
+
+    with pytest.raises(TypeError) as info:
+        check_random_state("seed")
+    listed = re.fullmatch(r"rng must be (.*), got str", str(info.value)).group(1)
+    accepted = {"None": None, "a non-negative int seed": 5, "a non-empty list": [5, 2], "tuple": (5, 2),
+                "a numpy SeedSequence": np.random.SeedSequence(5)}
+    assert set(re.split(r", | or ", listed)) == {"None", "a non-negative int seed", "a non-empty list",
+                                                 "tuple of non-negative int seeds", "a numpy SeedSequence",
+                                                 "a numpy Generator"}
+    for name, rng in accepted.items():
+        if rng is not None:
+            assert check_random_state(rng).random() == np.random.default_rng(rng).random(), name
+    assert isinstance(check_random_state(None), np.random.Generator)
+    generator = np.random.default_rng(5)
+    assert check_random_state(generator) is generator
+    for bad in (True, 1.5, [], [1, -1], np.arange(2), np.random.PCG64(5), np.random.RandomState(5)):
+        with pytest.raises(TypeError, match=f"^rng must be {re.escape(listed)}, got "):
             check_random_state(bad)
 
 
@@ -167,7 +193,7 @@ def test_check_random_state_refuses_a_boolean_or_negative_seed_naming_rng():
     # True is an Integral equal to 1: taken as a seed it would silently give the stream of seed 1
     from shallow._validation import check_random_state
 
-    with pytest.raises(TypeError, match=r"^rng must be None, an int seed or a numpy Generator, got True$"):
+    with pytest.raises(TypeError, match=r"^rng must be None, a non-negative int seed, .* numpy Generator, got True$"):
         check_random_state(True)
     with pytest.raises(ValueError, match=r"^rng must be a non-negative int seed, got -1$"):
         check_random_state(-1)

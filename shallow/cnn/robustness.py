@@ -1556,7 +1556,7 @@ def certified_radius(model, X, y, lipschitz, *, norm="2"):
 
 
 def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5, batch_size=1, steps=10,
-                           step_size=None, rng=None, clip=None, keep_best=False):
+                           step_size=None, rng=None, clip=None, keep_best=False, pass_size=256):
     r"""One perturbation v with |v| <= eps that changes the predictions of most images (Alg. 1 of ref. 6).
 
     Parameters
@@ -1588,6 +1588,13 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     keep_best : bool
         Return the end-of-epoch v with the highest fooling rate on X (the first one on ties)
         rather than the last: the fooling rate of the iterates is not monotone in the epochs.
+    pass_size : int
+        Images per forward and backward pass (the ``batch_size`` of :func:`pgd` and the other
+        attacks; here ``batch_size`` is the algorithm's): the clean predictions, each epoch's
+        fooling rate on all of X and the updates on a batch are computed pass_size images at a
+        time, so that the memory of the passes is that of pass_size images whatever N and
+        batch_size. The result does not depend on it but for the rounding of the matrix products
+        (see :func:`input_gradient`).
 
     Returns
     -------
@@ -1609,6 +1616,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
         raise ValueError(f"delta must be in [0, 1) (the target fooling rate is 1 - delta), got {delta!r}")
     max_epochs = check_integer(max_epochs, "max_epochs", minimum=1)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    pass_size = check_integer(pass_size, "pass_size", minimum=1)
     steps = check_integer(steps, "steps", minimum=1)
     clip = _check_clip(clip)
     s = 2.5 * eps / steps if step_size is None else check_positive(step_size, "step_size")
@@ -1617,7 +1625,7 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     xp = get_xp(X)
     rng = check_random_state(rng)
     N = X.shape[0]
-    k = _predict(model, X)
+    k = _predict(model, X, pass_size)
     v = xp.zeros((1,) + X.shape[1:], dtype=X.dtype)
     e = xp.full(1, eps, dtype=X.dtype)
     zero = xp.zeros_like(v)
@@ -1625,6 +1633,11 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
     def perturbed(Xb, w):
         out = Xb + w
         return out if clip is None else xp.clip(out, clip[0], clip[1])
+
+    def kept(Xb, kb, w):
+        """k(x + w) == k(x) for each image of Xb, pass_size images per forward pass."""
+        return xp.concatenate([xp.argmax(model.forward(perturbed(Xb[b:b + pass_size], w)), axis=1)
+                               == kb[b:b + pass_size] for b in range(0, Xb.shape[0], pass_size)])
 
     rates = []
     best = v
@@ -1634,20 +1647,19 @@ def universal_perturbation(model, X, eps, *, norm="inf", delta=0.2, max_epochs=5
             for start in range(0, N, batch_size):
                 idx = xp.asarray(order[start:start + batch_size])
                 Xb, kb = X[idx], k[idx]
-                live = xp.argmax(model.forward(perturbed(Xb, v)), axis=1) == kb
+                live = kept(Xb, kb, v)
                 if not bool(live.any()):
                     continue
                 Xb, kb = Xb[live], kb[live]
                 w = v
                 for _ in range(steps):
-                    _, g, _ = _loss_and_input_grad(model, perturbed(Xb, w), kb, "ce")
+                    _, g = _batched_loss_and_input_grad(model, perturbed(Xb, w), kb, "ce", pass_size)
                     G = g.sum(axis=0, keepdims=True)
                     w = _project(w + s * _direction(G, norm), zero, e, norm, None)
-                    if not bool((xp.argmax(model.forward(perturbed(Xb, w)), axis=1) == kb).any()):
+                    if not bool(kept(Xb, kb, w).any()):
                         break
                 v = w
-            fooled = xp.argmax(model.forward(perturbed(X, v)), axis=1) != k
-            rates.append(float(fooled.mean()))
+            rates.append(float((~kept(X, k, v)).mean()))  # the fooling rate
             if rates[-1] > max(rates[:-1], default=-1.0):
                 best = v
             if rates[-1] >= 1 - delta:

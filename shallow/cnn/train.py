@@ -382,7 +382,10 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     Returns
     -------
     (float, float)
-        The mean loss and the accuracy (NaN for real targets, and where the loss is NaN).
+        The mean loss and the accuracy (NaN for real targets, and for outputs with a NaN). A +inf
+        logit is a class of probability 1, the limit of a large finite logit: the cross-entropy
+        is +inf when it is not the label's (0 when it is, log c for c tied +inf logits), and the
+        accuracy counts it as the prediction (the first +inf on ties).
 
     Notes
     -----
@@ -396,8 +399,12 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     y = get_xp(out).asarray(y)
     with np.errstate(over="ignore", invalid="ignore"):
         value = loss.value_and_grad(out, y, check=False)[0]
+        xp = get_xp(out)
+        if math.isnan(value) and isinstance(loss, CrossEntropy) and not bool(xp.isnan(out).any()):
+            # +inf logits, no NaN: the fast log-softmax of the step gives NaN there; their limit instead
+            value = loss._limit_value(out, y)
     # outputs with a NaN make a NaN loss (a diverged model): no accuracy, which would refuse them. An infinite
-    # loss of finite outputs still has its accuracy
+    # loss still has its accuracy: finite outputs far off, or a +inf logit at a class other than the label
     return value, (float("nan") if real or math.isnan(value) else accuracy(out, y))
 
 

@@ -531,6 +531,42 @@ def test_log_softmax_of_integer_logits_is_that_of_their_values(dtype):
     assert np.isfinite(value) and grad.dtype == np.float64
 
 
+def test_cross_entropy_of_a_plus_inf_logit_is_its_limit_at_large_finite_logits():
+    # A +inf logit is the limit L -> inf of a finite logit L: softmax -> the one-hot of that class (c tied +inf
+    # logits: 1/c each), so the loss tends to 0 at the label, log 2 for two tied maxima, and to +inf (L - z_y)
+    # elsewhere (by hand). The probabilities from scipy's softmax at L = 1e300, where exp(z - L) underflows to
+    # exactly 0 (the limit itself); a finite row as scipy's log softmax (1e-15: rounding); no NaN, no warning
+    # (RuntimeWarnings are errors here)
+    from scipy.special import log_softmax as scipy_log_softmax
+    from scipy.special import softmax
+
+    from shallow.cnn.losses import _log_softmax_limit
+    z = np.array([[np.inf, 0.0, 2.0], [1.0, np.inf, -3.0], [np.inf, np.inf, 5.0], [-np.inf, np.inf, 0.0],
+                  [0.5, -1.0, 2.0]])
+    y = np.array([0, 0, 1, 1, 2])
+    logp = _log_softmax_limit(z)
+    losses = -logp[np.arange(5), y]
+    np.testing.assert_array_equal(losses[:4], [0.0, np.inf, math.log(2), 0.0])
+    np.testing.assert_allclose(logp[4], scipy_log_softmax(z[4]), rtol=1e-15)
+    np.testing.assert_array_equal(np.exp(logp[:4]), softmax(np.where(np.isposinf(z[:4]), 1e300, z[:4]), axis=1))
+    assert CrossEntropy(scale=0.5)._limit_value(z, y) == np.inf
+    assert CrossEntropy(scale=0.5)._limit_value(z[[0, 2, 3]], y[[0, 2, 3]]) == pytest.approx(0.5 * math.log(2) / 3,
+                                                                                           rel=1e-15)
+
+
+def test_log_softmax_limit_splits_the_probability_between_equal_infinite_logits():
+    # equal logits, whatever their common value, share the probability equally (softmax(z + c) = softmax(z));
+    # so do +inf ones, and a row of -inf only: log softmax -log c at each of the c maxima, -inf at finite logits
+    # beside a +inf one (scipy on equal finite logits for -log c, to rounding)
+    from scipy.special import log_softmax as scipy_log_softmax
+
+    from shallow.cnn.losses import _log_softmax_limit
+    inf = np.inf
+    out = _log_softmax_limit(np.array([[inf, inf, 0.0], [-inf, -inf, -inf], [inf, -1.0, inf]]))
+    third, half = scipy_log_softmax(np.zeros(3))[0], scipy_log_softmax(np.zeros(2))[0]
+    np.testing.assert_allclose(out, [[half, half, -inf], [third, third, third], [half, -inf, half]], rtol=1e-15)
+
+
 @pytest.mark.parametrize("z, y, match", [
     (np.zeros(4), np.array([0]), r"^z must have shape \(N, K\)"),
     (np.zeros((0, 4)), np.array([], dtype=int), r"^z must hold at least one row"),

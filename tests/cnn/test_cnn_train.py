@@ -527,6 +527,20 @@ def test_evaluate_gives_the_accuracy_of_finite_outputs_whose_loss_overflows():
     assert value == np.inf and acc == 0.5
 
 
+def test_evaluate_gives_the_accuracy_of_outputs_with_a_plus_inf_logit():
+    # Weights (+inf, 0) on images of ones: logits (+inf, 0) on both images. A +inf logit is a class of
+    # probability 1: loss 0 for label 0, +inf for label 1 (the limit of large finite logits), mean +inf; the
+    # argmax is class 0 on both, so labels (1, 0) are half right, labels (0, 0) all right with loss 0 (by hand).
+    # Was NaN for both numbers.
+    lin = Linear(16, 2, rng=0)
+    lin.params["W"][...] = np.array([np.inf, 0.0])  # each row of W: (16, 2)
+    lin.params["b"][...] = 0.0
+    model = Sequential(Flatten(), lin)
+    value, acc = evaluate(model, np.ones((2, 4, 4, 1)), np.array([1, 0]))
+    assert value == np.inf and acc == 0.5
+    assert evaluate(model, np.ones((2, 4, 4, 1)), np.array([0, 0])) == (0.0, 1.0)  # the +inf class is the label
+
+
 def test_predict_computes_in_eval_mode_and_restores_train_mode():
     # A model in train mode with dropout p = 1/2: predict's outputs are those of eval mode, where dropout
     # is the identity, i.e. the affine map x W + b of the flattened images (closed form, rounding only:

@@ -976,6 +976,26 @@ def test_universal_perturbation_inner_steps_stop_once_the_whole_batch_is_fooled(
     assert rates[-1] == 1.0
 
 
+def test_universal_perturbation_is_the_same_computed_pass_size_images_at_a_time():
+    # a batch-normalised CNN in eval mode: each image's logits and input gradient are its own, so passes of 3
+    # images give the perturbation and the fooling rates of one pass over all 24 (the computation before
+    # pass_size), up to the rounding of the matrix products (1e-12 of eps); no forward pass holds more than 3
+    model = _random_bn_vgg(2)
+    X = np.random.default_rng(4).standard_normal((24, 8, 8, 1))
+    sizes = []
+    forward = model.forward
+    model.forward = lambda x: (sizes.append(x.shape[0]), forward(x))[1]
+    kw = {"norm": "2", "delta": 0.0, "max_epochs": 2, "batch_size": 10, "steps": 3, "rng": 5}
+    v_one, rates_one = universal_perturbation(model, X, 4.0, pass_size=24, **kw)
+    assert max(sizes) == 24
+    sizes.clear()
+    v, rates = universal_perturbation(model, X, 4.0, pass_size=3, **kw)
+    assert max(sizes) == 3
+    assert 0 < rates_one.min() and rates_one.max() < 1  # some images fooled, not all: the updates ran
+    np.testing.assert_array_equal(rates, rates_one)
+    np.testing.assert_allclose(v, v_one, rtol=0, atol=1e-12 * 4.0)
+
+
 # ----------------------------------------------------------------------------- spectral normalisation
 
 def test_spectral_projection_bounds_every_layer_norm():
@@ -1268,6 +1288,8 @@ def test_attack_batch_size_must_be_a_positive_integer():
                    lambda b: minimal_perturbation(model, X, y, eps_max=1.0, batch_size=b)):
         with pytest.raises(ValueError, match="batch_size"):
             attack(0)
+    with pytest.raises(ValueError, match="pass_size must be an integer >= 1"):  # universal_perturbation's batch_size
+        universal_perturbation(model, X, 0.1, pass_size=0)
 
 
 def test_input_gradient_in_batches_holds_the_passes_of_one_batch():
