@@ -7,7 +7,7 @@ Four constructions, each with the target, the input law, and an explicit deeper 
   network with k hidden layers of 2 neurons (:func:`sawtooth`). A one-hidden-layer relu network of
   width m is affine on at most m + 1 pieces of a line, hence far from the sawtooth unless
   m >~ 2^{k-1} (:func:`sawtooth_l1_lower_bound`). :func:`count_linear_pieces` counts pieces
-  exactly, by tracking the breakpoints layer by layer (no sampling).
+  by tracking the breakpoints layer by layer (no sampling; exact with exact=True).
 * Eldan & Shamir (2016): inputs with density phi^2, phi the Fourier transform of the indicator of
   the ball of unit volume (:func:`eldan_shamir_density`, :func:`sample_eldan_shamir`), and a
   radial target, a sum of +-1 on thin shells (:class:`EldanShamirFunction`), which a 3-layer
@@ -59,6 +59,7 @@ __all__ = [
     "count_linear_pieces",
     "l1_distance",
     "max_pieces_two_layer",
+    "max_pieces",
     "sawtooth_l1_lower_bound",
     "radial_network",
     "unit_ball_radius",
@@ -262,6 +263,15 @@ def sawtooth(k, dtype=np.float64, device="cpu") -> DeepReLU:
     so the relu of y is y); the output is 2 h_1 - 4 h_2. In floating point the values are exact
     for x in [0, 1]: every product and difference is a dyadic number representable in the dtype.
 
+    Exact, and for k beyond the dtype's precision p (53 for float64, 24 for float32) nearly always 0:
+    a float x = m / 2^D (m odd) has f_D(x) = 1 and f_k(x) = 0 for every k > D (t halves the
+    denominator: 2x and 2 - 2x), and a float in [2^-j, 2^{1-j}) has D <= p + j - 1. So f_k vanishes
+    on every float of [2^{p-k}, 1]: on all of [1/2, 1] from k = 54 (float64) or k = 25 (float32),
+    and on every draw of numpy's uniform generator (multiples of 2^-53; 2^-24 with dtype float32)
+    from the same k. Sampled errors, norms or plots of f_k at such k describe this rounding artefact,
+    not the sawtooth: use the closed forms, or :func:`linear_pieces` and :func:`l1_distance` with
+    ``exact=True`` (their floating-point mode cannot resolve pieces narrower than the float spacing).
+
     References
     ----------
     1. M. Telgarsky, arXiv:1602.04485, Sec. 3 and Theorem 1.1.
@@ -364,9 +374,17 @@ def _check_interval(interval):
     return lo, hi
 
 
+def _check_relu_two_layer(f, name):
+    """A TwoLayer argument ``name`` must have the relu activation (from_two_layer's message names its own ``net``)."""
+    if isinstance(f, TwoLayer) and getattr(f.activation, "name", None) != "relu":
+        activation = getattr(f.activation, "name", f.activation)
+        raise ValueError(f"{name} must be a relu network: a TwoLayer with the relu activation, got {activation!r}")
+
+
 def _line_layers(f, origin, direction):
     """Host float64 layers (W, b) of f restricted to the line x(t) = origin + t direction."""
     if isinstance(f, TwoLayer):
+        _check_relu_two_layer(f, "f")
         f = DeepReLU.from_two_layer(f)
     if not isinstance(f, DeepReLU):
         raise ValueError(f"f must be a DeepReLU or a relu TwoLayer network, got {type(f).__name__}")
@@ -431,6 +449,25 @@ def _refine(P, S, C, exact, tol):
     return Q, parent, mid
 
 
+_PIECES_MAX = 2**22  # most entries (pieces x width) linear_pieces tracks in floats: 0.6 GB at the peak
+
+
+def _check_pieces(p, n, layer, lo, hi, exact):
+    """Refuse to track p pieces through hidden layer ``layer`` (0-based) of width n when p n > _PIECES_MAX.
+
+    The float arrays take about 70 bytes per entry at the peak (sawtooth(21): 2^21 pieces of width 2, 0.35 GB,
+    3 s); sawtooth(40) on [0, 1] (2^40 pieces) ran out of memory after minutes. Fractions take about 430 bytes
+    per entry (and 100 times the time): 1/8 of the cap with exact=True.
+    """
+    cap = _PIECES_MAX // 8 if exact else _PIECES_MAX
+    if p * n > cap:
+        raise ValueError(f"f has at least {p} affine pieces on the interval [{float(lo)!r}, {float(hi)!r}] at hidden "
+                         f"layer {layer + 1} (width {n}): tracking them takes {p} x {n} > {cap} entries "
+                         f"(about {(430 if exact else 70) * p * n / 2**30:.3g} GB); count on a sub-interval of "
+                         f"interval, or use the count's closed form where there is one (sawtooth(k) has 2^k pieces "
+                         f"on [0, 1])")
+
+
 def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
     """Exact affine pieces of a relu network of one input on [lo, hi]: (P, slopes, intercepts)."""
     if exact:
@@ -445,12 +482,14 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
     L = len(Ws)
     for layer in range(L - 1):
         W, b = Ws[layer], bs[layer]
+        _check_pieces(A.shape[0], W.shape[0], layer, lo, hi, exact)  # S, C and the crossings: (p, n) each
         S = A @ W.T  # (p, n) slopes of the pre-activations
         C = B @ W.T + b  # (p, n) intercepts
         P_new, parent, mid = _refine(P, S, C, exact, tol)
         u, v = P_new[:-1], P_new[1:]  # (q,) the ends of the new pieces
         last_hidden = layer == L - 2
         q, n = len(mid), W.shape[0]
+        _check_pieces(q, n, layer, lo, hi, exact)  # before the (q, n) activity masks and maps of the new pieces
         W_next, b_next = Ws[layer + 1], bs[layer + 1]
         # Rows per block, so that the (rows, n) blocks stay near BLOCK_BYTES in float64.
         step = max(1, BLOCK_BYTES // (8 * max(n, 1))) if not exact else q
@@ -532,8 +571,9 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
     at most once, at t = -C / S. Splitting the pieces there and reading each neuron's activity at
     the midpoints of the new pieces gives the affine maps of the next layer. After the output
     layer, adjacent pieces with equal slopes (the function is continuous) are merged. The cost is
-    O(p n^2) per layer for p pieces of width n; no sampling is involved. For the sawtooth, whose
-    breakpoints and slopes are dyadic, floating point is exact as well.
+    O(p n^2) per layer for p pieces of width n, with (p, n) arrays: p n above 2^22 (2^19 with
+    ``exact=True``; under 1 GB) raises a ValueError before the memory runs out. No sampling is
+    involved. For the sawtooth, whose breakpoints and slopes are dyadic, floating point is exact as well.
 
     References
     ----------
@@ -561,7 +601,7 @@ def linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=
 
 
 def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, exact=False, tol=None) -> int:
-    """The number of maximal affine pieces of a relu network on a segment (exact; no sampling).
+    """The number of maximal affine pieces of a relu network on a segment (no sampling; in floats see linear_pieces).
 
     Parameters
     ----------
@@ -587,12 +627,16 @@ def count_linear_pieces(f, interval=(0.0, 1.0), *, origin=None, direction=None, 
     ------
     ValueError
         As :func:`linear_pieces`: f not a DeepReLU or relu TwoLayer, a bad interval, a missing
-        direction for d > 1, origin or direction of the wrong shape, a zero direction, or tol
-        outside [0, 1).
+        direction for d > 1, origin or direction of the wrong shape, a zero direction, tol
+        outside [0, 1), or more pieces than can be tracked (below).
 
     Notes
     -----
-    See :func:`linear_pieces` for the algorithm.
+    See :func:`linear_pieces` for the algorithm. Exact with ``exact=True``; in floating point the
+    count is exact only as far as ``tol`` and the float spacing allow: breakpoints closer than
+    ``tol (hi - lo)``, or than the spacing of the floats near them, merge (see ``tol`` in
+    :func:`linear_pieces`). Refused (ValueError) when the pieces times the width of a layer exceed
+    2^22 (2^19 with ``exact=True``), under 1 GB of arrays: count on a sub-interval, or use a closed form.
 
     Examples
     --------
@@ -607,7 +651,12 @@ def _as_pieces(f, name, interval, exact, origin, direction):
     if isinstance(f, PiecewiseLinear):
         pl = f
     elif isinstance(f, (DeepReLU, TwoLayer)):
-        pl = linear_pieces(f, interval, origin=origin, direction=direction, exact=exact)
+        try:
+            pl = linear_pieces(f, interval, origin=origin, direction=direction, exact=exact)
+        except ValueError as e:  # linear_pieces names its argument f: name the caller's
+            if name != "f" and str(e).startswith("f "):
+                raise ValueError(name + str(e)[1:]) from None
+            raise
     else:  # _line_layers would say "f must be ..." for g too
         raise ValueError(f"{name} must be a DeepReLU, a relu TwoLayer network or a PiecewiseLinear, "
                          f"got {type(f).__name__}")
@@ -696,6 +745,52 @@ def max_pieces_two_layer(m) -> int:
     return check_integer(m, "m", minimum=0) + 1
 
 
+def max_pieces(widths) -> int:
+    """prod_l (n_l + 1): the most affine pieces a relu network of one input with hidden widths n_l has on a line.
+
+    Layer by layer: on each piece of the previous layers every neuron of layer l is affine in t and
+    bends at one point at most, so its n_l neurons split the piece into at most n_l + 1
+    (Telgarsky 2016, Sec. 3; Montufar et al. 2014 count regions this way, here for one input).
+
+    Parameters
+    ----------
+    widths : sequence of int
+        n_1, ..., n_{L-1} >= 0, the hidden widths (``DeepReLU.widths``); empty for an affine network.
+
+    Returns
+    -------
+    int
+        prod_l (n_l + 1) (a Python integer, exact at any size); for widths [m] * L it is
+        (m + 1)^L <= (2 m)^L (m >= 1), and for one hidden layer :func:`max_pieces_two_layer`.
+
+    Raises
+    ------
+    ValueError
+        For widths not a sequence of integers >= 0.
+
+    Notes
+    -----
+    Only an upper bound: one hidden layer attains it (m distinct kinks), deeper ones need not (a
+    chain of width 1 has at most L + 1 pieces, not 2^L). The sawtooth, widths [2] * k, has 2^k of
+    the 3^k allowed. With :func:`sawtooth_l1_lower_bound` it bounds the L1 distance from the
+    sawtooth of any relu network of given widths (Telgarsky 2016, Theorem 1.1).
+
+    References
+    ----------
+    1. M. Telgarsky, "Benefits of depth in neural networks", arXiv:1602.04485, Sec. 3 and Theorem 1.1.
+    2. G. Montufar, R. Pascanu, K. Cho, Y. Bengio, "On the number of linear regions of deep neural
+       networks", NeurIPS 2014, arXiv:1402.1869.
+
+    Examples
+    --------
+    >>> max_pieces([7]), max_pieces([2, 2, 2]), max_pieces(sawtooth(3).widths), max_pieces([])
+    (8, 27, 27, 1)
+    """
+    if isinstance(widths, (str, bytes)) or np.ndim(widths) != 1:
+        raise ValueError(f"widths must be a sequence of hidden widths n_l (integers >= 0), got {widths!r}")
+    return math.prod(check_integer(n, f"widths[{i}]", minimum=0) + 1 for i, n in enumerate(widths))
+
+
 def sawtooth_l1_lower_bound(k, pieces) -> float:
     r"""A lower bound on int_0^1 |f_k - g| for the 2^k-piece sawtooth f_k and any continuous g with s pieces.
 
@@ -758,10 +853,12 @@ def _check_weights(n1, n2, D, hint):
 
 
 def _profile_increments(knots, values):
-    """relu expansion psi(q) = values[0] + sum_k beta_k relu(q - knots[k]) of the interpolant,
+    """relu expansion psi(q) = values[-1] + sum_k beta_k relu(knots[k] - q) of the interpolant,
     constant below knots[0] and above knots[-1]. Returns (knots, beta) without zero increments."""
     slopes = np.diff(values) / np.diff(knots)  # (K - 1,)
-    beta = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # (K,)
+    beta = np.diff(np.concatenate([[0.0], slopes, [0.0]]))  # (K,) the slope increments, sum_k beta_k = 0
+    # psi = values[0] + sum_k beta_k relu(q - knots[k]), and relu(u) = u + relu(-u) with
+    # values[0] + sum_k beta_k (q - knots[k]) = values[-1] (psi beyond knots[-1]) give the expansion above.
     keep = beta != 0
     return knots[keep], beta[keep]
 
@@ -770,7 +867,11 @@ def _squares_then_profile(A, c, B, K, knots, values, dtype, device, meta):
     """The 3-layer relu network x -> psi(sum_p c_p s_p(<a_p, x>)).
 
     s_p is the piecewise-linear interpolant of t^2 on [-B_p, B_p] at the nodes j B_p / K_p (extended
-    linearly), psi the interpolant of (knots, values), constant outside.
+    linearly), psi the interpolant of (knots, values), constant outside. The second layer holds
+    relu(kappa_k - q_hat), anchored at the right end of psi: where q_hat >= knots[-1] (every x with
+    a coordinate beyond B_p, however large, when c >= 0) each of them is exactly 0 and the output is
+    the bias values[-1], with no rounding; relu(q_hat - kappa_k) summed there terms of size q_hat that
+    cancel, and lost all accuracy in float32 from |x| ~ 1e3 on.
     """
     rows, bias, coef = [], [], []
     for a, cp, Bp, Kp in zip(A, c, B, K):
@@ -788,10 +889,10 @@ def _squares_then_profile(A, c, B, K, knots, values, dtype, device, meta):
     kn, beta = _profile_increments(np.asarray(knots, float), np.asarray(values, float))
     if kn.size == 0:  # a constant profile: keep one idle neuron so that the network has two hidden layers
         kn, beta = np.zeros(1), np.zeros(1)
-    W2 = np.repeat(v[None, :], kn.size, axis=0)  # (n_2, n_1), rank one
-    b2 = -kn
+    W2 = np.repeat(-v[None, :], kn.size, axis=0)  # (n_2, n_1), rank one: relu(kappa_k - q_hat)
+    b2 = kn
     W3 = beta[None, :]  # (1, n_2)
-    b3 = np.array([float(values[0])])
+    b3 = np.array([float(values[-1])])
     layers = [W1, W2, W3]
     biases = [b1, b2, b3]
     return DeepReLU([to_device(W.astype(dtype), device) for W in layers],
@@ -841,10 +942,18 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     The first hidden layer holds relu(+-x_i - j h), j < K_sq, h = B / K_sq, from which
     s_hat = sum_i ell(x_i) with ell the piecewise-linear interpolant of t^2 at the nodes j h:
     0 <= ell(t) - t^2 <= h^2 / 4 for |t| <= B, so 0 <= s_hat - |x|^2 <= d h^2 / 4 when every
-    |x_i| <= B. The second hidden layer holds relu(s_hat - kappa_k) at the kinks kappa_k of psi,
-    and the output sums them with the slope increments of psi. Hence
+    |x_i| <= B. The second hidden layer holds relu(kappa_k - s_hat) at the kinks kappa_k of psi,
+    and the output adds them, weighted by the slope increments of psi, to values[-1]. Hence
     |net(x) - psi(|x|^2)| <= Lip(psi) d h^2 / 4, and h is chosen to make this <= tolerance. If some
     |x_i| > B then s_hat >= ell(B) = B^2 >= knots[-1]: psi(s_hat) = psi(|x|^2) = values[-1] exactly.
+
+    In floating point that last value is exact too: s_hat grows like 2 B |x| (ell continues
+    linearly beyond B), every relu(kappa_k - s_hat) is exactly 0 once the rounded s_hat reaches
+    knots[-1], and the output is the bias values[-1], however large |x| is. Where s_hat < knots[-1]
+    each term beta_k relu(kappa_k - s_hat) is at most |beta_k| kappa_k in size, so the rounding error
+    stays a few eps sum_k |beta_k| kappa_k (s_hat >= 0). (Anchoring the terms at the left end instead, as
+    relu(s_hat - kappa_k), made them of size s_hat far out, cancelling to eps s_hat Lip(psi): a
+    float32 ball network gave 1 instead of 0 at |x| = 1e6.)
     This is the construction behind the 3-layer upper bounds of Eldan & Shamir (2016) and
     Safran & Shamir (2017).
 
@@ -1451,8 +1560,11 @@ def ball_indicator(X, radius=1.0):
 def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device="cpu") -> DeepReLU:
     r"""A 3-layer relu network equal to 1{|x| <= radius} outside the shell (1 - delta) r < |x| < (1 + delta) r.
 
-    "Equal" up to rounding: the output sums a few relu terms, so it may differ from 0 or 1 by a few
-    units in the last place of the dtype.
+    "Equal" up to rounding, and only inside: wherever the network's s_hat reaches (1 + delta)^2 r^2
+    (every x with |x| >= (1 + delta) r, at any distance, but for a sliver a few ulps wide at that
+    sphere) the output is exactly 0; for |x| <= (1 - delta) r it is within
+    2 eps (B^2 + r^2) / (B^2 - r^2) of 1, B = (1 + delta) r and eps the dtype's machine epsilon
+    (200 eps for delta = 0.01).
 
     Parameters
     ----------
@@ -1470,8 +1582,8 @@ def ball_indicator_network(d, delta=0.1, radius=1.0, *, dtype=np.float64, device
     Returns
     -------
     DeepReLU
-        Widths (2 K d, 2): K pieces per square, the second hidden layer relu(s_hat - r^2) and
-        relu(s_hat - (1 + delta)^2 r^2). ``meta["exact_outside"]`` holds the shell, and
+        Widths (2 K d, 2): K pieces per square, the second hidden layer relu(r^2 - s_hat) and
+        relu((1 + delta)^2 r^2 - s_hat). ``meta["exact_outside"]`` holds the shell, and
         ``meta["error_bound"]`` = 1 the proven uniform error sup_x |net(x) - 1{|x| <= r}| (see Notes).
 
     Notes

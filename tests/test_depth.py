@@ -10,8 +10,8 @@ from shallow.backend import to_numpy
 from shallow.depth import (DeepReLU, EldanShamirFunction, PiecewiseLinear, ball_indicator, ball_indicator_network,
                            count_linear_pieces, daniely_function, daniely_network, eldan_shamir_density,
                            eldan_shamir_phi, eldan_shamir_radial_cdf, eldan_shamir_radial_density, l1_distance,
-                           linear_pieces, max_pieces_two_layer, radial_network, sample_daniely, sample_eldan_shamir,
-                           sawtooth, sawtooth_l1_lower_bound, unit_ball_radius)
+                           linear_pieces, max_pieces, max_pieces_two_layer, radial_network, sample_daniely,
+                           sample_eldan_shamir, sawtooth, sawtooth_l1_lower_bound, unit_ball_radius)
 from shallow.networks import TwoLayer
 
 EPS = np.finfo(np.float64).eps
@@ -250,6 +250,103 @@ def test_telgarsky_lower_bound_holds_for_shallow_networks(k):
         h = TwoLayer(rng.standard_normal(m), np.column_stack([rng.standard_normal(m), rng.uniform(-1, 1, m)]),
                      gamma=1.0, bias=True)
         assert l1_distance(f, h) >= sawtooth_l1_lower_bound(k, count_linear_pieces(h))
+
+
+def test_sawtooth_of_a_float_with_denominator_2_to_the_D_is_one_at_k_equal_D_and_zero_beyond():
+    # x = m / 2^D (m odd): t halves the denominator, so f_{D-1}(x) = 1/2, f_D(x) = 1, f_k(x) = 0 for k > D
+    # (Fraction oracle: tent_fraction below). In floats this is exact (dyadic arithmetic): equality.
+    from fractions import Fraction
+
+    def tent_fraction(x, k):
+        for _ in range(k):
+            x = 2 * x if x <= Fraction(1, 2) else 2 - 2 * x
+        return x
+
+    rng = np.random.default_rng(44)
+    for dtype in (np.float64, np.float32):
+        x = (rng.random(40) * 2.0 ** -rng.integers(0, 12, 40)).astype(dtype)  # scales 2^-11 ... 1
+        for v in x:
+            D = Fraction(float(v)).denominator.bit_length() - 1
+            assert tent_fraction(Fraction(float(v)), D) == 1 and tent_fraction(Fraction(float(v)), D + 1) == 0
+            assert sawtooth(D, dtype=dtype)(np.array([[v]], dtype=dtype))[0] == 1.0
+            for k in (D + 1, D + 5):
+                assert sawtooth(k, dtype=dtype)(np.array([[v]], dtype=dtype))[0] == 0.0
+
+
+@pytest.mark.parametrize("dtype, p", [(np.float64, 53), (np.float32, 24)])
+def test_sawtooth_vanishes_on_every_float_of_2_to_the_p_minus_k_to_one(dtype, p):
+    # A float of precision p in [2^-j, 2^(1-j)) is a multiple of 2^-(p + j - 1): f_k = 0 on all floats of
+    # [2^(p-k), 1] (the previous statement), so on [1/2, 1] from k = p + 1 (54, 25) and on every draw of
+    # numpy's uniform generator (multiples of 2^-53, 2^-24 in float32), while f_k(x) = 2^k x != 0 for x < 2^-k.
+    # Float inputs m 2^-(p + j - 1) with random m of p bits, odd m included, cover each binade [2^-j, 2^(1-j)).
+    rng = np.random.default_rng(45)
+    for k in (p + 1, p + 4):
+        m = rng.integers(2 ** (p - 1), 2**p, 2000, dtype=np.int64)
+        j = rng.integers(1, k - p + 1, 2000)
+        x = np.ldexp(m.astype(np.float64), -(p + j - 1)).astype(dtype)
+        assert (x >= 2.0 ** (p - k)).all() and np.array_equal(x.astype(np.float64), np.ldexp(m, -(p + j - 1)))
+        np.testing.assert_array_equal(sawtooth(k, dtype=dtype)(x[:, None]), 0.0)
+        draws = np.random.default_rng(46).random(2000, dtype=dtype)
+        np.testing.assert_array_equal(sawtooth(k, dtype=dtype)(draws[:, None]), 0.0)
+        tiny = np.array([[2.0 ** -(k + 3)]], dtype=dtype)
+        assert sawtooth(k, dtype=dtype)(tiny)[0] == 2.0**-3
+
+
+def test_deep_piece_bound_is_the_product_of_widths_plus_one_and_holds_on_random_networks():
+    # p <= prod_l (n_l + 1) (each of the n_l kinks of layer l splits a piece once at most), checked with the
+    # exact count on random nets of depth 1-4 and widths 1-5 on an interval holding all their kinks.
+    rng = np.random.default_rng(47)
+    for _ in range(40):
+        widths = tuple(int(n) for n in rng.integers(1, 6, rng.integers(1, 5)))
+        net = random_deep_net(rng, widths=widths)
+        bound = 1
+        for n in widths:
+            bound *= n + 1
+        assert max_pieces(widths) == bound == max_pieces(net.widths)
+        assert count_linear_pieces(net, (-1e3, 1e3), exact=True) <= bound
+
+
+def test_deep_piece_bound_is_attained_by_one_hidden_layer_with_distinct_kinks():
+    # m neurons relu(t - c_j) with distinct c_j and output weights of one sign: m + 1 pieces = max_pieces([m]).
+    for m in (1, 5, 17):
+        c = np.linspace(-1.0, 1.0, m)
+        net = DeepReLU([np.ones((m, 1)), np.ones((1, m))], [-c, np.zeros(1)])
+        assert count_linear_pieces(net, (-2.0, 2.0), exact=True) == m + 1 == max_pieces([m]) == max_pieces_two_layer(m)
+
+
+def test_deep_piece_bound_for_equal_widths_is_m_plus_one_to_the_l_below_2m_to_the_l():
+    # Closed form for widths [m] * L: (m + 1)^L <= (2 m)^L (m >= 1), as Python integers; the sawtooth's 2^k pieces
+    # (widths [2] * k) sit below its 3^k.
+    for m in (1, 2, 7, 100):
+        for L in (1, 3, 30):
+            assert max_pieces([m] * L) == (m + 1) ** L <= (2 * m) ** L
+    assert max_pieces([]) == 1
+    for k in range(1, 8):
+        assert count_linear_pieces(sawtooth(k)) == 2**k <= max_pieces(sawtooth(k).widths) == 3**k
+
+
+def test_count_linear_pieces_refuses_more_pieces_than_it_can_track_naming_the_remedies(monkeypatch):
+    # The (pieces, width) arrays are capped: with the cap lowered to 2^10 entries, sawtooth(9) (2^9 pieces of
+    # width 2: 2^10 entries) is still counted, 2^9 (closed form), and sawtooth(40) (2^40 pieces: numpy ran out of
+    # memory after 30 s) is refused once 2^10 pieces reach a layer of width 2; exact=True takes 1/8 of the cap.
+    import shallow.depth as depth
+    monkeypatch.setattr(depth, "_PIECES_MAX", 2**10)
+    assert count_linear_pieces(sawtooth(9)) == 2**9
+    with pytest.raises(ValueError, match=r"f has at least 1024 affine pieces .* 1024 x 2 > 1024 entries.*"
+                                         r"sub-interval of interval.*closed form.*2\^k pieces"):
+        count_linear_pieces(sawtooth(40))
+    assert count_linear_pieces(sawtooth(6), exact=True) == 2**6
+    with pytest.raises(ValueError, match=r"f has at least 128 affine pieces .* > 128 entries"):
+        count_linear_pieces(sawtooth(7), exact=True)
+    assert count_linear_pieces(sawtooth(40), (0.5, 0.5 + 2.0**-32)) == 2**8  # a sub-interval: 2^40 2^-32 pieces
+
+
+@pytest.mark.slow
+def test_count_linear_pieces_of_sawtooth_40_on_the_unit_interval_is_refused_before_memory_runs_out():
+    # 2^40 pieces: refused at 2^21 pieces of width 2 (the default cap 2^22), after 5-10 s and 0.6 GB
+    # (it was a MemoryError after 30 s).
+    with pytest.raises(ValueError, match="sub-interval of interval"):
+        count_linear_pieces(sawtooth(40))
 
 
 def test_sawtooth_lower_bound_is_its_formula():
@@ -541,6 +638,80 @@ def test_ball_indicator_network_error_bound_is_attained_when_the_sphere_meets_th
     x[0, 0] = 1 + eps
     error = abs(float(net(x)[0]) - 0.0)
     assert error == pytest.approx(1 - 2 * eps, abs=1e-9) and error >= net.meta["error_bound"] - 1e-3
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [2, 8])
+def test_safran_shamir_network_is_exactly_zero_outside_the_shell_at_any_distance_in_its_dtype(d, dtype):
+    # 1{|x| <= 1} = 0 for (1 + delta)(1 + 1e-5) <= |x| <= 4 (1 + delta) and at |x| = 1e3 ... 1e30: the network's
+    # s_hat >= B^2 there, its second-layer neurons relu(kappa - s_hat) are exactly 0 and the output is its bias 0:
+    # bound 0 ulps, no rounding involved. (Left-anchored terms relu(s_hat - kappa) cancelled: in float32 the
+    # output was 1 at |x| = 1e6 and 4.8e24 at 1e30; in float64 1.5e-8 at 1e6.)
+    delta = 0.01
+    net = ball_indicator_network(d, delta=delta, dtype=dtype)
+    rng = np.random.default_rng(40)
+    u = rng.standard_normal((20000, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    near = u * (1 + delta) * rng.uniform(1 + 1e-5, 4, (20000, 1))
+    np.testing.assert_array_equal(net(near.astype(dtype)), 0.0)
+    u = np.concatenate([u[:200], np.eye(d), -np.eye(d)])
+    for R in (1e3, 1e6, 1e10, 1e30):
+        np.testing.assert_array_equal(net((R * u).astype(dtype)), 0.0, err_msg=f"|x| = {R:g}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_safran_shamir_network_is_one_inside_within_twice_eps_times_the_kink_conditioning(dtype):
+    # For s_hat <= r^2 the output is (relu(B^2 - s_hat) - relu(r^2 - s_hat)) / (B^2 - r^2), both terms of
+    # size <= B^2 / (B^2 - r^2): each rounding costs eps/2 of them, so |net - 1| <= 2 eps (B^2 + r^2) / (B^2 - r^2)
+    # (docstring; measured 0.42 of it), 200 eps for delta = 0.01.
+    eps = np.finfo(dtype).eps
+    d, delta = 4, 0.01
+    net = ball_indicator_network(d, delta=delta, dtype=dtype)
+    B2 = (1 + delta) ** 2
+    rng = np.random.default_rng(41)
+    u = rng.standard_normal((20000, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    inside = u * rng.uniform(0, 1 - delta, (20000, 1))
+    assert np.abs(net(inside.astype(dtype)) - 1).max() <= 2 * eps * (B2 + 1) / (B2 - 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eldan_shamir_network_is_within_its_error_bound_on_its_input_law_far_tail_included(dtype):
+    # sup |net - g| <= error_bound on R^d (radial_network), checked on 10^5 draws from phi^2 (tail ~ r^-2:
+    # radii up to ~1e5) and on their directions pushed to |x| = 1e3 ... 1e30 (where g = 0). Rounding slack:
+    # the kinks' terms are <= sum_k |beta_k| kappa_k in size, a few eps of that (1e-4 in float32, d = 8).
+    # Before the right-anchored second layer the float32 network erred by 14.5 against the bound 0.093.
+    d = 8
+    g = EldanShamirFunction(d, n_shells=3, alpha=0.4, rng=0, ramp=0.25)
+    net = g.network(0.1, dtype=dtype)
+    X = sample_eldan_shamir(10**5, d, rng=42)
+    u = X[:1000] / np.linalg.norm(X[:1000], axis=1, keepdims=True)
+    X = np.concatenate([X] + [R * u for R in (1e3, 1e6, 1e10, 1e30)])
+    knots, values = g.profile()
+    beta = np.diff(np.concatenate([[0.0], np.diff(values) / np.diff(knots), [0.0]]))  # slope increments of psi
+    slack = 8 * np.finfo(dtype).eps * (np.abs(beta) * knots).sum()
+    err = np.abs(net(X.astype(dtype)) - g(X))
+    assert err.max() <= net.meta["error_bound"] + slack
+    np.testing.assert_array_equal(err[-4000:], 0.0)  # far out: exactly g = 0
+
+
+def test_radial_network_reads_the_interpolant_of_t_squared_inside_b_and_its_last_value_beyond():
+    # psi(s) = s on [0, B^2], d = 1: the network is ell(t) for |t| <= B, ell the interpolant of t^2 at the nodes
+    # j h, in closed form (j h)^2 + (2 j + 1) h (|t| - j h) for |t| in [j h, (j + 1) h] (exact fractions here);
+    # beyond B, ell(t) >= B^2 and the output is psi's last value B^2 exactly. Tolerance: a sum of 2 K terms of
+    # size <= 2 B |t|, 4 K eps B^2.
+    from fractions import Fraction
+    B = 3.0
+    net = radial_network([0.0, B * B], [0.0, B * B], 1, B, tolerance=1e-3)
+    K = net.meta["pieces_per_square"]
+    h = Fraction(B) / K
+    t = np.concatenate([np.arange(-K, K + 1) * (B / K), np.random.default_rng(43).uniform(-B, B, 500)])
+    expected = []
+    for v in t:
+        a = abs(Fraction(float(v)))
+        j = min(int(a / h), K - 1)
+        expected.append(float((j * h) ** 2 + (2 * j + 1) * h * (a - j * h)))
+    np.testing.assert_allclose(net(t[:, None]), expected, rtol=0, atol=4 * K * EPS * B * B)
+    far = np.array([B * (1 + 1e-9), 2 * B, 1e3, 1e10, 1e30])
+    np.testing.assert_array_equal(net(np.concatenate([far, -far])[:, None]), B * B)
 
 
 def test_ball_indicator_is_one_inside():
@@ -670,6 +841,11 @@ def test_piece_count_of_a_gpu_network_is_computed_on_the_host():
     (lambda: DeepReLU.from_two_layer(TwoLayer(np.ones(2), np.ones((2, 2)), activation="tanh")), "relu"),
     (lambda: sawtooth_l1_lower_bound(3, 0), "pieces must be an integer >= 1"),
     (lambda: max_pieces_two_layer(-2), "m must be an integer >= 0"),
+    (lambda: max_pieces([3, -1]), r"widths\[1\] must be an integer >= 0"),
+    (lambda: max_pieces(3), "widths must be a sequence of hidden widths"),
+    # the argument is f (from_two_layer's own message named its argument net)
+    (lambda: count_linear_pieces(TwoLayer.init(3, 1, activation="tanh")), "^f must be a relu network.*'tanh'"),
+    (lambda: l1_distance(sawtooth(1), TwoLayer.init(3, 1, activation="tanh")), "^g must be a relu network.*'tanh'"),
     (lambda: eldan_shamir_density(np.ones(3)), "X must be a 2-dimensional array"),
     (lambda: eldan_shamir_radial_cdf(np.array([-1.0]), 2), "r must be >= 0"),
     (lambda: eldan_shamir_radial_density(np.array([1.0]), 0), "d must be an integer >= 1"),
