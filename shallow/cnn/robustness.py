@@ -204,6 +204,10 @@ def _check_eps(eps, n, xp, dtype):
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         bad = arr[~(np.isfinite(arr) & (arr >= 0))][0]
         raise ValueError(f"eps must be a radius >= 0 (the size of the perturbation), got {bad!r}")
+    top = float(np.finfo(dtype).max)
+    if np.any(arr > top):  # cast to the images' dtype it became inf: fgsm gave inf images, pgd x itself
+        raise ValueError(f"eps = {arr.max():g} overflows {np.dtype(dtype).name}, the dtype the attack computes in "
+                         f"(the model's; largest {top:.3g})")
     return xp.asarray(arr.astype(dtype))
 
 
@@ -590,6 +594,33 @@ def _layer_device(layer):
     return np, np.dtype(np.float64)
 
 
+def _check_affine(layer, v, A):
+    """Refuse a layer that is not affine at the scale of v: forward(v) - forward(0) must be A v (its jvp at 0).
+
+    A relu network gave 0 (relu'(0) = 0), a tanh one the norm of its Jacobian at 0, max pooling 1: numbers of
+    a linearisation at 0, not of the layer. The tolerance sqrt(eps) of the dtype, relative to |forward(v)| +
+    |forward(0)|, is far above the rounding of an affine layer's two passes and far below the change of a
+    relu or tanh network on a standard normal v.
+    """
+    xp = get_xp(v)
+    with no_cache(layer):
+        f1 = layer.forward(v)
+        f0 = layer.forward(xp.zeros_like(v))
+    Av = A(v)
+
+    def norm(a):
+        return float(row_norms(a.astype(xp.float64).reshape(1, -1))[0])
+
+    gap, scale = norm(f1 - f0 - Av), norm(f1) + norm(f0)
+    if gap > math.sqrt(float(np.finfo(v.dtype).eps)) * scale:
+        names = sorted({type(sub).__name__ for _, sub in layer.named_layers() if not isinstance(sub, _AFFINE + (
+            Sequential,))})
+        raise ValueError(f"op must be affine in its input, but {type(layer).__name__} is not: f(v) - f(0) differs "
+                         f"from its linear part at 0 by {gap / max(scale, 1e-300):.2g} relative"
+                         + (f" (non-affine layers: {', '.join(names)})" if names else "")
+                         + "; for a network use lipschitz_upper_bound or local_lipschitz")
+
+
 def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng=None, return_vector=False):
     r"""The operator norm sigma_max(A) by Lanczos iteration on A^T A (thick restarts).
 
@@ -600,7 +631,9 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
         stride, padding, dilation and groups, BatchNorm2d in eval mode, pooling by averages,
         Flatten, or a Sequential of those), whose linear part A v = ``layer.jvp(0, v)[1]`` and
         adjoint A^T u = ``layer.backward(u)`` are used (the layer runs in eval mode; its mode and
-        gradients are restored); or a callable A with ``adjoint`` its transpose.
+        gradients are restored; a layer with f(v) - f(0) != A v for the random start v, a relu
+        or tanh network, max pooling, is refused with a ValueError); or a callable A with
+        ``adjoint`` its transpose.
     in_shape : tuple, optional
         The shape of one input without the batch axis: (H, W, C) for a convolution (required),
         (d_in,) for a Linear layer (default), the vector shape for a callable (required).
@@ -681,6 +714,8 @@ def spectral_norm(op, in_shape=None, *, adjoint=None, n_iter=500, tol=1e-10, rng
         A, AT = (lambda v: M @ v), (lambda u: M.T @ u)
     v = xp.asarray(rng.standard_normal(shape).astype(dtype))
     try:
+        if closer is not None:
+            _check_affine(op, v, A)
         sigma, v = _lanczos(A, AT, v, n_iter, tol)
     finally:
         if closer is not None:
@@ -796,8 +831,12 @@ def conv_norm_bound(layer, in_shape):
 # ============================================================================= Lipschitz bounds
 
 #: Slope ranges [lo, hi] of the activations of :mod:`shallow.activations` that are Lipschitz.
+#: gelu(t) = t Phi(t) has gelu'' = phi(t) (2 - t^2): its slopes are extreme at t = +-sqrt(2), where
+#: gelu'(sqrt(2)) = Phi(sqrt(2)) + e^{-1} / sqrt(pi) = 1.1289 and gelu'(-sqrt(2)) = 1 - gelu'(sqrt(2)) = -0.1289.
+_GELU_MAX_SLOPE = 0.5 * (1.0 + math.erf(1.0)) + math.exp(-1.0) / math.sqrt(math.pi)
 _SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "softplus": (0.0, 1.0),
-           "erf": (0.0, 2.0 / math.sqrt(math.pi)), "abs": (-1.0, 1.0)}
+           "erf": (0.0, 2.0 / math.sqrt(math.pi)), "abs": (-1.0, 1.0),
+           "gelu": (1.0 - _GELU_MAX_SLOPE, _GELU_MAX_SLOPE)}
 
 _AFFINE = (Conv2d, Linear, BatchNorm2d, AvgPool2d, GlobalAvgPool2d, Flatten, Identity, Dropout, SpaceToDepth,
            InjectivePad)
@@ -992,7 +1031,9 @@ def lipschitz_upper_bound(model, in_shape=None, *, bound="product", method="powe
 
     Notes
     -----
-    Constants used: relu, tanh, softplus 1, sigmoid 1/4, erf 2/sqrt(pi), abs 1; max pooling with
+    Constants used: relu, tanh, softplus 1, sigmoid 1/4, erf 2/sqrt(pi), abs 1, gelu
+    Phi(sqrt(2)) + e^{-1}/sqrt(pi) = 1.1289 (its slope at sqrt(2); gelu and abs end chains of
+    ``"averaged"``, their slopes taking negative values); max pooling with
     windows KH x KW and strides (sh, sw): sqrt(ceil(KH/sh) ceil(KW/sw)) (each input lies in at
     most that many windows, and a max is 1-Lipschitz for the largest coordinate change), 1 for
     non-overlapping windows; batch normalisation in eval mode max_c |gamma_c| / sqrt(v_c + eps);
@@ -1383,6 +1424,9 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     N = X.shape[0]
     eps = _check_eps(eps, N, xp, X.dtype)
     if step_size is None:
+        if float(eps.max()) > float(np.finfo(X.dtype).max) / 2.5:  # the default step would be inf
+            raise ValueError(f"eps = {float(eps.max()):g} makes the default step 2.5 eps / steps overflow "
+                             f"{X.dtype.name}: pass a finite step_size")
         s = 2.5 * eps / max(steps, 1)
     else:
         s = xp.full(N, check_positive(step_size, "step_size"), dtype=X.dtype)
@@ -1718,7 +1762,7 @@ class SpectralProjection:
                 original = layer.forward
 
                 def forward(x, _layer=layer, _original=original):
-                    shapes[id(_layer)] = tuple(x.shape[1:])
+                    shapes[id(_layer)] = (_layer, tuple(x.shape[1:]))  # the layer kept: its id is not reused
                     return _original(x)
 
                 layer.forward = forward
@@ -1734,12 +1778,13 @@ class SpectralProjection:
 
     def __call__(self, model):
         """Project the weights of ``model`` in place; returns the norms before, by layer name."""
-        if self._shapes is None:
-            self._shapes = self._layer_shapes(model)
+        convs = [layer for _, layer in model.named_layers() if isinstance(layer, Conv2d)]
+        if self._shapes is None or any(self._shapes.get(id(c), (None,))[0] is not c for c in convs):
+            self._shapes = self._layer_shapes(model)  # another model, or layers replaced: their input shapes again
         out = {}
         for name, layer in model.named_layers():
             if isinstance(layer, Conv2d):
-                shape = self._shapes[id(layer)]
+                shape = self._shapes[id(layer)][1]
                 if self.method == "fft":
                     sigma = conv_norm_bound(layer, shape)
                 else:

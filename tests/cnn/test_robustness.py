@@ -1317,3 +1317,80 @@ def test_input_jacobian_of_an_empty_batch_of_feature_maps_has_the_flattened_numb
     # coordinates per image (the rows of the Jacobian of a non-empty batch, test above), not the 2 channels
     conv = Conv2d(1, 2, 3, bias=False, rng=71)
     assert input_jacobian(conv, np.zeros((0, 6, 6, 1))).shape == (0, 32, 6, 6, 1)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: Sequential(Conv2d(1, 2, 3, padding=1, rng=80), Activation("relu")), (4, 4, 1)),
+    (lambda: Sequential(Linear(3, 4, rng=81), Activation("tanh"), Linear(4, 2, rng=82)), (3,)),
+    (lambda: MaxPool2d(2), (4, 4, 1)),
+], ids=["relu", "tanh", "max_pooling"])
+def test_spectral_norm_refuses_a_layer_that_is_not_affine(make, shape):
+    # spectral_norm is the operator norm of an affine layer's linear part, taken as its jvp at 0: on a relu
+    # network it returned 0 (relu'(0) = 0), on a tanh network the norm of its Jacobian at 0 and on max pooling 1,
+    # silently, none of them a norm of the layer
+    with pytest.raises(ValueError, match="op must be affine in its input"):
+        spectral_norm(make(), shape, rng=0)
+
+
+def test_spectral_norm_of_an_affine_layer_with_a_large_shift_is_its_dense_norm():
+    # The affinity check compares f(v) - f(0) with the linear part: with an eval-mode batch norm of running mean
+    # 1e6 after a convolution, f(v) and f(0) are 1e6-sized and their difference cancels. The layer is still
+    # affine and its norm is that of the dense matrix of f(e_i) - f(0) (numpy's SVD). Tolerance 1e-7: the
+    # dense matrix carries the cancellation's rounding, 1e6 eps ~ 2e-10 per entry of order one, and Lanczos
+    # stops at tol 1e-10
+    bn = BatchNorm2d(3)
+    bn.buffers["running_mean"][...] = 1e6
+    net = Sequential(Conv2d(1, 3, 3, padding=1, rng=83), bn).eval()
+    shape = (5, 5, 1)
+    f0 = net.forward(np.zeros((1,) + shape))
+    exact = _dense_norm(lambda E: net.forward(E) - f0, shape)
+    assert spectral_norm(net, shape, rng=0) == pytest.approx(exact, rel=1e-7)
+
+
+def test_gelu_lipschitz_constant_is_its_slope_at_sqrt_two():
+    # gelu(t) = t Phi(t) is Lipschitz with constant sup |gelu'| = gelu'(sqrt 2) = 1.1289 (gelu'' = phi (2 - t^2)):
+    # it was refused as "not globally Lipschitz". Reference: the largest central-difference slope in absolute
+    # value of t Phi(t) (scipy.special.ndtr) on a grid of step 1e-3 over [-5, 5]; the grid misses sqrt 2 by
+    # at most 5e-4, where the slope is 0.3 delta^2 / 2 ~ 4e-8 lower, and the O(h^2) and eps / h errors of
+    # the differences stay below 1e-7: 1e-6 relative
+    from scipy.special import ndtr
+    h = 1e-3
+    t = np.arange(-5.0, 5.0 + h / 2, h)
+    slope = np.max(np.abs(((t + h) * ndtr(t + h) - (t - h) * ndtr(t - h)) / (2 * h)))
+    assert lipschitz_upper_bound(Sequential(Activation("gelu")), (1,)) == pytest.approx(slope, rel=1e-6)
+
+
+@pytest.mark.parametrize("attack", [fgsm, pgd], ids=["fgsm", "pgd"])
+def test_attacks_refuse_a_radius_that_overflows_the_dtype(attack):
+    # eps = 1e39 is finite in float64 but inf in float32, the model's dtype: fgsm returned +-inf images and pgd the
+    # clean images themselves (every iterate's loss NaN, the first iterate kept), both silently
+    model = vgg_small((8, 8, 1), 3, width=2, rng=84, dtype=np.float32)
+    X, y = np.zeros((2, 8, 8, 1), np.float32), np.zeros(2, int)
+    with pytest.raises(ValueError, match="eps = 1e\\+39 overflows float32"):
+        attack(model, X, y, 1e39)
+
+
+def test_pgd_refuses_a_radius_whose_default_step_overflows():
+    # The default step 2.5 eps / T is inf for eps = 1.7e308 in float64: pgd returned x itself. With a finite
+    # step_size the radius is taken (the iterates stay finite for T = 1 from x = 0 with step 1)
+    model = vgg_small((8, 8, 1), 3, width=2, rng=85)
+    X, y = np.zeros((2, 8, 8, 1)), np.zeros(2, int)
+    with pytest.raises(ValueError, match="default step 2.5 eps / steps overflow float64"):
+        pgd(model, X, y, 1.7e308)
+    assert np.isfinite(pgd(model, X, y, 1.7e308, steps=1, step_size=1.0)).all()
+
+
+def test_spectral_projection_bounds_the_layers_of_a_second_model():
+    # One SpectralProjection applied to a model, then to another of the same input shape: it kept the first
+    # model's convolution input shapes by id and raised KeyError (an id number) on the second. Oracle: the
+    # dense matrix of each convolution of the second model on its own input shape (numpy's SVD), at most the
+    # bound after the projection; 1e-9 relative for the SVD's rounding
+    project = SpectralProjection((8, 8, 1), 1.5)
+    project(vgg_small((8, 8, 1), 4, width=3, batch_norm=False, rng=86))
+    net = vgg_small((8, 8, 1), 4, width=5, stages=1, batch_norm=False, rng=87)
+    assert max(project(net).values()) > 1.5  # He initialisation had layers above the bound
+    shape = (8, 8, 1)
+    for layer in net.layers:
+        if isinstance(layer, Conv2d):
+            assert _dense_norm(lambda E, c=layer: c.forward(E) - c.params["b"], shape) <= 1.5 * (1 + 1e-9)
+        shape = layer.forward(np.zeros((1,) + shape)).shape[1:]
