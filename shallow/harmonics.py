@@ -32,6 +32,7 @@ References
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -614,47 +615,63 @@ def _gegenbauer_table(t, s, D, degrees, xp):
     degrees = np.asarray(sorted(set(int(a) for a in degrees)), dtype=np.int64)
     amax = int(degrees[-1])
     n = t.shape[0]
+    # F is ordered by m = a - b, then b: the rows stored at step m of the recurrence are contiguous.
     slot = np.full((amax + 1, amax + 1), -1, dtype=np.int64)
+    stored = []  # per m: (first row of F, rows b of the recurrence stored there, as a slice or an index array)
     count = 0
-    for a in degrees:
-        slot[a, :a + 1] = np.arange(count, count + a + 1)
-        count += a + 1
+    for m in range(amax + 1):
+        rows_b = degrees[degrees >= m] - m
+        slot[rows_b + m, rows_b] = np.arange(count, count + rows_b.size)
+        if rows_b.size and rows_b[-1] - rows_b[0] + 1 == rows_b.size:
+            stored.append((count, slice(int(rows_b[0]), int(rows_b[-1]) + 1)))
+        else:
+            stored.append((count, xp.asarray(rows_b) if rows_b.size else None))
+        count += rows_b.size
     F = xp.empty((count, n), dtype=t.dtype)  # (P, n)
     lam = 0.5 * (D - 2)
     bs = np.arange(amax + 1)
     alpha = lam + bs  # (amax + 1,)
     # S[b] = c_b s^b by a cumulative product of s sqrt((lam + j)/(lam + j - 1/2)), j = 1..b.
     growth = np.sqrt((lam + bs[1:]) / (lam + bs[1:] - 0.5))
-    Q = xp.empty((amax + 1, n), dtype=t.dtype)  # (amax + 1, n): row b holds c_b s^b p_m(t)
-    Q[0] = 1
+    S = xp.empty((amax + 1, n), dtype=t.dtype)  # (amax + 1, n): row b holds c_b s^b
+    S[0] = 1
     for b in range(1, amax + 1):
-        xp.multiply(Q[b - 1], s, out=Q[b])
-        Q[b] *= growth[b - 1]
+        xp.multiply(S[b - 1], s, out=S[b])
+        S[b] *= growth[b - 1]
     # c_b s^b is log-concave in b, so least at b = 0 (where it is 1) or b = amax. Where it lies below
     # the normal numbers the rows it starts may still reach O(1) (near s = b / a): those points get
     # zeros here (no spurious overflow) and are recomputed below with exponents.
-    low = _underflowed(Q[amax], s) if amax else None
+    low = _underflowed(S[amax], s) if amax else None
     if low is not None:
         low = xp.asarray(low)
         # Rows b >= b0 underflow at some of these points (at each point, a final run of rows).
-        b0 = int(np.argmax(to_numpy((Q[:, low] < np.finfo(t.dtype).tiny).any(axis=1))))
-        Q[b0:, low] = 0
-    Qprev = None
-    for m in range(amax + 1):
-        # Rows b = 0..amax - m of Q hold A_{b+m, b}; store those with b + m in degrees.
-        sel = degrees[degrees >= m]
-        if sel.size:
-            rows_b = sel - m
-            F[xp.asarray(slot[sel, rows_b])] = Q[xp.asarray(rows_b)]
-        if m == amax:
-            break
-        rows = amax - m  # b = 0..rows - 1 still needed at degree m + 1
-        inv_next = xp.asarray(1 / _beta(m + 1, alpha[:rows]), dtype=t.dtype)[:, None]
-        Qnext = Q[:rows] * t
-        if m > 0:
-            Qnext -= xp.asarray(_beta(m, alpha[:rows]), dtype=t.dtype)[:, None] * Qprev[:rows]
-        Qnext *= inv_next
-        Qprev, Q = Q, Qnext
+        b0 = int(np.argmax(to_numpy((S[:, low] < np.finfo(t.dtype).tiny).any(axis=1))))
+        S[b0:, low] = 0
+    # Rows b = 0..amax - m - 1 go on to degree m + 1: p_{m+1} = (t p_m - beta_m p_{m-1}) / beta_{m+1}.
+    beta = [xp.asarray(_beta(m, alpha[:amax - m + 1]), dtype=t.dtype)[:, None] for m in range(amax + 1)]
+    inv = [xp.asarray(1 / _beta(m + 1, alpha[:amax - m]), dtype=t.dtype)[:, None] for m in range(amax)]
+    # On the host the recurrence runs over chunks of points, its three (amax + 1, chunk) rows in cache.
+    chunk = max(1, _HOST_CHUNK // (amax + 1)) if xp is np else max(n, 1)
+    work = xp.empty((3, amax + 1, min(chunk, n)), dtype=t.dtype)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        tc = t[lo:hi]
+        prev, cur, nxt = work[0, :, :hi - lo], work[1, :, :hi - lo], work[2, :, :hi - lo]
+        cur[...] = S[:, lo:hi]
+        for m in range(amax + 1):
+            first, rows_b = stored[m]
+            if rows_b is not None:
+                src = cur[rows_b]
+                F[first:first + src.shape[0], lo:hi] = src
+            if m == amax:
+                break
+            rows = amax - m  # b = 0..rows - 1 still needed at degree m + 1
+            xp.multiply(cur[:rows], tc, out=nxt[:rows])
+            if m > 0:
+                prev[:rows] *= beta[m][:rows]
+                nxt[:rows] -= prev[:rows]
+            nxt[:rows] *= inv[m]
+            prev, cur, nxt = cur, nxt, prev
     if low is not None:  # rows b >= b0 at the points that underflowed, with exponents
         for m, Qm, E in _rescaled_factors(t[low], s[low], D, bs[b0:], amax, xp):
             sel = degrees[degrees - m >= b0]
@@ -735,6 +752,121 @@ def _gegenbauer_factor(t, s, D, a, b, xp):
     return cur
 
 
+# Host cost of one array operation, in entries written (about 2 us against 1.5 ns an entry); on a device a
+# launch costs more entries.
+_CALL_COST = {"host": 1500, "device": 100_000}
+
+
+def _fused_levels(d, k, n, xp):
+    """How :func:`spherical_harmonics` computes the degree-k basis on S^{d-1} (d >= 3) at n points: the number
+    L (1 <= L <= d - 2) of top levels it runs depth first over the prefixes, on top of the table of every
+    harmonic of degree <= k on S^{d-L-1}, or 0 for the prefixes level by level (:func:`_harmonics_by_prefixes`).
+
+    The choice minimises the estimated cost in entries written, an array operation counting as
+    ``_CALL_COST`` entries: depth first, one product and one operation per prefix, plus the output and
+    the tables below the top L levels (sum_D N(D + 1, k), which exceeds N(d, k) by about d / k where
+    d >> k); level by level, about 6 passes over the prefixes' rows and 20 operations a level.
+    """
+    call = _CALL_COST["host" if xp is np else "device"]
+    N = num_harmonics(d, k)
+    # Prefixes (k_2, ..., k_{l+1}) at depth l = 1..d-2 whose parent's degree is > 0 (a parent of degree 0
+    # has a single row below it, written at once): count[a] of those of degree a > 0 go on.
+    count = {k: 1}
+    children = []
+    for _ in range(d - 2):
+        children.append(sum(c * (a + 1) for a, c in count.items()))
+        nxt, run = {}, 0
+        for a in range(k, 0, -1):  # count'[b] = sum_{a >= b} count[a]
+            run += count.get(a, 0)
+            if run:
+                nxt[a] = run
+        count = nxt
+    by_prefixes = 6 * n * sum(children) + 20 * call * (d - 2)
+    below = [0, 0, 0] + list(itertools.accumulate(num_harmonics(D + 1, k) for D in range(3, d)))  # below[D]
+    best, best_cost, nodes = 0, by_prefixes, 0
+    for L in range(1, d - 1):
+        nodes += children[L - 1]
+        if L > 1 and (L - 1) * (k + 1) * (k + 2) // 2 + k + 1 > N:  # the top levels' factors, held at once
+            break
+        cost = nodes * (call + n) + n * (N + below[d - L])
+        if cost < best_cost:
+            best, best_cost = L, cost
+        if nodes * (call + n) > best_cost:
+            break
+    return best
+
+
+def _harmonics_by_prefixes(X, R, k, N):
+    """The (n, N(d, k)) array of :func:`spherical_harmonics` for d >= 3, level by level over the prefixes
+    (k_1, ..., k_i) with k_i > 0: their partial products V (M, n) times the factors A^{(D)}_{a,b} of the
+    next level, vectorised over the prefixes. About 6 passes over the prefixes' rows but a few array
+    operations a level: the choice where d >> k (see :func:`_fused_levels`)."""
+    xp = get_xp(X)
+    n, d = X.shape
+    out = xp.empty((N, n), dtype=X.dtype)  # (N, n): rows are the basis functions
+    # Active prefixes (k_1, ..., k_i) with k_i > 0: their partial products V (M, n), last degree
+    # a (M,), and the column offset off (M,) of their first descendant.
+    V = xp.ones((1, n), dtype=X.dtype)
+    a = np.array([k], dtype=np.int64)
+    off = np.zeros(1, dtype=np.int64)
+    for i in range(d - 2):
+        if a.size == 0:
+            break
+        D = d - i  # level i works on S^{D-1}, coordinates x_i, ..., x_{d-1} (0-based)
+        t, s = _level_coordinates(X, R, i, xp)
+        F, slot = _gegenbauer_table(t, s, D, np.unique(a), xp)
+        counts = a + 1
+        parent = np.repeat(np.arange(a.size), counts)  # (C,)
+        b = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # (C,)
+        child_off = off[parent] + _block_offsets(D, int(a.max()))[b]
+        vals = V[xp.asarray(parent)] * F[xp.asarray(slot[a[parent], b])]  # (C, n)
+        done = b == 0  # k_{i+2} = ... = 0: the remaining factors are 1
+        if done.any():
+            out[xp.asarray(child_off[done])] = vals[xp.asarray(np.flatnonzero(done))]
+        keep = np.flatnonzero(~done)
+        V, a, off = vals[xp.asarray(keep)], b[keep], child_off[keep]
+    if a.size:
+        # Last level: the circle of (x_{d-2}, x_{d-1}), Phi_m = sqrt(2) cos(m phi), sqrt(2) sin(m phi).
+        phi = xp.arctan2(X[:, d - 1], X[:, d - 2])  # (n,)
+        degrees, pos = np.unique(a, return_inverse=True)  # a > 0: prefixes ending in 0 were written
+        angle = xp.asarray(degrees, dtype=X.dtype)[:, None] * phi[None, :]  # (L, n)
+        Vn = math.sqrt(2) * V
+        pos = xp.asarray(pos)
+        out[xp.asarray(off)] = Vn * xp.cos(angle)[pos]
+        out[xp.asarray(off + 1)] = Vn * xp.sin(angle)[pos]
+    return out.T
+
+
+def _harmonics_up_to(X, R, k, top):
+    """Every harmonic of degree a <= k on S^{top-1}, the sphere of the trailing coordinates x_{d-top}, ..., x_{d-1}
+    of the rows of X (2 <= top <= d; R from :func:`_radii`), in rows: a (N(top + 1, k), n) array.
+
+    Degree a fills the rows N(top + 1, a - 1) .. N(top + 1, a) - 1, in the order of :func:`harmonic_indices`.
+    Bottom-up over D = 2, ..., top: the degree-a block b on S^{D-1} is A^{(D)}_{a,b} times the degree-b rows
+    on S^{D-2}, which are contiguous, so that each entry is one product.
+    """
+    xp = get_xp(X)
+    n, d = X.shape
+    phi = xp.arctan2(X[:, d - 1], X[:, d - 2])  # (n,)
+    # The circle: 1, then sqrt(2) cos(m phi), sqrt(2) sin(m phi) for m = 1..k.
+    T = xp.empty((2 * k + 1, n), dtype=X.dtype)  # (N(3, k), n)
+    T[0] = 1
+    angle = xp.arange(1, k + 1, dtype=X.dtype)[:, None] * phi[None, :]  # (k, n)
+    xp.multiply(xp.cos(angle), math.sqrt(2), out=T[1::2])
+    xp.multiply(xp.sin(angle), math.sqrt(2), out=T[2::2])
+    for D in range(3, top + 1):
+        F, slot = _gegenbauer_table(*_level_coordinates(X, R, d - D, xp), D, range(k + 1), xp)  # A^{(D)}_{a,b}
+        start = _block_offsets(D, k + 1)  # degree b of the previous T: rows start[b] .. start[b + 1] - 1
+        nxt = xp.empty((num_harmonics(D + 1, k), n), dtype=X.dtype)  # (N(D + 1, k), n)
+        base = _block_offsets(D + 1, k + 1)  # degree a of the new T starts at base[a]
+        for a in range(k + 1):
+            for b in range(a + 1):
+                xp.multiply(T[start[b]:start[b + 1]], F[int(slot[a, b])],
+                            out=nxt[base[a] + start[b]:base[a] + start[b + 1]])
+        T = nxt
+    return T
+
+
 def spherical_harmonics(X, k):
     r"""A real orthonormal basis of the degree-k spherical harmonics on S^{d-1}, evaluated at X.
 
@@ -787,8 +919,16 @@ def spherical_harmonics(X, k):
     k ~ 1900 in float64 and k ~ 240 in float32. At the points where it does, the factors are
     recomputed with a power of 2 carried beside each entry, so that they keep their digits.
 
-    Column order: see :func:`harmonic_indices`. Cost: O(n N(d, k)) for the products, sharing the
-    partial products of common prefixes (k_1, ..., k_i), plus O(n d k^2) for the factors.
+    Column order: see :func:`harmonic_indices`. Each factor A^{(D)}_{a,b} is computed once per level
+    and (a, b), for all b at once by the recurrence in m = a - b: O(n d k^2) work. The products: the
+    degree-a harmonics on S^{D-1} are the blocks A^{(D)}_{a,b} times the degree-b harmonics on S^{D-2},
+    contiguous rows, so that the table of every harmonic of degree <= k on the sphere of the trailing
+    coordinates is built bottom-up, one product per entry; the top L levels then run depth first over
+    the prefixes (k_2, ..., k_{L+1}), each product of their factors multiplying a block of that table
+    into the output, written once. L minimises an estimate of the cost (tables below the top levels,
+    about d / k times the output where d >> k, against one array operation per prefix); where d >> k
+    and n is small the prefixes go level by level instead, vectorised over the prefixes. Work
+    O(n N(d, k)) for the products, memory about one output beside the output.
 
     Raises
     ------
@@ -825,43 +965,36 @@ def spherical_harmonics(X, k):
     if N > _MAX_COLUMNS:
         raise ValueError(f"degree k={k} in d={d} has N(d, k) = {_format_count(N)} harmonics, too many to enumerate; "
                          "evaluate chosen elements with spherical_harmonic(X, index)")
-    out = xp.empty((N, n), dtype=X.dtype)  # (N, n): rows are the basis functions
+    if d == 2:
+        phi = xp.arctan2(X[:, 1], X[:, 0])  # (n,)
+        if k == 0:
+            return xp.ones((n, 1), dtype=X.dtype)
+        return xp.stack([math.sqrt(2) * xp.cos(k * phi), math.sqrt(2) * xp.sin(k * phi)]).T  # (n, 2)
     R = _radii(X, xp)  # (n, d)
-    # Active prefixes (k_1, ..., k_i) with k_i > 0: their partial products V (M, n), last degree
-    # a (M,), and the column offset off (M,) of their first descendant.
-    V = xp.ones((1, n), dtype=X.dtype)
-    a = np.array([k], dtype=np.int64)
-    off = np.zeros(1, dtype=np.int64)
-    for i in range(d - 2):
-        if a.size == 0:
-            break
-        D = d - i  # level i works on S^{D-1}, coordinates x_i, ..., x_{d-1} (0-based)
-        t, s = _level_coordinates(X, R, i, xp)
-        F, slot = _gegenbauer_table(t, s, D, np.unique(a), xp)
-        counts = a + 1
-        parent = np.repeat(np.arange(a.size), counts)  # (C,)
-        b = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # (C,)
-        child_off = off[parent] + _block_offsets(D, int(a.max()))[b]
-        vals = V[xp.asarray(parent)] * F[xp.asarray(slot[a[parent], b])]  # (C, n)
-        done = b == 0  # k_{i+2} = ... = 0: the remaining factors are 1
-        if done.any():
-            out[xp.asarray(child_off[done])] = vals[xp.asarray(np.flatnonzero(done))]
-        keep = np.flatnonzero(~done)
-        V, a, off = vals[xp.asarray(keep)], b[keep], child_off[keep]
-    if a.size:
-        # Last level: the circle of (x_{d-2}, x_{d-1}), Phi_m = sqrt(2) cos(m phi), sqrt(2) sin(m phi).
-        phi = xp.arctan2(X[:, d - 1], X[:, d - 2])  # (n,)
-        zero = np.flatnonzero(a == 0)  # only when d = 2 and k = 0
-        if zero.size:
-            out[xp.asarray(off[zero])] = V[xp.asarray(zero)]
-        nz = np.flatnonzero(a > 0)
-        if nz.size:
-            degrees, pos = np.unique(a[nz], return_inverse=True)
-            angle = xp.asarray(degrees, dtype=X.dtype)[:, None] * phi[None, :]  # (L, n)
-            Vn = math.sqrt(2) * V[xp.asarray(nz)]
-            pos = xp.asarray(pos)
-            out[xp.asarray(off[nz])] = Vn * xp.cos(angle)[pos]
-            out[xp.asarray(off[nz] + 1)] = Vn * xp.sin(angle)[pos]
+    L = _fused_levels(d, k, n, xp)
+    if L == 0:
+        return _harmonics_by_prefixes(X, R, k, N)
+    T = _harmonics_up_to(X, R, k, d - L)  # (N(d - L + 1, k), n)
+    # The top L levels D = d, ..., d - L + 1, depth first over the prefixes (k_2, ..., k_{L+1}) with the
+    # product of their factors, the degree-k_{L+1} rows of T times that product written once into the output.
+    levels = []
+    for j in range(L):
+        F, slot = _gegenbauer_table(*_level_coordinates(X, R, j, xp), d - j, [k] if j == 0 else range(k + 1), xp)
+        levels.append((F, slot, _block_offsets(d - j, k + 1)))
+    out = xp.empty((N, n), dtype=X.dtype)  # (N, n): rows are the basis functions
+    stack = [(0, k, None, 0)]  # (level j, degree a there, product of the factors above, first row)
+    while stack:
+        j, a, V, row = stack.pop()
+        F, slot, start = levels[j]
+        for b in range(a + 1):
+            W = F[int(slot[a, b])] if V is None else V * F[int(slot[a, b])]  # (n,)
+            lo = row + int(start[b])
+            if b == 0 and j < L - 1:  # k_{j+2} = ... = 0: the remaining factors are 1, a single row
+                out[lo] = W
+            elif j == L - 1:
+                xp.multiply(T[start[b]:start[b + 1]], W, out=out[lo:lo + int(start[b + 1] - start[b])])
+            else:
+                stack.append((j + 1, b, W, lo))
     return out.T
 
 
@@ -922,7 +1055,7 @@ def spherical_harmonic(X, index):
 # Spectra of sampled functions
 # ---------------------------------------------------------------------------------------------
 
-def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
+def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None, method=None):
     r"""Per-degree energy E_k = ||proj_k f||^2_{L2(tau_d)}, k = 0..kmax, of f sampled at X.
 
     Parameters
@@ -941,7 +1074,15 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         polynomials of degree deg(f) + k exactly (:func:`shallow.sphere.sphere_quadrature`).
     block_size : int, optional
         Rows of the Gram matrix <x_i, x_j> held at once (default: about 2^20 / n); memory is
-        O(n * block_size) whatever kmax.
+        O(n * block_size) whatever kmax. With ``method="harmonics"``: points whose harmonics are held
+        at once (default: about 2^22 / sum_{k <= kmax} N(d, k)), memory O(block_size sum_k N(d, k)).
+    method : {None, "pairs", "harmonics"}
+        How a quadrature (``weights``) is summed: "pairs", over all pairs of points by the addition
+        theorem, O(n^2 (d + kmax)) work; "harmonics", by projecting on the orthonormal basis of
+        :func:`spherical_harmonics`, O(n sum_{k <= kmax} N(d, k)) work plus the factors of that basis,
+        far less where sum_k N(d, k) << n (product rules on S^2 and S^3 with many points). The same
+        quantity up to rounding. Default: the one of lower estimated cost. Without weights only
+        "pairs" (the U-statistic leaves out the diagonal).
 
     Returns
     -------
@@ -983,6 +1124,13 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
     The sums run on 2^-e f, max |2^-e f| in [1/2, 1), and E_k is scaled back by 4^e: E_k is
     computed wherever it is a normal number of the dtype, whatever the size of f and n.
 
+    With weights, the addition theorem makes the quadrature value a sum of squares,
+
+        E_k = sum_j (sum_i w_i f(x_i) Y_{k,j}(x_i))^2,
+
+    Y_{k,j} the orthonormal basis of :func:`spherical_harmonics` (L2(tau_d)), which
+    ``method="harmonics"`` computes over blocks of points.
+
     Examples
     --------
     >>> from shallow.sphere import sample_sphere
@@ -1018,6 +1166,14 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None):
         raise ValueError(f"X must hold n >= 2 points for the U-statistic, got n={n}")
     else:
         g = f
+    if method not in (None, "pairs", "harmonics"):
+        raise ValueError(f"method must be None, 'pairs' or 'harmonics', got {method!r}")
+    if method == "harmonics" and weights is None:
+        raise ValueError("method='harmonics' needs quadrature weights (the U-statistic without weights sums "
+                         "over pairs)")
+    if weights is not None and (method == "harmonics" or method is None and _harmonics_are_cheaper(n, d, kmax)):
+        E = _harmonic_sums_of_squares(X, g, kmax, block_size)
+        return xp.ldexp(E, 2 * e)
     # The quadrature keeps the diagonal, <x_i, x_i> = 1 exactly. The U-statistic drops it: at t = 0 it
     # adds g_i^2 P_j(0), removed below, which unlike P_j(1) = 1 is no larger than the terms kept.
     E = _zonal_quadratic_forms(X, g, kmax, block_size, diagonal=1 if weights is not None else 0)
@@ -1055,6 +1211,45 @@ def _zonal_quadratic_forms(X, g, kmax, block_size=None, diagonal=1):
         for j, P in enumerate(_legendre_sequence(G, kmax, d), start=1):  # P = P_{j,d}(G)
             sums[j] = sums[j] + gb @ (P @ g)
     return xp.stack([xp.asarray(v, dtype=X.dtype) for v in sums])  # (kmax + 1,)
+
+
+def _harmonics_are_cheaper(n, d, kmax):
+    """Whether sum_j (sum_i g_i Y_{k,j}(x_i))^2 costs less than the sum over pairs, by the estimated entries
+    computed: n (N(d + 1, kmax) + 2 (d - 2) (kmax + 1) (kmax + 2)) for the harmonics of every degree <= kmax
+    and their factors' recurrences (:func:`_harmonics_up_to`), against n^2 (3 kmax + d / 4) for the Gram
+    matrix and the recurrence of P_{k,d} on it."""
+    rows = num_harmonics(d + 1, kmax)  # sum_{k <= kmax} N(d, k)
+    if rows > _MAX_COLUMNS:
+        return False
+    return n * (rows + 2 * (d - 2) * (kmax + 1) * (kmax + 2)) < n * n * (3 * kmax + d / 4)
+
+
+def _harmonic_sums_of_squares(X, g, kmax, block_size=None):
+    """sum_j (sum_i g_i Y_{k,j}(x_i))^2 for k = 0..kmax, Y_{k,j} the basis of :func:`spherical_harmonics`.
+
+    Equal to N(d, k) sum_{i,j} g_i g_j P_{k,d}(<x_i, x_j>) by the addition theorem. The harmonics of every
+    degree <= kmax are evaluated together (:func:`_harmonics_up_to`) on blocks of ``block_size`` points
+    (default about 2^22 / sum_k N(d, k)): O(n sum_k N(d, k) + n d kmax^2) work, O(block_size sum_k N(d, k))
+    memory. Returns an array of shape (kmax + 1,) on X's device, in its dtype.
+    """
+    xp = get_xp(X)
+    n, d = X.shape
+    rows = num_harmonics(d + 1, kmax)  # sum_{k <= kmax} N(d, k)
+    if block_size is None:
+        block_size = max(1, min(n, 2**22 // rows))
+    else:
+        block_size = check_integer(block_size, "block_size", minimum=1)
+    c = xp.zeros(rows, dtype=X.dtype)  # sum_i g_i Y_{k,j}(x_i), degree k in rows N(d + 1, k - 1) .. N(d + 1, k) - 1
+    for lo in range(0, n, block_size):
+        hi = min(n, lo + block_size)
+        Xb = X[lo:hi]
+        if d == 2:
+            Yb = _harmonics_up_to(Xb, None, kmax, 2)  # (rows, B): the circle
+        else:
+            Yb = _harmonics_up_to(Xb, _radii(Xb, xp), kmax, d)
+        c += Yb @ g[lo:hi]
+    ends = _block_offsets(d + 1, kmax + 1)  # degree k: rows ends[k] .. ends[k + 1] - 1
+    return xp.stack([c[ends[k]:ends[k + 1]] @ c[ends[k]:ends[k + 1]] for k in range(kmax + 1)])  # (kmax + 1,)
 
 
 def _times_num_harmonics(E, d):

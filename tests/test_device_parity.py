@@ -456,9 +456,15 @@ def _harmonic_energy_weights(xp):
     return harmonics.harmonic_energy(X[:, 0] ** 3, X, 3, weights=xp.full(50, 1 / 50), block_size=7)
 
 
+def _harmonic_energy_weights_by_pairs(xp):
+    X = unit_rows(xp, 50, 4)
+    return harmonics.harmonic_energy(X[:, 0] ** 3, X, 3, weights=xp.full(50, 1 / 50), method="pairs")
+
+
 HARMONICS_ON_DEVICE = {
     "harmonic_energy": lambda xp: harmonics.harmonic_energy(unit_rows(xp, 50, 3)[:, 0] ** 2, unit_rows(xp, 50, 3), 3),
     "harmonic_energy.weights": _harmonic_energy_weights,
+    "harmonic_energy.weights.pairs": _harmonic_energy_weights_by_pairs,
     "legendre": lambda xp: harmonics.legendre(3, 4, xp.linspace(-1.0, 1.0, 11)),
     "legendre.float32": lambda xp: harmonics.legendre(4, 3, xp.linspace(-1.0, 1.0, 11, dtype=np.float32)),
     "legendre_all": lambda xp: harmonics.legendre_all(5, 3, xp.linspace(-1.0, 1.0, 11)),
@@ -467,6 +473,7 @@ HARMONICS_ON_DEVICE = {
     "spherical_harmonics": lambda xp: harmonics.spherical_harmonics(unit_rows(xp, 7, 3), 2),
     "spherical_harmonics.d2": lambda xp: harmonics.spherical_harmonics(unit_rows(xp, 7, 2), 3),
     "spherical_harmonics.d4": lambda xp: harmonics.spherical_harmonics(unit_rows(xp, 7, 4), 3),
+    "spherical_harmonics.d8": lambda xp: harmonics.spherical_harmonics(unit_rows(xp, 7, 8), 3),
 }
 
 

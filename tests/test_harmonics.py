@@ -1061,3 +1061,87 @@ def test_spherical_harmonic_of_degree_one_in_huge_dimension_is_sqrt_d_times_a_co
     X = sample_sphere(3, d, rng=5)
     y = harmonics.spherical_harmonic(X, (1, 1) + (0,) * (d - 3))
     np.testing.assert_allclose(y, math.sqrt(d) * X[:, 1], rtol=1e-13, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation plans of spherical_harmonics, and harmonic_energy by projection on the basis
+# ---------------------------------------------------------------------------------------------
+
+def points_with_poles(d, n, seed):
+    """n uniform points of S^{d-1}, then +-e_1 (every t_i, s_i beyond the first level 0/0) and e_{d-2}
+    (the last Gegenbauer level at its pole) and a point 1e-9 from e_1."""
+    X = sample_sphere(n, d, rng=seed)
+    E = np.eye(d)
+    near = E[0] + 1e-9 * E[d - 1]
+    return np.vstack([X, E[0], -E[0], E[d - 2], near / np.linalg.norm(near)])
+
+
+@pytest.mark.parametrize("d, k", [(3, 7), (4, 5), (5, 4), (6, 3), (8, 3)])
+def test_every_evaluation_plan_gives_the_basis_of_the_addition_theorem_and_of_spherical_harmonic(d, k, xp,
+                                                                                                 monkeypatch):
+    # Statement: whatever the number L of top levels run depth first (0: the prefixes level by level),
+    # spherical_harmonics is the product basis: (1) sum_j Y_kj(x) Y_kj(y) = N(d, k) P_{k,d}(<x, y>), P from
+    # scipy; (2) each column equals spherical_harmonic at its multi-index (one factor at a time, its own
+    # recurrences). Entries are at most sqrt(N) in size, products N: rounding 1e-13 N and 1e-13 sqrt(N).
+    X = points_with_poles(d, 20, seed=10 * d + k)
+    N = harmonics.num_harmonics(d, k)
+    ref = np.stack([harmonics.spherical_harmonic(X, kappa) for kappa in harmonics.harmonic_indices(d, k).tolist()],
+                   axis=1)  # (n, N)
+    for L in range(d - 1):
+        monkeypatch.setattr(harmonics, "_fused_levels", lambda *args, L=L: L)
+        Y = to_numpy(harmonics.spherical_harmonics(xp.asarray(X), k))
+        assert Y.shape == (X.shape[0], N)
+        np.testing.assert_allclose(Y @ Y.T, N * scipy_legendre(k, d, gram(X)), rtol=0, atol=1e-13 * N, err_msg=f"L={L}")
+        np.testing.assert_allclose(Y, ref, rtol=0, atol=1e-13 * np.sqrt(N), err_msg=f"L={L}")
+
+
+@pytest.mark.parametrize("d, k", [(5, 4), (6, 4), (8, 3)])
+def test_spherical_harmonics_orthonormal_under_a_rule_exact_for_degree_2k(d, k):
+    # int Y_{k,a} Y_{k,b} dtau_d = [a = b], the product rule of shallow.sphere (1125 to 28672 points) being exact
+    # for degree 2k; at these sizes the default plan runs 2 to 4 levels depth first. Rounding of sums of
+    # about 10^4 products of size <= N(d, k): 1e-12.
+    from shallow.sphere import sphere_quadrature
+
+    X, w = sphere_quadrature(2 * k, d)
+    Y = harmonics.spherical_harmonics(X, k)
+    np.testing.assert_allclose(Y.T @ (w[:, None] * Y), np.eye(harmonics.num_harmonics(d, k)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [2, 3, 4, 6])
+def test_harmonic_energy_by_harmonics_equals_the_sum_over_pairs(d):
+    # Statement (addition theorem): N(d, k) sum_{i,j} g_i g_j P_{k,d}(<x_i, x_j>) = sum_j (sum_i g_i Y_kj(x_i))^2
+    # for any points and weights (here random, not a quadrature). Both are sums of terms bounded by
+    # N(d, k) (sum_i |g_i|)^2: rounding 1e-13 times that.
+    rng = np.random.default_rng(d)
+    X = sample_sphere(200, d, rng=rng)
+    w = rng.uniform(0.5, 1.5, 200)
+    w /= w.sum()
+    f = rng.standard_normal(200)
+    kmax = 5
+    pairs = harmonics.harmonic_energy(f, X, kmax, weights=w, method="pairs")
+    by_harmonics = harmonics.harmonic_energy(f, X, kmax, weights=w, method="harmonics", block_size=33)
+    bound = np.array([harmonics.num_harmonics(d, k) for k in range(kmax + 1)]) * np.abs(w * f).sum() ** 2
+    np.testing.assert_allclose(by_harmonics, pairs, rtol=0, atol=1e-13 * bound.max())
+
+
+@pytest.mark.parametrize("d", [3, 4])
+@pytest.mark.parametrize("method", [None, "pairs", "harmonics"])
+def test_harmonic_energy_of_products_of_distinct_coordinates_closed_form(d, method):
+    # x_1 x_2 ... x_j is a degree-j harmonic with E[x_1^2 ... x_j^2] = 1 / (d (d + 2) ... (d + 2j - 2)), so
+    # f = 2 - x_1 + 3 x_1 x_2 + 5 x_1 x_2 x_3 has E = (4, 1/d, 9/(d(d+2)), 25/(d(d+2)(d+4)), 0, 0, 0) on a rule exact
+    # for degree deg f + kmax = 9 (shallow.sphere.sphere_quadrature). Rounding: 1e-13.
+    from shallow.sphere import sphere_quadrature
+
+    X, w = sphere_quadrature(9, d)
+    f = 2 - X[:, 0] + 3 * X[:, 0] * X[:, 1] + 5 * X[:, 0] * X[:, 1] * X[:, 2]
+    E = harmonics.harmonic_energy(f, X, 6, weights=w, method=method)
+    expected = [4, 1 / d, 9 / (d * (d + 2)), 25 / (d * (d + 2) * (d + 4)), 0, 0, 0]
+    np.testing.assert_allclose(E, expected, rtol=0, atol=1e-13)
+
+
+def test_harmonic_energy_method_is_checked():
+    X = sample_sphere(10, 3, rng=0)
+    with pytest.raises(ValueError, match="method must be None, 'pairs' or 'harmonics', got 'fast'"):
+        harmonics.harmonic_energy(X[:, 0], X, 2, weights=np.full(10, 0.1), method="fast")
+    with pytest.raises(ValueError, match="method='harmonics' needs quadrature weights"):
+        harmonics.harmonic_energy(X[:, 0], X, 2, method="harmonics")
