@@ -4,7 +4,8 @@ A :class:`Layer` is a map y = f(x; theta) on a batch. It implements three method
 
 * ``forward(x)`` returns y and keeps what the derivatives need (the layer's cache);
 * ``backward(dy)`` returns dx = (df/dx)^T dy and stores dtheta = (df/dtheta)^T dy in
-  ``layer.grads`` (overwritten, not accumulated), for the batch of the last ``forward``;
+  ``layer.grads`` (overwritten, not accumulated as PyTorch's ``.grad`` is: to accumulate over
+  micro-batches, sum copies of the gradients by hand), for the batch of the last ``forward``;
 * ``jvp(x, tx, tparams)`` returns (y, ty) with ty = (df/dx) tx + (df/dtheta) ttheta, the
   Jacobian-vector product (forward-mode derivative), and caches like ``forward`` so that a
   ``backward`` may follow. It is what :func:`shallow.cnn.linearize` is built on.
@@ -50,7 +51,9 @@ Conventions
   ``"lecun"`` N(0, 1 / fan_in), ``"normal"`` N(0, 1) (the NTK parametrisation multiplies by
   1/sqrt(fan_in) outside), ``"zeros"``, or a float std. Draws are made on the host in float64
   with the ``rng`` given (None, int or Generator), then cast: the same seed gives the same
-  network in float32 and float64 and on every device. Biases start at 0.
+  network in float32 and float64 and on every device. Biases start at 0. This is not PyTorch's
+  default initialisation of ``nn.Conv2d`` and ``nn.Linear`` (weights and biases uniform in
+  [-1/sqrt(fan_in), 1/sqrt(fan_in)], variance 1 / (3 fan_in), a sixth of He's): pass ``init=`` to match another.
 
 References
 ----------
@@ -69,6 +72,7 @@ import contextvars
 import functools
 import math
 import numbers
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -93,6 +97,25 @@ __all__ = [
 
 #: ``dtype`` as a numpy dtype, float32 or float64 (the shared check, under the name the layers use).
 check_dtype = check_float_dtype
+
+#: Parameter arrays that :meth:`Layer.to` or :meth:`Layer.flatten_parameters` replaced, by id; weak, so
+#: that an array dropped everywhere else leaves (and its id, reused, names no other array here).
+_REPLACED = weakref.WeakValueDictionary()
+
+
+def _retire(old, new) -> None:
+    """Record that the parameter array ``old`` was replaced by ``new`` (nothing when they are one)."""
+    if old is not new:
+        try:
+            _REPLACED[id(old)] = old
+        except TypeError:  # an array type without weak references: not tracked
+            pass
+
+
+def replaced(a) -> bool:
+    """Whether ``a`` is a parameter array that :meth:`Layer.to` or :meth:`Layer.flatten_parameters` replaced:
+    a model no longer reads it, and an optimiser updating it would leave the model unchanged."""
+    return _REPLACED.get(id(a)) is a
 
 
 def init_weight(shape, fan_in: int, init, rng, dtype) -> np.ndarray:
@@ -492,13 +515,17 @@ class Layer:
         """Move parameters, gradients and buffers to ``device`` ("cpu" or "gpu"), then pack the
         parameters into one array (:meth:`flatten_parameters`); returns self.
 
-        Optimisers hold references to the parameter arrays: build them after moving the model.
+        Optimisers hold references to the parameter arrays: build them after moving the model (unlike
+        PyTorch's ``module.to``, the parameters become new arrays; a step of an optimiser built before
+        raises ValueError instead of updating arrays the model no longer reads).
         """
         for _, layer in self.named_layers():
             for attribute in ("params", "grads", "buffers"):
                 d = getattr(layer, attribute)
                 for key in d:
-                    d[key] = to_device(d[key], device)
+                    old, d[key] = d[key], to_device(d[key], device)
+                    if attribute == "params":
+                        _retire(old, d[key])
             layer._grad_slots = {}
             layer._cache = layer._out_shape = None
         return self.flatten_parameters()
@@ -531,6 +558,7 @@ class Layer:
             view = flat_params[offset:offset + n].reshape(a.shape)
             view[...] = a
             layer.params[key] = view
+            _retire(a, view)
             slot = flat_grads[offset:offset + n].reshape(a.shape)
             layer._grad_slots[key] = slot
             if key in layer.grads:

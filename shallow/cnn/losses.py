@@ -6,6 +6,7 @@ Both are means over the batch, so that the gradient of a mini-batch estimates th
   L = (1/N) sum_n [logsumexp(z_n) - z_{n, y_n}], dL/dz = (softmax(z) - onehot(y)) / N;
 * square loss of outputs f (N, K) against targets Y (N, K):
   L = (1/(2N)) sum_n |f_n - Y_n|^2, dL/df = (f - Y) / N; integer labels are one-hot encoded.
+  PyTorch's ``MSELoss()`` (the mean of the N K squares, no 1/2) is 2/K times this L.
 
 Each loss takes a ``scale`` that multiplies its value and gradient. The lazy-training objective of
 Chizat, Oyallon and Bach (2019, Eq. 2), (1/alpha^2) L(alpha f), is the loss with

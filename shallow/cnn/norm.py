@@ -55,7 +55,8 @@ class BatchNorm2d(Layer):
     eps : float
         Added to the variance.
     momentum : float in [0, 1]
-        Weight of the new batch statistics in the running estimates.
+        Weight of the new batch statistics in the running estimates (PyTorch's convention, the
+        complement of Keras's; PyTorch's ``momentum=None``, a cumulative average, is not offered).
     affine : bool
         Whether to learn gamma (init 1) and beta (init 0).
     dtype : float32 or float64

@@ -3,7 +3,10 @@ r"""Optimisers (SGD with momentum and weight decay, Adam) and learning-rate sche
 An optimiser holds references to the parameter arrays of a model (``model.named_parameters()``)
 and updates them in place with ``step(grads)``, ``grads`` being ``model.named_gradients()`` after a
 backward pass. Step t (counted from 0) uses the learning rate eta_t = ``schedule(t)``; a float
-learning rate is a constant schedule. When the parameters, and then the gradients, tile one flat
+learning rate is a constant schedule. Schedules count optimiser steps, not epochs (PyTorch's
+``StepLR`` and ``CosineAnnealingLR`` are usually stepped once per epoch): an epoch of
+:func:`~shallow.cnn.train.fit` is ceil(n / batch_size) steps, so ``StepDecay(lr, k * steps_per_epoch)``
+decays every k epochs. When the parameters, and then the gradients, tile one flat
 array each (:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a
 step updates the flat arrays with the same elementwise formula: the same numbers, in a few
 operations instead of a few per parameter (on a GPU, each operation is a kernel launch).
@@ -42,7 +45,7 @@ import numpy as np  # noqa: F401 (the docstring examples use np)
 
 from .._validation import check_array, check_bool, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
-from .layers import check_layer
+from .layers import check_layer, replaced
 
 __all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
 
@@ -75,7 +78,7 @@ class Constant:
 
 
 class StepDecay:
-    """eta_t = lr * gamma^(floor(t / step_size)): divided by 1/gamma every ``step_size`` steps.
+    """eta_t = lr * gamma^(floor(t / step_size)): multiplied by gamma every ``step_size`` optimiser steps.
 
     Parameters
     ----------
@@ -221,6 +224,7 @@ class Optimizer:
                 what = f"dtype {p.dtype}" if hasattr(p, "dtype") else type(p).__name__
                 raise ValueError(f"params[{name!r}] must be a floating-point array (updated in place), got {what}")
         self.params = dict(params)
+        self._check_current()
         self.schedule = as_schedule(lr)
         self.t = 0
         arrays = list(self.params.values())
@@ -237,6 +241,16 @@ class Optimizer:
                 for slot, flat in self._flat_state.items():
                     self.state[name][slot] = flat[offset:offset + p.size].reshape(p.shape)
                 offset += p.size
+
+    def _check_current(self) -> None:
+        """Refuse parameters that ``model.to(device)`` or ``model.flatten_parameters()`` replaced by new
+        arrays: the model no longer reads them, and the steps left it unchanged with no error."""
+        stale = [name for name, p in self.params.items() if replaced(p)]
+        if stale:
+            raise ValueError(f"the optimizer's parameters {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''} "
+                             "were replaced by model.to(device) or model.flatten_parameters(), which move and repack "
+                             "them: its steps would leave the model unchanged. Build the optimizer on "
+                             "model.named_parameters() after moving the model")
 
     def check_model(self, model) -> None:
         """Refuse a model whose parameters are not the arrays this optimiser updates.
@@ -271,7 +285,12 @@ class Optimizer:
         return eta
 
     def step(self, grads):
-        """One update of every parameter from ``grads`` (a dict with the same names); t += 1."""
+        """One update of every parameter from ``grads`` (a dict with the same names); t += 1.
+
+        Raises ValueError when the parameters were replaced since (by ``model.to(device)`` or
+        ``model.flatten_parameters()``): the update would not reach the model.
+        """
+        self._check_current()
         self._apply(self._ordered(grads), self._coefficients(self.t))
         self.t += 1
 

@@ -6,7 +6,9 @@ per position (i, j) in the window, as in :mod:`shallow.cnn.conv`:
     y[n, p, q, c] = op_{i < KH, j < KW} xpad[n, s p + i, s q + j, c].
 
 The output has H_o = floor((H + 2 ph - KH) / s) + 1 rows (W_o alike); the stride defaults to the
-kernel size (non-overlapping windows).
+kernel size (non-overlapping windows). This is PyTorch's default ``ceil_mode=False``; ``ceil_mode``
+and a pooling dilation are not offered. Average pooling counts the padded zeros in its divisor, as
+PyTorch's default ``count_include_pad=True``.
 
 Ties in max pooling
 -------------------

@@ -514,6 +514,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     Returns
     -------
     History
+        The per-epoch records. The model is left in train mode (as a PyTorch loop leaves it):
+        :func:`evaluate` and :func:`predict` switch to eval mode and back, but a direct call
+        ``model(x)`` uses batch statistics and moves the running ones until ``model.eval()``.
 
     Raises
     ------
@@ -527,6 +530,11 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         When the loss becomes NaN or infinite and ``on_divergence="raise"``.
     RuntimeError
         Within :func:`~shallow.cnn.layers.no_cache` (a training step needs caches), before anything moves.
+
+    Notes
+    -----
+    The optimiser's schedule counts steps, ceil(n / batch_size) per epoch (:mod:`~shallow.cnn.optim`),
+    and ``history.lr`` records the rate of each epoch's last step.
 
     Examples
     --------

@@ -723,3 +723,24 @@ def test_no_cache_releases_on_entry_the_caches_of_an_earlier_pass():
     model.forward(X)
     with no_cache(model), pytest.raises(RuntimeError, match="within no_cache"):
         model.backward(np.ones((4, 10)))
+
+
+def test_a_schedule_in_fit_counts_optimiser_steps_not_epochs():
+    # fit's notes: an epoch is ceil(n / batch_size) steps, and history.lr is the rate of its last step.
+    # 10 images in batches of 4: 3 steps per epoch, so epoch e ends at step 3 e - 1, whose StepDecay
+    # rate is lr gamma^floor((3 e - 1) / step_size) (counted by hand: 0.5^1, 0.5^2, 0.5^4 for step_size 2)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((10, 2, 2, 1)), rng.integers(0, 3, 10)
+    net = Sequential(Flatten(), Linear(4, 3, rng=0))
+    opt = SGD(net.named_parameters(), lr=StepDecay(1.0, step_size=2, gamma=0.5))
+    history = fit(net, X, y, optimizer=opt, epochs=3, batch_size=4, rng=0)
+    assert history.lr == [0.5, 0.25, 0.0625]
+    assert opt.t == 9
+
+
+def test_fit_leaves_the_model_in_train_mode():
+    # fit's Returns: as a PyTorch loop, the model stays in train mode after training
+    rng = np.random.default_rng(1)
+    net = Sequential(Flatten(), Dropout(0.5, rng=0), Linear(4, 3, rng=0)).eval()
+    fit(net, rng.standard_normal((6, 2, 2, 1)), rng.integers(0, 3, 6), epochs=1, batch_size=3, rng=0)
+    assert all(layer.training for _, layer in net.named_layers())

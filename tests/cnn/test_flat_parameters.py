@@ -122,3 +122,50 @@ def test_flatten_parameters_of_a_layer_with_one_parameter():
     np.testing.assert_array_equal(layer.params["W"], W)
     base = _flat_base([layer.params["W"]])
     assert base is not None and base.size == 6
+
+
+def _linear_step_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return Sequential(Linear(3, 4, rng=seed), Linear(4, 2, rng=seed + 1)), rng.standard_normal((5, 3))
+
+
+def _backward(net, x):
+    """A backward pass of the sum of the outputs: the gradients of net at x."""
+    out = net.forward(x)
+    net.backward(np.ones_like(out), need_input_grad=False)
+
+
+@pytest.mark.parametrize("move", ["flatten_parameters", "to"])
+def test_a_step_of_an_optimizer_built_before_the_parameters_were_repacked_raises(move):
+    # PyTorch's module.to keeps the parameter objects; here they become views into one new array, and
+    # a step on the old arrays left the model unchanged without a word (a manual loop never trained)
+    net, x = _linear_step_inputs()
+    opt = SGD(net.named_parameters(), lr=0.1)
+    net.flatten_parameters() if move == "flatten_parameters" else net.to("cpu")
+    before = {name: p.copy() for name, p in net.named_parameters().items()}
+    _backward(net, x)
+    with pytest.raises(ValueError, match="replaced by model.to"):
+        opt.step(net.named_gradients())
+    for name, p in net.named_parameters().items():
+        np.testing.assert_array_equal(p, before[name], err_msg=name)
+
+
+def test_an_optimizer_refuses_parameters_replaced_before_it_is_built():
+    net, _ = _linear_step_inputs()
+    params = net.named_parameters()  # taken before the move
+    net.to("cpu")
+    with pytest.raises(ValueError, match="replaced by model.to"):
+        Adam(params, lr=1e-3)
+
+
+def test_an_optimizer_built_after_flatten_parameters_steps_the_model_by_minus_lr_times_the_gradient():
+    # plain SGD: theta <- theta - eta grad, exactly (one multiplication and one subtraction, rounded
+    # the same way in the hand computation)
+    net, x = _linear_step_inputs(3)
+    net.flatten_parameters()
+    opt = SGD(net.named_parameters(), lr=0.1)
+    _backward(net, x)
+    expected = {name: p - 0.1 * net.named_gradients()[name] for name, p in net.named_parameters().items()}
+    opt.step(net.named_gradients())
+    for name, p in net.named_parameters().items():
+        np.testing.assert_array_equal(p, expected[name], err_msg=name)
