@@ -1094,6 +1094,11 @@ def _lipschitz_upper_bound_averaged_fft(xp):
     return robustness.lipschitz_upper_bound(cnn_model(xp, batch_norm=False), bound="averaged", method="fft")
 
 
+def _lipschitz_upper_bound_inverse(xp):
+    net = revnet.irevnet_small((8, 8, 1), 4, width=8, blocks=1, rng=0).to(device_name(xp))
+    return robustness.lipschitz_upper_bound(net, inverse=True, method="fft")
+
+
 def _minimal_perturbation(xp, **kwargs):
     return robustness.minimal_perturbation(cnn_model(xp), images(xp, 3), labels(xp, 3), eps_max=1.0, n_bisect=3,
                                            steps=3, **kwargs)
@@ -1124,11 +1129,15 @@ ROBUSTNESS_ON_DEVICE = {
     "jacobian_norm": lambda xp: robustness.jacobian_norm(draw(xp, (8, 8, 2), 3, 0.3)),
     "lipschitz_upper_bound": lambda xp: robustness.lipschitz_upper_bound(cnn_model(xp), n_iter=30),
     "lipschitz_upper_bound.averaged_fft": _lipschitz_upper_bound_averaged_fft,
+    "lipschitz_upper_bound.inverse": _lipschitz_upper_bound_inverse,
     "local_lipschitz": lambda xp: robustness.local_lipschitz(cnn_model(xp), images(xp, 2)),
     "local_lipschitz.per_sample": lambda xp: robustness.local_lipschitz(cnn_model(xp), images(xp, 2), reduce=None),
     "minimal_perturbation": _minimal_perturbation,
     "minimal_perturbation.l2": lambda xp: _minimal_perturbation(xp, norm="2", loss="ce"),
+    "minimal_perturbation.targets": lambda xp: _minimal_perturbation(xp, norm="2", targets="all"),
     "pgd": lambda xp: robustness.pgd(cnn_model(xp), images(xp), labels(xp), 0.1, steps=3),
+    "pgd.target": lambda xp: robustness.pgd(cnn_model(xp), images(xp), labels(xp), 0.1, steps=3, loss="margin",
+                                            target=(labels(xp) + 1) % 4),
     "pgd.random_start": _pgd_random_start,
     "spectral_norm.matrix": lambda xp: robustness.spectral_norm(draw(xp, (5, 4)), rng=0, return_vector=True),
     "spectral_norm.conv": lambda xp: robustness.spectral_norm(_small_conv(xp), (4, 4, 2), rng=0),

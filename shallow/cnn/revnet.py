@@ -684,7 +684,10 @@ class IRevNet(Layer):
     representation z = Phi(x); ``features(x, k)`` and ``reconstruct(z, k)`` stop after the first k
     invertible layers (:class:`InvertibleSequential`). Call ``eval()`` first for reconstructions of
     arbitrary batches (module notes on batch normalisation). A body built with ``recompute=True``
-    trains without storing its activations (module notes on memory).
+    trains without storing its activations (module notes on memory). Lipschitz constants of the
+    network and of the inverse Phi^{-1}:
+    :func:`lipschitz_upper_bound(net) <shallow.cnn.robustness.lipschitz_upper_bound>` and
+    ``lipschitz_upper_bound(net, inverse=True)`` (certified with ``method="fft"``).
     """
 
     def __init__(self, body, head, *, in_shape=None, n_classes=None, check_inputs=True):
