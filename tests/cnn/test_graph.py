@@ -271,6 +271,27 @@ def test_captured_fit_on_the_device_route_gives_the_numbers_of_train_step(monkey
         assert fake.captures == 2 and fake.launches == 10 and not messages
 
 
+def _armed_step(model, loss, make_optimizer):
+    """A CapturedStep of ``model`` (its arrays made _HostRead views, then flattened) with the optimiser
+    ``make_optimizer(params)``, whose runs are armed: a host read (or a guarded call) within one fails."""
+    for _, layer in model.named_layers():
+        for store in (layer.params, layer.buffers, layer._grad_slots):
+            for key in store:
+                store[key] = store[key].view(_HostRead)
+    model.flatten_parameters()
+    step = CapturedStep(model, loss, make_optimizer(model.named_parameters()))
+    run = step._run
+
+    def armed(r):
+        _HostRead.armed = True
+        try:
+            run(r)
+        finally:
+            _HostRead.armed = False
+    step._run = armed
+    return step
+
+
 def test_captured_step_reads_no_value_on_the_host(monkeypatch):
     """The step function, on the device code path, never turns an array into a Python number; the
     same check catches train_step's loss (so the test can fail)."""
@@ -281,30 +302,15 @@ def test_captured_step_reads_no_value_on_the_host(monkeypatch):
             monkeypatch.setattr(module, "get_xp", lambda *arrays, **kwargs: xp)
     _fake_device(monkeypatch, _FakeCuda())
     model = _model()
-    for _, layer in model.named_layers():
-        for store in (layer.params, layer.buffers, layer._grad_slots):
-            for key in store:
-                store[key] = store[key].view(_HostRead)
-    model.flatten_parameters()
-    opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    step = _armed_step(model, CrossEntropy(), lambda params: SGD(params, lr=0.1, momentum=0.9))
     x, y = (a.view(_HostRead) for a in _data(16))
-    step = CapturedStep(model, CrossEntropy(), opt)
-    run = step._run
-
-    def armed(r):
-        _HostRead.armed = True
-        try:
-            run(r)
-        finally:
-            _HostRead.armed = False
-    monkeypatch.setattr(step, "_run", armed)
     values = [step(x, y)[0] for _ in range(2)]
     assert values[1] < values[0]
     model.check_inputs = False
     _HostRead.armed = True
     try:
         with pytest.raises(AssertionError, match="read on the host"):
-            train_step(model, CrossEntropy(), opt, x, y)
+            train_step(model, CrossEntropy(), step.optimizer, x, y)
     finally:
         _HostRead.armed = False
 
@@ -370,23 +376,8 @@ def test_captured_step_computes_every_matrix_product_on_the_bound_cublas_handle(
     handle = _NumpyHandle()
     monkeypatch.setattr(graph._cublas, "Handle", lambda stream, xp: handle)
     model = build_model(arch, (8, 8), 10, width=4, rng=3, dtype=np.float32, **kwargs)
-    for _, layer in model.named_layers():
-        for store in (layer.params, layer.buffers, layer._grad_slots):
-            for key in store:
-                store[key] = store[key].view(_HostRead)
-    model.flatten_parameters()
-    opt = Adam(model.named_parameters(), lr=1e-3, weight_decay=1e-3)
+    step = _armed_step(model, loss(), lambda params: Adam(params, lr=1e-3, weight_decay=1e-3))
     x, y = (a.view(_HostRead) for a in _data(16))
-    step = CapturedStep(model, loss(), opt)
-    run = step._run
-
-    def armed(r):
-        _HostRead.armed = True
-        try:
-            run(r)
-        finally:
-            _HostRead.armed = False
-    monkeypatch.setattr(step, "_run", armed)
     values = [step(x, y)[0] for _ in range(3)]
     assert handle.calls > 0 and np.isfinite(values).all()
 
