@@ -765,7 +765,11 @@ def gradient_flow(net, loss, steps, step_size, *, method: str = "euler", noise: 
         or a PopulationRisk, whose field is continuous; smooth activations (tanh, softplus) are
         unaffected. Where rejected steps shrink the step below the resolution of t (a field that is
         NaN or infinite near the particles), the run stops with :class:`FlowDivergenceError`
-        instead of trying ever smaller steps.
+        instead of trying ever smaller steps. RK4 keeps its order h^4 only on a smooth field too:
+        under an EmpiricalRisk with relu or step, whose field jumps on the kinks, its global error
+        falls like h (fitted slope 0.87 for a 20-neuron relu net on 200 points at t = 2, h = 0.2 to
+        0.025; 3.94 with tanh), and so does the drift of what the exact flow conserves (the
+        a_j^2 - |w_j|^2 of a relu network).
     noise : float
         Temperature beta^{-1} >= 0 of the Langevin flow d theta = -s grad R dt + sqrt(2 noise) dB
         (s the time scale), by Euler-Maruyama (``method="euler"`` only).
