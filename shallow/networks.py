@@ -403,7 +403,8 @@ class TwoLayer:
         a_init : {"gaussian", "sign", "balanced", "zero", "joint"}, default "gaussian"
             a_j ~ N(0, 1); a_j = +-1 with probability 1/2 each; a_j = s_j |w_j| with a random sign
             s_j (|a_j| = |w_j|, the balanced initialisation that the gradient flow of a 2-homogeneous
-            relu network preserves, Chizat & Bach 2018, Sec. 2.2); a = 0; or, with
+            relu network preserves, Chizat & Bach 2018, Sec. 2.2; its discretisation only approximately:
+            Euler steps of size h move a_j^2 - |w_j|^2 by O(h) per unit time); a = 0; or, with
             ``weights="sphere"``, each particle theta_j = (a_j, w_j) uniform on the unit sphere S^D of
             R^{1+D} (the homogeneous setting of Chizat & Bach 2018, Sec. 4): then |w_j| < 1 and the
             draw is one (m, 1 + D) Gaussian block, normalised by rows, a its first column.
