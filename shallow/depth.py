@@ -21,7 +21,9 @@ Four constructions, each with the target, the input law, and an explicit deeper 
   squares ((x_i + y_i)^2 - (x_i - y_i)^2) / 4 and then the sine (:func:`daniely_network`).
 
 Deep networks are :class:`DeepReLU` objects: affine layers with relu between them, evaluable on
-numpy and CuPy arrays. Counting pieces and measuring exact L1 distances run on the host.
+numpy and CuPy arrays. A layer may be stored as a rank-one :class:`RankOneWeights` u v^T (the
+second layer of the 3-layer constructions: every neuron reads the same sum q_hat), in n_out + n_in
+entries. Counting pieces and measuring exact L1 distances run on the host.
 
 References
 ----------
@@ -40,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -53,6 +55,7 @@ from .networks import BLOCK_BYTES, TwoLayer
 
 __all__ = [
     "DeepReLU",
+    "RankOneWeights",
     "PiecewiseLinear",
     "sawtooth",
     "linear_pieces",
@@ -83,14 +86,143 @@ __all__ = [
 # Deep relu networks.
 # --------------------------------------------------------------------------------------------
 
+class RankOneWeights:
+    r"""A rank-one weight matrix W = u v^T of shape (n_out, n_in), stored as its two factors.
+
+    A layer of a :class:`DeepReLU` may be given as one: it takes n_out + n_in entries instead of
+    n_out n_in, and maps a batch of N inputs in O(N (n_out + n_in)) time instead of O(N n_out n_in).
+
+    Parameters
+    ----------
+    u : array of shape (n_out,)
+    v : array of shape (n_in,)
+        On one device (numpy or cupy), finite. The dtype is their common one.
+
+    Attributes
+    ----------
+    u, v : arrays
+        The factors, W[i, j] = u[i] v[j].
+
+    Notes
+    -----
+    H @ W.T (the layer applied to the rows of H, shape (N, n_in)) is computed as the outer
+    product of H v (N,) with u: one dot product per row, then one product per entry. With u = 1
+    (all the 3-layer constructions of this module) the entries are the dot products themselves,
+    the same numbers as the dense product up to the order of summation. Operators: ``W @ X``
+    (X of shape (n_in,) or (n_in, k)) and ``H @ W`` (H of shape (..., n_out)) are computed the same
+    way, and ``W.T`` is the rank-one (n_in, n_out) matrix v u^T. :meth:`dense` builds the
+    (n_out, n_in) array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> W = RankOneWeights(np.array([1.0, 2.0]), np.array([3.0, 0.0, -1.0]))
+    >>> W.shape, W.size
+    ((2, 3), 5)
+    >>> W.dense()
+    array([[ 3.,  0., -1.],
+           [ 6.,  0., -2.]])
+    >>> (np.array([[1.0, 1.0, 1.0]]) @ W.T).tolist()     # the layer applied to one row
+    [[2.0, 4.0]]
+    """
+
+    __array_ufunc__ = None  # numpy defers `ndarray @ W` to W.__rmatmul__
+    __array_priority__ = 2000  # as does CuPy
+
+    def __init__(self, u, v):
+        u = check_array(u, "u", ndim=1)
+        v = check_array(v, "v", ndim=1)
+        xp = get_xp(u, v)
+        dtype = xp.result_type(u.dtype, v.dtype)
+        self.u = u.astype(dtype, copy=False)
+        self.v = v.astype(dtype, copy=False)
+
+    @property
+    def shape(self) -> tuple:
+        """(n_out, n_in)."""
+        return (int(self.u.shape[0]), int(self.v.shape[0]))
+
+    @property
+    def size(self) -> int:
+        """The number of stored entries, n_out + n_in (not n_out n_in)."""
+        return int(self.u.shape[0] + self.v.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self):
+        """The common dtype of u and v."""
+        return self.u.dtype
+
+    @property
+    def T(self) -> RankOneWeights:
+        """W^T = v u^T, of shape (n_in, n_out)."""
+        return RankOneWeights(self.v, self.u)
+
+    def dense(self):
+        """W as an array of shape (n_out, n_in), on the factors' device: n_out n_in entries."""
+        return self.u[:, None] * self.v[None, :]
+
+    def astype(self, dtype, copy=True) -> RankOneWeights:
+        """The factors cast to ``dtype``."""
+        return RankOneWeights(self.u.astype(dtype, copy=copy), self.v.astype(dtype, copy=copy))
+
+    def __matmul__(self, X):
+        """W @ X for X of shape (n_in,) or (n_in, k): u (v . X)."""
+        X = get_xp(X, self.v).asarray(X)
+        if X.ndim not in (1, 2) or X.shape[0] != self.shape[1]:
+            raise ValueError(f"W @ X needs X of shape ({self.shape[1]},) or ({self.shape[1]}, k), got {tuple(X.shape)}")
+        s = self.v @ X  # () or (k,)
+        return self.u * s if X.ndim == 1 else self.u[:, None] * s[None, :]
+
+    def __rmatmul__(self, H):
+        """H @ W for H of shape (..., n_out): (H . u) v^T."""
+        H = get_xp(H, self.u).asarray(H)
+        if H.ndim < 1 or H.shape[-1] != self.shape[0]:
+            raise ValueError(f"H @ W needs H of shape (..., {self.shape[0]}), got {tuple(H.shape)}")
+        return (H @ self.u)[..., None] * self.v
+
+    def __repr__(self):
+        return f"RankOneWeights(shape={self.shape}, dtype={np.dtype(self.dtype).name})"
+
+
+def _apply_layer(H, W):
+    """H @ W^T, the layer W (an array or a RankOneWeights) applied to the rows of H (N, n_in): (N, n_out)."""
+    if isinstance(W, RankOneWeights):
+        return (H @ W.v)[:, None] * W.u[None, :]
+    return H @ W.T
+
+
+class _DenseWeights(Sequence):
+    """The weights W_l of a DeepReLU as arrays, a RankOneWeights layer materialised each time it is read."""
+
+    def __init__(self, stored):
+        self._stored = stored
+
+    def __len__(self):
+        return len(self._stored)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        W = self._stored[i]
+        return W.dense() if isinstance(W, RankOneWeights) else W
+
+    def __repr__(self):
+        return f"<weights of {len(self)} layers, shapes {[tuple(W.shape) for W in self._stored]}>"
+
+
 class DeepReLU:
     r"""A deep relu network f(x) = W_L relu(... relu(W_1 x + b_1) ...) + b_L.
 
     Parameters
     ----------
-    weights : list of arrays
+    weights : list of arrays or RankOneWeights
         W_1 of shape (n_1, d), W_2 of shape (n_2, n_1), ..., W_L of shape (n_L, n_{L-1});
-        L >= 1 affine layers, relu after each but the last.
+        L >= 1 affine layers, relu after each but the last. A layer given as a
+        :class:`RankOneWeights` u v^T is stored and applied by its factors.
     biases : list of arrays
         b_l of shape (n_l,), one per layer.
     meta : dict, optional
@@ -98,8 +230,10 @@ class DeepReLU:
 
     Attributes
     ----------
-    weights, biases : lists of arrays
-        On one device (numpy or cupy) and in one dtype (float32 or float64).
+    stored_weights : list of arrays or RankOneWeights
+        The W_l as stored, on one device (numpy or cupy) and in one dtype (float32 or float64).
+    biases : list of arrays
+        On the same device, in the same dtype.
 
     Notes
     -----
@@ -107,6 +241,10 @@ class DeepReLU:
     has one hidden layer (L = 2, a :class:`shallow.networks.TwoLayer` with relu and a bias, see
     :meth:`from_two_layer`) and a "3-layer network" two (L = 3). The output has n_L coordinates;
     with n_L = 1 a call returns shape (n,).
+
+    ``weights[l]`` is W_{l+1} as an array: a rank-one layer is materialised when it is read
+    (n_l n_{l-1} entries, 2.5 GB for the second layer of ``daniely_network(10)``); read
+    ``stored_weights[l]`` for its factors. :attr:`stored_entries` counts what is stored.
 
     Examples
     --------
@@ -116,6 +254,10 @@ class DeepReLU:
     array([0.5, 1. , 0.5])
     >>> net.widths, net.depth
     ((2,), 2)
+    >>> rank_one = DeepReLU([np.array([[1.0], [1.0]]), RankOneWeights(np.ones(1), np.array([2.0, -4.0]))],
+    ...                     [np.array([0.0, -0.5]), np.zeros(1)])    # the same W_2, by its factors
+    >>> rank_one(np.array([[0.25], [0.5], [0.75]])), rank_one.weights[1]
+    (array([0.5, 1. , 0.5]), array([[ 2., -4.]]))
     """
 
     def __init__(self, weights, biases, meta=None):
@@ -124,9 +266,10 @@ class DeepReLU:
         if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):
             raise ValueError(f"biases must be a list of {len(weights)} arrays (one per layer), got "
                              f"{len(biases) if isinstance(biases, (list, tuple)) else type(biases).__name__}")
-        Ws = [check_array(W, f"weights[{i}]", ndim=2) for i, W in enumerate(weights)]
+        Ws = [W if isinstance(W, RankOneWeights) else check_array(W, f"weights[{i}]", ndim=2)
+              for i, W in enumerate(weights)]
         bs = [check_array(b, f"biases[{i}]", ndim=1) for i, b in enumerate(biases)]
-        xp = get_xp(*Ws, *bs)
+        xp = get_xp(*_stored_arrays(Ws), *bs)
         for i, (W, b) in enumerate(zip(Ws, bs)):
             if b.shape[0] != W.shape[0]:
                 raise ValueError(f"biases[{i}] has shape {tuple(b.shape)} but weights[{i}] has shape "
@@ -138,9 +281,14 @@ class DeepReLU:
             raise TypeError(f"meta must be a dict of facts about the construction, got {type(meta).__name__}")
         dtype = check_float_dtype(xp.result_type(*[W.dtype for W in Ws], *[b.dtype for b in bs]),
                                   "the common dtype of weights and biases")
-        self.weights = [W.astype(dtype, copy=False) for W in Ws]
+        self.stored_weights = [W.astype(dtype, copy=False) for W in Ws]
         self.biases = [b.astype(dtype, copy=False) for b in bs]
         self.meta = dict(meta or {})
+
+    @property
+    def weights(self) -> Sequence:
+        """W_1, ..., W_L as arrays; a rank-one layer is materialised (n_l n_{l-1} entries) each time it is read."""
+        return _DenseWeights(self.stored_weights)
 
     @classmethod
     def from_two_layer(cls, net: TwoLayer) -> DeepReLU:
@@ -160,22 +308,22 @@ class DeepReLU:
     @property
     def xp(self):
         """The array module of the weights (numpy or cupy)."""
-        return get_xp(*self.weights)
+        return get_xp(*_stored_arrays(self.stored_weights))
 
     @property
     def depth(self) -> int:
         """L, the number of affine layers (hidden layers + 1)."""
-        return len(self.weights)
+        return len(self.stored_weights)
 
     @property
     def d(self) -> int:
         """Input dimension."""
-        return int(self.weights[0].shape[1])
+        return int(self.stored_weights[0].shape[1])
 
     @property
     def widths(self) -> tuple:
         """The widths n_1, ..., n_{L-1} of the hidden layers."""
-        return tuple(int(W.shape[0]) for W in self.weights[:-1])
+        return tuple(int(W.shape[0]) for W in self.stored_weights[:-1])
 
     @property
     def n_neurons(self) -> int:
@@ -183,60 +331,84 @@ class DeepReLU:
         return int(sum(self.widths))
 
     @property
+    def stored_entries(self) -> int:
+        """The number of stored parameters: the entries of the weights as stored (n_l + n_{l-1} for a rank-one
+        layer) and of the biases."""
+        return int(sum(W.size for W in self.stored_weights) + sum(b.size for b in self.biases))
+
+    @property
     def dtype(self):
         """The common dtype of the weights and biases (that of the first layer's W)."""
-        return self.weights[0].dtype
+        return self.stored_weights[0].dtype
 
     @property
     def device(self) -> str:
         """``"cpu"`` or ``"gpu"``: where the weights and biases live (that of the first layer's W)."""
-        return device_of(self.weights[0])
+        return device_of(_stored_arrays(self.stored_weights[:1])[0])
 
     def to_device(self, device: str) -> DeepReLU:
         """The same network with its parameters on ``device`` ("cpu" or "gpu")."""
-        return DeepReLU([to_device(W, device) for W in self.weights], [to_device(b, device) for b in self.biases],
+        move = (lambda W: RankOneWeights(to_device(W.u, device), to_device(W.v, device))
+                if isinstance(W, RankOneWeights) else to_device(W, device))
+        return DeepReLU([move(W) for W in self.stored_weights], [to_device(b, device) for b in self.biases],
                         self.meta)
 
     def astype(self, dtype) -> DeepReLU:
         """The same network with its parameters cast to ``dtype`` (float32 or float64), on the same device.
 
-        A parameter beyond float32's range raises ValueError rather than becoming inf. ``meta`` is
-        copied as it is: a proven ``error_bound`` is about the construction, not the rounding.
+        A parameter beyond float32's range raises ValueError rather than becoming inf (for a rank-one layer,
+        an entry of u or v). ``meta`` is copied as it is: a proven ``error_bound`` is about the construction,
+        not the rounding.
         """
         dtype = check_float_dtype(dtype)
-        return DeepReLU([cast_within_range(W, dtype, f"weights[{i}]", "the cast network")
-                         for i, W in enumerate(self.weights)],
+
+        def cast(W, i):
+            if isinstance(W, RankOneWeights):
+                return RankOneWeights(cast_within_range(W.u, dtype, f"weights[{i}].u", "the cast network"),
+                                      cast_within_range(W.v, dtype, f"weights[{i}].v", "the cast network"))
+            return cast_within_range(W, dtype, f"weights[{i}]", "the cast network")
+
+        return DeepReLU([cast(W, i) for i, W in enumerate(self.stored_weights)],
                         [cast_within_range(b, dtype, f"biases[{i}]", "the cast network")
                          for i, b in enumerate(self.biases)], self.meta)
 
     def __repr__(self):
-        return (f"DeepReLU(d={self.d}, widths={self.widths}, outputs={int(self.weights[-1].shape[0])}, "
+        return (f"DeepReLU(d={self.d}, widths={self.widths}, outputs={int(self.stored_weights[-1].shape[0])}, "
                 f"dtype={np.dtype(self.dtype).name}, device={self.device!r})")
 
     def __call__(self, X):
         """f(x) for each row of X (n, d): shape (n,) for one output, (n, n_L) otherwise.
 
         Samples are processed in chunks so that a (chunk, width) block takes about 16 MiB (``BLOCK_BYTES``).
+        A rank-one layer u v^T costs one dot product with v and one product with u per sample.
         """
         X = check_points(X, "X")
         xp = self.xp
-        get_xp(X, self.weights[0])
+        get_xp(X, *_stored_arrays(self.stored_weights[:1]))
         if X.shape[1] != self.d:
             raise ValueError(f"X has shape {tuple(X.shape)} but the network takes d={self.d} coordinates")
         X = cast_within_range(X, self.dtype, "X", "the network")
         n = X.shape[0]
-        k = int(self.weights[-1].shape[0])
+        k = int(self.stored_weights[-1].shape[0])
         width = max(max(self.widths, default=1), k, self.d)
         step = max(1, BLOCK_BYTES // (width * np.dtype(self.dtype).itemsize))
         out = xp.empty((n, k), dtype=self.dtype)  # (n, n_L)
         for start in range(0, n, step):
             H = X[start:start + step]
-            for W, b in zip(self.weights[:-1], self.biases[:-1]):
-                H = H @ W.T
+            for W, b in zip(self.stored_weights[:-1], self.biases[:-1]):
+                H = _apply_layer(H, W)
                 H += b
                 xp.maximum(H, 0, out=H)
-            out[start:start + step] = H @ self.weights[-1].T + self.biases[-1]
+            out[start:start + step] = _apply_layer(H, self.stored_weights[-1]) + self.biases[-1]
         return out[:, 0] if k == 1 else out
+
+
+def _stored_arrays(Ws):
+    """The arrays that hold the weights Ws (arrays or RankOneWeights): for get_xp and device_of."""
+    out = []
+    for W in Ws:
+        out.extend((W.u, W.v) if isinstance(W, RankOneWeights) else (W,))
+    return out
 
 
 def sawtooth(k, dtype=np.float64, device="cpu") -> DeepReLU:
@@ -382,15 +554,20 @@ def _check_relu_two_layer(f, name):
 
 
 def _line_layers(f, origin, direction):
-    """Host float64 layers (W, b) of f restricted to the line x(t) = origin + t direction."""
+    """Host float64 layers (W, b) of f restricted to the line x(t) = origin + t direction.
+
+    A rank-one layer u v^T comes as the pair (u, v) (see :func:`_times_transpose`); the first layer, restricted
+    to the line, is a dense column.
+    """
     if isinstance(f, TwoLayer):
         _check_relu_two_layer(f, "f")
         f = DeepReLU.from_two_layer(f)
     if not isinstance(f, DeepReLU):
         raise ValueError(f"f must be a DeepReLU or a relu TwoLayer network, got {type(f).__name__}")
-    Ws = [to_numpy(W).astype(np.float64) for W in f.weights]
-    bs = [to_numpy(b).astype(np.float64) for b in f.biases]
-    d = Ws[0].shape[1]
+    host = lambda a: to_numpy(a).astype(np.float64)  # noqa: E731
+    Ws = [(host(W.u), host(W.v)) if isinstance(W, RankOneWeights) else host(W) for W in f.stored_weights]
+    bs = [host(b) for b in f.biases]
+    d = f.d
     if direction is None:
         if d != 1:
             raise ValueError(f"f takes d={d} coordinates: give the line's direction (and origin), shape ({d},)")
@@ -403,9 +580,27 @@ def _line_layers(f, origin, direction):
     if not direction.any():
         raise ValueError("direction must be nonzero")
     W1, b1 = Ws[0], bs[0]
-    Ws[0] = (W1 @ direction)[:, None]  # (n_1, 1)
-    bs[0] = W1 @ origin + b1
+    if isinstance(W1, tuple):  # u v^T x(t) = u (v . origin) + t u (v . direction)
+        u, v = W1
+        Ws[0] = (u * (v @ direction))[:, None]  # (n_1, 1)
+        bs[0] = u * (v @ origin) + b1
+    else:
+        Ws[0] = (W1 @ direction)[:, None]  # (n_1, 1)
+        bs[0] = W1 @ origin + b1
     return Ws, bs
+
+
+def _times_transpose(A, W):
+    """A @ W^T for A (p, n_in) and a layer W of :func:`_line_layers`: an array, or (u, v) for u v^T: (p, n_out)."""
+    if isinstance(W, tuple):
+        u, v = W
+        return (A @ v)[:, None] * u[None, :]
+    return A @ W.T
+
+
+def _width(W):
+    """n_out of a layer of :func:`_line_layers`."""
+    return W[0].shape[0] if isinstance(W, tuple) else W.shape[0]
 
 
 def _to_fractions(a):
@@ -471,7 +666,7 @@ def _check_pieces(p, n, layer, lo, hi, exact):
 def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
     """Exact affine pieces of a relu network of one input on [lo, hi]: (P, slopes, intercepts)."""
     if exact:
-        Ws = [_to_fractions(W) for W in Ws]
+        Ws = [tuple(_to_fractions(a) for a in W) if isinstance(W, tuple) else _to_fractions(W) for W in Ws]
         bs = [_to_fractions(b) for b in bs]
         P = np.array([Fraction(lo), Fraction(hi)], dtype=object)
         A = np.array([[Fraction(1)]], dtype=object)
@@ -482,13 +677,13 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
     L = len(Ws)
     for layer in range(L - 1):
         W, b = Ws[layer], bs[layer]
-        _check_pieces(A.shape[0], W.shape[0], layer, lo, hi, exact)  # S, C and the crossings: (p, n) each
-        S = A @ W.T  # (p, n) slopes of the pre-activations
-        C = B @ W.T + b  # (p, n) intercepts
+        _check_pieces(A.shape[0], _width(W), layer, lo, hi, exact)  # S, C and the crossings: (p, n) each
+        S = _times_transpose(A, W)  # (p, n) slopes of the pre-activations
+        C = _times_transpose(B, W) + b  # (p, n) intercepts
         P_new, parent, mid = _refine(P, S, C, exact, tol)
         u, v = P_new[:-1], P_new[1:]  # (q,) the ends of the new pieces
         last_hidden = layer == L - 2
-        q, n = len(mid), W.shape[0]
+        q, n = len(mid), _width(W)
         _check_pieces(q, n, layer, lo, hi, exact)  # before the (q, n) activity masks and maps of the new pieces
         W_next, b_next = Ws[layer + 1], bs[layer + 1]
         # Rows per block, so that the (rows, n) blocks stay near BLOCK_BYTES in float64.
@@ -506,15 +701,15 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
             if exact:
                 An, Bn = An.astype(object), Bn.astype(object)
             if last_hidden:  # fold the output layer in, block by block
-                outs_A.append(An @ W_next.T)
-                outs_B.append(Bn @ W_next.T + b_next)
+                outs_A.append(_times_transpose(An, W_next))
+                outs_B.append(_times_transpose(Bn, W_next) + b_next)
             else:
                 outs_A.append(An)
                 outs_B.append(Bn)
         A, B = np.concatenate(outs_A, axis=0), np.concatenate(outs_B, axis=0)
         P = P_new
     if L == 1:
-        A, B = A @ Ws[0].T, B @ Ws[0].T + bs[0]
+        A, B = _times_transpose(A, Ws[0]), _times_transpose(B, Ws[0]) + bs[0]
     return P, A, B  # A, B: (p, n_L) slopes and intercepts of the output
 
 
@@ -837,18 +1032,19 @@ def sawtooth_l1_lower_bound(k, pieces) -> float:
 # 3-layer networks: univariate squares, then a piecewise-linear profile.
 # --------------------------------------------------------------------------------------------
 
-_WEIGHTS_MAX = 10**9  # most entries of W_1 and W_2 a 3-layer construction builds (8 GB in float64)
+_WEIGHTS_MAX = 10**9  # most stored entries of W_1 and W_2 a 3-layer construction builds (8 GB in float64)
 
 
 def _check_weights(n1, n2, D, hint):
-    """Refuse a 3-layer network whose W_1 (n1, D) and W_2 (n2, n1) would hold more than _WEIGHTS_MAX entries.
+    """Refuse a 3-layer network whose W_1 (n1, D) and rank-one W_2 (n2, n1), stored as n2 + n1 factors, would
+    hold more than _WEIGHTS_MAX entries.
 
     n1 and n2 may be floats (estimated before rounding up), so that a tiny tolerance gives this error
     rather than an overflow.
     """
-    size = n1 * (D + n2)
+    size = n1 * D + n1 + n2
     if not size <= _WEIGHTS_MAX:
-        raise ValueError(f"the network would have hidden widths ({n1:.3g}, {n2:.3g}) and {size:.3g} weights "
+        raise ValueError(f"the network would have hidden widths ({n1:.3g}, {n2:.3g}) and {size:.3g} stored weights "
                          f"(> {_WEIGHTS_MAX:.0e}): {hint}")
 
 
@@ -872,6 +1068,10 @@ def _squares_then_profile(A, c, B, K, knots, values, dtype, device, meta):
     a coordinate beyond B_p, however large, when c >= 0) each of them is exactly 0 and the output is
     the bias values[-1], with no rounding; relu(q_hat - kappa_k) summed there terms of size q_hat that
     cancel, and lost all accuracy in float32 from |x| ~ 1e3 on.
+
+    Every second-layer neuron reads the same q_hat: W_2 = 1 (-v)^T is rank one and is stored as its
+    factors (:class:`RankOneWeights`), n_2 + n_1 entries rather than n_2 n_1 (2.5 GB for
+    ``daniely_network(10)``), and q_hat is computed once per input.
     """
     rows, bias, coef = [], [], []
     for a, cp, Bp, Kp in zip(A, c, B, K):
@@ -889,14 +1089,13 @@ def _squares_then_profile(A, c, B, K, knots, values, dtype, device, meta):
     kn, beta = _profile_increments(np.asarray(knots, float), np.asarray(values, float))
     if kn.size == 0:  # a constant profile: keep one idle neuron so that the network has two hidden layers
         kn, beta = np.zeros(1), np.zeros(1)
-    W2 = np.repeat(-v[None, :], kn.size, axis=0)  # (n_2, n_1), rank one: relu(kappa_k - q_hat)
+    W2 = RankOneWeights(to_device(np.ones(kn.size, dtype=dtype), device),
+                        to_device((-v).astype(dtype), device))  # (n_2, n_1) = 1 (-v)^T: relu(kappa_k - q_hat)
     b2 = kn
     W3 = beta[None, :]  # (1, n_2)
     b3 = np.array([float(values[-1])])
-    layers = [W1, W2, W3]
-    biases = [b1, b2, b3]
-    return DeepReLU([to_device(W.astype(dtype), device) for W in layers],
-                    [to_device(b.astype(dtype), device) for b in biases], meta)
+    return DeepReLU([to_device(W1.astype(dtype), device), W2, to_device(W3.astype(dtype), device)],
+                    [to_device(b.astype(dtype), device) for b in (b1, b2, b3)], meta)
 
 
 def _check_profile(knots, values):
@@ -934,8 +1133,9 @@ def radial_network(knots, values, d, radius_bound, tolerance=1e-2, *, dtype=np.f
     Returns
     -------
     DeepReLU
-        Widths (2 K_sq d, K'): K_sq pieces per square and K' <= K kinks of psi. ``meta`` holds
-        ``"error_bound"`` (<= tolerance) and ``"pieces_per_square"``.
+        Widths (2 K_sq d, K'): K_sq pieces per square and K' <= K kinks of psi; W_2, rank one, is
+        stored as a :class:`RankOneWeights`. ``meta`` holds ``"error_bound"`` (<= tolerance) and
+        ``"pieces_per_square"``.
 
     Notes
     -----
@@ -1877,7 +2077,9 @@ def daniely_network(d, tolerance=0.05, *, frequency=None, dtype=np.float64, devi
     -------
     DeepReLU
         First hidden layer: piecewise-linear squares of x_i + y_i and x_i - y_i on [-2, 2];
-        second: the kinks of the interpolant of sin(omega q) on [-1, 1].
+        second: the kinks of the interpolant of sin(omega q) on [-1, 1], all reading the same q_hat
+        (W_2 is a :class:`RankOneWeights`: 0.54 million entries in all at d = 10, where a dense W_2
+        alone took 3.2e8).
 
     Notes
     -----

@@ -336,6 +336,23 @@ def _daniely_network(xp):
     return net(depth.sample_daniely(6, 2, rng=0, device=device_name(xp)))
 
 
+def _daniely_network_float32_moved(xp):
+    # built on the host, then cast and moved: the rank-one W_2 travels as its two factors
+    net = depth.daniely_network(2, 0.2).astype(np.float32).to_device(device_name(xp))
+    return net(depth.sample_daniely(6, 2, rng=0, dtype=np.float32, device=device_name(xp)))
+
+
+def _count_linear_pieces_rank_one(xp):
+    net = depth.radial_network(xp.asarray([0.0, 0.5, 1.0]), xp.asarray([0.0, 1.0, 0.0]), 2, 1.0, 0.05,
+                               device=device_name(xp))
+    return depth.count_linear_pieces(net, (0.0, 2.0), origin=xp.asarray([-1.0, 0.1]), direction=xp.asarray([1.0, 0.0]))
+
+
+def _rank_one_weights(xp):
+    W = depth.RankOneWeights(draw(xp, (4,)), draw(xp, (3,), 1))
+    return W @ draw(xp, (3, 2), 2), W.T @ draw(xp, (4,), 3), W.dense()
+
+
 def _l1_distance(xp, **kwargs):
     return depth.l1_distance(depth.sawtooth(2, device=device_name(xp)), depth.sawtooth(3, device=device_name(xp)),
                              **kwargs)
@@ -363,12 +380,15 @@ DEPTH_ON_DEVICE = {
     "EldanShamirFunction": lambda xp: depth.EldanShamirFunction(3, n_shells=3, rng=0)(draw(xp, (6, 3))),
     "EldanShamirFunction.network": _eldan_shamir_network,
     "PiecewiseLinear": on_host(_piecewise_linear),
+    "RankOneWeights": _rank_one_weights,
     "ball_indicator": lambda xp: depth.ball_indicator(draw(xp, (6, 3))),
     "ball_indicator_network": lambda xp: depth.ball_indicator_network(3, device=device_name(xp))(draw(xp, (6, 3))),
     "count_linear_pieces": lambda xp: depth.count_linear_pieces(depth.sawtooth(3, device=device_name(xp))),
     "count_linear_pieces.direction": _count_linear_pieces_direction,
+    "count_linear_pieces.rank_one": _count_linear_pieces_rank_one,
     "daniely_function": lambda xp: depth.daniely_function(draw(xp, (6, 6))),
     "daniely_network": _daniely_network,
+    "daniely_network.float32.to_device": _daniely_network_float32_moved,
     "eldan_shamir_density": lambda xp: depth.eldan_shamir_density(draw(xp, (6, 3))),
     "eldan_shamir_phi": lambda xp: depth.eldan_shamir_phi(draw(xp, (6, 3))),
     "eldan_shamir_radial_cdf": lambda xp: depth.eldan_shamir_radial_cdf(xp.linspace(0.1, 3.0, 7), 3),

@@ -31,7 +31,7 @@ BAD = [
     ("cnn_vs_shallow", {"ridge": -1.0}, "ridge must be a finite number >= 0"),
     ("cnn_vs_shallow", {"sizes": (100, 50)}, "sizes must be strictly increasing"),
     ("daniely_separation", {"dims": (1, 2)}, "dims must be an integer >= 2"),
-    ("daniely_separation", {"network_dims": (2, 7)}, "network_dims holds d=7, whose depth-3 network"),
+    ("daniely_separation", {"network_dims": (3, 2)}, "network_dims must hold at least 1 strictly increasing"),
     ("daniely_separation", {"n": 1}, "n must be an integer >= 2"),
     ("depth_separation_radial", {"dims": (0,)}, "dims must be an integer >= 1"),
     ("depth_separation_radial", {"widths": (64, 16)}, "widths must hold at least 1 strictly increasing"),
