@@ -82,7 +82,9 @@ class CapturedStep:
         Without random generators (no dropout); parameters of one dtype.
     loss : CrossEntropy or SquareLoss
     optimizer : Optimizer
-        SGD or Adam (any Optimizer whose ``step`` is the base class's) on ``model.named_parameters()``.
+        SGD or Adam (any Optimizer whose ``step`` is the base class's) on ``model.named_parameters()``,
+        with any of their options: the gradient clipping's norm and factor are computed on the device
+        within the step, and the per-parameter weight decay is a vector (or mask) built once.
 
     Attributes
     ----------

@@ -4,6 +4,9 @@ Both are means over the batch, so that the gradient of a mini-batch estimates th
 
 * cross-entropy of logits z (N, K) against labels y in {0, ..., K-1}:
   L = (1/N) sum_n [logsumexp(z_n) - z_{n, y_n}], dL/dz = (softmax(z) - onehot(y)) / N;
+  with label smoothing eps (Szegedy et al. 2016, Sec. 7; PyTorch's ``label_smoothing``), against
+  the targets q_n = (1 - eps) onehot(y_n) + eps / K:
+  L = (1/N) sum_n [logsumexp(z_n) - sum_k q_{n,k} z_{n,k}], dL/dz = (softmax(z) - q) / N;
 * square loss of outputs f (N, K) against targets Y (N, K):
   L = (1/(2N)) sum_n |f_n - Y_n|^2, dL/df = (f - Y) / N; integer labels are one-hot encoded.
   PyTorch's ``MSELoss()`` (the mean of the N K squares, no 1/2) is 2/K times this L.
@@ -22,6 +25,8 @@ References
    NeurIPS 2019, arXiv:1812.07956, Sec. 2 (the scaled objective).
 2. I. Goodfellow, Y. Bengio and A. Courville, "Deep Learning", MIT Press 2016, Sec. 6.2.2.3 and
    4.1 (softmax cross-entropy and its stable evaluation).
+3. C. Szegedy, V. Vanhoucke, S. Ioffe, J. Shlens and Z. Wojna, "Rethinking the Inception
+   architecture for computer vision", CVPR 2016, arXiv:1512.00567, Sec. 7 (label smoothing).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_array, check_integer, check_positive
+from .._validation import check_array, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp
 
 __all__ = ["CrossEntropy", "SquareLoss", "log_softmax", "cross_entropy_per_sample", "accuracy", "check_labels"]
@@ -242,12 +247,16 @@ def cross_entropy_per_sample(z, y):
 
 
 class CrossEntropy:
-    """Softmax cross-entropy, L = (scale / N) sum_n [logsumexp(z_n) - z_{n, y_n}].
+    """Softmax cross-entropy, L = (scale / N) sum_n [logsumexp(z_n) - sum_k q_{n,k} z_{n,k}].
+
+    The targets are q_n = onehot(y_n), or (1 - eps) onehot(y_n) + eps / K with label smoothing eps.
 
     Parameters
     ----------
     scale : float
         Multiplies value and gradient (1 / alpha^2 for the lazy-training objective).
+    label_smoothing : float
+        eps in [0, 1], default 0 (none): PyTorch's ``CrossEntropyLoss(label_smoothing=eps)``.
 
     Examples
     --------
@@ -257,8 +266,12 @@ class CrossEntropy:
     (True, (2, 4))
     """
 
-    def __init__(self, scale=1.0):
+    def __init__(self, scale=1.0, label_smoothing=0.0):
         self.scale = check_positive(scale, "scale")
+        self.label_smoothing = check_nonnegative(label_smoothing, "label_smoothing")
+        if self.label_smoothing > 1:
+            raise ValueError(f"label_smoothing must be in [0, 1] (the weight of the uniform target), "
+                             f"got {label_smoothing!r}")
 
     def value_and_grad(self, z, y, *, check=True, as_array=False):
         """(L, dL/dz) for logits z of shape (N, K) and labels y of shape (N,).
@@ -277,28 +290,47 @@ class CrossEntropy:
             _check_label_shape(y, z.shape[0])
         N = z.shape[0]
         losses, grad = cross_entropy_per_sample(z, y)
+        eps = self.label_smoothing
+        if eps:
+            # l_n = (1 - eps) [lse - z_y] + eps [lse - mean_k z_k] = [lse - z_y] + eps [z_y - mean_k z_k],
+            # dl/dz = softmax - onehot + eps (onehot - 1/K)
+            xp, K = get_xp(z), z.shape[1]
+            zf = z if z.dtype.kind == "f" else z.astype(grad.dtype)
+            rows = xp.arange(N)
+            losses = losses + eps * (zf[rows, y] - zf.mean(axis=1))
+            grad -= eps / K
+            grad[rows, y] += eps
         value = _total(losses.sum(), as_array) * self.scale / N
         grad *= self.scale / N
         return value, grad
 
+    def _smoothed(self, logp, y):
+        """sum_n of -sum_k q_{n,k} log p_{n,k} from log-probabilities logp (N, K), a 0-d array."""
+        xp = get_xp(logp)
+        true = logp[xp.arange(logp.shape[0]), y]
+        eps = self.label_smoothing
+        if not eps:  # not (1 - 0) true + 0 mean: 0 * -inf is NaN where a class has probability 0
+            return -true.sum()
+        return -((1.0 - eps) * true + eps * logp.mean(axis=1)).sum()
+
     def _limit_value(self, z, y):
         """L as a float for logits z (N, K) that may hold +inf, by :func:`_log_softmax_limit`: the term of a
         sample is 0 for a lone +inf logit at its label, log c for c tied +inf maxima one of which is the
-        label's, +inf for a +inf logit elsewhere; labels y valid and on z's device (unchecked)."""
+        label's, +inf for a +inf logit elsewhere (and, with label smoothing, wherever a class has
+        probability 0); labels y valid and on z's device (unchecked)."""
         xp = get_xp(z)
         z = z if z.dtype.kind == "f" else z.astype(xp.float64)
-        logp = _log_softmax_limit(z)
-        return -float(logp[xp.arange(z.shape[0]), y].sum()) * self.scale / z.shape[0]
+        return float(self._smoothed(_log_softmax_limit(z), y)) * self.scale / z.shape[0]
 
     def __call__(self, z, y):
         """L for logits z of shape (N, K) and labels y of shape (N,)."""
         z = _check_outputs(z, "z")
         y = check_labels(y, z.shape[1], "y", n=z.shape[0])
-        logp = log_softmax(z)
-        return -float(logp[get_xp(z).arange(z.shape[0]), y].sum()) * self.scale / z.shape[0]
+        return float(self._smoothed(log_softmax(z), y)) * self.scale / z.shape[0]
 
     def __repr__(self):
-        return f"CrossEntropy(scale={self.scale})"
+        smoothing = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"CrossEntropy(scale={self.scale}{smoothing})"
 
 
 class SquareLoss:

@@ -25,6 +25,28 @@ Adam (Kingma and Ba 2015, Algorithm 1), t >= 1 the number of the step:
     m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,
     theta <- theta - eta_t (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps).
 
+Weight decay on some parameters only. The usual practice decays the weights but not the biases
+nor the batch-norm scales and shifts: ``no_decay=("b", "gamma", "beta")`` (:data:`BIASES_AND_NORMS`)
+gives lambda = 0 to the parameters whose name matches one of the patterns (``fnmatch`` patterns,
+matched against the dotted name of ``model.named_parameters()``, ``"net.4.gamma"``, or its last
+component, ``"gamma"``). It is PyTorch's two parameter groups,
+
+    torch.optim.SGD([{"params": decayed, "weight_decay": lam}, {"params": others, "weight_decay": 0.0}], ...),
+
+with the same numbers. On flat parameters the step multiplies by a vector of the lambdas (for
+AdamW: chooses the factor (1 - eta_t lambda) or 1 by a mask), built once: as many operations as
+with one lambda for all.
+
+Gradient clipping by global norm (``clip_norm=c``), as ``torch.nn.utils.clip_grad_norm_(params, c)``
+before each step: the gradient of all the parameters together is scaled,
+
+    grad <- grad min(1, c / (|grad|_2 + 1e-6)),
+
+before the weight decay is added (PyTorch's order: the clipping acts on the gradients, the decay
+is the optimiser's). The norm and the factor stay on the device (no wait for it); on flat
+gradients they are one norm of one array. :func:`clip_grad_norm` does the same in place on a dict
+of gradients, for a loop of one's own.
+
 References
 ----------
 1. I. Sutskever, J. Martens, G. Dahl and G. Hinton, "On the importance of initialization and
@@ -38,16 +60,22 @@ References
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping
 
-import numpy as np  # noqa: F401 (the docstring examples use np)
+import numpy as np
 
 from .._validation import check_array, check_bool, check_integer, check_nonnegative, check_positive
 from ..backend import get_xp, to_numpy
 from .layers import check_layer, replaced
 
-__all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule"]
+__all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule", "clip_grad_norm",
+           "BIASES_AND_NORMS"]
+
+#: The ``no_decay`` patterns of the usual practice: no weight decay on biases (``b``) nor on the
+#: scales and shifts of batch normalisation (``gamma``, ``beta``).
+BIASES_AND_NORMS = ("b", "gamma", "beta")
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -203,6 +231,95 @@ def _flat_base(arrays):
     return base if address == _address(base) + base.size * itemsize else None
 
 
+def _clip_factor(g, max_norm):
+    """min(1, max_norm / (|g|_2 + 1e-6)) for a 1-D array g, as a 0-d array (a numpy scalar on the host):
+    on a device it stays there, so that nothing waits for it. The sum of squares is not ``vdot``
+    (cuBLAS, which a recorded step may not call)."""
+    xp = get_xp(g)
+    norm = xp.sqrt(xp.sum(g * g))
+    return xp.minimum(max_norm / (norm + 1e-6), 1), norm
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale the gradients in place so that their global norm is at most ``max_norm``; return the norm before.
+
+    As ``torch.nn.utils.clip_grad_norm_``: every gradient is multiplied by
+    min(1, max_norm / (|g|_2 + 1e-6)), |g|_2 the norm of all the gradients together.
+
+    Parameters
+    ----------
+    grads : dict of str -> array
+        Usually ``model.named_gradients()`` after a backward pass; floating-point arrays, updated in place.
+    max_norm : float
+        The bound, a finite number > 0.
+
+    Returns
+    -------
+    norm : 0-d array
+        |g|_2 before the scaling, on the gradients' device (reading it on the host waits for the device).
+
+    Raises
+    ------
+    ValueError
+        For max_norm not a finite number > 0, or grads not a non-empty dict of floating-point arrays.
+
+    Notes
+    -----
+    When the gradients tile one array (flat parameters, :meth:`~shallow.cnn.layers.Layer.to`), the
+    norm is that of the array and the scaling one multiplication. An optimiser with ``clip_norm``
+    clips within its step, without writing the gradients.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grads = {"a": np.array([3.0]), "b": np.array([4.0])}
+    >>> float(clip_grad_norm(grads, 1.0)), round(float(grads["a"][0]), 6), round(float(grads["b"][0]), 6)
+    (5.0, 0.6, 0.8)
+    """
+    max_norm = check_positive(max_norm, "max_norm")
+    if not isinstance(grads, Mapping) or not grads:
+        raise ValueError("grads must be a non-empty dict of name -> array (model.named_gradients())")
+    for name, g in grads.items():
+        if getattr(getattr(g, "dtype", None), "kind", None) != "f":
+            what = f"dtype {g.dtype}" if hasattr(g, "dtype") else type(g).__name__
+            raise ValueError(f"grads[{name!r}] must be a floating-point array (scaled in place), got {what}")
+    arrays = list(grads.values())
+    flat = _flat_base(arrays)
+    if flat is not None:
+        s, norm = _clip_factor(flat, max_norm)
+        flat *= s
+        return norm
+    s, norm = _clip_factor(get_xp(arrays[0]).concatenate([g.ravel() for g in arrays]), max_norm)
+    for g in arrays:
+        g *= s
+    return norm
+
+
+def _matches(name: str, patterns) -> bool:
+    """Whether a dotted parameter name, or its last component, matches one of the fnmatch patterns."""
+    last = name.rsplit(".", 1)[-1]
+    return any(fnmatch.fnmatchcase(name, q) or fnmatch.fnmatchcase(last, q) for q in patterns)
+
+
+def _check_patterns(no_decay, names):
+    """``no_decay`` as a tuple of patterns (None when empty), each matching one of ``names`` at least."""
+    if no_decay is None:
+        return None
+    patterns = (no_decay,) if isinstance(no_decay, str) else no_decay
+    try:
+        patterns = tuple(patterns)
+    except TypeError:
+        raise ValueError(f"no_decay must be a parameter-name pattern or a sequence of them (such as "
+                         f"('b', 'gamma', 'beta')), got {type(no_decay).__name__}") from None
+    for q in patterns:
+        if not isinstance(q, str) or not q:
+            raise ValueError(f"no_decay must hold non-empty strings (fnmatch patterns of parameter names), got {q!r}")
+        if not any(_matches(name, (q,)) for name in names):
+            shown = ", ".join(list(names)[:6]) + (", ..." if len(names) > 6 else "")
+            raise ValueError(f"no_decay pattern {q!r} matches no parameter (a typo?): the names are {shown}")
+    return patterns or None
+
+
 class Optimizer:
     """Base class: parameters by name, a schedule, a step counter t and per-parameter state.
 
@@ -212,11 +329,26 @@ class Optimizer:
         Usually ``model.named_parameters()``: updated in place.
     lr : float or callable
         Learning rate or schedule t -> eta_t.
+    weight_decay : float >= 0
+        lambda, used by the subclass's update formula.
+    no_decay : str or sequence of str, optional
+        Patterns (``fnmatch``) of the parameters that get no weight decay, matched against the
+        dotted name or its last component: ``("b", "gamma", "beta")`` (:data:`BIASES_AND_NORMS`)
+        leaves out the biases and batch-norm parameters (module notes). Each pattern must match a
+        parameter.
+    clip_norm : float, optional
+        Clip the gradient to this global norm before each step (module notes); None (default) does not.
+
+    Notes
+    -----
+    Which parameters decay, and by how much, is settled at construction (on flat parameters, a
+    vector of lambdas or a mask, built once): to change ``weight_decay`` or ``no_decay``, build a
+    new optimiser (and :meth:`load_state_dict` the old one's state into it).
     """
 
     _slots: tuple = ()
 
-    def __init__(self, params, lr):
+    def __init__(self, params, lr, *, weight_decay=0.0, no_decay=None, clip_norm=None):
         if not isinstance(params, dict) or not params:
             raise ValueError("params must be a non-empty dict of name -> array (model.named_parameters())")
         for name, p in params.items():
@@ -226,9 +358,17 @@ class Optimizer:
         self.params = dict(params)
         self._check_current()
         self.schedule = as_schedule(lr)
+        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
+        self.no_decay = _check_patterns(no_decay, list(self.params))  # None: every parameter decays
+        self.clip_norm = None if clip_norm is None else check_positive(clip_norm, "clip_norm")
         self.t = 0
         arrays = list(self.params.values())
         self._flat = _flat_base(arrays)
+        # lambda of each parameter (None: no decay), and the flat form the subclass's formula takes
+        decayed = {name: not (self.no_decay and _matches(name, self.no_decay)) for name in self.params}
+        self._decays = {name: self.weight_decay if decayed[name] and self.weight_decay else None
+                        for name in self.params}
+        self._flat_decay = None
         if self._flat is None:
             self.state = {name: {slot: get_xp(p).zeros_like(p) for slot in self._slots}
                           for name, p in self.params.items()}
@@ -236,11 +376,21 @@ class Optimizer:
             # the state is flat like the parameters (same offsets), with a view per parameter
             self._flat_state = {slot: get_xp(self._flat).zeros_like(self._flat) for slot in self._slots}
             self.state = {name: {} for name in self.params}
-            offset = 0
+            offset, mask = 0, np.empty(self._flat.size, dtype=bool)
             for name, p in self.params.items():
                 for slot, flat in self._flat_state.items():
                     self.state[name][slot] = flat[offset:offset + p.size].reshape(p.shape)
+                mask[offset:offset + p.size] = decayed[name]
                 offset += p.size
+            if self.weight_decay and mask.any():
+                self._flat_decay = self.weight_decay if mask.all() else self._decay_array(mask)
+
+    def _decay_array(self, mask):
+        """The flat form of per-parameter decay for the update formula, from the host mask (flat, bool) of
+        the decayed entries: lambda on them and 0 elsewhere, in the parameters' dtype and on their device
+        (built once). A subclass whose formula needs the mask itself returns that instead."""
+        lam = np.where(mask, self._flat.dtype.type(self.weight_decay), self._flat.dtype.type(0))
+        return get_xp(self._flat).asarray(lam)
 
     def _check_current(self) -> None:
         """Refuse parameters that ``model.to(device)`` or ``model.flatten_parameters()`` replaced by new
@@ -329,12 +479,21 @@ class Optimizer:
         if flat_grads is not None and flat_grads.dtype == self._flat.dtype:
             # parameters and gradients each fill one array in the same order: one update of it all
             # (elementwise, so the same numbers as parameter by parameter)
-            self._update(self._flat, flat_grads, self._flat_state, coefficients)
+            g = flat_grads
+            if self.clip_norm is not None:
+                g = g * _clip_factor(g, self.clip_norm)[0]
+            self._update(self._flat, g, self._flat_state, coefficients, self._flat_decay)
         else:
+            if self.clip_norm is not None:
+                # the norm of the concatenation: the sum of squares of the flat path, in its order (the same numbers)
+                s = _clip_factor(get_xp(ordered[0]).concatenate([g.ravel() for g in ordered]), self.clip_norm)[0]
+                ordered = [g * s for g in ordered]
             for (name, p), g in zip(self.params.items(), ordered, strict=True):
-                self._update(p, g, self.state[name], coefficients)
+                self._update(p, g, self.state[name], coefficients, self._decays[name])
 
-    def _update(self, p, g, state, coefficients):
+    def _update(self, p, g, state, coefficients, decay):
+        """Update p in place from its gradient g. ``decay`` is None (no weight decay), lambda (a float, the
+        same for all of p), or what :meth:`_decay_array` made (flat parameters of several lambdas)."""
         raise NotImplementedError
 
     def _written_arrays(self) -> list:
@@ -381,6 +540,10 @@ class SGD(Optimizer):
     weight_decay : float >= 0
         lambda of the L2 penalty (lambda / 2) |theta|^2 added to the loss.
     nesterov : bool
+    no_decay : str or sequence of str, optional
+        Names (fnmatch patterns) of the parameters without weight decay (:class:`Optimizer`).
+    clip_norm : float, optional
+        Clip the gradient to this global norm first (:class:`Optimizer`).
 
     Examples
     --------
@@ -394,22 +557,22 @@ class SGD(Optimizer):
 
     _slots = ("momentum",)
 
-    def __init__(self, params, lr, *, momentum=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params, lr, *, momentum=0.0, weight_decay=0.0, nesterov=False, no_decay=None,
+                 clip_norm=None):
         self.momentum = check_nonnegative(momentum, "momentum")
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
         self.nesterov = check_bool(nesterov, "nesterov")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         if self.momentum == 0:
             self._slots = ()
-        super().__init__(params, lr)
+        super().__init__(params, lr, weight_decay=weight_decay, no_decay=no_decay, clip_norm=clip_norm)
 
-    def _update(self, p, g, state, coefficients):
+    def _update(self, p, g, state, coefficients, decay):
         (lr,) = coefficients
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+        if decay is not None:
+            g = g + decay * p
         if self.momentum:
             v = state["momentum"]
             v *= self.momentum
@@ -433,20 +596,31 @@ class Adam(Optimizer):
     weight_decay : float >= 0
     decoupled : bool
         AdamW: decay theta by eta_t lambda theta directly instead of adding lambda theta to the gradient.
+    no_decay : str or sequence of str, optional
+        Names (fnmatch patterns) of the parameters without weight decay (:class:`Optimizer`).
+    clip_norm : float, optional
+        Clip the gradient to this global norm first (:class:`Optimizer`).
     """
 
     _slots = ("m", "v")
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False,
+                 no_decay=None, clip_norm=None):
         if not hasattr(betas, "__len__") or len(betas) != 2:  # a single float: len() raised TypeError
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(check_nonnegative(b, "betas") for b in betas)
         if max(self.betas) >= 1:
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
         self.eps = check_positive(eps, "eps")  # eps = 0 divides 0 by 0 where a gradient stays 0
-        self.weight_decay = check_nonnegative(weight_decay, "weight_decay")
         self.decoupled = check_bool(decoupled, "decoupled")
-        super().__init__(params, lr)
+        super().__init__(params, lr, weight_decay=weight_decay, no_decay=no_decay, clip_norm=clip_norm)
+
+    def _decay_array(self, mask):
+        """AdamW multiplies the decayed entries by (1 - eta_t lambda), a coefficient of the step: it needs
+        the mask (on the parameters' device); Adam's L2 term takes the vector of lambdas."""
+        if self.decoupled:
+            return get_xp(self._flat).asarray(mask)
+        return super()._decay_array(mask)
 
     def _coefficients(self, t):
         """(1 - eta_t lambda) for AdamW's decay, eta_t / (1 - beta1^k) and 1 / (1 - beta2^k), k = t + 1."""
@@ -454,20 +628,22 @@ class Adam(Optimizer):
         lr, k = self._rate(t), t + 1
         return 1.0 - lr * self.weight_decay, lr / (1.0 - b1 ** k), 1.0 / (1.0 - b2 ** k)
 
-    def _update(self, p, g, state, coefficients):
-        decay, step, correction = coefficients
+    def _update(self, p, g, state, coefficients, decay):
+        factor, step, correction = coefficients
         b1, b2 = self.betas
-        if self.weight_decay:
-            if self.decoupled:
-                p *= decay
-            else:
-                g = g + self.weight_decay * p
+        xp = get_xp(p)
+        if decay is not None:
+            if not self.decoupled:
+                g = g + decay * p
+            elif isinstance(decay, float):
+                p *= factor
+            else:  # the mask of the decayed entries: their factor (in p's dtype, as p *= factor rounds it), or 1
+                p *= xp.where(decay, factor if hasattr(factor, "dtype") else p.dtype.type(factor), p.dtype.type(1))
         m, v = state["m"], state["v"]
         m *= b1
         m += (1.0 - b1) * g
         v *= b2
         v += (1.0 - b2) * (g * g)
-        xp = get_xp(p)
         denom = xp.sqrt(v * correction)
         denom += self.eps
         p -= step * m / denom

@@ -483,7 +483,11 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     loss : CrossEntropy or SquareLoss, optional
         Cross-entropy by default.
     optimizer : Optimizer, optional
-        SGD(lr=0.05, momentum=0.9) on ``model.named_parameters()`` by default.
+        SGD(lr=0.05, momentum=0.9) on ``model.named_parameters()`` by default. Gradient clipping
+        and weight decay on some parameters are options of the optimiser, saved with its settings
+        in a checkpoint: ``SGD(model.named_parameters(), lr, momentum=0.9, weight_decay=5e-4,
+        no_decay=BIASES_AND_NORMS, clip_norm=1.0)`` is PyTorch's loop with two parameter groups and
+        ``clip_grad_norm_(model.parameters(), 1.0)`` before each step (:mod:`~shallow.cnn.optim`).
     epochs : int
         Total number of epochs (a resumed run continues up to it).
     batch_size : int

@@ -7,6 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 from shallow.cnn import SGD, Adam, Constant, Cosine, CrossEntropy, SquareLoss, StepDecay, log_softmax
+from shallow.cnn.optim import BIASES_AND_NORMS, clip_grad_norm
 
 
 # --------------------------------------------------------------------------- losses
@@ -620,3 +621,208 @@ def test_accuracy_counts_a_tied_row_right_only_when_the_label_is_its_first_maxim
     tied_at_label = [n for n in range(40) if out[n, y[n]] == out[n].max() and first[n] != y[n]]
     assert tied_at_label  # rows whose label ties with an earlier maximum: counted wrong
     assert accuracy(out, y) == sum(first[n] == y[n] for n in range(40)) / 40
+
+
+# --------------------------------------------------------------------------- label smoothing
+def test_label_smoothed_cross_entropy_is_the_cross_entropy_against_the_smoothed_targets():
+    # PyTorch's CrossEntropyLoss(label_smoothing=eps): targets q = (1 - eps) onehot + eps / K, and
+    # L = (1/N) sum_n -sum_k q_nk log softmax(z_n)_k, dL/dz = (softmax(z) - q) / N, written with scipy
+    rng = np.random.default_rng(5)
+    z, y, eps = rng.standard_normal((7, 5)) * 3, rng.integers(0, 5, 7), 0.1
+    q = (1 - eps) * np.eye(5)[y] + eps / 5
+    logp = z - logsumexp(z, axis=1, keepdims=True)
+    loss = CrossEntropy(scale=0.5, label_smoothing=eps)
+    value, grad = loss.value_and_grad(z, y)
+    # the plain loss plus eps (z_y - mean z), summed in another order than the hand formula: a few eps64
+    assert value == pytest.approx(0.5 * np.mean(-(q * logp).sum(axis=1)), rel=1e-14)
+    assert loss(z, y) == pytest.approx(value, rel=1e-14)
+    np.testing.assert_allclose(grad, 0.5 * (np.exp(logp) - q) / 7, rtol=1e-13, atol=1e-16)
+
+
+def test_label_smoothed_cross_entropy_gradient_matches_central_differences():
+    rng = np.random.default_rng(6)
+    z, y = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    loss = CrossEntropy(scale=2.0, label_smoothing=0.2)
+    _, grad = loss.value_and_grad(z, y)
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-15)  # softmax - q sums to 0 (q sums to 1)
+    for _ in range(3):
+        v = rng.standard_normal(z.shape)
+        h = 1e-6  # truncation h^2 ~ 1e-12, rounding eps / h ~ 1e-10
+        fd = (loss(z + h * v, y) - loss(z - h * v, y)) / (2 * h)
+        assert fd == pytest.approx(np.vdot(grad, v), rel=1e-7, abs=1e-10)
+
+
+def test_label_smoothing_zero_gives_the_plain_cross_entropy_bitwise():
+    rng = np.random.default_rng(7)
+    z, y = rng.standard_normal((9, 3)).astype(np.float32), rng.integers(0, 3, 9)
+    plain, smoothed = CrossEntropy().value_and_grad(z, y), CrossEntropy(label_smoothing=0.0).value_and_grad(z, y)
+    assert plain[0] == smoothed[0]
+    np.testing.assert_array_equal(plain[1], smoothed[1])
+    assert repr(CrossEntropy(label_smoothing=0.0)) == "CrossEntropy(scale=1.0)"  # checkpoints of earlier runs resume
+
+
+def test_label_smoothing_of_one_is_the_cross_entropy_against_the_uniform_distribution():
+    # eps = 1: q = 1/K whatever the label: L = mean_n [logsumexp(z_n) - mean_k z_nk], by hand
+    z, y = np.array([[0.0, 1.0, 2.0]]), np.array([2])
+    expected = math.log(1 + math.e + math.e ** 2) - 1.0
+    assert CrossEntropy(label_smoothing=1.0)(z, y) == pytest.approx(expected, rel=1e-15)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5, float("nan")])
+def test_cross_entropy_refuses_a_label_smoothing_outside_0_1_naming_it(eps):
+    with pytest.raises(ValueError, match="label_smoothing must"):
+        CrossEntropy(label_smoothing=eps)
+
+
+# --------------------------------------------------------------------------- weight decay on some parameters
+def _tiled(shapes, values, dtype=np.float64):
+    """Arrays of the given shapes and values as consecutive views of one 1-D array (flat parameters)."""
+    base = np.concatenate([np.asarray(v, dtype=dtype).ravel() for v in values])
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        out[name] = base[offset:offset + size].reshape(shape)
+        offset += size
+    return out
+
+
+_SHAPES = {"net.0.W": (3, 2), "net.0.b": (2,), "net.1.gamma": (2,), "net.1.beta": (2,), "net.2.W": (2, 2)}
+
+
+def _params(flat, seed=0):
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal(s) for s in _SHAPES.values()]
+    return _tiled(_SHAPES, values) if flat else {n: v.copy() for n, v in zip(_SHAPES, values)}
+
+
+def _grads(flat, seed):
+    return _params(flat, seed)
+
+
+def _hand_steps(kind, lr, wd, steps, clip=None):
+    """Two steps by hand, entry by entry, with lambda = wd on the W's and 0 on b, gamma, beta (the formulas of the
+    module notes, and PyTorch's: parameter groups)."""
+    theta = {n: v.copy() for n, v in _params(False).items()}
+    m = {n: np.zeros(s) for n, s in _SHAPES.items()}
+    v = {n: np.zeros(s) for n, s in _SHAPES.items()}
+    b1, b2, mu, adam_eps = 0.8, 0.99, 0.9, 1e-8
+    for k, seed in enumerate(steps, start=1):
+        grads = _grads(False, seed)
+        if clip is not None:
+            norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+            grads = {n: g * min(1.0, clip / (norm + 1e-6)) for n, g in grads.items()}
+        for n in _SHAPES:
+            lam = wd if n.endswith(".W") else 0.0
+            t, g = theta[n], grads[n]
+            if kind in ("sgd", "nesterov"):
+                g = g + lam * t
+                m[n] = mu * m[n] + g
+                theta[n] = t - lr * (g + mu * m[n] if kind == "nesterov" else m[n])
+            else:
+                if kind == "adamw":
+                    t = t * (1 - lr * lam)
+                else:
+                    g = g + lam * t
+                m[n] = b1 * m[n] + (1 - b1) * g
+                v[n] = b2 * v[n] + (1 - b2) * g * g
+                theta[n] = t - lr * (m[n] / (1 - b1 ** k)) / (np.sqrt(v[n] / (1 - b2 ** k)) + adam_eps)
+    return theta
+
+
+_MAKE = {
+    "sgd": lambda p, **kw: SGD(p, lr=0.1, momentum=0.9, weight_decay=0.3, **kw),
+    "nesterov": lambda p, **kw: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.3, **kw),
+    "adam": lambda p, **kw: Adam(p, lr=0.1, betas=(0.8, 0.99), weight_decay=0.3, **kw),
+    "adamw": lambda p, **kw: Adam(p, lr=0.1, betas=(0.8, 0.99), weight_decay=0.3, decoupled=True, **kw),
+}
+
+
+@pytest.mark.parametrize("kind", _MAKE)
+def test_no_decay_gives_lambda_zero_to_biases_and_norms_and_lambda_to_the_weights(kind):
+    # two steps (the momentum and Adam's moments carry the decay of the first) against the hand computation;
+    # flat parameters and gradients (one array each, the fast path) give bitwise the numbers of separate ones
+    results = {}
+    for flat in (False, True):
+        params = _params(flat)
+        opt = _MAKE[kind](params, no_decay=BIASES_AND_NORMS)
+        assert (opt._flat is not None) == flat
+        for seed in (1, 2):
+            opt.step(_grads(flat, seed))
+        results[flat] = params
+    expected = _hand_steps(kind, 0.1, 0.3, (1, 2))
+    for name in _SHAPES:
+        # the same formula entry by entry, in other groupings of the products: a few eps64
+        np.testing.assert_allclose(results[False][name], expected[name], rtol=1e-14, atol=1e-15, err_msg=name)
+        np.testing.assert_array_equal(results[True][name], results[False][name], err_msg=name)
+
+
+def test_no_decay_patterns_match_the_dotted_name_or_its_last_component():
+    params = _params(False)
+    assert SGD(params, lr=0.1, weight_decay=0.1, no_decay=("b", "net.1.*"))._decays == {
+        "net.0.W": 0.1, "net.0.b": None, "net.1.gamma": None, "net.1.beta": None, "net.2.W": 0.1}
+    assert SGD(params, lr=0.1, weight_decay=0.1, no_decay="gamma")._decays["net.1.gamma"] is None
+
+
+@pytest.mark.parametrize("no_decay, match", [
+    (("b", "bias"), "no_decay pattern 'bias' matches no parameter"),
+    ([""], "no_decay must hold non-empty strings"),
+    (3, "no_decay must be a parameter-name pattern"),
+])
+def test_optimizers_refuse_no_decay_patterns_that_match_nothing_or_are_not_strings(no_decay, match):
+    with pytest.raises(ValueError, match=match):
+        Adam(_params(False), weight_decay=0.1, no_decay=no_decay)
+
+
+# --------------------------------------------------------------------------- gradient clipping
+@pytest.mark.parametrize("kind", _MAKE)
+def test_clip_norm_scales_the_gradient_by_min_1_c_over_its_global_norm_before_the_step(kind):
+    # c = 0.5, below the global norm of the gradients (about 4): the steps of the hand computation with the
+    # gradient scaled by c / (|g| + 1e-6), PyTorch's clip_grad_norm_. Flat and separate: the sum of squares in
+    # the same order, so bitwise the same numbers
+    results = {}
+    for flat in (False, True):
+        params = _params(flat)
+        opt = _MAKE[kind](params, no_decay=BIASES_AND_NORMS, clip_norm=0.5)
+        for seed in (1, 2):
+            opt.step(_grads(flat, seed))
+        results[flat] = params
+    expected = _hand_steps(kind, 0.1, 0.3, (1, 2), clip=0.5)
+    for name in _SHAPES:
+        # the norm summed in another order than the hand's: a few eps64
+        np.testing.assert_allclose(results[False][name], expected[name], rtol=1e-13, atol=1e-15, err_msg=name)
+        np.testing.assert_array_equal(results[True][name], results[False][name], err_msg=name)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_clip_norm_above_the_gradient_norm_leaves_the_step_unchanged_bitwise(flat):
+    # min(1, c / (|g| + 1e-6)) = 1 exactly, and g * 1 = g
+    runs = []
+    for clip in (None, 100.0):
+        params = _params(flat)
+        opt = SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1, clip_norm=clip)
+        for seed in (1, 2):
+            opt.step(_grads(flat, seed))
+        runs.append(params)
+    for name in _SHAPES:
+        np.testing.assert_array_equal(runs[1][name], runs[0][name], err_msg=name)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_clip_grad_norm_scales_the_gradients_in_place_and_returns_their_norm_before(flat):
+    grads = _grads(flat, 3)
+    before = {n: g.copy() for n, g in grads.items()}
+    norm = math.sqrt(sum(float((g ** 2).sum()) for g in before.values()))
+    assert float(clip_grad_norm(grads, 0.25)) == pytest.approx(norm, rel=1e-15)
+    for name, g in grads.items():  # scaled by 0.25 / (norm + 1e-6), to rounding
+        np.testing.assert_allclose(g, before[name] * 0.25 / (norm + 1e-6), rtol=1e-15, err_msg=name)
+    assert float(clip_grad_norm(grads, 10.0)) == pytest.approx(0.25, rel=1e-5)  # below: no change
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, before[name] * 0.25 / (norm + 1e-6), rtol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("clip", [0.0, -1.0, float("inf"), "1"])
+def test_clipping_refuses_a_bound_that_is_not_a_positive_number_naming_it(clip):
+    with pytest.raises(ValueError, match="clip_norm must be a positive finite number"):
+        SGD(_params(False), lr=0.1, clip_norm=clip)
+    with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
+        clip_grad_norm(_grads(False, 1), clip)

@@ -1,11 +1,13 @@
 """The training loop: accuracy on digits, exact resume from checkpoints, divergence guard, input checks."""
 
+import functools
 import time
 
 import numpy as np
 import pytest
 
-from shallow.cnn import (SGD, Adam, Augment, Cosine, Dropout, Flatten, Linear, Sequential, SquareLoss, StepDecay,
+from shallow.cnn import (BIASES_AND_NORMS, SGD, Adam, Augment, Cosine, CrossEntropy, Dropout, Flatten, Linear,
+                         Sequential, SquareLoss, StepDecay,
                          TrainingDivergedError, build_model, evaluate,
                          fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
                          snapshot, vgg_small)
@@ -34,24 +36,41 @@ def test_small_cnn_reaches_98_percent_test_accuracy_on_digits(digits):
     assert evaluate(model, digits.X_test, digits.y_test)[1] == history.test_accuracy[-1]
 
 
-def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz", flat=False):
+def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz", flat=False, optimizer=SGD, loss=None,
+              **options):
     """A small model with everything that carries state: batch norm, dropout, momentum, augmentation."""
     model = build_model("vgg", digits.in_shape, 10, width=3, rng=1, dropout=0.2, centering="frozen", alpha=2.0)
     if flat:
         model.flatten_parameters()
-    opt = SGD(model.named_parameters(), lr=Cosine(0.05, 20), momentum=0.9, weight_decay=1e-4)
+    if optimizer is SGD:
+        opt = SGD(model.named_parameters(), lr=Cosine(0.05, 20), momentum=0.9, weight_decay=1e-4, **options)
+    else:
+        opt = optimizer(model.named_parameters(), lr=Cosine(0.01, 20), weight_decay=1e-2, **options)
     X, y = digits.X_train[:96].astype(np.float64), digits.y_train[:96]
     history = fit(model, X, y, X_test=digits.X_test[:40].astype(np.float64), y_test=digits.y_test[:40],
                   optimizer=opt, epochs=epochs, batch_size=16, rng=2, augment=Augment(shift=1, rotation=5.0),
-                  checkpoint=tmp_path / checkpoint, resume=resume)
+                  checkpoint=tmp_path / checkpoint, resume=resume, loss=loss)
     return model, opt, history
 
 
+_OPTIONS = {
+    "sgd": {},
+    # weight decay on the weights only, the gradient clipped to a norm it exceeds (so that the clipping acts),
+    # label smoothing: no state of their own, the numbers of the same settings
+    "sgd no_decay clip_norm label_smoothing": dict(no_decay=BIASES_AND_NORMS, clip_norm=0.5,
+                                                   loss=CrossEntropy(label_smoothing=0.1)),
+    "adamw no_decay clip_norm": dict(optimizer=functools.partial(Adam, decoupled=True), no_decay=BIASES_AND_NORMS,
+                                     clip_norm=0.5),
+}
+
+
+@pytest.mark.parametrize("options", _OPTIONS)
 @pytest.mark.parametrize("flat", [False, True], ids=["separate parameters", "flattened parameters"])
-def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path, flat):
-    straight, opt_s, hist_s = _tiny_run(digits, tmp_path, 3, False, "straight.npz", flat)
-    _tiny_run(digits, tmp_path, 2, False, flat=flat)  # interrupted after two epochs ...
-    resumed, opt_r, hist_r = _tiny_run(digits, tmp_path, 3, True, flat=flat)  # ... and resumed in a new model
+def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path, flat, options):
+    options = _OPTIONS[options]
+    straight, opt_s, hist_s = _tiny_run(digits, tmp_path, 3, False, "straight.npz", flat, **options)
+    _tiny_run(digits, tmp_path, 2, False, flat=flat, **options)  # interrupted after two epochs ...
+    resumed, opt_r, hist_r = _tiny_run(digits, tmp_path, 3, True, flat=flat, **options)  # ... resumed in a new model
     for name, p in straight.named_parameters().items():
         np.testing.assert_array_equal(resumed.named_parameters()[name], p)
     for name, b in straight.named_buffers().items():
@@ -321,15 +340,17 @@ def test_linearized_jvp_refuses_tangents_of_unknown_names_or_wrong_shapes():
 
 
 def _resume_run(digits, path, *, epochs=2, width=3, alpha=2.0, lr=Cosine(0.05, 20), momentum=0.9,
-                weight_decay=1e-4, batch_size=16, dtype=np.float64, shift=1, n=64, offset=0, optimizer=SGD):
+                weight_decay=1e-4, batch_size=16, dtype=np.float64, shift=1, n=64, offset=0, optimizer=SGD,
+                no_decay=BIASES_AND_NORMS, clip_norm=1.0, loss=None):
     model = build_model("vgg", digits.in_shape, 10, width=width, rng=1, alpha=alpha, dtype=dtype)
     if optimizer is SGD:
-        opt = SGD(model.named_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = SGD(model.named_parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, no_decay=no_decay,
+                  clip_norm=clip_norm)
     else:
         opt = optimizer(model.named_parameters(), lr=0.01)
     X, y = digits.X_train[offset:offset + n], digits.y_train[offset:offset + n]
     fit(model, X, y, optimizer=opt, epochs=epochs, batch_size=batch_size, rng=2, augment=Augment(shift=shift),
-        checkpoint=path, resume=True)
+        checkpoint=path, resume=True, loss=loss)
     return model
 
 
@@ -344,6 +365,10 @@ def _resume_run(digits, path, *, epochs=2, width=3, alpha=2.0, lr=Cosine(0.05, 2
     (dict(shift=2), r"augment: 'Augment\(shift=2"),
     (dict(offset=64), r"data: the training data \(X, y\) differ"),
     (dict(epochs=1), r"has completed 2 epochs, more than epochs=1"),
+    (dict(no_decay=None), r"optimizer.no_decay: None \(saved: \['b', 'gamma', 'beta'\]\)"),
+    (dict(no_decay="b"), r"optimizer.no_decay: \['b'\] \(saved: \['b', 'gamma', 'beta'\]\)"),
+    (dict(clip_norm=None), r"optimizer.clip_norm: None \(saved: 1.0\)"),
+    (dict(loss=CrossEntropy(label_smoothing=0.1)), r"loss: 'CrossEntropy\(scale=1.0, label_smoothing=0.1\)'"),
 ])
 def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_path, change, match):
     # fit(resume=True) continues the run the checkpoint saved; it used to go on silently with another

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from shallow.backend import to_device, to_numpy
-from shallow.cnn import SGD, CrossEntropy, build_model
+from shallow.cnn import BIASES_AND_NORMS, SGD, Adam, CrossEntropy, build_model
 from shallow.cnn.data import Augment
 from shallow.cnn.optim import Cosine
 from shallow.cnn.train import fit, train_step
@@ -68,6 +68,25 @@ def test_train_step_reads_the_loss_once_and_the_labels_range_when_asked(count_sy
         for _ in range(3):
             train_step(model, CrossEntropy(), opt, x, y, check=check)
     assert _total(syncs) == 3 * expected, dict(syncs)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4, no_decay=BIASES_AND_NORMS, clip_norm=0.1),
+    lambda p: Adam(p, lr=1e-3, weight_decay=1e-2, decoupled=True, no_decay=BIASES_AND_NORMS, clip_norm=0.1),
+], ids=["sgd", "adamw"])
+def test_clipping_weight_decay_on_some_parameters_and_label_smoothing_read_nothing_more(count_syncs, make_optimizer):
+    # the clipping factor min(1, c / (|g| + 1e-6)) is a device scalar the update multiplies by, the decay a
+    # vector (or mask) built once: still bound 1 a step, the loss. The optimiser's construction reads nothing
+    # either (the mask is made on the host, then copied)
+    model = _on_device()
+    with count_syncs() as syncs:
+        opt = make_optimizer(model.named_parameters())
+    assert opt._flat is not None and opt.clip_norm == 0.1 and _total(syncs) == 0, dict(syncs)
+    x, y = (to_device(a, "gpu") for a in _data())
+    with count_syncs() as syncs:
+        for _ in range(3):
+            train_step(model, CrossEntropy(label_smoothing=0.1), opt, x, y, check=False)
+    assert _total(syncs) == 3, dict(syncs)
 
 
 def _fit(device, epochs, **kwargs):

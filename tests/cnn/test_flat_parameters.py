@@ -8,7 +8,7 @@ which the optimiser tests check against hand-computed steps: equality here is ex
 import numpy as np
 import pytest
 
-from shallow.cnn import SGD, Adam, CrossEntropy, Linear, Sequential, build_model
+from shallow.cnn import BIASES_AND_NORMS, SGD, Adam, CrossEntropy, Linear, Sequential, build_model
 from shallow.cnn.optim import _flat_base
 from shallow.cnn.train import train_step
 
@@ -62,6 +62,34 @@ def test_training_on_flattened_parameters_equals_training_parameter_by_parameter
         np.testing.assert_array_equal(p1[name], p0[name], err_msg=name)
     for key in s0:
         np.testing.assert_array_equal(s1[key], s0[key], err_msg=key)
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2, no_decay=BIASES_AND_NORMS, clip_norm=0.5),
+    lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, no_decay=BIASES_AND_NORMS,
+                  clip_norm=0.5),
+    lambda p: Adam(p, lr=1e-2, weight_decay=1e-2, no_decay=BIASES_AND_NORMS, clip_norm=0.5),
+    lambda p: Adam(p, lr=1e-2, weight_decay=1e-2, decoupled=True, no_decay=BIASES_AND_NORMS, clip_norm=0.5),
+], ids=["sgd", "nesterov", "adam", "adamw"])
+def test_float32_training_with_decay_on_the_weights_only_and_clipping_is_the_same_flat_or_not(make_optimizer):
+    # the flat step multiplies by a vector of lambdas (AdamW: picks its factor by a mask), rounded to float32 as
+    # the scalar lambda of a parameter is, and the clipping norm sums the same squares in the same order: the
+    # numbers of the parameter-by-parameter steps, bitwise
+    x, y = _batch()
+    results = []
+    for flat in (False, True):
+        model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4, dtype=np.float32)
+        if flat:
+            model.flatten_parameters()
+        opt = make_optimizer(model.named_parameters())
+        assert (opt._flat is not None) == flat
+        values = [train_step(model, CrossEntropy(label_smoothing=0.1), opt, x.astype(np.float32), y)[0]
+                  for _ in range(3)]
+        results.append((values, model.named_parameters()))
+    (v0, p0), (v1, p1) = results
+    assert v1 == v0
+    for name in p0:
+        np.testing.assert_array_equal(p1[name], p0[name], err_msg=name)
 
 
 def test_optimizer_on_flattened_parameters_updates_each_parameter_when_gradients_are_rebound():

@@ -3,6 +3,7 @@ in-place writes, no reads of device values within the step, refusals. The record
 a GPU (tests/cnn/test_cnn_gpu.py)."""
 
 import contextlib
+import functools
 import sys
 import types
 import warnings
@@ -10,8 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
-from shallow.cnn import (SGD, Adam, CapturedStep, Cosine, CrossEntropy, SquareLoss, StepDecay, _reduce, build_model,
-                         fit)
+from shallow.cnn import (BIASES_AND_NORMS, SGD, Adam, CapturedStep, Cosine, CrossEntropy, SquareLoss, StepDecay,
+                         _reduce, build_model, fit)
 from shallow.cnn.models import _inputs_checked
 from shallow.cnn.robustness import ProjectedOptimizer
 from shallow.cnn.train import train_step
@@ -32,6 +33,14 @@ OPTIMIZERS = {
     "sgd nesterov step decay": lambda p: SGD(p, lr=StepDecay(0.1, 3), momentum=0.5, nesterov=True),
     "adam": lambda p: Adam(p, lr=Cosine(1e-2, 12), weight_decay=1e-3),
     "adamw": lambda p: Adam(p, lr=3e-3, weight_decay=1e-2, decoupled=True),
+    # the per-entry decay (a vector of lambdas for SGD and Adam, AdamW's mask) and the clipping factor, a
+    # device scalar computed within the step: replayed as recorded
+    "sgd no_decay clip_norm": lambda p: SGD(p, lr=Cosine(0.05, 12), momentum=0.9, weight_decay=1e-2,
+                                            no_decay=BIASES_AND_NORMS, clip_norm=0.5),
+    "adam no_decay clip_norm": lambda p: Adam(p, lr=Cosine(1e-2, 12), weight_decay=1e-2, no_decay=BIASES_AND_NORMS,
+                                              clip_norm=0.5),
+    "adamw no_decay clip_norm": lambda p: Adam(p, lr=Cosine(3e-3, 12), weight_decay=1e-2, decoupled=True,
+                                               no_decay=BIASES_AND_NORMS, clip_norm=0.5),
 }
 
 
@@ -53,6 +62,20 @@ def test_captured_fit_gives_the_numbers_of_train_step(name, flat):
             np.testing.assert_array_equal(getattr(captured, kind)()[key], value, err_msg=key)
     assert opt_c.t == opt.t == 12
     assert history_c.loss == history.loss and history_c.accuracy == history.accuracy
+
+
+def test_captured_step_with_label_smoothing_gives_the_numbers_of_train_step():
+    x, y = _data(16)
+    runs = []
+    for captured in (False, True):
+        model = _model()
+        opt = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+        loss = CrossEntropy(label_smoothing=0.1)
+        step = CapturedStep(model, loss, opt) if captured else functools.partial(train_step, model, loss, opt)
+        runs.append(([step(x, y)[0] for _ in range(3)], model.named_parameters()))
+    assert runs[1][0] == runs[0][0]
+    for name, p in runs[0][1].items():
+        np.testing.assert_array_equal(runs[1][1][name], p, err_msg=name)
 
 
 def test_captured_step_square_loss_value_equals_train_step():
@@ -292,9 +315,11 @@ def _armed_step(model, loss, make_optimizer):
     return step
 
 
-def test_captured_step_reads_no_value_on_the_host(monkeypatch):
-    """The step function, on the device code path, never turns an array into a Python number; the
-    same check catches train_step's loss (so the test can fail)."""
+@pytest.mark.parametrize("options", [{}, dict(no_decay=BIASES_AND_NORMS, clip_norm=0.5, weight_decay=1e-2)],
+                         ids=["sgd", "sgd no_decay clip_norm, label smoothing"])
+def test_captured_step_reads_no_value_on_the_host(monkeypatch, options):
+    """The step function, on the device code path, never turns an array into a Python number (the clipping's
+    norm and factor included); the same check catches train_step's loss (so the test can fail)."""
     xp = _HostReadNumpy("numpy")
     xp.lib, xp.linalg, xp.random = np.lib, np.linalg, np.random
     for name, module in list(sys.modules.items()):
@@ -302,7 +327,8 @@ def test_captured_step_reads_no_value_on_the_host(monkeypatch):
             monkeypatch.setattr(module, "get_xp", lambda *arrays, **kwargs: xp)
     _fake_device(monkeypatch, _FakeCuda())
     model = _model()
-    step = _armed_step(model, CrossEntropy(), lambda params: SGD(params, lr=0.1, momentum=0.9))
+    step = _armed_step(model, CrossEntropy(label_smoothing=0.1 if options else 0.0),
+                       lambda params: SGD(params, lr=0.1, momentum=0.9, **options))
     x, y = (a.view(_HostRead) for a in _data(16))
     values = [step(x, y)[0] for _ in range(2)]
     assert values[1] < values[0]
@@ -351,8 +377,13 @@ class _NumpyHandle:
         return out
 
 
-@pytest.mark.parametrize("arch, kwargs, loss", [("vgg", {}, CrossEntropy), ("resnet", {"blocks": 1}, SquareLoss)])
-def test_captured_step_computes_every_matrix_product_on_the_bound_cublas_handle(monkeypatch, arch, kwargs, loss):
+@pytest.mark.parametrize("arch, kwargs, loss, options", [
+    ("vgg", {}, CrossEntropy, {}), ("resnet", {"blocks": 1}, SquareLoss, {}),
+    # the clipping's norm is a sum of squares, not vdot (cuBLAS)
+    ("vgg", {}, CrossEntropy, dict(no_decay=BIASES_AND_NORMS, clip_norm=0.5, decoupled=True)),
+], ids=["vgg", "resnet", "vgg adamw no_decay clip_norm"])
+def test_captured_step_computes_every_matrix_product_on_the_bound_cublas_handle(monkeypatch, arch, kwargs, loss,
+                                                                                  options):
     """CuPy refuses to call cuBLAS while a stream is captured (NotImplementedError, and the step runs
     without a graph): on the device code path every product of the step (forward, backward,
     update) goes through the handle that CapturedStep binds, none through the array module."""
@@ -376,7 +407,7 @@ def test_captured_step_computes_every_matrix_product_on_the_bound_cublas_handle(
     handle = _NumpyHandle()
     monkeypatch.setattr(graph._cublas, "Handle", lambda stream, xp: handle)
     model = build_model(arch, (8, 8), 10, width=4, rng=3, dtype=np.float32, **kwargs)
-    step = _armed_step(model, loss(), lambda params: Adam(params, lr=1e-3, weight_decay=1e-3))
+    step = _armed_step(model, loss(), lambda params: Adam(params, lr=1e-3, weight_decay=1e-3, **options))
     x, y = (a.view(_HostRead) for a in _data(16))
     values = [step(x, y)[0] for _ in range(3)]
     assert handle.calls > 0 and np.isfinite(values).all()
