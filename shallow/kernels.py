@@ -222,29 +222,74 @@ def _pair_sine(x_rows, i, y_rows, j, xp):
     return xp.minimum(xp.sqrt(xp.einsum("kd,kd->k", r, r) / yy), 1)
 
 
+#: Nearly antiparallel pairs with sin theta below this (from the Gram matrix) have sin theta from :func:`_pair_sine`,
+#: a few eps relative; above it, the chord of the unit vectors leaves at most about (2n + 1) eps / 0.01 relative in
+#: the arc-cosine kernel of order n (7e2 eps at n = 3), and comes from one matrix product for clustered data.
+_ANTIPARALLEL_SINE = 1e-2
+
+
 def _refined_angle(xp, G, nx2, ny2, sides, rows):
-    """(s, theta) of the pairs (x_i, y_j), those nearly parallel recomputed from the chord c = |u - v| of their unit
-    vectors, theta = 2 asin(c / 2), s = |x||y| c sqrt(1 - c^2/4), those nearly antiparallel from the part of y
-    orthogonal to x (:func:`_pair_sine`), s = |x||y| sin theta and theta = atan2(s, <x, y>).
+    """(s, theta) of the pairs (x_i, y_j), those nearly parallel or antiparallel recomputed from the chord
+    c = |u -+ v| of their unit vectors: theta = 2 asin(c / 2), or pi - 2 asin(c / 2), s = |x||y| c sqrt(1 - c^2/4);
+    those with pi - theta below about _ANTIPARALLEL_SINE from the part of y orthogonal to x (:func:`_pair_sine`),
+    s = |x||y| sin theta and theta = atan2(s, <x, y>).
 
     From the Gram matrix, s = sqrt(|x|^2 |y|^2 - <x, y>^2) cancels: theta is known to about
     sqrt(eps) (3e-4 in float32) where it is small, which the step kernel and every NTK carry. For the
-    pairs with sin theta < 0.1 and <x, y> >= 0, the chord is first taken from a matrix product about the centre of
+    pairs with sin theta < 0.1, the chord is first taken from a matrix product about the centre of
     :func:`_chord_sides` (``sides()``, computed once; ``rows``: those of X in this block),
     |a|^2 + |b|^2 - 2 <a, b> for a = +-u - centre, b = +-v - centre (each row turned to the centre's
     side), and kept where |a|^2 + |b|^2 <= 16 c^2 (then its rounding is a few eps of c^2: data
-    clustered about a common direction, where nearly every pair is near); the others are computed pair
-    by pair, O(d) each, as the part of |u - v|^2 orthogonal to their normalisations' rounding,
-    (|u - v|^2 - (|u| - |v|)^2) / (|u||v|): x and 3x stay exactly parallel, and chords below 4 eps
-    count as 0. The chord keeps the unit vectors' rounding, a few eps absolute: enough near theta = 0, where the
-    kernels are of order 1, not near pi, where pi - theta and the arc-cosine kernels, of size (pi - theta)^(2n+1),
-    need it to a few eps relative (relu^3 was up to 1.1e7 eps off at pi - theta = 1e-7 from the chord |u + v|).
+    clustered about a common direction, or about +-c, where nearly every pair is near); the others are
+    computed pair by pair, O(d) each, as the part of |u -+ v|^2 orthogonal to their normalisations'
+    rounding, (|u -+ v|^2 - (|u| - |v|)^2) / (|u||v|): x and -3x stay exactly antiparallel, and chords
+    below 4 eps count as 0. The chord keeps the unit vectors' rounding, a few eps absolute: enough near
+    theta = 0, where the kernels are of order 1, but eps / (pi - theta) relative near pi, where the
+    arc-cosine kernels are of size (pi - theta)^(2n+1): relu^3 was 1.1e7 eps off at pi - theta = 1e-7.
+    Below _ANTIPARALLEL_SINE, :func:`_pair_sine` (a few eps relative, O(d) work per pair, no matrix
+    product: data in two opposite clusters of angular radius 0.05 took 24 times as long with it for
+    every pair).
     """
     N2 = nx2 * ny2
     s, theta = _angle(xp, G, N2)
     near = (s * s < (_SMALL_SINE ** 2) * N2) & (N2 > 0)
     if not bool(near.any()):
         return s, theta
+    anti = near & (G < 0) & (s * s < (_ANTIPARALLEL_SINE ** 2) * N2)  # sin theta from _pair_sine
+    near &= ~anti
+    (x_rows, U, su, A, a2), (y_rows, V, sv, B, b2) = sides()
+    x_rows, U, su, A, a2 = (x_rows[0][rows], x_rows[1][rows]), U[rows], su[rows], A[rows], a2[rows]
+    step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
+    i_anti, j_anti = xp.nonzero(anti)
+    for start in range(0, i_anti.shape[0], step):
+        i, j = i_anti[start:start + step], j_anti[start:start + step]
+        s[i, j] = xp.sqrt(N2[i, j]) * _pair_sine(x_rows, i, y_rows, j, xp)
+        theta[i, j] = xp.arctan2(s[i, j], G[i, j])
+    eps = float(np.finfo(G.dtype).eps)
+
+    def put(where, chord, sign):
+        chord = xp.where(chord <= 4 * eps, 0, chord)
+        half = 2 * xp.arcsin(xp.minimum(chord / 2, 1))
+        theta[where] = xp.where(sign > 0, half, math.pi - half)
+        s[where] = xp.sqrt(N2[where]) * (chord * xp.sqrt(1 - chord * chord / 4))
+
+    # u = su (centre + a), v = sv (centre + b): for sign(<u, v>) = su sv the chord |u - su sv v| is |a - b|
+    # (parallel and antiparallel pairs alike, from one product)
+    chord2 = a2[:, None] + b2[None, :] - 2 * (A @ B.T)  # (B, n')
+    pair = su[:, None] * sv[None, :]  # the sign of <u, v> the product's chord is for
+    good = near & (xp.where(G >= 0, 1, -1) == pair) & (a2[:, None] + b2[None, :] <= 16 * chord2)
+    if bool(good.any()):
+        put(good, xp.sqrt(chord2[good]), pair[good])
+    i_near, j_near = xp.nonzero(near & ~good)
+    for start in range(0, i_near.shape[0], step):
+        i, j = i_near[start:start + step], j_near[start:start + step]
+        sign = xp.where(G[i, j] >= 0, 1, -1).astype(G.dtype)
+        Ui, Vj = U[i], sign[:, None] * V[j]
+        nu, nv = xp.sqrt(xp.sum(Ui * Ui, axis=1)), xp.sqrt(xp.sum(Vj * Vj, axis=1))
+        diff2 = xp.sum((Ui - Vj) ** 2, axis=1)  # |u -+ v|^2: its radial part (|u| - |v|)^2 is rounding
+        chord = xp.sqrt(xp.maximum(diff2 - (nu - nv) ** 2, 0) / (nu * nv))
+        put((i, j), chord, sign)
+    return s, theta
     anti = near & (G < 0)
     near &= ~anti
     (x_rows, U, su, A, a2), (y_rows, V, sv, B, b2) = sides()
