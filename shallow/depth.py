@@ -684,7 +684,9 @@ def _pieces_on_line(Ws, bs, lo, hi, exact, tol):
         u, v = P_new[:-1], P_new[1:]  # (q,) the ends of the new pieces
         last_hidden = layer == L - 2
         q, n = len(mid), _width(W)
-        _check_pieces(q, n, layer, lo, hi, exact)  # before the (q, n) activity masks and maps of the new pieces
+        # the arrays kept for the next layer, (q, n), or in floats (q, n_L) once the output layer is folded in: the
+        # (rows, n) blocks below stay near BLOCK_BYTES (Fractions take one block of all q rows)
+        _check_pieces(q, _width(Ws[layer + 1]) if last_hidden and not exact else n, layer, lo, hi, exact)
         W_next, b_next = Ws[layer + 1], bs[layer + 1]
         # Rows per block, so that the (rows, n) blocks stay near BLOCK_BYTES in float64.
         step = max(1, BLOCK_BYTES // (8 * max(n, 1))) if not exact else q

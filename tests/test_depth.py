@@ -100,6 +100,17 @@ def test_linear_pieces_are_the_maximal_affine_pieces_of_a_random_network():
         assert (np.abs(np.diff(pl.slopes)) > 1e-9).all()
 
 
+def test_a_wide_two_layer_net_is_counted_whatever_its_width_times_its_pieces():
+    # 4000 kinks inside [0, 1]: 4001 pieces (every neuron bends the sum, a_j != 0), by the closed form m + 1. The
+    # (pieces, width) products reach 1.6e7 entries, but the arrays held are (pieces, 1) once the output layer
+    # is folded in and (rows, width) blocks: a cap on pieces x width refused it.
+    rng = np.random.default_rng(12)
+    m = 4000
+    t = np.sort(rng.uniform(0.001, 0.999, m))
+    net = TwoLayer(rng.choice([-1.0, 1.0], m), np.column_stack([np.ones(m), -t]), gamma=1.0, bias=True)
+    assert count_linear_pieces(net) == m + 1
+
+
 def test_two_layer_relu_net_on_a_line_has_at_most_m_plus_1_pieces():
     # A width-m relu network bends at t_j = -b_j / w_j only: pieces = 1 + #{distinct t_j inside},
     # at most m + 1 (counted here directly from the parameters).
