@@ -1094,8 +1094,9 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None, method=
     ------
     ValueError
         For X not an (n, d) array of unit rows, f_values (or weights) not a finite 1-D array of n
-        values on X's device, kmax not an integer >= 0, weights that do not sum to 1, or, without
-        weights, n < 2 (the U-statistic needs two distinct points).
+        values on X's device, kmax not an integer >= 0, weights that do not sum to 1, without
+        weights, n < 2 (the U-statistic needs two distinct points), an unknown ``method``, or
+        ``method="harmonics"`` without weights or with more than 10^8 harmonics of degree <= kmax.
 
     Notes
     -----
@@ -1171,6 +1172,10 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None, method=
     if method == "harmonics" and weights is None:
         raise ValueError("method='harmonics' needs quadrature weights (the U-statistic without weights sums "
                          "over pairs)")
+    if method == "harmonics" and num_harmonics(d + 1, kmax) > _MAX_COLUMNS:
+        raise ValueError(f"method='harmonics' with kmax={kmax} in d={d} evaluates sum_(k <= kmax) N(d, k) = "
+                         f"{_format_count(num_harmonics(d + 1, kmax))} harmonics at each point, too many to "
+                         "enumerate; use method='pairs'")
     if weights is not None and (method == "harmonics" or method is None and _harmonics_are_cheaper(n, d, kmax)):
         E = _harmonic_sums_of_squares(X, g, kmax, block_size)
         return xp.ldexp(E, 2 * e)

@@ -1145,3 +1145,16 @@ def test_harmonic_energy_method_is_checked():
         harmonics.harmonic_energy(X[:, 0], X, 2, weights=np.full(10, 0.1), method="fast")
     with pytest.raises(ValueError, match="method='harmonics' needs quadrature weights"):
         harmonics.harmonic_energy(X[:, 0], X, 2, method="harmonics")
+
+
+def test_harmonic_energy_by_harmonics_refuses_a_basis_too_large_to_enumerate():
+    # sum_(k <= kmax) N(d, k) = N(d + 1, kmax) harmonics at each point, beyond the cap spherical_harmonics keeps
+    # (N(d, k) <= 10^8): N(31, 10) = C(40, 10) + C(39, 9) = 1.06e9 in d = 30 (8.5 GB for a single point, which
+    # method='harmonics' went on to allocate). The default (method=None) sums over the pairs there.
+    X = sample_sphere(3, 30, rng=0)
+    w = np.full(3, 1 / 3)
+    assert math.comb(40, 10) + math.comb(39, 9) > 10**8
+    with pytest.raises(ValueError, match=r"method='harmonics' with kmax=10 in d=30 evaluates .* too many"):
+        harmonics.harmonic_energy(X[:, 0], X, 10, weights=w, method="harmonics")
+    E = harmonics.harmonic_energy(X[:, 0], X, 10, weights=w)  # by pairs
+    assert E.shape == (11,) and np.all(np.isfinite(E))
