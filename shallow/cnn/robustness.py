@@ -136,6 +136,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import numpy as np
 
@@ -901,6 +902,9 @@ def _elements(layer, shape):
 _DENSE_MAX = 1024
 #: ... and the largest number of its entries (128 MB in float64).
 _DENSE_ENTRIES = 2 ** 24
+#: The unit inputs (or outputs) per pass that builds that matrix: a pass holds the activations of every layer of the
+#: product for this many images, which the bounds above do not limit (a wide layer inside a product of small ends).
+_DENSE_BLOCK = 32
 #: The relative margin added to a norm computed from a dense matrix in float64: above the rounding of the passes
 #: that build the matrix and of its Gram matrix's top eigenvalue, (fan-in + r) eps = 1e-12 at the sizes allowed.
 _DENSE_MARGIN = 1e-10
@@ -921,8 +925,8 @@ def _dense_gram_norm(layers, in_shape):
     """sigma_max of the linear part A of a composition of affine layers, from the dense matrix, or None if too large.
 
     The matrix is built in float64 from d jvp passes at 0 on the unit inputs (A^T from m backward passes on the
-    unit outputs when the output is smaller), and sigma_max^2 is the top eigenvalue of the r x r Gram matrix of
-    its smaller side, r = min(d, m).
+    unit outputs when the output is smaller), _DENSE_BLOCK of them per pass, and sigma_max^2 is the top eigenvalue
+    of the r x r Gram matrix of its smaller side, r = min(d, m).
     """
     net = _float64_copy(layers)
     net.eval()
@@ -934,12 +938,16 @@ def _dense_gram_norm(layers, in_shape):
     r = min(d, m)
     if r > _DENSE_MAX or d * m > _DENSE_ENTRIES:
         return None
-    if d <= m:
-        _, M = net.jvp(xp.zeros((d,) + tuple(in_shape)), xp.eye(d).reshape((d,) + tuple(in_shape)))  # rows A e_i
-    else:
-        net.forward(xp.zeros((m,) + tuple(in_shape)))
-        M = net.backward(xp.eye(m).reshape((m,) + out_shape))  # rows A^T e_j
-    M = M.reshape(r, -1)
+    E = xp.eye(r)  # (r, r): the unit inputs (d <= m) or outputs
+    M = xp.empty((r, d * m // r))  # (r, max(d, m)): rows A e_i (d <= m) or A^T e_j
+    for i in range(0, r, _DENSE_BLOCK):
+        U = E[i:i + _DENSE_BLOCK]
+        if d <= m:
+            _, block = net.jvp(xp.zeros((U.shape[0],) + tuple(in_shape)), U.reshape((-1,) + tuple(in_shape)))
+        else:
+            net.forward(xp.zeros((U.shape[0],) + tuple(in_shape)))
+            block = net.backward(U.reshape((-1,) + out_shape))
+        M[i:i + U.shape[0]] = block.reshape(U.shape[0], -1)
     lam = float(xp.linalg.eigvalsh(M @ M.T)[-1])
     return math.sqrt(max(lam, 0.0)) * (1.0 + _DENSE_MARGIN)
 
@@ -1405,8 +1413,7 @@ def input_gradient(model, X, y, *, loss="ce", batch_size=256):
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     X = _images(model, X)
     with _EvalMode(model):
-        n_classes = getattr(model, "n_classes", None) or int(model.forward(X[:1]).shape[1])
-        y = get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
+        y = _labels(model, X, y)
         return _batched_loss_and_input_grad(model, X, y, loss, batch_size)
 
 
@@ -1438,12 +1445,17 @@ def _project(X_adv, X0, eps, norm, clip):
     return out
 
 
-def _labels(model, X, y):
+def _n_classes(model, X) -> int:
+    """K: the model's ``n_classes``, or the number of its outputs on the first image of X (eval mode)."""
     n_classes = getattr(model, "n_classes", None)
     if n_classes is None:
-        with _EvalMode(model):
-            n_classes = int(model.forward(X[:1]).shape[1])
-    return get_xp(X).asarray(check_labels(y, n_classes, "y", n=X.shape[0]))
+        with _EvalMode(model), no_cache(model):
+            n_classes = model.forward(X[:1]).shape[1]
+    return int(n_classes)
+
+
+def _labels(model, X, y):
+    return get_xp(X).asarray(check_labels(y, _n_classes(model, X), "y", n=X.shape[0]))
 
 
 def _targets(model, X, y, target):
@@ -1451,11 +1463,7 @@ def _targets(model, X, y, target):
     if target is None:
         return None
     xp = get_xp(X)
-    n_classes = getattr(model, "n_classes", None)
-    if n_classes is None:
-        with _EvalMode(model):
-            n_classes = int(model.forward(X[:1]).shape[1])
-    t = xp.asarray(check_labels(target, n_classes, "target", n=X.shape[0]))
+    t = xp.asarray(check_labels(target, _n_classes(model, X), "target", n=X.shape[0]))
     same = [int(i) for i in xp.flatnonzero(t == y)[:5]]
     if same:
         raise ValueError(f"target must differ from y (a targeted attack moves x from its class y towards class "
@@ -1755,11 +1763,11 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     kw = {"norm": norm, "steps": steps, "loss": loss, "clip": clip, "batch_size": batch_size}
     ta = None
     if targets == "all":  # one row per (image, target t != y): K - 1 rows per image
-        K = getattr(model, "n_classes", None) or int(_predict_logits_width(model, X))
+        K = _n_classes(model, X)
         if K < 2:
             raise ValueError("targets='all' needs a model of at least 2 classes")
-        t_all = xp.arange(K)
-        ta = xp.concatenate([t_all[t_all != int(c)] for c in to_numpy(y[idx])])
+        t = xp.arange(K - 1)[None, :]  # (1, K - 1): row n of ta is 0, ..., K - 1 without y_n, in one operation
+        ta = (t + (t >= y[idx][:, None])).ravel()  # (N' (K - 1),), not a masked copy (a device read) per image
         idx = xp.repeat(idx, K - 1)
     Xa, ya = X[idx], y[idx]
     adv = pgd(model, Xa, ya, eps_max, target=ta, **kw)
@@ -1785,12 +1793,6 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
     radius[idx] = hi
     X_adv[idx] = adv
     return radius, X_adv
-
-
-def _predict_logits_width(model, X):
-    """K, the number of outputs of the model on one image (eval mode)."""
-    with _EvalMode(model), no_cache(model):
-        return model.forward(X[:1]).shape[1]
 
 
 def certified_radius(model, X, y, lipschitz, *, norm="2"):
@@ -2004,7 +2006,8 @@ class SpectralProjection:
                 original = layer.forward
 
                 def forward(x, _layer=layer, _original=original):
-                    shapes[id(_layer)] = (_layer, tuple(x.shape[1:]))  # the layer kept: its id is not reused
+                    # a weak reference: it tells a layer whose id is reused, and keeps no model alive
+                    shapes[id(_layer)] = (weakref.ref(_layer), tuple(x.shape[1:]))
                     return _original(x)
 
                 layer.forward = forward
@@ -2021,7 +2024,8 @@ class SpectralProjection:
     def __call__(self, model):
         """Project the weights of ``model`` in place; returns the norms before, by layer name."""
         convs = [layer for _, layer in model.named_layers() if isinstance(layer, Conv2d)]
-        if self._shapes is None or any(self._shapes.get(id(c), (None,))[0] is not c for c in convs):
+        known = self._shapes  # id -> (weak reference to the layer, its input shape)
+        if known is None or not all(id(c) in known and known[id(c)][0]() is c for c in convs):
             self._shapes = self._layer_shapes(model)  # another model, or layers replaced: their input shapes again
         out = {}
         for name, layer in model.named_layers():

@@ -65,7 +65,6 @@ def test_square_loss_is_half_mean_squared_distance_to_one_hot_targets():
     assert SquareLoss()(f, targets) == pytest.approx(0.5 * np.sum((f - targets) ** 2) / 5, rel=1e-14)
 
 
-
 def test_square_loss_is_k_over_2_times_the_mean_of_all_squares_of_pytorchs_mse_loss():
     # the module notes: torch.nn.MSELoss() is the mean of the N K squares (written here in numpy),
     # 2 / K times L; the two sums differ in order only (rounding, a few ulps)
@@ -73,6 +72,7 @@ def test_square_loss_is_k_over_2_times_the_mean_of_all_squares_of_pytorchs_mse_l
     f, targets = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
     mse = np.mean((f - targets) ** 2)
     assert SquareLoss()(f, targets) == pytest.approx(4 / 2 * mse, rel=1e-14)
+
 
 def test_losses_reject_labels_out_of_range_naming_y():
     z = np.zeros((3, 4))

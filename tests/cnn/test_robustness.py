@@ -1625,3 +1625,44 @@ def test_spectral_projection_bounds_the_layers_of_a_second_model():
         if isinstance(layer, Conv2d):
             assert _dense_norm(lambda E, c=layer: c.forward(E) - c.params["b"], shape) <= 1.5 * (1 + 1e-9)
         shape = layer.forward(np.zeros((1,) + shape)).shape[1:]
+
+
+def test_spectral_projection_keeps_no_model_alive():
+    # SpectralProjection remembers each convolution's input shape by the layer's id; it held the layers themselves
+    # (with their parameters, gradients and caches), so that a model dropped everywhere else stayed in memory until
+    # the projection was applied to another one. Weak references tell a reused id as well
+    import gc
+    import weakref
+
+    project = SpectralProjection((8, 8, 1), 1.5)
+    net = vgg_small((8, 8, 1), 4, width=3, batch_norm=False, rng=88)
+    conv = weakref.ref(net.layers[0])
+    project(net)
+    del net
+    gc.collect()
+    assert conv() is None
+
+
+def test_certified_averaged_bound_builds_its_dense_matrices_a_block_of_unit_vectors_at_a_time(monkeypatch):
+    # The merged product c2 c1 (no activation between) has 256 inputs and 256 outputs: its dense matrix is small
+    # (0.5 MB) but a pass on all 256 unit inputs held c1's 256 x 16 x 16 x 32 outputs and c2's im2col at once (the
+    # bounds on d, m and d m do not limit the layers inside a product). The passes take _DENSE_BLOCK unit vectors,
+    # and the bound is the exact averaged bound of the dense matrices (numpy's SVD), above it by at most the margin
+    import shallow.cnn.robustness as robustness
+
+    c1 = Conv2d(1, 32, 3, padding=1, bias=False, rng=89)
+    c2 = Conv2d(32, 4, 3, padding=1, stride=2, bias=False, rng=90)
+    lin = Linear(256, 3, rng=91)
+    net = Sequential(c1, c2, Activation("relu"), Flatten(), lin)
+    mats = [_dense(lambda E: c2.forward(c1.forward(E)), (16, 16, 1)), lin.params["W"].T]
+    exact = _averaged_by_subsets(mats)
+    sizes = []
+    forward = Conv2d.forward
+
+    def recorded(self, x):
+        sizes.append(x.shape[0])
+        return forward(self, x)
+    monkeypatch.setattr(Conv2d, "forward", recorded)
+    L = lipschitz_upper_bound(net, (16, 16, 1), bound="averaged", method="fft")
+    assert 0 < max(sizes) <= robustness._DENSE_BLOCK
+    assert exact <= L <= exact * (1 + 3e-10)
