@@ -1786,7 +1786,9 @@ def minimal_perturbation(model, X, y, *, eps_max, norm="inf", n_bisect=10, steps
         lo = xp.where(ok, lo, mid)
         adv[ok] = trial[ok]
     if ta is not None and idx.size:  # the smallest radius over each image's targets (the first on ties)
-        order = xp.lexsort(xp.stack([hi, idx]))  # by image, then by radius
+        # by image, then by radius, then by position (the targets' order): a total order, whatever the stability of
+        # the sort (numpy's lexsort is stable, CuPy does not say)
+        order = xp.lexsort(xp.stack([xp.arange(idx.size), hi, idx]))
         first = xp.concatenate([xp.ones(1, dtype=bool), idx[order][1:] != idx[order][:-1]])
         keep = order[first]
         idx, hi, adv = idx[keep], hi[keep], adv[keep]
