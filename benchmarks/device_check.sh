@@ -7,7 +7,7 @@
 # cuda: only the tests marked `cuda` (fused kernels, CUDA graphs, the cuBLAS handle: the code that the
 # fake device cannot run, a dozen tests), the first thing to run when device time is short.
 # tests: the gpu-marked tests but the device parity ones; bench: the CNN step on the device (issue 7's
-# open target) and its primitives; parity: tests/test_device_parity.py (274 cases of public routines on CuPy
+# open target) and its primitives; parity: tests/test_device_parity.py (285 cases of public routines on CuPy
 # against numpy, so far run only on the fake device of tests/fake_device.py; each compiles its own
 # kernels on a fresh machine: after bench in "all"); flow: the particle flow step and the CPU
 # reference step (measured in session 2, not repeated by default).

@@ -7,7 +7,8 @@ Four constructions, each with the target, the input law, and an explicit deeper 
   network with k hidden layers of 2 neurons (:func:`sawtooth`). A one-hidden-layer relu network of
   width m is affine on at most m + 1 pieces of a line, hence far from the sawtooth unless
   m >~ 2^{k-1} (:func:`sawtooth_l1_lower_bound`). :func:`count_linear_pieces` counts pieces
-  by tracking the breakpoints layer by layer (no sampling; exact with exact=True).
+  by tracking the breakpoints layer by layer (no sampling; exact with exact=True), against the
+  most a network of given widths can have, prod_l (n_l + 1) (:func:`max_pieces`).
 * Eldan & Shamir (2016): inputs with density phi^2, phi the Fourier transform of the indicator of
   the ball of unit volume (:func:`eldan_shamir_density`, :func:`sample_eldan_shamir`), and a
   radial target, a sum of +-1 on thin shells (:class:`EldanShamirFunction`), which a 3-layer
@@ -18,7 +19,10 @@ Four constructions, each with the target, the input law, and an explicit deeper 
   network exactly away from a shell around the sphere (:func:`ball_indicator_network`).
 * Daniely (2017): sin(pi d^3 <x, y>) for x, y independent and uniform on S^{d-1}
   (:func:`daniely_function`, :func:`sample_daniely`), a 3-layer network computing <x, y> from
-  squares ((x_i + y_i)^2 - (x_i - y_i)^2) / 4 and then the sine (:func:`daniely_network`).
+  squares ((x_i + y_i)^2 - (x_i - y_i)^2) / 4 and then the sine (:func:`daniely_network`). The
+  lower bound for depth 2 rests on the harmonic spectrum of the target: its Funk-Hecke
+  coefficients in closed form (:func:`daniely_funk_hecke`) and its squared L2 norm
+  (:func:`daniely_energy`).
 
 Deep networks are :class:`DeepReLU` objects: affine layers with relu between them, evaluable on
 numpy and CuPy arrays. A layer may be stored as a rank-one :class:`RankOneWeights` u v^T (the

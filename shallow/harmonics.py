@@ -19,6 +19,9 @@ Conventions (DESIGN.md, REFERENCES.md):
   k = k_1 >= k_2 >= ... >= k_{d-2} >= |k_{d-1}| (for d = 2: kappa = (+-k,)). Its column order is
   listed by :func:`harmonic_indices`; :func:`spherical_harmonic` evaluates one element by its
   multi-index where N(d, k) is too large to enumerate.
+* :func:`harmonic_energy` gives the energy per degree ||proj_k f||^2 of sampled values of f: a
+  U-statistic over pairs of iid points, or a quadrature rule summed over pairs or, with
+  ``method="harmonics"``, projected on that basis (cheaper where sum_k N(d, k) << n).
 
 References
 ----------
@@ -1139,6 +1142,10 @@ def harmonic_energy(f_values, X, kmax, *, weights=None, block_size=None, method=
     >>> E = harmonic_energy(X[:, 0], X, 2)   # f = x_1, a degree-1 harmonic of norm^2 1/3
     >>> round(float(E[1]), 1), bool(abs(E[0]) < 0.01 and abs(E[2]) < 0.01)
     (0.3, True)
+    >>> from shallow.sphere import sphere_quadrature
+    >>> Xq, w = sphere_quadrature(3, 3)                  # exact for f P_2: degree 3
+    >>> [round(float(harmonic_energy(Xq[:, 0], Xq, 2, weights=w, method=m)[1]), 12) for m in ("pairs", "harmonics")]
+    [0.333333333333, 0.333333333333]
     """
     X = check_on_sphere(X, "X")
     xp = get_xp(X)

@@ -1,15 +1,18 @@
 """A convolutional-network library on numpy/CuPy: every derivative written out and tested.
 
 The deep side of the comparisons of :mod:`shallow` (the seed lecture's part A): layers with their
-forward, backward and forward-mode (Jacobian-vector) maps side by side, losses, optimisers, small
-VGG and ResNet models with the output scale alpha and the centred initialisation of lazy training,
-the tangent model (:func:`linearize`) and its kernel (:func:`tangent_kernel`), data (scikit-learn's
+forward, backward and forward-mode (Jacobian-vector) maps side by side, losses (label smoothing
+optional), PyTorch's optimisers (weight decay but on the patterns of ``no_decay=``, such as
+:data:`BIASES_AND_NORMS`; gradient clipping by global norm, :func:`clip_grad_norm`), small VGG and
+ResNet models with the output scale alpha and the centred initialisation of lazy training, the
+tangent model (:func:`linearize`) and its kernel (:func:`tangent_kernel`), data (scikit-learn's
 digits, local MNIST-like files) and a training loop with exact checkpoints.
 
 Conventions: images are channels-last arrays of shape (N, H, W, C); weights are input-major
 (a Linear layer's ``layer.params["W"]`` is (d_in, d_out), a Conv2d's ``layer.params["W"]`` is
-(KH, KW, C_in / groups, C_out)); float32 and float64; parameters and gradients are plain arrays
-of the backend, in each layer's ``params`` and ``grads`` dicts.
+(KH, KW, C_in / groups, C_out)); float32 and float64 (a layer with parameters computes in their
+dtype and returns the input gradient in the input's, :mod:`~shallow.cnn.layers`); parameters and
+gradients are plain arrays of the backend, in each layer's ``params`` and ``grads`` dicts.
 
 Speed: a 3x3 convolution is nine GEMMs on shifted row-slices of one padded channels-last buffer,
 accumulated in place by BLAS, in row blocks sized for OpenBLAS's small-matrix kernels

@@ -264,6 +264,9 @@ class CrossEntropy:
     >>> value, grad = CrossEntropy().value_and_grad(np.zeros((2, 4)), np.array([0, 3]))
     >>> round(value, 6) == round(float(np.log(4)), 6), grad.shape
     (True, (2, 4))
+    >>> _, grad = CrossEntropy(label_smoothing=0.4).value_and_grad(np.zeros((1, 4)), np.array([0]))
+    >>> grad.round(12).tolist()    # softmax - q, q = 0.6 onehot + 0.4 / 4
+    [[-0.45, 0.15, 0.15, 0.15]]
     """
 
     def __init__(self, scale=1.0, label_smoothing=0.0):

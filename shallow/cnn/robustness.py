@@ -1498,6 +1498,20 @@ def fgsm(model, X, y, eps, *, norm="inf", loss="ce", clip=None, batch_size=256, 
     Returns
     -------
     array of X's shape
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn import Flatten, Linear, Model, Sequential, predict
+    >>> lin = Linear(2, 3, rng=0)
+    >>> lin.params["W"][...] = [[0.0, 1.0, 0.0], [0.0, 0.0, 10.0]]; lin.params["b"][...] = [0.0, -1.0, -4.0]
+    >>> model = Model(Sequential(Flatten(), lin), (1, 2, 1), 3)
+    >>> x = np.zeros((1, 1, 2, 1))    # f = (0, -1, -4): class 0
+    >>> fgsm(model, x, [0], 0.5, norm="2", loss="margin").ravel().tolist()   # towards class 1, the runner-up
+    [0.5, 0.0]
+    >>> X_adv = fgsm(model, x, [0], 0.5, norm="2", loss="margin", target=[2])
+    >>> X_adv.ravel().tolist(), predict(model, X_adv).argmax(axis=1).tolist()   # f = (0, -1, 1)
+    ([0.0, 0.5], [2])
     """
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
@@ -1594,6 +1608,20 @@ def pgd(model, X, y, eps, *, norm="inf", steps=10, step_size=None, random_start=
     f_t(x) - f_y(x) + eps |w_t - w_y|_* (|.|_* the dual norm: |.|_2 for L2, |.|_1 for Linf). The
     untargeted margin instead follows the currently largest wrong class, which need not be the one
     of the nearest boundary.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from shallow.cnn import Flatten, Linear, Model, Sequential, predict
+    >>> lin = Linear(2, 3, rng=0)
+    >>> lin.params["W"][...] = [[0.0, 1.0, 0.0], [0.0, 0.0, 10.0]]; lin.params["b"][...] = [0.0, -1.0, -4.0]
+    >>> model = Model(Sequential(Flatten(), lin), (1, 2, 1), 3)
+    >>> x = np.zeros((1, 1, 2, 1))    # f = (0, -1, -4): the boundary of class 2 is nearer (0.4) than class 1's (1)
+    >>> for target in (None, [2]):
+    ...     X_adv = pgd(model, x, [0], 0.5, norm="2", steps=5, loss="margin", target=target)
+    ...     print(X_adv.ravel().tolist(), predict(model, X_adv).argmax(axis=1).tolist())
+    [0.5, 0.0] [0]
+    [0.0, 0.5] [2]
     """
     norm, loss, clip = _check_norm(norm), _check_loss(loss), _check_clip(clip)
     steps = check_integer(steps, "steps", minimum=0)
