@@ -1158,3 +1158,36 @@ def test_harmonic_energy_by_harmonics_refuses_a_basis_too_large_to_enumerate():
         harmonics.harmonic_energy(X[:, 0], X, 10, weights=w, method="harmonics")
     E = harmonics.harmonic_energy(X[:, 0], X, 10, weights=w)  # by pairs
     assert E.shape == (11,) and np.all(np.isfinite(E))
+
+
+@pytest.mark.parametrize("lam", [-0.3, 0.0, 0.5, 1.0, 3.5, 40.0])
+def test_gegenbauer_matches_scipy(lam, xp):
+    # scipy.special.eval_gegenbauer (its own evaluation) at degrees 0..30 on [-1.2, 1.2] (the polynomial beyond
+    # [-1, 1] too): rounding of the recurrence, 1e-12 of the largest value over the grid at each degree.
+    from scipy.special import eval_gegenbauer
+
+    t = np.linspace(-1.2, 1.2, 41)
+    for k in range(31):
+        expected = eval_gegenbauer(k, lam, t)
+        got = to_numpy(harmonics.gegenbauer(k, lam, xp.asarray(t)))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * max(np.abs(expected).max(), 1), err_msg=k)
+
+
+@pytest.mark.parametrize("d", [3, 4, 7])
+def test_legendre_is_gegenbauer_normalised_at_one(d):
+    # P_{k,d}(t) = C_k^lam(t) / C_k^lam(1), lam = (d - 2) / 2, C_k^lam(1) = (2 lam)_k / k! (scipy's poch): 1e-13
+    from scipy.special import poch
+
+    t = np.linspace(-1, 1, 33)
+    lam = (d - 2) / 2
+    for k in range(12):
+        C1 = poch(2 * lam, k) / math.factorial(k)
+        np.testing.assert_allclose(harmonics.gegenbauer(k, lam, t) / C1, harmonics.legendre(k, d, t), rtol=0,
+                                   atol=1e-13)
+
+
+def test_gegenbauer_keeps_float32_and_refuses_a_parameter_out_of_range():
+    assert harmonics.gegenbauer(5, 1.0, np.float32([0.1, 0.7])).dtype == np.float32
+    for lam in (-0.5, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="lam must be a finite number > -1/2"):
+            harmonics.gegenbauer(2, lam, np.array([0.1]))
