@@ -43,7 +43,8 @@ from .linearize import Linearized, linearize, tangent_kernel
 from .losses import CrossEntropy, SquareLoss, accuracy, log_softmax
 from .models import Model, build_model, relative_change, resnet_small, snapshot, vgg_small
 from .norm import BatchNorm2d
-from .optim import BIASES_AND_NORMS, SGD, Adam, Constant, Cosine, StepDecay, clip_grad_norm
+from .optim import (BIASES_AND_NORMS, SGD, Adam, Constant, Cosine, PerEpoch, ReduceOnPlateau, StepDecay,
+                    clip_grad_norm)
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .revnet import (IRevNet, InjectivePad, InvertibleLayer, InvertibleSequential, RevBlock, SpaceToDepth, bottleneck,
                      irevnet_small)
@@ -60,7 +61,8 @@ __all__ = [
     "Layer", "Sequential", "Linear", "Activation", "Flatten", "Dropout", "Residual", "Identity", "no_cache",
     "Conv2d", "conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm2d",
     "CrossEntropy", "SquareLoss", "log_softmax", "accuracy",
-    "SGD", "Adam", "Constant", "StepDecay", "Cosine", "clip_grad_norm", "BIASES_AND_NORMS",
+    "SGD", "Adam", "Constant", "StepDecay", "Cosine", "PerEpoch", "ReduceOnPlateau", "clip_grad_norm",
+    "BIASES_AND_NORMS",
     "Model", "vgg_small", "resnet_small", "build_model", "snapshot", "relative_change",
     "Linearized", "linearize", "tangent_kernel",
     "ImageData", "load_digits", "load_mnist", "stratified_split", "Standardizer", "batches",

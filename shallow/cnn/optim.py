@@ -6,10 +6,16 @@ backward pass. Step t (counted from 0) uses the learning rate eta_t = ``schedule
 learning rate is a constant schedule. Schedules count optimiser steps, not epochs (PyTorch's
 ``StepLR`` and ``CosineAnnealingLR`` are usually stepped once per epoch): an epoch of
 :func:`~shallow.cnn.train.fit` is ceil(n / batch_size) steps, so ``StepDecay(lr, k * steps_per_epoch)``
-decays every k epochs. When the parameters, and then the gradients, tile one flat
-array each (:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a
-step updates the flat arrays with the same elementwise formula: the same numbers, in a few
-operations instead of a few per parameter (on a GPU, each operation is a kernel launch).
+decays every k epochs; :class:`PerEpoch` does that count: ``PerEpoch(StepDecay(lr, k))`` and
+``PerEpoch(Cosine(lr, E))`` are PyTorch's ``StepLR(opt, k)`` and ``CosineAnnealingLR(opt, E)``
+stepped once per epoch, :func:`~shallow.cnn.train.fit` filling in the steps per epoch.
+:class:`ReduceOnPlateau` is PyTorch's ``ReduceLROnPlateau``: :func:`~shallow.cnn.train.fit` passes
+it the monitored loss (or accuracy) after each epoch, and saves its state in the checkpoints.
+
+When the parameters, and then the gradients, tile one flat array each
+(:meth:`~shallow.cnn.layers.Layer.flatten_parameters`, done by ``model.to(device)``), a step
+updates the flat arrays with the same elementwise formula: the same numbers, in a few operations
+instead of a few per parameter (on a GPU, each operation is a kernel launch).
 
 The update rules are those of PyTorch (``torch.optim``), so that runs can be compared step for step:
 
@@ -24,6 +30,9 @@ Adam (Kingma and Ba 2015, Algorithm 1), t >= 1 the number of the step:
     g = grad + lambda theta   (or, ``decoupled=True`` (AdamW), theta <- theta (1 - eta_t lambda) first),
     m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2,
     theta <- theta - eta_t (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps).
+
+AMSGrad (Reddi, Kale and Kumar 2018; ``amsgrad=True``, PyTorch's form) keeps the largest second
+moment so far, v_max <- max(v_max, v) (v_max_0 = 0), and divides by sqrt(v_max / (1 - beta2^t)) + eps.
 
 Weight decay on some parameters only. The usual practice decays the weights but not the biases
 nor the batch-norm scales and shifts: ``no_decay=("b", "gamma", "beta")`` (:data:`BIASES_AND_NORMS`)
@@ -56,6 +65,8 @@ References
 3. I. Loshchilov and F. Hutter, "Decoupled weight decay regularization", ICLR 2019,
    arXiv:1711.05101 (AdamW); "SGDR: stochastic gradient descent with warm restarts", ICLR 2017,
    arXiv:1608.03983, Eq. 5 (cosine schedule).
+4. S. J. Reddi, S. Kale and S. Kumar, "On the convergence of Adam and beyond", ICLR 2018,
+   arXiv:1904.09237, Algorithm 2 (AMSGrad).
 """
 
 from __future__ import annotations
@@ -70,8 +81,8 @@ from .._validation import check_array, check_bool, check_integer, check_nonnegat
 from ..backend import get_xp, to_numpy
 from .layers import check_layer, replaced
 
-__all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "as_schedule", "clip_grad_norm",
-           "BIASES_AND_NORMS"]
+__all__ = ["Optimizer", "SGD", "Adam", "Constant", "StepDecay", "Cosine", "PerEpoch", "ReduceOnPlateau", "as_schedule",
+           "clip_grad_norm", "BIASES_AND_NORMS"]
 
 #: The ``no_decay`` patterns of the usual practice: no weight decay on biases (``b``) nor on the
 #: scales and shifts of batch normalisation (``gamma``, ``beta``).
@@ -182,6 +193,216 @@ class Cosine:
         return f"Cosine({self.lr}, total_steps={self.total_steps}, lr_min={self.lr_min}, warmup={self.warmup})"
 
 
+class PerEpoch:
+    """An epoch-based schedule: eta_t = schedule(floor(t / steps_per_epoch)), the schedule counting epochs.
+
+    ``PerEpoch(StepDecay(lr, k, gamma))`` decays every k epochs and ``PerEpoch(Cosine(lr, E))``
+    anneals over E epochs: PyTorch's ``StepLR(opt, k, gamma)`` and ``CosineAnnealingLR(opt, E)``
+    with ``scheduler.step()`` once per epoch (every step of epoch e, from 0, has the rate schedule(e)).
+
+    Parameters
+    ----------
+    schedule : callable or float
+        The schedule of the epoch e, e -> eta (a float is a constant rate).
+    steps_per_epoch : int, optional
+        Optimiser steps per epoch, an integer >= 1. :func:`~shallow.cnn.train.fit` sets it when it
+        is None (default) to its ceil(n / batch_size), and refuses another value; a loop of one's
+        own passes it.
+
+    Raises
+    ------
+    ValueError
+        For steps_per_epoch not an integer >= 1, or a schedule that is not callable nor a rate.
+        Calling the schedule raises it too for a step t that is not an integer >= 0, and while
+        steps_per_epoch is unknown.
+
+    Examples
+    --------
+    >>> schedule = PerEpoch(StepDecay(1.0, step_size=2, gamma=0.5), steps_per_epoch=3)
+    >>> [schedule(t) for t in range(0, 15, 3)]  # the first step of epochs 0, ..., 4
+    [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, schedule, steps_per_epoch=None):
+        self.schedule = as_schedule(schedule)
+        self.steps_per_epoch = (None if steps_per_epoch is None
+                                else check_integer(steps_per_epoch, "steps_per_epoch", minimum=1))
+
+    def bind(self, steps_per_epoch) -> None:
+        """Set steps_per_epoch when unset (what :func:`~shallow.cnn.train.fit` does); ValueError when it
+        is set to another value."""
+        steps_per_epoch = check_integer(steps_per_epoch, "steps_per_epoch", minimum=1)
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = steps_per_epoch
+        elif self.steps_per_epoch != steps_per_epoch:
+            raise ValueError(f"the PerEpoch schedule counts epochs of steps_per_epoch={self.steps_per_epoch} steps, "
+                             f"but these epochs have {steps_per_epoch} (ceil(n / batch_size)): build the optimizer "
+                             "with PerEpoch(schedule) and let fit set it, or pass the matching steps_per_epoch")
+
+    def __call__(self, t: int) -> float:
+        """eta_t = schedule(floor(t / steps_per_epoch)) for the step t, an integer >= 0 (ValueError otherwise)."""
+        t = check_integer(t, "the step t", minimum=0)
+        if self.steps_per_epoch is None:
+            raise ValueError("PerEpoch does not know the steps per epoch yet: fit sets it, or pass "
+                             "steps_per_epoch=ceil(n / batch_size) for a loop of one's own")
+        return self.schedule(t // self.steps_per_epoch)
+
+    def __repr__(self):
+        return f"PerEpoch({self.schedule!r}, steps_per_epoch={self.steps_per_epoch})"
+
+
+#: The quantities of :class:`~shallow.cnn.train.History` that :class:`ReduceOnPlateau` may monitor.
+_MONITORS = ("loss", "test_loss", "accuracy", "test_accuracy")
+
+
+class ReduceOnPlateau:
+    """The rate multiplied by ``factor`` when a monitored quantity stops improving (PyTorch's ``ReduceLROnPlateau``).
+
+    A schedule of state rather than of t: eta_t is the current rate, lr until the first reduction.
+    :meth:`step` takes the value of the epoch (:func:`~shallow.cnn.train.fit` calls it after each
+    epoch with ``history.<monitor>[-1]``), and follows PyTorch's rule, for ``mode="min"``:
+
+        better = value < best (1 - threshold)   (``threshold_mode="rel"``; value < best - threshold for "abs"),
+        better: best = value, bad = 0;   else bad += 1;   in a cooldown (c > 0): c -= 1, bad = 0;
+        bad > patience: eta <- max(eta factor, min_lr) unless that changes eta by eps or less; c = cooldown, bad = 0,
+
+    with best = +inf at first (for ``mode="max"``: value > best (1 + threshold), or best + threshold,
+    and best = -inf). A NaN value is no improvement.
+
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate, a finite number >= 0.
+    monitor : {"loss", "test_loss", "accuracy", "test_accuracy"}
+        The quantity of the history that :func:`~shallow.cnn.train.fit` passes (default "loss",
+        the mean training loss of the epoch; the test quantities need a test set).
+    mode : {"min", "max"}, optional
+        Whether lower or higher is better; by default "max" for the accuracies, "min" for the losses.
+    factor : float
+        In [0, 1), default 0.1.
+    patience : int
+        Epochs without improvement before a reduction, an integer >= 0, default 10.
+    threshold : float
+        The least improvement that counts, >= 0 (below 1 for "rel"), default 1e-4.
+    threshold_mode : {"rel", "abs"}
+    cooldown : int
+        Epochs after a reduction in which bad epochs are not counted, default 0.
+    min_lr : float
+        The rate is not reduced below it, default 0.
+    eps : float
+        A reduction by eps or less is skipped, default 1e-8.
+
+    Raises
+    ------
+    ValueError
+        For a value outside these ranges (naming it).
+
+    Notes
+    -----
+    Its state (the current rate, the best value, the counts) goes with the optimiser's
+    (:meth:`Optimizer.state_dict`), and so into the checkpoints of :func:`~shallow.cnn.train.fit`:
+    a resumed run reduces the rate at the same epochs as an uninterrupted one.
+
+    Examples
+    --------
+    >>> schedule = ReduceOnPlateau(1.0, patience=1, factor=0.5)
+    >>> for value in [3.0, 2.0, 2.0, 2.0, 2.0, 1.0]:
+    ...     schedule.step(value)
+    >>> schedule(0), schedule.best
+    (0.5, 1.0)
+    """
+
+    def __init__(self, lr, monitor="loss", *, mode=None, factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        self.initial_lr = check_nonnegative(lr, "lr")
+        if monitor not in _MONITORS:
+            raise ValueError(f"monitor must be one of {', '.join(map(repr, _MONITORS))} (a field of the history), "
+                             f"got {monitor!r}")
+        self.monitor = monitor
+        if mode is None:
+            mode = "max" if monitor.endswith("accuracy") else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max' (whether lower or higher {monitor} is better), got {mode!r}")
+        self.mode = mode
+        self.factor = check_nonnegative(factor, "factor")
+        if self.factor >= 1:
+            raise ValueError(f"factor must be in [0, 1) (the rate is multiplied by it), got {factor!r}")
+        self.patience = check_integer(patience, "patience", minimum=0)
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        self.threshold_mode = threshold_mode
+        self.threshold = check_nonnegative(threshold, "threshold")
+        if threshold_mode == "rel" and self.threshold >= 1:
+            raise ValueError(f"threshold must be in [0, 1) with threshold_mode='rel' (a fraction of the best value), "
+                             f"got {threshold!r}")
+        self.cooldown = check_integer(cooldown, "cooldown", minimum=0)
+        self.min_lr = check_nonnegative(min_lr, "min_lr")
+        self.eps = check_nonnegative(eps, "eps")
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the initial state: rate lr, best +-inf, no bad epoch, no cooldown, no epoch seen."""
+        self.lr = self.initial_lr
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.bad_epochs = self.cooldown_counter = self.epochs = 0
+
+    def _better(self, value: float) -> bool:
+        best, threshold = self.best, self.threshold
+        if self.mode == "min":
+            return value < (best * (1.0 - threshold) if self.threshold_mode == "rel" else best - threshold)
+        return value > (best * (1.0 + threshold) if self.threshold_mode == "rel" else best + threshold)
+
+    def step(self, value) -> None:
+        """Take the monitored value of an epoch (a number) and reduce the rate on a plateau (class notes)."""
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"the monitored {self.monitor} must be a number, got {value!r}") from None
+        self.epochs += 1
+        if self._better(value):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.bad_epochs = 0
+        if self.bad_epochs > self.patience:
+            lr = max(self.lr * self.factor, self.min_lr)
+            if self.lr - lr > self.eps:
+                self.lr = lr
+            self.cooldown_counter, self.bad_epochs = self.cooldown, 0
+
+    def __call__(self, t: int) -> float:
+        """The current rate, whatever the step t."""
+        return self.lr
+
+    def state_dict(self) -> dict:
+        """The state that :meth:`step` changes: rate, best value and counts (numbers)."""
+        return {"lr": self.lr, "best": self.best, "bad_epochs": self.bad_epochs,
+                "cooldown_counter": self.cooldown_counter, "epochs": self.epochs}
+
+    def load_state_dict(self, state) -> None:
+        """Restore what :meth:`state_dict` gave (0-d arrays, as a checkpoint gives them, are accepted)."""
+        missing = [key for key in ("lr", "best", "bad_epochs", "cooldown_counter", "epochs") if key not in state]
+        if missing:
+            raise ValueError(f"the ReduceOnPlateau state has no entry {missing[0]!r}")
+        item = {key: (value.item() if getattr(value, "ndim", None) == 0 else value) for key, value in state.items()}
+        self.lr = check_nonnegative(item["lr"], "the saved lr")
+        best = item["best"]
+        if not (isinstance(best, (int, float)) and not isinstance(best, bool) and not math.isnan(best)):
+            raise ValueError(f"the saved best value must be a number (or an infinity), got {best!r}")
+        self.best = float(best)
+        self.bad_epochs = check_integer(item["bad_epochs"], "the saved bad_epochs", minimum=0)
+        self.cooldown_counter = check_integer(item["cooldown_counter"], "the saved cooldown_counter", minimum=0)
+        self.epochs = check_integer(item["epochs"], "the saved epochs", minimum=0)
+
+    def __repr__(self):
+        return (f"ReduceOnPlateau({self.initial_lr}, monitor={self.monitor!r}, mode={self.mode!r}, "
+                f"factor={self.factor}, patience={self.patience}, threshold={self.threshold}, "
+                f"threshold_mode={self.threshold_mode!r}, cooldown={self.cooldown}, min_lr={self.min_lr}, "
+                f"eps={self.eps})")
+
+
 def as_schedule(lr):
     """A float as :class:`Constant`; a schedule (any callable t -> eta_t) passes through.
 
@@ -207,6 +428,10 @@ def as_schedule(lr):
 
 
 # ----------------------------------------------------------------------------- optimisers
+
+#: The prefix of a schedule's state in :meth:`Optimizer.state_dict` (no parameter name starts with it).
+_SCHEDULE = "@schedule/"
+
 
 def _address(a) -> int:
     """The address of an array's first element (numpy or CuPy)."""
@@ -503,11 +728,15 @@ class Optimizer:
         return list(self.params.values()) + [value for slots in self.state.values() for value in slots.values()]
 
     def state_dict(self) -> dict:
-        """The step counter and the state arrays (on the host), by ``"name/slot"``."""
+        """The step counter and the state arrays (on the host), by ``"name/slot"``; and the state of
+        a schedule that has one (:class:`ReduceOnPlateau`), by ``"@schedule/key"``."""
         out = {"t": self.t}
         for name, slots in self.state.items():
             for slot, value in slots.items():
                 out[f"{name}/{slot}"] = to_numpy(value)
+        if callable(getattr(self.schedule, "state_dict", None)):
+            for key, value in self.schedule.state_dict().items():
+                out[f"{_SCHEDULE}{key}"] = value
         return out
 
     def load_state_dict(self, state: dict):
@@ -527,6 +756,12 @@ class Optimizer:
                 if saved.shape != value.shape:
                     raise ValueError(f"the optimiser state {key!r} has shape {saved.shape}, expected {value.shape}")
                 value[...] = get_xp(value).asarray(saved)
+        if callable(getattr(self.schedule, "load_state_dict", None)):
+            saved = {key[len(_SCHEDULE):]: value for key, value in state.items() if key.startswith(_SCHEDULE)}
+            if not saved:
+                raise ValueError(f"the optimiser state holds no state of its schedule {type(self.schedule).__name__}: "
+                                 "was it saved with another schedule?")
+            self.schedule.load_state_dict(saved)
 
 
 class SGD(Optimizer):
@@ -600,12 +835,24 @@ class Adam(Optimizer):
         Names (fnmatch patterns) of the parameters without weight decay (:class:`Optimizer`).
     clip_norm : float, optional
         Clip the gradient to this global norm first (:class:`Optimizer`).
+    amsgrad : bool
+        AMSGrad: divide by the largest second moment so far, max(v_max, v) (module notes), as
+        PyTorch's ``amsgrad=True``; one more state array per parameter ("v_max"). Default False.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> theta = np.array([0.0])
+    >>> opt = Adam({"theta": theta}, lr=0.1, amsgrad=True)
+    >>> opt.step({"theta": np.array([1.0])}); opt.step({"theta": np.array([0.0])})
+    >>> opt.state["theta"]["v_max"]  # max(0.001, 0.999 * 0.001)
+    array([0.001])
     """
 
     _slots = ("m", "v")
 
     def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False,
-                 no_decay=None, clip_norm=None):
+                 no_decay=None, clip_norm=None, amsgrad=False):
         if not hasattr(betas, "__len__") or len(betas) != 2:  # a single float: len() raised TypeError
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(check_nonnegative(b, "betas") for b in betas)
@@ -613,6 +860,9 @@ class Adam(Optimizer):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
         self.eps = check_positive(eps, "eps")  # eps = 0 divides 0 by 0 where a gradient stays 0
         self.decoupled = check_bool(decoupled, "decoupled")
+        self.amsgrad = check_bool(amsgrad, "amsgrad")
+        if self.amsgrad:
+            self._slots = ("m", "v", "v_max")
         super().__init__(params, lr, weight_decay=weight_decay, no_decay=no_decay, clip_norm=clip_norm)
 
     def _decay_array(self, mask):
@@ -644,6 +894,8 @@ class Adam(Optimizer):
         m += (1.0 - b1) * g
         v *= b2
         v += (1.0 - b2) * (g * g)
+        if self.amsgrad:
+            v = xp.maximum(state["v_max"], v, out=state["v_max"])
         denom = xp.sqrt(v * correction)
         denom += self.eps
         p -= step * m / denom

@@ -980,7 +980,7 @@ class _Bounds:
         if isinstance(layer, AvgPool2d) and self.method == "fft":
             (KH, KW), (sh, sw) = layer.kernel_size, layer.stride
             m = math.ceil(KH / sh) * math.ceil(KW / sw)
-            return math.sqrt(m / (KH * KW))
+            return math.sqrt(m / layer._smallest_divisor(shape))  # KH KW unless ceil_mode windows run past the input
         return spectral_norm(layer, shape, n_iter=self.n_iter, tol=self.tol, rng=self.rng)
 
     def opaque(self, layer, shape, bound):

@@ -57,7 +57,7 @@ from .graph import CapturedStep
 from .layers import _check_caching, _running_buffers, _shape_of, check_layer, no_cache
 from .losses import CrossEntropy, SquareLoss, accuracy, check_labels
 from .models import _data_checked, _inputs_checked, _n_outputs, check_images
-from .optim import SGD, Optimizer
+from .optim import SGD, Optimizer, PerEpoch, ReduceOnPlateau
 
 __all__ = ["History", "TrainingDivergedError", "fit", "evaluate", "predict", "save_checkpoint",
            "load_checkpoint", "train_step"]
@@ -321,7 +321,10 @@ def _check_resume(path, settings: dict, epochs: int) -> None:
                          "a resumed fit runs up to epochs in all")
     if saved is None:  # written by save_checkpoint without settings: nothing to compare
         return
-    differ = [name for name in sorted(set(settings) | set(saved)) if saved.get(name) != settings.get(name)]
+    # a switch the checkpoint lacks, and off here (an option added since it was written, such as Adam's
+    # amsgrad), is no difference
+    differ = [name for name in sorted(set(settings) | set(saved))
+              if saved.get(name) != settings.get(name) and not (name not in saved and settings.get(name) is False)]
     if differ:
         long = {"data": "data: the training data (X, y) differ", "model": "model: another architecture (its repr differs)"}
         what = [long.get(name) or f"{name}: {settings.get(name)!r} (saved: {saved.get(name)!r})" for name in differ]
@@ -538,7 +541,14 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     Notes
     -----
     The optimiser's schedule counts steps, ceil(n / batch_size) per epoch (:mod:`~shallow.cnn.optim`),
-    and ``history.lr`` records the rate of each epoch's last step.
+    and ``history.lr`` records the rate of each epoch's last step. Two schedules count epochs instead:
+
+    - :class:`~shallow.cnn.optim.PerEpoch` (``PerEpoch(StepDecay(lr, k))``, ``PerEpoch(Cosine(lr, epochs))``),
+      whose steps per epoch fit sets: PyTorch's ``scheduler.step()`` once per epoch;
+    - :class:`~shallow.cnn.optim.ReduceOnPlateau`, to which fit passes ``history.<monitor>[-1]`` after
+      each epoch (after the test set is evaluated, before the callback and the checkpoint): PyTorch's
+      ``scheduler.step(val_loss)`` at the end of the epoch. Its state is saved in the checkpoints,
+      and a resumed run reduces the rate at the same epochs.
 
     Examples
     --------
@@ -587,6 +597,17 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     resume, capture = check_bool(resume, "resume"), check_bool(capture, "capture")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from (checkpoint=None)")
+    n = X.shape[0]
+    steps_per_epoch = n // batch_size + (n % batch_size > 0)
+    schedule = optimizer.schedule
+    if isinstance(schedule, PerEpoch):
+        schedule.bind(steps_per_epoch)
+    plateau = schedule if isinstance(schedule, ReduceOnPlateau) else None
+    if plateau is not None and plateau.monitor.startswith("test_") and X_test is None:
+        raise ValueError(f"the ReduceOnPlateau schedule monitors {plateau.monitor!r}, which needs X_test and y_test")
+    if plateau is not None and plateau.monitor.endswith("accuracy") and real:
+        raise ValueError(f"the ReduceOnPlateau schedule monitors {plateau.monitor!r}, but real targets have no "
+                         "accuracy (NaN): monitor 'loss' or 'test_loss'")
     rng = check_random_state(rng)
     # the labels were checked above, once: a step checks them no more (on a GPU, two waits for the device a step)
     step = (CapturedStep(model, loss, optimizer) if capture
@@ -600,8 +621,6 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         start = state["epoch"]
         history = state["history"] or History()
 
-    n = X.shape[0]
-    steps_per_epoch = n // batch_size + (n % batch_size > 0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -650,6 +669,8 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
                 history.test_accuracy.append(test_acc)
                 history.lr.append(lr)
                 history.time.append(time.perf_counter() - t0)
+                if plateau is not None:
+                    plateau.step(getattr(history, plateau.monitor)[-1])
                 stop = callback is not None and bool(callback(history, model))
                 if stop:
                     history.message = f"stopped by the callback after epoch {epoch + 1}"

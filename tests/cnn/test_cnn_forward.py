@@ -325,6 +325,118 @@ def test_maxpool_window_of_minus_infinities_sends_its_gradient_to_its_first_entr
     np.testing.assert_array_equal(pool.jvp(x, tx)[1], expected_ty)
 
 
+# --------------------------------------------------------------------------- pooling with ceil_mode
+def torch_pool_loops(x, k, s, p, op, ceil_mode):
+    """PyTorch's CPU pooling kernels written out (aten/src/ATen/native: max_pool2d, avg_pool2d with
+    count_include_pad=True), k, s, p pairs (rows, columns): the output size of ``pooling_output_shape``,
+    then per window
+
+        hstart = oh sH - padH,  hend = min(hstart + kH, H + padH),  pool_size = (hend - hstart)(wend - wstart),
+        hstart, hend = max(hstart, 0), min(hend, H)  (columns alike),
+
+    the average sum(x[hstart:hend, wstart:wend]) / pool_size, the max the first largest entry of x
+    in row-major order (``val > maxval``). Also returns the (row, column) of that entry, for the max."""
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    N, H, W, C = x.shape
+
+    def size(n, k, s, p):
+        out = (n + 2 * p - (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= n + p:
+            out -= 1
+        return out
+
+    Ho, Wo = size(H, kh, sh, ph), size(W, kw, sw, pw)
+    y = np.zeros((N, Ho, Wo, C))
+    where = np.zeros((N, Ho, Wo, C, 2), dtype=int)
+    for n, a, b, c in np.ndindex(N, Ho, Wo, C):
+        h0, w0 = a * sh - ph, b * sw - pw
+        h1, w1 = min(h0 + kh, H + ph), min(w0 + kw, W + pw)
+        pool_size = (h1 - h0) * (w1 - w0)
+        h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, H), min(w1, W)
+        if op == "avg":
+            y[n, a, b, c] = x[n, h0:h1, w0:w1, c].sum() / pool_size
+        else:
+            best, at = -np.inf, None
+            for i in range(h0, h1):
+                for j in range(w0, w1):
+                    if at is None or x[n, i, j, c] > best:
+                        best, at = x[n, i, j, c], (i, j)
+            y[n, a, b, c], where[n, a, b, c] = best, at
+    return y, where
+
+
+@pytest.mark.parametrize("H, k, s, p, floor, ceil", [
+    (5, 2, 2, 0, 2, 3),  # (5 - 2) / 2 = 1.5: floor 1 + 1, ceil 2 + 1
+    (6, 3, 2, 1, 3, 4),  # (6 + 2 - 3) / 2 = 2.5; the 4th window starts at 6 < 6 + 1
+    (5, 3, 3, 1, 2, 2),  # (5 + 2 - 3) / 3 = 4/3: ceil 2 + 1 = 3, but window 3 would start at 6 >= 5 + 1: 2
+    (6, 2, 4, 1, 2, 2),  # (6 + 2 - 2) / 4 = 1.5: ceil 2 + 1 = 3, but window 3 would start at 8 >= 6 + 1: 2
+    (6, 2, 2, 0, 3, 3),  # (6 - 2) / 2 = 2: an integer, the two modes agree
+])
+def test_ceil_mode_output_size_is_pytorchs_rounded_up_size_with_the_last_window_starting_in_the_input(H, k, s, p, floor,
+                                                                                                    ceil):
+    # PyTorch's pooling_output_shape: ceil((H + 2p - k) / s) + 1, less one when (out - 1) s >= H + p; counted by hand
+    x = np.zeros((1, H, H, 1))
+    for pool in (MaxPool2d, AvgPool2d):
+        assert pool(k, s, p).forward(x).shape == (1, floor, floor, 1)
+        assert pool(k, s, p, ceil_mode=True).forward(x).shape == (1, ceil, ceil, 1)
+
+
+# on 7 x 8 images, windows past the padded input in all but (2, 3, 1), where the rule "the last window starts
+# in the input or its first padding" removes them (8 / 3 rounded up, then one less)
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (3, 3, 0), (2, 3, 1), ((2, 3), (3, 2), (0, 1))])
+def test_ceil_mode_pooling_matches_pytorchs_kernels_written_out(k, s, p):
+    # max: the same entry, bitwise; average: the window's entries in the input or its padding divide the
+    # sum (fewer than kh kw for the windows past the padding), applied here as a multiplication by the
+    # reciprocal: a few ulps
+    pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 7, 8, 3))
+    y_max, _ = torch_pool_loops(x, pair(k), pair(s), pair(p), "max", True)
+    y_avg, _ = torch_pool_loops(x, pair(k), pair(s), pair(p), "avg", True)
+    np.testing.assert_array_equal(MaxPool2d(k, s, p, ceil_mode=True).forward(x), y_max)
+    np.testing.assert_allclose(AvgPool2d(k, s, p, ceil_mode=True).forward(x), y_avg, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 2, 1), (3, 3, 1), (2, 3, 0)])
+def test_ceil_mode_maxpool_sends_each_windows_gradient_to_its_first_maximum_of_x_even_when_all_are_minus_inf(k, s, p):
+    # Ties (module notes): integer images with many ties, and an image of -inf whose every window ties
+    # with the padding and with the part of the last windows past it: the first maximum among x's own
+    # entries (PyTorch's kernel above) receives dy and carries the tangent.
+    rng = np.random.default_rng(32)
+    x = rng.integers(0, 2, size=(2, 7, 6, 2)).astype(np.float64)
+    x[1, :, :, 1] = -np.inf
+    pool = MaxPool2d(k, s, p, ceil_mode=True)
+    y = pool.forward(x)
+    assert y.shape != MaxPool2d(k, s, p).forward(x).shape  # some windows run past the padded input
+    _, where = torch_pool_loops(x, (k, k), (s, s), (p, p), "max", True)
+    dy, tx = rng.standard_normal(y.shape), rng.standard_normal(x.shape)
+    expected_dx, expected_ty = np.zeros_like(x), np.zeros_like(y)
+    for n, a, b, c in np.ndindex(*y.shape):
+        i, j = where[n, a, b, c]
+        expected_dx[n, i, j, c] += dy[n, a, b, c]
+        expected_ty[n, a, b, c] = tx[n, i, j, c]
+    # dx sums the dy of up to ceil(k / s)^2 = 4 windows, in another order: 4 eps max|dy|
+    np.testing.assert_allclose(pool.backward(dy), expected_dx, rtol=0, atol=4 * 2.0 ** -52 * np.abs(dy).max())
+    np.testing.assert_array_equal(pool.jvp(x, tx)[1], expected_ty)
+
+
+@pytest.mark.parametrize("pool", [MaxPool2d, AvgPool2d])
+def test_ceil_mode_equals_floor_mode_when_the_windows_fit_the_padded_input(pool):
+    # (H + 2p - k) / s an integer: the same windows, so the same numbers, bitwise, forward and backward
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((2, 7, 9, 3))  # (7 + 2 - 3) / 2 = 3, (9 + 2 - 3) / 2 = 4
+    floor, ceil = pool(3, 2, 1), pool(3, 2, 1, ceil_mode=True)
+    y = floor.forward(x)
+    np.testing.assert_array_equal(ceil.forward(x), y)
+    dy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(ceil.backward(dy), floor.backward(dy))
+
+
+def test_pooling_refuses_a_ceil_mode_that_is_not_a_bool():
+    with pytest.raises(ValueError, match="ceil_mode"):
+        MaxPool2d(2, ceil_mode="yes")
+
+
 def test_maxpool_window_holding_a_nan_passes_no_gradient():
     # A NaN has no order: the window's output is NaN, and none of its entries is its maximum
     x = np.arange(32.0).reshape(1, 4, 4, 2)

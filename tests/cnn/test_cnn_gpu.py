@@ -199,8 +199,34 @@ def test_fused_batch_norm_kernels_on_cupy_match_the_unfused_layer(monkeypatch, d
         _assert_close(u, v, f"fused {name}", rtol)
 
 
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_ceil_mode_pooling_and_amsgrad_on_cupy_match_numpy(pool):
+    # ceil_mode: windows past the padded input (6 + 2 - 3 = 5 columns at stride 2: 4 windows, the last one column
+    # past the padding), whose average divides by a device array of per-window counts; AMSGrad's maximum on
+    # the flat parameters of a model moved to the device
+    from shallow.cnn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Sequential
+    x, y = _batch((7, 6, 2), n=4, n_classes=3)
+    results = {}
+    for device in ("cpu", "gpu"):
+        layer = (MaxPool2d if pool == "max" else AvgPool2d)(3, stride=2, padding=1, ceil_mode=True)
+        model = Sequential(Conv2d(2, 3, 3, padding=1, rng=0), layer, Flatten(), Linear(4 * 4 * 3, 3, rng=1)).to(device)
+        opt = Adam(model.named_parameters(), lr=1e-2, amsgrad=True)
+        assert device == "cpu" or opt._flat is not None
+        xd, yd = to_device(x, device), to_device(y, device)
+        grads = [to_device(10.0 ** -k * np.ones(1), device) for k in range(3)]  # shrinking losses: v_max matters
+        for scale in grads:
+            out = model.forward(xd)
+            _, dout = CrossEntropy().value_and_grad(out, yd)
+            model.backward(dout * scale)
+            opt.step(model.named_gradients())
+        results[device] = (to_numpy(model.forward(xd)), {k: to_numpy(v) for k, v in model.named_parameters().items()})
+    _assert_close(results["gpu"][0], results["cpu"][0], "outputs after 3 AMSGrad steps")
+    for name, value in results["cpu"][1].items():
+        _assert_close(results["gpu"][1][name], value, f"parameter {name}")
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adam amsgrad"])
 def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
     """CapturedStep records the step as a CUDA graph (no fallback warning) and its replays give the
     numbers of the steps run launch by launch, with a learning rate that changes every step."""
@@ -215,7 +241,7 @@ def test_captured_steps_on_cupy_replay_the_steps_of_train_step(optimizer):
         model.check_inputs = False
         params = model.named_parameters()
         opt = (SGD(params, lr=Cosine(0.05, 6), momentum=0.9, weight_decay=1e-4) if optimizer == "sgd"
-               else Adam(params, lr=Cosine(1e-3, 6)))
+               else Adam(params, lr=Cosine(1e-3, 6), amsgrad=optimizer == "adam amsgrad"))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             step = CapturedStep(model, CrossEntropy(), opt) if captured else None

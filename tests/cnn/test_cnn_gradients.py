@@ -92,6 +92,12 @@ def layer_cases():
     yield "maxpool_overlapping_padded", MaxPool2d(3, stride=2, padding=1), img
     yield "avgpool", AvgPool2d(2), img
     yield "avgpool_overlapping_padded", AvgPool2d(3, stride=2, padding=1), img
+    # ceil_mode: odd sizes whose last windows run past the input (7 rows in windows of 2; 6 + 2 padded rows in
+    # windows of 3 at stride 2: 4 windows, the last one row past the padding)
+    yield "maxpool_ceil", MaxPool2d(2, ceil_mode=True), (2, 7, 5, 3)
+    yield "maxpool_ceil_overlapping_padded", MaxPool2d(3, stride=2, padding=1, ceil_mode=True), img
+    yield "avgpool_ceil", AvgPool2d(2, ceil_mode=True), (2, 7, 5, 3)
+    yield "avgpool_ceil_overlapping_padded", AvgPool2d(3, stride=2, padding=1, ceil_mode=True), img
     yield "global_avgpool", GlobalAvgPool2d(), img
     yield "flatten", Flatten(), img
     bn = BatchNorm2d(3)
@@ -203,7 +209,8 @@ def test_layer_taylor_remainder_is_second_order(name):
     assert abs(slope - 2) < 0.1
 
 
-@pytest.mark.parametrize("name", ["relu", "maxpool", "avgpool", "global_avgpool", "flatten"])
+@pytest.mark.parametrize("name", ["relu", "maxpool", "avgpool", "global_avgpool", "flatten",
+                                  "maxpool_ceil_overlapping_padded", "avgpool_ceil_overlapping_padded"])
 def test_piecewise_linear_layer_has_no_taylor_remainder(name):
     # relu and max pooling are linear between kinks; average pooling and flattening are linear:
     # the first-order remainder is rounding only (h <= 1e-4 crosses no kink).

@@ -7,7 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 from shallow.cnn import SGD, Adam, Constant, Cosine, CrossEntropy, SquareLoss, StepDecay, log_softmax
-from shallow.cnn.optim import BIASES_AND_NORMS, clip_grad_norm
+from shallow.cnn.optim import BIASES_AND_NORMS, PerEpoch, ReduceOnPlateau, clip_grad_norm
 
 
 # --------------------------------------------------------------------------- losses
@@ -826,3 +826,216 @@ def test_clipping_refuses_a_bound_that_is_not_a_positive_number_naming_it(clip):
         SGD(_params(False), lr=0.1, clip_norm=clip)
     with pytest.raises(ValueError, match="max_norm must be a positive finite number"):
         clip_grad_norm(_grads(False, 1), clip)
+
+
+# --------------------------------------------------------------------------- AMSGrad
+def _amsgrad_by_hand(theta0, grads, lr, b1, b2, eps, wd, decoupled):
+    """PyTorch's torch.optim.adam with amsgrad=True (_single_tensor_adam), written out entry by entry:
+    m, v as Adam; v_max = max(v_max, v); denom = sqrt(v_max) / sqrt(1 - b2^k) + eps;
+    theta -= (lr / (1 - b1^k)) m / denom."""
+    theta, m, v, vmax = list(theta0), [0.0] * len(theta0), [0.0] * len(theta0), [0.0] * len(theta0)
+    for k, g in enumerate(grads, start=1):
+        for i, gi in enumerate(g):
+            if decoupled:
+                theta[i] *= 1 - lr * wd
+            else:
+                gi += wd * theta[i]
+            m[i] = b1 * m[i] + (1 - b1) * gi
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi
+            vmax[i] = max(vmax[i], v[i])
+            denom = math.sqrt(vmax[i]) / math.sqrt(1 - b2 ** k) + eps
+            theta[i] -= (lr / (1 - b1 ** k)) * m[i] / denom
+    return theta, vmax
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_amsgrad_divides_by_the_largest_second_moment_so_far(decoupled):
+    # large gradients, then small ones: v decreases and v_max keeps its peak (and the steps differ from Adam's)
+    theta = np.array([0.5, -1.5])
+    grads = [np.array([3.0, -2.0]), np.array([0.1, 0.2]), np.array([-0.05, 0.1]), np.array([0.01, -0.3])]
+    lr, (b1, b2), eps, wd = 0.01, (0.8, 0.9), 1e-8, 0.1
+    opt = Adam({"theta": theta}, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=decoupled, amsgrad=True)
+    for g in grads:
+        opt.step({"theta": g})
+    expected, vmax = _amsgrad_by_hand([0.5, -1.5], grads, lr, b1, b2, eps, wd, decoupled)
+    # the same formula in other groupings (sqrt(v_max / c) against sqrt(v_max) / sqrt(c)): a few eps64 per step
+    np.testing.assert_allclose(theta, expected, rtol=1e-14)
+    np.testing.assert_allclose(opt.state["theta"]["v_max"], vmax, rtol=1e-15)
+    plain = np.array([0.5, -1.5])
+    adam = Adam({"theta": plain}, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=decoupled)
+    for g in grads:
+        adam.step({"theta": g})
+    assert np.abs(plain - theta).max() > 1e-4  # v fell below its peak: AMSGrad took smaller steps
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_adam_amsgrad_on_flat_parameters_gives_the_numbers_of_separate_ones(kind):
+    # the flat fast path (one maximum over one array) and the per-parameter one: the same elementwise formula,
+    # bitwise; with weight decay on the weights only (a vector of lambdas, or AdamW's mask)
+    results = {}
+    for flat in (False, True):
+        params = _params(flat)
+        opt = _MAKE[kind](params, no_decay=BIASES_AND_NORMS, amsgrad=True)
+        assert (opt._flat is not None) == flat
+        for scale in (1.0, 0.1, 0.01):  # shrinking gradients: v falls below v_max
+            grads = _grads(flat, 1)
+            for g in grads.values():
+                g *= scale  # in place: flat gradients stay one array
+            opt.step(grads)
+        results[flat] = (params, opt.state)
+    for name in _SHAPES:
+        np.testing.assert_array_equal(results[True][0][name], results[False][0][name], err_msg=name)
+        np.testing.assert_array_equal(results[True][1][name]["v_max"], results[False][1][name]["v_max"], err_msg=name)
+
+
+def test_adam_amsgrad_state_round_trip_continues_identically():
+    # v_max is a slot of the state: saved and restored with m and v
+    rng = np.random.default_rng(4)
+    grads = [{"w": rng.standard_normal(4) * 10.0 ** -k} for k in range(6)]
+    a, b = np.ones(4), np.ones(4)
+    opt_a = Adam({"w": a}, lr=0.1, amsgrad=True)
+    for g in grads:
+        opt_a.step(g)
+    opt_b = Adam({"w": b}, lr=0.1, amsgrad=True)
+    for g in grads[:3]:
+        opt_b.step(g)
+    saved = opt_b.state_dict()
+    assert "w/v_max" in saved
+    c = b.copy()
+    opt_c = Adam({"w": c}, lr=0.1, amsgrad=True)
+    opt_c.load_state_dict(saved)
+    for g in grads[3:]:
+        opt_c.step(g)
+    np.testing.assert_array_equal(c, a)
+
+
+# --------------------------------------------------------------------------- epoch-based schedules
+def test_per_epoch_step_decay_is_steplr_stepped_once_per_epoch():
+    # PyTorch: StepLR(opt, step_size=2, gamma=0.5), scheduler.step() after each epoch of 3 steps: every step of
+    # epoch e has the rate 1.0 * 0.5^floor(e / 2), counted by hand
+    schedule = PerEpoch(StepDecay(1.0, step_size=2, gamma=0.5), steps_per_epoch=3)
+    rates = [schedule(t) for t in range(15)]
+    assert rates == [1.0] * 6 + [0.5] * 6 + [0.25] * 3
+
+
+def test_per_epoch_cosine_is_cosine_annealing_over_epochs():
+    # PyTorch: CosineAnnealingLR(opt, T_max=4, eta_min=0.1) stepped once per epoch: epoch e has
+    # 0.1 + (1 - 0.1) (1 + cos(pi e / 4)) / 2 (the closed form of the recursion), and eta_min from e = 4 on here
+    schedule = PerEpoch(Cosine(1.0, total_steps=4, lr_min=0.1), steps_per_epoch=5)
+    for t in range(30):
+        e = min(t // 5, 4)
+        assert schedule(t) == pytest.approx(0.1 + 0.9 * (1 + math.cos(math.pi * e / 4)) / 2, rel=1e-15, abs=1e-16)
+
+
+def test_per_epoch_refuses_a_step_before_it_knows_the_steps_per_epoch_and_another_count_after():
+    schedule = PerEpoch(Cosine(1.0, 4))
+    with pytest.raises(ValueError, match="PerEpoch does not know the steps per epoch"):
+        schedule(0)
+    schedule.bind(3)
+    schedule.bind(3)  # the same count again: accepted
+    with pytest.raises(ValueError, match="steps_per_epoch=3 steps, but these epochs have 4"):
+        schedule.bind(4)
+    with pytest.raises(ValueError, match="steps_per_epoch must be"):
+        PerEpoch(Cosine(1.0, 4), steps_per_epoch=0)
+
+
+# --------------------------------------------------------------------------- ReduceOnPlateau
+def _torch_plateau(values, lr, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel", cooldown=0,
+                   min_lr=0.0, eps=1e-8):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau.step(metrics) written out (one parameter group); the rates
+    after each step."""
+    best = math.inf if mode == "min" else -math.inf
+    bad = cooldown_counter = 0
+    rates = []
+    for current in values:
+        if mode == "min" and threshold_mode == "rel":
+            better = current < best * (1.0 - threshold)
+        elif mode == "min":
+            better = current < best - threshold
+        elif threshold_mode == "rel":
+            better = current > best * (threshold + 1.0)
+        else:
+            better = current > best + threshold
+        if better:
+            best, bad = current, 0
+        else:
+            bad += 1
+        if cooldown_counter > 0:
+            cooldown_counter -= 1
+            bad = 0
+        if bad > patience:
+            new_lr = max(lr * factor, min_lr)
+            if lr - new_lr > eps:
+                lr = new_lr
+            cooldown_counter, bad = cooldown, 0
+        rates.append(lr)
+    return rates
+
+
+_PLATEAU_CASES = {
+    "rel patience 1": dict(patience=1, factor=0.5),
+    "abs threshold": dict(patience=0, threshold=0.05, threshold_mode="abs", factor=0.5),
+    "cooldown 2, min_lr": dict(patience=0, cooldown=2, factor=0.3, min_lr=0.05),
+    "max mode": dict(mode="max", patience=1, threshold=0.01, factor=0.5),
+    "eps skips small reductions": dict(patience=0, factor=0.9, eps=0.05),
+}
+
+
+@pytest.mark.parametrize("case", _PLATEAU_CASES)
+def test_reduce_on_plateau_follows_pytorchs_rule(case):
+    # a noisy decreasing sequence with plateaus, a NaN (no improvement) among them
+    values = [5.0, 4.0, 4.0, 3.99, 3.9, 3.9, 3.9, 2.0, float("nan"), 2.0, 1.96, 1.95, 1.95, 1.95, 1.0, 1.0]
+    kwargs = _PLATEAU_CASES[case]
+    schedule = ReduceOnPlateau(1.0, **kwargs)
+    rates = []
+    for value in values:
+        schedule.step(value)
+        rates.append(schedule(0))
+    assert rates == _torch_plateau(values, 1.0, **kwargs)
+    assert len(set(rates)) > 1  # some reductions happened
+
+
+def test_reduce_on_plateau_of_patience_one_halves_after_two_epochs_without_improvement():
+    # counted by hand: best 3, 2; then 2, 2 (two bad epochs > patience 1): 0.5; then 2 (one bad epoch), 1: best
+    schedule = ReduceOnPlateau(1.0, patience=1, factor=0.5)
+    rates = []
+    for value in [3.0, 2.0, 2.0, 2.0, 2.0, 1.0]:
+        schedule.step(value)
+        rates.append(schedule(123))
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
+    assert (schedule.best, schedule.bad_epochs, schedule.epochs) == (1.0, 0, 6)
+
+
+def test_reduce_on_plateau_state_goes_with_the_optimizers_and_continues_identically():
+    values = [3.0, 2.0, 2.0, 2.0, 1.9, 1.9, 1.9, 1.0]
+    theta = np.ones(2)
+    opt = SGD({"w": theta}, lr=ReduceOnPlateau(1.0, patience=1, factor=0.5, cooldown=1))
+    for value in values[:4]:
+        opt.schedule.step(value)
+    saved = opt.state_dict()
+    assert saved["@schedule/lr"] == 0.5
+    other = SGD({"w": np.ones(2)}, lr=ReduceOnPlateau(1.0, patience=1, factor=0.5, cooldown=1))
+    other.load_state_dict({k: np.asarray(v) for k, v in saved.items()})  # 0-d arrays, as a checkpoint gives them
+    for value in values[4:]:
+        opt.schedule.step(value)
+        other.schedule.step(value)
+        assert other.lr == opt.lr
+    assert other.schedule.state_dict() == opt.schedule.state_dict()
+    with pytest.raises(ValueError, match="holds no state of its schedule ReduceOnPlateau"):
+        other.load_state_dict({"t": 0})  # SGD without momentum: no slot, only the step count
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(monitor="val_loss"), "monitor must be one of"),
+    (dict(factor=1.0), r"factor must be in \[0, 1\)"),
+    (dict(mode="lowest"), "mode must be 'min' or 'max'"),
+    (dict(threshold=1.0), r"threshold must be in \[0, 1\) with threshold_mode='rel'"),
+    (dict(patience=-1), "patience"),
+])
+def test_reduce_on_plateau_refuses_settings_outside_their_ranges_naming_them(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReduceOnPlateau(0.1, **kwargs)
+
+
+def test_reduce_on_plateau_monitoring_an_accuracy_maximises_it_by_default():
+    assert ReduceOnPlateau(0.1, "test_accuracy").mode == "max" and ReduceOnPlateau(0.1, "test_loss").mode == "min"

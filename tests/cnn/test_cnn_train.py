@@ -11,6 +11,7 @@ from shallow.cnn import (BIASES_AND_NORMS, SGD, Adam, Augment, Cosine, CrossEntr
                          TrainingDivergedError, build_model, evaluate,
                          fit, linearize, load_checkpoint, load_digits, predict, relative_change, save_checkpoint,
                          snapshot, vgg_small)
+from shallow.cnn.optim import PerEpoch, ReduceOnPlateau
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,18 @@ def test_small_cnn_reaches_98_percent_test_accuracy_on_digits(digits):
 
 
 def _tiny_run(digits, tmp_path, epochs, resume, checkpoint="ckpt.npz", flat=False, optimizer=SGD, loss=None,
-              **options):
-    """A small model with everything that carries state: batch norm, dropout, momentum, augmentation."""
+              schedule=None, **options):
+    """A small model with everything that carries state: batch norm, dropout, momentum, augmentation.
+    ``schedule``: a function returning a fresh schedule (by default a cosine over 20 steps)."""
     model = build_model("vgg", digits.in_shape, 10, width=3, rng=1, dropout=0.2, centering="frozen", alpha=2.0)
     if flat:
         model.flatten_parameters()
     if optimizer is SGD:
-        opt = SGD(model.named_parameters(), lr=Cosine(0.05, 20), momentum=0.9, weight_decay=1e-4, **options)
+        lr = Cosine(0.05, 20) if schedule is None else schedule()
+        opt = SGD(model.named_parameters(), lr=lr, momentum=0.9, weight_decay=1e-4, **options)
     else:
-        opt = optimizer(model.named_parameters(), lr=Cosine(0.01, 20), weight_decay=1e-2, **options)
+        lr = Cosine(0.01, 20) if schedule is None else schedule()
+        opt = optimizer(model.named_parameters(), lr=lr, weight_decay=1e-2, **options)
     X, y = digits.X_train[:96].astype(np.float64), digits.y_train[:96]
     history = fit(model, X, y, X_test=digits.X_test[:40].astype(np.float64), y_test=digits.y_test[:40],
                   optimizer=opt, epochs=epochs, batch_size=16, rng=2, augment=Augment(shift=1, rotation=5.0),
@@ -61,6 +65,14 @@ _OPTIONS = {
                                                    loss=CrossEntropy(label_smoothing=0.1)),
     "adamw no_decay clip_norm": dict(optimizer=functools.partial(Adam, decoupled=True), no_decay=BIASES_AND_NORMS,
                                      clip_norm=0.5),
+    # AMSGrad: one more slot (v_max) in the optimiser state
+    "adam amsgrad": dict(optimizer=functools.partial(Adam, amsgrad=True)),
+    # an epoch-based schedule, whose steps per epoch fit sets in each run: halved every epoch
+    "sgd per_epoch": dict(schedule=lambda: PerEpoch(StepDecay(0.05, 1, 0.5))),
+    # the plateau state (rate, best test loss, counts) in the checkpoint: patience 0 and a 30% threshold make
+    # a reduction at most epochs (test_checkpoint_resume_gives_identical_numbers checks that some happen)
+    "sgd reduce_on_plateau": dict(schedule=lambda: ReduceOnPlateau(0.05, "test_loss", patience=0, threshold=0.3,
+                                                                   factor=0.5)),
 }
 
 
@@ -78,6 +90,9 @@ def test_checkpoint_resume_gives_identical_numbers(digits, tmp_path, flat, optio
     assert opt_r.t == opt_s.t
     for field in ("epoch", "loss", "accuracy", "test_loss", "test_accuracy", "lr"):
         assert getattr(hist_r, field) == getattr(hist_s, field)
+    if isinstance(opt_s.schedule, ReduceOnPlateau):
+        assert opt_r.schedule.state_dict() == opt_s.schedule.state_dict()
+        assert hist_s.lr[2] < hist_s.lr[1], "no reduction after the resumed epoch: the test checks nothing of it"
 
 
 def test_checkpoint_rejects_another_architecture(digits, tmp_path):
@@ -369,6 +384,7 @@ def _resume_run(digits, path, *, epochs=2, width=3, alpha=2.0, lr=Cosine(0.05, 2
     (dict(no_decay="b"), r"optimizer.no_decay: \['b'\] \(saved: \['b', 'gamma', 'beta'\]\)"),
     (dict(clip_norm=None), r"optimizer.clip_norm: None \(saved: 1.0\)"),
     (dict(loss=CrossEntropy(label_smoothing=0.1)), r"loss: 'CrossEntropy\(scale=1.0, label_smoothing=0.1\)'"),
+    (dict(lr=ReduceOnPlateau(0.05, patience=2)), r"optimizer.schedule: \"ReduceOnPlateau\(0.05, monitor='loss'"),
 ])
 def test_resume_refuses_a_checkpoint_of_a_run_with_other_settings(digits, tmp_path, change, match):
     # fit(resume=True) continues the run the checkpoint saved; it used to go on silently with another
@@ -769,3 +785,67 @@ def test_fit_leaves_the_model_in_train_mode():
     net = Sequential(Flatten(), Dropout(0.5, rng=0), Linear(4, 3, rng=0)).eval()
     fit(net, rng.standard_normal((6, 2, 2, 1)), rng.integers(0, 3, 6), epochs=1, batch_size=3, rng=0)
     assert all(layer.training for _, layer in net.named_layers())
+
+
+# ----------------------------------------------------------------------------- epoch-based schedules in fit
+
+def test_fit_sets_the_steps_per_epoch_of_a_per_epoch_schedule():
+    # 10 images in batches of 4: 3 steps per epoch, which fit sets; StepLR(step_size=2, gamma=0.5) stepped once per
+    # epoch gives the epochs 0, 1, 2, 3 the rates 1, 1, 0.5, 0.5 (counted by hand), every step of the epoch alike
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((10, 2, 2, 1)), rng.integers(0, 3, 10)
+    net = Sequential(Flatten(), Linear(4, 3, rng=0))
+    opt = SGD(net.named_parameters(), lr=PerEpoch(StepDecay(1.0, step_size=2, gamma=0.5)))
+    history = fit(net, X, y, optimizer=opt, epochs=4, batch_size=4, rng=0)
+    assert history.lr == [1.0, 1.0, 0.5, 0.5]
+    assert opt.schedule.steps_per_epoch == 3 and opt.t == 12
+    with pytest.raises(ValueError, match="steps_per_epoch=3 steps, but these epochs have 5"):
+        fit(net, X, y, optimizer=opt, epochs=1, batch_size=2, rng=0)
+
+
+def test_fit_passes_the_monitored_quantity_of_each_epoch_to_reduce_on_plateau():
+    # the rate of epoch e + 1 is PyTorch's rule applied to the history's monitored values of epochs 1..e
+    # (tests/cnn/test_cnn_losses_optim.py checks the rule against PyTorch's written out); a rate too large for
+    # this problem makes the training loss stall, and patience 0 reduces it at once
+    from test_cnn_losses_optim import _torch_plateau
+
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((12, 2, 2, 1)), rng.integers(0, 3, 12)
+    for monitor in ("loss", "test_accuracy"):
+        net = Sequential(Flatten(), Linear(4, 3, rng=0))
+        schedule = ReduceOnPlateau(2.0, monitor, patience=0, factor=0.5, threshold=0.01)
+        opt = SGD(net.named_parameters(), lr=schedule)
+        history = fit(net, X, y, X_test=X[:6], y_test=y[:6], optimizer=opt, epochs=6, batch_size=4, rng=0)
+        values = getattr(history, monitor)
+        expected = [2.0] + _torch_plateau(values[:-1], 2.0, mode=schedule.mode, patience=0, factor=0.5, threshold=0.01)
+        assert history.lr == expected
+        assert len(set(history.lr)) > 1, monitor  # some reductions happened
+
+
+def test_fit_refuses_a_plateau_on_a_test_quantity_without_a_test_set_and_on_an_accuracy_of_real_targets():
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((6, 2, 2, 1))
+    net = Sequential(Flatten(), Linear(4, 3, rng=0))
+    opt = SGD(net.named_parameters(), lr=ReduceOnPlateau(0.1, "test_loss"))
+    with pytest.raises(ValueError, match="monitors 'test_loss', which needs X_test and y_test"):
+        fit(net, X, rng.integers(0, 3, 6), optimizer=opt, epochs=1)
+    opt = SGD(net.named_parameters(), lr=ReduceOnPlateau(0.1, "accuracy"))
+    with pytest.raises(ValueError, match="real targets have no accuracy"):
+        fit(net, X, rng.standard_normal((6, 3)), loss=SquareLoss(), optimizer=opt, epochs=1)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_switch_that_is_off_was_added(digits, tmp_path):
+    # a checkpoint of Adam written before amsgrad existed has no "optimizer.amsgrad" setting: amsgrad=False
+    # is the run it saved, and resumes; amsgrad=True is another run, refused
+    import json
+
+    path = tmp_path / "old.npz"
+    _resume_run(digits, path, optimizer=Adam)
+    data = dict(np.load(path))
+    settings = json.loads(str(data["settings"]))
+    del settings["optimizer.amsgrad"]
+    data["settings"] = json.dumps(settings, sort_keys=True)
+    np.savez(path, **data)
+    with pytest.raises(ValueError, match=r"optimizer.amsgrad: True \(saved: None\)"):
+        _resume_run(digits, path, optimizer=functools.partial(Adam, amsgrad=True), epochs=3)
+    assert load_checkpoint(path, _resume_run(digits, path, optimizer=Adam, epochs=3))["epoch"] == 3

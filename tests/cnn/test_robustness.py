@@ -504,6 +504,23 @@ def test_average_pooling_fft_constant_is_above_its_exact_norm():
     assert bound == pytest.approx(2.0 / 3.0, rel=1e-15) and bound >= exact
 
 
+@pytest.mark.parametrize("k, s, p, shape, divisor", [
+    (2, 2, 0, (5, 5, 1), 1),  # the corner window holds x[4, 4] alone: weight 1, norm 1 (not sqrt(1/4))
+    (3, 2, 1, (6, 7, 1), 2 * 3),  # rows: 4 windows in 6 + 2, the last 2 of its 3 rows in; columns fit 7 + 2
+    # rows: the last window starts at row 4, 2 of its 3 rows in; columns: 7 + 2 = 9 holds the 3 windows
+    ((3, 2), (2, 3), (0, 1), (6, 7, 1), 2 * 2),
+])
+def test_average_pooling_fft_constant_with_ceil_mode_is_above_its_exact_norm(k, s, p, shape, divisor):
+    # ceil_mode windows that run past the padded input divide by fewer entries (PyTorch's divisor), down to
+    # min D (counted by hand): Schur's test gives sqrt(overlap / min D), an upper bound of the norm (dense SVD)
+    pool = AvgPool2d(k, s, p, ceil_mode=True)
+    (kh, kw), (sh, sw) = pool.kernel_size, pool.stride
+    overlap = -(-kh // sh) * -(-kw // sw)
+    exact = _dense_norm(pool.forward, shape)
+    bound = lipschitz_upper_bound(Sequential(pool), shape, method="fft")
+    assert bound == pytest.approx((overlap / divisor) ** 0.5, rel=1e-15) and bound >= exact
+
+
 def test_averaged_bound_of_two_convolutions_by_fft_takes_the_dense_norms_of_the_segments():
     # Combettes-Pesquet for A2 relu A1: (|A2 A1| + |A2| |A1|) / 2; with method="fft" every segment's norm comes from
     # its dense matrix (plus 1e-10 relative), capped by the product of the certified FFT bounds. Oracle: numpy's SVD
