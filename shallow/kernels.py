@@ -290,38 +290,6 @@ def _refined_angle(xp, G, nx2, ny2, sides, rows):
         chord = xp.sqrt(xp.maximum(diff2 - (nu - nv) ** 2, 0) / (nu * nv))
         put((i, j), chord, sign)
     return s, theta
-    anti = near & (G < 0)
-    near &= ~anti
-    (x_rows, U, su, A, a2), (y_rows, V, sv, B, b2) = sides()
-    x_rows, U, su, A, a2 = (x_rows[0][rows], x_rows[1][rows]), U[rows], su[rows], A[rows], a2[rows]
-    step = max(1, _PAIR_CHUNK // max(U.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
-    i_anti, j_anti = xp.nonzero(anti)
-    for start in range(0, i_anti.shape[0], step):
-        i, j = i_anti[start:start + step], j_anti[start:start + step]
-        s[i, j] = xp.sqrt(N2[i, j]) * _pair_sine(x_rows, i, y_rows, j, xp)
-        theta[i, j] = xp.arctan2(s[i, j], G[i, j])
-    eps = float(np.finfo(G.dtype).eps)
-
-    def put(where, chord):
-        chord = xp.where(chord <= 4 * eps, 0, chord)
-        theta[where] = 2 * xp.arcsin(xp.minimum(chord / 2, 1))
-        s[where] = xp.sqrt(N2[where]) * (chord * xp.sqrt(1 - chord * chord / 4))
-
-    # u = su (centre + a), v = sv (centre + b): for rows on one side of the centre (su sv = 1) the chord |u - v| is
-    # |a - b|
-    chord2 = a2[:, None] + b2[None, :] - 2 * (A @ B.T)  # (B, n')
-    good = near & (su[:, None] == sv[None, :]) & (a2[:, None] + b2[None, :] <= 16 * chord2)
-    if bool(good.any()):
-        put(good, xp.sqrt(chord2[good]))
-    i_near, j_near = xp.nonzero(near & ~good)
-    for start in range(0, i_near.shape[0], step):
-        i, j = i_near[start:start + step], j_near[start:start + step]
-        Ui, Vj = U[i], V[j]
-        nu, nv = xp.sqrt(xp.sum(Ui * Ui, axis=1)), xp.sqrt(xp.sum(Vj * Vj, axis=1))
-        diff2 = xp.sum((Ui - Vj) ** 2, axis=1)  # |u - v|^2: its radial part (|u| - |v|)^2 is rounding
-        chord = xp.sqrt(xp.maximum(diff2 - (nu - nv) ** 2, 0) / (nu * nv))
-        put((i, j), chord)
-    return s, theta
 
 
 @functools.lru_cache(maxsize=None)
