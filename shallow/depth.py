@@ -265,6 +265,8 @@ class DeepReLU:
     """
 
     def __init__(self, weights, biases, meta=None):
+        if isinstance(weights, _DenseWeights):  # another network's ``weights``: its layers as stored (factors kept)
+            weights = list(weights._stored)
         if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)) or not weights:
             raise ValueError("weights must be a non-empty list of 2-D arrays W_l of shape (n_l, n_{l-1})")
         if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):

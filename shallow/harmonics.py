@@ -259,7 +259,7 @@ def gegenbauer(k, lam, t):
         return prev
     for n in range(2, k + 1):
         prev, cur = cur, (2 * (n + lam - 1) / n) * t * cur - ((n + 2 * lam - 2) / n) * prev
-    return cur
+    return xp.asarray(cur, dtype=t.dtype)  # a 0-d array, not a numpy scalar, for a scalar t
 
 
 def legendre(k, d, t):

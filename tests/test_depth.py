@@ -1189,6 +1189,16 @@ def test_weights_of_a_rank_one_layer_read_as_the_dense_array_and_stored_entries_
     assert net.stored_entries == n1 * 4 + n1 + (n2 + n1) + n2 + n2 + 1
 
 
+def test_a_network_rebuilt_from_another_networks_weights_keeps_its_rank_one_factors():
+    # DeepReLU(net.weights, net.biases) (how a network was copied while weights was a list) builds the same network,
+    # with W_2 still stored as u v^T: the same stored entries, and the same numbers on the same inputs (same code).
+    net = daniely_network(2, 0.2)
+    copy = DeepReLU(net.weights, net.biases, net.meta)
+    assert isinstance(copy.stored_weights[1], RankOneWeights) and copy.stored_entries == net.stored_entries
+    X = sample_daniely(50, 2, rng=1)
+    np.testing.assert_array_equal(copy(X), net(X))
+
+
 def test_daniely_network_in_d_10_stores_o_of_n1_plus_n2_entries_and_builds_in_well_under_a_second():
     # Its W_2 (14051 x 22440, 2.5 GB in float64 when stored dense, 21 s to build) is rank one. Counted here from the
     # widths: n_1 (2d + 2) + 3 n_2 + 1 entries, 0.54 million (4.3 MB), against n_1 n_2 = 3.2e8 for a dense W_2.

@@ -1188,6 +1188,9 @@ def test_legendre_is_gegenbauer_normalised_at_one(d):
 
 def test_gegenbauer_keeps_float32_and_refuses_a_parameter_out_of_range():
     assert harmonics.gegenbauer(5, 1.0, np.float32([0.1, 0.7])).dtype == np.float32
+    for k in (0, 1, 3):  # a 0-d array for a scalar t, as legendre
+        value = harmonics.gegenbauer(k, 1.0, 0.5)
+        assert isinstance(value, np.ndarray) and value.shape == ()
     for lam in (-0.5, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="lam must be a finite number > -1/2"):
             harmonics.gegenbauer(2, lam, np.array([0.1]))

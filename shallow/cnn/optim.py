@@ -224,6 +224,10 @@ class PerEpoch:
     """
 
     def __init__(self, schedule, steps_per_epoch=None):
+        if isinstance(schedule, (PerEpoch, ReduceOnPlateau)):  # fit steps a plateau schedule only unwrapped
+            raise ValueError(f"schedule must count optimiser steps (StepDecay, Cosine, a float, a callable of t), "
+                             f"got a {type(schedule).__name__}, which counts epochs already: pass it to the "
+                             "optimiser as it is")
         self.schedule = as_schedule(schedule)
         self.steps_per_epoch = (None if steps_per_epoch is None
                                 else check_integer(steps_per_epoch, "steps_per_epoch", minimum=1))
@@ -527,7 +531,8 @@ def _matches(name: str, patterns) -> bool:
 
 
 def _check_patterns(no_decay, names):
-    """``no_decay`` as a tuple of patterns (None when empty), each matching one of ``names`` at least."""
+    """``no_decay`` as a tuple of patterns (None when empty), each matching one of ``names`` at least (but for
+    :data:`BIASES_AND_NORMS`, which may match nothing)."""
     if no_decay is None:
         return None
     patterns = (no_decay,) if isinstance(no_decay, str) else no_decay
@@ -539,6 +544,8 @@ def _check_patterns(no_decay, names):
     for q in patterns:
         if not isinstance(q, str) or not q:
             raise ValueError(f"no_decay must hold non-empty strings (fnmatch patterns of parameter names), got {q!r}")
+    # BIASES_AND_NORMS is a convention, not a list of names: a model without batch norm has no gamma nor beta
+    for q in (patterns if patterns != BIASES_AND_NORMS else ()):
         if not any(_matches(name, (q,)) for name in names):
             shown = ", ".join(list(names)[:6]) + (", ..." if len(names) > 6 else "")
             raise ValueError(f"no_decay pattern {q!r} matches no parameter (a typo?): the names are {shown}")
@@ -560,7 +567,7 @@ class Optimizer:
         Patterns (``fnmatch``) of the parameters that get no weight decay, matched against the
         dotted name or its last component: ``("b", "gamma", "beta")`` (:data:`BIASES_AND_NORMS`)
         leaves out the biases and batch-norm parameters (module notes). Each pattern must match a
-        parameter.
+        parameter, except those of :data:`BIASES_AND_NORMS` (a model without batch norm has no gamma).
     clip_norm : float, optional
         Clip the gradient to this global norm before each step (module notes); None (default) does not.
 

@@ -751,6 +751,24 @@ def test_no_decay_patterns_match_the_dotted_name_or_its_last_component():
     assert SGD(params, lr=0.1, weight_decay=0.1, no_decay="gamma")._decays["net.1.gamma"] is None
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_biases_and_norms_applies_to_a_model_without_batch_norm(kind):
+    # BIASES_AND_NORMS is a convention: on a model with no gamma nor beta (vgg_small(batch_norm=False), a stack of
+    # Linear layers) it leaves the biases undecayed. One step from a zero gradient, by hand: SGD's L2 term moves W
+    # by -eta lambda W, AdamW scales it by (1 - eta lambda), and b stays put (Adam's m = 0 moves nothing), to 1 eps.
+    rng = np.random.default_rng(3)
+    W, b = rng.standard_normal((3, 2)), rng.standard_normal(3)
+    params = {"0.W": W.copy(), "0.b": b.copy()}
+    eta, lam = 0.1, 0.5
+    if kind == "sgd":
+        opt = SGD(params, lr=eta, weight_decay=lam, no_decay=BIASES_AND_NORMS)
+    else:
+        opt = Adam(params, lr=eta, weight_decay=lam, decoupled=True, no_decay=BIASES_AND_NORMS)
+    opt.step({"0.W": np.zeros((3, 2)), "0.b": np.zeros(3)})
+    np.testing.assert_allclose(params["0.W"], (1 - eta * lam) * W, rtol=2 * np.finfo(np.float64).eps, atol=0)  # one product and one subtraction
+    np.testing.assert_array_equal(params["0.b"], b)
+
+
 @pytest.mark.parametrize("no_decay, match", [
     (("b", "bias"), "no_decay pattern 'bias' matches no parameter"),
     ([""], "no_decay must hold non-empty strings"),
@@ -1027,3 +1045,11 @@ def test_reduce_on_plateau_refuses_settings_outside_their_ranges_naming_them(kwa
 
 def test_reduce_on_plateau_monitoring_an_accuracy_maximises_it_by_default():
     assert ReduceOnPlateau(0.1, "test_accuracy").mode == "max" and ReduceOnPlateau(0.1, "test_loss").mode == "min"
+
+
+def test_per_epoch_refuses_a_schedule_that_counts_epochs_already():
+    # fit steps a ReduceOnPlateau only when it is the optimiser's schedule itself: wrapped, its rate never dropped
+    from shallow.cnn.optim import PerEpoch, ReduceOnPlateau
+    for inner in (ReduceOnPlateau(0.1), PerEpoch(0.1)):
+        with pytest.raises(ValueError, match="schedule must count optimiser steps"):
+            PerEpoch(inner)
