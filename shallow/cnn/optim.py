@@ -463,10 +463,11 @@ def _flat_base(arrays):
 def _clip_factor(g, max_norm):
     """min(1, max_norm / (|g|_2 + 1e-6)) for a 1-D array g, as a 0-d array (a numpy scalar on the host):
     on a device it stays there, so that nothing waits for it. The sum of squares is not ``vdot``
-    (cuBLAS, which a recorded step may not call)."""
+    (cuBLAS, which a recorded step may not call). The squares are summed in float64: in float32 they overflow
+    from entries of 1.8e19, and an infinite norm would zero the gradient (the factor cast back to g's dtype)."""
     xp = get_xp(g)
-    norm = xp.sqrt(xp.sum(g * g))
-    return xp.minimum(max_norm / (norm + 1e-6), 1), norm
+    norm = xp.sqrt(xp.sum(xp.square(g, dtype=xp.float64)))
+    return xp.minimum(max_norm / (norm + 1e-6), 1).astype(g.dtype), norm.astype(g.dtype)
 
 
 def clip_grad_norm(grads, max_norm):

@@ -1053,3 +1053,13 @@ def test_per_epoch_refuses_a_schedule_that_counts_epochs_already():
     for inner in (ReduceOnPlateau(0.1), PerEpoch(0.1)):
         with pytest.raises(ValueError, match="schedule must count optimiser steps"):
             PerEpoch(inner)
+
+
+def test_clip_grad_norm_of_float32_gradients_beyond_the_square_root_of_the_range():
+    # |g| = 5e19 (3e19, 4e19): g * g overflows float32 (3.4e38), an infinite norm made the factor 0 and zeroed the
+    # gradient; the norm in float64 scales it to max_norm (hand: 1 / 5e19 times g), to float32 rounding
+    from shallow.cnn.optim import clip_grad_norm
+    grads = {"a": np.array([3e19], dtype=np.float32), "b": np.array([4e19], dtype=np.float32)}
+    norm = clip_grad_norm(grads, 1.0)
+    assert grads["a"].dtype == np.float32 and float(norm) == pytest.approx(5e19, rel=1e-6)
+    np.testing.assert_allclose([grads["a"][0], grads["b"][0]], [0.6, 0.8], rtol=1e-6)
