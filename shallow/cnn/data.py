@@ -368,6 +368,12 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
 def batches(X, y, batch_size, *, rng=None, shuffle=True, drop_last=False):
     """Mini-batches (X[idx], y[idx]) covering the set once, in an order drawn with ``rng``.
 
+    The indices are drawn without replacement (random reshuffling, as PyTorch's ``DataLoader(shuffle=True)``),
+    not i.i.d. uniform as in the seed's SGD slide; each batch is still a uniform draw, so its gradient
+    is an unbiased estimate of the full gradient when the loss is a mean of per-image losses (not with
+    batch norm in train mode, :mod:`~shallow.cnn.norm`), and with equal batches the mean of an
+    epoch's batch gradients is the full gradient exactly.
+
     Parameters
     ----------
     X : array of shape (n, ...)

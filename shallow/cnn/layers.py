@@ -654,6 +654,8 @@ class Sequential(Layer):
 
     def __init__(self, *layers):
         super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):  # Keras's Sequential([...]): say how to call it
+            raise TypeError(f"layers must be given one by one, Sequential(*layers), got one {type(layers[0]).__name__}")
         for i, layer in enumerate(layers):
             check_layer(layer, f"layers[{i}]")
         self.layers = list(layers)

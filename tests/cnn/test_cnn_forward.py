@@ -721,6 +721,17 @@ def test_layers_refuse_a_sublayer_that_is_not_a_layer():
     assert Residual(body, None).forward(np.ones((1, 2))).shape == (1, 2)  # None: the identity shortcut
 
 
+def test_sequential_given_a_list_says_to_unpack_it():
+    # Sequential([a, b]) (Keras's call) failed with "layers[0] must be a Layer, got list", which does
+    # not say that the layers go one by one; the composition itself is unchanged.
+    a, b = Linear(2, 3, rng=0), Linear(3, 1, rng=1)
+    for wrapped in ([a, b], (a, b)):
+        with pytest.raises(TypeError, match=r"one by one, Sequential\(\*layers\)"):
+            Sequential(wrapped)
+    x = np.ones((4, 2))
+    assert np.array_equal(Sequential(a, b).forward(x), b.forward(a.forward(x)))
+
+
 def test_linear_layer_of_one_output_is_the_affine_map():
     # d_out = 1 (a scalar regression head): y_n = sum_i x_ni W_i0 + b, by a Python sum
     rng = np.random.default_rng(14)
