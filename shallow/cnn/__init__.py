@@ -23,6 +23,7 @@ Modules: :mod:`~shallow.cnn.layers` (Layer, Sequential, Linear, Activation, Flat
 Residual), :mod:`~shallow.cnn.conv` (Conv2d), :mod:`~shallow.cnn.pooling`, :mod:`~shallow.cnn.norm`
 (BatchNorm2d), :mod:`~shallow.cnn.losses`, :mod:`~shallow.cnn.optim`, :mod:`~shallow.cnn.models`,
 :mod:`~shallow.cnn.linearize`, :mod:`~shallow.cnn.data`, :mod:`~shallow.cnn.train`,
+:mod:`~shallow.cnn.gradcheck` (a layer's backward and jvp against central differences),
 :mod:`~shallow.cnn.graph` (a training step recorded once as a CUDA graph),
 :mod:`~shallow.cnn.robustness` (Lipschitz bounds, adversarial attacks, deformations),
 :mod:`~shallow.cnn.revnet` (i-RevNet, an invertible network), :mod:`~shallow.cnn.group` (translation
@@ -34,6 +35,7 @@ and :mod:`~shallow.cnn.scattering` (the scattering transform, a layer and a line
 from .conv import Conv2d, conv2d
 from .data import (Augment, ImageData, Standardizer, affine_warp, batches, load_digits, load_mnist, random_affine,
                    random_shift, stratified_split)
+from .gradcheck import GradientCheck, check_gradients
 from .graph import CapturedStep
 from .group import (GaborFit, P4Conv2d, P4GroupPool, P4LiftConv2d, circular_convolution, commutator_defect,
                     commutes_with_translations, convolution_defect, convolution_kernel, deform_nearest, fit_gabor,
@@ -67,6 +69,7 @@ __all__ = [
     "Linearized", "linearize", "tangent_kernel",
     "ImageData", "load_digits", "load_mnist", "stratified_split", "Standardizer", "batches",
     "random_shift", "random_affine", "affine_warp", "Augment",
+    "check_gradients", "GradientCheck",
     "fit", "evaluate", "predict", "CapturedStep", "History", "TrainingDivergedError", "save_checkpoint", "load_checkpoint",
     "deform", "random_displacement", "jacobian_norm", "deformation_ratio",
     "spectral_norm", "conv_singular_values", "conv_norm_bound", "lipschitz_upper_bound", "input_jacobian",
