@@ -161,19 +161,11 @@ def test_adam_matches_hand_computed_steps(decoupled):
     theta = np.array([0.5, -1.5])
     lr, (b1, b2), eps, wd = 0.01, (0.8, 0.99), 1e-8, 0.1
     opt = Adam({"theta": theta}, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=decoupled)
-    t, m, v = [0.5, -1.5], [0.0, 0.0], [0.0, 0.0]
-    for k, g in enumerate([np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-3.0, 0.1])], start=1):
+    grads = [np.array([1.0, -2.0]), np.array([0.5, 0.5]), np.array([-3.0, 0.1])]
+    steps, _ = _adam_by_hand([0.5, -1.5], grads, lr, b1, b2, eps, wd, decoupled)
+    for g, expected in zip(grads, steps, strict=True):
         opt.step({"theta": g})
-        for i in range(2):
-            gi = g[i]
-            if decoupled:
-                t[i] *= 1 - lr * wd
-            else:
-                gi += wd * t[i]
-            m[i] = b1 * m[i] + (1 - b1) * gi
-            v[i] = b2 * v[i] + (1 - b2) * gi * gi
-            t[i] -= lr * (m[i] / (1 - b1 ** k)) / (math.sqrt(v[i] / (1 - b2 ** k)) + eps)
-        np.testing.assert_allclose(theta, t, rtol=1e-14)
+        np.testing.assert_allclose(theta, expected, rtol=1e-14)
 
 
 def test_optimizer_state_round_trip_continues_identically():
@@ -835,11 +827,13 @@ def test_clipping_refuses_a_bound_that_is_not_a_positive_number_naming_it(clip):
 
 
 # --------------------------------------------------------------------------- AMSGrad
-def _amsgrad_by_hand(theta0, grads, lr, b1, b2, eps, wd, decoupled):
-    """PyTorch's torch.optim.adam with amsgrad=True (_single_tensor_adam), written out entry by entry:
-    m, v as Adam; v_max = max(v_max, v); denom = sqrt(v_max) / sqrt(1 - b2^k) + eps;
+def _adam_by_hand(theta0, grads, lr, b1, b2, eps, wd, decoupled, amsgrad=False):
+    """PyTorch's torch.optim.adam (_single_tensor_adam), written out entry by entry: the parameters after each
+    step, and the last v_max. Adam: denom = sqrt(v / (1 - b2^k)) + eps; AdamW decays theta by (1 - lr wd) first;
+    with amsgrad, v_max = max(v_max, v) and denom = sqrt(v_max) / sqrt(1 - b2^k) + eps;
     theta -= (lr / (1 - b1^k)) m / denom."""
     theta, m, v, vmax = list(theta0), [0.0] * len(theta0), [0.0] * len(theta0), [0.0] * len(theta0)
+    steps = []
     for k, g in enumerate(grads, start=1):
         for i, gi in enumerate(g):
             if decoupled:
@@ -848,10 +842,14 @@ def _amsgrad_by_hand(theta0, grads, lr, b1, b2, eps, wd, decoupled):
                 gi += wd * theta[i]
             m[i] = b1 * m[i] + (1 - b1) * gi
             v[i] = b2 * v[i] + (1 - b2) * gi * gi
-            vmax[i] = max(vmax[i], v[i])
-            denom = math.sqrt(vmax[i]) / math.sqrt(1 - b2 ** k) + eps
+            if amsgrad:
+                vmax[i] = max(vmax[i], v[i])
+                denom = math.sqrt(vmax[i]) / math.sqrt(1 - b2 ** k) + eps
+            else:
+                denom = math.sqrt(v[i] / (1 - b2 ** k)) + eps
             theta[i] -= (lr / (1 - b1 ** k)) * m[i] / denom
-    return theta, vmax
+        steps.append(list(theta))
+    return steps, vmax
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
@@ -863,7 +861,8 @@ def test_adam_amsgrad_divides_by_the_largest_second_moment_so_far(decoupled):
     opt = Adam({"theta": theta}, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, decoupled=decoupled, amsgrad=True)
     for g in grads:
         opt.step({"theta": g})
-    expected, vmax = _amsgrad_by_hand([0.5, -1.5], grads, lr, b1, b2, eps, wd, decoupled)
+    steps, vmax = _adam_by_hand([0.5, -1.5], grads, lr, b1, b2, eps, wd, decoupled, amsgrad=True)
+    expected = steps[-1]
     # the same formula in other groupings (sqrt(v_max / c) against sqrt(v_max) / sqrt(c)): a few eps64 per step
     np.testing.assert_allclose(theta, expected, rtol=1e-14)
     np.testing.assert_allclose(opt.state["theta"]["v_max"], vmax, rtol=1e-15)
