@@ -460,6 +460,15 @@ def _flat_base(arrays):
     return base if address == _address(base) + base.size * itemsize else None
 
 
+def _check_floating(arrays, name: str, use: str) -> None:
+    """Refuse an entry of the dict ``arrays`` (named ``name``) that is not a floating-point array; ``use``
+    says what is done to it in place."""
+    for key, a in arrays.items():
+        if getattr(getattr(a, "dtype", None), "kind", None) != "f":
+            what = f"dtype {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
+            raise ValueError(f"{name}[{key!r}] must be a floating-point array ({use}), got {what}")
+
+
 def _clip_factor(g, max_norm):
     """min(1, max_norm / (|g|_2 + 1e-6)) for a 1-D array g, as a 0-d array (a numpy scalar on the host):
     on a device it stays there, so that nothing waits for it. The sum of squares is not ``vdot``
@@ -509,10 +518,7 @@ def clip_grad_norm(grads, max_norm):
     max_norm = check_positive(max_norm, "max_norm")
     if not isinstance(grads, Mapping) or not grads:
         raise ValueError("grads must be a non-empty dict of name -> array (model.named_gradients())")
-    for name, g in grads.items():
-        if getattr(getattr(g, "dtype", None), "kind", None) != "f":
-            what = f"dtype {g.dtype}" if hasattr(g, "dtype") else type(g).__name__
-            raise ValueError(f"grads[{name!r}] must be a floating-point array (scaled in place), got {what}")
+    _check_floating(grads, "grads", "scaled in place")
     arrays = list(grads.values())
     flat = _flat_base(arrays)
     if flat is not None:
@@ -584,10 +590,7 @@ class Optimizer:
     def __init__(self, params, lr, *, weight_decay=0.0, no_decay=None, clip_norm=None):
         if not isinstance(params, dict) or not params:
             raise ValueError("params must be a non-empty dict of name -> array (model.named_parameters())")
-        for name, p in params.items():
-            if getattr(getattr(p, "dtype", None), "kind", None) != "f":
-                what = f"dtype {p.dtype}" if hasattr(p, "dtype") else type(p).__name__
-                raise ValueError(f"params[{name!r}] must be a floating-point array (updated in place), got {what}")
+        _check_floating(params, "params", "updated in place")
         self.params = dict(params)
         self._check_current()
         self.schedule = as_schedule(lr)

@@ -399,10 +399,10 @@ def evaluate(model, X, y, loss=None, *, batch_size=512):
     if out.shape[0] == 0:
         raise ValueError("X holds no images: the mean loss and the accuracy of no data are undefined")
     y, real = _check_targets(y, loss, out.shape[1], "y", out.shape[0])
-    y = get_xp(out).asarray(y)
+    xp = get_xp(out)
+    y = xp.asarray(y)
     with np.errstate(over="ignore", invalid="ignore"):
         value = loss.value_and_grad(out, y, check=False)[0]
-        xp = get_xp(out)
         if math.isnan(value) and isinstance(loss, CrossEntropy) and not bool(xp.isnan(out).any()):
             # +inf logits, no NaN: the fast log-softmax of the step gives NaN there; their limit instead
             value = loss._limit_value(out, y)
