@@ -1313,10 +1313,7 @@ def _harmonic_sums_of_squares(X, g, kmax, block_size=None):
     for lo in range(0, n, block_size):
         hi = min(n, lo + block_size)
         Xb = X[lo:hi]
-        if d == 2:
-            Yb = _harmonics_up_to(Xb, None, kmax, 2)  # (rows, B): the circle
-        else:
-            Yb = _harmonics_up_to(Xb, _radii(Xb, xp), kmax, d)
+        Yb = _harmonics_up_to(Xb, _radii(Xb, xp) if d > 2 else None, kmax, d)  # (rows, B); d = 2: the circle, no radii
         c += Yb @ g[lo:hi]
     ends = _block_offsets(d + 1, kmax + 1)  # degree k: rows ends[k] .. ends[k + 1] - 1
     return xp.stack([c[ends[k]:ends[k + 1]] @ c[ends[k]:ends[k + 1]] for k in range(kmax + 1)])  # (kmax + 1,)

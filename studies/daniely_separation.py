@@ -116,12 +116,12 @@ def spectrum(d) -> dict:
     return out
 
 
-def attained_correlation(Z, d, mu, M, chunk=2000):
-    """Monte Carlo mean and standard error of f h over the rows of Z, h = sum_k mu_k N(d, k) P_k(x_1) P_k(y_1) / M
-    (v = v' = e_1): the function of (<v, x>, <v', y>) of unit norm most correlated with f, <f, h> = M."""
+def attained_correlation(Z, f, d, mu, M, chunk=2000):
+    """Monte Carlo mean and standard error of f h over the rows of Z (f: daniely_function(Z) on the host),
+    h = sum_k mu_k N(d, k) P_k(x_1) P_k(y_1) / M (v = v' = e_1): the function of (<v, x>, <v', y>) of unit norm
+    most correlated with f, <f, h> = M."""
     kmax = mu.size - 1
     N = np.array([float(num_harmonics(d, k)) for k in range(kmax + 1)])
-    f = to_numpy(daniely_function(Z))
     h = np.empty(Z.shape[0])
     for start in range(0, Z.shape[0], chunk):
         s, s2 = Z[start:start + chunk, 0], Z[start:start + chunk, d]
@@ -159,19 +159,21 @@ def compute(cfg: Config) -> dict:
         Z = sample_daniely(cfg.n, d, rng=np.random.default_rng([cfg.seed, d]))  # (n, 2d)
         net = daniely_network(d, tolerance=cfg.tolerance, device=cfg.device)
         values = to_numpy(net(to_device(Z, cfg.device)))
-        errors.append(float(np.abs(values - to_numpy(daniely_function(Z))).max()))
+        f = to_numpy(daniely_function(Z))  # (n,)
+        errors.append(float(np.abs(values - f).max()))
         neurons.append(net.n_neurons)
         bounds.append(float(net.meta["error_bound"]))
         del net
-        s = rows[d] if d in rows else spectrum(d)
-        c, se, hn = attained_correlation(Z, d, s["mu"], s["M"])
+        if d not in rows:
+            rows[d] = spectrum(d)
+        c, se, hn = attained_correlation(Z, f, d, rows[d]["mu"], rows[d]["M"])
         corr.append(c)
         corr_se.append(se)
         h_norm.append(hn)
     result["network_neurons"] = np.array(neurons, dtype=np.int64)
     result["network_error"] = np.array(errors)
     result["network_error_bound"] = np.array(bounds)
-    result["network_M"] = np.array([(rows[d] if d in rows else spectrum(d))["M"] for d in cfg.network_dims])
+    result["network_M"] = np.array([rows[d]["M"] for d in cfg.network_dims])
     result["attained_correlation"] = np.array(corr)
     result["attained_correlation_se"] = np.array(corr_se)
     result["h_rms"] = np.array(h_norm)
