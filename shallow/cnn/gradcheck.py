@@ -24,7 +24,7 @@ import dataclasses
 
 from .._validation import check_integer, check_positive, check_random_state
 from ..backend import get_xp
-from .layers import check_layer
+from .layers import _rng_states, _set_rng_states, check_layer
 
 __all__ = ["GradientCheck", "check_gradients"]
 
@@ -42,11 +42,10 @@ class _Probe:
         self.layer, self.x = layer, x
         self.params = layer.named_parameters()
         self.theta0 = {k: p.copy() for k, p in self.params.items()}
-        self.states = {k: g.bit_generator.state for k, g in layer.named_rngs().items()}
+        self.states = _rng_states(layer)
 
     def replay(self):
-        for k, g in self.layer.named_rngs().items():
-            g.bit_generator.state = self.states[k]
+        _set_rng_states(self.states)
 
     def value(self, t=0.0, vx=None, vp=None):
         try:

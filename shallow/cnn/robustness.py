@@ -1030,10 +1030,8 @@ class _Bounds:
             return total
         if isinstance(layer, (SpaceToDepth, InjectivePad)):
             return 1.0  # a permutation; the projection P^T dropping the zero channels
-        if isinstance(layer, RevBlock):  # the same [[L, 1], [1, 0]] as the block's
-            H, W, C = shape
-            L = self.network(layer.F, (H, W, C // 2), bound)
-            return (L + math.sqrt(L * L + 4.0)) / 2.0
+        if isinstance(layer, RevBlock):  # [[L, 1], [1, 0]]: the same norm as the block's [[0, 1], [1, L]]
+            return self.opaque(layer, shape, bound)
         raise ValueError(f"no Lipschitz bound of the inverse is known for a layer of type {type(layer).__name__}: "
                          f"inverse=True takes an IRevNet, an InvertibleSequential, a RevBlock, SpaceToDepth or "
                          f"InjectivePad")

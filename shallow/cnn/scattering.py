@@ -422,9 +422,9 @@ class Scattering2D:
             blocks = sum(0.5 * w * (_alias_gram(F, k, K) + _alias_gram(_reflect(F), k, K)) for w, F, k in ops)
             return float(np.linalg.eigvalsh(blocks).max())
 
-        V2 = {j: node(j, []) for j in range(J)}
-        V1 = {j1: node(j1, [(j2, V2[j2]) for j2 in range(j1 + 1, J)] if order >= 2 else []) for j1 in range(J)}
-        V0 = node(0, [(j1, V1[j1]) for j1 in range(J)] if order >= 1 else [])
+        V2 = {j: node(j, []) for j in range(J)} if order >= 2 else {}
+        V1 = {j1: node(j1, [(j2, V) for j2, V in V2.items() if j2 > j1]) for j1 in range(J)} if order >= 1 else {}
+        V0 = node(0, list(V1.items()))
         copies = np.bincount(self._rows).max() * np.bincount(self._cols).max() if self.pad else 1
         return math.sqrt(copies * V0)
 
