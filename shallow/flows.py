@@ -256,8 +256,8 @@ class _ArccosTile:
                                     nonzero, same=same)
             return
         near = xp.nonzero(xp.less(sin_abs, _WIDE_SINE if single else _NEAR_SINE, out=self._out("mask")))
-        self.near = near if len(near[0]) else None
-        if self.near is not None:
+        self.antiparallel = None  # (i, j) of the nearly antiparallel pairs, for kernel()
+        if len(near[0]):
             # sin th from the vectors (no row is zero: such pairs, sin th = 1, are never near): of a nearly parallel
             # pair |v/|v| - cos th w/|w||, cos th from the unit vectors, to their rounding, a few eps absolute (where
             # the kernels are of order 1 and the step field carries as much from its matrix products); of a nearly
@@ -267,6 +267,7 @@ class _ArccosTile:
             rows = None
             if bool(xp.any(anti)):  # the rows as _pair_sine reads them
                 rows = (_pair_rows(W, xp),) * 2 if same else (_pair_rows(W, xp), _pair_rows(V, xp))
+                self.antiparallel = (near[0][anti], near[1][anti])
             step = max(1, _PAIR_CHUNK // max(W.shape[1], 1))  # pairs per chunk: (step, d) temporaries of 2^20 entries
             for start in range(0, near[0].shape[0], step):
                 i, j = near[0][start:start + step], near[1][start:start + step]
@@ -307,15 +308,13 @@ class _ArccosTile:
         B = xp.multiply(self.sin, (self.nv / (2 * xp.pi))[None, :], out=self._out("B"))
         B *= self.nw[:, None]
         K += B
-        if self.near is not None:
+        if self.antiparallel is not None:
             # near th = pi, K = |w||v| (sin delta - delta cos delta) / (2 pi) ~ delta^3 from two terms of size
             # delta (delta = pi - th): eps / delta^2 relative; the integral form of the kernels module instead, 3
             # times delta's relative error (a few eps: sin th from kernels._pair_sine)
-            anti = self.cos[self.near] < 0
-            if bool(xp.any(anti)):
-                i, j = self.near[0][anti], self.near[1][anti]
-                J1 = _arccos_near_pi(1, 2 * xp.pi * self.A[i, j], xp)
-                K[i, j] = (self.nw[i] * self.nv[j]) * J1 / (2 * xp.pi)
+            i, j = self.antiparallel
+            J1 = _arccos_near_pi(1, 2 * xp.pi * self.A[i, j], xp)
+            K[i, j] = (self.nw[i] * self.nv[j]) * J1 / (2 * xp.pi)
         return K
 
     def field(self, c, transpose=False):

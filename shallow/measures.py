@@ -1070,9 +1070,7 @@ def best_neuron(r, X, *, activation="relu", candidates=1000, refine=20, subsampl
         subsample = check_integer(subsample, "subsample", minimum=1)
     rng = check_random_state(rng)
     if not isinstance(candidates, int):  # the exact search over a dictionary
-        corr = r @ sigma(Z @ candidates.T)  # (m,)
-        j = int(np.argmax(np.abs(corr)))
-        return candidates[j].copy(), float(corr[j]) / n
+        return _dictionary_oracle(r, candidates, sigma(Z @ candidates.T))
     Zs, rs = Z, r
     if subsample is not None:
         sub = rng.choice(n, size=min(n, subsample), replace=False)
@@ -1097,6 +1095,13 @@ def best_neuron(r, X, *, activation="relu", candidates=1000, refine=20, subsampl
         res = minimize(objective, theta, jac=True, method="L-BFGS-B", options={"maxiter": refine})
         theta = res.x / np.linalg.norm(res.x)
     return theta, float(r @ sigma(Z @ theta)) / n
+
+
+def _dictionary_oracle(r, C, F):
+    """:func:`best_neuron` over the dictionary C (m, D) of features F = sigma(Z C^T) (n, m): (theta, value)."""
+    corr = r @ F  # (m,)
+    j = int(np.argmax(np.abs(corr)))
+    return C[j].copy(), float(corr[j]) / F.shape[0]
 
 
 def _project_l1(v, R):
@@ -1395,6 +1400,8 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
     tol = None if tol is None else check_nonnegative(tol, "tol")
     rng = check_random_state(rng)
     yh = to_numpy(y).astype(np.float64)
+    # a fixed dictionary's features, for the exact oracle: made once, not at every step
+    dictionary = None if isinstance(candidates, int) else sigma(Z @ candidates.T)  # (n, m)
 
     Theta = np.zeros((0, D))  # (k, D) atoms
     a = np.zeros(0)  # (k,) weights
@@ -1409,7 +1416,10 @@ def conditional_gradient(X, y, radius, *, activation="relu", steps=100, variant=
     try:
         for t in range(steps + 1):
             r = f - yh
-            theta, value = best_neuron(r, Z, activation=sigma, candidates=candidates, refine=refine, rng=rng)
+            if dictionary is None:
+                theta, value = best_neuron(r, Z, activation=sigma, candidates=candidates, refine=refine, rng=rng)
+            else:
+                theta, value = _dictionary_oracle(r, candidates, dictionary)
             if len(a):  # a random search may miss what the current atoms reach: then the best of them
                 corr = r @ sigma(Z @ Theta.T) / n  # (k,)
                 j = int(np.argmax(np.abs(corr)))

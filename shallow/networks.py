@@ -36,7 +36,6 @@ References
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import numpy as np
@@ -50,6 +49,7 @@ from ._validation import (
     check_points,
     check_random_state,
 )
+from .activations import Activation
 from .backend import cuda_runtime, device_of, get_xp, to_device
 
 __all__ = [
@@ -123,17 +123,9 @@ def _resolve_activation(activation):
                      f"derivative(z) (see shallow.activations.get_activation), got {activation!r}")
 
 
-@functools.cache
-def _activation_class():
-    """shallow.activations.Activation, imported on first use (an import statement costs microseconds a call)."""
-    from .activations import Activation
-
-    return Activation
-
-
 def _is_relu(sigma) -> bool:
     """True for the library's own relu, which gets an in-place fast path (same numbers)."""
-    return isinstance(sigma, _activation_class()) and sigma.name == "relu"
+    return isinstance(sigma, Activation) and sigma.name == "relu"
 
 
 def _check_gamma(gamma) -> float:
@@ -214,17 +206,15 @@ def fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_b
     return _fused_pass(X, a, W, gamma, sigma, residual, chunk_size=chunk_size, block_bytes=block_bytes)
 
 
-def _fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_bytes=None):
+def _fused_pass(X, a, W, gamma, sigma, residual=None, *, chunk_size=None, block_bytes):
     """:func:`fused_pass` without its checks, for arguments that passed them: a flow step calls it on the particles
     it made from checked ones (same shapes and dtype), with the data and gamma of a checked network, and the
-    block_bytes of an EmpiricalRisk (an int >= 1, or None for the default)."""
+    block_bytes of an EmpiricalRisk (an int >= 1, as :func:`_block_bytes` resolves it)."""
     xp = get_xp(X, a, W)
     gamma = float(gamma)
     n, m = X.shape[0], W.shape[0]
     dtype = W.dtype
     relu = _is_relu(sigma)
-    if block_bytes is None:
-        block_bytes = default_block_bytes(xp)
     rows, cols = _block_shape(n, m, np.dtype(dtype).itemsize, chunk_size, block_bytes)
     need_grad = residual is not None
     f = xp.empty(n, dtype=dtype)  # (n,)
