@@ -1163,12 +1163,14 @@ def test_harmonic_energy_by_harmonics_refuses_a_basis_too_large_to_enumerate():
 @pytest.mark.parametrize("lam", [-0.3, 0.0, 0.5, 1.0, 3.5, 40.0])
 def test_gegenbauer_matches_scipy(lam, xp):
     # scipy.special.eval_gegenbauer (its own evaluation) at degrees 0..30 on [-1.2, 1.2] (the polynomial beyond
-    # [-1, 1] too): rounding of the recurrence, 1e-12 of the largest value over the grid at each degree.
+    # [-1, 1] too): rounding of the recurrence, 1e-12 of the largest value over the grid at each degree. At
+    # lambda = 0 the generating function (1 - 2 t r + r^2)^0 = 1 gives C_0 = 1 and C_k = 0 for k >= 1 (DLMF 18.3),
+    # the reference there: scipy changed its C_0^0 from 1 (1.17) to 0 (1.18).
     from scipy.special import eval_gegenbauer
 
     t = np.linspace(-1.2, 1.2, 41)
     for k in range(31):
-        expected = eval_gegenbauer(k, lam, t)
+        expected = eval_gegenbauer(k, lam, t) if lam != 0 else np.full_like(t, float(k == 0))
         got = to_numpy(harmonics.gegenbauer(k, lam, xp.asarray(t)))
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * max(np.abs(expected).max(), 1), err_msg=k)
 
