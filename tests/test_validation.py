@@ -30,7 +30,6 @@ FLAGS = [  # (flag, function, call)
     ("batch_norm", "bottleneck", lambda v: bottleneck(2, 2, batch_norm=v)),
     ("standardize", "load_digits", lambda v: load_digits(standardize=v)),
     ("resume", "fit", lambda v: fit(_cnn(), *_images(), epochs=1, resume=v)),
-    ("capture", "fit", lambda v: fit(_cnn(), *_images(), epochs=1, capture=v)),
     ("random_start", "pgd", lambda v: pgd(_cnn(), *_images(), 0.1, random_start=v)),
     ("normalize", "deformation_ratio", lambda v: deformation_ratio(_cnn(), _images()[0], TAU, normalize=v)),
 ]
@@ -56,6 +55,14 @@ def test_boolean_flags_refuse_anything_but_true_or_false(name, function, call, v
 @pytest.mark.parametrize("name, function, call", FLAGS, ids=IDS)
 def test_boolean_flags_take_numpy_booleans(name, function, call):
     call(np.bool_(False))
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, 1.0])
+def test_fit_capture_refuses_anything_but_none_true_or_false(value):
+    # None is the default (capture on a GPU where the step can be replayed); a numpy boolean is taken
+    with pytest.raises(ValueError, match="capture must be None .*, True or False, got"):
+        fit(_cnn(), *_images(), epochs=1, capture=value)
+    fit(_cnn(), *_images(), epochs=1, capture=np.bool_(True))
 
 
 def test_check_random_state_takes_a_list_of_non_negative_int_seeds_as_entropy():

@@ -58,7 +58,7 @@ from .layers import _running_buffers, check_layer
 from .models import _inputs_checked
 from .optim import Optimizer
 
-__all__ = ["CapturedStep"]
+__all__ = ["CapturedStep", "replay_refusal"]
 
 
 class _Recording:
@@ -71,6 +71,26 @@ class _Recording:
         self.value = self.out = None  # the step's loss (0-d) and outputs, written by every run
         self.warm = False  # the step has run once with these shapes (kernels compiled, plans made)
         self.graph = None
+
+
+def replay_refusal(model, optimizer):
+    """Why a step of ``optimizer`` on ``model`` cannot be recorded and replayed (a message), or None.
+
+    Dropout's generators and an optimiser's projection draw or act on the host, which a replay would
+    repeat unchanged; a recording needs its parameters in one dtype. :func:`~shallow.cnn.train.fit`
+    asks this before capturing its steps by default on a GPU.
+    """
+    if type(optimizer).step is not Optimizer.step:
+        return (f"optimizer is a {type(optimizer).__name__}, whose step does more than the update formula (a "
+                "projection, say), which a recorded step cannot replay: use train_step")
+    rngs = model.named_rngs()
+    if rngs:
+        return (f"model draws random numbers on the host ({', '.join(sorted(rngs))}: dropout), which a recorded "
+                "step would replay unchanged: use train_step")
+    dtypes = {p.dtype for p in optimizer.params.values()}
+    if len(dtypes) != 1:
+        return f"the parameters must have one dtype, got {sorted(str(d) for d in dtypes)}"
+    return None
 
 
 class CapturedStep:
@@ -108,16 +128,10 @@ class CapturedStep:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
         optimizer.check_model(model)
-        if type(optimizer).step is not Optimizer.step:
-            raise ValueError(f"optimizer is a {type(optimizer).__name__}, whose step does more than the update "
-                             "formula (a projection, say), which a recorded step cannot replay: use train_step")
-        rngs = model.named_rngs()
-        if rngs:
-            raise ValueError(f"model draws random numbers on the host ({', '.join(sorted(rngs))}: dropout), which a "
-                             "recorded step would replay unchanged: use train_step")
+        refusal = replay_refusal(model, optimizer)
+        if refusal is not None:
+            raise ValueError(refusal)
         dtypes = {p.dtype for p in optimizer.params.values()}
-        if len(dtypes) != 1:
-            raise ValueError(f"the parameters must have one dtype, got {sorted(str(d) for d in dtypes)}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.dtype = dtypes.pop()
         first = next(iter(optimizer.params.values()))

@@ -304,19 +304,28 @@ def test_captured_step_on_cupy_keeps_the_parameters_when_the_loss_is_nan():
 
 
 @pytest.mark.cuda
-def test_captured_fit_on_cupy_matches_fit():
-    """fit(capture=True) with a smaller last batch (two recordings) against fit on the GPU."""
-    from shallow.cnn import fit
+def test_captured_fit_on_cupy_matches_fit(monkeypatch):
+    """fit(capture=True), and fit's default on a GPU, with a smaller last batch (two recordings, no fallback
+    warning) against fit launch by launch on the GPU."""
+    import warnings
+
+    from shallow.cnn import CapturedStep, fit, train
+    made = []
+    monkeypatch.setattr(train, "CapturedStep", lambda *args: made.append(CapturedStep(*args)) or made[-1])
     x, y = _batch((8, 8, 1), n=40)
     params = {}
-    for capture in (False, True):
+    for capture in (False, True, None):
         model = build_model("vgg", (8, 8, 1), 10, rng=0, width=4).to("gpu")
         opt = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
-        fit(model, to_device(x, "gpu"), to_device(y, "gpu"), optimizer=opt, epochs=3, batch_size=16, rng=0,
-            capture=capture)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fit(model, to_device(x, "gpu"), to_device(y, "gpu"), optimizer=opt, epochs=3, batch_size=16, rng=0,
+                capture=capture)
         params[capture] = {k: to_numpy(v) for k, v in model.named_parameters().items()}
-    for name, value in params[False].items():
-        _assert_close(params[True][name], value, f"fit(capture=True) {name}")
+    assert [step.recorded for step in made] == [2, 2]
+    for capture in (True, None):
+        for name, value in params[False].items():
+            _assert_close(params[capture][name], value, f"fit(capture={capture}) {name}")
 
 
 @pytest.mark.cuda

@@ -294,6 +294,27 @@ def test_captured_fit_on_the_device_route_gives_the_numbers_of_train_step(monkey
         assert fake.captures == 2 and fake.launches == 10 and not messages
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["replayable", "dropout"])
+def test_fit_captures_its_steps_by_default_where_a_device_answers_and_the_step_can_be_replayed(monkeypatch, dropout):
+    """capture=None: recorded on a device (the stand-in for CuPy) unless the model draws on the host (dropout),
+    which then trains launch by launch without a warning; on numpy arrays nothing is recorded."""
+    from shallow.cnn import train
+    X, y = _data()
+    fake = _FakeCuda()
+    with monkeypatch.context() as patch:
+        _fake_device(patch, fake)
+        patch.setattr(train, "cuda_runtime", lambda: fake.cuda)
+        model = _model(dropout=dropout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fit(model, X, y, optimizer=SGD(model.named_parameters(), lr=0.05), epochs=2, batch_size=16, rng=1)
+    assert fake.captures == (0 if dropout else 2)
+    made = []
+    monkeypatch.setattr(train, "CapturedStep", lambda *args: made.append(args) or CapturedStep(*args))
+    fit(_model(), X, y, epochs=1, batch_size=16, rng=1)  # numpy arrays, cupy importable or not
+    assert not made
+
+
 def _armed_step(model, loss, make_optimizer):
     """A CapturedStep of ``model`` (its arrays made _HostRead views, then flattened) with the optimiser
     ``make_optimizer(params)``, whose runs are armed: a host read (or a guarded call) within one fails."""
