@@ -30,34 +30,26 @@ gains from a second core, which shallow.cnn does not use.
     python benchmarks/cnn_step.py --device gpu --capture    # and the step replayed as a CUDA graph
 
 On a GPU the steps are synchronised before every clock reading; the CPU-time columns are then
-meaningless. Measured on an NVIDIA H200 (CuPy 14.2, PyTorch 2.11 with cuDNN, 2026-11-27; one process
-per library, since process start-up, not the steps, dominates there): VGG 28x28, width 32, float32,
-batch 128: shallow.cnn 28.7 ms, PyTorch channels_last 2.97 ms (0.10x); batch 1024: 146 ms against
-4.88 ms (0.03x). The same steps on the machine's CPU (one thread): 366 ms and 3800 ms for shallow.cnn
-(0.67x and 0.73x PyTorch's CPU step), so CuPy is 13x and 26x faster than numpy; PyTorch's GPU step is
-570x its CPU step at batch 1024. Those PyTorch numbers had cuDNN's default TF32 convolutions;
-TF32 is now off unless ``--tf32`` is given, so that both libraries compute in float32.
+meaningless. ``--capture`` also times the step as a :class:`~shallow.cnn.graph.CapturedStep`:
+recorded once as a CUDA graph and replayed by one launch per step, which takes the host's launch
+cost out of the step (its matrix products then call cuBLAS through a ctypes handle of shallow.cnn's
+own, :mod:`shallow.cnn._cublas`, since CuPy refuses cuBLAS calls during capture); ``fit`` does this
+by default on a GPU. PyTorch is timed as it runs by default, launch by launch.
 
-Since then (not yet measured on a GPU):
+Measured on an NVIDIA H200 (CuPy 14.2, PyTorch 2.11 with cuDNN, 2026-11-29; one process per
+library, since process start-up, not the steps, dominates there), VGG 28x28, width 32, float32:
 
-- the weight gradients and the channel sums of the normalisation and bias gradients are split
-  into row chunks on a device (:mod:`shallow.cnn._reduce`): a reduction of 10^6 rows to 32 x 32
-  numbers occupies one thread block per output there, which fits the measured cost growing with
-  the batch (about 0.13 ms per image);
-- a convolution's forward pass on a device is one im2col copy and one GEMM instead of nine
-  accumulated GEMMs, the parameters are one flat array that the optimiser updates at once
-  (``Layer.to``), and the step no longer waits for the device to check its input: about 470
-  array operations (kernel launches) per step instead of about 680, counted on the device code
-  path run with numpy arrays (a fixed cost of about 12 ms per step was measured at batch 128);
-  about 500 since max pooling finds each window's first maximum in its forward pass (6 more
-  operations per pooling layer, for a faster step on the CPU).
+    batch 128:  shallow.cnn 17.8 ms launch by launch, 3.80 ms captured; PyTorch 3.86 ms: 1.01x captured
+    batch 1024: shallow.cnn 27.0 ms launch by launch, 20.2 ms captured; PyTorch channels_last 11.75 ms: 0.58x
 
-``benchmarks/device_primitives.py`` times the split reductions against the single calls.
-``--capture`` also times the step as a :class:`~shallow.cnn.graph.CapturedStep`: recorded once as a
-CUDA graph and replayed by one launch per step, which takes the host's launch cost (the fixed
-12 ms above) out of the step; its matrix products then call cuBLAS through a ctypes handle of
-shallow.cnn's own (:mod:`shallow.cnn._cublas`), since CuPy refuses cuBLAS calls during capture.
-PyTorch is timed as it runs by default, launch by launch.
+(0.10x and 0.03x on 2026-11-27, before the device code path was reworked: one im2col copy and one
+GEMM per convolution, weight gradients and channel sums split into row chunks by
+:mod:`shallow.cnn._reduce`, flat parameters updated at once, no wait for the device within a step.)
+With ``--tf32`` PyTorch's batch-1024 step takes 6.19 ms. The same steps on that machine's CPU (one
+thread, 2026-11-27): 366 ms and 3800 ms for shallow.cnn, so the captured CuPy step is about 96x and
+190x the numpy one. ``benchmarks/cnn_layers.py`` splits a step by layer (batch 128: each batch norm
+about 0.9 ms of a 16 ms step, launch-bound) and ``benchmarks/device_primitives.py`` times the split
+reductions against the single calls.
 """
 
 from __future__ import annotations
