@@ -47,6 +47,7 @@ NVIDIA, CUDA C++ Programming Guide, "CUDA Graphs" (stream capture); CuPy's ``Str
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 
@@ -73,13 +74,18 @@ class _Recording:
         self.graph = None
 
 
-def replay_refusal(model, optimizer):
-    """Why a step of ``optimizer`` on ``model`` cannot be recorded and replayed (a message), or None.
+def replay_refusal(model, loss, optimizer):
+    """Why a step of ``optimizer`` on ``model`` and ``loss`` cannot be recorded and replayed (a message), or None.
 
     Dropout's generators and an optimiser's projection draw or act on the host, which a replay would
-    repeat unchanged; a recording needs its parameters in one dtype. :func:`~shallow.cnn.train.fit`
-    asks this before capturing its steps by default on a GPU.
+    repeat unchanged; a recording needs its parameters in one dtype, and a loss that can leave its
+    value on the device (``value_and_grad(..., as_array=True)``, as :class:`~shallow.cnn.CrossEntropy`
+    and :class:`~shallow.cnn.SquareLoss` do), since a float would wait for the device within the step.
+    :func:`~shallow.cnn.train.fit` asks this before capturing its steps by default on a GPU.
     """
+    if not _takes_as_array(loss):
+        return (f"loss is a {type(loss).__name__}, whose value_and_grad takes no as_array=True (the value as a "
+                "device array: a float would wait for the device within a recorded step): use train_step")
     if type(optimizer).step is not Optimizer.step:
         return (f"optimizer is a {type(optimizer).__name__}, whose step does more than the update formula (a "
                 "projection, say), which a recorded step cannot replay: use train_step")
@@ -93,6 +99,15 @@ def replay_refusal(model, optimizer):
     return None
 
 
+def _takes_as_array(loss) -> bool:
+    """Whether ``loss.value_and_grad`` accepts the keyword as_array."""
+    try:
+        parameters = inspect.signature(loss.value_and_grad).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "as_array" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 class CapturedStep:
     """``train_step`` for fixed batch shapes, recorded as a CUDA graph on a GPU (module notes).
 
@@ -101,6 +116,8 @@ class CapturedStep:
     model : Layer
         Without random generators (no dropout); parameters of one dtype.
     loss : CrossEntropy or SquareLoss
+        Or any loss whose ``value_and_grad(out, y, check=..., as_array=True)`` returns its value as
+        a 0-d device array.
     optimizer : Optimizer
         SGD or Adam (any Optimizer whose ``step`` is the base class's) on ``model.named_parameters()``,
         with any of their options: the gradient clipping's norm and factor are computed on the device
@@ -128,7 +145,7 @@ class CapturedStep:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be an Optimizer, got {type(optimizer).__name__}")
         optimizer.check_model(model)
-        refusal = replay_refusal(model, optimizer)
+        refusal = replay_refusal(model, loss, optimizer)
         if refusal is not None:
             raise ValueError(refusal)
         dtypes = {p.dtype for p in optimizer.params.values()}

@@ -519,8 +519,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
         one replay of a recorded CUDA graph instead of some hundreds of kernel launches, with the
         same numbers (the VGG step of ``benchmarks/cnn_step.py``, batch 128, on an H200: 17.8 ms
         launch by launch, 3.8 ms replayed; PyTorch's 3.9 ms). The default, None, captures on a GPU
-        when the step can be replayed: not for models with dropout, optimisers with a projection or
-        parameters of mixed dtypes (:func:`~shallow.cnn.graph.replay_refusal`), nor on the host, where
+        when the step can be replayed: not for models with dropout, optimisers with a projection,
+        parameters of mixed dtypes or a loss of your own without ``as_array``
+        (:func:`~shallow.cnn.graph.replay_refusal`), nor on the host, where
         there is nothing to record. True asks for it (an error where it cannot be), False never.
         The captured steps keep a memory pool of their own on the device for the run's length.
 
@@ -603,7 +604,7 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
     resume = check_bool(resume, "resume")
     if capture is None:  # by default on a GPU, where a replayed step is one launch instead of hundreds
         capture = (_reduce.on_device(X) and cuda_runtime() is not None
-                   and replay_refusal(model, optimizer) is None)
+                   and replay_refusal(model, loss, optimizer) is None)
     elif not isinstance(capture, (bool, np.bool_)):
         raise ValueError(f"capture must be None (the default: on a GPU where the step can be replayed), True or "
                          f"False, got {capture!r}")

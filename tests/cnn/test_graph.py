@@ -315,6 +315,37 @@ def test_fit_captures_its_steps_by_default_where_a_device_answers_and_the_step_c
     assert not made
 
 
+class _FloatCrossEntropy:
+    """A loss of a user's own, with the documented minimum: value_and_grad(out, y, check=...), a float value."""
+
+    def value_and_grad(self, out, y, *, check=True):
+        value, grad = CrossEntropy().value_and_grad(out, y, check=check)
+        return float(value), grad
+
+
+def test_fit_trains_with_a_loss_without_as_array_launch_by_launch_on_a_device(monkeypatch):
+    """A float loss value would wait for the device within a recorded step: fit's default then runs the
+    steps as they are (the numbers of train_step), and CapturedStep refuses the loss naming as_array."""
+    from shallow.cnn import train
+    X, y = _data()
+    fake = _FakeCuda()
+    runs = []
+    for capture in (None, False):  # on the device route both, whose reductions differ from the host's
+        with monkeypatch.context() as patch:
+            _fake_device(patch, fake)
+            patch.setattr(train, "cuda_runtime", lambda: fake.cuda)
+            model = _model()
+            fit(model, X, y, loss=_FloatCrossEntropy(), optimizer=SGD(model.named_parameters(), lr=0.05), epochs=2,
+                batch_size=16, rng=1, capture=capture)
+            runs.append(model.named_parameters())
+    assert fake.captures == 0
+    for key, value in runs[1].items():
+        np.testing.assert_array_equal(runs[0][key], value, err_msg=key)
+    model = _model()
+    with pytest.raises(ValueError, match="loss is a _FloatCrossEntropy, whose value_and_grad takes no as_array"):
+        CapturedStep(model, _FloatCrossEntropy(), SGD(model.named_parameters(), lr=0.05))
+
+
 def _armed_step(model, loss, make_optimizer):
     """A CapturedStep of ``model`` (its arrays made _HostRead views, then flattened) with the optimiser
     ``make_optimizer(params)``, whose runs are armed: a host read (or a guarded call) within one fails."""
