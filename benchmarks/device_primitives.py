@@ -5,7 +5,7 @@ after each pooling) at one batch size, this prints the median time of:
 
 - the weight gradient of one 3x3 tap, A^T B over the R rows of the padded grid (32 x 32 to
   128 x 128 results): one GEMM (``_gemm.gemm``), and split over row chunks
-  (``_reduce.gram_rows(split=True)``, what a device runs now);
+  (``_reduce.gram_rows(split=True)``, which a device ran until one GEMM measured faster there);
 - the channel sums and channel dot products of batch normalisation and the bias gradient: one
   einsum, and chunked (``_reduce.sum_rows`` / ``dot_rows`` with ``split=True``);
 - one tap of the forward pass, out += A W (a GEMM accumulating in place), against the time

@@ -53,9 +53,9 @@ time, and a reduction to a small result leaves most of the device idle, so ``"au
 differently there: the forward pass is ``"flat_im2col"`` whatever the channel count (the
 columns are one copy of an overlapping strided view of B, then one GEMM with K = KH KW C_in / G,
 against KH KW accumulated GEMMs that also read and write the output KH KW times); the weight
-gradient is split over row chunks (:func:`shallow.cnn._reduce.gram_rows`: a 32 x 32 result
-summed over 10^6 rows is one tile of output for cuBLAS); the input gradient is the tap sum above,
-accumulated in place by cuBLAS (no column matrix of the gradient is formed). The columns are kept
+gradient is one GEMM of the columns (cuBLAS splits a sum over 10^6 rows itself: on an H200 this
+beat the row chunks of :func:`shallow.cnn._reduce.gram_rows` by 4x); the input gradient is the
+tap sum above, accumulated in place by cuBLAS (no column matrix of the gradient is formed). The columns are kept
 for the backward pass and take KH KW times the input's memory (about 2.3 GB for the VGG of
 ``benchmarks/cnn_step.py`` at batch 1024 in float32); ``method="taps"`` keeps only the input.
 
@@ -467,9 +467,8 @@ class Conv2d(Layer):
     @staticmethod
     def _reduced_products(outs, rows, src, offsets, G):
         """outs[t] = sum_{r < rows} src[r + offsets[t]]^T G[r] (the weight gradient): by row blocks
-        on the host, split over row chunks on a device (:func:`shallow.cnn._reduce.gram_rows`)."""
+        on the host, one GEMM per offset on a device (:func:`shallow.cnn._reduce.gram_rows`)."""
         if _reduce.on_device(G):
-            # one split-K product per tap: a 32 x 32 result over 10^6 rows needs it on a GPU
             for t, off in enumerate(offsets):
                 gram_rows(src[off:off + rows], G[:rows], outs[t])
             return
