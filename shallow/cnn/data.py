@@ -224,9 +224,9 @@ class Standardizer:
         return ((X - self.mean) / self.std).astype(X.dtype, copy=False)
 
     def inverse_transform(self, X):
-        """X * std + mean."""
+        """X * std + mean, in X's dtype (as :meth:`transform`)."""
         X = self._check(X, "inverse_transform")
-        return X * self.std + self.mean
+        return (X * self.std + self.mean).astype(X.dtype, copy=False)
 
 
 def _finish(X, y, X_test, y_test, n_classes, name, standardize, dtype):
@@ -277,14 +277,20 @@ _IDX_NAMES = {
 def _read_idx(path: Path) -> np.ndarray:
     """An array from an IDX file (LeCun's format: magic 0 0 type ndim, big-endian dimensions, data)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (gzip.BadGzipFile, EOFError) as err:  # a .gz name on a plain or truncated file
+        raise ValueError(f"{path} is not a readable gzip file ({err}): an IDX file named .gz must be gzipped") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     types = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if raw[2] not in types:
         raise ValueError(f"{path}: unknown IDX data type {raw[2]:#x}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:  # np.frombuffer failed with "offset must be non-negative and no greater than ..."
+        raise ValueError(f"{path}: the IDX header announces {ndim} dimensions ({4 + 4 * ndim} bytes) but the file "
+                         f"holds {len(raw)} bytes")
     shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
     data = np.frombuffer(raw, dtype=types[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
@@ -298,6 +304,36 @@ def _find_idx(folder: Path, stem: str) -> Path:
             return folder / candidate
     raise FileNotFoundError(f"{folder} has no file {stem}[.gz]: an MNIST-like directory holds "
                             f"{', '.join(_IDX_NAMES.values())} (gzipped or not)")
+
+
+def _labels(y, name):
+    """Host labels as int64, refusing NaN, infinite and fractional labels (the cast to int64 floored 0.5 to 0
+    and made NaN int64's minimum) and non-numeric ones."""
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        check_finite_labels(y, name)
+        fractional = y != np.round(y)
+        if fractional.any():
+            raise ValueError(f"{name} must hold integer class labels (floats with integer values are taken), got "
+                             f"{y[fractional][0].item()!r}")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _one_per_class(keep, y, rng):
+    """``keep`` with an image of every class of y: each class that proportional shares left without one
+    (classes of 50, 2 and 1 images kept to 10: 10, 0, 0) takes the place of an image of the class with
+    the most kept images, drawn with ``rng``; ``keep`` unchanged when every class has an image."""
+    missing = np.setdiff1d(np.unique(y), y[keep])
+    if missing.size == 0:
+        return keep
+    keep = keep.copy()
+    for c in missing:
+        labels, counts = np.unique(y[keep], return_counts=True)
+        largest = np.flatnonzero(y[keep] == labels[np.argmax(counts)])  # >= 2 images: limit >= the classes
+        keep[rng.choice(largest)] = rng.choice(np.flatnonzero(y == c))
+    return np.sort(keep)
 
 
 def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=None, rng=0) -> ImageData:
@@ -315,7 +351,9 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
         Pixel values are divided by it (255 for 8-bit images).
     limit : int, optional
         Keep a stratified subset of at most ``limit`` training images (drawn with ``rng``), for
-        quick runs; the test set is kept whole. At least the number of classes (one image each).
+        quick runs; the test set is kept whole. At least the number of classes: each class gets at
+        least one image (a class whose proportional share rounds to none takes an image's place in
+        the largest class).
     rng : None, int or Generator
 
     Returns
@@ -342,25 +380,37 @@ def load_mnist(path, *, standardize=True, dtype=np.float64, scale=255.0, limit=N
     if path.is_dir():
         arrays = {key: _read_idx(_find_idx(path, stem)) for key, stem in _IDX_NAMES.items()}
     else:
-        with np.load(path, allow_pickle=False) as data:
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:  # numpy said "This file contains pickled (object) data" of a text file
+            raise ValueError(f"path {str(path)!r} is not a .npz archive nor a directory of IDX files ({err})") from err
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file: one array ('ndarray' is no context manager)
+            raise ValueError(f"path {str(path)!r} holds a single array of shape {data.shape}, not a .npz archive "
+                             "of x_train, y_train, x_test, y_test (nor a directory of IDX files)")
+        with data:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data.files]
             if missing:
                 raise ValueError(f"path {str(path)!r} lacks the arrays {', '.join(missing)} "
                                  "(expected x_train, y_train, x_test, y_test)")
             arrays = {"X_train": data["x_train"], "y_train": data["y_train"],
                       "X_test": data["x_test"], "y_test": data["y_test"]}
-    X, y = np.asarray(arrays["X_train"], dtype=np.float64), np.asarray(arrays["y_train"]).astype(np.int64)
-    Xt, yt = np.asarray(arrays["X_test"], dtype=np.float64), np.asarray(arrays["y_test"]).astype(np.int64)
+    X, y = np.asarray(arrays["X_train"], dtype=np.float64), _labels(arrays["y_train"], "y_train")
+    Xt, yt = np.asarray(arrays["X_test"], dtype=np.float64), _labels(arrays["y_test"], "y_test")
     if X.ndim == 3:
         X, Xt = X[..., None], Xt[..., None]
     if X.ndim != 4 or X.shape[0] != y.shape[0] or Xt.shape[0] != yt.shape[0]:
         raise ValueError(f"path {str(path)!r} holds images of shape {X.shape} with {y.shape[0]} labels: expected "
                          "(n, H, W) or (n, H, W, C) images and n labels")
+    if X.shape[0] == 0 or Xt.shape[0] == 0:  # y.max() failed inside numpy ("zero-size array to reduction ...")
+        raise ValueError(f"path {str(path)!r} holds {X.shape[0]} training and {Xt.shape[0]} test images: both sets "
+                         "need at least one")
     n_classes = int(max(y.max(), yt.max())) + 1
     if limit is not None:
         limit = check_integer(limit, "limit", minimum=n_classes)
         if limit < len(y):
+            rng = check_random_state(rng)
             keep, _ = stratified_split(y, test_size=1 - limit / len(y), rng=rng)
+            keep = _one_per_class(keep, y, rng)
             X, y = X[keep], y[keep]
     return _finish(X / scale, y, Xt / scale, yt, n_classes, path.stem, standardize, dtype)
 
@@ -633,7 +683,8 @@ class Augment:
         self.fill = _check_fill(fill)
 
     def __call__(self, X, rng):
-        """The augmented batch (a new array); ``rng`` is a numpy Generator (advanced)."""
+        """The augmented batch (a new array); ``rng`` is a numpy Generator (advanced), or an int seed or None."""
+        rng = check_random_state(rng)  # an int seed restarted the stream in each step: the shift redrew the warp's bits
         if self.rotation or self.scale or self.shear:
             X = random_affine(X, rng, max_angle=self.rotation, max_scale=self.scale, max_shear=self.shear,
                               fill=self.fill)

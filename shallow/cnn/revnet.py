@@ -804,8 +804,9 @@ def irevnet_small(in_shape=(8, 8, 1), n_classes=10, *, width=16, blocks=2, stage
     blocks : int
         RevBlocks per stage (a later stage's first block has stride 2).
     stages : int, optional
-        By default one per resolution while it halves evenly down to 2 (8x8: 4x4 then 2x2;
-        28x28: 14x14 then 7x7).
+        By default one per resolution after the space-to-depth, halving while both sides are even
+        and at least 4, at most 3 stages (8x8: 4x4 then 2x2; 28x28: 14x14 then 7x7; 32x32: 16x16,
+        8x8 then 4x4; 64x64 stops at 8x8).
     hidden : int, optional
         Hidden channels of every F (default: F's output channels).
     batch_norm : bool

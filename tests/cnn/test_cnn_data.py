@@ -506,3 +506,83 @@ def test_random_affine_maps_an_empty_batch_to_an_empty_batch(augment):
     # "cannot reshape array of size 0 into shape (0,newaxis,1)" inside the bilinear sampler
     out = augment(np.zeros((0, 6, 5, 2)), np.random.default_rng(0))
     assert out.shape == (0, 6, 5, 2)
+
+
+def _save_npz(path, y_train, y_test=None, n_test=3):
+    rng = np.random.default_rng(0)
+    y_test = np.arange(n_test) % 3 if y_test is None else y_test
+    np.savez(path, x_train=rng.integers(0, 256, (len(y_train), 4, 4), dtype=np.uint8), y_train=y_train,
+             x_test=rng.integers(0, 256, (len(y_test), 4, 4), dtype=np.uint8), y_test=y_test)
+    return path
+
+
+@pytest.mark.parametrize("y_train, match", [(np.array([0.0, 1.5, 2.0]), "integer class labels.*1.5"),
+                                            (np.array([0.0, np.nan, 2.0]), "y_train contains 1 NaN"),
+                                            (np.array(["0", "1", "2"]), "integer class labels, got dtype")])
+def test_load_mnist_refuses_labels_that_are_not_integers_instead_of_casting_them(y_train, match, tmp_path):
+    # the cast to int64 came first: 1.5 became class 1 (ImageData refuses 1.5 itself) and NaN int64's minimum
+    with pytest.raises(ValueError, match=match):
+        load_mnist(_save_npz(tmp_path / "d.npz", y_train))
+
+
+def test_load_mnist_names_a_file_that_is_not_an_npz_archive(tmp_path):
+    # numpy said "This file contains pickled (object) data" of a text file, and a .npy file raised a TypeError
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match="not a .npz archive"):
+        load_mnist(tmp_path / "text.npz")
+    np.save(tmp_path / "one.npy", np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match=r"single array of shape \(3, 4, 4\)"):
+        load_mnist(tmp_path / "one.npy")
+
+
+@pytest.mark.parametrize("content, suffix, match", [(bytes([0, 0, 8, 1, 0, 0]), "", "announces 1 dimensions"),
+                                                    (_idx_bytes(0x08, "B", (3,), [0, 1, 2]), ".gz",
+                                                     "not a readable gzip file")])
+def test_load_mnist_refuses_a_truncated_idx_header_or_a_plain_file_named_gz(content, suffix, match, tmp_path):
+    labels = _idx_bytes(0x08, "B", (3,), [0, 1, 2])
+    images = _idx_bytes(0x08, "B", (3, 2, 2), list(range(12)))
+    for split in ("train", "t10k"):
+        (tmp_path / f"{split}-images-idx3-ubyte").write_bytes(images)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(labels)
+    (tmp_path / f"t10k-labels-idx1-ubyte{suffix}").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_mnist(tmp_path)
+
+
+def test_load_mnist_refuses_an_empty_training_set(tmp_path):
+    with pytest.raises(ValueError, match="0 training and 3 test images"):
+        load_mnist(_save_npz(tmp_path / "d.npz", np.zeros(0, dtype=np.uint8)))
+
+
+@pytest.mark.parametrize("limit", [3, 10])
+def test_load_mnist_limit_keeps_an_image_of_every_class(limit, tmp_path):
+    # the docstring's "one image each": classes of 50, 2 and 1 images have proportional shares 9.4, 0.38, 0.19
+    # of 10 images, and the split kept 10, 0, 0
+    y = np.repeat([0, 1, 2], [50, 2, 1]).astype(np.uint8)
+    data = load_mnist(_save_npz(tmp_path / "d.npz", y), limit=limit, standardize=False)
+    assert data.X_train.shape[0] == limit
+    assert np.bincount(data.y_train, minlength=3).min() >= 1
+
+
+def test_load_mnist_limit_is_the_stratified_split_when_every_class_has_a_share(fake_mnist):
+    arrays, _, npz = fake_mnist
+    keep, _ = stratified_split(arrays["y_train"], test_size=1 - 20 / 30, rng=3)
+    np.testing.assert_array_equal(load_mnist(npz, limit=20, rng=3, standardize=False).X_train[..., 0],
+                                  arrays["x_train"][keep] / 255.0)
+
+
+def test_augment_with_an_int_seed_is_augment_with_a_generator_of_that_seed():
+    # an int restarted the stream in each step: the shift redrew the bits the warp had drawn
+    X = np.random.default_rng(1).standard_normal((6, 8, 8, 1))
+    augment = Augment(shift=2, rotation=20.0)
+    np.testing.assert_array_equal(augment(X, 7), augment(X, np.random.default_rng(7)))
+
+
+def test_standardizer_inverse_transform_inverts_transform_in_the_dtype_of_x():
+    # statistics fitted in float64, applied to float32 images: transform kept float32, its inverse gave float64
+    rng = np.random.default_rng(2)
+    s = Standardizer().fit(rng.uniform(0, 16, (20, 4, 4, 2)))
+    X = rng.uniform(0, 16, (5, 4, 4, 2)).astype(np.float32)
+    back = s.inverse_transform(s.transform(X))
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(back, X, rtol=0, atol=16 * 8 * np.finfo(np.float32).eps)  # 16: the range, 8: margin
