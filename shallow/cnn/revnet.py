@@ -67,7 +67,9 @@ pass's batch when the same batch is inverted, so inverse(forward(x)) = x holds t
 rounding); on another batch the statistics differ and it does not. ``inverse`` leaves the layers'
 state as it found it: batch-norm running statistics are not updated, and the caches of the last
 forward pass are kept, so a backward pass may follow. F must be deterministic (no dropout in
-train mode): the inverse recomputes it.
+train mode): the inverse recomputes it, and refuses an F with random generators in train mode.
+(A recomputing backward, ``InvertibleSequential(recompute=True)``, replays the generators' states
+and so takes dropout in F.)
 
 References
 ----------
@@ -527,6 +529,9 @@ class RevBlock(InvertibleLayer):
 
     def inverse(self, y):
         self._check(y, "y", self.out_channels)
+        if self.F.training and self.F.named_rngs():  # new dropout masks would give another F(x_2)
+            raise ValueError(f"F draws random numbers in train mode ({', '.join(sorted(self.F.named_rngs()))}: "
+                             "dropout), so its inverse cannot recompute the forward pass's F(x_2): call eval() first")
         xp = get_xp(y)
         y1, y2 = self._split_out(y)
         x2 = self._Sinv(y1)

@@ -192,6 +192,19 @@ def test_train_mode_inverse_needs_the_forward_batch():
     assert np.abs(block.inverse(y[:2]) - x[:2]).max() < INVERSE_ATOL_64
 
 
+def test_inverse_refuses_an_F_with_dropout_in_train_mode_and_inverts_it_in_eval_mode():
+    # new dropout masks gave another F(x_2): x_1 came back wrong by O(1) without a word
+    from shallow.cnn import Dropout
+    rng = np.random.default_rng(9)
+    block = RevBlock(4, F=Sequential(Conv2d(2, 2, 3, padding=1, rng=rng), Dropout(0.5, rng=rng)))
+    x = rng.standard_normal((3, 4, 4, 4))
+    y = block(x)
+    with pytest.raises(ValueError, match="F draws random numbers in train mode .*call eval"):
+        block.inverse(y)
+    block.eval()
+    np.testing.assert_allclose(block.inverse(block(x)), x, rtol=0, atol=INVERSE_ATOL_64)
+
+
 # --------------------------------------------------------------------------- the network
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_irevnet_reconstructs_the_input_from_every_layer_float64(mode, xp):
