@@ -73,6 +73,7 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -237,6 +238,12 @@ def _to_storable(value):
     return arr
 
 
+def _as_loaded(value):
+    """``value`` as :func:`load_npz` gives it back after :func:`save_npz_atomic`: an array, or a Python scalar."""
+    arr = _to_storable(value)
+    return arr.item() if arr.ndim == 0 else arr
+
+
 def save_npz_atomic(path, result: dict) -> Path:
     """Save a dict of arrays and scalars to ``path`` (.npz) atomically.
 
@@ -315,7 +322,8 @@ def config_hash(name: str, cfg, source: str = "") -> str:
     name : str
         The study's name.
     cfg : dataclass instance
-        The study's Config; its fields (``dataclasses.asdict``) enter the hash, values that JSON
+        The study's Config; its fields (``dataclasses.asdict``) enter the hash: numpy scalars as
+        Python numbers, numeric arrays by their dtype, shape and bytes, other values that JSON
         cannot write as their ``str``, and integral floats as ints (``T=250.0`` and ``T=250`` are
         the same config).
     source : str
@@ -342,6 +350,16 @@ def config_hash(name: str, cfg, source: str = "") -> str:
 def _integral_floats_as_ints(value):
     # A float field given as --T 250 parses to 250.0, and Config(T=250) holds the int 250: the same config,
     # which must hash to the same key. Integral floats are written as ints, inside lists, tuples and dicts too.
+    # numpy scalars are their Python numbers (json wrote np.int64(3) as the string "3"), and a numeric array
+    # its dtype, shape and the SHA-256 of its bytes: json's default=str wrote it as numpy prints it, to 8
+    # digits and with "..." past 1000 entries, so that two different arrays shared a key and the second
+    # config was served the first one's result.
+    if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_, np.void)):
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+        data = np.ascontiguousarray(value)
+        return {"__ndarray__": data.dtype.str, "shape": list(data.shape),
+                "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, (list, tuple)):
@@ -416,11 +434,15 @@ parse_workers = _int_parser(1, "a number of worker processes")
 
 
 def _tuple_parser(inner: type):
+    # bool("false") is True: the entries of a tuple of bools read the words parse_bool reads
+    parse = parse_bool if inner is bool else inner
+
     def parse_list(text: str) -> tuple:
         try:
-            return tuple(inner(v) for v in text.split(",") if v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {inner.__name__} values such as 1,2,3, "
+            return tuple(parse(v) for v in text.split(",") if v)
+        except (ValueError, argparse.ArgumentTypeError):
+            example = "true,false" if inner is bool else "1,2,3"
+            raise argparse.ArgumentTypeError(f"expected comma-separated {inner.__name__} values such as {example}, "
                                              f"got {text!r}") from None
     return parse_list
 
@@ -460,9 +482,10 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     argparse.ArgumentParser
         Abbreviations refused. Field flags default to None (unset) and parse by the type of the
         field's default: ``seed`` an integer >= 0, bool true/false (yes/no, on/off, 1/0), tuple
-        comma-separated values, int, float or str as such (float for an int default annotated
-        ``float``); ``device`` is "cpu" or "gpu". Fields of other types (a default None, say) get no
-        flag.
+        comma-separated values (of bools read as a bool flag is), int, float or str as such (float
+        for an int default annotated ``float``); ``device`` is "cpu" or "gpu". Fields of other types
+        (a default None, say) get no flag. A value starting with "-" and a digit is a value
+        (``--signs -1,1``, ``--eps -1e-3``), not a flag.
 
     Raises
     ------
@@ -474,6 +497,10 @@ def build_parser(module: ModuleType, prog: str | None = None) -> argparse.Argume
     # no abbreviated flags: --m would otherwise set a field m_teacher of a study without a field m
     parser = argparse.ArgumentParser(prog=prog or study_name(module),
                                      description=doc.splitlines()[0] if doc else None, allow_abbrev=False)
+    # A value starting with "-" and a digit is a value, not a flag: Python < 3.13 took "--teacher-signs -1,1,-1"
+    # or "--x -1e-3" for a flag missing its value ("expected one argument"); this is 3.13's rule (no flag of
+    # ours looks like a negative number).
+    parser._negative_number_matcher = re.compile(r"-\.?\d")
     parser.add_argument("--quick", action="store_true", help="the quick configuration (well under a minute on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if a cached result exists")
     parser.add_argument("--out", default=".", help="folder under which results/ and figures/ are written")
@@ -598,6 +625,13 @@ def _check_out(out) -> Path:
         raise ValueError(f"out={str(out)!r} cannot be used as the output folder: {err.strerror or err}") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"out={str(out)!r} is not writable")
+    for sub in ("results", "figures"):  # checked now: writing into them after the compute raised OSError's traceback
+        folder = out / sub
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"out={str(out)!r} holds a file {sub}, where results/ and figures/ go: move it away "
+                             "or choose another --out")
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise ValueError(f"out={str(out)!r}: its folder {sub}/ is not writable")
     return out
 
 
@@ -652,10 +686,11 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
     Returns
     -------
     dict
-        The result, with ``"_wall_time"`` (seconds of compute, or of the cached run) and ``"_cached"``
-        (whether it came from ``results/`` without computing) added, and for a
-        study with grids (:func:`run_grid`) ``"_grid_points"``, ``"_grid_points_cached"`` and
-        ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
+        The result, the same whether computed or read from the cache: values as :func:`load_npz`
+        gives them (numpy arrays, 0-d values as Python scalars), with ``"_wall_time"`` (seconds of
+        compute, or of the cached run) and ``"_cached"`` (whether it came from ``results/`` without
+        computing) added, and for a study with grids (:func:`run_grid`) ``"_grid_points"``,
+        ``"_grid_points_cached"`` and ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
         sidecar's ``grid_points``, since a run drawn from cached points takes little wall time.
 
     Raises
@@ -719,6 +754,9 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
             points, cached, seconds = (sum(column) for column in zip(*finished, strict=True))
             result.update(_grid_points=points, _grid_points_cached=cached, _grid_compute_time=seconds)
         save_npz_atomic(cache, result)
+        # as a rerun reads it back from the cache: a list came back an array, a 0-d array a number (which the
+        # sidecar's summary then listed, where the computing run's left it out), a numpy float32 a float
+        result = {key: _as_loaded(value) for key, value in result.items()}
         result["_cached"] = False
     if figure:
         fig = module.plot(result, cfg)

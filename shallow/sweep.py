@@ -691,7 +691,8 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     Raises
     ------
     ValueError
-        For an empty grid, an unknown scheduler, or bad workers/errors arguments.
+        For an empty grid, an unknown scheduler, bad workers/errors arguments, or a ``cache_dir``
+        that cannot be created or written (before any point runs).
     TypeError
         For a config that has no stable hash, or a function that cannot be sent to worker processes.
     SweepError
@@ -761,6 +762,13 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     cache = None if cache_dir is None else Path(cache_dir)
     if cache is not None and cache.exists() and not cache.is_dir():
         raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder for the cache files KEY.npz")
+    if cache is not None:  # now, not after every point has been computed and then failed to be written
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cache_dir {str(cache)!r} cannot be created: {err.strerror or err}") from None
+        if not os.access(cache, os.W_OK):
+            raise ValueError(f"cache_dir {str(cache)!r} is not writable")
 
     n = len(points)
     results, cached, wall = [None] * n, [False] * n, [math.nan] * n

@@ -1,5 +1,6 @@
 """The study runner and the `shallow` command, on a toy study written to a temporary folder."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -256,6 +257,65 @@ def test_an_output_folder_that_is_a_file_is_refused(toy, capsys):
     (toy / "taken").write_text("")
     assert cli.main(["run", "toy", "--quick", "--out", str(toy / "taken" / "sub")]) == 2
     assert "out=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["results", "figures"])
+def test_an_output_folder_holding_a_file_named_results_or_figures_is_refused_before_computing(toy, capsys, sub):
+    # used to compute, then stop with OSError's traceback (FileExistsError) on writing the result or figure
+    (toy / "out").mkdir()
+    (toy / "out" / sub).write_text("")
+    assert cli.main(["run", "toy", "--quick", "--out", str(toy / "out")]) == 2
+    assert f"holds a file {sub}" in capsys.readouterr().err
+    assert cli.load_study("toy").CALLS == []  # refused before compute ran
+
+
+def test_negative_values_of_tuple_and_float_flags_are_values_not_flags(toy):
+    # argparse of Python < 3.13 read "-1,2" and "-1e-3" as flags: "argument --scales: expected one argument"
+    parser = study.build_parser(cli.load_study("toy"))
+    args = parser.parse_args(["--scales", "-1,2.5", "--d", "-3"])
+    assert args.scales == (-1.0, 2.5) and args.d == -3
+    out = toy / "out"
+    assert cli.main(["run", "toy", "--quick", "--out", str(out), "--scales", "-0.5,-1e-3"]) == 0
+    assert json.loads((out / "figures" / "toy_quick.json").read_text())["config"]["scales"] == [-0.5, -0.001]
+
+
+def test_a_tuple_of_bools_flag_reads_false_as_false():
+    # bool("false") is True: each entry read the way a bool flag reads its value
+    module = type(sys)("demo")
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        centred: tuple = (True, False)
+        seed: int = 0
+        device: str = "cpu"
+
+    module.Config = Config
+    parser = study.build_parser(module)
+    assert parser.parse_args(["--centred", "false,no,0,true"]).centred == (False, False, False, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--centred", "false,maybe"])
+
+
+TYPED = TOY.replace('''    return {"mean": float(x.mean()), "x": x, "label": "toy"}''',
+                    '''    return {"mean": float(x.mean()), "x": x, "label": "toy", "widths": [1, 2],
+            "total": np.asarray(x.sum()), "first": np.float32(x[0])}''')
+
+
+def test_a_computed_result_is_returned_and_summarised_as_its_cached_copy_is(toy):
+    # a list, a 0-d array and a float32 came back from the cache as an array, a float and a float: the
+    # computing run's plot saw other types, and its sidecar's summary left the 0-d array out
+    (toy / "studies" / "toy.py").write_text(textwrap.dedent(TYPED))
+    module = cli.load_study("toy")
+    cfg = study.quick_config(module)
+    computed = study.run(module, cfg, quick=True, out=toy / "out")
+    summary = json.loads((toy / "out" / "figures" / "toy_quick.json").read_text())["summary"]
+    cached = study.run(module, cfg, quick=True, out=toy / "out")
+    assert computed["_cached"] is False and cached["_cached"] is True
+    for key in ("x", "widths", "total", "first", "label"):
+        assert type(computed[key]) is type(cached[key]), key
+    assert isinstance(computed["widths"], np.ndarray) and type(computed["total"]) is float
+    assert json.loads((toy / "out" / "figures" / "toy_quick.json").read_text())["summary"] == summary
+    assert summary["total"] == cached["total"]
 
 
 def test_interrupted_write_leaves_no_result_file(tmp_path):

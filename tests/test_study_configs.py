@@ -9,6 +9,7 @@ prints ``shallow run: error: MESSAGE`` before any computation. These tests build
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from shallow import cli, study
@@ -216,6 +217,24 @@ def test_config_hash_of_a_float_field_does_not_depend_on_an_int_or_float_spellin
     key = study.config_hash("demo", Config(T=250, widths=(1, 0.5)), "source")
     assert study.config_hash("demo", Config(T=250.0, widths=(1.0, 0.5)), "source") == key
     assert study.config_hash("demo", Config(T=250.5, widths=(1, 0.5)), "source") != key
+
+
+def test_config_hash_tells_apart_arrays_that_print_alike():
+    # json's default=str wrote an array as numpy prints it (8 digits, "..." past 1000 entries): two configs
+    # with different arrays shared a key, and the second was served the first one's cached result
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        w: np.ndarray = dataclasses.field(default_factory=lambda: np.array([0.1, 0.2]))
+        n: int = 3
+
+    assert str(np.array([0.1, 0.2])) == str(np.array([0.1 + 1e-10, 0.2]))  # what the old key saw
+    assert study.config_hash("demo", Config()) != study.config_hash("demo", Config(w=np.array([0.1 + 1e-10, 0.2])))
+    long, edited = np.arange(2000.0), np.arange(2000.0)
+    edited[1000] = -1.0
+    assert study.config_hash("demo", Config(w=long)) != study.config_hash("demo", Config(w=edited))
+    assert study.config_hash("demo", Config(w=long)) == study.config_hash("demo", Config(w=long.copy()))
+    # a numpy integer is the same config as the Python one (it was hashed as the string "3")
+    assert study.config_hash("demo", Config(n=np.int64(3))) == study.config_hash("demo", Config())
 
 
 def test_config_hash_changes_with_the_study_name_the_config_the_version_and_the_source(monkeypatch):

@@ -300,6 +300,18 @@ def test_sweep_refuses_a_cache_dir_that_is_not_a_folder(tmp_path):
         sweep(counted_point, grid(x=[1]), cache_dir=tmp_path / "file", scheduler="serial")
 
 
+def test_sweep_refuses_a_cache_dir_it_cannot_create_before_running_any_point(tmp_path):
+    # A cache_dir under a file: every point used to be computed, then fail to be written (its result lost),
+    # after one "unreadable sweep cache file" warning per point.
+    (tmp_path / "file").write_text("")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    with pytest.raises(ValueError, match="cache_dir .* cannot be created"):
+        sweep(counted_point, grid({"calls": str(calls)}, x=[1, 2]), cache_dir=tmp_path / "file" / "cache",
+              scheduler="serial")
+    assert list(calls.iterdir()) == []
+
+
 def test_sweep_refuses_an_executor_without_submit():
     with pytest.raises(TypeError, match="executor must be a concurrent.futures.Executor"):
         sweep(counted_point, grid(x=[1]), executor="tcp://localhost:8786")

@@ -578,6 +578,9 @@ def fit(model, X, y, *, X_test=None, y_test=None, loss=None, optimizer=None, epo
             raise TypeError(f"{name} must be callable or None, got {type(f).__name__}")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path (str or pathlib.Path) or None, got {type(checkpoint).__name__}")
+    if checkpoint is not None and Path(checkpoint).is_dir():  # IsADirectoryError after the first epoch, else
+        raise ValueError(f"checkpoint={str(checkpoint)!r} is a folder: give the path of the checkpoint file "
+                         "in it, such as FOLDER/fit.npz")
     loss = _check_loss(loss)
     in_shape = getattr(model, "in_shape", None)
     X = check_images(X, "X", in_shape, dtype=model.dtype)

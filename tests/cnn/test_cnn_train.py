@@ -416,6 +416,16 @@ def test_resume_from_a_file_that_is_not_a_checkpoint_is_refused_naming_it(digits
     with pytest.raises(ValueError, match=match):
         _resume_run(digits, path, epochs=2)
 
+def test_fit_refuses_a_checkpoint_path_that_is_a_folder_before_training(tmp_path):
+    # used to train an epoch, then stop with IsADirectoryError on renaming the checkpoint over the folder
+    net = _plain_net()
+    before = {name: p.copy() for name, p in net.named_parameters().items()}
+    X = np.random.default_rng(0).standard_normal((8, 4, 4, 1))
+    with pytest.raises(ValueError, match="checkpoint=.* is a folder"):
+        fit(net, X, np.arange(8) % 4, epochs=1, rng=0, checkpoint=tmp_path)
+    assert all(np.array_equal(p, before[name]) for name, p in net.named_parameters().items())
+
+
 def _plain_net(seed=0):
     """A model without batch statistics or dropout, and without in_shape or n_classes attributes:
     conv 3x3 (1 -> 3 channels), relu, global average, linear 3 -> 4."""
