@@ -648,7 +648,7 @@ def _cloud(obj, weights, name, signed):
             if w.shape[0] != X.shape[0]:
                 raise ValueError(f"{name}_weights has shape {tuple(w.shape)} but {name} has {X.shape[0]} "
                                  "particles: one weight per particle")
-    if X.shape[0] == 0:
+    if X.shape[0] == 0 and not signed:  # a signed measure without atoms is the zero measure, which has a distance
         raise ValueError(f"{name} has no particle")
     if not signed and bool((w < 0).any()):
         raise ValueError(f"{name} has negative weights: W_p compares nonnegative measures of equal mass "
@@ -860,13 +860,20 @@ def _uot(xp, X, a, Y, b, p, reg, reg_m, numItermax, stopThr):
     M = _cost(X, Y, p)  # (k, l)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = ot.unbalanced.sinkhorn_unbalanced(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl",
-                                                 numItermax=numItermax, stopThr=stopThr)
+        plan, log = ot.unbalanced.sinkhorn_unbalanced(a, b, M, reg, reg_m, method="sinkhorn", reg_type="kl",
+                                                      numItermax=numItermax, stopThr=stopThr, log=True)
     if caught:
         raise RuntimeError(f"POT's unbalanced Sinkhorn failed ({caught[0].message}) with reg={reg:g}, "
                            f"reg_m={reg_m:g}, numItermax={numItermax}: increase reg or numItermax, or "
                            "rescale the particles (the kernel exp(-|x - y|^p / reg) underflows when "
                            "cost/reg exceeds ~700)")
+    # POT stops silently at numItermax: its plan is then not the optimum, and the value can be anything (0.84 for
+    # 0.38 at reg=0.01, reg_m=1000, numItermax=100); its last relative change says whether stopThr was met
+    change = float(log["err"][-1]) if len(log["err"]) else 0.0
+    if len(log["err"]) >= numItermax and change > stopThr:
+        raise RuntimeError(f"POT's unbalanced Sinkhorn did not converge with reg={reg:g}, reg_m={reg_m:g}: after "
+                           f"numItermax={numItermax} iterations its relative change is {change:.3g}, above "
+                           f"stopThr={stopThr:g}; increase numItermax (or reg), or decrease reg_m")
     value = float((plan * M).sum())
     value += reg * _generalised_kl(xp, plan, a[:, None] * b[None, :])
     value += reg_m * _generalised_kl(xp, plan.sum(axis=1), a)
@@ -893,10 +900,13 @@ def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_we
         transported only over distances up to about rho^(1/p) (the "reach", 1 = 60 degrees on the
         unit sphere) and created or destroyed beyond. rho -> infinity gives balanced OT.
     p : float, default 2
+        The cost |x - y|^p, 1 <= p <= 2 (where the kernel exp(-|x - y|^p / reg) is positive definite, which the
+        positivity of S_eps needs; for p > 2, a ValueError).
     mu_weights, nu_weights : array of shape (k,), optional
     numItermax, stopThr
-        Passed to POT's unbalanced Sinkhorn; a RuntimeError is raised when it reports
-        non-convergence or numerical errors.
+        Passed to POT's unbalanced Sinkhorn; a RuntimeError is raised when it reports numerical
+        errors, or when numItermax iterations end with a relative change of the scalings still
+        above stopThr (not converged: the value would be that of a plan that is not optimal).
 
     Returns
     -------
@@ -914,14 +924,18 @@ def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_we
                              + eps (m(alpha) - m(beta))^2 / 2,
 
         with KL(p | q) = sum p log(p/q) - p + q and C_ij = |x_i - y_j|^p. S_eps is nonnegative
-        and vanishes only for alpha = beta (Reference 3 of the module). The optimal plan comes from
-        ``ot.unbalanced.sinkhorn_unbalanced`` (generalised Sinkhorn-Knopp, in float64); the objective
+        and vanishes only for alpha = beta (Reference 3 of the module) when exp(-C / eps) is a positive
+        universal kernel: the Laplace (p = 1) and Gaussian (p = 2) kernels, and exp(-|x - y|^p / eps) for
+        1 < p < 2 (the characteristic function of a symmetric stable law); not for p > 2 (Schoenberg).
+        The optimal plan comes from ``ot.unbalanced.sinkhorn_unbalanced`` (generalised Sinkhorn-Knopp,
+        in float64); the objective
         is evaluated at it here. POT's log-stabilised variant is not used: on small examples its
         absorption steps oscillate without converging (seen with POT 0.9.7).
 
     A signed measure mu = mu^+ - mu^- is compared with nu through the nonnegative measures
     mu^+ + nu^- and nu^+ + mu^-, which are equal exactly when mu = nu (Reference 4 of the module).
     Atoms of a signed array are split by the sign of their weight; they need not be merged first.
+    A measure without atoms (``mu.negative()`` of a nonnegative mu, say) is the zero measure.
 
     Examples
     --------
@@ -931,6 +945,11 @@ def unbalanced_distance(mu, nu, reg=0.05, reg_m=1.0, p=2, mu_weights=None, nu_we
     0.0
     """
     p = _check_p(p)
+    if p > 2:
+        raise ValueError(f"p must be in [1, 2] for unbalanced_distance, got {p!r}: the Sinkhorn divergence is "
+                         "nonnegative and vanishes only for equal measures when exp(-|x - y|^p / reg) is a positive "
+                         "definite kernel, which holds for p <= 2 only (for p = 3 it was negative, and the distance "
+                         "0, between different measures)")
     reg, reg_m = check_positive(reg, "reg"), check_positive(reg_m, "reg_m")
     numItermax = check_integer(numItermax, "numItermax", minimum=1)
     stopThr = check_nonnegative(stopThr, "stopThr")

@@ -14,6 +14,7 @@ int g(<x, e>) dtau_d(x) = int_{-1}^{1} g(t) w_d(t) dt.
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 
@@ -91,20 +92,41 @@ def sphere_area(d) -> float:
     Returns
     -------
     float
-        Subnormal from d = 439 on, 0.0 from d = 456 on (underflow).
+        Correctly rounded (computed to 50 digits, then rounded once); subnormal from d = 439 on, 0.0 from
+        d = 456 on (underflow).
 
     Raises
     ------
     ValueError
         For d not an integer >= 2.
 
+    Notes
+    -----
+    With k = floor(d/2): |S^{d-1}| = 2 pi^k / (k - 1)! for even d and 2 (4 pi)^k k! / (2k)! for odd d
+    (Gamma(k + 1/2) = (2k)! sqrt(pi) / (4^k k!)), evaluated in 50-digit decimal arithmetic with exact
+    factorials. exp(d/2 log pi - log Gamma(d/2)) lost the rounding of its exponent, of size d log d:
+    3e-14 relative at d = 100, 2e-13 at d = 400.
+
     Examples
     --------
-    >>> round(sphere_area(3), 12) == round(4 * np.pi, 12)
+    >>> sphere_area(3) == 4 * np.pi
     True
     """
     d = check_dimension(d)
-    return float(2 * np.exp(0.5 * d * np.log(np.pi) - special.gammaln(0.5 * d)))
+    if d > 1000:  # below 1e-700: 0.0 in float64
+        return 0.0
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        k = d // 2
+        if d % 2 == 0:
+            area = 2 * _PI_DECIMAL**k / math.factorial(k - 1)
+        else:
+            area = 2 * (4 * _PI_DECIMAL)**k * math.factorial(k) / math.factorial(2 * k)
+    return float(area)  # float(Decimal) rounds correctly, subnormals included
+
+
+#: pi to 60 digits, for :func:`sphere_area`.
+_PI_DECIMAL = decimal.Decimal("3.14159265358979323846264338327950288419716939937510582097494")
 
 
 def log_inner_product_constant(d) -> float:

@@ -474,6 +474,36 @@ def test_unbalanced_distance_rejects_a_negative_or_nan_stopping_threshold(stopTh
         unbalanced_distance(A, B, stopThr=stopThr)
 
 
+def test_unbalanced_distance_refuses_p_above_2_where_its_kernel_is_not_positive_definite():
+    """S_eps >= 0 with equality only for alpha = beta needs exp(-|x - y|^p / eps) positive definite (Sejourne et al.
+    2019, Reference 3 of the module), true for p <= 2 and false beyond (Schoenberg): at the five points below the
+    Gram matrix for p = 3 has the eigenvalue -0.13 (numpy's eigvalsh, an independent check), and S_eps between
+    (0.1, 0.6) at (1.1, -0.3) and (0.1, 0.3, 0.3) at (-1.1, 0.1, 0.2), eps = 1.4, rho = 50, was -0.077: returned as
+    the distance 0 between measures whose W_3 is 0.55. p > 2 is refused, naming p."""
+    x, y = np.array([1.1, -0.3]), np.array([-1.1, 0.1, 0.2])
+    z = np.concatenate([x, y])
+    gram = np.exp(-np.abs(z[:, None] - z[None, :]) ** 3 / 1.4)
+    assert np.linalg.eigvalsh(gram)[0] < -0.1  # not positive semidefinite: far beyond rounding
+    with pytest.raises(ValueError, match=r"p must be in \[1, 2\] for unbalanced_distance, got 3"):
+        unbalanced_distance(x, y, p=3, reg=1.4, reg_m=50.0, mu_weights=np.array([0.1, 0.6]),
+                            nu_weights=np.array([0.1, 0.3, 0.3]))
+    # p = 2: the Gaussian kernel, the same measures are at a positive distance
+    assert unbalanced_distance(x, y, p=2, reg=1.4, reg_m=50.0, mu_weights=np.array([0.1, 0.6]),
+                               nu_weights=np.array([0.1, 0.3, 0.3])) > 0.1
+
+
+def test_unbalanced_distance_refuses_a_sinkhorn_stopped_by_its_iteration_cap():
+    """POT's Sinkhorn stops silently at numItermax: near balanced OT (reg_m / reg = 1e5) 100 iterations leave a plan
+    far from the optimum (the value returned was 0.84 where 4e5 iterations give 0.38), which is refused, naming
+    numItermax. A problem that converges (about 1000 iterations at reg_m / reg = 100) gives one value whatever
+    the cap beyond that: POT stopped on stopThr both times, at the same iteration."""
+    A, B = sample_sphere(40, 3, rng=1), sample_sphere(40, 3, rng=2)
+    with pytest.raises(RuntimeError, match="numItermax=100 iterations"):
+        unbalanced_distance(A, B, reg=0.01, reg_m=1000.0, numItermax=100)
+    assert unbalanced_distance(A, B, reg=0.05, reg_m=5.0, numItermax=10**4) == \
+        unbalanced_distance(A, B, reg=0.05, reg_m=5.0, numItermax=10**5)
+
+
 # --------------------------------------------------------------------------- mutation-audit survivors
 def test_two_atoms_at_one_point_merge_into_one():
     """m = 2 atoms at the same direction (the smallest measure with something to merge): one atom of weight
@@ -563,6 +593,22 @@ def test_unbalanced_distance_to_the_zero_measure_has_a_closed_form():
     mu, zero = Measure(np.array([m]), np.array([[1.0, 0.0]])), Measure(np.array([0.0]), np.array([[0.0, 1.0]]))
     assert unbalanced_distance(mu, zero, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
     assert unbalanced_distance(zero, mu, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
+
+
+def test_unbalanced_distance_takes_a_measure_without_atoms_as_the_zero_measure():
+    """The negative part of a nonnegative measure has no atom: it is the zero measure, at the distance of the closed
+    form of the test above from m delta_x (it was refused, 'mu has no particle'), and at distance 0 from itself."""
+    reg, rho, m = 0.05, 1.0, 2.0
+    s = m ** ((2 * reg + 2 * rho) / (reg + 2 * rho))
+    ot_aa = reg * (s * math.log(s / m**2) - s + m**2) + 2 * rho * (s * math.log(s / m) - s + m)
+    expected = rho * m - 0.5 * ot_aa + 0.5 * reg * m**2
+    mu = Measure(np.array([m]), np.array([[1.0, 0.0]]))
+    empty = mu.negative()
+    assert len(empty) == 0
+    # Sinkhorn's stopping threshold 1e-10: 1e-7 on S (as above)
+    assert unbalanced_distance(empty, mu, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
+    assert unbalanced_distance(mu, empty, reg=reg, reg_m=rho) ** 2 == pytest.approx(expected, rel=1e-7)
+    assert unbalanced_distance(empty, empty) == 0.0
 
 
 def test_unbalanced_distance_between_far_apart_pairs_is_the_sum_of_their_divergences():
