@@ -157,6 +157,14 @@ def translate(X, shift):
     return get_xp(X).roll(X, a, axis=(1, 2))
 
 
+def _round_half_up(s):
+    """The nearest integer to s, ties upwards (int64). np.rint rounds ties to even, which sent the rows
+    0.5, 1.5, 2.5, 3.5 of a constant half-pixel field to 0, 2, 2, 4: no translation. floor(s + 0.5) is
+    wrong at s = 0.5 - 2^-54 (the sum rounds to 1); s - floor(s) is exact for |s| < 2^52."""
+    r = np.floor(s)
+    return (r + (s - r >= 0.5)).astype(np.int64)
+
+
 def deform_nearest(X, tau):
     r"""The deformation (L_tau x)(u) = x(u - tau(u)), resampled at the nearest grid point, periodic.
 
@@ -172,8 +180,9 @@ def deform_nearest(X, tau):
 
     Notes
     -----
-    The source u - tau(u) is rounded to the nearest pixel and taken mod (H, W): L_tau x(u) = x(phi(u))
-    for a map phi of the grid (a permutation only when tau is a translation). Every pointwise map
+    The source u - tau(u) is rounded to the nearest pixel, a tie (half a pixel) upwards, and taken mod
+    (H, W): L_tau x(u) = x(phi(u)) for a map phi of the grid (a permutation only when tau is a
+    translation; a constant tau, a half-integer one included, is the translation by its rounding). Every pointwise map
     rho then satisfies rho(L_tau x) = L_tau rho(x) exactly, the property that characterises the
     pointwise nonlinearities among the operators commuting with deformations (Bruna 2013, Ch. 3).
     For smooth deformations of images (stability studies) use :func:`shallow.cnn.robustness.deform`,
@@ -189,8 +198,8 @@ def deform_nearest(X, tau):
         raise ValueError(f"tau has a displacement of {np.abs(tau).max():.3g} pixels, beyond 2^52 where u - tau(u) "
                          "in float64 no longer resolves the pixels")
     i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
-    rows = np.rint(i - tau[..., 0]).astype(np.int64) % H  # (H, W)
-    cols = np.rint(j - tau[..., 1]).astype(np.int64) % W
+    rows = _round_half_up(i - tau[..., 0]) % H  # (H, W)
+    cols = _round_half_up(j - tau[..., 1]) % W
     return X[:, xp.asarray(rows), xp.asarray(cols)]
 
 
@@ -355,7 +364,7 @@ def _commutator(op, L, X, Y):
     return _relative(YL - LY, LY)
 
 
-def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, dtype=np.float64,
+def commutes_with_translations(op, shape, *, rtol=None, n_probes=2, rng=None, dtype=np.float64,
                                device="cpu") -> bool:
     r"""Whether op(L_a x) = L_a op(x) for every translation a of the grid, on random images.
 
@@ -364,9 +373,11 @@ def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, d
     op : callable
         A map of batches (N, H, W, C_in) -> (N, H, W, C_out) (linear or not).
     shape : (H, W, C_in), or (H, W) for C_in = 1
-    rtol : float
+    rtol : float, optional
         Largest relative commutator (:func:`commutator_defect`) over the H W translations that
-        counts as zero (1e-10: rounding of float64 sums, with room).
+        counts as zero. Default: 1e-10 for float64 probes, 1e-4 for float32 ones (the rounding of
+        the op's sums in the probes' dtype, with room; 1e-10 for float32 probes called a float32
+        convolution, whose commutator is about 1e-7, not translation-equivariant).
     n_probes : int
     rng : None, int or Generator
     dtype, device
@@ -378,6 +389,8 @@ def commutes_with_translations(op, shape, *, rtol=1e-10, n_probes=2, rng=None, d
     """
     _check_callable(op)
     H, W, C = _check_shape(shape, "shape")
+    if rtol is None:
+        rtol = 1e-10 if check_dtype(dtype) == np.float64 else 1e-4
     if not isinstance(rtol, numbers.Real) or isinstance(rtol, bool) or not rtol >= 0:
         raise ValueError(f"rtol must be a number >= 0, got {rtol!r}")
     X = _probes((H, W, C), n_probes, rng, dtype, device)

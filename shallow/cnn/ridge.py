@@ -10,7 +10,10 @@ raw pixels. For features Phi (n, p) and labels y with classes c_1 < ... < c_K,
 with Y the (n, K) one-hot targets and b their mean (the bias); predictions argmax_k (Z W + b)_k.
 When n <= p the same W is computed from the n x n dual system
 W = Z^T (Z Z^T / n + lambda I_n)^{-1} (Y - b) / n (push-through identity): the centred Z has rank at
-most n - 1, so Z^T Z is singular unless n > p. Solved in float64 on the features' device.
+most n - 1, so Z^T Z is singular unless n > p. Solved in float64 on the features' device. A lambda
+below the float64 rounding of the Gram matrix (about 1e-16 of its largest entry) leaves the system
+singular in float64 (always in the dual form, and with repeated features in the primal): W is then its
+minimum-norm least-squares solution, the limit lambda -> 0, Z^+ (Y - b).
 
 References
 ----------
@@ -28,6 +31,26 @@ from .._validation import check_array, check_finite_labels, check_positive
 from ..backend import get_xp, to_device
 
 __all__ = ["RidgeClassifier"]
+
+
+def _solve(xp, G, B):
+    """G^{-1} B for the symmetric positive semi-definite G = Gram / n + lambda I, or where G is singular in
+    float64 the minimum-norm least-squares solution (the limit lambda -> 0).
+
+    G is singular in float64 when lambda is below the rounding of the Gram matrix (about 1e-16 times its
+    largest entry) and the Gram matrix is: always in the dual form (Z Z^T has the null vector 1, Z being
+    centred) and with repeated or collinear features in the primal. numpy's LU then met an exact zero
+    pivot at random ("LinAlgError: Singular matrix" for lambda = 1e-17 at n <= p) and cupy's returns NaN.
+    B lies in the range of the Gram matrix ((Y - b) has zero mean; Z^T (Y - b) is in the range of Z^T),
+    so the least-squares solution is the ridge solution's limit.
+    """
+    try:
+        X = xp.linalg.solve(G, B)
+    except np.linalg.LinAlgError:
+        X = None
+    if X is None or not bool(xp.isfinite(X).all()):
+        X = xp.linalg.lstsq(G, B, rcond=None)[0]
+    return X
 
 
 class RidgeClassifier:
@@ -106,9 +129,9 @@ class RidgeClassifier:
         Z = (Phi - self.mean) / self.std  # (n, p)
         self.b = Y.mean(axis=0)
         if n <= p:  # the dual form: an n x n system (Z^T Z, of rank <= n - 1, is singular at n = p)
-            self.W = Z.T @ xp.linalg.solve(Z @ Z.T / n + self.ridge * xp.eye(n), (Y - self.b) / n)
+            self.W = Z.T @ _solve(xp, Z @ Z.T / n + self.ridge * xp.eye(n), (Y - self.b) / n)
         else:
-            self.W = xp.linalg.solve(Z.T @ Z / n + self.ridge * xp.eye(p), Z.T @ (Y - self.b) / n)
+            self.W = _solve(xp, Z.T @ Z / n + self.ridge * xp.eye(p), Z.T @ (Y - self.b) / n)
         return self
 
     def _check_fitted(self):

@@ -820,3 +820,33 @@ def test_group_max_pooling_sends_the_gradient_of_tied_rotations_to_the_first():
     assert (x.reshape(2, 3, 3, 2, 4).max(axis=4, keepdims=True) == x.reshape(2, 3, 3, 2, 4)).sum() > y.size
     np.testing.assert_array_equal(pool.backward(dy), expected_dx)  # selections: exact
     np.testing.assert_array_equal(pool.jvp(x, tx)[1], expected_ty)
+
+
+def test_deform_nearest_with_a_constant_half_pixel_field_is_a_translation():
+    # a constant field tau is the translation by its rounding (Notes): u - 1/2 rounds upwards to u, so
+    # tau = (1/2, -1/2) is the translation by (0, -1). numpy's rint rounds ties to even and sent the
+    # rows 0.5, 1.5, 2.5, 3.5 to 0, 2, 2, 4: a map that is no translation, whose commutator with a
+    # convolution is of order 1
+    X = np.random.default_rng(9).standard_normal((2, 6, 7, 1))
+    tau = np.broadcast_to(np.array([0.5, -0.5]), (6, 7, 2))
+    np.testing.assert_array_equal(deform_nearest(X, tau), np.roll(X, (0, -1), axis=(1, 2)))
+
+
+def test_deform_nearest_rounds_just_below_half_a_pixel_down():
+    # u - tau = 0.5 - 2^-54 (the double just below 1/2) is nearer to 0 than to 1: the source row 0.
+    # floor(s + 1/2) would give 1 (s + 1/2 rounds to 1.0); the field moves row 0 only
+    X = np.random.default_rng(10).standard_normal((1, 4, 3, 1))
+    tau = np.zeros((4, 3, 2))
+    tau[0, :, 0] = -(0.5 - 2.0**-54)
+    np.testing.assert_array_equal(deform_nearest(X, tau), X)
+
+
+def test_lemma_circular_convolution_commutes_with_translations_in_float32():
+    # the lemma on float32 probes: a float32 convolution's commutator is float32 rounding (about 1e-7),
+    # which the default tolerance of float32 probes (1e-4) counts as zero, while a multiplication by a
+    # non-constant mask (commutator of order 1) still fails
+    rng = np.random.default_rng(11)
+    k = rng.standard_normal((6, 5, 2, 3))
+    assert commutes_with_translations(lambda X: circular_convolution(X, k), (6, 5, 2), dtype=np.float32, rng=0)
+    mask = np.arange(6.0, dtype=np.float32)[None, :, None, None]
+    assert not commutes_with_translations(lambda X: X * mask, (6, 5, 1), dtype=np.float32, rng=0)

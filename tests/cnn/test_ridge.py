@@ -158,3 +158,21 @@ def test_scores_in_blocks_of_rows_equal_those_of_one_block(monkeypatch):
     monkeypatch.setattr(RidgeClassifier, "BLOCK_ROWS", 8)
     np.testing.assert_allclose(clf.decision_function(Phi), whole, rtol=0, atol=1e-13 * np.abs(whole).max())
     assert whole.dtype == np.float64 and whole.shape == (50, 3)
+
+
+@pytest.mark.parametrize("n, p, K, seed", [(10, 30, 2, 2), (6, 6, 3, 5), (20, 8, 2, 0)])
+def test_ridge_classifier_at_a_vanishing_ridge_is_the_minimum_norm_least_squares_solution(n, p, K, seed):
+    # As lambda -> 0, (Z^T Z / n + lambda I)^{-1} Z^T (Y - b) / n -> Z^+ (Y - b), the minimum-norm
+    # least-squares solution (numpy's pinv, an independent SVD). At lambda = 1e-17, below the rounding
+    # of the Gram matrix, the n x n dual system (Z Z^T, centred, has the null vector 1) and the primal
+    # one with a repeated feature (20 x 8) are singular in float64; these seeds made numpy's solve
+    # raise "LinAlgError: Singular matrix". Both sides are SVD-accurate: 1e-10 relative.
+    rng = np.random.default_rng(seed)
+    Phi, y = rng.standard_normal((n, p)), np.arange(n) % K
+    if n > p:
+        Phi[:, 1] = Phi[:, 0]
+    clf = RidgeClassifier(1e-17).fit(Phi, y)
+    Z = (Phi - Phi.mean(axis=0)) / Phi.std(axis=0)
+    Y = np.eye(K)[y]
+    W = np.linalg.pinv(Z) @ (Y - Y.mean(axis=0))
+    assert np.abs(clf.W - W).max() < 1e-10 * np.abs(W).max()
