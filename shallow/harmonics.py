@@ -448,9 +448,10 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     -----
     For d > 103, where w_d is a bump of width d^{-1/2}, the rules run over |t| <= T = 13 / sqrt(d)
     (w_d(T) < 1e-35 w_d(0)), Gauss-Legendre with q + 64 nodes per piece; T and the nodes are
-    doubled while |g| w_d at +-T exceeds eps times its largest value at the nodes, as for a g that
-    grows like exp(c t) with c ~ sqrt(d) or more (a g that underflows to 0 over the whole window
-    gives no such sign).
+    doubled until T holds every breakpoint (1{t > 1/2} in d = 1000, 1e-64, is not 0), and while
+    |g| w_d at +-T exceeds eps times its largest value at the nodes, as for a g that grows like
+    exp(c t) with c ~ sqrt(d) or more (a g that underflows to 0 over the whole window gives no such
+    sign).
 
     P_k at the nodes comes from the recurrence of :func:`legendre_all` one degree at a time, so that
     memory is O(q) per piece whatever kmax, and time O(q kmax) besides computing the rules (the
@@ -470,6 +471,15 @@ def project_zonal(g, d, kmax, *, breakpoints=(), q=None):
     cuts = _check_breakpoints(breakpoints)
     q_check = (3 * q) // 4  # the rule that checks convergence (none for q = 1)
     widen = 1
+    # In high dimension the window |t| <= widen 13 / sqrt(d) starts wide enough to hold every breakpoint c where
+    # w_d(c) is a normal float64: one outside it was dropped, and a g that vanishes over the window (1{t > 0.5} in
+    # d = 1000, 1e-64) came out 0 without a warning (the check at the window's ends saw g = 0 there). Beyond the
+    # normal numbers, int |g| w_d past c is 0 in float64 anyway; this bounds widen by 4 (c sqrt(d) < 38).
+    if 0.5 * (d - 3) > _JACOBI_MAX_EXPONENT:
+        log_floor = math.log(np.finfo(np.float64).tiny) - log_inner_product_constant(d)
+        reach = max((abs(c) for c in cuts if 0.5 * (d - 3) * math.log1p(-c * c) > log_floor), default=0.0)
+        while widen * 13.0 / math.sqrt(d) < 1 and reach >= widen * 13.0 / math.sqrt(d):
+            widen *= 2
     while True:
         t, w, T = _zonal_rule(d, q, cuts, widen)
         tc, wc, _ = _zonal_rule(d, q_check, cuts, widen) if q_check else (np.empty(0), np.empty(0), T)
