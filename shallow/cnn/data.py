@@ -53,7 +53,7 @@ from .._validation import (
 )
 from ..backend import get_xp, row_norms, to_numpy
 from .layers import check_dtype
-from .losses import check_labels
+from .losses import _check_integer_values, check_labels
 from .models import check_images
 
 __all__ = [
@@ -309,15 +309,9 @@ def _find_idx(folder: Path, stem: str) -> Path:
 def _labels(y, name):
     """Host labels as int64, refusing NaN, infinite and fractional labels (the cast to int64 floored 0.5 to 0
     and made NaN int64's minimum) and non-numeric ones."""
-    y = np.asarray(y)
-    if y.dtype.kind == "f":
-        check_finite_labels(y, name)
-        fractional = y != np.round(y)
-        if fractional.any():
-            raise ValueError(f"{name} must hold integer class labels (floats with integer values are taken), got "
-                             f"{y[fractional][0].item()!r}")
-    elif y.dtype.kind not in "iub":
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    y = check_finite_labels(np.asarray(y), name)
+    if y.dtype.kind not in "iub":
+        _check_integer_values(y, name)
     return y.astype(np.int64)
 
 

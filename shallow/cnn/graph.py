@@ -148,10 +148,9 @@ class CapturedStep:
         refusal = replay_refusal(model, loss, optimizer)
         if refusal is not None:
             raise ValueError(refusal)
-        dtypes = {p.dtype for p in optimizer.params.values()}
         self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.dtype = dtypes.pop()
         first = next(iter(optimizer.params.values()))
+        self.dtype = first.dtype  # the parameters' one dtype (replay_refusal)
         self.xp = get_xp(first)
         self.on_device = _reduce.on_device(first)  # a CuPy array: record graphs
         self.recorded = 0

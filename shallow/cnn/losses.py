@@ -73,12 +73,7 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
     _check_label_shape(y, n, name)
     integer = xp.issubdtype(y.dtype, xp.integer)
     if not integer and y.size:
-        if not xp.issubdtype(y.dtype, xp.floating):
-            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-        fractional = y != xp.round(y)
-        if bool(xp.any(fractional)):  # floats with integer values are labels: name a value that is not
-            raise ValueError(f"{name} must hold integer class labels (floats with integer values are taken), got "
-                             f"{y[fractional][0].item()!r}")
+        _check_integer_values(y, name)
     if y.size:
         # the range of the labels as given: a float label inf or 1e30 cast to int64 first became
         # int64's minimum, and the message named a label that was not there
@@ -88,6 +83,17 @@ def check_labels(y, n_classes: int, name: str = "y", n: int | None = None):
             raise ValueError(f"{name} holds the label {bad}, out of range for {n_classes} classes "
                              f"(labels must be in 0..{n_classes - 1})")
     return y if integer else y.astype(xp.int64)
+
+
+def _check_integer_values(y, name: str = "y"):
+    """Refuse labels ``y`` of a non-integer dtype unless they are floats with integer values, naming ``name``."""
+    xp = get_xp(y)
+    if not xp.issubdtype(y.dtype, xp.floating):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    fractional = y != xp.round(y)
+    if bool(xp.any(fractional)):  # floats with integer values are labels: name a value that is not
+        raise ValueError(f"{name} must hold integer class labels (floats with integer values are taken), got "
+                         f"{y[fractional][0].item()!r}")
 
 
 def _check_label_shape(y, n: int | None, name: str = "y"):
