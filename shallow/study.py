@@ -302,7 +302,7 @@ def load_npz(path) -> dict:
                          "file, or a copy cut short")
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: (data[key].item() if data[key].ndim == 0 else data[key]) for key in data.files}
+            return {key: _as_loaded(data[key]) for key in data.files}  # each member read once
     except zipfile.BadZipFile as err:
         raise ValueError(f"{path} is a damaged .npz archive: {err}") from None
     except ValueError as err:
@@ -357,9 +357,9 @@ def _integral_floats_as_ints(value):
     if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_, np.void)):
         value = value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-        data = np.ascontiguousarray(value)
-        return {"__ndarray__": data.dtype.str, "shape": list(data.shape),
-                "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+        from .sweep import _array_digest  # the form sweep's point keys give an array
+
+        return _array_digest(value)
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, (list, tuple)):
@@ -690,8 +690,9 @@ def run(module: ModuleType, cfg, *, quick: bool = False, force: bool = False, ou
         gives them (numpy arrays, 0-d values as Python scalars), with ``"_wall_time"`` (seconds of
         compute, or of the cached run) and ``"_cached"`` (whether it came from ``results/`` without
         computing) added, and for a study with grids (:func:`run_grid`) ``"_grid_points"``,
-        ``"_grid_points_cached"`` and ``"_grid_compute_time"`` (the points' own compute seconds, cached ones included): the
-        sidecar's ``grid_points``, since a run drawn from cached points takes little wall time.
+        ``"_grid_points_cached"`` and ``"_grid_compute_time"`` (the points' own compute seconds,
+        cached ones included): the sidecar's ``grid_points``, since a run drawn from cached points
+        takes little wall time.
 
     Raises
     ------

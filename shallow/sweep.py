@@ -161,11 +161,16 @@ def _canonical(obj, where):
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError(f"{where} is an array of Python objects, which has no stable hash")
-        data = np.ascontiguousarray(obj)
-        return {"__ndarray__": data.dtype.str, "shape": list(data.shape),
-                "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
+        return _array_digest(obj)
     raise TypeError(f"{where} is a {type(obj).__name__}, which has no stable hash: configs hold numbers, "
                     "strings, None, lists, tuples, dicts, dataclasses and numpy arrays")
+
+
+def _array_digest(arr) -> dict:
+    """A numeric array's JSON form for a key: its dtype, shape and the SHA-256 of its C-ordered bytes."""
+    data = np.ascontiguousarray(arr)
+    return {"__ndarray__": data.dtype.str, "shape": list(data.shape),
+            "sha256": hashlib.sha256(data.tobytes()).hexdigest()}
 
 
 def _config_json(config, where="config") -> str:
@@ -692,7 +697,7 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     ------
     ValueError
         For an empty grid, an unknown scheduler, bad workers/errors arguments, or a ``cache_dir``
-        that cannot be created or written (before any point runs).
+        that cannot be created, or written when a point is not cached there (before any point runs).
     TypeError
         For a config that has no stable hash, or a function that cannot be sent to worker processes.
     SweepError
@@ -760,15 +765,15 @@ def sweep(fn, points, *, cache_dir=None, key: str | None = None, workers: int | 
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"cache_dir must be a path (str or pathlib.Path), got {type(cache_dir).__name__}")
     cache = None if cache_dir is None else Path(cache_dir)
-    if cache is not None and cache.exists() and not cache.is_dir():
-        raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder for the cache files KEY.npz")
     if cache is not None:  # now, not after every point has been computed and then failed to be written
+        if cache.exists() and not cache.is_dir():
+            raise ValueError(f"cache_dir {str(cache)!r} is a file, not a folder for the cache files KEY.npz")
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"cache_dir {str(cache)!r} cannot be created: {err.strerror or err}") from None
-        if not os.access(cache, os.W_OK):
-            raise ValueError(f"cache_dir {str(cache)!r} is not writable")
+        if not os.access(cache, os.W_OK) and not all((cache / f"{k}.npz").exists() for k in keys):
+            raise ValueError(f"cache_dir {str(cache)!r} is not writable, and some points have no cache file there")
 
     n = len(points)
     results, cached, wall = [None] * n, [False] * n, [math.nan] * n

@@ -312,6 +312,28 @@ def test_sweep_refuses_a_cache_dir_it_cannot_create_before_running_any_point(tmp
     assert list(calls.iterdir()) == []
 
 
+def test_sweep_reads_a_read_only_cache_dir_holding_every_point_and_refuses_one_missing_a_point(tmp_path, monkeypatch):
+    # a shared, read-only cache serves its points; a point it lacks could not be written: refused before running.
+    # The folder is made unwritable for sweep's check (os.access), which a chmod is not for root.
+    import os
+
+    from shallow import sweep as sweep_module
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    cache = tmp_path / "cache"
+    first = sweep(counted_point, grid({"calls": str(calls)}, x=[1, 2]), cache_dir=cache, scheduler="serial")
+    ran = len(list(calls.iterdir()))
+    real = os.access
+    monkeypatch.setattr(sweep_module.os, "access",
+                        lambda path, mode: False if Path(path) == cache and mode == os.W_OK else real(path, mode))
+    again = sweep(counted_point, grid({"calls": str(calls)}, x=[1, 2]), cache_dir=cache, scheduler="serial")
+    assert len(list(calls.iterdir())) == ran and again.cached == [True, True]
+    assert [r["value"] for r in again.results] == [r["value"] for r in first.results] == [2.0, 4.0]
+    with pytest.raises(ValueError, match="is not writable, and some points have no cache file"):
+        sweep(counted_point, grid({"calls": str(calls)}, x=[1, 3]), cache_dir=cache, scheduler="serial")
+    assert len(list(calls.iterdir())) == ran
+
+
 def test_sweep_refuses_an_executor_without_submit():
     with pytest.raises(TypeError, match="executor must be a concurrent.futures.Executor"):
         sweep(counted_point, grid(x=[1]), executor="tcp://localhost:8786")
