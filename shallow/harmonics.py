@@ -229,7 +229,9 @@ def gegenbauer(k, lam, t):
     Returns
     -------
     C : array of t's shape
-        C_k^lambda(t), in t's dtype and on its device (a 0-d array for a scalar t).
+        C_k^lambda(t), in t's dtype and on its device (a 0-d array for a scalar t). inf, with
+        numpy's overflow warning, beyond the dtype's range (C_400^500(1) = binomial(1399, 400) >
+        1e308 in float64): :func:`legendre`, normalised at 1, stays bounded by 1.
 
     Raises
     ------

@@ -1370,7 +1370,8 @@ def mercer_eigenvalues(kernel, d, kmax, *, q=None, breakpoints=()):
     lambda_k = mu_k(sigma)^2; with Gaussian weights and a degree-h homogeneous sigma,
     lambda_k = E|w|^{2h} mu_k(sigma)^2. For the NTK, the term t kappa'(t) has eigenvalues
     lambda_j = [nu_{j-1} N(d,j-1) (j+d-3)/(2j+d-4) + nu_{j+1} N(d,j+1) (j+1)/(2j+d)] / N(d,j) from
-    those nu_k of kappa' (the three-term recurrence of P_{k,d}). Otherwise the integral is computed
+    those nu_k of kappa' (the three-term recurrence of P_{k,d}; at j = 1 in d = 2, where that
+    factor reads 0/0, it is 1: t P_{0,2} = P_{1,2}). Otherwise the integral is computed
     by Gauss-Legendre quadrature in theta. For relu, lambda_k ~ k^{-(d+2)} (NNGP) and
     lambda_k ~ k^{-d} (NTK) on the even degrees; the odd degrees k >= 3 vanish.
 
