@@ -97,6 +97,11 @@ def _check_norm(norm):
     return int(norm)
 
 
+def _sqrt_m(m: int) -> float:
+    """sqrt(m) for an integer m >= 1 of any size (math.sqrt overflows converting m beyond 1.8e308 to float)."""
+    return math.sqrt(m) if m.bit_length() < 1000 else math.exp(0.5 * math.log(m))
+
+
 def _directions(n, d, rng):
     """n uniform unit vectors of R^d (d = 1: random signs), on the host, shape (n, d)."""
     if d == 1:
@@ -244,7 +249,7 @@ class Representation:
     def bound(self, m) -> float:
         """Maurey's bound M s / sqrt(m) on the expected L2 error of an m-sample network."""
         m = check_integer(m, "m", minimum=1)
-        return self.mass * self.sup / math.sqrt(m)
+        return self.mass * self.sup / _sqrt_m(m)
 
     def __repr__(self):
         r = "R^d" if self.radius is None else f"|x| <= {self.radius:g}"
@@ -343,6 +348,10 @@ def maurey_sample(measure, m, rng=None, *, activation=None, bias=None, dtype=Non
 
     m = check_integer(m, "m", minimum=1)
     rng = check_random_state(rng)
+    if not isinstance(measure, Measure) and (activation is not None or bias is not None):
+        # a Representation and a TwoLayer carry their sigma and bias: another one would silently be ignored
+        raise ValueError(f"activation and bias are for a Measure only; a {type(measure).__name__} carries its own "
+                         f"(got activation={activation!r}, bias={bias!r})")
     if dtype is None:
         dtype = measure.dtype if isinstance(measure, (TwoLayer, Measure)) else np.float64
     dtype = check_float_dtype(dtype)
@@ -395,7 +404,7 @@ def maurey_bound(mass, m, sup=1.0) -> float:
     >>> maurey_bound(3.0, 100)
     0.3
     """
-    return check_positive(mass, "mass") * check_positive(sup, "sup") / math.sqrt(check_integer(m, "m", minimum=1))
+    return check_positive(mass, "mass") * check_positive(sup, "sup") / _sqrt_m(check_integer(m, "m", minimum=1))
 
 
 def barron_bound(C_f, radius, m) -> float:
@@ -431,7 +440,8 @@ def barron_bound(C_f, radius, m) -> float:
     >>> barron_bound(1.5, 2.0, 36)
     1.0
     """
-    return 2 * check_positive(radius, "radius") * check_nonnegative(C_f, "C_f") / math.sqrt(check_integer(m, "m", minimum=1))
+    return (2 * check_positive(radius, "radius") * check_nonnegative(C_f, "C_f")
+            / _sqrt_m(check_integer(m, "m", minimum=1)))
 
 
 def sample_ball(n, d, radius=1.0, rng=None, dtype=np.float64, device="cpu"):
@@ -566,16 +576,17 @@ class GaussianTarget:
         X = check_points(X, "X", d=self.d)
         xp = get_xp(X)
         c = xp.asarray(self.center, dtype=X.dtype)
-        r2 = ((X - c) ** 2).sum(axis=1)
-        return self.amplitude * xp.exp(-r2 / (2 * self.scale**2))
+        r2 = (((X - c) / self.scale) ** 2).sum(axis=1)  # |x - c|^2 / s^2 without s^2 (over- or underflows)
+        return self.amplitude * xp.exp(-0.5 * r2)
 
     def value_at_zero(self) -> float:
         """f(0) = A exp(-|c|^2 / (2 s^2))."""
-        return self.amplitude * math.exp(-float(self.center @ self.center) / (2 * self.scale**2))
+        z = self.center / self.scale  # (d,) c / s, not |c|^2 / s^2 with s^2 under- or overflowing
+        return self.amplitude * math.exp(-0.5 * float(z @ z))
 
     def gradient_at_zero(self):
         """grad f(0) = f(0) c / s^2, an array of shape (d,)."""
-        return self.value_at_zero() * self.center / self.scale**2
+        return self.value_at_zero() * (self.center / self.scale) / self.scale
 
     def fourier_transform(self, omega):
         """f_hat(omega) at each row of omega (n, d): a complex array of shape (n,).
@@ -585,8 +596,8 @@ class GaussianTarget:
         omega = check_points(omega, "omega", d=self.d)
         xp = get_xp(omega)
         s = self.scale
-        log_c = 0.5 * self.d * math.log(s * s / (2 * math.pi))
-        mod = self.amplitude * xp.exp(log_c - 0.5 * s * s * (omega**2).sum(axis=1))
+        log_c = self.d * (math.log(s) - 0.5 * math.log(2 * math.pi))
+        mod = self.amplitude * xp.exp(log_c - 0.5 * ((s * omega) ** 2).sum(axis=1))
         phase = omega @ xp.asarray(self.center, dtype=omega.dtype)
         return mod * xp.exp(-1j * phase)
 
@@ -598,7 +609,10 @@ class GaussianTarget:
         """
         norm = _check_norm(norm)
         order = check_integer(order, "order", minimum=0, maximum=2)
-        return abs(self.amplitude) * _gaussian_abs_moment(self.d, order, norm) / self.scale**order
+        value = abs(self.amplitude) * _gaussian_abs_moment(self.d, order, norm)
+        for _ in range(order):  # one division per power: s^order over- or underflowed (ZeroDivisionError at s = 1e-200)
+            value /= self.scale
+        return value
 
     def sample_frequencies(self, n, rng=None, order=0):
         """n frequencies drawn from the density |omega|^order |f_hat(omega)| / int |omega|^order |f_hat|.
@@ -766,7 +780,8 @@ class RidgeTarget:
     def barron_norm(self, norm=2) -> float:
         """C_f = |A| |w|_p kappa_g in closed form (p = ``norm``)."""
         norm = _check_norm(norm)
-        return abs(self.amplitude) * float(np.linalg.norm(self.w, ord=norm)) * _PROFILES[self.profile][1]
+        top = float(np.abs(self.w).max())  # |w|_p = top |w / top|_p: numpy's |w|_2 squares the entries (inf at 1e200)
+        return abs(self.amplitude) * top * float(np.linalg.norm(self.w / top, ord=norm)) * _PROFILES[self.profile][1]
 
 
 # --------------------------------------------------------------------------------------------

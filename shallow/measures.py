@@ -262,8 +262,11 @@ class Measure:
         ----------
         atol : float, optional
             Atoms whose Euclidean distance is <= atol are merged (transitively, as connected
-            components); default sqrt(eps) of the dtype (1.5e-8 in float64, 3.5e-4 in float32), the
-            precision to which w/|w| is a point of the sphere. ``atol=0`` merges only identical rows.
+            components); default 16 sqrt(D) eps of the dtype (5.0e-15 in float64, 2.7e-6 in float32
+            for D = 2), well above the rounding of w/|w| (w and c w normalised differ by one or two
+            eps) and far below the spacing of distinct directions. ``atol=0`` merges only identical
+            rows. (The sphere's check tolerance sqrt(eps), 3.5e-4 in float32, chained the directions
+            of a wide float32 network on the circle into a few atoms.)
 
         Returns
         -------
@@ -277,7 +280,7 @@ class Measure:
         the points are copied there and the merged measure moved back.
         """
         if atol is None:
-            atol = sphere_tolerance(self.points.dtype)
+            atol = _direction_tolerance(self.points.dtype, self.D)
         elif isinstance(atol, bool) or not isinstance(atol, numbers.Real) or not np.isfinite(atol) or atol < 0:
             raise ValueError(f"atol must be a non-negative finite distance, got {atol!r}")
         atol = float(atol)
@@ -355,6 +358,11 @@ class Measure:
     def __repr__(self) -> str:
         return (f"Measure(atoms={len(self)}, D={self.D}, mass={self.mass():.6g}, "
                 f"dtype={np.dtype(self.points.dtype).name}, device={device_of(self.points)!r})")
+
+
+def _direction_tolerance(dtype, D: int) -> float:
+    """Distance below which two atoms are one direction up to rounding: 16 sqrt(D) eps of ``dtype``."""
+    return float(16 * math.sqrt(D) * np.finfo(dtype).eps)
 
 
 def network_to_measure(net: TwoLayer) -> Measure:

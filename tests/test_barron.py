@@ -544,3 +544,49 @@ def test_truncated_f2_norms_of_a_neuron_beyond_float64_are_infinite_without_a_fl
         expected = 1e308 * unit
     assert np.isinf(expected).any() and np.isfinite(expected[0])  # both sides of the threshold are tested
     np.testing.assert_allclose(f2, expected, rtol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_gaussian_target_keeps_its_closed_forms_at_extreme_scales(scale):
+    # f(0) = A, C_f = |A| E chi_3 / s and C_{f,2} = |A| d / s^2 (Barron 1993) whatever s: s^2 under- or overflowed
+    # (ZeroDivisionError at s = 1e-200, OverflowError at s = 1e200). C_{f,2} = 3e400 is beyond float64 (inf) at
+    # s = 1e-200, and 3e-400 below its least subnormal (0) at s = 1e200.
+    f = GaussianTarget(3, scale=scale, amplitude=-2.0)
+    assert f.value_at_zero() == -2.0 and f(np.zeros((1, 3)))[0] == -2.0
+    assert f.barron_norm() == pytest.approx(2 * stats.chi(3).mean() / scale, rel=1e-14, abs=0)  # a few eps of scipy's
+    assert f.barron_norm(order=2) == (math.inf if scale < 1 else 0.0)
+    assert f.representation("step", radius=1.0).mass == pytest.approx(2 * f.barron_norm(), rel=1e-15, abs=0)
+
+
+def test_gaussian_target_off_centre_at_a_huge_scale_has_its_value_and_gradient_at_zero():
+    # f(0) = A exp(-|c|^2 / (2 s^2)) = A e^{-1/2} and grad f(0) = f(0) c / s^2 for c = s e_1, s = 1e170 (s^2 overflows)
+    s = 1e170
+    f = GaussianTarget(2, scale=s, amplitude=3.0, center=np.array([s, 0.0]))
+    assert f.value_at_zero() == pytest.approx(3 * math.exp(-0.5), rel=1e-15, abs=0)
+    np.testing.assert_allclose(f.gradient_at_zero(), [3 * math.exp(-0.5) / s, 0.0], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(f(np.array([[0.0, 0.0], [s, 0.0]])), [3 * math.exp(-0.5), 3.0], rtol=1e-15)
+
+
+@pytest.mark.parametrize("t", [1e-200, 1e200])
+def test_ridge_barron_norm_is_homogeneous_in_w_at_any_representable_scale(t):
+    # C_f = |A| |w|_p kappa_g with kappa_tanh = 1: |(3, -4) t|_2 = 5 t and |.|_1 = 7 t. numpy's 2-norm squared the
+    # entries: inf (and a RuntimeWarning) at t = 1e200, 0 at t = 1e-200.
+    f = RidgeTarget(np.array([3.0, -4.0]) * t, "tanh")
+    assert f.barron_norm(norm=2) == pytest.approx(5 * t, rel=4e-16, abs=0)  # 2 roundings
+    assert f.barron_norm(norm=1) == pytest.approx(7 * t, rel=4e-16, abs=0)
+
+
+def test_maurey_and_barron_bounds_for_more_neurons_than_a_float():
+    # M s / sqrt(m) and 2 r C_f / sqrt(m) at m = 10^400: 1e-200 (math.sqrt(m) raised OverflowError converting m)
+    m = 10**400
+    assert maurey_bound(3.0, m) == pytest.approx(3e-200, rel=1e-12, abs=0)  # exp(log(m) / 2): eps * log(m) ~ 2e-13
+    assert barron_bound(1.5, 2.0, m) == pytest.approx(6e-200, rel=1e-12, abs=0)
+    assert GaussianTarget(2).representation().bound(m) == pytest.approx(1e-200, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("kwargs", [{"activation": "step"}, {"bias": True}])
+def test_maurey_sample_refuses_an_activation_or_bias_it_would_ignore(kwargs):
+    # they are for a Measure only: a TwoLayer and a Representation carry their own, and the argument was dropped
+    for source in (TwoLayer.init(4, 2, rng=0), GaussianTarget(2).representation()):
+        with pytest.raises(ValueError, match="activation and bias are for a Measure only"):
+            maurey_sample(source, 3, rng=0, **kwargs)

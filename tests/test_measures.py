@@ -236,6 +236,21 @@ def test_variation_norm_merges_float32_directions_within_sqrt_eps():
     assert variation_norm(net) < 1e-5 * 3 * np.linalg.norm(w)
 
 
+def test_total_variation_of_atoms_at_distinct_float32_directions_is_the_sum_of_their_masses():
+    # Bach 2017, Sec. 2.3: |mu| = sum_j |c_j| for atoms at pairwise distinct points. 30000 relu neurons of
+    # alternating sign at equally spaced directions of the circle (2.1e-4 apart, 1800 float32 eps) are distinct
+    # directions: the default merge chained them (sqrt(eps32) = 3.5e-4) into one atom and gave |mu| ~ 0.
+    m = 30000
+    phi = 2 * np.pi * np.arange(m) / m
+    W = np.stack([np.cos(phi), np.sin(phi)], axis=1).astype(np.float32)  # (m, 2)
+    a = np.where(np.arange(m) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    net = TwoLayer(a, W, gamma=1.0)
+    expected = float(np.sum(np.linalg.norm(W.astype(np.float64), axis=1)))  # gamma sum_j |a_j| |w_j|
+    # tolerance: the masses are float32, summed in float64 (one float32 eps per mass)
+    assert variation_norm(net) == pytest.approx(expected, rel=4 * float(np.finfo(np.float32).eps))
+    assert len(net.to_measure().merge()) == m
+
+
 def test_total_variation_is_the_mass_of_the_jordan_parts():
     # |mu| = mu^+(S) + mu^-(S) and mu = mu^+ - mu^- (as functions: evaluate both ways).
     rng = np.random.default_rng(4)
