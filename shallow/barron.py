@@ -961,7 +961,7 @@ def barron_norm(f, d=None, *, norm=2, extent=None, num=128, spacing=None) -> flo
             raise ValueError("extent is required for a callable f_hat: the half-width L of the frequency cube")
         extent = check_positive(extent, "extent")
         num = check_integer(num, "num", minimum=1)
-        return _grid_barron_norm(f, d, norm, extent, num)
+        return _resolved(_grid_barron_norm(f, d, norm, extent, num), f"the grid of num={num} cells per axis")
     if f is None or isinstance(f, (str, bytes)):
         raise ValueError(f"f must be a target, a callable f_hat or an array of samples, got {f!r}")
     values = check_array(f, "f", real=False)
@@ -971,7 +971,16 @@ def barron_norm(f, d=None, *, norm=2, extent=None, num=128, spacing=None) -> flo
         raise ValueError("spacing is required for samples on a grid (the step h between grid points)")
     if d is not None and check_integer(d, "d", minimum=1) != values.ndim:
         raise ValueError(f"d={d} but f has {values.ndim} axes")
-    return _fft_barron_norm(values, spacing, norm)
+    return _resolved(_fft_barron_norm(values, spacing, norm), f"the samples of shape {tuple(values.shape)}")
+
+
+def _resolved(value: float, grid: str) -> float:
+    """The quadrature's C_f, refused when negative: the kink corrections then outweigh an integral that the
+    grid does not resolve (-3.85 for 1.14 on 2 cells per axis)."""
+    if value < 0:
+        raise ValueError(f"the Barron norm came out negative ({value:.3g}) on {grid}: they do not resolve f_hat; "
+                         "take more points (num, or more samples), or a wider extent")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
