@@ -757,6 +757,12 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
     interpolant, :func:`kernel_regression` with ridge 0. The eigendecomposition costs O(n^3) once,
     then O(n (n + n_test)) per time.
 
+    The eigenvalues that rounding leaves below 0 count as 0 (the residual never grows). Those it
+    leaves just above 0 (of order n eps lam_max, where K has rank below n) are kept: once
+    c n eps lam_max is of order 1 (c ~ 10^5 / lam_max for a float32 K of 100 points) the flow fits
+    y along those rounding directions too, and the test predictions move along them, which
+    :func:`kernel_regression` with ridge 0 cuts at n eps lam_max. Long flows need float64.
+
     References
     ----------
     1. A. Jacot, F. Gabriel and C. Hongler, arXiv:1806.07572, Sec. 5 (least-squares kernel flow).
@@ -777,6 +783,9 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
         raise ValueError(f"t must be a time >= 0 or a 1-dimensional array of them, got {t!r}")
     n = y.shape[0]
     c = xp.asarray(s * t_host / n, dtype=lam.dtype)[..., None]  # () or (T, 1)
+    # The eigenvalues rounding left below 0 count as 0 (as in kernel_regression): with lam < 0 the
+    # filter grows like e^{c |lam|} / |lam|, and a long flow on a rank-deficient float32 K blew up.
+    lam = xp.maximum(lam, 0)
     nonzero = lam != 0
     safe = xp.where(nonzero, lam, 1)
     g = xp.where(nonzero, -xp.expm1(-c * lam) / safe, c)  # (1 - e^{-c lam}) / lam, c at lam = 0

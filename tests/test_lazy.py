@@ -812,6 +812,29 @@ def test_kernel_flow_moves_the_test_predictions_linearly_in_time_along_a_null_di
     np.testing.assert_allclose(pred.test, z[2:], rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_flow_residual_never_grows_on_a_rank_deficient_gram_matrix(dtype):
+    # For K positive semidefinite, f(t) - y = e^{-s t K / n} (f0 - y) and e^{-cK} is a contraction:
+    # |f(t) - y| <= |f0 - y| at every t. A rank-5 Gram matrix J J^T of 40 points has 35 eigenvalues 0,
+    # which eigh returns as +-(rounding); before the fix those below 0 made the filter grow like
+    # e^{c |lam|}: at c |lam_min| = 100 the training predictions of a float32 K were ~1e40 (float64 NaN).
+    rng = np.random.default_rng(7)
+    n = 40
+    J = rng.standard_normal((n, 5))  # (n, r): K = J J^T of rank 5
+    K = (J @ J.T).astype(dtype)
+    y, f0 = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    lam_min = float(np.linalg.eigh(0.5 * (K + K.T))[0][0])
+    assert lam_min < 0  # the premise: rounding left an eigenvalue below 0
+    s = 2.0
+    times = np.array([0.0, 1.0, 100 * n / (s * -lam_min)])  # the last: c |lam_min| = 100
+    pred = kernel_flow(K, y, times, f0=f0, time_scale=s)
+    start = np.linalg.norm((f0 - y).astype(np.float64))
+    for f in pred.train:
+        assert np.isfinite(f).all()
+        # U orthogonal to n eps: the norm of the rotated residual is |e^{-c lam} coef| <= |coef| to that level
+        assert np.linalg.norm((f - y).astype(np.float64)) <= start * (1 + 10 * n * np.finfo(dtype).eps)
+
+
 def test_kernel_flow_of_k_targets_at_several_times_is_the_matrix_exponential_on_each_column():
     # (F - Y, F_test)' = -(s/n) [[K, 0], [K_test, 0]] (F - Y, F_test), column by column, by scipy's expm; kernel_flow
     # refused targets of shape (n, k) although its result's docstring listed them
