@@ -631,14 +631,21 @@ def _psd_tolerance(K):
 
 
 def _eigen_problem(xp, K, y, f0):
-    """(lam, U, coef): K = U diag(lam) U^T (symmetrised), checked semidefinite; coef = U^T (y - f0)."""
+    """(lam, U, coef): K = U diag(lam) U^T (symmetrised), checked semidefinite, with the eigenvalues that
+    rounding left below 0 counted as 0; coef = U^T (y - f0).
+
+    Kept below 0, such an eigenvalue made the filters grow: kernel_flow's (1 - e^{-c lam}) / lam like
+    e^{c |lam|} (a long flow on a rank-deficient float32 K blew up), and kernel_regression's lam / (lam +
+    n ridge) multiplied its direction of y by lam / (n ridge) for a ridge below K's rounding (80 times at
+    n = 300 in float32).
+    """
     lam, U = xp.linalg.eigh(0.5 * (K + K.T))
     scale = float(xp.abs(lam).max())
     if float(lam[0]) < -_psd_tolerance(K) * scale:
         raise ValueError(f"K must be positive semidefinite (the Gram matrix of the training points): its smallest "
                          f"eigenvalue is {float(lam[0]):.3g} for a largest |eigenvalue| of {scale:.3g}")
     coef = U.T @ (y - f0)  # (n,) or (n, k): the residual's coordinates in the eigenbasis
-    return lam, U, coef
+    return xp.maximum(lam, 0), U, coef
 
 
 def _cholesky(xp, A):
@@ -783,9 +790,6 @@ def kernel_flow(K, y, t, *, f0=None, K_test=None, f0_test=None, time_scale: floa
         raise ValueError(f"t must be a time >= 0 or a 1-dimensional array of them, got {t!r}")
     n = y.shape[0]
     c = xp.asarray(s * t_host / n, dtype=lam.dtype)[..., None]  # () or (T, 1)
-    # The eigenvalues rounding left below 0 count as 0 (as in kernel_regression): with lam < 0 the
-    # filter grows like e^{c |lam|} / |lam|, and a long flow on a rank-deficient float32 K blew up.
-    lam = xp.maximum(lam, 0)
     nonzero = lam != 0
     safe = xp.where(nonzero, lam, 1)
     g = xp.where(nonzero, -xp.expm1(-c * lam) / safe, c)  # (1 - e^{-c lam}) / lam, c at lam = 0
@@ -851,11 +855,7 @@ def kernel_regression(K, y, ridge: float = 0.0, *, f0=None, K_test=None, f0_test
         if pred is not None:
             return pred
     lam, U, coef = _eigen_problem(xp, K, y, f0)
-    if ridge > 0:
-        # The eigenvalues rounding left below 0 count as 0 in both factors: the fit's filter
-        # lam / (lam + n ridge) stays in [0, 1). With lam itself in the numerator a ridge below K's
-        # rounding multiplied those directions of y by lam / (n ridge), 80 times at n = 300 in float32.
-        lam = xp.maximum(lam, 0)
+    if ridge > 0:  # lam >= 0 (_eigen_problem): the fit's filter lam / (lam + n ridge) stays in [0, 1)
         g = 1.0 / (lam + n * ridge)
     else:
         eps = float(np.finfo(np.dtype(lam.dtype)).eps)
